@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_DIR := proto
+PROTO_OUT := proto
+PROTOS := $(wildcard $(PROTO_DIR)/carbon_gateway/v1/*.proto)
+PYTEST_ARGS ?=
+
+.PHONY: run test lint proto proto-check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/carbon-gateway demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Regenerates the protobuf and gRPC code beside the .proto files. tests/test_generated_code.py fails when
+# the committed code differs from what this target produces.
+proto: $(STAMP)
+	$(PY) -m gateway.protogen $(PROTO_OUT)
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache bench-results.json
