@@ -1,0 +1,100 @@
+"""Stable response codes and the typed errors of the domain.
+
+The integer values are part of the wire contract (``ResponseCode`` in ``proto/``): never renumber them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+from gateway.domain.blocks import UnitBlock
+
+
+class ResponseCode(enum.IntEnum):
+    """Why a message, proposal or request was refused. Values are stable."""
+
+    OK = 0
+    UNKNOWN_ACCOUNT = 1
+    ACCOUNT_NOT_ELIGIBLE = 2
+    UNIT_NOT_HELD = 3
+    BLOCK_OVERLAP = 4
+    BLOCK_FROZEN = 5
+    AUTHORIZATION_MISSING = 6
+    AUTHORIZATION_EXPIRED = 7
+    AUTHORIZATION_EXCEEDED = 8
+    PURPOSE_NOT_ALLOWED = 9
+    SIGNATURE_INVALID = 10
+    KEY_UNKNOWN_OR_REVOKED = 11
+    REPLAY = 12
+    SEQUENCE_GAP = 13
+    MESSAGE_EXPIRED = 14
+    WRONG_RECIPIENT = 15
+    UNSUPPORTED_PAYLOAD_TYPE = 16
+    MALFORMED_PAYLOAD = 17
+    ENVELOPE_TOO_LARGE = 18
+    UNKNOWN_TRANSFER = 19
+    INVALID_STATE = 20
+    IDEMPOTENCY_KEY_REUSED = 21
+    INVALID_ARGUMENT = 22
+    UNKNOWN_PARTNER = 23
+    PEER_IDENTITY_MISMATCH = 24
+    UNKNOWN_AUTHORIZATION = 25
+    THRESHOLD_NOT_MET = 26
+
+
+RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
+    ResponseCode.OK: "accepted",
+    ResponseCode.UNKNOWN_ACCOUNT: "the account is not known at this gateway",
+    ResponseCode.ACCOUNT_NOT_ELIGIBLE: "the account may not take part in this action (e.g. not a holding account)",
+    ResponseCode.UNIT_NOT_HELD: "the units are not held, free, in the named account",
+    ResponseCode.BLOCK_OVERLAP: "the block overlaps a block this gateway holds, has reserved or has pending",
+    ResponseCode.BLOCK_FROZEN: "the block is frozen by an unresolved reconciliation discrepancy",
+    ResponseCode.AUTHORIZATION_MISSING: "no authorization is named, or the named one is unknown",
+    ResponseCode.AUTHORIZATION_EXPIRED: "the authorization has expired or the vintage is outside its timeframe",
+    ResponseCode.AUTHORIZATION_EXCEEDED: "the transfer would exceed the authorized quantity",
+    ResponseCode.PURPOSE_NOT_ALLOWED: "the purpose is not among the authorization's purposes",
+    ResponseCode.SIGNATURE_INVALID: "no threshold of valid signatures over the envelope",
+    ResponseCode.KEY_UNKNOWN_OR_REVOKED: "no signature by a key the receiver trusts for this sender",
+    ResponseCode.REPLAY: "the message, or its sequence number, was already processed",
+    ResponseCode.SEQUENCE_GAP: "the sequence number skips ahead; the message is held until the gap is resent",
+    ResponseCode.MESSAGE_EXPIRED: "the message is outside its validity window",
+    ResponseCode.WRONG_RECIPIENT: "the message is addressed to another gateway",
+    ResponseCode.UNSUPPORTED_PAYLOAD_TYPE: "the payload type is not on the receiver's allow-list",
+    ResponseCode.MALFORMED_PAYLOAD: "the envelope or its payload cannot be parsed or lacks a required field",
+    ResponseCode.ENVELOPE_TOO_LARGE: "the envelope exceeds the receiver's size cap",
+    ResponseCode.UNKNOWN_TRANSFER: "no transfer with this ID is known here",
+    ResponseCode.INVALID_STATE: "the transfer's state does not allow this step",
+    ResponseCode.IDEMPOTENCY_KEY_REUSED: "the idempotency key was used before with a different request",
+    ResponseCode.INVALID_ARGUMENT: "a request field is missing or malformed",
+    ResponseCode.UNKNOWN_PARTNER: "no partner gateway is configured for this Party",
+    ResponseCode.PEER_IDENTITY_MISMATCH: "the transport identity differs from the signed sender",
+    ResponseCode.UNKNOWN_AUTHORIZATION: "the authorization is not registered at this gateway",
+    ResponseCode.THRESHOLD_NOT_MET: "fewer distinct trusted keys signed than the role's threshold",
+}
+
+
+class GatewayError(Exception):
+    """An expected refusal: bad data or a request the rules forbid. Carries a stable response code.
+
+    ``field`` names the offending request field (a dotted path) and ``blocks`` the offending blocks, where
+    they apply, so that the caller can see exactly what to correct.
+    """
+
+    def __init__(
+        self,
+        code: ResponseCode,
+        message: str,
+        *,
+        field: str = "",
+        blocks: Sequence[UnitBlock] = (),
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.blocks = tuple(blocks)
+
+    def __str__(self) -> str:
+        where = f" (field {self.field})" if self.field else ""
+        return f"{self.code.name}: {self.message}{where}"

@@ -1,0 +1,289 @@
+"""Pure decisions of the transfer protocol (DESIGN.md section 4): the checks each side runs, the acquiring
+side's decision policy, and the ledger entries a completed transfer produces.
+
+Nothing here reads a clock, a database or a socket: callers pass in what the checks need.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.domain.blocks import UnitBlock, find_overlaps
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.records import (
+    COOPERATIVE_APPROACH_PATTERN,
+    PARTY_PATTERN,
+    Account,
+    ActionType,
+    AdjustmentMethod,
+    Authorization,
+    LedgerEntry,
+    Purpose,
+    TransferTerms,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One reason a transfer was refused, with the blocks it concerns."""
+
+    code: ResponseCode
+    message: str
+    blocks: tuple[UnitBlock, ...] = ()
+
+
+def parse_purpose(value: str, *, field: str = "purpose") -> Purpose:
+    """The AEF purpose named by ``value``, or a GatewayError naming the field."""
+    try:
+        return Purpose(value)
+    except ValueError:
+        allowed = ", ".join(repr(p.value) for p in Purpose)
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT, f"unknown purpose {value!r}; use one of {allowed}", field=field
+        ) from None
+
+
+def parse_adjustment_method(value: str, *, field: str = "adjustment_method") -> AdjustmentMethod:
+    """The corresponding-adjustment method named by ``value``, or a GatewayError naming the field."""
+    try:
+        return AdjustmentMethod(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in AdjustmentMethod)
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT, f"unknown adjustment method {value!r}; use one of {allowed}", field=field
+        ) from None
+
+
+def validate_terms(terms: TransferTerms) -> None:
+    """Refuse terms whose fields are malformed, naming the first offending field."""
+    for name in ("transferring_party", "acquiring_party"):
+        value = getattr(terms, name)
+        if not PARTY_PATTERN.match(value):
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, f"{value!r} is not an ISO 3166-1 alpha-3 Party code", field=name
+            )
+    if terms.transferring_party == terms.acquiring_party:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            "a cross-border transfer needs two different Parties",
+            field="acquiring_account.party",
+        )
+    if not COOPERATIVE_APPROACH_PATTERN.match(terms.cooperative_approach):
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"{terms.cooperative_approach!r} is not a cooperative approach ID (CA followed by 4 digits)",
+            field="cooperative_approach",
+        )
+    if not terms.source_account:
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "the source account is empty", field="source_account")
+    if not terms.acquiring_account:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT, "the acquiring account is empty", field="acquiring_account.account_id"
+        )
+    if not terms.authorization_id:
+        raise GatewayError(
+            ResponseCode.AUTHORIZATION_MISSING, "a transfer needs an authorization ID", field="authorization_id"
+        )
+    if not terms.blocks:
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "a transfer needs at least one block", field="blocks")
+    pairs = find_overlaps(terms.blocks)
+    if pairs:
+        first, second = pairs[0]
+        raise GatewayError(
+            ResponseCode.BLOCK_OVERLAP,
+            f"the transfer names {first.describe()} and {second.describe()}, which overlap",
+            field="blocks",
+            blocks=(first, second),
+        )
+
+
+def check_authorization(
+    authorization: Authorization | None,
+    terms: TransferTerms,
+    *,
+    already_transferred: int,
+    today: dt.date,
+) -> list[Rejection]:
+    """The initiating side's authorization checks: present, current, covering the purpose and the quantity.
+
+    ``already_transferred`` is the quantity already reserved or transferred under this authorization.
+    """
+    if authorization is None:
+        return [Rejection(ResponseCode.AUTHORIZATION_MISSING, f"authorization {terms.authorization_id!r} is unknown")]
+    rejections: list[Rejection] = []
+    if authorization.cooperative_approach != terms.cooperative_approach:
+        rejections.append(
+            Rejection(
+                ResponseCode.AUTHORIZATION_MISSING,
+                f"authorization {authorization.authorization_id!r} belongs to cooperative approach "
+                f"{authorization.cooperative_approach}, not {terms.cooperative_approach}",
+            )
+        )
+    if authorization.expires is not None and today > authorization.expires:
+        rejections.append(
+            Rejection(
+                ResponseCode.AUTHORIZATION_EXPIRED,
+                f"authorization {authorization.authorization_id!r} expired on {authorization.expires.isoformat()}",
+            )
+        )
+    outside = tuple(
+        b for b in terms.blocks if not authorization.timeframe_start <= b.vintage <= authorization.timeframe_end
+    )
+    if outside:
+        rejections.append(
+            Rejection(
+                ResponseCode.AUTHORIZATION_EXPIRED,
+                f"vintage outside the authorized timeframe "
+                f"{authorization.timeframe_start} - {authorization.timeframe_end}",
+                outside,
+            )
+        )
+    if terms.purpose not in authorization.purposes:
+        rejections.append(
+            Rejection(
+                ResponseCode.PURPOSE_NOT_ALLOWED,
+                f"purpose {terms.purpose.value!r} is not authorized by {authorization.authorization_id!r}",
+            )
+        )
+    if already_transferred + terms.quantity > authorization.authorized_quantity:
+        rejections.append(
+            Rejection(
+                ResponseCode.AUTHORIZATION_EXCEEDED,
+                f"{already_transferred} already used + {terms.quantity} requested exceeds the authorized "
+                f"{authorization.authorized_quantity}",
+            )
+        )
+    return rejections
+
+
+def check_acquisition(
+    terms: TransferTerms,
+    *,
+    self_party: str,
+    account: Account | None,
+    known_overlapping: Sequence[UnitBlock],
+    frozen_overlapping: Sequence[UnitBlock] = (),
+) -> list[Rejection]:
+    """The acquiring side's checks on a proposal: the account, and no overlap with a block it knows.
+
+    ``known_overlapping`` are the blocks this gateway holds, has reserved or has pending that intersect the
+    proposal's blocks; any of them refuses the proposal (the double-counting guard).
+    """
+    rejections: list[Rejection] = []
+    if terms.acquiring_party != self_party:
+        rejections.append(
+            Rejection(ResponseCode.WRONG_RECIPIENT, f"the acquiring Party is {terms.acquiring_party}, not {self_party}")
+        )
+    if account is None:
+        rejections.append(
+            Rejection(ResponseCode.UNKNOWN_ACCOUNT, f"account {terms.acquiring_account!r} is not known here")
+        )
+    elif not account.can_hold:
+        rejections.append(
+            Rejection(
+                ResponseCode.ACCOUNT_NOT_ELIGIBLE,
+                f"account {account.account_id!r} is a {account.account_type.value} account and cannot hold units",
+            )
+        )
+    if known_overlapping:
+        offending = tuple(b for b in terms.blocks if any(b.overlaps(k) for k in known_overlapping))
+        rejections.append(
+            Rejection(
+                ResponseCode.BLOCK_OVERLAP,
+                "overlaps " + ", ".join(k.describe() for k in known_overlapping) + " already known here",
+                offending,
+            )
+        )
+    if frozen_overlapping:
+        rejections.append(
+            Rejection(ResponseCode.BLOCK_FROZEN, "a block is frozen by a discrepancy", tuple(frozen_overlapping))
+        )
+    return rejections
+
+
+class Verdict(enum.StrEnum):
+    """What a decision rule says about a proposal."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRule:
+    """One rule of the acquiring side's decision policy. Empty matchers match anything."""
+
+    verdict: Verdict
+    partner: str = ""
+    acquiring_account: str = ""
+    purpose: Purpose | None = None
+    max_quantity: int | None = None
+
+    def matches(self, partner: str, terms: TransferTerms) -> bool:
+        """True when the rule applies to a proposal from ``partner`` with ``terms``."""
+        return (
+            (not self.partner or self.partner == partner)
+            and (not self.acquiring_account or self.acquiring_account == terms.acquiring_account)
+            and (self.purpose is None or self.purpose == terms.purpose)
+            and (self.max_quantity is None or terms.quantity <= self.max_quantity)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionPolicy:
+    """An ordered list of rules; the first that matches decides. With no match, the proposal is held."""
+
+    rules: tuple[DecisionRule, ...] = ()
+
+    def decide(self, partner: str, terms: TransferTerms) -> Verdict:
+        """The verdict for a proposal that passed the acquiring side's checks."""
+        for rule in self.rules:
+            if rule.matches(partner, terms):
+                return rule.verdict
+        return Verdict.HOLD
+
+
+ACCEPT_ALL = DecisionPolicy((DecisionRule(Verdict.ACCEPT),))
+"""A policy that accepts every proposal passing the checks (demos and tests)."""
+
+
+def initiating_action(block: UnitBlock) -> ActionType:
+    """The AEF action type the initiating side records when ``block`` leaves: a first transfer, once."""
+    return ActionType.TRANSFER if block.first_transferred else ActionType.FIRST_TRANSFER
+
+
+def completion_entries(
+    terms: TransferTerms,
+    *,
+    transfer_id: str,
+    role_initiating: bool,
+    action_date: dt.datetime,
+) -> list[LedgerEntry]:
+    """The ledger entries one side records when a transfer completes (ids assigned by the store).
+
+    The first transferring Party is the transferring Party for units not yet first transferred. For units
+    already first transferred before this transfer, the proposal does not carry it, so it is left blank
+    rather than guessed.
+    """
+    entries = []
+    for block in terms.blocks:
+        action = initiating_action(block) if role_initiating else ActionType.ACQUISITION
+        entries.append(
+            LedgerEntry(
+                entry_id=0,
+                action_date=action_date,
+                action_type=action,
+                transfer_id=transfer_id,
+                block=block,
+                cooperative_approach=terms.cooperative_approach,
+                authorization_id=terms.authorization_id,
+                first_transferring_party="" if block.first_transferred else terms.transferring_party,
+                transferring_party=terms.transferring_party,
+                acquiring_party=terms.acquiring_party,
+                purpose=terms.purpose,
+            )
+        )
+    return entries

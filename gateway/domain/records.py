@@ -1,0 +1,163 @@
+"""Canonical records: the gateway's own typed values, independent of any wire or storage format.
+
+Field names follow the registries' words (DESIGN.md section 2). Protobuf messages appear only at the edges.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from dataclasses import dataclass, field
+
+from gateway.domain.blocks import UnitBlock
+
+PARTY_PATTERN = re.compile(r"^[A-Z]{3}$")
+COOPERATIVE_APPROACH_PATTERN = re.compile(r"^CA\d{4}$")
+PARTY_REGISTRY_PATTERN = re.compile(r"^[A-Z]{3}\d{2}$")
+
+
+class Purpose(enum.StrEnum):
+    """Purposes for authorization (AEF nomenclature)."""
+
+    NDC = "NDC"
+    OIMP = "OIMP"
+    IMP = "IMP"
+    OP = "OP"
+    NDC_AND_OIMP = "NDC and OIMP"
+    NDC_AND_IMP = "NDC and IMP"
+    NDC_AND_OP = "NDC and OP"
+
+
+class ActionType(enum.StrEnum):
+    """AEF action types."""
+
+    AUTHORIZATION = "Authorization"
+    FIRST_TRANSFER = "First transfer"
+    TRANSFER = "Transfer"
+    ACQUISITION = "Acquisition"
+    USE = "Use"
+    CANCELLATION = "Cancellation"
+    VOLUNTARY_CANCELLATION = "Voluntary Cancellation"
+
+
+class FirstTransferDefinition(enum.StrEnum):
+    """When an authorized outcome becomes first transferred, for OIMP use (set per authorization)."""
+
+    FIRST_INTERNATIONAL_TRANSFER = "First international transfer"
+    AUTHORISATION = "Authorisation"
+    ISSUANCE = "Issuance"
+    USE_OR_CANCELLATION = "Use or Cancellation"
+
+
+class AdjustmentMethod(enum.StrEnum):
+    """How a Party applies corresponding adjustments over its NDC period (DESIGN.md section 3)."""
+
+    TRAJECTORY = "single-year trajectory"
+    AVERAGING = "single-year averaging"
+    MULTI_YEAR = "multi-year"
+
+
+class AccountType(enum.StrEnum):
+    """Kinds of accounts a gateway keeps (DESIGN.md section 4)."""
+
+    COMPLIANCE_ENTITY = "compliance entity"
+    PROJECT_OWNER = "project owner"
+    FINANCIAL_INSTITUTION = "financial institution"
+    PARTY_HOLDING = "Party holding"
+    CANCELLATION = "cancellation"
+    RETIREMENT = "retirement"
+    USE = "use"
+
+
+HOLDING_ACCOUNT_TYPES = frozenset(
+    {
+        AccountType.COMPLIANCE_ENTITY,
+        AccountType.PROJECT_OWNER,
+        AccountType.FINANCIAL_INSTITUTION,
+        AccountType.PARTY_HOLDING,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account at one gateway."""
+
+    account_id: str
+    holder_name: str
+    account_type: AccountType
+
+    @property
+    def can_hold(self) -> bool:
+        """True for holding accounts, which may receive units from a transfer."""
+        return self.account_type in HOLDING_ACCOUNT_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRef:
+    """An account named across the border: the Party whose gateway keeps it, and its ID there."""
+
+    party: str
+    account_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """A Party's approval that mitigation outcomes may be used abroad (AEF Authorizations table)."""
+
+    authorization_id: str
+    date: dt.date
+    version: str
+    cooperative_approach: str
+    metric: str
+    purposes: frozenset[Purpose]
+    authorized_quantity: int
+    timeframe_start: int
+    timeframe_end: int
+    first_transfer_definition: FirstTransferDefinition
+    sectors: tuple[str, ...] = ()
+    activity_types: tuple[str, ...] = ()
+    expires: dt.date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One block action in the corresponding-adjustment ledger (one AEF Actions row)."""
+
+    entry_id: int
+    action_date: dt.datetime
+    action_type: ActionType
+    transfer_id: str
+    block: UnitBlock
+    cooperative_approach: str
+    authorization_id: str
+    first_transferring_party: str
+    transferring_party: str
+    acquiring_party: str
+    purpose: Purpose
+
+    @property
+    def quantity(self) -> int:
+        """Quantity of the action in t CO2e."""
+        return self.block.quantity
+
+
+@dataclass(frozen=True, slots=True)
+class TransferTerms:
+    """What a proposal asks for: the minimum content bilateral treaties require of a transfer notice."""
+
+    transferring_party: str
+    acquiring_party: str
+    source_account: str
+    acquiring_account: str
+    cooperative_approach: str
+    authorization_id: str
+    purpose: Purpose
+    adjustment_method: AdjustmentMethod
+    blocks: tuple[UnitBlock, ...] = field(default=())
+
+    @property
+    def quantity(self) -> int:
+        """Total quantity of the transfer."""
+        return sum(block.quantity for block in self.blocks)
