@@ -1,0 +1,193 @@
+"""JSON forms of the canonical records, as the stores keep them in text columns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.errors import ResponseCode
+from gateway.domain.protocol import Rejection
+from gateway.domain.records import (
+    ActionType,
+    AdjustmentMethod,
+    Authorization,
+    FirstTransferDefinition,
+    LedgerEntry,
+    Purpose,
+    TransferTerms,
+)
+
+
+def block_to_dict(block: UnitBlock) -> dict[str, Any]:
+    """A block as a JSON-ready dict."""
+    return {
+        "unit_kind": block.space.unit_kind,
+        "issuing_registry": block.space.issuing_registry,
+        "issuance": block.space.issuance,
+        "start": block.start,
+        "end": block.end,
+        "vintage": block.vintage,
+        "project_id": block.project_id,
+        "methodology_code": block.methodology_code,
+        "mitigation_type": block.mitigation_type,
+        "registry_reference": block.registry_reference,
+        "first_transferred": block.first_transferred,
+        "attributes": [list(pair) for pair in block.attributes],
+    }
+
+
+def block_from_dict(data: dict[str, Any]) -> UnitBlock:
+    """The inverse of `block_to_dict`."""
+    return UnitBlock(
+        space=SerialSpace(data["unit_kind"], data["issuing_registry"], data["issuance"]),
+        start=data["start"],
+        end=data["end"],
+        vintage=data["vintage"],
+        project_id=data["project_id"],
+        methodology_code=data["methodology_code"],
+        mitigation_type=data["mitigation_type"],
+        registry_reference=data["registry_reference"],
+        first_transferred=data["first_transferred"],
+        attributes=tuple((k, v) for k, v in data["attributes"]),
+    )
+
+
+def terms_to_json(terms: TransferTerms) -> str:
+    """Transfer terms as JSON text."""
+    return json.dumps(
+        {
+            "transferring_party": terms.transferring_party,
+            "acquiring_party": terms.acquiring_party,
+            "source_account": terms.source_account,
+            "acquiring_account": terms.acquiring_account,
+            "cooperative_approach": terms.cooperative_approach,
+            "authorization_id": terms.authorization_id,
+            "purpose": terms.purpose.value,
+            "adjustment_method": terms.adjustment_method.value,
+            "blocks": [block_to_dict(b) for b in terms.blocks],
+        },
+        sort_keys=True,
+    )
+
+
+def terms_from_json(text: str) -> TransferTerms:
+    """The inverse of `terms_to_json`."""
+    data = json.loads(text)
+    return TransferTerms(
+        transferring_party=data["transferring_party"],
+        acquiring_party=data["acquiring_party"],
+        source_account=data["source_account"],
+        acquiring_account=data["acquiring_account"],
+        cooperative_approach=data["cooperative_approach"],
+        authorization_id=data["authorization_id"],
+        purpose=Purpose(data["purpose"]),
+        adjustment_method=AdjustmentMethod(data["adjustment_method"]),
+        blocks=tuple(block_from_dict(b) for b in data["blocks"]),
+    )
+
+
+def rejections_to_json(rejections: tuple[Rejection, ...]) -> str:
+    """Rejections as JSON text."""
+    return json.dumps(
+        [
+            {"code": int(r.code), "message": r.message, "blocks": [block_to_dict(b) for b in r.blocks]}
+            for r in rejections
+        ]
+    )
+
+
+def rejections_from_json(text: str) -> tuple[Rejection, ...]:
+    """The inverse of `rejections_to_json`."""
+    return tuple(
+        Rejection(ResponseCode(r["code"]), r["message"], tuple(block_from_dict(b) for b in r["blocks"]))
+        for r in json.loads(text)
+    )
+
+
+def authorization_to_json(a: Authorization) -> str:
+    """An authorization as JSON text."""
+    return json.dumps(
+        {
+            "authorization_id": a.authorization_id,
+            "date": a.date.isoformat(),
+            "version": a.version,
+            "cooperative_approach": a.cooperative_approach,
+            "metric": a.metric,
+            "purposes": sorted(p.value for p in a.purposes),
+            "authorized_quantity": a.authorized_quantity,
+            "timeframe_start": a.timeframe_start,
+            "timeframe_end": a.timeframe_end,
+            "first_transfer_definition": a.first_transfer_definition.value,
+            "sectors": list(a.sectors),
+            "activity_types": list(a.activity_types),
+            "expires": a.expires.isoformat() if a.expires else None,
+        },
+        sort_keys=True,
+    )
+
+
+def authorization_from_json(text: str) -> Authorization:
+    """The inverse of `authorization_to_json`."""
+    d = json.loads(text)
+    return Authorization(
+        authorization_id=d["authorization_id"],
+        date=dt.date.fromisoformat(d["date"]),
+        version=d["version"],
+        cooperative_approach=d["cooperative_approach"],
+        metric=d["metric"],
+        purposes=frozenset(Purpose(p) for p in d["purposes"]),
+        authorized_quantity=d["authorized_quantity"],
+        timeframe_start=d["timeframe_start"],
+        timeframe_end=d["timeframe_end"],
+        first_transfer_definition=FirstTransferDefinition(d["first_transfer_definition"]),
+        sectors=tuple(d["sectors"]),
+        activity_types=tuple(d["activity_types"]),
+        expires=dt.date.fromisoformat(d["expires"]) if d["expires"] else None,
+    )
+
+
+def ledger_row(entry: LedgerEntry) -> dict[str, Any]:
+    """The column values of a ledger entry (without its ID)."""
+    return {
+        "action_date": to_text(entry.action_date),
+        "action_type": entry.action_type.value,
+        "transfer_id": entry.transfer_id,
+        "block": json.dumps(block_to_dict(entry.block), sort_keys=True),
+        "quantity": entry.quantity,
+        "vintage": entry.block.vintage,
+        "cooperative_approach": entry.cooperative_approach,
+        "authorization_id": entry.authorization_id,
+        "first_transferring_party": entry.first_transferring_party,
+        "transferring_party": entry.transferring_party,
+        "acquiring_party": entry.acquiring_party,
+        "purpose": entry.purpose.value,
+    }
+
+
+def ledger_from_row(entry_id: int, row: dict[str, Any]) -> LedgerEntry:
+    """The inverse of `ledger_row`."""
+    return LedgerEntry(
+        entry_id=entry_id,
+        action_date=from_text(row["action_date"]),
+        action_type=ActionType(row["action_type"]),
+        transfer_id=row["transfer_id"],
+        block=block_from_dict(json.loads(row["block"])),
+        cooperative_approach=row["cooperative_approach"],
+        authorization_id=row["authorization_id"],
+        first_transferring_party=row["first_transferring_party"],
+        transferring_party=row["transferring_party"],
+        acquiring_party=row["acquiring_party"],
+        purpose=Purpose(row["purpose"]),
+    )
+
+
+def to_text(moment: dt.datetime) -> str:
+    """A UTC instant as ISO 8601 text with microseconds, which sorts in time order."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_text(text: str) -> dt.datetime:
+    """The inverse of `to_text`."""
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)

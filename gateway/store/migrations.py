@@ -1,0 +1,101 @@
+"""Versioned schema migrations, shared by the SQL stores. Append a migration; never edit an applied one."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "initial schema: accounts, authorizations, blocks, transfers, ledger, exchange, idempotency",
+        """
+        CREATE TABLE accounts (
+            account_id TEXT PRIMARY KEY,
+            holder_name TEXT NOT NULL,
+            account_type TEXT NOT NULL
+        );
+        CREATE TABLE authorizations (
+            authorization_id TEXT PRIMARY KEY,
+            body TEXT NOT NULL
+        );
+        CREATE TABLE blocks (
+            block_id INTEGER PRIMARY KEY,
+            unit_kind TEXT NOT NULL,
+            issuing_registry TEXT NOT NULL,
+            issuance TEXT NOT NULL,
+            serial_start BIGINT NOT NULL,
+            serial_end BIGINT NOT NULL,
+            body TEXT NOT NULL,
+            account_id TEXT NOT NULL REFERENCES accounts(account_id),
+            status TEXT NOT NULL,
+            transfer_id TEXT NOT NULL DEFAULT '',
+            parent_id BIGINT REFERENCES blocks(block_id),
+            CHECK (serial_end >= serial_start)
+        );
+        CREATE INDEX blocks_space ON blocks (unit_kind, issuing_registry, issuance, serial_start);
+        CREATE INDEX blocks_transfer ON blocks (transfer_id, status);
+        CREATE TABLE transfers (
+            transfer_id TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            state INTEGER NOT NULL,
+            terms TEXT NOT NULL,
+            authorization_id TEXT NOT NULL,
+            quantity BIGINT NOT NULL,
+            rejections TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE ledger (
+            entry_id INTEGER PRIMARY KEY,
+            action_date TEXT NOT NULL,
+            action_type TEXT NOT NULL,
+            transfer_id TEXT NOT NULL,
+            block TEXT NOT NULL,
+            quantity BIGINT NOT NULL,
+            vintage INTEGER NOT NULL,
+            cooperative_approach TEXT NOT NULL,
+            authorization_id TEXT NOT NULL,
+            first_transferring_party TEXT NOT NULL,
+            transferring_party TEXT NOT NULL,
+            acquiring_party TEXT NOT NULL,
+            purpose TEXT NOT NULL
+        );
+        CREATE TABLE channels (
+            direction TEXT NOT NULL,
+            peer TEXT NOT NULL,
+            last_sequence BIGINT NOT NULL,
+            last_hash BLOB NOT NULL,
+            PRIMARY KEY (direction, peer)
+        );
+        CREATE TABLE outbox (
+            outbox_id INTEGER PRIMARY KEY,
+            receiver TEXT NOT NULL,
+            sequence BIGINT NOT NULL,
+            message_id TEXT NOT NULL UNIQUE,
+            envelope BLOB NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            last_error TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            UNIQUE (receiver, sequence)
+        );
+        CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+        CREATE TABLE messages (
+            direction TEXT NOT NULL,
+            peer TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            envelope BLOB NOT NULL,
+            receipt BLOB NOT NULL,
+            recorded_at TEXT NOT NULL,
+            PRIMARY KEY (direction, peer, message_id)
+        );
+        CREATE TABLE idempotency (
+            caller TEXT NOT NULL,
+            method TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            response BLOB NOT NULL,
+            PRIMARY KEY (caller, method, idempotency_key)
+        );
+        """,
+    ),
+)

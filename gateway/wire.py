@@ -1,0 +1,379 @@
+"""Conversions between the protobuf wire messages and the canonical domain records.
+
+Every edge (operator gRPC, partner exchange, HTTP/JSON) converts through here. A malformed wire value is
+refused with a `GatewayError` naming the field path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from carbon_gateway.v1 import envelope_pb2, partner_pb2, records_pb2
+from gateway.domain.blocks import BlockError, SerialSpace, UnitBlock
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.protocol import Rejection, parse_adjustment_method, parse_purpose
+from gateway.domain.records import (
+    Account,
+    AccountType,
+    Authorization,
+    FirstTransferDefinition,
+    LedgerEntry,
+    Purpose,
+    TransferTerms,
+)
+from gateway.domain.statements import Header
+from gateway.domain.transfer import Transfer
+from signing import Envelope, EnvelopeFormatError, Signature
+
+STATEMENT_PAYLOAD_TYPE = "application/vnd.carbon-gateway.statement.v1+protobuf"
+RECEIPT_PAYLOAD_TYPE = "application/vnd.carbon-gateway.receipt.v1+protobuf"
+
+
+def _invalid(field: str, message: str) -> GatewayError:
+    return GatewayError(ResponseCode.INVALID_ARGUMENT, message, field=field)
+
+
+def timestamp(moment: dt.datetime) -> Timestamp:
+    """A UTC instant as a protobuf Timestamp."""
+    ts = Timestamp()
+    ts.FromDatetime(moment.astimezone(dt.UTC))
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> dt.datetime:
+    """A protobuf Timestamp as an aware UTC datetime."""
+    return ts.ToDatetime(tzinfo=dt.UTC)
+
+
+def request_hash(request: Message, key_field: str = "idempotency_key") -> str:
+    """SHA-256 of a request's semantic fields: the deterministic serialization without the idempotency key.
+
+    Two requests that carry the same field values hash equally whatever bytes the client sent.
+    """
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField(key_field)
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+# blocks
+
+
+def block_to_proto(block: UnitBlock) -> records_pb2.UnitBlock:
+    """A domain block as its wire message."""
+    return records_pb2.UnitBlock(
+        space=records_pb2.SerialSpace(
+            unit_kind=block.space.unit_kind,
+            issuing_registry=block.space.issuing_registry,
+            issuance=block.space.issuance,
+        ),
+        start=block.start,
+        end=block.end,
+        vintage=block.vintage,
+        project_id=block.project_id,
+        methodology_code=block.methodology_code,
+        mitigation_type=block.mitigation_type,
+        registry_reference=block.registry_reference,
+        first_transferred=block.first_transferred,
+        attributes=[records_pb2.Attribute(name=k, value=v) for k, v in block.attributes],
+    )
+
+
+def block_from_proto(msg: records_pb2.UnitBlock, field: str = "block") -> UnitBlock:
+    """A wire block as a domain block; refuses a malformed one naming the field."""
+    if not msg.HasField("space"):
+        raise _invalid(f"{field}.space", "the block has no serial space")
+    names = [a.name for a in msg.attributes]
+    if len(set(names)) != len(names):
+        raise _invalid(f"{field}.attributes", "an attribute name appears twice")
+    try:
+        return UnitBlock(
+            space=SerialSpace(msg.space.unit_kind, msg.space.issuing_registry, msg.space.issuance),
+            start=msg.start,
+            end=msg.end,
+            vintage=msg.vintage,
+            project_id=msg.project_id,
+            methodology_code=msg.methodology_code,
+            mitigation_type=msg.mitigation_type,
+            registry_reference=msg.registry_reference,
+            first_transferred=msg.first_transferred,
+            attributes=tuple((a.name, a.value) for a in msg.attributes),
+        )
+    except BlockError as exc:
+        raise _invalid(field, str(exc)) from None
+
+
+def rejection_to_proto(rejection: Rejection) -> records_pb2.Rejection:
+    """A domain rejection as its wire message."""
+    return records_pb2.Rejection(
+        code=int(rejection.code),  # type: ignore[arg-type]
+        message=rejection.message,
+        blocks=[block_to_proto(b) for b in rejection.blocks],
+    )
+
+
+def rejection_from_proto(msg: records_pb2.Rejection, field: str) -> Rejection:
+    """A wire rejection as a domain rejection."""
+    try:
+        code = ResponseCode(msg.code)
+    except ValueError:
+        raise _invalid(f"{field}.code", f"unknown response code {msg.code}") from None
+    return Rejection(
+        code, msg.message, tuple(block_from_proto(b, f"{field}.blocks[{i}]") for i, b in enumerate(msg.blocks))
+    )
+
+
+# accounts and authorizations
+
+
+def account_to_proto(account: Account) -> records_pb2.Account:
+    """A domain account as its wire message."""
+    return records_pb2.Account(
+        account_id=account.account_id, holder_name=account.holder_name, account_type=account.account_type.value
+    )
+
+
+def account_from_proto(msg: records_pb2.Account, field: str = "account") -> Account:
+    """A wire account as a domain account."""
+    if not msg.account_id:
+        raise _invalid(f"{field}.account_id", "the account ID is empty")
+    if not msg.holder_name:
+        raise _invalid(f"{field}.holder_name", "the holder name is empty")
+    try:
+        account_type = AccountType(msg.account_type)
+    except ValueError:
+        allowed = ", ".join(repr(t.value) for t in AccountType)
+        raise _invalid(
+            f"{field}.account_type", f"unknown account type {msg.account_type!r}; use one of {allowed}"
+        ) from None
+    return Account(msg.account_id, msg.holder_name, account_type)
+
+
+def _date(value: str, field: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise _invalid(field, f"{value!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
+
+
+def authorization_to_proto(a: Authorization) -> records_pb2.Authorization:
+    """A domain authorization as its wire message."""
+    return records_pb2.Authorization(
+        authorization_id=a.authorization_id,
+        date=a.date.isoformat(),
+        version=a.version,
+        cooperative_approach=a.cooperative_approach,
+        metric=a.metric,
+        purposes=sorted(p.value for p in a.purposes),
+        authorized_quantity=a.authorized_quantity,
+        timeframe_start=a.timeframe_start,
+        timeframe_end=a.timeframe_end,
+        first_transfer_definition=a.first_transfer_definition.value,
+        sectors=list(a.sectors),
+        activity_types=list(a.activity_types),
+        expires=a.expires.isoformat() if a.expires else "",
+    )
+
+
+def authorization_from_proto(msg: records_pb2.Authorization, field: str = "authorization") -> Authorization:
+    """A wire authorization as a domain authorization; refuses malformed fields by name."""
+    from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN
+
+    if not msg.authorization_id:
+        raise _invalid(f"{field}.authorization_id", "the authorization ID is empty")
+    if not COOPERATIVE_APPROACH_PATTERN.match(msg.cooperative_approach):
+        raise _invalid(f"{field}.cooperative_approach", f"{msg.cooperative_approach!r} is not CA followed by 4 digits")
+    if msg.metric != "GHG":
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"metric {msg.metric!r} is not supported: only GHG authorizations are handled (non-GHG NDC metrics are"
+            " out of scope, decision 2/CMA.3 annex para 9)",
+            field=f"{field}.metric",
+        )
+    if msg.authorized_quantity <= 0:
+        raise _invalid(f"{field}.authorized_quantity", "the authorized quantity must be positive")
+    if msg.timeframe_end < msg.timeframe_start:
+        raise _invalid(f"{field}.timeframe_end", "the timeframe ends before it starts")
+    if not msg.purposes:
+        raise _invalid(f"{field}.purposes", "an authorization needs at least one purpose")
+    purposes = frozenset(parse_purpose(p, field=f"{field}.purposes[{i}]") for i, p in enumerate(msg.purposes))
+    try:
+        ftd = FirstTransferDefinition(msg.first_transfer_definition)
+    except ValueError:
+        allowed = ", ".join(repr(d.value) for d in FirstTransferDefinition)
+        raise _invalid(
+            f"{field}.first_transfer_definition",
+            f"unknown first-transfer definition {msg.first_transfer_definition!r}; use one of {allowed}",
+        ) from None
+    return Authorization(
+        authorization_id=msg.authorization_id,
+        date=_date(msg.date, f"{field}.date"),
+        version=msg.version,
+        cooperative_approach=msg.cooperative_approach,
+        metric=msg.metric,
+        purposes=purposes,
+        authorized_quantity=msg.authorized_quantity,
+        timeframe_start=msg.timeframe_start,
+        timeframe_end=msg.timeframe_end,
+        first_transfer_definition=ftd,
+        sectors=tuple(msg.sectors),
+        activity_types=tuple(msg.activity_types),
+        expires=_date(msg.expires, f"{field}.expires") if msg.expires else None,
+    )
+
+
+# transfers and the ledger
+
+
+def transfer_to_proto(t: Transfer) -> records_pb2.Transfer:
+    """A transfer as one side keeps it, as its wire message."""
+    return records_pb2.Transfer(
+        transfer_id=t.transfer_id,
+        role=t.role.value,
+        state=int(t.state),  # type: ignore[arg-type]
+        transferring_party=t.terms.transferring_party,
+        acquiring_party=t.terms.acquiring_party,
+        source_account=t.terms.source_account,
+        acquiring_account=t.terms.acquiring_account,
+        cooperative_approach=t.terms.cooperative_approach,
+        authorization_id=t.terms.authorization_id,
+        purpose=t.terms.purpose.value,
+        adjustment_method=t.terms.adjustment_method.value,
+        blocks=[block_to_proto(b) for b in t.terms.blocks],
+        quantity=t.terms.quantity,
+        rejections=[rejection_to_proto(r) for r in t.rejections],
+        created_at=timestamp(t.created_at),
+        updated_at=timestamp(t.updated_at),
+    )
+
+
+def ledger_entry_to_proto(e: LedgerEntry) -> records_pb2.LedgerEntry:
+    """A ledger entry as its wire message."""
+    return records_pb2.LedgerEntry(
+        entry_id=e.entry_id,
+        action_date=timestamp(e.action_date),
+        action_type=e.action_type.value,
+        transfer_id=e.transfer_id,
+        block=block_to_proto(e.block),
+        quantity=e.quantity,
+        cooperative_approach=e.cooperative_approach,
+        authorization_id=e.authorization_id,
+        first_transferring_party=e.first_transferring_party,
+        transferring_party=e.transferring_party,
+        acquiring_party=e.acquiring_party,
+        purpose=e.purpose.value,
+    )
+
+
+# statements
+
+
+def proposal_to_proto(transfer_id: str, terms: TransferTerms) -> partner_pb2.Proposal:
+    """The Proposal message for a transfer."""
+    return partner_pb2.Proposal(
+        transfer_id=transfer_id,
+        blocks=[block_to_proto(b) for b in terms.blocks],
+        source_account=records_pb2.AccountRef(party=terms.transferring_party, account_id=terms.source_account),
+        acquiring_account=records_pb2.AccountRef(party=terms.acquiring_party, account_id=terms.acquiring_account),
+        cooperative_approach=terms.cooperative_approach,
+        authorization_id=terms.authorization_id,
+        purpose=terms.purpose.value,
+        adjustment_method=terms.adjustment_method.value,
+    )
+
+
+def proposal_from_proto(msg: partner_pb2.Proposal) -> TransferTerms:
+    """The terms a Proposal asks for; refuses a malformed proposal naming the field."""
+    field = "proposal"
+    if not msg.transfer_id:
+        raise GatewayError(
+            ResponseCode.MALFORMED_PAYLOAD, "the proposal has no transfer ID", field=f"{field}.transfer_id"
+        )
+    purpose: Purpose = parse_purpose(msg.purpose, field=f"{field}.purpose")
+    return TransferTerms(
+        transferring_party=msg.source_account.party,
+        acquiring_party=msg.acquiring_account.party,
+        source_account=msg.source_account.account_id,
+        acquiring_account=msg.acquiring_account.account_id,
+        cooperative_approach=msg.cooperative_approach,
+        authorization_id=msg.authorization_id,
+        purpose=purpose,
+        adjustment_method=parse_adjustment_method(msg.adjustment_method, field=f"{field}.adjustment_method"),
+        blocks=tuple(block_from_proto(b, f"{field}.blocks[{i}]") for i, b in enumerate(msg.blocks)),
+    )
+
+
+def header_from_proto(msg: partner_pb2.StatementHeader) -> Header:
+    """A statement header as a domain value; refuses a header that lacks a required field."""
+    missing = [
+        name
+        for name, present in (
+            ("message_id", bool(msg.message_id)),
+            ("sender", bool(msg.sender)),
+            ("receiver", bool(msg.receiver)),
+            ("sequence", msg.sequence > 0),
+            ("previous_hash", len(msg.previous_hash) == 32),
+            ("issued_at", msg.HasField("issued_at")),
+            ("expires_at", msg.HasField("expires_at")),
+        )
+        if not present
+    ]
+    if missing:
+        raise GatewayError(
+            ResponseCode.MALFORMED_PAYLOAD, f"the header lacks {', '.join(missing)}", field=f"header.{missing[0]}"
+        )
+    return Header(
+        message_id=msg.message_id,
+        sender=msg.sender,
+        receiver=msg.receiver,
+        sequence=msg.sequence,
+        previous_hash=msg.previous_hash,
+        issued_at=from_timestamp(msg.issued_at),
+        expires_at=from_timestamp(msg.expires_at),
+    )
+
+
+def header_to_proto(h: Header) -> partner_pb2.StatementHeader:
+    """A domain header as its wire message."""
+    return partner_pb2.StatementHeader(
+        message_id=h.message_id,
+        sender=h.sender,
+        receiver=h.receiver,
+        sequence=h.sequence,
+        previous_hash=h.previous_hash,
+        issued_at=timestamp(h.issued_at),
+        expires_at=timestamp(h.expires_at),
+    )
+
+
+# envelopes
+
+
+def envelope_to_bytes(envelope: Envelope) -> bytes:
+    """The protobuf form of a DSSE envelope (in-toto Envelope field numbers)."""
+    return envelope_pb2.Envelope(
+        payload=envelope.payload,
+        payload_type=envelope.payload_type,
+        signatures=[envelope_pb2.Signature(sig=s.sig, keyid=s.keyid) for s in envelope.signatures],
+    ).SerializeToString()
+
+
+def envelope_from_bytes(data: bytes) -> Envelope:
+    """Parse the protobuf form of a DSSE envelope; the payload bytes are kept verbatim."""
+    msg = envelope_pb2.Envelope()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError:
+        raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the envelope is not a valid protobuf Envelope") from None
+    try:
+        return Envelope(
+            payload=msg.payload,
+            payload_type=msg.payload_type,
+            signatures=tuple(Signature(keyid=s.keyid, sig=s.sig) for s in msg.signatures),
+        )
+    except EnvelopeFormatError as exc:
+        raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, str(exc)) from None
