@@ -1,0 +1,92 @@
+"""The ``carbon-gateway`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import demo
+
+    logging.basicConfig(
+        level=logging.ERROR if args.json else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    with tempfile.TemporaryDirectory(prefix="carbon-gateway-demo-") as folder:
+        return asyncio.run(demo(Path(folder), as_json=args.json))
+
+
+async def _serve(config_path: Path) -> int:
+    from gateway.config import load_config
+    from gateway.node import GatewayNode
+
+    config = load_config(config_path)
+    node = await GatewayNode.from_config(config)
+    await node.start()
+    logging.getLogger("gateway").warning(
+        "%s gateway serving: operator API %s, partner exchange %s",
+        config.party,
+        node.operator_address,
+        node.partner_address,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("gateway").warning("stopping: finishing in-flight calls")
+    await node.stop(grace=10.0)
+    return 0
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_serve(Path(args.config)))
+    except ConfigError as exc:
+        print(f"carbon-gateway serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="carbon-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"carbon-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run two gateways on loopback and move part of a CCER block")
+    demo.add_argument("--json", action="store_true", help="print one JSON object at the end instead of the steps")
+    demo.set_defaults(func=_demo)
+
+    serve = commands.add_parser("serve", help="run one gateway from a TOML configuration file")
+    serve.add_argument("config", help="path of the configuration file (see the README)")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(func=_serve_command)
+
+    with contextlib.suppress(ImportError):
+        from adapters.commands import register as register_adapters
+
+        register_adapters(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
