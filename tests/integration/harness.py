@@ -1,0 +1,169 @@
+"""Helpers for integration tests: operator stubs, crafted partner statements, raw deliveries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import grpc
+
+from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, partner_pb2, records_pb2
+from gateway import wire
+from gateway.demo import DEMO_AUTHORIZATION, Pair, demo_block, wait_for_state
+from gateway.domain.statements import GENESIS_HASH, ChannelState, Header
+from gateway.node import GatewayNode
+from gateway.rpc.errors import read_error_detail
+from gateway.rpc.partner import DELIVER_METHOD
+from signing import Envelope, Signer, sign_envelope
+
+
+@asynccontextmanager
+async def operator(node: GatewayNode) -> AsyncIterator[operator_pb2_grpc.OperatorServiceAsyncStub]:
+    """An operator stub connected to ``node``."""
+    channel = grpc.aio.insecure_channel(node.operator_address)
+    try:
+        yield operator_pb2_grpc.OperatorServiceStub(channel)
+    finally:
+        await channel.close(None)
+
+
+async def deliver_raw(node: GatewayNode, envelope: bytes) -> partner_pb2.Receipt:
+    """Deliver raw envelope bytes to ``node``'s partner exchange; return the (unverified) receipt payload."""
+    async with grpc.aio.insecure_channel(node.partner_address) as channel:
+        raw: bytes = await channel.unary_unary(DELIVER_METHOD, None, None)(envelope, timeout=10)
+    receipt = partner_pb2.Receipt()
+    receipt.ParseFromString(wire.envelope_from_bytes(raw).payload)
+    return receipt
+
+
+@dataclass
+class Crafter:
+    """Builds statements on a channel as a given sender would, for tests that play a partner."""
+
+    signer: Signer
+    sender: str
+    receiver: str
+    channel: ChannelState = field(default_factory=ChannelState)
+
+    def statement(self, **body: object) -> tuple[bytes, Header]:
+        """The payload of the next statement on the channel, and its header (the channel advances)."""
+        now = dt.datetime.now(dt.UTC)
+        header = Header(
+            message_id=str(uuid.uuid4()),
+            sender=self.sender,
+            receiver=self.receiver,
+            sequence=self.channel.last_sequence + 1,
+            previous_hash=self.channel.last_hash,
+            issued_at=now,
+            expires_at=now + dt.timedelta(hours=1),
+        )
+        payload = partner_pb2.Statement(header=wire.header_to_proto(header), **body).SerializeToString()  # type: ignore[arg-type]
+        self.channel = self.channel.advance(payload)
+        return payload, header
+
+    def envelope(self, payload: bytes, payload_type: str = wire.STATEMENT_PAYLOAD_TYPE) -> Envelope:
+        """``payload`` signed by this crafter's signer."""
+        return sign_envelope(payload_type, payload, [self.signer])
+
+
+GENESIS = ChannelState(0, GENESIS_HASH)
+
+TERMINAL = {records_pb2.COMPLETED, records_pb2.REJECTED, records_pb2.TERMINATED, records_pb2.CANCELLED}
+
+
+async def setup_accounts(pair: Pair) -> records_pb2.UnitBlock:
+    """Open the demo accounts on both sides, register the authorization and a CCER issuance at CHN."""
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        await chn.OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key="open-chn",
+                account=records_pb2.Account(account_id="CN-PO-0001", holder_name="Owner", account_type="project owner"),
+            )
+        )
+        await che.OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key="open-che",
+                account=records_pb2.Account(
+                    account_id="CH-PH-0001", holder_name="Holder", account_type="Party holding"
+                ),
+            )
+        )
+        await chn.RegisterAuthorization(
+            operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
+        )
+        holding = await chn.RegisterIssuance(
+            operator_pb2.RegisterIssuanceRequest(idempotency_key="issue", account_id="CN-PO-0001", block=demo_block())
+        )
+    return holding.block
+
+
+def proposal_request(
+    block: records_pb2.UnitBlock, start: int, end: int, key: str
+) -> operator_pb2.ProposeTransferRequest:
+    """A ProposeTransfer request for serials ``start``-``end`` of ``block`` to CHE/CH-PH-0001."""
+    return operator_pb2.ProposeTransferRequest(
+        idempotency_key=key,
+        source_account="CN-PO-0001",
+        selections=[operator_pb2.BlockSelection(space=block.space, start=start, end=end)],
+        acquiring_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
+        cooperative_approach="CA0001",
+        authorization_id="CHN-A-0001",
+        purpose="NDC",
+        adjustment_method="single-year averaging",
+    )
+
+
+async def transfer(pair: Pair, block: records_pb2.UnitBlock, start: int, end: int, key: str) -> str:
+    """Propose a transfer at CHN and wait until both sides reach a final state; return the transfer ID."""
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        proposed = await chn.ProposeTransfer(proposal_request(block, start, end, key))
+        await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+        await wait_for_state(che, proposed.transfer_id, TERMINAL)
+    await settle(pair.chn, pair.che)
+    return proposed.transfer_id
+
+
+def error_code(exc: grpc.aio.AioRpcError) -> int:
+    """The stable response code in a failed call's ErrorDetail."""
+    detail = read_error_detail(exc.trailing_metadata())
+    assert detail is not None, f"no ErrorDetail in {exc}"
+    return detail.code
+
+
+async def snapshot(node: GatewayNode) -> tuple[object, ...]:
+    """Everything a gateway has recorded: transfers, blocks, ledger, messages and channel states."""
+    from gateway.store.base import BlockStatus
+
+    async with node.store.read() as tx:
+        channels = []
+        for party in node.partners.parties():
+            channels.append((await tx.incoming_channel(party), await tx.outgoing_channel(party)))
+        return (
+            await tx.list_transfers(),
+            await tx.list_blocks(statuses=tuple(BlockStatus)),
+            await tx.list_ledger(),
+            await tx.list_messages(),
+            channels,
+        )
+
+
+async def settle(*nodes: GatewayNode, timeout: float = 10.0) -> None:
+    """Wait until no gateway among ``nodes`` has an undelivered message in its outbox."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    far = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    while True:
+        pending = 0
+        for node in nodes:
+            async with node.store.read() as tx:
+                pending += len(await tx.due_messages(far, 1))
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("outboxes did not drain")
+        await asyncio.sleep(0.005)

@@ -1,0 +1,86 @@
+"""Crash safety: a state change and its message commit together, and an interrupted transfer finishes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway.demo import Pair, wait_for_state
+from gateway.domain.protocol import ACCEPT_ALL
+from gateway.node import GatewayNode, PartnerSpec
+from gateway.store.sqlite import SQLiteStore
+from signing import Envelope
+from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts, snapshot
+
+
+@pytest.mark.asyncio
+async def test_a_failure_while_enqueueing_the_proposal_rolls_back_the_reservation(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    block = await setup_accounts(pair)
+    before = await snapshot(pair.chn)
+
+    async def broken_enqueue(*args: object, **kwargs: object) -> str:
+        raise OSError("disk gone while writing the outbox")
+
+    monkeypatch.setattr(pair.chn.exchange, "enqueue", broken_enqueue)
+    async with operator(pair.chn) as chn:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert await snapshot(pair.chn) == before
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_partner_is_retried_until_the_transfer_completes(pair: Pair) -> None:
+    block = await setup_accounts(pair)
+    real = pair.che.partner_address
+    pair.chn.set_partner_address("CHE", "127.0.0.1:9")  # nothing listens on the discard port
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
+        async with pair.chn.store.transaction() as tx:
+            import datetime as dt
+
+            far = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+            queued = await tx.due_messages(far, 10)
+        assert [m.receiver for m in queued] == ["CHE"]
+        pair.chn.set_partner_address("CHE", real)
+        pair.chn.outbox.wake()
+        done = await wait_for_state(chn, proposed.transfer_id, TERMINAL, timeout=30)
+        assert done.state == records_pb2.COMPLETED
+        assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+
+
+@pytest.mark.asyncio
+async def test_a_gateway_restarted_after_a_crash_delivers_what_it_had_committed(pair: Pair, tmp_path: Path) -> None:
+    block = await setup_accounts(pair)
+    await pair.chn.outbox.stop()  # the crash comes after the proposal committed, before delivery
+    async with operator(pair.chn) as chn:
+        proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
+    await pair.chn.stop()
+
+    restarted = GatewayNode(
+        party="CHN",
+        store=await SQLiteStore.open(tmp_path / "chn.db"),
+        signer=pair.chn.signer,
+        partners=[
+            PartnerSpec(
+                party="CHE",
+                address=pair.che.partner_address,
+                trust_envelope=Envelope.from_json((tmp_path / "che.trust.json").read_bytes()),
+            )
+        ],
+        policy=ACCEPT_ALL,
+    )
+    await restarted.start()
+    pair.che.set_partner_address("CHN", restarted.partner_address)
+    pair.chn = restarted
+    async with operator(restarted) as chn, operator(pair.che) as che:
+        assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        ledger = (await chn.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest())).entries
+    assert [(e.action_type, e.quantity) for e in ledger] == [("First transfer", 10)]
+    await settle(restarted, pair.che)

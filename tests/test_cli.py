@@ -1,0 +1,112 @@
+"""The command line as a user runs it: real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.demo import self_signed_trust_document
+from signing import generate_key, signer_from_uri
+
+CLI = [sys.executable, "-m", "gateway.cli"]
+
+
+def test_demo_json_reports_a_completed_transfer_and_agreeing_ledgers() -> None:
+    result = subprocess.run([*CLI, "demo", "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["completed"] is True
+    assert summary["ledgers_agree"] is True
+    assert summary["chn"]["state"] == summary["che"]["state"] == "COMPLETED"
+    assert [e["action_type"] for e in summary["chn"]["ledger"]] == ["First transfer"]
+    assert [e["action_type"] for e in summary["che"]["ledger"]] == ["Acquisition"]
+    assert summary["chn"]["ledger"][0]["transfer_id"] == summary["transfer_id"]
+    assert summary["chn"]["ledger"][0]["quantity"] == "400"  # int64 is a string in proto JSON
+
+
+def test_demo_prints_each_step() -> None:
+    result = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    for step in ("1. Opened account", "4. CHN proposed transfer", "Final states: CHN COMPLETED, CHE COMPLETED"):
+        assert step in result.stdout
+
+
+def _write_config(folder: Path) -> Path:
+    generate_key(folder / "chn")
+    generate_key(folder / "che")
+    (folder / "chn.trust.json").write_bytes(
+        self_signed_trust_document("CHN", signer_from_uri(str(folder / "chn.key"))).to_json()
+    )
+    (folder / "che.trust.json").write_bytes(
+        self_signed_trust_document("CHE", signer_from_uri(str(folder / "che.key"))).to_json()
+    )
+    config = folder / "chn.toml"
+    config.write_text(
+        """
+party = "CHN"
+database = "chn.db"
+signer = "file:chn.key"
+trust_document = "chn.trust.json"
+
+[operator]
+listen = "127.0.0.1:0"
+
+[partner]
+listen = "127.0.0.1:0"
+
+[[partners]]
+party = "CHE"
+address = "127.0.0.1:9"
+trust_document = "che.trust.json"
+
+[policy]
+rules = [{ verdict = "accept", partner = "CHE", purpose = "NDC", max_quantity = 1000 }]
+"""
+    )
+    return config
+
+
+def test_serve_runs_from_a_config_file_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    config = _write_config(tmp_path)
+    process = subprocess.Popen(
+        [*CLI, "serve", str(config)], stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    try:
+        assert process.stderr is not None
+        address = None
+        deadline = time.monotonic() + 30
+        while address is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            match = re.search(r"operator API (127\.0\.0\.1:\d+)", line)
+            if match:
+                address = match.group(1)
+        assert address is not None, "the gateway did not report its operator address"
+        with grpc.insecure_channel(address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert (tmp_path / "chn.db").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def test_serve_reports_a_bad_config_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('party = "China"\ndatabase = "x.db"\nsigner = "k"\ntrust_document = "t"\n')
+    result = subprocess.run([*CLI, "serve", str(bad)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "'China' is not an ISO 3166-1 alpha-3 code" in result.stderr
