@@ -40,6 +40,8 @@ class ResponseCode(enum.IntEnum):
     UNKNOWN_PARTNER = 23
     PEER_IDENTITY_MISMATCH = 24
     THRESHOLD_NOT_MET = 25
+    TRUST_DOCUMENT_EXPIRED = 26
+    TRUST_UPDATE_REFUSED = 27
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -69,6 +71,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.UNKNOWN_PARTNER: "no partner gateway is configured for this Party",
     ResponseCode.PEER_IDENTITY_MISMATCH: "the transport identity differs from the signed sender",
     ResponseCode.THRESHOLD_NOT_MET: "fewer distinct trusted keys signed than the role's threshold",
+    ResponseCode.TRUST_DOCUMENT_EXPIRED: "the sender's trusted document has expired; it must publish a new version",
+    ResponseCode.TRUST_UPDATE_REFUSED: "a trust update is not the next version or lacks the old or new trust threshold",
 }
 
 

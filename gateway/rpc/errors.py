@@ -28,6 +28,7 @@ _STATUS: dict[ResponseCode, grpc.StatusCode] = {
     ResponseCode.SIGNATURE_INVALID: grpc.StatusCode.UNAUTHENTICATED,
     ResponseCode.KEY_UNKNOWN_OR_REVOKED: grpc.StatusCode.UNAUTHENTICATED,
     ResponseCode.THRESHOLD_NOT_MET: grpc.StatusCode.UNAUTHENTICATED,
+    ResponseCode.TRUST_DOCUMENT_EXPIRED: grpc.StatusCode.UNAUTHENTICATED,
     ResponseCode.PEER_IDENTITY_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
     ResponseCode.ENVELOPE_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }

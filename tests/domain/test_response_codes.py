@@ -34,6 +34,8 @@ PINNED_VALUES: dict[str, int] = {
     "UNKNOWN_PARTNER": 23,
     "PEER_IDENTITY_MISMATCH": 24,
     "THRESHOLD_NOT_MET": 25,
+    "TRUST_DOCUMENT_EXPIRED": 26,
+    "TRUST_UPDATE_REFUSED": 27,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

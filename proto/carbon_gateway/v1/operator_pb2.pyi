@@ -23,6 +23,150 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class RotateTrustDocumentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    ENVELOPE_JSON_FIELD_NUMBER: _builtins.int
+    SIGNER_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    envelope_json: _builtins.bytes
+    """the signed trust document, DSSE JSON form"""
+    signer: _builtins.str
+    """signer URI of a key in the new document's transfer role"""
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        envelope_json: _builtins.bytes = ...,
+        signer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_json", b"envelope_json", "idempotency_key", b"idempotency_key", "signer", b"signer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateTrustDocumentRequest: _TypeAlias = RotateTrustDocumentRequest  # noqa: Y015
+
+@_typing.final
+class RefreshPartnerTrustRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTY_FIELD_NUMBER: _builtins.int
+    party: _builtins.str
+    def __init__(
+        self,
+        *,
+        party: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["party", b"party"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshPartnerTrustRequest: _TypeAlias = RefreshPartnerTrustRequest  # noqa: Y015
+
+@_typing.final
+class ListTrustRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrustRequest: _TypeAlias = ListTrustRequest  # noqa: Y015
+
+@_typing.final
+class PushResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTY_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    party: _builtins.str
+    code: _records_pb2.ResponseCode.ValueType
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        party: _builtins.str = ...,
+        code: _records_pb2.ResponseCode.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail", "party", b"party"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushResult: _TypeAlias = PushResult  # noqa: Y015
+
+@_typing.final
+class TrustStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTY_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    TRANSFER_KEYIDS_FIELD_NUMBER: _builtins.int
+    PUSHED_FIELD_NUMBER: _builtins.int
+    party: _builtins.str
+    version: _builtins.int
+    expires: _builtins.str
+    """ISO 8601 UTC"""
+    @_builtins.property
+    def transfer_keyids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def pushed(self) -> _containers.RepeatedCompositeFieldContainer[Global___PushResult]: ...
+    def __init__(
+        self,
+        *,
+        party: _builtins.str = ...,
+        version: _builtins.int = ...,
+        expires: _builtins.str = ...,
+        transfer_keyids: _abc.Iterable[_builtins.str] | None = ...,
+        pushed: _abc.Iterable[Global___PushResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "party", b"party", "pushed", b"pushed", "transfer_keyids", b"transfer_keyids", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustStatus: _TypeAlias = TrustStatus  # noqa: Y015
+
+@_typing.final
+class ListTrustResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWN_FIELD_NUMBER: _builtins.int
+    PARTNERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def own(self) -> Global___TrustStatus: ...
+    @_builtins.property
+    def partners(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrustStatus]: ...
+    def __init__(
+        self,
+        *,
+        own: Global___TrustStatus | None = ...,
+        partners: _abc.Iterable[Global___TrustStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["own", b"own"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["own", b"own", "partners", b"partners"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrustResponse: _TypeAlias = ListTrustResponse  # noqa: Y015
+
+@_typing.final
 class OpenAccountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

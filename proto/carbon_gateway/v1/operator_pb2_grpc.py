@@ -85,6 +85,21 @@ class OperatorServiceStub:
                 request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListHoldingsRequest.SerializeToString,
                 response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListHoldingsResponse.FromString,
                 _registered_method=True)
+        self.RotateTrustDocument = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/RotateTrustDocument',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.RotateTrustDocumentRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.TrustStatus.FromString,
+                _registered_method=True)
+        self.RefreshPartnerTrust = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/RefreshPartnerTrust',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.RefreshPartnerTrustRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.TrustStatus.FromString,
+                _registered_method=True)
+        self.ListTrust = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/ListTrust',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListTrustRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListTrustResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -152,6 +167,28 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateTrustDocument(self, request, context):
+        """Installs the next version of this gateway's own trust document (signed by thresholds of the current
+        and the new trust keys), switches to the signer named in the request, and pushes the document to
+        every partner. Undelivered outgoing statements are signed again with the new signer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshPartnerTrust(self, request, context):
+        """Fetches a partner's newer trust documents from its published URL and applies them one at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTrust(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +241,21 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ListHoldings,
                     request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListHoldingsRequest.FromString,
                     response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListHoldingsResponse.SerializeToString,
+            ),
+            'RotateTrustDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateTrustDocument,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.RotateTrustDocumentRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.TrustStatus.SerializeToString,
+            ),
+            'RefreshPartnerTrust': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshPartnerTrust,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.RefreshPartnerTrustRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.TrustStatus.SerializeToString,
+            ),
+            'ListTrust': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrust,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListTrustRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListTrustResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -476,6 +528,87 @@ class OperatorService:
             '/carbon_gateway.v1.OperatorService/ListHoldings',
             carbon__gateway_dot_v1_dot_operator__pb2.ListHoldingsRequest.SerializeToString,
             carbon__gateway_dot_v1_dot_operator__pb2.ListHoldingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateTrustDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/RotateTrustDocument',
+            carbon__gateway_dot_v1_dot_operator__pb2.RotateTrustDocumentRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.TrustStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshPartnerTrust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/RefreshPartnerTrust',
+            carbon__gateway_dot_v1_dot_operator__pb2.RefreshPartnerTrustRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.TrustStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/ListTrust',
+            carbon__gateway_dot_v1_dot_operator__pb2.ListTrustRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.ListTrustResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,14 @@ class OperatorServiceStub:
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListTransfersRequest, _operator_pb2.ListTransfersResponse]
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListLedgerEntriesRequest, _operator_pb2.ListLedgerEntriesResponse]
     ListHoldings: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListHoldingsRequest, _operator_pb2.ListHoldingsResponse]
+    RotateTrustDocument: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RotateTrustDocumentRequest, _operator_pb2.TrustStatus]
+    """Installs the next version of this gateway's own trust document (signed by thresholds of the current
+    and the new trust keys), switches to the signer named in the request, and pushes the document to
+    every partner. Undelivered outgoing statements are signed again with the new signer.
+    """
+    RefreshPartnerTrust: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RefreshPartnerTrustRequest, _operator_pb2.TrustStatus]
+    """Fetches a partner's newer trust documents from its published URL and applies them one at a time."""
+    ListTrust: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListTrustRequest, _operator_pb2.ListTrustResponse]
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -63,6 +71,14 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     ListTransfers: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListTransfersRequest, _operator_pb2.ListTransfersResponse]  # type: ignore[assignment]
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListLedgerEntriesRequest, _operator_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
     ListHoldings: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListHoldingsRequest, _operator_pb2.ListHoldingsResponse]  # type: ignore[assignment]
+    RotateTrustDocument: _aio.UnaryUnaryMultiCallable[_operator_pb2.RotateTrustDocumentRequest, _operator_pb2.TrustStatus]  # type: ignore[assignment]
+    """Installs the next version of this gateway's own trust document (signed by thresholds of the current
+    and the new trust keys), switches to the signer named in the request, and pushes the document to
+    every partner. Undelivered outgoing statements are signed again with the new signer.
+    """
+    RefreshPartnerTrust: _aio.UnaryUnaryMultiCallable[_operator_pb2.RefreshPartnerTrustRequest, _operator_pb2.TrustStatus]  # type: ignore[assignment]
+    """Fetches a partner's newer trust documents from its published URL and applies them one at a time."""
+    ListTrust: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListTrustRequest, _operator_pb2.ListTrustResponse]  # type: ignore[assignment]
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -136,5 +152,31 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.ListHoldingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ListHoldingsResponse, _abc.Awaitable[_operator_pb2.ListHoldingsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateTrustDocument(
+        self,
+        request: _operator_pb2.RotateTrustDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.TrustStatus, _abc.Awaitable[_operator_pb2.TrustStatus]]:
+        """Installs the next version of this gateway's own trust document (signed by thresholds of the current
+        and the new trust keys), switches to the signer named in the request, and pushes the document to
+        every partner. Undelivered outgoing statements are signed again with the new signer.
+        """
+
+    @_abc_1.abstractmethod
+    def RefreshPartnerTrust(
+        self,
+        request: _operator_pb2.RefreshPartnerTrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.TrustStatus, _abc.Awaitable[_operator_pb2.TrustStatus]]:
+        """Fetches a partner's newer trust documents from its published URL and applies them one at a time."""
+
+    @_abc_1.abstractmethod
+    def ListTrust(
+        self,
+        request: _operator_pb2.ListTrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListTrustResponse, _abc.Awaitable[_operator_pb2.ListTrustResponse]]: ...
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

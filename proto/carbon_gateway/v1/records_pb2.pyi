@@ -82,6 +82,8 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     UNKNOWN_PARTNER: _ResponseCode.ValueType  # 23
     PEER_IDENTITY_MISMATCH: _ResponseCode.ValueType  # 24
     THRESHOLD_NOT_MET: _ResponseCode.ValueType  # 25
+    TRUST_DOCUMENT_EXPIRED: _ResponseCode.ValueType  # 26
+    TRUST_UPDATE_REFUSED: _ResponseCode.ValueType  # 27
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -112,6 +114,8 @@ INVALID_ARGUMENT: ResponseCode.ValueType  # 22
 UNKNOWN_PARTNER: ResponseCode.ValueType  # 23
 PEER_IDENTITY_MISMATCH: ResponseCode.ValueType  # 24
 THRESHOLD_NOT_MET: ResponseCode.ValueType  # 25
+TRUST_DOCUMENT_EXPIRED: ResponseCode.ValueType  # 26
+TRUST_UPDATE_REFUSED: ResponseCode.ValueType  # 27
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final
