@@ -27,6 +27,7 @@ class PartnerConfig:
     address: str
     trust_document: Path
     tls_identity: str = ""
+    http_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class GatewayConfig:
     trust_document: Path
     operator_listen: str = "127.0.0.1:50051"
     partner_listen: str = "127.0.0.1:50052"
+    http_listen: str | None = None
     partners: tuple[PartnerConfig, ...] = ()
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)
     tls: TLSConfig | None = None
@@ -127,6 +129,7 @@ def load_config(path: Path) -> GatewayConfig:
                 address=str(_require(p, "address", where)),
                 trust_document=_path(base, _require(p, "trust_document", where), f"{where}.trust_document"),
                 tls_identity=str(p.get("tls_identity", "")),
+                http_url=str(p.get("http_url", "")),
             )
         )
     tls = None
@@ -145,6 +148,7 @@ def load_config(path: Path) -> GatewayConfig:
         trust_document=_path(base, _require(data, "trust_document", str(path)), "trust_document"),
         operator_listen=str(data.get("operator", {}).get("listen", "127.0.0.1:50051")),
         partner_listen=str(data.get("partner", {}).get("listen", "127.0.0.1:50052")),
+        http_listen=str(data["http"]["listen"]) if "http" in data and "listen" in data["http"] else None,
         partners=tuple(partners),
         policy=_policy(data.get("policy", {}).get("rules", [])),
         tls=tls,

@@ -19,31 +19,16 @@ from google.protobuf.json_format import MessageToDict
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.domain.protocol import ACCEPT_ALL, DecisionPolicy
-from gateway.exchange import ExchangeSettings
-from gateway.node import GatewayNode, PartnerSpec, utc_now
-from gateway.store.sqlite import SQLiteStore
-from signing import Envelope, Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
+from gateway.harness import start_network
+from gateway.node import GatewayNode, utc_now
 
 DEMO_CCER_REGISTRY_CODE = "CN-CCER"
 """The issuing-registry code the demo configures for CCER units (the nomenclature has none; see README)."""
 
 
-def self_signed_trust_document(party: str, signer: Signer, *, version: int = 1, days: int = 365) -> Envelope:
-    """A trust document in which one key holds both the ``trust`` and the ``transfer`` role, signed by it."""
-    key = signer.public_key
-    document = TrustDocument(
-        party=party,
-        version=version,
-        expires=utc_now() + dt.timedelta(days=days),
-        keys={key.keyid: key},
-        roles={"trust": Role((key.keyid,), 1), "transfer": Role((key.keyid,), 1)},
-    )
-    return sign_trust_document(document, [signer])
-
-
 @dataclass
 class Pair:
-    """Two running gateways that trust each other."""
+    """A CHN gateway and a CHE gateway that trust each other."""
 
     chn: GatewayNode
     che: GatewayNode
@@ -54,42 +39,11 @@ class Pair:
 
 
 async def start_pair(
-    workdir: Path,
-    *,
-    policy: DecisionPolicy = ACCEPT_ALL,
-    parties: tuple[str, str] = ("CHN", "CHE"),
-    clock: Callable[[], dt.datetime] = utc_now,
+    workdir: Path, *, policy: DecisionPolicy = ACCEPT_ALL, clock: Callable[[], dt.datetime] = utc_now
 ) -> Pair:
-    """Start two gateways on loopback port 0, each with a fresh SQLite file and a key written as PEM."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    signers: dict[str, Signer] = {}
-    trust: dict[str, Envelope] = {}
-    for party in parties:
-        prefix = workdir / party.lower()
-        generate_key(prefix)
-        signers[party] = signer_from_uri(f"file:{prefix}.key")
-        trust[party] = self_signed_trust_document(party, signers[party])
-        (workdir / f"{party.lower()}.trust.json").write_bytes(trust[party].to_json())
-    nodes = []
-    for party in parties:
-        other = parties[1] if party == parties[0] else parties[0]
-        nodes.append(
-            GatewayNode(
-                party=party,
-                store=await SQLiteStore.open(workdir / f"{party.lower()}.db"),
-                signer=signers[party],
-                partners=[PartnerSpec(party=other, address="127.0.0.1:0", trust_envelope=trust[other])],
-                policy=policy,
-                settings=ExchangeSettings(self_party=party),
-                clock=clock,
-            )
-        )
-    first, second = nodes
-    await first.start()
-    await second.start()
-    first.set_partner_address(second.party, second.partner_address)
-    second.set_partner_address(first.party, first.partner_address)
-    return Pair(first, second)
+    """Start a CHN and a CHE gateway on loopback port 0, each with a fresh SQLite file and a PEM key."""
+    network = await start_network(workdir, ("CHN", "CHE"), policy=policy, clock=clock)
+    return Pair(network["CHN"], network["CHE"])
 
 
 def demo_block(start: int = 1, end: int = 1000) -> records_pb2.UnitBlock:

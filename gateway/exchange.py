@@ -45,12 +45,16 @@ from gateway.domain.statements import (
 from gateway.partners import Partner, PartnerDirectory
 from gateway.store.base import Store, StoredMessage, Transaction
 from signing import (
+    TRUST_PAYLOAD_TYPE,
     Envelope,
     EnvelopeFormatError,
     ExpiredTrustError,
     InvalidSignatureError,
     Signer,
     ThresholdError,
+    TrustDocument,
+    TrustedParty,
+    TrustError,
     UnknownKeyError,
     VerificationError,
     sign_envelope,
@@ -86,6 +90,32 @@ class StatementHandler(Protocol):
         """Apply the effect, or raise `GatewayError` to refuse it (the effect is rolled back)."""
 
 
+def verification_refusal(exc: Exception) -> GatewayError:
+    """The refusal for a failed signature or trust check, with its response code."""
+    code = ResponseCode.SIGNATURE_INVALID
+    if isinstance(exc, UnknownKeyError):
+        code = ResponseCode.KEY_UNKNOWN_OR_REVOKED
+    elif isinstance(exc, ThresholdError):
+        code = ResponseCode.THRESHOLD_NOT_MET
+    elif isinstance(exc, ExpiredTrustError):
+        code = ResponseCode.TRUST_DOCUMENT_EXPIRED
+    elif isinstance(exc, TrustError):
+        code = ResponseCode.TRUST_UPDATE_REFUSED
+    elif not isinstance(exc, (InvalidSignatureError, VerificationError)):
+        raise exc
+    return GatewayError(code, str(exc))
+
+
+def apply_trust_update(current: TrustedParty, envelope: Envelope, now: dt.datetime) -> TrustedParty:
+    """``current`` updated by ``envelope``, or the refusal saying why not."""
+    try:
+        return current.update(envelope, now)
+    except ExpiredTrustError as exc:
+        raise GatewayError(ResponseCode.TRUST_DOCUMENT_EXPIRED, str(exc)) from None
+    except (TrustError, VerificationError) as exc:
+        raise GatewayError(ResponseCode.TRUST_UPDATE_REFUSED, str(exc)) from None
+
+
 class SequenceGap(GatewayError):
     """A statement that skips ahead on its channel; the sender must resend from ``resend_from``."""
 
@@ -103,6 +133,7 @@ class Received:
     receipt: bytes
     code: ResponseCode
     detail: str
+    taken_in: bool = False
 
 
 class Exchange:
@@ -194,6 +225,8 @@ class Exchange:
             envelope = self._parse_envelope(raw, form)
             payload_digest = payload_hash(envelope.payload)
             # Step 3: allowed payload type.
+            if envelope.payload_type == TRUST_PAYLOAD_TYPE:
+                return await self._receive_trust_update(envelope, raw, form, peer_identity)
             if envelope.payload_type not in self.settings.allowed_payload_types:
                 raise GatewayError(
                     ResponseCode.UNSUPPORTED_PAYLOAD_TYPE,
@@ -211,10 +244,16 @@ class Exchange:
             if not statement.HasField("header"):
                 raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the statement has no header", field="header")
             header = wire.header_from_proto(statement.header)
+            if peer_identity is not None and header.sender != partner.party:
+                raise GatewayError(
+                    ResponseCode.PEER_IDENTITY_MISMATCH,
+                    f"the statement names sender {header.sender!r} but came over {partner.party!r}'s connection",
+                )
             check_addressing(header, partner=partner.party, self_party=self.settings.self_party)
             if statement.WhichOneof("body") is None:
                 raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the statement has no body", field="body")
-            return await self._apply(partner, header, statement, envelope.payload, raw, form)
+            stored = raw if form is EnvelopeForm.PROTOBUF else wire.envelope_to_bytes(envelope)
+            received = await self._apply(partner, header, statement, envelope.payload, stored, form)
         except GatewayError as exc:
             log.info("refused a delivery: %s", exc)
             resend_from = exc.resend_from if isinstance(exc, SequenceGap) else 0
@@ -228,6 +267,9 @@ class Exchange:
                 resend_from=resend_from,
             )
             return Received(receipt, exc.code, exc.message)
+        if received.code is not ResponseCode.SEQUENCE_GAP:
+            await self._apply_held(partner, header.sequence + 1)
+        return received
 
     async def _apply(
         self,
@@ -235,7 +277,7 @@ class Exchange:
         header: Header,
         statement: partner_pb2.Statement,
         payload: bytes,
-        raw: bytes,
+        stored_envelope: bytes,
         form: EnvelopeForm,
     ) -> Received:
         now = self.clock()
@@ -243,13 +285,24 @@ class Exchange:
             # Step 6: a message already seen gets its stored receipt back, with no second effect.
             seen = await tx.get_message("in", partner.party, header.message_id)
             if seen is not None:
-                return Received(self._reform(seen.receipt, form), ResponseCode.OK, "already received")
+                return Received(self._reform(seen.receipt, form), ResponseCode.OK, "already received", True)
             # Step 7: time window.
             check_window(header, now=now, window=self.settings.window)
-            # Step 8: sequence and hash chain.
+            # Step 8: sequence and hash chain. A gap holds the statement until the missing ones arrive.
             channel = await tx.incoming_channel(partner.party)
             if check_sequence(header, channel) is SequenceVerdict.GAP:
-                raise SequenceGap(channel.last_sequence + 1, header.sequence)
+                await tx.hold_statement(partner.party, header.sequence, stored_envelope, now)
+                gap = SequenceGap(channel.last_sequence + 1, header.sequence)
+                receipt = self._receipt(
+                    partner.party,
+                    header.message_id,
+                    payload_hash(payload),
+                    gap.code,
+                    gap.message,
+                    form,
+                    resend_from=gap.resend_from,
+                )
+                return Received(receipt, gap.code, gap.message)
             code, detail = ResponseCode.OK, "taken in"
             try:
                 async with tx.savepoint():
@@ -257,6 +310,7 @@ class Exchange:
             except GatewayError as exc:
                 code, detail = exc.code, exc.message
             await tx.set_incoming_channel(partner.party, channel.advance(payload))
+            await tx.release_held(partner.party, header.sequence)
             receipt = self._receipt(
                 partner.party,
                 header.message_id,
@@ -266,12 +320,57 @@ class Exchange:
                 EnvelopeForm.PROTOBUF,
                 taken_in=True,
             )
-            stored_envelope = raw if form is EnvelopeForm.PROTOBUF else wire.envelope_to_bytes(Envelope.from_json(raw))
             await tx.record_message(
                 StoredMessage("in", partner.party, header.message_id, stored_envelope, receipt, now)
             )
         self.on_enqueued()
-        return Received(self._reform(receipt, form), code, detail)
+        return Received(self._reform(receipt, form), code, detail, taken_in=True)
+
+    async def _apply_held(self, partner: Partner, sequence: int) -> None:
+        """Apply statements held behind a gap that the statement just applied has closed, in order."""
+        while True:
+            async with self.store.read() as tx:
+                held = await tx.held_statement(partner.party, sequence)
+            if held is None:
+                return
+            log.info("applying statement %d from %s, held behind a gap", sequence, partner.party)
+            received = await self.receive(held, form=EnvelopeForm.PROTOBUF, peer_identity=None)
+            if received.code in (ResponseCode.SEQUENCE_GAP,):
+                return
+            sequence += 1
+
+    async def _receive_trust_update(
+        self, envelope: Envelope, raw: bytes, form: EnvelopeForm, peer_identity: str | None
+    ) -> Received:
+        """A partner pushes the next version of its trust document (verified by the trust rules, not by
+        the transfer keys): exactly version N+1, signed by thresholds of N's and N+1's trust keys."""
+        try:
+            document = TrustDocument.from_payload(envelope.payload)
+        except TrustError as exc:
+            raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"not a trust document: {exc}") from None
+        partner = self.partners.get(document.party)
+        if partner is None:
+            raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{document.party!r} is not a partner of this gateway")
+        if peer_identity is not None and peer_identity != partner.identity:
+            raise GatewayError(
+                ResponseCode.PEER_IDENTITY_MISMATCH,
+                f"a trust document of {document.party!r} came over {peer_identity!r}'s connection",
+            )
+        current = partner.trusted
+        now = self.clock()
+        if document.version == current.version and envelope.payload == current.envelope.payload:
+            detail = f"version {document.version} is already trusted"
+        else:
+            updated = apply_trust_update(current, envelope, now)
+            async with self.store.transaction() as tx:
+                await tx.put_trust_document(partner.party, updated.version, envelope.to_json(), now)
+            self.partners.replace(partner.party, updated)
+            detail = f"now trusting version {updated.version} of {partner.party}'s trust document"
+            log.warning("%s", detail)
+        receipt = self._receipt(
+            partner.party, "", payload_hash(envelope.payload), ResponseCode.OK, detail, form, taken_in=True
+        )
+        return Received(receipt, ResponseCode.OK, detail, taken_in=True)
 
     def _parse_envelope(self, raw: bytes, form: EnvelopeForm) -> Envelope:
         if form is EnvelopeForm.PROTOBUF:
@@ -282,31 +381,30 @@ class Exchange:
             raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, str(exc)) from None
 
     def _choose_partner(self, envelope: Envelope, peer_identity: str | None) -> Partner:
+        hinted = self.partners.by_keyid(s.keyid for s in envelope.signatures)
         if peer_identity is not None:
             partner = self.partners.by_identity(peer_identity)
             if partner is None:
                 raise GatewayError(
                     ResponseCode.PEER_IDENTITY_MISMATCH, f"no partner has the transport identity {peer_identity!r}"
                 )
+            if hinted is not None and hinted is not partner:
+                raise GatewayError(
+                    ResponseCode.PEER_IDENTITY_MISMATCH,
+                    f"signed with {hinted.party!r}'s keys but sent over {partner.party!r}'s connection",
+                )
             return partner
-        partner = self.partners.by_keyid(s.keyid for s in envelope.signatures)
-        if partner is None:
+        if hinted is None:
             raise GatewayError(ResponseCode.KEY_UNKNOWN_OR_REVOKED, "no signature names a key of a known partner")
-        return partner
+        return hinted
 
     def _verify(self, partner: Partner, envelope: Envelope) -> None:
         try:
             self.partners.verify(partner, envelope, self.clock())
-        except UnknownKeyError as exc:
-            raise GatewayError(ResponseCode.KEY_UNKNOWN_OR_REVOKED, str(exc)) from None
-        except InvalidSignatureError as exc:
-            raise GatewayError(ResponseCode.SIGNATURE_INVALID, str(exc)) from None
-        except ThresholdError as exc:
-            raise GatewayError(ResponseCode.THRESHOLD_NOT_MET, str(exc)) from None
-        except ExpiredTrustError as exc:
-            raise GatewayError(ResponseCode.KEY_UNKNOWN_OR_REVOKED, str(exc)) from None
-        except VerificationError as exc:
-            raise GatewayError(ResponseCode.SIGNATURE_INVALID, str(exc)) from None
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise verification_refusal(exc) from None
 
     def _receipt(
         self,

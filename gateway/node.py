@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from gateway.config import GatewayConfig, TLSConfig
 from gateway.domain.protocol import DecisionPolicy
 from gateway.domain.statements import TimeWindow
 from gateway.exchange import Exchange, ExchangeSettings
+from gateway.http.app import HttpServer, build_app
 from gateway.outbox import OutboxWorker
 from gateway.partners import Partner, PartnerDirectory
 from gateway.rpc.operator import OperatorService
@@ -24,6 +26,7 @@ from gateway.rpc.partner import SERVICE_NAME as PARTNER_SERVICE
 from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
 from gateway.service import Gateway
 from gateway.store.sqlite import SQLiteStore
+from gateway.trust import TrustKeeper
 from signing import Envelope, Signer, TrustedParty, signer_from_uri
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,25 @@ class PartnerSpec:
     address: str
     trust_envelope: Envelope
     tls_identity: str = ""
+    http_url: str = ""
+
+
+def _restore(envelope: Envelope, what: str, now: dt.datetime) -> TrustedParty:
+    trusted = TrustedParty.restore(envelope)
+    if trusted.document.is_expired(now):
+        log.error(
+            "%s (version %d) has expired: statements it covers are refused until a newer version is applied",
+            what,
+            trusted.version,
+        )
+    return trusted
+
+
+def _ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca_certificate))
+    context.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
@@ -71,10 +93,12 @@ class GatewayNode:
         party: str,
         store: SQLiteStore,
         signer: Signer,
+        own_trust: Envelope,
         partners: Sequence[PartnerSpec],
         policy: DecisionPolicy,
         operator_listen: str = "127.0.0.1:0",
         partner_listen: str = "127.0.0.1:0",
+        http_listen: str | None = None,
         tls: TLSConfig | None = None,
         settings: ExchangeSettings | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
@@ -89,8 +113,9 @@ class GatewayNode:
             Partner(
                 party=p.party,
                 address=p.address,
-                trusted=TrustedParty.bootstrap(p.trust_envelope, now),
+                trusted=_restore(p.trust_envelope, f"{p.party}'s trust document", now),
                 tls_identity=p.tls_identity,
+                http_url=p.http_url,
             )
             for p in partners
         )
@@ -107,6 +132,18 @@ class GatewayNode:
         self.transport = GrpcPartnerTransport(self.partners, credentials=_channel_credentials(tls) if tls else None)
         self.outbox = OutboxWorker(store=store, exchange=self.exchange, transport=self.transport, clock=clock)
         self.exchange.on_enqueued = self.outbox.wake
+        self.trust = TrustKeeper(
+            party=party,
+            own=_restore(own_trust, "our own trust document", now),
+            store=store,
+            partners=self.partners,
+            exchange=self.exchange,
+            transport=self.transport,
+            clock=clock,
+        )
+        self._http_listen = http_listen
+        self.http_server: HttpServer | None = None
+        self.http_port = 0
         self._operator_listen = operator_listen
         self._partner_listen = partner_listen
         self.operator_server: grpc.aio.Server | None = None
@@ -123,6 +160,7 @@ class GatewayNode:
                 address=p.address,
                 trust_envelope=Envelope.from_json(p.trust_document.read_bytes()),
                 tls_identity=p.tls_identity,
+                http_url=p.http_url,
             )
             for p in config.partners
         ]
@@ -136,10 +174,12 @@ class GatewayNode:
             party=config.party,
             store=await SQLiteStore.open(config.database),
             signer=signer_from_uri(config.signer),
+            own_trust=Envelope.from_json(config.trust_document.read_bytes()),
             partners=partners,
             policy=config.policy,
             operator_listen=config.operator_listen,
             partner_listen=config.partner_listen,
+            http_listen=config.http_listen,
             tls=config.tls,
             settings=settings,
         )
@@ -154,13 +194,24 @@ class GatewayNode:
         """The partner exchange's address, with the port actually bound."""
         return f"{self._partner_listen.rsplit(':', 1)[0]}:{self.partner_port}"
 
+    @property
+    def http_url(self) -> str:
+        """The base URL of the HTTP server, with the port actually bound ('' without one)."""
+        if self._http_listen is None:
+            return ""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self._http_listen.rsplit(':', 1)[0]}:{self.http_port}"
+
     async def start(self) -> None:
-        """Bind both servers (port 0 picks a free port) and start the outbox worker."""
+        """Load trust, bind the servers (port 0 picks a free port) and start the outbox worker."""
+        await self.trust.load()
         limit = self.exchange.settings.max_envelope_bytes
         options = [("grpc.max_receive_message_length", 4 * limit + 4096)]
 
         self.operator_server = grpc.aio.server()
-        operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorService(self.gateway), self.operator_server)
+        operator_pb2_grpc.add_OperatorServiceServicer_to_server(
+            OperatorService(self.gateway, self.trust), self.operator_server
+        )
         await self._add_health_and_reflection(self.operator_server, OPERATOR_SERVICE)
         self.operator_port = self.operator_server.add_insecure_port(self._operator_listen)
 
@@ -181,6 +232,15 @@ class GatewayNode:
             self.partner_port = self.partner_server.add_insecure_port(self._partner_listen)
         await self.operator_server.start()
         await self.partner_server.start()
+        if self._http_listen is not None:
+            host, _, port = self._http_listen.rpartition(":")
+            self.http_server = HttpServer(
+                build_app(self.exchange, self.trust.published),
+                host,
+                int(port),
+                _ssl_context(self.tls) if self.tls else None,
+            )
+            self.http_port = await self.http_server.start()
         self.outbox.start()
         self.outbox.wake()
 
@@ -207,6 +267,11 @@ class GatewayNode:
         for server in (self.operator_server, self.partner_server):
             if server is not None:
                 await server.stop(grace)
+        if self.http_server is not None:
+            await self.http_server.stop()
         await self.outbox.stop()
         await self.transport.close()
         await self.store.close()
+        close = getattr(self.exchange.signer, "close", None)
+        if callable(close):
+            close()

@@ -64,7 +64,7 @@ def signer_from_file_uri(uri: str) -> CryptoSigner:
             )
         passphrase = os.fsencode(value)
     elif "passphrase-file" in params:
-        passphrase_path = Path(unquote(params["passphrase-file"]))
+        passphrase_path = Path(params["passphrase-file"])
         source = f"passphrase file {passphrase_path}"
         try:
             passphrase = passphrase_path.read_bytes()

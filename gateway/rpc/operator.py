@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway import wire
 from gateway.domain.blocks import BlockError, SerialSpace
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.partners import TRANSFER_ROLE
 from gateway.rpc.errors import refusals_as_status
 from gateway.service import BlockSelection, Gateway, Idempotency, TransferRequest
 from gateway.store.base import StoredBlock
+from gateway.trust import PushResult, TrustKeeper
+from signing import Envelope, EnvelopeFormatError, SignerError, TrustedParty, signer_from_uri
 
 Context = grpc.aio.ServicerContext
 
@@ -32,11 +37,67 @@ def _holding(stored: StoredBlock) -> operator_pb2.Holding:
     )
 
 
-class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
+def _trust_status(party: str, trusted: TrustedParty, pushed: Sequence[PushResult] = ()) -> operator_pb2.TrustStatus:
+    return operator_pb2.TrustStatus(
+        party=party,
+        version=trusted.version,
+        expires=trusted.expires.isoformat(),
+        transfer_keyids=list(trusted.document.roles[TRANSFER_ROLE].keyids),
+        pushed=[
+            operator_pb2.PushResult(party=p.party, code=int(p.code), detail=p.detail)  # type: ignore[arg-type]
+            for p in pushed
+        ],
+    )
+
+
+class TrustOperations:
+    """The operator calls about trust documents, mixed into `OperatorService`."""
+
+    trust: TrustKeeper
+
+    @refusals_as_status
+    async def RotateTrustDocument(
+        self, request: operator_pb2.RotateTrustDocumentRequest, context: Context[object, object]
+    ) -> operator_pb2.TrustStatus:
+        try:
+            envelope = Envelope.from_json(request.envelope_json)
+        except EnvelopeFormatError as exc:
+            raise GatewayError(ResponseCode.INVALID_ARGUMENT, str(exc), field="envelope_json") from None
+        try:
+            signer = signer_from_uri(request.signer)
+        except SignerError as exc:
+            raise GatewayError(ResponseCode.INVALID_ARGUMENT, str(exc), field="signer") from None
+        updated, pushed = await self.trust.rotate(envelope, signer)
+        return _trust_status(self.trust.party, updated, pushed)
+
+    @refusals_as_status
+    async def RefreshPartnerTrust(
+        self, request: operator_pb2.RefreshPartnerTrustRequest, context: Context[object, object]
+    ) -> operator_pb2.TrustStatus:
+        partner = self.trust.partners.get(request.party)
+        if partner is None:
+            raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{request.party!r} is not a partner", field="party")
+        updated = await self.trust.refresh(request.party, partner.http_url)
+        return _trust_status(request.party, updated)
+
+    @refusals_as_status
+    async def ListTrust(
+        self, request: operator_pb2.ListTrustRequest, context: Context[object, object]
+    ) -> operator_pb2.ListTrustResponse:
+        return operator_pb2.ListTrustResponse(
+            own=_trust_status(self.trust.party, self.trust.own),
+            partners=[
+                _trust_status(p, partner.trusted) for p, partner in sorted(self.trust.partners.parties().items())
+            ],
+        )
+
+
+class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer):
     """Implements `carbon_gateway.v1.OperatorService`."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, trust: TrustKeeper) -> None:
         self.gateway = gateway
+        self.trust = trust
 
     @refusals_as_status
     async def OpenAccount(

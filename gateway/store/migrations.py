@@ -98,4 +98,24 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        "trust documents (own and partners', every version kept) and statements held behind a sequence gap",
+        """
+        CREATE TABLE trust_documents (
+            party TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            envelope BLOB NOT NULL,
+            recorded_at TEXT NOT NULL,
+            PRIMARY KEY (party, version)
+        );
+        CREATE TABLE held_statements (
+            sender TEXT NOT NULL,
+            sequence BIGINT NOT NULL,
+            envelope BLOB NOT NULL,
+            held_at TEXT NOT NULL,
+            PRIMARY KEY (sender, sequence)
+        );
+        """,
+    ),
 )

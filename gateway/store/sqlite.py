@@ -367,18 +367,18 @@ class SQLiteTransaction:
             " WHERE o.next_attempt_at <= ? ORDER BY o.next_attempt_at LIMIT ?",
             (OutboxState.PENDING.value, codec.to_text(now), limit),
         )
-        return [
-            OutboxMessage(
-                outbox_id=r["outbox_id"],
-                receiver=r["receiver"],
-                sequence=r["sequence"],
-                message_id=r["message_id"],
-                envelope=bytes(r["envelope"]),
-                attempts=r["attempts"],
-                next_attempt_at=codec.from_text(r["next_attempt_at"]),
-            )
-            for r in rows
-        ]
+        return [_outbox_message(r) for r in rows]
+
+    async def pending_outbox(self) -> list[OutboxMessage]:
+        rows = self._all("SELECT * FROM outbox WHERE state = ? ORDER BY outbox_id", (OutboxState.PENDING.value,))
+        return [_outbox_message(r) for r in rows]
+
+    async def replace_outbox_envelope(self, outbox_id: int, receiver: str, message_id: str, envelope: bytes) -> None:
+        self._db.execute("UPDATE outbox SET envelope = ? WHERE outbox_id = ?", (envelope, outbox_id))
+        self._db.execute(
+            "UPDATE messages SET envelope = ? WHERE direction = 'out' AND peer = ? AND message_id = ?",
+            (envelope, receiver, message_id),
+        )
 
     async def mark_delivered(self, outbox_id: int, receipt: bytes, now: dt.datetime) -> None:
         row = self._one("SELECT receiver, message_id FROM outbox WHERE outbox_id = ?", (outbox_id,))
@@ -430,6 +430,42 @@ class SQLiteTransaction:
     async def list_messages(self) -> list[StoredMessage]:
         return [_message(r) for r in self._all("SELECT * FROM messages ORDER BY recorded_at, message_id")]
 
+    # trust documents and held statements
+
+    async def put_trust_document(self, party: str, version: int, envelope: bytes, now: dt.datetime) -> None:
+        self._db.execute(
+            "INSERT INTO trust_documents VALUES (?, ?, ?, ?) ON CONFLICT (party, version) DO NOTHING",
+            (party, version, envelope, codec.to_text(now)),
+        )
+
+    async def latest_trust_document(self, party: str) -> tuple[int, bytes] | None:
+        row = self._one(
+            "SELECT version, envelope FROM trust_documents WHERE party = ? ORDER BY version DESC LIMIT 1", (party,)
+        )
+        return None if row is None else (row["version"], bytes(row["envelope"]))
+
+    async def trust_document(self, party: str, version: int) -> bytes | None:
+        row = self._one("SELECT envelope FROM trust_documents WHERE party = ? AND version = ?", (party, version))
+        return None if row is None else bytes(row["envelope"])
+
+    async def hold_statement(self, sender: str, sequence: int, envelope: bytes, now: dt.datetime) -> None:
+        self._db.execute(
+            "INSERT INTO held_statements VALUES (?, ?, ?, ?) ON CONFLICT (sender, sequence) DO NOTHING",
+            (sender, sequence, envelope, codec.to_text(now)),
+        )
+
+    async def held_statement(self, sender: str, sequence: int) -> bytes | None:
+        row = self._one("SELECT envelope FROM held_statements WHERE sender = ? AND sequence = ?", (sender, sequence))
+        return None if row is None else bytes(row["envelope"])
+
+    async def release_held(self, sender: str, up_to: int) -> None:
+        self._db.execute("DELETE FROM held_statements WHERE sender = ? AND sequence <= ?", (sender, up_to))
+
+    async def count_held(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM held_statements")
+        assert row is not None
+        return int(row[0])
+
     # operator idempotency
 
     async def get_idempotent(self, caller: str, method: str, key: str) -> IdempotentResult | None:
@@ -454,6 +490,18 @@ def _stored_block(row: sqlite3.Row) -> StoredBlock:
         transfer_id=row["transfer_id"],
         parent_id=row["parent_id"],
         block=codec.block_from_dict(json.loads(row["body"])),
+    )
+
+
+def _outbox_message(row: sqlite3.Row) -> OutboxMessage:
+    return OutboxMessage(
+        outbox_id=row["outbox_id"],
+        receiver=row["receiver"],
+        sequence=row["sequence"],
+        message_id=row["message_id"],
+        envelope=bytes(row["envelope"]),
+        attempts=row["attempts"],
+        next_attempt_at=codec.from_text(row["next_attempt_at"]),
     )
 
 

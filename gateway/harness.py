@@ -1,0 +1,128 @@
+"""Starting several real gateways on loopback, for demos, integration tests and benchmarks.
+
+Each gateway gets its own SQLite file and key (written as PEM, loaded through a signer URI), a self-signed
+trust document, and trusts every other gateway of the network. With ``tls=True`` a small CA issues each
+gateway a certificate whose common name is its Party code, and the partner exchange (gRPC and HTTP) runs
+over mutual TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import TLSConfig
+from gateway.domain.protocol import ACCEPT_ALL, DecisionPolicy
+from gateway.exchange import ExchangeSettings
+from gateway.node import GatewayNode, PartnerSpec, utc_now
+from gateway.store.sqlite import SQLiteStore
+from signing import Envelope, Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
+
+
+def self_signed_trust_document(
+    party: str, signer: Signer, *, version: int = 1, days: int = 365, now: dt.datetime | None = None
+) -> Envelope:
+    """A trust document in which one key holds both the ``trust`` and the ``transfer`` role, signed by it."""
+    key = signer.public_key
+    document = TrustDocument(
+        party=party,
+        version=version,
+        expires=(now or utc_now()) + dt.timedelta(days=days),
+        keys={key.keyid: key},
+        roles={"trust": Role((key.keyid,), 1), "transfer": Role((key.keyid,), 1)},
+    )
+    return sign_trust_document(document, [signer])
+
+
+@dataclass
+class Network:
+    """Running gateways that trust each other, by Party code."""
+
+    workdir: Path
+    nodes: dict[str, GatewayNode] = field(default_factory=dict)
+    signers: dict[str, Signer] = field(default_factory=dict)
+    trust: dict[str, Envelope] = field(default_factory=dict)
+
+    def __getitem__(self, party: str) -> GatewayNode:
+        return self.nodes[party]
+
+    def connect(self) -> None:
+        """Point every gateway at every other gateway's bound addresses."""
+        for node in self.nodes.values():
+            for party, partner in node.partners.parties().items():
+                other = self.nodes.get(party)
+                if other is not None:
+                    partner.address = other.partner_address
+                    partner.http_url = other.http_url
+
+    async def stop(self) -> None:
+        """Stop every gateway."""
+        await asyncio.gather(*(node.stop() for node in self.nodes.values()))
+
+
+def tls_config(workdir: Path, party: str) -> TLSConfig:
+    """The certificate files `start_network` writes for ``party``."""
+    folder = workdir / "tls"
+    return TLSConfig(
+        certificate=folder / f"{party.lower()}.crt",
+        private_key=folder / f"{party.lower()}.key",
+        ca_certificate=folder / "ca.crt",
+    )
+
+
+async def start_network(
+    workdir: Path,
+    parties: Sequence[str] = ("CHN", "CHE"),
+    *,
+    policy: DecisionPolicy = ACCEPT_ALL,
+    tls: bool = False,
+    http: bool = False,
+    signers: Mapping[str, Signer] | None = None,
+    trust: Mapping[str, Envelope] | None = None,
+    settings: Callable[[str], ExchangeSettings] = lambda party: ExchangeSettings(self_party=party),
+    clock: Callable[[], dt.datetime] = utc_now,
+) -> Network:
+    """Start gateways for ``parties`` on loopback port 0; each trusts all the others."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    network = Network(workdir)
+    for party in parties:
+        if signers and party in signers:
+            network.signers[party] = signers[party]
+        else:
+            prefix = workdir / party.lower()
+            generate_key(prefix)
+            network.signers[party] = signer_from_uri(f"file:{prefix}.key")
+        network.trust[party] = (trust or {}).get(party) or self_signed_trust_document(party, network.signers[party])
+        (workdir / f"{party.lower()}.trust.json").write_bytes(network.trust[party].to_json())
+    if tls:
+        from gateway.tls import write_gateway_certificates
+
+        write_gateway_certificates(workdir / "tls", list(parties), "carbon-gateway test CA", 30)
+    for party in parties:
+        network.nodes[party] = GatewayNode(
+            party=party,
+            store=await SQLiteStore.open(workdir / f"{party.lower()}.db"),
+            signer=network.signers[party],
+            own_trust=network.trust[party],
+            partners=[
+                PartnerSpec(party=other, address="127.0.0.1:0", trust_envelope=network.trust[other])
+                for other in parties
+                if other != party
+            ],
+            policy=policy,
+            http_listen="127.0.0.1:0" if http else None,
+            tls=tls_config(workdir, party) if tls else None,
+            settings=settings(party),
+            clock=clock,
+        )
+    try:
+        for node in network.nodes.values():
+            await node.start()
+    except BaseException:
+        await network.stop()
+        raise
+    network.connect()
+    return network

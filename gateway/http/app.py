@@ -1,0 +1,146 @@
+"""The aiohttp application: the JSON partner path, the published trust document, health and metrics.
+
+The deliver endpoint hands the raw request body to `gateway.exchange.Exchange.receive`, the same code the
+gRPC path uses, so every check is made once, in one place.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.domain.errors import ResponseCode
+from gateway.exchange import EnvelopeForm, Exchange
+
+DELIVER_PATH = "/v1/partner/deliver"
+TRUST_PATH = "/.well-known/carbon-gateway/trust.json"
+TRUST_VERSION_PATH = "/.well-known/carbon-gateway/trust/{version}.json"
+
+_HTTP_STATUS: dict[ResponseCode, int] = {
+    ResponseCode.ENVELOPE_TOO_LARGE: 413,
+    ResponseCode.MALFORMED_PAYLOAD: 400,
+    ResponseCode.UNSUPPORTED_PAYLOAD_TYPE: 415,
+    ResponseCode.SIGNATURE_INVALID: 401,
+    ResponseCode.KEY_UNKNOWN_OR_REVOKED: 401,
+    ResponseCode.THRESHOLD_NOT_MET: 401,
+    ResponseCode.TRUST_DOCUMENT_EXPIRED: 401,
+    ResponseCode.PEER_IDENTITY_MISMATCH: 403,
+    ResponseCode.WRONG_RECIPIENT: 421,
+    ResponseCode.REPLAY: 409,
+    ResponseCode.SEQUENCE_GAP: 409,
+}
+
+
+def http_status(code: ResponseCode, taken_in: bool) -> int:
+    """200 when the statement was taken in; otherwise a 4xx that matches the refusal."""
+    if taken_in:
+        return 200
+    return _HTTP_STATUS.get(code, 422)
+
+
+TrustSource = Callable[[int | None], Awaitable[bytes | None]]
+"""Returns this gateway's trust document envelope (JSON) of a version, or the current one for None."""
+
+
+@dataclass
+class Metrics:
+    """Counters exposed at /metrics in the Prometheus text format."""
+
+    received: dict[str, int] = field(default_factory=dict)
+
+    def count(self, code: ResponseCode) -> None:
+        """Count one delivery answered with ``code``."""
+        self.received[code.name] = self.received.get(code.name, 0) + 1
+
+    def render(self) -> str:
+        """The text exposition."""
+        lines = [
+            "# HELP carbon_gateway_deliveries_total Partner deliveries received over HTTP, by response code.",
+            "# TYPE carbon_gateway_deliveries_total counter",
+        ]
+        lines += [f'carbon_gateway_deliveries_total{{code="{k}"}} {v}' for k, v in sorted(self.received.items())]
+        return "\n".join(lines) + "\n"
+
+
+def peer_common_name(request: web.Request) -> str | None:
+    """The common name of the client's verified certificate, or None when the request is not over mTLS."""
+    transport = request.transport
+    if transport is None or transport.get_extra_info("sslcontext") is None:
+        return None
+    certificate = transport.get_extra_info("peercert")
+    if not certificate:
+        return ""
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
+
+
+def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
+    """The HTTP application of one gateway."""
+    metrics = Metrics()
+    app = web.Application(client_max_size=4 * exchange.settings.max_envelope_bytes + 4096)
+
+    async def deliver(request: web.Request) -> web.Response:
+        raw = await request.read()
+        received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=peer_common_name(request))
+        metrics.count(received.code)
+        return web.Response(
+            body=received.receipt,
+            status=http_status(received.code, received.taken_in),
+            content_type="application/json",
+        )
+
+    async def published(request: web.Request) -> web.Response:
+        version_text = request.match_info.get("version")
+        version = None
+        if version_text is not None:
+            if not version_text.isdigit():
+                raise web.HTTPNotFound(text="trust document versions are positive integers")
+            version = int(version_text)
+        document = await trust(version)
+        if document is None:
+            raise web.HTTPNotFound(text=f"no trust document version {version_text}")
+        return web.Response(body=document, content_type="application/json")
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "serving", "party": exchange.settings.self_party})
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        return web.Response(text=metrics.render(), content_type="text/plain")
+
+    app.router.add_post(DELIVER_PATH, deliver)
+    app.router.add_get(TRUST_PATH, published)
+    app.router.add_get(TRUST_VERSION_PATH, published)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/metrics", metrics_page)
+    return app
+
+
+class HttpServer:
+    """Runs the application on one address (port 0 picks a free port), with optional mTLS."""
+
+    def __init__(self, app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        self.runner = web.AppRunner(app, access_log=None)
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+
+    async def start(self) -> int:
+        """Start serving; return the bound port."""
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port, ssl_context=self.ssl_context)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop serving, letting in-flight requests finish."""
+        await self.runner.cleanup()

@@ -1,0 +1,166 @@
+"""Keeping trust over time: this gateway's own trust document, its partners' documents, and key rotation.
+
+Every version ever trusted is kept in the store. At start the newest stored version wins over the one named
+in the configuration, so an update survives a restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway import wire
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.exchange import Exchange, apply_trust_update
+from gateway.http.app import TRUST_VERSION_PATH
+from gateway.outbox import PartnerTransport, TransportError
+from gateway.partners import TRANSFER_ROLE, PartnerDirectory
+from gateway.store.base import Store, Transaction
+from signing import Envelope, EnvelopeFormatError, Signer, TrustedParty, TrustError, sign_envelope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a partner answered to a pushed trust document."""
+
+    party: str
+    code: ResponseCode
+    detail: str
+
+
+class TrustKeeper:
+    """Loads, persists, rotates and refreshes the trust documents of one gateway."""
+
+    def __init__(
+        self,
+        *,
+        party: str,
+        own: TrustedParty,
+        store: Store,
+        partners: PartnerDirectory,
+        exchange: Exchange,
+        transport: PartnerTransport,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self.party = party
+        self.own = own
+        self.store = store
+        self.partners = partners
+        self.exchange = exchange
+        self.transport = transport
+        self.clock = clock
+
+    async def load(self) -> None:
+        """Reconcile the configured documents with the stored ones: the newest version of each wins."""
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            self.own = await self._newest(tx, self.party, self.own, now)
+            for party, partner in self.partners.parties().items():
+                self.partners.replace(party, await self._newest(tx, party, partner.trusted, now))
+        signer = self.exchange.signer
+        if signer.keyid not in self.own.document.roles[TRANSFER_ROLE].keyids:
+            raise GatewayError(
+                ResponseCode.KEY_UNKNOWN_OR_REVOKED,
+                f"the configured signer's key {signer.keyid[:16]}... is not in the transfer role of {self.party}'s"
+                f" trust document version {self.own.version}; configure the signer of the current document",
+            )
+        if self.own.document.is_expired(now):
+            log.error(
+                "%s: our own trust document (version %d) has expired; partners will refuse our statements",
+                self.party,
+                self.own.version,
+            )
+
+    async def _newest(self, tx: Transaction, party: str, configured: TrustedParty, now: dt.datetime) -> TrustedParty:
+        stored = await tx.latest_trust_document(party)
+        if stored is not None and stored[0] > configured.version:
+            return TrustedParty.restore(Envelope.from_json(stored[1]))
+        await tx.put_trust_document(party, configured.version, configured.envelope.to_json(), now)
+        return configured
+
+    async def published(self, version: int | None) -> bytes | None:
+        """This gateway's trust document envelope (JSON) of ``version``, or the current one."""
+        if version is None:
+            return self.own.envelope.to_json()
+        async with self.store.read() as tx:
+            return await tx.trust_document(self.party, version)
+
+    async def rotate(self, envelope: Envelope, signer: Signer) -> tuple[TrustedParty, list[PushResult]]:
+        """Install the next version of our own document, switch signer, re-sign the outbox and push."""
+        now = self.clock()
+        updated = apply_trust_update(self.own, envelope, now)
+        if signer.keyid not in updated.document.roles[TRANSFER_ROLE].keyids:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                "the signer's key is not in the new document's transfer role",
+                field="signer",
+            )
+        async with self.store.transaction() as tx:
+            await tx.put_trust_document(self.party, updated.version, envelope.to_json(), now)
+            # Pending statements keep their payloads (and so the hash chain); only their signature changes.
+            for message in await tx.pending_outbox():
+                old = wire.envelope_from_bytes(message.envelope)
+                fresh = wire.envelope_to_bytes(sign_envelope(old.payload_type, old.payload, [signer]))
+                await tx.replace_outbox_envelope(message.outbox_id, message.receiver, message.message_id, fresh)
+        self.own = updated
+        self.exchange.signer = signer
+        log.warning(
+            "%s: now signing with key %s under trust document version %d", self.party, signer.keyid, updated.version
+        )
+        return updated, await self.push(envelope)
+
+    async def push(self, envelope: Envelope) -> list[PushResult]:
+        """Deliver a trust document to every partner; report each answer (a failure is reported, not raised)."""
+        raw = wire.envelope_to_bytes(envelope)
+        results = []
+        for party, partner in self.partners.parties().items():
+            try:
+                receipt = self.exchange.read_receipt(partner, await self.transport.deliver(party, raw))
+                results.append(PushResult(party, ResponseCode(receipt.code), receipt.detail))
+            except (TransportError, GatewayError) as exc:
+                code = exc.code if isinstance(exc, GatewayError) else ResponseCode.UNKNOWN_PARTNER
+                results.append(PushResult(party, code, str(exc)))
+        return results
+
+    async def refresh(self, party: str, base_url: str) -> TrustedParty:
+        """Fetch ``party``'s documents newer than the trusted one from ``base_url`` and apply them in order."""
+        partner = self.partners.get(party)
+        if partner is None:
+            raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{party!r} is not a partner", field="party")
+        if not base_url:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, f"no http_url is configured for partner {party!r}", field="party"
+            )
+        envelopes: list[Envelope] = []
+        version = partner.trusted.version + 1
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            while True:
+                url = base_url.rstrip("/") + TRUST_VERSION_PATH.format(version=version)
+                async with session.get(url) as response:
+                    if response.status == 404:
+                        break
+                    if response.status != 200:
+                        raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{url} answered HTTP {response.status}")
+                    try:
+                        envelopes.append(Envelope.from_json(await response.read()))
+                    except EnvelopeFormatError as exc:
+                        raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"{url}: {exc}") from None
+                version += 1
+        if not envelopes:
+            return partner.trusted
+        try:
+            updated = partner.trusted.update_many(envelopes, self.clock())
+        except TrustError as exc:
+            raise GatewayError(ResponseCode.TRUST_UPDATE_REFUSED, str(exc)) from None
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            for offset, envelope in enumerate(envelopes, start=1):
+                await tx.put_trust_document(party, partner.trusted.version + offset, envelope.to_json(), now)
+        self.partners.replace(party, updated)
+        return updated
