@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=_serve_command)
 
+    from gateway.tools import register as register_tools
+
+    register_tools(commands)
     with contextlib.suppress(ImportError):
         from adapters.commands import register as register_adapters
 

@@ -1,0 +1,310 @@
+"""Demo certificates for mutual TLS between gateways: a small CA and one certificate per Party.
+
+These are for tests and demos, not for production PKI: the CA key is an unencrypted file, there is no
+revocation, and nothing records what was issued. A production deployment uses its own PKI and only
+configures the resulting files (``[tls]`` in the gateway configuration).
+
+Every key is EC P-256 and every signature ECDSA with SHA-256. A gateway certificate names its Party in the
+subject common name (which the partner exchange binds to the signed sender) and in the subject alternative
+name, beside ``localhost`` and ``127.0.0.1``; it is valid for both server and client authentication.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.domain.records import PARTY_PATTERN
+
+__all__ = [
+    "CA_CERTIFICATE_FILE",
+    "CA_KEY_FILE",
+    "DEMO_WARNING",
+    "CertificateError",
+    "GatewayCertificates",
+    "create_ca",
+    "issue_certificate",
+    "write_gateway_certificates",
+]
+
+CA_CERTIFICATE_FILE = "ca.crt"
+CA_KEY_FILE = "ca.key"
+MAX_DAYS = 36500
+DEMO_WARNING = (
+    "these certificates are for tests and demos, not for production PKI: the CA key is an unencrypted file "
+    "and nothing can revoke what it issued"
+)
+
+_BACKDATE = dt.timedelta(minutes=5)
+"""Certificates start slightly in the past so that a peer whose clock lags a little still accepts them."""
+
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+
+
+class CertificateError(Exception):
+    """A certificate could not be created, loaded or written; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class GatewayCertificates:
+    """The files `write_gateway_certificates` used or wrote.
+
+    ``issued`` maps each Party code to its ``(certificate, private key)`` paths. ``reused_ca`` tells whether
+    an existing CA was found in the folder.
+    """
+
+    ca_certificate: Path
+    ca_key: Path
+    reused_ca: bool
+    ca_name: str
+    issued: dict[str, tuple[Path, Path]]
+
+
+def create_ca(name: str, days: int = 365) -> tuple[bytes, bytes]:
+    """Create a self-signed CA; return its certificate PEM and its unencrypted PKCS#8 private key PEM.
+
+    The CA may sign end-entity certificates only (path length 0) and is valid for ``days`` days.
+    """
+    if not isinstance(name, str) or not name.strip() or not name.isprintable():
+        raise CertificateError(f"the CA name must be a non-empty printable string, got {name!r}")
+    _check_days(days)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), _private_pem(key)
+
+
+def issue_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, days: int = 365) -> tuple[bytes, bytes]:
+    """Issue a server-and-client certificate for ``common_name``; return its certificate PEM and key PEM.
+
+    The subject is ``CN=common_name``; the subject alternative name holds the DNS names ``localhost`` and
+    ``common_name`` and the IP address 127.0.0.1. ``common_name`` must therefore be a DNS label (letters,
+    digits and inner hyphens, at most 63 characters). The certificate is valid for ``days`` days, but never
+    beyond the CA's own expiry, since no verifier would accept it after that.
+    """
+    if not isinstance(common_name, str) or not _DNS_LABEL.fullmatch(common_name):
+        raise CertificateError(
+            f"the common name {common_name!r} is not a DNS label (letters, digits and inner hyphens, at most "
+            "63 characters); it is also the certificate's DNS name"
+        )
+    _check_days(days)
+    ca_certificate, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
+    now = _now()
+    if ca_certificate.not_valid_after_utc <= now:
+        raise CertificateError(
+            f"the CA certificate expired at {ca_certificate.not_valid_after_utc.isoformat()}; create a new CA"
+        )
+    key = ec.generate_private_key(ec.SECP256R1())
+    alternative_names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    if common_name.lower() != "localhost":
+        alternative_names.append(x509.DNSName(common_name))
+    alternative_names.append(x509.IPAddress(_LOOPBACK))
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca_certificate.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), _private_pem(key)
+
+
+def write_gateway_certificates(
+    out_dir: Path, parties: Sequence[str], ca_name: str, days: int = 365
+) -> GatewayCertificates:
+    """Write a CA and one certificate per Party into ``out_dir``; return what was used and written.
+
+    If ``out_dir/ca.crt`` and ``out_dir/ca.key`` both exist, that CA is reused (and ``ca_name`` ignored), so
+    a partner can be added later; otherwise a new CA named ``ca_name`` is created. Each Party (an ISO 3166-1
+    alpha-3 code such as ``CHE``) gets ``out_dir/che.crt`` and ``out_dir/che.key``. Private keys are written
+    with mode 0600. Nothing is overwritten: if a Party's files already exist, nothing is written at all.
+    """
+    out_dir = Path(out_dir)
+    _check_days(days)
+    if not parties:
+        raise CertificateError("name at least one Party to issue a certificate for, e.g. CHN CHE")
+    seen: set[str] = set()
+    for party in parties:
+        if not isinstance(party, str) or not PARTY_PATTERN.match(party):
+            raise CertificateError(
+                f"{party!r} is not a Party code: use the ISO 3166-1 alpha-3 code in capitals, e.g. CHE"
+            )
+        if party in seen:
+            raise CertificateError(f"the Party {party} is named twice")
+        seen.add(party)
+
+    ca_cert_path = out_dir / CA_CERTIFICATE_FILE
+    ca_key_path = out_dir / CA_KEY_FILE
+    targets = {party: (out_dir / f"{party.lower()}.crt", out_dir / f"{party.lower()}.key") for party in parties}
+    existing = [str(path) for paths in targets.values() for path in paths if path.exists()]
+    if existing:
+        raise CertificateError(
+            f"refusing to overwrite {', '.join(existing)}; remove these files to issue them again, or choose "
+            "another folder"
+        )
+
+    if ca_cert_path.exists() or ca_key_path.exists():
+        if not (ca_cert_path.exists() and ca_key_path.exists()):
+            present, absent = (ca_cert_path, ca_key_path) if ca_cert_path.exists() else (ca_key_path, ca_cert_path)
+            raise CertificateError(
+                f"{present} exists but {absent} does not; restore the missing file to reuse the CA, or remove "
+                f"{present} to create a new CA"
+            )
+        ca_cert_pem = _read(ca_cert_path)
+        ca_key_pem = _read(ca_key_path)
+        ca_certificate, _ = _load_ca(ca_cert_pem, ca_key_pem)
+        reused = True
+        names = ca_certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ca_name = str(names[0].value) if names else ca_certificate.subject.rfc4514_string()
+    else:
+        ca_cert_pem, ca_key_pem = create_ca(ca_name, days)
+        reused = False
+
+    issued = {party: issue_certificate(ca_cert_pem, ca_key_pem, party, days) for party in parties}
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not reused:
+            _write_new(ca_key_path, ca_key_pem, 0o600)
+            _write_new(ca_cert_path, ca_cert_pem, 0o644)
+        for party, (cert_pem, key_pem) in issued.items():
+            cert_path, key_path = targets[party]
+            _write_new(key_path, key_pem, 0o600)
+            _write_new(cert_path, cert_pem, 0o644)
+    except FileExistsError as exc:
+        raise CertificateError(f"refusing to overwrite {exc.filename}: it was created while writing") from None
+    except OSError as exc:
+        raise CertificateError(f"cannot write the certificates into {out_dir}: {exc.strerror or exc}") from None
+    return GatewayCertificates(
+        ca_certificate=ca_cert_path, ca_key=ca_key_path, reused_ca=reused, ca_name=ca_name, issued=targets
+    )
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _check_days(days: int) -> None:
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS:
+        raise CertificateError(f"the validity must be a whole number of days from 1 to {MAX_DAYS}, got {days!r}")
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load_ca(cert_pem: bytes, key_pem: bytes) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise CertificateError(f"the CA certificate is not a PEM certificate ({exc})") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, None)
+    except TypeError:
+        raise CertificateError("the CA private key is encrypted; these demo tools need an unencrypted CA key") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateError(f"the CA private key is not a PEM private key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise CertificateError("the CA private key is not an EC P-256 key; create a new CA with these tools")
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise CertificateError("the CA certificate is not a CA certificate (no basicConstraints CA:TRUE)")
+    if key.public_key() != certificate.public_key():
+        raise CertificateError("the CA private key does not belong to the CA certificate; keep the two files paired")
+    try:
+        certificate.verify_directly_issued_by(certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CertificateError("the CA certificate is not self-signed; use a CA created by these tools") from None
+    return certificate, key
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
