@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.demo import self_signed_trust_document
+from gateway.harness import self_signed_trust_document
 from signing import generate_key, signer_from_uri
 
 CLI = [sys.executable, "-m", "gateway.cli"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -47,10 +47,12 @@ class Crafter:
     sender: str
     receiver: str
     channel: ChannelState = field(default_factory=ChannelState)
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    lifetime: dt.timedelta = dt.timedelta(hours=1)
 
     def statement(self, **body: object) -> tuple[bytes, Header]:
         """The payload of the next statement on the channel, and its header (the channel advances)."""
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         header = Header(
             message_id=str(uuid.uuid4()),
             sender=self.sender,
@@ -58,7 +60,7 @@ class Crafter:
             sequence=self.channel.last_sequence + 1,
             previous_hash=self.channel.last_hash,
             issued_at=now,
-            expires_at=now + dt.timedelta(hours=1),
+            expires_at=now + self.lifetime,
         )
         payload = partner_pb2.Statement(header=wire.header_to_proto(header), **body).SerializeToString()  # type: ignore[arg-type]
         self.channel = self.channel.advance(payload)

@@ -66,6 +66,7 @@ async def test_a_gateway_restarted_after_a_crash_delivers_what_it_had_committed(
         party="CHN",
         store=await SQLiteStore.open(tmp_path / "chn.db"),
         signer=pair.chn.signer,
+        own_trust=Envelope.from_json((tmp_path / "chn.trust.json").read_bytes()),
         partners=[
             PartnerSpec(
                 party="CHE",

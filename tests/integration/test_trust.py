@@ -1,0 +1,184 @@
+"""Trust over time between two real gateways: rotation through the operator API, refresh from the
+published URL, persistence across a restart, and a SoftHSM2-backed signer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import grpc
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway import wire
+from gateway.demo import Pair, wait_for_state
+from gateway.domain.errors import ResponseCode
+from gateway.domain.protocol import ACCEPT_ALL
+from gateway.harness import Network, start_network
+from gateway.node import GatewayNode, PartnerSpec
+from gateway.store.sqlite import SQLiteStore
+from signing import (
+    Algorithm,
+    CryptoSigner,
+    Role,
+    Signer,
+    TrustDocument,
+    generate_key,
+    pae,
+    sign_trust_document,
+    signer_from_uri,
+)
+from tests.integration.harness import TERMINAL, Crafter, deliver_raw, error_code, operator, setup_accounts, transfer
+from tests.signing.softhsm import create_softhsm_key, require_softhsm
+
+
+def next_document(
+    network: Network, party: str, version: int, new: Signer, *, keep: Signer | None = None
+) -> TrustDocument:
+    keys = [new] if keep is None else [keep, new]
+    return TrustDocument(
+        party=party,
+        version=version,
+        expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=90),
+        keys={k.public_key.keyid: k.public_key for k in keys},
+        roles={"trust": Role((new.keyid,), 1), "transfer": Role(tuple(k.keyid for k in keys), 1)},
+    )
+
+
+async def rotate(network: Network, party: str, version: int, *, keep_old: bool = False) -> Signer:
+    """Rotate ``party`` to a new key through its operator API; return the new signer."""
+    old = network.signers[party]
+    prefix = network.workdir / f"{party.lower()}-v{version}"
+    generate_key(prefix)
+    new = signer_from_uri(f"file:{prefix}.key")
+    document = next_document(network, party, version, new, keep=old if keep_old else None)
+    envelope = sign_trust_document(document, [old, new])
+    async with operator(network[party]) as stub:
+        status = await stub.RotateTrustDocument(
+            operator_pb2.RotateTrustDocumentRequest(
+                idempotency_key=f"rotate-{version}", envelope_json=envelope.to_json(), signer=f"file:{prefix}.key"
+            )
+        )
+    assert status.version == version
+    assert [(p.party, ResponseCode(p.code)) for p in status.pushed] == [
+        (other, ResponseCode.OK) for other in network.nodes if other != party
+    ]
+    network.signers[party] = new
+    return new
+
+
+@pytest.mark.asyncio
+async def test_after_a_rotation_both_gateways_keep_exchanging_and_the_retired_key_is_refused(tmp_path: Path) -> None:
+    network = await start_network(tmp_path, ("CHN", "CHE"))
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        await transfer(pair, block, 1, 100, "before")
+        retired = network.signers["CHN"]
+        await rotate(network, "CHN", 2)
+        await rotate(network, "CHE", 2)
+        async with operator(pair.che) as che:
+            listed = await che.ListTrust(operator_pb2.ListTrustRequest())
+        assert (listed.own.version, [(p.party, p.version) for p in listed.partners]) == (2, [("CHN", 2)])
+
+        transfer_id = await transfer(pair, block, 101, 200, "after")
+        async with operator(pair.chn) as chn:
+            done = await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+        assert done.state == records_pb2.COMPLETED
+
+        async with pair.chn.store.read() as tx:
+            channel = await tx.outgoing_channel("CHE")
+        crafter = Crafter(signer=retired, sender="CHN", receiver="CHE", channel=channel)
+        payload, _ = crafter.statement(
+            status_query=__import__("carbon_gateway.v1.partner_pb2", fromlist=["x"]).StatusQuery(
+                transfer_id=transfer_id
+            )
+        )
+        receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
+        assert ResponseCode(receipt.code) is ResponseCode.KEY_UNKNOWN_OR_REVOKED
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_rotation_that_is_not_the_next_version_is_refused_by_the_operator_api(tmp_path: Path) -> None:
+    network = await start_network(tmp_path, ("CHN", "CHE"))
+    try:
+        old = network.signers["CHN"]
+        new = CryptoSigner.generate()
+        envelope = sign_trust_document(next_document(network, "CHN", 3, new), [old, new])
+        async with operator(network["CHN"]) as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.RotateTrustDocument(
+                    operator_pb2.RotateTrustDocumentRequest(
+                        idempotency_key="k", envelope_json=envelope.to_json(), signer="x"
+                    )
+                )
+        assert error_code(caught.value) in (ResponseCode.TRUST_UPDATE_REFUSED, ResponseCode.INVALID_ARGUMENT)
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_partner_refreshes_trust_from_the_published_url_and_keeps_it_across_a_restart(tmp_path: Path) -> None:
+    network = await start_network(tmp_path, ("CHN", "CHE"), http=True)
+    try:
+        che = network["CHE"]
+        # CHN publishes versions 2 and 3 without pushing them (as if CHE had been down).
+        old = network.signers["CHN"]
+        mid, last = CryptoSigner.generate(), CryptoSigner.generate()
+        v2 = sign_trust_document(next_document(network, "CHN", 2, mid), [old, mid])
+        v3 = sign_trust_document(next_document(network, "CHN", 3, last), [mid, last])
+        async with network["CHN"].store.transaction() as tx:
+            await tx.put_trust_document("CHN", 2, v2.to_json(), dt.datetime.now(dt.UTC))
+            await tx.put_trust_document("CHN", 3, v3.to_json(), dt.datetime.now(dt.UTC))
+        async with operator(che) as stub:
+            status = await stub.RefreshPartnerTrust(operator_pb2.RefreshPartnerTrustRequest(party="CHN"))
+        assert status.version == 3
+        assert list(status.transfer_keyids) == [last.keyid]
+    finally:
+        await network.stop()
+
+    restarted = await start_network(tmp_path / "again", ("CHN", "CHE"))
+    await restarted.stop()
+    # The same database files, reopened: CHE still trusts version 3.
+
+    node = GatewayNode(
+        party="CHE",
+        store=await SQLiteStore.open(tmp_path / "che.db"),
+        signer=network.signers["CHE"],
+        own_trust=network.trust["CHE"],
+        partners=[PartnerSpec(party="CHN", address="127.0.0.1:9", trust_envelope=network.trust["CHN"])],
+        policy=ACCEPT_ALL,
+    )
+    await node.start()
+    try:
+        assert node.partners.parties()["CHN"].trusted.version == 3
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_softhsm_backed_gateway_signs_transfer_messages_its_partner_verifies(tmp_path: Path) -> None:
+    require_softhsm()
+    key = create_softhsm_key(
+        tmp_path / "hsm", token_label="chn-token", key_label="chn-transfer", algorithm=Algorithm.ECDSA_P256_SHA256
+    )
+    signer = signer_from_uri(key.uri)
+    network = await start_network(tmp_path / "net", ("CHN", "CHE"), signers={"CHN": signer})
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        transfer_id = await transfer(pair, block, 1, 50, "hsm")
+        async with operator(pair.che) as che:
+            done = await wait_for_state(che, transfer_id, TERMINAL)
+        assert done.state == records_pb2.COMPLETED
+        async with pair.che.store.read() as tx:
+            received = [m for m in await tx.list_messages() if m.direction == "in"]
+        assert received
+        for message in received:
+            envelope = wire.envelope_from_bytes(message.envelope)
+            assert [s.keyid for s in envelope.signatures] == [signer.keyid]
+            assert key.public_key.verify(envelope.signatures[0].sig, pae(envelope.payload_type, envelope.payload))
+    finally:
+        await network.stop()
