@@ -8,7 +8,7 @@ PROTO_OUT := proto
 PROTOS := $(wildcard $(PROTO_DIR)/carbon_gateway/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto proto-check bench clean
+.PHONY: run test lint proto bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ proto: $(STAMP)
 	$(PY) -m gateway.protogen $(PROTO_OUT)
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m tests.bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache bench-results.json

@@ -1,0 +1,65 @@
+"""Shared helpers for the benchmarks: timing, and the figure record written to bench-results.json."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure, the limit it is measured against, and the target ratio.
+
+    ``direction`` says how the ratio is judged: ``"max"`` means ratio = value / limit must be at most
+    ``target`` (latency, overhead); ``"min"`` means ratio must be at least ``target`` (throughput share).
+    """
+
+    name: str
+    value: float
+    unit: str
+    limit_name: str
+    limit: float
+    target: float
+    direction: Literal["max", "min"]
+
+    @property
+    def ratio(self) -> float:
+        """value / limit."""
+        return self.value / self.limit if self.limit else float("inf")
+
+    @property
+    def met(self) -> bool:
+        """Whether the target was met."""
+        return self.ratio <= self.target if self.direction == "max" else self.ratio >= self.target
+
+    def as_json(self) -> dict[str, Any]:
+        """The entry written to bench-results.json."""
+        entry = asdict(self)
+        entry.update(ratio=round(self.ratio, 4), target_met=self.met)
+        return entry
+
+    def line(self) -> str:
+        """A human-readable line: value, limit, ratio and target."""
+        op = "<=" if self.direction == "max" else ">="
+        verdict = "met" if self.met else "MISSED"
+        return (
+            f"{self.name}: {self.value:,.3f} {self.unit} vs {self.limit_name} {self.limit:,.3f} {self.unit}"
+            f" -> ratio {self.ratio:.3f} (target {op} {self.target}) {verdict}"
+        )
+
+
+def rate(fn: Callable[[], object], *, seconds: float = 1.0, min_calls: int = 50) -> float:
+    """Calls per second of ``fn``, measured for about ``seconds`` after a short warm-up."""
+    for _ in range(min(20, min_calls)):
+        fn()
+    calls = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        fn()
+        calls += 1
+        now = time.perf_counter()
+        if calls >= min_calls and now >= deadline:
+            return calls / (now - start)
