@@ -1,0 +1,268 @@
+"""Reading typed values out of raw records, collecting every problem of a record before refusing it.
+
+Raw values come from JSON (str, int, float, bool, None), CSV (str) or XLSX (str, int, float, datetime).
+A value is *empty* when it is None or blank text. Text is kept verbatim (not stripped), so that a record
+that maps back is byte-for-byte the one that came in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from collections.abc import Mapping
+from typing import TypeVar
+
+from adapters import vocab
+from gateway.domain.mapping import IssueCode, Problem, RecordRejected
+
+E = TypeVar("E", bound=enum.Enum)
+
+_DIGITS = re.compile(r"0|[1-9]\d*")
+_DMY = re.compile(r"(\d{2})/(\d{2})/(\d{4})")
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_MS = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z")
+
+
+def is_empty(value: object) -> bool:
+    """True for None and blank text."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def format_dmy(value: dt.date) -> str:
+    """``dd/mm/yyyy``, the AEF's date form for authorizations and submissions."""
+    return f"{value.day:02d}/{value.month:02d}/{value.year:04d}"
+
+
+def format_iso_ms(value: dt.datetime) -> str:
+    """ISO 8601 UTC with milliseconds, the AEF's action date form, e.g. ``2025-03-01T08:00:00.000Z``."""
+    return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
+
+
+def check_action_instant(value: dt.datetime) -> str | None:
+    """Why ``value`` cannot be an AEF action date, or None."""
+    if value.tzinfo is None or value.utcoffset() != dt.timedelta(0):
+        return "must be a UTC instant"
+    if value.microsecond % 1000:
+        return "must be whole milliseconds (the AEF keeps three decimals)"
+    return None
+
+
+class FieldReader:
+    """Typed access to one raw record. Each getter records a problem and returns None on failure."""
+
+    __slots__ = ("problems", "raw")
+
+    def __init__(self, raw: Mapping[str, object]) -> None:
+        self.raw = raw
+        self.problems: list[Problem] = []
+
+    def fail(self, field: str, message: str, code: IssueCode) -> None:
+        """Record a problem."""
+        self.problems.append(Problem(field, message, code))
+
+    def check(self) -> None:
+        """Raise `RecordRejected` with every problem found so far."""
+        if self.problems:
+            raise RecordRejected(self.problems)
+
+    def present(self, key: str) -> bool:
+        """True when the field has a non-empty value."""
+        return not is_empty(self.raw.get(key))
+
+    def _get(self, key: str, required: bool) -> object | None:
+        value = self.raw.get(key)
+        if is_empty(value):
+            if required:
+                self.fail(key, "is required but missing or empty", IssueCode.MISSING_FIELD)
+            return None
+        return value
+
+    def text(self, key: str, *, required: bool = True, pattern: re.Pattern[str] | None = None, shape: str = "") -> str:
+        """Text, optionally matching ``pattern`` (described by ``shape``). Missing optional text is ``""``."""
+        value = self._get(key, required)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(key, f"must be text, not {type(value).__name__}", IssueCode.BAD_VALUE)
+                return ""
+            value = str(value)
+        if pattern is not None and not pattern.fullmatch(value):
+            self.fail(key, f"{value!r} does not have the form {shape}", IssueCode.BAD_PATTERN)
+            return ""
+        return value
+
+    def integer(self, key: str, *, required: bool = True, what: str = "a whole number", minimum: int = 0) -> int | None:
+        """A non-negative (or ``>= minimum``) integer; refuses signs, fractions and padding."""
+        value = self._get(key, required)
+        if value is None:
+            return None
+        number: int | None = None
+        if isinstance(value, bool):
+            number = None
+        elif isinstance(value, int):
+            number = value
+        elif isinstance(value, float):
+            if value.is_integer():
+                number = int(value)
+            else:
+                self.fail(key, f"{value!r} is fractional: {what} is required", IssueCode.BAD_QUANTITY)
+                return None
+        elif isinstance(value, str):
+            if _DIGITS.fullmatch(value):
+                number = int(value)
+            else:
+                problem = (
+                    "is negative"
+                    if value.lstrip().startswith("-")
+                    else ("is fractional" if re.fullmatch(r"-?\d*\.\d+|-?\d+\.\d*", value) else "is not a number")
+                )
+                self.fail(key, f"{value!r} {problem}: {what} is required", IssueCode.BAD_QUANTITY)
+                return None
+        if number is None:
+            self.fail(key, f"{value!r} is not {what}", IssueCode.BAD_QUANTITY)
+            return None
+        if number < minimum:
+            self.fail(key, f"{number} is below {minimum}: {what} is required", IssueCode.BAD_QUANTITY)
+            return None
+        return number
+
+    def quantity(self, key: str, *, required: bool = True) -> int | None:
+        """A positive whole number of t CO2e."""
+        return self.integer(key, required=required, what="a positive whole number of t CO2e", minimum=1)
+
+    def year(self, key: str, *, required: bool = True) -> int | None:
+        """A four-digit year."""
+        value = self.integer(key, required=required, what="a four-digit year", minimum=1000)
+        if value is not None and value > 9999:
+            self.fail(key, f"{value} is not a four-digit year", IssueCode.BAD_VALUE)
+            return None
+        return value
+
+    def date_dmy(self, key: str, *, required: bool = True) -> dt.date | None:
+        """A ``dd/mm/yyyy`` date (an XLSX date cell is accepted too)."""
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, dt.date):
+            return value
+        match = _DMY.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            self.fail(key, f"{value!r} is not a date of the form dd/mm/yyyy", IssueCode.BAD_DATE)
+            return None
+        try:
+            return dt.date(int(match[3]), int(match[2]), int(match[1]))
+        except ValueError as error:
+            self.fail(key, f"{value!r} is not a real date ({error})", IssueCode.BAD_DATE)
+            return None
+
+    def date_iso(self, key: str, *, required: bool = True) -> dt.date | None:
+        """A ``YYYY-MM-DD`` date."""
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+            self.fail(key, f"{value!r} is not a date of the form YYYY-MM-DD", IssueCode.BAD_DATE)
+            return None
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError as error:
+            self.fail(key, f"{value!r} is not a real date ({error})", IssueCode.BAD_DATE)
+            return None
+
+    def instant(self, key: str, *, required: bool = True) -> dt.datetime | None:
+        """An ISO 8601 UTC instant with milliseconds, ``YYYY-MM-DDTHH:MM:SS.sssZ``."""
+        value = self._get(key, required)
+        if value is None:
+            return None
+        match = _ISO_MS.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            self.fail(
+                key,
+                f"{value!r} is not an ISO 8601 UTC time with milliseconds (YYYY-MM-DDTHH:MM:SS.sssZ)",
+                IssueCode.BAD_DATE,
+            )
+            return None
+        y, mo, d, h, mi, s, ms = (int(g) for g in match.groups())
+        try:
+            return dt.datetime(y, mo, d, h, mi, s, ms * 1000, tzinfo=dt.UTC)
+        except ValueError as error:
+            self.fail(key, f"{value!r} is not a real time ({error})", IssueCode.BAD_DATE)
+            return None
+
+    def choice(self, key: str, kind: type[E], *, required: bool = True) -> E | None:
+        """A value of a controlled vocabulary (an enum of strings)."""
+        value = self._get(key, required)
+        if value is None:
+            return None
+        for member in kind:
+            if member.value == value:
+                return member
+        allowed = "; ".join(repr(m.value) for m in kind)
+        self.fail(key, f"{value!r} is not in the vocabulary: use one of {allowed}", IssueCode.BAD_VALUE)
+        return None
+
+    def choices(self, key: str, kind: type[E], *, required: bool = True) -> tuple[E, ...]:
+        """A ``"; "``-separated list of vocabulary values."""
+        value = self.text(key, required=required)
+        if not value:
+            return ()
+        found: list[E] = []
+        for item in value.split(vocab.LIST_SEPARATOR):
+            match = next((m for m in kind if m.value == item), None)
+            if match is None:
+                allowed = "; ".join(repr(m.value) for m in kind)
+                self.fail(
+                    key,
+                    f"{item!r} is not in the vocabulary: use values from {allowed}, "
+                    f"separated by {vocab.LIST_SEPARATOR!r}",
+                    IssueCode.BAD_VALUE,
+                )
+                return ()
+            found.append(match)
+        return tuple(found)
+
+    def texts(self, key: str, *, required: bool = True) -> tuple[str, ...]:
+        """A ``"; "``-separated list of free texts."""
+        value = self.text(key, required=required)
+        return tuple(value.split(vocab.LIST_SEPARATOR)) if value else ()
+
+    def party(self, key: str, *, required: bool = True) -> str:
+        """A Party code (ISO 3166-1 alpha-3)."""
+        value = self.text(key, required=required)
+        if value and value not in vocab.PARTY_CODES:
+            self.fail(
+                key, f"{value!r} is not an ISO 3166-1 alpha-3 Party code (e.g. CHN, CHE, SGP)", IssueCode.BAD_VALUE
+            )
+            return ""
+        return value
+
+    def parties(self, key: str, *, required: bool = True) -> tuple[str, ...]:
+        """A ``"; "``-separated list of Party codes."""
+        values = self.texts(key, required=required)
+        bad = [v for v in values if v not in vocab.PARTY_CODES]
+        if bad:
+            self.fail(key, f"{', '.join(map(repr, bad))} is not an ISO 3166-1 alpha-3 Party code", IssueCode.BAD_VALUE)
+            return ()
+        return values
+
+    def cooperative_approach(self, key: str, *, required: bool = True) -> str:
+        """A cooperative approach ID, ``CA`` followed by four digits."""
+        return self.text(key, required=required, pattern=vocab.COOPERATIVE_APPROACH, shape="CA + 4 digits (CA0001)")
+
+    def party_registry(self, key: str, *, required: bool = True) -> str:
+        """A Party ITMO registry ID: a Party code followed by two digits (``CHN01``)."""
+        value = self.text(key, required=required, pattern=vocab.PARTY_REGISTRY, shape="Party code + 2 digits (CHN01)")
+        if value and value[:3] not in vocab.PARTY_CODES:
+            self.fail(key, f"{value!r} does not start with an ISO 3166-1 alpha-3 Party code", IssueCode.BAD_VALUE)
+            return ""
+        return value
+
+    def forbid_unknown(self, known: frozenset[str]) -> None:
+        """Refuse fields the schema does not define (a misspelt column would otherwise be dropped)."""
+        for key in self.raw:
+            if key not in known:
+                self.fail(key, "is not a field of this schema (check its spelling)", IssueCode.UNKNOWN_FIELD)

@@ -1,0 +1,300 @@
+"""The five AEF tables: CSV and XLSX round trips, the workbook, and every rule on the columns."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+import openpyxl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapters import aef
+from adapters.aef_codec import parse_row, render_row
+from adapters.aef_columns import COLUMNS, Table, headers
+from adapters.context import MappingContext
+from adapters.mapping import map_batch
+from adapters.serials.itmo import FirstIdStyle
+from gateway.domain.canonical import AefAction, AefReport
+from gateway.domain.mapping import IssueCode, RecordRejected
+from gateway.domain.records import ActionType, Purpose
+from tests.adapters import strategies as s
+
+CTX = MappingContext(extension_codes=(("CN-CCER", "CCER"),))
+ADAPTERS = s.built_in_adapters()
+TABLE_RECORDS = {
+    Table.SUBMISSION: s.aef_submissions(),
+    Table.AUTHORIZATIONS: s.aef_authorizations(),
+    Table.ACTIONS: s.aef_actions(),
+    Table.HOLDINGS: s.aef_holdings(),
+    Table.AUTHORIZED_ENTITIES: s.aef_entities(),
+}
+
+
+def test_column_counts_match_the_nomenclature() -> None:
+    counts = {table: len(headers(table)) for table in Table}
+    assert counts == {
+        Table.SUBMISSION: 9,
+        Table.AUTHORIZATIONS: 19,
+        Table.ACTIONS: 27,
+        Table.HOLDINGS: 16,
+        Table.AUTHORIZED_ENTITIES: 8,
+    }
+    assert len({(c.table, c.header) for c in COLUMNS}) == len(COLUMNS), "no header twice in a table"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+@pytest.mark.parametrize("table", list(Table), ids=lambda t: t.value)
+def test_tables_round_trip_field_by_field(table: Table, fmt: str) -> None:
+    adapter = aef.ADAPTERS[table]
+
+    @settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(TABLE_RECORDS[table], min_size=1, max_size=4))
+    def check(records: list[Any]) -> None:
+        rendered = [adapter.render(r, CTX) for r in records]
+        assert all(not r.lost for r in rendered)
+        data = adapter.encode([r.row for r in rendered], fmt)
+        back = [adapter.parse(raw, CTX) for raw in adapter.decode(data, fmt)]
+        for before, after in zip(records, back, strict=True):
+            names = (
+                dataclasses.fields(before)
+                if not isinstance(before, AefAction)
+                else [f for f in dataclasses.fields(before.header)] + list(dataclasses.fields(before))[1:]
+            )
+            for f in names:
+                assert getattr(after, f.name) == getattr(before, f.name), f.name
+
+    check()
+
+
+@given(s.aef_actions(), s.aef_holdings(), s.aef_submissions(), s.aef_authorizations(), s.aef_entities())
+@settings(max_examples=20, suppress_health_check=[HealthCheck.too_slow])
+def test_workbook_opens_with_nomenclature_headers_and_reads_back(
+    action: AefAction, holding: Any, submission: Any, authorization: Any, entity: Any
+) -> None:
+    report = AefReport((submission,), (authorization,), (action,), (holding,), (entity,))
+    data = aef.write_workbook(report, CTX)
+    workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True)
+    try:
+        assert workbook.sheetnames == [t.value for t in Table]
+        for table in Table:
+            first = next(workbook[table.value].iter_rows(min_row=1, max_row=1, values_only=True))
+            assert list(first) == list(headers(table))
+    finally:
+        workbook.close()
+    assert aef.read_workbook(data, CTX) == report
+
+
+def _action_row(**changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "Action date": "2025-03-01T08:00:00.000Z",
+        "Action type": "First transfer",
+        "Action subtype": "First transfer to another Party",
+        "Cooperative approach ID": "CA0001",
+        "Authorization ID": "CHN-CHE-2025-001",
+        "First transferring participating Party ID": "CHN",
+        "Party ITMO registry ID": "CHN01",
+        "First ID": "CA0001-CHN01-CHN-1001-2024",
+        "Last ID": "CA0001-CHN01-CHN-2000-2024",
+        "Underlying unit registry ID": "VCS",
+        "First unit ID": "u-1001",
+        "Last unit ID": "u-2000",
+        "Metric": "GHG",
+        "GWP value(s)": "AR5",
+        "non-GHG metric": "",
+        "Quantity (t CO2 eq)": "1000",
+        "Quantity (non-GHG metric)": "",
+        "Mitigation type": "Emission reductions",
+        "Vintage": "2024",
+        "Transferring Party ID": "",
+        "Acquiring Party ID": "CHE",
+        "Purpose of use or cancellation": "",
+        "Using/cancelling Party ID": "",
+        "Using/cancelling entity ID": "",
+        "NDC year of use": "",
+        "Consistency check result": "",
+        "Additional information": "",
+    }
+    row.update(changes)
+    return row
+
+
+def test_a_valid_action_row_parses() -> None:
+    record, notes = parse_row(Table.ACTIONS, _action_row(), CTX)
+    assert (record.quantity, record.itmo_first_serial, record.acquiring_party) == (1000, 1001, "CHE")
+    assert notes == ()
+
+
+RULES = [
+    ({"Transferring Party ID": "CHE"}, "Transferring Party ID", IssueCode.NOT_APPLICABLE),
+    (
+        {"Action type": "Acquisition", "Acquiring Party ID": "", "Transferring Party ID": ""},
+        "Transferring Party ID",
+        IssueCode.MISSING_FIELD,
+    ),
+    ({"Action type": "Acquisition", "Transferring Party ID": "CHE"}, "Acquiring Party ID", IssueCode.NOT_APPLICABLE),
+    ({"Acquiring Party ID": ""}, "Acquiring Party ID", IssueCode.MISSING_FIELD),
+    ({"NDC year of use": "2025"}, "NDC year of use", IssueCode.NOT_APPLICABLE),
+    (
+        {"Action type": "Use", "Acquiring Party ID": "", "Purpose of use or cancellation": "NDC"},
+        "NDC year of use",
+        IssueCode.MISSING_FIELD,
+    ),
+    ({"Purpose of use or cancellation": "NDC"}, "Purpose of use or cancellation", IssueCode.NOT_APPLICABLE),
+    ({"Using/cancelling entity ID": "E-1"}, "Using/cancelling entity ID", IssueCode.NOT_APPLICABLE),
+    ({"Consistency check result": "consistent"}, "Consistency check result", IssueCode.PLATFORM_COLUMN),
+    ({"Metric": "non-GHG"}, "Metric", IssueCode.UNSUPPORTED),
+    ({"non-GHG metric": "MWh"}, "non-GHG metric", IssueCode.UNSUPPORTED),
+    ({"Action type": "Transfer out"}, "Action type", IssueCode.BAD_VALUE),
+    ({"Action subtype": "Issued"}, "Action subtype", IssueCode.BAD_VALUE),
+    ({"Mitigation type": "Avoidance"}, "Mitigation type", IssueCode.BAD_VALUE),
+    ({"Cooperative approach ID": "CA001"}, "Cooperative approach ID", IssueCode.BAD_PATTERN),
+    ({"Party ITMO registry ID": "CHN1"}, "Party ITMO registry ID", IssueCode.BAD_PATTERN),
+    ({"Party ITMO registry ID": "XXX01"}, "Party ITMO registry ID", IssueCode.BAD_VALUE),
+    ({"Acquiring Party ID": "CH"}, "Acquiring Party ID", IssueCode.BAD_VALUE),
+    ({"Action date": "2025-03-01"}, "Action date", IssueCode.BAD_DATE),
+    ({"Action date": "2025-02-30T08:00:00.000Z"}, "Action date", IssueCode.BAD_DATE),
+    ({"Quantity (t CO2 eq)": "-1000"}, "Quantity (t CO2 eq)", IssueCode.BAD_QUANTITY),
+    ({"Quantity (t CO2 eq)": "999.5"}, "Quantity (t CO2 eq)", IssueCode.BAD_QUANTITY),
+    ({"Quantity (t CO2 eq)": "999"}, "Quantity (t CO2 eq)", IssueCode.QUANTITY_MISMATCH),
+    ({"Last ID": "CA0001-CHN01-CHN-1000-2024"}, "Last ID", IssueCode.BLOCK_ORDER),
+    ({"First ID": "CA0002-CHN01-CHN-1001-2024"}, "First ID", IssueCode.BAD_PATTERN),
+    ({"Underlying unit registry ID": "CCER-X"}, "Underlying unit registry ID", IssueCode.BAD_VALUE),
+    ({"Last unit ID": ""}, "Last unit ID", IssueCode.INCONSISTENT),
+]
+
+
+@pytest.mark.parametrize(("changes", "field", "code"), RULES, ids=[f"{r[1]}-{r[2]}" for r in RULES])
+def test_action_rules_and_vocabularies_are_enforced(changes: dict[str, object], field: str, code: IssueCode) -> None:
+    with pytest.raises(RecordRejected) as refused:
+        parse_row(Table.ACTIONS, _action_row(**changes), CTX)
+    assert (field, code) in [(p.field, p.code) for p in refused.value.problems]
+
+
+def test_bare_serial_first_ids_are_read_and_the_style_is_one_setting() -> None:
+    record, _ = parse_row(Table.ACTIONS, _action_row(**{"First ID": "1001", "Last ID": "2000"}), CTX)
+    assert (record.itmo_first_serial, record.itmo_last_serial) == (1001, 2000)
+    full, _, _ = render_row(Table.ACTIONS, record, CTX)
+    bare, _, _ = render_row(Table.ACTIONS, record, dataclasses.replace(CTX, first_id_style=FirstIdStyle.BARE_SERIAL))
+    assert (full["First ID"], bare["First ID"]) == ("CA0001-CHN01-CHN-1001-2024", "1001")
+
+
+def test_extension_code_is_reported_never_passed_silently() -> None:
+    row = _action_row(**{"Underlying unit registry ID": "CCER"})
+    _, notes = parse_row(Table.ACTIONS, row, CTX)
+    assert [(n.field, n.code) for n in notes] == [("Underlying unit registry ID", IssueCode.NOMENCLATURE_EXTENSION)]
+    report = AefReport(actions=(parse_row(Table.ACTIONS, row, CTX)[0],))
+    assert [i.code for i in aef.check_nomenclature(report, CTX)] == [IssueCode.NOMENCLATURE_EXTENSION]
+    assert aef.check_nomenclature(report, CTX, strict=False) == []
+    with pytest.raises(RecordRejected, match="not in the nomenclature"):
+        parse_row(Table.ACTIONS, row, MappingContext())
+
+
+def test_authorization_oimp_columns_follow_the_purpose() -> None:
+    base = {
+        "Authorization ID": "A-1",
+        "Date of authorization": "15/01/2025",
+        "Cooperative approach ID": "CA0001",
+        "Version": "1",
+        "Authorized quantity": "100000",
+        "Metric": "GHG",
+        "Applicable GWP value(s)": "AR5",
+        "Applicable non-GHG metric": "",
+        "Sector(s)": "Forestry and land use; Energy generation",
+        "Activity type(s)": "Afforestation",
+        "Purposes for authorization": "NDC and OIMP",
+        "Authorized Party(ies) ID": "CHN; CHE",
+        "Authorized entity(ies) ID": "",
+        "OIMP authorized by the Party": "CORSIA",
+        "Authorized timeframe": "2021 - 2030",
+        "Terms and conditions": "",
+        "Documentation": "",
+        "First transfer definition for OIMP": "Authorisation",
+        "Additional information": "",
+    }
+    record, _ = parse_row(Table.AUTHORIZATIONS, base, CTX)
+    assert record.purposes is Purpose.NDC_AND_OIMP and len(record.sectors) == 2
+    cases = [
+        ({"Purposes for authorization": "NDC"}, "First transfer definition for OIMP", IssueCode.NOT_APPLICABLE),
+        ({"First transfer definition for OIMP": ""}, "First transfer definition for OIMP", IssueCode.MISSING_FIELD),
+        (
+            {"First transfer definition for OIMP": "First international transfer"},
+            "First transfer definition for OIMP",
+            IssueCode.BAD_VALUE,
+        ),
+        ({"Date of authorization": "2025-01-15"}, "Date of authorization", IssueCode.BAD_DATE),
+        ({"Authorized timeframe": "2030 - 2021"}, "Authorized timeframe", IssueCode.BLOCK_ORDER),
+        ({"Authorized timeframe": "2021-2030"}, "Authorized timeframe", IssueCode.BAD_PATTERN),
+        ({"Sector(s)": "Forestry"}, "Sector(s)", IssueCode.BAD_VALUE),
+        ({"Purposes for authorization": "CORSIA"}, "Purposes for authorization", IssueCode.BAD_VALUE),
+        ({"Authorized Party(ies) ID": "CHN; XYZ"}, "Authorized Party(ies) ID", IssueCode.BAD_VALUE),
+    ]
+    for changes, field, code in cases:
+        with pytest.raises(RecordRejected) as refused:
+            parse_row(Table.AUTHORIZATIONS, {**base, **changes}, CTX)
+        assert (field, code) in [(p.field, p.code) for p in refused.value.problems], changes
+
+
+def test_submission_version_and_platform_columns() -> None:
+    base = {
+        "Party": "CHN",
+        "Version": "1.0",
+        "Reported year": "2025",
+        "Date of submission": "14/04/2026",
+        "Review status of the initial report": "",
+        "Result of the consistency check": "",
+        "First year of the NDC period": "2021",
+        "Last year of the NDC period": "2030",
+        "Reference to the technical expert review report": "",
+    }
+    assert parse_row(Table.SUBMISSION, base, CTX)[0].version == "1.0"
+    for changes, field, code in [
+        ({"Version": "1"}, "Version", IssueCode.BAD_PATTERN),
+        (
+            {"Review status of the initial report": "reviewed"},
+            "Review status of the initial report",
+            IssueCode.PLATFORM_COLUMN,
+        ),
+        ({"Last year of the NDC period": "2020"}, "Last year of the NDC period", IssueCode.BLOCK_ORDER),
+        ({"Date of submission": "31/04/2026"}, "Date of submission", IssueCode.BAD_DATE),
+    ]:
+        with pytest.raises(RecordRejected) as refused:
+            parse_row(Table.SUBMISSION, {**base, **changes}, CTX)
+        assert (field, code) in [(p.field, p.code) for p in refused.value.problems]
+
+
+def test_csv_with_missing_or_reordered_columns_is_refused_by_name() -> None:
+    cols = list(headers(Table.HOLDINGS))
+    missing = ",".join(c for c in cols if c != "Vintage").encode() + b"\n"
+    result = map_batch("aef-holdings", "aef-holdings", missing, source_format="csv", adapters=ADAPTERS)
+    assert [(i.position, i.field, i.code) for i in result.issues] == [(0, "Vintage", IssueCode.MISSING_FIELD)]
+    reordered = ",".join([cols[1], cols[0], *cols[2:]]).encode() + b"\n"
+    result = map_batch("aef-holdings", "aef-holdings", reordered, source_format="csv", adapters=ADAPTERS)
+    assert [(i.field, i.code) for i in result.issues] == [("header", IssueCode.MALFORMED_FILE)]
+
+
+def test_bad_row_in_an_xlsx_batch_refuses_the_whole_batch() -> None:
+    rows = [_action_row(), _action_row(**{"Action type": "Use"}), _action_row()]
+    data = aef.ACTIONS.encode(rows, "xlsx")
+    result = map_batch("aef-actions", "cadt-v2-aef-t3", data, source_format="xlsx", adapters=ADAPTERS, context=CTX)
+    assert not result.applied and result.outputs == ()
+    assert {(i.position, i.field) for i in result.issues} == {
+        (2, "Acquiring Party ID"),
+        (2, "Purpose of use or cancellation"),
+        (2, "NDC year of use"),
+    }
+
+
+def test_the_action_date_must_be_whole_milliseconds_utc() -> None:
+    record, _ = parse_row(Table.ACTIONS, _action_row(), CTX)
+    header = dataclasses.replace(record.header, action_date=record.action_date.replace(microsecond=1))
+    with pytest.raises(RecordRejected, match="milliseconds"):
+        render_row(Table.ACTIONS, dataclasses.replace(record, header=header), CTX)
+
+
+def test_action_types_cover_the_rules() -> None:
+    assert {c.header for c in COLUMNS if c.only_for and ActionType.ACQUISITION.value in c.only_for} == {
+        "Transferring Party ID"
+    }
