@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc
+from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc, operator_pb2, operator_pb2_grpc
 from gateway.config import GatewayConfig, TLSConfig
 from gateway.domain.protocol import DecisionPolicy
 from gateway.domain.statements import TimeWindow
@@ -21,6 +21,7 @@ from gateway.exchange import Exchange, ExchangeSettings
 from gateway.http.app import HttpServer, build_app
 from gateway.outbox import OutboxWorker
 from gateway.partners import Partner, PartnerDirectory
+from gateway.rpc.mapping import MappingService
 from gateway.rpc.operator import OperatorService
 from gateway.rpc.partner import SERVICE_NAME as PARTNER_SERVICE
 from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
@@ -32,6 +33,7 @@ from signing import Envelope, Signer, TrustedParty, signer_from_uri
 log = logging.getLogger(__name__)
 
 OPERATOR_SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
+MAPPING_SERVICE = mapping_pb2.DESCRIPTOR.services_by_name["MappingService"].full_name
 
 
 def utc_now() -> dt.datetime:
@@ -212,7 +214,8 @@ class GatewayNode:
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(
             OperatorService(self.gateway, self.trust), self.operator_server
         )
-        await self._add_health_and_reflection(self.operator_server, OPERATOR_SERVICE)
+        mapping_pb2_grpc.add_MappingServiceServicer_to_server(MappingService(), self.operator_server)
+        await self._add_health_and_reflection(self.operator_server, OPERATOR_SERVICE, MAPPING_SERVICE)
         self.operator_port = self.operator_server.add_insecure_port(self._operator_listen)
 
         self.partner_server = grpc.aio.server(options=options)
@@ -245,13 +248,13 @@ class GatewayNode:
         self.outbox.wake()
 
     @staticmethod
-    async def _add_health_and_reflection(server: grpc.aio.Server, service: str) -> None:
+    async def _add_health_and_reflection(server: grpc.aio.Server, *services: str) -> None:
         servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-        for name in ("", service):
+        for name in ("", *services):
             await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         reflection.enable_server_reflection(
-            (service, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
 

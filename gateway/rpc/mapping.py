@@ -1,0 +1,139 @@
+"""The mapping gRPC service: adapters listed, and batches mapped through `adapters.rows.map_rows`.
+
+Mapping is CPU work; each batch runs in a worker thread so that the gateway's other calls keep being
+served while a large batch is mapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from adapters.context import MappingContext, context_from_json
+from adapters.registry import NoAdaptersInstalled, list_adapters
+from adapters.rows import MappedRows, map_rows
+from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.mapping import MappingIssue, RecordRejected
+from gateway.rpc.errors import abort_with, refusals_as_status
+
+Context = grpc.aio.ServicerContext
+
+
+def _context(data: bytes) -> MappingContext:
+    if not data:
+        return MappingContext()
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, f"not JSON: {exc}", field="context_json") from None
+    if not isinstance(parsed, dict):
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "must be a JSON object", field="context_json")
+    try:
+        return context_from_json(parsed)
+    except RecordRejected as rejected:
+        problem = rejected.problems[0]
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT, problem.message, field=f"context_json.{problem.field}"
+        ) from None
+
+
+def _issue(issue: MappingIssue, offset: int) -> mapping_pb2.MappingIssue:
+    return mapping_pb2.MappingIssue(
+        position=issue.position + offset if issue.position else 0,
+        field=issue.field,
+        message=issue.message,
+        code=issue.code.value,
+    )
+
+
+def response(mapped: MappedRows, offset: int = 0) -> mapping_pb2.MapRecordsResponse:
+    """The wire form of a mapped batch whose first record is at stream position ``offset + 1``."""
+    row = mapping_pb2.MappedRow
+    return mapping_pb2.MapRecordsResponse(
+        applied=mapped.applied,
+        columns=mapped.columns,
+        rows=[row(position=r.position + offset, values=r.values, lost_fields=r.lost_fields) for r in mapped.rows],
+        issues=[_issue(i, offset) for i in mapped.issues],
+        notes=[_issue(n, offset) for n in mapped.notes],
+    )
+
+
+def _map(request: mapping_pb2.MapRecordsRequest, context: MappingContext) -> MappedRows:
+    if not request.source or not request.target:
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "name the source and target schemas", field="source")
+    return map_rows(
+        request.source,
+        request.target,
+        request.payload,
+        strict=request.strict,
+        per_record=request.per_record,
+        source_format=request.source_format or None,
+        context=context,
+        strict_nomenclature=request.strict_nomenclature,
+    )
+
+
+class MappingService(mapping_pb2_grpc.MappingServiceServicer):
+    """Implements `carbon_gateway.v1.MappingService`."""
+
+    @refusals_as_status
+    async def ListAdapters(
+        self, request: mapping_pb2.ListAdaptersRequest, context: Context[object, object]
+    ) -> mapping_pb2.ListAdaptersResponse:
+        try:
+            infos = list_adapters()
+        except NoAdaptersInstalled as exc:
+            raise GatewayError(ResponseCode.INVALID_STATE, str(exc)) from None
+        return mapping_pb2.ListAdaptersResponse(
+            adapters=[
+                mapping_pb2.AdapterInfo(
+                    name=i.name, description=i.description, reads=i.reads, writes=i.writes, record=i.record
+                )
+                for i in infos
+            ]
+        )
+
+    @refusals_as_status
+    async def MapRecords(
+        self, request: mapping_pb2.MapRecordsRequest, context: Context[object, object]
+    ) -> mapping_pb2.MapRecordsResponse:
+        mapped = await asyncio.to_thread(_map, request, _context(request.context_json))
+        return response(mapped)
+
+    async def StreamMapRecords(
+        self, requests: AsyncIterator[mapping_pb2.MapRecordsRequest], context: Context[Any, Any]
+    ) -> AsyncIterator[mapping_pb2.MapRecordsResponse]:
+        first: mapping_pb2.MapRecordsRequest | None = None
+        mapping_context = MappingContext()
+        offset = 0
+        try:
+            async for request in requests:
+                if first is None:
+                    first = request
+                    mapping_context = _context(request.context_json)
+                else:
+                    request = _inherit(first, request)
+                    if request.context_json and request.context_json != first.context_json:
+                        mapping_context = _context(request.context_json)
+                mapped = await asyncio.to_thread(_map, request, mapping_context)
+                yield response(mapped, offset)
+                offset += mapped.records
+        except GatewayError as exc:
+            await abort_with(context, exc)
+
+
+def _inherit(
+    first: mapping_pb2.MapRecordsRequest, later: mapping_pb2.MapRecordsRequest
+) -> mapping_pb2.MapRecordsRequest:
+    """``later`` with its empty settings taken from ``first``; the payload is always its own."""
+    merged = mapping_pb2.MapRecordsRequest()
+    merged.CopyFrom(first)
+    for field, value in later.ListFields():
+        setattr(merged, field.name, value)
+    merged.payload = later.payload
+    return merged

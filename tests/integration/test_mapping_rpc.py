@@ -1,0 +1,113 @@
+"""The mapping service on a real gateway's operator port: list, unary batches and the streaming RPC."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
+from gateway.demo import Pair
+from tests.adapters.test_domestic import GOOD
+
+CONTEXT = json.dumps(
+    {
+        "facts": {
+            "action_type": "First transfer",
+            "action_subtype": "First transfer to another Party",
+            "action_date": "2025-03-01T08:00:00.000Z",
+            "cooperative_approach": "CA0001",
+            "authorization_id": "CHN-CHE-2025-001",
+            "first_transferring_party": "CHN",
+            "party_registry": "CHN01",
+            "gwp_values": "AR5",
+            "acquiring_party": "CHE",
+            "mitigation_type": "Removals",
+        },
+        "extension_codes": {"CN-CCER": "CCER"},
+        "itmo_serials": "underlying",
+    }
+).encode()
+
+
+def credit(n: int) -> dict[str, object]:
+    return {**GOOD, "ccer_id": f"CCER-44-2024-{n:04d}", "block_start": n * 10_000 + 1, "block_end": n * 10_000 + 100}
+
+
+def request(records: list[dict[str, object]], **options: object) -> mapping_pb2.MapRecordsRequest:
+    return mapping_pb2.MapRecordsRequest(
+        source="cn-ccer",
+        target="aef-actions",
+        source_format="json",
+        payload=json.dumps(records).encode(),
+        context_json=CONTEXT,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.asyncio
+async def test_adapters_are_listed_with_their_schemas(pair: Pair) -> None:
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        listed = await mapping_pb2_grpc.MappingServiceStub(channel).ListAdapters(mapping_pb2.ListAdaptersRequest())
+    by_name = {a.name: a for a in listed.adapters}
+    assert {"cn-cea", "cn-ccer", "aef-actions", "cadt-v2-units", "serial-vcs"} <= set(by_name)
+    assert list(by_name["cn-ccer"].reads) == ["cn-ccer+json", "cn-ccer+csv"]
+    assert "aef-actions+xlsx" in by_name["aef-actions"].writes
+
+
+@pytest.mark.asyncio
+async def test_a_batch_maps_to_rows_with_lost_fields_and_a_bad_record_refuses_the_batch(pair: Pair) -> None:
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        mapped = await stub.MapRecords(request([credit(1), credit(2)]))
+        assert mapped.applied
+        assert mapped.columns[:2] == ["Action date", "Action type"]
+        quantity = list(mapped.columns).index("Quantity (t CO2 eq)")
+        assert [(r.position, r.values[quantity]) for r in mapped.rows] == [(1, "100"), (2, "100")]
+        assert {"province", "project_name"} <= set(mapped.rows[0].lost_fields)
+        assert [n.code for n in mapped.notes] == ["nomenclature_extension", "nomenclature_extension"]
+
+        bad = {**credit(3), "vintage": "twenty"}
+        refused = await stub.MapRecords(request([credit(1), bad]))
+        assert not refused.applied
+        assert list(refused.rows) == []
+        assert [(i.position, i.field) for i in refused.issues] == [(2, "vintage")]
+
+        partial = await stub.MapRecords(request([credit(1), bad], per_record=True))
+        assert [r.position for r in partial.rows] == [1]
+
+        strict = await stub.MapRecords(request([credit(1)], strict=True))
+        assert not strict.applied
+        assert strict.issues and strict.issues[0].position == 1
+
+
+@pytest.mark.asyncio
+async def test_the_stream_maps_batch_after_batch_with_positions_across_the_stream(pair: Pair) -> None:
+    batches = [[credit(b * 10 + i) for i in range(1, 4)] for b in range(3)]
+
+    async def requests() -> AsyncIterator[mapping_pb2.MapRecordsRequest]:
+        yield request(batches[0])
+        for batch in batches[1:]:
+            yield mapping_pb2.MapRecordsRequest(payload=json.dumps(batch).encode())  # settings inherited
+
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        responses = [r async for r in stub.StreamMapRecords(requests())]
+    assert [r.applied for r in responses] == [True, True, True]
+    assert [row.position for r in responses for row in r.rows] == list(range(1, 10))
+    first_id = list(responses[0].columns).index("First unit ID")
+    assert responses[2].rows[0].values[first_id] == "CN-CCER/2021/210001-210001"
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_context_is_refused_with_the_field(pair: Pair) -> None:
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.MapRecords(
+                mapping_pb2.MapRecordsRequest(source="cn-ccer", target="aef-actions", context_json=b"[1]")
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context_json" in (caught.value.details() or "")
