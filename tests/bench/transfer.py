@@ -1,172 +1,236 @@
 """Single-transfer latency, propose to completed on both sides, against a bare gRPC echo round trip.
 
-The transfer goes the production way: the operator call over gRPC, SQLite with ``synchronous=FULL``, the
-transactional outbox, and every statement and receipt signed and verified.
+Two jurisdictions never share a process, so neither do the two gateways here: ``CHE`` runs as
+``carbon-gateway serve`` in a child process and ``CHN`` in this one; the echo server runs in a child process
+too. The transfer goes the production way: the operator call over gRPC, SQLite with ``synchronous=FULL``,
+the transactional outbox, and every statement and receipt signed and verified. A transfer counts as
+completed on both sides when ``CHN`` has completed it and holds ``CHE``'s signed receipt for the Completion,
+which ``CHE`` issues only after committing its side. Echo round trips are sampled between transfers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
-from gateway.demo import DEMO_AUTHORIZATION, demo_block, start_pair
-from gateway.exchange import EnvelopeForm, Received
+from gateway.demo import DEMO_AUTHORIZATION, demo_block
+from gateway.domain.protocol import ACCEPT_ALL
+from gateway.domain.transfer import TransferState
+from gateway.harness import self_signed_trust_document
+from gateway.node import GatewayNode, PartnerSpec
+from gateway.store.base import OutboxMessage
+from gateway.store.sqlite import SQLiteStore
+from signing import generate_key, signer_from_uri
 from tests.bench.common import Figure
 
+CHE_CONFIG = """
+party = "CHE"
+database = "che.db"
+signer = "file:che.key"
+trust_document = "che.trust.json"
 
-class Echo:
-    """A bare gRPC unary echo server and client on loopback, in the same process and event loop as the
-    gateways, so that each echo sample sees the same machine state as the transfer measured next to it."""
+[operator]
+listen = "127.0.0.1:{operator}"
 
-    async def start(self) -> None:
-        async def echo(request: bytes, context: Any) -> bytes:
-            return request
+[partner]
+listen = "127.0.0.1:{partner}"
 
-        self.server = grpc.aio.server()
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),)
-        )
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self.call = self.channel.unary_unary("/bench.Echo/Echo", None, None)
-        self.samples: list[float] = []
-        await self.sample(50)
-        self.samples.clear()
+[[partners]]
+party = "CHN"
+address = "127.0.0.1:{chn_partner}"
+trust_document = "chn.trust.json"
 
-    async def sample(self, rounds: int) -> None:
-        payload = b"x" * 600
-        for _ in range(rounds):
-            start = time.perf_counter()
-            await self.call(payload)
-            self.samples.append(time.perf_counter() - start)
-
-    async def stop(self) -> None:
-        await self.channel.close(None)
-        await self.server.stop(None)
+[policy]
+rules = [{{ verdict = "accept" }}]
+"""
 
 
-async def transfer_p50(workdir: Path, transfers: int, echo: Echo) -> float:
-    """p50 seconds from ProposeTransfer to the acquiring side's committed completion.
-
-    Between transfers, ``echo`` takes ten round-trip samples, interleaving the two measurements.
-    """
-    pair = await start_pair(workdir)
-    completed: dict[str, asyncio.Event] = {}
-    original = pair.che.exchange.receive
-
-    async def observed(raw: bytes, *, form: EnvelopeForm, peer_identity: str | None = None) -> Received:
-        received = await original(raw, form=form, peer_identity=peer_identity)
-        for transfer_id, event in completed.items():
-            if not event.is_set():
-                transfer = await pair.che.gateway.get_transfer(transfer_id) if await _known(pair, transfer_id) else None
-                if transfer is not None and transfer.state.name == "COMPLETED":
-                    event.set()
-        return received
-
-    pair.che.exchange.receive = observed  # type: ignore[method-assign]
-    try:
-        async with (
-            grpc.aio.insecure_channel(pair.chn.operator_address) as chn_channel,
-            grpc.aio.insecure_channel(pair.che.operator_address) as che_channel,
-        ):
-            chn = operator_pb2_grpc.OperatorServiceStub(chn_channel)
-            che = operator_pb2_grpc.OperatorServiceStub(che_channel)
-            await chn.OpenAccount(
-                operator_pb2.OpenAccountRequest(
-                    idempotency_key="a",
-                    account=records_pb2.Account(account_id="PO", holder_name="Owner", account_type="project owner"),
-                )
-            )
-            await che.OpenAccount(
-                operator_pb2.OpenAccountRequest(
-                    idempotency_key="b",
-                    account=records_pb2.Account(account_id="PH", holder_name="Holder", account_type="Party holding"),
-                )
-            )
-            authorization = records_pb2.Authorization()
-            authorization.CopyFrom(DEMO_AUTHORIZATION)
-            authorization.authorized_quantity = 10**12
-            await chn.RegisterAuthorization(
-                operator_pb2.RegisterAuthorizationRequest(idempotency_key="c", authorization=authorization)
-            )
-            block = demo_block(1, 10**9)
-            await chn.RegisterIssuance(
-                operator_pb2.RegisterIssuanceRequest(idempotency_key="d", account_id="PO", block=block)
-            )
-            samples = []
-            for i in range(transfers):
-                request = operator_pb2.ProposeTransferRequest(
-                    idempotency_key=f"t{i}",
-                    source_account="PO",
-                    selections=[operator_pb2.BlockSelection(space=block.space, start=i * 10 + 1, end=i * 10 + 10)],
-                    acquiring_account=records_pb2.AccountRef(party="CHE", account_id="PH"),
-                    cooperative_approach="CA0001",
-                    authorization_id=DEMO_AUTHORIZATION.authorization_id,
-                    purpose="NDC",
-                    adjustment_method="single-year averaging",
-                )
-                start = time.perf_counter()
-                proposed = await chn.ProposeTransfer(request)
-                event = completed.setdefault(proposed.transfer_id, asyncio.Event())
-                await asyncio.wait_for(event.wait(), timeout=10)
-                samples.append(time.perf_counter() - start)
-                initiating = await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=proposed.transfer_id))
-                if initiating.state != records_pb2.COMPLETED:
-                    raise RuntimeError(f"transfer {proposed.transfer_id} is not completed at CHN")
-                completed.pop(proposed.transfer_id)
-                await _settle(pair)  # no trailing gateway work may slow the echo samples
-                await echo.sample(10)
-    finally:
-        await pair.stop()
-    return statistics.median(samples)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
-async def _settle(pair: Any) -> None:
-    far = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    for node in (pair.chn, pair.che):
+async def _wait_serving(address: str, timeout: float = 30.0, *, echo: bool = False) -> None:
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
         while True:
-            async with node.store.read() as tx:
-                if not await tx.due_messages(far, 1):
-                    break
-            await asyncio.sleep(0.001)
+            try:
+                if echo:
+                    await channel.unary_unary("/bench.Echo/Echo", None, None)(b"ready", timeout=1)
+                else:
+                    await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                return
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
 
-async def _known(pair: Any, transfer_id: str) -> bool:
-    async with pair.che.store.read() as tx:
-        return await tx.get_transfer(transfer_id) is not None
-
-
-async def _measure(transfers: int) -> tuple[float, float]:
-    echo = Echo()
-    await echo.start()
+@contextlib.asynccontextmanager
+async def _child(*args: str, cwd: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, *args], cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        with tempfile.TemporaryDirectory(prefix="carbon-gateway-bench-") as folder:
-            latency = await transfer_p50(Path(folder), transfers, echo)
+        yield process
     finally:
-        await echo.stop()
-    return statistics.median(echo.samples), latency
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def _measure(workdir: Path, transfers: int) -> tuple[float, float]:
+    for party in ("chn", "che"):
+        generate_key(workdir / party)
+        trust = self_signed_trust_document(party.upper(), signer_from_uri(str(workdir / f"{party}.key")))
+        (workdir / f"{party}.trust.json").write_bytes(trust.to_json())
+    ports = {name: _free_port() for name in ("operator", "partner", "chn_partner", "echo")}
+    (workdir / "che.toml").write_text(CHE_CONFIG.format(**ports))
+    root = Path(__file__).resolve().parents[2]
+    async with (
+        _child("-m", "gateway.cli", "serve", str(workdir / "che.toml"), "--log-level", "ERROR", cwd=workdir),
+        _child("-m", "tests.bench.echo_server", str(ports["echo"]), cwd=root),
+    ):
+        from signing import Envelope
+
+        chn = GatewayNode(
+            party="CHN",
+            store=await SQLiteStore.open(workdir / "chn.db"),
+            signer=signer_from_uri(str(workdir / "chn.key")),
+            own_trust=Envelope.from_json((workdir / "chn.trust.json").read_bytes()),
+            partners=[
+                PartnerSpec(
+                    party="CHE",
+                    address=f"127.0.0.1:{ports['partner']}",
+                    trust_envelope=Envelope.from_json((workdir / "che.trust.json").read_bytes()),
+                )
+            ],
+            policy=ACCEPT_ALL,
+            partner_listen=f"127.0.0.1:{ports['chn_partner']}",
+        )
+        await chn.start()
+        try:
+            await _wait_serving(f"127.0.0.1:{ports['operator']}")
+            await _wait_serving(f"127.0.0.1:{ports['echo']}", echo=True)
+            return await _run(chn, ports, transfers)
+        finally:
+            await chn.stop()
+
+
+async def _run(chn: GatewayNode, ports: dict[str, int], transfers: int) -> tuple[float, float]:
+    completed = asyncio.Event()
+    watched: list[str] = []
+    deliver = chn.outbox._deliver
+    far = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+
+    async def observed(message: OutboxMessage) -> int:
+        delivered = await deliver(message)
+        if watched and delivered:
+            async with chn.store.read() as tx:
+                transfer = await tx.get_transfer(watched[0])
+                drained = not await tx.due_messages(far, 1)
+            if transfer is not None and transfer.state is TransferState.COMPLETED and drained:
+                completed.set()
+        return delivered
+
+    chn.outbox._deliver = observed  # type: ignore[method-assign]
+    async with (
+        grpc.aio.insecure_channel(chn.operator_address) as chn_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ports['operator']}") as che_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ports['echo']}") as echo_channel,
+    ):
+        chn_stub = operator_pb2_grpc.OperatorServiceStub(chn_channel)
+        che_stub = operator_pb2_grpc.OperatorServiceStub(che_channel)
+        echo = echo_channel.unary_unary("/bench.Echo/Echo", None, None)
+        await chn_stub.OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key="a",
+                account=records_pb2.Account(account_id="PO", holder_name="Owner", account_type="project owner"),
+            )
+        )
+        await che_stub.OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key="b",
+                account=records_pb2.Account(account_id="PH", holder_name="Holder", account_type="Party holding"),
+            )
+        )
+        authorization = records_pb2.Authorization()
+        authorization.CopyFrom(DEMO_AUTHORIZATION)
+        authorization.authorized_quantity = 10**12
+        await chn_stub.RegisterAuthorization(
+            operator_pb2.RegisterAuthorizationRequest(idempotency_key="c", authorization=authorization)
+        )
+        block = demo_block(1, 10**9)
+        await chn_stub.RegisterIssuance(
+            operator_pb2.RegisterIssuanceRequest(idempotency_key="d", account_id="PO", block=block)
+        )
+        payload = b"x" * 600
+        for _ in range(50):
+            await echo(payload)
+        latencies: list[float] = []
+        echoes: list[float] = []
+        for i in range(transfers):
+            request = operator_pb2.ProposeTransferRequest(
+                idempotency_key=f"t{i}",
+                source_account="PO",
+                selections=[operator_pb2.BlockSelection(space=block.space, start=i * 10 + 1, end=i * 10 + 10)],
+                acquiring_account=records_pb2.AccountRef(party="CHE", account_id="PH"),
+                cooperative_approach="CA0001",
+                authorization_id=DEMO_AUTHORIZATION.authorization_id,
+                purpose="NDC",
+                adjustment_method="single-year averaging",
+            )
+            completed.clear()
+            start = time.perf_counter()
+            proposed = await chn_stub.ProposeTransfer(request)
+            watched[:] = [proposed.transfer_id]
+            await asyncio.wait_for(completed.wait(), timeout=10)
+            latencies.append(time.perf_counter() - start)
+            acquired = await che_stub.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=proposed.transfer_id))
+            if acquired.state != records_pb2.COMPLETED:
+                raise RuntimeError(f"transfer {proposed.transfer_id} is not completed at CHE")
+            for _ in range(10):
+                begin = time.perf_counter()
+                await echo(payload)
+                echoes.append(time.perf_counter() - begin)
+    return statistics.median(echoes), statistics.median(latencies)
 
 
 def run(transfers: int = 200) -> list[Figure]:
     """Transfer p50 latency vs one echo round trip, measured in the same run."""
-    echo, latency = asyncio.run(_measure(transfers))
+    with tempfile.TemporaryDirectory(prefix="carbon-gateway-bench-") as folder:
+        echo, latency = asyncio.run(_measure(Path(folder), transfers))
     return [
         Figure(
             name="single transfer p50 latency (propose to completed on both sides)",
             value=latency * 1e3,
             unit="ms",
-            limit_name="bare gRPC unary echo round trip p50",
+            limit_name="bare gRPC unary echo round trip p50 (echo server in its own process)",
             limit=echo * 1e3,
             target=20.0,
             direction="max",
         )
     ]
+
+
+if __name__ == "__main__":
+    for figure in run():
+        print(figure.line())
