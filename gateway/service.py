@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
@@ -34,6 +35,8 @@ from gateway.exchange import Exchange
 from gateway.store.base import BlockStatus, IdempotentResult, Store, StoreConflict, StoredBlock, Transaction
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,52 +123,56 @@ class Gateway:
 
     # accounts and authorizations
 
-    async def open_account(self, idem: Idempotency, account: Account) -> Account:
-        """Open an account at this gateway."""
+    async def _create_once(
+        self,
+        idem: Idempotency,
+        resource_id: str,
+        *,
+        what: str,
+        field: str,
+        insert: Callable[[Transaction], Awaitable[None]],
+        find: Callable[[Transaction, str], Awaitable[T | None]],
+    ) -> T:
+        """Insert a resource under an idempotency key; a retry returns what the first call created."""
         self._require_key(idem)
         async with self.store.transaction() as tx:
             previous = await self._replay(tx, idem)
-            if previous is not None:
-                found = await tx.get_account(previous)
-                assert found is not None
-                return found
-            try:
-                await tx.insert_account(account)
-            except StoreConflict:
-                raise GatewayError(
-                    ResponseCode.INVALID_ARGUMENT,
-                    f"account {account.account_id!r} already exists",
-                    field="account.account_id",
-                ) from None
-            await tx.put_idempotent(
-                idem.caller, idem.method, idem.key, IdempotentResult(idem.request_hash, account.account_id.encode())
-            )
-        return account
+            if previous is None:
+                try:
+                    await insert(tx)
+                except StoreConflict:
+                    raise GatewayError(
+                        ResponseCode.INVALID_ARGUMENT, f"{what} {resource_id!r} already exists", field=field
+                    ) from None
+                await tx.put_idempotent(
+                    idem.caller, idem.method, idem.key, IdempotentResult(idem.request_hash, resource_id.encode())
+                )
+                previous = resource_id
+            found = await find(tx, previous)
+        assert found is not None
+        return found
+
+    async def open_account(self, idem: Idempotency, account: Account) -> Account:
+        """Open an account at this gateway."""
+        return await self._create_once(
+            idem,
+            account.account_id,
+            what="account",
+            field="account.account_id",
+            insert=lambda tx: tx.insert_account(account),
+            find=lambda tx, key: tx.get_account(key),
+        )
 
     async def register_authorization(self, idem: Idempotency, authorization: Authorization) -> Authorization:
         """Record a Party's authorization, which transfers then name."""
-        self._require_key(idem)
-        async with self.store.transaction() as tx:
-            previous = await self._replay(tx, idem)
-            if previous is not None:
-                found = await tx.get_authorization(previous)
-                assert found is not None
-                return found
-            try:
-                await tx.insert_authorization(authorization)
-            except StoreConflict:
-                raise GatewayError(
-                    ResponseCode.INVALID_ARGUMENT,
-                    f"authorization {authorization.authorization_id!r} already exists",
-                    field="authorization.authorization_id",
-                ) from None
-            await tx.put_idempotent(
-                idem.caller,
-                idem.method,
-                idem.key,
-                IdempotentResult(idem.request_hash, authorization.authorization_id.encode()),
-            )
-        return authorization
+        return await self._create_once(
+            idem,
+            authorization.authorization_id,
+            what="authorization",
+            field="authorization.authorization_id",
+            insert=lambda tx: tx.insert_authorization(authorization),
+            find=lambda tx, key: tx.get_authorization(key),
+        )
 
     async def register_issuance(self, idem: Idempotency, account_id: str, block: UnitBlock) -> StoredBlock:
         """Record units issued into, or held in, one of this gateway's accounts by the registry of record."""
@@ -201,10 +208,9 @@ class Gateway:
 
     @staticmethod
     async def _block(tx: Transaction, block_id: int) -> StoredBlock:
-        for stored in await tx.list_blocks(statuses=tuple(BlockStatus)):
-            if stored.block_id == block_id:
-                return stored
-        raise LookupError(block_id)
+        found = await tx.get_block(block_id)
+        assert found is not None
+        return found
 
     # transfers, initiating side
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.domain.records import PARTY_PATTERN
+from signing.files import write_new_file
 
 __all__ = [
     "CA_CERTIFICATE_FILE",
@@ -230,12 +230,12 @@ def write_gateway_certificates(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not reused:
-            _write_new(ca_key_path, ca_key_pem, 0o600)
-            _write_new(ca_cert_path, ca_cert_pem, 0o644)
+            write_new_file(ca_key_path, ca_key_pem, 0o600)
+            write_new_file(ca_cert_path, ca_cert_pem, 0o644)
         for party, (cert_pem, key_pem) in issued.items():
             cert_path, key_path = targets[party]
-            _write_new(key_path, key_pem, 0o600)
-            _write_new(cert_path, cert_pem, 0o644)
+            write_new_file(key_path, key_pem, 0o600)
+            write_new_file(cert_path, cert_pem, 0o644)
     except FileExistsError as exc:
         raise CertificateError(f"refusing to overwrite {exc.filename}: it was created while writing") from None
     except OSError as exc:
@@ -296,15 +296,3 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise CertificateError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -38,6 +38,7 @@ from signing import (
     signer_from_uri,
 )
 from signing.errors import ExpiredTrustError, TrustDocumentFormatError
+from signing.files import passphrase_from_file_bytes
 
 __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "register"]
 
@@ -165,7 +166,7 @@ def _keys_generate(args: argparse.Namespace) -> int:
 def _do_keys_generate(args: argparse.Namespace) -> int:
     passphrase: bytes | None = None
     if args.passphrase_file is not None:
-        passphrase = _strip_one_newline(_read_input(args.passphrase_file, "passphrase file"))
+        passphrase = passphrase_from_file_bytes(_read_input(args.passphrase_file, "passphrase file"))
         if not passphrase:
             raise _ToolError(f"the passphrase file {args.passphrase_file} is empty; write a passphrase into it")
     prefix = Path(args.out)
@@ -367,15 +368,6 @@ def _read_input(name: str, what: str) -> bytes:
         raise _ToolError(f"the {what} {path} is a folder; pass a file") from None
     except OSError as exc:
         raise _ToolError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
-
-
-def _strip_one_newline(data: bytes) -> bytes:
-    # The same rule as the file: signer's passphrase-file parameter, so the key it writes opens there.
-    if data.endswith(b"\r\n"):
-        return data[:-2]
-    if data.endswith(b"\n"):
-        return data[:-1]
-    return data
 
 
 def _one_line(text: str) -> str:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from signing.errors import SignerError
+from signing.files import passphrase_from_file_bytes
 from signing.signers import CryptoSigner
 
 __all__ = ["signer_from_file_uri", "signer_from_path"]
@@ -72,7 +73,7 @@ def signer_from_file_uri(uri: str) -> CryptoSigner:
             raise SignerError(f"the passphrase file {passphrase_path} named by {uri!r} does not exist") from None
         except OSError as exc:
             raise SignerError(f"cannot read the passphrase file {passphrase_path}: {exc.strerror}") from None
-        passphrase = _strip_one_newline(passphrase)
+        passphrase = passphrase_from_file_bytes(passphrase)
     if passphrase is not None and not passphrase:
         raise SignerError(f"the passphrase from the {source} is empty")
     return _load(Path(path), passphrase, source)
@@ -105,14 +106,6 @@ def _parse_query(uri: str, query: str) -> dict[str, str]:
     if len(params) > 1:
         raise SignerError(f"the signer URI {uri!r} gives both passphrase-env and passphrase-file; give only one")
     return params
-
-
-def _strip_one_newline(data: bytes) -> bytes:
-    if data.endswith(b"\r\n"):
-        return data[:-2]
-    if data.endswith(b"\n"):
-        return data[:-1]
-    return data
 
 
 def _load(path: Path, passphrase: bytes | None, source: str | None) -> CryptoSigner:

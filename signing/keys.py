@@ -8,7 +8,6 @@ created once, when the record is created, so verification does no parsing.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from signing.errors import KeyFormatError, SignerError
+from signing.files import write_new_file
 
 __all__ = [
     "Algorithm",
@@ -259,18 +259,6 @@ class PublicKey:
         return cls(keyid=keyid, algorithm=algorithm, public_bytes=loaded.public_bytes)
 
 
-def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def generate_key(
     out_prefix: Path,
     algorithm: Algorithm = Algorithm.ED25519,
@@ -303,8 +291,8 @@ def generate_key(
     private_pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     public = PublicKey.from_crypto(private_key.public_key())
     try:
-        _write_new_file(key_path, private_pem, 0o600)
-        _write_new_file(pub_path, public.to_pem(), 0o644)
+        write_new_file(key_path, private_pem, 0o600)
+        write_new_file(pub_path, public.to_pem(), 0o644)
     except FileExistsError as exc:
         raise SignerError(
             f"refusing to overwrite {exc.filename}: it was created while the key was being generated"

@@ -224,6 +224,10 @@ class SQLiteTransaction:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
+    async def get_block(self, block_id: int) -> StoredBlock | None:
+        row = self._one("SELECT * FROM blocks WHERE block_id = ?", (block_id,))
+        return None if row is None else _stored_block(row)
+
     async def set_block_status(self, block_id: int, status: BlockStatus, *, transfer_id: str | None = None) -> None:
         if transfer_id is None:
             self._db.execute("UPDATE blocks SET status = ? WHERE block_id = ?", (status.value, block_id))

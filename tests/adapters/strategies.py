@@ -327,3 +327,22 @@ def built_in_adapters() -> dict[str, Any]:
         *serial_lists.ADAPTERS.values(),
     ]
     return {adapter.info.name: adapter for adapter in found}
+
+
+ACTION_CONTEXT_JSON: dict[str, Any] = {
+    "facts": {
+        "action_type": "First transfer",
+        "action_subtype": "First transfer to another Party",
+        "action_date": "2025-03-01T08:00:00.000Z",
+        "cooperative_approach": "CA0001",
+        "authorization_id": "CHN-CHE-2025-001",
+        "first_transferring_party": "CHN",
+        "party_registry": "CHN01",
+        "gwp_values": "AR5",
+        "acquiring_party": "CHE",
+        "mitigation_type": "Removals",
+    },
+    "extension_codes": {"CN-CCER": "CCER"},
+    "itmo_serials": "underlying",
+}
+"""The JSON form (``--context`` file, ``context_json`` field) of a first transfer of CCER credits."""

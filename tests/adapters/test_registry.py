@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 from importlib.metadata import EntryPoint
 from pathlib import Path
-from typing import Any
 
 import openpyxl
 import pytest
@@ -19,6 +18,7 @@ from adapters.commands import register
 from adapters.serial_lists import SerialListAdapter
 from adapters.serials import vcs
 from tests.adapters import strategies as s
+from tests.adapters.strategies import ACTION_CONTEXT_JSON
 
 BUILT_IN = set(s.built_in_adapters())
 
@@ -99,22 +99,7 @@ def test_adapters_command_lists_schemas(fake_entry_points: list[EntryPoint]) -> 
     assert code == 2 and "no adapters are registered" in err
 
 
-CONTEXT: dict[str, Any] = {
-    "facts": {
-        "action_type": "First transfer",
-        "action_subtype": "First transfer to another Party",
-        "action_date": "2025-03-01T08:00:00.000Z",
-        "cooperative_approach": "CA0001",
-        "authorization_id": "CHN-CHE-2025-001",
-        "first_transferring_party": "CHN",
-        "party_registry": "CHN01",
-        "gwp_values": "AR5",
-        "acquiring_party": "CHE",
-        "mitigation_type": "Removals",
-    },
-    "extension_codes": {"CN-CCER": "CCER"},
-    "itmo_serials": "underlying",
-}
+CONTEXT = ACTION_CONTEXT_JSON
 CSV = (
     "ccer_id,project_id,project_name,project_type_code,methodology_code,province,monitoring_period_start,"
     "monitoring_period_end,vintage,certified_quantity,block_start,block_end\n"

@@ -31,6 +31,7 @@ from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.canonical import ActionSubtype, CcerCredit, MitigationType
 from gateway.domain.records import ActionType
+from tests.adapters.strategies import ACTION_CONTEXT_JSON
 from tests.bench.common import Figure, rate
 
 BATCH = 2_000
@@ -113,23 +114,6 @@ def _json_batch(first: int, count: int) -> bytes:
     return json.dumps(records).encode()
 
 
-CONTEXT_JSON = {
-    "facts": {
-        "action_type": "First transfer",
-        "action_subtype": "First transfer to another Party",
-        "action_date": "2025-03-01T08:00:00.000Z",
-        "cooperative_approach": "CA0001",
-        "authorization_id": "CHN-CHE-2025-001",
-        "first_transferring_party": "CHN",
-        "party_registry": "CHN01",
-        "gwp_values": "AR5",
-        "acquiring_party": "CHE",
-    },
-    "extension_codes": {"CN-CCER": "CCER"},
-    "itmo_serials": "underlying",
-}
-
-
 async def _stream_rate(port: int, batches: list[bytes], per_batch: int) -> float:
     async with grpc.aio.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
@@ -145,7 +129,7 @@ async def _stream_rate(port: int, batches: list[bytes], per_batch: int) -> float
                         target="aef-actions",
                         source_format="json",
                         payload=payload,
-                        context_json=json.dumps(CONTEXT_JSON).encode(),
+                        context_json=json.dumps(ACTION_CONTEXT_JSON).encode(),
                     )
                 else:
                     yield mapping_pb2.MapRecordsRequest(payload=payload)
@@ -168,7 +152,7 @@ def run_grpc() -> list[Figure]:
     per_batch, count = 2_000, 10
     batches = [_json_batch(i * per_batch, per_batch) for i in range(count)]
     root = Path(__file__).resolve().parents[2]
-    server = subprocess.Popen([sys.executable, "-m", "tests.bench.mapping_server", str(port)], cwd=root)
+    server = subprocess.Popen([sys.executable, "-m", "tests.bench.servers", "mapping", str(port)], cwd=root)
     try:
         streamed = max(asyncio.run(_stream_rate(port, batches, per_batch)) for _ in range(ROUNDS))
     finally:

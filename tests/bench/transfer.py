@@ -107,7 +107,7 @@ async def _measure(workdir: Path, transfers: int) -> tuple[float, float]:
     root = Path(__file__).resolve().parents[2]
     async with (
         _child("-m", "gateway.cli", "serve", str(workdir / "che.toml"), "--log-level", "ERROR", cwd=workdir),
-        _child("-m", "tests.bench.echo_server", str(ports["echo"]), cwd=root),
+        _child("-m", "tests.bench.servers", "echo", str(ports["echo"]), cwd=root),
     ):
         from signing import Envelope
 

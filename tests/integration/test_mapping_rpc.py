@@ -10,26 +10,10 @@ import pytest
 
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.demo import Pair
+from tests.adapters.strategies import ACTION_CONTEXT_JSON
 from tests.adapters.test_domestic import GOOD
 
-CONTEXT = json.dumps(
-    {
-        "facts": {
-            "action_type": "First transfer",
-            "action_subtype": "First transfer to another Party",
-            "action_date": "2025-03-01T08:00:00.000Z",
-            "cooperative_approach": "CA0001",
-            "authorization_id": "CHN-CHE-2025-001",
-            "first_transferring_party": "CHN",
-            "party_registry": "CHN01",
-            "gwp_values": "AR5",
-            "acquiring_party": "CHE",
-            "mitigation_type": "Removals",
-        },
-        "extension_codes": {"CN-CCER": "CCER"},
-        "itmo_serials": "underlying",
-    }
-).encode()
+CONTEXT = json.dumps(ACTION_CONTEXT_JSON).encode()
 
 
 def credit(n: int) -> dict[str, object]:
