@@ -246,11 +246,25 @@ class Gateway:
                     ResponseCode.INVALID_ARGUMENT, "select at least one serial range", field="selections"
                 )
             transfer_id = str(uuid.uuid4())
-            reserved: list[tuple[StoredBlock, UnitBlock, tuple[UnitBlock, ...]]] = []
+            # Each selection is split and written before the next is looked up, so that two selections
+            # from one held block see each other; a refusal further down rolls the whole transaction back.
+            taken_blocks: list[UnitBlock] = []
             for index, selection in enumerate(request.selections):
                 held = await self._holding_block(tx, request.source_account, selection, f"selections[{index}]")
                 parts = split(held.block, selection.start, selection.end)
-                reserved.append((held, parts.taken, parts.remainder))
+                await tx.set_block_status(held.block_id, BlockStatus.SUPERSEDED)
+                await tx.insert_block(
+                    parts.taken,
+                    account_id=held.account_id,
+                    status=BlockStatus.RESERVED,
+                    transfer_id=transfer_id,
+                    parent_id=held.block_id,
+                )
+                for rest in parts.remainder:
+                    await tx.insert_block(
+                        rest, account_id=held.account_id, status=BlockStatus.HELD, parent_id=held.block_id
+                    )
+                taken_blocks.append(parts.taken)
             terms = TransferTerms(
                 transferring_party=self.party,
                 acquiring_party=request.acquiring_party,
@@ -260,7 +274,7 @@ class Gateway:
                 authorization_id=request.authorization_id,
                 purpose=parse_purpose(request.purpose),
                 adjustment_method=parse_adjustment_method(request.adjustment_method),
-                blocks=tuple(taken for _, taken, _ in reserved),
+                blocks=tuple(taken_blocks),
             )
             validate_terms(terms)
             rejections = check_authorization(
@@ -272,19 +286,6 @@ class Gateway:
             if rejections:
                 first = rejections[0]
                 raise GatewayError(first.code, first.message, field="authorization_id", blocks=first.blocks)
-            for held, taken, remainder in reserved:
-                await tx.set_block_status(held.block_id, BlockStatus.SUPERSEDED)
-                await tx.insert_block(
-                    taken,
-                    account_id=held.account_id,
-                    status=BlockStatus.RESERVED,
-                    transfer_id=transfer_id,
-                    parent_id=held.block_id,
-                )
-                for rest in remainder:
-                    await tx.insert_block(
-                        rest, account_id=held.account_id, status=BlockStatus.HELD, parent_id=held.block_id
-                    )
             now = self.clock()
             transfer = Transfer(
                 transfer_id=transfer_id,
@@ -427,13 +428,25 @@ class Gateway:
                 f"transfer {proposal.transfer_id!r} is already known here",
                 field="transfer_id",
             )
-        terms = wire.proposal_from_proto(proposal)
-        if terms.transferring_party != partner:
-            raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT,
-                f"a proposal from {partner} names {terms.transferring_party} as the transferring Party",
-                field="proposal.source_account.party",
+        try:
+            terms = wire.proposal_from_proto(proposal)
+            if terms.transferring_party != partner:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"a proposal from {partner} names {terms.transferring_party} as the transferring Party",
+                    field="proposal.source_account.party",
+                )
+        except GatewayError as exc:
+            # Unreadable terms cannot be recorded as a transfer, but the initiating side must still hear
+            # the answer, or its units would stay reserved: reject by transfer ID, and record nothing.
+            if not proposal.transfer_id:
+                raise
+            rejection = Rejection(exc.code, f"{exc.message} ({exc.field})" if exc.field else exc.message, exc.blocks)
+            decision = partner_pb2.Decision(
+                transfer_id=proposal.transfer_id, accepted=False, rejections=[wire.rejection_to_proto(rejection)]
             )
+            await self._exchange.enqueue(tx, partner, decision=decision)
+            return
         rejections: list[Rejection]
         try:
             validate_terms(terms)

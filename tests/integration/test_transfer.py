@@ -204,3 +204,47 @@ async def test_redelivered_statement_returns_the_stored_receipt_without_a_second
     assert again == first
     await settle(pair.chn, pair.che)
     assert await snapshot(pair.che) == after_first
+
+
+@pytest.mark.asyncio
+async def test_two_selections_from_one_held_block_split_it_once_each(pair: Pair) -> None:
+    block = await setup_accounts(pair)
+    request = proposal_request(block, 1, 100, "two-ranges")
+    request.selections.add(space=block.space, start=201, end=300)
+    await pair.chn.outbox.stop()  # keep the proposal from completing while the holdings are read
+    async with operator(pair.chn) as chn:
+        proposed = await chn.ProposeTransfer(request)
+        assert proposed.quantity == 200
+        holdings = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings
+    current = sorted((h.block.start, h.block.end, h.status) for h in holdings)
+    assert current == [(1, 100, "reserved"), (101, 200, "held"), (201, 300, "reserved"), (301, 1000, "held")]
+    assert sum(h.block.end - h.block.start + 1 for h in holdings) == 1000
+
+
+@pytest.mark.asyncio
+async def test_a_proposal_with_unreadable_terms_is_answered_with_a_rejection_and_nothing_recorded(pair: Pair) -> None:
+    block = await setup_accounts(pair)
+    await transfer(pair, block, 1, 10, "t1")
+    crafter = await _next_crafter(pair)
+    proposal = _rogue_proposal(block, 500, 510, "newer-version-1")
+    proposal.purpose = "Some purpose from a newer version"  # type: ignore[attr-defined]
+    before = (await snapshot(pair.che))[:3]
+    payload, _ = crafter.statement(proposal=proposal)
+    receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
+    assert receipt.taken_in
+    await settle(pair.chn, pair.che)
+    assert (await snapshot(pair.che))[:3] == before  # no transfer, no block, no ledger entry at CHE
+    async with pair.che.store.read() as tx:
+        sent = [m for m in await tx.list_messages() if m.direction == "out"]
+    from carbon_gateway.v1 import partner_pb2
+
+    decisions = []
+    for message in sent:
+        statement = partner_pb2.Statement()
+        statement.ParseFromString(wire.envelope_from_bytes(message.envelope).payload)
+        if statement.WhichOneof("body") == "decision" and statement.decision.transfer_id == "newer-version-1":
+            decisions.append(statement.decision)
+    assert len(decisions) == 1
+    assert not decisions[0].accepted
+    assert [ResponseCode(r.code) for r in decisions[0].rejections] == [ResponseCode.INVALID_ARGUMENT]
+    assert "purpose" in decisions[0].rejections[0].message
