@@ -34,6 +34,8 @@ from carbon_gateway.v1 import partner_pb2
 from gateway import wire
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.statements import (
+    GENESIS_HASH,
+    ChannelState,
     Header,
     SequenceVerdict,
     TimeWindow,
@@ -186,8 +188,46 @@ class Exchange:
         await tx.record_message(StoredMessage("out", receiver, header.message_id, envelope, b"", now))
         return header.message_id
 
-    def read_receipt(self, partner: Partner, data: bytes) -> partner_pb2.Receipt:
-        """Verify a receipt returned by ``partner`` and return it; raise `GatewayError` if it does not verify."""
+    async def reissue(self, receiver: str) -> int:
+        """Re-date and re-sign every undelivered statement to ``receiver``, after it refused one as expired.
+
+        The receiver refused the head of the channel without taking it in, so none of the pending statements
+        reached it. Each keeps its message ID and sequence number; it gets fresh issue and expiry times, and
+        the hash chain is rebuilt from the last statement that was delivered. One transaction.
+        """
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            pending = sorted((m for m in await tx.pending_outbox() if m.receiver == receiver), key=lambda m: m.sequence)
+            if not pending:
+                return 0
+            previous = GENESIS_HASH
+            if pending[0].sequence > 1:
+                delivered = await tx.outbox_message(receiver, pending[0].sequence - 1)
+                assert delivered is not None
+                previous = payload_hash(wire.envelope_from_bytes(delivered.envelope).payload)
+            for message in pending:
+                envelope = wire.envelope_from_bytes(message.envelope)
+                statement = partner_pb2.Statement()
+                statement.ParseFromString(envelope.payload)
+                statement.header.previous_hash = previous
+                statement.header.issued_at.CopyFrom(wire.timestamp(now))
+                statement.header.expires_at.CopyFrom(wire.timestamp(now + self.settings.message_lifetime))
+                payload = statement.SerializeToString()
+                fresh = wire.envelope_to_bytes(sign_envelope(envelope.payload_type, payload, [self.signer]))
+                await tx.replace_outbox_envelope(message.outbox_id, receiver, message.message_id, fresh)
+                previous = payload_hash(payload)
+            channel = await tx.outgoing_channel(receiver)
+            await tx.set_outgoing_channel(receiver, ChannelState(channel.last_sequence, previous))
+        log.warning("re-dated %d undelivered statements to %s after it found one expired", len(pending), receiver)
+        return len(pending)
+
+    def read_receipt(self, partner: Partner, data: bytes, sent: bytes) -> partner_pb2.Receipt:
+        """Verify the receipt ``partner`` returned for the envelope ``sent`` (protobuf form) and return it.
+
+        Raise `GatewayError` if it does not verify or does not answer ``sent``: it must name this gateway,
+        carry the SHA-256 of the payload sent and, when it names a message, that message's ID. A receipt
+        replayed from another delivery is refused.
+        """
         envelope = wire.envelope_from_bytes(data)
         if envelope.payload_type != wire.RECEIPT_PAYLOAD_TYPE:
             raise GatewayError(ResponseCode.UNSUPPORTED_PAYLOAD_TYPE, f"a receipt of type {envelope.payload_type!r}")
@@ -205,6 +245,17 @@ class Exchange:
             raise GatewayError(
                 ResponseCode.KEY_UNKNOWN_OR_REVOKED, f"a receipt from {partner.party} names {receipt.sender}"
             )
+        sent_payload = wire.envelope_from_bytes(sent).payload
+        if receipt.payload_sha256 != payload_hash(sent_payload) or receipt.receiver not in (
+            "",
+            self.settings.self_party,
+        ):
+            raise GatewayError(ResponseCode.REPLAY, f"a receipt from {partner.party} answers another message")
+        if receipt.in_reply_to:
+            statement = partner_pb2.Statement()
+            statement.ParseFromString(sent_payload)
+            if receipt.in_reply_to != statement.header.message_id:
+                raise GatewayError(ResponseCode.REPLAY, f"a receipt from {partner.party} answers another message")
         return receipt
 
     # incoming
@@ -356,14 +407,18 @@ class Exchange:
                 ResponseCode.PEER_IDENTITY_MISMATCH,
                 f"a trust document of {document.party!r} came over {peer_identity!r}'s connection",
             )
-        current = partner.trusted
         now = self.clock()
-        if document.version == current.version and envelope.payload == current.envelope.payload:
+        async with self.store.transaction() as tx:
+            # Read the trusted version under the store's lock, so that two updates apply one after the other.
+            current = partner.trusted
+            if document.version == current.version and envelope.payload == current.envelope.payload:
+                updated = None
+            else:
+                updated = apply_trust_update(current, envelope, now)
+                await tx.put_trust_document(partner.party, updated.version, envelope.to_json(), now)
+        if updated is None:
             detail = f"version {document.version} is already trusted"
         else:
-            updated = apply_trust_update(current, envelope, now)
-            async with self.store.transaction() as tx:
-                await tx.put_trust_document(partner.party, updated.version, envelope.to_json(), now)
             self.partners.replace(partner.party, updated)
             detail = f"now trusting version {updated.version} of {partner.party}'s trust document"
             log.warning("%s", detail)

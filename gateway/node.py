@@ -63,6 +63,12 @@ def _restore(envelope: Envelope, what: str, now: dt.datetime) -> TrustedParty:
     return trusted
 
 
+def _client_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_certificate))
+    context.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    return context
+
+
 def _ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca_certificate))
     context.load_cert_chain(str(tls.certificate), str(tls.private_key))
@@ -142,6 +148,7 @@ class GatewayNode:
             exchange=self.exchange,
             transport=self.transport,
             clock=clock,
+            ssl_context=_client_ssl_context(tls) if tls else None,
         )
         self._http_listen = http_listen
         self.http_server: HttpServer | None = None

@@ -129,7 +129,7 @@ class OutboxWorker:
             return 0
         try:
             raw = await self.transport.deliver(message.receiver, message.envelope)
-            receipt = self.exchange.read_receipt(partner, raw)
+            receipt = self.exchange.read_receipt(partner, raw, message.envelope)
         except (TransportError, GatewayError) as exc:
             await self._retry(message, str(exc))
             return 0
@@ -138,6 +138,10 @@ class OutboxWorker:
             log.warning("%s lacks our messages from %d: resending", message.receiver, receipt.resend_from)
             async with self.store.transaction() as tx:
                 await tx.requeue_from(message.receiver, receipt.resend_from, self.clock())
+            return 0
+        if code is ResponseCode.MESSAGE_EXPIRED and not receipt.taken_in:
+            await self.exchange.reissue(message.receiver)
+            await self._retry(message, f"{message.receiver} found it expired; re-dated and re-signed")
             return 0
         if not receipt.taken_in:
             await self._retry(message, f"refused by {message.receiver}: {code.name}: {receipt.detail}")

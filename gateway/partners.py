@@ -70,9 +70,17 @@ class PartnerDirectory:
         """Verify ``envelope`` against the threshold of ``partner``'s current transfer keys."""
         return partner.trusted.verify(envelope, TRANSFER_ROLE, now)
 
-    def replace(self, party: str, trusted: TrustedParty) -> None:
-        """Install an updated trust state for ``party`` (after a verified trust-document update)."""
-        self.partners[party].trusted = trusted
+    def replace(self, party: str, trusted: TrustedParty) -> bool:
+        """Install an updated trust state for ``party`` (after a verified update); never go back a version.
+
+        Returns False, installing nothing, when a newer version is already trusted: two updates that raced
+        cannot roll trust back to the older one.
+        """
+        partner = self.partners[party]
+        if trusted.version < partner.trusted.version:
+            return False
+        partner.trusted = trusted
+        return True
 
     def parties(self) -> Mapping[str, Partner]:
         """All partners by Party code."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from gateway.http.app import TRUST_VERSION_PATH
 from gateway.outbox import PartnerTransport, TransportError
 from gateway.partners import TRANSFER_ROLE, PartnerDirectory
 from gateway.store.base import Store, Transaction
-from signing import Envelope, EnvelopeFormatError, Signer, TrustedParty, TrustError, sign_envelope
+from signing import Envelope, EnvelopeFormatError, Signer, TrustDocument, TrustedParty, TrustError, sign_envelope
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,10 @@ class TrustKeeper:
         exchange: Exchange,
         transport: PartnerTransport,
         clock: Callable[[], dt.datetime],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_context = ssl_context
+        """Client TLS for fetching partners' published documents (the configured CA and certificate)."""
         self.party = party
         self.own = own
         self.store = store
@@ -121,7 +125,7 @@ class TrustKeeper:
         results = []
         for party, partner in self.partners.parties().items():
             try:
-                receipt = self.exchange.read_receipt(partner, await self.transport.deliver(party, raw))
+                receipt = self.exchange.read_receipt(partner, await self.transport.deliver(party, raw), raw)
                 results.append(PushResult(party, ResponseCode(receipt.code), receipt.detail))
             except (TransportError, GatewayError) as exc:
                 code = exc.code if isinstance(exc, GatewayError) else ResponseCode.UNKNOWN_PARTNER
@@ -139,28 +143,32 @@ class TrustKeeper:
             )
         envelopes: list[Envelope] = []
         version = partner.trusted.version + 1
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            while True:
-                url = base_url.rstrip("/") + TRUST_VERSION_PATH.format(version=version)
-                async with session.get(url) as response:
-                    if response.status == 404:
-                        break
-                    if response.status != 200:
-                        raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{url} answered HTTP {response.status}")
-                    try:
-                        envelopes.append(Envelope.from_json(await response.read()))
-                    except EnvelopeFormatError as exc:
-                        raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"{url}: {exc}") from None
-                version += 1
-        if not envelopes:
-            return partner.trusted
         try:
-            updated = partner.trusted.update_many(envelopes, self.clock())
-        except TrustError as exc:
-            raise GatewayError(ResponseCode.TRUST_UPDATE_REFUSED, str(exc)) from None
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+                while True:
+                    url = base_url.rstrip("/") + TRUST_VERSION_PATH.format(version=version)
+                    async with session.get(url, ssl=self.ssl_context or True) as response:
+                        if response.status == 404:
+                            break
+                        if response.status != 200:
+                            raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{url} answered HTTP {response.status}")
+                        try:
+                            envelopes.append(Envelope.from_json(await response.read()))
+                        except EnvelopeFormatError as exc:
+                            raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"{url}: {exc}") from None
+                    version += 1
+        except aiohttp.ClientError as exc:
+            raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"cannot fetch {party}'s trust documents: {exc}") from None
         now = self.clock()
         async with self.store.transaction() as tx:
-            for offset, envelope in enumerate(envelopes, start=1):
-                await tx.put_trust_document(party, partner.trusted.version + offset, envelope.to_json(), now)
+            # Read the trusted version under the store's lock: a push may have arrived while fetching.
+            base = partner.trusted
+            try:
+                fresh = [e for e in envelopes if TrustDocument.from_payload(e.payload).version > base.version]
+                updated = base.update_many(fresh, now) if fresh else base
+            except TrustError as exc:
+                raise GatewayError(ResponseCode.TRUST_UPDATE_REFUSED, str(exc)) from None
+            for offset, envelope in enumerate(fresh, start=1):
+                await tx.put_trust_document(party, base.version + offset, envelope.to_json(), now)
         self.partners.replace(party, updated)
-        return updated
+        return partner.trusted

@@ -44,9 +44,12 @@ def timestamp(moment: dt.datetime) -> Timestamp:
     return ts
 
 
-def from_timestamp(ts: Timestamp) -> dt.datetime:
-    """A protobuf Timestamp as an aware UTC datetime."""
-    return ts.ToDatetime(tzinfo=dt.UTC)
+def from_timestamp(ts: Timestamp, field: str = "timestamp") -> dt.datetime:
+    """A protobuf Timestamp as an aware UTC datetime; refuses one outside the years 1 to 9999."""
+    try:
+        return ts.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the time is out of range", field=field) from None
 
 
 def request_hash(request: Message, key_field: str = "idempotency_key") -> str:
@@ -121,7 +124,12 @@ def rejection_from_proto(msg: records_pb2.Rejection, field: str) -> Rejection:
     try:
         code = ResponseCode(msg.code)
     except ValueError:
-        raise _invalid(f"{field}.code", f"unknown response code {msg.code}") from None
+        # A partner on a newer version may know codes this gateway does not: keep the rejection, say so.
+        return Rejection(
+            ResponseCode.MALFORMED_PAYLOAD,
+            f"response code {msg.code}, unknown to this gateway: {msg.message}",
+            tuple(block_from_proto(b, f"{field}.blocks[{i}]") for i, b in enumerate(msg.blocks)),
+        )
     return Rejection(
         code, msg.message, tuple(block_from_proto(b, f"{field}.blocks[{i}]") for i, b in enumerate(msg.blocks))
     )
@@ -332,8 +340,8 @@ def header_from_proto(msg: partner_pb2.StatementHeader) -> Header:
         receiver=msg.receiver,
         sequence=msg.sequence,
         previous_hash=msg.previous_hash,
-        issued_at=from_timestamp(msg.issued_at),
-        expires_at=from_timestamp(msg.expires_at),
+        issued_at=from_timestamp(msg.issued_at, "header.issued_at"),
+        expires_at=from_timestamp(msg.expires_at, "header.expires_at"),
     )
 
 

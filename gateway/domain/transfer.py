@@ -46,6 +46,12 @@ FINAL_STATES = frozenset(
     }
 )
 
+USES_AUTHORIZED_QUANTITY = frozenset(
+    {TransferState.PROPOSED, TransferState.CHECKED, TransferState.ACCEPTED, TransferState.COMPLETED}
+)
+"""An outgoing transfer in these states counts against its authorization's quantity; refused, cancelled or
+terminated transfers give the quantity back."""
+
 ALLOWED_TRANSITIONS: dict[TransferRole, frozenset[tuple[TransferState, TransferState]]] = {
     TransferRole.INITIATING: frozenset(
         {

@@ -19,7 +19,7 @@ from typing import Any
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.records import Account, AccountType, Authorization, LedgerEntry
 from gateway.domain.statements import ChannelState
-from gateway.domain.transfer import Transfer, TransferRole, TransferState
+from gateway.domain.transfer import USES_AUTHORIZED_QUANTITY, Transfer, TransferRole, TransferState
 from gateway.store import codec
 from gateway.store.base import (
     CURRENT_STATUSES,
@@ -32,13 +32,6 @@ from gateway.store.base import (
     StoredMessage,
 )
 from gateway.store.migrations import MIGRATIONS
-
-ACTIVE_TRANSFER_STATES = (
-    TransferState.PROPOSED,
-    TransferState.CHECKED,
-    TransferState.ACCEPTED,
-    TransferState.COMPLETED,
-)
 
 
 class SQLiteStore:
@@ -185,7 +178,7 @@ class SQLiteTransaction:
             raise StoreConflict(f"authorization {authorization.authorization_id!r} exists") from exc
 
     async def authorized_quantity_used(self, authorization_id: str) -> int:
-        states = [int(s) for s in ACTIVE_TRANSFER_STATES]
+        states = [int(s) for s in USES_AUTHORIZED_QUANTITY]
         row = self._one(
             "SELECT COALESCE(SUM(quantity), 0) FROM transfers WHERE authorization_id = ? AND role = ? "
             f"AND state IN ({_placeholders(states)})",
@@ -376,6 +369,10 @@ class SQLiteTransaction:
     async def pending_outbox(self) -> list[OutboxMessage]:
         rows = self._all("SELECT * FROM outbox WHERE state = ? ORDER BY outbox_id", (OutboxState.PENDING.value,))
         return [_outbox_message(r) for r in rows]
+
+    async def outbox_message(self, receiver: str, sequence: int) -> OutboxMessage | None:
+        row = self._one("SELECT * FROM outbox WHERE receiver = ? AND sequence = ?", (receiver, sequence))
+        return None if row is None else _outbox_message(row)
 
     async def replace_outbox_envelope(self, outbox_id: int, receiver: str, message_id: str, envelope: bytes) -> None:
         self._db.execute("UPDATE outbox SET envelope = ? WHERE outbox_id = ?", (envelope, outbox_id))

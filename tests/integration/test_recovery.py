@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, records_pb2
-from gateway.demo import Pair, wait_for_state
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway import wire
+from gateway.demo import Pair, start_pair, wait_for_state
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.node import GatewayNode, PartnerSpec
 from gateway.store.sqlite import SQLiteStore
@@ -42,8 +44,6 @@ async def test_an_unreachable_partner_is_retried_until_the_transfer_completes(pa
     async with operator(pair.chn) as chn, operator(pair.che) as che:
         proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
         async with pair.chn.store.transaction() as tx:
-            import datetime as dt
-
             far = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
             queued = await tx.due_messages(far, 10)
         assert [m.receiver for m in queued] == ["CHE"]
@@ -85,3 +85,40 @@ async def test_a_gateway_restarted_after_a_crash_delivers_what_it_had_committed(
         ledger = (await chn.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest())).entries
     assert [(e.action_type, e.quantity) for e in ledger] == [("First transfer", 10)]
     await settle(restarted, pair.che)
+
+
+class MovableClock:
+    """The real clock plus an offset the test moves forward; every gateway of a network reads it."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta(0)
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + self.offset
+
+
+@pytest.mark.asyncio
+async def test_statements_that_expired_in_the_outbox_are_redated_and_the_transfer_completes(tmp_path: Path) -> None:
+    clock = MovableClock()
+    pair = await start_pair(tmp_path, clock=clock)
+    try:
+        block = await setup_accounts(pair)
+        await pair.chn.outbox.stop()  # a long outage: the proposal waits in the outbox
+        async with operator(pair.chn) as chn:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
+        moved_at = clock()
+        clock.offset += dt.timedelta(hours=13)  # past the 12-hour lifetime of the signed proposal
+        pair.chn.outbox.start()
+        pair.chn.outbox.wake()
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        async with pair.che.store.read() as tx:
+            proposal = next(m for m in await tx.list_messages() if m.direction == "in")
+        header = wire.envelope_from_bytes(proposal.envelope)
+        statement = partner_pb2.Statement()
+        statement.ParseFromString(header.payload)
+        assert statement.header.sequence == 1
+        assert wire.from_timestamp(statement.header.issued_at) > moved_at + dt.timedelta(hours=12)
+    finally:
+        await pair.stop()

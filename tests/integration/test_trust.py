@@ -119,9 +119,12 @@ async def test_rotation_that_is_not_the_next_version_is_refused_by_the_operator_
         await network.stop()
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "mtls"])
 @pytest.mark.asyncio
-async def test_a_partner_refreshes_trust_from_the_published_url_and_keeps_it_across_a_restart(tmp_path: Path) -> None:
-    network = await start_network(tmp_path, ("CHN", "CHE"), http=True)
+async def test_a_partner_refreshes_trust_from_the_published_url_and_keeps_it_across_a_restart(
+    tmp_path: Path, tls: bool
+) -> None:
+    network = await start_network(tmp_path, ("CHN", "CHE"), http=True, tls=tls)
     try:
         che = network["CHE"]
         # CHN publishes versions 2 and 3 without pushing them (as if CHE had been down).
