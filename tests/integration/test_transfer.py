@@ -248,3 +248,25 @@ async def test_a_proposal_with_unreadable_terms_is_answered_with_a_rejection_and
     assert not decisions[0].accepted
     assert [ResponseCode(r.code) for r in decisions[0].rejections] == [ResponseCode.INVALID_ARGUMENT]
     assert "purpose" in decisions[0].rejections[0].message
+
+
+@pytest.mark.asyncio
+async def test_a_receipt_only_counts_for_the_statement_it_answers(pair: Pair) -> None:
+    import grpc as _grpc
+
+    from gateway.domain.errors import GatewayError
+    from gateway.rpc.partner import DELIVER_METHOD
+
+    block = await setup_accounts(pair)
+    crafter = await _next_crafter(pair)
+    first, _ = crafter.statement(proposal=_rogue_proposal(block, 1, 10, "first"))
+    second, _ = crafter.statement(proposal=_rogue_proposal(block, 11, 20, "second"))
+    sent_first = wire.envelope_to_bytes(crafter.envelope(first))
+    sent_second = wire.envelope_to_bytes(crafter.envelope(second))
+    async with _grpc.aio.insecure_channel(pair.che.partner_address) as channel:
+        raw_receipt: bytes = await channel.unary_unary(DELIVER_METHOD, None, None)(sent_first, timeout=10)
+    che = pair.chn.partners.parties()["CHE"]
+    assert pair.chn.exchange.read_receipt(che, raw_receipt, sent_first).taken_in
+    with pytest.raises(GatewayError) as caught:
+        pair.chn.exchange.read_receipt(che, raw_receipt, sent_second)
+    assert caught.value.code is ResponseCode.REPLAY
