@@ -252,8 +252,6 @@ async def test_a_proposal_with_unreadable_terms_is_answered_with_a_rejection_and
 
 @pytest.mark.asyncio
 async def test_a_receipt_only_counts_for_the_statement_it_answers(pair: Pair) -> None:
-    import grpc as _grpc
-
     from gateway.domain.errors import GatewayError
     from gateway.rpc.partner import DELIVER_METHOD
 
@@ -263,10 +261,33 @@ async def test_a_receipt_only_counts_for_the_statement_it_answers(pair: Pair) ->
     second, _ = crafter.statement(proposal=_rogue_proposal(block, 11, 20, "second"))
     sent_first = wire.envelope_to_bytes(crafter.envelope(first))
     sent_second = wire.envelope_to_bytes(crafter.envelope(second))
-    async with _grpc.aio.insecure_channel(pair.che.partner_address) as channel:
+    async with grpc.aio.insecure_channel(pair.che.partner_address) as channel:
         raw_receipt: bytes = await channel.unary_unary(DELIVER_METHOD, None, None)(sent_first, timeout=10)
     che = pair.chn.partners.parties()["CHE"]
     assert pair.chn.exchange.read_receipt(che, raw_receipt, sent_first).taken_in
     with pytest.raises(GatewayError) as caught:
         pair.chn.exchange.read_receipt(che, raw_receipt, sent_second)
     assert caught.value.code is ResponseCode.REPLAY
+
+
+@pytest.mark.asyncio
+async def test_health_and_reflection_let_generic_tools_discover_the_api(pair: Pair) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def services(address: str) -> set[str]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            names: set[str] = set()
+            async for answer in call:
+                names.update(s.name for s in answer.list_services_response.service)
+            status = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            return names
+
+    operator_services = await services(pair.chn.operator_address)
+    assert {"carbon_gateway.v1.OperatorService", "carbon_gateway.v1.MappingService", "grpc.health.v1.Health"} <= (
+        operator_services
+    )
+    assert "carbon_gateway.v1.PartnerExchange" in await services(pair.chn.partner_address)
