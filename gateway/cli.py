@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -61,7 +60,10 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="carbon-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="carbon-gateway",
+        description="Cross-border carbon credit gateway: signed transfers between registries, AEF mapping, trust.",
+    )
     parser.add_argument("--version", action="version", version=f"carbon-gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -77,10 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.tools import register as register_tools
 
     register_tools(commands)
-    with contextlib.suppress(ImportError):
-        from adapters.commands import register as register_adapters
+    from adapters.commands import register as register_adapters
 
-        register_adapters(commands)
+    register_adapters(commands)
     return parser
 
 
