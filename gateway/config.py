@@ -57,6 +57,8 @@ class GatewayConfig:
     clock_skew: dt.timedelta = dt.timedelta(minutes=5)
     max_message_lifetime: dt.timedelta = dt.timedelta(hours=24)
     message_lifetime: dt.timedelta = dt.timedelta(hours=12)
+    hold_deadline: dt.timedelta = dt.timedelta(hours=48)
+    decision_timeout: dt.timedelta = dt.timedelta(hours=72)
 
 
 def _require(table: dict[str, Any], key: str, where: str) -> Any:
@@ -156,4 +158,6 @@ def load_config(path: Path) -> GatewayConfig:
         clock_skew=dt.timedelta(seconds=float(limits.get("clock_skew_seconds", 300))),
         max_message_lifetime=dt.timedelta(seconds=float(limits.get("max_message_lifetime_seconds", 86400))),
         message_lifetime=dt.timedelta(seconds=float(limits.get("message_lifetime_seconds", 43200))),
+        hold_deadline=dt.timedelta(seconds=float(limits.get("hold_deadline_seconds", 172800))),
+        decision_timeout=dt.timedelta(seconds=float(limits.get("decision_timeout_seconds", 259200))),
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import TLSConfig
-from gateway.domain.protocol import ACCEPT_ALL, DecisionPolicy
+from gateway.domain.protocol import ACCEPT_ALL, Deadlines, DecisionPolicy
 from gateway.exchange import ExchangeSettings
 from gateway.node import GatewayNode, PartnerSpec, utc_now
 from gateway.store.sqlite import SQLiteStore
@@ -83,6 +83,7 @@ async def start_network(
     signers: Mapping[str, Signer] | None = None,
     trust: Mapping[str, Envelope] | None = None,
     settings: Callable[[str], ExchangeSettings] = lambda party: ExchangeSettings(self_party=party),
+    deadlines: Deadlines | None = None,
     clock: Callable[[], dt.datetime] = utc_now,
 ) -> Network:
     """Start gateways for ``parties`` on loopback port 0; each trusts all the others."""
@@ -116,6 +117,7 @@ async def start_network(
             http_listen="127.0.0.1:0" if http else None,
             tls=tls_config(workdir, party) if tls else None,
             settings=settings(party),
+            deadlines=deadlines,
             clock=clock,
         )
     try:

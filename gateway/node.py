@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import ssl
@@ -15,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc, operator_pb2, operator_pb2_grpc
 from gateway.config import GatewayConfig, TLSConfig
-from gateway.domain.protocol import DecisionPolicy
+from gateway.domain.protocol import Deadlines, DecisionPolicy
 from gateway.domain.statements import TimeWindow
 from gateway.exchange import Exchange, ExchangeSettings
 from gateway.http.app import HttpServer, build_app
@@ -109,6 +111,7 @@ class GatewayNode:
         http_listen: str | None = None,
         tls: TLSConfig | None = None,
         settings: ExchangeSettings | None = None,
+        deadlines: Deadlines | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.party = party
@@ -127,7 +130,8 @@ class GatewayNode:
             )
             for p in partners
         )
-        self.gateway = Gateway(party=party, store=store, policy=policy, clock=clock)
+        self.gateway = Gateway(party=party, store=store, policy=policy, clock=clock, deadlines=deadlines)
+        self._sweeper: asyncio.Task[None] | None = None
         self.exchange = Exchange(
             settings or ExchangeSettings(self_party=party),
             signer=signer,
@@ -191,6 +195,7 @@ class GatewayNode:
             http_listen=config.http_listen,
             tls=config.tls,
             settings=settings,
+            deadlines=Deadlines(hold=config.hold_deadline, decision=config.decision_timeout),
         )
 
     @property
@@ -253,6 +258,17 @@ class GatewayNode:
             self.http_port = await self.http_server.start()
         self.outbox.start()
         self.outbox.wake()
+        self._sweeper = asyncio.create_task(self._sweep(), name="deadlines")
+
+    async def _sweep(self) -> None:
+        deadlines = self.gateway.deadlines
+        period = min(max(min(deadlines.hold, deadlines.decision).total_seconds() / 10, 0.05), 60.0)
+        while True:
+            try:
+                await self.gateway.expire_overdue()
+            except Exception:
+                log.exception("%s: ending overdue transfers failed; retrying", self.party)
+            await asyncio.sleep(period)
 
     @staticmethod
     async def _add_health_and_reflection(server: grpc.aio.Server, *services: str) -> None:
@@ -277,6 +293,10 @@ class GatewayNode:
         for server in (self.operator_server, self.partner_server):
             if server is not None:
                 await server.stop(grace)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self.http_server is not None:
             await self.http_server.stop()
         await self.outbox.stop()

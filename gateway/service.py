@@ -18,6 +18,7 @@ from gateway import wire
 from gateway.domain.blocks import SerialSpace, UnitBlock, merge, split
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.protocol import (
+    Deadlines,
     DecisionPolicy,
     Rejection,
     Verdict,
@@ -30,7 +31,7 @@ from gateway.domain.protocol import (
 )
 from gateway.domain.records import Account, Authorization, LedgerEntry, TransferTerms
 from gateway.domain.statements import Header
-from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance
+from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance, overdue
 from gateway.exchange import Exchange
 from gateway.store.base import BlockStatus, IdempotentResult, Store, StoreConflict, StoredBlock, Transaction
 
@@ -82,10 +83,12 @@ class Gateway:
         store: Store,
         policy: DecisionPolicy,
         clock: Callable[[], dt.datetime],
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.party = party
         self.store = store
         self.policy = policy
+        self.deadlines = deadlines or Deadlines()
         self.clock = clock
         self.exchange: Exchange | None = None
 
@@ -592,7 +595,8 @@ class Gateway:
     async def _on_cancel(self, tx: Transaction, partner: str, cancel: partner_pb2.Cancel) -> None:
         """Acquiring side: the initiating side cancelled; drop the pending acquisition."""
         transfer = await self._transfer_with(tx, partner, cancel.transfer_id, TransferRole.ACQUIRING)
-        await self._set_state(tx, transfer, TransferState.CANCELLED)
+        ended = TransferState.TERMINATED if cancel.terminated else TransferState.CANCELLED
+        await self._set_state(tx, transfer, ended)
         await self._drop_pending(tx, transfer.transfer_id)
 
     async def _on_status_query(self, tx: Transaction, partner: str, query: partner_pb2.StatusQuery) -> None:
@@ -605,6 +609,46 @@ class Gateway:
             known=known,
         )
         await self._exchange.enqueue(tx, partner, status_report=report)
+
+    # deadlines
+
+    async def expire_overdue(self) -> list[Transfer]:
+        """End every transfer waiting past its deadline; return them in their new state.
+
+        Each is ended in its own transaction with the message that tells the partner: a terminated
+        outgoing transfer releases its units and sends a Cancel marked terminated; a held incoming
+        proposal is rejected with DECISION_DEADLINE_PASSED and its pending units dropped.
+        """
+        async with self.store.read() as tx:
+            waiting = [t for t in await tx.list_transfers() if overdue(t, self.clock(), self.deadlines)]
+        ended = []
+        for candidate in waiting:
+            async with self.store.transaction() as tx:
+                transfer = await tx.get_transfer(candidate.transfer_id)
+                target = overdue(transfer, self.clock(), self.deadlines) if transfer else None
+                if transfer is None or target is None:
+                    continue
+                if target is TransferState.TERMINATED:
+                    transfer = await self._set_state(tx, transfer, target)
+                    await self._release(tx, transfer.transfer_id)
+                    reason = f"no decision within {self.deadlines.decision}"
+                    cancel = partner_pb2.Cancel(transfer_id=transfer.transfer_id, reason=reason, terminated=True)
+                    await self._exchange.enqueue(tx, transfer.partner, cancel=cancel)
+                else:
+                    rejection = Rejection(
+                        ResponseCode.DECISION_DEADLINE_PASSED,
+                        f"held for an operator's decision longer than {self.deadlines.hold}",
+                    )
+                    transfer = await self._set_state(tx, transfer, target, [rejection])
+                    await self._drop_pending(tx, transfer.transfer_id)
+                    await self._decide(tx, transfer, accepted=False, rejections=[rejection])
+            log.warning(
+                "%s transfer %s passed its deadline: %s", transfer.role.value, transfer.transfer_id, target.name
+            )
+            ended.append(transfer)
+        if ended:
+            self._exchange.on_enqueued()
+        return ended
 
     # reads
 

@@ -42,6 +42,7 @@ class ResponseCode(enum.IntEnum):
     THRESHOLD_NOT_MET = 25
     TRUST_DOCUMENT_EXPIRED = 26
     TRUST_UPDATE_REFUSED = 27
+    DECISION_DEADLINE_PASSED = 28
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -73,6 +74,7 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.THRESHOLD_NOT_MET: "fewer distinct trusted keys signed than the role's threshold",
     ResponseCode.TRUST_DOCUMENT_EXPIRED: "the sender's trusted document has expired; it must publish a new version",
     ResponseCode.TRUST_UPDATE_REFUSED: "a trust update is not the next version or lacks the old or new trust threshold",
+    ResponseCode.DECISION_DEADLINE_PASSED: "the proposal waited for a decision past its deadline",
 }
 
 

@@ -247,6 +247,22 @@ class DecisionPolicy:
 
 
 ACCEPT_ALL = DecisionPolicy((DecisionRule(Verdict.ACCEPT),))
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long a transfer may wait for the other side (DESIGN.md section 4).
+
+    ``hold`` bounds how long the acquiring side keeps a proposal its policy held for a person; past it the
+    proposal is rejected. ``decision`` bounds how long the initiating side waits for any Decision; past it
+    the transfer is terminated and the reserved units released. ``hold`` should be the shorter, so that a
+    held proposal is answered before its initiator gives up.
+    """
+
+    hold: dt.timedelta = dt.timedelta(hours=48)
+    decision: dt.timedelta = dt.timedelta(hours=72)
+
+
 """A policy that accepts every proposal passing the checks (demos and tests)."""
 
 

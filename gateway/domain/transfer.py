@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.protocol import Rejection
+from gateway.domain.protocol import Deadlines, Rejection
 from gateway.domain.records import TransferTerms
 
 
@@ -79,6 +79,22 @@ ALLOWED_TRANSITIONS: dict[TransferRole, frozenset[tuple[TransferState, TransferS
         }
     ),
 }
+
+
+def overdue(transfer: Transfer, now: dt.datetime, deadlines: Deadlines) -> TransferState | None:
+    """The state a transfer waiting past its deadline moves to, or None while it may still wait.
+
+    Only a transfer still waiting for a decision can be overdue: an initiating one is terminated, a held
+    incoming one is rejected. An accepted incoming transfer never times out here, because the initiating
+    side may already have debited the units and its Completion is on its way.
+    """
+    if transfer.state is not TransferState.CHECKED:
+        return None
+    if transfer.role is TransferRole.INITIATING and now - transfer.created_at > deadlines.decision:
+        return TransferState.TERMINATED
+    if transfer.role is TransferRole.ACQUIRING and now - transfer.created_at > deadlines.hold:
+        return TransferState.REJECTED
+    return None
 
 
 def advance(role: TransferRole, current: TransferState, target: TransferState) -> TransferState:

@@ -36,6 +36,7 @@ PINNED_VALUES: dict[str, int] = {
     "THRESHOLD_NOT_MET": 25,
     "TRUST_DOCUMENT_EXPIRED": 26,
     "TRUST_UPDATE_REFUSED": 27,
+    "DECISION_DEADLINE_PASSED": 28,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

@@ -237,3 +237,55 @@ def test_the_transition_graph_has_no_cycle(role: TransferRole) -> None:
     for state in TransferState:
         for nxt in edges[state]:
             assert state not in reachable(edges, nxt), f"{role.value}: cycle through {state.name}"
+
+
+OVERDUE_CASES = [
+    (
+        "initiating, checked, past the decision timeout",
+        TransferRole.INITIATING,
+        TransferState.CHECKED,
+        73,
+        TransferState.TERMINATED,
+    ),
+    ("initiating, checked, within the decision timeout", TransferRole.INITIATING, TransferState.CHECKED, 71, None),
+    (
+        "acquiring, held, past the hold deadline",
+        TransferRole.ACQUIRING,
+        TransferState.CHECKED,
+        49,
+        TransferState.REJECTED,
+    ),
+    ("acquiring, held, within the hold deadline", TransferRole.ACQUIRING, TransferState.CHECKED, 47, None),
+    ("acquiring, accepted, never times out", TransferRole.ACQUIRING, TransferState.ACCEPTED, 10_000, None),
+    ("initiating, completed", TransferRole.INITIATING, TransferState.COMPLETED, 10_000, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "role", "state", "hours", "expected"), OVERDUE_CASES, ids=[c[0] for c in OVERDUE_CASES]
+)
+def test_which_transfers_are_overdue(
+    case: str, role: TransferRole, state: TransferState, hours: int, expected: TransferState | None
+) -> None:
+    import datetime as dt
+
+    from gateway.domain.blocks import SerialSpace, UnitBlock
+    from gateway.domain.protocol import Deadlines
+    from gateway.domain.records import AdjustmentMethod, Purpose, TransferTerms
+    from gateway.domain.transfer import Transfer, overdue
+
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    terms = TransferTerms(
+        "CHN",
+        "CHE",
+        "PO",
+        "PH",
+        "CA0001",
+        "A-1",
+        Purpose.NDC,
+        AdjustmentMethod.AVERAGING,
+        (UnitBlock(SerialSpace("CCER", "CN-CCER"), 1, 10, vintage=2025),),
+    )
+    transfer = Transfer("t", role, state, terms, (), created, created)
+    now = created + dt.timedelta(hours=hours)
+    assert overdue(transfer, now, Deadlines(hold=dt.timedelta(hours=48), decision=dt.timedelta(hours=72))) is expected

@@ -84,6 +84,7 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     THRESHOLD_NOT_MET: _ResponseCode.ValueType  # 25
     TRUST_DOCUMENT_EXPIRED: _ResponseCode.ValueType  # 26
     TRUST_UPDATE_REFUSED: _ResponseCode.ValueType  # 27
+    DECISION_DEADLINE_PASSED: _ResponseCode.ValueType  # 28
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -116,6 +117,7 @@ PEER_IDENTITY_MISMATCH: ResponseCode.ValueType  # 24
 THRESHOLD_NOT_MET: ResponseCode.ValueType  # 25
 TRUST_DOCUMENT_EXPIRED: ResponseCode.ValueType  # 26
 TRUST_UPDATE_REFUSED: ResponseCode.ValueType  # 27
+DECISION_DEADLINE_PASSED: ResponseCode.ValueType  # 28
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final

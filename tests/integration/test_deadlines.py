@@ -1,0 +1,69 @@
+"""Deadlines: an outgoing transfer with no decision is terminated, a held incoming proposal is rejected."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway.demo import Pair, wait_for_state
+from gateway.domain.errors import ResponseCode
+from gateway.domain.protocol import Deadlines, DecisionPolicy
+from gateway.harness import start_network
+from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts
+
+
+@pytest.mark.asyncio
+async def test_an_unanswered_transfer_is_terminated_its_units_released_and_the_partner_told(tmp_path: Path) -> None:
+    deadlines = Deadlines(hold=dt.timedelta(seconds=30), decision=dt.timedelta(milliseconds=300))
+    network = await start_network(tmp_path, ("CHN", "CHE"), deadlines=deadlines)
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        reachable = pair.chn.partners.parties()["CHE"].address
+        pair.chn.set_partner_address("CHE", "127.0.0.1:9")  # CHE cannot be reached: no decision comes
+        async with operator(pair.chn) as chn:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 400, "k"))
+            ended = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+            assert ended.state == records_pb2.TERMINATED
+            holdings = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings
+            assert [(h.block.start, h.block.end, h.status) for h in holdings] == [(1, 1000, "held")]
+
+        pair.chn.set_partner_address("CHE", reachable)  # CHE comes back: Proposal, then the terminating Cancel
+        pair.chn.outbox.wake()
+        async with operator(pair.che) as che:
+            acquired = await wait_for_state(che, proposed.transfer_id, {records_pb2.TERMINATED}, timeout=30)
+            assert acquired.state == records_pb2.TERMINATED
+            assert list((await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings) == []
+        await settle(pair.chn, pair.che)
+        for node in (pair.chn, pair.che):
+            async with node.store.read() as tx:
+                assert await tx.list_ledger() == []
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_held_proposal_past_its_deadline_is_rejected_and_the_initiator_releases(tmp_path: Path) -> None:
+    deadlines = Deadlines(hold=dt.timedelta(milliseconds=300), decision=dt.timedelta(seconds=30))
+    network = await start_network(tmp_path, ("CHN", "CHE"), deadlines=deadlines, policy=DecisionPolicy())
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 400, "k"))
+            held = await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED, *TERMINAL})
+            assert held.state in (records_pb2.CHECKED, records_pb2.REJECTED)
+            rejected = await wait_for_state(che, proposed.transfer_id, TERMINAL)
+            assert rejected.state == records_pb2.REJECTED
+            assert [ResponseCode(r.code) for r in rejected.rejections] == [ResponseCode.DECISION_DEADLINE_PASSED]
+            initiating = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+            assert initiating.state == records_pb2.REJECTED
+            assert [ResponseCode(r.code) for r in initiating.rejections] == [ResponseCode.DECISION_DEADLINE_PASSED]
+            holdings = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings
+            assert [(h.block.start, h.block.end, h.status) for h in holdings] == [(1, 1000, "held")]
+            assert list((await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings) == []
+    finally:
+        await network.stop()
