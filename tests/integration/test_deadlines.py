@@ -67,3 +67,25 @@ async def test_a_held_proposal_past_its_deadline_is_rejected_and_the_initiator_r
             assert list((await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings) == []
     finally:
         await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_operator_accepts_a_held_proposal_and_the_transfer_completes(tmp_path: Path) -> None:
+    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 400, "k"))
+            held = await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+            assert [
+                (h.block.start, h.status) for h in (await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings
+            ] == [(1, "pending")]
+            decided = await che.DecideTransfer(
+                operator_pb2.DecideTransferRequest(idempotency_key="d", transfer_id=held.transfer_id, accept=True)
+            )
+            assert decided.state == records_pb2.ACCEPTED
+            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+    finally:
+        await network.stop()
