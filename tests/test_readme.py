@@ -21,3 +21,24 @@ def test_readme_opens_with_the_two_setup_commands() -> None:
     text = README.read_text()
     quick_start = text[text.index("## Quick start") :]
     assert quick_start.index("make run") < quick_start.index("make test") < quick_start.index("## Running")
+
+
+def test_the_readme_configuration_example_loads(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from gateway.config import load_config
+    from gateway.domain.protocol import Verdict
+
+    example = re.search(r"```toml\n(party = .*?)```", README.read_text(), flags=re.DOTALL)
+    assert example is not None
+    path = tmp_path / "gateway.toml"
+    path.write_text(example.group(1))
+    config = load_config(path)
+    assert config.party == "CHN"
+    assert config.database == tmp_path / "chn.db"
+    assert config.http_listen == "0.0.0.0:8443"
+    assert config.tls is not None and config.tls.ca_certificate == tmp_path / "tls" / "ca.crt"
+    assert [(p.party, p.http_url) for p in config.partners] == [("CHE", "https://che.example:8443")]
+    assert [r.verdict for r in config.policy.rules] == [Verdict.ACCEPT, Verdict.HOLD]
+    assert config.hold_deadline == dt.timedelta(hours=48)
+    assert config.decision_timeout == dt.timedelta(hours=72)
