@@ -46,12 +46,7 @@ class SerialListAdapter:
         if fmt == "text":
             return tabular.read_text_lines(data, "serial")
         if fmt == "json":
-            try:
-                items = json.loads(data.decode("utf-8-sig"))
-            except (UnicodeDecodeError, ValueError) as error:
-                raise RecordRejected.one(
-                    "file", f"is not valid UTF-8 JSON: {error}", IssueCode.MALFORMED_FILE
-                ) from None
+            items = tabular.read_json(data)
             if not isinstance(items, list):
                 raise RecordRejected.one("file", "must be a JSON array of serials", IssueCode.MALFORMED_FILE)
             return [item if isinstance(item, Mapping) else {"serial": item} for item in items]

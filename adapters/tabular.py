@@ -25,12 +25,21 @@ def unsupported(adapter: str, fmt: str, supported: Sequence[str]) -> RecordRejec
     )
 
 
-def read_json_records(data: bytes) -> list[Mapping[str, object]]:
-    """A JSON array of objects."""
+def read_json(data: bytes) -> object:
+    """A JSON document (UTF-8, with or without a byte-order mark)."""
     try:
-        value = json.loads(data.decode("utf-8-sig"))
+        return json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RecordRejected.one("file", f"is not valid UTF-8 JSON: {error}", IssueCode.MALFORMED_FILE) from None
+    except RecursionError:
+        raise RecordRejected.one(
+            "file", "nests arrays or objects too deeply to be a file of records", IssueCode.MALFORMED_FILE
+        ) from None
+
+
+def read_json_records(data: bytes) -> list[Mapping[str, object]]:
+    """A JSON array of objects."""
+    value = read_json(data)
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise RecordRejected.one("file", "must be a JSON array of objects, one per record", IssueCode.MALFORMED_FILE)
     return value

@@ -29,7 +29,7 @@ def _context(data: bytes) -> MappingContext:
         return MappingContext()
     try:
         parsed = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise GatewayError(ResponseCode.INVALID_ARGUMENT, f"not JSON: {exc}", field="context_json") from None
     if not isinstance(parsed, dict):
         raise GatewayError(ResponseCode.INVALID_ARGUMENT, "must be a JSON object", field="context_json")

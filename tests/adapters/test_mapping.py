@@ -216,3 +216,12 @@ def test_context_from_json_checks_every_field() -> None:
         "context.extension_codes.CN-CEA",
         "context.colour",
     }
+
+
+@pytest.mark.parametrize(("source", "fmt"), [("cn-ccer", "json"), ("cn-cea", "json"), ("serial-vcs", "json")])
+@pytest.mark.parametrize("nesting", [b"[" * 100_000, b"[" + b'{"a":' * 100_000])
+def test_a_file_nested_too_deeply_is_refused_as_malformed(source: str, fmt: str, nesting: bytes) -> None:
+    result = map_batch(source, source, nesting, source_format=fmt, context=CTX, adapters=ADAPTERS)
+    assert not result.applied
+    assert [(i.position, i.field, i.code) for i in result.issues] == [(0, "file", IssueCode.MALFORMED_FILE)]
+    assert "too deeply" in result.issues[0].message

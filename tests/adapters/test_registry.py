@@ -180,3 +180,24 @@ def test_map_command_strict_and_usage_errors(tmp_path: Path, installed: None) ->
     assert code == 2 and "no adapter named 'cn-nope'" in err
     code, _, err = _run(["map", "--from", "cn-ccer", "--to", "aef-actions", str(tmp_path / "ccer.csv")])
     assert code == 2 and "--to-format" in err
+
+
+def test_map_command_refuses_a_context_file_nested_too_deeply(tmp_path: Path, installed: None) -> None:
+    (tmp_path / "ccer.csv").write_text(CSV, encoding="utf-8")
+    (tmp_path / "context.json").write_text("[" * 100_000, encoding="utf-8")
+    code, out, err = _run(
+        [
+            "map",
+            "--from",
+            "cn-ccer",
+            "--to",
+            "cn-ccer",
+            str(tmp_path / "ccer.csv"),
+            "--context",
+            str(tmp_path / "context.json"),
+            "--to-format",
+            "csv",
+        ]
+    )
+    assert code == 2 and out == ""
+    assert "context.json is not valid JSON" in err

@@ -95,3 +95,15 @@ async def test_a_malformed_context_is_refused_with_the_field(pair: Pair) -> None
             )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "context_json" in (caught.value.details() or "")
+
+
+@pytest.mark.asyncio
+async def test_a_context_nested_too_deeply_is_refused_with_the_field(pair: Pair) -> None:
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.MapRecords(
+                mapping_pb2.MapRecordsRequest(source="cn-ccer", target="aef-actions", context_json=b"[" * 100_000)
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context_json" in (caught.value.details() or "")
