@@ -25,7 +25,7 @@ from adapters.base import Adapter
 from adapters.context import MappingContext, context_from_json
 from adapters.mapping import encode_outputs, map_batch
 from adapters.registry import AdapterNotFound, NoAdaptersInstalled, get_adapter, list_adapters, load_problems
-from gateway.domain.mapping import RecordRejected
+from gateway.domain.mapping import RecordRejected, issue_runs
 
 LARGE_BATCH = 10_000
 """Batches at least this large show a progress bar on standard error."""
@@ -146,10 +146,10 @@ def run_map(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO 
             strict_nomenclature=args.strict_nomenclature,
             progress=bar.update,
         )
-    for issue in result.issues:
-        print(f"error: {issue}", file=err)
-    for note in result.notes:
-        print(f"note: {note}", file=err)
+    for run in issue_runs(result.issues):
+        print(f"error: {run}", file=err)
+    for run in issue_runs(result.notes):
+        print(f"note: {run}", file=err)
     lossy = [r for r in result.records if r.lost_fields and r.output is not None]
     if lossy:
         print(

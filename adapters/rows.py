@@ -9,7 +9,7 @@ only renders its seven block columns. Anything the fast path cannot vouch for go
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from adapters.aef_codec import _render_value
 from adapters.aef_columns import Table, columns
@@ -17,7 +17,7 @@ from adapters.base import RawRecord
 from adapters.context import MappingContext
 from adapters.mapping import MappedRecord, ccer_to_aef_actions, map_batch
 from adapters.registry import get_adapter
-from gateway.domain.mapping import BatchResult, MappingError, MappingIssue, RecordRejected
+from gateway.domain.mapping import BatchResult, IssueRun, MappingError, RecordRejected, issue_runs
 
 _BLOCK_FIELDS = frozenset(
     {"itmo_first_serial", "itmo_last_serial", "first_unit_id", "last_unit_id", "quantity", "mitigation_type", "vintage"}
@@ -40,8 +40,10 @@ class MappedRows:
     columns: tuple[str, ...]
     rows: tuple[Row, ...]
     applied: bool
-    issues: tuple[MappingIssue, ...]
-    notes: tuple[MappingIssue, ...]
+    issues: tuple[IssueRun, ...]
+    """Why records were refused; a problem shared by consecutive records is one run."""
+    notes: tuple[IssueRun, ...]
+    """Warnings that refuse nothing (e.g. a nomenclature extension code), as runs."""
     records: int
     """How many source records the batch held."""
 
@@ -61,7 +63,9 @@ def from_batch(result: BatchResult[MappedRecord]) -> MappedRows:
         if not header:
             header = tuple(record.output.row)
         rows.append(Row(record.position, tuple(text(record.output.row.get(c)) for c in header), record.lost_fields))
-    return MappedRows(header, tuple(rows), result.applied, result.issues, result.notes, len(result.records))
+    return MappedRows(
+        header, tuple(rows), result.applied, issue_runs(result.issues), issue_runs(result.notes), len(result.records)
+    )
 
 
 def map_rows(
@@ -129,5 +133,5 @@ def _ccer_actions(
         for index, column in block_columns:
             values[index] = text(_render_value(column, action, ctx, False))
         rows.append(Row(position, tuple(values), lost))
-    notes = tuple(replace(n, position=p) for p in range(1, len(actions) + 1) for n in first.notes)
+    notes = tuple(IssueRun(1, len(rows), n.field, n.message, n.code) for n in first.notes)
     return MappedRows(header, tuple(rows), True, (), notes, len(rows))

@@ -86,6 +86,52 @@ class MappingIssue:
         return f"{where}{on}: {self.message} [{self.code}]"
 
 
+@dataclass(frozen=True, slots=True)
+class IssueRun:
+    """One problem shared by the consecutive records ``first`` to ``last`` (1-based; both 0 for the batch).
+
+    A batch of 10,000 CCER credits mapped with a configured extension code carries one nomenclature note per
+    record; as runs it is one line that names the records it applies to.
+    """
+
+    first: int
+    last: int
+    field: str
+    message: str
+    code: IssueCode
+
+    def __str__(self) -> str:
+        if not self.first:
+            where = "batch"
+        elif self.first == self.last:
+            where = f"record {self.first}"
+        else:
+            where = f"records {self.first}-{self.last}"
+        on = f", field {self.field!r}" if self.field else ""
+        return f"{where}{on}: {self.message} [{self.code}]"
+
+
+def issue_runs(issues: Iterable[MappingIssue]) -> tuple[IssueRun, ...]:
+    """``issues`` (in position order) with each problem that recurs on consecutive records as one run.
+
+    Two issues are the same problem when field, message and code are equal. Runs keep the order of their
+    first issue; batch-level issues (position 0) are never merged.
+    """
+    runs: list[IssueRun] = []
+    open_runs: dict[tuple[str, str, IssueCode], int] = {}
+    for issue in issues:
+        key = (issue.field, issue.message, issue.code)
+        index = open_runs.get(key)
+        if issue.position and index is not None and runs[index].last + 1 == issue.position:
+            run = runs[index]
+            runs[index] = IssueRun(run.first, issue.position, run.field, run.message, run.code)
+            continue
+        if issue.position:
+            open_runs[key] = len(runs)
+        runs.append(IssueRun(issue.position, issue.position, issue.field, issue.message, issue.code))
+    return tuple(runs)
+
+
 class MappingError(Exception):
     """A refused batch, raised by callers that prefer an exception to a `BatchResult`."""
 

@@ -18,7 +18,7 @@ from adapters.registry import NoAdaptersInstalled, list_adapters
 from adapters.rows import MappedRows, map_rows
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.mapping import MappingIssue, RecordRejected
+from gateway.domain.mapping import IssueRun, RecordRejected
 from gateway.rpc.errors import abort_with, refusals_as_status
 
 Context = grpc.aio.ServicerContext
@@ -42,12 +42,13 @@ def _context(data: bytes) -> MappingContext:
         ) from None
 
 
-def _issue(issue: MappingIssue, offset: int) -> mapping_pb2.MappingIssue:
+def _issue(run: IssueRun, offset: int) -> mapping_pb2.MappingIssue:
     return mapping_pb2.MappingIssue(
-        position=issue.position + offset if issue.position else 0,
-        field=issue.field,
-        message=issue.message,
-        code=issue.code.value,
+        position=run.first + offset if run.first else 0,
+        last_position=run.last + offset if run.last > run.first else 0,
+        field=run.field,
+        message=run.message,
+        code=run.code.value,
     )
 
 

@@ -134,7 +134,11 @@ def test_map_command_writes_an_aef_workbook(tmp_path: Path, installed: None) -> 
         ]
     )
     assert code == 0, err
-    assert "nomenclature_extension" in err and "lost: 2 record(s)" in err
+    assert "lost: 2 record(s)" in err
+    # One note for both records, not one line per record.
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and notes[0].startswith("note: records 1-2, field 'Underlying unit registry ID'")
+    assert notes[0].endswith("[nomenclature_extension]")
     workbook = openpyxl.load_workbook(out, read_only=True)
     try:
         rows = list(workbook["Actions"].iter_rows(values_only=True))

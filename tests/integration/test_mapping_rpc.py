@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 import pytest
@@ -51,7 +51,8 @@ async def test_a_batch_maps_to_rows_with_lost_fields_and_a_bad_record_refuses_th
         quantity = list(mapped.columns).index("Quantity (t CO2 eq)")
         assert [(r.position, r.values[quantity]) for r in mapped.rows] == [(1, "100"), (2, "100")]
         assert {"province", "project_name"} <= set(mapped.rows[0].lost_fields)
-        assert [n.code for n in mapped.notes] == ["nomenclature_extension", "nomenclature_extension"]
+        # The note both records share travels once, as a run of positions.
+        assert [(n.position, n.last_position, n.code) for n in mapped.notes] == [(1, 2, "nomenclature_extension")]
 
         bad = {**credit(3), "vintage": "twenty"}
         refused = await stub.MapRecords(request([credit(1), bad]))
@@ -107,3 +108,28 @@ async def test_a_context_nested_too_deeply_is_refused_with_the_field(pair: Pair)
             )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "context_json" in (caught.value.details() or "")
+
+
+@pytest.mark.asyncio
+async def test_notes_and_issues_travel_as_runs_numbered_across_the_stream(pair: Pair) -> None:
+    bad = {**credit(5), "vintage": "twenty"}
+
+    async def requests() -> AsyncIterator[mapping_pb2.MapRecordsRequest]:
+        yield request([credit(1), credit(2), credit(3)])
+        yield mapping_pb2.MapRecordsRequest(payload=json.dumps([credit(4), bad, {**bad, "ccer_id": "X-6"}]).encode())
+        # A later request may change a setting; the others are still inherited.
+        yield mapping_pb2.MapRecordsRequest(payload=json.dumps([bad, credit(8)]).encode(), per_record=True)
+
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        first, refused, partial = [r async for r in stub.StreamMapRecords(requests())]
+
+    def runs(issues: Iterable[mapping_pb2.MappingIssue]) -> list[tuple[int, int, str, str]]:
+        return [(i.position, i.last_position, i.field, i.code) for i in issues]
+
+    assert first.applied and runs(first.notes) == [(1, 3, "Underlying unit registry ID", "nomenclature_extension")]
+    assert not refused.applied and list(refused.rows) == []
+    assert runs(refused.issues) == [(5, 6, "vintage", "bad_quantity")]
+    assert partial.applied and [r.position for r in partial.rows] == [8]
+    assert runs(partial.issues) == [(7, 0, "vintage", "bad_quantity")]
+    assert runs(partial.notes) == [(8, 0, "Underlying unit registry ID", "nomenclature_extension")]

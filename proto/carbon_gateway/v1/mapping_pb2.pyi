@@ -143,19 +143,26 @@ Global___MapRecordsRequest: _TypeAlias = MapRecordsRequest  # noqa: Y015
 
 @_typing.final
 class MappingIssue(_message.Message):
+    """A problem with one record, with a run of consecutive records, or with the batch as a whole. A problem
+    that recurs on consecutive records (the same field, message and code) is sent once, as a run.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POSITION_FIELD_NUMBER: _builtins.int
     FIELD_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
+    LAST_POSITION_FIELD_NUMBER: _builtins.int
     position: _builtins.int
-    """1-based position in the whole stream; 0 for the batch as a whole"""
+    """1-based position in the whole stream of the (first) record; 0 for the batch"""
     field: _builtins.str
     """field path"""
     message: _builtins.str
     code: _builtins.str
     """stable issue code, e.g. "missing_field" """
+    last_position: _builtins.int
+    """the run's last record (position..last_position); 0 for a single record"""
     def __init__(
         self,
         *,
@@ -163,10 +170,11 @@ class MappingIssue(_message.Message):
         field: _builtins.str = ...,
         message: _builtins.str = ...,
         code: _builtins.str = ...,
+        last_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "message", b"message", "position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "last_position", b"last_position", "message", b"message", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
