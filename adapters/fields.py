@@ -39,6 +39,16 @@ def format_iso_ms(value: dt.datetime) -> str:
     return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
 
 
+def parse_iso_date(value: object) -> dt.date:
+    """The date a ``YYYY-MM-DD`` value names; raises ``ValueError`` saying what is wrong with it."""
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a date of the form YYYY-MM-DD")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not a real date ({error})") from None
+
+
 def check_action_instant(value: dt.datetime) -> str | None:
     """Why ``value`` cannot be an AEF action date, or None."""
     if value.tzinfo is None or value.utcoffset() != dt.timedelta(0):
@@ -164,13 +174,10 @@ class FieldReader:
         value = self._get(key, required)
         if value is None:
             return None
-        if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
-            self.fail(key, f"{value!r} is not a date of the form YYYY-MM-DD", IssueCode.BAD_DATE)
-            return None
         try:
-            return dt.date.fromisoformat(value)
+            return parse_iso_date(value)
         except ValueError as error:
-            self.fail(key, f"{value!r} is not a real date ({error})", IssueCode.BAD_DATE)
+            self.fail(key, str(error), IssueCode.BAD_DATE)
             return None
 
     def instant(self, key: str, *, required: bool = True) -> dt.datetime | None:

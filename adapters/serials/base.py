@@ -20,6 +20,11 @@ V = TypeVar("V")
 _INT = re.compile(r"0|[1-9]\d*")
 
 
+Digits = int | str
+"""A serial or a vintage as an integer, or as its decimal digits already spelled (``str(n)``): the per-row
+spellers take either, so that a writer of many rows converts each integer once."""
+
+
 class SerialError(ValueError):
     """A serial that does not follow its grammar, or a block that a grammar cannot spell."""
 

@@ -16,9 +16,10 @@ A one-unit block spells an underlying unit ID (AEF First unit ID / Last unit ID)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from adapters.serials.base import SerialError, carried_fields, check_vintage, make_block, parse_serial_int
+from adapters.serials.base import Digits, SerialError, carried_fields, check_vintage, make_block, parse_serial_int
 from gateway.domain.blocks import SerialSpace, UnitBlock
 
 
@@ -50,10 +51,14 @@ class DomesticFormat:
         return SerialSpace(self.unit_kind, self.issuing_registry, issuance)
 
     def spell(self, vintage: int, start: int, end: int, issuance: str = "") -> str:
-        """The identifier of a block; cheap enough for the per-record fast path."""
-        if self.per_issuance:
-            return f"{self.prefix}/{issuance}/{vintage}/{start}-{end}"
-        return f"{self.prefix}/{vintage}/{start}-{end}"
+        """The identifier of a block."""
+        return self.speller(issuance)(vintage, start, end)
+
+    def speller(self, issuance: str = "") -> Callable[[Digits, Digits, Digits], str]:
+        """``(vintage, start, end) ->`` the identifier of a block (of ``issuance`` where numbering restarts per
+        issuance), with the fixed parts bound once: the one place the identifier is spelled."""
+        head = f"{self.prefix}/{issuance}/" if self.per_issuance else f"{self.prefix}/"
+        return lambda vintage, start, end: f"{head}{vintage}/{start}-{end}"
 
 
 CEA_FORMAT = DomesticFormat(unit_kind="CEA", issuing_registry="CN-CEA", prefix="CN-CEA")

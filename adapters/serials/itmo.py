@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from adapters.serials.base import (
+    Digits,
     SerialError,
     carried_fields,
     check_vintage,
@@ -56,7 +58,14 @@ FIRST_ID_STYLE = FirstIdStyle.FULL_IDENTIFIER
 
 def format_unit_id(cooperative_approach: str, registry: str, party: str, serial: int, vintage: int) -> str:
     """The ITMO unique identifier of one unit."""
-    return f"{cooperative_approach}-{registry}-{party}-{serial}-{vintage}"
+    return unit_id_formatter(cooperative_approach, registry, party)(serial, vintage)
+
+
+def unit_id_formatter(cooperative_approach: str, registry: str, party: str) -> Callable[[Digits, Digits], str]:
+    """``(serial, vintage) ->`` the ITMO unique identifier, with the parts that name the units' approach,
+    registry and first transferring Party bound once: the one place the identifier is spelled."""
+    head = f"{cooperative_approach}-{registry}-{party}-"
+    return lambda serial, vintage: f"{head}{serial}-{vintage}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +209,19 @@ def format_first_last_id(
     serial: int, *, cooperative_approach: str, registry: str, party: str, vintage: int, style: FirstIdStyle
 ) -> str:
     """An AEF First ID / Last ID cell in the given style."""
+    return first_last_id_formatter(
+        cooperative_approach=cooperative_approach, registry=registry, party=party, style=style
+    )(serial, vintage)
+
+
+def first_last_id_formatter(
+    *, cooperative_approach: str, registry: str, party: str, style: FirstIdStyle
+) -> Callable[[Digits, Digits], str]:
+    """``(serial, vintage) ->`` the AEF First ID / Last ID cell: `format_first_last_id` with the fixed parts
+    bound once, for writing many rows."""
     if style is FirstIdStyle.BARE_SERIAL:
-        return str(serial)
-    return format_unit_id(cooperative_approach, registry, party, serial, vintage)
+        return lambda serial, vintage: str(serial)
+    return unit_id_formatter(cooperative_approach, registry, party)
 
 
 GRAMMAR = ItmoGrammar()

@@ -1,7 +1,7 @@
 """The mapping gRPC service: adapters listed, and batches mapped through `adapters.rows.map_rows`.
 
-Mapping is CPU work; each batch runs in a worker thread so that the gateway's other calls keep being
-served while a large batch is mapped.
+Mapping is CPU work: each batch is mapped, and its answer built, in a worker thread, so that the gateway's
+other calls keep being served while a large batch is mapped.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from adapters.registry import NoAdaptersInstalled, list_adapters
 from adapters.rows import MappedRows, map_rows
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.mapping import IssueRun, RecordRejected
+from gateway.domain.mapping import RecordRejected
 from gateway.rpc.errors import abort_with, refusals_as_status
 
 Context = grpc.aio.ServicerContext
@@ -42,26 +42,32 @@ def _context(data: bytes) -> MappingContext:
         ) from None
 
 
-def _issue(run: IssueRun, offset: int) -> mapping_pb2.MappingIssue:
-    return mapping_pb2.MappingIssue(
-        position=run.first + offset if run.first else 0,
-        last_position=run.last + offset if run.last > run.first else 0,
-        field=run.field,
-        message=run.message,
-        code=run.code.value,
-    )
-
-
 def response(mapped: MappedRows, offset: int = 0) -> mapping_pb2.MapRecordsResponse:
     """The wire form of a mapped batch whose first record is at stream position ``offset + 1``."""
-    row = mapping_pb2.MappedRow
-    return mapping_pb2.MapRecordsResponse(
-        applied=mapped.applied,
-        columns=mapped.columns,
-        rows=[row(position=r.position + offset, values=r.values, lost_fields=r.lost_fields) for r in mapped.rows],
-        issues=[_issue(i, offset) for i in mapped.issues],
-        notes=[_issue(n, offset) for n in mapped.notes],
-    )
+    wire = mapping_pb2.MapRecordsResponse(applied=mapped.applied, columns=mapped.columns)
+    add_row = wire.rows.add
+    # Rows of a batch mostly share one list of lost fields. Copying a row that already holds it is cheaper
+    # than converting the same Python strings again for every row.
+    holding: dict[tuple[str, ...], mapping_pb2.MappedRow] = {}
+    for position, values, lost in mapped.rows:
+        row = add_row()
+        prototype = holding.get(lost)
+        if prototype is None:
+            prototype = holding[lost] = mapping_pb2.MappedRow(lost_fields=lost)
+        row.CopyFrom(prototype)
+        row.position = position + offset
+        row.values.extend(values)
+    for issues, found in ((wire.issues, mapped.issues), (wire.notes, mapped.notes)):
+        add_issue = issues.add
+        for run in found:
+            add_issue(
+                position=run.first + offset if run.first else 0,
+                last_position=run.last + offset if run.last > run.first else 0,
+                field=run.field,
+                message=run.message,
+                code=run.code.value,
+            )
+    return wire
 
 
 def _map(request: mapping_pb2.MapRecordsRequest, context: MappingContext) -> MappedRows:
@@ -103,8 +109,8 @@ class MappingService(mapping_pb2_grpc.MappingServiceServicer):
     async def MapRecords(
         self, request: mapping_pb2.MapRecordsRequest, context: Context[object, object]
     ) -> mapping_pb2.MapRecordsResponse:
-        mapped = await asyncio.to_thread(_map, request, _context(request.context_json))
-        return response(mapped)
+        wire, _ = await asyncio.to_thread(_mapped, request, _context(request.context_json), 0)
+        return wire
 
     async def StreamMapRecords(
         self, requests: AsyncIterator[mapping_pb2.MapRecordsRequest], context: Context[Any, Any]
@@ -121,20 +127,32 @@ class MappingService(mapping_pb2_grpc.MappingServiceServicer):
                     request = _inherit(first, request)
                     if request.context_json and request.context_json != first.context_json:
                         mapping_context = _context(request.context_json)
-                mapped = await asyncio.to_thread(_map, request, mapping_context)
-                yield response(mapped, offset)
-                offset += mapped.records
+                wire, records = await asyncio.to_thread(_mapped, request, mapping_context, offset)
+                yield wire
+                offset += records
         except GatewayError as exc:
             await abort_with(context, exc)
+
+
+def _mapped(
+    request: mapping_pb2.MapRecordsRequest, context: MappingContext, offset: int
+) -> tuple[mapping_pb2.MapRecordsResponse, int]:
+    """The answer to one batch whose first record is at stream position ``offset + 1``, and how many records
+    the batch held."""
+    mapped = _map(request, context)
+    return response(mapped, offset), mapped.records
+
+
+_SETTINGS = tuple(field.name for field in mapping_pb2.MapRecordsRequest.DESCRIPTOR.fields if field.name != "payload")
 
 
 def _inherit(
     first: mapping_pb2.MapRecordsRequest, later: mapping_pb2.MapRecordsRequest
 ) -> mapping_pb2.MapRecordsRequest:
     """``later`` with its empty settings taken from ``first``; the payload is always its own."""
-    merged = mapping_pb2.MapRecordsRequest()
-    merged.CopyFrom(first)
-    for field, value in later.ListFields():
-        setattr(merged, field.name, value)
-    merged.payload = later.payload
+    merged = mapping_pb2.MapRecordsRequest(payload=later.payload)
+    for name in _SETTINGS:
+        value = getattr(later, name) or getattr(first, name)
+        if value:
+            setattr(merged, name, value)
     return merged

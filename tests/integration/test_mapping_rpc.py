@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 import pytest
 
+from adapters.context import context_from_json
+from adapters.mapping import map_batch
+from adapters.rows import from_batch
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.demo import Pair
 from tests.adapters.strategies import ACTION_CONTEXT_JSON
@@ -99,18 +102,6 @@ async def test_a_malformed_context_is_refused_with_the_field(pair: Pair) -> None
 
 
 @pytest.mark.asyncio
-async def test_a_context_nested_too_deeply_is_refused_with_the_field(pair: Pair) -> None:
-    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
-        stub = mapping_pb2_grpc.MappingServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.MapRecords(
-                mapping_pb2.MapRecordsRequest(source="cn-ccer", target="aef-actions", context_json=b"[" * 100_000)
-            )
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "context_json" in (caught.value.details() or "")
-
-
-@pytest.mark.asyncio
 async def test_notes_and_issues_travel_as_runs_numbered_across_the_stream(pair: Pair) -> None:
     bad = {**credit(5), "vintage": "twenty"}
 
@@ -133,3 +124,28 @@ async def test_notes_and_issues_travel_as_runs_numbered_across_the_stream(pair: 
     assert partial.applied and [r.position for r in partial.rows] == [8]
     assert runs(partial.issues) == [(7, 0, "vintage", "bad_quantity")]
     assert runs(partial.notes) == [(8, 0, "Underlying unit registry ID", "nomenclature_extension")]
+
+
+@pytest.mark.asyncio
+async def test_a_large_batch_comes_back_row_for_row_as_the_full_mapping_gives_it(pair: Pair) -> None:
+    records = [credit(n) for n in range(1, 2001)]
+    expected = from_batch(map_batch("cn-ccer", "aef-actions", records, context=context_from_json(ACTION_CONTEXT_JSON)))
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        mapped = await stub.MapRecords(request(records))
+    assert mapped.applied and list(mapped.columns) == list(expected.columns)
+    assert [(r.position, list(r.values), tuple(r.lost_fields)) for r in mapped.rows] == [
+        (r.position, list(r.values), r.lost_fields) for r in expected.rows
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_context_nested_too_deeply_is_refused_with_the_field(pair: Pair) -> None:
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.MapRecords(
+                mapping_pb2.MapRecordsRequest(source="cn-ccer", target="aef-actions", context_json=b"[" * 100_000)
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context_json" in (caught.value.details() or "")
