@@ -63,3 +63,18 @@ def rate(fn: Callable[[], object], *, seconds: float = 1.0, min_calls: int = 50)
         now = time.perf_counter()
         if calls >= min_calls and now >= deadline:
             return calls / (now - start)
+
+
+def paired(value: Callable[[], float], limit: Callable[[], float], *, rounds: int) -> tuple[float, float]:
+    """``(value, limit)`` of the round with the median ratio, each round measuring both back to back.
+
+    The machine is shared and its speed drifts from one second to the next: measuring the limit right
+    before the figure, and taking the median round, keeps a burst of other load (or of quiet) on one side
+    from deciding the ratio.
+    """
+    pairs = []
+    for _ in range(rounds):
+        base = limit()
+        pairs.append((value(), base))
+    pairs.sort(key=lambda pair: pair[0] / pair[1])
+    return pairs[len(pairs) // 2]
