@@ -18,6 +18,7 @@ from adapters.base import Adapter, RawRecord
 from adapters.bridges import NoBridge, action_facts, find_bridge, holding_fields
 from adapters.context import ItmoSerialSource, MappingContext
 from adapters.serials import grammars_with
+from gateway.domain.blocks import ranges_disjoint
 from gateway.domain.canonical import AefAction, CcerCredit, MitigationType
 from gateway.domain.mapping import (
     BatchResult,
@@ -214,11 +215,7 @@ def _mitigation_issue(position: int, stated: str) -> MappingIssue:
 
 
 def _overlaps(credits: Sequence[CcerCredit], space: object) -> list[MappingIssue]:
-    """Duplicate detection for one serial space: a sort of integer triples and one pass."""
-    ranges = sorted((c.block.start, c.block.end, i) for i, c in enumerate(credits, start=1) if c.block.space == space)
-    reach = -1
-    for start, end, _ in ranges:
-        if start <= reach:
-            return find_duplicate_blocks((i, "block_start", c.block) for i, c in enumerate(credits, start=1))
-        reach = max(reach, end)
-    return []
+    """Duplicate detection for one serial space: a sort of integer pairs and one pass."""
+    if ranges_disjoint((c.block.start, c.block.end) for c in credits if c.block.space == space):
+        return []
+    return find_duplicate_blocks((i, "block_start", c.block) for i, c in enumerate(credits, start=1))

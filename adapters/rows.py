@@ -25,11 +25,12 @@ from adapters import cn_ccer
 from adapters.aef_columns import Table, columns
 from adapters.base import RawRecord
 from adapters.context import MappingContext
-from adapters.mapping import MappedRecord, ccer_to_aef_actions, map_batch
+from adapters.mapping import MappedRecord, map_batch
 from adapters.registry import get_adapter
 from adapters.serials.base import Digits
 from adapters.serials.itmo import first_last_id_formatter
-from gateway.domain.mapping import BatchResult, IssueRun, MappingError, RecordRejected, issue_runs
+from gateway.domain.blocks import ranges_disjoint
+from gateway.domain.mapping import BatchResult, IssueRun, RecordRejected, issue_runs
 
 
 class Row(NamedTuple):
@@ -142,8 +143,6 @@ def _ccer_actions(
     if checked:
         first_raw: RawRecord = checked[0].raw()
         blocks = [(r.block_start, r.block_end, r.vintage, r.mitigation_type) for r in checked]
-        if _overlapping(blocks):
-            return None
     else:
         src = get_adapter("cn-ccer")
         try:
@@ -151,13 +150,15 @@ def _ccer_actions(
                 src.decode(bytes(payload), source_format or "") if isinstance(payload, bytes | bytearray) else payload
             )
             credits = [src.parse(raw, ctx) for raw in raws]
-            ccer_to_aef_actions(credits, ctx)  # the batch's block checks, all-or-nothing
-        except (RecordRejected, MappingError):
+        except RecordRejected:
             return None
         if not credits:
             return None
         first_raw = raws[0]
         blocks = [(c.block.start, c.block.end, c.block.vintage, c.block.mitigation_type) for c in credits]
+    # Without per-issuance numbering every CCER block is in one serial space.
+    if not ranges_disjoint(b[:2] for b in blocks):
+        return None
     first = from_batch(
         map_batch("cn-ccer", "aef-actions", [first_raw], strict=strict, per_record=per_record, context=ctx)
     )
@@ -169,16 +170,6 @@ def _ccer_actions(
     count = len(blocks)
     notes = tuple(IssueRun(1, count, n.field, n.message, n.code) for n in first.notes)
     return MappedRows(first.columns, rows, True, (), notes, count)
-
-
-def _overlapping(blocks: Sequence[_Block]) -> bool:
-    """True when two blocks of one serial space (the batch's) share a unit."""
-    reach = -1
-    for start, end, _, _ in sorted(blocks):
-        if start <= reach:
-            return True
-        reach = end
-    return False
 
 
 class _SpelledRows(Sequence[Row]):

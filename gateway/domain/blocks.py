@@ -153,6 +153,19 @@ def merge(blocks: Iterable[UnitBlock]) -> list[UnitBlock]:
     return merged
 
 
+def ranges_disjoint(ranges: Iterable[tuple[int, int]]) -> bool:
+    """True when no two of the serial ranges ``(start, end)`` share a serial: a sort and one pass.
+
+    The ranges are taken to lie in one serial space; `find_overlaps` names the pairs when this is False.
+    """
+    reach = -1
+    for start, end in sorted(ranges):
+        if start <= reach:
+            return False
+        reach = end  # sorted and disjoint so far, so this end is the furthest yet
+    return True
+
+
 def find_overlaps(blocks: Sequence[UnitBlock]) -> list[tuple[UnitBlock, UnitBlock]]:
     """Every pair of overlapping blocks among ``blocks``, found by a sweep over each serial space."""
     pairs: list[tuple[UnitBlock, UnitBlock]] = []

@@ -20,6 +20,7 @@ from gateway.domain.blocks import (
     UnitBlock,
     find_overlaps,
     merge,
+    ranges_disjoint,
     split,
     split_first,
 )
@@ -579,3 +580,11 @@ def test_blocks_sharing_one_unit_overlap_and_adjacent_blocks_do_not() -> None:
 def test_an_attribute_named_twice_is_refused() -> None:
     with pytest.raises(BlockError, match="appears twice"):
         UnitBlock(CCER, 1, 2, vintage=2025, attributes=(("sdg", "7"), ("sdg", "13")))
+
+
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 20)).map(lambda t: (t[0], t[0] + t[1])), max_size=12))
+def test_ranges_disjoint_matches_a_pairwise_check(ranges: list[tuple[int, int]]) -> None:
+    pairwise = all(
+        a_end < b_start or b_end < a_start for (a_start, a_end), (b_start, b_end) in itertools.combinations(ranges, 2)
+    )
+    assert ranges_disjoint(ranges) is pairwise
