@@ -81,9 +81,7 @@ class MappingIssue:
     code: IssueCode
 
     def __str__(self) -> str:
-        where = f"record {self.position}" if self.position else "batch"
-        on = f", field {self.field!r}" if self.field else ""
-        return f"{where}{on}: {self.message} [{self.code}]"
+        return str(IssueRun(self.position, self.position, self.field, self.message, self.code))
 
 
 @dataclass(frozen=True, slots=True)

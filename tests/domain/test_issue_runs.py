@@ -75,3 +75,8 @@ def test_runs_name_exactly_the_records_of_the_issues(found: list[tuple[int, tupl
 )
 def test_a_run_reads_as_the_records_it_names(value: IssueRun, text: str) -> None:
     assert str(value) == text
+
+
+@pytest.mark.parametrize("position", [0, 4])
+def test_an_issue_reads_as_its_run_of_one(position: int) -> None:
+    assert str(issue(position, MISSING)) == str(run(position, position, MISSING))
