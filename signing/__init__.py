@@ -3,7 +3,8 @@
 This package depends on nothing else in the project. It works on byte strings and its own small value
 types; the protobuf envelope is converted at the edge.
 
-- `signing.dsse`: ``pae``, `Envelope`, `Signature`, `sign_envelope`;
+- `signing.dsse`: ``pae``, `Envelope`, `Signature`, `sign_envelope`, and the structural caps
+  `MAX_SIGNATURES`, `MAX_KEYID_LENGTH`, `MAX_SIGNATURE_SIZE`;
 - `signing.keys`: `Algorithm`, `PublicKey`, `compute_keyid`, `generate_key`;
 - `signing.signers`: `Signer`, `CryptoSigner`, `signer_from_uri`, `register_signer_scheme`;
 - `signing.verify`: `verify_envelope`, `VerificationResult`;
@@ -11,7 +12,15 @@ types; the protobuf envelope is converted at the edge.
 - `signing.errors`: the error hierarchy, rooted at `SigningError`.
 """
 
-from signing.dsse import Envelope, Signature, pae, sign_envelope
+from signing.dsse import (
+    MAX_KEYID_LENGTH,
+    MAX_SIGNATURE_SIZE,
+    MAX_SIGNATURES,
+    Envelope,
+    Signature,
+    pae,
+    sign_envelope,
+)
 from signing.errors import (
     EnvelopeFormatError,
     ExpiredTrustError,
@@ -21,6 +30,7 @@ from signing.errors import (
     SignerError,
     SigningError,
     ThresholdError,
+    TooManySignaturesError,
     TrustDocumentFormatError,
     TrustError,
     UnknownKeyError,
@@ -39,6 +49,9 @@ from signing.trust import (
 from signing.verify import VerificationResult, verify_envelope
 
 __all__ = [
+    "MAX_KEYID_LENGTH",
+    "MAX_SIGNATURES",
+    "MAX_SIGNATURE_SIZE",
     "REQUIRED_ROLES",
     "TRUST_PAYLOAD_TYPE",
     "Algorithm",
@@ -57,6 +70,7 @@ __all__ = [
     "SignerFactory",
     "SigningError",
     "ThresholdError",
+    "TooManySignaturesError",
     "TrustDocument",
     "TrustDocumentFormatError",
     "TrustError",

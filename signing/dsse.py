@@ -19,7 +19,38 @@ from signing.errors import EnvelopeFormatError, SignerError
 if TYPE_CHECKING:
     from signing.signers import Signer
 
-__all__ = ["Envelope", "Signature", "pae", "sign_envelope"]
+__all__ = [
+    "MAX_KEYID_LENGTH",
+    "MAX_SIGNATURES",
+    "MAX_SIGNATURE_SIZE",
+    "Envelope",
+    "Signature",
+    "pae",
+    "sign_envelope",
+]
+
+MAX_SIGNATURES = 16
+"""The most signatures an envelope may carry, whatever it is verified against.
+
+A structural cap, checked when an `Envelope` is built or parsed (`EnvelopeFormatError` otherwise), so that
+no envelope makes a receiver do unbounded work. It is well above any role in a trust document (a role
+counts at most one signature per key; a trust update carries the old and the new document's trust keys).
+`signing.verify.verify_envelope` then applies the tighter cap of the keys it verifies against.
+"""
+
+MAX_KEYID_LENGTH = 256
+"""The longest keyid hint a signature may carry, in characters.
+
+A keyid made by `signing.keys.compute_keyid` is 64 characters; longer hints are refused with
+`EnvelopeFormatError`.
+"""
+
+MAX_SIGNATURE_SIZE = 512
+"""The largest signature a signature may carry, in bytes.
+
+Ed25519 signatures are 64 bytes, DER ECDSA P-256 signatures at most 72, and raw ``r || s`` 64; anything
+above this cap cannot be a signature by a supported key and is refused with `EnvelopeFormatError`.
+"""
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -42,7 +73,11 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Signature:
-    """One signature in an envelope: a keyid hint (``""`` when absent) and the signature bytes."""
+    """One signature in an envelope: a keyid hint (``""`` when absent) and the signature bytes.
+
+    The keyid is at most `MAX_KEYID_LENGTH` characters and the signature at most `MAX_SIGNATURE_SIZE`
+    bytes; otherwise `EnvelopeFormatError`.
+    """
 
     keyid: str
     sig: bytes
@@ -52,13 +87,16 @@ class Signature:
             raise EnvelopeFormatError(f"a signature's keyid must be a str, got {type(self.keyid).__name__}")
         if not isinstance(self.sig, bytes):
             raise EnvelopeFormatError(f"a signature's sig must be bytes, got {type(self.sig).__name__}")
+        _check_keyid_length(self.keyid, "a signature")
+        _check_signature_size(self.sig, "a signature")
 
 
 @dataclass(frozen=True)
 class Envelope:
     """A DSSE envelope: the payload bytes (verbatim), the ASCII payload type, and the signatures.
 
-    ``signatures`` may be given as any sequence; it is stored as a tuple.
+    ``signatures`` may be given as any sequence; it is stored as a tuple. An envelope carries at most
+    `MAX_SIGNATURES` signatures; otherwise `EnvelopeFormatError`.
     """
 
     payload: bytes
@@ -72,6 +110,7 @@ class Envelope:
             raise EnvelopeFormatError(f"an envelope's payload type must be an ASCII str, got {self.payload_type!r}")
         if not isinstance(self.signatures, tuple):
             object.__setattr__(self, "signatures", tuple(self.signatures))
+        _check_signature_count(len(self.signatures))
         for signature in self.signatures:
             if not isinstance(signature, Signature):
                 raise EnvelopeFormatError(
@@ -101,6 +140,8 @@ class Envelope:
            required list of objects, each with ``sig`` (base64, non-empty) and an optional ``keyid`` string
            (absent means ``""``). Unknown members are ignored, as DSSE allows extensions.
         3. Base64 may be standard or URL-safe, with or without padding, but not a mix of the two alphabets.
+        4. At most `MAX_SIGNATURES` signatures (checked before any is decoded), each keyid at most
+           `MAX_KEYID_LENGTH` characters and each signature at most `MAX_SIGNATURE_SIZE` bytes.
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise EnvelopeFormatError(f"an envelope must be given as bytes, got {type(data).__name__}")
@@ -119,6 +160,7 @@ class Envelope:
         if not payload_type.isascii():
             raise EnvelopeFormatError(f"the envelope's payloadType {payload_type!r} is not ASCII")
         raw_signatures = _required(document, "signatures", list, "the envelope")
+        _check_signature_count(len(raw_signatures))
         payload = _b64decode(payload_b64, "payload")
 
         signatures = []
@@ -129,11 +171,13 @@ class Envelope:
             sig = _b64decode(_required(entry, "sig", str, where), f"{where} 'sig'")
             if not sig:
                 raise EnvelopeFormatError(f"{where} has an empty 'sig'")
+            _check_signature_size(sig, where)
             keyid = entry.get("keyid", "")
             if keyid is None:
                 keyid = ""
             if not isinstance(keyid, str):
                 raise EnvelopeFormatError(f"{where} 'keyid' must be a string, got {_json_type(keyid)}")
+            _check_keyid_length(keyid, where)
             signatures.append(Signature(keyid=keyid, sig=sig))
         return cls(payload=payload, payload_type=payload_type, signatures=tuple(signatures))
 
@@ -151,6 +195,33 @@ def sign_envelope(payload_type: str, payload: bytes, signers: Sequence[Signer]) 
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+
+def _check_signature_count(count: int) -> None:
+    if count > MAX_SIGNATURES:
+        raise EnvelopeFormatError(
+            f"the envelope carries {count} signatures, more than the {MAX_SIGNATURES} any envelope may carry; "
+            "refusing it unread. A sender signs once per key of the role (a trust update: once per trust key "
+            "of the old and the new document)."
+        )
+
+
+def _check_keyid_length(keyid: str, where: str) -> None:
+    if len(keyid) > MAX_KEYID_LENGTH:
+        raise EnvelopeFormatError(
+            f"{where} has a keyid of {len(keyid)} characters, more than the {MAX_KEYID_LENGTH} allowed; a keyid "
+            "is a short hint such as the 64-character hex SHA-256 of the public key"
+        )
+
+
+def _check_signature_size(sig: bytes, where: str) -> None:
+    if len(sig) > MAX_SIGNATURE_SIZE:
+        raise EnvelopeFormatError(
+            f"{where} has a signature of {len(sig)} bytes, more than the {MAX_SIGNATURE_SIZE} allowed; Ed25519 "
+            "signatures are 64 bytes and DER ECDSA P-256 signatures at most 72, so this is not a signature by "
+            "a supported key"
+        )
+
 
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _T = TypeVar("_T")

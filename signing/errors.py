@@ -11,7 +11,8 @@ SigningError
 ├── VerificationError          signatures do not meet the trust requirement
 │   ├── UnknownKeyError        no signature is from any trusted key
 │   ├── InvalidSignatureError  a signature names a trusted key but does not verify
-│   └── ThresholdError         some signatures verify, but from too few distinct keys
+│   ├── ThresholdError         some signatures verify, but from too few distinct keys
+│   └── TooManySignaturesError more signatures than trusted keys; refused before any is checked
 └── TrustError                 a trust document is not acceptable
     ├── TrustDocumentFormatError  the document is malformed
     ├── RollbackError          an update would go back to an older (or the same) version
@@ -30,6 +31,7 @@ __all__ = [
     "SignerError",
     "SigningError",
     "ThresholdError",
+    "TooManySignaturesError",
     "TrustDocumentFormatError",
     "TrustError",
     "UnknownKeyError",
@@ -61,7 +63,8 @@ class UnknownKeyError(VerificationError):
     """No signature on the envelope is from a trusted key.
 
     Nothing verified, and no signature's keyid names a trusted key: the message was most likely signed by a
-    key this party does not (or no longer) trust, or sent to the wrong receiver.
+    key this party does not (or no longer) trust, or sent to the wrong receiver. (A signature whose keyid
+    names no trusted key is not tried at all; only one with an empty keyid is tried against every key.)
     """
 
 
@@ -74,6 +77,15 @@ class InvalidSignatureError(VerificationError):
 
 class ThresholdError(VerificationError):
     """Some signatures verify, but they come from fewer distinct trusted keys than the threshold requires."""
+
+
+class TooManySignaturesError(VerificationError):
+    """The envelope carries more signatures than the trusted keys it is verified against could have made.
+
+    Each trusted key contributes at most one signature to a threshold, so the extra signatures can only be
+    padding; checking them all would let a sender make the receiver do unbounded work. The envelope is
+    refused before any signature is checked: the sender must send at most one signature per key of the role.
+    """
 
 
 class TrustError(SigningError):

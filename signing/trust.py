@@ -20,16 +20,17 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from signing.dsse import Envelope, sign_envelope
+from signing.dsse import MAX_SIGNATURES, Envelope, sign_envelope
 from signing.errors import (
     ExpiredTrustError,
     KeyFormatError,
     RollbackError,
+    TooManySignaturesError,
     TrustDocumentFormatError,
     TrustError,
     VerificationError,
 )
-from signing.keys import PublicKey
+from signing.keys import PublicKey, compute_keyid
 from signing.signers import Signer
 from signing.verify import VerificationResult, verify_envelope
 
@@ -94,7 +95,10 @@ class TrustDocument:
     - ``party`` is a short identifier (letters, digits, ``.``, ``_``, ``:``, ``-``), e.g. ``CHN``;
     - ``version`` is an integer >= 1;
     - ``expires`` is timezone-aware; it is stored in UTC, truncated to whole seconds;
-    - ``keys`` maps each keyid to the key record with that keyid;
+    - ``keys`` maps each keyid to the key record with that keyid, and every keyid is the key's own,
+      `signing.keys.compute_keyid` of its ``public_bytes`` (lowercase hex SHA-256 of the
+      SubjectPublicKeyInfo DER). A receiver may choose the partner by a signature's keyid hint, so a
+      document must not be able to list a key under another key's (or another partner's) keyid;
     - ``roles`` includes ``trust`` and ``transfer``; each role's keyids are in ``keys``, and its threshold
       is at most the number of distinct public keys among them.
 
@@ -135,6 +139,14 @@ class TrustDocument:
                 raise TrustDocumentFormatError(
                     f"trust document for {self.party}: the key listed under {keyid!r} has keyid {key.keyid!r}; "
                     "they must be equal"
+                )
+            expected = compute_keyid(key.public_bytes)
+            if key.keyid != expected:
+                raise TrustDocumentFormatError(
+                    f"trust document for {self.party}: key {key.keyid!r} ({key.algorithm.value}) has the wrong "
+                    f"keyid: a trust document lists every key under its own keyid, the lowercase hex SHA-256 of "
+                    f"its SubjectPublicKeyInfo DER, which is {expected!r} for this key. Rebuild the key record "
+                    "with the default keyid (e.g. PublicKey.from_pem(pem)) and update the roles that name it."
                 )
             keys[keyid] = key
 
@@ -307,7 +319,8 @@ class TrustedParty:
         """Trust a first document obtained out of band (for example, exchanged when the approach is set up).
 
         1. The envelope's payload type is `TRUST_PAYLOAD_TYPE` and its payload a valid trust document.
-        2. A threshold of the document's own ``trust`` keys signed it.
+        2. A threshold of the document's own ``trust`` keys signed it. The envelope may carry other
+           signatures too (those of the previous version's trust keys), up to `signing.dsse.MAX_SIGNATURES`.
         3. The document is unexpired at ``now``.
 
         The caller must check, out of band, that this is the partner's genuine document (for example by
@@ -331,11 +344,22 @@ class TrustedParty:
     def _restore(cls, envelope: Envelope, action: str) -> TrustedParty:
         document = _parse(envelope)
         try:
-            verify_envelope(envelope, document.keys_for(TRUST_ROLE), document.threshold_for(TRUST_ROLE))
+            # The envelope of a version N > 1 also carries the signatures of version N-1's trust keys, which
+            # this document need not list: allow up to the structural cap rather than the role's key count.
+            verify_envelope(
+                envelope,
+                document.keys_for(TRUST_ROLE),
+                document.threshold_for(TRUST_ROLE),
+                max_signatures=MAX_SIGNATURES,
+            )
         except VerificationError as exc:
+            reason = (
+                "its envelope carries too many signatures"
+                if isinstance(exc, TooManySignaturesError)
+                else "it is not signed by a threshold of its own trust keys"
+            )
             raise type(exc)(
-                f"cannot {action} the trust document for {document.party} (version {document.version}): it is "
-                f"not signed by a threshold of its own trust keys: {exc}"
+                f"cannot {action} the trust document for {document.party} (version {document.version}): {reason}: {exc}"
             ) from None
         return cls(document=document, envelope=envelope)
 
@@ -348,6 +372,8 @@ class TrustedParty:
         3. The version is exactly current + 1: lower or equal raises `RollbackError`, higher `TrustError`.
         4. A threshold of the CURRENT document's ``trust`` keys signed it (`VerificationError`).
         5. A threshold of the NEW document's ``trust`` keys signed it (`VerificationError`).
+           The envelope carries at most one signature per distinct trust key of the two documents together;
+           more raises `TooManySignaturesError` before any signature is checked.
         6. The new document is unexpired at ``now`` (`ExpiredTrustError`).
 
         The current document may itself have expired: that is how a party that was offline catches up.
@@ -376,7 +402,8 @@ class TrustedParty:
 
         1. The current document is unexpired (`ExpiredTrustError`): apply the partner's newer document.
         2. The role exists (`TrustError`).
-        3. A threshold of the role's keys signed the envelope (`VerificationError` subclasses).
+        3. A threshold of the role's keys signed the envelope (`VerificationError` subclasses); an envelope
+           with more signatures than the role has distinct keys raises `TooManySignaturesError` unchecked.
         """
         _check_unexpired(self.document, now)
         keys = self.document.keys_for(role)
@@ -400,13 +427,26 @@ class TrustedParty:
                 f"the trust document for {current.party} jumps from version {current.version} to "
                 f"{new.version}; apply versions {current.version + 1} to {new.version - 1} first, in order"
             )
+        # The update is signed by the trust keys of both versions: allow one signature per distinct key of
+        # either, and no more (`TooManySignaturesError` otherwise, before any signature is checked).
+        trust_keys = {k.public_bytes for doc in (current, new) for k in doc.keys_for(TRUST_ROLE)}
         for signer_doc, which in ((current, "current"), (new, "new")):
             try:
-                verify_envelope(envelope, signer_doc.keys_for(TRUST_ROLE), signer_doc.threshold_for(TRUST_ROLE))
+                verify_envelope(
+                    envelope,
+                    signer_doc.keys_for(TRUST_ROLE),
+                    signer_doc.threshold_for(TRUST_ROLE),
+                    max_signatures=len(trust_keys),
+                )
             except VerificationError as exc:
+                reason = (
+                    f"carries more signatures than the trust keys of versions {current.version} and {new.version} "
+                    "together could make"
+                    if isinstance(exc, TooManySignaturesError)
+                    else f"is not signed by a threshold of the {which} (version {signer_doc.version}) trust keys"
+                )
                 raise type(exc)(
-                    f"the trust document for {current.party} version {new.version} is not signed by a threshold "
-                    f"of the {which} (version {signer_doc.version}) trust keys: {exc}"
+                    f"the trust document for {current.party} version {new.version} {reason}: {exc}"
                 ) from None
         return TrustedParty(document=new, envelope=envelope)
 

@@ -15,6 +15,7 @@ from signing import (
     Envelope,
     ExpiredTrustError,
     InvalidSignatureError,
+    PublicKey,
     Role,
     RollbackError,
     ThresholdError,
@@ -146,7 +147,9 @@ def test_threshold_counts_distinct_keys_in_document(v1: TrustDocument) -> None:
     key = v1.keys_for("trust")[0]
     alias = dataclasses.replace(key, keyid="alias")
     keys = {**v1.keys, "alias": alias}
-    with pytest.raises(TrustDocumentFormatError, match="only 1 distinct key"):
+    # A second record of one key needs a second keyid, and a trust document allows only the key's own
+    # keyid (defect 9): one key can no longer be listed twice to inflate a role.
+    with pytest.raises(TrustDocumentFormatError, match=r"key 'alias' .* has the wrong keyid"):
         dataclasses.replace(v1, keys=keys, roles={**v1.roles, "trust": Role((key.keyid, "alias"), 2)})
 
 
@@ -154,6 +157,46 @@ def test_key_map_must_match_keyids(v1: TrustDocument) -> None:
     key = v1.keys_for("trust")[0]
     with pytest.raises(TrustDocumentFormatError, match="they must be equal"):
         dataclasses.replace(v1, keys={**v1.keys, "other": key})
+
+
+def test_trust_document_keyid_must_match_key(v1: TrustDocument, transfer_key: CryptoSigner) -> None:
+    # Defect 9: a key record may not carry another key's keyid (here another partner's), nor a custom one.
+    key = transfer_key.public_key
+    other_partner = CryptoSigner.generate().keyid
+    for wrong in (other_partner, "officer-1", key.keyid.upper()):
+        mislabelled = PublicKey(wrong, key.algorithm, key.public_bytes)
+        keys = {k: v for k, v in v1.keys.items() if k != key.keyid} | {wrong: mislabelled}
+        roles = {**v1.roles, "transfer": Role((wrong,), 1)}
+        with pytest.raises(TrustDocumentFormatError) as info:
+            dataclasses.replace(v1, keys=keys, roles=roles)
+        message = str(info.value)
+        assert f"key {wrong!r} (ed25519) has the wrong keyid" in message
+        assert f"which is {key.keyid!r} for this key" in message
+    # The fixture's helper, with signers of custom keyids, is refused the same way.
+    with pytest.raises(TrustDocumentFormatError, match=r"'officer-1' .* has the wrong keyid"):
+        make_document(version=1, trust=[CryptoSigner.generate(keyid="officer-1")])
+
+
+def test_trust_document_keyid_must_match_key_in_payload(
+    v1: TrustDocument, root_keys: list[CryptoSigner], transfer_key: CryptoSigner
+) -> None:
+    # The same rule for a document parsed from JSON, and so for one that arrives signed: a partner cannot
+    # list its key under another partner's keyid, even in a document its own trust keys signed.
+    other_partner = CryptoSigner.generate().keyid
+    real = transfer_key.keyid
+
+    def relabel(document: dict[str, Any]) -> None:
+        record = document["keys"].pop(real)
+        record["keyid"] = other_partner
+        document["keys"][other_partner] = record
+        document["roles"]["transfer"]["keyids"] = [other_partner]
+
+    payload = _payload_with(v1, relabel)
+    with pytest.raises(TrustDocumentFormatError, match=f"key '{other_partner}' .* which is '{real}' for this key"):
+        TrustDocument.from_payload(payload)
+    envelope = sign_envelope(TRUST_PAYLOAD_TYPE, payload, root_keys)
+    with pytest.raises(TrustDocumentFormatError, match="has the wrong keyid"):
+        TrustedParty.bootstrap(envelope, NOW)
 
 
 def _payload_with(v1: TrustDocument, mutate: Any) -> bytes:

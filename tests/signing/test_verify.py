@@ -12,6 +12,7 @@ from signing import (
     PublicKey,
     Signature,
     ThresholdError,
+    TooManySignaturesError,
     UnknownKeyError,
     VerificationError,
     sign_envelope,
@@ -42,7 +43,7 @@ def _with_keyids(envelope: Envelope, *keyids: str) -> Envelope:
 
 
 def test_errors_are_verification_errors() -> None:
-    for error in (UnknownKeyError, InvalidSignatureError, ThresholdError):
+    for error in (UnknownKeyError, InvalidSignatureError, ThresholdError, TooManySignaturesError):
         assert issubclass(error, VerificationError)
         assert issubclass(error, SigningError)
 
@@ -93,11 +94,15 @@ def test_one_key_under_two_keyid_spellings_counts_once(officers: tuple[CryptoSig
 
 
 def test_duplicate_trusted_records_do_not_inflate(officers: tuple[CryptoSigner, ...]) -> None:
-    a, _b, _c = officers
-    envelope = _with_keyids(sign_envelope(TRANSFER_TYPE, PAYLOAD, [a, a]), "x1", "x2")
+    a, b, _c = officers
     alias = PublicKey("alias", a.public_key.algorithm, a.public_key.public_bytes)
+    # One key signs twice, each time under one of its two trusted records: still one key.
+    envelope = _with_keyids(sign_envelope(TRANSFER_TYPE, PAYLOAD, [a, a]), "officer-a", "alias")
     with pytest.raises(ThresholdError):
-        verify_envelope(envelope, [a.public_key, alias], threshold=2)
+        verify_envelope(envelope, [a.public_key, alias, b.public_key], threshold=2)
+    # Two records of one key are one key for the signature cap too: two signatures are one too many.
+    with pytest.raises(TooManySignaturesError, match="carries 2 signatures, more than the 1 distinct"):
+        verify_envelope(envelope, [a.public_key, alias], threshold=1)
 
 
 def test_unknown_key(officers: tuple[CryptoSigner, ...]) -> None:
@@ -151,10 +156,14 @@ def test_wrong_keyid_hint_is_not_a_trust_decision(officers: tuple[CryptoSigner, 
     envelope = _with_keyids(sign_envelope(TRANSFER_TYPE, PAYLOAD, [a]), "officer-b")
     with pytest.raises(InvalidSignatureError):
         verify_envelope(envelope, _keys(a, b, c), threshold=1)
-    # An unknown or empty hint: every trusted key is tried.
-    for hint in ("", "some-other-name"):
-        relabelled = _with_keyids(envelope, hint)
-        assert verify_envelope(relabelled, _keys(a, b, c), threshold=1).verified_keyids == ("officer-a",)
+    # An empty hint: every trusted key is tried.
+    relabelled = _with_keyids(envelope, "")
+    assert verify_envelope(relabelled, _keys(a, b, c), threshold=1).verified_keyids == ("officer-a",)
+    # A hint that names no trusted key narrows the keys to try to none (DSSE allows a verifier to filter
+    # by keyid): the signature is not tried. The hint can make a signature fail, never make one count.
+    relabelled = _with_keyids(envelope, "some-other-name")
+    with pytest.raises(UnknownKeyError, match="1 signature\\(s\\) carry a keyid that names no trusted key"):
+        verify_envelope(relabelled, _keys(a, b, c), threshold=1)
 
 
 def test_signature_from_untrusted_key_with_trusted_keyid(officers: tuple[CryptoSigner, ...]) -> None:
