@@ -30,7 +30,11 @@ async def _serve(config_path: Path) -> int:
 
     config = load_config(config_path)
     node = await GatewayNode.from_config(config)
-    await node.start()
+    try:
+        await node.start()
+    except BaseException:
+        await node.stop(grace=0)
+        raise
     logging.getLogger("gateway").warning(
         "%s gateway serving: operator API %s, partner exchange %s",
         config.party,

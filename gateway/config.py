@@ -1,18 +1,27 @@
 """Gateway configuration: a TOML file, documented in the README, read into typed values.
 
-Relative paths in the file are resolved against the file's folder.
+Relative paths in the file are resolved against the file's folder. Every value is checked for its type and
+range; a wrong one is refused with a `ConfigError` that names the key, so that a gateway never starts on a
+configuration it misread.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.domain.errors import GatewayError
+from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature, NomenclatureError
 from gateway.domain.protocol import DecisionPolicy, DecisionRule, Verdict, parse_purpose
 from gateway.domain.records import PARTY_PATTERN
+
+DEFAULT_SIGNER_NAME = "default"
+"""The name the top-level ``signer`` setting goes by, for `RotateTrustDocument`."""
 
 
 class ConfigError(ValueError):
@@ -28,6 +37,7 @@ class PartnerConfig:
     trust_document: Path
     tls_identity: str = ""
     http_url: str = ""
+    max_envelope_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,36 +63,77 @@ class GatewayConfig:
     partners: tuple[PartnerConfig, ...] = ()
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)
     tls: TLSConfig | None = None
+    signers: Mapping[str, str] = field(default_factory=dict)
+    """Signer URIs by name: ``default`` (the ``signer`` setting) and those under ``[signers]``."""
+    nomenclature: Nomenclature = field(default_factory=lambda: Nomenclature.of(DEFAULT_REGISTRIES))
     max_envelope_bytes: int = 1 << 20
     clock_skew: dt.timedelta = dt.timedelta(minutes=5)
     max_message_lifetime: dt.timedelta = dt.timedelta(hours=24)
     message_lifetime: dt.timedelta = dt.timedelta(hours=12)
     hold_deadline: dt.timedelta = dt.timedelta(hours=48)
     decision_timeout: dt.timedelta = dt.timedelta(hours=72)
+    status_query_after: dt.timedelta = dt.timedelta(minutes=15)
 
 
-def _require(table: dict[str, Any], key: str, where: str) -> Any:
+def _require(table: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in table:
         raise ConfigError(f"{where}: the setting {key!r} is missing")
     return table[key]
 
 
+def _table(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _string(value: object, where: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    if "\x00" in value:
+        raise ConfigError(f"{where}: the value contains a NUL character")
+    return value
+
+
+def _integer(value: object, where: str, *, minimum: int, maximum: int = 2**63 - 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{where}: {value} is not in {minimum}..{maximum}")
+    return value
+
+
+def _seconds(table: Mapping[str, Any], key: str, default: float, *, minimum: float = 1.0) -> dt.timedelta:
+    value = table.get(key, default)
+    where = f"limits.{key}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a number of seconds, got {value!r}")
+    if not minimum <= value <= 10 * 365 * 86400:
+        raise ConfigError(f"{where}: {value} seconds is not between {minimum} and ten years")
+    return dt.timedelta(seconds=float(value))
+
+
 def _path(base: Path, value: object, where: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a path, got {value!r}")
-    path = Path(value)
+    path = Path(_string(value, where))
     return path if path.is_absolute() else base / path
 
 
-def _signer_uri(base: Path, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"signer: expected a signer URI or key path, got {value!r}")
-    if ":" in value.split("/")[0]:
-        scheme, _, rest = value.partition(":")
+def _signer_uri(base: Path, value: object, where: str) -> str:
+    uri = _string(value, where)
+    if ":" in uri.split("/")[0]:
+        scheme, _, rest = uri.partition(":")
         if scheme == "file" and not rest.startswith("/"):
             return f"file:{base / rest}"
-        return value
-    return str(_path(base, value, "signer"))
+        return uri
+    return str(_path(base, uri, where))
+
+
+def _listen(value: object, where: str) -> str:
+    address = _string(value, where)
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: {address!r} is not HOST:PORT with a port in 0..65535")
+    return address
 
 
 def _policy(rules: object) -> DecisionPolicy:
@@ -91,73 +142,156 @@ def _policy(rules: object) -> DecisionPolicy:
     parsed = []
     for i, rule in enumerate(rules):
         where = f"policy.rules[{i}]"
-        if not isinstance(rule, dict):
-            raise ConfigError(f"{where}: expected a table")
+        rule = _table(rule, where)
         try:
             verdict = Verdict(_require(rule, "verdict", where))
         except ValueError:
             raise ConfigError(f"{where}.verdict: use accept, reject or hold") from None
-        purpose = rule.get("purpose")
+        purpose = None
+        if "purpose" in rule:
+            try:
+                purpose = parse_purpose(_string(rule["purpose"], f"{where}.purpose"), field=f"{where}.purpose")
+            except GatewayError as exc:
+                raise ConfigError(f"{where}.purpose: {exc.message}") from None
+        max_quantity = rule.get("max_quantity")
         parsed.append(
             DecisionRule(
                 verdict=verdict,
-                partner=str(rule.get("partner", "")),
-                acquiring_account=str(rule.get("acquiring_account", "")),
-                purpose=parse_purpose(purpose, field=f"{where}.purpose") if purpose else None,
-                max_quantity=int(rule["max_quantity"]) if "max_quantity" in rule else None,
+                partner=_string(rule.get("partner", ""), f"{where}.partner", allow_empty=True),
+                acquiring_account=_string(
+                    rule.get("acquiring_account", ""), f"{where}.acquiring_account", allow_empty=True
+                ),
+                purpose=purpose,
+                max_quantity=None
+                if max_quantity is None
+                else _integer(max_quantity, f"{where}.max_quantity", minimum=0),
             )
         )
     return DecisionPolicy(tuple(parsed))
 
 
-def load_config(path: Path) -> GatewayConfig:
-    """Read and check a gateway's TOML configuration file."""
+def _registries(value: object) -> Nomenclature:
+    if not isinstance(value, list) or not value:
+        raise ConfigError("registries: expected a non-empty list of tables ([[registries]])")
+    registries = []
+    for i, entry in enumerate(value):
+        where = f"registries[{i}]"
+        entry = _table(entry, where)
+        kinds = _require(entry, "unit_kinds", where)
+        if not isinstance(kinds, list) or not kinds:
+            raise ConfigError(f"{where}.unit_kinds: expected a non-empty list of codes")
+        try:
+            registries.append(
+                IssuingRegistry(
+                    code=_string(_require(entry, "code", where), f"{where}.code"),
+                    unit_kinds=tuple(_string(k, f"{where}.unit_kinds") for k in kinds),
+                    party=_string(entry.get("party", ""), f"{where}.party", allow_empty=True),
+                    issuance_pattern=_string(
+                        entry.get("issuance_pattern", ""), f"{where}.issuance_pattern", allow_empty=True
+                    ),
+                )
+            )
+        except NomenclatureError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     try:
-        data = tomllib.loads(path.read_text())
+        return Nomenclature.of(registries)
+    except NomenclatureError as exc:
+        raise ConfigError(f"registries: {exc}") from None
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and check a gateway's TOML configuration file; every problem is a `ConfigError` naming the key."""
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a configuration file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: not readable (permission denied)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     base = path.resolve().parent
     party = _require(data, "party", str(path))
-    if not isinstance(party, str) or not PARTY_PATTERN.match(party):
+    if not isinstance(party, str) or not PARTY_PATTERN.fullmatch(party):
         raise ConfigError(f"party: {party!r} is not an ISO 3166-1 alpha-3 code")
     partners = []
-    for i, p in enumerate(data.get("partners", [])):
+    seen: set[str] = set()
+    raw_partners = data.get("partners", [])
+    if not isinstance(raw_partners, list):
+        raise ConfigError("partners: expected a list of tables ([[partners]])")
+    for i, p in enumerate(raw_partners):
         where = f"partners[{i}]"
+        p = _table(p, where)
+        partner_party = _string(_require(p, "party", where), f"{where}.party")
+        if not PARTY_PATTERN.fullmatch(partner_party) or partner_party == party:
+            raise ConfigError(f"{where}.party: {partner_party!r} is not another Party's ISO 3166-1 alpha-3 code")
+        if partner_party in seen:
+            raise ConfigError(f"{where}.party: {partner_party} is listed twice")
+        seen.add(partner_party)
         partners.append(
             PartnerConfig(
-                party=str(_require(p, "party", where)),
-                address=str(_require(p, "address", where)),
+                party=partner_party,
+                address=_string(_require(p, "address", where), f"{where}.address"),
                 trust_document=_path(base, _require(p, "trust_document", where), f"{where}.trust_document"),
-                tls_identity=str(p.get("tls_identity", "")),
-                http_url=str(p.get("http_url", "")),
+                tls_identity=_string(p.get("tls_identity", ""), f"{where}.tls_identity", allow_empty=True),
+                http_url=_string(p.get("http_url", ""), f"{where}.http_url", allow_empty=True),
+                max_envelope_bytes=_integer(
+                    p.get("max_envelope_bytes", 1 << 20),
+                    f"{where}.max_envelope_bytes",
+                    minimum=4096,
+                    maximum=64 << 20,
+                ),
             )
         )
     tls = None
     if "tls" in data:
-        t = data["tls"]
+        t = _table(data["tls"], "tls")
         tls = TLSConfig(
             certificate=_path(base, _require(t, "certificate", "tls"), "tls.certificate"),
             private_key=_path(base, _require(t, "private_key", "tls"), "tls.private_key"),
             ca_certificate=_path(base, _require(t, "ca_certificate", "tls"), "tls.ca_certificate"),
         )
-    limits = data.get("limits", {})
+    limits = _table(data.get("limits", {}), "limits")
+    signers = {DEFAULT_SIGNER_NAME: _signer_uri(base, _require(data, "signer", str(path)), "signer")}
+    for name, uri in _table(data.get("signers", {}), "signers").items():
+        if name == DEFAULT_SIGNER_NAME:
+            raise ConfigError(f"signers.{name}: the name {DEFAULT_SIGNER_NAME!r} is the top-level 'signer' setting")
+        signers[name] = _signer_uri(base, uri, f"signers.{name}")
+    max_lifetime = _seconds(limits, "max_message_lifetime_seconds", 86400)
+    lifetime = _seconds(limits, "message_lifetime_seconds", 43200)
+    if lifetime > max_lifetime:
+        raise ConfigError(
+            "limits.message_lifetime_seconds: the statements this gateway signs would live longer than"
+            f" max_message_lifetime_seconds ({max_lifetime.total_seconds():g}), which partners typically share"
+        )
+    operator = _table(data.get("operator", {}), "operator")
+    partner_section = _table(data.get("partner", {}), "partner")
+    http = _table(data.get("http", {}), "http")
     return GatewayConfig(
         party=party,
         database=_path(base, _require(data, "database", str(path)), "database"),
-        signer=_signer_uri(base, _require(data, "signer", str(path))),
+        signer=signers[DEFAULT_SIGNER_NAME],
         trust_document=_path(base, _require(data, "trust_document", str(path)), "trust_document"),
-        operator_listen=str(data.get("operator", {}).get("listen", "127.0.0.1:50051")),
-        partner_listen=str(data.get("partner", {}).get("listen", "127.0.0.1:50052")),
-        http_listen=str(data["http"]["listen"]) if "http" in data and "listen" in data["http"] else None,
+        operator_listen=_listen(operator.get("listen", "127.0.0.1:50051"), "operator.listen"),
+        partner_listen=_listen(partner_section.get("listen", "127.0.0.1:50052"), "partner.listen"),
+        http_listen=_listen(http["listen"], "http.listen") if "listen" in http else None,
         partners=tuple(partners),
-        policy=_policy(data.get("policy", {}).get("rules", [])),
+        policy=_policy(_table(data.get("policy", {}), "policy").get("rules", [])),
         tls=tls,
-        max_envelope_bytes=int(limits.get("max_envelope_bytes", 1 << 20)),
-        clock_skew=dt.timedelta(seconds=float(limits.get("clock_skew_seconds", 300))),
-        max_message_lifetime=dt.timedelta(seconds=float(limits.get("max_message_lifetime_seconds", 86400))),
-        message_lifetime=dt.timedelta(seconds=float(limits.get("message_lifetime_seconds", 43200))),
-        hold_deadline=dt.timedelta(seconds=float(limits.get("hold_deadline_seconds", 172800))),
-        decision_timeout=dt.timedelta(seconds=float(limits.get("decision_timeout_seconds", 259200))),
+        signers=signers,
+        nomenclature=_registries(data["registries"]) if "registries" in data else Nomenclature.of(DEFAULT_REGISTRIES),
+        max_envelope_bytes=_integer(
+            limits.get("max_envelope_bytes", 1 << 20), "limits.max_envelope_bytes", minimum=4096, maximum=64 << 20
+        ),
+        clock_skew=_seconds(limits, "clock_skew_seconds", 300, minimum=0.0),
+        max_message_lifetime=max_lifetime,
+        message_lifetime=lifetime,
+        hold_deadline=_seconds(limits, "hold_deadline_seconds", 172800),
+        decision_timeout=_seconds(limits, "decision_timeout_seconds", 259200),
+        status_query_after=_seconds(limits, "status_query_after_seconds", 900),
     )

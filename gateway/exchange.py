@@ -1,30 +1,41 @@
-"""The partner exchange: signed statements out through the outbox, and the receiver's checks on the way in.
+"""The partner exchange: statements into the outbox and signed at send time, and the receiver's checks.
 
-Both transports (gRPC and HTTP/JSON) hand the raw envelope bytes to `Exchange.receive`, which runs the checks
-of DESIGN.md section 5 in order:
+Sending. A statement enters the outbox in the same transaction as the state change that causes it, with only
+its message ID, sender and receiver set. Its header is completed and the envelope signed when it is sent
+(`Exchange.seal`): the sequence number is the next one the partner expects, the previous-payload hash is the
+hash of the payload the partner took in last, and the validity window starts at the moment of sending. So a
+statement that waited out a partner's outage never goes out expired, a rotated key signs everything sent
+after the rotation, and nothing stored is ever rewritten: each signed version is appended to the message log,
+byte for byte, before it is sent.
+
+Receiving. Both transports (gRPC and HTTP/JSON) hand the raw envelope bytes to `Exchange.receive`, which runs
+the checks of DESIGN.md section 5 in order:
 
 1. size cap (before any parsing);
 2. envelope parse;
 3. allowed payload type;
-4. choose the partner (by the mTLS peer identity, or by the keyid hint without mTLS) and verify the
-   threshold of that partner's trusted transfer keys;
+4. choose the partner (by the mTLS peer identity alone; without mTLS, every partner whose trust document
+   lists a keyid of the envelope is tried) and verify the threshold of that partner's trusted transfer keys;
 5. parse those same payload bytes; the signed sender must be that partner and the receiver this gateway;
 6. a message ID already seen returns the stored receipt, unchanged, with no second effect;
 7. time window;
-8. sequence exactly last + 1 and hash chain; a gap is refused with the sequence to resend from.
+8. sequence exactly last + 1 and hash chain; a gap holds the statement and asks for a resend.
 
-Steps 6 to 8, the statement's effect, the channel's high-water mark and the verbatim message are written in
-one transaction. A refusal at steps 1 to 8 persists nothing; a business refusal after step 8 (for example a
-Decision naming an unknown transfer) still consumes the sequence number and is recorded with its receipt.
+Steps 6 to 8, the statement's effect, the channel's high-water mark, the index of messages taken in and the
+message log are written in one transaction. A refusal at steps 1 to 8 takes nothing in; a business refusal
+after step 8 (for example a Decision naming an unknown transfer) still consumes the sequence number and is
+answered in the receipt. No input, however malformed, escapes as an exception: a failure of this gateway
+while handling a message is answered with ``INTERNAL_ERROR``, which the sender retries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,7 +45,6 @@ from carbon_gateway.v1 import partner_pb2
 from gateway import wire
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.statements import (
-    GENESIS_HASH,
     ChannelState,
     Header,
     SequenceVerdict,
@@ -44,8 +54,9 @@ from gateway.domain.statements import (
     check_window,
     payload_hash,
 )
+from gateway.domain.text import truncate
 from gateway.partners import Partner, PartnerDirectory
-from gateway.store.base import Store, StoredMessage, Transaction
+from gateway.store.base import LogKind, OutboxKind, OutboxMessage, Store, StoredMessage, Transaction
 from signing import (
     TRUST_PAYLOAD_TYPE,
     Envelope,
@@ -65,6 +76,15 @@ from signing import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ENVELOPE_BYTES = 1 << 20
+
+ENVELOPE_MARGIN_BYTES = 512
+"""Room kept below a partner's size cap for what is only known at send time: the header's times and
+sequence number, and signatures whose length varies (DER-encoded ECDSA)."""
+
+
+def new_uuid() -> str:
+    """A random UUID (version 4) as text: message, receipt and transfer IDs."""
+    return str(uuid.uuid4())
 
 
 class EnvelopeForm(enum.StrEnum):
@@ -88,8 +108,15 @@ class ExchangeSettings:
 class StatementHandler(Protocol):
     """Applies a verified, in-order statement's effect inside the receiving transaction."""
 
-    async def __call__(self, tx: Transaction, partner: str, header: Header, statement: partner_pb2.Statement) -> None:
-        """Apply the effect, or raise `GatewayError` to refuse it (the effect is rolled back)."""
+    async def __call__(
+        self, tx: Transaction, partner: str, header: Header, statement: partner_pb2.Statement
+    ) -> GatewayError | None:
+        """Apply the effect and return None; or return the refusal the receipt reports, keeping only what the
+        handler wrote to answer it; or raise `GatewayError` to refuse it with everything rolled back."""
+
+
+DeliveredHandler = Callable[[Transaction, OutboxMessage], Awaitable[None]]
+"""Called in the transaction that records a statement as taken in by its partner."""
 
 
 def verification_refusal(exc: Exception) -> GatewayError:
@@ -138,8 +165,33 @@ class Received:
     taken_in: bool = False
 
 
+@dataclass(frozen=True)
+class Sealed:
+    """A statement as sent on one attempt: its signed envelope (protobuf form) and its payload."""
+
+    envelope: bytes
+    payload: bytes
+    sequence: int
+
+
+_BODY_KINDS = {kind.value for kind in OutboxKind} - {OutboxKind.TRUST.value, OutboxKind.LEGACY.value}
+
+
+def _statement_kind(statement: partner_pb2.Statement) -> OutboxKind:
+    kind = statement.WhichOneof("body")
+    if kind not in _BODY_KINDS:
+        raise ValueError(f"a statement needs exactly one known body, not {kind!r}")
+    return OutboxKind(kind)
+
+
+def _transfer_id(statement: partner_pb2.Statement) -> str:
+    kind = statement.WhichOneof("body")
+    body = getattr(statement, kind) if kind else None
+    return str(getattr(body, "transfer_id", ""))
+
+
 class Exchange:
-    """Signs outgoing statements into the outbox and checks incoming ones."""
+    """Puts statements in the outbox, signs them at send time, and checks incoming ones."""
 
     def __init__(
         self,
@@ -151,6 +203,7 @@ class Exchange:
         handler: StatementHandler,
         clock: Callable[[], dt.datetime],
         on_enqueued: Callable[[], None] = lambda: None,
+        new_id: Callable[[], str] = new_uuid,
     ) -> None:
         self.settings = settings
         self.signer = signer
@@ -159,78 +212,112 @@ class Exchange:
         self.handler = handler
         self.clock = clock
         self.on_enqueued = on_enqueued
+        self.on_delivered: DeliveredHandler | None = None
+        self.new_id = new_id
 
     # outgoing
 
     async def enqueue(self, tx: Transaction, receiver: str, **body: object) -> str:
-        """Sign a statement to ``receiver`` with the next sequence number and put it in the outbox.
+        """Put a statement to ``receiver`` in the outbox; it is numbered and signed when it is sent.
 
         ``body`` is one keyword naming the Statement's body field (``proposal=...``). Returns the message ID.
         """
-        now = self.clock()
-        channel = await tx.outgoing_channel(receiver)
-        header = Header(
-            message_id=str(uuid.uuid4()),
-            sender=self.settings.self_party,
+        message_id = self.new_id()
+        header = partner_pb2.StatementHeader(message_id=message_id, sender=self.settings.self_party, receiver=receiver)
+        statement = partner_pb2.Statement(header=header, **body)  # type: ignore[arg-type]
+        await tx.enqueue(
             receiver=receiver,
-            sequence=channel.last_sequence + 1,
-            previous_hash=channel.last_hash,
-            issued_at=now,
-            expires_at=now + self.settings.message_lifetime,
+            message_id=message_id,
+            kind=_statement_kind(statement),
+            transfer_id=_transfer_id(statement),
+            body=statement.SerializeToString(),
+            now=self.clock(),
         )
-        statement = partner_pb2.Statement(header=wire.header_to_proto(header), **body)  # type: ignore[arg-type]
+        return message_id
+
+    async def enqueue_trust(self, tx: Transaction, receiver: str, envelope: Envelope) -> str:
+        """Queue one of this gateway's trust documents for ``receiver``, ahead of every statement."""
+        message_id = self.new_id()
+        await tx.enqueue(
+            receiver=receiver,
+            message_id=message_id,
+            kind=OutboxKind.TRUST,
+            transfer_id="",
+            body=envelope.to_json(),
+            now=self.clock(),
+        )
+        return message_id
+
+    def statement_of(self, message: OutboxMessage) -> partner_pb2.Statement:
+        """The statement an outbox message carries (its header as queued: no sequence, hash or times)."""
+        statement = partner_pb2.Statement()
+        if message.kind is OutboxKind.LEGACY:
+            statement.ParseFromString(wire.envelope_from_bytes(message.body).payload)
+        else:
+            statement.ParseFromString(message.body)
+        return statement
+
+    def seal(self, message: OutboxMessage, channel: ChannelState, now: dt.datetime) -> Sealed:
+        """Complete the statement's header for this attempt and sign it.
+
+        The sequence is the one after the last the partner took in, the previous hash that payload's hash,
+        and the validity window starts now (DESIGN.md section 5, statement header).
+        """
+        if message.kind is OutboxKind.TRUST:
+            document = Envelope.from_json(message.body)
+            return Sealed(wire.envelope_to_bytes(document), document.payload, 0)
+        statement = self.statement_of(message)
+        sequence = channel.last_sequence + 1
+        header = statement.header
+        header.sequence = sequence
+        header.previous_hash = channel.last_hash
+        header.issued_at.CopyFrom(wire.timestamp(now))
+        header.expires_at.CopyFrom(wire.timestamp(now + self.settings.message_lifetime))
         payload = statement.SerializeToString()
         envelope = wire.envelope_to_bytes(sign_envelope(wire.STATEMENT_PAYLOAD_TYPE, payload, [self.signer]))
-        await tx.set_outgoing_channel(receiver, channel.advance(payload))
-        await tx.enqueue(
-            receiver=receiver, sequence=header.sequence, message_id=header.message_id, envelope=envelope, now=now
-        )
-        await tx.record_message(StoredMessage("out", receiver, header.message_id, envelope, b"", now))
-        return header.message_id
+        return Sealed(envelope, payload, sequence)
 
-    async def reissue(self, receiver: str) -> int:
-        """Re-date and re-sign every undelivered statement to ``receiver``, after it refused one as expired.
+    def check_fits(self, receiver: str, **body: object) -> None:
+        """Refuse a statement that, once signed, would exceed the size cap ``receiver`` declares.
 
-        The receiver refused the head of the channel without taking it in, so none of the pending statements
-        reached it. Each keeps its message ID and sequence number; it gets fresh issue and expiry times, and
-        the hash chain is rebuilt from the last statement that was delivered. One transaction.
+        An operator request is checked with this before anything is reserved: a statement the partner cannot
+        take in would be refused by it for good.
         """
-        now = self.clock()
-        async with self.store.transaction() as tx:
-            pending = sorted((m for m in await tx.pending_outbox() if m.receiver == receiver), key=lambda m: m.sequence)
-            if not pending:
-                return 0
-            previous = GENESIS_HASH
-            if pending[0].sequence > 1:
-                delivered = await tx.outbox_message(receiver, pending[0].sequence - 1)
-                assert delivered is not None
-                previous = payload_hash(wire.envelope_from_bytes(delivered.envelope).payload)
-            for message in pending:
-                envelope = wire.envelope_from_bytes(message.envelope)
-                statement = partner_pb2.Statement()
-                statement.ParseFromString(envelope.payload)
-                statement.header.previous_hash = previous
-                statement.header.issued_at.CopyFrom(wire.timestamp(now))
-                statement.header.expires_at.CopyFrom(wire.timestamp(now + self.settings.message_lifetime))
-                payload = statement.SerializeToString()
-                fresh = wire.envelope_to_bytes(sign_envelope(envelope.payload_type, payload, [self.signer]))
-                await tx.replace_outbox_envelope(message.outbox_id, receiver, message.message_id, fresh)
-                previous = payload_hash(payload)
-            channel = await tx.outgoing_channel(receiver)
-            await tx.set_outgoing_channel(receiver, ChannelState(channel.last_sequence, previous))
-        log.warning("re-dated %d undelivered statements to %s after it found one expired", len(pending), receiver)
-        return len(pending)
+        partner = self.partners.get(receiver)
+        if partner is None:
+            return
+        header = partner_pb2.StatementHeader(
+            message_id=str(uuid.UUID(int=0)),
+            sender=self.settings.self_party,
+            receiver=receiver,
+            sequence=2**63 - 1,
+            previous_hash=bytes(32),
+            issued_at=wire.timestamp(self.clock()),
+            expires_at=wire.timestamp(self.clock()),
+        )
+        payload = partner_pb2.Statement(header=header, **body).SerializeToString()  # type: ignore[arg-type]
+        size = len(wire.envelope_to_bytes(sign_envelope(wire.STATEMENT_PAYLOAD_TYPE, payload, [self.signer])))
+        if size + ENVELOPE_MARGIN_BYTES > partner.max_envelope_bytes:
+            raise GatewayError(
+                ResponseCode.ENVELOPE_TOO_LARGE,
+                f"the statement to {receiver} would be about {size} bytes signed, and {receiver} takes envelopes of"
+                f" at most {partner.max_envelope_bytes} bytes (less {ENVELOPE_MARGIN_BYTES} kept for the header);"
+                " split the request into smaller ones",
+            )
 
-    def read_receipt(self, partner: Partner, data: bytes, sent: bytes) -> partner_pb2.Receipt:
+    def read_receipt(self, partner: Partner, data: bytes, sent: bytes, message_id: str) -> partner_pb2.Receipt:
         """Verify the receipt ``partner`` returned for the envelope ``sent`` (protobuf form) and return it.
 
-        Raise `GatewayError` if it does not verify or does not answer ``sent``: it must name this gateway,
-        carry the SHA-256 of the payload sent and, when it names a message, that message's ID. A receipt
-        replayed from another delivery is refused.
+        Raise `GatewayError` if it does not verify or does not answer ``sent``: it must be signed by the partner
+        and name this gateway, and either name ``message_id`` (a receipt for a statement the partner could
+        read, possibly an earlier version of it) or carry the SHA-256 of the envelope bytes sent (a refusal
+        of an envelope it could not read). A receipt replayed from another delivery is refused.
         """
         envelope = wire.envelope_from_bytes(data)
         if envelope.payload_type != wire.RECEIPT_PAYLOAD_TYPE:
-            raise GatewayError(ResponseCode.UNSUPPORTED_PAYLOAD_TYPE, f"a receipt of type {envelope.payload_type!r}")
+            raise GatewayError(
+                ResponseCode.UNSUPPORTED_PAYLOAD_TYPE, f"a receipt of type {envelope.payload_type[:80]!r}"
+            )
         self._verify(partner, envelope)
         receipt = partner_pb2.Receipt()
         try:
@@ -243,28 +330,41 @@ class Exchange:
             )
         if receipt.sender != partner.party:
             raise GatewayError(
-                ResponseCode.KEY_UNKNOWN_OR_REVOKED, f"a receipt from {partner.party} names {receipt.sender}"
+                ResponseCode.KEY_UNKNOWN_OR_REVOKED, f"a receipt from {partner.party} names {receipt.sender[:40]!r}"
             )
-        sent_payload = wire.envelope_from_bytes(sent).payload
-        if receipt.payload_sha256 != payload_hash(sent_payload) or receipt.receiver not in (
-            "",
-            self.settings.self_party,
-        ):
-            raise GatewayError(ResponseCode.REPLAY, f"a receipt from {partner.party} answers another message")
+        if receipt.receiver not in ("", self.settings.self_party):
+            raise GatewayError(ResponseCode.REPLAY, f"a receipt from {partner.party} answers another gateway")
         if receipt.in_reply_to:
-            statement = partner_pb2.Statement()
-            statement.ParseFromString(sent_payload)
-            if receipt.in_reply_to != statement.header.message_id:
+            if receipt.in_reply_to != message_id:
                 raise GatewayError(ResponseCode.REPLAY, f"a receipt from {partner.party} answers another message")
+        elif receipt.envelope_sha256 != hashlib.sha256(sent).digest():
+            raise GatewayError(ResponseCode.REPLAY, f"a receipt from {partner.party} answers another delivery")
         return receipt
 
     # incoming
 
     async def receive(self, raw: bytes, *, form: EnvelopeForm, peer_identity: str | None = None) -> Received:
-        """Run the receiver's checks on ``raw`` and apply the statement; return the signed receipt."""
+        """Run the receiver's checks on ``raw`` and apply the statement; return the signed receipt.
+
+        Never raises for anything in ``raw``: every failure is answered with a receipt.
+        """
+        try:
+            return await self._receive(raw, form, peer_identity)
+        except Exception:
+            log.exception("failed while handling a delivery of %d bytes", len(raw))
+            detail = "the receiver failed while handling the message; nothing took effect; retry later"
+            try:
+                receipt = self._receipt("", "", b"", raw, ResponseCode.INTERNAL_ERROR, detail, form)
+            except Exception:
+                log.exception("could not even sign a refusal")
+                raise
+            return Received(receipt, ResponseCode.INTERNAL_ERROR, detail)
+
+    async def _receive(self, raw: bytes, form: EnvelopeForm, peer_identity: str | None) -> Received:
         payload_digest = b""
         partner: Partner | None = None
         header: Header | None = None
+        verified = False
         try:
             # Step 1: size cap, before parsing.
             if len(raw) > self.settings.max_envelope_bytes:
@@ -281,11 +381,11 @@ class Exchange:
             if envelope.payload_type not in self.settings.allowed_payload_types:
                 raise GatewayError(
                     ResponseCode.UNSUPPORTED_PAYLOAD_TYPE,
-                    f"payload type {envelope.payload_type!r} is not accepted here",
+                    f"payload type {envelope.payload_type[:80]!r} is not accepted here",
                 )
             # Step 4: choose the partner and verify its threshold.
-            partner = self._choose_partner(envelope, peer_identity)
-            self._verify(partner, envelope)
+            partner = self._verified_partner(envelope, peer_identity)
+            verified = True
             # Step 5: parse the same bytes; sender and receiver.
             statement = partner_pb2.Statement()
             try:
@@ -303,8 +403,7 @@ class Exchange:
             check_addressing(header, partner=partner.party, self_party=self.settings.self_party)
             if statement.WhichOneof("body") is None:
                 raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the statement has no body", field="body")
-            stored = raw if form is EnvelopeForm.PROTOBUF else wire.envelope_to_bytes(envelope)
-            received = await self._apply(partner, header, statement, envelope.payload, stored, form)
+            return await self._apply(partner, header, statement, envelope, raw, form)
         except GatewayError as exc:
             log.info("refused a delivery: %s", exc)
             resend_from = exc.resend_from if isinstance(exc, SequenceGap) else 0
@@ -312,31 +411,60 @@ class Exchange:
                 partner.party if partner else "",
                 header.message_id if header else "",
                 payload_digest,
+                raw,
                 exc.code,
                 exc.message,
                 form,
                 resend_from=resend_from,
             )
+            if verified and partner is not None:
+                # A statement the partner signed is kept, with the refusal, even when it was not taken in.
+                await self._log_refused(partner.party, header.message_id if header else "", raw, form, receipt)
             return Received(receipt, exc.code, exc.message)
-        if received.code is not ResponseCode.SEQUENCE_GAP:
-            await self._apply_held(partner, header.sequence + 1)
-        return received
+
+    async def _log_refused(self, party: str, message_id: str, raw: bytes, form: EnvelopeForm, receipt: bytes) -> None:
+        now = self.clock()
+        async with self.store.transaction(durable=False) as tx:
+            await tx.append_log(
+                direction="in",
+                peer=party,
+                message_id=message_id,
+                kind=LogKind.STATEMENT,
+                form=form,
+                envelope=raw,
+                now=now,
+            )
+            await tx.append_log(
+                direction="out",
+                peer=party,
+                message_id=message_id,
+                kind=LogKind.RECEIPT,
+                form=form,
+                envelope=receipt,
+                now=now,
+            )
 
     async def _apply(
         self,
         partner: Partner,
         header: Header,
         statement: partner_pb2.Statement,
-        payload: bytes,
-        stored_envelope: bytes,
+        envelope: Envelope,
+        raw: bytes,
         form: EnvelopeForm,
     ) -> Received:
         now = self.clock()
+        payload = envelope.payload
+        # Working copies (the index of messages taken in, statements held behind a gap) keep the protobuf
+        # form; the message log keeps the bytes exactly as they arrived.
+        stored_envelope = raw if form is EnvelopeForm.PROTOBUF else wire.envelope_to_bytes(envelope)
         async with self.store.transaction() as tx:
             # Step 6: a message already seen gets its stored receipt back, with no second effect.
             seen = await tx.get_message("in", partner.party, header.message_id)
             if seen is not None:
-                return Received(self._reform(seen.receipt, form), ResponseCode.OK, "already received", True)
+                receipt = self._reform(seen.receipt, form)
+                await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now)
+                return Received(receipt, ResponseCode.OK, "already received", True)
             # Step 7: time window.
             check_window(header, now=now, window=self.settings.window)
             # Step 8: sequence and hash chain. A gap holds the statement until the missing ones arrive.
@@ -348,47 +476,73 @@ class Exchange:
                     partner.party,
                     header.message_id,
                     payload_hash(payload),
+                    raw,
                     gap.code,
                     gap.message,
                     form,
                     resend_from=gap.resend_from,
                 )
+                await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now)
                 return Received(receipt, gap.code, gap.message)
             code, detail = ResponseCode.OK, "taken in"
             try:
                 async with tx.savepoint():
-                    await self.handler(tx, partner.party, header, statement)
+                    refusal = await self.handler(tx, partner.party, header, statement)
+                if refusal is not None:
+                    code, detail = refusal.code, refusal.message
             except GatewayError as exc:
                 code, detail = exc.code, exc.message
+            except Exception:
+                log.exception("failed while applying statement %s from %s", header.message_id, partner.party)
+                code, detail = ResponseCode.INTERNAL_ERROR, "the receiver failed while applying the statement"
             await tx.set_incoming_channel(partner.party, channel.advance(payload))
             await tx.release_held(partner.party, header.sequence)
             receipt = self._receipt(
                 partner.party,
                 header.message_id,
                 payload_hash(payload),
+                raw,
                 code,
-                detail,
+                truncate(detail),
                 EnvelopeForm.PROTOBUF,
                 taken_in=True,
             )
             await tx.record_message(
                 StoredMessage("in", partner.party, header.message_id, stored_envelope, receipt, now)
             )
+            reformed = self._reform(receipt, form)
+            await self._log_pair(tx, partner.party, header.message_id, raw, form, reformed, now)
         self.on_enqueued()
-        return Received(self._reform(receipt, form), code, detail, taken_in=True)
+        await self._apply_held(partner, header.sequence + 1)
+        return Received(reformed, code, detail, taken_in=True)
+
+    @staticmethod
+    async def _log_pair(
+        tx: Transaction, party: str, message_id: str, raw: bytes, form: EnvelopeForm, receipt: bytes, now: dt.datetime
+    ) -> None:
+        await tx.append_log(
+            direction="in", peer=party, message_id=message_id, kind=LogKind.STATEMENT, form=form, envelope=raw, now=now
+        )
+        await tx.append_log(
+            direction="out",
+            peer=party,
+            message_id=message_id,
+            kind=LogKind.RECEIPT,
+            form=form,
+            envelope=receipt,
+            now=now,
+        )
 
     async def _apply_held(self, partner: Partner, sequence: int) -> None:
         """Apply statements held behind a gap that the statement just applied has closed, in order."""
-        while True:
-            async with self.store.read() as tx:
-                held = await tx.held_statement(partner.party, sequence)
-            if held is None:
-                return
-            log.info("applying statement %d from %s, held behind a gap", sequence, partner.party)
-            received = await self.receive(held, form=EnvelopeForm.PROTOBUF, peer_identity=None)
-            if received.code in (ResponseCode.SEQUENCE_GAP,):
-                return
-            sequence += 1
+        async with self.store.read() as tx:
+            held = await tx.held_statement(partner.party, sequence)
+        if held is None:
+            return
+        log.info("applying statement %d from %s, held behind a gap", sequence, partner.party)
+        # Each held statement was verified when it arrived; it goes through every check again. Applying it
+        # applies the next held one in turn.
+        await self.receive(held, form=EnvelopeForm.PROTOBUF, peer_identity=None)
 
     async def _receive_trust_update(
         self, envelope: Envelope, raw: bytes, form: EnvelopeForm, peer_identity: str | None
@@ -416,15 +570,34 @@ class Exchange:
             else:
                 updated = apply_trust_update(current, envelope, now)
                 await tx.put_trust_document(partner.party, updated.version, envelope.to_json(), now)
-        if updated is None:
-            detail = f"version {document.version} is already trusted"
-        else:
+            if updated is None:
+                detail = f"version {document.version} is already trusted"
+            else:
+                detail = f"now trusting version {updated.version} of {partner.party}'s trust document"
+            receipt = self._receipt(
+                partner.party, "", payload_hash(envelope.payload), raw, ResponseCode.OK, detail, form, taken_in=True
+            )
+            await tx.append_log(
+                direction="in",
+                peer=partner.party,
+                message_id="",
+                kind=LogKind.TRUST,
+                form=form,
+                envelope=raw,
+                now=now,
+            )
+            await tx.append_log(
+                direction="out",
+                peer=partner.party,
+                message_id="",
+                kind=LogKind.RECEIPT,
+                form=form,
+                envelope=receipt,
+                now=now,
+            )
+        if updated is not None:
             self.partners.replace(partner.party, updated)
-            detail = f"now trusting version {updated.version} of {partner.party}'s trust document"
             log.warning("%s", detail)
-        receipt = self._receipt(
-            partner.party, "", payload_hash(envelope.payload), ResponseCode.OK, detail, form, taken_in=True
-        )
         return Received(receipt, ResponseCode.OK, detail, taken_in=True)
 
     def _parse_envelope(self, raw: bytes, form: EnvelopeForm) -> Envelope:
@@ -435,23 +608,51 @@ class Exchange:
         except EnvelopeFormatError as exc:
             raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, str(exc)) from None
 
-    def _choose_partner(self, envelope: Envelope, peer_identity: str | None) -> Partner:
-        hinted = self.partners.by_keyid(s.keyid for s in envelope.signatures)
+    def _verified_partner(self, envelope: Envelope, peer_identity: str | None) -> Partner:
+        """Step 4: the partner whose trusted transfer keys verify ``envelope``.
+
+        With mTLS the certificate alone names the partner, whatever keyids the envelope carries. Without it,
+        every partner whose trust document lists one of the envelope's keyids is tried in turn; keyids are
+        hints, and two partners may list the same one.
+        """
         if peer_identity is not None:
             partner = self.partners.by_identity(peer_identity)
             if partner is None:
                 raise GatewayError(
                     ResponseCode.PEER_IDENTITY_MISMATCH, f"no partner has the transport identity {peer_identity!r}"
                 )
-            if hinted is not None and hinted is not partner:
-                raise GatewayError(
-                    ResponseCode.PEER_IDENTITY_MISMATCH,
-                    f"signed with {hinted.party!r}'s keys but sent over {partner.party!r}'s connection",
-                )
+            try:
+                self._verify(partner, envelope)
+            except GatewayError as refusal:
+                # Only a diagnosis: the connection's partner did not sign, so say whose keys did, if any.
+                for other in self.partners.by_keyids(s.keyid for s in envelope.signatures):
+                    if other is not partner and self._verifies(other, envelope):
+                        raise GatewayError(
+                            ResponseCode.PEER_IDENTITY_MISMATCH,
+                            f"signed with {other.party!r}'s keys but sent over {partner.party!r}'s connection",
+                        ) from None
+                raise refusal from None
             return partner
-        if hinted is None:
+        candidates = self.partners.by_keyids(s.keyid for s in envelope.signatures)
+        if not candidates:
             raise GatewayError(ResponseCode.KEY_UNKNOWN_OR_REVOKED, "no signature names a key of a known partner")
-        return hinted
+        first_refusal: GatewayError | None = None
+        for partner in candidates:
+            try:
+                self._verify(partner, envelope)
+            except GatewayError as exc:
+                first_refusal = first_refusal or exc
+                continue
+            return partner
+        assert first_refusal is not None
+        raise first_refusal
+
+    def _verifies(self, partner: Partner, envelope: Envelope) -> bool:
+        try:
+            self._verify(partner, envelope)
+        except GatewayError:
+            return False
+        return True
 
     def _verify(self, partner: Partner, envelope: Envelope) -> None:
         try:
@@ -466,6 +667,7 @@ class Exchange:
         receiver: str,
         in_reply_to: str,
         digest: bytes,
+        raw: bytes,
         code: ResponseCode,
         detail: str,
         form: EnvelopeForm,
@@ -474,16 +676,17 @@ class Exchange:
         resend_from: int = 0,
     ) -> bytes:
         receipt = partner_pb2.Receipt(
-            message_id=str(uuid.uuid4()),
+            message_id=self.new_id(),
             sender=self.settings.self_party,
             receiver=receiver,
             in_reply_to=in_reply_to,
             payload_sha256=digest,
             code=int(code),  # type: ignore[arg-type]
-            detail=detail,
+            detail=truncate(detail),
             resend_from=resend_from,
             taken_in=taken_in,
             issued_at=wire.timestamp(self.clock()),
+            envelope_sha256=hashlib.sha256(raw).digest(),
         )
         envelope = sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
         return envelope.to_json() if form is EnvelopeForm.JSON else wire.envelope_to_bytes(envelope)

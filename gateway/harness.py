@@ -49,6 +49,11 @@ class Network:
     def __getitem__(self, party: str) -> GatewayNode:
         return self.nodes[party]
 
+    def configure_signer(self, party: str, name: str, signer: Signer) -> None:
+        """Make ``signer`` available to ``party``'s gateway under ``name``, as ``[signers]`` in a configuration
+        does, so that `RotateTrustDocument` can switch to it."""
+        self.nodes[party].core.signers[name] = signer
+
     def connect(self) -> None:
         """Point every gateway at every other gateway's bound addresses."""
         for node in self.nodes.values():
@@ -119,6 +124,7 @@ async def start_network(
             settings=settings(party),
             deadlines=deadlines,
             clock=clock,
+            signers={"default": network.signers[party]},
         )
     try:
         for node in network.nodes.values():

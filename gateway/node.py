@@ -1,14 +1,13 @@
-"""Wiring one gateway: store, signer, partners, service, exchange, outbox worker and the gRPC servers."""
+"""Wiring one gateway: a `gateway.core.GatewayCore` with its gRPC servers and optional HTTP server."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
+import sqlite3
 import ssl
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,53 +15,43 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc, operator_pb2, operator_pb2_grpc
-from gateway.config import GatewayConfig, TLSConfig
+from gateway.config import DEFAULT_SIGNER_NAME, ConfigError, GatewayConfig, TLSConfig
+from gateway.core import GatewayCore, PartnerSpec, utc_now
+from gateway.domain.errors import GatewayError
+from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import Deadlines, DecisionPolicy
 from gateway.domain.statements import TimeWindow
 from gateway.exchange import Exchange, ExchangeSettings
 from gateway.http.app import HttpServer, build_app
-from gateway.outbox import OutboxWorker
-from gateway.partners import Partner, PartnerDirectory
+from gateway.outbox import OutboxWorker, PartnerTransport
+from gateway.partners import PartnerDirectory
+from gateway.rpc.interceptors import MalformedRequestInterceptor
 from gateway.rpc.mapping import MappingService
 from gateway.rpc.operator import OperatorService
 from gateway.rpc.partner import SERVICE_NAME as PARTNER_SERVICE
 from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
 from gateway.service import Gateway
+from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
 from gateway.trust import TrustKeeper
-from signing import Envelope, Signer, TrustedParty, signer_from_uri
+from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER
+from signing import (
+    Envelope,
+    EnvelopeFormatError,
+    Signer,
+    SigningError,
+    TrustedParty,
+    TrustError,
+    VerificationError,
+    signer_from_uri,
+)
+
+__all__ = ["GatewayNode", "PartnerSpec", "utc_now"]
 
 log = logging.getLogger(__name__)
 
 OPERATOR_SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
 MAPPING_SERVICE = mapping_pb2.DESCRIPTOR.services_by_name["MappingService"].full_name
-
-
-def utc_now() -> dt.datetime:
-    """The current UTC time."""
-    return dt.datetime.now(dt.UTC)
-
-
-@dataclass(frozen=True)
-class PartnerSpec:
-    """What a gateway knows of a partner before it starts."""
-
-    party: str
-    address: str
-    trust_envelope: Envelope
-    tls_identity: str = ""
-    http_url: str = ""
-
-
-def _restore(envelope: Envelope, what: str, now: dt.datetime) -> TrustedParty:
-    trusted = TrustedParty.restore(envelope)
-    if trusted.document.is_expired(now):
-        log.error(
-            "%s (version %d) has expired: statements it covers are refused until a newer version is applied",
-            what,
-            trusted.version,
-        )
-    return trusted
 
 
 def _client_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -95,13 +84,13 @@ def _channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
 
 
 class GatewayNode:
-    """A running gateway: its operator server, its partner server and its outbox worker."""
+    """A running gateway: a `GatewayCore` with its operator server, partner server and optional HTTP server."""
 
     def __init__(
         self,
         *,
         party: str,
-        store: SQLiteStore,
+        store: Store,
         signer: Signer,
         own_trust: Envelope,
         partners: Sequence[PartnerSpec],
@@ -113,46 +102,30 @@ class GatewayNode:
         settings: ExchangeSettings | None = None,
         deadlines: Deadlines | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
+        nomenclature: Nomenclature = DEFAULT_NOMENCLATURE,
+        status_query_after: dt.timedelta = DEFAULT_STATUS_QUERY_AFTER,
+        signers: Mapping[str, Signer] | None = None,
     ) -> None:
         self.party = party
-        self.store = store
-        self.signer = signer
         self.clock = clock
         self.tls = tls
-        now = clock()
-        self.partners = PartnerDirectory.of(
-            Partner(
-                party=p.party,
-                address=p.address,
-                trusted=_restore(p.trust_envelope, f"{p.party}'s trust document", now),
-                tls_identity=p.tls_identity,
-                http_url=p.http_url,
-            )
-            for p in partners
-        )
-        self.gateway = Gateway(party=party, store=store, policy=policy, clock=clock, deadlines=deadlines)
-        self._sweeper: asyncio.Task[None] | None = None
-        self.exchange = Exchange(
-            settings or ExchangeSettings(self_party=party),
-            signer=signer,
-            partners=self.partners,
-            store=store,
-            handler=self.gateway.on_statement,
-            clock=clock,
-        )
-        self.gateway.attach(self.exchange)
-        self.transport = GrpcPartnerTransport(self.partners, credentials=_channel_credentials(tls) if tls else None)
-        self.outbox = OutboxWorker(store=store, exchange=self.exchange, transport=self.transport, clock=clock)
-        self.exchange.on_enqueued = self.outbox.wake
-        self.trust = TrustKeeper(
+        self.core = GatewayCore(
             party=party,
-            own=_restore(own_trust, "our own trust document", now),
             store=store,
-            partners=self.partners,
-            exchange=self.exchange,
-            transport=self.transport,
+            signer=signer,
+            own_trust=own_trust,
+            partners=partners,
+            policy=policy,
+            transport=lambda directory: GrpcPartnerTransport(
+                directory, credentials=_channel_credentials(tls) if tls else None
+            ),
+            settings=settings,
+            deadlines=deadlines,
             clock=clock,
-            ssl_context=_client_ssl_context(tls) if tls else None,
+            nomenclature=nomenclature,
+            status_query_after=status_query_after,
+            signers=signers,
+            trust_ssl_context=_client_ssl_context(tls) if tls else None,
         )
         self._http_listen = http_listen
         self.http_server: HttpServer | None = None
@@ -164,39 +137,107 @@ class GatewayNode:
         self.operator_port = 0
         self.partner_port = 0
 
+    # the core's parts, as the tests and tools know them
+
+    @property
+    def store(self) -> Store:
+        """The gateway's database."""
+        return self.core.store
+
+    @property
+    def gateway(self) -> Gateway:
+        """The use cases."""
+        return self.core.gateway
+
+    @property
+    def exchange(self) -> Exchange:
+        """The partner exchange."""
+        return self.core.exchange
+
+    @property
+    def outbox(self) -> OutboxWorker:
+        """The outbox worker."""
+        return self.core.outbox
+
+    @property
+    def partners(self) -> PartnerDirectory:
+        """The partners and the trust held in each."""
+        return self.core.partners
+
+    @property
+    def trust(self) -> TrustKeeper:
+        """Trust documents over time."""
+        return self.core.trust
+
+    @property
+    def transport(self) -> PartnerTransport:
+        """How statements reach partners."""
+        return self.core.transport
+
+    @property
+    def signer(self) -> Signer:
+        """The signer statements are signed with now."""
+        return self.core.signer
+
     @classmethod
     async def from_config(cls, config: GatewayConfig) -> GatewayNode:
-        """Open the store and build the gateway a configuration file describes."""
+        """Open the store and build the gateway a configuration file describes.
+
+        Every problem with a file the configuration names is a `ConfigError` naming the setting and the file.
+        """
         partners = [
             PartnerSpec(
                 party=p.party,
                 address=p.address,
-                trust_envelope=Envelope.from_json(p.trust_document.read_bytes()),
+                trust_envelope=_trust_envelope(p.trust_document, f"partners[{i}].trust_document"),
                 tls_identity=p.tls_identity,
                 http_url=p.http_url,
+                max_envelope_bytes=p.max_envelope_bytes,
             )
-            for p in config.partners
+            for i, p in enumerate(config.partners)
         ]
+        own_trust = _trust_envelope(config.trust_document, "trust_document")
+        for party, envelope in [(config.party, own_trust), *((p.party, p.trust_envelope) for p in partners)]:
+            document_party = TrustedParty.restore(envelope).party
+            if document_party != party:
+                raise ConfigError(f"the trust document configured for {party} is {document_party}'s")
+        signers = {name: _signer(uri, name) for name, uri in config.signers.items()}
+        if config.tls is not None:
+            for name in ("certificate", "private_key", "ca_certificate"):
+                path = getattr(config.tls, name)
+                if not path.is_file():
+                    raise ConfigError(f"tls.{name}: {path} is not a readable file")
         settings = ExchangeSettings(
             self_party=config.party,
             max_envelope_bytes=config.max_envelope_bytes,
             window=TimeWindow(clock_skew=config.clock_skew, max_lifetime=config.max_message_lifetime),
             message_lifetime=config.message_lifetime,
         )
-        return cls(
-            party=config.party,
-            store=await SQLiteStore.open(config.database),
-            signer=signer_from_uri(config.signer),
-            own_trust=Envelope.from_json(config.trust_document.read_bytes()),
-            partners=partners,
-            policy=config.policy,
-            operator_listen=config.operator_listen,
-            partner_listen=config.partner_listen,
-            http_listen=config.http_listen,
-            tls=config.tls,
-            settings=settings,
-            deadlines=Deadlines(hold=config.hold_deadline, decision=config.decision_timeout),
-        )
+        store = await _open_store(config.database)
+        try:
+            return cls(
+                party=config.party,
+                store=store,
+                signer=signers[DEFAULT_SIGNER_NAME],
+                own_trust=own_trust,
+                partners=partners,
+                policy=config.policy,
+                operator_listen=config.operator_listen,
+                partner_listen=config.partner_listen,
+                http_listen=config.http_listen,
+                tls=config.tls,
+                settings=settings,
+                deadlines=Deadlines(hold=config.hold_deadline, decision=config.decision_timeout),
+                nomenclature=config.nomenclature,
+                status_query_after=config.status_query_after,
+                signers=signers,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            await store.close()
+            raise ConfigError(f"tls: the certificate files cannot be used: {exc}") from None
+        except BaseException:
+            await store.close()
+            raise
 
     @property
     def operator_address(self) -> str:
@@ -217,34 +258,45 @@ class GatewayNode:
         return f"{scheme}://{self._http_listen.rsplit(':', 1)[0]}:{self.http_port}"
 
     async def start(self) -> None:
-        """Load trust, bind the servers (port 0 picks a free port) and start the outbox worker."""
-        await self.trust.load()
-        limit = self.exchange.settings.max_envelope_bytes
-        options = [("grpc.max_receive_message_length", 4 * limit + 4096)]
+        """Load trust, bind the servers (port 0 picks a free port) and start the outbox worker and the sweep.
 
-        self.operator_server = grpc.aio.server()
+        A port another process holds stops the start with a `ConfigError` naming the setting: gRPC's
+        ``SO_REUSEPORT`` is off, so two gateways can never share a port and split its calls.
+        """
+        try:
+            await self.core.load()
+        except GatewayError as exc:
+            raise ConfigError(f"signer: {exc.message}") from None
+        limit = self.exchange.settings.max_envelope_bytes
+        options = [("grpc.so_reuseport", 0)]
+        partner_options = [*options, ("grpc.max_receive_message_length", 4 * limit + 4096)]
+
+        self.operator_server = grpc.aio.server(options=options, interceptors=[MalformedRequestInterceptor()])
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(
             OperatorService(self.gateway, self.trust), self.operator_server
         )
         mapping_pb2_grpc.add_MappingServiceServicer_to_server(MappingService(), self.operator_server)
         await self._add_health_and_reflection(self.operator_server, OPERATOR_SERVICE, MAPPING_SERVICE)
-        self.operator_port = self.operator_server.add_insecure_port(self._operator_listen)
+        self.operator_port = _bind(self.operator_server, self._operator_listen, "operator.listen", None)
 
-        self.partner_server = grpc.aio.server(options=options)
+        self.partner_server = grpc.aio.server(options=partner_options)
         self.partner_server.add_generic_rpc_handlers(
             (partner_handler(self.exchange, require_peer_identity=self.tls is not None),)
         )
         await self._add_health_and_reflection(self.partner_server, PARTNER_SERVICE)
-        if self.tls is not None:
-            self.partner_port = self.partner_server.add_secure_port(self._partner_listen, _server_credentials(self.tls))
-        else:
+        if self.tls is None:
             log.warning(
                 "%s: the partner exchange listens WITHOUT TLS on %s. Use this only for local demos and tests;"
                 " configure [tls] for any real partner.",
                 self.party,
                 self._partner_listen,
             )
-            self.partner_port = self.partner_server.add_insecure_port(self._partner_listen)
+        self.partner_port = _bind(
+            self.partner_server,
+            self._partner_listen,
+            "partner.listen",
+            _server_credentials(self.tls) if self.tls else None,
+        )
         await self.operator_server.start()
         await self.partner_server.start()
         if self._http_listen is not None:
@@ -255,20 +307,11 @@ class GatewayNode:
                 int(port),
                 _ssl_context(self.tls) if self.tls else None,
             )
-            self.http_port = await self.http_server.start()
-        self.outbox.start()
-        self.outbox.wake()
-        self._sweeper = asyncio.create_task(self._sweep(), name="deadlines")
-
-    async def _sweep(self) -> None:
-        deadlines = self.gateway.deadlines
-        period = min(max(min(deadlines.hold, deadlines.decision).total_seconds() / 10, 0.05), 60.0)
-        while True:
             try:
-                await self.gateway.expire_overdue()
-            except Exception:
-                log.exception("%s: ending overdue transfers failed; retrying", self.party)
-            await asyncio.sleep(period)
+                self.http_port = await self.http_server.start()
+            except OSError as exc:
+                raise ConfigError(f"http.listen: cannot listen on {self._http_listen}: {exc.strerror or exc}") from None
+        self.core.start_background()
 
     @staticmethod
     async def _add_health_and_reflection(server: grpc.aio.Server, *services: str) -> None:
@@ -289,19 +332,56 @@ class GatewayNode:
         partner.address = address
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Finish in-flight calls (up to ``grace`` seconds), stop the worker and close the store."""
+        """Finish in-flight calls (up to ``grace`` seconds), stop the background tasks and close the store."""
         for server in (self.operator_server, self.partner_server):
             if server is not None:
                 await server.stop(grace)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
         if self.http_server is not None:
             await self.http_server.stop()
-        await self.outbox.stop()
-        await self.transport.close()
-        await self.store.close()
-        close = getattr(self.exchange.signer, "close", None)
-        if callable(close):
-            close()
+        await self.core.close()
+
+
+def _bind(server: grpc.aio.Server, address: str, setting: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{setting}: cannot listen on {address}: the address is in use or not local ({exc})"
+        ) from None
+    if port == 0 and not address.endswith(":0"):
+        raise ConfigError(f"{setting}: cannot listen on {address}: the address is in use or not local")
+    return port
+
+
+def _trust_envelope(path: Path, setting: str) -> Envelope:
+    try:
+        envelope = Envelope.from_json(path.read_bytes())
+        TrustedParty.restore(envelope)
+    except FileNotFoundError:
+        raise ConfigError(f"{setting}: {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{setting}: {path}: is a folder, not a trust document") from None
+    except OSError as exc:
+        raise ConfigError(f"{setting}: {path}: cannot be read: {exc.strerror or exc}") from None
+    except (EnvelopeFormatError, TrustError, VerificationError) as exc:
+        raise ConfigError(f"{setting}: {path}: not a valid signed trust document: {exc}") from None
+    return envelope
+
+
+def _signer(uri: str, name: str) -> Signer:
+    setting = "signer" if name == DEFAULT_SIGNER_NAME else f"signers.{name}"
+    try:
+        return signer_from_uri(uri)
+    except SigningError as exc:
+        raise ConfigError(f"{setting}: {exc}") from None
+
+
+async def _open_store(path: Path) -> SQLiteStore:
+    if path.is_dir():
+        raise ConfigError(f"database: {path} is a folder, not a database file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"database: the folder {path.parent} does not exist")
+    try:
+        return await SQLiteStore.open(path)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"database: {path} cannot be opened as this gateway's SQLite database: {exc}") from None

@@ -1,9 +1,20 @@
-"""The outbox worker: delivers signed statements to partners in channel order, with retries and backoff.
+"""The outbox worker: delivers statements and trust documents to partners, one at a time per partner.
 
-A statement enters the outbox in the same transaction as the state change that caused it. The worker sends
-the head of each channel, verifies the partner's signed receipt, and marks the message delivered in a
-transaction of its own. A crash between sending and marking is harmless: the message is sent again, and the
-partner answers a message ID it has seen with its stored receipt and no second effect.
+A statement enters the outbox in the same transaction as the state change that caused it. For each partner
+the worker takes the first pending message (trust documents first, then statements in the order they were
+queued), seals it (`gateway.exchange.Exchange.seal`: next sequence number, fresh validity window, signature
+by the current key), appends the signed envelope to the message log, sends it, verifies the partner's signed
+receipt, and acts on it by `gateway.domain.delivery.classify`:
+
+- taken in: the message is delivered and the channel advances to its payload;
+- a gap below it: the partner lacks earlier statements, which are sent again from the first missing one;
+- a passing failure (no answer, or the partner's ``INTERNAL_ERROR``): retried after an exponential backoff;
+- a refusal no retry can cure: the message moves to the dead-letter list, where an operator retries or
+  abandons it, and the partner's next message takes its place.
+
+A crash between sending and recording the receipt is harmless: the message is sent again (resealed, with the
+same message ID), and the partner answers a message ID it has seen with its stored receipt and no second
+effect. Every failure is confined to its message: one message can never stop the worker or another channel.
 """
 
 from __future__ import annotations
@@ -16,9 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.domain.delivery import Outcome, classify
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.statements import GENESIS_HASH, ChannelState, payload_hash
+from gateway.domain.text import truncate
 from gateway.exchange import Exchange
-from gateway.store.base import OutboxMessage, Store
+from gateway.store.base import LogKind, OutboxKind, OutboxMessage, OutboxState, Store
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,8 @@ class Backoff:
 
     def after(self, attempts: int) -> dt.timedelta:
         """The wait before the next try, after ``attempts`` failed tries."""
+        if attempts > 40:
+            return self.maximum
         wait: dt.timedelta = self.initial * (2 ** max(attempts - 1, 0))
         return min(wait, self.maximum)
 
@@ -68,8 +84,10 @@ class OutboxWorker:
         self.backoff = backoff or Backoff()
         self.batch = batch
         self._wake = asyncio.Event()
+        self._draining = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
+        self.dead_lettered = 0
 
     def wake(self) -> None:
         """Look at the outbox now (called after a transaction that enqueued a message commits)."""
@@ -101,66 +119,135 @@ class OutboxWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
     async def _next_due_in(self) -> float:
-        far = self.clock() + dt.timedelta(days=1)
         async with self.store.read() as tx:
-            due = await tx.due_messages(far, 1)
-        if not due:
+            due = await tx.next_due_at()
+        if due is None:
             return 3600.0
-        return max((due[0].next_attempt_at - self.clock()).total_seconds(), 0.0)
+        return max((due - self.clock()).total_seconds(), 0.0)
 
     async def drain(self) -> int:
-        """Deliver every message due now, channel by channel in order; return how many were delivered."""
+        """Deliver every message due now, each partner's lane in order; return how many were delivered.
+
+        Stops when no lane moves: every head is delivered, waiting for its backoff, or dead-lettered.
+        """
+        async with self._draining:
+            return await self._drain()
+
+    async def _drain(self) -> int:
         total = 0
         while True:
             async with self.store.read() as tx:
-                due = await tx.due_messages(self.clock(), self.batch)
-            if not due:
+                heads = await tx.lane_heads(self.clock(), self.batch)
+            if not heads:
                 return total
-            results = await asyncio.gather(*(self._deliver(m) for m in due))
-            delivered = sum(results)
-            total += delivered
-            if delivered == 0:
+            results = await asyncio.gather(*(self._attempt(m) for m in heads))
+            total += sum(1 for r in results if r is Outcome.DELIVERED)
+            if not any(r in (Outcome.DELIVERED, Outcome.DEAD_LETTER, Outcome.RESEND_FROM) for r in results):
                 return total
 
-    async def _deliver(self, message: OutboxMessage) -> int:
+    async def _attempt(self, message: OutboxMessage) -> Outcome:
+        try:
+            return await self._deliver(message)
+        except Exception as exc:
+            # A bug or a store failure while handling this one message: it waits its backoff, and the others go on.
+            log.exception("delivering %s to %s failed", message.message_id, message.receiver)
+            await self._retry(message, ResponseCode.INTERNAL_ERROR, f"this gateway failed: {exc!r}")
+            return Outcome.RETRY
+
+    async def _deliver(self, message: OutboxMessage) -> Outcome:
         partner = self.exchange.partners.get(message.receiver)
         if partner is None:
-            await self._retry(message, f"no partner {message.receiver!r} is configured")
-            return 0
-        try:
-            raw = await self.transport.deliver(message.receiver, message.envelope)
-            receipt = self.exchange.read_receipt(partner, raw, message.envelope)
-        except (TransportError, GatewayError) as exc:
-            await self._retry(message, str(exc))
-            return 0
-        code = ResponseCode(receipt.code)
-        if code is ResponseCode.SEQUENCE_GAP and receipt.resend_from:
-            log.warning("%s lacks our messages from %d: resending", message.receiver, receipt.resend_from)
-            async with self.store.transaction() as tx:
-                await tx.requeue_from(message.receiver, receipt.resend_from, self.clock())
-            return 0
-        if code is ResponseCode.MESSAGE_EXPIRED and not receipt.taken_in:
-            await self.exchange.reissue(message.receiver)
-            await self._retry(message, f"{message.receiver} found it expired; re-dated and re-signed")
-            return 0
-        if not receipt.taken_in:
-            await self._retry(message, f"refused by {message.receiver}: {code.name}: {receipt.detail}")
-            return 0
-        if code is not ResponseCode.OK:
-            log.warning(
-                "%s took in message %s but refused its effect: %s: %s",
-                message.receiver,
-                message.message_id,
-                code.name,
-                receipt.detail,
-            )
+            await self._retry(message, ResponseCode.UNKNOWN_PARTNER, f"no partner {message.receiver!r} is configured")
+            return Outcome.RETRY
+        now = self.clock()
         async with self.store.transaction(durable=False) as tx:
-            await tx.mark_delivered(message.outbox_id, raw, self.clock())
-        self.delivered += 1
-        return 1
+            channel = await tx.outgoing_channel(message.receiver)
+            sealed = self.exchange.seal(message, channel, now)
+            await tx.mark_attempt(message.outbox_id, sealed.sequence)
+            await tx.append_log(
+                direction="out",
+                peer=message.receiver,
+                message_id=message.message_id,
+                kind=LogKind.TRUST if message.kind is OutboxKind.TRUST else LogKind.STATEMENT,
+                form="protobuf",
+                envelope=sealed.envelope,
+                now=now,
+            )
+        try:
+            raw = await self.transport.deliver(message.receiver, sealed.envelope)
+        except TransportError as exc:
+            await self._retry(message, ResponseCode.OK, str(exc))
+            return Outcome.RETRY
+        try:
+            receipt = self.exchange.read_receipt(partner, raw, sealed.envelope, message.message_id)
+        except GatewayError as exc:
+            # An answer that does not verify or does not answer this message is as good as no answer.
+            await self._retry(message, ResponseCode.OK, f"unusable receipt from {message.receiver}: {exc}")
+            return Outcome.RETRY
+        code = ResponseCode(receipt.code)
+        outcome = classify(code, taken_in=receipt.taken_in, resend_from=receipt.resend_from, sequence=sealed.sequence)
+        detail = truncate(f"{code.name}: {receipt.detail}")
+        if outcome is Outcome.RETRY:
+            await self._retry(message, code, f"refused by {message.receiver} for now: {detail}")
+            return outcome
+        now = self.clock()
+        async with self.store.transaction(durable=outcome is not Outcome.DELIVERED) as tx:
+            await tx.append_log(
+                direction="in",
+                peer=message.receiver,
+                message_id=message.message_id,
+                kind=LogKind.RECEIPT,
+                form="protobuf",
+                envelope=raw,
+                now=now,
+            )
+            if outcome is Outcome.DELIVERED:
+                digest = receipt.payload_sha256 or payload_hash(sealed.payload)
+                await tx.mark_delivered(message.outbox_id, digest, now)
+                if message.kind is not OutboxKind.TRUST:
+                    await tx.set_outgoing_channel(message.receiver, ChannelState(sealed.sequence, digest))
+                if self.exchange.on_delivered is not None and code is ResponseCode.OK:
+                    await self.exchange.on_delivered(tx, message)
+            elif outcome is Outcome.RESEND_FROM:
+                resend_from = receipt.resend_from
+                previous = (
+                    GENESIS_HASH if resend_from == 1 else await tx.delivered_digest(message.receiver, resend_from - 1)
+                )
+                if previous is None:
+                    outcome = Outcome.DEAD_LETTER
+                    detail = truncate(
+                        f"{detail}; statement {resend_from - 1}, which the resend would chain to, is not in this"
+                        " gateway's outbox, so the channel cannot be rebuilt"
+                    )
+                else:
+                    count = await tx.requeue_from(message.receiver, resend_from, now)
+                    await tx.set_outgoing_channel(message.receiver, ChannelState(resend_from - 1, previous))
+                    log.warning("%s lacks our statements from %d: resending %d", message.receiver, resend_from, count)
+            if outcome is Outcome.DEAD_LETTER:
+                await tx.settle(message.outbox_id, OutboxState.DEAD, code=int(code), error=detail, now=now)
+        if outcome is Outcome.DELIVERED:
+            self.delivered += 1
+            if code is not ResponseCode.OK:
+                log.warning(
+                    "%s took in %s %s but refused its effect: %s",
+                    message.receiver,
+                    message.kind,
+                    message.message_id,
+                    detail,
+                )
+        elif outcome is Outcome.DEAD_LETTER:
+            self.dead_lettered += 1
+            log.error(
+                "%s refused %s %s for good (%s); it is on the dead-letter list for an operator to retry or abandon",
+                message.receiver,
+                message.kind,
+                message.message_id,
+                detail,
+            )
+        return outcome
 
-    async def _retry(self, message: OutboxMessage, error: str) -> None:
+    async def _retry(self, message: OutboxMessage, code: ResponseCode, error: str) -> None:
         wait = self.backoff.after(message.attempts + 1)
         log.info("delivery of %s to %s failed (%s); retrying in %s", message.message_id, message.receiver, error, wait)
         async with self.store.transaction(durable=False) as tx:
-            await tx.reschedule(message.outbox_id, error=error, next_attempt_at=self.clock() + wait)
+            await tx.reschedule(message.outbox_id, code=int(code), error=error, next_attempt_at=self.clock() + wait)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from signing import Envelope, TrustedParty, VerificationResult
 
+DEFAULT_PARTNER_MAX_ENVELOPE_BYTES = 1 << 20
+
 TRANSFER_ROLE = "transfer"
 TRUST_ROLE = "trust"
 
@@ -27,6 +29,9 @@ class Partner:
     http_url: str = ""
     tls_identity: str = ""
     """The identity its mTLS certificate must carry; defaults to the Party code."""
+    max_envelope_bytes: int = DEFAULT_PARTNER_MAX_ENVELOPE_BYTES
+    """The largest envelope the partner takes in (its own size cap): statements that would exceed it are
+    refused at the operator API rather than sent to be refused for good."""
 
     @property
     def identity(self) -> str:
@@ -56,15 +61,20 @@ class PartnerDirectory:
                 return partner
         return None
 
-    def by_keyid(self, keyids: Iterable[str]) -> Partner | None:
-        """The partner one of whose transfer keys carries one of ``keyids`` (a hint, not a trust decision)."""
+    def by_keyids(self, keyids: Iterable[str]) -> list[Partner]:
+        """The partners whose transfer role lists one of ``keyids``, in Party order (hints, not a trust decision).
+
+        An envelope with an unnamed signature (empty keyid) could be any partner's: every partner is listed.
+        """
         wanted = set(keyids)
-        for partner in self.partners.values():
-            document = partner.trusted.document
-            role = document.roles.get(TRANSFER_ROLE)
+        if "" in wanted:
+            return [self.partners[p] for p in sorted(self.partners)]
+        found = []
+        for party in sorted(self.partners):
+            role = self.partners[party].trusted.document.roles.get(TRANSFER_ROLE)
             if role is not None and wanted.intersection(role.keyids):
-                return partner
-        return None
+                found.append(self.partners[party])
+        return found
 
     def verify(self, partner: Partner, envelope: Envelope, now: dt.datetime) -> VerificationResult:
         """Verify ``envelope`` against the threshold of ``partner``'s current transfer keys."""

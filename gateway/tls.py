@@ -190,7 +190,7 @@ def write_gateway_certificates(
         raise CertificateError("name at least one Party to issue a certificate for, e.g. CHN CHE")
     seen: set[str] = set()
     for party in parties:
-        if not isinstance(party, str) or not PARTY_PATTERN.match(party):
+        if not isinstance(party, str) or not PARTY_PATTERN.fullmatch(party):
             raise CertificateError(
                 f"{party!r} is not a Party code: use the ISO 3166-1 alpha-3 code in capitals, e.g. CHE"
             )

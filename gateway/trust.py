@@ -9,19 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
-from gateway import wire
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.exchange import Exchange, apply_trust_update
 from gateway.http.app import TRUST_VERSION_PATH
-from gateway.outbox import PartnerTransport, TransportError
 from gateway.partners import TRANSFER_ROLE, PartnerDirectory
 from gateway.store.base import Store, Transaction
-from signing import Envelope, EnvelopeFormatError, Signer, TrustDocument, TrustedParty, TrustError, sign_envelope
+from signing import Envelope, EnvelopeFormatError, Signer, TrustDocument, TrustedParty, TrustError
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +44,12 @@ class TrustKeeper:
         store: Store,
         partners: PartnerDirectory,
         exchange: Exchange,
-        transport: PartnerTransport,
         clock: Callable[[], dt.datetime],
         ssl_context: ssl.SSLContext | None = None,
+        signers: Mapping[str, Signer] | None = None,
     ) -> None:
+        self.signers: Mapping[str, Signer] = signers if signers is not None else {}
+        """Signers by configured name: the ones an operator may switch to, and the one a restart resumes."""
         self.ssl_context = ssl_context
         """Client TLS for fetching partners' published documents (the configured CA and certificate)."""
         self.party = party
@@ -57,7 +57,6 @@ class TrustKeeper:
         self.store = store
         self.partners = partners
         self.exchange = exchange
-        self.transport = transport
         self.clock = clock
 
     async def load(self) -> None:
@@ -67,12 +66,25 @@ class TrustKeeper:
             self.own = await self._newest(tx, self.party, self.own, now)
             for party, partner in self.partners.parties().items():
                 self.partners.replace(party, await self._newest(tx, party, partner.trusted, now))
+        listed = self.own.document.roles[TRANSFER_ROLE].keyids
         signer = self.exchange.signer
-        if signer.keyid not in self.own.document.roles[TRANSFER_ROLE].keyids:
-            raise GatewayError(
-                ResponseCode.KEY_UNKNOWN_OR_REVOKED,
-                f"the configured signer's key {signer.keyid[:16]}... is not in the transfer role of {self.party}'s"
-                f" trust document version {self.own.version}; configure the signer of the current document",
+        if signer.keyid not in listed:
+            # After a rotation the configuration may still name the old key first: resume with a configured
+            # signer the current document lists.
+            named = [(name, s) for name, s in sorted(self.signers.items()) if s.keyid in listed]
+            if not named:
+                raise GatewayError(
+                    ResponseCode.KEY_UNKNOWN_OR_REVOKED,
+                    f"the configured signer's key {signer.keyid[:16]}... is not in the transfer role of {self.party}'s"
+                    f" trust document version {self.own.version}, and no signer under [signers] is; configure the"
+                    " signer of the current document",
+                )
+            name, self.exchange.signer = named[0]
+            log.warning(
+                "%s: signing with the configured signer %r, listed in trust document version %d",
+                self.party,
+                name,
+                self.own.version,
             )
         if self.own.document.is_expired(now):
             log.error(
@@ -96,7 +108,12 @@ class TrustKeeper:
             return await tx.trust_document(self.party, version)
 
     async def rotate(self, envelope: Envelope, signer: Signer) -> tuple[TrustedParty, list[PushResult]]:
-        """Install the next version of our own document, switch signer, re-sign the outbox and push."""
+        """Install the next version of our own document, switch signer, and queue the document for every partner.
+
+        The pushes go through the outbox, ahead of any statement, so a partner that is down or a crash before
+        delivery only delays them. Statements are signed when they are sent, so every statement sent after the
+        rotation carries the new key's signature.
+        """
         now = self.clock()
         updated = apply_trust_update(self.own, envelope, now)
         if signer.keyid not in updated.document.roles[TRANSFER_ROLE].keyids:
@@ -105,32 +122,19 @@ class TrustKeeper:
                 "the signer's key is not in the new document's transfer role",
                 field="signer",
             )
+        results = []
         async with self.store.transaction() as tx:
             await tx.put_trust_document(self.party, updated.version, envelope.to_json(), now)
-            # Pending statements keep their payloads (and so the hash chain); only their signature changes.
-            for message in await tx.pending_outbox():
-                old = wire.envelope_from_bytes(message.envelope)
-                fresh = wire.envelope_to_bytes(sign_envelope(old.payload_type, old.payload, [signer]))
-                await tx.replace_outbox_envelope(message.outbox_id, message.receiver, message.message_id, fresh)
+            for party in sorted(self.partners.parties()):
+                message_id = await self.exchange.enqueue_trust(tx, party, envelope)
+                results.append(PushResult(party, ResponseCode.OK, f"queued for delivery as message {message_id}"))
         self.own = updated
         self.exchange.signer = signer
+        self.exchange.on_enqueued()
         log.warning(
             "%s: now signing with key %s under trust document version %d", self.party, signer.keyid, updated.version
         )
-        return updated, await self.push(envelope)
-
-    async def push(self, envelope: Envelope) -> list[PushResult]:
-        """Deliver a trust document to every partner; report each answer (a failure is reported, not raised)."""
-        raw = wire.envelope_to_bytes(envelope)
-        results = []
-        for party, partner in self.partners.parties().items():
-            try:
-                receipt = self.exchange.read_receipt(partner, await self.transport.deliver(party, raw), raw)
-                results.append(PushResult(party, ResponseCode(receipt.code), receipt.detail))
-            except (TransportError, GatewayError) as exc:
-                code = exc.code if isinstance(exc, GatewayError) else ResponseCode.UNKNOWN_PARTNER
-                results.append(PushResult(party, code, str(exc)))
-        return results
+        return updated, results
 
     async def refresh(self, party: str, base_url: str) -> TrustedParty:
         """Fetch ``party``'s documents newer than the trusted one from ``base_url`` and apply them in order."""

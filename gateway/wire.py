@@ -13,10 +13,14 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from carbon_gateway.v1 import envelope_pb2, partner_pb2, records_pb2
+from gateway.domain import text
 from gateway.domain.blocks import BlockError, SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.nomenclature import Nomenclature
 from gateway.domain.protocol import Rejection, parse_adjustment_method, parse_purpose
 from gateway.domain.records import (
+    COOPERATIVE_APPROACH_PATTERN,
+    PARTY_PATTERN,
     Account,
     AccountType,
     Authorization,
@@ -60,6 +64,8 @@ def request_hash(request: Message, key_field: str = "idempotency_key") -> str:
     copy = type(request)()
     copy.CopyFrom(request)
     copy.ClearField(key_field)
+    # Fields this version does not know carry no meaning here, so a retry from a newer client still matches.
+    copy.DiscardUnknownFields()
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
@@ -86,16 +92,48 @@ def block_to_proto(block: UnitBlock) -> records_pb2.UnitBlock:
     )
 
 
-def block_from_proto(msg: records_pb2.UnitBlock, field: str = "block") -> UnitBlock:
-    """A wire block as a domain block; refuses a malformed one naming the field."""
+def block_from_proto(
+    msg: records_pb2.UnitBlock, field: str = "block", nomenclature: Nomenclature | None = None
+) -> UnitBlock:
+    """A wire block as a domain block; refuses a malformed one naming the field.
+
+    With ``nomenclature`` the serial space is put in its canonical spelling and an unknown code is refused
+    (`ResponseCode.UNKNOWN_SERIAL_SPACE`); every edge that takes blocks in passes it. Without it (blocks a
+    partner echoes back in a rejection) the codes are kept as spelled, within the length limits.
+    """
     if not msg.HasField("space"):
         raise _invalid(f"{field}.space", "the block has no serial space")
+    text.check_count(msg.attributes, f"{field}.attributes", text.MAX_ATTRIBUTES, what="attributes")
     names = [a.name for a in msg.attributes]
     if len(set(names)) != len(names):
         raise _invalid(f"{field}.attributes", "an attribute name appears twice")
+    for i, attribute in enumerate(msg.attributes):
+        where = f"{field}.attributes[{i}]"
+        text.check_identifier(attribute.name, f"{where}.name", what="attribute name")
+        if len(attribute.name) > text.MAX_ATTRIBUTE_NAME_LENGTH:
+            raise _invalid(f"{where}.name", f"attribute names have at most {text.MAX_ATTRIBUTE_NAME_LENGTH} characters")
+        text.check_text(
+            attribute.value, f"{where}.value", what="attribute value", max_length=text.MAX_ATTRIBUTE_VALUE_LENGTH
+        )
+    for name in ("project_id", "methodology_code", "registry_reference"):
+        text.check_identifier(getattr(msg, name), f"{field}.{name}", what=name.replace("_", " "), required=False)
+    text.check_text(
+        msg.mitigation_type, f"{field}.mitigation_type", what="mitigation type", max_length=text.MAX_NAME_LENGTH
+    )
+    text.check_year(msg.vintage, f"{field}.vintage", what="vintage")
+    space_field = f"{field}.space"
+    if nomenclature is not None:
+        space = nomenclature.canonical(
+            msg.space.unit_kind, msg.space.issuing_registry, msg.space.issuance, field=space_field
+        )
+    else:
+        for name in ("unit_kind", "issuing_registry"):
+            text.check_identifier(getattr(msg.space, name), f"{space_field}.{name}", what=name.replace("_", " "))
+        text.check_identifier(msg.space.issuance, f"{space_field}.issuance", what="issuance", required=False)
+        space = SerialSpace(msg.space.unit_kind, msg.space.issuing_registry, msg.space.issuance)
     try:
         return UnitBlock(
-            space=SerialSpace(msg.space.unit_kind, msg.space.issuing_registry, msg.space.issuance),
+            space=space,
             start=msg.start,
             end=msg.end,
             vintage=msg.vintage,
@@ -121,6 +159,8 @@ def rejection_to_proto(rejection: Rejection) -> records_pb2.Rejection:
 
 def rejection_from_proto(msg: records_pb2.Rejection, field: str) -> Rejection:
     """A wire rejection as a domain rejection."""
+    text.check_count(msg.blocks, f"{field}.blocks", text.MAX_BLOCKS_PER_TRANSFER, what="blocks")
+    text.check_text(msg.message, f"{field}.message", what="rejection message")
     try:
         code = ResponseCode(msg.code)
     except ValueError:
@@ -147,10 +187,8 @@ def account_to_proto(account: Account) -> records_pb2.Account:
 
 def account_from_proto(msg: records_pb2.Account, field: str = "account") -> Account:
     """A wire account as a domain account."""
-    if not msg.account_id:
-        raise _invalid(f"{field}.account_id", "the account ID is empty")
-    if not msg.holder_name:
-        raise _invalid(f"{field}.holder_name", "the holder name is empty")
+    text.check_identifier(msg.account_id, f"{field}.account_id", what="account ID")
+    text.check_name(msg.holder_name, f"{field}.holder_name", what="holder name")
     try:
         account_type = AccountType(msg.account_type)
     except ValueError:
@@ -162,10 +200,14 @@ def account_from_proto(msg: records_pb2.Account, field: str = "account") -> Acco
 
 
 def _date(value: str, field: str) -> dt.date:
+    if len(value) != 10 or not value.isascii():
+        raise _invalid(field, f"{value[:40]!r} is not an ISO 8601 date (YYYY-MM-DD)")
     try:
-        return dt.date.fromisoformat(value)
+        date = dt.date.fromisoformat(value)
     except ValueError:
         raise _invalid(field, f"{value!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
+    text.check_year(date.year, field)
+    return date
 
 
 def authorization_to_proto(a: Authorization) -> records_pb2.Authorization:
@@ -189,25 +231,30 @@ def authorization_to_proto(a: Authorization) -> records_pb2.Authorization:
 
 def authorization_from_proto(msg: records_pb2.Authorization, field: str = "authorization") -> Authorization:
     """A wire authorization as a domain authorization; refuses malformed fields by name."""
-    from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN
-
-    if not msg.authorization_id:
-        raise _invalid(f"{field}.authorization_id", "the authorization ID is empty")
-    if not COOPERATIVE_APPROACH_PATTERN.match(msg.cooperative_approach):
+    text.check_identifier(msg.authorization_id, f"{field}.authorization_id", what="authorization ID")
+    text.check_identifier(msg.version, f"{field}.version", what="version", required=False)
+    if not COOPERATIVE_APPROACH_PATTERN.fullmatch(msg.cooperative_approach):
         raise _invalid(f"{field}.cooperative_approach", f"{msg.cooperative_approach!r} is not CA followed by 4 digits")
     if msg.metric != "GHG":
         raise GatewayError(
             ResponseCode.INVALID_ARGUMENT,
-            f"metric {msg.metric!r} is not supported: only GHG authorizations are handled (non-GHG NDC metrics are"
-            " out of scope, decision 2/CMA.3 annex para 9)",
+            f"metric {msg.metric[:40]!r} is not supported: only GHG authorizations are handled (non-GHG NDC metrics"
+            " are out of scope, decision 2/CMA.3 annex para 9)",
             field=f"{field}.metric",
         )
     if msg.authorized_quantity <= 0:
         raise _invalid(f"{field}.authorized_quantity", "the authorized quantity must be positive")
+    text.check_year(msg.timeframe_start, f"{field}.timeframe_start", what="timeframe start")
+    text.check_year(msg.timeframe_end, f"{field}.timeframe_end", what="timeframe end")
     if msg.timeframe_end < msg.timeframe_start:
         raise _invalid(f"{field}.timeframe_end", "the timeframe ends before it starts")
     if not msg.purposes:
         raise _invalid(f"{field}.purposes", "an authorization needs at least one purpose")
+    for name in ("purposes", "sectors", "activity_types"):
+        values = getattr(msg, name)
+        text.check_count(values, f"{field}.{name}", text.MAX_LIST_ITEMS, what=name.replace("_", " "))
+        for i, value in enumerate(values):
+            text.check_name(value, f"{field}.{name}[{i}]", what=name.rstrip("s").replace("_", " "))
     purposes = frozenset(parse_purpose(p, field=f"{field}.purposes[{i}]") for i, p in enumerate(msg.purposes))
     try:
         ftd = FirstTransferDefinition(msg.first_transfer_definition)
@@ -215,11 +262,15 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         allowed = ", ".join(repr(d.value) for d in FirstTransferDefinition)
         raise _invalid(
             f"{field}.first_transfer_definition",
-            f"unknown first-transfer definition {msg.first_transfer_definition!r}; use one of {allowed}",
+            f"unknown first-transfer definition {msg.first_transfer_definition[:60]!r}; use one of {allowed}",
         ) from None
+    date = _date(msg.date, f"{field}.date")
+    expires = _date(msg.expires, f"{field}.expires") if msg.expires else None
+    if expires is not None and expires < date:
+        raise _invalid(f"{field}.expires", f"the authorization expires ({expires}) before it is dated ({date})")
     return Authorization(
         authorization_id=msg.authorization_id,
-        date=_date(msg.date, f"{field}.date"),
+        date=date,
         version=msg.version,
         cooperative_approach=msg.cooperative_approach,
         metric=msg.metric,
@@ -230,7 +281,7 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         first_transfer_definition=ftd,
         sectors=tuple(msg.sectors),
         activity_types=tuple(msg.activity_types),
-        expires=_date(msg.expires, f"{field}.expires") if msg.expires else None,
+        expires=expires,
     )
 
 
@@ -294,13 +345,20 @@ def proposal_to_proto(transfer_id: str, terms: TransferTerms) -> partner_pb2.Pro
     )
 
 
-def proposal_from_proto(msg: partner_pb2.Proposal) -> TransferTerms:
-    """The terms a Proposal asks for; refuses a malformed proposal naming the field."""
+def proposal_from_proto(msg: partner_pb2.Proposal, nomenclature: Nomenclature) -> TransferTerms:
+    """The terms a Proposal asks for; refuses a malformed proposal naming the field.
+
+    The serial spaces are put in canonical spelling through ``nomenclature``; an unknown code is refused.
+    """
     field = "proposal"
-    if not msg.transfer_id:
-        raise GatewayError(
-            ResponseCode.MALFORMED_PAYLOAD, "the proposal has no transfer ID", field=f"{field}.transfer_id"
-        )
+    text.check_identifier(msg.transfer_id, f"{field}.transfer_id", what="transfer ID")
+    text.check_count(msg.blocks, f"{field}.blocks", text.MAX_BLOCKS_PER_TRANSFER, what="blocks")
+    for side in ("source_account", "acquiring_account"):
+        ref = getattr(msg, side)
+        if not PARTY_PATTERN.fullmatch(ref.party):
+            raise _invalid(f"{field}.{side}.party", f"{ref.party[:40]!r} is not an ISO 3166-1 alpha-3 Party code")
+        text.check_identifier(ref.account_id, f"{field}.{side}.account_id", what="account ID")
+    text.check_identifier(msg.authorization_id, f"{field}.authorization_id", what="authorization ID")
     purpose: Purpose = parse_purpose(msg.purpose, field=f"{field}.purpose")
     return TransferTerms(
         transferring_party=msg.source_account.party,
@@ -311,12 +369,12 @@ def proposal_from_proto(msg: partner_pb2.Proposal) -> TransferTerms:
         authorization_id=msg.authorization_id,
         purpose=purpose,
         adjustment_method=parse_adjustment_method(msg.adjustment_method, field=f"{field}.adjustment_method"),
-        blocks=tuple(block_from_proto(b, f"{field}.blocks[{i}]") for i, b in enumerate(msg.blocks)),
+        blocks=tuple(block_from_proto(b, f"{field}.blocks[{i}]", nomenclature) for i, b in enumerate(msg.blocks)),
     )
 
 
 def header_from_proto(msg: partner_pb2.StatementHeader) -> Header:
-    """A statement header as a domain value; refuses a header that lacks a required field."""
+    """A statement header as a domain value; refuses a header that lacks a required field or breaks a limit."""
     missing = [
         name
         for name, present in (
@@ -334,6 +392,23 @@ def header_from_proto(msg: partner_pb2.StatementHeader) -> Header:
         raise GatewayError(
             ResponseCode.MALFORMED_PAYLOAD, f"the header lacks {', '.join(missing)}", field=f"header.{missing[0]}"
         )
+    if msg.sequence > text.MAX_INT64:
+        raise GatewayError(
+            ResponseCode.MALFORMED_PAYLOAD,
+            f"the sequence {msg.sequence} exceeds 2^63 - 1",
+            field="header.sequence",
+        )
+    for name in ("sender", "receiver"):
+        if not PARTY_PATTERN.fullmatch(getattr(msg, name)):
+            raise GatewayError(
+                ResponseCode.MALFORMED_PAYLOAD,
+                f"the {name} {getattr(msg, name)[:40]!r} is not an ISO 3166-1 alpha-3 Party code",
+                field=f"header.{name}",
+            )
+    try:
+        text.check_identifier(msg.message_id, "header.message_id", what="message ID")
+    except GatewayError as exc:
+        raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, exc.message, field=exc.field) from None
     return Header(
         message_id=msg.message_id,
         sender=msg.sender,

@@ -12,8 +12,10 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-MAX_SERIAL = 2**63 - 1
-"""Serials and quantities are 64-bit signed integers in storage and on the wire."""
+MAX_SERIAL = 2**63 - 2
+"""The largest serial. Serials and quantities are 64-bit signed integers in storage and on the wire, so the
+largest serial leaves room for ``end + 1`` (the first serial after a block) and keeps the quantity of any
+block, ``end - start + 1``, within 2^63 - 1."""
 
 
 class BlockError(ValueError):

@@ -43,6 +43,9 @@ class ResponseCode(enum.IntEnum):
     TRUST_DOCUMENT_EXPIRED = 26
     TRUST_UPDATE_REFUSED = 27
     DECISION_DEADLINE_PASSED = 28
+    INTERNAL_ERROR = 29
+    UNKNOWN_SERIAL_SPACE = 30
+    PROVENANCE_REFUSED = 31
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -50,10 +53,12 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.UNKNOWN_ACCOUNT: "the account is not known at this gateway",
     ResponseCode.ACCOUNT_NOT_ELIGIBLE: "the account may not take part in this action (e.g. not a holding account)",
     ResponseCode.UNIT_NOT_HELD: "the units are not held, free, in the named account",
-    ResponseCode.BLOCK_OVERLAP: "the block overlaps a block this gateway holds, has reserved or has pending",
+    ResponseCode.BLOCK_OVERLAP: "the block overlaps a block this gateway holds, has reserved, has pending or still "
+    "owes a partner, or a range it has issued before",
     ResponseCode.BLOCK_FROZEN: "the block is frozen by an unresolved reconciliation discrepancy",
     ResponseCode.AUTHORIZATION_MISSING: "no authorization is named, or the named one is unknown",
-    ResponseCode.AUTHORIZATION_EXPIRED: "the authorization has expired or the vintage is outside its timeframe",
+    ResponseCode.AUTHORIZATION_EXPIRED: "the authorization is not in force on the action's date (expired, or dated "
+    "later) or the vintage is outside its timeframe",
     ResponseCode.AUTHORIZATION_EXCEEDED: "the transfer would exceed the authorized quantity",
     ResponseCode.PURPOSE_NOT_ALLOWED: "the purpose is not among the authorization's purposes",
     ResponseCode.SIGNATURE_INVALID: "no threshold of valid signatures over the envelope",
@@ -75,6 +80,13 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.TRUST_DOCUMENT_EXPIRED: "the sender's trusted document has expired; it must publish a new version",
     ResponseCode.TRUST_UPDATE_REFUSED: "a trust update is not the next version or lacks the old or new trust threshold",
     ResponseCode.DECISION_DEADLINE_PASSED: "the proposal waited for a decision past its deadline",
+    ResponseCode.INTERNAL_ERROR: "the receiver failed while handling the message; nothing took effect, and the "
+    "sender retries",
+    ResponseCode.UNKNOWN_SERIAL_SPACE: "the unit kind, issuing registry or issuance is not on this gateway's "
+    "configured lists",
+    ResponseCode.PROVENANCE_REFUSED: "the units belong to a serial space whose history refuses this: a space this "
+    "gateway issues where the units were never issued, never left or are already back, or a space another Party "
+    "issues, whose units arrive only by transfer",
 }
 
 

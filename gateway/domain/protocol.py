@@ -11,6 +11,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.domain import text
 from gateway.domain.blocks import UnitBlock, find_overlaps
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.records import (
@@ -61,7 +62,7 @@ def validate_terms(terms: TransferTerms) -> None:
     """Refuse terms whose fields are malformed, naming the first offending field."""
     for name in ("transferring_party", "acquiring_party"):
         value = getattr(terms, name)
-        if not PARTY_PATTERN.match(value):
+        if not PARTY_PATTERN.fullmatch(value):
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT, f"{value!r} is not an ISO 3166-1 alpha-3 Party code", field=name
             )
@@ -71,24 +72,28 @@ def validate_terms(terms: TransferTerms) -> None:
             "a cross-border transfer needs two different Parties",
             field="acquiring_account.party",
         )
-    if not COOPERATIVE_APPROACH_PATTERN.match(terms.cooperative_approach):
+    if not COOPERATIVE_APPROACH_PATTERN.fullmatch(terms.cooperative_approach):
         raise GatewayError(
             ResponseCode.INVALID_ARGUMENT,
-            f"{terms.cooperative_approach!r} is not a cooperative approach ID (CA followed by 4 digits)",
+            f"{terms.cooperative_approach[:40]!r} is not a cooperative approach ID (CA followed by 4 digits)",
             field="cooperative_approach",
         )
-    if not terms.source_account:
-        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "the source account is empty", field="source_account")
-    if not terms.acquiring_account:
-        raise GatewayError(
-            ResponseCode.INVALID_ARGUMENT, "the acquiring account is empty", field="acquiring_account.account_id"
-        )
+    text.check_identifier(terms.source_account, "source_account", what="source account")
+    text.check_identifier(terms.acquiring_account, "acquiring_account.account_id", what="acquiring account")
     if not terms.authorization_id:
         raise GatewayError(
             ResponseCode.AUTHORIZATION_MISSING, "a transfer needs an authorization ID", field="authorization_id"
         )
+    text.check_identifier(terms.authorization_id, "authorization_id", what="authorization ID")
     if not terms.blocks:
         raise GatewayError(ResponseCode.INVALID_ARGUMENT, "a transfer needs at least one block", field="blocks")
+    text.check_count(terms.blocks, "blocks", text.MAX_BLOCKS_PER_TRANSFER, what="blocks")
+    if terms.quantity > text.MAX_INT64:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"the transfer's total quantity {terms.quantity} exceeds 2^63 - 1",
+            field="blocks",
+        )
     pairs = find_overlaps(terms.blocks)
     if pairs:
         first, second = pairs[0]
@@ -100,16 +105,27 @@ def validate_terms(terms: TransferTerms) -> None:
         )
 
 
+def first_transfer_quantity(terms: TransferTerms) -> int:
+    """The part of a transfer that is a first transfer: the units not yet first transferred.
+
+    Only first transfers count against an authorization's quantity; onward transfers of units that were
+    first transferred before (and units that came back) do not (DESIGN.md section 3).
+    """
+    return sum(block.quantity for block in terms.blocks if not block.first_transferred)
+
+
 def check_authorization(
     authorization: Authorization | None,
     terms: TransferTerms,
     *,
-    already_transferred: int,
+    first_transferred_before: int,
     today: dt.date,
 ) -> list[Rejection]:
-    """The initiating side's authorization checks: present, current, covering the purpose and the quantity.
+    """The initiating side's authorization checks: present, in force today, covering the vintages, the purpose
+    and, for the units first transferred now, the quantity.
 
-    ``already_transferred`` is the quantity already reserved or transferred under this authorization.
+    ``first_transferred_before`` is the quantity already first transferred, or reserved for a first transfer,
+    under this authorization.
     """
     if authorization is None:
         return [Rejection(ResponseCode.AUTHORIZATION_MISSING, f"authorization {terms.authorization_id!r} is unknown")]
@@ -120,6 +136,14 @@ def check_authorization(
                 ResponseCode.AUTHORIZATION_MISSING,
                 f"authorization {authorization.authorization_id!r} belongs to cooperative approach "
                 f"{authorization.cooperative_approach}, not {terms.cooperative_approach}",
+            )
+        )
+    if today < authorization.date:
+        rejections.append(
+            Rejection(
+                ResponseCode.AUTHORIZATION_EXPIRED,
+                f"authorization {authorization.authorization_id!r} is dated {authorization.date.isoformat()} and is "
+                f"not in force on {today.isoformat()}",
             )
         )
     if authorization.expires is not None and today > authorization.expires:
@@ -136,7 +160,7 @@ def check_authorization(
         rejections.append(
             Rejection(
                 ResponseCode.AUTHORIZATION_EXPIRED,
-                f"vintage outside the authorized timeframe "
+                f"vintage {outside[0].vintage} is outside the authorized timeframe "
                 f"{authorization.timeframe_start} - {authorization.timeframe_end}",
                 outside,
             )
@@ -148,12 +172,13 @@ def check_authorization(
                 f"purpose {terms.purpose.value!r} is not authorized by {authorization.authorization_id!r}",
             )
         )
-    if already_transferred + terms.quantity > authorization.authorized_quantity:
+    first = first_transfer_quantity(terms)
+    if first and first_transferred_before + first > authorization.authorized_quantity:
         rejections.append(
             Rejection(
                 ResponseCode.AUTHORIZATION_EXCEEDED,
-                f"{already_transferred} already used + {terms.quantity} requested exceeds the authorized "
-                f"{authorization.authorized_quantity}",
+                f"{first_transferred_before} already first transferred + {first} to first transfer now exceeds the "
+                f"authorized {authorization.authorized_quantity}",
             )
         )
     return rejections
@@ -165,12 +190,15 @@ def check_acquisition(
     self_party: str,
     account: Account | None,
     known_overlapping: Sequence[UnitBlock],
+    not_abroad: Sequence[UnitBlock] = (),
     frozen_overlapping: Sequence[UnitBlock] = (),
 ) -> list[Rejection]:
-    """The acquiring side's checks on a proposal: the account, and no overlap with a block it knows.
+    """The acquiring side's checks on a proposal: the account, and the double-counting guard.
 
-    ``known_overlapping`` are the blocks this gateway holds, has reserved or has pending that intersect the
-    proposal's blocks; any of them refuses the proposal (the double-counting guard).
+    ``known_overlapping`` are the blocks this gateway holds, has reserved, has pending or still owes a partner
+    that intersect the proposal's blocks; any of them refuses the proposal. ``not_abroad`` are the proposal's
+    blocks of a serial space this gateway issues whose units its history does not show abroad: never issued
+    here, never sent, or already back (DESIGN.md section 4, "Provenance").
     """
     rejections: list[Rejection] = []
     if terms.acquiring_party != self_party:
@@ -190,11 +218,18 @@ def check_acquisition(
         )
     if known_overlapping:
         offending = tuple(b for b in terms.blocks if any(b.overlaps(k) for k in known_overlapping))
+        shown = ", ".join(k.describe() for k in known_overlapping[:5])
+        more = f" and {len(known_overlapping) - 5} more" if len(known_overlapping) > 5 else ""
+        rejections.append(
+            Rejection(ResponseCode.BLOCK_OVERLAP, f"overlaps {shown}{more}, already known here", offending)
+        )
+    if not_abroad:
         rejections.append(
             Rejection(
-                ResponseCode.BLOCK_OVERLAP,
-                "overlaps " + ", ".join(k.describe() for k in known_overlapping) + " already known here",
-                offending,
+                ResponseCode.PROVENANCE_REFUSED,
+                f"{not_abroad[0].describe()} is of a serial space {self_party} issues, and {self_party}'s history "
+                "does not show these units abroad: never issued, never sent, or already back",
+                tuple(not_abroad),
             )
         )
     if frozen_overlapping:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 from gateway.domain.blocks import UnitBlock
 
-PARTY_PATTERN = re.compile(r"^[A-Z]{3}$")
-COOPERATIVE_APPROACH_PATTERN = re.compile(r"^CA\d{4}$")
-PARTY_REGISTRY_PATTERN = re.compile(r"^[A-Z]{3}\d{2}$")
+# Matched in full (``fullmatch``), ASCII only: ``$`` would let a trailing newline through, and ``\d`` other
+# scripts' digits.
+PARTY_PATTERN = re.compile(r"[A-Z]{3}")
+COOPERATIVE_APPROACH_PATTERN = re.compile(r"CA[0-9]{4}")
+PARTY_REGISTRY_PATTERN = re.compile(r"[A-Z]{3}[0-9]{2}")
 
 
 class Purpose(enum.StrEnum):

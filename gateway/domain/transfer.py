@@ -76,6 +76,10 @@ ALLOWED_TRANSITIONS: dict[TransferRole, frozenset[tuple[TransferState, TransferS
             (TransferState.ACCEPTED, TransferState.COMPLETED),
             (TransferState.ACCEPTED, TransferState.CANCELLED),
             (TransferState.ACCEPTED, TransferState.TERMINATED),
+            # The initiating side arbitrates: its cancellation or termination wins over a rejection this side
+            # sent while the two messages crossed (DESIGN.md section 4, "Crossing messages").
+            (TransferState.REJECTED, TransferState.CANCELLED),
+            (TransferState.REJECTED, TransferState.TERMINATED),
         }
     ),
 }
@@ -95,6 +99,58 @@ def overdue(transfer: Transfer, now: dt.datetime, deadlines: Deadlines) -> Trans
     if transfer.role is TransferRole.ACQUIRING and now - transfer.created_at > deadlines.hold:
         return TransferState.REJECTED
     return None
+
+
+class Step(enum.StrEnum):
+    """What one side does when it learns the other side's view of a transfer (a StatusReport, or a message
+    that crossed one of its own). The initiating side arbitrates (DESIGN.md section 4, "Crossing messages"):
+    the first final state it records is the transfer's state, and the acquiring side adopts it."""
+
+    NOTHING = "nothing"
+    COMPLETE = "complete"  # initiating: the partner accepted; debit and complete
+    REJECT = "reject"  # initiating: the partner rejected; release the reserved units
+    TERMINATE = "terminate"  # initiating: the partner never took the proposal in; end it and release
+    RESEND_FINAL = "resend final"  # initiating: tell the partner the final state again (Completion or Cancel)
+    CREDIT = "credit"  # acquiring: the initiating side completed; credit the pending units
+    ADOPT = "adopt"  # acquiring: take the initiating side's final state and drop the pending units
+    RESEND_DECISION = "resend decision"  # acquiring: the initiating side still waits for this side's decision
+
+
+def on_partner_view(role: TransferRole, current: TransferState, known: bool, reported: TransferState | None) -> Step:
+    """What a side in ``current`` does when the partner reports ``reported`` (``known`` False: it has no such
+    transfer). Pure: the caller checks whether a message that would repeat one is still in its outbox."""
+    if role is TransferRole.INITIATING:
+        if current is TransferState.CHECKED:
+            if not known:
+                return Step.TERMINATE
+            if reported is TransferState.ACCEPTED:
+                return Step.COMPLETE
+            if reported is TransferState.REJECTED:
+                return Step.REJECT
+            return Step.NOTHING
+        if current is TransferState.COMPLETED:
+            return Step.RESEND_FINAL if known and reported is TransferState.ACCEPTED else Step.NOTHING
+        if current in (TransferState.CANCELLED, TransferState.TERMINATED):
+            return Step.RESEND_FINAL if known and reported is not current else Step.NOTHING
+        return Step.NOTHING
+    if not known:
+        return Step.ADOPT if current in (TransferState.CHECKED, TransferState.ACCEPTED) else Step.NOTHING
+    if reported is TransferState.COMPLETED:
+        return Step.CREDIT if current is TransferState.ACCEPTED else Step.NOTHING
+    if reported in (TransferState.CANCELLED, TransferState.TERMINATED):
+        adoptable = (TransferState.CHECKED, TransferState.ACCEPTED, TransferState.REJECTED)
+        return Step.ADOPT if current in adoptable else Step.NOTHING
+    if reported is TransferState.CHECKED and current in (TransferState.ACCEPTED, TransferState.REJECTED):
+        return Step.RESEND_DECISION
+    return Step.NOTHING
+
+
+def waits_for_partner(transfer: Transfer) -> bool:
+    """True while a transfer waits on the other side: an outgoing one for a Decision, an incoming accepted one
+    for the Completion. Such a transfer asks the partner for its status when it waits too long."""
+    if transfer.role is TransferRole.INITIATING:
+        return transfer.state is TransferState.CHECKED
+    return transfer.state is TransferState.ACCEPTED
 
 
 def advance(role: TransferRole, current: TransferState, target: TransferState) -> TransferState:

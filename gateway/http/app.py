@@ -6,6 +6,7 @@ gRPC path uses, so every check is made once, in one place.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange
 
 DELIVER_PATH = "/v1/partner/deliver"
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,18}")
+MAX_VERSION = 2**63 - 1
 TRUST_PATH = "/.well-known/carbon-gateway/trust.json"
 TRUST_VERSION_PATH = "/.well-known/carbon-gateway/trust/{version}.json"
 
@@ -99,9 +102,12 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
         version_text = request.match_info.get("version")
         version = None
         if version_text is not None:
-            if not version_text.isdigit():
-                raise web.HTTPNotFound(text="trust document versions are positive integers")
+            # ASCII digits only (str.isdigit also takes other scripts' digits), and within 64 bits.
+            if not VERSION_PATTERN.fullmatch(version_text):
+                raise web.HTTPNotFound(text="trust document versions are positive integers (ASCII digits)")
             version = int(version_text)
+            if version > MAX_VERSION:
+                raise web.HTTPNotFound(text=f"no trust document version {version_text}")
         document = await trust(version)
         if document is None:
             raise web.HTTPNotFound(text=f"no trust document version {version_text}")

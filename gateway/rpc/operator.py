@@ -8,14 +8,16 @@ import grpc
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway import wire
-from gateway.domain.blocks import BlockError, SerialSpace
+from gateway.domain import text
+from gateway.domain.blocks import MAX_SERIAL
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.records import PARTY_PATTERN
 from gateway.partners import TRANSFER_ROLE
 from gateway.rpc.errors import refusals_as_status
 from gateway.service import BlockSelection, Gateway, Idempotency, TransferRequest
-from gateway.store.base import StoredBlock
+from gateway.store.base import OutboxMessage, OutboxState, StoredBlock
 from gateway.trust import PushResult, TrustKeeper
-from signing import Envelope, EnvelopeFormatError, SignerError, TrustedParty, signer_from_uri
+from signing import Envelope, EnvelopeFormatError, TrustedParty
 
 Context = grpc.aio.ServicerContext
 
@@ -24,7 +26,31 @@ ANONYMOUS_CALLER = "anonymous"
 
 
 def _idempotency(method: str, request: object, key: str) -> Idempotency:
+    text.check_identifier(key, "idempotency_key", what="idempotency key")
     return Idempotency(ANONYMOUS_CALLER, method, key, wire.request_hash(request))  # type: ignore[arg-type]
+
+
+def _outbox_entry(message: OutboxMessage) -> operator_pb2.OutboxEntry:
+    return operator_pb2.OutboxEntry(
+        message_id=message.message_id,
+        receiver=message.receiver,
+        kind=message.kind.value,
+        transfer_id=message.transfer_id,
+        state=message.state.value,
+        sequence=message.sequence,
+        attempts=message.attempts,
+        last_code=message.last_code,  # type: ignore[arg-type]
+        last_error=message.last_error,
+        created_at=message.created_at.isoformat(),
+        next_attempt_at=message.next_attempt_at.isoformat() if message.state is OutboxState.PENDING else "",
+        settled_at=message.settled_at.isoformat() if message.settled_at else "",
+    )
+
+
+def _party_filter(party: str) -> str:
+    if party and not PARTY_PATTERN.fullmatch(party):
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, f"{party[:40]!r} is not a Party code", field="party")
+    return party
 
 
 def _holding(stored: StoredBlock) -> operator_pb2.Holding:
@@ -63,10 +89,16 @@ class TrustOperations:
             envelope = Envelope.from_json(request.envelope_json)
         except EnvelopeFormatError as exc:
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, str(exc), field="envelope_json") from None
-        try:
-            signer = signer_from_uri(request.signer)
-        except SignerError as exc:
-            raise GatewayError(ResponseCode.INVALID_ARGUMENT, str(exc), field="signer") from None
+        # The request names a signer; it never says where a key lives. Only the configuration does.
+        signer = self.trust.signers.get(request.signer)
+        if signer is None:
+            names = ", ".join(sorted(self.trust.signers)) or "none"
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"no signer named {request.signer[:64]!r} is configured (configured: {names}); add it under"
+                " [signers] and restart",
+                field="signer",
+            )
         updated, pushed = await self.trust.rotate(envelope, signer)
         return _trust_status(self.trust.party, updated, pushed)
 
@@ -74,7 +106,7 @@ class TrustOperations:
     async def RefreshPartnerTrust(
         self, request: operator_pb2.RefreshPartnerTrustRequest, context: Context[object, object]
     ) -> operator_pb2.TrustStatus:
-        partner = self.trust.partners.get(request.party)
+        partner = self.trust.partners.get(_party_filter(request.party))
         if partner is None:
             raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{request.party!r} is not a partner", field="party")
         updated = await self.trust.refresh(request.party, partner.http_url)
@@ -121,7 +153,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     ) -> operator_pb2.Holding:
         if not request.HasField("block"):
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, "the request has no block", field="block")
-        block = wire.block_from_proto(request.block)
+        text.check_identifier(request.account_id, "account_id", what="account ID")
+        block = wire.block_from_proto(request.block, "block", self.gateway.nomenclature)
         idem = _idempotency("RegisterIssuance", request, request.idempotency_key)
         return _holding(await self.gateway.register_issuance(idem, request.account_id, block))
 
@@ -129,24 +162,40 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def ProposeTransfer(
         self, request: operator_pb2.ProposeTransferRequest, context: Context[object, object]
     ) -> records_pb2.Transfer:
+        text.check_count(request.selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
+        nomenclature = self.gateway.nomenclature
         selections = []
-        for i, s in enumerate(request.selections):
+        for i, selection in enumerate(request.selections):
             field = f"selections[{i}]"
-            if s.end < s.start:
+            if not 0 <= selection.start <= MAX_SERIAL:
                 raise GatewayError(
-                    ResponseCode.INVALID_ARGUMENT, f"end {s.end} precedes start {s.start}", field=f"{field}.end"
+                    ResponseCode.INVALID_ARGUMENT, f"serials lie in 0..{MAX_SERIAL}", field=f"{field}.start"
                 )
-            if s.start < 0:
-                raise GatewayError(ResponseCode.INVALID_ARGUMENT, "serials are not negative", field=f"{field}.start")
-            try:
-                space = SerialSpace(s.space.unit_kind, s.space.issuing_registry, s.space.issuance)
-            except BlockError as exc:
-                raise GatewayError(ResponseCode.INVALID_ARGUMENT, str(exc), field=f"{field}.space") from None
-            if not space.unit_kind or not space.issuing_registry:
+            if not 0 <= selection.end <= MAX_SERIAL:
                 raise GatewayError(
-                    ResponseCode.INVALID_ARGUMENT, "name the unit kind and the issuing registry", field=f"{field}.space"
+                    ResponseCode.INVALID_ARGUMENT, f"serials lie in 0..{MAX_SERIAL}", field=f"{field}.end"
                 )
-            selections.append(BlockSelection(space, s.start, s.end))
+            if selection.end < selection.start:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"end {selection.end} precedes start {selection.start}",
+                    field=f"{field}.end",
+                )
+            space = nomenclature.canonical(
+                selection.space.unit_kind,
+                selection.space.issuing_registry,
+                selection.space.issuance,
+                field=f"{field}.space",
+            )
+            selections.append(BlockSelection(space, selection.start, selection.end))
+        if not PARTY_PATTERN.fullmatch(request.acquiring_account.party):
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"{request.acquiring_account.party[:40]!r} is not an ISO 3166-1 alpha-3 Party code",
+                field="acquiring_account.party",
+            )
+        text.check_identifier(request.acquiring_account.account_id, "acquiring_account.account_id", what="account ID")
+        text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID")
         transfer_request = TransferRequest(
             source_account=request.source_account,
             selections=tuple(selections),
@@ -164,6 +213,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def CancelTransfer(
         self, request: operator_pb2.CancelTransferRequest, context: Context[object, object]
     ) -> records_pb2.Transfer:
+        text.check_identifier(request.transfer_id, "transfer_id", what="transfer ID")
         idem = _idempotency("CancelTransfer", request, request.idempotency_key)
         return wire.transfer_to_proto(await self.gateway.cancel_transfer(idem, request.transfer_id, request.reason))
 
@@ -171,6 +221,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def DecideTransfer(
         self, request: operator_pb2.DecideTransferRequest, context: Context[object, object]
     ) -> records_pb2.Transfer:
+        text.check_identifier(request.transfer_id, "transfer_id", what="transfer ID")
         idem = _idempotency("DecideTransfer", request, request.idempotency_key)
         transfer = await self.gateway.decide_held_transfer(idem, request.transfer_id, request.accept, request.reason)
         return wire.transfer_to_proto(transfer)
@@ -179,6 +230,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def GetTransfer(
         self, request: operator_pb2.GetTransferRequest, context: Context[object, object]
     ) -> records_pb2.Transfer:
+        text.check_identifier(request.transfer_id, "transfer_id", what="transfer ID")
         return wire.transfer_to_proto(await self.gateway.get_transfer(request.transfer_id))
 
     @refusals_as_status
@@ -199,5 +251,40 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def ListHoldings(
         self, request: operator_pb2.ListHoldingsRequest, context: Context[object, object]
     ) -> operator_pb2.ListHoldingsResponse:
+        text.check_identifier(request.account_id, "account_id", what="account ID", required=False)
         holdings = await self.gateway.list_holdings(request.account_id)
         return operator_pb2.ListHoldingsResponse(holdings=[_holding(h) for h in holdings])
+
+    @refusals_as_status
+    async def ListOutbox(
+        self, request: operator_pb2.ListOutboxRequest, context: Context[object, object]
+    ) -> operator_pb2.ListOutboxResponse:
+        messages = await self.gateway.list_outbox(_party_filter(request.party), (OutboxState.PENDING,))
+        return operator_pb2.ListOutboxResponse(entries=[_outbox_entry(m) for m in messages])
+
+    @refusals_as_status
+    async def ListDeadLetters(
+        self, request: operator_pb2.ListDeadLettersRequest, context: Context[object, object]
+    ) -> operator_pb2.ListOutboxResponse:
+        messages = await self.gateway.list_outbox(_party_filter(request.party), (OutboxState.DEAD,))
+        return operator_pb2.ListOutboxResponse(entries=[_outbox_entry(m) for m in messages])
+
+    @refusals_as_status
+    async def RetryDeadLetter(
+        self, request: operator_pb2.RetryDeadLetterRequest, context: Context[object, object]
+    ) -> operator_pb2.OutboxEntry:
+        idem = _idempotency("RetryDeadLetter", request, request.idempotency_key)
+        return _outbox_entry(await self.gateway.retry_dead_letter(idem, request.message_id))
+
+    @refusals_as_status
+    async def AbandonDeadLetter(
+        self, request: operator_pb2.AbandonDeadLetterRequest, context: Context[object, object]
+    ) -> operator_pb2.AbandonDeadLetterResponse:
+        idem = _idempotency("AbandonDeadLetter", request, request.idempotency_key)
+        abandoned = await self.gateway.abandon_dead_letter(idem, request.message_id, request.reason)
+        response = operator_pb2.AbandonDeadLetterResponse(
+            entry=_outbox_entry(abandoned.message), consequence=abandoned.consequence
+        )
+        if abandoned.transfer is not None:
+            response.transfer.CopyFrom(wire.transfer_to_proto(abandoned.transfer))
+        return response

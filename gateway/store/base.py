@@ -16,17 +16,23 @@ from gateway.domain.transfer import Transfer
 
 
 class BlockStatus(enum.StrEnum):
-    """Where a stored block stands. Only ``held``, ``reserved`` and ``pending`` blocks are current."""
+    """Where a stored block stands. Only ``held``, ``reserved`` and ``pending`` blocks are current holdings."""
 
     HELD = "held"
     RESERVED = "reserved"  # taken out by an outgoing transfer, not yet debited
     PENDING = "pending"  # named by an accepted incoming transfer, not yet credited
-    TRANSFERRED = "transferred"  # debited: left this gateway by a completed transfer
+    DEBITED = "debited"  # left by a completed transfer; the acquiring side has not yet been told
+    TRANSFERRED = "transferred"  # left by a completed transfer, and the acquiring side has been told
     SUPERSEDED = "superseded"  # split or merged into other blocks
-    DROPPED = "dropped"  # a pending acquisition that was cancelled or terminated
+    DROPPED = "dropped"  # a pending acquisition that was cancelled, terminated or rejected
 
 
 CURRENT_STATUSES = (BlockStatus.HELD, BlockStatus.RESERVED, BlockStatus.PENDING)
+"""The blocks a gateway lists as its holdings."""
+
+GUARDED_STATUSES = (BlockStatus.HELD, BlockStatus.RESERVED, BlockStatus.PENDING, BlockStatus.DEBITED)
+"""The blocks no incoming or registered block may overlap: what this gateway holds, has reserved, has pending,
+or still owes a partner the news of (DESIGN.md section 4). Within one gateway these never overlap each other."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,30 +52,78 @@ class OutboxState(enum.StrEnum):
 
     PENDING = "pending"
     DELIVERED = "delivered"
+    DEAD = "dead"  # refused by the partner for a reason a retry cannot cure; waits for an operator
+    ABANDONED = "abandoned"  # an operator gave up on a dead letter
+
+
+class OutboxKind(enum.StrEnum):
+    """What an outbox message carries: a statement body, or a trust document pushed to a partner."""
+
+    PROPOSAL = "proposal"
+    DECISION = "decision"
+    COMPLETION = "completion"
+    CANCEL = "cancel"
+    STATUS_QUERY = "status_query"
+    STATUS_REPORT = "status_report"
+    TRUST = "trust"
+    LEGACY = "legacy"  # a statement signed in full when it was queued, by a version before signing at send
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
-    """A signed message waiting for delivery to a partner."""
+    """A message for a partner. A statement's header (sequence, previous hash, validity window) and signature
+    are made when it is sent, so ``body`` is the serialized `Statement` with only its message ID, sender and
+    receiver set; a trust push's body is the signed trust document in JSON form."""
 
     outbox_id: int
     receiver: str
-    sequence: int
     message_id: str
-    envelope: bytes
+    kind: OutboxKind
+    transfer_id: str
+    body: bytes
+    state: OutboxState
+    sequence: int  # the channel sequence number it was last sent with; 0 before it is first sent
     attempts: int
     next_attempt_at: dt.datetime
+    last_code: int
+    last_error: str
+    created_at: dt.datetime
+    settled_at: dt.datetime | None
+    payload_digest: bytes  # SHA-256 of the payload the partner took in; empty until then
 
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message kept verbatim, with the receipt that answered it."""
+    """A statement received and taken in, with the receipt that answered it (for step 6: a message ID seen
+    again gets this receipt back, unchanged)."""
 
-    direction: str  # "in" or "out"
+    direction: str  # "in"
     peer: str
     message_id: str
     envelope: bytes
     receipt: bytes
+    recorded_at: dt.datetime
+
+
+class LogKind(enum.StrEnum):
+    """What a message-log entry holds."""
+
+    STATEMENT = "statement"
+    RECEIPT = "receipt"
+    TRUST = "trust"
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One envelope in the append-only message log, byte for byte as it travelled."""
+
+    index: int
+    direction: str  # "in" or "out"
+    peer: str
+    message_id: str  # the statement's ID; for a receipt, the statement it answers; "" when unknown
+    kind: LogKind
+    form: str  # "protobuf" or "json"
+    envelope: bytes
     recorded_at: dt.datetime
 
 
@@ -97,7 +151,9 @@ class Transaction(Protocol):
     async def insert_account(self, account: Account) -> None: ...
     async def get_authorization(self, authorization_id: str) -> Authorization | None: ...
     async def insert_authorization(self, authorization: Authorization) -> None: ...
-    async def authorized_quantity_used(self, authorization_id: str) -> int: ...
+    async def first_transfer_quantity_used(self, authorization_id: str) -> int:
+        """The quantity first transferred, or reserved for a first transfer, under an authorization."""
+        ...
 
     # blocks
     async def insert_block(
@@ -111,39 +167,84 @@ class Transaction(Protocol):
     ) -> int: ...
     async def get_block(self, block_id: int) -> StoredBlock | None: ...
     async def set_block_status(self, block_id: int, status: BlockStatus, *, transfer_id: str | None = None) -> None: ...
-    async def overlapping_blocks(
-        self, space: SerialSpace, start: int, end: int, statuses: Sequence[BlockStatus] = CURRENT_STATUSES
-    ) -> list[StoredBlock]: ...
+    async def guarded_blocks(self, space: SerialSpace, start: int, end: int) -> list[StoredBlock]:
+        """The guarded blocks (`GUARDED_STATUSES`) that share a serial with ``[start, end]``, in serial order."""
+        ...
+
     async def blocks_of_transfer(self, transfer_id: str, status: BlockStatus) -> list[StoredBlock]: ...
+    async def set_transfer_blocks_status(self, transfer_id: str, old: BlockStatus, new: BlockStatus) -> int: ...
     async def list_blocks(
         self, account_id: str = "", statuses: Sequence[BlockStatus] = CURRENT_STATUSES
     ) -> list[StoredBlock]: ...
+
+    # provenance: the ranges this gateway issued, and those of its own issue now abroad
+    async def issued_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]: ...
+    async def insert_issued_range(self, space: SerialSpace, start: int, end: int, now: dt.datetime) -> None: ...
+    async def abroad_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]: ...
+    async def add_abroad(self, space: SerialSpace, start: int, end: int) -> None: ...
+    async def remove_abroad(self, space: SerialSpace, start: int, end: int) -> None: ...
 
     # transfers and the ledger
     async def insert_transfer(self, transfer: Transfer) -> None: ...
     async def update_transfer(self, transfer: Transfer) -> None: ...
     async def get_transfer(self, transfer_id: str) -> Transfer | None: ...
     async def list_transfers(self) -> list[Transfer]: ...
+    async def open_transfers(self) -> list[Transfer]:
+        """Transfers not yet in a final state, oldest first."""
+        ...
+
+    async def status_queried_at(self, transfer_id: str) -> dt.datetime | None: ...
+    async def set_status_queried_at(self, transfer_id: str, now: dt.datetime) -> None: ...
     async def append_ledger(self, entries: Sequence[LedgerEntry]) -> list[int]: ...
     async def list_ledger(self) -> list[LedgerEntry]: ...
 
-    # the partner exchange
+    # the partner exchange: channels and the outbox
     async def outgoing_channel(self, receiver: str) -> ChannelState: ...
     async def set_outgoing_channel(self, receiver: str, state: ChannelState) -> None: ...
     async def incoming_channel(self, sender: str) -> ChannelState: ...
     async def set_incoming_channel(self, sender: str, state: ChannelState) -> None: ...
     async def enqueue(
-        self, *, receiver: str, sequence: int, message_id: str, envelope: bytes, now: dt.datetime
+        self,
+        *,
+        receiver: str,
+        message_id: str,
+        kind: OutboxKind,
+        transfer_id: str,
+        body: bytes,
+        now: dt.datetime,
     ) -> int: ...
-    async def due_messages(self, now: dt.datetime, limit: int) -> list[OutboxMessage]: ...
-    async def pending_outbox(self) -> list[OutboxMessage]: ...
-    async def outbox_message(self, receiver: str, sequence: int) -> OutboxMessage | None: ...
-    async def replace_outbox_envelope(
-        self, outbox_id: int, receiver: str, message_id: str, envelope: bytes
-    ) -> None: ...
-    async def mark_delivered(self, outbox_id: int, receipt: bytes, now: dt.datetime) -> None: ...
+    async def lane_heads(self, now: dt.datetime, limit: int) -> list[OutboxMessage]:
+        """Per partner, the first pending message (trust documents first, then in queue order), if it is due."""
+        ...
+
+    async def next_due_at(self) -> dt.datetime | None:
+        """When the earliest pending lane head is due."""
+        ...
+
+    async def get_outbox(self, message_id: str) -> OutboxMessage | None: ...
+    async def list_outbox(self, receiver: str = "", states: Sequence[OutboxState] = ()) -> list[OutboxMessage]: ...
+    async def pending_for_transfer(self, transfer_id: str, kinds: Sequence[OutboxKind]) -> bool: ...
+    async def mark_attempt(self, outbox_id: int, sequence: int) -> None: ...
+    async def mark_delivered(self, outbox_id: int, payload_digest: bytes, now: dt.datetime) -> None: ...
+    async def settle(self, outbox_id: int, state: OutboxState, *, code: int, error: str, now: dt.datetime) -> None: ...
+    async def reschedule(self, outbox_id: int, *, code: int, error: str, next_attempt_at: dt.datetime) -> None: ...
+    async def retry_outbox(self, outbox_id: int, now: dt.datetime) -> None: ...
     async def requeue_from(self, receiver: str, sequence: int, now: dt.datetime) -> int: ...
-    async def reschedule(self, outbox_id: int, *, error: str, next_attempt_at: dt.datetime) -> None: ...
+    async def delivered_digest(self, receiver: str, sequence: int) -> bytes | None: ...
+
+    # the append-only message log, and the index of statements taken in
+    async def append_log(
+        self,
+        *,
+        direction: str,
+        peer: str,
+        message_id: str,
+        kind: LogKind,
+        form: str,
+        envelope: bytes,
+        now: dt.datetime,
+    ) -> int: ...
+    async def list_log(self) -> list[LogEntry]: ...
     async def record_message(self, message: StoredMessage) -> None: ...
     async def get_message(self, direction: str, peer: str, message_id: str) -> StoredMessage | None: ...
     async def list_messages(self) -> list[StoredMessage]: ...

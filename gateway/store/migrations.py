@@ -118,4 +118,84 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        3,
+        "integrity: statements signed at send time, dead letters, an append-only message log, provenance of"
+        " issued ranges, debited blocks, first-transfer quantities and status queries",
+        """
+        CREATE TABLE outbox_v3 (
+            outbox_id INTEGER PRIMARY KEY,
+            receiver TEXT NOT NULL,
+            message_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            transfer_id TEXT NOT NULL DEFAULT '',
+            body BLOB NOT NULL,
+            state TEXT NOT NULL,
+            sequence BIGINT NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            last_code INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            payload_digest BLOB NOT NULL DEFAULT X'',
+            created_at TEXT NOT NULL,
+            settled_at TEXT
+        );
+        INSERT INTO outbox_v3 (outbox_id, receiver, message_id, kind, transfer_id, body, state, sequence, attempts,
+                               next_attempt_at, last_error, created_at)
+            SELECT outbox_id, receiver, message_id, 'legacy', '', envelope, state, sequence, attempts,
+                   next_attempt_at, last_error, created_at FROM outbox;
+        DROP TABLE outbox;
+        ALTER TABLE outbox_v3 RENAME TO outbox;
+        CREATE INDEX outbox_lane ON outbox (receiver, state, outbox_id);
+        CREATE INDEX outbox_transfer ON outbox (transfer_id, state);
+        CREATE TABLE message_log (
+            log_index INTEGER PRIMARY KEY,
+            direction TEXT NOT NULL,
+            peer TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            form TEXT NOT NULL,
+            envelope BLOB NOT NULL,
+            recorded_at TEXT NOT NULL
+        );
+        CREATE INDEX message_log_message ON message_log (peer, message_id);
+        INSERT INTO message_log (direction, peer, message_id, kind, form, envelope, recorded_at)
+            SELECT direction, peer, message_id, 'statement', 'protobuf', envelope, recorded_at FROM messages
+            ORDER BY recorded_at, message_id;
+        DELETE FROM messages WHERE direction = 'out';
+        CREATE TRIGGER message_log_no_update BEFORE UPDATE ON message_log
+            BEGIN SELECT RAISE(ABORT, 'the message log is append-only'); END;
+        CREATE TRIGGER message_log_no_delete BEFORE DELETE ON message_log
+            BEGIN SELECT RAISE(ABORT, 'the message log is append-only'); END;
+        CREATE TABLE issued_ranges (
+            unit_kind TEXT NOT NULL,
+            issuing_registry TEXT NOT NULL,
+            issuance TEXT NOT NULL,
+            serial_start BIGINT NOT NULL,
+            serial_end BIGINT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            PRIMARY KEY (unit_kind, issuing_registry, issuance, serial_start)
+        );
+        INSERT INTO issued_ranges
+            SELECT unit_kind, issuing_registry, issuance, serial_start, serial_end, '1970-01-01T00:00:00.000000Z'
+            FROM blocks WHERE parent_id IS NULL AND transfer_id = '' AND status != 'dropped';
+        CREATE TABLE abroad_ranges (
+            unit_kind TEXT NOT NULL,
+            issuing_registry TEXT NOT NULL,
+            issuance TEXT NOT NULL,
+            serial_start BIGINT NOT NULL,
+            serial_end BIGINT NOT NULL,
+            PRIMARY KEY (unit_kind, issuing_registry, issuance, serial_start)
+        );
+        CREATE INDEX blocks_guarded ON blocks (unit_kind, issuing_registry, issuance, serial_start)
+            WHERE status IN ('held', 'reserved', 'pending', 'debited');
+        ALTER TABLE transfers ADD COLUMN first_quantity BIGINT NOT NULL DEFAULT 0;
+        UPDATE transfers SET first_quantity = (
+            SELECT COALESCE(SUM(json_extract(b.value, '$.end') - json_extract(b.value, '$.start') + 1), 0)
+            FROM json_each(transfers.terms, '$.blocks') AS b WHERE json_extract(b.value, '$.first_transferred') = 0
+        );
+        ALTER TABLE transfers ADD COLUMN status_queried_at TEXT NOT NULL DEFAULT '';
+        CREATE INDEX transfers_open ON transfers (state, created_at)
+        """,
+    ),
 )

@@ -16,15 +16,26 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.records import Account, AccountType, Authorization, LedgerEntry
 from gateway.domain.statements import ChannelState
-from gateway.domain.transfer import USES_AUTHORIZED_QUANTITY, Transfer, TransferRole, TransferState
+from gateway.domain.transfer import (
+    FINAL_STATES,
+    USES_AUTHORIZED_QUANTITY,
+    Transfer,
+    TransferRole,
+    TransferState,
+)
 from gateway.store import codec
 from gateway.store.base import (
     CURRENT_STATUSES,
+    GUARDED_STATUSES,
     BlockStatus,
     IdempotentResult,
+    LogEntry,
+    LogKind,
+    OutboxKind,
     OutboxMessage,
     OutboxState,
     StoreConflict,
@@ -107,15 +118,33 @@ def migrate(db: sqlite3.Connection) -> int:
             continue
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in script.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            for statement in _statements(script):
+                db.execute(statement)
             db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, description))
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
     return max(v for v, _, _ in MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    """The SQL statements of a migration script, each complete (a trigger's inner ``;`` does not split it)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"an incomplete SQL statement ends the migration: {pending!r}")
+    return statements
+
+
+_GUARDED = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)
+"""The literal status list of the partial index ``blocks_guarded``; queries repeat it so the index applies."""
 
 
 def _placeholders(values: Sequence[Any]) -> str:
@@ -177,10 +206,10 @@ class SQLiteTransaction:
         except sqlite3.IntegrityError as exc:
             raise StoreConflict(f"authorization {authorization.authorization_id!r} exists") from exc
 
-    async def authorized_quantity_used(self, authorization_id: str) -> int:
+    async def first_transfer_quantity_used(self, authorization_id: str) -> int:
         states = [int(s) for s in USES_AUTHORIZED_QUANTITY]
         row = self._one(
-            "SELECT COALESCE(SUM(quantity), 0) FROM transfers WHERE authorization_id = ? AND role = ? "
+            "SELECT COALESCE(SUM(first_quantity), 0) FROM transfers WHERE authorization_id = ? AND role = ? "
             f"AND state IN ({_placeholders(states)})",
             (authorization_id, TransferRole.INITIATING.value, *states),
         )
@@ -230,22 +259,36 @@ class SQLiteTransaction:
                 (status.value, transfer_id, block_id),
             )
 
-    async def overlapping_blocks(
-        self, space: SerialSpace, start: int, end: int, statuses: Sequence[BlockStatus] = CURRENT_STATUSES
-    ) -> list[StoredBlock]:
-        values = [s.value for s in statuses]
-        rows = self._all(
-            "SELECT * FROM blocks WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ?"
-            f" AND serial_start <= ? AND serial_end >= ? AND status IN ({_placeholders(values)}) ORDER BY serial_start",
-            (space.unit_kind, space.issuing_registry, space.issuance, end, start, *values),
+    async def guarded_blocks(self, space: SerialSpace, start: int, end: int) -> list[StoredBlock]:
+        # Guarded blocks never overlap each other, so those sharing a serial with [start, end] are the ones
+        # starting inside it plus at most one starting before it: two seeks in the partial index, whatever
+        # the length of the block history.
+        key = (space.unit_kind, space.issuing_registry, space.issuance)
+        where = f"unit_kind = ? AND issuing_registry = ? AND issuance = ? AND status IN ({_GUARDED})"
+        before = self._one(
+            f"SELECT * FROM blocks WHERE {where} AND serial_start < ? ORDER BY serial_start DESC LIMIT 1",
+            (*key, start),
         )
-        return [_stored_block(r) for r in rows]
+        inside = self._all(
+            f"SELECT * FROM blocks WHERE {where} AND serial_start >= ? AND serial_start <= ? ORDER BY serial_start",
+            (*key, start, end),
+        )
+        found = [_stored_block(r) for r in inside]
+        if before is not None and before["serial_end"] >= start:
+            found.insert(0, _stored_block(before))
+        return found
 
     async def blocks_of_transfer(self, transfer_id: str, status: BlockStatus) -> list[StoredBlock]:
         rows = self._all(
             "SELECT * FROM blocks WHERE transfer_id = ? AND status = ? ORDER BY block_id", (transfer_id, status.value)
         )
         return [_stored_block(r) for r in rows]
+
+    async def set_transfer_blocks_status(self, transfer_id: str, old: BlockStatus, new: BlockStatus) -> int:
+        cursor = self._db.execute(
+            "UPDATE blocks SET status = ? WHERE transfer_id = ? AND status = ?", (new.value, transfer_id, old.value)
+        )
+        return cursor.rowcount
 
     async def list_blocks(
         self, account_id: str = "", statuses: Sequence[BlockStatus] = CURRENT_STATUSES
@@ -256,15 +299,77 @@ class SQLiteTransaction:
         if account_id:
             sql += " AND account_id = ?"
             params.append(account_id)
-        rows = self._all(sql + " ORDER BY unit_kind, issuing_registry, issuance, serial_start", params)
+        rows = self._all(sql + " ORDER BY unit_kind, issuing_registry, issuance, serial_start, block_id", params)
         return [_stored_block(r) for r in rows]
+
+    # provenance
+
+    def _ranges(self, table: str, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
+        # Each table holds disjoint ranges per space: the same two seeks as for guarded blocks.
+        key = (space.unit_kind, space.issuing_registry, space.issuance)
+        where = "unit_kind = ? AND issuing_registry = ? AND issuance = ?"
+        before = self._one(
+            f"SELECT serial_start, serial_end FROM {table} WHERE {where} AND serial_start < ?"
+            " ORDER BY serial_start DESC LIMIT 1",
+            (*key, start),
+        )
+        inside = self._all(
+            f"SELECT serial_start, serial_end FROM {table} WHERE {where} AND serial_start >= ? AND serial_start <= ?"
+            " ORDER BY serial_start",
+            (*key, start, end),
+        )
+        found = [(int(r[0]), int(r[1])) for r in inside]
+        if before is not None and before[1] >= start:
+            found.insert(0, (int(before[0]), int(before[1])))
+        return found
+
+    async def issued_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
+        return self._ranges("issued_ranges", space, start, end)
+
+    async def insert_issued_range(self, space: SerialSpace, start: int, end: int, now: dt.datetime) -> None:
+        if self._ranges("issued_ranges", space, start, end):
+            raise StoreConflict(f"[{start}, {end}] overlaps a range issued before")
+        self._db.execute(
+            "INSERT INTO issued_ranges VALUES (?, ?, ?, ?, ?, ?)",
+            (space.unit_kind, space.issuing_registry, space.issuance, start, end, codec.to_text(now)),
+        )
+
+    async def abroad_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
+        return self._ranges("abroad_ranges", space, start, end)
+
+    def _replace_abroad(self, space: SerialSpace, start: int, end: int, keep: list[tuple[int, int]]) -> None:
+        key = (space.unit_kind, space.issuing_registry, space.issuance)
+        for lo, _ in self._ranges("abroad_ranges", space, start, end):
+            self._db.execute(
+                "DELETE FROM abroad_ranges WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ?"
+                " AND serial_start = ?",
+                (*key, lo),
+            )
+        for lo, hi in keep:
+            self._db.execute("INSERT INTO abroad_ranges VALUES (?, ?, ?, ?, ?)", (*key, lo, hi))
+
+    async def add_abroad(self, space: SerialSpace, start: int, end: int) -> None:
+        # Neighbours that touch the range are merged with it, so the table stays minimal.
+        lo, hi = max(start - 1, 0), end + 1
+        touching = self._ranges("abroad_ranges", space, lo, hi)
+        if any(a <= end and b >= start for a, b in touching):
+            raise StoreConflict(f"[{start}, {end}] is already abroad in part")
+        self._replace_abroad(space, lo, hi, ranges.normalize([*touching, (start, end)]))
+
+    async def remove_abroad(self, space: SerialSpace, start: int, end: int) -> None:
+        present = self._ranges("abroad_ranges", space, start, end)
+        if not ranges.covers(present, start, end):
+            raise StoreConflict(f"[{start}, {end}] is not abroad in full")
+        self._replace_abroad(space, start, end, ranges.subtract(present, start, end))
 
     # transfers and the ledger
 
     async def insert_transfer(self, transfer: Transfer) -> None:
+        first_quantity = sum(b.quantity for b in transfer.terms.blocks if not b.first_transferred)
         try:
             self._db.execute(
-                "INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO transfers (transfer_id, role, state, terms, authorization_id, quantity, rejections,"
+                " created_at, updated_at, first_quantity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     transfer.transfer_id,
                     transfer.role.value,
@@ -275,6 +380,7 @@ class SQLiteTransaction:
                     codec.rejections_to_json(transfer.rejections),
                     codec.to_text(transfer.created_at),
                     codec.to_text(transfer.updated_at),
+                    first_quantity,
                 ),
             )
         except sqlite3.IntegrityError as exc:
@@ -297,6 +403,23 @@ class SQLiteTransaction:
 
     async def list_transfers(self) -> list[Transfer]:
         return [_transfer(r) for r in self._all("SELECT * FROM transfers ORDER BY created_at, transfer_id")]
+
+    async def open_transfers(self) -> list[Transfer]:
+        final = [int(s) for s in FINAL_STATES]
+        rows = self._all(
+            f"SELECT * FROM transfers WHERE state NOT IN ({_placeholders(final)}) ORDER BY created_at, transfer_id",
+            final,
+        )
+        return [_transfer(r) for r in rows]
+
+    async def status_queried_at(self, transfer_id: str) -> dt.datetime | None:
+        row = self._one("SELECT status_queried_at FROM transfers WHERE transfer_id = ?", (transfer_id,))
+        return codec.from_text(row[0]) if row is not None and row[0] else None
+
+    async def set_status_queried_at(self, transfer_id: str, now: dt.datetime) -> None:
+        self._db.execute(
+            "UPDATE transfers SET status_queried_at = ? WHERE transfer_id = ?", (codec.to_text(now), transfer_id)
+        )
 
     async def append_ledger(self, entries: Sequence[LedgerEntry]) -> list[int]:
         ids = []
@@ -339,15 +462,25 @@ class SQLiteTransaction:
     async def set_incoming_channel(self, sender: str, state: ChannelState) -> None:
         await self._set_channel("in", sender, state)
 
-    async def enqueue(self, *, receiver: str, sequence: int, message_id: str, envelope: bytes, now: dt.datetime) -> int:
+    async def enqueue(
+        self,
+        *,
+        receiver: str,
+        message_id: str,
+        kind: OutboxKind,
+        transfer_id: str,
+        body: bytes,
+        now: dt.datetime,
+    ) -> int:
         cursor = self._db.execute(
-            "INSERT INTO outbox (receiver, sequence, message_id, envelope, state, next_attempt_at, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox (receiver, message_id, kind, transfer_id, body, state, next_attempt_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 receiver,
-                sequence,
                 message_id,
-                envelope,
+                kind.value,
+                transfer_id,
+                body,
                 OutboxState.PENDING.value,
                 codec.to_text(now),
                 codec.to_text(now),
@@ -356,55 +489,135 @@ class SQLiteTransaction:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    async def due_messages(self, now: dt.datetime, limit: int) -> list[OutboxMessage]:
-        # Per receiver, only the lowest pending sequence is due: a channel is delivered in order.
-        rows = self._all(
-            "SELECT o.* FROM outbox o JOIN (SELECT receiver, MIN(sequence) AS seq FROM outbox WHERE state = ?"
-            " GROUP BY receiver) head ON o.receiver = head.receiver AND o.sequence = head.seq"
-            " WHERE o.next_attempt_at <= ? ORDER BY o.next_attempt_at LIMIT ?",
-            (OutboxState.PENDING.value, codec.to_text(now), limit),
+    def _heads(self) -> list[sqlite3.Row]:
+        # A partner's lane is delivered one message at a time: trust documents first (a statement signed by a
+        # rotated key needs the partner to know the key), then statements in the order they were queued.
+        return self._all(
+            "SELECT o.* FROM outbox o JOIN ("
+            "  SELECT receiver, MIN(CASE WHEN kind = 'trust' THEN outbox_id - 9223372036854775807 ELSE outbox_id END)"
+            "  AS rank FROM outbox WHERE state = 'pending' GROUP BY receiver"
+            ") h ON o.receiver = h.receiver"
+            " AND (CASE WHEN o.kind = 'trust' THEN o.outbox_id - 9223372036854775807 ELSE o.outbox_id END) = h.rank"
+            " WHERE o.state = 'pending'"
         )
-        return [_outbox_message(r) for r in rows]
 
-    async def pending_outbox(self) -> list[OutboxMessage]:
-        rows = self._all("SELECT * FROM outbox WHERE state = ? ORDER BY outbox_id", (OutboxState.PENDING.value,))
-        return [_outbox_message(r) for r in rows]
+    async def lane_heads(self, now: dt.datetime, limit: int) -> list[OutboxMessage]:
+        due = codec.to_text(now)
+        heads = [_outbox_message(r) for r in self._heads() if r["next_attempt_at"] <= due]
+        heads.sort(key=lambda m: (m.next_attempt_at, m.outbox_id))
+        return heads[:limit]
 
-    async def outbox_message(self, receiver: str, sequence: int) -> OutboxMessage | None:
-        row = self._one("SELECT * FROM outbox WHERE receiver = ? AND sequence = ?", (receiver, sequence))
+    async def next_due_at(self) -> dt.datetime | None:
+        heads = self._heads()
+        return min((codec.from_text(r["next_attempt_at"]) for r in heads), default=None)
+
+    async def get_outbox(self, message_id: str) -> OutboxMessage | None:
+        row = self._one("SELECT * FROM outbox WHERE message_id = ?", (message_id,))
         return None if row is None else _outbox_message(row)
 
-    async def replace_outbox_envelope(self, outbox_id: int, receiver: str, message_id: str, envelope: bytes) -> None:
-        self._db.execute("UPDATE outbox SET envelope = ? WHERE outbox_id = ?", (envelope, outbox_id))
+    async def list_outbox(self, receiver: str = "", states: Sequence[OutboxState] = ()) -> list[OutboxMessage]:
+        sql = "SELECT * FROM outbox WHERE 1 = 1"
+        params: list[Any] = []
+        if receiver:
+            sql += " AND receiver = ?"
+            params.append(receiver)
+        if states:
+            sql += f" AND state IN ({_placeholders(states)})"
+            params.extend(s.value for s in states)
+        return [_outbox_message(r) for r in self._all(sql + " ORDER BY outbox_id", params)]
+
+    async def pending_for_transfer(self, transfer_id: str, kinds: Sequence[OutboxKind]) -> bool:
+        row = self._one(
+            f"SELECT 1 FROM outbox WHERE transfer_id = ? AND state = 'pending' AND kind IN ({_placeholders(kinds)})"
+            " LIMIT 1",
+            (transfer_id, *(k.value for k in kinds)),
+        )
+        return row is not None
+
+    async def mark_attempt(self, outbox_id: int, sequence: int) -> None:
+        self._db.execute("UPDATE outbox SET sequence = ? WHERE outbox_id = ?", (sequence, outbox_id))
+
+    async def mark_delivered(self, outbox_id: int, payload_digest: bytes, now: dt.datetime) -> None:
         self._db.execute(
-            "UPDATE messages SET envelope = ? WHERE direction = 'out' AND peer = ? AND message_id = ?",
-            (envelope, receiver, message_id),
+            "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, last_code = 0, payload_digest = ?,"
+            " settled_at = ? WHERE outbox_id = ?",
+            (payload_digest, codec.to_text(now), outbox_id),
         )
 
-    async def mark_delivered(self, outbox_id: int, receipt: bytes, now: dt.datetime) -> None:
-        row = self._one("SELECT receiver, message_id FROM outbox WHERE outbox_id = ?", (outbox_id,))
-        assert row is not None
+    async def settle(self, outbox_id: int, state: OutboxState, *, code: int, error: str, now: dt.datetime) -> None:
         self._db.execute(
-            "UPDATE outbox SET state = ?, attempts = attempts + 1 WHERE outbox_id = ?",
-            (OutboxState.DELIVERED.value, outbox_id),
+            "UPDATE outbox SET state = ?, attempts = attempts + (CASE WHEN ? = 'dead' THEN 1 ELSE 0 END),"
+            " last_code = ?, last_error = ?, settled_at = ? WHERE outbox_id = ?",
+            (state.value, state.value, code, error[:2000], codec.to_text(now), outbox_id),
         )
+
+    async def reschedule(self, outbox_id: int, *, code: int, error: str, next_attempt_at: dt.datetime) -> None:
         self._db.execute(
-            "UPDATE messages SET receipt = ? WHERE direction = 'out' AND peer = ? AND message_id = ?",
-            (receipt, row["receiver"], row["message_id"]),
+            "UPDATE outbox SET attempts = attempts + 1, last_code = ?, last_error = ?, next_attempt_at = ?"
+            " WHERE outbox_id = ?",
+            (code, error[:2000], codec.to_text(next_attempt_at), outbox_id),
+        )
+
+    async def retry_outbox(self, outbox_id: int, now: dt.datetime) -> None:
+        self._db.execute(
+            "UPDATE outbox SET state = 'pending', attempts = 0, sequence = 0, next_attempt_at = ?, settled_at = NULL"
+            " WHERE outbox_id = ?",
+            (codec.to_text(now), outbox_id),
         )
 
     async def requeue_from(self, receiver: str, sequence: int, now: dt.datetime) -> int:
         cursor = self._db.execute(
-            "UPDATE outbox SET state = ?, next_attempt_at = ? WHERE receiver = ? AND sequence >= ?",
-            (OutboxState.PENDING.value, codec.to_text(now), receiver, sequence),
+            "UPDATE outbox SET state = 'pending', next_attempt_at = ?, settled_at = NULL"
+            " WHERE receiver = ? AND state = 'delivered' AND kind != 'trust' AND sequence >= ?",
+            (codec.to_text(now), receiver, sequence),
         )
         return cursor.rowcount
 
-    async def reschedule(self, outbox_id: int, *, error: str, next_attempt_at: dt.datetime) -> None:
-        self._db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE outbox_id = ?",
-            (error[:2000], codec.to_text(next_attempt_at), outbox_id),
+    async def delivered_digest(self, receiver: str, sequence: int) -> bytes | None:
+        row = self._one(
+            "SELECT payload_digest, kind, body FROM outbox WHERE receiver = ? AND sequence = ? AND state = 'delivered'"
+            " AND kind != 'trust' ORDER BY outbox_id DESC LIMIT 1",
+            (receiver, sequence),
         )
+        if row is None:
+            return None
+        return bytes(row["payload_digest"]) or None
+
+    # the message log
+
+    async def append_log(
+        self,
+        *,
+        direction: str,
+        peer: str,
+        message_id: str,
+        kind: LogKind,
+        form: str,
+        envelope: bytes,
+        now: dt.datetime,
+    ) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO message_log (direction, peer, message_id, kind, form, envelope, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (direction, peer, message_id, kind.value, form, envelope, codec.to_text(now)),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def list_log(self) -> list[LogEntry]:
+        return [
+            LogEntry(
+                index=r["log_index"],
+                direction=r["direction"],
+                peer=r["peer"],
+                message_id=r["message_id"],
+                kind=LogKind(r["kind"]),
+                form=r["form"],
+                envelope=bytes(r["envelope"]),
+                recorded_at=codec.from_text(r["recorded_at"]),
+            )
+            for r in self._all("SELECT * FROM message_log ORDER BY log_index")
+        ]
 
     async def record_message(self, message: StoredMessage) -> None:
         try:
@@ -495,14 +708,23 @@ def _stored_block(row: sqlite3.Row) -> StoredBlock:
 
 
 def _outbox_message(row: sqlite3.Row) -> OutboxMessage:
+    settled = row["settled_at"]
     return OutboxMessage(
         outbox_id=row["outbox_id"],
         receiver=row["receiver"],
-        sequence=row["sequence"],
         message_id=row["message_id"],
-        envelope=bytes(row["envelope"]),
+        kind=OutboxKind(row["kind"]),
+        transfer_id=row["transfer_id"],
+        body=bytes(row["body"]),
+        state=OutboxState(row["state"]),
+        sequence=row["sequence"],
         attempts=row["attempts"],
         next_attempt_at=codec.from_text(row["next_attempt_at"]),
+        last_code=row["last_code"],
+        last_error=row["last_error"],
+        created_at=codec.from_text(row["created_at"]),
+        settled_at=codec.from_text(settled) if settled else None,
+        payload_digest=bytes(row["payload_digest"]),
     )
 
 

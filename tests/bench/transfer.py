@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import signal
 import socket
@@ -29,11 +28,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.demo import DEMO_AUTHORIZATION, demo_block
+from gateway.domain.delivery import Outcome
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.domain.transfer import TransferState
 from gateway.harness import self_signed_trust_document
 from gateway.node import GatewayNode, PartnerSpec
-from gateway.store.base import OutboxMessage
+from gateway.store.base import OutboxMessage, OutboxState
 from gateway.store.sqlite import SQLiteStore
 from signing import generate_key, signer_from_uri
 from tests.bench.common import Figure
@@ -139,14 +139,13 @@ async def _run(chn: GatewayNode, ports: dict[str, int], transfers: int) -> tuple
     completed = asyncio.Event()
     watched: list[str] = []
     deliver = chn.outbox._deliver
-    far = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
 
-    async def observed(message: OutboxMessage) -> int:
+    async def observed(message: OutboxMessage) -> Outcome:
         delivered = await deliver(message)
-        if watched and delivered:
+        if watched and delivered is Outcome.DELIVERED:
             async with chn.store.read() as tx:
                 transfer = await tx.get_transfer(watched[0])
-                drained = not await tx.due_messages(far, 1)
+                drained = not await tx.list_outbox(states=(OutboxState.PENDING,))
             if transfer is not None and transfer.state is TransferState.COMPLETED and drained:
                 completed.set()
         return delivered

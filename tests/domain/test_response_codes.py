@@ -37,6 +37,9 @@ PINNED_VALUES: dict[str, int] = {
     "TRUST_DOCUMENT_EXPIRED": 26,
     "TRUST_UPDATE_REFUSED": 27,
     "DECISION_DEADLINE_PASSED": 28,
+    "INTERNAL_ERROR": 29,
+    "UNKNOWN_SERIAL_SPACE": 30,
+    "PROVENANCE_REFUSED": 31,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

@@ -75,26 +75,26 @@ def codes(rejections: list[object]) -> list[ResponseCode]:
 def test_authorization_presence_and_quantity(
     case: str, authorization: Authorization | None, already: int, expected: list[ResponseCode]
 ) -> None:
-    assert codes(check_authorization(authorization, TERMS, already_transferred=already, today=TODAY)) == expected  # type: ignore[arg-type]
+    assert codes(check_authorization(authorization, TERMS, first_transferred_before=already, today=TODAY)) == expected  # type: ignore[arg-type]
 
 
 def test_authorization_expiry_timeframe_purpose_and_approach() -> None:
     import dataclasses
 
     expired = dataclasses.replace(AUTH, expires=dt.date(2026, 1, 1))
-    assert codes(check_authorization(expired, TERMS, already_transferred=0, today=TODAY)) == [  # type: ignore[arg-type]
+    assert codes(check_authorization(expired, TERMS, first_transferred_before=0, today=TODAY)) == [  # type: ignore[arg-type]
         ResponseCode.AUTHORIZATION_EXPIRED
     ]
     old = dataclasses.replace(TERMS, blocks=(UnitBlock(SPACE, 1, 10, vintage=2019),))
-    result = check_authorization(AUTH, old, already_transferred=0, today=TODAY)
+    result = check_authorization(AUTH, old, first_transferred_before=0, today=TODAY)
     assert codes(result) == [ResponseCode.AUTHORIZATION_EXPIRED]  # type: ignore[arg-type]
     assert result[0].blocks == old.blocks
     oimp = dataclasses.replace(TERMS, purpose=Purpose.OIMP)
-    assert codes(check_authorization(AUTH, oimp, already_transferred=0, today=TODAY)) == [  # type: ignore[arg-type]
+    assert codes(check_authorization(AUTH, oimp, first_transferred_before=0, today=TODAY)) == [  # type: ignore[arg-type]
         ResponseCode.PURPOSE_NOT_ALLOWED
     ]
     other = dataclasses.replace(TERMS, cooperative_approach="CA0002")
-    assert codes(check_authorization(AUTH, other, already_transferred=0, today=TODAY)) == [  # type: ignore[arg-type]
+    assert codes(check_authorization(AUTH, other, first_transferred_before=0, today=TODAY)) == [  # type: ignore[arg-type]
         ResponseCode.AUTHORIZATION_MISSING
     ]
 

@@ -136,7 +136,7 @@ def error_code(exc: grpc.aio.AioRpcError) -> int:
 
 
 async def snapshot(node: GatewayNode) -> tuple[object, ...]:
-    """Everything a gateway has recorded: transfers, blocks, ledger, messages and channel states."""
+    """Everything a gateway has recorded: transfers, blocks, ledger, message log, channels and outbox."""
     from gateway.store.base import BlockStatus
 
     async with node.store.read() as tx:
@@ -147,8 +147,10 @@ async def snapshot(node: GatewayNode) -> tuple[object, ...]:
             await tx.list_transfers(),
             await tx.list_blocks(statuses=tuple(BlockStatus)),
             await tx.list_ledger(),
-            await tx.list_messages(),
+            await tx.list_log(),
             channels,
+            await tx.list_outbox(),
+            await tx.list_messages(),
         )
 
 
@@ -157,13 +159,14 @@ async def settle(*nodes: GatewayNode, timeout: float = 10.0) -> None:
     import asyncio
     import time
 
+    from gateway.store.base import OutboxState
+
     deadline = time.monotonic() + timeout
-    far = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
     while True:
         pending = 0
         for node in nodes:
             async with node.store.read() as tx:
-                pending += len(await tx.due_messages(far, 1))
+                pending += len(await tx.list_outbox(states=(OutboxState.PENDING,)))
         if not pending:
             return
         if time.monotonic() > deadline:

@@ -13,6 +13,7 @@ from gateway import wire
 from gateway.demo import Pair, start_pair, wait_for_state
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.node import GatewayNode, PartnerSpec
+from gateway.store.base import OutboxState
 from gateway.store.sqlite import SQLiteStore
 from signing import Envelope
 from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts, snapshot
@@ -44,8 +45,7 @@ async def test_an_unreachable_partner_is_retried_until_the_transfer_completes(pa
     async with operator(pair.chn) as chn, operator(pair.che) as che:
         proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
         async with pair.chn.store.transaction() as tx:
-            far = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-            queued = await tx.due_messages(far, 10)
+            queued = await tx.list_outbox(states=(OutboxState.PENDING,))
         assert [m.receiver for m in queued] == ["CHE"]
         pair.chn.set_partner_address("CHE", real)
         pair.chn.outbox.wake()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, records_pb2
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import wire
 from gateway.demo import Pair, ledgers_agree
 from gateway.domain.errors import ResponseCode
+from gateway.store.base import LogEntry
 from signing import CryptoSigner, Envelope
 from tests.integration.harness import (
     Crafter,
@@ -67,10 +69,17 @@ async def test_partial_block_transfer_splits_and_both_ledgers_record_it(pair: Pa
     assert chn_ledger[0].first_transferring_party == "CHN"
     assert ledgers_agree(chn_ledger, che_ledger)
 
-    # Each side kept every signed message verbatim: Proposal and Completion out of CHN, Decision out of CHE.
-    chn_messages = (await snapshot(pair.chn))[3]
-    assert sorted(m.direction for m in chn_messages) == ["in", "out", "out"]  # type: ignore[attr-defined]
-    assert all(m.receipt for m in chn_messages)  # type: ignore[attr-defined]
+    # Each side kept every signed envelope verbatim, with the receipts: Proposal and Completion out of CHN,
+    # Decision out of CHE, each answered by a receipt.
+    chn_log = (await snapshot(pair.chn))[3]
+    assert sorted((e.direction, e.kind.value) for e in chn_log) == [  # type: ignore[attr-defined]
+        ("in", "receipt"),
+        ("in", "receipt"),
+        ("in", "statement"),
+        ("out", "receipt"),
+        ("out", "statement"),
+        ("out", "statement"),
+    ]
 
 
 @pytest.mark.asyncio
@@ -203,7 +212,16 @@ async def test_redelivered_statement_returns_the_stored_receipt_without_a_second
     again = await deliver_raw(pair.che, envelope)
     assert again == first
     await settle(pair.chn, pair.che)
-    assert await snapshot(pair.che) == after_first
+    after_again = await snapshot(pair.che)
+    log_first, log_again = cast(list[LogEntry], after_first[3]), cast(list[LogEntry], after_again[3])
+    assert after_again[:3] + after_again[4:] == after_first[:3] + after_first[4:]
+    # The redelivery is kept in the message log, verbatim, with the same receipt: and nothing else changed.
+    assert log_again[: len(log_first)] == log_first
+    added = log_again[len(log_first) :]
+    assert [(e.direction, e.kind.value) for e in added] == [("in", "statement"), ("out", "receipt")]
+    assert added[0].envelope == envelope
+    first_receipt = [e.envelope for e in log_first if e.kind.value == "receipt" and e.message_id == added[1].message_id]
+    assert first_receipt == [added[1].envelope]
 
 
 @pytest.mark.asyncio
@@ -235,8 +253,7 @@ async def test_a_proposal_with_unreadable_terms_is_answered_with_a_rejection_and
     await settle(pair.chn, pair.che)
     assert (await snapshot(pair.che))[:3] == before  # no transfer, no block, no ledger entry at CHE
     async with pair.che.store.read() as tx:
-        sent = [m for m in await tx.list_messages() if m.direction == "out"]
-    from carbon_gateway.v1 import partner_pb2
+        sent = [e for e in await tx.list_log() if e.direction == "out" and e.kind.value == "statement"]
 
     decisions = []
     for message in sent:
@@ -264,9 +281,10 @@ async def test_a_receipt_only_counts_for_the_statement_it_answers(pair: Pair) ->
     async with grpc.aio.insecure_channel(pair.che.partner_address) as channel:
         raw_receipt: bytes = await channel.unary_unary(DELIVER_METHOD, None, None)(sent_first, timeout=10)
     che = pair.chn.partners.parties()["CHE"]
-    assert pair.chn.exchange.read_receipt(che, raw_receipt, sent_first).taken_in
+    first_id = _message_id(first)
+    assert pair.chn.exchange.read_receipt(che, raw_receipt, sent_first, first_id).taken_in
     with pytest.raises(GatewayError) as caught:
-        pair.chn.exchange.read_receipt(che, raw_receipt, sent_second)
+        pair.chn.exchange.read_receipt(che, raw_receipt, sent_second, _message_id(second))
     assert caught.value.code is ResponseCode.REPLAY
 
 
@@ -291,3 +309,9 @@ async def test_health_and_reflection_let_generic_tools_discover_the_api(pair: Pa
         operator_services
     )
     assert "carbon_gateway.v1.PartnerExchange" in await services(pair.chn.partner_address)
+
+
+def _message_id(payload: bytes) -> str:
+    statement = partner_pb2.Statement()
+    statement.ParseFromString(payload)
+    return statement.header.message_id

@@ -53,10 +53,11 @@ async def rotate(network: Network, party: str, version: int, *, keep_old: bool =
     new = signer_from_uri(f"file:{prefix}.key")
     document = next_document(network, party, version, new, keep=old if keep_old else None)
     envelope = sign_trust_document(document, [old, new])
+    network.configure_signer(party, f"v{version}", new)
     async with operator(network[party]) as stub:
         status = await stub.RotateTrustDocument(
             operator_pb2.RotateTrustDocumentRequest(
-                idempotency_key=f"rotate-{version}", envelope_json=envelope.to_json(), signer=f"file:{prefix}.key"
+                idempotency_key=f"rotate-{version}", envelope_json=envelope.to_json(), signer=f"v{version}"
             )
         )
     assert status.version == version

@@ -23,6 +23,206 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class OutboxEntry(_message.Message):
+    """One message in the outbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    RECEIVER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    SETTLED_AT_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    receiver: _builtins.str
+    """the partner's Party code"""
+    kind: _builtins.str
+    """"proposal", "decision", "completion", "cancel", "status_query", "status_report", "trust" """
+    transfer_id: _builtins.str
+    """the transfer the statement concerns, if any"""
+    state: _builtins.str
+    """"pending", "delivered", "dead" or "abandoned" """
+    sequence: _builtins.int
+    """the channel sequence number once sent; 0 before"""
+    attempts: _builtins.int
+    last_code: _records_pb2.ResponseCode.ValueType
+    """the partner's last refusal, OK if none"""
+    last_error: _builtins.str
+    created_at: _builtins.str
+    """ISO 8601 UTC"""
+    next_attempt_at: _builtins.str
+    """ISO 8601 UTC, for pending messages"""
+    settled_at: _builtins.str
+    """when it was delivered, dead-lettered or abandoned"""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        receiver: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        transfer_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        attempts: _builtins.int = ...,
+        last_code: _records_pb2.ResponseCode.ValueType = ...,
+        last_error: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        next_attempt_at: _builtins.str = ...,
+        settled_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "kind", b"kind", "last_code", b"last_code", "last_error", b"last_error", "message_id", b"message_id", "next_attempt_at", b"next_attempt_at", "receiver", b"receiver", "sequence", b"sequence", "settled_at", b"settled_at", "state", b"state", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboxEntry: _TypeAlias = OutboxEntry  # noqa: Y015
+
+@_typing.final
+class ListOutboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTY_FIELD_NUMBER: _builtins.int
+    party: _builtins.str
+    """empty for every partner"""
+    def __init__(
+        self,
+        *,
+        party: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["party", b"party"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOutboxRequest: _TypeAlias = ListOutboxRequest  # noqa: Y015
+
+@_typing.final
+class ListOutboxResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___OutboxEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOutboxResponse: _TypeAlias = ListOutboxResponse  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTY_FIELD_NUMBER: _builtins.int
+    party: _builtins.str
+    """empty for every partner"""
+    def __init__(
+        self,
+        *,
+        party: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["party", b"party"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class RetryDeadLetterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryDeadLetterRequest: _TypeAlias = RetryDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class AbandonDeadLetterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    message_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "message_id", b"message_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonDeadLetterRequest: _TypeAlias = AbandonDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class AbandonDeadLetterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    CONSEQUENCE_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    consequence: _builtins.str
+    """what happens to the transfer, in words"""
+    @_builtins.property
+    def entry(self) -> Global___OutboxEntry: ...
+    @_builtins.property
+    def transfer(self) -> _records_pb2.Transfer:
+        """the transfer as it now stands, when the statement concerned one"""
+
+    def __init__(
+        self,
+        *,
+        entry: Global___OutboxEntry | None = ...,
+        consequence: _builtins.str = ...,
+        transfer: _records_pb2.Transfer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consequence", b"consequence", "entry", b"entry", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonDeadLetterResponse: _TypeAlias = AbandonDeadLetterResponse  # noqa: Y015
+
+@_typing.final
 class RotateTrustDocumentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -33,7 +233,7 @@ class RotateTrustDocumentRequest(_message.Message):
     envelope_json: _builtins.bytes
     """the signed trust document, DSSE JSON form"""
     signer: _builtins.str
-    """signer URI of a key in the new document's transfer role"""
+    """name of a signer in the configuration ([signers]) whose key the new document's transfer role lists"""
     def __init__(
         self,
         *,

@@ -100,6 +100,26 @@ class OperatorServiceStub:
                 request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListTrustRequest.SerializeToString,
                 response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListTrustResponse.FromString,
                 _registered_method=True)
+        self.ListOutbox = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/ListOutbox',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListOutboxRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListOutboxResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/ListDeadLetters',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListOutboxResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetter = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/RetryDeadLetter',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.RetryDeadLetterRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.OutboxEntry.FromString,
+                _registered_method=True)
+        self.AbandonDeadLetter = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/AbandonDeadLetter',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -169,8 +189,9 @@ class OperatorServiceServicer:
 
     def RotateTrustDocument(self, request, context):
         """Installs the next version of this gateway's own trust document (signed by thresholds of the current
-        and the new trust keys), switches to the signer named in the request, and pushes the document to
-        every partner. Undelivered outgoing statements are signed again with the new signer.
+        and the new trust keys), switches to the configured signer named in the request, and queues the
+        document for every partner ahead of any statement. Statements are signed when they are sent, so
+        undelivered ones go out under the new signer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +206,35 @@ class OperatorServiceServicer:
 
     def ListTrust(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOutbox(self, request, context):
+        """The outbox: statements and trust documents waiting for delivery, with their attempts and last error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Statements a partner refused for a reason that retrying cannot cure (a key it does not trust, a
+        message it cannot take, a clock that disagrees). They left their channel, so later statements flow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetter(self, request, context):
+        """Puts a dead letter back on its channel, in its original order, for another delivery attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbandonDeadLetter(self, request, context):
+        """Gives up on a dead letter for good; the answer says what happens to the transfer it concerned.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -256,6 +306,26 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ListTrust,
                     request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListTrustRequest.FromString,
                     response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListTrustResponse.SerializeToString,
+            ),
+            'ListOutbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOutbox,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListOutboxRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListOutboxResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListOutboxResponse.SerializeToString,
+            ),
+            'RetryDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetter,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.RetryDeadLetterRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.OutboxEntry.SerializeToString,
+            ),
+            'AbandonDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbandonDeadLetter,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -609,6 +679,114 @@ class OperatorService:
             '/carbon_gateway.v1.OperatorService/ListTrust',
             carbon__gateway_dot_v1_dot_operator__pb2.ListTrustRequest.SerializeToString,
             carbon__gateway_dot_v1_dot_operator__pb2.ListTrustResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOutbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/ListOutbox',
+            carbon__gateway_dot_v1_dot_operator__pb2.ListOutboxRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.ListOutboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/ListDeadLetters',
+            carbon__gateway_dot_v1_dot_operator__pb2.ListDeadLettersRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.ListOutboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/RetryDeadLetter',
+            carbon__gateway_dot_v1_dot_operator__pb2.RetryDeadLetterRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.OutboxEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbandonDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/AbandonDeadLetter',
+            carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,12 +49,23 @@ class OperatorServiceStub:
     ListHoldings: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListHoldingsRequest, _operator_pb2.ListHoldingsResponse]
     RotateTrustDocument: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RotateTrustDocumentRequest, _operator_pb2.TrustStatus]
     """Installs the next version of this gateway's own trust document (signed by thresholds of the current
-    and the new trust keys), switches to the signer named in the request, and pushes the document to
-    every partner. Undelivered outgoing statements are signed again with the new signer.
+    and the new trust keys), switches to the configured signer named in the request, and queues the
+    document for every partner ahead of any statement. Statements are signed when they are sent, so
+    undelivered ones go out under the new signer.
     """
     RefreshPartnerTrust: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RefreshPartnerTrustRequest, _operator_pb2.TrustStatus]
     """Fetches a partner's newer trust documents from its published URL and applies them one at a time."""
     ListTrust: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListTrustRequest, _operator_pb2.ListTrustResponse]
+    ListOutbox: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListOutboxRequest, _operator_pb2.ListOutboxResponse]
+    """The outbox: statements and trust documents waiting for delivery, with their attempts and last error."""
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListDeadLettersRequest, _operator_pb2.ListOutboxResponse]
+    """Statements a partner refused for a reason that retrying cannot cure (a key it does not trust, a
+    message it cannot take, a clock that disagrees). They left their channel, so later statements flow.
+    """
+    RetryDeadLetter: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RetryDeadLetterRequest, _operator_pb2.OutboxEntry]
+    """Puts a dead letter back on its channel, in its original order, for another delivery attempt."""
+    AbandonDeadLetter: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AbandonDeadLetterRequest, _operator_pb2.AbandonDeadLetterResponse]
+    """Gives up on a dead letter for good; the answer says what happens to the transfer it concerned."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -73,12 +84,23 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     ListHoldings: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListHoldingsRequest, _operator_pb2.ListHoldingsResponse]  # type: ignore[assignment]
     RotateTrustDocument: _aio.UnaryUnaryMultiCallable[_operator_pb2.RotateTrustDocumentRequest, _operator_pb2.TrustStatus]  # type: ignore[assignment]
     """Installs the next version of this gateway's own trust document (signed by thresholds of the current
-    and the new trust keys), switches to the signer named in the request, and pushes the document to
-    every partner. Undelivered outgoing statements are signed again with the new signer.
+    and the new trust keys), switches to the configured signer named in the request, and queues the
+    document for every partner ahead of any statement. Statements are signed when they are sent, so
+    undelivered ones go out under the new signer.
     """
     RefreshPartnerTrust: _aio.UnaryUnaryMultiCallable[_operator_pb2.RefreshPartnerTrustRequest, _operator_pb2.TrustStatus]  # type: ignore[assignment]
     """Fetches a partner's newer trust documents from its published URL and applies them one at a time."""
     ListTrust: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListTrustRequest, _operator_pb2.ListTrustResponse]  # type: ignore[assignment]
+    ListOutbox: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListOutboxRequest, _operator_pb2.ListOutboxResponse]  # type: ignore[assignment]
+    """The outbox: statements and trust documents waiting for delivery, with their attempts and last error."""
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListDeadLettersRequest, _operator_pb2.ListOutboxResponse]  # type: ignore[assignment]
+    """Statements a partner refused for a reason that retrying cannot cure (a key it does not trust, a
+    message it cannot take, a clock that disagrees). They left their channel, so later statements flow.
+    """
+    RetryDeadLetter: _aio.UnaryUnaryMultiCallable[_operator_pb2.RetryDeadLetterRequest, _operator_pb2.OutboxEntry]  # type: ignore[assignment]
+    """Puts a dead letter back on its channel, in its original order, for another delivery attempt."""
+    AbandonDeadLetter: _aio.UnaryUnaryMultiCallable[_operator_pb2.AbandonDeadLetterRequest, _operator_pb2.AbandonDeadLetterResponse]  # type: ignore[assignment]
+    """Gives up on a dead letter for good; the answer says what happens to the transfer it concerned."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -160,8 +182,9 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.TrustStatus, _abc.Awaitable[_operator_pb2.TrustStatus]]:
         """Installs the next version of this gateway's own trust document (signed by thresholds of the current
-        and the new trust keys), switches to the signer named in the request, and pushes the document to
-        every partner. Undelivered outgoing statements are signed again with the new signer.
+        and the new trust keys), switches to the configured signer named in the request, and queues the
+        document for every partner ahead of any statement. Statements are signed when they are sent, so
+        undelivered ones go out under the new signer.
         """
 
     @_abc_1.abstractmethod
@@ -178,5 +201,39 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.ListTrustRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ListTrustResponse, _abc.Awaitable[_operator_pb2.ListTrustResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListOutbox(
+        self,
+        request: _operator_pb2.ListOutboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListOutboxResponse, _abc.Awaitable[_operator_pb2.ListOutboxResponse]]:
+        """The outbox: statements and trust documents waiting for delivery, with their attempts and last error."""
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _operator_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListOutboxResponse, _abc.Awaitable[_operator_pb2.ListOutboxResponse]]:
+        """Statements a partner refused for a reason that retrying cannot cure (a key it does not trust, a
+        message it cannot take, a clock that disagrees). They left their channel, so later statements flow.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryDeadLetter(
+        self,
+        request: _operator_pb2.RetryDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.OutboxEntry, _abc.Awaitable[_operator_pb2.OutboxEntry]]:
+        """Puts a dead letter back on its channel, in its original order, for another delivery attempt."""
+
+    @_abc_1.abstractmethod
+    def AbandonDeadLetter(
+        self,
+        request: _operator_pb2.AbandonDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.AbandonDeadLetterResponse, _abc.Awaitable[_operator_pb2.AbandonDeadLetterResponse]]:
+        """Gives up on a dead letter for good; the answer says what happens to the transfer it concerned."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -298,6 +298,7 @@ class Receipt(_message.Message):
     RESEND_FROM_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     TAKEN_IN_FIELD_NUMBER: _builtins.int
+    ENVELOPE_SHA256_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """a UUID of the receipt itself"""
     sender: _builtins.str
@@ -317,6 +318,10 @@ class Receipt(_message.Message):
     """True when the statement passed the receiver's checks and consumed its sequence number, even if its
     effect was refused (code says why). False when the sender must correct something and deliver again.
     """
+    envelope_sha256: _builtins.bytes
+    """SHA-256 of the envelope bytes exactly as received, so that a refusal of an envelope whose payload could
+    not be read is still bound to what was delivered.
+    """
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -332,10 +337,11 @@ class Receipt(_message.Message):
         resend_from: _builtins.int = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         taken_in: _builtins.bool = ...,
+        envelope_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail", "in_reply_to", b"in_reply_to", "issued_at", b"issued_at", "message_id", b"message_id", "payload_sha256", b"payload_sha256", "receiver", b"receiver", "resend_from", b"resend_from", "sender", b"sender", "taken_in", b"taken_in"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail", "envelope_sha256", b"envelope_sha256", "in_reply_to", b"in_reply_to", "issued_at", b"issued_at", "message_id", b"message_id", "payload_sha256", b"payload_sha256", "receiver", b"receiver", "resend_from", b"resend_from", "sender", b"sender", "taken_in", b"taken_in"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -85,6 +85,9 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     TRUST_DOCUMENT_EXPIRED: _ResponseCode.ValueType  # 26
     TRUST_UPDATE_REFUSED: _ResponseCode.ValueType  # 27
     DECISION_DEADLINE_PASSED: _ResponseCode.ValueType  # 28
+    INTERNAL_ERROR: _ResponseCode.ValueType  # 29
+    UNKNOWN_SERIAL_SPACE: _ResponseCode.ValueType  # 30
+    PROVENANCE_REFUSED: _ResponseCode.ValueType  # 31
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -118,6 +121,9 @@ THRESHOLD_NOT_MET: ResponseCode.ValueType  # 25
 TRUST_DOCUMENT_EXPIRED: ResponseCode.ValueType  # 26
 TRUST_UPDATE_REFUSED: ResponseCode.ValueType  # 27
 DECISION_DEADLINE_PASSED: ResponseCode.ValueType  # 28
+INTERNAL_ERROR: ResponseCode.ValueType  # 29
+UNKNOWN_SERIAL_SPACE: ResponseCode.ValueType  # 30
+PROVENANCE_REFUSED: ResponseCode.ValueType  # 31
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final

@@ -1,0 +1,188 @@
+"""One gateway without its servers: store, partners, use cases, exchange, outbox worker, trust and sweeps.
+
+`gateway.node.GatewayNode` puts gRPC and HTTP servers around a core; the deterministic simulation
+(`tests/simulation`) drives cores directly, with its own transport, clock and IDs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
+from gateway.domain.protocol import Deadlines, DecisionPolicy
+from gateway.exchange import Exchange, ExchangeSettings, new_uuid
+from gateway.outbox import Backoff, OutboxWorker, PartnerTransport
+from gateway.partners import DEFAULT_PARTNER_MAX_ENVELOPE_BYTES, Partner, PartnerDirectory
+from gateway.service import Gateway
+from gateway.store.base import Store
+from gateway.trust import TrustKeeper
+from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER
+from signing import Envelope, Signer, TrustedParty
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> dt.datetime:
+    """The current UTC time."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class PartnerSpec:
+    """What a gateway knows of a partner before it starts."""
+
+    party: str
+    address: str
+    trust_envelope: Envelope
+    tls_identity: str = ""
+    http_url: str = ""
+    max_envelope_bytes: int = DEFAULT_PARTNER_MAX_ENVELOPE_BYTES
+
+
+def restore_trust(envelope: Envelope, what: str, now: dt.datetime) -> TrustedParty:
+    """A trust document loaded from configuration; an expired one is kept but reported loudly."""
+    trusted = TrustedParty.restore(envelope)
+    if trusted.document.is_expired(now):
+        log.error(
+            "%s (version %d) has expired: statements it covers are refused until a newer version is applied",
+            what,
+            trusted.version,
+        )
+    return trusted
+
+
+class GatewayCore:
+    """A gateway's parts, wired together, with the background tasks that deliver and sweep."""
+
+    def __init__(
+        self,
+        *,
+        party: str,
+        store: Store,
+        signer: Signer,
+        own_trust: Envelope,
+        partners: Sequence[PartnerSpec],
+        policy: DecisionPolicy,
+        transport: Callable[[PartnerDirectory], PartnerTransport],
+        settings: ExchangeSettings | None = None,
+        deadlines: Deadlines | None = None,
+        clock: Callable[[], dt.datetime] = utc_now,
+        nomenclature: Nomenclature = DEFAULT_NOMENCLATURE,
+        status_query_after: dt.timedelta = DEFAULT_STATUS_QUERY_AFTER,
+        signers: Mapping[str, Signer] | None = None,
+        new_id: Callable[[], str] = new_uuid,
+        backoff: Backoff | None = None,
+        trust_ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.party = party
+        self.store = store
+        self.clock = clock
+        self.signers = dict(signers or {})
+        now = clock()
+        self.partners = PartnerDirectory.of(
+            Partner(
+                party=p.party,
+                address=p.address,
+                trusted=restore_trust(p.trust_envelope, f"{p.party}'s trust document", now),
+                tls_identity=p.tls_identity,
+                http_url=p.http_url,
+                max_envelope_bytes=p.max_envelope_bytes,
+            )
+            for p in partners
+        )
+        self.gateway = Gateway(
+            party=party,
+            store=store,
+            policy=policy,
+            clock=clock,
+            deadlines=deadlines,
+            nomenclature=nomenclature,
+            status_query_after=status_query_after,
+            new_id=new_id,
+        )
+        self.exchange = Exchange(
+            settings or ExchangeSettings(self_party=party),
+            signer=signer,
+            partners=self.partners,
+            store=store,
+            handler=self.gateway.on_statement,
+            clock=clock,
+            new_id=new_id,
+        )
+        self.exchange.on_delivered = self.gateway.on_delivered
+        self.gateway.attach(self.exchange)
+        self.transport = transport(self.partners)
+        self.outbox = OutboxWorker(
+            store=store, exchange=self.exchange, transport=self.transport, clock=clock, backoff=backoff
+        )
+        self.exchange.on_enqueued = self.outbox.wake
+        self.trust = TrustKeeper(
+            party=party,
+            own=restore_trust(own_trust, "our own trust document", now),
+            store=store,
+            partners=self.partners,
+            exchange=self.exchange,
+            clock=clock,
+            ssl_context=trust_ssl_context,
+            signers=self.signers,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def signer(self) -> Signer:
+        """The signer statements are signed with now."""
+        return self.exchange.signer
+
+    async def load(self) -> None:
+        """Reconcile trust with the store and choose the signer the current trust document lists."""
+        await self.trust.load()
+
+    def start_background(self) -> None:
+        """Start the outbox worker and the sweep of deadlines and status queries."""
+        self.outbox.start()
+        self.outbox.wake()
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name=f"{self.party}-sweep")
+
+    @property
+    def sweep_period(self) -> float:
+        """Seconds between sweeps: a tenth of the shortest wait, between 50 ms and a minute."""
+        shortest = min(
+            self.gateway.deadlines.hold, self.gateway.deadlines.decision, self.gateway.status_query_after
+        ).total_seconds()
+        return min(max(shortest / 10, 0.05), 60.0)
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                await self.gateway.sweep()
+            except Exception:
+                log.exception("%s: the sweep failed; retrying", self.party)
+            await asyncio.sleep(self.sweep_period)
+
+    async def stop_background(self) -> None:
+        """Stop the sweep and the outbox worker (a delivery in flight is retried at the next start)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await self.outbox.stop()
+
+    async def close(self) -> None:
+        """Stop the background tasks, close the transport, the store and any signer that holds a session."""
+        await self.stop_background()
+        close_transport = getattr(self.transport, "close", None)
+        if callable(close_transport):
+            await close_transport()
+        await self.store.close()
+        for signer in {id(s): s for s in (self.exchange.signer, *self.signers.values())}.values():
+            close = getattr(signer, "close", None)
+            if callable(close):
+                close()

@@ -1,0 +1,117 @@
+"""The limits on every string, number and list that crosses an edge, and the checks that enforce them.
+
+Operator requests, partner statements and configuration files are all hostile input. Each string field has a
+documented maximum length and a character rule; each list has a maximum count. A value that breaks a rule is
+refused with `ResponseCode.INVALID_ARGUMENT`, naming the field, before anything is stored or sent.
+
+Character rules:
+
+- **identifiers** (account, authorization, transfer, project IDs; codes; references): not blank, no leading or
+  trailing white space, in Unicode normal form NFC, and no control, format (bidirectional overrides, zero
+  widths, byte-order marks), surrogate, private-use, unassigned, line or paragraph separator characters;
+- **names** (account holder names): as identifiers, except that the zero-width joiner and non-joiner, which some
+  scripts need, are allowed;
+- **text** (reasons, explanations): may be empty and may contain inner spaces, otherwise as names.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sized
+
+from gateway.domain.errors import GatewayError, ResponseCode
+
+MAX_IDENTIFIER_LENGTH = 128
+"""Account, authorization, transfer, project, methodology and registry-reference IDs, and other codes."""
+MAX_NAME_LENGTH = 256
+"""Account holder names."""
+MAX_TEXT_LENGTH = 1000
+"""Free text: reasons, rejection messages."""
+MAX_ATTRIBUTES = 32
+"""Further source attributes carried on one block."""
+MAX_ATTRIBUTE_NAME_LENGTH = 64
+MAX_ATTRIBUTE_VALUE_LENGTH = 256
+MAX_BLOCKS_PER_TRANSFER = 1000
+"""Blocks (selections) in one transfer; the partner's envelope size cap may allow fewer."""
+MAX_LIST_ITEMS = 64
+"""Items in a list field of a record: purposes, sectors, activity types, rejections."""
+MIN_YEAR = 1000
+MAX_YEAR = 9999
+"""Vintages, timeframes and calendar years are four-digit years."""
+MAX_INT64 = 2**63 - 1
+
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_JOINERS = frozenset({"\u200c", "\u200d"})
+
+
+def _invalid(field: str, message: str) -> GatewayError:
+    return GatewayError(ResponseCode.INVALID_ARGUMENT, message, field=field)
+
+
+def _bad_character(value: str, allow_joiners: bool) -> str | None:
+    for char in value:
+        if char in _JOINERS and allow_joiners:
+            continue
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            return char
+    return None
+
+
+def _check(value: str, field: str, what: str, max_length: int, *, allow_joiners: bool, required: bool) -> str:
+    if not isinstance(value, str):
+        raise _invalid(field, f"the {what} must be text")
+    if not value:
+        if required:
+            raise _invalid(field, f"the {what} is empty")
+        return value
+    if len(value) > max_length:
+        raise _invalid(field, f"the {what} has {len(value)} characters; at most {max_length} are allowed")
+    bad = _bad_character(value, allow_joiners)
+    if bad is not None:
+        name = unicodedata.name(bad, "unnamed")
+        raise _invalid(field, f"the {what} contains the character U+{ord(bad):04X} ({name}), which is not allowed here")
+    if value != value.strip():
+        raise _invalid(field, f"the {what} {value!r} has leading or trailing white space")
+    if not unicodedata.is_normalized("NFC", value):
+        raise _invalid(field, f"the {what} {value!r} is not in Unicode normal form NFC")
+    return value
+
+
+def check_identifier(value: str, field: str, *, what: str = "identifier", required: bool = True) -> str:
+    """``value`` if it is a valid identifier of at most `MAX_IDENTIFIER_LENGTH` characters; refuse otherwise."""
+    return _check(value, field, what, MAX_IDENTIFIER_LENGTH, allow_joiners=False, required=required)
+
+
+def check_name(value: str, field: str, *, what: str = "name") -> str:
+    """``value`` if it is a valid name of at most `MAX_NAME_LENGTH` characters; refuse otherwise."""
+    return _check(value, field, what, MAX_NAME_LENGTH, allow_joiners=True, required=True)
+
+
+def check_text(value: str, field: str, *, what: str = "text", max_length: int = MAX_TEXT_LENGTH) -> str:
+    """``value`` if it is valid free text (possibly empty) of at most ``max_length`` characters."""
+    return _check(value, field, what, max_length, allow_joiners=True, required=False)
+
+
+def check_count(items: Sized, field: str, limit: int, *, what: str = "items") -> None:
+    """Refuse a list field with more than ``limit`` entries."""
+    if len(items) > limit:
+        raise _invalid(field, f"{len(items)} {what} given; at most {limit} are allowed")
+
+
+def check_year(value: int, field: str, *, what: str = "year") -> int:
+    """``value`` if it is a four-digit year; refuse otherwise."""
+    if not MIN_YEAR <= value <= MAX_YEAR:
+        raise _invalid(field, f"the {what} {value} is not a four-digit year ({MIN_YEAR}-{MAX_YEAR})")
+    return value
+
+
+def check_positive_int64(value: int, field: str, *, what: str = "quantity") -> int:
+    """``value`` if it lies in 1..2^63-1; refuse otherwise."""
+    if not 0 < value <= MAX_INT64:
+        raise _invalid(field, f"the {what} {value} is not in 1..{MAX_INT64}")
+    return value
+
+
+def truncate(text: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    """``text`` cut to at most ``limit`` characters, marked when cut (for messages this gateway writes)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,180 @@
+"""The acquiring side of a transfer: check a Proposal, decide, credit on Completion, adopt a cancellation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from carbon_gateway.v1 import partner_pb2
+from gateway import wire
+from gateway.domain import ranges, text
+from gateway.domain.blocks import UnitBlock
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.protocol import Rejection, Verdict, check_acquisition, completion_entries, validate_terms
+from gateway.domain.transfer import Transfer, TransferRole, TransferState
+from gateway.store.base import BlockStatus, Transaction
+from gateway.usecases.base import GatewayBase, Idempotency, log
+
+
+class Acquiring(GatewayBase):
+    """Receiving, deciding and crediting incoming transfers."""
+
+    async def _on_proposal(self, tx: Transaction, partner: str, proposal: partner_pb2.Proposal) -> None:
+        """Acquiring side: check the proposal, decide by policy, and answer with a Decision."""
+        if await tx.get_transfer(proposal.transfer_id) is not None:
+            raise GatewayError(
+                ResponseCode.INVALID_STATE,
+                f"transfer {proposal.transfer_id[:128]!r} is already known here",
+                field="transfer_id",
+            )
+        terms = wire.proposal_from_proto(proposal, self.nomenclature)
+        if terms.transferring_party != partner:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"a proposal from {partner} names {terms.transferring_party} as the transferring Party",
+                field="proposal.source_account.party",
+            )
+        rejections: list[Rejection]
+        try:
+            validate_terms(terms)
+        except GatewayError as exc:
+            rejections = [Rejection(exc.code, exc.message, exc.blocks)]
+        else:
+            known: list[UnitBlock] = []
+            not_abroad: list[UnitBlock] = []
+            for block in terms.blocks:
+                known.extend(s.block for s in await tx.guarded_blocks(block.space, block.start, block.end))
+                if self._is_own_space(block) and not ranges.covers(
+                    await tx.abroad_ranges(block.space, block.start, block.end), block.start, block.end
+                ):
+                    not_abroad.append(block)
+            rejections = check_acquisition(
+                terms,
+                self_party=self.party,
+                account=await tx.get_account(terms.acquiring_account),
+                known_overlapping=known,
+                not_abroad=not_abroad,
+            )
+        verdict = Verdict.REJECT if rejections else self.policy.decide(partner, terms)
+        if verdict is Verdict.REJECT and not rejections:
+            rejections = [
+                Rejection(ResponseCode.ACCOUNT_NOT_ELIGIBLE, "refused by the acquiring side's decision policy")
+            ]
+        now = self.clock()
+        transfer = Transfer(
+            transfer_id=proposal.transfer_id,
+            role=TransferRole.ACQUIRING,
+            state=TransferState.CHECKED,
+            terms=terms,
+            rejections=(),
+            created_at=now,
+            updated_at=now,
+        )
+        await tx.insert_transfer(transfer)
+        if verdict is Verdict.REJECT:
+            transfer = await self._set_state(tx, transfer, TransferState.REJECTED, rejections)
+            await self._send_decision(tx, transfer, accepted=False, rejections=rejections)
+            return
+        # Accepted or held: the units are pending here, so that no overlapping proposal can be accepted too.
+        # They are stored as they will be credited: first transferred, once this transfer completes.
+        for block in terms.blocks:
+            await tx.insert_block(
+                replace(block, first_transferred=True),
+                account_id=terms.acquiring_account,
+                status=BlockStatus.PENDING,
+                transfer_id=transfer.transfer_id,
+            )
+        if verdict is Verdict.ACCEPT:
+            transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
+            await self._send_decision(tx, transfer, accepted=True, rejections=())
+
+    async def reject_unreadable_proposal(
+        self, tx: Transaction, partner: str, transfer_id: str, refusal: GatewayError
+    ) -> None:
+        """Answer a proposal that could not be taken up with a rejection by transfer ID, recording nothing.
+
+        The initiating side must hear an answer, or its units would stay reserved until its deadline.
+        """
+        where = f" ({refusal.field})" if refusal.field else ""
+        rejection = Rejection(refusal.code, text.truncate(f"{refusal.message}{where}"), refusal.blocks[:10])
+        decision = partner_pb2.Decision(
+            transfer_id=transfer_id, accepted=False, rejections=[wire.rejection_to_proto(rejection)]
+        )
+        await self._exchange.enqueue(tx, partner, decision=decision)
+
+    async def decide_held_transfer(self, idem: Idempotency, transfer_id: str, accept: bool, reason: str) -> Transfer:
+        """An acquiring operator's decision on a proposal that the policy held for a person."""
+        exchange = self._exchange
+        text.check_text(reason, "reason", what="reason")
+        async with self.store.transaction() as tx:
+            previous = await self._replay(tx, idem)
+            if previous is not None:
+                return await self._found(tx, previous)
+            transfer = await tx.get_transfer(transfer_id)
+            if transfer is None or transfer.role is not TransferRole.ACQUIRING:
+                raise GatewayError(
+                    ResponseCode.UNKNOWN_TRANSFER,
+                    f"no incoming transfer {transfer_id[:128]!r} is known here",
+                    field="transfer_id",
+                )
+            if transfer.state is not TransferState.CHECKED:
+                raise GatewayError(
+                    ResponseCode.INVALID_STATE,
+                    f"transfer {transfer_id!r} is {transfer.state.name}; only a held proposal (CHECKED) is decided",
+                    field="transfer_id",
+                )
+            if accept:
+                transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
+                await self._send_decision(tx, transfer, accepted=True, rejections=())
+            else:
+                rejection = Rejection(ResponseCode.ACCOUNT_NOT_ELIGIBLE, reason or "rejected by the acquiring operator")
+                transfer = await self._set_state(tx, transfer, TransferState.REJECTED, [rejection])
+                await self._drop_pending(tx, transfer_id)
+                await self._send_decision(tx, transfer, accepted=False, rejections=[rejection])
+            await self._remember(tx, idem, transfer_id)
+        exchange.on_enqueued()
+        return transfer
+
+    async def _on_completion(self, tx: Transaction, partner: str, completion: partner_pb2.Completion) -> None:
+        """Acquiring side: the initiating side has debited; credit the pending units and record the acquisition."""
+        transfer = await self._transfer_with(tx, partner, completion.transfer_id, TransferRole.ACQUIRING)
+        if transfer.state is TransferState.COMPLETED:
+            return
+        if transfer.state is not TransferState.ACCEPTED:
+            raise GatewayError(
+                ResponseCode.INVALID_STATE, f"transfer {transfer.transfer_id!r} is {transfer.state.name}, not ACCEPTED"
+            )
+        await self._acquire(tx, transfer)
+
+    async def _acquire(self, tx: Transaction, transfer: Transfer) -> None:
+        await self._credit(tx, transfer)
+        entries = completion_entries(
+            transfer.terms, transfer_id=transfer.transfer_id, role_initiating=False, action_date=self.clock()
+        )
+        await tx.append_ledger(entries)
+        await self._set_state(tx, transfer, TransferState.COMPLETED)
+
+    async def _on_cancel(self, tx: Transaction, partner: str, cancel: partner_pb2.Cancel) -> None:
+        """Acquiring side: the initiating side cancelled or terminated; adopt its state and drop the pending units.
+
+        Its state wins even over a rejection this side sent while the messages crossed.
+        """
+        transfer = await self._transfer_with(tx, partner, cancel.transfer_id, TransferRole.ACQUIRING)
+        ended = TransferState.TERMINATED if cancel.terminated else TransferState.CANCELLED
+        await self._adopt(tx, transfer, ended)
+
+    async def _adopt(self, tx: Transaction, transfer: Transfer, ended: TransferState) -> None:
+        if transfer.state is ended:
+            return
+        if transfer.state is TransferState.COMPLETED:
+            log.error(
+                "%s reports transfer %s %s, but it is COMPLETED here",
+                transfer.partner,
+                transfer.transfer_id,
+                ended.name,
+            )
+            raise GatewayError(
+                ResponseCode.INVALID_STATE,
+                f"transfer {transfer.transfer_id!r} is COMPLETED here; it cannot become {ended.name}",
+            )
+        await self._set_state(tx, transfer, ended)
+        await self._drop_pending(tx, transfer.transfer_id)

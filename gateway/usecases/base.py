@@ -1,0 +1,209 @@
+"""What every use case shares: the gateway's settings, idempotency, state changes and block bookkeeping."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from carbon_gateway.v1 import partner_pb2
+from gateway import wire
+from gateway.domain.blocks import UnitBlock, merge
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
+from gateway.domain.protocol import Deadlines, DecisionPolicy, Rejection
+from gateway.domain.records import TransferTerms
+from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance
+from gateway.exchange import Exchange, new_uuid
+from gateway.store.base import BlockStatus, IdempotentResult, OutboxKind, Store, Transaction
+
+log = logging.getLogger("gateway.service")
+
+DEFAULT_STATUS_QUERY_AFTER = dt.timedelta(minutes=15)
+"""How long a transfer waits for the partner's next message before this gateway asks for its status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """An operator write's idempotency key, scoped to the caller and the method, and its request's hash."""
+
+    caller: str
+    method: str
+    key: str
+    request_hash: str
+
+
+class GatewayBase:
+    """One jurisdiction's gateway: its store, its exchange with partners, its policy and its settings."""
+
+    def __init__(
+        self,
+        *,
+        party: str,
+        store: Store,
+        policy: DecisionPolicy,
+        clock: Callable[[], dt.datetime],
+        deadlines: Deadlines | None = None,
+        nomenclature: Nomenclature = DEFAULT_NOMENCLATURE,
+        status_query_after: dt.timedelta = DEFAULT_STATUS_QUERY_AFTER,
+        new_id: Callable[[], str] = new_uuid,
+    ) -> None:
+        self.party = party
+        self.store = store
+        self.policy = policy
+        self.deadlines = deadlines or Deadlines()
+        self.clock = clock
+        self.nomenclature = nomenclature
+        self.status_query_after = status_query_after
+        self.new_id = new_id
+        self.exchange: Exchange | None = None
+
+    def attach(self, exchange: Exchange) -> None:
+        """Connect the exchange this gateway sends its statements through."""
+        self.exchange = exchange
+
+    @property
+    def _exchange(self) -> Exchange:
+        if self.exchange is None:
+            raise RuntimeError("the gateway has no exchange attached")
+        return self.exchange
+
+    # idempotency
+
+    async def _replay(self, tx: Transaction, idem: Idempotency) -> str | None:
+        """The resource ID a previous call with this key produced, or None for a first call."""
+        self._require_key(idem)
+        stored = await tx.get_idempotent(idem.caller, idem.method, idem.key)
+        if stored is None:
+            return None
+        if stored.request_hash != idem.request_hash:
+            raise GatewayError(
+                ResponseCode.IDEMPOTENCY_KEY_REUSED,
+                f"idempotency key {idem.key!r} was used for a different {idem.method} request; use a new key",
+                field="idempotency_key",
+            )
+        return stored.response.decode()
+
+    @staticmethod
+    def _require_key(idem: Idempotency) -> None:
+        if not idem.key:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, "every operator write needs an idempotency key", field="idempotency_key"
+            )
+
+    @staticmethod
+    async def _remember(tx: Transaction, idem: Idempotency, resource_id: str) -> None:
+        await tx.put_idempotent(
+            idem.caller, idem.method, idem.key, IdempotentResult(idem.request_hash, resource_id.encode())
+        )
+
+    # state changes
+
+    async def _set_state(
+        self, tx: Transaction, transfer: Transfer, state: TransferState, rejections: Sequence[Rejection] = ()
+    ) -> Transfer:
+        updated = replace(
+            transfer,
+            state=advance(transfer.role, transfer.state, state),
+            rejections=tuple(rejections) or transfer.rejections,
+            updated_at=self.clock(),
+        )
+        await tx.update_transfer(updated)
+        return updated
+
+    @staticmethod
+    async def _found(tx: Transaction, transfer_id: str) -> Transfer:
+        found = await tx.get_transfer(transfer_id)
+        assert found is not None
+        return found
+
+    @staticmethod
+    async def _transfer_with(tx: Transaction, partner: str, transfer_id: str, role: TransferRole) -> Transfer:
+        """The transfer ``partner`` names, on this side's ``role``; refuse one unknown, or another partner's."""
+        transfer = await tx.get_transfer(transfer_id)
+        if transfer is None or transfer.role is not role or transfer.partner != partner:
+            raise GatewayError(
+                ResponseCode.UNKNOWN_TRANSFER,
+                f"no {role.value} transfer {transfer_id[:128]!r} with {partner} is known here",
+            )
+        return transfer
+
+    def _is_own_space(self, block: UnitBlock) -> bool:
+        """True for a block of a serial space this gateway issues (its Party keeps the registry of record)."""
+        return self.nomenclature.issuer(block.space) == self.party
+
+    # blocks
+
+    async def _release(self, tx: Transaction, transfer_id: str) -> None:
+        """Return a transfer's reserved blocks to their accounts, merged with adjacent free blocks."""
+        for stored in await tx.blocks_of_transfer(transfer_id, BlockStatus.RESERVED):
+            block = stored.block
+            neighbours = [
+                n
+                for n in await tx.guarded_blocks(block.space, max(block.start - 1, 0), block.end + 1)
+                if n.status is BlockStatus.HELD
+                and n.account_id == stored.account_id
+                and n.block.same_attributes(block)
+                and (n.block.end + 1 == block.start or block.end + 1 == n.block.start)
+            ]
+            await tx.set_block_status(stored.block_id, BlockStatus.SUPERSEDED)
+            for n in neighbours:
+                await tx.set_block_status(n.block_id, BlockStatus.SUPERSEDED)
+            for merged in merge([block, *(n.block for n in neighbours)]):
+                await tx.insert_block(
+                    merged, account_id=stored.account_id, status=BlockStatus.HELD, parent_id=stored.block_id
+                )
+
+    @staticmethod
+    async def _drop_pending(tx: Transaction, transfer_id: str) -> None:
+        await tx.set_transfer_blocks_status(transfer_id, BlockStatus.PENDING, BlockStatus.DROPPED)
+
+    async def _credit(self, tx: Transaction, transfer: Transfer) -> None:
+        """Acquiring side: credit the pending units; units of this gateway's own issue are back home."""
+        for stored in await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING):
+            await tx.set_block_status(stored.block_id, BlockStatus.HELD)
+            if self._is_own_space(stored.block):
+                await tx.remove_abroad(stored.block.space, stored.block.start, stored.block.end)
+
+    async def _debit(self, tx: Transaction, transfer: Transfer) -> None:
+        """Initiating side: the reserved units leave; this side owes the partner the news until it is told."""
+        for stored in await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.RESERVED):
+            await tx.set_block_status(stored.block_id, BlockStatus.DEBITED)
+            if self._is_own_space(stored.block):
+                await tx.add_abroad(stored.block.space, stored.block.start, stored.block.end)
+
+    # messages to the partner
+
+    async def _send_decision(
+        self, tx: Transaction, transfer: Transfer, *, accepted: bool, rejections: Sequence[Rejection]
+    ) -> None:
+        decision = partner_pb2.Decision(
+            transfer_id=transfer.transfer_id,
+            accepted=accepted,
+            rejections=[wire.rejection_to_proto(r) for r in rejections],
+        )
+        await self._exchange.enqueue(tx, transfer.partner, decision=decision)
+
+    async def _send_final(self, tx: Transaction, transfer: Transfer, reason: str) -> None:
+        """Initiating side: tell the partner this transfer's final state (a Completion or a Cancel), unless a
+        message saying so is still waiting in the outbox."""
+        kinds = (OutboxKind.COMPLETION, OutboxKind.CANCEL)
+        if await tx.pending_for_transfer(transfer.transfer_id, kinds):
+            return
+        if transfer.state is TransferState.COMPLETED:
+            completion = partner_pb2.Completion(
+                transfer_id=transfer.transfer_id, completed_at=wire.timestamp(transfer.updated_at)
+            )
+            await self._exchange.enqueue(tx, transfer.partner, completion=completion)
+        elif transfer.state in (TransferState.CANCELLED, TransferState.TERMINATED):
+            cancel = partner_pb2.Cancel(
+                transfer_id=transfer.transfer_id,
+                reason=reason,
+                terminated=transfer.state is TransferState.TERMINATED,
+            )
+            await self._exchange.enqueue(tx, transfer.partner, cancel=cancel)
+
+    @staticmethod
+    def _terms_summary(terms: TransferTerms) -> str:
+        return f"{len(terms.blocks)} block(s), {terms.quantity} units"

@@ -1,0 +1,295 @@
+"""The initiating side of a transfer: propose, cancel, and act on the acquiring side's Decision."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from carbon_gateway.v1 import partner_pb2
+from gateway import wire
+from gateway.domain import text
+from gateway.domain.blocks import SerialSpace, UnitBlock, split
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.protocol import (
+    Rejection,
+    check_authorization,
+    completion_entries,
+    parse_adjustment_method,
+    parse_purpose,
+    validate_terms,
+)
+from gateway.domain.records import TransferTerms
+from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance
+from gateway.store.base import BlockStatus, StoredBlock, Transaction
+from gateway.usecases.base import GatewayBase, Idempotency, log
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSelection:
+    """A serial range to take out of the blocks held in an account."""
+
+    space: SerialSpace
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    """An operator's request to transfer units to another Party's account."""
+
+    source_account: str
+    selections: tuple[BlockSelection, ...]
+    acquiring_party: str
+    acquiring_account: str
+    cooperative_approach: str
+    authorization_id: str
+    purpose: str
+    adjustment_method: str
+
+
+class Initiating(GatewayBase):
+    """Proposing, cancelling and completing outgoing transfers."""
+
+    async def propose_transfer(self, idem: Idempotency, request: TransferRequest) -> Transfer:
+        """Reserve the selected units and send a Proposal to the acquiring Party's gateway.
+
+        The initiating side's checks (ownership, authorization, purpose, quantity, and that the partner can take
+        the Proposal in) run in the same transaction. A proposal failing them is refused with its response
+        code and leaves nothing behind.
+        """
+        exchange = self._exchange
+        async with self.store.transaction() as tx:
+            previous = await self._replay(tx, idem)
+            if previous is not None:
+                return await self._found(tx, previous)
+            if exchange.partners.get(request.acquiring_party) is None:
+                raise GatewayError(
+                    ResponseCode.UNKNOWN_PARTNER,
+                    f"no partner gateway is configured for {request.acquiring_party!r}",
+                    field="acquiring_account.party",
+                )
+            text.check_identifier(request.source_account, "source_account", what="source account")
+            account = await tx.get_account(request.source_account)
+            if account is None:
+                raise GatewayError(
+                    ResponseCode.UNKNOWN_ACCOUNT,
+                    f"account {request.source_account!r} is not known here",
+                    field="source_account",
+                )
+            if not account.can_hold:
+                raise GatewayError(
+                    ResponseCode.ACCOUNT_NOT_ELIGIBLE,
+                    f"account {account.account_id!r} is a {account.account_type.value} account; units leave only"
+                    " from holding accounts",
+                    field="source_account",
+                )
+            if not request.selections:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT, "select at least one serial range", field="selections"
+                )
+            text.check_count(request.selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
+            purpose = parse_purpose(request.purpose)
+            adjustment_method = parse_adjustment_method(request.adjustment_method)
+            transfer_id = self.new_id()
+            taken = await self._reserve(tx, request, transfer_id)
+            terms = TransferTerms(
+                transferring_party=self.party,
+                acquiring_party=request.acquiring_party,
+                source_account=request.source_account,
+                acquiring_account=request.acquiring_account,
+                cooperative_approach=request.cooperative_approach,
+                authorization_id=request.authorization_id,
+                purpose=purpose,
+                adjustment_method=adjustment_method,
+                blocks=tuple(taken),
+            )
+            validate_terms(terms)
+            rejections = check_authorization(
+                await tx.get_authorization(terms.authorization_id),
+                terms,
+                first_transferred_before=await tx.first_transfer_quantity_used(terms.authorization_id),
+                today=self.clock().date(),
+            )
+            if rejections:
+                first = rejections[0]
+                raise GatewayError(first.code, first.message, field="authorization_id", blocks=first.blocks)
+            proposal = wire.proposal_to_proto(transfer_id, terms)
+            exchange.check_fits(terms.acquiring_party, proposal=proposal)
+            now = self.clock()
+            transfer = Transfer(
+                transfer_id=transfer_id,
+                role=TransferRole.INITIATING,
+                state=advance(TransferRole.INITIATING, TransferState.PROPOSED, TransferState.CHECKED),
+                terms=terms,
+                rejections=(),
+                created_at=now,
+                updated_at=now,
+            )
+            await tx.insert_transfer(transfer)
+            await exchange.enqueue(tx, terms.acquiring_party, proposal=proposal)
+            await self._remember(tx, idem, transfer_id)
+        exchange.on_enqueued()
+        return transfer
+
+    async def _reserve(self, tx: Transaction, request: TransferRequest, transfer_id: str) -> list[UnitBlock]:
+        """Split the held blocks at the selections and reserve the selected parts; return them in request order.
+
+        Selections are grouped by the held block that contains them, and each held block is split once, at
+        all its selections: one index lookup per held block, whatever the number of selections.
+        """
+        by_space: dict[SerialSpace, list[tuple[int, BlockSelection]]] = defaultdict(list)
+        for index, selection in enumerate(request.selections):
+            by_space[selection.space].append((index, selection))
+        taken: dict[int, UnitBlock] = {}
+        for space, group in by_space.items():
+            group.sort(key=lambda item: (item[1].start, item[1].end))
+            for (i, a), (j, b) in pairwise(group):
+                if b.start <= a.end:
+                    raise GatewayError(
+                        ResponseCode.INVALID_ARGUMENT,
+                        f"selections {min(i, j)} and {max(i, j)} overlap ({a.start}-{a.end} and {b.start}-{b.end})",
+                        field=f"selections[{max(i, j)}]",
+                    )
+            held: StoredBlock | None = None
+            pieces: list[tuple[int, BlockSelection]] = []
+            for index, selection in group:
+                if held is None or selection.start > held.block.end:
+                    if held is not None:
+                        await self._split_held(tx, held, pieces, transfer_id, taken)
+                    held = await self._holding_block(tx, request.source_account, space, selection, index)
+                    pieces = []
+                elif selection.end > held.block.end:
+                    raise self._not_held(request.source_account, selection, index, [held])
+                pieces.append((index, selection))
+            if held is not None:
+                await self._split_held(tx, held, pieces, transfer_id, taken)
+        return [taken[i] for i in range(len(request.selections))]
+
+    @staticmethod
+    async def _split_held(
+        tx: Transaction,
+        held: StoredBlock,
+        pieces: Sequence[tuple[int, BlockSelection]],
+        transfer_id: str,
+        taken: dict[int, UnitBlock],
+    ) -> None:
+        """Supersede ``held`` by its parts: the selected ones reserved, the gaps between them held."""
+        await tx.set_block_status(held.block_id, BlockStatus.SUPERSEDED)
+        rest = held.block
+        for index, selection in pieces:
+            parts = split(rest, selection.start, selection.end)
+            await tx.insert_block(
+                parts.taken,
+                account_id=held.account_id,
+                status=BlockStatus.RESERVED,
+                transfer_id=transfer_id,
+                parent_id=held.block_id,
+            )
+            taken[index] = parts.taken
+            after = [p for p in parts.remainder if p.start > selection.end]
+            for before in (p for p in parts.remainder if p.end < selection.start):
+                await tx.insert_block(
+                    before, account_id=held.account_id, status=BlockStatus.HELD, parent_id=held.block_id
+                )
+            if not after:
+                return
+            rest = after[0]
+        await tx.insert_block(rest, account_id=held.account_id, status=BlockStatus.HELD, parent_id=held.block_id)
+
+    async def _holding_block(
+        self, tx: Transaction, account_id: str, space: SerialSpace, selection: BlockSelection, index: int
+    ) -> StoredBlock:
+        """The one free block held in ``account_id`` that contains the selected range."""
+        found = await tx.guarded_blocks(space, selection.start, selection.end)
+        for stored in found:
+            if (
+                stored.status is BlockStatus.HELD
+                and stored.account_id == account_id
+                and stored.block.start <= selection.start
+                and selection.end <= stored.block.end
+            ):
+                return stored
+        raise self._not_held(account_id, selection, index, found)
+
+    @staticmethod
+    def _not_held(account_id: str, selection: BlockSelection, index: int, found: Sequence[StoredBlock]) -> GatewayError:
+        probe = UnitBlock(space=selection.space, start=selection.start, end=selection.end, vintage=0)
+        where = "; ".join(f"{s.block.describe()} is {s.status.value} in {s.account_id!r}" for s in found[:5])
+        return GatewayError(
+            ResponseCode.UNIT_NOT_HELD,
+            f"{probe.describe()} is not held, free and whole, in account {account_id!r}"
+            + (f" ({where})" if where else ""),
+            field=f"selections[{index}]",
+            blocks=[probe],
+        )
+
+    async def cancel_transfer(self, idem: Idempotency, transfer_id: str, reason: str) -> Transfer:
+        """Cancel an outgoing transfer before the acquiring side accepts it; the reserved units are released."""
+        exchange = self._exchange
+        text.check_text(reason, "reason", what="reason")
+        async with self.store.transaction() as tx:
+            previous = await self._replay(tx, idem)
+            if previous is not None:
+                return await self._found(tx, previous)
+            transfer = await tx.get_transfer(transfer_id)
+            if transfer is None:
+                raise GatewayError(
+                    ResponseCode.UNKNOWN_TRANSFER,
+                    f"transfer {transfer_id[:128]!r} is not known here",
+                    field="transfer_id",
+                )
+            if transfer.role is not TransferRole.INITIATING:
+                raise GatewayError(
+                    ResponseCode.INVALID_STATE,
+                    "only the initiating side cancels a transfer; the acquiring side rejects it",
+                    field="transfer_id",
+                )
+            transfer = await self._set_state(tx, transfer, TransferState.CANCELLED)
+            await self._release(tx, transfer_id)
+            await self._send_final(tx, transfer, reason)
+            await self._remember(tx, idem, transfer_id)
+        exchange.on_enqueued()
+        return transfer
+
+    async def _on_decision(self, tx: Transaction, partner: str, decision: partner_pb2.Decision) -> None:
+        """Initiating side: on acceptance debit and complete; on rejection release the reserved units.
+
+        A Decision that crosses this side's own final state changes nothing here: this side arbitrates, and
+        tells the partner its state again (DESIGN.md section 4, "Crossing messages").
+        """
+        transfer = await self._transfer_with(tx, partner, decision.transfer_id, TransferRole.INITIATING)
+        if transfer.state is not TransferState.CHECKED:
+            if transfer.state in (TransferState.CANCELLED, TransferState.TERMINATED):
+                log.info(
+                    "%s's decision on %s crossed its %s; telling it again",
+                    partner,
+                    transfer.transfer_id,
+                    transfer.state.name,
+                )
+                await self._send_final(tx, transfer, f"the transfer was {transfer.state.name} here first")
+            return
+        if not decision.accepted:
+            text.check_count(decision.rejections, "decision.rejections", text.MAX_LIST_ITEMS, what="rejections")
+            rejections = [
+                wire.rejection_from_proto(r, f"decision.rejections[{i}]") for i, r in enumerate(decision.rejections)
+            ]
+            await self._reject(tx, transfer, rejections)
+            return
+        await self._complete(tx, transfer)
+
+    async def _reject(self, tx: Transaction, transfer: Transfer, rejections: Sequence[Rejection]) -> None:
+        await self._set_state(tx, transfer, TransferState.REJECTED, rejections)
+        await self._release(tx, transfer.transfer_id)
+
+    async def _complete(self, tx: Transaction, transfer: Transfer) -> None:
+        """Debit the reserved units, record the ledger entries and send the Completion, in one transaction."""
+        transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
+        await self._debit(tx, transfer)
+        now = self.clock()
+        await tx.append_ledger(
+            completion_entries(transfer.terms, transfer_id=transfer.transfer_id, role_initiating=True, action_date=now)
+        )
+        transfer = await self._set_state(tx, transfer, TransferState.COMPLETED)
+        await self._send_final(tx, transfer, "")

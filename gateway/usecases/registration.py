@@ -1,0 +1,136 @@
+"""Registering what the registry of record tells the gateway: accounts, authorizations and issuances."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TypeVar
+
+from gateway.domain.blocks import UnitBlock
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.records import Account, Authorization
+from gateway.store.base import BlockStatus, StoreConflict, StoredBlock, Transaction
+from gateway.usecases.base import GatewayBase, Idempotency
+
+T = TypeVar("T")
+
+
+class Registration(GatewayBase):
+    """Accounts, authorizations and issuances."""
+
+    async def _create_once(
+        self,
+        idem: Idempotency,
+        resource_id: str,
+        *,
+        what: str,
+        field: str,
+        insert: Callable[[Transaction], Awaitable[None]],
+        find: Callable[[Transaction, str], Awaitable[T | None]],
+    ) -> T:
+        """Insert a resource under an idempotency key; a retry returns what the first call created."""
+        async with self.store.transaction() as tx:
+            previous = await self._replay(tx, idem)
+            if previous is None:
+                try:
+                    async with tx.savepoint():
+                        await insert(tx)
+                except StoreConflict:
+                    raise GatewayError(
+                        ResponseCode.INVALID_ARGUMENT, f"{what} {resource_id!r} already exists", field=field
+                    ) from None
+                await self._remember(tx, idem, resource_id)
+                previous = resource_id
+            found = await find(tx, previous)
+        assert found is not None
+        return found
+
+    async def open_account(self, idem: Idempotency, account: Account) -> Account:
+        """Open an account at this gateway."""
+        return await self._create_once(
+            idem,
+            account.account_id,
+            what="account",
+            field="account.account_id",
+            insert=lambda tx: tx.insert_account(account),
+            find=lambda tx, key: tx.get_account(key),
+        )
+
+    async def register_authorization(self, idem: Idempotency, authorization: Authorization) -> Authorization:
+        """Record a Party's authorization, which transfers then name."""
+        return await self._create_once(
+            idem,
+            authorization.authorization_id,
+            what="authorization",
+            field="authorization.authorization_id",
+            insert=lambda tx: tx.insert_authorization(authorization),
+            find=lambda tx, key: tx.get_authorization(key),
+        )
+
+    async def register_issuance(self, idem: Idempotency, account_id: str, block: UnitBlock) -> StoredBlock:
+        """Record units issued into, or held in, one of this gateway's accounts by the registry of record.
+
+        Provenance (DESIGN.md section 4): a range is registered once, for ever. A range that overlaps one
+        registered before is refused even after its units have left, and units of a serial space another
+        Party issues are refused: they reach this gateway only by transfer.
+        """
+        space = self.nomenclature.canonical(
+            block.space.unit_kind, block.space.issuing_registry, block.space.issuance, field="block.space"
+        )
+        block = replace(block, space=space)
+        async with self.store.transaction() as tx:
+            previous = await self._replay(tx, idem)
+            if previous is not None:
+                found = await tx.get_block(int(previous))
+                assert found is not None
+                return found
+            account = await tx.get_account(account_id)
+            if account is None:
+                raise GatewayError(
+                    ResponseCode.UNKNOWN_ACCOUNT, f"account {account_id!r} is not known here", field="account_id"
+                )
+            if not account.can_hold:
+                raise GatewayError(
+                    ResponseCode.ACCOUNT_NOT_ELIGIBLE,
+                    f"account {account_id!r} is a {account.account_type.value} account and cannot hold units",
+                    field="account_id",
+                )
+            if block.first_transferred:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    "units enter this gateway as not first transferred; only a transfer brings first-transferred units",
+                    field="block.first_transferred",
+                )
+            issuer = self.nomenclature.issuer(space)
+            if issuer and issuer != self.party:
+                raise GatewayError(
+                    ResponseCode.PROVENANCE_REFUSED,
+                    f"{space.issuing_registry} units are issued by {issuer}'s registry of record: they reach"
+                    f" {self.party} only by transfer",
+                    field="block.space.issuing_registry",
+                    blocks=[block],
+                )
+            issued = await tx.issued_ranges(space, block.start, block.end)
+            if issued:
+                start, end = issued[0]
+                raise GatewayError(
+                    ResponseCode.BLOCK_OVERLAP,
+                    f"{block.describe()} overlaps serials {start}-{end}, registered here before: a range is"
+                    " registered once, even after its units have left",
+                    field="block",
+                    blocks=[block],
+                )
+            known = await tx.guarded_blocks(space, block.start, block.end)
+            if known:
+                raise GatewayError(
+                    ResponseCode.BLOCK_OVERLAP,
+                    f"{block.describe()} overlaps " + ", ".join(k.block.describe() for k in known[:5]),
+                    field="block",
+                    blocks=[block, *(k.block for k in known[:5])],
+                )
+            await tx.insert_issued_range(space, block.start, block.end, self.clock())
+            block_id = await tx.insert_block(block, account_id=account_id, status=BlockStatus.HELD)
+            await self._remember(tx, idem, str(block_id))
+            found = await tx.get_block(block_id)
+        assert found is not None
+        return found

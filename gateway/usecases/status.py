@@ -1,0 +1,160 @@
+"""Keeping both sides of a transfer in step: deadlines, status queries, and arbitration of crossing messages.
+
+A sweep runs over the transfers that are not final, each on its own (one that fails is logged and the rest
+go on):
+
+- a transfer waiting past its deadline ends (`gateway.domain.transfer.overdue`): an outgoing one is
+  terminated and its units released, a held incoming one is rejected;
+- a transfer waiting on the partner longer than ``status_query_after`` asks it for its status. The answer
+  (a StatusReport) is settled by `gateway.domain.transfer.on_partner_view`: the initiating side arbitrates,
+  and both sides end in its state.
+"""
+
+from __future__ import annotations
+
+from carbon_gateway.v1 import partner_pb2
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.protocol import Rejection
+from gateway.domain.transfer import (
+    Step,
+    Transfer,
+    TransferState,
+    on_partner_view,
+    overdue,
+    waits_for_partner,
+)
+from gateway.store.base import OutboxKind, Transaction
+from gateway.usecases.acquiring import Acquiring
+from gateway.usecases.base import log
+from gateway.usecases.initiating import Initiating
+
+
+class StatusKeeping(Initiating, Acquiring):
+    """Deadlines, status queries and reports."""
+
+    async def _on_status_query(self, tx: Transaction, partner: str, query: partner_pb2.StatusQuery) -> None:
+        """Either side: answer a partner's question about a transfer's state."""
+        transfer = await tx.get_transfer(query.transfer_id)
+        known = transfer is not None and transfer.partner == partner
+        report = partner_pb2.StatusReport(
+            transfer_id=query.transfer_id,
+            state=int(transfer.state) if transfer is not None and known else 0,  # type: ignore[arg-type]
+            known=known,
+        )
+        await self._exchange.enqueue(tx, partner, status_report=report)
+
+    async def _on_status_report(self, tx: Transaction, partner: str, report: partner_pb2.StatusReport) -> None:
+        """Either side: the partner's view of a transfer this side asked about; converge on one state."""
+        transfer = await tx.get_transfer(report.transfer_id)
+        if transfer is None or transfer.partner != partner:
+            raise GatewayError(
+                ResponseCode.UNKNOWN_TRANSFER, f"no transfer {report.transfer_id[:128]!r} with {partner} is known here"
+            )
+        reported: TransferState | None = None
+        if report.known:
+            try:
+                reported = TransferState(report.state)
+            except ValueError:
+                raise GatewayError(
+                    ResponseCode.MALFORMED_PAYLOAD, f"the report names an unknown state {report.state}", field="state"
+                ) from None
+        step = on_partner_view(transfer.role, transfer.state, report.known, reported)
+        if step is not Step.NOTHING:
+            log.warning(
+                "%s reports transfer %s %s while it is %s here: %s",
+                partner,
+                transfer.transfer_id,
+                reported.name if reported else "unknown",
+                transfer.state.name,
+                step.value,
+            )
+        await self._take_step(tx, transfer, step, reported)
+
+    async def _take_step(self, tx: Transaction, transfer: Transfer, step: Step, reported: TransferState | None) -> None:
+        partner = transfer.partner
+        if step is Step.COMPLETE:
+            await self._complete(tx, transfer)
+        elif step is Step.REJECT:
+            rejection = Rejection(ResponseCode.INVALID_STATE, f"{partner} reports that it rejected the transfer")
+            await self._reject(tx, transfer, [rejection])
+        elif step is Step.TERMINATE:
+            if await tx.pending_for_transfer(transfer.transfer_id, (OutboxKind.PROPOSAL,)):
+                return  # the Proposal has not reached the partner yet; nothing is wrong
+            transfer = await self._set_state(tx, transfer, TransferState.TERMINATED)
+            await self._release(tx, transfer.transfer_id)
+            await self._send_final(tx, transfer, f"{partner} does not know the transfer")
+        elif step is Step.RESEND_FINAL:
+            await self._send_final(tx, transfer, f"the transfer is {transfer.state.name} at {self.party}")
+        elif step is Step.CREDIT:
+            await self._acquire(tx, transfer)
+        elif step is Step.ADOPT:
+            await self._adopt(tx, transfer, reported or TransferState.TERMINATED)
+        elif step is Step.RESEND_DECISION:
+            if await tx.pending_for_transfer(transfer.transfer_id, (OutboxKind.DECISION,)):
+                return
+            accepted = transfer.state is TransferState.ACCEPTED
+            await self._send_decision(
+                tx, transfer, accepted=accepted, rejections=() if accepted else transfer.rejections
+            )
+
+    async def sweep(self) -> list[Transfer]:
+        """End the transfers past their deadline and ask about the ones waiting too long; return those that
+        changed state. Each transfer is handled in its own transaction, and a failure is confined to it."""
+        async with self.store.read() as tx:
+            waiting = await tx.open_transfers()
+        changed: list[Transfer] = []
+        enqueued = False
+        for candidate in waiting:
+            try:
+                ended, asked = await self._sweep_one(candidate.transfer_id)
+            except Exception:
+                log.exception("%s: the sweep failed on transfer %s; it goes on", self.party, candidate.transfer_id)
+                continue
+            if ended is not None:
+                changed.append(ended)
+            enqueued = enqueued or asked or ended is not None
+        if enqueued:
+            self._exchange.on_enqueued()
+        return changed
+
+    async def expire_overdue(self) -> list[Transfer]:
+        """The transfers the sweep ended (kept for callers that only want the deadlines)."""
+        return await self.sweep()
+
+    async def _sweep_one(self, transfer_id: str) -> tuple[Transfer | None, bool]:
+        async with self.store.transaction() as tx:
+            transfer = await tx.get_transfer(transfer_id)
+            if transfer is None:
+                return None, False
+            now = self.clock()
+            target = overdue(transfer, now, self.deadlines)
+            if target is TransferState.TERMINATED:
+                transfer = await self._set_state(tx, transfer, target)
+                await self._release(tx, transfer.transfer_id)
+                await self._send_final(tx, transfer, f"no decision within {self.deadlines.decision}")
+            elif target is TransferState.REJECTED:
+                rejection = Rejection(
+                    ResponseCode.DECISION_DEADLINE_PASSED,
+                    f"held for an operator's decision longer than {self.deadlines.hold}",
+                )
+                transfer = await self._set_state(tx, transfer, target, [rejection])
+                await self._drop_pending(tx, transfer.transfer_id)
+                await self._send_decision(tx, transfer, accepted=False, rejections=[rejection])
+            if target is not None:
+                log.warning(
+                    "%s transfer %s passed its deadline: %s", transfer.role.value, transfer.transfer_id, target.name
+                )
+                return transfer, True
+            if not waits_for_partner(transfer):
+                return None, False
+            last = await tx.status_queried_at(transfer.transfer_id) or transfer.updated_at
+            if now - max(last, transfer.updated_at) < self.status_query_after:
+                return None, False
+            await tx.set_status_queried_at(transfer.transfer_id, now)
+            if await tx.pending_for_transfer(transfer.transfer_id, tuple(OutboxKind)):
+                return None, False  # something for this transfer is still on its way to the partner
+            await self._exchange.enqueue(
+                tx, transfer.partner, status_query=partner_pb2.StatusQuery(transfer_id=transfer.transfer_id)
+            )
+            log.info("asked %s for the status of transfer %s", transfer.partner, transfer.transfer_id)
+            return None, True
