@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -76,6 +77,15 @@ from signing import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ENVELOPE_BYTES = 1 << 20
+
+TRUST_BUNDLE_PAYLOAD_TYPE = "application/vnd.carbon-gateway.trust-bundle.v1+json"
+"""A trust push: every version of the sender's trust document, each a signed envelope of its own.
+
+A partner that missed versions catches up from one push, and one that rotated meanwhile learns the key its
+receipts are signed with: two gateways that both rotated while apart never wait on each other's receipts.
+The payload is ``{"documents": [<DSSE JSON envelope as text>, ...]}``, oldest first; each document is
+verified by the trust rules, so the bundle's own signature (the sender's transfer key) only attributes it."""
+MAX_BUNDLE_DOCUMENTS = 1000
 
 ENVELOPE_MARGIN_BYTES = 512
 """Room kept below a partner's size cap for what is only known at send time: the header's times and
@@ -137,8 +147,13 @@ def verification_refusal(exc: Exception) -> GatewayError:
 
 def apply_trust_update(current: TrustedParty, envelope: Envelope, now: dt.datetime) -> TrustedParty:
     """``current`` updated by ``envelope``, or the refusal saying why not."""
+    return apply_trust_updates(current, [envelope], now)
+
+
+def apply_trust_updates(current: TrustedParty, envelopes: list[Envelope], now: dt.datetime) -> TrustedParty:
+    """``current`` updated by consecutive versions, one at a time (only the last must be unexpired)."""
     try:
-        return current.update(envelope, now)
+        return current.update_many(envelopes, now)
     except ExpiredTrustError as exc:
         raise GatewayError(ResponseCode.TRUST_DOCUMENT_EXPIRED, str(exc)) from None
     except (TrustError, VerificationError) as exc:
@@ -175,6 +190,20 @@ class Sealed:
 
 
 _BODY_KINDS = {kind.value for kind in OutboxKind} - {OutboxKind.TRUST.value, OutboxKind.LEGACY.value}
+
+
+def _bundle(payload: bytes) -> list[Envelope]:
+    """The trust documents a trust bundle carries; refuse a malformed bundle."""
+    try:
+        data = json.loads(payload)
+        texts = data["documents"]
+        if not isinstance(data, dict) or set(data) != {"documents"} or not isinstance(texts, list):
+            raise TypeError('a bundle is {"documents": [...]}')
+        if len(texts) > MAX_BUNDLE_DOCUMENTS:
+            raise ValueError(f"more than {MAX_BUNDLE_DOCUMENTS} documents")
+        return [Envelope.from_json(text.encode("ascii")) for text in texts]
+    except (ValueError, TypeError, KeyError, UnicodeEncodeError, AttributeError, EnvelopeFormatError) as exc:
+        raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"not a trust bundle: {exc}") from None
 
 
 def _statement_kind(statement: partner_pb2.Statement) -> OutboxKind:
@@ -236,7 +265,8 @@ class Exchange:
         return message_id
 
     async def enqueue_trust(self, tx: Transaction, receiver: str, envelope: Envelope) -> str:
-        """Queue one of this gateway's trust documents for ``receiver``, ahead of every statement."""
+        """Queue a trust push for ``receiver``, ahead of every statement; when sent it carries every version of
+        this gateway's trust document (``envelope`` is the version that caused it)."""
         message_id = self.new_id()
         await tx.enqueue(
             receiver=receiver,
@@ -264,8 +294,7 @@ class Exchange:
         and the validity window starts now (DESIGN.md section 5, statement header).
         """
         if message.kind is OutboxKind.TRUST:
-            document = Envelope.from_json(message.body)
-            return Sealed(wire.envelope_to_bytes(document), document.payload, 0)
+            raise ValueError("trust pushes are sealed with seal_trust")
         statement = self.statement_of(message)
         sequence = channel.last_sequence + 1
         header = statement.header
@@ -276,6 +305,12 @@ class Exchange:
         payload = statement.SerializeToString()
         envelope = wire.envelope_to_bytes(sign_envelope(wire.STATEMENT_PAYLOAD_TYPE, payload, [self.signer]))
         return Sealed(envelope, payload, sequence)
+
+    def seal_trust(self, documents: list[bytes]) -> Sealed:
+        """A trust push carrying every version of this gateway's trust document (JSON envelopes, oldest first)."""
+        payload = json.dumps({"documents": [d.decode("ascii") for d in documents]}, separators=(",", ":")).encode()
+        envelope = sign_envelope(TRUST_BUNDLE_PAYLOAD_TYPE, payload, [self.signer])
+        return Sealed(wire.envelope_to_bytes(envelope), payload, 0)
 
     def check_fits(self, receiver: str, **body: object) -> None:
         """Refuse a statement that, once signed, would exceed the size cap ``receiver`` declares.
@@ -366,25 +401,31 @@ class Exchange:
         header: Header | None = None
         verified = False
         try:
-            # Step 1: size cap, before parsing.
-            if len(raw) > self.settings.max_envelope_bytes:
-                raise GatewayError(
-                    ResponseCode.ENVELOPE_TOO_LARGE,
-                    f"{len(raw)} bytes exceeds the cap of {self.settings.max_envelope_bytes}",
-                )
+            # Step 1: size cap, before parsing. The cap counts the protobuf form; the JSON form spells the same
+            # envelope in base64, so it gets the room base64 takes before parsing and is measured again after.
+            cap = self.settings.max_envelope_bytes
+            if len(raw) > (cap if form is EnvelopeForm.PROTOBUF else cap * 4 // 3 + 4096):
+                raise GatewayError(ResponseCode.ENVELOPE_TOO_LARGE, f"{len(raw)} bytes exceeds the cap of {cap}")
             # Step 2: envelope parse.
             envelope = self._parse_envelope(raw, form)
+            if form is EnvelopeForm.JSON and (size := len(wire.envelope_to_bytes(envelope))) > cap:
+                raise GatewayError(
+                    ResponseCode.ENVELOPE_TOO_LARGE, f"{size} bytes (in protobuf form) exceeds the cap of {cap}"
+                )
             payload_digest = payload_hash(envelope.payload)
             # Step 3: allowed payload type.
             if envelope.payload_type == TRUST_PAYLOAD_TYPE:
-                return await self._receive_trust_update(envelope, raw, form, peer_identity)
+                return await self._receive_trust_update([envelope], raw, form, peer_identity)
+            if envelope.payload_type == TRUST_BUNDLE_PAYLOAD_TYPE:
+                return await self._receive_trust_update(_bundle(envelope.payload), raw, form, peer_identity)
             if envelope.payload_type not in self.settings.allowed_payload_types:
                 raise GatewayError(
                     ResponseCode.UNSUPPORTED_PAYLOAD_TYPE,
                     f"payload type {envelope.payload_type[:80]!r} is not accepted here",
                 )
             # Step 4: choose the partner and verify its threshold.
-            partner = self._verified_partner(envelope, peer_identity)
+            verifying = self._verified_partners(envelope, peer_identity)
+            partner = verifying[0]
             verified = True
             # Step 5: parse the same bytes; sender and receiver.
             statement = partner_pb2.Statement()
@@ -395,6 +436,7 @@ class Exchange:
             if not statement.HasField("header"):
                 raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the statement has no header", field="header")
             header = wire.header_from_proto(statement.header)
+            partner = next((p for p in verifying if p.party == header.sender), partner)
             if peer_identity is not None and header.sender != partner.party:
                 raise GatewayError(
                     ResponseCode.PEER_IDENTITY_MISMATCH,
@@ -462,7 +504,7 @@ class Exchange:
             # Step 6: a message already seen gets its stored receipt back, with no second effect.
             seen = await tx.get_message("in", partner.party, header.message_id)
             if seen is not None:
-                receipt = self._reform(seen.receipt, form)
+                receipt = self._reform(self._current(seen.receipt), form)
                 await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now)
                 return Received(receipt, ResponseCode.OK, "already received", True)
             # Step 7: time window.
@@ -545,58 +587,67 @@ class Exchange:
         await self.receive(held, form=EnvelopeForm.PROTOBUF, peer_identity=None)
 
     async def _receive_trust_update(
-        self, envelope: Envelope, raw: bytes, form: EnvelopeForm, peer_identity: str | None
+        self, envelopes: list[Envelope], raw: bytes, form: EnvelopeForm, peer_identity: str | None
     ) -> Received:
-        """A partner pushes the next version of its trust document (verified by the trust rules, not by
-        the transfer keys): exactly version N+1, signed by thresholds of N's and N+1's trust keys."""
-        try:
-            document = TrustDocument.from_payload(envelope.payload)
-        except TrustError as exc:
-            raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"not a trust document: {exc}") from None
-        partner = self.partners.get(document.party)
+        """A partner pushes versions of its trust document (verified by the trust rules, not by the transfer
+        keys): each version newer than the one trusted must be the next, signed by thresholds of the previous
+        version's and its own trust keys. Versions already trusted must be the ones trusted here."""
+        documents: list[tuple[TrustDocument, Envelope]] = []
+        for envelope in envelopes:
+            try:
+                documents.append((TrustDocument.from_payload(envelope.payload), envelope))
+            except TrustError as exc:
+                raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"not a trust document: {exc}") from None
+        if not documents:
+            raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the push carries no trust document")
+        parties = {document.party for document, _ in documents}
+        if len(parties) != 1:
+            raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"the push mixes trust documents of {sorted(parties)}")
+        party = documents[0][0].party
+        partner = self.partners.get(party)
         if partner is None:
-            raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{document.party!r} is not a partner of this gateway")
+            raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{party!r} is not a partner of this gateway")
         if peer_identity is not None and peer_identity != partner.identity:
             raise GatewayError(
                 ResponseCode.PEER_IDENTITY_MISMATCH,
-                f"a trust document of {document.party!r} came over {peer_identity!r}'s connection",
+                f"a trust document of {party!r} came over {peer_identity!r}'s connection",
             )
+        documents.sort(key=lambda item: item[0].version)
         now = self.clock()
         async with self.store.transaction() as tx:
             # Read the trusted version under the store's lock, so that two updates apply one after the other.
             current = partner.trusted
-            if document.version == current.version and envelope.payload == current.envelope.payload:
-                updated = None
+            newer = [envelope for document, envelope in documents if document.version > current.version]
+            for document, envelope in documents:
+                if document.version == current.version and envelope.payload != current.envelope.payload:
+                    raise GatewayError(
+                        ResponseCode.TRUST_UPDATE_REFUSED,
+                        f"version {document.version} of {party}'s trust document differs from the one trusted here",
+                    )
+            if not newer and documents[-1][0].version < current.version and len(documents) == 1:
+                raise GatewayError(
+                    ResponseCode.TRUST_UPDATE_REFUSED,
+                    f"version {documents[-1][0].version} is older than version {current.version}, trusted here",
+                )
+            updated = apply_trust_updates(current, newer, now)
+            for document, envelope in documents:
+                if document.version > current.version:
+                    await tx.put_trust_document(party, document.version, envelope.to_json(), now)
+            if updated is current:
+                detail = f"version {current.version} is already trusted"
             else:
-                updated = apply_trust_update(current, envelope, now)
-                await tx.put_trust_document(partner.party, updated.version, envelope.to_json(), now)
-            if updated is None:
-                detail = f"version {document.version} is already trusted"
-            else:
-                detail = f"now trusting version {updated.version} of {partner.party}'s trust document"
+                detail = f"now trusting version {updated.version} of {party}'s trust document"
             receipt = self._receipt(
-                partner.party, "", payload_hash(envelope.payload), raw, ResponseCode.OK, detail, form, taken_in=True
+                party, "", payload_hash(envelopes[-1].payload), raw, ResponseCode.OK, detail, form, taken_in=True
             )
             await tx.append_log(
-                direction="in",
-                peer=partner.party,
-                message_id="",
-                kind=LogKind.TRUST,
-                form=form,
-                envelope=raw,
-                now=now,
+                direction="in", peer=party, message_id="", kind=LogKind.TRUST, form=form, envelope=raw, now=now
             )
             await tx.append_log(
-                direction="out",
-                peer=partner.party,
-                message_id="",
-                kind=LogKind.RECEIPT,
-                form=form,
-                envelope=receipt,
-                now=now,
+                direction="out", peer=party, message_id="", kind=LogKind.RECEIPT, form=form, envelope=receipt, now=now
             )
-        if updated is not None:
-            self.partners.replace(partner.party, updated)
+        if updated is not current:
+            self.partners.replace(party, updated)
             log.warning("%s", detail)
         return Received(receipt, ResponseCode.OK, detail, taken_in=True)
 
@@ -608,12 +659,12 @@ class Exchange:
         except EnvelopeFormatError as exc:
             raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, str(exc)) from None
 
-    def _verified_partner(self, envelope: Envelope, peer_identity: str | None) -> Partner:
-        """Step 4: the partner whose trusted transfer keys verify ``envelope``.
+    def _verified_partners(self, envelope: Envelope, peer_identity: str | None) -> list[Partner]:
+        """Step 4: the partners whose trusted transfer keys verify ``envelope`` (step 5 keeps the signed sender).
 
         With mTLS the certificate alone names the partner, whatever keyids the envelope carries. Without it,
-        every partner whose trust document lists one of the envelope's keyids is tried in turn; keyids are
-        hints, and two partners may list the same one.
+        every partner whose trust document lists one of the envelope's keyids is tried; keyids are hints, and
+        two partners' documents may list the same key.
         """
         if peer_identity is not None:
             partner = self.partners.by_identity(peer_identity)
@@ -632,10 +683,11 @@ class Exchange:
                             f"signed with {other.party!r}'s keys but sent over {partner.party!r}'s connection",
                         ) from None
                 raise refusal from None
-            return partner
+            return [partner]
         candidates = self.partners.by_keyids(s.keyid for s in envelope.signatures)
         if not candidates:
             raise GatewayError(ResponseCode.KEY_UNKNOWN_OR_REVOKED, "no signature names a key of a known partner")
+        verified: list[Partner] = []
         first_refusal: GatewayError | None = None
         for partner in candidates:
             try:
@@ -643,9 +695,11 @@ class Exchange:
             except GatewayError as exc:
                 first_refusal = first_refusal or exc
                 continue
-            return partner
-        assert first_refusal is not None
-        raise first_refusal
+            verified.append(partner)
+        if not verified:
+            assert first_refusal is not None
+            raise first_refusal
+        return verified
 
     def _verifies(self, partner: Partner, envelope: Envelope) -> bool:
         try:
@@ -690,6 +744,15 @@ class Exchange:
         )
         envelope = sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
         return envelope.to_json() if form is EnvelopeForm.JSON else wire.envelope_to_bytes(envelope)
+
+    def _current(self, receipt: bytes) -> bytes:
+        """A stored receipt as this gateway answers it again: the same payload, and the same signature unless
+        the key that made it has since been rotated out, in which case the current key signs the payload
+        again (the partner could not verify the old signature, and would ask for ever)."""
+        envelope = wire.envelope_from_bytes(receipt)
+        if all(s.keyid == self.signer.keyid for s in envelope.signatures):
+            return receipt
+        return wire.envelope_to_bytes(sign_envelope(envelope.payload_type, envelope.payload, [self.signer]))
 
     @staticmethod
     def _reform(receipt: bytes, form: EnvelopeForm) -> bytes:

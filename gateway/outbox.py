@@ -161,8 +161,11 @@ class OutboxWorker:
             return Outcome.RETRY
         now = self.clock()
         async with self.store.transaction(durable=False) as tx:
-            channel = await tx.outgoing_channel(message.receiver)
-            sealed = self.exchange.seal(message, channel, now)
+            if message.kind is OutboxKind.TRUST:
+                own = await tx.trust_documents(self.exchange.settings.self_party)
+                sealed = self.exchange.seal_trust([envelope for _, envelope in own])
+            else:
+                sealed = self.exchange.seal(message, await tx.outgoing_channel(message.receiver), now)
             await tx.mark_attempt(message.outbox_id, sealed.sequence)
             await tx.append_log(
                 direction="out",
@@ -204,7 +207,9 @@ class OutboxWorker:
             if outcome is Outcome.DELIVERED:
                 digest = receipt.payload_sha256 or payload_hash(sealed.payload)
                 await tx.mark_delivered(message.outbox_id, digest, now)
-                if message.kind is not OutboxKind.TRUST:
+                if message.kind is OutboxKind.TRUST:
+                    await tx.settle_superseded_trust(message.receiver, message.outbox_id, now)
+                else:
                     await tx.set_outgoing_channel(message.receiver, ChannelState(sealed.sequence, digest))
                 if self.exchange.on_delivered is not None and code is ResponseCode.OK:
                     await self.exchange.on_delivered(tx, message)

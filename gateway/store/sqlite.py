@@ -662,6 +662,18 @@ class SQLiteTransaction:
         row = self._one("SELECT envelope FROM trust_documents WHERE party = ? AND version = ?", (party, version))
         return None if row is None else bytes(row["envelope"])
 
+    async def trust_documents(self, party: str) -> list[tuple[int, bytes]]:
+        rows = self._all("SELECT version, envelope FROM trust_documents WHERE party = ? ORDER BY version", (party,))
+        return [(int(r["version"]), bytes(r["envelope"])) for r in rows]
+
+    async def settle_superseded_trust(self, receiver: str, outbox_id: int, now: dt.datetime) -> int:
+        cursor = self._db.execute(
+            "UPDATE outbox SET state = 'delivered', settled_at = ?, last_error = 'superseded by a later push'"
+            " WHERE receiver = ? AND kind = 'trust' AND state = 'pending' AND outbox_id < ?",
+            (codec.to_text(now), receiver, outbox_id),
+        )
+        return cursor.rowcount
+
     async def hold_statement(self, sender: str, sequence: int, envelope: bytes, now: dt.datetime) -> None:
         self._db.execute(
             "INSERT INTO held_statements VALUES (?, ?, ?, ?) ON CONFLICT (sender, sequence) DO NOTHING",
