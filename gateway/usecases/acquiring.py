@@ -33,27 +33,24 @@ class Acquiring(GatewayBase):
                 f"a proposal from {partner} names {terms.transferring_party} as the transferring Party",
                 field="proposal.source_account.party",
             )
-        rejections: list[Rejection]
-        try:
-            validate_terms(terms)
-        except GatewayError as exc:
-            rejections = [Rejection(exc.code, exc.message, exc.blocks)]
-        else:
-            known: list[UnitBlock] = []
-            not_abroad: list[UnitBlock] = []
-            for block in terms.blocks:
-                known.extend(s.block for s in await tx.guarded_blocks(block.space, block.start, block.end))
-                if self._is_own_space(block) and not ranges.covers(
-                    await tx.abroad_ranges(block.space, block.start, block.end), block.start, block.end
-                ):
-                    not_abroad.append(block)
-            rejections = check_acquisition(
-                terms,
-                self_party=self.party,
-                account=await tx.get_account(terms.acquiring_account),
-                known_overlapping=known,
-                not_abroad=not_abroad,
-            )
+        # Terms that break a rule of their own (a limit, two overlapping blocks) are refused like unreadable
+        # ones: answered by transfer ID, with nothing recorded.
+        validate_terms(terms)
+        known: list[UnitBlock] = []
+        not_abroad: list[UnitBlock] = []
+        for block in terms.blocks:
+            known.extend(s.block for s in await tx.guarded_blocks(block.space, block.start, block.end))
+            if self._is_own_space(block) and not ranges.covers(
+                await tx.abroad_ranges(block.space, block.start, block.end), block.start, block.end
+            ):
+                not_abroad.append(block)
+        rejections = check_acquisition(
+            terms,
+            self_party=self.party,
+            account=await tx.get_account(terms.acquiring_account),
+            known_overlapping=known,
+            not_abroad=not_abroad,
+        )
         verdict = Verdict.REJECT if rejections else self.policy.decide(partner, terms)
         if verdict is Verdict.REJECT and not rejections:
             rejections = [
