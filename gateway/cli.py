@@ -58,7 +58,10 @@ def _serve_command(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(Path(args.config)))
     except ConfigError as exc:
-        print(f"carbon-gateway serve: {exc}", file=sys.stderr)
+        # One line, whatever the message quotes (a library's multi-line reason): it is what a supervisor's
+        # log shows of a start that failed.
+        message = " ".join(str(exc).split())
+        print(f"carbon-gateway serve: {message}", file=sys.stderr)
         return 2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,9 +96,13 @@ def _string(value: object, where: str, *, allow_empty: bool = False) -> str:
     return value
 
 
+def _unquote_hint(value: object) -> str:
+    return "; write the number without quotes" if isinstance(value, str) else ""
+
+
 def _integer(value: object, where: str, *, minimum: int, maximum: int = 2**63 - 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}{_unquote_hint(value)}")
     if not minimum <= value <= maximum:
         raise ConfigError(f"{where}: {value} is not in {minimum}..{maximum}")
     return value
@@ -107,7 +112,7 @@ def _seconds(table: Mapping[str, Any], key: str, default: float, *, minimum: flo
     value = table.get(key, default)
     where = f"limits.{key}"
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a number of seconds, got {value!r}")
+        raise ConfigError(f"{where}: expected a number of seconds, got {value!r}{_unquote_hint(value)}")
     if not minimum <= value <= 10 * 365 * 86400:
         raise ConfigError(f"{where}: {value} seconds is not between {minimum} and ten years")
     return dt.timedelta(seconds=float(value))
@@ -133,6 +138,15 @@ def _listen(value: object, where: str) -> str:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{where}: {address!r} is not HOST:PORT with a port in 0..65535")
+    if host.replace(".", "").isdigit():
+        # Digits and dots are never a host name: refuse a mistyped IPv4 address here, not after a DNS lookup.
+        try:
+            socket.inet_aton(host)
+        except OSError:
+            raise ConfigError(
+                f"{where}: {host!r} in {address!r} is not an IPv4 address: write four numbers in 0..255,"
+                " such as 127.0.0.1"
+            ) from None
     return address
 
 
@@ -212,7 +226,7 @@ def load_config(path: Path) -> GatewayConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     base = path.resolve().parent

@@ -78,6 +78,7 @@ class GatewayCore:
         signers: Mapping[str, Signer] | None = None,
         new_id: Callable[[], str] = new_uuid,
         backoff: Backoff | None = None,
+        outbox_batch: int = 64,
         trust_ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.party = party
@@ -119,7 +120,12 @@ class GatewayCore:
         self.gateway.attach(self.exchange)
         self.transport = transport(self.partners)
         self.outbox = OutboxWorker(
-            store=store, exchange=self.exchange, transport=self.transport, clock=clock, backoff=backoff
+            store=store,
+            exchange=self.exchange,
+            transport=self.transport,
+            clock=clock,
+            backoff=backoff,
+            batch=outbox_batch,
         )
         self.exchange.on_enqueued = self.outbox.wake
         self.trust = TrustKeeper(

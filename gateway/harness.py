@@ -19,6 +19,7 @@ from gateway.domain.protocol import ACCEPT_ALL, Deadlines, DecisionPolicy
 from gateway.exchange import ExchangeSettings
 from gateway.node import GatewayNode, PartnerSpec, utc_now
 from gateway.store.sqlite import SQLiteStore
+from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER
 from signing import Envelope, Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
 
 
@@ -90,6 +91,7 @@ async def start_network(
     settings: Callable[[str], ExchangeSettings] = lambda party: ExchangeSettings(self_party=party),
     deadlines: Deadlines | None = None,
     clock: Callable[[], dt.datetime] = utc_now,
+    status_query_after: dt.timedelta = DEFAULT_STATUS_QUERY_AFTER,
 ) -> Network:
     """Start gateways for ``parties`` on loopback port 0; each trusts all the others."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +127,7 @@ async def start_network(
             deadlines=deadlines,
             clock=clock,
             signers={"default": network.signers[party]},
+            status_query_after=status_query_after,
         )
     try:
         for node in network.nodes.values():

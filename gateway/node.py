@@ -197,10 +197,19 @@ class GatewayNode:
             for i, p in enumerate(config.partners)
         ]
         own_trust = _trust_envelope(config.trust_document, "trust_document")
-        for party, envelope in [(config.party, own_trust), *((p.party, p.trust_envelope) for p in partners)]:
+        documents = [
+            ("trust_document", config.trust_document, config.party, own_trust),
+            *(
+                (f"partners[{i}].trust_document", p.trust_document, p.party, spec.trust_envelope)
+                for i, (p, spec) in enumerate(zip(config.partners, partners, strict=True))
+            ),
+        ]
+        for setting, path, party, envelope in documents:
             document_party = TrustedParty.restore(envelope).party
             if document_party != party:
-                raise ConfigError(f"the trust document configured for {party} is {document_party}'s")
+                raise ConfigError(
+                    f"{setting}: {path} is {document_party}'s trust document, not {party}'s; configure {party}'s"
+                )
         signers = {name: _signer(uri, name) for name, uri in config.signers.items()}
         if config.tls is not None:
             for name in ("certificate", "private_key", "ca_certificate"):
@@ -213,6 +222,14 @@ class GatewayNode:
             window=TimeWindow(clock_skew=config.clock_skew, max_lifetime=config.max_message_lifetime),
             message_lifetime=config.message_lifetime,
         )
+        # The ports too, before the database is opened: a start refused for a taken port leaves no file behind.
+        for setting, address in (
+            ("operator.listen", config.operator_listen),
+            ("partner.listen", config.partner_listen),
+            ("http.listen", config.http_listen),
+        ):
+            if address is not None:
+                _probe_listen(address, setting)
         store = await _open_store(config.database)
         try:
             return cls(
@@ -284,33 +301,40 @@ class GatewayNode:
             (partner_handler(self.exchange, require_peer_identity=self.tls is not None),)
         )
         await self._add_health_and_reflection(self.partner_server, PARTNER_SERVICE)
-        if self.tls is None:
-            log.warning(
-                "%s: the partner exchange listens WITHOUT TLS on %s. Use this only for local demos and tests;"
-                " configure [tls] for any real partner.",
-                self.party,
-                self._partner_listen,
-            )
         self.partner_port = _bind(
             self.partner_server,
             self._partner_listen,
             "partner.listen",
             _server_credentials(self.tls) if self.tls else None,
         )
+        if self._http_listen is not None:
+            # Checked before either gRPC server serves: a start that fails must not answer a single call.
+            _probe_listen(self._http_listen, "http.listen")
         await self.operator_server.start()
         await self.partner_server.start()
         if self._http_listen is not None:
             host, _, port = self._http_listen.rpartition(":")
             self.http_server = HttpServer(
                 build_app(self.exchange, self.trust.published),
-                host,
+                host.removeprefix("[").removesuffix("]"),
                 int(port),
                 _ssl_context(self.tls) if self.tls else None,
             )
             try:
                 self.http_port = await self.http_server.start()
             except OSError as exc:
-                raise ConfigError(f"http.listen: cannot listen on {self._http_listen}: {exc.strerror or exc}") from None
+                raise ConfigError(
+                    f"http.listen: cannot listen on {self._http_listen}: {exc.strerror or exc}; choose a free port"
+                    " on an address of this machine"
+                ) from None
+        if self.tls is None:
+            # Only once the start has succeeded: a failed start ends with its one line of error, nothing else.
+            log.warning(
+                "%s: the partner exchange listens WITHOUT TLS on %s. Use this only for local demos and tests;"
+                " configure [tls] for any real partner.",
+                self.party,
+                self.partner_address,
+            )
         self.core.start_background()
 
     @staticmethod
@@ -342,15 +366,65 @@ class GatewayNode:
 
 
 def _bind(server: grpc.aio.Server, address: str, setting: str, credentials: grpc.ServerCredentials | None) -> int:
+    _probe_listen(address, setting)
     try:
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise ConfigError(
-            f"{setting}: cannot listen on {address}: the address is in use or not local ({exc})"
+            f"{setting}: cannot listen on {address}: gRPC could not bind it (the port was taken meanwhile, or the"
+            " host is not an address of this machine); choose a free port on an address of this machine"
         ) from None
     if port == 0 and not address.endswith(":0"):
-        raise ConfigError(f"{setting}: cannot listen on {address}: the address is in use or not local")
+        raise ConfigError(
+            f"{setting}: cannot listen on {address}: gRPC could not bind it; choose a free port on an address of"
+            " this machine"
+        )
     return port
+
+
+def _probe_listen(address: str, setting: str) -> None:
+    """Refuse a listen address this process cannot bind, with a `ConfigError` that names the setting and says why.
+
+    The probe binds a plain socket, without ``SO_REUSEPORT``, to every address the host resolves to; it passes
+    when one of them binds, as gRPC does. It runs before anything serves, so that a taken port or a host of
+    another machine stops the start with one clear line instead of gRPC's C-core log and a generic error.
+    """
+    import errno
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        resolved = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        raise ConfigError(
+            f"{setting}: cannot listen on {address}: {host!r} is neither an IP address nor a host name that"
+            " resolves; use an address of this machine such as 127.0.0.1, or 0.0.0.0 for all of them"
+        ) from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in resolved:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                failures.append(exc)
+            else:
+                return
+    codes = {exc.errno for exc in failures}
+    if errno.EADDRINUSE in codes:
+        why = (
+            "the port is already in use, perhaps by another gateway; stop that process or choose another port"
+            " (two gateways never share a port)"
+        )
+    elif errno.EADDRNOTAVAIL in codes:
+        why = f"{host} is not an address of this machine; use one of its addresses, 127.0.0.1, or 0.0.0.0"
+    elif errno.EACCES in codes:
+        why = "permission denied (ports below 1024 need privileges); choose a port above 1023"
+    else:
+        why = "; ".join(sorted({exc.strerror or str(exc) for exc in failures})) or "the host resolves to nothing"
+    raise ConfigError(f"{setting}: cannot listen on {address}: {why}")
 
 
 def _trust_envelope(path: Path, setting: str) -> Envelope:
@@ -358,13 +432,18 @@ def _trust_envelope(path: Path, setting: str) -> Envelope:
         envelope = Envelope.from_json(path.read_bytes())
         TrustedParty.restore(envelope)
     except FileNotFoundError:
-        raise ConfigError(f"{setting}: {path}: no such file") from None
+        raise ConfigError(
+            f"{setting}: {path}: no such file; put the signed trust document there or correct the path"
+        ) from None
     except IsADirectoryError:
-        raise ConfigError(f"{setting}: {path}: is a folder, not a trust document") from None
+        raise ConfigError(f"{setting}: {path}: is a folder; name the trust document's file") from None
     except OSError as exc:
         raise ConfigError(f"{setting}: {path}: cannot be read: {exc.strerror or exc}") from None
     except (EnvelopeFormatError, TrustError, VerificationError) as exc:
-        raise ConfigError(f"{setting}: {path}: not a valid signed trust document: {exc}") from None
+        raise ConfigError(
+            f"{setting}: {path}: not a valid signed trust document ({exc}); use the document exactly as its Party"
+            " signed and published it"
+        ) from None
     return envelope
 
 
@@ -378,10 +457,17 @@ def _signer(uri: str, name: str) -> Signer:
 
 async def _open_store(path: Path) -> SQLiteStore:
     if path.is_dir():
-        raise ConfigError(f"database: {path} is a folder, not a database file")
+        raise ConfigError(f"database: {path} is a folder; name a file (it is created if missing)")
     if not path.parent.is_dir():
-        raise ConfigError(f"database: the folder {path.parent} does not exist")
+        raise ConfigError(
+            f"database: the folder {path.parent} does not exist; create it or name a file in an existing folder"
+        )
     try:
         return await SQLiteStore.open(path)
     except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"database: {path} cannot be opened as this gateway's SQLite database: {exc}") from None
+        # A file that is not SQLite ("file is not a database"), another program's database (a migration
+        # fails), or a file or folder this process may not write.
+        raise ConfigError(
+            f"database: {path} cannot be used as this gateway's SQLite database ({exc}); name this gateway's"
+            " database file, or a new path to create one"
+        ) from None

@@ -1,0 +1,388 @@
+"""Start-up as an operator meets it: real ``carbon-gateway serve`` processes, and the one line a failed start ends with.
+
+Issue 8, defect 15 ("Two gateways on one port") and defect 16 ("Start-up problems end in tracebacks"). A start that
+cannot succeed must exit with status 2 after ONE line on stderr that names the setting or the file at fault, never
+a traceback, and must leave a gateway already running untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
+from gateway.harness import self_signed_trust_document
+from signing import generate_key, signer_from_uri
+
+SERVE = [sys.executable, "-m", "gateway.cli", "serve"]
+TIMEOUT = 30.0
+"""Seconds a failing ``serve`` may take; a second gateway that binds a taken port would serve on and time out."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _keys(folder: Path) -> Path:
+    """Keys and trust documents for CHN (this gateway) and CHE (its partner), and a key no document lists."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("chn", "che", "stranger"):
+        generate_key(folder / name)
+    for party, name in (("CHN", "chn"), ("CHE", "che")):
+        signer = signer_from_uri(str(folder / f"{name}.key"))
+        (folder / f"{name}.trust.json").write_bytes(self_signed_trust_document(party, signer).to_json())
+    return folder
+
+
+def _config(
+    folder: Path,
+    *,
+    database: str = "chn.db",
+    signer: str = "file:chn.key",
+    trust_document: str = "chn.trust.json",
+    operator: str = "127.0.0.1:0",
+    partner: str = "127.0.0.1:0",
+    http: str | None = None,
+    partner_trust_document: str = "che.trust.json",
+    tail: str = "",
+    name: str = "chn.toml",
+) -> Path:
+    """Write a configuration file like the README's; ``tail`` is TOML appended at the end."""
+
+    def text(value: str) -> str:
+        return json.dumps(value)  # a JSON string is a TOML basic string
+
+    http_table = f"[http]\nlisten = {text(http)}\n" if http is not None else ""
+    config = folder / name
+    config.write_text(
+        f"party = 'CHN'\ndatabase = {text(database)}\nsigner = {text(signer)}\n"
+        f"trust_document = {text(trust_document)}\n\n"
+        f"[operator]\nlisten = {text(operator)}\n\n[partner]\nlisten = {text(partner)}\n\n{http_table}\n"
+        f"[[partners]]\nparty = 'CHE'\naddress = '127.0.0.1:9'\ntrust_document = {text(partner_trust_document)}\n\n"
+        f"{tail}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def _serve(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SERVE, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _assert_one_line_naming(result: subprocess.CompletedProcess[str], *names: str) -> str:
+    """The start failed with status 2 and one line on stderr that names each of ``names``; return the line."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("carbon-gateway serve: "), line
+    for name in names:
+        assert name in line, f"{name!r} not in {line!r}"
+    assert result.returncode == 2, result.stderr
+    return line
+
+
+# Defect 15: two gateways on one port
+
+
+def _health(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    status: int = response.status
+    return status
+
+
+def _open_account(port: int, account_id: str) -> None:
+    """Open an account over a fresh connection (a port shared with another process would split these)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        operator_pb2_grpc.OperatorServiceStub(channel).OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key=f"open-{account_id}",
+                account=records_pb2.Account(account_id=account_id, holder_name="Owner", account_type="project owner"),
+            ),
+            timeout=10,
+        )
+
+
+def _accounts(database: Path) -> set[str]:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT account_id FROM accounts")}
+
+
+def _wait_until_serving(process: subprocess.Popen[bytes], log: Path, operator_port: int, http_port: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        assert process.poll() is None, f"the first gateway exited during its start: {log.read_text()}"
+        try:
+            assert _health(operator_port) == health_pb2.HealthCheckResponse.SERVING
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as response:
+                assert response.status == 200
+            return
+        except (grpc.RpcError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_defect_15_a_second_gateway_on_a_taken_port_stops_with_a_clear_error(tmp_path: Path) -> None:
+    folder = _keys(tmp_path)
+    operator_port, partner_port, http_port = _free_port(), _free_port(), _free_port()
+    first_config = _config(
+        folder,
+        database="first.db",
+        operator=f"127.0.0.1:{operator_port}",
+        partner=f"127.0.0.1:{partner_port}",
+        http=f"127.0.0.1:{http_port}",
+        name="first.toml",
+    )
+    log = tmp_path / "first.log"
+    with log.open("wb") as stderr:
+        first = subprocess.Popen([*SERVE, str(first_config)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        _wait_until_serving(first, log, operator_port, http_port)
+        _open_account(operator_port, "CN-FIRST-0001")
+
+        # A second gateway with its own database and one port of the first, each setting on its own; the other
+        # ports are free (0).
+        seconds = {
+            "operator.listen": ("operator", f"127.0.0.1:{operator_port}"),
+            "partner.listen": ("partner", f"127.0.0.1:{partner_port}"),
+            "http.listen": ("http", f"127.0.0.1:{http_port}"),
+        }
+        configs = {
+            setting: _config(folder, database=f"second-{setting}.db", name=f"second-{setting}.toml", **{key: address})
+            for setting, (key, address) in seconds.items()
+        }
+        with ThreadPoolExecutor(len(configs)) as pool:
+            results = dict(zip(configs, pool.map(_serve, configs.values()), strict=True))
+
+        for setting, result in results.items():
+            line = _assert_one_line_naming(result, setting, seconds[setting][1])
+            assert "in use" in line, line
+        # The first gateway serves on, and every call, each on a fresh connection, lands in its database.
+        assert first.poll() is None
+        assert _health(operator_port) == health_pb2.HealthCheckResponse.SERVING
+        for i in range(2, 6):
+            _open_account(operator_port, f"CN-FIRST-000{i}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as response:
+            assert response.status == 200
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=TIMEOUT) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert _accounts(folder / "first.db") == {f"CN-FIRST-000{i}" for i in range(1, 6)}
+    for setting in seconds:  # refused before its database was opened: nothing to mistake for the first's
+        assert not (folder / f"second-{setting}.db").exists()
+
+
+# Defect 16: start-up problems end in one line, not a traceback
+
+
+@dataclass(frozen=True)
+class Case:
+    """A broken start: ``prepare`` writes the files into a fresh folder and returns the configuration to serve."""
+
+    name: str
+    prepare: Callable[[Path, int], Path]
+    """Called with the folder (keys and trust documents in place) and a port another socket listens on."""
+    names: tuple[str, ...]
+    """What the one line of error must name: the setting, and the file or the value at fault."""
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _foreign_database(folder: Path) -> Path:
+    """A configuration whose database is another program's SQLite file, with a table of the gateway's name."""
+    with closing(sqlite3.connect(folder / "other-app.db")) as db:
+        db.execute("CREATE TABLE accounts (owner BLOB)")
+    return _config(folder, database="other-app.db")
+
+
+CASES = [
+    Case(
+        "config_not_utf8",
+        lambda f, _: _write(f / "latin1.toml", "party = 'CHN' # Zürich\n".encode("latin-1")),
+        ("latin1.toml", "UTF-8"),
+    ),
+    Case("config_is_a_folder", lambda f, _: _folder(f / "folder.toml"), ("folder.toml",)),
+    Case("config_missing", lambda f, _: f / "absent.toml", ("absent.toml",)),
+    Case("config_not_toml", lambda f, _: _write(f / "broken.toml", b"party = \n"), ("broken.toml", "TOML")),
+    Case(
+        "own_trust_document_missing",
+        lambda f, _: _config(f, trust_document="absent.trust.json"),
+        ("trust_document", "absent.trust.json"),
+    ),
+    Case(
+        "own_trust_document_garbage",
+        lambda f, _: _config(f, trust_document=_write(f / "garbage.json", b"{not json").name),
+        ("trust_document", "garbage.json"),
+    ),
+    Case(
+        "own_trust_document_is_a_partners",
+        lambda f, _: _config(f, trust_document="che.trust.json"),
+        ("trust_document", "che.trust.json"),
+    ),
+    Case(
+        "partner_trust_document_missing",
+        lambda f, _: _config(f, partner_trust_document="absent.trust.json"),
+        ("partners[0].trust_document", "absent.trust.json"),
+    ),
+    Case(
+        "partner_trust_document_garbage",
+        lambda f, _: _config(f, partner_trust_document=_write(f / "binary.json", b"\xff\xfe\x00garbage").name),
+        ("partners[0].trust_document", "binary.json"),
+    ),
+    Case(
+        "partner_trust_document_is_ours",
+        lambda f, _: _config(f, partner_trust_document="chn.trust.json"),
+        ("partners[0].trust_document", "chn.trust.json"),
+    ),
+    Case("signer_key_missing", lambda f, _: _config(f, signer="file:absent.key"), ("signer", "absent.key")),
+    Case("signer_is_a_public_key", lambda f, _: _config(f, signer="file:chn.pub"), ("signer", "chn.pub")),
+    Case("signer_not_in_the_trust_document", lambda f, _: _config(f, signer="stranger.key"), ("signer",)),
+    Case("operator_listen_nonsense", lambda f, _: _config(f, operator="nonsense"), ("operator.listen", "nonsense")),
+    Case(
+        "partner_listen_port_out_of_range",
+        lambda f, _: _config(f, partner="127.0.0.1:99999"),
+        ("partner.listen", "127.0.0.1:99999"),
+    ),
+    Case(
+        "operator_listen_not_an_ipv4_address",
+        lambda f, _: _config(f, operator="999.1.1.1:5000"),
+        ("operator.listen", "999.1.1.1:5000"),
+    ),
+    Case(
+        "partner_listen_not_an_ipv4_address",
+        lambda f, _: _config(f, partner="999.1.1.1:5000"),
+        ("partner.listen", "999.1.1.1:5000"),
+    ),
+    Case(
+        "partner_listen_not_this_machine",
+        lambda f, _: _config(f, partner="192.0.2.1:5000"),  # TEST-NET-1: never an address of this machine
+        ("partner.listen", "192.0.2.1:5000"),
+    ),
+    Case("http_listen_nonsense", lambda f, _: _config(f, http="nonsense"), ("http.listen", "nonsense")),
+    Case(
+        "http_listen_not_an_ipv4_address",
+        lambda f, _: _config(f, http="999.1.1.1:5000"),
+        ("http.listen", "999.1.1.1:5000"),
+    ),
+    Case(
+        "http_port_in_use",
+        lambda f, busy: _config(f, http=f"127.0.0.1:{busy}"),
+        ("http.listen", "in use"),
+    ),
+    Case(
+        "operator_port_in_use",
+        lambda f, busy: _config(f, operator=f"127.0.0.1:{busy}"),
+        ("operator.listen", "in use"),
+    ),
+    Case(
+        "database_in_a_missing_folder",
+        lambda f, _: _config(f, database="absent/chn.db"),
+        ("database", "absent"),
+    ),
+    Case(
+        "database_is_a_text_file",
+        lambda f, _: _config(f, database=_write(f / "notes.txt", b"not a database\n" * 100).name),
+        ("database", "notes.txt"),
+    ),
+    Case(
+        "database_of_another_program",
+        lambda f, _: _foreign_database(f),
+        ("database", "other-app.db"),
+    ),
+    Case("database_is_a_folder", lambda f, _: _config(f, database=_folder(f / "db").name), ("database",)),
+    Case(
+        "limits_size_is_a_string",
+        lambda f, _: _config(f, tail='[limits]\nmax_envelope_bytes = "big"'),
+        ("limits.max_envelope_bytes", "big"),
+    ),
+    Case(
+        "limits_seconds_is_a_string",
+        lambda f, _: _config(f, tail='[limits]\nclock_skew_seconds = "5 minutes"'),
+        ("limits.clock_skew_seconds",),
+    ),
+    Case(
+        "policy_rule_is_not_a_table",
+        lambda f, _: _config(f, tail='[policy]\nrules = ["accept everything"]'),
+        ("policy.rules[0]",),
+    ),
+    Case(
+        "policy_rule_unknown_verdict",
+        lambda f, _: _config(f, tail='[policy]\nrules = [{ verdict = "maybe" }]'),
+        ("policy.rules[0].verdict",),
+    ),
+    Case(
+        "policy_rule_verdict_is_a_list",
+        lambda f, _: _config(f, tail='[policy]\nrules = [{ verdict = ["accept"] }]'),
+        ("policy.rules[0].verdict",),
+    ),
+    Case(
+        "policy_rule_max_quantity_is_a_string",
+        lambda f, _: _config(f, tail='[policy]\nrules = [{ verdict = "accept", max_quantity = "lots" }]'),
+        ("policy.rules[0].max_quantity",),
+    ),
+    Case(
+        "policy_rule_unknown_purpose",
+        lambda f, _: _config(f, tail='[policy]\nrules = [{ verdict = "accept", purpose = "PROFIT" }]'),
+        ("policy.rules[0].purpose",),
+    ),
+    Case("policy_rules_not_a_list", lambda f, _: _config(f, tail='[policy]\nrules = "accept"'), ("policy.rules",)),
+]
+
+
+@pytest.fixture(scope="module")
+def broken_starts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Every case's ``serve``, run in parallel while one socket holds a port the busy cases configure."""
+    root = tmp_path_factory.mktemp("broken-starts")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        configs = {case.name: case.prepare(_keys(root / case.name), port) for case in CASES}
+        with ThreadPoolExecutor(8) as pool:
+            return dict(zip(configs, pool.map(_serve, configs.values()), strict=True))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_defect_16_a_start_up_problem_ends_in_one_line_naming_it(
+    case: Case, broken_starts: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    _assert_one_line_naming(broken_starts[case.name], *case.names)
