@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from carbon_gateway.v1 import envelope_pb2, partner_pb2, records_pb2
 from gateway.domain import text
-from gateway.domain.blocks import BlockError, SerialSpace, UnitBlock
+from gateway.domain.blocks import MAX_SERIAL, BlockError, SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.nomenclature import Nomenclature
 from gateway.domain.protocol import Rejection, parse_adjustment_method, parse_purpose
@@ -121,8 +121,11 @@ def block_from_proto(
         msg.mitigation_type, f"{field}.mitigation_type", what="mitigation type", max_length=text.MAX_NAME_LENGTH
     )
     text.check_year(msg.vintage, f"{field}.vintage", what="vintage")
+    check_serials(msg.start, msg.end, field)
     space_field = f"{field}.space"
     if nomenclature is not None:
+        for name in ("unit_kind", "issuing_registry", "issuance"):
+            text.check_code(getattr(msg.space, name), f"{space_field}.{name}", what=name.replace("_", " "))
         space = nomenclature.canonical(
             msg.space.unit_kind, msg.space.issuing_registry, msg.space.issuance, field=space_field
         )
@@ -146,6 +149,18 @@ def block_from_proto(
         )
     except BlockError as exc:
         raise _invalid(field, str(exc)) from None
+
+
+def check_serials(start: int, end: int, field: str) -> None:
+    """Refuse a serial range outside 0..`MAX_SERIAL` or backwards, naming ``field.start`` or ``field.end``."""
+    if not 0 <= start <= MAX_SERIAL:
+        raise _invalid(f"{field}.start", f"the start serial {start} is not in 0..{MAX_SERIAL}")
+    if not 0 <= end <= MAX_SERIAL:
+        raise _invalid(
+            f"{field}.end", f"the end serial {end} is not in 0..{MAX_SERIAL} (the largest serial is 2^63 - 2)"
+        )
+    if end < start:
+        raise _invalid(f"{field}.end", f"the end serial {end} precedes the start serial {start}")
 
 
 def rejection_to_proto(rejection: Rejection) -> records_pb2.Rejection:
@@ -194,14 +209,14 @@ def account_from_proto(msg: records_pb2.Account, field: str = "account") -> Acco
     except ValueError:
         allowed = ", ".join(repr(t.value) for t in AccountType)
         raise _invalid(
-            f"{field}.account_type", f"unknown account type {msg.account_type!r}; use one of {allowed}"
+            f"{field}.account_type", f"unknown account type {text.quoted(msg.account_type)}; use one of {allowed}"
         ) from None
     return Account(msg.account_id, msg.holder_name, account_type)
 
 
 def _date(value: str, field: str) -> dt.date:
     if len(value) != 10 or not value.isascii():
-        raise _invalid(field, f"{value[:40]!r} is not an ISO 8601 date (YYYY-MM-DD)")
+        raise _invalid(field, f"{text.quoted(value)} is not an ISO 8601 date (YYYY-MM-DD, ASCII digits)")
     try:
         date = dt.date.fromisoformat(value)
     except ValueError:
@@ -234,12 +249,15 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
     text.check_identifier(msg.authorization_id, f"{field}.authorization_id", what="authorization ID")
     text.check_identifier(msg.version, f"{field}.version", what="version", required=False)
     if not COOPERATIVE_APPROACH_PATTERN.fullmatch(msg.cooperative_approach):
-        raise _invalid(f"{field}.cooperative_approach", f"{msg.cooperative_approach!r} is not CA followed by 4 digits")
+        raise _invalid(
+            f"{field}.cooperative_approach",
+            f"{text.quoted(msg.cooperative_approach)} is not a cooperative approach ID: CA followed by 4 ASCII digits",
+        )
     if msg.metric != "GHG":
         raise GatewayError(
             ResponseCode.INVALID_ARGUMENT,
-            f"metric {msg.metric[:40]!r} is not supported: only GHG authorizations are handled (non-GHG NDC metrics"
-            " are out of scope, decision 2/CMA.3 annex para 9)",
+            f"metric {text.quoted(msg.metric)} is not supported: only GHG authorizations are handled (non-GHG NDC"
+            " metrics are out of scope, decision 2/CMA.3 annex para 9)",
             field=f"{field}.metric",
         )
     if msg.authorized_quantity <= 0:
@@ -262,7 +280,7 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         allowed = ", ".join(repr(d.value) for d in FirstTransferDefinition)
         raise _invalid(
             f"{field}.first_transfer_definition",
-            f"unknown first-transfer definition {msg.first_transfer_definition[:60]!r}; use one of {allowed}",
+            f"unknown first-transfer definition {text.quoted(msg.first_transfer_definition)}; use one of {allowed}",
         ) from None
     date = _date(msg.date, f"{field}.date")
     expires = _date(msg.expires, f"{field}.expires") if msg.expires else None
@@ -356,7 +374,7 @@ def proposal_from_proto(msg: partner_pb2.Proposal, nomenclature: Nomenclature) -
     for side in ("source_account", "acquiring_account"):
         ref = getattr(msg, side)
         if not PARTY_PATTERN.fullmatch(ref.party):
-            raise _invalid(f"{field}.{side}.party", f"{ref.party[:40]!r} is not an ISO 3166-1 alpha-3 Party code")
+            raise _invalid(f"{field}.{side}.party", f"{text.quoted(ref.party)} is not an ISO 3166-1 alpha-3 Party code")
         text.check_identifier(ref.account_id, f"{field}.{side}.account_id", what="account ID")
     text.check_identifier(msg.authorization_id, f"{field}.authorization_id", what="authorization ID")
     purpose: Purpose = parse_purpose(msg.purpose, field=f"{field}.purpose")
@@ -446,12 +464,18 @@ def envelope_to_bytes(envelope: Envelope) -> bytes:
 
 
 def envelope_from_bytes(data: bytes) -> Envelope:
-    """Parse the protobuf form of a DSSE envelope; the payload bytes are kept verbatim."""
+    """Parse the protobuf form of a DSSE envelope; the payload bytes are kept verbatim.
+
+    An envelope without a payload type (such as zero bytes, which parse as an empty message) is malformed.
+    """
     msg = envelope_pb2.Envelope()
     try:
         msg.ParseFromString(data)
     except DecodeError:
         raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the envelope is not a valid protobuf Envelope") from None
+    if not msg.payload_type:
+        # As in the JSON form, where payloadType is required: an empty message parses, but is no envelope.
+        raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the envelope has no payload type (field 2)")
     try:
         return Envelope(
             payload=msg.payload,

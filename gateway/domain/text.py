@@ -11,7 +11,12 @@ Character rules:
   widths, byte-order marks), surrogate, private-use, unassigned, line or paragraph separator characters;
 - **names** (account holder names): as identifiers, except that the zero-width joiner and non-joiner, which some
   scripts need, are allowed;
-- **text** (reasons, explanations): may be empty and may contain inner spaces, otherwise as names.
+- **text** (reasons, explanations): may be empty and may contain inner spaces, otherwise as names;
+- **codes** looked up in a configured list (unit kinds, issuing registries, issuances): as identifiers, except
+  that surrounding white space is folded away by the lookup rather than refused, and an unknown code is
+  `ResponseCode.UNKNOWN_SERIAL_SPACE`.
+
+Refusal messages quote at most `MAX_QUOTED` characters of an offending value.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ MIN_YEAR = 1000
 MAX_YEAR = 9999
 """Vintages, timeframes and calendar years are four-digit years."""
 MAX_INT64 = 2**63 - 1
+MAX_QUOTED = 40
+"""Characters of an offending value quoted back in a refusal message."""
 
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _JOINERS = frozenset({"\u200c", "\u200d"})
@@ -57,6 +64,24 @@ def _bad_character(value: str, allow_joiners: bool) -> str | None:
     return None
 
 
+_CATEGORY_NAMES = {
+    "Cc": "a control character",
+    "Cf": "an invisible formatting character",
+    "Cs": "a surrogate",
+    "Co": "a private-use character",
+    "Cn": "an unassigned code point",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+
+
+def _describe(char: str) -> str:
+    """A refused character as a refusal names it: ``U+202E RIGHT-TO-LEFT OVERRIDE``, ``U+0000 (a control
+    character)``."""
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X} {name}" if name else f"U+{ord(char):04X} ({_CATEGORY_NAMES[unicodedata.category(char)]})"
+
+
 def _check(value: str, field: str, what: str, max_length: int, *, allow_joiners: bool, required: bool) -> str:
     if not isinstance(value, str):
         raise _invalid(field, f"the {what} must be text")
@@ -68,18 +93,36 @@ def _check(value: str, field: str, what: str, max_length: int, *, allow_joiners:
         raise _invalid(field, f"the {what} has {len(value)} characters; at most {max_length} are allowed")
     bad = _bad_character(value, allow_joiners)
     if bad is not None:
-        name = unicodedata.name(bad, "unnamed")
-        raise _invalid(field, f"the {what} contains the character U+{ord(bad):04X} ({name}), which is not allowed here")
+        raise _invalid(field, f"the {what} contains {_describe(bad)}, which is not allowed here")
     if value != value.strip():
-        raise _invalid(field, f"the {what} {value!r} has leading or trailing white space")
+        raise _invalid(field, f"the {what} {quoted(value)} has leading or trailing white space")
     if not unicodedata.is_normalized("NFC", value):
-        raise _invalid(field, f"the {what} {value!r} is not in Unicode normal form NFC")
+        raise _invalid(field, f"the {what} {quoted(value)} is not in Unicode normal form NFC")
     return value
 
 
 def check_identifier(value: str, field: str, *, what: str = "identifier", required: bool = True) -> str:
     """``value`` if it is a valid identifier of at most `MAX_IDENTIFIER_LENGTH` characters; refuse otherwise."""
     return _check(value, field, what, MAX_IDENTIFIER_LENGTH, allow_joiners=False, required=required)
+
+
+def check_code(value: str, field: str, *, what: str = "code") -> str:
+    """``value`` if it may be looked up as a configured code (unit kind, issuing registry, issuance); refuse
+    otherwise.
+
+    The rules are an identifier's, except that the value may be empty and may carry surrounding white space:
+    `gateway.domain.nomenclature` folds a code's spelling before looking it up, and answers an unknown code
+    with `ResponseCode.UNKNOWN_SERIAL_SPACE`. What no spelling can turn into a code (too long, control or
+    format characters) is malformed, and refused here before it is looked up or quoted back.
+    """
+    if not isinstance(value, str):
+        raise _invalid(field, f"the {what} must be text")
+    if len(value) > MAX_IDENTIFIER_LENGTH:
+        raise _invalid(field, f"the {what} has {len(value)} characters; at most {MAX_IDENTIFIER_LENGTH} are allowed")
+    bad = _bad_character(value, allow_joiners=False)
+    if bad is not None:
+        raise _invalid(field, f"the {what} contains {_describe(bad)}, which is not allowed here")
+    return value
 
 
 def check_name(value: str, field: str, *, what: str = "name") -> str:
@@ -110,6 +153,11 @@ def check_positive_int64(value: int, field: str, *, what: str = "quantity") -> i
     if not 0 < value <= MAX_INT64:
         raise _invalid(field, f"the {what} {value} is not in 1..{MAX_INT64}")
     return value
+
+
+def quoted(value: str, limit: int = MAX_QUOTED) -> str:
+    """``value`` as a refusal message quotes it: ``repr``, cut to about ``limit`` characters and marked when cut."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} characters)"
 
 
 def truncate(text: str, limit: int = MAX_TEXT_LENGTH) -> str:

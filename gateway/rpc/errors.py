@@ -11,6 +11,7 @@ import grpc
 
 from carbon_gateway.v1 import records_pb2
 from gateway import wire
+from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
 
 log = logging.getLogger(__name__)
@@ -39,21 +40,42 @@ def status_for(code: ResponseCode) -> grpc.StatusCode:
     return _STATUS.get(code, grpc.StatusCode.FAILED_PRECONDITION)
 
 
+MAX_DETAIL_BYTES = 4096
+"""The most a serialized ErrorDetail may take. It travels in trailing metadata, which gRPC refuses past 16 KiB
+(and may refuse past 8 KiB) for all headers together: a refusal must never fail to arrive because of its size."""
+MAX_STATUS_MESSAGE = 300
+"""Characters of the refusal message repeated in the status details (the ErrorDetail carries it in full)."""
+
+
 def error_detail(exc: GatewayError, record_index: int = -1) -> records_pb2.ErrorDetail:
-    """The ErrorDetail message for a refusal."""
-    return records_pb2.ErrorDetail(
+    """The ErrorDetail message for a refusal, within `MAX_DETAIL_BYTES`: the message is cut to
+    `gateway.domain.text.MAX_TEXT_LENGTH` characters, and the offending blocks are listed while they fit."""
+    detail = records_pb2.ErrorDetail(
         code=int(exc.code),  # type: ignore[arg-type]
-        message=exc.message,
-        field=exc.field,
-        blocks=[wire.block_to_proto(b) for b in exc.blocks],
+        message=text.truncate(exc.message),
+        field=text.truncate(exc.field, text.MAX_IDENTIFIER_LENGTH),
         record_index=record_index,
     )
+    while detail.ByteSize() > MAX_DETAIL_BYTES // 2 and len(detail.message) > 1:
+        detail.message = text.truncate(detail.message, len(detail.message) // 2)
+    for block in exc.blocks:
+        detail.blocks.append(wire.block_to_proto(block))
+        if detail.ByteSize() > MAX_DETAIL_BYTES:
+            del detail.blocks[-1]
+            break
+    return detail
+
+
+def status_message(exc: GatewayError) -> str:
+    """The status details of a refusal: its code, the start of its message and the field."""
+    where = f" (field {text.truncate(exc.field, text.MAX_IDENTIFIER_LENGTH)})" if exc.field else ""
+    return f"{exc.code.name}: {text.truncate(exc.message, MAX_STATUS_MESSAGE)}{where}"
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: GatewayError) -> None:
     """End the call with the status for ``exc``, its detail in trailing metadata."""
     context.set_trailing_metadata(((ERROR_DETAIL_KEY, error_detail(exc).SerializeToString()),))
-    await context.abort(status_for(exc.code), str(exc))
+    await context.abort(status_for(exc.code), status_message(exc))
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

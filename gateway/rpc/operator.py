@@ -9,9 +9,10 @@ import grpc
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway import wire
 from gateway.domain import text
-from gateway.domain.blocks import MAX_SERIAL
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.records import PARTY_PATTERN
+from gateway.domain.nomenclature import Nomenclature
+from gateway.domain.protocol import parse_adjustment_method, parse_purpose
+from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN
 from gateway.partners import TRANSFER_ROLE
 from gateway.rpc.errors import refusals_as_status
 from gateway.service import BlockSelection, Gateway, Idempotency, TransferRequest
@@ -47,10 +48,27 @@ def _outbox_entry(message: OutboxMessage) -> operator_pb2.OutboxEntry:
     )
 
 
-def _party_filter(party: str) -> str:
+def _party_filter(party: str, *, required: bool = False) -> str:
+    if not party and required:
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "name the partner's Party code", field="party")
     if party and not PARTY_PATTERN.fullmatch(party):
-        raise GatewayError(ResponseCode.INVALID_ARGUMENT, f"{party[:40]!r} is not a Party code", field="party")
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"{text.quoted(party)} is not an ISO 3166-1 alpha-3 Party code (three capital ASCII letters)",
+            field="party",
+        )
     return party
+
+
+def _selection(selection: operator_pb2.BlockSelection, field: str, nomenclature: Nomenclature) -> BlockSelection:
+    wire.check_serials(selection.start, selection.end, field)
+    space_field = f"{field}.space"
+    for name in ("unit_kind", "issuing_registry", "issuance"):
+        text.check_code(getattr(selection.space, name), f"{space_field}.{name}", what=name.replace("_", " "))
+    space = nomenclature.canonical(
+        selection.space.unit_kind, selection.space.issuing_registry, selection.space.issuance, field=space_field
+    )
+    return BlockSelection(space, selection.start, selection.end)
 
 
 def _holding(stored: StoredBlock) -> operator_pb2.Holding:
@@ -85,18 +103,25 @@ class TrustOperations:
     async def RotateTrustDocument(
         self, request: operator_pb2.RotateTrustDocumentRequest, context: Context[object, object]
     ) -> operator_pb2.TrustStatus:
+        text.check_identifier(request.idempotency_key, "idempotency_key", what="idempotency key")
+        if not request.envelope_json:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, "give the signed trust document (DSSE JSON)", field="envelope_json"
+            )
         try:
             envelope = Envelope.from_json(request.envelope_json)
         except EnvelopeFormatError as exc:
-            raise GatewayError(ResponseCode.INVALID_ARGUMENT, str(exc), field="envelope_json") from None
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, text.truncate(str(exc), 300), field="envelope_json"
+            ) from None
         # The request names a signer; it never says where a key lives. Only the configuration does.
         signer = self.trust.signers.get(request.signer)
         if signer is None:
             names = ", ".join(sorted(self.trust.signers)) or "none"
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT,
-                f"no signer named {request.signer[:64]!r} is configured (configured: {names}); add it under"
-                " [signers] and restart",
+                f"no signer named {text.quoted(request.signer, 64)} is configured (configured: {names}); add it"
+                " under [signers] and restart",
                 field="signer",
             )
         updated, pushed = await self.trust.rotate(envelope, signer)
@@ -106,7 +131,7 @@ class TrustOperations:
     async def RefreshPartnerTrust(
         self, request: operator_pb2.RefreshPartnerTrustRequest, context: Context[object, object]
     ) -> operator_pb2.TrustStatus:
-        partner = self.trust.partners.get(_party_filter(request.party))
+        partner = self.trust.partners.get(_party_filter(request.party, required=True))
         if partner is None:
             raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{request.party!r} is not a partner", field="party")
         updated = await self.trust.refresh(request.party, partner.http_url)
@@ -164,38 +189,28 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     ) -> records_pb2.Transfer:
         text.check_count(request.selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
         nomenclature = self.gateway.nomenclature
-        selections = []
-        for i, selection in enumerate(request.selections):
-            field = f"selections[{i}]"
-            if not 0 <= selection.start <= MAX_SERIAL:
-                raise GatewayError(
-                    ResponseCode.INVALID_ARGUMENT, f"serials lie in 0..{MAX_SERIAL}", field=f"{field}.start"
-                )
-            if not 0 <= selection.end <= MAX_SERIAL:
-                raise GatewayError(
-                    ResponseCode.INVALID_ARGUMENT, f"serials lie in 0..{MAX_SERIAL}", field=f"{field}.end"
-                )
-            if selection.end < selection.start:
-                raise GatewayError(
-                    ResponseCode.INVALID_ARGUMENT,
-                    f"end {selection.end} precedes start {selection.start}",
-                    field=f"{field}.end",
-                )
-            space = nomenclature.canonical(
-                selection.space.unit_kind,
-                selection.space.issuing_registry,
-                selection.space.issuance,
-                field=f"{field}.space",
-            )
-            selections.append(BlockSelection(space, selection.start, selection.end))
+        selections = [_selection(s, f"selections[{i}]", nomenclature) for i, s in enumerate(request.selections)]
+        text.check_identifier(request.source_account, "source_account", what="source account ID")
         if not PARTY_PATTERN.fullmatch(request.acquiring_account.party):
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT,
-                f"{request.acquiring_account.party[:40]!r} is not an ISO 3166-1 alpha-3 Party code",
+                f"{text.quoted(request.acquiring_account.party)} is not an ISO 3166-1 alpha-3 Party code"
+                " (three capital ASCII letters)",
                 field="acquiring_account.party",
             )
         text.check_identifier(request.acquiring_account.account_id, "acquiring_account.account_id", what="account ID")
+        if not COOPERATIVE_APPROACH_PATTERN.fullmatch(request.cooperative_approach):
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"{text.quoted(request.cooperative_approach)} is not a cooperative approach ID: CA followed by 4"
+                " ASCII digits",
+                field="cooperative_approach",
+            )
         text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID")
+        text.check_identifier(request.purpose, "purpose", what="purpose")
+        parse_purpose(request.purpose, field="purpose")
+        text.check_identifier(request.adjustment_method, "adjustment_method", what="adjustment method")
+        parse_adjustment_method(request.adjustment_method, field="adjustment_method")
         transfer_request = TransferRequest(
             source_account=request.source_account,
             selections=tuple(selections),
@@ -214,6 +229,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         self, request: operator_pb2.CancelTransferRequest, context: Context[object, object]
     ) -> records_pb2.Transfer:
         text.check_identifier(request.transfer_id, "transfer_id", what="transfer ID")
+        text.check_text(request.reason, "reason", what="reason")
         idem = _idempotency("CancelTransfer", request, request.idempotency_key)
         return wire.transfer_to_proto(await self.gateway.cancel_transfer(idem, request.transfer_id, request.reason))
 
@@ -222,6 +238,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         self, request: operator_pb2.DecideTransferRequest, context: Context[object, object]
     ) -> records_pb2.Transfer:
         text.check_identifier(request.transfer_id, "transfer_id", what="transfer ID")
+        text.check_text(request.reason, "reason", what="reason")
         idem = _idempotency("DecideTransfer", request, request.idempotency_key)
         transfer = await self.gateway.decide_held_transfer(idem, request.transfer_id, request.accept, request.reason)
         return wire.transfer_to_proto(transfer)
@@ -273,6 +290,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def RetryDeadLetter(
         self, request: operator_pb2.RetryDeadLetterRequest, context: Context[object, object]
     ) -> operator_pb2.OutboxEntry:
+        text.check_identifier(request.message_id, "message_id", what="message ID")
         idem = _idempotency("RetryDeadLetter", request, request.idempotency_key)
         return _outbox_entry(await self.gateway.retry_dead_letter(idem, request.message_id))
 
@@ -280,6 +298,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def AbandonDeadLetter(
         self, request: operator_pb2.AbandonDeadLetterRequest, context: Context[object, object]
     ) -> operator_pb2.AbandonDeadLetterResponse:
+        text.check_identifier(request.message_id, "message_id", what="message ID")
+        text.check_text(request.reason, "reason", what="reason")
         idem = _idempotency("AbandonDeadLetter", request, request.idempotency_key)
         abandoned = await self.gateway.abandon_dead_letter(idem, request.message_id, request.reason)
         response = operator_pb2.AbandonDeadLetterResponse(
