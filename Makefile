@@ -8,7 +8,7 @@ PROTO_OUT := proto
 PROTOS := $(wildcard $(PROTO_DIR)/carbon_gateway/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto bench clean
+.PHONY: run test lint proto bench simulate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tests.bench
+
+# The seeded simulation over more seeds than `make test` runs; a failing seed prints its replay command.
+SEEDS ?= 100
+STEPS ?= 300
+simulate: $(STAMP)
+	$(PY) -m tests.simulation --seeds $(SEEDS) --steps $(STEPS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache bench-results.json
