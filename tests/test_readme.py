@@ -42,3 +42,11 @@ def test_the_readme_configuration_example_loads(tmp_path: Path) -> None:
     assert [r.verdict for r in config.policy.rules] == [Verdict.ACCEPT, Verdict.HOLD]
     assert config.hold_deadline == dt.timedelta(hours=48)
     assert config.decision_timeout == dt.timedelta(hours=72)
+    assert config.status_query_after == dt.timedelta(minutes=15)
+    assert sorted(config.signers) == ["default", "next"]
+    assert config.signers["next"] == f"file:{tmp_path / 'keys' / 'chn-2.key'}"
+    assert [p.max_envelope_bytes for p in config.partners] == [1 << 20]
+    assert {code: (r.unit_kinds, r.party) for code, r in config.nomenclature.registries.items()} == {
+        "CN-CCER": (("CCER",), "CHN"),
+        "CN-CEA": (("CEA",), "CHN"),
+    }
