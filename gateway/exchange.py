@@ -56,7 +56,7 @@ from gateway.domain.statements import (
     payload_hash,
 )
 from gateway.domain.text import truncate
-from gateway.partners import Partner, PartnerDirectory
+from gateway.partners import TRANSFER_ROLE, Partner, PartnerDirectory
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage, Store, StoredMessage, Transaction
 from signing import (
     TRUST_PAYLOAD_TYPE,
@@ -86,6 +86,9 @@ receipts are signed with: two gateways that both rotated while apart never wait 
 The payload is ``{"documents": [<DSSE JSON envelope as text>, ...]}``, oldest first; each document is
 verified by the trust rules, so the bundle's own signature (the sender's transfer key) only attributes it."""
 MAX_BUNDLE_DOCUMENTS = 1000
+
+MAX_HELD_AHEAD = 256
+"""How far ahead of the last statement taken in a statement may be and still be held behind the gap."""
 
 ENVELOPE_MARGIN_BYTES = 512
 """Room kept below a partner's size cap for what is only known at send time: the header's times and
@@ -158,6 +161,15 @@ def apply_trust_updates(current: TrustedParty, envelopes: list[Envelope], now: d
         raise GatewayError(ResponseCode.TRUST_DOCUMENT_EXPIRED, str(exc)) from None
     except (TrustError, VerificationError) as exc:
         raise GatewayError(ResponseCode.TRUST_UPDATE_REFUSED, str(exc)) from None
+
+
+class Replayed(GatewayError):
+    """A statement whose sequence the receiver already processed, or whose hash does not chain; the refusal
+    tells the sender where the receiver's copy of its channel stands, so that it can catch up."""
+
+    def __init__(self, refusal: GatewayError, channel: ChannelState) -> None:
+        super().__init__(refusal.code, refusal.message, field=refusal.field)
+        self.channel = channel
 
 
 class SequenceGap(GatewayError):
@@ -306,6 +318,29 @@ class Exchange:
         envelope = wire.envelope_to_bytes(sign_envelope(wire.STATEMENT_PAYLOAD_TYPE, payload, [self.signer]))
         return Sealed(envelope, payload, sequence)
 
+    def still_valid(self, previous: bytes, fresh: Sealed, now: dt.datetime) -> Sealed | None:
+        """The envelope of the previous attempt, if it may go out again instead of ``fresh``: same signer, same
+        place in the channel, and at least half its lifetime left. Retries during an outage then send (and log)
+        one envelope, not one per attempt, and a new one only when the old one nears its expiry."""
+        if not previous:
+            return None
+        try:
+            envelope = wire.envelope_from_bytes(previous)
+        except GatewayError:
+            return None
+        if [s.keyid for s in envelope.signatures] != [self.signer.keyid]:
+            return None
+        if envelope.payload_type == TRUST_BUNDLE_PAYLOAD_TYPE:
+            return Sealed(previous, envelope.payload, 0) if envelope.payload == fresh.payload else None
+        old, new = partner_pb2.Statement(), partner_pb2.Statement()
+        old.ParseFromString(envelope.payload)
+        new.ParseFromString(fresh.payload)
+        same_place = (old.header.sequence, old.header.previous_hash) == (new.header.sequence, new.header.previous_hash)
+        expires = old.header.expires_at.ToDatetime(tzinfo=dt.UTC)
+        if same_place and expires - now >= self.settings.message_lifetime / 2:
+            return Sealed(previous, envelope.payload, fresh.sequence)
+        return None
+
     def seal_trust(self, documents: list[bytes]) -> Sealed:
         """A trust push carrying every version of this gateway's trust document (JSON envelopes, oldest first)."""
         payload = json.dumps({"documents": [d.decode("ascii") for d in documents]}, separators=(",", ":")).encode()
@@ -395,7 +430,9 @@ class Exchange:
                 raise
             return Received(receipt, ResponseCode.INTERNAL_ERROR, detail)
 
-    async def _receive(self, raw: bytes, form: EnvelopeForm, peer_identity: str | None) -> Received:
+    async def _receive(
+        self, raw: bytes, form: EnvelopeForm, peer_identity: str | None, *, held: bool = False
+    ) -> Received:
         payload_digest = b""
         partner: Partner | None = None
         header: Header | None = None
@@ -417,7 +454,9 @@ class Exchange:
             if envelope.payload_type == TRUST_PAYLOAD_TYPE:
                 return await self._receive_trust_update([envelope], raw, form, peer_identity)
             if envelope.payload_type == TRUST_BUNDLE_PAYLOAD_TYPE:
-                return await self._receive_trust_update(_bundle(envelope.payload), raw, form, peer_identity)
+                return await self._receive_trust_update(
+                    _bundle(envelope.payload), raw, form, peer_identity, bundle=envelope
+                )
             if envelope.payload_type not in self.settings.allowed_payload_types:
                 raise GatewayError(
                     ResponseCode.UNSUPPORTED_PAYLOAD_TYPE,
@@ -445,7 +484,7 @@ class Exchange:
             check_addressing(header, partner=partner.party, self_party=self.settings.self_party)
             if statement.WhichOneof("body") is None:
                 raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the statement has no body", field="body")
-            return await self._apply(partner, header, statement, envelope, raw, form)
+            return await self._apply(partner, header, statement, envelope, raw, form, held=held)
         except GatewayError as exc:
             log.info("refused a delivery: %s", exc)
             resend_from = exc.resend_from if isinstance(exc, SequenceGap) else 0
@@ -458,6 +497,7 @@ class Exchange:
                 exc.message,
                 form,
                 resend_from=resend_from,
+                channel=exc.channel if isinstance(exc, Replayed) else None,
             )
             if verified and partner is not None:
                 # A statement the partner signed is kept, with the refusal, even when it was not taken in.
@@ -494,6 +534,8 @@ class Exchange:
         envelope: Envelope,
         raw: bytes,
         form: EnvelopeForm,
+        *,
+        held: bool = False,
     ) -> Received:
         now = self.clock()
         payload = envelope.payload
@@ -511,8 +553,14 @@ class Exchange:
             check_window(header, now=now, window=self.settings.window)
             # Step 8: sequence and hash chain. A gap holds the statement until the missing ones arrive.
             channel = await tx.incoming_channel(partner.party)
-            if check_sequence(header, channel) is SequenceVerdict.GAP:
-                await tx.hold_statement(partner.party, header.sequence, stored_envelope, now)
+            try:
+                verdict = check_sequence(header, channel)
+            except GatewayError as behind:
+                raise Replayed(behind, channel) from None
+            if verdict is SequenceVerdict.GAP:
+                # Only a window of statements ahead is held, so that a sender cannot fill the store.
+                if header.sequence - channel.last_sequence <= MAX_HELD_AHEAD:
+                    await tx.hold_statement(partner.party, header.sequence, stored_envelope, now)
                 gap = SequenceGap(channel.last_sequence + 1, header.sequence)
                 receipt = self._receipt(
                     partner.party,
@@ -529,9 +577,9 @@ class Exchange:
             code, detail = ResponseCode.OK, "taken in"
             try:
                 async with tx.savepoint():
-                    refusal = await self.handler(tx, partner.party, header, statement)
-                if refusal is not None:
-                    code, detail = refusal.code, refusal.message
+                    refused = await self.handler(tx, partner.party, header, statement)
+                if refused is not None:
+                    code, detail = refused.code, refused.message
             except GatewayError as exc:
                 code, detail = exc.code, exc.message
             except Exception:
@@ -555,7 +603,8 @@ class Exchange:
             reformed = self._reform(receipt, form)
             await self._log_pair(tx, partner.party, header.message_id, raw, form, reformed, now)
         self.on_enqueued()
-        await self._apply_held(partner, header.sequence + 1)
+        if not held:
+            await self._apply_held(partner, header.sequence + 1)
         return Received(reformed, code, detail, taken_in=True)
 
     @staticmethod
@@ -576,22 +625,38 @@ class Exchange:
         )
 
     async def _apply_held(self, partner: Partner, sequence: int) -> None:
-        """Apply statements held behind a gap that the statement just applied has closed, in order."""
-        async with self.store.read() as tx:
-            held = await tx.held_statement(partner.party, sequence)
-        if held is None:
-            return
-        log.info("applying statement %d from %s, held behind a gap", sequence, partner.party)
-        # Each held statement was verified when it arrived; it goes through every check again. Applying it
-        # applies the next held one in turn.
-        await self.receive(held, form=EnvelopeForm.PROTOBUF, peer_identity=None)
+        """Apply, in order and one after the other, the statements held behind a gap the last one closed.
+
+        Each was verified when it arrived and goes through every check again (trust may have changed since).
+        """
+        while True:
+            async with self.store.read() as tx:
+                held = await tx.held_statement(partner.party, sequence)
+            if held is None:
+                return
+            log.info("applying statement %d from %s, held behind a gap", sequence, partner.party)
+            received = await self._receive(held, EnvelopeForm.PROTOBUF, None, held=True)
+            if not received.taken_in:
+                return
+            sequence += 1
 
     async def _receive_trust_update(
-        self, envelopes: list[Envelope], raw: bytes, form: EnvelopeForm, peer_identity: str | None
+        self,
+        envelopes: list[Envelope],
+        raw: bytes,
+        form: EnvelopeForm,
+        peer_identity: str | None,
+        *,
+        bundle: Envelope | None = None,
     ) -> Received:
         """A partner pushes versions of its trust document (verified by the trust rules, not by the transfer
         keys): each version newer than the one trusted must be the next, signed by thresholds of the previous
-        version's and its own trust keys. Versions already trusted must be the ones trusted here."""
+        version's and its own trust keys. Versions already trusted must be the ones trusted here. A bundle
+        must also be signed by the partner's transfer keys as the newest version lists them, so that nobody
+        else can make this gateway answer (and keep) copies of a partner's public documents.
+
+        Only a push that changes what is trusted is kept in the message log: one that changes nothing carries
+        nothing new, and logging it would let anyone grow the log."""
         documents: list[tuple[TrustDocument, Envelope]] = []
         for envelope in envelopes:
             try:
@@ -630,6 +695,11 @@ class Exchange:
                     f"version {documents[-1][0].version} is older than version {current.version}, trusted here",
                 )
             updated = apply_trust_updates(current, newer, now)
+            if bundle is not None:
+                try:
+                    updated.verify(bundle, TRANSFER_ROLE, now)
+                except Exception as exc:
+                    raise verification_refusal(exc) from None
             for document, envelope in documents:
                 if document.version > current.version:
                     await tx.put_trust_document(party, document.version, envelope.to_json(), now)
@@ -640,12 +710,19 @@ class Exchange:
             receipt = self._receipt(
                 party, "", payload_hash(envelopes[-1].payload), raw, ResponseCode.OK, detail, form, taken_in=True
             )
-            await tx.append_log(
-                direction="in", peer=party, message_id="", kind=LogKind.TRUST, form=form, envelope=raw, now=now
-            )
-            await tx.append_log(
-                direction="out", peer=party, message_id="", kind=LogKind.RECEIPT, form=form, envelope=receipt, now=now
-            )
+            if updated is not current:
+                await tx.append_log(
+                    direction="in", peer=party, message_id="", kind=LogKind.TRUST, form=form, envelope=raw, now=now
+                )
+                await tx.append_log(
+                    direction="out",
+                    peer=party,
+                    message_id="",
+                    kind=LogKind.RECEIPT,
+                    form=form,
+                    envelope=receipt,
+                    now=now,
+                )
         if updated is not current:
             self.partners.replace(party, updated)
             log.warning("%s", detail)
@@ -728,6 +805,7 @@ class Exchange:
         *,
         taken_in: bool = False,
         resend_from: int = 0,
+        channel: ChannelState | None = None,
     ) -> bytes:
         receipt = partner_pb2.Receipt(
             message_id=self.new_id(),
@@ -741,6 +819,8 @@ class Exchange:
             taken_in=taken_in,
             issued_at=wire.timestamp(self.clock()),
             envelope_sha256=hashlib.sha256(raw).digest(),
+            last_sequence=channel.last_sequence if channel else 0,
+            last_hash=channel.last_hash if channel else b"",
         )
         envelope = sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
         return envelope.to_json() if form is EnvelopeForm.JSON else wire.envelope_to_bytes(envelope)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import TLSConfig
+from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import ACCEPT_ALL, Deadlines, DecisionPolicy
 from gateway.exchange import ExchangeSettings
 from gateway.node import GatewayNode, PartnerSpec, utc_now
@@ -92,6 +93,7 @@ async def start_network(
     deadlines: Deadlines | None = None,
     clock: Callable[[], dt.datetime] = utc_now,
     status_query_after: dt.timedelta = DEFAULT_STATUS_QUERY_AFTER,
+    nomenclature: Nomenclature = DEFAULT_NOMENCLATURE,
 ) -> Network:
     """Start gateways for ``parties`` on loopback port 0; each trusts all the others."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +130,7 @@ async def start_network(
             clock=clock,
             signers={"default": network.signers[party]},
             status_query_after=status_query_after,
+            nomenclature=nomenclature,
         )
     try:
         for node in network.nodes.values():

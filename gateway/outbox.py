@@ -27,12 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from carbon_gateway.v1 import partner_pb2
+from gateway import wire
 from gateway.domain.delivery import Outcome, classify
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.statements import GENESIS_HASH, ChannelState, payload_hash
 from gateway.domain.text import truncate
-from gateway.exchange import Exchange
-from gateway.store.base import LogKind, OutboxKind, OutboxMessage, OutboxState, Store
+from gateway.exchange import MAX_BUNDLE_DOCUMENTS, Exchange, Sealed
+from gateway.store.base import LogKind, OutboxKind, OutboxMessage, OutboxState, Store, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class OutboxWorker:
                 return total
             results = await asyncio.gather(*(self._attempt(m) for m in heads))
             total += sum(1 for r in results if r is Outcome.DELIVERED)
-            if not any(r in (Outcome.DELIVERED, Outcome.DEAD_LETTER, Outcome.RESEND_FROM) for r in results):
+            if not any(r in (Outcome.DELIVERED, Outcome.DEAD_LETTER, Outcome.CATCH_UP) for r in results):
                 return total
 
     async def _attempt(self, message: OutboxMessage) -> Outcome:
@@ -161,21 +163,26 @@ class OutboxWorker:
             return Outcome.RETRY
         now = self.clock()
         async with self.store.transaction(durable=False) as tx:
+            channel = await tx.outgoing_channel(message.receiver)
             if message.kind is OutboxKind.TRUST:
                 own = await tx.trust_documents(self.exchange.settings.self_party)
-                sealed = self.exchange.seal_trust([envelope for _, envelope in own])
+                sealed = self.exchange.seal_trust([envelope for _, envelope in own][-MAX_BUNDLE_DOCUMENTS:])
             else:
-                sealed = self.exchange.seal(message, await tx.outgoing_channel(message.receiver), now)
-            await tx.mark_attempt(message.outbox_id, sealed.sequence)
-            await tx.append_log(
-                direction="out",
-                peer=message.receiver,
-                message_id=message.message_id,
-                kind=LogKind.TRUST if message.kind is OutboxKind.TRUST else LogKind.STATEMENT,
-                form="protobuf",
-                envelope=sealed.envelope,
-                now=now,
-            )
+                sealed = self.exchange.seal(message, channel, now)
+            reused = self.exchange.still_valid(message.sealed, sealed, now)
+            if reused is not None:
+                sealed = reused  # the same envelope again: nothing new travels, nothing new is logged
+            else:
+                await tx.append_log(
+                    direction="out",
+                    peer=message.receiver,
+                    message_id=message.message_id,
+                    kind=LogKind.TRUST if message.kind is OutboxKind.TRUST else LogKind.STATEMENT,
+                    form="protobuf",
+                    envelope=sealed.envelope,
+                    now=now,
+                )
+            await tx.mark_attempt(message.outbox_id, sealed.sequence, sealed.envelope)
         try:
             raw = await self.transport.deliver(message.receiver, sealed.envelope)
         except TransportError as exc:
@@ -187,9 +194,18 @@ class OutboxWorker:
             # An answer that does not verify or does not answer this message is as good as no answer.
             await self._retry(message, ResponseCode.OK, f"unusable receipt from {message.receiver}: {exc}")
             return Outcome.RETRY
-        code = ResponseCode(receipt.code)
-        outcome = classify(code, taken_in=receipt.taken_in, resend_from=receipt.resend_from, sequence=sealed.sequence)
-        detail = truncate(f"{code.name}: {receipt.detail}")
+        known_code = receipt.code in ResponseCode._value2member_map_
+        code = ResponseCode(receipt.code) if known_code else ResponseCode.MALFORMED_PAYLOAD
+        theirs = ChannelState(receipt.last_sequence, receipt.last_hash) if len(receipt.last_hash) == 32 else None
+        outcome = classify(
+            code,
+            taken_in=receipt.taken_in,
+            resend_from=receipt.resend_from,
+            sequence=sealed.sequence,
+            behind=theirs is not None and theirs != channel,
+        )
+        name = code.name if known_code else f"response code {receipt.code}, unknown to this version"
+        detail = truncate(f"{name}: {receipt.detail}")
         if outcome is Outcome.RETRY:
             await self._retry(message, code, f"refused by {message.receiver} for now: {detail}")
             return outcome
@@ -206,13 +222,26 @@ class OutboxWorker:
             )
             if outcome is Outcome.DELIVERED:
                 digest = receipt.payload_sha256 or payload_hash(sealed.payload)
-                await tx.mark_delivered(message.outbox_id, digest, now)
+                taken_at = await self._taken_at(tx, message, sealed, digest)
+                await tx.mark_delivered(message.outbox_id, digest, now, sequence=taken_at)
                 if message.kind is OutboxKind.TRUST:
                     await tx.settle_superseded_trust(message.receiver, message.outbox_id, now)
-                else:
-                    await tx.set_outgoing_channel(message.receiver, ChannelState(sealed.sequence, digest))
+                elif taken_at > channel.last_sequence:
+                    # Taken in at this attempt, or at an earlier one whose receipt was lost. A message the partner
+                    # took in before the channel caught up with it leaves the channel where it is.
+                    await tx.set_outgoing_channel(message.receiver, ChannelState(taken_at, digest))
                 if self.exchange.on_delivered is not None and code is ResponseCode.OK:
                     await self.exchange.on_delivered(tx, message)
+            elif outcome is Outcome.CATCH_UP:
+                assert theirs is not None
+                await tx.set_outgoing_channel(message.receiver, theirs)
+                await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now)
+                log.warning(
+                    "%s has taken in our statements up to %d (we had %d): sending on from there",
+                    message.receiver,
+                    theirs.last_sequence,
+                    channel.last_sequence,
+                )
             elif outcome is Outcome.RESEND_FROM:
                 resend_from = receipt.resend_from
                 previous = (
@@ -225,11 +254,14 @@ class OutboxWorker:
                         " gateway's outbox, so the channel cannot be rebuilt"
                     )
                 else:
-                    count = await tx.requeue_from(message.receiver, resend_from, now)
+                    # At the pace of the backoff: a partner that keeps asking cannot keep this lane busy.
+                    wait = self.backoff.after(message.attempts + 1)
+                    count = await tx.requeue_from(message.receiver, resend_from, now + wait)
+                    await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now + wait)
                     await tx.set_outgoing_channel(message.receiver, ChannelState(resend_from - 1, previous))
                     log.warning("%s lacks our statements from %d: resending %d", message.receiver, resend_from, count)
             if outcome is Outcome.DEAD_LETTER:
-                await tx.settle(message.outbox_id, OutboxState.DEAD, code=int(code), error=detail, now=now)
+                await tx.settle(message.outbox_id, OutboxState.DEAD, code=receipt.code, error=detail, now=now)
         if outcome is Outcome.DELIVERED:
             self.delivered += 1
             if code is not ResponseCode.OK:
@@ -250,6 +282,21 @@ class OutboxWorker:
                 detail,
             )
         return outcome
+
+    async def _taken_at(self, tx: Transaction, message: OutboxMessage, sealed: Sealed, digest: bytes) -> int:
+        """The channel sequence at which the partner took ``message`` in: this attempt's, unless the receipt is the
+        one the partner kept from an earlier attempt (its digest names that attempt's payload)."""
+        if message.kind is OutboxKind.TRUST or digest == payload_hash(sealed.payload):
+            return sealed.sequence
+        for entry in await tx.logged(message.receiver, message.message_id):
+            if entry.direction != "out" or entry.kind is not LogKind.STATEMENT:
+                continue
+            envelope = wire.envelope_from_bytes(entry.envelope)
+            if payload_hash(envelope.payload) == digest:
+                statement = partner_pb2.Statement()
+                statement.ParseFromString(envelope.payload)
+                return int(statement.header.sequence)
+        return sealed.sequence
 
     async def _retry(self, message: OutboxMessage, code: ResponseCode, error: str) -> None:
         wait = self.backoff.after(message.attempts + 1)

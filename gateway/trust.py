@@ -7,6 +7,7 @@ in the configuration, so an update survives a restart.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -18,7 +19,8 @@ from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.exchange import Exchange, apply_trust_update
 from gateway.http.app import TRUST_VERSION_PATH
 from gateway.partners import TRANSFER_ROLE, PartnerDirectory
-from gateway.store.base import Store, Transaction
+from gateway.store.base import IdempotentResult, Store, Transaction
+from gateway.usecases.base import Idempotency
 from signing import Envelope, EnvelopeFormatError, Signer, TrustDocument, TrustedParty, TrustError
 
 log = logging.getLogger(__name__)
@@ -107,27 +109,46 @@ class TrustKeeper:
         async with self.store.read() as tx:
             return await tx.trust_document(self.party, version)
 
-    async def rotate(self, envelope: Envelope, signer: Signer) -> tuple[TrustedParty, list[PushResult]]:
+    async def rotate(
+        self, envelope: Envelope, signer: Signer, idem: Idempotency | None = None
+    ) -> tuple[TrustedParty, list[PushResult]]:
         """Install the next version of our own document, switch signer, and queue the document for every partner.
 
         The pushes go through the outbox, ahead of any statement, so a partner that is down or a crash before
         delivery only delays them. Statements are signed when they are sent, so every statement sent after the
-        rotation carries the new key's signature.
+        rotation carries the new key's signature. A retry with the same idempotency key returns the first answer.
         """
         now = self.clock()
-        updated = apply_trust_update(self.own, envelope, now)
-        if signer.keyid not in updated.document.roles[TRANSFER_ROLE].keyids:
-            raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT,
-                "the signer's key is not in the new document's transfer role",
-                field="signer",
-            )
-        results = []
         async with self.store.transaction() as tx:
+            if idem is not None:
+                stored = await tx.get_idempotent(idem.caller, idem.method, idem.key)
+                if stored is not None:
+                    if stored.request_hash != idem.request_hash:
+                        raise GatewayError(
+                            ResponseCode.IDEMPOTENCY_KEY_REUSED,
+                            f"idempotency key {idem.key!r} was used for a different rotation; use a new key",
+                            field="idempotency_key",
+                        )
+                    return await self._replayed_rotation(tx, stored.response)
+            updated = apply_trust_update(self.own, envelope, now)
+            if signer.keyid not in updated.document.roles[TRANSFER_ROLE].keyids:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    "the signer's key is not in the new document's transfer role",
+                    field="signer",
+                )
+            results = []
             await tx.put_trust_document(self.party, updated.version, envelope.to_json(), now)
             for party in sorted(self.partners.parties()):
                 message_id = await self.exchange.enqueue_trust(tx, party, envelope)
                 results.append(PushResult(party, ResponseCode.OK, f"queued for delivery as message {message_id}"))
+            if idem is not None:
+                answer = json.dumps(
+                    {"version": updated.version, "pushed": [[r.party, int(r.code), r.detail] for r in results]}
+                )
+                await tx.put_idempotent(
+                    idem.caller, idem.method, idem.key, IdempotentResult(idem.request_hash, answer.encode())
+                )
         self.own = updated
         self.exchange.signer = signer
         self.exchange.on_enqueued()
@@ -135,6 +156,13 @@ class TrustKeeper:
             "%s: now signing with key %s under trust document version %d", self.party, signer.keyid, updated.version
         )
         return updated, results
+
+    async def _replayed_rotation(self, tx: Transaction, answer: bytes) -> tuple[TrustedParty, list[PushResult]]:
+        first = json.loads(answer)
+        stored = await tx.trust_document(self.party, int(first["version"]))
+        assert stored is not None
+        pushed = [PushResult(party, ResponseCode(code), detail) for party, code, detail in first["pushed"]]
+        return TrustedParty.restore(Envelope.from_json(stored)), pushed
 
     async def refresh(self, party: str, base_url: str) -> TrustedParty:
         """Fetch ``party``'s documents newer than the trusted one from ``base_url`` and apply them in order."""

@@ -26,6 +26,9 @@ from gateway.domain.records import (
     TransferTerms,
 )
 
+MAX_REJECTION_BLOCKS = 100
+"""Blocks a rejection names at most, so that a Decision stays about the size of the Proposal it answers."""
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
@@ -190,13 +193,16 @@ def check_acquisition(
     self_party: str,
     account: Account | None,
     known_overlapping: Sequence[UnitBlock],
+    overlapping: Sequence[UnitBlock] | None = None,
     not_abroad: Sequence[UnitBlock] = (),
     frozen_overlapping: Sequence[UnitBlock] = (),
 ) -> list[Rejection]:
     """The acquiring side's checks on a proposal: the account, and the double-counting guard.
 
-    ``known_overlapping`` are the blocks this gateway holds, has reserved, has pending or still owes a partner
-    that intersect the proposal's blocks; any of them refuses the proposal. ``not_abroad`` are the proposal's
+    ``known_overlapping`` are (some of) the blocks this gateway holds, has reserved, has pending or still owes a
+    partner that intersect the proposal's blocks; any of them refuses the proposal. ``overlapping`` are the
+    proposal's blocks that intersect them (found by the caller's lookups; derived here when not given).
+    ``not_abroad`` are the proposal's
     blocks of a serial space this gateway issues whose units its history does not show abroad: never issued
     here, never sent, or already back (DESIGN.md section 4, "Provenance").
     """
@@ -217,7 +223,9 @@ def check_acquisition(
             )
         )
     if known_overlapping:
-        offending = tuple(b for b in terms.blocks if any(b.overlaps(k) for k in known_overlapping))
+        if overlapping is None:
+            overlapping = [b for b in terms.blocks if any(b.overlaps(k) for k in known_overlapping)]
+        offending = tuple(overlapping[:MAX_REJECTION_BLOCKS])
         shown = ", ".join(k.describe() for k in known_overlapping[:5])
         more = f" and {len(known_overlapping) - 5} more" if len(known_overlapping) > 5 else ""
         rejections.append(
@@ -229,7 +237,7 @@ def check_acquisition(
                 ResponseCode.PROVENANCE_REFUSED,
                 f"{not_abroad[0].describe()} is of a serial space {self_party} issues, and {self_party}'s history "
                 "does not show these units abroad: never issued, never sent, or already back",
-                tuple(not_abroad),
+                tuple(not_abroad[:MAX_REJECTION_BLOCKS]),
             )
         )
     if frozen_overlapping:

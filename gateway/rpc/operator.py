@@ -103,7 +103,6 @@ class TrustOperations:
     async def RotateTrustDocument(
         self, request: operator_pb2.RotateTrustDocumentRequest, context: Context[object, object]
     ) -> operator_pb2.TrustStatus:
-        text.check_identifier(request.idempotency_key, "idempotency_key", what="idempotency key")
         if not request.envelope_json:
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT, "give the signed trust document (DSSE JSON)", field="envelope_json"
@@ -124,7 +123,8 @@ class TrustOperations:
                 " under [signers] and restart",
                 field="signer",
             )
-        updated, pushed = await self.trust.rotate(envelope, signer)
+        idem = _idempotency("RotateTrustDocument", request, request.idempotency_key)
+        updated, pushed = await self.trust.rotate(envelope, signer, idem)
         return _trust_status(self.trust.party, updated, pushed)
 
     @refusals_as_status

@@ -198,4 +198,25 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX transfers_open ON transfers (state, created_at)
         """,
     ),
+    (
+        4,
+        "known ranges (every range registered or received here, for ever) and the sealed envelope an outbox"
+        " message reuses while it is valid",
+        """
+        CREATE TABLE known_ranges (
+            unit_kind TEXT NOT NULL,
+            issuing_registry TEXT NOT NULL,
+            issuance TEXT NOT NULL,
+            serial_start BIGINT NOT NULL,
+            serial_end BIGINT NOT NULL,
+            PRIMARY KEY (unit_kind, issuing_registry, issuance, serial_start)
+        );
+        DROP TABLE issued_ranges;
+        ALTER TABLE outbox ADD COLUMN sealed BLOB NOT NULL DEFAULT X''
+        """,
+    ),
 )
+
+DATA_STEPS: dict[int, str] = {4: "known ranges"}
+"""Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
+ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply."""

@@ -42,7 +42,7 @@ from gateway.store.base import (
     StoredBlock,
     StoredMessage,
 )
-from gateway.store.migrations import MIGRATIONS
+from gateway.store.migrations import DATA_STEPS, MIGRATIONS
 
 
 class SQLiteStore:
@@ -120,6 +120,8 @@ def migrate(db: sqlite3.Connection) -> int:
         try:
             for statement in _statements(script):
                 db.execute(statement)
+            if version in DATA_STEPS:
+                _DATA_STEPS[version](db)
             db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, description))
         except BaseException:
             db.execute("ROLLBACK")
@@ -141,6 +143,20 @@ def _statements(script: str) -> list[str]:
     if pending.strip(" \n;"):
         raise ValueError(f"an incomplete SQL statement ends the migration: {pending!r}")
     return statements
+
+
+def _fill_known_ranges(db: sqlite3.Connection) -> None:
+    """Migration 4: every block ever recorded (registered, received or split from either) makes its range
+    known, merged per serial space so that the ranges never overlap."""
+    spaces: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
+    for row in db.execute("SELECT unit_kind, issuing_registry, issuance, serial_start, serial_end FROM blocks"):
+        spaces.setdefault((row[0], row[1], row[2]), []).append((int(row[3]), int(row[4])))
+    for key, found in spaces.items():
+        for start, end in ranges.normalize(found):
+            db.execute("INSERT INTO known_ranges VALUES (?, ?, ?, ?, ?)", (*key, start, end))
+
+
+_DATA_STEPS = {4: _fill_known_ranges}
 
 
 _GUARDED = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)
@@ -259,7 +275,9 @@ class SQLiteTransaction:
                 (status.value, transfer_id, block_id),
             )
 
-    async def guarded_blocks(self, space: SerialSpace, start: int, end: int) -> list[StoredBlock]:
+    async def guarded_blocks(
+        self, space: SerialSpace, start: int, end: int, *, limit: int | None = None
+    ) -> list[StoredBlock]:
         # Guarded blocks never overlap each other, so those sharing a serial with [start, end] are the ones
         # starting inside it plus at most one starting before it: two seeks in the partial index, whatever
         # the length of the block history.
@@ -270,8 +288,9 @@ class SQLiteTransaction:
             (*key, start),
         )
         inside = self._all(
-            f"SELECT * FROM blocks WHERE {where} AND serial_start >= ? AND serial_start <= ? ORDER BY serial_start",
-            (*key, start, end),
+            f"SELECT * FROM blocks WHERE {where} AND serial_start >= ? AND serial_start <= ? ORDER BY serial_start"
+            " LIMIT ?",
+            (*key, start, end, -1 if limit is None else limit),
         )
         found = [_stored_block(r) for r in inside]
         if before is not None and before["serial_end"] >= start:
@@ -323,16 +342,22 @@ class SQLiteTransaction:
             found.insert(0, (int(before[0]), int(before[1])))
         return found
 
-    async def issued_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
-        return self._ranges("issued_ranges", space, start, end)
+    async def known_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
+        return self._ranges("known_ranges", space, start, end)
 
-    async def insert_issued_range(self, space: SerialSpace, start: int, end: int, now: dt.datetime) -> None:
-        if self._ranges("issued_ranges", space, start, end):
-            raise StoreConflict(f"[{start}, {end}] overlaps a range issued before")
-        self._db.execute(
-            "INSERT INTO issued_ranges VALUES (?, ?, ?, ?, ?, ?)",
-            (space.unit_kind, space.issuing_registry, space.issuance, start, end, codec.to_text(now)),
-        )
+    async def add_known(self, space: SerialSpace, start: int, end: int) -> None:
+        # Merged with every range it overlaps or touches: units may arrive again after they left.
+        lo, hi = max(start - 1, 0), end + 1
+        present = self._ranges("known_ranges", space, lo, hi)
+        key = (space.unit_kind, space.issuing_registry, space.issuance)
+        for first, _ in present:
+            self._db.execute(
+                "DELETE FROM known_ranges WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ?"
+                " AND serial_start = ?",
+                (*key, first),
+            )
+        for first, last in ranges.normalize([*present, (start, end)]):
+            self._db.execute("INSERT INTO known_ranges VALUES (?, ?, ?, ?, ?)", (*key, first, last))
 
     async def abroad_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
         return self._ranges("abroad_ranges", space, start, end)
@@ -534,14 +559,18 @@ class SQLiteTransaction:
         )
         return row is not None
 
-    async def mark_attempt(self, outbox_id: int, sequence: int) -> None:
-        self._db.execute("UPDATE outbox SET sequence = ? WHERE outbox_id = ?", (sequence, outbox_id))
+    async def mark_attempt(self, outbox_id: int, sequence: int, sealed: bytes) -> None:
+        self._db.execute(
+            "UPDATE outbox SET sequence = ?, sealed = ? WHERE outbox_id = ?", (sequence, sealed, outbox_id)
+        )
 
-    async def mark_delivered(self, outbox_id: int, payload_digest: bytes, now: dt.datetime) -> None:
+    async def mark_delivered(
+        self, outbox_id: int, payload_digest: bytes, now: dt.datetime, *, sequence: int | None = None
+    ) -> None:
         self._db.execute(
             "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, last_code = 0, payload_digest = ?,"
-            " settled_at = ? WHERE outbox_id = ?",
-            (payload_digest, codec.to_text(now), outbox_id),
+            " settled_at = ?, sequence = COALESCE(?, sequence) WHERE outbox_id = ?",
+            (payload_digest, codec.to_text(now), sequence, outbox_id),
         )
 
     async def settle(self, outbox_id: int, state: OutboxState, *, code: int, error: str, now: dt.datetime) -> None:
@@ -605,18 +634,14 @@ class SQLiteTransaction:
         return cursor.lastrowid
 
     async def list_log(self) -> list[LogEntry]:
+        return [_log_entry(r) for r in self._all("SELECT * FROM message_log ORDER BY log_index")]
+
+    async def logged(self, peer: str, message_id: str) -> list[LogEntry]:
         return [
-            LogEntry(
-                index=r["log_index"],
-                direction=r["direction"],
-                peer=r["peer"],
-                message_id=r["message_id"],
-                kind=LogKind(r["kind"]),
-                form=r["form"],
-                envelope=bytes(r["envelope"]),
-                recorded_at=codec.from_text(r["recorded_at"]),
+            _log_entry(r)
+            for r in self._all(
+                "SELECT * FROM message_log WHERE peer = ? AND message_id = ? ORDER BY log_index", (peer, message_id)
             )
-            for r in self._all("SELECT * FROM message_log ORDER BY log_index")
         ]
 
     async def record_message(self, message: StoredMessage) -> None:
@@ -719,6 +744,19 @@ def _stored_block(row: sqlite3.Row) -> StoredBlock:
     )
 
 
+def _log_entry(row: sqlite3.Row) -> LogEntry:
+    return LogEntry(
+        index=row["log_index"],
+        direction=row["direction"],
+        peer=row["peer"],
+        message_id=row["message_id"],
+        kind=LogKind(row["kind"]),
+        form=row["form"],
+        envelope=bytes(row["envelope"]),
+        recorded_at=codec.from_text(row["recorded_at"]),
+    )
+
+
 def _outbox_message(row: sqlite3.Row) -> OutboxMessage:
     settled = row["settled_at"]
     return OutboxMessage(
@@ -737,6 +775,7 @@ def _outbox_message(row: sqlite3.Row) -> OutboxMessage:
         created_at=codec.from_text(row["created_at"]),
         settled_at=codec.from_text(settled) if settled else None,
         payload_digest=bytes(row["payload_digest"]),
+        sealed=bytes(row["sealed"]),
     )
 
 

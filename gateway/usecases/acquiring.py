@@ -14,6 +14,9 @@ from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import BlockStatus, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
 
+OVERLAPS_SHOWN = 5
+"""How many overlapping blocks a rejection names."""
+
 
 class Acquiring(GatewayBase):
     """Receiving, deciding and crediting incoming transfers."""
@@ -37,9 +40,15 @@ class Acquiring(GatewayBase):
         # ones: answered by transfer ID, with nothing recorded.
         validate_terms(terms)
         known: list[UnitBlock] = []
+        overlapping: list[UnitBlock] = []
         not_abroad: list[UnitBlock] = []
         for block in terms.blocks:
-            known.extend(s.block for s in await tx.guarded_blocks(block.space, block.start, block.end))
+            # A few overlapping blocks name the refusal; more would only cost time.
+            found = await tx.guarded_blocks(block.space, block.start, block.end, limit=OVERLAPS_SHOWN)
+            if found:
+                overlapping.append(block)
+                if len(known) < OVERLAPS_SHOWN:
+                    known.extend(s.block for s in found[: OVERLAPS_SHOWN - len(known)])
             if self._is_own_space(block) and not ranges.covers(
                 await tx.abroad_ranges(block.space, block.start, block.end), block.start, block.end
             ):
@@ -49,6 +58,7 @@ class Acquiring(GatewayBase):
             self_party=self.party,
             account=await tx.get_account(terms.acquiring_account),
             known_overlapping=known,
+            overlapping=overlapping,
             not_abroad=not_abroad,
         )
         verdict = Verdict.REJECT if rejections else self.policy.decide(partner, terms)
@@ -80,6 +90,7 @@ class Acquiring(GatewayBase):
                 status=BlockStatus.PENDING,
                 transfer_id=transfer.transfer_id,
             )
+            await tx.add_known(block.space, block.start, block.end)
         if verdict is Verdict.ACCEPT:
             transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
             await self._send_decision(tx, transfer, accepted=True, rejections=())

@@ -103,31 +103,35 @@ class Deliveries(Initiating):
                     error=text.truncate(f"abandoned by an operator: {reason}; {message.last_error}"),
                     now=self.clock(),
                 )
-                await self._abandon_effect(tx, message, reason)
-                await self._remember(tx, idem, message_id)
+                ended = await self._abandon_effect(tx, message, reason)
+                await self._remember(tx, idem, f"{message_id} {int(ended)}")
+                previous = f"{message_id} {int(ended)}"
+            message_id, ended_here = previous.rsplit(" ", 1)[0], previous.endswith(" 1")
             found = await tx.get_outbox(message_id)
             assert found is not None
             transfer = await tx.get_transfer(found.transfer_id) if found.transfer_id else None
         exchange.on_enqueued()
-        return Abandoned(found, self._consequence(found, transfer), transfer)
+        return Abandoned(found, self._consequence(found, transfer, ended_here), transfer)
 
-    async def _abandon_effect(self, tx: Transaction, message: OutboxMessage, reason: str) -> None:
+    async def _abandon_effect(self, tx: Transaction, message: OutboxMessage, reason: str) -> bool:
+        """Settle what abandoning ``message`` means; True when it ended a transfer here."""
         if message.kind is not OutboxKind.PROPOSAL:
-            return
+            return False
         transfer = await tx.get_transfer(message.transfer_id)
         if (
             transfer is None
             or transfer.role is not TransferRole.INITIATING
             or transfer.state is not TransferState.CHECKED
         ):
-            return
+            return False
         transfer = await self._set_state(tx, transfer, TransferState.TERMINATED)
         await self._release(tx, transfer.transfer_id)
         # The partner refused this copy, but may hold an earlier one: the Cancel settles it either way.
         await self._send_final(tx, transfer, text.truncate(f"the Proposal was abandoned: {reason}"))
         log.warning("abandoned the Proposal of %s: the transfer is TERMINATED", transfer.transfer_id)
+        return True
 
-    def _consequence(self, message: OutboxMessage, transfer: Transfer | None) -> str:
+    def _consequence(self, message: OutboxMessage, transfer: Transfer | None, ended_here: bool) -> str:
         partner = message.receiver
         if message.kind is OutboxKind.TRUST:
             return (
@@ -137,10 +141,15 @@ class Deliveries(Initiating):
         if transfer is None:
             return "no transfer is concerned; nothing else changes"
         state = transfer.state.name
-        if message.kind is OutboxKind.PROPOSAL:
+        if message.kind is OutboxKind.PROPOSAL and ended_here:
             return (
                 f"transfer {transfer.transfer_id} is {state}; its reserved units are released, and a Cancel tells"
                 f" {partner} in case it took an earlier copy of the Proposal in"
+            )
+        if message.kind is OutboxKind.PROPOSAL:
+            return (
+                f"transfer {transfer.transfer_id} had already moved on and stays {state}: {partner} took an earlier"
+                " copy of the Proposal in, or the transfer ended before"
             )
         if message.kind is OutboxKind.DECISION:
             return (

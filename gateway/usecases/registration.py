@@ -70,9 +70,9 @@ class Registration(GatewayBase):
     async def register_issuance(self, idem: Idempotency, account_id: str, block: UnitBlock) -> StoredBlock:
         """Record units issued into, or held in, one of this gateway's accounts by the registry of record.
 
-        Provenance (DESIGN.md section 4): a range is registered once, for ever. A range that overlaps one
-        registered before is refused even after its units have left, and units of a serial space another
-        Party issues are refused: they reach this gateway only by transfer.
+        Provenance (DESIGN.md section 4): a range enters from the registry of record once, for ever. A range
+        that overlaps one registered or received here before is refused, even after its units have left, and
+        units of a serial space another Party issues are refused: they reach this gateway only by transfer.
         """
         space = self.nomenclature.canonical(
             block.space.unit_kind, block.space.issuing_registry, block.space.issuance, field="block.space"
@@ -110,13 +110,13 @@ class Registration(GatewayBase):
                     field="block.space.issuing_registry",
                     blocks=[block],
                 )
-            issued = await tx.issued_ranges(space, block.start, block.end)
-            if issued:
-                start, end = issued[0]
+            seen = await tx.known_ranges(space, block.start, block.end)
+            if seen:
+                start, end = seen[0]
                 raise GatewayError(
                     ResponseCode.BLOCK_OVERLAP,
-                    f"{block.describe()} overlaps serials {start}-{end}, registered here before: a range is"
-                    " registered once, even after its units have left",
+                    f"{block.describe()} overlaps serials {start}-{end}, registered or received here before: units"
+                    " enter a gateway from its registry of record once, even after they have left",
                     field="block",
                     blocks=[block],
                 )
@@ -128,7 +128,7 @@ class Registration(GatewayBase):
                     field="block",
                     blocks=[block, *(k.block for k in known[:5])],
                 )
-            await tx.insert_issued_range(space, block.start, block.end, self.clock())
+            await tx.add_known(space, block.start, block.end)
             block_id = await tx.insert_block(block, account_id=account_id, status=BlockStatus.HELD)
             await self._remember(tx, idem, str(block_id))
             found = await tx.get_block(block_id)

@@ -362,6 +362,7 @@ async def test_defect_03_values_beyond_64_bits_are_refused_and_the_channel_goes_
     for poison in (largest, overflow):
         receipt = await send(pair.chn, pair.che, proposal=poison)
         assert receipt.taken_in
+        await settle(pair.chn, pair.che)
         [decision] = await decisions_from(pair.che, poison.transfer_id)
         assert not decision.accepted
         assert [ResponseCode(r.code) for r in decision.rejections] == [ResponseCode.INVALID_ARGUMENT]
@@ -391,6 +392,7 @@ async def test_defect_03_a_failure_while_applying_a_statement_is_refused_and_the
     monkeypatch.setattr(pair.che.gateway, "_on_proposal", broken)
     receipt = await send(pair.chn, pair.che, proposal=proposal("crashing", [(1, 10)]))
     assert ResponseCode(receipt.code) is ResponseCode.INTERNAL_ERROR
+    await settle(pair.chn, pair.che)
     [decision] = await decisions_from(pair.che, "crashing")
     assert not decision.accepted
 
@@ -482,28 +484,37 @@ async def test_defect_04_abandoning_a_dead_proposal_terminates_the_transfer_and_
     assert await holdings(pair.che) == []
 
 
-@pytest.mark.parametrize("cause", ["replay after a restored backup", "sender clock ahead"])
 @pytest.mark.asyncio
-async def test_defect_04_other_final_refusals_are_dead_letters_and_later_statements_flow(
-    pair: Pair, cause: str
-) -> None:
+async def test_defect_04_a_sender_clock_ahead_of_the_receiver_is_a_dead_letter_not_a_loop(pair: Pair) -> None:
     block = await setup_accounts(pair)
-    if cause == "replay after a restored backup":
-        async with pair.che.store.transaction() as tx:  # CHE is ahead of what CHN knows: as after a restore
-            channel = await tx.incoming_channel("CHN")
-            await tx.set_incoming_channel("CHN", dataclasses.replace(channel, last_sequence=channel.last_sequence + 1))
-        expected = ResponseCode.REPLAY
-    else:
-        ahead = dt.timedelta(hours=2)
-        clock = pair.chn.outbox.clock
-        pair.chn.outbox.clock = lambda: clock() + ahead
-        expected = ResponseCode.MESSAGE_EXPIRED
+    clock = pair.chn.outbox.clock
+    pair.chn.outbox.clock = lambda: clock() + dt.timedelta(hours=2)
     async with operator(pair.chn) as chn:
         await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
         await wait_until(lambda: _dead(pair.chn, 1))
     [letter] = await dead_letters(pair.chn)
-    assert ResponseCode(letter.last_code) is expected
+    assert ResponseCode(letter.last_code) is ResponseCode.MESSAGE_EXPIRED
     assert letter.attempts == 1
+
+
+@pytest.mark.parametrize("behind", [1, 3])
+@pytest.mark.asyncio
+async def test_defect_04_a_sender_that_fell_behind_its_partner_catches_up_instead_of_looping(
+    pair: Pair, behind: int
+) -> None:
+    # As after lost receipts, or a sender restored from a backup: the partner has taken in statements the
+    # sender no longer knows it sent. Its REPLAY refusal says where it stands, and the sender continues there.
+    block = await setup_accounts(pair)
+    async with pair.che.store.transaction() as tx:
+        channel = await tx.incoming_channel("CHN")
+        await tx.set_incoming_channel("CHN", dataclasses.replace(channel, last_sequence=channel.last_sequence + behind))
+    async with operator(pair.chn) as chn:
+        proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
+        assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+    assert await state_of(pair.che, proposed.transfer_id) == records_pb2.COMPLETED
+    assert await dead_letters(pair.chn) == []
+    async with pair.chn.store.read() as tx:
+        assert (await tx.outgoing_channel("CHE")).last_sequence == channel.last_sequence + behind + 2
 
 
 @pytest.mark.asyncio
@@ -545,17 +556,15 @@ async def test_defect_04_a_lost_decision_is_recovered_by_a_status_query_and_both
     pair = Pair(network["CHN"], network["CHE"])
     try:
         block = await setup_accounts(pair)
-        async with pair.chn.store.transaction() as tx:  # CHN will refuse CHE's next statement as a replay
-            channel = await tx.incoming_channel("CHE")
-            await tx.set_incoming_channel("CHE", dataclasses.replace(channel, last_sequence=channel.last_sequence + 1))
+        settings = pair.chn.exchange.settings
+        pair.chn.exchange.settings = dataclasses.replace(settings, max_envelope_bytes=100)  # refuses a Decision
         async with operator(pair.chn) as chn, operator(pair.che) as che:
             proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
             await wait_for_state(che, proposed.transfer_id, {records_pb2.ACCEPTED})
             await wait_until(lambda: _dead(pair.che, 1))
             [letter] = await dead_letters(pair.che)
-            assert (letter.kind, ResponseCode(letter.last_code)) == ("decision", ResponseCode.REPLAY)
-            async with pair.chn.store.transaction() as tx:
-                await tx.set_incoming_channel("CHE", channel)
+            assert (letter.kind, ResponseCode(letter.last_code)) == ("decision", ResponseCode.ENVELOPE_TOO_LARGE)
+            pair.chn.exchange.settings = settings
             answer = await che.AbandonDeadLetter(
                 operator_pb2.AbandonDeadLetterRequest(idempotency_key="a", message_id=letter.message_id, reason="lost")
             )

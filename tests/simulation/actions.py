@@ -172,7 +172,8 @@ async def issue_again(world: World, party: str) -> None:
 
 
 async def _left(world: World, party: str) -> list[tuple[tuple[str, str, str], tuple[int, int]]]:
-    """Ranges of ``party``'s own issue that left it by a completed transfer."""
+    """Ranges that left ``party`` by a completed transfer: of its own issue, or of the registry outside the
+    network (units that passed through it, which it must never register as new either)."""
     node = world.nodes[party]
     assert node.core is not None
     async with node.core.store.read() as tx:
@@ -183,7 +184,7 @@ async def _left(world: World, party: str) -> list[tuple[tuple[str, str, str], tu
             (b.block.start, b.block.end),
         )
         for b in blocks
-        if NOMENCLATURE.issuer(b.block.space) == party
+        if NOMENCLATURE.issuer(b.block.space) in (party, "")
     ]
 
 

@@ -299,6 +299,8 @@ class Receipt(_message.Message):
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     TAKEN_IN_FIELD_NUMBER: _builtins.int
     ENVELOPE_SHA256_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LAST_HASH_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """a UUID of the receipt itself"""
     sender: _builtins.str
@@ -322,6 +324,11 @@ class Receipt(_message.Message):
     """SHA-256 of the envelope bytes exactly as received, so that a refusal of an envelope whose payload could
     not be read is still bound to what was delivered.
     """
+    last_sequence: _builtins.int
+    """With REPLAY: where the receiver's copy of the sender's channel stands (the last sequence it took in and
+    that payload's SHA-256), so that a sender that fell behind (a lost receipt, a restored backup) catches up.
+    """
+    last_hash: _builtins.bytes
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -338,10 +345,12 @@ class Receipt(_message.Message):
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         taken_in: _builtins.bool = ...,
         envelope_sha256: _builtins.bytes = ...,
+        last_sequence: _builtins.int = ...,
+        last_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail", "envelope_sha256", b"envelope_sha256", "in_reply_to", b"in_reply_to", "issued_at", b"issued_at", "message_id", b"message_id", "payload_sha256", b"payload_sha256", "receiver", b"receiver", "resend_from", b"resend_from", "sender", b"sender", "taken_in", b"taken_in"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "detail", b"detail", "envelope_sha256", b"envelope_sha256", "in_reply_to", b"in_reply_to", "issued_at", b"issued_at", "last_hash", b"last_hash", "last_sequence", b"last_sequence", "message_id", b"message_id", "payload_sha256", b"payload_sha256", "receiver", b"receiver", "resend_from", b"resend_from", "sender", b"sender", "taken_in", b"taken_in"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

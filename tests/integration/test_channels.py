@@ -1,0 +1,232 @@
+"""Channels under pressure: a partner that keeps asking for resends, statements held far ahead of a gap,
+retries during an outage, trust pushes nobody signed, units that passed through and are registered again,
+and an operator who retries a rotation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import grpc
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway import wire
+from gateway.core import GatewayCore, PartnerSpec
+from gateway.demo import DEMO_AUTHORIZATION, Pair, demo_block, wait_for_state
+from gateway.domain.errors import ResponseCode
+from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
+from gateway.domain.protocol import ACCEPT_ALL
+from gateway.exchange import TRUST_BUNDLE_PAYLOAD_TYPE, EnvelopeForm
+from gateway.harness import self_signed_trust_document, start_network
+from gateway.store.base import LogKind, OutboxState
+from gateway.store.sqlite import SQLiteStore
+from signing import CryptoSigner, sign_envelope
+from tests.integration.harness import (
+    TERMINAL,
+    Crafter,
+    deliver_raw,
+    error_code,
+    operator,
+    proposal_request,
+    settle,
+    setup_accounts,
+)
+
+OUTSIDE = IssuingRegistry(code="XX-REG", unit_kinds=("XXU",))
+"""A registry outside the network of gateways: no Party issues it, so every gateway may register its units."""
+
+
+class GapPartner:
+    """A partner that takes the first three statements in, then asks for everything again from sequence 1."""
+
+    def __init__(self, signer: CryptoSigner) -> None:
+        self.signer = signer
+        self.deliveries = 0
+
+    async def deliver(self, party: str, envelope: bytes) -> bytes:
+        self.deliveries += 1
+        parsed = wire.envelope_from_bytes(envelope)
+        statement = partner_pb2.Statement()
+        statement.ParseFromString(parsed.payload)
+        taken = statement.header.sequence <= 3 and self.deliveries <= 3
+        receipt = partner_pb2.Receipt(
+            message_id=f"r-{self.deliveries}",
+            sender="EVL",
+            receiver="CHN",
+            in_reply_to=statement.header.message_id,
+            payload_sha256=hashlib.sha256(parsed.payload).digest(),
+            code=records_pb2.OK if taken else records_pb2.SEQUENCE_GAP,
+            resend_from=0 if taken else 1,
+            taken_in=taken,
+            envelope_sha256=hashlib.sha256(envelope).digest(),
+        )
+        return wire.envelope_to_bytes(
+            sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
+        )
+
+
+@pytest.mark.asyncio
+async def test_a_partner_that_keeps_asking_for_resends_cannot_keep_the_outbox_busy(tmp_path: Path) -> None:
+    chn, evl = CryptoSigner.generate(), CryptoSigner.generate()
+    partner = GapPartner(evl)
+    now = dt.datetime.now(dt.UTC)
+    core = GatewayCore(
+        party="CHN",
+        store=await SQLiteStore.open(tmp_path / "chn.db"),
+        signer=chn,
+        own_trust=self_signed_trust_document("CHN", chn),
+        partners=[PartnerSpec("EVL", "evl", self_signed_trust_document("EVL", evl))],
+        policy=ACCEPT_ALL,
+        transport=lambda directory: partner,
+        clock=lambda: now,
+    )
+    try:
+        await core.load()
+        async with core.store.transaction() as tx:
+            for i in range(5):
+                await core.exchange.enqueue(tx, "EVL", status_query=partner_pb2.StatusQuery(transfer_id=f"t{i}"))
+        await core.outbox.drain()  # returns: the resend request waits for the backoff
+        assert partner.deliveries == 4
+        async with core.store.read() as tx:
+            pending = await tx.list_outbox(states=(OutboxState.PENDING,))
+            logged = len(await tx.list_log())
+        assert len(pending) == 5  # the three taken in are queued again, behind the backoff
+        assert pending[0].next_attempt_at > now  # the lane's head waits
+        await core.outbox.drain()
+        assert partner.deliveries == 4  # nothing is due until the backoff passes
+        async with core.store.read() as tx:
+            assert len(await tx.list_log()) == logged
+    finally:
+        await core.close()
+
+
+@pytest.mark.asyncio
+async def test_statements_far_ahead_of_a_gap_are_not_held_and_the_held_ones_apply_without_recursion(
+    pair: Pair,
+) -> None:
+    from gateway.exchange import MAX_HELD_AHEAD
+
+    await setup_accounts(pair)
+    async with pair.chn.store.read() as tx:
+        channel = await tx.outgoing_channel("CHE")
+    crafter = Crafter(signer=pair.chn.signer, sender="CHN", receiver="CHE", channel=channel)
+    first, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id="first"))
+    statements = [crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id=f"q{i}"))[0] for i in range(300)]
+    for payload in statements:
+        receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
+        assert ResponseCode(receipt.code) is ResponseCode.SEQUENCE_GAP
+    async with pair.che.store.read() as tx:
+        assert await tx.count_held() == MAX_HELD_AHEAD - 1  # sequences 2 .. 256 ahead of the last (0)
+    receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(first)))
+    assert receipt.taken_in
+    async with pair.che.store.read() as tx:
+        assert await tx.count_held() == 0
+        assert (await tx.incoming_channel("CHN")).last_sequence == channel.last_sequence + MAX_HELD_AHEAD
+
+
+@pytest.mark.asyncio
+async def test_retries_during_an_outage_send_and_log_one_envelope_until_it_nears_expiry(pair: Pair) -> None:
+    block = await setup_accounts(pair)
+    pair.chn.set_partner_address("CHE", "127.0.0.1:9")
+    async with operator(pair.chn) as chn:
+        proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
+    for _ in range(5):
+        async with pair.chn.store.transaction() as tx:
+            for message in await tx.list_outbox(states=(OutboxState.PENDING,)):
+                await tx.reschedule(message.outbox_id, code=0, error="", next_attempt_at=dt.datetime.now(dt.UTC))
+        await pair.chn.outbox.drain()
+    async with pair.chn.store.read() as tx:
+        [message] = await tx.list_outbox(states=(OutboxState.PENDING,))
+        sent = [e for e in await tx.logged("CHE", message.message_id) if e.kind is LogKind.STATEMENT]
+    assert message.attempts >= 5
+    assert len(sent) == 1
+    assert sent[0].envelope == message.sealed
+    del proposed
+
+
+@pytest.mark.asyncio
+async def test_a_trust_bundle_must_be_signed_by_the_partner_and_a_push_that_changes_nothing_is_not_logged(
+    pair: Pair,
+) -> None:
+    import json
+
+    che = pair.che
+    chn_document = pair.chn.trust.own.envelope.to_json().decode()
+    payload = json.dumps({"documents": [chn_document]}).encode()
+    for signer, expected in ((CryptoSigner.generate(), ResponseCode.KEY_UNKNOWN_OR_REVOKED), (pair.chn.signer, None)):
+        bundle = sign_envelope(TRUST_BUNDLE_PAYLOAD_TYPE, payload, [signer])
+        async with che.store.read() as tx:
+            before = len(await tx.list_log())
+        received = await che.exchange.receive(wire.envelope_to_bytes(bundle), form=EnvelopeForm.PROTOBUF)
+        if expected is None:
+            assert received.taken_in and received.code is ResponseCode.OK
+        else:
+            assert not received.taken_in and received.code is expected
+        async with che.store.read() as tx:
+            assert len(await tx.list_log()) == before  # nothing new was learnt: nothing is kept
+
+
+@pytest.mark.asyncio
+async def test_units_that_passed_through_a_gateway_cannot_be_registered_there_again(tmp_path: Path) -> None:
+    nomenclature = Nomenclature.of((*DEFAULT_REGISTRIES, OUTSIDE))
+    network = await start_network(tmp_path, ("CHN", "CHE"), nomenclature=nomenclature)
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        await setup_accounts(pair)
+        outside = demo_block(1_000_000, 1_000_099)
+        outside.space.unit_kind, outside.space.issuing_registry = "XXU", "XX-REG"
+        async with operator(pair.che) as che, operator(pair.chn) as chn:
+            await che.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
+            )
+            await che.RegisterIssuance(
+                operator_pb2.RegisterIssuanceRequest(idempotency_key="x", account_id="CH-PH-0001", block=outside)
+            )
+            there = proposal_request(outside, 1_000_000, 1_000_099, "there")
+            there.source_account = "CH-PH-0001"
+            there.acquiring_account.party, there.acquiring_account.account_id = "CHN", "CN-PO-0001"
+            sent = await che.ProposeTransfer(there)
+            assert (await wait_for_state(che, sent.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            back = proposal_request(outside, 1_000_000, 1_000_099, "back")
+            returned = await chn.ProposeTransfer(back)
+            assert (await wait_for_state(chn, returned.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            await settle(pair.chn, pair.che)
+            # The units are at CHE again; CHN saw them pass. Registering them at CHN would make a second copy.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.RegisterIssuance(
+                    operator_pb2.RegisterIssuanceRequest(
+                        idempotency_key="again", account_id="CN-PO-0001", block=outside
+                    )
+                )
+        assert error_code(caught.value) == ResponseCode.BLOCK_OVERLAP
+        assert "received here before" in (caught.value.details() or "")
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_retried_rotation_returns_the_first_answer(pair: Pair, tmp_path: Path) -> None:
+    from gateway.harness import Network
+    from signing import sign_trust_document
+    from tests.integration.test_trust import next_document
+
+    await setup_accounts(pair)
+    new = CryptoSigner.generate()
+    pair.chn.core.signers["next"] = new
+    document = sign_trust_document(next_document(Network(tmp_path), "CHN", 2, new), [pair.chn.signer, new])
+    request = operator_pb2.RotateTrustDocumentRequest(
+        idempotency_key="rotate-2", envelope_json=document.to_json(), signer="next"
+    )
+    async with operator(pair.chn) as chn:
+        first = await chn.RotateTrustDocument(request)
+        again = await chn.RotateTrustDocument(request)
+        changed = operator_pb2.RotateTrustDocumentRequest()
+        changed.CopyFrom(request)
+        changed.signer = "default"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.RotateTrustDocument(changed)
+    assert first == again
+    assert first.version == 2
+    assert error_code(caught.value) == ResponseCode.IDEMPOTENCY_KEY_REUSED
