@@ -596,6 +596,7 @@ class Exchange:
                 truncate(detail),
                 EnvelopeForm.PROTOBUF,
                 taken_in=True,
+                channel=channel.advance(payload),
             )
             await tx.record_message(
                 StoredMessage("in", partner.party, header.message_id, stored_envelope, receipt, now)

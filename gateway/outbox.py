@@ -222,7 +222,7 @@ class OutboxWorker:
             )
             if outcome is Outcome.DELIVERED:
                 digest = receipt.payload_sha256 or payload_hash(sealed.payload)
-                taken_at = await self._taken_at(tx, message, sealed, digest)
+                taken_at = await self._taken_at(tx, message, sealed, digest, theirs)
                 await tx.mark_delivered(message.outbox_id, digest, now, sequence=taken_at)
                 if message.kind is OutboxKind.TRUST:
                     await tx.settle_superseded_trust(message.receiver, message.outbox_id, now)
@@ -283,11 +283,20 @@ class OutboxWorker:
             )
         return outcome
 
-    async def _taken_at(self, tx: Transaction, message: OutboxMessage, sealed: Sealed, digest: bytes) -> int:
+    async def _taken_at(
+        self, tx: Transaction, message: OutboxMessage, sealed: Sealed, digest: bytes, theirs: ChannelState | None
+    ) -> int:
         """The channel sequence at which the partner took ``message`` in: this attempt's, unless the receipt is the
-        one the partner kept from an earlier attempt (its digest names that attempt's payload)."""
+        one the partner kept from an earlier attempt (its digest names that attempt's payload).
+
+        The receipt names the place itself (its ``last_hash`` is the payload's digest); a receipt from an older
+        gateway does not, and the sender's log of what it sent is searched instead. Where neither says, 0: the
+        channel stays where it is, and the partner's REPLAY of the next statement says where to go on from.
+        """
         if message.kind is OutboxKind.TRUST or digest == payload_hash(sealed.payload):
             return sealed.sequence
+        if theirs is not None and theirs.last_hash == digest and theirs.last_sequence > 0:
+            return theirs.last_sequence
         for entry in await tx.logged(message.receiver, message.message_id):
             if entry.direction != "out" or entry.kind is not LogKind.STATEMENT:
                 continue
@@ -296,7 +305,7 @@ class OutboxWorker:
                 statement = partner_pb2.Statement()
                 statement.ParseFromString(envelope.payload)
                 return int(statement.header.sequence)
-        return sealed.sequence
+        return 0
 
     async def _retry(self, message: OutboxMessage, code: ResponseCode, error: str) -> None:
         wait = self.backoff.after(message.attempts + 1)

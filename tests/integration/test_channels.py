@@ -230,3 +230,93 @@ async def test_a_retried_rotation_returns_the_first_answer(pair: Pair, tmp_path:
     assert first == again
     assert first.version == 2
     assert error_code(caught.value) == ResponseCode.IDEMPOTENCY_KEY_REUSED
+
+
+@pytest.mark.asyncio
+async def test_a_receipt_names_the_place_in_the_channel_where_the_statement_was_taken_in(pair: Pair) -> None:
+    block = await setup_accounts(pair)
+    async with operator(pair.chn) as chn:
+        proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
+        await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+    await settle(pair.chn, pair.che)
+    async with pair.chn.store.read() as tx:
+        sent = [e for e in await tx.list_log() if e.direction == "out" and e.kind is LogKind.STATEMENT]
+    assert sent
+    for entry in sent:
+        envelope = wire.envelope_from_bytes(entry.envelope)
+        statement = partner_pb2.Statement()
+        statement.ParseFromString(envelope.payload)
+        # The partner answers a statement it already has with the receipt it kept: the place is in it.
+        receipt = await deliver_raw(pair.che, entry.envelope)
+        assert receipt.taken_in
+        assert receipt.last_sequence == statement.header.sequence
+        assert receipt.last_hash == hashlib.sha256(envelope.payload).digest()
+
+
+class KeptReceiptPartner:
+    """A partner that has taken the statement in before, from an attempt the sender no longer has in its log (its
+    store was restored from a backup): it answers with the receipt it kept, which names another payload."""
+
+    EARLIER = hashlib.sha256(b"the payload of an earlier attempt").digest()
+
+    def __init__(self, signer: CryptoSigner, *, names_place: bool) -> None:
+        self.signer = signer
+        self.names_place = names_place
+
+    async def deliver(self, party: str, envelope: bytes) -> bytes:
+        parsed = wire.envelope_from_bytes(envelope)
+        statement = partner_pb2.Statement()
+        statement.ParseFromString(parsed.payload)
+        receipt = partner_pb2.Receipt(
+            message_id="kept",
+            sender="EVL",
+            receiver="CHN",
+            in_reply_to=statement.header.message_id,
+            payload_sha256=self.EARLIER,
+            code=records_pb2.OK,
+            taken_in=True,
+            envelope_sha256=hashlib.sha256(b"the earlier envelope").digest(),
+            last_sequence=7 if self.names_place else 0,
+            last_hash=self.EARLIER if self.names_place else b"",
+        )
+        return wire.envelope_to_bytes(
+            sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
+        )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("names_place", "expected"),
+    [
+        pytest.param(True, (7, KeptReceiptPartner.EARLIER), id="the receipt names its place: the channel goes there"),
+        pytest.param(False, (0, b"\x00" * 32), id="neither receipt nor log says: the channel stays for REPLAY to fix"),
+    ],
+)
+async def test_a_sender_without_the_earlier_attempt_in_its_log_follows_the_kept_receipt(
+    tmp_path: Path, names_place: bool, expected: tuple[int, bytes]
+) -> None:
+    from gateway.domain.statements import GENESIS_HASH
+
+    assert GENESIS_HASH == b"\x00" * 32
+    chn, evl = CryptoSigner.generate(), CryptoSigner.generate()
+    core = GatewayCore(
+        party="CHN",
+        store=await SQLiteStore.open(tmp_path / "chn.db"),
+        signer=chn,
+        own_trust=self_signed_trust_document("CHN", chn),
+        partners=[PartnerSpec("EVL", "evl", self_signed_trust_document("EVL", evl))],
+        policy=ACCEPT_ALL,
+        transport=lambda directory: KeptReceiptPartner(evl, names_place=names_place),
+    )
+    try:
+        await core.load()
+        async with core.store.transaction() as tx:
+            await core.exchange.enqueue(tx, "EVL", status_query=partner_pb2.StatusQuery(transfer_id="t"))
+        await core.outbox.drain()
+        async with core.store.read() as tx:
+            channel = await tx.outgoing_channel("EVL")
+            [message] = await tx.list_outbox()
+        assert message.state is OutboxState.DELIVERED
+        assert (channel.last_sequence, channel.last_hash) == expected
+    finally:
+        await core.close()
