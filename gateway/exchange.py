@@ -336,8 +336,10 @@ class Exchange:
         old.ParseFromString(envelope.payload)
         new.ParseFromString(fresh.payload)
         same_place = (old.header.sequence, old.header.previous_hash) == (new.header.sequence, new.header.previous_hash)
+        issued = old.header.issued_at.ToDatetime(tzinfo=dt.UTC)
         expires = old.header.expires_at.ToDatetime(tzinfo=dt.UTC)
-        if same_place and expires - now >= self.settings.message_lifetime / 2:
+        # An envelope dated ahead of this clock (it was set back since) is not sent again: the partner refused it.
+        if same_place and issued <= now and expires - now >= self.settings.message_lifetime / 2:
             return Sealed(previous, envelope.payload, fresh.sequence)
         return None
 

@@ -551,11 +551,13 @@ class SQLiteTransaction:
             params.extend(s.value for s in states)
         return [_outbox_message(r) for r in self._all(sql + " ORDER BY outbox_id", params)]
 
-    async def pending_for_transfer(self, transfer_id: str, kinds: Sequence[OutboxKind]) -> bool:
+    async def pending_for_transfer(
+        self, transfer_id: str, kinds: Sequence[OutboxKind], states: Sequence[OutboxState] = (OutboxState.PENDING,)
+    ) -> bool:
         row = self._one(
-            f"SELECT 1 FROM outbox WHERE transfer_id = ? AND state = 'pending' AND kind IN ({_placeholders(kinds)})"
-            " LIMIT 1",
-            (transfer_id, *(k.value for k in kinds)),
+            f"SELECT 1 FROM outbox WHERE transfer_id = ? AND state IN ({_placeholders(states)})"
+            f" AND kind IN ({_placeholders(kinds)}) LIMIT 1",
+            (transfer_id, *(s.value for s in states), *(k.value for k in kinds)),
         )
         return row is not None
 
@@ -589,8 +591,8 @@ class SQLiteTransaction:
 
     async def retry_outbox(self, outbox_id: int, now: dt.datetime) -> None:
         self._db.execute(
-            "UPDATE outbox SET state = 'pending', attempts = 0, sequence = 0, next_attempt_at = ?, settled_at = NULL"
-            " WHERE outbox_id = ?",
+            "UPDATE outbox SET state = 'pending', attempts = 0, sequence = 0, sealed = X'', next_attempt_at = ?,"
+            " settled_at = NULL WHERE outbox_id = ?",
             (codec.to_text(now), outbox_id),
         )
 

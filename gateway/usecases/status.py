@@ -23,7 +23,7 @@ from gateway.domain.transfer import (
     overdue,
     waits_for_partner,
 )
-from gateway.store.base import OutboxKind, Transaction
+from gateway.store.base import OutboxKind, OutboxState, Transaction
 from gateway.usecases.acquiring import Acquiring
 from gateway.usecases.base import log
 from gateway.usecases.initiating import Initiating
@@ -151,8 +151,12 @@ class StatusKeeping(Initiating, Acquiring):
             if now - max(last, transfer.updated_at) < self.status_query_after:
                 return None, False
             await tx.set_status_queried_at(transfer.transfer_id, now)
-            if await tx.pending_for_transfer(transfer.transfer_id, tuple(OutboxKind)):
-                return None, False  # something for this transfer is still on its way to the partner
+            if await tx.pending_for_transfer(
+                transfer.transfer_id, tuple(OutboxKind), (OutboxState.PENDING, OutboxState.DEAD)
+            ):
+                # Something for this transfer is still on its way to the partner, or on the dead-letter list
+                # for an operator: another query would only join it.
+                return None, False
             await self._exchange.enqueue(
                 tx, transfer.partner, status_query=partner_pb2.StatusQuery(transfer_id=transfer.transfer_id)
             )

@@ -320,3 +320,30 @@ async def test_a_sender_without_the_earlier_attempt_in_its_log_follows_the_kept_
         assert (channel.last_sequence, channel.last_hash) == expected
     finally:
         await core.close()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_letter_retried_is_signed_again_and_an_envelope_dated_ahead_of_the_clock_is_not_reused(
+    pair: Pair,
+) -> None:
+    pair.chn.set_partner_address("CHE", "127.0.0.1:9")
+    async with pair.chn.store.transaction() as tx:
+        await pair.chn.exchange.enqueue(tx, "CHE", status_query=partner_pb2.StatusQuery(transfer_id="t"))
+        [message] = await tx.list_outbox(states=(OutboxState.PENDING,))
+        channel = await tx.outgoing_channel("CHE")
+    now = dt.datetime.now(dt.UTC)
+    ahead = pair.chn.exchange.seal(message, channel, now + dt.timedelta(hours=1))
+    assert pair.chn.exchange.still_valid(ahead.envelope, pair.chn.exchange.seal(message, channel, now), now) is None
+    async with pair.chn.store.transaction() as tx:
+        await tx.mark_attempt(message.outbox_id, ahead.sequence, ahead.envelope)
+        await tx.settle(message.outbox_id, OutboxState.DEAD, code=int(ResponseCode.REPLAY), error="ahead", now=now)
+    await pair.chn.outbox.stop()
+    async with operator(pair.chn) as chn:
+        await chn.RetryDeadLetter(
+            operator_pb2.RetryDeadLetterRequest(idempotency_key="retry", message_id=message.message_id)
+        )
+    async with pair.chn.store.read() as tx:
+        retried = await tx.get_outbox(message.message_id)
+    assert retried is not None
+    assert retried.state is OutboxState.PENDING
+    assert retried.sealed == b""

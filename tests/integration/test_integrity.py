@@ -584,6 +584,30 @@ async def test_defect_04_a_lost_decision_is_recovered_by_a_status_query_and_both
         await network.stop()
 
 
+@pytest.mark.asyncio
+async def test_defect_04_a_status_query_on_the_dead_letter_list_is_not_joined_by_another(tmp_path: Path) -> None:
+    from gateway.domain.protocol import DecisionPolicy
+
+    network = await start_network(
+        tmp_path, ("CHN", "CHE"), policy=DecisionPolicy(), status_query_after=dt.timedelta(milliseconds=200)
+    )
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
+            await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+        settings = pair.che.exchange.settings
+        pair.che.exchange.settings = dataclasses.replace(settings, max_envelope_bytes=100)  # refuses the query
+        await wait_until(lambda: _dead(pair.chn, 1))
+        await asyncio.sleep(1.0)  # five times the query interval: the sweep runs many times meanwhile
+        async with pair.chn.store.read() as tx:
+            queries = [m for m in await tx.list_outbox() if m.kind.value == "status_query"]
+        assert [m.state for m in queries] == [OutboxState.DEAD]
+    finally:
+        await network.stop()
+
+
 # 5. The two sides end in different states ------------------------------------------------------------
 
 
