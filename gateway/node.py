@@ -283,7 +283,7 @@ class GatewayNode:
         try:
             await self.core.load()
         except GatewayError as exc:
-            raise ConfigError(f"signer: {exc.message}") from None
+            raise ConfigError(f"{exc.field or 'signer'}: {exc.message}") from None
         limit = self.exchange.settings.max_envelope_bytes
         options = [("grpc.so_reuseport", 0)]
         partner_options = [*options, ("grpc.max_receive_message_length", 4 * limit + 4096)]

@@ -68,6 +68,7 @@ class TrustKeeper:
             self.own = await self._newest(tx, self.party, self.own, now)
             for party, partner in self.partners.parties().items():
                 self.partners.replace(party, await self._newest(tx, party, partner.trusted, now))
+        _one_signature_suffices(self.own.document, "own trust document", field="trust_document")
         listed = self.own.document.roles[TRANSFER_ROLE].keyids
         signer = self.exchange.signer
         if signer.keyid not in listed:
@@ -131,6 +132,7 @@ class TrustKeeper:
                         )
                     return await self._replayed_rotation(tx, stored.response)
             updated = apply_trust_update(self.own, envelope, now)
+            _one_signature_suffices(updated.document, "new trust document", field="envelope_json")
             if signer.keyid not in updated.document.roles[TRANSFER_ROLE].keyids:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,
@@ -204,3 +206,19 @@ class TrustKeeper:
                 await tx.put_trust_document(party, base.version + offset, envelope.to_json(), now)
         self.partners.replace(party, updated)
         return partner.trusted
+
+
+def _one_signature_suffices(document: TrustDocument, what: str, *, field: str = "") -> None:
+    """Refuse a document whose transfer role needs more signatures than this gateway makes.
+
+    The gateway signs each statement and receipt with one key, so a transfer threshold above 1 would make
+    every partner refuse everything it sends, with no error on this side.
+    """
+    threshold = document.threshold_for(TRANSFER_ROLE)
+    if threshold != 1:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"the {what} (version {document.version}) sets the transfer role's threshold to {threshold}, but this"
+            " gateway signs each message with one key; publish a document with a transfer threshold of 1",
+            field=field,
+        )

@@ -227,6 +227,23 @@ def _folder(path: Path) -> Path:
     return path
 
 
+def _two_signature_document(folder: Path) -> Path:
+    """CHN's document with a second transfer key and a transfer threshold of 2: more than the gateway signs with."""
+    import datetime as dt
+
+    from signing import Role, TrustDocument, sign_trust_document
+
+    chn, stranger = (signer_from_uri(str(folder / f"{name}.key")) for name in ("chn", "stranger"))
+    document = TrustDocument(
+        party="CHN",
+        version=1,
+        expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=30),
+        keys={s.public_key.keyid: s.public_key for s in (chn, stranger)},
+        roles={"trust": Role((chn.keyid,), 1), "transfer": Role((chn.keyid, stranger.keyid), 2)},
+    )
+    return _write(folder / "two.trust.json", sign_trust_document(document, [chn]).to_json())
+
+
 def _foreign_database(folder: Path) -> Path:
     """A configuration whose database is another program's SQLite file, with a table of the gateway's name."""
     with closing(sqlite3.connect(folder / "other-app.db")) as db:
@@ -276,6 +293,11 @@ CASES = [
     Case("signer_key_missing", lambda f, _: _config(f, signer="file:absent.key"), ("signer", "absent.key")),
     Case("signer_is_a_public_key", lambda f, _: _config(f, signer="file:chn.pub"), ("signer", "chn.pub")),
     Case("signer_not_in_the_trust_document", lambda f, _: _config(f, signer="stranger.key"), ("signer",)),
+    Case(
+        "own_trust_document_needs_two_signatures",
+        lambda f, _: _config(f, trust_document=_two_signature_document(f).name),
+        ("trust_document", "threshold to 2"),
+    ),
     Case("operator_listen_nonsense", lambda f, _: _config(f, operator="nonsense"), ("operator.listen", "nonsense")),
     Case(
         "partner_listen_port_out_of_range",

@@ -347,3 +347,33 @@ async def test_a_dead_letter_retried_is_signed_again_and_an_envelope_dated_ahead
     assert retried is not None
     assert retried.state is OutboxState.PENDING
     assert retried.sealed == b""
+
+
+@pytest.mark.asyncio
+async def test_a_trust_document_needing_more_signatures_than_the_gateway_makes_is_refused(pair: Pair) -> None:
+    from signing import Role, TrustDocument, sign_trust_document
+
+    new, other = CryptoSigner.generate(), CryptoSigner.generate()
+    pair.chn.core.signers["next"] = new
+    document = TrustDocument(
+        party="CHN",
+        version=2,
+        expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=90),
+        keys={k.public_key.keyid: k.public_key for k in (new, other)},
+        roles={"trust": Role((new.keyid,), 1), "transfer": Role((new.keyid, other.keyid), 2)},
+    )
+    envelope = sign_trust_document(document, [pair.chn.signer, new])
+    async with operator(pair.chn) as chn:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.RotateTrustDocument(
+                operator_pb2.RotateTrustDocumentRequest(
+                    idempotency_key="rotate-2", envelope_json=envelope.to_json(), signer="next"
+                )
+            )
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_code(caught.value) == ResponseCode.INVALID_ARGUMENT
+    assert "threshold" in (caught.value.details() or "")
+    assert pair.chn.trust.own.version == 1
+    assert pair.chn.exchange.signer is pair.chn.signer
+    async with pair.chn.store.read() as tx:
+        assert await tx.trust_document("CHN", 2) is None
