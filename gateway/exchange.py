@@ -214,6 +214,8 @@ def _bundle(payload: bytes) -> list[Envelope]:
         if len(texts) > MAX_BUNDLE_DOCUMENTS:
             raise ValueError(f"more than {MAX_BUNDLE_DOCUMENTS} documents")
         return [Envelope.from_json(text.encode("ascii")) for text in texts]
+    except RecursionError:
+        raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "not a trust bundle: JSON nested too deeply") from None
     except (ValueError, TypeError, KeyError, UnicodeEncodeError, AttributeError, EnvelopeFormatError) as exc:
         raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"not a trust bundle: {exc}") from None
 

@@ -6,12 +6,14 @@ gRPC path uses, so every check is made once, in one place.
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange
@@ -127,11 +129,30 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
     return app
 
 
+class _MalformedRequestsInOneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (a request line too long, a bad header) with a traceback, although
+    it answers 400 and nothing in the gateway failed: write it as one warning naming the problem instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: refused a malformed HTTP request with {exc.code}: {exc.message}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+REQUEST_LOG = logging.getLogger("gateway.http.requests")
+REQUEST_LOG.addFilter(_MalformedRequestsInOneLine())
+
+
 class HttpServer:
     """Runs the application on one address (port 0 picks a free port), with optional mTLS."""
 
     def __init__(self, app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, logger=REQUEST_LOG)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context

@@ -31,13 +31,14 @@ from gateway.domain import text
 from gateway.domain.blocks import MAX_SERIAL
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import DecisionPolicy
+from gateway.exchange import TRUST_BUNDLE_PAYLOAD_TYPE
 from gateway.harness import Network, start_network
 from gateway.http.app import DELIVER_PATH
 from gateway.node import GatewayNode
 from gateway.rpc.errors import read_error_detail
 from gateway.rpc.partner import DELIVER_METHOD
 from gateway.store.base import LogKind
-from signing import Envelope, pae
+from signing import Envelope, pae, sign_envelope
 from tests.integration.harness import (
     TERMINAL,
     Crafter,
@@ -844,6 +845,38 @@ async def test_published_trust_versions_are_ascii_positive_and_within_64_bits(pa
     assert answers == TRUST_PATHS
 
 
+@MODULE
+async def test_a_request_the_http_server_cannot_parse_gets_400_and_one_log_line_not_a_traceback(
+    partners: Partners, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    address = urlsplit(partners.che.http_url)
+    requests = {
+        "request line too long": b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        "header too long": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"j" * 20_000 + b"\r\n\r\n",
+        "not HTTP/1.1": b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+    }
+    caplog.set_level("DEBUG", logger="gateway.http.requests")
+    for name, request in requests.items():
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        writer.write(request)
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        assert status_line.split()[1:2] == [b"400"], (name, status_line)
+    records = [r for r in caplog.records if r.name == "gateway.http.requests"]
+    assert len(records) == len(requests)
+    for record in records:
+        assert record.exc_info is None
+        assert record.levelname == "WARNING"
+        assert "refused a malformed HTTP request with 400" in record.getMessage()
+    async with aiohttp.ClientSession() as session, session.get(partners.che.http_url + "/healthz") as response:
+        assert response.status == 200
+
+
 # -- poison statements on both partner transports ------------------------------------------------------
 
 
@@ -969,9 +1002,33 @@ def seventeen_signatures(craft: Craft) -> bytes:
     return json.dumps(document).encode()
 
 
+def trust_bundle(payload: bytes) -> Callable[[Craft], bytes]:
+    def build(craft: Craft) -> bytes:
+        envelope = sign_envelope(TRUST_BUNDLE_PAYLOAD_TYPE, payload, [craft.crafter.signer])
+        return craft.encode(envelope)
+
+    return build
+
+
 BLOCK = ccer(5001, 5010)
 
 POISONS = [
+    Poison(
+        "trust-bundle-nested-too-deeply",
+        trust_bundle(b"[" * 100_000 + b"]" * 100_000),
+        ResponseCode.MALFORMED_PAYLOAD,
+        False,
+        400,
+        "nested too deeply",
+    ),
+    Poison(
+        "trust-bundle-not-an-object",
+        trust_bundle(b'["documents"]'),
+        ResponseCode.MALFORMED_PAYLOAD,
+        False,
+        400,
+        "not a trust bundle",
+    ),
     Poison(
         "header-sequence-2^63", with_sequence(2**63), ResponseCode.MALFORMED_PAYLOAD, False, 400, "exceeds 2^63 - 1"
     ),
