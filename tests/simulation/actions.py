@@ -11,6 +11,7 @@ from typing import Any
 
 from carbon_gateway.v1 import envelope_pb2, operator_pb2, partner_pb2, records_pb2
 from gateway import wire
+from gateway.domain.errors import ResponseCode
 from gateway.domain.nomenclature import fold
 from gateway.domain.statements import ChannelState
 from gateway.domain.transfer import TransferRole, TransferState
@@ -370,6 +371,9 @@ async def _adversary_send(
         return
     except Exception as exc:  # exactly what the channel cannot survive: the sender would retry this for ever
         raise ActionFailed(f"a poison statement to {receiver} escaped as {exc!r}") from exc
+    if received.code is ResponseCode.INTERNAL_ERROR:
+        # The gateway survived, but a value from outside reached a bug: the poison must be refused by name.
+        raise ActionFailed(f"a poison statement to {receiver} reached a bug: {received.detail}")
     world.adversary_channels[receiver] = crafter.channel if received.taken_in else before
     world.note(f"  {ADVERSARY} -> {receiver}: {received.code.name}{' taken in' if received.taken_in else ''}")
 
