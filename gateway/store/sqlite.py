@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.protocol import first_transfer_quantity
 from gateway.domain.records import Account, AccountType, Authorization, LedgerEntry
 from gateway.domain.statements import ChannelState
 from gateway.domain.transfer import (
@@ -390,7 +391,7 @@ class SQLiteTransaction:
     # transfers and the ledger
 
     async def insert_transfer(self, transfer: Transfer) -> None:
-        first_quantity = sum(b.quantity for b in transfer.terms.blocks if not b.first_transferred)
+        first_quantity = first_transfer_quantity(transfer.terms)
         try:
             self._db.execute(
                 "INSERT INTO transfers (transfer_id, role, state, terms, authorization_id, quantity, rejections,"
