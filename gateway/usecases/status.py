@@ -151,11 +151,11 @@ class StatusKeeping(Initiating, Acquiring):
             if now - max(last, transfer.updated_at) < self.status_query_after:
                 return None, False
             await tx.set_status_queried_at(transfer.transfer_id, now)
-            if await tx.pending_for_transfer(
-                transfer.transfer_id, tuple(OutboxKind), (OutboxState.PENDING, OutboxState.DEAD)
-            ):
-                # Something for this transfer is still on its way to the partner, or on the dead-letter list
-                # for an operator: another query would only join it.
+            if await tx.pending_for_transfer(transfer.transfer_id, tuple(OutboxKind)):
+                return None, False  # something for this transfer is still on its way to the partner
+            if await tx.pending_for_transfer(transfer.transfer_id, (OutboxKind.STATUS_QUERY,), (OutboxState.DEAD,)):
+                # An earlier query is on the dead-letter list: another would only join it there. A dead statement
+                # of another kind does not stop the query, which is how this side recovers from it.
                 return None, False
             await self._exchange.enqueue(
                 tx, transfer.partner, status_query=partner_pb2.StatusQuery(transfer_id=transfer.transfer_id)

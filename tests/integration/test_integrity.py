@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -604,6 +605,58 @@ async def test_defect_04_a_status_query_on_the_dead_letter_list_is_not_joined_by
         async with pair.chn.store.read() as tx:
             queries = [m for m in await tx.list_outbox() if m.kind.value == "status_query"]
         assert [m.state for m in queries] == [OutboxState.DEAD]
+    finally:
+        await network.stop()
+
+
+class CompletionRefused:
+    """CHN's transport to CHE, except that CHE refuses every Completion for good (as too large)."""
+
+    def __init__(self, real: object, che: GatewayNode) -> None:
+        self.real = real
+        self.che = che
+
+    async def deliver(self, party: str, envelope: bytes) -> bytes:
+        statement = partner_pb2.Statement.FromString(wire.envelope_from_bytes(envelope).payload)
+        if statement.WhichOneof("body") != "completion":
+            return await self.real.deliver(party, envelope)  # type: ignore[attr-defined,no-any-return]
+        receipt = partner_pb2.Receipt(
+            message_id="refused",
+            sender="CHE",
+            receiver="CHN",
+            in_reply_to=statement.header.message_id,
+            code=records_pb2.ENVELOPE_TOO_LARGE,
+            envelope_sha256=hashlib.sha256(envelope).digest(),
+        )
+        return wire.envelope_to_bytes(
+            sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.che.exchange.signer])
+        )
+
+
+@pytest.mark.asyncio
+async def test_defect_04_a_dead_decision_does_not_stop_the_status_query_that_recovers_from_it(tmp_path: Path) -> None:
+    network = await start_network(tmp_path, ("CHN", "CHE"), status_query_after=dt.timedelta(milliseconds=300))
+    pair = Pair(network["CHN"], network["CHE"])
+    pair.chn.outbox.transport = CompletionRefused(pair.chn.outbox.transport, pair.che)
+    try:
+        block = await setup_accounts(pair)
+        settings = pair.chn.exchange.settings
+        pair.chn.exchange.settings = dataclasses.replace(settings, max_envelope_bytes=100)  # CHE's Decision dies
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
+            await wait_for_state(che, proposed.transfer_id, {records_pb2.ACCEPTED})
+            await wait_until(lambda: _dead(pair.che, 1))
+            pair.chn.exchange.settings = settings
+            # CHN learns the acceptance by its query and completes; its Completion then dies on the way to CHE.
+            assert (
+                await wait_for_state(chn, proposed.transfer_id, TERMINAL, timeout=30)
+            ).state == records_pb2.COMPLETED
+            await wait_until(lambda: _dead(pair.chn, 1))
+            # CHE, with its own Decision dead, still asks, learns COMPLETED and credits.
+            assert (
+                await wait_for_state(che, proposed.transfer_id, TERMINAL, timeout=30)
+            ).state == records_pb2.COMPLETED
+        assert (1, 10, "held", "CCER") in await holdings(pair.che)
     finally:
         await network.stop()
 
