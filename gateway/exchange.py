@@ -204,6 +204,12 @@ class Sealed:
 _BODY_KINDS = {kind.value for kind in OutboxKind} - {OutboxKind.TRUST.value, OutboxKind.LEGACY.value}
 
 
+MAX_CHANNEL_POSITION = 2**62
+"""The furthest position a receipt may name. A channel taking a million statements a second reaches it after
+146,000 years; a receipt naming a position beyond it is refused before the sender's channel could be set
+where its next sequence number no longer fits 64 bits."""
+
+
 def _bundle(payload: bytes) -> list[Envelope]:
     """The trust documents a trust bundle carries; refuse a malformed bundle."""
     try:
@@ -413,6 +419,13 @@ class Exchange:
                 raise GatewayError(ResponseCode.REPLAY, f"a receipt from {partner.party} answers another message")
         elif receipt.envelope_sha256 != hashlib.sha256(sent).digest():
             raise GatewayError(ResponseCode.REPLAY, f"a receipt from {partner.party} answers another delivery")
+        for name in ("last_sequence", "resend_from"):
+            if getattr(receipt, name) > MAX_CHANNEL_POSITION:
+                raise GatewayError(
+                    ResponseCode.MALFORMED_PAYLOAD,
+                    f"a receipt from {partner.party} puts the channel at {name} {getattr(receipt, name)}, beyond"
+                    f" 2^62, where no channel can be",
+                )
         return receipt
 
     # incoming

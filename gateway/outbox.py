@@ -289,14 +289,13 @@ class OutboxWorker:
         """The channel sequence at which the partner took ``message`` in: this attempt's, unless the receipt is the
         one the partner kept from an earlier attempt (its digest names that attempt's payload).
 
-        The receipt names the place itself (its ``last_hash`` is the payload's digest); a receipt from an older
-        gateway does not, and the sender's log of what it sent is searched instead. Where neither says, 0: the
-        channel stays where it is, and the partner's REPLAY of the next statement says where to go on from.
+        The sender's own log of what it sent is the authority. Where the log no longer holds that attempt (the
+        store was restored from a backup), the receipt names the place itself (its ``last_hash`` is the payload's
+        digest). Where neither says, 0: the channel stays where it is, and the partner's REPLAY of the next
+        statement says where to go on from.
         """
         if message.kind is OutboxKind.TRUST or digest == payload_hash(sealed.payload):
             return sealed.sequence
-        if theirs is not None and theirs.last_hash == digest and theirs.last_sequence > 0:
-            return theirs.last_sequence
         for entry in await tx.logged(message.receiver, message.message_id):
             if entry.direction != "out" or entry.kind is not LogKind.STATEMENT:
                 continue
@@ -305,6 +304,8 @@ class OutboxWorker:
                 statement = partner_pb2.Statement()
                 statement.ParseFromString(envelope.payload)
                 return int(statement.header.sequence)
+        if theirs is not None and theirs.last_hash == digest and theirs.last_sequence > 0:
+            return theirs.last_sequence
         return 0
 
     async def _retry(self, message: OutboxMessage, code: ResponseCode, error: str) -> None:

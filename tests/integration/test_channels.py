@@ -259,9 +259,9 @@ class KeptReceiptPartner:
 
     EARLIER = hashlib.sha256(b"the payload of an earlier attempt").digest()
 
-    def __init__(self, signer: CryptoSigner, *, names_place: bool) -> None:
+    def __init__(self, signer: CryptoSigner, *, place: int) -> None:
         self.signer = signer
-        self.names_place = names_place
+        self.place = place
 
     async def deliver(self, party: str, envelope: bytes) -> bytes:
         parsed = wire.envelope_from_bytes(envelope)
@@ -276,8 +276,8 @@ class KeptReceiptPartner:
             code=records_pb2.OK,
             taken_in=True,
             envelope_sha256=hashlib.sha256(b"the earlier envelope").digest(),
-            last_sequence=7 if self.names_place else 0,
-            last_hash=self.EARLIER if self.names_place else b"",
+            last_sequence=self.place,
+            last_hash=self.EARLIER if self.place else b"",
         )
         return wire.envelope_to_bytes(
             sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
@@ -286,14 +286,17 @@ class KeptReceiptPartner:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
-    ("names_place", "expected"),
+    ("place", "delivered", "expected"),
     [
-        pytest.param(True, (7, KeptReceiptPartner.EARLIER), id="the receipt names its place: the channel goes there"),
-        pytest.param(False, (0, b"\x00" * 32), id="neither receipt nor log says: the channel stays for REPLAY to fix"),
+        pytest.param(
+            7, True, (7, KeptReceiptPartner.EARLIER), id="the receipt names its place: the channel goes there"
+        ),
+        pytest.param(0, True, (0, b"\x00" * 32), id="neither receipt nor log says: the channel stays for REPLAY"),
+        pytest.param(2**63 - 1, False, (0, b"\x00" * 32), id="a place where no channel can be: an unusable receipt"),
     ],
 )
 async def test_a_sender_without_the_earlier_attempt_in_its_log_follows_the_kept_receipt(
-    tmp_path: Path, names_place: bool, expected: tuple[int, bytes]
+    tmp_path: Path, place: int, delivered: bool, expected: tuple[int, bytes]
 ) -> None:
     from gateway.domain.statements import GENESIS_HASH
 
@@ -306,7 +309,7 @@ async def test_a_sender_without_the_earlier_attempt_in_its_log_follows_the_kept_
         own_trust=self_signed_trust_document("CHN", chn),
         partners=[PartnerSpec("EVL", "evl", self_signed_trust_document("EVL", evl))],
         policy=ACCEPT_ALL,
-        transport=lambda directory: KeptReceiptPartner(evl, names_place=names_place),
+        transport=lambda directory: KeptReceiptPartner(evl, place=place),
     )
     try:
         await core.load()
@@ -316,7 +319,7 @@ async def test_a_sender_without_the_earlier_attempt_in_its_log_follows_the_kept_
         async with core.store.read() as tx:
             channel = await tx.outgoing_channel("EVL")
             [message] = await tx.list_outbox()
-        assert message.state is OutboxState.DELIVERED
+        assert message.state is (OutboxState.DELIVERED if delivered else OutboxState.PENDING)
         assert (channel.last_sequence, channel.last_hash) == expected
     finally:
         await core.close()
