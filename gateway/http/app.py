@@ -91,7 +91,10 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
     app = web.Application(client_max_size=4 * exchange.settings.max_envelope_bytes + 4096)
 
     async def deliver(request: web.Request) -> web.Response:
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except HttpProcessingError as exc:  # a chunked body cut short or mis-framed
+            raise web.HTTPBadRequest(text=f"malformed request body: {exc.message}") from None
         received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=peer_common_name(request))
         metrics.count(received.code)
         return web.Response(
@@ -136,11 +139,12 @@ class _MalformedRequestsInOneLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            record.msg = f"{record.getMessage()}: refused a malformed HTTP request with {exc.code}: {exc.message}"
+            record.msg = f"{record.getMessage()}: refused a malformed HTTP request: {exc.message}"
             record.args = ()
             record.exc_info = None
             record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
