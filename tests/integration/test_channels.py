@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,13 +14,14 @@ import pytest
 
 from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import wire
-from gateway.core import GatewayCore, PartnerSpec
+from gateway.core import GatewayCore, PartnerSpec, utc_now
 from gateway.demo import DEMO_AUTHORIZATION, Pair, demo_block, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.exchange import TRUST_BUNDLE_PAYLOAD_TYPE, EnvelopeForm
 from gateway.harness import self_signed_trust_document, start_network
+from gateway.outbox import PartnerTransport
 from gateway.store.base import LogKind, OutboxState
 from gateway.store.sqlite import SQLiteStore
 from signing import CryptoSigner, sign_envelope
@@ -36,6 +38,23 @@ from tests.integration.harness import (
 
 OUTSIDE = IssuingRegistry(code="XX-REG", unit_kinds=("XXU",))
 """A registry outside the network of gateways: no Party issues it, so every gateway may register its units."""
+
+
+async def gateway_before(
+    partner: PartnerTransport, evl: CryptoSigner, tmp_path: Path, *, clock: Callable[[], dt.datetime] = utc_now
+) -> GatewayCore:
+    """A CHN gateway (no servers) whose only partner, EVL, is ``partner`` answering as the transport."""
+    chn = CryptoSigner.generate()
+    return GatewayCore(
+        party="CHN",
+        store=await SQLiteStore.open(tmp_path / "chn.db"),
+        signer=chn,
+        own_trust=self_signed_trust_document("CHN", chn),
+        partners=[PartnerSpec("EVL", "evl", self_signed_trust_document("EVL", evl))],
+        policy=ACCEPT_ALL,
+        transport=lambda directory: partner,
+        clock=clock,
+    )
 
 
 class GapPartner:
@@ -69,19 +88,10 @@ class GapPartner:
 
 @pytest.mark.asyncio
 async def test_a_partner_that_keeps_asking_for_resends_cannot_keep_the_outbox_busy(tmp_path: Path) -> None:
-    chn, evl = CryptoSigner.generate(), CryptoSigner.generate()
+    evl = CryptoSigner.generate()
     partner = GapPartner(evl)
     now = dt.datetime.now(dt.UTC)
-    core = GatewayCore(
-        party="CHN",
-        store=await SQLiteStore.open(tmp_path / "chn.db"),
-        signer=chn,
-        own_trust=self_signed_trust_document("CHN", chn),
-        partners=[PartnerSpec("EVL", "evl", self_signed_trust_document("EVL", evl))],
-        policy=ACCEPT_ALL,
-        transport=lambda directory: partner,
-        clock=lambda: now,
-    )
+    core = await gateway_before(partner, evl, tmp_path, clock=lambda: now)
     try:
         await core.load()
         async with core.store.transaction() as tx:
@@ -301,16 +311,8 @@ async def test_a_sender_without_the_earlier_attempt_in_its_log_follows_the_kept_
     from gateway.domain.statements import GENESIS_HASH
 
     assert GENESIS_HASH == b"\x00" * 32
-    chn, evl = CryptoSigner.generate(), CryptoSigner.generate()
-    core = GatewayCore(
-        party="CHN",
-        store=await SQLiteStore.open(tmp_path / "chn.db"),
-        signer=chn,
-        own_trust=self_signed_trust_document("CHN", chn),
-        partners=[PartnerSpec("EVL", "evl", self_signed_trust_document("EVL", evl))],
-        policy=ACCEPT_ALL,
-        transport=lambda directory: KeptReceiptPartner(evl, place=place),
-    )
+    evl = CryptoSigner.generate()
+    core = await gateway_before(KeptReceiptPartner(evl, place=place), evl, tmp_path)
     try:
         await core.load()
         async with core.store.transaction() as tx:
