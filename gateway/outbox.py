@@ -234,6 +234,17 @@ class OutboxWorker:
                     await self.exchange.on_delivered(tx, message)
             elif outcome is Outcome.CATCH_UP:
                 assert theirs is not None
+                sent = await tx.highest_sequence_sent(message.receiver)
+                if theirs.last_sequence > sent:
+                    log.critical(
+                        "%s has taken in statements from us up to %d, but this gateway's store never sent one beyond"
+                        " %d: the store was restored from a backup or replaced. Transfers made after that point"
+                        " are unknown here, and units they sent may show as held again. Propose no transfer of"
+                        " them until the books are reconciled with every partner",
+                        message.receiver,
+                        theirs.last_sequence,
+                        sent,
+                    )
                 await tx.set_outgoing_channel(message.receiver, theirs)
                 await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now)
                 log.warning(

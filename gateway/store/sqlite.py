@@ -605,6 +605,13 @@ class SQLiteTransaction:
         )
         return cursor.rowcount
 
+    async def highest_sequence_sent(self, receiver: str) -> int:
+        row = self._one(
+            "SELECT COALESCE(MAX(sequence), 0) FROM outbox WHERE receiver = ? AND kind != 'trust'", (receiver,)
+        )
+        assert row is not None
+        return int(row[0])
+
     async def delivered_digest(self, receiver: str, sequence: int) -> bytes | None:
         row = self._one(
             "SELECT payload_digest, kind, body FROM outbox WHERE receiver = ? AND sequence = ? AND state = 'delivered'"
