@@ -95,6 +95,8 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
             raw = await request.read()
         except HttpProcessingError as exc:  # a chunked body cut short or mis-framed
             raise web.HTTPBadRequest(text=f"malformed request body: {exc.message}") from None
+        except web.RequestPayloadError as exc:  # a compressed body that does not decompress
+            raise web.HTTPBadRequest(text=f"malformed request body: {exc}") from None
         received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=peer_common_name(request))
         metrics.count(received.code)
         return web.Response(
@@ -138,8 +140,9 @@ class _MalformedRequestsInOneLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg = f"{record.getMessage()}: refused a malformed HTTP request: {exc.message}"
+        if isinstance(exc, HttpProcessingError | web.RequestPayloadError):
+            reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+            record.msg = f"{record.getMessage()}: refused a malformed HTTP request: {' '.join(reason.split())}"
             record.args = ()
             record.exc_info = None
             record.exc_text = None

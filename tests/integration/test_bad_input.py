@@ -870,13 +870,27 @@ async def test_a_request_the_http_server_cannot_parse_gets_400_and_one_log_line_
         await writer.wait_closed()
         assert status_line.split()[1:2] == [b"400"], (name, status_line)
     records = [r for r in caplog.records if r.name == "gateway.http.requests"]
-    assert len(records) == len(requests)
+    assert len(records) == len(requests)  # before the compressed bodies below, which log too
     for record in records:
         assert record.exc_info is None
         assert record.levelname == "WARNING"
         assert "refused a malformed HTTP request" in record.getMessage()
+    for encoding, body in (("gzip", b"\x1f\x8b not gzip at all"), ("deflate", b"xyz")):
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        writer.write(
+            b"POST /v1/partner/deliver HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await writer.wait_closed()
+        assert answer.split()[1:2] == [b"400"], (encoding, answer)
+        assert b"malformed request body" in answer
     async with aiohttp.ClientSession() as session, session.get(partners.che.http_url + "/healthz") as response:
         assert response.status == 200
+    assert not [r for r in caplog.records if r.exc_info is not None]
 
 
 # -- poison statements on both partner transports ------------------------------------------------------
