@@ -657,7 +657,7 @@ def stub_call(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMult
 
 @MODULE
 @pytest.mark.parametrize("case", TABLE, ids=[f"{c.method}-{c.name}" for c in TABLE])
-async def test_a_bad_operator_request_is_refused_naming_the_field_and_changes_nothing(
+async def test_defect_14_a_bad_operator_request_is_refused_naming_the_field_and_changes_nothing(
     gateways: Pair, case: Bad
 ) -> None:
     node = gateways.chn if case.node == "CHN" else gateways.che
@@ -705,7 +705,9 @@ def assert_malformed(error: grpc.aio.AioRpcError, method: str) -> None:
 
 @MODULE
 @pytest.mark.parametrize("junk", list(GARBAGE.values()), ids=list(GARBAGE))
-async def test_garbage_request_bytes_to_every_method_get_invalid_argument(gateways: Pair, junk: bytes) -> None:
+async def test_defect_14_garbage_request_bytes_to_every_method_get_invalid_argument(
+    gateways: Pair, junk: bytes
+) -> None:
     before = (await recorded(gateways.chn), await recorded(gateways.che))
     methods = list(unary_methods())
     assert len(methods) == 17 + 2
@@ -738,7 +740,7 @@ UNKNOWN_FIELD = b"\x98\x06\x01"
 
 
 @pytest.mark.asyncio
-async def test_a_retry_with_an_unknown_field_returns_the_first_result(pair: Pair) -> None:
+async def test_defect_14_a_retry_with_an_unknown_field_returns_the_first_result(pair: Pair) -> None:
     await setup_accounts(pair)
     async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
         opened = open_account(key="open-new")
@@ -832,7 +834,7 @@ TRUST_PATHS = {
 
 
 @MODULE
-async def test_published_trust_versions_are_ascii_positive_and_within_64_bits(partners: Partners) -> None:
+async def test_defect_14_published_trust_versions_are_ascii_positive_and_within_64_bits(partners: Partners) -> None:
     base = partners.che.http_url + "/.well-known/carbon-gateway/trust/"
     answers = {}
     async with aiohttp.ClientSession() as session:
