@@ -208,7 +208,7 @@ class TrustKeeper:
         return partner.trusted
 
 
-def _one_signature_suffices(document: TrustDocument, what: str, *, field: str = "") -> None:
+def _one_signature_suffices(document: TrustDocument, what: str, *, field: str) -> None:
     """Refuse a document whose transfer role needs more signatures than this gateway makes.
 
     The gateway signs each statement and receipt with one key, so a transfer threshold above 1 would make

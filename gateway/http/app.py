@@ -93,10 +93,8 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
     async def deliver(request: web.Request) -> web.Response:
         try:
             raw = await request.read()
-        except HttpProcessingError as exc:  # a chunked body cut short or mis-framed
-            raise web.HTTPBadRequest(text=f"malformed request body: {exc.message}") from None
-        except web.RequestPayloadError as exc:  # a compressed body that does not decompress
-            raise web.HTTPBadRequest(text=f"malformed request body: {exc}") from None
+        except MALFORMED_REQUEST as exc:  # a chunked body mis-framed, a compressed body that does not decompress
+            raise web.HTTPBadRequest(text=f"malformed request body: {_reason(exc)}") from None
         received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=peer_common_name(request))
         metrics.count(received.code)
         return web.Response(
@@ -134,15 +132,24 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
     return app
 
 
+MALFORMED_REQUEST = (HttpProcessingError, web.RequestPayloadError)
+"""What aiohttp raises for a request it cannot parse or decode: the client's fault, answered with 400."""
+
+
+def _reason(exc: BaseException) -> str:
+    """aiohttp's reason for refusing a malformed request, on one line."""
+    reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    return " ".join(str(reason).split())
+
+
 class _MalformedRequestsInOneLine(logging.Filter):
     """aiohttp logs a request it cannot parse (a request line too long, a bad header) with a traceback, although
     it answers 400 and nothing in the gateway failed: write it as one warning naming the problem instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError | web.RequestPayloadError):
-            reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-            record.msg = f"{record.getMessage()}: refused a malformed HTTP request: {' '.join(reason.split())}"
+        if isinstance(exc, MALFORMED_REQUEST):
+            record.msg = f"{record.getMessage()}: refused a malformed HTTP request: {_reason(exc)}"
             record.args = ()
             record.exc_info = None
             record.exc_text = None

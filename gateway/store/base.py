@@ -230,7 +230,7 @@ class Transaction(Protocol):
 
     async def get_outbox(self, message_id: str) -> OutboxMessage | None: ...
     async def list_outbox(self, receiver: str = "", states: Sequence[OutboxState] = ()) -> list[OutboxMessage]: ...
-    async def pending_for_transfer(
+    async def outbox_has_for_transfer(
         self, transfer_id: str, kinds: Sequence[OutboxKind], states: Sequence[OutboxState] = (OutboxState.PENDING,)
     ) -> bool:
         """Whether a statement of one of ``kinds`` about the transfer is in the outbox in one of ``states``."""

@@ -552,7 +552,7 @@ class SQLiteTransaction:
             params.extend(s.value for s in states)
         return [_outbox_message(r) for r in self._all(sql + " ORDER BY outbox_id", params)]
 
-    async def pending_for_transfer(
+    async def outbox_has_for_transfer(
         self, transfer_id: str, kinds: Sequence[OutboxKind], states: Sequence[OutboxState] = (OutboxState.PENDING,)
     ) -> bool:
         row = self._one(

@@ -189,7 +189,7 @@ class GatewayBase:
         """Initiating side: tell the partner this transfer's final state (a Completion or a Cancel), unless a
         message saying so is still waiting in the outbox."""
         kinds = (OutboxKind.COMPLETION, OutboxKind.CANCEL)
-        if await tx.pending_for_transfer(transfer.transfer_id, kinds):
+        if await tx.outbox_has_for_transfer(transfer.transfer_id, kinds):
             return
         if transfer.state is TransferState.COMPLETED:
             completion = partner_pb2.Completion(

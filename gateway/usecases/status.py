@@ -78,7 +78,7 @@ class StatusKeeping(Initiating, Acquiring):
             rejection = Rejection(ResponseCode.INVALID_STATE, f"{partner} reports that it rejected the transfer")
             await self._reject(tx, transfer, [rejection])
         elif step is Step.TERMINATE:
-            if await tx.pending_for_transfer(transfer.transfer_id, (OutboxKind.PROPOSAL,)):
+            if await tx.outbox_has_for_transfer(transfer.transfer_id, (OutboxKind.PROPOSAL,)):
                 return  # the Proposal has not reached the partner yet; nothing is wrong
             transfer = await self._set_state(tx, transfer, TransferState.TERMINATED)
             await self._release(tx, transfer.transfer_id)
@@ -90,7 +90,7 @@ class StatusKeeping(Initiating, Acquiring):
         elif step is Step.ADOPT:
             await self._adopt(tx, transfer, reported or TransferState.TERMINATED)
         elif step is Step.RESEND_DECISION:
-            if await tx.pending_for_transfer(transfer.transfer_id, (OutboxKind.DECISION,)):
+            if await tx.outbox_has_for_transfer(transfer.transfer_id, (OutboxKind.DECISION,)):
                 return
             accepted = transfer.state is TransferState.ACCEPTED
             await self._send_decision(
@@ -151,9 +151,9 @@ class StatusKeeping(Initiating, Acquiring):
             if now - max(last, transfer.updated_at) < self.status_query_after:
                 return None, False
             await tx.set_status_queried_at(transfer.transfer_id, now)
-            if await tx.pending_for_transfer(transfer.transfer_id, tuple(OutboxKind)):
+            if await tx.outbox_has_for_transfer(transfer.transfer_id, tuple(OutboxKind)):
                 return None, False  # something for this transfer is still on its way to the partner
-            if await tx.pending_for_transfer(transfer.transfer_id, (OutboxKind.STATUS_QUERY,), (OutboxState.DEAD,)):
+            if await tx.outbox_has_for_transfer(transfer.transfer_id, (OutboxKind.STATUS_QUERY,), (OutboxState.DEAD,)):
                 # An earlier query is on the dead-letter list: another would only join it there. A dead statement
                 # of another kind does not stop the query, which is how this side recovers from it.
                 return None, False

@@ -26,6 +26,7 @@ from gateway.domain.protocol import Deadlines
 from gateway.exchange import EnvelopeForm, ExchangeSettings
 from gateway.harness import Network, start_network
 from gateway.node import GatewayNode
+from gateway.outbox import PartnerTransport
 from gateway.store.base import BlockStatus, LogKind, OutboxState
 from gateway.usecases.initiating import Initiating
 from signing import CryptoSigner, Role, Signer, TrustDocument, sign_envelope, sign_trust_document
@@ -612,14 +613,14 @@ async def test_defect_04_a_status_query_on_the_dead_letter_list_is_not_joined_by
 class CompletionRefused:
     """CHN's transport to CHE, except that CHE refuses every Completion for good (as too large)."""
 
-    def __init__(self, real: object, che: GatewayNode) -> None:
+    def __init__(self, real: PartnerTransport, che: GatewayNode) -> None:
         self.real = real
         self.che = che
 
     async def deliver(self, party: str, envelope: bytes) -> bytes:
         statement = partner_pb2.Statement.FromString(wire.envelope_from_bytes(envelope).payload)
         if statement.WhichOneof("body") != "completion":
-            return await self.real.deliver(party, envelope)  # type: ignore[attr-defined,no-any-return]
+            return await self.real.deliver(party, envelope)
         receipt = partner_pb2.Receipt(
             message_id="refused",
             sender="CHE",

@@ -17,6 +17,7 @@ from gateway.store.base import OutboxState
 from gateway.store.sqlite import SQLiteStore
 from signing import Envelope
 from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts, snapshot
+from tests.integration.test_integrity import dead_letters
 
 
 @pytest.mark.asyncio
@@ -156,13 +157,8 @@ async def test_a_sender_restored_from_a_backup_goes_on_from_its_partner_and_says
         again = await chn.ProposeTransfer(proposal_request(block, 11, 20, "after-restore"))
         assert (await wait_for_state(chn, again.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
         assert (await wait_for_state(che, again.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
-    assert await dead_letters_of(restarted) == 0
+    assert await dead_letters(restarted) == []
     [alarm] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert "restored from a backup" in alarm.getMessage()
     assert "reconciled" in alarm.getMessage()
     await settle(restarted, pair.che)
-
-
-async def dead_letters_of(node: GatewayNode) -> int:
-    async with node.store.read() as tx:
-        return len(await tx.list_outbox(states=(OutboxState.DEAD,)))
