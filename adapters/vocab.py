@@ -25,7 +25,7 @@ NOMENCLATURE_UNDERLYING_REGISTRIES = frozenset(
 )
 """Underlying unit registry IDs in the AEF nomenclature. CCER and CEA have none: see `MappingContext`."""
 
-BUILT_IN_UNDERLYING_CODES: dict[str, str] = {"VCS": "VCS", "GS": "GS"}
+BUILT_IN_UNDERLYING_CODES: dict[str, str] = {"VCS": "VCS", "GS": "GS", "CAR": "CAR"}
 """Nomenclature code of the issuing registries whose grammars are built in and which the nomenclature lists."""
 
 COOPERATIVE_APPROACH = re.compile(r"CA\d{4}")

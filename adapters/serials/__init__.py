@@ -9,22 +9,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.serials import domestic, gold_standard, itmo, kyoto, puro, vcs
+from adapters.serials import car, domestic, gold_standard, itmo, kyoto, puro, vcs
 from adapters.serials.base import SerialError, SerialGrammar
 from adapters.serials.domestic import DomesticFormat, DomesticGrammar
 from gateway.domain.blocks import UnitBlock
 
 Grammar = SerialGrammar[Any]
 
-GRAMMARS: tuple[Grammar, ...] = (
+_PUBLISHED: tuple[Grammar, ...] = (
     vcs.GRAMMAR,
     gold_standard.GRAMMAR,
     puro.GRAMMAR,
+    car.GRAMMAR,
     kyoto.GRAMMAR,
     itmo.GRAMMAR,
-    domestic.CEA_GRAMMAR,
-    domestic.CCER_GRAMMAR,
 )
+"""The grammars of published formats (and the ITMO identifier), which no mapping context changes."""
+
+GRAMMARS: tuple[Grammar, ...] = (*_PUBLISHED, domestic.CEA_GRAMMAR, domestic.CCER_GRAMMAR)
 """The built-in grammars. Their shapes are disjoint: at most one matches any text."""
 
 __all__ = ["GRAMMARS", "Grammar", "SerialError", "grammar_for_block", "grammars_with", "parse_block", "spell_block"]
@@ -34,7 +36,7 @@ def grammars_with(cea: DomesticFormat, ccer: DomesticFormat) -> tuple[Grammar, .
     """The built-in grammars with the given domestic identifier formats."""
     if cea == domestic.CEA_FORMAT and ccer == domestic.CCER_FORMAT:
         return GRAMMARS
-    return (*GRAMMARS[:5], DomesticGrammar(cea, "cn-cea"), DomesticGrammar(ccer, "cn-ccer"))
+    return (*_PUBLISHED, DomesticGrammar(cea, "cn-cea"), DomesticGrammar(ccer, "cn-ccer"))
 
 
 def parse_block(text: str, *, vintage: int | None = None, grammars: Sequence[Grammar] = GRAMMARS) -> UnitBlock:

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from adapters import vocab
 from adapters.context import ActionFacts, ItmoSerialSource, MappingContext
+from adapters.serials.car import UNIT_TYPES as CAR_UNIT_TYPES
+from adapters.serials.car import CarSerial
 from adapters.serials.domestic import CCER_FORMAT, CEA_FORMAT
 from adapters.serials.gold_standard import GoldStandardSerial
 from adapters.serials.itmo import ItmoBlockId
@@ -277,6 +279,45 @@ def kyoto_blocks(draw: st.DrawFn) -> KyotoBlock:
         draw(small),
         str(draw(st.integers(0, 99999))),
         draw(small),
+    )
+
+
+@st.composite
+def kyoto_field_forms(draw: st.DrawFn) -> dict[str, str]:
+    """A valid Kyoto field form: codes from the DES lists, track only on ERUs, expiry only on tCERs and lCERs."""
+    start, end = draw(ranges())
+    unit_type = draw(st.sampled_from("1234567"))
+    period = st.sampled_from("12")
+    return {
+        "originating_registry": draw(st.from_regex(r"[A-Z]{2}", fullmatch=True)),
+        "unit_type": f"{unit_type}-{draw(st.integers(0, 12))}",
+        "block_start": str(start),
+        "block_end": str(end),
+        "original_commitment_period": draw(period),
+        "applicable_commitment_period": draw(period),
+        "lulucf_activity": draw(st.sampled_from(["", *"1234567"])),
+        "project_id": draw(st.one_of(st.just(""), st.integers(1, 10**7).map(str))),
+        "track": draw(st.sampled_from(["", "1", "2"])) if unit_type in "34" else "",
+        "expiry_date": draw(st.one_of(st.just(""), date.map(dt.date.isoformat))) if unit_type in "67" else "",
+    }
+
+
+@st.composite
+def car_serials(draw: st.DrawFn) -> CarSerial:
+    """A Climate Action Reserve serial."""
+    start, end = draw(ranges())
+    two_letters = st.from_regex(r"[A-Z]{2}", fullmatch=True)
+    return CarSerial(
+        draw(st.sampled_from(sorted(CAR_UNIT_TYPES))),
+        draw(two_letters),
+        str(draw(st.integers(1, 9999))),
+        str(draw(st.integers(1, 300))),
+        str(draw(st.integers(1, 9999))),
+        draw(two_letters),
+        draw(year),
+        str(draw(st.integers(1, 99999))),
+        start,
+        end,
     )
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from adapters.serials import (
     GRAMMARS,
     SerialError,
+    car,
     gold_standard,
     grammar_for_block,
     itmo,
@@ -101,6 +102,7 @@ GENERATED = [
     (vcs.GRAMMAR, s.vcs_serials()),
     (gold_standard.GRAMMAR, s.gold_standard_serials()),
     (puro.GRAMMAR, s.puro_serials()),
+    (car.GRAMMAR, s.car_serials()),
     (itmo.GRAMMAR, s.itmo_blocks()),
 ]
 
