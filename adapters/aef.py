@@ -109,7 +109,18 @@ AUTHORIZED_ENTITIES = ADAPTERS[Table.AUTHORIZED_ENTITIES]
 
 def write_workbook(report: AefReport, ctx: MappingContext | None = None) -> bytes:
     """The report as one XLSX workbook, a sheet per table in nomenclature order, every row checked."""
-    ctx = ctx or MappingContext()
+    return tabular.write_xlsx(_sheets(report, ctx or MappingContext()))
+
+
+def write_csv_tables(report: AefReport, ctx: MappingContext | None = None) -> dict[Table, bytes]:
+    """The report as five CSV files, one per table, every row checked (all-or-nothing, like the workbook)."""
+    return {
+        Table(title): tabular.write_csv_table(cols, rows)
+        for title, cols, rows in _sheets(report, ctx or MappingContext())
+    }
+
+
+def _sheets(report: AefReport, ctx: MappingContext) -> list[tuple[str, tuple[str, ...], list[list[object]]]]:
     sheets = []
     problems: list[Problem] = []
     for table in Table:
@@ -127,7 +138,7 @@ def write_workbook(report: AefReport, ctx: MappingContext | None = None) -> byte
         sheets.append((table.value, cols, matrix))
     if problems:
         raise RecordRejected(problems)
-    return tabular.write_xlsx(sheets)
+    return sheets
 
 
 def read_workbook(data: bytes, ctx: MappingContext | None = None) -> AefReport:

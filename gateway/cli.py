@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.tools import register as register_tools
 
     register_tools(commands)
+    from gateway.ledger_cli import register as register_ledger
+
+    register_ledger(commands)
     from adapters.commands import register as register_adapters
 
     register_adapters(commands)

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature, NomenclatureError
 from gateway.domain.protocol import DecisionPolicy, DecisionRule, Verdict, parse_purpose
-from gateway.domain.records import PARTY_PATTERN
+from gateway.domain.records import PARTY_PATTERN, PARTY_REGISTRY_PATTERN, AdjustmentMethod
+from gateway.usecases.base import LedgerOptions
 
 DEFAULT_SIGNER_NAME = "default"
 """The name the top-level ``signer`` setting goes by, for `RotateTrustDocument`."""
@@ -74,6 +76,69 @@ class GatewayConfig:
     hold_deadline: dt.timedelta = dt.timedelta(hours=48)
     decision_timeout: dt.timedelta = dt.timedelta(hours=72)
     status_query_after: dt.timedelta = dt.timedelta(minutes=15)
+    ledger: LedgerOptions = field(default_factory=LedgerOptions)
+
+
+def _year(value: object, where: str) -> int:
+    return _integer(value, where, minimum=1990, maximum=2100)
+
+
+def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
+    """The ``[ledger]`` table: the NDC period, the adjustment method chosen once for it, the averaging divisor,
+    and what the AEF report names that the ledger does not."""
+    known = {
+        "ndc_first_year",
+        "ndc_last_year",
+        "adjustment_method",
+        "averaging_divisor",
+        "party_registry",
+        "gwp_values",
+        "underlying_registry_codes",
+    }
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"ledger.{key}: unknown setting; the [ledger] table takes {', '.join(sorted(known))}")
+    adjustments = None
+    if "adjustment_method" in table:
+        method_text = _string(table["adjustment_method"], "ledger.adjustment_method")
+        try:
+            method = AdjustmentMethod(method_text)
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in AdjustmentMethod)
+            raise ConfigError(f"ledger.adjustment_method: {method_text!r} is not one of {allowed}") from None
+        divisor = None
+        if "averaging_divisor" in table:
+            divisor_text = _string(table["averaging_divisor"], "ledger.averaging_divisor")
+            try:
+                divisor = AveragingDivisor(divisor_text)
+            except ValueError:
+                allowed = ", ".join(repr(d.value) for d in AveragingDivisor)
+                raise ConfigError(f"ledger.averaging_divisor: {divisor_text!r} is not one of {allowed}") from None
+        try:
+            adjustments = AdjustmentSettings(
+                method=method,
+                first_year=_integer(
+                    _require(table, "ndc_first_year", "ledger"), "ledger.ndc_first_year", minimum=1990, maximum=2100
+                ),
+                last_year=_integer(
+                    _require(table, "ndc_last_year", "ledger"), "ledger.ndc_last_year", minimum=1990, maximum=2100
+                ),
+                averaging_divisor=divisor,
+            )
+        except GatewayError as exc:
+            raise ConfigError(f"ledger.{exc.field or 'adjustment_method'}: {exc.message}") from None
+    registry = _string(table.get("party_registry", ""), "ledger.party_registry", allow_empty=True)
+    if registry and not PARTY_REGISTRY_PATTERN.fullmatch(registry):
+        raise ConfigError(f"ledger.party_registry: {registry!r} is not a Party ITMO registry ID (e.g. CHN01)")
+    codes = _table(table.get("underlying_registry_codes", {}), "ledger.underlying_registry_codes")
+    return LedgerOptions(
+        adjustments=adjustments,
+        party_registry=registry,
+        gwp_values=_string(table.get("gwp_values", ""), "ledger.gwp_values", allow_empty=True),
+        underlying_registry_codes=tuple(
+            sorted((k, _string(v, f"ledger.underlying_registry_codes.{k}")) for k, v in codes.items())
+        ),
+    )
 
 
 def _require(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -308,4 +373,5 @@ def load_config(path: Path) -> GatewayConfig:
         hold_deadline=_seconds(limits, "hold_deadline_seconds", 172800),
         decision_timeout=_seconds(limits, "decision_timeout_seconds", 259200),
         status_query_after=_seconds(limits, "status_query_after_seconds", 900),
+        ledger=_ledger(_table(data.get("ledger", {}), "ledger")),
     )

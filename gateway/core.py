@@ -22,7 +22,7 @@ from gateway.partners import DEFAULT_PARTNER_MAX_ENVELOPE_BYTES, Partner, Partne
 from gateway.service import Gateway
 from gateway.store.base import Store
 from gateway.trust import TrustKeeper
-from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER
+from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from signing import Envelope, Signer, TrustedParty
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class GatewayCore:
         backoff: Backoff | None = None,
         outbox_batch: int = 64,
         trust_ssl_context: ssl.SSLContext | None = None,
+        ledger_options: LedgerOptions | None = None,
     ) -> None:
         self.party = party
         self.store = store
@@ -106,6 +107,7 @@ class GatewayCore:
             nomenclature=nomenclature,
             status_query_after=status_query_after,
             new_id=new_id,
+            ledger_options=ledger_options,
         )
         self.exchange = Exchange(
             settings or ExchangeSettings(self_party=party),

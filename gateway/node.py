@@ -34,7 +34,7 @@ from gateway.service import Gateway
 from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
 from gateway.trust import TrustKeeper
-from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER
+from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from signing import (
     Envelope,
     EnvelopeFormatError,
@@ -83,6 +83,28 @@ def _channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
     )
 
 
+ADJUSTMENT_SETTING = "adjustment settings"
+"""The store setting that records the NDC period and adjustment method the first time a gateway starts with
+them: the method is chosen once for the period (DESIGN.md section 3)."""
+
+
+async def _choose_method_once(store: Store, options: LedgerOptions, now: dt.datetime) -> None:
+    """Record the configured adjustment settings the first time; refuse to start with different ones."""
+    if options.adjustments is None:
+        return
+    chosen = options.adjustments.describe()
+    async with store.transaction() as tx:
+        recorded = await tx.get_setting(ADJUSTMENT_SETTING)
+        if recorded is None:
+            await tx.put_setting(ADJUSTMENT_SETTING, chosen, now)
+            return
+    if recorded != chosen:
+        raise ConfigError(
+            f"ledger: this gateway's ledger was kept under '{recorded}'; the configuration now says '{chosen}'."
+            " The method is chosen once for an NDC period: restore the recorded settings"
+        )
+
+
 class GatewayNode:
     """A running gateway: a `GatewayCore` with its operator server, partner server and optional HTTP server."""
 
@@ -105,6 +127,7 @@ class GatewayNode:
         nomenclature: Nomenclature = DEFAULT_NOMENCLATURE,
         status_query_after: dt.timedelta = DEFAULT_STATUS_QUERY_AFTER,
         signers: Mapping[str, Signer] | None = None,
+        ledger_options: LedgerOptions | None = None,
     ) -> None:
         self.party = party
         self.clock = clock
@@ -126,6 +149,7 @@ class GatewayNode:
             status_query_after=status_query_after,
             signers=signers,
             trust_ssl_context=_client_ssl_context(tls) if tls else None,
+            ledger_options=ledger_options,
         )
         self._http_listen = http_listen
         self.http_server: HttpServer | None = None
@@ -232,6 +256,7 @@ class GatewayNode:
                 _probe_listen(address, setting)
         store = await _open_store(config.database)
         try:
+            await _choose_method_once(store, config.ledger, utc_now())
             return cls(
                 party=config.party,
                 store=store,
@@ -248,6 +273,7 @@ class GatewayNode:
                 nomenclature=config.nomenclature,
                 status_query_after=config.status_query_after,
                 signers=signers,
+                ledger_options=config.ledger,
             )
         except (ssl.SSLError, OSError) as exc:
             await store.close()

@@ -13,16 +13,30 @@ from gateway.domain.statements import Header
 from gateway.domain.text import check_identifier
 from gateway.domain.transfer import Transfer
 from gateway.store.base import StoredBlock, Transaction
-from gateway.usecases.base import Idempotency, log
+from gateway.usecases.authorizations import AuthorizationKeeping
+from gateway.usecases.base import Idempotency, LedgerOptions, log
 from gateway.usecases.deliveries import Abandoned, Deliveries
 from gateway.usecases.initiating import BlockSelection, TransferRequest
+from gateway.usecases.ledger import LedgerKeeping, LedgerSummary
 from gateway.usecases.registration import Registration
+from gateway.usecases.reporting import Reporting
+from gateway.usecases.retiring import RetirementRequest, RetirementResult, Retiring
 from gateway.usecases.status import StatusKeeping
 
-__all__ = ["Abandoned", "BlockSelection", "Gateway", "Idempotency", "TransferRequest"]
+__all__ = [
+    "Abandoned",
+    "BlockSelection",
+    "Gateway",
+    "Idempotency",
+    "LedgerOptions",
+    "LedgerSummary",
+    "RetirementRequest",
+    "RetirementResult",
+    "TransferRequest",
+]
 
 
-class Gateway(Registration, Deliveries, StatusKeeping):
+class Gateway(Registration, AuthorizationKeeping, Retiring, LedgerKeeping, Reporting, Deliveries, StatusKeeping):
     """One jurisdiction's gateway: its store, its exchange with partners, and its decision policy."""
 
     async def on_statement(

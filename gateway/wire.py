@@ -89,6 +89,9 @@ def block_to_proto(block: UnitBlock) -> records_pb2.UnitBlock:
         registry_reference=block.registry_reference,
         first_transferred=block.first_transferred,
         attributes=[records_pb2.Attribute(name=k, value=v) for k, v in block.attributes],
+        first_transferring_party=block.first_transferring_party,
+        cooperative_approach=block.cooperative_approach,
+        authorization_id=block.authorization_id,
     )
 
 
@@ -122,6 +125,7 @@ def block_from_proto(
     )
     text.check_year(msg.vintage, f"{field}.vintage", what="vintage")
     check_serials(msg.start, msg.end, field)
+    _check_tie(msg, field)
     space_field = f"{field}.space"
     if nomenclature is not None:
         for name in ("unit_kind", "issuing_registry", "issuance"):
@@ -146,9 +150,29 @@ def block_from_proto(
             registry_reference=msg.registry_reference,
             first_transferred=msg.first_transferred,
             attributes=tuple((a.name, a.value) for a in msg.attributes),
+            first_transferring_party=msg.first_transferring_party,
+            cooperative_approach=msg.cooperative_approach,
+            authorization_id=msg.authorization_id,
         )
     except BlockError as exc:
         raise _invalid(field, str(exc)) from None
+
+
+def _check_tie(msg: records_pb2.UnitBlock, field: str) -> None:
+    """A block's tie is all three of its fields, or none."""
+    party, approach, authorization = msg.first_transferring_party, msg.cooperative_approach, msg.authorization_id
+    if not (party or approach or authorization):
+        return
+    if not PARTY_PATTERN.fullmatch(party):
+        raise _invalid(
+            f"{field}.first_transferring_party", f"{text.quoted(party)} is not an ISO 3166-1 alpha-3 Party code"
+        )
+    if not COOPERATIVE_APPROACH_PATTERN.fullmatch(approach):
+        raise _invalid(
+            f"{field}.cooperative_approach",
+            f"{text.quoted(approach)} is not a cooperative approach ID: CA followed by 4 ASCII digits",
+        )
+    text.check_identifier(authorization, f"{field}.authorization_id", what="authorization ID")
 
 
 def check_serials(start: int, end: int, field: str) -> None:
@@ -214,6 +238,11 @@ def account_from_proto(msg: records_pb2.Account, field: str = "account") -> Acco
     return Account(msg.account_id, msg.holder_name, account_type)
 
 
+def parse_date(value: str, field: str) -> dt.date:
+    """An ISO 8601 date (YYYY-MM-DD) of a request field, or a refusal naming the field."""
+    return _date(value, field)
+
+
 def _date(value: str, field: str) -> dt.date:
     if len(value) != 10 or not value.isascii():
         raise _invalid(field, f"{text.quoted(value)} is not an ISO 8601 date (YYYY-MM-DD, ASCII digits)")
@@ -241,6 +270,8 @@ def authorization_to_proto(a: Authorization) -> records_pb2.Authorization:
         sectors=list(a.sectors),
         activity_types=list(a.activity_types),
         expires=a.expires.isoformat() if a.expires else "",
+        revoked=a.revoked,
+        note=a.note,
     )
 
 
@@ -282,6 +313,9 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
             f"{field}.first_transfer_definition",
             f"unknown first-transfer definition {text.quoted(msg.first_transfer_definition)}; use one of {allowed}",
         ) from None
+    if msg.revoked:
+        raise _invalid(f"{field}.revoked", "an authorization is revoked with RevokeAuthorization, which records why")
+    text.check_text(msg.note, f"{field}.note", what="note")
     date = _date(msg.date, f"{field}.date")
     expires = _date(msg.expires, f"{field}.expires") if msg.expires else None
     if expires is not None and expires < date:
@@ -300,6 +334,7 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         sectors=tuple(msg.sectors),
         activity_types=tuple(msg.activity_types),
         expires=expires,
+        note=msg.note,
     )
 
 
@@ -343,6 +378,11 @@ def ledger_entry_to_proto(e: LedgerEntry) -> records_pb2.LedgerEntry:
         transferring_party=e.transferring_party,
         acquiring_party=e.acquiring_party,
         purpose=e.purpose.value,
+        action_subtype=e.action_subtype,
+        year_of_use=e.year_of_use or 0,
+        using_party=e.using_party,
+        using_entity=e.using_entity,
+        note=e.note,
     )
 
 

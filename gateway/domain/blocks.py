@@ -53,6 +53,13 @@ class UnitBlock:
     first_transferred: bool = False
     attributes: tuple[tuple[str, str], ...] = field(default=())
     """Further source attributes, sorted by name, carried verbatim so that no mapping loses them."""
+    first_transferring_party: str = ""
+    """The Party whose authorization made these units ITMOs, and which first transfers them; empty until the
+    units are tied to an authorization. Kept across splits and across borders (a Proposal carries it)."""
+    cooperative_approach: str = ""
+    """The cooperative approach of the authorization the units are tied to; empty until then."""
+    authorization_id: str = ""
+    """The authorization the units are tied to (their ITMO identity); empty until then."""
 
     def __post_init__(self) -> None:
         if not self.space.unit_kind:
@@ -89,6 +96,11 @@ class UnitBlock:
     def same_attributes(self, other: UnitBlock) -> bool:
         """True when the two blocks differ at most in their serial range."""
         return self.with_range(0, 0) == other.with_range(0, 0)
+
+    @property
+    def tied(self) -> bool:
+        """True once the units are tied to an authorization (they are ITMOs, first transferred or not)."""
+        return bool(self.authorization_id)
 
     def describe(self) -> str:
         """A short human-readable name, e.g. ``CCER/CN-CCER [1001, 1500]``."""

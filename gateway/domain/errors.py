@@ -46,6 +46,7 @@ class ResponseCode(enum.IntEnum):
     INTERNAL_ERROR = 29
     UNKNOWN_SERIAL_SPACE = 30
     PROVENANCE_REFUSED = 31
+    PERIOD_LOCKED = 32
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -87,6 +88,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.PROVENANCE_REFUSED: "the units belong to a serial space whose history refuses this: a space this "
     "gateway issues where the units were never issued, never left or are already back, or a space another Party "
     "issues, whose units arrive only by transfer",
+    ResponseCode.PERIOD_LOCKED: "the action is dated in a period an operator locked as final; record a correction as a "
+    "new entry dated in an open period",
 }
 
 

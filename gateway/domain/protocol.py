@@ -109,12 +109,13 @@ def validate_terms(terms: TransferTerms) -> None:
 
 
 def first_transfer_quantity(terms: TransferTerms) -> int:
-    """The part of a transfer that is a first transfer: the units not yet first transferred.
+    """The part of a transfer that ties units to its authorization: those neither tied nor first transferred.
 
-    Only first transfers count against an authorization's quantity; onward transfers of units that were
-    first transferred before (and units that came back) do not (DESIGN.md section 3).
+    Units count against an authorization's quantity once, when they are tied to it (here, or when they were
+    registered, used or cancelled under it); onward transfers of units tied or first transferred before (and
+    units that came back) do not (DESIGN.md section 3).
     """
-    return sum(block.quantity for block in terms.blocks if not block.first_transferred)
+    return sum(block.quantity for block in terms.blocks if not block.first_transferred and not block.tied)
 
 
 def check_authorization(
@@ -133,6 +134,13 @@ def check_authorization(
     if authorization is None:
         return [Rejection(ResponseCode.AUTHORIZATION_MISSING, f"authorization {terms.authorization_id!r} is unknown")]
     rejections: list[Rejection] = []
+    if authorization.revoked:
+        rejections.append(
+            Rejection(
+                ResponseCode.AUTHORIZATION_EXPIRED,
+                f"authorization {authorization.authorization_id!r} was revoked on {authorization.date.isoformat()}",
+            )
+        )
     if authorization.cooperative_approach != terms.cooperative_approach:
         rejections.append(
             Rejection(

@@ -121,6 +121,10 @@ class Authorization:
     sectors: tuple[str, ...] = ()
     activity_types: tuple[str, ...] = ()
     expires: dt.date | None = None
+    revoked: bool = False
+    """True for the version that revokes the authorization from its date: nothing may act under it after."""
+    note: str = ""
+    """Additional explanatory information, e.g. why a version amends or revokes the authorization."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,16 @@ class LedgerEntry:
     transferring_party: str
     acquiring_party: str
     purpose: Purpose
+    action_subtype: str = ""
+    """The AEF action subtype (`gateway.domain.canonical.ActionSubtype` values), where one applies."""
+    year_of_use: int | None = None
+    """Uses towards the NDC: the calendar year for which the units are used."""
+    using_party: str = ""
+    """Uses and cancellations: the using or cancelling Party."""
+    using_entity: str = ""
+    """Uses and cancellations by an authorized entity: its ID."""
+    note: str = ""
+    """Additional explanatory information, e.g. the reason an operator gave."""
 
     @property
     def quantity(self) -> int:

@@ -9,13 +9,23 @@ import grpc
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway import wire
 from gateway.domain import text
+from gateway.domain.adjustments import format_quantity
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.ledger import LockedPeriod, Retirement, parse_cancellation_subtype, parse_retirement
 from gateway.domain.nomenclature import Nomenclature
 from gateway.domain.protocol import parse_adjustment_method, parse_purpose
 from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN
 from gateway.partners import TRANSFER_ROLE
 from gateway.rpc.errors import refusals_as_status
-from gateway.service import BlockSelection, Gateway, Idempotency, TransferRequest
+from gateway.service import (
+    BlockSelection,
+    Gateway,
+    Idempotency,
+    LedgerSummary,
+    RetirementRequest,
+    RetirementResult,
+    TransferRequest,
+)
 from gateway.store.base import OutboxMessage, OutboxState, StoredBlock
 from gateway.trust import PushResult, TrustKeeper
 from signing import Envelope, EnvelopeFormatError, TrustedParty
@@ -92,6 +102,71 @@ def _trust_status(party: str, trusted: TrustedParty, pushed: Sequence[PushResult
             for p in pushed
         ],
     )
+
+
+def _retirement(result: RetirementResult) -> operator_pb2.RetirementResult:
+    return operator_pb2.RetirementResult(
+        action_id=result.action_id,
+        retired=[_holding(b) for b in result.retired],
+        entries=[wire.ledger_entry_to_proto(e) for e in result.entries],
+    )
+
+
+def _locked(lock: LockedPeriod) -> operator_pb2.LockedPeriod:
+    return operator_pb2.LockedPeriod(
+        first_year=lock.first_year, last_year=lock.last_year, locked_at=lock.locked_at.isoformat(), reason=lock.reason
+    )
+
+
+def summary_to_proto(summary: LedgerSummary) -> operator_pb2.LedgerSummary:
+    """The ledger summary as its wire message (fractions as decimal text, see `format_quantity`)."""
+    structured = summary.structured
+    message = operator_pb2.LedgerSummary(
+        convention=summary.convention,
+        groups=[
+            operator_pb2.SummaryGroup(
+                cooperative_approach=g.cooperative_approach,
+                sectors=g.sectors,
+                partner=g.partner,
+                vintage=g.vintage,
+                authorized=g.authorized,
+                first_transferred=g.first_transferred,
+                acquired=g.acquired,
+                used=g.used,
+                cancelled=g.cancelled,
+                adjusted=g.adjusted,
+                transferred=g.transferred,
+            )
+            for g in summary.groups
+        ],
+        unresolved=[wire.ledger_entry_to_proto(e) for e in summary.unresolved],
+        locked=[_locked(lock) for lock in summary.locked],
+    )
+    if structured is None:
+        message.method = "not configured: set [ledger] ndc_first_year, ndc_last_year and adjustment_method"
+        message.averaging_divisor = "not configured"
+        return message
+    message.method = structured.settings.describe()
+    message.averaging_divisor = structured.divisor_note
+    if structured.cumulative_adjustment is not None:
+        message.cumulative_adjustment = format_quantity(structured.cumulative_adjustment)
+    for row in structured.rows:
+        message.years.append(
+            operator_pb2.SummaryYear(
+                year=row.year,
+                first_transferred_ndc=row.first_transferred_ndc,
+                first_transferred_oimp_only=row.first_transferred_oimp_only,
+                used_ndc=row.used_ndc,
+                annual_adjustment_averaging=format_quantity(row.annual_adjustment_averaging)
+                if row.annual_adjustment_averaging is not None
+                else "",
+                total_adjustment=format_quantity(row.total_adjustment),
+                running_total=format_quantity(row.running_total),
+                reported_emissions="" if row.reported_emissions is None else str(row.reported_emissions),
+                emissions_balance="" if row.emissions_balance is None else format_quantity(row.emissions_balance),
+            )
+        )
+    return message
 
 
 class TrustOperations:
@@ -173,6 +248,111 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         return wire.authorization_to_proto(await self.gateway.register_authorization(idem, authorization))
 
     @refusals_as_status
+    async def AmendAuthorization(
+        self, request: operator_pb2.AmendAuthorizationRequest, context: Context[object, object]
+    ) -> records_pb2.Authorization:
+        authorization = wire.authorization_from_proto(request.authorization)
+        idem = _idempotency("AmendAuthorization", request, request.idempotency_key)
+        return wire.authorization_to_proto(await self.gateway.amend_authorization(idem, authorization))
+
+    @refusals_as_status
+    async def RevokeAuthorization(
+        self, request: operator_pb2.RevokeAuthorizationRequest, context: Context[object, object]
+    ) -> records_pb2.Authorization:
+        text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID")
+        text.check_identifier(request.version, "version", what="version")
+        date = wire.parse_date(request.date, "date")
+        idem = _idempotency("RevokeAuthorization", request, request.idempotency_key)
+        revoked = await self.gateway.revoke_authorization(
+            idem, request.authorization_id, request.version, date, request.reason
+        )
+        return wire.authorization_to_proto(revoked)
+
+    @refusals_as_status
+    async def ListAuthorizations(
+        self, request: operator_pb2.ListAuthorizationsRequest, context: Context[object, object]
+    ) -> operator_pb2.ListAuthorizationsResponse:
+        text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID", required=False)
+        versions = await self.gateway.list_authorizations(request.authorization_id)
+        return operator_pb2.ListAuthorizationsResponse(versions=[wire.authorization_to_proto(v) for v in versions])
+
+    def _selections(self, selections: Sequence[operator_pb2.BlockSelection]) -> tuple[BlockSelection, ...]:
+        text.check_count(selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
+        nomenclature = self.gateway.nomenclature
+        return tuple(_selection(s, f"selections[{i}]", nomenclature) for i, s in enumerate(selections))
+
+    @refusals_as_status
+    async def UseUnits(
+        self, request: operator_pb2.UseUnitsRequest, context: Context[object, object]
+    ) -> operator_pb2.RetirementResult:
+        retirement = parse_retirement(request.action, "action")
+        if retirement not in (Retirement.USE_NDC, Retirement.USE_OIMP):
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"UseUnits takes {Retirement.USE_NDC.value!r} or {Retirement.USE_OIMP.value!r}; cancellations go to"
+                " CancelUnits",
+                field="action",
+            )
+        text.check_identifier(request.purpose, "purpose", what="purpose", required=False)
+        retire = RetirementRequest(
+            retirement=retirement,
+            source_account=request.source_account,
+            selections=self._selections(request.selections),
+            target_account=request.use_account,
+            target_field="use_account",
+            authorization_id=request.authorization_id,
+            year_of_use=request.year_of_use or None,
+            purpose=parse_purpose(request.purpose) if request.purpose else None,
+            using_entity=request.using_entity,
+            note=request.note,
+        )
+        idem = _idempotency("UseUnits", request, request.idempotency_key)
+        return _retirement(await self.gateway.retire(idem, retire))
+
+    @refusals_as_status
+    async def CancelUnits(
+        self, request: operator_pb2.CancelUnitsRequest, context: Context[object, object]
+    ) -> operator_pb2.RetirementResult:
+        retirement = Retirement.VOLUNTARY_CANCELLATION if request.voluntary else Retirement.CANCELLATION
+        text.check_identifier(request.purpose, "purpose", what="purpose", required=False)
+        retire = RetirementRequest(
+            retirement=retirement,
+            source_account=request.source_account,
+            selections=self._selections(request.selections),
+            target_account=request.cancellation_account,
+            target_field="cancellation_account",
+            authorization_id=request.authorization_id,
+            purpose=parse_purpose(request.purpose) if request.purpose else None,
+            subtype=parse_cancellation_subtype(request.subtype, "subtype") if request.subtype else None,
+            using_entity=request.using_entity,
+            note=request.note,
+        )
+        idem = _idempotency("CancelUnits", request, request.idempotency_key)
+        return _retirement(await self.gateway.retire(idem, retire))
+
+    @refusals_as_status
+    async def SetReportedEmissions(
+        self, request: operator_pb2.SetReportedEmissionsRequest, context: Context[object, object]
+    ) -> operator_pb2.ReportedEmissions:
+        idem = _idempotency("SetReportedEmissions", request, request.idempotency_key)
+        year, quantity = await self.gateway.set_reported_emissions(idem, request.year, request.quantity)
+        return operator_pb2.ReportedEmissions(year=year, quantity=quantity)
+
+    @refusals_as_status
+    async def LockPeriod(
+        self, request: operator_pb2.LockPeriodRequest, context: Context[object, object]
+    ) -> operator_pb2.LockedPeriod:
+        idem = _idempotency("LockPeriod", request, request.idempotency_key)
+        lock = await self.gateway.lock_period(idem, request.first_year, request.last_year, request.reason)
+        return _locked(lock)
+
+    @refusals_as_status
+    async def GetLedgerSummary(
+        self, request: operator_pb2.GetLedgerSummaryRequest, context: Context[object, object]
+    ) -> operator_pb2.LedgerSummary:
+        return summary_to_proto(await self.gateway.ledger_summary())
+
+    @refusals_as_status
     async def RegisterIssuance(
         self, request: operator_pb2.RegisterIssuanceRequest, context: Context[object, object]
     ) -> operator_pb2.Holding:
@@ -180,8 +360,10 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, "the request has no block", field="block")
         text.check_identifier(request.account_id, "account_id", what="account ID")
         block = wire.block_from_proto(request.block, "block", self.gateway.nomenclature)
+        text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID", required=False)
         idem = _idempotency("RegisterIssuance", request, request.idempotency_key)
-        return _holding(await self.gateway.register_issuance(idem, request.account_id, block))
+        stored = await self.gateway.register_issuance(idem, request.account_id, block, request.authorization_id)
+        return _holding(stored)
 
     @refusals_as_status
     async def ProposeTransfer(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.records import Account, Authorization, LedgerEntry
+from gateway.domain.ledger import LockedPeriod
+from gateway.domain.records import Account, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.domain.transfer import Transfer
 
@@ -25,14 +26,24 @@ class BlockStatus(enum.StrEnum):
     TRANSFERRED = "transferred"  # left by a completed transfer, and the acquiring side has been told
     SUPERSEDED = "superseded"  # split or merged into other blocks
     DROPPED = "dropped"  # a pending acquisition that was cancelled, terminated or rejected
+    USED = "used"  # used towards an NDC or for other international mitigation purposes: never moves again
+    CANCELLED = "cancelled"  # cancelled (voluntarily or not): never moves again
 
 
 CURRENT_STATUSES = (BlockStatus.HELD, BlockStatus.RESERVED, BlockStatus.PENDING)
 """The blocks a gateway lists as its holdings."""
 
-GUARDED_STATUSES = (BlockStatus.HELD, BlockStatus.RESERVED, BlockStatus.PENDING, BlockStatus.DEBITED)
+GUARDED_STATUSES = (
+    BlockStatus.HELD,
+    BlockStatus.RESERVED,
+    BlockStatus.PENDING,
+    BlockStatus.DEBITED,
+    BlockStatus.USED,
+    BlockStatus.CANCELLED,
+)
 """The blocks no incoming or registered block may overlap: what this gateway holds, has reserved, has pending,
-or still owes a partner the news of (DESIGN.md section 4). Within one gateway these never overlap each other."""
+still owes a partner the news of (DESIGN.md section 4), or has used or cancelled for good. Within one gateway
+these never overlap each other."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,23 @@ class StoredBlock:
     transfer_id: str
     parent_id: int | None
     block: UnitBlock
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotal:
+    """The quantity of the ledger entries that share every grouping column (see `Transaction.ledger_totals`)."""
+
+    action_type: ActionType
+    action_subtype: str
+    purpose: Purpose
+    vintage: int
+    year_of_use: int | None
+    action_year: int
+    cooperative_approach: str
+    authorization_id: str
+    first_transferring_party: str
+    partner: str  # the acquiring Party of a transfer, the transferring Party of an acquisition, else ""
+    quantity: int
 
 
 class OutboxState(enum.StrEnum):
@@ -153,7 +181,26 @@ class Transaction(Protocol):
     async def get_authorization(self, authorization_id: str) -> Authorization | None: ...
     async def insert_authorization(self, authorization: Authorization) -> None: ...
     async def first_transfer_quantity_used(self, authorization_id: str) -> int:
-        """The quantity first transferred, or reserved for a first transfer, under an authorization."""
+        """The quantity tied to an authorization by this gateway: registered, used or cancelled under it, or
+        transferred (or reserved for a transfer) under it for the first time."""
+        ...
+
+    async def authorization_versions(self, authorization_id: str) -> list[Authorization]:
+        """Every version of an authorization, in the order they were recorded (which is date order)."""
+        ...
+
+    async def insert_authorization_version(self, authorization: Authorization, now: dt.datetime) -> None:
+        """Record an amendment or a revocation of an authorization already registered."""
+        ...
+
+    async def list_authorization_versions(self) -> list[Authorization]:
+        """Every version of every authorization, in the order they were recorded."""
+        ...
+
+    async def add_authorization_tie(
+        self, authorization_id: str, action_id: str, quantity: int, now: dt.datetime
+    ) -> None:
+        """Count units tied to an authorization outside a transfer (registered, used or cancelled under it)."""
         ...
 
     # blocks
@@ -204,6 +251,34 @@ class Transaction(Protocol):
     async def set_status_queried_at(self, transfer_id: str, now: dt.datetime) -> None: ...
     async def append_ledger(self, entries: Sequence[LedgerEntry]) -> list[int]: ...
     async def list_ledger(self) -> list[LedgerEntry]: ...
+    async def ledger_of_action(self, action_id: str) -> list[LedgerEntry]:
+        """The entries one transfer, use or cancellation recorded, in order."""
+        ...
+
+    def ledger_until(self, instant: dt.datetime, batch: int = 10_000) -> AsyncIterator[LedgerEntry]:
+        """The entries dated at or before ``instant``, in recording order, read in batches."""
+        ...
+
+    def ledger_between(self, start: dt.datetime, end: dt.datetime, batch: int = 10_000) -> AsyncIterator[LedgerEntry]:
+        """The entries dated in ``[start, end]``, in recording order, read in batches."""
+        ...
+
+    async def ledger_unresolved(self, party: str) -> list[LedgerEntry]:
+        """The transfers abroad of units ``party`` tied whose first transfer is yet to come (subtype ``Not yet
+        defined``): counted in no row of the summary."""
+        ...
+
+    async def ledger_totals(self) -> list[LedgerTotal]:
+        """The ledger summed per group that the adjustment summary needs (one SQL aggregate)."""
+        ...
+
+    # reported emissions, locked periods and settings
+    async def reported_emissions(self) -> dict[int, int]: ...
+    async def set_reported_emissions(self, year: int, quantity: int, now: dt.datetime) -> None: ...
+    async def locked_periods(self) -> list[LockedPeriod]: ...
+    async def insert_locked_period(self, lock: LockedPeriod) -> None: ...
+    async def get_setting(self, name: str) -> str | None: ...
+    async def put_setting(self, name: str, value: str, now: dt.datetime) -> None: ...
 
     # the partner exchange: channels and the outbox
     async def outgoing_channel(self, receiver: str) -> ChannelState: ...

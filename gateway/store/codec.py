@@ -35,6 +35,9 @@ def block_to_dict(block: UnitBlock) -> dict[str, Any]:
         "registry_reference": block.registry_reference,
         "first_transferred": block.first_transferred,
         "attributes": [list(pair) for pair in block.attributes],
+        "first_transferring_party": block.first_transferring_party,
+        "cooperative_approach": block.cooperative_approach,
+        "authorization_id": block.authorization_id,
     }
 
 
@@ -51,6 +54,10 @@ def block_from_dict(data: dict[str, Any]) -> UnitBlock:
         registry_reference=data["registry_reference"],
         first_transferred=data["first_transferred"],
         attributes=tuple((k, v) for k, v in data["attributes"]),
+        # Blocks stored before ties existed have none.
+        first_transferring_party=data.get("first_transferring_party", ""),
+        cooperative_approach=data.get("cooperative_approach", ""),
+        authorization_id=data.get("authorization_id", ""),
     )
 
 
@@ -123,6 +130,8 @@ def authorization_to_json(a: Authorization) -> str:
             "sectors": list(a.sectors),
             "activity_types": list(a.activity_types),
             "expires": a.expires.isoformat() if a.expires else None,
+            "revoked": a.revoked,
+            "note": a.note,
         },
         sort_keys=True,
     )
@@ -145,6 +154,8 @@ def authorization_from_json(text: str) -> Authorization:
         sectors=tuple(d["sectors"]),
         activity_types=tuple(d["activity_types"]),
         expires=dt.date.fromisoformat(d["expires"]) if d["expires"] else None,
+        revoked=d.get("revoked", False),
+        note=d.get("note", ""),
     )
 
 
@@ -163,6 +174,11 @@ def ledger_row(entry: LedgerEntry) -> dict[str, Any]:
         "transferring_party": entry.transferring_party,
         "acquiring_party": entry.acquiring_party,
         "purpose": entry.purpose.value,
+        "action_subtype": entry.action_subtype,
+        "year_of_use": entry.year_of_use,
+        "using_party": entry.using_party,
+        "using_entity": entry.using_entity,
+        "note": entry.note,
     }
 
 
@@ -180,6 +196,11 @@ def ledger_from_row(entry_id: int, row: dict[str, Any]) -> LedgerEntry:
         transferring_party=row["transferring_party"],
         acquiring_party=row["acquiring_party"],
         purpose=Purpose(row["purpose"]),
+        action_subtype=row["action_subtype"],
+        year_of_use=row["year_of_use"],
+        using_party=row["using_party"],
+        using_entity=row["using_entity"],
+        note=row["note"],
     )
 
 

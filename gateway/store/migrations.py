@@ -217,6 +217,63 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
 )
 
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        5,
+        "the ledger: authorization versions, ties of units to authorizations, AEF columns of every action,"
+        " reported emissions, locked periods and settings chosen once",
+        """
+        CREATE TABLE authorization_versions (
+            seq INTEGER PRIMARY KEY,
+            authorization_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            date TEXT NOT NULL,
+            body TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            UNIQUE (authorization_id, version)
+        );
+        INSERT INTO authorization_versions (authorization_id, version, date, body, recorded_at)
+            SELECT authorization_id, json_extract(body, '$.version'), json_extract(body, '$.date'), body,
+                   '1970-01-01T00:00:00.000000Z' FROM authorizations ORDER BY authorization_id;
+        CREATE TABLE authorization_ties (
+            authorization_id TEXT NOT NULL,
+            action_id TEXT NOT NULL,
+            quantity BIGINT NOT NULL,
+            recorded_at TEXT NOT NULL
+        );
+        CREATE INDEX authorization_ties_id ON authorization_ties (authorization_id);
+        ALTER TABLE ledger ADD COLUMN action_subtype TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ledger ADD COLUMN year_of_use INTEGER;
+        ALTER TABLE ledger ADD COLUMN using_party TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ledger ADD COLUMN using_entity TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ledger ADD COLUMN note TEXT NOT NULL DEFAULT '';
+        CREATE INDEX ledger_date ON ledger (action_date);
+        CREATE INDEX ledger_action ON ledger (transfer_id);
+        DROP INDEX blocks_guarded;
+        CREATE INDEX blocks_guarded ON blocks (unit_kind, issuing_registry, issuance, serial_start)
+            WHERE status IN ('held', 'reserved', 'pending', 'debited', 'used', 'cancelled');
+        CREATE TABLE reported_emissions (
+            year INTEGER PRIMARY KEY,
+            quantity BIGINT NOT NULL,
+            recorded_at TEXT NOT NULL
+        );
+        CREATE TABLE locked_periods (
+            first_year INTEGER NOT NULL,
+            last_year INTEGER NOT NULL,
+            locked_at TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (first_year, last_year)
+        );
+        CREATE TABLE settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            recorded_at TEXT NOT NULL
+        )
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply."""

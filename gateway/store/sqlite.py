@@ -18,8 +18,10 @@ from typing import Any
 
 from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.canonical import ActionSubtype
+from gateway.domain.ledger import LockedPeriod
 from gateway.domain.protocol import first_transfer_quantity
-from gateway.domain.records import Account, AccountType, Authorization, LedgerEntry
+from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.domain.transfer import (
     FINAL_STATES,
@@ -34,6 +36,7 @@ from gateway.store.base import (
     GUARDED_STATUSES,
     BlockStatus,
     IdempotentResult,
+    LedgerTotal,
     LogEntry,
     LogKind,
     OutboxKind,
@@ -211,7 +214,10 @@ class SQLiteTransaction:
             raise StoreConflict(f"account {account.account_id!r} exists") from exc
 
     async def get_authorization(self, authorization_id: str) -> Authorization | None:
-        row = self._one("SELECT body FROM authorizations WHERE authorization_id = ?", (authorization_id,))
+        row = self._one(
+            "SELECT body FROM authorization_versions WHERE authorization_id = ? ORDER BY seq DESC LIMIT 1",
+            (authorization_id,),
+        )
         return None if row is None else codec.authorization_from_json(row["body"])
 
     async def insert_authorization(self, authorization: Authorization) -> None:
@@ -222,6 +228,46 @@ class SQLiteTransaction:
             )
         except sqlite3.IntegrityError as exc:
             raise StoreConflict(f"authorization {authorization.authorization_id!r} exists") from exc
+        self._insert_version(authorization, "1970-01-01T00:00:00.000000Z")
+
+    def _insert_version(self, authorization: Authorization, recorded_at: str) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO authorization_versions (authorization_id, version, date, body, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    authorization.authorization_id,
+                    authorization.version,
+                    authorization.date.isoformat(),
+                    codec.authorization_to_json(authorization),
+                    recorded_at,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreConflict(
+                f"version {authorization.version!r} of authorization {authorization.authorization_id!r} exists"
+            ) from exc
+
+    async def insert_authorization_version(self, authorization: Authorization, now: dt.datetime) -> None:
+        self._insert_version(authorization, codec.to_text(now))
+
+    async def authorization_versions(self, authorization_id: str) -> list[Authorization]:
+        rows = self._all(
+            "SELECT body FROM authorization_versions WHERE authorization_id = ? ORDER BY seq", (authorization_id,)
+        )
+        return [codec.authorization_from_json(r["body"]) for r in rows]
+
+    async def list_authorization_versions(self) -> list[Authorization]:
+        rows = self._all("SELECT body FROM authorization_versions ORDER BY seq")
+        return [codec.authorization_from_json(r["body"]) for r in rows]
+
+    async def add_authorization_tie(
+        self, authorization_id: str, action_id: str, quantity: int, now: dt.datetime
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO authorization_ties VALUES (?, ?, ?, ?)",
+            (authorization_id, action_id, quantity, codec.to_text(now)),
+        )
 
     async def first_transfer_quantity_used(self, authorization_id: str) -> int:
         states = [int(s) for s in USES_AUTHORIZED_QUANTITY]
@@ -230,8 +276,11 @@ class SQLiteTransaction:
             f"AND state IN ({_placeholders(states)})",
             (authorization_id, TransferRole.INITIATING.value, *states),
         )
-        assert row is not None
-        return int(row[0])
+        ties = self._one(
+            "SELECT COALESCE(SUM(quantity), 0) FROM authorization_ties WHERE authorization_id = ?", (authorization_id,)
+        )
+        assert row is not None and ties is not None
+        return int(row[0]) + int(ties[0])
 
     # blocks
 
@@ -462,6 +511,103 @@ class SQLiteTransaction:
         return [
             codec.ledger_from_row(r["entry_id"], dict(r)) for r in self._all("SELECT * FROM ledger ORDER BY entry_id")
         ]
+
+    async def ledger_unresolved(self, party: str) -> list[LedgerEntry]:
+        rows = self._all(
+            "SELECT * FROM ledger WHERE action_type = ? AND action_subtype = ? AND first_transferring_party = ?"
+            " ORDER BY entry_id",
+            (ActionType.TRANSFER.value, ActionSubtype.NOT_YET_DEFINED.value, party),
+        )
+        return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
+
+    async def ledger_of_action(self, action_id: str) -> list[LedgerEntry]:
+        rows = self._all("SELECT * FROM ledger WHERE transfer_id = ? ORDER BY entry_id", (action_id,))
+        return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
+
+    async def _ledger_where(self, where: str, params: Sequence[Any], batch: int) -> AsyncIterator[LedgerEntry]:
+        after = 0
+        while True:
+            rows = self._all(
+                f"SELECT * FROM ledger WHERE entry_id > ? AND {where} ORDER BY entry_id LIMIT ?",
+                (after, *params, batch),
+            )
+            for r in rows:
+                yield codec.ledger_from_row(r["entry_id"], dict(r))
+            if len(rows) < batch:
+                return
+            after = rows[-1]["entry_id"]
+
+    def ledger_until(self, instant: dt.datetime, batch: int = 10_000) -> AsyncIterator[LedgerEntry]:
+        return self._ledger_where("action_date <= ?", (codec.to_text(instant),), batch)
+
+    def ledger_between(self, start: dt.datetime, end: dt.datetime, batch: int = 10_000) -> AsyncIterator[LedgerEntry]:
+        return self._ledger_where(
+            "action_date >= ? AND action_date <= ?", (codec.to_text(start), codec.to_text(end)), batch
+        )
+
+    async def ledger_totals(self) -> list[LedgerTotal]:
+        rows = self._all(
+            "SELECT action_type, action_subtype, purpose, vintage, year_of_use, CAST(substr(action_date, 1, 4) AS"
+            " INTEGER) AS action_year, cooperative_approach, authorization_id, first_transferring_party,"
+            " CASE WHEN action_type = 'Acquisition' THEN transferring_party ELSE acquiring_party END AS partner,"
+            " SUM(quantity) AS quantity FROM ledger"
+            " GROUP BY action_type, action_subtype, purpose, vintage, year_of_use, action_year, cooperative_approach,"
+            " authorization_id, first_transferring_party, partner"
+        )
+        return [
+            LedgerTotal(
+                action_type=ActionType(r["action_type"]),
+                action_subtype=r["action_subtype"],
+                purpose=Purpose(r["purpose"]),
+                vintage=r["vintage"],
+                year_of_use=r["year_of_use"],
+                action_year=r["action_year"],
+                cooperative_approach=r["cooperative_approach"],
+                authorization_id=r["authorization_id"],
+                first_transferring_party=r["first_transferring_party"],
+                partner=r["partner"],
+                quantity=int(r["quantity"]),
+            )
+            for r in rows
+        ]
+
+    # reported emissions, locked periods and settings
+
+    async def reported_emissions(self) -> dict[int, int]:
+        return {int(r[0]): int(r[1]) for r in self._all("SELECT year, quantity FROM reported_emissions ORDER BY year")}
+
+    async def set_reported_emissions(self, year: int, quantity: int, now: dt.datetime) -> None:
+        self._db.execute(
+            "INSERT INTO reported_emissions VALUES (?, ?, ?) ON CONFLICT (year) DO UPDATE"
+            " SET quantity = excluded.quantity, recorded_at = excluded.recorded_at",
+            (year, quantity, codec.to_text(now)),
+        )
+
+    async def locked_periods(self) -> list[LockedPeriod]:
+        return [
+            LockedPeriod(r["first_year"], r["last_year"], codec.from_text(r["locked_at"]), r["reason"])
+            for r in self._all("SELECT * FROM locked_periods ORDER BY first_year, last_year")
+        ]
+
+    async def insert_locked_period(self, lock: LockedPeriod) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO locked_periods VALUES (?, ?, ?, ?)",
+                (lock.first_year, lock.last_year, codec.to_text(lock.locked_at), lock.reason),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreConflict(f"{lock.first_year}-{lock.last_year} is already locked") from exc
+
+    async def get_setting(self, name: str) -> str | None:
+        row = self._one("SELECT value FROM settings WHERE name = ?", (name,))
+        return None if row is None else str(row[0])
+
+    async def put_setting(self, name: str, value: str, now: dt.datetime) -> None:
+        self._db.execute(
+            "INSERT INTO settings VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+            " recorded_at = excluded.recorded_at",
+            (name, value, codec.to_text(now)),
+        )
 
     # the partner exchange
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
 from gateway.domain import ranges, text
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.protocol import Rejection, Verdict, check_acquisition, completion_entries, validate_terms
+from gateway.domain.ledger import ActionContext, delivered_form, record_arrival
+from gateway.domain.protocol import Rejection, Verdict, check_acquisition, validate_terms
+from gateway.domain.records import TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import BlockStatus, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
@@ -82,10 +82,10 @@ class Acquiring(GatewayBase):
             await self._send_decision(tx, transfer, accepted=False, rejections=rejections)
             return
         # Accepted or held: the units are pending here, so that no overlapping proposal can be accepted too.
-        # They are stored as they will be credited: first transferred, once this transfer completes.
+        # They are stored as they will be credited: tied and first transferred as the Proposal says.
         for block in terms.blocks:
             await tx.insert_block(
-                replace(block, first_transferred=True),
+                self._as_delivered(terms, block),
                 account_id=terms.acquiring_account,
                 status=BlockStatus.PENDING,
                 transfer_id=transfer.transfer_id,
@@ -153,12 +153,22 @@ class Acquiring(GatewayBase):
             )
         await self._acquire(tx, transfer)
 
+    @staticmethod
+    def _as_delivered(terms: TransferTerms, block: UnitBlock) -> UnitBlock:
+        return delivered_form(block, terms.transferring_party, terms.authorization_id, terms.cooperative_approach)
+
     async def _acquire(self, tx: Transaction, transfer: Transfer) -> None:
         await self._credit(tx, transfer)
-        entries = completion_entries(
-            transfer.terms, transfer_id=transfer.transfer_id, role_initiating=False, action_date=self.clock()
+        terms = transfer.terms
+        context = ActionContext(
+            action_id=transfer.transfer_id,
+            action_date=self.clock(),
+            party=self.party,
+            purpose=terms.purpose,
+            transferring_party=terms.transferring_party,
+            acquiring_party=self.party,
         )
-        await tx.append_ledger(entries)
+        await tx.append_ledger([record_arrival(context, self._as_delivered(terms, b)) for b in terms.blocks])
         await self._set_state(tx, transfer, TransferState.COMPLETED)
 
     async def _on_cancel(self, tx: Transaction, partner: str, cancel: partner_pb2.Cancel) -> None:

@@ -9,11 +9,13 @@ from dataclasses import dataclass, replace
 
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
+from gateway.domain.adjustments import AdjustmentSettings
 from gateway.domain.blocks import UnitBlock, merge
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.ledger import version_in_force
 from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import Deadlines, DecisionPolicy, Rejection
-from gateway.domain.records import TransferTerms
+from gateway.domain.records import Authorization, TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance
 from gateway.exchange import Exchange, new_uuid
 from gateway.store.base import BlockStatus, IdempotentResult, OutboxKind, Store, Transaction
@@ -34,6 +36,22 @@ class Idempotency:
     request_hash: str
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerOptions:
+    """The ledger's settings: how adjustments are computed, and what the AEF report names that the ledger
+    does not (the configuration's ``[ledger]`` table)."""
+
+    adjustments: AdjustmentSettings | None = None
+    """The NDC period, the adjustment method chosen once for it, and the averaging divisor. Unset, the summary
+    lists the ledger's groups but no structured-summary rows."""
+    party_registry: str = ""
+    """The Party ITMO registry ID (alpha-3 and 2 digits, e.g. ``CHN01``), needed by the AEF report."""
+    underlying_registry_codes: tuple[tuple[str, str], ...] = ()
+    """AEF underlying unit registry IDs per issuing registry code, e.g. ``(("CN-CCER", "CCER"),)``."""
+    gwp_values: str = ""
+    """The AEF "Applicable GWP value(s)" of the Party's reports, e.g. ``AR5``; needed by the AEF report."""
+
+
 class GatewayBase:
     """One jurisdiction's gateway: its store, its exchange with partners, its policy and its settings."""
 
@@ -48,8 +66,10 @@ class GatewayBase:
         nomenclature: Nomenclature = DEFAULT_NOMENCLATURE,
         status_query_after: dt.timedelta = DEFAULT_STATUS_QUERY_AFTER,
         new_id: Callable[[], str] = new_uuid,
+        ledger_options: LedgerOptions | None = None,
     ) -> None:
         self.party = party
+        self.ledger_options = ledger_options or LedgerOptions()
         self.store = store
         self.policy = policy
         self.deadlines = deadlines or Deadlines()
@@ -132,6 +152,15 @@ class GatewayBase:
     def _is_own_space(self, block: UnitBlock) -> bool:
         """True for a block of a serial space this gateway issues (its Party keeps the registry of record)."""
         return self.nomenclature.issuer(block.space) == self.party
+
+    # authorizations
+
+    @staticmethod
+    async def _authorization_on(tx: Transaction, authorization_id: str, on: dt.date) -> Authorization | None:
+        """The version of an authorization in force on ``on``; before its first version, that first version
+        (so that the checks say it is dated later), and None for an unknown authorization."""
+        versions = await tx.authorization_versions(authorization_id)
+        return version_in_force(versions, on) or (versions[0] if versions else None)
 
     # blocks
 

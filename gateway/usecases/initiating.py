@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 from carbon_gateway.v1 import partner_pb2
@@ -12,10 +13,10 @@ from gateway import wire
 from gateway.domain import text
 from gateway.domain.blocks import SerialSpace, UnitBlock, split
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.ledger import ActionContext, record_departure
 from gateway.domain.protocol import (
     Rejection,
     check_authorization,
-    completion_entries,
     parse_adjustment_method,
     parse_purpose,
     validate_terms,
@@ -51,6 +52,16 @@ class TransferRequest:
 
 class Initiating(GatewayBase):
     """Proposing, cancelling and completing outgoing transfers."""
+
+    def _departure_context(self, transfer_id: str, terms: TransferTerms, now: dt.datetime) -> ActionContext:
+        return ActionContext(
+            action_id=transfer_id,
+            action_date=now,
+            party=self.party,
+            purpose=terms.purpose,
+            transferring_party=self.party,
+            acquiring_party=terms.acquiring_party,
+        )
 
     async def propose_transfer(self, idem: Idempotency, request: TransferRequest) -> Transfer:
         """Reserve the selected units and send a Proposal to the acquiring Party's gateway.
@@ -93,7 +104,7 @@ class Initiating(GatewayBase):
             purpose = parse_purpose(request.purpose)
             adjustment_method = parse_adjustment_method(request.adjustment_method)
             transfer_id = self.new_id()
-            taken = await self._reserve(tx, request, transfer_id)
+            taken = await self._reserve(tx, request.source_account, request.selections, transfer_id)
             terms = TransferTerms(
                 transferring_party=self.party,
                 acquiring_party=request.acquiring_party,
@@ -106,8 +117,9 @@ class Initiating(GatewayBase):
                 blocks=tuple(taken),
             )
             validate_terms(terms)
+            authorization = await self._authorization_on(tx, terms.authorization_id, self.clock().date())
             rejections = check_authorization(
-                await tx.get_authorization(terms.authorization_id),
+                authorization,
                 terms,
                 first_transferred_before=await tx.first_transfer_quantity_used(terms.authorization_id),
                 today=self.clock().date(),
@@ -115,7 +127,20 @@ class Initiating(GatewayBase):
             if rejections:
                 first = rejections[0]
                 raise GatewayError(first.code, first.message, field="authorization_id", blocks=first.blocks)
-            proposal = wire.proposal_to_proto(transfer_id, terms)
+            for index, block in enumerate(taken):
+                if block.tied and block.authorization_id != terms.authorization_id:
+                    raise GatewayError(
+                        ResponseCode.INVALID_ARGUMENT,
+                        f"{block.describe()} is tied to authorization {block.authorization_id!r} of"
+                        f" {block.first_transferring_party}; its units move only under it",
+                        field=f"selections[{index}]",
+                        blocks=[block],
+                    )
+            # The Proposal carries the blocks as delivered: tied, and first transferred if this is their first
+            # transfer, so that the acquiring side and every onward transfer keep that state.
+            context = self._departure_context(transfer_id, terms, self.clock())
+            delivered = tuple(record_departure(context, b, authorization).block for b in taken)
+            proposal = wire.proposal_to_proto(transfer_id, replace(terms, blocks=delivered))
             exchange.check_fits(terms.acquiring_party, proposal=proposal)
             now = self.clock()
             transfer = Transfer(
@@ -133,14 +158,16 @@ class Initiating(GatewayBase):
         exchange.on_enqueued()
         return transfer
 
-    async def _reserve(self, tx: Transaction, request: TransferRequest, transfer_id: str) -> list[UnitBlock]:
+    async def _reserve(
+        self, tx: Transaction, source_account: str, selections: Sequence[BlockSelection], transfer_id: str
+    ) -> list[UnitBlock]:
         """Split the held blocks at the selections and reserve the selected parts; return them in request order.
 
         Selections are grouped by the held block that contains them, and each held block is split once, at
         all its selections: one index lookup per held block, whatever the number of selections.
         """
         by_space: dict[SerialSpace, list[tuple[int, BlockSelection]]] = defaultdict(list)
-        for index, selection in enumerate(request.selections):
+        for index, selection in enumerate(selections):
             by_space[selection.space].append((index, selection))
         taken: dict[int, UnitBlock] = {}
         for space, group in by_space.items():
@@ -158,14 +185,14 @@ class Initiating(GatewayBase):
                 if held is None or selection.start > held.block.end:
                     if held is not None:
                         await self._split_held(tx, held, pieces, transfer_id, taken)
-                    held = await self._holding_block(tx, request.source_account, space, selection, index)
+                    held = await self._holding_block(tx, source_account, space, selection, index)
                     pieces = []
                 elif selection.end > held.block.end:
-                    raise self._not_held(request.source_account, selection, index, [held])
+                    raise self._not_held(source_account, selection, index, [held])
                 pieces.append((index, selection))
             if held is not None:
                 await self._split_held(tx, held, pieces, transfer_id, taken)
-        return [taken[i] for i in range(len(request.selections))]
+        return [taken[i] for i in range(len(selections))]
 
     @staticmethod
     async def _split_held(
@@ -287,9 +314,11 @@ class Initiating(GatewayBase):
         """Debit the reserved units, record the ledger entries and send the Completion, in one transaction."""
         transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
         await self._debit(tx, transfer)
-        now = self.clock()
+        # The version in force when the transfer was proposed decides, as it did for the Proposal's blocks.
+        authorization = await self._authorization_on(tx, transfer.terms.authorization_id, transfer.created_at.date())
+        context = self._departure_context(transfer.transfer_id, transfer.terms, self.clock())
         await tx.append_ledger(
-            completion_entries(transfer.terms, transfer_id=transfer.transfer_id, role_initiating=True, action_date=now)
+            [e for b in transfer.terms.blocks for e in record_departure(context, b, authorization).entries]
         )
         transfer = await self._set_state(tx, transfer, TransferState.COMPLETED)
         await self._send_final(tx, transfer, "")

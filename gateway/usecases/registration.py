@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.records import Account, Authorization
+from gateway.domain.ledger import ActionContext, Event, check_in_force, check_not_locked, primary_purpose, record_tie
+from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.store.base import BlockStatus, StoreConflict, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency
 
@@ -57,7 +59,9 @@ class Registration(GatewayBase):
         )
 
     async def register_authorization(self, idem: Idempotency, authorization: Authorization) -> Authorization:
-        """Record a Party's authorization, which transfers then name."""
+        """Record a Party's authorization, which transfers then name (its first version)."""
+        async with self.store.read() as tx:
+            check_not_locked(await tx.locked_periods(), authorization.date.year, "authorization.date", "its date")
         return await self._create_once(
             idem,
             authorization.authorization_id,
@@ -67,8 +71,14 @@ class Registration(GatewayBase):
             find=lambda tx, key: tx.get_authorization(key),
         )
 
-    async def register_issuance(self, idem: Idempotency, account_id: str, block: UnitBlock) -> StoredBlock:
+    async def register_issuance(
+        self, idem: Idempotency, account_id: str, block: UnitBlock, authorization_id: str = ""
+    ) -> StoredBlock:
         """Record units issued into, or held in, one of this gateway's accounts by the registry of record.
+
+        Named with an authorization, the units are tied to it (an ``Authorization`` entry, counted against its
+        quantity) and, where it defines their first transfer as the authorisation or the issuance, first
+        transferred now (a ``First transfer`` entry).
 
         Provenance (DESIGN.md section 4): a range enters from the registry of record once, for ever. A range
         that overlaps one registered or received here before is refused, even after its units have left, and
@@ -95,11 +105,12 @@ class Registration(GatewayBase):
                     f"account {account_id!r} is a {account.account_type.value} account and cannot hold units",
                     field="account_id",
                 )
-            if block.first_transferred:
+            if block.first_transferred or block.tied:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,
-                    "units enter this gateway as not first transferred; only a transfer brings first-transferred units",
-                    field="block.first_transferred",
+                    "units enter this gateway untied and not first transferred; name the authorization in"
+                    " authorization_id, and only a transfer brings units tied elsewhere",
+                    field="block.first_transferred" if block.first_transferred else "block.authorization_id",
                 )
             issuer = self.nomenclature.issuer(space)
             if issuer and issuer != self.party:
@@ -128,9 +139,51 @@ class Registration(GatewayBase):
                     field="block",
                     blocks=[block, *(k.block for k in known[:5])],
                 )
+            entries: list[LedgerEntry] = []
+            if authorization_id:
+                now = self.clock()
+                authorization = await self._issuance_authorization(tx, authorization_id, block, now.date())
+                context = ActionContext(
+                    action_id=f"issuance-{idem.key}"[:128],
+                    action_date=now,
+                    party=self.party,
+                    purpose=primary_purpose(authorization),
+                )
+                recorded = record_tie(context, block, authorization, Event.REGISTRATION)
+                block = recorded.block
+                entries = list(recorded.entries)
+                await tx.add_authorization_tie(authorization_id, context.action_id, block.quantity, now)
             await tx.add_known(space, block.start, block.end)
             block_id = await tx.insert_block(block, account_id=account_id, status=BlockStatus.HELD)
+            await tx.append_ledger(entries)
             await self._remember(tx, idem, str(block_id))
             found = await tx.get_block(block_id)
         assert found is not None
         return found
+
+    async def _issuance_authorization(
+        self, tx: Transaction, authorization_id: str, block: UnitBlock, today: dt.date
+    ) -> Authorization:
+        """The version in force today of the authorization units are issued under, with room for them."""
+        found = await self._authorization_on(tx, authorization_id, today)
+        authorization = check_in_force(
+            found if found is not None and found.date <= today else None, authorization_id, today, "authorization_id"
+        )
+        if not authorization.timeframe_start <= block.vintage <= authorization.timeframe_end:
+            raise GatewayError(
+                ResponseCode.AUTHORIZATION_EXPIRED,
+                f"vintage {block.vintage} is outside the authorized timeframe {authorization.timeframe_start} -"
+                f" {authorization.timeframe_end}",
+                field="block.vintage",
+                blocks=[block],
+            )
+        before = await tx.first_transfer_quantity_used(authorization_id)
+        if before + block.quantity > authorization.authorized_quantity:
+            raise GatewayError(
+                ResponseCode.AUTHORIZATION_EXCEEDED,
+                f"{before} already tied to {authorization_id!r} + {block.quantity} now exceeds the authorized"
+                f" {authorization.authorized_quantity}",
+                field="authorization_id",
+                blocks=[block],
+            )
+        return authorization

@@ -40,6 +40,7 @@ PINNED_VALUES: dict[str, int] = {
     "INTERNAL_ERROR": 29,
     "UNKNOWN_SERIAL_SPACE": 30,
     "PROVENANCE_REFUSED": 31,
+    "PERIOD_LOCKED": 32,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

@@ -71,6 +71,12 @@ WRITES = (
     "RetryDeadLetter",
     "AbandonDeadLetter",
     "RotateTrustDocument",
+    "AmendAuthorization",
+    "RevokeAuthorization",
+    "UseUnits",
+    "CancelUnits",
+    "SetReportedEmissions",
+    "LockPeriod",
 )
 OPERATOR_SERVICE = "carbon_gateway.v1.OperatorService"
 MAPPING_SERVICE = "carbon_gateway.v1.MappingService"
@@ -119,6 +125,56 @@ def no_block() -> operator_pb2.RegisterIssuanceRequest:
 def no_space() -> operator_pb2.RegisterIssuanceRequest:
     request = issuance()
     request.block.ClearField("space")
+    return request
+
+
+def amend(key: str = KEY, **fields: object) -> operator_pb2.AmendAuthorizationRequest:
+    auth = records_pb2.Authorization()
+    auth.CopyFrom(DEMO_AUTHORIZATION)
+    auth.version = "v2-bad"
+    for name, value in fields.items():
+        setattr(auth, name, value)
+    return operator_pb2.AmendAuthorizationRequest(idempotency_key=key, authorization=auth)
+
+
+def revoke(key: str = KEY, **fields: object) -> operator_pb2.RevokeAuthorizationRequest:
+    values: dict[str, object] = {
+        "authorization_id": DEMO_AUTHORIZATION.authorization_id,
+        "version": "revoked-bad",
+        "date": "2026-01-01",
+        "reason": "test",
+    }
+    values.update(fields)
+    return operator_pb2.RevokeAuthorizationRequest(idempotency_key=key, **values)  # type: ignore[arg-type]
+
+
+def use(key: str = KEY, **fields: object) -> operator_pb2.UseUnitsRequest:
+    values: dict[str, object] = {
+        "source_account": "CN-PO-0001",
+        "use_account": "CN-USE-0001",
+        "action": "use towards the NDC",
+        "year_of_use": 2025,
+    }
+    values.update(fields)
+    request = operator_pb2.UseUnitsRequest(idempotency_key=key, **values)  # type: ignore[arg-type]
+    request.selections.append(operator_pb2.BlockSelection(space=demo_block().space, start=1, end=10))
+    return request
+
+
+def cancel_units(key: str = KEY, **fields: object) -> operator_pb2.CancelUnitsRequest:
+    values: dict[str, object] = {
+        "source_account": "CN-PO-0001",
+        "cancellation_account": "CN-CAN-0001",
+        "subtype": "Other cancellations",
+    }
+    values.update(fields)
+    request = operator_pb2.CancelUnitsRequest(idempotency_key=key, **values)  # type: ignore[arg-type]
+    request.selections.append(operator_pb2.BlockSelection(space=demo_block().space, start=1, end=10))
+    return request
+
+
+def _backwards(request: operator_pb2.UseUnitsRequest) -> operator_pb2.UseUnitsRequest:
+    request.selections[0].start, request.selections[0].end = 10, 1
     return request
 
 
@@ -596,9 +652,88 @@ TABLE: list[Bad] = [
     Bad("reason-3mb", "AbandonDeadLetter", lambda: abandon(reason=BIG), "reason"),
     Bad("reason-nul", "AbandonDeadLetter", lambda: abandon(reason="no\x00"), "reason"),
     *bad_keys("AbandonDeadLetter", lambda k: abandon(key=k)),
+    # the ledger (issue 9)
+    *bad_keys("AmendAuthorization", lambda k: amend(key=k)),
+    Bad("metric-non-ghg", "AmendAuthorization", lambda: amend(metric="non-GHG"), "authorization.metric"),
+    Bad("revoked-set", "AmendAuthorization", lambda: amend(revoked=True), "authorization.revoked"),
+    Bad(
+        "version-reused",
+        "AmendAuthorization",
+        lambda: amend(version=DEMO_AUTHORIZATION.version),
+        "authorization.version",
+    ),
+    Bad("note-bidi", "AmendAuthorization", lambda: amend(note="a\u202eb"), "authorization.note"),
+    *bad_keys("RevokeAuthorization", lambda k: revoke(key=k)),
+    *each_id("RevokeAuthorization", "authorization_id", lambda v: revoke(authorization_id=v)),
+    Bad("date-month-13", "RevokeAuthorization", lambda: revoke(date="2026-13-01"), "date"),
+    Bad("reason-3mb", "RevokeAuthorization", lambda: revoke(reason=BIG), "reason"),
+    *(
+        case
+        for case in each_id(
+            "ListAuthorizations",
+            "authorization_id",
+            lambda v: operator_pb2.ListAuthorizationsRequest(authorization_id=v),
+        )
+        if case.name != "authorization_id-blank"
+    ),
+    *bad_keys("UseUnits", lambda k: use(key=k)),
+    Bad("action-unknown", "UseUnits", lambda: use(action="use"), "action"),
+    Bad("action-cancel", "UseUnits", lambda: use(action="cancellation"), "action"),
+    Bad("year_of_use-missing", "UseUnits", lambda: use(year_of_use=0), "year_of_use"),
+    Bad("year_of_use-99999", "UseUnits", lambda: use(year_of_use=99999), "year_of_use"),
+    Bad(
+        "purpose-ndc-for-oimp",
+        "UseUnits",
+        lambda: use(action="use for other international mitigation purposes", year_of_use=0, purpose="NDC"),
+        "purpose",
+    ),
+    Bad("selection-backwards", "UseUnits", lambda: _backwards(use()), "selections[0].end"),
+    *each_id("UseUnits", "source_account", lambda v: use(source_account=v)),
+    *bad_keys("CancelUnits", lambda k: cancel_units(key=k)),
+    Bad("subtype-unknown", "CancelUnits", lambda: cancel_units(subtype="OMGE"), "subtype"),
+    Bad("subtype-missing", "CancelUnits", lambda: cancel_units(subtype=""), "subtype"),
+    Bad("subtype-voluntary", "CancelUnits", lambda: cancel_units(voluntary=True), "subtype"),
+    Bad("note-3mb", "CancelUnits", lambda: cancel_units(note=BIG), "note"),
+    *each_id("CancelUnits", "cancellation_account", lambda v: cancel_units(cancellation_account=v)),
+    *bad_keys("SetReportedEmissions", lambda k: operator_pb2.SetReportedEmissionsRequest(idempotency_key=k, year=2025)),
+    Bad(
+        "year-0",
+        "SetReportedEmissions",
+        lambda: operator_pb2.SetReportedEmissionsRequest(idempotency_key=KEY, year=0, quantity=1),
+        "year",
+    ),
+    Bad(
+        "quantity-negative",
+        "SetReportedEmissions",
+        lambda: operator_pb2.SetReportedEmissionsRequest(idempotency_key=KEY, year=2025, quantity=-1),
+        "quantity",
+    ),
+    *bad_keys(
+        "LockPeriod",
+        lambda k: operator_pb2.LockPeriodRequest(idempotency_key=k, first_year=2020, last_year=2020, reason="r"),
+    ),
+    Bad(
+        "last_year-not-ended",
+        "LockPeriod",
+        lambda: operator_pb2.LockPeriodRequest(idempotency_key=KEY, first_year=2020, last_year=2099, reason="r"),
+        "last_year",
+    ),
+    Bad(
+        "reason-empty",
+        "LockPeriod",
+        lambda: operator_pb2.LockPeriodRequest(idempotency_key=KEY, first_year=2020, last_year=2020, reason=""),
+        "reason",
+    ),
 ]
 
 TAKING_INPUT = {
+    "AmendAuthorization",
+    "RevokeAuthorization",
+    "ListAuthorizations",
+    "UseUnits",
+    "CancelUnits",
+    "SetReportedEmissions",
+    "LockPeriod",
     "OpenAccount",
     "RegisterAuthorization",
     "RegisterIssuance",
@@ -710,7 +845,7 @@ async def test_defect_14_garbage_request_bytes_to_every_method_get_invalid_argum
 ) -> None:
     before = (await recorded(gateways.chn), await recorded(gateways.che))
     methods = list(unary_methods())
-    assert len(methods) == 17 + 2
+    assert len(methods) == 25 + 2
     async with grpc.aio.insecure_channel(gateways.chn.operator_address) as channel:
         for method in methods:
             with pytest.raises(grpc.aio.AioRpcError) as caught:

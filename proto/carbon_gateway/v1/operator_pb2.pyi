@@ -419,8 +419,13 @@ class RegisterIssuanceRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     BLOCK_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     account_id: _builtins.str
+    authorization_id: _builtins.str
+    """Optional: the authorization the units are issued under. They are tied to it (an Authorization entry)
+    and, if it defines their first transfer as the authorisation or the issuance, first transferred now.
+    """
     @_builtins.property
     def block(self) -> _records_pb2.UnitBlock: ...
     def __init__(
@@ -429,10 +434,11 @@ class RegisterIssuanceRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         account_id: _builtins.str = ...,
         block: _records_pb2.UnitBlock | None = ...,
+        authorization_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "block", b"block", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "authorization_id", b"authorization_id", "block", b"block", "idempotency_key", b"idempotency_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -724,3 +730,511 @@ class ListHoldingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListHoldingsResponse: _TypeAlias = ListHoldingsResponse  # noqa: Y015
+
+@_typing.final
+class AmendAuthorizationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    @_builtins.property
+    def authorization(self) -> _records_pb2.Authorization:
+        """the whole new version: same ID, a new version label, dated when it takes effect"""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        authorization: _records_pb2.Authorization | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AmendAuthorizationRequest: _TypeAlias = AmendAuthorizationRequest  # noqa: Y015
+
+@_typing.final
+class RevokeAuthorizationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    authorization_id: _builtins.str
+    version: _builtins.str
+    """the label of the revoking version"""
+    date: _builtins.str
+    """ISO 8601 date from which nothing may act under the authorization"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        authorization_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        date: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_id", b"authorization_id", "date", b"date", "idempotency_key", b"idempotency_key", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAuthorizationRequest: _TypeAlias = RevokeAuthorizationRequest  # noqa: Y015
+
+@_typing.final
+class ListAuthorizationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTHORIZATION_ID_FIELD_NUMBER: _builtins.int
+    authorization_id: _builtins.str
+    """empty for every authorization"""
+    def __init__(
+        self,
+        *,
+        authorization_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_id", b"authorization_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuthorizationsRequest: _TypeAlias = ListAuthorizationsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuthorizationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.Authorization]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[_records_pb2.Authorization] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuthorizationsResponse: _TypeAlias = ListAuthorizationsResponse  # noqa: Y015
+
+@_typing.final
+class UseUnitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_ACCOUNT_FIELD_NUMBER: _builtins.int
+    SELECTIONS_FIELD_NUMBER: _builtins.int
+    USE_ACCOUNT_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    YEAR_OF_USE_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    USING_ENTITY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    source_account: _builtins.str
+    use_account: _builtins.str
+    """an account of type "use" """
+    authorization_id: _builtins.str
+    """needed for units not yet tied to an authorization"""
+    action: _builtins.str
+    """"use towards the NDC" or "use for other international mitigation purposes" """
+    year_of_use: _builtins.int
+    """uses towards the NDC: the calendar year for which they are used"""
+    purpose: _builtins.str
+    """OIMP uses: "OIMP", "IMP" or "OP" """
+    using_entity: _builtins.str
+    """an authorized entity's ID, when the entity uses them"""
+    note: _builtins.str
+    @_builtins.property
+    def selections(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockSelection]: ...
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        source_account: _builtins.str = ...,
+        selections: _abc.Iterable[Global___BlockSelection] | None = ...,
+        use_account: _builtins.str = ...,
+        authorization_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        year_of_use: _builtins.int = ...,
+        purpose: _builtins.str = ...,
+        using_entity: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "authorization_id", b"authorization_id", "idempotency_key", b"idempotency_key", "note", b"note", "purpose", b"purpose", "selections", b"selections", "source_account", b"source_account", "use_account", b"use_account", "using_entity", b"using_entity", "year_of_use", b"year_of_use"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseUnitsRequest: _TypeAlias = UseUnitsRequest  # noqa: Y015
+
+@_typing.final
+class CancelUnitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_ACCOUNT_FIELD_NUMBER: _builtins.int
+    SELECTIONS_FIELD_NUMBER: _builtins.int
+    CANCELLATION_ACCOUNT_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_ID_FIELD_NUMBER: _builtins.int
+    VOLUNTARY_FIELD_NUMBER: _builtins.int
+    SUBTYPE_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    USING_ENTITY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    source_account: _builtins.str
+    cancellation_account: _builtins.str
+    """an account of type "cancellation" or "retirement" """
+    authorization_id: _builtins.str
+    """needed for units not yet tied to an authorization"""
+    voluntary: _builtins.bool
+    """a voluntary cancellation (AEF "Voluntary Cancellation")"""
+    subtype: _builtins.str
+    """For a cancellation: "Mandatory and Voluntary cancellation to deliver OMGE", "Mandatory and Voluntary
+    transfer to the Adaptation Fund (A6.4ERs)" or "Other cancellations"
+    """
+    purpose: _builtins.str
+    """the purpose cancelled for, when the units' authorization is not known here"""
+    using_entity: _builtins.str
+    note: _builtins.str
+    @_builtins.property
+    def selections(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockSelection]: ...
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        source_account: _builtins.str = ...,
+        selections: _abc.Iterable[Global___BlockSelection] | None = ...,
+        cancellation_account: _builtins.str = ...,
+        authorization_id: _builtins.str = ...,
+        voluntary: _builtins.bool = ...,
+        subtype: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        using_entity: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_id", b"authorization_id", "cancellation_account", b"cancellation_account", "idempotency_key", b"idempotency_key", "note", b"note", "purpose", b"purpose", "selections", b"selections", "source_account", b"source_account", "subtype", b"subtype", "using_entity", b"using_entity", "voluntary", b"voluntary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelUnitsRequest: _TypeAlias = CancelUnitsRequest  # noqa: Y015
+
+@_typing.final
+class RetirementResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    RETIRED_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    @_builtins.property
+    def retired(self) -> _containers.RepeatedCompositeFieldContainer[Global___Holding]: ...
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.LedgerEntry]: ...
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+        retired: _abc.Iterable[Global___Holding] | None = ...,
+        entries: _abc.Iterable[_records_pb2.LedgerEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "entries", b"entries", "retired", b"retired"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetirementResult: _TypeAlias = RetirementResult  # noqa: Y015
+
+@_typing.final
+class SetReportedEmissionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    YEAR_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    year: _builtins.int
+    quantity: _builtins.int
+    """t CO2e"""
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        year: _builtins.int = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "quantity", b"quantity", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReportedEmissionsRequest: _TypeAlias = SetReportedEmissionsRequest  # noqa: Y015
+
+@_typing.final
+class ReportedEmissions(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEAR_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    year: _builtins.int
+    quantity: _builtins.int
+    def __init__(
+        self,
+        *,
+        year: _builtins.int = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportedEmissions: _TypeAlias = ReportedEmissions  # noqa: Y015
+
+@_typing.final
+class LockPeriodRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    FIRST_YEAR_FIELD_NUMBER: _builtins.int
+    LAST_YEAR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    first_year: _builtins.int
+    last_year: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        first_year: _builtins.int = ...,
+        last_year: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_year", b"first_year", "idempotency_key", b"idempotency_key", "last_year", b"last_year", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockPeriodRequest: _TypeAlias = LockPeriodRequest  # noqa: Y015
+
+@_typing.final
+class LockedPeriod(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_YEAR_FIELD_NUMBER: _builtins.int
+    LAST_YEAR_FIELD_NUMBER: _builtins.int
+    LOCKED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    first_year: _builtins.int
+    last_year: _builtins.int
+    locked_at: _builtins.str
+    """ISO 8601 UTC"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        first_year: _builtins.int = ...,
+        last_year: _builtins.int = ...,
+        locked_at: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_year", b"first_year", "last_year", b"last_year", "locked_at", b"locked_at", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockedPeriod: _TypeAlias = LockedPeriod  # noqa: Y015
+
+@_typing.final
+class GetLedgerSummaryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLedgerSummaryRequest: _TypeAlias = GetLedgerSummaryRequest  # noqa: Y015
+
+@_typing.final
+class SummaryGroup(_message.Message):
+    """What passed through the ledger for one cooperative approach, sector(s), partner Party and vintage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COOPERATIVE_APPROACH_FIELD_NUMBER: _builtins.int
+    SECTORS_FIELD_NUMBER: _builtins.int
+    PARTNER_FIELD_NUMBER: _builtins.int
+    VINTAGE_FIELD_NUMBER: _builtins.int
+    AUTHORIZED_FIELD_NUMBER: _builtins.int
+    FIRST_TRANSFERRED_FIELD_NUMBER: _builtins.int
+    ACQUIRED_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    ADJUSTED_FIELD_NUMBER: _builtins.int
+    TRANSFERRED_FIELD_NUMBER: _builtins.int
+    cooperative_approach: _builtins.str
+    sectors: _builtins.str
+    """the authorization's sectors, joined with "; " """
+    partner: _builtins.str
+    """the other Party; empty for actions with none (uses, cancellations)"""
+    vintage: _builtins.int
+    authorized: _builtins.int
+    """tied to an authorization here (registered, transferred, used or cancelled under it)"""
+    first_transferred: _builtins.int
+    acquired: _builtins.int
+    used: _builtins.int
+    cancelled: _builtins.int
+    adjusted: _builtins.int
+    """first transferred minus used towards the NDC"""
+    transferred: _builtins.int
+    """onward transfers"""
+    def __init__(
+        self,
+        *,
+        cooperative_approach: _builtins.str = ...,
+        sectors: _builtins.str = ...,
+        partner: _builtins.str = ...,
+        vintage: _builtins.int = ...,
+        authorized: _builtins.int = ...,
+        first_transferred: _builtins.int = ...,
+        acquired: _builtins.int = ...,
+        used: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+        adjusted: _builtins.int = ...,
+        transferred: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquired", b"acquired", "adjusted", b"adjusted", "authorized", b"authorized", "cancelled", b"cancelled", "cooperative_approach", b"cooperative_approach", "first_transferred", b"first_transferred", "partner", b"partner", "sectors", b"sectors", "transferred", b"transferred", "used", b"used", "vintage", b"vintage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SummaryGroup: _TypeAlias = SummaryGroup  # noqa: Y015
+
+@_typing.final
+class SummaryYear(_message.Message):
+    """One year of the structured summary (decision 2/CMA.3, annex, para 23). Fractions are exact decimals or
+    rounded as the summary's note says.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEAR_FIELD_NUMBER: _builtins.int
+    FIRST_TRANSFERRED_NDC_FIELD_NUMBER: _builtins.int
+    FIRST_TRANSFERRED_OIMP_ONLY_FIELD_NUMBER: _builtins.int
+    USED_NDC_FIELD_NUMBER: _builtins.int
+    ANNUAL_ADJUSTMENT_AVERAGING_FIELD_NUMBER: _builtins.int
+    TOTAL_ADJUSTMENT_FIELD_NUMBER: _builtins.int
+    RUNNING_TOTAL_FIELD_NUMBER: _builtins.int
+    REPORTED_EMISSIONS_FIELD_NUMBER: _builtins.int
+    EMISSIONS_BALANCE_FIELD_NUMBER: _builtins.int
+    year: _builtins.int
+    first_transferred_ndc: _builtins.int
+    first_transferred_oimp_only: _builtins.int
+    used_ndc: _builtins.int
+    annual_adjustment_averaging: _builtins.str
+    """empty unless the method is averaging"""
+    total_adjustment: _builtins.str
+    running_total: _builtins.str
+    reported_emissions: _builtins.str
+    """empty when not reported"""
+    emissions_balance: _builtins.str
+    """empty when emissions are not reported"""
+    def __init__(
+        self,
+        *,
+        year: _builtins.int = ...,
+        first_transferred_ndc: _builtins.int = ...,
+        first_transferred_oimp_only: _builtins.int = ...,
+        used_ndc: _builtins.int = ...,
+        annual_adjustment_averaging: _builtins.str = ...,
+        total_adjustment: _builtins.str = ...,
+        running_total: _builtins.str = ...,
+        reported_emissions: _builtins.str = ...,
+        emissions_balance: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annual_adjustment_averaging", b"annual_adjustment_averaging", "emissions_balance", b"emissions_balance", "first_transferred_ndc", b"first_transferred_ndc", "first_transferred_oimp_only", b"first_transferred_oimp_only", "reported_emissions", b"reported_emissions", "running_total", b"running_total", "total_adjustment", b"total_adjustment", "used_ndc", b"used_ndc", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SummaryYear: _TypeAlias = SummaryYear  # noqa: Y015
+
+@_typing.final
+class LedgerSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    AVERAGING_DIVISOR_FIELD_NUMBER: _builtins.int
+    CONVENTION_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    YEARS_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_ADJUSTMENT_FIELD_NUMBER: _builtins.int
+    UNRESOLVED_FIELD_NUMBER: _builtins.int
+    LOCKED_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """the settings in one line: method, period and averaging divisor"""
+    averaging_divisor: _builtins.str
+    """the divisor setting, or why it does not apply"""
+    convention: _builtins.str
+    """how the Authorisation first-transfer definition is dated"""
+    cumulative_adjustment: _builtins.str
+    """multi-year NDC: the one cumulative adjustment at the end of the period"""
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SummaryGroup]: ...
+    @_builtins.property
+    def years(self) -> _containers.RepeatedCompositeFieldContainer[Global___SummaryYear]: ...
+    @_builtins.property
+    def unresolved(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.LedgerEntry]:
+        """transfers whose first transfer is yet to come; counted in no row"""
+
+    @_builtins.property
+    def locked(self) -> _containers.RepeatedCompositeFieldContainer[Global___LockedPeriod]: ...
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        averaging_divisor: _builtins.str = ...,
+        convention: _builtins.str = ...,
+        groups: _abc.Iterable[Global___SummaryGroup] | None = ...,
+        years: _abc.Iterable[Global___SummaryYear] | None = ...,
+        cumulative_adjustment: _builtins.str = ...,
+        unresolved: _abc.Iterable[_records_pb2.LedgerEntry] | None = ...,
+        locked: _abc.Iterable[Global___LockedPeriod] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["averaging_divisor", b"averaging_divisor", "convention", b"convention", "cumulative_adjustment", b"cumulative_adjustment", "groups", b"groups", "locked", b"locked", "method", b"method", "unresolved", b"unresolved", "years", b"years"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerSummary: _TypeAlias = LedgerSummary  # noqa: Y015

@@ -45,6 +45,46 @@ class OperatorServiceStub:
                 request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.RegisterAuthorizationRequest.SerializeToString,
                 response_deserializer=carbon__gateway_dot_v1_dot_records__pb2.Authorization.FromString,
                 _registered_method=True)
+        self.AmendAuthorization = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/AmendAuthorization',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.AmendAuthorizationRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_records__pb2.Authorization.FromString,
+                _registered_method=True)
+        self.RevokeAuthorization = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/RevokeAuthorization',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.RevokeAuthorizationRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_records__pb2.Authorization.FromString,
+                _registered_method=True)
+        self.ListAuthorizations = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/ListAuthorizations',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListAuthorizationsRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListAuthorizationsResponse.FromString,
+                _registered_method=True)
+        self.UseUnits = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/UseUnits',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.UseUnitsRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.RetirementResult.FromString,
+                _registered_method=True)
+        self.CancelUnits = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/CancelUnits',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.CancelUnitsRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.RetirementResult.FromString,
+                _registered_method=True)
+        self.SetReportedEmissions = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/SetReportedEmissions',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.SetReportedEmissionsRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ReportedEmissions.FromString,
+                _registered_method=True)
+        self.LockPeriod = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/LockPeriod',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.LockPeriodRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.LockedPeriod.FromString,
+                _registered_method=True)
+        self.GetLedgerSummary = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/GetLedgerSummary',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.GetLedgerSummaryRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.LedgerSummary.FromString,
+                _registered_method=True)
         self.RegisterIssuance = channel.unary_unary(
                 '/carbon_gateway.v1.OperatorService/RegisterIssuance',
                 request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.RegisterIssuanceRequest.SerializeToString,
@@ -132,6 +172,64 @@ class OperatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterAuthorization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AmendAuthorization(self, request, context):
+        """Records a new version of an authorization, in force from its date. Transfers, uses and cancellations
+        are checked against the version in force on their date.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAuthorization(self, request, context):
+        """Records a version that revokes the authorization from its date.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuthorizations(self, request, context):
+        """Every version of every authorization (or of one), in the order they were recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UseUnits(self, request, context):
+        """Uses units towards the NDC (with the year of use) or for other international mitigation purposes: the
+        selected units move, once and for ever, into a use account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelUnits(self, request, context):
+        """Cancels units (OMGE, Adaptation Fund share, other) or cancels them voluntarily: the selected units move,
+        once and for ever, into a cancellation or retirement account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetReportedEmissions(self, request, context):
+        """Records the Party's reported emissions of a year, against which the emissions balance is computed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LockPeriod(self, request, context):
+        """Makes a past period final: afterwards actions dated in it are refused with PERIOD_LOCKED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLedgerSummary(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,6 +349,46 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.RegisterAuthorization,
                     request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.RegisterAuthorizationRequest.FromString,
                     response_serializer=carbon__gateway_dot_v1_dot_records__pb2.Authorization.SerializeToString,
+            ),
+            'AmendAuthorization': grpc.unary_unary_rpc_method_handler(
+                    servicer.AmendAuthorization,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.AmendAuthorizationRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_records__pb2.Authorization.SerializeToString,
+            ),
+            'RevokeAuthorization': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAuthorization,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.RevokeAuthorizationRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_records__pb2.Authorization.SerializeToString,
+            ),
+            'ListAuthorizations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuthorizations,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListAuthorizationsRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListAuthorizationsResponse.SerializeToString,
+            ),
+            'UseUnits': grpc.unary_unary_rpc_method_handler(
+                    servicer.UseUnits,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.UseUnitsRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.RetirementResult.SerializeToString,
+            ),
+            'CancelUnits': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelUnits,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.CancelUnitsRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.RetirementResult.SerializeToString,
+            ),
+            'SetReportedEmissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetReportedEmissions,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.SetReportedEmissionsRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ReportedEmissions.SerializeToString,
+            ),
+            'LockPeriod': grpc.unary_unary_rpc_method_handler(
+                    servicer.LockPeriod,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.LockPeriodRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.LockedPeriod.SerializeToString,
+            ),
+            'GetLedgerSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLedgerSummary,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.GetLedgerSummaryRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.LedgerSummary.SerializeToString,
             ),
             'RegisterIssuance': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterIssuance,
@@ -382,6 +520,222 @@ class OperatorService:
             '/carbon_gateway.v1.OperatorService/RegisterAuthorization',
             carbon__gateway_dot_v1_dot_operator__pb2.RegisterAuthorizationRequest.SerializeToString,
             carbon__gateway_dot_v1_dot_records__pb2.Authorization.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AmendAuthorization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/AmendAuthorization',
+            carbon__gateway_dot_v1_dot_operator__pb2.AmendAuthorizationRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_records__pb2.Authorization.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAuthorization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/RevokeAuthorization',
+            carbon__gateway_dot_v1_dot_operator__pb2.RevokeAuthorizationRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_records__pb2.Authorization.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuthorizations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/ListAuthorizations',
+            carbon__gateway_dot_v1_dot_operator__pb2.ListAuthorizationsRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.ListAuthorizationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UseUnits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/UseUnits',
+            carbon__gateway_dot_v1_dot_operator__pb2.UseUnitsRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.RetirementResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelUnits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/CancelUnits',
+            carbon__gateway_dot_v1_dot_operator__pb2.CancelUnitsRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.RetirementResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetReportedEmissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/SetReportedEmissions',
+            carbon__gateway_dot_v1_dot_operator__pb2.SetReportedEmissionsRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.ReportedEmissions.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LockPeriod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/LockPeriod',
+            carbon__gateway_dot_v1_dot_operator__pb2.LockPeriodRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.LockedPeriod.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLedgerSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/GetLedgerSummary',
+            carbon__gateway_dot_v1_dot_operator__pb2.GetLedgerSummaryRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.LedgerSummary.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,27 @@ class OperatorServiceStub:
     def __new__(cls, channel: _aio.Channel) -> OperatorServiceAsyncStub: ...
     OpenAccount: _grpc.UnaryUnaryMultiCallable[_operator_pb2.OpenAccountRequest, _records_pb2.Account]
     RegisterAuthorization: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RegisterAuthorizationRequest, _records_pb2.Authorization]
+    AmendAuthorization: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AmendAuthorizationRequest, _records_pb2.Authorization]
+    """Records a new version of an authorization, in force from its date. Transfers, uses and cancellations
+    are checked against the version in force on their date.
+    """
+    RevokeAuthorization: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RevokeAuthorizationRequest, _records_pb2.Authorization]
+    """Records a version that revokes the authorization from its date."""
+    ListAuthorizations: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListAuthorizationsRequest, _operator_pb2.ListAuthorizationsResponse]
+    """Every version of every authorization (or of one), in the order they were recorded."""
+    UseUnits: _grpc.UnaryUnaryMultiCallable[_operator_pb2.UseUnitsRequest, _operator_pb2.RetirementResult]
+    """Uses units towards the NDC (with the year of use) or for other international mitigation purposes: the
+    selected units move, once and for ever, into a use account.
+    """
+    CancelUnits: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CancelUnitsRequest, _operator_pb2.RetirementResult]
+    """Cancels units (OMGE, Adaptation Fund share, other) or cancels them voluntarily: the selected units move,
+    once and for ever, into a cancellation or retirement account.
+    """
+    SetReportedEmissions: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SetReportedEmissionsRequest, _operator_pb2.ReportedEmissions]
+    """Records the Party's reported emissions of a year, against which the emissions balance is computed."""
+    LockPeriod: _grpc.UnaryUnaryMultiCallable[_operator_pb2.LockPeriodRequest, _operator_pb2.LockedPeriod]
+    """Makes a past period final: afterwards actions dated in it are refused with PERIOD_LOCKED."""
+    GetLedgerSummary: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetLedgerSummaryRequest, _operator_pb2.LedgerSummary]
     RegisterIssuance: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RegisterIssuanceRequest, _operator_pb2.Holding]
     """Tells the gateway of units issued into, or held in, one of its accounts by the registry of record."""
     ProposeTransfer: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ProposeTransferRequest, _records_pb2.Transfer]
@@ -72,6 +93,27 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     OpenAccount: _aio.UnaryUnaryMultiCallable[_operator_pb2.OpenAccountRequest, _records_pb2.Account]  # type: ignore[assignment]
     RegisterAuthorization: _aio.UnaryUnaryMultiCallable[_operator_pb2.RegisterAuthorizationRequest, _records_pb2.Authorization]  # type: ignore[assignment]
+    AmendAuthorization: _aio.UnaryUnaryMultiCallable[_operator_pb2.AmendAuthorizationRequest, _records_pb2.Authorization]  # type: ignore[assignment]
+    """Records a new version of an authorization, in force from its date. Transfers, uses and cancellations
+    are checked against the version in force on their date.
+    """
+    RevokeAuthorization: _aio.UnaryUnaryMultiCallable[_operator_pb2.RevokeAuthorizationRequest, _records_pb2.Authorization]  # type: ignore[assignment]
+    """Records a version that revokes the authorization from its date."""
+    ListAuthorizations: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListAuthorizationsRequest, _operator_pb2.ListAuthorizationsResponse]  # type: ignore[assignment]
+    """Every version of every authorization (or of one), in the order they were recorded."""
+    UseUnits: _aio.UnaryUnaryMultiCallable[_operator_pb2.UseUnitsRequest, _operator_pb2.RetirementResult]  # type: ignore[assignment]
+    """Uses units towards the NDC (with the year of use) or for other international mitigation purposes: the
+    selected units move, once and for ever, into a use account.
+    """
+    CancelUnits: _aio.UnaryUnaryMultiCallable[_operator_pb2.CancelUnitsRequest, _operator_pb2.RetirementResult]  # type: ignore[assignment]
+    """Cancels units (OMGE, Adaptation Fund share, other) or cancels them voluntarily: the selected units move,
+    once and for ever, into a cancellation or retirement account.
+    """
+    SetReportedEmissions: _aio.UnaryUnaryMultiCallable[_operator_pb2.SetReportedEmissionsRequest, _operator_pb2.ReportedEmissions]  # type: ignore[assignment]
+    """Records the Party's reported emissions of a year, against which the emissions balance is computed."""
+    LockPeriod: _aio.UnaryUnaryMultiCallable[_operator_pb2.LockPeriodRequest, _operator_pb2.LockedPeriod]  # type: ignore[assignment]
+    """Makes a past period final: afterwards actions dated in it are refused with PERIOD_LOCKED."""
+    GetLedgerSummary: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetLedgerSummaryRequest, _operator_pb2.LedgerSummary]  # type: ignore[assignment]
     RegisterIssuance: _aio.UnaryUnaryMultiCallable[_operator_pb2.RegisterIssuanceRequest, _operator_pb2.Holding]  # type: ignore[assignment]
     """Tells the gateway of units issued into, or held in, one of its accounts by the registry of record."""
     ProposeTransfer: _aio.UnaryUnaryMultiCallable[_operator_pb2.ProposeTransferRequest, _records_pb2.Transfer]  # type: ignore[assignment]
@@ -116,6 +158,75 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.RegisterAuthorizationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_records_pb2.Authorization, _abc.Awaitable[_records_pb2.Authorization]]: ...
+
+    @_abc_1.abstractmethod
+    def AmendAuthorization(
+        self,
+        request: _operator_pb2.AmendAuthorizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_records_pb2.Authorization, _abc.Awaitable[_records_pb2.Authorization]]:
+        """Records a new version of an authorization, in force from its date. Transfers, uses and cancellations
+        are checked against the version in force on their date.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeAuthorization(
+        self,
+        request: _operator_pb2.RevokeAuthorizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_records_pb2.Authorization, _abc.Awaitable[_records_pb2.Authorization]]:
+        """Records a version that revokes the authorization from its date."""
+
+    @_abc_1.abstractmethod
+    def ListAuthorizations(
+        self,
+        request: _operator_pb2.ListAuthorizationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListAuthorizationsResponse, _abc.Awaitable[_operator_pb2.ListAuthorizationsResponse]]:
+        """Every version of every authorization (or of one), in the order they were recorded."""
+
+    @_abc_1.abstractmethod
+    def UseUnits(
+        self,
+        request: _operator_pb2.UseUnitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.RetirementResult, _abc.Awaitable[_operator_pb2.RetirementResult]]:
+        """Uses units towards the NDC (with the year of use) or for other international mitigation purposes: the
+        selected units move, once and for ever, into a use account.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelUnits(
+        self,
+        request: _operator_pb2.CancelUnitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.RetirementResult, _abc.Awaitable[_operator_pb2.RetirementResult]]:
+        """Cancels units (OMGE, Adaptation Fund share, other) or cancels them voluntarily: the selected units move,
+        once and for ever, into a cancellation or retirement account.
+        """
+
+    @_abc_1.abstractmethod
+    def SetReportedEmissions(
+        self,
+        request: _operator_pb2.SetReportedEmissionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ReportedEmissions, _abc.Awaitable[_operator_pb2.ReportedEmissions]]:
+        """Records the Party's reported emissions of a year, against which the emissions balance is computed."""
+
+    @_abc_1.abstractmethod
+    def LockPeriod(
+        self,
+        request: _operator_pb2.LockPeriodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.LockedPeriod, _abc.Awaitable[_operator_pb2.LockedPeriod]]:
+        """Makes a past period final: afterwards actions dated in it are refused with PERIOD_LOCKED."""
+
+    @_abc_1.abstractmethod
+    def GetLedgerSummary(
+        self,
+        request: _operator_pb2.GetLedgerSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.LedgerSummary, _abc.Awaitable[_operator_pb2.LedgerSummary]]: ...
 
     @_abc_1.abstractmethod
     def RegisterIssuance(

@@ -88,6 +88,7 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     INTERNAL_ERROR: _ResponseCode.ValueType  # 29
     UNKNOWN_SERIAL_SPACE: _ResponseCode.ValueType  # 30
     PROVENANCE_REFUSED: _ResponseCode.ValueType  # 31
+    PERIOD_LOCKED: _ResponseCode.ValueType  # 32
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -124,6 +125,7 @@ DECISION_DEADLINE_PASSED: ResponseCode.ValueType  # 28
 INTERNAL_ERROR: ResponseCode.ValueType  # 29
 UNKNOWN_SERIAL_SPACE: ResponseCode.ValueType  # 30
 PROVENANCE_REFUSED: ResponseCode.ValueType  # 31
+PERIOD_LOCKED: ResponseCode.ValueType  # 32
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final
@@ -194,6 +196,9 @@ class UnitBlock(_message.Message):
     REGISTRY_REFERENCE_FIELD_NUMBER: _builtins.int
     FIRST_TRANSFERRED_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    FIRST_TRANSFERRING_PARTY_FIELD_NUMBER: _builtins.int
+    COOPERATIVE_APPROACH_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_ID_FIELD_NUMBER: _builtins.int
     start: _builtins.int
     end: _builtins.int
     vintage: _builtins.int
@@ -203,6 +208,12 @@ class UnitBlock(_message.Message):
     registry_reference: _builtins.str
     """the registry of record's opaque ID, kept as a reference"""
     first_transferred: _builtins.bool
+    first_transferring_party: _builtins.str
+    """The ITMO identity, set once the units are tied to an authorization and kept across splits and borders:
+    the Party that first transfers them, and its cooperative approach and authorization. Empty until then.
+    """
+    cooperative_approach: _builtins.str
+    authorization_id: _builtins.str
     @_builtins.property
     def space(self) -> Global___SerialSpace: ...
     @_builtins.property
@@ -220,10 +231,13 @@ class UnitBlock(_message.Message):
         registry_reference: _builtins.str = ...,
         first_transferred: _builtins.bool = ...,
         attributes: _abc.Iterable[Global___Attribute] | None = ...,
+        first_transferring_party: _builtins.str = ...,
+        cooperative_approach: _builtins.str = ...,
+        authorization_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["space", b"space"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "end", b"end", "first_transferred", b"first_transferred", "methodology_code", b"methodology_code", "mitigation_type", b"mitigation_type", "project_id", b"project_id", "registry_reference", b"registry_reference", "space", b"space", "start", b"start", "vintage", b"vintage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "authorization_id", b"authorization_id", "cooperative_approach", b"cooperative_approach", "end", b"end", "first_transferred", b"first_transferred", "first_transferring_party", b"first_transferring_party", "methodology_code", b"methodology_code", "mitigation_type", b"mitigation_type", "project_id", b"project_id", "registry_reference", b"registry_reference", "space", b"space", "start", b"start", "vintage", b"vintage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +309,8 @@ class Authorization(_message.Message):
     SECTORS_FIELD_NUMBER: _builtins.int
     ACTIVITY_TYPES_FIELD_NUMBER: _builtins.int
     EXPIRES_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     authorization_id: _builtins.str
     date: _builtins.str
     """ISO 8601 date, YYYY-MM-DD"""
@@ -309,6 +325,10 @@ class Authorization(_message.Message):
     first_transfer_definition: _builtins.str
     expires: _builtins.str
     """ISO 8601 date, empty if none"""
+    revoked: _builtins.bool
+    """this version revokes the authorization from its date"""
+    note: _builtins.str
+    """additional explanatory information (a revocation's reason)"""
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """AEF purposes, e.g. "NDC" """
@@ -333,10 +353,12 @@ class Authorization(_message.Message):
         sectors: _abc.Iterable[_builtins.str] | None = ...,
         activity_types: _abc.Iterable[_builtins.str] | None = ...,
         expires: _builtins.str = ...,
+        revoked: _builtins.bool = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_types", b"activity_types", "authorization_id", b"authorization_id", "authorized_quantity", b"authorized_quantity", "cooperative_approach", b"cooperative_approach", "date", b"date", "expires", b"expires", "first_transfer_definition", b"first_transfer_definition", "metric", b"metric", "purposes", b"purposes", "sectors", b"sectors", "timeframe_end", b"timeframe_end", "timeframe_start", b"timeframe_start", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_types", b"activity_types", "authorization_id", b"authorization_id", "authorized_quantity", b"authorized_quantity", "cooperative_approach", b"cooperative_approach", "date", b"date", "expires", b"expires", "first_transfer_definition", b"first_transfer_definition", "metric", b"metric", "note", b"note", "purposes", b"purposes", "revoked", b"revoked", "sectors", b"sectors", "timeframe_end", b"timeframe_end", "timeframe_start", b"timeframe_start", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -457,6 +479,11 @@ class LedgerEntry(_message.Message):
     TRANSFERRING_PARTY_FIELD_NUMBER: _builtins.int
     ACQUIRING_PARTY_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    ACTION_SUBTYPE_FIELD_NUMBER: _builtins.int
+    YEAR_OF_USE_FIELD_NUMBER: _builtins.int
+    USING_PARTY_FIELD_NUMBER: _builtins.int
+    USING_ENTITY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.int
     action_type: _builtins.str
     """AEF action type, e.g. "First transfer", "Acquisition" """
@@ -468,6 +495,16 @@ class LedgerEntry(_message.Message):
     transferring_party: _builtins.str
     acquiring_party: _builtins.str
     purpose: _builtins.str
+    action_subtype: _builtins.str
+    """AEF action subtype, empty where none applies"""
+    year_of_use: _builtins.int
+    """uses towards the NDC: the calendar year of use; 0 otherwise"""
+    using_party: _builtins.str
+    """uses and cancellations"""
+    using_entity: _builtins.str
+    """uses and cancellations by an authorized entity"""
+    note: _builtins.str
+    """additional explanatory information"""
     @_builtins.property
     def action_date(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -487,10 +524,15 @@ class LedgerEntry(_message.Message):
         transferring_party: _builtins.str = ...,
         acquiring_party: _builtins.str = ...,
         purpose: _builtins.str = ...,
+        action_subtype: _builtins.str = ...,
+        year_of_use: _builtins.int = ...,
+        using_party: _builtins.str = ...,
+        using_entity: _builtins.str = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action_date", b"action_date", "block", b"block"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquiring_party", b"acquiring_party", "action_date", b"action_date", "action_type", b"action_type", "authorization_id", b"authorization_id", "block", b"block", "cooperative_approach", b"cooperative_approach", "entry_id", b"entry_id", "first_transferring_party", b"first_transferring_party", "purpose", b"purpose", "quantity", b"quantity", "transfer_id", b"transfer_id", "transferring_party", b"transferring_party"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquiring_party", b"acquiring_party", "action_date", b"action_date", "action_subtype", b"action_subtype", "action_type", b"action_type", "authorization_id", b"authorization_id", "block", b"block", "cooperative_approach", b"cooperative_approach", "entry_id", b"entry_id", "first_transferring_party", b"first_transferring_party", "note", b"note", "purpose", b"purpose", "quantity", b"quantity", "transfer_id", b"transfer_id", "transferring_party", b"transferring_party", "using_entity", b"using_entity", "using_party", b"using_party", "year_of_use", b"year_of_use"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,547 @@
+"""The corresponding-adjustment ledger's rules (DESIGN.md sections 2 and 3): which authorization version is in
+force, when a unit is first transferred, what every action records, how entries count in the arithmetic, the
+holdings at an instant, and which periods are final.
+
+Pure: callers pass in the versions, entries and locks. Nothing here reads a clock or a database.
+
+The life of a unit in the ledger:
+
+1. It is **tied** to an authorization (an ``Authorization`` action row) when it is registered under one, or,
+   if it was registered without one, at the first transfer, use or cancellation that names one. From then on
+   it carries the authorization, its cooperative approach and its first transferring Party everywhere,
+   across splits and across borders.
+2. It is **first transferred** once, at the event its authorization's first-transfer definition names
+   (`first_transfer_subtype`): the first international transfer (NDC use), or for other international
+   mitigation purposes the authorization, the issuance, or the use or cancellation.
+3. It leaves the Party (``First transfer`` or ``Transfer``), arrives (``Acquisition``), or is used or
+   cancelled, after which it never moves again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.canonical import ActionSubtype
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.records import ActionType, Authorization, FirstTransferDefinition, LedgerEntry, Purpose
+
+NDC_PURPOSES = frozenset({Purpose.NDC, Purpose.NDC_AND_OIMP, Purpose.NDC_AND_IMP, Purpose.NDC_AND_OP})
+"""Purposes under which ITMOs are authorized for use towards NDCs; the others are OIMP only."""
+
+AUTHORISATION_YEAR_CONVENTION = (
+    "units tied to an authorization whose first transfer is its authorisation count as first transferred when"
+    " they are tied to it (registered under it, or first named by a transfer, use or cancellation), dated then;"
+    " the Gold Standard and Verra reporting tool of August 2026 counts units issued after the authorization in"
+    " the authorization's year, which this ledger does not"
+)
+"""The convention for the ``Authorisation`` first-transfer definition, named in every summary."""
+
+
+class Event(enum.StrEnum):
+    """Events at which a unit may become first transferred."""
+
+    REGISTRATION = "registration"  # registered (issued) under an authorization
+    INTERNATIONAL_TRANSFER = "international transfer"
+    USE_OR_CANCELLATION = "use or cancellation"
+
+
+class Retirement(enum.StrEnum):
+    """The actions that take units out of circulation for good, with their AEF action type."""
+
+    USE_NDC = "use towards the NDC"
+    USE_OIMP = "use for other international mitigation purposes"
+    CANCELLATION = "cancellation"
+    VOLUNTARY_CANCELLATION = "voluntary cancellation"
+
+    @property
+    def action_type(self) -> ActionType:
+        """The AEF action type this retirement records."""
+        return _RETIREMENT_ACTIONS[self]
+
+
+_RETIREMENT_ACTIONS = {
+    Retirement.USE_NDC: ActionType.USE,
+    Retirement.USE_OIMP: ActionType.USE,
+    Retirement.CANCELLATION: ActionType.CANCELLATION,
+    Retirement.VOLUNTARY_CANCELLATION: ActionType.VOLUNTARY_CANCELLATION,
+}
+
+
+class CancellationSubtype(enum.StrEnum):
+    """Why units are cancelled (AEF action subtypes of a cancellation)."""
+
+    OMGE = ActionSubtype.OMGE_CANCELLATION.value
+    ADAPTATION_FUND = ActionSubtype.ADAPTATION_FUND_TRANSFER.value
+    OTHER = ActionSubtype.OTHER_CANCELLATIONS.value
+
+
+def primary_purpose(authorization: Authorization) -> Purpose:
+    """The purpose an authorization's own actions (tie, first transfer at authorisation, issuance, use or
+    cancellation) are recorded under: an NDC purpose if it has one, so that they count as authorized for NDC
+    use, else its first purpose in the nomenclature's order."""
+    order = list(Purpose)
+    purposes = sorted(authorization.purposes, key=order.index)
+    return next((p for p in purposes if p in NDC_PURPOSES), purposes[0])
+
+
+def parse_retirement(value: str, field: str = "action") -> Retirement:
+    """The retirement named by ``value``, or a GatewayError listing the accepted values."""
+    try:
+        return Retirement(value)
+    except ValueError:
+        allowed = ", ".join(repr(r.value) for r in Retirement)
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT, f"unknown action {value[:80]!r}; use one of {allowed}", field=field
+        ) from None
+
+
+def parse_cancellation_subtype(value: str, field: str = "subtype") -> CancellationSubtype:
+    """The cancellation subtype named by ``value``, or a GatewayError listing the accepted values."""
+    try:
+        return CancellationSubtype(value)
+    except ValueError:
+        allowed = ", ".join(repr(c.value) for c in CancellationSubtype)
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"unknown cancellation subtype {value[:80]!r}; use one of {allowed}",
+            field=field,
+        ) from None
+
+
+# authorizations over time
+
+
+def version_in_force(versions: Sequence[Authorization], on: dt.date) -> Authorization | None:
+    """The version of an authorization in force on ``on``: the last recorded version dated on or before it.
+
+    ``versions`` are in the order they were recorded, which is also date order (`check_new_version`).
+    """
+    found = None
+    for version in versions:
+        if version.date <= on:
+            found = version
+    return found
+
+
+def check_new_version(versions: Sequence[Authorization], new: Authorization) -> None:
+    """Refuse an amendment or revocation that does not follow the versions recorded so far.
+
+    A new version keeps the authorization's ID and cooperative approach, carries a version label not used
+    before, is dated no earlier than the latest version, and none follows a revocation.
+    """
+    if not versions:
+        raise GatewayError(
+            ResponseCode.AUTHORIZATION_MISSING,
+            f"authorization {new.authorization_id[:128]!r} is not known here; register it first",
+            field="authorization.authorization_id",
+        )
+    latest = versions[-1]
+    if latest.revoked:
+        raise GatewayError(
+            ResponseCode.INVALID_STATE,
+            f"authorization {new.authorization_id!r} was revoked on {latest.date.isoformat()}; it takes no new version",
+            field="authorization.authorization_id",
+        )
+    if new.cooperative_approach != latest.cooperative_approach:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"authorization {new.authorization_id!r} belongs to {latest.cooperative_approach}; a new version cannot"
+            f" move it to {new.cooperative_approach}",
+            field="authorization.cooperative_approach",
+        )
+    if any(v.version == new.version for v in versions):
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"version {new.version!r} of authorization {new.authorization_id!r} exists; give the new version its own"
+            " label",
+            field="authorization.version",
+        )
+    if new.date < latest.date:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"the new version is dated {new.date.isoformat()}, before the version in force from"
+            f" {latest.date.isoformat()}: versions follow each other in time",
+            field="authorization.date",
+        )
+
+
+def check_in_force(
+    authorization: Authorization | None, authorization_id: str, on: dt.date, field: str
+) -> Authorization:
+    """The version in force on ``on``; refuse when there is none, it is revoked or it has expired."""
+    if authorization is None:
+        raise GatewayError(
+            ResponseCode.AUTHORIZATION_MISSING,
+            f"authorization {authorization_id[:128]!r} is unknown, or has no version in force on {on.isoformat()}",
+            field=field,
+        )
+    if authorization.revoked:
+        raise GatewayError(
+            ResponseCode.AUTHORIZATION_EXPIRED,
+            f"authorization {authorization_id!r} was revoked on {authorization.date.isoformat()}",
+            field=field,
+        )
+    if authorization.expires is not None and on > authorization.expires:
+        raise GatewayError(
+            ResponseCode.AUTHORIZATION_EXPIRED,
+            f"authorization {authorization_id!r} expired on {authorization.expires.isoformat()}",
+            field=field,
+        )
+    return authorization
+
+
+# first transfer
+
+
+def first_transfer_subtype(definition: FirstTransferDefinition, event: Event) -> ActionSubtype | None:
+    """The AEF subtype of the first transfer that ``event`` makes of a unit not yet first transferred under an
+    authorization with ``definition``, or None when the event is not its first transfer.
+
+    A unit whose authorization defines its first transfer as the authorisation or the issuance, but which was
+    registered without naming the authorization, is first transferred when it is tied to it: at the first
+    transfer, use or cancellation naming it (see `AUTHORISATION_YEAR_CONVENTION`).
+    """
+    if definition is FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER:
+        return ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY if event is Event.INTERNATIONAL_TRANSFER else None
+    if definition is FirstTransferDefinition.AUTHORISATION:
+        return ActionSubtype.AUTHORIZATION
+    if definition is FirstTransferDefinition.ISSUANCE:
+        return ActionSubtype.ISSUANCE
+    return ActionSubtype.USE_OR_CANCELLATION if event is Event.USE_OR_CANCELLATION else None
+
+
+def tie(block: UnitBlock, party: str, authorization: Authorization) -> UnitBlock:
+    """The block tied to ``authorization`` of ``party``; a block already tied keeps its tie."""
+    if block.tied:
+        return block
+    return replace(
+        block,
+        first_transferring_party=party,
+        cooperative_approach=authorization.cooperative_approach,
+        authorization_id=authorization.authorization_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ActionContext:
+    """What every entry of one action shares."""
+
+    action_id: str
+    action_date: dt.datetime
+    party: str
+    purpose: Purpose
+    transferring_party: str = ""
+    acquiring_party: str = ""
+    year_of_use: int | None = None
+    using_entity: str = ""
+    note: str = ""
+
+
+def _entry(
+    ctx: ActionContext,
+    block: UnitBlock,
+    action: ActionType,
+    subtype: ActionSubtype | None,
+    *,
+    transferring_party: str = "",
+    acquiring_party: str = "",
+    using: bool = False,
+) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=0,
+        action_date=ctx.action_date,
+        action_type=action,
+        transfer_id=ctx.action_id,
+        block=block,
+        cooperative_approach=block.cooperative_approach,
+        authorization_id=block.authorization_id,
+        first_transferring_party=block.first_transferring_party,
+        transferring_party=transferring_party,
+        acquiring_party=acquiring_party,
+        purpose=ctx.purpose,
+        action_subtype=subtype.value if subtype else "",
+        year_of_use=ctx.year_of_use if action is ActionType.USE else None,
+        using_party=ctx.party if using else "",
+        using_entity=ctx.using_entity if using else "",
+        note=ctx.note,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The entries an action records for one block, and the block as it stands afterwards."""
+
+    entries: tuple[LedgerEntry, ...]
+    block: UnitBlock
+
+
+def record_tie(ctx: ActionContext, block: UnitBlock, authorization: Authorization | None, event: Event) -> Recorded:
+    """Tie ``block`` to ``authorization`` (an ``Authorization`` row) if it is not tied yet, and record its first
+    transfer if ``event`` is the one the definition names. Units already first transferred record nothing."""
+    entries: list[LedgerEntry] = []
+    # A unit first transferred without a tie came from a version before ties: it is not this Party's to tie.
+    if authorization is not None and not block.tied and not block.first_transferred:
+        block = tie(block, ctx.party, authorization)
+        # Units tied as they leave (a transfer, use or cancellation) are never held as ITMOs here: their
+        # movement entry names the authorization. Only units tied and kept get an ``Authorization`` row.
+        if event is Event.REGISTRATION:
+            entries.append(_entry(ctx, block, ActionType.AUTHORIZATION, None))
+    if block.tied and not block.first_transferred and authorization is not None:
+        subtype = first_transfer_subtype(authorization.first_transfer_definition, event)
+        # A first transfer that is itself the international transfer is recorded by `record_departure`.
+        if subtype is not None and subtype is not ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY:
+            block = replace(block, first_transferred=True)
+            entries.append(_entry(ctx, block, ActionType.FIRST_TRANSFER, subtype))
+    return Recorded(tuple(entries), block)
+
+
+def record_departure(ctx: ActionContext, block: UnitBlock, authorization: Authorization | None) -> Recorded:
+    """What the initiating side records when ``block`` leaves for ``ctx.acquiring_party``: the tie and first
+    transfer if due, then the movement: ``First transfer`` when this transfer is the unit's first transfer,
+    ``Transfer`` otherwise (subtype ``Not yet defined`` for units whose first transfer is yet to come abroad).
+
+    The returned block is the block as delivered: the Proposal carries it, tie and first-transfer state
+    included, so the acquiring side and every onward transfer keep them.
+    """
+    tied = record_tie(ctx, block, authorization, Event.INTERNATIONAL_TRANSFER)
+    block = tied.block
+    if block.tied and not block.first_transferred:
+        defined = authorization is not None and block.authorization_id == authorization.authorization_id
+        if defined and authorization is not None:
+            subtype = first_transfer_subtype(authorization.first_transfer_definition, Event.INTERNATIONAL_TRANSFER)
+            if subtype is ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY:
+                block = replace(block, first_transferred=True)
+                move = _entry(
+                    ctx,
+                    block,
+                    ActionType.FIRST_TRANSFER,
+                    subtype,
+                    transferring_party=ctx.party,
+                    acquiring_party=ctx.acquiring_party,
+                )
+                return Recorded((*tied.entries, move), block)
+        move = _entry(
+            ctx,
+            block,
+            ActionType.TRANSFER,
+            ActionSubtype.NOT_YET_DEFINED,
+            transferring_party=ctx.party,
+            acquiring_party=ctx.acquiring_party,
+        )
+        return Recorded((*tied.entries, move), block)
+    move = _entry(
+        ctx, block, ActionType.TRANSFER, None, transferring_party=ctx.party, acquiring_party=ctx.acquiring_party
+    )
+    return Recorded((*tied.entries, move), block)
+
+
+def delivered_form(
+    block: UnitBlock, transferring_party: str, terms_authorization: str, terms_approach: str
+) -> UnitBlock:
+    """The acquiring side's view of a block a Proposal carries.
+
+    A block that carries a tie is kept as its first transferring Party's gateway sent it. A block without one
+    comes from a gateway that predates ties: the transfer was its first transfer, under the transfer's
+    authorization, as that version recorded it.
+    """
+    if block.tied:
+        return block
+    return replace(
+        block,
+        first_transferred=True,
+        first_transferring_party=block.first_transferring_party or transferring_party,
+        cooperative_approach=terms_approach,
+        authorization_id=terms_authorization,
+    )
+
+
+def record_arrival(ctx: ActionContext, block: UnitBlock) -> LedgerEntry:
+    """What the acquiring side records when ``block`` arrives from ``ctx.transferring_party``."""
+    return _entry(
+        ctx,
+        block,
+        ActionType.ACQUISITION,
+        None,
+        transferring_party=ctx.transferring_party,
+        acquiring_party=ctx.acquiring_party,
+    )
+
+
+def record_retirement(
+    ctx: ActionContext,
+    block: UnitBlock,
+    authorization: Authorization | None,
+    retirement: Retirement,
+    subtype: CancellationSubtype | None,
+) -> Recorded:
+    """The entries of a use or cancellation of ``block``: tie and first transfer if due, then the action."""
+    tied = record_tie(ctx, block, authorization, Event.USE_OR_CANCELLATION)
+    block = tied.block
+    action = retirement.action_type
+    sub = ActionSubtype(subtype.value) if subtype is not None else None
+    retire = _entry(ctx, block, action, sub, using=True)
+    return Recorded((*tied.entries, retire), block)
+
+
+# how entries count
+
+
+class Bucket(enum.StrEnum):
+    """Where an entry counts in the arithmetic (DESIGN.md section 3)."""
+
+    FIRST_TRANSFERRED_NDC = "first transferred, authorized for NDC use"
+    FIRST_TRANSFERRED_OIMP = "first transferred, authorized for other international mitigation purposes only"
+    USED_NDC = "acquired and used towards the NDC"
+    ACQUIRED = "acquired"
+    UNRESOLVED = "first transfer not yet resolved"
+    NONE = "not counted"
+
+
+def bucket_of(action_type: ActionType, action_subtype: str, purpose: Purpose, year_of_use: int | None) -> Bucket:
+    """Where one entry counts. First transfers add by vintage, uses towards the NDC subtract by year of use;
+    acquisitions, onward transfers and cancellations never move the balance themselves (a cancellation that is
+    a first transfer records its own ``First transfer`` entry)."""
+    if action_type is ActionType.FIRST_TRANSFER:
+        return Bucket.FIRST_TRANSFERRED_NDC if purpose in NDC_PURPOSES else Bucket.FIRST_TRANSFERRED_OIMP
+    if action_type is ActionType.USE and year_of_use is not None:
+        return Bucket.USED_NDC
+    if action_type is ActionType.ACQUISITION:
+        return Bucket.ACQUIRED
+    if action_type is ActionType.TRANSFER and action_subtype == ActionSubtype.NOT_YET_DEFINED.value:
+        return Bucket.UNRESOLVED
+    return Bucket.NONE
+
+
+# holdings at an instant
+
+_ADDS = frozenset({ActionType.AUTHORIZATION, ActionType.ACQUISITION})
+_REMOVES = frozenset({ActionType.TRANSFER, ActionType.USE, ActionType.CANCELLATION, ActionType.VOLUNTARY_CANCELLATION})
+
+
+def moves_holdings(entry: LedgerEntry) -> int:
+    """+1 when the entry brings ITMOs into this Party's holdings, -1 when it takes them out, 0 otherwise."""
+    if entry.action_type in _ADDS:
+        return 1
+    if entry.action_type in _REMOVES:
+        return -1
+    if (
+        entry.action_type is ActionType.FIRST_TRANSFER
+        and entry.action_subtype == ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY.value
+    ):
+        return -1
+    return 0
+
+
+class Holdings:
+    """The ITMO blocks a Party holds, built by replaying ledger entries in order: a range map per serial space.
+
+    An entry that takes units out removes whatever of its range is present; one that brings units in replaces
+    whatever of its range is present (its attributes are the newer ones).
+    """
+
+    def __init__(self) -> None:
+        self._spaces: dict[SerialSpace, tuple[list[int], list[UnitBlock]]] = {}
+
+    def apply(self, entry: LedgerEntry) -> None:
+        """Replay one entry."""
+        move = moves_holdings(entry)
+        if move == 0:
+            return
+        block = entry.block
+        if block.first_transferred and entry.action_type is ActionType.AUTHORIZATION:
+            block = replace(block, first_transferred=False)
+        self._remove(block.space, block.start, block.end)
+        if move > 0:
+            starts, blocks = self._spaces.setdefault(block.space, ([], []))
+            at = bisect.bisect_left(starts, block.start)
+            starts.insert(at, block.start)
+            blocks.insert(at, block)
+
+    def _remove(self, space: SerialSpace, start: int, end: int) -> None:
+        found = self._spaces.get(space)
+        if not found:
+            return
+        starts, blocks = found
+        at = bisect.bisect_right(starts, start) - 1
+        at = max(at, 0)
+        while at < len(blocks) and blocks[at].start <= end:
+            held = blocks[at]
+            if held.end < start:
+                at += 1
+                continue
+            keep = []
+            if held.start < start:
+                keep.append(held.with_range(held.start, start - 1))
+            if held.end > end:
+                keep.append(held.with_range(end + 1, held.end))
+            blocks[at : at + 1] = keep
+            starts[at : at + 1] = [k.start for k in keep]
+            at += len(keep)
+
+    def blocks(self) -> list[UnitBlock]:
+        """The held blocks, by serial space and serial."""
+        out: list[UnitBlock] = []
+        for space in sorted(self._spaces, key=lambda s: (s.unit_kind, s.issuing_registry, s.issuance)):
+            out.extend(self._spaces[space][1])
+        return out
+
+
+def holdings_at(entries: Iterable[LedgerEntry], instant: dt.datetime) -> list[UnitBlock]:
+    """The ITMO blocks held at ``instant``: every entry dated at or before it replayed in recording order."""
+    holdings = Holdings()
+    for entry in entries:
+        if entry.action_date <= instant:
+            holdings.apply(entry)
+    return holdings.blocks()
+
+
+def year_end(year: int) -> dt.datetime:
+    """The AEF holdings snapshot instant of ``year``: 31 December 23:59:59.999 UTC."""
+    return dt.datetime(year, 12, 31, 23, 59, 59, 999000, tzinfo=dt.UTC)
+
+
+# finality
+
+
+@dataclass(frozen=True, slots=True)
+class LockedPeriod:
+    """Years whose adjustments are final: no action dated in them is accepted any more."""
+
+    first_year: int
+    last_year: int
+    locked_at: dt.datetime
+    reason: str
+
+    def covers(self, year: int) -> bool:
+        """True when ``year`` lies in the period."""
+        return self.first_year <= year <= self.last_year
+
+
+def check_not_locked(locks: Sequence[LockedPeriod], year: int, field: str, what: str) -> None:
+    """Refuse an action dated in a locked period with `ResponseCode.PERIOD_LOCKED`."""
+    for lock in locks:
+        if lock.covers(year):
+            raise GatewayError(
+                ResponseCode.PERIOD_LOCKED,
+                f"{what} falls in {year}, and {lock.first_year}-{lock.last_year} was locked on"
+                f" {lock.locked_at.date().isoformat()} ({lock.reason}): record a correction as a new entry dated"
+                " in an open period",
+                field=field,
+            )
+
+
+def check_lock(first_year: int, last_year: int, today: dt.date) -> None:
+    """Refuse to lock a period that has not ended: entries dated today must always be possible."""
+    if last_year < first_year:
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "the period ends before it starts", field="last_year")
+    if last_year >= today.year:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"{last_year} has not ended (today is {today.isoformat()}): only past years can be locked",
+            field="last_year",
+        )

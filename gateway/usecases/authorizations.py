@@ -1,0 +1,75 @@
+"""Authorizations over time: amendments and revocations, each a new version in force from its date."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from gateway.domain import text
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.ledger import check_new_version, check_not_locked
+from gateway.domain.records import Authorization
+from gateway.store.base import StoreConflict
+from gateway.usecases.base import GatewayBase, Idempotency
+
+
+class AuthorizationKeeping(GatewayBase):
+    """Amending, revoking and listing authorizations."""
+
+    async def amend_authorization(self, idem: Idempotency, authorization: Authorization) -> Authorization:
+        """Record a new version of an authorization, in force from its date.
+
+        Transfers, uses and cancellations dated from then on are checked against it; those dated before keep
+        the version in force on their date. A version dated in a locked period is refused.
+        """
+        return await self._new_version(idem, authorization)
+
+    async def revoke_authorization(
+        self, idem: Idempotency, authorization_id: str, version: str, date: dt.date, reason: str
+    ) -> Authorization:
+        """Record a version that revokes an authorization from ``date``: nothing may act under it afterwards.
+
+        Units already first transferred under it stay so; the revocation only stops further actions.
+        """
+        text.check_text(reason, "reason", what="reason")
+        if not reason:
+            raise GatewayError(ResponseCode.INVALID_ARGUMENT, "say why the authorization is revoked", field="reason")
+        async with self.store.read() as tx:
+            latest = await tx.get_authorization(authorization_id)
+        if latest is None:
+            raise GatewayError(
+                ResponseCode.AUTHORIZATION_MISSING,
+                f"authorization {authorization_id[:128]!r} is not known here",
+                field="authorization_id",
+            )
+        revocation = dataclasses.replace(latest, version=version, date=date, revoked=True, note=reason)
+        return await self._new_version(idem, revocation)
+
+    async def _new_version(self, idem: Idempotency, authorization: Authorization) -> Authorization:
+        async with self.store.transaction() as tx:
+            previous = await self._replay(tx, idem)
+            if previous is not None:
+                found = await tx.authorization_versions(authorization.authorization_id)
+                return next(v for v in found if v.version == previous)
+            check_not_locked(
+                await tx.locked_periods(), authorization.date.year, "authorization.date", "the version's date"
+            )
+            check_new_version(await tx.authorization_versions(authorization.authorization_id), authorization)
+            try:
+                async with tx.savepoint():
+                    await tx.insert_authorization_version(authorization, self.clock())
+            except StoreConflict:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"version {authorization.version!r} of {authorization.authorization_id!r} exists",
+                    field="authorization.version",
+                ) from None
+            await self._remember(tx, idem, authorization.version)
+        return authorization
+
+    async def list_authorizations(self, authorization_id: str = "") -> list[Authorization]:
+        """Every version of every authorization (or of one), in the order they were recorded."""
+        async with self.store.read() as tx:
+            if authorization_id:
+                return await tx.authorization_versions(authorization_id)
+            return await tx.list_authorization_versions()

@@ -1,0 +1,294 @@
+"""Uses and cancellations: units leave circulation, once and for ever, into a use or cancellation account."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from gateway.domain import text
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.ledger import (
+    ActionContext,
+    CancellationSubtype,
+    Retirement,
+    check_in_force,
+    check_not_locked,
+    primary_purpose,
+    record_retirement,
+)
+from gateway.domain.records import AccountType, ActionType, Authorization, LedgerEntry, Purpose
+from gateway.store.base import BlockStatus, StoredBlock, Transaction
+from gateway.usecases.base import Idempotency
+from gateway.usecases.initiating import BlockSelection, Initiating
+
+RETIREMENT_ACCOUNTS: dict[Retirement, frozenset[AccountType]] = {
+    Retirement.USE_NDC: frozenset({AccountType.USE}),
+    Retirement.USE_OIMP: frozenset({AccountType.USE}),
+    Retirement.CANCELLATION: frozenset({AccountType.CANCELLATION, AccountType.RETIREMENT}),
+    Retirement.VOLUNTARY_CANCELLATION: frozenset({AccountType.CANCELLATION, AccountType.RETIREMENT}),
+}
+"""The account types each retirement may move units into."""
+
+OIMP_USE_PURPOSES = frozenset({Purpose.OIMP, Purpose.IMP, Purpose.OP})
+"""The purposes an OIMP use names: other international mitigation purposes, international mitigation purposes
+or other purposes."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetirementRequest:
+    """An operator's request to use or cancel units held in one of this gateway's accounts."""
+
+    retirement: Retirement
+    source_account: str
+    selections: tuple[BlockSelection, ...]
+    target_account: str
+    authorization_id: str = ""
+    year_of_use: int | None = None
+    purpose: Purpose | None = None
+    subtype: CancellationSubtype | None = None
+    using_entity: str = ""
+    note: str = ""
+    target_field: str = "target_account"
+    """The request field that names the target account, for refusals."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetirementResult:
+    """What a use or cancellation did: its action ID, the retired blocks and the ledger entries."""
+
+    action_id: str
+    retired: tuple[StoredBlock, ...]
+    entries: tuple[LedgerEntry, ...]
+
+
+class Retiring(Initiating):
+    """Uses towards the NDC or for other international mitigation purposes, cancellations and voluntary
+    cancellations."""
+
+    async def retire(self, idem: Idempotency, request: RetirementRequest) -> RetirementResult:
+        """Move the selected units into the target account for good and record the ledger entries.
+
+        Units not yet tied to an authorization are tied to the one the request names (and first transferred,
+        if the authorization defines their first transfer so). A used or cancelled unit never moves again:
+        its block leaves the holdings, and no transfer or retirement can select it.
+        """
+        self._check_request(request)
+        async with self.store.transaction() as tx:
+            previous = await self._replay(tx, idem)
+            if previous is not None:
+                return await self._result(tx, previous)
+            await self._check_accounts(tx, request)
+            now = self.clock()
+            locks = await tx.locked_periods()
+            check_not_locked(locks, now.year, "idempotency_key", "the action's date")
+            if request.year_of_use is not None:
+                check_not_locked(locks, request.year_of_use, "year_of_use", "the year of use")
+            action_id = self.new_id()
+            await self._reserve(tx, request.source_account, request.selections, action_id)
+            reserved = await tx.blocks_of_transfer(action_id, BlockStatus.RESERVED)
+            named = await self._named_authorization(tx, request, now.date())
+            entries: list[LedgerEntry] = []
+            newly_tied = 0
+            for stored in reserved:
+                authorization = await self._authorization_for(tx, stored, named, request, now.date())
+                purpose = self._purpose(request, authorization, stored)
+                context = ActionContext(
+                    action_id=action_id,
+                    action_date=now,
+                    party=self.party,
+                    purpose=purpose,
+                    year_of_use=request.year_of_use,
+                    using_entity=request.using_entity,
+                    note=request.note,
+                )
+                recorded = record_retirement(context, stored.block, authorization, request.retirement, request.subtype)
+                if not stored.block.tied and recorded.block.tied:
+                    newly_tied += stored.block.quantity
+                entries.extend(recorded.entries)
+                await tx.set_block_status(stored.block_id, BlockStatus.SUPERSEDED)
+                used = request.retirement.action_type is ActionType.USE
+                status = BlockStatus.USED if used else BlockStatus.CANCELLED
+                await tx.insert_block(
+                    recorded.block,
+                    account_id=request.target_account,
+                    status=status,
+                    transfer_id=action_id,
+                    parent_id=stored.block_id,
+                )
+            if newly_tied and named is not None:
+                await self._check_quantity(tx, named, newly_tied)
+                await tx.add_authorization_tie(named.authorization_id, action_id, newly_tied, now)
+            await tx.append_ledger(entries)
+            await self._remember(tx, idem, action_id)
+            return await self._result(tx, action_id)
+
+    @staticmethod
+    def _check_request(request: RetirementRequest) -> None:
+        if not request.selections:
+            raise GatewayError(ResponseCode.INVALID_ARGUMENT, "select at least one serial range", field="selections")
+        text.check_count(request.selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
+        text.check_identifier(request.using_entity, "using_entity", what="entity ID", required=False)
+        text.check_text(request.note, "note", what="note")
+        if request.retirement is Retirement.USE_NDC:
+            if request.year_of_use is None:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    "a use towards the NDC names the calendar year for which the units are used",
+                    field="year_of_use",
+                )
+            text.check_year(request.year_of_use, "year_of_use", what="year of use")
+        elif request.year_of_use is not None:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, "only a use towards the NDC has a year of use", field="year_of_use"
+            )
+        if request.retirement is Retirement.USE_OIMP and request.purpose not in OIMP_USE_PURPOSES:
+            allowed = ", ".join(repr(p.value) for p in sorted(OIMP_USE_PURPOSES))
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, f"an OIMP use names its purpose: one of {allowed}", field="purpose"
+            )
+        if request.retirement is Retirement.USE_NDC and request.purpose not in (None, Purpose.NDC):
+            raise GatewayError(ResponseCode.INVALID_ARGUMENT, "a use towards the NDC has purpose NDC", field="purpose")
+        if request.retirement is Retirement.CANCELLATION and request.subtype is None:
+            allowed = ", ".join(repr(c.value) for c in CancellationSubtype)
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, f"a cancellation names its subtype: one of {allowed}", field="subtype"
+            )
+        if request.retirement is not Retirement.CANCELLATION and request.subtype is not None:
+            raise GatewayError(ResponseCode.INVALID_ARGUMENT, "only a cancellation has a subtype", field="subtype")
+
+    @staticmethod
+    async def _check_accounts(tx: Transaction, request: RetirementRequest) -> None:
+        text.check_identifier(request.source_account, "source_account", what="source account")
+        text.check_identifier(request.target_account, request.target_field, what="target account")
+        source = await tx.get_account(request.source_account)
+        if source is None:
+            raise GatewayError(
+                ResponseCode.UNKNOWN_ACCOUNT,
+                f"account {request.source_account!r} is not known here",
+                field="source_account",
+            )
+        if not source.can_hold:
+            raise GatewayError(
+                ResponseCode.ACCOUNT_NOT_ELIGIBLE,
+                f"account {source.account_id!r} is a {source.account_type.value} account; units are used or cancelled"
+                " from holding accounts",
+                field="source_account",
+            )
+        target = await tx.get_account(request.target_account)
+        if target is None:
+            raise GatewayError(
+                ResponseCode.UNKNOWN_ACCOUNT,
+                f"account {request.target_account!r} is not known here",
+                field=request.target_field,
+            )
+        allowed = RETIREMENT_ACCOUNTS[request.retirement]
+        if target.account_type not in allowed:
+            kinds = " or ".join(sorted(a.value for a in allowed))
+            raise GatewayError(
+                ResponseCode.ACCOUNT_NOT_ELIGIBLE,
+                f"a {request.retirement.value} moves units into a {kinds} account; {target.account_id!r} is a"
+                f" {target.account_type.value} account",
+                field=request.target_field,
+            )
+
+    async def _named_authorization(
+        self, tx: Transaction, request: RetirementRequest, today: dt.date
+    ) -> Authorization | None:
+        if not request.authorization_id:
+            return None
+        text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID")
+        found = await self._authorization_on(tx, request.authorization_id, today)
+        in_force = found if found is not None and found.date <= today else None
+        return check_in_force(in_force, request.authorization_id, today, "authorization_id")
+
+    async def _authorization_for(
+        self,
+        tx: Transaction,
+        stored: StoredBlock,
+        named: Authorization | None,
+        request: RetirementRequest,
+        today: dt.date,
+    ) -> Authorization | None:
+        """The authorization whose definition decides the block's first transfer: the one it is tied to, if this
+        gateway knows it, else the one the request names (which then ties it)."""
+        block = stored.block
+        if block.tied:
+            if named is not None and named.authorization_id != block.authorization_id:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"{block.describe()} is tied to authorization {block.authorization_id!r}, not"
+                    f" {named.authorization_id!r}",
+                    field="authorization_id",
+                    blocks=[block],
+                )
+            own = block.first_transferring_party == self.party
+            found = await self._authorization_on(tx, block.authorization_id, today)
+            if own and not block.first_transferred:
+                # The first transfer happens now if the definition says so: the version in force must allow it.
+                in_force = found if found is not None and found.date <= today else None
+                return check_in_force(in_force, block.authorization_id, today, "authorization_id")
+            return found
+        if block.first_transferred:
+            return None  # acquired before blocks carried their tie: nothing left to decide
+        if named is None:
+            raise GatewayError(
+                ResponseCode.AUTHORIZATION_MISSING,
+                f"{block.describe()} is not tied to an authorization: name the authorization it is used or cancelled"
+                " under (units outside every authorization are not ITMOs; their registry of record retires them)",
+                field="authorization_id",
+                blocks=[block],
+            )
+        outside = not named.timeframe_start <= block.vintage <= named.timeframe_end
+        if outside:
+            raise GatewayError(
+                ResponseCode.AUTHORIZATION_EXPIRED,
+                f"vintage {block.vintage} is outside the authorized timeframe {named.timeframe_start} -"
+                f" {named.timeframe_end}",
+                field="authorization_id",
+                blocks=[block],
+            )
+        return named
+
+    @staticmethod
+    def _purpose(request: RetirementRequest, authorization: Authorization | None, stored: StoredBlock) -> Purpose:
+        if request.retirement is Retirement.USE_NDC:
+            return Purpose.NDC
+        if request.purpose is not None:
+            if authorization is not None and request.retirement is Retirement.USE_OIMP:
+                allowed = {p for p in authorization.purposes if p is not Purpose.NDC}
+                if not any(request.purpose.value in p.value for p in allowed):
+                    raise GatewayError(
+                        ResponseCode.PURPOSE_NOT_ALLOWED,
+                        f"purpose {request.purpose.value!r} is not authorized by {authorization.authorization_id!r}",
+                        field="purpose",
+                        blocks=[stored.block],
+                    )
+            return request.purpose
+        if authorization is not None:
+            return primary_purpose(authorization)
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"the authorization of {stored.block.describe()} is not known here: name the purpose it is cancelled for",
+            field="purpose",
+            blocks=[stored.block],
+        )
+
+    @staticmethod
+    async def _check_quantity(tx: Transaction, authorization: Authorization, quantity: int) -> None:
+        before = await tx.first_transfer_quantity_used(authorization.authorization_id)
+        if before + quantity > authorization.authorized_quantity:
+            raise GatewayError(
+                ResponseCode.AUTHORIZATION_EXCEEDED,
+                f"{before} already tied to {authorization.authorization_id!r} + {quantity} now exceeds the authorized"
+                f" {authorization.authorized_quantity}",
+                field="authorization_id",
+            )
+
+    @staticmethod
+    async def _result(tx: Transaction, action_id: str) -> RetirementResult:
+        retired = [
+            *await tx.blocks_of_transfer(action_id, BlockStatus.USED),
+            *await tx.blocks_of_transfer(action_id, BlockStatus.CANCELLED),
+        ]
+        entries = await tx.ledger_of_action(action_id)
+        return RetirementResult(action_id, tuple(retired), tuple(entries))

@@ -1,0 +1,177 @@
+"""The adjustment ledger end to end: a first transfer, an acquisition, a use towards the NDC, a cancellation,
+the summary, the AEF rows, idempotency, a used unit that never moves again, and a locked period."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import grpc
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway.demo import start_pair, wait_for_state
+from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
+from gateway.domain.errors import ResponseCode
+from gateway.domain.records import AdjustmentMethod
+from gateway.rpc.errors import read_error_detail
+from gateway.usecases.base import LedgerOptions
+from tests.integration.harness import TERMINAL, operator, proposal_request, setup_accounts
+
+AVERAGING = AdjustmentSettings(
+    method=AdjustmentMethod.AVERAGING, first_year=2021, last_year=2030, averaging_divisor=AveragingDivisor.ELAPSED_YEARS
+)
+
+
+def options(registry: str) -> LedgerOptions:
+    return LedgerOptions(
+        adjustments=AVERAGING,
+        party_registry=registry,
+        gwp_values="AR5",
+        underlying_registry_codes=(("CN-CCER", "CCER"),),
+    )
+
+
+def refusal(error: grpc.aio.AioRpcError) -> tuple[ResponseCode, str]:
+    detail = read_error_detail(error.trailing_metadata())
+    assert detail is not None
+    return ResponseCode(detail.code), detail.field
+
+
+@pytest.mark.asyncio
+async def test_use_cancel_summary_and_aef_rows(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    pair.chn.core.gateway.ledger_options = options("CHN01")
+    pair.che.core.gateway.ledger_options = options("CHE01")
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            transfer = await chn.ProposeTransfer(proposal_request(block, 1, 400, "t1"))
+            assert (await wait_for_state(chn, transfer.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            assert (await wait_for_state(che, transfer.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            for stub, account, kind in ((che, "CH-USE-0001", "use"), (chn, "CN-CAN-0001", "cancellation")):
+                await stub.OpenAccount(
+                    operator_pb2.OpenAccountRequest(
+                        idempotency_key=f"open-{account}",
+                        account=records_pb2.Account(account_id=account, holder_name="Registry", account_type=kind),
+                    )
+                )
+            use = operator_pb2.UseUnitsRequest(
+                idempotency_key="use-1",
+                source_account="CH-PH-0001",
+                use_account="CH-USE-0001",
+                action="use towards the NDC",
+                year_of_use=2025,
+                selections=[operator_pb2.BlockSelection(space=block.space, start=1, end=100)],
+            )
+            used = await che.UseUnits(use)
+            again = await che.UseUnits(use)
+            assert again.action_id == used.action_id, "a retry with the same key is the same use"
+            assert [(h.block.start, h.block.end, h.status) for h in used.retired] == [(1, 100, "used")]
+            # A used unit never moves again: not back to CHN, not used twice.
+            back = proposal_request(block, 1, 50, "back")
+            back.source_account = "CH-PH-0001"
+            back.acquiring_account.party, back.acquiring_account.account_id = "CHN", "CN-PO-0001"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.ProposeTransfer(back)
+            assert refusal(caught.value)[0] is ResponseCode.UNIT_NOT_HELD
+            use.idempotency_key = "use-2"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.UseUnits(use)
+            assert refusal(caught.value)[0] is ResponseCode.UNIT_NOT_HELD
+            cancelled = await chn.CancelUnits(
+                operator_pb2.CancelUnitsRequest(
+                    idempotency_key="omge-1",
+                    source_account="CN-PO-0001",
+                    cancellation_account="CN-CAN-0001",
+                    authorization_id="CHN-A-0001",
+                    subtype="Mandatory and Voluntary cancellation to deliver OMGE",
+                    selections=[operator_pb2.BlockSelection(space=block.space, start=401, end=450)],
+                )
+            )
+            assert [(h.block.start, h.block.end, h.status) for h in cancelled.retired] == [(401, 450, "cancelled")]
+            chn_summary = await chn.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
+            che_summary = await che.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
+            # Locking a past year refuses a use for it; the summary names the lock.
+            await che.LockPeriod(
+                operator_pb2.LockPeriodRequest(idempotency_key="lock", first_year=2021, last_year=2025, reason="BTR")
+            )
+            use.idempotency_key = "use-3"
+            del use.selections[:]
+            use.selections.append(operator_pb2.BlockSelection(space=block.space, start=101, end=110))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.UseUnits(use)
+            assert refusal(caught.value) == (ResponseCode.PERIOD_LOCKED, "year_of_use")
+        report = await pair.chn.core.gateway.aef_report(2026, version="1.0", submission_date=dt.date(2027, 4, 15))
+        che_report = await pair.che.core.gateway.aef_report(2026, version="1.0", submission_date=dt.date(2027, 4, 15))
+    finally:
+        await pair.stop()
+
+    # CHN first transferred 400 of vintage 2025, authorized for NDC use: added in 2025 (para 8(a), by vintage).
+    chn_2025 = next(y for y in chn_summary.years if y.year == 2025)
+    assert (chn_2025.first_transferred_ndc, chn_2025.used_ndc) == (400, 0)
+    assert chn_summary.averaging_divisor and "elapsed" in chn_summary.averaging_divisor
+    # CHE used 100 for 2025: subtracted in 2025 by year of use; its acquisition moves nothing.
+    che_2025 = next(y for y in che_summary.years if y.year == 2025)
+    assert (che_2025.first_transferred_ndc, che_2025.used_ndc) == (0, 100)
+    assert all(y.first_transferred_ndc == 0 for y in che_summary.years)
+    cancelled_group = [g for g in chn_summary.groups if g.cancelled]
+    assert [(g.cooperative_approach, g.vintage, g.cancelled, g.first_transferred) for g in cancelled_group] == [
+        ("CA0001", 2025, 50, 0)
+    ]
+
+    # The AEF rows, written from the rules: CHN's first transfer to CHE and its OMGE cancellation of units
+    # named under the authorization (not a first transfer: the definition is the first international transfer).
+    rows = [
+        (
+            a.action_type.value,
+            a.action_subtype.value,
+            a.quantity,
+            a.itmo_first_serial,
+            a.itmo_last_serial,
+            a.first_transferring_party,
+            a.acquiring_party,
+            a.transferring_party,
+            a.ndc_year_of_use,
+            a.party_registry,
+        )
+        for a in report.actions
+    ]
+    assert rows == [
+        ("First transfer", "First transfer to another Party", 400, 1, 400, "CHN", "CHE", "", None, "CHN01"),
+        (
+            "Cancellation",
+            "Mandatory and Voluntary cancellation to deliver OMGE",
+            50,
+            401,
+            450,
+            "CHN",
+            "",
+            "",
+            None,
+            "CHN01",
+        ),
+    ]
+    che_rows = [
+        (
+            a.action_type.value,
+            a.quantity,
+            a.itmo_first_serial,
+            a.itmo_last_serial,
+            a.first_transferring_party,
+            a.acquiring_party,
+            a.transferring_party,
+            a.ndc_year_of_use,
+            a.using_party,
+        )
+        for a in che_report.actions
+    ]
+    assert che_rows == [
+        ("Acquisition", 400, 1, 400, "CHN", "", "CHN", None, ""),
+        ("Use", 100, 1, 100, "CHN", "", "", 2025, "CHE"),
+    ]
+    # CHE holds what it acquired less what it used; CHN holds no ITMO (its units were never tied and kept).
+    assert [(h.itmo_first_serial, h.itmo_last_serial, h.first_transferring_party) for h in che_report.holdings] == [
+        (101, 400, "CHN")
+    ]
+    assert report.holdings == ()
