@@ -195,6 +195,30 @@ def check_in_force(
     return authorization
 
 
+def check_vintage(authorization: Authorization, block: UnitBlock, field: str) -> None:
+    """Refuse a block whose vintage lies outside the authorization's timeframe."""
+    if not authorization.timeframe_start <= block.vintage <= authorization.timeframe_end:
+        raise GatewayError(
+            ResponseCode.AUTHORIZATION_EXPIRED,
+            f"vintage {block.vintage} is outside the authorized timeframe {authorization.timeframe_start} -"
+            f" {authorization.timeframe_end}",
+            field=field,
+            blocks=[block],
+        )
+
+
+def check_room(authorization: Authorization, tied_before: int, quantity: int, field: str) -> None:
+    """Refuse to tie ``quantity`` more units to an authorization that has ``tied_before`` tied already, when
+    that would exceed its authorized quantity."""
+    if tied_before + quantity > authorization.authorized_quantity:
+        raise GatewayError(
+            ResponseCode.AUTHORIZATION_EXCEEDED,
+            f"{tied_before} already tied to {authorization.authorization_id!r} + {quantity} now exceeds the"
+            f" authorized {authorization.authorized_quantity}",
+            field=field,
+        )
+
+
 # first transfer
 
 

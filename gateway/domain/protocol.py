@@ -18,10 +18,8 @@ from gateway.domain.records import (
     COOPERATIVE_APPROACH_PATTERN,
     PARTY_PATTERN,
     Account,
-    ActionType,
     AdjustmentMethod,
     Authorization,
-    LedgerEntry,
     Purpose,
     TransferTerms,
 )
@@ -298,6 +296,7 @@ class DecisionPolicy:
 
 
 ACCEPT_ALL = DecisionPolicy((DecisionRule(Verdict.ACCEPT),))
+"""A policy that accepts every proposal passing the checks (demos and tests)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,45 +311,3 @@ class Deadlines:
 
     hold: dt.timedelta = dt.timedelta(hours=48)
     decision: dt.timedelta = dt.timedelta(hours=72)
-
-
-"""A policy that accepts every proposal passing the checks (demos and tests)."""
-
-
-def initiating_action(block: UnitBlock) -> ActionType:
-    """The AEF action type the initiating side records when ``block`` leaves: a first transfer, once."""
-    return ActionType.TRANSFER if block.first_transferred else ActionType.FIRST_TRANSFER
-
-
-def completion_entries(
-    terms: TransferTerms,
-    *,
-    transfer_id: str,
-    role_initiating: bool,
-    action_date: dt.datetime,
-) -> list[LedgerEntry]:
-    """The ledger entries one side records when a transfer completes (ids assigned by the store).
-
-    The first transferring Party is the transferring Party for units not yet first transferred. For units
-    already first transferred before this transfer, the proposal does not carry it, so it is left blank
-    rather than guessed.
-    """
-    entries = []
-    for block in terms.blocks:
-        action = initiating_action(block) if role_initiating else ActionType.ACQUISITION
-        entries.append(
-            LedgerEntry(
-                entry_id=0,
-                action_date=action_date,
-                action_type=action,
-                transfer_id=transfer_id,
-                block=block,
-                cooperative_approach=terms.cooperative_approach,
-                authorization_id=terms.authorization_id,
-                first_transferring_party="" if block.first_transferred else terms.transferring_party,
-                transferring_party=terms.transferring_party,
-                acquiring_party=terms.acquiring_party,
-                purpose=terms.purpose,
-            )
-        )
-    return entries

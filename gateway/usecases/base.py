@@ -12,10 +12,10 @@ from gateway import wire
 from gateway.domain.adjustments import AdjustmentSettings
 from gateway.domain.blocks import UnitBlock, merge
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import version_in_force
+from gateway.domain.ledger import check_in_force, version_in_force
 from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import Deadlines, DecisionPolicy, Rejection
-from gateway.domain.records import Authorization, TransferTerms
+from gateway.domain.records import Account, Authorization, TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance
 from gateway.exchange import Exchange, new_uuid
 from gateway.store.base import BlockStatus, IdempotentResult, OutboxKind, Store, Transaction
@@ -161,6 +161,28 @@ class GatewayBase:
         (so that the checks say it is dated later), and None for an unknown authorization."""
         versions = await tx.authorization_versions(authorization_id)
         return version_in_force(versions, on) or (versions[0] if versions else None)
+
+    @staticmethod
+    async def _authorization_in_force(tx: Transaction, authorization_id: str, on: dt.date, field: str) -> Authorization:
+        """The version of an authorization in force on ``on``; refused when there is none, or it is revoked or
+        expired (for actions that tie or first transfer units under it)."""
+        found = version_in_force(await tx.authorization_versions(authorization_id), on)
+        return check_in_force(found, authorization_id, on, field)
+
+    @staticmethod
+    async def _holding_account(tx: Transaction, account_id: str, field: str, why: str) -> Account:
+        """The holding account ``account_id``; refused when unknown or not a holding account (``why`` says what
+        needs a holding account)."""
+        account = await tx.get_account(account_id)
+        if account is None:
+            raise GatewayError(ResponseCode.UNKNOWN_ACCOUNT, f"account {account_id!r} is not known here", field=field)
+        if not account.can_hold:
+            raise GatewayError(
+                ResponseCode.ACCOUNT_NOT_ELIGIBLE,
+                f"account {account_id!r} is a {account.account_type.value} account; {why}",
+                field=field,
+            )
+        return account
 
     # blocks
 

@@ -82,20 +82,9 @@ class Initiating(GatewayBase):
                     field="acquiring_account.party",
                 )
             text.check_identifier(request.source_account, "source_account", what="source account")
-            account = await tx.get_account(request.source_account)
-            if account is None:
-                raise GatewayError(
-                    ResponseCode.UNKNOWN_ACCOUNT,
-                    f"account {request.source_account!r} is not known here",
-                    field="source_account",
-                )
-            if not account.can_hold:
-                raise GatewayError(
-                    ResponseCode.ACCOUNT_NOT_ELIGIBLE,
-                    f"account {account.account_id!r} is a {account.account_type.value} account; units leave only"
-                    " from holding accounts",
-                    field="source_account",
-                )
+            await self._holding_account(
+                tx, request.source_account, "source_account", "units leave only from holding accounts"
+            )
             if not request.selections:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT, "select at least one serial range", field="selections"

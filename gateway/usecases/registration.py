@@ -9,7 +9,15 @@ from typing import TypeVar
 
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import ActionContext, Event, check_in_force, check_not_locked, primary_purpose, record_tie
+from gateway.domain.ledger import (
+    ActionContext,
+    Event,
+    check_not_locked,
+    check_room,
+    check_vintage,
+    primary_purpose,
+    record_tie,
+)
 from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.store.base import BlockStatus, StoreConflict, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency
@@ -94,17 +102,7 @@ class Registration(GatewayBase):
                 found = await tx.get_block(int(previous))
                 assert found is not None
                 return found
-            account = await tx.get_account(account_id)
-            if account is None:
-                raise GatewayError(
-                    ResponseCode.UNKNOWN_ACCOUNT, f"account {account_id!r} is not known here", field="account_id"
-                )
-            if not account.can_hold:
-                raise GatewayError(
-                    ResponseCode.ACCOUNT_NOT_ELIGIBLE,
-                    f"account {account_id!r} is a {account.account_type.value} account and cannot hold units",
-                    field="account_id",
-                )
+            await self._holding_account(tx, account_id, "account_id", "units are registered into holding accounts")
             if block.first_transferred or block.tied:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,
@@ -165,25 +163,9 @@ class Registration(GatewayBase):
         self, tx: Transaction, authorization_id: str, block: UnitBlock, today: dt.date
     ) -> Authorization:
         """The version in force today of the authorization units are issued under, with room for them."""
-        found = await self._authorization_on(tx, authorization_id, today)
-        authorization = check_in_force(
-            found if found is not None and found.date <= today else None, authorization_id, today, "authorization_id"
+        authorization = await self._authorization_in_force(tx, authorization_id, today, "authorization_id")
+        check_vintage(authorization, block, "block.vintage")
+        check_room(
+            authorization, await tx.first_transfer_quantity_used(authorization_id), block.quantity, "authorization_id"
         )
-        if not authorization.timeframe_start <= block.vintage <= authorization.timeframe_end:
-            raise GatewayError(
-                ResponseCode.AUTHORIZATION_EXPIRED,
-                f"vintage {block.vintage} is outside the authorized timeframe {authorization.timeframe_start} -"
-                f" {authorization.timeframe_end}",
-                field="block.vintage",
-                blocks=[block],
-            )
-        before = await tx.first_transfer_quantity_used(authorization_id)
-        if before + block.quantity > authorization.authorized_quantity:
-            raise GatewayError(
-                ResponseCode.AUTHORIZATION_EXCEEDED,
-                f"{before} already tied to {authorization_id!r} + {block.quantity} now exceeds the authorized"
-                f" {authorization.authorized_quantity}",
-                field="authorization_id",
-                blocks=[block],
-            )
         return authorization

@@ -11,8 +11,9 @@ from gateway.domain.ledger import (
     ActionContext,
     CancellationSubtype,
     Retirement,
-    check_in_force,
     check_not_locked,
+    check_room,
+    check_vintage,
     primary_purpose,
     record_retirement,
 )
@@ -116,7 +117,9 @@ class Retiring(Initiating):
                     parent_id=stored.block_id,
                 )
             if newly_tied and named is not None:
-                await self._check_quantity(tx, named, newly_tied)
+                check_room(
+                    named, await tx.first_transfer_quantity_used(named.authorization_id), newly_tied, "authorization_id"
+                )
                 await tx.add_authorization_tie(named.authorization_id, action_id, newly_tied, now)
             await tx.append_ledger(entries)
             await self._remember(tx, idem, action_id)
@@ -158,22 +161,12 @@ class Retiring(Initiating):
 
     @staticmethod
     async def _check_accounts(tx: Transaction, request: RetirementRequest) -> None:
+        """The source must be a holding account and the target an account of a type the retirement allows."""
         text.check_identifier(request.source_account, "source_account", what="source account")
         text.check_identifier(request.target_account, request.target_field, what="target account")
-        source = await tx.get_account(request.source_account)
-        if source is None:
-            raise GatewayError(
-                ResponseCode.UNKNOWN_ACCOUNT,
-                f"account {request.source_account!r} is not known here",
-                field="source_account",
-            )
-        if not source.can_hold:
-            raise GatewayError(
-                ResponseCode.ACCOUNT_NOT_ELIGIBLE,
-                f"account {source.account_id!r} is a {source.account_type.value} account; units are used or cancelled"
-                " from holding accounts",
-                field="source_account",
-            )
+        await Retiring._holding_account(
+            tx, request.source_account, "source_account", "units are used or cancelled from holding accounts"
+        )
         target = await tx.get_account(request.target_account)
         if target is None:
             raise GatewayError(
@@ -197,9 +190,7 @@ class Retiring(Initiating):
         if not request.authorization_id:
             return None
         text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID")
-        found = await self._authorization_on(tx, request.authorization_id, today)
-        in_force = found if found is not None and found.date <= today else None
-        return check_in_force(in_force, request.authorization_id, today, "authorization_id")
+        return await self._authorization_in_force(tx, request.authorization_id, today, "authorization_id")
 
     async def _authorization_for(
         self,
@@ -221,13 +212,10 @@ class Retiring(Initiating):
                     field="authorization_id",
                     blocks=[block],
                 )
-            own = block.first_transferring_party == self.party
-            found = await self._authorization_on(tx, block.authorization_id, today)
-            if own and not block.first_transferred:
+            if block.first_transferring_party == self.party and not block.first_transferred:
                 # The first transfer happens now if the definition says so: the version in force must allow it.
-                in_force = found if found is not None and found.date <= today else None
-                return check_in_force(in_force, block.authorization_id, today, "authorization_id")
-            return found
+                return await self._authorization_in_force(tx, block.authorization_id, today, "authorization_id")
+            return await self._authorization_on(tx, block.authorization_id, today)
         if block.first_transferred:
             return None  # acquired before blocks carried their tie: nothing left to decide
         if named is None:
@@ -238,15 +226,7 @@ class Retiring(Initiating):
                 field="authorization_id",
                 blocks=[block],
             )
-        outside = not named.timeframe_start <= block.vintage <= named.timeframe_end
-        if outside:
-            raise GatewayError(
-                ResponseCode.AUTHORIZATION_EXPIRED,
-                f"vintage {block.vintage} is outside the authorized timeframe {named.timeframe_start} -"
-                f" {named.timeframe_end}",
-                field="authorization_id",
-                blocks=[block],
-            )
+        check_vintage(named, block, "authorization_id")
         return named
 
     @staticmethod
@@ -272,17 +252,6 @@ class Retiring(Initiating):
             field="purpose",
             blocks=[stored.block],
         )
-
-    @staticmethod
-    async def _check_quantity(tx: Transaction, authorization: Authorization, quantity: int) -> None:
-        before = await tx.first_transfer_quantity_used(authorization.authorization_id)
-        if before + quantity > authorization.authorized_quantity:
-            raise GatewayError(
-                ResponseCode.AUTHORIZATION_EXCEEDED,
-                f"{before} already tied to {authorization.authorization_id!r} + {quantity} now exceeds the authorized"
-                f" {authorization.authorized_quantity}",
-                field="authorization_id",
-            )
 
     @staticmethod
     async def _result(tx: Transaction, action_id: str) -> RetirementResult:

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.ledger import ActionContext, record_arrival, record_departure
 from gateway.domain.protocol import (
     ACCEPT_ALL,
     DecisionPolicy,
@@ -15,7 +16,6 @@ from gateway.domain.protocol import (
     Verdict,
     check_acquisition,
     check_authorization,
-    completion_entries,
     validate_terms,
 )
 from gateway.domain.records import (
@@ -166,12 +166,14 @@ def test_completion_entries_first_transfer_once_then_transfer() -> None:
     import dataclasses
 
     at = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
-    fresh = completion_entries(TERMS, transfer_id="t", role_initiating=True, action_date=at)
+    leaving = ActionContext("t", at, "CHN", TERMS.purpose, transferring_party="CHN", acquiring_party="CHE")
+    fresh = [e for b in TERMS.blocks for e in record_departure(leaving, b, AUTH).entries]
     assert [(e.action_type, e.quantity, e.first_transferring_party) for e in fresh] == [
         (ActionType.FIRST_TRANSFER, 400, "CHN")
     ]
-    onward = dataclasses.replace(TERMS, blocks=(dataclasses.replace(BLOCK, first_transferred=True),))
-    again = completion_entries(onward, transfer_id="t", role_initiating=True, action_date=at)
+    onward = dataclasses.replace(BLOCK, first_transferred=True)
+    again = record_departure(leaving, onward, AUTH).entries
     assert [e.action_type for e in again] == [ActionType.TRANSFER]
-    acquired = completion_entries(TERMS, transfer_id="t", role_initiating=False, action_date=at)
+    arriving = dataclasses.replace(leaving, party="CHE")
+    acquired = [record_arrival(arriving, b) for b in TERMS.blocks]
     assert [e.action_type for e in acquired] == [ActionType.ACQUISITION]
