@@ -18,9 +18,12 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
+from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.protocol import ACCEPT_ALL, DecisionPolicy
+from gateway.domain.records import AdjustmentMethod
 from gateway.harness import start_network
 from gateway.node import GatewayNode, utc_now
+from gateway.usecases.base import LedgerOptions
 
 DEMO_CCER_REGISTRY_CODE = "CN-CCER"
 """The issuing-registry code the demo configures for CCER units (the nomenclature has none; see README)."""
@@ -38,11 +41,26 @@ class Pair:
         await asyncio.gather(self.chn.stop(), self.che.stop())
 
 
+DEMO_LEDGER = LedgerOptions(
+    adjustments=AdjustmentSettings(
+        method=AdjustmentMethod.AVERAGING,
+        first_year=2021,
+        last_year=2030,
+        averaging_divisor=AveragingDivisor.ELAPSED_YEARS,
+    )
+)
+"""The demo's NDC period and method: a single-year NDC for 2030, averaging over the elapsed years."""
+
+
 async def start_pair(
-    workdir: Path, *, policy: DecisionPolicy = ACCEPT_ALL, clock: Callable[[], dt.datetime] = utc_now
+    workdir: Path,
+    *,
+    policy: DecisionPolicy = ACCEPT_ALL,
+    clock: Callable[[], dt.datetime] = utc_now,
+    ledger: LedgerOptions = DEMO_LEDGER,
 ) -> Pair:
     """Start a CHN and a CHE gateway on loopback port 0, each with a fresh SQLite file and a PEM key."""
-    network = await start_network(workdir, ("CHN", "CHE"), policy=policy, clock=clock)
+    network = await start_network(workdir, ("CHN", "CHE"), policy=policy, clock=clock, ledger=lambda _: ledger)
     return Pair(network["CHN"], network["CHE"])
 
 
@@ -167,10 +185,40 @@ async def run_slice(pair: Pair, say: Callable[[str], None]) -> dict[str, Any]:
             say(f"   CHN holds serials {h.block.start}-{h.block.end} in {h.account_id} ({h.status})")
         agree = ledgers_agree(chn_ledger, che_ledger)
         say(f"6. The two ledgers {'agree' if agree else 'DISAGREE'} on transfer {transfer.transfer_id}.")
+        await che.OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key="demo-open-use",
+                account=records_pb2.Account(account_id="CH-USE-0001", holder_name="CHE NDC use", account_type="use"),
+            )
+        )
+        used = await che.UseUnits(
+            operator_pb2.UseUnitsRequest(
+                idempotency_key="demo-use",
+                source_account="CH-PH-0001",
+                use_account="CH-USE-0001",
+                action="use towards the NDC",
+                year_of_use=2025,
+                selections=[operator_pb2.BlockSelection(space=holding.block.space, start=1, end=100)],
+            )
+        )
+        say(f"7. CHE used serials 1-100 (100 t) towards its NDC for 2025 (action {used.action_id}); they never move")
+        say("   again.")
+        summaries = {}
+        for step, (name, stub) in enumerate((("CHN", chn), ("CHE", che)), start=8):
+            summary = await stub.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
+            summaries[name] = summary
+            row = next(y for y in summary.years if y.year == 2025)
+            say(
+                f"{step}. {name} adjustment summary ({summary.method}): 2025 first transferred"
+                f" {row.first_transferred_ndc} t, used {row.used_ndc} t, averaging figure"
+                f" {row.annual_adjustment_averaging} t"
+            )
         return {
             "transfer_id": transfer.transfer_id,
             "completed": chn_final.state == records_pb2.COMPLETED and che_final.state == records_pb2.COMPLETED,
             "ledgers_agree": agree,
+            "used": [_dict(e) for e in used.entries],
+            "summaries": {name: _dict(summary) for name, summary in summaries.items()},
             "chn": {
                 "state": records_pb2.TransferState.Name(chn_final.state),
                 "ledger": [_dict(e) for e in chn_ledger],

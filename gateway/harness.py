@@ -20,7 +20,7 @@ from gateway.domain.protocol import ACCEPT_ALL, Deadlines, DecisionPolicy
 from gateway.exchange import ExchangeSettings
 from gateway.node import GatewayNode, PartnerSpec, utc_now
 from gateway.store.sqlite import SQLiteStore
-from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER
+from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from signing import Envelope, Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
 
 
@@ -94,6 +94,7 @@ async def start_network(
     clock: Callable[[], dt.datetime] = utc_now,
     status_query_after: dt.timedelta = DEFAULT_STATUS_QUERY_AFTER,
     nomenclature: Nomenclature = DEFAULT_NOMENCLATURE,
+    ledger: Callable[[str], LedgerOptions] = lambda party: LedgerOptions(),
 ) -> Network:
     """Start gateways for ``parties`` on loopback port 0; each trusts all the others."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +132,7 @@ async def start_network(
             signers={"default": network.signers[party]},
             status_query_after=status_query_after,
             nomenclature=nomenclature,
+            ledger_options=ledger(party),
         )
     try:
         for node in network.nodes.values():

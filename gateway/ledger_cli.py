@@ -1,53 +1,258 @@
-"""``carbon-gateway ledger ...``: the ledger's books from the command line, through a running gateway's
-operator API (its address from the configuration)."""
+"""``carbon-gateway ledger ...``: the ledger's actions and books from the command line, through a running
+gateway's operator API (``--config`` names the gateway's configuration, whose operator address is used, or
+``--address`` gives it).
+
+Every write takes ``--key``, its idempotency key: run a command again with the same key after a timeout and the
+gateway answers with the first result instead of acting twice.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+
+UNITS = re.compile(r"(?P<kind>[^/:]+)/(?P<registry>[^/:]+)(?:/(?P<issuance>[^/:]+))?:(?P<start>[0-9]+)-(?P<end>[0-9]+)")
+"""A selection on the command line: ``KIND/REGISTRY[/ISSUANCE]:START-END``, e.g. ``CCER/CN-CCER:1-100``."""
+
+
+class UsageError(Exception):
+    """A command-line argument the command cannot use."""
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``ledger`` commands."""
     ledger = commands.add_parser("ledger", help="the corresponding-adjustment ledger")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
-    summary = ledger_commands.add_parser("summary", help="print the adjustment summary of a running gateway")
-    summary.add_argument("--config", required=True, help="the gateway's configuration file")
+
+    summary = ledger_commands.add_parser("summary", help="print the adjustment summary")
+    _target(summary)
     summary.set_defaults(func=_summary)
+
+    use = ledger_commands.add_parser("use", help="use units towards the NDC or for other international purposes")
+    _target(use)
+    _write(use)
+    use.add_argument("--account", required=True, help="the holding account the units are in")
+    use.add_argument("--to", required=True, dest="target", help="the use account they move into")
+    use.add_argument("--units", required=True, action="append", help="KIND/REGISTRY[/ISSUANCE]:START-END (repeatable)")
+    use.add_argument("--year", type=int, default=0, help="the calendar year of use towards the NDC")
+    use.add_argument(
+        "--oimp", metavar="PURPOSE", default="", help="use for other international mitigation purposes: OIMP, IMP or OP"
+    )
+    use.add_argument("--authorization", default="", help="for units not yet tied to an authorization")
+    use.add_argument("--entity", default="", help="the authorized entity that uses them")
+    use.add_argument("--note", default="")
+    use.set_defaults(func=_use)
+
+    cancel = ledger_commands.add_parser("cancel", help="cancel units (OMGE, Adaptation Fund, other) or voluntarily")
+    _target(cancel)
+    _write(cancel)
+    cancel.add_argument("--account", required=True, help="the holding account the units are in")
+    cancel.add_argument("--to", required=True, dest="target", help="the cancellation or retirement account")
+    cancel.add_argument("--units", required=True, action="append", help="KIND/REGISTRY[/ISSUANCE]:START-END")
+    kind = cancel.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--subtype", default="", help="the AEF cancellation subtype, word for word")
+    kind.add_argument("--voluntary", action="store_true", help="a voluntary cancellation")
+    cancel.add_argument("--purpose", default="", help="when the units' authorization is not known here")
+    cancel.add_argument("--authorization", default="", help="for units not yet tied to an authorization")
+    cancel.add_argument("--entity", default="", help="the authorized entity that cancels them")
+    cancel.add_argument("--note", default="")
+    cancel.set_defaults(func=_cancel)
+
+    emissions = ledger_commands.add_parser("emissions", help="record the Party's reported emissions of a year")
+    _target(emissions)
+    _write(emissions)
+    emissions.add_argument("--year", type=int, required=True)
+    emissions.add_argument("--quantity", type=int, required=True, help="t CO2e")
+    emissions.set_defaults(func=_emissions)
+
+    lock = ledger_commands.add_parser("lock", help="make past years final (PERIOD_LOCKED afterwards)")
+    _target(lock)
+    _write(lock)
+    lock.add_argument("--from", dest="first_year", type=int, required=True)
+    lock.add_argument("--to", dest="last_year", type=int, required=True)
+    lock.add_argument("--reason", required=True)
+    lock.set_defaults(func=_lock)
+
+
+def _target(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the gateway's configuration file (its operator address is used)")
+    where.add_argument("--address", help="the operator API's address, HOST:PORT")
+
+
+def _write(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key", required=True, help="the idempotency key: reuse it to retry safely")
 
 
 def fail(command: str, message: str, code: int = EXIT_REFUSED) -> int:
+    """Print one line on standard error and return the exit code."""
     print(f"carbon-gateway {command}: {' '.join(message.split())}", file=sys.stderr)
     return code
 
 
-def _summary(args: argparse.Namespace) -> int:
-    import grpc
-
-    from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc
+def _address(args: argparse.Namespace) -> str:
+    if args.address:
+        return str(args.address)
     from gateway.config import ConfigError, load_config
 
     try:
-        config = load_config(Path(args.config))
+        return load_config(Path(args.config)).operator_listen
     except ConfigError as exc:
-        return fail("ledger summary", str(exc), EXIT_USAGE)
+        raise UsageError(str(exc)) from None
 
-    async def call() -> operator_pb2.LedgerSummary:
-        async with grpc.aio.insecure_channel(config.operator_listen) as channel:
-            stub = operator_pb2_grpc.OperatorServiceStub(channel)
-            return await stub.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest(), timeout=30)
+
+def _selections(values: list[str]) -> list[Any]:
+    from carbon_gateway.v1 import operator_pb2, records_pb2
+
+    selections = []
+    for value in values:
+        match = UNITS.fullmatch(value)
+        if match is None:
+            raise UsageError(f"--units {value!r} is not KIND/REGISTRY[/ISSUANCE]:START-END, e.g. CCER/CN-CCER:1-100")
+        space = records_pb2.SerialSpace(
+            unit_kind=match["kind"], issuing_registry=match["registry"], issuance=match["issuance"] or ""
+        )
+        start, end = int(match["start"]), int(match["end"])
+        if max(start, end) > 2**63 - 1:
+            raise UsageError(f"--units {value!r}: serials are at most 2^63 - 1")
+        selections.append(operator_pb2.BlockSelection(space=space, start=start, end=end))
+    return selections
+
+
+def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    """Call the operator API; a refusal becomes one line naming the response code and the field."""
+    import grpc
+
+    from carbon_gateway.v1 import operator_pb2_grpc
+    from gateway.rpc.errors import read_error_detail
+
+    address = _address(args)
+
+    async def go() -> Any:
+        async with grpc.aio.insecure_channel(address) as channel:
+            return await call(operator_pb2_grpc.OperatorServiceStub(channel))
 
     try:
-        summary = asyncio.run(call())
+        return asyncio.run(go())
     except grpc.aio.AioRpcError as exc:
-        return fail("ledger summary", f"{config.operator_listen}: {exc.code().name}: {exc.details()}")
-    print(format_summary(summary))
+        detail = read_error_detail(exc.trailing_metadata())
+        if detail is None:
+            raise RefusedError(f"{address}: {exc.code().name}: {exc.details()}") from None
+        from gateway.domain.errors import ResponseCode
+
+        where = f" (field {detail.field})" if detail.field else ""
+        raise RefusedError(f"{ResponseCode(detail.code).name}: {detail.message}{where}") from None
+
+
+class RefusedError(Exception):
+    """The gateway refused the call, or could not be reached."""
+
+
+def _command(name: str, body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return body(args)
+        except UsageError as exc:
+            return fail(name, str(exc), EXIT_USAGE)
+        except RefusedError as exc:
+            return fail(name, str(exc))
+
+    return run
+
+
+def _print_retirement(result: Any) -> None:
+    print(f"action {result.action_id}")
+    for held in result.retired:
+        b = held.block
+        print(
+            f"  {b.space.unit_kind}/{b.space.issuing_registry} [{b.start}, {b.end}] {held.status} in {held.account_id}"
+        )
+    for e in result.entries:
+        subtype = f" ({e.action_subtype})" if e.action_subtype else ""
+        print(f"  ledger: {e.action_type}{subtype} of {e.quantity} units, vintage {e.block.vintage}")
+
+
+def _do_use(args: argparse.Namespace) -> int:
+    from carbon_gateway.v1 import operator_pb2
+
+    if bool(args.year) == bool(args.oimp):
+        raise UsageError("give --year for a use towards the NDC, or --oimp PURPOSE for another purpose (not both)")
+    request = operator_pb2.UseUnitsRequest(
+        idempotency_key=args.key,
+        source_account=args.account,
+        use_account=args.target,
+        selections=_selections(args.units),
+        action="use towards the NDC" if args.year else "use for other international mitigation purposes",
+        year_of_use=args.year,
+        purpose=args.oimp,
+        authorization_id=args.authorization,
+        using_entity=args.entity,
+        note=args.note,
+    )
+    _print_retirement(_run("ledger use", args, lambda stub: stub.UseUnits(request, timeout=30)))
     return 0
+
+
+def _do_cancel(args: argparse.Namespace) -> int:
+    from carbon_gateway.v1 import operator_pb2
+
+    request = operator_pb2.CancelUnitsRequest(
+        idempotency_key=args.key,
+        source_account=args.account,
+        cancellation_account=args.target,
+        selections=_selections(args.units),
+        voluntary=args.voluntary,
+        subtype=args.subtype,
+        purpose=args.purpose,
+        authorization_id=args.authorization,
+        using_entity=args.entity,
+        note=args.note,
+    )
+    _print_retirement(_run("ledger cancel", args, lambda stub: stub.CancelUnits(request, timeout=30)))
+    return 0
+
+
+def _do_emissions(args: argparse.Namespace) -> int:
+    from carbon_gateway.v1 import operator_pb2
+
+    request = operator_pb2.SetReportedEmissionsRequest(idempotency_key=args.key, year=args.year, quantity=args.quantity)
+    recorded = _run("ledger emissions", args, lambda stub: stub.SetReportedEmissions(request, timeout=30))
+    print(f"reported emissions {recorded.year}: {recorded.quantity} t CO2e")
+    return 0
+
+
+def _do_lock(args: argparse.Namespace) -> int:
+    from carbon_gateway.v1 import operator_pb2
+
+    request = operator_pb2.LockPeriodRequest(
+        idempotency_key=args.key, first_year=args.first_year, last_year=args.last_year, reason=args.reason
+    )
+    lock = _run("ledger lock", args, lambda stub: stub.LockPeriod(request, timeout=30))
+    print(f"locked {lock.first_year}-{lock.last_year} at {lock.locked_at}: {lock.reason}")
+    return 0
+
+
+def _do_summary(args: argparse.Namespace) -> int:
+    from carbon_gateway.v1 import operator_pb2
+
+    request = operator_pb2.GetLedgerSummaryRequest()
+    print(format_summary(_run("ledger summary", args, lambda stub: stub.GetLedgerSummary(request, timeout=30))))
+    return 0
+
+
+_use = _command("ledger use", _do_use)
+_cancel = _command("ledger cancel", _do_cancel)
+_emissions = _command("ledger emissions", _do_emissions)
+_lock = _command("ledger lock", _do_lock)
+_summary = _command("ledger summary", _do_summary)
 
 
 def format_summary(summary: object) -> str:

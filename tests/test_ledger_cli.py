@@ -1,0 +1,118 @@
+"""``carbon-gateway ledger ...`` against real gateways: uses, cancellations, emissions, locks and the summary,
+with idempotent retries and one-line refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway.cli import main
+from gateway.demo import start_pair, wait_for_state
+from gateway.domain.adjustments import AdjustmentSettings
+from gateway.domain.records import AdjustmentMethod
+from gateway.usecases.base import LedgerOptions
+from tests.integration.harness import TERMINAL, operator, proposal_request, setup_accounts
+
+UNITS = "CCER/CN-CCER:{}-{}"
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.asyncio
+async def test_use_cancel_emissions_lock_and_summary_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = await start_pair(tmp_path)
+    pair.che.core.gateway.ledger_options = LedgerOptions(
+        adjustments=AdjustmentSettings(method=AdjustmentMethod.TRAJECTORY, first_year=2021, last_year=2030)
+    )
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            transfer = await chn.ProposeTransfer(proposal_request(block, 1, 400, "t1"))
+            assert (await wait_for_state(che, transfer.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            for account, kind in (("CH-USE-0001", "use"), ("CH-CAN-0001", "cancellation")):
+                await che.OpenAccount(
+                    operator_pb2.OpenAccountRequest(
+                        idempotency_key=account,
+                        account=records_pb2.Account(account_id=account, holder_name="Registry", account_type=kind),
+                    )
+                )
+        che_address = pair.che.operator_address
+        use = ("ledger", "use", "--address", che_address, "--key", "u1", "--account", "CH-PH-0001")
+        code, out, _ = await cli(capsys, *use, "--to", "CH-USE-0001", "--units", UNITS.format(1, 60), "--year", "2025")
+        assert code == 0
+        assert "[1, 60] used in CH-USE-0001" in out and "ledger: Use of 60 units, vintage 2025" in out
+        action = out.splitlines()[0]
+        # The same key again: the same action, nothing used twice.
+        code, again, _ = await cli(
+            capsys, *use, "--to", "CH-USE-0001", "--units", UNITS.format(1, 60), "--year", "2025"
+        )
+        assert code == 0 and again.splitlines()[0] == action
+        # Used units never move again: a new key is refused, in one line naming the code and the field.
+        code, out, err = await cli(
+            capsys, "ledger", "use", "--address", che_address, "--key", "u2", "--account", "CH-PH-0001",
+            "--to", "CH-USE-0001", "--units", UNITS.format(1, 60), "--year", "2025",
+        )  # fmt: skip
+        assert (code, out) == (1, "")
+        assert err.startswith("carbon-gateway ledger use: UNIT_NOT_HELD:") and err.count("\n") == 1
+        code, out, err = await cli(
+            capsys, "ledger", "cancel", "--address", che_address, "--key", "c1", "--account", "CH-PH-0001",
+            "--to", "CH-CAN-0001", "--units", UNITS.format(61, 70), "--voluntary", "--purpose", "NDC",
+        )  # fmt: skip
+        assert code == 0 and "ledger: Voluntary Cancellation of 10 units" in out, err
+        code, out, _ = await cli(
+            capsys, "ledger", "emissions", "--address", che_address, "--key", "e1", "--year", "2025",
+            "--quantity", "1000",
+        )  # fmt: skip
+        assert (code, out) == (0, "reported emissions 2025: 1000 t CO2e\n")
+        code, out, _ = await cli(
+            capsys, "ledger", "lock", "--address", che_address, "--key", "l1", "--from", "2021", "--to", "2025",
+            "--reason", "BTR review",
+        )  # fmt: skip
+        assert code == 0 and out.startswith("locked 2021-2025 at ")
+        code, out, err = await cli(
+            capsys, "ledger", "emissions", "--address", che_address, "--key", "e2", "--year", "2025",
+            "--quantity", "999",
+        )  # fmt: skip
+        assert code == 1 and "PERIOD_LOCKED" in err and "(field year)" in err
+        code, out, _ = await cli(capsys, "ledger", "summary", "--address", che_address)
+        assert code == 0
+        row_2025 = next(line for line in out.splitlines() if line.startswith("2025  "))
+        # Trajectory: nothing first transferred here, 60 used for 2025, emissions 1000: balance 1000 - 60.
+        assert row_2025.split() == ["2025", "0", "0", "60", "-", "-60", "-60", "1000", "940"]
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--units", "CCER:1-2", "--year", "2025"), "is not KIND/REGISTRY[/ISSUANCE]:START-END"),
+        (("--units", "CCER/CN-CCER:1-99999999999999999999", "--year", "2025"), "serials are at most 2^63 - 1"),
+        (("--units", "CCER/CN-CCER:1-2", "--year", "2025", "--oimp", "OIMP"), "not both"),
+    ],
+    ids=["units-shape", "units-beyond-int64", "year-and-oimp"],
+)
+def test_bad_arguments_are_one_line_without_calling_the_gateway(
+    argv: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["ledger", "use", "--address", "127.0.0.1:1", "--key", "k", "--account", "A", "--to", "B"]
+    code = main([*base, *argv])
+    _, err = capsys.readouterr()
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_an_unreachable_gateway_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["ledger", "summary", "--address", "127.0.0.1:1"])
+    _, err = capsys.readouterr()
+    assert (
+        code == 1 and err.startswith("carbon-gateway ledger summary: 127.0.0.1:1: UNAVAILABLE") and err.count("\n") == 1
+    )
