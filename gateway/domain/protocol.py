@@ -209,8 +209,9 @@ def check_acquisition(
     partner that intersect the proposal's blocks; any of them refuses the proposal. ``overlapping`` are the
     proposal's blocks that intersect them (found by the caller's lookups; derived here when not given).
     ``not_abroad`` are the proposal's
-    blocks of a serial space this gateway issues whose units its history does not show abroad: never issued
-    here, never sent, or already back (DESIGN.md section 4, "Provenance").
+    blocks of a serial space this gateway issues, or tied to this Party's authorization, whose units its history
+    does not show abroad: never issued or held here, never sent, or already back (DESIGN.md section 4,
+    "Provenance").
     """
     rejections: list[Rejection] = []
     if terms.acquiring_party != self_party:
@@ -241,8 +242,9 @@ def check_acquisition(
         rejections.append(
             Rejection(
                 ResponseCode.PROVENANCE_REFUSED,
-                f"{not_abroad[0].describe()} is of a serial space {self_party} issues, and {self_party}'s history "
-                "does not show these units abroad: never issued, never sent, or already back",
+                f"{not_abroad[0].describe()} is of a serial space {self_party} issues, or tied to {self_party}'s"
+                f" authorization, and {self_party}'s history does not show these units abroad: never issued or"
+                " held here, never sent, or already back",
                 tuple(not_abroad[:MAX_REJECTION_BLOCKS]),
             )
         )

@@ -53,6 +53,12 @@ class Acquiring(GatewayBase):
                 await tx.abroad_ranges(block.space, block.start, block.end), block.start, block.end
             ):
                 not_abroad.append(block)
+            elif block.first_transferring_party == self.party and not ranges.covers(
+                await tx.known_ranges(block.space, block.start, block.end), block.start, block.end
+            ):
+                # Units tied to this Party's authorization were tied here: a partner cannot make this gateway
+                # the first transferring Party of units it never held.
+                not_abroad.append(block)
         rejections = check_acquisition(
             terms,
             self_party=self.party,

@@ -9,7 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, records_pb2
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway import wire
 from gateway.demo import start_pair, wait_for_state
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import ResponseCode
@@ -175,3 +176,59 @@ async def test_use_cancel_summary_and_aef_rows(tmp_path: Path) -> None:
         (101, 400, "CHN")
     ]
     assert report.holdings == ()
+
+
+@pytest.mark.parametrize(
+    ("tied_to", "expected"),
+    [("CHN", records_pb2.REJECTED), ("", records_pb2.ACCEPTED), ("SGP", records_pb2.ACCEPTED)],
+    ids=["tied-to-the-receiver", "untied", "tied-to-a-third-party"],
+)
+@pytest.mark.asyncio
+async def test_a_partner_cannot_make_this_gateway_the_first_transferring_party_of_units_it_never_held(
+    tmp_path: Path, tied_to: str, expected: int
+) -> None:
+    from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
+    from gateway.harness import start_network
+    from tests.integration.harness import Crafter, deliver_raw
+
+    nomenclature = Nomenclature.of((*DEFAULT_REGISTRIES, IssuingRegistry(code="VCS", unit_kinds=("VCU",))))
+    network = await start_network(tmp_path, ("CHN", "CHE"), nomenclature=nomenclature)
+    chn = network["CHN"]
+    try:
+        async with operator(chn) as stub:
+            await stub.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="open",
+                    account=records_pb2.Account(account_id="CN-PH-0001", holder_name="H", account_type="Party holding"),
+                )
+            )
+        block = records_pb2.UnitBlock(
+            space=records_pb2.SerialSpace(unit_kind="VCU", issuing_registry="VCS"),
+            start=1,
+            end=10,
+            vintage=2025,
+            first_transferring_party=tied_to,
+            cooperative_approach="CA0001" if tied_to else "",
+            authorization_id=f"{tied_to}-A-0001" if tied_to else "",
+        )
+        proposal = partner_pb2.Proposal(
+            transfer_id="forged-tie",
+            blocks=[block],
+            source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
+            acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PH-0001"),
+            cooperative_approach="CA0001",
+            authorization_id="CHE-A-0001",
+            purpose="NDC",
+            adjustment_method="single-year averaging",
+        )
+        crafter = Crafter(signer=network.signers["CHE"], sender="CHE", receiver="CHN")
+        payload, _ = crafter.statement(proposal=proposal)
+        receipt = await deliver_raw(chn, wire.envelope_to_bytes(crafter.envelope(payload)))
+        assert receipt.taken_in
+        async with operator(chn) as stub:
+            transfer = await stub.GetTransfer(operator_pb2.GetTransferRequest(transfer_id="forged-tie"))
+    finally:
+        await network.stop()
+    assert transfer.state == expected
+    if expected == records_pb2.REJECTED:
+        assert [r.code for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
