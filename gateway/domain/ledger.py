@@ -141,6 +141,12 @@ def check_new_version(versions: Sequence[Authorization], new: Authorization) -> 
             field="authorization.authorization_id",
         )
     latest = versions[-1]
+    if new.authorization_id != latest.authorization_id:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"a new version of {latest.authorization_id!r} keeps its ID; {new.authorization_id[:128]!r} is another",
+            field="authorization.authorization_id",
+        )
     if latest.revoked:
         raise GatewayError(
             ResponseCode.INVALID_STATE,
@@ -315,13 +321,47 @@ def record_tie(ctx: ActionContext, block: UnitBlock, authorization: Authorizatio
         # movement entry names the authorization. Only units tied and kept get an ``Authorization`` row.
         if event is Event.REGISTRATION:
             entries.append(_entry(ctx, block, ActionType.AUTHORIZATION, None))
-    if block.tied and not block.first_transferred and authorization is not None:
+    if _first_transfer_due(block, authorization):
+        assert authorization is not None
         subtype = first_transfer_subtype(authorization.first_transfer_definition, event)
         # A first transfer that is itself the international transfer is recorded by `record_departure`.
         if subtype is not None and subtype is not ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY:
             block = replace(block, first_transferred=True)
-            entries.append(_entry(ctx, block, ActionType.FIRST_TRANSFER, subtype))
+            entries.append(_first_transfer(ctx, block, authorization, subtype))
     return Recorded(tuple(entries), block)
+
+
+def _first_transfer_due(block: UnitBlock, authorization: Authorization | None) -> bool:
+    """True when ``authorization`` decides the first transfer of ``block``: the units are tied to it and not
+    first transferred yet."""
+    return (
+        authorization is not None
+        and block.tied
+        and not block.first_transferred
+        and block.authorization_id == authorization.authorization_id
+    )
+
+
+def _first_transfer(
+    ctx: ActionContext,
+    block: UnitBlock,
+    authorization: Authorization,
+    subtype: ActionSubtype,
+    *,
+    transferring_party: str = "",
+    acquiring_party: str = "",
+) -> LedgerEntry:
+    """A ``First transfer`` entry. It counts as authorized for NDC use or for OIMP only by its authorization's
+    purposes (decision 2/CMA.3, annex, para 23), whatever the purpose of the action that made it."""
+    counted = replace(ctx, purpose=primary_purpose(authorization))
+    return _entry(
+        counted,
+        block,
+        ActionType.FIRST_TRANSFER,
+        subtype,
+        transferring_party=transferring_party,
+        acquiring_party=acquiring_party,
+    )
 
 
 def record_departure(ctx: ActionContext, block: UnitBlock, authorization: Authorization | None) -> Recorded:
@@ -335,15 +375,15 @@ def record_departure(ctx: ActionContext, block: UnitBlock, authorization: Author
     tied = record_tie(ctx, block, authorization, Event.INTERNATIONAL_TRANSFER)
     block = tied.block
     if block.tied and not block.first_transferred:
-        defined = authorization is not None and block.authorization_id == authorization.authorization_id
-        if defined and authorization is not None:
+        if _first_transfer_due(block, authorization):
+            assert authorization is not None
             subtype = first_transfer_subtype(authorization.first_transfer_definition, Event.INTERNATIONAL_TRANSFER)
             if subtype is ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY:
                 block = replace(block, first_transferred=True)
-                move = _entry(
+                move = _first_transfer(
                     ctx,
                     block,
-                    ActionType.FIRST_TRANSFER,
+                    authorization,
                     subtype,
                     transferring_party=ctx.party,
                     acquiring_party=ctx.acquiring_party,
@@ -406,6 +446,16 @@ def record_retirement(
     """The entries of a use or cancellation of ``block``: tie and first transfer if due, then the action."""
     tied = record_tie(ctx, block, authorization, Event.USE_OR_CANCELLATION)
     block = tied.block
+    if retirement is Retirement.USE_NDC and not block.first_transferred:
+        # Units never first transferred are no ITMOs: their reduction is already in the Party's emissions, and
+        # subtracting them again would count it twice.
+        raise GatewayError(
+            ResponseCode.INVALID_STATE,
+            f"{block.describe()} has not been first transferred: only ITMOs (first transferred, e.g. acquired) are"
+            " used towards an NDC",
+            field="selections",
+            blocks=[block],
+        )
     action = retirement.action_type
     sub = ActionSubtype(subtype.value) if subtype is not None else None
     retire = _entry(ctx, block, action, sub, using=True)
@@ -439,6 +489,29 @@ def bucket_of(action_type: ActionType, action_subtype: str, purpose: Purpose, ye
     if action_type is ActionType.TRANSFER and action_subtype == ActionSubtype.NOT_YET_DEFINED.value:
         return Bucket.UNRESOLVED
     return Bucket.NONE
+
+
+def still_unresolved(transfers: Sequence[LedgerEntry], first_transfers: Sequence[LedgerEntry]) -> list[LedgerEntry]:
+    """The parts of ``transfers`` (``Transfer`` entries with subtype ``Not yet defined``) whose units have not
+    been first transferred since, by a later entry of ``first_transfers`` (units that came back and were used
+    or cancelled here, say)."""
+    later: dict[SerialSpace, list[tuple[int, int, int]]] = {}
+    for e in first_transfers:
+        later.setdefault(e.block.space, []).append((e.entry_id, e.block.start, e.block.end))
+    found: list[LedgerEntry] = []
+    for entry in transfers:
+        pieces = [(entry.block.start, entry.block.end)]
+        for entry_id, start, end in later.get(entry.block.space, ()):
+            if entry_id > entry.entry_id:
+                pieces = [p for lo, hi in pieces for p in _minus(lo, hi, start, end)]
+        found.extend(replace(entry, block=entry.block.with_range(lo, hi)) for lo, hi in pieces)
+    return found
+
+
+def _minus(lo: int, hi: int, start: int, end: int) -> list[tuple[int, int]]:
+    if end < lo or start > hi:
+        return [(lo, hi)]
+    return [p for p in ((lo, start - 1), (end + 1, hi)) if p[0] <= p[1]]
 
 
 # holdings at an instant

@@ -264,8 +264,12 @@ class Transaction(Protocol):
         ...
 
     async def ledger_unresolved(self, party: str) -> list[LedgerEntry]:
-        """The transfers abroad of units ``party`` tied whose first transfer is yet to come (subtype ``Not yet
-        defined``): counted in no row of the summary."""
+        """The transfers abroad of units ``party`` tied whose first transfer was yet to come (subtype ``Not yet
+        defined``); `gateway.domain.ledger.still_unresolved` trims those first transferred since."""
+        ...
+
+    async def ledger_first_transfers(self, party: str) -> list[LedgerEntry]:
+        """The ``First transfer`` entries of units ``party`` first transfers."""
         ...
 
     async def ledger_totals(self) -> list[LedgerTotal]:

@@ -520,6 +520,13 @@ class SQLiteTransaction:
         )
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
+    async def ledger_first_transfers(self, party: str) -> list[LedgerEntry]:
+        rows = self._all(
+            "SELECT * FROM ledger WHERE action_type = ? AND first_transferring_party = ? ORDER BY entry_id",
+            (ActionType.FIRST_TRANSFER.value, party),
+        )
+        return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
+
     async def ledger_of_action(self, action_id: str) -> list[LedgerEntry]:
         rows = self._all("SELECT * FROM ledger WHERE transfer_id = ? ORDER BY entry_id", (action_id,))
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]

@@ -16,6 +16,7 @@ from gateway.domain.ledger import (
     bucket_of,
     check_lock,
     check_not_locked,
+    still_unresolved,
 )
 from gateway.domain.records import ActionType, LedgerEntry
 from gateway.store.base import LedgerTotal, StoreConflict
@@ -118,6 +119,8 @@ class LedgerKeeping(GatewayBase):
             emissions = await tx.reported_emissions()
             locks = await tx.locked_periods()
             unresolved = await tx.ledger_unresolved(self.party)
+            if unresolved:
+                unresolved = still_unresolved(unresolved, await tx.ledger_first_transfers(self.party))
             sectors: dict[str, str] = {}
             for authorization_id in sorted({t.authorization_id for t in totals}):
                 found = await tx.get_authorization(authorization_id)

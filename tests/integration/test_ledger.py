@@ -231,4 +231,4 @@ async def test_a_partner_cannot_make_this_gateway_the_first_transferring_party_o
         await network.stop()
     assert transfer.state == expected
     if expected == records_pb2.REJECTED:
-        assert [r.code for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
+        assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
