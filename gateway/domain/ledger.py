@@ -25,6 +25,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
 from gateway.domain.errors import GatewayError, ResponseCode
@@ -87,6 +88,35 @@ def primary_purpose(authorization: Authorization) -> Purpose:
     order = list(Purpose)
     purposes = sorted(authorization.purposes, key=order.index)
     return next((p for p in purposes if p in NDC_PURPOSES), purposes[0])
+
+
+_COMBINED = {
+    Purpose.OIMP: Purpose.NDC_AND_OIMP,
+    Purpose.IMP: Purpose.NDC_AND_IMP,
+    Purpose.OP: Purpose.NDC_AND_OP,
+}
+
+
+def authorizes(authorization: Authorization, purpose: Purpose) -> bool:
+    """True when ``authorization`` authorizes use for ``purpose``: NDC use under any purpose naming the NDC,
+    another purpose under itself or under "NDC and" it."""
+    if purpose is Purpose.NDC:
+        return bool(authorization.purposes & NDC_PURPOSES)
+    if purpose in _COMBINED:
+        return purpose in authorization.purposes or _COMBINED[purpose] in authorization.purposes
+    return purpose in authorization.purposes
+
+
+def check_authorizes(authorization: Authorization, purpose: Purpose, field: str, block: UnitBlock) -> None:
+    """Refuse a use or cancellation for a purpose ``authorization`` does not authorize."""
+    if not authorizes(authorization, purpose):
+        allowed = ", ".join(sorted(p.value for p in authorization.purposes))
+        raise GatewayError(
+            ResponseCode.PURPOSE_NOT_ALLOWED,
+            f"purpose {purpose.value!r} is not authorized by {authorization.authorization_id!r} ({allowed})",
+            field=field,
+            blocks=[block],
+        )
 
 
 def parse_retirement(value: str, field: str = "action") -> Retirement:
@@ -314,6 +344,7 @@ def record_tie(ctx: ActionContext, block: UnitBlock, authorization: Authorizatio
     """Tie ``block`` to ``authorization`` (an ``Authorization`` row) if it is not tied yet, and record its first
     transfer if ``event`` is the one the definition names. Units already first transferred record nothing."""
     entries: list[LedgerEntry] = []
+    authorization = first_transfer_here(block, ctx.party, authorization)
     # A unit first transferred without a tie came from a version before ties: it is not this Party's to tie.
     if authorization is not None and not block.tied and not block.first_transferred:
         block = tie(block, ctx.party, authorization)
@@ -340,6 +371,17 @@ def _first_transfer_due(block: UnitBlock, authorization: Authorization | None) -
         and not block.first_transferred
         and block.authorization_id == authorization.authorization_id
     )
+
+
+def first_transfer_here(block: UnitBlock, party: str, authorization: Authorization | None) -> Authorization | None:
+    """The authorization that decides the first transfer of ``block`` at ``party``'s gateway, or None.
+
+    Only the first transferring Party records a first transfer: another Party that holds a copy of the same
+    authorization (to check onward transfers) never does, whatever the authorization's definition says.
+    """
+    if block.tied and block.first_transferring_party != party:
+        return None
+    return authorization
 
 
 def _first_transfer(
@@ -374,6 +416,7 @@ def record_departure(ctx: ActionContext, block: UnitBlock, authorization: Author
     """
     tied = record_tie(ctx, block, authorization, Event.INTERNATIONAL_TRANSFER)
     block = tied.block
+    authorization = first_transfer_here(block, ctx.party, authorization)
     if block.tied and not block.first_transferred:
         if _first_transfer_due(block, authorization):
             assert authorization is not None
@@ -409,19 +452,69 @@ def delivered_form(
 ) -> UnitBlock:
     """The acquiring side's view of a block a Proposal carries.
 
-    A block that carries a tie is kept as its first transferring Party's gateway sent it. A block without one
-    comes from a gateway that predates ties: the transfer was its first transfer, under the transfer's
-    authorization, as that version recorded it.
+    A block that carries a tie is kept as the transferring gateway sent it (`check_own_history` refuses one
+    that contradicts this gateway's own records). A block without one comes from a gateway that predates ties:
+    if it was not first transferred, this transfer was its first, under the transfer's authorization, as that
+    version recorded it; if it was, its first transferring Party is unknown and is not guessed.
     """
-    if block.tied:
+    if block.tied or block.first_transferred:
         return block
     return replace(
         block,
         first_transferred=True,
-        first_transferring_party=block.first_transferring_party or transferring_party,
+        first_transferring_party=transferring_party,
         cooperative_approach=terms_approach,
         authorization_id=terms_authorization,
     )
+
+
+def with_own_tie(block: UnitBlock, history: Sequence[LedgerEntry]) -> UnitBlock:
+    """``block``, sent without a tie, with the tie of ``history`` (this Party's own entries of the same units)
+    and first transferred if they record its first transfer; `check_own_history` then checks the result."""
+    latest = history[-1]
+    first = [(e.block.start, e.block.end) for e in history if e.action_type is ActionType.FIRST_TRANSFER]
+    return replace(
+        block,
+        first_transferring_party=latest.first_transferring_party,
+        cooperative_approach=latest.cooperative_approach,
+        authorization_id=latest.authorization_id,
+        first_transferred=ranges.covers(ranges.normalize(first), block.start, block.end),
+    )
+
+
+def check_own_history(block: UnitBlock, party: str, history: Sequence[LedgerEntry]) -> str | None:
+    """Why an incoming ``block`` contradicts ``party``'s own records of the same units, or None.
+
+    ``history`` are ``party``'s ledger entries, as first transferring Party, that share a unit with the block.
+    Units this Party tied come back as it tied them: tied to it, under the same authorization, and first
+    transferred exactly when this Party recorded their first transfer. A partner cannot re-tie them (a second
+    first transfer, or one past the authorization's quantity) or untie them (a hidden one).
+    """
+    if not history:
+        if block.first_transferring_party == party:
+            return f"{block.describe()} is tied to {party}, whose records show no such units"
+        return None
+    spans = [(e.block.start, e.block.end) for e in history]
+    if not ranges.covers(ranges.normalize(spans), block.start, block.end):
+        return f"{block.describe()} mixes units {party} tied with units it did not"
+    authorizations = {e.authorization_id for e in history}
+    if len(authorizations) != 1:
+        return f"{block.describe()} spans units {party} tied to different authorizations: send them apart"
+    first = [(e.block.start, e.block.end) for e in history if e.action_type is ActionType.FIRST_TRANSFER]
+    first_transferred = ranges.covers(ranges.normalize(first), block.start, block.end)
+    if not first_transferred and ranges.missing(ranges.normalize(first), block.start, block.end) != [
+        (block.start, block.end)
+    ]:
+        return f"{block.describe()} mixes units {party} first transferred with units it did not: send them apart"
+    expected = (party, next(iter(authorizations)), first_transferred)
+    claimed = (block.first_transferring_party, block.authorization_id, block.first_transferred)
+    if claimed != expected:
+        return (
+            f"{block.describe()} arrives tied to {claimed[0] or 'nobody'} under {claimed[1] or 'no authorization'}"
+            f" ({'first transferred' if claimed[2] else 'not first transferred'}); {party}'s records tie it to"
+            f" {party} under {expected[1]} ({'first transferred' if expected[2] else 'not first transferred'})"
+        )
+    return None
 
 
 def record_arrival(ctx: ActionContext, block: UnitBlock) -> LedgerEntry:

@@ -201,6 +201,7 @@ def check_acquisition(
     known_overlapping: Sequence[UnitBlock],
     overlapping: Sequence[UnitBlock] | None = None,
     not_abroad: Sequence[UnitBlock] = (),
+    contradicting: Sequence[tuple[UnitBlock, str]] = (),
     frozen_overlapping: Sequence[UnitBlock] = (),
 ) -> list[Rejection]:
     """The acquiring side's checks on a proposal: the account, and the double-counting guard.
@@ -211,7 +212,8 @@ def check_acquisition(
     ``not_abroad`` are the proposal's
     blocks of a serial space this gateway issues, or tied to this Party's authorization, whose units its history
     does not show abroad: never issued or held here, never sent, or already back (DESIGN.md section 4,
-    "Provenance").
+    "Provenance"). ``contradicting`` are blocks whose tie or first-transfer state contradicts this Party's own
+    records of the same units, each with the reason.
     """
     rejections: list[Rejection] = []
     if terms.acquiring_party != self_party:
@@ -242,10 +244,17 @@ def check_acquisition(
         rejections.append(
             Rejection(
                 ResponseCode.PROVENANCE_REFUSED,
-                f"{not_abroad[0].describe()} is of a serial space {self_party} issues, or tied to {self_party}'s"
-                f" authorization, and {self_party}'s history does not show these units abroad: never issued or"
-                " held here, never sent, or already back",
+                f"{not_abroad[0].describe()} is of a serial space {self_party} issues, and {self_party}'s history "
+                "does not show these units abroad: never issued, never sent, or already back",
                 tuple(not_abroad[:MAX_REJECTION_BLOCKS]),
+            )
+        )
+    if contradicting:
+        rejections.append(
+            Rejection(
+                ResponseCode.PROVENANCE_REFUSED,
+                contradicting[0][1],
+                tuple(b for b, _ in contradicting[:MAX_REJECTION_BLOCKS]),
             )
         )
     if frozen_overlapping:

@@ -268,6 +268,10 @@ class Transaction(Protocol):
         defined``); `gateway.domain.ledger.still_unresolved` trims those first transferred since."""
         ...
 
+    async def ledger_of_units(self, party: str, space: SerialSpace, start: int, end: int) -> list[LedgerEntry]:
+        """The entries, with ``party`` as first transferring Party, that share a unit with ``[start, end]``."""
+        ...
+
     async def ledger_first_transfers(self, party: str) -> list[LedgerEntry]:
         """The ``First transfer`` entries of units ``party`` first transfers."""
         ...

@@ -248,6 +248,18 @@ MIGRATIONS = (
         ALTER TABLE ledger ADD COLUMN using_party TEXT NOT NULL DEFAULT '';
         ALTER TABLE ledger ADD COLUMN using_entity TEXT NOT NULL DEFAULT '';
         ALTER TABLE ledger ADD COLUMN note TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ledger ADD COLUMN unit_kind TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ledger ADD COLUMN issuing_registry TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ledger ADD COLUMN issuance TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ledger ADD COLUMN serial_start BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE ledger ADD COLUMN serial_end BIGINT NOT NULL DEFAULT 0;
+        UPDATE ledger SET unit_kind = json_extract(block, '$.unit_kind'),
+            issuing_registry = json_extract(block, '$.issuing_registry'), issuance = json_extract(block, '$.issuance'),
+            serial_start = json_extract(block, '$.start'), serial_end = json_extract(block, '$.end');
+        UPDATE ledger SET action_subtype = 'First transfer to another Party'
+            WHERE action_type = 'First transfer' AND action_subtype = '';
+        CREATE INDEX ledger_party_space ON ledger
+            (first_transferring_party, unit_kind, issuing_registry, issuance, serial_start);
         CREATE INDEX ledger_date ON ledger (action_date);
         CREATE INDEX ledger_action ON ledger (transfer_id);
         DROP INDEX blocks_guarded;

@@ -520,6 +520,14 @@ class SQLiteTransaction:
         )
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
+    async def ledger_of_units(self, party: str, space: SerialSpace, start: int, end: int) -> list[LedgerEntry]:
+        rows = self._all(
+            "SELECT * FROM ledger WHERE first_transferring_party = ? AND unit_kind = ? AND issuing_registry = ?"
+            " AND issuance = ? AND serial_start <= ? AND serial_end >= ? ORDER BY entry_id",
+            (party, space.unit_kind, space.issuing_registry, space.issuance, end, start),
+        )
+        return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
+
     async def ledger_first_transfers(self, party: str) -> list[LedgerEntry]:
         rows = self._all(
             "SELECT * FROM ledger WHERE action_type = ? AND first_transferring_party = ? ORDER BY entry_id",

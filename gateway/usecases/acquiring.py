@@ -7,7 +7,7 @@ from gateway import wire
 from gateway.domain import ranges, text
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import ActionContext, delivered_form, record_arrival
+from gateway.domain.ledger import ActionContext, check_own_history, delivered_form, record_arrival, with_own_tie
 from gateway.domain.protocol import Rejection, Verdict, check_acquisition, validate_terms
 from gateway.domain.records import TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
@@ -42,6 +42,8 @@ class Acquiring(GatewayBase):
         known: list[UnitBlock] = []
         overlapping: list[UnitBlock] = []
         not_abroad: list[UnitBlock] = []
+        contradicting: list[tuple[UnitBlock, str]] = []
+        delivered: list[UnitBlock] = []
         for block in terms.blocks:
             # A few overlapping blocks name the refusal; more would only cost time.
             found = await tx.guarded_blocks(block.space, block.start, block.end, limit=OVERLAPS_SHOWN)
@@ -49,16 +51,16 @@ class Acquiring(GatewayBase):
                 overlapping.append(block)
                 if len(known) < OVERLAPS_SHOWN:
                     known.extend(s.block for s in found[: OVERLAPS_SHOWN - len(known)])
-            if self._is_own_space(block) and not ranges.covers(
-                await tx.abroad_ranges(block.space, block.start, block.end), block.start, block.end
-            ):
-                not_abroad.append(block)
-            elif block.first_transferring_party == self.party and not ranges.covers(
-                await tx.known_ranges(block.space, block.start, block.end), block.start, block.end
-            ):
-                # Units tied to this Party's authorization were tied here: a partner cannot make this gateway
-                # the first transferring Party of units it never held.
-                not_abroad.append(block)
+            if self._is_own_space(block):
+                abroad = await tx.abroad_ranges(block.space, block.start, block.end)
+                if not ranges.covers(abroad, block.start, block.end):
+                    not_abroad.append(block)
+                    continue
+            arriving, reason = await self._as_arriving(tx, terms, block)
+            if reason is not None:
+                contradicting.append((block, reason))
+            else:
+                delivered.append(arriving)
         rejections = check_acquisition(
             terms,
             self_party=self.party,
@@ -66,6 +68,7 @@ class Acquiring(GatewayBase):
             known_overlapping=known,
             overlapping=overlapping,
             not_abroad=not_abroad,
+            contradicting=contradicting,
         )
         verdict = Verdict.REJECT if rejections else self.policy.decide(partner, terms)
         if verdict is Verdict.REJECT and not rejections:
@@ -89,9 +92,9 @@ class Acquiring(GatewayBase):
             return
         # Accepted or held: the units are pending here, so that no overlapping proposal can be accepted too.
         # They are stored as they will be credited: tied and first transferred as the Proposal says.
-        for block in terms.blocks:
+        for block in delivered:
             await tx.insert_block(
-                self._as_delivered(terms, block),
+                block,
                 account_id=terms.acquiring_account,
                 status=BlockStatus.PENDING,
                 transfer_id=transfer.transfer_id,
@@ -159,11 +162,27 @@ class Acquiring(GatewayBase):
             )
         await self._acquire(tx, transfer)
 
-    @staticmethod
-    def _as_delivered(terms: TransferTerms, block: UnitBlock) -> UnitBlock:
-        return delivered_form(block, terms.transferring_party, terms.authorization_id, terms.cooperative_approach)
+    async def _as_arriving(
+        self, tx: Transaction, terms: TransferTerms, block: UnitBlock
+    ) -> tuple[UnitBlock, str | None]:
+        """The block as it is held here once credited, or why it is refused.
+
+        Units this gateway tied before take their tie and first-transfer state from its own records
+        (`gateway.domain.ledger.check_own_history`): a block that contradicts them is refused, one sent without
+        a tie (by a version before ties) takes them from the records. Units never held here have no such
+        records, which costs one lookup of the known ranges.
+        """
+        history = []
+        if await tx.known_ranges(block.space, block.start, block.end):
+            history = await tx.ledger_of_units(self.party, block.space, block.start, block.end)
+        if history and not block.tied:
+            block = with_own_tie(block, history)
+        else:
+            block = delivered_form(block, terms.transferring_party, terms.authorization_id, terms.cooperative_approach)
+        return block, check_own_history(block, self.party, history)
 
     async def _acquire(self, tx: Transaction, transfer: Transfer) -> None:
+        credited = await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING)
         await self._credit(tx, transfer)
         terms = transfer.terms
         context = ActionContext(
@@ -174,7 +193,7 @@ class Acquiring(GatewayBase):
             transferring_party=terms.transferring_party,
             acquiring_party=self.party,
         )
-        await tx.append_ledger([record_arrival(context, self._as_delivered(terms, b)) for b in terms.blocks])
+        await tx.append_ledger([record_arrival(context, b.block) for b in credited])
         await self._set_state(tx, transfer, TransferState.COMPLETED)
 
     async def _on_cancel(self, tx: Transaction, partner: str, cancel: partner_pb2.Cancel) -> None:

@@ -11,6 +11,7 @@ from gateway.domain.ledger import (
     ActionContext,
     CancellationSubtype,
     Retirement,
+    check_authorizes,
     check_not_locked,
     check_room,
     check_vintage,
@@ -231,27 +232,26 @@ class Retiring(Initiating):
 
     @staticmethod
     def _purpose(request: RetirementRequest, authorization: Authorization | None, stored: StoredBlock) -> Purpose:
+        """The purpose the entry records: NDC for a use towards the NDC, else the one named, else the
+        authorization's own; the authorization, where known here, must authorize it."""
         if request.retirement is Retirement.USE_NDC:
-            return Purpose.NDC
-        if request.purpose is not None:
-            if authorization is not None and request.retirement is Retirement.USE_OIMP:
-                allowed = {p for p in authorization.purposes if p is not Purpose.NDC}
-                if not any(request.purpose.value in p.value for p in allowed):
-                    raise GatewayError(
-                        ResponseCode.PURPOSE_NOT_ALLOWED,
-                        f"purpose {request.purpose.value!r} is not authorized by {authorization.authorization_id!r}",
-                        field="purpose",
-                        blocks=[stored.block],
-                    )
-            return request.purpose
-        if authorization is not None:
+            purpose = Purpose.NDC
+        elif request.purpose is not None:
+            purpose = request.purpose
+        elif authorization is not None:
             return primary_purpose(authorization)
-        raise GatewayError(
-            ResponseCode.INVALID_ARGUMENT,
-            f"the authorization of {stored.block.describe()} is not known here: name the purpose it is cancelled for",
-            field="purpose",
-            blocks=[stored.block],
-        )
+        else:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"the authorization of {stored.block.describe()} is not known here: name the purpose it is cancelled"
+                " for",
+                field="purpose",
+                blocks=[stored.block],
+            )
+        if authorization is not None:
+            field = "action" if request.retirement is Retirement.USE_NDC else "purpose"
+            check_authorizes(authorization, purpose, field, stored.block)
+        return purpose
 
     @staticmethod
     async def _result(tx: Transaction, action_id: str) -> RetirementResult:

@@ -688,7 +688,9 @@ CASES = [
                 Send("a", CHE, "2026-02-01"),
                 Retire("a", "2026-09-01", Retirement.CANCELLATION, OMGE),
             ),
-            rows=(Row(ACQ, "", 100, 2026), Row(FIRST, AT_USE, 100, 2026), Row(CANCEL, OMGE.value, 100, 2026)),
+            # Only the first transferring Party records a first transfer: CHE, holding a copy of CHN's
+            # authorization, records its cancellation alone.
+            rows=(Row(ACQ, "", 100, 2026), Row(CANCEL, OMGE.value, 100, 2026)),
             wrong={2026: -100},
         ),
     ),

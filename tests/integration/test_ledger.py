@@ -16,6 +16,7 @@ from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import ResponseCode
 from gateway.domain.records import AdjustmentMethod
 from gateway.rpc.errors import read_error_detail
+from gateway.store.base import BlockStatus
 from gateway.usecases.base import LedgerOptions
 from tests.integration.harness import TERMINAL, operator, proposal_request, setup_accounts
 
@@ -232,3 +233,69 @@ async def test_a_partner_cannot_make_this_gateway_the_first_transferring_party_o
     assert transfer.state == expected
     if expected == records_pb2.REJECTED:
         assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
+
+
+RETURNED = {
+    "not-first-transferred-again": ("CHN", "CHN-A-0001", False, records_pb2.REJECTED),
+    "re-tied-to-another-authorization": ("CHN", "CHN-A-0002", True, records_pb2.REJECTED),
+    "tie-hidden-behind-the-partner": ("CHE", "CHE-A-0001", True, records_pb2.REJECTED),
+    "untied-by-an-older-version": ("", "", False, records_pb2.ACCEPTED),
+    "as-this-gateway-recorded-them": ("CHN", "CHN-A-0001", True, records_pb2.ACCEPTED),
+}
+
+
+@pytest.mark.parametrize("case", list(RETURNED))
+@pytest.mark.asyncio
+async def test_units_that_come_back_keep_the_tie_and_first_transfer_this_gateway_recorded(
+    tmp_path: Path, case: str
+) -> None:
+    """A partner returning this Party's first-transferred units cannot make it first transfer them again (a
+    second adjustment, or one past the authorization's quantity) or hide the tie; an older partner's untied
+    block takes the tie from this gateway's own records."""
+    from gateway.harness import start_network
+    from tests.integration.harness import Crafter, deliver_raw, settle
+
+    party, authorization, first_transferred, expected = RETURNED[case]
+    network = await start_network(tmp_path, ("CHN", "CHE"))
+    chn, che = network["CHN"], network["CHE"]
+    try:
+        from gateway.demo import Pair
+
+        block = await setup_accounts(Pair(chn, che))
+        async with operator(chn) as stub:
+            sent = await stub.ProposeTransfer(proposal_request(block, 1, 400, "t1"))
+            assert (await wait_for_state(stub, sent.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        await settle(chn, che)
+        async with che.store.read() as tx:
+            channel = await tx.outgoing_channel("CHN")
+        returned = records_pb2.UnitBlock()
+        returned.CopyFrom(block)
+        returned.start, returned.end, returned.first_transferred = 1, 400, first_transferred
+        returned.first_transferring_party = party
+        returned.cooperative_approach = "CA0001" if party else ""
+        returned.authorization_id = authorization
+        proposal = partner_pb2.Proposal(
+            transfer_id=f"back-{case}",
+            blocks=[returned],
+            source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
+            acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PO-0001"),
+            cooperative_approach="CA0001",
+            authorization_id="CHN-A-0001",
+            purpose="NDC",
+            adjustment_method="single-year averaging",
+        )
+        crafter = Crafter(signer=network.signers["CHE"], sender="CHE", receiver="CHN", channel=channel)
+        payload, _ = crafter.statement(proposal=proposal)
+        assert (await deliver_raw(chn, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
+        async with operator(chn) as stub:
+            transfer = await stub.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=f"back-{case}"))
+            assert transfer.state == expected, [r.message for r in transfer.rejections]
+            if expected == records_pb2.REJECTED:
+                assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
+                return
+            async with chn.store.transaction() as tx:
+                pending = await tx.blocks_of_transfer(f"back-{case}", BlockStatus.PENDING)
+            assert [(p.block.first_transferring_party, p.block.authorization_id, p.block.first_transferred)
+                    for p in pending] == [("CHN", "CHN-A-0001", True)]  # fmt: skip
+    finally:
+        await network.stop()
