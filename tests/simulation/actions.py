@@ -1,4 +1,5 @@
-"""What happens in the simulated world, one random step at a time: operators' actions, deliveries, sweeps,
+"""What happens in the simulated world, one random step at a time: operators' actions (transfers above all, and
+uses, cancellations, registrations under authorizations, and requests that must be refused), deliveries, sweeps,
 restarts, key rotations, network faults, and the adversary's double counts and poison."""
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from typing import Any
 
 from carbon_gateway.v1 import envelope_pb2, operator_pb2, partner_pb2, records_pb2
 from gateway import wire
+from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import ResponseCode
 from gateway.domain.nomenclature import fold
 from gateway.domain.statements import ChannelState
 from gateway.domain.transfer import TransferRole, TransferState
+from gateway.rpc.errors import read_error_detail
 from gateway.store.base import BlockStatus, OutboxState
 from signing import Role, TrustDocument, sign_envelope, sign_trust_document
 from tests.integration.harness import Crafter
 from tests.simulation.world import (
     ADVERSARY,
+    AUTHORIZATIONS,
     NOMENCLATURE,
     OWN_SPACES,
     PARTIES,
@@ -32,6 +36,15 @@ from tests.simulation.world import (
 )
 
 INTERNATIONAL = ("XXU", "XX-SIM")
+GUARDED = (
+    BlockStatus.HELD,
+    BlockStatus.RESERVED,
+    BlockStatus.PENDING,
+    BlockStatus.DEBITED,
+    BlockStatus.USED,
+    BlockStatus.CANCELLED,
+)
+"""The blocks no incoming block may overlap at a gateway, spelled out here rather than taken from the gateway."""
 ISSUANCE = {"CHN": "I1", "CHE": "I2", "SGP": "I3"}
 """Each gateway registers units of the registry outside the network in an issuance of its own, so that no
 two gateways ever register the same units there (which no gateway could detect)."""
@@ -53,20 +66,28 @@ def respell(rng: Any, code: str) -> str:
     return code
 
 
-def _authorization(party: str, later: bool) -> records_pb2.Authorization:
+def _authorization(party: str, suffix: str) -> records_pb2.Authorization:
+    purposes, definition, quantity = AUTHORIZATIONS[suffix]
+    later = suffix == "AUTH-LATER"
     day = START.date() + (dt.timedelta(days=2) if later else -dt.timedelta(days=30))
     return records_pb2.Authorization(
-        authorization_id=f"{party}-AUTH-LATER" if later else f"{party}-AUTH",
+        authorization_id=f"{party}-{suffix}",
         date=day.isoformat(),
         version="1.0",
         cooperative_approach="CA0001",
         metric="GHG",
-        purposes=["NDC"],
-        authorized_quantity=6000,
+        purposes=list(purposes),
+        authorized_quantity=quantity,
         timeframe_start=2021,
         timeframe_end=2030,
-        first_transfer_definition="First international transfer",
+        first_transfer_definition=definition,
     )
+
+
+def _purposes_of(authorization_id: str) -> tuple[str, ...]:
+    """The purposes of one of the simulation's authorizations (none for an ID it never registered)."""
+    suffix = authorization_id.partition("-")[2]
+    return AUTHORIZATIONS[suffix][0] if suffix in AUTHORIZATIONS else ()
 
 
 def _refused(answer: object, world: World, what: str) -> bool:
@@ -80,20 +101,44 @@ def _refused(answer: object, world: World, what: str) -> bool:
     return False
 
 
+def _code(answer: SimAbort, what: str) -> ResponseCode:
+    """The response code a refusal carries in its error detail: every refusal names one."""
+    detail = read_error_detail(answer.metadata)
+    if detail is None:
+        raise ActionFailed(f"{what}: refused without a response code: {answer.details[:160]}")
+    code = ResponseCode(detail.code)
+    if code in (ResponseCode.OK, ResponseCode.INTERNAL_ERROR):
+        raise ActionFailed(f"{what}: refused with {code.name}: {answer.details[:160]}")
+    return code
+
+
+def _expect_refusal(answer: object, world: World, what: str, expected: set[ResponseCode]) -> None:
+    """``answer`` must be a refusal with one of the ``expected`` response codes."""
+    if not isinstance(answer, SimAbort):
+        raise ActionFailed(f"{what}: accepted, but it must be refused with one of {sorted(c.name for c in expected)}")
+    _refused(answer, world, what)
+    code = _code(answer, what)
+    if code not in expected:
+        raise ActionFailed(
+            f"{what}: refused with {code.name}, expected one of {sorted(c.name for c in expected)}:"
+            f" {answer.details[:200]}"
+        )
+
+
 async def setup(world: World) -> None:
     """Accounts, authorizations at every gateway (so onward transfers can name them), and first issuances."""
     for party in PARTIES:
         for request in accounts_of(party):
             assert not _refused(await world.call(party, "OpenAccount", request), world, "open account")
         for issuer in PARTIES:
-            for later in (False, True):
+            for suffix in AUTHORIZATIONS:
                 authorize = operator_pb2.RegisterAuthorizationRequest(
-                    idempotency_key=f"auth-{issuer}-{later}", authorization=_authorization(issuer, later)
+                    idempotency_key=f"auth-{issuer}-{suffix}", authorization=_authorization(issuer, suffix)
                 )
                 assert not _refused(await world.call(party, "RegisterAuthorization", authorize), world, "authorize")
     for party in PARTIES:
-        for _ in range(3):
-            await issue_fresh(world, party)
+        for i in range(3):
+            await issue_fresh(world, party, tie=i == 0)
 
 
 def _space_of(world: World, party: str) -> tuple[str, str, str]:
@@ -108,7 +153,8 @@ def _next_serial(world: World, key: tuple[str, str, str]) -> int:
     return max((end for _, end in ranges), default=0) + 1 + world.rng.randrange(0, 50)
 
 
-async def issue_fresh(world: World, party: str) -> None:
+async def issue_fresh(world: World, party: str, tie: bool | None = None) -> None:
+    """Register fresh units at ``party``, under an authorization when ``tie`` says so (at random when None)."""
     kind, registry, issuance = _space_of(world, party)
     key = (fold(kind), fold(registry), fold(issuance))
     start = _next_serial(world, key)
@@ -124,12 +170,24 @@ async def issue_fresh(world: World, party: str) -> None:
         methodology_code="CCER-14-001-V01",
         mitigation_type="Removals",
     )
+    # Sometimes under an authorization: the units are tied at registration (an Authorization entry), and first
+    # transferred then if the authorization defines their first transfer as the issuance.
+    authorization = ""
+    if tie or (tie is None and world.rng.random() < 0.3):
+        suffix = world.rng.choice(["AUTH", "AUTH", "AUTH-ISS", "AUTH-UC"])
+        authorization = f"{party}-{suffix}"  # a gateway registers only units its own Party issues
     request = operator_pb2.RegisterIssuanceRequest(
-        idempotency_key=f"issue-{world.rng.getrandbits(48)}", account_id=f"{party}-H1", block=block
+        idempotency_key=f"issue-{world.rng.getrandbits(48)}",
+        account_id=f"{party}-H1",
+        block=block,
+        authorization_id=authorization,
     )
     answer = await world.call(party, "RegisterIssuance", request)
-    world.note(f"{party} issues {kind}/{registry}/{issuance} [{start}, {end}]")
+    world.note(f"{party} issues {kind}/{registry}/{issuance} [{start}, {end}] under {authorization or 'none'}")
     if not _refused(answer, world, "issue"):
+        assert not isinstance(answer, SimAbort)
+        if answer.block.authorization_id != authorization:
+            raise ActionFailed(f"registered under {authorization!r}, but tied to {answer.block.authorization_id!r}")
         world.issued.setdefault(key, []).append((start, end))
 
 
@@ -173,12 +231,15 @@ async def issue_again(world: World, party: str) -> None:
 
 
 async def _left(world: World, party: str) -> list[tuple[tuple[str, str, str], tuple[int, int]]]:
-    """Ranges that left ``party`` by a completed transfer: of its own issue, or of the registry outside the
-    network (units that passed through it, which it must never register as new either)."""
+    """Ranges that left ``party`` by a completed transfer, or were used or cancelled there: of its own issue, or
+    of the registry outside the network (units that passed through it, which it must never register as new
+    either)."""
     node = world.nodes[party]
     assert node.core is not None
     async with node.core.store.read() as tx:
-        blocks = await tx.list_blocks(statuses=(BlockStatus.TRANSFERRED, BlockStatus.DEBITED))
+        blocks = await tx.list_blocks(
+            statuses=(BlockStatus.TRANSFERRED, BlockStatus.DEBITED, BlockStatus.USED, BlockStatus.CANCELLED)
+        )
     return [
         (
             (fold(b.block.space.unit_kind), fold(b.block.space.issuing_registry), fold(b.block.space.issuance)),
@@ -217,9 +278,12 @@ async def propose(world: World, party: str) -> None:
         cursor = end + 2
     others = [p for p in PARTIES if p != party]
     partner = world.rng.choice(others)
-    account = world.rng.choice([f"{partner}-H1"] * 4 + [f"{partner}-H2", f"{partner}-CLOSED", f"{partner}-RET", "NOPE"])
-    issuer = NOMENCLATURE.issuer(block.space) or party
-    authorization = f"{issuer}-AUTH-LATER" if world.rng.random() < 0.06 else f"{issuer}-AUTH"
+    account = world.rng.choice(
+        [f"{partner}-H1"] * 5 + [f"{partner}-H2", f"{partner}-CLOSED", f"{partner}-RET", f"{partner}-USE", "NOPE"]
+    )
+    authorization = _transfer_authorization(world, party, block)
+    purposes = _purposes_of(authorization)
+    purpose = "NDC" if "NDC" in purposes else purposes[0] if purposes else "NDC"
     space = records_pb2.SerialSpace(
         unit_kind=block.space.unit_kind, issuing_registry=block.space.issuing_registry, issuance=block.space.issuance
     )
@@ -230,7 +294,7 @@ async def propose(world: World, party: str) -> None:
         acquiring_account=records_pb2.AccountRef(party=partner, account_id=account),
         cooperative_approach="CA0001",
         authorization_id=authorization,
-        purpose="NDC",
+        purpose=purpose,
         adjustment_method="single-year averaging",
     )
     answer = await world.call(party, "ProposeTransfer", request)
@@ -243,6 +307,18 @@ async def propose(world: World, party: str) -> None:
         again = await world.call(party, "ProposeTransfer", request)
         if not isinstance(again, SimAbort) and again.transfer_id != answer.transfer_id:
             raise ActionFailed(f"an idempotent retry made a second transfer {again.transfer_id}")
+
+
+def _transfer_authorization(world: World, party: str, block: Any) -> str:
+    """The authorization a transfer of ``block`` names: the one its units are tied to, else mostly the issuer's
+    main one, sometimes one whose first transfer is the issuance or the use or cancellation, and sometimes one
+    not yet in force (refused)."""
+    if block.authorization_id:
+        return str(block.authorization_id)
+    issuer = NOMENCLATURE.issuer(block.space) or party
+    roll = world.rng.random()
+    suffix = "AUTH-LATER" if roll < 0.06 else "AUTH-UC" if roll < 0.18 else "AUTH-ISS" if roll < 0.26 else "AUTH"
+    return f"{issuer}-{suffix}"
 
 
 async def _transfers(world: World, party: str, role: TransferRole, state: TransferState) -> list[str]:
@@ -345,6 +421,389 @@ async def dead_letters(world: World, party: str) -> None:
     world.note(f"{party} handles dead letter {letter.message_id} ({letter.kind.value})")
 
 
+# uses and cancellations
+
+USE_NDC = "use towards the NDC"
+USE_OIMP = "use for other international mitigation purposes"
+CANCELLATION_SUBTYPES = (
+    "Mandatory and Voluntary cancellation to deliver OMGE",
+    "Mandatory and Voluntary transfer to the Adaptation Fund (A6.4ERs)",
+    "Other cancellations",
+)
+RETIREMENTS = ("ndc", "ndc", "oimp", "cancel", "cancel", "voluntary")
+"""What a retirement step does: a use towards the NDC, an OIMP use, a cancellation, a voluntary cancellation."""
+RETIRED_AS = {"ndc": "Use", "oimp": "Use", "cancel": "Cancellation", "voluntary": "Voluntary Cancellation"}
+
+
+def _pieces(world: World, block: Any, most: int, width: int) -> list[tuple[int, int]]:
+    """Up to ``most`` disjoint sub-ranges of ``block`` in serial order, each at most ``width`` + 1 long."""
+    rng = world.rng
+    pieces: list[tuple[int, int]] = []
+    cursor = block.start
+    for _ in range(rng.randrange(1, most + 1)):
+        if cursor > block.end:
+            break
+        start = rng.randint(cursor, min(block.end, cursor + width))
+        end = rng.randint(start, min(block.end, start + width))
+        pieces.append((start, end))
+        cursor = end + 2
+    return pieces
+
+
+def _selections(block: Any, pieces: list[tuple[int, int]]) -> list[operator_pb2.BlockSelection]:
+    space = records_pb2.SerialSpace(
+        unit_kind=block.space.unit_kind, issuing_registry=block.space.issuing_registry, issuance=block.space.issuance
+    )
+    return [operator_pb2.BlockSelection(space=space, start=s, end=e) for s, e in pieces]
+
+
+def _retirement(
+    world: World,
+    party: str,
+    kind: str,
+    source: str,
+    selections: list[operator_pb2.BlockSelection],
+    authorization: str,
+    *,
+    purpose: str = "OIMP",
+    year_of_use: int | None = None,
+) -> tuple[str, Any]:
+    """The method and request of a use (``ndc``, ``oimp``) or cancellation (``cancel``, ``voluntary``)."""
+    rng = world.rng
+    key = f"retire-{rng.getrandbits(48)}"
+    entity = rng.choice(["", "", "ENT-1"])
+    note = rng.choice(["", "", "simulated"])
+    if kind in ("ndc", "oimp"):
+        ndc = kind == "ndc"
+        return "UseUnits", operator_pb2.UseUnitsRequest(
+            idempotency_key=key,
+            source_account=source,
+            selections=selections,
+            use_account=f"{party}-USE",
+            authorization_id=authorization,
+            action=USE_NDC if ndc else USE_OIMP,
+            year_of_use=(year_of_use or rng.randrange(2021, 2031)) if ndc else 0,
+            purpose="" if ndc else purpose,
+            using_entity=entity,
+            note=note,
+        )
+    return "CancelUnits", operator_pb2.CancelUnitsRequest(
+        idempotency_key=key,
+        source_account=source,
+        selections=selections,
+        cancellation_account=rng.choice([f"{party}-CAN", f"{party}-RET"]),
+        authorization_id=authorization,
+        voluntary=kind == "voluntary",
+        subtype="" if kind == "voluntary" else rng.choice(CANCELLATION_SUBTYPES),
+        purpose=rng.choice(["", "", "", "OIMP", "NDC"]),
+        using_entity=entity,
+        note=note,
+    )
+
+
+def _retirement_authorization(world: World, party: str, block: Any) -> str:
+    """The authorization a use or cancellation of ``block`` names: mostly none for tied units (sometimes their
+    own), one of the issuer's for untied units, and sometimes none for those (which must be refused)."""
+    rng = world.rng
+    if block.authorization_id:
+        return str(block.authorization_id) if rng.random() < 0.3 else ""
+    if rng.random() < 0.15:
+        return ""
+    issuer = NOMENCLATURE.issuer(block.space) or party
+    return f"{issuer}-{rng.choice(['AUTH', 'AUTH', 'AUTH-UC', 'AUTH-ISS'])}"
+
+
+def _retired(answer: Any) -> list[tuple[int, int, str, str]]:
+    return sorted((h.block.start, h.block.end, h.status, h.account_id) for h in answer.retired)
+
+
+def _check_retired(answer: Any, kind: str, request: Any, pieces: list[tuple[int, int]], what: str) -> None:
+    """The answer of an accepted use or cancellation: the selected units, in the target account, used or
+    cancelled, each with its one entry of the action's type."""
+    used = kind in ("ndc", "oimp")
+    target = request.use_account if used else request.cancellation_account
+    status = "used" if used else "cancelled"
+    expected = sorted((s, e, status, target) for s, e in pieces)
+    if _retired(answer) != expected:
+        raise ActionFailed(f"{what}: retired {_retired(answer)}, but {expected} were selected")
+    moves = sorted((e.block.start, e.block.end) for e in answer.entries if e.action_type == RETIRED_AS[kind])
+    if moves != sorted(pieces):
+        raise ActionFailed(f"{what}: {RETIRED_AS[kind]} entries {moves} for the selected {sorted(pieces)}")
+    for entry in answer.entries:
+        if entry.transfer_id != answer.action_id or entry.quantity != entry.block.end - entry.block.start + 1:
+            raise ActionFailed(f"{what}: entry {entry.action_type} {entry.block.start}-{entry.block.end} is wrong")
+        if entry.action_type != RETIRED_AS[kind]:
+            continue
+        if kind == "ndc" and entry.year_of_use != request.year_of_use:
+            raise ActionFailed(f"{what}: used for {entry.year_of_use}, asked for {request.year_of_use}")
+        if kind == "cancel" and entry.action_subtype != request.subtype:
+            raise ActionFailed(f"{what}: cancelled as {entry.action_subtype!r}, asked as {request.subtype!r}")
+        if not entry.authorization_id:
+            raise ActionFailed(f"{what}: units were retired without being tied to an authorization")
+
+
+async def retire(world: World, party: str) -> None:
+    """Use or cancel random sub-ranges of one held block; sometimes retry with the same key, or reuse the key
+    for another request."""
+    rng = world.rng
+    held = await _held(world, party)
+    if not held:
+        return
+    stored = rng.choice(held)
+    block = stored.block
+    pieces = _pieces(world, block, 3, 120)
+    authorization = _retirement_authorization(world, party, block)
+    kind = rng.choice(RETIREMENTS)
+    tie = block.authorization_id or authorization
+    purpose = "OIMP" if "OIMP" in _purposes_of(tie) and rng.random() < 0.9 else rng.choice(["OP", "IMP"])
+    method, request = _retirement(
+        world, party, kind, stored.account_id, _selections(block, pieces), authorization, purpose=purpose
+    )
+    what = f"{party} {method} {kind} {block.describe()} {pieces} under {authorization or 'no authorization'}"
+    answer = await world.call(party, method, request)
+    world.note(what)
+    untied = not block.authorization_id and not authorization
+    if isinstance(answer, SimAbort):
+        _refused(answer, world, what)
+        code = _code(answer, what)
+        if untied and code not in (ResponseCode.AUTHORIZATION_MISSING, ResponseCode.PERIOD_LOCKED):
+            raise ActionFailed(f"{what}: untied units named no authorization, but were refused with {code.name}")
+        return
+    if untied:
+        raise ActionFailed(f"{what}: units tied to no authorization were retired without naming one")
+    _check_retired(answer, kind, request, pieces, what)
+    world.note(f"  action {answer.action_id}")
+    if rng.random() < 0.25:  # an operator's retry with the same key returns the same action
+        again = await world.call(party, method, request)
+        if isinstance(again, SimAbort):
+            raise ActionFailed(f"{what}: a retry with the same key was refused: {again.details[:160]}")
+        if again.action_id != answer.action_id or _retired(again) != _retired(answer):
+            raise ActionFailed(f"{what}: a retry with the same key made action {again.action_id}")
+    if rng.random() < 0.1:  # the same key for another request is refused
+        changed = type(request)()
+        changed.CopyFrom(request)
+        changed.note = f"{request.note} changed".strip()
+        reused = await world.call(party, method, changed)
+        _expect_refusal(reused, world, f"{what} (key reused)", {ResponseCode.IDEMPOTENCY_KEY_REUSED})
+
+
+async def _blocks_at(world: World, party: str, *statuses: BlockStatus) -> list[Any]:
+    node = world.nodes[party]
+    assert node.core is not None
+    async with node.core.store.read() as tx:
+        return list(await tx.list_blocks(statuses=statuses))
+
+
+async def retire_badly(world: World, party: str) -> None:
+    """One use, cancellation or registration with exactly one defect: refused with its response code."""
+    rng = world.rng
+    held = await _held(world, party)
+    stored = rng.choice(held) if held else None
+    block: Any = stored.block if stored is not None else None
+    if block is None:
+        block = UnitBlock(space=SerialSpace("CCER", "CN-CCER"), start=1, end=1, vintage=2025)
+    source = stored.account_id if stored is not None else f"{party}-H1"
+    pieces = [(block.start, min(block.end, block.start + rng.randrange(0, 50)))]
+    tie = block.authorization_id or ("" if stored is None else f"{NOMENCLATURE.issuer(block.space) or party}-AUTH")
+    kind = rng.choice(RETIREMENTS)
+    invalid = {ResponseCode.INVALID_ARGUMENT}
+
+    def base(kind: str = kind, authorization: str = tie, **options: Any) -> tuple[str, Any]:
+        return _retirement(
+            world, party, kind, source, _selections(block, pieces), authorization, year_of_use=2030, **options
+        )
+
+    case = rng.randrange(26)
+    expected: set[ResponseCode]
+    if case == 0:
+        label, (method, request), expected = "an NDC use without a year", base("ndc"), invalid
+        request.year_of_use = 0
+    elif case == 1:
+        label, (method, request), expected = "an unknown action", base("ndc"), invalid
+        request.action = rng.choice(["use towards the moon", "cancellation", "", "USE TOWARDS THE NDC"])
+    elif case == 2:
+        label, (method, request), expected = "a use into a cancellation account", base("ndc"), set()
+        request.use_account = f"{party}-{rng.choice(['CAN', 'RET', 'H2'])}"
+        expected = {ResponseCode.ACCOUNT_NOT_ELIGIBLE}
+    elif case == 3:
+        label, (method, request), expected = "a cancellation into a use account", base("cancel"), set()
+        request.cancellation_account = f"{party}-{rng.choice(['USE', 'H1', 'CLOSED'])}"
+        expected = {ResponseCode.ACCOUNT_NOT_ELIGIBLE}
+    elif case == 4:
+        label, (method, request) = "an unknown target account", base()
+        setattr(request, "use_account" if method == "UseUnits" else "cancellation_account", "NOPE")
+        expected = {ResponseCode.UNKNOWN_ACCOUNT}
+    elif case == 5:
+        label, (method, request) = "an unknown source account", base()
+        request.source_account = "NOPE"
+        expected = {ResponseCode.UNKNOWN_ACCOUNT}
+    elif case == 6:
+        label, (method, request) = "a use account as the source", base()
+        request.source_account = f"{party}-{rng.choice(['USE', 'CAN', 'RET'])}"
+        expected = {ResponseCode.ACCOUNT_NOT_ELIGIBLE}
+    elif case == 7:
+        label, (method, request), expected = "a cancellation without its subtype", base("cancel"), invalid
+        request.subtype = ""
+    elif case == 8:
+        label, (method, request), expected = "a voluntary cancellation with a subtype", base("voluntary"), invalid
+        request.subtype = rng.choice(CANCELLATION_SUBTYPES)
+    elif case == 9:
+        label, (method, request), expected = "an unknown cancellation subtype", base("cancel"), invalid
+        request.subtype = rng.choice(["Cancellation to please", "other cancellations", "Not yet defined"])
+    elif case == 10:
+        label, (method, request), expected = "an OIMP use without an OIMP purpose", base("oimp"), invalid
+        request.purpose = rng.choice(["", "NDC", "XYZ", "NDC and OIMP"])
+    elif case == 11:
+        label, (method, request), expected = "a year of use on an OIMP use", base("oimp"), invalid
+        request.year_of_use = 2025
+    elif case == 12:
+        label, (method, request), expected = "a year of use that is no year", base("ndc"), invalid
+        request.year_of_use = rng.choice([99999, 999, -2025, 2**31 - 1])
+    elif case == 13:
+        label, (method, request), expected = "no selections", base(), invalid
+        del request.selections[:]
+    elif case == 14:
+        label, (method, request), expected = "overlapping selections", base(), invalid
+        request.selections.append(request.selections[0])
+    elif case == 15:
+        label, (method, request), expected = "a selection that ends before it starts", base(), invalid
+        request.selections[0].start, request.selections[0].end = block.start + 1, block.start
+    elif case == 16:
+        label, (method, request) = "an unknown serial space", base()
+        request.selections[0].space.unit_kind = "ZZZ"
+        expected = {ResponseCode.UNKNOWN_SERIAL_SPACE, ResponseCode.INVALID_ARGUMENT}
+    elif case == 17:
+        label, (method, request), expected = "no idempotency key", base(), invalid
+        request.idempotency_key = ""
+    elif case == 18:
+        label, (method, request) = "units not held here", base()
+        far = 10**12 + rng.randrange(1000)
+        request.selections[0].start, request.selections[0].end = far, far + rng.randrange(10)
+        expected = {ResponseCode.UNIT_NOT_HELD}
+    elif case == 19:
+        gone = await _blocks_at(world, party, BlockStatus.USED, BlockStatus.CANCELLED, BlockStatus.RESERVED)
+        if not gone:
+            return
+        other = rng.choice(gone)
+        label = f"units {other.status.value} already"
+        method, request = base()
+        request.source_account = rng.choice([f"{party}-H1", f"{party}-H2"])
+        request.selections[0].CopyFrom(_selections(other.block, [(other.block.start, other.block.end)])[0])
+        expected = {ResponseCode.UNIT_NOT_HELD}
+    elif case == 20:
+        if stored is None:
+            return
+        label, (method, request) = "units held in another account", base()
+        request.source_account = f"{party}-H2" if source.endswith("H1") else f"{party}-H1"
+        expected = {ResponseCode.UNIT_NOT_HELD}
+    elif case == 21:
+        if stored is None or block.authorization_id:
+            return
+        label, (method, request) = "untied units under no authorization", base(authorization="")
+        expected = {ResponseCode.AUTHORIZATION_MISSING}
+    elif case == 22:
+        if stored is None:
+            return
+        issuer = NOMENCLATURE.issuer(block.space) or party
+        label, (method, request) = "an authorization unknown or not in force", base()
+        request.authorization_id = rng.choice([f"{issuer}-AUTH-NONE", f"{issuer}-AUTH-LATER", "EVL-AUTH"])
+        expected = {ResponseCode.AUTHORIZATION_MISSING, ResponseCode.AUTHORIZATION_EXPIRED}
+    elif case == 23:
+        if stored is None:
+            return
+        if block.authorization_id:
+            others = [f"{p}-{s}" for p in PARTIES for s in ("AUTH", "AUTH-UC", "AUTH-ISS")]
+            label = "tied units under another authorization"
+            method, request = base(authorization=rng.choice([a for a in others if a != block.authorization_id]))
+            expected = invalid
+        elif not 2021 <= block.vintage <= 2030:
+            label, (method, request) = "a vintage outside the authorized timeframe", base()
+            expected = {ResponseCode.AUTHORIZATION_EXPIRED}
+        else:
+            return
+    elif case == 24:
+        if stored is None or not (block.authorization_id or 2021 <= block.vintage <= 2030):
+            return
+        wrong = world.rng.choice(["OP", "IMP"])
+        label, (method, request) = "an OIMP use for a purpose not authorized", base("oimp", purpose=wrong)
+        expected = {ResponseCode.PURPOSE_NOT_ALLOWED}
+    else:
+        node = world.nodes[party]
+        assert node.core is not None
+        async with node.core.store.read() as tx:
+            locks = await tx.locked_periods()
+        if not locks:
+            return
+        label, (method, request) = "a use for a year made final", base("ndc")
+        request.year_of_use = rng.randint(locks[0].first_year, locks[0].last_year)
+        expected = {ResponseCode.PERIOD_LOCKED}
+    what = f"{party} {method} with {label}"
+    world.note(what)
+    _expect_refusal(await world.call(party, method, request), world, what, expected)
+
+
+async def issue_badly(world: World, party: str) -> None:
+    """A registration of fresh units under an authorization that cannot take them: refused, nothing registered."""
+    rng = world.rng
+    kind, registry, issuance = _space_of(world, party)
+    key = (fold(kind), fold(registry), fold(issuance))
+    start = _next_serial(world, key) + 10**9
+    issuer = party  # a gateway registers only units its own Party issues
+    case = rng.randrange(3)
+    authorization, vintage = f"{issuer}-AUTH", 2025
+    if case == 0:
+        authorization, expected = f"{issuer}-AUTH-NONE", {ResponseCode.AUTHORIZATION_MISSING}
+    elif case == 1:
+        authorization = f"{issuer}-AUTH-LATER"
+        expected = {ResponseCode.AUTHORIZATION_MISSING, ResponseCode.AUTHORIZATION_EXPIRED}
+    else:
+        vintage, expected = rng.choice([2019, 2031]), {ResponseCode.AUTHORIZATION_EXPIRED}
+    block = records_pb2.UnitBlock(
+        space=records_pb2.SerialSpace(unit_kind=kind, issuing_registry=registry, issuance=issuance),
+        start=start,
+        end=start + rng.randrange(100),
+        vintage=vintage,
+    )
+    request = operator_pb2.RegisterIssuanceRequest(
+        idempotency_key=f"issue-badly-{rng.getrandbits(48)}",
+        account_id=f"{party}-H1",
+        block=block,
+        authorization_id=authorization,
+    )
+    what = f"{party} registers {registry} [{block.start}, {block.end}] of {vintage} under {authorization}"
+    world.note(what)
+    _expect_refusal(await world.call(party, "RegisterIssuance", request), world, what, expected)
+
+
+async def books(world: World, party: str) -> None:
+    """The ledger's books: a year's reported emissions, a past period made final, or the summary."""
+    rng = world.rng
+    roll = rng.random()
+    if roll < 0.4:
+        year = rng.randrange(2021, 2031)
+        emissions = operator_pb2.SetReportedEmissionsRequest(
+            idempotency_key=f"emissions-{rng.getrandbits(32)}", year=year, quantity=rng.randrange(10**9)
+        )
+        answer = await world.call(party, "SetReportedEmissions", emissions)
+        world.note(f"{party} reports emissions of {year}")
+        if isinstance(answer, SimAbort):
+            _expect_refusal(answer, world, f"{party} reports emissions of {year}", {ResponseCode.PERIOD_LOCKED})
+    elif roll < 0.6:
+        last = rng.choice([2021, 2022, 2023])
+        lock = operator_pb2.LockPeriodRequest(
+            idempotency_key=f"lock-2021-{last}", first_year=2021, last_year=last, reason="reviewed"
+        )
+        answer = await world.call(party, "LockPeriod", lock)
+        world.note(f"{party} locks 2021-{last}")
+        if isinstance(answer, SimAbort):  # another period is locked already: they may not overlap
+            _expect_refusal(answer, world, f"{party} locks 2021-{last}", {ResponseCode.INVALID_ARGUMENT})
+    else:
+        answer = await world.call(party, "GetLedgerSummary", operator_pb2.GetLedgerSummaryRequest())
+        world.note(f"{party} reads its ledger summary")
+        if isinstance(answer, SimAbort):
+            raise ActionFailed(f"{party}: the ledger summary was refused: {answer.details[:200]}")
+
+
 # the adversary
 
 
@@ -416,11 +875,18 @@ async def adversary(world: World, receiver: str) -> None:
     transfer_id = f"evl-{rng.getrandbits(40)}"
     kind = rng.randrange(9)
     if kind in (0, 1):
-        # Units the receiver holds, has reserved, pending or owes, respelled: a double count.
+        # Units the receiver holds, has reserved, pending, owes, used or cancelled, respelled: a double count.
         async with node.core.store.read() as tx:
-            guarded = await tx.list_blocks(
-                statuses=(BlockStatus.HELD, BlockStatus.RESERVED, BlockStatus.PENDING, BlockStatus.DEBITED)
-            )
+            guarded = await tx.list_blocks(statuses=GUARDED)
+        # Half the time units it used or cancelled, of a space it does not issue (its own issue is guarded by its
+        # provenance too): only the overlap guard keeps a used or cancelled unit from coming back to life.
+        retired = [
+            b
+            for b in guarded
+            if b.status in (BlockStatus.USED, BlockStatus.CANCELLED) and NOMENCLATURE.issuer(b.block.space) != receiver
+        ]
+        if kind == 1 and retired:
+            guarded = retired
         if not guarded:
             return
         block = rng.choice(guarded).block
@@ -542,9 +1008,7 @@ async def _all_at(world: World, party: str, registry: str, start: int, end: int)
     node = world.nodes[party]
     assert node.core is not None
     async with node.core.store.read() as tx:
-        blocks = await tx.list_blocks(
-            statuses=(BlockStatus.HELD, BlockStatus.RESERVED, BlockStatus.PENDING, BlockStatus.DEBITED)
-        )
+        blocks = await tx.list_blocks(statuses=GUARDED)
     covered = sorted((b.block.start, b.block.end) for b in blocks if b.block.space.issuing_registry == registry)
     from gateway.domain import ranges
 
@@ -585,6 +1049,10 @@ ACTIONS: list[tuple[int, str, Action]] = [
     (3, "issue", issue_fresh),
     (3, "issue again", issue_again),
     (14, "propose", propose),
+    (4, "retire", retire),
+    (2, "retire badly", retire_badly),
+    (1, "issue badly", issue_badly),
+    (1, "books", books),
     (3, "cancel", cancel),
     (3, "decide", decide),
     (22, "deliver", deliver),

@@ -1,30 +1,100 @@
-"""The global invariants the simulation checks after every step, and once more when the world has settled.
+"""The invariants the simulation checks after every step, and once more when the world has settled.
 
-- Every unit of every serial space is in exactly one place across all Parties (held or reserved by one
-  gateway), or in exactly one transfer in flight (debited by its initiator, pending at its acquirer):
-  nothing is lost, nothing exists twice, nothing appears that was not issued.
-- A unit is first transferred at most once, across all Parties.
-- Each authorization's used quantity equals the first transfers under it (recorded, or reserved in flight),
-  never exceeds what it authorizes, and every first transfer happened while it was in force, for a vintage
-  inside its timeframe.
-- The two sides of a transfer never hold contradicting states; once the world settles they hold the same
-  final state, nothing is left reserved, pending or owed, and every statement is delivered or dead-lettered.
-- No proposal from the adversary is ever accepted.
+The terms, read from each gateway's store (blocks, transfers, ledger) in one read transaction. A *root* block is
+one with no parent: the block `RegisterIssuance` inserted, or a block an incoming Proposal inserted as pending.
+Every other block descends from a root by a split, a merge, a release or a retirement. Units are compared
+serial by serial in each spelling-insensitive serial space (a weighted sweep), so each equation below holds for
+every single unit, and therefore for the quantities too.
+
+- **issued** at a gateway: its root blocks with no transfer ID (registered ranges, whatever became of them).
+  Across all gateways they are exactly the ranges the simulation's registries of record issued.
+- **acquired**: its root blocks whose transfer ID names an incoming (acquiring) transfer that is COMPLETED
+  there, i.e. credited. Pending (not yet credited) and dropped (never credited) blocks are in no term.
+- **held**, **reserved**, **used**, **cancelled**: its blocks in status held, reserved, used, cancelled.
+- **transferred out**: its blocks in status debited or transferred (left by a completed outgoing transfer).
+
+Invariants:
+
+1. Unit conservation, per gateway and serial space: issued + acquired == held + reserved + used + cancelled +
+   transferred out. Each term's blocks are where their transfer says: a reserved block belongs to an outgoing
+   transfer CHECKED or ACCEPTED, a debited or transferred one to an outgoing transfer COMPLETED, a pending one
+   to an incoming transfer CHECKED or ACCEPTED, a dropped one to an incoming transfer that ended otherwise.
+2. Every unit ever issued is in exactly one place across all Parties: held, reserved, used or cancelled at one
+   gateway, or pending at an acquiring gateway whose initiator has COMPLETED (debited) the transfer. Nothing is
+   lost, nothing exists twice, nothing appears that was not issued; a used or cancelled unit is nowhere else.
+3. Within one gateway no two guarded blocks (held, reserved, pending, debited, used, cancelled) overlap.
+4. The ledger matches the blocks, at each gateway:
+   - every entry's stored quantity (and vintage) is its block's (end - start + 1);
+   - each used block has exactly one ``Use`` entry, each cancelled block exactly one ``Cancellation`` or
+     ``Voluntary Cancellation`` entry, of the same action, serial space and range (so the same quantity), and
+     no such entry lacks its block; used blocks sit in a use account, cancelled ones in a cancellation or
+     retirement account;
+   - per action type, serial by serial and in the store's own sums (`ledger_totals`, the summary's source):
+     ``Use`` == used, ``Cancellation`` + ``Voluntary Cancellation`` == cancelled, ``Acquisition`` == acquired,
+     ``First transfer`` to another Party + ``Transfer`` == transferred out, ``Authorization`` == the issued
+     ranges registered under an authorization; the ledger summary's groups add up to the same;
+   - every other ``First transfer`` (at the issuance, or at a use or cancellation) accompanies the
+     ``Authorization``, ``Transfer``, use or cancellation entry of the same action and range, and every first
+     transfer's subtype is the one its authorization's first-transfer definition names.
+5. A unit is first transferred (a ``First transfer`` entry) at most once, across all Parties.
+6. Each authorization's used quantity at a gateway (`first_transfer_quantity_used`) equals the units that gateway
+   tied to it: the distinct serials of its ledger entries naming the authorization with itself as first
+   transferring Party (tied at registration, by a transfer, or by a use or cancellation), plus the untied units
+   of its outgoing transfers in flight under it; it never exceeds the authorized quantity; and every entry
+   naming an authorization is dated on or after it, for a vintage inside its timeframe.
+7. The two sides of a transfer never hold contradicting states; once the world settles they hold the same
+   final state, nothing is left reserved, pending or owed, and every statement is delivered or dead-lettered.
+8. No proposal from the adversary is ever accepted.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.canonical import ActionSubtype
 from gateway.domain.nomenclature import fold
-from gateway.domain.records import ActionType, Authorization, LedgerEntry
+from gateway.domain.records import Account, AccountType, ActionType, Authorization, FirstTransferDefinition, LedgerEntry
 from gateway.domain.transfer import FINAL_STATES, Transfer, TransferRole, TransferState
-from gateway.store.base import BlockStatus, OutboxState, StoredBlock
-from tests.simulation.world import ADVERSARY, PARTIES, World
+from gateway.store.base import BlockStatus, LedgerTotal, OutboxState, StoredBlock
+from gateway.store.sqlite import SQLiteTransaction
+from gateway.usecases.ledger import SummaryGroup
+from tests.simulation.world import ADVERSARY, AUTHORIZATIONS, PARTIES, World
 
 USES = (TransferState.CHECKED, TransferState.ACCEPTED)
+"""The states of an outgoing transfer in flight: its blocks are reserved."""
+GUARDED = (
+    BlockStatus.HELD,
+    BlockStatus.RESERVED,
+    BlockStatus.PENDING,
+    BlockStatus.DEBITED,
+    BlockStatus.USED,
+    BlockStatus.CANCELLED,
+)
+"""The blocks that never overlap within one gateway, spelled out here rather than taken from the gateway."""
+RETIRED: dict[BlockStatus, tuple[frozenset[ActionType], frozenset[AccountType]]] = {
+    BlockStatus.USED: (frozenset({ActionType.USE}), frozenset({AccountType.USE})),
+    BlockStatus.CANCELLED: (
+        frozenset({ActionType.CANCELLATION, ActionType.VOLUNTARY_CANCELLATION}),
+        frozenset({AccountType.CANCELLATION, AccountType.RETIREMENT}),
+    ),
+}
+"""Per retired status, the entry types that record it and the account types it lies in."""
+FIRST_TRANSFER_SUBTYPES = {
+    FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER: ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY.value,
+    FirstTransferDefinition.AUTHORISATION: ActionSubtype.AUTHORIZATION.value,
+    FirstTransferDefinition.ISSUANCE: ActionSubtype.ISSUANCE.value,
+    FirstTransferDefinition.USE_OR_CANCELLATION: ActionSubtype.USE_OR_CANCELLATION.value,
+}
+MOVEMENT = ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY.value
+CANCELLATIONS = (ActionType.CANCELLATION, ActionType.VOLUNTARY_CANCELLATION)
+
+
+def _departs(kind: ActionType, subtype: str) -> bool:
+    """Whether an entry of this type and subtype records units leaving for another Party."""
+    return kind is ActionType.TRANSFER or (kind is ActionType.FIRST_TRANSFER and subtype == MOVEMENT)
 
 
 class InvariantViolation(AssertionError):
@@ -32,6 +102,7 @@ class InvariantViolation(AssertionError):
 
 
 Space = tuple[str, str, str]
+Ranges = dict[Space, list[tuple[int, int]]]
 
 
 def space_key(space: SerialSpace) -> Space:
@@ -41,12 +112,17 @@ def space_key(space: SerialSpace) -> Space:
 
 @dataclass
 class Snapshot:
-    """What one gateway has recorded, read in one transaction."""
+    """What one gateway has recorded, read in one transaction (the summary just after, nothing in between)."""
 
     party: str
     blocks: list[StoredBlock]
     transfers: dict[str, Transfer]
     ledger: list[LedgerEntry]
+    stored: dict[int, tuple[int, int]]
+    """Per ledger entry, the quantity and vintage columns as the store keeps them (what its sums add up)."""
+    totals: list[LedgerTotal]
+    summary: tuple[SummaryGroup, ...]
+    accounts: dict[str, Account]
     used: dict[str, int]
     authorizations: dict[str, Authorization]
     pending_outbox: int
@@ -60,19 +136,36 @@ async def snapshot(world: World, party: str) -> Snapshot:
         blocks = await tx.list_blocks(statuses=tuple(BlockStatus))
         transfers = {t.transfer_id: t for t in await tx.list_transfers()}
         ledger = list(await tx.list_ledger())
+        assert isinstance(tx, SQLiteTransaction)
+        stored = {
+            int(r[0]): (int(r[1]), int(r[2]))
+            for r in tx._db.execute("SELECT entry_id, quantity, vintage FROM ledger").fetchall()
+        }
+        totals = await tx.ledger_totals()
+        accounts: dict[str, Account] = {}
+        for account_id in sorted({b.account_id for b in blocks}):
+            account = await tx.get_account(account_id)
+            if account is not None:
+                accounts[account_id] = account
         authorizations: dict[str, Authorization] = {}
         used: dict[str, int] = {}
-        for auth_id in sorted({t.terms.authorization_id for t in transfers.values()} | world_auth_ids(world)):
+        named = {t.terms.authorization_id for t in transfers.values()} | {e.authorization_id for e in ledger}
+        for auth_id in sorted((named | world_auth_ids(world)) - {""}):
             authorization = await tx.get_authorization(auth_id)
             if authorization is not None:
                 authorizations[auth_id] = authorization
                 used[auth_id] = await tx.first_transfer_quantity_used(auth_id)
         outbox = await tx.list_outbox()
+    summary = (await node.core.gateway.ledger_summary()).groups
     return Snapshot(
         party,
         blocks,
         transfers,
         ledger,
+        stored,
+        totals,
+        summary,
+        accounts,
         used,
         authorizations,
         sum(1 for m in outbox if m.state is OutboxState.PENDING),
@@ -81,7 +174,7 @@ async def snapshot(world: World, party: str) -> Snapshot:
 
 
 def world_auth_ids(world: World) -> set[str]:
-    return {f"{p}-AUTH" for p in PARTIES} | {f"{p}-AUTH-LATER" for p in PARTIES}
+    return {f"{p}-{suffix}" for p in PARTIES for suffix in AUTHORIZATIONS}
 
 
 def _sweep(intervals: dict[Space, list[tuple[int, int, int]]]) -> list[tuple[Space, int, int, int]]:
@@ -105,17 +198,142 @@ def _describe(wrong: list[tuple[Space, int, int, int]]) -> str:
     return "; ".join(f"{'/'.join(s)} [{a}, {b}] counted {v:+d}" for s, a, b, v in wrong[:5])
 
 
+def _balance(plus: Iterable[Ranges], minus: Iterable[Ranges]) -> list[tuple[Space, int, int, int]]:
+    """Serial by serial, the units of ``plus`` less those of ``minus``, where it is not zero."""
+    coverage: dict[Space, list[tuple[int, int, int]]] = defaultdict(list)
+    for weight, sides in ((1, plus), (-1, minus)):
+        for ranges in sides:
+            for space, items in ranges.items():
+                coverage[space].extend((start, end, weight) for start, end in items)
+    return _sweep(coverage)
+
+
+def _union_size(items: Iterable[tuple[int, int]]) -> int:
+    """How many distinct serials the ranges cover."""
+    total, reach = 0, None
+    for start, end in sorted(items):
+        if reach is None or start > reach:
+            total += end - start + 1
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
+def _quantity(ranges: Ranges) -> int:
+    return sum(end - start + 1 for items in ranges.values() for start, end in items)
+
+
+def _add(ranges: Ranges, block: UnitBlock) -> None:
+    ranges[space_key(block.space)].append((block.start, block.end))
+
+
 async def check(world: World, *, settled: bool = False) -> None:
-    """Raise `InvariantViolation` if any global invariant fails now."""
+    """Raise `InvariantViolation` if any invariant fails now."""
     snaps = {party: await snapshot(world, party) for party in PARTIES}
+    terms = {party: _terms(snap) for party, snap in snaps.items()}
+    _issued(world, terms)
+    _unit_conservation(snaps, terms)
     _conservation(world, snaps)
+    _guard(snaps)
+    _ledger(snaps, terms)
     _first_transfers(snaps)
     _authorizations(snaps)
     _states(snaps, settled)
     _adversary(snaps)
-    _guard(snaps)
     if settled:
         _settled(snaps)
+
+
+@dataclass
+class Terms:
+    """One gateway's units, per term of the conservation equation (see the module's docstring)."""
+
+    issued: Ranges
+    issued_tied: Ranges
+    """The issued ranges registered under an authorization (tied at registration)."""
+    acquired: Ranges
+    held: Ranges
+    reserved: Ranges
+    used: Ranges
+    cancelled: Ranges
+    transferred_out: Ranges
+
+
+def _ranges() -> Ranges:
+    return defaultdict(list)
+
+
+def _terms(snap: Snapshot) -> Terms:
+    """Sort one gateway's blocks into the terms, checking that each block is where its transfer says."""
+    terms = Terms(*(_ranges() for _ in range(8)))
+    by_status = {
+        BlockStatus.HELD: terms.held,
+        BlockStatus.RESERVED: terms.reserved,
+        BlockStatus.USED: terms.used,
+        BlockStatus.CANCELLED: terms.cancelled,
+        BlockStatus.DEBITED: terms.transferred_out,
+        BlockStatus.TRANSFERRED: terms.transferred_out,
+    }
+    outgoing = {
+        BlockStatus.RESERVED: set(USES),
+        BlockStatus.DEBITED: {TransferState.COMPLETED},
+        BlockStatus.TRANSFERRED: {TransferState.COMPLETED},
+    }
+    incoming = {
+        BlockStatus.PENDING: set(USES),
+        BlockStatus.DROPPED: {TransferState.REJECTED, TransferState.CANCELLED, TransferState.TERMINATED},
+    }
+    for stored in snap.blocks:
+        block = stored.block
+        transfer = snap.transfers.get(stored.transfer_id)
+        where = f"{snap.party}: {block.describe()} ({stored.status.value}, block {stored.block_id})"
+        if stored.parent_id is None:
+            if not stored.transfer_id:
+                _add(terms.issued, block)
+                if block.tied:
+                    _add(terms.issued_tied, block)
+            elif transfer is None or transfer.role is not TransferRole.ACQUIRING:
+                raise InvariantViolation(f"{where}: a root block that neither a registration nor a Proposal made")
+            elif transfer.state is TransferState.COMPLETED:
+                _add(terms.acquired, block)
+        if stored.status in by_status:
+            _add(by_status[stored.status], block)
+        for side, role in ((outgoing, TransferRole.INITIATING), (incoming, TransferRole.ACQUIRING)):
+            states = side.get(stored.status)
+            if states is None:
+                continue
+            if transfer is None or transfer.role is not role or transfer.state not in states:
+                state = "no transfer" if transfer is None else f"{transfer.role.value} {transfer.state.name}"
+                raise InvariantViolation(f"{where}: its transfer {stored.transfer_id} is {state}")
+        if stored.status in RETIRED and (transfer is not None or not stored.transfer_id):
+            raise InvariantViolation(f"{where}: retired by no use or cancellation action")
+    return terms
+
+
+def _issued(world: World, terms: dict[str, Terms]) -> None:
+    """The ranges registered at the gateways are exactly those the registries of record issued."""
+    oracle: Ranges = _ranges()
+    for space, items in world.issued.items():
+        oracle[space].extend(items)
+    wrong = _balance([t.issued for t in terms.values()], [oracle])
+    if wrong:
+        raise InvariantViolation(
+            "the gateways' registered ranges are not what was issued (+1: registered twice or never issued;"
+            " -1: issued but not registered): " + _describe(wrong)
+        )
+
+
+def _unit_conservation(snaps: dict[str, Snapshot], terms: dict[str, Terms]) -> None:
+    """Per gateway and serial space: issued + acquired == held + reserved + used + cancelled + transferred out."""
+    for party, t in terms.items():
+        wrong = _balance([t.issued, t.acquired], [t.held, t.reserved, t.used, t.cancelled, t.transferred_out])
+        if wrong:
+            raise InvariantViolation(
+                f"{party}: issued + acquired != held + reserved + used + cancelled + transferred out (+1: a unit"
+                " that came in is nowhere; -1: a unit is somewhere twice, or never came in): " + _describe(wrong)
+            )
 
 
 def _initiator_state(snaps: dict[str, Snapshot], transfer: Transfer) -> TransferState | None:
@@ -127,14 +345,17 @@ def _initiator_state(snaps: dict[str, Snapshot], transfer: Transfer) -> Transfer
 
 
 def _conservation(world: World, snaps: dict[str, Snapshot]) -> None:
+    """Every issued unit is in exactly one place across all Parties: held, reserved, used or cancelled, or
+    pending at an acquiring gateway whose initiator has completed (debited) the transfer."""
     coverage: dict[Space, list[tuple[int, int, int]]] = defaultdict(list)
     for start_space, ranges in world.issued.items():
         for start, end in ranges:
             coverage[start_space].append((start, end, -1))
+    placed = (BlockStatus.HELD, BlockStatus.RESERVED, BlockStatus.USED, BlockStatus.CANCELLED)
     for snap in snaps.values():
         for stored in snap.blocks:
             block = stored.block
-            counted = stored.status in (BlockStatus.HELD, BlockStatus.RESERVED)
+            counted = stored.status in placed
             if stored.status is BlockStatus.PENDING:
                 transfer = snap.transfers.get(stored.transfer_id)
                 counted = transfer is not None and _initiator_state(snaps, transfer) is TransferState.COMPLETED
@@ -145,6 +366,167 @@ def _conservation(world: World, snaps: dict[str, Snapshot]) -> None:
         raise InvariantViolation(
             "units are not in exactly one place (+1: counted twice or never issued; -1: lost): " + _describe(wrong)
         )
+
+
+def _guard(snaps: dict[str, Snapshot]) -> None:
+    for snap in snaps.values():
+        coverage: dict[Space, list[tuple[int, int, int]]] = defaultdict(list)
+        for stored in snap.blocks:
+            if stored.status in GUARDED:
+                coverage[space_key(stored.block.space)].append((stored.block.start, stored.block.end, 1))
+        twice = [w for w in _sweep(coverage) if w[3] > 1]
+        if twice:
+            raise InvariantViolation(f"{snap.party}: two guarded blocks overlap: " + _describe(twice))
+
+
+def _entries(snap: Snapshot, wanted: Iterable[ActionType], subtype: str | None = None) -> Ranges:
+    types = set(wanted)
+    ranges = _ranges()
+    for entry in snap.ledger:
+        if entry.action_type in types and (subtype is None or entry.action_subtype == subtype):
+            _add(ranges, entry.block)
+    return ranges
+
+
+def _ledger(snaps: dict[str, Snapshot], terms: dict[str, Terms]) -> None:
+    for party, snap in snaps.items():
+        t = terms[party]
+        for entry in snap.ledger:
+            quantity, vintage = snap.stored.get(entry.entry_id, (0, 0))
+            if quantity != entry.block.quantity or quantity <= 0 or vintage != entry.block.vintage:
+                raise InvariantViolation(
+                    f"{party}: {entry.action_type.value} entry {entry.entry_id} of {entry.block.describe()} stores"
+                    f" quantity {quantity} and vintage {vintage}"
+                )
+        _retirement_entries(snap)
+        # Per action type, serial by serial, then in the store's own sums and in the summary's.
+        movements = _entries(snap, [ActionType.FIRST_TRANSFER], MOVEMENT)
+        for space, items in _entries(snap, [ActionType.TRANSFER]).items():
+            movements[space].extend(items)
+        pairs: list[tuple[str, Callable[[ActionType, str], bool], Ranges, Ranges]] = [
+            ("Use", lambda kind, _: kind is ActionType.USE, _entries(snap, [ActionType.USE]), t.used),
+            (
+                "Cancellation and Voluntary Cancellation",
+                lambda kind, _: kind in CANCELLATIONS,
+                _entries(snap, CANCELLATIONS),
+                t.cancelled,
+            ),
+            (
+                "Acquisition",
+                lambda kind, _: kind is ActionType.ACQUISITION,
+                _entries(snap, [ActionType.ACQUISITION]),
+                t.acquired,
+            ),
+            (
+                "First transfer to another Party and Transfer",
+                lambda kind, sub: (
+                    kind is ActionType.TRANSFER or (kind is ActionType.FIRST_TRANSFER and sub == MOVEMENT)
+                ),
+                movements,
+                t.transferred_out,
+            ),
+            (
+                "Authorization",
+                lambda kind, _: kind is ActionType.AUTHORIZATION,
+                _entries(snap, [ActionType.AUTHORIZATION]),
+                t.issued_tied,
+            ),
+        ]
+        for name, counts, entries, blocks in pairs:
+            wrong = _balance([entries], [blocks])
+            if wrong:
+                raise InvariantViolation(f"{party}: the {name} entries are not their blocks: " + _describe(wrong))
+            summed = sum(total.quantity for total in snap.totals if counts(total.action_type, total.action_subtype))
+            if summed != _quantity(blocks):
+                raise InvariantViolation(
+                    f"{party}: the ledger sums {name} to {summed}, its blocks to {_quantity(blocks)}"
+                )
+        _summary(snap, t)
+        _first_transfer_entries(snap)
+
+
+def _retirement_entries(snap: Snapshot) -> None:
+    """Each used or cancelled block has exactly one entry of its kind, of its action, space and range; no such
+    entry lacks its block; and the block lies in an account of the right type."""
+    retiring = frozenset().union(*(types for types, _ in RETIRED.values()))
+    index: dict[tuple[str, Space, int, int], list[LedgerEntry]] = defaultdict(list)
+    for entry in snap.ledger:
+        if entry.action_type in retiring:
+            block = entry.block
+            index[(entry.transfer_id, space_key(block.space), block.start, block.end)].append(entry)
+    matched: set[tuple[str, Space, int, int]] = set()
+    for stored in snap.blocks:
+        if stored.status not in RETIRED:
+            continue
+        types, accounts = RETIRED[stored.status]
+        block = stored.block
+        key = (stored.transfer_id, space_key(block.space), block.start, block.end)
+        found = index.get(key, [])
+        where = f"{snap.party}: {stored.status.value} {block.describe()} (action {stored.transfer_id})"
+        if len(found) != 1 or found[0].action_type not in types:
+            kinds = [e.action_type.value for e in found]
+            wanted = " or ".join(sorted(t.value for t in types))
+            raise InvariantViolation(f"{where} has {kinds or 'no'} entries, not exactly one {wanted}")
+        if found[0].quantity != block.quantity or found[0].using_party != snap.party:
+            raise InvariantViolation(f"{where}: its entry says {found[0].quantity} by {found[0].using_party!r}")
+        account = snap.accounts.get(stored.account_id)
+        if account is None or account.account_type not in accounts:
+            kind = "no" if account is None else account.account_type.value
+            raise InvariantViolation(f"{where} lies in {stored.account_id!r}, {kind} account")
+        matched.add(key)
+    extra = sorted(set(index) - matched)
+    if extra:
+        action, space, start, end = extra[0]
+        raise InvariantViolation(
+            f"{snap.party}: {index[extra[0]][0].action_type.value} entry of {'/'.join(space)} [{start}, {end}]"
+            f" (action {action}) has no used or cancelled block ({len(extra)} such entries)"
+        )
+
+
+def _summary(snap: Snapshot, t: Terms) -> None:
+    """The ledger summary's groups add up to the blocks."""
+    groups = snap.summary
+    sums = {
+        "used": (sum(g.used for g in groups), _quantity(t.used)),
+        "cancelled": (sum(g.cancelled for g in groups), _quantity(t.cancelled)),
+        "acquired": (sum(g.acquired for g in groups), _quantity(t.acquired)),
+        "authorized": (sum(g.authorized for g in groups), _quantity(t.issued_tied)),
+    }
+    for name, (summary, blocks) in sums.items():
+        if summary != blocks:
+            raise InvariantViolation(f"{snap.party}: the ledger summary counts {summary} {name}, the blocks {blocks}")
+
+
+def _first_transfer_entries(snap: Snapshot) -> None:
+    """A first transfer's subtype is its authorization's definition, and one that is not itself the departure
+    accompanies the registration, transfer, use or cancellation entry of its action and range."""
+    by_action: dict[tuple[str, Space, int, int], list[ActionType]] = defaultdict(list)
+    for entry in snap.ledger:
+        block = entry.block
+        by_action[(entry.transfer_id, space_key(block.space), block.start, block.end)].append(entry.action_type)
+    companions = {
+        ActionType.AUTHORIZATION,
+        ActionType.TRANSFER,
+        ActionType.USE,
+        ActionType.CANCELLATION,
+        ActionType.VOLUNTARY_CANCELLATION,
+    }
+    for entry in snap.ledger:
+        if entry.action_type is not ActionType.FIRST_TRANSFER:
+            continue
+        authorization = snap.authorizations.get(entry.authorization_id)
+        where = f"{snap.party}: first transfer of {entry.block.describe()} (action {entry.transfer_id})"
+        if authorization is None:
+            raise InvariantViolation(f"{where} names unknown authorization {entry.authorization_id!r}")
+        expected = FIRST_TRANSFER_SUBTYPES[authorization.first_transfer_definition]
+        if entry.action_subtype != expected:
+            raise InvariantViolation(f"{where} is {entry.action_subtype!r}; its authorization says {expected!r}")
+        if entry.action_subtype == MOVEMENT:
+            continue
+        block = entry.block
+        others = by_action[(entry.transfer_id, space_key(block.space), block.start, block.end)]
+        if sum(1 for kind in others if kind in companions) != 1:
+            raise InvariantViolation(f"{where} ({entry.action_subtype}) accompanies {[k.value for k in others]}")
 
 
 def _first_transfers(snaps: dict[str, Snapshot]) -> None:
@@ -160,33 +542,36 @@ def _first_transfers(snaps: dict[str, Snapshot]) -> None:
 
 
 def _authorizations(snaps: dict[str, Snapshot]) -> None:
+    """Each authorization counts as used exactly the units this gateway tied to it, within its quantity."""
     for snap in snaps.values():
-        recorded: dict[str, int] = defaultdict(int)
+        tied: dict[str, dict[Space, list[tuple[int, int]]]] = defaultdict(_ranges)
         for entry in snap.ledger:
-            if entry.action_type is ActionType.FIRST_TRANSFER:
-                recorded[entry.authorization_id] += entry.quantity
-                authorization = snap.authorizations.get(entry.authorization_id)
-                if authorization is None:
-                    raise InvariantViolation(f"{snap.party}: a first transfer names an unknown authorization")
-                day = entry.action_date.date()
-                if day < authorization.date:
-                    raise InvariantViolation(
-                        f"{snap.party}: first transfer {entry.transfer_id} on {day} under"
-                        f" {entry.authorization_id}, dated {authorization.date}"
-                    )
-                vintage = entry.block.vintage
-                if not authorization.timeframe_start <= vintage <= authorization.timeframe_end:
-                    raise InvariantViolation(f"{snap.party}: first transfer of vintage {vintage} outside the timeframe")
+            if not entry.authorization_id:
+                continue
+            authorization = snap.authorizations.get(entry.authorization_id)
+            where = f"{snap.party}: {entry.action_type.value} {entry.transfer_id} of {entry.block.describe()}"
+            if authorization is None:
+                raise InvariantViolation(f"{where} names an unknown authorization {entry.authorization_id!r}")
+            day = entry.action_date.date()
+            if day < authorization.date:
+                raise InvariantViolation(f"{where} on {day}, under {entry.authorization_id} dated {authorization.date}")
+            vintage = entry.block.vintage
+            if not authorization.timeframe_start <= vintage <= authorization.timeframe_end:
+                raise InvariantViolation(f"{where}: vintage {vintage} outside the timeframe")
+            if entry.first_transferring_party == snap.party:
+                _add(tied[entry.authorization_id], entry.block)
+        in_flight: dict[str, int] = defaultdict(int)
         for transfer in snap.transfers.values():
             if transfer.role is TransferRole.INITIATING and transfer.state in USES:
-                recorded[transfer.terms.authorization_id] += sum(
-                    b.quantity for b in transfer.terms.blocks if not b.first_transferred
+                in_flight[transfer.terms.authorization_id] += sum(
+                    b.quantity for b in transfer.terms.blocks if not b.tied and not b.first_transferred
                 )
         for auth_id, used in snap.used.items():
-            if used != recorded.get(auth_id, 0):
+            recorded = sum(_union_size(items) for items in tied[auth_id].values())
+            if used != recorded + in_flight[auth_id]:
                 raise InvariantViolation(
-                    f"{snap.party}: authorization {auth_id} counts {used} used, but its first transfers (recorded"
-                    f" or reserved) come to {recorded.get(auth_id, 0)}"
+                    f"{snap.party}: authorization {auth_id} counts {used} used, but the units tied to it here come to"
+                    f" {recorded} recorded + {in_flight[auth_id]} in transfers in flight"
                 )
             authorized = snap.authorizations[auth_id].authorized_quantity
             if used > authorized:
@@ -236,18 +621,6 @@ def _adversary(snaps: dict[str, Snapshot]) -> None:
                 raise InvariantViolation(
                     f"{snap.party} holds the adversary's double count {transfer.transfer_id} as {transfer.state.name}"
                 )
-
-
-def _guard(snaps: dict[str, Snapshot]) -> None:
-    guarded = (BlockStatus.HELD, BlockStatus.RESERVED, BlockStatus.PENDING, BlockStatus.DEBITED)
-    for snap in snaps.values():
-        coverage: dict[Space, list[tuple[int, int, int]]] = defaultdict(list)
-        for stored in snap.blocks:
-            if stored.status in guarded:
-                coverage[space_key(stored.block.space)].append((stored.block.start, stored.block.end, 1))
-        twice = [w for w in _sweep(coverage) if w[3] > 1]
-        if twice:
-            raise InvariantViolation(f"{snap.party}: two guarded blocks overlap: " + _describe(twice))
 
 
 def _settled(snaps: dict[str, Snapshot]) -> None:

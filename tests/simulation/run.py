@@ -80,12 +80,15 @@ def _outcome(world: World, seed: int, steps: int, failure: str, step: int, stats
 
 
 async def _stats(world: World) -> str:
-    """What the seed exercised: transfers by final state (initiating side), crashes, restarts."""
+    """What the seed exercised: transfers by final state (initiating side), uses and cancellations, first
+    transfers, crashes, restarts."""
     from collections import Counter
 
+    from gateway.domain.records import ActionType
     from gateway.domain.transfer import TransferRole
 
     states: Counter[str] = Counter()
+    actions: Counter[str] = Counter()
     for party in PARTIES:
         core = world.nodes[party].core
         assert core is not None
@@ -93,9 +96,18 @@ async def _stats(world: World) -> str:
             for transfer in await tx.list_transfers():
                 if transfer.role is TransferRole.INITIATING or transfer.partner == "EVL":
                     states[transfer.state.name if transfer.partner != "EVL" else f"EVL {transfer.state.name}"] += 1
+            for entry in await tx.list_ledger():
+                if entry.action_type in (ActionType.USE, ActionType.CANCELLATION, ActionType.VOLUNTARY_CANCELLATION):
+                    actions[entry.action_type.value.lower()] += entry.quantity
+                elif entry.action_type is ActionType.FIRST_TRANSFER:
+                    actions["first transfer"] += entry.quantity
     crashes = sum(1 for line in world.trace if line.startswith("crash:"))
     restarts = sum(1 for line in world.trace if line.startswith("restarted"))
-    return ", ".join(f"{k} {v}" for k, v in sorted(states.items())) + f"; {crashes} crashes, {restarts} restarts"
+    moved = ", ".join(f"{k} {v} t" for k, v in sorted(actions.items()))
+    return (
+        ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+        + f"; {moved or 'nothing used or cancelled'}; {crashes} crashes, {restarts} restarts"
+    )
 
 
 async def take_step(world: World, step: int) -> None:

@@ -1,7 +1,8 @@
 """The simulation's fixed seeds, run by ``make test``; ``make simulate SEEDS=N`` runs more.
 
 Each seed starts three gateways and an adversary, takes random steps over a faulty network with crashes and
-restarts, and checks the global invariants after every step and once the world has settled.
+restarts (transfers above all, and uses, cancellations and refused requests among them), and checks the
+invariants after every step and once the world has settled.
 """
 
 from __future__ import annotations

@@ -55,6 +55,16 @@ OWN_SPACES: dict[str, tuple[tuple[str, str], ...]] = {
     "SGP": (("SGU", "SG-SIM"),),
 }
 
+AUTHORIZATIONS: dict[str, tuple[tuple[str, ...], str, int]] = {
+    "AUTH": (("NDC", "OIMP"), "First international transfer", 6000),
+    "AUTH-LATER": (("NDC",), "First international transfer", 6000),
+    "AUTH-UC": (("OIMP",), "Use or Cancellation", 4000),
+    "AUTH-ISS": (("NDC", "OIMP"), "Issuance", 4000),
+}
+"""Each issuing Party's authorizations, by ID suffix (``CHN-AUTH``, ...): purposes, first-transfer definition and
+authorized quantity. Every gateway registers every Party's, so that onward transfers, uses and cancellations can
+name them. ``AUTH-LATER`` is dated after the simulation's days: nothing may act under it."""
+
 START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 DEADLINES = Deadlines(hold=dt.timedelta(minutes=40), decision=dt.timedelta(minutes=90))
 STATUS_QUERY_AFTER = dt.timedelta(minutes=8)
@@ -393,10 +403,18 @@ def _policy_for(party: str) -> DecisionPolicy:
 
 
 def accounts_of(party: str) -> list[operator_pb2.OpenAccountRequest]:
-    """The accounts each gateway opens: two holding accounts, one it refuses by policy, and a retirement one."""
+    """The accounts each gateway opens: two holding accounts, one it refuses by policy, and the accounts units
+    leave circulation into: a retirement, a cancellation and a use account."""
     from carbon_gateway.v1 import records_pb2
 
-    kinds = [("H1", "Party holding"), ("H2", "compliance entity"), ("CLOSED", "project owner"), ("RET", "retirement")]
+    kinds = [
+        ("H1", "Party holding"),
+        ("H2", "compliance entity"),
+        ("CLOSED", "project owner"),
+        ("RET", "retirement"),
+        ("CAN", "cancellation"),
+        ("USE", "use"),
+    ]
     return [
         operator_pb2.OpenAccountRequest(
             idempotency_key=f"open-{suffix}",
