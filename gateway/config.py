@@ -126,7 +126,8 @@ def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
                 averaging_divisor=divisor,
             )
         except GatewayError as exc:
-            raise ConfigError(f"ledger.{exc.field or 'adjustment_method'}: {exc.message}") from None
+            setting = {"first_year": "ndc_first_year", "last_year": "ndc_last_year"}.get(exc.field, exc.field)
+            raise ConfigError(f"ledger.{setting or 'adjustment_method'}: {exc.message}") from None
     registry = _string(table.get("party_registry", ""), "ledger.party_registry", allow_empty=True)
     if registry and not PARTY_REGISTRY_PATTERN.fullmatch(registry):
         raise ConfigError(f"ledger.party_registry: {registry!r} is not a Party ITMO registry ID (e.g. CHN01)")

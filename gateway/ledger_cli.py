@@ -156,9 +156,35 @@ class RefusedError(Exception):
     """The gateway refused the call, or could not be reached."""
 
 
+_OPTIONS = {"first_year": "--from", "last_year": "--to", "target": "--to", "oimp": "--oimp"}
+"""Options whose name differs from where argparse keeps their value."""
+
+
+def _option(name: str) -> str:
+    return _OPTIONS.get(name, "--" + name.replace("_", "-"))
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse an argument no request can carry: text that is not UTF-8, a number beyond 64 bits (years beyond
+    32 bits), before anything is sent."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"{_option(name)}: not UTF-8 text") from None
+            elif isinstance(item, int) and not isinstance(item, bool):
+                limit = 2**31 - 1 if "year" in name else 2**63 - 1
+                if not -limit - 1 <= item <= limit:
+                    raise UsageError(f"{_option(name)} {item}: out of range")
+
+
 def _command(name: str, body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
+            check_arguments(args)
             return body(args)
         except UsageError as exc:
             return fail(name, str(exc), EXIT_USAGE)
@@ -263,7 +289,9 @@ def format_summary(summary: object) -> str:
     lines = [f"method: {summary.method}", f"averaging divisor: {summary.averaging_divisor}"]
     lines.append(f"convention: {summary.convention}")
     lines.append("")
-    lines.append("approach  sectors  partner  vintage  tied  first-transferred  acquired  used  cancelled  adjusted")
+    lines.append(
+        "approach  sectors  partner  vintage  registered  first-transferred  acquired  used  cancelled  adjusted"
+    )
     for g in summary.groups:
         lines.append(
             f"{g.cooperative_approach}  {g.sectors or '-'}  {g.partner or '-'}  {g.vintage}  {g.authorized}"

@@ -101,7 +101,7 @@ async def test_use_cancel_emissions_lock_and_summary_from_the_command_line(
     ],
     ids=["units-shape", "units-beyond-int64", "year-and-oimp"],
 )
-def test_bad_arguments_are_one_line_without_calling_the_gateway(
+def test_bad_use_arguments_are_one_line_without_calling_the_gateway(
     argv: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = ["ledger", "use", "--address", "127.0.0.1:1", "--key", "k", "--account", "A", "--to", "B"]
@@ -116,3 +116,42 @@ def test_an_unreachable_gateway_is_one_line(capsys: pytest.CaptureFixture[str]) 
     assert (
         code == 1 and err.startswith("carbon-gateway ledger summary: 127.0.0.1:1: UNAVAILABLE") and err.count("\n") == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ("ledger", "emissions", "--key", "k", "--year", "2025", "--quantity", "99999999999999999999"),
+            "--quantity 99999999999999999999: out of range",
+        ),
+        (("ledger", "emissions", "--key", "k", "--year", "99999999999", "--quantity", "1"), "--year 99999999999"),
+        (
+            ("ledger", "lock", "--key", "k", "--from", "99999999999", "--to", "2020", "--reason", "r"),
+            "--from 99999999999: out of range",
+        ),
+        (
+            (
+                "ledger",
+                "cancel",
+                "--key",
+                "k",
+                "--account",
+                "\udced",
+                "--to",
+                "B",
+                "--units",
+                "CCER/CN-CCER:1-2",
+                "--voluntary",
+            ),
+            "--account: not UTF-8 text",
+        ),
+    ],
+    ids=["quantity-beyond-int64", "year-beyond-int32", "lock-year-beyond-int32", "account-not-utf8"],
+)
+def test_arguments_no_request_can_carry_are_one_line(
+    argv: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([*argv[:2], "--address", "127.0.0.1:1", *argv[2:]])
+    _, err = capsys.readouterr()
+    assert code == 2 and message in err and err.count("\n") == 1

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from gateway.domain import ranges
+from gateway.domain.adjustments import MAX_YEAR, MIN_YEAR
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
 from gateway.domain.errors import GatewayError, ResponseCode
@@ -314,7 +315,9 @@ def _entry(
 ) -> LedgerEntry:
     return LedgerEntry(
         entry_id=0,
-        action_date=ctx.action_date,
+        # The AEF dates actions to the millisecond: a finer instant could fall between one year's end
+        # (23:59:59.999) and the next year's start, in no year's report.
+        action_date=ctx.action_date.replace(microsecond=ctx.action_date.microsecond // 1000 * 1000),
         action_type=action,
         transfer_id=ctx.action_id,
         block=block,
@@ -725,8 +728,40 @@ def check_not_locked(locks: Sequence[LockedPeriod], year: int, field: str, what:
             )
 
 
+def check_ledger_year(year: int, field: str, what: str) -> int:
+    """``year`` if the adjustment arithmetic covers it (a year of use, of emissions, of a lock); refuse
+    otherwise, so that no accepted input can put the summary out of reach."""
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT, f"the {what} {year} is not in {MIN_YEAR}..{MAX_YEAR}", field=field
+        )
+    return year
+
+
+def check_first_transfers_open(locks: Sequence[LockedPeriod], entries: Iterable[LedgerEntry], field: str) -> None:
+    """Refuse first transfers that would add to a locked year: they are booked by vintage (para 8(a))."""
+    for entry in entries:
+        if entry.action_type is ActionType.FIRST_TRANSFER:
+            check_not_locked(locks, entry.block.vintage, field, f"the vintage of {entry.block.describe()}")
+
+
+def check_definition(authorization: Authorization, field: str) -> None:
+    """Refuse an authorization for NDC use alone whose first transfer is not the first international transfer:
+    the other definitions are for other international mitigation purposes (DESIGN.md section 2)."""
+    ndc_only = authorization.purposes == frozenset({Purpose.NDC})
+    if ndc_only and authorization.first_transfer_definition is not FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"an authorization for NDC use alone is first transferred at the first international transfer, not at"
+            f" {authorization.first_transfer_definition.value!r}",
+            field=field,
+        )
+
+
 def check_lock(first_year: int, last_year: int, today: dt.date) -> None:
     """Refuse to lock a period that has not ended: entries dated today must always be possible."""
+    check_ledger_year(first_year, "first_year", "first year")
+    check_ledger_year(last_year, "last_year", "last year")
     if last_year < first_year:
         raise GatewayError(ResponseCode.INVALID_ARGUMENT, "the period ends before it starts", field="last_year")
     if last_year >= today.year:

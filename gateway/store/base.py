@@ -11,8 +11,9 @@ from typing import Protocol
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.ledger import LockedPeriod
-from gateway.domain.records import Account, ActionType, Authorization, LedgerEntry, Purpose
+from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.domain.statements import ChannelState
+from gateway.domain.summary import LedgerTotal
 from gateway.domain.transfer import Transfer
 
 
@@ -56,23 +57,6 @@ class StoredBlock:
     transfer_id: str
     parent_id: int | None
     block: UnitBlock
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerTotal:
-    """The quantity of the ledger entries that share every grouping column (see `Transaction.ledger_totals`)."""
-
-    action_type: ActionType
-    action_subtype: str
-    purpose: Purpose
-    vintage: int
-    year_of_use: int | None
-    action_year: int
-    cooperative_approach: str
-    authorization_id: str
-    first_transferring_party: str
-    partner: str  # the acquiring Party of a transfer, the transferring Party of an acquisition, else ""
-    quantity: int
 
 
 class OutboxState(enum.StrEnum):

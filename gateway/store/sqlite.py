@@ -23,6 +23,7 @@ from gateway.domain.ledger import LockedPeriod
 from gateway.domain.protocol import first_transfer_quantity
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
+from gateway.domain.summary import LedgerTotal
 from gateway.domain.transfer import (
     FINAL_STATES,
     USES_AUTHORIZED_QUANTITY,
@@ -36,7 +37,6 @@ from gateway.store.base import (
     GUARDED_STATUSES,
     BlockStatus,
     IdempotentResult,
-    LedgerTotal,
     LogEntry,
     LogKind,
     OutboxKind,
@@ -565,7 +565,9 @@ class SQLiteTransaction:
             "SELECT action_type, action_subtype, purpose, vintage, year_of_use, CAST(substr(action_date, 1, 4) AS"
             " INTEGER) AS action_year, cooperative_approach, authorization_id, first_transferring_party,"
             " CASE WHEN action_type = 'Acquisition' THEN transferring_party ELSE acquiring_party END AS partner,"
-            " SUM(quantity) AS quantity FROM ledger"
+            # Two sums that cannot overflow (up to 2^31 rows), joined in Python: the ledger's true total may pass
+            # 2^63 - 1 where SQLite's SUM would fail.
+            " SUM(quantity >> 32) AS high, SUM(quantity & 4294967295) AS low FROM ledger"
             " GROUP BY action_type, action_subtype, purpose, vintage, year_of_use, action_year, cooperative_approach,"
             " authorization_id, first_transferring_party, partner"
         )
@@ -581,7 +583,7 @@ class SQLiteTransaction:
                 authorization_id=r["authorization_id"],
                 first_transferring_party=r["first_transferring_party"],
                 partner=r["partner"],
-                quantity=int(r["quantity"]),
+                quantity=(int(r["high"]) << 32) + int(r["low"]),
             )
             for r in rows
         ]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
 
 from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import check_new_version, check_not_locked
+from gateway.domain.ledger import check_definition, check_new_version, check_not_locked
 from gateway.domain.records import Authorization
 from gateway.store.base import StoreConflict
 from gateway.usecases.base import GatewayBase, Idempotency
@@ -22,39 +23,53 @@ class AuthorizationKeeping(GatewayBase):
         Transfers, uses and cancellations dated from then on are checked against it; those dated before keep
         the version in force on their date. A version dated in a locked period is refused.
         """
-        return await self._new_version(idem, authorization)
+        check_definition(authorization, "authorization.first_transfer_definition")
+        return await self._new_version(
+            idem, authorization.authorization_id, lambda _: authorization, "authorization.authorization_id"
+        )
 
     async def revoke_authorization(
         self, idem: Idempotency, authorization_id: str, version: str, date: dt.date, reason: str
     ) -> Authorization:
         """Record a version that revokes an authorization from ``date``: nothing may act under it afterwards.
 
-        Units already first transferred under it stay so; the revocation only stops further actions.
+        The revoking version repeats the version it follows, read in the same transaction. Units already first
+        transferred under it stay so; the revocation only stops further actions.
         """
         text.check_text(reason, "reason", what="reason")
         if not reason:
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, "say why the authorization is revoked", field="reason")
-        async with self.store.read() as tx:
-            latest = await tx.get_authorization(authorization_id)
-        if latest is None:
-            raise GatewayError(
-                ResponseCode.AUTHORIZATION_MISSING,
-                f"authorization {authorization_id[:128]!r} is not known here",
-                field="authorization_id",
-            )
-        revocation = dataclasses.replace(latest, version=version, date=date, revoked=True, note=reason)
-        return await self._new_version(idem, revocation)
+        return await self._new_version(
+            idem,
+            authorization_id,
+            lambda latest: dataclasses.replace(latest, version=version, date=date, revoked=True, note=reason),
+            "authorization_id",
+        )
 
-    async def _new_version(self, idem: Idempotency, authorization: Authorization) -> Authorization:
+    async def _new_version(
+        self,
+        idem: Idempotency,
+        authorization_id: str,
+        build: Callable[[Authorization], Authorization],
+        id_field: str,
+    ) -> Authorization:
+        """Record the version ``build`` makes from the latest one, in one transaction with its checks."""
         async with self.store.transaction() as tx:
+            versions = await tx.authorization_versions(authorization_id)
             previous = await self._replay(tx, idem)
             if previous is not None:
-                found = await tx.authorization_versions(authorization.authorization_id)
-                return next(v for v in found if v.version == previous)
+                return next(v for v in versions if v.version == previous)
+            if not versions:
+                raise GatewayError(
+                    ResponseCode.AUTHORIZATION_MISSING,
+                    f"authorization {authorization_id[:128]!r} is not known here; register it first",
+                    field=id_field,
+                )
+            authorization = build(versions[-1])
             check_not_locked(
                 await tx.locked_periods(), authorization.date.year, "authorization.date", "the version's date"
             )
-            check_new_version(await tx.authorization_versions(authorization.authorization_id), authorization)
+            check_new_version(versions, authorization)
             try:
                 async with tx.savepoint():
                     await tx.insert_authorization_version(authorization, self.clock())

@@ -13,7 +13,7 @@ from gateway import wire
 from gateway.domain import text
 from gateway.domain.blocks import SerialSpace, UnitBlock, split
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import ActionContext, record_departure
+from gateway.domain.ledger import ActionContext, check_first_transfers_open, record_departure
 from gateway.domain.protocol import (
     Rejection,
     check_authorization,
@@ -128,7 +128,10 @@ class Initiating(GatewayBase):
             # The Proposal carries the blocks as delivered: tied, and first transferred if this is their first
             # transfer, so that the acquiring side and every onward transfer keep that state.
             context = self._departure_context(transfer_id, terms, self.clock())
-            delivered = tuple(record_departure(context, b, authorization).block for b in taken)
+            departures = [record_departure(context, b, authorization) for b in taken]
+            locks = await tx.locked_periods()
+            check_first_transfers_open(locks, (e for d in departures for e in d.entries), "selections")
+            delivered = tuple(d.block for d in departures)
             proposal = wire.proposal_to_proto(transfer_id, replace(terms, blocks=delivered))
             exchange.check_fits(terms.acquiring_party, proposal=proposal)
             now = self.clock()

@@ -2,49 +2,23 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.domain import text
-from gateway.domain.adjustments import StructuredSummary, YearTotals, structured_summary
+from gateway.domain.adjustments import StructuredSummary, structured_summary
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import (
     AUTHORISATION_YEAR_CONVENTION,
-    Bucket,
     LockedPeriod,
-    bucket_of,
+    check_ledger_year,
     check_lock,
     check_not_locked,
     still_unresolved,
 )
-from gateway.domain.records import ActionType, LedgerEntry
-from gateway.store.base import LedgerTotal, StoreConflict
+from gateway.domain.records import LedgerEntry
+from gateway.domain.summary import SECTOR_SEPARATOR, SummaryGroup, active_years, summary_groups, year_totals
+from gateway.store.base import StoreConflict
 from gateway.usecases.base import GatewayBase, Idempotency
-
-SECTOR_SEPARATOR = "; "
-
-
-@dataclass(slots=True)
-class SummaryGroup:
-    """What passed through the ledger for one cooperative approach, sector(s), partner Party and vintage."""
-
-    cooperative_approach: str
-    sectors: str
-    partner: str
-    vintage: int
-    authorized: int = 0
-    first_transferred: int = 0
-    acquired: int = 0
-    used: int = 0
-    cancelled: int = 0
-    transferred: int = 0
-    used_ndc: int = 0
-
-    @property
-    def adjusted(self) -> int:
-        """First transferred minus used towards the NDC: what the group moves the emissions balance by."""
-        return self.first_transferred - self.used_ndc
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,25 +38,27 @@ class LedgerKeeping(GatewayBase):
     """Reported emissions, finality and the adjustment summary."""
 
     async def set_reported_emissions(self, idem: Idempotency, year: int, quantity: int) -> tuple[int, int]:
-        """Record the Party's reported emissions of ``year`` (t CO2e); a later call for the year replaces it
-        unless the year is locked."""
-        text.check_year(year, "year", what="year")
-        if not 0 <= quantity <= text.MAX_INT64:
+        """Record the Party's reported (net) emissions of ``year`` in t CO2e, negative for a net sink; a later
+        call for the year replaces them unless the year is locked. A retry returns what the first call set."""
+        check_ledger_year(year, "year", "year")
+        if not -text.MAX_INT64 <= quantity <= text.MAX_INT64:
             raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT, f"emissions {quantity} are not in 0..2^63 - 1", field="quantity"
+                ResponseCode.INVALID_ARGUMENT,
+                f"emissions {quantity} are not in -(2^63 - 1)..2^63 - 1",
+                field="quantity",
             )
         async with self.store.transaction() as tx:
-            if await self._replay(tx, idem) is None:
+            previous = await self._replay(tx, idem)
+            if previous is None:
                 check_not_locked(await tx.locked_periods(), year, "year", "the emissions' year")
                 await tx.set_reported_emissions(year, quantity, self.clock())
-                await self._remember(tx, idem, f"{year}:{quantity}")
-            emissions = await tx.reported_emissions()
-        return year, emissions.get(year, quantity)
+                previous = f"{year}:{quantity}"
+                await self._remember(tx, idem, previous)
+        first_year, first_quantity = previous.split(":")
+        return int(first_year), int(first_quantity)
 
     async def lock_period(self, idem: Idempotency, first_year: int, last_year: int, reason: str) -> LockedPeriod:
         """Make a past period final: actions dated in it are refused from now on with `PERIOD_LOCKED`."""
-        text.check_year(first_year, "first_year", what="first year")
-        text.check_year(last_year, "last_year", what="last year")
         text.check_text(reason, "reason", what="reason")
         if not reason:
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, "say why the period is final", field="reason")
@@ -112,8 +88,9 @@ class LedgerKeeping(GatewayBase):
             )
 
     async def ledger_summary(self) -> LedgerSummary:
-        """Per cooperative approach, sector(s), partner and vintage what was tied, first transferred, acquired,
-        used, cancelled and adjusted; per year of the NDC period the para 23 rows, under the configured method."""
+        """Per cooperative approach, sector(s), partner and vintage what was registered under an authorization,
+        first transferred, acquired, used, cancelled and adjusted; per year of the NDC period the para 23 rows,
+        under the configured method."""
         async with self.store.read() as tx:
             totals = await tx.ledger_totals()
             emissions = await tx.reported_emissions()
@@ -129,64 +106,9 @@ class LedgerKeeping(GatewayBase):
         settings = self.ledger_options.adjustments
         if settings is None:
             return LedgerSummary(groups, None, tuple(unresolved), tuple(locks))
-        years = year_totals(totals, emissions, self.party)
-        inside = [t for t in years if settings.first_year <= t.year <= settings.last_year]
-        outside = tuple(t.year for t in years if not settings.first_year <= t.year <= settings.last_year)
+        period = (settings.first_year, settings.last_year)
+        inside = year_totals(totals, emissions, self.party, within=period)
+        outside = tuple(y for y in active_years(totals, emissions, self.party) if not period[0] <= y <= period[1])
         return LedgerSummary(
             groups, structured_summary(settings, inside), tuple(unresolved), tuple(locks), outside_period=outside
         )
-
-
-def summary_groups(totals: Sequence[LedgerTotal], sectors: dict[str, str], party: str) -> tuple[SummaryGroup, ...]:
-    """The ledger's totals per cooperative approach, sector(s), partner and vintage."""
-    groups: dict[tuple[str, str, str, int], SummaryGroup] = {}
-    for t in totals:
-        key = (t.cooperative_approach, sectors.get(t.authorization_id, ""), t.partner, t.vintage)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = SummaryGroup(*key)
-        if t.action_type is ActionType.AUTHORIZATION:
-            group.authorized += t.quantity
-        elif t.action_type is ActionType.FIRST_TRANSFER:
-            if t.first_transferring_party == party:
-                group.first_transferred += t.quantity
-        elif t.action_type is ActionType.TRANSFER:
-            group.transferred += t.quantity
-        elif t.action_type is ActionType.ACQUISITION:
-            group.acquired += t.quantity
-        elif t.action_type is ActionType.USE:
-            group.used += t.quantity
-            if t.year_of_use is not None:
-                group.used_ndc += t.quantity
-        else:
-            group.cancelled += t.quantity
-    return tuple(groups[k] for k in sorted(groups))
-
-
-def year_totals(totals: Sequence[LedgerTotal], emissions: dict[int, int], party: str) -> list[YearTotals]:
-    """The ledger's totals per calendar year: first transfers by vintage, uses towards the NDC by year of use,
-    acquisitions by the year they happened, with the reported emissions."""
-    counted: dict[int, dict[Bucket, int]] = defaultdict(lambda: defaultdict(int))
-    for t in totals:
-        bucket = bucket_of(t.action_type, t.action_subtype, t.purpose, t.year_of_use)
-        if bucket in (Bucket.FIRST_TRANSFERRED_NDC, Bucket.FIRST_TRANSFERRED_OIMP):
-            if t.first_transferring_party == party:
-                counted[t.vintage][bucket] += t.quantity
-        elif bucket is Bucket.USED_NDC:
-            assert t.year_of_use is not None
-            counted[t.year_of_use][bucket] += t.quantity
-        elif bucket is Bucket.ACQUIRED:
-            counted[t.action_year][bucket] += t.quantity
-    for year in emissions:
-        counted[year]
-    return [
-        YearTotals(
-            year=year,
-            first_transferred_ndc=counted[year][Bucket.FIRST_TRANSFERRED_NDC],
-            first_transferred_oimp_only=counted[year][Bucket.FIRST_TRANSFERRED_OIMP],
-            used_ndc=counted[year][Bucket.USED_NDC],
-            acquired=counted[year][Bucket.ACQUIRED],
-            reported_emissions=emissions.get(year),
-        )
-        for year in sorted(counted)
-    ]

@@ -12,6 +12,8 @@ from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import (
     ActionContext,
     Event,
+    check_definition,
+    check_first_transfers_open,
     check_not_locked,
     check_room,
     check_vintage,
@@ -68,15 +70,19 @@ class Registration(GatewayBase):
 
     async def register_authorization(self, idem: Idempotency, authorization: Authorization) -> Authorization:
         """Record a Party's authorization, which transfers then name (its first version)."""
-        async with self.store.read() as tx:
+        check_definition(authorization, "authorization.first_transfer_definition")
+
+        async def insert(tx: Transaction) -> None:
             check_not_locked(await tx.locked_periods(), authorization.date.year, "authorization.date", "its date")
+            await tx.insert_authorization(authorization)
+
         return await self._create_once(
             idem,
             authorization.authorization_id,
             what="authorization",
             field="authorization.authorization_id",
-            insert=lambda tx: tx.insert_authorization(authorization),
-            find=lambda tx, key: tx.get_authorization(key),
+            insert=insert,
+            find=self._first_version,
         )
 
     async def register_issuance(
@@ -142,12 +148,13 @@ class Registration(GatewayBase):
                 now = self.clock()
                 authorization = await self._issuance_authorization(tx, authorization_id, block, now.date())
                 context = ActionContext(
-                    action_id=f"issuance-{idem.key}"[:128],
+                    action_id=self.new_id(),
                     action_date=now,
                     party=self.party,
                     purpose=primary_purpose(authorization),
                 )
                 recorded = record_tie(context, block, authorization, Event.REGISTRATION)
+                check_first_transfers_open(await tx.locked_periods(), recorded.entries, "block.vintage")
                 block = recorded.block
                 entries = list(recorded.entries)
                 await tx.add_authorization_tie(authorization_id, context.action_id, block.quantity, now)
@@ -158,6 +165,11 @@ class Registration(GatewayBase):
             found = await tx.get_block(block_id)
         assert found is not None
         return found
+
+    @staticmethod
+    async def _first_version(tx: Transaction, authorization_id: str) -> Authorization | None:
+        versions = await tx.authorization_versions(authorization_id)
+        return versions[0] if versions else None
 
     async def _issuance_authorization(
         self, tx: Transaction, authorization_id: str, block: UnitBlock, today: dt.date

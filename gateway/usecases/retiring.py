@@ -12,6 +12,8 @@ from gateway.domain.ledger import (
     CancellationSubtype,
     Retirement,
     check_authorizes,
+    check_first_transfers_open,
+    check_ledger_year,
     check_not_locked,
     check_room,
     check_vintage,
@@ -117,6 +119,7 @@ class Retiring(Initiating):
                     transfer_id=action_id,
                     parent_id=stored.block_id,
                 )
+            check_first_transfers_open(locks, entries, "selections")
             if newly_tied and named is not None:
                 check_room(
                     named, await tx.first_transfer_quantity_used(named.authorization_id), newly_tied, "authorization_id"
@@ -140,7 +143,7 @@ class Retiring(Initiating):
                     "a use towards the NDC names the calendar year for which the units are used",
                     field="year_of_use",
                 )
-            text.check_year(request.year_of_use, "year_of_use", what="year of use")
+            check_ledger_year(request.year_of_use, "year_of_use", "year of use")
         elif request.year_of_use is not None:
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT, "only a use towards the NDC has a year of use", field="year_of_use"

@@ -61,9 +61,8 @@ from gateway.domain.records import (
     LedgerEntry,
     Purpose,
 )
-from gateway.store.base import LedgerTotal
+from gateway.domain.summary import LedgerTotal, summary_groups, year_totals
 from gateway.store.sqlite import SQLiteStore
-from gateway.usecases.ledger import summary_groups, year_totals
 
 CHN, CHE, SGP = "CHN", "CHE", "SGP"
 SPACE = SerialSpace("CCER", "CN-CCER")

@@ -703,9 +703,9 @@ TABLE: list[Bad] = [
         "year",
     ),
     Bad(
-        "quantity-negative",
+        "quantity-minus-2^63",
         "SetReportedEmissions",
-        lambda: operator_pb2.SetReportedEmissionsRequest(idempotency_key=KEY, year=2025, quantity=-1),
+        lambda: operator_pb2.SetReportedEmissionsRequest(idempotency_key=KEY, year=2025, quantity=-(2**63)),
         "quantity",
     ),
     *bad_keys(

@@ -11,7 +11,7 @@ import pytest
 
 from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import wire
-from gateway.demo import start_pair, wait_for_state
+from gateway.demo import DEMO_AUTHORIZATION, start_pair, wait_for_state
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import ResponseCode
 from gateway.domain.records import AdjustmentMethod
@@ -299,3 +299,82 @@ async def test_units_that_come_back_keep_the_tie_and_first_transfer_this_gateway
                     for p in pending] == [("CHN", "CHN-A-0001", True)]  # fmt: skip
     finally:
         await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_inputs_that_would_put_the_summary_out_of_reach_are_refused_or_reported_clearly(tmp_path: Path) -> None:
+    """A year the arithmetic does not cover is refused at the door; totals beyond 64 bits (which no real
+    registry holds) give a clear refusal naming the group, never an internal error; the summary of an honest
+    ledger still answers afterwards."""
+    import dataclasses
+
+    from gateway.domain.blocks import SerialSpace, UnitBlock
+    from gateway.domain.records import ActionType, LedgerEntry, Purpose
+
+    pair = await start_pair(tmp_path)
+    try:
+        async with operator(pair.che) as che:
+            for year, field in ((1500, "year"), (2101, "year")):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await che.SetReportedEmissions(
+                        operator_pb2.SetReportedEmissionsRequest(idempotency_key=f"e{year}", year=year, quantity=1)
+                    )
+                assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, field)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.LockPeriod(
+                    operator_pb2.LockPeriodRequest(idempotency_key="l", first_year=1000, last_year=2020, reason="r")
+                )
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "first_year")
+            assert (await che.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())).groups == []
+            huge = 2**63 - 2
+            entry = LedgerEntry(
+                entry_id=0,
+                action_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                action_type=ActionType.ACQUISITION,
+                transfer_id="t",
+                block=UnitBlock(SerialSpace("CCER", "CN-CCER"), 0, huge - 1, vintage=1500),
+                cooperative_approach="CA0001",
+                authorization_id="CHN-A-0001",
+                first_transferring_party="CHN",
+                transferring_party="CHN",
+                acquiring_party="CHE",
+                purpose=Purpose.NDC,
+            )
+            other = dataclasses.replace(
+                entry, block=dataclasses.replace(entry.block, space=SerialSpace("CEA", "CN-CEA"))
+            )
+            async with pair.che.store.transaction() as tx:
+                await tx.append_ledger([entry, other])
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
+            assert caught.value.code() is not grpc.StatusCode.INTERNAL
+            assert refusal(caught.value) == (ResponseCode.INVALID_STATE, "groups[0].acquired")
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_locked_year_takes_no_first_transfer_of_its_vintage_and_ndc_only_is_first_international(
+    tmp_path: Path,
+) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn:
+            await chn.LockPeriod(
+                operator_pb2.LockPeriodRequest(idempotency_key="l", first_year=2021, last_year=2025, reason="BTR")
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.ProposeTransfer(proposal_request(block, 1, 10, "t-locked"))
+            # The demo block's vintage is 2025: its first transfer would add to a locked year.
+            assert refusal(caught.value) == (ResponseCode.PERIOD_LOCKED, "selections")
+            ndc_at_issuance = records_pb2.Authorization()
+            ndc_at_issuance.CopyFrom(DEMO_AUTHORIZATION)
+            ndc_at_issuance.authorization_id, ndc_at_issuance.first_transfer_definition = "CHN-A-0009", "Issuance"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.RegisterAuthorization(
+                    operator_pb2.RegisterAuthorizationRequest(idempotency_key="a9", authorization=ndc_at_issuance)
+                )
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization.first_transfer_definition")
+    finally:
+        await pair.stop()

@@ -57,10 +57,10 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
 from gateway.domain.nomenclature import fold
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, FirstTransferDefinition, LedgerEntry
+from gateway.domain.summary import LedgerTotal, SummaryGroup
 from gateway.domain.transfer import FINAL_STATES, Transfer, TransferRole, TransferState
-from gateway.store.base import BlockStatus, LedgerTotal, OutboxState, StoredBlock
+from gateway.store.base import BlockStatus, OutboxState, StoredBlock
 from gateway.store.sqlite import SQLiteTransaction
-from gateway.usecases.ledger import SummaryGroup
 from tests.simulation.world import ADVERSARY, AUTHORIZATIONS, PARTIES, World
 
 USES = (TransferState.CHECKED, TransferState.ACCEPTED)

@@ -1107,7 +1107,7 @@ class SummaryGroup(_message.Message):
     """the other Party; empty for actions with none (uses, cancellations)"""
     vintage: _builtins.int
     authorized: _builtins.int
-    """tied to an authorization here (registered, transferred, used or cancelled under it)"""
+    """registered here under an authorization (its Authorization entries)"""
     first_transferred: _builtins.int
     acquired: _builtins.int
     used: _builtins.int
