@@ -258,6 +258,9 @@ MIGRATIONS = (
             serial_start = json_extract(block, '$.start'), serial_end = json_extract(block, '$.end');
         UPDATE ledger SET action_subtype = 'First transfer to another Party'
             WHERE action_type = 'First transfer' AND action_subtype = '';
+        UPDATE ledger SET block = json_set(block, '$.first_transferring_party', first_transferring_party,
+                '$.cooperative_approach', cooperative_approach, '$.authorization_id', authorization_id)
+            WHERE first_transferring_party != '' AND json_extract(block, '$.authorization_id') IS NULL;
         CREATE INDEX ledger_party_space ON ledger
             (first_transferring_party, unit_kind, issuing_registry, issuance, serial_start);
         CREATE INDEX ledger_date ON ledger (action_date);
@@ -286,6 +289,7 @@ MIGRATIONS = (
     ),
 )
 
-DATA_STEPS: dict[int, str] = {4: "known ranges"}
+DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
-ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply."""
+ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks
+acquired before ties existed take the tie their acquisition's ledger entry names, through their splits."""

@@ -160,7 +160,36 @@ def _fill_known_ranges(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO known_ranges VALUES (?, ?, ?, ?, ?)", (*key, start, end))
 
 
-_DATA_STEPS = {4: _fill_known_ranges}
+def _tie_acquired_blocks(db: sqlite3.Connection) -> None:
+    """Migration 5: a first-transferred block with no tie takes the tie of the ``Acquisition`` entry of the
+    transfer that brought it (its own, or its nearest ancestor's), where that entry names a first transferring
+    Party; blocks whose history names none stay untied rather than take a guess."""
+    ties: dict[str, tuple[str, str, str]] = {}
+    for row in db.execute(
+        "SELECT transfer_id, first_transferring_party, cooperative_approach, authorization_id FROM ledger"
+        " WHERE action_type = 'Acquisition' AND first_transferring_party != ''"
+    ):
+        ties[row[0]] = (row[1], row[2], row[3])
+    if not ties:
+        return
+    lineage = {int(r[0]): (r[1], r[2]) for r in db.execute("SELECT block_id, transfer_id, parent_id FROM blocks")}
+    for block_id, body in db.execute("SELECT block_id, body FROM blocks").fetchall():
+        data = json.loads(body)
+        if not data.get("first_transferred") or data.get("authorization_id"):
+            continue
+        found: tuple[str, str, str] | None = None
+        at: int | None = int(block_id)
+        while at is not None and found is None:
+            transfer_id, parent = lineage[at]
+            found = ties.get(transfer_id)
+            at = None if parent is None else int(parent)
+        if found is None:
+            continue
+        data["first_transferring_party"], data["cooperative_approach"], data["authorization_id"] = found
+        db.execute("UPDATE blocks SET body = ? WHERE block_id = ?", (json.dumps(data, sort_keys=True), block_id))
+
+
+_DATA_STEPS = {4: _fill_known_ranges, 5: _tie_acquired_blocks}
 
 
 _GUARDED = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)

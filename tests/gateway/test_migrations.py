@@ -1,0 +1,80 @@
+"""Schema migrations on a database written by an earlier version: migration 5 ties what it can, guesses nothing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from gateway.store import sqlite as store_sqlite
+from gateway.store.migrations import MIGRATIONS
+
+
+def _at_version_4(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), isolation_level=None)
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT)")
+    for version, description, script in MIGRATIONS[:4]:
+        for statement in store_sqlite._statements(script):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, description))
+    return db
+
+
+def _block(start: int, end: int, *, first_transferred: bool) -> str:
+    return json.dumps(
+        {
+            "unit_kind": "CCER",
+            "issuing_registry": "CN-CCER",
+            "issuance": "",
+            "start": start,
+            "end": end,
+            "vintage": 2025,
+            "project_id": "",
+            "methodology_code": "",
+            "mitigation_type": "Removals",
+            "registry_reference": "",
+            "first_transferred": first_transferred,
+            "attributes": [],
+        },
+        sort_keys=True,
+    )
+
+
+def test_migration_5_ties_acquired_blocks_through_their_splits_and_fills_the_ledger_columns(tmp_path: Path) -> None:
+    db = _at_version_4(tmp_path / "old.db")
+    db.execute("INSERT INTO accounts VALUES ('CH-PH-0001', 'Holder', 'Party holding')")
+    blocks = "INSERT INTO blocks (block_id, unit_kind, issuing_registry, issuance, serial_start, serial_end, body,"
+    blocks += " account_id, status, transfer_id, parent_id) VALUES (?, 'CCER', 'CN-CCER', '', ?, ?, ?, 'CH-PH-0001', ?,"
+    blocks += " ?, ?)"
+    # Acquired 1-400 in transfer t1, then split: 1-100 used as the parent of a held child 1-100.
+    db.execute(blocks, (1, 1, 400, _block(1, 400, first_transferred=True), "superseded", "t1", None))
+    db.execute(blocks, (2, 1, 100, _block(1, 100, first_transferred=True), "held", "", 1))
+    # Acquired onward before ties: the old ledger named no first transferring Party, so nothing is guessed.
+    db.execute(blocks, (3, 500, 600, _block(500, 600, first_transferred=True), "held", "t2", None))
+    # Registered here, never first transferred: stays untied.
+    db.execute(blocks, (4, 700, 800, _block(700, 800, first_transferred=False), "held", "", None))
+    ledger = "INSERT INTO ledger (action_date, action_type, transfer_id, block, quantity, vintage,"
+    ledger += " cooperative_approach, authorization_id, first_transferring_party, transferring_party, acquiring_party,"
+    ledger += " purpose) VALUES ('2026-01-01T00:00:00.000000Z', ?, ?, ?, ?, 2025, 'CA0001', 'CHN-A-0001', ?, 'CHN',"
+    ledger += " 'CHE', 'NDC')"
+    db.execute(ledger, ("Acquisition", "t1", _block(1, 400, first_transferred=False), 400, "CHN"))
+    db.execute(ledger, ("Acquisition", "t2", _block(500, 600, first_transferred=True), 101, ""))
+    db.execute(ledger, ("First transfer", "t3", _block(900, 950, first_transferred=False), 51, "CHE"))
+
+    store_sqlite.migrate(db)
+
+    ties = {
+        row[0]: (body["first_transferring_party"], body["authorization_id"]) if "authorization_id" in body else None
+        for row in db.execute("SELECT block_id, body FROM blocks")
+        for body in [json.loads(row[1])]
+    }
+    assert ties == {1: ("CHN", "CHN-A-0001"), 2: ("CHN", "CHN-A-0001"), 3: None, 4: None}
+    rows = db.execute(
+        "SELECT action_type, action_subtype, serial_start, serial_end, json_extract(block, '$.authorization_id')"
+        " FROM ledger ORDER BY entry_id"
+    ).fetchall()
+    assert rows == [
+        ("Acquisition", "", 1, 400, "CHN-A-0001"),
+        ("Acquisition", "", 500, 600, None),
+        ("First transfer", "First transfer to another Party", 900, 950, "CHN-A-0001"),
+    ]
