@@ -4,20 +4,43 @@ One adapter per table (``aef-submission``, ``aef-authorizations``, ``aef-actions
 ``aef-authorized-entities``); all of them read and write through `adapters.aef_columns`. A file's header
 must hold the nomenclature's columns, in the nomenclature's order. `write_workbook` and `read_workbook`
 handle a report of all five tables, one sheet per table.
+
+A report of a million actions is written as it comes (`AefFiles`, `AefTables`): rows are rendered batch by
+batch straight into the workbook's sheets (`adapters.tabular.XlsxWriter`) or the CSV files, never held whole.
+Writing is all-or-nothing: every row is checked as it is rendered, the files are written under temporary names
+beside their targets, and only a report with no refused row is put in place (renamed); a refused report leaves
+nothing behind and raises `RecordRejected` naming each problem ``<table>[<row>].<column>``.
+
+Rendering a row through `render_row` reads it back (so that nothing the reader would refuse is written), which
+costs far more than writing it. The Actions and Holdings rows of one block-independent part (an action's
+header less its date; a holding's approach, authorization, registries, metric and GWP values) differ only in
+the block's columns, so `_BlockRows` renders the first row of each such part through `render_row`, checks that
+spelling the block's columns into it gives the same row, and from then on spells the block's columns (and the
+action date) into a copy of it, checking what the read-back would check of them (serial order, quantity,
+vintage, whole milliseconds); anything else goes the full way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import contextlib
+import datetime as dt
+import io
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from operator import attrgetter
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Protocol
 
 from adapters import tabular
 from adapters.aef_codec import parse_row, render_row
 from adapters.aef_columns import RECORD_TYPES, Table, columns, headers
 from adapters.base import AdapterInfo, RawRecord, Rendered, schemas
 from adapters.context import MappingContext
-from gateway.domain.blocks import UnitBlock
-from gateway.domain.canonical import AefReport
+from adapters.serials.itmo import first_last_id_formatter
+from gateway.domain.blocks import MAX_SERIAL, UnitBlock
+from gateway.domain.canonical import ActionHeader, AefAction, AefHolding, AefReport, MitigationType
 from gateway.domain.mapping import IssueCode, MappingIssue, Problem, RecordRejected
 
 FORMATS = ("csv", "xlsx")
@@ -108,37 +131,346 @@ AUTHORIZED_ENTITIES = ADAPTERS[Table.AUTHORIZED_ENTITIES]
 
 
 def write_workbook(report: AefReport, ctx: MappingContext | None = None) -> bytes:
-    """The report as one XLSX workbook, a sheet per table in nomenclature order, every row checked."""
-    return tabular.write_xlsx(_sheets(report, ctx or MappingContext()))
+    """The report as one XLSX workbook, a sheet per table in nomenclature order, every row checked.
+
+    The same report gives the same bytes: the workbook is stamped with the submission's date (see
+    `adapters.tabular.XlsxWriter`)."""
+    out = io.BytesIO()
+    workbook = tabular.XlsxWriter(out, created=_created(report))
+    try:
+        _write_report(report, AefTables({t: workbook.sheet(t.value, headers(t)) for t in Table}, ctx))
+        workbook.close()
+    finally:
+        workbook.discard()
+    return out.getvalue()
 
 
 def write_csv_tables(report: AefReport, ctx: MappingContext | None = None) -> dict[Table, bytes]:
     """The report as five CSV files, one per table, every row checked (all-or-nothing, like the workbook)."""
-    return {
-        Table(title): tabular.write_csv_table(cols, rows)
-        for title, cols, rows in _sheets(report, ctx or MappingContext())
-    }
+    outs = {table: io.BytesIO() for table in Table}
+    writers = {table: tabular.CsvWriter(out, headers(table)) for table, out in outs.items()}
+    _write_report(report, AefTables(writers, ctx))
+    for writer in writers.values():
+        writer.close()
+    return {table: out.getvalue() for table, out in outs.items()}
 
 
-def _sheets(report: AefReport, ctx: MappingContext) -> list[tuple[str, tuple[str, ...], list[list[object]]]]:
-    sheets = []
-    problems: list[Problem] = []
+def _write_report(report: AefReport, tables: AefTables) -> None:
     for table in Table:
-        cols = headers(table)
-        matrix: list[list[object]] = []
-        for index, record in enumerate(getattr(report, _REPORT_FIELDS[table]), start=1):
-            try:
-                row, _, _ = render_row(table, record, ctx)
-            except RecordRejected as rejected:
-                problems.extend(
-                    Problem(f"{table.value}[{index}].{p.field}", p.message, p.code) for p in rejected.problems
-                )
-                continue
-            matrix.append([row.get(h) for h in cols])
-        sheets.append((table.value, cols, matrix))
+        tables.add(_REPORT_FIELDS[table], getattr(report, _REPORT_FIELDS[table]))
+    tables.check()
+
+
+def _created(report: AefReport) -> dt.datetime | None:
+    if len(report.submission) != 1:
+        return None
+    return submission_instant(report.submission[0].submission_date)
+
+
+def submission_instant(date: dt.date) -> dt.datetime:
+    """The time a report submitted on ``date`` is stamped with: midnight UTC of that day."""
+    return dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC)
+
+
+def rendered_rows(table: Table, records: Sequence[Any], ctx: MappingContext | None = None) -> list[list[object]]:
+    """The cells of ``records``' rows, in the table's column order, as the AEF files hold them (every row checked
+    by reading it back, or spelled as `_BlockRows` says); refuses with every problem named ``table[row].column``."""
+    problems: list[Problem] = []
+    rows = _renderer(table, ctx or MappingContext()).rows(records, 1, problems)
     if problems:
         raise RecordRejected(problems)
-    return sheets
+    return rows
+
+
+class Appender(Protocol):
+    """Where the rows of one table go (an XLSX sheet, a CSV file)."""
+
+    def append(self, rows: Sequence[Sequence[object]]) -> None:
+        """Write ``rows`` after those written before."""
+
+
+_PARTS: dict[str, Table] = {field: table for table, field in _REPORT_FIELDS.items()}
+
+
+class AefTables:
+    """An AEF report rendered table by table, batch by batch, into one `Appender` per table.
+
+    ``add`` takes the rows of a table under its `AefReport` field name (``"actions"``), so that it is an
+    `gateway.usecases.reporting.AefSink`. Every problem is kept, named ``<table>[<row>].<column>``; once there is
+    one, nothing more is written (the output is to be discarded) but the rest is still checked. `check` raises
+    them.
+    """
+
+    def __init__(self, writers: Mapping[Table, Appender], ctx: MappingContext | None = None) -> None:
+        ctx = ctx or MappingContext()
+        self._writers = writers
+        self._renderers = {table: _renderer(table, ctx) for table in Table}
+        self._counts = dict.fromkeys(Table, 0)
+        self.problems: list[Problem] = []
+
+    def add(self, part: str, records: Sequence[Any]) -> None:
+        """Render and write the next ``records`` of the table named ``part``."""
+        table = _PARTS[part]
+        first = self._counts[table] + 1
+        self._counts[table] += len(records)
+        problems = self.problems
+        rows = self._renderers[table].rows(records, first, problems)
+        if not problems:
+            try:
+                self._writers[table].append(rows)
+            except RecordRejected as rejected:
+                problems.extend(rejected.problems)
+
+    def count(self, table: Table) -> int:
+        """Rows given for ``table`` so far."""
+        return self._counts[table]
+
+    def check(self) -> None:
+        """Raise every problem found, if any."""
+        if self.problems:
+            raise RecordRejected(self.problems)
+
+
+class AefFiles:
+    """An AEF report written to files as it comes, all or nothing: one XLSX workbook at ``target``, or (``csv``)
+    five CSV files in the folder ``target`` (``submission.csv``, ``authorizations.csv``, ``actions.csv``,
+    ``holdings.csv``, ``authorized_entities.csv``).
+
+    Use it as a context manager; ``add`` takes the rows (an `gateway.usecases.reporting.AefSink`), `commit`
+    puts the files in place. Until then they are temporary files beside their targets; leaving the block
+    without a commit (a refused report, any error) removes them, and the folder if it made it, so a refused
+    report writes nothing. A workbook is stamped with ``created`` (the submission's date), so that the same
+    report gives the same bytes.
+    """
+
+    def __init__(
+        self, target: Path, fmt: str, ctx: MappingContext | None = None, *, created: dt.datetime | None = None
+    ) -> None:
+        if fmt not in FORMATS:
+            raise tabular.unsupported("aef", fmt, FORMATS)
+        self._moves: list[tuple[Path, Path]] = []
+        self._handles: list[BinaryIO] = []
+        self._made_folder: Path | None = None
+        self._workbook: tabular.XlsxWriter | None = None
+        self._csv: list[tabular.CsvWriter] = []
+        self._done = False
+        try:
+            writers: dict[Table, Appender] = {}
+            if fmt == "xlsx":
+                self._workbook = tabular.XlsxWriter(self._partial(target), created=created)
+                for table in Table:
+                    writers[table] = self._workbook.sheet(table.value, headers(table))
+            else:
+                if not target.is_dir():
+                    target.mkdir(parents=True)
+                    self._made_folder = target
+                for table in Table:
+                    writer = tabular.CsvWriter(self._partial(target / f"{table.name.lower()}.csv"), headers(table))
+                    self._csv.append(writer)
+                    writers[table] = writer
+            self.tables = AefTables(writers, ctx)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _partial(self, final: Path) -> BinaryIO:
+        handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial")
+        os.fchmod(handle, 0o666 & ~_umask())  # as an ordinary new file would be, not mkstemp's 0600
+        self._moves.append((Path(name), final))
+        self._handles.append(os.fdopen(handle, "wb"))
+        return self._handles[-1]
+
+    def __enter__(self) -> AefFiles:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if not self._done:
+            self.discard()
+
+    def add(self, part: str, records: Sequence[Any]) -> None:
+        """Render and write the next ``records`` of the table named ``part`` (an `AefReport` field name)."""
+        self.tables.add(part, records)
+
+    def commit(self) -> list[Path]:
+        """Put the files in place, or raise `RecordRejected` with every problem found (and write nothing)."""
+        self.tables.check()
+        if self._workbook is not None:
+            self._workbook.close()
+        for writer in self._csv:
+            writer.close()
+        for handle in self._handles:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        for partial, final in self._moves:
+            os.replace(partial, final)
+        self._done = True
+        return [final for _, final in self._moves]
+
+    def discard(self) -> None:
+        """Remove what was written (done on leaving the block without `commit`)."""
+        self._done = True
+        if self._workbook is not None:
+            self._workbook.discard()
+        for handle in self._handles:
+            handle.close()
+        for partial, _ in self._moves:
+            partial.unlink(missing_ok=True)
+        if self._made_folder is not None:
+            with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
+                self._made_folder.rmdir()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class _Rows:
+    """The rows of one table, each through `render_row`."""
+
+    def __init__(self, table: Table, ctx: MappingContext) -> None:
+        self.table = table
+        self.ctx = ctx
+        self.headers = headers(table)
+
+    def full(self, record: Any) -> list[object]:
+        """The row through `render_row`: checked by reading it back."""
+        row, _, _ = render_row(self.table, record, self.ctx)
+        return [row.get(h) for h in self.headers]
+
+    row = full
+
+    def rows(self, records: Sequence[Any], first: int, problems: list[Problem]) -> list[list[object]]:
+        """The rows of ``records`` (record ``first`` onwards, 1-based, for naming problems)."""
+        out: list[list[object]] = []
+        add = out.append
+        row = self.row
+        for index, record in enumerate(records, start=first):
+            try:
+                add(row(record))
+            except RecordRejected as rejected:
+                problems.extend(
+                    Problem(f"{self.table.value}[{index}].{p.field}", p.message, p.code) for p in rejected.problems
+                )
+        return out
+
+
+_BLOCK_FIELDS = (
+    "itmo_first_serial",
+    "itmo_last_serial",
+    "first_unit_id",
+    "last_unit_id",
+    "quantity",
+    "mitigation_type",
+    "vintage",
+)
+_ACTION_PART = attrgetter(*(name for name in ActionHeader.__dataclass_fields__ if name != "action_date"))
+_HOLDING_PART = attrgetter(
+    *(name for name in AefHolding.__dataclass_fields__ if name not in _BLOCK_FIELDS and name != "underlying_registry"),
+    "underlying_registry",
+)
+_Template = tuple[list[object], Callable[[str, str], str]]
+_UNKNOWN: Any = object()
+
+
+class _BlockRows(_Rows):
+    """The Actions or Holdings rows: the block's columns spelled into a checked row of the same part (see the
+    module docstring); `full` for anything the spelling does not cover."""
+
+    TEMPLATES = 4096
+    """Parts remembered at most (a ledger whose notes differ on every entry has as many parts as rows)."""
+
+    def __init__(self, table: Table, ctx: MappingContext) -> None:
+        super().__init__(table, ctx)
+        place = {c.field: i for i, c in enumerate(columns(table)) if c.field}
+        self._places = tuple(place[name] for name in _BLOCK_FIELDS)
+        self._date = place.get("action_date")
+        self._type: Any = AefAction if table is Table.ACTIONS else AefHolding
+        self._templates: dict[tuple[object, ...], _Template | None] = {}
+
+    def row(self, record: Any) -> list[object]:
+        """The row of ``record``."""
+        if type(record) is not self._type:
+            return self.full(record)
+        part = _ACTION_PART(record.header) if self._date is not None else _HOLDING_PART(record)
+        key = (part, not record.first_unit_id)
+        template = self._templates.get(key, _UNKNOWN)
+        if template is _UNKNOWN:
+            return self._learn(key, record)
+        if template is not None:
+            spelled = self._spell(template, record)
+            if spelled is not None:
+                return spelled
+        return self.full(record)
+
+    def _learn(self, key: tuple[object, ...], record: Any) -> list[object]:
+        row = self.full(record)  # a refused record teaches nothing
+        if len(self._templates) >= self.TEMPLATES:
+            self._templates.clear()
+        itmo_id = first_last_id_formatter(
+            cooperative_approach=record.cooperative_approach,
+            registry=record.party_registry,
+            party=record.first_transferring_party,
+            style=self.ctx.first_id_style,
+        )
+        template: _Template = (row, itmo_id)
+        self._templates[key] = template if self._spell(template, record) == row else None
+        return row
+
+    def _spell(self, template: _Template, record: Any) -> list[object] | None:
+        """The row of ``record`` from the template of its part, or None where the read-back could refuse it."""
+        row, itmo_id = template
+        first, last, quantity, vintage = (
+            record.itmo_first_serial,
+            record.itmo_last_serial,
+            record.quantity,
+            record.vintage,
+        )
+        mitigation, first_unit, last_unit = record.mitigation_type, record.first_unit_id, record.last_unit_id
+        if not (
+            type(first) is int
+            and type(last) is int
+            and 0 < first <= last <= MAX_SERIAL
+            and type(quantity) is int
+            and quantity == last - first + 1
+            and type(vintage) is int
+            and 1000 <= vintage <= 9999
+            and type(mitigation) is MitigationType
+            and type(first_unit) is str
+            and type(last_unit) is str
+            and bool(first_unit) == bool(last_unit)
+        ):
+            return None
+        values = row.copy()
+        if self._date is not None:
+            instant = record.header.action_date
+            if (
+                type(instant) is not dt.datetime
+                or instant.tzinfo is not dt.UTC
+                or instant.microsecond % 1000
+                or instant.year < 1000
+            ):
+                return None
+            values[self._date] = instant.isoformat(timespec="milliseconds")[:-6] + "Z"  # format_iso_ms, faster
+        digits = str(vintage)
+        p_first, p_last, p_first_unit, p_last_unit, p_quantity, p_mitigation, p_vintage = self._places
+        values[p_first] = itmo_id(str(first), digits)
+        values[p_last] = itmo_id(str(last), digits)
+        if first_unit:
+            values[p_first_unit] = first_unit
+            values[p_last_unit] = last_unit
+        values[p_quantity] = quantity
+        values[p_mitigation] = mitigation.value
+        values[p_vintage] = vintage
+        return values
+
+
+def _renderer(table: Table, ctx: MappingContext) -> _Rows:
+    return _BlockRows(table, ctx) if table in (Table.ACTIONS, Table.HOLDINGS) else _Rows(table, ctx)
 
 
 def read_workbook(data: bytes, ctx: MappingContext | None = None) -> AefReport:

@@ -1,6 +1,12 @@
 """``carbon-gateway report aef``: the AEF report of a year, written from the gateway's database.
 
-It reads the database directly, read-only, so that a report of a million actions never crosses the API.
+It reads the database directly, read-only, so that a report of a million actions never crosses the API. The
+report streams: the ledger is read once, and the rows are written batch by batch as they are read
+(`gateway.usecases.reporting.Reporting.aef_report_into` into `adapters.aef.AefFiles`), so memory does not grow
+with the year's actions. All or nothing: the files are written under temporary names beside ``--out`` and put
+in place only when every row was accepted; a refused report writes nothing, prints one line naming the first
+problems (``<table>[<row>].<column>`` or the ledger entry) and exits 1. Bad arguments exit 2 with one line.
+The workbook is stamped with the submission date, so exporting a past year again gives the same bytes.
 """
 
 from __future__ import annotations
@@ -8,20 +14,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway.ledger_cli import EXIT_USAGE, fail
 
 if TYPE_CHECKING:
     from adapters.context import MappingContext
     from gateway.config import GatewayConfig
+    from gateway.usecases.reporting import AefSink
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``report`` commands."""
     report = commands.add_parser("report", help="reports a Party submits")
-    report_commands = report.add_subparsers(dest="report_command", required=True)
+    report_commands = report.add_subparsers(dest="report_command", required=True, parser_class=_OneLineParser)
     aef = report_commands.add_parser("aef", help="write the AEF report of a year from the gateway's ledger")
     aef.add_argument("--config", required=True, help="the gateway's configuration file")
     aef.add_argument("--year", required=True, type=int, help="the reported year")
@@ -32,16 +40,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     aef.set_defaults(func=_report_aef)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line on stderr (exit 2), like every other refusal of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _report_aef(args: argparse.Namespace) -> int:
-    from adapters import aef
-    from adapters.aef_columns import Table
+    import sqlite3
+
+    from adapters import vocab
     from gateway.config import ConfigError, load_config
-    from gateway.domain.canonical import AefReport
     from gateway.domain.errors import GatewayError
     from gateway.domain.mapping import RecordRejected
-    from gateway.domain.protocol import DecisionPolicy
-    from gateway.service import Gateway
-    from gateway.store.sqlite import SQLiteStore
 
     try:
         config = load_config(Path(args.config))
@@ -53,10 +65,52 @@ def _report_aef(args: argparse.Namespace) -> int:
         submitted = dt.date.fromisoformat(args.date) if args.date else dt.datetime.now(dt.UTC).date()
     except ValueError:
         return fail("report aef", f"--date {args.date!r} is not a date (YYYY-MM-DD)", EXIT_USAGE)
+    if not vocab.SUBMISSION_VERSION.fullmatch(args.submission_version):
+        return fail("report aef", f"--version {args.submission_version!r} is not X.Y (the first is 1.0)", EXIT_USAGE)
     if not config.database.exists():
         return fail("report aef", f"{config.database}: no such database; start the gateway once first", EXIT_USAGE)
 
-    async def build() -> AefReport:
+    out = Path(args.out)
+    if args.format == "xlsx" and out.is_dir():
+        return fail("report aef", f"--out {out} is a folder; name the XLSX file to write", EXIT_USAGE)
+    if args.format == "csv" and out.exists() and not out.is_dir():
+        return fail("report aef", f"--out {out} is a file; --format csv writes five files into a folder", EXIT_USAGE)
+    if not out.parent.is_dir():
+        return fail("report aef", f"--out {out}: the folder {out.parent} does not exist", EXIT_USAGE)
+
+    try:
+        written = write_report(
+            config, args.year, out, args.format, version=args.submission_version, submitted=submitted
+        )
+    except GatewayError as exc:
+        return fail("report aef", f"{exc.code.name}: {exc.message} ({exc.field})")
+    except RecordRejected as exc:
+        shown = "; ".join(f"{p.field}: {p.message}" for p in exc.problems[:5])
+        more = f" (and {len(exc.problems) - 5} more)" if len(exc.problems) > 5 else ""
+        return fail("report aef", f"the ledger cannot be reported as it stands: {shown}{more}")
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return fail("report aef", f"{args.out}: {reason}")
+    print(f"wrote {out}" if args.format == "xlsx" else f"wrote {len(written)} files to {out}")
+    return 0
+
+
+Tap = Callable[[str, Sequence[Any]], None]
+"""Sees each batch of records on its way to the files (the benchmark keeps a sample of them)."""
+
+
+def write_report(
+    config: GatewayConfig, year: int, out: Path, fmt: str, *, version: str, submitted: dt.date, tap: Tap | None = None
+) -> list[Path]:
+    """Write the AEF report of ``year`` from the database of ``config`` to ``out`` (a workbook, or with ``fmt``
+    ``csv`` a folder of five files), all or nothing; the files written. Raises `GatewayError` (the configuration
+    lacks what the report needs), `RecordRejected` (the ledger cannot be reported) or `OSError`."""
+    from adapters import aef
+    from gateway.domain.protocol import DecisionPolicy
+    from gateway.service import Gateway
+    from gateway.store.sqlite import SQLiteStore
+
+    async def export() -> list[Path]:
         store = await SQLiteStore.open(config.database)
         try:
             gateway = Gateway(
@@ -67,28 +121,24 @@ def _report_aef(args: argparse.Namespace) -> int:
                 nomenclature=config.nomenclature,
                 ledger_options=config.ledger,
             )
-            return await gateway.aef_report(args.year, version=args.submission_version, submission_date=submitted)
+            created = aef.submission_instant(submitted)
+            with aef.AefFiles(out, fmt, _context(config), created=created) as files:
+                sink: AefSink = files if tap is None else _Tapped(files, tap)
+                await gateway.aef_report_into(sink, year, version=version, submission_date=submitted)
+                return files.commit()
         finally:
             await store.close()
 
-    try:
-        report = asyncio.run(build())
-        out = Path(args.out)
-        if args.format == "xlsx":
-            out.write_bytes(aef.write_workbook(report, _context(config)))
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            for table, data in aef.write_csv_tables(report, _context(config)).items():
-                (out / f"{Table(table).name.lower()}.csv").write_bytes(data)
-    except GatewayError as exc:
-        return fail("report aef", f"{exc.code.name}: {exc.message} ({exc.field})")
-    except RecordRejected as exc:
-        shown = "; ".join(f"{p.field}: {p.message}" for p in exc.problems[:5])
-        return fail("report aef", f"the ledger cannot be reported as it stands: {shown}")
-    except OSError as exc:
-        return fail("report aef", f"{args.out}: {exc.strerror or exc}")
-    print(f"wrote {args.out}")
-    return 0
+    return asyncio.run(export())
+
+
+class _Tapped:
+    def __init__(self, sink: AefSink, tap: Tap) -> None:
+        self.sink, self.tap = sink, tap
+
+    def add(self, part: str, records: Sequence[Any]) -> None:
+        self.tap(part, records)
+        self.sink.add(part, records)
 
 
 def _context(config: GatewayConfig) -> MappingContext:

@@ -13,12 +13,22 @@ nomenclature leaves open, each made once here:
 - The holdings table is the ledger replayed up to 31 December 23:59:59.999 UTC of the year
   (`gateway.domain.ledger.holdings_at`); entries are never changed once written, so the file of a past year
   does not change with later activity.
+- The ledger keeps action instants to the microsecond; the AEF's action date has milliseconds, so the report
+  truncates each instant to its millisecond (an action at 08:00:00.123456 is reported at 08:00:00.123).
+
+A report of a million actions is never held whole: `Reporting.aef_report_into` reads the ledger once, in one
+read transaction (a consistent snapshot), and hands the rows to an `AefSink` batch by batch, the actions as
+they are read and the holdings once the replay reaches the year's end. It finds every problem of the ledger
+before it returns and raises them together at the end, so the sink must hold what it was given until then (the
+AEF adapters write to temporary files and put them in place only when the whole report was accepted).
+`Reporting.aef_report` collects the same rows into one `AefReport`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.canonical import (
@@ -36,7 +46,7 @@ from gateway.domain.canonical import (
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import Holdings, year_end
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
-from gateway.domain.records import Authorization, FirstTransferDefinition, LedgerEntry, Purpose
+from gateway.domain.records import ActionType, Authorization, FirstTransferDefinition, LedgerEntry, Purpose
 from gateway.usecases.base import GatewayBase
 
 _PAIRS = {
@@ -46,12 +56,51 @@ _PAIRS = {
 }
 
 
+REPORT_BATCH = 5_000
+"""Rows handed to an `AefSink` at a time."""
+
+PARTS = ("submission", "authorizations", "actions", "holdings", "authorized_entities")
+"""The report's tables, by their `AefReport` field names, in submission order."""
+
+_MITIGATION_TYPES = {m.value: m for m in MitigationType}
+_SUBTYPES = {s.value: s for s in ActionSubtype}
+_RETIRING = frozenset({ActionType.USE, ActionType.CANCELLATION, ActionType.VOLUNTARY_CANCELLATION})
+_TRANSFERS = frozenset({ActionType.FIRST_TRANSFER, ActionType.TRANSFER})
+
+
+class AefSink(Protocol):
+    """Where a streamed AEF report goes: the rows of each table (named as in `PARTS`), batch by batch."""
+
+    def add(self, part: str, records: Sequence[Any]) -> None:
+        """Take the next rows of ``part``."""
+
+
+class _Collected:
+    """An `AefSink` that keeps everything, for `Reporting.aef_report`."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[Any]] = {part: [] for part in PARTS}
+
+    def add(self, part: str, records: Sequence[Any]) -> None:
+        self.parts[part].extend(records)
+
+
 class Reporting(GatewayBase):
     """The AEF report of a year."""
 
     async def aef_report(self, year: int, *, version: str, submission_date: dt.date) -> AefReport:
         """The five AEF tables for ``year`` from the ledger: every action dated in the year (whatever its
         vintage), the holdings at the year's end, and the authorization versions dated by then."""
+        collected = _Collected()
+        await self.aef_report_into(collected, year, version=version, submission_date=submission_date)
+        return AefReport(**{part: tuple(rows) for part, rows in collected.parts.items()})
+
+    async def aef_report_into(
+        self, sink: AefSink, year: int, *, version: str, submission_date: dt.date, batch: int = REPORT_BATCH
+    ) -> None:
+        """`aef_report`, streamed: the rows go to ``sink`` in batches of at most ``batch`` as the ledger is read
+        (submission, authorizations, actions, holdings, authorized entities). Every problem of the ledger is
+        raised at the end as one `RecordRejected`, after rows may have been handed to the sink."""
         options = self.ledger_options
         settings = options.adjustments
         if settings is None or not options.party_registry or not options.gwp_values:
@@ -64,107 +113,50 @@ class Reporting(GatewayBase):
         start = dt.datetime(year, 1, 1, tzinfo=dt.UTC)
         end = year_end(year)
         problems: list[Problem] = []
-        actions: list[AefAction] = []
+        sink.add(
+            "submission",
+            [
+                AefSubmission(
+                    party=self.party,
+                    version=version,
+                    reported_year=year,
+                    submission_date=submission_date,
+                    ndc_first_year=settings.first_year,
+                    ndc_last_year=settings.last_year,
+                )
+            ],
+        )
         holdings = Holdings()
+        rows = _Rows(options.party_registry, options.gwp_values, dict(options.underlying_registry_codes), problems)
         async with self.store.read() as tx:
             versions = [v for v in await tx.list_authorization_versions() if v.date <= end.date()]
+            sink.add("authorizations", [a for a in (self._authorization(v, problems) for v in versions) if a])
+            actions: list[AefAction] = []
+            action = rows.action
+            apply = holdings.apply
             async for entry in tx.ledger_until(end):
-                holdings.apply(entry)
+                apply(entry)
                 if entry.action_date >= start:
-                    action = self._action(entry, problems)
-                    if action is not None:
-                        actions.append(action)
-        held = [h for h in (self._holding(b, problems) for b in holdings.blocks()) if h is not None]
-        authorizations = [a for a in (self._authorization(v, problems) for v in versions) if a is not None]
+                    row = action(entry)
+                    if row is not None:
+                        actions.append(row)
+                        if len(actions) >= batch:
+                            sink.add("actions", actions)
+                            actions = []
+            if actions:
+                sink.add("actions", actions)
+        held: list[AefHolding] = []
+        for block in holdings.blocks():
+            holding = rows.holding(block)
+            if holding is not None:
+                held.append(holding)
+                if len(held) >= batch:
+                    sink.add("holdings", held)
+                    held = []
+        if held:
+            sink.add("holdings", held)
         if problems:
             raise RecordRejected(problems)
-        submission = AefSubmission(
-            party=self.party,
-            version=version,
-            reported_year=year,
-            submission_date=submission_date,
-            ndc_first_year=settings.first_year,
-            ndc_last_year=settings.last_year,
-        )
-        return AefReport((submission,), tuple(authorizations), tuple(actions), tuple(held), ())
-
-    def _underlying(self, block: UnitBlock) -> tuple[str, str, str]:
-        code = dict(self.ledger_options.underlying_registry_codes).get(block.space.issuing_registry, "")
-        return (code, str(block.start), str(block.end)) if code else ("", "", "")
-
-    def _block_columns(self, block: UnitBlock, where: str, problems: list[Problem]) -> dict[str, object] | None:
-        if block.space.issuance:
-            problems.append(
-                Problem(
-                    where,
-                    f"{block.describe()}: serials restarting per issuance cannot serve as ITMO serials",
-                    IssueCode.UNSUPPORTED,
-                )
-            )
-            return None
-        try:
-            mitigation = MitigationType(block.mitigation_type)
-        except ValueError:
-            problems.append(
-                Problem(
-                    f"{where}.mitigation_type", f"{block.describe()} states no AEF mitigation type", IssueCode.BAD_VALUE
-                )
-            )
-            return None
-        registry, first_unit, last_unit = self._underlying(block)
-        return {
-            "itmo_first_serial": block.start,
-            "itmo_last_serial": block.end,
-            "first_unit_id": first_unit,
-            "last_unit_id": last_unit,
-            "quantity": block.quantity,
-            "mitigation_type": mitigation,
-            "vintage": block.vintage,
-            "underlying_registry": registry,
-        }
-
-    def _action(self, entry: LedgerEntry, problems: list[Problem]) -> AefAction | None:
-        where = f"ledger[{entry.entry_id}]"
-        columns = self._block_columns(entry.block, where, problems)
-        if columns is None:
-            return None
-        registry = str(columns.pop("underlying_registry"))
-        retiring = entry.action_type.value in ("Use", "Cancellation", "Voluntary Cancellation")
-        header = ActionHeader(
-            action_date=entry.action_date,
-            action_type=entry.action_type,
-            action_subtype=ActionSubtype(entry.action_subtype or ActionSubtype.NOT_YET_DEFINED.value),
-            cooperative_approach=entry.cooperative_approach,
-            authorization_id=entry.authorization_id,
-            first_transferring_party=entry.first_transferring_party,
-            party_registry=self.ledger_options.party_registry,
-            underlying_registry=registry,
-            metric=Metric.GHG,
-            gwp_values=self.ledger_options.gwp_values,
-            transferring_party=entry.transferring_party if entry.action_type.value == "Acquisition" else "",
-            acquiring_party=entry.acquiring_party if entry.action_type.value in ("First transfer", "Transfer") else "",
-            purpose=entry.purpose if retiring else None,
-            using_party=entry.using_party if retiring else "",
-            using_entity=entry.using_entity if retiring else "",
-            ndc_year_of_use=entry.year_of_use,
-            additional_information=entry.note,
-        )
-        return AefAction(header, **columns)  # type: ignore[arg-type]
-
-    def _holding(self, block: UnitBlock, problems: list[Problem]) -> AefHolding | None:
-        where = f"holdings[{block.describe()}]"
-        columns = self._block_columns(block, where, problems)
-        if columns is None:
-            return None
-        return AefHolding(
-            cooperative_approach=block.cooperative_approach,
-            authorization_id=block.authorization_id,
-            first_transferring_party=block.first_transferring_party,
-            party_registry=self.ledger_options.party_registry,
-            metric=Metric.GHG,
-            gwp_values=self.ledger_options.gwp_values,
-            **columns,  # type: ignore[arg-type]
-        )
 
     def _authorization(self, a: Authorization, problems: list[Problem]) -> AefAuthorization | None:
         where = f"authorizations[{a.authorization_id}/{a.version}]"
@@ -210,6 +202,110 @@ class Reporting(GatewayBase):
             else None,
             additional_information=("Revoked. " if a.revoked else "") + a.note,
         )
+
+
+class _Rows:
+    """The Actions and Holdings rows of ledger entries and held blocks: the per-entry cost of the report, so the
+    settings are looked up once and the enumerations through dictionaries."""
+
+    def __init__(self, registry: str, gwp_values: str, codes: dict[str, str], problems: list[Problem]) -> None:
+        self.registry, self.gwp_values, self.codes, self.problems = registry, gwp_values, codes, problems
+
+    def _block(self, block: UnitBlock, where: str) -> tuple[MitigationType, str, str, str] | None:
+        """The block's mitigation type and underlying-unit columns, or None (and a problem) for a block the
+        AEF cannot name."""
+        if block.space.issuance:
+            self.problems.append(
+                Problem(
+                    where,
+                    f"{block.describe()}: serials restarting per issuance cannot serve as ITMO serials",
+                    IssueCode.UNSUPPORTED,
+                )
+            )
+            return None
+        mitigation = _MITIGATION_TYPES.get(block.mitigation_type)
+        if mitigation is None:
+            self.problems.append(
+                Problem(
+                    f"{where}.mitigation_type", f"{block.describe()} states no AEF mitigation type", IssueCode.BAD_VALUE
+                )
+            )
+            return None
+        code = self.codes.get(block.space.issuing_registry, "")
+        if code:
+            return mitigation, code, str(block.start), str(block.end)
+        return mitigation, "", "", ""
+
+    def action(self, entry: LedgerEntry) -> AefAction | None:
+        """The Actions row of one entry."""
+        block = entry.block
+        found = self._block(block, f"ledger[{entry.entry_id}]")
+        if found is None:
+            return None
+        mitigation, registry, first_unit, last_unit = found
+        subtype = _SUBTYPES.get(entry.action_subtype or _UNDEFINED)
+        if subtype is None:
+            self.problems.append(
+                Problem(
+                    f"ledger[{entry.entry_id}].action_subtype",
+                    f"{entry.action_subtype!r} is not an AEF action subtype",
+                    IssueCode.BAD_VALUE,
+                )
+            )
+            return None
+        kind = entry.action_type
+        retiring = kind in _RETIRING
+        instant = entry.action_date
+        if instant.microsecond % 1000:
+            instant = instant.replace(microsecond=instant.microsecond - instant.microsecond % 1000)
+        header = ActionHeader(
+            action_date=instant,
+            action_type=kind,
+            action_subtype=subtype,
+            cooperative_approach=entry.cooperative_approach,
+            authorization_id=entry.authorization_id,
+            first_transferring_party=entry.first_transferring_party,
+            party_registry=self.registry,
+            underlying_registry=registry,
+            metric=Metric.GHG,
+            gwp_values=self.gwp_values,
+            transferring_party=entry.transferring_party if kind is ActionType.ACQUISITION else "",
+            acquiring_party=entry.acquiring_party if kind in _TRANSFERS else "",
+            purpose=entry.purpose if retiring else None,
+            using_party=entry.using_party if retiring else "",
+            using_entity=entry.using_entity if retiring else "",
+            ndc_year_of_use=entry.year_of_use,
+            additional_information=entry.note,
+        )
+        return AefAction(
+            header, block.start, block.end, first_unit, last_unit, block.quantity, mitigation, block.vintage
+        )
+
+    def holding(self, block: UnitBlock) -> AefHolding | None:
+        """The Holdings row of one held block."""
+        found = self._block(block, f"holdings[{block.describe()}]")
+        if found is None:
+            return None
+        mitigation, registry, first_unit, last_unit = found
+        return AefHolding(
+            cooperative_approach=block.cooperative_approach,
+            authorization_id=block.authorization_id,
+            first_transferring_party=block.first_transferring_party,
+            party_registry=self.registry,
+            itmo_first_serial=block.start,
+            itmo_last_serial=block.end,
+            underlying_registry=registry,
+            first_unit_id=first_unit,
+            last_unit_id=last_unit,
+            metric=Metric.GHG,
+            gwp_values=self.gwp_values,
+            quantity=block.quantity,
+            mitigation_type=mitigation,
+            vintage=block.vintage,
+        )
+
+
+_UNDEFINED = ActionSubtype.NOT_YET_DEFINED.value
 
 
 def _one_purpose(purposes: Iterable[Purpose]) -> Purpose | None:
