@@ -587,21 +587,40 @@ def bucket_of(action_type: ActionType, action_subtype: str, purpose: Purpose, ye
     return Bucket.NONE
 
 
-def still_unresolved(transfers: Sequence[LedgerEntry], first_transfers: Sequence[LedgerEntry]) -> list[LedgerEntry]:
+FirstTransferRange = tuple[int, SerialSpace, int, int]
+"""A ``First transfer`` entry as `still_unresolved` needs it: entry ID, serial space, first and last serial."""
+
+
+def still_unresolved(
+    transfers: Sequence[LedgerEntry], first_transfers: Iterable[FirstTransferRange]
+) -> list[LedgerEntry]:
     """The parts of ``transfers`` (``Transfer`` entries with subtype ``Not yet defined``) whose units have not
     been first transferred since, by a later entry of ``first_transfers`` (units that came back and were used
-    or cancelled here, say)."""
-    later: dict[SerialSpace, list[tuple[int, int, int]]] = {}
-    for e in first_transfers:
-        later.setdefault(e.block.space, []).append((e.entry_id, e.block.start, e.block.end))
-    found: list[LedgerEntry] = []
+    or cancelled here, say).
+
+    A unit is first transferred once, so one Party's first transfers never overlap within a serial space:
+    sorted by first serial, the ones overlapping a range are found by bisection.
+    """
+    by_space: dict[SerialSpace, list[tuple[int, int, int]]] = {}
+    for entry_id, space, start, end in first_transfers:
+        by_space.setdefault(space, []).append((start, end, entry_id))
+    starts: dict[SerialSpace, list[int]] = {}
+    for space, found in by_space.items():
+        found.sort()
+        starts[space] = [start for start, _, _ in found]
+    resolved: list[LedgerEntry] = []
     for entry in transfers:
-        pieces = [(entry.block.start, entry.block.end)]
-        for entry_id, start, end in later.get(entry.block.space, ()):
-            if entry_id > entry.entry_id:
-                pieces = [p for lo, hi in pieces for p in _minus(lo, hi, start, end)]
-        found.extend(replace(entry, block=entry.block.with_range(lo, hi)) for lo, hi in pieces)
-    return found
+        space, lo, hi = entry.block.space, entry.block.start, entry.block.end
+        pieces = [(lo, hi)]
+        found = by_space.get(space, [])
+        at = max(bisect.bisect_right(starts.get(space, []), lo) - 1, 0)
+        while at < len(found) and found[at][0] <= hi:
+            start, end, entry_id = found[at]
+            if entry_id > entry.entry_id and end >= lo:
+                pieces = [p for a, b in pieces for p in _minus(a, b, start, end)]
+            at += 1
+        resolved.extend(replace(entry, block=entry.block.with_range(a, b)) for a, b in pieces)
+    return resolved
 
 
 def _minus(lo: int, hi: int, start: int, end: int) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.ledger import LockedPeriod
+from gateway.domain.ledger import FirstTransferRange, LockedPeriod
 from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
@@ -256,8 +256,11 @@ class Transaction(Protocol):
         """The entries, with ``party`` as first transferring Party, that share a unit with ``[start, end]``."""
         ...
 
-    async def ledger_first_transfers(self, party: str) -> list[LedgerEntry]:
-        """The ``First transfer`` entries of units ``party`` first transfers."""
+    async def first_transfers_overlapping(
+        self, party: str, space: SerialSpace, start: int, end: int
+    ) -> list[FirstTransferRange]:
+        """The ``First transfer`` entries of ``party`` that share a unit with ``[start, end]``: entry ID, serial
+        space and range. A unit is first transferred once, so they never overlap each other."""
         ...
 
     async def ledger_totals(self) -> list[LedgerTotal]:

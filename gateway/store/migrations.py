@@ -248,14 +248,17 @@ MIGRATIONS = (
         ALTER TABLE ledger ADD COLUMN using_party TEXT NOT NULL DEFAULT '';
         ALTER TABLE ledger ADD COLUMN using_entity TEXT NOT NULL DEFAULT '';
         ALTER TABLE ledger ADD COLUMN note TEXT NOT NULL DEFAULT '';
-        ALTER TABLE ledger ADD COLUMN unit_kind TEXT NOT NULL DEFAULT '';
-        ALTER TABLE ledger ADD COLUMN issuing_registry TEXT NOT NULL DEFAULT '';
-        ALTER TABLE ledger ADD COLUMN issuance TEXT NOT NULL DEFAULT '';
-        ALTER TABLE ledger ADD COLUMN serial_start BIGINT NOT NULL DEFAULT 0;
-        ALTER TABLE ledger ADD COLUMN serial_end BIGINT NOT NULL DEFAULT 0;
-        UPDATE ledger SET unit_kind = json_extract(block, '$.unit_kind'),
-            issuing_registry = json_extract(block, '$.issuing_registry'), issuance = json_extract(block, '$.issuance'),
-            serial_start = json_extract(block, '$.start'), serial_end = json_extract(block, '$.end');
+        ALTER TABLE ledger ADD COLUMN unit_kind TEXT GENERATED ALWAYS AS (json_extract(block, '$.unit_kind')) VIRTUAL;
+        ALTER TABLE ledger ADD COLUMN issuing_registry TEXT
+            GENERATED ALWAYS AS (json_extract(block, '$.issuing_registry')) VIRTUAL;
+        ALTER TABLE ledger ADD COLUMN issuance TEXT GENERATED ALWAYS AS (json_extract(block, '$.issuance')) VIRTUAL;
+        ALTER TABLE ledger ADD COLUMN serial_start BIGINT GENERATED ALWAYS AS (json_extract(block, '$.start')) VIRTUAL;
+        ALTER TABLE ledger ADD COLUMN serial_end BIGINT GENERATED ALWAYS AS (json_extract(block, '$.end')) VIRTUAL;
+        ALTER TABLE ledger ADD COLUMN action_year INTEGER
+            GENERATED ALWAYS AS (CAST(substr(action_date, 1, 4) AS INTEGER)) VIRTUAL;
+        ALTER TABLE ledger ADD COLUMN partner TEXT
+            GENERATED ALWAYS AS (CASE WHEN action_type = 'Acquisition' THEN transferring_party ELSE acquiring_party END)
+            VIRTUAL;
         UPDATE ledger SET action_subtype = 'First transfer to another Party'
             WHERE action_type = 'First transfer' AND action_subtype = '';
         UPDATE ledger SET block = json_set(block, '$.first_transferring_party', first_transferring_party,
@@ -263,7 +266,11 @@ MIGRATIONS = (
             WHERE first_transferring_party != '' AND json_extract(block, '$.authorization_id') IS NULL;
         CREATE INDEX ledger_party_space ON ledger
             (first_transferring_party, unit_kind, issuing_registry, issuance, serial_start);
+        CREATE INDEX ledger_party_action_space ON ledger
+            (first_transferring_party, action_type, unit_kind, issuing_registry, issuance, serial_start);
         CREATE INDEX ledger_date ON ledger (action_date);
+        CREATE INDEX ledger_summary ON ledger (action_type, action_subtype, purpose, vintage, year_of_use, action_year,
+            cooperative_approach, authorization_id, first_transferring_party, partner, quantity);
         CREATE INDEX ledger_action ON ledger (transfer_id);
         DROP INDEX blocks_guarded;
         CREATE INDEX blocks_guarded ON blocks (unit_kind, issuing_registry, issuance, serial_start)

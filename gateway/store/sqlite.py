@@ -19,7 +19,7 @@ from typing import Any
 from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
-from gateway.domain.ledger import LockedPeriod
+from gateway.domain.ledger import FirstTransferRange, LockedPeriod
 from gateway.domain.protocol import first_transfer_quantity
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
@@ -557,12 +557,26 @@ class SQLiteTransaction:
         )
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
-    async def ledger_first_transfers(self, party: str) -> list[LedgerEntry]:
-        rows = self._all(
-            "SELECT * FROM ledger WHERE action_type = ? AND first_transferring_party = ? ORDER BY entry_id",
-            (ActionType.FIRST_TRANSFER.value, party),
+    async def first_transfers_overlapping(
+        self, party: str, space: SerialSpace, start: int, end: int
+    ) -> list[FirstTransferRange]:
+        # Disjoint ranges: the one starting last before ``start`` and those starting inside, two index seeks.
+        key = (party, ActionType.FIRST_TRANSFER.value, space.unit_kind, space.issuing_registry, space.issuance)
+        where = (
+            "first_transferring_party = ? AND action_type = ? AND unit_kind = ? AND issuing_registry = ?"
+            " AND issuance = ?"
         )
-        return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
+        columns = "entry_id, serial_start, serial_end"
+        before = self._one(
+            f"SELECT {columns} FROM ledger WHERE {where} AND serial_start < ? ORDER BY serial_start DESC LIMIT 1",
+            (*key, start),
+        )
+        inside = self._all(
+            f"SELECT {columns} FROM ledger WHERE {where} AND serial_start >= ? AND serial_start <= ?",
+            (*key, start, end),
+        )
+        rows = [*([before] if before is not None and before[2] >= start else []), *inside]
+        return [(int(r[0]), space, int(r[1]), int(r[2])) for r in rows]
 
     async def ledger_of_action(self, action_id: str) -> list[LedgerEntry]:
         rows = self._all("SELECT * FROM ledger WHERE transfer_id = ? ORDER BY entry_id", (action_id,))
@@ -591,11 +605,10 @@ class SQLiteTransaction:
 
     async def ledger_totals(self) -> list[LedgerTotal]:
         rows = self._all(
-            "SELECT action_type, action_subtype, purpose, vintage, year_of_use, CAST(substr(action_date, 1, 4) AS"
-            " INTEGER) AS action_year, cooperative_approach, authorization_id, first_transferring_party,"
-            " CASE WHEN action_type = 'Acquisition' THEN transferring_party ELSE acquiring_party END AS partner,"
-            # Two sums that cannot overflow (up to 2^31 rows), joined in Python: the ledger's true total may pass
-            # 2^63 - 1 where SQLite's SUM would fail.
+            # One pass over the covering index ledger_summary, in its order: no sort. Two sums that cannot
+            # overflow (up to 2^31 rows), joined in Python: the true total may pass 2^63 - 1 where SUM would fail.
+            "SELECT action_type, action_subtype, purpose, vintage, year_of_use, action_year, cooperative_approach,"
+            " authorization_id, first_transferring_party, partner,"
             " SUM(quantity >> 32) AS high, SUM(quantity & 4294967295) AS low FROM ledger"
             " GROUP BY action_type, action_subtype, purpose, vintage, year_of_use, action_year, cooperative_approach,"
             " authorization_id, first_transferring_party, partner"

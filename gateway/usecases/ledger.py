@@ -96,8 +96,12 @@ class LedgerKeeping(GatewayBase):
             emissions = await tx.reported_emissions()
             locks = await tx.locked_periods()
             unresolved = await tx.ledger_unresolved(self.party)
-            if unresolved:
-                unresolved = still_unresolved(unresolved, await tx.ledger_first_transfers(self.party))
+            later = [
+                found
+                for e in unresolved
+                for found in await tx.first_transfers_overlapping(self.party, e.block.space, e.block.start, e.block.end)
+            ]
+            unresolved = still_unresolved(unresolved, later)
             sectors: dict[str, str] = {}
             for authorization_id in sorted({t.authorization_id for t in totals}):
                 found = await tx.get_authorization(authorization_id)

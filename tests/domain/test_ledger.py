@@ -609,7 +609,10 @@ CEA_SPACE = SerialSpace("CEA", "CN-CEA")
         pytest.param([(5, SPACE, 20, 30)], [(1, 19), (31, 100)], id="a-later-first-transfer-inside"),
         pytest.param([(0, SPACE, 1, 100)], [(1, 100)], id="an-earlier-one-resolves-nothing"),
         pytest.param([(5, CEA_SPACE, 1, 100)], [(1, 100)], id="another-serial-space"),
-        pytest.param([(5, SPACE, 1, 60), (6, SPACE, 50, 100)], [], id="all-resolved-in-two"),
+        pytest.param([(5, SPACE, 1, 60), (6, SPACE, 61, 100)], [], id="all-resolved-in-two"),
+        pytest.param(
+            [(5, SPACE, 1, 10), (7, SPACE, 200, 300), (6, SPACE, 40, 50)], [(11, 39), (51, 100)], id="unsorted"
+        ),
         pytest.param([(5, SPACE, 90, 200)], [(1, 89)], id="overlapping-the-end"),
     ],
 )
@@ -619,11 +622,7 @@ def test_still_unresolved_trims_units_first_transferred_since(
     sent = entry(
         ActionType.TRANSFER, UnitBlock(SPACE, 1, 100, vintage=2025), AT, ActionSubtype.NOT_YET_DEFINED.value, 1
     )
-    later = [
-        entry(ActionType.FIRST_TRANSFER, UnitBlock(space, start, end, vintage=2025), AT, "", entry_id)
-        for entry_id, space, start, end in first_transfers
-    ]
-    found = still_unresolved([sent], later)
+    found = still_unresolved([sent], first_transfers)
     assert [(e.block.start, e.block.end) for e in found] == left
     assert all(e.transfer_id == sent.transfer_id for e in found)
 
