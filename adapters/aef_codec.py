@@ -15,7 +15,7 @@ from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from adapters import vocab
-from adapters.aef_columns import DISCRIMINATOR, RECORD_TYPES, Column, Kind, Table, columns
+from adapters.aef_columns import DISCRIMINATOR, NOT_APPLICABLE, RECORD_TYPES, Column, Kind, Table, columns
 from adapters.context import MappingContext
 from adapters.fields import FieldReader, check_action_instant, format_dmy, format_iso_ms
 from adapters.serials.base import SerialError
@@ -51,6 +51,8 @@ def parse_row(
 ) -> tuple[Any, tuple[Problem, ...]]:
     """The canonical record of one row (None when not ``build``ing, only checking), and its notes."""
     cols = tuple(c for c in columns(table) if key_of(c))
+    if key_of is header_key:
+        raw = _without_na(raw, cols)
     r = FieldReader(raw)
     r.forbid_unknown(frozenset(key_of(c) for c in cols))
     discriminator = _discriminator(table, cols, r, key_of)
@@ -116,7 +118,9 @@ def render_row(
             if value not in (None, "", ()):
                 lost.append(col.field)
             continue
-        row[key] = value
+        row[key] = (
+            NOT_APPLICABLE if key_of is header_key and value in (None, "") and col.kind is not Kind.PLATFORM else value
+        )
     try:
         _, notes = parse_row(table, row, ctx, key_of=key_of, iso_dates=iso_dates, build=False)
     except RecordRejected as rejected:
@@ -124,6 +128,13 @@ def render_row(
             Problem(p.field, f"the {table.value} row cannot be written: {p.message}", p.code) for p in rejected.problems
         ) from None
     return row, tuple(lost), notes
+
+
+def _without_na(raw: Mapping[str, object], cols: tuple[Column, ...]) -> Mapping[str, object]:
+    """``raw`` with the cells that say ``NA`` (does not apply) emptied; the platform columns keep theirs, which
+    the reader then refuses (they stay blank)."""
+    platform = {header_key(c) for c in cols if c.kind is Kind.PLATFORM}
+    return {k: (None if v == NOT_APPLICABLE and k not in platform else v) for k, v in raw.items()}
 
 
 def _discriminator(table: Table, cols: tuple[Column, ...], r: FieldReader, key_of: KeyOf) -> str | None:
@@ -292,9 +303,33 @@ def _check_row(
                 IssueCode.BLOCK_ORDER,
             )
     if table is Table.ACTIONS:
+        _check_applies(r, by_field, values)
         instant = values.get("action_date")
         if isinstance(instant, dt.datetime) and (why := check_action_instant(instant)):
             r.fail(by_field["action_date"], why, IssueCode.BAD_DATE)
+
+
+def _check_applies(r: FieldReader, by_field: Mapping[str, str], values: Mapping[str, object]) -> None:
+    """The acquiring Party of a transfer or a first transfer to another Party, and the year of a use towards the
+    NDC, are required; a first transfer with no other Party, or a use for another purpose, has none."""
+    action, subtype, purpose = values.get("action_type"), values.get("action_subtype"), values.get("purpose")
+    to_a_party = action is ActionType.TRANSFER or (
+        action is ActionType.FIRST_TRANSFER and subtype is ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY
+    )
+    rules = (
+        ("acquiring_party", action in (ActionType.TRANSFER, ActionType.FIRST_TRANSFER), to_a_party,
+         "a transfer or a first transfer to another Party"),
+        ("ndc_year_of_use", action is ActionType.USE, purpose is Purpose.NDC, "a use towards the NDC (purpose NDC)"),
+    )  # fmt: skip
+    for name, limited, needed, what in rules:
+        key = by_field.get(name)
+        if key is None or not limited:
+            continue
+        given = values.get(name) not in (None, "")
+        if needed and not given:
+            r.fail(key, f"is required for {what}", IssueCode.MISSING_FIELD)
+        elif given and not needed:
+            r.fail(key, f"applies only to {what}: it must be NA here", IssueCode.NOT_APPLICABLE)
 
 
 def _render_value(col: Column, record: Any, ctx: MappingContext, iso_dates: bool) -> object:

@@ -7,9 +7,13 @@ in the CAD Trust v2 data model (empty where CAD Trust has no such field). A corr
 The list is a careful transcription of the nomenclature (DESIGN.md section 2), not an official V2 template
 (none has been published). Column rules encoded here:
 
-* Transferring Party ID is for acquisitions only; Acquiring Party ID for first transfers and transfers only;
-  NDC year of use for uses only; purpose and using/cancelling Party and entity for uses and cancellations.
-* First transfer definition for OIMP, and OIMP authorized by the Party, apply only to purposes with OIMP.
+* Transferring Party ID is for acquisitions only; Acquiring Party ID for transfers and first transfers to
+  another Party only (a first transfer at authorization, issuance or use has none); the calendar year of use
+  for uses towards the NDC only; purpose and using/cancelling Party and entity for uses and cancellations.
+* First transfer definition for OIMP applies to every purpose but NDC alone; OIMP authorized by the Party to
+  purposes with OIMP.
+* A cell that does not apply to a row holds ``NA`` in an AEF file (`NOT_APPLICABLE`); only the platform
+  columns stay blank (DESIGN.md section 2).
 * Platform columns (review status, consistency results, review reference) are left blank; a filled one is
   refused on reading.
 * Non-GHG columns must stay blank: non-GHG metrics are out of scope and refused with a clear error.
@@ -28,6 +32,9 @@ from gateway.domain.canonical import (
     AefSubmission,
 )
 from gateway.domain.records import ActionType, Purpose
+
+NOT_APPLICABLE = "NA"
+"""What an AEF file's cell holds where the column does not apply to the row."""
 
 
 class Table(enum.StrEnum):
@@ -92,6 +99,7 @@ _USE_OR_CANCEL = frozenset(
     {ActionType.USE.value, ActionType.CANCELLATION.value, ActionType.VOLUNTARY_CANCELLATION.value}
 )
 _OIMP = frozenset({Purpose.OIMP.value, Purpose.NDC_AND_OIMP.value})
+_NOT_NDC_ONLY = frozenset(p.value for p in Purpose) - {Purpose.NDC.value}
 
 
 def _block(table: Table, prefix: str) -> tuple[Column, ...]:
@@ -135,10 +143,10 @@ def _block(table: Table, prefix: str) -> tuple[Column, ...]:
         Column(table, "First unit ID", "first_unit_id", _K.UNDERLYING_UNIT, False, cadt=f"{prefix}_unit_first_id"),
         Column(table, "Last unit ID", "last_unit_id", _K.UNDERLYING_UNIT, False, cadt=f"{prefix}_unit_last_id"),
         Column(table, "Metric", "metric", _K.METRIC, True, cadt=f"{prefix}_metric"),
-        Column(table, "GWP value(s)", "gwp_values", _K.TEXT, True, cadt=f"{prefix}_gwp_value"),
-        Column(table, "non-GHG metric", "", _K.NON_GHG, False, cadt=f"{prefix}_applicable_non_ghg_metric"),
+        Column(table, "Applicable GWP value(s)", "gwp_values", _K.TEXT, True, cadt=f"{prefix}_gwp_value"),
+        Column(table, "Applicable non-GHG metric", "", _K.NON_GHG, False, cadt=f"{prefix}_applicable_non_ghg_metric"),
         Column(table, "Quantity (t CO2 eq)", "quantity", _K.QUANTITY, True, cadt=f"{prefix}_quantity_t_co2"),
-        Column(table, "Quantity (non-GHG metric)", "", _K.NON_GHG, False, cadt=f"{prefix}_quantity_non_ghg"),
+        Column(table, "Quantity (in non-GHG metric)", "", _K.NON_GHG, False, cadt=f"{prefix}_quantity_non_ghg"),
         Column(table, "Mitigation type", "mitigation_type", _K.MITIGATION_TYPE, True, cadt=f"{prefix}_mitigation_type"),
         Column(table, "Vintage", "vintage", _K.YEAR, True, cadt=f"{prefix}_vintage_year"),
     )
@@ -161,11 +169,16 @@ COLUMNS: tuple[Column, ...] = (
         cadt="aef_t1_submission_review_status",
     ),
     Column(
-        _T.SUBMISSION, "Result of the consistency check", "", _K.PLATFORM, False, cadt="aef_t1_submission_result_check"
+        _T.SUBMISSION,
+        "Result of the consistency check of this AEF submission",
+        "",
+        _K.PLATFORM,
+        False,
+        cadt="aef_t1_submission_result_check",
     ),
     Column(
         _T.SUBMISSION,
-        "First year of the NDC period",
+        "First year of the NDC implementation period",
         "ndc_first_year",
         _K.YEAR,
         True,
@@ -173,7 +186,7 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         _T.SUBMISSION,
-        "Last year of the NDC period",
+        "Last year of the NDC implementation period",
         "ndc_last_year",
         _K.YEAR,
         True,
@@ -181,7 +194,7 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         _T.SUBMISSION,
-        "Reference to the technical expert review report",
+        "Reference to the Article 6 technical expert review report of the initial report",
         "",
         _K.PLATFORM,
         False,
@@ -198,7 +211,14 @@ COLUMNS: tuple[Column, ...] = (
         True,
         cadt="aef_t2_authorizations_cooperative_approach_id",
     ),
-    Column(_T.AUTHORIZATIONS, "Version", "version", _K.TEXT, True, cadt="aef_t2_authorizations_version"),
+    Column(
+        _T.AUTHORIZATIONS,
+        "Version of the authorization",
+        "version",
+        _K.TEXT,
+        True,
+        cadt="aef_t2_authorizations_version",
+    ),
     Column(
         _T.AUTHORIZATIONS,
         "Authorized quantity",
@@ -276,7 +296,7 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         _T.AUTHORIZATIONS,
-        "Terms and conditions",
+        "Authorization terms and conditions",
         "terms_and_conditions",
         _K.TEXT,
         False,
@@ -284,7 +304,7 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         _T.AUTHORIZATIONS,
-        "Documentation",
+        "Authorization documentation",
         "documentation",
         _K.TEXT,
         False,
@@ -296,12 +316,12 @@ COLUMNS: tuple[Column, ...] = (
         "first_transfer_definition",
         _K.FIRST_TRANSFER,
         True,
-        only_for=_OIMP,
+        only_for=_NOT_NDC_ONLY,
         cadt="aef_t2_authorizations_first_transfer_definition_oimp",
     ),
     Column(
         _T.AUTHORIZATIONS,
-        "Additional information",
+        "Additional explanatory information",
         "additional_information",
         _K.TEXT,
         False,
@@ -314,7 +334,7 @@ COLUMNS: tuple[Column, ...] = (
     *_block(_T.ACTIONS, "aef_t3_actions"),
     Column(
         _T.ACTIONS,
-        "Transferring Party ID",
+        "Transferring participating Party ID",
         "transferring_party",
         _K.PARTY,
         True,
@@ -323,16 +343,16 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         _T.ACTIONS,
-        "Acquiring Party ID",
+        "Acquiring participating Party ID",
         "acquiring_party",
         _K.PARTY,
-        True,
+        False,  # required for a Transfer and a first transfer to another Party; see aef_codec._check_row
         only_for=_TRANSFERS,
         cadt="aef_t3_actions_acquiring_party_id",
     ),
     Column(
         _T.ACTIONS,
-        "Purpose of use or cancellation",
+        "Purpose for which the ITMO has been used towards or cancelled for OIMP",
         "purpose",
         _K.PURPOSE,
         True,
@@ -341,7 +361,7 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         _T.ACTIONS,
-        "Using/cancelling Party ID",
+        "Using/cancelling participating Party ID",
         "using_party",
         _K.PARTY,
         False,
@@ -350,7 +370,7 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         _T.ACTIONS,
-        "Using/cancelling entity ID",
+        "Using/cancelling authorized entity ID",
         "using_entity",
         _K.TEXT,
         False,
@@ -359,19 +379,24 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         _T.ACTIONS,
-        "NDC year of use",
+        "Calendar year for which the ITMOs are used towards the Party's NDC",
         "ndc_year_of_use",
         _K.YEAR,
-        True,
+        False,  # required for a use towards the NDC; see aef_codec._check_row
         only_for=_USE,
         cadt="aef_t3_actions_itmo_used_year",
     ),
     Column(
-        _T.ACTIONS, "Consistency check result", "", _K.PLATFORM, False, cadt="aef_t3_actions_consistency_check_result"
+        _T.ACTIONS,
+        "Result of the consistency checks",
+        "",
+        _K.PLATFORM,
+        False,
+        cadt="aef_t3_actions_consistency_check_result",
     ),
     Column(
         _T.ACTIONS,
-        "Additional information",
+        "Additional explanatory information",
         "additional_information",
         _K.TEXT,
         False,
@@ -380,7 +405,7 @@ COLUMNS: tuple[Column, ...] = (
     # --- Holdings (16 columns) ----------------------------------------------------------------------------
     *_block(_T.HOLDINGS, "aef_t4_holdings"),
     # --- Authorized entities (8 columns) ------------------------------------------------------------------
-    Column(_T.AUTHORIZED_ENTITIES, "Date of authorization", "authorization_date", _K.DATE, True),
+    Column(_T.AUTHORIZED_ENTITIES, "Date of the authorization", "authorization_date", _K.DATE, True),
     Column(_T.AUTHORIZED_ENTITIES, "Name", "name", _K.TEXT, True),
     Column(
         _T.AUTHORIZED_ENTITIES,
@@ -403,7 +428,7 @@ COLUMNS: tuple[Column, ...] = (
     Column(
         _T.AUTHORIZED_ENTITIES, "Change and revocation conditions", "change_and_revocation_conditions", _K.TEXT, False
     ),
-    Column(_T.AUTHORIZED_ENTITIES, "Additional information", "additional_information", _K.TEXT, False),
+    Column(_T.AUTHORIZED_ENTITIES, "Additional explanatory information", "additional_information", _K.TEXT, False),
 )
 
 RECORD_TYPES: dict[Table, type] = {

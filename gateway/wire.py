@@ -272,6 +272,11 @@ def authorization_to_proto(a: Authorization) -> records_pb2.Authorization:
         expires=a.expires.isoformat() if a.expires else "",
         revoked=a.revoked,
         note=a.note,
+        authorized_parties=list(a.authorized_parties),
+        authorized_entities=list(a.authorized_entities),
+        oimp_authorized=a.oimp_authorized,
+        terms_and_conditions=a.terms_and_conditions,
+        documentation=a.documentation,
     )
 
 
@@ -316,6 +321,17 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
     if msg.revoked:
         raise _invalid(f"{field}.revoked", "an authorization is revoked with RevokeAuthorization, which records why")
     text.check_text(msg.note, f"{field}.note", what="note")
+    text.check_count(msg.authorized_parties, f"{field}.authorized_parties", text.MAX_LIST_ITEMS, what="Parties")
+    for i, party in enumerate(msg.authorized_parties):
+        if not PARTY_PATTERN.fullmatch(party):
+            raise _invalid(
+                f"{field}.authorized_parties[{i}]", f"{text.quoted(party)} is not an ISO 3166-1 alpha-3 Party code"
+            )
+    text.check_count(msg.authorized_entities, f"{field}.authorized_entities", text.MAX_LIST_ITEMS, what="entities")
+    for i, entity in enumerate(msg.authorized_entities):
+        text.check_identifier(entity, f"{field}.authorized_entities[{i}]", what="entity ID")
+    for name in ("oimp_authorized", "terms_and_conditions", "documentation"):
+        text.check_text(getattr(msg, name), f"{field}.{name}", what=name.replace("_", " "))
     date = _date(msg.date, f"{field}.date")
     expires = _date(msg.expires, f"{field}.expires") if msg.expires else None
     if expires is not None and expires < date:
@@ -335,6 +351,11 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         activity_types=tuple(msg.activity_types),
         expires=expires,
         note=msg.note,
+        authorized_parties=tuple(msg.authorized_parties),
+        authorized_entities=tuple(msg.authorized_entities),
+        oimp_authorized=msg.oimp_authorized,
+        terms_and_conditions=msg.terms_and_conditions,
+        documentation=msg.documentation,
     )
 
 

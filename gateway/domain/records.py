@@ -125,6 +125,16 @@ class Authorization:
     """True for the version that revokes the authorization from its date: nothing may act under it after."""
     note: str = ""
     """Additional explanatory information, e.g. why a version amends or revokes the authorization."""
+    authorized_parties: tuple[str, ...] = ()
+    """The AEF "Authorized Party(ies) ID" (alpha-3 codes); the AEF report needs them and guesses none."""
+    authorized_entities: tuple[str, ...] = ()
+    """The AEF "Authorized entity(ies) ID"."""
+    oimp_authorized: str = ""
+    """The AEF "OIMP authorized by the Party" (e.g. CORSIA), for authorizations with OIMP."""
+    terms_and_conditions: str = ""
+    """The AEF "Authorization terms and conditions"."""
+    documentation: str = ""
+    """The AEF "Authorization documentation" (e.g. a reference to the published authorization)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,6 +132,11 @@ def authorization_to_json(a: Authorization) -> str:
             "expires": a.expires.isoformat() if a.expires else None,
             "revoked": a.revoked,
             "note": a.note,
+            "authorized_parties": list(a.authorized_parties),
+            "authorized_entities": list(a.authorized_entities),
+            "oimp_authorized": a.oimp_authorized,
+            "terms_and_conditions": a.terms_and_conditions,
+            "documentation": a.documentation,
         },
         sort_keys=True,
     )
@@ -156,6 +161,11 @@ def authorization_from_json(text: str) -> Authorization:
         expires=dt.date.fromisoformat(d["expires"]) if d["expires"] else None,
         revoked=d.get("revoked", False),
         note=d.get("note", ""),
+        authorized_parties=tuple(d.get("authorized_parties", ())),
+        authorized_entities=tuple(d.get("authorized_entities", ())),
+        oimp_authorized=d.get("oimp_authorized", ""),
+        terms_and_conditions=d.get("terms_and_conditions", ""),
+        documentation=d.get("documentation", ""),
     )
 
 

@@ -177,6 +177,15 @@ class Reporting(GatewayBase):
             except ValueError:
                 problems.append(Problem(f"{where}.sectors", f"{sector!r} is not an AEF sector", IssueCode.BAD_VALUE))
                 return None
+        if not a.authorized_parties:
+            problems.append(
+                Problem(
+                    f"{where}.authorized_parties",
+                    "names no authorized Party: amend the authorization to give them (nothing is guessed)",
+                    IssueCode.MISSING_FIELD,
+                )
+            )
+            return None
         definition = a.first_transfer_definition
         oimp = purpose in (Purpose.OIMP, Purpose.NDC_AND_OIMP)
         return AefAuthorization(
@@ -190,15 +199,16 @@ class Reporting(GatewayBase):
             sectors=tuple(sectors),
             activity_types=a.activity_types,
             purposes=purpose,
-            authorized_parties=(self.party,),
-            authorized_entities=(),
-            oimp_authorized="",
+            authorized_parties=a.authorized_parties,
+            authorized_entities=a.authorized_entities,
+            oimp_authorized=a.oimp_authorized if oimp else "",
             timeframe_start=a.timeframe_start,
             timeframe_end=a.timeframe_end,
-            terms_and_conditions="",
-            documentation="",
+            terms_and_conditions=a.terms_and_conditions,
+            documentation=a.documentation,
+            # The definition applies to every purpose but NDC alone (adapters.aef_columns).
             first_transfer_definition=definition
-            if oimp and definition is not FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER
+            if purpose is not Purpose.NDC and definition is not FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER
             else None,
             additional_information=("Revoked. " if a.revoked else "") + a.note,
         )

@@ -123,17 +123,23 @@ def aef_actions(draw: st.DrawFn) -> AefAction:
     holding = draw(aef_holdings())
     kind = draw(st.sampled_from(list(ActionType)))
     use_or_cancel = kind in (ActionType.USE, ActionType.CANCELLATION, ActionType.VOLUNTARY_CANCELLATION)
+    subtype = draw(st.sampled_from(list(ActionSubtype)))
+    # A first transfer at authorization, issuance or use has no acquiring Party (aef_columns).
+    to_a_party = kind is ActionType.TRANSFER or (
+        kind is ActionType.FIRST_TRANSFER and subtype is ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY
+    )
+    purpose = draw(st.sampled_from(list(Purpose))) if use_or_cancel else None
     columns = {name: getattr(holding, name) for name in AefHolding.__dataclass_fields__}
     columns.update(
         action_date=draw(instant),
         action_type=kind,
-        action_subtype=draw(st.sampled_from(list(ActionSubtype))),
+        action_subtype=subtype,
         transferring_party=draw(party) if kind is ActionType.ACQUISITION else "",
-        acquiring_party=draw(party) if kind in (ActionType.FIRST_TRANSFER, ActionType.TRANSFER) else "",
-        purpose=draw(st.sampled_from(list(Purpose))) if use_or_cancel else None,
+        acquiring_party=draw(party) if to_a_party else "",
+        purpose=purpose,
         using_party=draw(st.one_of(st.just(""), party)) if use_or_cancel else "",
         using_entity=draw(st.one_of(st.just(""), words)) if use_or_cancel else "",
-        ndc_year_of_use=draw(year) if kind is ActionType.USE else None,
+        ndc_year_of_use=draw(year) if kind is ActionType.USE and purpose is Purpose.NDC else None,
         additional_information=draw(st.one_of(st.just(""), text)),
     )
     return AefAction.of(**columns)
@@ -182,7 +188,7 @@ def aef_authorizations(draw: st.DrawFn) -> AefAuthorization:
                 [d for d in FirstTransferDefinition if d is not FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER]
             )
         )
-        if oimp
+        if purpose is not Purpose.NDC
         else None,
         additional_information=draw(st.one_of(st.just(""), text)),
     )

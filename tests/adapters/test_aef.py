@@ -102,20 +102,20 @@ def _action_row(**changes: object) -> dict[str, object]:
         "First unit ID": "u-1001",
         "Last unit ID": "u-2000",
         "Metric": "GHG",
-        "GWP value(s)": "AR5",
-        "non-GHG metric": "",
+        "Applicable GWP value(s)": "AR5",
+        "Applicable non-GHG metric": "",
         "Quantity (t CO2 eq)": "1000",
-        "Quantity (non-GHG metric)": "",
+        "Quantity (in non-GHG metric)": "",
         "Mitigation type": "Emission reductions",
         "Vintage": "2024",
-        "Transferring Party ID": "",
-        "Acquiring Party ID": "CHE",
-        "Purpose of use or cancellation": "",
-        "Using/cancelling Party ID": "",
-        "Using/cancelling entity ID": "",
-        "NDC year of use": "",
-        "Consistency check result": "",
-        "Additional information": "",
+        "Transferring participating Party ID": "",
+        "Acquiring participating Party ID": "CHE",
+        "Purpose for which the ITMO has been used towards or cancelled for OIMP": "",
+        "Using/cancelling participating Party ID": "",
+        "Using/cancelling authorized entity ID": "",
+        "Calendar year for which the ITMOs are used towards the Party's NDC": "",
+        "Result of the consistency checks": "",
+        "Additional explanatory information": "",
     }
     row.update(changes)
     return row
@@ -128,32 +128,56 @@ def test_a_valid_action_row_parses() -> None:
 
 
 RULES = [
-    ({"Transferring Party ID": "CHE"}, "Transferring Party ID", IssueCode.NOT_APPLICABLE),
+    ({"Transferring participating Party ID": "CHE"}, "Transferring participating Party ID", IssueCode.NOT_APPLICABLE),
     (
-        {"Action type": "Acquisition", "Acquiring Party ID": "", "Transferring Party ID": ""},
-        "Transferring Party ID",
+        {
+            "Action type": "Acquisition",
+            "Acquiring participating Party ID": "",
+            "Transferring participating Party ID": "",
+        },
+        "Transferring participating Party ID",
         IssueCode.MISSING_FIELD,
     ),
-    ({"Action type": "Acquisition", "Transferring Party ID": "CHE"}, "Acquiring Party ID", IssueCode.NOT_APPLICABLE),
-    ({"Acquiring Party ID": ""}, "Acquiring Party ID", IssueCode.MISSING_FIELD),
-    ({"NDC year of use": "2025"}, "NDC year of use", IssueCode.NOT_APPLICABLE),
     (
-        {"Action type": "Use", "Acquiring Party ID": "", "Purpose of use or cancellation": "NDC"},
-        "NDC year of use",
+        {"Action type": "Acquisition", "Transferring participating Party ID": "CHE"},
+        "Acquiring participating Party ID",
+        IssueCode.NOT_APPLICABLE,
+    ),
+    ({"Acquiring participating Party ID": ""}, "Acquiring participating Party ID", IssueCode.MISSING_FIELD),
+    (
+        {"Calendar year for which the ITMOs are used towards the Party's NDC": "2025"},
+        "Calendar year for which the ITMOs are used towards the Party's NDC",
+        IssueCode.NOT_APPLICABLE,
+    ),
+    (
+        {
+            "Action type": "Use",
+            "Acquiring participating Party ID": "",
+            "Purpose for which the ITMO has been used towards or cancelled for OIMP": "NDC",
+        },
+        "Calendar year for which the ITMOs are used towards the Party's NDC",
         IssueCode.MISSING_FIELD,
     ),
-    ({"Purpose of use or cancellation": "NDC"}, "Purpose of use or cancellation", IssueCode.NOT_APPLICABLE),
-    ({"Using/cancelling entity ID": "E-1"}, "Using/cancelling entity ID", IssueCode.NOT_APPLICABLE),
-    ({"Consistency check result": "consistent"}, "Consistency check result", IssueCode.PLATFORM_COLUMN),
+    (
+        {"Purpose for which the ITMO has been used towards or cancelled for OIMP": "NDC"},
+        "Purpose for which the ITMO has been used towards or cancelled for OIMP",
+        IssueCode.NOT_APPLICABLE,
+    ),
+    (
+        {"Using/cancelling authorized entity ID": "E-1"},
+        "Using/cancelling authorized entity ID",
+        IssueCode.NOT_APPLICABLE,
+    ),
+    ({"Result of the consistency checks": "consistent"}, "Result of the consistency checks", IssueCode.PLATFORM_COLUMN),
     ({"Metric": "non-GHG"}, "Metric", IssueCode.UNSUPPORTED),
-    ({"non-GHG metric": "MWh"}, "non-GHG metric", IssueCode.UNSUPPORTED),
+    ({"Applicable non-GHG metric": "MWh"}, "Applicable non-GHG metric", IssueCode.UNSUPPORTED),
     ({"Action type": "Transfer out"}, "Action type", IssueCode.BAD_VALUE),
     ({"Action subtype": "Issued"}, "Action subtype", IssueCode.BAD_VALUE),
     ({"Mitigation type": "Avoidance"}, "Mitigation type", IssueCode.BAD_VALUE),
     ({"Cooperative approach ID": "CA001"}, "Cooperative approach ID", IssueCode.BAD_PATTERN),
     ({"Party ITMO registry ID": "CHN1"}, "Party ITMO registry ID", IssueCode.BAD_PATTERN),
     ({"Party ITMO registry ID": "XXX01"}, "Party ITMO registry ID", IssueCode.BAD_VALUE),
-    ({"Acquiring Party ID": "CH"}, "Acquiring Party ID", IssueCode.BAD_VALUE),
+    ({"Acquiring participating Party ID": "CH"}, "Acquiring participating Party ID", IssueCode.BAD_VALUE),
     ({"Action date": "2025-03-01"}, "Action date", IssueCode.BAD_DATE),
     ({"Action date": "2025-02-30T08:00:00.000Z"}, "Action date", IssueCode.BAD_DATE),
     ({"Quantity (t CO2 eq)": "-1000"}, "Quantity (t CO2 eq)", IssueCode.BAD_QUANTITY),
@@ -197,7 +221,7 @@ def test_authorization_oimp_columns_follow_the_purpose() -> None:
         "Authorization ID": "A-1",
         "Date of authorization": "15/01/2025",
         "Cooperative approach ID": "CA0001",
-        "Version": "1",
+        "Version of the authorization": "1",
         "Authorized quantity": "100000",
         "Metric": "GHG",
         "Applicable GWP value(s)": "AR5",
@@ -209,10 +233,10 @@ def test_authorization_oimp_columns_follow_the_purpose() -> None:
         "Authorized entity(ies) ID": "",
         "OIMP authorized by the Party": "CORSIA",
         "Authorized timeframe": "2021 - 2030",
-        "Terms and conditions": "",
-        "Documentation": "",
+        "Authorization terms and conditions": "",
+        "Authorization documentation": "",
         "First transfer definition for OIMP": "Authorisation",
-        "Additional information": "",
+        "Additional explanatory information": "",
     }
     record, _ = parse_row(Table.AUTHORIZATIONS, base, CTX)
     assert record.purposes is Purpose.NDC_AND_OIMP and len(record.sectors) == 2
@@ -244,10 +268,10 @@ def test_submission_version_and_platform_columns() -> None:
         "Reported year": "2025",
         "Date of submission": "14/04/2026",
         "Review status of the initial report": "",
-        "Result of the consistency check": "",
-        "First year of the NDC period": "2021",
-        "Last year of the NDC period": "2030",
-        "Reference to the technical expert review report": "",
+        "Result of the consistency check of this AEF submission": "",
+        "First year of the NDC implementation period": "2021",
+        "Last year of the NDC implementation period": "2030",
+        "Reference to the Article 6 technical expert review report of the initial report": "",
     }
     assert parse_row(Table.SUBMISSION, base, CTX)[0].version == "1.0"
     for changes, field, code in [
@@ -257,7 +281,11 @@ def test_submission_version_and_platform_columns() -> None:
             "Review status of the initial report",
             IssueCode.PLATFORM_COLUMN,
         ),
-        ({"Last year of the NDC period": "2020"}, "Last year of the NDC period", IssueCode.BLOCK_ORDER),
+        (
+            {"Last year of the NDC implementation period": "2020"},
+            "Last year of the NDC implementation period",
+            IssueCode.BLOCK_ORDER,
+        ),
         ({"Date of submission": "31/04/2026"}, "Date of submission", IssueCode.BAD_DATE),
     ]:
         with pytest.raises(RecordRejected) as refused:
@@ -281,10 +309,9 @@ def test_bad_row_in_an_xlsx_batch_refuses_the_whole_batch() -> None:
     result = map_batch("aef-actions", "cadt-v2-aef-t3", data, source_format="xlsx", adapters=ADAPTERS, context=CTX)
     assert not result.applied and result.outputs == ()
     assert {(i.position, i.field) for i in result.issues} == {
-        (2, "Acquiring Party ID"),
-        (2, "Purpose of use or cancellation"),
-        (2, "NDC year of use"),
-    }
+        (2, "Acquiring participating Party ID"),
+        (2, "Purpose for which the ITMO has been used towards or cancelled for OIMP"),
+    }  # with no purpose, whether the use is towards the NDC (and needs its year) cannot be told
 
 
 def test_the_action_date_must_be_whole_milliseconds_utc() -> None:
@@ -296,5 +323,5 @@ def test_the_action_date_must_be_whole_milliseconds_utc() -> None:
 
 def test_action_types_cover_the_rules() -> None:
     assert {c.header for c in COLUMNS if c.only_for and ActionType.ACQUISITION.value in c.only_for} == {
-        "Transferring Party ID"
+        "Transferring participating Party ID"
     }

@@ -58,13 +58,13 @@ def test_cad_trust_t5_reports_the_entity_columns_it_cannot_carry(entity: Any) ->
         [ADAPTERS["aef-authorized-entities"].render(entity, CTX).row],
         adapters=ADAPTERS,
     )
-    expected = {"Date of authorization", "Name", "Cooperative approach ID"}
+    expected = {"Date of the authorization", "Name", "Cooperative approach ID"}
     expected |= {
         h
         for h, f in (
             ("Conditions", "conditions"),
             ("Change and revocation conditions", "change_and_revocation_conditions"),
-            ("Additional information", "additional_information"),
+            ("Additional explanatory information", "additional_information"),
         )
         if getattr(entity, f)
     }

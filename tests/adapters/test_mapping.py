@@ -129,8 +129,8 @@ def test_context_facts_must_obey_the_action_type_rules() -> None:
     ctx = s.action_context(ActionType.ACQUISITION)
     result = map_batch("cn-ccer", "aef-actions", [_good()], context=ctx, adapters=ADAPTERS)
     assert {(i.field, i.code) for i in result.issues} >= {
-        ("Acquiring Party ID", IssueCode.NOT_APPLICABLE),
-        ("Transferring Party ID", IssueCode.MISSING_FIELD),
+        ("Acquiring participating Party ID", IssueCode.NOT_APPLICABLE),
+        ("Transferring participating Party ID", IssueCode.MISSING_FIELD),
     }
     use = s.action_context(ActionType.USE, acquiring_party=None, purpose=Purpose.NDC, ndc_year_of_use=2025)
     assert map_batch("cn-ccer", "aef-actions", [_good()], context=use, adapters=ADAPTERS).ok

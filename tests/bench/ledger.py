@@ -118,6 +118,7 @@ def authorizations() -> list[Authorization]:
                 first_transfer_definition=FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER,
                 sectors=("Energy generation", "Forestry and land use"),
                 activity_types=("Offshore wind", "Afforestation"),
+                authorized_parties=(PARTY, partner),
             )
         )
         found.append(
@@ -134,6 +135,7 @@ def authorizations() -> list[Authorization]:
                 first_transfer_definition=FirstTransferDefinition.USE_OR_CANCELLATION,
                 sectors=("Energy generation",),
                 activity_types=("Solar thermal",),
+                authorized_parties=(PARTY, partner),
             )
         )
     return found

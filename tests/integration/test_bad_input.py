@@ -414,6 +414,24 @@ TABLE: list[Bad] = [
         lambda: authorization(first_transfer_definition=BIG),
         "authorization.first_transfer_definition",
     ),
+    Bad(
+        "authorized_party-lowercase",
+        "RegisterAuthorization",
+        lambda: authorization(authorized_parties=["CHN", "che"]),
+        "authorization.authorized_parties[1]",
+    ),
+    Bad(
+        "authorized_entity-bidi",
+        "RegisterAuthorization",
+        lambda: authorization(authorized_entities=[BIDI]),
+        "authorization.authorized_entities[0]",
+    ),
+    Bad(
+        "documentation-3mb",
+        "RegisterAuthorization",
+        lambda: authorization(documentation=BIG),
+        "authorization.documentation",
+    ),
     *bad_keys("RegisterAuthorization", lambda k: authorization(key=k)),
     # RegisterIssuance
     Bad("block-missing", "RegisterIssuance", no_block, "block"),

@@ -311,6 +311,11 @@ class Authorization(_message.Message):
     EXPIRES_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    AUTHORIZED_PARTIES_FIELD_NUMBER: _builtins.int
+    AUTHORIZED_ENTITIES_FIELD_NUMBER: _builtins.int
+    OIMP_AUTHORIZED_FIELD_NUMBER: _builtins.int
+    TERMS_AND_CONDITIONS_FIELD_NUMBER: _builtins.int
+    DOCUMENTATION_FIELD_NUMBER: _builtins.int
     authorization_id: _builtins.str
     date: _builtins.str
     """ISO 8601 date, YYYY-MM-DD"""
@@ -329,6 +334,10 @@ class Authorization(_message.Message):
     """this version revokes the authorization from its date"""
     note: _builtins.str
     """additional explanatory information (a revocation's reason)"""
+    oimp_authorized: _builtins.str
+    """e.g. "CORSIA", for authorizations with OIMP"""
+    terms_and_conditions: _builtins.str
+    documentation: _builtins.str
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """AEF purposes, e.g. "NDC" """
@@ -337,6 +346,14 @@ class Authorization(_message.Message):
     def sectors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def activity_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def authorized_parties(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The AEF Authorizations columns the gateway reports as given (it guesses none).
+        alpha-3 codes
+        """
+
+    @_builtins.property
+    def authorized_entities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -355,10 +372,15 @@ class Authorization(_message.Message):
         expires: _builtins.str = ...,
         revoked: _builtins.bool = ...,
         note: _builtins.str = ...,
+        authorized_parties: _abc.Iterable[_builtins.str] | None = ...,
+        authorized_entities: _abc.Iterable[_builtins.str] | None = ...,
+        oimp_authorized: _builtins.str = ...,
+        terms_and_conditions: _builtins.str = ...,
+        documentation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_types", b"activity_types", "authorization_id", b"authorization_id", "authorized_quantity", b"authorized_quantity", "cooperative_approach", b"cooperative_approach", "date", b"date", "expires", b"expires", "first_transfer_definition", b"first_transfer_definition", "metric", b"metric", "note", b"note", "purposes", b"purposes", "revoked", b"revoked", "sectors", b"sectors", "timeframe_end", b"timeframe_end", "timeframe_start", b"timeframe_start", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_types", b"activity_types", "authorization_id", b"authorization_id", "authorized_entities", b"authorized_entities", "authorized_parties", b"authorized_parties", "authorized_quantity", b"authorized_quantity", "cooperative_approach", b"cooperative_approach", "date", b"date", "documentation", b"documentation", "expires", b"expires", "first_transfer_definition", b"first_transfer_definition", "metric", b"metric", "note", b"note", "oimp_authorized", b"oimp_authorized", "purposes", b"purposes", "revoked", b"revoked", "sectors", b"sectors", "terms_and_conditions", b"terms_and_conditions", "timeframe_end", b"timeframe_end", "timeframe_start", b"timeframe_start", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
