@@ -88,9 +88,10 @@ def _report_aef(args: argparse.Namespace) -> int:
         shown = "; ".join(f"{p.field}: {p.message}" for p in exc.problems[:5])
         more = f" (and {len(exc.problems) - 5} more)" if len(exc.problems) > 5 else ""
         return fail("report aef", f"the ledger cannot be reported as it stands: {shown}{more}")
-    except (OSError, sqlite3.Error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return fail("report aef", f"{args.out}: {reason}")
+    except sqlite3.Error as exc:
+        return fail("report aef", f"the gateway's database cannot be read: {exc}")
+    except OSError as exc:
+        return fail("report aef", f"{args.out}: {exc.strerror or exc}")
     print(f"wrote {out}" if args.format == "xlsx" else f"wrote {len(written)} files to {out}")
     return 0
 
@@ -111,7 +112,7 @@ def write_report(
     from gateway.store.sqlite import SQLiteStore
 
     async def export() -> list[Path]:
-        store = await SQLiteStore.open(config.database)
+        store = await SQLiteStore.open_read_only(config.database)
         try:
             gateway = Gateway(
                 party=config.party,

@@ -490,6 +490,12 @@ def sheets(data: bytes) -> dict[str, list[list[object]]]:
     return found
 
 
+def files(folder: Path) -> list[str]:
+    """The files in ``folder``, less SQLite's own -wal and -shm beside a database, which any reader of a WAL
+    database may create and which belong to the database, not to the report."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(("-wal", "-shm")))
+
+
 def one_line(err: str) -> str:
     lines = err.splitlines()
     assert len(lines) == 1, err
@@ -549,13 +555,13 @@ def test_a_past_year_exported_again_after_later_activity_is_the_same_bytes(gatew
 def test_a_refused_report_writes_nothing(gateway_dir: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
     odd = dataclasses.replace(OWN.with_range(3001, 3010), mitigation_type="Avoidance")
     asyncio.run(_append(gateway_dir / "chn.db", [entry("2025-07-01T00:00:00", ActionType.AUTHORIZATION, odd)], []))
-    before = sorted(p.name for p in gateway_dir.iterdir())
+    before = files(gateway_dir)
     out = gateway_dir / ("aef.xlsx" if fmt == "xlsx" else "aef")
     assert report(gateway_dir, out, "--format", fmt) == 1
     line = one_line(capsys.readouterr().err)
     assert line.startswith("carbon-gateway report aef: the ledger cannot be reported as it stands: ledger[6]")
     assert "mitigation_type" in line and "states no AEF mitigation type" in line
-    assert sorted(p.name for p in gateway_dir.iterdir()) == before
+    assert files(gateway_dir) == before
 
 
 def test_a_cell_xlsx_cannot_hold_refuses_the_workbook_naming_it(
@@ -712,3 +718,32 @@ def test_text_is_never_a_formula_and_a_workbook_is_the_same_bytes_every_time() -
     with pytest.raises(RecordRejected) as refused:
         tabular.write_xlsx([("Rows", ["a", "b"], [["ok", "x" * 32768]])])
     assert [p.field for p in refused.value.problems] == ["Rows[1].b"]
+
+
+def test_the_report_reads_the_database_without_changing_it(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing is created or migrated: a file that is no gateway database, or one of another schema version,
+    is refused in one line and left as it was."""
+    import sqlite3
+
+    database = gateway_dir / "chn.db"
+    before = database.read_bytes()
+    assert report(gateway_dir, gateway_dir / "aef.xlsx") == 0
+    assert database.read_bytes() == before
+    capsys.readouterr()
+    database.write_bytes(b"not a database at all" * 100)
+    assert report(gateway_dir, gateway_dir / "again.xlsx") == 1
+    assert "is not a gateway database" in one_line(capsys.readouterr().err)
+    assert database.read_bytes() == b"not a database at all" * 100
+    database.unlink()
+    db = sqlite3.connect(database)
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT)")
+    db.executemany("INSERT INTO schema_migrations VALUES (?, '')", [(1,), (2,), (3,), (4,)])
+    db.commit()
+    db.close()
+    older = database.read_bytes()
+    assert report(gateway_dir, gateway_dir / "again.xlsx") == 1
+    assert "start the gateway of this version once" in one_line(capsys.readouterr().err)
+    assert database.read_bytes() == older
+    assert not (gateway_dir / "again.xlsx").exists()

@@ -68,6 +68,27 @@ class SQLiteStore:
         migrate(db)
         return cls(db)
 
+    @classmethod
+    async def open_read_only(cls, path: Path | str) -> SQLiteStore:
+        """Open an existing database for reading only: nothing is created or migrated, so a reader (a report)
+        never changes a running gateway's file. Refuses a file whose schema is not this version's."""
+        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=5000")
+        try:
+            found = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise sqlite3.DatabaseError(f"{path} is not a gateway database: {exc}") from None
+        expected = {version for version, _, _ in MIGRATIONS}
+        if found != expected:
+            db.close()
+            raise sqlite3.DatabaseError(
+                f"{path} has schema versions up to {max(found, default=0)}, this version reads {max(expected)}:"
+                " start the gateway of this version once, which migrates it"
+            )
+        return cls(db)
+
     @asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[SQLiteTransaction]:
         """Begin a write transaction; commit on normal exit, roll back on an exception.
