@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Protocol
 
 from adapters import tabular
 from adapters.aef_codec import parse_row, render_row
-from adapters.aef_columns import RECORD_TYPES, Table, columns, headers
+from adapters.aef_columns import BLOCK_FIELDS, RECORD_TYPES, Table, columns, headers
 from adapters.base import AdapterInfo, RawRecord, Rendered, schemas
 from adapters.context import MappingContext
 from adapters.serials.itmo import first_last_id_formatter
@@ -359,18 +359,9 @@ class _Rows:
         return out
 
 
-_BLOCK_FIELDS = (
-    "itmo_first_serial",
-    "itmo_last_serial",
-    "first_unit_id",
-    "last_unit_id",
-    "quantity",
-    "mitigation_type",
-    "vintage",
-)
 _ACTION_PART = attrgetter(*(name for name in ActionHeader.__dataclass_fields__ if name != "action_date"))
 _HOLDING_PART = attrgetter(
-    *(name for name in AefHolding.__dataclass_fields__ if name not in _BLOCK_FIELDS and name != "underlying_registry"),
+    *(name for name in AefHolding.__dataclass_fields__ if name not in BLOCK_FIELDS and name != "underlying_registry"),
     "underlying_registry",
 )
 _Template = tuple[list[object], Callable[[str, str], str]]
@@ -387,7 +378,7 @@ class _BlockRows(_Rows):
     def __init__(self, table: Table, ctx: MappingContext) -> None:
         super().__init__(table, ctx)
         place = {c.field: i for i, c in enumerate(columns(table)) if c.field}
-        self._places = tuple(place[name] for name in _BLOCK_FIELDS)
+        self._places = tuple(place[name] for name in BLOCK_FIELDS)
         self._date = place.get("action_date")
         self._type: Any = AefAction if table is Table.ACTIONS else AefHolding
         self._templates: dict[tuple[object, ...], _Template | None] = {}

@@ -33,6 +33,18 @@ from gateway.domain.canonical import (
 )
 from gateway.domain.records import ActionType, Purpose
 
+BLOCK_FIELDS = (
+    "itmo_first_serial",
+    "itmo_last_serial",
+    "first_unit_id",
+    "last_unit_id",
+    "quantity",
+    "mitigation_type",
+    "vintage",
+)
+"""The canonical fields of the Actions and Holdings columns that vary with the block; a fast writer spells
+these into an otherwise shared row."""
+
 NOT_APPLICABLE = "NA"
 """What an AEF file's cell holds where the column does not apply to the row."""
 

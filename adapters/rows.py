@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, overload
 
 from adapters import cn_ccer
-from adapters.aef_columns import Table, columns
+from adapters.aef_columns import BLOCK_FIELDS, Table, columns
 from adapters.base import RawRecord
 from adapters.context import MappingContext
 from adapters.mapping import MappedRecord, map_batch
@@ -110,16 +110,6 @@ def map_rows(
 
 # --- the fast path from CCER credits to AEF Actions rows ---------------------------------------------------
 
-_BLOCK_FIELDS = (
-    "itmo_first_serial",
-    "itmo_last_serial",
-    "first_unit_id",
-    "last_unit_id",
-    "quantity",
-    "mitigation_type",
-    "vintage",
-)
-"""The canonical fields of the AEF Actions columns that vary with the block; the rest come from the facts."""
 _HEADERS = {column.field: column.header for column in columns(Table.ACTIONS)}
 
 _Block = tuple[int, int, int, str]
@@ -201,7 +191,7 @@ class _SpelledRows(Sequence[Row]):
         if facts.cooperative_approach is None or facts.party_registry is None or facts.first_transferring_party is None:
             return None
         header = first.columns
-        wanted = [_HEADERS[field] for field in _BLOCK_FIELDS]
+        wanted = [_HEADERS[field] for field in BLOCK_FIELDS]
         if not set(wanted) <= set(header):
             return None
         default_mitigation = facts.mitigation_type.value if facts.mitigation_type else ""

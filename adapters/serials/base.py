@@ -71,6 +71,15 @@ class SerialGrammar(Protocol[V]):
         ...
 
 
+def parse_range(parts: Mapping[str, str], text: str) -> tuple[int, int]:
+    """The block start and end of a serial's ``start`` and ``end`` groups; refuses a backwards range."""
+    start = parse_serial_int(parts["start"], "the block start", text)
+    end = parse_serial_int(parts["end"], "the block end", text)
+    if end < start:
+        raise SerialError(f"the block end {end} precedes its start {start} in {text!r}")
+    return start, end
+
+
 def parse_serial_int(text: str, what: str, serial: str) -> int:
     """A serial number part: digits without leading zeros."""
     if not _INT.fullmatch(text):

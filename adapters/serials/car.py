@@ -33,6 +33,7 @@ from adapters.serials.base import (
     carried_fields,
     check_vintage,
     make_block,
+    parse_range,
     parse_serial_int,
     prefixed,
     require_attributes,
@@ -114,10 +115,7 @@ class CarGrammar:
             ("batch", "the batch number"),
         ):
             parse_serial_int(parts[name], what, text)
-        start = parse_serial_int(parts["start"], "the block start", text)
-        end = parse_serial_int(parts["end"], "the block end", text)
-        if end < start:
-            raise SerialError(f"the block end {end} precedes its start {start} in {text!r}")
+        start, end = parse_range(parts, text)
         return CarSerial(
             unit_type=parts["unit_type"],
             country=parts["country"],

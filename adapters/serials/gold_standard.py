@@ -19,6 +19,7 @@ from adapters.serials.base import (
     carried_fields,
     check_vintage,
     make_block,
+    parse_range,
     parse_serial_int,
     prefixed,
     require_attributes,
@@ -73,10 +74,7 @@ class GoldStandardGrammar:
             )
         parts = match.groupdict()
         parse_serial_int(parts["issuance"], "the issuance number", text)
-        start = parse_serial_int(parts["start"], "the block start", text)
-        end = parse_serial_int(parts["end"], "the block end", text)
-        if end < start:
-            raise SerialError(f"the block end {end} precedes its start {start} in {text!r}")
+        start, end = parse_range(parts, text)
         return GoldStandardSerial(
             registry=parts["registry"],
             unit_code=parts["unit_code"],

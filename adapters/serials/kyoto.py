@@ -55,6 +55,7 @@ from adapters.serials.base import (
     SerialError,
     carried_fields,
     make_block,
+    parse_range,
     parse_serial_int,
     prefixed,
     require_attributes,
@@ -262,10 +263,7 @@ class KyotoGrammar:
                 "-<start>-<end>-<original CP>-<applicable CP>-<LULUCF activity>-<project>-<track>"
             )
         parts = match.groupdict()
-        start = parse_serial_int(parts["start"], "the block start", text)
-        end = parse_serial_int(parts["end"], "the block end", text)
-        if end < start:
-            raise SerialError(f"the block end {end} precedes its start {start} in {text!r}")
+        start, end = parse_range(parts, text)
         for name in ("supplementary", "original_cp", "applicable_cp", "lulucf", "project", "track"):
             parse_serial_int(parts[name], f"the {name.replace('_', ' ')}", text)
         return KyotoBlock(

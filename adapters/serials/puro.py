@@ -20,7 +20,7 @@ from adapters.serials.base import (
     carried_fields,
     check_vintage,
     make_block,
-    parse_serial_int,
+    parse_range,
     prefixed,
     require_attributes,
 )
@@ -74,10 +74,7 @@ class PuroGrammar:
                 "PURO_<registry>_<credit type>_<country>_<facility>_<vintage>_<issuance uuid>_<start>-<end>" + hint
             )
         parts = match.groupdict()
-        start = parse_serial_int(parts["start"], "the block start", text)
-        end = parse_serial_int(parts["end"], "the block end", text)
-        if end < start:
-            raise SerialError(f"the block end {end} precedes its start {start} in {text!r}")
+        start, end = parse_range(parts, text)
         return PuroSerial(
             registry=parts["registry"],
             credit_type=parts["credit_type"],

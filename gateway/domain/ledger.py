@@ -25,7 +25,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from gateway.domain import ranges
+from gateway.domain import ranges, text
 from gateway.domain.adjustments import MAX_YEAR, MIN_YEAR
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
@@ -122,26 +122,12 @@ def check_authorizes(authorization: Authorization, purpose: Purpose, field: str,
 
 def parse_retirement(value: str, field: str = "action") -> Retirement:
     """The retirement named by ``value``, or a GatewayError listing the accepted values."""
-    try:
-        return Retirement(value)
-    except ValueError:
-        allowed = ", ".join(repr(r.value) for r in Retirement)
-        raise GatewayError(
-            ResponseCode.INVALID_ARGUMENT, f"unknown action {value[:80]!r}; use one of {allowed}", field=field
-        ) from None
+    return text.parse_choice(Retirement, value, field, what="action")
 
 
 def parse_cancellation_subtype(value: str, field: str = "subtype") -> CancellationSubtype:
     """The cancellation subtype named by ``value``, or a GatewayError listing the accepted values."""
-    try:
-        return CancellationSubtype(value)
-    except ValueError:
-        allowed = ", ".join(repr(c.value) for c in CancellationSubtype)
-        raise GatewayError(
-            ResponseCode.INVALID_ARGUMENT,
-            f"unknown cancellation subtype {value[:80]!r}; use one of {allowed}",
-            field=field,
-        ) from None
+    return text.parse_choice(CancellationSubtype, value, field, what="cancellation subtype")
 
 
 # authorizations over time

@@ -39,24 +39,12 @@ class Rejection:
 
 def parse_purpose(value: str, *, field: str = "purpose") -> Purpose:
     """The AEF purpose named by ``value``, or a GatewayError naming the field."""
-    try:
-        return Purpose(value)
-    except ValueError:
-        allowed = ", ".join(repr(p.value) for p in Purpose)
-        raise GatewayError(
-            ResponseCode.INVALID_ARGUMENT, f"unknown purpose {value!r}; use one of {allowed}", field=field
-        ) from None
+    return text.parse_choice(Purpose, value, field, what="purpose")
 
 
 def parse_adjustment_method(value: str, *, field: str = "adjustment_method") -> AdjustmentMethod:
     """The corresponding-adjustment method named by ``value``, or a GatewayError naming the field."""
-    try:
-        return AdjustmentMethod(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in AdjustmentMethod)
-        raise GatewayError(
-            ResponseCode.INVALID_ARGUMENT, f"unknown adjustment method {value!r}; use one of {allowed}", field=field
-        ) from None
+    return text.parse_choice(AdjustmentMethod, value, field, what="adjustment method")
 
 
 def validate_terms(terms: TransferTerms) -> None:

@@ -21,10 +21,14 @@ Refusal messages quote at most `MAX_QUOTED` characters of an offending value.
 
 from __future__ import annotations
 
+import enum
 import unicodedata
 from collections.abc import Sized
+from typing import TypeVar
 
 from gateway.domain.errors import GatewayError, ResponseCode
+
+Choice = TypeVar("Choice", bound=enum.StrEnum)
 
 MAX_IDENTIFIER_LENGTH = 128
 """Account, authorization, transfer, project, methodology and registry-reference IDs, and other codes."""
@@ -163,3 +167,12 @@ def quoted(value: str, limit: int = MAX_QUOTED) -> str:
 def truncate(text: str, limit: int = MAX_TEXT_LENGTH) -> str:
     """``text`` cut to at most ``limit`` characters, marked when cut (for messages this gateway writes)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_choice(kind: type[Choice], value: str, field: str, *, what: str) -> Choice:
+    """The member of ``kind`` spelled ``value``, or a refusal naming the field and listing every accepted value."""
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(repr(member.value) for member in kind)
+        raise _invalid(field, f"unknown {what} {quoted(value, 80)}; use one of {allowed}") from None
