@@ -252,8 +252,11 @@ class Transaction(Protocol):
         defined``); `gateway.domain.ledger.still_unresolved` trims those first transferred since."""
         ...
 
-    async def ledger_of_units(self, party: str, space: SerialSpace, start: int, end: int) -> list[LedgerEntry]:
-        """The entries, with ``party`` as first transferring Party, that share a unit with ``[start, end]``."""
+    async def ledger_of_units(
+        self, party: str, space: SerialSpace, start: int, end: int, *, since: int = 0
+    ) -> list[LedgerEntry]:
+        """The entries, with ``party`` as first transferring Party, that share a unit with ``[start, end]``; those
+        starting before serial ``since`` are not looked at (the caller knows none there can)."""
         ...
 
     async def first_transfers_overlapping(

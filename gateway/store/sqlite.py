@@ -570,11 +570,13 @@ class SQLiteTransaction:
         )
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
-    async def ledger_of_units(self, party: str, space: SerialSpace, start: int, end: int) -> list[LedgerEntry]:
+    async def ledger_of_units(
+        self, party: str, space: SerialSpace, start: int, end: int, *, since: int = 0
+    ) -> list[LedgerEntry]:
         rows = self._all(
             "SELECT * FROM ledger WHERE first_transferring_party = ? AND unit_kind = ? AND issuing_registry = ?"
-            " AND issuance = ? AND serial_start <= ? AND serial_end >= ? ORDER BY entry_id",
-            (party, space.unit_kind, space.issuing_registry, space.issuance, end, start),
+            " AND issuance = ? AND serial_start >= ? AND serial_start <= ? AND serial_end >= ? ORDER BY entry_id",
+            (party, space.unit_kind, space.issuing_registry, space.issuance, since, end, start),
         )
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 

@@ -173,8 +173,10 @@ class Acquiring(GatewayBase):
         records, which costs one lookup of the known ranges.
         """
         history = []
-        if await tx.known_ranges(block.space, block.start, block.end):
-            history = await tx.ledger_of_units(self.party, block.space, block.start, block.end)
+        known = await tx.known_ranges(block.space, block.start, block.end)
+        if known:
+            # Every entry lies inside one known range: none starts before the first that meets the block.
+            history = await tx.ledger_of_units(self.party, block.space, block.start, block.end, since=known[0][0])
         if history and not block.tied:
             block = with_own_tie(block, history)
         else:

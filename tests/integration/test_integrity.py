@@ -914,6 +914,8 @@ async def test_defect_11_units_that_came_back_can_be_sent_again_under_a_full_aut
             request.authorization_id = "CHN-A-400"
             first = await chn.ProposeTransfer(request)
             assert (await wait_for_state(chn, first.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            # CHE holds the units once the Completion reaches it, which may be a moment after CHN completes.
+            assert (await wait_for_state(che, first.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
             back = operator_pb2.ProposeTransferRequest()
             back.CopyFrom(request)
             back.idempotency_key, back.source_account = "back", "CH-PH-0001"
