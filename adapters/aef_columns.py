@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from gateway.domain import text
 from gateway.domain.canonical import (
     AefAction,
     AefAuthorization,
@@ -45,7 +46,7 @@ BLOCK_FIELDS = (
 """The canonical fields of the Actions and Holdings columns that vary with the block; a fast writer spells
 these into an otherwise shared row."""
 
-NOT_APPLICABLE = "NA"
+NOT_APPLICABLE = text.NOT_APPLICABLE
 """What an AEF file's cell holds where the column does not apply to the row."""
 
 

@@ -89,6 +89,7 @@ DEMO_AUTHORIZATION = records_pb2.Authorization(
     timeframe_start=2021,
     timeframe_end=2030,
     first_transfer_definition="First international transfer",
+    sectors=["Forestry and land use"],
     authorized_parties=["CHN", "CHE"],
 )
 

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from carbon_gateway.v1 import envelope_pb2, partner_pb2, records_pb2
 from gateway.domain import text
 from gateway.domain.blocks import MAX_SERIAL, BlockError, SerialSpace, UnitBlock
+from gateway.domain.canonical import AefSector
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.nomenclature import Nomenclature
 from gateway.domain.protocol import Rejection, parse_adjustment_method, parse_purpose
@@ -310,6 +311,20 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         for i, value in enumerate(values):
             text.check_name(value, f"{field}.{name}[{i}]", what=name.rstrip("s").replace("_", " "))
     purposes = frozenset(parse_purpose(p, field=f"{field}.purposes[{i}]") for i, p in enumerate(msg.purposes))
+    text.check_not_na(msg.authorization_id, f"{field}.authorization_id")
+    for name in ("activity_types", "authorized_entities"):
+        for i, value in enumerate(getattr(msg, name)):
+            text.check_not_na(value, f"{field}.{name}[{i}]")
+    for name in ("note", "oimp_authorized", "terms_and_conditions", "documentation", "version"):
+        text.check_not_na(getattr(msg, name), f"{field}.{name}")
+    # What the AEF report must carry is refused at the door when missing: a version that cannot be reported
+    # would stay in every report for ever.
+    if not msg.sectors:
+        raise _invalid(f"{field}.sectors", "name the authorization's AEF sector(s)")
+    for i, sector in enumerate(msg.sectors):
+        text.parse_choice(AefSector, sector, f"{field}.sectors[{i}]", what="AEF sector")
+    if not msg.authorized_parties:
+        raise _invalid(f"{field}.authorized_parties", "name the authorized Party(ies) (alpha-3 codes)")
     try:
         ftd = FirstTransferDefinition(msg.first_transfer_definition)
     except ValueError:

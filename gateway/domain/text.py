@@ -176,3 +176,13 @@ def parse_choice(kind: type[Choice], value: str, field: str, *, what: str) -> Ch
     except ValueError:
         allowed = ", ".join(repr(member.value) for member in kind)
         raise _invalid(field, f"unknown {what} {quoted(value, 80)}; use one of {allowed}") from None
+
+
+NOT_APPLICABLE = "NA"
+"""What an AEF cell holds where a column does not apply: never a value of its own."""
+
+
+def check_not_na(value: str, field: str) -> None:
+    """Refuse a value spelled ``NA``: in the AEF it means "does not apply", so it would be reported as absent."""
+    if value.strip() == NOT_APPLICABLE:
+        raise _invalid(field, '"NA" means "does not apply" in the AEF reports, so it cannot be a value here')

@@ -118,18 +118,6 @@ def _locked(lock: LockedPeriod) -> operator_pb2.LockedPeriod:
     )
 
 
-def _int64(value: int, where: str) -> int:
-    """``value`` if the wire's 64-bit integers carry it; a clear refusal otherwise."""
-    if not -text.MAX_INT64 - 1 <= value <= text.MAX_INT64:
-        raise GatewayError(
-            ResponseCode.INVALID_STATE,
-            f"{where} totals {value} t CO2e, beyond what a 64-bit quantity carries; list the ledger's entries"
-            " (ListLedgerEntries) to find the registrations or acquisitions that no real registry holds",
-            field=where,
-        )
-    return value
-
-
 def summary_to_proto(summary: LedgerSummary) -> operator_pb2.LedgerSummary:
     """The ledger summary as its wire message (fractions as decimal text, see `format_quantity`)."""
     structured = summary.structured
@@ -141,13 +129,15 @@ def summary_to_proto(summary: LedgerSummary) -> operator_pb2.LedgerSummary:
                 sectors=g.sectors,
                 partner=g.partner,
                 vintage=g.vintage,
-                **{
-                    name: _int64(getattr(g, name), f"groups[{i}].{name}")
-                    for name in ("authorized", "first_transferred", "acquired", "used", "cancelled", "adjusted")
-                },
-                transferred=_int64(g.transferred, f"groups[{i}].transferred"),
+                authorized=str(g.authorized),
+                first_transferred=str(g.first_transferred),
+                acquired=str(g.acquired),
+                used=str(g.used),
+                cancelled=str(g.cancelled),
+                adjusted=str(g.adjusted),
+                transferred=str(g.transferred),
             )
-            for i, g in enumerate(summary.groups)
+            for g in summary.groups
         ],
         unresolved=[wire.ledger_entry_to_proto(e) for e in summary.unresolved],
         locked=[_locked(lock) for lock in summary.locked],
@@ -164,11 +154,9 @@ def summary_to_proto(summary: LedgerSummary) -> operator_pb2.LedgerSummary:
         message.years.append(
             operator_pb2.SummaryYear(
                 year=row.year,
-                first_transferred_ndc=_int64(row.first_transferred_ndc, f"years[{row.year}].first_transferred_ndc"),
-                first_transferred_oimp_only=_int64(
-                    row.first_transferred_oimp_only, f"years[{row.year}].first_transferred_oimp_only"
-                ),
-                used_ndc=_int64(row.used_ndc, f"years[{row.year}].used_ndc"),
+                first_transferred_ndc=str(row.first_transferred_ndc),
+                first_transferred_oimp_only=str(row.first_transferred_oimp_only),
+                used_ndc=str(row.used_ndc),
                 annual_adjustment_averaging=format_quantity(row.annual_adjustment_averaging)
                 if row.annual_adjustment_averaging is not None
                 else "",

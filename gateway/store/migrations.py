@@ -275,6 +275,17 @@ MIGRATIONS = (
         DROP INDEX blocks_guarded;
         CREATE INDEX blocks_guarded ON blocks (unit_kind, issuing_registry, issuance, serial_start)
             WHERE status IN ('held', 'reserved', 'pending', 'debited', 'used', 'cancelled');
+        CREATE TABLE ledger_spans (
+            first_transferring_party TEXT NOT NULL,
+            unit_kind TEXT NOT NULL,
+            issuing_registry TEXT NOT NULL,
+            issuance TEXT NOT NULL,
+            longest BIGINT NOT NULL,
+            PRIMARY KEY (first_transferring_party, unit_kind, issuing_registry, issuance)
+        );
+        INSERT INTO ledger_spans
+            SELECT first_transferring_party, unit_kind, issuing_registry, issuance, MAX(serial_end - serial_start)
+            FROM ledger GROUP BY first_transferring_party, unit_kind, issuing_registry, issuance;
         CREATE TABLE reported_emissions (
             year INTEGER PRIMARY KEY,
             quantity BIGINT NOT NULL,

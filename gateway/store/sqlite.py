@@ -555,6 +555,18 @@ class SQLiteTransaction:
             )
             assert cursor.lastrowid is not None
             ids.append(cursor.lastrowid)
+            space = entry.block.space
+            self._db.execute(
+                "INSERT INTO ledger_spans VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE"
+                " SET longest = MAX(longest, excluded.longest)",
+                (
+                    entry.first_transferring_party,
+                    space.unit_kind,
+                    space.issuing_registry,
+                    space.issuance,
+                    entry.block.end - entry.block.start,
+                ),
+            )
         return ids
 
     async def list_ledger(self) -> list[LedgerEntry]:
@@ -573,10 +585,21 @@ class SQLiteTransaction:
     async def ledger_of_units(
         self, party: str, space: SerialSpace, start: int, end: int, *, since: int = 0
     ) -> list[LedgerEntry]:
+        key = (party, space.unit_kind, space.issuing_registry, space.issuance)
+        # No entry is longer than the longest recorded for the space, so none starting further back than that
+        # can reach ``start``: the index is searched over that window only, however long the ledger.
+        longest = self._one(
+            "SELECT longest FROM ledger_spans WHERE first_transferring_party = ? AND unit_kind = ?"
+            " AND issuing_registry = ? AND issuance = ?",
+            key,
+        )
+        if longest is None:
+            return []
+        since = max(since, start - int(longest[0]))
         rows = self._all(
             "SELECT * FROM ledger WHERE first_transferring_party = ? AND unit_kind = ? AND issuing_registry = ?"
             " AND issuance = ? AND serial_start >= ? AND serial_start <= ? AND serial_end >= ? ORDER BY entry_id",
-            (party, space.unit_kind, space.issuing_registry, space.issuance, since, end, start),
+            (*key, since, end, start),
         )
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 

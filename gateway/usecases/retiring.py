@@ -136,6 +136,8 @@ class Retiring(Initiating):
         text.check_count(request.selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
         text.check_identifier(request.using_entity, "using_entity", what="entity ID", required=False)
         text.check_text(request.note, "note", what="note")
+        text.check_not_na(request.note, "note")
+        text.check_not_na(request.using_entity, "using_entity")
         if request.retirement is Retirement.USE_NDC:
             if request.year_of_use is None:
                 raise GatewayError(

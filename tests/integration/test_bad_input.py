@@ -397,6 +397,16 @@ TABLE: list[Bad] = [
     ),
     Bad("sector-3mb", "RegisterAuthorization", lambda: authorization(sectors=[BIG]), "authorization.sectors[0]"),
     Bad(
+        "sector-not-aef", "RegisterAuthorization", lambda: authorization(sectors=["Energy"]), "authorization.sectors[0]"
+    ),
+    Bad("sectors-none", "RegisterAuthorization", lambda: authorization(sectors=[]), "authorization.sectors"),
+    Bad(
+        "authorized_parties-none",
+        "RegisterAuthorization",
+        lambda: authorization(authorized_parties=[]),
+        "authorization.authorized_parties",
+    ),
+    Bad(
         "activity_type-bidi",
         "RegisterAuthorization",
         lambda: authorization(activity_types=["A\u202eB"]),
@@ -712,6 +722,16 @@ TABLE: list[Bad] = [
     Bad("subtype-missing", "CancelUnits", lambda: cancel_units(subtype=""), "subtype"),
     Bad("subtype-voluntary", "CancelUnits", lambda: cancel_units(voluntary=True), "subtype"),
     Bad("note-3mb", "CancelUnits", lambda: cancel_units(note=BIG), "note"),
+    Bad("note-na", "CancelUnits", lambda: cancel_units(note="NA"), "note"),
+    Bad(
+        "id-na", "RegisterAuthorization", lambda: authorization(authorization_id="NA"), "authorization.authorization_id"
+    ),
+    Bad(
+        "activity-na",
+        "RegisterAuthorization",
+        lambda: authorization(activity_types=["NA"]),
+        "authorization.activity_types[0]",
+    ),
     *each_id("CancelUnits", "cancellation_account", lambda v: cancel_units(cancellation_account=v)),
     *bad_keys("SetReportedEmissions", lambda k: operator_pb2.SetReportedEmissionsRequest(idempotency_key=k, year=2025)),
     Bad(

@@ -111,15 +111,15 @@ async def test_use_cancel_summary_and_aef_rows(tmp_path: Path) -> None:
 
     # CHN first transferred 400 of vintage 2025, authorized for NDC use: added in 2025 (para 8(a), by vintage).
     chn_2025 = next(y for y in chn_summary.years if y.year == 2025)
-    assert (chn_2025.first_transferred_ndc, chn_2025.used_ndc) == (400, 0)
+    assert (chn_2025.first_transferred_ndc, chn_2025.used_ndc) == ("400", "0")
     assert chn_summary.averaging_divisor and "elapsed" in chn_summary.averaging_divisor
     # CHE used 100 for 2025: subtracted in 2025 by year of use; its acquisition moves nothing.
     che_2025 = next(y for y in che_summary.years if y.year == 2025)
-    assert (che_2025.first_transferred_ndc, che_2025.used_ndc) == (0, 100)
-    assert all(y.first_transferred_ndc == 0 for y in che_summary.years)
-    cancelled_group = [g for g in chn_summary.groups if g.cancelled]
+    assert (che_2025.first_transferred_ndc, che_2025.used_ndc) == ("0", "100")
+    assert all(y.first_transferred_ndc == "0" for y in che_summary.years)
+    cancelled_group = [g for g in chn_summary.groups if g.cancelled != "0"]
     assert [(g.cooperative_approach, g.vintage, g.cancelled, g.first_transferred) for g in cancelled_group] == [
-        ("CA0001", 2025, 50, 0)
+        ("CA0001", 2025, "50", "0")
     ]
 
     # The AEF rows, written from the rules: CHN's first transfer to CHE and its OMGE cancellation of units
@@ -303,9 +303,8 @@ async def test_units_that_come_back_keep_the_tie_and_first_transfer_this_gateway
 
 @pytest.mark.asyncio
 async def test_inputs_that_would_put_the_summary_out_of_reach_are_refused_or_reported_clearly(tmp_path: Path) -> None:
-    """A year the arithmetic does not cover is refused at the door; totals beyond 64 bits (which no real
-    registry holds) give a clear refusal naming the group, never an internal error; the summary of an honest
-    ledger still answers afterwards."""
+    """A year the arithmetic does not cover is refused at the door; totals beyond 64 bits (which a hostile
+    partner could bring) are summed and given exactly, never an internal error or a refusal."""
     import dataclasses
 
     from gateway.domain.blocks import SerialSpace, UnitBlock
@@ -345,10 +344,9 @@ async def test_inputs_that_would_put_the_summary_out_of_reach_are_refused_or_rep
             )
             async with pair.che.store.transaction() as tx:
                 await tx.append_ledger([entry, other])
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await che.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
-            assert caught.value.code() is not grpc.StatusCode.INTERNAL
-            assert refusal(caught.value) == (ResponseCode.INVALID_STATE, "groups[0].acquired")
+            summary = await che.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
+            # Two acquisitions of 2^63 - 2 units each: the total passes 64 bits, and is given exactly.
+            assert [(g.vintage, g.acquired) for g in summary.groups] == [(1500, str(2 * huge))]
     finally:
         await pair.stop()
 

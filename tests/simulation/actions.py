@@ -81,6 +81,8 @@ def _authorization(party: str, suffix: str) -> records_pb2.Authorization:
         timeframe_start=2021,
         timeframe_end=2030,
         first_transfer_definition=definition,
+        sectors=["Energy generation"],
+        authorized_parties=[party],
     )
 
 

@@ -1101,20 +1101,23 @@ class SummaryGroup(_message.Message):
     ADJUSTED_FIELD_NUMBER: _builtins.int
     TRANSFERRED_FIELD_NUMBER: _builtins.int
     cooperative_approach: _builtins.str
+    """Quantities are decimal text (t CO2e): a ledger's totals may pass what 64 bits carry, and the summary still
+    answers.
+    """
     sectors: _builtins.str
     """the authorization's sectors, joined with "; " """
     partner: _builtins.str
     """the other Party; empty for actions with none (uses, cancellations)"""
     vintage: _builtins.int
-    authorized: _builtins.int
+    authorized: _builtins.str
     """registered here under an authorization (its Authorization entries)"""
-    first_transferred: _builtins.int
-    acquired: _builtins.int
-    used: _builtins.int
-    cancelled: _builtins.int
-    adjusted: _builtins.int
+    first_transferred: _builtins.str
+    acquired: _builtins.str
+    used: _builtins.str
+    cancelled: _builtins.str
+    adjusted: _builtins.str
     """first transferred minus used towards the NDC"""
-    transferred: _builtins.int
+    transferred: _builtins.str
     """onward transfers"""
     def __init__(
         self,
@@ -1123,13 +1126,13 @@ class SummaryGroup(_message.Message):
         sectors: _builtins.str = ...,
         partner: _builtins.str = ...,
         vintage: _builtins.int = ...,
-        authorized: _builtins.int = ...,
-        first_transferred: _builtins.int = ...,
-        acquired: _builtins.int = ...,
-        used: _builtins.int = ...,
-        cancelled: _builtins.int = ...,
-        adjusted: _builtins.int = ...,
-        transferred: _builtins.int = ...,
+        authorized: _builtins.str = ...,
+        first_transferred: _builtins.str = ...,
+        acquired: _builtins.str = ...,
+        used: _builtins.str = ...,
+        cancelled: _builtins.str = ...,
+        adjusted: _builtins.str = ...,
+        transferred: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1141,8 +1144,8 @@ Global___SummaryGroup: _TypeAlias = SummaryGroup  # noqa: Y015
 
 @_typing.final
 class SummaryYear(_message.Message):
-    """One year of the structured summary (decision 2/CMA.3, annex, para 23). Fractions are exact decimals or
-    rounded as the summary's note says.
+    """One year of the structured summary (decision 2/CMA.3, annex, para 23). Quantities are decimal text;
+    fractions are exact decimals or rounded as the summary's note says.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1157,9 +1160,9 @@ class SummaryYear(_message.Message):
     REPORTED_EMISSIONS_FIELD_NUMBER: _builtins.int
     EMISSIONS_BALANCE_FIELD_NUMBER: _builtins.int
     year: _builtins.int
-    first_transferred_ndc: _builtins.int
-    first_transferred_oimp_only: _builtins.int
-    used_ndc: _builtins.int
+    first_transferred_ndc: _builtins.str
+    first_transferred_oimp_only: _builtins.str
+    used_ndc: _builtins.str
     annual_adjustment_averaging: _builtins.str
     """empty unless the method is averaging"""
     total_adjustment: _builtins.str
@@ -1172,9 +1175,9 @@ class SummaryYear(_message.Message):
         self,
         *,
         year: _builtins.int = ...,
-        first_transferred_ndc: _builtins.int = ...,
-        first_transferred_oimp_only: _builtins.int = ...,
-        used_ndc: _builtins.int = ...,
+        first_transferred_ndc: _builtins.str = ...,
+        first_transferred_oimp_only: _builtins.str = ...,
+        used_ndc: _builtins.str = ...,
         annual_adjustment_averaging: _builtins.str = ...,
         total_adjustment: _builtins.str = ...,
         running_total: _builtins.str = ...,
