@@ -747,7 +747,17 @@ def check_first_transfers_open(locks: Sequence[LockedPeriod], entries: Iterable[
     """Refuse first transfers that would add to a locked year: they are booked by vintage (para 8(a))."""
     for entry in entries:
         if entry.action_type is ActionType.FIRST_TRANSFER:
-            check_not_locked(locks, entry.block.vintage, field, f"the vintage of {entry.block.describe()}")
+            for lock in locks:
+                if lock.covers(entry.block.vintage):
+                    raise GatewayError(
+                        ResponseCode.PERIOD_LOCKED,
+                        f"{entry.block.describe()} is of vintage {entry.block.vintage}, and {lock.first_year}-"
+                        f"{lock.last_year} was locked on {lock.locked_at.date().isoformat()} ({lock.reason}): its"
+                        " first transfer would change that year's final adjustment, so units of a locked vintage"
+                        " are not first transferred any more",
+                        field=field,
+                        blocks=[entry.block],
+                    )
 
 
 def check_definition(authorization: Authorization, field: str) -> None:
