@@ -84,7 +84,7 @@ class Retiring(Initiating):
             await self._check_accounts(tx, request)
             now = self.clock()
             locks = await tx.locked_periods()
-            check_not_locked(locks, now.year, "idempotency_key", "the action's date")
+            check_not_locked(locks, now.year, "", "the action's date")
             if request.year_of_use is not None:
                 check_not_locked(locks, request.year_of_use, "year_of_use", "the year of use")
             action_id = self.new_id()
