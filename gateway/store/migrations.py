@@ -264,11 +264,8 @@ MIGRATIONS = (
         UPDATE ledger SET block = json_set(block, '$.first_transferring_party', first_transferring_party,
                 '$.cooperative_approach', cooperative_approach, '$.authorization_id', authorization_id)
             WHERE first_transferring_party != '' AND json_extract(block, '$.authorization_id') IS NULL;
-        CREATE INDEX ledger_party_space ON ledger
-            (first_transferring_party, unit_kind, issuing_registry, issuance, serial_start);
         CREATE INDEX ledger_party_action_space ON ledger
             (first_transferring_party, action_type, unit_kind, issuing_registry, issuance, serial_start);
-        CREATE INDEX ledger_date ON ledger (action_date);
         CREATE INDEX ledger_summary ON ledger (action_type, action_subtype, purpose, vintage, year_of_use, action_year,
             cooperative_approach, authorization_id, first_transferring_party, partner, quantity);
         CREATE INDEX ledger_action ON ledger (transfer_id);

@@ -596,10 +596,13 @@ class SQLiteTransaction:
         if longest is None:
             return []
         since = max(since, start - int(longest[0]))
+        # One index serves this and `first_transfers_overlapping`: every action type is one seek into it.
+        actions = [a.value for a in ActionType]
         rows = self._all(
-            "SELECT * FROM ledger WHERE first_transferring_party = ? AND unit_kind = ? AND issuing_registry = ?"
-            " AND issuance = ? AND serial_start >= ? AND serial_start <= ? AND serial_end >= ? ORDER BY entry_id",
-            (*key, since, end, start),
+            f"SELECT * FROM ledger WHERE first_transferring_party = ? AND action_type IN ({_placeholders(actions)})"
+            " AND unit_kind = ? AND issuing_registry = ? AND issuance = ? AND serial_start >= ? AND serial_start <= ?"
+            " AND serial_end >= ? ORDER BY entry_id",
+            (party, *actions, *key[1:], since, end, start),
         )
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
