@@ -559,12 +559,13 @@ class Exchange:
         # Working copies (the index of messages taken in, statements held behind a gap) keep the protobuf
         # form; the message log keeps the bytes exactly as they arrived.
         stored_envelope = raw if form is EnvelopeForm.PROTOBUF else wire.envelope_to_bytes(envelope)
+        topic = _transfer_id(statement)
         async with self.store.transaction() as tx:
             # Step 6: a message already seen gets its stored receipt back, with no second effect.
             seen = await tx.get_message("in", partner.party, header.message_id)
             if seen is not None:
                 receipt = self._reform(self._current(seen.receipt), form)
-                await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now)
+                await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now, topic)
                 return Received(receipt, ResponseCode.OK, "already received", True)
             # Step 7: time window.
             check_window(header, now=now, window=self.settings.window)
@@ -589,7 +590,7 @@ class Exchange:
                     form,
                     resend_from=gap.resend_from,
                 )
-                await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now)
+                await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now, topic)
                 return Received(receipt, gap.code, gap.message)
             code, detail = ResponseCode.OK, "taken in"
             try:
@@ -619,7 +620,7 @@ class Exchange:
                 StoredMessage("in", partner.party, header.message_id, stored_envelope, receipt, now)
             )
             reformed = self._reform(receipt, form)
-            await self._log_pair(tx, partner.party, header.message_id, raw, form, reformed, now)
+            await self._log_pair(tx, partner.party, header.message_id, raw, form, reformed, now, topic)
         self.on_enqueued()
         if not held:
             await self._apply_held(partner, header.sequence + 1)
@@ -627,10 +628,24 @@ class Exchange:
 
     @staticmethod
     async def _log_pair(
-        tx: Transaction, party: str, message_id: str, raw: bytes, form: EnvelopeForm, receipt: bytes, now: dt.datetime
+        tx: Transaction,
+        party: str,
+        message_id: str,
+        raw: bytes,
+        form: EnvelopeForm,
+        receipt: bytes,
+        now: dt.datetime,
+        transfer_id: str,
     ) -> None:
         await tx.append_log(
-            direction="in", peer=party, message_id=message_id, kind=LogKind.STATEMENT, form=form, envelope=raw, now=now
+            direction="in",
+            peer=party,
+            message_id=message_id,
+            kind=LogKind.STATEMENT,
+            form=form,
+            envelope=raw,
+            now=now,
+            transfer_id=transfer_id,
         )
         await tx.append_log(
             direction="out",
@@ -640,6 +655,7 @@ class Exchange:
             form=form,
             envelope=receipt,
             now=now,
+            transfer_id=transfer_id,
         )
 
     async def _apply_held(self, partner: Partner, sequence: int) -> None:

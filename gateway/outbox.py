@@ -181,6 +181,7 @@ class OutboxWorker:
                     form="protobuf",
                     envelope=sealed.envelope,
                     now=now,
+                    transfer_id=message.transfer_id,
                 )
             await tx.mark_attempt(message.outbox_id, sealed.sequence, sealed.envelope)
         try:
@@ -219,6 +220,7 @@ class OutboxWorker:
                 form="protobuf",
                 envelope=raw,
                 now=now,
+                transfer_id=message.transfer_id,
             )
             if outcome is Outcome.DELIVERED:
                 digest = receipt.payload_sha256 or payload_hash(sealed.payload)

@@ -18,6 +18,7 @@ from gateway.usecases.base import Idempotency, LedgerOptions, log
 from gateway.usecases.deliveries import Abandoned, Deliveries
 from gateway.usecases.initiating import BlockSelection, TransferRequest
 from gateway.usecases.ledger import LedgerKeeping, LedgerSummary
+from gateway.usecases.reconciling import Reconciling
 from gateway.usecases.registration import Registration
 from gateway.usecases.reporting import Reporting
 from gateway.usecases.retiring import RetirementRequest, RetirementResult, Retiring
@@ -36,7 +37,16 @@ __all__ = [
 ]
 
 
-class Gateway(Registration, AuthorizationKeeping, Retiring, LedgerKeeping, Reporting, Deliveries, StatusKeeping):
+class Gateway(
+    Registration,
+    AuthorizationKeeping,
+    Retiring,
+    LedgerKeeping,
+    Reporting,
+    Reconciling,
+    Deliveries,
+    StatusKeeping,
+):
     """One jurisdiction's gateway: its store, its exchange with partners, and its decision policy."""
 
     async def on_statement(
@@ -75,6 +85,12 @@ class Gateway(Registration, AuthorizationKeeping, Retiring, LedgerKeeping, Repor
             await self._on_status_query(tx, partner, statement.status_query)
         elif kind == "status_report":
             await self._on_status_report(tx, partner, statement.status_report)
+        elif kind == "reconciliation_request":
+            await self._on_reconciliation_request(tx, partner, statement.reconciliation_request)
+        elif kind == "reconciliation_reply":
+            await self._on_reconciliation_reply(tx, partner, statement.reconciliation_reply)
+        elif kind == "reconciliation_report":
+            await self._on_reconciliation_report(tx, partner, statement.reconciliation_report)
         else:
             raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"unknown statement body {kind!r}", field="body")
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.ledger import FirstTransferRange, LockedPeriod
+from gateway.domain.reconciliation import GroupKey, NodeRef, ReconciledBlock, Status, Totals
 from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
@@ -77,6 +78,9 @@ class OutboxKind(enum.StrEnum):
     CANCEL = "cancel"
     STATUS_QUERY = "status_query"
     STATUS_REPORT = "status_report"
+    RECONCILIATION_REQUEST = "reconciliation_request"
+    RECONCILIATION_REPLY = "reconciliation_reply"
+    RECONCILIATION_REPORT = "reconciliation_report"
     TRUST = "trust"
     LEGACY = "legacy"  # a statement signed in full when it was queued, by a version before signing at send
 
@@ -146,6 +150,42 @@ class IdempotentResult:
 
     request_hash: str
     response: bytes
+
+
+class RunRole(enum.StrEnum):
+    """Which side of a reconciliation run this gateway is on."""
+
+    REQUESTER = "requester"
+    RESPONDER = "responder"
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationRun:
+    """A reconciliation run with one partner, as this gateway keeps it."""
+
+    run_id: str
+    partner: str
+    role: RunRole
+    status: Status
+    snapshot_at: dt.datetime
+    started_at: dt.datetime
+    updated_at: dt.datetime
+    detail: str = ""
+    progress: bytes = b""  # the requester's state between phases (opaque to the store)
+    report: bytes = b""  # the signed report: the envelope of the statement that carried it
+    resolved_reason: str = ""
+    resolved_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerLogHead:
+    """The last head of a partner's message log this gateway verified, and the size of this gateway's own
+    head the partner last saw (the size its next consistency proof starts from)."""
+
+    tree_size: int
+    root_hash: bytes
+    seen_at: dt.datetime
+    partner_saw: int = 0
 
 
 class StoreConflict(Exception):
@@ -339,6 +379,7 @@ class Transaction(Protocol):
         form: str,
         envelope: bytes,
         now: dt.datetime,
+        transfer_id: str = "",
     ) -> int: ...
     async def list_log(self) -> list[LogEntry]: ...
     async def logged(self, peer: str, message_id: str) -> list[LogEntry]:
@@ -366,6 +407,64 @@ class Transaction(Protocol):
     async def held_statement(self, sender: str, sequence: int) -> bytes | None: ...
     async def release_held(self, sender: str, up_to: int) -> None: ...
     async def count_held(self) -> int: ...
+
+    # reconciliation: the tree kept as the ledger changes, runs, frozen ranges
+    async def fold_reconciliation(self, party: str, limit: int = 10_000) -> int:
+        """Bring the reconciliation tree up to date with up to ``limit`` ledger entries written, changed or
+        removed since the last fold (a trigger notes each); return how many were folded."""
+        ...
+
+    async def reconciliation_pending(self) -> int:
+        """How many ledger entries wait to be folded into the reconciliation tree."""
+        ...
+
+    async def reconciliation_totals(self, partner: str) -> dict[GroupKey, Totals]:
+        """Per group, the totals of the blocks that passed between this gateway and ``partner``."""
+        ...
+
+    async def reconciliation_nodes(self, partner: str, refs: Sequence[NodeRef]) -> dict[NodeRef, Totals]:
+        """The totals of the given nodes (empty nodes are left out)."""
+        ...
+
+    async def reconciliation_children(self, partner: str, ref: NodeRef) -> dict[int, Totals]:
+        """The totals of the non-empty children of a node, by child prefix."""
+        ...
+
+    async def reconciliation_blocks(self, partner: str, ref: NodeRef) -> list[ReconciledBlock]:
+        """The blocks under a node, each as often as the ledger records it."""
+        ...
+
+    async def insert_reconciliation(self, run: ReconciliationRun) -> None: ...
+    async def update_reconciliation(self, run: ReconciliationRun) -> None: ...
+    async def get_reconciliation(self, run_id: str) -> ReconciliationRun | None: ...
+    async def list_reconciliations(self, partner: str = "", limit: int = 100) -> list[ReconciliationRun]:
+        """The latest runs, newest first."""
+        ...
+
+    async def freeze(self, run_id: str, ranges: Sequence[tuple[SerialSpace, int, int]]) -> None:
+        """Freeze units: no transfer, use or cancellation may move them until ``run_id`` is resolved."""
+        ...
+
+    async def unfreeze(self, run_id: str) -> None: ...
+    async def frozen_by(self, space: SerialSpace, start: int, end: int) -> list[str]:
+        """The runs whose frozen ranges share a unit with ``[start, end]``."""
+        ...
+
+    # the message log as a Merkle tree, and the heads partners showed
+    async def fold_log_tree(self) -> int:
+        """Add the log entries not yet in the Merkle tree; return the tree's size (the number of entries)."""
+        ...
+
+    async def log_tree_nodes(self, coordinates: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The stored complete-subtree hashes at the given (level, index) coordinates."""
+        ...
+
+    async def log_of_transfer(self, transfer_id: str) -> list[LogEntry]:
+        """The log entries of the statements and receipts exchanged about one transfer, in order."""
+        ...
+
+    async def partner_log_head(self, partner: str) -> PartnerLogHead | None: ...
+    async def set_partner_log_head(self, partner: str, head: PartnerLogHead) -> None: ...
 
     # operator idempotency
     async def get_idempotent(self, caller: str, method: str, key: str) -> IdempotentResult | None: ...

@@ -304,6 +304,90 @@ MIGRATIONS = (
     ),
 )
 
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        6,
+        "reconciliation: the message log as a Merkle tree, the reconciliation tree kept as the ledger changes,"
+        " runs, frozen ranges and the partners' log heads",
+        """
+        ALTER TABLE message_log ADD COLUMN transfer_id TEXT NOT NULL DEFAULT '';
+        CREATE INDEX message_log_transfer ON message_log (transfer_id) WHERE transfer_id != '';
+        CREATE TABLE log_tree (
+            level INTEGER NOT NULL,
+            node_index INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            PRIMARY KEY (level, node_index)
+        ) WITHOUT ROWID;
+        CREATE TABLE reconciliation_dirty (entry_id INTEGER PRIMARY KEY);
+        CREATE TRIGGER ledger_reconciliation_insert AFTER INSERT ON ledger
+            BEGIN INSERT OR IGNORE INTO reconciliation_dirty VALUES (NEW.entry_id); END;
+        CREATE TRIGGER ledger_reconciliation_update AFTER UPDATE ON ledger
+            BEGIN
+                INSERT OR IGNORE INTO reconciliation_dirty VALUES (OLD.entry_id);
+                INSERT OR IGNORE INTO reconciliation_dirty VALUES (NEW.entry_id);
+            END;
+        CREATE TRIGGER ledger_reconciliation_delete AFTER DELETE ON ledger
+            BEGIN INSERT OR IGNORE INTO reconciliation_dirty VALUES (OLD.entry_id); END;
+        INSERT INTO reconciliation_dirty SELECT entry_id FROM ledger;
+        CREATE TABLE reconciliation_leaves (
+            entry_id INTEGER PRIMARY KEY,
+            partner TEXT NOT NULL,
+            group_key TEXT NOT NULL,
+            bucket INTEGER NOT NULL,
+            body BLOB NOT NULL,
+            digest BLOB NOT NULL,
+            quantity BIGINT NOT NULL
+        );
+        CREATE INDEX reconciliation_leaves_bucket ON reconciliation_leaves (partner, group_key, bucket);
+        CREATE TABLE reconciliation_nodes (
+            partner TEXT NOT NULL,
+            group_key TEXT NOT NULL,
+            level INTEGER NOT NULL,
+            prefix INTEGER NOT NULL,
+            blocks BIGINT NOT NULL,
+            quantity_high BIGINT NOT NULL,
+            quantity_low BIGINT NOT NULL,
+            h0 BIGINT NOT NULL, h1 BIGINT NOT NULL, h2 BIGINT NOT NULL, h3 BIGINT NOT NULL,
+            h4 BIGINT NOT NULL, h5 BIGINT NOT NULL, h6 BIGINT NOT NULL, h7 BIGINT NOT NULL,
+            PRIMARY KEY (partner, group_key, level, prefix)
+        ) WITHOUT ROWID;
+        CREATE TABLE reconciliation_runs (
+            run_id TEXT PRIMARY KEY,
+            partner TEXT NOT NULL,
+            role TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            snapshot_at TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            progress BLOB NOT NULL DEFAULT X'',
+            report BLOB NOT NULL DEFAULT X'',
+            resolved_reason TEXT NOT NULL DEFAULT '',
+            resolved_at TEXT
+        );
+        CREATE INDEX reconciliation_runs_partner ON reconciliation_runs (partner, started_at);
+        CREATE TABLE frozen_ranges (
+            run_id TEXT NOT NULL,
+            unit_kind TEXT NOT NULL,
+            issuing_registry TEXT NOT NULL,
+            issuance TEXT NOT NULL,
+            serial_start BIGINT NOT NULL,
+            serial_end BIGINT NOT NULL,
+            PRIMARY KEY (run_id, unit_kind, issuing_registry, issuance, serial_start, serial_end)
+        );
+        CREATE INDEX frozen_ranges_space ON frozen_ranges (unit_kind, issuing_registry, issuance, serial_start);
+        CREATE TABLE partner_log_heads (
+            partner TEXT PRIMARY KEY,
+            tree_size BIGINT NOT NULL,
+            root_hash BLOB NOT NULL,
+            seen_at TEXT NOT NULL,
+            partner_saw BIGINT NOT NULL DEFAULT 0
+        )
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks

@@ -9,18 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.domain import ranges
+from gateway.domain import merkle, ranges, reconciliation
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
 from gateway.domain.ledger import FirstTransferRange, LockedPeriod
 from gateway.domain.protocol import first_transfer_quantity
+from gateway.domain.reconciliation import (
+    LIMBS,
+    GroupKey,
+    NodeRef,
+    ReconciledBlock,
+    Status,
+    Totals,
+    bucket_range,
+    digest_of_limbs,
+    limbs,
+    log_leaf,
+    node_prefix,
+    reconciled_block,
+)
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
@@ -42,6 +57,9 @@ from gateway.store.base import (
     OutboxKind,
     OutboxMessage,
     OutboxState,
+    PartnerLogHead,
+    ReconciliationRun,
+    RunRole,
     StoreConflict,
     StoredBlock,
     StoredMessage,
@@ -888,11 +906,12 @@ class SQLiteTransaction:
         form: str,
         envelope: bytes,
         now: dt.datetime,
+        transfer_id: str = "",
     ) -> int:
         cursor = self._db.execute(
-            "INSERT INTO message_log (direction, peer, message_id, kind, form, envelope, recorded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (direction, peer, message_id, kind.value, form, envelope, codec.to_text(now)),
+            "INSERT INTO message_log (direction, peer, message_id, kind, form, envelope, recorded_at, transfer_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (direction, peer, message_id, kind.value, form, envelope, codec.to_text(now), transfer_id),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
@@ -981,6 +1000,179 @@ class SQLiteTransaction:
         assert row is not None
         return int(row[0])
 
+    # reconciliation
+
+    async def fold_reconciliation(self, party: str, limit: int = 10_000) -> int:
+        ids = [r[0] for r in self._all("SELECT entry_id FROM reconciliation_dirty ORDER BY entry_id LIMIT ?", (limit,))]
+        deltas: dict[tuple[str, str, int, int], list[int]] = {}
+
+        def add(partner: str, group: str, bucket: int, quantity: int, digest: bytes, sign: int) -> None:
+            values = [sign, sign * (quantity >> 32), sign * (quantity & 0xFFFFFFFF), *(sign * x for x in limbs(digest))]
+            for level in range(DEPTH_LEVELS):
+                key = (partner, group, level, node_prefix(bucket, level))
+                total = deltas.setdefault(key, [0] * (3 + LIMBS))
+                for i, value in enumerate(values):
+                    total[i] += value
+
+        for chunk in _chunks(ids, 500):
+            marks = _placeholders(chunk)
+            for row in self._all(f"SELECT * FROM reconciliation_leaves WHERE entry_id IN ({marks})", chunk):
+                add(row["partner"], row["group_key"], row["bucket"], row["quantity"], bytes(row["digest"]), -1)
+            self._db.execute(f"DELETE FROM reconciliation_leaves WHERE entry_id IN ({marks})", chunk)
+            leaves = []
+            for row in self._all(f"SELECT * FROM ledger WHERE entry_id IN ({marks})", chunk):
+                found = reconciled_block(codec.ledger_from_row(row["entry_id"], dict(row)), party)
+                if found is None:
+                    continue
+                partner, block = found
+                group, bucket, digest = block.group.text(), block.bucket, block.digest
+                leaves.append((row["entry_id"], partner, group, bucket, block.encode(), digest, block.quantity))
+                add(partner, group, bucket, block.quantity, digest, 1)
+            self._db.executemany("INSERT INTO reconciliation_leaves VALUES (?, ?, ?, ?, ?, ?, ?)", leaves)
+            self._db.execute(f"DELETE FROM reconciliation_dirty WHERE entry_id IN ({marks})", chunk)
+        limb_columns = [f"h{i}" for i in range(LIMBS)]
+        columns = ["blocks", "quantity_high", "quantity_low", *limb_columns]
+        self._db.executemany(
+            f"INSERT INTO reconciliation_nodes (partner, group_key, level, prefix, {', '.join(columns)})"
+            f" VALUES ({_placeholders([0] * (4 + len(columns)))}) ON CONFLICT DO UPDATE SET "
+            + ", ".join(f"{c} = {c} + excluded.{c}" for c in columns),
+            [(*key, *values) for key, values in deltas.items() if any(values)],
+        )
+        return len(ids)
+
+    async def reconciliation_pending(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM reconciliation_dirty")
+        return int(row[0]) if row else 0
+
+    async def reconciliation_totals(self, partner: str) -> dict[GroupKey, Totals]:
+        rows = self._all(
+            "SELECT * FROM reconciliation_nodes WHERE partner = ? AND level = 0 AND blocks != 0", (partner,)
+        )
+        return {GroupKey.from_text(r["group_key"]): _totals(r) for r in rows}
+
+    async def reconciliation_nodes(self, partner: str, refs: Sequence[NodeRef]) -> dict[NodeRef, Totals]:
+        found = {}
+        for ref in refs:
+            row = self._one(
+                "SELECT * FROM reconciliation_nodes WHERE partner = ? AND group_key = ? AND level = ? AND prefix = ?",
+                (partner, ref.group.text(), ref.level, ref.prefix),
+            )
+            if row is not None and row["blocks"] != 0:
+                found[ref] = _totals(row)
+        return found
+
+    async def reconciliation_children(self, partner: str, ref: NodeRef) -> dict[int, Totals]:
+        first = ref.prefix << FANOUT
+        rows = self._all(
+            "SELECT * FROM reconciliation_nodes WHERE partner = ? AND group_key = ? AND level = ?"
+            " AND prefix BETWEEN ? AND ? AND blocks != 0",
+            (partner, ref.group.text(), ref.level + 1, first, first + (1 << FANOUT) - 1),
+        )
+        return {r["prefix"]: _totals(r) for r in rows}
+
+    async def reconciliation_blocks(self, partner: str, ref: NodeRef) -> list[ReconciledBlock]:
+        low, high = bucket_range(ref.level, ref.prefix)
+        rows = self._all(
+            "SELECT body FROM reconciliation_leaves WHERE partner = ? AND group_key = ? AND bucket BETWEEN ? AND ?",
+            (partner, ref.group.text(), low, high),
+        )
+        return sorted(ReconciledBlock.decode(bytes(r[0])) for r in rows)
+
+    async def insert_reconciliation(self, run: ReconciliationRun) -> None:
+        row = _run_row(run)
+        self._db.execute(
+            f"INSERT INTO reconciliation_runs ({', '.join(row)}) VALUES ({_placeholders(list(row))})",
+            tuple(row.values()),
+        )
+
+    async def update_reconciliation(self, run: ReconciliationRun) -> None:
+        row = _run_row(run)
+        del row["run_id"]
+        self._db.execute(
+            f"UPDATE reconciliation_runs SET {', '.join(f'{c} = ?' for c in row)} WHERE run_id = ?",
+            (*row.values(), run.run_id),
+        )
+
+    async def get_reconciliation(self, run_id: str) -> ReconciliationRun | None:
+        row = self._one("SELECT * FROM reconciliation_runs WHERE run_id = ?", (run_id,))
+        return None if row is None else _run(row)
+
+    async def list_reconciliations(self, partner: str = "", limit: int = 100) -> list[ReconciliationRun]:
+        rows = self._all(
+            "SELECT * FROM reconciliation_runs WHERE (? = '' OR partner = ?) ORDER BY started_at DESC, run_id LIMIT ?",
+            (partner, partner, limit),
+        )
+        return [_run(r) for r in rows]
+
+    async def freeze(self, run_id: str, ranges: Sequence[tuple[SerialSpace, int, int]]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO frozen_ranges VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, s.unit_kind, s.issuing_registry, s.issuance, start, end) for s, start, end in ranges],
+        )
+
+    async def unfreeze(self, run_id: str) -> None:
+        self._db.execute("DELETE FROM frozen_ranges WHERE run_id = ?", (run_id,))
+
+    async def frozen_by(self, space: SerialSpace, start: int, end: int) -> list[str]:
+        rows = self._all(
+            "SELECT DISTINCT run_id FROM frozen_ranges WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ?"
+            " AND serial_start <= ? AND serial_end >= ? ORDER BY run_id",
+            (space.unit_kind, space.issuing_registry, space.issuance, end, start),
+        )
+        return [r[0] for r in rows]
+
+    async def fold_log_tree(self) -> int:
+        row = self._one("SELECT COALESCE(MAX(node_index) + 1, 0) FROM log_tree WHERE level = 0")
+        size = int(row[0]) if row else 0
+        while True:
+            rows = self._all(
+                "SELECT log_index, direction, peer, message_id, kind, envelope FROM message_log"
+                " WHERE log_index > ? ORDER BY log_index LIMIT 10000",
+                (size,),
+            )
+            if not rows:
+                return size
+            if rows[0]["log_index"] != size + 1 or rows[-1]["log_index"] != size + len(rows):
+                raise StoreConflict(f"the message log is not numbered 1, 2, 3, ... after entry {size}")
+            leaves = [
+                merkle.leaf_hash(
+                    log_leaf(
+                        r["direction"], r["peer"], r["message_id"], r["kind"], hashlib.sha256(r["envelope"]).digest()
+                    )
+                )
+                for r in rows
+            ]
+            needed = await self.log_tree_nodes(merkle.nodes_needed_for_append(size, len(leaves)))
+            added = merkle.nodes_for_append(size, leaves, _reader(needed))
+            self._db.executemany("INSERT INTO log_tree VALUES (?, ?, ?)", added)
+            size += len(leaves)
+
+    async def log_tree_nodes(self, coordinates: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        found = {}
+        for level, index in coordinates:
+            row = self._one("SELECT hash FROM log_tree WHERE level = ? AND node_index = ?", (level, index))
+            if row is not None:
+                found[(level, index)] = bytes(row[0])
+        return found
+
+    async def log_of_transfer(self, transfer_id: str) -> list[LogEntry]:
+        rows = self._all("SELECT * FROM message_log WHERE transfer_id = ? ORDER BY log_index", (transfer_id,))
+        return [_log_entry(r) for r in rows]
+
+    async def partner_log_head(self, partner: str) -> PartnerLogHead | None:
+        row = self._one("SELECT * FROM partner_log_heads WHERE partner = ?", (partner,))
+        if row is None:
+            return None
+        return PartnerLogHead(
+            row["tree_size"], bytes(row["root_hash"]), codec.from_text(row["seen_at"]), row["partner_saw"]
+        )
+
+    async def set_partner_log_head(self, partner: str, head: PartnerLogHead) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO partner_log_heads VALUES (?, ?, ?, ?, ?)",
+            (partner, head.tree_size, head.root_hash, codec.to_text(head.seen_at), head.partner_saw),
+        )
+
     # operator idempotency
 
     async def get_idempotent(self, caller: str, method: str, key: str) -> IdempotentResult | None:
@@ -1005,6 +1197,60 @@ def _stored_block(row: sqlite3.Row) -> StoredBlock:
         transfer_id=row["transfer_id"],
         parent_id=row["parent_id"],
         block=codec.block_from_dict(json.loads(row["body"])),
+    )
+
+
+DEPTH_LEVELS = reconciliation.DEPTH + 1
+FANOUT = reconciliation.FANOUT_BITS
+
+
+def _reader(nodes: dict[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:
+    return lambda level, index: nodes[(level, index)]
+
+
+def _chunks(values: Sequence[int], size: int) -> list[list[int]]:
+    return [list(values[i : i + size]) for i in range(0, len(values), size)]
+
+
+def _totals(row: sqlite3.Row) -> Totals:
+    return Totals(
+        row["blocks"],
+        (row["quantity_high"] << 32) + row["quantity_low"],
+        digest_of_limbs([row[f"h{i}"] for i in range(LIMBS)]),
+    )
+
+
+def _run_row(run: ReconciliationRun) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "partner": run.partner,
+        "role": run.role.value,
+        "status": int(run.status),
+        "snapshot_at": codec.to_text(run.snapshot_at),
+        "started_at": codec.to_text(run.started_at),
+        "updated_at": codec.to_text(run.updated_at),
+        "detail": run.detail,
+        "progress": run.progress,
+        "report": run.report,
+        "resolved_reason": run.resolved_reason,
+        "resolved_at": codec.to_text(run.resolved_at) if run.resolved_at else None,
+    }
+
+
+def _run(row: sqlite3.Row) -> ReconciliationRun:
+    return ReconciliationRun(
+        run_id=row["run_id"],
+        partner=row["partner"],
+        role=RunRole(row["role"]),
+        status=Status(row["status"]),
+        snapshot_at=codec.from_text(row["snapshot_at"]),
+        started_at=codec.from_text(row["started_at"]),
+        updated_at=codec.from_text(row["updated_at"]),
+        detail=row["detail"],
+        progress=bytes(row["progress"]),
+        report=bytes(row["report"]),
+        resolved_reason=row["resolved_reason"],
+        resolved_at=codec.from_text(row["resolved_at"]) if row["resolved_at"] else None,
     )
 
 

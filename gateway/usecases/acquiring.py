@@ -44,6 +44,7 @@ class Acquiring(GatewayBase):
         not_abroad: list[UnitBlock] = []
         contradicting: list[tuple[UnitBlock, str]] = []
         delivered: list[UnitBlock] = []
+        frozen: list[UnitBlock] = []
         for block in terms.blocks:
             # A few overlapping blocks name the refusal; more would only cost time.
             found = await tx.guarded_blocks(block.space, block.start, block.end, limit=OVERLAPS_SHOWN)
@@ -56,6 +57,8 @@ class Acquiring(GatewayBase):
                 if not ranges.covers(abroad, block.start, block.end):
                     not_abroad.append(block)
                     continue
+            if await tx.frozen_by(block.space, block.start, block.end):
+                frozen.append(block)
             arriving, reason = await self._as_arriving(tx, terms, block)
             if reason is not None:
                 contradicting.append((block, reason))
@@ -69,6 +72,7 @@ class Acquiring(GatewayBase):
             overlapping=overlapping,
             not_abroad=not_abroad,
             contradicting=contradicting,
+            frozen_overlapping=frozen,
         )
         verdict = Verdict.REJECT if rejections else self.policy.decide(partner, terms)
         if verdict is Verdict.REJECT and not rejections:

@@ -229,6 +229,16 @@ class Initiating(GatewayBase):
                 and stored.block.start <= selection.start
                 and selection.end <= stored.block.end
             ):
+                frozen = await tx.frozen_by(space, selection.start, selection.end)
+                if frozen:
+                    raise GatewayError(
+                        ResponseCode.BLOCK_FROZEN,
+                        f"{stored.block.describe()} is frozen by the discrepancy of reconciliation run"
+                        f" {frozen[0]}: it moves again once an operator resolves the run (`carbon-gateway"
+                        " reconcile resolve RUN --reason TEXT`)",
+                        field=f"selections[{index}]",
+                        blocks=[stored.block],
+                    )
                 return stored
         raise self._not_held(account_id, selection, index, found)
 

@@ -11,6 +11,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +22,87 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReconciliationPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReconciliationPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReconciliationPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECONCILIATION_PHASE_UNSPECIFIED: _ReconciliationPhase.ValueType  # 0
+    RECONCILIATION_PHASE_TOTALS: _ReconciliationPhase.ValueType  # 1
+    """phase 1: totals per group"""
+    RECONCILIATION_PHASE_BLOCKS: _ReconciliationPhase.ValueType  # 2
+    """phase 2: the descent to the differing blocks"""
+    RECONCILIATION_PHASE_AUDIT: _ReconciliationPhase.ValueType  # 3
+    """phase 3: transfer states and the messages each side holds"""
+
+class ReconciliationPhase(_ReconciliationPhase, metaclass=_ReconciliationPhaseEnumTypeWrapper): ...
+
+RECONCILIATION_PHASE_UNSPECIFIED: ReconciliationPhase.ValueType  # 0
+RECONCILIATION_PHASE_TOTALS: ReconciliationPhase.ValueType  # 1
+"""phase 1: totals per group"""
+RECONCILIATION_PHASE_BLOCKS: ReconciliationPhase.ValueType  # 2
+"""phase 2: the descent to the differing blocks"""
+RECONCILIATION_PHASE_AUDIT: ReconciliationPhase.ValueType  # 3
+"""phase 3: transfer states and the messages each side holds"""
+Global___ReconciliationPhase: _TypeAlias = ReconciliationPhase  # noqa: Y015
+
+class _ReconciliationStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReconciliationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReconciliationStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECONCILIATION_STATUS_UNSPECIFIED: _ReconciliationStatus.ValueType  # 0
+    RUNNING: _ReconciliationStatus.ValueType  # 1
+    CONSISTENT: _ReconciliationStatus.ValueType  # 2
+    TOTALS_INCONSISTENT: _ReconciliationStatus.ValueType  # 3
+    BLOCKS_INCONSISTENT: _ReconciliationStatus.ValueType  # 4
+    RESOLVED: _ReconciliationStatus.ValueType  # 5
+    MANUAL_INTERVENTION_REQUIRED: _ReconciliationStatus.ValueType  # 6
+    ABANDONED: _ReconciliationStatus.ValueType  # 7
+
+class ReconciliationStatus(_ReconciliationStatus, metaclass=_ReconciliationStatusEnumTypeWrapper): ...
+
+RECONCILIATION_STATUS_UNSPECIFIED: ReconciliationStatus.ValueType  # 0
+RUNNING: ReconciliationStatus.ValueType  # 1
+CONSISTENT: ReconciliationStatus.ValueType  # 2
+TOTALS_INCONSISTENT: ReconciliationStatus.ValueType  # 3
+BLOCKS_INCONSISTENT: ReconciliationStatus.ValueType  # 4
+RESOLVED: ReconciliationStatus.ValueType  # 5
+MANUAL_INTERVENTION_REQUIRED: ReconciliationStatus.ValueType  # 6
+ABANDONED: ReconciliationStatus.ValueType  # 7
+Global___ReconciliationStatus: _TypeAlias = ReconciliationStatus  # noqa: Y015
+
+class _DifferenceKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DifferenceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DifferenceKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DIFFERENCE_KIND_UNSPECIFIED: _DifferenceKind.ValueType  # 0
+    MISSING_AT_REQUESTER: _DifferenceKind.ValueType  # 1
+    MISSING_AT_RESPONDER: _DifferenceKind.ValueType  # 2
+    QUANTITY: _DifferenceKind.ValueType  # 3
+    VINTAGE: _DifferenceKind.ValueType  # 4
+    FIRST_TRANSFER: _DifferenceKind.ValueType  # 5
+    ADJUSTED_TWICE: _DifferenceKind.ValueType  # 6
+    STATE: _DifferenceKind.ValueType  # 7
+    ATTRIBUTES: _DifferenceKind.ValueType  # 8
+
+class DifferenceKind(_DifferenceKind, metaclass=_DifferenceKindEnumTypeWrapper): ...
+
+DIFFERENCE_KIND_UNSPECIFIED: DifferenceKind.ValueType  # 0
+MISSING_AT_REQUESTER: DifferenceKind.ValueType  # 1
+MISSING_AT_RESPONDER: DifferenceKind.ValueType  # 2
+QUANTITY: DifferenceKind.ValueType  # 3
+VINTAGE: DifferenceKind.ValueType  # 4
+FIRST_TRANSFER: DifferenceKind.ValueType  # 5
+ADJUSTED_TWICE: DifferenceKind.ValueType  # 6
+STATE: DifferenceKind.ValueType  # 7
+ATTRIBUTES: DifferenceKind.ValueType  # 8
+Global___DifferenceKind: _TypeAlias = DifferenceKind  # noqa: Y015
 
 @_typing.final
 class StatementHeader(_message.Message):
@@ -79,6 +161,9 @@ class Statement(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     STATUS_QUERY_FIELD_NUMBER: _builtins.int
     STATUS_REPORT_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_REQUEST_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_REPLY_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_REPORT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> Global___StatementHeader: ...
     @_builtins.property
@@ -93,6 +178,12 @@ class Statement(_message.Message):
     def status_query(self) -> Global___StatusQuery: ...
     @_builtins.property
     def status_report(self) -> Global___StatusReport: ...
+    @_builtins.property
+    def reconciliation_request(self) -> Global___ReconciliationRequest: ...
+    @_builtins.property
+    def reconciliation_reply(self) -> Global___ReconciliationReply: ...
+    @_builtins.property
+    def reconciliation_report(self) -> Global___ReconciliationReport: ...
     def __init__(
         self,
         *,
@@ -103,12 +194,15 @@ class Statement(_message.Message):
         cancel: Global___Cancel | None = ...,
         status_query: Global___StatusQuery | None = ...,
         status_report: Global___StatusReport | None = ...,
+        reconciliation_request: Global___ReconciliationRequest | None = ...,
+        reconciliation_reply: Global___ReconciliationReply | None = ...,
+        reconciliation_report: Global___ReconciliationReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "completion", b"completion", "decision", b"decision", "header", b"header", "proposal", b"proposal", "status_query", b"status_query", "status_report", b"status_report"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "completion", b"completion", "decision", b"decision", "header", b"header", "proposal", b"proposal", "reconciliation_reply", b"reconciliation_reply", "reconciliation_report", b"reconciliation_report", "reconciliation_request", b"reconciliation_request", "status_query", b"status_query", "status_report", b"status_report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "completion", b"completion", "decision", b"decision", "header", b"header", "proposal", b"proposal", "status_query", b"status_query", "status_report", b"status_report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "completion", b"completion", "decision", b"decision", "header", b"header", "proposal", b"proposal", "reconciliation_reply", b"reconciliation_reply", "reconciliation_report", b"reconciliation_report", "reconciliation_request", b"reconciliation_request", "status_query", b"status_query", "status_report", b"status_report"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["proposal", "decision", "completion", "cancel", "status_query", "status_report"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["proposal", "decision", "completion", "cancel", "status_query", "status_report", "reconciliation_request", "reconciliation_reply", "reconciliation_report"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -355,3 +449,604 @@ class Receipt(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class TreeHead(_message.Message):
+    """Reconciliation (DESIGN.md section 7). The requester drives three phases with requests; the responder answers
+    each with a reply; the requester ends the run with a report, which both sides keep.
+
+    A head of the sender's message log, a Merkle tree in the manner of RFC 9162: the statement that carries it
+    is signed, so the head is a signed tree head.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_HASH_FIELD_NUMBER: _builtins.int
+    tree_size: _builtins.int
+    root_hash: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        tree_size: _builtins.int = ...,
+        root_hash: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["root_hash", b"root_hash", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TreeHead: _TypeAlias = TreeHead  # noqa: Y015
+
+@_typing.final
+class ReconciliationGroup(_message.Message):
+    """A phase-1 group; action is the direction of the movement ("CHN->CHE")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_KIND_FIELD_NUMBER: _builtins.int
+    ISSUING_REGISTRY_FIELD_NUMBER: _builtins.int
+    VINTAGE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    unit_kind: _builtins.str
+    issuing_registry: _builtins.str
+    vintage: _builtins.int
+    action: _builtins.str
+    purpose: _builtins.str
+    def __init__(
+        self,
+        *,
+        unit_kind: _builtins.str = ...,
+        issuing_registry: _builtins.str = ...,
+        vintage: _builtins.int = ...,
+        action: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "issuing_registry", b"issuing_registry", "purpose", b"purpose", "unit_kind", b"unit_kind", "vintage", b"vintage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconciliationGroup: _TypeAlias = ReconciliationGroup  # noqa: Y015
+
+@_typing.final
+class ReconciliationTotals(_message.Message):
+    """Blocks, quantity (a decimal string: a sum may exceed 64 bits) and the sum of the blocks' digests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    blocks: _builtins.int
+    quantity: _builtins.str
+    digest: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        blocks: _builtins.int = ...,
+        quantity: _builtins.str = ...,
+        digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "digest", b"digest", "quantity", b"quantity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconciliationTotals: _TypeAlias = ReconciliationTotals  # noqa: Y015
+
+@_typing.final
+class GroupTotals(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def group(self) -> Global___ReconciliationGroup: ...
+    @_builtins.property
+    def totals(self) -> Global___ReconciliationTotals: ...
+    def __init__(
+        self,
+        *,
+        group: Global___ReconciliationGroup | None = ...,
+        totals: Global___ReconciliationTotals | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupTotals: _TypeAlias = GroupTotals  # noqa: Y015
+
+@_typing.final
+class TreeNodeRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    level: _builtins.int
+    prefix: _builtins.int
+    @_builtins.property
+    def group(self) -> Global___ReconciliationGroup: ...
+    def __init__(
+        self,
+        *,
+        group: Global___ReconciliationGroup | None = ...,
+        level: _builtins.int = ...,
+        prefix: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "level", b"level", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TreeNodeRef: _TypeAlias = TreeNodeRef  # noqa: Y015
+
+@_typing.final
+class ChildTotals(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.int
+    @_builtins.property
+    def totals(self) -> Global___ReconciliationTotals: ...
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.int = ...,
+        totals: Global___ReconciliationTotals | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prefix", b"prefix", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildTotals: _TypeAlias = ChildTotals  # noqa: Y015
+
+@_typing.final
+class ReconciledBlock(_message.Message):
+    """One block that passed between the two Parties, as one side records it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    TRANSFERRING_PARTY_FIELD_NUMBER: _builtins.int
+    ACQUIRING_PARTY_FIELD_NUMBER: _builtins.int
+    UNIT_KIND_FIELD_NUMBER: _builtins.int
+    ISSUING_REGISTRY_FIELD_NUMBER: _builtins.int
+    ISSUANCE_FIELD_NUMBER: _builtins.int
+    SERIAL_START_FIELD_NUMBER: _builtins.int
+    SERIAL_END_FIELD_NUMBER: _builtins.int
+    VINTAGE_FIELD_NUMBER: _builtins.int
+    COOPERATIVE_APPROACH_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    FIRST_TRANSFERRED_FIELD_NUMBER: _builtins.int
+    FIRST_TRANSFERRING_PARTY_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    transferring_party: _builtins.str
+    acquiring_party: _builtins.str
+    unit_kind: _builtins.str
+    issuing_registry: _builtins.str
+    issuance: _builtins.str
+    serial_start: _builtins.int
+    serial_end: _builtins.int
+    vintage: _builtins.int
+    cooperative_approach: _builtins.str
+    authorization_id: _builtins.str
+    purpose: _builtins.str
+    first_transferred: _builtins.bool
+    first_transferring_party: _builtins.str
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        transferring_party: _builtins.str = ...,
+        acquiring_party: _builtins.str = ...,
+        unit_kind: _builtins.str = ...,
+        issuing_registry: _builtins.str = ...,
+        issuance: _builtins.str = ...,
+        serial_start: _builtins.int = ...,
+        serial_end: _builtins.int = ...,
+        vintage: _builtins.int = ...,
+        cooperative_approach: _builtins.str = ...,
+        authorization_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        first_transferred: _builtins.bool = ...,
+        first_transferring_party: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquiring_party", b"acquiring_party", "authorization_id", b"authorization_id", "cooperative_approach", b"cooperative_approach", "first_transferred", b"first_transferred", "first_transferring_party", b"first_transferring_party", "issuance", b"issuance", "issuing_registry", b"issuing_registry", "purpose", b"purpose", "serial_end", b"serial_end", "serial_start", b"serial_start", "transfer_id", b"transfer_id", "transferring_party", b"transferring_party", "unit_kind", b"unit_kind", "vintage", b"vintage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconciledBlock: _TypeAlias = ReconciledBlock  # noqa: Y015
+
+@_typing.final
+class TreeNodeView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    LISTED_FIELD_NUMBER: _builtins.int
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    listed: _builtins.bool
+    """the node's blocks are listed in full instead of its children's totals"""
+    @_builtins.property
+    def ref(self) -> Global___TreeNodeRef: ...
+    @_builtins.property
+    def totals(self) -> Global___ReconciliationTotals: ...
+    @_builtins.property
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChildTotals]: ...
+    @_builtins.property
+    def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReconciledBlock]: ...
+    def __init__(
+        self,
+        *,
+        ref: Global___TreeNodeRef | None = ...,
+        totals: Global___ReconciliationTotals | None = ...,
+        children: _abc.Iterable[Global___ChildTotals] | None = ...,
+        listed: _builtins.bool = ...,
+        blocks: _abc.Iterable[Global___ReconciledBlock] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref", "totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "children", b"children", "listed", b"listed", "ref", b"ref", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TreeNodeView: _TypeAlias = TreeNodeView  # noqa: Y015
+
+@_typing.final
+class LoggedMessage(_message.Message):
+    """A message-log entry one side holds for a transfer, with its inclusion proof against that side's head."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ENVELOPE_SHA256_FIELD_NUMBER: _builtins.int
+    INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    log_index: _builtins.int
+    direction: _builtins.str
+    """"in" or "out" """
+    kind: _builtins.str
+    """"statement" or "receipt" """
+    message_id: _builtins.str
+    envelope_sha256: _builtins.bytes
+    @_builtins.property
+    def inclusion_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        log_index: _builtins.int = ...,
+        direction: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        envelope_sha256: _builtins.bytes = ...,
+        inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "envelope_sha256", b"envelope_sha256", "inclusion_proof", b"inclusion_proof", "kind", b"kind", "log_index", b"log_index", "message_id", b"message_id", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoggedMessage: _TypeAlias = LoggedMessage  # noqa: Y015
+
+@_typing.final
+class TransferEvidence(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    KNOWN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    MESSAGES_OMITTED_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    known: _builtins.bool
+    state: _records_pb2.TransferState.ValueType
+    messages_omitted: _builtins.int
+    """held but not listed, for lack of room"""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedMessage]: ...
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        known: _builtins.bool = ...,
+        state: _records_pb2.TransferState.ValueType = ...,
+        messages: _abc.Iterable[Global___LoggedMessage] | None = ...,
+        messages_omitted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known", b"known", "messages", b"messages", "messages_omitted", b"messages_omitted", "state", b"state", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferEvidence: _TypeAlias = TransferEvidence  # noqa: Y015
+
+@_typing.final
+class ReconciliationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_AT_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FROM_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    SEEN_HEAD_SIZE_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    TRANSFER_IDS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    phase: Global___ReconciliationPhase.ValueType
+    consistency_from: _builtins.int
+    """the size of the requester's head the responder saw last, as far as known"""
+    seen_head_size: _builtins.int
+    """the size of the responder's head the requester saw last (0: none)"""
+    @_builtins.property
+    def snapshot_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def head(self) -> Global___TreeHead:
+        """the requester's log head"""
+
+    @_builtins.property
+    def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """from that size to head"""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TreeNodeRef]:
+        """phase 2"""
+
+    @_builtins.property
+    def transfer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """phase 3"""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        phase: Global___ReconciliationPhase.ValueType = ...,
+        snapshot_at: _timestamp_pb2.Timestamp | None = ...,
+        head: Global___TreeHead | None = ...,
+        consistency_from: _builtins.int = ...,
+        consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        seen_head_size: _builtins.int = ...,
+        nodes: _abc.Iterable[Global___TreeNodeRef] | None = ...,
+        transfer_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "snapshot_at", b"snapshot_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_from", b"consistency_from", "consistency_proof", b"consistency_proof", "head", b"head", "nodes", b"nodes", "phase", b"phase", "run_id", b"run_id", "seen_head_size", b"seen_head_size", "snapshot_at", b"snapshot_at", "transfer_ids", b"transfer_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconciliationRequest: _TypeAlias = ReconciliationRequest  # noqa: Y015
+
+@_typing.final
+class ReconciliationReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FROM_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    SEEN_HEAD_SIZE_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    TRANSFERS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    phase: Global___ReconciliationPhase.ValueType
+    consistency_from: _builtins.int
+    """the request's seen_head_size"""
+    seen_head_size: _builtins.int
+    """the size of the requester's head this side saw last (0: none)"""
+    refusal: _records_pb2.ResponseCode.ValueType
+    """OK, or why the request was not answered"""
+    detail: _builtins.str
+    @_builtins.property
+    def head(self) -> Global___TreeHead: ...
+    @_builtins.property
+    def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """from that size to head"""
+
+    @_builtins.property
+    def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupTotals]:
+        """phase 1"""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TreeNodeView]:
+        """phase 2, in the order asked; those that did not fit are left out"""
+
+    @_builtins.property
+    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferEvidence]:
+        """phase 3, likewise"""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        phase: Global___ReconciliationPhase.ValueType = ...,
+        head: Global___TreeHead | None = ...,
+        consistency_from: _builtins.int = ...,
+        consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        seen_head_size: _builtins.int = ...,
+        totals: _abc.Iterable[Global___GroupTotals] | None = ...,
+        nodes: _abc.Iterable[Global___TreeNodeView] | None = ...,
+        transfers: _abc.Iterable[Global___TransferEvidence] | None = ...,
+        refusal: _records_pb2.ResponseCode.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_from", b"consistency_from", "consistency_proof", b"consistency_proof", "detail", b"detail", "head", b"head", "nodes", b"nodes", "phase", b"phase", "refusal", b"refusal", "run_id", b"run_id", "seen_head_size", b"seen_head_size", "totals", b"totals", "transfers", b"transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconciliationReply: _TypeAlias = ReconciliationReply  # noqa: Y015
+
+@_typing.final
+class BlockDifference(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    REQUESTER_BLOCKS_FIELD_NUMBER: _builtins.int
+    RESPONDER_BLOCKS_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    REQUESTER_EVIDENCE_FIELD_NUMBER: _builtins.int
+    RESPONDER_EVIDENCE_FIELD_NUMBER: _builtins.int
+    kind: Global___DifferenceKind.ValueType
+    transfer_id: _builtins.str
+    @_builtins.property
+    def requester_blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReconciledBlock]: ...
+    @_builtins.property
+    def responder_blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReconciledBlock]: ...
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def requester_evidence(self) -> Global___TransferEvidence: ...
+    @_builtins.property
+    def responder_evidence(self) -> Global___TransferEvidence: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___DifferenceKind.ValueType = ...,
+        transfer_id: _builtins.str = ...,
+        requester_blocks: _abc.Iterable[Global___ReconciledBlock] | None = ...,
+        responder_blocks: _abc.Iterable[Global___ReconciledBlock] | None = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        requester_evidence: Global___TransferEvidence | None = ...,
+        responder_evidence: Global___TransferEvidence | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requester_evidence", b"requester_evidence", "responder_evidence", b"responder_evidence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "kind", b"kind", "requester_blocks", b"requester_blocks", "requester_evidence", b"requester_evidence", "responder_blocks", b"responder_blocks", "responder_evidence", b"responder_evidence", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockDifference: _TypeAlias = BlockDifference  # noqa: Y015
+
+@_typing.final
+class GroupComparison(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    RESPONDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def group(self) -> Global___ReconciliationGroup: ...
+    @_builtins.property
+    def requester(self) -> Global___ReconciliationTotals: ...
+    @_builtins.property
+    def responder(self) -> Global___ReconciliationTotals: ...
+    def __init__(
+        self,
+        *,
+        group: Global___ReconciliationGroup | None = ...,
+        requester: Global___ReconciliationTotals | None = ...,
+        responder: Global___ReconciliationTotals | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "requester", b"requester", "responder", b"responder"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "requester", b"requester", "responder", b"responder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupComparison: _TypeAlias = GroupComparison  # noqa: Y015
+
+@_typing.final
+class ReconciliationReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    REQUESTER_FIELD_NUMBER: _builtins.int
+    RESPONDER_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_AT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_OMITTED_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    REQUESTER_HEAD_FIELD_NUMBER: _builtins.int
+    RESPONDER_HEAD_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FROM_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    requester: _builtins.str
+    responder: _builtins.str
+    status: Global___ReconciliationStatus.ValueType
+    detail: _builtins.str
+    differences_omitted: _builtins.int
+    consistency_from: _builtins.int
+    """the requester's log consistency, as in a request"""
+    @_builtins.property
+    def snapshot_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupComparison]:
+        """the groups whose totals differed"""
+
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockDifference]: ...
+    @_builtins.property
+    def in_flight(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """transfers completed on one side and still open on the other"""
+
+    @_builtins.property
+    def requester_head(self) -> Global___TreeHead: ...
+    @_builtins.property
+    def responder_head(self) -> Global___TreeHead: ...
+    @_builtins.property
+    def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        requester: _builtins.str = ...,
+        responder: _builtins.str = ...,
+        snapshot_at: _timestamp_pb2.Timestamp | None = ...,
+        status: Global___ReconciliationStatus.ValueType = ...,
+        detail: _builtins.str = ...,
+        groups: _abc.Iterable[Global___GroupComparison] | None = ...,
+        differences: _abc.Iterable[Global___BlockDifference] | None = ...,
+        differences_omitted: _builtins.int = ...,
+        in_flight: _abc.Iterable[_builtins.str] | None = ...,
+        requester_head: Global___TreeHead | None = ...,
+        responder_head: Global___TreeHead | None = ...,
+        consistency_from: _builtins.int = ...,
+        consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "requester_head", b"requester_head", "responder_head", b"responder_head", "snapshot_at", b"snapshot_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_from", b"consistency_from", "consistency_proof", b"consistency_proof", "detail", b"detail", "differences", b"differences", "differences_omitted", b"differences_omitted", "finished_at", b"finished_at", "groups", b"groups", "in_flight", b"in_flight", "requester", b"requester", "requester_head", b"requester_head", "responder", b"responder", "responder_head", b"responder_head", "run_id", b"run_id", "snapshot_at", b"snapshot_at", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconciliationReport: _TypeAlias = ReconciliationReport  # noqa: Y015

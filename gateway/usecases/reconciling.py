@@ -1,0 +1,837 @@
+"""Reconciliation with a partner (DESIGN.md section 7): the requester drives three phases, the responder answers.
+
+Every message is a statement on the partner channel, signed, numbered and checked like a Proposal, and every
+step runs in the transaction that takes the previous message in: a run survives a crash of either side at
+any instant and goes on from where its last message left it. The requester keeps its progress in the run; the
+responder keeps nothing but what it last saw of the requester's message log.
+
+1. The requester sends its log head and asks for the responder's totals per group; groups that agree are
+   consistent.
+2. For the groups that disagree it asks for the nodes of the responder's tree that differ from its own, level
+   by level, until the differing blocks are listed (`gateway.domain.reconciliation.compare_views`).
+3. It asks for the responder's state of each transfer a differing block belongs to, and the log entries the
+   responder holds for it with their inclusion proofs; its own go into the report beside them.
+
+The report is signed and sent to the responder, which keeps it too; both sides freeze the differing blocks
+until an operator resolves the run. Each message carries the sender's log head and a consistency proof from
+the head the receiver saw last (RFC 9162 section 2.1.4): a partner whose log is not an extension of what it
+showed before has rewritten its history, and the run says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from carbon_gateway.v1 import partner_pb2
+from gateway import wire
+from gateway.domain import merkle
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.reconciliation import (
+    Difference,
+    GroupKey,
+    NodeRef,
+    NodeView,
+    ReconciledBlock,
+    Status,
+    Totals,
+    TransferView,
+    classify,
+    compare_views,
+    listed_view,
+    log_leaf,
+    pair_differences,
+    repeated_difference,
+    should_list,
+    status_of,
+)
+from gateway.domain.text import check_identifier
+from gateway.domain.transfer import TransferState
+from gateway.exchange import ENVELOPE_MARGIN_BYTES
+from gateway.reconciliation_wire import (
+    block_from_proto,
+    difference_to_proto,
+    group_from_proto,
+    group_to_proto,
+    head_from_proto,
+    head_to_proto,
+    proof_from_proto,
+    ref_from_proto,
+    ref_to_proto,
+    totals_from_proto,
+    totals_to_proto,
+    view_from_proto,
+    view_to_proto,
+)
+from gateway.store.base import PartnerLogHead, ReconciliationRun, RunRole, Transaction
+from gateway.usecases.base import GatewayBase, Idempotency, log
+from signing import sign_envelope
+
+REPORT_PAYLOAD_TYPE = "application/vnd.carbon-gateway.reconciliation-report.v1+protobuf"
+"""The payload type of a signed report, as kept in the run and handed to a third party."""
+
+MAX_DIFFERENCES = 10_000
+"""Differing blocks one run follows to the block; beyond this the run stops at the totals."""
+MAX_TRANSFERS_PER_REQUEST = 200
+MAX_MESSAGES_PER_TRANSFER = 64
+MAX_REFS_PER_REQUEST = 2_000
+ABANDON_AFTER = dt.timedelta(hours=1)
+"""A run the partner has not finished answering after this long gives way to a new one."""
+
+PHASE_TOTALS = partner_pb2.RECONCILIATION_PHASE_TOTALS
+PHASE_BLOCKS = partner_pb2.RECONCILIATION_PHASE_BLOCKS
+PHASE_AUDIT = partner_pb2.RECONCILIATION_PHASE_AUDIT
+
+
+@dataclass
+class Progress:
+    """The requester's state between two replies (kept in the run, as JSON)."""
+
+    phase: int = PHASE_TOTALS
+    asked: list[NodeRef] = field(default_factory=list)  # phase 2: the nodes asked in the last request
+    pending: list[NodeRef] = field(default_factory=list)  # phase 2: nodes still to ask
+    mine_only: list[ReconciledBlock] = field(default_factory=list)
+    theirs_only: list[ReconciledBlock] = field(default_factory=list)
+    repeated: list[tuple[ReconciledBlock, int, int]] = field(default_factory=list)
+    groups: list[partner_pb2.GroupComparison] = field(default_factory=list)
+    transfers: list[str] = field(default_factory=list)  # phase 3: transfers still to ask about
+    evidence: dict[str, partner_pb2.TransferEvidence] = field(default_factory=dict)
+    responder_head: tuple[int, bytes] = (0, merkle.EMPTY_ROOT)
+
+    def encode(self) -> bytes:
+        """The progress as stored."""
+        return json.dumps(
+            {
+                "phase": self.phase,
+                "asked": [_ref_json(r) for r in self.asked],
+                "pending": [_ref_json(r) for r in self.pending],
+                "mine_only": [b.encode().hex() for b in self.mine_only],
+                "theirs_only": [b.encode().hex() for b in self.theirs_only],
+                "repeated": [[b.encode().hex(), m, t] for b, m, t in self.repeated],
+                "groups": [g.SerializeToString().hex() for g in self.groups],
+                "transfers": self.transfers,
+                "evidence": {k: v.SerializeToString().hex() for k, v in self.evidence.items()},
+                "responder_head": [self.responder_head[0], self.responder_head[1].hex()],
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Progress:
+        """The inverse of `encode`."""
+        raw = json.loads(data)
+        groups = []
+        for text in raw["groups"]:
+            group = partner_pb2.GroupComparison()
+            group.ParseFromString(bytes.fromhex(text))
+            groups.append(group)
+        evidence = {}
+        for key, text in raw["evidence"].items():
+            item = partner_pb2.TransferEvidence()
+            item.ParseFromString(bytes.fromhex(text))
+            evidence[key] = item
+        return cls(
+            phase=raw["phase"],
+            asked=[_ref_from_json(r) for r in raw["asked"]],
+            pending=[_ref_from_json(r) for r in raw["pending"]],
+            mine_only=[ReconciledBlock.decode(bytes.fromhex(b)) for b in raw["mine_only"]],
+            theirs_only=[ReconciledBlock.decode(bytes.fromhex(b)) for b in raw["theirs_only"]],
+            repeated=[(ReconciledBlock.decode(bytes.fromhex(b)), m, t) for b, m, t in raw["repeated"]],
+            groups=groups,
+            transfers=raw["transfers"],
+            evidence=evidence,
+            responder_head=(raw["responder_head"][0], bytes.fromhex(raw["responder_head"][1])),
+        )
+
+    @property
+    def found(self) -> int:
+        """Differing blocks found so far."""
+        return len(self.mine_only) + len(self.theirs_only) + len(self.repeated)
+
+
+def _ref_json(ref: NodeRef) -> list[object]:
+    return [ref.group.text(), ref.level, ref.prefix]
+
+
+def _ref_from_json(raw: list[object]) -> NodeRef:
+    text, level, prefix = raw
+    assert isinstance(text, str) and isinstance(level, int) and isinstance(prefix, int)
+    return NodeRef(GroupKey.from_text(text), level, prefix)
+
+
+class ReplyProblem(Exception):
+    """The partner's reply cannot be true or cannot be read: the run needs a person."""
+
+
+class Reconciling(GatewayBase):
+    """Reconciliation runs: started by an operator or the schedule, answered for partners, resolved by people."""
+
+    # folding
+
+    async def fold_trees(self, limit: int = 10_000) -> int:
+        """Fold recent ledger changes into the reconciliation tree and new log entries into the log's tree, in
+        one transaction; return how many ledger entries were folded."""
+        async with self.store.transaction() as tx:
+            folded = await tx.fold_reconciliation(self.party, limit)
+            await tx.fold_log_tree()
+        return folded
+
+    async def _fold_all(self, tx: Transaction) -> None:
+        while await tx.fold_reconciliation(self.party, 50_000):
+            pass
+
+    # operator side
+
+    async def start_reconciliation(self, idem: Idempotency, partner: str) -> ReconciliationRun:
+        """Start a run with ``partner``: fold the trees, record the run and send the phase-1 request."""
+        check_identifier(partner, "partner")
+        if self._exchange.partners.get(partner) is None:
+            raise GatewayError(
+                ResponseCode.UNKNOWN_PARTNER, f"{partner!r} is not a configured partner", field="partner"
+            )
+        async with self.store.transaction() as tx:
+            replayed = await self._replay(tx, idem)
+            if replayed is not None:
+                found = await tx.get_reconciliation(replayed)
+                assert found is not None
+                return found
+            now = self.clock()
+            for run in await tx.list_reconciliations(partner, limit=20):
+                if run.role is RunRole.REQUESTER and run.status is Status.RUNNING:
+                    if now - run.updated_at < ABANDON_AFTER:
+                        raise GatewayError(
+                            ResponseCode.INVALID_STATE,
+                            f"run {run.run_id} with {partner} is still waiting for {partner}'s answers (last step"
+                            f" {run.updated_at:%Y-%m-%d %H:%M:%S} UTC); it gives way to a new run after"
+                            f" {ABANDON_AFTER} without an answer",
+                            field="partner",
+                        )
+                    await tx.update_reconciliation(
+                        replace(
+                            run,
+                            status=Status.ABANDONED,
+                            updated_at=now,
+                            detail=f"{partner} did not answer within {ABANDON_AFTER}",
+                        )
+                    )
+            await self._fold_all(tx)
+            run = ReconciliationRun(
+                run_id=self.new_id(),
+                partner=partner,
+                role=RunRole.REQUESTER,
+                status=Status.RUNNING,
+                snapshot_at=now,
+                started_at=now,
+                updated_at=now,
+                progress=Progress().encode(),
+            )
+            await tx.insert_reconciliation(run)
+            await self._request(tx, run, PHASE_TOTALS)
+            await self._remember(tx, idem, run.run_id)
+        self._exchange.on_enqueued()
+        return run
+
+    async def reconcile_due(self, every: dt.timedelta) -> list[ReconciliationRun]:
+        """Start a run with each partner whose last run started ``every`` ago or longer (the schedule)."""
+        started = []
+        for partner in sorted(self._exchange.partners.parties()):
+            async with self.store.read() as tx:
+                runs = [r for r in await tx.list_reconciliations(partner, limit=20) if r.role is RunRole.REQUESTER]
+            if runs and self.clock() - runs[0].started_at < every:
+                continue
+            idem = Idempotency(self.party, "schedule", f"{partner}:{self.clock().isoformat()}", "")
+            try:
+                started.append(await self.start_reconciliation(idem, partner))
+            except GatewayError as exc:
+                log.warning("the scheduled reconciliation with %s did not start: %s", partner, exc.message)
+        return started
+
+    async def get_reconciliation(self, run_id: str) -> ReconciliationRun:
+        """One run; refuse an unknown ID."""
+        async with self.store.read() as tx:
+            run = await tx.get_reconciliation(run_id)
+        if run is None:
+            raise GatewayError(ResponseCode.INVALID_ARGUMENT, f"no reconciliation run {run_id[:64]!r}", field="run_id")
+        return run
+
+    async def list_reconciliations(self, partner: str = "", limit: int = 100) -> list[ReconciliationRun]:
+        """The latest runs, newest first."""
+        async with self.store.read() as tx:
+            return await tx.list_reconciliations(partner, limit)
+
+    async def resolve_reconciliation(self, idem: Idempotency, run_id: str, reason: str) -> ReconciliationRun:
+        """Resolve a run's discrepancy with a reason a person gave: its blocks are no longer frozen."""
+        reason = reason.strip()
+        if not reason:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                "say why the discrepancy is resolved: a reason is recorded",
+                field="reason",
+            )
+        if len(reason) > 2000:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, "the reason is longer than 2000 characters", field="reason"
+            )
+        async with self.store.transaction() as tx:
+            replayed = await self._replay(tx, idem)
+            if replayed is not None:
+                found = await tx.get_reconciliation(replayed)
+                assert found is not None
+                return found
+            run = await tx.get_reconciliation(run_id)
+            if run is None:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT, f"no reconciliation run {run_id[:64]!r}", field="run_id"
+                )
+            if not run.status.freezes and run.status is not Status.TOTALS_INCONSISTENT:
+                raise GatewayError(
+                    ResponseCode.INVALID_STATE,
+                    f"run {run_id} is {run.status.name}: only an inconsistent run is resolved",
+                    field="run_id",
+                )
+            now = self.clock()
+            run = replace(run, status=Status.RESOLVED, resolved_reason=reason, resolved_at=now, updated_at=now)
+            await tx.update_reconciliation(run)
+            await tx.unfreeze(run_id)
+            await self._remember(tx, idem, run_id)
+        log.warning("reconciliation run %s with %s resolved: %s", run_id, run.partner, reason)
+        return run
+
+    # the requester's messages
+
+    async def _own_head(self, tx: Transaction) -> tuple[int, bytes]:
+        size = await tx.fold_log_tree()
+        nodes = await tx.log_tree_nodes(merkle.nodes_needed_for_root(size))
+        return size, merkle.root_from_nodes(size, _reader(nodes))
+
+    async def _consistency(self, tx: Transaction, old: int, new: int) -> list[bytes]:
+        if old <= 0 or old >= new:
+            return []
+        nodes = await tx.log_tree_nodes(merkle.nodes_needed_for_consistency(old, new))
+        return merkle.consistency_proof(old, new, _reader(nodes))
+
+    async def _request(
+        self,
+        tx: Transaction,
+        run: ReconciliationRun,
+        phase: int,
+        *,
+        nodes: Sequence[NodeRef] = (),
+        transfer_ids: Sequence[str] = (),
+    ) -> None:
+        size, root = await self._own_head(tx)
+        known = await tx.partner_log_head(run.partner)
+        partner_saw = known.partner_saw if known else 0
+        request = partner_pb2.ReconciliationRequest(
+            run_id=run.run_id,
+            phase=phase,  # type: ignore[arg-type]
+            snapshot_at=wire.timestamp(run.snapshot_at),
+            head=head_to_proto(size, root),
+            consistency_from=partner_saw if partner_saw <= size else 0,
+            consistency_proof=await self._consistency(tx, partner_saw, size),
+            seen_head_size=known.tree_size if known else 0,
+            nodes=[ref_to_proto(r) for r in nodes],
+            transfer_ids=list(transfer_ids),
+        )
+        await self._exchange.enqueue(tx, run.partner, reconciliation_request=request)
+
+    async def _on_reconciliation_reply(
+        self, tx: Transaction, partner: str, reply: partner_pb2.ReconciliationReply
+    ) -> None:
+        run = await tx.get_reconciliation(reply.run_id)
+        if run is None or run.partner != partner or run.role is not RunRole.REQUESTER:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"no reconciliation run {reply.run_id[:64]!r} with {partner} was started here",
+                field="reconciliation_reply.run_id",
+            )
+        if run.status is not Status.RUNNING:
+            log.info("a reply from %s for run %s, which is %s: ignored", partner, run.run_id, run.status.name)
+            return
+        progress = Progress.decode(run.progress)
+        try:
+            if int(reply.refusal) != int(ResponseCode.OK):
+                raise ReplyProblem(f"{partner} refused to answer: {reply.detail[:500]}")
+            if reply.phase != progress.phase:
+                raise ReplyProblem(f"{partner} answered phase {reply.phase} while phase {progress.phase} was asked")
+            progress.responder_head = await self._check_reply_head(tx, partner, reply)
+            if reply.phase == PHASE_TOTALS:
+                await self._take_totals(tx, run, progress, reply)
+            elif reply.phase == PHASE_BLOCKS:
+                await self._take_nodes(tx, run, progress, reply)
+            else:
+                await self._take_evidence(run, progress, reply)
+        except (GatewayError, ReplyProblem) as exc:
+            text = exc.message if isinstance(exc, GatewayError) else str(exc)
+            await self._finish(tx, run, progress, [], Status.MANUAL_INTERVENTION_REQUIRED, text)
+            return
+        await self._advance(tx, run, progress)
+
+    async def _check_reply_head(
+        self, tx: Transaction, partner: str, reply: partner_pb2.ReconciliationReply
+    ) -> tuple[int, bytes]:
+        size, root = head_from_proto(reply.head, "reconciliation_reply.head")
+        proof = proof_from_proto(reply.consistency_proof, "reconciliation_reply.consistency_proof")
+        known = await tx.partner_log_head(partner)
+        if known is not None and reply.consistency_from != known.tree_size:
+            raise ReplyProblem(
+                f"{partner} proved its log consistent from {reply.consistency_from} entries, not from the"
+                f" {known.tree_size} it showed last"
+            )
+        problem = _rewritten(partner, known, size, root, proof)
+        if problem:
+            raise ReplyProblem(problem)
+        await tx.set_partner_log_head(
+            partner, PartnerLogHead(size, root, self.clock(), min(reply.seen_head_size, 2**62))
+        )
+        return size, root
+
+    async def _take_totals(
+        self, tx: Transaction, run: ReconciliationRun, progress: Progress, reply: partner_pb2.ReconciliationReply
+    ) -> None:
+        if len(reply.totals) > 100_000:
+            raise ReplyProblem(f"{run.partner} sent {len(reply.totals)} groups")
+        theirs: dict[GroupKey, Totals] = {}
+        for i, item in enumerate(reply.totals):
+            group = group_from_proto(item.group, f"reconciliation_reply.totals[{i}].group")
+            if group in theirs:
+                raise ReplyProblem(f"{run.partner} sent the totals of group {group} twice")
+            theirs[group] = totals_from_proto(item.totals, f"reconciliation_reply.totals[{i}].totals")
+        mine = await tx.reconciliation_totals(run.partner)
+        empty = Totals()
+        for group in sorted(set(mine) | set(theirs)):
+            ours, others = mine.get(group, empty), theirs.get(group, empty)
+            if ours != others:
+                progress.groups.append(
+                    partner_pb2.GroupComparison(
+                        group=group_to_proto(group), requester=totals_to_proto(ours), responder=totals_to_proto(others)
+                    )
+                )
+                progress.pending.append(NodeRef(group, 0, 0))
+        progress.phase = PHASE_BLOCKS
+
+    async def _own_view(self, tx: Transaction, partner: str, ref: NodeRef) -> NodeView:
+        totals = (await tx.reconciliation_nodes(partner, [ref])).get(ref, Totals())
+        if should_list(ref.level, totals):
+            return listed_view(ref, await tx.reconciliation_blocks(partner, ref))
+        return NodeView(ref, totals, children=await tx.reconciliation_children(partner, ref))
+
+    async def _take_nodes(
+        self, tx: Transaction, run: ReconciliationRun, progress: Progress, reply: partner_pb2.ReconciliationReply
+    ) -> None:
+        asked = set(progress.asked)
+        answered: set[NodeRef] = set()
+        for i, message in enumerate(reply.nodes):
+            theirs = view_from_proto(message, f"reconciliation_reply.nodes[{i}]")
+            if theirs.ref not in asked or theirs.ref in answered:
+                raise ReplyProblem(f"{run.partner} answered for a node not asked: {theirs.ref}")
+            answered.add(theirs.ref)
+            queue = [(await self._own_view(tx, run.partner, theirs.ref), theirs)]
+            while queue:
+                mine, other = queue.pop()
+                step = compare_views(mine, other)
+                progress.mine_only.extend(step.mine_only)
+                progress.theirs_only.extend(step.theirs_only)
+                progress.repeated.extend(step.repeated)
+                for child in step.descend:
+                    if other.listed:
+                        mine_child = (
+                            mine.child_view(child) if mine.listed else await self._own_view(tx, run.partner, child)
+                        )
+                        queue.append((mine_child, other.child_view(child)))
+                    else:
+                        progress.pending.append(child)
+        # Nodes the reply had no room for are asked again first.
+        progress.pending = [r for r in progress.asked if r not in answered] + progress.pending
+        if not answered and progress.asked:
+            raise ReplyProblem(f"{run.partner} answered none of the {len(progress.asked)} nodes asked")
+        progress.asked = []
+
+    async def _take_evidence(
+        self, run: ReconciliationRun, progress: Progress, reply: partner_pb2.ReconciliationReply
+    ) -> None:
+        size, root = progress.responder_head
+        asked = set(progress.transfers[:MAX_TRANSFERS_PER_REQUEST])
+        for i, item in enumerate(reply.transfers):
+            if item.transfer_id not in asked or item.transfer_id in progress.evidence:
+                raise ReplyProblem(f"{run.partner} answered for a transfer not asked: {item.transfer_id[:64]!r}")
+            if len(item.messages) > MAX_MESSAGES_PER_TRANSFER:
+                raise ReplyProblem(f"{run.partner} listed {len(item.messages)} messages for one transfer")
+            for j, message in enumerate(item.messages):
+                where = f"reconciliation_reply.transfers[{i}].messages[{j}]"
+                if len(message.envelope_sha256) != 32:
+                    raise ReplyProblem(f"{where}.envelope_sha256 is not 32 bytes")
+                proof = proof_from_proto(message.inclusion_proof, f"{where}.inclusion_proof")
+                leaf = merkle.leaf_hash(
+                    log_leaf(message.direction, self.party, message.message_id, message.kind, message.envelope_sha256)
+                )
+                if message.log_index == 0 or not merkle.verify_inclusion(
+                    message.log_index - 1, size, leaf, proof, root
+                ):
+                    raise ReplyProblem(
+                        f"{run.partner} listed log entry {message.log_index} for transfer {item.transfer_id}, but it"
+                        f" is not in the log head of {size} entries it signed"
+                    )
+            progress.evidence[item.transfer_id] = item
+        progress.transfers = [t for t in progress.transfers if t not in progress.evidence]
+        if not reply.transfers and progress.transfers:
+            raise ReplyProblem(f"{run.partner} answered none of the transfers asked")
+
+    async def _advance(self, tx: Transaction, run: ReconciliationRun, progress: Progress) -> None:
+        """Send the next request, or finish the run."""
+        if progress.found > MAX_DIFFERENCES:
+            await self._finish(
+                tx,
+                run,
+                progress,
+                [],
+                Status.TOTALS_INCONSISTENT,
+                f"more than {MAX_DIFFERENCES} blocks differ: the run stops at the totals; compare the two ledgers"
+                " with the partner directly",
+            )
+            return
+        if progress.phase == PHASE_BLOCKS:
+            if progress.pending:
+                progress.asked = progress.pending[:MAX_REFS_PER_REQUEST]
+                progress.pending = progress.pending[MAX_REFS_PER_REQUEST:]
+                await self._save(tx, run, progress)
+                await self._request(tx, run, PHASE_BLOCKS, nodes=progress.asked)
+                return
+            transfers = {b.transfer_id for b in progress.mine_only + progress.theirs_only}
+            transfers.update(b.transfer_id for b, _, _ in progress.repeated)
+            progress.transfers = sorted(transfers)
+            progress.phase = PHASE_AUDIT
+        if progress.phase == PHASE_AUDIT and progress.transfers:
+            await self._save(tx, run, progress)
+            await self._request(tx, run, PHASE_AUDIT, transfer_ids=progress.transfers[:MAX_TRANSFERS_PER_REQUEST])
+            return
+        differences = pair_differences(progress.mine_only, progress.theirs_only)
+        differences += [repeated_difference(b, m, t) for b, m, t in progress.repeated]
+        await self._finish(tx, run, progress, differences, None, "")
+
+    async def _save(self, tx: Transaction, run: ReconciliationRun, progress: Progress) -> None:
+        await tx.update_reconciliation(replace(run, progress=progress.encode(), updated_at=self.clock()))
+
+    async def _transfer_view(self, tx: Transaction, transfer_id: str, partner: str) -> TransferView:
+        transfer = await tx.get_transfer(transfer_id)
+        if transfer is None or transfer.partner != partner:
+            return TransferView.UNKNOWN
+        return _view_of_state(transfer.state)
+
+    async def _finish(
+        self,
+        tx: Transaction,
+        run: ReconciliationRun,
+        progress: Progress,
+        differences: list[Difference],
+        status: Status | None,
+        detail: str,
+    ) -> None:
+        """Classify the differences, freeze their blocks, sign the report, keep it and send it."""
+        size, root = await self._own_head(tx)
+        kept: list[Difference] = []
+        in_flight: set[str] = set()
+        for difference in differences:
+            theirs = progress.evidence.get(difference.transfer_id)
+            their_view = (
+                _view_of_state(TransferState(theirs.state))
+                if theirs is not None and theirs.known and theirs.state in TransferState._value2member_map_
+                else TransferView.UNKNOWN
+            )
+            classified = classify(
+                difference, await self._transfer_view(tx, difference.transfer_id, run.partner), their_view
+            )
+            if classified is None:
+                in_flight.add(difference.transfer_id)
+            else:
+                kept.append(classified)
+        if status is None:
+            status = status_of(kept)
+        report = partner_pb2.ReconciliationReport(
+            run_id=run.run_id,
+            requester=self.party,
+            responder=run.partner,
+            snapshot_at=wire.timestamp(run.snapshot_at),
+            status=int(status),  # type: ignore[arg-type]
+            detail=detail,
+            groups=progress.groups,
+            in_flight=sorted(in_flight),
+            requester_head=head_to_proto(size, root),
+            responder_head=head_to_proto(*progress.responder_head),
+            finished_at=wire.timestamp(self.clock()),
+        )
+        for difference in kept:
+            item = difference_to_proto(difference)
+            item.requester_evidence.CopyFrom(await self._evidence(tx, difference.transfer_id, run.partner, size))
+            theirs = progress.evidence.get(difference.transfer_id)
+            if theirs is not None:
+                item.responder_evidence.CopyFrom(theirs)
+            report.differences.append(item)
+        known = await tx.partner_log_head(run.partner)
+        partner_saw = known.partner_saw if known else 0
+        report.consistency_from = partner_saw if partner_saw <= size else 0
+        report.consistency_proof.extend(await self._consistency(tx, partner_saw, size))
+        self._fit_report(run.partner, report)
+        if status.freezes:
+            await tx.freeze(run.run_id, [(b.space, b.serial_start, b.serial_end) for d in kept for b in d.blocks])
+        signed = sign_envelope(REPORT_PAYLOAD_TYPE, report.SerializeToString(), [self._exchange.signer])
+        now = self.clock()
+        await tx.update_reconciliation(
+            replace(run, status=status, detail=detail, progress=b"", report=signed.to_json(), updated_at=now)
+        )
+        await self._exchange.enqueue(tx, run.partner, reconciliation_report=report)
+        if status is not Status.CONSISTENT:
+            log.warning("reconciliation run %s with %s: %s %s", run.run_id, run.partner, status.name, detail)
+
+    def _fit_report(self, partner: str, report: partner_pb2.ReconciliationReport) -> None:
+        """Leave out the differences the partner's size cap has no room for (the count says how many)."""
+        budget = _budget(self, partner)
+        while report.differences and report.ByteSize() > budget:
+            report.differences.pop()
+            report.differences_omitted += 1
+
+    async def _evidence(
+        self, tx: Transaction, transfer_id: str, partner: str, size: int
+    ) -> partner_pb2.TransferEvidence:
+        """This side's state of a transfer with ``partner`` and the log entries it holds for it, with their
+        inclusion proofs against its log head of ``size`` entries."""
+        transfer = await tx.get_transfer(transfer_id)
+        evidence = partner_pb2.TransferEvidence(transfer_id=transfer_id)
+        if transfer is None or transfer.partner != partner:
+            return evidence
+        evidence.known = True
+        evidence.state = int(transfer.state)  # type: ignore[assignment]
+        entries = [e for e in await tx.log_of_transfer(transfer_id) if e.peer == partner and e.index <= size]
+        evidence.messages_omitted = max(0, len(entries) - MAX_MESSAGES_PER_TRANSFER)
+        for entry in entries[:MAX_MESSAGES_PER_TRANSFER]:
+            nodes = await tx.log_tree_nodes(merkle.nodes_needed_for_inclusion(entry.index - 1, size))
+            evidence.messages.append(
+                partner_pb2.LoggedMessage(
+                    log_index=entry.index,
+                    direction=entry.direction,
+                    kind=entry.kind.value,
+                    message_id=entry.message_id,
+                    envelope_sha256=hashlib.sha256(entry.envelope).digest(),
+                    inclusion_proof=merkle.inclusion_proof(entry.index - 1, size, _reader(nodes)),
+                    recorded_at=wire.timestamp(entry.recorded_at),
+                )
+            )
+        return evidence
+
+    # the responder
+
+    async def _on_reconciliation_request(
+        self, tx: Transaction, partner: str, request: partner_pb2.ReconciliationRequest
+    ) -> None:
+        """Answer a request from ``partner``. A request that cannot be read is answered with a refusal, so the
+        requester's run ends instead of waiting."""
+        reply = partner_pb2.ReconciliationReply(run_id=request.run_id[:128], phase=request.phase)
+        await self._fold_all(tx)
+        size, root = await self._own_head(tx)
+        reply.head.CopyFrom(head_to_proto(size, root))
+        reply.consistency_from = request.seen_head_size if request.seen_head_size <= size else 0
+        reply.consistency_proof.extend(await self._consistency(tx, reply.consistency_from, size))
+        try:
+            check_identifier(request.run_id, "reconciliation_request.run_id")
+            await self._note_requester(tx, partner, request)
+            if request.phase == PHASE_TOTALS:
+                totals = await tx.reconciliation_totals(partner)
+                reply.totals.extend(
+                    partner_pb2.GroupTotals(group=group_to_proto(g), totals=totals_to_proto(t))
+                    for g, t in sorted(totals.items())
+                )
+                if reply.ByteSize() > _budget(self, partner):
+                    raise GatewayError(
+                        ResponseCode.ENVELOPE_TOO_LARGE,
+                        f"the totals of {len(totals)} groups do not fit in one message to {partner}",
+                    )
+            elif request.phase == PHASE_BLOCKS:
+                await self._answer_nodes(tx, partner, request, reply)
+            elif request.phase == PHASE_AUDIT:
+                await self._answer_transfers(tx, partner, request, reply, size)
+            else:
+                raise GatewayError(
+                    ResponseCode.MALFORMED_PAYLOAD,
+                    f"unknown phase {request.phase}",
+                    field="reconciliation_request.phase",
+                )
+        except GatewayError as exc:
+            del reply.totals[:]
+            del reply.nodes[:]
+            del reply.transfers[:]
+            reply.refusal = exc.code  # type: ignore[assignment]
+            reply.detail = exc.message[:1000]
+        known = await tx.partner_log_head(partner)
+        reply.seen_head_size = known.tree_size if known else 0
+        await self._exchange.enqueue(tx, partner, reconciliation_reply=reply)
+
+    async def _note_requester(self, tx: Transaction, partner: str, request: partner_pb2.ReconciliationRequest) -> None:
+        """Check the requester's log head against the one it showed last, and keep the run on this side."""
+        size, root = head_from_proto(request.head, "reconciliation_request.head")
+        proof = proof_from_proto(request.consistency_proof, "reconciliation_request.consistency_proof")
+        now = self.clock()
+        run = await tx.get_reconciliation(request.run_id)
+        if run is not None and run.partner != partner:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, "the run ID belongs to another partner", field="reconciliation_request"
+            )
+        if run is None:
+            snapshot = wire.from_timestamp(request.snapshot_at) if request.HasField("snapshot_at") else now
+            run = ReconciliationRun(
+                run_id=request.run_id,
+                partner=partner,
+                role=RunRole.RESPONDER,
+                status=Status.RUNNING,
+                snapshot_at=snapshot,
+                started_at=now,
+                updated_at=now,
+            )
+            await tx.insert_reconciliation(run)
+        known = await tx.partner_log_head(partner)
+        if known is None or request.consistency_from == known.tree_size:
+            problem = _rewritten(partner, known, size, root, proof)
+            if problem:
+                if run.status is Status.RUNNING or run.status is Status.CONSISTENT:
+                    await tx.update_reconciliation(
+                        replace(run, status=Status.MANUAL_INTERVENTION_REQUIRED, detail=problem, updated_at=now)
+                    )
+                log.error("%s", problem)
+                return
+            saw = known.partner_saw if known else 0
+            await tx.set_partner_log_head(partner, PartnerLogHead(size, root, now, saw))
+
+    async def _answer_nodes(
+        self,
+        tx: Transaction,
+        partner: str,
+        request: partner_pb2.ReconciliationRequest,
+        reply: partner_pb2.ReconciliationReply,
+    ) -> None:
+        if len(request.nodes) > MAX_REFS_PER_REQUEST:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"more than {MAX_REFS_PER_REQUEST} nodes asked at once",
+                field="reconciliation_request.nodes",
+            )
+        budget = _budget(self, partner)
+        for i, message in enumerate(request.nodes):
+            ref = ref_from_proto(message, f"reconciliation_request.nodes[{i}]")
+            view = view_to_proto(await self._own_view(tx, partner, ref))
+            if reply.ByteSize() + view.ByteSize() + 16 > budget and reply.nodes:
+                break  # the requester asks again for the rest
+            reply.nodes.append(view)
+
+    async def _answer_transfers(
+        self,
+        tx: Transaction,
+        partner: str,
+        request: partner_pb2.ReconciliationRequest,
+        reply: partner_pb2.ReconciliationReply,
+        size: int,
+    ) -> None:
+        if len(request.transfer_ids) > MAX_TRANSFERS_PER_REQUEST:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"more than {MAX_TRANSFERS_PER_REQUEST} transfers asked at once",
+                field="reconciliation_request.transfer_ids",
+            )
+        budget = _budget(self, partner)
+        for i, transfer_id in enumerate(request.transfer_ids):
+            check_identifier(transfer_id, f"reconciliation_request.transfer_ids[{i}]")
+            evidence = await self._evidence(tx, transfer_id, partner, size)
+            if reply.ByteSize() + evidence.ByteSize() + 16 > budget and reply.transfers:
+                break
+            reply.transfers.append(evidence)
+
+    async def _on_reconciliation_report(
+        self, tx: Transaction, partner: str, report: partner_pb2.ReconciliationReport
+    ) -> None:
+        """Keep the requester's report and freeze the blocks it names on this side too."""
+        check_identifier(report.run_id, "reconciliation_report.run_id")
+        if report.requester != partner or report.responder != self.party:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"a report from {partner} names {report.requester[:16]!r} and {report.responder[:16]!r} as its sides",
+                field="reconciliation_report",
+            )
+        if report.status not in Status._value2member_map_ or int(report.status) == int(Status.RUNNING):
+            raise GatewayError(
+                ResponseCode.MALFORMED_PAYLOAD, f"status {report.status} is not a result", field="reconciliation_report"
+            )
+        status = Status(report.status)
+        blocks = []
+        for i, difference in enumerate(report.differences):
+            for j, block in enumerate([*difference.requester_blocks, *difference.responder_blocks]):
+                blocks.append(block_from_proto(block, f"reconciliation_report.differences[{i}].blocks[{j}]"))
+        now = self.clock()
+        run = await tx.get_reconciliation(report.run_id)
+        if run is not None and (run.partner != partner or run.role is not RunRole.RESPONDER):
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT, "the run ID belongs to another run", field="reconciliation_report"
+            )
+        if run is None:
+            run = ReconciliationRun(
+                run_id=report.run_id,
+                partner=partner,
+                role=RunRole.RESPONDER,
+                status=Status.RUNNING,
+                snapshot_at=wire.from_timestamp(report.snapshot_at) if report.HasField("snapshot_at") else now,
+                started_at=now,
+                updated_at=now,
+            )
+            await tx.insert_reconciliation(run)
+        detail = report.detail[:2000]
+        if run.status is Status.MANUAL_INTERVENTION_REQUIRED:
+            status, detail = run.status, run.detail  # this side found the requester's log rewritten
+        else:
+            head = head_from_proto(report.requester_head, "reconciliation_report.requester_head")
+            known = await tx.partner_log_head(partner)
+            if known is not None and report.consistency_from == known.tree_size:
+                proof = proof_from_proto(report.consistency_proof, "reconciliation_report.consistency_proof")
+                problem = _rewritten(partner, known, head[0], head[1], proof)
+                if problem:
+                    status, detail = Status.MANUAL_INTERVENTION_REQUIRED, problem
+                else:
+                    await tx.set_partner_log_head(partner, PartnerLogHead(*head, now, known.partner_saw))
+        if status.freezes:
+            await tx.freeze(run.run_id, [(b.space, b.serial_start, b.serial_end) for b in blocks])
+        await tx.update_reconciliation(
+            replace(run, status=status, detail=detail, report=report.SerializeToString(), updated_at=now)
+        )
+        if status is not Status.CONSISTENT:
+            log.warning("%s reports reconciliation run %s %s: %s", partner, run.run_id, status.name, detail)
+
+
+def _reader(nodes: dict[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:
+    return lambda level, index: nodes[(level, index)]
+
+
+def _budget(gateway: Reconciling, partner: str) -> int:
+    """Bytes a reconciliation body may take to ``partner``: half its cap (a JSON envelope is larger), less the
+    room kept for the header and signatures."""
+    found = gateway._exchange.partners.get(partner)
+    cap = found.max_envelope_bytes if found else 1 << 20
+    return max(cap // 2 - ENVELOPE_MARGIN_BYTES - 1024, 4096)
+
+
+def _view_of_state(state: TransferState) -> TransferView:
+    if state is TransferState.COMPLETED:
+        return TransferView.COMPLETED
+    if state.is_final:
+        return TransferView.ENDED
+    return TransferView.OPEN
+
+
+def _rewritten(partner: str, known: PartnerLogHead | None, size: int, root: bytes, proof: list[bytes]) -> str:
+    """Why ``partner``'s head is not an extension of the one it showed before (empty when it is)."""
+    if known is None or known.tree_size == 0:
+        return ""
+    if merkle.verify_consistency(known.tree_size, size, known.root_hash, root, proof):
+        return ""
+    return (
+        f"{partner}'s message log was rewritten: its head of {size} entries (root {root.hex()[:16]}…) is not an"
+        f" extension of the head of {known.tree_size} entries (root {known.root_hash.hex()[:16]}…) it showed on"
+        f" {known.seen_at:%Y-%m-%d %H:%M:%S} UTC; compare both sides' message logs before trusting either"
+    )
