@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.report_cli import register as register_report
 
     register_report(commands)
+    from gateway.reconcile_cli import register as register_reconcile
+
+    register_reconcile(commands)
     from adapters.commands import register as register_adapters
 
     register_adapters(commands)

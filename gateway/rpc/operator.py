@@ -26,7 +26,7 @@ from gateway.service import (
     RetirementResult,
     TransferRequest,
 )
-from gateway.store.base import OutboxMessage, OutboxState, StoredBlock
+from gateway.store.base import OutboxMessage, OutboxState, ReconciliationRun, RunRole, StoredBlock
 from gateway.trust import PushResult, TrustKeeper
 from signing import Envelope, EnvelopeFormatError, TrustedParty
 
@@ -58,14 +58,14 @@ def _outbox_entry(message: OutboxMessage) -> operator_pb2.OutboxEntry:
     )
 
 
-def _party_filter(party: str, *, required: bool = False) -> str:
+def _party_filter(party: str, *, required: bool = False, field: str = "party") -> str:
     if not party and required:
-        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "name the partner's Party code", field="party")
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "name the partner's Party code", field=field)
     if party and not PARTY_PATTERN.fullmatch(party):
         raise GatewayError(
             ResponseCode.INVALID_ARGUMENT,
             f"{text.quoted(party)} is not an ISO 3166-1 alpha-3 Party code (three capital ASCII letters)",
-            field="party",
+            field=field,
         )
     return party
 
@@ -490,3 +490,58 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         if abandoned.transfer is not None:
             response.transfer.CopyFrom(wire.transfer_to_proto(abandoned.transfer))
         return response
+
+    @refusals_as_status
+    async def RunReconciliation(
+        self, request: operator_pb2.RunReconciliationRequest, context: Context[object, object]
+    ) -> operator_pb2.Reconciliation:
+        partner = _party_filter(request.partner, required=True, field="partner")
+        idem = _idempotency("RunReconciliation", request, request.idempotency_key)
+        return _reconciliation(await self.gateway.start_reconciliation(idem, partner))
+
+    @refusals_as_status
+    async def GetReconciliation(
+        self, request: operator_pb2.GetReconciliationRequest, context: Context[object, object]
+    ) -> operator_pb2.Reconciliation:
+        text.check_identifier(request.run_id, "run_id", what="run ID")
+        return _reconciliation(await self.gateway.get_reconciliation(request.run_id))
+
+    @refusals_as_status
+    async def ListReconciliations(
+        self, request: operator_pb2.ListReconciliationsRequest, context: Context[object, object]
+    ) -> operator_pb2.ListReconciliationsResponse:
+        partner = _party_filter(request.partner, field="partner")
+        runs = await self.gateway.list_reconciliations(partner, min(request.limit or 100, 1000))
+        return operator_pb2.ListReconciliationsResponse(runs=[_reconciliation(r) for r in runs])
+
+    @refusals_as_status
+    async def ResolveReconciliation(
+        self, request: operator_pb2.ResolveReconciliationRequest, context: Context[object, object]
+    ) -> operator_pb2.Reconciliation:
+        text.check_identifier(request.run_id, "run_id", what="run ID")
+        text.check_text(request.reason, "reason", what="reason")
+        idem = _idempotency("ResolveReconciliation", request, request.idempotency_key)
+        return _reconciliation(await self.gateway.resolve_reconciliation(idem, request.run_id, request.reason))
+
+
+def _reconciliation(run: ReconciliationRun) -> operator_pb2.Reconciliation:
+    message = operator_pb2.Reconciliation(
+        run_id=run.run_id,
+        partner=run.partner,
+        role=run.role.value,
+        status=int(run.status),  # type: ignore[arg-type]
+        snapshot_at=wire.timestamp(run.snapshot_at),
+        started_at=wire.timestamp(run.started_at),
+        updated_at=wire.timestamp(run.updated_at),
+        detail=run.detail,
+        resolved_reason=run.resolved_reason,
+    )
+    if run.resolved_at is not None:
+        message.resolved_at.CopyFrom(wire.timestamp(run.resolved_at))
+    payload = run.report
+    if run.report and run.role is RunRole.REQUESTER:
+        message.signed_report = run.report
+        payload = Envelope.from_json(run.report).payload
+    if payload:
+        message.report.ParseFromString(payload)
+    return message

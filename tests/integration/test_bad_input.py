@@ -77,6 +77,8 @@ WRITES = (
     "CancelUnits",
     "SetReportedEmissions",
     "LockPeriod",
+    "RunReconciliation",
+    "ResolveReconciliation",
 )
 OPERATOR_SERVICE = "carbon_gateway.v1.OperatorService"
 MAPPING_SERVICE = "carbon_gateway.v1.MappingService"
@@ -762,6 +764,66 @@ TABLE: list[Bad] = [
         lambda: operator_pb2.LockPeriodRequest(idempotency_key=KEY, first_year=2020, last_year=2020, reason=""),
         "reason",
     ),
+    # reconciliation (issue 10)
+    *bad_keys("RunReconciliation", lambda k: operator_pb2.RunReconciliationRequest(idempotency_key=k, partner="CHE")),
+    *bad_parties(
+        "RunReconciliation", lambda v: operator_pb2.RunReconciliationRequest(idempotency_key=KEY, partner=v), "partner"
+    ),
+    Bad(
+        "partner-blank",
+        "RunReconciliation",
+        lambda: operator_pb2.RunReconciliationRequest(idempotency_key=KEY, partner=""),
+        "partner",
+    ),
+    Bad(
+        "partner-unknown",
+        "RunReconciliation",
+        lambda: operator_pb2.RunReconciliationRequest(idempotency_key=KEY, partner="FRA"),
+        "partner",
+        ResponseCode.UNKNOWN_PARTNER,
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    *each_id("GetReconciliation", "run_id", lambda v: operator_pb2.GetReconciliationRequest(run_id=v)),
+    Bad(
+        "run_id-unknown",
+        "GetReconciliation",
+        lambda: operator_pb2.GetReconciliationRequest(run_id="no-such-run"),
+        "run_id",
+    ),
+    *bad_parties("ListReconciliations", lambda v: operator_pb2.ListReconciliationsRequest(partner=v), "partner"),
+    *bad_keys(
+        "ResolveReconciliation",
+        lambda k: operator_pb2.ResolveReconciliationRequest(idempotency_key=k, run_id="r-1", reason="checked"),
+    ),
+    *each_id(
+        "ResolveReconciliation",
+        "run_id",
+        lambda v: operator_pb2.ResolveReconciliationRequest(idempotency_key=KEY, run_id=v, reason="checked"),
+    ),
+    Bad(
+        "reason-empty",
+        "ResolveReconciliation",
+        lambda: operator_pb2.ResolveReconciliationRequest(idempotency_key=KEY, run_id="r-1", reason=" "),
+        "reason",
+    ),
+    Bad(
+        "reason-3mb",
+        "ResolveReconciliation",
+        lambda: operator_pb2.ResolveReconciliationRequest(idempotency_key=KEY, run_id="r-1", reason=BIG),
+        "reason",
+    ),
+    Bad(
+        "reason-nul",
+        "ResolveReconciliation",
+        lambda: operator_pb2.ResolveReconciliationRequest(idempotency_key=KEY, run_id="r-1", reason="a\x00b"),
+        "reason",
+    ),
+    Bad(
+        "run_id-unknown",
+        "ResolveReconciliation",
+        lambda: operator_pb2.ResolveReconciliationRequest(idempotency_key=KEY, run_id="r-1", reason="checked"),
+        "run_id",
+    ),
 ]
 
 TAKING_INPUT = {
@@ -786,6 +848,10 @@ TAKING_INPUT = {
     "ListDeadLetters",
     "RetryDeadLetter",
     "AbandonDeadLetter",
+    "RunReconciliation",
+    "GetReconciliation",
+    "ListReconciliations",
+    "ResolveReconciliation",
 }
 
 
@@ -883,7 +949,7 @@ async def test_defect_14_garbage_request_bytes_to_every_method_get_invalid_argum
 ) -> None:
     before = (await recorded(gateways.chn), await recorded(gateways.che))
     methods = list(unary_methods())
-    assert len(methods) == 25 + 2
+    assert len(methods) == 29 + 2
     async with grpc.aio.insecure_channel(gateways.chn.operator_address) as channel:
         for method in methods:
             with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -160,6 +160,26 @@ class OperatorServiceStub:
                 request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterRequest.SerializeToString,
                 response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterResponse.FromString,
                 _registered_method=True)
+        self.RunReconciliation = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/RunReconciliation',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.RunReconciliationRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.FromString,
+                _registered_method=True)
+        self.GetReconciliation = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/GetReconciliation',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.GetReconciliationRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.FromString,
+                _registered_method=True)
+        self.ListReconciliations = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/ListReconciliations',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListReconciliationsRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListReconciliationsResponse.FromString,
+                _registered_method=True)
+        self.ResolveReconciliation = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/ResolveReconciliation',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ResolveReconciliationRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -337,6 +357,34 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunReconciliation(self, request, context):
+        """Starts a reconciliation run with a partner; it proceeds as the partner answers (GetReconciliation
+        follows it). A run still waiting for the partner's answers is refused with INVALID_STATE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReconciliation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReconciliations(self, request, context):
+        """The latest runs, newest first: those this gateway started and those partners started with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveReconciliation(self, request, context):
+        """Resolves an inconsistent run with the reason a person gives: its frozen blocks move again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -464,6 +512,26 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.AbandonDeadLetter,
                     request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterRequest.FromString,
                     response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterResponse.SerializeToString,
+            ),
+            'RunReconciliation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunReconciliation,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.RunReconciliationRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.SerializeToString,
+            ),
+            'GetReconciliation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReconciliation,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.GetReconciliationRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.SerializeToString,
+            ),
+            'ListReconciliations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReconciliations,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ListReconciliationsRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ListReconciliationsResponse.SerializeToString,
+            ),
+            'ResolveReconciliation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveReconciliation,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ResolveReconciliationRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1141,6 +1209,114 @@ class OperatorService:
             '/carbon_gateway.v1.OperatorService/AbandonDeadLetter',
             carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterRequest.SerializeToString,
             carbon__gateway_dot_v1_dot_operator__pb2.AbandonDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunReconciliation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/RunReconciliation',
+            carbon__gateway_dot_v1_dot_operator__pb2.RunReconciliationRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReconciliation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/GetReconciliation',
+            carbon__gateway_dot_v1_dot_operator__pb2.GetReconciliationRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReconciliations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/ListReconciliations',
+            carbon__gateway_dot_v1_dot_operator__pb2.ListReconciliationsRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.ListReconciliationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveReconciliation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/ResolveReconciliation',
+            carbon__gateway_dot_v1_dot_operator__pb2.ResolveReconciliationRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,15 @@ class OperatorServiceStub:
     """Puts a dead letter back on its channel, in its original order, for another delivery attempt."""
     AbandonDeadLetter: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AbandonDeadLetterRequest, _operator_pb2.AbandonDeadLetterResponse]
     """Gives up on a dead letter for good; the answer says what happens to the transfer it concerned."""
+    RunReconciliation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.RunReconciliationRequest, _operator_pb2.Reconciliation]
+    """Starts a reconciliation run with a partner; it proceeds as the partner answers (GetReconciliation
+    follows it). A run still waiting for the partner's answers is refused with INVALID_STATE.
+    """
+    GetReconciliation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetReconciliationRequest, _operator_pb2.Reconciliation]
+    ListReconciliations: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListReconciliationsRequest, _operator_pb2.ListReconciliationsResponse]
+    """The latest runs, newest first: those this gateway started and those partners started with it."""
+    ResolveReconciliation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ResolveReconciliationRequest, _operator_pb2.Reconciliation]
+    """Resolves an inconsistent run with the reason a person gives: its frozen blocks move again."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -143,6 +152,15 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """Puts a dead letter back on its channel, in its original order, for another delivery attempt."""
     AbandonDeadLetter: _aio.UnaryUnaryMultiCallable[_operator_pb2.AbandonDeadLetterRequest, _operator_pb2.AbandonDeadLetterResponse]  # type: ignore[assignment]
     """Gives up on a dead letter for good; the answer says what happens to the transfer it concerned."""
+    RunReconciliation: _aio.UnaryUnaryMultiCallable[_operator_pb2.RunReconciliationRequest, _operator_pb2.Reconciliation]  # type: ignore[assignment]
+    """Starts a reconciliation run with a partner; it proceeds as the partner answers (GetReconciliation
+    follows it). A run still waiting for the partner's answers is refused with INVALID_STATE.
+    """
+    GetReconciliation: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetReconciliationRequest, _operator_pb2.Reconciliation]  # type: ignore[assignment]
+    ListReconciliations: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListReconciliationsRequest, _operator_pb2.ListReconciliationsResponse]  # type: ignore[assignment]
+    """The latest runs, newest first: those this gateway started and those partners started with it."""
+    ResolveReconciliation: _aio.UnaryUnaryMultiCallable[_operator_pb2.ResolveReconciliationRequest, _operator_pb2.Reconciliation]  # type: ignore[assignment]
+    """Resolves an inconsistent run with the reason a person gives: its frozen blocks move again."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -346,5 +364,38 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.AbandonDeadLetterResponse, _abc.Awaitable[_operator_pb2.AbandonDeadLetterResponse]]:
         """Gives up on a dead letter for good; the answer says what happens to the transfer it concerned."""
+
+    @_abc_1.abstractmethod
+    def RunReconciliation(
+        self,
+        request: _operator_pb2.RunReconciliationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.Reconciliation, _abc.Awaitable[_operator_pb2.Reconciliation]]:
+        """Starts a reconciliation run with a partner; it proceeds as the partner answers (GetReconciliation
+        follows it). A run still waiting for the partner's answers is refused with INVALID_STATE.
+        """
+
+    @_abc_1.abstractmethod
+    def GetReconciliation(
+        self,
+        request: _operator_pb2.GetReconciliationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.Reconciliation, _abc.Awaitable[_operator_pb2.Reconciliation]]: ...
+
+    @_abc_1.abstractmethod
+    def ListReconciliations(
+        self,
+        request: _operator_pb2.ListReconciliationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ListReconciliationsResponse, _abc.Awaitable[_operator_pb2.ListReconciliationsResponse]]:
+        """The latest runs, newest first: those this gateway started and those partners started with it."""
+
+    @_abc_1.abstractmethod
+    def ResolveReconciliation(
+        self,
+        request: _operator_pb2.ResolveReconciliationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.Reconciliation, _abc.Awaitable[_operator_pb2.Reconciliation]]:
+        """Resolves an inconsistent run with the reason a person gives: its frozen blocks move again."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,220 @@
+"""``carbon-gateway reconcile ...``: reconciliation runs from the command line, through a running gateway's
+operator API.
+
+``carbon-gateway reconcile --partner CHE --config chn.toml`` starts a run, waits for its result and prints the
+report. ``reconcile list``, ``reconcile show RUN`` and ``reconcile resolve RUN --reason TEXT --key K`` follow
+and close runs. The exit code says what was found: 0 consistent (or resolved), 3 a discrepancy, 4 no result
+within ``--wait`` seconds (the run goes on; ``show`` follows it), 1 a refusal, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from gateway.ledger_cli import EXIT_USAGE, RefusedError, UsageError, _command, _run, _target, fail
+
+EXIT_DISCREPANCY = 3
+EXIT_WAITING = 4
+
+_RUN_STATUSES = {1: "RUNNING", 2: "CONSISTENT", 3: "TOTALS_INCONSISTENT", 4: "BLOCKS_INCONSISTENT", 5: "RESOLVED"}
+_RUN_STATUSES.update({6: "MANUAL_INTERVENTION_REQUIRED", 7: "ABANDONED"})
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``reconcile`` commands."""
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="reconcile the ledger with a partner's (run, list, show, resolve)",
+        description="Without a subcommand: start a run with --partner, wait for it and print the report.",
+    )
+    reconcile.add_argument("--partner", help="the partner's Party code, e.g. CHE")
+    reconcile.add_argument("--config", help="the gateway's configuration file (its operator address is used)")
+    reconcile.add_argument("--address", help="the operator API's address, HOST:PORT")
+    reconcile.add_argument("--key", help="the idempotency key (a new one by default): reuse it to retry safely")
+    reconcile.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the result (default 60)")
+    reconcile.add_argument("--out", help="also write the signed report (DSSE, JSON) to this file")
+    reconcile.set_defaults(func=_start)
+    subcommands = reconcile.add_subparsers(dest="reconcile_command")
+
+    listing = subcommands.add_parser("list", help="the latest runs, newest first")
+    _target(listing)
+    listing.add_argument("--partner", dest="list_partner", default="", help="only the runs with this partner")
+    listing.set_defaults(func=_list)
+
+    show = subcommands.add_parser("show", help="print one run and its report")
+    _target(show)
+    show.add_argument("run_id")
+    show.add_argument("--out", dest="show_out", help="also write the signed report (DSSE, JSON) to this file")
+    show.set_defaults(func=_show)
+
+    resolve = subcommands.add_parser("resolve", help="resolve an inconsistent run: its frozen blocks move again")
+    _target(resolve)
+    resolve.add_argument("run_id")
+    resolve.add_argument("--reason", required=True, help="why the discrepancy is resolved (recorded)")
+    resolve.add_argument("--key", dest="resolve_key", required=True, help="the idempotency key")
+    resolve.set_defaults(func=_resolve)
+
+
+def _do_start(args: argparse.Namespace) -> int:
+    from carbon_gateway.v1 import operator_pb2
+
+    if not args.partner:
+        raise UsageError("name the partner with --partner (or use a subcommand: list, show, resolve)")
+    if bool(args.config) == bool(args.address):
+        raise UsageError("give one of --config FILE or --address HOST:PORT")
+    if not 0 <= args.wait <= 86_400:
+        raise UsageError("--wait is between 0 and 86400 seconds")
+    request = operator_pb2.RunReconciliationRequest(idempotency_key=args.key or str(uuid.uuid4()), partner=args.partner)
+    started = _run("reconcile", args, lambda stub: stub.RunReconciliation(request, timeout=30))
+    run = _wait(args, started.run_id, args.wait)
+    print(format_run(run))
+    _write_report(run, args.out)
+    return _exit_code(run)
+
+
+def _wait(args: argparse.Namespace, run_id: str, seconds: float) -> Any:
+    from carbon_gateway.v1 import operator_pb2
+
+    request = operator_pb2.GetReconciliationRequest(run_id=run_id)
+    deadline = time.monotonic() + seconds
+
+    async def poll(stub: Any) -> Any:
+        while True:
+            run = await stub.GetReconciliation(request, timeout=30)
+            if run.status != 1 or time.monotonic() >= deadline:
+                return run
+            await asyncio.sleep(0.2)
+
+    return _run("reconcile", args, poll)
+
+
+def _exit_code(run: Any) -> int:
+    if run.status in (2, 5):
+        return 0
+    if run.status == 1:
+        return EXIT_WAITING
+    return EXIT_DISCREPANCY
+
+
+def _write_report(run: Any, out: str | None) -> None:
+    if not out:
+        return
+    if not run.signed_report:
+        raise UsageError(f"run {run.run_id} has no signed report here (it is still running, or the partner ran it)")
+    Path(out).write_bytes(run.signed_report)
+    print(f"signed report written to {out}")
+
+
+def _do_list(args: argparse.Namespace) -> int:
+    from carbon_gateway.v1 import operator_pb2
+
+    request = operator_pb2.ListReconciliationsRequest(partner=args.list_partner)
+    listed = _run("reconcile list", args, lambda stub: stub.ListReconciliations(request, timeout=30))
+    for run in listed.runs:
+        print(
+            f"{run.run_id}  {run.partner}  {run.role}  {_RUN_STATUSES.get(run.status, str(run.status))}"
+            f"  {run.started_at.ToJsonString()}  {run.detail[:80]}"
+        )
+    if not listed.runs:
+        print("no reconciliation runs yet")
+    return 0
+
+
+def _do_show(args: argparse.Namespace) -> int:
+    from carbon_gateway.v1 import operator_pb2
+
+    request = operator_pb2.GetReconciliationRequest(run_id=args.run_id)
+    run = _run("reconcile show", args, lambda stub: stub.GetReconciliation(request, timeout=30))
+    print(format_run(run))
+    _write_report(run, args.show_out)
+    return _exit_code(run)
+
+
+def _do_resolve(args: argparse.Namespace) -> int:
+    from carbon_gateway.v1 import operator_pb2
+
+    request = operator_pb2.ResolveReconciliationRequest(
+        idempotency_key=args.resolve_key, run_id=args.run_id, reason=args.reason
+    )
+    run = _run("reconcile resolve", args, lambda stub: stub.ResolveReconciliation(request, timeout=30))
+    print(f"run {run.run_id} with {run.partner} resolved: {run.resolved_reason}")
+    return 0
+
+
+def format_run(run: Any) -> str:
+    """A run and its report as text."""
+    status = _RUN_STATUSES.get(run.status, str(run.status))
+    lines = [
+        f"run {run.run_id} with {run.partner} ({run.role}), snapshot {run.snapshot_at.ToJsonString()}",
+        f"status: {status}",
+    ]
+    if run.detail:
+        lines.append(f"detail: {run.detail}")
+    if run.resolved_reason:
+        lines.append(f"resolved {run.resolved_at.ToJsonString()}: {run.resolved_reason}")
+    report = run.report
+    if run.status == 1:
+        lines.append("still waiting for the partner's answers: `carbon-gateway reconcile show RUN` follows it")
+        return "\n".join(lines)
+    for group in report.groups:
+        g = group.group
+        lines.append(
+            f"group {g.unit_kind} {g.issuing_registry} vintage {g.vintage} {g.action} {g.purpose}:"
+            f" {report.requester} {group.requester.blocks} blocks / {group.requester.quantity} units,"
+            f" {report.responder} {group.responder.blocks} blocks / {group.responder.quantity} units"
+        )
+    kinds = {1: "MISSING_AT_REQUESTER", 2: "MISSING_AT_RESPONDER", 3: "QUANTITY", 4: "VINTAGE", 5: "FIRST_TRANSFER"}
+    kinds.update({6: "ADJUSTED_TWICE", 7: "STATE", 8: "ATTRIBUTES"})
+    for difference in report.differences:
+        fields = f" ({', '.join(difference.fields)})" if difference.fields else ""
+        lines.append(
+            f"difference {kinds.get(difference.kind, difference.kind)} in transfer {difference.transfer_id}{fields}"
+        )
+        for side, blocks in (
+            (report.requester, difference.requester_blocks),
+            (report.responder, difference.responder_blocks),
+        ):
+            for b in blocks:
+                issuance = f"/{b.issuance}" if b.issuance else ""
+                lines.append(
+                    f"  {side}: {b.unit_kind}/{b.issuing_registry}{issuance} [{b.serial_start}, {b.serial_end}]"
+                    f" vintage {b.vintage} {b.transferring_party}->{b.acquiring_party} purpose {b.purpose}"
+                    f" first transferred {'yes' if b.first_transferred else 'no'}"
+                )
+            if not blocks:
+                lines.append(f"  {side}: no record")
+        for side, evidence in (
+            (report.requester, difference.requester_evidence),
+            (report.responder, difference.responder_evidence),
+        ):
+            state = _STATES.get(evidence.state, str(evidence.state)) if evidence.known else "transfer unknown"
+            digests = ", ".join(
+                f"#{m.log_index} {m.direction} {m.kind} {m.envelope_sha256.hex()[:12]}" for m in evidence.messages
+            )
+            lines.append(f"  {side} holds: {state}; messages {digests or 'none'}")
+    if report.differences_omitted:
+        lines.append(f"{report.differences_omitted} more differences did not fit in the report")
+    for transfer_id in report.in_flight:
+        lines.append(f"in flight (compared next time): transfer {transfer_id}")
+    lines.append(
+        f"log heads: {report.requester} {report.requester_head.tree_size} entries"
+        f" (root {report.requester_head.root_hash.hex()[:16]}), {report.responder}"
+        f" {report.responder_head.tree_size} entries (root {report.responder_head.root_hash.hex()[:16]})"
+    )
+    return "\n".join(lines)
+
+
+_STATES = {1: "PROPOSED", 2: "CHECKED", 3: "CHECKED_DISCREPANCY", 4: "COMPLETED", 5: "TERMINATED", 6: "REJECTED"}
+_STATES.update({7: "CANCELLED", 8: "ACCEPTED"})
+
+_start = _command("reconcile", _do_start)
+_list = _command("reconcile list", _do_list)
+_show = _command("reconcile show", _do_show)
+_resolve = _command("reconcile resolve", _do_resolve)
+
+__all__ = ["EXIT_DISCREPANCY", "EXIT_USAGE", "EXIT_WAITING", "RefusedError", "fail", "format_run", "register"]

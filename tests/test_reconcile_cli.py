@@ -1,0 +1,119 @@
+"""``carbon-gateway reconcile ...`` against real gateways: a consistent run, a discrepancy that freezes units,
+the signed report written to a file, the list, and a resolution that unfreezes them."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import grpc
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway.cli import main
+from gateway.demo import start_pair, wait_for_state
+from gateway.domain.errors import ResponseCode
+from gateway.rpc.errors import read_error_detail
+from signing import Envelope
+from tests.integration.harness import TERMINAL, operator, proposal_request, setup_accounts
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.asyncio
+async def test_reconcile_run_list_show_and_resolve_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            for i, (start, end) in enumerate(((1, 100), (101, 200))):
+                transfer = await chn.ProposeTransfer(proposal_request(block, start, end, f"t{i}"))
+                assert (await wait_for_state(chn, transfer.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+                assert (await wait_for_state(che, transfer.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        chn_address = pair.chn.operator_address
+        code, out, err = await cli(capsys, "reconcile", "--partner", "CHE", "--address", chn_address)
+        assert code == 0, err
+        assert "status: CONSISTENT" in out and "difference" not in out
+
+        # CHE's record of serials 101-200 is damaged: CHN's next run finds exactly that, and freezes them.
+        with sqlite3.connect(tmp_path / "che.db") as db:
+            db.execute(
+                "UPDATE ledger SET block = json_set(block, '$.end', 150) WHERE action_type = 'Acquisition'"
+                " AND json_extract(block, '$.start') = 101"
+            )
+        report_file = tmp_path / "report.json"
+        code, out, err = await cli(
+            capsys, "reconcile", "--partner", "CHE", "--address", chn_address, "--out", str(report_file)
+        )
+        assert code == 3, (out, err)
+        assert "status: BLOCKS_INCONSISTENT" in out
+        assert out.count("\ndifference ") == 1 and "difference QUANTITY" in out and "(serial_end)" in out
+        assert "CHN: CCER/CN-CCER [101, 200]" in out and "CHE: CCER/CN-CCER [101, 150]" in out
+        envelope = Envelope.from_json(report_file.read_bytes())
+        report = partner_pb2.ReconciliationReport.FromString(envelope.payload)
+        assert report.status == partner_pb2.BLOCKS_INCONSISTENT and len(report.differences) == 1
+        assert envelope.signatures[0].keyid == pair.chn.core.signer.keyid
+        run_id = report.run_id
+
+        code, out, _ = await cli(capsys, "reconcile", "list", "--address", chn_address)
+        assert code == 0 and out.splitlines()[0].startswith(f"{run_id}  CHE  requester  BLOCKS_INCONSISTENT")
+        code, out, _ = await cli(capsys, "reconcile", "show", run_id, "--address", chn_address)
+        assert code == 3 and "difference QUANTITY" in out
+
+        # CHE keeps the report and freezes the units too: they cannot go back until CHE's operator resolves it.
+        che_address = pair.che.operator_address
+        code, out, _ = await cli(capsys, "reconcile", "show", run_id, "--address", che_address)
+        assert code == 3 and "(responder)" in out and "difference QUANTITY" in out
+        back = proposal_request(block, 150, 160, "back")
+        back.source_account = "CH-PH-0001"
+        back.acquiring_account.party, back.acquiring_account.account_id = "CHN", "CN-PO-0001"
+        async with operator(pair.che) as che:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.ProposeTransfer(back)
+            detail = read_error_detail(caught.value.trailing_metadata())
+            assert detail is not None and ResponseCode(detail.code) is ResponseCode.BLOCK_FROZEN
+            assert detail.field == "selections[0]" and run_id in detail.message
+        code, out, err = await cli(
+            capsys, "reconcile", "resolve", run_id, "--reason", " ", "--key", "r0", "--address", chn_address
+        )
+        assert code == 1 and "INVALID_ARGUMENT" in err and "(field reason)" in err
+        for address in (chn_address, che_address):
+            code, out, err = await cli(
+                capsys, "reconcile", "resolve", run_id, "--reason", "CHE repaired its record", "--key", "r1",
+                "--address", address,
+            )  # fmt: skip
+            assert code == 0 and "resolved: CHE repaired its record" in out, err
+        code, out, _ = await cli(capsys, "reconcile", "show", run_id, "--address", chn_address)
+        assert code == 0 and "status: RESOLVED" in out
+        async with operator(pair.che) as che:
+            await che.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="use",
+                    account=records_pb2.Account(account_id="CH-USE-0001", holder_name="Registry", account_type="use"),
+                )
+            )
+            used = await che.UseUnits(
+                operator_pb2.UseUnitsRequest(
+                    idempotency_key="use-1",
+                    source_account="CH-PH-0001",
+                    use_account="CH-USE-0001",
+                    action="use towards the NDC",
+                    year_of_use=2025,
+                    selections=[operator_pb2.BlockSelection(space=block.space, start=150, end=160)],
+                )
+            )
+            assert [(h.block.start, h.block.end, h.status) for h in used.retired] == [(150, 160, "used")]
+        # Usage errors say what to give.
+        code, _, err = await cli(capsys, "reconcile", "--address", chn_address)
+        assert code == 2 and "--partner" in err
+        code, _, err = await cli(capsys, "reconcile", "--partner", "FRA", "--address", chn_address)
+        assert code == 1 and "UNKNOWN_PARTNER" in err
+    finally:
+        await pair.stop()
