@@ -77,6 +77,8 @@ class GatewayConfig:
     decision_timeout: dt.timedelta = dt.timedelta(hours=72)
     status_query_after: dt.timedelta = dt.timedelta(minutes=15)
     ledger: LedgerOptions = field(default_factory=LedgerOptions)
+    reconcile_every: dt.timedelta | None = dt.timedelta(days=1)
+    """How often a run starts with each partner (``[reconciliation] every_seconds``; 0 turns the schedule off)."""
 
 
 def _year(value: object, where: str) -> int:
@@ -174,9 +176,11 @@ def _integer(value: object, where: str, *, minimum: int, maximum: int = 2**63 - 
     return value
 
 
-def _seconds(table: Mapping[str, Any], key: str, default: float, *, minimum: float = 1.0) -> dt.timedelta:
+def _seconds(
+    table: Mapping[str, Any], key: str, default: float, *, minimum: float = 1.0, section: str = "limits"
+) -> dt.timedelta:
     value = table.get(key, default)
-    where = f"limits.{key}"
+    where = f"{section}.{key}"
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise ConfigError(f"{where}: expected a number of seconds, got {value!r}{_unquote_hint(value)}")
     if not minimum <= value <= 10 * 365 * 86400:
@@ -375,4 +379,17 @@ def load_config(path: Path) -> GatewayConfig:
         decision_timeout=_seconds(limits, "decision_timeout_seconds", 259200),
         status_query_after=_seconds(limits, "status_query_after_seconds", 900),
         ledger=_ledger(_table(data.get("ledger", {}), "ledger")),
+        reconcile_every=_schedule(_table(data.get("reconciliation", {}), "reconciliation")),
     )
+
+
+def _schedule(table: Mapping[str, Any]) -> dt.timedelta | None:
+    """The ``[reconciliation]`` table: ``every_seconds`` between runs with each partner (default a day, 0 off)."""
+    unknown = set(table) - {"every_seconds"}
+    if unknown:
+        raise ConfigError(
+            f"reconciliation.{sorted(unknown)[0]}: unknown setting; the [reconciliation] table takes every_seconds"
+        )
+    if table.get("every_seconds", 86400) == 0:
+        return None
+    return _seconds(table, "every_seconds", 86400, minimum=60.0, section="reconciliation")

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import ssl
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +28,11 @@ from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from signing import Envelope, Signer, TrustedParty
 
 log = logging.getLogger(__name__)
+
+FOLD_PERIOD_SECONDS = 5.0
+"""How often the ledger's recent changes are folded into the reconciliation tree, between runs."""
+SCHEDULE_PERIOD_SECONDS = 60.0
+"""How often the reconciliation schedule looks for a partner whose run is due."""
 
 
 def utc_now() -> dt.datetime:
@@ -81,8 +88,10 @@ class GatewayCore:
         outbox_batch: int = 64,
         trust_ssl_context: ssl.SSLContext | None = None,
         ledger_options: LedgerOptions | None = None,
+        reconcile_every: dt.timedelta | None = None,
     ) -> None:
         self.party = party
+        self.reconcile_every = reconcile_every
         self.store = store
         self.clock = clock
         self.signers = dict(signers or {})
@@ -167,11 +176,23 @@ class GatewayCore:
         return min(max(shortest / 10, 0.05), 60.0)
 
     async def _sweep(self) -> None:
+        last_fold = last_schedule = -math.inf
+        started = self.clock()
         while True:
             try:
                 await self.gateway.sweep()
             except Exception:
                 log.exception("%s: the sweep failed; retrying", self.party)
+            now = time.monotonic()
+            try:
+                if now - last_fold >= FOLD_PERIOD_SECONDS:
+                    last_fold = now
+                    await self.gateway.fold_trees()
+                if self.reconcile_every is not None and now - last_schedule >= SCHEDULE_PERIOD_SECONDS:
+                    last_schedule = now
+                    await self.gateway.reconcile_due(self.reconcile_every, started)
+            except Exception:
+                log.exception("%s: keeping the reconciliation tree or schedule failed; retrying", self.party)
             await asyncio.sleep(self.sweep_period)
 
     async def stop_background(self) -> None:

@@ -128,6 +128,7 @@ class GatewayNode:
         status_query_after: dt.timedelta = DEFAULT_STATUS_QUERY_AFTER,
         signers: Mapping[str, Signer] | None = None,
         ledger_options: LedgerOptions | None = None,
+        reconcile_every: dt.timedelta | None = None,
     ) -> None:
         self.party = party
         self.clock = clock
@@ -150,6 +151,7 @@ class GatewayNode:
             signers=signers,
             trust_ssl_context=_client_ssl_context(tls) if tls else None,
             ledger_options=ledger_options,
+            reconcile_every=reconcile_every,
         )
         self._http_listen = http_listen
         self.http_server: HttpServer | None = None
@@ -274,6 +276,7 @@ class GatewayNode:
                 status_query_after=config.status_query_after,
                 signers=signers,
                 ledger_options=config.ledger,
+                reconcile_every=config.reconcile_every,
             )
         except (ssl.SSLError, OSError) as exc:
             await store.close()

@@ -387,6 +387,21 @@ CASES = [
         ("policy.rules[0].purpose",),
     ),
     Case("policy_rules_not_a_list", lambda f, _: _config(f, tail='[policy]\nrules = "accept"'), ("policy.rules",)),
+    Case(
+        "reconciliation_every_is_a_string",
+        lambda f, _: _config(f, tail='[reconciliation]\nevery_seconds = "daily"'),
+        ("reconciliation.every_seconds", "daily"),
+    ),
+    Case(
+        "reconciliation_every_too_often",
+        lambda f, _: _config(f, tail="[reconciliation]\nevery_seconds = 5"),
+        ("reconciliation.every_seconds", "60"),
+    ),
+    Case(
+        "reconciliation_unknown_setting",
+        lambda f, _: _config(f, tail="[reconciliation]\nhourly = true"),
+        ("reconciliation.hourly", "every_seconds"),
+    ),
 ]
 
 

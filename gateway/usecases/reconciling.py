@@ -172,7 +172,10 @@ class Reconciling(GatewayBase):
 
     async def fold_trees(self, limit: int = 10_000) -> int:
         """Fold recent ledger changes into the reconciliation tree and new log entries into the log's tree, in
-        one transaction; return how many ledger entries were folded."""
+        one transaction; return how many ledger entries were folded. Nothing is written when nothing changed."""
+        async with self.store.read() as tx:
+            if not await tx.reconciliation_pending():
+                return 0
         async with self.store.transaction() as tx:
             folded = await tx.fold_reconciliation(self.party, limit)
             await tx.fold_log_tree()
@@ -233,13 +236,14 @@ class Reconciling(GatewayBase):
         self._exchange.on_enqueued()
         return run
 
-    async def reconcile_due(self, every: dt.timedelta) -> list[ReconciliationRun]:
-        """Start a run with each partner whose last run started ``every`` ago or longer (the schedule)."""
+    async def reconcile_due(self, every: dt.timedelta, since: dt.datetime) -> list[ReconciliationRun]:
+        """Start a run with each partner whose last run started ``every`` ago or longer, or, never reconciled,
+        ``every`` after ``since`` (the gateway's start): the schedule."""
         started = []
         for partner in sorted(self._exchange.partners.parties()):
             async with self.store.read() as tx:
                 runs = [r for r in await tx.list_reconciliations(partner, limit=20) if r.role is RunRole.REQUESTER]
-            if runs and self.clock() - runs[0].started_at < every:
+            if self.clock() - (runs[0].started_at if runs else since) < every:
                 continue
             idem = Idempotency(self.party, "schedule", f"{partner}:{self.clock().isoformat()}", "")
             try:
@@ -796,7 +800,15 @@ class Reconciling(GatewayBase):
                 else:
                     await tx.set_partner_log_head(partner, PartnerLogHead(*head, now, known.partner_saw))
         if status.freezes:
-            await tx.freeze(run.run_id, [(b.space, b.serial_start, b.serial_end) for b in blocks])
+            # Only units of transfers with this partner: a report cannot freeze what never passed between the two.
+            ours: dict[str, bool] = {}
+            for listed in blocks:
+                if listed.transfer_id not in ours:
+                    transfer = await tx.get_transfer(listed.transfer_id)
+                    ours[listed.transfer_id] = transfer is not None and transfer.partner == partner
+            await tx.freeze(
+                run.run_id, [(b.space, b.serial_start, b.serial_end) for b in blocks if ours[b.transfer_id]]
+            )
         await tx.update_reconciliation(
             replace(run, status=status, detail=detail, report=report.SerializeToString(), updated_at=now)
         )
