@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
+from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, partner_pb2, records_pb2
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.protocol import ACCEPT_ALL, DecisionPolicy
 from gateway.domain.records import AdjustmentMethod
@@ -215,10 +215,23 @@ async def run_slice(pair: Pair, say: Callable[[str], None]) -> dict[str, Any]:
                 f" {row.first_transferred_ndc} t, used {row.used_ndc} t, averaging figure"
                 f" {row.annual_adjustment_averaging} t"
             )
+        run = await chn.RunReconciliation(
+            operator_pb2.RunReconciliationRequest(idempotency_key="demo-reconcile", partner="CHE")
+        )
+        deadline = time.monotonic() + 10
+        while run.status == partner_pb2.RUNNING and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            run = await chn.GetReconciliation(operator_pb2.GetReconciliationRequest(run_id=run.run_id))
+        report = run.report
+        say(
+            f"10. CHN reconciled with CHE (run {run.run_id}): {partner_pb2.ReconciliationStatus.Name(run.status)};"
+            f" signed log heads CHN {report.requester_head.tree_size} entries, CHE {report.responder_head.tree_size}."
+        )
         return {
             "transfer_id": transfer.transfer_id,
             "completed": chn_final.state == records_pb2.COMPLETED and che_final.state == records_pb2.COMPLETED,
             "ledgers_agree": agree,
+            "reconciliation": partner_pb2.ReconciliationStatus.Name(run.status),
             "used": [_dict(e) for e in used.entries],
             "summaries": {name: _dict(summary) for name, summary in summaries.items()},
             "chn": {
@@ -274,7 +287,9 @@ async def demo(workdir: Path, *, as_json: bool) -> int:
         await pair.stop()
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True))
-    ok = bool(summary["completed"] and summary["ledgers_agree"])
+    ok = bool(summary["completed"] and summary["ledgers_agree"] and summary["reconciliation"] == "CONSISTENT")
     if not as_json:
-        print("Demo " + ("succeeded: the transfer completed and both ledgers agree." if ok else "FAILED."))
+        print(
+            "Demo " + ("succeeded: the transfer completed and both ledgers agree and reconcile." if ok else "FAILED.")
+        )
     return 0 if ok else 1
