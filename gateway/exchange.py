@@ -637,26 +637,17 @@ class Exchange:
         now: dt.datetime,
         transfer_id: str,
     ) -> None:
-        await tx.append_log(
-            direction="in",
-            peer=party,
-            message_id=message_id,
-            kind=LogKind.STATEMENT,
-            form=form,
-            envelope=raw,
-            now=now,
-            transfer_id=transfer_id,
-        )
-        await tx.append_log(
-            direction="out",
-            peer=party,
-            message_id=message_id,
-            kind=LogKind.RECEIPT,
-            form=form,
-            envelope=receipt,
-            now=now,
-            transfer_id=transfer_id,
-        )
+        for direction, kind, envelope in (("in", LogKind.STATEMENT, raw), ("out", LogKind.RECEIPT, receipt)):
+            await tx.append_log(
+                direction=direction,
+                peer=party,
+                message_id=message_id,
+                kind=kind,
+                form=form,
+                envelope=envelope,
+                now=now,
+                transfer_id=transfer_id,
+            )
 
     async def _apply_held(self, partner: Partner, sequence: int) -> None:
         """Apply, in order and one after the other, the statements held behind a gap the last one closed.

@@ -199,6 +199,8 @@ async def test_units_that_passed_through_a_gateway_cannot_be_registered_there_ag
             there.acquiring_account.party, there.acquiring_account.account_id = "CHN", "CN-PO-0001"
             sent = await che.ProposeTransfer(there)
             assert (await wait_for_state(che, sent.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            # CHN holds the units once it has taken in the Completion, which may come a moment after.
+            assert (await wait_for_state(chn, sent.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
             back = proposal_request(outside, 1_000_000, 1_000_099, "back")
             returned = await chn.ProposeTransfer(back)
             assert (await wait_for_state(chn, returned.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
