@@ -100,6 +100,7 @@ class Progress:
     transfers: list[str] = field(default_factory=list)  # phase 3: transfers still to ask about
     evidence: dict[str, partner_pb2.TransferEvidence] = field(default_factory=dict)
     responder_head: tuple[int, bytes] = (0, merkle.EMPTY_ROOT)
+    asked_from: tuple[int, bytes] = (0, merkle.EMPTY_ROOT)  # the responder's head the last request proves from
 
     def encode(self) -> bytes:
         """The progress as stored."""
@@ -115,6 +116,7 @@ class Progress:
                 "transfers": self.transfers,
                 "evidence": {k: v.SerializeToString().hex() for k, v in self.evidence.items()},
                 "responder_head": [self.responder_head[0], self.responder_head[1].hex()],
+                "asked_from": [self.asked_from[0], self.asked_from[1].hex()],
             }
         ).encode()
 
@@ -143,6 +145,7 @@ class Progress:
             transfers=raw["transfers"],
             evidence=evidence,
             responder_head=(raw["responder_head"][0], bytes.fromhex(raw["responder_head"][1])),
+            asked_from=(raw["asked_from"][0], bytes.fromhex(raw["asked_from"][1])),
         )
 
     @property
@@ -228,10 +231,9 @@ class Reconciling(GatewayBase):
                 snapshot_at=now,
                 started_at=now,
                 updated_at=now,
-                progress=Progress().encode(),
             )
             await tx.insert_reconciliation(run)
-            await self._request(tx, run, PHASE_TOTALS)
+            await self._request(tx, run, Progress())
             await self._remember(tx, idem, run.run_id)
         self._exchange.on_enqueued()
         return run
@@ -320,17 +322,22 @@ class Reconciling(GatewayBase):
         self,
         tx: Transaction,
         run: ReconciliationRun,
-        phase: int,
+        progress: Progress,
         *,
         nodes: Sequence[NodeRef] = (),
         transfer_ids: Sequence[str] = (),
     ) -> None:
+        """Keep the progress and send the request of its phase. The reply must prove the responder's log
+        consistent from the head known now, which the progress keeps: a newer head learnt meanwhile (from a
+        run the partner started) does not make an honest reply look rewritten."""
         size, root = await self._own_head(tx)
         known = await tx.partner_log_head(run.partner)
         partner_saw = known.partner_saw if known else 0
+        progress.asked_from = (known.tree_size, known.root_hash) if known else (0, merkle.EMPTY_ROOT)
+        await self._save(tx, run, progress)
         request = partner_pb2.ReconciliationRequest(
             run_id=run.run_id,
-            phase=phase,  # type: ignore[arg-type]
+            phase=progress.phase,  # type: ignore[arg-type]
             snapshot_at=wire.timestamp(run.snapshot_at),
             head=head_to_proto(size, root),
             consistency_from=partner_saw if partner_saw <= size else 0,
@@ -360,7 +367,7 @@ class Reconciling(GatewayBase):
                 raise ReplyProblem(f"{partner} refused to answer: {reply.detail[:500]}")
             if reply.phase != progress.phase:
                 raise ReplyProblem(f"{partner} answered phase {reply.phase} while phase {progress.phase} was asked")
-            progress.responder_head = await self._check_reply_head(tx, partner, reply)
+            progress.responder_head = await self._check_reply_head(tx, partner, reply, progress.asked_from)
             if reply.phase == PHASE_TOTALS:
                 await self._take_totals(tx, run, progress, reply)
             elif reply.phase == PHASE_BLOCKS:
@@ -374,22 +381,25 @@ class Reconciling(GatewayBase):
         await self._advance(tx, run, progress)
 
     async def _check_reply_head(
-        self, tx: Transaction, partner: str, reply: partner_pb2.ReconciliationReply
+        self, tx: Transaction, partner: str, reply: partner_pb2.ReconciliationReply, asked_from: tuple[int, bytes]
     ) -> tuple[int, bytes]:
+        """Check the responder's head against the one the request asked it to prove consistency from."""
         size, root = head_from_proto(reply.head, "reconciliation_reply.head")
         proof = proof_from_proto(reply.consistency_proof, "reconciliation_reply.consistency_proof")
-        known = await tx.partner_log_head(partner)
-        if known is not None and reply.consistency_from != known.tree_size:
+        if reply.consistency_from != asked_from[0]:
             raise ReplyProblem(
                 f"{partner} proved its log consistent from {reply.consistency_from} entries, not from the"
-                f" {known.tree_size} it showed last"
+                f" {asked_from[0]} it was asked"
             )
-        problem = _rewritten(partner, known, size, root, proof)
+        known = await tx.partner_log_head(partner)
+        shown = PartnerLogHead(asked_from[0], asked_from[1], known.seen_at if known else self.clock())
+        problem = _rewritten(partner, shown, size, root, proof)
         if problem:
             raise ReplyProblem(problem)
-        await tx.set_partner_log_head(
-            partner, PartnerLogHead(size, root, self.clock(), min(reply.seen_head_size, 2**62))
-        )
+        if known is None or size >= known.tree_size:
+            await tx.set_partner_log_head(
+                partner, PartnerLogHead(size, root, self.clock(), min(reply.seen_head_size, 2**62))
+            )
         return size, root
 
     async def _take_totals(
@@ -500,16 +510,14 @@ class Reconciling(GatewayBase):
             if progress.pending:
                 progress.asked = progress.pending[:MAX_REFS_PER_REQUEST]
                 progress.pending = progress.pending[MAX_REFS_PER_REQUEST:]
-                await self._save(tx, run, progress)
-                await self._request(tx, run, PHASE_BLOCKS, nodes=progress.asked)
+                await self._request(tx, run, progress, nodes=progress.asked)
                 return
             transfers = {b.transfer_id for b in progress.mine_only + progress.theirs_only}
             transfers.update(b.transfer_id for b, _, _ in progress.repeated)
             progress.transfers = sorted(transfers)
             progress.phase = PHASE_AUDIT
         if progress.phase == PHASE_AUDIT and progress.transfers:
-            await self._save(tx, run, progress)
-            await self._request(tx, run, PHASE_AUDIT, transfer_ids=progress.transfers[:MAX_TRANSFERS_PER_REQUEST])
+            await self._request(tx, run, progress, transfer_ids=progress.transfers[:MAX_TRANSFERS_PER_REQUEST])
             return
         differences = pair_differences(progress.mine_only, progress.theirs_only)
         differences += [repeated_difference(b, m, t) for b, m, t in progress.repeated]
@@ -595,6 +603,8 @@ class Reconciling(GatewayBase):
         while report.differences and report.ByteSize() > budget:
             report.differences.pop()
             report.differences_omitted += 1
+        while report.groups and report.ByteSize() > budget:
+            report.groups.pop()
 
     async def _evidence(
         self, tx: Transaction, transfer_id: str, partner: str, size: int
@@ -666,7 +676,8 @@ class Reconciling(GatewayBase):
             del reply.nodes[:]
             del reply.transfers[:]
             reply.refusal = exc.code  # type: ignore[assignment]
-            reply.detail = exc.message[:1000]
+            where = f" (field {exc.field})" if exc.field else ""
+            reply.detail = (exc.message[:1000] + where)[:1200]
         known = await tx.partner_log_head(partner)
         reply.seen_head_size = known.tree_size if known else 0
         await self._exchange.enqueue(tx, partner, reconciliation_reply=reply)
@@ -723,8 +734,10 @@ class Reconciling(GatewayBase):
         for i, message in enumerate(request.nodes):
             ref = ref_from_proto(message, f"reconciliation_request.nodes[{i}]")
             view = view_to_proto(await self._own_view(tx, partner, ref))
-            if reply.ByteSize() + view.ByteSize() + 16 > budget and reply.nodes:
-                break  # the requester asks again for the rest
+            if reply.ByteSize() + view.ByteSize() + 16 > budget:
+                if reply.nodes:
+                    break  # the requester asks again for the rest
+                raise _too_small(partner, "one node of the tree", view.ByteSize(), budget)
             reply.nodes.append(view)
 
     async def _answer_transfers(
@@ -745,8 +758,15 @@ class Reconciling(GatewayBase):
         for i, transfer_id in enumerate(request.transfer_ids):
             check_identifier(transfer_id, f"reconciliation_request.transfer_ids[{i}]")
             evidence = await self._evidence(tx, transfer_id, partner, size)
-            if reply.ByteSize() + evidence.ByteSize() + 16 > budget and reply.transfers:
-                break
+            if reply.ByteSize() + evidence.ByteSize() + 16 > budget:
+                if reply.transfers:
+                    break
+                # Alone and still too large: its last messages are left out, and counted.
+                while evidence.messages and reply.ByteSize() + evidence.ByteSize() + 16 > budget:
+                    evidence.messages.pop()
+                    evidence.messages_omitted += 1
+                if reply.ByteSize() + evidence.ByteSize() + 16 > budget:
+                    raise _too_small(partner, "the audit trail of one transfer", evidence.ByteSize(), budget)
             reply.transfers.append(evidence)
 
     async def _on_reconciliation_report(
@@ -821,11 +841,19 @@ def _reader(nodes: dict[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:
 
 
 def _budget(gateway: Reconciling, partner: str) -> int:
-    """Bytes a reconciliation body may take to ``partner``: half its cap (a JSON envelope is larger), less the
-    room kept for the header and signatures."""
+    """Bytes a reconciliation body may take to ``partner``: its envelope cap (statements travel in protobuf
+    form), less the room kept for the header and for the envelope's payload type, key ID and signature."""
     found = gateway._exchange.partners.get(partner)
     cap = found.max_envelope_bytes if found else 1 << 20
-    return max(cap // 2 - ENVELOPE_MARGIN_BYTES - 1024, 4096)
+    return cap - ENVELOPE_MARGIN_BYTES - 512
+
+
+def _too_small(partner: str, what: str, size: int, budget: int) -> GatewayError:
+    return GatewayError(
+        ResponseCode.ENVELOPE_TOO_LARGE,
+        f"{what} takes {size} bytes and a reconciliation message to {partner} has room for {budget} (its"
+        " envelope cap, less the header): raise the cap both sides configure for each other (max_envelope_bytes)",
+    )
 
 
 def _view_of_state(state: TransferState) -> TransferView:

@@ -1,58 +1,1106 @@
-"""Reconciliation end to end between two real gateways."""
+"""Reconciliation end to end between two real gateways (gRPC on port 0, SQLite files in a temporary folder).
+
+Honest ledgers reconcile from either side; each kind of store corruption is found as exactly one difference of
+its kind; differing units are frozen on both sides until an operator resolves the run; small size caps split
+the replies without losing a difference; a rewritten message log stops the run; and no reply or request a
+partner could sign makes a run end in anything but a result a person can read.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
-from carbon_gateway.v1 import records_pb2
-from gateway.demo import Pair, start_pair, wait_for_state
-from gateway.domain.reconciliation import Status
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway import wire
+from gateway.demo import DEMO_AUTHORIZATION, Pair, start_pair, wait_for_state
+from gateway.domain import merkle
+from gateway.domain.blocks import SerialSpace
+from gateway.domain.errors import ResponseCode
+from gateway.domain.reconciliation import DifferenceKind, GroupKey, NodeRef, ReconciledBlock, Status, Totals
+from gateway.exchange import ENVELOPE_MARGIN_BYTES, ExchangeSettings
+from gateway.harness import start_network
 from gateway.node import GatewayNode
-from gateway.store.base import ReconciliationRun
+from gateway.reconciliation_wire import block_to_proto, group_to_proto, ref_to_proto, totals_to_proto
+from gateway.rpc.errors import read_error_detail
+from gateway.store.base import OutboxKind, OutboxState, ReconciliationRun, RunRole
 from gateway.usecases.base import Idempotency
-from tests.integration.harness import TERMINAL, operator, proposal_request, setup_accounts
+from gateway.usecases.reconciling import REPORT_PAYLOAD_TYPE
+from signing import Envelope, verify_envelope
+from tests.integration.harness import TERMINAL, Crafter, deliver_raw, operator, proposal_request, settle, setup_accounts
+
+SPACE = SerialSpace("CCER", "CN-CCER")
+GROUP = GroupKey("CCER", "CN-CCER", 2025, "CHN->CHE", "NDC")
+"""The group every CHN->CHE movement of these tests counts in."""
+EMPTY_HEAD = partner_pb2.TreeHead(tree_size=0, root_hash=merkle.EMPTY_ROOT)
+TOTALS, BLOCKS, AUDIT = (
+    partner_pb2.RECONCILIATION_PHASE_TOTALS,
+    partner_pb2.RECONCILIATION_PHASE_BLOCKS,
+    partner_pb2.RECONCILIATION_PHASE_AUDIT,
+)
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
 
 
 async def reconcile(node: GatewayNode, partner: str, key: str) -> ReconciliationRun:
+    """Start a run at ``node`` and wait for its result."""
     gateway = node.core.gateway
     run = await gateway.start_reconciliation(Idempotency("test", "reconcile", key, key), partner)
-    for _ in range(2000):
-        found = await gateway.get_reconciliation(run.run_id)
-        if found.status is not Status.RUNNING:
+    return await finished(node, run.run_id)
+
+
+async def finished(node: GatewayNode, run_id: str, timeout: float = 10.0) -> ReconciliationRun:
+    """The run ``run_id`` at ``node`` once it has a result (a responder has one once the report is in)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with node.store.read() as tx:
+            found = await tx.get_reconciliation(run_id)
+        if found is not None and found.status is not Status.RUNNING:
             return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} did not finish at {node.party}: {found}")
         await asyncio.sleep(0.005)
-    raise TimeoutError(f"run {run.run_id} did not finish")
 
 
-async def transfer(pair: Pair, block: records_pb2.UnitBlock, start: int, end: int, key: str) -> str:
-    async with operator(pair.chn) as chn, operator(pair.che) as che:
-        proposed = await chn.ProposeTransfer(proposal_request(block, start, end, key))
-        assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
-        assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
-        return proposed.transfer_id
+async def both_sides(pair: Pair, requester: GatewayNode, key: str) -> tuple[ReconciliationRun, ReconciliationRun]:
+    """A run from ``requester`` and the responder's record of it, once both have the result."""
+    responder = pair.che if requester is pair.chn else pair.chn
+    run = await reconcile(requester, responder.party, key)
+    kept = await finished(responder, run.run_id)
+    await settle(pair.chn, pair.che)
+    return run, kept
+
+
+def report_of(run: ReconciliationRun, signer_of: GatewayNode | None = None) -> partner_pb2.ReconciliationReport:
+    """The report a run keeps: the requester's is a signed DSSE envelope, the responder's the bare message."""
+    report = partner_pb2.ReconciliationReport()
+    if run.role is RunRole.REQUESTER:
+        envelope = Envelope.from_json(run.report)
+        assert envelope.payload_type == REPORT_PAYLOAD_TYPE
+        if signer_of is not None:
+            verify_envelope(envelope, [signer_of.exchange.signer.public_key], 1)
+        report.ParseFromString(envelope.payload)
+    else:
+        report.ParseFromString(run.report)
+    return report
+
+
+Found = tuple[DifferenceKind, str, tuple[str, ...]]
+
+
+def differences(report: partner_pb2.ReconciliationReport) -> list[Found]:
+    return [(DifferenceKind(d.kind), d.transfer_id, tuple(d.fields)) for d in report.differences]
+
+
+@contextlib.contextmanager
+def database(path: Path) -> Iterator[sqlite3.Connection]:
+    """A second connection to a gateway's SQLite file, as someone tampering with it would open one."""
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
+        yield db
+        db.commit()
+
+
+def selections(ranges: list[tuple[int, int]]) -> list[operator_pb2.BlockSelection]:
+    space = records_pb2.SerialSpace(unit_kind=SPACE.unit_kind, issuing_registry=SPACE.issuing_registry)
+    return [operator_pb2.BlockSelection(space=space, start=s, end=e) for s, e in ranges]
+
+
+async def move(
+    pair: Pair, ranges: list[tuple[int, int]], key: str, *, back: bool = False, state: int = records_pb2.COMPLETED
+) -> str:
+    """Move ``ranges`` CHN->CHE (or CHE->CHN with ``back``); wait until both sides reach ``state``."""
+    request = proposal_request(records_pb2.UnitBlock(), 0, 0, key)
+    del request.selections[:]
+    request.selections.extend(selections(ranges))
+    if back:
+        request.source_account = "CH-PH-0001"
+        request.acquiring_account.party, request.acquiring_account.account_id = "CHN", "CN-PO-0001"
+    initiating, acquiring = (pair.che, pair.chn) if back else (pair.chn, pair.che)
+    async with operator(initiating) as first, operator(acquiring) as second:
+        proposed = await first.ProposeTransfer(request)
+        assert (await wait_for_state(first, proposed.transfer_id, TERMINAL)).state == state
+        if state == records_pb2.COMPLETED:
+            assert (await wait_for_state(second, proposed.transfer_id, TERMINAL)).state == state
+    await settle(pair.chn, pair.che)
+    return proposed.transfer_id
+
+
+async def three_transfers(pair: Pair) -> list[str]:
+    """Accounts, the authorization and issuance at CHN, and three completed transfers of 50 units to CHE."""
+    await setup_accounts(pair)
+    return [await move(pair, [(1 + 100 * i, 50 + 100 * i)], f"t{i}") for i in range(3)]
+
+
+def refusal(error: grpc.aio.AioRpcError) -> tuple[ResponseCode, str]:
+    detail = read_error_detail(error.trailing_metadata())
+    assert detail is not None, error
+    return ResponseCode(detail.code), detail.field
+
+
+async def frozen(node: GatewayNode, start: int, end: int) -> list[str]:
+    async with node.store.read() as tx:
+        return await tx.frozen_by(SPACE, start, end)
+
+
+# -- 1. honest ledgers ------------------------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
-async def test_consistent_then_quantity_differs(tmp_path: Path) -> None:
+async def test_honest_ledgers_reconcile_from_either_side(tmp_path: Path) -> None:
     pair = await start_pair(tmp_path)
     try:
-        block = await setup_accounts(pair)
-        for i in range(3):
-            await transfer(pair, block, 1 + 100 * i, 50 + 100 * i, f"t{i}")
-        run = await reconcile(pair.chn, "CHE", "r1")
-        assert run.status is Status.CONSISTENT, run.detail
-        path = tmp_path / "che.db"
-        with sqlite3.connect(path) as db:
-            db.execute(
-                "UPDATE ledger SET block = json_set(block, '$.end', 49) WHERE entry_id ="
-                " (SELECT MIN(entry_id) FROM ledger WHERE action_type = 'Acquisition')"
+        await setup_accounts(pair)
+        async with operator(pair.che) as che:
+            # CHE sends CHN's units back under CHN's authorization, which it knows too.
+            await che.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
             )
-        run = await reconcile(pair.chn, "CHE", "r2")
+        out = [await move(pair, [(1 + 100 * i, 50 + 100 * i), (61 + 100 * i, 70 + 100 * i)], f"t{i}") for i in range(3)]
+        rejected = proposal_request(records_pb2.UnitBlock(), 0, 0, "rejected")
+        del rejected.selections[:]
+        rejected.selections.extend(selections([(401, 410)]))
+        rejected.acquiring_account.account_id = "CH-XX-9999"  # no such account at CHE
+        async with operator(pair.chn) as chn:
+            refused = await chn.ProposeTransfer(rejected)
+            assert (await wait_for_state(chn, refused.transfer_id, TERMINAL)).state == records_pb2.REJECTED
+        back = await move(pair, [(101, 120)], "back", back=True)
+        await settle(pair.chn, pair.che)
+
+        for requester, responder in ((pair.chn, pair.che), (pair.che, pair.chn)):
+            run, kept = await both_sides(pair, requester, f"from-{requester.party}")
+            assert (run.status, run.detail, run.role, run.partner) == (
+                Status.CONSISTENT,
+                "",
+                RunRole.REQUESTER,
+                responder.party,
+            )
+            assert (kept.status, kept.role, kept.partner) == (Status.CONSISTENT, RunRole.RESPONDER, requester.party)
+            report = report_of(run, requester)
+            assert report_of(kept) == report, "the responder keeps the report the requester signed"
+            assert (report.requester, report.responder, report.status) == (requester.party, responder.party, 2)
+            assert (list(report.groups), list(report.differences), list(report.in_flight)) == ([], [], [])
+            assert report.differences_omitted == 0
+            # The responder lists the run among its own, as responder.
+            async with operator(responder) as stub:
+                listed = await stub.ListReconciliations(
+                    operator_pb2.ListReconciliationsRequest(partner=requester.party)
+                )
+            mine = [r for r in listed.runs if r.run_id == run.run_id]
+            assert [(r.role, Status(r.status), r.signed_report) for r in mine] == [
+                ("responder", Status.CONSISTENT, b"")
+            ]
+            assert mine[0].report == report
+        # Both sides count the same movements: the outgoing ones, the one that came back; nothing frozen.
+        for node in (pair.chn, pair.che):
+            async with node.store.read() as tx:
+                totals = await tx.reconciliation_totals("CHE" if node is pair.chn else "CHN")
+            assert {g.action: t.blocks for g, t in totals.items()} == {"CHN->CHE": 6, "CHE->CHN": 1}
+            assert await frozen(node, 1, 1000) == []
+        assert len({*out, back, refused.transfer_id}) == 5
+    finally:
+        await pair.stop()
+
+
+# -- 2. each kind of difference -----------------------------------------------------------------------------
+
+
+def _acquisition(db: sqlite3.Connection, transfer_id: str, assignments: str, *params: object) -> None:
+    changed = db.execute(
+        f"UPDATE ledger SET {assignments} WHERE action_type = 'Acquisition' AND transfer_id = ?", (*params, transfer_id)
+    ).rowcount
+    assert changed == 1
+
+
+def _departure(db: sqlite3.Connection, transfer_id: str, assignments: str, *params: object) -> None:
+    changed = db.execute(
+        f"UPDATE ledger SET {assignments} WHERE action_type = 'First transfer' AND transfer_id = ?",
+        (*params, transfer_id),
+    ).rowcount
+    assert changed == 1
+
+
+def delete_acquisition(db: sqlite3.Connection, transfer_id: str) -> None:
+    assert (
+        db.execute("DELETE FROM ledger WHERE action_type = 'Acquisition' AND transfer_id = ?", (transfer_id,)).rowcount
+        == 1
+    )
+
+
+def delete_departure(db: sqlite3.Connection, transfer_id: str) -> None:
+    assert (
+        db.execute(
+            "DELETE FROM ledger WHERE action_type = 'First transfer' AND transfer_id = ?", (transfer_id,)
+        ).rowcount
+        == 1
+    )
+
+
+def duplicate_acquisition(db: sqlite3.Connection, transfer_id: str) -> None:
+    # Every stored column but the key; the generated columns (hidden 2 or 3) follow from the block.
+    columns = [r[1] for r in db.execute("PRAGMA table_xinfo(ledger)") if r[6] == 0 and r[1] != "entry_id"]
+    names = ", ".join(columns)
+    db.execute(
+        f"INSERT INTO ledger ({names}) SELECT {names} FROM ledger"
+        " WHERE action_type = 'Acquisition' AND transfer_id = ?",
+        (transfer_id,),
+    )
+
+
+def terminate_at_che(db: sqlite3.Connection, transfer_id: str) -> None:
+    delete_acquisition(db, transfer_id)
+    assert db.execute("UPDATE transfers SET state = 5 WHERE transfer_id = ?", (transfer_id,)).rowcount == 1
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """A change to one side's store, the side that asks, and the one difference the run must report."""
+
+    name: str
+    database: str  # "chn.db" or "che.db"
+    change: Callable[[sqlite3.Connection, str], None]
+    kind: DifferenceKind
+    fields: tuple[str, ...]
+    requester: str = "CHN"
+    blocks: tuple[int, int] = (1, 1)  # records of the block at the requester and at the responder
+    che_state: int = records_pb2.COMPLETED  # CHE's state of the transfer
+
+
+CORRUPTIONS = [
+    Corruption(
+        "missing at the responder", "che.db", delete_acquisition, DifferenceKind.MISSING_AT_RESPONDER, (), blocks=(1, 0)
+    ),
+    Corruption(
+        "missing at the requester", "chn.db", delete_departure, DifferenceKind.MISSING_AT_REQUESTER, (), blocks=(0, 1)
+    ),
+    Corruption(
+        "missing at the requester, asked by CHE",
+        "che.db",
+        delete_acquisition,
+        DifferenceKind.MISSING_AT_REQUESTER,
+        (),
+        requester="CHE",
+        blocks=(0, 1),
+    ),
+    Corruption(
+        "quantity",
+        "che.db",
+        lambda db, t: _acquisition(db, t, "block = json_set(block, '$.end', 149), quantity = 49"),
+        DifferenceKind.QUANTITY,
+        ("serial_end",),
+    ),
+    Corruption(
+        "vintage",
+        "che.db",
+        lambda db, t: _acquisition(db, t, "block = json_set(block, '$.vintage', 2024), vintage = 2024"),
+        DifferenceKind.VINTAGE,
+        ("vintage",),
+    ),
+    Corruption(
+        "adjusted twice",
+        "che.db",
+        duplicate_acquisition,
+        DifferenceKind.ADJUSTED_TWICE,
+        ("times recorded",),
+        blocks=(1, 2),
+    ),
+    Corruption(
+        "first transfer recorded by the requester only",
+        "che.db",
+        lambda db, t: _acquisition(db, t, "block = json_set(block, '$.first_transferred', json('false'))"),
+        DifferenceKind.FIRST_TRANSFER,
+        ("first_transferred",),
+    ),
+    Corruption(
+        "first transfer recorded by the responder only",
+        "chn.db",
+        lambda db, t: _departure(
+            db,
+            t,
+            "action_type = 'Transfer', action_subtype = '',"
+            " block = json_set(block, '$.first_transferred', json('false'))",
+        ),
+        DifferenceKind.FIRST_TRANSFER,
+        ("first_transferred",),
+    ),
+    Corruption(
+        "attributes",
+        "che.db",
+        lambda db, t: _acquisition(db, t, "cooperative_approach = 'CA0002'"),
+        DifferenceKind.ATTRIBUTES,
+        ("cooperative_approach",),
+    ),
+    Corruption(
+        "completed here, terminated there",
+        "che.db",
+        terminate_at_che,
+        DifferenceKind.STATE,
+        ("state",),
+        blocks=(1, 0),
+        che_state=records_pb2.TERMINATED,
+    ),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", CORRUPTIONS, ids=[c.name for c in CORRUPTIONS])
+async def test_each_kind_of_difference_is_found_and_nothing_else(tmp_path: Path, case: Corruption) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        transfers = await three_transfers(pair)
+        requester = pair.chn if case.requester == "CHN" else pair.che
+        responder = pair.che if requester is pair.chn else pair.chn
+        run, kept = await both_sides(pair, requester, "before")
+        assert (run.status, kept.status) == (Status.CONSISTENT, Status.CONSISTENT), run.detail
+        with database(tmp_path / case.database) as db:
+            case.change(db, transfers[1])
+
+        run, kept = await both_sides(pair, requester, "after")
         assert run.status is Status.BLOCKS_INCONSISTENT, run.detail
-        print(run)
+        report = report_of(run, requester)
+        assert differences(report) == [(case.kind, transfers[1], case.fields)]
+        assert Status(report.status) is Status.BLOCKS_INCONSISTENT and report.differences_omitted == 0
+        assert list(report.in_flight) == []
+        (difference,) = report.differences
+        assert (len(difference.requester_blocks), len(difference.responder_blocks)) == case.blocks
+        assert {b.serial_start for b in [*difference.requester_blocks, *difference.responder_blocks]} == {101}
+        assert report.groups and all(g.requester != g.responder for g in report.groups)
+        # Each side's evidence: its state of the transfer and the messages it logged for it.
+        states: dict[str, int] = {"CHN": records_pb2.COMPLETED, "CHE": case.che_state}
+        for evidence, party in ((difference.requester_evidence, requester), (difference.responder_evidence, responder)):
+            assert (evidence.transfer_id, evidence.known, evidence.state) == (transfers[1], True, states[party.party])
+            assert evidence.messages and all(m.message_id for m in evidence.messages)
+        # The responder keeps the same report and the same result; both freeze the block, and only it.
+        assert kept.status is Status.BLOCKS_INCONSISTENT
+        assert report_of(kept) == report
+        for node in (pair.chn, pair.che):
+            assert await frozen(node, 101, 150) == [run.run_id], node.party
+            assert await frozen(node, 1, 50) == await frozen(node, 201, 250) == []
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_block_in_flight_is_not_a_difference(tmp_path: Path) -> None:
+    """A transfer CHN completed whose Completion CHE has not taken in yet is listed as in flight, not as a
+    difference, and nothing is frozen."""
+    pair = await start_pair(tmp_path)
+    try:
+        transfers = await three_transfers(pair)
+        with database(tmp_path / "che.db") as db:
+            delete_acquisition(db, transfers[2])
+            assert db.execute("UPDATE transfers SET state = 8 WHERE transfer_id = ?", (transfers[2],)).rowcount == 1
+        run, kept = await both_sides(pair, pair.chn, "in-flight")
+        assert (run.status, kept.status) == (Status.CONSISTENT, Status.CONSISTENT), run.detail
+        report = report_of(run, pair.chn)
+        assert (differences(report), list(report.in_flight)) == ([], [transfers[2]])
+        assert await frozen(pair.chn, 1, 1000) == await frozen(pair.che, 1, 1000) == []
+    finally:
+        await pair.stop()
+
+
+# -- 2g. rewritten message logs ------------------------------------------------------------------------------
+
+
+def rewrite_log(path: Path) -> None:
+    """Change an early entry of a gateway's append-only message log, and have its tree rebuilt."""
+    with database(path) as db:
+        db.execute("DROP TRIGGER message_log_no_update")
+        db.execute("DROP TRIGGER message_log_no_delete")
+        (envelope,) = db.execute("SELECT envelope FROM message_log WHERE log_index = 2").fetchone()
+        changed = bytearray(envelope)
+        changed[-1] ^= 0x01
+        db.execute("UPDATE message_log SET envelope = ? WHERE log_index = 2", (bytes(changed),))
+        db.execute("DELETE FROM log_tree")
+
+
+@pytest.mark.asyncio
+async def test_a_responder_that_rewrote_its_message_log_stops_the_run(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await three_transfers(pair)
+        run, _ = await both_sides(pair, pair.chn, "first")
+        assert run.status is Status.CONSISTENT, run.detail
+        rewrite_log(tmp_path / "che.db")
+
+        run = await reconcile(pair.chn, "CHE", "second")
+        assert run.status is Status.MANUAL_INTERVENTION_REQUIRED
+        assert run.detail.startswith("CHE's message log was rewritten"), run.detail
+        report = report_of(run, pair.chn)
+        assert (Status(report.status), report.detail, list(report.differences)) == (run.status, run.detail, [])
+        kept = await finished(pair.che, run.run_id)
+        assert (kept.status, kept.detail) == (run.status, run.detail)
+        # The next run finds the same: the rewritten log is not accepted as a new starting point.
+        again = await reconcile(pair.chn, "CHE", "third")
+        assert again.status is Status.MANUAL_INTERVENTION_REQUIRED
+        assert "CHE's message log was rewritten" in again.detail
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_requester_that_rewrote_its_message_log_is_recorded_by_the_responder(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await three_transfers(pair)
+        run, _ = await both_sides(pair, pair.chn, "first")
+        assert run.status is Status.CONSISTENT, run.detail
+        rewrite_log(tmp_path / "chn.db")
+
+        run = await reconcile(pair.chn, "CHE", "second")
+        kept = await finished(pair.che, run.run_id)
+        assert kept.status is Status.MANUAL_INTERVENTION_REQUIRED
+        assert kept.detail.startswith("CHN's message log was rewritten"), kept.detail
+        async with operator(pair.che) as che:
+            listed = await che.GetReconciliation(operator_pb2.GetReconciliationRequest(run_id=run.run_id))
+        assert (listed.role, Status(listed.status)) == ("responder", Status.MANUAL_INTERVENTION_REQUIRED)
+        # CHE keeps CHN's report beside its own finding.
+        assert report_of(kept).run_id == run.run_id
+        # CHE asking CHN finds the same.
+        mirrored = await reconcile(pair.che, "CHN", "from-che")
+        assert mirrored.status is Status.MANUAL_INTERVENTION_REQUIRED
+        assert "CHN's message log was rewritten" in mirrored.detail
+    finally:
+        await pair.stop()
+
+
+# -- 3. freezing --------------------------------------------------------------------------------------------
+
+
+def back_request(ranges: list[tuple[int, int]], key: str) -> operator_pb2.ProposeTransferRequest:
+    request = proposal_request(records_pb2.UnitBlock(), 0, 0, key)
+    del request.selections[:]
+    request.selections.extend(selections(ranges))
+    request.source_account = "CH-PH-0001"
+    request.acquiring_account.party, request.acquiring_account.account_id = "CHN", "CN-PO-0001"
+    return request
+
+
+@pytest.mark.asyncio
+async def test_differing_units_are_frozen_on_both_sides_until_resolved(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        transfers = await three_transfers(pair)
+        async with operator(pair.che) as che:
+            await che.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
+            )
+            await che.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="open-use",
+                    account=records_pb2.Account(account_id="CH-USE-0001", holder_name="NDC use", account_type="use"),
+                )
+            )
+        with database(tmp_path / "che.db") as db:
+            _acquisition(db, transfers[0], "block = json_set(block, '$.end', 49), quantity = 49")
+        run, kept = await both_sides(pair, pair.chn, "freeze")
+        assert (run.status, kept.status) == (Status.BLOCKS_INCONSISTENT, Status.BLOCKS_INCONSISTENT)
+        for node in (pair.chn, pair.che):
+            assert await frozen(node, 10, 10) == [run.run_id]
+            assert await frozen(node, 51, 1000) == []
+
+        async with operator(pair.che) as che, operator(pair.chn) as chn:
+            # CHE holds the units of the frozen block: it can neither send them back nor use them.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.ProposeTransfer(back_request([(10, 20)], "frozen-back"))
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert refusal(caught.value) == (ResponseCode.BLOCK_FROZEN, "selections[0]")
+            assert run.run_id in (caught.value.details() or "")
+            use = operator_pb2.UseUnitsRequest(
+                idempotency_key="use-frozen",
+                source_account="CH-PH-0001",
+                use_account="CH-USE-0001",
+                action="use towards the NDC",
+                year_of_use=2025,
+                selections=selections([(1, 5)]),
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.UseUnits(use)
+            assert refusal(caught.value)[0] is ResponseCode.BLOCK_FROZEN
+            # Other units still move, both ways, and are still used.
+            await move(pair, [(301, 310)], "other-out")
+            await move(pair, [(111, 120)], "other-back", back=True)
+            use.idempotency_key, use.selections[0].start, use.selections[0].end = "use-other", 201, 205
+            await che.UseUnits(use)
+
+            # A resolution needs a reason.
+            for reason in ("", "   "):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await che.ResolveReconciliation(
+                        operator_pb2.ResolveReconciliationRequest(
+                            idempotency_key=f"resolve-{len(reason)}", run_id=run.run_id, reason=reason
+                        )
+                    )
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "reason")
+            assert (await pair.che.core.gateway.get_reconciliation(run.run_id)).status is Status.BLOCKS_INCONSISTENT
+            assert await frozen(pair.che, 1, 50) == [run.run_id]
+
+            # CHE resolves its side: its units move again, but CHN, which has not resolved, refuses them.
+            reason = "CHE's acquisition of 1-50 was mistyped as 1-49; corrected by hand"
+            resolved = await che.ResolveReconciliation(
+                operator_pb2.ResolveReconciliationRequest(
+                    idempotency_key="resolve-che", run_id=run.run_id, reason=reason
+                )
+            )
+            assert (Status(resolved.status), resolved.resolved_reason, resolved.role) == (
+                Status.RESOLVED,
+                reason,
+                "responder",
+            )
+            assert resolved.HasField("resolved_at")
+            assert await frozen(pair.che, 1, 50) == [] and await frozen(pair.chn, 1, 50) == [run.run_id]
+            proposed = await che.ProposeTransfer(back_request([(10, 20)], "back-to-frozen"))
+            rejected = await wait_for_state(che, proposed.transfer_id, TERMINAL)
+            assert rejected.state == records_pb2.REJECTED
+            assert [r.code for r in rejected.rejections] == [records_pb2.BLOCK_FROZEN]
+            await settle(pair.chn, pair.che)
+
+            # CHN resolves too: the units come back.
+            resolved = await chn.ResolveReconciliation(
+                operator_pb2.ResolveReconciliationRequest(
+                    idempotency_key="resolve-chn", run_id=run.run_id, reason=reason
+                )
+            )
+            assert (Status(resolved.status), resolved.resolved_reason, resolved.role) == (
+                Status.RESOLVED,
+                reason,
+                "requester",
+            )
+            assert resolved.signed_report, "the signed report is kept after the resolution"
+            assert await frozen(pair.chn, 1, 50) == []
+            await move(pair, [(10, 20)], "back-after", back=True)
+            use.idempotency_key, use.selections[0].start, use.selections[0].end = "use-after", 1, 5
+            await che.UseUnits(use)
+
+            # A resolved run is not resolved again; its reason stays.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.ResolveReconciliation(
+                    operator_pb2.ResolveReconciliationRequest(
+                        idempotency_key="again", run_id=run.run_id, reason="again"
+                    )
+                )
+            assert refusal(caught.value)[0] is ResponseCode.INVALID_STATE
+            kept = await pair.chn.core.gateway.get_reconciliation(run.run_id)
+            assert (kept.status, kept.resolved_reason) == (Status.RESOLVED, reason)
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_proposal_naming_units_frozen_at_the_acquiring_side_is_rejected(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        async with pair.che.store.transaction() as tx:
+            await tx.freeze("run-by-hand", [(SPACE, 45, 55)])
+        async with operator(pair.chn) as chn:
+            space = records_pb2.SerialSpace(unit_kind=SPACE.unit_kind, issuing_registry=SPACE.issuing_registry)
+            proposed = await chn.ProposeTransfer(proposal_request(records_pb2.UnitBlock(space=space), 50, 60, "frozen"))
+            transfer = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+        assert transfer.state == records_pb2.REJECTED
+        assert [r.code for r in transfer.rejections] == [records_pb2.BLOCK_FROZEN]
+        await move(pair, [(56, 60)], "beside")  # units beside the frozen range move
+    finally:
+        await pair.stop()
+
+
+# -- 4. replies split by a small size cap ----------------------------------------------------------------------
+
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "cap", [4096, 6 * 1024]
+)
+async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found(tmp_path: Path, cap: int) -> None:
+    def settings(party: str) -> ExchangeSettings:
+        # CHN takes in envelopes of at most ``cap`` bytes, and CHE knows it.
+        return ExchangeSettings(self_party=party, max_envelope_bytes=cap if party == "CHN" else 1 << 20)
+
+    network = await start_network(tmp_path, ("CHN", "CHE"), settings=settings)
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        found_partner = pair.che.partners.get("CHN")
+        assert found_partner is not None
+        found_partner.max_envelope_bytes = cap
+        await setup_accounts(pair)
+        # Three transfers of 20 blocks each; CHE's record of 40 of the 60 blocks is one unit short.
+        transfers = [
+            await move(pair, [(1 + 10 * i + 200 * t, 5 + 10 * i + 200 * t) for i in range(20)], f"many-{t}")
+            for t in range(3)
+        ]
+        with database(tmp_path / "che.db") as db:
+            rows = db.execute(
+                "SELECT entry_id FROM ledger WHERE action_type = 'Acquisition' ORDER BY serial_start"
+            ).fetchall()
+            assert len(rows) == 60
+            changed = [r[0] for i, r in enumerate(rows) if i % 3 != 2][:40]
+            for entry_id in changed:
+                db.execute(
+                    "UPDATE ledger SET block = json_set(block, '$.end', json_extract(block, '$.end') - 1),"
+                    " quantity = quantity - 1 WHERE entry_id = ?",
+                    (entry_id,),
+                )
+        started = await pair.chn.core.gateway.start_reconciliation(Idempotency("test", "r", "split", ""), "CHE")
+        deadline = time.monotonic() + 10
+        while True:
+            run = await pair.chn.core.gateway.get_reconciliation(started.run_id)
+            async with pair.che.store.read() as tx:
+                dead = await tx.list_outbox("CHN", states=(OutboxState.DEAD,))
+            if run.status is not Status.RUNNING or dead or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.005)
+        assert [(m.kind, m.last_error) for m in dead] == [], "CHN refused a reply for good"
+        assert run.status is Status.BLOCKS_INCONSISTENT, run.detail
+        kept = await finished(pair.che, run.run_id)
+        report = report_of(run, pair.chn)
+        found = differences(report)
+        assert len(found) == 40 and report.differences_omitted == 0
+        assert {f[0] for f in found} == {DifferenceKind.QUANTITY} and {f[2] for f in found} == {("serial_end",)}
+        assert {f[1] for f in found} == set(transfers)
+        starts = sorted(d.requester_blocks[0].serial_start for d in report.differences)
+        async with pair.che.store.read() as tx:
+            acquired = [e for e in await tx.list_ledger() if e.action_type.value == "Acquisition"]
+        expected = sorted(e.block.start for e in acquired if e.block.quantity == 4)
+        assert starts == expected and len(expected) == 40
+        assert report_of(kept) == report
+        for node in (pair.chn, pair.che):
+            for start in expected:
+                assert await frozen(node, start, start) == [run.run_id], (node.party, start)
+
+        # The replies were split: some answered fewer nodes or transfers than were asked.
+        async with pair.chn.store.read() as tx:
+            requests = [
+                partner_pb2.Statement.FromString(m.body).reconciliation_request
+                for m in await tx.list_outbox("CHE")
+                if m.kind is OutboxKind.RECONCILIATION_REQUEST
+            ]
+        async with pair.che.store.read() as tx:
+            replies = [
+                partner_pb2.Statement.FromString(m.body).reconciliation_reply
+                for m in await tx.list_outbox("CHN")
+                if m.kind is OutboxKind.RECONCILIATION_REPLY
+            ]
+        requests = [r for r in requests if r.run_id == run.run_id]
+        replies = [r for r in replies if r.run_id == run.run_id]
+        assert len(requests) == len(replies) >= 4
+        asked_and_answered = list(zip(requests, replies, strict=True))
+        assert all(a.refusal == 0 and a.phase == q.phase for q, a in asked_and_answered)
+        assert any(len(a.nodes) < len(q.nodes) for q, a in asked_and_answered if q.phase == BLOCKS)
+        assert any(len(a.transfers) < len(q.transfer_ids) for q, a in asked_and_answered if q.phase == AUDIT)
+        assert all(a.ByteSize() + ENVELOPE_MARGIN_BYTES < cap for a in replies)
+    finally:
+        await network.stop()
+
+
+# -- 5. hostile replies and requests ----------------------------------------------------------------------------
+
+
+async def crafter_for(pair: Pair) -> Crafter:
+    """A crafter that plays CHE, with CHE's real key, continuing the channel from where CHN stands."""
+    async with pair.chn.store.read() as tx:
+        channel = await tx.incoming_channel("CHE")
+    return Crafter(signer=pair.che.exchange.signer, sender="CHE", receiver="CHN", channel=channel)
+
+
+async def send(pair: Pair, crafter: Crafter, **body: object) -> partner_pb2.Receipt:
+    payload, _ = crafter.statement(**body)
+    return await deliver_raw(pair.chn, wire.envelope_to_bytes(crafter.envelope(payload)))
+
+
+def reply(run_id: str, phase: int, **fields: object) -> partner_pb2.ReconciliationReply:
+    return partner_pb2.ReconciliationReply(run_id=run_id, phase=phase, head=EMPTY_HEAD, **fields)  # type: ignore[arg-type]
+
+
+@dataclass
+class Hostile:
+    """Crafted replies to a run at CHN: all but the last leave it running; the last stops it, saying ``says``."""
+
+    name: str
+    replies: Callable[[str, list[ReconciledBlock]], list[partner_pb2.ReconciliationReply]]
+    says: str
+
+
+ROOT = NodeRef(GROUP, 0, 0)
+
+
+def _totals(digest: bytes = bytes(32), quantity: str = "50") -> partner_pb2.GroupTotals:
+    return partner_pb2.GroupTotals(
+        group=group_to_proto(GROUP), totals=partner_pb2.ReconciliationTotals(blocks=1, quantity=quantity, digest=digest)
+    )
+
+
+def _listed(
+    blocks: list[ReconciledBlock], totals: Totals | None = None, ref: NodeRef = ROOT
+) -> partner_pb2.TreeNodeView:
+    return partner_pb2.TreeNodeView(
+        ref=ref_to_proto(ref),
+        totals=totals_to_proto(Totals.of(blocks) if totals is None else totals),
+        listed=True,
+        blocks=[block_to_proto(b) for b in blocks],
+    )
+
+
+def _to_audit(run_id: str) -> list[partner_pb2.ReconciliationReply]:
+    """Replies that take a run to phase 3: CHE says it has nothing, so every block of CHN's differs."""
+    return [reply(run_id, TOTALS), reply(run_id, BLOCKS, nodes=[_listed([])])]
+
+
+def _evidence(transfer_id: str, **fields: object) -> partner_pb2.TransferEvidence:
+    return partner_pb2.TransferEvidence(transfer_id=transfer_id, known=True, state=records_pb2.COMPLETED, **fields)  # type: ignore[arg-type]
+
+
+def _message(**fields: object) -> partner_pb2.LoggedMessage:
+    base: dict[str, object] = {
+        "log_index": 1,
+        "direction": "in",
+        "kind": "statement",
+        "message_id": "m-1",
+        "envelope_sha256": bytes(32),
+    }
+    return partner_pb2.LoggedMessage(**{**base, **fields})  # type: ignore[arg-type]
+
+
+HOSTILE = [
+    Hostile(
+        "malformed digest",
+        lambda run, _: [reply(run, TOTALS, totals=[_totals(digest=b"\x01" * 5)])],
+        "reconciliation_reply.totals[0].totals.digest: 5 bytes, not 32",
+    ),
+    Hostile(
+        "quantity not a number",
+        lambda run, _: [reply(run, TOTALS, totals=[_totals(quantity="-50")])],
+        "reconciliation_reply.totals[0].totals.quantity",
+    ),
+    Hostile(
+        "group with a control character",
+        lambda run, _: [
+            reply(
+                run,
+                TOTALS,
+                totals=[
+                    partner_pb2.GroupTotals(
+                        group=partner_pb2.ReconciliationGroup(unit_kind="a\x1fb"), totals=_totals().totals
+                    )
+                ],
+            )
+        ],
+        "reconciliation_reply.totals[0].group.unit_kind",
+    ),
+    Hostile(
+        "head root of the wrong size",
+        lambda run, _: [
+            partner_pb2.ReconciliationReply(
+                run_id=run, phase=TOTALS, head=partner_pb2.TreeHead(tree_size=3, root_hash=b"x")
+            )
+        ],
+        "reconciliation_reply.head.root_hash",
+    ),
+    Hostile(
+        "consistency proof too long",
+        lambda run, _: [reply(run, TOTALS, consistency_proof=[bytes(32)] * 65)],
+        "reconciliation_reply.consistency_proof",
+    ),
+    Hostile("phase mismatch", lambda run, _: [reply(run, BLOCKS)], "CHE answered phase 2 while phase 1 was asked"),
+    Hostile(
+        "refusal",
+        lambda run, _: [reply(run, TOTALS, refusal=records_pb2.INVALID_ARGUMENT, detail="not today")],
+        "CHE refused to answer: not today",
+    ),
+    Hostile(
+        "listed blocks that do not add up",
+        lambda run, mine: [reply(run, TOTALS), reply(run, BLOCKS, nodes=[_listed(mine, Totals(1, 50, bytes(32)))])],
+        "reconciliation_reply.nodes[0].totals: the totals are not those of the blocks listed",
+    ),
+    Hostile(
+        "listed block outside the node",
+        lambda run, mine: [
+            reply(run, TOTALS),
+            reply(run, BLOCKS, nodes=[_listed([dataclasses.replace(mine[0], vintage=1999)])]),
+        ],
+        "reconciliation_reply.nodes[0].blocks[0]: the block does not lie under the node",
+    ),
+    Hostile(
+        "listed block with serials reversed",
+        lambda run, mine: [
+            reply(run, TOTALS),
+            reply(
+                run,
+                BLOCKS,
+                nodes=[
+                    _listed([dataclasses.replace(mine[0], serial_start=50, serial_end=1)], Totals(1, 50, bytes(32)))
+                ],
+            ),
+        ],
+        "reconciliation_reply.nodes[0].blocks[0]: serial_end 1 precedes serial_start 50",
+    ),
+    Hostile(
+        "node not asked",
+        lambda run, _: [reply(run, TOTALS), reply(run, BLOCKS, nodes=[_listed([], ref=NodeRef(GROUP, 1, 3))])],
+        "CHE answered for a node not asked",
+    ),
+    Hostile(
+        "node that does not exist",
+        lambda run, _: [
+            reply(run, TOTALS),
+            reply(
+                run,
+                BLOCKS,
+                nodes=[
+                    partner_pb2.TreeNodeView(
+                        ref=partner_pb2.TreeNodeRef(group=group_to_proto(GROUP), level=9, prefix=2**32 - 1)
+                    )
+                ],
+            ),
+        ],
+        "reconciliation_reply.nodes[0].ref: level 9 is outside 0..4",
+    ),
+    Hostile(
+        "bucket not listed",
+        lambda run, _: [
+            reply(run, TOTALS),
+            reply(
+                run,
+                BLOCKS,
+                nodes=[
+                    partner_pb2.TreeNodeView(
+                        ref=ref_to_proto(ROOT),
+                        totals=totals_to_proto(Totals()),
+                        children=[partner_pb2.ChildTotals(prefix=99, totals=totals_to_proto(Totals()))],
+                    )
+                ],
+            ),
+        ],
+        "reconciliation_reply.nodes[0].children[0].prefix",
+    ),
+    Hostile(
+        "no node answered",
+        lambda run, _: [reply(run, TOTALS), reply(run, BLOCKS)],
+        "CHE answered none of the 1 nodes asked",
+    ),
+    Hostile(
+        "transfer not asked",
+        lambda run, _: [*_to_audit(run), reply(run, AUDIT, transfers=[_evidence("t-unasked")])],
+        "CHE answered for a transfer not asked: 't-unasked'",
+    ),
+    Hostile(
+        "malformed message digest",
+        lambda run, mine: [
+            *_to_audit(run),
+            reply(run, AUDIT, transfers=[_evidence(mine[0].transfer_id, messages=[_message(envelope_sha256=b"abc")])]),
+        ],
+        "reconciliation_reply.transfers[0].messages[0].envelope_sha256 is not 32 bytes",
+    ),
+    Hostile(
+        "message outside the signed log head",
+        lambda run, mine: [
+            *_to_audit(run),
+            reply(run, AUDIT, transfers=[_evidence(mine[0].transfer_id, messages=[_message()])]),
+        ],
+        "is not in the log head of 0 entries it signed",
+    ),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", HOSTILE, ids=[c.name for c in HOSTILE])
+async def test_a_hostile_reply_ends_the_run_for_a_person_to_read(
+    tmp_path: Path, case: Hostile, caplog: pytest.LogCaptureFixture
+) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        await move(pair, [(1, 50)], "t0")
+        async with pair.chn.store.transaction() as tx:
+            await tx.fold_reconciliation("CHN")
+            mine = await tx.reconciliation_blocks("CHE", ROOT)
+        assert len(mine) == 1
+        # CHN's requests wait in its outbox: only the crafted replies answer them.
+        await pair.chn.outbox.stop()
+        crafter = await crafter_for(pair)
+
+        stray = await send(pair, crafter, reconciliation_reply=reply("no-such-run", TOTALS))
+        assert (ResponseCode(stray.code), stray.taken_in) == (ResponseCode.INVALID_ARGUMENT, True)
+        assert "no reconciliation run 'no-such-run'" in stray.detail
+
+        gateway = pair.chn.core.gateway
+        run = await gateway.start_reconciliation(Idempotency("test", "reconcile", "hostile", ""), "CHE")
+        replies = case.replies(run.run_id, mine)
+        for i, answer in enumerate(replies):
+            receipt = await send(pair, crafter, reconciliation_reply=answer)
+            assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.OK, True), receipt.detail
+            status = (await gateway.get_reconciliation(run.run_id)).status
+            assert status is (Status.RUNNING if i < len(replies) - 1 else Status.MANUAL_INTERVENTION_REQUIRED), i
+        ended = await gateway.get_reconciliation(run.run_id)
+        assert case.says in ended.detail
+        report = report_of(ended, pair.chn)
+        assert (Status(report.status), report.detail, list(report.differences)) == (ended.status, ended.detail, [])
+        assert await frozen(pair.chn, 1, 1000) == []
+        # A late reply to the ended run is taken in and ignored; the channel goes on.
+        late = await send(pair, crafter, reconciliation_reply=reply(run.run_id, TOTALS))
+        assert (ResponseCode(late.code), late.taken_in) == (ResponseCode.OK, True), late.detail
+        assert (await gateway.get_reconciliation(run.run_id)).status is Status.MANUAL_INTERVENTION_REQUIRED
+        assert not [r for r in caplog.records if r.exc_info is not None]
+    finally:
+        await pair.stop()
+
+
+@dataclass
+class HostileRequest:
+    name: str
+    request: Callable[[partner_pb2.ReconciliationRequest], None]
+    code: ResponseCode
+    says: str
+
+
+def _nodes(*refs: partner_pb2.TreeNodeRef) -> Callable[[partner_pb2.ReconciliationRequest], None]:
+    def build(request: partner_pb2.ReconciliationRequest) -> None:
+        request.phase = BLOCKS
+        request.nodes.extend(refs)
+
+    return build
+
+
+def _many_nodes(request: partner_pb2.ReconciliationRequest) -> None:
+    request.phase = BLOCKS
+    request.nodes.extend(partner_pb2.TreeNodeRef() for _ in range(100_000))
+
+
+def _many_transfers(request: partner_pb2.ReconciliationRequest) -> None:
+    request.phase = AUDIT
+    request.transfer_ids.extend(f"t-{i}" for i in range(201))
+
+
+def _bad_transfer_id(request: partner_pb2.ReconciliationRequest) -> None:
+    request.phase = AUDIT
+    request.transfer_ids.append("a b\n")
+
+
+def _set(**fields: object) -> Callable[[partner_pb2.ReconciliationRequest], None]:
+    def build(request: partner_pb2.ReconciliationRequest) -> None:
+        for name, value in fields.items():
+            if isinstance(value, partner_pb2.TreeHead):
+                getattr(request, name).CopyFrom(value)
+            else:
+                setattr(request, name, value)
+
+    return build
+
+
+HOSTILE_REQUESTS = [
+    HostileRequest(
+        "huge level",
+        _nodes(partner_pb2.TreeNodeRef(group=group_to_proto(GROUP), level=2**32 - 1, prefix=0)),
+        ResponseCode.MALFORMED_PAYLOAD,
+        "reconciliation_request.nodes[0]: level 4294967295 is outside 0..4",
+    ),
+    HostileRequest(
+        "huge prefix",
+        _nodes(ref_to_proto(ROOT), partner_pb2.TreeNodeRef(group=group_to_proto(GROUP), level=1, prefix=2**32 - 1)),
+        ResponseCode.MALFORMED_PAYLOAD,
+        "reconciliation_request.nodes[1]: prefix 4294967295 does not exist at level 1",
+    ),
+    HostileRequest("100k node refs", _many_nodes, ResponseCode.INVALID_ARGUMENT, "more than 2000 nodes asked at once"),
+    HostileRequest(
+        "201 transfers", _many_transfers, ResponseCode.INVALID_ARGUMENT, "more than 200 transfers asked at once"
+    ),
+    HostileRequest("unknown phase", _set(phase=7), ResponseCode.MALFORMED_PAYLOAD, "unknown phase 7"),
+    HostileRequest(
+        "malformed head",
+        _set(head=partner_pb2.TreeHead(tree_size=1, root_hash=b"short")),
+        ResponseCode.MALFORMED_PAYLOAD,
+        "reconciliation_request.head.root_hash",
+    ),
+    HostileRequest(
+        "transfer ID not an identifier",
+        _bad_transfer_id,
+        ResponseCode.INVALID_ARGUMENT,
+        "the identifier contains U+000A (a control character)",
+    ),
+]
+
+
+@pytest.mark.asyncio
+async def test_hostile_requests_are_answered_with_a_refusal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        await move(pair, [(1, 50)], "t0")
+        await pair.chn.outbox.stop()  # CHN's answers wait in its outbox, to be read there
+        crafter = await crafter_for(pair)
+        for i, case in enumerate(HOSTILE_REQUESTS):
+            request = partner_pb2.ReconciliationRequest(run_id=f"hostile-{i}", phase=TOTALS, head=EMPTY_HEAD)
+            case.request(request)
+            receipt = await send(pair, crafter, reconciliation_request=request)
+            assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.OK, True), (
+                case.name,
+                receipt.detail,
+            )
+            async with pair.chn.store.read() as tx:
+                answers = [
+                    partner_pb2.Statement.FromString(m.body).reconciliation_reply
+                    for m in await tx.list_outbox("CHE")
+                    if m.kind is OutboxKind.RECONCILIATION_REPLY
+                ]
+            (answer,) = [a for a in answers if a.run_id == request.run_id]
+            assert (ResponseCode(answer.refusal), answer.phase) == (case.code, request.phase), case.name
+            assert case.says in answer.detail, (case.name, answer.detail)
+            assert (list(answer.totals), list(answer.nodes), list(answer.transfers)) == ([], [], [])
+            assert len(answer.head.root_hash) == 32
+        # A sound request on the same channel is still answered.
+        request = partner_pb2.ReconciliationRequest(run_id="sound", phase=TOTALS, head=EMPTY_HEAD)
+        receipt = await send(pair, crafter, reconciliation_request=request)
+        assert ResponseCode(receipt.code) is ResponseCode.OK
+        async with pair.chn.store.read() as tx:
+            answers = [
+                partner_pb2.Statement.FromString(m.body).reconciliation_reply
+                for m in await tx.list_outbox("CHE")
+                if m.kind is OutboxKind.RECONCILIATION_REPLY
+            ]
+        (sound,) = [a for a in answers if a.run_id == "sound"]
+        assert sound.refusal == 0 and [t.totals.blocks for t in sound.totals] == [1]
+        assert not [r for r in caplog.records if r.exc_info is not None]
+    finally:
+        await pair.stop()
+
+
+# -- a product bug: runs from both sides at once -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_runs_started_by_both_sides_at_once_stay_consistent(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await three_transfers(pair)
+        run, _ = await both_sides(pair, pair.chn, "first")
+        assert run.status is Status.CONSISTENT
+        # CHN's run reaches CHE, whose answer waits in its outbox; CHE starts its own run meanwhile. Then CHN gets
+        # CHE's answer and finishes its run: its report reaches CHE before CHN's answer to CHE's run does.
+        await pair.che.outbox.stop()
+        from_chn = await pair.chn.core.gateway.start_reconciliation(Idempotency("test", "r", "chn", ""), "CHE")
+        deadline = time.monotonic() + 10
+        while True:
+            async with pair.che.store.read() as tx:
+                if await tx.get_reconciliation(from_chn.run_id) is not None:
+                    break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        from_che = await pair.che.core.gateway.start_reconciliation(Idempotency("test", "r", "che", ""), "CHN")
+        pair.che.outbox.start()
+        pair.che.outbox.wake()
+        che_run = await finished(pair.che, from_che.run_id)
+        chn_run = await finished(pair.chn, from_chn.run_id)
+        assert (che_run.status, che_run.detail) == (Status.CONSISTENT, "")
+        assert (chn_run.status, chn_run.detail) == (Status.CONSISTENT, "")
     finally:
         await pair.stop()
