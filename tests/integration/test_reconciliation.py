@@ -617,11 +617,8 @@ async def test_a_proposal_naming_units_frozen_at_the_acquiring_side_is_rejected(
 # -- 4. replies split by a small size cap ----------------------------------------------------------------------
 
 
-
 @pytest.mark.asyncio
-@pytest.mark.parametrize(
-    "cap", [4096, 6 * 1024]
-)
+@pytest.mark.parametrize("cap", [4096, 6 * 1024])
 async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found(tmp_path: Path, cap: int) -> None:
     def settings(party: str) -> ExchangeSettings:
         # CHN takes in envelopes of at most ``cap`` bytes, and CHE knows it.
