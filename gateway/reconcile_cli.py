@@ -117,8 +117,10 @@ def _do_list(args: argparse.Namespace) -> int:
     listed = _run("reconcile list", args, lambda stub: stub.ListReconciliations(request, timeout=30))
     for run in listed.runs:
         print(
-            f"{run.run_id}  {run.partner}  {run.role}  {_RUN_STATUSES.get(run.status, str(run.status))}"
-            f"  {run.started_at.ToJsonString()}  {run.detail[:80]}"
+            _printable(
+                f"{run.run_id}  {run.partner}  {run.role}  {_RUN_STATUSES.get(run.status, str(run.status))}"
+                f"  {run.started_at.ToJsonString()}  {run.detail[:80]}"
+            )
         )
     if not listed.runs:
         print("no reconciliation runs yet")
@@ -142,7 +144,7 @@ def _do_resolve(args: argparse.Namespace) -> int:
         idempotency_key=args.resolve_key, run_id=args.run_id, reason=args.reason
     )
     run = _run("reconcile resolve", args, lambda stub: stub.ResolveReconciliation(request, timeout=30))
-    print(f"run {run.run_id} with {run.partner} resolved: {run.resolved_reason}")
+    print(_printable(f"run {run.run_id} with {run.partner} resolved: {run.resolved_reason}"))
     return 0
 
 
@@ -159,8 +161,10 @@ def format_run(run: Any) -> str:
         lines.append(f"resolved {run.resolved_at.ToJsonString()}: {run.resolved_reason}")
     report = run.report
     if run.status == 1:
-        lines.append("still waiting for the partner's answers: `carbon-gateway reconcile show RUN` follows it")
-        return "\n".join(lines)
+        lines.append(
+            f"still waiting for the partner's answers: `carbon-gateway reconcile show {run.run_id}` follows it"
+        )
+        return _printable("\n".join(lines))
     for group in report.groups:
         g = group.group
         lines.append(
@@ -206,7 +210,13 @@ def format_run(run: Any) -> str:
         f" (root {report.requester_head.root_hash.hex()[:16]}), {report.responder}"
         f" {report.responder_head.tree_size} entries (root {report.responder_head.root_hash.hex()[:16]})"
     )
-    return "\n".join(lines)
+    return _printable("\n".join(lines))
+
+
+def _printable(text: str) -> str:
+    """``text`` with every control character but the line break shown as an escape: a partner's words (a
+    detail, a code) never drive the operator's terminal."""
+    return "".join(c if c == "\n" or c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 _STATES = {1: "PROPOSED", 2: "CHECKED", 3: "CHECKED_DISCREPANCY", 4: "COMPLETED", 5: "TERMINATED", 6: "REJECTED"}

@@ -21,6 +21,7 @@ from gateway.domain.reconciliation import (
     NodeView,
     ReconciledBlock,
     Totals,
+    add_up,
     check_node,
 )
 
@@ -181,6 +182,8 @@ def view_from_proto(message: partner_pb2.TreeNodeView, field: str) -> NodeView:
         if not first <= child.prefix < first + (1 << FANOUT_BITS) or child.prefix in children:
             raise _malformed(f"{field}.children[{i}].prefix", f"{child.prefix} is not a child of the node, once")
         children[child.prefix] = totals_from_proto(child.totals, f"{field}.children[{i}].totals")
+    if add_up(children.values()) != totals:
+        raise _malformed(f"{field}.children", "the children's totals do not add up to the node's")
     return NodeView(ref, totals, children=children)
 
 

@@ -323,6 +323,16 @@ class Totals:
         return self.blocks == 0
 
 
+def add_up(parts: Iterable[Totals]) -> Totals:
+    """The totals of a node from its children's."""
+    count, quantity, value = 0, 0, 0
+    for part in parts:
+        count += part.blocks
+        quantity += part.quantity
+        value += int.from_bytes(part.digest, "big")
+    return Totals(count, quantity, (value % _MODULUS).to_bytes(32, "big"))
+
+
 def node_prefix(bucket: int, level: int) -> int:
     """The prefix of the node at ``level`` that holds ``bucket``."""
     return bucket >> (FANOUT_BITS * (DEPTH - level))

@@ -512,7 +512,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     ) -> operator_pb2.ListReconciliationsResponse:
         partner = _party_filter(request.partner, field="partner")
         runs = await self.gateway.list_reconciliations(partner, min(request.limit or 100, 1000))
-        return operator_pb2.ListReconciliationsResponse(runs=[_reconciliation(r) for r in runs])
+        # The list leaves the reports out (GetReconciliation gives one): a report may take up to a megabyte.
+        return operator_pb2.ListReconciliationsResponse(runs=[_reconciliation(r, report=False) for r in runs])
 
     @refusals_as_status
     async def ResolveReconciliation(
@@ -524,7 +525,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         return _reconciliation(await self.gateway.resolve_reconciliation(idem, request.run_id, request.reason))
 
 
-def _reconciliation(run: ReconciliationRun) -> operator_pb2.Reconciliation:
+def _reconciliation(run: ReconciliationRun, *, report: bool = True) -> operator_pb2.Reconciliation:
     message = operator_pb2.Reconciliation(
         run_id=run.run_id,
         partner=run.partner,
@@ -538,6 +539,8 @@ def _reconciliation(run: ReconciliationRun) -> operator_pb2.Reconciliation:
     )
     if run.resolved_at is not None:
         message.resolved_at.CopyFrom(wire.timestamp(run.resolved_at))
+    if not report:
+        return message
     payload = run.report
     if run.report and run.role is RunRole.REQUESTER:
         message.signed_report = run.report

@@ -447,7 +447,7 @@ class Transaction(Protocol):
 
     async def unfreeze(self, run_id: str) -> None: ...
     async def frozen_by(self, space: SerialSpace, start: int, end: int) -> list[str]:
-        """The runs whose frozen ranges share a unit with ``[start, end]``."""
+        """The runs whose frozen ranges share a unit with ``[start, end]``, the latest first."""
         ...
 
     # the message log as a Merkle tree, and the heads partners showed

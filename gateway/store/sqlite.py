@@ -1115,8 +1115,9 @@ class SQLiteTransaction:
 
     async def frozen_by(self, space: SerialSpace, start: int, end: int) -> list[str]:
         rows = self._all(
-            "SELECT DISTINCT run_id FROM frozen_ranges WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ?"
-            " AND serial_start <= ? AND serial_end >= ? ORDER BY run_id",
+            "SELECT f.run_id FROM frozen_ranges f LEFT JOIN reconciliation_runs r ON r.run_id = f.run_id"
+            " WHERE f.unit_kind = ? AND f.issuing_registry = ? AND f.issuance = ? AND f.serial_start <= ?"
+            " AND f.serial_end >= ? GROUP BY f.run_id ORDER BY MAX(r.started_at) DESC, f.run_id",
             (space.unit_kind, space.issuing_registry, space.issuance, end, start),
         )
         return [r[0] for r in rows]

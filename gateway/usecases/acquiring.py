@@ -143,6 +143,15 @@ class Acquiring(GatewayBase):
                     f"transfer {transfer_id!r} is {transfer.state.name}; only a held proposal (CHECKED) is decided",
                     field="transfer_id",
                 )
+            frozen = await self._frozen_among(tx, transfer.terms.blocks) if accept else None
+            if frozen is not None:
+                raise GatewayError(
+                    ResponseCode.BLOCK_FROZEN,
+                    f"{frozen[0].describe()} is frozen by the discrepancy of reconciliation run {frozen[1]}: resolve"
+                    " the run first, or reject the proposal",
+                    field="accept",
+                    blocks=[frozen[0]],
+                )
             if accept:
                 transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
                 await self._send_decision(tx, transfer, accepted=True, rejections=())

@@ -236,6 +236,15 @@ class GatewayBase:
         )
         await self._exchange.enqueue(tx, transfer.partner, decision=decision)
 
+    @staticmethod
+    async def _frozen_among(tx: Transaction, blocks: Sequence[UnitBlock]) -> tuple[UnitBlock, str] | None:
+        """The first of ``blocks`` a reconciliation discrepancy froze, with the latest run that froze it."""
+        for block in blocks:
+            runs = await tx.frozen_by(block.space, block.start, block.end)
+            if runs:
+                return block, runs[0]
+        return None
+
     async def _send_final(self, tx: Transaction, transfer: Transfer, reason: str) -> None:
         """Initiating side: tell the partner this transfer's final state (a Completion or a Cancel), unless a
         message saying so is still waiting in the outbox."""

@@ -313,7 +313,20 @@ class Initiating(GatewayBase):
         await self._release(tx, transfer.transfer_id)
 
     async def _complete(self, tx: Transaction, transfer: Transfer) -> None:
-        """Debit the reserved units, record the ledger entries and send the Completion, in one transaction."""
+        """Debit the reserved units, record the ledger entries and send the Completion, in one transaction.
+
+        Units frozen by a reconciliation discrepancy since they were reserved do not leave: the transfer is
+        cancelled instead (the acquiring side adopts the cancellation even after its acceptance)."""
+        frozen = await self._frozen_among(tx, transfer.terms.blocks)
+        if frozen is not None:
+            block, run_id = frozen
+            transfer = await self._set_state(tx, transfer, TransferState.CANCELLED)
+            await self._release(tx, transfer.transfer_id)
+            await self._send_final(
+                tx, transfer, f"{block.describe()} was frozen by reconciliation run {run_id} while the transfer waited"
+            )
+            log.warning("transfer %s cancelled: its units were frozen by run %s", transfer.transfer_id, run_id)
+            return
         transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
         await self._debit(tx, transfer)
         # The version in force when the transfer was proposed decides, as it did for the Proposal's blocks.

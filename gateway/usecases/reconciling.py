@@ -29,8 +29,10 @@ from dataclasses import dataclass, field, replace
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
 from gateway.domain import merkle
+from gateway.domain.blocks import SerialSpace
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import (
+    DEPTH,
     Difference,
     GroupKey,
     NodeRef,
@@ -49,9 +51,10 @@ from gateway.domain.reconciliation import (
     status_of,
 )
 from gateway.domain.text import check_identifier
-from gateway.domain.transfer import TransferState
+from gateway.domain.transfer import Transfer, TransferState
 from gateway.exchange import ENVELOPE_MARGIN_BYTES
 from gateway.reconciliation_wire import (
+    MAX_GROUPS,
     block_from_proto,
     difference_to_proto,
     group_from_proto,
@@ -78,6 +81,8 @@ MAX_DIFFERENCES = 10_000
 MAX_TRANSFERS_PER_REQUEST = 200
 MAX_MESSAGES_PER_TRANSFER = 64
 MAX_REFS_PER_REQUEST = 2_000
+MAX_NODES_PER_RUN = 50_000
+"""Tree nodes one run asks for at the most; a descent wider than this stops at the totals."""
 ABANDON_AFTER = dt.timedelta(hours=1)
 """A run the partner has not finished answering after this long gives way to a new one."""
 
@@ -101,6 +106,10 @@ class Progress:
     evidence: dict[str, partner_pb2.TransferEvidence] = field(default_factory=dict)
     responder_head: tuple[int, bytes] = (0, merkle.EMPTY_ROOT)
     asked_from: tuple[int, bytes] = (0, merkle.EMPTY_ROOT)  # the responder's head the last request proves from
+    buckets: list[NodeRef] = field(default_factory=list)  # phase 3: buckets of differing blocks still to ask
+    fresh: dict[NodeRef, list[ReconciledBlock]] = field(default_factory=dict)  # phase 3: the responder's buckets
+    problem: str = ""  # the responder's log is not an extension of the head it showed before
+    nodes_asked: int = 0
 
     def encode(self) -> bytes:
         """The progress as stored."""
@@ -117,6 +126,10 @@ class Progress:
                 "evidence": {k: v.SerializeToString().hex() for k, v in self.evidence.items()},
                 "responder_head": [self.responder_head[0], self.responder_head[1].hex()],
                 "asked_from": [self.asked_from[0], self.asked_from[1].hex()],
+                "buckets": [_ref_json(r) for r in self.buckets],
+                "fresh": [[_ref_json(r), [b.encode().hex() for b in blocks]] for r, blocks in self.fresh.items()],
+                "problem": self.problem,
+                "nodes_asked": self.nodes_asked,
             }
         ).encode()
 
@@ -146,6 +159,13 @@ class Progress:
             evidence=evidence,
             responder_head=(raw["responder_head"][0], bytes.fromhex(raw["responder_head"][1])),
             asked_from=(raw["asked_from"][0], bytes.fromhex(raw["asked_from"][1])),
+            buckets=[_ref_from_json(r) for r in raw["buckets"]],
+            fresh={
+                _ref_from_json(r): [ReconciledBlock.decode(bytes.fromhex(b)) for b in blocks]
+                for r, blocks in raw["fresh"]
+            },
+            problem=raw["problem"],
+            nodes_asked=raw["nodes_asked"],
         )
 
     @property
@@ -168,19 +188,26 @@ class ReplyProblem(Exception):
     """The partner's reply cannot be true or cannot be read: the run needs a person."""
 
 
+class TooManyDifferences(Exception):
+    """The trees differ too widely to descend: the run stops at the totals."""
+
+
 class Reconciling(GatewayBase):
     """Reconciliation runs: started by an operator or the schedule, answered for partners, resolved by people."""
 
     # folding
 
     async def fold_trees(self, limit: int = 10_000) -> int:
-        """Fold recent ledger changes into the reconciliation tree and new log entries into the log's tree, in
-        one transaction; return how many ledger entries were folded. Nothing is written when nothing changed."""
+        """Fold recent ledger changes into the reconciliation tree, then new log entries into the log's tree,
+        each in its own transaction (a failure of one does not hold the other back); return how many ledger
+        entries were folded. Nothing is written when nothing changed."""
         async with self.store.read() as tx:
-            if not await tx.reconciliation_pending():
-                return 0
+            pending = await tx.reconciliation_pending()
+        folded = 0
+        if pending:
+            async with self.store.transaction() as tx:
+                folded = await tx.fold_reconciliation(self.party, limit)
         async with self.store.transaction() as tx:
-            folded = await tx.fold_reconciliation(self.party, limit)
             await tx.fold_log_tree()
         return folded
 
@@ -298,6 +325,26 @@ class Reconciling(GatewayBase):
                     field="run_id",
                 )
             now = self.clock()
+            if run.status is Status.MANUAL_INTERVENTION_REQUIRED:
+                # The person accepts the partner's message log as it is now: the next run checks from there.
+                known = await tx.partner_log_head(run.partner)
+                saw = known.partner_saw if known else 0
+                await tx.set_partner_log_head(run.partner, PartnerLogHead(0, merkle.EMPTY_ROOT, now, saw))
+            # Earlier unresolved runs with the partner are resolved with it: this run is the latest word on them.
+            for older in await tx.list_reconciliations(run.partner, limit=1000):
+                unresolved = older.status.freezes or older.status is Status.TOTALS_INCONSISTENT
+                earlier = older.started_at <= run.started_at and older.run_id != run_id
+                if unresolved and earlier and older.role is run.role:
+                    await tx.update_reconciliation(
+                        replace(
+                            older,
+                            status=Status.RESOLVED,
+                            resolved_reason=f"resolved with run {run_id}: {reason}",
+                            resolved_at=now,
+                            updated_at=now,
+                        )
+                    )
+                    await tx.unfreeze(older.run_id)
             run = replace(run, status=Status.RESOLVED, resolved_reason=reason, resolved_at=now, updated_at=now)
             await tx.update_reconciliation(run)
             await tx.unfreeze(run_id)
@@ -362,12 +409,14 @@ class Reconciling(GatewayBase):
             log.info("a reply from %s for run %s, which is %s: ignored", partner, run.run_id, run.status.name)
             return
         progress = Progress.decode(run.progress)
+        # This side's tree is compared as it is now: with the movements recorded since the run started.
+        await self._fold_all(tx)
         try:
             if int(reply.refusal) != int(ResponseCode.OK):
                 raise ReplyProblem(f"{partner} refused to answer: {reply.detail[:500]}")
             if reply.phase != progress.phase:
                 raise ReplyProblem(f"{partner} answered phase {reply.phase} while phase {progress.phase} was asked")
-            progress.responder_head = await self._check_reply_head(tx, partner, reply, progress.asked_from)
+            progress.responder_head = await self._check_reply_head(tx, partner, reply, progress)
             if reply.phase == PHASE_TOTALS:
                 await self._take_totals(tx, run, progress, reply)
             elif reply.phase == PHASE_BLOCKS:
@@ -376,16 +425,26 @@ class Reconciling(GatewayBase):
                 await self._take_evidence(run, progress, reply)
         except (GatewayError, ReplyProblem) as exc:
             text = exc.message if isinstance(exc, GatewayError) else str(exc)
-            await self._finish(tx, run, progress, [], Status.MANUAL_INTERVENTION_REQUIRED, text)
+            await self._finish(tx, run, progress, Status.MANUAL_INTERVENTION_REQUIRED, text)
+            return
+        except TooManyDifferences as exc:
+            await self._finish(tx, run, progress, Status.TOTALS_INCONSISTENT, str(exc))
             return
         await self._advance(tx, run, progress)
 
     async def _check_reply_head(
-        self, tx: Transaction, partner: str, reply: partner_pb2.ReconciliationReply, asked_from: tuple[int, bytes]
+        self,
+        tx: Transaction,
+        partner: str,
+        reply: partner_pb2.ReconciliationReply,
+        progress: Progress,
     ) -> tuple[int, bytes]:
-        """Check the responder's head against the one the request asked it to prove consistency from."""
+        """Check the responder's head against the one the request asked it to prove consistency from. A head
+        that is not an extension of it is noted in the progress (the run goes on, so that the blocks are still
+        compared, and ends asking for a person); a reply that cannot be read is a `ReplyProblem`."""
         size, root = head_from_proto(reply.head, "reconciliation_reply.head")
         proof = proof_from_proto(reply.consistency_proof, "reconciliation_reply.consistency_proof")
+        asked_from = progress.asked_from
         if reply.consistency_from != asked_from[0]:
             raise ReplyProblem(
                 f"{partner} proved its log consistent from {reply.consistency_from} entries, not from the"
@@ -395,8 +454,8 @@ class Reconciling(GatewayBase):
         shown = PartnerLogHead(asked_from[0], asked_from[1], known.seen_at if known else self.clock())
         problem = _rewritten(partner, shown, size, root, proof)
         if problem:
-            raise ReplyProblem(problem)
-        if known is None or size >= known.tree_size:
+            progress.problem = progress.problem or problem
+        elif not progress.problem and (known is None or size >= known.tree_size):
             await tx.set_partner_log_head(
                 partner, PartnerLogHead(size, root, self.clock(), min(reply.seen_head_size, 2**62))
             )
@@ -405,8 +464,8 @@ class Reconciling(GatewayBase):
     async def _take_totals(
         self, tx: Transaction, run: ReconciliationRun, progress: Progress, reply: partner_pb2.ReconciliationReply
     ) -> None:
-        if len(reply.totals) > 100_000:
-            raise ReplyProblem(f"{run.partner} sent {len(reply.totals)} groups")
+        if len(reply.totals) > MAX_GROUPS:
+            raise ReplyProblem(f"{run.partner} sent {len(reply.totals)} groups; at most {MAX_GROUPS} are compared")
         theirs: dict[GroupKey, Totals] = {}
         for i, item in enumerate(reply.totals):
             group = group_from_proto(item.group, f"reconciliation_reply.totals[{i}].group")
@@ -462,10 +521,23 @@ class Reconciling(GatewayBase):
         if not answered and progress.asked:
             raise ReplyProblem(f"{run.partner} answered none of the {len(progress.asked)} nodes asked")
         progress.asked = []
+        if progress.nodes_asked + len(progress.pending) > MAX_NODES_PER_RUN:
+            raise TooManyDifferences(
+                f"the trees differ in more than {MAX_NODES_PER_RUN} nodes: the run stops at the totals; compare"
+                " the two ledgers with the partner directly"
+            )
 
     async def _take_evidence(
         self, run: ReconciliationRun, progress: Progress, reply: partner_pb2.ReconciliationReply
     ) -> None:
+        asked_buckets = set(progress.asked)
+        for i, node in enumerate(reply.nodes):
+            view = view_from_proto(node, f"reconciliation_reply.nodes[{i}]")
+            if view.ref not in asked_buckets or view.ref in progress.fresh or view.blocks is None:
+                raise ReplyProblem(f"{run.partner} answered for a bucket not asked: {view.ref}")
+            progress.fresh[view.ref] = list(view.blocks)
+        progress.buckets = [r for r in progress.asked if r not in progress.fresh] + progress.buckets
+        progress.asked = []
         size, root = progress.responder_head
         asked = set(progress.transfers[:MAX_TRANSFERS_PER_REQUEST])
         for i, item in enumerate(reply.transfers):
@@ -490,8 +562,8 @@ class Reconciling(GatewayBase):
                     )
             progress.evidence[item.transfer_id] = item
         progress.transfers = [t for t in progress.transfers if t not in progress.evidence]
-        if not reply.transfers and progress.transfers:
-            raise ReplyProblem(f"{run.partner} answered none of the transfers asked")
+        if not reply.transfers and not reply.nodes:
+            raise ReplyProblem(f"{run.partner} answered none of the buckets and transfers asked")
 
     async def _advance(self, tx: Transaction, run: ReconciliationRun, progress: Progress) -> None:
         """Send the next request, or finish the run."""
@@ -500,7 +572,6 @@ class Reconciling(GatewayBase):
                 tx,
                 run,
                 progress,
-                [],
                 Status.TOTALS_INCONSISTENT,
                 f"more than {MAX_DIFFERENCES} blocks differ: the run stops at the totals; compare the two ledgers"
                 " with the partner directly",
@@ -510,18 +581,38 @@ class Reconciling(GatewayBase):
             if progress.pending:
                 progress.asked = progress.pending[:MAX_REFS_PER_REQUEST]
                 progress.pending = progress.pending[MAX_REFS_PER_REQUEST:]
+                progress.nodes_asked += len(progress.asked)
                 await self._request(tx, run, progress, nodes=progress.asked)
                 return
-            transfers = {b.transfer_id for b in progress.mine_only + progress.theirs_only}
-            transfers.update(b.transfer_id for b, _, _ in progress.repeated)
-            progress.transfers = sorted(transfers)
+            found = [*progress.mine_only, *progress.theirs_only, *(b for b, _, _ in progress.repeated)]
+            progress.buckets = sorted({NodeRef(b.group, DEPTH, b.bucket) for b in found})
+            progress.transfers = sorted({b.transfer_id for b in found})
             progress.phase = PHASE_AUDIT
-        if progress.phase == PHASE_AUDIT and progress.transfers:
-            await self._request(tx, run, progress, transfer_ids=progress.transfers[:MAX_TRANSFERS_PER_REQUEST])
+        if progress.phase == PHASE_AUDIT and (progress.transfers or progress.buckets):
+            progress.asked = progress.buckets[:MAX_REFS_PER_REQUEST]
+            progress.buckets = progress.buckets[MAX_REFS_PER_REQUEST:]
+            await self._request(
+                tx, run, progress, nodes=progress.asked, transfer_ids=progress.transfers[:MAX_TRANSFERS_PER_REQUEST]
+            )
             return
-        differences = pair_differences(progress.mine_only, progress.theirs_only)
-        differences += [repeated_difference(b, m, t) for b, m, t in progress.repeated]
-        await self._finish(tx, run, progress, differences, None, "")
+        await self._finish(tx, run, progress, None, "")
+
+    async def _confirmed(self, tx: Transaction, run: ReconciliationRun, progress: Progress) -> list[Difference]:
+        """The differences phase 2 found, compared again bucket by bucket as both sides hold them now: each side
+        read its bucket and its transfer states in one transaction, so a movement recorded meanwhile is no
+        difference, and one still on its way shows as a transfer still open."""
+        mine_only: list[ReconciledBlock] = []
+        theirs_only: list[ReconciledBlock] = []
+        repeated: list[tuple[ReconciledBlock, int, int]] = []
+        for ref, theirs in sorted(progress.fresh.items()):
+            step = compare_views(
+                listed_view(ref, await tx.reconciliation_blocks(run.partner, ref)), listed_view(ref, theirs)
+            )
+            mine_only.extend(step.mine_only)
+            theirs_only.extend(step.theirs_only)
+            repeated.extend(step.repeated)
+        differences = pair_differences(mine_only, theirs_only)
+        return differences + [repeated_difference(b, m, t) for b, m, t in repeated]
 
     async def _save(self, tx: Transaction, run: ReconciliationRun, progress: Progress) -> None:
         await tx.update_reconciliation(replace(run, progress=progress.encode(), updated_at=self.clock()))
@@ -537,12 +628,12 @@ class Reconciling(GatewayBase):
         tx: Transaction,
         run: ReconciliationRun,
         progress: Progress,
-        differences: list[Difference],
         status: Status | None,
         detail: str,
     ) -> None:
         """Classify the differences, freeze their blocks, sign the report, keep it and send it."""
         size, root = await self._own_head(tx)
+        differences = await self._confirmed(tx, run, progress) if status is None else []
         kept: list[Difference] = []
         in_flight: set[str] = set()
         for difference in differences:
@@ -561,6 +652,8 @@ class Reconciling(GatewayBase):
                 kept.append(classified)
         if status is None:
             status = status_of(kept)
+        if progress.problem and status is not Status.MANUAL_INTERVENTION_REQUIRED:
+            status, detail = Status.MANUAL_INTERVENTION_REQUIRED, progress.problem
         report = partner_pb2.ReconciliationReport(
             run_id=run.run_id,
             requester=self.party,
@@ -587,7 +680,7 @@ class Reconciling(GatewayBase):
         report.consistency_proof.extend(await self._consistency(tx, partner_saw, size))
         self._fit_report(run.partner, report)
         if status.freezes:
-            await tx.freeze(run.run_id, [(b.space, b.serial_start, b.serial_end) for d in kept for b in d.blocks])
+            await tx.freeze(run.run_id, await _freezable(tx, run.partner, [b for d in kept for b in d.blocks]))
         signed = sign_envelope(REPORT_PAYLOAD_TYPE, report.SerializeToString(), [self._exchange.signer])
         now = self.clock()
         await tx.update_reconciliation(
@@ -639,48 +732,67 @@ class Reconciling(GatewayBase):
     async def _on_reconciliation_request(
         self, tx: Transaction, partner: str, request: partner_pb2.ReconciliationRequest
     ) -> None:
-        """Answer a request from ``partner``. A request that cannot be read is answered with a refusal, so the
-        requester's run ends instead of waiting."""
+        """Answer a request from ``partner``. Whatever goes wrong is answered with a refusal (the response code
+        and what went wrong), so the requester's run ends instead of waiting."""
         reply = partner_pb2.ReconciliationReply(run_id=request.run_id[:128], phase=request.phase)
+        try:
+            async with tx.savepoint():
+                await self._answer(tx, partner, request, reply)
+        except Exception as exc:
+            refusal = exc if isinstance(exc, GatewayError) else None
+            if refusal is None:
+                log.exception("answering %s's reconciliation request %s failed", partner, request.run_id[:64])
+                refusal = GatewayError(
+                    ResponseCode.INTERNAL_ERROR,
+                    f"{self.party} failed while answering; its operator finds why in its log"
+                    f" ({exc.__class__.__name__})",
+                )
+            for name in ("totals", "nodes", "transfers", "consistency_proof"):
+                del getattr(reply, name)[:]
+            reply.refusal = refusal.code  # type: ignore[assignment]
+            where = f" (field {refusal.field})" if refusal.field else ""
+            reply.detail = (refusal.message[:1000] + where)[:1200]
+        known = await tx.partner_log_head(partner)
+        reply.seen_head_size = known.tree_size if known else 0
+        await self._exchange.enqueue(tx, partner, reconciliation_reply=reply)
+
+    async def _answer(
+        self,
+        tx: Transaction,
+        partner: str,
+        request: partner_pb2.ReconciliationRequest,
+        reply: partner_pb2.ReconciliationReply,
+    ) -> None:
         await self._fold_all(tx)
         size, root = await self._own_head(tx)
         reply.head.CopyFrom(head_to_proto(size, root))
         reply.consistency_from = request.seen_head_size if request.seen_head_size <= size else 0
         reply.consistency_proof.extend(await self._consistency(tx, reply.consistency_from, size))
-        try:
-            check_identifier(request.run_id, "reconciliation_request.run_id")
-            await self._note_requester(tx, partner, request)
-            if request.phase == PHASE_TOTALS:
-                totals = await tx.reconciliation_totals(partner)
-                reply.totals.extend(
-                    partner_pb2.GroupTotals(group=group_to_proto(g), totals=totals_to_proto(t))
-                    for g, t in sorted(totals.items())
-                )
-                if reply.ByteSize() > _budget(self, partner):
-                    raise GatewayError(
-                        ResponseCode.ENVELOPE_TOO_LARGE,
-                        f"the totals of {len(totals)} groups do not fit in one message to {partner}",
-                    )
-            elif request.phase == PHASE_BLOCKS:
-                await self._answer_nodes(tx, partner, request, reply)
-            elif request.phase == PHASE_AUDIT:
-                await self._answer_transfers(tx, partner, request, reply, size)
-            else:
+        check_identifier(request.run_id, "reconciliation_request.run_id")
+        await self._note_requester(tx, partner, request)
+        if request.phase == PHASE_TOTALS:
+            totals = await tx.reconciliation_totals(partner)
+            reply.totals.extend(
+                partner_pb2.GroupTotals(group=group_to_proto(g), totals=totals_to_proto(t))
+                for g, t in sorted(totals.items())
+            )
+            if reply.ByteSize() > _budget(self, partner):
                 raise GatewayError(
-                    ResponseCode.MALFORMED_PAYLOAD,
-                    f"unknown phase {request.phase}",
-                    field="reconciliation_request.phase",
+                    ResponseCode.ENVELOPE_TOO_LARGE,
+                    f"the totals of {len(totals)} groups do not fit in one message to {partner}",
                 )
-        except GatewayError as exc:
-            del reply.totals[:]
-            del reply.nodes[:]
-            del reply.transfers[:]
-            reply.refusal = exc.code  # type: ignore[assignment]
-            where = f" (field {exc.field})" if exc.field else ""
-            reply.detail = (exc.message[:1000] + where)[:1200]
-        known = await tx.partner_log_head(partner)
-        reply.seen_head_size = known.tree_size if known else 0
-        await self._exchange.enqueue(tx, partner, reconciliation_reply=reply)
+        elif request.phase == PHASE_BLOCKS:
+            await self._answer_nodes(tx, partner, request, reply)
+        elif request.phase == PHASE_AUDIT:
+            # The buckets first: each is the latest record of a differing block, read with the transfer states.
+            await self._answer_nodes(tx, partner, request, reply)
+            await self._answer_transfers(tx, partner, request, reply, size)
+        else:
+            raise GatewayError(
+                ResponseCode.MALFORMED_PAYLOAD,
+                f"unknown phase {request.phase}",
+                field="reconciliation_request.phase",
+            )
 
     async def _note_requester(self, tx: Transaction, partner: str, request: partner_pb2.ReconciliationRequest) -> None:
         """Check the requester's log head against the one it showed last, and keep the run on this side."""
@@ -688,9 +800,11 @@ class Reconciling(GatewayBase):
         proof = proof_from_proto(request.consistency_proof, "reconciliation_request.consistency_proof")
         now = self.clock()
         run = await tx.get_reconciliation(request.run_id)
-        if run is not None and run.partner != partner:
+        if run is not None and (run.partner != partner or run.role is not RunRole.RESPONDER):
             raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT, "the run ID belongs to another partner", field="reconciliation_request"
+                ResponseCode.INVALID_ARGUMENT,
+                "the run ID belongs to another run",
+                field="reconciliation_request.run_id",
             )
         if run is None:
             snapshot = wire.from_timestamp(request.snapshot_at) if request.HasField("snapshot_at") else now
@@ -759,7 +873,7 @@ class Reconciling(GatewayBase):
             check_identifier(transfer_id, f"reconciliation_request.transfer_ids[{i}]")
             evidence = await self._evidence(tx, transfer_id, partner, size)
             if reply.ByteSize() + evidence.ByteSize() + 16 > budget:
-                if reply.transfers:
+                if reply.transfers or reply.nodes:
                     break
                 # Alone and still too large: its last messages are left out, and counted.
                 while evidence.messages and reply.ByteSize() + evidence.ByteSize() + 16 > budget:
@@ -791,21 +905,18 @@ class Reconciling(GatewayBase):
                 blocks.append(block_from_proto(block, f"reconciliation_report.differences[{i}].blocks[{j}]"))
         now = self.clock()
         run = await tx.get_reconciliation(report.run_id)
-        if run is not None and (run.partner != partner or run.role is not RunRole.RESPONDER):
+        if run is None or run.partner != partner or run.role is not RunRole.RESPONDER:
             raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT, "the run ID belongs to another run", field="reconciliation_report"
+                ResponseCode.INVALID_ARGUMENT,
+                f"no reconciliation run {report.run_id[:64]!r} of {partner}'s was answered here",
+                field="reconciliation_report.run_id",
             )
-        if run is None:
-            run = ReconciliationRun(
-                run_id=report.run_id,
-                partner=partner,
-                role=RunRole.RESPONDER,
-                status=Status.RUNNING,
-                snapshot_at=wire.from_timestamp(report.snapshot_at) if report.HasField("snapshot_at") else now,
-                started_at=now,
-                updated_at=now,
+        if run.status is not Status.RUNNING and run.report:
+            raise GatewayError(
+                ResponseCode.INVALID_STATE,
+                f"run {run.run_id} already has its report ({run.status.name})",
+                field="reconciliation_report.run_id",
             )
-            await tx.insert_reconciliation(run)
         detail = report.detail[:2000]
         if run.status is Status.MANUAL_INTERVENTION_REQUIRED:
             status, detail = run.status, run.detail  # this side found the requester's log rewritten
@@ -820,15 +931,7 @@ class Reconciling(GatewayBase):
                 else:
                     await tx.set_partner_log_head(partner, PartnerLogHead(*head, now, known.partner_saw))
         if status.freezes:
-            # Only units of transfers with this partner: a report cannot freeze what never passed between the two.
-            ours: dict[str, bool] = {}
-            for listed in blocks:
-                if listed.transfer_id not in ours:
-                    transfer = await tx.get_transfer(listed.transfer_id)
-                    ours[listed.transfer_id] = transfer is not None and transfer.partner == partner
-            await tx.freeze(
-                run.run_id, [(b.space, b.serial_start, b.serial_end) for b in blocks if ours[b.transfer_id]]
-            )
+            await tx.freeze(run.run_id, await _freezable(tx, partner, blocks))
         await tx.update_reconciliation(
             replace(run, status=status, detail=detail, report=report.SerializeToString(), updated_at=now)
         )
@@ -846,6 +949,27 @@ def _budget(gateway: Reconciling, partner: str) -> int:
     found = gateway._exchange.partners.get(partner)
     cap = found.max_envelope_bytes if found else 1 << 20
     return cap - ENVELOPE_MARGIN_BYTES - 512
+
+
+async def _freezable(
+    tx: Transaction, partner: str, blocks: Sequence[ReconciledBlock]
+) -> list[tuple[SerialSpace, int, int]]:
+    """The ranges to freeze here for ``blocks``: only what this side's own record of each block's transfer with
+    ``partner`` covers. A partner's answer or report cannot freeze units that never passed between the two."""
+    ranges: set[tuple[SerialSpace, int, int]] = set()
+    transfers: dict[str, Transfer | None] = {}
+    for block in blocks:
+        if block.transfer_id not in transfers:
+            found = await tx.get_transfer(block.transfer_id)
+            transfers[block.transfer_id] = found if found is not None and found.partner == partner else None
+        transfer = transfers[block.transfer_id]
+        if transfer is None:
+            continue
+        for own in transfer.terms.blocks:
+            start, end = max(own.start, block.serial_start), min(own.end, block.serial_end)
+            if own.space == block.space and start <= end:
+                ranges.add((own.space, start, end))
+    return sorted(ranges, key=lambda r: (r[0].unit_kind, r[0].issuing_registry, r[0].issuance, r[1], r[2]))
 
 
 def _too_small(partner: str, what: str, size: int, budget: int) -> GatewayError:

@@ -372,7 +372,8 @@ class OperatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReconciliations(self, request, context):
-        """The latest runs, newest first: those this gateway started and those partners started with it.
+        """The latest runs, newest first: those this gateway started and those partners started with it (without
+        their reports: GetReconciliation gives one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -93,7 +93,9 @@ class OperatorServiceStub:
     """
     GetReconciliation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetReconciliationRequest, _operator_pb2.Reconciliation]
     ListReconciliations: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListReconciliationsRequest, _operator_pb2.ListReconciliationsResponse]
-    """The latest runs, newest first: those this gateway started and those partners started with it."""
+    """The latest runs, newest first: those this gateway started and those partners started with it (without
+    their reports: GetReconciliation gives one).
+    """
     ResolveReconciliation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ResolveReconciliationRequest, _operator_pb2.Reconciliation]
     """Resolves an inconsistent run with the reason a person gives: its frozen blocks move again."""
 
@@ -158,7 +160,9 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """
     GetReconciliation: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetReconciliationRequest, _operator_pb2.Reconciliation]  # type: ignore[assignment]
     ListReconciliations: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListReconciliationsRequest, _operator_pb2.ListReconciliationsResponse]  # type: ignore[assignment]
-    """The latest runs, newest first: those this gateway started and those partners started with it."""
+    """The latest runs, newest first: those this gateway started and those partners started with it (without
+    their reports: GetReconciliation gives one).
+    """
     ResolveReconciliation: _aio.UnaryUnaryMultiCallable[_operator_pb2.ResolveReconciliationRequest, _operator_pb2.Reconciliation]  # type: ignore[assignment]
     """Resolves an inconsistent run with the reason a person gives: its frozen blocks move again."""
 
@@ -388,7 +392,9 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.ListReconciliationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ListReconciliationsResponse, _abc.Awaitable[_operator_pb2.ListReconciliationsResponse]]:
-        """The latest runs, newest first: those this gateway started and those partners started with it."""
+        """The latest runs, newest first: those this gateway started and those partners started with it (without
+        their reports: GetReconciliation gives one).
+        """
 
     @_abc_1.abstractmethod
     def ResolveReconciliation(

@@ -1,0 +1,275 @@
+"""Reconciliation under races and a hostile partner: what an outside review of the first version found.
+
+A movement recorded while a run is under way is no difference; units frozen while their transfer waits do not
+leave; a partner's answer or report freezes only what its transfers with this gateway moved; a descent whose
+answers do not add up ends for a person; a partner's rewritten log is still compared block by block, and
+resolving the run accepts the partner's log as it is now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway.demo import DEMO_AUTHORIZATION, start_pair, wait_for_state
+from gateway.domain.blocks import MAX_SERIAL, SerialSpace
+from gateway.domain.errors import ResponseCode
+from gateway.domain.protocol import DecisionPolicy
+from gateway.domain.reconciliation import DifferenceKind, ReconciledBlock, Status
+from gateway.reconciliation_wire import block_to_proto, ref_to_proto
+from gateway.usecases.base import Idempotency
+from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts
+from tests.integration.test_reconciliation import (
+    AUDIT,
+    BLOCKS,
+    EMPTY_HEAD,
+    ROOT,
+    TOTALS,
+    _listed,
+    back_request,
+    crafter_for,
+    database,
+    differences,
+    finished,
+    frozen,
+    move,
+    reconcile,
+    refusal,
+    reply,
+    report_of,
+    rewrite_log,
+    send,
+    three_transfers,
+)
+
+SPACE = SerialSpace("CCER", "CN-CCER")
+
+
+@pytest.mark.asyncio
+async def test_a_transfer_completing_during_a_run_is_no_difference(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        async with operator(pair.che) as che:
+            await che.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
+            )
+        await move(pair, [(1, 50)], "t0")
+        assert (await reconcile(pair.chn, "CHE", "first")).status is Status.CONSISTENT
+        # CHE sends 10-20 back. Its Completion waits in CHE's outbox while CHN starts a run, and reaches CHN just
+        # before CHE's answer: CHN records the acquisition in the middle of its own run.
+        async with operator(pair.che) as che, operator(pair.chn) as chn:
+            sent = await che.ProposeTransfer(back_request([(10, 20)], "back"))
+            await wait_for_state(chn, sent.transfer_id, {records_pb2.ACCEPTED, records_pb2.COMPLETED})
+            await pair.che.outbox.stop()
+            await wait_for_state(che, sent.transfer_id, {records_pb2.COMPLETED})
+            started = await pair.chn.core.gateway.start_reconciliation(Idempotency("t", "r", "k2", ""), "CHE")
+            deadline = time.monotonic() + 5
+            while True:
+                async with pair.che.store.read() as tx:
+                    if await tx.get_reconciliation(started.run_id) is not None:
+                        break
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.005)
+            pair.che.outbox.start()
+            pair.che.outbox.wake()
+            done = await finished(pair.chn, started.run_id)
+            assert done.status is Status.CONSISTENT, (done.detail, differences(report_of(done)))
+            assert await frozen(pair.chn, 1, 1000) == []
+            got = await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=sent.transfer_id))
+            assert got.state == records_pb2.COMPLETED
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_units_frozen_while_their_transfer_waits_do_not_leave(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)
+        await pair.chn.outbox.stop()
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 10, 20, "waiting"))
+            async with pair.chn.store.transaction() as tx:
+                await tx.freeze("run-x", [(SPACE, 1, 100)])
+            pair.chn.outbox.start()
+            pair.chn.outbox.wake()
+            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.CANCELLED
+            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.CANCELLED
+            held = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001"))).holdings
+            assert sum(h.block.end - h.block.start + 1 for h in held if h.status == "held") == 1000
+            assert (await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings == []
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_held_proposal_of_frozen_units_is_not_accepted(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path, policy=DecisionPolicy())  # no rule: every proposal is held for a person
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 10, 20, "held"))
+            await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+            async with pair.che.store.transaction() as tx:
+                await tx.freeze("run-y", [(SPACE, 15, 15)])
+            decide = operator_pb2.DecideTransferRequest(
+                idempotency_key="d1", transfer_id=proposed.transfer_id, accept=True
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.DecideTransfer(decide)
+            assert refusal(caught.value) == (ResponseCode.BLOCK_FROZEN, "accept")
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_hostile_report_freezes_only_what_the_named_transfer_moved(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        t0 = await move(pair, [(1, 50)], "t0")
+        wide = ReconciledBlock(
+            t0, "CHN", "CHE", "CCER", "CN-CCER", "", 1, MAX_SERIAL, 2025, "CA0001", "CHN-A-0001", "NDC", True, "CHN"
+        )
+        difference = partner_pb2.BlockDifference(
+            kind=partner_pb2.QUANTITY, transfer_id=t0, requester_blocks=[block_to_proto(wide)]
+        )
+
+        def report(run_id: str) -> partner_pb2.ReconciliationReport:
+            return partner_pb2.ReconciliationReport(
+                run_id=run_id,
+                requester="CHE",
+                responder="CHN",
+                status=partner_pb2.BLOCKS_INCONSISTENT,
+                requester_head=EMPTY_HEAD,
+                responder_head=EMPTY_HEAD,
+                differences=[difference],
+            )
+
+        run = await reconcile(pair.che, "CHN", "r1")
+        assert run.status is Status.CONSISTENT
+        await settle(pair.chn, pair.che)  # CHE's real statements are all taken in: the crafted ones follow them
+        async with pair.chn.store.transaction() as tx:  # as if CHE's report had not come yet
+            kept = await tx.get_reconciliation(run.run_id)
+            assert kept is not None and kept.report
+            await tx.update_reconciliation(dataclasses.replace(kept, status=Status.RUNNING, report=b""))
+        crafter = await crafter_for(pair)
+        # A report for a run this side never answered is refused, and freezes nothing.
+        receipt = await send(pair, crafter, reconciliation_report=report("never-asked"))
+        assert ResponseCode(receipt.code) is ResponseCode.INVALID_ARGUMENT
+        assert await frozen(pair.chn, 1, MAX_SERIAL) == []
+        # For a run it answered: only the units transfer t0 moved are frozen, not the range the report claims.
+        receipt = await send(pair, crafter, reconciliation_report=report(run.run_id))
+        assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
+        assert await frozen(pair.chn, 1, 50) == [run.run_id]
+        assert await frozen(pair.chn, 51, MAX_SERIAL) == []
+        # A second report for the same run is refused: a resolved run is never frozen again by it.
+        receipt = await send(pair, crafter, reconciliation_report=report(run.run_id))
+        assert ResponseCode(receipt.code) is ResponseCode.INVALID_STATE
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_hostile_answer_freezes_nothing_the_named_transfer_did_not_move(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        await move(pair, [(1, 50)], "t0")
+        async with pair.chn.store.transaction() as tx:
+            await tx.fold_reconciliation("CHN")
+            mine = await tx.reconciliation_blocks("CHE", ROOT)
+        await pair.chn.outbox.stop()
+        crafter = await crafter_for(pair)
+        gateway = pair.chn.core.gateway
+        run = await gateway.start_reconciliation(Idempotency("test", "reconcile", "h", ""), "CHE")
+        bogus = dataclasses.replace(mine[0], transfer_id="bogus-transfer", serial_start=1, serial_end=MAX_SERIAL)
+        bucket = dataclasses.replace(ROOT, level=4, prefix=bogus.bucket)
+        answers = [
+            reply(run.run_id, TOTALS),
+            reply(run.run_id, BLOCKS, nodes=[_listed([mine[0], bogus])]),
+            reply(
+                run.run_id,
+                AUDIT,
+                nodes=[_listed([bogus], ref=bucket)],
+                transfers=[partner_pb2.TransferEvidence(transfer_id="bogus-transfer")],
+            ),
+        ]
+        for answer in answers:
+            await send(pair, crafter, reconciliation_reply=answer)
+        ended = await gateway.get_reconciliation(run.run_id)
+        assert ended.status is Status.BLOCKS_INCONSISTENT, ended.detail
+        found = differences(report_of(ended))
+        assert [(kind, transfer) for kind, transfer, _ in found] == [
+            (DifferenceKind.MISSING_AT_REQUESTER, "bogus-transfer")
+        ]
+        assert await frozen(pair.chn, 1, MAX_SERIAL) == [], "a transfer unknown here freezes nothing here"
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_children_that_do_not_add_up_end_the_run_for_a_person(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        await move(pair, [(1, 50)], "t0")
+        await pair.chn.outbox.stop()
+        crafter = await crafter_for(pair)
+        gateway = pair.chn.core.gateway
+        run = await gateway.start_reconciliation(Idempotency("test", "reconcile", "h", ""), "CHE")
+        fake = partner_pb2.ReconciliationTotals(blocks=1000, quantity="1000", digest=b"\x07" * 32)
+        groups = [partner_pb2.GroupTotals(group=ref_to_proto(ROOT).group, totals=fake)]
+        await send(pair, crafter, reconciliation_reply=reply(run.run_id, TOTALS, totals=groups))
+        view = partner_pb2.TreeNodeView(
+            ref=ref_to_proto(ROOT),
+            totals=fake,
+            children=[partner_pb2.ChildTotals(prefix=i, totals=fake) for i in range(16)],
+        )
+        await send(pair, crafter, reconciliation_reply=reply(run.run_id, BLOCKS, nodes=[view]))
+        ended = await gateway.get_reconciliation(run.run_id)
+        assert ended.status is Status.MANUAL_INTERVENTION_REQUIRED
+        assert "do not add up" in ended.detail and "children" in ended.detail
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_rewritten_log_is_still_compared_and_resolving_accepts_it(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        transfers = await three_transfers(pair)
+        assert (await reconcile(pair.chn, "CHE", "first")).status is Status.CONSISTENT
+        rewrite_log(tmp_path / "che.db")
+        with database(tmp_path / "che.db") as db:  # and CHE lost one acquisition, as a restored backup would
+            db.execute(
+                "DELETE FROM ledger WHERE entry_id = (SELECT MIN(entry_id) FROM ledger"
+                " WHERE action_type = 'Acquisition' AND transfer_id = ?)",
+                (transfers[0],),
+            )
+        run = await reconcile(pair.chn, "CHE", "second")
+        assert run.status is Status.MANUAL_INTERVENTION_REQUIRED
+        assert run.detail.startswith("CHE's message log was rewritten")
+        found = differences(report_of(run, pair.chn))
+        assert [(kind, transfer) for kind, transfer, _ in found] == [
+            (DifferenceKind.MISSING_AT_RESPONDER, transfers[0])
+        ]
+        assert await frozen(pair.chn, 1, 1000) != []
+        async with operator(pair.chn) as chn:
+            await chn.ResolveReconciliation(
+                operator_pb2.ResolveReconciliationRequest(
+                    idempotency_key="accept", run_id=run.run_id, reason="CHE restored a backup; books compared"
+                )
+            )
+        assert await frozen(pair.chn, 1, 1000) == []
+        again = await reconcile(pair.chn, "CHE", "third")
+        assert again.status is Status.BLOCKS_INCONSISTENT, again.detail  # the log is accepted; the block is not
+    finally:
+        await pair.stop()
