@@ -210,7 +210,7 @@ class ReconciledBlock:
     @property
     def digest(self) -> bytes:
         """SHA-256 of the canonical bytes, domain-separated."""
-        return hashlib.sha256(_LEAF_DOMAIN + self.encode()).digest()
+        return digest_of(self.encode())
 
     def describe(self) -> str:
         """The block as a person reads it."""
@@ -219,6 +219,11 @@ class ReconciledBlock:
             f"{self.unit_kind} {self.issuing_registry}{issuance} [{self.serial_start}, {self.serial_end}]"
             f" of transfer {self.transfer_id}"
         )
+
+
+def digest_of(encoded: bytes) -> bytes:
+    """The digest of a block from its canonical bytes (`ReconciledBlock.encode`)."""
+    return hashlib.sha256(_LEAF_DOMAIN + encoded).digest()
 
 
 def _encode_strings(values: Sequence[str]) -> bytes:

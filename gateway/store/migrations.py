@@ -350,7 +350,7 @@ MIGRATIONS = (
             quantity_low BIGINT NOT NULL,
             h0 BIGINT NOT NULL, h1 BIGINT NOT NULL, h2 BIGINT NOT NULL, h3 BIGINT NOT NULL,
             h4 BIGINT NOT NULL, h5 BIGINT NOT NULL, h6 BIGINT NOT NULL, h7 BIGINT NOT NULL,
-            PRIMARY KEY (partner, group_key, level, prefix)
+            PRIMARY KEY (partner, level, group_key, prefix)
         ) WITHOUT ROWID;
         CREATE TABLE reconciliation_runs (
             run_id TEXT PRIMARY KEY,

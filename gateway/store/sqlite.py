@@ -30,6 +30,7 @@ from gateway.domain.reconciliation import (
     Status,
     Totals,
     bucket_range,
+    digest_of,
     digest_of_limbs,
     limbs,
     log_leaf,
@@ -1025,8 +1026,9 @@ class SQLiteTransaction:
                 if found is None:
                     continue
                 partner, block = found
-                group, bucket, digest = block.group.text(), block.bucket, block.digest
-                leaves.append((row["entry_id"], partner, group, bucket, block.encode(), digest, block.quantity))
+                body = block.encode()
+                group, bucket, digest = block.group.text(), block.bucket, digest_of(body)
+                leaves.append((row["entry_id"], partner, group, bucket, body, digest, block.quantity))
                 add(partner, group, bucket, block.quantity, digest, 1)
             self._db.executemany("INSERT INTO reconciliation_leaves VALUES (?, ?, ?, ?, ?, ?, ?)", leaves)
             self._db.execute(f"DELETE FROM reconciliation_dirty WHERE entry_id IN ({marks})", chunk)

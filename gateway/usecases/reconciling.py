@@ -197,7 +197,7 @@ class Reconciling(GatewayBase):
 
     # folding
 
-    async def fold_trees(self, limit: int = 10_000) -> int:
+    async def fold_trees(self, limit: int = 2_000) -> int:
         """Fold recent ledger changes into the reconciliation tree, then new log entries into the log's tree,
         each in its own transaction (a failure of one does not hold the other back); return how many ledger
         entries were folded. Nothing is written when nothing changed."""

@@ -12,7 +12,13 @@ from pathlib import Path
 from tests.bench.common import Figure
 
 # Each module exposes run() -> list[Figure]; later issues append theirs.
-MODULES = ("tests.bench.envelopes", "tests.bench.transfer", "tests.bench.mapping", "tests.bench.ledger")
+MODULES = (
+    "tests.bench.envelopes",
+    "tests.bench.transfer",
+    "tests.bench.mapping",
+    "tests.bench.ledger",
+    "tests.bench.reconciliation",
+)
 
 
 def main() -> int:
