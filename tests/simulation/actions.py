@@ -7,18 +7,23 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from carbon_gateway.v1 import envelope_pb2, operator_pb2, partner_pb2, records_pb2
 from gateway import wire
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.errors import ResponseCode
+from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.nomenclature import fold
+from gateway.domain.reconciliation import Status, reconciled_block
 from gateway.domain.statements import ChannelState
 from gateway.domain.transfer import TransferRole, TransferState
 from gateway.rpc.errors import read_error_detail
-from gateway.store.base import BlockStatus, OutboxState
+from gateway.store.base import BlockStatus, OutboxState, RunRole
+from gateway.store.sqlite import SQLiteStore, SQLiteTransaction
+from gateway.usecases.base import Idempotency
+from gateway.usecases.reconciling import ABANDON_AFTER
 from signing import Role, TrustDocument, sign_envelope, sign_trust_document
 from tests.integration.harness import Crafter
 from tests.simulation.world import (
@@ -28,8 +33,11 @@ from tests.simulation.world import (
     OWN_SPACES,
     PARTIES,
     START,
+    Corruption,
+    CrashingStore,
     SimAbort,
     SimCrash,
+    SimRun,
     World,
     accounts_of,
     signer_from,
@@ -125,6 +133,28 @@ def _expect_refusal(answer: object, world: World, what: str, expected: set[Respo
             f"{what}: refused with {code.name}, expected one of {sorted(c.name for c in expected)}:"
             f" {answer.details[:200]}"
         )
+
+
+async def _frozen(world: World, party: str, selections: Sequence[operator_pb2.BlockSelection]) -> bool:
+    """Whether a selection shares a unit with a range a reconciliation run froze at ``party``."""
+    node = world.nodes[party]
+    assert node.core is not None
+    async with node.core.store.read() as tx:
+        for selection in selections:
+            space = SerialSpace(selection.space.unit_kind, selection.space.issuing_registry, selection.space.issuance)
+            if await tx.frozen_by(space, selection.start, selection.end):
+                return True
+    return False
+
+
+def _check_freeze(answer: object, frozen: bool, what: str) -> None:
+    """Frozen units never move, and only frozen units are refused as frozen (`ResponseCode.BLOCK_FROZEN`)."""
+    if frozen and not isinstance(answer, SimAbort):
+        raise ActionFailed(f"{what}: accepted, but a selected unit is frozen by a reconciliation discrepancy")
+    if isinstance(answer, SimAbort) and not frozen:
+        detail = read_error_detail(answer.metadata)
+        if detail is not None and int(detail.code) == int(ResponseCode.BLOCK_FROZEN):
+            raise ActionFailed(f"{what}: refused as frozen, but no selected unit is frozen: {answer.details[:160]}")
 
 
 async def setup(world: World) -> None:
@@ -299,8 +329,11 @@ async def propose(world: World, party: str) -> None:
         purpose=purpose,
         adjustment_method="single-year averaging",
     )
+    frozen = await _frozen(world, party, request.selections)
     answer = await world.call(party, "ProposeTransfer", request)
-    world.note(f"{party} proposes {block.describe()} {selections} to {partner}/{account} under {authorization}")
+    what = f"{party} proposes {block.describe()} {selections} to {partner}/{account} under {authorization}"
+    world.note(what)
+    _check_freeze(answer, frozen, what)
     if _refused(answer, world, "propose"):
         return
     assert not isinstance(answer, SimAbort)
@@ -371,10 +404,13 @@ async def sweep(world: World, party: str) -> None:
         return
     try:
         changed = await node.core.gateway.sweep()
+        # The core's background loop folds the ledger's changes into the reconciliation tree after its sweeps
+        # (`GatewayCore._sweep`, every few seconds, more often than it sweeps): so does the simulation.
+        folded = await node.core.gateway.fold_trees()
     except SimCrash as crash:
         world.crashed(party, crash)
         return
-    world.note(f"{party} sweeps: {[t.transfer_id for t in changed]}")
+    world.note(f"{party} sweeps: {[t.transfer_id for t in changed]}, folds {folded}")
 
 
 async def rotate(world: World, party: str) -> None:
@@ -562,13 +598,17 @@ async def retire(world: World, party: str) -> None:
         world, party, kind, stored.account_id, _selections(block, pieces), authorization, purpose=purpose
     )
     what = f"{party} {method} {kind} {block.describe()} {pieces} under {authorization or 'no authorization'}"
+    frozen = await _frozen(world, party, request.selections)
     answer = await world.call(party, method, request)
     world.note(what)
+    _check_freeze(answer, frozen, what)
     untied = not block.authorization_id and not authorization
     if isinstance(answer, SimAbort):
         _refused(answer, world, what)
         code = _code(answer, what)
-        if untied and code not in (ResponseCode.AUTHORIZATION_MISSING, ResponseCode.PERIOD_LOCKED):
+        # Frozen units are refused before their authorization is looked at.
+        acceptable = (ResponseCode.AUTHORIZATION_MISSING, ResponseCode.PERIOD_LOCKED, ResponseCode.BLOCK_FROZEN)
+        if untied and code not in acceptable:
             raise ActionFailed(f"{what}: untied units named no authorization, but were refused with {code.name}")
         return
     if untied:
@@ -741,6 +781,8 @@ async def retire_badly(world: World, party: str) -> None:
         expected = {ResponseCode.PERIOD_LOCKED}
     what = f"{party} {method} with {label}"
     world.note(what)
+    if await _frozen(world, party, request.selections):
+        expected = expected | {ResponseCode.BLOCK_FROZEN}  # a frozen unit may be refused as such first
     _expect_refusal(await world.call(party, method, request), world, what, expected)
 
 
@@ -1017,6 +1059,265 @@ async def _all_at(world: World, party: str, registry: str, start: int, end: int)
     return ranges.covers(covered, start, end)
 
 
+# reconciliation
+
+OPERATOR = "sim-operator"
+"""The caller of the operator's reconciliation calls (idempotency keys are scoped to it)."""
+
+
+async def reconcile(world: World, party: str) -> None:
+    """``party``'s operator starts a reconciliation run with a random partner, whatever runs are under way (as a
+    schedule does: runs in both directions overlap). The run goes on as the simulation delivers its statements
+    (through drops, delays, crashes and restarts); the invariants judge it once it finishes. Refused only while
+    a run with that partner still waits for its answers."""
+    await start_run(world, party, world.rng.choice([p for p in PARTIES if p != party]))
+
+
+async def start_run(world: World, party: str, partner: str) -> str | None:
+    """Start a run of ``party`` with ``partner`` through the gateway's use case; its ID, or None if refused."""
+    rng = world.rng
+    key = f"reconcile-{rng.getrandbits(48)}"
+    idem = Idempotency(OPERATOR, "RunReconciliation", key, f"{key}:{partner}")
+    what = f"{party} starts a reconciliation with {partner}"
+    answer = await world.gateway_call(party, what, lambda g: g.start_reconciliation(idem, partner))
+    world.note(what)
+    if isinstance(answer, GatewayError):
+        world.note(f"  refused: {answer.code.name}: {answer.message[:160]}")
+        if answer.code is not ResponseCode.INVALID_STATE:
+            raise ActionFailed(f"{what}: refused with {answer.code.name}: {answer.message[:200]}")
+        await _waiting_run(world, party, partner, what)
+        return None
+    world.note(f"  run {answer.run_id}")
+    if answer.run_id not in world.runs:
+        world.runs[answer.run_id] = SimRun(answer.run_id, party, partner, world.tick(), world.step)
+    if answer.partner != partner or answer.role is not RunRole.REQUESTER:
+        raise ActionFailed(f"{what}: run {answer.run_id} is {answer.role.value} with {answer.partner}")
+    if rng.random() < 0.2:  # an operator's retry with the same key returns the same run
+        again = await world.gateway_call(party, what, lambda g: g.start_reconciliation(idem, partner))
+        if isinstance(again, GatewayError) or again.run_id != answer.run_id:
+            raise ActionFailed(f"{what}: a retry with the same key answered {again}")
+    return str(answer.run_id)
+
+
+async def _waiting_run(world: World, party: str, partner: str, what: str) -> None:
+    """A run may only be refused while another with ``partner`` waits for answers, and not for too long."""
+    node = world.nodes[party]
+    assert node.core is not None
+    async with node.core.store.read() as tx:
+        runs = await tx.list_reconciliations(partner, 1000)
+    now = world.clock()
+    if not any(
+        r.role is RunRole.REQUESTER and r.status is Status.RUNNING and now - r.updated_at < ABANDON_AFTER for r in runs
+    ):
+        raise ActionFailed(f"{what}: refused as waiting, but no run with {partner} waits for its answers")
+
+
+def _inner(world: World, party: str) -> SQLiteStore:
+    node = world.nodes[party]
+    assert node.core is not None and isinstance(node.core.store, CrashingStore)
+    return node.core.store.inner
+
+
+def _stored_columns(tx: SQLiteTransaction) -> list[str]:
+    """The ledger's stored columns (its generated columns are left out: SQLite computes them)."""
+    return [str(r[1]) for r in tx._db.execute("PRAGMA table_xinfo(ledger)").fetchall() if r[6] == 0]
+
+
+async def corrupt(world: World, party: str) -> None:
+    """Rarely, and only in corrupting seeds (`World.corrupting`): `inject` a corruption at ``party``."""
+    if world.corrupting and world.rng.random() < 0.5:
+        await inject(world, party)
+
+
+async def inject(world: World, party: str) -> Corruption | None:
+    """Change one of ``party``'s ledger movement entries with a partner behind the gateway's back, with raw SQL
+    on its database (the ledger's triggers note the change for reconciliation, as for any write): its block's
+    last serial or vintage, or delete or duplicate the row. The world records what was changed and what
+    reconciliation must report.
+
+    Only entries of transfers completed on both sides are changed, so that the difference is certain (not a
+    transfer in flight), and never a block that another unrepaired corruption already changed."""
+    rng = world.rng
+    store = _inner(world, party)
+    async with store.read() as tx:
+        ledger = await tx.list_ledger()
+        completed = {t.transfer_id for t in await tx.list_transfers() if t.state is TransferState.COMPLETED}
+    done_at: dict[str, set[str]] = {}
+    for other in PARTIES:
+        if other != party:
+            async with _inner(world, other).read() as tx:
+                done_at[other] = {
+                    t.transfer_id for t in await tx.list_transfers() if t.state is TransferState.COMPLETED
+                }
+    outstanding = {(c.transfer_id, c.identity) for c in world.corruptions if c.repaired is None}
+    candidates = []
+    for entry in ledger:
+        found = reconciled_block(entry, party)
+        if found is None or found[0] not in done_at:
+            continue
+        partner, block = found
+        identity = (block.unit_kind, block.issuing_registry, block.issuance, block.serial_start)
+        if (
+            entry.transfer_id in completed
+            and entry.transfer_id in done_at[partner]
+            and (entry.transfer_id, identity) not in outstanding
+        ):
+            candidates.append((entry.entry_id, entry.transfer_id, partner, identity))
+    if not candidates:
+        return None
+    entry_id, transfer_id, partner, identity = rng.choice(candidates)
+    how = rng.choice(["end", "vintage", "delete", "duplicate"])
+    duplicate_id = 0
+    async with store.transaction() as tx:
+        db = tx._db
+        columns = _stored_columns(tx)
+        row = db.execute(f"SELECT {', '.join(columns)} FROM ledger WHERE entry_id = ?", (entry_id,)).fetchone()
+        original = dict(zip(columns, row, strict=True))
+        block = json.loads(original["block"])
+        if how == "end":
+            block["end"] = block["end"] - 1 if block["end"] > block["start"] else block["end"] + 1
+            db.execute(
+                "UPDATE ledger SET block = ?, quantity = ? WHERE entry_id = ?",
+                (json.dumps(block, sort_keys=True), block["end"] - block["start"] + 1, entry_id),
+            )
+        elif how == "vintage":
+            block["vintage"] = rng.choice([v for v in (2019, 2022, 2024, 2025, 2026) if v != block["vintage"]])
+            db.execute(
+                "UPDATE ledger SET block = ?, vintage = ? WHERE entry_id = ?",
+                (json.dumps(block, sort_keys=True), block["vintage"], entry_id),
+            )
+        elif how == "delete":
+            db.execute("DELETE FROM ledger WHERE entry_id = ?", (entry_id,))
+        else:
+            copied = [c for c in columns if c != "entry_id"]
+            cursor = db.execute(
+                f"INSERT INTO ledger ({', '.join(copied)}) VALUES ({', '.join('?' for _ in copied)})",
+                [original[c] for c in copied],
+            )
+            assert cursor.lastrowid is not None
+            duplicate_id = cursor.lastrowid
+    corruption = Corruption(
+        number=len(world.corruptions) + 1,
+        party=party,
+        partner=partner,
+        transfer_id=transfer_id,
+        how=how,
+        identity=identity,
+        entry_id=entry_id,
+        original=original,
+        injected=world.tick(),
+        step=world.step,
+        duplicate_id=duplicate_id,
+    )
+    world.corruptions.append(corruption)
+    world.note(f"CORRUPT {corruption.describe()}")
+    return corruption
+
+
+async def repair(world: World, corruption: Corruption) -> None:
+    """Put the corrupted row back as it was (what an operator does once a run found it)."""
+    async with _inner(world, corruption.party).transaction() as tx:
+        db = tx._db
+        original = corruption.original
+        if corruption.how in ("end", "vintage"):
+            db.execute(
+                "UPDATE ledger SET block = ?, quantity = ?, vintage = ? WHERE entry_id = ?",
+                (original["block"], original["quantity"], original["vintage"], corruption.entry_id),
+            )
+        elif corruption.how == "duplicate":
+            db.execute("DELETE FROM ledger WHERE entry_id = ?", (corruption.duplicate_id,))
+        else:
+            # The deleted entry's ID may have been given to a later entry: then the row comes back under a new ID.
+            taken = db.execute("SELECT 1 FROM ledger WHERE entry_id = ?", (corruption.entry_id,)).fetchone()
+            columns = [c for c in original if not (taken and c == "entry_id")]
+            db.execute(
+                f"INSERT INTO ledger ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                [original[c] for c in columns],
+            )
+    corruption.repaired = world.tick()
+    world.note(f"REPAIR {corruption.describe()}")
+
+
+async def frozen_refusals(world: World, party: str) -> int:
+    """Try to move units ``party`` holds that a run froze there: a transfer of them and a cancellation of them
+    must both be refused as frozen (`ResponseCode.BLOCK_FROZEN`), whatever else the request says. Returns how
+    many frozen ranges were tried."""
+    rng = world.rng
+    async with _inner(world, party).read() as tx:
+        frozen = tx._db.execute(
+            "SELECT DISTINCT unit_kind, issuing_registry, issuance, serial_start, serial_end FROM frozen_ranges"
+            " ORDER BY unit_kind, issuing_registry, issuance, serial_start, serial_end"
+        ).fetchall()
+        held = await tx.list_blocks(statuses=(BlockStatus.HELD,))
+    tried = 0
+    for kind, registry, issuance, start, end in frozen:
+        for stored in held:
+            block = stored.block
+            lo, hi = max(start, block.start), min(end, block.end)
+            space = (block.space.unit_kind, block.space.issuing_registry, block.space.issuance)
+            if space != (kind, registry, issuance) or lo > hi or not stored.account_id.endswith(("H1", "H2")):
+                continue
+            selections = _selections(block, [(lo, hi)])
+            authorization = block.authorization_id or f"{NOMENCLATURE.issuer(block.space) or party}-AUTH"
+            partner = rng.choice([p for p in PARTIES if p != party])
+            propose = operator_pb2.ProposeTransferRequest(
+                idempotency_key=f"propose-frozen-{rng.getrandbits(48)}",
+                source_account=stored.account_id,
+                selections=selections,
+                acquiring_account=records_pb2.AccountRef(party=partner, account_id=f"{partner}-H1"),
+                cooperative_approach="CA0001",
+                authorization_id=authorization,
+                purpose="NDC",
+                adjustment_method="single-year averaging",
+            )
+            what = f"{party} proposes frozen {block.describe()} [{lo}, {hi}] to {partner}"
+            world.note(what)
+            frozen_code = {ResponseCode.BLOCK_FROZEN}
+            _expect_refusal(await world.call(party, "ProposeTransfer", propose), world, what, frozen_code)
+            method, retire = _retirement(world, party, "cancel", stored.account_id, selections, authorization)
+            what = f"{party} cancels frozen {block.describe()} [{lo}, {hi}]"
+            world.note(what)
+            _expect_refusal(await world.call(party, method, retire), world, what, frozen_code)
+            tried += 1
+            break
+    return tried
+
+
+async def resolve(world: World, party: str) -> None:
+    """``party``'s operator resolves a run (on either side) that the invariants already judged: its blocks are
+    no longer frozen."""
+    node = world.nodes[party]
+    assert node.core is not None
+    async with node.core.store.read() as tx:
+        runs = await tx.list_reconciliations("", 1000)
+    candidates = [r for r in runs if r.status.freezes and r.run_id in world.verified]
+    if candidates:
+        await resolve_run(world, party, world.rng.choice(candidates).run_id)
+
+
+async def resolve_run(world: World, party: str, run_id: str) -> None:
+    """Resolve ``run_id`` at ``party`` with a reason, check nothing stays frozen by it, and put back the rows of
+    the corruptions it found: the gateways are honest again, and later runs must find nothing."""
+    key = f"resolve-{world.rng.getrandbits(48)}"
+    idem = Idempotency(OPERATOR, "ResolveReconciliation", key, f"{key}:{run_id}")
+    reason = "the simulation's injected corruption, found and repaired"
+    what = f"{party} resolves run {run_id}"
+    answer = await world.gateway_call(party, what, lambda g: g.resolve_reconciliation(idem, run_id, reason))
+    world.note(what)
+    if isinstance(answer, GatewayError):
+        raise ActionFailed(f"{what}: refused with {answer.code.name}: {answer.message[:200]}")
+    if answer.status is not Status.RESOLVED or answer.resolved_reason != reason:
+        raise ActionFailed(f"{what}: the run is {answer.status.name} ({answer.resolved_reason!r})")
+    async with _inner(world, party).read() as tx:
+        left = tx._db.execute("SELECT COUNT(*) FROM frozen_ranges WHERE run_id = ?", (run_id,)).fetchone()[0]
+    if left:
+        raise ActionFailed(f"{what}: {left} ranges are still frozen by the resolved run")
+    _, reported = world.verified[run_id]
+    for corruption in world.corruptions:
+        if corruption.number in reported and corruption.repaired is None:
+            await repair(world, corruption)
+
+
 # the network
 
 
@@ -1062,6 +1363,9 @@ ACTIONS: list[tuple[int, str, Action]] = [
     (1, "rotate", rotate),
     (1, "dead letters", dead_letters),
     (6, "adversary", adversary),
+    (2, "reconcile", reconcile),
+    (1, "corrupt", corrupt),
+    (1, "resolve", resolve),
 ]
 
 _ = dataclasses  # the module keeps the standard library names its actions may need

@@ -56,11 +56,15 @@ async def simulate(seed: int, steps: int = DEFAULT_STEPS) -> Outcome:
             world.faults = Faults()
             await check(world)
             for step in range(steps):
+                world.step = step
                 await take_step(world, step)
                 await world.restart_crashed()
                 await check(world)
-            step = steps
+            step = world.step = steps
             await settle(world)
+            await check(world, settled=True)
+            step = world.step = steps + 1
+            await reconcile_settled(world)
             await check(world, settled=True)
             stats = await _stats(world)
         except AssertionError as failure:
@@ -107,7 +111,41 @@ async def _stats(world: World) -> str:
     return (
         ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
         + f"; {moved or 'nothing used or cancelled'}; {crashes} crashes, {restarts} restarts"
+        + f"; {await reconciliation_stats(world)}"
     )
+
+
+async def reconciliation_stats(world: World) -> str:
+    """The requester's runs by how they ended (a run that found a corruption counts as found, resolved or not),
+    and the corruptions injected, found and repaired."""
+    from collections import Counter
+
+    from gateway.domain.reconciliation import Status
+    from gateway.store.base import RunRole
+
+    ended: Counter[str] = Counter()
+    for party in PARTIES:
+        core = world.nodes[party].core
+        assert core is not None
+        async with core.store.read() as tx:
+            for run in await tx.list_reconciliations("", 100_000):
+                if run.role is not RunRole.REQUESTER:
+                    continue
+                verdict = world.verified.get(run.run_id)
+                if verdict is None:
+                    ended[run.status.name.lower()] += 1
+                elif verdict[1]:
+                    ended["found corruption"] += 1
+                else:  # the invariants accept nothing else without a corruption
+                    ended[Status(verdict[0]).name.lower()] += 1
+    found = {number for _, reported in world.verified.values() for number in reported}
+    runs = ", ".join(f"{k} {v}" for k, v in sorted(ended.items())) or "none"
+    text = f"reconciliations: {runs}"
+    if world.corrupting:
+        repaired = sum(1 for c in world.corruptions if c.repaired is not None)
+        text += f"; corruptions {len(world.corruptions)} ({len(found)} found, {repaired} repaired)"
+        text += f", {world.frozen_refusals} frozen ranges refused to move"
+    return text
 
 
 async def take_step(world: World, step: int) -> None:
@@ -148,6 +186,60 @@ async def settle(world: World) -> None:
         if await _quiet(world):
             return
     world.note("the world did not settle")
+
+
+async def reconcile_settled(world: World) -> None:
+    """Once the world has settled: in a corrupting seed, corrupt one more ledger entry; then every Party
+    reconciles with every other, one run at a time, each run delivered to its end. A run that found the injected
+    corruptions has its frozen units refused to move, is resolved on both sides (which puts the rows back), and
+    is followed by another run with that partner, which must find nothing. By the end every corruption was
+    found and repaired, wherever the steps left the gateways."""
+    from gateway.usecases.reconciling import ABANDON_AFTER
+
+    # A run that waited in vain during the steps (its statements dead-lettered) gives way to a new one now.
+    world.clock.advance(ABANDON_AFTER.total_seconds() + 60)
+    if world.corrupting:
+        parties = list(PARTIES)
+        world.rng.shuffle(parties)
+        for party in parties:
+            if await actions.inject(world, party) is not None:
+                break
+    pairs = [(a, b) for a in PARTIES for b in PARTIES if a != b]
+    world.rng.shuffle(pairs)
+    for requester, partner in pairs:
+        # A run that found corruptions is resolved and the rows put back: the next one must find nothing.
+        if await _reconcile_once(world, requester, partner) and await _reconcile_once(world, requester, partner):
+            raise AssertionError(f"{requester} found a discrepancy with {partner} again after the repair")
+    left = [c.describe() for c in world.corruptions if c.repaired is None]
+    if left:
+        raise AssertionError(f"corruptions never found and repaired: {left}")
+
+
+async def _reconcile_once(world: World, requester: str, partner: str) -> bool:
+    """One run between settled gateways, delivered to its end and judged; True when it found corruptions (it is
+    then resolved on both sides)."""
+    from gateway.domain.reconciliation import Status
+
+    run_id = await actions.start_run(world, requester, partner)
+    if run_id is None:
+        raise AssertionError(f"{requester} could not start a reconciliation with {partner} in a settled world")
+    for _ in range(SETTLE_ROUNDS):
+        world.clock.advance(60)
+        for party in PARTIES:
+            await actions.deliver(world, party)
+            await actions.sweep(world, party)
+        if await _quiet(world):
+            break
+    await check(world, settled=True)
+    verdict = world.verified.get(run_id)
+    if verdict is None:
+        raise AssertionError(f"{requester}'s reconciliation run {run_id} with {partner} did not finish")
+    if verdict[0] == int(Status.CONSISTENT):
+        return False
+    for party in (requester, partner):
+        world.frozen_refusals += await actions.frozen_refusals(world, party)
+        await actions.resolve_run(world, party, run_id)
+    return True
 
 
 async def _quiet(world: World) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +20,17 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from carbon_gateway.v1 import operator_pb2
 from gateway.core import GatewayCore, PartnerSpec
+from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import IssuingRegistry, Nomenclature
 from gateway.domain.protocol import Deadlines, DecisionPolicy, DecisionRule, Verdict
+from gateway.domain.reconciliation import DifferenceKind
 from gateway.domain.statements import TimeWindow
 from gateway.exchange import EnvelopeForm, ExchangeSettings
 from gateway.harness import self_signed_trust_document
 from gateway.outbox import Backoff, TransportError
 from gateway.partners import PartnerDirectory
 from gateway.rpc.operator import OperatorService
+from gateway.service import Gateway
 from gateway.store.base import Transaction
 from gateway.store.sqlite import SQLiteStore
 from signing import CryptoSigner, Envelope
@@ -193,6 +196,67 @@ class Node:
         return self.signers[self.signer_name]
 
 
+CORRUPTING_SEEDS = 4
+"""One seed in this many (those with ``seed % CORRUPTING_SEEDS == CORRUPTING_SEEDS - 1``: 3, 7, 11, ...) may
+corrupt a gateway's ledger behind its back; every other seed keeps all gateways honest, so that most seeds test
+that reconciliation between honest gateways finds nothing."""
+
+Identity = tuple[str, str, str, int]
+"""What names a reconciled block on both sides: serial space and first serial (with its transfer ID)."""
+
+
+@dataclass
+class Corruption:
+    """One ledger entry the simulation changed behind a gateway's back, and what reconciliation must report."""
+
+    number: int
+    party: str
+    partner: str
+    transfer_id: str
+    how: str
+    """``end`` (the block's last serial), ``vintage``, ``delete`` (the row) or ``duplicate`` (the row)."""
+    identity: Identity
+    entry_id: int
+    original: dict[str, Any]
+    """The row as it was, every stored column (for the repair)."""
+    injected: int
+    """The world's event number when it was injected (`World.tick`)."""
+    step: int
+    duplicate_id: int = 0
+    """The entry ID of the copy, for ``duplicate``."""
+    repaired: int | None = None
+    """The event number of its repair, once a resolved run found it and the operator put the row back."""
+
+    def kind(self, requester: str) -> DifferenceKind:
+        """The difference a run started by ``requester`` must report for this corruption."""
+        if self.how == "end":
+            return DifferenceKind.QUANTITY
+        if self.how == "vintage":
+            return DifferenceKind.VINTAGE
+        if self.how == "duplicate":
+            return DifferenceKind.ADJUSTED_TWICE
+        return DifferenceKind.MISSING_AT_REQUESTER if self.party == requester else DifferenceKind.MISSING_AT_RESPONDER
+
+    def describe(self) -> str:
+        kind, registry, issuance, start = self.identity
+        return (
+            f"corruption {self.number} ({self.how}) of {self.party}'s entry {self.entry_id} for transfer"
+            f" {self.transfer_id} with {self.partner}, {kind}/{registry}/{issuance} from {start}, at step {self.step}"
+        )
+
+
+@dataclass
+class SimRun:
+    """A reconciliation run the simulation started."""
+
+    run_id: str
+    requester: str
+    partner: str
+    started: int
+    """The world's event number when it started (`World.tick`)."""
+    step: int
+
+
 @dataclass
 class World:
     """The simulated gateways, network, clock and adversary of one seed."""
@@ -213,9 +277,35 @@ class World:
     issued: dict[tuple[str, str, str], list[tuple[int, int]]] = field(default_factory=dict)
     """The oracle: every range a registry of record issued, by spelling-insensitive serial space."""
     adversary_channels: dict[str, Any] = field(default_factory=dict)
+    step: int = -1
+    """The step being taken (-1 while setting up, the step count while settling, one more for the settled
+    reconciliation round)."""
+    events: int = 0
+    """A counter that orders the runs started, corruptions injected and repairs made."""
+    corrupting: bool = False
+    """Whether this seed may corrupt ledgers (see `CORRUPTING_SEEDS`)."""
+    corruptions: list[Corruption] = field(default_factory=list)
+    runs: dict[str, SimRun] = field(default_factory=dict)
+    """The reconciliation runs the simulation started, by run ID."""
+    verified: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    """Finished runs the invariants checked: status, and the corruptions the run reported (by number)."""
+    frozen_refusals: int = 0
+    """Frozen ranges whose held units the operators tried to transfer and cancel (both refused as frozen)."""
+
+    def __post_init__(self) -> None:
+        self.corrupting = self.seed % CORRUPTING_SEEDS == CORRUPTING_SEEDS - 1
 
     def note(self, line: str) -> None:
         self.trace.append(line)
+
+    def tick(self) -> int:
+        """The next event number."""
+        self.events += 1
+        return self.events
+
+    def corrupted_parties(self) -> set[str]:
+        """The gateways whose ledger the simulation ever changed behind their back."""
+        return {c.party for c in self.corruptions}
 
     def crash_now(self, party: str, probability: float) -> bool:
         return probability > 0 and self.rng.random() < probability
@@ -387,6 +477,22 @@ class World:
                 self.crashed(party, crash)
                 await self.restart_crashed()
         raise AssertionError(f"{party} died on every retry of {method}")
+
+    async def gateway_call(self, party: str, what: str, method: Callable[[Gateway], Awaitable[Any]]) -> Any:
+        """Call a use case of ``party``'s gateway directly, as `call` calls the operator service: a refusal
+        (`GatewayError`) is returned, and a death during the call is retried once the gateway is back (the
+        method must carry the same idempotency key each time)."""
+        for _ in range(10):
+            node = self.nodes[party]
+            assert node.core is not None
+            try:
+                return await method(node.core.gateway)
+            except GatewayError as refusal:
+                return refusal
+            except SimCrash as crash:
+                self.crashed(party, crash)
+                await self.restart_crashed()
+        raise AssertionError(f"{party} died on every retry of {what}")
 
 
 def _policy_for(party: str) -> DecisionPolicy:
