@@ -117,8 +117,11 @@ class OutboxWorker:
             except Exception:
                 log.exception("the outbox worker failed; retrying")
                 wait = self.backoff.maximum.total_seconds()
+            # Not asyncio.wait_for: before Python 3.12 it can swallow a cancellation that arrives as the wake-up
+            # does, and stop() would then wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _next_due_in(self) -> float:
         async with self.store.read() as tx:

@@ -273,3 +273,18 @@ async def test_a_rewritten_log_is_still_compared_and_resolving_accepts_it(tmp_pa
         assert again.status is Status.BLOCKS_INCONSISTENT, again.detail  # the log is accepted; the block is not
     finally:
         await pair.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("attempt", range(3))
+async def test_the_outbox_stops_right_after_a_run(tmp_path: Path, attempt: int) -> None:
+    # The worker waited for its wake-up with asyncio.wait_for, which (before Python 3.12) can swallow the
+    # cancellation that arrives with a wake-up: stop() then waited for ever, and so did a gateway's shutdown.
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        await move(pair, [(1, 50)], "t0")
+        assert (await reconcile(pair.che, "CHN", f"r{attempt}")).status is Status.CONSISTENT
+        await asyncio.wait_for(pair.che.outbox.stop(), timeout=10)
+    finally:
+        await pair.stop()
