@@ -455,6 +455,10 @@ class Transaction(Protocol):
         """Add the log entries not yet in the Merkle tree; return the tree's size (the number of entries)."""
         ...
 
+    async def log_tree_pending(self) -> int:
+        """How many log entries are not in the Merkle tree yet."""
+        ...
+
     async def log_tree_nodes(self, coordinates: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """The stored complete-subtree hashes at the given (level, index) coordinates."""
         ...

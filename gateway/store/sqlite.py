@@ -1150,6 +1150,13 @@ class SQLiteTransaction:
             self._db.executemany("INSERT INTO log_tree VALUES (?, ?, ?)", added)
             size += len(leaves)
 
+    async def log_tree_pending(self) -> int:
+        row = self._one(
+            "SELECT (SELECT COALESCE(MAX(log_index), 0) FROM message_log)"
+            " - (SELECT COALESCE(MAX(node_index) + 1, 0) FROM log_tree WHERE level = 0)"
+        )
+        return int(row[0]) if row else 0
+
     async def log_tree_nodes(self, coordinates: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         found = {}
         for level, index in coordinates:

@@ -203,12 +203,14 @@ class Reconciling(GatewayBase):
         entries were folded. Nothing is written when nothing changed."""
         async with self.store.read() as tx:
             pending = await tx.reconciliation_pending()
+            logged = await tx.log_tree_pending()
         folded = 0
         if pending:
             async with self.store.transaction() as tx:
                 folded = await tx.fold_reconciliation(self.party, limit)
-        async with self.store.transaction() as tx:
-            await tx.fold_log_tree()
+        if logged:
+            async with self.store.transaction() as tx:
+                await tx.fold_log_tree()
         return folded
 
     async def _fold_all(self, tx: Transaction) -> None:
