@@ -188,6 +188,7 @@ class GatewayCore:
                 if now - last_fold >= FOLD_PERIOD_SECONDS:
                     last_fold = now
                     await self.gateway.fold_trees()
+                    await self.gateway.close_stale_runs()
                 if self.reconcile_every is not None and now - last_schedule >= SCHEDULE_PERIOD_SECONDS:
                     last_schedule = now
                     await self.gateway.reconcile_due(self.reconcile_every, started)

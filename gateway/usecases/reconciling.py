@@ -213,6 +213,33 @@ class Reconciling(GatewayBase):
                 await tx.fold_log_tree()
         return folded
 
+    async def close_stale_runs(self) -> list[ReconciliationRun]:
+        """Mark ABANDONED the runs a partner started here whose report never came (the partner abandoned its
+        side), twice `ABANDON_AFTER` after their last step; return them."""
+        now = self.clock()
+        async with self.store.read() as tx:
+            runs = await tx.list_reconciliations(limit=1000)
+        stale = [
+            r
+            for r in runs
+            if r.role is RunRole.RESPONDER and r.status is Status.RUNNING and now - r.updated_at >= 2 * ABANDON_AFTER
+        ]
+        closed = []
+        for run in stale:
+            async with self.store.transaction() as tx:
+                current = await tx.get_reconciliation(run.run_id)
+                if current is None or current.status is not Status.RUNNING:
+                    continue
+                current = replace(
+                    current,
+                    status=Status.ABANDONED,
+                    detail=f"{run.partner} sent no report within {2 * ABANDON_AFTER} of its last request",
+                    updated_at=now,
+                )
+                await tx.update_reconciliation(current)
+                closed.append(current)
+        return closed
+
     async def _fold_all(self, tx: Transaction) -> None:
         while await tx.fold_reconciliation(self.party, 50_000):
             pass

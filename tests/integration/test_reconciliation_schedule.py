@@ -77,3 +77,27 @@ async def test_the_tree_is_folded_as_the_ledger_changes(tmp_path: Path) -> None:
         assert await pair.chn.core.gateway.fold_trees() == 0
     finally:
         await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_run_whose_requester_went_away_is_closed_on_the_responder(tmp_path: Path) -> None:
+    now = [dt.datetime(2026, 12, 1, tzinfo=dt.UTC)]
+    pair = await start_pair(tmp_path, clock=lambda: now[0])
+    try:
+        await pair.che.outbox.stop()  # CHE answers, but its answer never leaves: CHN's run waits, then gives up
+        run = await pair.chn.core.gateway.start_reconciliation(Idempotency("t", "r", "k1", "h1"), "CHE")
+        for _ in range(400):
+            async with pair.che.store.read() as tx:
+                if await tx.get_reconciliation(run.run_id) is not None:
+                    break
+            await asyncio.sleep(0.005)
+        responder = pair.che.core.gateway
+        assert (await responder.get_reconciliation(run.run_id)).status is Status.RUNNING
+        now[0] += dt.timedelta(hours=1)
+        assert await responder.close_stale_runs() == []
+        now[0] += dt.timedelta(hours=1)
+        (closed,) = await responder.close_stale_runs()
+        assert (closed.run_id, closed.status) == (run.run_id, Status.ABANDONED)
+        assert "sent no report" in closed.detail
+    finally:
+        await pair.stop()
