@@ -383,7 +383,13 @@ MIGRATIONS = (
             root_hash BLOB NOT NULL,
             seen_at TEXT NOT NULL,
             partner_saw BIGINT NOT NULL DEFAULT 0
-        )
+        );
+        CREATE TABLE partner_log_history (
+            partner TEXT NOT NULL,
+            tree_size BIGINT NOT NULL,
+            root_hash BLOB NOT NULL,
+            PRIMARY KEY (partner, tree_size)
+        ) WITHOUT ROWID
         """,
     ),
 )

@@ -1182,6 +1182,19 @@ class SQLiteTransaction:
             "INSERT OR REPLACE INTO partner_log_heads VALUES (?, ?, ?, ?, ?)",
             (partner, head.tree_size, head.root_hash, codec.to_text(head.seen_at), head.partner_saw),
         )
+        if head.tree_size:
+            self._db.execute(
+                "INSERT OR REPLACE INTO partner_log_history VALUES (?, ?, ?)",
+                (partner, head.tree_size, head.root_hash),
+            )
+        else:  # a person accepted the partner's log as it is now: what it showed before no longer binds it
+            self._db.execute("DELETE FROM partner_log_history WHERE partner = ?", (partner,))
+
+    async def partner_log_root(self, partner: str, tree_size: int) -> bytes | None:
+        row = self._one(
+            "SELECT root_hash FROM partner_log_history WHERE partner = ? AND tree_size = ?", (partner, tree_size)
+        )
+        return None if row is None else bytes(row[0])
 
     # operator idempotency
 

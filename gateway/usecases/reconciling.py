@@ -482,12 +482,14 @@ class Reconciling(GatewayBase):
         known = await tx.partner_log_head(partner)
         shown = PartnerLogHead(asked_from[0], asked_from[1], known.seen_at if known else self.clock())
         problem = _rewritten(partner, shown, size, root, proof)
+        saw = min(reply.seen_head_size, 2**62)
         if problem:
             progress.problem = progress.problem or problem
         elif not progress.problem and (known is None or size >= known.tree_size):
-            await tx.set_partner_log_head(
-                partner, PartnerLogHead(size, root, self.clock(), min(reply.seen_head_size, 2**62))
-            )
+            await tx.set_partner_log_head(partner, PartnerLogHead(size, root, self.clock(), saw))
+        elif not progress.problem and known is not None:
+            # An older head than one learnt meanwhile: keep the newer, and note what the partner saw of ours.
+            await tx.set_partner_log_head(partner, replace(known, partner_saw=saw))
         return size, root
 
     async def _take_totals(
@@ -847,18 +849,53 @@ class Reconciling(GatewayBase):
                 updated_at=now,
             )
             await tx.insert_reconciliation(run)
+        problem = await self._check_requester_head(tx, partner, size, root, request.consistency_from, proof)
+        if problem:
+            if run.status is Status.RUNNING or run.status is Status.CONSISTENT:
+                await tx.update_reconciliation(
+                    replace(run, status=Status.MANUAL_INTERVENTION_REQUIRED, detail=problem, updated_at=now)
+                )
+            log.error("%s", problem)
+
+    async def _check_requester_head(
+        self,
+        tx: Transaction,
+        partner: str,
+        size: int,
+        root: bytes,
+        consistency_from: int,
+        proof: list[bytes],
+        *,
+        final: bool = False,
+    ) -> str:
+        """Why the requester's head cannot be trusted (empty when it can), and keep it when it can.
+
+        The proof must start from a head the requester showed here before, whichever: with runs in both
+        directions it may not be the latest. A first request may carry none (the requester learns from the reply
+        which head this side saw); its report (``final``) must."""
         known = await tx.partner_log_head(partner)
-        if known is None or request.consistency_from == known.tree_size:
-            problem = _rewritten(partner, known, size, root, proof)
-            if problem:
-                if run.status is Status.RUNNING or run.status is Status.CONSISTENT:
-                    await tx.update_reconciliation(
-                        replace(run, status=Status.MANUAL_INTERVENTION_REQUIRED, detail=problem, updated_at=now)
-                    )
-                log.error("%s", problem)
-                return
-            saw = known.partner_saw if known else 0
-            await tx.set_partner_log_head(partner, PartnerLogHead(size, root, now, saw))
+        now = self.clock()
+        if known is None or known.tree_size == 0:
+            await tx.set_partner_log_head(partner, PartnerLogHead(size, root, now, known.partner_saw if known else 0))
+            return ""
+        if consistency_from == 0:
+            if not final:
+                return ""
+            return (
+                f"{partner} never proved its message log consistent with the head of {known.tree_size} entries it"
+                f" showed on {known.seen_at:%Y-%m-%d %H:%M:%S} UTC; compare both sides' message logs before trusting"
+                " either"
+            )
+        root_then = await tx.partner_log_root(partner, consistency_from)
+        if root_then is None:
+            return (
+                f"{partner} proved its message log consistent from a head of {consistency_from} entries it never"
+                " showed here; compare both sides' message logs before trusting either"
+            )
+        problem = _rewritten(partner, PartnerLogHead(consistency_from, root_then, known.seen_at), size, root, proof)
+        if not problem and size >= known.tree_size:
+            await tx.set_partner_log_head(partner, PartnerLogHead(size, root, now, known.partner_saw))
+        return problem
 
     async def _answer_nodes(
         self,
@@ -951,14 +988,12 @@ class Reconciling(GatewayBase):
             status, detail = run.status, run.detail  # this side found the requester's log rewritten
         else:
             head = head_from_proto(report.requester_head, "reconciliation_report.requester_head")
-            known = await tx.partner_log_head(partner)
-            if known is not None and report.consistency_from == known.tree_size:
-                proof = proof_from_proto(report.consistency_proof, "reconciliation_report.consistency_proof")
-                problem = _rewritten(partner, known, head[0], head[1], proof)
-                if problem:
-                    status, detail = Status.MANUAL_INTERVENTION_REQUIRED, problem
-                else:
-                    await tx.set_partner_log_head(partner, PartnerLogHead(*head, now, known.partner_saw))
+            proof = proof_from_proto(report.consistency_proof, "reconciliation_report.consistency_proof")
+            problem = await self._check_requester_head(
+                tx, partner, head[0], head[1], report.consistency_from, proof, final=True
+            )
+            if problem:
+                status, detail = Status.MANUAL_INTERVENTION_REQUIRED, problem
         if status.freezes:
             await tx.freeze(run.run_id, await _freezable(tx, partner, blocks))
         await tx.update_reconciliation(

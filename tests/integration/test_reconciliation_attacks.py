@@ -288,3 +288,41 @@ async def test_the_outbox_stops_right_after_a_run(tmp_path: Path, attempt: int) 
         await asyncio.wait_for(pair.che.outbox.stop(), timeout=10)
     finally:
         await pair.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("consistency_from", "said"),
+    [(987_654, "a head of 987654 entries it never showed here"), (0, "never proved its message log consistent")],
+)
+async def test_a_requester_must_prove_its_log_from_a_head_it_showed(
+    tmp_path: Path, consistency_from: int, said: str
+) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        await move(pair, [(1, 50)], "t0")
+        assert (await reconcile(pair.che, "CHN", "honest")).status is Status.CONSISTENT  # CHN now knows CHE's head
+        await settle(pair.chn, pair.che)
+        crafter = await crafter_for(pair)
+        request = partner_pb2.ReconciliationRequest(
+            run_id="evasive-run", phase=TOTALS, head=EMPTY_HEAD, consistency_from=consistency_from
+        )
+        receipt = await send(pair, crafter, reconciliation_request=request)
+        assert ResponseCode(receipt.code) is ResponseCode.OK
+        report = partner_pb2.ReconciliationReport(
+            run_id="evasive-run",
+            requester="CHE",
+            responder="CHN",
+            status=partner_pb2.CONSISTENT,
+            requester_head=EMPTY_HEAD,
+            responder_head=EMPTY_HEAD,
+            consistency_from=consistency_from,
+        )
+        receipt = await send(pair, crafter, reconciliation_report=report)
+        assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
+        kept = await pair.chn.core.gateway.get_reconciliation("evasive-run")
+        assert kept.status is Status.MANUAL_INTERVENTION_REQUIRED
+        assert said in kept.detail, kept.detail
+    finally:
+        await pair.stop()
