@@ -1187,8 +1187,6 @@ class SQLiteTransaction:
                 "INSERT OR REPLACE INTO partner_log_history VALUES (?, ?, ?)",
                 (partner, head.tree_size, head.root_hash),
             )
-        else:  # a person accepted the partner's log as it is now: what it showed before no longer binds it
-            self._db.execute("DELETE FROM partner_log_history WHERE partner = ?", (partner,))
 
     async def partner_log_root(self, partner: str, tree_size: int) -> bytes | None:
         row = self._one(

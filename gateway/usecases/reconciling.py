@@ -82,6 +82,10 @@ MAX_TRANSFERS_PER_REQUEST = 200
 MAX_MESSAGES_PER_TRANSFER = 64
 MAX_REFS_PER_REQUEST = 2_000
 MAX_NODES_PER_RUN = 50_000
+MAX_FRESH_BLOCKS = 200_000
+"""Blocks the differing buckets may hold in phase 3; beyond this the run stops at the totals."""
+MAX_REQUESTS_PER_RUN = 500
+"""Requests one run sends at the most: a partner answering a little at a time does not hold a run for days."""
 """Tree nodes one run asks for at the most; a descent wider than this stops at the totals."""
 ABANDON_AFTER = dt.timedelta(hours=1)
 """A run the partner has not finished answering after this long gives way to a new one."""
@@ -108,6 +112,11 @@ class Progress:
     asked_from: tuple[int, bytes] = (0, merkle.EMPTY_ROOT)  # the responder's head the last request proves from
     buckets: list[NodeRef] = field(default_factory=list)  # phase 3: buckets of differing blocks still to ask
     fresh: dict[NodeRef, list[ReconciledBlock]] = field(default_factory=dict)  # phase 3: the responder's buckets
+    states: dict[NodeRef, dict[str, int]] = field(default_factory=dict)
+    """Phase 3: per bucket, the responder's state of each transfer asked with it, read in the same reply
+    (0: the transfer is unknown there)."""
+    requests: int = 0
+    narrow: bool = False  # phase 3: the last reply had no room for a bucket: ask one at a time
     problem: str = ""  # the responder's log is not an extension of the head it showed before
     nodes_asked: int = 0
 
@@ -129,6 +138,9 @@ class Progress:
                 "buckets": [_ref_json(r) for r in self.buckets],
                 "fresh": [[_ref_json(r), [b.encode().hex() for b in blocks]] for r, blocks in self.fresh.items()],
                 "problem": self.problem,
+                "states": [[_ref_json(r), states] for r, states in self.states.items()],
+                "requests": self.requests,
+                "narrow": self.narrow,
                 "nodes_asked": self.nodes_asked,
             }
         ).encode()
@@ -165,6 +177,9 @@ class Progress:
                 for r, blocks in raw["fresh"]
             },
             problem=raw["problem"],
+            states={_ref_from_json(r): states for r, states in raw["states"]},
+            requests=raw["requests"],
+            narrow=raw["narrow"],
             nodes_asked=raw["nodes_asked"],
         )
 
@@ -354,7 +369,7 @@ class Reconciling(GatewayBase):
                     field="run_id",
                 )
             now = self.clock()
-            if run.status is Status.MANUAL_INTERVENTION_REQUIRED:
+            if run.status is Status.MANUAL_INTERVENTION_REQUIRED and _log_problem(run.partner, run.detail):
                 # The person accepts the partner's message log as it is now: the next run checks from there.
                 known = await tx.partner_log_head(run.partner)
                 saw = known.partner_saw if known else 0
@@ -363,7 +378,7 @@ class Reconciling(GatewayBase):
             for older in await tx.list_reconciliations(run.partner, limit=1000):
                 unresolved = older.status.freezes or older.status is Status.TOTALS_INCONSISTENT
                 earlier = older.started_at <= run.started_at and older.run_id != run_id
-                if unresolved and earlier and older.role is run.role:
+                if run.status.freezes and unresolved and earlier and older.role is run.role:
                     await tx.update_reconciliation(
                         replace(
                             older,
@@ -410,6 +425,7 @@ class Reconciling(GatewayBase):
         known = await tx.partner_log_head(run.partner)
         partner_saw = known.partner_saw if known else 0
         progress.asked_from = (known.tree_size, known.root_hash) if known else (0, merkle.EMPTY_ROOT)
+        progress.requests += 1
         await self._save(tx, run, progress)
         request = partner_pb2.ReconciliationRequest(
             run_id=run.run_id,
@@ -561,18 +577,13 @@ class Reconciling(GatewayBase):
     async def _take_evidence(
         self, run: ReconciliationRun, progress: Progress, reply: partner_pb2.ReconciliationReply
     ) -> None:
-        asked_buckets = set(progress.asked)
-        for i, node in enumerate(reply.nodes):
-            view = view_from_proto(node, f"reconciliation_reply.nodes[{i}]")
-            if view.ref not in asked_buckets or view.ref in progress.fresh or view.blocks is None:
-                raise ReplyProblem(f"{run.partner} answered for a bucket not asked: {view.ref}")
-            progress.fresh[view.ref] = list(view.blocks)
-        progress.buckets = [r for r in progress.asked if r not in progress.fresh] + progress.buckets
-        progress.asked = []
+        """Take the responder's audit trail of the transfers asked, then its buckets: a bucket counts only with
+        the states of its transfers read in the same reply (the responder read both in one transaction)."""
         size, root = progress.responder_head
-        asked = set(progress.transfers[:MAX_TRANSFERS_PER_REQUEST])
+        asked_transfers = set(progress.transfers)
+        answered: dict[str, int] = {}
         for i, item in enumerate(reply.transfers):
-            if item.transfer_id not in asked or item.transfer_id in progress.evidence:
+            if item.transfer_id not in asked_transfers or item.transfer_id in answered:
                 raise ReplyProblem(f"{run.partner} answered for a transfer not asked: {item.transfer_id[:64]!r}")
             if len(item.messages) > MAX_MESSAGES_PER_TRANSFER:
                 raise ReplyProblem(f"{run.partner} listed {len(item.messages)} messages for one transfer")
@@ -592,12 +603,43 @@ class Reconciling(GatewayBase):
                         f" is not in the log head of {size} entries it signed"
                     )
             progress.evidence[item.transfer_id] = item
-        progress.transfers = [t for t in progress.transfers if t not in progress.evidence]
+            known = item.known and item.state in TransferState._value2member_map_
+            answered[item.transfer_id] = int(item.state) if known else 0
+        asked_buckets = set(progress.asked)
+        fresh_blocks = sum(len(b) for b in progress.fresh.values())
+        found = [*progress.mine_only, *progress.theirs_only, *(b for b, _, _ in progress.repeated)]
+        for i, node in enumerate(reply.nodes):
+            view = view_from_proto(node, f"reconciliation_reply.nodes[{i}]")
+            if view.ref not in asked_buckets or view.ref in progress.fresh or view.blocks is None:
+                raise ReplyProblem(f"{run.partner} answered for a bucket not asked: {view.ref}")
+            if any(view.ref.holds(b) and b.transfer_id not in answered for b in found):
+                continue  # its transfers' states did not fit beside it: asked again, together
+            fresh_blocks += len(view.blocks)
+            if fresh_blocks > MAX_FRESH_BLOCKS:
+                raise TooManyDifferences(
+                    f"the differing buckets hold more than {MAX_FRESH_BLOCKS} blocks: the run stops at the totals"
+                )
+            progress.fresh[view.ref] = list(view.blocks)
+            progress.states[view.ref] = answered
+        progress.narrow = not any(r in progress.fresh for r in progress.asked)
+        progress.buckets = [r for r in progress.asked if r not in progress.fresh] + progress.buckets
+        progress.asked = []
+        progress.transfers = []
         if not reply.transfers and not reply.nodes:
             raise ReplyProblem(f"{run.partner} answered none of the buckets and transfers asked")
 
     async def _advance(self, tx: Transaction, run: ReconciliationRun, progress: Progress) -> None:
         """Send the next request, or finish the run."""
+        if progress.requests >= MAX_REQUESTS_PER_RUN:
+            await self._finish(
+                tx,
+                run,
+                progress,
+                Status.MANUAL_INTERVENTION_REQUIRED,
+                f"{run.partner} needed more than {MAX_REQUESTS_PER_RUN} requests to answer this run: it answers a"
+                " little at a time; ask its operator why",
+            )
+            return
         if progress.found > MAX_DIFFERENCES:
             await self._finish(
                 tx,
@@ -617,14 +659,26 @@ class Reconciling(GatewayBase):
                 return
             found = [*progress.mine_only, *progress.theirs_only, *(b for b, _, _ in progress.repeated)]
             progress.buckets = sorted({NodeRef(b.group, DEPTH, b.bucket) for b in found})
-            progress.transfers = sorted({b.transfer_id for b in found})
             progress.phase = PHASE_AUDIT
-        if progress.phase == PHASE_AUDIT and (progress.transfers or progress.buckets):
-            progress.asked = progress.buckets[:MAX_REFS_PER_REQUEST]
-            progress.buckets = progress.buckets[MAX_REFS_PER_REQUEST:]
-            await self._request(
-                tx, run, progress, nodes=progress.asked, transfer_ids=progress.transfers[:MAX_TRANSFERS_PER_REQUEST]
-            )
+        if progress.phase == PHASE_AUDIT and progress.buckets:
+            # Each bucket goes with the transfers of its differing blocks, so both are read in one transaction.
+            found = [*progress.mine_only, *progress.theirs_only, *(b for b, _, _ in progress.repeated)]
+            by_bucket: dict[NodeRef, set[str]] = {}
+            for block in found:
+                by_bucket.setdefault(NodeRef(block.group, DEPTH, block.bucket), set()).add(block.transfer_id)
+            asked: list[NodeRef] = []
+            transfers: dict[str, None] = {}  # in the order of the buckets: the responder answers the first first
+            for ref in progress.buckets:
+                wanted = dict.fromkeys(sorted(by_bucket.get(ref, set())))
+                most = 1 if progress.narrow else MAX_REFS_PER_REQUEST  # the last reply had room for none
+                if asked and (len(asked) >= most or len(transfers | wanted) > MAX_TRANSFERS_PER_REQUEST):
+                    break
+                asked.append(ref)
+                transfers |= wanted
+            progress.asked = asked
+            progress.buckets = progress.buckets[len(asked) :]
+            progress.transfers = list(transfers)
+            await self._request(tx, run, progress, nodes=asked, transfer_ids=progress.transfers)
             return
         await self._finish(tx, run, progress, None, "")
 
@@ -642,6 +696,8 @@ class Reconciling(GatewayBase):
             mine_only.extend(step.mine_only)
             theirs_only.extend(step.theirs_only)
             repeated.extend(step.repeated)
+        if len(mine_only) + len(theirs_only) + len(repeated) > MAX_DIFFERENCES:
+            raise TooManyDifferences(f"more than {MAX_DIFFERENCES} blocks differ: the run stops at the totals")
         differences = pair_differences(mine_only, theirs_only)
         return differences + [repeated_difference(b, m, t) for b, m, t in repeated]
 
@@ -664,16 +720,28 @@ class Reconciling(GatewayBase):
     ) -> None:
         """Classify the differences, freeze their blocks, sign the report, keep it and send it."""
         size, root = await self._own_head(tx)
-        differences = await self._confirmed(tx, run, progress) if status is None else []
+        differences: list[Difference] = []
+        if status is None:
+            try:
+                differences = await self._confirmed(tx, run, progress)
+            except TooManyDifferences as exc:
+                status, detail = Status.TOTALS_INCONSISTENT, str(exc)
         kept: list[Difference] = []
         in_flight: set[str] = set()
         for difference in differences:
-            theirs = progress.evidence.get(difference.transfer_id)
-            their_view = (
-                _view_of_state(TransferState(theirs.state))
-                if theirs is not None and theirs.known and theirs.state in TransferState._value2member_map_
-                else TransferView.UNKNOWN
-            )
+            # The responder's state of the transfer, as read with the bucket(s) the difference lies in. A transfer
+            # not asked with its bucket (it moved after phase 2) or read with two buckets apart is compared again
+            # next time, not reported.
+            seen = {
+                progress.states.get(NodeRef(b.group, DEPTH, b.bucket), {}).get(difference.transfer_id)
+                for b in difference.blocks
+            }
+            if None in seen or len(seen) != 1:
+                in_flight.add(difference.transfer_id)
+                continue
+            (state,) = seen
+            assert state is not None
+            their_view = _view_of_state(TransferState(state)) if state else TransferView.UNKNOWN
             classified = classify(
                 difference, await self._transfer_view(tx, difference.transfer_id, run.partner), their_view
             )
@@ -724,7 +792,9 @@ class Reconciling(GatewayBase):
     def _fit_report(self, partner: str, report: partner_pb2.ReconciliationReport) -> None:
         """Leave out the differences the partner's size cap has no room for (the count says how many)."""
         budget = _budget(self, partner)
-        while report.differences and report.ByteSize() > budget:
+        over = report.ByteSize() - budget
+        while report.differences and over > 0:
+            over -= report.differences[-1].ByteSize() + 4
             report.differences.pop()
             report.differences_omitted += 1
         while report.groups and report.ByteSize() > budget:
@@ -815,9 +885,9 @@ class Reconciling(GatewayBase):
         elif request.phase == PHASE_BLOCKS:
             await self._answer_nodes(tx, partner, request, reply)
         elif request.phase == PHASE_AUDIT:
-            # The buckets first: each is the latest record of a differing block, read with the transfer states.
-            await self._answer_nodes(tx, partner, request, reply)
+            # The transfers first, then the buckets that fit beside them: both read in this one transaction.
             await self._answer_transfers(tx, partner, request, reply, size)
+            await self._answer_nodes(tx, partner, request, reply)
         else:
             raise GatewayError(
                 ResponseCode.MALFORMED_PAYLOAD,
@@ -849,6 +919,9 @@ class Reconciling(GatewayBase):
                 updated_at=now,
             )
             await tx.insert_reconciliation(run)
+        elif run.status in (Status.RUNNING, Status.ABANDONED) and not run.report:
+            run = replace(run, status=Status.RUNNING, updated_at=now)
+            await tx.update_reconciliation(run)
         problem = await self._check_requester_head(tx, partner, size, root, request.consistency_from, proof)
         if problem:
             if run.status is Status.RUNNING or run.status is Status.CONSISTENT:
@@ -914,8 +987,14 @@ class Reconciling(GatewayBase):
         for i, message in enumerate(request.nodes):
             ref = ref_from_proto(message, f"reconciliation_request.nodes[{i}]")
             view = view_to_proto(await self._own_view(tx, partner, ref))
+            if reply.ByteSize() + view.ByteSize() + 16 > budget and not reply.nodes:
+                # Phase 3: a transfer's state matters more than its listed messages; make room for one bucket.
+                for evidence in reversed(reply.transfers):
+                    while evidence.messages and reply.ByteSize() + view.ByteSize() + 16 > budget:
+                        evidence.messages.pop()
+                        evidence.messages_omitted += 1
             if reply.ByteSize() + view.ByteSize() + 16 > budget:
-                if reply.nodes:
+                if reply.nodes or reply.transfers:
                     break  # the requester asks again for the rest
                 raise _too_small(partner, "one node of the tree", view.ByteSize(), budget)
             reply.nodes.append(view)
@@ -939,7 +1018,7 @@ class Reconciling(GatewayBase):
             check_identifier(transfer_id, f"reconciliation_request.transfer_ids[{i}]")
             evidence = await self._evidence(tx, transfer_id, partner, size)
             if reply.ByteSize() + evidence.ByteSize() + 16 > budget:
-                if reply.transfers or reply.nodes:
+                if reply.transfers:
                     break
                 # Alone and still too large: its last messages are left out, and counted.
                 while evidence.messages and reply.ByteSize() + evidence.ByteSize() + 16 > budget:
@@ -983,7 +1062,7 @@ class Reconciling(GatewayBase):
                 f"run {run.run_id} already has its report ({run.status.name})",
                 field="reconciliation_report.run_id",
             )
-        detail = report.detail[:2000]
+        detail = f"{partner} reports: {report.detail[:2000]}" if report.detail else ""
         if run.status is Status.MANUAL_INTERVENTION_REQUIRED:
             status, detail = run.status, run.detail  # this side found the requester's log rewritten
         else:
@@ -1034,6 +1113,18 @@ async def _freezable(
             if own.space == block.space and start <= end:
                 ranges.add((own.space, start, end))
     return sorted(ranges, key=lambda r: (r[0].unit_kind, r[0].issuing_registry, r[0].issuance, r[1], r[2]))
+
+
+def _log_problem(partner: str, detail: str) -> bool:
+    """True when a run's detail is this side's own finding that ``partner``'s message log cannot be trusted (not
+    a text the partner sent)."""
+    return detail.startswith(
+        (
+            f"{partner}'s message log was rewritten",
+            f"{partner} never proved its message log",
+            f"{partner} proved its message log consistent from a head",
+        )
+    )
 
 
 def _too_small(partner: str, what: str, size: int, budget: int) -> GatewayError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import time
 from pathlib import Path
 
@@ -324,5 +325,40 @@ async def test_a_requester_must_prove_its_log_from_a_head_it_showed(
         kept = await pair.chn.core.gateway.get_reconciliation("evasive-run")
         assert kept.status is Status.MANUAL_INTERVENTION_REQUIRED
         assert said in kept.detail, kept.detail
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_resolving_reaches_back_only_from_a_block_level_result(tmp_path: Path) -> None:
+    from gateway.store.base import ReconciliationRun, RunRole
+
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    pair = await start_pair(tmp_path, clock=lambda: now)
+    try:
+        gateway = pair.chn.core.gateway
+
+        def run(run_id: str, status: Status, minutes: int) -> ReconciliationRun:
+            at = now - dt.timedelta(minutes=minutes)
+            return ReconciliationRun(run_id, "CHE", RunRole.REQUESTER, status, at, at, at)
+
+        async with pair.chn.store.transaction() as tx:
+            await tx.insert_reconciliation(run("blocks", Status.BLOCKS_INCONSISTENT, 30))
+            await tx.freeze("blocks", [(SPACE, 1, 10)])
+            await tx.insert_reconciliation(run("totals", Status.TOTALS_INCONSISTENT, 20))
+            await tx.insert_reconciliation(run("manual", Status.MANUAL_INTERVENTION_REQUIRED, 10))
+            await tx.freeze("manual", [(SPACE, 20, 30)])
+        # A run that stopped at the totals examined no block: resolving it leaves the earlier findings alone.
+        await gateway.resolve_reconciliation(Idempotency("t", "r", "k1", "h1"), "totals", "totals checked")
+        assert (await gateway.get_reconciliation("blocks")).status is Status.BLOCKS_INCONSISTENT
+        assert await frozen(pair.chn, 1, 10) == ["blocks"]
+        # The latest block-level result is the latest word: resolving it resolves the earlier one too.
+        await gateway.resolve_reconciliation(Idempotency("t", "r", "k2", "h2"), "manual", "compared by hand")
+        resolved = await gateway.get_reconciliation("blocks")
+        assert (resolved.status, resolved.resolved_reason) == (
+            Status.RESOLVED,
+            "resolved with run manual: compared by hand",
+        )
+        assert await frozen(pair.chn, 1, 30) == []
     finally:
         await pair.stop()
