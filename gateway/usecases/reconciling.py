@@ -938,27 +938,21 @@ class Reconciling(GatewayBase):
         root: bytes,
         consistency_from: int,
         proof: list[bytes],
-        *,
-        final: bool = False,
     ) -> str:
         """Why the requester's head cannot be trusted (empty when it can), and keep it when it can.
 
         The proof must start from a head the requester showed here before, whichever: with runs in both
-        directions it may not be the latest. A first request may carry none (the requester learns from the reply
-        which head this side saw); its report (``final``) must."""
+        directions it may not be the latest. A requester that names none (it learns from this side's answers
+        which head this side saw) proves nothing yet."""
         known = await tx.partner_log_head(partner)
         now = self.clock()
         if known is None or known.tree_size == 0:
             await tx.set_partner_log_head(partner, PartnerLogHead(size, root, now, known.partner_saw if known else 0))
             return ""
         if consistency_from == 0:
-            if not final:
-                return ""
-            return (
-                f"{partner} never proved its message log consistent with the head of {known.tree_size} entries it"
-                f" showed on {known.seen_at:%Y-%m-%d %H:%M:%S} UTC; compare both sides' message logs before trusting"
-                " either"
-            )
+            # The requester knows of no head this side saw: honest when this side's last answer to it showed none
+            # (an answer delayed past later runs), so it is not held against it.
+            return ""
         root_then = await tx.partner_log_root(partner, consistency_from)
         if root_then is None:
             return (
@@ -1068,9 +1062,7 @@ class Reconciling(GatewayBase):
         else:
             head = head_from_proto(report.requester_head, "reconciliation_report.requester_head")
             proof = proof_from_proto(report.consistency_proof, "reconciliation_report.consistency_proof")
-            problem = await self._check_requester_head(
-                tx, partner, head[0], head[1], report.consistency_from, proof, final=True
-            )
+            problem = await self._check_requester_head(tx, partner, head[0], head[1], report.consistency_from, proof)
             if problem:
                 status, detail = Status.MANUAL_INTERVENTION_REQUIRED, problem
         if status.freezes:
