@@ -21,9 +21,6 @@ from gateway.ledger_cli import EXIT_USAGE, RefusedError, UsageError, _command, _
 EXIT_DISCREPANCY = 3
 EXIT_WAITING = 4
 
-_RUN_STATUSES = {1: "RUNNING", 2: "CONSISTENT", 3: "TOTALS_INCONSISTENT", 4: "BLOCKS_INCONSISTENT", 5: "RESOLVED"}
-_RUN_STATUSES.update({6: "MANUAL_INTERVENTION_REQUIRED", 7: "ABANDONED"})
-
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``reconcile`` commands."""
@@ -111,14 +108,14 @@ def _write_report(run: Any, out: str | None) -> None:
 
 
 def _do_list(args: argparse.Namespace) -> int:
-    from carbon_gateway.v1 import operator_pb2
+    from carbon_gateway.v1 import operator_pb2, partner_pb2
 
     request = operator_pb2.ListReconciliationsRequest(partner=args.list_partner)
     listed = _run("reconcile list", args, lambda stub: stub.ListReconciliations(request, timeout=30))
     for run in listed.runs:
         print(
             _printable(
-                f"{run.run_id}  {run.partner}  {run.role}  {_RUN_STATUSES.get(run.status, str(run.status))}"
+                f"{run.run_id}  {run.partner}  {run.role}  {_name(partner_pb2.ReconciliationStatus, run.status)}"
                 f"  {run.started_at.ToJsonString()}  {run.detail[:80]}"
             )
         )
@@ -150,7 +147,9 @@ def _do_resolve(args: argparse.Namespace) -> int:
 
 def format_run(run: Any) -> str:
     """A run and its report as text."""
-    status = _RUN_STATUSES.get(run.status, str(run.status))
+    from carbon_gateway.v1 import partner_pb2, records_pb2
+
+    status = _name(partner_pb2.ReconciliationStatus, run.status)
     lines = [
         f"run {run.run_id} with {run.partner} ({run.role}), snapshot {run.snapshot_at.ToJsonString()}",
         f"status: {status}",
@@ -172,12 +171,11 @@ def format_run(run: Any) -> str:
             f" {report.requester} {group.requester.blocks} blocks / {group.requester.quantity} units,"
             f" {report.responder} {group.responder.blocks} blocks / {group.responder.quantity} units"
         )
-    kinds = {1: "MISSING_AT_REQUESTER", 2: "MISSING_AT_RESPONDER", 3: "QUANTITY", 4: "VINTAGE", 5: "FIRST_TRANSFER"}
-    kinds.update({6: "ADJUSTED_TWICE", 7: "STATE", 8: "ATTRIBUTES"})
     for difference in report.differences:
         fields = f" ({', '.join(difference.fields)})" if difference.fields else ""
         lines.append(
-            f"difference {kinds.get(difference.kind, difference.kind)} in transfer {difference.transfer_id}{fields}"
+            f"difference {_name(partner_pb2.DifferenceKind, difference.kind)}"
+            f" in transfer {difference.transfer_id}{fields}"
         )
         for side, blocks in (
             (report.requester, difference.requester_blocks),
@@ -196,7 +194,7 @@ def format_run(run: Any) -> str:
             (report.requester, difference.requester_evidence),
             (report.responder, difference.responder_evidence),
         ):
-            state = _STATES.get(evidence.state, str(evidence.state)) if evidence.known else "transfer unknown"
+            state = _name(records_pb2.TransferState, evidence.state) if evidence.known else "transfer unknown"
             digests = ", ".join(
                 f"#{m.log_index} {m.direction} {m.kind} {m.envelope_sha256.hex()[:12]}" for m in evidence.messages
             )
@@ -213,14 +211,19 @@ def format_run(run: Any) -> str:
     return _printable("\n".join(lines))
 
 
+def _name(enum: Any, value: int) -> str:
+    """An enum value's name in the protos, or its number when this version does not know it."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return str(value)
+
+
 def _printable(text: str) -> str:
     """``text`` with every control character but the line break shown as an escape: a partner's words (a
     detail, a code) never drive the operator's terminal."""
     return "".join(c if c == "\n" or c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
-
-_STATES = {1: "PROPOSED", 2: "CHECKED", 3: "CHECKED_DISCREPANCY", 4: "COMPLETED", 5: "TERMINATED", 6: "REJECTED"}
-_STATES.update({7: "CANCELLED", 8: "ACCEPTED"})
 
 _start = _command("reconcile", _do_start)
 _list = _command("reconcile list", _do_list)

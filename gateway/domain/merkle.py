@@ -29,7 +29,7 @@ step by step, takes no storage, and returns ``False`` for any malformed input in
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "EMPTY_ROOT",
@@ -450,3 +450,8 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         sn >>= 1
     # 7. Valid iff fr equals first_hash, sr equals second_hash, and sn is 0.
     return fr == old_root and sr == new_root and sn == 0
+
+
+def reader(nodes: Mapping[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:
+    """A ``get`` over node hashes a caller fetched beforehand (the coordinates a ``nodes_needed_*`` gave)."""
+    return lambda level, index: nodes[(level, index)]

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from gateway.domain.blocks import SerialSpace
 from gateway.domain.canonical import ActionSubtype
 from gateway.domain.records import ActionType, LedgerEntry
+from gateway.domain.transfer import TransferState
 
 BUCKET_BITS = 16
 """Bits of a block's identity hash that place it in its group's tree: 65,536 buckets."""
@@ -545,6 +546,13 @@ class TransferView(enum.Enum):
     OPEN = "open"  # not final yet: the movement is on its way
     COMPLETED = "completed"
     ENDED = "ended"  # terminated, cancelled, rejected or refused at check
+
+
+def view_of_state(state: TransferState) -> TransferView:
+    """What a transfer's state says of a movement the side does not record."""
+    if state is TransferState.COMPLETED:
+        return TransferView.COMPLETED
+    return TransferView.ENDED if state.is_final else TransferView.OPEN
 
 
 def classify(difference: Difference, requester_view: TransferView, responder_view: TransferView) -> Difference | None:

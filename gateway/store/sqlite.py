@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -1146,7 +1146,7 @@ class SQLiteTransaction:
                 for r in rows
             ]
             needed = await self.log_tree_nodes(merkle.nodes_needed_for_append(size, len(leaves)))
-            added = merkle.nodes_for_append(size, leaves, _reader(needed))
+            added = merkle.nodes_for_append(size, leaves, merkle.reader(needed))
             self._db.executemany("INSERT INTO log_tree VALUES (?, ?, ?)", added)
             size += len(leaves)
 
@@ -1223,10 +1223,6 @@ def _stored_block(row: sqlite3.Row) -> StoredBlock:
 
 DEPTH_LEVELS = reconciliation.DEPTH + 1
 FANOUT = reconciliation.FANOUT_BITS
-
-
-def _reader(nodes: dict[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:
-    return lambda level, index: nodes[(level, index)]
 
 
 def _chunks(values: Sequence[int], size: int) -> list[list[int]]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from carbon_gateway.v1 import partner_pb2
@@ -49,6 +49,7 @@ from gateway.domain.reconciliation import (
     repeated_difference,
     should_list,
     status_of,
+    view_of_state,
 )
 from gateway.domain.text import check_identifier
 from gateway.domain.transfer import Transfer, TransferState
@@ -187,6 +188,10 @@ class Progress:
     def found(self) -> int:
         """Differing blocks found so far."""
         return len(self.mine_only) + len(self.theirs_only) + len(self.repeated)
+
+    def found_blocks(self) -> list[ReconciledBlock]:
+        """Every differing block found in phase 2, on either side."""
+        return [*self.mine_only, *self.theirs_only, *(b for b, _, _ in self.repeated)]
 
 
 def _ref_json(ref: NodeRef) -> list[object]:
@@ -401,13 +406,13 @@ class Reconciling(GatewayBase):
     async def _own_head(self, tx: Transaction) -> tuple[int, bytes]:
         size = await tx.fold_log_tree()
         nodes = await tx.log_tree_nodes(merkle.nodes_needed_for_root(size))
-        return size, merkle.root_from_nodes(size, _reader(nodes))
+        return size, merkle.root_from_nodes(size, merkle.reader(nodes))
 
     async def _consistency(self, tx: Transaction, old: int, new: int) -> list[bytes]:
         if old <= 0 or old >= new:
             return []
         nodes = await tx.log_tree_nodes(merkle.nodes_needed_for_consistency(old, new))
-        return merkle.consistency_proof(old, new, _reader(nodes))
+        return merkle.consistency_proof(old, new, merkle.reader(nodes))
 
     async def _request(
         self,
@@ -607,7 +612,7 @@ class Reconciling(GatewayBase):
             answered[item.transfer_id] = int(item.state) if known else 0
         asked_buckets = set(progress.asked)
         fresh_blocks = sum(len(b) for b in progress.fresh.values())
-        found = [*progress.mine_only, *progress.theirs_only, *(b for b, _, _ in progress.repeated)]
+        found = progress.found_blocks()
         for i, node in enumerate(reply.nodes):
             view = view_from_proto(node, f"reconciliation_reply.nodes[{i}]")
             if view.ref not in asked_buckets or view.ref in progress.fresh or view.blocks is None:
@@ -657,12 +662,12 @@ class Reconciling(GatewayBase):
                 progress.nodes_asked += len(progress.asked)
                 await self._request(tx, run, progress, nodes=progress.asked)
                 return
-            found = [*progress.mine_only, *progress.theirs_only, *(b for b, _, _ in progress.repeated)]
+            found = progress.found_blocks()
             progress.buckets = sorted({NodeRef(b.group, DEPTH, b.bucket) for b in found})
             progress.phase = PHASE_AUDIT
         if progress.phase == PHASE_AUDIT and progress.buckets:
             # Each bucket goes with the transfers of its differing blocks, so both are read in one transaction.
-            found = [*progress.mine_only, *progress.theirs_only, *(b for b, _, _ in progress.repeated)]
+            found = progress.found_blocks()
             by_bucket: dict[NodeRef, set[str]] = {}
             for block in found:
                 by_bucket.setdefault(NodeRef(block.group, DEPTH, block.bucket), set()).add(block.transfer_id)
@@ -708,7 +713,7 @@ class Reconciling(GatewayBase):
         transfer = await tx.get_transfer(transfer_id)
         if transfer is None or transfer.partner != partner:
             return TransferView.UNKNOWN
-        return _view_of_state(transfer.state)
+        return view_of_state(transfer.state)
 
     async def _finish(
         self,
@@ -741,7 +746,7 @@ class Reconciling(GatewayBase):
                 continue
             (state,) = seen
             assert state is not None
-            their_view = _view_of_state(TransferState(state)) if state else TransferView.UNKNOWN
+            their_view = view_of_state(TransferState(state)) if state else TransferView.UNKNOWN
             classified = classify(
                 difference, await self._transfer_view(tx, difference.transfer_id, run.partner), their_view
             )
@@ -822,7 +827,7 @@ class Reconciling(GatewayBase):
                     kind=entry.kind.value,
                     message_id=entry.message_id,
                     envelope_sha256=hashlib.sha256(entry.envelope).digest(),
-                    inclusion_proof=merkle.inclusion_proof(entry.index - 1, size, _reader(nodes)),
+                    inclusion_proof=merkle.inclusion_proof(entry.index - 1, size, merkle.reader(nodes)),
                     recorded_at=wire.timestamp(entry.recorded_at),
                 )
             )
@@ -1074,10 +1079,6 @@ class Reconciling(GatewayBase):
             log.warning("%s reports reconciliation run %s %s: %s", partner, run.run_id, status.name, detail)
 
 
-def _reader(nodes: dict[tuple[int, int], bytes]) -> Callable[[int, int], bytes]:
-    return lambda level, index: nodes[(level, index)]
-
-
 def _budget(gateway: Reconciling, partner: str) -> int:
     """Bytes a reconciliation body may take to ``partner``: its envelope cap (statements travel in protobuf
     form), less the room kept for the header and for the envelope's payload type, key ID and signature."""
@@ -1125,14 +1126,6 @@ def _too_small(partner: str, what: str, size: int, budget: int) -> GatewayError:
         f"{what} takes {size} bytes and a reconciliation message to {partner} has room for {budget} (its"
         " envelope cap, less the header): raise the cap both sides configure for each other (max_envelope_bytes)",
     )
-
-
-def _view_of_state(state: TransferState) -> TransferView:
-    if state is TransferState.COMPLETED:
-        return TransferView.COMPLETED
-    if state.is_final:
-        return TransferView.ENDED
-    return TransferView.OPEN
 
 
 def _rewritten(partner: str, known: PartnerLogHead | None, size: int, root: bytes, proof: list[bytes]) -> str:
