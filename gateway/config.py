@@ -8,6 +8,7 @@ configuration it misread.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import math
 import socket
 import tomllib
@@ -29,6 +30,122 @@ DEFAULT_SIGNER_NAME = "default"
 
 class ConfigError(ValueError):
     """The configuration file is missing a setting or has a malformed one."""
+
+
+class UnknownKeysError(ConfigError):
+    """Keys no setting uses: misspelt or misplaced settings, all of them at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
+
+
+# The keys each table takes. A key not listed here is refused (`unknown_keys`), so a misspelt setting never
+# falls silently back to its default. A table whose keys are names the operator chooses maps to None.
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "party",
+        "database",
+        "signer",
+        "trust_document",
+        "signers",
+        "operator",
+        "partner",
+        "http",
+        "tls",
+        "partners",
+        "registries",
+        "policy",
+        "limits",
+        "ledger",
+        "reconciliation",
+    }
+)
+OPERATOR_KEYS = frozenset({"listen"})
+PARTNER_SECTION_KEYS = frozenset({"listen"})
+HTTP_KEYS = frozenset({"listen"})
+TLS_KEYS = frozenset({"certificate", "private_key", "ca_certificate"})
+PARTNER_KEYS = frozenset({"party", "address", "trust_document", "tls_identity", "http_url", "max_envelope_bytes"})
+REGISTRY_KEYS = frozenset({"code", "unit_kinds", "party", "issuance_pattern"})
+POLICY_KEYS = frozenset({"rules"})
+POLICY_RULE_KEYS = frozenset({"verdict", "partner", "acquiring_account", "purpose", "max_quantity"})
+LIMITS_KEYS = frozenset(
+    {
+        "max_envelope_bytes",
+        "clock_skew_seconds",
+        "max_message_lifetime_seconds",
+        "message_lifetime_seconds",
+        "hold_deadline_seconds",
+        "decision_timeout_seconds",
+        "status_query_after_seconds",
+    }
+)
+LEDGER_KEYS = frozenset(
+    {
+        "ndc_first_year",
+        "ndc_last_year",
+        "adjustment_method",
+        "averaging_divisor",
+        "party_registry",
+        "gwp_values",
+        "underlying_registry_codes",
+    }
+)
+RECONCILIATION_KEYS = frozenset({"every_seconds"})
+
+_TABLES: Mapping[str, frozenset[str]] = {
+    "operator": OPERATOR_KEYS,
+    "partner": PARTNER_SECTION_KEYS,
+    "http": HTTP_KEYS,
+    "tls": TLS_KEYS,
+    "policy": POLICY_KEYS,
+    "limits": LIMITS_KEYS,
+    "ledger": LEDGER_KEYS,
+    "reconciliation": RECONCILIATION_KEYS,
+}
+"""Tables at the top level, by name, with the keys each takes; ``[signers]`` takes any name."""
+_ARRAYS: Mapping[str, frozenset[str]] = {"partners": PARTNER_KEYS, "registries": REGISTRY_KEYS}
+"""Arrays of tables (``[[partners]]``, ``[[registries]]``) with the keys each entry takes."""
+
+
+def _unknown_in(table: Mapping[str, Any], where: str, known: frozenset[str]) -> list[str]:
+    """One message per key of ``table`` that is not in ``known``, with a "did you mean" for a near miss."""
+    problems = []
+    for key in table:
+        if key in known:
+            continue
+        path = f"{where}.{key}" if where else key
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        label = f"the [{where}] table" if where else "the top level"
+        problems.append(f"{path}: unknown setting; {hint}{label} takes {', '.join(sorted(known))}")
+    return problems
+
+
+def unknown_keys(data: Mapping[str, Any]) -> list[str]:
+    """Every key of a parsed configuration that no setting uses, one message each: the top level first, then
+    each table, then each entry of ``[[partners]]``, ``[[registries]]`` and the policy's rules.
+
+    Values of the wrong type are left to the loader, which names them.
+    """
+    problems = _unknown_in(data, "", TOP_LEVEL_KEYS)
+    for name, known in _TABLES.items():
+        table = data.get(name)
+        if isinstance(table, dict):
+            problems += _unknown_in(table, name, known)
+    for name, known in _ARRAYS.items():
+        entries = data.get(name)
+        if isinstance(entries, list):
+            for i, entry in enumerate(entries):
+                if isinstance(entry, dict):
+                    problems += _unknown_in(entry, f"{name}[{i}]", known)
+    policy = data.get("policy")
+    rules = policy.get("rules") if isinstance(policy, dict) else None
+    if isinstance(rules, list):
+        for i, rule in enumerate(rules):
+            if isinstance(rule, dict):
+                problems += _unknown_in(rule, f"policy.rules[{i}]", POLICY_RULE_KEYS)
+    return problems
 
 
 @dataclass(frozen=True)
@@ -88,18 +205,9 @@ def _year(value: object, where: str) -> int:
 def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
     """The ``[ledger]`` table: the NDC period, the adjustment method chosen once for it, the averaging divisor,
     and what the AEF report names that the ledger does not."""
-    known = {
-        "ndc_first_year",
-        "ndc_last_year",
-        "adjustment_method",
-        "averaging_divisor",
-        "party_registry",
-        "gwp_values",
-        "underlying_registry_codes",
-    }
-    for key in table:
-        if key not in known:
-            raise ConfigError(f"ledger.{key}: unknown setting; the [ledger] table takes {', '.join(sorted(known))}")
+    problems = _unknown_in(table, "ledger", LEDGER_KEYS)
+    if problems:
+        raise ConfigError(problems[0])
     adjustments = None
     if "adjustment_method" in table:
         method_text = _string(table["adjustment_method"], "ledger.adjustment_method")
@@ -299,6 +407,9 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = unknown_keys(data)
+    if unknown:
+        raise UnknownKeysError(unknown)
     base = path.resolve().parent
     party = _require(data, "party", str(path))
     if not isinstance(party, str) or not PARTY_PATTERN.fullmatch(party):
@@ -385,11 +496,9 @@ def load_config(path: Path) -> GatewayConfig:
 
 def _schedule(table: Mapping[str, Any]) -> dt.timedelta | None:
     """The ``[reconciliation]`` table: ``every_seconds`` between runs with each partner (default a day, 0 off)."""
-    unknown = set(table) - {"every_seconds"}
-    if unknown:
-        raise ConfigError(
-            f"reconciliation.{sorted(unknown)[0]}: unknown setting; the [reconciliation] table takes every_seconds"
-        )
+    problems = _unknown_in(table, "reconciliation", RECONCILIATION_KEYS)
+    if problems:
+        raise ConfigError(problems[0])
     if table.get("every_seconds", 86400) == 0:
         return None
     return _seconds(table, "every_seconds", 86400, minimum=60.0, section="reconciliation")
