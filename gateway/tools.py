@@ -172,6 +172,7 @@ def _do_keys_generate(args: argparse.Namespace) -> int:
     prefix = Path(args.out)
     if not prefix.name:
         raise _ToolError(f"--out {args.out!r} names no file prefix; give one, e.g. --out keys/chn")
+    _make_key_folder(prefix.parent)
     try:
         public = generate_key(prefix, Algorithm(args.algorithm), passphrase)
     except SigningError as exc:
@@ -188,6 +189,28 @@ def _do_keys_generate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _make_key_folder(folder: Path) -> None:
+    """Create the folder of a new key and its missing parents; the folders created are private (mode 0700)."""
+    if folder.is_dir():
+        return
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    if folder.exists():
+        raise _ToolError(f"--out: {folder} exists and is not a folder")
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            if not path.is_dir():
+                raise _ToolError(f"--out: {path} exists and is not a folder") from None
+        except OSError as exc:
+            raise _ToolError(f"--out: cannot create the folder {path}: {exc.strerror or exc}") from None
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
 
 
 # -- envelopes -----------------------------------------------------------------------------------------
