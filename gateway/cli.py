@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.reconcile_cli import register as register_reconcile
 
     register_reconcile(commands)
+    from gateway.setup_cli import register as register_setup
+
+    register_setup(commands)
     from adapters.commands import register as register_adapters
 
     register_adapters(commands)

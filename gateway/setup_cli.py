@@ -1,0 +1,723 @@
+"""Setting up a Party: ``carbon-gateway init``, ``trust next`` and ``config check``.
+
+- ``init --party CHN DIR`` writes what a new gateway needs into DIR: a signing key (or a PKCS#11 signer URI),
+  its first signed trust document, demo mTLS certificates if asked, and a commented ``gateway.toml`` that
+  ``carbon-gateway serve`` accepts as written;
+- ``trust next --config FILE --new-key KEY`` drafts version N+1 of the Party's trust document for a key
+  rotation, signed by the current trust keys and the new key: what ``RotateTrustDocument`` installs;
+- ``config check FILE`` loads a configuration with the loader ``serve`` uses and names every wrong setting.
+
+Each command returns 0 on success and 2 with one line on stderr when an input is unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.domain.records import PARTY_PATTERN
+from signing import Envelope, Role, Signer, SigningError, TrustDocument, TrustedParty, sign_trust_document
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+"""The command line or an input file is unusable, or the configuration is wrong."""
+
+CONFIG_FILE = "gateway.toml"
+"""The configuration file ``init`` writes into its folder."""
+TRUST_ROLES = ("trust", "transfer")
+"""The roles a new key joins in the next trust document."""
+
+
+class SetupError(Exception):
+    """A failure to report as one line on stderr, with exit status 2."""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``init``, ``trust`` and ``config`` subcommands to the ``carbon-gateway`` parser."""
+    init = commands.add_parser(
+        "init",
+        help="write a new gateway's key, trust document and commented configuration into a folder",
+        description="Write what a new gateway needs into DIR (created if missing; refused if it is not empty): "
+        "keys/<party>.key (PKCS#8 PEM, mode 0600) unless --signer names a PKCS#11 key, <party>.trust.json "
+        "(version 1, signed; publish it to partners), partners/ (where partners' trust documents go), tls/ with "
+        "--demo-tls, and gateway.toml, commented, which `carbon-gateway serve` accepts as written.",
+    )
+    init.add_argument("--party", required=True, help="this gateway's Party: ISO 3166-1 alpha-3 code, e.g. CHN")
+    init.add_argument(
+        "--signer",
+        metavar="URI",
+        help="a pkcs11: signer URI (see the README, 'Signing and trust') to use instead of generating a key file",
+    )
+    init.add_argument(
+        "--partner",
+        action="append",
+        default=[],
+        metavar="PARTY=HOST:PORT",
+        help="a partner gateway and its partner-exchange address (repeatable); its trust document goes in "
+        "partners/<party>.trust.json",
+    )
+    init.add_argument(
+        "--accept-from",
+        action="append",
+        default=[],
+        metavar="PARTY",
+        help="accept proposals from this partner without an operator's decision (repeatable); others are held",
+    )
+    init.add_argument("--operator-listen", default="127.0.0.1:50051", metavar="HOST:PORT", help="default: %(default)s")
+    init.add_argument("--partner-listen", default="127.0.0.1:50052", metavar="HOST:PORT", help="default: %(default)s")
+    init.add_argument(
+        "--demo-tls",
+        action="store_true",
+        help="also write a demo CA and this gateway's mTLS certificate into tls/ (tests and demos only)",
+    )
+    init.add_argument(
+        "--demo-tls-ca",
+        metavar="FOLDER",
+        help="with --demo-tls: issue the certificate from the demo CA in FOLDER (ca.crt and ca.key, e.g. another "
+        "gateway's tls/ folder) so that the two gateways trust each other",
+    )
+    init.add_argument(
+        "--days", type=int, default=365, help="validity of the trust document in days (default: %(default)s)"
+    )
+    init.add_argument("folder", metavar="DIR", help="the folder to write into")
+    init.set_defaults(func=_command("init", _init))
+
+    trust = commands.add_parser("trust", help="this Party's trust document", description="Trust documents.")
+    trust_commands = trust.add_subparsers(dest="trust_command", required=True, metavar="COMMAND")
+    next_ = trust_commands.add_parser(
+        "next",
+        help="draft the next version of this Party's trust document for a key rotation",
+        description="Draft version N+1 of the Party's trust document: the same Party, the version after the "
+        "current one, a new expiry, the new key added to the trust and transfer roles (the current keys kept, "
+        "or removed with --retire-old), signed by the current document's trust keys (the configured signers "
+        "that hold them) and by the new key, so that partners holding version N accept it. Writes the document "
+        "(to publish) and FILE.rotate.json, the RotateTrustDocument request that installs it.",
+    )
+    next_.add_argument("--config", required=True, metavar="FILE", help="the gateway's configuration file")
+    next_.add_argument(
+        "--new-key",
+        required=True,
+        metavar="KEY",
+        help="the new key: a signer URI or key path (create one with `carbon-gateway keys generate`)",
+    )
+    next_.add_argument(
+        "--signer-name",
+        default="next",
+        metavar="NAME",
+        help="the name the new key has (or will have) under [signers] in the configuration (default: %(default)s)",
+    )
+    next_.add_argument(
+        "--current",
+        metavar="FILE",
+        help="the current trust document, if newer than the configuration's trust_document (after a rotation)",
+    )
+    next_.add_argument(
+        "--retire-old", action="store_true", help="remove the current document's keys from the next version"
+    )
+    next_.add_argument("--days", type=int, default=365, help="validity in days from now (default: %(default)s)")
+    next_.add_argument(
+        "--out", metavar="FILE", help="where to write the document (default: <party>.trust.v<N+1>.json beside it)"
+    )
+    next_.set_defaults(func=_command("trust next", _trust_next))
+
+    config = commands.add_parser("config", help="gateway configuration files", description="Configuration files.")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    check = config_commands.add_parser(
+        "check",
+        help="check a configuration file the way `serve` reads it",
+        description="Load FILE with the loader `carbon-gateway serve` uses. Prints one line per problem (file, "
+        "setting, what is wrong, what is accepted) and exits 2, or a one-line summary and exits 0.",
+    )
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=_config_check)
+
+
+def _command(name: str, body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return body(args)
+        except SetupError as exc:
+            print(f"carbon-gateway {name}: {' '.join(str(exc).split())}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return run
+
+
+# -- init ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Partner:
+    """A partner named on the ``init`` command line."""
+
+    party: str
+    address: str
+
+
+def _party(value: str, option: str) -> str:
+    if not PARTY_PATTERN.fullmatch(value):
+        hint = f"; write {value.upper()}" if PARTY_PATTERN.fullmatch(value.upper()) else ", e.g. CHN"
+        raise SetupError(f"{option} {value!r} is not an ISO 3166-1 alpha-3 code in capitals{hint}")
+    return value
+
+
+def _listen(value: str, option: str) -> str:
+    from gateway.config import ConfigError, _listen
+
+    try:
+        return _listen(value, option)
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def _partners(values: Sequence[str], party: str) -> list[Partner]:
+    partners: list[Partner] = []
+    for value in values:
+        name, sep, address = value.partition("=")
+        if not sep:
+            raise SetupError(f"--partner {value!r} is not PARTY=HOST:PORT, e.g. --partner CHE=127.0.0.1:50062")
+        name = _party(name, "--partner")
+        if name == party:
+            raise SetupError(f"--partner {value!r}: {name} is this gateway's own Party")
+        if any(p.party == name for p in partners):
+            raise SetupError(f"--partner {name} is given twice")
+        partners.append(Partner(name, _listen(address, f"--partner {name}")))
+    return partners
+
+
+def _init(args: argparse.Namespace) -> int:
+    party = _party(args.party, "--party")
+    partners = _partners(args.partner, party)
+    named = {p.party for p in partners}
+    for accepted in args.accept_from:
+        if _party(accepted, "--accept-from") not in named:
+            raise SetupError(f"--accept-from {accepted}: name it as a partner too (--partner {accepted}=HOST:PORT)")
+    operator_listen = _listen(args.operator_listen, "--operator-listen")
+    partner_listen = _listen(args.partner_listen, "--partner-listen")
+    if not 1 <= args.days <= 3650:
+        raise SetupError(f"--days {args.days} is not in 1..3650")
+    if args.demo_tls_ca is not None and not args.demo_tls:
+        raise SetupError("--demo-tls-ca needs --demo-tls")
+    if args.signer is not None and not args.signer.startswith("pkcs11:"):
+        raise SetupError(
+            f"--signer {args.signer!r} is not a pkcs11: URI; without --signer, init generates a key file itself"
+        )
+    folder = Path(args.folder)
+    _check_empty(folder)
+    parent = folder.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.absolute().name}.init-", dir=parent))
+    except OSError as exc:
+        raise SetupError(f"cannot create {folder}: {exc.strerror or exc} ({parent})") from None
+    # Everything is written into a hidden folder beside DIR, then moved into place: an init that fails or
+    # is killed half way leaves DIR as it was.
+    try:
+        written = _write_gateway(staging, party, partners, args, operator_listen, partner_listen)
+        _move_into(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _print_next_steps(folder, party, partners, written)
+    return EXIT_OK
+
+
+def _check_empty(folder: Path) -> None:
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise SetupError(f"{folder} exists and is not a folder; choose a new folder")
+    try:
+        entries = sorted(p.name for p in folder.iterdir())
+    except OSError as exc:
+        raise SetupError(f"cannot read the folder {folder}: {exc.strerror or exc}") from None
+    if CONFIG_FILE in entries:
+        raise SetupError(f"{folder} already holds a gateway ({folder / CONFIG_FILE}); choose a new folder")
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise SetupError(f"{folder} is not empty ({shown}); init writes only into a new or empty folder")
+
+
+def _move_into(staging: Path, folder: Path) -> None:
+    try:
+        if folder.exists():
+            # An empty folder that exists (perhaps the working folder): move the contents, the configuration
+            # last, so that a folder holding gateway.toml holds everything.
+            names = sorted((p.name for p in staging.iterdir()), key=lambda n: n == CONFIG_FILE)
+            for name in names:
+                os.rename(staging / name, folder / name)
+            staging.rmdir()
+        else:
+            os.rename(staging, folder)
+    except OSError as exc:
+        raise SetupError(f"cannot write into {folder}: {exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True)
+class _Written:
+    signer_uri: str
+    keyid: str
+    expires: dt.datetime
+    tls: bool
+
+
+def _write_gateway(
+    folder: Path,
+    party: str,
+    partners: Sequence[Partner],
+    args: argparse.Namespace,
+    operator_listen: str,
+    partner_listen: str,
+) -> _Written:
+    from gateway.harness import self_signed_trust_document
+    from signing import generate_key, signer_from_uri
+
+    name = party.lower()
+    folder.chmod(0o755)
+    (folder / "partners").mkdir()
+    try:
+        if args.signer is None:
+            (folder / "keys").mkdir(mode=0o700)
+            generate_key(folder / "keys" / name)
+            signer_uri = f"file:keys/{name}.key"
+            signer = signer_from_uri(f"file:{folder / 'keys' / name}.key")
+        else:
+            signer_uri = args.signer
+            signer = signer_from_uri(args.signer)
+    except SigningError as exc:
+        raise SetupError(f"--signer: cannot use the key: {exc}") from None
+    now = dt.datetime.now(dt.UTC)
+    envelope = self_signed_trust_document(party, signer, days=args.days, now=now)
+    (folder / f"{name}.trust.json").write_bytes(envelope.to_json())
+    if args.demo_tls:
+        _write_demo_tls(folder / "tls", party, args.demo_tls_ca)
+    (folder / CONFIG_FILE).write_text(
+        render_config(
+            party,
+            signer_uri=signer_uri,
+            partners=partners,
+            accept_from=args.accept_from,
+            operator_listen=operator_listen,
+            partner_listen=partner_listen,
+            tls=args.demo_tls,
+            created=now,
+        ),
+        encoding="utf-8",
+    )
+    return _Written(signer_uri, signer.keyid, TrustedParty.restore(envelope).expires, args.demo_tls)
+
+
+def _write_demo_tls(out: Path, party: str, ca_folder: str | None) -> None:
+    from gateway.tls import CA_CERTIFICATE_FILE, CA_KEY_FILE, CertificateError, write_gateway_certificates
+
+    out.mkdir(mode=0o700)
+    if ca_folder is not None:
+        for file in (CA_CERTIFICATE_FILE, CA_KEY_FILE):
+            source = Path(ca_folder) / file
+            try:
+                data = source.read_bytes()
+            except OSError as exc:
+                raise SetupError(f"--demo-tls-ca: cannot read {source}: {exc.strerror or exc}") from None
+            target = out / file
+            target.write_bytes(data)
+            target.chmod(0o600 if file == CA_KEY_FILE else 0o644)
+    try:
+        write_gateway_certificates(out, [party], f"carbon-gateway demo CA ({party})", 365)
+    except CertificateError as exc:
+        raise SetupError(f"--demo-tls: {exc}") from None
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a TOML basic string
+
+
+def render_config(
+    party: str,
+    *,
+    signer_uri: str,
+    partners: Sequence[Partner],
+    accept_from: Sequence[str],
+    operator_listen: str,
+    partner_listen: str,
+    tls: bool,
+    created: dt.datetime,
+) -> str:
+    """The commented ``gateway.toml`` that ``init`` writes."""
+    name = party.lower()
+    lines = [
+        f"# carbon-gateway configuration of the {party} gateway, written by `carbon-gateway init` on"
+        f" {created:%Y-%m-%d}.",
+        "# Check it with `carbon-gateway config check gateway.toml`, run it with `carbon-gateway serve gateway.toml`.",
+        "# Relative paths are resolved against this file's folder. An unknown or misspelt setting is refused.",
+        "",
+        "# This gateway's Party: an ISO 3166-1 alpha-3 code.",
+        f"party = {_toml(party)}",
+        "",
+        "# The database: a SQLite file, created if missing (WAL, synchronous=FULL). Keep it on a local disk and",
+        "# back it up: it is the Party's record of everything that crossed borders.",
+        f"database = {_toml(name + '.db')}",
+        "# With PostgreSQL (versions that support it), replicas of one gateway share one database:",
+        '# database = "postgresql://user@host/db"',
+        "",
+        "# The key that signs statements and receipts: a signer URI (file:PATH, file:PATH?passphrase-file=FILE,",
+        "# pkcs11:...) or a key path. See the README, 'Signing and trust'.",
+        f"signer = {_toml(signer_uri)}",
+        "",
+        "# This gateway's own signed trust document (version 1, written by init). Publish this file to every",
+        "# partner, and tell them its keyid out of band so that they can check it.",
+        f"trust_document = {_toml(name + '.trust.json')}",
+        "",
+        "# Further signers, by name, that RotateTrustDocument may switch to (see `carbon-gateway trust next`).",
+        "# [signers]",
+        f'# next = "file:keys/{name}-2.key"',
+        "",
+        "[operator]",
+        "# The operator gRPC API (OperatorService, MappingService, health, reflection). It takes every operator",
+        "# action: keep it on loopback, or behind the authentication your version offers.",
+        f"listen = {_toml(operator_listen)}",
+        "# Versions with operator authentication accept the settings below; this version refuses them, so they",
+        "# stay comments here. Loopback callers without credentials are refused unless this is true:",
+        "# unauthenticated_loopback = true",
+        "# [operator.tls]",
+        '# certificate = "tls/operator.crt"',
+        '# private_key = "tls/operator.key"',
+        '# client_ca = "tls/operator-ca.crt"',
+        "# [[operator.callers]]",
+        '# name = "alice"',
+        '# role = "operator"                    # "read-only", "operator" or "administrator"',
+        '# token_sha256 = "..."                 # or certificate_common_name = "alice"',
+        "",
+        "[partner]",
+        "# The partner exchange (gRPC) that partners deliver signed statements to. Use 0.0.0.0:PORT to accept",
+        "# partners on other hosts.",
+        f"listen = {_toml(partner_listen)}",
+        "",
+        "# Optional: the partner exchange in JSON, the published trust documents, health and metrics over HTTP.",
+        "# [http]",
+        '# listen = "0.0.0.0:8443"',
+        "",
+    ]
+    tls_lines = [
+        "# mTLS for the partner exchange: this gateway's certificate and key, and the CA that signs partners'.",
+        "# Without it the gateway warns loudly at start: partners' transport identity is not checked.",
+    ]
+    tls_values = [
+        "[tls]",
+        f'certificate = "tls/{name}.crt"',
+        f'private_key = "tls/{name}.key"',
+        'ca_certificate = "tls/ca.crt"',
+    ]
+    if tls:
+        tls_lines.append("# These are demo certificates (`--demo-tls`): not for production PKI.")
+        lines += [*tls_lines, *tls_values, ""]
+    else:
+        lines += [*tls_lines, *("# " + line for line in tls_values), ""]
+    lines.append(
+        "# Partner gateways. Each partner's first trust document is obtained out of band and kept under partners/;"
+    )
+    lines.append("# check its keyids with the partner before the first start.")
+    for partner in partners:
+        lines += [
+            "[[partners]]",
+            f"party = {_toml(partner.party)}",
+            f"address = {_toml(partner.address)}              # its partner exchange, HOST:PORT",
+            f"trust_document = {_toml('partners/' + partner.party.lower() + '.trust.json')}",
+            f"# tls_identity = {_toml(partner.party)}         # certificate common name expected (default: the Party)",
+            f'# http_url = "https://{partner.party.lower()}.example:8443"   # where it publishes trust documents',
+            "# max_envelope_bytes = 1048576        # its size cap: larger statements are refused at the operator API",
+            "",
+        ]
+    if not partners:
+        lines += [
+            "# [[partners]]",
+            '# party = "CHE"',
+            '# address = "che.example:50052"',
+            '# trust_document = "partners/che.trust.json"',
+            "",
+        ]
+    lines += [
+        "# The issuing registries (serial spaces). Without [[registries]] the gateway knows CN-CEA (unit kind CEA)",
+        "# and CN-CCER (unit kind CCER), both kept by CHN; list every registry once you list one:",
+        "# [[registries]]",
+        '# code = "CN-CCER"',
+        '# unit_kinds = ["CCER"]',
+        '# party = "CHN"                        # the Party whose gateway is its registry of record',
+        '# issuance_pattern = ""                # a regular expression, where serials restart per issuance',
+        "",
+        "[policy]",
+        "# What to do with a partner's proposal: the first matching rule decides; no match holds it for an",
+        "# operator (DecideTransfer). A rule's verdict is accept, reject or hold; it may match on partner,",
+        "# acquiring_account, purpose (NDC, OIMP, IMP, OP, 'NDC and OIMP', ...) and max_quantity.",
+        "rules = [",
+    ]
+    for accepted in accept_from:
+        lines.append(f'  {{ verdict = "accept", partner = {_toml(accepted)} }},')
+    lines += [
+        '  { verdict = "hold" },',
+        "]",
+        '# For example: { verdict = "accept", partner = "CHE", purpose = "NDC", max_quantity = 100000 }',
+        "",
+        "# Limits, with their defaults:",
+        "# [limits]",
+        "# max_envelope_bytes = 1048576           # size cap checked before any parsing",
+        "# clock_skew_seconds = 300",
+        "# max_message_lifetime_seconds = 86400   # the longest validity window accepted from a partner",
+        "# message_lifetime_seconds = 43200       # the validity window of the statements this gateway signs",
+        "# hold_deadline_seconds = 172800         # a held incoming proposal is rejected after this",
+        "# decision_timeout_seconds = 259200      # an outgoing transfer with no Decision is terminated after this",
+        "# status_query_after_seconds = 900       # a transfer waiting this long asks its partner for its status",
+        "",
+        "# The NDC period and the corresponding-adjustment method, chosen once (README, 'The adjustment ledger'):",
+        "# [ledger]",
+        "# ndc_first_year = 2021",
+        "# ndc_last_year = 2030",
+        '# adjustment_method = "single-year averaging"   # or "single-year trajectory", "multi-year"',
+        '# averaging_divisor = "elapsed years"           # or "years of the NDC period"',
+        f'# party_registry = "{party}01"                  # the Party ITMO registry ID in AEF reports',
+        "",
+        "# Reconciliation with each partner (0: never):",
+        "# [reconciliation]",
+        "# every_seconds = 86400",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _print_next_steps(folder: Path, party: str, partners: Sequence[Partner], written: _Written) -> None:
+    name = party.lower()
+    config = folder / CONFIG_FILE
+    print(f"Created the {party} gateway in {folder}:")
+    print(f"  {config}  configuration, commented")
+    if written.signer_uri.startswith("file:"):
+        print(f"  {folder / 'keys' / (name + '.key')}  signing key (keep it secret; mode 0600)")
+    else:
+        print(f"  signer {written.signer_uri}")
+    print(
+        f"  {folder / (name + '.trust.json')}  trust document version 1, keyid {written.keyid},"
+        f" expires {written.expires:%Y-%m-%d}"
+    )
+    if written.tls:
+        print(f"  {folder / 'tls'}  demo mTLS certificates (not for production)")
+    print("Next steps:")
+    print(f"  1. Publish {folder / (name + '.trust.json')} to every partner; give them its keyid out of band.")
+    if partners:
+        for partner in partners:
+            target = folder / "partners" / f"{partner.party.lower()}.trust.json"
+            print(f"  2. Put {partner.party}'s trust document in {target} (check its keyid with {partner.party}).")
+    else:
+        print(f"  2. Add each partner to {config} ([[partners]]) and put its trust document under partners/.")
+    print(f"  3. carbon-gateway config check {config}")
+    print(f"  4. carbon-gateway serve {config}")
+
+
+# -- trust next ----------------------------------------------------------------------------------------
+
+
+def _trust_next(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.domain.errors import GatewayError
+    from gateway.exchange import apply_trust_update
+    from signing import signer_from_uri
+
+    config_path = Path(args.config)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise SetupError(f"{config_path}: {exc}") from None
+    if not 1 <= args.days <= 3650:
+        raise SetupError(f"--days {args.days} is not in 1..3650")
+    current_path = Path(args.current) if args.current else config.trust_document
+    current = _read_trust(current_path, "--current" if args.current else "trust_document")
+    if current.party != config.party:
+        raise SetupError(f"{current_path} is {current.party}'s trust document, not {config.party}'s")
+    try:
+        new_signer = signer_from_uri(args.new_key)
+    except SigningError as exc:
+        raise SetupError(
+            f"--new-key {args.new_key!r}: {exc}; create a key with `carbon-gateway keys generate --out PREFIX`"
+        ) from None
+    document = current.document
+    if new_signer.public_key.public_bytes in {k.public_bytes for k in document.keys.values()}:
+        raise SetupError(f"--new-key: the key {new_signer.keyid[:16]}... is already in version {document.version}")
+    old_signers = _current_trust_signers(config.signers, document, config_path)
+    next_document = next_trust_document(
+        document, new_signer, retire_old=args.retire_old, expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=args.days)
+    )
+    envelope = sign_trust_document(next_document, [*old_signers, new_signer])
+    try:
+        # What RotateTrustDocument checks first; its own signer check follows from the transfer role.
+        apply_trust_update(current, envelope, dt.datetime.now(dt.UTC))
+    except GatewayError as exc:
+        raise SetupError(f"the drafted document would be refused: {exc.message}") from None
+    out = (
+        Path(args.out)
+        if args.out
+        else current_path.with_name(f"{config.party.lower()}.trust.v{next_document.version}.json")
+    )
+    request_path = out.with_name(out.name.removesuffix(".json") + ".rotate.json")
+    request = {
+        "idempotency_key": f"rotate-{config.party.lower()}-v{next_document.version}",
+        "envelope_json": base64.b64encode(envelope.to_json()).decode("ascii"),
+        "signer": args.signer_name,
+    }
+    for path, data in ((out, envelope.to_json()), (request_path, json.dumps(request, indent=2).encode() + b"\n")):
+        try:
+            with path.open("xb") as file:
+                file.write(data)
+        except FileExistsError:
+            raise SetupError(f"refusing to overwrite {path}; remove it or choose --out") from None
+        except OSError as exc:
+            raise SetupError(f"cannot write {path}: {exc.strerror or exc}") from None
+    configured = config.signers.get(args.signer_name)
+    print(
+        f"wrote {out}: {config.party} trust document version {next_document.version}, expires"
+        f" {next_document.expires:%Y-%m-%d}, keys {', '.join(k[:16] for k in next_document.keys)}"
+    )
+    print(f"wrote {request_path}: the RotateTrustDocument request that installs it")
+    print("Next steps:")
+    step = 1
+    if configured is None:
+        print(
+            f"  {step}. Add the new key to {config_path} under [signers]: {args.signer_name} = {_toml(args.new_key)},"
+            " and restart the gateway."
+        )
+        step += 1
+    print(f"  {step}. carbon-gateway call RotateTrustDocument --config {config_path} - < {request_path}")
+    print(f"  {step + 1}. Publish {out} to every partner (the gateway also pushes it to them).")
+    return EXIT_OK
+
+
+def _read_trust(path: Path, setting: str) -> TrustedParty:
+    from signing import EnvelopeFormatError, TrustError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SetupError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return TrustedParty.restore(Envelope.from_json(data))
+    except (EnvelopeFormatError, TrustError, SigningError) as exc:
+        raise SetupError(f"{setting}: {path} is not a signed trust document: {exc}") from None
+
+
+def _current_trust_signers(signers: Mapping[str, str], document: TrustDocument, config: Path) -> list[Signer]:
+    """Configured signers whose keys are in the current ``trust`` role, as many as its threshold needs."""
+    from signing import signer_from_uri
+
+    trust_keys = set(document.roles["trust"].keyids)
+    chosen: list[Signer] = []
+    seen: set[bytes] = set()
+    for name, uri in sorted(signers.items()):
+        try:
+            signer = signer_from_uri(uri)
+        except SigningError as exc:
+            raise SetupError(f"{config}: the signer {name!r} cannot be used: {exc}") from None
+        if signer.keyid in trust_keys and signer.public_key.public_bytes not in seen:
+            chosen.append(signer)
+            seen.add(signer.public_key.public_bytes)
+    threshold = document.roles["trust"].threshold
+    if len(chosen) < threshold:
+        raise SetupError(
+            f"version {document.version}'s trust role needs {threshold} signature(s), but {config} configures"
+            f" {len(chosen)} signer(s) holding its keys; configure them under signer or [signers]"
+        )
+    return chosen[:threshold]
+
+
+def next_trust_document(
+    current: TrustDocument, new_signer: Signer, *, retire_old: bool, expires: dt.datetime
+) -> TrustDocument:
+    """Version N+1 of ``current`` with ``new_signer``'s key added to the trust and transfer roles.
+
+    With ``retire_old`` the current keys leave every role; a threshold is kept, capped at the role's keys.
+    """
+    new_key = new_signer.public_key
+    keys = {} if retire_old else dict(current.keys)
+    keys[new_key.keyid] = new_key
+    roles: dict[str, Role] = {}
+    for name, role in current.roles.items():
+        keyids = [] if retire_old else list(role.keyids)
+        if name in TRUST_ROLES:
+            keyids.append(new_key.keyid)
+        if not keyids:
+            raise SetupError(f"--retire-old would leave the role {name!r} without keys")
+        roles[name] = Role(tuple(keyids), min(role.threshold, len(keyids)))
+    return TrustDocument(party=current.party, version=current.version + 1, expires=expires, keys=keys, roles=roles)
+
+
+# -- config check --------------------------------------------------------------------------------------
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, UnknownKeysError, load_config
+
+    path = Path(args.file)
+    try:
+        config = load_config(path)
+    except UnknownKeysError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        message = " ".join(str(exc).split())
+        prefix = "" if message.startswith(str(path)) else f"{path}: "
+        print(f"{prefix}{message}", file=sys.stderr)
+        return EXIT_USAGE
+    problems = file_problems(config)
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    partners = ", ".join(p.party for p in config.partners) or "none"
+    print(
+        f"{path}: OK: {config.party} gateway, operator API {config.operator_listen}, partner exchange"
+        f" {config.partner_listen}, partners {partners}, TLS {'on' if config.tls else 'off'}"
+    )
+    return EXIT_OK
+
+
+def file_problems(config: GatewayConfig) -> list[str]:
+    """What ``serve`` would refuse in the files a loaded configuration names: trust documents that are missing,
+    unreadable or another Party's, signers that cannot be opened, missing TLS files, a database folder that
+    does not exist. Ports are not probed: the gateway may be running."""
+    from gateway.config import ConfigError
+    from gateway.node import _signer, _trust_envelope
+
+    problems: list[str] = []
+    documents = [("trust_document", config.trust_document, config.party)]
+    documents += [(f"partners[{i}].trust_document", p.trust_document, p.party) for i, p in enumerate(config.partners)]
+    for setting, path, party in documents:
+        try:
+            document_party = TrustedParty.restore(_trust_envelope(path, setting)).party
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        if document_party != party:
+            problems.append(f"{setting}: {path} is {document_party}'s trust document, not {party}'s")
+    for name, uri in config.signers.items():
+        try:
+            _signer(uri, name)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if config.tls is not None:
+        for name in ("certificate", "private_key", "ca_certificate"):
+            file = getattr(config.tls, name)
+            if not file.is_file():
+                problems.append(f"tls.{name}: {file} is not a readable file")
+    database = config.database
+    if isinstance(database, Path) and not database.parent.is_dir():
+        problems.append(f"database: the folder {database.parent} does not exist; create it")
+    return [" ".join(problem.split()) for problem in problems]
