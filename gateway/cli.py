@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.setup_cli import register as register_setup
 
     register_setup(commands)
+    from gateway.call_cli import register as register_call
+
+    register_call(commands)
     from adapters.commands import register as register_adapters
 
     register_adapters(commands)

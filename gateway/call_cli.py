@@ -1,0 +1,184 @@
+"""``carbon-gateway call METHOD [JSON|-]``: any OperatorService method, with a JSON request and a JSON answer.
+
+The request is the method's request message in the protobuf JSON mapping (`google.protobuf.json_format`), given
+on the command line or on standard input (``-``); the answer is printed the same way, with the field names of
+the ``.proto`` files. The call goes through `gateway.ledger_cli._run`, as every command-line client of the API
+does: a refusal is one line with the response code and the field, and exit status 1. An unknown method or a
+request that does not parse is exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from typing import Any, NoReturn
+
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+
+from gateway.ledger_cli import EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError, fail
+
+SERVICE = "carbon_gateway.v1.OperatorService"
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``call`` command."""
+    options = call_options()
+    call = commands.add_parser(
+        "call",
+        help="call an OperatorService method with a JSON request and print the JSON answer",
+        usage=options.format_usage().removeprefix("usage: "),
+        description=options.description,
+        epilog=options.format_help().partition("\n\n")[2].partition("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    call.add_argument("method", metavar="METHOD", help=argparse.SUPPRESS)
+    # The request and the options may come in any order after METHOD: `call_options` reads them.
+    call.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    call.set_defaults(func=_call)
+
+
+def call_options() -> argparse.ArgumentParser:
+    """The parser of what follows ``call METHOD``: the request and the options, in any order."""
+    call = argparse.ArgumentParser(
+        prog="carbon-gateway call METHOD",
+        description="Call METHOD of carbon_gateway.v1.OperatorService on a running gateway. REQUEST is the request "
+        "message in the protobuf JSON mapping (default {}; - reads it from standard input). Prints the answer as "
+        "JSON (a streaming method prints one JSON object per line). A refusal prints the response code and the "
+        "field on standard error and exits 1; an unknown method or a malformed request exits 2.",
+        add_help=False,
+    )
+    call.add_argument("request", metavar="REQUEST", nargs="?", default="{}", help="JSON, or - for standard input")
+    call.add_argument("--config", help="the gateway's configuration file (its operator address is used)")
+    call.add_argument("--address", help="the operator API's address, HOST:PORT")
+    call.add_argument(
+        "--field",
+        metavar="NAME",
+        help="print only this field of the answer (a dotted path, e.g. transfer_id or block.start), as text",
+    )
+    call.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the gateway to come up (until the timeout) instead of failing at once when it is not there",
+    )
+    call.add_argument("--timeout", type=float, default=30.0, help="seconds (default: %(default)s)")
+    return call
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parse_options(args: argparse.Namespace) -> argparse.Namespace:
+    parser = call_options()
+    quiet = _Parser(prog=parser.prog, add_help=False)
+    for action in parser._actions:
+        kwargs: dict[str, Any] = {"default": action.default, "help": action.help}
+        if action.option_strings:
+            if isinstance(action, argparse._StoreTrueAction):
+                quiet.add_argument(*action.option_strings, action="store_true")
+                continue
+            kwargs.update(metavar=action.metavar, type=action.type)
+            quiet.add_argument(*action.option_strings, **kwargs)
+        else:
+            quiet.add_argument(action.dest, nargs=action.nargs, metavar=action.metavar, **kwargs)
+    if "-h" in args.arguments or "--help" in args.arguments:
+        parser.print_help()
+        raise SystemExit(0)
+    parsed = quiet.parse_intermixed_args(args.arguments)
+    parsed.method = args.method
+    if (parsed.config is None) == (parsed.address is None):
+        raise UsageError("give the gateway: --config FILE or --address HOST:PORT (one of them)")
+    return parsed
+
+
+def operator_service() -> ServiceDescriptor:
+    """The OperatorService descriptor."""
+    from carbon_gateway.v1 import operator_pb2
+
+    service: ServiceDescriptor = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"]
+    return service
+
+
+def find_method(name: str) -> MethodDescriptor:
+    """The OperatorService method ``name``; `UsageError` naming the close ones if there is none."""
+    methods = operator_service().methods_by_name
+    method = methods.get(name)
+    if method is None:
+        close = difflib.get_close_matches(name, sorted(methods), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UsageError(f"{SERVICE} has no method {name!r}; {hint}the methods are {', '.join(sorted(methods))}")
+    if method.client_streaming:
+        raise UsageError(f"{name} takes a stream of requests, which `call` cannot send")
+    return method
+
+
+def parse_request(method: MethodDescriptor, text: str) -> Message:
+    """The request message of ``method`` from its JSON form; `UsageError` saying what is wrong."""
+    request_class = message_factory.GetMessageClass(method.input_type)
+    request: Message = request_class()
+    try:
+        json_format.Parse(text, request)
+    except json_format.ParseError as exc:
+        raise UsageError(
+            f"the request is not a {method.input_type.full_name} in JSON: {exc}"
+            f" (its fields: {', '.join(f.name for f in method.input_type.fields)})"
+        ) from None
+    return request
+
+
+def answer_json(answer: Message) -> dict[str, Any]:
+    """An answer in the protobuf JSON mapping, with the ``.proto`` field names."""
+    result: dict[str, Any] = json_format.MessageToDict(answer, preserving_proto_field_name=True)
+    return result
+
+
+def _pick(answer: dict[str, Any], path: str) -> str:
+    value: Any = answer
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            raise UsageError(f"--field {path}: the answer's {part!r} is not inside an object")
+        value = value.get(part, "")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _call(args: argparse.Namespace) -> int:
+    from gateway.ledger_cli import _run, check_arguments
+
+    try:
+        args = _parse_options(args)
+        check_arguments(args)
+        method = find_method(args.method)
+        text = sys.stdin.read() if args.request == "-" else args.request
+        request = parse_request(method, text)
+        if args.timeout <= 0:
+            raise UsageError(f"--timeout {args.timeout}: give a number of seconds above 0")
+        printed: list[dict[str, Any]] = []
+
+        def show(answer: Message) -> None:
+            data = answer_json(answer)
+            printed.append(data)
+            if args.field:
+                print(_pick(data, args.field), flush=True)
+            else:
+                print(json.dumps(data, indent=None if method.server_streaming else 2, ensure_ascii=False), flush=True)
+
+        async def invoke(stub: Any) -> None:
+            rpc = getattr(stub, method.name)
+            options: dict[str, Any] = {"timeout": args.timeout, "wait_for_ready": args.wait}
+            if method.server_streaming:
+                async for answer in rpc(request, **options):
+                    show(answer)
+            else:
+                show(await rpc(request, **options))
+
+        _run(f"call {method.name}", args, invoke)
+        return 0
+    except UsageError as exc:
+        return fail("call", str(exc), EXIT_USAGE)
+    except RefusedError as exc:
+        return fail(f"call {args.method}", str(exc), EXIT_REFUSED)

@@ -1,0 +1,370 @@
+"""Setting up a Party from the command line: `init`, `trust next`, `keys generate --out` into new folders,
+and `call`, the generic operator client, against a real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.node import GatewayNode
+from signing import Envelope, TrustedParty, signer_from_uri
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _init(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["init", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_writes_a_gateway_that_the_loader_accepts_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "new" / "chn"
+    code, out, err = _init(
+        capsys, "--party", "CHN", "--partner", "CHE=127.0.0.1:50062", "--accept-from", "CHE",
+        "--operator-listen", "127.0.0.1:50061", str(folder),
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    key = folder / "keys" / "chn.key"
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert _mode(key) == 0o600 and _mode(folder / "keys") == 0o700
+    trusted = TrustedParty.bootstrap(Envelope.from_json((folder / "chn.trust.json").read_bytes()), NOW)
+    keyid = signer_from_uri(f"file:{key}").keyid
+    assert (trusted.party, trusted.version) == ("CHN", 1)
+    assert list(trusted.document.keys) == [keyid]
+    assert {name: (role.keyids, role.threshold) for name, role in trusted.document.roles.items()} == {
+        "trust": ((keyid,), 1),
+        "transfer": ((keyid,), 1),
+    }
+    config = load_config(folder / "gateway.toml")
+    assert config.party == "CHN"
+    assert config.signer == f"file:{folder.resolve() / 'keys' / 'chn.key'}"
+    assert config.operator_listen == "127.0.0.1:50061"
+    assert [(p.party, p.address, p.trust_document) for p in config.partners] == [
+        ("CHE", "127.0.0.1:50062", folder.resolve() / "partners" / "che.trust.json")
+    ]
+    assert [(r.verdict.value, r.partner) for r in config.policy.rules] == [("accept", "CHE"), ("hold", "")]
+    assert config.tls is None
+    # The next steps name the file to publish and the commands to run.
+    assert f"Publish {folder / 'chn.trust.json'}" in out
+    assert f"carbon-gateway config check {folder / 'gateway.toml'}" in out
+    assert keyid in out
+    assert not [p for p in tmp_path.joinpath("new").iterdir() if p.name != "chn"]  # no staging folder left
+
+
+def test_init_writes_settings_of_other_versions_only_as_comments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(capsys, "--party", "CHE", str(tmp_path / "che"))[0] == 0
+    text = (tmp_path / "che" / "gateway.toml").read_text()
+    for setting in ("unauthenticated_loopback", "postgresql://", "[operator.tls]", "[[operator.callers]]", "[tls]"):
+        lines = [line for line in text.splitlines() if setting in line]
+        assert lines, setting
+        assert all(line.startswith("#") for line in lines), lines
+    # Every section that is written is explained by a comment above it.
+    for section in ("[operator]", "[partner]", "[policy]"):
+        before = text.splitlines()[text.splitlines().index(section) - 1]
+        assert before.startswith("#") or text.splitlines()[text.splitlines().index(section) + 1].startswith("#")
+
+
+def test_init_with_demo_tls_issues_certificates_from_one_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _init(capsys, "--party", "CHN", "--demo-tls", str(tmp_path / "chn"))[0] == 0
+    code, _, err = _init(
+        capsys, "--party", "CHE", "--demo-tls", "--demo-tls-ca", str(tmp_path / "chn" / "tls"), str(tmp_path / "che")
+    )
+    assert (code, err) == (0, "")
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate((tmp_path / "chn" / "tls" / "ca.crt").read_bytes())
+    for party in ("chn", "che"):
+        config = load_config(tmp_path / party / "gateway.toml")
+        assert config.tls is not None and config.tls.certificate.is_file() and config.tls.private_key.is_file()
+        assert _mode(config.tls.private_key) == 0o600
+        cert = x509.load_pem_x509_certificate(config.tls.certificate.read_bytes())
+        assert cert.issuer == ca.subject
+        cert.verify_directly_issued_by(ca)
+        assert config.tls.ca_certificate.read_bytes() == (tmp_path / "chn" / "tls" / "ca.crt").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--party", "chn"], "--party 'chn' is not an ISO 3166-1 alpha-3 code in capitals; write CHN"),
+        (["--party", "China"], "--party 'China' is not an ISO 3166-1 alpha-3 code"),
+        (["--party", "CHN", "--partner", "CHE"], "--partner 'CHE' is not PARTY=HOST:PORT"),
+        (["--party", "CHN", "--partner", "CHN=127.0.0.1:1"], "CHN is this gateway's own Party"),
+        (["--party", "CHN", "--partner", "CHE=localhost"], "--partner CHE: 'localhost' is not HOST:PORT"),
+        (["--party", "CHN", "--accept-from", "CHE"], "--accept-from CHE: name it as a partner too"),
+        (["--party", "CHN", "--operator-listen", "300.1.1.1:5"], "--operator-listen: '300.1.1.1' in"),
+        (["--party", "CHN", "--signer", "file:x.key"], "--signer 'file:x.key' is not a pkcs11: URI"),
+        (["--party", "CHN", "--days", "0"], "--days 0 is not in 1..3650"),
+        (["--party", "CHN", "--demo-tls-ca", "x"], "--demo-tls-ca needs --demo-tls"),
+    ],
+)
+def test_init_refuses_a_bad_argument_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    code, out, err = _init(capsys, *argv, str(tmp_path / "gw"))
+    assert code == 2 and out == ""
+    assert err.startswith("carbon-gateway init: ") and err.count("\n") == 1
+    assert expected in err
+    assert not (tmp_path / "gw").exists()
+
+
+def test_init_refuses_a_folder_that_holds_anything_and_leaves_it_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(capsys, "--party", "CHN", str(tmp_path / "chn"))[0] == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "chn").rglob("*") if p.is_file()}
+    code, _, err = _init(capsys, "--party", "CHN", str(tmp_path / "chn"))
+    assert code == 2 and "already holds a gateway" in err and "gateway.toml" in err
+    assert {p: p.read_bytes() for p in (tmp_path / "chn").rglob("*") if p.is_file()} == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    code, _, err = _init(capsys, "--party", "CHN", str(tmp_path / "other"))
+    assert code == 2 and "is not empty (notes.txt)" in err
+    (tmp_path / "file").write_text("x")
+    code, _, err = _init(capsys, "--party", "CHN", str(tmp_path / "file"))
+    assert code == 2 and "is not a folder" in err
+
+
+def test_init_fills_an_empty_folder_that_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "gw").mkdir()
+    assert _init(capsys, "--party", "CHN", str(tmp_path / "gw"))[0] == 0
+    assert load_config(tmp_path / "gw" / "gateway.toml").party == "CHN"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw"]
+
+
+def test_init_reports_a_folder_it_cannot_create(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "plain-file").write_text("x")
+    code, _, err = _init(capsys, "--party", "CHN", str(tmp_path / "plain-file" / "chn"))
+    assert code == 2 and err.startswith("carbon-gateway init: cannot create") and err.count("\n") == 1
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code, _, err = _init(capsys, "--party", "CHN", str(locked / "chn"))
+        assert code == 2 and "cannot create" in err and "Permission denied" in err
+
+
+# -- keys generate --------------------------------------------------------------------------------------
+
+
+def test_keys_generate_creates_missing_key_folders_privately(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "generate", "--out", str(tmp_path / "keys" / "deep" / "che")]) == 0
+    assert (tmp_path / "keys" / "deep" / "che.key").is_file()
+    assert _mode(tmp_path / "keys") == 0o700 and _mode(tmp_path / "keys" / "deep") == 0o700
+    (tmp_path / "blocker").write_text("x")
+    assert main(["keys", "generate", "--out", str(tmp_path / "blocker" / "che")]) == 2
+    assert "blocker exists and is not a folder" in capsys.readouterr().err
+
+
+# -- trust next -----------------------------------------------------------------------------------------
+
+
+def _gateway(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    assert (
+        _init(
+            capsys,
+            "--party",
+            "CHN",
+            "--operator-listen",
+            "127.0.0.1:0",
+            "--partner-listen",
+            "127.0.0.1:0",
+            str(tmp_path / "chn"),
+        )[0]
+        == 0
+    )
+    assert main(["keys", "generate", "--out", str(tmp_path / "chn" / "keys" / "chn-2")]) == 0
+    capsys.readouterr()
+    return tmp_path / "chn" / "gateway.toml"
+
+
+def test_trust_next_drafts_the_version_partners_holding_version_1_accept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _gateway(tmp_path, capsys)
+    new_key = tmp_path / "chn" / "keys" / "chn-2.key"
+    assert main(["trust", "next", "--config", str(config), "--new-key", f"file:{new_key}", "--days", "30"]) == 0
+    out = capsys.readouterr().out
+    v1 = TrustedParty.bootstrap(Envelope.from_json((tmp_path / "chn" / "chn.trust.json").read_bytes()), NOW)
+    draft = tmp_path / "chn" / "chn.trust.v2.json"
+    v2 = v1.update(Envelope.from_json(draft.read_bytes()), NOW)
+    old, new = v1.document.roles["trust"].keyids[0], signer_from_uri(f"file:{new_key}").keyid
+    assert (v2.party, v2.version) == ("CHN", 2)
+    assert set(v2.document.keys) == {old, new}
+    assert v2.document.roles["trust"].keyids == v2.document.roles["transfer"].keyids == (old, new)
+    assert (
+        dt.timedelta(days=30) - dt.timedelta(minutes=5) < v2.expires - dt.datetime.now(dt.UTC) <= dt.timedelta(days=30)
+    )
+    assert f"wrote {draft}" in out and "[signers]" in out and "RotateTrustDocument" in out
+    # Again: the files are never overwritten.
+    assert main(["trust", "next", "--config", str(config), "--new-key", f"file:{new_key}"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_trust_next_retire_old_leaves_only_the_new_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _gateway(tmp_path, capsys)
+    new_key = tmp_path / "chn" / "keys" / "chn-2.key"
+    out = tmp_path / "v2.json"
+    assert (
+        main(["trust", "next", "--config", str(config), "--new-key", str(new_key), "--retire-old", "--out", str(out)])
+        == 0
+    )
+    v1 = TrustedParty.bootstrap(Envelope.from_json((tmp_path / "chn" / "chn.trust.json").read_bytes()), NOW)
+    v2 = v1.update(Envelope.from_json(out.read_bytes()), NOW)
+    new = signer_from_uri(str(new_key)).keyid
+    assert list(v2.document.keys) == [new]
+    assert v2.document.roles["trust"].keyids == v2.document.roles["transfer"].keyids == (new,)
+    request = json.loads((tmp_path / "v2.rotate.json").read_text())
+    assert base64.b64decode(request["envelope_json"]) == out.read_bytes()
+    assert request["signer"] == "next"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--new-key", "nothere.key"], "--new-key 'nothere.key':"),
+        (["--new-key", "CURRENT"], "is already in version 1"),
+        (["--new-key", "NEW", "--days", "9999"], "--days 9999 is not in 1..3650"),
+        (["--new-key", "NEW", "--current", "gateway.toml"], "--current: "),
+    ],
+)
+def test_trust_next_refuses_bad_input_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    config = _gateway(tmp_path, capsys)
+    keys = tmp_path / "chn" / "keys"
+    names = {"CURRENT": str(keys / "chn.key"), "NEW": str(keys / "chn-2.key"), "gateway.toml": str(config)}
+    argv = [names.get(a, a) for a in argv]
+    assert main(["trust", "next", "--config", str(config), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("carbon-gateway trust next: ") and err.count("\n") == 1
+    assert expected in err
+
+
+@pytest.mark.asyncio
+async def test_trust_next_drafts_exactly_what_rotate_trust_document_installs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_path = _gateway(tmp_path, capsys)
+    new_key = tmp_path / "chn" / "keys" / "chn-2.key"
+    assert main(["trust", "next", "--config", str(config_path), "--new-key", f"file:{new_key}"]) == 0
+    capsys.readouterr()
+    # The operator adds the new key under [signers], as the printed next steps say, and starts the gateway.
+    text = config_path.read_text().replace("# [signers]\n# next = ", "[signers]\nnext = ")
+    config_path.write_text(text)
+    node = await GatewayNode.from_config(load_config(config_path))
+    await node.start()
+    try:
+        request = json.loads((tmp_path / "chn" / "chn.trust.v2.rotate.json").read_text())
+        async with grpc.aio.insecure_channel(node.operator_address) as channel:
+            stub = operator_pb2_grpc.OperatorServiceStub(channel)
+            status = await stub.RotateTrustDocument(
+                operator_pb2.RotateTrustDocumentRequest(
+                    idempotency_key=request["idempotency_key"],
+                    envelope_json=base64.b64decode(request["envelope_json"]),
+                    signer=request["signer"],
+                )
+            )
+        assert status.version == 2
+        assert node.core.exchange.signer.keyid == signer_from_uri(f"file:{new_key}").keyid
+    finally:
+        await node.stop()
+
+
+# -- call -----------------------------------------------------------------------------------------------
+
+
+async def _cli(*argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", *argv,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(stdin), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.asyncio
+async def test_call_sends_json_to_any_method_and_prints_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_path = _gateway(tmp_path, capsys)
+    node = await GatewayNode.from_config(load_config(config_path))
+    await node.start()
+    try:
+        address = node.operator_address
+        account = {"account_id": "CN-PO-0001", "holder_name": "Owner", "account_type": "project owner"}
+        request = json.dumps({"idempotency_key": "k1", "account": account})
+        code, out, err = await _cli("call", "OpenAccount", request, "--address", address)
+        assert (code, err) == (0, "")
+        assert json.loads(out) == account
+        # From standard input, with the options first, and one field of the answer.
+        code, out, err = await _cli("call", "ListHoldings", "--address", address, "-", stdin=b"{}")
+        assert (code, out.strip(), err) == (0, "{}", "")
+        code, out, _ = await _cli(
+            "call", "OpenAccount", "--address", address, "--field", "account_type", "-", stdin=request.encode()
+        )
+        assert (code, out) == (0, "project owner\n")
+        # A refusal: one line with the response code and the field, exit 1.
+        bad = json.dumps({"idempotency_key": "k2", "account": {**account, "account_id": "X", "account_type": "vault"}})
+        code, out, err = await _cli("call", "OpenAccount", bad, "--address", address)
+        assert code == 1 and out == "" and err.count("\n") == 1
+        assert (
+            err.startswith("carbon-gateway call OpenAccount: INVALID_ARGUMENT: ")
+            and "(field account.account_type)" in err
+        )
+        # The configuration names the address.
+        code, out, _ = await _cli("call", "ListTransfers", "--config", str(config_path.with_name("running.toml")))
+        assert code == 2
+    finally:
+        await node.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["call", "OpenAcount", "--address", "127.0.0.1:9"], "has no method 'OpenAcount'; did you mean OpenAccount?"),
+        (
+            ["call", "GetTransfer", "{not json", "--address", "127.0.0.1:9"],
+            "is not a carbon_gateway.v1.GetTransferRequest in JSON",
+        ),
+        (["call", "GetTransfer", '{"transfer": 1}', "--address", "127.0.0.1:9"], "(its fields: transfer_id)"),
+        (["call", "GetTransfer", "{}"], "give the gateway: --config FILE or --address HOST:PORT"),
+        (["call", "GetTransfer", "{}", "--address", "a:1", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_call_refuses_an_unknown_method_or_bad_json_with_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert expected in captured.err
+
+
+def test_call_reports_an_unreachable_gateway_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["call", "ListTransfers", "--address", "127.0.0.1:9", "--timeout", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("carbon-gateway call ListTransfers: 127.0.0.1:9: UNAVAILABLE") and err.count("\n") == 1
