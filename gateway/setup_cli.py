@@ -573,14 +573,11 @@ def _trust_next(args: argparse.Namespace) -> int:
         "envelope_json": base64.b64encode(envelope.to_json()).decode("ascii"),
         "signer": args.signer_name,
     }
-    for path, data in ((out, envelope.to_json()), (request_path, json.dumps(request, indent=2).encode() + b"\n")):
-        try:
-            with path.open("xb") as file:
-                file.write(data)
-        except FileExistsError:
-            raise SetupError(f"refusing to overwrite {path}; remove it or choose --out") from None
-        except OSError as exc:
-            raise SetupError(f"cannot write {path}: {exc.strerror or exc}") from None
+    for path in (out, request_path):
+        if path.exists():
+            raise SetupError(f"refusing to overwrite {path}; remove it or choose --out")
+    _write_new(out, envelope.to_json())
+    _write_new(request_path, json.dumps(request, indent=2).encode() + b"\n")
     configured = config.signers.get(args.signer_name)
     print(
         f"wrote {out}: {config.party} trust document version {next_document.version}, expires"
@@ -598,6 +595,23 @@ def _trust_next(args: argparse.Namespace) -> int:
     print(f"  {step}. carbon-gateway call RotateTrustDocument --config {config_path} - < {request_path}")
     print(f"  {step + 1}. Publish {out} to every partner (the gateway also pushes it to them).")
     return EXIT_OK
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a new file whole or not at all: a temporary file beside it, linked into place (never replacing)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(file.name, path)
+        finally:
+            os.unlink(file.name)
+    except FileExistsError:
+        raise SetupError(f"refusing to overwrite {path}; remove it or choose --out") from None
+    except OSError as exc:
+        raise SetupError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _read_trust(path: Path, setting: str) -> TrustedParty:

@@ -104,6 +104,22 @@ def test_init_with_demo_tls_issues_certificates_from_one_ca(tmp_path: Path, caps
         assert config.tls.ca_certificate.read_bytes() == (tmp_path / "chn" / "tls" / "ca.crt").read_bytes()
 
 
+def test_init_with_a_pkcs11_signer_uses_the_token_key_and_writes_no_key_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.signing.softhsm import create_softhsm_key, require_softhsm
+
+    require_softhsm()
+    key = create_softhsm_key(tmp_path / "hsm", token_label="chn-gateway")
+    code, out, err = _init(capsys, "--party", "CHN", "--signer", key.uri, str(tmp_path / "chn"))
+    assert (code, err) == (0, "")
+    assert not (tmp_path / "chn" / "keys").exists()
+    trusted = TrustedParty.bootstrap(Envelope.from_json((tmp_path / "chn" / "chn.trust.json").read_bytes()), NOW)
+    assert list(trusted.document.keys) == [key.public_key.keyid]
+    assert load_config(tmp_path / "chn" / "gateway.toml").signer == key.uri
+    assert f"signer {key.uri}" in out
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -248,6 +264,7 @@ def test_trust_next_retire_old_leaves_only_the_new_key(tmp_path: Path, capsys: p
         (["--new-key", "CURRENT"], "is already in version 1"),
         (["--new-key", "NEW", "--days", "9999"], "--days 9999 is not in 1..3650"),
         (["--new-key", "NEW", "--current", "gateway.toml"], "--current: "),
+        (["--new-key", "NEW", "--out", "/nonexistent-folder/v2.json"], "cannot write /nonexistent-folder/v2.json"),
     ],
 )
 def test_trust_next_refuses_bad_input_in_one_line(
