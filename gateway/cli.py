@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.reconcile_cli import register as register_reconcile
 
     register_reconcile(commands)
+    from gateway.watch_cli import register as register_watch
+
+    register_watch(commands)
     from adapters.commands import register as register_adapters
 
     register_adapters(commands)
