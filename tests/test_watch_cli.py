@@ -45,6 +45,13 @@ async def test_watch_prints_each_change_as_a_json_line_and_resumes_after_a_posit
 
         code, resumed, _ = await cli(capsys, "watch", "--address", address, "--after", "2", "--limit", "2")
         assert code == 0 and resumed == lines[2:]
+        digest = lines[1]["digest"]
+        code, resumed, _ = await cli(
+            capsys, "watch", "--address", address, "--after", "2", "--digest", digest, "--limit", "2"
+        )
+        assert code == 0 and resumed == lines[2:]
+        code, _, err = await cli(capsys, "watch", "--address", address, "--after", "3", "--digest", digest)
+        assert code == 1 and "(field after_digest)" in err
         code, only, _ = await cli(capsys, "watch", "--address", address, "--kind", "LEDGER_ENTRY", "--limit", "1")
         assert code == 0 and only == [lines[2]]
 
@@ -77,6 +84,8 @@ async def test_watch_refusals_and_usage_errors_are_one_line(tmp_path: Path, caps
         assert code == 2 and err.count("\n") == 1 and "--limit" in err
         code, _, err = await cli(capsys, "watch", "--address", address, "--after", str(2**64))
         assert code == 2 and "--after" in err and "out of range" in err
+        code, _, err = await cli(capsys, "watch", "--address", address, "--after", "1", "--digest", "not base64!")
+        assert code == 2 and err.count("\n") == 1 and "--digest" in err
     finally:
         await pair.stop()
 
@@ -96,4 +105,4 @@ async def test_a_watch_the_gateway_ends_says_where_to_resume(
         await pair.che.stop()
     assert [line["position"] for line in lines] == ["1", "2", "3", "4"]
     assert code == 1 and err.count("\n") == 1
-    assert "UNAVAILABLE" in err and err.rstrip().endswith("resume with --after 4")
+    assert "UNAVAILABLE" in err and err.rstrip().endswith(f"resume with --after 4 --digest {lines[-1]['digest']}")

@@ -197,6 +197,7 @@ def change_to_proto(change: Change) -> operator_pb2.Change:
         position=change.position,
         kind=operator_pb2.ChangeKind.Value(change.kind.name),
         time=wire.timestamp(change.recorded_at),
+        digest=change.digest,
     )
     if change.transfer is not None:
         message.transfer.CopyFrom(wire.transfer_to_proto(change.transfer))
@@ -568,7 +569,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         # before the first change: the position is checked before anything is sent.
         try:
             kinds = change_kinds(request.kinds)
-            async for change in self.changes.follow(request.after_position, kinds):
+            async for change in self.changes.follow(request.after_position, kinds, request.after_digest):
                 yield change_to_proto(change)
         except GatewayError as exc:
             await abort_with(context, exc)

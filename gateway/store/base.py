@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import hashlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
@@ -205,8 +206,16 @@ class Change:
     position: int
     kind: ChangeKind
     recorded_at: dt.datetime  # the database's clock when the change was written
+    digest: bytes  # `change_digest` of the stored row: tells this change from another at the same position
     transfer: Transfer | None = None  # for TRANSFER
     entry: LedgerEntry | None = None  # for the LEDGER_ENTRY kinds
+
+
+def change_digest(position: int, kind: str, recorded_at: str, body: str) -> bytes:
+    """SHA-256 of a change-feed row as stored (its columns as text, each on a line). A database restored from a
+    backup hands out positions again; the changes it records there have other times and bodies, so other
+    digests, and a watcher resuming with the digest it received is not silently led past what it missed."""
+    return hashlib.sha256(f"{position}\n{kind}\n{recorded_at}\n{body}".encode()).digest()
 
 
 class CommitSignal:

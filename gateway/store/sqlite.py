@@ -67,6 +67,7 @@ from gateway.store.base import (
     StoreConflict,
     StoredBlock,
     StoredMessage,
+    change_digest,
 )
 from gateway.store.migrations import DATA_STEPS, MIGRATIONS
 
@@ -1333,6 +1334,7 @@ def _outbox_message(row: sqlite3.Row) -> OutboxMessage:
 
 def _change(row: sqlite3.Row) -> Change:
     kind = ChangeKind(row["kind"])
+    digest = change_digest(row["position"], row["kind"], row["recorded_at"], row["body"])
     body = json.loads(row["body"])
     # A column written by a JSON function in the same statement (``json_set``) is nested as JSON, not as text.
     for name in ("block", "terms", "rejections"):
@@ -1340,8 +1342,8 @@ def _change(row: sqlite3.Row) -> Change:
             body[name] = json.dumps(body[name])
     recorded_at = codec.from_text(row["recorded_at"])
     if kind is ChangeKind.TRANSFER:
-        return Change(row["position"], kind, recorded_at, transfer=_transfer(body))
-    return Change(row["position"], kind, recorded_at, entry=codec.ledger_from_row(body["entry_id"], body))
+        return Change(row["position"], kind, recorded_at, digest, transfer=_transfer(body))
+    return Change(row["position"], kind, recorded_at, digest, entry=codec.ledger_from_row(body["entry_id"], body))
 
 
 def _transfer(row: sqlite3.Row | Mapping[str, Any]) -> Transfer:

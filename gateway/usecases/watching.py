@@ -11,7 +11,7 @@ sharing the database (a replica) writes changes this process is not told of.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.store.base import Change, ChangeKind, Store
@@ -40,15 +40,16 @@ class ChangeFeed:
         self._closed = True
         self.store.commits.notify()
 
-    async def follow(self, after: int, kinds: Sequence[ChangeKind] = ()) -> AsyncIterator[Change]:
+    async def follow(
+        self, after: int, kinds: Sequence[ChangeKind] = (), after_digest: bytes = b""
+    ) -> AsyncGenerator[Change, None]:
         """The changes after position ``after`` (of ``kinds`` only, when given), then each new one, for ever.
 
-        A position below 0 or beyond the latest is refused before anything is returned.
+        A position below 0 or beyond the latest is refused before anything is returned, and so is a digest
+        that is not the one of the change at ``after`` (the database was restored, or is another gateway's).
         """
         with self.store.commits.subscribe() as woken:
             woken.clear()
-            async with self.store.read() as tx:
-                latest = await tx.last_change_position()
             if after < 0:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,
@@ -56,12 +57,24 @@ class ChangeFeed:
                     " last change received",
                     field="after_position",
                 )
+            _check_digest_form(after, after_digest)
+            async with self.store.read() as tx:
+                latest = await tx.last_change_position()
+                at = await tx.changes_after(after - 1, 1) if after_digest and 0 < after <= latest else []
             if after > latest:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,
                     f"position {after} is beyond the latest change ({latest}): this gateway never recorded it"
                     " (a position from another gateway's feed, or from a database since restored from a backup?)",
                     field="after_position",
+                )
+            if after_digest and (not at or at[0].position != after or at[0].digest != after_digest):
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"the change at position {after} is not the one with this digest: the database was restored"
+                    " from a backup since (or this is another gateway's feed), and positions after its latest"
+                    " change were handed out again; resume from an earlier change whose digest matches",
+                    field="after_digest",
                 )
             position = after
             while True:
@@ -85,3 +98,23 @@ class ChangeFeed:
                         await woken.wait()
                 except TimeoutError:
                     pass
+
+
+DIGEST_BYTES = 32
+
+
+def _check_digest_form(after: int, digest: bytes) -> None:
+    if not digest:
+        return
+    if len(digest) != DIGEST_BYTES:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"a change's digest is {DIGEST_BYTES} bytes (SHA-256), not {len(digest)}: give it back as received",
+            field="after_digest",
+        )
+    if after <= 0:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"position {after} names no change: give after_digest only with the position of a change received",
+            field="after_digest",
+        )

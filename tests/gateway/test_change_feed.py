@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.errors import ResponseCode
+from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.protocol import Rejection
 from gateway.domain.records import ActionType, AdjustmentMethod, LedgerEntry, Purpose, TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import Change, ChangeKind
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite import SQLiteStore
+from gateway.usecases.watching import ChangeFeed
 
 T0 = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
 BLOCK = UnitBlock(SerialSpace("CCER", "CN-CCER"), 1, 400, vintage=2025)
@@ -189,3 +190,44 @@ async def test_migration_7_starts_the_feed_with_what_an_older_database_holds(tmp
     assert [(c.position, c.kind) for c in changes] == [(1, ChangeKind.TRANSFER), (2, ChangeKind.LEDGER_ENTRY)]
     assert changes[0].transfer == TRANSFER
     assert changes[1].entry == dataclasses.replace(ENTRY, entry_id=1)
+
+
+@pytest.mark.asyncio
+async def test_after_a_restore_a_watcher_resuming_with_its_digest_is_refused_not_led_past_changes(
+    tmp_path: Path,
+) -> None:
+    path, backup = tmp_path / "g.db", tmp_path / "backup.db"
+    store = await SQLiteStore.open(path)
+    async with store.transaction() as tx:
+        await tx.insert_transfer(TRANSFER)
+    with sqlite3.connect(path) as source, sqlite3.connect(backup) as target:
+        source.backup(target)
+    async with store.transaction() as tx:
+        await tx.update_transfer(dataclasses.replace(TRANSFER, state=TransferState.ACCEPTED))
+    received = await everything(store)
+    await store.close()
+    assert [c.position for c in received] == [1, 2]
+    assert len({c.digest for c in received}) == 2 and all(len(c.digest) == 32 for c in received)
+
+    # The backup comes back (the file alone: no write-ahead log of the later state); the gateway records
+    # another change, at position 2 again.
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    backup.replace(path)
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            await tx.update_transfer(dataclasses.replace(TRANSFER, state=TransferState.CANCELLED))
+        [again, other] = await everything(store)
+        assert again == received[0] and other.position == 2 and other.digest != received[1].digest
+        feed = ChangeFeed(store, poll_seconds=0.05)
+        # By position alone the watcher would wait for position 3 and never hear of the cancellation.
+        with pytest.raises(GatewayError) as caught:
+            await anext(feed.follow(2, after_digest=received[1].digest))
+        assert (caught.value.code, caught.value.field) == (ResponseCode.INVALID_ARGUMENT, "after_digest")
+        # From the last change both sides share, it gets what it has not seen.
+        changes = feed.follow(1, after_digest=received[0].digest)
+        assert await anext(changes) == other
+        await changes.aclose()
+    finally:
+        await store.close()

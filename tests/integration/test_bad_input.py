@@ -230,8 +230,10 @@ def abandon(message_id: str = "m-0001", reason: str = "", key: str = KEY) -> ope
     return operator_pb2.AbandonDeadLetterRequest(idempotency_key=key, message_id=message_id, reason=reason)
 
 
-def watch(after: int = 0, kinds: list[int] | None = None) -> operator_pb2.WatchChangesRequest:
-    return operator_pb2.WatchChangesRequest(after_position=after, kinds=kinds or [])  # type: ignore[arg-type]
+def watch(after: int = 0, kinds: list[int] | None = None, digest: bytes = b"") -> operator_pb2.WatchChangesRequest:
+    request = operator_pb2.WatchChangesRequest(after_position=after, kinds=kinds or [])  # type: ignore[arg-type]
+    request.after_digest = digest
+    return request
 
 
 # -- the table of bad operator requests ---------------------------------------------------------------
@@ -837,6 +839,9 @@ TABLE: list[Bad] = [
     Bad("kinds-unknown", "WatchChanges", lambda: watch(kinds=[1, 99]), "kinds[1]"),
     Bad("kinds-negative", "WatchChanges", lambda: watch(kinds=[-1]), "kinds[0]"),
     Bad("kinds-too-many", "WatchChanges", lambda: watch(kinds=[1] * 5), "kinds"),
+    Bad("after_digest-at-0", "WatchChanges", lambda: watch(digest=bytes(32)), "after_digest"),
+    Bad("after_digest-short", "WatchChanges", lambda: watch(1, digest=b"\x01"), "after_digest"),
+    Bad("after_digest-3mb", "WatchChanges", lambda: watch(1, digest=BIG.encode()), "after_digest"),
 ]
 
 TAKING_INPUT = {

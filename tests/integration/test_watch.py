@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     Call = grpc.aio.UnaryStreamCall[operator_pb2.WatchChangesRequest, operator_pb2.Change]
 
 
-def watch(stub: operator_pb2_grpc.OperatorServiceAsyncStub, after: int = 0, kinds: Sequence[int] = ()) -> Call:
+def watch(
+    stub: operator_pb2_grpc.OperatorServiceAsyncStub, after: int = 0, kinds: Sequence[int] = (), digest: bytes = b""
+) -> Call:
     # Any number: the hostile cases send kinds the enum does not have.
-    request = operator_pb2.WatchChangesRequest(after_position=after, kinds=kinds)  # type: ignore[arg-type]
+    request = operator_pb2.WatchChangesRequest(after_position=after, kinds=kinds, after_digest=digest)  # type: ignore[arg-type]
     return stub.WatchChanges(request)
 
 
@@ -62,11 +64,11 @@ async def last_position(node: GatewayNode) -> int:
         return await tx.last_change_position()
 
 
-async def replay(node: GatewayNode, after: int = 0) -> list[operator_pb2.Change]:
+async def replay(node: GatewayNode, after: int = 0, digest: bytes = b"") -> list[operator_pb2.Change]:
     """Every change after ``after``, read by a watch of its own."""
     last = await last_position(node)
     async with operator(node) as stub:
-        call = watch(stub, after)
+        call = watch(stub, after, digest=digest)
         try:
             return await take_until(call, last) if last > after else []
         finally:
@@ -153,7 +155,7 @@ async def test_live_changes_reach_two_watchers_and_a_resumed_watch_has_no_gap_an
             call = watch(stub)
             head = await take(call, cut)
             call.cancel()
-        tail = await replay(pair.chn, head[-1].position)
+        tail = await replay(pair.chn, head[-1].position, head[-1].digest)
         assert [*head, *tail] == full
     # Resuming from the very last position: nothing until something new commits.
     assert await replay(pair.chn, full[-1].position) == []
@@ -277,7 +279,7 @@ async def test_hostile_positions_and_filters_are_refused_naming_the_field(pair: 
     await transfer(pair, await setup_accounts(pair), 1, 10, "h")
     last = await last_position(pair.chn)
     assert last > 0
-    cases: list[tuple[int, list[int], str]] = [
+    cases: list[tuple[int, list[int] | bytes, str]] = [
         (-1, [], "after_position"),
         (-(2**63), [], "after_position"),
         (last + 1, [], "after_position"),
@@ -287,13 +289,25 @@ async def test_hostile_positions_and_filters_are_refused_naming_the_field(pair: 
         (0, [-5], "kinds[0]"),
         (0, [operator_pb2.TRANSFER] * 5, "kinds"),
     ]
+    [first, second] = (await replay(pair.chn))[:2]
+    digests: list[tuple[int, bytes, str]] = [
+        (0, first.digest, "after_digest"),  # position 0 names no change
+        (-1, first.digest, "after_position"),
+        (1, first.digest[:31], "after_digest"),
+        (1, first.digest + b"\x00", "after_digest"),
+        (1, second.digest, "after_digest"),  # another change's digest
+        (last + 1, first.digest, "after_position"),
+    ]
     async with operator(pair.chn) as stub:
-        for after, kinds, field in cases:
-            call = watch(stub, after, kinds)
+        for after, kinds_or_digest, field in [*cases, *digests]:
+            if isinstance(kinds_or_digest, bytes):
+                call = watch(stub, after, digest=kinds_or_digest)
+            else:
+                call = watch(stub, after, kinds_or_digest)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call.read()
             expected = (grpc.StatusCode.INVALID_ARGUMENT, ResponseCode.INVALID_ARGUMENT, field)
-            assert refusal(caught.value) == expected, (after, kinds)
+            assert refusal(caught.value) == expected, (after, kinds_or_digest)
         # The last position itself is fine: the watch waits for the next change.
         call = watch(stub, last)
         with pytest.raises(TimeoutError):

@@ -61,8 +61,14 @@ class WatchChangesRequest(_message.Message):
 
     AFTER_POSITION_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
+    AFTER_DIGEST_FIELD_NUMBER: _builtins.int
     after_position: _builtins.int
     """0: from the beginning; else the position of the last change received"""
+    after_digest: _builtins.bytes
+    """Optional: the digest of the change at after_position, as received. If the gateway's change there is
+    another (its database was restored from a backup since, or it is another gateway's feed), the call is
+    refused with INVALID_ARGUMENT (field after_digest) instead of skipping changes the caller never saw.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ChangeKind.ValueType]:
         """only changes of these kinds; empty: every kind"""
@@ -72,10 +78,11 @@ class WatchChangesRequest(_message.Message):
         *,
         after_position: _builtins.int = ...,
         kinds: _abc.Iterable[Global___ChangeKind.ValueType] | None = ...,
+        after_digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "kinds", b"kinds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_digest", b"after_digest", "after_position", b"after_position", "kinds", b"kinds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -92,9 +99,12 @@ class Change(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     TRANSFER_FIELD_NUMBER: _builtins.int
     LEDGER_ENTRY_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """increases by commit order; a filtered stream skips positions"""
     kind: Global___ChangeKind.ValueType
+    digest: _builtins.bytes
+    """SHA-256 of the stored change: names this change at this position, to resume with"""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """when the database recorded the change (its clock)"""
@@ -115,10 +125,11 @@ class Change(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         transfer: _records_pb2.Transfer | None = ...,
         ledger_entry: _records_pb2.LedgerEntry | None = ...,
+        digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ledger_entry", b"ledger_entry", "subject", b"subject", "time", b"time", "transfer", b"transfer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "ledger_entry", b"ledger_entry", "position", b"position", "subject", b"subject", "time", b"time", "transfer", b"transfer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "kind", b"kind", "ledger_entry", b"ledger_entry", "position", b"position", "subject", b"subject", "time", b"time", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["transfer", "ledger_entry"]  # noqa: Y015
     _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
