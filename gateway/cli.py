@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.call_cli import register as register_call
 
     register_call(commands)
+    from gateway.watch_cli import register as register_watch
+
+    register_watch(commands)
     from adapters.commands import register as register_adapters
 
     register_adapters(commands)

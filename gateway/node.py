@@ -35,6 +35,7 @@ from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
 from gateway.trust import TrustKeeper
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
+from gateway.usecases.watching import ChangeFeed
 from signing import (
     Envelope,
     EnvelopeFormatError,
@@ -162,6 +163,7 @@ class GatewayNode:
         self.partner_server: grpc.aio.Server | None = None
         self.operator_port = 0
         self.partner_port = 0
+        self.changes = ChangeFeed(self.core.store)
 
     # the core's parts, as the tests and tools know them
 
@@ -318,8 +320,9 @@ class GatewayNode:
         partner_options = [*options, ("grpc.max_receive_message_length", 4 * limit + 4096)]
 
         self.operator_server = grpc.aio.server(options=options, interceptors=[MalformedRequestInterceptor()])
+        self.changes = ChangeFeed(self.core.store)  # a feed a previous stop closed stays closed
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(
-            OperatorService(self.gateway, self.trust), self.operator_server
+            OperatorService(self.gateway, self.trust, self.changes), self.operator_server
         )
         mapping_pb2_grpc.add_MappingServiceServicer_to_server(MappingService(), self.operator_server)
         await self._add_health_and_reflection(self.operator_server, OPERATOR_SERVICE, MAPPING_SERVICE)
@@ -385,7 +388,11 @@ class GatewayNode:
         partner.address = address
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Finish in-flight calls (up to ``grace`` seconds), stop the background tasks and close the store."""
+        """Finish in-flight calls (up to ``grace`` seconds), stop the background tasks and close the store.
+
+        Watch streams end at once (UNAVAILABLE: the watcher resumes elsewhere or later), or they would hold the
+        stop for the whole grace period."""
+        self.changes.close()
         for server in (self.operator_server, self.partner_server):
             if server is not None:
                 await server.stop(grace)

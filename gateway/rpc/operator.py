@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -16,7 +17,7 @@ from gateway.domain.nomenclature import Nomenclature
 from gateway.domain.protocol import parse_adjustment_method, parse_purpose
 from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN
 from gateway.partners import TRANSFER_ROLE
-from gateway.rpc.errors import refusals_as_status
+from gateway.rpc.errors import abort_with, refusals_as_status
 from gateway.service import (
     BlockSelection,
     Gateway,
@@ -26,11 +27,14 @@ from gateway.service import (
     RetirementResult,
     TransferRequest,
 )
-from gateway.store.base import OutboxMessage, OutboxState, ReconciliationRun, RunRole, StoredBlock
+from gateway.store.base import Change, ChangeKind, OutboxMessage, OutboxState, ReconciliationRun, RunRole, StoredBlock
 from gateway.trust import PushResult, TrustKeeper
+from gateway.usecases.watching import ChangeFeed, FeedClosed
 from signing import Envelope, EnvelopeFormatError, TrustedParty
 
 Context = grpc.aio.ServicerContext
+
+log = logging.getLogger(__name__)
 
 ANONYMOUS_CALLER = "anonymous"
 """The caller of an unauthenticated operator call (operator authentication comes later)."""
@@ -169,6 +173,39 @@ def summary_to_proto(summary: LedgerSummary) -> operator_pb2.LedgerSummary:
     return message
 
 
+def change_kinds(kinds: Sequence[int]) -> tuple[ChangeKind, ...]:
+    """The kinds a WatchChanges request filters on, each a known kind."""
+    text.check_count(kinds, "kinds", len(ChangeKind), what="kinds")
+    known = {int(operator_pb2.ChangeKind.Value(k.name)): k for k in ChangeKind}
+    found = []
+    for i, number in enumerate(kinds):
+        kind = known.get(number)
+        if kind is None:
+            names = ", ".join(f"{k.name} = {n}" for n, k in known.items())
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"{number} is not a change kind (the kinds: {names})",
+                field=f"kinds[{i}]",
+            )
+        found.append(kind)
+    return tuple(found)
+
+
+def change_to_proto(change: Change) -> operator_pb2.Change:
+    """A change of the feed as its wire message."""
+    message = operator_pb2.Change(
+        position=change.position,
+        kind=operator_pb2.ChangeKind.Value(change.kind.name),
+        time=wire.timestamp(change.recorded_at),
+        digest=change.digest,
+    )
+    if change.transfer is not None:
+        message.transfer.CopyFrom(wire.transfer_to_proto(change.transfer))
+    if change.entry is not None:
+        message.ledger_entry.CopyFrom(wire.ledger_entry_to_proto(change.entry))
+    return message
+
+
 class TrustOperations:
     """The operator calls about trust documents, mixed into `OperatorService`."""
 
@@ -227,9 +264,10 @@ class TrustOperations:
 class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer):
     """Implements `carbon_gateway.v1.OperatorService`."""
 
-    def __init__(self, gateway: Gateway, trust: TrustKeeper) -> None:
+    def __init__(self, gateway: Gateway, trust: TrustKeeper, changes: ChangeFeed | None = None) -> None:
         self.gateway = gateway
         self.trust = trust
+        self.changes = changes or ChangeFeed(gateway.store)
 
     @refusals_as_status
     async def OpenAccount(
@@ -523,6 +561,29 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         text.check_text(request.reason, "reason", what="reason")
         idem = _idempotency("ResolveReconciliation", request, request.idempotency_key)
         return _reconciliation(await self.gateway.resolve_reconciliation(idem, request.run_id, request.reason))
+
+    async def WatchChanges(
+        self, request: operator_pb2.WatchChangesRequest, context: Context[object, object]
+    ) -> AsyncIterator[operator_pb2.Change]:
+        # A stream cannot use `refusals_as_status`; the same mapping, for an async generator. A refusal comes
+        # before the first change: the position is checked before anything is sent.
+        try:
+            kinds = change_kinds(request.kinds)
+            async for change in self.changes.follow(request.after_position, kinds, request.after_digest):
+                yield change_to_proto(change)
+        except GatewayError as exc:
+            await abort_with(context, exc)
+        except FeedClosed:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the gateway is stopping: call WatchChanges again with after_position set to the last position"
+                " received",
+            )
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in WatchChanges")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details")
 
 
 def _reconciliation(run: ReconciliationRun, *, report: bool = True) -> operator_pb2.Reconciliation:

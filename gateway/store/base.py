@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import enum
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+import hashlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -186,6 +188,59 @@ class PartnerLogHead:
     root_hash: bytes
     seen_at: dt.datetime
     partner_saw: int = 0
+
+
+class ChangeKind(enum.StrEnum):
+    """What a change-feed row records (migration 7's triggers write them)."""
+
+    TRANSFER = "transfer"  # a transfer was created or changed: the row holds its new state
+    LEDGER_ENTRY = "ledger_entry"  # a ledger entry was appended
+    LEDGER_ENTRY_CHANGED = "ledger_entry_changed"  # a ledger entry was rewritten in place: its new content
+    LEDGER_ENTRY_REMOVED = "ledger_entry_removed"  # a ledger entry was deleted: its last content
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One row of the change feed: what changed, as it stood right after the change."""
+
+    position: int
+    kind: ChangeKind
+    recorded_at: dt.datetime  # the database's clock when the change was written
+    digest: bytes  # `change_digest` of the stored row: tells this change from another at the same position
+    transfer: Transfer | None = None  # for TRANSFER
+    entry: LedgerEntry | None = None  # for the LEDGER_ENTRY kinds
+
+
+def change_digest(position: int, kind: str, recorded_at: str, body: str) -> bytes:
+    """SHA-256 of a change-feed row as stored (its columns as text, each on a line). A database restored from a
+    backup hands out positions again; the changes it records there have other times and bodies, so other
+    digests, and a watcher resuming with the digest it received is not silently led past what it missed."""
+    return hashlib.sha256(f"{position}\n{kind}\n{recorded_at}\n{body}".encode()).digest()
+
+
+class CommitSignal:
+    """Wakes those waiting for changes after a write transaction commits in this process.
+
+    A commit by another process sharing the database is not seen here: waiters also poll.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Event] = set()
+
+    def notify(self) -> None:
+        """Wake every waiter (called after each commit of a write transaction)."""
+        for waiter in self._waiters:
+            waiter.set()
+
+    @contextmanager
+    def subscribe(self) -> Iterator[asyncio.Event]:
+        """An event set after each later commit, for as long as the block runs; clear it before each read."""
+        waiter = asyncio.Event()
+        self._waiters.add(waiter)
+        try:
+            yield waiter
+        finally:
+            self._waiters.discard(waiter)
 
 
 class StoreConflict(Exception):
@@ -476,6 +531,15 @@ class Transaction(Protocol):
         """The root of the partner's head of ``tree_size`` entries, if it ever showed one here."""
         ...
 
+    # the change feed (migration 7)
+    async def changes_after(self, position: int, limit: int, kinds: Sequence[ChangeKind] = ()) -> list[Change]:
+        """Up to ``limit`` changes after ``position``, in position order; only those of ``kinds`` when given."""
+        ...
+
+    async def last_change_position(self) -> int:
+        """The position of the latest change (0 if none)."""
+        ...
+
     # operator idempotency
     async def get_idempotent(self, caller: str, method: str, key: str) -> IdempotentResult | None: ...
     async def put_idempotent(self, caller: str, method: str, key: str, result: IdempotentResult) -> None: ...
@@ -493,6 +557,11 @@ class Store(Protocol):
 
     def read(self) -> AbstractAsyncContextManager[Transaction]:
         """Begin a transaction for reads only (a consistent snapshot)."""
+        ...
+
+    @property
+    def commits(self) -> CommitSignal:
+        """Notified after every write transaction this store object commits (see `CommitSignal`)."""
         ...
 
     async def close(self) -> None:

@@ -394,6 +394,113 @@ MIGRATIONS = (
     ),
 )
 
+# The helpers below write migration 7's SQL: it is applied as they make it, so they must never change.
+
+_NOW = "strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z'"
+"""The database's clock as `gateway.store.codec.to_text` writes instants (SQLite keeps milliseconds)."""
+
+
+def _transfer_json(row: str) -> str:
+    """A transfer row as JSON, with the columns `gateway.store.sqlite` reads a transfer from."""
+    return (
+        f"json_object('transfer_id', {row}.transfer_id, 'role', {row}.role, 'state', {row}.state,"
+        f" 'terms', {row}.terms, 'rejections', {row}.rejections, 'created_at', {row}.created_at,"
+        f" 'updated_at', {row}.updated_at)"
+    )
+
+
+_LEDGER_COLUMNS = (
+    "entry_id",
+    "action_date",
+    "action_type",
+    "transfer_id",
+    "block",
+    "quantity",
+    "vintage",
+    "cooperative_approach",
+    "authorization_id",
+    "first_transferring_party",
+    "transferring_party",
+    "acquiring_party",
+    "purpose",
+    "action_subtype",
+    "year_of_use",
+    "using_party",
+    "using_entity",
+    "note",
+)
+
+
+def _ledger_json(row: str) -> str:
+    """A ledger row as JSON: every stored column (the generated ones follow from them)."""
+    return "json_object(" + ", ".join(f"'{c}', {row}.{c}" for c in _LEDGER_COLUMNS) + ")"
+
+
+def _change(kind: str, subject: str, body: str, where: str = "") -> str:
+    return (
+        f"INSERT INTO changes (kind, subject_id, body, recorded_at) SELECT '{kind}', {subject}, {body}, {_NOW}"
+        + (f" WHERE {where}" if where else "")
+        + ";"
+    )
+
+
+# The change feed (WatchChanges). Triggers write each change in the transaction that makes it, so a change
+# commits exactly when its cause does: none is missed, and none that is rolled back appears. Positions are
+# allocated under the database's write lock and so commit in increasing order: a reader that has seen
+# position N has seen every committed position below N. SQLite has one writer at a time. The PostgreSQL store
+# must keep this true by serializing every write transaction (its advisory lock): with concurrent writers a
+# sequence's values could commit out of order, and a watcher could pass a position that commits later.
+# AUTOINCREMENT: a position is never handed out twice, even once rows are gone.
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        7,
+        "the change feed: every transfer change and every ledger insert, update and delete, by position",
+        f"""
+        CREATE TABLE changes (
+            position INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            subject_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            recorded_at TEXT NOT NULL
+        );
+        CREATE TRIGGER changes_no_update BEFORE UPDATE ON changes
+            BEGIN SELECT RAISE(ABORT, 'the change feed is append-only'); END;
+        CREATE TRIGGER changes_no_delete BEFORE DELETE ON changes
+            BEGIN SELECT RAISE(ABORT, 'the change feed is append-only'); END;
+        CREATE TRIGGER transfers_change_insert AFTER INSERT ON transfers
+            BEGIN {_change("transfer", "NEW.transfer_id", _transfer_json("NEW"))} END;
+        CREATE TRIGGER transfers_change_update AFTER UPDATE ON transfers
+            WHEN OLD.transfer_id IS NOT NEW.transfer_id OR OLD.role IS NOT NEW.role OR OLD.state IS NOT NEW.state
+                OR OLD.terms IS NOT NEW.terms OR OLD.rejections IS NOT NEW.rejections
+                OR OLD.created_at IS NOT NEW.created_at OR OLD.updated_at IS NOT NEW.updated_at
+            BEGIN {_change("transfer", "NEW.transfer_id", _transfer_json("NEW"))} END;
+        CREATE TRIGGER ledger_change_insert AFTER INSERT ON ledger
+            BEGIN {_change("ledger_entry", "CAST(NEW.entry_id AS TEXT)", _ledger_json("NEW"))} END;
+        CREATE TRIGGER ledger_change_update AFTER UPDATE ON ledger
+            BEGIN
+                {
+            _change(
+                "ledger_entry_removed",
+                "CAST(OLD.entry_id AS TEXT)",
+                _ledger_json("OLD"),
+                "OLD.entry_id IS NOT NEW.entry_id",
+            )
+        }
+                {_change("ledger_entry_changed", "CAST(NEW.entry_id AS TEXT)", _ledger_json("NEW"))}
+            END;
+        CREATE TRIGGER ledger_change_delete AFTER DELETE ON ledger
+            BEGIN {_change("ledger_entry_removed", "CAST(OLD.entry_id AS TEXT)", _ledger_json("OLD"))} END;
+        INSERT INTO changes (kind, subject_id, body, recorded_at)
+            SELECT 'transfer', transfer_id, {_transfer_json("transfers")}, {_NOW} FROM transfers
+            ORDER BY updated_at, transfer_id;
+        INSERT INTO changes (kind, subject_id, body, recorded_at)
+            SELECT 'ledger_entry', CAST(entry_id AS TEXT), {_ledger_json("ledger")}, {_NOW} FROM ledger
+            ORDER BY entry_id
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,9 @@ from gateway.store.base import (
     CURRENT_STATUSES,
     GUARDED_STATUSES,
     BlockStatus,
+    Change,
+    ChangeKind,
+    CommitSignal,
     IdempotentResult,
     LogEntry,
     LogKind,
@@ -64,6 +67,7 @@ from gateway.store.base import (
     StoreConflict,
     StoredBlock,
     StoredMessage,
+    change_digest,
 )
 from gateway.store.migrations import DATA_STEPS, MIGRATIONS
 
@@ -74,6 +78,12 @@ class SQLiteStore:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
         self._lock = asyncio.Lock()
+        self._commits = CommitSignal()
+
+    @property
+    def commits(self) -> CommitSignal:
+        """Notified after every write transaction this store commits."""
+        return self._commits
 
     @classmethod
     async def open(cls, path: Path | str) -> SQLiteStore:
@@ -133,6 +143,7 @@ class SQLiteStore:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     raise
+                self._commits.notify()
             finally:
                 if not durable:
                     self._db.execute("PRAGMA synchronous=FULL")
@@ -1194,6 +1205,21 @@ class SQLiteTransaction:
         )
         return None if row is None else bytes(row[0])
 
+    # the change feed
+
+    async def changes_after(self, position: int, limit: int, kinds: Sequence[ChangeKind] = ()) -> list[Change]:
+        sql = "SELECT position, kind, body, recorded_at FROM changes WHERE position > ?"
+        params: list[Any] = [position]
+        if kinds:
+            sql += f" AND kind IN ({_placeholders(kinds)})"
+            params.extend(k.value for k in kinds)
+        rows = self._all(sql + " ORDER BY position LIMIT ?", (*params, limit))
+        return [_change(r) for r in rows]
+
+    async def last_change_position(self) -> int:
+        row = self._one("SELECT COALESCE(MAX(position), 0) FROM changes")
+        return int(row[0]) if row else 0
+
     # operator idempotency
 
     async def get_idempotent(self, caller: str, method: str, key: str) -> IdempotentResult | None:
@@ -1306,7 +1332,21 @@ def _outbox_message(row: sqlite3.Row) -> OutboxMessage:
     )
 
 
-def _transfer(row: sqlite3.Row) -> Transfer:
+def _change(row: sqlite3.Row) -> Change:
+    kind = ChangeKind(row["kind"])
+    digest = change_digest(row["position"], row["kind"], row["recorded_at"], row["body"])
+    body = json.loads(row["body"])
+    # A column written by a JSON function in the same statement (``json_set``) is nested as JSON, not as text.
+    for name in ("block", "terms", "rejections"):
+        if name in body and not isinstance(body[name], str):
+            body[name] = json.dumps(body[name])
+    recorded_at = codec.from_text(row["recorded_at"])
+    if kind is ChangeKind.TRANSFER:
+        return Change(row["position"], kind, recorded_at, digest, transfer=_transfer(body))
+    return Change(row["position"], kind, recorded_at, digest, entry=codec.ledger_from_row(body["entry_id"], body))
+
+
+def _transfer(row: sqlite3.Row | Mapping[str, Any]) -> Transfer:
     return Transfer(
         transfer_id=row["transfer_id"],
         role=TransferRole(row["role"]),

@@ -230,6 +230,12 @@ def abandon(message_id: str = "m-0001", reason: str = "", key: str = KEY) -> ope
     return operator_pb2.AbandonDeadLetterRequest(idempotency_key=key, message_id=message_id, reason=reason)
 
 
+def watch(after: int = 0, kinds: list[int] | None = None, digest: bytes = b"") -> operator_pb2.WatchChangesRequest:
+    request = operator_pb2.WatchChangesRequest(after_position=after, kinds=kinds or [])  # type: ignore[arg-type]
+    request.after_digest = digest
+    return request
+
+
 # -- the table of bad operator requests ---------------------------------------------------------------
 
 
@@ -824,6 +830,18 @@ TABLE: list[Bad] = [
         lambda: operator_pb2.ResolveReconciliationRequest(idempotency_key=KEY, run_id="r-1", reason="checked"),
         "run_id",
     ),
+    # WatchChanges: the gateways have recorded no change yet, so every position but 0 is beyond the latest.
+    *(
+        Bad(f"after_position-{name}", "WatchChanges", partial(watch, after), "after_position")
+        for name, after in (("negative", -1), ("lowest", -(2**63)), ("future", 1), ("highest", 2**63 - 1))
+    ),
+    Bad("kinds-unspecified", "WatchChanges", lambda: watch(kinds=[0]), "kinds[0]"),
+    Bad("kinds-unknown", "WatchChanges", lambda: watch(kinds=[1, 99]), "kinds[1]"),
+    Bad("kinds-negative", "WatchChanges", lambda: watch(kinds=[-1]), "kinds[0]"),
+    Bad("kinds-too-many", "WatchChanges", lambda: watch(kinds=[1] * 5), "kinds"),
+    Bad("after_digest-at-0", "WatchChanges", lambda: watch(digest=bytes(32)), "after_digest"),
+    Bad("after_digest-short", "WatchChanges", lambda: watch(1, digest=b"\x01"), "after_digest"),
+    Bad("after_digest-3mb", "WatchChanges", lambda: watch(1, digest=BIG.encode()), "after_digest"),
 ]
 
 TAKING_INPUT = {
@@ -852,6 +870,7 @@ TAKING_INPUT = {
     "GetReconciliation",
     "ListReconciliations",
     "ResolveReconciliation",
+    "WatchChanges",
 }
 
 
@@ -935,6 +954,12 @@ def unary_methods() -> Iterator[str]:
                 yield f"/{service}/{method.name}"
 
 
+def server_streaming_methods() -> Iterator[str]:
+    for method in operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].methods:
+        if method.server_streaming and not method.client_streaming:
+            yield f"/{OPERATOR_SERVICE}/{method.name}"
+
+
 def assert_malformed(error: grpc.aio.AioRpcError, method: str) -> None:
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
     assert error_code(error) == ResponseCode.MALFORMED_PAYLOAD
@@ -950,6 +975,7 @@ async def test_defect_14_garbage_request_bytes_to_every_method_get_invalid_argum
     before = (await recorded(gateways.chn), await recorded(gateways.che))
     methods = list(unary_methods())
     assert len(methods) == 29 + 2
+    assert list(server_streaming_methods()) == [f"/{OPERATOR_SERVICE}/WatchChanges"]
     async with grpc.aio.insecure_channel(gateways.chn.operator_address) as channel:
         for method in methods:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -959,6 +985,12 @@ async def test_defect_14_garbage_request_bytes_to_every_method_get_invalid_argum
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub_call(channel, "OpenAccount")(b"\x0a\x02\xff\xfe", timeout=10)
         assert_malformed(caught.value, "OpenAccount")
+        # The server streams: garbage instead of the request.
+        for method in server_streaming_methods():
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in channel.unary_stream(method, None, None)(junk, timeout=10):
+                    pass
+            assert_malformed(caught.value, method)
         # The stream: garbage first, and garbage after a good batch.
         stream = f"/{MAPPING_SERVICE}/StreamMapRecords"
         good = mapping_pb2.MapRecordsRequest(

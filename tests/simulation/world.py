@@ -31,7 +31,7 @@ from gateway.outbox import Backoff, TransportError
 from gateway.partners import PartnerDirectory
 from gateway.rpc.operator import OperatorService
 from gateway.service import Gateway
-from gateway.store.base import Transaction
+from gateway.store.base import CommitSignal, Transaction
 from gateway.store.sqlite import SQLiteStore
 from signing import CryptoSigner, Envelope
 
@@ -160,6 +160,10 @@ class CrashingStore:
 
     def read(self) -> Any:
         return self.inner.read()
+
+    @property
+    def commits(self) -> CommitSignal:
+        return self.inner.commits
 
     async def close(self) -> None:
         await self.inner.close()

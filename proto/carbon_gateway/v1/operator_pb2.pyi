@@ -13,6 +13,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,6 +24,118 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_KIND_UNSPECIFIED: _ChangeKind.ValueType  # 0
+    TRANSFER: _ChangeKind.ValueType  # 1
+    """a transfer was created or changed: the transfer as it then stood"""
+    LEDGER_ENTRY: _ChangeKind.ValueType  # 2
+    """a ledger entry was recorded"""
+    LEDGER_ENTRY_CHANGED: _ChangeKind.ValueType  # 3
+    """a recorded ledger entry was rewritten in place (a repair): its new content"""
+    LEDGER_ENTRY_REMOVED: _ChangeKind.ValueType  # 4
+    """a recorded ledger entry was deleted (a repair): its last content"""
+
+class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
+    """What a change of the feed records."""
+
+CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
+TRANSFER: ChangeKind.ValueType  # 1
+"""a transfer was created or changed: the transfer as it then stood"""
+LEDGER_ENTRY: ChangeKind.ValueType  # 2
+"""a ledger entry was recorded"""
+LEDGER_ENTRY_CHANGED: ChangeKind.ValueType  # 3
+"""a recorded ledger entry was rewritten in place (a repair): its new content"""
+LEDGER_ENTRY_REMOVED: ChangeKind.ValueType  # 4
+"""a recorded ledger entry was deleted (a repair): its last content"""
+Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
+
+@_typing.final
+class WatchChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_POSITION_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    AFTER_DIGEST_FIELD_NUMBER: _builtins.int
+    after_position: _builtins.int
+    """0: from the beginning; else the position of the last change received"""
+    after_digest: _builtins.bytes
+    """Optional: the digest of the change at after_position, as received. If the gateway's change there is
+    another (its database was restored from a backup since, or it is another gateway's feed), the call is
+    refused with INVALID_ARGUMENT (field after_digest) instead of skipping changes the caller never saw.
+    """
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ChangeKind.ValueType]:
+        """only changes of these kinds; empty: every kind"""
+
+    def __init__(
+        self,
+        *,
+        after_position: _builtins.int = ...,
+        kinds: _abc.Iterable[Global___ChangeKind.ValueType] | None = ...,
+        after_digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_digest", b"after_digest", "after_position", b"after_position", "kinds", b"kinds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchChangesRequest: _TypeAlias = WatchChangesRequest  # noqa: Y015
+
+@_typing.final
+class Change(_message.Message):
+    """One change of the feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    LEDGER_ENTRY_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """increases by commit order; a filtered stream skips positions"""
+    kind: Global___ChangeKind.ValueType
+    digest: _builtins.bytes
+    """SHA-256 of the stored change: names this change at this position, to resume with"""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """when the database recorded the change (its clock)"""
+
+    @_builtins.property
+    def transfer(self) -> _records_pb2.Transfer:
+        """as GetTransfer returns it"""
+
+    @_builtins.property
+    def ledger_entry(self) -> _records_pb2.LedgerEntry:
+        """as ListLedgerEntries returns it"""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        kind: Global___ChangeKind.ValueType = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        transfer: _records_pb2.Transfer | None = ...,
+        ledger_entry: _records_pb2.LedgerEntry | None = ...,
+        digest: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ledger_entry", b"ledger_entry", "subject", b"subject", "time", b"time", "transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "kind", b"kind", "ledger_entry", b"ledger_entry", "position", b"position", "subject", b"subject", "time", b"time", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["transfer", "ledger_entry"]  # noqa: Y015
+    _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_subject) -> _WhichOneofReturnType_subject | None: ...
+
+Global___Change: _TypeAlias = Change  # noqa: Y015
 
 @_typing.final
 class RunReconciliationRequest(_message.Message):

@@ -180,6 +180,11 @@ class OperatorServiceStub:
                 request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.ResolveReconciliationRequest.SerializeToString,
                 response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.unary_stream(
+                '/carbon_gateway.v1.OperatorService/WatchChanges',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.Change.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -386,6 +391,17 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request, context):
+        """The change feed for the registry of record: every change of a transfer and of the ledger, in the order
+        they committed, each at a position. The stream first replays the changes after `after_position`, then
+        follows new ones as they commit; it does not end on its own. After a disconnect, call again with the
+        position of the last change received: nothing is missed and nothing comes twice. A position beyond the
+        latest, or negative, is refused with INVALID_ARGUMENT (field after_position).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -533,6 +549,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ResolveReconciliation,
                     request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.ResolveReconciliationRequest.FromString,
                     response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.SerializeToString,
+            ),
+            'WatchChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.WatchChangesRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.Change.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1318,6 +1339,33 @@ class OperatorService:
             '/carbon_gateway.v1.OperatorService/ResolveReconciliation',
             carbon__gateway_dot_v1_dot_operator__pb2.ResolveReconciliationRequest.SerializeToString,
             carbon__gateway_dot_v1_dot_operator__pb2.Reconciliation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/WatchChanges',
+            carbon__gateway_dot_v1_dot_operator__pb2.WatchChangesRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.Change.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,6 +98,13 @@ class OperatorServiceStub:
     """
     ResolveReconciliation: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ResolveReconciliationRequest, _operator_pb2.Reconciliation]
     """Resolves an inconsistent run with the reason a person gives: its frozen blocks move again."""
+    WatchChanges: _grpc.UnaryStreamMultiCallable[_operator_pb2.WatchChangesRequest, _operator_pb2.Change]
+    """The change feed for the registry of record: every change of a transfer and of the ledger, in the order
+    they committed, each at a position. The stream first replays the changes after `after_position`, then
+    follows new ones as they commit; it does not end on its own. After a disconnect, call again with the
+    position of the last change received: nothing is missed and nothing comes twice. A position beyond the
+    latest, or negative, is refused with INVALID_ARGUMENT (field after_position).
+    """
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -165,6 +172,13 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """
     ResolveReconciliation: _aio.UnaryUnaryMultiCallable[_operator_pb2.ResolveReconciliationRequest, _operator_pb2.Reconciliation]  # type: ignore[assignment]
     """Resolves an inconsistent run with the reason a person gives: its frozen blocks move again."""
+    WatchChanges: _aio.UnaryStreamMultiCallable[_operator_pb2.WatchChangesRequest, _operator_pb2.Change]  # type: ignore[assignment]
+    """The change feed for the registry of record: every change of a transfer and of the ledger, in the order
+    they committed, each at a position. The stream first replays the changes after `after_position`, then
+    follows new ones as they commit; it does not end on its own. After a disconnect, call again with the
+    position of the last change received: nothing is missed and nothing comes twice. A position beyond the
+    latest, or negative, is refused with INVALID_ARGUMENT (field after_position).
+    """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -403,5 +417,18 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.Reconciliation, _abc.Awaitable[_operator_pb2.Reconciliation]]:
         """Resolves an inconsistent run with the reason a person gives: its frozen blocks move again."""
+
+    @_abc_1.abstractmethod
+    def WatchChanges(
+        self,
+        request: _operator_pb2.WatchChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_operator_pb2.Change], _abc.AsyncIterator[_operator_pb2.Change]]:
+        """The change feed for the registry of record: every change of a transfer and of the ledger, in the order
+        they committed, each at a position. The stream first replays the changes after `after_position`, then
+        follows new ones as they commit; it does not end on its own. After a disconnect, call again with the
+        position of the last change received: nothing is missed and nothing comes twice. A position beyond the
+        latest, or negative, is refused with INVALID_ARGUMENT (field after_position).
+        """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,120 @@
+"""Following the change feed (WatchChanges): the changes after a position, then each new one as it commits.
+
+The feed is the ``changes`` table that triggers fill in the transaction of each change (store migration 7), so
+a watcher reads it and never a transaction's private state. It reads in batches, each in a short read
+transaction that ends before anything is sent: a slow watcher holds no transaction and no lock, and gRPC flow
+control holds the next batch back until the watcher has taken the last. Between batches it waits for a commit
+in this process (`gateway.store.base.CommitSignal`) or, at the latest, `POLL_SECONDS`: another process
+sharing the database (a replica) writes changes this process is not told of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.store.base import Change, ChangeKind, Store
+
+BATCH = 256
+"""Changes read per read transaction."""
+POLL_SECONDS = 1.0
+"""The longest a watcher waits before reading again when no commit in this process woke it."""
+
+
+class FeedClosed(Exception):
+    """The gateway is stopping: the watcher should call again, from the last position it received."""
+
+
+class ChangeFeed:
+    """The change feed of one gateway's store, for any number of watchers."""
+
+    def __init__(self, store: Store, *, batch: int = BATCH, poll_seconds: float = POLL_SECONDS) -> None:
+        self.store = store
+        self.batch = batch
+        self.poll_seconds = poll_seconds
+        self._closed = False
+
+    def close(self) -> None:
+        """End every watch (each raises `FeedClosed`) and refuse new ones: the gateway is stopping."""
+        self._closed = True
+        self.store.commits.notify()
+
+    async def follow(
+        self, after: int, kinds: Sequence[ChangeKind] = (), after_digest: bytes = b""
+    ) -> AsyncGenerator[Change, None]:
+        """The changes after position ``after`` (of ``kinds`` only, when given), then each new one, for ever.
+
+        A position below 0 or beyond the latest is refused before anything is returned, and so is a digest
+        that is not the one of the change at ``after`` (the database was restored, or is another gateway's).
+        """
+        with self.store.commits.subscribe() as woken:
+            woken.clear()
+            if after < 0:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"position {after} is negative: give 0 to start from the beginning, or the position of the"
+                    " last change received",
+                    field="after_position",
+                )
+            _check_digest_form(after, after_digest)
+            async with self.store.read() as tx:
+                latest = await tx.last_change_position()
+                at = await tx.changes_after(after - 1, 1) if after_digest and 0 < after <= latest else []
+            if after > latest:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"position {after} is beyond the latest change ({latest}): this gateway never recorded it"
+                    " (a position from another gateway's feed, or from a database since restored from a backup?)",
+                    field="after_position",
+                )
+            if after_digest and (not at or at[0].position != after or at[0].digest != after_digest):
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"the change at position {after} is not the one with this digest: the database was restored"
+                    " from a backup since (or this is another gateway's feed), and positions after its latest"
+                    " change were handed out again; resume from an earlier change whose digest matches",
+                    field="after_digest",
+                )
+            position = after
+            while True:
+                if self._closed:
+                    raise FeedClosed
+                woken.clear()
+                async with self.store.read() as tx:
+                    batch = await tx.changes_after(position, self.batch, kinds)
+                    # Read in the same snapshot: every change up to it was in the batch or filtered out.
+                    seen = await tx.last_change_position() if len(batch) < self.batch else 0
+                for change in batch:
+                    yield change
+                    position = change.position
+                if len(batch) == self.batch:
+                    continue
+                position = max(position, seen)
+                if self._closed:
+                    raise FeedClosed
+                try:
+                    async with asyncio.timeout(self.poll_seconds):
+                        await woken.wait()
+                except TimeoutError:
+                    pass
+
+
+DIGEST_BYTES = 32
+
+
+def _check_digest_form(after: int, digest: bytes) -> None:
+    if not digest:
+        return
+    if len(digest) != DIGEST_BYTES:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"a change's digest is {DIGEST_BYTES} bytes (SHA-256), not {len(digest)}: give it back as received",
+            field="after_digest",
+        )
+    if after <= 0:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"position {after} names no change: give after_digest only with the position of a change received",
+            field="after_digest",
+        )

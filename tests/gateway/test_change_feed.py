@@ -1,0 +1,233 @@
+"""The change feed's triggers (migration 7) on a real SQLite file: every transfer insert and change, every ledger
+insert, update and delete is recorded in its own transaction, in position order; what is rolled back is not."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.protocol import Rejection
+from gateway.domain.records import ActionType, AdjustmentMethod, LedgerEntry, Purpose, TransferTerms
+from gateway.domain.transfer import Transfer, TransferRole, TransferState
+from gateway.store.base import Change, ChangeKind
+from gateway.store.migrations import MIGRATIONS
+from gateway.store.sqlite import SQLiteStore
+from gateway.usecases.watching import ChangeFeed
+
+T0 = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
+BLOCK = UnitBlock(SerialSpace("CCER", "CN-CCER"), 1, 400, vintage=2025)
+TERMS = TransferTerms(
+    transferring_party="CHN",
+    acquiring_party="CHE",
+    source_account="CN-PO-0001",
+    acquiring_account="CH-PH-0001",
+    cooperative_approach="CA0001",
+    authorization_id="CHN-A-0001",
+    purpose=Purpose.NDC,
+    adjustment_method=AdjustmentMethod.AVERAGING,
+    blocks=(BLOCK,),
+)
+TRANSFER = Transfer("t-1", TransferRole.INITIATING, TransferState.PROPOSED, TERMS, (), T0, T0)
+ENTRY = LedgerEntry(
+    entry_id=0,
+    action_date=T0,
+    action_type=ActionType.FIRST_TRANSFER,
+    transfer_id="t-1",
+    block=BLOCK,
+    cooperative_approach="CA0001",
+    authorization_id="CHN-A-0001",
+    first_transferring_party="CHN",
+    transferring_party="CHN",
+    acquiring_party="CHE",
+    purpose=Purpose.NDC,
+    action_subtype="First transfer to another Party",
+)
+
+
+async def everything(store: SQLiteStore) -> list[Change]:
+    async with store.read() as tx:
+        return await tx.changes_after(0, 1000)
+
+
+@pytest.mark.asyncio
+async def test_transfer_inserts_and_changes_are_recorded_with_the_new_state(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "g.db")
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_transfer(TRANSFER)
+        accepted = dataclasses.replace(TRANSFER, state=TransferState.ACCEPTED, updated_at=T0 + dt.timedelta(1))
+        rejection = Rejection(ResponseCode.UNIT_NOT_HELD, "gone", (BLOCK,))
+        rejected = dataclasses.replace(accepted, state=TransferState.REJECTED, rejections=(rejection,))
+        async with store.transaction() as tx:
+            await tx.update_transfer(accepted)
+            await tx.update_transfer(rejected)
+        async with store.transaction() as tx:
+            # Neither is a change of the transfer as GetTransfer shows it: no row.
+            await tx.update_transfer(rejected)
+            await tx.set_status_queried_at("t-1", T0 + dt.timedelta(2))
+        changes = await everything(store)
+        assert [c.position for c in changes] == [1, 2, 3]
+        assert [c.kind for c in changes] == [ChangeKind.TRANSFER] * 3
+        assert [c.transfer for c in changes] == [TRANSFER, accepted, rejected]
+        assert all(c.entry is None for c in changes)
+        async with store.read() as tx:
+            assert await tx.last_change_position() == 3
+            assert [c.position for c in await tx.changes_after(1, 1)] == [2]
+            assert await tx.changes_after(3, 10) == []
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_ledger_inserts_updates_and_deletes_are_recorded_with_the_content(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            [first, second] = await tx.append_ledger([ENTRY, dataclasses.replace(ENTRY, transfer_id="t-2")])
+        # Repair or corruption, as reconciliation finds it: a row rewritten, one renumbered, one deleted.
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE ledger SET block = json_set(block, '$.end', 150) WHERE entry_id = ?", (first,))
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE ledger SET entry_id = 77 WHERE entry_id = ?", (second,))
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM ledger WHERE entry_id = ?", (first,))
+        changes = await everything(store)
+    finally:
+        await store.close()
+    inserted = [
+        dataclasses.replace(ENTRY, entry_id=first),
+        dataclasses.replace(ENTRY, entry_id=second, transfer_id="t-2"),
+    ]
+    shortened = dataclasses.replace(inserted[0], block=BLOCK.with_range(1, 150))
+    assert [(c.position, c.kind, c.entry) for c in changes] == [
+        (1, ChangeKind.LEDGER_ENTRY, inserted[0]),
+        (2, ChangeKind.LEDGER_ENTRY, inserted[1]),
+        (3, ChangeKind.LEDGER_ENTRY_CHANGED, shortened),
+        (4, ChangeKind.LEDGER_ENTRY_REMOVED, inserted[1]),
+        (5, ChangeKind.LEDGER_ENTRY_CHANGED, dataclasses.replace(inserted[1], entry_id=77)),
+        (6, ChangeKind.LEDGER_ENTRY_REMOVED, shortened),
+    ]
+    assert all(c.transfer is None for c in changes)
+    assert [c.recorded_at for c in changes] == sorted(c.recorded_at for c in changes)
+
+
+@pytest.mark.asyncio
+async def test_a_rolled_back_transaction_or_savepoint_leaves_no_change(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "g.db")
+    try:
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.insert_transfer(TRANSFER)
+                await tx.append_ledger([ENTRY])
+                raise RuntimeError("the use case failed after writing")
+        assert await everything(store) == []
+        async with store.transaction() as tx:
+            await tx.insert_transfer(TRANSFER)
+            with pytest.raises(RuntimeError):
+                async with tx.savepoint():
+                    await tx.append_ledger([ENTRY])
+                    raise RuntimeError("a refused statement is rolled back alone")
+        changes = await everything(store)
+        # The rolled-back positions are never seen: the one change that committed is the first position.
+        assert [(c.position, c.kind) for c in changes] == [(1, ChangeKind.TRANSFER)]
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_the_filter_and_the_feed_is_append_only(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_transfer(TRANSFER)
+            await tx.append_ledger([ENTRY])
+            await tx.update_transfer(dataclasses.replace(TRANSFER, state=TransferState.ACCEPTED))
+        async with store.read() as tx:
+            ledger_only = await tx.changes_after(0, 10, [ChangeKind.LEDGER_ENTRY, ChangeKind.LEDGER_ENTRY_REMOVED])
+            transfers_after_1 = await tx.changes_after(1, 10, [ChangeKind.TRANSFER])
+        assert [c.position for c in ledger_only] == [2]
+        assert [c.position for c in transfers_after_1] == [3]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        for statement in ("UPDATE changes SET kind = 'x'", "DELETE FROM changes"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                db.execute(statement)
+
+
+@pytest.mark.asyncio
+async def test_migration_7_starts_the_feed_with_what_an_older_database_holds(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_transfer(TRANSFER)
+            await tx.append_ledger([ENTRY])
+    finally:
+        await store.close()
+    # Wind the file back to version 6, as an older version left it, then open it again: migration 7 runs.
+    with sqlite3.connect(path) as db:
+        [(version, _, _)] = [m for m in MIGRATIONS if m[0] == 7]
+        triggers = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+        for name in triggers:
+            if "change" in name:
+                db.execute(f"DROP TRIGGER {name}")
+        db.execute("DROP TABLE changes")
+        db.execute("DELETE FROM schema_migrations WHERE version = ?", (version,))
+    store = await SQLiteStore.open(path)
+    try:
+        changes = await everything(store)
+    finally:
+        await store.close()
+    assert [(c.position, c.kind) for c in changes] == [(1, ChangeKind.TRANSFER), (2, ChangeKind.LEDGER_ENTRY)]
+    assert changes[0].transfer == TRANSFER
+    assert changes[1].entry == dataclasses.replace(ENTRY, entry_id=1)
+
+
+@pytest.mark.asyncio
+async def test_after_a_restore_a_watcher_resuming_with_its_digest_is_refused_not_led_past_changes(
+    tmp_path: Path,
+) -> None:
+    path, backup = tmp_path / "g.db", tmp_path / "backup.db"
+    store = await SQLiteStore.open(path)
+    async with store.transaction() as tx:
+        await tx.insert_transfer(TRANSFER)
+    with sqlite3.connect(path) as source, sqlite3.connect(backup) as target:
+        source.backup(target)
+    async with store.transaction() as tx:
+        await tx.update_transfer(dataclasses.replace(TRANSFER, state=TransferState.ACCEPTED))
+    received = await everything(store)
+    await store.close()
+    assert [c.position for c in received] == [1, 2]
+    assert len({c.digest for c in received}) == 2 and all(len(c.digest) == 32 for c in received)
+
+    # The backup comes back (the file alone: no write-ahead log of the later state); the gateway records
+    # another change, at position 2 again.
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    backup.replace(path)
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            await tx.update_transfer(dataclasses.replace(TRANSFER, state=TransferState.CANCELLED))
+        [again, other] = await everything(store)
+        assert again == received[0] and other.position == 2 and other.digest != received[1].digest
+        feed = ChangeFeed(store, poll_seconds=0.05)
+        # By position alone the watcher would wait for position 3 and never hear of the cancellation.
+        with pytest.raises(GatewayError) as caught:
+            await anext(feed.follow(2, after_digest=received[1].digest))
+        assert (caught.value.code, caught.value.field) == (ResponseCode.INVALID_ARGUMENT, "after_digest")
+        # From the last change both sides share, it gets what it has not seen.
+        changes = feed.follow(1, after_digest=received[0].digest)
+        assert await anext(changes) == other
+        await changes.aclose()
+    finally:
+        await store.close()
