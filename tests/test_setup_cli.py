@@ -132,6 +132,10 @@ def test_init_with_a_pkcs11_signer_uses_the_token_key_and_writes_no_key_file(
         (["--party", "CHN", "--operator-listen", "300.1.1.1:5"], "--operator-listen: '300.1.1.1' in"),
         (["--party", "CHN", "--signer", "file:x.key"], "--signer 'file:x.key' is not a pkcs11: URI"),
         (["--party", "CHN", "--days", "0"], "--days 0 is not in 1..3650"),
+        (
+            ["--party", "CHN", "--operator-listen", "127.0.0.1:7000", "--partner-listen", "127.0.0.1:7000"],
+            "are both 127.0.0.1:7000; give two ports",
+        ),
         (["--party", "CHN", "--demo-tls-ca", "x"], "--demo-tls-ca needs --demo-tls"),
     ],
 )
