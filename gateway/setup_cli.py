@@ -228,7 +228,10 @@ def _init(args: argparse.Namespace) -> int:
     # Everything is written into a hidden folder beside DIR, then moved into place: an init that fails or
     # is killed half way leaves DIR as it was.
     try:
-        written = _write_gateway(staging, party, partners, args, operator_listen, partner_listen)
+        try:
+            written = _write_gateway(staging, party, partners, args, operator_listen, partner_listen)
+        except OSError as exc:
+            raise SetupError(f"cannot write the gateway's files beside {folder}: {exc.strerror or exc}") from None
         _move_into(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

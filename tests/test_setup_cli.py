@@ -166,6 +166,15 @@ def test_init_refuses_a_folder_that_holds_anything_and_leaves_it_alone(
     assert code == 2 and "is not a folder" in err
 
 
+def test_init_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The key and the trust document are written before the demo CA is found missing.
+    code, _, err = _init(
+        capsys, "--party", "CHN", "--demo-tls", "--demo-tls-ca", str(tmp_path / "no-ca"), str(tmp_path / "chn")
+    )
+    assert code == 2 and "--demo-tls-ca: cannot read" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_init_fills_an_empty_folder_that_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "gw").mkdir()
     assert _init(capsys, "--party", "CHN", str(tmp_path / "gw"))[0] == 0
