@@ -207,6 +207,8 @@ def _init(args: argparse.Namespace) -> int:
             raise SetupError(f"--accept-from {accepted}: name it as a partner too (--partner {accepted}=HOST:PORT)")
     operator_listen = _listen(args.operator_listen, "--operator-listen")
     partner_listen = _listen(args.partner_listen, "--partner-listen")
+    if operator_listen == partner_listen and not operator_listen.endswith(":0"):
+        raise SetupError(f"--operator-listen and --partner-listen are both {operator_listen}; give two ports")
     if not 1 <= args.days <= 3650:
         raise SetupError(f"--days {args.days} is not in 1..3650")
     if args.demo_tls_ca is not None and not args.demo_tls:
@@ -226,7 +228,10 @@ def _init(args: argparse.Namespace) -> int:
     # Everything is written into a hidden folder beside DIR, then moved into place: an init that fails or
     # is killed half way leaves DIR as it was.
     try:
-        written = _write_gateway(staging, party, partners, args, operator_listen, partner_listen)
+        try:
+            written = _write_gateway(staging, party, partners, args, operator_listen, partner_listen)
+        except OSError as exc:
+            raise SetupError(f"cannot write the gateway's files beside {folder}: {exc.strerror or exc}") from None
         _move_into(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -433,11 +438,16 @@ def render_config(
         lines += [
             "[[partners]]",
             f"party = {_toml(partner.party)}",
-            f"address = {_toml(partner.address)}              # its partner exchange, HOST:PORT",
+            "# Its partner exchange, HOST:PORT.",
+            f"address = {_toml(partner.address)}",
+            f"# Its first trust document, as {partner.party} published it.",
             f"trust_document = {_toml('partners/' + partner.party.lower() + '.trust.json')}",
-            f"# tls_identity = {_toml(partner.party)}         # certificate common name expected (default: the Party)",
-            f'# http_url = "https://{partner.party.lower()}.example:8443"   # where it publishes trust documents',
-            "# max_envelope_bytes = 1048576        # its size cap: larger statements are refused at the operator API",
+            "# The certificate common name expected with [tls] (default: the Party code):",
+            f"# tls_identity = {_toml(partner.party)}",
+            "# Where it publishes its trust documents, for RefreshPartnerTrust:",
+            f'# http_url = "https://{partner.party.lower()}.example:8443"',
+            "# Its size cap: larger statements are refused at the operator API (default 1048576):",
+            "# max_envelope_bytes = 1048576",
             "",
         ]
     if not partners:

@@ -132,6 +132,10 @@ def test_init_with_a_pkcs11_signer_uses_the_token_key_and_writes_no_key_file(
         (["--party", "CHN", "--operator-listen", "300.1.1.1:5"], "--operator-listen: '300.1.1.1' in"),
         (["--party", "CHN", "--signer", "file:x.key"], "--signer 'file:x.key' is not a pkcs11: URI"),
         (["--party", "CHN", "--days", "0"], "--days 0 is not in 1..3650"),
+        (
+            ["--party", "CHN", "--operator-listen", "127.0.0.1:7000", "--partner-listen", "127.0.0.1:7000"],
+            "are both 127.0.0.1:7000; give two ports",
+        ),
         (["--party", "CHN", "--demo-tls-ca", "x"], "--demo-tls-ca needs --demo-tls"),
     ],
 )
@@ -160,6 +164,15 @@ def test_init_refuses_a_folder_that_holds_anything_and_leaves_it_alone(
     (tmp_path / "file").write_text("x")
     code, _, err = _init(capsys, "--party", "CHN", str(tmp_path / "file"))
     assert code == 2 and "is not a folder" in err
+
+
+def test_init_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The key and the trust document are written before the demo CA is found missing.
+    code, _, err = _init(
+        capsys, "--party", "CHN", "--demo-tls", "--demo-tls-ca", str(tmp_path / "no-ca"), str(tmp_path / "chn")
+    )
+    assert code == 2 and "--demo-tls-ca: cannot read" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_init_fills_an_empty_folder_that_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,10 +1,16 @@
 """``carbon-gateway watch`` against real gateways: JSON lines in position order, resuming with --after, the kind
-filter, a change that commits while it follows, and refusals as one line."""
+filter, a change that commits while it follows, refusals as one line, and a real `serve` process stopped while
+a watch follows it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +18,10 @@ import pytest
 
 from gateway.cli import main
 from gateway.demo import start_pair
+from gateway.store.sqlite import SQLiteStore
 from tests.integration.harness import operator, proposal_request, setup_accounts, transfer
+from tests.integration.test_watch import REPLICA_TRANSFER
+from tests.test_cli import CLI, _write_config
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[str, Any]], str]:
@@ -106,3 +115,60 @@ async def test_a_watch_the_gateway_ends_says_where_to_resume(
     assert [line["position"] for line in lines] == ["1", "2", "3", "4"]
     assert code == 1 and err.count("\n") == 1
     assert "UNAVAILABLE" in err and err.rstrip().endswith(f"resume with --after 4 --digest {lines[-1]['digest']}")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.asyncio
+async def test_watch_with_config_follows_a_serve_process_and_sigterm_ends_the_watch_at_once(tmp_path: Path) -> None:
+    """Real processes: `serve` from a configuration, `watch --config` reading its operator address; a change
+    another process writes into the gateway's database arrives, and SIGTERM ends the watch (exit 1, resume line)
+    while the gateway itself stops cleanly (exit 0)."""
+    config = _write_config(tmp_path)
+    port = _free_port()
+    config.write_text(
+        config.read_text().replace('[operator]\nlisten = "127.0.0.1:0"', f'[operator]\nlisten = "127.0.0.1:{port}"')
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([*CLI, "serve", str(config)], stderr=subprocess.PIPE, text=True, env=env)
+    watcher: subprocess.Popen[str] | None = None
+    try:
+        assert server.stderr is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "serving" not in server.stderr.readline():
+            pass
+        refused = subprocess.run(
+            [*CLI, "watch", "--config", str(config), "--after", "1"], capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 1 and "beyond the latest change (0)" in refused.stderr
+        watcher = subprocess.Popen(
+            [*CLI, "watch", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        # Another process writes the database (as a replica would): the watch finds it by polling.
+        replica = await SQLiteStore.open(tmp_path / "chn.db")
+        try:
+            async with replica.transaction() as tx:
+                await tx.insert_transfer(REPLICA_TRANSFER)
+        finally:
+            await replica.close()
+        assert watcher.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(watcher.stdout.readline), 30)
+        change = json.loads(line)
+        assert (change["position"], change["kind"], change["transfer"]["transfer_id"]) == ("1", "TRANSFER", "replica-1")
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait, 30) == 0
+        _, err = await asyncio.to_thread(watcher.communicate, None, 30)
+        assert watcher.returncode == 1
+        assert "UNAVAILABLE" in err and f"resume with --after 1 --digest {change['digest']}" in err
+    finally:
+        for process in (server, watcher):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+        if server.stderr is not None:
+            server.stderr.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 
 import grpc
 
@@ -569,8 +570,10 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         # before the first change: the position is checked before anything is sent.
         try:
             kinds = change_kinds(request.kinds)
-            async for change in self.changes.follow(request.after_position, kinds, request.after_digest):
-                yield change_to_proto(change)
+            # Closed when the call ends however it ends (a cancelled call stops at the `yield`, not inside).
+            async with aclosing(self.changes.follow(request.after_position, kinds, request.after_digest)) as changes:
+                async for change in changes:
+                    yield change_to_proto(change)
         except GatewayError as exc:
             await abort_with(context, exc)
         except FeedClosed:

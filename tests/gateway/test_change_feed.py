@@ -3,6 +3,7 @@ insert, update and delete is recorded in its own transaction, in position order;
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import sqlite3
@@ -18,7 +19,7 @@ from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import Change, ChangeKind
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite import SQLiteStore
-from gateway.usecases.watching import ChangeFeed
+from gateway.usecases.watching import ChangeFeed, FeedClosed
 
 T0 = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
 BLOCK = UnitBlock(SerialSpace("CCER", "CN-CCER"), 1, 400, vintage=2025)
@@ -229,5 +230,28 @@ async def test_after_a_restore_a_watcher_resuming_with_its_digest_is_refused_not
         changes = feed.follow(1, after_digest=received[0].digest)
         assert await anext(changes) == other
         await changes.aclose()
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_commit_wakes_a_waiting_watcher_without_waiting_for_the_poll(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "g.db")
+    try:
+        feed = ChangeFeed(store, poll_seconds=3600)
+        changes = feed.follow(0)
+        waiting = asyncio.ensure_future(anext(changes))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        async with store.transaction() as tx:
+            await tx.insert_transfer(TRANSFER)
+        change = await asyncio.wait_for(waiting, 10)
+        assert (change.position, change.transfer) == (1, TRANSFER)
+        # Closing the feed (the gateway stops) ends a waiting watch at once.
+        waiting = asyncio.ensure_future(anext(changes))
+        await asyncio.sleep(0.2)
+        feed.close()
+        with pytest.raises(FeedClosed):
+            await asyncio.wait_for(waiting, 10)
     finally:
         await store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -193,7 +194,9 @@ async def test_a_change_another_process_commits_to_the_shared_database_arrives_b
     async with operator(pair.chn) as stub:
         call = watch(stub, before)
         try:
-            # Another replica's connection to the same file: this process is never told of its commit.
+            await asyncio.sleep(0.5)  # the watch has read everything and waits
+            # Another replica's connection to the same file: this process is never told of its commit, so only
+            # the watch's polling can find it.
             replica = await SQLiteStore.open(tmp_path / "chn.db")
             try:
                 async with replica.transaction() as tx:
@@ -205,6 +208,34 @@ async def test_a_change_another_process_commits_to_the_shared_database_arrives_b
             call.cancel()
     assert change.position == before + 1
     assert (change.kind, change.transfer.transfer_id) == (operator_pb2.TRANSFER, "replica-1")
+
+
+@pytest.mark.asyncio
+async def test_a_ledger_entry_rewritten_or_deleted_by_hand_is_reported_as_such(pair: Pair, tmp_path: Path) -> None:
+    block = await setup_accounts(pair)
+    await transfer(pair, block, 1, 100, "t1")
+    async with operator(pair.che) as che:
+        [acquisition] = (await che.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest())).entries
+        call = watch(che, await last_position(pair.che))
+        try:
+            await asyncio.sleep(0.5)  # the watch has read everything and waits
+            # A repair, or damage, by another program writing CHE's database.
+            with sqlite3.connect(tmp_path / "che.db") as db:
+                db.execute(
+                    "UPDATE ledger SET block = json_set(block, '$.end', 60) WHERE entry_id = ?", (acquisition.entry_id,)
+                )
+            with sqlite3.connect(tmp_path / "che.db") as db:
+                db.execute("DELETE FROM ledger WHERE entry_id = ?", (acquisition.entry_id,))
+            changed, removed = await take(call, 2, timeout=5.0)
+        finally:
+            call.cancel()
+        assert (await che.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest())).entries == []
+    shortened = records_pb2.LedgerEntry()
+    shortened.CopyFrom(acquisition)
+    shortened.block.end, shortened.quantity = 60, 60
+    assert (changed.kind, changed.ledger_entry) == (operator_pb2.LEDGER_ENTRY_CHANGED, shortened)
+    assert (removed.kind, removed.ledger_entry) == (operator_pb2.LEDGER_ENTRY_REMOVED, shortened)
+    assert removed.position == changed.position + 1
 
 
 T0 = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
