@@ -15,6 +15,7 @@ from gateway.domain.protocol import ACCEPT_ALL
 from gateway.node import GatewayNode, PartnerSpec
 from gateway.store.base import OutboxState
 from gateway.store.sqlite import SQLiteStore
+from gateway.rpc.auth import LOOPBACK_ADMINISTRATOR
 from signing import Envelope
 from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts, snapshot
 from tests.integration.test_integrity import dead_letters
@@ -69,6 +70,7 @@ async def restart_chn(pair: Pair, tmp_path: Path) -> GatewayNode:
                 trust_envelope=Envelope.from_json((tmp_path / "che.trust.json").read_bytes()),
             )
         ],
+        operator_access=LOOPBACK_ADMINISTRATOR,
         policy=ACCEPT_ALL,
     )
     await restarted.start()
