@@ -19,9 +19,9 @@ from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import ACCEPT_ALL, Deadlines, DecisionPolicy
 from gateway.exchange import ExchangeSettings
 from gateway.node import GatewayNode, PartnerSpec, utc_now
+from gateway.rpc.auth import LOOPBACK_ADMINISTRATOR
 from gateway.store.sqlite import SQLiteStore
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
-from gateway.rpc.auth import LOOPBACK_ADMINISTRATOR
 from signing import Envelope, Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
 
 

@@ -13,9 +13,9 @@ from gateway import wire
 from gateway.demo import Pair, start_pair, wait_for_state
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.node import GatewayNode, PartnerSpec
+from gateway.rpc.auth import LOOPBACK_ADMINISTRATOR
 from gateway.store.base import OutboxState
 from gateway.store.sqlite import SQLiteStore
-from gateway.rpc.auth import LOOPBACK_ADMINISTRATOR
 from signing import Envelope
 from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts, snapshot
 from tests.integration.test_integrity import dead_letters
