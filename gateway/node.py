@@ -461,11 +461,12 @@ def _check_operator_certificates(tls: OperatorTLSConfig) -> None:
         ("private_key", tls.private_key, lambda data: serialization.load_pem_private_key(data, None)),
         ("client_ca", tls.client_ca, x509.load_pem_x509_certificates),
     ]
+    loaded: dict[str, object] = {}
     for name, path, load in checks:
         if path is None:
             continue
         try:
-            load(path.read_bytes())
+            loaded[name] = load(path.read_bytes())
         except OSError as exc:
             raise ConfigError(f"operator.tls.{name}: {path} cannot be read: {exc.strerror or exc}") from None
         except (ValueError, TypeError) as exc:
@@ -473,6 +474,13 @@ def _check_operator_certificates(tls: OperatorTLSConfig) -> None:
                 f"operator.tls.{name}: {path} is not a PEM {'private key' if name == 'private_key' else 'certificate'}"
                 f" (without a passphrase): {exc}"
             ) from None
+    certificates, key = loaded["certificate"], loaded["private_key"]
+    assert isinstance(certificates, list) and certificates
+    if certificates[0].public_key() != getattr(key, "public_key", lambda: None)():
+        raise ConfigError(
+            f"operator.tls.private_key: {tls.private_key} is not the key of the certificate {tls.certificate}; keep"
+            " the two files paired"
+        )
 
 
 def _bind(server: grpc.aio.Server, address: str, setting: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from gateway.rpc.errors import read_error_detail
 from gateway.store.sqlite import SQLiteStore
 from gateway.tls import create_ca, issue_certificate
 from signing import generate_key, signer_from_uri
+from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _free_port, _keys, _serve
 
 SERVICES = (
     operator_pb2.DESCRIPTOR.services_by_name["OperatorService"],
@@ -499,3 +504,191 @@ def test_the_command_line_refuses_a_token_in_plaintext_off_loopback(
     code = main(["ledger", "summary", "--address", "127.0.0.1:1", "--token-file", str(tmp_path / "absent")])
     err = capsys.readouterr().err
     assert code == 2 and "--token-file" in err and "absent" in err, err
+
+
+# Refused configurations, as `carbon-gateway serve` meets them: one line naming the setting, exit status 2
+
+
+def _digest_line(token: str) -> str:
+    return f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+
+
+def _caller(name: str = "ops", role: str = "operator", credential: str = "") -> str:
+    return f'[[operator.callers]]\nname = "{name}"\nrole = "{role}"\n{credential or _digest_line(name)}'
+
+
+def _operator_tls(folder: Path, *, client_ca: bool = True, key_of: str = "localhost") -> str:
+    """Write a CA, a server certificate and its key (or another key) into ``folder``; the [operator.tls] table."""
+    certificates = _certificates(folder / "operator-tls", "operator CA")
+    for name in ("localhost", "other", "ops-1"):
+        certificates.issue(name)
+    ca = 'client_ca = "operator-tls/ca.crt"\n' if client_ca else ""
+    return (
+        f'[operator.tls]\ncertificate = "operator-tls/localhost.crt"\nprivate_key = "operator-tls/{key_of}.key"\n{ca}'
+    )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    name: str
+    prepare: Callable[[Path], Path]
+    names: tuple[str, ...]
+
+
+REFUSALS = [
+    Refusal(
+        "token_in_plaintext_off_loopback",
+        lambda f: _config(f, operator="0.0.0.0:0", operator_settings=_caller()),
+        ("operator.callers[0].token_sha256", "plaintext", "[operator.tls]"),
+    ),
+    Refusal(
+        "nobody_can_authenticate_off_loopback",
+        lambda f: _config(f, operator="0.0.0.0:0", operator_settings=""),
+        ("operator.listen", "0.0.0.0:0", "[[operator.callers]]"),
+    ),
+    Refusal(
+        "unauthenticated_off_loopback",
+        lambda f: _config(f, operator="0.0.0.0:0", operator_settings="unauthenticated_loopback = true\n"),
+        ("operator.unauthenticated_loopback", "0.0.0.0:0"),
+    ),
+    Refusal(
+        "unauthenticated_not_a_boolean",
+        lambda f: _config(f, operator_settings='unauthenticated_loopback = "yes"\n'),
+        ("operator.unauthenticated_loopback", "'yes'"),
+    ),
+    Refusal(
+        "duplicate_names",
+        lambda f: _config(f, operator_settings=_caller("ops") + _caller("ops", credential=_digest_line("other"))),
+        ("operator.callers[1].name", "'ops'", "operator.callers[0]"),
+    ),
+    Refusal(
+        "duplicate_tokens",
+        lambda f: _config(
+            f, operator_settings=_caller("a", credential=_digest_line("t")) + _caller("b", credential=_digest_line("t"))
+        ),
+        ("operator.callers[1].token_sha256", "operator.callers[0]"),
+    ),
+    Refusal(
+        "unknown_role",
+        lambda f: _config(f, operator_settings=_caller(role="root")),
+        ("operator.callers[0].role", "'root'", "'read-only'", "'administrator'"),
+    ),
+    Refusal(
+        "token_digest_not_hex",
+        lambda f: _config(f, operator_settings=_caller(credential='token_sha256 = "my-secret-token"\n')),
+        ("operator.callers[0].token_sha256", "64 hexadecimal"),
+    ),
+    Refusal(
+        "token_and_certificate",
+        lambda f: _config(
+            f, operator_settings=_caller(credential=_digest_line("x") + 'certificate_common_name = "ops-1"\n')
+        ),
+        ("operator.callers[0]", "exactly one"),
+    ),
+    Refusal(
+        "reserved_name",
+        lambda f: _config(f, operator_settings=_caller("anonymous")),
+        ("operator.callers[0].name", "'anonymous'", "unauthenticated_loopback"),
+    ),
+    Refusal(
+        "certificate_name_is_a_partner",
+        lambda f: _config(
+            f,
+            operator_settings=_operator_tls(f) + _caller(credential='certificate_common_name = "CHE"\n'),
+        ),
+        ("operator.callers[0].certificate_common_name", "'CHE'", "partners[0].party"),
+    ),
+    Refusal(
+        "certificate_caller_without_client_ca",
+        lambda f: _config(
+            f,
+            operator_settings=_operator_tls(f, client_ca=False)
+            + _caller(credential='certificate_common_name = "ops-1"\n'),
+        ),
+        ("operator.callers[0].certificate_common_name", "client_ca"),
+    ),
+    Refusal(
+        "tls_unknown_setting",
+        lambda f: _config(f, operator_settings='[operator.tls]\nca_certificate = "ca.crt"\n'),
+        ("operator.tls.ca_certificate", "client_ca"),
+    ),
+    Refusal(
+        "tls_certificate_missing",
+        lambda f: _config(f, operator_settings='[operator.tls]\ncertificate = "absent.crt"\nprivate_key = "k.key"\n'),
+        ("operator.tls.certificate", "absent.crt"),
+    ),
+    Refusal(
+        "tls_certificate_garbage",
+        lambda f: _config(
+            f,
+            operator_settings=_operator_tls(f).replace("operator-tls/localhost.crt", "chn.trust.json"),
+        ),
+        ("operator.tls.certificate", "chn.trust.json", "PEM"),
+    ),
+    Refusal(
+        "tls_key_of_another_certificate",
+        lambda f: _config(f, operator_settings=_operator_tls(f, key_of="other")),
+        ("operator.tls.private_key", "other.key", "localhost.crt"),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def refused_starts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Every refusal's ``serve``, run in parallel."""
+    root = tmp_path_factory.mktemp("refused-starts")
+    configs = {case.name: case.prepare(_keys(root / case.name)) for case in REFUSALS}
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip(configs, pool.map(_serve, configs.values()), strict=True))
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=[case.name for case in REFUSALS])
+def test_a_refused_operator_configuration_ends_in_one_line_naming_it(
+    case: Refusal, refused_starts: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    line = _assert_one_line_naming(refused_starts[case.name], *case.names)
+    assert "my-secret-token" not in line
+
+
+def test_a_served_gateway_admits_certificate_and_token_callers_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real ``serve`` with [operator.tls] and a client CA; the CLI connects with --config (TLS, the server
+    verified against client_ca), a client certificate, and a token for the administrator."""
+    folder = _keys(tmp_path)
+    port = _free_port()
+    callers = _caller("ops-1", "read-only", 'certificate_common_name = "ops-1"\n') + _caller("boss", "administrator")
+    config = _config(folder, operator=f"127.0.0.1:{port}", operator_settings=_operator_tls(folder) + callers)
+    client_cert, client_key = folder / "operator-tls" / "other.crt", folder / "operator-tls" / "other.key"
+    ops_cert, ops_key = folder / "operator-tls" / "ops-1.crt", folder / "operator-tls" / "ops-1.key"
+    token = folder / "boss.token"
+    token.write_text("boss\n")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([*SERVE, str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        summary = ["ledger", "summary", "--config", str(config), "--client-cert", str(ops_cert)]
+        summary += ["--client-key", str(ops_key)]
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            assert process.poll() is None, log.read_text()
+            code = main(summary)
+            out, err = capsys.readouterr()
+            if code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert code == 0 and "method:" in out, err
+        lock = ["ledger", "lock", "--config", str(config), "--key", "l1", "--from", "2021", "--to", "2022"]
+        lock += ["--reason", "final", "--client-cert", str(ops_cert), "--client-key", str(ops_key)]
+        assert main(lock) == 1
+        assert "CALLER_NOT_PERMITTED" in capsys.readouterr().err
+        # Another certificate of the same CA, with the administrator's token: the token names the caller.
+        lock += ["--token-file", str(token)]
+        lock[lock.index(str(ops_cert))], lock[lock.index(str(ops_key))] = str(client_cert), str(client_key)
+        code = main(lock)
+        out, err = capsys.readouterr()
+        assert "CALLER" not in err, err
+        assert code == 0 and "locked 2021-2022" in out, err
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(TIMEOUT)
