@@ -692,3 +692,32 @@ def test_a_served_gateway_admits_certificate_and_token_callers_from_the_command_
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(TIMEOUT)
+
+
+def test_the_readme_documents_the_role_table() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| (read-only|operator|administrator) \|$", readme, flags=re.MULTILINE))
+    assert rows == {method.rsplit("/", 1)[1]: role.value for method, role in METHOD_ROLES.items()}
+
+
+def test_the_readme_operator_example_loads(tmp_path: Path) -> None:
+    import re
+
+    from gateway.config import load_config
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"```toml\n(\[operator\]\nlisten = \"0\.0\.0\.0.*?)```", readme, flags=re.DOTALL)
+    assert example is not None
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        'party = "CHN"\ndatabase = "chn.db"\nsigner = "chn.key"\ntrust_document = "chn.trust.json"\n' + example[1]
+    )
+    access = load_config(path).operator_access
+    assert access.tls is not None and access.tls.client_ca == tmp_path / "tls" / "operator-ca.crt"
+    assert [(c.name, c.role, c.certificate_common_name) for c in access.callers] == [
+        ("registry-ops", Role.OPERATOR, ""),
+        ("ops-1", Role.READ_ONLY, "ops-1"),
+    ]
+    assert not access.unauthenticated_loopback
