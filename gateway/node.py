@@ -452,31 +452,34 @@ class GatewayNode:
 
 
 def _check_operator_certificates(tls: OperatorTLSConfig) -> None:
-    """Refuse operator certificate files that are not PEM certificates and keys, naming the setting."""
+    """Refuse operator certificate files that are not PEM certificates and keys, or a key that is not the
+    certificate's, naming the setting (gRPC would only fail to bind, naming the wrong one)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    checks: list[tuple[str, Path | None, Callable[[bytes], object]]] = [
-        ("certificate", tls.certificate, x509.load_pem_x509_certificates),
-        ("private_key", tls.private_key, lambda data: serialization.load_pem_private_key(data, None)),
-        ("client_ca", tls.client_ca, x509.load_pem_x509_certificates),
-    ]
-    loaded: dict[str, object] = {}
-    for name, path, load in checks:
-        if path is None:
-            continue
+    def read(name: str, path: Path) -> bytes:
         try:
-            loaded[name] = load(path.read_bytes())
+            return path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"operator.tls.{name}: {path} cannot be read: {exc.strerror or exc}") from None
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(
-                f"operator.tls.{name}: {path} is not a PEM {'private key' if name == 'private_key' else 'certificate'}"
-                f" (without a passphrase): {exc}"
-            ) from None
-    certificates, key = loaded["certificate"], loaded["private_key"]
-    assert isinstance(certificates, list) and certificates
-    if certificates[0].public_key() != getattr(key, "public_key", lambda: None)():
+
+    def not_pem(name: str, path: Path, what: str, exc: Exception) -> ConfigError:
+        return ConfigError(f"operator.tls.{name}: {path} is not a PEM {what}: {exc}")
+
+    try:
+        certificates = x509.load_pem_x509_certificates(read("certificate", tls.certificate))
+    except ValueError as exc:
+        raise not_pem("certificate", tls.certificate, "certificate", exc) from None
+    try:
+        key = serialization.load_pem_private_key(read("private_key", tls.private_key), None)
+    except (ValueError, TypeError) as exc:
+        raise not_pem("private_key", tls.private_key, "private key without a passphrase", exc) from None
+    if tls.client_ca is not None:
+        try:
+            x509.load_pem_x509_certificates(read("client_ca", tls.client_ca))
+        except ValueError as exc:
+            raise not_pem("client_ca", tls.client_ca, "certificate", exc) from None
+    if certificates[0].public_key() != key.public_key():
         raise ConfigError(
             f"operator.tls.private_key: {tls.private_key} is not the key of the certificate {tls.certificate}; keep"
             " the two files paired"

@@ -32,7 +32,7 @@ from gateway.rpc.errors import read_error_detail
 from gateway.store.sqlite import SQLiteStore
 from gateway.tls import create_ca, issue_certificate
 from signing import generate_key, signer_from_uri
-from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _free_port, _keys, _serve
+from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _free_port, _keys
 
 SERVICES = (
     operator_pb2.DESCRIPTOR.services_by_name["OperatorService"],
@@ -638,8 +638,14 @@ def refused_starts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subpro
     """Every refusal's ``serve``, run in parallel."""
     root = tmp_path_factory.mktemp("refused-starts")
     configs = {case.name: case.prepare(_keys(root / case.name)) for case in REFUSALS}
-    with ThreadPoolExecutor(4) as pool:
-        return dict(zip(configs, pool.map(_serve, configs.values()), strict=True))
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(configs, pool.map(_refused_serve, configs.values()), strict=True))
+
+
+def _refused_serve(config: Path) -> subprocess.CompletedProcess[str]:
+    """``serve`` that is expected to stop at once; the generous timeout only absorbs a loaded machine (a start
+    that wrongly succeeded would still end in `subprocess.TimeoutExpired`)."""
+    return subprocess.run([*SERVE, str(config)], capture_output=True, text=True, timeout=4 * TIMEOUT, check=False)
 
 
 @pytest.mark.parametrize("case", REFUSALS, ids=[case.name for case in REFUSALS])
@@ -669,7 +675,7 @@ def test_a_served_gateway_admits_certificate_and_token_callers_from_the_command_
     try:
         summary = ["ledger", "summary", "--config", str(config), "--client-cert", str(ops_cert)]
         summary += ["--client-key", str(ops_key)]
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + 4 * TIMEOUT  # a loaded machine starts a gateway slowly
         while True:
             assert process.poll() is None, log.read_text()
             code = main(summary)
@@ -721,3 +727,29 @@ def test_the_readme_operator_example_loads(tmp_path: Path) -> None:
         ("ops-1", Role.READ_ONLY, "ops-1"),
     ]
     assert not access.unauthenticated_loopback
+
+
+@pytest.mark.parametrize(
+    ("settings", "names"),
+    [
+        ('[[operator.callers]]\nname = "x"\nrole = "operator"\ncertificate_common_name = "che-gw"\n', ("che-gw",)),
+        ('[[operator.callers]]\nname = "x"\nrole = "operator"\ncertificate_common_name = "CHE"\n', ("'CHE'",)),
+    ],
+)
+def test_a_certificate_caller_may_not_bear_a_partners_tls_identity(
+    tmp_path: Path, settings: str, names: tuple[str, ...]
+) -> None:
+    from gateway.config import ConfigError, load_config
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        'party = "CHN"\ndatabase = "chn.db"\nsigner = "chn.key"\ntrust_document = "chn.trust.json"\n'
+        '[operator]\n[operator.tls]\ncertificate = "c"\nprivate_key = "k"\nclient_ca = "ca"\n'
+        f"{settings}"
+        '[[partners]]\nparty = "CHE"\naddress = "127.0.0.1:9"\ntrust_document = "che.json"\ntls_identity = "che-gw"\n'
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value).startswith("operator.callers[0].certificate_common_name:")
+    for name in names:
+        assert name in str(refused.value)
