@@ -753,3 +753,28 @@ def test_a_certificate_caller_may_not_bear_a_partners_tls_identity(
     assert str(refused.value).startswith("operator.callers[0].certificate_common_name:")
     for name in names:
         assert name in str(refused.value)
+
+
+@pytest.mark.asyncio
+async def test_a_generated_token_authenticates_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_file = tmp_path / "ops.token"
+    code, out, err = await _cli(capsys, "token", "generate", "--out", str(token_file))
+    assert code == 0, err
+    token = token_file.read_text().strip()
+    assert token not in out and token_file.stat().st_mode & 0o777 == 0o600
+    digest = out.strip().removeprefix('token_sha256 = "').removesuffix('"')
+    assert digest == hashlib.sha256(token.encode()).hexdigest()
+    code, _, err = await _cli(capsys, "token", "generate", "--out", str(token_file))
+    assert code == 2 and "exists" in err and token_file.read_text().strip() == token
+    caller = OperatorCaller("generated", Role.READ_ONLY, token_sha256=bytes.fromhex(digest))
+    node = await _node(tmp_path / "node", OperatorAccess(callers=(caller,)))
+    try:
+        summary = ("ledger", "summary", "--address", node.operator_address)
+        code, out, err = await _cli(capsys, *summary, "--token-file", str(token_file))
+        assert code == 0 and "method:" in out, err
+        code, _, err = await _cli(capsys, *summary)
+        assert code == 1 and "CALLER_UNAUTHENTICATED" in err, err
+    finally:
+        await node.stop(0)
