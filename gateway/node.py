@@ -148,8 +148,8 @@ class GatewayNode:
         self.clock = clock
         self.tls = tls
         self.operator_access = operator_access if operator_access is not None else OperatorAccess()
-        """Who may call the operator API. The default admits nobody: the harness passes
-        `gateway.rpc.auth.LOOPBACK_ADMINISTRATOR`, a configuration its callers."""
+        """Who may call the operator API. The default admits nobody: the in-process harness passes
+        `gateway.rpc.auth.LOOPBACK_ADMINISTRATOR`, `from_config` the configured callers."""
         self.operator_tls = operator_tls
         if self.operator_access.unauthenticated_loopback and not is_loopback_host(operator_listen.rpartition(":")[0]):
             raise ConfigError(
