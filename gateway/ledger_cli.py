@@ -10,6 +10,7 @@ Credentials, shared by every command that calls the operator API: ``--token-file
 verifies the gateway against that CA; ``--client-cert`` and ``--client-key`` present a client certificate. With
 ``--config`` naming a gateway whose ``[operator.tls]`` is set, TLS is used without ``--ca-cert``: the gateway is
 verified against ``[operator.tls] client_ca`` when set (the private CA that issues both), else the system's roots.
+With ``--config``, a wildcard ``listen`` (``0.0.0.0``, ``[::]``) is called on loopback.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def _connection(args: argparse.Namespace) -> tuple[str, Any]:
             config = load_config(Path(args.config))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        address, tls = config.operator_listen, config.operator_access.tls
+        address, tls = _on_this_machine(config.operator_listen), config.operator_access.tls
     ca_cert = getattr(args, "ca_cert", None)
     client_cert, client_key = getattr(args, "client_cert", None), getattr(args, "client_key", None)
     if bool(client_cert) != bool(client_key):
@@ -152,6 +153,13 @@ def _connection(args: argparse.Namespace) -> tuple[str, Any]:
         private_key=_read_file("--client-key", client_key) if client_key else None,
         certificate_chain=_read_file("--client-cert", client_cert) if client_cert else None,
     )
+
+
+def _on_this_machine(listen: str) -> str:
+    """The address to call a gateway on this machine at: a wildcard listen (``0.0.0.0``, ``[::]``) becomes
+    loopback, which the gateway also serves and its certificate usually names (demo certificates do)."""
+    host, _, port = listen.rpartition(":")
+    return {"0.0.0.0": f"127.0.0.1:{port}", "[::]": f"[::1]:{port}"}.get(host, listen)
 
 
 def _read_file(option: str, path: str) -> bytes:

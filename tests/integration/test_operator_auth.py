@@ -659,12 +659,13 @@ def test_a_refused_operator_configuration_ends_in_one_line_naming_it(
 def test_a_served_gateway_admits_certificate_and_token_callers_from_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A real ``serve`` with [operator.tls] and a client CA; the CLI connects with --config (TLS, the server
-    verified against client_ca), a client certificate, and a token for the administrator."""
+    """A real ``serve`` on all addresses with [operator.tls] and a client CA; the CLI connects with --config (TLS,
+    the server verified against client_ca), a client certificate, and a token for the administrator."""
     folder = _keys(tmp_path)
     port = _free_port()
     callers = _caller("ops-1", "read-only", 'certificate_common_name = "ops-1"\n') + _caller("boss", "administrator")
-    config = _config(folder, operator=f"127.0.0.1:{port}", operator_settings=_operator_tls(folder) + callers)
+    # A wildcard listen: the CLI, given --config, calls it on loopback (which the certificate names).
+    config = _config(folder, operator=f"0.0.0.0:{port}", operator_settings=_operator_tls(folder) + callers)
     client_cert, client_key = folder / "operator-tls" / "other.crt", folder / "operator-tls" / "other.key"
     ops_cert, ops_key = folder / "operator-tls" / "ops-1.crt", folder / "operator-tls" / "ops-1.key"
     token = folder / "boss.token"
