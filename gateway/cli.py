@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.ledger_cli import register as register_ledger
 
     register_ledger(commands)
+    from gateway.token_cli import register as register_token
+
+    register_token(commands)
     from gateway.report_cli import register as register_report
 
     register_report(commands)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.domain.access import LOOPBACK_CALLER, OperatorCaller, Role, is_loopback_host
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature, NomenclatureError
@@ -170,6 +171,27 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class OperatorTLSConfig:
+    """TLS for the operator API: the server's certificate and key, and optionally the CA of callers' certificates.
+
+    With ``client_ca``, every connection must present a client certificate that CA issued.
+    """
+
+    certificate: Path
+    private_key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class OperatorAccessConfig:
+    """Who may call the operator API (``[operator]``, ``[operator.tls]`` and ``[[operator.callers]]``)."""
+
+    tls: OperatorTLSConfig | None = None
+    callers: tuple[OperatorCaller, ...] = ()
+    unauthenticated_loopback: bool = False
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Everything one gateway needs to run."""
 
@@ -194,6 +216,7 @@ class GatewayConfig:
     decision_timeout: dt.timedelta = dt.timedelta(hours=72)
     status_query_after: dt.timedelta = dt.timedelta(minutes=15)
     ledger: LedgerOptions = field(default_factory=LedgerOptions)
+    operator_access: OperatorAccessConfig = field(default_factory=OperatorAccessConfig)
     reconcile_every: dt.timedelta | None = dt.timedelta(days=1)
     """How often a run starts with each partner (``[reconciliation] every_seconds``; 0 turns the schedule off)."""
 
@@ -465,6 +488,7 @@ def load_config(path: Path) -> GatewayConfig:
             f" max_message_lifetime_seconds ({max_lifetime.total_seconds():g}), which partners typically share"
         )
     operator = _table(data.get("operator", {}), "operator")
+    operator_listen = _listen(operator.get("listen", "127.0.0.1:50051"), "operator.listen")
     partner_section = _table(data.get("partner", {}), "partner")
     http = _table(data.get("http", {}), "http")
     return GatewayConfig(
@@ -472,7 +496,8 @@ def load_config(path: Path) -> GatewayConfig:
         database=_path(base, _require(data, "database", str(path)), "database"),
         signer=signers[DEFAULT_SIGNER_NAME],
         trust_document=_path(base, _require(data, "trust_document", str(path)), "trust_document"),
-        operator_listen=_listen(operator.get("listen", "127.0.0.1:50051"), "operator.listen"),
+        operator_listen=operator_listen,
+        operator_access=_operator_access(base, operator, operator_listen, partners),
         partner_listen=_listen(partner_section.get("listen", "127.0.0.1:50052"), "partner.listen"),
         http_listen=_listen(http["listen"], "http.listen") if "listen" in http else None,
         partners=tuple(partners),
@@ -502,3 +527,120 @@ def _schedule(table: Mapping[str, Any]) -> dt.timedelta | None:
     if table.get("every_seconds", 86400) == 0:
         return None
     return _seconds(table, "every_seconds", 86400, minimum=60.0, section="reconciliation")
+
+
+_ROLES = ", ".join(repr(role.value) for role in Role)
+
+
+def _operator_access(
+    base: Path, operator: Mapping[str, Any], listen: str, partners: list[PartnerConfig]
+) -> OperatorAccessConfig:
+    """``[operator]``'s access settings: TLS, the callers, and whether loopback needs no credentials.
+
+    Refused here: plaintext tokens off loopback, a non-loopback listen nobody can authenticate to, duplicate
+    caller names, tokens or common names, and a caller certificate name that is a partner's identity.
+    """
+    loopback = is_loopback_host(listen.rpartition(":")[0])
+    unauthenticated = operator.get("unauthenticated_loopback", False)
+    if not isinstance(unauthenticated, bool):
+        raise ConfigError(f"operator.unauthenticated_loopback: expected true or false, got {unauthenticated!r}")
+    if unauthenticated and not loopback:
+        raise ConfigError(
+            f"operator.unauthenticated_loopback: {listen!r} is not a loopback address; callers without credentials"
+            " are only allowed on 127.0.0.1, [::1] or localhost"
+        )
+    tls = None
+    if "tls" in operator:
+        t = _table(operator["tls"], "operator.tls")
+        for key in t:
+            if key not in ("certificate", "private_key", "client_ca"):
+                raise ConfigError(
+                    f"operator.tls.{key}: unknown setting; [operator.tls] takes certificate, private_key, client_ca"
+                )
+        tls = OperatorTLSConfig(
+            certificate=_path(base, _require(t, "certificate", "operator.tls"), "operator.tls.certificate"),
+            private_key=_path(base, _require(t, "private_key", "operator.tls"), "operator.tls.private_key"),
+            client_ca=_path(base, t["client_ca"], "operator.tls.client_ca") if "client_ca" in t else None,
+        )
+    raw = operator.get("callers", [])
+    if not isinstance(raw, list):
+        raise ConfigError("operator.callers: expected a list of tables ([[operator.callers]])")
+    partner_identities = {p.party: f"partners[{i}].party" for i, p in enumerate(partners)}
+    partner_identities.update(
+        {p.tls_identity: f"partners[{i}].tls_identity" for i, p in enumerate(partners) if p.tls_identity}
+    )
+    callers: list[OperatorCaller] = []
+    names: dict[str, str] = {}
+    tokens: dict[bytes, str] = {}
+    common_names: dict[str, str] = {}
+    for i, entry in enumerate(raw):
+        where = f"operator.callers[{i}]"
+        entry = _table(entry, where)
+        for key in entry:
+            if key not in ("name", "role", "token_sha256", "certificate_common_name"):
+                raise ConfigError(
+                    f"{where}.{key}: unknown setting; a caller takes name, role, and token_sha256 or"
+                    " certificate_common_name"
+                )
+        name = _string(_require(entry, "name", where), f"{where}.name")
+        if not name.isprintable() or name != name.strip() or len(name) > 128:
+            raise ConfigError(f"{where}.name: {name!r} is not 1 to 128 printable characters without outer spaces")
+        if name == LOOPBACK_CALLER:
+            raise ConfigError(
+                f"{where}.name: {LOOPBACK_CALLER!r} is the name of callers admitted by unauthenticated_loopback;"
+                " choose another"
+            )
+        if name in names:
+            raise ConfigError(f"{where}.name: {name!r} is also the name of {names[name]}; each caller needs its own")
+        names[name] = where
+        role_text = _string(_require(entry, "role", where), f"{where}.role")
+        try:
+            role = Role(role_text)
+        except ValueError:
+            raise ConfigError(f"{where}.role: {role_text!r} is not one of {_ROLES}") from None
+        has_token, has_name = "token_sha256" in entry, "certificate_common_name" in entry
+        if has_token == has_name:
+            raise ConfigError(
+                f"{where}: give exactly one of token_sha256 (a bearer token's SHA-256) or certificate_common_name"
+            )
+        if has_token:
+            digest_text = _string(entry["token_sha256"], f"{where}.token_sha256")
+            if len(digest_text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest_text):
+                raise ConfigError(
+                    f"{where}.token_sha256: not 64 hexadecimal digits; write the SHA-256 of the token, as"
+                    " `carbon-gateway keys token` prints it (never the token itself)"
+                )
+            digest = bytes.fromhex(digest_text)
+            if digest in tokens:
+                raise ConfigError(f"{where}.token_sha256: the same token as {tokens[digest]}; give each caller its own")
+            tokens[digest] = where
+            if tls is None and not loopback:
+                raise ConfigError(
+                    f"{where}.token_sha256: {listen!r} is not a loopback address and [operator.tls] is missing, so"
+                    " the token would cross the network in plaintext; configure [operator.tls]"
+                )
+            callers.append(OperatorCaller(name=name, role=role, token_sha256=digest))
+        else:
+            common_name = _string(entry["certificate_common_name"], f"{where}.certificate_common_name")
+            if tls is None or tls.client_ca is None:
+                raise ConfigError(
+                    f"{where}.certificate_common_name: client certificates need [operator.tls] client_ca, the CA"
+                    " that issues callers' certificates"
+                )
+            if common_name in partner_identities:
+                raise ConfigError(
+                    f"{where}.certificate_common_name: {common_name!r} is {partner_identities[common_name]}; a"
+                    " partner's certificate must never call the operator API"
+                )
+            if common_name in common_names:
+                raise ConfigError(
+                    f"{where}.certificate_common_name: {common_name!r} is also {common_names[common_name]}'s"
+                )
+            common_names[common_name] = where
+            callers.append(OperatorCaller(name=name, role=role, certificate_common_name=common_name))
+    if not loopback and not callers:
+        raise ConfigError(
+            f"operator.listen: {listen!r} is not a loopback address and no [[operator.callers]] are configured, so"
+            " nobody could call the operator API; add callers (with [operator.tls]) or listen on 127.0.0.1"
+        )
+    return OperatorAccessConfig(tls=tls, callers=tuple(callers), unauthenticated_loopback=unauthenticated)

@@ -19,6 +19,7 @@ from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import ACCEPT_ALL, Deadlines, DecisionPolicy
 from gateway.exchange import ExchangeSettings
 from gateway.node import GatewayNode, PartnerSpec, utc_now
+from gateway.rpc.auth import LOOPBACK_ADMINISTRATOR
 from gateway.store.sqlite import SQLiteStore
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from signing import Envelope, Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
@@ -123,6 +124,7 @@ async def start_network(
                 for other in parties
                 if other != party
             ],
+            operator_access=LOOPBACK_ADMINISTRATOR,
             policy=policy,
             http_listen="127.0.0.1:0" if http else None,
             tls=tls_config(workdir, party) if tls else None,

@@ -4,12 +4,20 @@ gateway's operator API (``--config`` names the gateway's configuration, whose op
 
 Every write takes ``--key``, its idempotency key: run a command again with the same key after a timeout and the
 gateway answers with the first result instead of acting twice.
+
+Credentials, shared by every command that calls the operator API: ``--token-file`` (or the environment variable
+``CARBON_GATEWAY_TOKEN_FILE``) sends ``authorization: Bearer <token>``; ``--ca-cert`` connects with TLS and
+verifies the gateway against that CA; ``--client-cert`` and ``--client-key`` present a client certificate. With
+``--config`` naming a gateway whose ``[operator.tls]`` is set, TLS is used without ``--ca-cert``: the gateway is
+verified against ``[operator.tls] client_ca`` when set (the private CA that issues both), else the system's roots.
+With ``--config``, a wildcard ``listen`` (``0.0.0.0``, ``[::]``) is called on loopback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 from collections.abc import Callable, Coroutine
@@ -18,6 +26,9 @@ from typing import Any
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+
+TOKEN_FILE_VARIABLE = "CARBON_GATEWAY_TOKEN_FILE"
+"""The environment variable naming a bearer-token file, when ``--token-file`` is not given."""
 
 UNITS = re.compile(r"(?P<kind>[^/:]+)/(?P<registry>[^/:]+)(?:/(?P<issuance>[^/:]+))?:(?P<start>[0-9]+)-(?P<end>[0-9]+)")
 """A selection on the command line: ``KIND/REGISTRY[/ISSUANCE]:START-END``, e.g. ``CCER/CN-CCER:1-100``."""
@@ -86,6 +97,18 @@ def _target(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", help="the gateway's configuration file (its operator address is used)")
     where.add_argument("--address", help="the operator API's address, HOST:PORT")
+    credentials(parser)
+
+
+def credentials(parser: argparse.ArgumentParser) -> None:
+    """Add the operator API's credential options: a bearer-token file, TLS and a client certificate."""
+    group = parser.add_argument_group("operator API credentials")
+    group.add_argument(
+        "--token-file", help=f"a file holding the bearer token (default: the file ${TOKEN_FILE_VARIABLE} names)"
+    )
+    group.add_argument("--ca-cert", help="connect with TLS, verifying the gateway's certificate against this CA")
+    group.add_argument("--client-cert", help="a client certificate (PEM) to present; needs --client-key")
+    group.add_argument("--client-key", help="the client certificate's private key (PEM, unencrypted)")
 
 
 def _write(parser: argparse.ArgumentParser) -> None:
@@ -99,14 +122,71 @@ def fail(command: str, message: str, code: int = EXIT_REFUSED) -> int:
 
 
 def _address(args: argparse.Namespace) -> str:
-    if args.address:
-        return str(args.address)
-    from gateway.config import ConfigError, load_config
+    return _connection(args)[0]
 
+
+def _connection(args: argparse.Namespace) -> tuple[str, Any]:
+    """The operator API's address and, for TLS, its channel credentials (None for plaintext)."""
+    if args.address:
+        address, tls = str(args.address), None
+    else:
+        from gateway.config import ConfigError, load_config
+
+        try:
+            config = load_config(Path(args.config))
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        address, tls = _on_this_machine(config.operator_listen), config.operator_access.tls
+    ca_cert = getattr(args, "ca_cert", None)
+    client_cert, client_key = getattr(args, "client_cert", None), getattr(args, "client_key", None)
+    if bool(client_cert) != bool(client_key):
+        raise UsageError("--client-cert and --client-key go together: give both or neither")
+    if not (ca_cert or client_cert or tls):
+        return address, None
+    import grpc
+
+    root = _read_file("--ca-cert", ca_cert) if ca_cert else None
+    if root is None and tls is not None and tls.client_ca is not None:
+        root = _read_file("[operator.tls] client_ca", str(tls.client_ca))
+    return address, grpc.ssl_channel_credentials(
+        root_certificates=root,
+        private_key=_read_file("--client-key", client_key) if client_key else None,
+        certificate_chain=_read_file("--client-cert", client_cert) if client_cert else None,
+    )
+
+
+def _on_this_machine(listen: str) -> str:
+    """The address to call a gateway on this machine at: a wildcard listen (``0.0.0.0``, ``[::]``) becomes
+    loopback, which the gateway also serves and its certificate usually names (demo certificates do)."""
+    host, _, port = listen.rpartition(":")
+    return {"0.0.0.0": f"127.0.0.1:{port}", "[::]": f"[::1]:{port}"}.get(host, listen)
+
+
+def _read_file(option: str, path: str) -> bytes:
     try:
-        return load_config(Path(args.config)).operator_listen
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot be read: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise UsageError(f"{option} {path}: the file is empty")
+    return data
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token from ``--token-file`` or ``$CARBON_GATEWAY_TOKEN_FILE``; never printed."""
+    path = getattr(args, "token_file", None)
+    option = "--token-file"
+    if not path:
+        path, option = os.environ.get(TOKEN_FILE_VARIABLE), f"${TOKEN_FILE_VARIABLE}"
+    if not path:
+        return None
+    try:
+        token = _read_file(option, path).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise UsageError(f"{option} {path}: the token file is not UTF-8 text") from None
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise UsageError(f"{option} {path}: the file must hold one token, without spaces, on one line")
+    return token
 
 
 def _selections(values: list[str]) -> list[Any]:
@@ -128,16 +208,29 @@ def _selections(values: list[str]) -> list[Any]:
 
 
 def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
-    """Call the operator API; a refusal becomes one line naming the response code and the field."""
+    """Call the operator API with the command's credentials; a refusal becomes one line naming the response code
+    and the field."""
     import grpc
 
     from carbon_gateway.v1 import operator_pb2_grpc
+    from gateway.domain.access import is_loopback_host
     from gateway.rpc.errors import read_error_detail
 
-    address = _address(args)
+    address, channel_credentials = _connection(args)
+    token = _token(args)
+    if token is not None and channel_credentials is None and not is_loopback_host(address.rpartition(":")[0]):
+        raise UsageError(
+            f"{address} is not a loopback address: the token would cross the network in plaintext; give --ca-cert"
+        )
+    interceptors = [_bearer_token(token)] if token is not None else None
 
     async def go() -> Any:
-        async with grpc.aio.insecure_channel(address) as channel:
+        channel = (
+            grpc.aio.secure_channel(address, channel_credentials, interceptors=interceptors)
+            if channel_credentials is not None
+            else grpc.aio.insecure_channel(address, interceptors=interceptors)
+        )
+        async with channel:
             return await call(operator_pb2_grpc.OperatorServiceStub(channel))
 
     try:
@@ -150,6 +243,26 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
 
         where = f" (field {detail.field})" if detail.field else ""
         raise RefusedError(f"{ResponseCode(detail.code).name}: {detail.message}{where}") from None
+
+
+def _bearer_token(token: str) -> Any:
+    """A client interceptor that adds ``authorization: Bearer <token>`` to every unary call of a channel."""
+    import grpc
+
+    header = ("authorization", f"Bearer {token}")
+
+    class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+        async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+            details = grpc.aio.ClientCallDetails(
+                client_call_details.method,
+                client_call_details.timeout,
+                grpc.aio.Metadata(*(client_call_details.metadata or ()), header),
+                client_call_details.credentials,
+                client_call_details.wait_for_ready,
+            )
+            return await continuation(details, request)
+
+    return BearerToken()
 
 
 class RefusedError(Exception):

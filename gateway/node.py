@@ -15,8 +15,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc, operator_pb2, operator_pb2_grpc
-from gateway.config import DEFAULT_SIGNER_NAME, ConfigError, GatewayConfig, TLSConfig
+from gateway.config import DEFAULT_SIGNER_NAME, ConfigError, GatewayConfig, OperatorTLSConfig, TLSConfig
 from gateway.core import GatewayCore, PartnerSpec, utc_now
+from gateway.domain.access import is_loopback_host
 from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import Deadlines, DecisionPolicy
@@ -25,6 +26,7 @@ from gateway.exchange import Exchange, ExchangeSettings
 from gateway.http.app import HttpServer, build_app
 from gateway.outbox import OutboxWorker, PartnerTransport
 from gateway.partners import PartnerDirectory
+from gateway.rpc.auth import OperatorAccess, OperatorAuthInterceptor
 from gateway.rpc.interceptors import MalformedRequestInterceptor
 from gateway.rpc.mapping import MappingService
 from gateway.rpc.operator import OperatorService
@@ -76,6 +78,16 @@ def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
     )
 
 
+def _operator_server_credentials(tls: OperatorTLSConfig) -> grpc.ServerCredentials:
+    """TLS for the operator API. With a client CA, every connection must present a certificate it issued: gRPC
+    in Python can require and verify client certificates, or not ask for them, but not ask and accept none."""
+    return grpc.ssl_server_credentials(
+        [(tls.private_key.read_bytes(), tls.certificate.read_bytes())],
+        root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+        require_client_auth=tls.client_ca is not None,
+    )
+
+
 def _channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
         root_certificates=tls.ca_certificate.read_bytes(),
@@ -122,6 +134,8 @@ class GatewayNode:
         partner_listen: str = "127.0.0.1:0",
         http_listen: str | None = None,
         tls: TLSConfig | None = None,
+        operator_access: OperatorAccess | None = None,
+        operator_tls: OperatorTLSConfig | None = None,
         settings: ExchangeSettings | None = None,
         deadlines: Deadlines | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
@@ -134,6 +148,15 @@ class GatewayNode:
         self.party = party
         self.clock = clock
         self.tls = tls
+        self.operator_access = operator_access if operator_access is not None else OperatorAccess()
+        """Who may call the operator API. The default admits nobody: the in-process harness passes
+        `gateway.rpc.auth.LOOPBACK_ADMINISTRATOR`, `from_config` the configured callers."""
+        self.operator_tls = operator_tls
+        if self.operator_access.unauthenticated_loopback and not is_loopback_host(operator_listen.rpartition(":")[0]):
+            raise ConfigError(
+                f"operator.unauthenticated_loopback: {operator_listen!r} is not a loopback address; callers without"
+                " credentials are only allowed on 127.0.0.1, [::1] or localhost"
+            )
         self.core = GatewayCore(
             party=party,
             store=store,
@@ -244,6 +267,22 @@ class GatewayNode:
                 path = getattr(config.tls, name)
                 if not path.is_file():
                     raise ConfigError(f"tls.{name}: {path} is not a readable file")
+        operator_tls = config.operator_access.tls
+        if operator_tls is not None:
+            for name in ("certificate", "private_key", "client_ca"):
+                path = getattr(operator_tls, name)
+                if path is not None and not path.is_file():
+                    raise ConfigError(f"operator.tls.{name}: {path} is not a readable file")
+            try:
+                _operator_server_credentials(operator_tls)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ConfigError(f"operator.tls: the certificate files cannot be used: {exc}") from None
+            _check_operator_certificates(operator_tls)
+        access = OperatorAccess(
+            callers=config.operator_access.callers,
+            unauthenticated_loopback=config.operator_access.unauthenticated_loopback,
+            partner_identities=frozenset(name for p in config.partners for name in (p.party, p.tls_identity) if name),
+        )
         settings = ExchangeSettings(
             self_party=config.party,
             max_envelope_bytes=config.max_envelope_bytes,
@@ -272,6 +311,8 @@ class GatewayNode:
                 partner_listen=config.partner_listen,
                 http_listen=config.http_listen,
                 tls=config.tls,
+                operator_access=access,
+                operator_tls=operator_tls,
                 settings=settings,
                 deadlines=Deadlines(hold=config.hold_deadline, decision=config.decision_timeout),
                 nomenclature=config.nomenclature,
@@ -319,14 +360,23 @@ class GatewayNode:
         options = [("grpc.so_reuseport", 0)]
         partner_options = [*options, ("grpc.max_receive_message_length", 4 * limit + 4096)]
 
-        self.operator_server = grpc.aio.server(options=options, interceptors=[MalformedRequestInterceptor()])
+        # Authentication first: a caller who may not call a method learns nothing else about the request.
+        self.operator_server = grpc.aio.server(
+            options=options,
+            interceptors=[OperatorAuthInterceptor(self.operator_access), MalformedRequestInterceptor()],
+        )
         self.changes = ChangeFeed(self.core.store)  # a feed a previous stop closed stays closed
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(
             OperatorService(self.gateway, self.trust, self.changes), self.operator_server
         )
         mapping_pb2_grpc.add_MappingServiceServicer_to_server(MappingService(), self.operator_server)
         await self._add_health_and_reflection(self.operator_server, OPERATOR_SERVICE, MAPPING_SERVICE)
-        self.operator_port = _bind(self.operator_server, self._operator_listen, "operator.listen", None)
+        self.operator_port = _bind(
+            self.operator_server,
+            self._operator_listen,
+            "operator.listen",
+            _operator_server_credentials(self.operator_tls) if self.operator_tls else None,
+        )
 
         self.partner_server = grpc.aio.server(options=partner_options)
         self.partner_server.add_generic_rpc_handlers(
@@ -359,6 +409,13 @@ class GatewayNode:
                     f"http.listen: cannot listen on {self._http_listen}: {exc.strerror or exc}; choose a free port"
                     " on an address of this machine"
                 ) from None
+        if not self.operator_access.callers and not self.operator_access.unauthenticated_loopback:
+            log.warning(
+                "%s: the operator API on %s admits nobody: configure [[operator.callers]], or set [operator]"
+                " unauthenticated_loopback = true for callers on this machine",
+                self.party,
+                self.operator_address,
+            )
         if self.tls is None:
             # Only once the start has succeeded: a failed start ends with its one line of error, nothing else.
             log.warning(
@@ -399,6 +456,41 @@ class GatewayNode:
         if self.http_server is not None:
             await self.http_server.stop()
         await self.core.close()
+
+
+def _check_operator_certificates(tls: OperatorTLSConfig) -> None:
+    """Refuse operator certificate files that are not PEM certificates and keys, or a key that is not the
+    certificate's, naming the setting (gRPC would only fail to bind, naming the wrong one)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    def read(name: str, path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"operator.tls.{name}: {path} cannot be read: {exc.strerror or exc}") from None
+
+    def not_pem(name: str, path: Path, what: str, exc: Exception) -> ConfigError:
+        return ConfigError(f"operator.tls.{name}: {path} is not a PEM {what}: {exc}")
+
+    try:
+        certificates = x509.load_pem_x509_certificates(read("certificate", tls.certificate))
+    except ValueError as exc:
+        raise not_pem("certificate", tls.certificate, "certificate", exc) from None
+    try:
+        key = serialization.load_pem_private_key(read("private_key", tls.private_key), None)
+    except (ValueError, TypeError) as exc:
+        raise not_pem("private_key", tls.private_key, "private key without a passphrase", exc) from None
+    if tls.client_ca is not None:
+        try:
+            x509.load_pem_x509_certificates(read("client_ca", tls.client_ca))
+        except ValueError as exc:
+            raise not_pem("client_ca", tls.client_ca, "certificate", exc) from None
+    if certificates[0].public_key() != key.public_key():
+        raise ConfigError(
+            f"operator.tls.private_key: {tls.private_key} is not the key of the certificate {tls.certificate}; keep"
+            " the two files paired"
+        )
 
 
 def _bind(server: grpc.aio.Server, address: str, setting: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -59,6 +59,7 @@ trust_document = "chn.trust.json"
 
 [operator]
 listen = "127.0.0.1:0"
+unauthenticated_loopback = true
 
 [partner]
 listen = "127.0.0.1:0"

@@ -65,6 +65,7 @@ def _config(
     partner_trust_document: str = "che.trust.json",
     tail: str = "",
     name: str = "chn.toml",
+    operator_settings: str = "unauthenticated_loopback = true\n",
 ) -> Path:
     """Write a configuration file like the README's; ``tail`` is TOML appended at the end."""
 
@@ -76,7 +77,8 @@ def _config(
     config.write_text(
         f"party = 'CHN'\ndatabase = {text(database)}\nsigner = {text(signer)}\n"
         f"trust_document = {text(trust_document)}\n\n"
-        f"[operator]\nlisten = {text(operator)}\n\n[partner]\nlisten = {text(partner)}\n\n{http_table}\n"
+        f"[operator]\nlisten = {text(operator)}\n{operator_settings}\n"
+        f"[partner]\nlisten = {text(partner)}\n\n{http_table}\n"
         f"[[partners]]\nparty = 'CHE'\naddress = '127.0.0.1:9'\ntrust_document = {text(partner_trust_document)}\n\n"
         f"{tail}\n",
         encoding="utf-8",

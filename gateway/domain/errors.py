@@ -47,6 +47,8 @@ class ResponseCode(enum.IntEnum):
     UNKNOWN_SERIAL_SPACE = 30
     PROVENANCE_REFUSED = 31
     PERIOD_LOCKED = 32
+    CALLER_UNAUTHENTICATED = 33
+    CALLER_NOT_PERMITTED = 34
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -90,6 +92,9 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     "issues, whose units arrive only by transfer",
     ResponseCode.PERIOD_LOCKED: "the action is dated in a period an operator locked as final; record a correction as a "
     "new entry dated in an open period",
+    ResponseCode.CALLER_UNAUTHENTICATED: "the operator call carries no credentials this gateway accepts: no or an "
+    "unknown bearer token or client certificate, or a partner's certificate",
+    ResponseCode.CALLER_NOT_PERMITTED: "the authenticated caller's role is below the role the method needs",
 }
 
 

@@ -32,6 +32,8 @@ _STATUS: dict[ResponseCode, grpc.StatusCode] = {
     ResponseCode.TRUST_DOCUMENT_EXPIRED: grpc.StatusCode.UNAUTHENTICATED,
     ResponseCode.PEER_IDENTITY_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
     ResponseCode.ENVELOPE_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ResponseCode.CALLER_UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ResponseCode.CALLER_NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

@@ -11,6 +11,7 @@ import grpc
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway import wire
 from gateway.domain import text
+from gateway.domain.access import LOOPBACK_CALLER
 from gateway.domain.adjustments import format_quantity
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import LockedPeriod, Retirement, parse_cancellation_subtype, parse_retirement
@@ -18,6 +19,7 @@ from gateway.domain.nomenclature import Nomenclature
 from gateway.domain.protocol import parse_adjustment_method, parse_purpose
 from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN
 from gateway.partners import TRANSFER_ROLE
+from gateway.rpc.auth import current_caller
 from gateway.rpc.errors import abort_with, refusals_as_status
 from gateway.service import (
     BlockSelection,
@@ -37,13 +39,17 @@ Context = grpc.aio.ServicerContext
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS_CALLER = "anonymous"
-"""The caller of an unauthenticated operator call (operator authentication comes later)."""
-
 
 def _idempotency(method: str, request: object, key: str) -> Idempotency:
+    """The idempotency record of a write, scoped to its authenticated caller: two callers' keys never collide.
+
+    Calls made in-process, past the gRPC server and its `OperatorAuthInterceptor` (the simulation), have no
+    authenticated caller and count as the loopback caller.
+    """
     text.check_identifier(key, "idempotency_key", what="idempotency key")
-    return Idempotency(ANONYMOUS_CALLER, method, key, wire.request_hash(request))  # type: ignore[arg-type]
+    caller = current_caller()
+    name = caller.name if caller is not None else LOOPBACK_CALLER
+    return Idempotency(name, method, key, wire.request_hash(request))  # type: ignore[arg-type]
 
 
 def _outbox_entry(message: OutboxMessage) -> operator_pb2.OutboxEntry:

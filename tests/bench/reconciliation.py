@@ -121,6 +121,7 @@ trust_document = "{db}.trust.json"
 
 [operator]
 listen = "127.0.0.1:{operator}"
+unauthenticated_loopback = true
 
 [partner]
 listen = "127.0.0.1:{partner}"

@@ -33,6 +33,7 @@ from gateway.domain.protocol import ACCEPT_ALL
 from gateway.domain.transfer import TransferState
 from gateway.harness import self_signed_trust_document
 from gateway.node import GatewayNode, PartnerSpec
+from gateway.rpc.auth import LOOPBACK_ADMINISTRATOR
 from gateway.store.base import OutboxMessage, OutboxState
 from gateway.store.sqlite import SQLiteStore
 from signing import generate_key, signer_from_uri
@@ -46,6 +47,7 @@ trust_document = "che.trust.json"
 
 [operator]
 listen = "127.0.0.1:{operator}"
+unauthenticated_loopback = true
 
 [partner]
 listen = "127.0.0.1:{partner}"
@@ -124,6 +126,7 @@ async def _measure(workdir: Path, transfers: int) -> tuple[float, float]:
                 )
             ],
             policy=ACCEPT_ALL,
+            operator_access=LOOPBACK_ADMINISTRATOR,
             partner_listen=f"127.0.0.1:{ports['chn_partner']}",
         )
         await chn.start()

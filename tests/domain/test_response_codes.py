@@ -41,6 +41,8 @@ PINNED_VALUES: dict[str, int] = {
     "UNKNOWN_SERIAL_SPACE": 30,
     "PROVENANCE_REFUSED": 31,
     "PERIOD_LOCKED": 32,
+    "CALLER_UNAUTHENTICATED": 33,
+    "CALLER_NOT_PERMITTED": 34,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

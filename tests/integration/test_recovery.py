@@ -13,6 +13,7 @@ from gateway import wire
 from gateway.demo import Pair, start_pair, wait_for_state
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.node import GatewayNode, PartnerSpec
+from gateway.rpc.auth import LOOPBACK_ADMINISTRATOR
 from gateway.store.base import OutboxState
 from gateway.store.sqlite import SQLiteStore
 from signing import Envelope
@@ -69,6 +70,7 @@ async def restart_chn(pair: Pair, tmp_path: Path) -> GatewayNode:
                 trust_envelope=Envelope.from_json((tmp_path / "che.trust.json").read_bytes()),
             )
         ],
+        operator_access=LOOPBACK_ADMINISTRATOR,
         policy=ACCEPT_ALL,
     )
     await restarted.start()

@@ -89,6 +89,8 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     UNKNOWN_SERIAL_SPACE: _ResponseCode.ValueType  # 30
     PROVENANCE_REFUSED: _ResponseCode.ValueType  # 31
     PERIOD_LOCKED: _ResponseCode.ValueType  # 32
+    CALLER_UNAUTHENTICATED: _ResponseCode.ValueType  # 33
+    CALLER_NOT_PERMITTED: _ResponseCode.ValueType  # 34
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -126,6 +128,8 @@ INTERNAL_ERROR: ResponseCode.ValueType  # 29
 UNKNOWN_SERIAL_SPACE: ResponseCode.ValueType  # 30
 PROVENANCE_REFUSED: ResponseCode.ValueType  # 31
 PERIOD_LOCKED: ResponseCode.ValueType  # 32
+CALLER_UNAUTHENTICATED: ResponseCode.ValueType  # 33
+CALLER_NOT_PERMITTED: ResponseCode.ValueType  # 34
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final

@@ -1,0 +1,127 @@
+"""Who may call the operator API: roles, configured callers, and the rule that picks the caller of a call.
+
+Pure logic: the gRPC interceptor (`gateway.rpc.auth`) hands in what the transport saw (bearer token, client
+certificate common name, whether the peer is on loopback) and gets back the caller or the reason for refusal.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+LOOPBACK_CALLER = "anonymous"
+"""The name of a caller admitted without credentials on loopback (``unauthenticated_loopback``). It is the name
+every operator call had before callers were authenticated, so idempotency keys used then keep their meaning."""
+
+
+class Role(enum.Enum):
+    """An operator caller's role; each includes everything the roles before it may do."""
+
+    READ_ONLY = "read-only"
+    OPERATOR = "operator"
+    ADMINISTRATOR = "administrator"
+
+    @property
+    def rank(self) -> int:
+        """0 for read-only, 1 for operator, 2 for administrator."""
+        return list(Role).index(self)
+
+    def allows(self, needed: Role) -> bool:
+        """Whether a caller with this role may call a method that needs ``needed``."""
+        return self.rank >= needed.rank
+
+
+@dataclass(frozen=True)
+class OperatorCaller:
+    """A configured operator caller, identified by exactly one of a token's SHA-256 or a certificate's CN."""
+
+    name: str
+    role: Role
+    token_sha256: bytes = b""
+    """The SHA-256 digest (32 bytes) of the caller's bearer token; empty for a certificate caller."""
+    certificate_common_name: str = ""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller of one operator call."""
+
+    name: str
+    role: Role
+
+
+class AuthenticationRefused(Exception):
+    """The call carries no credentials that name a caller; the message says why, never echoing a token."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host (``127.0.0.1``, ``[::1]``, ``localhost``) only accepts connections from this machine."""
+    host = host.removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
+
+
+def is_loopback_peer(peer: str) -> bool:
+    """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``, ``unix:...``) is on loopback."""
+    scheme, _, rest = peer.partition(":")
+    if scheme == "unix":
+        return True
+    if scheme not in ("ipv4", "ipv6"):
+        return False
+    host = rest.rpartition(":")[0]
+    return is_loopback_host(host)
+
+
+def token_digest(token: str) -> bytes:
+    """The SHA-256 digest of a bearer token, as configured in ``token_sha256`` (in hexadecimal)."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def identify(
+    callers: Sequence[OperatorCaller],
+    *,
+    token: str | None,
+    common_name: str | None,
+    loopback: bool,
+    unauthenticated_loopback: bool,
+    partner_identities: Collection[str] = (),
+) -> Caller:
+    """The caller of a call, or `AuthenticationRefused`.
+
+    A certificate whose common name is a partner's identity is refused whatever else the call carries. A bearer
+    token, when present, must match a caller's digest (all digests are compared, in constant time). Without a
+    token, a client certificate must name a certificate caller. Without either, a call on loopback is the
+    administrator when ``unauthenticated_loopback`` is on.
+    """
+    if common_name is not None and common_name in partner_identities:
+        raise AuthenticationRefused("a partner gateway's certificate cannot call the operator API")
+    if token is not None:
+        digest = token_digest(token)
+        found: OperatorCaller | None = None
+        for caller in callers:
+            # No early exit: every configured digest is compared, so timing says nothing about which one matched.
+            if caller.token_sha256 and hmac.compare_digest(caller.token_sha256, digest):
+                found = caller
+        if found is None:
+            raise AuthenticationRefused("the bearer token is not one this gateway knows")
+        return Caller(found.name, found.role)
+    if common_name is not None:
+        for caller in callers:
+            if caller.certificate_common_name and caller.certificate_common_name == common_name:
+                return Caller(caller.name, caller.role)
+        raise AuthenticationRefused("the client certificate names no configured operator caller")
+    if loopback and unauthenticated_loopback:
+        return Caller(LOOPBACK_CALLER, Role.ADMINISTRATOR)
+    raise AuthenticationRefused(
+        "the call carries no credentials: send 'authorization: Bearer <token>' or a client certificate"
+    )

@@ -1,0 +1,236 @@
+"""Authentication and roles on the operator API: a server interceptor and the table of each method's role.
+
+Every call of the operator server passes `OperatorAuthInterceptor`. It identifies the caller (bearer token,
+client certificate, or loopback when allowed; see `gateway.domain.access.identify`), refuses with
+``UNAUTHENTICATED`` / ``CALLER_UNAUTHENTICATED`` when it cannot, and with ``PERMISSION_DENIED`` /
+``CALLER_NOT_PERMITTED`` when the caller's role is below the method's entry in `METHOD_ROLES`. A method
+missing from the table is refused to everyone. Health checking is open; reflection needs read-only.
+While the method runs, `current_caller` names the caller (the operator service scopes idempotency keys by it).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from carbon_gateway.v1 import mapping_pb2, operator_pb2
+from gateway.domain.access import AuthenticationRefused, Caller, OperatorCaller, Role, identify, is_loopback_peer
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.rpc.errors import abort_with
+
+log = logging.getLogger(__name__)
+
+_OPERATOR = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
+_MAPPING = mapping_pb2.DESCRIPTOR.services_by_name["MappingService"].full_name
+
+_R, _O, _A = Role.READ_ONLY, Role.OPERATOR, Role.ADMINISTRATOR
+
+METHOD_ROLES: dict[str, Role] = {
+    # Reads: any authenticated caller.
+    f"/{_OPERATOR}/ListAuthorizations": _R,
+    f"/{_OPERATOR}/GetLedgerSummary": _R,
+    f"/{_OPERATOR}/GetTransfer": _R,
+    f"/{_OPERATOR}/ListTransfers": _R,
+    f"/{_OPERATOR}/ListLedgerEntries": _R,
+    f"/{_OPERATOR}/ListHoldings": _R,
+    f"/{_OPERATOR}/ListTrust": _R,
+    f"/{_OPERATOR}/ListOutbox": _R,
+    f"/{_OPERATOR}/ListDeadLetters": _R,
+    f"/{_OPERATOR}/GetReconciliation": _R,
+    f"/{_OPERATOR}/ListReconciliations": _R,
+    f"/{_OPERATOR}/WatchChanges": _R,
+    # Mapping only translates the records it is sent; it reads and writes nothing of the gateway's.
+    f"/{_MAPPING}/ListAdapters": _R,
+    f"/{_MAPPING}/MapRecords": _R,
+    f"/{_MAPPING}/StreamMapRecords": _R,
+    # The registry's daily work: accounts, authorizations, issuance, transfers, uses and cancellations, runs.
+    f"/{_OPERATOR}/OpenAccount": _O,
+    f"/{_OPERATOR}/RegisterAuthorization": _O,
+    f"/{_OPERATOR}/AmendAuthorization": _O,
+    f"/{_OPERATOR}/RevokeAuthorization": _O,
+    f"/{_OPERATOR}/UseUnits": _O,
+    f"/{_OPERATOR}/CancelUnits": _O,
+    f"/{_OPERATOR}/RegisterIssuance": _O,
+    f"/{_OPERATOR}/ProposeTransfer": _O,
+    f"/{_OPERATOR}/CancelTransfer": _O,
+    f"/{_OPERATOR}/DecideTransfer": _O,
+    f"/{_OPERATOR}/RunReconciliation": _O,
+    # Fetches the partner's next trust document, which only counts if the keys trusted now signed it.
+    f"/{_OPERATOR}/RefreshPartnerTrust": _O,
+    # What changes this gateway's own keys, the books' final state, or settles what the protocol left open.
+    f"/{_OPERATOR}/RotateTrustDocument": _A,
+    f"/{_OPERATOR}/SetReportedEmissions": _A,
+    f"/{_OPERATOR}/LockPeriod": _A,
+    f"/{_OPERATOR}/RetryDeadLetter": _A,
+    f"/{_OPERATOR}/AbandonDeadLetter": _A,
+    f"/{_OPERATOR}/ResolveReconciliation": _A,
+}
+"""The least role each operator-server method needs, by full gRPC method path. A method not listed is refused."""
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+"""Methods any caller may call, with or without credentials (load balancers and orchestrators check health)."""
+
+READ_ONLY_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+"""Reflection lists the services and their messages: read-only."""
+
+_current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("operator_caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The authenticated caller of the operator call being handled; None outside the operator server."""
+    return _current_caller.get()
+
+
+def required_role(method: str) -> Role | None:
+    """The least role ``method`` needs; None when it needs no credentials at all.
+
+    Raises `GatewayError` (``CALLER_NOT_PERMITTED``) for a method that is in no table.
+    """
+    if method.startswith(OPEN_PREFIXES):
+        return None
+    if method.startswith(READ_ONLY_PREFIXES):
+        return Role.READ_ONLY
+    role = METHOD_ROLES.get(method)
+    if role is None:
+        raise GatewayError(
+            ResponseCode.CALLER_NOT_PERMITTED,
+            f"{method} has no entry in the operator API's role table, so no caller may call it",
+        )
+    return role
+
+
+@dataclass(frozen=True)
+class OperatorAccess:
+    """Who may call the operator API: the configured callers, the loopback rule, and the partners' identities
+    (Party codes and TLS identities), whose certificates are refused."""
+
+    callers: Sequence[OperatorCaller] = ()
+    unauthenticated_loopback: bool = False
+    partner_identities: Collection[str] = ()
+
+
+LOOPBACK_ADMINISTRATOR = OperatorAccess(unauthenticated_loopback=True)
+"""Every caller on loopback is the administrator: the in-process harness, the demo and tests."""
+
+
+def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` header; a malformed header is refused, not ignored."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise AuthenticationRefused("the call carries more than one authorization header")
+    value = values[0]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationRefused("the authorization header is not 'Bearer <token>'")
+    return token.strip()
+
+
+def _common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    names = list(context.auth_context().get("x509_common_name") or ())
+    if not names:
+        return None
+    name: object = names[0]
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Authenticate every operator-server call and check the caller's role against `METHOD_ROLES`."""
+
+    def __init__(self, access: OperatorAccess) -> None:
+        self.access = access
+
+    def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
+        """The caller of this call, or `GatewayError` with ``CALLER_UNAUTHENTICATED`` / ``CALLER_NOT_PERMITTED``.
+
+        None for an open method called without credentials.
+        """
+        needed = required_role(method)
+        try:
+            token = _bearer_token(context.invocation_metadata())
+            common_name = _common_name(context)
+            if needed is None and token is None and common_name is None:
+                return None
+            caller = identify(
+                self.access.callers,
+                token=token,
+                common_name=common_name,
+                loopback=is_loopback_peer(context.peer()),
+                unauthenticated_loopback=self.access.unauthenticated_loopback,
+                partner_identities=self.access.partner_identities,
+            )
+        except AuthenticationRefused as exc:
+            if needed is None:
+                return None
+            # The peer and the reason, never the token.
+            log.info("operator call %s from %s refused: %s", method, context.peer(), exc)
+            raise GatewayError(ResponseCode.CALLER_UNAUTHENTICATED, str(exc), field="authorization") from None
+        if needed is not None and not caller.role.allows(needed):
+            raise GatewayError(
+                ResponseCode.CALLER_NOT_PERMITTED,
+                f"{method} needs the role {needed.value!r}; the caller {caller.name!r} is {caller.role.value!r}",
+            )
+        return caller
+
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            _current_caller.set(self.authorize(method, context))
+        except GatewayError as exc:
+            await abort_with(context, exc)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        found = await continuation(handler_call_details)
+        if found is None:
+            return found
+        # grpc's stubs type the handlers for the synchronous server; the aio server calls them as coroutines.
+        handler: Any = found
+        method = str(getattr(handler_call_details, "method", "?"))
+        deserializer, serializer = handler.request_deserializer, handler.response_serializer
+        admit = self._admit
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await admit(method, context)
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                await admit(method, context)
+                async for response in inner_us(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await admit(method, context)
+                return await inner_su(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await admit(method, context)
+            async for response in inner_ss(requests, context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)

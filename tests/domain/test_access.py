@@ -1,0 +1,103 @@
+"""Who an operator call's caller is: loopback detection and the precedence of credentials."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.domain.access import (
+    LOOPBACK_CALLER,
+    AuthenticationRefused,
+    Caller,
+    OperatorCaller,
+    Role,
+    identify,
+    is_loopback_host,
+    is_loopback_peer,
+    token_digest,
+)
+
+CALLERS = (
+    OperatorCaller("reader", Role.READ_ONLY, token_sha256=token_digest("r")),
+    OperatorCaller("boss", Role.ADMINISTRATOR, token_sha256=token_digest("b")),
+    OperatorCaller("ops-1", Role.OPERATOR, certificate_common_name="ops-1"),
+)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("[::]", False),
+        ("10.0.0.1", False),
+        ("gateway.example", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("peer", "loopback"),
+    [
+        ("ipv4:127.0.0.1:5000", True),
+        ("ipv6:[::1]:5000", True),
+        ("ipv6:[::ffff:127.0.0.1]:5000", True),
+        ("ipv4:192.0.2.7:5000", False),
+        ("ipv6:[2001:db8::1]:5000", False),
+        ("unix:/run/gateway.sock", True),
+        ("somethingelse", False),
+    ],
+)
+def test_loopback_peers(peer: str, loopback: bool) -> None:
+    assert is_loopback_peer(peer) is loopback
+
+
+def _identify(**kwargs: object) -> Caller:
+    arguments: dict[str, object] = {
+        "token": None,
+        "common_name": None,
+        "loopback": False,
+        "unauthenticated_loopback": False,
+        "partner_identities": ("CHE",),
+    }
+    arguments.update(kwargs)
+    return identify(CALLERS, **arguments)  # type: ignore[arg-type]
+
+
+def test_a_token_names_its_caller_even_beside_another_callers_certificate() -> None:
+    assert _identify(token="b") == Caller("boss", Role.ADMINISTRATOR)
+    assert _identify(token="b", common_name="ops-1") == Caller("boss", Role.ADMINISTRATOR)
+    assert _identify(common_name="ops-1") == Caller("ops-1", Role.OPERATOR)
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {},
+        {"token": "unknown"},
+        {"token": "unknown", "loopback": True, "unauthenticated_loopback": True},
+        {"common_name": "stranger"},
+        {"common_name": "CHE"},
+        {"common_name": "CHE", "token": "b"},
+        {"loopback": True},
+        {"unauthenticated_loopback": True},
+    ],
+)
+def test_refused_credentials(credentials: dict[str, object]) -> None:
+    with pytest.raises(AuthenticationRefused) as refused:
+        _identify(**credentials)
+    assert "unknown" not in str(refused.value) and "'b'" not in str(refused.value)
+
+
+def test_loopback_without_credentials_is_the_administrator_only_when_allowed() -> None:
+    assert _identify(loopback=True, unauthenticated_loopback=True) == Caller(LOOPBACK_CALLER, Role.ADMINISTRATOR)
+
+
+def test_roles_are_ordered() -> None:
+    assert [role.rank for role in Role] == [0, 1, 2]
+    assert Role.ADMINISTRATOR.allows(Role.OPERATOR) and Role.OPERATOR.allows(Role.OPERATOR)
+    assert not Role.READ_ONLY.allows(Role.OPERATOR) and not Role.OPERATOR.allows(Role.ADMINISTRATOR)
