@@ -103,6 +103,7 @@ def test_the_readme_walkthrough_completes_a_transfer_on_both_sides(tmp_path: Pat
         ("CHN", "CHE", "400")
     ] * 2
     assert transfers[1]["blocks"][0]["first_transferred"] is True
-    # Both gateways stopped cleanly at the end, as the last block says.
-    assert "stopping: finishing in-flight calls" in (tmp_path / "chn" / "serve.log").read_text()
-    assert "stopping: finishing in-flight calls" in (tmp_path / "che" / "serve.log").read_text()
+    for party in ("chn", "che"):
+        log = (tmp_path / party / "serve.log").read_text()
+        assert "WITHOUT TLS" not in log  # the partner exchange ran over mTLS
+        assert "stopping: finishing in-flight calls" in log  # stopped cleanly, as the last block says
