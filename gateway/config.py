@@ -62,7 +62,9 @@ TOP_LEVEL_KEYS = frozenset(
         "reconciliation",
     }
 )
-OPERATOR_KEYS = frozenset({"listen"})
+OPERATOR_KEYS = frozenset({"listen", "unauthenticated_loopback", "tls", "callers"})
+OPERATOR_TLS_KEYS = frozenset({"certificate", "private_key", "client_ca"})
+OPERATOR_CALLER_KEYS = frozenset({"name", "role", "token_sha256", "certificate_common_name"})
 PARTNER_SECTION_KEYS = frozenset({"listen"})
 HTTP_KEYS = frozenset({"listen"})
 TLS_KEYS = frozenset({"certificate", "private_key", "ca_certificate"})
@@ -140,6 +142,15 @@ def unknown_keys(data: Mapping[str, Any]) -> list[str]:
             for i, entry in enumerate(entries):
                 if isinstance(entry, dict):
                     problems += _unknown_in(entry, f"{name}[{i}]", known)
+    operator = data.get("operator")
+    if isinstance(operator, dict):
+        if isinstance(operator.get("tls"), dict):
+            problems += _unknown_in(operator["tls"], "operator.tls", OPERATOR_TLS_KEYS)
+        callers = operator.get("callers")
+        if isinstance(callers, list):
+            for i, entry in enumerate(callers):
+                if isinstance(entry, dict):
+                    problems += _unknown_in(entry, f"operator.callers[{i}]", OPERATOR_CALLER_KEYS)
     policy = data.get("policy")
     rules = policy.get("rules") if isinstance(policy, dict) else None
     if isinstance(rules, list):
@@ -553,7 +564,7 @@ def _operator_access(
     if "tls" in operator:
         t = _table(operator["tls"], "operator.tls")
         for key in t:
-            if key not in ("certificate", "private_key", "client_ca"):
+            if key not in OPERATOR_TLS_KEYS:
                 raise ConfigError(
                     f"operator.tls.{key}: unknown setting; [operator.tls] takes certificate, private_key, client_ca"
                 )
@@ -577,7 +588,7 @@ def _operator_access(
         where = f"operator.callers[{i}]"
         entry = _table(entry, where)
         for key in entry:
-            if key not in ("name", "role", "token_sha256", "certificate_common_name"):
+            if key not in OPERATOR_CALLER_KEYS:
                 raise ConfigError(
                     f"{where}.{key}: unknown setting; a caller takes name, role, and token_sha256 or"
                     " certificate_common_name"

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.domain.access import is_loopback_host
 from gateway.domain.records import PARTY_PATTERN
 from signing import Envelope, Role, Signer, SigningError, TrustDocument, TrustedParty, sign_trust_document
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from gateway.domain.access import is_loopback_host
+from gateway.config import GatewayConfig
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -391,15 +393,22 @@ def render_config(
         "",
         "[operator]",
         "# The operator gRPC API (OperatorService, MappingService, health, reflection). It takes every operator",
-        "# action: keep it on loopback, or behind the authentication your version offers.",
+        "# action. Off loopback it needs [operator.tls] and [[operator.callers]] (see the README, 'Callers, TLS",
+        "# and roles'); `carbon-gateway token generate --out FILE` makes a token and prints its token_sha256 line.",
         f"listen = {_toml(operator_listen)}",
-        "# Versions with operator authentication accept the settings below; this version refuses them, so they",
-        "# stay comments here. Loopback callers without credentials are refused unless this is true:",
-        "# unauthenticated_loopback = true",
+        *(
+            [
+                "# Callers on this machine without credentials act as the administrator. Remove this line (and add",
+                "# callers) when anyone you would not give the administrator role can open a loopback connection.",
+                "unauthenticated_loopback = true",
+            ]
+            if is_loopback_host(operator_listen.rpartition(":")[0])
+            else ["# unauthenticated_loopback = true      # only allowed when listen is a loopback address"]
+        ),
         "# [operator.tls]",
         '# certificate = "tls/operator.crt"',
         '# private_key = "tls/operator.key"',
-        '# client_ca = "tls/operator-ca.crt"',
+        '# client_ca = "tls/operator-ca.crt"    # with it, every caller must present a certificate it issued',
         "# [[operator.callers]]",
         '# name = "alice"',
         '# role = "operator"                    # "read-only", "operator" or "administrator"',

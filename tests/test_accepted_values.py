@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from carbon_gateway.v1 import partner_pb2, records_pb2
+from gateway.domain.access import Role as CallerRole
 from gateway.domain.adjustments import AveragingDivisor
 from gateway.domain.canonical import AefSector, Metric, MitigationType
 from gateway.domain.ledger import CancellationSubtype, Retirement
@@ -40,6 +41,7 @@ EXPECTED: dict[str, set[str]] = {
     "purpose of a use for other purposes": _values(OIMP_USE_PURPOSES),
     "subtype": _values(CancellationSubtype),
     "verdict": _values(Verdict),
+    "role": {role.value for role in CallerRole},
     "--algorithm": _values(Algorithm),
     "state": _proto_names(records_pb2.TransferState, "TRANSFER_STATE_UNSPECIFIED"),
     "status": _proto_names(partner_pb2.ReconciliationStatus, "RECONCILIATION_STATUS_UNSPECIFIED"),

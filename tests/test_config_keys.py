@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import ConfigError, UnknownKeysError, load_config
+from gateway.config import UnknownKeysError, load_config
 from gateway.harness import self_signed_trust_document
 from signing import generate_key, signer_from_uri
 
@@ -145,13 +145,20 @@ def test_every_unknown_key_is_reported_at_once_before_any_other_problem(tmp_path
     ]
 
 
-def test_operator_authentication_keys_are_not_accepted_by_this_version(tmp_path: Path) -> None:
-    # `init` writes `unauthenticated_loopback` as a comment for this reason; the auth branch adds the key.
+def test_unknown_keys_inside_operator_tls_and_callers_are_all_reported(tmp_path: Path) -> None:
     text = GOOD.replace(
-        '[operator]\nlisten = "127.0.0.1:0"', '[operator]\nlisten = "127.0.0.1:0"\nunauthenticated_loopback = true'
+        '[operator]\nlisten = "127.0.0.1:0"',
+        '[operator]\nlisten = "127.0.0.1:0"\nunauthenticated_loopback = true\n'
+        '[operator.tls]\ncertificate = "a.crt"\nprivate_key = "a.key"\nclient_cert = "c.crt"\n'
+        '[[operator.callers]]\nname = "alice"\nrole = "operator"\ntoken_sha = "00"',
     )
-    with pytest.raises(ConfigError, match=r"operator\.unauthenticated_loopback: unknown setting"):
+    with pytest.raises(UnknownKeysError) as refused:
         load_config(_write(tmp_path, text))
+    assert [p.split(":")[0] for p in refused.value.problems] == [
+        "operator.tls.client_cert",
+        "operator.callers[0].token_sha",
+    ]
+    assert "did you mean 'client_ca'?" in str(refused.value)
 
 
 def test_serve_refuses_an_unknown_key_in_one_line(tmp_path: Path) -> None:

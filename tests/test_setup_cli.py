@@ -70,19 +70,30 @@ def test_init_writes_a_gateway_that_the_loader_accepts_as_written(
     assert not [p for p in tmp_path.joinpath("new").iterdir() if p.name != "chn"]  # no staging folder left
 
 
-def test_init_writes_settings_of_other_versions_only_as_comments(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_init_writes_optional_settings_only_as_comments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _init(capsys, "--party", "CHE", str(tmp_path / "che"))[0] == 0
     text = (tmp_path / "che" / "gateway.toml").read_text()
-    for setting in ("unauthenticated_loopback", "postgresql://", "[operator.tls]", "[[operator.callers]]", "[tls]"):
+    # On a loopback operator listen, callers on this machine are admitted without credentials, and it says so.
+    assert "unauthenticated_loopback = true" in text.splitlines()
+    assert load_config(tmp_path / "che" / "gateway.toml").operator_access.unauthenticated_loopback
+    for setting in ("postgresql://", "[operator.tls]", "[[operator.callers]]", "[tls]"):
         lines = [line for line in text.splitlines() if setting in line]
         assert lines, setting
         assert all(line.startswith("#") for line in lines), lines
     # Every section that is written is explained by a comment above it.
+    text = text.replace("unauthenticated_loopback = true", "")
     for section in ("[operator]", "[partner]", "[policy]"):
         before = text.splitlines()[text.splitlines().index(section) - 1]
         assert before.startswith("#") or text.splitlines()[text.splitlines().index(section) + 1].startswith("#")
+
+
+def test_init_admits_no_caller_without_credentials_off_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(capsys, "--party", "CHE", "--operator-listen", "0.0.0.0:50071", str(tmp_path / "che"))[0] == 0
+    text = (tmp_path / "che" / "gateway.toml").read_text()
+    assert "unauthenticated_loopback = true" not in text.splitlines()
+    assert next(line for line in text.splitlines() if "unauthenticated_loopback" in line).startswith("#")
 
 
 def test_init_with_demo_tls_issues_certificates_from_one_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
