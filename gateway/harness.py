@@ -1,16 +1,17 @@
 """Starting several real gateways on loopback, for demos, integration tests and benchmarks.
 
-Each gateway gets its own SQLite file and key (written as PEM, loaded through a signer URI), a self-signed
-trust document, and trusts every other gateway of the network. With ``tls=True`` a small CA issues each
-gateway a certificate whose common name is its Party code, and the partner exchange (gRPC and HTTP) runs
-over mutual TLS.
+Each gateway gets its own database (an SQLite file in the work folder, unless `use_databases` chose another
+backend: the tests run the same networks on PostgreSQL that way) and key (written as PEM, loaded through a
+signer URI), a self-signed trust document, and trusts every other gateway of the network. With ``tls=True`` a
+small CA issues each gateway a certificate whose common name is its Party code, and the partner exchange (gRPC
+and HTTP) runs over mutual TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,31 @@ from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import ACCEPT_ALL, Deadlines, DecisionPolicy
 from gateway.exchange import ExchangeSettings
 from gateway.node import GatewayNode, PartnerSpec, utc_now
-from gateway.store.sqlite import SQLiteStore
+from gateway.store import open_store
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from signing import Envelope, Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
+
+DatabaseLocator = Callable[[Path, str], Awaitable["str | Path"]]
+"""Where a Party's database lives, given the network's work folder: an SQLite path or a database URL."""
+
+
+async def sqlite_database(workdir: Path, party: str) -> str | Path:
+    """The default: ``<party>.db`` in the work folder."""
+    return workdir / f"{party.lower()}.db"
+
+
+_locator: DatabaseLocator = sqlite_database
+
+
+def use_databases(locator: DatabaseLocator | None) -> None:
+    """Make `start_network` and `database_location` place every database with ``locator`` (None: SQLite files)."""
+    global _locator
+    _locator = locator or sqlite_database
+
+
+async def database_location(workdir: Path, party: str) -> str | Path:
+    """Where ``party``'s database of the network in ``workdir`` lives (the same on every call)."""
+    return await _locator(workdir, party)
 
 
 def self_signed_trust_document(
@@ -115,7 +138,7 @@ async def start_network(
     for party in parties:
         network.nodes[party] = GatewayNode(
             party=party,
-            store=await SQLiteStore.open(workdir / f"{party.lower()}.db"),
+            store=await open_store(await database_location(workdir, party)),
             signer=network.signers[party],
             own_trust=network.trust[party],
             partners=[
