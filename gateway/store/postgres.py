@@ -196,10 +196,10 @@ class PostgresStore:
         Its first statement waits for ``WRITE_LOCK``, held until it ends: write transactions of every process
         on this database run one at a time. ``durable=False`` does not wait for the WAL flush at commit.
         """
-        async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-            if not durable:
-                await connection.execute("SET LOCAL synchronous_commit = off")
+        begin = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+        if not durable:
+            begin += "; SET LOCAL synchronous_commit = off"
+        async with self._pool.acquire() as connection, _transaction(connection, begin):
             yield PostgresTransaction(connection)
 
     @asynccontextmanager
@@ -207,13 +207,41 @@ class PostgresStore:
         """Begin a transaction for reads: a consistent snapshot (REPEATABLE READ READ ONLY), no lock taken."""
         async with (
             self._pool.acquire() as connection,
-            connection.transaction(isolation="repeatable_read", readonly=True),
+            _transaction(connection, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
         ):
             yield PostgresTransaction(connection)
 
     async def close(self) -> None:
         """Close every connection of the pool."""
         await self._pool.close()
+
+
+class CommitFailed(Exception):
+    """PostgreSQL rolled a transaction back at COMMIT: a statement in it had failed."""
+
+
+@asynccontextmanager
+async def _transaction(connection: Any, begin: str) -> AsyncIterator[None]:
+    """Run ``begin`` (one round trip: BEGIN and the statements that must open the transaction), then COMMIT on
+    normal exit or ROLLBACK on an exception. A COMMIT that PostgreSQL turns into a rollback (a statement failed
+    and the caller went on) raises: nothing may pass for written that was not."""
+    await connection.execute(begin)
+    try:
+        yield
+    except BaseException:
+        try:
+            await connection.execute("ROLLBACK")
+        except Exception:
+            connection.terminate()  # the connection is unusable; the server rolls back when it goes
+        raise
+    status = await connection.execute("COMMIT")
+    if status != "COMMIT":
+        raise CommitFailed(f"the transaction was rolled back at commit ({status}): a statement in it failed")
+
+
+async def _no_reset(connection: Any) -> None:
+    """Connections go back to the pool as they are: every transaction here ends itself and sets only LOCAL
+    settings, so asyncpg's reset query would be one more round trip per transaction for nothing."""
 
 
 async def _pool(url: str, *, min_size: int, max_size: int, read_only: bool = False) -> Any:
@@ -226,6 +254,7 @@ async def _pool(url: str, *, min_size: int, max_size: int, read_only: bool = Fal
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            reset=_no_reset,
             server_settings=settings,
             timeout=10,
             command_timeout=300,
@@ -284,11 +313,19 @@ class PostgresTransaction:
 
     def __init__(self, connection: Any) -> None:
         self._db = connection
+        self._savepoints = 0
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
-        async with self._db.transaction():
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        await self._db.execute(f"SAVEPOINT {name}")
+        try:
             yield
+        except BaseException:
+            await self._db.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+            raise
+        await self._db.execute(f"RELEASE SAVEPOINT {name}")
 
     async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed."""
@@ -824,16 +861,18 @@ class PostgresTransaction:
         )
         return outbox_id
 
-    async def _heads(self) -> list[Record]:
+    async def _heads(self, *, claim: bool = False) -> list[Record]:
         # A partner's lane is delivered one message at a time: trust documents first (a statement signed by a
-        # rotated key needs the partner to know the key), then statements in the order they were queued.
+        # rotated key needs the partner to know the key), then statements in the order they were queued. A claim
+        # locks the heads it reads, skipping those another transaction holds.
+        lock = " FOR UPDATE OF o SKIP LOCKED" if claim else ""
         return await self._all(
             "SELECT o.* FROM outbox o JOIN ("
             "  SELECT receiver, MIN(CASE WHEN kind = 'trust' THEN outbox_id - 9223372036854775807 ELSE outbox_id END)"
             "  AS rank FROM outbox WHERE state = 'pending' GROUP BY receiver"
             ") h ON o.receiver = h.receiver"
             " AND (CASE WHEN o.kind = 'trust' THEN o.outbox_id - 9223372036854775807 ELSE o.outbox_id END) = h.rank"
-            " WHERE o.state = 'pending'"
+            " WHERE o.state = 'pending'" + lock
         )
 
     async def lane_heads(self, now: dt.datetime, limit: int) -> list[OutboxMessage]:
@@ -844,7 +883,34 @@ class PostgresTransaction:
 
     async def next_due_at(self) -> dt.datetime | None:
         heads = await self._heads()
-        return min((codec.from_text(r["next_attempt_at"]) for r in heads), default=None)
+        return min((codec.from_text(max(r["next_attempt_at"], r["lease_until"])) for r in heads), default=None)
+
+    async def claim_lane_heads(
+        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime
+    ) -> list[OutboxMessage]:
+        due = codec.to_text(now)
+        rows = [
+            r
+            for r in await self._heads(claim=True)
+            if r["next_attempt_at"] <= due and (r["lease_owner"] in ("", owner) or r["lease_until"] <= due)
+        ]
+        rows.sort(key=lambda r: (r["next_attempt_at"], r["outbox_id"]))
+        claimed = rows[:limit]
+        await self._executemany(
+            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE outbox_id = ?",
+            [(owner, codec.to_text(until), r["outbox_id"]) for r in claimed],
+        )
+        return [_outbox_message(r) for r in claimed]
+
+    async def holds_lease(self, outbox_id: int, owner: str) -> bool:
+        found = await self._one("SELECT 1 FROM outbox WHERE outbox_id = ? AND lease_owner = ?", (outbox_id, owner))
+        return found is not None
+
+    async def release_lease(self, outbox_id: int, owner: str) -> None:
+        await self._execute(
+            "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE outbox_id = ? AND lease_owner = ?",
+            (outbox_id, owner),
+        )
 
     async def get_outbox(self, message_id: str) -> OutboxMessage | None:
         row = await self._one("SELECT * FROM outbox WHERE message_id = ?", (message_id,))
@@ -901,7 +967,8 @@ class PostgresTransaction:
 
     async def retry_outbox(self, outbox_id: int, now: dt.datetime) -> None:
         await self._execute(
-            "UPDATE outbox SET state = 'pending', attempts = 0, sequence = 0, sealed = X'', next_attempt_at = ?,"
+            "UPDATE outbox SET state = 'pending', attempts = 0, sequence = 0, sealed = '\\x'::bytea,"
+            " next_attempt_at = ?, lease_owner = '', lease_until = '',"
             " settled_at = NULL WHERE outbox_id = ?",
             (codec.to_text(now), outbox_id),
         )
