@@ -1035,6 +1035,7 @@ async def test_defect_12_rotate_trust_document_takes_a_configured_signer_name_ne
 # 13. The message log is not append-only ----------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 async def test_defect_13_every_envelope_is_kept_verbatim_and_the_log_refuses_rewrites(tmp_path: Path) -> None:
     import aiohttp

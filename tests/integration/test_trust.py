@@ -120,6 +120,7 @@ async def test_rotation_that_is_not_the_next_version_is_refused_by_the_operator_
         await network.stop()
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "mtls"])
 @pytest.mark.asyncio
 async def test_a_partner_refreshes_trust_from_the_published_url_and_keeps_it_across_a_restart(
