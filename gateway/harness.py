@@ -14,6 +14,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.config import TLSConfig
 from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
@@ -70,6 +71,10 @@ class Network:
     nodes: dict[str, GatewayNode] = field(default_factory=dict)
     signers: dict[str, Signer] = field(default_factory=dict)
     trust: dict[str, Envelope] = field(default_factory=dict)
+    replicas: dict[str, list[GatewayNode]] = field(default_factory=dict)
+    """Further gateways of a Party that share its database (`add_replica`), by Party code."""
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The arguments each Party's gateway was made with, for its replicas."""
 
     def __getitem__(self, party: str) -> GatewayNode:
         return self.nodes[party]
@@ -88,9 +93,28 @@ class Network:
                     partner.address = other.partner_address
                     partner.http_url = other.http_url
 
+    async def add_replica(self, party: str) -> GatewayNode:
+        """Start another gateway of ``party`` on the same database (its location from `database_location`,
+        which must be a server's: one SQLite file has one process) with the same key and trust."""
+        location = await database_location(self.workdir, party)
+        node = GatewayNode(store=await open_store(location), **self.options[party])
+        try:
+            await node.start()
+        except BaseException:
+            await node.stop()
+            raise
+        self.replicas.setdefault(party, []).append(node)
+        for other in self.nodes.values():
+            spec = node.partners.parties().get(other.party)
+            if spec is not None:
+                spec.address = other.partner_address
+                spec.http_url = other.http_url
+        return node
+
     async def stop(self) -> None:
         """Stop every gateway."""
-        await asyncio.gather(*(node.stop() for node in self.nodes.values()))
+        nodes = [*self.nodes.values(), *(n for replicas in self.replicas.values() for n in replicas)]
+        await asyncio.gather(*(node.stop() for node in nodes))
 
 
 def tls_config(workdir: Path, party: str) -> TLSConfig:
@@ -136,9 +160,8 @@ async def start_network(
 
         write_gateway_certificates(workdir / "tls", list(parties), "carbon-gateway test CA", 30)
     for party in parties:
-        network.nodes[party] = GatewayNode(
+        network.options[party] = dict(
             party=party,
-            store=await open_store(await database_location(workdir, party)),
             signer=network.signers[party],
             own_trust=network.trust[party],
             partners=[
@@ -156,6 +179,9 @@ async def start_network(
             status_query_after=status_query_after,
             nomenclature=nomenclature,
             ledger_options=ledger(party),
+        )
+        network.nodes[party] = GatewayNode(
+            store=await open_store(await database_location(workdir, party)), **network.options[party]
         )
     try:
         for node in network.nodes.values():

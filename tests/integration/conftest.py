@@ -3,7 +3,7 @@
 Each test runs twice: on SQLite files in a temporary folder, and on PostgreSQL (a fresh database per gateway,
 on the server named by ``CARBON_GATEWAY_TEST_POSTGRES``, dropped after the test). A test that opens the SQLite
 file itself (to corrupt it, or to read it behind the gateway's back) is marked ``sqlite_only`` with a reason
-and runs on SQLite alone.
+and runs on SQLite alone; a test marked ``postgres`` (replicas sharing a database) runs on PostgreSQL alone.
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ BACKENDS = ("sqlite", "postgresql")
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "store_backend" not in metafunc.fixturenames:
         return
-    only = metafunc.definition.get_closest_marker("sqlite_only")
-    backends = ["sqlite"] if only is not None else list(BACKENDS)
+    if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+        backends = ["sqlite"]
+    elif metafunc.definition.get_closest_marker("postgres") is not None:
+        backends = ["postgresql"]  # replicas share one database: a server's, never a file
+    else:
+        backends = list(BACKENDS)
     metafunc.parametrize("store_backend", backends, indirect=True)
 
 
