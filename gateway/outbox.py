@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -110,6 +110,9 @@ class OutboxWorker:
         self.lease = lease
         self.replica = replica or replica_id()
         """The owner this worker's leases name."""
+        self.before_sending: Callable[[], Awaitable[object]] | None = None
+        """Called before each batch it claimed is sealed: takes up a trust document another replica installed
+        (`gateway.trust.TrustKeeper.take_up_stored`), so a statement is never signed with a retired key."""
         self._wake = asyncio.Event()
         self._draining = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -175,6 +178,8 @@ class OutboxWorker:
                 heads = await tx.claim_lane_heads(now, self.batch, owner=self.replica, until=now + self.lease)
             if not heads:
                 return total  # another replica holds every due head; next_due_at says when its leases end
+            if self.before_sending is not None:
+                await self.before_sending()
             results = await asyncio.gather(*(self._attempt(m) for m in heads))
             total += sum(1 for r in results if r is Outcome.DELIVERED)
             if not any(r in (Outcome.DELIVERED, Outcome.DEAD_LETTER, Outcome.CATCH_UP) for r in results):

@@ -24,6 +24,7 @@ from gateway.domain.protocol import Deadlines, DecisionPolicy
 from gateway.harness import Network, start_network
 from gateway.node import GatewayNode
 from gateway.store.base import LogKind, OutboxKind, OutboxState
+from signing import Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
 from tests.integration.harness import (
     TERMINAL,
     Crafter,
@@ -199,3 +200,65 @@ async def test_deadline_sweeps_on_three_replicas_reject_each_held_proposal_once(
         assert await held_quantity(network["CHN"]) == 1000
     finally:
         await network.stop()
+
+
+async def test_a_rotation_through_one_replica_is_followed_by_the_others_at_once(tmp_path: Path) -> None:
+    """Replica A installs CHN's next trust document (the old key retired); replica B signs with the new key
+    from its next send, and trusts CHE's new key from CHE's first statement, without a restart."""
+    network, chn = await replicated(tmp_path, "CHN", 2)
+    try:
+        block = await setup_accounts(Pair(chn[0], network["CHE"]))
+        new_chn = _new_signer(network, "chn-v2")
+        for node in chn:  # each replica's configuration lists the next signer, as [signers] would
+            node.core.signers["v2"] = new_chn
+        await _rotate(chn[0], "CHN", network.signers["CHN"], new_chn)
+        await chn[0].core.outbox.stop()  # replica B's worker sends everything from here on
+        transfer_id = await propose(chn[1], block, 1, 100, "after-rotation")
+        assert isinstance(transfer_id, str), transfer_id
+        async with operator(chn[1]) as stub:
+            assert (await wait_for_state(stub, transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        assert chn[1].core.signer.keyid == new_chn.keyid
+        async with chn[1].store.read() as tx:
+            sent = [e for e in await tx.log_of_transfer(transfer_id) if e.direction == "out"]
+        assert sent
+        for entry in sent:  # never the retired key, which CHE would have refused
+            assert [sig.keyid for sig in wire.envelope_from_bytes(entry.envelope).signatures] == [new_chn.keyid]
+
+        # CHE rotates too; its push reaches replica A only. A statement signed with CHE's new key, sent to
+        # replica B first, is taken in.
+        new_che = _new_signer(network, "che-v2")
+        network["CHE"].core.signers["v2"] = new_che
+        await _rotate(network["CHE"], "CHE", network.signers["CHE"], new_che)
+        await settle(network["CHE"])
+        async with chn[1].store.read() as tx:
+            channel = await tx.incoming_channel("CHE")
+        crafter = Crafter(signer=new_che, sender="CHE", receiver="CHN", channel=channel)
+        payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id=transfer_id))
+        receipt = await deliver_raw(chn[1], wire.envelope_to_bytes(crafter.envelope(payload)))
+        assert receipt.taken_in, ResponseCode(receipt.code)
+    finally:
+        await network.stop()
+
+
+def _new_signer(network: Network, name: str) -> Signer:
+    prefix = network.workdir / name
+    generate_key(prefix)
+    return signer_from_uri(f"file:{prefix}.key")
+
+
+async def _rotate(node: GatewayNode, party: str, old: Signer, new: Signer) -> None:
+    document = TrustDocument(
+        party=party,
+        version=2,
+        expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=90),
+        keys={new.public_key.keyid: new.public_key},
+        roles={"trust": Role((new.keyid,), 1), "transfer": Role((new.keyid,), 1)},
+    )
+    envelope = sign_trust_document(document, [old, new])
+    async with operator(node) as stub:
+        status = await stub.RotateTrustDocument(
+            operator_pb2.RotateTrustDocumentRequest(
+                idempotency_key=f"rotate-{party}", envelope_json=envelope.to_json(), signer="v2"
+            )
+        )
+    assert status.version == 2
