@@ -21,6 +21,7 @@ from gateway import wire
 from gateway.demo import DEMO_LEDGER, Pair, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import Deadlines, DecisionPolicy
+from gateway.domain.reconciliation import Status
 from gateway.harness import Network, start_network
 from gateway.node import GatewayNode
 from gateway.store.base import LogKind, OutboxKind, OutboxState
@@ -262,3 +263,25 @@ async def _rotate(node: GatewayNode, party: str, old: Signer, new: Signer) -> No
             )
         )
     assert status.version == 2
+
+
+async def test_replicas_that_find_a_reconciliation_due_at_once_start_one_run(tmp_path: Path) -> None:
+    network, chn = await replicated(tmp_path, "CHN", 3)
+    try:
+        await setup_accounts(Pair(chn[0], network["CHE"]))
+        started = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+        day = dt.timedelta(days=1)
+        for _ in range(2):  # the first run of the schedule, then (once it ended) the one after it
+            results = await asyncio.gather(*(node.core.gateway.reconcile_due(day - day, started) for node in chn))
+            found = {run.run_id for runs in results for run in runs}
+            assert len(found) == 1, results
+            (run_id,) = found
+            for _ in range(2000):
+                if (await chn[0].core.gateway.get_reconciliation(run_id)).status is not Status.RUNNING:
+                    break
+                await asyncio.sleep(0.01)
+        async with chn[0].store.read() as tx:
+            runs = await tx.list_reconciliations("CHE")
+        assert len([r for r in runs if r.role.value == "requester"]) == 2
+    finally:
+        await network.stop()
