@@ -129,6 +129,13 @@ def _pg(sql: str) -> str:
     return re.sub(r"\?", number, sql)
 
 
+def _storable(params: Sequence[Any]) -> list[Any]:
+    """``params`` with U+0000 in text replaced by U+FFFD: PostgreSQL text cannot hold it. The edges refuse control
+    characters in every identifier and name, so only free text a partner wrote (the detail of a refusal, kept
+    as an outbox message's last error) can carry one; refusing to store it would stop that message for good."""
+    return [p.replace("\x00", "\ufffd") if isinstance(p, str) and "\x00" in p else p for p in params]
+
+
 def _rowcount(status: str) -> int:
     """The row count of a command status such as ``UPDATE 3`` or ``INSERT 0 1``."""
     last = status.rsplit(" ", 1)[-1]
@@ -329,20 +336,20 @@ class PostgresTransaction:
 
     async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed."""
-        return _rowcount(await self._db.execute(_pg(sql), *params))
+        return _rowcount(await self._db.execute(_pg(sql), *_storable(params)))
 
     async def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            await self._db.executemany(_pg(sql), rows)
+            await self._db.executemany(_pg(sql), [_storable(row) for row in rows])
 
     async def _value(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return await self._db.fetchval(_pg(sql), *params)
+        return await self._db.fetchval(_pg(sql), *_storable(params))
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Record | None:
-        return await self._db.fetchrow(_pg(sql), *params)
+        return await self._db.fetchrow(_pg(sql), *_storable(params))
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Record]:
-        rows: list[Record] = await self._db.fetch(_pg(sql), *params)
+        rows: list[Record] = await self._db.fetch(_pg(sql), *_storable(params))
         return rows
 
     # accounts and authorizations

@@ -266,3 +266,18 @@ async def test_write_transactions_never_interleave_even_from_two_stores(opener: 
     finally:
         for opened in stores:
             await opened.close()
+
+
+@pytest.mark.asyncio
+async def test_a_partners_error_text_with_a_nul_character_is_stored(store: Store) -> None:
+    """Free text a partner wrote may hold U+0000, which PostgreSQL text cannot: it is kept as U+FFFD there (and
+    as written on SQLite), rather than failing the write that records a delivery attempt."""
+    async with store.transaction() as tx:
+        outbox_id = await tx.enqueue(
+            receiver="CHE", message_id="m", kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"", now=NOW
+        )
+        await tx.reschedule(outbox_id, code=3, error="refused: a\x00b", next_attempt_at=NOW)
+    async with store.read() as tx:
+        kept = await tx.get_outbox("m")
+    assert kept is not None and kept.last_error in ("refused: a\x00b", "refused: a\ufffdb")
+    assert kept.attempts == 1
