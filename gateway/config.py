@@ -12,6 +12,7 @@ import difflib
 import math
 import socket
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,7 +208,8 @@ class GatewayConfig:
     """Everything one gateway needs to run."""
 
     party: str
-    database: Path
+    database: Path | str
+    """An SQLite file's path, or a PostgreSQL URL (``postgresql://...``) as written: see `gateway.store.open_store`."""
     signer: str
     trust_document: Path
     operator_listen: str = "127.0.0.1:50051"
@@ -333,6 +335,33 @@ def _seconds(
 def _path(base: Path, value: object, where: str) -> Path:
     path = Path(_string(value, where))
     return path if path.is_absolute() else base / path
+
+
+DATABASE_SCHEMES = ("postgresql", "postgres")
+"""The URL schemes ``database`` accepts; anything without ``://`` is an SQLite file's path."""
+
+
+def _database(base: Path, value: object) -> Path | str:
+    """``database``: a PostgreSQL URL, kept as written (its password is never repeated in a message), or an
+    SQLite file's path, relative to the configuration's folder."""
+    text = _string(value, "database")
+    if "://" not in text:
+        return _path(base, text, "database")
+    scheme = text.split("://", 1)[0].lower()
+    if scheme not in DATABASE_SCHEMES:
+        raise ConfigError(
+            f"database: {scheme}:// is not a database this gateway can use; write postgresql://user@host:5432/name"
+            " or an SQLite file's path"
+        )
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        reason = str(exc).replace(text, "<the URL>")
+        raise ConfigError(f"database: not a valid {scheme}:// URL ({reason})") from None
+    if parts.path.strip("/") == "" or "/" in parts.path.strip("/"):
+        raise ConfigError(f"database: name one database after the host, as in {scheme}://user@host:5432/carbon_gateway")
+    return text
 
 
 def _signer_uri(base: Path, value: object, where: str) -> str:
@@ -504,7 +533,7 @@ def load_config(path: Path) -> GatewayConfig:
     http = _table(data.get("http", {}), "http")
     return GatewayConfig(
         party=party,
-        database=_path(base, _require(data, "database", str(path)), "database"),
+        database=_database(base, _require(data, "database", str(path))),
         signer=signers[DEFAULT_SIGNER_NAME],
         trust_document=_path(base, _require(data, "trust_document", str(path)), "trust_document"),
         operator_listen=operator_listen,

@@ -64,6 +64,10 @@ def restore_trust(envelope: Envelope, what: str, now: dt.datetime) -> TrustedPar
     return trusted
 
 
+TRUST_REFRESH_SECONDS = 2.0
+"""How often a gateway takes up trust documents another replica of it stored."""
+
+
 class GatewayCore:
     """A gateway's parts, wired together, with the background tasks that deliver and sweep."""
 
@@ -149,7 +153,10 @@ class GatewayCore:
             ssl_context=trust_ssl_context,
             signers=self.signers,
         )
+        self.exchange.on_unknown_key = self.trust.take_up_stored
+        self.outbox.before_sending = self.trust.take_up_stored
         self._sweeper: asyncio.Task[None] | None = None
+        self._trust_refresher: asyncio.Task[None] | None = None
 
     @property
     def signer(self) -> Signer:
@@ -166,6 +173,19 @@ class GatewayCore:
         self.outbox.wake()
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep(), name=f"{self.party}-sweep")
+        if self._trust_refresher is None:
+            self._trust_refresher = asyncio.create_task(self._refresh_trust(), name=f"{self.party}-trust")
+
+    async def _refresh_trust(self) -> None:
+        # Replicas of this gateway share its database: a rotation, or a partner's new document, taken in by
+        # one is signed with and trusted by the others within this period (at once, for an incoming statement
+        # whose key is not known yet). One small read each time.
+        while True:
+            await asyncio.sleep(TRUST_REFRESH_SECONDS)
+            try:
+                await self.trust.take_up_stored()
+            except Exception:
+                log.exception("%s: reading trust documents another replica stored failed; retrying", self.party)
 
     @property
     def sweep_period(self) -> float:
@@ -198,6 +218,11 @@ class GatewayCore:
 
     async def stop_background(self) -> None:
         """Stop the sweep and the outbox worker (a delivery in flight is retried at the next start)."""
+        if self._trust_refresher is not None:
+            self._trust_refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trust_refresher
+            self._trust_refresher = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

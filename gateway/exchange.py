@@ -262,6 +262,9 @@ class Exchange:
         self.clock = clock
         self.on_enqueued = on_enqueued
         self.on_delivered: DeliveredHandler | None = None
+        self.on_unknown_key: Callable[[], Awaitable[bool]] | None = None
+        """Called when no trusted key verifies a statement: takes up trust documents another replica stored
+        (`gateway.trust.TrustKeeper.take_up_stored`); when it returns True the statement is verified once more."""
         self.new_id = new_id
 
     # outgoing
@@ -480,7 +483,14 @@ class Exchange:
                     f"payload type {envelope.payload_type[:80]!r} is not accepted here",
                 )
             # Step 4: choose the partner and verify its threshold.
-            verifying = self._verified_partners(envelope, peer_identity)
+            try:
+                verifying = self._verified_partners(envelope, peer_identity)
+            except GatewayError as refusal:
+                # The partner may have rotated its key through another replica of this gateway.
+                refresh = self.on_unknown_key
+                if refusal.code is not ResponseCode.KEY_UNKNOWN_OR_REVOKED or refresh is None or not await refresh():
+                    raise
+                verifying = self._verified_partners(envelope, peer_identity)
             partner = verifying[0]
             verified = True
             # Step 5: parse the same bytes; sender and receiver.

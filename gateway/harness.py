@@ -1,18 +1,20 @@
 """Starting several real gateways on loopback, for demos, integration tests and benchmarks.
 
-Each gateway gets its own SQLite file and key (written as PEM, loaded through a signer URI), a self-signed
-trust document, and trusts every other gateway of the network. With ``tls=True`` a small CA issues each
-gateway a certificate whose common name is its Party code, and the partner exchange (gRPC and HTTP) runs
-over mutual TLS.
+Each gateway gets its own database (an SQLite file in the work folder, unless `use_databases` chose another
+backend: the tests run the same networks on PostgreSQL that way) and key (written as PEM, loaded through a
+signer URI), a self-signed trust document, and trusts every other gateway of the network. With ``tls=True`` a
+small CA issues each gateway a certificate whose common name is its Party code, and the partner exchange (gRPC
+and HTTP) runs over mutual TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.config import TLSConfig
 from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
@@ -20,9 +22,31 @@ from gateway.domain.protocol import ACCEPT_ALL, Deadlines, DecisionPolicy
 from gateway.exchange import ExchangeSettings
 from gateway.node import GatewayNode, PartnerSpec, utc_now
 from gateway.rpc.auth import LOOPBACK_ADMINISTRATOR
-from gateway.store.sqlite import SQLiteStore
+from gateway.store import open_store
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from signing import Envelope, Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
+
+DatabaseLocator = Callable[[Path, str], Awaitable["str | Path"]]
+"""Where a Party's database lives, given the network's work folder: an SQLite path or a database URL."""
+
+
+async def sqlite_database(workdir: Path, party: str) -> str | Path:
+    """The default: ``<party>.db`` in the work folder."""
+    return workdir / f"{party.lower()}.db"
+
+
+_locator: DatabaseLocator = sqlite_database
+
+
+def use_databases(locator: DatabaseLocator | None) -> None:
+    """Make `start_network` and `database_location` place every database with ``locator`` (None: SQLite files)."""
+    global _locator
+    _locator = locator or sqlite_database
+
+
+async def database_location(workdir: Path, party: str) -> str | Path:
+    """Where ``party``'s database of the network in ``workdir`` lives (the same on every call)."""
+    return await _locator(workdir, party)
 
 
 def self_signed_trust_document(
@@ -48,6 +72,10 @@ class Network:
     nodes: dict[str, GatewayNode] = field(default_factory=dict)
     signers: dict[str, Signer] = field(default_factory=dict)
     trust: dict[str, Envelope] = field(default_factory=dict)
+    replicas: dict[str, list[GatewayNode]] = field(default_factory=dict)
+    """Further gateways of a Party that share its database (`add_replica`), by Party code."""
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The arguments each Party's gateway was made with, for its replicas."""
 
     def __getitem__(self, party: str) -> GatewayNode:
         return self.nodes[party]
@@ -66,9 +94,28 @@ class Network:
                     partner.address = other.partner_address
                     partner.http_url = other.http_url
 
+    async def add_replica(self, party: str) -> GatewayNode:
+        """Start another gateway of ``party`` on the same database (its location from `database_location`,
+        which must be a server's: one SQLite file has one process) with the same key and trust."""
+        location = await database_location(self.workdir, party)
+        node = GatewayNode(store=await open_store(location), **self.options[party])
+        try:
+            await node.start()
+        except BaseException:
+            await node.stop()
+            raise
+        self.replicas.setdefault(party, []).append(node)
+        for other in self.nodes.values():
+            spec = node.partners.parties().get(other.party)
+            if spec is not None:
+                spec.address = other.partner_address
+                spec.http_url = other.http_url
+        return node
+
     async def stop(self) -> None:
         """Stop every gateway."""
-        await asyncio.gather(*(node.stop() for node in self.nodes.values()))
+        nodes = [*self.nodes.values(), *(n for replicas in self.replicas.values() for n in replicas)]
+        await asyncio.gather(*(node.stop() for node in nodes))
 
 
 def tls_config(workdir: Path, party: str) -> TLSConfig:
@@ -114,9 +161,8 @@ async def start_network(
 
         write_gateway_certificates(workdir / "tls", list(parties), "carbon-gateway test CA", 30)
     for party in parties:
-        network.nodes[party] = GatewayNode(
+        network.options[party] = dict(
             party=party,
-            store=await SQLiteStore.open(workdir / f"{party.lower()}.db"),
             signer=network.signers[party],
             own_trust=network.trust[party],
             partners=[
@@ -135,6 +181,9 @@ async def start_network(
             status_query_after=status_query_after,
             nomenclature=nomenclature,
             ledger_options=ledger(party),
+        )
+        network.nodes[party] = GatewayNode(
+            store=await open_store(await database_location(workdir, party)), **network.options[party]
         )
     try:
         for node in network.nodes.values():

@@ -33,8 +33,8 @@ from gateway.rpc.operator import OperatorService
 from gateway.rpc.partner import SERVICE_NAME as PARTNER_SERVICE
 from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
 from gateway.service import Gateway
+from gateway.store import UnsupportedDatabase, is_url, open_store
 from gateway.store.base import Store
-from gateway.store.sqlite import SQLiteStore
 from gateway.trust import TrustKeeper
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from gateway.usecases.watching import ChangeFeed
@@ -583,7 +583,24 @@ def _signer(uri: str, name: str) -> Signer:
         raise ConfigError(f"{setting}: {exc}") from None
 
 
-async def _open_store(path: Path) -> SQLiteStore:
+async def _open_store(location: Path | str) -> Store:
+    if is_url(location):
+        from gateway.store.postgres import DatabaseUnavailable, redact
+
+        try:
+            return await open_store(location)
+        except DatabaseUnavailable as exc:
+            # An unreachable server, a refused login, a database that does not exist: the message names the
+            # database without its password.
+            raise ConfigError(f"database: cannot use {exc}") from None
+        except UnsupportedDatabase as exc:
+            raise ConfigError(f"database: {exc}") from None
+        except Exception as exc:  # a failed migration: another program's tables, missing privileges
+            raise ConfigError(
+                f"database: {redact(str(location))} cannot be used as this gateway's database"
+                f" ({type(exc).__name__}: {exc}); name a database of its own"
+            ) from None
+    path = Path(location)
     if path.is_dir():
         raise ConfigError(f"database: {path} is a folder; name a file (it is created if missing)")
     if not path.parent.is_dir():
@@ -591,7 +608,7 @@ async def _open_store(path: Path) -> SQLiteStore:
             f"database: the folder {path.parent} does not exist; create it or name a file in an existing folder"
         )
     try:
-        return await SQLiteStore.open(path)
+        return await open_store(path)
     except sqlite3.DatabaseError as exc:
         # A file that is not SQLite ("file is not a database"), another program's database (a migration
         # fails), or a file or folder this process may not write.

@@ -15,6 +15,14 @@ receipt, and acts on it by `gateway.domain.delivery.classify`:
 A crash between sending and recording the receipt is harmless: the message is sent again (resealed, with the
 same message ID), and the partner answers a message ID it has seen with its stored receipt and no second
 effect. Every failure is confined to its message: one message can never stop the worker or another channel.
+
+Replicas. Several processes of one Party may share one PostgreSQL database, each with its own worker. A worker
+claims the lane heads it will send in a short transaction (`Transaction.claim_lane_heads`: ``SELECT ... FOR
+UPDATE SKIP LOCKED``, then a lease: this worker's replica ID and an expiry), seals and sends outside it, and
+records the result only while it still holds the lease, releasing it in the same transaction. A lane's later
+messages wait behind its leased head, so a channel's sequence numbers stay in order whichever replica sends.
+A lease outlives a send (the transport's timeout), so it expires only when its holder died or stalled; then
+another replica takes the message over and sends it again, which the partner answers from its stored receipt.
 """
 
 from __future__ import annotations
@@ -23,7 +31,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,8 +77,17 @@ class Backoff:
         return min(wait, self.maximum)
 
 
+DEFAULT_LEASE = dt.timedelta(seconds=30)
+"""How long a claimed message is this worker's alone: longer than a send may take (the transport's timeout)."""
+
+
+def replica_id() -> str:
+    """An ID no other worker, in this process or another, shares: host, process and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class OutboxWorker:
-    """Delivers the outbox of one gateway."""
+    """Delivers the outbox of one gateway (one replica's share of it, when replicas share a database)."""
 
     def __init__(
         self,
@@ -78,6 +98,8 @@ class OutboxWorker:
         clock: Callable[[], dt.datetime],
         backoff: Backoff | None = None,
         batch: int = 64,
+        lease: dt.timedelta = DEFAULT_LEASE,
+        replica: str | None = None,
     ) -> None:
         self.store = store
         self.exchange = exchange
@@ -85,6 +107,12 @@ class OutboxWorker:
         self.clock = clock
         self.backoff = backoff or Backoff()
         self.batch = batch
+        self.lease = lease
+        self.replica = replica or replica_id()
+        """The owner this worker's leases name."""
+        self.before_sending: Callable[[], Awaitable[object]] | None = None
+        """Called before each batch it claimed is sealed: takes up a trust document another replica installed
+        (`gateway.trust.TrustKeeper.take_up_stored`), so a statement is never signed with a retired key."""
         self._wake = asyncio.Event()
         self._draining = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -142,9 +170,16 @@ class OutboxWorker:
         total = 0
         while True:
             async with self.store.read() as tx:
-                heads = await tx.lane_heads(self.clock(), self.batch)
-            if not heads:
+                due = await tx.lane_heads(self.clock(), self.batch)
+            if not due:
                 return total
+            now = self.clock()
+            async with self.store.transaction(durable=False) as tx:
+                heads = await tx.claim_lane_heads(now, self.batch, owner=self.replica, until=now + self.lease)
+            if not heads:
+                return total  # another replica holds every due head; next_due_at says when its leases end
+            if self.before_sending is not None:
+                await self.before_sending()
             results = await asyncio.gather(*(self._attempt(m) for m in heads))
             total += sum(1 for r in results if r is Outcome.DELIVERED)
             if not any(r in (Outcome.DELIVERED, Outcome.DEAD_LETTER, Outcome.CATCH_UP) for r in results):
@@ -166,6 +201,8 @@ class OutboxWorker:
             return Outcome.RETRY
         now = self.clock()
         async with self.store.transaction(durable=False) as tx:
+            if not await tx.holds_lease(message.outbox_id, self.replica):
+                return Outcome.RETRY  # taken over by another replica after this one's lease ran out
             channel = await tx.outgoing_channel(message.receiver)
             if message.kind is OutboxKind.TRUST:
                 own = await tx.trust_documents(self.exchange.settings.self_party)
@@ -215,6 +252,14 @@ class OutboxWorker:
             return outcome
         now = self.clock()
         async with self.store.transaction(durable=outcome is not Outcome.DELIVERED) as tx:
+            if not await tx.holds_lease(message.outbox_id, self.replica):
+                # Another replica took the message over and records its own attempt: this one's answer is
+                # dropped (the partner took the message in once, whichever attempt it answered).
+                log.warning(
+                    "the lease on %s ran out while it was being sent; another replica has it", message.message_id
+                )
+                return Outcome.RETRY
+            await tx.release_lease(message.outbox_id, self.replica)
             await tx.append_log(
                 direction="in",
                 peer=message.receiver,
@@ -328,4 +373,7 @@ class OutboxWorker:
         wait = self.backoff.after(message.attempts + 1)
         log.info("delivery of %s to %s failed (%s); retrying in %s", message.message_id, message.receiver, error, wait)
         async with self.store.transaction(durable=False) as tx:
+            if not await tx.holds_lease(message.outbox_id, self.replica):
+                return  # another replica has the message now
             await tx.reschedule(message.outbox_id, code=int(code), error=error, next_attempt_at=self.clock() + wait)
+            await tx.release_lease(message.outbox_id, self.replica)

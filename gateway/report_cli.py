@@ -54,6 +54,7 @@ def _report_aef(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
     from gateway.domain.errors import GatewayError
     from gateway.domain.mapping import RecordRejected
+    from gateway.store.postgres import DatabaseUnavailable
 
     try:
         config = load_config(Path(args.config))
@@ -67,7 +68,7 @@ def _report_aef(args: argparse.Namespace) -> int:
         return fail("report aef", f"--date {args.date!r} is not a date (YYYY-MM-DD)", EXIT_USAGE)
     if not vocab.SUBMISSION_VERSION.fullmatch(args.submission_version):
         return fail("report aef", f"--version {args.submission_version!r} is not X.Y (the first is 1.0)", EXIT_USAGE)
-    if not config.database.exists():
+    if isinstance(config.database, Path) and not config.database.exists():
         return fail("report aef", f"{config.database}: no such database; start the gateway once first", EXIT_USAGE)
 
     out = Path(args.out)
@@ -88,7 +89,7 @@ def _report_aef(args: argparse.Namespace) -> int:
         shown = "; ".join(f"{p.field}: {p.message}" for p in exc.problems[:5])
         more = f" (and {len(exc.problems) - 5} more)" if len(exc.problems) > 5 else ""
         return fail("report aef", f"the ledger cannot be reported as it stands: {shown}{more}")
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, DatabaseUnavailable) as exc:
         return fail("report aef", f"the gateway's database cannot be read: {exc}")
     except OSError as exc:
         return fail("report aef", f"{args.out}: {exc.strerror or exc}")
@@ -109,10 +110,11 @@ def write_report(
     from adapters import aef
     from gateway.domain.protocol import DecisionPolicy
     from gateway.service import Gateway
-    from gateway.store.sqlite import SQLiteStore
+    from gateway.store import open_store
 
     async def export() -> list[Path]:
-        store = await SQLiteStore.open_read_only(config.database)
+        # Read-only: an SQLite file opened ?mode=ro, or PostgreSQL sessions whose every transaction is read-only.
+        store = await open_store(config.database, read_only=True)
         try:
             gateway = Gateway(
                 party=config.party,

@@ -96,6 +96,41 @@ class TrustKeeper:
                 self.own.version,
             )
 
+    async def take_up_stored(self) -> bool:
+        """Take up the trust documents another replica (a gateway of this Party on the same database) stored
+        since this one last looked: this Party's own, after a rotation there, with the configured signer its
+        transfer role lists, and the partners' newer versions. One read; returns whether anything changed."""
+        async with self.store.read() as tx:
+            own = await tx.latest_trust_document(self.party)
+            theirs = {party: await tx.latest_trust_document(party) for party in self.partners.parties()}
+        changed = False
+        if own is not None and own[0] > self.own.version:
+            self.own = TrustedParty.restore(Envelope.from_json(own[1]))
+            changed = True
+            listed = self.own.document.roles[TRANSFER_ROLE].keyids
+            if self.exchange.signer.keyid not in listed:
+                named = [(name, s) for name, s in sorted(self.signers.items()) if s.keyid in listed]
+                if named:
+                    name, self.exchange.signer = named[0]
+                    log.warning(
+                        "%s: another replica installed trust document version %d; signing with %r",
+                        self.party,
+                        self.own.version,
+                        name,
+                    )
+                else:
+                    log.error(
+                        "%s: another replica installed trust document version %d, whose transfer role lists no"
+                        " signer configured here; configure its signer under [signers] and restart",
+                        self.party,
+                        self.own.version,
+                    )
+        for party, stored in theirs.items():
+            partner = self.partners.get(party)
+            if stored is not None and partner is not None and stored[0] > partner.trusted.version:
+                changed = self.partners.replace(party, TrustedParty.restore(Envelope.from_json(stored[1]))) or changed
+        return changed
+
     async def _newest(self, tx: Transaction, party: str, configured: TrustedParty, now: dt.datetime) -> TrustedParty:
         stored = await tx.latest_trust_document(party)
         if stored is not None and stored[0] > configured.version:
@@ -119,6 +154,7 @@ class TrustKeeper:
         delivery only delays them. Statements are signed when they are sent, so every statement sent after the
         rotation carries the new key's signature. A retry with the same idempotency key returns the first answer.
         """
+        await self.take_up_stored()  # a rotation another replica made is the one this one follows
         now = self.clock()
         async with self.store.transaction() as tx:
             if idem is not None:
@@ -140,6 +176,15 @@ class TrustKeeper:
                     field="signer",
                 )
             results = []
+            latest = await tx.latest_trust_document(self.party)
+            if latest is not None and latest[0] >= updated.version:
+                # Another replica rotated between this one's refresh and this transaction.
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"trust document version {latest[0]} was installed meanwhile (by another replica); rotate"
+                    " from that version",
+                    field="envelope_json",
+                )
             await tx.put_trust_document(self.party, updated.version, envelope.to_json(), now)
             for party in sorted(self.partners.parties()):
                 message_id = await self.exchange.enqueue_trust(tx, party, envelope)

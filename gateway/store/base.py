@@ -393,7 +393,23 @@ class Transaction(Protocol):
         ...
 
     async def next_due_at(self) -> dt.datetime | None:
-        """When the earliest pending lane head is due."""
+        """When the earliest pending lane head is due (or, if another replica holds its lease, when that ends)."""
+        ...
+
+    async def claim_lane_heads(
+        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime
+    ) -> list[OutboxMessage]:
+        """Lease to ``owner`` until ``until`` the lane heads (as `lane_heads`) that are due and that no other
+        replica holds an unexpired lease on; return them. Heads another transaction has locked are skipped, not
+        waited for. A lane's later messages are never claimed past its head, so each lane stays in order."""
+        ...
+
+    async def holds_lease(self, outbox_id: int, owner: str) -> bool:
+        """Whether ``owner`` still holds the lease on the message (no other replica took it over)."""
+        ...
+
+    async def release_lease(self, outbox_id: int, owner: str) -> None:
+        """End ``owner``'s lease on the message (nothing happens if another replica holds it)."""
         ...
 
     async def get_outbox(self, message_id: str) -> OutboxMessage | None: ...

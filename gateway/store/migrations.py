@@ -501,6 +501,19 @@ MIGRATIONS = (
     ),
 )
 
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        8,
+        "outbox leases: the replica that claimed a message and until when, so replicas sharing one database never"
+        " send the same message at once",
+        """
+        ALTER TABLE outbox ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+        ALTER TABLE outbox ADD COLUMN lease_until TEXT NOT NULL DEFAULT ''
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks

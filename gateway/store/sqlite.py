@@ -95,6 +95,8 @@ class SQLiteStore:
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
         migrate(db)
+        # One process uses an SQLite file: leases a crashed run of this gateway held are nobody's now.
+        db.execute("UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner != ''")
         return cls(db)
 
     @classmethod
@@ -819,7 +821,33 @@ class SQLiteTransaction:
 
     async def next_due_at(self) -> dt.datetime | None:
         heads = self._heads()
-        return min((codec.from_text(r["next_attempt_at"]) for r in heads), default=None)
+        return min((codec.from_text(max(r["next_attempt_at"], r["lease_until"])) for r in heads), default=None)
+
+    async def claim_lane_heads(
+        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime
+    ) -> list[OutboxMessage]:
+        due = codec.to_text(now)
+        rows = [
+            r
+            for r in self._heads()
+            if r["next_attempt_at"] <= due and (r["lease_owner"] in ("", owner) or r["lease_until"] <= due)
+        ]
+        rows.sort(key=lambda r: (r["next_attempt_at"], r["outbox_id"]))
+        claimed = rows[:limit]
+        self._db.executemany(
+            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE outbox_id = ?",
+            [(owner, codec.to_text(until), r["outbox_id"]) for r in claimed],
+        )
+        return [_outbox_message(r) for r in claimed]
+
+    async def holds_lease(self, outbox_id: int, owner: str) -> bool:
+        return self._one("SELECT 1 FROM outbox WHERE outbox_id = ? AND lease_owner = ?", (outbox_id, owner)) is not None
+
+    async def release_lease(self, outbox_id: int, owner: str) -> None:
+        self._db.execute(
+            "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE outbox_id = ? AND lease_owner = ?",
+            (outbox_id, owner),
+        )
 
     async def get_outbox(self, message_id: str) -> OutboxMessage | None:
         row = self._one("SELECT * FROM outbox WHERE message_id = ?", (message_id,))
@@ -877,6 +905,7 @@ class SQLiteTransaction:
     async def retry_outbox(self, outbox_id: int, now: dt.datetime) -> None:
         self._db.execute(
             "UPDATE outbox SET state = 'pending', attempts = 0, sequence = 0, sealed = X'', next_attempt_at = ?,"
+            " lease_owner = '', lease_until = '',"
             " settled_at = NULL WHERE outbox_id = ?",
             (codec.to_text(now), outbox_id),
         )

@@ -30,10 +30,10 @@ async def operator(node: GatewayNode) -> AsyncIterator[operator_pb2_grpc.Operato
         await channel.close(None)
 
 
-async def deliver_raw(node: GatewayNode, envelope: bytes) -> partner_pb2.Receipt:
+async def deliver_raw(node: GatewayNode, envelope: bytes, *, timeout: float = 10) -> partner_pb2.Receipt:
     """Deliver raw envelope bytes to ``node``'s partner exchange; return the (unverified) receipt payload."""
     async with grpc.aio.insecure_channel(node.partner_address) as channel:
-        raw: bytes = await channel.unary_unary(DELIVER_METHOD, None, None)(envelope, timeout=10)
+        raw: bytes = await channel.unary_unary(DELIVER_METHOD, None, None)(envelope, timeout=timeout)
     receipt = partner_pb2.Receipt()
     receipt.ParseFromString(wire.envelope_from_bytes(raw).payload)
     return receipt

@@ -513,7 +513,8 @@ async def test_defect_04_a_sender_that_fell_behind_its_partner_catches_up_instea
     async with operator(pair.chn) as chn:
         proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
         assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
-    assert await state_of(pair.che, proposed.transfer_id) == records_pb2.COMPLETED
+    async with operator(pair.che) as che:  # the Completion reaches CHE after CHN completed
+        assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
     assert await dead_letters(pair.chn) == []
     async with pair.chn.store.read() as tx:
         assert (await tx.outgoing_channel("CHE")).last_sequence == channel.last_sequence + behind + 2
@@ -540,7 +541,11 @@ async def test_defect_04_a_trust_push_missed_during_an_outage_is_delivered_throu
             )
             assert status.version == 2
             proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "after"))
-            pending = list((await chn.ListOutbox(operator_pb2.ListOutboxRequest())).entries)
+            for _ in range(1000):  # until the worker has tried the unreachable partner once
+                pending = list((await chn.ListOutbox(operator_pb2.ListOutboxRequest())).entries)
+                if pending and pending[0].attempts:
+                    break
+                await asyncio.sleep(0.01)
             assert [e.kind for e in pending][:1] == ["trust"] and "proposal" in [e.kind for e in pending]
             assert pending[0].attempts >= 1 and pending[0].last_error
             pair.chn.set_partner_address("CHE", reachable)
@@ -1035,6 +1040,7 @@ async def test_defect_12_rotate_trust_document_takes_a_configured_signer_name_ne
 # 13. The message log is not append-only ----------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 async def test_defect_13_every_envelope_is_kept_verbatim_and_the_log_refuses_rewrites(tmp_path: Path) -> None:
     import aiohttp

@@ -354,6 +354,7 @@ CORRUPTIONS = [
 ]
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 @pytest.mark.parametrize("case", CORRUPTIONS, ids=[c.name for c in CORRUPTIONS])
 async def test_each_kind_of_difference_is_found_and_nothing_else(tmp_path: Path, case: Corruption) -> None:
@@ -392,6 +393,7 @@ async def test_each_kind_of_difference_is_found_and_nothing_else(tmp_path: Path,
         await pair.stop()
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 async def test_a_block_in_flight_is_not_a_difference(tmp_path: Path) -> None:
     """A transfer CHN completed whose Completion CHE has not taken in yet is listed as in flight, not as a
@@ -426,6 +428,7 @@ def rewrite_log(path: Path) -> None:
         db.execute("DELETE FROM log_tree")
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 async def test_a_responder_that_rewrote_its_message_log_stops_the_run(tmp_path: Path) -> None:
     pair = await start_pair(tmp_path)
@@ -450,6 +453,7 @@ async def test_a_responder_that_rewrote_its_message_log_stops_the_run(tmp_path: 
         await pair.stop()
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 async def test_a_requester_that_rewrote_its_message_log_is_recorded_by_the_responder(tmp_path: Path) -> None:
     pair = await start_pair(tmp_path)
@@ -493,6 +497,7 @@ def back_request(ranges: list[tuple[int, int]], key: str) -> operator_pb2.Propos
     return request
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 async def test_differing_units_are_frozen_on_both_sides_until_resolved(tmp_path: Path) -> None:
     pair = await start_pair(tmp_path)
@@ -625,6 +630,7 @@ async def test_a_proposal_naming_units_frozen_at_the_acquiring_side_is_rejected(
 # -- 4. replies split by a small size cap ----------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 @pytest.mark.parametrize("cap", [4096, 6 * 1024])
 async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found(tmp_path: Path, cap: int) -> None:

@@ -242,6 +242,7 @@ async def test_children_that_do_not_add_up_end_the_run_for_a_person(tmp_path: Pa
         await pair.stop()
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 async def test_a_rewritten_log_is_still_compared_and_resolving_accepts_it(tmp_path: Path) -> None:
     pair = await start_pair(tmp_path)

@@ -79,6 +79,7 @@ async def restart_chn(pair: Pair, tmp_path: Path) -> GatewayNode:
     return restarted
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 async def test_a_gateway_restarted_after_a_crash_delivers_what_it_had_committed(pair: Pair, tmp_path: Path) -> None:
     block = await setup_accounts(pair)
@@ -132,6 +133,7 @@ async def test_statements_that_expired_in_the_outbox_are_redated_and_the_transfe
         await pair.stop()
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.asyncio
 async def test_a_sender_restored_from_a_backup_goes_on_from_its_partner_and_says_loudly_what_it_lost(
     pair: Pair, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -28,7 +28,16 @@ from signing import (
     sign_trust_document,
     signer_from_uri,
 )
-from tests.integration.harness import TERMINAL, Crafter, deliver_raw, error_code, operator, setup_accounts, transfer
+from tests.integration.harness import (
+    TERMINAL,
+    Crafter,
+    deliver_raw,
+    error_code,
+    operator,
+    settle,
+    setup_accounts,
+    transfer,
+)
 from tests.signing.softhsm import create_softhsm_key, require_softhsm
 
 
@@ -78,6 +87,7 @@ async def test_after_a_rotation_both_gateways_keep_exchanging_and_the_retired_ke
         retired = network.signers["CHN"]
         await rotate(network, "CHN", 2)
         await rotate(network, "CHE", 2)
+        await settle(pair.chn, pair.che)  # the pushes are queued by the rotations, delivered after them
         async with operator(pair.che) as che:
             listed = await che.ListTrust(operator_pb2.ListTrustRequest())
         assert (listed.own.version, [(p.party, p.version) for p in listed.partners]) == (2, [("CHN", 2)])
@@ -120,6 +130,7 @@ async def test_rotation_that_is_not_the_next_version_is_refused_by_the_operator_
         await network.stop()
 
 
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "mtls"])
 @pytest.mark.asyncio
 async def test_a_partner_refreshes_trust_from_the_published_url_and_keeps_it_across_a_restart(

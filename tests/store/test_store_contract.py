@@ -1,0 +1,283 @@
+"""The Store API's contract, run on both backends: an SQLite file and a fresh PostgreSQL database per test.
+
+Each test states what a caller relies on (ordering, conflicts that leave the transaction usable, rollback,
+64-bit values, a gap-free message log, leases, write transactions that never interleave) and checks that both
+stores keep it. The PostgreSQL cases use the server named by ``CARBON_GATEWAY_TEST_POSTGRES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.records import Account, AccountType, ActionType, LedgerEntry, Purpose
+from gateway.domain.statements import ChannelState
+from gateway.store import open_store
+from gateway.store.base import BlockStatus, IdempotentResult, LogKind, OutboxKind, Store, StoreConflict
+from gateway.store.migrations import MIGRATIONS
+from gateway.store.pg_migrations import PG_MIGRATIONS
+from gateway.store.postgres import PostgresStore
+from tests import postgres
+
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+SPACE = SerialSpace("CCER", "CN-CCER", "")
+SPACE2 = SerialSpace("CCER", "CN-CCER", "second")
+BIG = 2**61  # serials and quantities are 64-bit on both backends
+TOP = 2**63 - 2  # the largest serial
+
+Opener = Callable[[], Awaitable[Store]]
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens (again) one store: the same SQLite file, or the same fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        location: str | Path = tmp_path / "store.db"
+        yield lambda: open_store(location)
+        return
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "contract")
+    try:
+        yield lambda: open_store(url)
+    finally:
+        await postgres.drop_databases(admin, [url])
+
+
+@pytest_asyncio.fixture
+async def store(opener: Opener) -> AsyncIterator[Store]:
+    opened = await opener()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def block(start: int, end: int, space: SerialSpace = SPACE, **extra: object) -> UnitBlock:
+    return UnitBlock(space=space, start=start, end=end, vintage=2025, project_id="P-1", **extra)  # type: ignore[arg-type]
+
+
+def entry(start: int, end: int, space: SerialSpace = SPACE) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=0,
+        action_date=NOW,
+        action_type=ActionType.FIRST_TRANSFER,
+        transfer_id=f"t-{start}",
+        block=block(start, end, space, first_transferred=True, first_transferring_party="CHN"),
+        cooperative_approach="CA-1",
+        authorization_id="A-1",
+        first_transferring_party="CHN",
+        transferring_party="CHN",
+        acquiring_party="CHE",
+        purpose=Purpose.NDC,
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_conflict_is_reported_and_the_transaction_goes_on(store: Store) -> None:
+    """A duplicate raises StoreConflict, and the same transaction still commits what came before and after
+    (on PostgreSQL a failed statement would abort the whole transaction)."""
+    async with store.transaction() as tx:
+        await tx.insert_account(Account("acc-1", "Owner", AccountType.PROJECT_OWNER))
+        with pytest.raises(StoreConflict):
+            await tx.insert_account(Account("acc-1", "Other", AccountType.PROJECT_OWNER))
+        await tx.insert_account(Account("acc-2", "Second", AccountType.COMPLIANCE_ENTITY))
+    async with store.read() as tx:
+        assert await tx.get_account("acc-1") == Account("acc-1", "Owner", AccountType.PROJECT_OWNER)
+        assert await tx.get_account("acc-2") == Account("acc-2", "Second", AccountType.COMPLIANCE_ENTITY)
+
+
+@pytest.mark.asyncio
+async def test_an_exception_rolls_everything_back_and_a_savepoint_alone(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            await tx.insert_account(Account("gone", "Owner", AccountType.PROJECT_OWNER))
+            raise RuntimeError("abandon")
+    async with store.transaction() as tx:
+        await tx.insert_account(Account("kept", "Owner", AccountType.PROJECT_OWNER))
+        with pytest.raises(RuntimeError):
+            async with tx.savepoint():
+                await tx.insert_account(Account("inner", "Owner", AccountType.PROJECT_OWNER))
+                raise RuntimeError("inner only")
+    async with store.read() as tx:
+        assert await tx.get_account("gone") is None
+        assert await tx.get_account("inner") is None
+        assert await tx.get_account("kept") is not None
+
+
+@pytest.mark.asyncio
+async def test_blocks_keep_64_bit_serials_and_are_listed_in_serial_order(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.insert_account(Account("acc", "Owner", AccountType.PROJECT_OWNER))
+        late = await tx.insert_block(block(BIG, BIG + 99), account_id="acc", status=BlockStatus.HELD)
+        early = await tx.insert_block(block(1, 10), account_id="acc", status=BlockStatus.RESERVED, transfer_id="t")
+        await tx.insert_block(block(11, 20), account_id="acc", status=BlockStatus.SUPERSEDED, parent_id=early)
+    async with store.read() as tx:
+        listed = await tx.list_blocks()
+        assert [(b.block.start, b.block.end, b.status) for b in listed] == [
+            (1, 10, BlockStatus.RESERVED),
+            (BIG, BIG + 99, BlockStatus.HELD),
+        ]
+        assert (await tx.get_block(late)) == listed[1]
+        # The guarded block that starts before the range and reaches into it is found, as are those inside.
+        guarded = await tx.guarded_blocks(SPACE, 5, BIG)
+        assert [b.block_id for b in guarded] == [early, late]
+        assert [b.block_id for b in await tx.guarded_blocks(SPACE, 5, BIG, limit=0)] == [early]
+        assert [b.block_id for b in await tx.blocks_of_transfer("t", BlockStatus.RESERVED)] == [early]
+    async with store.transaction() as tx:
+        assert await tx.set_transfer_blocks_status("t", BlockStatus.RESERVED, BlockStatus.DEBITED) == 1
+
+
+@pytest.mark.asyncio
+async def test_ledger_sums_past_the_64_bit_range_and_finds_overlapping_units(store: Store) -> None:
+    async with store.transaction() as tx:
+        ids = await tx.append_ledger(
+            [entry(1, BIG), entry(BIG + 1, 2 * BIG), entry(2 * BIG + 1, 2 * BIG + 10), entry(1, TOP, SPACE2)]
+        )
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    async with store.read() as tx:
+        totals = await tx.ledger_totals()
+        assert [t.quantity for t in totals] == [2 * BIG + 10 + TOP]  # more than 2^63 - 1
+        assert totals[0].partner == "CHE" and totals[0].action_year == 2026
+        found = await tx.ledger_of_units("CHN", SPACE, BIG, BIG + 5)
+        assert [(e.block.start, e.block.end) for e in found] == [(1, BIG), (BIG + 1, 2 * BIG)]
+        overlapping = await tx.first_transfers_overlapping("CHN", SPACE, 2 * BIG, 2 * BIG + 1)
+        assert [(s, e) for _, _, s, e in overlapping] == [(BIG + 1, 2 * BIG), (2 * BIG + 1, 2 * BIG + 10)]
+        assert [e.entry_id async for e in tx.ledger_until(NOW, batch=2)] == ids
+        assert await tx.reconciliation_pending() == 4  # the trigger noted every new entry
+
+
+@pytest.mark.asyncio
+async def test_the_message_log_is_numbered_without_gaps_and_refuses_rewrites(store: Store) -> None:
+    def append(tx_index: int) -> dict[str, object]:
+        return dict(
+            direction="out",
+            peer="CHE",
+            message_id=f"m{tx_index}",
+            kind=LogKind.STATEMENT,
+            form="protobuf",
+            envelope=bytes([tx_index]),
+            now=NOW,
+        )
+
+    async with store.transaction() as tx:
+        assert await tx.append_log(**append(1)) == 1  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            await tx.append_log(**append(2))  # type: ignore[arg-type]
+            raise RuntimeError("rolled back")
+    async with store.transaction() as tx:
+        assert await tx.append_log(**append(3)) == 2  # type: ignore[arg-type]
+        assert await tx.fold_log_tree() == 2
+    async with store.read() as tx:
+        assert [e.message_id for e in await tx.list_log()] == ["m1", "m3"]
+        assert await tx.log_tree_pending() == 0
+
+
+@pytest.mark.asyncio
+async def test_outbox_lanes_put_trust_first_and_leases_keep_a_head_to_one_replica(store: Store) -> None:
+    later = NOW + dt.timedelta(seconds=30)
+    async with store.transaction() as tx:
+        for i, kind in enumerate([OutboxKind.PROPOSAL, OutboxKind.TRUST, OutboxKind.DECISION]):
+            await tx.enqueue(receiver="CHE", message_id=f"che-{i}", kind=kind, transfer_id="t", body=b"x", now=NOW)
+        await tx.enqueue(
+            receiver="GBR", message_id="gbr-0", kind=OutboxKind.PROPOSAL, transfer_id="", body=b"", now=NOW
+        )
+    async with store.transaction() as tx:
+        assert sorted(m.message_id for m in await tx.lane_heads(NOW, 10)) == ["che-1", "gbr-0"]
+        claimed = await tx.claim_lane_heads(NOW, 10, owner="replica-a", until=later)
+        assert sorted(m.message_id for m in claimed) == ["che-1", "gbr-0"]
+    async with store.transaction() as tx:
+        # The heads are replica A's until its lease ends: B gets nothing, not the lanes' later messages.
+        assert await tx.claim_lane_heads(NOW, 10, owner="replica-b", until=later) == []
+        assert await tx.next_due_at() == later
+        assert await tx.holds_lease(claimed[0].outbox_id, "replica-a")
+        assert not await tx.holds_lease(claimed[0].outbox_id, "replica-b")
+    async with store.transaction() as tx:
+        # An expired lease is taken over; then A's lease is gone and its release changes nothing.
+        taken = await tx.claim_lane_heads(later, 10, owner="replica-b", until=later + dt.timedelta(seconds=30))
+        assert sorted(m.message_id for m in taken) == ["che-1", "gbr-0"]
+        await tx.release_lease(taken[0].outbox_id, "replica-a")
+        assert await tx.holds_lease(taken[0].outbox_id, "replica-b")
+        await tx.release_lease(taken[0].outbox_id, "replica-b")
+        assert not await tx.holds_lease(taken[0].outbox_id, "replica-b")
+
+
+@pytest.mark.asyncio
+async def test_channels_settings_trust_and_idempotency_round_trip(store: Store) -> None:
+    async with store.transaction(durable=False) as tx:
+        await tx.set_outgoing_channel("CHE", ChannelState(BIG, b"h" * 32))
+        await tx.set_outgoing_channel("CHE", ChannelState(BIG + 1, b"i" * 32))
+        await tx.put_setting("method", "a", NOW)
+        await tx.put_setting("method", "b", NOW)
+        await tx.put_trust_document("CHE", 2, b"two", NOW)
+        await tx.put_trust_document("CHE", 1, b"one", NOW)
+        await tx.put_trust_document("CHE", 1, b"changed", NOW)  # a version is kept as first stored
+        await tx.put_idempotent("op", "OpenAccount", "k", IdempotentResult("hash", b"\x00\xff"))
+    async with store.read() as tx:
+        assert await tx.outgoing_channel("CHE") == ChannelState(BIG + 1, b"i" * 32)
+        assert await tx.incoming_channel("CHE") == ChannelState()
+        assert await tx.get_setting("method") == "b"
+        assert await tx.trust_documents("CHE") == [(1, b"one"), (2, b"two")]
+        assert await tx.latest_trust_document("CHE") == (2, b"two")
+        assert await tx.get_idempotent("op", "OpenAccount", "k") == IdempotentResult("hash", b"\x00\xff")
+
+
+@pytest.mark.asyncio
+async def test_reopening_migrates_nothing_twice_and_both_backends_know_the_same_versions(opener: Opener) -> None:
+    assert [v for v, _, _ in PG_MIGRATIONS] == [v for v, _, _ in MIGRATIONS]
+    assert [d for _, d, _ in PG_MIGRATIONS] == [d for _, d, _ in MIGRATIONS]
+    first = await opener()
+    async with first.transaction() as tx:
+        await tx.put_setting("kept", "yes", NOW)
+    await first.close()
+    again = await opener()
+    try:
+        async with again.read() as tx:
+            assert await tx.get_setting("kept") == "yes"
+    finally:
+        await again.close()
+
+
+@pytest.mark.asyncio
+async def test_write_transactions_never_interleave_even_from_two_stores(opener: Opener) -> None:
+    """Read-modify-write in many concurrent write transactions, through two stores on one PostgreSQL database
+    (two replicas; one SQLite file has one process): no increment is lost, as write transactions run one at a
+    time."""
+    stores = [await opener()]
+    if isinstance(stores[0], PostgresStore):
+        stores.append(await opener())
+
+    async def increment(store: Store) -> None:
+        async with store.transaction() as tx:
+            value = int(await tx.get_setting("counter") or "0")
+            await asyncio.sleep(0)  # give the other writers every chance to interleave
+            await tx.put_setting("counter", str(value + 1), NOW)
+
+    try:
+        await asyncio.gather(*(increment(stores[i % len(stores)]) for i in range(40)))
+        async with stores[0].read() as tx:
+            assert await tx.get_setting("counter") == "40"
+    finally:
+        for opened in stores:
+            await opened.close()
+
+
+@pytest.mark.asyncio
+async def test_a_partners_error_text_with_a_nul_character_is_stored(store: Store) -> None:
+    """Free text a partner wrote may hold U+0000, which PostgreSQL text cannot: it is kept as U+FFFD there (and
+    as written on SQLite), rather than failing the write that records a delivery attempt."""
+    async with store.transaction() as tx:
+        outbox_id = await tx.enqueue(
+            receiver="CHE", message_id="m", kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"", now=NOW
+        )
+        await tx.reschedule(outbox_id, code=3, error="refused: a\x00b", next_attempt_at=NOW)
+    async with store.read() as tx:
+        kept = await tx.get_outbox("m")
+    assert kept is not None and kept.last_error in ("refused: a\x00b", "refused: a\ufffdb")
+    assert kept.attempts == 1

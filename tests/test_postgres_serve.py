@@ -1,0 +1,135 @@
+"""``database = "postgresql://..."`` as an operator meets it: real ``carbon-gateway serve`` processes.
+
+A bad URL, an unreachable server or a database that does not exist ends the start with one line naming the
+``database`` setting and exit status 2, never a traceback and never the password. Two ``serve`` processes of
+one Party started at once on one database both come up (one migrates, the other waits for it) and serve the
+same data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
+from tests import postgres
+from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _free_port, _health, _keys, _serve
+
+SECRET = "s3cr3t-pw"
+
+
+@pytest.mark.parametrize(
+    ("url", "names"),
+    [
+        ("mysql://gateway@127.0.0.1/carbon", ("database", "mysql://")),
+        (f"postgresql://gateway:{SECRET}@127.0.0.1:notaport/carbon", ("database",)),
+        ("postgresql://gateway@127.0.0.1:5432", ("database", "name one database")),
+        # Port 1 on loopback: nothing listens there, the connection is refused at once.
+        (f"postgresql://gateway:{SECRET}@127.0.0.1:1/carbon", ("database", "127.0.0.1:1", "***")),
+        (f"postgres://gateway@127.0.0.1:1/carbon?password={SECRET}", ("database", "127.0.0.1:1")),
+    ],
+)
+def test_a_bad_or_unreachable_database_url_is_one_line_without_the_password(
+    tmp_path: Path, url: str, names: tuple[str, ...]
+) -> None:
+    folder = _keys(tmp_path)
+    result = _serve(_config(folder, database=url))
+    _assert_one_line_naming(result, *names)
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_a_database_the_server_does_not_have_is_one_line_without_the_password(tmp_path: Path) -> None:
+    admin = postgres.admin_url()
+    absent = postgres.database_url(admin, postgres.unique_name("absent"))
+    with_password = absent.replace("://postgres@", f"://postgres:{SECRET}@", 1)
+    result = _serve(_config(_keys(tmp_path), database=with_password))
+    _assert_one_line_naming(result, "database", "does not exist")
+    assert SECRET not in result.stderr + result.stdout
+
+
+def _open_account(port: int, account_id: str) -> grpc.StatusCode:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            operator_pb2_grpc.OperatorServiceStub(channel).OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key=f"open-{account_id}-{port}",
+                    account=records_pb2.Account(
+                        account_id=account_id, holder_name="Owner", account_type="project owner"
+                    ),
+                ),
+                timeout=20,
+            )
+        except grpc.RpcError as exc:
+            code: grpc.StatusCode = exc.code()
+            return code
+    return grpc.StatusCode.OK
+
+
+def _wait_serving(process: subprocess.Popen[bytes], log: Path, port: int) -> None:
+    deadline = time.monotonic() + TIMEOUT * 2
+    while True:
+        assert process.poll() is None, f"the gateway exited during its start: {log.read_text()}"
+        try:
+            if _health(port) == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+
+
+async def _accounts(url: str) -> set[str]:
+    connection = await asyncpg.connect(url)
+    try:
+        return {row[0] for row in await connection.fetch("SELECT account_id FROM accounts")}
+    finally:
+        await connection.close()
+
+
+def test_two_serve_processes_started_at_once_share_one_database(tmp_path: Path) -> None:
+    admin = postgres.admin_url()
+    url = asyncio.run(postgres.create_database(admin, "serve"))
+    try:
+        folder = _keys(tmp_path)
+        ports = [(_free_port(), _free_port()) for _ in range(2)]
+        processes: list[subprocess.Popen[bytes]] = []
+        logs = [tmp_path / f"replica-{i}.log" for i in range(2)]
+        try:
+            for i, (operator_port, partner_port) in enumerate(ports):
+                config = _config(
+                    folder,
+                    database=url,
+                    operator=f"127.0.0.1:{operator_port}",
+                    partner=f"127.0.0.1:{partner_port}",
+                    name=f"replica-{i}.toml",
+                )
+                with logs[i].open("wb") as stderr:
+                    processes.append(subprocess.Popen([*SERVE, str(config)], stdout=subprocess.DEVNULL, stderr=stderr))
+            for process, log, (operator_port, _) in zip(processes, logs, ports, strict=True):
+                _wait_serving(process, log, operator_port)
+            assert _open_account(ports[0][0], "CN-ONE") is grpc.StatusCode.OK
+            assert _open_account(ports[1][0], "CN-TWO") is grpc.StatusCode.OK
+            # The account one replica opened is the other's too: opening it again there is refused as a duplicate.
+            assert _open_account(ports[1][0], "CN-ONE") is grpc.StatusCode.INVALID_ARGUMENT
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                assert process.wait(timeout=TIMEOUT) == 0
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        assert asyncio.run(_accounts(url)) == {"CN-ONE", "CN-TWO"}
+        for log in logs:
+            assert "Traceback" not in log.read_text()
+    finally:
+        asyncio.run(postgres.drop_databases(admin, [url]))
