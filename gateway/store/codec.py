@@ -18,6 +18,8 @@ from gateway.domain.records import (
     Purpose,
     TransferTerms,
 )
+from gateway.domain.transfer import Transfer, TransferRole, TransferState
+from gateway.store.base import Change, ChangeKind, change_digest
 
 
 def block_to_dict(block: UnitBlock) -> dict[str, Any]:
@@ -222,3 +224,31 @@ def to_text(moment: dt.datetime) -> str:
 def from_text(text: str) -> dt.datetime:
     """The inverse of `to_text`."""
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+
+
+def transfer_from_row(row: Any) -> Transfer:
+    """A transfer from its stored row or a mapping like it (the JSON the change feed keeps of one)."""
+    return Transfer(
+        transfer_id=row["transfer_id"],
+        role=TransferRole(row["role"]),
+        state=TransferState(row["state"]),
+        terms=terms_from_json(row["terms"]),
+        rejections=rejections_from_json(row["rejections"]),
+        created_at=from_text(row["created_at"]),
+        updated_at=from_text(row["updated_at"]),
+    )
+
+
+def change_from_row(position: int, kind_text: str, body_text: str, recorded_at: str) -> Change:
+    """A change-feed row as stored (migration 7) read back, with its digest."""
+    kind = ChangeKind(kind_text)
+    digest = change_digest(position, kind_text, recorded_at, body_text)
+    body = json.loads(body_text)
+    # A column written by a JSON function in the same statement (``json_set``) is nested as JSON, not as text.
+    for name in ("block", "terms", "rejections"):
+        if name in body and not isinstance(body[name], str):
+            body[name] = json.dumps(body[name])
+    moment = from_text(recorded_at)
+    if kind is ChangeKind.TRANSFER:
+        return Change(position, kind, moment, digest, transfer=transfer_from_row(body))
+    return Change(position, kind, moment, digest, entry=ledger_from_row(body["entry_id"], body))

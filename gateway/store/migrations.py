@@ -409,7 +409,7 @@ def _transfer_json(row: str) -> str:
     )
 
 
-_LEDGER_COLUMNS = (
+LEDGER_COLUMNS = (
     "entry_id",
     "action_date",
     "action_type",
@@ -433,7 +433,7 @@ _LEDGER_COLUMNS = (
 
 def _ledger_json(row: str) -> str:
     """A ledger row as JSON: every stored column (the generated ones follow from them)."""
-    return "json_object(" + ", ".join(f"'{c}', {row}.{c}" for c in _LEDGER_COLUMNS) + ")"
+    return "json_object(" + ", ".join(f"'{c}', {row}.{c}" for c in LEDGER_COLUMNS) + ")"
 
 
 def _change(kind: str, subject: str, body: str, where: str = "") -> str:

@@ -19,12 +19,28 @@ Each script is a list of statements run in one transaction with the row in ``sch
 
 from __future__ import annotations
 
+from gateway.store.migrations import LEDGER_COLUMNS
 from gateway.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 T = 'TEXT COLLATE "C"'
 """Text compared byte for byte, as SQLite compares."""
 
 _EMPTY = "'\\x'::bytea"
+
+
+def _transfer_json(row: str) -> str:
+    """A transfer row as JSON text, with the columns the store reads a transfer from (as migration 7 of
+    `gateway.store.migrations` writes them for SQLite)."""
+    return (
+        f"json_build_object('transfer_id', {row}.transfer_id, 'role', {row}.role, 'state', {row}.state,"
+        f" 'terms', {row}.terms, 'rejections', {row}.rejections, 'created_at', {row}.created_at,"
+        f" 'updated_at', {row}.updated_at)::text"
+    )
+
+
+def _ledger_json(row: str) -> str:
+    """A ledger row as JSON text: every stored column (the generated ones follow from them)."""
+    return "json_build_object(" + ", ".join(f"'{c}', {row}.{c}" for c in LEDGER_COLUMNS) + ")::text"
 
 
 def _description(version: int) -> str:
@@ -380,7 +396,72 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
-    # Version 7 is reserved (the change feed); it is ported here when it is merged.
+    (
+        7,
+        _description(7),
+        [
+            # Positions come from an identity column. A rolled-back write leaves a gap in the numbers, which
+            # readers never wait on; what matters is that positions commit in increasing order, which holds
+            # because every write transaction holds the store's write lock (see gateway.store.postgres).
+            f"""CREATE TABLE changes (
+                position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                kind {T} NOT NULL,
+                subject_id {T} NOT NULL,
+                body {T} NOT NULL,
+                recorded_at {T} NOT NULL
+            )""",
+            """CREATE FUNCTION changes_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    RAISE EXCEPTION 'the change feed is append-only';
+                END $$""",
+            "CREATE TRIGGER changes_no_update BEFORE UPDATE ON changes"
+            " FOR EACH ROW EXECUTE FUNCTION changes_append_only()",
+            "CREATE TRIGGER changes_no_delete BEFORE DELETE ON changes"
+            " FOR EACH ROW EXECUTE FUNCTION changes_append_only()",
+            """CREATE FUNCTION change_now() RETURNS text LANGUAGE sql AS $$
+                SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+            $$""",
+            f"""CREATE FUNCTION transfer_change() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF TG_OP = 'UPDATE' AND OLD.transfer_id IS NOT DISTINCT FROM NEW.transfer_id
+                        AND OLD.role IS NOT DISTINCT FROM NEW.role AND OLD.state IS NOT DISTINCT FROM NEW.state
+                        AND OLD.terms IS NOT DISTINCT FROM NEW.terms
+                        AND OLD.rejections IS NOT DISTINCT FROM NEW.rejections
+                        AND OLD.created_at IS NOT DISTINCT FROM NEW.created_at
+                        AND OLD.updated_at IS NOT DISTINCT FROM NEW.updated_at THEN
+                        RETURN NULL;
+                    END IF;
+                    INSERT INTO changes (kind, subject_id, body, recorded_at)
+                        VALUES ('transfer', NEW.transfer_id, {_transfer_json("NEW")}, change_now());
+                    RETURN NULL;
+                END $$""",
+            "CREATE TRIGGER transfers_change_insert AFTER INSERT ON transfers"
+            " FOR EACH ROW EXECUTE FUNCTION transfer_change()",
+            "CREATE TRIGGER transfers_change_update AFTER UPDATE ON transfers"
+            " FOR EACH ROW EXECUTE FUNCTION transfer_change()",
+            f"""CREATE FUNCTION ledger_change() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF TG_OP = 'INSERT' THEN
+                        INSERT INTO changes (kind, subject_id, body, recorded_at)
+                            VALUES ('ledger_entry', NEW.entry_id::text, {_ledger_json("NEW")}, change_now());
+                    ELSIF TG_OP = 'UPDATE' THEN
+                        IF OLD.entry_id IS DISTINCT FROM NEW.entry_id THEN
+                            INSERT INTO changes (kind, subject_id, body, recorded_at) VALUES
+                                ('ledger_entry_removed', OLD.entry_id::text, {_ledger_json("OLD")}, change_now());
+                        END IF;
+                        INSERT INTO changes (kind, subject_id, body, recorded_at)
+                            VALUES ('ledger_entry_changed', NEW.entry_id::text, {_ledger_json("NEW")}, change_now());
+                    ELSE
+                        INSERT INTO changes (kind, subject_id, body, recorded_at)
+                            VALUES ('ledger_entry_removed', OLD.entry_id::text, {_ledger_json("OLD")}, change_now());
+                    END IF;
+                    RETURN NULL;
+                END $$""",
+            "CREATE TRIGGER ledger_change_insert AFTER INSERT ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_change()",
+            "CREATE TRIGGER ledger_change_update AFTER UPDATE ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_change()",
+            "CREATE TRIGGER ledger_change_delete AFTER DELETE ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_change()",
+        ],
+    ),
     (
         8,
         _description(8),

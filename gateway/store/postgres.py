@@ -62,13 +62,15 @@ from gateway.domain.transfer import (
     USES_AUTHORIZED_QUANTITY,
     Transfer,
     TransferRole,
-    TransferState,
 )
 from gateway.store import codec
 from gateway.store.base import (
     CURRENT_STATUSES,
     GUARDED_STATUSES,
     BlockStatus,
+    Change,
+    ChangeKind,
+    CommitSignal,
     IdempotentResult,
     LogEntry,
     LogKind,
@@ -154,6 +156,13 @@ class PostgresStore:
     def __init__(self, pool: Any, *, read_only: bool = False) -> None:
         self._pool = pool
         self.read_only = read_only
+        self._commits = CommitSignal()
+
+    @property
+    def commits(self) -> CommitSignal:
+        """Notified after every write transaction this process commits (other replicas' commits are not seen:
+        watchers also poll)."""
+        return self._commits
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
@@ -208,6 +217,7 @@ class PostgresStore:
             begin += "; SET LOCAL synchronous_commit = off"
         async with self._pool.acquire() as connection, _transaction(connection, begin):
             yield PostgresTransaction(connection)
+        self._commits.notify()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[PostgresTransaction]:
@@ -619,10 +629,13 @@ class PostgresTransaction:
 
     async def get_transfer(self, transfer_id: str) -> Transfer | None:
         row = await self._one("SELECT * FROM transfers WHERE transfer_id = ?", (transfer_id,))
-        return None if row is None else _transfer(row)
+        return None if row is None else codec.transfer_from_row(row)
 
     async def list_transfers(self) -> list[Transfer]:
-        return [_transfer(r) for r in await self._all("SELECT * FROM transfers ORDER BY created_at, transfer_id")]
+        return [
+            codec.transfer_from_row(r)
+            for r in await self._all("SELECT * FROM transfers ORDER BY created_at, transfer_id")
+        ]
 
     async def open_transfers(self) -> list[Transfer]:
         final = [int(s) for s in FINAL_STATES]
@@ -630,7 +643,7 @@ class PostgresTransaction:
             f"SELECT * FROM transfers WHERE state NOT IN ({_placeholders(final)}) ORDER BY created_at, transfer_id",
             final,
         )
-        return [_transfer(r) for r in rows]
+        return [codec.transfer_from_row(r) for r in rows]
 
     async def status_queried_at(self, transfer_id: str) -> dt.datetime | None:
         row = await self._one("SELECT status_queried_at FROM transfers WHERE transfer_id = ?", (transfer_id,))
@@ -1315,6 +1328,21 @@ class PostgresTransaction:
 
     # operator idempotency
 
+    # the change feed
+
+    async def changes_after(self, position: int, limit: int, kinds: Sequence[ChangeKind] = ()) -> list[Change]:
+        sql = "SELECT position, kind, body, recorded_at FROM changes WHERE position > ?"
+        params: list[Any] = [position]
+        if kinds:
+            sql += " AND kind = ANY(?::text[])"
+            params.append([k.value for k in kinds])
+        rows = await self._all(sql + " ORDER BY position LIMIT ?", (*params, limit))
+        return [codec.change_from_row(r["position"], r["kind"], r["body"], r["recorded_at"]) for r in rows]
+
+    async def last_change_position(self) -> int:
+        row = await self._one("SELECT COALESCE(MAX(position), 0) AS last FROM changes")
+        return int(row["last"]) if row else 0
+
     async def get_idempotent(self, caller: str, method: str, key: str) -> IdempotentResult | None:
         row = await self._one(
             "SELECT request_hash, response FROM idempotency WHERE caller = ? AND method = ? AND idempotency_key = ?",
@@ -1422,18 +1450,6 @@ def _outbox_message(row: Record) -> OutboxMessage:
         settled_at=codec.from_text(settled) if settled else None,
         payload_digest=bytes(row["payload_digest"]),
         sealed=bytes(row["sealed"]),
-    )
-
-
-def _transfer(row: Record) -> Transfer:
-    return Transfer(
-        transfer_id=row["transfer_id"],
-        role=TransferRole(row["role"]),
-        state=TransferState(row["state"]),
-        terms=codec.terms_from_json(row["terms"]),
-        rejections=codec.rejections_from_json(row["rejections"]),
-        created_at=codec.from_text(row["created_at"]),
-        updated_at=codec.from_text(row["updated_at"]),
     )
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,6 @@ from gateway.domain.transfer import (
     USES_AUTHORIZED_QUANTITY,
     Transfer,
     TransferRole,
-    TransferState,
 )
 from gateway.store import codec
 from gateway.store.base import (
@@ -67,7 +66,6 @@ from gateway.store.base import (
     StoreConflict,
     StoredBlock,
     StoredMessage,
-    change_digest,
 )
 from gateway.store.migrations import DATA_STEPS, MIGRATIONS
 
@@ -556,10 +554,12 @@ class SQLiteTransaction:
 
     async def get_transfer(self, transfer_id: str) -> Transfer | None:
         row = self._one("SELECT * FROM transfers WHERE transfer_id = ?", (transfer_id,))
-        return None if row is None else _transfer(row)
+        return None if row is None else codec.transfer_from_row(row)
 
     async def list_transfers(self) -> list[Transfer]:
-        return [_transfer(r) for r in self._all("SELECT * FROM transfers ORDER BY created_at, transfer_id")]
+        return [
+            codec.transfer_from_row(r) for r in self._all("SELECT * FROM transfers ORDER BY created_at, transfer_id")
+        ]
 
     async def open_transfers(self) -> list[Transfer]:
         final = [int(s) for s in FINAL_STATES]
@@ -567,7 +567,7 @@ class SQLiteTransaction:
             f"SELECT * FROM transfers WHERE state NOT IN ({_placeholders(final)}) ORDER BY created_at, transfer_id",
             final,
         )
-        return [_transfer(r) for r in rows]
+        return [codec.transfer_from_row(r) for r in rows]
 
     async def status_queried_at(self, transfer_id: str) -> dt.datetime | None:
         row = self._one("SELECT status_queried_at FROM transfers WHERE transfer_id = ?", (transfer_id,))
@@ -1243,7 +1243,7 @@ class SQLiteTransaction:
             sql += f" AND kind IN ({_placeholders(kinds)})"
             params.extend(k.value for k in kinds)
         rows = self._all(sql + " ORDER BY position LIMIT ?", (*params, limit))
-        return [_change(r) for r in rows]
+        return [codec.change_from_row(r["position"], r["kind"], r["body"], r["recorded_at"]) for r in rows]
 
     async def last_change_position(self) -> int:
         row = self._one("SELECT COALESCE(MAX(position), 0) FROM changes")
@@ -1358,32 +1358,6 @@ def _outbox_message(row: sqlite3.Row) -> OutboxMessage:
         settled_at=codec.from_text(settled) if settled else None,
         payload_digest=bytes(row["payload_digest"]),
         sealed=bytes(row["sealed"]),
-    )
-
-
-def _change(row: sqlite3.Row) -> Change:
-    kind = ChangeKind(row["kind"])
-    digest = change_digest(row["position"], row["kind"], row["recorded_at"], row["body"])
-    body = json.loads(row["body"])
-    # A column written by a JSON function in the same statement (``json_set``) is nested as JSON, not as text.
-    for name in ("block", "terms", "rejections"):
-        if name in body and not isinstance(body[name], str):
-            body[name] = json.dumps(body[name])
-    recorded_at = codec.from_text(row["recorded_at"])
-    if kind is ChangeKind.TRANSFER:
-        return Change(row["position"], kind, recorded_at, digest, transfer=_transfer(body))
-    return Change(row["position"], kind, recorded_at, digest, entry=codec.ledger_from_row(body["entry_id"], body))
-
-
-def _transfer(row: sqlite3.Row | Mapping[str, Any]) -> Transfer:
-    return Transfer(
-        transfer_id=row["transfer_id"],
-        role=TransferRole(row["role"]),
-        state=TransferState(row["state"]),
-        terms=codec.terms_from_json(row["terms"]),
-        rejections=codec.rejections_from_json(row["rejections"]),
-        created_at=codec.from_text(row["created_at"]),
-        updated_at=codec.from_text(row["updated_at"]),
     )
 
 

@@ -19,7 +19,7 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.records import Account, AccountType, ActionType, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.store import open_store
-from gateway.store.base import BlockStatus, IdempotentResult, LogKind, OutboxKind, Store, StoreConflict
+from gateway.store.base import BlockStatus, ChangeKind, IdempotentResult, LogKind, OutboxKind, Store, StoreConflict
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.pg_migrations import PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
@@ -281,3 +281,29 @@ async def test_a_partners_error_text_with_a_nul_character_is_stored(store: Store
         kept = await tx.get_outbox("m")
     assert kept is not None and kept.last_error in ("refused: a\x00b", "refused: a\ufffdb")
     assert kept.attempts == 1
+
+
+@pytest.mark.asyncio
+async def test_the_change_feed_records_each_committed_write_in_order_and_nothing_rolled_back(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.append_ledger([entry(1, 10)])
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            await tx.append_ledger([entry(11, 20)])
+            raise RuntimeError("rolled back")
+    async with store.transaction() as tx:
+        await tx.append_ledger([entry(21, 30), entry(31, 40)])
+    async with store.read() as tx:
+        changes = await tx.changes_after(0, 100)
+        last = await tx.last_change_position()
+        after_first = await tx.changes_after(changes[0].position, 100)
+        only_one = await tx.changes_after(0, 1)
+    assert [(c.kind, c.entry.block.start if c.entry else None) for c in changes] == [
+        (ChangeKind.LEDGER_ENTRY, 1),
+        (ChangeKind.LEDGER_ENTRY, 21),
+        (ChangeKind.LEDGER_ENTRY, 31),
+    ]
+    positions = [c.position for c in changes]
+    assert positions == sorted(set(positions)) and last == positions[-1]
+    assert after_first == changes[1:] and only_one == changes[:1]
+    assert len({c.digest for c in changes}) == 3
