@@ -8,12 +8,15 @@ here rather than in the middle of ``make bench``.
 from __future__ import annotations
 
 import math
+import os
 import statistics
+from pathlib import Path
 
 import pytest
 
 from tests.bench import throughput
 from tests.bench.common import Figure
+from tests.services import require_service
 
 
 def test_a_tiny_sqlite_run_completes_every_transfer_and_reports_each_figure() -> None:
@@ -77,3 +80,29 @@ def test_postgres_is_skipped_with_a_reason_while_the_store_is_missing(monkeypatc
     else:
         assert [b.replicas for b in chosen] == [1, 1, 2] and [b.postgres for b in chosen] == [False, True, True]
         assert skipped == ""
+
+
+@pytest.mark.postgres
+@pytest.mark.asyncio
+async def test_the_postgres_backend_creates_its_own_databases_and_drops_them(tmp_path: Path) -> None:
+    dsn = os.environ.get("CARBON_GATEWAY_TEST_POSTGRES", "")
+    require_service(bool(dsn), "CARBON_GATEWAY_TEST_POSTGRES is not set (a PostgreSQL DSN)")
+    import asyncpg
+
+    backend = throughput.Backend("PostgreSQL", server_dsn=dsn)
+    async with throughput._databases(backend, tmp_path) as databases:
+        assert sorted(databases) == ["che", "chn"]
+        names = [url.rsplit("/", 1)[1] for url in databases.values()]
+        assert len(set(names)) == 2 and all(name.startswith("bench_") for name in names)
+        for url in databases.values():
+            connection = await asyncpg.connect(url)
+            try:
+                assert await connection.fetchval("SELECT current_database()") == url.rsplit("/", 1)[1]
+            finally:
+                await connection.close()
+    admin = await asyncpg.connect(dsn)
+    try:
+        left = await admin.fetch("SELECT datname FROM pg_database WHERE datname = ANY($1::text[])", names)
+    finally:
+        await admin.close()
+    assert left == []
