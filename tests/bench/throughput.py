@@ -12,13 +12,15 @@ from outside through the operator API: ``GetTransfer`` at ``CHN`` says ``COMPLET
 taken afterwards holds no pending message for the transfer (the Completion is queued in the transaction that
 completes it, and leaves the pending list when its receipt is recorded; a dead-lettered one would too, so the
 run ends by checking both dead-letter lists are empty and that ``CHE`` holds every transfer ``COMPLETED``).
-One watcher polls for all clients, every ``poll_interval`` (20 ms), so the latencies include up to one polling
-round. Polling is not free: each round costs ``CHN`` two outbox listings (a profile of a 2 ms interval showed
-them taking an eighth of ``CHN``'s CPU), hence the interval, small next to latencies of a second or more.
+One watcher polls for all clients, every ``poll_interval`` (50 ms), so the latencies include up to one polling
+round. Polling is not free: each round costs ``CHN`` one or two outbox listings and a ``GetTransfer`` per
+transfer it may have completed; measured by CPU time, a 20 ms interval cost ``CHN`` about 4 ms of CPU per
+transfer (of about 24) and this process 2 ms, hence the longer interval, small next to latencies of a second.
 
 Backends: SQLite always. PostgreSQL (``database = "postgresql://..."``, replicas = several ``CHN`` serve
-processes sharing one database, clients spread over them) when ``CARBON_GATEWAY_BENCH_POSTGRES`` names a
-server DSN and this checkout has the PostgreSQL store; its figures are reported with no target.
+processes sharing one database, clients spread over them, ``CHE`` sending to the first) when
+``CARBON_GATEWAY_BENCH_POSTGRES`` names a server DSN and this checkout has the PostgreSQL store; its figures are
+reported with no target.
 """
 
 from __future__ import annotations
@@ -531,7 +533,7 @@ def measure(
     echo_seconds: float = 3.0,
     batch_blocks: int = MAX_BLOCKS_PER_TRANSFER,
     batch_runs: int = 3,
-    poll_interval: float = 0.02,
+    poll_interval: float = 0.05,
 ) -> Measured:
     """Run both gateways and the echo server as child processes on ``backend`` and measure everything."""
     with tempfile.TemporaryDirectory(prefix="carbon-gateway-bench-") as folder:
