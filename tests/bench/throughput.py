@@ -177,7 +177,6 @@ class _Watcher:
         self.interval = interval
         self.waiting: dict[str, asyncio.Future[float]] = {}
         self._wake = asyncio.Event()
-        self.rounds = 0
 
     def completion(self, transfer_id: str) -> asyncio.Future[float]:
         """A future set to the ``time.perf_counter()`` at which the transfer was seen completed on both sides."""
@@ -191,33 +190,50 @@ class _Watcher:
         return {entry.transfer_id for entry in listed.entries}
 
     async def run(self) -> None:
-        """Poll until cancelled."""
-        while True:
-            if not self.waiting:
-                self._wake.clear()
-                await self._wake.wait()
-            self.rounds += 1
-            # A transfer with a message still pending on either side is not done; skipping it only saves calls.
-            busy = set.union(*await asyncio.gather(self._pending(self.chn), self._pending(self.che)))
-            candidates = [t for t in self.waiting if t not in busy]
-            transfers = await asyncio.gather(
-                *(self.chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=t)) for t in candidates)
-            )
-            completed = []
-            for transfer_id, transfer in zip(candidates, transfers, strict=True):
-                if transfer.state == records_pb2.COMPLETED:
-                    completed.append(transfer_id)
-                elif transfer.state in (records_pb2.REJECTED, records_pb2.CANCELLED, records_pb2.TERMINATED):
-                    state = records_pb2.TransferState.Name(transfer.state)
-                    self.waiting.pop(transfer_id).set_exception(RuntimeError(f"transfer {transfer_id} is {state}"))
-            if completed:
-                # Listed after CHN said COMPLETED: no pending Completion now means its receipt is recorded.
-                still = await self._pending(self.chn)
-                now = time.perf_counter()
-                for transfer_id in completed:
-                    if transfer_id not in still:
-                        self.waiting.pop(transfer_id).set_result(now)
-            await asyncio.sleep(self.interval)
+        """Poll until cancelled; a failed poll fails every transfer still waiting, rather than leave it hanging."""
+        try:
+            while True:
+                if not self.waiting:
+                    self._wake.clear()
+                    await self._wake.wait()
+                await self._poll()
+                await asyncio.sleep(self.interval)
+        except Exception as exc:
+            for future in self.waiting.values():
+                if not future.done():
+                    future.set_exception(RuntimeError(f"the completion watcher failed: {exc!r}"))
+            raise
+
+    def _settle(self, transfer_id: str, outcome: float | Exception) -> None:
+        future = self.waiting.pop(transfer_id)
+        if future.done():  # the client gave up waiting
+            return
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    async def _poll(self) -> None:
+        # A transfer with a message still pending on either side is not done; skipping it only saves calls.
+        busy = set.union(*await asyncio.gather(self._pending(self.chn), self._pending(self.che)))
+        candidates = [t for t in self.waiting if t not in busy]
+        transfers = await asyncio.gather(
+            *(self.chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=t)) for t in candidates)
+        )
+        completed = []
+        for transfer_id, transfer in zip(candidates, transfers, strict=True):
+            if transfer.state == records_pb2.COMPLETED:
+                completed.append(transfer_id)
+            elif transfer.state in (records_pb2.REJECTED, records_pb2.CANCELLED, records_pb2.TERMINATED):
+                state = records_pb2.TransferState.Name(transfer.state)
+                self._settle(transfer_id, RuntimeError(f"transfer {transfer_id} is {state}"))
+        if completed:
+            # Listed after CHN said COMPLETED: no pending Completion now means its receipt is recorded.
+            still = await self._pending(self.chn)
+            now = time.perf_counter()
+            for transfer_id in completed:
+                if transfer_id not in still:
+                    self._settle(transfer_id, now)
 
 
 async def _echo_rate(channels: Sequence[grpc.aio.Channel], seconds: float) -> tuple[float, list[float]]:
@@ -464,7 +480,6 @@ async def _measure(
                 batch_runs=batch_runs,
                 poll_interval=poll_interval,
             )
-    raise AssertionError("unreachable")  # pragma: no cover - mypy cannot see that the context returns
 
 
 async def _drive(
@@ -559,7 +574,7 @@ def figures(backend: Backend, measured: Measured, *, with_targets: bool) -> list
     return [
         Figure(
             name=f"completed transfers/s, {CLIENTS} concurrent operator clients, CHN and CHE as serve processes"
-            f" ({where}; {measured.transfers} transfers)",
+            f" ({where})",
             value=measured.transfers_per_second,
             unit="/s",
             limit_name=echo,
