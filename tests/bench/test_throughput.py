@@ -33,9 +33,17 @@ def test_a_tiny_sqlite_run_completes_every_transfer_and_reports_each_figure() ->
     for value in (measured.transfers_per_second, measured.echo_calls_per_second, measured.blocks_per_second):
         assert math.isfinite(value) and value > 0
 
+    # On Linux /proc tells each process's CPU: the gateways worked for every transfer and block, the echo
+    # server for every call.
+    # (A few 10-block proposals may take less than one clock tick of CPU: that one may be 0.)
+    assert measured.cpu_per_transfer is not None and measured.cpu_per_transfer > 0
+    assert measured.echo_cpu_per_call is not None and measured.echo_cpu_per_call > 0
+    assert measured.cpu_per_block is not None and measured.cpu_per_block >= 0
+
     figures = throughput.figures(throughput.SQLITE, measured, with_targets=True)
-    assert [f.unit for f in figures] == ["/s", "ms", "ms", "/s"]
-    assert [f.target for f in figures] == [0.05, None, None, 2.0]
+    assert [f.unit for f in figures] == ["/s", "ms", "ms", "/s", "ms", "ms"]
+    assert [f.target for f in figures] == [0.05, None, None, 2.0, None, None]
+    assert figures[4].value == pytest.approx(measured.cpu_per_transfer * 1e3)
     assert figures[0].value == measured.transfers_per_second
     assert figures[0].limit == figures[3].limit == measured.echo_calls_per_second
     assert figures[3].value == pytest.approx(10 / statistics.median(measured.batch_seconds))
@@ -56,6 +64,7 @@ def test_reported_figures_have_no_target_to_miss() -> None:
     )
     backend = throughput.Backend("PostgreSQL", replicas=2, server_dsn="postgresql://bench@127.0.0.1/postgres")
     figures = throughput.figures(backend, measured, with_targets=False)
+    assert len(figures) == 4  # no CPU figures where /proc said nothing
     assert all(f.target is None and f.met for f in figures)
     assert all(f.as_json()["target_met"] is None for f in figures)
     assert all("(reported, no target)" in f.line() and "2 CHN replicas" in f.name for f in figures)

@@ -144,6 +144,13 @@ class Measured:
     echo_p99: float
     batch_blocks: int
     batch_seconds: tuple[float, ...]
+    cpu_per_transfer: float | None = None
+    """CPU seconds the gateway processes (every CHN replica and CHE) used per completed transfer, polling
+    included; None where /proc cannot say. Unlike the rates, the load of other programs barely moves it."""
+    cpu_per_block: float | None = None
+    """The same per block of the batched proposals."""
+    echo_cpu_per_call: float | None = None
+    """CPU seconds the echo server used per call."""
 
     @property
     def blocks_per_second(self) -> float:
@@ -161,6 +168,34 @@ class _Gateways:
 def _percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+class _CPU:
+    """CPU seconds (user and system) the child processes have used so far, by role, read from /proc."""
+
+    def __init__(self) -> None:
+        self.pids: dict[str, list[int]] = {"chn": [], "che": [], "echo": []}
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def read(self) -> dict[str, float] | None:
+        """Seconds by role (the CHN replicas summed), or None where /proc cannot say."""
+        used: dict[str, float] = {}
+        try:
+            for role, pids in self.pids.items():
+                used[role] = 0.0
+                for pid in pids:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    used[role] += (int(fields[11]) + int(fields[12])) / self.tick
+        except (OSError, IndexError, ValueError):
+            return None
+        return used
+
+    @staticmethod
+    def spent(before: dict[str, float] | None, after: dict[str, float] | None, *roles: str) -> float | None:
+        """Seconds ``roles`` used between two readings; None if either is missing."""
+        if before is None or after is None:
+            return None
+        return sum(after[role] - before[role] for role in roles)
 
 
 class _Watcher:
@@ -460,18 +495,23 @@ async def _measure(
         chn_configs, che_config, addresses = _write_configs(workdir, databases, backend.replicas)
         root = Path(__file__).resolve().parents[2]
         serve = ("-m", "gateway.cli", "serve")
+        cpu = _CPU()
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(
+            echo = await stack.enter_async_context(
                 _child("-m", "tests.bench.servers", "echo", addresses.echo.rsplit(":", 1)[1], cwd=root)
             )
-            await stack.enter_async_context(_child(*serve, str(che_config), "--log-level", "ERROR", cwd=workdir))
+            cpu.pids["echo"].append(echo.pid)
+            che = await stack.enter_async_context(_child(*serve, str(che_config), "--log-level", "ERROR", cwd=workdir))
+            cpu.pids["che"].append(che.pid)
             for path in chn_configs:
-                await stack.enter_async_context(_child(*serve, str(path), "--log-level", "ERROR", cwd=workdir))
+                chn = await stack.enter_async_context(_child(*serve, str(path), "--log-level", "ERROR", cwd=workdir))
+                cpu.pids["chn"].append(chn.pid)
             for address in [*addresses.chn_operators, addresses.che_operator]:
                 await _wait_serving(address)
             await _wait_serving(addresses.echo, echo=True)
             return await _drive(
                 addresses,
+                cpu,
                 warmup=warmup,
                 transfers=transfers,
                 seconds=seconds,
@@ -484,6 +524,7 @@ async def _measure(
 
 async def _drive(
     addresses: _Gateways,
+    cpu: _CPU,
     *,
     warmup: int,
     transfers: int,
@@ -514,13 +555,19 @@ async def _drive(
         await _setup(chn, che, batch_runs, batch_blocks)
         watching = asyncio.create_task(watcher.run(), name="watcher")
         try:
+            at = [cpu.read()]
             echo_before, echo_latencies = await _echo_rate(echo_channels, echo_seconds)
+            at.append(cpu.read())
             done, elapsed, latencies = await _throughput(
                 chn, watcher, warmup=warmup, transfers=transfers, seconds=seconds
             )
+            at.append(cpu.read())
             echo_after, more = await _echo_rate(echo_channels, echo_seconds)
+            at.append(cpu.read())
+            echo_calls = len(echo_latencies) + len(more)
             echo_latencies += more
             batch_seconds = tuple([await _batched(chn[0], watcher, run, batch_blocks) for run in range(batch_runs)])
+            at.append(cpu.read())
         finally:
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -536,7 +583,17 @@ async def _drive(
         echo_p99=_percentile(echo_latencies, 0.99),
         batch_blocks=batch_blocks,
         batch_seconds=batch_seconds,
+        # The throughput phase's CPU covers its warm-up transfers too.
+        cpu_per_transfer=_per(_CPU.spent(at[1], at[2], "chn", "che"), count=done + CLIENTS * warmup),
+        cpu_per_block=_per(_CPU.spent(at[3], at[4], "chn", "che"), count=batch_blocks * batch_runs),
+        echo_cpu_per_call=_per(_CPU.spent(at[0], at[1], "echo"), _CPU.spent(at[2], at[3], "echo"), count=echo_calls),
     )
+
+
+def _per(*seconds: float | None, count: int) -> float | None:
+    """The sum of ``seconds`` over ``count``; None if any is unknown."""
+    known = [s for s in seconds if s is not None]
+    return sum(known) / count if len(known) == len(seconds) else None
 
 
 def measure(
@@ -609,6 +666,34 @@ def figures(backend: Backend, measured: Measured, *, with_targets: bool) -> list
             limit=measured.echo_calls_per_second,
             target=2.0 if with_targets else None,
             direction="min",
+        ),
+        *_cpu_figures(where, measured),
+    ]
+
+
+def _cpu_figures(where: str, measured: Measured) -> list[Figure]:
+    """CPU per unit of work, reported: what a loaded machine changes least. No figures where /proc cannot say."""
+    if measured.cpu_per_transfer is None or measured.cpu_per_block is None or not measured.echo_cpu_per_call:
+        return []
+    echo = "echo server CPU per echo call"
+    return [
+        Figure(
+            name=f"CPU per completed transfer, CHN and CHE serve processes together, polling included ({where})",
+            value=measured.cpu_per_transfer * 1e3,
+            unit="ms",
+            limit_name=echo,
+            limit=measured.echo_cpu_per_call * 1e3,
+            target=None,
+            direction="max",
+        ),
+        Figure(
+            name=f"CPU per block of the batched proposal, CHN and CHE together ({where})",
+            value=measured.cpu_per_block * 1e3,
+            unit="ms",
+            limit_name=echo,
+            limit=measured.echo_cpu_per_call * 1e3,
+            target=None,
+            direction="max",
         ),
     ]
 
