@@ -145,8 +145,9 @@ class Measured:
     batch_blocks: int
     batch_seconds: tuple[float, ...]
     cpu_per_transfer: float | None = None
-    """CPU seconds the gateway processes (every CHN replica and CHE) used per completed transfer, polling
-    included; None where /proc cannot say. Unlike the rates, the load of other programs barely moves it."""
+    """CPU seconds the gateway processes (every CHN replica and CHE; not the PostgreSQL server) used per
+    completed transfer, polling included; None where /proc cannot say. Unlike the rates, the load of other
+    programs barely moves it."""
     cpu_per_block: float | None = None
     """The same per block of the batched proposals."""
     echo_cpu_per_call: float | None = None
