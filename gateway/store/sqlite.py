@@ -580,6 +580,8 @@ class SQLiteTransaction:
 
     async def append_ledger(self, entries: Sequence[LedgerEntry]) -> list[int]:
         ids = []
+        # The longest block per (first transferring party, space): one upsert per key, not one per entry.
+        longest: dict[tuple[str, str, str, str], int] = {}
         for entry in entries:
             row = codec.ledger_row(entry)
             cursor = self._db.execute(
@@ -588,17 +590,13 @@ class SQLiteTransaction:
             assert cursor.lastrowid is not None
             ids.append(cursor.lastrowid)
             space = entry.block.space
-            self._db.execute(
-                "INSERT INTO ledger_spans VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE"
-                " SET longest = MAX(longest, excluded.longest)",
-                (
-                    entry.first_transferring_party,
-                    space.unit_kind,
-                    space.issuing_registry,
-                    space.issuance,
-                    entry.block.end - entry.block.start,
-                ),
-            )
+            key = (entry.first_transferring_party, space.unit_kind, space.issuing_registry, space.issuance)
+            longest[key] = max(longest.get(key, 0), entry.block.end - entry.block.start)
+        self._db.executemany(
+            "INSERT INTO ledger_spans VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE"
+            " SET longest = MAX(longest, excluded.longest)",
+            [(*key, span) for key, span in longest.items()],
+        )
         return ids
 
     async def list_ledger(self) -> list[LedgerEntry]:

@@ -197,8 +197,7 @@ class Acquiring(GatewayBase):
         return block, check_own_history(block, self.party, history)
 
     async def _acquire(self, tx: Transaction, transfer: Transfer) -> None:
-        credited = await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING)
-        await self._credit(tx, transfer)
+        credited = await self._credit(tx, transfer)
         terms = transfer.terms
         context = ActionContext(
             action_id=transfer.transfer_id,

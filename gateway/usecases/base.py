@@ -18,7 +18,7 @@ from gateway.domain.protocol import Deadlines, DecisionPolicy, Rejection
 from gateway.domain.records import Account, Authorization, TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance
 from gateway.exchange import Exchange, new_uuid
-from gateway.store.base import BlockStatus, IdempotentResult, OutboxKind, Store, Transaction
+from gateway.store.base import BlockStatus, IdempotentResult, OutboxKind, Store, StoredBlock, Transaction
 
 log = logging.getLogger("gateway.service")
 
@@ -210,17 +210,27 @@ class GatewayBase:
     async def _drop_pending(tx: Transaction, transfer_id: str) -> None:
         await tx.set_transfer_blocks_status(transfer_id, BlockStatus.PENDING, BlockStatus.DROPPED)
 
-    async def _credit(self, tx: Transaction, transfer: Transfer) -> None:
-        """Acquiring side: credit the pending units; units of this gateway's own issue are back home."""
-        for stored in await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING):
-            await tx.set_block_status(stored.block_id, BlockStatus.HELD)
+    async def _credit(self, tx: Transaction, transfer: Transfer) -> list[StoredBlock]:
+        """Acquiring side: credit the pending units; units of this gateway's own issue are back home.
+
+        Returns the blocks credited. Their status changes in one statement, not one per block: a transfer may
+        carry a thousand blocks.
+        """
+        pending = await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING)
+        await tx.set_transfer_blocks_status(transfer.transfer_id, BlockStatus.PENDING, BlockStatus.HELD)
+        for stored in pending:
             if self._is_own_space(stored.block):
                 await tx.remove_abroad(stored.block.space, stored.block.start, stored.block.end)
+        return pending
 
     async def _debit(self, tx: Transaction, transfer: Transfer) -> None:
-        """Initiating side: the reserved units leave; this side owes the partner the news until it is told."""
-        for stored in await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.RESERVED):
-            await tx.set_block_status(stored.block_id, BlockStatus.DEBITED)
+        """Initiating side: the reserved units leave; this side owes the partner the news until it is told.
+
+        Their status changes in one statement, not one per block, as in `_credit`.
+        """
+        reserved = await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.RESERVED)
+        await tx.set_transfer_blocks_status(transfer.transfer_id, BlockStatus.RESERVED, BlockStatus.DEBITED)
+        for stored in reserved:
             if self._is_own_space(stored.block):
                 await tx.add_abroad(stored.block.space, stored.block.start, stored.block.end)
 

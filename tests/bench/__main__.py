@@ -18,6 +18,7 @@ MODULES = (
     "tests.bench.mapping",
     "tests.bench.ledger",
     "tests.bench.reconciliation",
+    "tests.bench.throughput",
 )
 
 
@@ -32,8 +33,10 @@ def main() -> int:
             figures.append(figure)
     out = Path("bench-results.json")
     out.write_text(json.dumps([f.as_json() for f in figures], indent=2, ensure_ascii=False) + "\n")
-    met = sum(f.met for f in figures)
-    print(f"{met} of {len(figures)} targets met; written to {out}")
+    judged = [f for f in figures if f.target is not None]
+    met = sum(f.met for f in judged)
+    reported = len(figures) - len(judged)
+    print(f"{met} of {len(judged)} targets met ({reported} figures reported without a target); written to {out}")
     return 0
 
 

@@ -14,6 +14,7 @@ class Figure:
 
     ``direction`` says how the ratio is judged: ``"max"`` means ratio = value / limit must be at most
     ``target`` (latency, overhead); ``"min"`` means ratio must be at least ``target`` (throughput share).
+    A ``target`` of None makes a reported figure: printed with its ratio, judged against nothing.
     """
 
     name: str
@@ -21,7 +22,7 @@ class Figure:
     unit: str
     limit_name: str
     limit: float
-    target: float
+    target: float | None
     direction: Literal["max", "min"]
 
     @property
@@ -31,22 +32,25 @@ class Figure:
 
     @property
     def met(self) -> bool:
-        """Whether the target was met."""
+        """Whether the target was met (a reported figure has none to miss)."""
+        if self.target is None:
+            return True
         return self.ratio <= self.target if self.direction == "max" else self.ratio >= self.target
 
     def as_json(self) -> dict[str, Any]:
         """The entry written to bench-results.json."""
         entry = asdict(self)
-        entry.update(ratio=round(self.ratio, 4), target_met=self.met)
+        entry.update(ratio=round(self.ratio, 4), target_met=self.met if self.target is not None else None)
         return entry
 
     def line(self) -> str:
         """A human-readable line: value, limit, ratio and target."""
         op = "<=" if self.direction == "max" else ">="
         verdict = "met" if self.met else "MISSED"
+        judged = "(reported, no target)" if self.target is None else f"(target {op} {self.target}) {verdict}"
         return (
             f"{self.name}: {self.value:,.3f} {self.unit} vs {self.limit_name} {self.limit:,.3f} {self.unit}"
-            f" -> ratio {self.ratio:.3f} (target {op} {self.target}) {verdict}"
+            f" -> ratio {self.ratio:.3f} {judged}"
         )
 
 
