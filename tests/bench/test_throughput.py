@@ -75,20 +75,18 @@ def test_reported_figures_have_no_target_to_miss() -> None:
 
 def test_postgres_is_skipped_with_a_reason_when_no_dsn_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(throughput.POSTGRES_ENV, raising=False)
+    monkeypatch.delenv(throughput.TEST_POSTGRES_ENV, raising=False)
     chosen, skipped = throughput.backends()
     assert chosen == [throughput.SQLITE]
     assert throughput.POSTGRES_ENV in skipped
 
 
-def test_postgres_is_skipped_with_a_reason_while_the_store_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgres_is_measured_with_one_and_two_replicas_when_a_dsn_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(throughput.TEST_POSTGRES_ENV, raising=False)
     monkeypatch.setenv(throughput.POSTGRES_ENV, "postgresql://postgres@127.0.0.1:5432/postgres")
-    missing = throughput.postgres_store_missing()
     chosen, skipped = throughput.backends()
-    if missing:
-        assert chosen == [throughput.SQLITE] and skipped == missing
-    else:
-        assert [b.replicas for b in chosen] == [1, 1, 2] and [b.postgres for b in chosen] == [False, True, True]
-        assert skipped == ""
+    assert [b.replicas for b in chosen] == [1, 1, 2] and [b.postgres for b in chosen] == [False, True, True]
+    assert skipped == ""
 
 
 @pytest.mark.postgres

@@ -31,7 +31,6 @@ import dataclasses
 import importlib
 import importlib.util
 import os
-import pkgutil
 import statistics
 import tempfile
 import time
@@ -44,7 +43,6 @@ from typing import Any
 
 import grpc
 
-import gateway.store
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.demo import DEMO_AUTHORIZATION, demo_block
 from gateway.domain.text import MAX_BLOCKS_PER_TRANSFER
@@ -56,6 +54,9 @@ from tests.bench.transfer import _child, _free_port, _wait_serving
 POSTGRES_ENV = "CARBON_GATEWAY_BENCH_POSTGRES"
 """A PostgreSQL server DSN (e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``); the bench creates and drops
 its own databases on that server."""
+
+TEST_POSTGRES_ENV = "CARBON_GATEWAY_TEST_POSTGRES"
+"""The tests' PostgreSQL server, used when `POSTGRES_ENV` is not set."""
 
 CLIENTS = 32
 UNITS_PER_TRANSFER = 10
@@ -72,6 +73,7 @@ ECHO_PAYLOAD = b"x" * 600
 OPERATOR_TABLE = """
 [operator]
 listen = "127.0.0.1:{operator_port}"
+unauthenticated_loopback = true
 """
 
 GATEWAY_CONFIG = """
@@ -115,20 +117,6 @@ class Backend:
 
 
 SQLITE = Backend("SQLite")
-
-
-def postgres_store_missing() -> str:
-    """Why this checkout cannot run a gateway on PostgreSQL, or ``""`` if it can.
-
-    The PostgreSQL store is a module of `gateway.store` (its own branch until merged); once a module whose name
-    says PostgreSQL is there, the bench runs the PostgreSQL figures.
-    """
-    names = [m.name for m in pkgutil.iter_modules(gateway.store.__path__)]
-    if not any("postgres" in name or name in ("pg", "pgstore") for name in names):
-        return "this checkout has no PostgreSQL store (gateway.store has no PostgreSQL module)"
-    if importlib.util.find_spec("asyncpg") is None:
-        return "asyncpg is not installed"
-    return ""
 
 
 @dataclass(frozen=True)
@@ -701,12 +689,9 @@ def _cpu_figures(where: str, measured: Measured) -> list[Figure]:
 
 def backends() -> tuple[list[Backend], str]:
     """The backends to measure, and why PostgreSQL is skipped (``""`` if it is not)."""
-    dsn = os.environ.get(POSTGRES_ENV, "")
+    dsn = os.environ.get(POSTGRES_ENV, "") or os.environ.get(TEST_POSTGRES_ENV, "")
     if not dsn:
-        return [SQLITE], f"{POSTGRES_ENV} is not set (a PostgreSQL server DSN)"
-    missing = postgres_store_missing()
-    if missing:
-        return [SQLITE], missing
+        return [SQLITE], f"neither {POSTGRES_ENV} nor {TEST_POSTGRES_ENV} is set (a PostgreSQL server DSN)"
     postgres = Backend("PostgreSQL", server_dsn=dsn)
     return [SQLITE, postgres, dataclasses.replace(postgres, replicas=2)], ""
 
