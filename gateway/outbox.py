@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from carbon_gateway.v1 import partner_pb2
-from gateway import wire
+from gateway import faults, wire
 from gateway.domain.delivery import Outcome, classify
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.statements import GENESIS_HASH, ChannelState, payload_hash
@@ -145,6 +145,7 @@ class OutboxWorker:
                 heads = await tx.lane_heads(self.clock(), self.batch)
             if not heads:
                 return total
+            faults.reach("outbox-claimed")
             results = await asyncio.gather(*(self._attempt(m) for m in heads))
             total += sum(1 for r in results if r is Outcome.DELIVERED)
             if not any(r in (Outcome.DELIVERED, Outcome.DEAD_LETTER, Outcome.CATCH_UP) for r in results):
@@ -192,6 +193,7 @@ class OutboxWorker:
         except TransportError as exc:
             await self._retry(message, ResponseCode.OK, str(exc))
             return Outcome.RETRY
+        faults.reach("outbox-sent")
         try:
             receipt = self.exchange.read_receipt(partner, raw, sealed.envelope, message.message_id)
         except GatewayError as exc:
