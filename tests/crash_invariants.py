@@ -13,14 +13,17 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import grpc
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.demo import DEMO_AUTHORIZATION, demo_block
 
-Stub = operator_pb2_grpc.OperatorServiceAsyncStub
+if TYPE_CHECKING:
+    Stub: TypeAlias = operator_pb2_grpc.OperatorServiceAsyncStub
+else:  # the async stub type exists only in the type stubs
+    Stub = operator_pb2_grpc.OperatorServiceStub
 T = TypeVar("T")
 
 FINAL_STATES = frozenset({records_pb2.COMPLETED, records_pb2.REJECTED, records_pb2.CANCELLED, records_pb2.TERMINATED})
