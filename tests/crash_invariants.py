@@ -147,38 +147,51 @@ async def read_books(stub: Stub, *, until: float, party: str) -> Books:
     return Books({t.transfer_id: t for t in transfers.transfers}, list(holdings.holdings), list(ledger.entries))
 
 
+async def read_transfers(stub: Stub, *, until: float, party: str) -> dict[str, records_pb2.Transfer]:
+    """One gateway's transfers by ID: the cheap part of its books, for polling."""
+    listed = await retrying(
+        lambda: stub.ListTransfers(operator_pb2.ListTransfersRequest(), timeout=30), until=until, what=party
+    )
+    return {t.transfer_id: t for t in listed.transfers}
+
+
 def _state(transfer: records_pb2.Transfer | None) -> str:
     return "unknown" if transfer is None else records_pb2.TransferState.Name(transfer.state)
 
 
-def unsettled(chn: Books, che: Books, transfer_ids: Iterable[str]) -> list[str]:
+def unsettled(
+    chn: dict[str, records_pb2.Transfer], che: dict[str, records_pb2.Transfer], transfer_ids: Iterable[str]
+) -> list[str]:
     """The transfers among ``transfer_ids`` not yet in the same final state on both sides, described."""
     waiting = []
     for transfer_id in transfer_ids:
-        mine, theirs = chn.transfers.get(transfer_id), che.transfers.get(transfer_id)
+        mine, theirs = chn.get(transfer_id), che.get(transfer_id)
         if mine is None or theirs is None or mine.state not in FINAL_STATES or theirs.state != mine.state:
             waiting.append(f"{transfer_id}: CHN {_state(mine)}, CHE {_state(theirs)}")
     return waiting
 
 
 async def wait_settled(
-    chn: Stub, che: Stub, transfer_ids: Iterable[str], *, timeout: float, context: str = ""
+    chn: Stub, che: Stub, transfer_ids: Iterable[str], *, timeout: float, context: str = "", poll: float = 0.25
 ) -> tuple[Books, Books]:
     """Wait until every transfer is in the same final state on both sides; both sides' books then."""
     ids = list(transfer_ids)
     until = time.monotonic() + timeout
     while True:
-        books = await read_books(chn, until=until, party="CHN"), await read_books(che, until=until, party="CHE")
-        waiting = unsettled(*books, ids)
+        transfers = (
+            await read_transfers(chn, until=until, party="CHN"),
+            await read_transfers(che, until=until, party="CHE"),
+        )
+        waiting = unsettled(*transfers, ids)
         if not waiting:
-            return books
+            return await read_books(chn, until=until, party="CHN"), await read_books(che, until=until, party="CHE")
         if time.monotonic() > until:
             shown = "\n  ".join(waiting[:10])
             raise AssertionError(
                 f"{context}{len(waiting)} of {len(ids)} transfers not settled on both sides after {timeout} s:"
                 f"\n  {shown}"
             )
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(poll)
 
 
 def _quantity(block: records_pb2.UnitBlock) -> int:
@@ -202,7 +215,7 @@ def check_invariants(chn: Books, che: Books, *, issued: int) -> None:
     """
     problems: list[str] = []
     known = set(chn.transfers) | set(che.transfers)
-    problems += [f"not settled: {line}" for line in unsettled(chn, che, sorted(known))]
+    problems += [f"not settled: {line}" for line in unsettled(chn.transfers, che.transfers, sorted(known))]
     for books, party in ((chn, "CHN"), (che, "CHE")):
         for holding in books.holdings:
             if holding.status != "held":

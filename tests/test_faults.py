@@ -94,3 +94,10 @@ def test_the_registry_and_the_call_sites_name_the_same_points() -> None:
     for name in faults.POINTS:
         assert re.fullmatch(r"[a-z]+(-[a-z]+)+", name), name
         assert f"`{name}`" in readme, f"the README's Fault points section does not list {name}"
+
+
+def test_the_soak_arms_only_registered_points() -> None:
+    from tests.integration.test_soak import CHAOS_POINTS
+
+    for points in CHAOS_POINTS.values():
+        assert set(points) <= set(faults.POINTS)
