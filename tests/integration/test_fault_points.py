@@ -19,6 +19,8 @@ the same final state on both sides, with the invariants of `tests.crash_invarian
 | che-completion-committed   | CHE  | completion-committed | credit and ledger committed, no receipt         |
 | chn-rotation-committed     | CHN  | rotation-committed   | new document stored and queued, no switch       |
 | che-rotation-committed     | CHE  | rotation-committed   | the same at the acquiring side                  |
+| chn-rotation-push-sent     | CHN  | outbox-sent          | new document pushed, receipt not stored         |
+| che-rotation-push-sent     | CHE  | outbox-sent          | the same at the acquiring side                  |
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ CASES = [
     Case("che-completion-committed", "CHE", "completion-committed"),
     Case("chn-rotation-committed", "CHN", "rotation-committed", rotation=True),
     Case("che-rotation-committed", "CHE", "rotation-committed", rotation=True),
+    Case("chn-rotation-push-sent", "CHN", "outbox-sent", rotation=True),
+    Case("che-rotation-push-sent", "CHE", "outbox-sent", rotation=True),
 ]
 
 
@@ -125,6 +129,7 @@ async def _transfer_across_the_crash(chn: Stub, victim: ServeProcess, case: Case
 
 
 async def _rotate_across_the_crash(stubs: dict[str, Stub], victim: ServeProcess, case: Case) -> None:
+    """Rotate the victim's trust document while it dies: in the rotation, or in the push that follows it."""
     request = operator_pb2.RotateTrustDocumentRequest(
         idempotency_key="rotate", envelope_json=_next_trust_document(victim), signer="next"
     )
