@@ -172,7 +172,7 @@ class Chaos:
         """Restart ``gateway``, in one start of four with a random fault point armed; unarmed if that dies at once."""
         faults = ""
         if armed and self.rng.random() < 0.25:
-            faults = f"{self.rng.choice(CHAOS_POINTS[gateway.party])}@{self.rng.randint(1, 15)}"
+            faults = f"{self.rng.choice(CHAOS_POINTS[gateway.party])}@{self.rng.randint(1, 8)}"
             self.armed.append(f"{gateway.party}:{faults}")
         try:
             await gateway.restart(faults)
