@@ -8,7 +8,7 @@ PROTO_OUT := proto
 PROTOS := $(wildcard $(PROTO_DIR)/carbon_gateway/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto bench simulate clean
+.PHONY: run test lint proto bench simulate soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ SEEDS ?= 100
 STEPS ?= 300
 simulate: $(STAMP)
 	$(PY) -m tests.simulation --seeds $(SEEDS) --steps $(STEPS)
+
+# The soak test at full size: 1,000 transfers over a faulty proxy with random SIGKILLs (`make test` runs 100).
+SOAK_TRANSFERS ?= 1000
+soak: $(STAMP)
+	CARBON_GATEWAY_SOAK_TRANSFERS=$(SOAK_TRANSFERS) $(PY) -m pytest tests/integration/test_soak.py -q -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache bench-results.json

@@ -52,9 +52,20 @@ async def _serve(config_path: Path) -> int:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
+    from gateway import faults
     from gateway.config import ConfigError
 
+    try:
+        armed = faults.arm_from_environment()
+    except faults.FaultSpecError as exc:
+        print(f"carbon-gateway serve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if armed:
+        logging.getLogger("gateway").warning(
+            "fault points armed (%s): this process kills itself when it reaches them",
+            ", ".join(f"{name}@{nth}" for name, nth in sorted(armed.items())),
+        )
     try:
         return asyncio.run(_serve(Path(args.config)))
     except ConfigError as exc:

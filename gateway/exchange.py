@@ -43,7 +43,7 @@ from typing import Protocol
 from google.protobuf.message import DecodeError
 
 from carbon_gateway.v1 import partner_pb2
-from gateway import wire
+from gateway import faults, wire
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.statements import (
     ChannelState,
@@ -631,6 +631,8 @@ class Exchange:
             )
             reformed = self._reform(receipt, form)
             await self._log_pair(tx, partner.party, header.message_id, raw, form, reformed, now, topic)
+        if faults.ARMED:
+            faults.reach(faults.COMMITTED_BY_STATEMENT.get(statement.WhichOneof("body") or "", ""))
         self.on_enqueued()
         if not held:
             await self._apply_held(partner, header.sequence + 1)

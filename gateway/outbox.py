@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from carbon_gateway.v1 import partner_pb2
-from gateway import wire
+from gateway import faults, wire
 from gateway.domain.delivery import Outcome, classify
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.statements import GENESIS_HASH, ChannelState, payload_hash
@@ -178,6 +178,7 @@ class OutboxWorker:
                 heads = await tx.claim_lane_heads(now, self.batch, owner=self.replica, until=now + self.lease)
             if not heads:
                 return total  # another replica holds every due head; next_due_at says when its leases end
+            faults.reach("outbox-claimed")  # this replica now holds the leases of ``heads``
             if self.before_sending is not None:
                 await self.before_sending()
             results = await asyncio.gather(*(self._attempt(m) for m in heads))
@@ -229,6 +230,7 @@ class OutboxWorker:
         except TransportError as exc:
             await self._retry(message, ResponseCode.OK, str(exc))
             return Outcome.RETRY
+        faults.reach("outbox-sent")
         try:
             receipt = self.exchange.read_receipt(partner, raw, sealed.envelope, message.message_id)
         except GatewayError as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gateway import faults
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.exchange import Exchange, apply_trust_update
 from gateway.http.app import TRUST_VERSION_PATH
@@ -196,6 +197,7 @@ class TrustKeeper:
                 await tx.put_idempotent(
                     idem.caller, idem.method, idem.key, IdempotentResult(idem.request_hash, answer.encode())
                 )
+        faults.reach("rotation-committed")
         self.own = updated
         self.exchange.signer = signer
         self.exchange.on_enqueued()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 
 from carbon_gateway.v1 import partner_pb2
-from gateway import wire
+from gateway import faults, wire
 from gateway.domain import text
 from gateway.domain.blocks import SerialSpace, UnitBlock, split
 from gateway.domain.errors import GatewayError, ResponseCode
@@ -147,6 +147,7 @@ class Initiating(GatewayBase):
             await tx.insert_transfer(transfer)
             await exchange.enqueue(tx, terms.acquiring_party, proposal=proposal)
             await self._remember(tx, idem, transfer_id)
+        faults.reach("propose-committed")
         exchange.on_enqueued()
         return transfer
 
