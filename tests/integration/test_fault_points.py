@@ -157,6 +157,10 @@ async def _partner_trusts_version_2(partner: Stub, party: str) -> None:
         await asyncio.sleep(0.25)
 
 
+@pytest.mark.sqlite_only(
+    reason="real serve processes on SQLite files (tests/processes.py); run on PostgreSQL too, these minutes-long"
+    " cases would double the suite's longest file"
+)
 @pytest.mark.asyncio
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_a_crash_at_the_fault_point_is_recovered(tmp_path: Path, case: Case) -> None:

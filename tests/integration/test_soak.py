@@ -205,6 +205,10 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@pytest.mark.sqlite_only(
+    reason="real serve processes on SQLite files (tests/processes.py); run on PostgreSQL too, these minutes-long"
+    " cases would double the suite's longest file"
+)
 @pytest.mark.asyncio
 async def test_soak_transfers_survive_a_faulty_network_and_random_crashes(tmp_path: Path) -> None:
     rng = random.Random(SEED)
