@@ -232,8 +232,8 @@ async def _transaction(connection: Any, begin: str) -> AsyncIterator[None]:
     """Run ``begin`` (one round trip: BEGIN and the statements that must open the transaction), then COMMIT on
     normal exit or ROLLBACK on an exception. A COMMIT that PostgreSQL turns into a rollback (a statement failed
     and the caller went on) raises: nothing may pass for written that was not."""
-    await connection.execute(begin)
     try:
+        await connection.execute(begin)  # a write waits here for the lock: it may be cancelled meanwhile
         yield
     except BaseException:
         try:
