@@ -515,6 +515,7 @@ async def test_defect_04_a_sender_that_fell_behind_its_partner_catches_up_instea
         assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
     async with operator(pair.che) as che:  # the Completion reaches CHE after CHN completed
         assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+    await settle(pair.chn, pair.che)  # and CHN records CHE's receipt of it after that
     assert await dead_letters(pair.chn) == []
     async with pair.chn.store.read() as tx:
         assert (await tx.outgoing_channel("CHE")).last_sequence == channel.last_sequence + behind + 2
