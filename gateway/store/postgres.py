@@ -242,8 +242,8 @@ async def _transaction(connection: Any, begin: str) -> AsyncIterator[None]:
     """Run ``begin`` (one round trip: BEGIN and the statements that must open the transaction), then COMMIT on
     normal exit or ROLLBACK on an exception. A COMMIT that PostgreSQL turns into a rollback (a statement failed
     and the caller went on) raises: nothing may pass for written that was not."""
-    await connection.execute(begin)
     try:
+        await connection.execute(begin)  # a write waits here for the lock: it may be cancelled meanwhile
         yield
     except BaseException:
         try:
@@ -487,22 +487,17 @@ class PostgresTransaction:
     ) -> list[StoredBlock]:
         # Guarded blocks never overlap each other, so those sharing a serial with [start, end] are the ones
         # starting inside it plus at most one starting before it: two seeks in the partial index, whatever
-        # the length of the block history.
+        # the length of the block history, in one round trip.
         key = (space.unit_kind, space.issuing_registry, space.issuance)
         where = f"unit_kind = ? AND issuing_registry = ? AND issuance = ? AND status IN ({_GUARDED})"
-        before = await self._one(
-            f"SELECT * FROM blocks WHERE {where} AND serial_start < ? ORDER BY serial_start DESC LIMIT 1",
-            (*key, start),
+        rows = await self._all(
+            f"(SELECT * FROM blocks WHERE {where} AND serial_start < ? ORDER BY serial_start DESC LIMIT 1)"
+            f" UNION ALL (SELECT * FROM blocks WHERE {where} AND serial_start >= ? AND serial_start <= ?"
+            " ORDER BY serial_start LIMIT ?)",
+            (*key, start, *key, start, end, limit),
         )
-        inside = await self._all(
-            f"SELECT * FROM blocks WHERE {where} AND serial_start >= ? AND serial_start <= ? ORDER BY serial_start"
-            " LIMIT ?",
-            (*key, start, end, limit),
-        )
-        found = [_stored_block(r) for r in inside]
-        if before is not None and before["serial_end"] >= start:
-            found.insert(0, _stored_block(before))
-        return found
+        rows = sorted(rows, key=lambda r: int(r["serial_start"]))
+        return [_stored_block(r) for r in rows if r["serial_start"] >= start or r["serial_end"] >= start]
 
     async def blocks_of_transfer(self, transfer_id: str, status: BlockStatus) -> list[StoredBlock]:
         rows = await self._all(
@@ -530,23 +525,18 @@ class PostgresTransaction:
     # provenance
 
     async def _ranges(self, table: str, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
-        # Each table holds disjoint ranges per space: the same two seeks as for guarded blocks.
+        # Each table holds disjoint ranges per space: the same two seeks as for guarded blocks, one round trip.
         key = (space.unit_kind, space.issuing_registry, space.issuance)
         where = "unit_kind = ? AND issuing_registry = ? AND issuance = ?"
-        before = await self._one(
-            f"SELECT serial_start, serial_end FROM {table} WHERE {where} AND serial_start < ?"
-            " ORDER BY serial_start DESC LIMIT 1",
-            (*key, start),
+        rows = await self._all(
+            f"(SELECT serial_start, serial_end FROM {table} WHERE {where} AND serial_start < ?"
+            " ORDER BY serial_start DESC LIMIT 1)"
+            f" UNION ALL (SELECT serial_start, serial_end FROM {table} WHERE {where} AND serial_start >= ?"
+            " AND serial_start <= ? ORDER BY serial_start)",
+            (*key, start, *key, start, end),
         )
-        inside = await self._all(
-            f"SELECT serial_start, serial_end FROM {table} WHERE {where} AND serial_start >= ? AND serial_start <= ?"
-            " ORDER BY serial_start",
-            (*key, start, end),
-        )
-        found = [(int(r[0]), int(r[1])) for r in inside]
-        if before is not None and before[1] >= start:
-            found.insert(0, (int(before[0]), int(before[1])))
-        return found
+        found = sorted((int(r[0]), int(r[1])) for r in rows)
+        return [(lo, hi) for lo, hi in found if lo >= start or hi >= start]
 
     async def known_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
         return await self._ranges("known_ranges", space, start, end)

@@ -515,6 +515,7 @@ async def test_defect_04_a_sender_that_fell_behind_its_partner_catches_up_instea
         assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
     async with operator(pair.che) as che:  # the Completion reaches CHE after CHN completed
         assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+    await settle(pair.chn, pair.che)  # and CHN records CHE's receipt of it after that
     assert await dead_letters(pair.chn) == []
     async with pair.chn.store.read() as tx:
         assert (await tx.outgoing_channel("CHE")).last_sequence == channel.last_sequence + behind + 2
@@ -583,8 +584,12 @@ async def test_defect_04_a_lost_decision_is_recovered_by_a_status_query_and_both
             assert (
                 await wait_for_state(che, proposed.transfer_id, TERMINAL, timeout=30)
             ).state == records_pb2.COMPLETED
-        async with pair.chn.store.read() as tx:
-            kinds = [m.kind.value for m in await tx.list_outbox()]
+        # Both sides wait on the other, so whichever side's status query goes first recovers the transfer (on a
+        # slower store CHE's, asking whether its Completion comes, can).
+        kinds = []
+        for node in (pair.chn, pair.che):
+            async with node.store.read() as tx:
+                kinds += [m.kind.value for m in await tx.list_outbox()]
         assert "status_query" in kinds
         assert (1, 10, "held", "CCER") in await holdings(pair.che)
     finally:

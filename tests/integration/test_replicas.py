@@ -285,3 +285,32 @@ async def test_replicas_that_find_a_reconciliation_due_at_once_start_one_run(tmp
         assert len([r for r in runs if r.role.value == "requester"]) == 2
     finally:
         await network.stop()
+
+
+async def test_a_message_leased_by_a_replica_that_died_is_sent_by_another_when_the_lease_ends(tmp_path: Path) -> None:
+    network, chn = await replicated(tmp_path, "CHN", 2)
+    try:
+        block = await setup_accounts(Pair(chn[0], network["CHE"]))
+        for node in chn:
+            await node.core.outbox.stop()
+        transfer_id = await propose(chn[0], block, 1, 10, "orphaned")
+        assert isinstance(transfer_id, str), transfer_id
+        # A replica claims the Proposal and dies before sending it: its lease is all that is left of it.
+        now = dt.datetime.now(dt.UTC)
+        lease = dt.timedelta(seconds=2)
+        async with chn[0].store.transaction() as tx:
+            claimed = await tx.claim_lane_heads(now, 10, owner="a replica that died", until=now + lease)
+        assert [m.transfer_id for m in claimed] == [transfer_id]
+        chn[1].core.outbox.start()
+        chn[1].core.outbox.wake()
+        await asyncio.sleep(lease.total_seconds() / 4)
+        async with chn[1].store.read() as tx:  # not sent while the lease runs
+            message = await tx.get_outbox(claimed[0].message_id)
+            assert message is not None and message.state is OutboxState.PENDING and message.attempts == 0
+            assert await tx.holds_lease(message.outbox_id, "a replica that died")
+        async with operator(chn[1]) as stub:  # then taken over, and the transfer goes through
+            assert (await wait_for_state(stub, transfer_id, TERMINAL, timeout=30)).state == records_pb2.COMPLETED
+        async with chn[1].store.read() as tx:
+            assert not await tx.holds_lease(claimed[0].outbox_id, "a replica that died")
+    finally:
+        await network.stop()

@@ -307,3 +307,39 @@ async def test_the_change_feed_records_each_committed_write_in_order_and_nothing
     assert positions == sorted(set(positions)) and last == positions[-1]
     assert after_first == changes[1:] and only_one == changes[:1]
     assert len({c.digest for c in changes}) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_writer_cancelled_while_it_waits_for_another_leaves_nothing_behind(opener: Opener) -> None:
+    """A write transaction waits while another runs (on PostgreSQL for the advisory lock, perhaps held by
+    another replica); cancelled there, as a caller's deadline does, it writes nothing and the store goes on."""
+    first = await opener()
+    second = await opener() if isinstance(first, PostgresStore) else first
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with first.transaction() as tx:
+            await tx.put_setting("holder", "yes", NOW)
+            holding.set()
+            await release.wait()
+
+    async def wait_behind() -> None:
+        async with second.transaction() as tx:
+            await tx.put_setting("cancelled", "written", NOW)
+
+    try:
+        holder = asyncio.create_task(hold())
+        await holding.wait()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(wait_behind(), 0.5)
+        release.set()
+        await holder
+        async with second.transaction() as tx:
+            await tx.put_setting("after", "yes", NOW)
+        async with second.read() as tx:
+            assert await tx.get_setting("cancelled") is None
+            assert (await tx.get_setting("holder"), await tx.get_setting("after")) == ("yes", "yes")
+    finally:
+        await first.close()
+        if second is not first:
+            await second.close()
