@@ -1438,13 +1438,17 @@ async def held_at(node: GatewayNode) -> tuple[object, ...]:
 
 
 async def decisions_sent(node: GatewayNode, transfer_id: str | None = None) -> list[partner_pb2.Decision]:
-    """The Decisions (about ``transfer_id``, if given) that ``node`` has sent, from its message log."""
+    """The Decisions (about ``transfer_id``, if given) that ``node`` has sent, from its message log: each statement
+    once, however many times it was sent (a send that timed out on a loaded machine is sent again, and logged
+    again, with the same message ID)."""
     async with node.store.read() as tx:
         entries = await tx.list_log()
     found = []
+    seen: set[str] = set()
     for entry in entries:
-        if entry.direction != "out" or entry.kind is not LogKind.STATEMENT:
+        if entry.direction != "out" or entry.kind is not LogKind.STATEMENT or entry.message_id in seen:
             continue
+        seen.add(entry.message_id)
         statement = partner_pb2.Statement.FromString(wire.envelope_from_bytes(entry.envelope).payload)
         if statement.WhichOneof("body") == "decision" and transfer_id in (None, statement.decision.transfer_id):
             found.append(statement.decision)
