@@ -22,6 +22,7 @@ from carbon_gateway.v1 import mapping_pb2, operator_pb2
 from gateway.domain.access import AuthenticationRefused, Caller, OperatorCaller, Role, identify, is_loopback_peer
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.rpc.errors import abort_with
+from gateway.rpc.interceptors import streaming
 
 log = logging.getLogger(__name__)
 
@@ -207,15 +208,15 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                 return await inner_uu(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
+
+        async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await admit(method, context)
+            return request
+
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                await admit(method, context)
-                async for response in inner_us(request, context):
-                    yield response
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                streaming(handler.unary_stream, admitted), deserializer, serializer
+            )
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
 
@@ -224,13 +225,6 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                 return await inner_su(requests, context)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
-        inner_ss = handler.stream_stream
-
-        async def stream_stream(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            await admit(method, context)
-            async for response in inner_ss(requests, context):
-                yield response
-
-        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            streaming(handler.stream_stream, admitted), deserializer, serializer
+        )

@@ -7,6 +7,7 @@ any other malformed field: ``INVALID_ARGUMENT``, response code ``MALFORMED_PAYLO
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -69,15 +70,15 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[t
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async def readable(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 if isinstance(request, _Unreadable):
                     await abort_with(context, _refusal(method, request.reason))
-                async for response in inner_us(request, context):
-                    yield response
+                return request
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                streaming(handler.unary_stream, readable), deserializer, serializer
+            )
 
         async def checked(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -94,12 +95,31 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[t
                 return await inner_su(checked(requests, context), context)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
-        inner_ss = handler.stream_stream
 
-        async def stream_stream(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            async for response in inner_ss(checked(requests, context), context):
+        async def checking(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return checked(requests, context)
+
+        return grpc.stream_stream_rpc_method_handler(
+            streaming(handler.stream_stream, checking), deserializer, serializer
+        )
+
+
+def streaming(inner: Any, first: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+    """A streaming handler that runs ``first(request, context)`` (which may refuse the call, or return the request
+    to pass on) and then ``inner`` in ``inner``'s own style: an async generator function's responses are yielded
+    on, and a coroutine function that writes its responses itself (``context.write``, as grpc's health
+    ``Watch`` does) is awaited. An interceptor that iterated a coroutine would fail every such call."""
+    if inspect.isasyncgenfunction(inner):
+
+        async def generator(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            passed = await first(request, context)
+            async for response in inner(passed, context):
                 yield response
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)
+        return generator
+
+    async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        passed = await first(request, context)
+        await inner(passed, context)
+
+    return writer
