@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -343,3 +344,30 @@ async def test_a_writer_cancelled_while_it_waits_for_another_leaves_nothing_behi
         await first.close()
         if second is not first:
             await second.close()
+
+
+@pytest.mark.asyncio
+async def test_replicas_opening_a_fresh_postgresql_database_at_once_migrate_it_once() -> None:
+    """Three stores open one empty database together: one migrates under the advisory lock, the others wait and
+    find nothing left to do; each version is recorded once and every store works."""
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "migrate")
+    try:
+        stores = await asyncio.gather(*(open_store(url) for _ in range(3)))
+        try:
+            async with stores[0].read() as tx:
+                assert await tx.get_setting("none") is None
+            for i, opened in enumerate(stores):
+                async with opened.transaction() as tx:
+                    await tx.put_setting(f"replica-{i}", "up", NOW)
+        finally:
+            for opened in stores:
+                await opened.close()
+        connection = await asyncpg.connect(url)
+        try:
+            versions = [r[0] for r in await connection.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+        finally:
+            await connection.close()
+        assert versions == [v for v, _, _ in PG_MIGRATIONS]
+    finally:
+        await postgres.drop_databases(admin, [url])
