@@ -10,6 +10,7 @@ import enum
 import hashlib
 import hmac
 import ipaddress
+import urllib.parse
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -72,8 +73,10 @@ def is_loopback_host(host: str) -> bool:
 
 
 def is_loopback_peer(peer: str) -> bool:
-    """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``, ``unix:...``) is on loopback."""
+    """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:%5B::1%5D:5000`` as grpc percent-encodes it,
+    ``unix:...``) is on loopback."""
     scheme, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)
     if scheme == "unix":
         return True
     if scheme not in ("ipv4", "ipv6"):

@@ -46,6 +46,9 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
         ("ipv4:127.0.0.1:5000", True),
         ("ipv6:[::1]:5000", True),
         ("ipv6:[::ffff:127.0.0.1]:5000", True),
+        ("ipv6:%5B::1%5D:59946", True),  # as grpc reports it: percent-encoded
+        ("ipv6:%5B::ffff:127.0.0.1%5D:59946", True),
+        ("ipv6:%5B2001:db8::1%5D:59946", False),
         ("ipv4:192.0.2.7:5000", False),
         ("ipv6:[2001:db8::1]:5000", False),
         ("unix:/run/gateway.sock", True),
