@@ -81,7 +81,7 @@ def parse(spec: str) -> dict[str, int]:
             )
         nth = 1
         if at:
-            if not count.isdigit() or int(count) < 1 or len(count) > 9:
+            if not (count.isascii() and count.isdigit()) or len(count) > 9 or int(count) < 1:
                 raise FaultSpecError(
                     f"{ENVIRONMENT_VARIABLE}: {item[:80]!r}: the count after @ must be a whole number from 1"
                 )

@@ -30,6 +30,7 @@ def test_a_spec_arms_each_named_point_at_its_count() -> None:
         ("outbox-sent@0", "'outbox-sent@0'"),
         ("outbox-sent@x", "'outbox-sent@x'"),
         ("outbox-sent@", "'outbox-sent@'"),
+        ("outbox-sent@\u00b2", "'outbox-sent@\u00b2'"),  # a superscript two: a digit to str.isdigit, not to int()
         ("outbox-sent,outbox-sent@2", "'outbox-sent'"),
     ],
 )
