@@ -610,7 +610,10 @@ class Exchange:
                     code, detail = refused.code, refused.message
             except GatewayError as exc:
                 code, detail = exc.code, exc.message
-            except Exception:
+            except Exception as exc:
+                if self.store.is_transient(exc):
+                    # The database could not do it now: nothing is taken in, and the sender sends it again.
+                    raise
                 log.exception("failed while applying statement %s from %s", header.message_id, partner.party)
                 code, detail = ResponseCode.INTERNAL_ERROR, "the receiver failed while applying the statement"
             await tx.set_incoming_channel(partner.party, channel.advance(payload))

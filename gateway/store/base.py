@@ -575,6 +575,12 @@ class Store(Protocol):
         """Begin a transaction for reads only (a consistent snapshot)."""
         ...
 
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether ``error``, raised by this store inside a transaction, says the database could not do the work
+        now (a lost connection, a lock it waited too long for, a cancelled query) rather than that the work is
+        wrong: the transaction is then rolled back and retried as a whole, never recorded as done."""
+        ...
+
     @property
     def commits(self) -> CommitSignal:
         """Notified after every write transaction this store object commits (see `CommitSignal`)."""

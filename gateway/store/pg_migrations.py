@@ -25,6 +25,9 @@ from gateway.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 T = 'TEXT COLLATE "C"'
 """Text compared byte for byte, as SQLite compares."""
 
+WRITE_LOCK = 0x6361_7262_6F6E_0001
+"""The advisory lock every write transaction takes first ("carbon" and 1): one writer at a time per database."""
+
 _EMPTY = "'\\x'::bytea"
 
 
@@ -421,8 +424,12 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """CREATE FUNCTION change_now() RETURNS text LANGUAGE sql AS $$
                 SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
             $$""",
+            # A change takes the store's write lock before its position: the gateway's own writers hold it
+            # already, and a hand-made repair in another session then also commits its positions in order, so a
+            # watcher never passes a position that commits later.
             f"""CREATE FUNCTION transfer_change() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
+                    PERFORM pg_advisory_xact_lock({WRITE_LOCK});
                     IF TG_OP = 'UPDATE' AND OLD.transfer_id IS NOT DISTINCT FROM NEW.transfer_id
                         AND OLD.role IS NOT DISTINCT FROM NEW.role AND OLD.state IS NOT DISTINCT FROM NEW.state
                         AND OLD.terms IS NOT DISTINCT FROM NEW.terms
@@ -441,6 +448,7 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             " FOR EACH ROW EXECUTE FUNCTION transfer_change()",
             f"""CREATE FUNCTION ledger_change() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
+                    PERFORM pg_advisory_xact_lock({WRITE_LOCK});
                     IF TG_OP = 'INSERT' THEN
                         INSERT INTO changes (kind, subject_id, body, recorded_at)
                             VALUES ('ledger_entry', NEW.entry_id::text, {_ledger_json("NEW")}, change_now());
@@ -460,6 +468,13 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE TRIGGER ledger_change_insert AFTER INSERT ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_change()",
             "CREATE TRIGGER ledger_change_update AFTER UPDATE ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_change()",
             "CREATE TRIGGER ledger_change_delete AFTER DELETE ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_change()",
+            # What a database already holds starts the feed, as on SQLite.
+            "INSERT INTO changes (kind, subject_id, body, recorded_at)"
+            f" SELECT 'transfer', transfer_id, {_transfer_json('transfers')}, change_now() FROM transfers"
+            " ORDER BY updated_at, transfer_id",
+            "INSERT INTO changes (kind, subject_id, body, recorded_at)"
+            f" SELECT 'ledger_entry', entry_id::text, {_ledger_json('ledger')}, change_now() FROM ledger"
+            " ORDER BY entry_id",
         ],
     ),
     (

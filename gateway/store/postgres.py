@@ -84,18 +84,29 @@ from gateway.store.base import (
     StoredBlock,
     StoredMessage,
 )
-from gateway.store.pg_migrations import PG_MIGRATIONS
+from gateway.store.pg_migrations import PG_MIGRATIONS, WRITE_LOCK
 
 Record = Any  # asyncpg.Record: a row read by column name or position
 
-WRITE_LOCK = 0x6361_7262_6F6E_0001
-"""The advisory lock every write transaction takes first ("carbon" and 1): one writer at a time per database."""
 
 MIGRATION_LOCK = 0x6361_7262_6F6E_0002
 """The advisory lock held while migrations are checked and applied."""
 
 SCHEMES = ("postgresql", "postgres")
 """The URL schemes that name a PostgreSQL database."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.QueryCanceledError,
+    TimeoutError,
+    ConnectionError,
+)
+"""What says the database could not do a transaction's work now, not that the work is wrong."""
 
 
 class DatabaseUnavailable(Exception):
@@ -144,10 +155,14 @@ def _rowcount(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+LOCK_TIMEOUT = "60s"
+"""How long a statement waits for a row lock (held, say, by a hand-made repair) before it fails."""
+
+
 async def _init_connection(connection: Any) -> None:
     # Stored text is UTC ISO text, never a server-side timestamp: the session time zone is irrelevant, but
     # a statement that runs too long on a stuck lock is not.
-    await connection.execute("SET lock_timeout = '60s'")
+    await connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
 
 
 class PostgresStore:
@@ -157,6 +172,11 @@ class PostgresStore:
         self._pool = pool
         self.read_only = read_only
         self._commits = CommitSignal()
+
+    def is_transient(self, error: BaseException) -> bool:
+        """A connection lost or closed, a lock wait that ran out or a deadlock broken by the server, a query
+        cancelled (an administrator's ``pg_cancel_backend``, the command timeout), or a timeout on our side."""
+        return isinstance(error, TRANSIENT_ERRORS)
 
     @property
     def commits(self) -> CommitSignal:
@@ -212,7 +232,12 @@ class PostgresStore:
         Its first statement waits for ``WRITE_LOCK``, held until it ends: write transactions of every process
         on this database run one at a time. ``durable=False`` does not wait for the WAL flush at commit.
         """
-        begin = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+        # The wait for the write lock has no time limit (a large transfer on another replica may hold it for
+        # minutes; a caller's deadline cancels the wait); the session's limit on row locks applies after it.
+        begin = (
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = 0;"
+            f" SELECT pg_advisory_xact_lock({WRITE_LOCK}); SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
+        )
         if not durable:
             begin += "; SET LOCAL synchronous_commit = off"
         async with self._pool.acquire() as connection, _transaction(connection, begin):
@@ -885,6 +910,15 @@ class PostgresTransaction:
             " WHERE o.state = 'pending'" + lock
         )
 
+    async def _lane_leases(self, owner: str) -> dict[str, str]:
+        """The latest lease end on each lane's pending messages held by owners other than ``owner``."""
+        rows = await self._all(
+            "SELECT receiver, MAX(lease_until) AS until FROM outbox"
+            " WHERE state = 'pending' AND lease_owner NOT IN ('', ?) GROUP BY receiver",
+            (owner,),
+        )
+        return {r["receiver"]: r["until"] for r in rows}
+
     async def lane_heads(self, now: dt.datetime, limit: int) -> list[OutboxMessage]:
         due = codec.to_text(now)
         heads = [_outbox_message(r) for r in await self._heads() if r["next_attempt_at"] <= due]
@@ -893,17 +927,24 @@ class PostgresTransaction:
 
     async def next_due_at(self) -> dt.datetime | None:
         heads = await self._heads()
-        return min((codec.from_text(max(r["next_attempt_at"], r["lease_until"])) for r in heads), default=None)
+        leases = await self._lane_leases("")
+        return min(
+            (
+                codec.from_text(max(r["next_attempt_at"], r["lease_until"], leases.get(r["receiver"], "")))
+                for r in heads
+            ),
+            default=None,
+        )
 
     async def claim_lane_heads(
         self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime
     ) -> list[OutboxMessage]:
         due = codec.to_text(now)
-        rows = [
-            r
-            for r in await self._heads(claim=True)
-            if r["next_attempt_at"] <= due and (r["lease_owner"] in ("", owner) or r["lease_until"] <= due)
-        ]
+        # A lane is leased as a whole: while another replica's lease on any of its pending messages runs (the
+        # head it is sending, which a trust push or a retried dead letter may since have overtaken), the lane
+        # is its, and nobody else seals the lane's next sequence number or signs with a signer it may lack.
+        leased = {receiver for receiver, until in (await self._lane_leases(owner)).items() if until > due}
+        rows = [r for r in await self._heads(claim=True) if r["next_attempt_at"] <= due and r["receiver"] not in leased]
         rows.sort(key=lambda r: (r["next_attempt_at"], r["outbox_id"]))
         claimed = rows[:limit]
         await self._executemany(

@@ -78,6 +78,12 @@ class SQLiteStore:
         self._lock = asyncio.Lock()
         self._commits = CommitSignal()
 
+    def is_transient(self, error: BaseException) -> bool:
+        """Only a wait for another process's lock on the file that ran out (``busy_timeout``)."""
+        return isinstance(error, sqlite3.OperationalError) and str(error).startswith(
+            ("database is locked", "database is busy")
+        )
+
     @property
     def commits(self) -> CommitSignal:
         """Notified after every write transaction this store commits."""
@@ -811,6 +817,15 @@ class SQLiteTransaction:
             " WHERE o.state = 'pending'"
         )
 
+    def _lane_leases(self, owner: str) -> dict[str, str]:
+        """The latest lease end on each lane's pending messages held by owners other than ``owner``."""
+        rows = self._all(
+            "SELECT receiver, MAX(lease_until) AS until FROM outbox"
+            " WHERE state = 'pending' AND lease_owner NOT IN ('', ?) GROUP BY receiver",
+            (owner,),
+        )
+        return {r["receiver"]: r["until"] for r in rows}
+
     async def lane_heads(self, now: dt.datetime, limit: int) -> list[OutboxMessage]:
         due = codec.to_text(now)
         heads = [_outbox_message(r) for r in self._heads() if r["next_attempt_at"] <= due]
@@ -819,17 +834,24 @@ class SQLiteTransaction:
 
     async def next_due_at(self) -> dt.datetime | None:
         heads = self._heads()
-        return min((codec.from_text(max(r["next_attempt_at"], r["lease_until"])) for r in heads), default=None)
+        leases = self._lane_leases("")
+        return min(
+            (
+                codec.from_text(max(r["next_attempt_at"], r["lease_until"], leases.get(r["receiver"], "")))
+                for r in heads
+            ),
+            default=None,
+        )
 
     async def claim_lane_heads(
         self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime
     ) -> list[OutboxMessage]:
         due = codec.to_text(now)
-        rows = [
-            r
-            for r in self._heads()
-            if r["next_attempt_at"] <= due and (r["lease_owner"] in ("", owner) or r["lease_until"] <= due)
-        ]
+        # A lane is leased as a whole: while another replica's lease on any of its pending messages runs (the
+        # head it is sending, which a trust push or a retried dead letter may since have overtaken), the lane
+        # is its, and nobody else seals the lane's next sequence number or signs with a signer it may lack.
+        leased = {receiver for receiver, until in (self._lane_leases(owner)).items() if until > due}
+        rows = [r for r in self._heads() if r["next_attempt_at"] <= due and r["receiver"] not in leased]
         rows.sort(key=lambda r: (r["next_attempt_at"], r["outbox_id"]))
         claimed = rows[:limit]
         self._db.executemany(

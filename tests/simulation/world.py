@@ -165,6 +165,9 @@ class CrashingStore:
     def commits(self) -> CommitSignal:
         return self.inner.commits
 
+    def is_transient(self, error: BaseException) -> bool:
+        return self.inner.is_transient(error)
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -210,6 +210,28 @@ async def test_outbox_lanes_put_trust_first_and_leases_keep_a_head_to_one_replic
 
 
 @pytest.mark.asyncio
+async def test_a_lane_stays_with_the_replica_sending_it_when_a_trust_push_overtakes_its_head(store: Store) -> None:
+    later = NOW + dt.timedelta(seconds=30)
+    async with store.transaction() as tx:
+        await tx.enqueue(
+            receiver="CHE", message_id="m1", kind=OutboxKind.COMPLETION, transfer_id="t", body=b"x", now=NOW
+        )
+        [sending] = await tx.claim_lane_heads(NOW, 10, owner="replica-a", until=later)
+    async with store.transaction() as tx:
+        # A rotation through replica B queues a trust push, which ranks ahead of statements: it is the lane's
+        # head now, but A is still sending m1 on that lane.
+        await tx.enqueue(receiver="CHE", message_id="t1", kind=OutboxKind.TRUST, transfer_id="", body=b"{}", now=NOW)
+        assert [m.message_id for m in await tx.lane_heads(NOW, 10)] == ["t1"]
+        assert await tx.claim_lane_heads(NOW, 10, owner="replica-b", until=later) == []
+        assert await tx.next_due_at() == later
+        # A itself goes on with its lane.
+        assert [m.message_id for m in await tx.claim_lane_heads(NOW, 10, owner="replica-a", until=later)] == ["t1"]
+    async with store.transaction() as tx:
+        await tx.release_lease(sending.outbox_id, "replica-a")
+        assert [m.message_id for m in await tx.claim_lane_heads(later, 10, owner="replica-b", until=later)] == ["t1"]
+
+
+@pytest.mark.asyncio
 async def test_channels_settings_trust_and_idempotency_round_trip(store: Store) -> None:
     async with store.transaction(durable=False) as tx:
         await tx.set_outgoing_channel("CHE", ChannelState(BIG, b"h" * 32))

@@ -1,0 +1,48 @@
+"""A database that cannot do the work now (a lost connection, a lock wait that ran out) never turns a partner's
+statement into one taken in with no effect: the statement is refused whole, and the sender's retry applies it."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import asyncpg
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway.demo import Pair
+from gateway.domain.errors import GatewayError
+from gateway.store.sqlite import SQLiteStore
+from tests.integration.harness import operator, setup_accounts, transfer
+
+
+def _transient_error(store: Any) -> BaseException:
+    if isinstance(store, SQLiteStore):
+        return sqlite3.OperationalError("database is locked")
+    error: BaseException = asyncpg.exceptions.LockNotAvailableError("canceling statement due to lock timeout")
+    return error
+
+
+@pytest.mark.asyncio
+async def test_a_statement_the_database_could_not_apply_now_is_applied_by_the_retry(pair: Pair) -> None:
+    block = await setup_accounts(pair)
+    exchange = pair.che.exchange
+    applied = exchange.handler
+    failures: list[str] = []
+
+    async def fails_once(tx: Any, partner: str, header: Any, statement: Any) -> GatewayError | None:
+        if not failures:
+            failures.append(header.message_id)
+            raise _transient_error(pair.che.store)
+        return await applied(tx, partner, header, statement)
+
+    assert pair.che.store.is_transient(_transient_error(pair.che.store))
+    assert not pair.che.store.is_transient(ValueError("a bug"))
+    exchange.handler = fails_once
+    transfer_id = await transfer(pair, block, 1, 100, "transient-1")
+    assert len(failures) == 1
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        at_chn = await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+        at_che = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+    # The Proposal that failed once was not taken in as an INTERNAL_ERROR with no effect: its retry was applied.
+    assert at_chn.state == at_che.state == records_pb2.COMPLETED
