@@ -4,7 +4,8 @@ The request is the method's request message in the protobuf JSON mapping (`googl
 on the command line or on standard input (``-``); the answer is printed the same way, with the field names of
 the ``.proto`` files. The call goes through `gateway.ledger_cli._run`, as every command-line client of the API
 does: a refusal is one line with the response code and the field, and exit status 1. An unknown method or a
-request that does not parse is exit status 2.
+request that does not parse is exit status 2. The credentials are those of every such client (``--token-file``,
+``--ca-cert``, ``--client-cert``, ``--client-key``; see `gateway.ledger_cli`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from gateway.ledger_cli import EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError, fail
+from gateway.ledger_cli import EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError, credentials, fail
 
 SERVICE = "carbon_gateway.v1.OperatorService"
 
@@ -65,6 +66,7 @@ def call_options() -> argparse.ArgumentParser:
         help="wait for the gateway to come up (until the timeout) instead of failing at once when it is not there",
     )
     call.add_argument("--timeout", type=float, default=30.0, help="seconds (default: %(default)s)")
+    credentials(call)
     return call
 
 

@@ -86,3 +86,25 @@ async def test_watch_sends_the_token_over_tls(
     assert line["position"] == "1" and line["kind"] == "TRANSFER"
     code, out, err = await _cli(capsys, *watch)
     assert (code, out) == (1, "") and "CALLER_UNAUTHENTICATED" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.asyncio
+async def test_call_takes_the_shared_credential_options(
+    gateway: TLSGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CARBON_GATEWAY_TOKEN_FILE", raising=False)
+    call = ("call", "ListTransfers", "--address", gateway.node.operator_address, "--ca-cert", str(gateway.ca))
+    code, out, err = await _cli(capsys, *call, "--token-file", str(gateway.reader_token))
+    assert code == 0, err
+    [transfer] = json.loads(out)["transfers"]
+    assert transfer["state"] == "CHECKED"
+    # The streaming method carries the token too: it prints the change, then follows until the timeout.
+    watch = ("call", "WatchChanges", *call[2:], "--timeout", "3")
+    code, out, err = await _cli(capsys, *watch, "--token-file", str(gateway.reader_token))
+    assert [json.loads(line)["position"] for line in out.splitlines()] == ["1"] and "DEADLINE_EXCEEDED" in err, err
+    code, out, err = await _cli(capsys, *call)
+    assert (code, out) == (1, "") and "CALLER_UNAUTHENTICATED" in err and err.count("\n") == 1, err
+    code, _, err = await _cli(capsys, *call, "--token-file", str(tmp_path / "absent"))
+    assert code == 2 and "--token-file" in err and err.count("\n") == 1, err
+    code, _, err = await _cli(capsys, *call, "--client-cert", str(gateway.ca))
+    assert code == 2 and "--client-key" in err and err.count("\n") == 1, err
