@@ -281,6 +281,27 @@ def test_trust_next_retire_old_leaves_only_the_new_key(tmp_path: Path, capsys: p
     assert request["signer"] == "next"
 
 
+def test_trust_next_prints_the_new_key_as_the_configuration_resolves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _gateway(tmp_path, capsys)
+    monkeypatch.chdir(tmp_path)
+    argv = ["trust", "next", "--config", "chn/gateway.toml", "--new-key", "file:chn/keys/chn-2.key"]
+    assert main([*argv, "--out", "v2.json"]) == 0
+    # The configuration's paths resolve against its own folder, not the folder trust next ran in.
+    line = 'next = "file:keys/chn-2.key"'
+    assert f"under [signers]: {line}," in capsys.readouterr().out
+    config.write_text(config.read_text() + f"\n[signers]\n{line}\n")
+    configured = signer_from_uri(load_config(config).signers["next"])
+    assert configured.keyid == signer_from_uri(str(tmp_path / "chn" / "keys" / "chn-2.key")).keyid
+    # A key outside the configuration's folder is printed as an absolute path.
+    assert main(["keys", "generate", "--out", "n3"]) == 0
+    capsys.readouterr()
+    argv = ["trust", "next", "--config", "chn/gateway.toml", "--new-key", "n3.key", "--signer-name", "n3"]
+    assert main([*argv, "--out", "v2b.json"]) == 0
+    assert f'under [signers]: n3 = "{tmp_path.resolve() / "n3.key"}",' in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
