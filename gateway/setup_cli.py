@@ -243,9 +243,13 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _check_empty(folder: Path) -> None:
-    if not folder.exists():
-        return
-    if not folder.is_dir():
+    try:
+        if not folder.exists():
+            return
+        is_folder = folder.is_dir()
+    except OSError as exc:  # a name too long, a component that is a file
+        raise SetupError(f"DIR {folder}: cannot be used as a folder: {exc.strerror or exc}") from None
+    if not is_folder:
         raise SetupError(f"{folder} exists and is not a folder; choose a new folder")
     try:
         entries = sorted(p.name for p in folder.iterdir())
@@ -593,7 +597,11 @@ def _trust_next(args: argparse.Namespace) -> int:
         "signer": args.signer_name,
     }
     for path in (out, request_path):
-        if path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name too long
+            raise SetupError(f"--out: cannot write {path}: {exc.strerror or exc}") from None
+        if exists:
             raise SetupError(f"refusing to overwrite {path}; remove it or choose --out")
     _write_new(out, envelope.to_json())
     _write_new(request_path, json.dumps(request, indent=2).encode() + b"\n")

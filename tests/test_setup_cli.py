@@ -160,6 +160,30 @@ def test_init_refuses_a_bad_argument_in_one_line(
     assert not (tmp_path / "gw").exists()
 
 
+def test_names_too_long_and_a_passphrase_too_long_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = str(tmp_path / ("x" * 300))
+    code, out, err = _init(capsys, "--party", "CHN", long)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith(f"carbon-gateway init: DIR {long}: ") and err.endswith("File name too long\n"), err
+    for prefix in (long, f"{long}/chn"):
+        assert main(["keys", "generate", "--out", prefix]) == 2
+        err = capsys.readouterr().err
+        assert err == f"carbon-gateway keys generate: --out {prefix}: File name too long\n", err
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_bytes(b"p" * 1024 + b"\n")
+    key = tmp_path / "k"
+    argv = ["keys", "generate", "--algorithm", "ecdsa-p256-sha256", "--passphrase-file", str(passphrase)]
+    assert main([*argv, "--out", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("carbon-gateway keys generate: --passphrase-file ") and err.count("\n") == 1, err
+    assert "1024 bytes; at most 1023" in err and not key.with_suffix(".key").exists()
+    passphrase.write_bytes(b"p" * 1023 + b"\n")
+    assert main([*argv, "--out", str(key)]) == 0
+    assert signer_from_uri(f"file:{key}.key?passphrase-file={passphrase}").public_key.keyid
+
+
 def test_init_refuses_a_folder_that_holds_anything_and_leaves_it_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -310,6 +334,7 @@ def test_trust_next_prints_the_new_key_as_the_configuration_resolves_it(
         (["--new-key", "NEW", "--days", "9999"], "--days 9999 is not in 1..3650"),
         (["--new-key", "NEW", "--current", "gateway.toml"], "--current: "),
         (["--new-key", "NEW", "--out", "/nonexistent-folder/v2.json"], "cannot write /nonexistent-folder/v2.json"),
+        (["--new-key", "NEW", "--out", "LONG.json"], "--out: cannot write LONG.json: File name too long"),
     ],
 )
 def test_trust_next_refuses_bad_input_in_one_line(
@@ -318,9 +343,9 @@ def test_trust_next_refuses_bad_input_in_one_line(
     config = _gateway(tmp_path, capsys)
     keys = tmp_path / "chn" / "keys"
     names = {"CURRENT": str(keys / "chn.key"), "NEW": str(keys / "chn-2.key"), "gateway.toml": str(config)}
-    argv = [names.get(a, a) for a in argv]
+    argv = [names.get(a, a).replace("LONG", str(tmp_path / ("x" * 300))) for a in argv]
     assert main(["trust", "next", "--config", str(config), *argv]) == 2
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.replace(str(tmp_path / ("x" * 300)), "LONG")
     assert err.startswith("carbon-gateway trust next: ") and err.count("\n") == 1
     assert expected in err
 
