@@ -414,6 +414,13 @@ async def test_call_sends_json_to_any_method_and_prints_json(
             "call", "OpenAccount", "--address", address, "--field", "account_type", "-", stdin=request.encode()
         )
         assert (code, out) == (0, "project owner\n")
+        # A field the answer does not have is a usage error, refused before anything is sent (a loop waiting for
+        # the field's value would otherwise spin on empty lines).
+        code, out, err = await _cli(
+            "call", "GetTransfer", '{"transfer_id": "t"}', "--address", address, "--field", "stat"
+        )
+        assert (code, out) == (2, "") and err.count("\n") == 1
+        assert "--field stat: " in err and "no field 'stat'; its fields: transfer_id, role, state," in err
         # A refusal: one line with the response code and the field, exit 1.
         bad = json.dumps({"idempotency_key": "k2", "account": {**account, "account_id": "X", "account_type": "vault"}})
         code, out, err = await _cli("call", "OpenAccount", bad, "--address", address)
@@ -440,6 +447,21 @@ async def test_call_sends_json_to_any_method_and_prints_json(
         (["call", "GetTransfer", '{"transfer": 1}', "--address", "127.0.0.1:9"], "(its fields: transfer_id)"),
         (["call", "GetTransfer", "{}"], "give the gateway: --config FILE or --address HOST:PORT"),
         (["call", "GetTransfer", "{}", "--address", "a:1", "--bogus"], "unrecognized arguments: --bogus"),
+        (["call", "ListTransfers", "[]", "--address", "127.0.0.1:9"], "the request is an array, not a JSON object"),
+        (["call", "GetTransfer", '"t1"', "--address", "127.0.0.1:9"], "the request is a string, not a JSON object"),
+        *(
+            (["call", "ListTransfers", "--address", "127.0.0.1:9", "--timeout", timeout], f"--timeout {shown}: ")
+            for timeout, shown in [("nan", "nan"), ("inf", "inf"), ("1e308", "1e+308"), ("-1", "-1.0"), ("0", "0.0")]
+        ),
+        (
+            ["call", "ListTransfers", "--address", "127.0.0.1:9", "--field", "nosuch"],
+            "--field nosuch: the answer (carbon_gateway.v1.ListTransfersResponse) has no field 'nosuch'; its fields:"
+            " transfers",
+        ),
+        (
+            ["call", "GetTransfer", "--address", "127.0.0.1:9", "--field", "blocks.start"],
+            "--field blocks.start: 'blocks' is not a single message",
+        ),
     ],
 )
 def test_call_refuses_an_unknown_method_or_bad_json_with_exit_2(
