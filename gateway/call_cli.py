@@ -3,8 +3,11 @@
 The request is the method's request message in the protobuf JSON mapping (`google.protobuf.json_format`), given
 on the command line or on standard input (``-``); the answer is printed the same way, with the field names of
 the ``.proto`` files. The call goes through `gateway.ledger_cli._run`, as every command-line client of the API
-does: a refusal is one line with the response code and the field, and exit status 1. An unknown method or a
-request that does not parse is exit status 2.
+does: a refusal is one line with the response code and the field, and exit status 1. An unknown method, a
+request that does not parse or is not a JSON object, a ``--field`` the response message does not have, or a
+``--timeout`` that is not a number of seconds is exit status 2, before anything is sent. The credentials are
+those of every such client (``--token-file``, ``--ca-cert``, ``--client-cert``, ``--client-key``; see
+`gateway.ledger_cli`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import sys
 from typing import Any, NoReturn
 
 from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from gateway.ledger_cli import EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError, fail
+from gateway.ledger_cli import EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError, credentials, fail
 
 SERVICE = "carbon_gateway.v1.OperatorService"
+
+MAX_TIMEOUT = 365 * 24 * 3600
+"""The longest ``--timeout``, in seconds (a year): gRPC cannot keep a deadline much further off."""
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +71,7 @@ def call_options() -> argparse.ArgumentParser:
         help="wait for the gateway to come up (until the timeout) instead of failing at once when it is not there",
     )
     call.add_argument("--timeout", type=float, default=30.0, help="seconds (default: %(default)s)")
+    credentials(call)
     return call
 
 
@@ -122,6 +129,18 @@ def parse_request(method: MethodDescriptor, text: str) -> Message:
     request_class = message_factory.GetMessageClass(method.input_type)
     request: Message = request_class()
     try:
+        value = json.loads(text)
+    except ValueError:
+        value = {}  # json_format says what is wrong with it
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(
+            type(value), "a number"
+        )
+        raise UsageError(
+            f"the request is {kind}, not a JSON object: give a {method.input_type.full_name}"
+            f" as {{...}} (its fields: {', '.join(f.name for f in method.input_type.fields)})"
+        )
+    try:
         json_format.Parse(text, request)
     except json_format.ParseError as exc:
         raise UsageError(
@@ -135,6 +154,29 @@ def answer_json(answer: Message) -> dict[str, Any]:
     """An answer in the protobuf JSON mapping, with the ``.proto`` field names."""
     result: dict[str, Any] = json_format.MessageToDict(answer, preserving_proto_field_name=True)
     return result
+
+
+def check_field(message: Descriptor, path: str) -> None:
+    """Refuse a ``--field`` path that names no field of ``message`` (the method's response), listing the fields
+    there are: a typo would otherwise print an empty line, as a field left at its default does."""
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        field = message.fields_by_name.get(part)
+        if field is None:
+            where = f"the answer's {'.'.join(parts[:depth])}" if depth else "the answer"
+            fields = ", ".join(f.name for f in message.fields) or "none"
+            raise UsageError(
+                f"--field {path}: {where} ({message.full_name}) has no field {part!r}; its fields: {fields}"
+            )
+        if depth + 1 < len(parts):
+            nested = field.message_type
+            if (
+                nested is None
+                or field.is_repeated
+                or nested.full_name.startswith("google.protobuf.")  # printed as one JSON value, not an object
+            ):
+                raise UsageError(f"--field {path}: {part!r} is not a single message with fields of its own")
+            message = nested
 
 
 def _pick(answer: dict[str, Any], path: str) -> str:
@@ -153,10 +195,12 @@ def _call(args: argparse.Namespace) -> int:
         args = _parse_options(args)
         check_arguments(args)
         method = find_method(args.method)
+        if not 0 < args.timeout <= MAX_TIMEOUT:  # also refuses nan
+            raise UsageError(f"--timeout {args.timeout}: give a number of seconds above 0, at most {MAX_TIMEOUT}")
+        if args.field:
+            check_field(method.output_type, args.field)
         text = sys.stdin.read() if args.request == "-" else args.request
         request = parse_request(method, text)
-        if args.timeout <= 0:
-            raise UsageError(f"--timeout {args.timeout}: give a number of seconds above 0")
         printed: list[dict[str, Any]] = []
 
         def show(answer: Message) -> None:

@@ -222,7 +222,7 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
         raise UsageError(
             f"{address} is not a loopback address: the token would cross the network in plaintext; give --ca-cert"
         )
-    interceptors = [_bearer_token(token)] if token is not None else None
+    interceptors = _bearer_token(token) if token is not None else None
 
     async def go() -> Any:
         channel = (
@@ -245,24 +245,40 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
         raise RefusedError(f"{ResponseCode(detail.code).name}: {detail.message}{where}") from None
 
 
-def _bearer_token(token: str) -> Any:
-    """A client interceptor that adds ``authorization: Bearer <token>`` to every unary call of a channel."""
+def _bearer_token(token: str) -> list[Any]:
+    """Client interceptors that add ``authorization: Bearer <token>`` to every call of a channel: unary calls and
+    streaming ones (WatchChanges, StreamMapRecords) alike. A grpc.aio channel files each interceptor under one
+    kind of call only, so there is one per kind."""
     import grpc
 
     header = ("authorization", f"Bearer {token}")
 
-    class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-        async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-            details = grpc.aio.ClientCallDetails(
-                client_call_details.method,
-                client_call_details.timeout,
-                grpc.aio.Metadata(*(client_call_details.metadata or ()), header),
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
-            )
-            return await continuation(details, request)
+    def with_token(client_call_details: Any) -> Any:
+        return grpc.aio.ClientCallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            grpc.aio.Metadata(*(client_call_details.metadata or ()), header),
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+        )
 
-    return BearerToken()
+    class UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+        async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+            return await continuation(with_token(client_call_details), request)
+
+    class UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+        async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+            return await continuation(with_token(client_call_details), request)
+
+    class StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+        async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
+            return await continuation(with_token(client_call_details), requests)
+
+    class StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+        async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
+            return await continuation(with_token(client_call_details), requests)
+
+    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
 
 
 class RefusedError(Exception):

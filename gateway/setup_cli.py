@@ -243,9 +243,13 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _check_empty(folder: Path) -> None:
-    if not folder.exists():
-        return
-    if not folder.is_dir():
+    try:
+        if not folder.exists():
+            return
+        is_folder = folder.is_dir()
+    except OSError as exc:  # a name too long, a component that is a file
+        raise SetupError(f"DIR {folder}: cannot be used as a folder: {exc.strerror or exc}") from None
+    if not is_folder:
         raise SetupError(f"{folder} exists and is not a folder; choose a new folder")
     try:
         entries = sorted(p.name for p in folder.iterdir())
@@ -593,7 +597,11 @@ def _trust_next(args: argparse.Namespace) -> int:
         "signer": args.signer_name,
     }
     for path in (out, request_path):
-        if path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name too long
+            raise SetupError(f"--out: cannot write {path}: {exc.strerror or exc}") from None
+        if exists:
             raise SetupError(f"refusing to overwrite {path}; remove it or choose --out")
     _write_new(out, envelope.to_json())
     _write_new(request_path, json.dumps(request, indent=2).encode() + b"\n")
@@ -607,13 +615,30 @@ def _trust_next(args: argparse.Namespace) -> int:
     step = 1
     if configured is None:
         print(
-            f"  {step}. Add the new key to {config_path} under [signers]: {args.signer_name} = {_toml(args.new_key)},"
+            f"  {step}. Add the new key to {config_path} under [signers]:"
+            f" {args.signer_name} = {_toml(_as_configured(args.new_key, config_path))},"
             " and restart the gateway."
         )
         step += 1
     print(f"  {step}. carbon-gateway call RotateTrustDocument --config {config_path} - < {request_path}")
     print(f"  {step + 1}. Publish {out} to every partner (the gateway also pushes it to them).")
     return EXIT_OK
+
+
+def _as_configured(uri: str, config_path: Path) -> str:
+    """``uri`` as ``config_path`` must spell it: a key path given relative to the current folder becomes relative
+    to the configuration's folder (against which the configuration's paths resolve), or absolute when the key
+    is not under that folder. Other signer URIs (``pkcs11:``) are unchanged."""
+    prefix, path = "", uri
+    if ":" in uri.split("/")[0]:
+        scheme, _, rest = uri.partition(":")
+        if scheme != "file":
+            return uri
+        prefix, path = "file:", rest
+    if Path(path).is_absolute():
+        return uri
+    key, base = Path(path).resolve(), config_path.resolve().parent
+    return prefix + str(key.relative_to(base) if key.is_relative_to(base) else key)
 
 
 def _write_new(path: Path, data: bytes) -> None:

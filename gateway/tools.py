@@ -48,6 +48,9 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 """The command line or an input file is unusable."""
 
+MAX_PASSPHRASE_BYTES = 1023
+"""The longest passphrase a private key can be encrypted with (the limit of the cryptography backend)."""
+
 _STDIN = "-"
 _Body = Callable[[], int]
 
@@ -169,14 +172,21 @@ def _do_keys_generate(args: argparse.Namespace) -> int:
         passphrase = passphrase_from_file_bytes(_read_input(args.passphrase_file, "passphrase file"))
         if not passphrase:
             raise _ToolError(f"the passphrase file {args.passphrase_file} is empty; write a passphrase into it")
+        if len(passphrase) > MAX_PASSPHRASE_BYTES:
+            raise _ToolError(
+                f"--passphrase-file {args.passphrase_file}: the passphrase is {len(passphrase)} bytes; at most"
+                f" {MAX_PASSPHRASE_BYTES} are supported"
+            )
     prefix = Path(args.out)
     if not prefix.name:
         raise _ToolError(f"--out {args.out!r} names no file prefix; give one, e.g. --out keys/chn")
-    _make_key_folder(prefix.parent)
     try:
+        _make_key_folder(prefix.parent)
         public = generate_key(prefix, Algorithm(args.algorithm), passphrase)
     except SigningError as exc:
         raise _ToolError(str(exc)) from None
+    except OSError as exc:  # a name too long, checked before anything is written
+        raise _ToolError(f"--out {args.out}: {exc.strerror or exc}") from None
     key_path = prefix.with_name(prefix.name + ".key")
     pub_path = prefix.with_name(prefix.name + ".pub")
     print(public.keyid)

@@ -160,6 +160,30 @@ def test_init_refuses_a_bad_argument_in_one_line(
     assert not (tmp_path / "gw").exists()
 
 
+def test_names_too_long_and_a_passphrase_too_long_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = str(tmp_path / ("x" * 300))
+    code, out, err = _init(capsys, "--party", "CHN", long)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith(f"carbon-gateway init: DIR {long}: ") and err.endswith("File name too long\n"), err
+    for prefix in (long, f"{long}/chn"):
+        assert main(["keys", "generate", "--out", prefix]) == 2
+        err = capsys.readouterr().err
+        assert err == f"carbon-gateway keys generate: --out {prefix}: File name too long\n", err
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_bytes(b"p" * 1024 + b"\n")
+    key = tmp_path / "k"
+    argv = ["keys", "generate", "--algorithm", "ecdsa-p256-sha256", "--passphrase-file", str(passphrase)]
+    assert main([*argv, "--out", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("carbon-gateway keys generate: --passphrase-file ") and err.count("\n") == 1, err
+    assert "1024 bytes; at most 1023" in err and not key.with_suffix(".key").exists()
+    passphrase.write_bytes(b"p" * 1023 + b"\n")
+    assert main([*argv, "--out", str(key)]) == 0
+    assert signer_from_uri(f"file:{key}.key?passphrase-file={passphrase}").public_key.keyid
+
+
 def test_init_refuses_a_folder_that_holds_anything_and_leaves_it_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,6 +305,27 @@ def test_trust_next_retire_old_leaves_only_the_new_key(tmp_path: Path, capsys: p
     assert request["signer"] == "next"
 
 
+def test_trust_next_prints_the_new_key_as_the_configuration_resolves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _gateway(tmp_path, capsys)
+    monkeypatch.chdir(tmp_path)
+    argv = ["trust", "next", "--config", "chn/gateway.toml", "--new-key", "file:chn/keys/chn-2.key"]
+    assert main([*argv, "--out", "v2.json"]) == 0
+    # The configuration's paths resolve against its own folder, not the folder trust next ran in.
+    line = 'next = "file:keys/chn-2.key"'
+    assert f"under [signers]: {line}," in capsys.readouterr().out
+    config.write_text(config.read_text() + f"\n[signers]\n{line}\n")
+    configured = signer_from_uri(load_config(config).signers["next"])
+    assert configured.keyid == signer_from_uri(str(tmp_path / "chn" / "keys" / "chn-2.key")).keyid
+    # A key outside the configuration's folder is printed as an absolute path.
+    assert main(["keys", "generate", "--out", "n3"]) == 0
+    capsys.readouterr()
+    argv = ["trust", "next", "--config", "chn/gateway.toml", "--new-key", "n3.key", "--signer-name", "n3"]
+    assert main([*argv, "--out", "v2b.json"]) == 0
+    assert f'under [signers]: n3 = "{tmp_path.resolve() / "n3.key"}",' in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -289,6 +334,7 @@ def test_trust_next_retire_old_leaves_only_the_new_key(tmp_path: Path, capsys: p
         (["--new-key", "NEW", "--days", "9999"], "--days 9999 is not in 1..3650"),
         (["--new-key", "NEW", "--current", "gateway.toml"], "--current: "),
         (["--new-key", "NEW", "--out", "/nonexistent-folder/v2.json"], "cannot write /nonexistent-folder/v2.json"),
+        (["--new-key", "NEW", "--out", "LONG.json"], "--out: cannot write LONG.json: File name too long"),
     ],
 )
 def test_trust_next_refuses_bad_input_in_one_line(
@@ -297,9 +343,9 @@ def test_trust_next_refuses_bad_input_in_one_line(
     config = _gateway(tmp_path, capsys)
     keys = tmp_path / "chn" / "keys"
     names = {"CURRENT": str(keys / "chn.key"), "NEW": str(keys / "chn-2.key"), "gateway.toml": str(config)}
-    argv = [names.get(a, a) for a in argv]
+    argv = [names.get(a, a).replace("LONG", str(tmp_path / ("x" * 300))) for a in argv]
     assert main(["trust", "next", "--config", str(config), *argv]) == 2
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.replace(str(tmp_path / ("x" * 300)), "LONG")
     assert err.startswith("carbon-gateway trust next: ") and err.count("\n") == 1
     assert expected in err
 
@@ -368,6 +414,13 @@ async def test_call_sends_json_to_any_method_and_prints_json(
             "call", "OpenAccount", "--address", address, "--field", "account_type", "-", stdin=request.encode()
         )
         assert (code, out) == (0, "project owner\n")
+        # A field the answer does not have is a usage error, refused before anything is sent (a loop waiting for
+        # the field's value would otherwise spin on empty lines).
+        code, out, err = await _cli(
+            "call", "GetTransfer", '{"transfer_id": "t"}', "--address", address, "--field", "stat"
+        )
+        assert (code, out) == (2, "") and err.count("\n") == 1
+        assert "--field stat: " in err and "no field 'stat'; its fields: transfer_id, role, state," in err
         # A refusal: one line with the response code and the field, exit 1.
         bad = json.dumps({"idempotency_key": "k2", "account": {**account, "account_id": "X", "account_type": "vault"}})
         code, out, err = await _cli("call", "OpenAccount", bad, "--address", address)
@@ -394,6 +447,21 @@ async def test_call_sends_json_to_any_method_and_prints_json(
         (["call", "GetTransfer", '{"transfer": 1}', "--address", "127.0.0.1:9"], "(its fields: transfer_id)"),
         (["call", "GetTransfer", "{}"], "give the gateway: --config FILE or --address HOST:PORT"),
         (["call", "GetTransfer", "{}", "--address", "a:1", "--bogus"], "unrecognized arguments: --bogus"),
+        (["call", "ListTransfers", "[]", "--address", "127.0.0.1:9"], "the request is an array, not a JSON object"),
+        (["call", "GetTransfer", '"t1"', "--address", "127.0.0.1:9"], "the request is a string, not a JSON object"),
+        *(
+            (["call", "ListTransfers", "--address", "127.0.0.1:9", "--timeout", timeout], f"--timeout {shown}: ")
+            for timeout, shown in [("nan", "nan"), ("inf", "inf"), ("1e308", "1e+308"), ("-1", "-1.0"), ("0", "0.0")]
+        ),
+        (
+            ["call", "ListTransfers", "--address", "127.0.0.1:9", "--field", "nosuch"],
+            "--field nosuch: the answer (carbon_gateway.v1.ListTransfersResponse) has no field 'nosuch'; its fields:"
+            " transfers",
+        ),
+        (
+            ["call", "GetTransfer", "--address", "127.0.0.1:9", "--field", "blocks.start"],
+            "--field blocks.start: 'blocks' is not a single message",
+        ),
     ],
 )
 def test_call_refuses_an_unknown_method_or_bad_json_with_exit_2(

@@ -1,0 +1,110 @@
+"""The command line's operator API credentials on a real TLS gateway with token callers: `watch` (a server-
+streaming call) and `call` send the bearer token and verify the gateway against ``--ca-cert``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
+from gateway.cli import main
+from gateway.config import OperatorTLSConfig
+from gateway.demo import DEMO_AUTHORIZATION, demo_block
+from gateway.domain.access import Role
+from gateway.node import GatewayNode
+from gateway.rpc.auth import OperatorAccess
+from tests.integration.harness import proposal_request
+from tests.integration.test_operator_auth import TOKEN_CALLERS, TOKENS, _certificates, _node
+
+
+@dataclass
+class TLSGateway:
+    """A gateway whose operator API has server-only TLS and token callers, with one transfer proposed (one
+    change in its feed), and the files the command line is given."""
+
+    node: GatewayNode
+    ca: Path
+    reader_token: Path
+
+
+@pytest_asyncio.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[TLSGateway]:
+    certificates = _certificates(tmp_path / "pki", "operator CA")
+    certificate, key = certificates.issue("localhost")
+    node = await _node(
+        tmp_path / "node", OperatorAccess(callers=TOKEN_CALLERS), operator_tls=OperatorTLSConfig(certificate, key)
+    )
+    try:
+        channel = grpc.aio.secure_channel(node.operator_address, certificates.credentials())
+        async with channel:
+            stub = operator_pb2_grpc.OperatorServiceStub(channel)
+            metadata = (("authorization", f"Bearer {TOKENS[Role.ADMINISTRATOR]}"),)
+            account = records_pb2.Account(account_id="CN-PO-0001", holder_name="Owner", account_type="project owner")
+            await stub.OpenAccount(
+                operator_pb2.OpenAccountRequest(idempotency_key="open", account=account), metadata=metadata
+            )
+            await stub.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION),
+                metadata=metadata,
+            )
+            holding = await stub.RegisterIssuance(
+                operator_pb2.RegisterIssuanceRequest(
+                    idempotency_key="issue", account_id="CN-PO-0001", block=demo_block()
+                ),
+                metadata=metadata,
+            )
+            await stub.ProposeTransfer(proposal_request(holding.block, 1, 10, "t1"), metadata=metadata)
+        reader = tmp_path / "reader.token"
+        reader.write_text(TOKENS[Role.READ_ONLY] + "\n")
+        yield TLSGateway(node, certificates.ca_path, reader)
+    finally:
+        await node.stop(0)
+
+
+async def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.asyncio
+async def test_watch_sends_the_token_over_tls(
+    gateway: TLSGateway, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CARBON_GATEWAY_TOKEN_FILE", raising=False)
+    watch = ("watch", "--address", gateway.node.operator_address, "--ca-cert", str(gateway.ca), "--limit", "1")
+    code, out, err = await _cli(capsys, *watch, "--token-file", str(gateway.reader_token))
+    assert code == 0, err
+    [line] = [json.loads(line) for line in out.splitlines()]
+    assert line["position"] == "1" and line["kind"] == "TRANSFER"
+    code, out, err = await _cli(capsys, *watch)
+    assert (code, out) == (1, "") and "CALLER_UNAUTHENTICATED" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.asyncio
+async def test_call_takes_the_shared_credential_options(
+    gateway: TLSGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CARBON_GATEWAY_TOKEN_FILE", raising=False)
+    call = ("call", "ListTransfers", "--address", gateway.node.operator_address, "--ca-cert", str(gateway.ca))
+    code, out, err = await _cli(capsys, *call, "--token-file", str(gateway.reader_token))
+    assert code == 0, err
+    [transfer] = json.loads(out)["transfers"]
+    assert transfer["state"] == "CHECKED"
+    # The streaming method carries the token too: it prints the change, then follows until the timeout.
+    watch = ("call", "WatchChanges", *call[2:], "--timeout", "3")
+    code, out, err = await _cli(capsys, *watch, "--token-file", str(gateway.reader_token))
+    assert [json.loads(line)["position"] for line in out.splitlines()] == ["1"] and "DEADLINE_EXCEEDED" in err, err
+    code, out, err = await _cli(capsys, *call)
+    assert (code, out) == (1, "") and "CALLER_UNAUTHENTICATED" in err and err.count("\n") == 1, err
+    code, _, err = await _cli(capsys, *call, "--token-file", str(tmp_path / "absent"))
+    assert code == 2 and "--token-file" in err and err.count("\n") == 1, err
+    code, _, err = await _cli(capsys, *call, "--client-cert", str(gateway.ca))
+    assert code == 2 and "--client-key" in err and err.count("\n") == 1, err
