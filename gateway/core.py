@@ -153,7 +153,7 @@ class GatewayCore:
             ssl_context=trust_ssl_context,
             signers=self.signers,
         )
-        self.exchange.on_unknown_key = self.trust.take_up_stored
+        self.exchange.on_unknown_key = self.trust.take_up_for_unknown_key
         self.outbox.before_sending = self.trust.take_up_stored
         self._sweeper: asyncio.Task[None] | None = None
         self._trust_refresher: asyncio.Task[None] | None = None

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ from gateway.usecases.base import Idempotency
 from signing import Envelope, EnvelopeFormatError, Signer, TrustDocument, TrustedParty, TrustError
 
 log = logging.getLogger(__name__)
+
+UNKNOWN_KEY_REFRESH_SECONDS = 1.0
+"""The least time between two reads of stored trust documents caused by statements signed by unknown keys."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class TrustKeeper:
         self.partners = partners
         self.exchange = exchange
         self.clock = clock
+        self._unknown_key_refreshed = -UNKNOWN_KEY_REFRESH_SECONDS
 
     async def load(self) -> None:
         """Reconcile the configured documents with the stored ones: the newest version of each wins."""
@@ -96,6 +101,16 @@ class TrustKeeper:
                 self.party,
                 self.own.version,
             )
+
+    async def take_up_for_unknown_key(self) -> bool:
+        """`take_up_stored` for a statement signed by a key not trusted here, at most once per
+        `UNKNOWN_KEY_REFRESH_SECONDS` however many such statements arrive: before its sender is authenticated,
+        such a statement must not buy a database read (a flood of them would starve the pool)."""
+        now = time.monotonic()
+        if now - self._unknown_key_refreshed < UNKNOWN_KEY_REFRESH_SECONDS:
+            return False
+        self._unknown_key_refreshed = now
+        return await self.take_up_stored()
 
     async def take_up_stored(self) -> bool:
         """Take up the trust documents another replica (a gateway of this Party on the same database) stored
