@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import math
+import re
 import socket
 import tomllib
 import urllib.parse
@@ -374,11 +375,20 @@ def _signer_uri(base: Path, value: object, where: str) -> str:
     return str(_path(base, uri, where))
 
 
+_LISTEN_HOST = re.compile(r"\[[0-9A-Za-z:.%_-]+\]|[0-9A-Za-z._:-]+")
+"""A listen host: a name or IPv4 address, or an IPv6 address in brackets; never spaces or punctuation."""
+
+
 def _listen(value: object, where: str) -> str:
     address = _string(value, where)
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{where}: {address!r} is not HOST:PORT with a port in 0..65535")
+    if not _LISTEN_HOST.fullmatch(host):
+        raise ConfigError(
+            f"{where}: {host!r} in {address!r} is not a host name or an IP address (an IPv6 address goes in"
+            " brackets, as in [::1]:50051)"
+        )
     if host.replace(".", "").isdigit():
         # Digits and dots are never a host name: refuse a mistyped IPv4 address here, not after a DNS lookup.
         try:

@@ -208,6 +208,12 @@ def _init(args: argparse.Namespace) -> int:
         if _party(accepted, "--accept-from") not in named:
             raise SetupError(f"--accept-from {accepted}: name it as a partner too (--partner {accepted}=HOST:PORT)")
     operator_listen = _listen(args.operator_listen, "--operator-listen")
+    if not is_loopback_host(operator_listen.rpartition(":")[0]):
+        raise SetupError(
+            f"--operator-listen {operator_listen} is not a loopback address; `serve` opens the operator API"
+            " beyond loopback only with [operator.tls] and [[operator.callers]], which are added after init (see"
+            " the README, 'Callers, TLS and roles'): init with 127.0.0.1:PORT, then add them and change listen"
+        )
     partner_listen = _listen(args.partner_listen, "--partner-listen")
     if operator_listen == partner_listen and not operator_listen.endswith(":0"):
         raise SetupError(f"--operator-listen and --partner-listen are both {operator_listen}; give two ports")
