@@ -401,6 +401,17 @@ def _listen(value: object, where: str) -> str:
     return address
 
 
+def _distinct_listens(*listens: tuple[str, str | None]) -> None:
+    """Refuse two servers on one address (port 0, a free port each, excepted): the second could never bind."""
+    seen: dict[str, str] = {}
+    for setting, address in listens:
+        if address is None or address.endswith(":0"):
+            continue
+        if address in seen:
+            raise ConfigError(f"{setting}: {address!r} is also {seen[address]}; give each server its own port")
+        seen[address] = setting
+
+
 def _policy(rules: object) -> DecisionPolicy:
     if not isinstance(rules, list):
         raise ConfigError("policy.rules: expected a list of tables")
@@ -540,7 +551,12 @@ def load_config(path: Path) -> GatewayConfig:
     operator = _table(data.get("operator", {}), "operator")
     operator_listen = _listen(operator.get("listen", "127.0.0.1:50051"), "operator.listen")
     partner_section = _table(data.get("partner", {}), "partner")
+    partner_listen = _listen(partner_section.get("listen", "127.0.0.1:50052"), "partner.listen")
     http = _table(data.get("http", {}), "http")
+    http_listen = _listen(http["listen"], "http.listen") if "listen" in http else None
+    _distinct_listens(
+        ("operator.listen", operator_listen), ("partner.listen", partner_listen), ("http.listen", http_listen)
+    )
     return GatewayConfig(
         party=party,
         database=_database(base, _require(data, "database", str(path))),
@@ -548,8 +564,8 @@ def load_config(path: Path) -> GatewayConfig:
         trust_document=_path(base, _require(data, "trust_document", str(path)), "trust_document"),
         operator_listen=operator_listen,
         operator_access=_operator_access(base, operator, operator_listen, partners),
-        partner_listen=_listen(partner_section.get("listen", "127.0.0.1:50052"), "partner.listen"),
-        http_listen=_listen(http["listen"], "http.listen") if "listen" in http else None,
+        partner_listen=partner_listen,
+        http_listen=http_listen,
         partners=tuple(partners),
         policy=_policy(_table(data.get("policy", {}), "policy").get("rules", [])),
         tls=tls,

@@ -425,3 +425,96 @@ def test_defect_16_a_start_up_problem_ends_in_one_line_naming_it(
     case: Case, broken_starts: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
     _assert_one_line_naming(broken_starts[case.name], *case.names)
+
+
+# `config check` refuses what `serve` refuses at start: the same checks of the files the configuration names
+
+CHECK = [sys.executable, "-m", "gateway.cli", "config", "check"]
+
+
+def _certificates(folder: Path) -> None:
+    """A demo CA and certificates for CHN and CHE in ``folder``: ``ca.crt``, ``chn.crt``/``chn.key``, ``che.*``."""
+    from gateway.tls import create_ca, issue_certificate
+
+    ca_cert, ca_key = create_ca("test CA")
+    _write(folder / "ca.crt", ca_cert)
+    for name in ("chn", "che"):
+        cert, key = issue_certificate(ca_cert, ca_key, name.upper())
+        _write(folder / f"{name}.crt", cert)
+        _write(folder / f"{name}.tls.key", key)
+
+
+def _operator_tls(folder: Path, **files: str) -> Path:
+    _certificates(folder)
+    settings = {"certificate": "chn.crt", "private_key": "chn.tls.key", "client_ca": "ca.crt", **files}
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    return _config(folder, tail=f"[operator.tls]\n{lines}")
+
+
+def _partner_tls(folder: Path, **files: str) -> Path:
+    _certificates(folder)
+    settings = {"certificate": "chn.crt", "private_key": "chn.tls.key", "ca_certificate": "ca.crt", **files}
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    return _config(folder, tail=f"[tls]\n{lines}")
+
+
+def _same_listen(folder: Path) -> Path:
+    address = f"127.0.0.1:{_free_port()}"
+    return _config(folder, operator=address, partner=address)
+
+
+CHECKED_LIKE_SERVE = [
+    Case(
+        "operator_tls_certificate_missing",
+        lambda f, _: _operator_tls(f, certificate="absent.crt"),
+        ("operator.tls.certificate", "absent.crt"),
+    ),
+    Case(
+        "operator_tls_certificate_not_pem",
+        lambda f, _: _operator_tls(f, certificate=_write(f / "text.crt", b"not a certificate\n").name),
+        ("operator.tls.certificate", "text.crt", "not a PEM certificate"),
+    ),
+    Case(
+        "operator_tls_key_not_the_certificates",
+        lambda f, _: _operator_tls(f, private_key="che.tls.key"),
+        ("operator.tls.private_key", "che.tls.key", "not the key of the certificate"),
+    ),
+    Case(
+        "operator_tls_client_ca_missing",
+        lambda f, _: _operator_tls(f, client_ca="absent-ca.crt"),
+        ("operator.tls.client_ca", "absent-ca.crt"),
+    ),
+    Case(
+        "operator_tls_client_ca_is_a_folder",
+        lambda f, _: _operator_tls(f, client_ca=_folder(f / "ca-folder").name),
+        ("operator.tls.client_ca", "ca-folder"),
+    ),
+    Case(
+        "operator_tls_client_ca_not_pem",
+        lambda f, _: _operator_tls(f, client_ca=_write(f / "text-ca.crt", b"not a certificate\n").name),
+        ("operator.tls.client_ca", "text-ca.crt", "not a PEM certificate"),
+    ),
+    Case(
+        "tls_certificate_not_pem",
+        lambda f, _: _partner_tls(f, certificate=_write(f / "text.crt", b"not a certificate\n").name),
+        ("tls.certificate", "text.crt", "not a PEM certificate"),
+    ),
+    Case(
+        "tls_key_not_the_certificates",
+        lambda f, _: _partner_tls(f, private_key="che.tls.key"),
+        ("tls.private_key", "che.tls.key", "not the key of the certificate"),
+    ),
+    Case("database_names_a_folder", lambda f, _: _config(f, database=_folder(f / "db").name), ("database", "folder")),
+    Case("operator_listen_is_partner_listen", lambda f, _: _same_listen(f), ("partner.listen", "operator.listen")),
+]
+
+
+@pytest.mark.parametrize("case", CHECKED_LIKE_SERVE, ids=[case.name for case in CHECKED_LIKE_SERVE])
+def test_config_check_refuses_in_one_line_what_serve_refuses(case: Case, tmp_path: Path) -> None:
+    config = case.prepare(_keys(tmp_path), 0)
+    _assert_one_line_naming(_serve(config), *case.names)
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert check.returncode == 2 and check.stdout == "", check
+    assert "Traceback" not in check.stderr and check.stderr.count("\n") == 1, check.stderr
+    for name in case.names:
+        assert name in check.stderr, check.stderr
