@@ -26,6 +26,12 @@ from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nom
 from gateway.domain.protocol import DecisionPolicy, DecisionRule, Verdict, parse_purpose
 from gateway.domain.records import PARTY_PATTERN, PARTY_REGISTRY_PATTERN, AdjustmentMethod
 from gateway.usecases.base import LedgerOptions
+from signing.files import read_small_file
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest configuration file `load_config` reads; it must also be a regular file (not a device or FIFO)."""
+MAX_TRUST_DOCUMENT_BYTES = 4 << 20
+"""The largest trust document file a configuration may name."""
 
 DEFAULT_SIGNER_NAME = "default"
 """The name the top-level ``signer`` setting goes by, for `RotateTrustDocument`."""
@@ -478,7 +484,7 @@ def _registries(value: object) -> Nomenclature:
 def load_config(path: Path) -> GatewayConfig:
     """Read and check a gateway's TOML configuration file; every problem is a `ConfigError` naming the key."""
     try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+        data = tomllib.loads(read_small_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
     except IsADirectoryError:

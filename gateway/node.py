@@ -15,7 +15,14 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc, operator_pb2, operator_pb2_grpc
-from gateway.config import DEFAULT_SIGNER_NAME, ConfigError, GatewayConfig, OperatorTLSConfig, TLSConfig
+from gateway.config import (
+    DEFAULT_SIGNER_NAME,
+    MAX_TRUST_DOCUMENT_BYTES,
+    ConfigError,
+    GatewayConfig,
+    OperatorTLSConfig,
+    TLSConfig,
+)
 from gateway.core import GatewayCore, PartnerSpec, utc_now
 from gateway.domain.access import is_loopback_host
 from gateway.domain.errors import GatewayError
@@ -48,6 +55,7 @@ from signing import (
     VerificationError,
     signer_from_uri,
 )
+from signing.files import read_small_file
 
 __all__ = ["GatewayNode", "PartnerSpec", "utc_now"]
 
@@ -481,7 +489,7 @@ def _check_certificates(section: str, certificate: Path, private_key: Path, ca: 
 
     def read(name: str, path: Path) -> bytes:
         try:
-            return path.read_bytes()
+            return read_small_file(path)
         except OSError as exc:
             raise ConfigError(f"{section}.{name}: {path} cannot be read: {exc.strerror or exc}") from None
 
@@ -572,7 +580,7 @@ def _probe_listen(address: str, setting: str) -> None:
 
 def _trust_envelope(path: Path, setting: str) -> Envelope:
     try:
-        envelope = Envelope.from_json(path.read_bytes())
+        envelope = Envelope.from_json(read_small_file(path, MAX_TRUST_DOCUMENT_BYTES))
         TrustedParty.restore(envelope)
     except FileNotFoundError:
         raise ConfigError(

@@ -506,7 +506,52 @@ CHECKED_LIKE_SERVE = [
     ),
     Case("database_names_a_folder", lambda f, _: _config(f, database=_folder(f / "db").name), ("database", "folder")),
     Case("operator_listen_is_partner_listen", lambda f, _: _same_listen(f), ("partner.listen", "operator.listen")),
+    # Every file the configuration names is a regular file of bounded size, checked before it is read: a device
+    # would be read for ever, and a FIFO without a writer would block the start.
+    Case("config_is_dev_zero", lambda f, _: Path("/dev/zero"), ("/dev/zero", "not a regular file")),
+    Case("config_is_a_fifo", lambda f, _: _fifo(f / "fifo.toml"), ("fifo.toml", "not a regular file")),
+    Case(
+        "config_too_large",
+        lambda f, _: _write(f / "huge.toml", b"# " + b"x" * (2 << 20) + b"\n"),
+        ("huge.toml", "larger than"),
+    ),
+    Case("signer_is_dev_zero", lambda f, _: _config(f, signer="file:/dev/zero"), ("signer", "/dev/zero")),
+    Case(
+        "signer_is_a_fifo",
+        lambda f, _: _config(f, signer=f"file:{_fifo(f / 'fifo.key').name}"),
+        ("signer", "fifo.key", "not a regular file"),
+    ),
+    Case(
+        "signer_passphrase_file_is_a_fifo",
+        lambda f, _: _config(f, signer=f"file:chn.key?passphrase-file={_fifo(f / 'fifo.pass')}"),
+        ("signer", "fifo.pass", "not a regular file"),
+    ),
+    Case(
+        "trust_document_is_dev_zero",
+        lambda f, _: _config(f, trust_document="/dev/zero"),
+        ("trust_document", "/dev/zero", "not a regular file"),
+    ),
+    Case(
+        "partner_trust_document_is_a_fifo",
+        lambda f, _: _config(f, partner_trust_document=_fifo(f / "fifo.json").name),
+        ("partners[0].trust_document", "fifo.json", "not a regular file"),
+    ),
+    Case(
+        "trust_document_too_large",
+        lambda f, _: _config(f, trust_document=_write(f / "huge.json", b" " * (5 << 20) + b"{}").name),
+        ("trust_document", "huge.json", "larger than"),
+    ),
+    Case(
+        "tls_certificate_is_dev_zero",
+        lambda f, _: _partner_tls(f, certificate="/dev/zero"),
+        ("tls.certificate", "/dev/zero"),
+    ),
 ]
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
 
 
 @pytest.mark.parametrize("case", CHECKED_LIKE_SERVE, ids=[case.name for case in CHECKED_LIKE_SERVE])
