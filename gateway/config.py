@@ -497,6 +497,8 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply to read; no setting nests like that") from None
     unknown = unknown_keys(data)
     if unknown:
         raise UnknownKeysError(unknown)

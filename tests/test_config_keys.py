@@ -238,6 +238,17 @@ def test_config_check_names_a_malformed_file_or_value(
     assert expected in line
 
 
+def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    [line] = _check(path, capsys)
+    assert "nested too deeply" in line
+    result = subprocess.run([*CLI, "serve", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "nested too deeply" in result.stderr
+
+
 def test_config_check_names_a_missing_file_and_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     [line] = _check(tmp_path / "missing.toml", capsys)
     assert "no such configuration file" in line
