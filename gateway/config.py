@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import math
+import re
 import socket
 import tomllib
 import urllib.parse
@@ -24,10 +25,29 @@ from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature, NomenclatureError
 from gateway.domain.protocol import DecisionPolicy, DecisionRule, Verdict, parse_purpose
 from gateway.domain.records import PARTY_PATTERN, PARTY_REGISTRY_PATTERN, AdjustmentMethod
+from gateway.domain.text import quoted
 from gateway.usecases.base import LedgerOptions
+from signing.files import read_small_file
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest configuration file `load_config` reads; it must also be a regular file (not a device or FIFO)."""
+MAX_TRUST_DOCUMENT_BYTES = 4 << 20
+"""The largest trust document file a configuration may name."""
 
 DEFAULT_SIGNER_NAME = "default"
 """The name the top-level ``signer`` setting goes by, for `RotateTrustDocument`."""
+
+
+MAX_QUOTED = 80
+"""The most characters of a value an error message repeats; a longer value is cut and its length given."""
+
+
+def _q(value: object) -> str:
+    """``value`` as an error message quotes it: ``repr``, cut to about `MAX_QUOTED` characters when longer."""
+    if isinstance(value, str):
+        return quoted(value, MAX_QUOTED)
+    shown = repr(value)
+    return shown if len(shown) <= MAX_QUOTED else f"{shown[:MAX_QUOTED]}… ({len(shown)} characters)"
 
 
 class ConfigError(ValueError):
@@ -120,7 +140,7 @@ def _unknown_in(table: Mapping[str, Any], where: str, known: frozenset[str]) -> 
             continue
         path = f"{where}.{key}" if where else key
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = f"did you mean {_q(close[0])}? " if close else ""
         label = f"the [{where}] table" if where else "the top level"
         problems.append(f"{path}: unknown setting; {hint}{label} takes {', '.join(sorted(known))}")
     return problems
@@ -244,6 +264,12 @@ def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
     problems = _unknown_in(table, "ledger", LEDGER_KEYS)
     if problems:
         raise ConfigError(problems[0])
+    years = {key: _year(table[key], f"ledger.{key}") for key in ("ndc_first_year", "ndc_last_year") if key in table}
+    if len(years) == 2 and years["ndc_first_year"] > years["ndc_last_year"]:
+        raise ConfigError(
+            f"ledger.ndc_last_year: the NDC period ends in {years['ndc_last_year']}, before it starts in"
+            f" {years['ndc_first_year']}"
+        )
     adjustments = None
     if "adjustment_method" in table:
         method_text = _string(table["adjustment_method"], "ledger.adjustment_method")
@@ -251,7 +277,7 @@ def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
             method = AdjustmentMethod(method_text)
         except ValueError:
             allowed = ", ".join(repr(m.value) for m in AdjustmentMethod)
-            raise ConfigError(f"ledger.adjustment_method: {method_text!r} is not one of {allowed}") from None
+            raise ConfigError(f"ledger.adjustment_method: {_q(method_text)} is not one of {allowed}") from None
         divisor = None
         if "averaging_divisor" in table:
             divisor_text = _string(table["averaging_divisor"], "ledger.averaging_divisor")
@@ -259,7 +285,7 @@ def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
                 divisor = AveragingDivisor(divisor_text)
             except ValueError:
                 allowed = ", ".join(repr(d.value) for d in AveragingDivisor)
-                raise ConfigError(f"ledger.averaging_divisor: {divisor_text!r} is not one of {allowed}") from None
+                raise ConfigError(f"ledger.averaging_divisor: {_q(divisor_text)} is not one of {allowed}") from None
         try:
             adjustments = AdjustmentSettings(
                 method=method,
@@ -276,7 +302,7 @@ def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
             raise ConfigError(f"ledger.{setting or 'adjustment_method'}: {exc.message}") from None
     registry = _string(table.get("party_registry", ""), "ledger.party_registry", allow_empty=True)
     if registry and not PARTY_REGISTRY_PATTERN.fullmatch(registry):
-        raise ConfigError(f"ledger.party_registry: {registry!r} is not a Party ITMO registry ID (e.g. CHN01)")
+        raise ConfigError(f"ledger.party_registry: {_q(registry)} is not a Party ITMO registry ID (e.g. CHN01)")
     codes = _table(table.get("underlying_registry_codes", {}), "ledger.underlying_registry_codes")
     return LedgerOptions(
         adjustments=adjustments,
@@ -290,7 +316,7 @@ def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
 
 def _require(table: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in table:
-        raise ConfigError(f"{where}: the setting {key!r} is missing")
+        raise ConfigError(f"{where}: the setting {_q(key)} is missing")
     return table[key]
 
 
@@ -302,7 +328,7 @@ def _table(value: object, where: str) -> Mapping[str, Any]:
 
 def _string(value: object, where: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not value and not allow_empty):
-        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+        raise ConfigError(f"{where}: expected a non-empty string, got {_q(value)}")
     if "\x00" in value:
         raise ConfigError(f"{where}: the value contains a NUL character")
     return value
@@ -314,7 +340,7 @@ def _unquote_hint(value: object) -> str:
 
 def _integer(value: object, where: str, *, minimum: int, maximum: int = 2**63 - 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a whole number, got {value!r}{_unquote_hint(value)}")
+        raise ConfigError(f"{where}: expected a whole number, got {_q(value)}{_unquote_hint(value)}")
     if not minimum <= value <= maximum:
         raise ConfigError(f"{where}: {value} is not in {minimum}..{maximum}")
     return value
@@ -326,7 +352,7 @@ def _seconds(
     value = table.get(key, default)
     where = f"{section}.{key}"
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a number of seconds, got {value!r}{_unquote_hint(value)}")
+        raise ConfigError(f"{where}: expected a number of seconds, got {_q(value)}{_unquote_hint(value)}")
     if not minimum <= value <= 10 * 365 * 86400:
         raise ConfigError(f"{where}: {value} seconds is not between {minimum} and ten years")
     return dt.timedelta(seconds=float(value))
@@ -374,21 +400,54 @@ def _signer_uri(base: Path, value: object, where: str) -> str:
     return str(_path(base, uri, where))
 
 
+_LISTEN_HOST = re.compile(r"\[[0-9A-Za-z:.%_-]+\]|[0-9A-Za-z._:-]+")
+"""A listen host: a name or IPv4 address, or an IPv6 address in brackets; never spaces or punctuation."""
+
+
+def _http_url(value: object, where: str) -> str:
+    """A partner's ``http_url``: empty, or an ``http://`` or ``https://`` URL with a host."""
+    url = _string(value, where, allow_empty=True)
+    if url:
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{where}: {_q(url)} is not an http:// or https:// URL, e.g. https://che.example:8443")
+    return url
+
+
 def _listen(value: object, where: str) -> str:
     address = _string(value, where)
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{where}: {address!r} is not HOST:PORT with a port in 0..65535")
+        raise ConfigError(f"{where}: {_q(address)} is not HOST:PORT with a port in 0..65535")
+    if not _LISTEN_HOST.fullmatch(host):
+        raise ConfigError(
+            f"{where}: {_q(host)} in {_q(address)} is not a host name or an IP address (an IPv6 address goes in"
+            " brackets, as in [::1]:50051)"
+        )
     if host.replace(".", "").isdigit():
         # Digits and dots are never a host name: refuse a mistyped IPv4 address here, not after a DNS lookup.
         try:
             socket.inet_aton(host)
         except OSError:
             raise ConfigError(
-                f"{where}: {host!r} in {address!r} is not an IPv4 address: write four numbers in 0..255,"
+                f"{where}: {_q(host)} in {_q(address)} is not an IPv4 address: write four numbers in 0..255,"
                 " such as 127.0.0.1"
             ) from None
     return address
+
+
+def _distinct_listens(*listens: tuple[str, str | None]) -> None:
+    """Refuse two servers on one address (port 0, a free port each, excepted): the second could never bind."""
+    seen: dict[str, str] = {}
+    for setting, address in listens:
+        if address is None or address.endswith(":0"):
+            continue
+        if address in seen:
+            raise ConfigError(f"{setting}: {_q(address)} is also {seen[address]}; give each server its own port")
+        seen[address] = setting
 
 
 def _policy(rules: object) -> DecisionPolicy:
@@ -457,7 +516,7 @@ def _registries(value: object) -> Nomenclature:
 def load_config(path: Path) -> GatewayConfig:
     """Read and check a gateway's TOML configuration file; every problem is a `ConfigError` naming the key."""
     try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+        data = tomllib.loads(read_small_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
     except IsADirectoryError:
@@ -470,13 +529,15 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply to read; no setting nests like that") from None
     unknown = unknown_keys(data)
     if unknown:
         raise UnknownKeysError(unknown)
     base = path.resolve().parent
     party = _require(data, "party", str(path))
     if not isinstance(party, str) or not PARTY_PATTERN.fullmatch(party):
-        raise ConfigError(f"party: {party!r} is not an ISO 3166-1 alpha-3 code")
+        raise ConfigError(f"party: {_q(party)} is not an ISO 3166-1 alpha-3 code")
     partners = []
     seen: set[str] = set()
     raw_partners = data.get("partners", [])
@@ -487,7 +548,7 @@ def load_config(path: Path) -> GatewayConfig:
         p = _table(p, where)
         partner_party = _string(_require(p, "party", where), f"{where}.party")
         if not PARTY_PATTERN.fullmatch(partner_party) or partner_party == party:
-            raise ConfigError(f"{where}.party: {partner_party!r} is not another Party's ISO 3166-1 alpha-3 code")
+            raise ConfigError(f"{where}.party: {_q(partner_party)} is not another Party's ISO 3166-1 alpha-3 code")
         if partner_party in seen:
             raise ConfigError(f"{where}.party: {partner_party} is listed twice")
         seen.add(partner_party)
@@ -497,7 +558,7 @@ def load_config(path: Path) -> GatewayConfig:
                 address=_string(_require(p, "address", where), f"{where}.address"),
                 trust_document=_path(base, _require(p, "trust_document", where), f"{where}.trust_document"),
                 tls_identity=_string(p.get("tls_identity", ""), f"{where}.tls_identity", allow_empty=True),
-                http_url=_string(p.get("http_url", ""), f"{where}.http_url", allow_empty=True),
+                http_url=_http_url(p.get("http_url", ""), f"{where}.http_url"),
                 max_envelope_bytes=_integer(
                     p.get("max_envelope_bytes", 1 << 20),
                     f"{where}.max_envelope_bytes",
@@ -518,7 +579,7 @@ def load_config(path: Path) -> GatewayConfig:
     signers = {DEFAULT_SIGNER_NAME: _signer_uri(base, _require(data, "signer", str(path)), "signer")}
     for name, uri in _table(data.get("signers", {}), "signers").items():
         if name == DEFAULT_SIGNER_NAME:
-            raise ConfigError(f"signers.{name}: the name {DEFAULT_SIGNER_NAME!r} is the top-level 'signer' setting")
+            raise ConfigError(f"signers.{name}: the name {_q(DEFAULT_SIGNER_NAME)} is the top-level 'signer' setting")
         signers[name] = _signer_uri(base, uri, f"signers.{name}")
     max_lifetime = _seconds(limits, "max_message_lifetime_seconds", 86400)
     lifetime = _seconds(limits, "message_lifetime_seconds", 43200)
@@ -530,16 +591,21 @@ def load_config(path: Path) -> GatewayConfig:
     operator = _table(data.get("operator", {}), "operator")
     operator_listen = _listen(operator.get("listen", "127.0.0.1:50051"), "operator.listen")
     partner_section = _table(data.get("partner", {}), "partner")
+    partner_listen = _listen(partner_section.get("listen", "127.0.0.1:50052"), "partner.listen")
     http = _table(data.get("http", {}), "http")
+    http_listen = _listen(http["listen"], "http.listen") if "listen" in http else None
+    _distinct_listens(
+        ("operator.listen", operator_listen), ("partner.listen", partner_listen), ("http.listen", http_listen)
+    )
     return GatewayConfig(
         party=party,
         database=_database(base, _require(data, "database", str(path))),
         signer=signers[DEFAULT_SIGNER_NAME],
         trust_document=_path(base, _require(data, "trust_document", str(path)), "trust_document"),
         operator_listen=operator_listen,
-        operator_access=_operator_access(base, operator, operator_listen, partners),
-        partner_listen=_listen(partner_section.get("listen", "127.0.0.1:50052"), "partner.listen"),
-        http_listen=_listen(http["listen"], "http.listen") if "listen" in http else None,
+        operator_access=_operator_access(base, operator, operator_listen, party, partners),
+        partner_listen=partner_listen,
+        http_listen=http_listen,
         partners=tuple(partners),
         policy=_policy(_table(data.get("policy", {}), "policy").get("rules", [])),
         tls=tls,
@@ -573,20 +639,21 @@ _ROLES = ", ".join(repr(role.value) for role in Role)
 
 
 def _operator_access(
-    base: Path, operator: Mapping[str, Any], listen: str, partners: list[PartnerConfig]
+    base: Path, operator: Mapping[str, Any], listen: str, party: str, partners: list[PartnerConfig]
 ) -> OperatorAccessConfig:
     """``[operator]``'s access settings: TLS, the callers, and whether loopback needs no credentials.
 
     Refused here: plaintext tokens off loopback, a non-loopback listen nobody can authenticate to, duplicate
-    caller names, tokens or common names, and a caller certificate name that is a partner's identity.
+    caller names, tokens or common names, and a caller certificate name that is a partner's identity or this
+    gateway's own (its Party code), in any case.
     """
     loopback = is_loopback_host(listen.rpartition(":")[0])
     unauthenticated = operator.get("unauthenticated_loopback", False)
     if not isinstance(unauthenticated, bool):
-        raise ConfigError(f"operator.unauthenticated_loopback: expected true or false, got {unauthenticated!r}")
+        raise ConfigError(f"operator.unauthenticated_loopback: expected true or false, got {_q(unauthenticated)}")
     if unauthenticated and not loopback:
         raise ConfigError(
-            f"operator.unauthenticated_loopback: {listen!r} is not a loopback address; callers without credentials"
+            f"operator.unauthenticated_loopback: {_q(listen)} is not a loopback address; callers without credentials"
             " are only allowed on 127.0.0.1, [::1] or localhost"
         )
     tls = None
@@ -605,9 +672,11 @@ def _operator_access(
     raw = operator.get("callers", [])
     if not isinstance(raw, list):
         raise ConfigError("operator.callers: expected a list of tables ([[operator.callers]])")
-    partner_identities = {p.party: f"partners[{i}].party" for i, p in enumerate(partners)}
+    # Certificate names compare without regard to case, as a CA may issue either spelling.
+    partner_identities = {party.casefold(): "party (this gateway's own partner certificate name)"}
+    partner_identities.update({p.party.casefold(): f"partners[{i}].party" for i, p in enumerate(partners)})
     partner_identities.update(
-        {p.tls_identity: f"partners[{i}].tls_identity" for i, p in enumerate(partners) if p.tls_identity}
+        {p.tls_identity.casefold(): f"partners[{i}].tls_identity" for i, p in enumerate(partners) if p.tls_identity}
     )
     callers: list[OperatorCaller] = []
     names: dict[str, str] = {}
@@ -624,20 +693,20 @@ def _operator_access(
                 )
         name = _string(_require(entry, "name", where), f"{where}.name")
         if not name.isprintable() or name != name.strip() or len(name) > 128:
-            raise ConfigError(f"{where}.name: {name!r} is not 1 to 128 printable characters without outer spaces")
-        if name == LOOPBACK_CALLER:
+            raise ConfigError(f"{where}.name: {_q(name)} is not 1 to 128 printable characters without outer spaces")
+        if name.casefold() == LOOPBACK_CALLER.casefold():
             raise ConfigError(
-                f"{where}.name: {LOOPBACK_CALLER!r} is the name of callers admitted by unauthenticated_loopback;"
+                f"{where}.name: {_q(LOOPBACK_CALLER)} is the name of callers admitted by unauthenticated_loopback;"
                 " choose another"
             )
         if name in names:
-            raise ConfigError(f"{where}.name: {name!r} is also the name of {names[name]}; each caller needs its own")
+            raise ConfigError(f"{where}.name: {_q(name)} is also the name of {names[name]}; each caller needs its own")
         names[name] = where
         role_text = _string(_require(entry, "role", where), f"{where}.role")
         try:
             role = Role(role_text)
         except ValueError:
-            raise ConfigError(f"{where}.role: {role_text!r} is not one of {_ROLES}") from None
+            raise ConfigError(f"{where}.role: {_q(role_text)} is not one of {_ROLES}") from None
         has_token, has_name = "token_sha256" in entry, "certificate_common_name" in entry
         if has_token == has_name:
             raise ConfigError(
@@ -656,7 +725,7 @@ def _operator_access(
             tokens[digest] = where
             if tls is None and not loopback:
                 raise ConfigError(
-                    f"{where}.token_sha256: {listen!r} is not a loopback address and [operator.tls] is missing, so"
+                    f"{where}.token_sha256: {_q(listen)} is not a loopback address and [operator.tls] is missing, so"
                     " the token would cross the network in plaintext; configure [operator.tls]"
                 )
             callers.append(OperatorCaller(name=name, role=role, token_sha256=digest))
@@ -667,20 +736,21 @@ def _operator_access(
                     f"{where}.certificate_common_name: client certificates need [operator.tls] client_ca, the CA"
                     " that issues callers' certificates"
                 )
-            if common_name in partner_identities:
+            if common_name.casefold() in partner_identities:
                 raise ConfigError(
-                    f"{where}.certificate_common_name: {common_name!r} is {partner_identities[common_name]}; a"
-                    " partner's certificate must never call the operator API"
+                    f"{where}.certificate_common_name: {_q(common_name)} is"
+                    f" {partner_identities[common_name.casefold()]}; a partner exchange certificate must never call"
+                    " the operator API"
                 )
             if common_name in common_names:
                 raise ConfigError(
-                    f"{where}.certificate_common_name: {common_name!r} is also {common_names[common_name]}'s"
+                    f"{where}.certificate_common_name: {_q(common_name)} is also {common_names[common_name]}'s"
                 )
             common_names[common_name] = where
             callers.append(OperatorCaller(name=name, role=role, certificate_common_name=common_name))
     if not loopback and not callers:
         raise ConfigError(
-            f"operator.listen: {listen!r} is not a loopback address and no [[operator.callers]] are configured, so"
+            f"operator.listen: {_q(listen)} is not a loopback address and no [[operator.callers]] are configured, so"
             " nobody could call the operator API; add callers (with [operator.tls]) or listen on 127.0.0.1"
         )
     return OperatorAccessConfig(tls=tls, callers=tuple(callers), unauthenticated_loopback=unauthenticated)

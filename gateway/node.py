@@ -15,7 +15,14 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc, operator_pb2, operator_pb2_grpc
-from gateway.config import DEFAULT_SIGNER_NAME, ConfigError, GatewayConfig, OperatorTLSConfig, TLSConfig
+from gateway.config import (
+    DEFAULT_SIGNER_NAME,
+    MAX_TRUST_DOCUMENT_BYTES,
+    ConfigError,
+    GatewayConfig,
+    OperatorTLSConfig,
+    TLSConfig,
+)
 from gateway.core import GatewayCore, PartnerSpec, utc_now
 from gateway.domain.access import is_loopback_host
 from gateway.domain.errors import GatewayError
@@ -48,6 +55,7 @@ from signing import (
     VerificationError,
     signer_from_uri,
 )
+from signing.files import read_small_file
 
 __all__ = ["GatewayNode", "PartnerSpec", "utc_now"]
 
@@ -263,21 +271,10 @@ class GatewayNode:
                 )
         signers = {name: _signer(uri, name) for name, uri in config.signers.items()}
         if config.tls is not None:
-            for name in ("certificate", "private_key", "ca_certificate"):
-                path = getattr(config.tls, name)
-                if not path.is_file():
-                    raise ConfigError(f"tls.{name}: {path} is not a readable file")
+            check_tls(config.tls)
         operator_tls = config.operator_access.tls
         if operator_tls is not None:
-            for name in ("certificate", "private_key", "client_ca"):
-                path = getattr(operator_tls, name)
-                if path is not None and not path.is_file():
-                    raise ConfigError(f"operator.tls.{name}: {path} is not a readable file")
-            try:
-                _operator_server_credentials(operator_tls)
-            except (OSError, ValueError, RuntimeError) as exc:
-                raise ConfigError(f"operator.tls: the certificate files cannot be used: {exc}") from None
-            _check_operator_certificates(operator_tls)
+            check_operator_tls(operator_tls)
         access = OperatorAccess(
             callers=config.operator_access.callers,
             unauthenticated_loopback=config.operator_access.unauthenticated_loopback,
@@ -458,37 +455,63 @@ class GatewayNode:
         await self.core.close()
 
 
-def _check_operator_certificates(tls: OperatorTLSConfig) -> None:
-    """Refuse operator certificate files that are not PEM certificates and keys, or a key that is not the
-    certificate's, naming the setting (gRPC would only fail to bind, naming the wrong one)."""
+def check_tls(tls: TLSConfig) -> None:
+    """Refuse ``[tls]`` files that are missing, not PEM, or a key that is not the certificate's, with a
+    `ConfigError` naming the setting: what `GatewayNode.from_config` and ``config check`` both run."""
+    for name in ("certificate", "private_key", "ca_certificate"):
+        path = getattr(tls, name)
+        if not path.is_file():
+            raise ConfigError(f"tls.{name}: {path} is not a readable file")
+    _check_certificates("tls", tls.certificate, tls.private_key, ("ca_certificate", tls.ca_certificate))
+
+
+def check_operator_tls(tls: OperatorTLSConfig) -> None:
+    """Refuse ``[operator.tls]`` files that are missing, not PEM, or a key that is not the certificate's, with a
+    `ConfigError` naming the setting: what `GatewayNode.from_config` and ``config check`` both run."""
+    for name in ("certificate", "private_key", "client_ca"):
+        path = getattr(tls, name)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"operator.tls.{name}: {path} is not a readable file")
+    _check_certificates(
+        "operator.tls", tls.certificate, tls.private_key, ("client_ca", tls.client_ca) if tls.client_ca else None
+    )
+    try:
+        _operator_server_credentials(tls)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"operator.tls: the certificate files cannot be used: {exc}") from None
+
+
+def _check_certificates(section: str, certificate: Path, private_key: Path, ca: tuple[str, Path] | None) -> None:
+    """Refuse certificate files that are not PEM certificates and keys, or a key that is not the certificate's,
+    naming the setting (gRPC would only fail to bind, naming the wrong one)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     def read(name: str, path: Path) -> bytes:
         try:
-            return path.read_bytes()
+            return read_small_file(path)
         except OSError as exc:
-            raise ConfigError(f"operator.tls.{name}: {path} cannot be read: {exc.strerror or exc}") from None
+            raise ConfigError(f"{section}.{name}: {path} cannot be read: {exc.strerror or exc}") from None
 
     def not_pem(name: str, path: Path, what: str, exc: Exception) -> ConfigError:
-        return ConfigError(f"operator.tls.{name}: {path} is not a PEM {what}: {exc}")
+        return ConfigError(f"{section}.{name}: {path} is not a PEM {what}: {exc}")
 
     try:
-        certificates = x509.load_pem_x509_certificates(read("certificate", tls.certificate))
+        certificates = x509.load_pem_x509_certificates(read("certificate", certificate))
     except ValueError as exc:
-        raise not_pem("certificate", tls.certificate, "certificate", exc) from None
+        raise not_pem("certificate", certificate, "certificate", exc) from None
     try:
-        key = serialization.load_pem_private_key(read("private_key", tls.private_key), None)
+        key = serialization.load_pem_private_key(read("private_key", private_key), None)
     except (ValueError, TypeError) as exc:
-        raise not_pem("private_key", tls.private_key, "private key without a passphrase", exc) from None
-    if tls.client_ca is not None:
+        raise not_pem("private_key", private_key, "private key without a passphrase", exc) from None
+    if ca is not None:
         try:
-            x509.load_pem_x509_certificates(read("client_ca", tls.client_ca))
+            x509.load_pem_x509_certificates(read(*ca))
         except ValueError as exc:
-            raise not_pem("client_ca", tls.client_ca, "certificate", exc) from None
+            raise not_pem(ca[0], ca[1], "certificate", exc) from None
     if certificates[0].public_key() != key.public_key():
         raise ConfigError(
-            f"operator.tls.private_key: {tls.private_key} is not the key of the certificate {tls.certificate}; keep"
+            f"{section}.private_key: {private_key} is not the key of the certificate {certificate}; keep"
             " the two files paired"
         )
 
@@ -557,7 +580,7 @@ def _probe_listen(address: str, setting: str) -> None:
 
 def _trust_envelope(path: Path, setting: str) -> Envelope:
     try:
-        envelope = Envelope.from_json(path.read_bytes())
+        envelope = Envelope.from_json(read_small_file(path, MAX_TRUST_DOCUMENT_BYTES))
         TrustedParty.restore(envelope)
     except FileNotFoundError:
         raise ConfigError(
@@ -601,12 +624,7 @@ async def _open_store(location: Path | str) -> Store:
                 f" ({type(exc).__name__}: {exc}); name a database of its own"
             ) from None
     path = Path(location)
-    if path.is_dir():
-        raise ConfigError(f"database: {path} is a folder; name a file (it is created if missing)")
-    if not path.parent.is_dir():
-        raise ConfigError(
-            f"database: the folder {path.parent} does not exist; create it or name a file in an existing folder"
-        )
+    check_database_file(path)
     try:
         return await open_store(path)
     except sqlite3.DatabaseError as exc:
@@ -616,3 +634,14 @@ async def _open_store(location: Path | str) -> Store:
             f"database: {path} cannot be used as this gateway's SQLite database ({exc}); name this gateway's"
             " database file, or a new path to create one"
         ) from None
+
+
+def check_database_file(path: Path) -> None:
+    """Refuse an SQLite ``database`` path that is a folder or whose folder does not exist, naming the setting:
+    what `GatewayNode.from_config` and ``config check`` both run before the file is opened."""
+    if path.is_dir():
+        raise ConfigError(f"database: {path} is a folder; name a file (it is created if missing)")
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"database: the folder {path.parent} does not exist; create it or name a file in an existing folder"
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -208,6 +209,12 @@ def _init(args: argparse.Namespace) -> int:
         if _party(accepted, "--accept-from") not in named:
             raise SetupError(f"--accept-from {accepted}: name it as a partner too (--partner {accepted}=HOST:PORT)")
     operator_listen = _listen(args.operator_listen, "--operator-listen")
+    if not is_loopback_host(operator_listen.rpartition(":")[0]):
+        raise SetupError(
+            f"--operator-listen {operator_listen} is not a loopback address; `serve` opens the operator API"
+            " beyond loopback only with [operator.tls] and [[operator.callers]], which are added after init (see"
+            " the README, 'Callers, TLS and roles'): init with 127.0.0.1:PORT, then add them and change listen"
+        )
     partner_listen = _listen(args.partner_listen, "--partner-listen")
     if operator_listen == partner_listen and not operator_listen.endswith(":0"):
         raise SetupError(f"--operator-listen and --partner-listen are both {operator_listen}; give two ports")
@@ -749,10 +756,11 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def file_problems(config: GatewayConfig) -> list[str]:
     """What ``serve`` would refuse in the files a loaded configuration names: trust documents that are missing,
-    unreadable or another Party's, signers that cannot be opened, missing TLS files, a database folder that
-    does not exist. Ports are not probed: the gateway may be running."""
+    unreadable or another Party's, signers that cannot be opened, TLS files that are missing, not PEM or not
+    paired, a database path that is a folder or in a folder that does not exist. The TLS and database checks
+    are the ones ``serve`` runs at start. Ports are not probed: the gateway may be running."""
     from gateway.config import ConfigError
-    from gateway.node import _signer, _trust_envelope
+    from gateway.node import _signer, _trust_envelope, check_database_file, check_operator_tls, check_tls
 
     problems: list[str] = []
     documents = [("trust_document", config.trust_document, config.party)]
@@ -770,12 +778,16 @@ def file_problems(config: GatewayConfig) -> list[str]:
             _signer(uri, name)
         except ConfigError as exc:
             problems.append(str(exc))
+    checks: list[Callable[[], None]] = []
     if config.tls is not None:
-        for name in ("certificate", "private_key", "ca_certificate"):
-            file = getattr(config.tls, name)
-            if not file.is_file():
-                problems.append(f"tls.{name}: {file} is not a readable file")
-    database = config.database
-    if isinstance(database, Path) and not database.parent.is_dir():
-        problems.append(f"database: the folder {database.parent} does not exist; create it")
+        checks.append(functools.partial(check_tls, config.tls))
+    if config.operator_access.tls is not None:
+        checks.append(functools.partial(check_operator_tls, config.operator_access.tls))
+    if isinstance(config.database, Path):
+        checks.append(functools.partial(check_database_file, config.database))
+    for check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            problems.append(str(exc))
     return [" ".join(problem.split()) for problem in problems]

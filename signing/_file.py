@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from signing.errors import SignerError
-from signing.files import passphrase_from_file_bytes
+from signing.files import passphrase_from_file_bytes, read_small_file
 from signing.signers import CryptoSigner
 
 __all__ = ["signer_from_file_uri", "signer_from_path"]
@@ -68,7 +68,7 @@ def signer_from_file_uri(uri: str) -> CryptoSigner:
         passphrase_path = Path(params["passphrase-file"])
         source = f"passphrase file {passphrase_path}"
         try:
-            passphrase = passphrase_path.read_bytes()
+            passphrase = read_small_file(passphrase_path)
         except FileNotFoundError:
             raise SignerError(f"the passphrase file {passphrase_path} named by {uri!r} does not exist") from None
         except OSError as exc:
@@ -110,7 +110,7 @@ def _parse_query(uri: str, query: str) -> dict[str, str]:
 
 def _load(path: Path, passphrase: bytes | None, source: str | None) -> CryptoSigner:
     try:
-        pem = path.read_bytes()
+        pem = read_small_file(path)
     except FileNotFoundError:
         raise SignerError(
             f"the private key file {path} does not exist; check the signer URI, or create a key with "

@@ -33,6 +33,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 
 from signing.errors import SignerError
+from signing.files import read_small_file
 from signing.keys import Algorithm, PublicKey
 
 __all__ = ["Pkcs11Signer", "signer_from_pkcs11_uri"]
@@ -150,7 +151,7 @@ def _read_pin(uri: str, query: dict[str, str]) -> str:
                 f"pin-source {query['pin-source']!r} in the pkcs11 URI must be file:/absolute/path or /absolute/path"
             )
         try:
-            data = Path(source).read_text(encoding="utf-8")
+            data = read_small_file(Path(source)).decode("utf-8")
         except FileNotFoundError:
             raise SignerError(f"the PIN file {source} named by the pkcs11 URI does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:

@@ -215,6 +215,10 @@ def test_config_check_names_every_unknown_key(tmp_path: Path, capsys: pytest.Cap
             "operator.listen: expected a non-empty string",
         ),
         (
+            GOOD.replace('listen = "127.0.0.1:0"\n\n[partner]', 'listen = "a b:5"\n\n[partner]').encode(),
+            "operator.listen: 'a b' in 'a b:5' is not a host name or an IP address",
+        ),
+        (
             GOOD.replace('{ verdict = "hold" }', '{ verdict = "maybe" }').encode(),
             "policy.rules[1].verdict: use accept, reject or hold",
         ),
@@ -232,6 +236,55 @@ def test_config_check_names_a_malformed_file_or_value(
     path.write_bytes(content)
     [line] = _check(path, capsys)
     assert expected in line
+
+
+def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    [line] = _check(path, capsys)
+    assert "nested too deeply" in line
+    result = subprocess.run([*CLI, "serve", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "nested too deeply" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            GOOD.replace("ndc_first_year = 2021", "ndc_first_year = 2031"),
+            "ledger.ndc_last_year: the NDC period ends in 2030, before it starts in 2031",
+        ),
+        (
+            GOOD.replace('adjustment_method = "multi-year"', "").replace(
+                "ndc_first_year = 2021", "ndc_first_year = 2031"
+            ),
+            "ledger.ndc_last_year: the NDC period ends in 2030, before it starts in 2031",
+        ),
+        (
+            GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\nhttp_url = "ftp://che.example"'),
+            "partners[0].http_url: 'ftp://che.example' is not an http:// or https:// URL",
+        ),
+        (
+            GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\nhttp_url = "che.example:8443"'),
+            "partners[0].http_url: 'che.example:8443' is not an http:// or https:// URL",
+        ),
+    ],
+)
+def test_config_check_refuses_a_value_out_of_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    [line] = _check(_write(tmp_path, text), capsys)
+    assert expected in line
+
+
+def test_a_huge_value_is_quoted_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # (A file of 50 MB is refused for its size before it is parsed; this value fits in the 1 MiB allowed.)
+    path = _write(tmp_path, GOOD.replace('party = "CHN"', f'party = "{"X" * 500_000}"', 1))
+    [line] = _check(path, capsys)
+    assert line.startswith(f"{path}: party: 'XXXX") and "(500000 characters)" in line
+    assert len(line) < len(str(path)) + 200
 
 
 def test_config_check_names_a_missing_file_and_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

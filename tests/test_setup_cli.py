@@ -87,13 +87,15 @@ def test_init_writes_optional_settings_only_as_comments(tmp_path: Path, capsys: 
         assert before.startswith("#") or text.splitlines()[text.splitlines().index(section) + 1].startswith("#")
 
 
-def test_init_admits_no_caller_without_credentials_off_loopback(
+def test_init_refuses_an_operator_listen_off_loopback_that_serve_would_refuse(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _init(capsys, "--party", "CHE", "--operator-listen", "0.0.0.0:50071", str(tmp_path / "che"))[0] == 0
-    text = (tmp_path / "che" / "gateway.toml").read_text()
-    assert "unauthenticated_loopback = true" not in text.splitlines()
-    assert next(line for line in text.splitlines() if "unauthenticated_loopback" in line).startswith("#")
+    # Off loopback, serve needs [operator.tls] and [[operator.callers]], which init does not write.
+    code, out, err = _init(capsys, "--party", "CHE", "--operator-listen", "0.0.0.0:50071", str(tmp_path / "che"))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "--operator-listen 0.0.0.0:50071 is not a loopback address" in err
+    assert "[operator.tls] and [[operator.callers]]" in err
+    assert not (tmp_path / "che").exists()
 
 
 def test_init_with_demo_tls_issues_certificates_from_one_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,6 +143,9 @@ def test_init_with_a_pkcs11_signer_uses_the_token_key_and_writes_no_key_file(
         (["--party", "CHN", "--partner", "CHE=localhost"], "--partner CHE: 'localhost' is not HOST:PORT"),
         (["--party", "CHN", "--accept-from", "CHE"], "--accept-from CHE: name it as a partner too"),
         (["--party", "CHN", "--operator-listen", "300.1.1.1:5"], "--operator-listen: '300.1.1.1' in"),
+        (["--party", "CHN", "--operator-listen", "a b:5"], "--operator-listen: 'a b' in 'a b:5' is not a host name"),
+        (["--party", "CHN", "--partner-listen", "a b:5"], "--partner-listen: 'a b' in 'a b:5' is not a host name"),
+        (["--party", "CHN", "--partner", "CHE=a\tb:5"], "--partner CHE: 'a\\tb' in 'a\\tb:5' is not a host name"),
         (["--party", "CHN", "--signer", "file:x.key"], "--signer 'file:x.key' is not a pkcs11: URI"),
         (["--party", "CHN", "--days", "0"], "--days 0 is not in 1..3650"),
         (

@@ -425,3 +425,141 @@ def test_defect_16_a_start_up_problem_ends_in_one_line_naming_it(
     case: Case, broken_starts: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
     _assert_one_line_naming(broken_starts[case.name], *case.names)
+
+
+# `config check` refuses what `serve` refuses at start: the same checks of the files the configuration names
+
+CHECK = [sys.executable, "-m", "gateway.cli", "config", "check"]
+
+
+def _certificates(folder: Path) -> None:
+    """A demo CA and certificates for CHN and CHE in ``folder``: ``ca.crt``, ``chn.crt``/``chn.key``, ``che.*``."""
+    from gateway.tls import create_ca, issue_certificate
+
+    ca_cert, ca_key = create_ca("test CA")
+    _write(folder / "ca.crt", ca_cert)
+    for name in ("chn", "che"):
+        cert, key = issue_certificate(ca_cert, ca_key, name.upper())
+        _write(folder / f"{name}.crt", cert)
+        _write(folder / f"{name}.tls.key", key)
+
+
+def _operator_tls(folder: Path, **files: str) -> Path:
+    _certificates(folder)
+    settings = {"certificate": "chn.crt", "private_key": "chn.tls.key", "client_ca": "ca.crt", **files}
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    return _config(folder, tail=f"[operator.tls]\n{lines}")
+
+
+def _partner_tls(folder: Path, **files: str) -> Path:
+    _certificates(folder)
+    settings = {"certificate": "chn.crt", "private_key": "chn.tls.key", "ca_certificate": "ca.crt", **files}
+    lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    return _config(folder, tail=f"[tls]\n{lines}")
+
+
+def _same_listen(folder: Path) -> Path:
+    address = f"127.0.0.1:{_free_port()}"
+    return _config(folder, operator=address, partner=address)
+
+
+CHECKED_LIKE_SERVE = [
+    Case(
+        "operator_tls_certificate_missing",
+        lambda f, _: _operator_tls(f, certificate="absent.crt"),
+        ("operator.tls.certificate", "absent.crt"),
+    ),
+    Case(
+        "operator_tls_certificate_not_pem",
+        lambda f, _: _operator_tls(f, certificate=_write(f / "text.crt", b"not a certificate\n").name),
+        ("operator.tls.certificate", "text.crt", "not a PEM certificate"),
+    ),
+    Case(
+        "operator_tls_key_not_the_certificates",
+        lambda f, _: _operator_tls(f, private_key="che.tls.key"),
+        ("operator.tls.private_key", "che.tls.key", "not the key of the certificate"),
+    ),
+    Case(
+        "operator_tls_client_ca_missing",
+        lambda f, _: _operator_tls(f, client_ca="absent-ca.crt"),
+        ("operator.tls.client_ca", "absent-ca.crt"),
+    ),
+    Case(
+        "operator_tls_client_ca_is_a_folder",
+        lambda f, _: _operator_tls(f, client_ca=_folder(f / "ca-folder").name),
+        ("operator.tls.client_ca", "ca-folder"),
+    ),
+    Case(
+        "operator_tls_client_ca_not_pem",
+        lambda f, _: _operator_tls(f, client_ca=_write(f / "text-ca.crt", b"not a certificate\n").name),
+        ("operator.tls.client_ca", "text-ca.crt", "not a PEM certificate"),
+    ),
+    Case(
+        "tls_certificate_not_pem",
+        lambda f, _: _partner_tls(f, certificate=_write(f / "text.crt", b"not a certificate\n").name),
+        ("tls.certificate", "text.crt", "not a PEM certificate"),
+    ),
+    Case(
+        "tls_key_not_the_certificates",
+        lambda f, _: _partner_tls(f, private_key="che.tls.key"),
+        ("tls.private_key", "che.tls.key", "not the key of the certificate"),
+    ),
+    Case("database_names_a_folder", lambda f, _: _config(f, database=_folder(f / "db").name), ("database", "folder")),
+    Case("operator_listen_is_partner_listen", lambda f, _: _same_listen(f), ("partner.listen", "operator.listen")),
+    # Every file the configuration names is a regular file of bounded size, checked before it is read: a device
+    # would be read for ever, and a FIFO without a writer would block the start.
+    Case("config_is_dev_zero", lambda f, _: Path("/dev/zero"), ("/dev/zero", "not a regular file")),
+    Case("config_is_a_fifo", lambda f, _: _fifo(f / "fifo.toml"), ("fifo.toml", "not a regular file")),
+    Case(
+        "config_too_large",
+        lambda f, _: _write(f / "huge.toml", b"# " + b"x" * (2 << 20) + b"\n"),
+        ("huge.toml", "larger than"),
+    ),
+    Case("signer_is_dev_zero", lambda f, _: _config(f, signer="file:/dev/zero"), ("signer", "/dev/zero")),
+    Case(
+        "signer_is_a_fifo",
+        lambda f, _: _config(f, signer=f"file:{_fifo(f / 'fifo.key').name}"),
+        ("signer", "fifo.key", "not a regular file"),
+    ),
+    Case(
+        "signer_passphrase_file_is_a_fifo",
+        lambda f, _: _config(f, signer=f"file:chn.key?passphrase-file={_fifo(f / 'fifo.pass')}"),
+        ("signer", "fifo.pass", "not a regular file"),
+    ),
+    Case(
+        "trust_document_is_dev_zero",
+        lambda f, _: _config(f, trust_document="/dev/zero"),
+        ("trust_document", "/dev/zero", "not a regular file"),
+    ),
+    Case(
+        "partner_trust_document_is_a_fifo",
+        lambda f, _: _config(f, partner_trust_document=_fifo(f / "fifo.json").name),
+        ("partners[0].trust_document", "fifo.json", "not a regular file"),
+    ),
+    Case(
+        "trust_document_too_large",
+        lambda f, _: _config(f, trust_document=_write(f / "huge.json", b" " * (5 << 20) + b"{}").name),
+        ("trust_document", "huge.json", "larger than"),
+    ),
+    Case(
+        "tls_certificate_is_dev_zero",
+        lambda f, _: _partner_tls(f, certificate="/dev/zero"),
+        ("tls.certificate", "/dev/zero"),
+    ),
+]
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("case", CHECKED_LIKE_SERVE, ids=[case.name for case in CHECKED_LIKE_SERVE])
+def test_config_check_refuses_in_one_line_what_serve_refuses(case: Case, tmp_path: Path) -> None:
+    config = case.prepare(_keys(tmp_path), 0)
+    _assert_one_line_naming(_serve(config), *case.names)
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert check.returncode == 2 and check.stdout == "", check
+    assert "Traceback" not in check.stderr and check.stderr.count("\n") == 1, check.stderr
+    for name in case.names:
+        assert name in check.stderr, check.stderr

@@ -735,6 +735,23 @@ def test_the_readme_operator_example_loads(tmp_path: Path) -> None:
     [
         ('[[operator.callers]]\nname = "x"\nrole = "operator"\ncertificate_common_name = "che-gw"\n', ("che-gw",)),
         ('[[operator.callers]]\nname = "x"\nrole = "operator"\ncertificate_common_name = "CHE"\n', ("'CHE'",)),
+        # Compared without regard to case, and this gateway's own partner certificate name is refused too.
+        (
+            '[[operator.callers]]\nname = "x"\nrole = "operator"\ncertificate_common_name = "che"\n',
+            ("'che'", "partners[0].party"),
+        ),
+        (
+            '[[operator.callers]]\nname = "x"\nrole = "operator"\ncertificate_common_name = "CHE-GW"\n',
+            ("'CHE-GW'", "partners[0].tls_identity"),
+        ),
+        (
+            '[[operator.callers]]\nname = "x"\nrole = "operator"\ncertificate_common_name = "CHN"\n',
+            ("'CHN'", "this gateway's own"),
+        ),
+        (
+            '[[operator.callers]]\nname = "x"\nrole = "operator"\ncertificate_common_name = "chn"\n',
+            ("'chn'", "this gateway's own"),
+        ),
     ],
 )
 def test_a_certificate_caller_may_not_bear_a_partners_tls_identity(
@@ -754,6 +771,21 @@ def test_a_certificate_caller_may_not_bear_a_partners_tls_identity(
     assert str(refused.value).startswith("operator.callers[0].certificate_common_name:")
     for name in names:
         assert name in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["Anonymous", "ANONYMOUS", "anonymous"])
+def test_a_caller_may_not_be_named_like_unauthenticated_callers_in_any_case(tmp_path: Path, name: str) -> None:
+    from gateway.config import ConfigError, load_config
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        'party = "CHN"\ndatabase = "chn.db"\nsigner = "chn.key"\ntrust_document = "chn.trust.json"\n'
+        f'[[operator.callers]]\nname = "{name}"\nrole = "read-only"\ntoken_sha256 = "{"0" * 64}"\n'
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value).startswith("operator.callers[0].name:")
+    assert "unauthenticated_loopback" in str(refused.value)
 
 
 @pytest.mark.asyncio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,6 +156,19 @@ def test_missing_key_file(tmp_path: Path) -> None:
         signer_from_uri("file:")
     with pytest.raises(SignerError, match="only local files"):
         signer_from_uri("file://remote.example/key.pem")
+
+
+def test_a_key_or_passphrase_file_that_is_no_regular_small_file_is_refused_unread(
+    tmp_path: Path, encrypted_key: Path
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # without a writer, reading it would block for ever
+    (tmp_path / "huge.key").write_bytes(b"x" * ((1 << 20) + 1))
+    for uri in (f"file:{fifo}", "file:/dev/zero", f"file:{tmp_path / 'huge.key'}"):
+        with pytest.raises(SignerError, match=r"not a regular file|larger than"):
+            signer_from_uri(uri)
+    with pytest.raises(SignerError, match=r"passphrase file .*not a regular file"):
+        signer_from_uri(f"file:{encrypted_key}?passphrase-file={fifo}")
 
 
 def test_unreadable_key_file(tmp_path: Path) -> None:
