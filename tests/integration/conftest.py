@@ -22,10 +22,18 @@ from tests import postgres
 BACKENDS = ("sqlite", "postgresql")
 
 
+SHARED_NETWORKS = frozenset({"gateways", "partners"})
+"""Module-scoped fixtures (in test_bad_input.py) whose gateways serve every test of the module. They are started
+once, under the backend of the first test that asks for them, and outlive the per-test databases: the tests that
+use them run on SQLite alone (each store API they reach is run on PostgreSQL by the other tests)."""
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "store_backend" not in metafunc.fixturenames:
         return
-    if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+    if metafunc.definition.get_closest_marker("sqlite_only") is not None or SHARED_NETWORKS & set(
+        metafunc.fixturenames
+    ):
         backends = ["sqlite"]
     elif metafunc.definition.get_closest_marker("postgres") is not None:
         backends = ["postgresql"]  # replicas share one database: a server's, never a file

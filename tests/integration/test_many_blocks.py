@@ -7,11 +7,14 @@ must on both sides, and that the longest span survives entries recorded after it
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from carbon_gateway.v1 import operator_pb2, records_pb2
 from gateway.demo import Pair, ledgers_agree
 from gateway.store.base import BlockStatus
+from gateway.store.postgres import PostgresTransaction
 from gateway.store.sqlite import SQLiteTransaction
 from tests.integration.harness import operator, proposal_request, settle, setup_accounts
 
@@ -22,14 +25,19 @@ async def test_a_transfer_of_many_separate_blocks_moves_each_of_them_on_both_sid
 ) -> None:
     block = await setup_accounts(pair)
     status_updates = 0
-    real = SQLiteTransaction.set_block_status
 
-    async def counted(self: SQLiteTransaction, *args: object, **kwargs: object) -> None:
-        nonlocal status_updates
-        status_updates += 1
-        await real(self, *args, **kwargs)  # type: ignore[arg-type]
+    def counting(kind: type[SQLiteTransaction] | type[PostgresTransaction]) -> Any:
+        real: Any = kind.set_block_status
 
-    monkeypatch.setattr(SQLiteTransaction, "set_block_status", counted)
+        async def counted(self: Any, *args: object, **kwargs: object) -> None:
+            nonlocal status_updates
+            status_updates += 1
+            await real(self, *args, **kwargs)
+
+        return counted
+
+    for kind in (SQLiteTransaction, PostgresTransaction):
+        monkeypatch.setattr(kind, "set_block_status", counting(kind))
     # The long block first, then 200 single units: the longest span recorded must stay the long block's.
     request = proposal_request(block, 501, 900, "many")
     request.selections.extend(operator_pb2.BlockSelection(space=block.space, start=i, end=i) for i in range(1, 400, 2))
