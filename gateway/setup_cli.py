@@ -31,8 +31,7 @@ from gateway.domain.records import PARTY_PATTERN
 from signing import Envelope, Role, Signer, SigningError, TrustDocument, TrustedParty, sign_trust_document
 
 if TYPE_CHECKING:
-    from gateway.domain.access import is_loopback_host
-from gateway.config import GatewayConfig
+    from gateway.config import GatewayConfig
 
 EXIT_OK = 0
 EXIT_USAGE = 2
