@@ -41,6 +41,7 @@ from gateway.domain.protocol import DecisionPolicy
 from gateway.domain.records import ActionType, Authorization, FirstTransferDefinition, Purpose
 from gateway.report_cli import write_report
 from gateway.service import Gateway
+from gateway.store.migrations import LEDGER_COLUMNS
 from gateway.store.sqlite import SQLiteStore
 from gateway.usecases.reporting import PARTS
 from tests.bench.common import Figure
@@ -77,25 +78,8 @@ gwp_values = "AR5"
 underlying_registry_codes = { "CN-CCER" = "CCER", "VCS" = "VCS" }
 """
 
-COLUMNS = (
-    "action_date",
-    "action_type",
-    "transfer_id",
-    "block",
-    "quantity",
-    "vintage",
-    "cooperative_approach",
-    "authorization_id",
-    "first_transferring_party",
-    "transferring_party",
-    "acquiring_party",
-    "purpose",
-    "action_subtype",
-    "year_of_use",
-    "using_party",
-    "using_entity",
-    "note",
-)
+COLUMNS = LEDGER_COLUMNS[1:]
+"""The stored ledger columns but the entry ID, which SQLite assigns."""
 
 
 def authorizations() -> list[Authorization]:
