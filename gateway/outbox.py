@@ -34,9 +34,9 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from carbon_gateway.v1 import partner_pb2
 from gateway import faults, wire
@@ -45,6 +45,7 @@ from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.statements import GENESIS_HASH, ChannelState, payload_hash
 from gateway.domain.text import truncate
 from gateway.exchange import MAX_BUNDLE_DOCUMENTS, Exchange, Sealed
+from gateway.partners import Partner
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage, OutboxState, Store, Transaction
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,22 @@ class PartnerTransport(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchTransport(PartnerTransport, Protocol):
+    """A transport that also sends several envelopes in one call (``DeliverBatch``)."""
+
+    async def deliver_batch(self, party: str, envelopes: list[bytes]) -> list[bytes]:
+        """Deliver in order in one call; return the receipts in the same order. Raise `BatchesUnsupported` when
+        the partner cannot take a batch, and `TransportError` when the call failed."""
+        ...
+
+
 class TransportError(Exception):
     """The partner could not be reached or did not answer: a failure of the transport, not of the data."""
+
+
+class BatchesUnsupported(TransportError):
+    """The partner runs a version without ``DeliverBatch``: send it one envelope per call."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,27 @@ class Backoff:
         wait: dt.timedelta = self.initial * (2 ** max(attempts - 1, 0))
         return min(wait, self.maximum)
 
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What a partner's answer says about one message of a run, read before anything is recorded."""
+
+    message: OutboxMessage
+    sealed: Sealed
+    channel: ChannelState
+    """The outgoing channel the message was sealed on: where its predecessor left it."""
+    raw: bytes
+    receipt: partner_pb2.Receipt | None
+    """None when the answer did not verify or did not answer this message."""
+    outcome: Outcome
+    code: ResponseCode
+    detail: str
+    theirs: ChannelState | None
+    retry_error: str
+
+
+MAX_RUN = 64
+"""The most messages of one lane sealed and sent together, in one ``DeliverBatch`` call: the protocol's limit."""
 
 DEFAULT_LEASE = dt.timedelta(seconds=30)
 """How long a claimed message is this worker's alone: longer than a send may take (the transport's timeout)."""
@@ -98,6 +134,7 @@ class OutboxWorker:
         clock: Callable[[], dt.datetime],
         backoff: Backoff | None = None,
         batch: int = 64,
+        run: int = MAX_RUN,
         lease: dt.timedelta = DEFAULT_LEASE,
         replica: str | None = None,
     ) -> None:
@@ -107,6 +144,8 @@ class OutboxWorker:
         self.clock = clock
         self.backoff = backoff or Backoff()
         self.batch = batch
+        self.run = max(1, min(run, MAX_RUN))
+        """The most messages of one lane sent in one call."""
         self.lease = lease
         self.replica = replica or replica_id()
         """The owner this worker's leases name."""
@@ -174,69 +213,155 @@ class OutboxWorker:
             if not due:
                 return total
             now = self.clock()
+            until = now + self.lease
             async with self.store.transaction(durable=False) as tx:
-                heads = await tx.claim_lane_heads(now, self.batch, owner=self.replica, until=now + self.lease)
-            if not heads:
+                heads = await tx.claim_lane_heads(now, self.batch, owner=self.replica, until=until)
+                runs = [
+                    [head, *await tx.claim_followers(head, self.run - 1, now=now, owner=self.replica, until=until)]
+                    for head in heads
+                ]
+            if not runs:
                 return total  # another replica holds every due head; next_due_at says when its leases end
-            faults.reach("outbox-claimed")  # this replica now holds the leases of ``heads``
+            faults.reach("outbox-claimed")  # this replica now holds the leases of ``runs``
             if self.before_sending is not None:
                 await self.before_sending()
-            results = await asyncio.gather(*(self._attempt(m) for m in heads))
+            results = [
+                outcome for outcomes in await asyncio.gather(*(self._attempt(r) for r in runs)) for outcome in outcomes
+            ]
             total += sum(1 for r in results if r is Outcome.DELIVERED)
             if not any(r in (Outcome.DELIVERED, Outcome.DEAD_LETTER, Outcome.CATCH_UP) for r in results):
                 return total
 
-    async def _attempt(self, message: OutboxMessage) -> Outcome:
+    async def _attempt(self, run: list[OutboxMessage]) -> list[Outcome]:
         try:
-            return await self._deliver(message)
+            return await self._deliver(run)
         except Exception as exc:
-            # A bug or a store failure while handling this one message: it waits its backoff, and the others go on.
-            log.exception("delivering %s to %s failed", message.message_id, message.receiver)
-            await self._retry(message, ResponseCode.INTERNAL_ERROR, f"this gateway failed: {exc!r}")
-            return Outcome.RETRY
+            # A bug or a store failure while handling this lane: its head waits its backoff, and the others go on.
+            head = run[0]
+            log.exception("delivering %s to %s failed", head.message_id, head.receiver)
+            await self._retry(head, ResponseCode.INTERNAL_ERROR, f"this gateway failed: {exc!r}", following=run[1:])
+            return [Outcome.RETRY]
 
-    async def _deliver(self, message: OutboxMessage) -> Outcome:
-        partner = self.exchange.partners.get(message.receiver)
-        if partner is None:
-            await self._retry(message, ResponseCode.UNKNOWN_PARTNER, f"no partner {message.receiver!r} is configured")
-            return Outcome.RETRY
+    async def _exchange(
+        self, partner: Partner, sealed_run: list[tuple[OutboxMessage, Sealed, ChannelState]]
+    ) -> list[_Verdict]:
+        """Send the run in order, in one call where the transport and the partner can; return a verdict per
+        message answered. One call after another otherwise, stopping at the first message not delivered (the
+        rest would only wait behind it)."""
+        if len(sealed_run) > 1 and isinstance(self.transport, BatchTransport):
+            try:
+                receipts = await self.transport.deliver_batch(partner.party, [s.envelope for _, s, _ in sealed_run])
+            except BatchesUnsupported:
+                pass
+            else:
+                return [
+                    self._verdict(partner, message, sealed, channel, raw)
+                    for (message, sealed, channel), raw in zip(sealed_run, receipts, strict=False)
+                ]
+        verdicts: list[_Verdict] = []
+        for message, sealed, channel in sealed_run:
+            try:
+                raw = await self.transport.deliver(partner.party, sealed.envelope)
+            except TransportError:
+                if not verdicts:
+                    raise
+                break
+            verdicts.append(self._verdict(partner, message, sealed, channel, raw))
+            if verdicts[-1].outcome is not Outcome.DELIVERED:
+                break
+        return verdicts
+
+    async def _seal(
+        self, run: list[OutboxMessage], partner: Partner
+    ) -> list[tuple[OutboxMessage, Sealed, ChannelState]]:
+        """Seal the lane's next messages in one transaction, each on the channel its predecessor leaves: the
+        run travels as one batch, no larger than the partner takes in one envelope. Messages that do not fit are
+        left for the next round, their leases released."""
         now = self.clock()
+        sealed_run: list[tuple[OutboxMessage, Sealed, ChannelState]] = []
+        size = 0
         async with self.store.transaction(durable=False) as tx:
-            if not await tx.holds_lease(message.outbox_id, self.replica):
-                return Outcome.RETRY  # taken over by another replica after this one's lease ran out
-            channel = await tx.outgoing_channel(message.receiver)
-            if message.kind is OutboxKind.TRUST:
-                own = await tx.trust_documents(self.exchange.settings.self_party)
-                sealed = self.exchange.seal_trust([envelope for _, envelope in own][-MAX_BUNDLE_DOCUMENTS:])
-            else:
-                sealed = self.exchange.seal(message, channel, now)
-            reused = self.exchange.still_valid(message.sealed, sealed, now)
-            if reused is not None:
-                sealed = reused  # the same envelope again: nothing new travels, nothing new is logged
-            else:
-                await tx.append_log(
-                    direction="out",
-                    peer=message.receiver,
-                    message_id=message.message_id,
-                    kind=LogKind.TRUST if message.kind is OutboxKind.TRUST else LogKind.STATEMENT,
-                    form="protobuf",
-                    envelope=sealed.envelope,
-                    now=now,
-                    transfer_id=message.transfer_id,
-                )
-            await tx.mark_attempt(message.outbox_id, sealed.sequence, sealed.envelope)
+            channel = await tx.outgoing_channel(partner.party)
+            for message in run:
+                if not await tx.holds_lease(message.outbox_id, self.replica):
+                    break  # taken over by another replica after this one's lease ran out
+                if message.kind is OutboxKind.TRUST:
+                    own = await tx.trust_documents(self.exchange.settings.self_party)
+                    sealed = self.exchange.seal_trust([envelope for _, envelope in own][-MAX_BUNDLE_DOCUMENTS:])
+                else:
+                    sealed = self.exchange.seal(message, channel, now)
+                reused = self.exchange.still_valid(message.sealed, sealed, now)
+                if reused is not None:
+                    sealed = reused  # the same envelope again: nothing new travels, nothing new is logged
+                if sealed_run and size + len(sealed.envelope) > partner.max_envelope_bytes:
+                    break
+                size += len(sealed.envelope)
+                if reused is None:
+                    await tx.append_log(
+                        direction="out",
+                        peer=message.receiver,
+                        message_id=message.message_id,
+                        kind=LogKind.TRUST if message.kind is OutboxKind.TRUST else LogKind.STATEMENT,
+                        form="protobuf",
+                        envelope=sealed.envelope,
+                        now=now,
+                        transfer_id=message.transfer_id,
+                    )
+                await tx.mark_attempt(message.outbox_id, sealed.sequence, sealed.envelope)
+                sealed_run.append((message, sealed, channel))
+                if message.kind is not OutboxKind.TRUST:
+                    channel = channel.advance(sealed.payload)
+            for message in run[len(sealed_run) :]:
+                await tx.release_lease(message.outbox_id, self.replica)
+        return sealed_run
+
+    async def _deliver(self, run: list[OutboxMessage]) -> list[Outcome]:
+        head = run[0]
+        partner = self.exchange.partners.get(head.receiver)
+        if partner is None:
+            await self._retry(
+                head, ResponseCode.UNKNOWN_PARTNER, f"no partner {head.receiver!r} is configured", following=run[1:]
+            )
+            return [Outcome.RETRY]
+        sealed_run = await self._seal(run, partner)
+        if not sealed_run:
+            return [Outcome.RETRY]
         try:
-            raw = await self.transport.deliver(message.receiver, sealed.envelope)
+            verdicts = await self._exchange(partner, sealed_run)
         except TransportError as exc:
-            await self._retry(message, ResponseCode.OK, str(exc))
-            return Outcome.RETRY
+            await self._retry(head, ResponseCode.OK, str(exc), following=[m for m, _, _ in sealed_run[1:]])
+            return [Outcome.RETRY]
         faults.reach("outbox-sent")
+        now = self.clock()
+        settled: list[tuple[OutboxMessage, Outcome, ResponseCode, str]] = []
+        durable = any(v.outcome is not Outcome.DELIVERED for v in verdicts)
+        async with self.store.transaction(durable=durable) as tx:
+            for verdict in verdicts:
+                outcome = await self._settle(tx, verdict, now)
+                settled.append((verdict.message, outcome, verdict.code, verdict.detail))
+                if outcome is not Outcome.DELIVERED:
+                    break
+            # The rest of the run was sent behind a message that was not delivered: the partner has at most held
+            # them behind the gap. Their receipts are kept; they go again, resealed, once their head is through.
+            for verdict in verdicts[len(settled) :]:
+                if verdict.receipt is not None:
+                    await self._log_receipt(tx, verdict.message, verdict.raw, now)
+            for message, _, _ in sealed_run[len(settled) :]:
+                await tx.release_lease(message.outbox_id, self.replica)
+        for message, outcome, code, detail in settled:
+            self._report(message, outcome, code, detail)
+        return [outcome for _, outcome, _, _ in settled]
+
+    def _verdict(
+        self, partner: Partner, message: OutboxMessage, sealed: Sealed, channel: ChannelState, raw: bytes
+    ) -> _Verdict:
+        """What the partner's answer to one message of the run says, before anything is recorded."""
         try:
             receipt = self.exchange.read_receipt(partner, raw, sealed.envelope, message.message_id)
         except GatewayError as exc:
             # An answer that does not verify or does not answer this message is as good as no answer.
-            await self._retry(message, ResponseCode.OK, f"unusable receipt from {message.receiver}: {exc}")
-            return Outcome.RETRY
+            error = f"unusable receipt from {message.receiver}: {exc}"
+            return _Verdict(message, sealed, channel, raw, None, Outcome.RETRY, ResponseCode.OK, error, None, "")
         known_code = receipt.code in ResponseCode._value2member_map_
         code = ResponseCode(receipt.code) if known_code else ResponseCode.MALFORMED_PAYLOAD
         theirs = ChannelState(receipt.last_sequence, receipt.last_hash) if len(receipt.last_hash) == 32 else None
@@ -249,82 +374,97 @@ class OutboxWorker:
         )
         name = code.name if known_code else f"response code {receipt.code}, unknown to this version"
         detail = truncate(f"{name}: {receipt.detail}")
-        if outcome is Outcome.RETRY:
-            await self._retry(message, code, f"refused by {message.receiver} for now: {detail}")
-            return outcome
-        now = self.clock()
-        async with self.store.transaction(durable=outcome is not Outcome.DELIVERED) as tx:
-            if not await tx.holds_lease(message.outbox_id, self.replica):
-                # Another replica took the message over and records its own attempt: this one's answer is
-                # dropped (the partner took the message in once, whichever attempt it answered).
-                log.warning(
-                    "the lease on %s ran out while it was being sent; another replica has it", message.message_id
-                )
-                return Outcome.RETRY
-            await tx.release_lease(message.outbox_id, self.replica)
-            await tx.append_log(
-                direction="in",
-                peer=message.receiver,
-                message_id=message.message_id,
-                kind=LogKind.RECEIPT,
-                form="protobuf",
-                envelope=raw,
-                now=now,
-                transfer_id=message.transfer_id,
+        retry_error = f"refused by {message.receiver} for now: {detail}"
+        return _Verdict(message, sealed, channel, raw, receipt, outcome, code, detail, theirs, retry_error)
+
+    async def _log_receipt(self, tx: Transaction, message: OutboxMessage, raw: bytes, now: dt.datetime) -> None:
+        await tx.append_log(
+            direction="in",
+            peer=message.receiver,
+            message_id=message.message_id,
+            kind=LogKind.RECEIPT,
+            form="protobuf",
+            envelope=raw,
+            now=now,
+            transfer_id=message.transfer_id,
+        )
+
+    async def _settle(self, tx: Transaction, verdict: _Verdict, now: dt.datetime) -> Outcome:
+        """Record one message's outcome (`gateway.domain.delivery.classify`) inside the run's transaction."""
+        message, sealed, channel, receipt = verdict.message, verdict.sealed, verdict.channel, verdict.receipt
+        outcome, code, detail, theirs = verdict.outcome, verdict.code, verdict.detail, verdict.theirs
+        if not await tx.holds_lease(message.outbox_id, self.replica):
+            # Another replica took the message over and records its own attempt: this one's answer is dropped
+            # (the partner took the message in once, whichever attempt it answered).
+            log.warning("the lease on %s ran out while it was being sent; another replica has it", message.message_id)
+            return Outcome.RETRY
+        if receipt is None or outcome is Outcome.RETRY:
+            error = verdict.retry_error or detail
+            wait = self.backoff.after(message.attempts + 1)
+            log.info(
+                "delivery of %s to %s failed (%s); retrying in %s", message.message_id, message.receiver, error, wait
             )
-            if outcome is Outcome.DELIVERED:
-                digest = receipt.payload_sha256 or payload_hash(sealed.payload)
-                taken_at = await self._taken_at(tx, message, sealed, digest, theirs)
-                await tx.mark_delivered(message.outbox_id, digest, now, sequence=taken_at)
-                if message.kind is OutboxKind.TRUST:
-                    await tx.settle_superseded_trust(message.receiver, message.outbox_id, now)
-                elif taken_at > channel.last_sequence:
-                    # Taken in at this attempt, or at an earlier one whose receipt was lost. A message the partner
-                    # took in before the channel caught up with it leaves the channel where it is.
-                    await tx.set_outgoing_channel(message.receiver, ChannelState(taken_at, digest))
-                if self.exchange.on_delivered is not None and code is ResponseCode.OK:
-                    await self.exchange.on_delivered(tx, message)
-            elif outcome is Outcome.CATCH_UP:
-                assert theirs is not None
-                sent = await tx.highest_sequence_sent(message.receiver)
-                if theirs.last_sequence > sent:
-                    log.critical(
-                        "%s has taken in statements from us up to %d, but this gateway's store never sent one beyond"
-                        " %d: the store was restored from a backup or replaced. Transfers made after that point"
-                        " are unknown here, and units they sent may show as held again. Propose no transfer of"
-                        " them until the books are reconciled with every partner",
-                        message.receiver,
-                        theirs.last_sequence,
-                        sent,
-                    )
-                await tx.set_outgoing_channel(message.receiver, theirs)
-                await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now)
-                log.warning(
-                    "%s has taken in our statements up to %d (we had %d): sending on from there",
+            await tx.reschedule(message.outbox_id, code=int(code), error=error, next_attempt_at=now + wait)
+            await tx.release_lease(message.outbox_id, self.replica)
+            return Outcome.RETRY
+        await tx.release_lease(message.outbox_id, self.replica)
+        await self._log_receipt(tx, message, verdict.raw, now)
+        if outcome is Outcome.DELIVERED:
+            digest = receipt.payload_sha256 or payload_hash(sealed.payload)
+            taken_at = await self._taken_at(tx, message, sealed, digest, theirs)
+            await tx.mark_delivered(message.outbox_id, digest, now, sequence=taken_at)
+            if message.kind is OutboxKind.TRUST:
+                await tx.settle_superseded_trust(message.receiver, message.outbox_id, now)
+            elif taken_at > (await tx.outgoing_channel(message.receiver)).last_sequence:
+                # Taken in at this attempt, or at an earlier one whose receipt was lost. A message the partner
+                # took in before the channel caught up with it leaves the channel where it is.
+                await tx.set_outgoing_channel(message.receiver, ChannelState(taken_at, digest))
+            if self.exchange.on_delivered is not None and code is ResponseCode.OK:
+                await self.exchange.on_delivered(tx, message)
+        elif outcome is Outcome.CATCH_UP:
+            assert theirs is not None
+            sent = await tx.highest_sequence_sent(message.receiver)
+            if theirs.last_sequence > sent:
+                log.critical(
+                    "%s has taken in statements from us up to %d, but this gateway's store never sent one beyond"
+                    " %d: the store was restored from a backup or replaced. Transfers made after that point"
+                    " are unknown here, and units they sent may show as held again. Propose no transfer of"
+                    " them until the books are reconciled with every partner",
                     message.receiver,
                     theirs.last_sequence,
-                    channel.last_sequence,
+                    sent,
                 )
-            elif outcome is Outcome.RESEND_FROM:
-                resend_from = receipt.resend_from
-                previous = (
-                    GENESIS_HASH if resend_from == 1 else await tx.delivered_digest(message.receiver, resend_from - 1)
+            await tx.set_outgoing_channel(message.receiver, theirs)
+            await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now)
+            log.warning(
+                "%s has taken in our statements up to %d (we had %d): sending on from there",
+                message.receiver,
+                theirs.last_sequence,
+                channel.last_sequence,
+            )
+        elif outcome is Outcome.RESEND_FROM:
+            resend_from = receipt.resend_from
+            previous = (
+                GENESIS_HASH if resend_from == 1 else await tx.delivered_digest(message.receiver, resend_from - 1)
+            )
+            if previous is None:
+                outcome = Outcome.DEAD_LETTER
+                detail = truncate(
+                    f"{detail}; statement {resend_from - 1}, which the resend would chain to, is not in this"
+                    " gateway's outbox, so the channel cannot be rebuilt"
                 )
-                if previous is None:
-                    outcome = Outcome.DEAD_LETTER
-                    detail = truncate(
-                        f"{detail}; statement {resend_from - 1}, which the resend would chain to, is not in this"
-                        " gateway's outbox, so the channel cannot be rebuilt"
-                    )
-                else:
-                    # At the pace of the backoff: a partner that keeps asking cannot keep this lane busy.
-                    wait = self.backoff.after(message.attempts + 1)
-                    count = await tx.requeue_from(message.receiver, resend_from, now + wait)
-                    await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now + wait)
-                    await tx.set_outgoing_channel(message.receiver, ChannelState(resend_from - 1, previous))
-                    log.warning("%s lacks our statements from %d: resending %d", message.receiver, resend_from, count)
-            if outcome is Outcome.DEAD_LETTER:
-                await tx.settle(message.outbox_id, OutboxState.DEAD, code=receipt.code, error=detail, now=now)
+            else:
+                # At the pace of the backoff: a partner that keeps asking cannot keep this lane busy.
+                wait = self.backoff.after(message.attempts + 1)
+                count = await tx.requeue_from(message.receiver, resend_from, now + wait)
+                await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now + wait)
+                await tx.set_outgoing_channel(message.receiver, ChannelState(resend_from - 1, previous))
+                log.warning("%s lacks our statements from %d: resending %d", message.receiver, resend_from, count)
+        if outcome is Outcome.DEAD_LETTER:
+            await tx.settle(message.outbox_id, OutboxState.DEAD, code=receipt.code, error=detail, now=now)
+        return outcome
+
+    def _report(self, message: OutboxMessage, outcome: Outcome, code: ResponseCode, detail: str) -> None:
         if outcome is Outcome.DELIVERED:
             self.delivered += 1
             if code is not ResponseCode.OK:
@@ -344,7 +484,6 @@ class OutboxWorker:
                 message.message_id,
                 detail,
             )
-        return outcome
 
     async def _taken_at(
         self, tx: Transaction, message: OutboxMessage, sealed: Sealed, digest: bytes, theirs: ChannelState | None
@@ -371,10 +510,16 @@ class OutboxWorker:
             return theirs.last_sequence
         return 0
 
-    async def _retry(self, message: OutboxMessage, code: ResponseCode, error: str) -> None:
+    async def _retry(
+        self, message: OutboxMessage, code: ResponseCode, error: str, *, following: Sequence[OutboxMessage] = ()
+    ) -> None:
+        """Reschedule ``message`` after its backoff, and release the leases of the ``following`` messages of its
+        run, which wait behind it."""
         wait = self.backoff.after(message.attempts + 1)
         log.info("delivery of %s to %s failed (%s); retrying in %s", message.message_id, message.receiver, error, wait)
         async with self.store.transaction(durable=False) as tx:
+            for behind in following:
+                await tx.release_lease(behind.outbox_id, self.replica)
             if not await tx.holds_lease(message.outbox_id, self.replica):
                 return  # another replica has the message now
             await tx.reschedule(message.outbox_id, code=int(code), error=error, next_attempt_at=self.clock() + wait)

@@ -3,6 +3,11 @@
 The servicer hands the request bytes, unparsed, to `gateway.exchange.Exchange.receive`, so the size cap is
 checked before parsing and the same checks serve the gRPC and the HTTP path. The client sends the stored
 envelope bytes verbatim.
+
+``DeliverBatch`` carries several envelopes of one channel in one call. The receiver takes them one after the
+other, exactly as it would take separate ``Deliver`` calls in that order, and answers each with the receipt
+``Deliver`` would have given; the batch saves the sender a round trip per statement, which is what limits a
+busy channel, since its statements are delivered in sequence order.
 """
 
 from __future__ import annotations
@@ -11,15 +16,18 @@ import logging
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from carbon_gateway.v1 import partner_pb2
 from gateway.exchange import EnvelopeForm, Exchange
-from gateway.outbox import TransportError
+from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import PartnerDirectory
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "carbon_gateway.v1.PartnerExchange"
 DELIVER_METHOD = f"/{SERVICE_NAME}/Deliver"
+DELIVER_BATCH_METHOD = f"/{SERVICE_NAME}/DeliverBatch"
 
 
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -39,7 +47,31 @@ def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.
         received = await exchange.receive(request, form=EnvelopeForm.PROTOBUF, peer_identity=identity)
         return received.receipt
 
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Deliver": grpc.unary_unary_rpc_method_handler(deliver)})
+    async def deliver_batch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        batch = partner_pb2.DeliveryBatch()
+        try:
+            batch.ParseFromString(request)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a DeliveryBatch")
+        if len(batch.envelopes) > MAX_RUN:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(batch.envelopes)} envelopes in one batch; at most {MAX_RUN}: send the rest in another call",
+            )
+        identity = peer_identity(context) if require_peer_identity else None
+        answer = partner_pb2.ReceiptBatch()
+        for envelope in batch.envelopes:
+            received = await exchange.receive(envelope, form=EnvelopeForm.PROTOBUF, peer_identity=identity)
+            answer.receipts.append(received.receipt)
+        return answer.SerializeToString()
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Deliver": grpc.unary_unary_rpc_method_handler(deliver),
+            "DeliverBatch": grpc.unary_unary_rpc_method_handler(deliver_batch),
+        },
+    )
 
 
 class GrpcPartnerTransport:
@@ -56,6 +88,8 @@ class GrpcPartnerTransport:
         self.credentials = credentials
         self.timeout = timeout
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._without_batches: set[tuple[str, str]] = set()
+        """Partners (at an address) that answered ``DeliverBatch`` with ``UNIMPLEMENTED``: an earlier version."""
 
     def _channel(self, party: str) -> grpc.aio.Channel:
         partner = self.partners.get(party)
@@ -80,6 +114,38 @@ class GrpcPartnerTransport:
         except grpc.aio.AioRpcError as exc:
             raise TransportError(f"{party}: {exc.code().name}: {exc.details()}") from None
         return receipt
+
+    async def deliver_batch(self, party: str, envelopes: list[bytes]) -> list[bytes]:
+        """Send ``envelopes`` to ``party`` in one ``DeliverBatch`` call, in order; return their receipts, in the
+        same order. At most `gateway.outbox.MAX_RUN` at once. Raises `BatchesUnsupported` for a partner whose
+        version lacks ``DeliverBatch`` (remembered: it is not asked again)."""
+        if len(envelopes) > MAX_RUN:
+            raise ValueError(f"at most {MAX_RUN} envelopes in one batch, not {len(envelopes)}")
+        partner = self.partners.get(party)
+        if partner is None:
+            raise TransportError(f"no partner {party!r} is configured")
+        if (party, partner.address) in self._without_batches:
+            raise BatchesUnsupported(f"{party} does not take DeliverBatch")
+        call = self._channel(party).unary_unary(DELIVER_BATCH_METHOD, None, None)
+        request = partner_pb2.DeliveryBatch(envelopes=envelopes).SerializeToString()
+        try:
+            raw: bytes = await call(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                log.warning("%s does not take DeliverBatch; delivering one envelope per call", party)
+                self._without_batches.add((party, partner.address))
+                raise BatchesUnsupported(f"{party} does not take DeliverBatch") from None
+            raise TransportError(f"{party}: {exc.code().name}: {exc.details()}") from None
+        answer = partner_pb2.ReceiptBatch()
+        try:
+            answer.ParseFromString(raw)
+        except DecodeError:
+            raise TransportError(f"{party}: the answer to DeliverBatch is not a ReceiptBatch") from None
+        if len(answer.receipts) != len(envelopes):
+            raise TransportError(
+                f"{party}: {len(answer.receipts)} receipts answered a batch of {len(envelopes)} envelopes"
+            )
+        return list(answer.receipts)
 
     async def close(self) -> None:
         """Close every channel."""

@@ -404,6 +404,15 @@ class Transaction(Protocol):
         waited for. A lane's later messages are never claimed past its head, so each lane stays in order."""
         ...
 
+    async def claim_followers(
+        self, head: OutboxMessage, limit: int, *, now: dt.datetime, owner: str, until: dt.datetime
+    ) -> list[OutboxMessage]:
+        """Lease to ``owner`` until ``until`` up to ``limit`` statements that follow ``head`` (a statement whose
+        lane ``owner`` has just claimed) in its lane, in order; return them. The run stops before the first one
+        that is not due or that another owner holds an unexpired lease on, so that what is sent is always the
+        lane's next statements, with no hole among them."""
+        ...
+
     async def holds_lease(self, outbox_id: int, owner: str) -> bool:
         """Whether ``owner`` still holds the lease on the message (no other replica took it over)."""
         ...

@@ -860,6 +860,28 @@ class SQLiteTransaction:
         )
         return [_outbox_message(r) for r in claimed]
 
+    async def claim_followers(
+        self, head: OutboxMessage, limit: int, *, now: dt.datetime, owner: str, until: dt.datetime
+    ) -> list[OutboxMessage]:
+        if limit <= 0 or head.kind is OutboxKind.TRUST:
+            return []
+        due = codec.to_text(now)
+        rows = self._all(
+            "SELECT * FROM outbox WHERE receiver = ? AND state = 'pending' AND kind != 'trust' AND outbox_id > ?"
+            " ORDER BY outbox_id LIMIT ?",
+            (head.receiver, head.outbox_id, limit),
+        )
+        run = []
+        for row in rows:
+            if row["next_attempt_at"] > due or (row["lease_owner"] not in ("", owner) and row["lease_until"] > due):
+                break
+            run.append(row)
+        self._db.executemany(
+            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE outbox_id = ?",
+            [(owner, codec.to_text(until), r["outbox_id"]) for r in run],
+        )
+        return [_outbox_message(r) for r in run]
+
     async def holds_lease(self, outbox_id: int, owner: str) -> bool:
         return self._one("SELECT 1 FROM outbox WHERE outbox_id = ? AND lease_owner = ?", (outbox_id, owner)) is not None
 

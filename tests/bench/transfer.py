@@ -143,9 +143,9 @@ async def _run(chn: GatewayNode, ports: dict[str, int], transfers: int) -> tuple
     watched: list[str] = []
     deliver = chn.outbox._deliver
 
-    async def observed(message: OutboxMessage) -> Outcome:
-        delivered = await deliver(message)
-        if watched and delivered is Outcome.DELIVERED:
+    async def observed(run: list[OutboxMessage]) -> list[Outcome]:
+        delivered = await deliver(run)
+        if watched and Outcome.DELIVERED in delivered:
             async with chn.store.read() as tx:
                 transfer = await tx.get_transfer(watched[0])
                 drained = not await tx.list_outbox(states=(OutboxState.PENDING,))

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from carbon_gateway.v1 import envelope_pb2 as carbon__gateway_dot_v1_dot_envelope__pb2
+from carbon_gateway.v1 import partner_pb2 as carbon__gateway_dot_v1_dot_partner__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -39,6 +40,11 @@ class PartnerExchangeStub:
                 request_serializer=carbon__gateway_dot_v1_dot_envelope__pb2.Envelope.SerializeToString,
                 response_deserializer=carbon__gateway_dot_v1_dot_envelope__pb2.Envelope.FromString,
                 _registered_method=True)
+        self.DeliverBatch = channel.unary_unary(
+                '/carbon_gateway.v1.PartnerExchange/DeliverBatch',
+                request_serializer=carbon__gateway_dot_v1_dot_partner__pb2.DeliveryBatch.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_partner__pb2.ReceiptBatch.FromString,
+                _registered_method=True)
 
 
 class PartnerExchangeServicer:
@@ -52,6 +58,15 @@ class PartnerExchangeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverBatch(self, request, context):
+        """Delivers several envelopes in one call, as Deliver would one after the other, in the order given (a sender
+        puts one channel's statements in sequence order). The answer holds one receipt envelope per envelope, in the
+        same order, each exactly the receipt Deliver would have returned. At most 64 envelopes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartnerExchangeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +74,11 @@ def add_PartnerExchangeServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=carbon__gateway_dot_v1_dot_envelope__pb2.Envelope.FromString,
                     response_serializer=carbon__gateway_dot_v1_dot_envelope__pb2.Envelope.SerializeToString,
+            ),
+            'DeliverBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverBatch,
+                    request_deserializer=carbon__gateway_dot_v1_dot_partner__pb2.DeliveryBatch.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_partner__pb2.ReceiptBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +108,33 @@ class PartnerExchange:
             '/carbon_gateway.v1.PartnerExchange/Deliver',
             carbon__gateway_dot_v1_dot_envelope__pb2.Envelope.SerializeToString,
             carbon__gateway_dot_v1_dot_envelope__pb2.Envelope.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.PartnerExchange/DeliverBatch',
+            carbon__gateway_dot_v1_dot_partner__pb2.DeliveryBatch.SerializeToString,
+            carbon__gateway_dot_v1_dot_partner__pb2.ReceiptBatch.FromString,
             options,
             channel_credentials,
             insecure,
