@@ -580,6 +580,12 @@ class Store(Protocol):
         """
         ...
 
+    def synced_once(self) -> AbstractAsyncContextManager[None]:
+        """Inside the block, this task's durable commits do not each wait for the disk: the block's end waits
+        once for all of them. For work whose result leaves the gateway only after the block (the receipts of a
+        batch of statements); what other tasks read of those commits still waits for the disk as always."""
+        ...
+
     def read(self) -> AbstractAsyncContextManager[Transaction]:
         """Begin a transaction for reads only (a consistent snapshot)."""
         ...

@@ -173,6 +173,11 @@ class PostgresStore:
         self.read_only = read_only
         self._commits = CommitSignal()
 
+    @asynccontextmanager
+    async def synced_once(self) -> AsyncIterator[None]:
+        """Each commit is durable when it returns (the server groups the syncs of concurrent commits itself)."""
+        yield
+
     def is_transient(self, error: BaseException) -> bool:
         """A connection lost or closed, a lock wait that ran out or a deadlock broken by the server, a query
         cancelled (an administrator's ``pg_cancel_backend``, the command timeout), or a timeout on our side."""

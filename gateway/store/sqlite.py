@@ -8,9 +8,12 @@ transactions on the one connection. PostgreSQL, the production store, is asynchr
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import hashlib
 import json
+import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -73,10 +76,11 @@ from gateway.store.migrations import DATA_STEPS, MIGRATIONS
 class SQLiteStore:
     """A gateway's database in one SQLite file."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, wal: GroupSync | None = None) -> None:
         self._db = connection
         self._lock = asyncio.Lock()
         self._commits = CommitSignal()
+        self._wal = wal
 
     def is_transient(self, error: BaseException) -> bool:
         """Only a wait for another process's lock on the file that ran out (``busy_timeout``)."""
@@ -101,7 +105,12 @@ class SQLiteStore:
         migrate(db)
         # One process uses an SQLite file: leases a crashed run of this gateway held are nobody's now.
         db.execute("UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner != ''")
-        return cls(db)
+        try:
+            wal = GroupSync(os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            return cls(db)  # no write-ahead log file to sync: every durable commit syncs on its own
+        db.execute("PRAGMA synchronous=NORMAL")
+        return cls(db, wal)
 
     @classmethod
     async def open_read_only(cls, path: Path | str) -> SQLiteStore:
@@ -128,46 +137,139 @@ class SQLiteStore:
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[SQLiteTransaction]:
         """Begin a write transaction; commit on normal exit, roll back on an exception.
 
-        A durable commit waits until the write-ahead log is on disk (``synchronous=FULL``). ``durable=False``
-        is for bookkeeping whose loss in a crash is harmless, such as marking an outbox message delivered:
-        a message whose mark is lost is sent again and the partner answers it from its stored receipt. The
-        next durable commit makes such writes durable too.
+        A durable commit returns once the write-ahead log holding it is on disk. ``durable=False`` is for
+        bookkeeping whose loss in a crash is harmless, such as marking an outbox message delivered: a message
+        whose mark is lost is sent again and the partner answers it from its stored receipt. The next durable
+        commit makes such writes durable too.
+
+        Durable commits share their syncs (`GroupSync`): each commits without waiting for the disk, lets the
+        next transaction in, and waits, off the event loop, for a sync of the log begun after it committed. No
+        transaction, durable or not, returns before the durable commits it could have read are on disk, so
+        nothing leaves the gateway (a receipt, a statement, an answer) that a crash could take back.
         """
-        async with self._lock:
-            if not durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+        wal = self._wal
+        seen = 0
+        try:
+            async with self._lock:
+                seen = 0 if wal is None else wal.durable
+                if wal is None and not durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 try:
-                    yield SQLiteTransaction(self._db)
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                try:
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield SQLiteTransaction(self._db)
+                    except BaseException:
                         self._db.execute("ROLLBACK")
-                    raise
-                self._commits.notify()
-            finally:
-                if not durable:
-                    self._db.execute("PRAGMA synchronous=FULL")
+                        raise
+                    try:
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
+                        raise
+                    if wal is not None:
+                        seen = wal.committed(durable=durable)
+                    self._commits.notify()
+                finally:
+                    if wal is None and not durable:
+                        self._db.execute("PRAGMA synchronous=FULL")
+        finally:
+            if wal is not None and wal.synced < seen:
+                await _wait_or_defer(wal, seen)
+
+    @asynccontextmanager
+    async def synced_once(self) -> AsyncIterator[None]:
+        """Inside the block, this task's durable commits wait for the disk once, at its end (see `Store`)."""
+        deferred: list[int] = []
+        token = _DEFERRED_SYNC.set(deferred)
+        try:
+            yield
+        finally:
+            _DEFERRED_SYNC.reset(token)
+            if self._wal is not None and deferred and self._wal.synced < max(deferred):
+                await self._wal.wait(max(deferred))
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SQLiteTransaction]:
-        """Begin a transaction for reads: a consistent snapshot, with no wait for the disk at its end."""
+        """Begin a transaction for reads: a consistent snapshot. It returns once every durable commit it could
+        have read is on disk (normally at once)."""
+        wal = self._wal
         async with self._lock:
+            seen = 0 if wal is None else wal.durable
             self._db.execute("BEGIN")
             try:
                 yield SQLiteTransaction(self._db)
             finally:
                 self._db.execute("COMMIT")
+        if wal is not None and wal.synced < seen:
+            await _wait_or_defer(wal, seen)
 
     async def close(self) -> None:
-        """Close the database."""
+        """Close the database (after syncing what was committed)."""
         async with self._lock:
+            if self._wal is not None:
+                await self._wal.wait(self._wal.written)
+                self._wal.close()
             self._db.close()
+
+
+async def _wait_or_defer(wal: GroupSync, number: int) -> None:
+    """Wait for commit ``number`` to be synced, or leave the wait to the `SQLiteStore.synced_once` block around."""
+    deferred = _DEFERRED_SYNC.get()
+    if deferred is None:
+        await wal.wait(number)
+    else:
+        deferred.append(number)
+
+
+class GroupSync:
+    """Syncs of one SQLite write-ahead log, shared by the durable commits that wait for them.
+
+    The connection runs with ``synchronous=NORMAL``: a commit writes its frames to the log and does not wait
+    for the disk. Durability comes from ``fsync`` on the log file, run in a worker thread; one sync covers every
+    commit written before it began, so the commits that arrive while one sync runs all wait for the next one,
+    together. This is SQLite's ``synchronous=FULL`` guarantee (the log synced before a durable commit is
+    reported) with one sync per group of commits instead of one per commit, and with the event loop free
+    while the disk works.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.written = 0
+        """Commits so far, numbered from 1."""
+        self.durable = 0
+        """The number of the latest durable commit."""
+        self.synced = 0
+        """Every commit up to this number is on disk."""
+        self._flush: asyncio.Future[None] | None = None
+
+    def committed(self, *, durable: bool) -> int:
+        """Count a commit; return the number a reader of what it wrote must see synced."""
+        self.written += 1
+        if durable:
+            self.durable = self.written
+        return self.written if durable else self.durable
+
+    async def wait(self, number: int) -> None:
+        """Return once commit ``number`` is on disk; raise `OSError` when the sync fails."""
+        while self.synced < number:
+            if self._flush is None:
+                self._flush = asyncio.ensure_future(self._sync(self.written))
+            await asyncio.shield(self._flush)
+
+    async def _sync(self, upto: int) -> None:
+        try:
+            await asyncio.to_thread(os.fsync, self._fd)
+        except OSError:
+            log.critical("syncing the database's write-ahead log failed: recent commits may not be on disk")
+            raise
+        finally:
+            self._flush = None
+        self.synced = max(self.synced, upto)
+
+    def close(self) -> None:
+        """Close the log file's descriptor."""
+        os.close(self._fd)
 
 
 def migrate(db: sqlite3.Connection) -> int:
@@ -248,6 +350,11 @@ def _tie_acquired_blocks(db: sqlite3.Connection) -> None:
 
 _DATA_STEPS = {4: _fill_known_ranges, 5: _tie_acquired_blocks}
 
+
+log = logging.getLogger(__name__)
+
+_DEFERRED_SYNC: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("deferred_sync", default=None)
+"""Inside `SQLiteStore.synced_once`: the commit numbers the block's end must see synced."""
 
 _GUARDED = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)
 """The literal status list of the partial index ``blocks_guarded``; queries repeat it so the index applies."""

@@ -161,6 +161,9 @@ class CrashingStore:
     def read(self) -> Any:
         return self.inner.read()
 
+    def synced_once(self) -> Any:
+        return self.inner.synced_once()
+
     @property
     def commits(self) -> CommitSignal:
         return self.inner.commits
