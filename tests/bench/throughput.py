@@ -6,16 +6,12 @@ production durability of its store (SQLite: ``synchronous=FULL``), the outbox, a
 signed and verified; the echo server (`tests.bench.servers`) is a child process too. This process only drives
 the clients and watches for completions.
 
-A transfer counts as completed on both sides, as in `tests.bench.transfer`, when ``CHN`` has completed it and
-holds ``CHE``'s signed receipt for the Completion (which ``CHE`` issues only after committing its side). Seen
-from outside through the operator API: ``GetTransfer`` at ``CHN`` says ``COMPLETED`` and a ``ListOutbox``
-taken afterwards holds no pending message for the transfer (the Completion is queued in the transaction that
-completes it, and leaves the pending list when its receipt is recorded; a dead-lettered one would too, so the
-run ends by checking both dead-letter lists are empty and that ``CHE`` holds every transfer ``COMPLETED``).
-One watcher polls for all clients, every ``poll_interval`` (50 ms), so the latencies include up to one polling
-round. Polling is not free: each round costs ``CHN`` one or two outbox listings and a ``GetTransfer`` per
-transfer it may have completed; measured by CPU time, a 20 ms interval cost ``CHN`` about 4 ms of CPU per
-transfer (of about 24) and this process 2 ms, hence the longer interval, small next to latencies of a second.
+A transfer counts as completed when both registries' books say so: when ``CHE`` has completed it. ``CHE``
+completes a transfer only on ``CHN``'s signed Completion, which ``CHN`` queues in the transaction that completes
+it on its own side, and ``CHE`` commits durably before anything else sees it. One watcher follows ``CHE``'s
+change feed (``WatchChanges``, transfers only) for all clients, so a completion is seen as it commits, with no
+polling. The run ends by checking that both gateways hold every transfer ``COMPLETED`` and that neither has
+dead-lettered a message.
 
 Backends: SQLite always. PostgreSQL (``database = "postgresql://..."``, replicas = several ``CHN`` serve
 processes sharing one database, clients spread over them, ``CHE`` sending to the first) when
@@ -134,7 +130,7 @@ class Measured:
     batch_seconds: tuple[float, ...]
     cpu_per_transfer: float | None = None
     """CPU seconds the gateway processes (every CHN replica and CHE; not the PostgreSQL server) used per
-    completed transfer, polling included; None where /proc cannot say. Unlike the rates, the load of other
+    completed transfer, the change feed included; None where /proc cannot say. Unlike the rates, the load of other
     programs barely moves it."""
     cpu_per_block: float | None = None
     """The same per block of the batched proposals."""
@@ -188,76 +184,56 @@ class _CPU:
 
 
 class _Watcher:
-    """Polls ``CHN`` (and ``CHE``'s outbox) for transfers completed on both sides, for every client at once."""
+    """Follows ``CHE``'s change feed (``WatchChanges``, transfers only) for every client at once: a transfer is
+    completed on both sides when ``CHE`` reports it ``COMPLETED``."""
 
-    def __init__(
-        self,
-        chn: operator_pb2_grpc.OperatorServiceAsyncStub,
-        che: operator_pb2_grpc.OperatorServiceAsyncStub,
-        interval: float,
-    ) -> None:
-        self.chn = chn
+    def __init__(self, che: operator_pb2_grpc.OperatorServiceAsyncStub) -> None:
         self.che = che
-        self.interval = interval
         self.waiting: dict[str, asyncio.Future[float]] = {}
-        self._wake = asyncio.Event()
+        self.ended: dict[str, float | Exception] = {}
+        """Transfers that ended before their client asked (its ProposeTransfer answer was still on its way)."""
 
     def completion(self, transfer_id: str) -> asyncio.Future[float]:
         """A future set to the ``time.perf_counter()`` at which the transfer was seen completed on both sides."""
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self.waiting[transfer_id] = future
-        self._wake.set()
+        if transfer_id in self.ended:
+            self._set(future, self.ended.pop(transfer_id))
+        else:
+            self.waiting[transfer_id] = future
         return future
 
-    async def _pending(self, stub: operator_pb2_grpc.OperatorServiceAsyncStub) -> set[str]:
-        listed = await stub.ListOutbox(operator_pb2.ListOutboxRequest())
-        return {entry.transfer_id for entry in listed.entries}
-
     async def run(self) -> None:
-        """Poll until cancelled; a failed poll fails every transfer still waiting, rather than leave it hanging."""
+        """Follow the feed until cancelled; a failed watch fails every transfer still waiting."""
+        request = operator_pb2.WatchChangesRequest(kinds=[operator_pb2.TRANSFER])
         try:
-            while True:
-                if not self.waiting:
-                    self._wake.clear()
-                    await self._wake.wait()
-                await self._poll()
-                await asyncio.sleep(self.interval)
+            async for change in self.che.WatchChanges(request):
+                transfer = change.transfer
+                if transfer.state == records_pb2.COMPLETED:
+                    self._end(transfer.transfer_id, time.perf_counter())
+                elif transfer.state in (records_pb2.REJECTED, records_pb2.CANCELLED, records_pb2.TERMINATED):
+                    state = records_pb2.TransferState.Name(transfer.state)
+                    self._end(transfer.transfer_id, RuntimeError(f"transfer {transfer.transfer_id} is {state}"))
         except Exception as exc:
             for future in self.waiting.values():
                 if not future.done():
                     future.set_exception(RuntimeError(f"the completion watcher failed: {exc!r}"))
             raise
 
-    def _settle(self, transfer_id: str, outcome: float | Exception) -> None:
-        future = self.waiting.pop(transfer_id)
+    def _end(self, transfer_id: str, outcome: float | Exception) -> None:
+        future = self.waiting.pop(transfer_id, None)
+        if future is None:
+            self.ended[transfer_id] = outcome
+        else:
+            self._set(future, outcome)
+
+    @staticmethod
+    def _set(future: asyncio.Future[float], outcome: float | Exception) -> None:
         if future.done():  # the client gave up waiting
             return
         if isinstance(outcome, Exception):
             future.set_exception(outcome)
         else:
             future.set_result(outcome)
-
-    async def _poll(self) -> None:
-        # A transfer with a message still pending on either side is not done; skipping it only saves calls.
-        busy = set.union(*await asyncio.gather(self._pending(self.chn), self._pending(self.che)))
-        candidates = [t for t in self.waiting if t not in busy]
-        transfers = await asyncio.gather(
-            *(self.chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=t)) for t in candidates)
-        )
-        completed = []
-        for transfer_id, transfer in zip(candidates, transfers, strict=True):
-            if transfer.state == records_pb2.COMPLETED:
-                completed.append(transfer_id)
-            elif transfer.state in (records_pb2.REJECTED, records_pb2.CANCELLED, records_pb2.TERMINATED):
-                state = records_pb2.TransferState.Name(transfer.state)
-                self._settle(transfer_id, RuntimeError(f"transfer {transfer_id} is {state}"))
-        if completed:
-            # Listed after CHN said COMPLETED: no pending Completion now means its receipt is recorded.
-            still = await self._pending(self.chn)
-            now = time.perf_counter()
-            for transfer_id in completed:
-                if transfer_id not in still:
-                    self._settle(transfer_id, now)
 
 
 async def _echo_rate(channels: Sequence[grpc.aio.Channel], seconds: float) -> tuple[float, list[float]]:
@@ -478,7 +454,6 @@ async def _measure(
     echo_seconds: float,
     batch_blocks: int,
     batch_runs: int,
-    poll_interval: float,
 ) -> Measured:
     async with _databases(backend, workdir) as databases:
         chn_configs, che_config, addresses = _write_configs(workdir, databases, backend.replicas)
@@ -507,7 +482,6 @@ async def _measure(
                 echo_seconds=echo_seconds,
                 batch_blocks=batch_blocks,
                 batch_runs=batch_runs,
-                poll_interval=poll_interval,
             )
 
 
@@ -521,7 +495,6 @@ async def _drive(
     echo_seconds: float,
     batch_blocks: int,
     batch_runs: int,
-    poll_interval: float,
 ) -> Measured:
     async with contextlib.AsyncExitStack() as stack:
 
@@ -538,9 +511,7 @@ async def _drive(
         ]
         echo_channels = [channel(addresses.echo) for _ in range(CLIENTS)]
         che = operator_pb2_grpc.OperatorServiceStub(channel(addresses.che_operator))
-        watcher = _Watcher(
-            operator_pb2_grpc.OperatorServiceStub(channel(addresses.chn_operators[0])), che, poll_interval
-        )
+        watcher = _Watcher(che)
         await _setup(chn, che, batch_runs, batch_blocks)
         watching = asyncio.create_task(watcher.run(), name="watcher")
         try:
@@ -561,7 +532,7 @@ async def _drive(
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
-        await _check_both_sides(watcher.chn, che, CLIENTS * warmup + done + batch_runs)
+        await _check_both_sides(chn[0], che, CLIENTS * warmup + done + batch_runs)
     return Measured(
         transfers=done,
         transfers_per_second=done / elapsed,
@@ -594,7 +565,6 @@ def measure(
     echo_seconds: float = 3.0,
     batch_blocks: int = MAX_BLOCKS_PER_TRANSFER,
     batch_runs: int = 3,
-    poll_interval: float = 0.05,
 ) -> Measured:
     """Run both gateways and the echo server as child processes on ``backend`` and measure everything."""
     with tempfile.TemporaryDirectory(prefix="carbon-gateway-bench-") as folder:
@@ -608,7 +578,6 @@ def measure(
                 echo_seconds=echo_seconds,
                 batch_blocks=batch_blocks,
                 batch_runs=batch_runs,
-                poll_interval=poll_interval,
             )
         )
 
@@ -667,7 +636,7 @@ def _cpu_figures(where: str, measured: Measured) -> list[Figure]:
     echo = "echo server CPU per echo call"
     return [
         Figure(
-            name=f"CPU per completed transfer, CHN and CHE serve processes together, polling included ({where})",
+            name=f"CPU per completed transfer, CHN and CHE serve processes together, change feed included ({where})",
             value=measured.cpu_per_transfer * 1e3,
             unit="ms",
             limit_name=echo,
