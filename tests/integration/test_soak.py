@@ -4,13 +4,14 @@
 twenty is cancelled right after its proposal, crossing the Decision), ``CONCURRENCY`` at a time. Each
 gateway's ``[[partners]].address`` points at a proxy in this process that forwards the raw partner messages
 and, for ``FAULT_RATE`` of them, drops the request, loses the reply, delivers twice, delays, or holds a copy
-back and delivers it late (out of order) while the sender is told it failed. Meanwhile a chaos task SIGKILLs
-one gateway or the other at random moments and restarts it, sometimes with a random fault point armed
+back and delivers it late (out of order) while the sender is told it failed; a batch may also arrive shuffled
+or cut short. Meanwhile a chaos task SIGKILLs one gateway or the other at random moments and restarts it,
+sometimes with a random fault point armed
 (`gateway.faults`). At the end the proxy heals and the kills stop; every transfer must reach the same final
 state on both sides, with the invariants of `tests.crash_invariants.check_invariants`, nothing dead-lettered,
 and no transfer proposed twice by a retried call.
 
-``CARBON_GATEWAY_SOAK_TRANSFERS`` (default `DEFAULT_TRANSFERS`; ``make soak`` runs 1,000) and
+``CARBON_GATEWAY_SOAK_TRANSFERS`` (default `DEFAULT_TRANSFERS`, 1,000) and
 ``CARBON_GATEWAY_SOAK_SEED`` set the size and the seed of the proxy's and the chaos task's random choices.
 A run that exceeds its deadline fails with the seed, how far it got and the gateways' logs.
 """
@@ -30,8 +31,8 @@ from typing import Any
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, records_pb2
-from gateway.rpc.partner import DELIVER_METHOD, SERVICE_NAME
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD, SERVICE_NAME
 from tests.crash_invariants import (
     ISSUED,
     Stub,
@@ -46,8 +47,8 @@ from tests.crash_invariants import (
 )
 from tests.processes import ServeProcess, write_pair
 
-DEFAULT_TRANSFERS = 100
-"""How many transfers `make test` runs; ``make soak`` sets ``CARBON_GATEWAY_SOAK_TRANSFERS=1000``."""
+DEFAULT_TRANSFERS = 1000
+"""How many transfers `make test` runs (``make soak`` runs as many as ``SOAK_TRANSFERS`` says)."""
 TRANSFERS = int(os.environ.get("CARBON_GATEWAY_SOAK_TRANSFERS", str(DEFAULT_TRANSFERS)))
 SEED = int(os.environ.get("CARBON_GATEWAY_SOAK_SEED", "20261203"))
 CONCURRENCY = 24
@@ -60,6 +61,9 @@ ACCEPTED_UP_TO = 8
 """``CHE`` accepts a transfer of up to this many units and rejects a larger one."""
 CHE_POLICY = f'  {{ verdict = "accept", max_quantity = {ACCEPTED_UP_TO} }},\n  {{ verdict = "reject" }},'
 NETWORK_FAULTS = ("drop", "lose-reply", "duplicate", "delay", "reorder")
+BATCH_FAULTS = ("shuffle", "partial")
+"""Faults only a ``DeliverBatch`` call can suffer: its envelopes arrive in another order (the receipts go back in
+the order sent), or only the first of them arrive and the call fails."""
 CHAOS_POINTS = {
     "CHN": ["propose-committed", "outbox-claimed", "outbox-sent", "decision-committed"],
     "CHE": ["outbox-claimed", "outbox-sent", "proposal-committed", "completion-committed"],
@@ -69,7 +73,8 @@ CHAOS_POINTS = {
 
 @dataclass
 class FaultyProxy:
-    """A gRPC proxy for the partner exchange that forwards raw bytes and misbehaves for some of them."""
+    """A gRPC proxy for the partner exchange (``Deliver`` and ``DeliverBatch``) that forwards raw bytes and
+    misbehaves for some of the calls: a batch is dropped, duplicated, delayed or reordered as a whole."""
 
     name: str
     rng: random.Random
@@ -83,11 +88,12 @@ class FaultyProxy:
 
     async def start(self) -> str:
         """Serve on a free loopback port; return the address the sender should dial."""
-        handler = grpc.unary_unary_rpc_method_handler(self._handle)
+        handlers = {
+            "Deliver": grpc.unary_unary_rpc_method_handler(self._handler(DELIVER_METHOD)),
+            "DeliverBatch": grpc.unary_unary_rpc_method_handler(self._handler(DELIVER_BATCH_METHOD)),
+        }
         self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Deliver": handler}),)
-        )
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         port = self._server.add_insecure_port("127.0.0.1:0")
         await self._server.start()
         return f"127.0.0.1:{port}"
@@ -102,39 +108,65 @@ class FaultyProxy:
         if self._channel is not None:
             await self._channel.close(None)
 
-    async def _forward(self, request: bytes) -> bytes:
+    async def _forward(self, method: str, request: bytes) -> bytes:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self.target)
-        answer: bytes = await self._channel.unary_unary(DELIVER_METHOD, None, None)(request, timeout=10)
+        answer: bytes = await self._channel.unary_unary(method, None, None)(request, timeout=10)
         return answer
 
-    async def _deliver_late(self, request: bytes, delay: float) -> None:
+    async def _deliver_late(self, method: str, request: bytes, delay: float) -> None:
         await asyncio.sleep(delay)
         with contextlib.suppress(grpc.aio.AioRpcError):  # the receiver was down: the copy is lost
-            await self._forward(request)
+            await self._forward(method, request)
 
-    async def _handle(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        fault = None if self.healed or self.rng.random() >= self.rate else self.rng.choice(NETWORK_FAULTS)
-        self.counts[fault or "forwarded"] += 1
-        try:
-            if fault == "drop":
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name}: dropped")
-            if fault == "lose-reply":
-                await self._forward(request)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name}: reply lost")
-            if fault == "duplicate":
-                await self._forward(request)
-            if fault == "delay":
-                await asyncio.sleep(self.rng.uniform(0.05, 1.0))
-            if fault == "reorder":
-                task = asyncio.create_task(self._deliver_late(request, self.rng.uniform(0.2, 2.0)))
-                self._late.add(task)
-                task.add_done_callback(self._late.discard)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name}: held back, to arrive late")
-            return await self._forward(request)
-        except grpc.aio.AioRpcError as exc:
-            await context.abort(exc.code(), exc.details() or "")
-            raise  # not reached: abort raises
+    async def _shuffled(self, request: bytes) -> bytes:
+        batch = partner_pb2.DeliveryBatch.FromString(request)
+        order = list(range(len(batch.envelopes)))
+        self.rng.shuffle(order)
+        shuffled = partner_pb2.DeliveryBatch(envelopes=[batch.envelopes[i] for i in order])
+        answer = partner_pb2.ReceiptBatch.FromString(
+            await self._forward(DELIVER_BATCH_METHOD, shuffled.SerializeToString())
+        )
+        receipts = [b""] * len(order)
+        for position, original in enumerate(order):
+            receipts[original] = answer.receipts[position]
+        return partner_pb2.ReceiptBatch(receipts=receipts).SerializeToString()
+
+    def _handler(self, method: str) -> Any:
+        async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            faults = NETWORK_FAULTS + BATCH_FAULTS if method == DELIVER_BATCH_METHOD else NETWORK_FAULTS
+            fault = None if self.healed or self.rng.random() >= self.rate else self.rng.choice(faults)
+            self.counts[fault or "forwarded"] += 1
+            self.counts[method.rsplit("/", 1)[1]] += 1
+            try:
+                if fault == "drop":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name}: dropped")
+                if fault == "lose-reply":
+                    await self._forward(method, request)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name}: reply lost")
+                if fault == "duplicate":
+                    await self._forward(method, request)
+                if fault == "delay":
+                    await asyncio.sleep(self.rng.uniform(0.05, 1.0))
+                if fault == "shuffle":
+                    return await self._shuffled(request)
+                if fault == "partial":
+                    batch = partner_pb2.DeliveryBatch.FromString(request)
+                    del batch.envelopes[self.rng.randrange(len(batch.envelopes)) :]
+                    if batch.envelopes:
+                        await self._forward(method, batch.SerializeToString())
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name}: only the first ones arrived")
+                if fault == "reorder":
+                    task = asyncio.create_task(self._deliver_late(method, request, self.rng.uniform(0.2, 2.0)))
+                    self._late.add(task)
+                    task.add_done_callback(self._late.discard)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name}: held back, to arrive late")
+                return await self._forward(method, request)
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "")
+                raise  # not reached: abort raises
+
+        return handle
 
 
 @dataclass
@@ -148,7 +180,7 @@ class Chaos:
     armed: list[str] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Kill each gateway once early on, then one at random every 4 to 12 seconds; revive any that died at an
+        """Kill each gateway once early on, then one at random every 1 to 3 seconds; revive any that died at an
         armed point. A gateway that ends any other way fails the soak."""
         first = self.rng.sample(self.gateways, len(self.gateways))
         next_kill = time.monotonic() + self.rng.uniform(1.0, 3.0)
@@ -165,7 +197,7 @@ class Chaos:
                 self.kills += 1
                 await asyncio.sleep(self.rng.uniform(0.0, 1.0))
                 await self.revive(victim)
-                next_kill = time.monotonic() + self.rng.uniform(4.0, 12.0)
+                next_kill = time.monotonic() + self.rng.uniform(1.0, 3.0)
             await asyncio.sleep(0.1)
 
     async def revive(self, gateway: ServeProcess, *, armed: bool = True) -> None:
@@ -301,3 +333,4 @@ async def test_soak_transfers_survive_a_faulty_network_and_random_crashes(tmp_pa
     )
     assert states["COMPLETED"] > 0 and states["REJECTED"] > 0
     assert chaos.kills >= 2
+    assert to_che.counts["DeliverBatch"] > 0  # runs of statements went through the faults too

@@ -232,6 +232,55 @@ async def test_a_lane_stays_with_the_replica_sending_it_when_a_trust_push_overta
 
 
 @pytest.mark.asyncio
+async def test_a_run_follows_its_head_in_order_up_to_a_statement_not_due_or_leased_elsewhere(store: Store) -> None:
+    later = NOW + dt.timedelta(seconds=30)
+    async with store.transaction() as tx:
+        for i in range(6):
+            await tx.enqueue(
+                receiver="CHE", message_id=f"m{i}", kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"x", now=NOW
+            )
+        await tx.enqueue(receiver="GBR", message_id="g0", kind=OutboxKind.PROPOSAL, transfer_id="", body=b"", now=NOW)
+        listed = {m.message_id: m for m in await tx.list_outbox()}
+        # m4 waits for its backoff: the run stops before it, and m5 stays behind it.
+        await tx.reschedule(listed["m4"].outbox_id, code=0, error="", next_attempt_at=later)
+    async with store.transaction() as tx:
+        [head] = [m for m in await tx.claim_lane_heads(NOW, 10, owner="a", until=later) if m.receiver == "CHE"]
+        assert head.message_id == "m0"
+        run = await tx.claim_followers(head, 10, now=NOW, owner="a", until=later)
+        assert [m.message_id for m in run] == ["m1", "m2", "m3"]  # one lane only, in order, none past m4
+        assert all([await tx.holds_lease(m.outbox_id, "a") for m in run])
+        assert [m.message_id for m in await tx.claim_followers(head, 2, now=NOW, owner="a", until=later)] == [
+            "m1",
+            "m2",
+        ]
+        assert await tx.claim_followers(head, 0, now=NOW, owner="a", until=later) == []
+    async with store.transaction() as tx:
+        # B leases m2 (as after taking over a lane whose holder died): A's run from m0 stops before it.
+        await tx.release_lease(listed["m2"].outbox_id, "a")
+        await tx.claim_followers(listed["m1"], 1, now=NOW, owner="b", until=later)
+        assert await tx.holds_lease(listed["m2"].outbox_id, "b")
+        assert [m.message_id for m in await tx.claim_followers(head, 10, now=NOW, owner="a", until=later)] == ["m1"]
+
+
+@pytest.mark.asyncio
+async def test_no_statement_follows_a_trust_push_in_its_run(store: Store) -> None:
+    later = NOW + dt.timedelta(seconds=30)
+    async with store.transaction() as tx:
+        await tx.enqueue(receiver="CHE", message_id="s1", kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"x", now=NOW)
+        await tx.enqueue(receiver="CHE", message_id="t1", kind=OutboxKind.TRUST, transfer_id="", body=b"{}", now=NOW)
+        await tx.enqueue(receiver="CHE", message_id="s2", kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"x", now=NOW)
+    async with store.transaction() as tx:
+        [head] = await tx.claim_lane_heads(NOW, 10, owner="a", until=later)
+        assert head.message_id == "t1"  # sent alone: the statements after it may need the key it announces
+        assert await tx.claim_followers(head, 10, now=NOW, owner="a", until=later) == []
+        statement = next(m for m in await tx.list_outbox() if m.message_id == "s1")
+        # Nor does a trust push ride behind a statement.
+        assert [m.message_id for m in await tx.claim_followers(statement, 10, now=NOW, owner="a", until=later)] == [
+            "s2"
+        ]
+
+
+@pytest.mark.asyncio
 async def test_channels_settings_trust_and_idempotency_round_trip(store: Store) -> None:
     async with store.transaction(durable=False) as tx:
         await tx.set_outgoing_channel("CHE", ChannelState(BIG, b"h" * 32))

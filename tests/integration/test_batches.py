@@ -1,0 +1,305 @@
+"""Runs of statements in one ``DeliverBatch`` call: the sender seals a lane's next statements together and
+sends them in one call; the receiver takes them one after the other, as separate ``Deliver`` calls, and
+answers each with its own receipt. What is not delivered stops the run, and a partner without
+``DeliverBatch`` gets the run one envelope per call."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from carbon_gateway.v1 import partner_pb2, records_pb2
+from gateway import wire
+from gateway.demo import Pair
+from gateway.domain.errors import ResponseCode
+from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
+from gateway.partners import Partner, PartnerDirectory
+from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD, SERVICE_NAME, GrpcPartnerTransport
+from gateway.store.base import LogKind, OutboxState
+from signing import CryptoSigner, sign_envelope
+from tests.integration.harness import Crafter
+from tests.integration.test_channels import gateway_before
+
+
+def status_queries(count: int) -> list[dict[str, object]]:
+    return [{"status_query": partner_pb2.StatusQuery(transfer_id=f"q{i}")} for i in range(count)]
+
+
+async def enqueue_queries(pair: Pair, count: int) -> None:
+    async with pair.chn.store.transaction() as tx:
+        for body in status_queries(count):
+            await pair.chn.core.exchange.enqueue(tx, "CHE", **body)
+
+
+async def deliver_batch_raw(address: str, envelopes: list[bytes]) -> list[partner_pb2.Receipt]:
+    """Send ``envelopes`` in one DeliverBatch call; return the receipts' payloads, in order."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        raw: bytes = await channel.unary_unary(DELIVER_BATCH_METHOD, None, None)(
+            partner_pb2.DeliveryBatch(envelopes=envelopes).SerializeToString(), timeout=10
+        )
+    receipts = []
+    for envelope in partner_pb2.ReceiptBatch.FromString(raw).receipts:
+        receipt = partner_pb2.Receipt()
+        receipt.ParseFromString(wire.envelope_from_bytes(envelope).payload)
+        receipts.append(receipt)
+    return receipts
+
+
+async def crafter_for(pair: Pair) -> Crafter:
+    """Plays CHN on its real channel to CHE."""
+    async with pair.chn.store.read() as tx:
+        channel = await tx.outgoing_channel("CHE")
+    return Crafter(signer=pair.chn.signer, sender="CHN", receiver="CHE", channel=channel)
+
+
+@pytest.mark.asyncio
+async def test_a_lane_of_statements_goes_in_one_call_and_each_gets_its_own_receipt(pair: Pair) -> None:
+    transport = pair.chn.transport
+    assert isinstance(transport, GrpcPartnerTransport)
+    calls: list[tuple[str, int]] = []
+    batch, single = transport.deliver_batch, transport.deliver
+
+    async def spy_batch(party: str, envelopes: list[bytes]) -> list[bytes]:
+        calls.append(("DeliverBatch", len(envelopes)))
+        return await batch(party, envelopes)
+
+    async def spy_single(party: str, envelope: bytes) -> bytes:
+        calls.append(("Deliver", 1))
+        return await single(party, envelope)
+
+    transport.deliver_batch = spy_batch  # type: ignore[method-assign]
+    transport.deliver = spy_single  # type: ignore[method-assign]
+    await enqueue_queries(pair, 10)
+    await pair.chn.outbox.drain()
+    assert calls == [("DeliverBatch", 10)]
+    async with pair.chn.store.read() as tx:
+        sent = [m for m in await tx.list_outbox("CHE") if m.kind.value == "status_query"]
+        receipts = [e for e in await tx.list_log() if e.direction == "in" and e.kind is LogKind.RECEIPT]
+        ours = await tx.outgoing_channel("CHE")
+    assert [m.state for m in sent] == [OutboxState.DELIVERED] * 10
+    assert [m.sequence for m in sent] == list(range(1, 11))
+    assert sorted(e.message_id for e in receipts) == sorted(m.message_id for m in sent)
+    async with pair.che.store.read() as tx:
+        theirs = await tx.incoming_channel("CHN")
+        for message in sent:
+            assert await tx.get_message("in", "CHN", message.message_id) is not None
+    assert theirs == ours and ours.last_sequence == 10
+
+
+@pytest.mark.asyncio
+async def test_the_receiver_takes_a_batch_in_order_and_answers_each_envelope_in_place(pair: Pair) -> None:
+    crafter = await crafter_for(pair)
+    payloads = [crafter.statement(**body)[0] for body in status_queries(4)]
+    envelopes = [wire.envelope_to_bytes(crafter.envelope(p)) for p in payloads]
+    # Out of order, with garbage among them: the receiver answers each as Deliver would have.
+    sent = [envelopes[1], b"not an envelope", envelopes[0], envelopes[3], envelopes[2]]
+    receipts = await deliver_batch_raw(pair.che.partner_address, sent)
+    codes = [ResponseCode(r.code) for r in receipts]
+    assert codes == [
+        ResponseCode.SEQUENCE_GAP,  # held behind the gap
+        ResponseCode.MALFORMED_PAYLOAD,
+        ResponseCode.OK,  # closes the gap: the held second one applies after it
+        ResponseCode.SEQUENCE_GAP,
+        ResponseCode.OK,  # the held fourth follows
+    ]
+    assert [r.payload_sha256 for r in receipts] == [
+        hashlib.sha256(p).digest() if p else b"" for p in (payloads[1], b"", payloads[0], payloads[3], payloads[2])
+    ]
+    async with pair.che.store.read() as tx:
+        assert (await tx.incoming_channel("CHN")).last_sequence == crafter.channel.last_sequence
+    # The same batch again: every statement is one already taken in, answered from its stored receipt.
+    again = await deliver_batch_raw(pair.che.partner_address, envelopes)
+    assert [r.taken_in for r in again] == [True] * 4
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("request_bytes", "detail"),
+    [
+        (b"\xff\xff\xff", "not a DeliveryBatch"),
+        (partner_pb2.DeliveryBatch(envelopes=[b"x"] * (MAX_RUN + 1)).SerializeToString(), f"at most {MAX_RUN}"),
+    ],
+    ids=["not-a-batch", "too-many-envelopes"],
+)
+async def test_a_batch_the_receiver_cannot_read_is_refused_as_a_whole(
+    pair: Pair, request_bytes: bytes, detail: str
+) -> None:
+    async with grpc.aio.insecure_channel(pair.che.partner_address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await channel.unary_unary(DELIVER_BATCH_METHOD, None, None)(request_bytes, timeout=10)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert detail in (refused.value.details() or "")
+
+
+class HalfwayPartner:
+    """EVL: takes in the first ``good`` statements of each call, then has a passing failure; those after it are
+    held behind the gap. After ``healed`` is set, takes everything in."""
+
+    def __init__(self, signer: CryptoSigner, good: int) -> None:
+        self.signer = signer
+        self.good = good
+        self.healed = False
+        self.calls: list[list[int]] = []
+        self.taken: list[int] = []
+
+    def _receipt(self, envelope: bytes, code: int, taken: bool, resend_from: int = 0) -> bytes:
+        parsed = wire.envelope_from_bytes(envelope)
+        statement = partner_pb2.Statement.FromString(parsed.payload)
+        receipt = partner_pb2.Receipt(
+            message_id=f"r-{statement.header.message_id}",
+            sender="EVL",
+            receiver="CHN",
+            in_reply_to=statement.header.message_id,
+            payload_sha256=hashlib.sha256(parsed.payload).digest(),
+            code=code,  # type: ignore[arg-type]
+            resend_from=resend_from,
+            taken_in=taken,
+            envelope_sha256=hashlib.sha256(envelope).digest(),
+        )
+        return wire.envelope_to_bytes(
+            sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
+        )
+
+    async def deliver(self, party: str, envelope: bytes) -> bytes:
+        return (await self.deliver_batch(party, [envelope]))[0]
+
+    async def deliver_batch(self, party: str, envelopes: list[bytes]) -> list[bytes]:
+        sequences = [
+            partner_pb2.Statement.FromString(wire.envelope_from_bytes(e).payload).header.sequence for e in envelopes
+        ]
+        self.calls.append(sequences)
+        receipts = []
+        for index, (envelope, sequence) in enumerate(zip(envelopes, sequences, strict=True)):
+            if self.healed or index < self.good:
+                self.taken.append(sequence)
+                receipts.append(self._receipt(envelope, records_pb2.OK, True))
+            elif index == self.good:
+                receipts.append(self._receipt(envelope, records_pb2.INTERNAL_ERROR, False))
+            else:
+                receipts.append(self._receipt(envelope, records_pb2.SEQUENCE_GAP, False, resend_from=sequence - 1))
+        return receipts
+
+
+@pytest.mark.sqlite_only(reason="a gateway core on its own SQLite file, with a scripted partner")
+@pytest.mark.asyncio
+async def test_a_run_stops_at_its_first_message_not_delivered_and_the_rest_go_again_behind_it(
+    tmp_path: Path,
+) -> None:
+    evl = CryptoSigner.generate()
+    partner = HalfwayPartner(evl, good=2)
+    now = dt.datetime.now(dt.UTC)
+    clock = [now]
+    core = await gateway_before(partner, evl, tmp_path, clock=lambda: clock[0])
+    try:
+        await core.load()
+        async with core.store.transaction() as tx:
+            for body in status_queries(5):
+                await core.exchange.enqueue(tx, "EVL", **body)
+        await core.outbox.drain()
+        assert partner.calls == [[1, 2, 3, 4, 5]]
+        async with core.store.read() as tx:
+            outbox = await tx.list_outbox("EVL")
+            assert (await tx.outgoing_channel("EVL")).last_sequence == 2
+        assert [m.state for m in outbox] == [OutboxState.DELIVERED] * 2 + [OutboxState.PENDING] * 3
+        third, fourth, fifth = outbox[2:]
+        assert third.last_code == ResponseCode.INTERNAL_ERROR and third.next_attempt_at > now
+        # Those behind it were not refused: no attempt counted, no error, nothing to wait for but their head.
+        assert (fourth.attempts, fourth.last_code, fifth.attempts) == (0, 0, 0)
+        partner.healed = True
+        clock[0] = now + dt.timedelta(minutes=1)
+        await core.outbox.drain()
+        assert partner.calls[1] == [3, 4, 5]  # the same places in the channel, in order
+        async with core.store.read() as tx:
+            assert [m.state for m in await tx.list_outbox("EVL")] == [OutboxState.DELIVERED] * 5
+            assert (await tx.outgoing_channel("EVL")).last_sequence == 5
+        assert partner.taken == [1, 2, 3, 4, 5]
+    finally:
+        await core.close()
+
+
+class WithoutBatches(HalfwayPartner):
+    """A partner of an earlier version: no DeliverBatch."""
+
+    async def deliver_batch(self, party: str, envelopes: list[bytes]) -> list[bytes]:
+        raise BatchesUnsupported("EVL does not take DeliverBatch")
+
+    async def deliver(self, party: str, envelope: bytes) -> bytes:
+        return (await HalfwayPartner.deliver_batch(self, party, [envelope]))[0]
+
+
+@pytest.mark.sqlite_only(reason="a gateway core on its own SQLite file, with a scripted partner")
+@pytest.mark.asyncio
+async def test_a_partner_without_batches_gets_the_run_one_envelope_per_call(tmp_path: Path) -> None:
+    evl = CryptoSigner.generate()
+    partner = WithoutBatches(evl, good=1)
+    partner.healed = True
+    core = await gateway_before(partner, evl, tmp_path)
+    try:
+        await core.load()
+        async with core.store.transaction() as tx:
+            for body in status_queries(3):
+                await core.exchange.enqueue(tx, "EVL", **body)
+        await core.outbox.drain()
+        assert partner.calls == [[1], [2], [3]]
+        async with core.store.read() as tx:
+            assert [m.state for m in await tx.list_outbox("EVL")] == [OutboxState.DELIVERED] * 3
+    finally:
+        await core.close()
+
+
+@pytest_asyncio.fixture
+async def deliver_only(pair: Pair) -> AsyncIterator[tuple[str, list[str]]]:
+    """A partner-exchange server of an earlier version: it serves Deliver only, forwarding to CHE."""
+    calls: list[str] = []
+    channel = grpc.aio.insecure_channel(pair.che.partner_address)
+
+    async def deliver(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        calls.append("Deliver")
+        answer: bytes = await channel.unary_unary(DELIVER_METHOD, None, None)(request, timeout=10)
+        return answer
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Deliver": grpc.unary_unary_rpc_method_handler(deliver)}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}", calls
+    finally:
+        await server.stop(None)
+        await channel.close(None)
+
+
+@pytest.mark.asyncio
+async def test_the_grpc_transport_learns_once_that_a_partner_lacks_deliver_batch(
+    pair: Pair, deliver_only: tuple[str, list[str]]
+) -> None:
+    address, calls = deliver_only
+    che = pair.chn.core.exchange.partners.get("CHE")
+    assert che is not None
+    directory = PartnerDirectory.of([Partner("CHE", address, che.trusted)])
+    transport = GrpcPartnerTransport(directory)
+    crafter = await crafter_for(pair)
+    envelopes = [wire.envelope_to_bytes(crafter.envelope(crafter.statement(**b)[0])) for b in status_queries(2)]
+    try:
+        with pytest.raises(BatchesUnsupported):
+            await transport.deliver_batch("CHE", envelopes)
+        with pytest.raises(BatchesUnsupported):
+            await transport.deliver_batch("CHE", envelopes)  # not asked again: known from the first answer
+        assert calls == []
+        receipt = partner_pb2.Receipt.FromString(
+            wire.envelope_from_bytes(await transport.deliver("CHE", envelopes[0])).payload
+        )
+        assert receipt.taken_in and calls == ["Deliver"]
+        with pytest.raises(TransportError, match="no partner 'GBR'"):
+            await transport.deliver_batch("GBR", envelopes)
+    finally:
+        await transport.close()

@@ -1,0 +1,146 @@
+"""SQLite durable commits share syncs of the write-ahead log (`gateway.store.sqlite.GroupSync`).
+
+The disk is the boundary here: ``os.fsync`` is replaced by one that waits until
+the test lets it finish, so a test can see what returns before the log is on disk and what waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gateway.store.sqlite import SQLiteStore
+
+NOW = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
+
+
+class HeldDisk:
+    """``os.fsync`` that blocks (in the worker thread) until released, and counts its calls."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+        self.fail = False
+
+    def fsync(self, fd: int) -> None:
+        self.calls += 1
+        self.release.wait(timeout=10)
+        if self.fail:
+            raise OSError(5, "Input/output error")
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldDisk]:
+    held = HeldDisk()
+    monkeypatch.setattr(os, "fsync", held.fsync)
+    yield held
+    held.release.set()
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path, disk: HeldDisk) -> AsyncIterator[SQLiteStore]:
+    opened = await SQLiteStore.open(tmp_path / "gateway.db")
+    try:
+        yield opened
+    finally:
+        disk.release.set()
+        await opened.close()
+
+
+async def write(store: SQLiteStore, name: str, *, durable: bool = True) -> None:
+    async with store.transaction(durable=durable) as tx:
+        await tx.put_setting(name, "1", NOW)
+
+
+async def read(store: SQLiteStore, name: str) -> str | None:
+    async with store.read() as tx:
+        return await tx.get_setting(name)
+
+
+async def settle() -> None:
+    """Let every task run as far as it can."""
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.asyncio
+async def test_a_durable_commit_returns_only_once_the_log_is_synced(store: SQLiteStore, disk: HeldDisk) -> None:
+    committing = asyncio.create_task(write(store, "a"))
+    await settle()
+    assert not committing.done()
+    assert disk.calls == 1
+    disk.release.set()
+    await asyncio.wait_for(committing, 5)
+
+
+@pytest.mark.asyncio
+async def test_a_read_of_an_unsynced_durable_commit_waits_for_its_sync(store: SQLiteStore, disk: HeldDisk) -> None:
+    committing = asyncio.create_task(write(store, "a"))
+    await settle()
+    reading = asyncio.create_task(read(store, "a"))
+    bookkeeping = asyncio.create_task(write(store, "b", durable=False))
+    await settle()
+    # Both saw the commit, so neither may hand on what it read before the disk has it.
+    assert not reading.done() and not bookkeeping.done()
+    disk.release.set()
+    assert await asyncio.wait_for(reading, 5) == "1"
+    await asyncio.wait_for(asyncio.gather(committing, bookkeeping), 5)
+
+
+@pytest.mark.asyncio
+async def test_work_that_saw_no_unsynced_durable_commit_does_not_wait(store: SQLiteStore, disk: HeldDisk) -> None:
+    await asyncio.wait_for(write(store, "b", durable=False), 5)
+    assert await asyncio.wait_for(read(store, "b"), 5) == "1"
+    assert disk.calls == 0
+
+
+@pytest.mark.asyncio
+async def test_commits_waiting_together_share_one_sync(store: SQLiteStore, disk: HeldDisk) -> None:
+    first = asyncio.create_task(write(store, "first"))
+    await settle()
+    assert disk.calls == 1
+    others = [asyncio.create_task(write(store, f"k{i}")) for i in range(10)]
+    await settle()
+    assert disk.calls == 1  # the ten wait for the sync after the one running
+    disk.release.set()
+    await asyncio.wait_for(asyncio.gather(first, *others), 5)
+    assert disk.calls == 2
+
+
+@pytest.mark.asyncio
+async def test_synced_once_waits_for_the_disk_once_at_the_end_of_the_block(store: SQLiteStore, disk: HeldDisk) -> None:
+    reached: list[str] = []
+
+    async def batch() -> None:
+        async with store.synced_once():
+            for name in ("a", "b", "c"):
+                await write(store, name)
+                assert await read(store, name) == "1"
+                reached.append(name)
+
+    task = asyncio.create_task(batch())
+    await settle()
+    assert reached == ["a", "b", "c"]  # no commit or read inside the block waited for the disk
+    assert not task.done()  # its end does
+    outside = asyncio.create_task(read(store, "a"))
+    await settle()
+    assert not outside.done()  # another task reading those commits waits as always
+    disk.release.set()
+    await asyncio.wait_for(asyncio.gather(task, outside), 5)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_sync_fails_the_commit_that_waits_for_it(store: SQLiteStore, disk: HeldDisk) -> None:
+    disk.fail = True
+    disk.release.set()
+    with pytest.raises(OSError, match="Input/output error"):
+        await asyncio.wait_for(write(store, "a"), 5)
+    disk.fail = False
+    await asyncio.wait_for(write(store, "b"), 5)  # the next sync is tried afresh
