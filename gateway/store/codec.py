@@ -217,13 +217,19 @@ def ledger_from_row(entry_id: int, row: dict[str, Any]) -> LedgerEntry:
 
 
 def to_text(moment: dt.datetime) -> str:
-    """A UTC instant as ISO 8601 text with microseconds, which sorts in time order."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A UTC instant as ISO 8601 text with microseconds (``YYYY-MM-DDTHH:MM:SS.ffffffZ``), which sorts in time
+    order."""
+    return moment.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_TEXT_LENGTH = len("2026-01-01T00:00:00.000000Z")
 
 
 def from_text(text: str) -> dt.datetime:
-    """The inverse of `to_text`."""
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    """The inverse of `to_text`; raises `ValueError` for text of any other form."""
+    if len(text) != _TEXT_LENGTH or text[-1] != "Z" or text[10] != "T":
+        raise ValueError(f"not an instant as stored: {text[:40]!r}")
+    return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.UTC)
 
 
 def transfer_from_row(row: Any) -> Transfer:
