@@ -618,6 +618,7 @@ class Exchange:
                 code, detail = ResponseCode.INTERNAL_ERROR, "the receiver failed while applying the statement"
             await tx.set_incoming_channel(partner.party, channel.advance(payload))
             await tx.release_held(partner.party, header.sequence)
+            next_held = None if held else await tx.held_statement(partner.party, header.sequence + 1)
             receipt = self._receipt(
                 partner.party,
                 header.message_id,
@@ -637,8 +638,8 @@ class Exchange:
         if faults.ARMED:
             faults.reach(faults.COMMITTED_BY_STATEMENT.get(statement.WhichOneof("body") or "", ""))
         self.on_enqueued()
-        if not held:
-            await self._apply_held(partner, header.sequence + 1)
+        if next_held is not None:
+            await self._apply_held(partner, header.sequence + 1, next_held)
         return Received(reformed, code, detail, taken_in=True)
 
     @staticmethod
@@ -664,21 +665,23 @@ class Exchange:
                 transfer_id=transfer_id,
             )
 
-    async def _apply_held(self, partner: Partner, sequence: int) -> None:
-        """Apply, in order and one after the other, the statements held behind a gap the last one closed.
+    async def _apply_held(self, partner: Partner, sequence: int, held: bytes | None) -> None:
+        """Apply, in order and one after the other, the statements held behind a gap the last one closed, from
+        ``held`` (the one at ``sequence``, read in the transaction that closed the gap).
 
         Each was verified when it arrived and goes through every check again (trust may have changed since).
         """
         while True:
-            async with self.store.read() as tx:
-                held = await tx.held_statement(partner.party, sequence)
+            if held is None:
+                async with self.store.read() as tx:
+                    held = await tx.held_statement(partner.party, sequence)
             if held is None:
                 return
             log.info("applying statement %d from %s, held behind a gap", sequence, partner.party)
             received = await self._receive(held, EnvelopeForm.PROTOBUF, None, held=True)
             if not received.taken_in:
                 return
-            sequence += 1
+            sequence, held = sequence + 1, None
 
     async def _receive_trust_update(
         self,
