@@ -64,6 +64,7 @@ from signing import (
     EnvelopeFormatError,
     ExpiredTrustError,
     InvalidSignatureError,
+    Signature,
     Signer,
     ThresholdError,
     TrustDocument,
@@ -263,6 +264,7 @@ class Exchange:
         self.on_enqueued = on_enqueued
         self.on_delivered: DeliveredHandler | None = None
         self.on_unknown_key: Callable[[], Awaitable[bool]] | None = None
+        self._signature_lengths: dict[str, int] = {}
         """Called when no trusted key verifies a statement: takes up trust documents another replica stored
         (`gateway.trust.TrustKeeper.take_up_stored`); when it returns True the statement is verified once more."""
         self.new_id = new_id
@@ -379,7 +381,10 @@ class Exchange:
             expires_at=wire.timestamp(self.clock()),
         )
         payload = partner_pb2.Statement(header=header, **body).SerializeToString()  # type: ignore[arg-type]
-        size = len(wire.envelope_to_bytes(sign_envelope(wire.STATEMENT_PAYLOAD_TYPE, payload, [self.signer])))
+        # The envelope as it will be signed, with a signature of the length this signer's last one had: sizes
+        # vary by a few bytes at most (DER-encoded ECDSA), which the margin covers. No signing per request.
+        stand_in = Signature(self.signer.keyid, bytes(self._signature_length()))
+        size = len(wire.envelope_to_bytes(Envelope(payload, wire.STATEMENT_PAYLOAD_TYPE, (stand_in,))))
         if size + ENVELOPE_MARGIN_BYTES > partner.max_envelope_bytes:
             raise GatewayError(
                 ResponseCode.ENVELOPE_TOO_LARGE,
@@ -387,6 +392,13 @@ class Exchange:
                 f" at most {partner.max_envelope_bytes} bytes (less {ENVELOPE_MARGIN_BYTES} kept for the header);"
                 " split the request into smaller ones",
             )
+
+    def _signature_length(self) -> int:
+        """The length of a signature by the current signer (one signature made per signer, then remembered)."""
+        keyid = self.signer.keyid
+        if self._signature_lengths.get(keyid) is None:
+            self._signature_lengths[keyid] = len(self.signer.sign(b"size probe"))
+        return self._signature_lengths[keyid]
 
     def read_receipt(self, partner: Partner, data: bytes, sent: bytes, message_id: str) -> partner_pb2.Receipt:
         """Verify the receipt ``partner`` returned for the envelope ``sent`` (protobuf form) and return it.
