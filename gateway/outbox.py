@@ -336,8 +336,9 @@ class OutboxWorker:
         settled: list[tuple[OutboxMessage, Outcome, ResponseCode, str]] = []
         durable = any(v.outcome is not Outcome.DELIVERED for v in verdicts)
         async with self.store.transaction(durable=durable) as tx:
+            stored = await tx.outgoing_channel(partner.party)
             for verdict in verdicts:
-                outcome = await self._settle(tx, verdict, now)
+                outcome, stored = await self._settle(tx, verdict, stored, now)
                 settled.append((verdict.message, outcome, verdict.code, verdict.detail))
                 if outcome is not Outcome.DELIVERED:
                     break
@@ -389,15 +390,18 @@ class OutboxWorker:
             transfer_id=message.transfer_id,
         )
 
-    async def _settle(self, tx: Transaction, verdict: _Verdict, now: dt.datetime) -> Outcome:
-        """Record one message's outcome (`gateway.domain.delivery.classify`) inside the run's transaction."""
+    async def _settle(
+        self, tx: Transaction, verdict: _Verdict, stored: ChannelState, now: dt.datetime
+    ) -> tuple[Outcome, ChannelState]:
+        """Record one message's outcome (`gateway.domain.delivery.classify`) inside the run's transaction, where
+        the outgoing channel is at ``stored``; return the outcome and where the channel is after it."""
         message, sealed, channel, receipt = verdict.message, verdict.sealed, verdict.channel, verdict.receipt
         outcome, code, detail, theirs = verdict.outcome, verdict.code, verdict.detail, verdict.theirs
         if not await tx.holds_lease(message.outbox_id, self.replica):
             # Another replica took the message over and records its own attempt: this one's answer is dropped
             # (the partner took the message in once, whichever attempt it answered).
             log.warning("the lease on %s ran out while it was being sent; another replica has it", message.message_id)
-            return Outcome.RETRY
+            return Outcome.RETRY, stored
         if receipt is None or outcome is Outcome.RETRY:
             error = verdict.retry_error or detail
             wait = self.backoff.after(message.attempts + 1)
@@ -406,7 +410,7 @@ class OutboxWorker:
             )
             await tx.reschedule(message.outbox_id, code=int(code), error=error, next_attempt_at=now + wait)
             await tx.release_lease(message.outbox_id, self.replica)
-            return Outcome.RETRY
+            return Outcome.RETRY, stored
         await tx.release_lease(message.outbox_id, self.replica)
         await self._log_receipt(tx, message, verdict.raw, now)
         if outcome is Outcome.DELIVERED:
@@ -415,10 +419,11 @@ class OutboxWorker:
             await tx.mark_delivered(message.outbox_id, digest, now, sequence=taken_at)
             if message.kind is OutboxKind.TRUST:
                 await tx.settle_superseded_trust(message.receiver, message.outbox_id, now)
-            elif taken_at > (await tx.outgoing_channel(message.receiver)).last_sequence:
+            elif taken_at > stored.last_sequence:
                 # Taken in at this attempt, or at an earlier one whose receipt was lost. A message the partner
                 # took in before the channel caught up with it leaves the channel where it is.
-                await tx.set_outgoing_channel(message.receiver, ChannelState(taken_at, digest))
+                stored = ChannelState(taken_at, digest)
+                await tx.set_outgoing_channel(message.receiver, stored)
             if self.exchange.on_delivered is not None and code is ResponseCode.OK:
                 await self.exchange.on_delivered(tx, message)
         elif outcome is Outcome.CATCH_UP:
@@ -434,6 +439,7 @@ class OutboxWorker:
                     theirs.last_sequence,
                     sent,
                 )
+            stored = theirs
             await tx.set_outgoing_channel(message.receiver, theirs)
             await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now)
             log.warning(
@@ -458,11 +464,12 @@ class OutboxWorker:
                 wait = self.backoff.after(message.attempts + 1)
                 count = await tx.requeue_from(message.receiver, resend_from, now + wait)
                 await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now + wait)
-                await tx.set_outgoing_channel(message.receiver, ChannelState(resend_from - 1, previous))
+                stored = ChannelState(resend_from - 1, previous)
+                await tx.set_outgoing_channel(message.receiver, stored)
                 log.warning("%s lacks our statements from %d: resending %d", message.receiver, resend_from, count)
         if outcome is Outcome.DEAD_LETTER:
             await tx.settle(message.outbox_id, OutboxState.DEAD, code=receipt.code, error=detail, now=now)
-        return outcome
+        return outcome, stored
 
     def _report(self, message: OutboxMessage, outcome: Outcome, code: ResponseCode, detail: str) -> None:
         if outcome is Outcome.DELIVERED:
