@@ -110,6 +110,7 @@ class SQLiteStore:
         except OSError:
             return cls(db)  # no write-ahead log file to sync: every durable commit syncs on its own
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=10000")
         return cls(db, wal)
 
     @classmethod
