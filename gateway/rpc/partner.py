@@ -13,6 +13,7 @@ busy channel, since its statements are delivered in sequence order.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "carbon_gateway.v1.PartnerExchange"
 DELIVER_METHOD = f"/{SERVICE_NAME}/Deliver"
 DELIVER_BATCH_METHOD = f"/{SERVICE_NAME}/DeliverBatch"
+
+BATCHES_ASKED_AGAIN_AFTER = 600.0
+"""Seconds after which a partner that did not take ``DeliverBatch`` is offered batches again."""
 
 
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -61,10 +65,14 @@ def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.
         identity = peer_identity(context) if require_peer_identity else None
         answer = partner_pb2.ReceiptBatch()
         # No receipt leaves before the batch's end, so its statements' commits wait for the disk together.
-        async with exchange.store.synced_once():
-            for envelope in batch.envelopes:
-                received = await exchange.receive(envelope, form=EnvelopeForm.PROTOBUF, peer_identity=identity)
-                answer.receipts.append(received.receipt)
+        try:
+            async with exchange.store.synced_once():
+                for envelope in batch.envelopes:
+                    received = await exchange.receive(envelope, form=EnvelopeForm.PROTOBUF, peer_identity=identity)
+                    answer.receipts.append(received.receipt)
+        except OSError as exc:
+            # The commits could not be made durable: no receipt may leave. The sender sends the batch again.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the receiver's database failed ({exc}); retry later")
         return answer.SerializeToString()
 
     return grpc.method_handlers_generic_handler(
@@ -90,8 +98,9 @@ class GrpcPartnerTransport:
         self.credentials = credentials
         self.timeout = timeout
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
-        self._without_batches: set[tuple[str, str]] = set()
-        """Partners (at an address) that answered ``DeliverBatch`` with ``UNIMPLEMENTED``: an earlier version."""
+        self._without_batches: dict[tuple[str, str], float] = {}
+        """Partners (at an address) that answered ``DeliverBatch`` with ``UNIMPLEMENTED`` (an earlier version),
+        and when: they are asked again after `BATCHES_ASKED_AGAIN_AFTER`, as one may have been upgraded."""
 
     def _channel(self, party: str) -> grpc.aio.Channel:
         partner = self.partners.get(party)
@@ -120,13 +129,15 @@ class GrpcPartnerTransport:
     async def deliver_batch(self, party: str, envelopes: list[bytes]) -> list[bytes]:
         """Send ``envelopes`` to ``party`` in one ``DeliverBatch`` call, in order; return their receipts, in the
         same order. At most `gateway.outbox.MAX_RUN` at once. Raises `BatchesUnsupported` for a partner whose
-        version lacks ``DeliverBatch`` (remembered: it is not asked again)."""
+        version lacks ``DeliverBatch`` (remembered for `BATCHES_ASKED_AGAIN_AFTER`), or whose server refuses the
+        batch as too large for one message: the caller then sends the envelopes one per call."""
         if len(envelopes) > MAX_RUN:
             raise ValueError(f"at most {MAX_RUN} envelopes in one batch, not {len(envelopes)}")
         partner = self.partners.get(party)
         if partner is None:
             raise TransportError(f"no partner {party!r} is configured")
-        if (party, partner.address) in self._without_batches:
+        learned = self._without_batches.get((party, partner.address))
+        if learned is not None and time.monotonic() - learned < BATCHES_ASKED_AGAIN_AFTER:
             raise BatchesUnsupported(f"{party} does not take DeliverBatch")
         call = self._channel(party).unary_unary(DELIVER_BATCH_METHOD, None, None)
         request = partner_pb2.DeliveryBatch(envelopes=envelopes).SerializeToString()
@@ -135,8 +146,13 @@ class GrpcPartnerTransport:
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                 log.warning("%s does not take DeliverBatch; delivering one envelope per call", party)
-                self._without_batches.add((party, partner.address))
+                self._without_batches[(party, partner.address)] = time.monotonic()
                 raise BatchesUnsupported(f"{party} does not take DeliverBatch") from None
+            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # The batch exceeds what the partner's server takes in one message (its own envelope cap is
+                # below the one configured here): these envelopes go one per call, each within the cap.
+                log.warning("%s refused a batch of %d envelopes as too large: %s", party, len(envelopes), exc.details())
+                raise BatchesUnsupported(f"{party} takes no batch this large") from None
             raise TransportError(f"{party}: {exc.code().name}: {exc.details()}") from None
         answer = partner_pb2.ReceiptBatch()
         try:

@@ -19,6 +19,8 @@ from carbon_gateway.v1 import partner_pb2, records_pb2
 from gateway import wire
 from gateway.demo import Pair
 from gateway.domain.errors import ResponseCode
+from gateway.exchange import ExchangeSettings
+from gateway.harness import start_network
 from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import Partner, PartnerDirectory
 from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD, SERVICE_NAME, GrpcPartnerTransport
@@ -303,3 +305,28 @@ async def test_the_grpc_transport_learns_once_that_a_partner_lacks_deliver_batch
             await transport.deliver_batch("GBR", envelopes)
     finally:
         await transport.close()
+
+
+@pytest.mark.asyncio
+async def test_a_run_too_large_for_the_partners_server_goes_one_envelope_per_call(tmp_path: Path) -> None:
+    # CHE takes envelopes of at most 4 KB, so its server takes messages of about 20 KB; CHN was not told and
+    # assumes the default 1 MB. Forty statements of about 500 bytes fit CHE's cap each, not as one batch.
+    def settings(party: str) -> ExchangeSettings:
+        return ExchangeSettings(self_party=party, max_envelope_bytes=4096 if party == "CHE" else 1 << 20)
+
+    network = await start_network(tmp_path, ("CHN", "CHE"), settings=settings)
+    pair = Pair(network.nodes["CHN"], network.nodes["CHE"])
+    try:
+        async with pair.chn.store.transaction() as tx:
+            for i in range(40):
+                await pair.chn.core.exchange.enqueue(
+                    tx, "CHE", status_query=partner_pb2.StatusQuery(transfer_id=f"q{i:03d}-" + "x" * 400)
+                )
+        await pair.chn.outbox.drain()
+        async with pair.chn.store.read() as tx:
+            sent = [m for m in await tx.list_outbox("CHE") if m.kind.value == "status_query"]
+        assert [m.state for m in sent] == [OutboxState.DELIVERED] * 40
+        async with pair.che.store.read() as tx:
+            assert (await tx.incoming_channel("CHN")).last_sequence == 40
+    finally:
+        await network.stop()
