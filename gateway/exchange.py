@@ -452,9 +452,12 @@ class Exchange:
         """
         try:
             return await self._receive(raw, form, peer_identity)
-        except Exception:
+        except Exception as exc:
             log.exception("failed while handling a delivery of %d bytes", len(raw))
             detail = "the receiver failed while handling the message; nothing took effect; retry later"
+            if isinstance(exc, OSError):
+                # The database itself failed, perhaps after a commit: nothing can be promised either way.
+                detail = f"the receiver's database failed ({exc}); retry later"
             try:
                 receipt = self._receipt("", "", b"", raw, ResponseCode.INTERNAL_ERROR, detail, form)
             except Exception:

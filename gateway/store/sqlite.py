@@ -109,6 +109,7 @@ class SQLiteStore:
             wal = GroupSync(os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC))
         except OSError:
             return cls(db)  # no write-ahead log file to sync: every durable commit syncs on its own
+        _sync_folder(Path(path).resolve().parent)  # the log file's own name, which SQLite syncs only once
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA wal_autocheckpoint=10000")
         return cls(db, wal)
@@ -152,6 +153,8 @@ class SQLiteStore:
         seen = 0
         try:
             async with self._lock:
+                if wal is not None:
+                    wal.check()
                 seen = 0 if wal is None else wal.durable
                 if wal is None and not durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -182,7 +185,7 @@ class SQLiteStore:
     async def synced_once(self) -> AsyncIterator[None]:
         """Inside the block, this task's durable commits wait for the disk once, at its end (see `Store`)."""
         deferred: list[int] = []
-        token = _DEFERRED_SYNC.set(deferred)
+        token = _DEFERRED_SYNC.set((asyncio.current_task(), deferred))
         try:
             yield
         finally:
@@ -195,32 +198,59 @@ class SQLiteStore:
         """Begin a transaction for reads: a consistent snapshot. It returns once every durable commit it could
         have read is on disk (normally at once)."""
         wal = self._wal
-        async with self._lock:
-            seen = 0 if wal is None else wal.durable
-            self._db.execute("BEGIN")
-            try:
-                yield SQLiteTransaction(self._db)
-            finally:
-                self._db.execute("COMMIT")
-        if wal is not None and wal.synced < seen:
-            await _wait_or_defer(wal, seen)
+        seen = 0
+        try:
+            async with self._lock:
+                if wal is not None:
+                    wal.check()
+                    seen = wal.durable
+                self._db.execute("BEGIN")
+                try:
+                    yield SQLiteTransaction(self._db)
+                finally:
+                    self._db.execute("COMMIT")
+        finally:
+            if wal is not None and wal.synced < seen:
+                await _wait_or_defer(wal, seen)
 
     async def close(self) -> None:
         """Close the database (after syncing what was committed)."""
         async with self._lock:
-            if self._wal is not None:
-                await self._wal.wait(self._wal.written)
-                self._wal.close()
-            self._db.close()
+            try:
+                if self._wal is not None and self._wal.failed is None:
+                    await self._wal.wait(self._wal.written)
+            finally:
+                if self._wal is not None:
+                    self._wal.close()
+                self._db.close()
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def _wait_or_defer(wal: GroupSync, number: int) -> None:
     """Wait for commit ``number`` to be synced, or leave the wait to the `SQLiteStore.synced_once` block around."""
-    deferred = _DEFERRED_SYNC.get()
-    if deferred is None:
+    deferring = _DEFERRED_SYNC.get()
+    # Only the task that opened the block defers: a task it started inherits the variable, not the promise.
+    if deferring is None or deferring[0] is not asyncio.current_task():
         await wal.wait(number)
     else:
-        deferred.append(number)
+        deferring[1].append(number)
+
+
+class SyncFailed(OSError):
+    """The database's write-ahead log could not be synced: recent commits may not be on disk."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(
+            cause.errno,
+            f"the database's disk failed a sync ({cause.strerror or cause}); check it and restart the gateway",
+        )
 
 
 class GroupSync:
@@ -231,11 +261,17 @@ class GroupSync:
     commit written before it began, so the commits that arrive while one sync runs all wait for the next one,
     together. This is SQLite's ``synchronous=FULL`` guarantee (the log synced before a durable commit is
     reported) with one sync per group of commits instead of one per commit, and with the event loop free
-    while the disk works.
+    while the disk works. Another process reading the file (``carbon-gateway report``) may see a commit a few
+    milliseconds before its sync completes.
+
+    A failed sync is final (`SyncFailed`): the kernel may have dropped the pages it could not write and report
+    the next sync as a success, so no later commit is trusted as durable. Every later transaction is refused
+    until the gateway is restarted, after the disk is checked.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self.failed: OSError | None = None
         self.written = 0
         """Commits so far, numbered from 1."""
         self.durable = 0
@@ -251,21 +287,31 @@ class GroupSync:
             self.durable = self.written
         return self.written if durable else self.durable
 
+    def check(self) -> None:
+        """Raise `SyncFailed` if a sync of the log has ever failed."""
+        if self.failed is not None:
+            raise SyncFailed(self.failed)
+
     async def wait(self, number: int) -> None:
-        """Return once commit ``number`` is on disk; raise `OSError` when the sync fails."""
+        """Return once commit ``number`` is on disk; raise `SyncFailed` when a sync failed."""
         while self.synced < number:
-            if self._flush is None:
-                self._flush = asyncio.ensure_future(self._sync(self.written))
-            await asyncio.shield(self._flush)
+            self.check()
+            flush = self._flush
+            if flush is None or flush.done():
+                flush = self._flush = asyncio.ensure_future(self._sync(self.written))
+            await asyncio.shield(flush)
 
     async def _sync(self, upto: int) -> None:
         try:
             await asyncio.to_thread(os.fsync, self._fd)
-        except OSError:
-            log.critical("syncing the database's write-ahead log failed: recent commits may not be on disk")
-            raise
-        finally:
-            self._flush = None
+        except OSError as exc:
+            log.critical(
+                "syncing the database's write-ahead log failed (%s): recent commits may not be on disk. This"
+                " gateway refuses every transaction from now on; check the disk, then restart it",
+                exc,
+            )
+            self.failed = exc
+            raise SyncFailed(exc) from exc
         self.synced = max(self.synced, upto)
 
     def close(self) -> None:
@@ -354,8 +400,11 @@ _DATA_STEPS = {4: _fill_known_ranges, 5: _tie_acquired_blocks}
 
 log = logging.getLogger(__name__)
 
-_DEFERRED_SYNC: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("deferred_sync", default=None)
-"""Inside `SQLiteStore.synced_once`: the commit numbers the block's end must see synced."""
+_DEFERRED_SYNC: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, list[int]] | None] = contextvars.ContextVar(
+    "deferred_sync", default=None
+)
+"""Inside `SQLiteStore.synced_once`: the task that opened the block, and the commit numbers its end must see
+synced."""
 
 _GUARDED = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)
 """The literal status list of the partial index ``blocks_guarded``; queries repeat it so the index applies."""

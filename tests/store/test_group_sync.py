@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite import SQLiteStore, SyncFailed
 
 NOW = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
 
@@ -24,12 +25,18 @@ NOW = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
 class HeldDisk:
     """``os.fsync`` that blocks (in the worker thread) until released, and counts its calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, real: Callable[[int], None]) -> None:
+        self.real = real
+        self.armed = False
+        """Off while a store opens (it syncs its folder): only the log's syncs are held and counted."""
         self.release = threading.Event()
         self.calls = 0
         self.fail = False
 
     def fsync(self, fd: int) -> None:
+        if not self.armed:
+            self.real(fd)
+            return
         self.calls += 1
         self.release.wait(timeout=10)
         if self.fail:
@@ -38,7 +45,7 @@ class HeldDisk:
 
 @pytest.fixture
 def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldDisk]:
-    held = HeldDisk()
+    held = HeldDisk(os.fsync)
     monkeypatch.setattr(os, "fsync", held.fsync)
     yield held
     held.release.set()
@@ -47,6 +54,7 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldDisk]:
 @pytest_asyncio.fixture
 async def store(tmp_path: Path, disk: HeldDisk) -> AsyncIterator[SQLiteStore]:
     opened = await SQLiteStore.open(tmp_path / "gateway.db")
+    disk.armed = True
     try:
         yield opened
     finally:
@@ -137,10 +145,40 @@ async def test_synced_once_waits_for_the_disk_once_at_the_end_of_the_block(store
 
 
 @pytest.mark.asyncio
-async def test_a_failed_sync_fails_the_commit_that_waits_for_it(store: SQLiteStore, disk: HeldDisk) -> None:
+async def test_a_failed_sync_is_final(store: SQLiteStore, disk: HeldDisk) -> None:
     disk.fail = True
     disk.release.set()
-    with pytest.raises(OSError, match="Input/output error"):
+    with pytest.raises(SyncFailed, match="check it and restart the gateway"):
         await asyncio.wait_for(write(store, "a"), 5)
+    # The next sync might succeed (the kernel may have dropped what it could not write): nothing after the
+    # failure is trusted as durable, so every transaction is refused until a restart.
     disk.fail = False
-    await asyncio.wait_for(write(store, "b"), 5)  # the next sync is tried afresh
+    with pytest.raises(SyncFailed):
+        await write(store, "b", durable=False)
+    with pytest.raises(SyncFailed):
+        await read(store, "a")
+    assert disk.calls == 1
+
+
+@pytest.mark.asyncio
+async def test_close_after_a_failed_sync_still_closes(tmp_path: Path, disk: HeldDisk) -> None:
+    opened = await SQLiteStore.open(tmp_path / "gateway.db")
+    disk.armed = True
+    disk.fail = True
+    disk.release.set()
+    with pytest.raises(SyncFailed):
+        await write(opened, "a")
+    await opened.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened._db.execute("SELECT 1")  # the connection itself, past the store's own refusal
+
+
+@pytest.mark.asyncio
+async def test_a_task_started_inside_synced_once_waits_for_its_own_commits(store: SQLiteStore, disk: HeldDisk) -> None:
+    async with store.synced_once():
+        child = asyncio.create_task(write(store, "child"))
+        await settle()
+        # The child inherited the block's context but not its promise: its commit waits for the disk.
+        assert not child.done()
+        disk.release.set()
+        await asyncio.wait_for(child, 5)
