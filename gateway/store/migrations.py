@@ -514,6 +514,56 @@ MIGRATIONS = (
     ),
 )
 
+AUTHORIZATION_USAGE_STATES = "1, 2, 4, 8"
+"""`gateway.domain.transfer.USES_AUTHORIZED_QUANTITY` as migration 9 spells it (PROPOSED, CHECKED, COMPLETED,
+ACCEPTED). A change to that set needs a new migration; a test compares the two."""
+
+# The first-transferred quantity each authorization has used, kept by triggers in the transaction of every
+# change to an initiating transfer: a proposal checks its authorization with one row, where a sum over every
+# transfer made under it grew with the registry's history.
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        9,
+        "the first-transferred quantity used per authorization, kept by triggers instead of summed per proposal",
+        f"""
+        CREATE TABLE authorization_usage (
+            authorization_id TEXT PRIMARY KEY,
+            first_quantity BIGINT NOT NULL
+        );
+        INSERT INTO authorization_usage
+            SELECT authorization_id, SUM(first_quantity) FROM transfers
+            WHERE role = 'initiating' AND state IN ({AUTHORIZATION_USAGE_STATES}) GROUP BY authorization_id;
+        CREATE TRIGGER authorization_usage_insert AFTER INSERT ON transfers
+            WHEN NEW.role = 'initiating' AND NEW.state IN ({AUTHORIZATION_USAGE_STATES})
+            BEGIN
+                INSERT INTO authorization_usage VALUES (NEW.authorization_id, NEW.first_quantity)
+                    ON CONFLICT (authorization_id) DO UPDATE
+                    SET first_quantity = first_quantity + excluded.first_quantity;
+            END;
+        CREATE TRIGGER authorization_usage_update AFTER UPDATE ON transfers
+            WHEN (OLD.role = 'initiating' AND OLD.state IN ({AUTHORIZATION_USAGE_STATES}))
+                OR (NEW.role = 'initiating' AND NEW.state IN ({AUTHORIZATION_USAGE_STATES}))
+            BEGIN
+                UPDATE authorization_usage SET first_quantity = first_quantity - OLD.first_quantity
+                    WHERE authorization_id = OLD.authorization_id
+                    AND OLD.role = 'initiating' AND OLD.state IN ({AUTHORIZATION_USAGE_STATES});
+                INSERT INTO authorization_usage
+                    SELECT NEW.authorization_id, NEW.first_quantity
+                    WHERE NEW.role = 'initiating' AND NEW.state IN ({AUTHORIZATION_USAGE_STATES})
+                    ON CONFLICT (authorization_id) DO UPDATE
+                    SET first_quantity = first_quantity + excluded.first_quantity;
+            END;
+        CREATE TRIGGER authorization_usage_delete AFTER DELETE ON transfers
+            WHEN OLD.role = 'initiating' AND OLD.state IN ({AUTHORIZATION_USAGE_STATES})
+            BEGIN
+                UPDATE authorization_usage SET first_quantity = first_quantity - OLD.first_quantity
+                    WHERE authorization_id = OLD.authorization_id;
+            END
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks

@@ -19,7 +19,7 @@ Each script is a list of statements run in one transaction with the row in ``sch
 
 from __future__ import annotations
 
-from gateway.store.migrations import LEDGER_COLUMNS
+from gateway.store.migrations import AUTHORIZATION_USAGE_STATES, LEDGER_COLUMNS
 from gateway.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 T = 'TEXT COLLATE "C"'
@@ -483,6 +483,32 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
         [
             f"ALTER TABLE outbox ADD COLUMN lease_owner {T} NOT NULL DEFAULT ''",
             f"ALTER TABLE outbox ADD COLUMN lease_until {T} NOT NULL DEFAULT ''",
+        ],
+    ),
+    (
+        9,
+        _description(9),
+        [
+            f"CREATE TABLE authorization_usage (authorization_id {T} PRIMARY KEY, first_quantity BIGINT NOT NULL)",
+            "INSERT INTO authorization_usage SELECT authorization_id, SUM(first_quantity) FROM transfers"
+            f" WHERE role = 'initiating' AND state IN ({AUTHORIZATION_USAGE_STATES}) GROUP BY authorization_id",
+            f"""CREATE FUNCTION authorization_usage_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.role = 'initiating'
+                        AND OLD.state IN ({AUTHORIZATION_USAGE_STATES}) THEN
+                        UPDATE authorization_usage SET first_quantity = first_quantity - OLD.first_quantity
+                            WHERE authorization_id = OLD.authorization_id;
+                    END IF;
+                    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.role = 'initiating'
+                        AND NEW.state IN ({AUTHORIZATION_USAGE_STATES}) THEN
+                        INSERT INTO authorization_usage VALUES (NEW.authorization_id, NEW.first_quantity)
+                            ON CONFLICT (authorization_id) DO UPDATE
+                            SET first_quantity = authorization_usage.first_quantity + excluded.first_quantity;
+                    END IF;
+                    RETURN NULL;
+                END $$""",
+            "CREATE TRIGGER authorization_usage_follow AFTER INSERT OR UPDATE OR DELETE ON transfers"
+            " FOR EACH ROW EXECUTE FUNCTION authorization_usage_follow()",
         ],
     ),
 ]

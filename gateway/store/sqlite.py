@@ -45,9 +45,7 @@ from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
 from gateway.domain.transfer import (
     FINAL_STATES,
-    USES_AUTHORIZED_QUANTITY,
     Transfer,
-    TransferRole,
 )
 from gateway.store import codec
 from gateway.store.base import (
@@ -513,17 +511,14 @@ class SQLiteTransaction:
         )
 
     async def first_transfer_quantity_used(self, authorization_id: str) -> int:
-        states = [int(s) for s in USES_AUTHORIZED_QUANTITY]
         row = self._one(
-            "SELECT COALESCE(SUM(first_quantity), 0) FROM transfers WHERE authorization_id = ? AND role = ? "
-            f"AND state IN ({_placeholders(states)})",
-            (authorization_id, TransferRole.INITIATING.value, *states),
+            "SELECT first_quantity FROM authorization_usage WHERE authorization_id = ?", (authorization_id,)
         )
         ties = self._one(
             "SELECT COALESCE(SUM(quantity), 0) FROM authorization_ties WHERE authorization_id = ?", (authorization_id,)
         )
-        assert row is not None and ties is not None
-        return int(row[0]) + int(ties[0])
+        assert ties is not None
+        return (0 if row is None else int(row[0])) + int(ties[0])
 
     # blocks
 

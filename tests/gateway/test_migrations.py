@@ -1,13 +1,16 @@
-"""Schema migrations on a database written by an earlier version: migration 5 ties what it can, guesses nothing."""
+"""Schema migrations on a database written by an earlier version: migration 5 ties what it can, guesses nothing;
+migration 9 keeps each authorization's used quantity equal to the sum it replaces."""
 
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from pathlib import Path
 
+from gateway.domain.transfer import USES_AUTHORIZED_QUANTITY, TransferState
 from gateway.store import sqlite as store_sqlite
-from gateway.store.migrations import MIGRATIONS
+from gateway.store.migrations import AUTHORIZATION_USAGE_STATES, MIGRATIONS
 
 
 def _at_version_4(path: Path) -> sqlite3.Connection:
@@ -78,3 +81,70 @@ def test_migration_5_ties_acquired_blocks_through_their_splits_and_fills_the_led
         ("Acquisition", "", 500, 600, None),
         ("First transfer", "First transfer to another Party", 900, 950, "CHN-A-0001"),
     ]
+
+
+def _at_version(path: Path, version: int) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), isolation_level=None)
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT)")
+    for number, description, script in MIGRATIONS:
+        if number > version:
+            break
+        for statement in store_sqlite._statements(script):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (number, description))
+    return db
+
+
+def _summed(db: sqlite3.Connection) -> dict[str, int]:
+    """The used quantities as they were computed before migration 9: a sum over every transfer."""
+    states = ", ".join(str(int(s)) for s in USES_AUTHORIZED_QUANTITY)
+    rows = db.execute(
+        "SELECT authorization_id, SUM(first_quantity) FROM transfers"
+        f" WHERE role = 'initiating' AND state IN ({states}) GROUP BY authorization_id"
+    ).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def _any_transfer(db: sqlite3.Connection, rng: random.Random) -> str:
+    return str(rng.choice([row[0] for row in db.execute("SELECT transfer_id FROM transfers ORDER BY transfer_id")]))
+
+
+def _kept(db: sqlite3.Connection) -> dict[str, int]:
+    return {row[0]: row[1] for row in db.execute("SELECT * FROM authorization_usage") if row[1] != 0}
+
+
+def test_migration_9_states_are_the_states_that_use_an_authorization() -> None:
+    assert {int(s) for s in AUTHORIZATION_USAGE_STATES.split(",")} == {int(s) for s in USES_AUTHORIZED_QUANTITY}
+
+
+def test_migration_9_fills_the_used_quantities_and_its_triggers_keep_them_equal_to_the_sum(tmp_path: Path) -> None:
+    db = _at_version(tmp_path / "old.db", 8)
+    insert = (
+        "INSERT INTO transfers (transfer_id, role, state, terms, authorization_id, quantity, rejections, created_at,"
+        " updated_at, first_quantity) VALUES (?, ?, ?, '{}', ?, 0, '[]', '2026-01-01T00:00:00.000000Z',"
+        " '2026-01-01T00:00:00.000000Z', ?)"
+    )
+    rng = random.Random(9)
+    roles, states, authorizations = ("initiating", "acquiring"), [int(s) for s in TransferState], ["A1", "A2", "A3"]
+    for i in range(60):
+        db.execute(
+            insert, (f"old{i}", rng.choice(roles), rng.choice(states), rng.choice(authorizations), rng.randint(0, 99))
+        )
+    version = store_sqlite.migrate(db)
+    assert version >= 9
+    assert _kept(db) == _summed(db)
+    for step in range(400):
+        action = rng.random()
+        if action < 0.3:
+            db.execute(
+                insert,
+                (f"new{step}", rng.choice(roles), rng.choice(states), rng.choice(authorizations), rng.randint(0, 99)),
+            )
+        elif action < 0.8:
+            db.execute(
+                "UPDATE transfers SET state = ?, first_quantity = ?, authorization_id = ? WHERE transfer_id = ?",
+                (rng.choice(states), rng.randint(0, 99), rng.choice(authorizations), _any_transfer(db, rng)),
+            )
+        else:
+            db.execute("DELETE FROM transfers WHERE transfer_id = ?", (_any_transfer(db, rng),))
+        assert _kept(db) == _summed(db), f"after step {step}"
