@@ -41,7 +41,7 @@ STEPS ?= 300
 simulate: $(STAMP)
 	$(PY) -m tests.simulation --seeds $(SEEDS) --steps $(STEPS)
 
-# The soak test at full size: 1,000 transfers over a faulty proxy with random SIGKILLs (`make test` runs 100).
+# The soak test alone: 1,000 transfers over a faulty proxy with random SIGKILLs (`make test` runs it too).
 SOAK_TRANSFERS ?= 1000
 soak: $(STAMP)
 	CARBON_GATEWAY_SOAK_TRANSFERS=$(SOAK_TRANSFERS) $(PY) -m pytest tests/integration/test_soak.py -q -s $(PYTEST_ARGS)
