@@ -32,7 +32,7 @@ from gateway.service import (
 )
 from gateway.store.base import Change, ChangeKind, OutboxMessage, OutboxState, ReconciliationRun, RunRole, StoredBlock
 from gateway.trust import PushResult, TrustKeeper
-from gateway.usecases.watching import ChangeFeed, FeedClosed
+from gateway.usecases.watching import ChangeFeed, FeedClosed, TooManyWatchers
 from signing import Envelope, EnvelopeFormatError, TrustedParty
 
 Context = grpc.aio.ServicerContext
@@ -582,6 +582,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
                     yield change_to_proto(change)
         except GatewayError as exc:
             await abort_with(context, exc)
+        except TooManyWatchers as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except FeedClosed:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,

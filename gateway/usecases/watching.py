@@ -11,6 +11,7 @@ sharing the database (a replica) writes changes this process is not told of.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Sequence
 
 from gateway.domain.errors import GatewayError, ResponseCode
@@ -21,18 +22,36 @@ BATCH = 256
 POLL_SECONDS = 1.0
 """The longest a watcher waits before reading again when no commit in this process woke it."""
 
+MAX_WATCHERS = 64
+"""The most watches one gateway process follows at once. Each wakes at every commit and reads the feed, so a
+caller opening streams without end would otherwise turn every commit into that many reads."""
+
 
 class FeedClosed(Exception):
     """The gateway is stopping: the watcher should call again, from the last position it received."""
 
 
+class TooManyWatchers(Exception):
+    """`MAX_WATCHERS` watches are following the feed already: the caller should close one or call again later."""
+
+
 class ChangeFeed:
     """The change feed of one gateway's store, for any number of watchers."""
 
-    def __init__(self, store: Store, *, batch: int = BATCH, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch: int = BATCH,
+        poll_seconds: float = POLL_SECONDS,
+        max_watchers: int = MAX_WATCHERS,
+    ) -> None:
         self.store = store
         self.batch = batch
         self.poll_seconds = poll_seconds
+        self.max_watchers = max_watchers
+        self.watchers = 0
+        """Watches following the feed now."""
         self._closed = False
 
     def close(self) -> None:
@@ -47,7 +66,24 @@ class ChangeFeed:
 
         A position below 0 or beyond the latest is refused before anything is returned, and so is a digest
         that is not the one of the change at ``after`` (the database was restored, or is another gateway's).
+        A watch beyond `max_watchers` is refused with `TooManyWatchers`.
         """
+        if self.watchers >= self.max_watchers:
+            raise TooManyWatchers(
+                f"{self.watchers} watches follow this gateway's changes already, the most it serves at once: close"
+                " one, or call again later"
+            )
+        self.watchers += 1
+        try:
+            async with contextlib.aclosing(self._follow(after, kinds, after_digest)) as changes:
+                async for change in changes:
+                    yield change
+        finally:
+            self.watchers -= 1
+
+    async def _follow(
+        self, after: int, kinds: Sequence[ChangeKind], after_digest: bytes
+    ) -> AsyncGenerator[Change, None]:
         with self.store.commits.subscribe() as woken:
             woken.clear()
             if after < 0:

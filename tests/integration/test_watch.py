@@ -364,3 +364,29 @@ async def test_a_watch_ends_with_unavailable_when_the_gateway_stops(tmp_path: Pa
         assert "after_position" in (caught.value.details() or "")
     finally:
         await pair.che.stop()
+
+
+@pytest.mark.asyncio
+async def test_watches_beyond_the_limit_are_refused_and_a_closed_one_frees_its_place(pair: Pair) -> None:
+    await transfer(pair, await setup_accounts(pair), 1, 10, "w")
+    pair.chn.changes.max_watchers = 2
+    async with operator(pair.chn) as stub:
+        first, second = watch(stub), watch(stub)
+        await take(first, 1)
+        await take(second, 1)
+        third = watch(stub)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await third.read()
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the most it serves at once" in (caught.value.details() or "")
+        assert pair.chn.changes.watchers == 2
+        first.cancel()
+        for _ in range(50):
+            if pair.chn.changes.watchers < 2:
+                break
+            await asyncio.sleep(0.05)
+        assert pair.chn.changes.watchers == 1
+        fourth = watch(stub)
+        assert len(await take(fourth, 1)) == 1
+        second.cancel()
+        fourth.cancel()
