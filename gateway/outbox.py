@@ -110,6 +110,9 @@ class _Verdict:
     retry_error: str
 
 
+WITHOUT_SIGNER_RETRY = 2.0
+"""Seconds between looks at the trust document while this gateway holds none of the signers it lists."""
+
 MAX_RUN = 64
 """The most messages of one lane sealed and sent together, in one ``DeliverBatch`` call: the protocol's limit."""
 
@@ -152,6 +155,10 @@ class OutboxWorker:
         self.before_sending: Callable[[], Awaitable[object]] | None = None
         """Called before each batch it claimed is sealed: takes up a trust document another replica installed
         (`gateway.trust.TrustKeeper.take_up_stored`), so a statement is never signed with a retired key."""
+        self.may_sign: Callable[[], bool] | None = None
+        """Whether this gateway holds a signer its current trust document lists
+        (`gateway.trust.TrustKeeper.can_sign`). While it does not, this worker claims and sends nothing, and
+        another replica, configured with that signer, sends the lanes."""
         self._wake = asyncio.Event()
         self._draining = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -179,8 +186,11 @@ class OutboxWorker:
         while True:
             self._wake.clear()
             try:
-                await self.drain()
-                wait = await self._next_due_in()
+                if self.may_sign is not None and not self.may_sign():
+                    wait = WITHOUT_SIGNER_RETRY  # the trust keeper takes up stored documents meanwhile
+                else:
+                    await self.drain()
+                    wait = await self._next_due_in()
             except Exception:
                 log.exception("the outbox worker failed; retrying")
                 wait = self.backoff.maximum.total_seconds()
@@ -225,6 +235,16 @@ class OutboxWorker:
             faults.reach("outbox-claimed")  # this replica now holds the leases of ``runs``
             if self.before_sending is not None:
                 await self.before_sending()
+            if self.may_sign is not None and not self.may_sign():
+                # Another replica installed a trust document whose signer this one lacks: it signs nothing.
+                log.error(
+                    "the current trust document lists no signer of this gateway: sending nothing; configure its"
+                    " signer under [signers] and restart"
+                )
+                async with self.store.transaction(durable=False) as tx:
+                    for message in (m for run in runs for m in run):
+                        await tx.release_lease(message.outbox_id, self.replica)
+                return total
             results = [
                 outcome for outcomes in await asyncio.gather(*(self._attempt(r) for r in runs)) for outcome in outcomes
             ]

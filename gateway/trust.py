@@ -112,6 +112,11 @@ class TrustKeeper:
         self._unknown_key_refreshed = now
         return await self.take_up_stored()
 
+    def can_sign(self) -> bool:
+        """Whether this gateway's signer is one the transfer role of its current trust document lists: a replica
+        whose configuration lacks the signer of a document another replica installed signs nothing."""
+        return self.exchange.signer.keyid in self.own.document.roles[TRANSFER_ROLE].keyids
+
     async def take_up_stored(self) -> bool:
         """Take up the trust documents another replica (a gateway of this Party on the same database) stored
         since this one last looked: this Party's own, after a rotation there, with the configured signer its

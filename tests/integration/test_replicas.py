@@ -241,6 +241,41 @@ async def test_a_rotation_through_one_replica_is_followed_by_the_others_at_once(
         await network.stop()
 
 
+@pytest.mark.asyncio
+async def test_a_replica_without_the_signer_of_a_new_trust_document_signs_nothing(tmp_path: Path) -> None:
+    """Replica A installs CHN's next trust document; replica B's configuration lacks its signer. B then sends
+    nothing, never with the retired key, and leaves the lanes to A."""
+    network, chn = await replicated(tmp_path, "CHN", 2)
+    try:
+        block = await setup_accounts(Pair(chn[0], network["CHE"]))
+        new_chn = _new_signer(network, "chn-v2")
+        chn[0].core.signers["v2"] = new_chn  # A only
+        await _rotate(chn[0], "CHN", network.signers["CHN"], new_chn)
+        await chn[0].core.outbox.stop()
+        await chn[1].core.outbox.stop()  # B's drains are driven by hand
+        transfer_id = await propose(chn[1], block, 1, 100, "b-lacks-the-signer")
+        assert isinstance(transfer_id, str), transfer_id
+        assert await chn[1].core.outbox.drain() == 0
+        assert not chn[1].core.trust.can_sign()
+        async with chn[1].store.read() as tx:
+            sent = [e for e in await tx.log_of_transfer(transfer_id) if e.direction == "out"]
+            [proposal] = [m for m in await tx.list_outbox("CHE") if m.transfer_id == transfer_id]
+        assert sent == []  # nothing signed with the retired key
+        assert proposal.state is OutboxState.PENDING and proposal.attempts == 0
+        async with chn[1].store.transaction() as tx:
+            # B holds no lease on the lane: another owner claims its head (the trust push) at once.
+            now = dt.datetime.now(dt.UTC)
+            claimed = await tx.claim_lane_heads(now, 10, owner="another", until=now + dt.timedelta(seconds=30))
+            assert [(m.receiver, m.kind) for m in claimed] == [("CHE", OutboxKind.TRUST)]
+            for message in claimed:
+                await tx.release_lease(message.outbox_id, "another")
+        chn[0].core.outbox.start()  # A holds the signer: it sends the lane
+        async with operator(chn[0]) as stub:
+            assert (await wait_for_state(stub, transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+    finally:
+        await network.stop()
+
+
 def _new_signer(network: Network, name: str) -> Signer:
     prefix = network.workdir / name
     generate_key(prefix)
