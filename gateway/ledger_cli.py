@@ -163,8 +163,10 @@ def _on_this_machine(listen: str) -> str:
 
 
 def _read_file(option: str, path: str) -> bytes:
+    from signing.files import read_small_file
+
     try:
-        data = Path(path).read_bytes()
+        data = read_small_file(Path(path))
     except OSError as exc:
         raise UsageError(f"{option} {path}: cannot be read: {exc.strerror or exc}") from None
     if not data.strip():

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from gateway.domain.access import is_loopback_host
 from gateway.domain.records import PARTY_PATTERN
 from signing import Envelope, Role, Signer, SigningError, TrustDocument, TrustedParty, sign_trust_document
+from signing.files import read_small_file
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -345,7 +346,7 @@ def _write_demo_tls(out: Path, party: str, ca_folder: str | None) -> None:
         for file in (CA_CERTIFICATE_FILE, CA_KEY_FILE):
             source = Path(ca_folder) / file
             try:
-                data = source.read_bytes()
+                data = read_small_file(source)
             except OSError as exc:
                 raise SetupError(f"--demo-tls-ca: cannot read {source}: {exc.strerror or exc}") from None
             target = out / file
@@ -668,7 +669,7 @@ def _read_trust(path: Path, setting: str) -> TrustedParty:
     from signing import EnvelopeFormatError, TrustError
 
     try:
-        data = path.read_bytes()
+        data = read_small_file(path)
     except OSError as exc:
         raise SetupError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
     try:

@@ -38,7 +38,7 @@ from signing import (
     signer_from_uri,
 )
 from signing.errors import ExpiredTrustError, TrustDocumentFormatError
-from signing.files import passphrase_from_file_bytes
+from signing.files import passphrase_from_file_bytes, read_small_file
 
 __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "register"]
 
@@ -389,12 +389,19 @@ def _run(command: str, body: _Body) -> int:
         return exc.code
 
 
+MAX_INPUT_BYTES = 64 << 20
+"""The largest file or standard input a tool reads: the largest envelope cap a gateway may set."""
+
+
 def _read_input(name: str, what: str) -> bytes:
     if name == _STDIN:
-        return sys.stdin.buffer.read()
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        if len(data) > MAX_INPUT_BYTES:
+            raise _ToolError(f"the {what} on standard input is larger than {MAX_INPUT_BYTES} bytes")
+        return data
     path = Path(name)
     try:
-        return path.read_bytes()
+        return read_small_file(path, MAX_INPUT_BYTES)
     except FileNotFoundError:
         raise _ToolError(f"the {what} {path} does not exist; check the path") from None
     except IsADirectoryError:

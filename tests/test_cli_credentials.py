@@ -108,3 +108,13 @@ async def test_call_takes_the_shared_credential_options(
     assert code == 2 and "--token-file" in err and err.count("\n") == 1, err
     code, _, err = await _cli(capsys, *call, "--client-cert", str(gateway.ca))
     assert code == 2 and "--client-key" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("option", ["--token-file", "--ca-cert"])
+async def test_a_credential_file_that_is_a_device_is_refused_without_reading_it(
+    capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    code, _, err = await _cli(capsys, "ledger", "summary", "--address", "127.0.0.1:1", option, "/dev/zero")
+    assert code == 2
+    assert f"{option} /dev/zero: cannot be read: not a regular file" in err

@@ -6,6 +6,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import stat
 import sys
 from collections.abc import Sequence
@@ -472,3 +473,22 @@ def test_certs_generate_refuses_a_bad_validity(tmp_path: Path, capsys: pytest.Ca
 
     assert outcome.code == EXIT_USAGE
     assert "whole number of days" in outcome.err
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_device_or_fifo_named_as_an_input_file_is_refused_without_reading_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    if kind == "device":
+        name = "/dev/zero"  # an endless read, were it read
+    else:
+        name = str(tmp_path / "fifo")
+        os.mkfifo(name)  # a read that never returns, were it opened blocking
+    for args in (
+        ("envelope", "verify", "--trust", name, name),
+        ("keys", "generate", "--out", str(tmp_path / "k"), "--passphrase-file", name),
+    ):
+        outcome = run(capsys, *args)
+        assert outcome.code != 0
+        assert "not a regular file" in outcome.err
+        assert outcome.err.count("\n") == 1
