@@ -8,7 +8,6 @@ transactions on the one connection. PostgreSQL, the production store, is asynchr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import datetime as dt
 import hashlib
@@ -75,16 +74,11 @@ from gateway.store.migrations import DATA_STEPS, MIGRATIONS
 class SQLiteStore:
     """A gateway's database in one SQLite file."""
 
-    def __init__(
-        self, connection: sqlite3.Connection, wal: GroupSync | None = None, path: Path | str | None = None
-    ) -> None:
+    def __init__(self, connection: sqlite3.Connection, wal: GroupSync | None = None) -> None:
         self._db = connection
         self._lock = asyncio.Lock()
         self._commits = CommitSignal()
         self._wal = wal
-        self._checkpoints: asyncio.Task[None] | None = None
-        if wal is not None and path is not None:
-            self._checkpoints = asyncio.create_task(_checkpoint_behind(Path(path), wal), name="sqlite-checkpoints")
 
     def is_transient(self, error: BaseException) -> bool:
         """Only a wait for another process's lock on the file that ran out (``busy_timeout``)."""
@@ -115,10 +109,8 @@ class SQLiteStore:
             return cls(db)  # no write-ahead log file to sync: every durable commit syncs on its own
         _sync_folder(Path(path).resolve().parent)  # the log file's own name, which SQLite syncs only once
         db.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoints run in a worker thread on a connection of their own (`_checkpoint_behind`), not inside
-        # whichever commit crosses SQLite's threshold, on the event loop, with two syncs.
-        db.execute("PRAGMA wal_autocheckpoint=0")
-        return cls(db, wal, path)
+        db.execute("PRAGMA wal_autocheckpoint=10000")
+        return cls(db, wal)
 
     @classmethod
     async def open_read_only(cls, path: Path | str) -> SQLiteStore:
@@ -221,10 +213,6 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """Close the database (after syncing what was committed)."""
-        if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpoints
         async with self._lock:
             try:
                 if self._wal is not None and self._wal.failed is None:
@@ -233,44 +221,6 @@ class SQLiteStore:
                 if self._wal is not None:
                     self._wal.close()
                 self._db.close()
-
-
-CHECKPOINT_EVERY = 0.5
-"""Seconds between checkpoints of the write-ahead log while commits arrive."""
-
-
-async def _checkpoint_behind(path: Path, wal: GroupSync) -> None:
-    """Copy the write-ahead log into the database file every `CHECKPOINT_EVERY` seconds in which something was
-    committed, in a worker thread, on a connection of its own. A passive checkpoint never waits for the gateway's
-    connection and never makes it wait; the log restarts from its beginning once a checkpoint has taken all of
-    it. A checkpoint that fails (the disk) is logged and tried again."""
-    connection = await asyncio.to_thread(_checkpoint_connection, path)
-    running: asyncio.Future[sqlite3.Cursor] | None = None
-    try:
-        done = -1  # what the log held at open (a crashed run's commits) is checkpointed too
-        while True:
-            await asyncio.sleep(CHECKPOINT_EVERY)
-            if wal.written == done or wal.failed is not None:
-                continue
-            done = wal.written
-            checkpoint = asyncio.ensure_future(asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)"))
-            running = checkpoint
-            try:
-                await asyncio.shield(checkpoint)
-            except sqlite3.Error:
-                log.exception("checkpointing %s failed; trying again", path)
-    finally:
-        # The thread cannot be stopped: the connection is closed once it is done with it.
-        if running is not None and not running.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait({running})
-        connection.close()
-
-
-def _checkpoint_connection(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA busy_timeout=5000")
-    return connection
 
 
 def _sync_folder(folder: Path) -> None:

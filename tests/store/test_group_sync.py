@@ -182,24 +182,3 @@ async def test_a_task_started_inside_synced_once_waits_for_its_own_commits(store
         assert not child.done()
         disk.release.set()
         await asyncio.wait_for(child, 5)
-
-
-@pytest.mark.asyncio
-async def test_the_log_is_checkpointed_behind_the_gateway_not_inside_its_commits(tmp_path: Path) -> None:
-    path = tmp_path / "gateway.db"
-    opened = await SQLiteStore.open(path)
-    try:
-        before = path.stat().st_size
-        async with opened.transaction() as tx:
-            for i in range(200):
-                await tx.put_setting(f"k{i}", "x" * 4000, NOW)
-        # No commit copies the log into the file: that waits for the checkpointer, off the event loop.
-        assert path.stat().st_size == before
-        for _ in range(40):
-            await asyncio.sleep(0.1)
-            if path.stat().st_size > before + 500_000:
-                break
-        assert path.stat().st_size > before + 500_000
-        assert await read(opened, "k199") == "x" * 4000
-    finally:
-        await opened.close()
