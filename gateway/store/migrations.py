@@ -518,6 +518,16 @@ AUTHORIZATION_USAGE_STATES = "1, 2, 4, 8"
 """`gateway.domain.transfer.USES_AUTHORIZED_QUANTITY` as migration 9 spells it (PROPOSED, CHECKED, COMPLETED,
 ACCEPTED). A change to that set needs a new migration; a test compares the two."""
 
+AUTHORIZATION_USAGE_FILL = (
+    "INSERT INTO authorization_usage SELECT authorization_id, SUM(first_quantity) FROM transfers"
+    f" WHERE role = 'initiating' AND state IN ({AUTHORIZATION_USAGE_STATES}) GROUP BY authorization_id"
+)
+"""Fills ``authorization_usage`` from the transfers: in migration 9, and at every start after emptying it
+(`AUTHORIZATION_USAGE_REBUILD`), so that a repair made by hand (which may bypass the triggers: ``TRUNCATE``,
+``INSERT OR REPLACE``, a session with triggers off) is undone by the next start."""
+
+AUTHORIZATION_USAGE_REBUILD = ("DELETE FROM authorization_usage", AUTHORIZATION_USAGE_FILL)
+
 # The first-transferred quantity each authorization has used, kept by triggers in the transaction of every
 # change to an initiating transfer: a proposal checks its authorization with one row, where a sum over every
 # transfer made under it grew with the registry's history.
@@ -531,9 +541,7 @@ MIGRATIONS = (
             authorization_id TEXT PRIMARY KEY,
             first_quantity BIGINT NOT NULL
         );
-        INSERT INTO authorization_usage
-            SELECT authorization_id, SUM(first_quantity) FROM transfers
-            WHERE role = 'initiating' AND state IN ({AUTHORIZATION_USAGE_STATES}) GROUP BY authorization_id;
+        {AUTHORIZATION_USAGE_FILL};
         CREATE TRIGGER authorization_usage_insert AFTER INSERT ON transfers
             WHEN NEW.role = 'initiating' AND NEW.state IN ({AUTHORIZATION_USAGE_STATES})
             BEGIN

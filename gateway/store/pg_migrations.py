@@ -19,7 +19,7 @@ Each script is a list of statements run in one transaction with the row in ``sch
 
 from __future__ import annotations
 
-from gateway.store.migrations import AUTHORIZATION_USAGE_STATES, LEDGER_COLUMNS
+from gateway.store.migrations import AUTHORIZATION_USAGE_FILL, AUTHORIZATION_USAGE_STATES, LEDGER_COLUMNS
 from gateway.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 T = 'TEXT COLLATE "C"'
@@ -489,11 +489,16 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
         9,
         _description(9),
         [
+            # Writers of a replica still at version 8 wait until the triggers exist: no transfer is left out of
+            # the fill and uncounted by the triggers.
+            f"SELECT pg_advisory_xact_lock({WRITE_LOCK})",
             f"CREATE TABLE authorization_usage (authorization_id {T} PRIMARY KEY, first_quantity BIGINT NOT NULL)",
-            "INSERT INTO authorization_usage SELECT authorization_id, SUM(first_quantity) FROM transfers"
-            f" WHERE role = 'initiating' AND state IN ({AUTHORIZATION_USAGE_STATES}) GROUP BY authorization_id",
+            AUTHORIZATION_USAGE_FILL,
+            # The write lock first, as every writer of the gateway takes it before any row: a change made by hand
+            # then never holds a usage row while waiting for the lock a gateway writer holds.
             f"""CREATE FUNCTION authorization_usage_follow() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
+                    PERFORM pg_advisory_xact_lock({WRITE_LOCK});
                     IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.role = 'initiating'
                         AND OLD.state IN ({AUTHORIZATION_USAGE_STATES}) THEN
                         UPDATE authorization_usage SET first_quantity = first_quantity - OLD.first_quantity

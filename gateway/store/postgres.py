@@ -82,6 +82,7 @@ from gateway.store.base import (
     StoredBlock,
     StoredMessage,
 )
+from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD
 from gateway.store.pg_migrations import PG_MIGRATIONS, WRITE_LOCK
 
 Record = Any  # asyncpg.Record: a row read by column name or position
@@ -194,6 +195,10 @@ class PostgresStore:
         try:
             async with pool.acquire() as connection:
                 await migrate(connection)
+                async with connection.transaction():
+                    await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                    for statement in AUTHORIZATION_USAGE_REBUILD:
+                        await connection.execute(statement)
         except BaseException:
             await pool.close()
             raise

@@ -68,7 +68,7 @@ from gateway.store.base import (
     StoredBlock,
     StoredMessage,
 )
-from gateway.store.migrations import DATA_STEPS, MIGRATIONS
+from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD, DATA_STEPS, MIGRATIONS
 
 
 class SQLiteStore:
@@ -103,6 +103,10 @@ class SQLiteStore:
         migrate(db)
         # One process uses an SQLite file: leases a crashed run of this gateway held are nobody's now.
         db.execute("UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner != ''")
+        db.execute("BEGIN IMMEDIATE")
+        for statement in AUTHORIZATION_USAGE_REBUILD:
+            db.execute(statement)
+        db.execute("COMMIT")
         try:
             wal = GroupSync(os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC))
         except OSError:
@@ -313,8 +317,10 @@ class GroupSync:
         self.synced = max(self.synced, upto)
 
     def close(self) -> None:
-        """Close the log file's descriptor."""
-        os.close(self._fd)
+        """Close the log file's descriptor (once: a number closed twice may name another file by then)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
 
 def migrate(db: sqlite3.Connection) -> int:

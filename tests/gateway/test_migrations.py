@@ -8,9 +8,12 @@ import random
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from gateway.domain.transfer import USES_AUTHORIZED_QUANTITY, TransferState
 from gateway.store import sqlite as store_sqlite
 from gateway.store.migrations import AUTHORIZATION_USAGE_STATES, MIGRATIONS
+from gateway.store.sqlite import SQLiteStore
 
 
 def _at_version_4(path: Path) -> sqlite3.Connection:
@@ -148,3 +151,27 @@ def test_migration_9_fills_the_used_quantities_and_its_triggers_keep_them_equal_
         else:
             db.execute("DELETE FROM transfers WHERE transfer_id = ?", (_any_transfer(db, rng),))
         assert _kept(db) == _summed(db), f"after step {step}"
+
+
+@pytest.mark.asyncio
+async def test_used_quantities_a_hand_made_repair_put_out_of_step_are_rebuilt_at_the_next_start(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    store = await SQLiteStore.open(path)
+    await store.close()
+    db = sqlite3.connect(str(path), isolation_level=None)
+    insert = (
+        "INSERT OR REPLACE INTO transfers (transfer_id, role, state, terms, authorization_id, quantity, rejections,"
+        " created_at, updated_at, first_quantity) VALUES (?, 'initiating', 1, '{}', ?, 0, '[]',"
+        " '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', ?)"
+    )
+    db.execute(insert, ("t1", "A1", 7))
+    db.execute(insert, ("t1", "A2", 4))  # a REPLACE deletes t1 without its delete trigger: A1 keeps its 7
+    assert _kept(db) != _summed(db)
+    db.close()
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.read() as tx:
+            assert await tx.first_transfer_quantity_used("A1") == 0
+            assert await tx.first_transfer_quantity_used("A2") == 4
+    finally:
+        await store.close()
