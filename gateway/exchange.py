@@ -456,8 +456,9 @@ class Exchange:
             log.exception("failed while handling a delivery of %d bytes", len(raw))
             detail = "the receiver failed while handling the message; nothing took effect; retry later"
             if isinstance(exc, OSError):
-                # The database itself failed, perhaps after a commit: nothing can be promised either way.
-                detail = f"the receiver's database failed ({exc}); retry later"
+                # The database itself failed, perhaps after a commit: nothing can be promised either way. What
+                # failed stays in this gateway's log: it may name internal hosts.
+                detail = "the receiver's database failed; retry later"
             try:
                 receipt = self._receipt("", "", b"", raw, ResponseCode.INTERNAL_ERROR, detail, form)
             except Exception:

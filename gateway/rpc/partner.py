@@ -70,9 +70,10 @@ def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.
                 for envelope in batch.envelopes:
                     received = await exchange.receive(envelope, form=EnvelopeForm.PROTOBUF, peer_identity=identity)
                     answer.receipts.append(received.receipt)
-        except OSError as exc:
+        except OSError:
             # The commits could not be made durable: no receipt may leave. The sender sends the batch again.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the receiver's database failed ({exc}); retry later")
+            log.exception("a batch of %d envelopes could not be made durable", len(batch.envelopes))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the receiver's database failed; retry later")
         return answer.SerializeToString()
 
     return grpc.method_handlers_generic_handler(
@@ -98,6 +99,8 @@ class GrpcPartnerTransport:
         self.credentials = credentials
         self.timeout = timeout
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._largest_refused: dict[tuple[str, str], int] = {}
+        """The smallest batch (in bytes) each partner's server refused as larger than it takes in one message."""
         self._without_batches: dict[tuple[str, str], float] = {}
         """Partners (at an address) that answered ``DeliverBatch`` with ``UNIMPLEMENTED`` (an earlier version),
         and when: they are asked again after `BATCHES_ASKED_AGAIN_AFTER`, as one may have been upgraded."""
@@ -139,8 +142,10 @@ class GrpcPartnerTransport:
         learned = self._without_batches.get((party, partner.address))
         if learned is not None and time.monotonic() - learned < BATCHES_ASKED_AGAIN_AFTER:
             raise BatchesUnsupported(f"{party} does not take DeliverBatch")
-        call = self._channel(party).unary_unary(DELIVER_BATCH_METHOD, None, None)
         request = partner_pb2.DeliveryBatch(envelopes=envelopes).SerializeToString()
+        if len(request) >= self._largest_refused.get((party, partner.address), len(request) + 1):
+            raise BatchesUnsupported(f"{party} takes no batch this large")
+        call = self._channel(party).unary_unary(DELIVER_BATCH_METHOD, None, None)
         try:
             raw: bytes = await call(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
@@ -148,10 +153,12 @@ class GrpcPartnerTransport:
                 log.warning("%s does not take DeliverBatch; delivering one envelope per call", party)
                 self._without_batches[(party, partner.address)] = time.monotonic()
                 raise BatchesUnsupported(f"{party} does not take DeliverBatch") from None
-            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
                 # The batch exceeds what the partner's server takes in one message (its own envelope cap is
-                # below the one configured here): these envelopes go one per call, each within the cap.
-                log.warning("%s refused a batch of %d envelopes as too large: %s", party, len(envelopes), exc.details())
+                # below the one configured here): these envelopes go one per call, each within the cap, and so
+                # does every later batch as large.
+                log.warning("%s refused a batch of %d bytes as too large: %s", party, len(request), exc.details())
+                self._largest_refused[(party, partner.address)] = len(request)
                 raise BatchesUnsupported(f"{party} takes no batch this large") from None
             raise TransportError(f"{party}: {exc.code().name}: {exc.details()}") from None
         answer = partner_pb2.ReceiptBatch()
