@@ -384,7 +384,7 @@ def render_config(
         "# This gateway's Party: an ISO 3166-1 alpha-3 code.",
         f"party = {_toml(party)}",
         "",
-        "# The database: a SQLite file, created if missing (WAL, synchronous=FULL). Keep it on a local disk and",
+        "# The database: a SQLite file, created if missing (WAL, durable commits). Keep it on a local disk and",
         "# back it up: it is the Party's record of everything that crossed borders.",
         f"database = {_toml(name + '.db')}",
         "# With PostgreSQL (versions that support it), replicas of one gateway share one database:",

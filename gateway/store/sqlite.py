@@ -1,8 +1,9 @@
-"""The embedded store: one SQLite file per gateway, in WAL mode with ``synchronous=FULL``.
+"""The embedded store: one SQLite file per gateway, in WAL mode, with durable commits.
 
-Statements, commits included, run on the event loop's thread: a statement takes microseconds and a durable
-commit about 0.3 ms, less than the hand-off to a worker thread and back costs. An asyncio lock serializes
-transactions on the one connection. PostgreSQL, the production store, is asynchronous throughout.
+Statements and commits run on the event loop's thread: a statement takes microseconds. The sync that makes a
+commit durable does not: it runs in a worker thread, shared by the commits that wait for it (`GroupSync`).
+An asyncio lock serializes transactions on the one connection. PostgreSQL, the production store, is
+asynchronous throughout.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The adjustment ledger at a million entries: the summary, and the AEF export of a year.
 
 One SQLite ledger of 1,000,000 entries, all dated in 2025, is filled with ``executemany`` through a store
-opened the production way (`SQLiteStore.open`: WAL, ``synchronous=FULL``). The rows are realistic: units tied
+opened the production way (`SQLiteStore.open`: WAL, durable commits). The rows are realistic: units tied
 to CHN's authorizations (NDC ones first transferred abroad, units of an OIMP one cancelled to deliver OMGE),
 units acquired from five partners under five cooperative approaches then used towards the NDC (for 2024 or
 2025), transferred onward or cancelled, or held; vintages 2021-2025, CCER and VCS units, a few transfers whose
@@ -243,7 +243,7 @@ async def fill(path: Path, count: int) -> None:
             for authorization in authorizations():
                 await tx.insert_authorization(authorization)
         rows = ledger_rows(count)
-        db = store._db  # the production connection: WAL, synchronous=FULL
+        db = store._db  # the production connection: WAL, durable commits
         insert = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
         for at in range(0, len(rows), 100_000):
             db.execute("BEGIN IMMEDIATE")

@@ -1,7 +1,7 @@
 """Reconciliation of two ledgers of a million blocks each, against a naive comparison by full dump.
 
 Two gateways, ``CHN`` and ``CHE``, each run as ``carbon-gateway serve`` in a process of its own, with the
-production settings (SQLite in WAL mode with ``synchronous=FULL``, every statement and receipt signed and
+production settings (SQLite in WAL mode with durable commits, every statement and receipt signed and
 verified, the transactional outbox). Their ledgers record the same completed transfers from ``CHN`` to
 ``CHE``: 1,000 transfers of 1,000 blocks, ``First transfer`` (to another Party) or ``Transfer`` entries at
 ``CHN`` and ``Acquisition`` entries at ``CHE``, over two serial spaces, five vintages and two purposes. ``CHE``'s
@@ -256,7 +256,7 @@ async def _fill(path: Path, plan: Plan, party: str) -> tuple[float, float]:
     began = time.perf_counter()
     store = await SQLiteStore.open(path)
     try:
-        db = store._db  # the production connection: WAL, synchronous=FULL
+        db = store._db  # the production connection: WAL, durable commits
         columns = list(codec.ledger_row(_entry(plan, party, 0)))
         insert = f"INSERT INTO ledger ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         for rows in _rows(plan, party):

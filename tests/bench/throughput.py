@@ -2,9 +2,9 @@
 proposal of 1,000 blocks, each against the echo calls per second the same clients reach in the same run.
 
 Every gateway is a ``carbon-gateway serve`` child process (``CHE`` once, ``CHN`` once per replica), with the
-production durability of its store (SQLite: ``synchronous=FULL``), the outbox, and every statement and receipt
-signed and verified; the echo server (`tests.bench.servers`) is a child process too. This process only drives
-the clients and watches for completions.
+production durability of its store (SQLite: commits synced before they return), the outbox, and every
+statement and receipt signed and verified; the echo server (`tests.bench.servers`) is a child process too.
+This process only drives the clients and watches for completions.
 
 A transfer counts as completed when both registries' books say so: when ``CHE`` has completed it. ``CHE``
 completes a transfer only on ``CHN``'s signed Completion, which ``CHN`` queues in the transaction that completes

@@ -2,7 +2,7 @@
 
 Two jurisdictions never share a process, so neither do the two gateways here: ``CHE`` runs as
 ``carbon-gateway serve`` in a child process and ``CHN`` in this one; the echo server runs in a child process
-too. The transfer goes the production way: the operator call over gRPC, SQLite with ``synchronous=FULL``,
+too. The transfer goes the production way: the operator call over gRPC, SQLite with durable commits,
 the transactional outbox, and every statement and receipt signed and verified. A transfer counts as
 completed on both sides when ``CHN`` has completed it and holds ``CHE``'s signed receipt for the Completion,
 which ``CHE`` issues only after committing its side. Echo round trips are sampled between transfers.
