@@ -29,7 +29,7 @@ from gateway.node import GatewayNode
 from gateway.outbox import PartnerTransport
 from gateway.store.base import BlockStatus, LogKind, OutboxState
 from gateway.usecases.initiating import Initiating
-from signing import CryptoSigner, Role, Signer, TrustDocument, sign_envelope, sign_trust_document
+from signing import CryptoSigner, Role, Signer, TrustDocument, TrustedParty, sign_envelope, sign_trust_document
 from tests.integration.harness import (
     TERMINAL,
     Crafter,
@@ -436,8 +436,7 @@ async def test_defect_04_a_refusal_no_retry_can_cure_moves_to_the_dead_letter_li
     pair: Pair,
 ) -> None:
     block = await setup_accounts(pair)
-    real = pair.chn.exchange.signer
-    pair.chn.exchange.signer = CryptoSigner.generate()  # a key CHE has never been told of
+    real = _distrust(pair.che, "CHN")  # CHE no longer knows CHN's key
     async with operator(pair.chn) as chn:
         proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
         await wait_until(lambda: _dead(pair.chn, 1))
@@ -446,7 +445,7 @@ async def test_defect_04_a_refusal_no_retry_can_cure_moves_to_the_dead_letter_li
         assert ResponseCode(letter.last_code) is ResponseCode.KEY_UNKNOWN_OR_REVOKED
         assert letter.attempts == 1  # not retried every 30 s: one attempt, then the list
         assert list((await chn.ListOutbox(operator_pb2.ListOutboxRequest())).entries) == []
-        pair.chn.exchange.signer = real
+        pair.che.core.exchange.partners.replace("CHN", real)
         retried = await chn.RetryDeadLetter(
             operator_pb2.RetryDeadLetterRequest(idempotency_key="r", message_id=letter.message_id)
         )
@@ -456,6 +455,25 @@ async def test_defect_04_a_refusal_no_retry_can_cure_moves_to_the_dead_letter_li
     assert await dead_letters(pair.chn) == []
 
 
+def _distrust(node: GatewayNode, party: str) -> TrustedParty:
+    """Make ``node`` trust, for ``party``, a document of the same version listing a key nobody holds: every
+    statement ``party`` signs is then refused for good (a key the receiver does not know). Returns what it
+    trusted before, for the test to put back."""
+    partner = node.core.exchange.partners.get(party)
+    assert partner is not None
+    before = partner.trusted
+    stranger = CryptoSigner.generate()
+    document = TrustDocument(
+        party=party,
+        version=before.version,
+        expires=before.document.expires,
+        keys={stranger.keyid: stranger.public_key},
+        roles={"trust": Role((stranger.keyid,), 1), "transfer": Role((stranger.keyid,), 1)},
+    )
+    node.core.exchange.partners.replace(party, TrustedParty.restore(sign_trust_document(document, [stranger])))
+    return before
+
+
 async def _dead(node: GatewayNode, count: int) -> bool:
     return len(await dead_letters(node)) >= count
 
@@ -463,13 +481,12 @@ async def _dead(node: GatewayNode, count: int) -> bool:
 @pytest.mark.asyncio
 async def test_defect_04_abandoning_a_dead_proposal_terminates_the_transfer_and_releases_its_units(pair: Pair) -> None:
     block = await setup_accounts(pair)
-    real = pair.chn.exchange.signer
-    pair.chn.exchange.signer = CryptoSigner.generate()
+    real = _distrust(pair.che, "CHN")
     async with operator(pair.chn) as chn:
         await chn.ProposeTransfer(proposal_request(block, 1, 10, "k"))
         await wait_until(lambda: _dead(pair.chn, 1))
         [letter] = await dead_letters(pair.chn)
-        pair.chn.exchange.signer = real
+        pair.che.core.exchange.partners.replace("CHN", real)
         answer = await chn.AbandonDeadLetter(
             operator_pb2.AbandonDeadLetterRequest(idempotency_key="a", message_id=letter.message_id, reason="wrong key")
         )
