@@ -108,6 +108,7 @@ class _Verdict:
     detail: str
     theirs: ChannelState | None
     retry_error: str
+    """The error recorded with the message if it is tried again."""
 
 
 WITHOUT_SIGNER_RETRY = 2.0
@@ -382,7 +383,7 @@ class OutboxWorker:
         except GatewayError as exc:
             # An answer that does not verify or does not answer this message is as good as no answer.
             error = f"unusable receipt from {message.receiver}: {exc}"
-            return _Verdict(message, sealed, channel, raw, None, Outcome.RETRY, ResponseCode.OK, error, None, "")
+            return _Verdict(message, sealed, channel, raw, None, Outcome.RETRY, ResponseCode.OK, error, None, error)
         known_code = receipt.code in ResponseCode._value2member_map_
         code = ResponseCode(receipt.code) if known_code else ResponseCode.MALFORMED_PAYLOAD
         theirs = ChannelState(receipt.last_sequence, receipt.last_hash) if len(receipt.last_hash) == 32 else None
@@ -423,13 +424,7 @@ class OutboxWorker:
             log.warning("the lease on %s ran out while it was being sent; another replica has it", message.message_id)
             return Outcome.RETRY, stored
         if receipt is None or outcome is Outcome.RETRY:
-            error = verdict.retry_error or detail
-            wait = self.backoff.after(message.attempts + 1)
-            log.info(
-                "delivery of %s to %s failed (%s); retrying in %s", message.message_id, message.receiver, error, wait
-            )
-            await tx.reschedule(message.outbox_id, code=int(code), error=error, next_attempt_at=now + wait)
-            await tx.release_lease(message.outbox_id, self.replica)
+            await self._reschedule(tx, message, code, verdict.retry_error, now)
             return Outcome.RETRY, stored
         await tx.release_lease(message.outbox_id, self.replica)
         await self._log_receipt(tx, message, verdict.raw, now)
@@ -542,12 +537,18 @@ class OutboxWorker:
     ) -> None:
         """Reschedule ``message`` after its backoff, and release the leases of the ``following`` messages of its
         run, which wait behind it."""
-        wait = self.backoff.after(message.attempts + 1)
-        log.info("delivery of %s to %s failed (%s); retrying in %s", message.message_id, message.receiver, error, wait)
         async with self.store.transaction(durable=False) as tx:
             for behind in following:
                 await tx.release_lease(behind.outbox_id, self.replica)
             if not await tx.holds_lease(message.outbox_id, self.replica):
                 return  # another replica has the message now
-            await tx.reschedule(message.outbox_id, code=int(code), error=error, next_attempt_at=self.clock() + wait)
-            await tx.release_lease(message.outbox_id, self.replica)
+            await self._reschedule(tx, message, code, error, self.clock())
+
+    async def _reschedule(
+        self, tx: Transaction, message: OutboxMessage, code: ResponseCode, error: str, now: dt.datetime
+    ) -> None:
+        """Inside ``tx``, where this worker holds ``message``'s lease: try it again after its backoff."""
+        wait = self.backoff.after(message.attempts + 1)
+        log.info("delivery of %s to %s failed (%s); retrying in %s", message.message_id, message.receiver, error, wait)
+        await tx.reschedule(message.outbox_id, code=int(code), error=error, next_attempt_at=now + wait)
+        await tx.release_lease(message.outbox_id, self.replica)
