@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -69,6 +70,26 @@ class Crafter:
     def envelope(self, payload: bytes, payload_type: str = wire.STATEMENT_PAYLOAD_TYPE) -> Envelope:
         """``payload`` signed by this crafter's signer."""
         return sign_envelope(payload_type, payload, [self.signer])
+
+
+def scripted_receipt(
+    signer: Signer, envelope: bytes, *, code: int, taken_in: bool, resend_from: int = 0, message_id: str = ""
+) -> bytes:
+    """The receipt a scripted partner, EVL, signs for CHN's statement ``envelope`` (protobuf form)."""
+    parsed = wire.envelope_from_bytes(envelope)
+    statement = partner_pb2.Statement.FromString(parsed.payload)
+    receipt = partner_pb2.Receipt(
+        message_id=message_id or f"r-{statement.header.message_id}",
+        sender="EVL",
+        receiver="CHN",
+        in_reply_to=statement.header.message_id,
+        payload_sha256=hashlib.sha256(parsed.payload).digest(),
+        code=code,  # type: ignore[arg-type]
+        resend_from=resend_from,
+        taken_in=taken_in,
+        envelope_sha256=hashlib.sha256(envelope).digest(),
+    )
+    return wire.envelope_to_bytes(sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [signer]))
 
 
 GENESIS = ChannelState(0, GENESIS_HASH)

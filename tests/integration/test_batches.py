@@ -25,8 +25,8 @@ from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import Partner, PartnerDirectory
 from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD, SERVICE_NAME, GrpcPartnerTransport
 from gateway.store.base import LogKind, OutboxState
-from signing import CryptoSigner, sign_envelope
-from tests.integration.harness import Crafter
+from signing import CryptoSigner
+from tests.integration.harness import Crafter, scripted_receipt
 from tests.integration.test_channels import gateway_before
 
 
@@ -151,24 +151,6 @@ class HalfwayPartner:
         self.calls: list[list[int]] = []
         self.taken: list[int] = []
 
-    def _receipt(self, envelope: bytes, code: int, taken: bool, resend_from: int = 0) -> bytes:
-        parsed = wire.envelope_from_bytes(envelope)
-        statement = partner_pb2.Statement.FromString(parsed.payload)
-        receipt = partner_pb2.Receipt(
-            message_id=f"r-{statement.header.message_id}",
-            sender="EVL",
-            receiver="CHN",
-            in_reply_to=statement.header.message_id,
-            payload_sha256=hashlib.sha256(parsed.payload).digest(),
-            code=code,  # type: ignore[arg-type]
-            resend_from=resend_from,
-            taken_in=taken,
-            envelope_sha256=hashlib.sha256(envelope).digest(),
-        )
-        return wire.envelope_to_bytes(
-            sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
-        )
-
     async def deliver(self, party: str, envelope: bytes) -> bytes:
         return (await self.deliver_batch(party, [envelope]))[0]
 
@@ -181,11 +163,17 @@ class HalfwayPartner:
         for index, (envelope, sequence) in enumerate(zip(envelopes, sequences, strict=True)):
             if self.healed or index < self.good:
                 self.taken.append(sequence)
-                receipts.append(self._receipt(envelope, records_pb2.OK, True))
+                receipts.append(scripted_receipt(self.signer, envelope, code=records_pb2.OK, taken_in=True))
             elif index == self.good:
-                receipts.append(self._receipt(envelope, records_pb2.INTERNAL_ERROR, False))
+                receipts.append(
+                    scripted_receipt(self.signer, envelope, code=records_pb2.INTERNAL_ERROR, taken_in=False)
+                )
             else:
-                receipts.append(self._receipt(envelope, records_pb2.SEQUENCE_GAP, False, resend_from=sequence - 1))
+                receipts.append(
+                    scripted_receipt(
+                        self.signer, envelope, code=records_pb2.SEQUENCE_GAP, taken_in=False, resend_from=sequence - 1
+                    )
+                )
         return receipts
 
 

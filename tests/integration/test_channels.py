@@ -32,6 +32,7 @@ from tests.integration.harness import (
     error_code,
     operator,
     proposal_request,
+    scripted_receipt,
     settle,
     setup_accounts,
 )
@@ -66,23 +67,15 @@ class GapPartner:
 
     async def deliver(self, party: str, envelope: bytes) -> bytes:
         self.deliveries += 1
-        parsed = wire.envelope_from_bytes(envelope)
-        statement = partner_pb2.Statement()
-        statement.ParseFromString(parsed.payload)
-        taken = statement.header.sequence <= 3 and self.deliveries <= 3
-        receipt = partner_pb2.Receipt(
-            message_id=f"r-{self.deliveries}",
-            sender="EVL",
-            receiver="CHN",
-            in_reply_to=statement.header.message_id,
-            payload_sha256=hashlib.sha256(parsed.payload).digest(),
+        sequence = partner_pb2.Statement.FromString(wire.envelope_from_bytes(envelope).payload).header.sequence
+        taken = sequence <= 3 and self.deliveries <= 3
+        return scripted_receipt(
+            self.signer,
+            envelope,
             code=records_pb2.OK if taken else records_pb2.SEQUENCE_GAP,
-            resend_from=0 if taken else 1,
             taken_in=taken,
-            envelope_sha256=hashlib.sha256(envelope).digest(),
-        )
-        return wire.envelope_to_bytes(
-            sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
+            resend_from=0 if taken else 1,
+            message_id=f"r-{self.deliveries}",
         )
 
 
