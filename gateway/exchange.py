@@ -36,7 +36,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -191,6 +191,31 @@ class Received:
     code: ResponseCode
     detail: str
     taken_in: bool = False
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """An envelope through steps 1-5: the statement of a verified partner, addressed here, ready to apply."""
+
+    index: int
+    """Where it stands in the batch it arrived in."""
+    partner: Partner
+    header: Header
+    statement: partner_pb2.Statement
+    envelope: Envelope
+    raw: bytes
+    digest: bytes
+    """The payload's hash, as receipts name it."""
+
+
+@dataclass
+class _AfterCommit:
+    """What follows a run of statements once its transaction commits."""
+
+    taken_in: list[_Checked] = field(default_factory=list)
+    """The statements that advanced their channel, in order."""
+    held: tuple[Partner, int, bytes] | None = None
+    """The statement held behind the gap the run's last statement closed, with its sequence."""
 
 
 @dataclass(frozen=True)
@@ -450,25 +475,66 @@ class Exchange:
 
         Never raises for anything in ``raw``: every failure is answered with a receipt.
         """
-        try:
-            return await self._receive(raw, form, peer_identity)
-        except Exception as exc:
-            log.exception("failed while handling a delivery of %d bytes", len(raw))
-            detail = "the receiver failed while handling the message; nothing took effect; retry later"
-            if isinstance(exc, OSError):
-                # The database itself failed, perhaps after a commit: nothing can be promised either way. What
-                # failed stays in this gateway's log: it may name internal hosts.
-                detail = "the receiver's database failed; retry later"
-            try:
-                receipt = self._receipt("", "", b"", raw, ResponseCode.INTERNAL_ERROR, detail, form)
-            except Exception:
-                log.exception("could not even sign a refusal")
-                raise
-            return Received(receipt, ResponseCode.INTERNAL_ERROR, detail)
+        return (await self.receive_many([raw], form=form, peer_identity=peer_identity))[0]
 
-    async def _receive(
-        self, raw: bytes, form: EnvelopeForm, peer_identity: str | None, *, held: bool = False
-    ) -> Received:
+    async def receive_many(
+        self, raws: Sequence[bytes], *, form: EnvelopeForm, peer_identity: str | None = None
+    ) -> list[Received]:
+        """`receive` for each of ``raws``, in order: one receipt each, the ones separate calls would give.
+
+        Steps 1-5 run on each envelope outside any transaction. Consecutive envelopes that pass them are
+        applied in one transaction (steps 6-8 and the effect), each under its own savepoint, so that one
+        statement's refusal takes back its own writes only. A trust push, and a refusal at steps 1-5, are
+        handled alone, after the statements before them are committed: a trust push changes how the envelopes
+        after it verify. Never raises for anything in ``raws``.
+        """
+        received: list[Received | None] = [None] * len(raws)
+        group: list[_Checked] = []
+
+        async def flush() -> None:
+            for checked, outcome in zip(group, await self._apply_group(group, form), strict=True):
+                received[checked.index] = outcome
+            group.clear()
+
+        for index, raw in enumerate(raws):
+            try:
+                checked = await self._check(index, raw, form, peer_identity)
+                if isinstance(checked, _Checked):
+                    group.append(checked)
+                    continue
+                await flush()
+                received[index] = await checked()
+            except Exception as exc:
+                received[index] = self._failed(raw, form, exc)
+        await flush()
+        return [r for r in received if r is not None]
+
+    def _failed(self, raw: bytes, form: EnvelopeForm, exc: Exception) -> Received:
+        """The receipt for an envelope the receiver failed on: nothing of it took effect."""
+        log.error("failed while handling a delivery of %d bytes", len(raw), exc_info=exc)
+        detail = "the receiver failed while handling the message; nothing took effect; retry later"
+        if isinstance(exc, OSError):
+            # The database itself failed, perhaps after a commit: nothing can be promised either way. What
+            # failed stays in this gateway's log: it may name internal hosts.
+            detail = "the receiver's database failed; retry later"
+        try:
+            receipt = self._receipt("", "", b"", raw, ResponseCode.INTERNAL_ERROR, detail, form)
+        except Exception:
+            log.exception("could not even sign a refusal")
+            raise
+        return Received(receipt, ResponseCode.INTERNAL_ERROR, detail)
+
+    async def _receive(self, raw: bytes, form: EnvelopeForm, peer_identity: str | None, *, held: bool) -> Received:
+        checked = await self._check(0, raw, form, peer_identity)
+        if not isinstance(checked, _Checked):
+            return await checked()
+        return (await self._apply_group([checked], form, held=held))[0]
+
+    async def _check(
+        self, index: int, raw: bytes, form: EnvelopeForm, peer_identity: str | None
+    ) -> _Checked | Callable[[], Awaitable[Received]]:
+        """Steps 1-5: the statement, ready to apply; or what answers the envelope on its own (a refusal, or a
+        trust push), to be awaited once the statements before it are applied."""
         payload_digest = b""
         partner: Partner | None = None
         header: Header | None = None
@@ -487,12 +553,8 @@ class Exchange:
                 )
             payload_digest = payload_hash(envelope.payload)
             # Step 3: allowed payload type.
-            if envelope.payload_type == TRUST_PAYLOAD_TYPE:
-                return await self._receive_trust_update([envelope], raw, form, peer_identity)
-            if envelope.payload_type == TRUST_BUNDLE_PAYLOAD_TYPE:
-                return await self._receive_trust_update(
-                    _bundle(envelope.payload), raw, form, peer_identity, bundle=envelope
-                )
+            if envelope.payload_type in (TRUST_PAYLOAD_TYPE, TRUST_BUNDLE_PAYLOAD_TYPE):
+                return self._trust_push(envelope, raw, form, peer_identity, payload_digest)
             if envelope.payload_type not in self.settings.allowed_payload_types:
                 raise GatewayError(
                     ResponseCode.UNSUPPORTED_PAYLOAD_TYPE,
@@ -527,136 +589,201 @@ class Exchange:
             check_addressing(header, partner=partner.party, self_party=self.settings.self_party)
             if statement.WhichOneof("body") is None:
                 raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the statement has no body", field="body")
-            return await self._apply(partner, header, statement, envelope, raw, form, held=held)
+            return _Checked(index, partner, header, statement, envelope, raw, payload_digest)
         except GatewayError as exc:
-            log.info("refused a delivery: %s", exc)
-            resend_from = exc.resend_from if isinstance(exc, SequenceGap) else 0
-            receipt = self._receipt(
-                partner.party if partner else "",
-                header.message_id if header else "",
-                payload_digest,
-                raw,
-                exc.code,
-                exc.message,
-                form,
-                resend_from=resend_from,
-                channel=exc.channel if isinstance(exc, Replayed) else None,
-            )
-            if verified and partner is not None:
-                # A statement the partner signed is kept, with the refusal, even when it was not taken in.
-                await self._log_refused(partner.party, header.message_id if header else "", raw, form, receipt)
-            return Received(receipt, exc.code, exc.message)
+            return self._refuse(exc, raw, form, partner.party if verified and partner else None, header, payload_digest)
 
-    async def _log_refused(self, party: str, message_id: str, raw: bytes, form: EnvelopeForm, receipt: bytes) -> None:
-        now = self.clock()
-        async with self.store.transaction(durable=False) as tx:
-            await tx.append_log(
-                direction="in",
-                peer=party,
-                message_id=message_id,
-                kind=LogKind.STATEMENT,
-                form=form,
-                envelope=raw,
-                now=now,
-            )
-            await tx.append_log(
-                direction="out",
-                peer=party,
-                message_id=message_id,
-                kind=LogKind.RECEIPT,
-                form=form,
-                envelope=receipt,
-                now=now,
-            )
-
-    async def _apply(
+    def _refuse(
         self,
-        partner: Partner,
-        header: Header,
-        statement: partner_pb2.Statement,
-        envelope: Envelope,
+        refusal: GatewayError,
         raw: bytes,
         form: EnvelopeForm,
-        *,
-        held: bool = False,
-    ) -> Received:
+        logged: str | None,
+        header: Header | None,
+        payload_digest: bytes,
+    ) -> Callable[[], Awaitable[Received]]:
+        """What answers an envelope refused at steps 1-5: the receipt, after logging the envelope and the
+        refusal if ``logged`` names the partner whose signature verified."""
+        # A statement the partner signed is kept, with the refusal, even when it was not taken in.
+        message_id = header.message_id if header else ""
+
+        async def refuse() -> Received:
+            receipt = self._refusal(refusal, logged or "", message_id, payload_digest, raw, form)
+            if logged is not None:
+                await self._log_refused(logged, message_id, raw, form, receipt)
+            return Received(receipt, refusal.code, refusal.message)
+
+        return refuse
+
+    def _trust_push(
+        self, envelope: Envelope, raw: bytes, form: EnvelopeForm, peer_identity: str | None, digest: bytes
+    ) -> Callable[[], Awaitable[Received]]:
+        async def push() -> Received:
+            try:
+                if envelope.payload_type == TRUST_PAYLOAD_TYPE:
+                    return await self._receive_trust_update([envelope], raw, form, peer_identity)
+                return await self._receive_trust_update(
+                    _bundle(envelope.payload), raw, form, peer_identity, bundle=envelope
+                )
+            except GatewayError as refusal:
+                receipt = self._refusal(refusal, "", "", digest, raw, form)
+                return Received(receipt, refusal.code, refusal.message)
+
+        return push
+
+    def _refusal(
+        self, refusal: GatewayError, party: str, message_id: str, digest: bytes, raw: bytes, form: EnvelopeForm
+    ) -> bytes:
+        """The signed receipt refusing a statement, telling the sender where to resend from or where its
+        channel stands here when that is why."""
+        log.info("refused a delivery: %s", refusal)
+        return self._receipt(
+            party,
+            message_id,
+            digest,
+            raw,
+            refusal.code,
+            refusal.message,
+            form,
+            resend_from=refusal.resend_from if isinstance(refusal, SequenceGap) else 0,
+            channel=refusal.channel if isinstance(refusal, Replayed) else None,
+        )
+
+    async def _log_refused(self, party: str, message_id: str, raw: bytes, form: EnvelopeForm, receipt: bytes) -> None:
+        async with self.store.transaction(durable=False) as tx:
+            await self._log_pair(tx, party, message_id, raw, form, receipt, self.clock(), "")
+
+    async def _apply_group(
+        self, group: Sequence[_Checked], form: EnvelopeForm, *, held: bool = False
+    ) -> list[Received]:
+        """Apply ``group`` (steps 6-8 and the effect) in as few transactions as it takes; the receipts in order.
+
+        A statement that closes a gap ends its transaction: the statements held behind the gap follow it
+        (`_apply_held`) before the rest of the group, as they would after a single delivery. Never raises: a
+        run that fails together is taken again one statement at a time, so that one statement the receiver
+        fails on cannot keep the ones before it out."""
+        received: list[Received] = []
+        while len(received) < len(group):
+            rest = group[len(received) :]
+            try:
+                outcomes, after = await self._apply_together(rest, form, held=held)
+            except Exception as exc:
+                if len(rest) > 1 and not isinstance(exc, OSError):
+                    log.warning(
+                        "a run of %d statements failed together (%r); taking them one at a time", len(rest), exc
+                    )
+                    for checked in rest:
+                        received.extend(await self._apply_group([checked], form, held=held))
+                else:
+                    received.extend(self._failed(checked.raw, form, exc) for checked in rest)
+                return received
+            received.extend(outcomes)
+            if faults.ARMED:
+                for checked in after.taken_in:
+                    faults.reach(faults.COMMITTED_BY_STATEMENT.get(checked.statement.WhichOneof("body") or "", ""))
+            if after.taken_in:
+                self.on_enqueued()
+            if after.held is not None:
+                await self._apply_held(*after.held)
+        return received
+
+    async def _apply_together(
+        self, group: Sequence[_Checked], form: EnvelopeForm, *, held: bool
+    ) -> tuple[list[Received], _AfterCommit]:
+        """Apply the statements of ``group`` in one transaction, up to the first that closes a gap; their
+        receipts, and what follows the commit."""
         now = self.clock()
-        payload = envelope.payload
+        received: list[Received] = []
+        after = _AfterCommit()
+        async with self.store.transaction() as tx:
+            for checked in group:
+                party, message_id = checked.partner.party, checked.header.message_id
+                try:
+                    async with tx.savepoint():
+                        outcome, taken_in = await self._apply(tx, checked, form, now)
+                except GatewayError as refusal:
+                    receipt = self._refusal(refusal, party, message_id, checked.digest, checked.raw, form)
+                    # A statement the partner signed is kept, with the refusal, even when it was not taken in.
+                    await self._log_pair(tx, party, message_id, checked.raw, form, receipt, now, "")
+                    outcome, taken_in = Received(receipt, refusal.code, refusal.message), False
+                received.append(outcome)
+                if not taken_in:
+                    continue
+                after.taken_in.append(checked)
+                if held:
+                    continue
+                following = checked.header.sequence + 1
+                statement = await tx.held_statement(party, following)
+                if statement is not None:
+                    after.held = (checked.partner, following, statement)
+                    break
+        return received, after
+
+    async def _apply(
+        self, tx: Transaction, checked: _Checked, form: EnvelopeForm, now: dt.datetime
+    ) -> tuple[Received, bool]:
+        """Steps 6-8 and the statement's effect, in ``tx``: the outcome, and whether the channel advanced past it.
+        Raises `GatewayError` for a refusal whose writes must be taken back."""
+        partner, header, statement, raw = checked.partner, checked.header, checked.statement, checked.raw
+        payload = checked.envelope.payload
         # Working copies (the index of messages taken in, statements held behind a gap) keep the protobuf
         # form; the message log keeps the bytes exactly as they arrived.
-        stored_envelope = raw if form is EnvelopeForm.PROTOBUF else wire.envelope_to_bytes(envelope)
+        stored_envelope = raw if form is EnvelopeForm.PROTOBUF else wire.envelope_to_bytes(checked.envelope)
         topic = _transfer_id(statement)
-        async with self.store.transaction() as tx:
-            # Step 6: a message already seen gets its stored receipt back, with no second effect.
-            seen = await tx.get_message("in", partner.party, header.message_id)
-            if seen is not None:
-                receipt = self._reform(self._current(seen.receipt), form)
-                await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now, topic)
-                return Received(receipt, ResponseCode.OK, "already received", True)
-            # Step 7: time window.
-            check_window(header, now=now, window=self.settings.window)
-            # Step 8: sequence and hash chain. A gap holds the statement until the missing ones arrive.
-            channel = await tx.incoming_channel(partner.party)
-            try:
-                verdict = check_sequence(header, channel)
-            except GatewayError as behind:
-                raise Replayed(behind, channel) from None
-            if verdict is SequenceVerdict.GAP:
-                # Only a window of statements ahead is held, so that a sender cannot fill the store.
-                if header.sequence - channel.last_sequence <= MAX_HELD_AHEAD:
-                    await tx.hold_statement(partner.party, header.sequence, stored_envelope, now)
-                gap = SequenceGap(channel.last_sequence + 1, header.sequence)
-                receipt = self._receipt(
-                    partner.party,
-                    header.message_id,
-                    payload_hash(payload),
-                    raw,
-                    gap.code,
-                    gap.message,
-                    form,
-                    resend_from=gap.resend_from,
-                )
-                await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now, topic)
-                return Received(receipt, gap.code, gap.message)
-            code, detail = ResponseCode.OK, "taken in"
-            try:
-                async with tx.savepoint():
-                    refused = await self.handler(tx, partner.party, header, statement)
-                if refused is not None:
-                    code, detail = refused.code, refused.message
-            except GatewayError as exc:
-                code, detail = exc.code, exc.message
-            except Exception as exc:
-                if self.store.is_transient(exc):
-                    # The database could not do it now: nothing is taken in, and the sender sends it again.
-                    raise
-                log.exception("failed while applying statement %s from %s", header.message_id, partner.party)
-                code, detail = ResponseCode.INTERNAL_ERROR, "the receiver failed while applying the statement"
-            await tx.set_incoming_channel(partner.party, channel.advance(payload))
-            await tx.release_held(partner.party, header.sequence)
-            next_held = None if held else await tx.held_statement(partner.party, header.sequence + 1)
-            receipt = self._receipt(
-                partner.party,
-                header.message_id,
-                payload_hash(payload),
-                raw,
-                code,
-                truncate(detail),
-                EnvelopeForm.PROTOBUF,
-                taken_in=True,
-                channel=channel.advance(payload),
-            )
-            await tx.record_message(
-                StoredMessage("in", partner.party, header.message_id, stored_envelope, receipt, now)
-            )
-            reformed = self._reform(receipt, form)
-            await self._log_pair(tx, partner.party, header.message_id, raw, form, reformed, now, topic)
-        if faults.ARMED:
-            faults.reach(faults.COMMITTED_BY_STATEMENT.get(statement.WhichOneof("body") or "", ""))
-        self.on_enqueued()
-        if next_held is not None:
-            await self._apply_held(partner, header.sequence + 1, next_held)
-        return Received(reformed, code, detail, taken_in=True)
+        # Step 6: a message already seen gets its stored receipt back, with no second effect.
+        seen = await tx.get_message("in", partner.party, header.message_id)
+        if seen is not None:
+            receipt = self._reform(self._current(seen.receipt), form)
+            await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now, topic)
+            return Received(receipt, ResponseCode.OK, "already received", True), False
+        # Step 7: time window.
+        check_window(header, now=now, window=self.settings.window)
+        # Step 8: sequence and hash chain. A gap holds the statement until the missing ones arrive.
+        channel = await tx.incoming_channel(partner.party)
+        try:
+            verdict = check_sequence(header, channel)
+        except GatewayError as behind:
+            raise Replayed(behind, channel) from None
+        if verdict is SequenceVerdict.GAP:
+            # Only a window of statements ahead is held, so that a sender cannot fill the store.
+            if header.sequence - channel.last_sequence <= MAX_HELD_AHEAD:
+                await tx.hold_statement(partner.party, header.sequence, stored_envelope, now)
+            gap = SequenceGap(channel.last_sequence + 1, header.sequence)
+            receipt = self._refusal(gap, partner.party, header.message_id, checked.digest, raw, form)
+            await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now, topic)
+            return Received(receipt, gap.code, gap.message), False
+        code, detail = ResponseCode.OK, "taken in"
+        try:
+            async with tx.savepoint():
+                refused = await self.handler(tx, partner.party, header, statement)
+            if refused is not None:
+                code, detail = refused.code, refused.message
+        except GatewayError as exc:
+            code, detail = exc.code, exc.message
+        except Exception as exc:
+            if self.store.is_transient(exc):
+                # The database could not do it now: nothing is taken in, and the sender sends it again.
+                raise
+            log.exception("failed while applying statement %s from %s", header.message_id, partner.party)
+            code, detail = ResponseCode.INTERNAL_ERROR, "the receiver failed while applying the statement"
+        advanced = channel.advance(payload)
+        await tx.set_incoming_channel(partner.party, advanced)
+        await tx.release_held(partner.party, header.sequence)
+        receipt = self._receipt(
+            partner.party,
+            header.message_id,
+            checked.digest,
+            raw,
+            code,
+            truncate(detail),
+            EnvelopeForm.PROTOBUF,
+            taken_in=True,
+            channel=advanced,
+        )
+        await tx.record_message(StoredMessage("in", partner.party, header.message_id, stored_envelope, receipt, now))
+        reformed = self._reform(receipt, form)
+        await self._log_pair(tx, partner.party, header.message_id, raw, form, reformed, now, topic)
+        return Received(reformed, code, detail, taken_in=True), True
 
     @staticmethod
     async def _log_pair(
@@ -685,19 +812,25 @@ class Exchange:
         """Apply, in order and one after the other, the statements held behind a gap the last one closed, from
         ``held`` (the one at ``sequence``, read in the transaction that closed the gap).
 
-        Each was verified when it arrived and goes through every check again (trust may have changed since).
+        Each was verified when it arrived and goes through every check again (trust may have changed since). A
+        failure leaves the rest held: the sender sends them again.
         """
-        while True:
-            if held is None:
-                async with self.store.read() as tx:
-                    held = await tx.held_statement(partner.party, sequence)
-            if held is None:
-                return
-            log.info("applying statement %d from %s, held behind a gap", sequence, partner.party)
-            received = await self._receive(held, EnvelopeForm.PROTOBUF, None, held=True)
-            if not received.taken_in:
-                return
-            sequence, held = sequence + 1, None
+        try:
+            while True:
+                if held is None:
+                    async with self.store.read() as tx:
+                        held = await tx.held_statement(partner.party, sequence)
+                if held is None:
+                    return
+                log.info("applying statement %d from %s, held behind a gap", sequence, partner.party)
+                received = await self._receive(held, EnvelopeForm.PROTOBUF, None, held=True)
+                if not received.taken_in:
+                    return
+                sequence, held = sequence + 1, None
+        except Exception:
+            log.exception(
+                "failed while applying the statements held behind sequence %d from %s", sequence, partner.party
+            )
 
     async def _receive_trust_update(
         self,

@@ -67,9 +67,10 @@ def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.
         # No receipt leaves before the batch's end, so its statements' commits wait for the disk together.
         try:
             async with exchange.store.synced_once():
-                for envelope in batch.envelopes:
-                    received = await exchange.receive(envelope, form=EnvelopeForm.PROTOBUF, peer_identity=identity)
-                    answer.receipts.append(received.receipt)
+                received = await exchange.receive_many(
+                    batch.envelopes, form=EnvelopeForm.PROTOBUF, peer_identity=identity
+                )
+                answer.receipts.extend(r.receipt for r in received)
         except OSError:
             # The commits could not be made durable: no receipt may leave. The sender sends the batch again.
             log.exception("a batch of %d envelopes could not be made durable", len(batch.envelopes))

@@ -1,10 +1,11 @@
 """Runs of statements in one ``DeliverBatch`` call: the sender seals a lane's next statements together and
-sends them in one call; the receiver takes them one after the other, as separate ``Deliver`` calls, and
-answers each with its own receipt. What is not delivered stops the run, and a partner without
+sends them in one call; the receiver applies consecutive statements in one transaction and answers each with
+the receipt a separate ``Deliver`` call would have given. What is not delivered stops the run, and a partner without
 ``DeliverBatch`` gets the run one envelope per call."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator
@@ -19,13 +20,14 @@ from carbon_gateway.v1 import partner_pb2, records_pb2
 from gateway import wire
 from gateway.demo import Pair
 from gateway.domain.errors import ResponseCode
+from gateway.domain.statements import ChannelState
 from gateway.exchange import ExchangeSettings
 from gateway.harness import start_network
 from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import Partner, PartnerDirectory
 from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD, SERVICE_NAME, GrpcPartnerTransport
 from gateway.store.base import LogKind, OutboxState
-from signing import CryptoSigner
+from signing import CryptoSigner, Role, TrustDocument, sign_trust_document
 from tests.integration.harness import Crafter, scripted_receipt
 from tests.integration.test_channels import gateway_before
 
@@ -119,6 +121,129 @@ async def test_the_receiver_takes_a_batch_in_order_and_answers_each_envelope_in_
     # The same batch again: every statement is one already taken in, answered from its stored receipt.
     again = await deliver_batch_raw(pair.che.partner_address, envelopes)
     assert [r.taken_in for r in again] == [True] * 4
+
+
+def fork(crafter: Crafter, **changes: Any) -> Crafter:
+    """A second sender on the same channel position, as a partner that signs two different statements there."""
+    return dataclasses.replace(crafter, **changes)
+
+
+def batch_case(crafter: Crafter, names: list[str]) -> list[bytes]:
+    """The envelopes a case names, crafted in order on CHN's real channel to CHE:
+
+    ``s`` the next statement; ``again`` the previous envelope once more; ``stale`` a different statement at the
+    position before the last (behind the channel once the last is in); ``expired`` the next statement, issued two
+    hours ago with an hour to live (not advancing the channel: the ``s`` after it takes its place); ``junk``
+    bytes that are no envelope."""
+    envelopes: list[bytes] = []
+    for name in names:
+        if name == "s":
+            payload = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id="q"))[0]
+            envelopes.append(wire.envelope_to_bytes(crafter.envelope(payload)))
+        elif name == "again":
+            envelopes.append(envelopes[-1])
+        elif name == "stale":
+            before = ChannelState(crafter.channel.last_sequence - 2, b"\x00" * 32)
+            payload = fork(crafter, channel=before).statement(status_query=partner_pb2.StatusQuery(transfer_id="s"))[0]
+            envelopes.append(wire.envelope_to_bytes(crafter.envelope(payload)))
+        elif name == "expired":
+            issued = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+            payload = fork(crafter, clock=lambda issued=issued: issued).statement(
+                status_query=partner_pb2.StatusQuery(transfer_id="e")
+            )[0]
+            envelopes.append(wire.envelope_to_bytes(crafter.envelope(payload)))
+        else:
+            envelopes.append(b"junk")
+    return envelopes
+
+
+# Each batch's receipts are the ones the same envelopes would get in separate Deliver calls, though the
+# statements that pass steps 1-5 are applied in one transaction, each under its own savepoint.
+BATCH_CASES = {
+    "in-order": (["s", "s", "s"], ["OK", "OK", "OK"], 3),
+    "an expired statement in the middle is refused alone": (
+        ["s", "expired", "s", "s"],
+        ["OK", "MESSAGE_EXPIRED", "OK", "OK"],
+        3,
+    ),
+    "a statement behind the channel is refused alone": (["s", "s", "stale", "s"], ["OK", "OK", "REPLAY", "OK"], 3),
+    "a repeat is answered from its stored receipt": (["s", "again", "s"], ["OK", "OK", "OK"], 2),
+    "junk splits the run": (["s", "junk", "s"], ["OK", "MALFORMED_PAYLOAD", "OK"], 2),
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", list(BATCH_CASES), ids=list(BATCH_CASES))
+async def test_a_batch_applied_in_one_transaction_answers_each_statement_as_alone(pair: Pair, case: str) -> None:
+    names, expected, last_sequence = BATCH_CASES[case]
+    crafter = await crafter_for(pair)
+    start = crafter.channel.last_sequence
+    envelopes = batch_case(crafter, names)
+    receipts = await deliver_batch_raw(pair.che.partner_address, envelopes)
+    assert [ResponseCode(r.code).name for r in receipts] == expected
+    async with pair.che.store.read() as tx:
+        channel = await tx.incoming_channel("CHN")
+        logged = [e for e in await tx.list_log() if (e.direction, e.peer, e.kind) == ("in", "CHN", LogKind.STATEMENT)]
+        kept = [await tx.get_message("in", "CHN", r.in_reply_to) for r in receipts if r.in_reply_to]
+    assert channel.last_sequence == start + last_sequence
+    # What was refused left nothing but its entries in the message log; what was taken in is indexed.
+    assert [m is not None for m in kept] == [r.taken_in for r in receipts if r.in_reply_to]
+    signed = [e for e, name in zip(envelopes, names, strict=True) if name != "junk"]
+    assert [e.envelope for e in logged[-len(signed) :]] == signed
+
+
+@pytest.mark.asyncio
+async def test_a_statement_the_receiver_fails_on_does_not_keep_the_ones_before_it_out(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crafter = await crafter_for(pair)
+    envelopes = batch_case(crafter, ["s", "s", "s"])
+    poison = partner_pb2.Statement.FromString(wire.envelope_from_bytes(envelopes[1]).payload).header.message_id
+    exchange = pair.che.core.exchange
+    receipt = exchange._receipt
+
+    def failing(receiver: str, in_reply_to: str, *args: Any, **kwargs: Any) -> bytes:
+        if in_reply_to == poison and kwargs.get("taken_in"):
+            raise RuntimeError("a bug met while answering this statement")
+        return receipt(receiver, in_reply_to, *args, **kwargs)
+
+    monkeypatch.setattr(exchange, "_receipt", failing)
+    receipts = await deliver_batch_raw(pair.che.partner_address, envelopes)
+    # The run failed together, and was taken again one statement at a time: the first is in, the second is
+    # answered with INTERNAL_ERROR and nothing of it kept, the third waits behind it.
+    assert [(ResponseCode(r.code).name, r.taken_in) for r in receipts] == [
+        ("OK", True),
+        ("INTERNAL_ERROR", False),
+        ("SEQUENCE_GAP", False),
+    ]
+    monkeypatch.undo()
+    again = await deliver_batch_raw(pair.che.partner_address, envelopes[1:2])
+    assert [(ResponseCode(r.code).name, r.taken_in) for r in again] == [("OK", True)]
+    async with pair.che.store.read() as tx:
+        # The third was held behind the gap and followed the second in.
+        assert (await tx.incoming_channel("CHN")).last_sequence == crafter.channel.last_sequence
+
+
+@pytest.mark.asyncio
+async def test_a_trust_push_inside_a_batch_is_in_force_for_the_statements_after_it(pair: Pair) -> None:
+    crafter = await crafter_for(pair)
+    old = pair.chn.signer
+    new = CryptoSigner.generate()
+    version = pair.che.core.exchange.partners.get("CHN").trusted.version + 1  # type: ignore[union-attr]
+    document = TrustDocument(
+        party="CHN",
+        version=version,
+        expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=90),
+        keys={new.public_key.keyid: new.public_key},
+        roles={"trust": Role((new.keyid,), 1), "transfer": Role((new.keyid,), 1)},
+    )
+    push = wire.envelope_to_bytes(sign_trust_document(document, [old, new]))
+    before = batch_case(crafter, ["s"])
+    after_push = batch_case(fork(crafter, signer=new), ["s"])
+    stale_key = batch_case(crafter, ["s"])  # the same position signed with the retired key
+    receipts = await deliver_batch_raw(pair.che.partner_address, [*before, push, *after_push, *stale_key])
+    assert [ResponseCode(r.code).name for r in receipts] == ["OK", "OK", "OK", "KEY_UNKNOWN_OR_REVOKED"]
+    assert pair.che.core.exchange.partners.get("CHN").trusted.version == version  # type: ignore[union-attr]
 
 
 @pytest.mark.asyncio
