@@ -161,6 +161,8 @@ class OutboxWorker:
         (`gateway.trust.TrustKeeper.can_sign`). While it does not, this worker claims and sends nothing, and
         another replica, configured with that signer, sends the lanes."""
         self._wake = asyncio.Event()
+        self._due_at: tuple[dt.datetime | None] | None = None
+        """When the next message falls due, as the last drain found it; None when it has not looked."""
         self._draining = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
@@ -190,6 +192,7 @@ class OutboxWorker:
                 if self.may_sign is not None and not self.may_sign():
                     wait = WITHOUT_SIGNER_RETRY  # the trust keeper takes up stored documents meanwhile
                 else:
+                    self._due_at = None
                     await self.drain()
                     wait = await self._next_due_in()
             except Exception:
@@ -202,8 +205,12 @@ class OutboxWorker:
                     await self._wake.wait()
 
     async def _next_due_in(self) -> float:
-        async with self.store.read() as tx:
-            due = await tx.next_due_at()
+        if self._due_at is not None:
+            # Read by the drain that just ended, in the transaction that found nothing to claim.
+            (due,) = self._due_at
+        else:
+            async with self.store.read() as tx:
+                due = await tx.next_due_at()
         if due is None:
             return 3600.0
         return max((due - self.clock()).total_seconds(), 0.0)
@@ -219,10 +226,6 @@ class OutboxWorker:
     async def _drain(self) -> int:
         total = 0
         while True:
-            async with self.store.read() as tx:
-                due = await tx.lane_heads(self.clock(), self.batch)
-            if not due:
-                return total
             now = self.clock()
             until = now + self.lease
             async with self.store.transaction(durable=False) as tx:
@@ -231,8 +234,11 @@ class OutboxWorker:
                     [head, *await tx.claim_followers(head, self.run - 1, now=now, owner=self.replica, until=until)]
                     for head in heads
                 ]
+                if not runs:
+                    self._due_at = (await tx.next_due_at(),)
             if not runs:
-                return total  # another replica holds every due head; next_due_at says when its leases end
+                # Nothing is due, or another replica holds every due head: next_due_at says when that changes.
+                return total
             faults.reach("outbox-claimed")  # this replica now holds the leases of ``runs``
             if self.before_sending is not None:
                 await self.before_sending()
