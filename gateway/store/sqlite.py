@@ -163,20 +163,24 @@ class SQLiteStore:
                     self._db.execute("PRAGMA synchronous=NORMAL")
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
+                    changes = self._db.total_changes
                     try:
                         yield SQLiteTransaction(self._db)
                     except BaseException:
                         self._db.execute("ROLLBACK")
                         raise
+                    wrote = self._db.total_changes != changes
                     try:
                         self._db.execute("COMMIT")
                     except BaseException:
                         if self._db.in_transaction:
                             self._db.execute("ROLLBACK")
                         raise
-                    if wal is not None:
+                    # A transaction that changed no row is a read: nothing of its own to sync or to announce.
+                    if wal is not None and wrote:
                         seen = wal.committed(durable=durable)
-                    self._commits.notify()
+                    if wrote:
+                        self._commits.notify()
                 finally:
                     if wal is None and not durable:
                         self._db.execute("PRAGMA synchronous=FULL")

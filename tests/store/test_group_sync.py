@@ -183,3 +183,30 @@ async def test_a_task_started_inside_synced_once_waits_for_its_own_commits(store
         assert not child.done()
         disk.release.set()
         await asyncio.wait_for(child, 5)
+
+
+@pytest.mark.asyncio
+async def test_a_write_transaction_that_changed_no_row_is_a_read(store: SQLiteStore, disk: HeldDisk) -> None:
+    with store.commits.subscribe() as woken:
+        async with store.transaction() as tx:
+            assert await tx.get_setting("nothing") is None
+        # Nothing written: no sync to wait for, and no follower of the change feed woken to read again.
+        assert disk.calls == 0
+        assert not woken.is_set()
+        empty_after_write = asyncio.create_task(write(store, "a"))
+        await settle()
+        woken.clear()
+
+        async def look() -> None:
+            async with store.transaction() as tx:
+                await tx.get_setting("a")
+
+        # It still waits for the durable commit it could read, like a read.
+        looking = asyncio.create_task(look())
+        await settle()
+        assert not looking.done() and not woken.is_set()
+        disk.release.set()
+        await asyncio.wait_for(asyncio.gather(empty_after_write, looking), 5)
+        assert disk.calls == 1
+        await write(store, "b")
+        assert woken.is_set()
