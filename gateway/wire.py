@@ -377,26 +377,55 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
 # transfers and the ledger
 
 
+_BLOCKS_KEPT = 8
+"""How many transfers' blocks `transfer_to_proto` keeps in wire form."""
+
+_blocks_wire: dict[int, tuple[tuple[UnitBlock, ...], bytes]] = {}
+"""The blocks of the latest transfers converted, as a serialized ``Transfer`` holding only them, by the identity
+of the blocks tuple (kept alongside, so that the identity stays theirs)."""
+
+
+def _blocks_of(t: Transfer) -> records_pb2.Transfer:
+    """A ``Transfer`` message holding only the transfer's blocks. A transfer's blocks never change, and its
+    terms are decoded once (`gateway.store.codec.terms_from_json`): each change of a transfer that the change
+    feed sends converts the same thousand blocks, so their wire form is kept for the latest few."""
+    blocks = t.terms.blocks
+    kept = _blocks_wire.get(id(blocks))
+    message = records_pb2.Transfer()
+    if kept is not None and kept[0] is blocks:
+        message.ParseFromString(kept[1])
+        return message
+    message.blocks.extend(block_to_proto(b) for b in blocks)
+    if len(blocks) > 1:
+        while len(_blocks_wire) >= _BLOCKS_KEPT:
+            del _blocks_wire[next(iter(_blocks_wire))]
+        _blocks_wire[id(blocks)] = (blocks, message.SerializeToString())
+    return message
+
+
 def transfer_to_proto(t: Transfer) -> records_pb2.Transfer:
     """A transfer as one side keeps it, as its wire message."""
-    return records_pb2.Transfer(
-        transfer_id=t.transfer_id,
-        role=t.role.value,
-        state=int(t.state),  # type: ignore[arg-type]
-        transferring_party=t.terms.transferring_party,
-        acquiring_party=t.terms.acquiring_party,
-        source_account=t.terms.source_account,
-        acquiring_account=t.terms.acquiring_account,
-        cooperative_approach=t.terms.cooperative_approach,
-        authorization_id=t.terms.authorization_id,
-        purpose=t.terms.purpose.value,
-        adjustment_method=t.terms.adjustment_method.value,
-        blocks=[block_to_proto(b) for b in t.terms.blocks],
-        quantity=t.terms.quantity,
-        rejections=[rejection_to_proto(r) for r in t.rejections],
-        created_at=timestamp(t.created_at),
-        updated_at=timestamp(t.updated_at),
+    message = _blocks_of(t)
+    message.MergeFrom(
+        records_pb2.Transfer(
+            transfer_id=t.transfer_id,
+            role=t.role.value,
+            state=int(t.state),  # type: ignore[arg-type]
+            transferring_party=t.terms.transferring_party,
+            acquiring_party=t.terms.acquiring_party,
+            source_account=t.terms.source_account,
+            acquiring_account=t.terms.acquiring_account,
+            cooperative_approach=t.terms.cooperative_approach,
+            authorization_id=t.terms.authorization_id,
+            purpose=t.terms.purpose.value,
+            adjustment_method=t.terms.adjustment_method.value,
+            quantity=t.terms.quantity,
+            rejections=[rejection_to_proto(r) for r in t.rejections],
+            created_at=timestamp(t.created_at),
+            updated_at=timestamp(t.updated_at),
+        )
     )
+    return message
 
 
 def ledger_entry_to_proto(e: LedgerEntry) -> records_pb2.LedgerEntry:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
@@ -490,7 +489,7 @@ class PostgresTransaction:
                 block.space.issuance,
                 block.start,
                 block.end,
-                json.dumps(codec.block_to_dict(block), sort_keys=True),
+                codec.block_to_json(block),
                 account_id,
                 status.value,
                 transfer_id,
@@ -1422,7 +1421,7 @@ def _stored_block(row: Record) -> StoredBlock:
         status=BlockStatus(row["status"]),
         transfer_id=row["transfer_id"],
         parent_id=row["parent_id"],
-        block=codec.block_from_dict(json.loads(row["body"])),
+        block=codec.block_from_json(row["body"]),
     )
 
 

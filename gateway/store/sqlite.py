@@ -551,7 +551,7 @@ class SQLiteTransaction:
                 block.space.issuance,
                 block.start,
                 block.end,
-                json.dumps(codec.block_to_dict(block), sort_keys=True),
+                codec.block_to_json(block),
                 account_id,
                 status.value,
                 transfer_id,
@@ -1477,7 +1477,7 @@ def _stored_block(row: sqlite3.Row) -> StoredBlock:
         status=BlockStatus(row["status"]),
         transfer_id=row["transfer_id"],
         parent_id=row["parent_id"],
-        block=codec.block_from_dict(json.loads(row["body"])),
+        block=codec.block_from_json(row["body"]),
     )
 
 

@@ -1,0 +1,75 @@
+"""The stores' JSON forms: the text written directly is the text ``json.dumps`` writes, and reads back whole."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.domain.blocks import UnitBlock
+from gateway.domain.records import AdjustmentMethod, Purpose, TransferTerms
+from gateway.store import codec
+from tests.domain.test_blocks import unit_blocks
+
+# Any text, non-ASCII and control characters included: the direct form must escape them as ``json`` does.
+any_text = st.text(max_size=8)
+
+
+@st.composite
+def tied_blocks(draw: st.DrawFn) -> UnitBlock:
+    block = draw(unit_blocks())
+    return dataclasses.replace(
+        block,
+        project_id=draw(any_text),
+        attributes=tuple(draw(st.dictionaries(any_text, any_text, max_size=3)).items()),
+        first_transferring_party=draw(any_text),
+        cooperative_approach=draw(any_text),
+        authorization_id=draw(any_text),
+    )
+
+
+@given(tied_blocks())
+def test_block_json_is_the_sorted_dump_of_its_dict(block: UnitBlock) -> None:
+    text = codec.block_to_json(block)
+    assert text == json.dumps(codec.block_to_dict(block), sort_keys=True)
+    assert codec.block_from_json(text) == block
+    assert codec.block_from_dict(json.loads(text)) == block
+
+
+@given(
+    st.lists(tied_blocks(), max_size=4).map(tuple),
+    any_text,
+    st.sampled_from(list(Purpose)),
+    st.sampled_from(list(AdjustmentMethod)),
+)
+def test_terms_json_is_the_sorted_dump_of_its_fields(
+    blocks: tuple[UnitBlock, ...], name: str, purpose: Purpose, method: AdjustmentMethod
+) -> None:
+    terms = TransferTerms(
+        transferring_party="CHN",
+        acquiring_party="CHE",
+        source_account=name,
+        acquiring_account="PH",
+        cooperative_approach=name,
+        authorization_id="A-1",
+        purpose=purpose,
+        adjustment_method=method,
+        blocks=blocks,
+    )
+    text = codec.terms_to_json(terms)
+    expected = {
+        "transferring_party": terms.transferring_party,
+        "acquiring_party": terms.acquiring_party,
+        "source_account": terms.source_account,
+        "acquiring_account": terms.acquiring_account,
+        "cooperative_approach": terms.cooperative_approach,
+        "authorization_id": terms.authorization_id,
+        "purpose": terms.purpose.value,
+        "adjustment_method": terms.adjustment_method.value,
+        "blocks": [codec.block_to_dict(b) for b in terms.blocks],
+    }
+    assert text == json.dumps(expected, sort_keys=True)
+    assert codec.terms_from_json(text) == terms
+    assert codec.terms_from_json(text) is codec.terms_from_json(text)
