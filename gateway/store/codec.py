@@ -96,9 +96,23 @@ def block_from_dict(data: dict[str, Any]) -> UnitBlock:
     )
 
 
+_TERMS_KEPT = 32
+"""How many transfers' terms `terms_from_json` keeps decoded."""
+
+_terms_read: dict[str, TransferTerms] = {}
+"""The latest terms written or read, by their JSON text, oldest first."""
+
+
+def _keep_terms(text: str, terms: TransferTerms) -> None:
+    _terms_read.pop(text, None)
+    while len(_terms_read) >= _TERMS_KEPT:
+        del _terms_read[next(iter(_terms_read))]
+    _terms_read[text] = terms
+
+
 def terms_to_json(terms: TransferTerms) -> str:
     """Transfer terms as JSON text, keys sorted (the blocks written by `block_to_json`)."""
-    return (
+    text = (
         f'{{"acquiring_account": {_string(terms.acquiring_account)},'
         f' "acquiring_party": {_string(terms.acquiring_party)},'
         f' "adjustment_method": {_string(terms.adjustment_method.value)},'
@@ -109,15 +123,27 @@ def terms_to_json(terms: TransferTerms) -> str:
         f' "source_account": {_string(terms.source_account)},'
         f' "transferring_party": {_string(terms.transferring_party)}}}'
     )
+    # The terms read back are the terms written (the tests of the codec check the round trip).
+    _keep_terms(text, terms)
+    return text
 
 
-@functools.lru_cache(maxsize=32)
 def terms_from_json(text: str) -> TransferTerms:
     """The inverse of `terms_to_json`.
 
     Terms never change once a transfer is recorded, and they are read again on every message about it and by
-    every change-feed reader: the same text gives the same (immutable) object, decoded once.
+    every change-feed reader: the terms of the latest transfers written or read are kept by their text (they
+    are immutable), so that a thousand blocks are not decoded again each time.
     """
+    kept = _terms_read.get(text)
+    if kept is not None:
+        return kept
+    terms = _decode_terms(text)
+    _keep_terms(text, terms)
+    return terms
+
+
+def _decode_terms(text: str) -> TransferTerms:
     data = json.loads(text)
     return TransferTerms(
         transferring_party=data["transferring_party"],
