@@ -8,7 +8,6 @@ never compared: the spelling of a serial is the adapters' business, and they all
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -66,10 +65,7 @@ class UnitBlock:
             raise BlockError("unit_kind is empty")
         if not self.space.issuing_registry:
             raise BlockError("issuing_registry is empty")
-        if not 0 <= self.start <= MAX_SERIAL or not 0 <= self.end <= MAX_SERIAL:
-            raise BlockError(f"serials must lie in 0..{MAX_SERIAL}: got [{self.start}, {self.end}]")
-        if self.end < self.start:
-            raise BlockError(f"block end {self.end} precedes its start {self.start}")
+        _check_serials(self.start, self.end)
         if tuple(sorted(self.attributes)) != self.attributes:
             object.__setattr__(self, "attributes", tuple(sorted(self.attributes)))
         names = [name for name, _ in self.attributes]
@@ -91,7 +87,68 @@ class UnitBlock:
 
     def with_range(self, start: int, end: int) -> UnitBlock:
         """The same units' attributes over another serial range."""
-        return dataclasses.replace(self, start=start, end=end)
+        _check_serials(start, end)
+        return self._derived(
+            start,
+            end,
+            self.first_transferred,
+            self.first_transferring_party,
+            self.cooperative_approach,
+            self.authorization_id,
+        )
+
+    def with_tie(
+        self,
+        first_transferring_party: str,
+        cooperative_approach: str,
+        authorization_id: str,
+        *,
+        first_transferred: bool,
+    ) -> UnitBlock:
+        """The same units tied to another authorization (or untied, with empty values), first transferred or
+        not: ``dataclasses.replace`` of these four fields, without its cost (a transfer derives a thousand)."""
+        return self._derived(
+            self.start, self.end, first_transferred, first_transferring_party, cooperative_approach, authorization_id
+        )
+
+    def with_first_transferred(self, first_transferred: bool = True) -> UnitBlock:
+        """The same units, first transferred (or not)."""
+        return self._derived(
+            self.start,
+            self.end,
+            first_transferred,
+            self.first_transferring_party,
+            self.cooperative_approach,
+            self.authorization_id,
+        )
+
+    def _derived(
+        self,
+        start: int,
+        end: int,
+        first_transferred: bool,
+        first_transferring_party: str,
+        cooperative_approach: str,
+        authorization_id: str,
+    ) -> UnitBlock:
+        """A copy with other values of fields that `__post_init__` does not check, or has checked (the serials):
+        the checks of this block's other fields hold for the copy, so they are not made again."""
+        block: UnitBlock = object.__new__(UnitBlock)
+        put = object.__setattr__
+        put(block, "space", self.space)
+        put(block, "start", start)
+        put(block, "end", end)
+        put(block, "vintage", self.vintage)
+        put(block, "project_id", self.project_id)
+        put(block, "methodology_code", self.methodology_code)
+        put(block, "mitigation_type", self.mitigation_type)
+        put(block, "registry_reference", self.registry_reference)
+        put(block, "first_transferred", first_transferred)
+        put(block, "attributes", self.attributes)
+        put(block, "first_transferring_party", first_transferring_party)
+        put(block, "cooperative_approach", cooperative_approach)
+        put(block, "authorization_id", authorization_id)
+        return block
 
     def same_attributes(self, other: UnitBlock) -> bool:
         """True when the two blocks differ at most in their serial range."""
@@ -106,6 +163,13 @@ class UnitBlock:
         """A short human-readable name, e.g. ``CCER/CN-CCER [1001, 1500]``."""
         issuance = f"/{self.space.issuance}" if self.space.issuance else ""
         return f"{self.space.unit_kind}/{self.space.issuing_registry}{issuance} [{self.start}, {self.end}]"
+
+
+def _check_serials(start: int, end: int) -> None:
+    if not 0 <= start <= MAX_SERIAL or not 0 <= end <= MAX_SERIAL:
+        raise BlockError(f"serials must lie in 0..{MAX_SERIAL}: got [{start}, {end}]")
+    if end < start:
+        raise BlockError(f"block end {end} precedes its start {start}")
 
 
 def ranges_overlap(

@@ -86,9 +86,12 @@ def primary_purpose(authorization: Authorization) -> Purpose:
     """The purpose an authorization's own actions (tie, first transfer at authorisation, issuance, use or
     cancellation) are recorded under: an NDC purpose if it has one, so that they count as authorized for NDC
     use, else its first purpose in the nomenclature's order."""
-    order = list(Purpose)
-    purposes = sorted(authorization.purposes, key=order.index)
+    purposes = sorted(authorization.purposes, key=_PURPOSE_ORDER.__getitem__)
     return next((p for p in purposes if p in NDC_PURPOSES), purposes[0])
+
+
+_PURPOSE_ORDER = {purpose: index for index, purpose in enumerate(Purpose)}
+"""Each purpose's place in the nomenclature's order."""
 
 
 _COMBINED = {
@@ -266,11 +269,11 @@ def tie(block: UnitBlock, party: str, authorization: Authorization) -> UnitBlock
     """The block tied to ``authorization`` of ``party``; a block already tied keeps its tie."""
     if block.tied:
         return block
-    return replace(
-        block,
-        first_transferring_party=party,
-        cooperative_approach=authorization.cooperative_approach,
-        authorization_id=authorization.authorization_id,
+    return block.with_tie(
+        party,
+        authorization.cooperative_approach,
+        authorization.authorization_id,
+        first_transferred=block.first_transferred,
     )
 
 
@@ -298,7 +301,9 @@ def _entry(
     transferring_party: str = "",
     acquiring_party: str = "",
     using: bool = False,
+    purpose: Purpose | None = None,
 ) -> LedgerEntry:
+    """The entry of ``action`` on ``block``; recorded under ``purpose`` when given, else the action's."""
     return LedgerEntry(
         entry_id=0,
         # The AEF dates actions to the millisecond: a finer instant could fall between one year's end
@@ -312,7 +317,7 @@ def _entry(
         first_transferring_party=block.first_transferring_party,
         transferring_party=transferring_party,
         acquiring_party=acquiring_party,
-        purpose=ctx.purpose,
+        purpose=ctx.purpose if purpose is None else purpose,
         action_subtype=subtype.value if subtype else "",
         year_of_use=ctx.year_of_use if action is ActionType.USE else None,
         using_party=ctx.party if using else "",
@@ -346,7 +351,7 @@ def record_tie(ctx: ActionContext, block: UnitBlock, authorization: Authorizatio
         subtype = first_transfer_subtype(authorization.first_transfer_definition, event)
         # A first transfer that is itself the international transfer is recorded by `record_departure`.
         if subtype is not None and subtype is not ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY:
-            block = replace(block, first_transferred=True)
+            block = block.with_first_transferred()
             entries.append(_first_transfer(ctx, block, authorization, subtype))
     return Recorded(tuple(entries), block)
 
@@ -384,14 +389,14 @@ def _first_transfer(
 ) -> LedgerEntry:
     """A ``First transfer`` entry. It counts as authorized for NDC use or for OIMP only by its authorization's
     purposes (decision 2/CMA.3, annex, para 23), whatever the purpose of the action that made it."""
-    counted = replace(ctx, purpose=primary_purpose(authorization))
     return _entry(
-        counted,
+        ctx,
         block,
         ActionType.FIRST_TRANSFER,
         subtype,
         transferring_party=transferring_party,
         acquiring_party=acquiring_party,
+        purpose=primary_purpose(authorization),
     )
 
 
@@ -411,7 +416,7 @@ def record_departure(ctx: ActionContext, block: UnitBlock, authorization: Author
             assert authorization is not None
             subtype = first_transfer_subtype(authorization.first_transfer_definition, Event.INTERNATIONAL_TRANSFER)
             if subtype is ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY:
-                block = replace(block, first_transferred=True)
+                block = block.with_first_transferred()
                 move = _first_transfer(
                     ctx,
                     block,
@@ -448,13 +453,7 @@ def delivered_form(
     """
     if block.tied or block.first_transferred:
         return block
-    return replace(
-        block,
-        first_transferred=True,
-        first_transferring_party=transferring_party,
-        cooperative_approach=terms_approach,
-        authorization_id=terms_authorization,
-    )
+    return block.with_tie(transferring_party, terms_approach, terms_authorization, first_transferred=True)
 
 
 def with_own_tie(block: UnitBlock, history: Sequence[LedgerEntry]) -> UnitBlock:
@@ -462,11 +461,10 @@ def with_own_tie(block: UnitBlock, history: Sequence[LedgerEntry]) -> UnitBlock:
     and first transferred if they record its first transfer; `check_own_history` then checks the result."""
     latest = history[-1]
     first = [(e.block.start, e.block.end) for e in history if e.action_type is ActionType.FIRST_TRANSFER]
-    return replace(
-        block,
-        first_transferring_party=latest.first_transferring_party,
-        cooperative_approach=latest.cooperative_approach,
-        authorization_id=latest.authorization_id,
+    return block.with_tie(
+        latest.first_transferring_party,
+        latest.cooperative_approach,
+        latest.authorization_id,
         first_transferred=ranges.covers(ranges.normalize(first), block.start, block.end),
     )
 

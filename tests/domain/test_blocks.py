@@ -588,3 +588,26 @@ def test_ranges_disjoint_matches_a_pairwise_check(ranges: list[tuple[int, int]])
         a_end < b_start or b_end < a_start for (a_start, a_end), (b_start, b_end) in itertools.combinations(ranges, 2)
     )
     assert ranges_disjoint(ranges) is pairwise
+
+
+@given(unit_blocks(), serials, serials, st.booleans(), short_text, short_text, short_text)
+def test_derived_blocks_equal_their_dataclass_replacements(
+    block: UnitBlock, a: int, b: int, first: bool, party: str, approach: str, authorization: str
+) -> None:
+    """The copies made without `dataclasses.replace` (and its checks) are the blocks it makes."""
+    start, end = min(a, b), max(a, b)
+    assert block.with_range(start, end) == dataclasses.replace(block, start=start, end=end)
+    assert block.with_first_transferred(first) == dataclasses.replace(block, first_transferred=first)
+    tied = block.with_tie(party, approach, authorization, first_transferred=first)
+    assert tied == dataclasses.replace(
+        block,
+        first_transferring_party=party,
+        cooperative_approach=approach,
+        authorization_id=authorization,
+        first_transferred=first,
+    )
+    assert hash(tied) == hash(dataclasses.replace(tied))
+    with pytest.raises(BlockError, match="precedes"):
+        block.with_range(1, 0)
+    with pytest.raises(BlockError, match="must lie"):
+        block.with_range(start, MAX_SERIAL + 1)
