@@ -60,6 +60,10 @@ def _invalid(field: str, message: str) -> GatewayError:
 
 
 def _bad_character(value: str, allow_joiners: bool) -> str | None:
+    # The only refused ASCII characters are the controls (category Cc), which are exactly the ASCII characters
+    # that are not printable: most values are decided by two scans in C.
+    if value.isascii() and value.isprintable():
+        return None
     for char in value:
         if char in _JOINERS and allow_joiners:
             continue
