@@ -587,9 +587,12 @@ class PostgresTransaction:
     async def abroad_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
         return await self._ranges("abroad_ranges", space, start, end)
 
-    async def _replace_abroad(self, space: SerialSpace, start: int, end: int, keep: list[tuple[int, int]]) -> None:
+    async def _replace_abroad(
+        self, space: SerialSpace, present: list[tuple[int, int]], keep: list[tuple[int, int]]
+    ) -> None:
+        """Replace the abroad ranges ``present`` (just read) by ``keep``."""
         key = (space.unit_kind, space.issuing_registry, space.issuance)
-        for lo, _ in await self._ranges("abroad_ranges", space, start, end):
+        for lo, _ in present:
             await self._execute(
                 "DELETE FROM abroad_ranges WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ?"
                 " AND serial_start = ?",
@@ -604,13 +607,13 @@ class PostgresTransaction:
         touching = await self._ranges("abroad_ranges", space, lo, hi)
         if any(a <= end and b >= start for a, b in touching):
             raise StoreConflict(f"[{start}, {end}] is already abroad in part")
-        await self._replace_abroad(space, lo, hi, ranges.normalize([*touching, (start, end)]))
+        await self._replace_abroad(space, touching, ranges.normalize([*touching, (start, end)]))
 
     async def remove_abroad(self, space: SerialSpace, start: int, end: int) -> None:
         present = await self._ranges("abroad_ranges", space, start, end)
         if not ranges.covers(present, start, end):
             raise StoreConflict(f"[{start}, {end}] is not abroad in full")
-        await self._replace_abroad(space, start, end, ranges.subtract(present, start, end))
+        await self._replace_abroad(space, present, ranges.subtract(present, start, end))
 
     # transfers and the ledger
 

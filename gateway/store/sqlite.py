@@ -661,9 +661,10 @@ class SQLiteTransaction:
     async def abroad_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
         return self._ranges("abroad_ranges", space, start, end)
 
-    def _replace_abroad(self, space: SerialSpace, start: int, end: int, keep: list[tuple[int, int]]) -> None:
+    def _replace_abroad(self, space: SerialSpace, present: list[tuple[int, int]], keep: list[tuple[int, int]]) -> None:
+        """Replace the abroad ranges ``present`` (just read) by ``keep``."""
         key = (space.unit_kind, space.issuing_registry, space.issuance)
-        for lo, _ in self._ranges("abroad_ranges", space, start, end):
+        for lo, _ in present:
             self._db.execute(
                 "DELETE FROM abroad_ranges WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ?"
                 " AND serial_start = ?",
@@ -678,13 +679,13 @@ class SQLiteTransaction:
         touching = self._ranges("abroad_ranges", space, lo, hi)
         if any(a <= end and b >= start for a, b in touching):
             raise StoreConflict(f"[{start}, {end}] is already abroad in part")
-        self._replace_abroad(space, lo, hi, ranges.normalize([*touching, (start, end)]))
+        self._replace_abroad(space, touching, ranges.normalize([*touching, (start, end)]))
 
     async def remove_abroad(self, space: SerialSpace, start: int, end: int) -> None:
         present = self._ranges("abroad_ranges", space, start, end)
         if not ranges.covers(present, start, end):
             raise StoreConflict(f"[{start}, {end}] is not abroad in full")
-        self._replace_abroad(space, start, end, ranges.subtract(present, start, end))
+        self._replace_abroad(space, present, ranges.subtract(present, start, end))
 
     # transfers and the ledger
 

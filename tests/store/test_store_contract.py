@@ -442,3 +442,32 @@ async def test_replicas_opening_a_fresh_postgresql_database_at_once_migrate_it_o
         assert versions == [v for v, _, _ in PG_MIGRATIONS]
     finally:
         await postgres.drop_databases(admin, [url])
+
+
+@pytest.mark.asyncio
+async def test_abroad_ranges_merge_with_their_neighbours_and_refuse_double_counts(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.add_abroad(SPACE, 10, 19)
+        await tx.add_abroad(SPACE, 30, 39)
+        await tx.add_abroad(SPACE, 20, 29)  # touches both: one range remains
+        await tx.add_abroad(SPACE2, 20, 29)  # another space: its own range
+        await tx.add_abroad(SPACE, 50, TOP)
+        assert await tx.abroad_ranges(SPACE, 0, TOP) == [(10, 39), (50, TOP)]
+        assert await tx.abroad_ranges(SPACE2, 0, TOP) == [(20, 29)]
+        for start, end in ((39, 45), (5, 10), (60, 70)):
+            with pytest.raises(StoreConflict, match="already abroad"):
+                async with tx.savepoint():
+                    await tx.add_abroad(SPACE, start, end)
+        await tx.remove_abroad(SPACE, 15, 24)  # from the middle: two ranges remain
+        await tx.remove_abroad(SPACE, 10, 14)
+        await tx.remove_abroad(SPACE, 50, 50)
+        with pytest.raises(StoreConflict, match="not abroad in full"):
+            async with tx.savepoint():
+                await tx.remove_abroad(SPACE, 35, 45)
+        assert await tx.abroad_ranges(SPACE, 0, TOP) == [(25, 39), (51, TOP)]
+        assert await tx.abroad_ranges(SPACE, 26, 30) == [(25, 39)]
+        await tx.add_abroad(SPACE, 40, 50)  # fills the gap up to the last range
+        assert await tx.abroad_ranges(SPACE, 0, TOP) == [(25, TOP)]
+    async with store.read() as tx:
+        assert await tx.abroad_ranges(SPACE, 0, TOP) == [(25, TOP)]
+        assert await tx.abroad_ranges(SPACE2, 0, TOP) == [(20, 29)]
