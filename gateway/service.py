@@ -64,6 +64,8 @@ class Gateway(
         except GatewayError as exc:
             refusal = exc
         except Exception as exc:
+            if self.store.is_transient(exc):
+                raise  # the database could not do it now: nothing is taken in, and the sender sends it again
             log.exception("failed while applying a %s from %s", statement.WhichOneof("body"), partner)
             refusal = GatewayError(ResponseCode.INTERNAL_ERROR, f"the receiver failed while applying it: {exc!r}")
         else:

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -82,9 +82,11 @@ class SQLiteStore:
         self._wal = wal
 
     def is_transient(self, error: BaseException) -> bool:
-        """Only a wait for another process's lock on the file that ran out (``busy_timeout``)."""
-        return isinstance(error, sqlite3.OperationalError) and str(error).startswith(
-            ("database is locked", "database is busy")
+        """A wait for another process's lock on the file that ran out (``busy_timeout``), and a transaction
+        SQLite rolled back by itself (`TransactionLost`): nothing of it was kept."""
+        return isinstance(error, TransactionLost) or (
+            isinstance(error, sqlite3.OperationalError)
+            and str(error).startswith(("database is locked", "database is busy"))
         )
 
     @property
@@ -167,8 +169,11 @@ class SQLiteStore:
                     try:
                         yield SQLiteTransaction(self._db)
                     except BaseException:
-                        self._db.execute("ROLLBACK")
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
                         raise
+                    if not self._db.in_transaction:
+                        raise TransactionLost("SQLite rolled this transaction back after an error")
                     wrote = self._db.total_changes != changes
                     try:
                         self._db.execute("COMMIT")
@@ -215,7 +220,8 @@ class SQLiteStore:
                 try:
                     yield SQLiteTransaction(self._db)
                 finally:
-                    self._db.execute("COMMIT")
+                    if self._db.in_transaction:
+                        self._db.execute("COMMIT")
         finally:
             if wal is not None and wal.synced < seen:
                 await _wait_or_defer(wal, seen)
@@ -248,6 +254,39 @@ async def _wait_or_defer(wal: GroupSync, number: int) -> None:
         await wal.wait(number)
     else:
         deferring[1].append(number)
+
+
+class TransactionLost(sqlite3.OperationalError):
+    """SQLite rolled the transaction back by itself (a full disk, an I/O error, memory): what it wrote is gone,
+    and nothing more may run in it, or each later statement would commit on its own."""
+
+
+class _GuardedConnection:
+    """The connection as a transaction uses it: every statement first checks that the transaction is still
+    open (`TransactionLost` otherwise)."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def _open(self) -> sqlite3.Connection:
+        if not self._db.in_transaction:
+            raise TransactionLost("SQLite rolled this transaction back after an error; it is retried whole")
+        return self._db
+
+    def execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
+        """`sqlite3.Connection.execute`, inside the open transaction only."""
+        return self._open().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any] | Mapping[str, Any]]) -> sqlite3.Cursor:
+        """`sqlite3.Connection.executemany`, inside the open transaction only."""
+        return self._open().executemany(sql, parameters)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the transaction is still open."""
+        return self._db.in_transaction
 
 
 class SyncFailed(OSError):
@@ -427,7 +466,7 @@ class SQLiteTransaction:
     """The operations of one SQLite transaction (see `gateway.store.base.Transaction`)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+        self._db = _GuardedConnection(db)
         self._savepoints = 0
 
     @asynccontextmanager
@@ -437,7 +476,9 @@ class SQLiteTransaction:
         self._db.execute(f"SAVEPOINT {name}")
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
+            if not self._db.in_transaction:
+                raise TransactionLost("SQLite rolled this transaction back after an error") from exc
             self._db.execute(f"ROLLBACK TO {name}")
             self._db.execute(f"RELEASE {name}")
             raise

@@ -26,7 +26,7 @@ from gateway.harness import start_network
 from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import Partner, PartnerDirectory
 from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD, SERVICE_NAME, GrpcPartnerTransport
-from gateway.store.base import LogKind, OutboxState
+from gateway.store.base import LogKind, OutboxKind, OutboxState
 from signing import CryptoSigner, Role, TrustDocument, sign_trust_document
 from tests.integration.harness import Crafter, scripted_receipt
 from tests.integration.test_channels import gateway_before
@@ -222,6 +222,56 @@ async def test_a_statement_the_receiver_fails_on_does_not_keep_the_ones_before_i
     async with pair.che.store.read() as tx:
         # The third was held behind the gap and followed the second in.
         assert (await tx.incoming_channel("CHN")).last_sequence == crafter.channel.last_sequence
+
+
+@pytest.mark.sqlite_only(reason="SQLite's own rollback of a whole transaction when the disk is full")
+@pytest.mark.asyncio
+async def test_a_transaction_sqlite_rolls_back_by_itself_loses_no_statement_of_the_batch(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crafter = await crafter_for(pair)
+    start = crafter.channel.last_sequence
+    envelopes = batch_case(crafter, ["s", "s", "s"])
+    ids = [partner_pb2.Statement.FromString(wire.envelope_from_bytes(e).payload).header.message_id for e in envelopes]
+    gateway = pair.che.core.gateway
+    dispatch = gateway._dispatch
+    filled: list[str] = []
+
+    async def disk_fills(tx: Any, partner: str, statement: partner_pb2.Statement) -> None:
+        if statement.header.message_id == ids[1] and not filled:
+            filled.append(statement.header.message_id)
+            # The disk fills while the second statement writes, with the page cache already spilled: SQLite
+            # rolls the whole transaction back, the first statement's writes with it. Then there is room again.
+            db = tx._db._db
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            db.execute("PRAGMA cache_size=10")
+            db.execute(f"PRAGMA max_page_count={pages + 20}")
+            try:
+                await tx.append_log(
+                    direction="in",
+                    peer="CHN",
+                    message_id="filler",
+                    kind=LogKind.STATEMENT,
+                    form="protobuf",
+                    envelope=b"x" * 2_000_000,
+                    now=dt.datetime.now(dt.UTC),
+                )
+            finally:
+                db.execute("PRAGMA max_page_count=1073741823")
+                db.execute("PRAGMA cache_size=-2000")
+        await dispatch(tx, partner, statement)
+
+    monkeypatch.setattr(gateway, "_dispatch", disk_fills)
+    receipts = await deliver_batch_raw(pair.che.partner_address, envelopes)
+    assert filled
+    # Nothing ran on after the rollback, statement by statement: the run was taken again one at a time, and
+    # each statement is in, once, with its effect (a status report back).
+    assert [(ResponseCode(r.code).name, r.taken_in) for r in receipts] == [("OK", True)] * 3
+    async with pair.che.store.read() as tx:
+        assert (await tx.incoming_channel("CHN")).last_sequence == start + 3
+        assert all([await tx.get_message("in", "CHN", i) is not None for i in ids])
+        reports = [m for m in await tx.list_outbox("CHN") if m.kind is OutboxKind.STATUS_REPORT]
+    assert sorted(m.transfer_id for m in reports) == ["q", "q", "q"]
 
 
 @pytest.mark.asyncio

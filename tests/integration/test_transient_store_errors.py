@@ -46,3 +46,26 @@ async def test_a_statement_the_database_could_not_apply_now_is_applied_by_the_re
         at_che = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
     # The Proposal that failed once was not taken in as an INTERNAL_ERROR with no effect: its retry was applied.
     assert at_chn.state == at_che.state == records_pb2.COMPLETED
+
+
+@pytest.mark.asyncio
+async def test_a_transient_error_inside_the_statement_is_not_answered_as_taken_in(pair: Pair) -> None:
+    block = await setup_accounts(pair)
+    gateway = pair.che.core.gateway
+    dispatch = gateway._dispatch
+    failures: list[str] = []
+
+    async def fails_once(tx: Any, partner: str, statement: Any) -> None:
+        if not failures and statement.WhichOneof("body") == "proposal":
+            failures.append(statement.proposal.transfer_id)
+            raise _transient_error(pair.che.store)
+        await dispatch(tx, partner, statement)
+
+    gateway._dispatch = fails_once  # type: ignore[method-assign]
+    transfer_id = await transfer(pair, block, 1, 100, "transient-2")
+    assert failures == [transfer_id]
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        at_chn = await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+        at_che = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+    # Not refused as INTERNAL_ERROR (a rejection back to CHN): the retry of the same Proposal was applied.
+    assert at_chn.state == at_che.state == records_pb2.COMPLETED
