@@ -499,15 +499,23 @@ class Exchange:
         for index, raw in enumerate(raws):
             try:
                 checked = await self._check(index, raw, form, peer_identity)
-                if isinstance(checked, _Checked):
-                    group.append(checked)
-                    continue
+            except Exception as exc:
                 await flush()
+                received[index] = self._failed(raw, form, exc)
+                continue
+            if isinstance(checked, _Checked):
+                group.append(checked)
+                continue
+            await flush()
+            try:
                 received[index] = await checked()
             except Exception as exc:
                 received[index] = self._failed(raw, form, exc)
         await flush()
-        return [r for r in received if r is not None]
+        answered = [r for r in received if r is not None]
+        if len(answered) != len(raws):
+            raise AssertionError(f"{len(raws) - len(answered)} of {len(raws)} envelopes left unanswered")
+        return answered
 
     def _failed(self, raw: bytes, form: EnvelopeForm, exc: Exception) -> Received:
         """The receipt for an envelope the receiver failed on: nothing of it took effect."""
