@@ -63,13 +63,26 @@ def block_to_json(block: UnitBlock) -> str:
     )
 
 
-@functools.lru_cache(maxsize=8192)
+_BLOCK_TEXT_KEPT = 4096
+"""The longest block text `block_from_json` keeps decoded: a usual block is a few hundred characters, and one
+with many long attributes is decoded each time rather than fill the memory."""
+
+
 def block_from_json(text: str) -> UnitBlock:
     """The inverse of `block_to_json` (and of any JSON text of `block_to_dict`).
 
     Blocks are immutable, so the same text gives the same object: a block read again (the reserved copy of a
     held block, the block of each of its ledger entries) is not decoded again.
     """
+    return _kept_block(text) if len(text) <= _BLOCK_TEXT_KEPT else _decode_block(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _kept_block(text: str) -> UnitBlock:
+    return _decode_block(text)
+
+
+def _decode_block(text: str) -> UnitBlock:
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError("a stored block is not a JSON object")
@@ -102,12 +115,26 @@ _TERMS_KEPT = 32
 _terms_read: dict[str, TransferTerms] = {}
 """The latest terms written or read, by their JSON text, oldest first."""
 
+_terms_length = 0
+"""The characters of the texts `_terms_read` holds."""
+
+
+_TERMS_TEXT_KEPT = 16 << 20
+"""The most text (in characters) of the terms `terms_from_json` keeps decoded, all together."""
+
 
 def _keep_terms(text: str, terms: TransferTerms) -> None:
-    _terms_read.pop(text, None)
-    while len(_terms_read) >= _TERMS_KEPT:
-        del _terms_read[next(iter(_terms_read))]
+    global _terms_length
+    if _terms_read.pop(text, None) is not None:
+        _terms_length -= len(text)
+    if len(text) > _TERMS_TEXT_KEPT:
+        return
+    while _terms_read and (len(_terms_read) >= _TERMS_KEPT or _terms_length + len(text) > _TERMS_TEXT_KEPT):
+        oldest = next(iter(_terms_read))
+        del _terms_read[oldest]
+        _terms_length -= len(oldest)
     _terms_read[text] = terms
+    _terms_length += len(text)
 
 
 def terms_to_json(terms: TransferTerms) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.domain.blocks import UnitBlock
+from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.records import AdjustmentMethod, Purpose, TransferTerms
 from gateway.store import codec
 from tests.domain.test_blocks import unit_blocks
@@ -73,3 +74,39 @@ def test_terms_json_is_the_sorted_dump_of_its_fields(
     assert text == json.dumps(expected, sort_keys=True)
     assert codec.terms_from_json(text) == terms
     assert codec.terms_from_json(text) is codec.terms_from_json(text)
+
+
+def test_the_decoded_blocks_and_terms_kept_are_bounded_by_their_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    block = UnitBlock(space=SerialSpace("CCER", "CN-CCER"), start=1, end=10, vintage=2025)
+    long = dataclasses.replace(block, attributes=(("note", "x" * codec._BLOCK_TEXT_KEPT),))
+    short_text, long_text = codec.block_to_json(block), codec.block_to_json(long)
+    assert codec.block_from_json(short_text) is codec.block_from_json(short_text)
+    # A block too long to keep is decoded each time, equal but not kept.
+    assert codec.block_from_json(long_text) == long
+    assert codec.block_from_json(long_text) is not codec.block_from_json(long_text)
+
+    monkeypatch.setattr(codec, "_TERMS_TEXT_KEPT", 3_000)
+    monkeypatch.setattr(codec, "_terms_read", {})
+    monkeypatch.setattr(codec, "_terms_length", 0)
+
+    def terms(count: int, name: str) -> TransferTerms:
+        return TransferTerms(
+            transferring_party="CHN",
+            acquiring_party="CHE",
+            source_account=name,
+            acquiring_account="PH",
+            cooperative_approach="CA",
+            authorization_id="A-1",
+            purpose=Purpose.NDC,
+            adjustment_method=AdjustmentMethod.TRAJECTORY,
+            blocks=tuple(block.with_range(i * 10 + 1, i * 10 + 10) for i in range(count)),
+        )
+
+    for i in range(10):
+        codec.terms_to_json(terms(2, f"acct-{i}"))
+        assert codec._terms_length == sum(len(text) for text in codec._terms_read) <= 3_000
+    assert 0 < len(codec._terms_read) < 10
+    big = codec.terms_to_json(terms(20, "big"))  # longer than everything kept together: never kept
+    assert len(big) > 3_000 and big not in codec._terms_read
+    assert codec.terms_from_json(big) == terms(20, "big")
+    assert codec._terms_length <= 3_000
