@@ -226,6 +226,11 @@ class OutboxWorker:
     async def _drain(self) -> int:
         total = 0
         while True:
+            # A look first, so that finding nothing due takes no write lock (on PostgreSQL, the database's).
+            async with self.store.read() as tx:
+                if not await tx.lane_heads(self.clock(), 1):
+                    self._due_at = (await tx.next_due_at(),)
+                    return total
             now = self.clock()
             until = now + self.lease
             async with self.store.transaction(durable=False) as tx:
