@@ -18,6 +18,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from signing.errors import KeyFormatError, SignerError
 from signing.files import write_new_file
@@ -74,14 +76,16 @@ def _algorithm_of(key: object) -> Algorithm:
 
 
 def _ed25519_checker(key: ed25519.Ed25519PublicKey) -> _Checker:
-    verify = key.verify
+    # libsodium verifies in about half the time OpenSSL takes, and is the stricter of the two: it also refuses
+    # public keys and signature points of small order, which no honest signer produces.
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     def check(signature: bytes, data: bytes) -> bool:
         if len(signature) != _ED25519_SIGNATURE_SIZE:
             return False
         try:
-            verify(signature, data)
-        except InvalidSignature:
+            crypto_sign_open(signature + data, raw)
+        except BadSignatureError:
             return False
         return True
 
@@ -167,6 +171,13 @@ class PublicKey:
         canonical = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         checker: _Checker
         if isinstance(key, ed25519.Ed25519PublicKey):
+            if not crypto_core_ed25519_is_valid_point(
+                key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            ):
+                raise KeyFormatError(
+                    f"key {self.keyid}: the Ed25519 public key is a point of small order, under which anyone can"
+                    " sign anything; no generated key is one, so this record was made by hand: replace the key"
+                )
             checker = _ed25519_checker(key)
         else:
             assert isinstance(key, ec.EllipticCurvePublicKey)

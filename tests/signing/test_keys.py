@@ -218,3 +218,34 @@ def test_generate_key_rejects_empty_passphrase(tmp_path: Path) -> None:
 def test_generate_key_reports_unwritable_directory(tmp_path: Path) -> None:
     with pytest.raises(SignerError, match="cannot write"):
         generate_key(tmp_path / "missing-dir" / "node")
+
+
+# Ed25519 points of small order, as 32-byte encodings: the identity, the point of order 2, and one of order 8.
+SMALL_ORDER_POINTS = {
+    "identity": bytes([1]) + bytes(31),
+    "order 2": bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    "order 8": bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+}
+
+
+@pytest.mark.parametrize("point", list(SMALL_ORDER_POINTS.values()), ids=list(SMALL_ORDER_POINTS))
+def test_an_ed25519_key_of_small_order_is_refused(point: bytes) -> None:
+    key = ed25519.Ed25519PublicKey.from_public_bytes(point)
+    # Under such a key OpenSSL's verification accepts a signature made without any private key.
+    forged = bytes([1]) + bytes(31) + bytes(32)
+    if point == SMALL_ORDER_POINTS["identity"]:
+        key.verify(forged, b"any message")
+    with pytest.raises(KeyFormatError, match="small order"):
+        PublicKey.from_crypto(key)
+
+
+def test_a_forged_signature_of_small_order_does_not_verify() -> None:
+    signer = fixed_signer("ed25519-a")
+    message = b"pae bytes"
+    signature = signer.sign(message)
+    assert signer.public_key.verify(signature, message)
+    # R of small order with S = 0, and S pushed past the group order: both refused.
+    assert not signer.public_key.verify(SMALL_ORDER_POINTS["identity"] + bytes(32), message)
+    order = 2**252 + 27742317777372353535851937790883648493
+    s = int.from_bytes(signature[32:], "little") + order
+    assert not signer.public_key.verify(signature[:32] + s.to_bytes(32, "little"), message)
