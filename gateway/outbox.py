@@ -153,9 +153,10 @@ class OutboxWorker:
         self.lease = lease
         self.replica = replica or replica_id()
         """The owner this worker's leases name."""
-        self.before_sending: Callable[[], Awaitable[object]] | None = None
-        """Called before each batch it claimed is sealed: takes up a trust document another replica installed
-        (`gateway.trust.TrustKeeper.take_up_stored`), so a statement is never signed with a retired key."""
+        self.before_sending: Callable[[Transaction], Awaitable[object]] | None = None
+        """Called in the transaction that claims a batch, before the batch is sealed: takes up a trust document
+        another replica installed (`gateway.trust.TrustKeeper.take_up_stored`), so a statement is never signed
+        with a retired key."""
         self.may_sign: Callable[[], bool] | None = None
         """Whether this gateway holds a signer its current trust document lists
         (`gateway.trust.TrustKeeper.can_sign`). While it does not, this worker claims and sends nothing, and
@@ -225,12 +226,16 @@ class OutboxWorker:
 
     async def _drain(self) -> int:
         total = 0
+        look = False  # the first round follows a wake-up or a due time: something is most likely due
         while True:
-            # A look first, so that finding nothing due takes no write lock (on PostgreSQL, the database's).
-            async with self.store.read() as tx:
-                if not await tx.lane_heads(self.clock(), 1):
-                    self._due_at = (await tx.next_due_at(),)
-                    return total
+            if look:
+                # A look before claiming again, so that finding nothing due takes no write lock (on PostgreSQL,
+                # the database's).
+                async with self.store.read() as tx:
+                    if not await tx.lane_heads(self.clock(), 1):
+                        self._due_at = (await tx.next_due_at(),)
+                        return total
+            look = True
             now = self.clock()
             until = now + self.lease
             async with self.store.transaction(durable=False) as tx:
@@ -241,12 +246,12 @@ class OutboxWorker:
                 ]
                 if not runs:
                     self._due_at = (await tx.next_due_at(),)
+                elif self.before_sending is not None:
+                    await self.before_sending(tx)
             if not runs:
                 # Nothing is due, or another replica holds every due head: next_due_at says when that changes.
                 return total
             faults.reach("outbox-claimed")  # this replica now holds the leases of ``runs``
-            if self.before_sending is not None:
-                await self.before_sending()
             if self.may_sign is not None and not self.may_sign():
                 # Another replica installed a trust document whose signer this one lacks: it signs nothing.
                 log.error(
