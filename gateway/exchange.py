@@ -197,8 +197,6 @@ class Received:
 class _Checked:
     """An envelope through steps 1-5: the statement of a verified partner, addressed here, ready to apply."""
 
-    index: int
-    """Where it stands in the batch it arrived in."""
     partner: Partner
     header: Header
     statement: partner_pb2.Statement
@@ -489,22 +487,23 @@ class Exchange:
         after it verify. Never raises for anything in ``raws``.
         """
         received: list[Received | None] = [None] * len(raws)
-        group: list[_Checked] = []
+        group: list[tuple[int, _Checked]] = []
 
         async def flush() -> None:
-            for checked, outcome in zip(group, await self._apply_group(group, form), strict=True):
-                received[checked.index] = outcome
+            outcomes = await self._apply_group([checked for _, checked in group], form)
+            for (index, _), outcome in zip(group, outcomes, strict=True):
+                received[index] = outcome
             group.clear()
 
         for index, raw in enumerate(raws):
             try:
-                checked = await self._check(index, raw, form, peer_identity)
+                checked = await self._check(raw, form, peer_identity)
             except Exception as exc:
                 await flush()
                 received[index] = self._failed(raw, form, exc)
                 continue
             if isinstance(checked, _Checked):
-                group.append(checked)
+                group.append((index, checked))
                 continue
             await flush()
             try:
@@ -533,13 +532,13 @@ class Exchange:
         return Received(receipt, ResponseCode.INTERNAL_ERROR, detail)
 
     async def _receive(self, raw: bytes, form: EnvelopeForm, peer_identity: str | None, *, held: bool) -> Received:
-        checked = await self._check(0, raw, form, peer_identity)
+        checked = await self._check(raw, form, peer_identity)
         if not isinstance(checked, _Checked):
             return await checked()
         return (await self._apply_group([checked], form, held=held))[0]
 
     async def _check(
-        self, index: int, raw: bytes, form: EnvelopeForm, peer_identity: str | None
+        self, raw: bytes, form: EnvelopeForm, peer_identity: str | None
     ) -> _Checked | Callable[[], Awaitable[Received]]:
         """Steps 1-5: the statement, ready to apply; or what answers the envelope on its own (a refusal, or a
         trust push), to be awaited once the statements before it are applied."""
@@ -597,7 +596,7 @@ class Exchange:
             check_addressing(header, partner=partner.party, self_party=self.settings.self_party)
             if statement.WhichOneof("body") is None:
                 raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the statement has no body", field="body")
-            return _Checked(index, partner, header, statement, envelope, raw, payload_digest)
+            return _Checked(partner, header, statement, envelope, raw, payload_digest)
         except GatewayError as exc:
             return self._refuse(exc, raw, form, partner.party if verified and partner else None, header, payload_digest)
 

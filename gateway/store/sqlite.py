@@ -173,7 +173,7 @@ class SQLiteStore:
                             self._db.execute("ROLLBACK")
                         raise
                     if not self._db.in_transaction:
-                        raise TransactionLost("SQLite rolled this transaction back after an error")
+                        raise TransactionLost
                     wrote = self._db.total_changes != changes
                     try:
                         self._db.execute("COMMIT")
@@ -260,6 +260,9 @@ class TransactionLost(sqlite3.OperationalError):
     """SQLite rolled the transaction back by itself (a full disk, an I/O error, memory): what it wrote is gone,
     and nothing more may run in it, or each later statement would commit on its own."""
 
+    def __init__(self) -> None:
+        super().__init__("SQLite rolled this transaction back after an error; it is retried whole")
+
 
 class _GuardedConnection:
     """The connection as a transaction uses it: every statement first checks that the transaction is still
@@ -272,7 +275,7 @@ class _GuardedConnection:
 
     def _open(self) -> sqlite3.Connection:
         if not self._db.in_transaction:
-            raise TransactionLost("SQLite rolled this transaction back after an error; it is retried whole")
+            raise TransactionLost
         return self._db
 
     def execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
@@ -476,10 +479,8 @@ class SQLiteTransaction:
         self._db.execute(f"SAVEPOINT {name}")
         try:
             yield
-        except BaseException as exc:
-            if not self._db.in_transaction:
-                raise TransactionLost("SQLite rolled this transaction back after an error") from exc
-            self._db.execute(f"ROLLBACK TO {name}")
+        except BaseException:
+            self._db.execute(f"ROLLBACK TO {name}")  # TransactionLost if SQLite rolled everything back
             self._db.execute(f"RELEASE {name}")
             raise
         self._db.execute(f"RELEASE {name}")
