@@ -688,8 +688,6 @@ class Exchange:
             if faults.ARMED:
                 for checked in after.taken_in:
                     faults.reach(faults.COMMITTED_BY_STATEMENT.get(checked.statement.WhichOneof("body") or "", ""))
-            if after.taken_in:
-                self.on_enqueued()
             if after.held is not None:
                 await self._apply_held(*after.held)
         return received

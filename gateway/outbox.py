@@ -187,6 +187,13 @@ class OutboxWorker:
             self._task = None
 
     async def _run(self) -> None:
+        # A transaction that queues a message wakes the worker as it commits, before its commit is synced: the
+        # claim and the seal run while the disk works, and the send waits for it (every transaction returns only
+        # once what it could read is durable).
+        with self.store.enqueued.subscribe() as self._wake:
+            await self._serve()
+
+    async def _serve(self) -> None:
         while True:
             self._wake.clear()
             try:

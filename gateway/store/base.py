@@ -601,6 +601,13 @@ class Store(Protocol):
         """Notified after every write transaction this store object commits (see `CommitSignal`)."""
         ...
 
+    @property
+    def enqueued(self) -> CommitSignal:
+        """Notified after every write transaction of this store object that put a message in the outbox
+        commits, before its commit is durable: the outbox worker claims and seals meanwhile, and what it sends
+        waits for the disk as every transaction does."""
+        ...
+
     async def close(self) -> None:
         """Close the database."""
         ...

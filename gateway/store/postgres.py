@@ -170,6 +170,7 @@ class PostgresStore:
         self._pool = pool
         self.read_only = read_only
         self._commits = CommitSignal()
+        self._enqueued = CommitSignal()
 
     @asynccontextmanager
     async def synced_once(self) -> AsyncIterator[None]:
@@ -186,6 +187,11 @@ class PostgresStore:
         """Notified after every write transaction this process commits (other replicas' commits are not seen:
         watchers also poll)."""
         return self._commits
+
+    @property
+    def enqueued(self) -> CommitSignal:
+        """Notified after every write transaction of this process that put a message in the outbox commits."""
+        return self._enqueued
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
@@ -248,8 +254,10 @@ class PostgresStore:
         if not durable:
             begin += "; SET LOCAL synchronous_commit = off"
         async with self._pool.acquire() as connection, _transaction(connection, begin):
-            yield PostgresTransaction(connection)
+            yield (tx := PostgresTransaction(connection))
         self._commits.notify()
+        if tx.enqueued:
+            self._enqueued.notify()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[PostgresTransaction]:
@@ -361,6 +369,8 @@ class PostgresTransaction:
     """
 
     def __init__(self, connection: Any) -> None:
+        self.enqueued = False
+        """Whether the transaction put a message in the outbox (`PostgresStore.enqueued`)."""
         self._db = connection
         self._savepoints = 0
 
@@ -887,6 +897,7 @@ class PostgresTransaction:
         body: bytes,
         now: dt.datetime,
     ) -> int:
+        self.enqueued = True
         outbox_id: int = await self._value(
             "INSERT INTO outbox (receiver, message_id, kind, transfer_id, body, state, next_attempt_at, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING outbox_id",

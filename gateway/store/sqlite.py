@@ -79,6 +79,7 @@ class SQLiteStore:
         self._db = connection
         self._lock = asyncio.Lock()
         self._commits = CommitSignal()
+        self._enqueued = CommitSignal()
         self._wal = wal
 
     def is_transient(self, error: BaseException) -> bool:
@@ -93,6 +94,11 @@ class SQLiteStore:
     def commits(self) -> CommitSignal:
         """Notified after every write transaction this store commits."""
         return self._commits
+
+    @property
+    def enqueued(self) -> CommitSignal:
+        """Notified after every write transaction that put a message in the outbox commits, before its sync."""
+        return self._enqueued
 
     @classmethod
     async def open(cls, path: Path | str) -> SQLiteStore:
@@ -167,7 +173,7 @@ class SQLiteStore:
                     self._db.execute("BEGIN IMMEDIATE")
                     changes = self._db.total_changes
                     try:
-                        yield SQLiteTransaction(self._db)
+                        yield (tx := SQLiteTransaction(self._db))
                     except BaseException:
                         if self._db.in_transaction:
                             self._db.execute("ROLLBACK")
@@ -186,6 +192,8 @@ class SQLiteStore:
                         seen = wal.committed(durable=durable)
                     if wrote:
                         self._commits.notify()
+                        if tx.enqueued:
+                            self._enqueued.notify()
                 finally:
                     if wal is None and not durable:
                         self._db.execute("PRAGMA synchronous=FULL")
@@ -347,12 +355,15 @@ class GroupSync:
             self.check()
             flush = self._flush
             if flush is None or flush.done():
-                flush = self._flush = asyncio.ensure_future(self._sync(self.written))
+                # Handed to the worker thread now, not when a task first runs: the tasks this commit woke (the
+                # outbox worker) run while the disk works rather than before it starts.
+                syncing = asyncio.get_running_loop().run_in_executor(None, os.fsync, self._fd)
+                flush = self._flush = asyncio.ensure_future(self._sync(syncing, self.written))
             await asyncio.shield(flush)
 
-    async def _sync(self, upto: int) -> None:
+    async def _sync(self, syncing: asyncio.Future[None], upto: int) -> None:
         try:
-            await asyncio.to_thread(os.fsync, self._fd)
+            await syncing
         except OSError as exc:
             log.critical(
                 "syncing the database's write-ahead log failed (%s): recent commits may not be on disk. This"
@@ -471,6 +482,8 @@ class SQLiteTransaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = _GuardedConnection(db)
         self._savepoints = 0
+        self.enqueued = False
+        """Whether the transaction put a message in the outbox (`SQLiteStore.enqueued`)."""
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -994,6 +1007,7 @@ class SQLiteTransaction:
         body: bytes,
         now: dt.datetime,
     ) -> int:
+        self.enqueued = True
         cursor = self._db.execute(
             "INSERT INTO outbox (receiver, message_id, kind, transfer_id, body, state, next_attempt_at, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -148,7 +148,6 @@ class Initiating(GatewayBase):
             await exchange.enqueue(tx, terms.acquiring_party, proposal=proposal)
             await self._remember(tx, idem, transfer_id)
         faults.reach("propose-committed")
-        exchange.on_enqueued()
         return transfer
 
     async def _reserve(

@@ -168,6 +168,10 @@ class CrashingStore:
     def commits(self) -> CommitSignal:
         return self.inner.commits
 
+    @property
+    def enqueued(self) -> CommitSignal:
+        return self.inner.enqueued
+
     def is_transient(self, error: BaseException) -> bool:
         return self.inner.is_transient(error)
 

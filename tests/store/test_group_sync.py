@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from gateway.store.base import OutboxKind
 from gateway.store.sqlite import SQLiteStore, SyncFailed
 
 NOW = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
@@ -210,3 +211,35 @@ async def test_a_write_transaction_that_changed_no_row_is_a_read(store: SQLiteSt
         assert disk.calls == 1
         await write(store, "b")
         assert woken.is_set()
+
+
+@pytest.mark.asyncio
+async def test_a_commit_that_queues_a_message_wakes_the_outbox_before_its_sync(
+    store: SQLiteStore, disk: HeldDisk
+) -> None:
+    async def queue(message_id: str) -> None:
+        async with store.transaction() as tx:
+            await tx.enqueue(
+                receiver="CHE", message_id=message_id, kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"x", now=NOW
+            )
+
+    with store.enqueued.subscribe() as woken:
+        await write(store, "a", durable=False)
+        assert not woken.is_set()  # nothing queued
+        queueing = asyncio.create_task(queue("m1"))
+        await settle()
+        # The outbox worker may claim and seal while the disk works...
+        assert woken.is_set() and not queueing.done() and disk.calls == 1
+
+        async def claim() -> list[str]:
+            async with store.transaction(durable=False) as tx:
+                heads = await tx.claim_lane_heads(NOW, 10, owner="me", until=NOW + dt.timedelta(minutes=1))
+            return [h.message_id for h in heads]
+
+        # ...but what it claimed is handed on only once the commit that queued it is durable.
+        claiming = asyncio.create_task(claim())
+        await settle()
+        assert not claiming.done()
+        disk.release.set()
+        assert await asyncio.wait_for(claiming, 5) == ["m1"]
+        await asyncio.wait_for(queueing, 5)

@@ -181,6 +181,26 @@ async def test_the_message_log_is_numbered_without_gaps_and_refuses_rewrites(sto
 
 
 @pytest.mark.asyncio
+async def test_a_commit_that_queues_a_message_is_announced_to_the_outbox_and_no_other_is(store: Store) -> None:
+    with store.enqueued.subscribe() as enqueued, store.commits.subscribe() as committed:
+        async with store.transaction() as tx:
+            await tx.put_setting("a", "1", NOW)
+        assert committed.is_set() and not enqueued.is_set()
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.enqueue(
+                    receiver="CHE", message_id="gone", kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"x", now=NOW
+                )
+                raise RuntimeError("rolled back")
+        assert not enqueued.is_set()  # nothing was queued after all
+        async with store.transaction() as tx:
+            await tx.enqueue(
+                receiver="CHE", message_id="kept", kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"x", now=NOW
+            )
+        assert enqueued.is_set()
+
+
+@pytest.mark.asyncio
 async def test_outbox_lanes_put_trust_first_and_leases_keep_a_head_to_one_replica(store: Store) -> None:
     later = NOW + dt.timedelta(seconds=30)
     async with store.transaction() as tx:
