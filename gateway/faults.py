@@ -24,7 +24,8 @@ ENVIRONMENT_VARIABLE: Final = "CARBON_GATEWAY_FAULTS"
 POINTS: Final[Mapping[str, str]] = {
     "propose-committed": (
         "Initiating side, ProposeTransfer: the reservation, the transfer and its Proposal in the outbox have"
-        " committed; the operator has no reply yet and the outbox worker has not been woken."
+        " committed; the operator has no reply yet, and the outbox worker, woken by the commit, may have claimed"
+        " and sealed the Proposal but has not sent it."
     ),
     "outbox-claimed": (
         "Outbox worker: it has claimed its due messages (the heads of the partner lanes) and holds their"
