@@ -22,7 +22,7 @@ from gateway.domain.protocol import ACCEPT_ALL
 from gateway.exchange import TRUST_BUNDLE_PAYLOAD_TYPE, EnvelopeForm
 from gateway.harness import self_signed_trust_document, start_network
 from gateway.outbox import PartnerTransport
-from gateway.store.base import LogKind, OutboxState
+from gateway.store.base import LogKind, OutboxKind, OutboxState
 from gateway.store.sqlite import SQLiteStore
 from signing import CryptoSigner, sign_envelope
 from tests.integration.harness import (
@@ -381,3 +381,40 @@ async def test_a_trust_document_needing_more_signatures_than_the_gateway_makes_i
     assert pair.chn.exchange.signer is pair.chn.signer
     async with pair.chn.store.read() as tx:
         assert await tx.trust_document("CHN", 2) is None
+
+
+@pytest.mark.asyncio
+async def test_a_lane_whose_head_cannot_be_sealed_waits_alone(pair: Pair) -> None:
+    """A head with no such partner, or one this gateway fails to seal, waits its backoff; the other lanes'
+    runs still go, and the worker goes on."""
+    block = await setup_accounts(pair)
+    now = utc_now()
+    async with pair.chn.store.transaction() as tx:
+        await tx.enqueue(
+            receiver="GBR", message_id="to-nobody", kind=OutboxKind.PROPOSAL, transfer_id="x", body=b"", now=now
+        )
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "beside"))
+        await wait_for_state(che, proposed.transfer_id, [records_pb2.COMPLETED])
+        await wait_for_state(chn, proposed.transfer_id, [records_pb2.COMPLETED])
+    async with pair.chn.store.read() as tx:
+        (nobody,) = [m for m in await tx.list_outbox() if m.message_id == "to-nobody"]
+    assert nobody.state is OutboxState.PENDING and nobody.attempts >= 1
+    assert nobody.last_code == ResponseCode.UNKNOWN_PARTNER and "no partner 'GBR'" in nobody.last_error
+
+    # A statement body this gateway cannot read: its own lane waits its backoff, and the worker goes on.
+    async with pair.chn.store.transaction() as tx:
+        await tx.enqueue(
+            receiver="CHE",
+            message_id="unreadable",
+            kind=OutboxKind.PROPOSAL,
+            transfer_id="y",
+            body=b"\xff\x01",
+            now=now,
+        )
+    await pair.chn.outbox.drain()
+    async with pair.chn.store.read() as tx:
+        (unreadable,) = [m for m in await tx.list_outbox() if m.message_id == "unreadable"]
+    assert unreadable.state is OutboxState.PENDING and unreadable.attempts == 1
+    assert unreadable.last_code == ResponseCode.INTERNAL_ERROR and "this gateway failed" in unreadable.last_error
+    assert unreadable.sequence == 0  # nothing was sealed, logged or sent
