@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,12 +34,48 @@ START_TIMEOUT = 60.0
 """Seconds a start may take before the test fails: generous, as the test machines are shared and slow."""
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different loopback TCP ports nobody holds right now, below the kernel's ephemeral range.
+
+    A port the kernel hands out (``bind`` to port 0) comes from the ephemeral range, from which it also numbers
+    the local end of every outgoing connection: a gateway killed and restarted on such a port may find it taken
+    meanwhile by a connection of another process. Below that range only a listener takes a port.
+    """
+    low = _ephemeral_range()[0]
+    ports: list[int] = []
+    for _ in range(count * 100):
+        if len(ports) == count:
+            return ports
+        port = _PORTS.randrange(PORTS_FROM, low) if low - PORTS_FROM >= 1000 else 0
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            bound: int = probe.getsockname()[1]
+        if bound not in ports:
+            ports.append(bound)
+    raise RuntimeError(f"found no {count} free loopback ports below {low}")
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody holds right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+    """A loopback TCP port nobody holds right now, below the kernel's ephemeral range (see `free_ports`)."""
+    return free_ports(1)[0]
+
+
+PORTS_FROM = 10000
+"""The lowest port `free_ports` hands out: above the ports well-known services listen on."""
+
+_PORTS = random.Random()  # its own generator: a test that seeds the module's does not make two runs collide
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports for the local end of outgoing connections (Linux), or its usual default."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def _text(value: str) -> str:

@@ -29,17 +29,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.harness import self_signed_trust_document
 from signing import generate_key, signer_from_uri
+from tests.processes import free_port
 
 SERVE = [sys.executable, "-m", "gateway.cli", "serve"]
 TIMEOUT = 30.0
 """Seconds a failing ``serve`` may take; a second gateway that binds a taken port would serve on and time out."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _keys(folder: Path) -> Path:
@@ -154,7 +148,7 @@ def _wait_until_serving(process: subprocess.Popen[bytes], log: Path, operator_po
 
 def test_defect_15_a_second_gateway_on_a_taken_port_stops_with_a_clear_error(tmp_path: Path) -> None:
     folder = _keys(tmp_path)
-    operator_port, partner_port, http_port = _free_port(), _free_port(), _free_port()
+    operator_port, partner_port, http_port = free_port(), free_port(), free_port()
     first_config = _config(
         folder,
         database="first.db",
@@ -459,7 +453,7 @@ def _partner_tls(folder: Path, **files: str) -> Path:
 
 
 def _same_listen(folder: Path) -> Path:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     return _config(folder, operator=address, partner=address)
 
 

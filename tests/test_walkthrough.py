@@ -12,11 +12,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from tests.processes import free_ports
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECTION = "## Setting up two Parties"
@@ -30,17 +31,6 @@ def walkthrough_blocks() -> list[str]:
     start = text.index(SECTION)
     end = text.find("\n## ", start + len(SECTION))
     return re.findall(r"```sh\n(.*?)```", text[start : end if end != -1 else None], flags=re.DOTALL)
-
-
-def _free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def _json_objects(text: str) -> list[dict[str, Any]]:
@@ -70,7 +60,7 @@ def test_the_walkthrough_blocks_use_only_the_setup_commands() -> None:
 
 def test_the_readme_walkthrough_completes_a_transfer_on_both_sides(tmp_path: Path) -> None:
     script = "\n".join(walkthrough_blocks())
-    for port, free in zip(PORTS, _free_ports(len(PORTS)), strict=True):
+    for port, free in zip(PORTS, free_ports(len(PORTS)), strict=True):
         script = script.replace(port, str(free))
     bin_dir = Path(sys.executable).parent
     assert (bin_dir / "carbon-gateway").exists(), "the carbon-gateway entry point is installed beside python"

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from gateway.demo import start_pair
 from gateway.store.sqlite import SQLiteStore
 from tests.integration.harness import operator, proposal_request, setup_accounts, transfer
 from tests.integration.test_watch import REPLICA_TRANSFER
+from tests.processes import free_port
 from tests.test_cli import CLI, _write_config
 
 
@@ -117,20 +117,13 @@ async def test_a_watch_the_gateway_ends_says_where_to_resume(
     assert "UNAVAILABLE" in err and err.rstrip().endswith(f"resume with --after 4 --digest {lines[-1]['digest']}")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.mark.asyncio
 async def test_watch_with_config_follows_a_serve_process_and_sigterm_ends_the_watch_at_once(tmp_path: Path) -> None:
     """Real processes: `serve` from a configuration, `watch --config` reading its operator address; a change
     another process writes into the gateway's database arrives, and SIGTERM ends the watch (exit 1, resume line)
     while the gateway itself stops cleanly (exit 0)."""
     config = _write_config(tmp_path)
-    port = _free_port()
+    port = free_port()
     config.write_text(
         config.read_text().replace('[operator]\nlisten = "127.0.0.1:0"', f'[operator]\nlisten = "127.0.0.1:{port}"')
     )

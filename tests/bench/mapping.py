@@ -18,7 +18,6 @@ import datetime as dt
 import functools
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from gateway.domain.canonical import ActionSubtype, CcerCredit, MitigationType
 from gateway.domain.records import ActionType
 from tests.adapters.strategies import ACTION_CONTEXT_JSON
 from tests.bench.common import Figure, paired, rate
+from tests.processes import free_port
 
 BATCH = 2_000
 TARGET = 0.45
@@ -151,7 +151,7 @@ async def _stream_rate(port: int, batches: list[bytes], per_batch: int) -> float
 
 def run_grpc() -> list[Figure]:
     """The streaming RPC against raw construction of the same row messages."""
-    port = _free_port()
+    port = free_port()
     per_batch, count = 2_000, 10
     batches = [_json_batch(i * per_batch, per_batch) for i in range(count)]
     root = Path(__file__).resolve().parents[2]
@@ -182,13 +182,6 @@ def run_grpc() -> list[Figure]:
 def run() -> list[Figure]:
     """Every mapping figure."""
     return run_in_process() + run_grpc()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _records_per_second(map_batch: Callable[[], int], seconds: float = 0.3) -> float:

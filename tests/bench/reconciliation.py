@@ -84,7 +84,8 @@ from gateway.store import codec
 from gateway.store.sqlite import SQLiteStore
 from signing import PublicKey, generate_key, sign_envelope, signer_from_uri, verify_envelope
 from tests.bench.common import Figure
-from tests.bench.transfer import _child, _free_port, _wait_serving
+from tests.bench.transfer import _child, _wait_serving
+from tests.processes import free_port
 
 BLOCKS = 1_000_000
 BLOCKS_PER_TRANSFER = 1_000
@@ -614,7 +615,7 @@ class Naive:
 
 
 async def _naive(folder: Path) -> Naive:
-    ports = {"dump": _free_port(), "compare": _free_port()}
+    ports = {"dump": free_port(), "compare": free_port()}
     module = "tests.bench.reconciliation"
     dump = ("dump", str(ports["dump"]), str(folder / "che.db"), REQUESTER, f"file:{folder / 'che.key'}")
     compare = ("compare", str(ports["compare"]), str(folder / "chn.db"), RESPONDER, str(folder / "che.pub"))
@@ -640,7 +641,7 @@ async def _measure(folder: Path) -> tuple[Ours, Naive]:
         generate_key(folder / name)
         trust = self_signed_trust_document(party, signer_from_uri(str(folder / f"{name}.key")))
         (folder / f"{name}.trust.json").write_bytes(trust.to_json())
-    ports = {party: (_free_port(), _free_port()) for party in (REQUESTER, RESPONDER)}
+    ports = {party: (free_port(), free_port()) for party in (REQUESTER, RESPONDER)}
     for party, other in ((REQUESTER, RESPONDER), (RESPONDER, REQUESTER)):
         (folder / f"{party.lower()}.toml").write_text(
             CONFIG.format(

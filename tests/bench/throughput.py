@@ -45,7 +45,8 @@ from gateway.domain.text import MAX_BLOCKS_PER_TRANSFER
 from gateway.harness import self_signed_trust_document
 from signing import generate_key, signer_from_uri
 from tests.bench.common import Figure
-from tests.bench.transfer import _child, _free_port, _wait_serving
+from tests.bench.transfer import _child, _wait_serving
+from tests.processes import free_port
 
 POSTGRES_ENV = "CARBON_GATEWAY_BENCH_POSTGRES"
 """A PostgreSQL server DSN (e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``); the bench creates and drops
@@ -412,8 +413,8 @@ def _write_configs(workdir: Path, databases: dict[str, str], replicas: int) -> t
         generate_key(workdir / party)
         trust = self_signed_trust_document(party.upper(), signer_from_uri(str(workdir / f"{party}.key")))
         (workdir / f"{party}.trust.json").write_bytes(trust.to_json())
-    chn_ports = [(_free_port(), _free_port()) for _ in range(replicas)]
-    che_operator, che_partner = _free_port(), _free_port()
+    chn_ports = [(free_port(), free_port()) for _ in range(replicas)]
+    che_operator, che_partner = free_port(), free_port()
 
     def config(party: str, peer: str, operator_port: int, partner_port: int, peer_partner_port: int) -> str:
         return GATEWAY_CONFIG.format(
@@ -439,7 +440,7 @@ def _write_configs(workdir: Path, databases: dict[str, str], replicas: int) -> t
     addresses = _Gateways(
         chn_operators=[f"127.0.0.1:{operator}" for operator, _ in chn_ports],
         che_operator=f"127.0.0.1:{che_operator}",
-        echo=f"127.0.0.1:{_free_port()}",
+        echo=f"127.0.0.1:{free_port()}",
     )
     return chn_configs, che_config, addresses
 

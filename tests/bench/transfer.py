@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from gateway.store.base import OutboxMessage, OutboxState
 from gateway.store.sqlite import SQLiteStore
 from signing import generate_key, signer_from_uri
 from tests.bench.common import Figure
+from tests.processes import free_port
 
 CHE_CONFIG = """
 party = "CHE"
@@ -60,13 +60,6 @@ trust_document = "chn.trust.json"
 [policy]
 rules = [{{ verdict = "accept" }}]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _wait_serving(address: str, timeout: float = 30.0, *, echo: bool = False) -> None:
@@ -104,7 +97,7 @@ async def _measure(workdir: Path, transfers: int) -> tuple[float, float]:
         generate_key(workdir / party)
         trust = self_signed_trust_document(party.upper(), signer_from_uri(str(workdir / f"{party}.key")))
         (workdir / f"{party}.trust.json").write_bytes(trust.to_json())
-    ports = {name: _free_port() for name in ("operator", "partner", "chn_partner", "echo")}
+    ports = {name: free_port() for name in ("operator", "partner", "chn_partner", "echo")}
     (workdir / "che.toml").write_text(CHE_CONFIG.format(**ports))
     root = Path(__file__).resolve().parents[2]
     async with (

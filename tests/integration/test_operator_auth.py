@@ -32,7 +32,8 @@ from gateway.rpc.errors import read_error_detail
 from gateway.store.sqlite import SQLiteStore
 from gateway.tls import create_ca, issue_certificate
 from signing import generate_key, signer_from_uri
-from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _free_port, _keys
+from tests.processes import free_port
+from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _keys
 
 SERVICES = (
     operator_pb2.DESCRIPTOR.services_by_name["OperatorService"],
@@ -662,7 +663,7 @@ def test_a_served_gateway_admits_certificate_and_token_callers_from_the_command_
     """A real ``serve`` on all addresses with [operator.tls] and a client CA; the CLI connects with --config (TLS,
     the server verified against client_ca), a client certificate, and a token for the administrator."""
     folder = _keys(tmp_path)
-    port = _free_port()
+    port = free_port()
     callers = _caller("ops-1", "read-only", 'certificate_common_name = "ops-1"\n') + _caller("boss", "administrator")
     # A wildcard listen: the CLI, given --config, calls it on loopback (which the certificate names).
     config = _config(folder, operator=f"0.0.0.0:{port}", operator_settings=_operator_tls(folder) + callers)
