@@ -188,7 +188,7 @@ class OutboxWorker:
 
     async def _run(self) -> None:
         # A transaction that queues a message wakes the worker as it commits, before its commit is synced: the
-        # claim and the seal run while the disk works, and the send waits for it (every transaction returns only
+        # claim runs while the disk works, and the seal and the send wait for it (every transaction returns only
         # once what it could read is durable).
         with self.store.enqueued.subscribe() as self._wake:
             await self._serve()

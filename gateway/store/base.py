@@ -604,8 +604,8 @@ class Store(Protocol):
     @property
     def enqueued(self) -> CommitSignal:
         """Notified after every write transaction of this store object that put a message in the outbox
-        commits, before its commit is durable: the outbox worker claims and seals meanwhile, and what it sends
-        waits for the disk as every transaction does."""
+        commits, before its commit is durable: the outbox worker claims the message meanwhile, and what it
+        sends waits for the disk as every transaction does."""
         ...
 
     async def close(self) -> None:
