@@ -154,7 +154,7 @@ class GatewayCore:
             signers=self.signers,
         )
         self.exchange.on_unknown_key = self.trust.take_up_for_unknown_key
-        self.outbox.before_sending = self.trust.take_up_stored
+        self.outbox.before_sending = self.trust.read_stored
         self.outbox.may_sign = self.trust.can_sign
         self._sweeper: asyncio.Task[None] | None = None
         self._trust_refresher: asyncio.Task[None] | None = None

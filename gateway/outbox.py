@@ -153,10 +153,11 @@ class OutboxWorker:
         self.lease = lease
         self.replica = replica or replica_id()
         """The owner this worker's leases name."""
-        self.before_sending: Callable[[Transaction], Awaitable[object]] | None = None
-        """Called in the transaction that claims a batch, before the batch is sealed: takes up a trust document
-        another replica installed (`gateway.trust.TrustKeeper.take_up_stored`), so a statement is never signed
-        with a retired key."""
+        self.before_sending: Callable[[Transaction], Awaitable[Callable[[], object]]] | None = None
+        """Called in the transaction that claims a batch: reads a trust document another replica installed
+        (`gateway.trust.TrustKeeper.read_stored`), and returns what takes it up, which the worker calls once the
+        claim has returned and before the batch is sealed, so that a statement is never signed with a retired
+        key, nor with one whose document a crash could still take back."""
         self.may_sign: Callable[[], bool] | None = None
         """Whether this gateway holds a signer its current trust document lists
         (`gateway.trust.TrustKeeper.can_sign`). While it does not, this worker claims and sends nothing, and
@@ -245,6 +246,7 @@ class OutboxWorker:
             look = True
             now = self.clock()
             until = now + self.lease
+            take_up: Callable[[], object] | None = None
             async with self.store.transaction(durable=False) as tx:
                 heads = await tx.claim_lane_heads(now, self.batch, owner=self.replica, until=until)
                 runs = [
@@ -254,7 +256,9 @@ class OutboxWorker:
                 if not runs:
                     self._due_at = (await tx.next_due_at(),)
                 elif self.before_sending is not None:
-                    await self.before_sending(tx)
+                    take_up = await self.before_sending(tx)
+            if take_up is not None:
+                take_up()  # the claim has returned: what it read is on disk
             if not runs:
                 # Nothing is due, or another replica holds every due head: next_due_at says when that changes.
                 return total

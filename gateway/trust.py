@@ -117,19 +117,23 @@ class TrustKeeper:
         whose configuration lacks the signer of a document another replica installed signs nothing."""
         return self.exchange.signer.keyid in self.own.document.roles[TRANSFER_ROLE].keyids
 
-    async def take_up_stored(self, tx: Transaction | None = None) -> bool:
+    async def take_up_stored(self) -> bool:
         """Take up the trust documents another replica (a gateway of this Party on the same database) stored
         since this one last looked: this Party's own, after a rotation there, with the configured signer its
-        transfer role lists, and the partners' newer versions. One read (in ``tx`` when given); returns whether
-        anything changed."""
-        if tx is None:
-            async with self.store.read() as read:
-                return await self._take_up(read)
-        return await self._take_up(tx)
+        transfer role lists, and the partners' newer versions. One read; returns whether anything changed."""
+        async with self.store.read() as tx:
+            take_up = await self.read_stored(tx)
+        return take_up()
 
-    async def _take_up(self, tx: Transaction) -> bool:
+    async def read_stored(self, tx: Transaction) -> Callable[[], bool]:
+        """Read in ``tx`` what `take_up_stored` takes up; the function returned takes it up, and returns whether
+        anything changed. Call it only once ``tx`` has returned: a document read from a commit not yet on disk
+        must be neither published nor signed under, as a crash could still take it back."""
         own = await tx.latest_trust_document(self.party)
         theirs = {party: await tx.latest_trust_document(party) for party in self.partners.parties()}
+        return lambda: self._take_up(own, theirs)
+
+    def _take_up(self, own: tuple[int, bytes] | None, theirs: dict[str, tuple[int, bytes] | None]) -> bool:
         changed = False
         if own is not None and own[0] > self.own.version:
             self.own = TrustedParty.restore(Envelope.from_json(own[1]))

@@ -3,7 +3,10 @@ published URL, persistence across a restart, and a SoftHSM2-backed signer."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
+import threading
 from pathlib import Path
 
 import grpc
@@ -20,6 +23,7 @@ from gateway.store.sqlite import SQLiteStore
 from signing import (
     Algorithm,
     CryptoSigner,
+    Envelope,
     Role,
     Signer,
     TrustDocument,
@@ -196,4 +200,46 @@ async def test_a_softhsm_backed_gateway_signs_transfer_messages_its_partner_veri
             assert [s.keyid for s in envelope.signatures] == [signer.keyid]
             assert key.public_key.verify(envelope.signatures[0].sig, pae(envelope.payload_type, envelope.payload))
     finally:
+        await network.stop()
+
+
+@pytest.mark.sqlite_only(reason="holds the syncs of the SQLite write-ahead log")
+@pytest.mark.asyncio
+async def test_a_rotation_is_neither_published_nor_signed_under_before_its_commit_is_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = await start_network(tmp_path, ("CHN", "CHE"))
+    chn, old = network["CHN"], network.signers["CHN"]
+    real, release, held = os.fsync, threading.Event(), threading.Event()
+
+    try:
+        await chn.core.stop_background()  # no periodic commit of its own: the rotation's is the one held...
+        chn.core.outbox.start()  # ...with the outbox worker, which the rotation's commit wakes
+        assert isinstance(chn.store, SQLiteStore) and chn.store._wal is not None
+        log = chn.store._wal._fd
+
+        def slow_disk(fd: int) -> None:
+            if fd == log:
+                held.set()
+                release.wait(timeout=10)
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", slow_disk)
+        rotating = asyncio.create_task(rotate(network, "CHN", 2))
+        for _ in range(1000):  # not asyncio.to_thread: the held syncs may occupy every worker thread
+            if held.is_set():
+                break
+            await asyncio.sleep(0.01)
+        # The commit that installs version 2 and queues its pushes wakes the outbox worker, which claims the
+        # pushes and reads the stored documents meanwhile; none of it may take effect before the disk has it.
+        await asyncio.sleep(0.2)
+        assert not rotating.done()
+        assert chn.trust.own.version == 1 and chn.exchange.signer.keyid == old.keyid
+        published = await chn.trust.published(None)
+        assert published is not None and Envelope.from_json(published).payload == chn.trust.own.envelope.payload
+        release.set()
+        await asyncio.wait_for(rotating, 10)
+        assert chn.trust.own.version == 2 and chn.exchange.signer.keyid != old.keyid
+    finally:
+        release.set()
         await network.stop()

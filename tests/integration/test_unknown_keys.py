@@ -8,7 +8,6 @@ import asyncio
 import pytest
 
 from gateway.demo import Pair
-from gateway.store.base import Transaction
 
 
 @pytest.mark.asyncio
@@ -18,9 +17,9 @@ async def test_a_flood_of_unknown_keys_reads_the_stored_trust_documents_once(pai
     reads: list[int] = []
     read = trust.take_up_stored
 
-    async def counted(tx: Transaction | None = None) -> bool:
+    async def counted() -> bool:
         reads.append(1)
-        return await read(tx)
+        return await read()
 
     trust.take_up_stored = counted  # type: ignore[method-assign]
     refresh = exchange.on_unknown_key
