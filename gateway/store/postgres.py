@@ -22,6 +22,7 @@ columns compare byte for byte (``COLLATE "C"``), so both stores order every list
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import re
@@ -253,11 +254,23 @@ class PostgresStore:
         )
         if not durable:
             begin += "; SET LOCAL synchronous_commit = off"
-        async with self._pool.acquire() as connection, _transaction(connection, begin):
-            yield (tx := PostgresTransaction(connection))
-        self._commits.notify()
-        if tx.enqueued:
-            self._enqueued.notify()
+        tx: PostgresTransaction | None = None
+        announce = False
+        try:
+            async with self._pool.acquire() as connection, _transaction(connection, begin):
+                tx = PostgresTransaction(connection)
+                yield tx
+            announce = True
+        except asyncio.CancelledError:
+            # The caller may have been cancelled at COMMIT, which the server may have carried out all the same:
+            # a wake-up for nothing costs a look, a missed one leaves a queued statement until its next due time.
+            announce = True
+            raise
+        finally:
+            if announce and tx is not None:
+                self._commits.notify()
+                if tx.enqueued:
+                    self._enqueued.notify()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[PostgresTransaction]:

@@ -201,6 +201,42 @@ async def test_a_commit_that_queues_a_message_is_announced_to_the_outbox_and_no_
 
 
 @pytest.mark.asyncio
+async def test_a_postgresql_commit_whose_caller_was_cancelled_meanwhile_is_announced_all_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SQLite commits and announces with no await between; a PostgreSQL COMMIT is a round trip, during which
+    # the caller (an operator call past its deadline) may be cancelled after the server has committed.
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "cancelled")
+    store = await open_store(url)
+    real = asyncpg.connection.Connection.execute
+    cancelling = False
+
+    async def execute(self: asyncpg.Connection, query: str, *args: object, **kwargs: object) -> str:
+        done: str = await real(self, query, *args, **kwargs)
+        if query == "COMMIT" and cancelling:
+            raise asyncio.CancelledError
+        return done
+
+    try:
+        monkeypatch.setattr(asyncpg.connection.Connection, "execute", execute)
+        with store.enqueued.subscribe() as enqueued:
+            with pytest.raises(asyncio.CancelledError):
+                async with store.transaction() as tx:
+                    await tx.enqueue(
+                        receiver="CHE", message_id="m", kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"x", now=NOW
+                    )
+                    cancelling = True
+            cancelling = False
+            async with store.read() as tx:
+                assert [m.message_id for m in await tx.list_outbox()] == ["m"]  # the server committed it
+            assert enqueued.is_set()
+    finally:
+        await store.close()
+        await postgres.drop_databases(admin, [url])
+
+
+@pytest.mark.asyncio
 async def test_outbox_lanes_put_trust_first_and_leases_keep_a_head_to_one_replica(store: Store) -> None:
     later = NOW + dt.timedelta(seconds=30)
     async with store.transaction() as tx:
