@@ -603,9 +603,9 @@ class Store(Protocol):
 
     @property
     def enqueued(self) -> CommitSignal:
-        """Notified after every write transaction of this store object that put a message in the outbox
-        commits, before its commit is durable: the outbox worker claims the message meanwhile, and what it
-        sends waits for the disk as every transaction does."""
+        """Notified as soon as a write transaction of this store object that put a message in the outbox
+        commits, which may be before the commit is durable (SQLite syncs its log after): the outbox worker
+        claims the message meanwhile, and what it sends waits for the disk as every transaction does."""
         ...
 
     async def close(self) -> None:
