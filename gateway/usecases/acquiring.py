@@ -124,7 +124,6 @@ class Acquiring(GatewayBase):
 
     async def decide_held_transfer(self, idem: Idempotency, transfer_id: str, accept: bool, reason: str) -> Transfer:
         """An acquiring operator's decision on a proposal that the policy held for a person."""
-        exchange = self._exchange
         text.check_text(reason, "reason", what="reason")
         async with self.store.transaction() as tx:
             previous = await self._replay(tx, idem)
@@ -161,7 +160,6 @@ class Acquiring(GatewayBase):
                 await self._drop_pending(tx, transfer_id)
                 await self._send_decision(tx, transfer, accepted=False, rejections=[rejection])
             await self._remember(tx, idem, transfer_id)
-        exchange.on_enqueued()
         return transfer
 
     async def _on_completion(self, tx: Transaction, partner: str, completion: partner_pb2.Completion) -> None:

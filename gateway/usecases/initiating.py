@@ -256,7 +256,6 @@ class Initiating(GatewayBase):
 
     async def cancel_transfer(self, idem: Idempotency, transfer_id: str, reason: str) -> Transfer:
         """Cancel an outgoing transfer before the acquiring side accepts it; the reserved units are released."""
-        exchange = self._exchange
         text.check_text(reason, "reason", what="reason")
         async with self.store.transaction() as tx:
             previous = await self._replay(tx, idem)
@@ -279,7 +278,6 @@ class Initiating(GatewayBase):
             await self._release(tx, transfer_id)
             await self._send_final(tx, transfer, reason)
             await self._remember(tx, idem, transfer_id)
-        exchange.on_enqueued()
         return transfer
 
     async def _on_decision(self, tx: Transaction, partner: str, decision: partner_pb2.Decision) -> None:

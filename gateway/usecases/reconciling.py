@@ -311,7 +311,6 @@ class Reconciling(GatewayBase):
             await tx.insert_reconciliation(run)
             await self._request(tx, run, Progress())
             await self._remember(tx, idem, run.run_id)
-        self._exchange.on_enqueued()
         return run
 
     async def reconcile_due(self, every: dt.timedelta, since: dt.datetime) -> list[ReconciliationRun]:

@@ -103,29 +103,26 @@ class StatusKeeping(Initiating, Acquiring):
         async with self.store.read() as tx:
             waiting = await tx.open_transfers()
         changed: list[Transfer] = []
-        enqueued = False
         for candidate in waiting:
             try:
-                ended, asked = await self._sweep_one(candidate.transfer_id)
+                ended = await self._sweep_one(candidate.transfer_id)
             except Exception:
                 log.exception("%s: the sweep failed on transfer %s; it goes on", self.party, candidate.transfer_id)
                 continue
             if ended is not None:
                 changed.append(ended)
-            enqueued = enqueued or asked or ended is not None
-        if enqueued:
-            self._exchange.on_enqueued()
         return changed
 
     async def expire_overdue(self) -> list[Transfer]:
         """The transfers the sweep ended (kept for callers that only want the deadlines)."""
         return await self.sweep()
 
-    async def _sweep_one(self, transfer_id: str) -> tuple[Transfer | None, bool]:
+    async def _sweep_one(self, transfer_id: str) -> Transfer | None:
+        """The transfer if it passed its deadline and ended here; None otherwise (a status query may be queued)."""
         async with self.store.transaction() as tx:
             transfer = await tx.get_transfer(transfer_id)
             if transfer is None:
-                return None, False
+                return None
             now = self.clock()
             target = overdue(transfer, now, self.deadlines)
             if target is TransferState.TERMINATED:
@@ -144,21 +141,21 @@ class StatusKeeping(Initiating, Acquiring):
                 log.warning(
                     "%s transfer %s passed its deadline: %s", transfer.role.value, transfer.transfer_id, target.name
                 )
-                return transfer, True
+                return transfer
             if not waits_for_partner(transfer):
-                return None, False
+                return None
             last = await tx.status_queried_at(transfer.transfer_id) or transfer.updated_at
             if now - max(last, transfer.updated_at) < self.status_query_after:
-                return None, False
+                return None
             await tx.set_status_queried_at(transfer.transfer_id, now)
             if await tx.outbox_has_for_transfer(transfer.transfer_id, tuple(OutboxKind)):
-                return None, False  # something for this transfer is still on its way to the partner
+                return None  # something for this transfer is still on its way to the partner
             if await tx.outbox_has_for_transfer(transfer.transfer_id, (OutboxKind.STATUS_QUERY,), (OutboxState.DEAD,)):
                 # An earlier query is on the dead-letter list: another would only join it there. A dead statement
                 # of another kind does not stop the query, which is how this side recovers from it.
-                return None, False
+                return None
             await self._exchange.enqueue(
                 tx, transfer.partner, status_query=partner_pb2.StatusQuery(transfer_id=transfer.transfer_id)
             )
             log.info("asked %s for the status of transfer %s", transfer.partner, transfer.transfer_id)
-            return None, True
+            return None
