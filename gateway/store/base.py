@@ -530,6 +530,11 @@ class Transaction(Protocol):
         """The runs whose frozen ranges share a unit with ``[start, end]``, the latest first."""
         ...
 
+    async def frozen_spaces(self) -> frozenset[SerialSpace]:
+        """The serial spaces that hold frozen units: only blocks of these need `frozen_by`, so that a transfer
+        of a thousand blocks asks once, not a thousand times, when nothing is frozen."""
+        ...
+
     # the message log as a Merkle tree, and the heads partners showed
     async def fold_log_tree(self) -> int:
         """Add the log entries not yet in the Merkle tree; return the tree's size (the number of entries)."""

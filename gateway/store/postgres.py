@@ -1337,6 +1337,10 @@ class PostgresTransaction:
         )
         return [r[0] for r in rows]
 
+    async def frozen_spaces(self) -> frozenset[SerialSpace]:
+        rows = await self._all("SELECT DISTINCT unit_kind, issuing_registry, issuance FROM frozen_ranges")
+        return frozenset(SerialSpace(r[0], r[1], r[2]) for r in rows)
+
     async def fold_log_tree(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(node_index) + 1, 0) FROM log_tree WHERE level = 0")
         size = int(row[0]) if row else 0

@@ -45,6 +45,7 @@ class Acquiring(GatewayBase):
         contradicting: list[tuple[UnitBlock, str]] = []
         delivered: list[UnitBlock] = []
         frozen: list[UnitBlock] = []
+        frozen_spaces = await tx.frozen_spaces()
         for block in terms.blocks:
             # A few overlapping blocks name the refusal; more would only cost time.
             found = await tx.guarded_blocks(block.space, block.start, block.end, limit=OVERLAPS_SHOWN)
@@ -57,7 +58,7 @@ class Acquiring(GatewayBase):
                 if not ranges.covers(abroad, block.start, block.end):
                     not_abroad.append(block)
                     continue
-            if await tx.frozen_by(block.space, block.start, block.end):
+            if block.space in frozen_spaces and await tx.frozen_by(block.space, block.start, block.end):
                 frozen.append(block)
             arriving, reason = await self._as_arriving(tx, terms, block)
             if reason is not None:

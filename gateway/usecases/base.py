@@ -249,8 +249,9 @@ class GatewayBase:
     @staticmethod
     async def _frozen_among(tx: Transaction, blocks: Sequence[UnitBlock]) -> tuple[UnitBlock, str] | None:
         """The first of ``blocks`` a reconciliation discrepancy froze, with the latest run that froze it."""
+        frozen = await tx.frozen_spaces()
         for block in blocks:
-            runs = await tx.frozen_by(block.space, block.start, block.end)
+            runs = await tx.frozen_by(block.space, block.start, block.end) if block.space in frozen else []
             if runs:
                 return block, runs[0]
         return None

@@ -162,6 +162,7 @@ class Initiating(GatewayBase):
         for index, selection in enumerate(selections):
             by_space[selection.space].append((index, selection))
         taken: dict[int, UnitBlock] = {}
+        frozen_spaces = await tx.frozen_spaces()
         for space, group in by_space.items():
             group.sort(key=lambda item: (item[1].start, item[1].end))
             for (i, a), (j, b) in pairwise(group):
@@ -177,7 +178,9 @@ class Initiating(GatewayBase):
                 if held is None or selection.start > held.block.end:
                     if held is not None:
                         await self._split_held(tx, held, pieces, transfer_id, taken)
-                    held = await self._holding_block(tx, source_account, space, selection, index)
+                    held = await self._holding_block(
+                        tx, source_account, space, selection, index, frozen=space in frozen_spaces
+                    )
                     pieces = []
                 elif selection.end > held.block.end:
                     raise self._not_held(source_account, selection, index, [held])
@@ -218,9 +221,17 @@ class Initiating(GatewayBase):
         await tx.insert_block(rest, account_id=held.account_id, status=BlockStatus.HELD, parent_id=held.block_id)
 
     async def _holding_block(
-        self, tx: Transaction, account_id: str, space: SerialSpace, selection: BlockSelection, index: int
+        self,
+        tx: Transaction,
+        account_id: str,
+        space: SerialSpace,
+        selection: BlockSelection,
+        index: int,
+        *,
+        frozen: bool,
     ) -> StoredBlock:
-        """The one free block held in ``account_id`` that contains the selected range."""
+        """The one free block held in ``account_id`` that contains the selected range; ``frozen`` says whether
+        ``space`` holds frozen units at all (`Transaction.frozen_spaces`)."""
         found = await tx.guarded_blocks(space, selection.start, selection.end)
         for stored in found:
             if (
@@ -229,12 +240,12 @@ class Initiating(GatewayBase):
                 and stored.block.start <= selection.start
                 and selection.end <= stored.block.end
             ):
-                frozen = await tx.frozen_by(space, selection.start, selection.end)
-                if frozen:
+                runs = await tx.frozen_by(space, selection.start, selection.end) if frozen else []
+                if runs:
                     raise GatewayError(
                         ResponseCode.BLOCK_FROZEN,
                         f"{stored.block.describe()} is frozen by the discrepancy of reconciliation run"
-                        f" {frozen[0]}: it moves again once an operator resolves the run (`carbon-gateway"
+                        f" {runs[0]}: it moves again once an operator resolves the run (`carbon-gateway"
                         " reconcile resolve RUN --reason TEXT`)",
                         field=f"selections[{index}]",
                         blocks=[stored.block],

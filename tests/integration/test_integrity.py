@@ -799,10 +799,10 @@ async def test_defect_07_selections_split_each_held_block_once(pair: Pair, monke
     lookups = 0
     real = Initiating._holding_block
 
-    async def counted(self: Initiating, *args: object) -> object:
+    async def counted(self: Initiating, *args: object, **kwargs: object) -> object:
         nonlocal lookups
         lookups += 1
-        return await real(self, *args)  # type: ignore[arg-type]
+        return await real(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Initiating, "_holding_block", counted)
     request = proposal_request(block, 1, 1, "many")

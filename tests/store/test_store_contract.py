@@ -527,3 +527,19 @@ async def test_abroad_ranges_merge_with_their_neighbours_and_refuse_double_count
     async with store.read() as tx:
         assert await tx.abroad_ranges(SPACE, 0, TOP) == [(25, TOP)]
         assert await tx.abroad_ranges(SPACE2, 0, TOP) == [(20, 29)]
+
+
+@pytest.mark.asyncio
+async def test_frozen_spaces_name_exactly_the_spaces_with_frozen_units_until_unfrozen(store: Store) -> None:
+    async with store.transaction() as tx:
+        assert await tx.frozen_spaces() == frozenset()
+        await tx.freeze("run-1", [(SPACE, 10, 19), (SPACE, 40, 49)])
+        await tx.freeze("run-2", [(SPACE2, 1, 1)])
+        assert await tx.frozen_spaces() == {SPACE, SPACE2}
+        assert await tx.frozen_by(SPACE, 15, 45) == ["run-1"]
+    async with store.transaction() as tx:
+        await tx.unfreeze("run-2")
+        assert await tx.frozen_spaces() == {SPACE}
+        await tx.unfreeze("run-1")
+    async with store.read() as tx:
+        assert await tx.frozen_spaces() == frozenset()
