@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -86,8 +87,14 @@ def primary_purpose(authorization: Authorization) -> Purpose:
     """The purpose an authorization's own actions (tie, first transfer at authorisation, issuance, use or
     cancellation) are recorded under: an NDC purpose if it has one, so that they count as authorized for NDC
     use, else its first purpose in the nomenclature's order."""
-    purposes = sorted(authorization.purposes, key=_PURPOSE_ORDER.__getitem__)
-    return next((p for p in purposes if p in NDC_PURPOSES), purposes[0])
+    return _primary_purpose(authorization.purposes)
+
+
+@functools.lru_cache(maxsize=64)
+def _primary_purpose(purposes: frozenset[Purpose]) -> Purpose:
+    # Asked for every block of a transfer, of a handful of distinct sets: enum hashing made it a hot spot.
+    ordered = sorted(purposes, key=_PURPOSE_ORDER.__getitem__)
+    return next((p for p in ordered if p in NDC_PURPOSES), ordered[0])
 
 
 _PURPOSE_ORDER = {purpose: index for index, purpose in enumerate(Purpose)}

@@ -700,30 +700,34 @@ class PostgresTransaction:
         )
 
     async def append_ledger(self, entries: Sequence[LedgerEntry]) -> list[int]:
-        ids = []
+        if not entries:
+            return []
+        # The IDs first, from the identity's sequence, then every row in one pipelined statement: a transfer may
+        # record thousands of entries, and a round trip each would dominate.
+        ids = sorted(
+            int(r[0])
+            for r in await self._all(
+                "SELECT nextval(pg_get_serial_sequence('ledger', 'entry_id')) FROM generate_series(1, ?)",
+                (len(entries),),
+            )
+        )
+        rows = [codec.ledger_row(entry) for entry in entries]
+        columns = ["entry_id", *rows[0]]
+        await self._executemany(
+            f"INSERT INTO ledger ({', '.join(columns)}) VALUES ({_placeholders(columns)})",
+            [(entry_id, *values.values()) for entry_id, values in zip(ids, rows, strict=True)],
+        )
+        longest: dict[tuple[str, str, str, str], int] = {}
         for entry in entries:
-            row = codec.ledger_row(entry)
-            ids.append(
-                int(
-                    await self._value(
-                        f"INSERT INTO ledger ({', '.join(row)}) VALUES ({_placeholders(list(row))}) RETURNING entry_id",
-                        tuple(row.values()),
-                    )
-                )
-            )
             space = entry.block.space
-            await self._execute(
-                "INSERT INTO ledger_spans VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (first_transferring_party, unit_kind, issuing_registry, issuance) DO UPDATE"
-                " SET longest = GREATEST(ledger_spans.longest, excluded.longest)",
-                (
-                    entry.first_transferring_party,
-                    space.unit_kind,
-                    space.issuing_registry,
-                    space.issuance,
-                    entry.block.end - entry.block.start,
-                ),
-            )
+            key = (entry.first_transferring_party, space.unit_kind, space.issuing_registry, space.issuance)
+            longest[key] = max(longest.get(key, 0), entry.block.end - entry.block.start)
+        await self._executemany(
+            "INSERT INTO ledger_spans VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (first_transferring_party, unit_kind, issuing_registry, issuance) DO UPDATE"
+            " SET longest = GREATEST(ledger_spans.longest, excluded.longest)",
+            [(*key, span) for key, span in sorted(longest.items())],
+        )
         return ids
 
     async def list_ledger(self) -> list[LedgerEntry]:

@@ -804,16 +804,22 @@ class SQLiteTransaction:
         )
 
     async def append_ledger(self, entries: Sequence[LedgerEntry]) -> list[int]:
-        ids = []
+        if not entries:
+            return []
+        # One statement for all the entries (a transfer may record thousands), their IDs numbered on from the
+        # largest: what SQLite would give each row, known before the rows are written.
+        row = self._one("SELECT COALESCE(MAX(entry_id), 0) FROM ledger")
+        first = (int(row[0]) if row else 0) + 1
+        ids = list(range(first, first + len(entries)))
+        rows = [codec.ledger_row(entry) for entry in entries]
+        columns = ["entry_id", *rows[0]]
+        self._db.executemany(
+            f"INSERT INTO ledger ({', '.join(columns)}) VALUES ({_placeholders(columns)})",
+            [(entry_id, *values.values()) for entry_id, values in zip(ids, rows, strict=True)],
+        )
         # The longest block per (first transferring party, space): one upsert per key, not one per entry.
         longest: dict[tuple[str, str, str, str], int] = {}
         for entry in entries:
-            row = codec.ledger_row(entry)
-            cursor = self._db.execute(
-                f"INSERT INTO ledger ({', '.join(row)}) VALUES ({_placeholders(list(row))})", tuple(row.values())
-            )
-            assert cursor.lastrowid is not None
-            ids.append(cursor.lastrowid)
             space = entry.block.space
             key = (entry.first_transferring_party, space.unit_kind, space.issuing_registry, space.issuance)
             longest[key] = max(longest.get(key, 0), entry.block.end - entry.block.start)

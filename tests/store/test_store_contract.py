@@ -543,3 +543,18 @@ async def test_frozen_spaces_name_exactly_the_spaces_with_frozen_units_until_unf
         await tx.unfreeze("run-1")
     async with store.read() as tx:
         assert await tx.frozen_spaces() == frozenset()
+
+
+@pytest.mark.asyncio
+async def test_ledger_ids_returned_are_the_stored_ones_in_order_after_earlier_entries(store: Store) -> None:
+    async with store.transaction() as tx:
+        earlier = await tx.append_ledger([entry(1, 10)])
+        assert await tx.append_ledger([]) == []
+    async with store.transaction() as tx:
+        ids = await tx.append_ledger([entry(100 + 10 * i, 105 + 10 * i) for i in range(50)])
+    assert len(set(ids)) == 50 and min(ids) > earlier[0]
+    async with store.read() as tx:
+        stored = {e.entry_id: e.block.start for e in await tx.list_ledger()}
+        assert [stored[i] for i in ids] == [100 + 10 * i for i in range(50)]
+        feed = await tx.changes_after(0, 100, [ChangeKind.LEDGER_ENTRY])
+        assert [c.entry.entry_id for c in feed if c.entry is not None] == [*earlier, *ids]
