@@ -231,6 +231,14 @@ def merge(blocks: Iterable[UnitBlock]) -> list[UnitBlock]:
     return merged
 
 
+def ranges_by_space(blocks: Iterable[UnitBlock]) -> dict[SerialSpace, list[tuple[int, int]]]:
+    """The serial ranges of ``blocks``, by serial space, in the order given."""
+    found: dict[SerialSpace, list[tuple[int, int]]] = {}
+    for block in blocks:
+        found.setdefault(block.space, []).append((block.start, block.end))
+    return found
+
+
 def ranges_disjoint(ranges: Iterable[tuple[int, int]]) -> bool:
     """True when no two of the serial ranges ``(start, end)`` share a serial: a sort and one pass.
 

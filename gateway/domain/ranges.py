@@ -60,3 +60,45 @@ def missing(ranges: Sequence[Range], start: int, end: int) -> list[Range]:
     if reach <= end:
         gaps.append((reach, end))
     return gaps
+
+
+def first_overlap(ranges: Iterable[Range]) -> tuple[Range, Range] | None:
+    """The first two of ``ranges``, in serial order, that share a serial; None when all are disjoint."""
+    reach: Range | None = None
+    for current in sorted(ranges):
+        if reach is not None and current[0] <= reach[1]:
+            return reach, current
+        if reach is None or current[1] > reach[1]:
+            reach = current
+    return None
+
+
+def difference(ranges: Iterable[Range], removed: Iterable[Range]) -> list[Range]:
+    """The serials of ``ranges`` outside every range of ``removed``, normalized; one pass over both."""
+    cuts = normalize(removed)
+    left: list[Range] = []
+    first = 0
+    for lo, hi in normalize(ranges):
+        while first < len(cuts) and cuts[first][1] < lo:
+            first += 1
+        start = lo
+        for cut_lo, cut_hi in cuts[first:]:
+            if cut_lo > hi:
+                break
+            if cut_lo > start:
+                left.append((start, cut_lo - 1))
+            start = max(start, cut_hi + 1)
+        if start <= hi:
+            left.append((start, hi))
+    return left
+
+
+def first_uncovered(ranges: Iterable[Range], wanted: Iterable[Range]) -> Range | None:
+    """The first range of ``wanted`` (in serial order) with a serial outside ``ranges``; None when ``ranges``
+    cover them all."""
+    wanted = sorted(wanted)
+    gaps = difference(wanted, ranges)
+    if not gaps:
+        return None
+    serial = gaps[0][0]
+    return next(w for w in wanted if w[0] <= serial <= w[1])

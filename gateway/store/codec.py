@@ -21,7 +21,7 @@ from gateway.domain.records import (
     TransferTerms,
 )
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
-from gateway.store.base import Change, ChangeKind, change_digest
+from gateway.store.base import Change, ChangeKind, NewBlock, change_digest
 
 
 def block_to_dict(block: UnitBlock) -> dict[str, Any]:
@@ -61,6 +61,29 @@ def block_to_json(block: UnitBlock) -> str:
         f' "start": {int.__repr__(block.start)}, "unit_kind": {_string(space.unit_kind)},'
         f' "vintage": {int.__repr__(block.vintage)}}}'
     )
+
+
+def block_row(new: NewBlock) -> tuple[str, str, str, int, int, str, str, str, str, int | None]:
+    """The values of the blocks table's columns from ``unit_kind`` to ``parent_id``, in order."""
+    space = new.block.space
+    return (
+        space.unit_kind,
+        space.issuing_registry,
+        space.issuance,
+        new.block.start,
+        new.block.end,
+        block_to_json(new.block),
+        new.account_id,
+        new.status.value,
+        new.transfer_id,
+        new.parent_id,
+    )
+
+
+BLOCK_COLUMNS = (
+    "unit_kind, issuing_registry, issuance, serial_start, serial_end, body, account_id, status, transfer_id, parent_id"
+)
+"""The columns `block_row` gives values of."""
 
 
 _BLOCK_TEXT_KEPT = 4096

@@ -39,6 +39,7 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
 from gateway.domain.ledger import FirstTransferRange, LockedPeriod
 from gateway.domain.protocol import first_transfer_quantity
+from gateway.domain.ranges import Range
 from gateway.domain.reconciliation import (
     LIMBS,
     GroupKey,
@@ -72,6 +73,7 @@ from gateway.store.base import (
     IdempotentResult,
     LogEntry,
     LogKind,
+    NewBlock,
     OutboxKind,
     OutboxMessage,
     OutboxState,
@@ -81,6 +83,8 @@ from gateway.store.base import (
     StoreConflict,
     StoredBlock,
     StoredMessage,
+    check_abroad_added,
+    check_abroad_removed,
 )
 from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD
 from gateway.store.pg_migrations import PG_MIGRATIONS, WRITE_LOCK
@@ -504,22 +508,16 @@ class PostgresTransaction:
         parent_id: int | None = None,
     ) -> int:
         block_id: int = await self._value(
-            "INSERT INTO blocks (unit_kind, issuing_registry, issuance, serial_start, serial_end, body, account_id,"
-            " status, transfer_id, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING block_id",
-            (
-                block.space.unit_kind,
-                block.space.issuing_registry,
-                block.space.issuance,
-                block.start,
-                block.end,
-                codec.block_to_json(block),
-                account_id,
-                status.value,
-                transfer_id,
-                parent_id,
-            ),
+            f"INSERT INTO blocks ({codec.BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING block_id",
+            codec.block_row(NewBlock(block, account_id, status, transfer_id, parent_id)),
         )
         return block_id
+
+    async def insert_blocks(self, blocks: Sequence[NewBlock]) -> None:
+        await self._executemany(
+            f"INSERT INTO blocks ({codec.BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [codec.block_row(new) for new in blocks],
+        )
 
     async def get_block(self, block_id: int) -> StoredBlock | None:
         row = await self._one("SELECT * FROM blocks WHERE block_id = ?", (block_id,))
@@ -533,6 +531,11 @@ class PostgresTransaction:
                 "UPDATE blocks SET status = ?, transfer_id = ? WHERE block_id = ?",
                 (status.value, transfer_id, block_id),
             )
+
+    async def set_blocks_status(self, block_ids: Sequence[int], status: BlockStatus) -> None:
+        await self._executemany(
+            "UPDATE blocks SET status = ? WHERE block_id = ?", [(status.value, i) for i in block_ids]
+        )
 
     async def guarded_blocks(
         self, space: SerialSpace, start: int, end: int, *, limit: int | None = None
@@ -550,6 +553,29 @@ class PostgresTransaction:
         )
         rows = sorted(rows, key=lambda r: int(r["serial_start"]))
         return [_stored_block(r) for r in rows if r["serial_start"] >= start or r["serial_end"] >= start]
+
+    async def guarded_blocks_each(
+        self, space: SerialSpace, wanted: Sequence[tuple[int, int]], *, limit: int | None = None
+    ) -> list[list[StoredBlock]]:
+        # `guarded_blocks`' two seeks for every range at once; the limit applies to each range's blocks.
+        if len(wanted) <= 1:
+            return [await self.guarded_blocks(space, start, end, limit=limit) for start, end in wanted]
+        key = (space.unit_kind, space.issuing_registry, space.issuance)
+        where = f"unit_kind = ? AND issuing_registry = ? AND issuance = ? AND status IN ({_GUARDED})"
+        rows = await self._all(
+            "SELECT q.i, b.* FROM unnest(?::bigint[], ?::bigint[]) WITH ORDINALITY AS q(lo, hi, i)"
+            f" CROSS JOIN LATERAL ((SELECT * FROM blocks WHERE {where} AND serial_start < q.lo"
+            f" ORDER BY serial_start DESC LIMIT 1) UNION ALL (SELECT * FROM blocks WHERE {where}"
+            " AND serial_start >= q.lo AND serial_start <= q.hi ORDER BY serial_start LIMIT ?)) b"
+            " WHERE b.serial_end >= q.lo",
+            ([lo for lo, _ in wanted], [hi for _, hi in wanted], *key, *key, limit),
+        )
+        found: list[list[StoredBlock]] = [[] for _ in wanted]
+        for r in rows:
+            found[int(r["i"]) - 1].append(_stored_block(r))
+        for each in found:
+            each.sort(key=lambda stored: stored.block.start)
+        return found
 
     async def blocks_of_transfer(self, transfer_id: str, status: BlockStatus) -> list[StoredBlock]:
         rows = await self._all(
@@ -590,53 +616,73 @@ class PostgresTransaction:
         found = sorted((int(r[0]), int(r[1])) for r in rows)
         return [(lo, hi) for lo, hi in found if lo >= start or hi >= start]
 
+    async def _ranges_each(
+        self, table: str, space: SerialSpace, wanted: Sequence[tuple[int, int]]
+    ) -> list[list[Range]]:
+        # `_ranges`' two seeks for every range at once: the ranges go in as two arrays, one round trip.
+        if len(wanted) <= 1:
+            return [await self._ranges(table, space, start, end) for start, end in wanted]
+        key = (space.unit_kind, space.issuing_registry, space.issuance)
+        where = "unit_kind = ? AND issuing_registry = ? AND issuance = ?"
+        rows = await self._all(
+            "SELECT q.i, t.serial_start, t.serial_end"
+            " FROM unnest(?::bigint[], ?::bigint[]) WITH ORDINALITY AS q(lo, hi, i) CROSS JOIN LATERAL ("
+            f"(SELECT serial_start, serial_end FROM {table} WHERE {where} AND serial_start < q.lo"
+            " ORDER BY serial_start DESC LIMIT 1)"
+            f" UNION ALL (SELECT serial_start, serial_end FROM {table} WHERE {where} AND serial_start >= q.lo"
+            " AND serial_start <= q.hi)) t WHERE t.serial_end >= q.lo",
+            ([lo for lo, _ in wanted], [hi for _, hi in wanted], *key, *key),
+        )
+        found: list[list[Range]] = [[] for _ in wanted]
+        for r in rows:
+            found[int(r[0]) - 1].append((int(r[1]), int(r[2])))
+        return [sorted(f) for f in found]
+
+    async def _touching(self, table: str, space: SerialSpace, wanted: Sequence[tuple[int, int]]) -> list[Range]:
+        """The distinct ranges of ``table`` that overlap or touch a range of ``wanted``, in serial order."""
+        near = [(max(start - 1, 0), end + 1) for start, end in wanted]
+        return sorted({r for each in await self._ranges_each(table, space, near) for r in each})
+
+    async def _replace_ranges(self, table: str, space: SerialSpace, present: list[Range], keep: list[Range]) -> None:
+        """Replace the ranges ``present`` of ``table`` (just read) by ``keep``."""
+        key = (space.unit_kind, space.issuing_registry, space.issuance)
+        await self._executemany(
+            f"DELETE FROM {table} WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ? AND serial_start = ?",
+            [(*key, lo) for lo, _ in present],
+        )
+        await self._executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", [(*key, lo, hi) for lo, hi in keep])
+
     async def known_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
         return await self._ranges("known_ranges", space, start, end)
 
-    async def add_known(self, space: SerialSpace, start: int, end: int) -> None:
-        # Merged with every range it overlaps or touches: units may arrive again after they left.
-        lo, hi = max(start - 1, 0), end + 1
-        present = await self._ranges("known_ranges", space, lo, hi)
-        key = (space.unit_kind, space.issuing_registry, space.issuance)
-        for first, _ in present:
-            await self._execute(
-                "DELETE FROM known_ranges WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ?"
-                " AND serial_start = ?",
-                (*key, first),
-            )
-        for first, last in ranges.normalize([*present, (start, end)]):
-            await self._execute("INSERT INTO known_ranges VALUES (?, ?, ?, ?, ?)", (*key, first, last))
+    async def known_ranges_each(
+        self, space: SerialSpace, wanted: Sequence[tuple[int, int]]
+    ) -> list[list[tuple[int, int]]]:
+        return await self._ranges_each("known_ranges", space, wanted)
+
+    async def add_known(self, space: SerialSpace, added: Sequence[tuple[int, int]]) -> None:
+        # Merged with every range they overlap or touch: units may arrive again after they left.
+        present = await self._touching("known_ranges", space, added)
+        await self._replace_ranges("known_ranges", space, present, ranges.normalize([*present, *added]))
 
     async def abroad_ranges(self, space: SerialSpace, start: int, end: int) -> list[tuple[int, int]]:
         return await self._ranges("abroad_ranges", space, start, end)
 
-    async def _replace_abroad(
-        self, space: SerialSpace, present: list[tuple[int, int]], keep: list[tuple[int, int]]
-    ) -> None:
-        """Replace the abroad ranges ``present`` (just read) by ``keep``."""
-        key = (space.unit_kind, space.issuing_registry, space.issuance)
-        for lo, _ in present:
-            await self._execute(
-                "DELETE FROM abroad_ranges WHERE unit_kind = ? AND issuing_registry = ? AND issuance = ?"
-                " AND serial_start = ?",
-                (*key, lo),
-            )
-        for lo, hi in keep:
-            await self._execute("INSERT INTO abroad_ranges VALUES (?, ?, ?, ?, ?)", (*key, lo, hi))
+    async def abroad_ranges_each(
+        self, space: SerialSpace, wanted: Sequence[tuple[int, int]]
+    ) -> list[list[tuple[int, int]]]:
+        return await self._ranges_each("abroad_ranges", space, wanted)
 
-    async def add_abroad(self, space: SerialSpace, start: int, end: int) -> None:
-        # Neighbours that touch the range are merged with it, so the table stays minimal.
-        lo, hi = max(start - 1, 0), end + 1
-        touching = await self._ranges("abroad_ranges", space, lo, hi)
-        if any(a <= end and b >= start for a, b in touching):
-            raise StoreConflict(f"[{start}, {end}] is already abroad in part")
-        await self._replace_abroad(space, touching, ranges.normalize([*touching, (start, end)]))
+    async def add_abroad(self, space: SerialSpace, added: Sequence[tuple[int, int]]) -> None:
+        # Neighbours that touch the ranges are merged with them, so the table stays minimal.
+        present = await self._touching("abroad_ranges", space, added)
+        check_abroad_added(present, added)
+        await self._replace_ranges("abroad_ranges", space, present, ranges.normalize([*present, *added]))
 
-    async def remove_abroad(self, space: SerialSpace, start: int, end: int) -> None:
-        present = await self._ranges("abroad_ranges", space, start, end)
-        if not ranges.covers(present, start, end):
-            raise StoreConflict(f"[{start}, {end}] is not abroad in full")
-        await self._replace_abroad(space, present, ranges.subtract(present, start, end))
+    async def remove_abroad(self, space: SerialSpace, removed: Sequence[tuple[int, int]]) -> None:
+        present = sorted({r for each in await self._ranges_each("abroad_ranges", space, removed) for r in each})
+        check_abroad_removed(present, removed)
+        await self._replace_ranges("abroad_ranges", space, present, ranges.difference(present, removed))
 
     # transfers and the ledger
 

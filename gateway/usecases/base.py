@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
 from gateway.domain.adjustments import AdjustmentSettings
-from gateway.domain.blocks import UnitBlock, merge
+from gateway.domain.blocks import SerialSpace, UnitBlock, merge, ranges_by_space
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import check_in_force, version_in_force
 from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
@@ -218,9 +218,8 @@ class GatewayBase:
         """
         pending = await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING)
         await tx.set_transfer_blocks_status(transfer.transfer_id, BlockStatus.PENDING, BlockStatus.HELD)
-        for stored in pending:
-            if self._is_own_space(stored.block):
-                await tx.remove_abroad(stored.block.space, stored.block.start, stored.block.end)
+        for space, home in self._own_ranges(pending).items():
+            await tx.remove_abroad(space, home)
         return pending
 
     async def _debit(self, tx: Transaction, transfer: Transfer) -> None:
@@ -230,9 +229,12 @@ class GatewayBase:
         """
         reserved = await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.RESERVED)
         await tx.set_transfer_blocks_status(transfer.transfer_id, BlockStatus.RESERVED, BlockStatus.DEBITED)
-        for stored in reserved:
-            if self._is_own_space(stored.block):
-                await tx.add_abroad(stored.block.space, stored.block.start, stored.block.end)
+        for space, leaving in self._own_ranges(reserved).items():
+            await tx.add_abroad(space, leaving)
+
+    def _own_ranges(self, blocks: Sequence[StoredBlock]) -> dict[SerialSpace, list[tuple[int, int]]]:
+        """The serial ranges of those of ``blocks`` this gateway issued, by serial space."""
+        return ranges_by_space(s.block for s in blocks if self._is_own_space(s.block))
 
     # messages to the partner
 

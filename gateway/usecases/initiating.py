@@ -23,7 +23,7 @@ from gateway.domain.protocol import (
 )
 from gateway.domain.records import TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance
-from gateway.store.base import BlockStatus, StoredBlock, Transaction
+from gateway.store.base import BlockStatus, NewBlock, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
 
 
@@ -163,6 +163,8 @@ class Initiating(GatewayBase):
             by_space[selection.space].append((index, selection))
         taken: dict[int, UnitBlock] = {}
         frozen_spaces = await tx.frozen_spaces()
+        superseded: list[int] = []
+        parts: list[NewBlock] = []
         for space, group in by_space.items():
             group.sort(key=lambda item: (item[1].start, item[1].end))
             for (i, a), (j, b) in pairwise(group):
@@ -172,67 +174,66 @@ class Initiating(GatewayBase):
                         f"selections {min(i, j)} and {max(i, j)} overlap ({a.start}-{a.end} and {b.start}-{b.end})",
                         field=f"selections[{max(i, j)}]",
                     )
+            # The blocks each selection meets, all at once. A split below changes only blocks inside the held
+            # block it splits, which no later selection of the group meets: these stay true throughout.
+            found = await tx.guarded_blocks_each(space, [(s.start, s.end) for _, s in group])
             held: StoredBlock | None = None
             pieces: list[tuple[int, BlockSelection]] = []
-            for index, selection in group:
+            for (index, selection), meeting in zip(group, found, strict=True):
                 if held is None or selection.start > held.block.end:
                     if held is not None:
-                        await self._split_held(tx, held, pieces, transfer_id, taken)
+                        self._split_held(held, pieces, transfer_id, taken, superseded, parts)
                     held = await self._holding_block(
-                        tx, source_account, space, selection, index, frozen=space in frozen_spaces
+                        tx, source_account, selection, index, meeting, frozen=space in frozen_spaces
                     )
                     pieces = []
                 elif selection.end > held.block.end:
                     raise self._not_held(source_account, selection, index, [held])
                 pieces.append((index, selection))
             if held is not None:
-                await self._split_held(tx, held, pieces, transfer_id, taken)
+                self._split_held(held, pieces, transfer_id, taken, superseded, parts)
+        await tx.set_blocks_status(superseded, BlockStatus.SUPERSEDED)
+        await tx.insert_blocks(parts)
         return [taken[i] for i in range(len(selections))]
 
     @staticmethod
-    async def _split_held(
-        tx: Transaction,
+    def _split_held(
         held: StoredBlock,
         pieces: Sequence[tuple[int, BlockSelection]],
         transfer_id: str,
         taken: dict[int, UnitBlock],
+        superseded: list[int],
+        parts: list[NewBlock],
     ) -> None:
-        """Supersede ``held`` by its parts: the selected ones reserved, the gaps between them held."""
-        await tx.set_block_status(held.block_id, BlockStatus.SUPERSEDED)
+        """Supersede ``held`` by its parts: the selected ones reserved, the gaps between them held. Adds its ID
+        to ``superseded`` and the parts to ``parts``, for the caller to store."""
+        superseded.append(held.block_id)
         rest = held.block
         for index, selection in pieces:
-            parts = split(rest, selection.start, selection.end)
-            await tx.insert_block(
-                parts.taken,
-                account_id=held.account_id,
-                status=BlockStatus.RESERVED,
-                transfer_id=transfer_id,
-                parent_id=held.block_id,
-            )
-            taken[index] = parts.taken
-            after = [p for p in parts.remainder if p.start > selection.end]
-            for before in (p for p in parts.remainder if p.end < selection.start):
-                await tx.insert_block(
-                    before, account_id=held.account_id, status=BlockStatus.HELD, parent_id=held.block_id
-                )
+            split_parts = split(rest, selection.start, selection.end)
+            parts.append(NewBlock(split_parts.taken, held.account_id, BlockStatus.RESERVED, transfer_id, held.block_id))
+            taken[index] = split_parts.taken
+            after = [p for p in split_parts.remainder if p.start > selection.end]
+            for before in (p for p in split_parts.remainder if p.end < selection.start):
+                parts.append(NewBlock(before, held.account_id, BlockStatus.HELD, parent_id=held.block_id))
             if not after:
                 return
             rest = after[0]
-        await tx.insert_block(rest, account_id=held.account_id, status=BlockStatus.HELD, parent_id=held.block_id)
+        parts.append(NewBlock(rest, held.account_id, BlockStatus.HELD, parent_id=held.block_id))
 
     async def _holding_block(
         self,
         tx: Transaction,
         account_id: str,
-        space: SerialSpace,
         selection: BlockSelection,
         index: int,
+        found: Sequence[StoredBlock],
         *,
         frozen: bool,
     ) -> StoredBlock:
-        """The one free block held in ``account_id`` that contains the selected range; ``frozen`` says whether
-        ``space`` holds frozen units at all (`Transaction.frozen_spaces`)."""
-        found = await tx.guarded_blocks(space, selection.start, selection.end)
+        """The one free block held in ``account_id`` that contains the selected range, among ``found`` (the
+        guarded blocks the selection meets); ``frozen`` says whether its space holds frozen units at all
+        (`Transaction.frozen_spaces`)."""
         for stored in found:
             if (
                 stored.status is BlockStatus.HELD
@@ -240,7 +241,7 @@ class Initiating(GatewayBase):
                 and stored.block.start <= selection.start
                 and selection.end <= stored.block.end
             ):
-                runs = await tx.frozen_by(space, selection.start, selection.end) if frozen else []
+                runs = await tx.frozen_by(selection.space, selection.start, selection.end) if frozen else []
                 if runs:
                     raise GatewayError(
                         ResponseCode.BLOCK_FROZEN,

@@ -158,7 +158,7 @@ class Registration(GatewayBase):
                 block = recorded.block
                 entries = list(recorded.entries)
                 await tx.add_authorization_tie(authorization_id, context.action_id, block.quantity, now)
-            await tx.add_known(space, block.start, block.end)
+            await tx.add_known(space, [(block.start, block.end)])
             block_id = await tx.insert_block(block, account_id=account_id, status=BlockStatus.HELD)
             await tx.append_ledger(entries)
             await self._remember(tx, idem, str(block_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -16,11 +17,21 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.records import Account, AccountType, ActionType, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.store import open_store
-from gateway.store.base import BlockStatus, ChangeKind, IdempotentResult, LogKind, OutboxKind, Store, StoreConflict
+from gateway.store.base import (
+    BlockStatus,
+    ChangeKind,
+    IdempotentResult,
+    LogKind,
+    NewBlock,
+    OutboxKind,
+    Store,
+    StoreConflict,
+)
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.pg_migrations import PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
@@ -503,26 +514,26 @@ async def test_replicas_opening_a_fresh_postgresql_database_at_once_migrate_it_o
 @pytest.mark.asyncio
 async def test_abroad_ranges_merge_with_their_neighbours_and_refuse_double_counts(store: Store) -> None:
     async with store.transaction() as tx:
-        await tx.add_abroad(SPACE, 10, 19)
-        await tx.add_abroad(SPACE, 30, 39)
-        await tx.add_abroad(SPACE, 20, 29)  # touches both: one range remains
-        await tx.add_abroad(SPACE2, 20, 29)  # another space: its own range
-        await tx.add_abroad(SPACE, 50, TOP)
+        await tx.add_abroad(SPACE, [(10, 19)])
+        await tx.add_abroad(SPACE, [(30, 39)])
+        await tx.add_abroad(SPACE, [(20, 29)])  # touches both: one range remains
+        await tx.add_abroad(SPACE2, [(20, 29)])  # another space: its own range
+        await tx.add_abroad(SPACE, [(50, TOP)])
         assert await tx.abroad_ranges(SPACE, 0, TOP) == [(10, 39), (50, TOP)]
         assert await tx.abroad_ranges(SPACE2, 0, TOP) == [(20, 29)]
         for start, end in ((39, 45), (5, 10), (60, 70)):
             with pytest.raises(StoreConflict, match="already abroad"):
                 async with tx.savepoint():
-                    await tx.add_abroad(SPACE, start, end)
-        await tx.remove_abroad(SPACE, 15, 24)  # from the middle: two ranges remain
-        await tx.remove_abroad(SPACE, 10, 14)
-        await tx.remove_abroad(SPACE, 50, 50)
+                    await tx.add_abroad(SPACE, [(start, end)])
+        await tx.remove_abroad(SPACE, [(15, 24)])  # from the middle: two ranges remain
+        await tx.remove_abroad(SPACE, [(10, 14)])
+        await tx.remove_abroad(SPACE, [(50, 50)])
         with pytest.raises(StoreConflict, match="not abroad in full"):
             async with tx.savepoint():
-                await tx.remove_abroad(SPACE, 35, 45)
+                await tx.remove_abroad(SPACE, [(35, 45)])
         assert await tx.abroad_ranges(SPACE, 0, TOP) == [(25, 39), (51, TOP)]
         assert await tx.abroad_ranges(SPACE, 26, 30) == [(25, 39)]
-        await tx.add_abroad(SPACE, 40, 50)  # fills the gap up to the last range
+        await tx.add_abroad(SPACE, [(40, 50)])  # fills the gap up to the last range
         assert await tx.abroad_ranges(SPACE, 0, TOP) == [(25, TOP)]
     async with store.read() as tx:
         assert await tx.abroad_ranges(SPACE, 0, TOP) == [(25, TOP)]
@@ -558,3 +569,66 @@ async def test_ledger_ids_returned_are_the_stored_ones_in_order_after_earlier_en
         assert [stored[i] for i in ids] == [100 + 10 * i for i in range(50)]
         feed = await tx.changes_after(0, 100, [ChangeKind.LEDGER_ENTRY])
         assert [c.entry.entry_id for c in feed if c.entry is not None] == [*earlier, *ids]
+
+
+def random_ranges(rng: random.Random, count: int, top: int = 400) -> list[tuple[int, int]]:
+    starts = [rng.randrange(0, top) for _ in range(count)]
+    return [(s, s + rng.randrange(0, 12)) for s in starts]
+
+
+@pytest.mark.asyncio
+async def test_each_lookup_finds_what_one_lookup_per_range_finds(store: Store) -> None:
+    rng = random.Random(7)
+    statuses = [BlockStatus.HELD, BlockStatus.RESERVED, BlockStatus.SUPERSEDED, BlockStatus.TRANSFERRED]
+    async with store.transaction() as tx:
+        await tx.insert_account(Account("acc", "Owner", AccountType.PROJECT_OWNER))
+        # Disjoint blocks every 10 serials (some not guarded), one at the top of the serial range.
+        await tx.insert_blocks(
+            [NewBlock(block(s, s + rng.randrange(0, 9)), "acc", rng.choice(statuses)) for s in range(0, 400, 10)]
+            + [NewBlock(block(TOP - 5, TOP), "acc", BlockStatus.HELD)]
+        )
+        await tx.add_known(SPACE, random_ranges(rng, 30))
+        await tx.add_abroad(SPACE, ranges.normalize(random_ranges(rng, 30)))
+        for _ in range(5):
+            wanted = [*random_ranges(rng, 40), (0, TOP), (TOP, TOP), (TOP - 7, TOP - 6)]
+            for limit in (None, 0, 2):
+                each = await tx.guarded_blocks_each(SPACE, wanted, limit=limit)
+                one = [await tx.guarded_blocks(SPACE, s, e, limit=limit) for s, e in wanted]
+                assert each == one
+            assert await tx.known_ranges_each(SPACE, wanted) == [await tx.known_ranges(SPACE, s, e) for s, e in wanted]
+            assert await tx.abroad_ranges_each(SPACE, wanted) == [
+                await tx.abroad_ranges(SPACE, s, e) for s, e in wanted
+            ]
+            assert await tx.known_ranges_each(SPACE2, wanted) == [[] for _ in wanted]
+        assert await tx.guarded_blocks_each(SPACE, []) == []
+
+
+@pytest.mark.asyncio
+async def test_many_ranges_join_the_known_and_abroad_sets_at_once_or_not_at_all(store: Store) -> None:
+    rng = random.Random(11)
+    async with store.transaction() as tx:
+        known: list[tuple[int, int]] = []
+        for _ in range(4):
+            added = random_ranges(rng, 25)
+            await tx.add_known(SPACE, added)
+            known = ranges.normalize([*known, *added])
+            assert await tx.known_ranges(SPACE, 0, TOP) == known
+        await tx.add_abroad(SPACE, [(10, 19), (30, 39)])
+        await tx.add_abroad(SPACE, [(20, 29), (40, 40), (60, 69)])  # touch each other and those there
+        assert await tx.abroad_ranges(SPACE, 0, TOP) == [(10, 40), (60, 69)]
+        for refused in ([(45, 50), (50, 55)], [(70, 75), (5, 10)], [(41, 41), (41, 41)]):
+            with pytest.raises(StoreConflict, match="already abroad"):
+                async with tx.savepoint():
+                    await tx.add_abroad(SPACE, refused)
+        for refused in ([(12, 14), (14, 16)], [(61, 62), (35, 45)], [(1, 1)]):
+            with pytest.raises(StoreConflict, match="not abroad in full"):
+                async with tx.savepoint():
+                    await tx.remove_abroad(SPACE, refused)
+        assert await tx.abroad_ranges(SPACE, 0, TOP) == [(10, 40), (60, 69)]
+        await tx.remove_abroad(SPACE, [(10, 10), (15, 20), (40, 40), (60, 69)])
+        assert await tx.abroad_ranges(SPACE, 0, TOP) == [(11, 14), (21, 39)]
+    async with store.transaction() as tx:
+        await tx.set_blocks_status([], BlockStatus.HELD)
+        await tx.insert_blocks([])
+        await tx.add_known(SPACE2, [])
+        assert await tx.known_ranges(SPACE2, 0, TOP) == []
