@@ -50,6 +50,10 @@ class TransferRequest:
     adjustment_method: str
 
 
+BLOCKS_NAMED_NOT_HELD = 5
+"""How many of the blocks a selection meets a refusal names when no free block held in the account holds it."""
+
+
 class Initiating(GatewayBase):
     """Proposing, cancelling and completing outgoing transfers."""
 
@@ -175,8 +179,12 @@ class Initiating(GatewayBase):
                         field=f"selections[{max(i, j)}]",
                     )
             # The blocks each selection meets, all at once. A split below changes only blocks inside the held
-            # block it splits, which no later selection of the group meets: these stay true throughout.
-            found = await tx.guarded_blocks_each(space, [(s.start, s.end) for _, s in group])
+            # block it splits, which no later selection of the group meets: these stay true throughout. The
+            # block holding a selection starts before it or at its start, so a few suffice, however far the
+            # selection reaches.
+            found = await tx.guarded_blocks_each(
+                space, [(s.start, s.end) for _, s in group], limit=BLOCKS_NAMED_NOT_HELD
+            )
             held: StoredBlock | None = None
             pieces: list[tuple[int, BlockSelection]] = []
             for (index, selection), meeting in zip(group, found, strict=True):
@@ -257,7 +265,9 @@ class Initiating(GatewayBase):
     @staticmethod
     def _not_held(account_id: str, selection: BlockSelection, index: int, found: Sequence[StoredBlock]) -> GatewayError:
         probe = UnitBlock(space=selection.space, start=selection.start, end=selection.end, vintage=0)
-        where = "; ".join(f"{s.block.describe()} is {s.status.value} in {s.account_id!r}" for s in found[:5])
+        where = "; ".join(
+            f"{s.block.describe()} is {s.status.value} in {s.account_id!r}" for s in found[:BLOCKS_NAMED_NOT_HELD]
+        )
         return GatewayError(
             ResponseCode.UNIT_NOT_HELD,
             f"{probe.describe()} is not held, free and whole, in account {account_id!r}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -13,6 +13,8 @@ from gateway import wire
 from gateway.demo import Pair, ledgers_agree
 from gateway.domain.errors import ResponseCode
 from gateway.store.base import LogEntry
+from gateway.store.postgres import PostgresTransaction
+from gateway.store.sqlite import SQLiteTransaction
 from signing import CryptoSigner, Envelope
 from tests.integration.harness import (
     Crafter,
@@ -315,3 +317,34 @@ def _message_id(payload: bytes) -> str:
     statement = partner_pb2.Statement()
     statement.ParseFromString(payload)
     return statement.header.message_id
+
+
+@pytest.mark.asyncio
+async def test_a_selection_across_many_blocks_is_refused_naming_a_few_and_reading_no_more(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    block = await setup_accounts(pair)
+    many = proposal_request(block, 1, 1, "many")
+    many.selections.extend(operator_pb2.BlockSelection(space=block.space, start=i, end=i) for i in range(3, 200, 2))
+    read: list[int] = []
+
+    def counting(kind: type[SQLiteTransaction] | type[PostgresTransaction]) -> Any:
+        real: Any = kind.guarded_blocks_each
+
+        async def counted(self: object, *args: object, **kwargs: object) -> list[list[object]]:
+            found: list[list[object]] = await real(self, *args, **kwargs)
+            read.extend(len(each) for each in found)
+            return found
+
+        return counted
+
+    for kind in (SQLiteTransaction, PostgresTransaction):
+        monkeypatch.setattr(kind, "guarded_blocks_each", counting(kind))
+    async with operator(pair.chn) as chn:
+        await chn.ProposeTransfer(many)  # 100 single units reserved, the 100 gaps between them held
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.ProposeTransfer(proposal_request(block, 1, 1000, "across"))
+    assert error_code(caught.value) == ResponseCode.UNIT_NOT_HELD
+    details = caught.value.details() or ""
+    assert "[1, 1] is reserved" in details and "[5, 5] is reserved" in details and "[6, 6]" not in details
+    assert read[-1] <= 6  # the block before the selection and the first five in it, of some 200
