@@ -9,7 +9,7 @@ from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.errors import ResponseCode
+from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.protocol import Rejection
 from gateway.domain.records import (
     ActionType,
@@ -343,21 +343,47 @@ def from_text(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.UTC)
 
 
-def transfer_from_row(row: Any) -> Transfer:
-    """A transfer from its stored row or a mapping like it (the JSON the change feed keeps of one)."""
+TRANSFERS = "SELECT t.*, k.terms AS kept_terms FROM transfers t LEFT JOIN transfer_terms k USING (transfer_id)"
+"""Transfer rows with their terms kept apart (store migration 10), for `transfer_from_row`; a WHERE clause may
+follow, naming the row's columns with ``t.``."""
+
+
+CHANGES = (
+    "SELECT c.position, c.kind, c.body, c.recorded_at, k.terms AS kept_terms FROM ({}) c"
+    " LEFT JOIN transfer_terms k ON c.kind = 'transfer' AND k.transfer_id = c.subject_id ORDER BY c.position"
+)
+"""Change-feed rows (the statement to put in: position, kind, subject_id, body and recorded_at) with the terms of
+their transfers kept apart (migration 10), for `change_from_row`."""
+
+
+def transfer_from_row(row: Any, kept_terms: str | None = None, *, where: str = "") -> Transfer:
+    """A transfer from its stored row or a mapping like it (the JSON the change feed keeps of one), with the
+    terms kept apart from the row if there are any (migration 10: the row's own are then empty). Refuses
+    (`GatewayError`, ``INTERNAL_ERROR``) a row whose terms are neither in it nor kept apart, naming the transfer
+    and ``where`` it was read."""
+    terms = row["terms"] if kept_terms is None else kept_terms
+    if not terms:
+        raise GatewayError(
+            ResponseCode.INTERNAL_ERROR,
+            f"{where}transfer {str(row['transfer_id'])[:128]!r} has no terms: its row leaves them to the"
+            " transfer_terms table, which has none for it. The database is damaged; restore it from a backup",
+        )
     return Transfer(
         transfer_id=row["transfer_id"],
         role=TransferRole(row["role"]),
         state=TransferState(row["state"]),
-        terms=terms_from_json(row["terms"]),
+        terms=terms_from_json(terms),
         rejections=rejections_from_json(row["rejections"]),
         created_at=from_text(row["created_at"]),
         updated_at=from_text(row["updated_at"]),
     )
 
 
-def change_from_row(position: int, kind_text: str, body_text: str, recorded_at: str) -> Change:
-    """A change-feed row as stored (migration 7) read back, with its digest."""
+def change_from_row(
+    position: int, kind_text: str, body_text: str, recorded_at: str, kept_terms: str | None = None
+) -> Change:
+    """A change-feed row as stored (migration 7) read back, with its digest; ``kept_terms`` are the terms of
+    its transfer kept apart from the transfer row (migration 10), which the row then records as empty."""
     kind = ChangeKind(kind_text)
     digest = change_digest(position, kind_text, recorded_at, body_text)
     body = json.loads(body_text)
@@ -367,5 +393,7 @@ def change_from_row(position: int, kind_text: str, body_text: str, recorded_at: 
             body[name] = json.dumps(body[name])
     moment = from_text(recorded_at)
     if kind is ChangeKind.TRANSFER:
-        return Change(position, kind, moment, digest, transfer=transfer_from_row(body))
+        kept = kept_terms if body.get("terms") == "" else None
+        transfer = transfer_from_row(body, kept, where=f"the change at position {position}: ")
+        return Change(position, kind, moment, digest, transfer=transfer)
     return Change(position, kind, moment, digest, entry=ledger_from_row(body["entry_id"], body))

@@ -572,6 +572,26 @@ MIGRATIONS = (
     ),
 )
 
+# A transfer's terms (its blocks: a thousand make some 400 kB) never change, but its row changes state several
+# times, and each change rewrote the terms with the row and copied them into the change feed. Transfers
+# recorded from this version on keep their terms here and an empty text in the row; the readers take them
+# from here when a row is here (`gateway.store.codec.TRANSFERS`). Rows written before keep theirs in place.
+# Transfers are listed in the order they were created: by an index, not a sort of every row and its terms.
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        10,
+        "the terms of each transfer in a table of their own, so that a change of state does not rewrite them",
+        """
+        CREATE TABLE transfer_terms (
+            transfer_id TEXT PRIMARY KEY,
+            terms TEXT NOT NULL
+        );
+        CREATE INDEX transfers_created ON transfers (created_at, transfer_id)
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks

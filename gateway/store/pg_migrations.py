@@ -516,5 +516,13 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             " FOR EACH ROW EXECUTE FUNCTION authorization_usage_follow()",
         ],
     ),
+    (
+        10,
+        _description(10),
+        [
+            f"CREATE TABLE transfer_terms (transfer_id {T} PRIMARY KEY, terms TEXT NOT NULL)",
+            "CREATE INDEX transfers_created ON transfers (created_at, transfer_id)",
+        ],
+    ),
 ]
 """(version, description, statements), in the order they are applied."""

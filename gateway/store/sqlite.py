@@ -816,7 +816,7 @@ class SQLiteTransaction:
                     transfer.transfer_id,
                     transfer.role.value,
                     int(transfer.state),
-                    codec.terms_to_json(transfer.terms),
+                    "",
                     transfer.terms.authorization_id,
                     transfer.terms.quantity,
                     codec.rejections_to_json(transfer.rejections),
@@ -827,6 +827,9 @@ class SQLiteTransaction:
             )
         except sqlite3.IntegrityError as exc:
             raise StoreConflict(f"transfer {transfer.transfer_id!r} exists") from exc
+        self._db.execute(
+            "INSERT INTO transfer_terms VALUES (?, ?)", (transfer.transfer_id, codec.terms_to_json(transfer.terms))
+        )
 
     async def update_transfer(self, transfer: Transfer) -> None:
         self._db.execute(
@@ -840,21 +843,22 @@ class SQLiteTransaction:
         )
 
     async def get_transfer(self, transfer_id: str) -> Transfer | None:
-        row = self._one("SELECT * FROM transfers WHERE transfer_id = ?", (transfer_id,))
-        return None if row is None else codec.transfer_from_row(row)
+        row = self._one(f"{codec.TRANSFERS} WHERE t.transfer_id = ?", (transfer_id,))
+        return None if row is None else codec.transfer_from_row(row, row["kept_terms"])
 
     async def list_transfers(self) -> list[Transfer]:
         return [
-            codec.transfer_from_row(r) for r in self._all("SELECT * FROM transfers ORDER BY created_at, transfer_id")
+            codec.transfer_from_row(r, r["kept_terms"])
+            for r in self._all(f"{codec.TRANSFERS} ORDER BY t.created_at, t.transfer_id")
         ]
 
     async def open_transfers(self) -> list[Transfer]:
         final = [int(s) for s in FINAL_STATES]
         rows = self._all(
-            f"SELECT * FROM transfers WHERE state NOT IN ({_placeholders(final)}) ORDER BY created_at, transfer_id",
+            f"{codec.TRANSFERS} WHERE t.state NOT IN ({_placeholders(final)}) ORDER BY t.created_at, t.transfer_id",
             final,
         )
-        return [codec.transfer_from_row(r) for r in rows]
+        return [codec.transfer_from_row(r, r["kept_terms"]) for r in rows]
 
     async def status_queried_at(self, transfer_id: str) -> dt.datetime | None:
         row = self._one("SELECT status_queried_at FROM transfers WHERE transfer_id = ?", (transfer_id,))
@@ -1571,13 +1575,15 @@ class SQLiteTransaction:
     # the change feed
 
     async def changes_after(self, position: int, limit: int, kinds: Sequence[ChangeKind] = ()) -> list[Change]:
-        sql = "SELECT position, kind, body, recorded_at FROM changes WHERE position > ?"
+        sql = "SELECT position, kind, subject_id, body, recorded_at FROM changes WHERE position > ?"
         params: list[Any] = [position]
         if kinds:
             sql += f" AND kind IN ({_placeholders(kinds)})"
             params.extend(k.value for k in kinds)
-        rows = self._all(sql + " ORDER BY position LIMIT ?", (*params, limit))
-        return [codec.change_from_row(r["position"], r["kind"], r["body"], r["recorded_at"]) for r in rows]
+        rows = self._all(f"{codec.CHANGES.format(sql + ' ORDER BY position LIMIT ?')}", (*params, limit))
+        return [
+            codec.change_from_row(r["position"], r["kind"], r["body"], r["recorded_at"], r["kept_terms"]) for r in rows
+        ]
 
     async def last_change_position(self) -> int:
         row = self._one("SELECT COALESCE(MAX(position), 0) FROM changes")

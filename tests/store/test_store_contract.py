@@ -8,8 +8,10 @@ stores keep it. The PostgreSQL cases use the server named by ``CARBON_GATEWAY_TE
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -19,9 +21,17 @@ import pytest_asyncio
 
 from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.records import Account, AccountType, ActionType, LedgerEntry, Purpose
+from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.records import (
+    Account,
+    AccountType,
+    ActionType,
+    LedgerEntry,
+    Purpose,
+)
 from gateway.domain.statements import ChannelState
-from gateway.store import open_store
+from gateway.domain.transfer import Transfer, TransferRole, TransferState
+from gateway.store import codec, open_store
 from gateway.store.base import (
     BlockStatus,
     ChangeKind,
@@ -36,6 +46,7 @@ from gateway.store.migrations import MIGRATIONS
 from gateway.store.pg_migrations import PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
 from tests import postgres
+from tests.gateway.test_change_feed import TERMS
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 SPACE = SerialSpace("CCER", "CN-CCER", "")
@@ -632,3 +643,71 @@ async def test_many_ranges_join_the_known_and_abroad_sets_at_once_or_not_at_all(
         await tx.insert_blocks([])
         await tx.add_known(SPACE2, [])
         assert await tx.known_ranges(SPACE2, 0, TOP) == []
+
+
+async def raw(store: Store, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """Rows of ``sql`` run on the store's own database, bypassing the Store API (``?`` placeholders)."""
+    if isinstance(store, PostgresStore):
+        count = iter(range(1, 100))
+        async with store._pool.acquire() as connection:
+            return [tuple(r) for r in await connection.fetch(re.sub(r"\?", lambda _: f"${next(count)}", sql), *args)]
+    return [tuple(r) for r in store._db.execute(sql, args).fetchall()]  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_a_transfers_terms_are_written_once_and_read_back_with_every_state(store: Store) -> None:
+    terms = dataclasses.replace(TERMS, blocks=tuple(block(20 * i + 1, 20 * i + 10) for i in range(300)))
+    new = Transfer("t-new", TransferRole.INITIATING, TransferState.PROPOSED, terms, (), NOW, NOW)
+    old = dataclasses.replace(new, transfer_id="t-old", terms=dataclasses.replace(terms, blocks=terms.blocks[:2]))
+    async with store.transaction() as tx:
+        await tx.insert_transfer(new)
+        for state in (TransferState.CHECKED, TransferState.ACCEPTED):
+            await tx.update_transfer(dataclasses.replace(new, state=state))
+    # A transfer as a version before the terms were kept apart wrote it: its terms in its row.
+    await raw(
+        store,
+        "INSERT INTO transfers (transfer_id, role, state, terms, authorization_id, quantity, rejections, created_at,"
+        " updated_at, first_quantity) VALUES (?, 'initiating', ?, ?, 'CHN-A-0001', 20, '[]', ?, ?, 0)",
+        "t-old",
+        int(TransferState.PROPOSED),
+        codec.terms_to_json(old.terms),
+        codec.to_text(NOW),
+        codec.to_text(NOW),
+    )
+    async with store.transaction() as tx:
+        await tx.update_transfer(dataclasses.replace(old, state=TransferState.CHECKED))
+    async with store.read() as tx:
+        assert await tx.get_transfer("t-new") == dataclasses.replace(new, state=TransferState.ACCEPTED)
+        assert await tx.get_transfer("t-old") == dataclasses.replace(old, state=TransferState.CHECKED)
+        assert {t.transfer_id: t.terms for t in await tx.list_transfers()} == {"t-new": terms, "t-old": old.terms}
+        assert [t.terms for t in await tx.open_transfers()] == [terms, old.terms]
+        feed = [c.transfer for c in await tx.changes_after(0, 100, [ChangeKind.TRANSFER]) if c.transfer]
+    assert [(t.transfer_id, t.state, t.terms) for t in feed] == [
+        ("t-new", TransferState.PROPOSED, terms),
+        ("t-new", TransferState.CHECKED, terms),
+        ("t-new", TransferState.ACCEPTED, terms),
+        ("t-old", TransferState.PROPOSED, old.terms),
+        ("t-old", TransferState.CHECKED, old.terms),
+    ]
+    # The new transfer's terms are stored once: not in its row, nor in any of its changes.
+    stored = len(codec.terms_to_json(terms))
+    assert [r[0] for r in await raw(store, "SELECT terms FROM transfers WHERE transfer_id = 't-new'")] == [""]
+    sizes = await raw(store, "SELECT length(body) FROM changes WHERE subject_id = 't-new'")
+    assert len(sizes) == 3 and all(int(str(size)) < stored / 20 for (size,) in sizes)
+
+
+@pytest.mark.asyncio
+async def test_a_transfer_whose_kept_terms_are_gone_is_refused_by_name_not_misread(store: Store) -> None:
+    kept = Transfer("t-kept", TransferRole.INITIATING, TransferState.PROPOSED, TERMS, (), NOW, NOW)
+    async with store.transaction() as tx:
+        await tx.insert_transfer(kept)
+        await tx.insert_transfer(dataclasses.replace(kept, transfer_id="t-lost"))
+    await raw(store, "DELETE FROM transfer_terms WHERE transfer_id = 't-lost'")
+    async with store.read() as tx:
+        assert await tx.get_transfer("t-kept") == kept
+        with pytest.raises(GatewayError, match="transfer 't-lost' has no terms") as refused:
+            await tx.get_transfer("t-lost")
+        assert refused.value.code is ResponseCode.INTERNAL_ERROR
+        assert [c.transfer for c in await tx.changes_after(0, 1)] == [kept]
+        with pytest.raises(GatewayError, match="the change at position 2: transfer 't-lost' has no terms"):
+            await tx.changes_after(0, 10)
