@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
+import threading
+from collections import OrderedDict
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
@@ -72,7 +73,7 @@ def block_row(new: NewBlock) -> tuple[str, str, str, int, int, str, str, str, st
         space.issuance,
         new.block.start,
         new.block.end,
-        block_to_json(new.block),
+        stored_block_text(new.block),
         new.account_id,
         new.status.value,
         new.transfer_id,
@@ -91,18 +92,47 @@ _BLOCK_TEXT_KEPT = 4096
 with many long attributes is decoded each time rather than fill the memory."""
 
 
+_BLOCKS_KEPT = 8192
+"""How many decoded blocks `block_from_json` keeps, by their text, the most recently used last."""
+
+_blocks_read: OrderedDict[str, UnitBlock] = OrderedDict()
+_blocks_lock = threading.Lock()  # the store's event loop reads blocks, and so may a worker thread
+
+
 def block_from_json(text: str) -> UnitBlock:
     """The inverse of `block_to_json` (and of any JSON text of `block_to_dict`).
 
     Blocks are immutable, so the same text gives the same object: a block read again (the reserved copy of a
-    held block, the block of each of its ledger entries) is not decoded again.
+    held block, the block of each of its ledger entries, a block just stored by `stored_block_text`) is not
+    decoded again.
     """
-    return _kept_block(text) if len(text) <= _BLOCK_TEXT_KEPT else _decode_block(text)
+    if len(text) > _BLOCK_TEXT_KEPT:
+        return _decode_block(text)
+    with _blocks_lock:
+        found = _blocks_read.get(text)
+        if found is not None:
+            _blocks_read.move_to_end(text)
+            return found
+    found = _decode_block(text)
+    _keep_block(text, found)
+    return found
 
 
-@functools.lru_cache(maxsize=8192)
-def _kept_block(text: str) -> UnitBlock:
-    return _decode_block(text)
+def stored_block_text(block: UnitBlock) -> str:
+    """`block_to_json` of a block about to be stored, which `block_from_json` then reads back without decoding:
+    a transfer's blocks are read back in the next step, on either side."""
+    text = block_to_json(block)
+    if len(text) <= _BLOCK_TEXT_KEPT:
+        _keep_block(text, block)
+    return text
+
+
+def _keep_block(text: str, block: UnitBlock) -> None:
+    with _blocks_lock:
+        _blocks_read[text] = block
+        _blocks_read.move_to_end(text)
+        if len(_blocks_read) > _BLOCKS_KEPT:
+            _blocks_read.popitem(last=False)
 
 
 def _decode_block(text: str) -> UnitBlock:

@@ -110,3 +110,28 @@ def test_the_decoded_blocks_and_terms_kept_are_bounded_by_their_text(monkeypatch
     assert len(big) > 3_000 and big not in codec._terms_read
     assert codec.terms_from_json(big) == terms(20, "big")
     assert codec._terms_length <= 3_000
+
+
+def test_a_block_just_stored_is_read_back_as_itself_and_the_kept_blocks_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    space = SerialSpace("CCER", "CN-CCER", "")
+    stored = UnitBlock(space, 7, 9, vintage=2025, project_id="P-kept")
+    text = codec.stored_block_text(stored)
+    assert text == codec.block_to_json(stored)
+    decoded: list[str] = []
+    real = codec._decode_block
+
+    def counted(text: str) -> UnitBlock:
+        decoded.append(text)
+        return real(text)
+
+    monkeypatch.setattr(codec, "_decode_block", counted)
+    assert codec.block_from_json(text) is stored and decoded == []
+    for i in range(codec._BLOCKS_KEPT):  # as many other blocks: the first one kept is the oldest now
+        codec.stored_block_text(UnitBlock(space, 10 + 2 * i, 10 + 2 * i, vintage=2025, project_id="P-kept"))
+    assert codec.block_from_json(text) == stored and decoded == [text]
+    huge = dataclasses.replace(stored, attributes=(("note", "x" * codec._BLOCK_TEXT_KEPT),))
+    huge_text = codec.stored_block_text(huge)
+    assert codec.block_from_json(huge_text) == huge and decoded[-1] == huge_text
+    assert len(codec._blocks_read) == codec._BLOCKS_KEPT
