@@ -41,7 +41,7 @@ from gateway.rpc.partner import SERVICE_NAME as PARTNER_SERVICE
 from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
 from gateway.service import Gateway
 from gateway.store import UnsupportedDatabase, is_url, open_store
-from gateway.store.base import Store
+from gateway.store.base import SchemaTooNew, Store
 from gateway.trust import TrustKeeper
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from gateway.usecases.watching import ChangeFeed
@@ -616,7 +616,7 @@ async def _open_store(location: Path | str) -> Store:
             # An unreachable server, a refused login, a database that does not exist: the message names the
             # database without its password.
             raise ConfigError(f"database: cannot use {exc}") from None
-        except UnsupportedDatabase as exc:
+        except (UnsupportedDatabase, SchemaTooNew) as exc:
             raise ConfigError(f"database: {exc}") from None
         except Exception as exc:  # a failed migration: another program's tables, missing privileges
             raise ConfigError(
@@ -627,6 +627,8 @@ async def _open_store(location: Path | str) -> Store:
     check_database_file(path)
     try:
         return await open_store(path)
+    except SchemaTooNew as exc:
+        raise ConfigError(f"database: {path}: {exc}") from None
     except sqlite3.DatabaseError as exc:
         # A file that is not SQLite ("file is not a database"), another program's database (a migration
         # fails), or a file or folder this process may not write.

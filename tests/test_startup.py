@@ -247,6 +247,15 @@ def _foreign_database(folder: Path) -> Path:
     return _config(folder, database="other-app.db")
 
 
+def _newer_database(folder: Path) -> Path:
+    """A configuration whose database a later version migrated past every version this one knows."""
+    with closing(sqlite3.connect(folder / "newer.db")) as db:
+        db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, description TEXT)")
+        db.execute("INSERT INTO schema_migrations VALUES (1000, 'from the future')")
+        db.commit()
+    return _config(folder, database="newer.db")
+
+
 CASES = [
     Case(
         "config_not_utf8",
@@ -347,6 +356,11 @@ CASES = [
         ("database", "other-app.db"),
     ),
     Case("database_is_a_folder", lambda f, _: _config(f, database=_folder(f / "db").name), ("database",)),
+    Case(
+        "database_of_a_newer_version",
+        lambda f, _: _newer_database(f),
+        ("database", "newer.db", "schema version 1000", "newer version"),
+    ),
     Case(
         "limits_size_is_a_string",
         lambda f, _: _config(f, tail='[limits]\nmax_envelope_bytes = "big"'),

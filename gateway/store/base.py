@@ -260,6 +260,24 @@ class StoreConflict(Exception):
     """A write conflicts with a row already stored (a bug or a race the caller must handle)."""
 
 
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer version of the gateway, whose rows this version would misread."""
+
+    def __init__(self, where: str, newest: int, known: int) -> None:
+        super().__init__(
+            f"{where} was migrated by a newer version of the gateway (schema version {newest}; this version knows"
+            f" versions up to {known}), and this version would misread what it wrote: run that version or a later"
+            " one (every replica of one database runs the same version), or restore a backup taken before the"
+            " upgrade"
+        )
+
+
+def check_schema_known(where: str, applied: set[int], known: int) -> None:
+    """Refuse (`SchemaTooNew`) a database with a migration applied that this version does not know."""
+    if applied and max(applied) > known:
+        raise SchemaTooNew(where, max(applied), known)
+
+
 def check_abroad_added(present: Sequence[Range], added: Sequence[Range]) -> None:
     """Refuse (`StoreConflict`) ranges ``added`` to the abroad ranges ``present`` (those they overlap or touch)
     if a serial of them is abroad already or named twice: a unit is in one place."""

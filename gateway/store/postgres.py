@@ -85,6 +85,7 @@ from gateway.store.base import (
     StoredMessage,
     check_abroad_added,
     check_abroad_removed,
+    check_schema_known,
 )
 from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD
 from gateway.store.pg_migrations import PG_MIGRATIONS, WRITE_LOCK
@@ -357,6 +358,7 @@ async def migrate(connection: Any) -> int:
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL)"
         )
         applied = {int(r[0]) for r in await connection.fetch("SELECT version FROM schema_migrations")}
+        check_schema_known("the PostgreSQL database", applied, max(v for v, _, _ in PG_MIGRATIONS))
         for version, description, statements in PG_MIGRATIONS:
             if version in applied:
                 continue

@@ -72,6 +72,7 @@ from gateway.store.base import (
     StoredMessage,
     check_abroad_added,
     check_abroad_removed,
+    check_schema_known,
 )
 from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD, DATA_STEPS, MIGRATIONS
 
@@ -113,7 +114,11 @@ class SQLiteStore:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
-        migrate(db)
+        try:
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
         # One process uses an SQLite file: leases a crashed run of this gateway held are nobody's now.
         db.execute("UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner != ''")
         db.execute("BEGIN IMMEDIATE")
@@ -394,6 +399,7 @@ def migrate(db: sqlite3.Connection) -> int:
     """Apply the migrations not yet applied; return the schema version."""
     db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, description TEXT)")
     applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+    check_schema_known("the SQLite database", applied, max(v for v, _, _ in MIGRATIONS))
     for version, description, script in MIGRATIONS:
         if version in applied:
             continue

@@ -39,6 +39,7 @@ from gateway.store.base import (
     LogKind,
     NewBlock,
     OutboxKind,
+    SchemaTooNew,
     Store,
     StoreConflict,
 )
@@ -694,6 +695,19 @@ async def test_a_transfers_terms_are_written_once_and_read_back_with_every_state
     assert [r[0] for r in await raw(store, "SELECT terms FROM transfers WHERE transfer_id = 't-new'")] == [""]
     sizes = await raw(store, "SELECT length(body) FROM changes WHERE subject_id = 't-new'")
     assert len(sizes) == 3 and all(int(str(size)) < stored / 20 for (size,) in sizes)
+
+
+@pytest.mark.asyncio
+async def test_a_database_a_newer_version_migrated_is_refused_and_left_as_it_is(opener: Opener) -> None:
+    store = await opener()
+    try:
+        await raw(store, "INSERT INTO schema_migrations VALUES (?, 'from a later version')", 10_000)
+    finally:
+        await store.close()
+    with pytest.raises(SchemaTooNew, match="schema version 10000; this version knows versions up to"):
+        await opener()
+    with pytest.raises(SchemaTooNew):  # refused again: nothing was migrated or marked meanwhile
+        await opener()
 
 
 @pytest.mark.asyncio
