@@ -1016,13 +1016,13 @@ class Reconciling(GatewayBase):
             check_identifier(transfer_id, f"reconciliation_request.transfer_ids[{i}]")
             evidence = await self._evidence(tx, transfer_id, partner, size)
             if reply.ByteSize() + evidence.ByteSize() + 16 > budget:
-                if reply.transfers:
-                    break
-                # Alone and still too large: its last messages are left out, and counted.
-                while evidence.messages and reply.ByteSize() + evidence.ByteSize() + 16 > budget:
-                    evidence.messages.pop()
-                    evidence.messages_omitted += 1
+                # A transfer's state matters more than its listed messages, and the requester takes a bucket only
+                # with the states of all its transfers in the same reply: this transfer's last messages are left
+                # out, and counted, to fit the room left. The requester asks again for what still does not fit.
+                _leave_out_messages(evidence, budget - 16 - reply.ByteSize())
                 if reply.ByteSize() + evidence.ByteSize() + 16 > budget:
+                    if reply.transfers:
+                        break
                     raise _too_small(partner, "the audit trail of one transfer", evidence.ByteSize(), budget)
             reply.transfers.append(evidence)
 
@@ -1117,6 +1117,26 @@ def _log_problem(partner: str, detail: str) -> bool:
             f"{partner} proved its message log consistent from a head",
         )
     )
+
+
+def _leave_out_messages(evidence: partner_pb2.TransferEvidence, room: int) -> None:
+    """Leave out the last listed messages of ``evidence``, counting them in ``messages_omitted``, until it takes
+    at most ``room`` bytes in a reply (its field's tag and length included), or none is left. Each message's size
+    is measured once: a reply may carry hundreds of transfers."""
+    framed = [_framed(m.ByteSize()) for m in evidence.messages]
+    # The evidence's own tag and length, and the count of messages left out growing by up to five bytes.
+    size = _framed(evidence.ByteSize()) + 6
+    keep = len(framed)
+    while keep and size > room:
+        keep -= 1
+        size -= framed[keep]
+    evidence.messages_omitted += len(framed) - keep
+    del evidence.messages[keep:]
+
+
+def _framed(length: int) -> int:
+    """The bytes a length-delimited field of ``length`` bytes takes: its tag, its length as a varint, itself."""
+    return 1 + max(1, (length.bit_length() + 6) // 7) + length
 
 
 def _too_small(partner: str, what: str, size: int, budget: int) -> GatewayError:

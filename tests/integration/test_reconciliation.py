@@ -33,6 +33,7 @@ from gateway.node import GatewayNode
 from gateway.reconciliation_wire import block_to_proto, group_to_proto, ref_to_proto, totals_to_proto
 from gateway.rpc.errors import read_error_detail
 from gateway.store.base import OutboxKind, OutboxState, ReconciliationRun, RunRole
+from gateway.usecases import reconciling
 from gateway.usecases.base import Idempotency
 from gateway.usecases.reconciling import REPORT_PAYLOAD_TYPE
 from signing import Envelope, verify_envelope
@@ -708,10 +709,50 @@ async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found
         asked_and_answered = list(zip(requests, replies, strict=True))
         assert all(a.refusal == 0 and a.phase == q.phase for q, a in asked_and_answered)
         assert any(len(a.nodes) < len(q.nodes) for q, a in asked_and_answered if q.phase == BLOCKS)
-        assert any(len(a.transfers) < len(q.transfer_ids) for q, a in asked_and_answered if q.phase == AUDIT)
+        # A transfer's listed messages give way first, so that its state fits beside the others.
+        assert any(
+            len(a.transfers) < len(q.transfer_ids) or any(e.messages_omitted for e in a.transfers)
+            for q, a in asked_and_answered
+            if q.phase == AUDIT
+        )
         assert all(a.ByteSize() + ENVELOPE_MARGIN_BYTES < cap for a in replies)
     finally:
         await network.stop()
+
+
+def _trail(transfer_id: str, messages: int) -> partner_pb2.TransferEvidence:
+    evidence = partner_pb2.TransferEvidence(transfer_id=transfer_id, known=True, state=records_pb2.COMPLETED)
+    for i in range(messages):
+        evidence.messages.append(
+            partner_pb2.LoggedMessage(
+                log_index=i + 1,
+                kind="statement",
+                message_id=f"m-{i}",
+                envelope_sha256=bytes(32),
+                inclusion_proof=[bytes(32)] * 10,
+            )
+        )
+    return evidence
+
+
+def test_a_transfers_messages_give_way_to_fit_its_state_in_the_room_left() -> None:
+    # Two transfers whose trails do not fit one reply together: the requester takes a bucket only with the
+    # states of all its transfers in one reply, so answering only the first would get the same request for ever.
+    first, second = _trail("t-1", 6), _trail("t-2", 6)
+    reply = partner_pb2.ReconciliationReply(run_id="run", phase=AUDIT)
+    reply.transfers.append(first)
+    room = second.ByteSize() // 2
+    reconciling._leave_out_messages(second, room)
+    assert 0 < len(second.messages) < 6 and second.messages_omitted == 6 - len(second.messages)
+    assert second.ByteSize() <= room and len(first.messages) == 6  # the earlier trail stays whole
+    # The most it keeps: one message more would not fit.
+    fuller = _trail("t-2", len(second.messages) + 1)
+    fuller.messages_omitted = second.messages_omitted - 1
+    assert fuller.ByteSize() + 2 + 6 > room
+    # No room even for the bare state: every message is left out, and counted.
+    bare = _trail("t-3", 6)
+    reconciling._leave_out_messages(bare, 10)
+    assert (len(bare.messages), bare.messages_omitted) == (0, 6)
 
 
 # -- 5. hostile replies and requests ----------------------------------------------------------------------------
