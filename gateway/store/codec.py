@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
@@ -333,6 +334,24 @@ def ledger_row(entry: LedgerEntry) -> dict[str, Any]:
         "using_entity": entry.using_entity,
         "note": entry.note,
     }
+
+
+def ledger_rows(ids: Sequence[int], entries: Sequence[LedgerEntry]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The ledger's column names and a row of values per entry, each with its ID first: one statement for all."""
+    rows = [ledger_row(entry) for entry in entries]
+    columns = ["entry_id", *(rows[0] if rows else {})]
+    return columns, [(entry_id, *values.values()) for entry_id, values in zip(ids, rows, strict=True)]
+
+
+def ledger_spans(entries: Sequence[LedgerEntry]) -> list[tuple[str, str, str, str, int]]:
+    """The longest block of ``entries`` per first transferring Party and serial space, in key order: one upsert
+    of ``ledger_spans`` per key, not one per entry (the order keeps concurrent writers' row locks in step)."""
+    longest: dict[tuple[str, str, str, str], int] = {}
+    for entry in entries:
+        space = entry.block.space
+        key = (entry.first_transferring_party, space.unit_kind, space.issuing_registry, space.issuance)
+        longest[key] = max(longest.get(key, 0), entry.block.end - entry.block.start)
+    return [(*key, span) for key, span in sorted(longest.items())]
 
 
 def ledger_from_row(entry_id: int, row: dict[str, Any]) -> LedgerEntry:

@@ -762,22 +762,13 @@ class PostgresTransaction:
                 (len(entries),),
             )
         )
-        rows = [codec.ledger_row(entry) for entry in entries]
-        columns = ["entry_id", *rows[0]]
-        await self._executemany(
-            f"INSERT INTO ledger ({', '.join(columns)}) VALUES ({_placeholders(columns)})",
-            [(entry_id, *values.values()) for entry_id, values in zip(ids, rows, strict=True)],
-        )
-        longest: dict[tuple[str, str, str, str], int] = {}
-        for entry in entries:
-            space = entry.block.space
-            key = (entry.first_transferring_party, space.unit_kind, space.issuing_registry, space.issuance)
-            longest[key] = max(longest.get(key, 0), entry.block.end - entry.block.start)
+        columns, rows = codec.ledger_rows(ids, entries)
+        await self._executemany(f"INSERT INTO ledger ({', '.join(columns)}) VALUES ({_placeholders(columns)})", rows)
         await self._executemany(
             "INSERT INTO ledger_spans VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (first_transferring_party, unit_kind, issuing_registry, issuance) DO UPDATE"
             " SET longest = GREATEST(ledger_spans.longest, excluded.longest)",
-            [(*key, span) for key, span in sorted(longest.items())],
+            codec.ledger_spans(entries),
         )
         return ids
 

@@ -883,22 +883,12 @@ class SQLiteTransaction:
         row = self._one("SELECT COALESCE(MAX(entry_id), 0) FROM ledger")
         first = (int(row[0]) if row else 0) + 1
         ids = list(range(first, first + len(entries)))
-        rows = [codec.ledger_row(entry) for entry in entries]
-        columns = ["entry_id", *rows[0]]
-        self._db.executemany(
-            f"INSERT INTO ledger ({', '.join(columns)}) VALUES ({_placeholders(columns)})",
-            [(entry_id, *values.values()) for entry_id, values in zip(ids, rows, strict=True)],
-        )
-        # The longest block per (first transferring party, space): one upsert per key, not one per entry.
-        longest: dict[tuple[str, str, str, str], int] = {}
-        for entry in entries:
-            space = entry.block.space
-            key = (entry.first_transferring_party, space.unit_kind, space.issuing_registry, space.issuance)
-            longest[key] = max(longest.get(key, 0), entry.block.end - entry.block.start)
+        columns, rows = codec.ledger_rows(ids, entries)
+        self._db.executemany(f"INSERT INTO ledger ({', '.join(columns)}) VALUES ({_placeholders(columns)})", rows)
         self._db.executemany(
             "INSERT INTO ledger_spans VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE"
             " SET longest = MAX(longest, excluded.longest)",
-            [(*key, span) for key, span in longest.items()],
+            codec.ledger_spans(entries),
         )
         return ids
 
