@@ -454,6 +454,49 @@ def ledger_entry_to_proto(e: LedgerEntry) -> records_pb2.LedgerEntry:
 # statements
 
 
+class BlockReader:
+    """Reads the blocks of one message with `block_from_proto`, checking each distinct set of a block's values
+    but its serials once.
+
+    A transfer's blocks mostly differ in their serials alone: a block whose every other value (serial space,
+    vintage, project, attributes, tie, first transfer) equals one already read takes that block's checked values
+    and has its serials checked. What a message can hold bounds what a reader keeps.
+    """
+
+    def __init__(self, nomenclature: Nomenclature | None = None) -> None:
+        self._nomenclature = nomenclature
+        self._read: dict[tuple[object, ...], UnitBlock] = {}
+
+    def read(self, msg: records_pb2.UnitBlock, field: str) -> UnitBlock:
+        """The block ``msg`` holds, as `block_from_proto` reads it; refuses a malformed one naming ``field``."""
+        space = msg.space
+        key = (
+            space.unit_kind,
+            space.issuing_registry,
+            space.issuance,
+            msg.vintage,
+            msg.project_id,
+            msg.methodology_code,
+            msg.mitigation_type,
+            msg.registry_reference,
+            tuple((a.name, a.value) for a in msg.attributes),
+            msg.first_transferred,
+            msg.first_transferring_party,
+            msg.cooperative_approach,
+            msg.authorization_id,
+        )
+        known = self._read.get(key)
+        if known is None:
+            # Only a block that passed every check is kept: a message missing its space reads as one with
+            # empty codes, which no kept block has.
+            block = block_from_proto(msg, field, self._nomenclature)
+            self._read[key] = block
+            return block
+        start, end = msg.start, msg.end
+        check_serials(start, end, field)
+        return known.with_range(start, end)
+
+
 def proposal_to_proto(transfer_id: str, terms: TransferTerms) -> partner_pb2.Proposal:
     """The Proposal message for a transfer."""
     return partner_pb2.Proposal(
@@ -483,6 +526,7 @@ def proposal_from_proto(msg: partner_pb2.Proposal, nomenclature: Nomenclature) -
         text.check_identifier(ref.account_id, f"{field}.{side}.account_id", what="account ID")
     text.check_identifier(msg.authorization_id, f"{field}.authorization_id", what="authorization ID")
     purpose: Purpose = parse_purpose(msg.purpose, field=f"{field}.purpose")
+    reader = BlockReader(nomenclature)
     return TransferTerms(
         transferring_party=msg.source_account.party,
         acquiring_party=msg.acquiring_account.party,
@@ -492,7 +536,7 @@ def proposal_from_proto(msg: partner_pb2.Proposal, nomenclature: Nomenclature) -
         authorization_id=msg.authorization_id,
         purpose=purpose,
         adjustment_method=parse_adjustment_method(msg.adjustment_method, field=f"{field}.adjustment_method"),
-        blocks=tuple(block_from_proto(b, f"{field}.blocks[{i}]", nomenclature) for i, b in enumerate(msg.blocks)),
+        blocks=tuple(reader.read(b, f"{field}.blocks[{i}]") for i, b in enumerate(msg.blocks)),
     )
 
 
