@@ -13,6 +13,7 @@ from gateway import wire
 from gateway.domain import text
 from gateway.domain.access import LOOPBACK_CALLER
 from gateway.domain.adjustments import format_quantity
+from gateway.domain.blocks import SerialSpace
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import LockedPeriod, Retirement, parse_cancellation_subtype, parse_retirement
 from gateway.domain.nomenclature import Nomenclature
@@ -81,15 +82,25 @@ def _party_filter(party: str, *, required: bool = False, field: str = "party") -
     return party
 
 
-def _selection(selection: operator_pb2.BlockSelection, field: str, nomenclature: Nomenclature) -> BlockSelection:
-    wire.check_serials(selection.start, selection.end, field)
-    space_field = f"{field}.space"
-    for name in ("unit_kind", "issuing_registry", "issuance"):
-        text.check_code(getattr(selection.space, name), f"{space_field}.{name}", what=name.replace("_", " "))
-    space = nomenclature.canonical(
-        selection.space.unit_kind, selection.space.issuing_registry, selection.space.issuance, field=space_field
-    )
-    return BlockSelection(space, selection.start, selection.end)
+def _read_selections(
+    selections: Sequence[operator_pb2.BlockSelection], nomenclature: Nomenclature
+) -> tuple[BlockSelection, ...]:
+    """The selections of a request; refuses the first malformed one naming its field. A serial space spelled as
+    an earlier selection spelled it is not checked again."""
+    spaces: dict[tuple[str, str, str], SerialSpace] = {}
+    read: list[BlockSelection] = []
+    for i, selection in enumerate(selections):
+        field = f"selections[{i}]"
+        wire.check_serials(selection.start, selection.end, field)
+        spelled = (selection.space.unit_kind, selection.space.issuing_registry, selection.space.issuance)
+        space = spaces.get(spelled)
+        if space is None:
+            space_field = f"{field}.space"
+            for name, code in zip(("unit_kind", "issuing_registry", "issuance"), spelled, strict=True):
+                text.check_code(code, f"{space_field}.{name}", what=name.replace("_", " "))
+            space = spaces[spelled] = nomenclature.canonical(*spelled, field=space_field)
+        read.append(BlockSelection(space, selection.start, selection.end))
+    return tuple(read)
 
 
 def _holding(stored: StoredBlock) -> operator_pb2.Holding:
@@ -323,8 +334,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
 
     def _selections(self, selections: Sequence[operator_pb2.BlockSelection]) -> tuple[BlockSelection, ...]:
         text.check_count(selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
-        nomenclature = self.gateway.nomenclature
-        return tuple(_selection(s, f"selections[{i}]", nomenclature) for i, s in enumerate(selections))
+        return _read_selections(selections, self.gateway.nomenclature)
 
     @refusals_as_status
     async def UseUnits(
@@ -414,9 +424,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def ProposeTransfer(
         self, request: operator_pb2.ProposeTransferRequest, context: Context[object, object]
     ) -> records_pb2.Transfer:
-        text.check_count(request.selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
-        nomenclature = self.gateway.nomenclature
-        selections = [_selection(s, f"selections[{i}]", nomenclature) for i, s in enumerate(request.selections)]
+        selections = self._selections(request.selections)
         text.check_identifier(request.source_account, "source_account", what="source account ID")
         if not PARTY_PATTERN.fullmatch(request.acquiring_account.party):
             raise GatewayError(

@@ -203,6 +203,13 @@ def propose(
     return request
 
 
+def _third_space_unknown() -> operator_pb2.ProposeTransferRequest:
+    """Two selections in the demo's serial space, spelled alike, then one in a registry nobody configured."""
+    request = propose(selections=[(1, 2), (3, 4), (5, 6)])
+    request.selections[2].space.issuing_registry = "VERRA"
+    return request
+
+
 def cancel(transfer_id: str = "t-0001", reason: str = "", key: str = KEY) -> operator_pb2.CancelTransferRequest:
     return operator_pb2.CancelTransferRequest(idempotency_key=key, transfer_id=transfer_id, reason=reason)
 
@@ -569,6 +576,14 @@ TABLE: list[Bad] = [
         "ProposeTransfer",
         lambda: propose(space={"issuing_registry": "VERRA"}),
         "selections[0].space.issuing_registry",
+        ResponseCode.UNKNOWN_SERIAL_SPACE,
+        SERIAL_SPACE,
+    ),
+    Bad(
+        "selection-registry-unknown-third",
+        "ProposeTransfer",
+        _third_space_unknown,
+        "selections[2].space.issuing_registry",
         ResponseCode.UNKNOWN_SERIAL_SPACE,
         SERIAL_SPACE,
     ),
