@@ -892,6 +892,10 @@ class Reconciling(GatewayBase):
             # The transfers first, then the buckets that fit beside them: both read in this one transaction.
             await self._answer_transfers(tx, partner, request, reply, size)
             await self._answer_nodes(tx, partner, request, reply)
+            if len(request.nodes) == 1 and (not reply.nodes or len(reply.transfers) < len(request.transfer_ids)):
+                # The requester takes a bucket only with the states of all the transfers asked with it, and asks
+                # one alone when a reply had no room for more: the same request would get this same answer.
+                raise await self._lone_bucket_too_large(tx, partner, request, reply, size)
         else:
             raise GatewayError(
                 ResponseCode.MALFORMED_PAYLOAD,
@@ -1026,6 +1030,34 @@ class Reconciling(GatewayBase):
                     raise _too_small(partner, "the audit trail of one transfer", evidence.ByteSize(), budget)
             reply.transfers.append(evidence)
 
+    async def _lone_bucket_too_large(
+        self,
+        tx: Transaction,
+        partner: str,
+        request: partner_pb2.ReconciliationRequest,
+        reply: partner_pb2.ReconciliationReply,
+        size: int,
+    ) -> GatewayError:
+        """The refusal of a bucket asked alone that does not fit in one reply beside the states of its transfers,
+        their listed messages all left out: the bytes that reply would take, against the room there is."""
+        ref = ref_from_proto(request.nodes[0], "reconciliation_request.nodes[0]")
+        needed = partner_pb2.ReconciliationReply()
+        needed.CopyFrom(reply)
+        del needed.transfers[:]
+        del needed.nodes[:]
+        for transfer_id in request.transfer_ids:
+            evidence = await self._evidence(tx, transfer_id, partner, size)
+            evidence.messages_omitted += len(evidence.messages)
+            del evidence.messages[:]
+            needed.transfers.append(evidence)
+        needed.nodes.append(view_to_proto(await self._own_view(tx, partner, ref)))
+        return _too_small(
+            partner,
+            f"{_bucket_name(ref)} with the states of its {len(request.transfer_ids)} transfers",
+            needed.ByteSize(),
+            _budget(self, partner),
+        )
+
     async def _on_reconciliation_report(
         self, tx: Transaction, partner: str, report: partner_pb2.ReconciliationReport
     ) -> None:
@@ -1144,6 +1176,15 @@ def _too_small(partner: str, what: str, size: int, budget: int) -> GatewayError:
         ResponseCode.ENVELOPE_TOO_LARGE,
         f"{what} takes {size} bytes and a reconciliation message to {partner} has room for {budget} (its"
         " envelope cap, less the header): raise the cap both sides configure for each other (max_envelope_bytes)",
+    )
+
+
+def _bucket_name(ref: NodeRef) -> str:
+    """A bucket as a person reads it: its number and its group."""
+    group = ref.group
+    return (
+        f"bucket {ref.prefix} of group {group.unit_kind} {group.issuing_registry} {group.vintage} {group.action}"
+        f" {group.purpose}"
     )
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import sqlite3
+import struct
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +27,19 @@ from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import wire
 from gateway.demo import DEMO_AUTHORIZATION, Pair, start_pair, wait_for_state
 from gateway.domain import merkle
+from gateway.domain import reconciliation as tree
 from gateway.domain.blocks import SerialSpace
 from gateway.domain.errors import ResponseCode
-from gateway.domain.reconciliation import DifferenceKind, GroupKey, NodeRef, ReconciledBlock, Status, Totals
+from gateway.domain.reconciliation import (
+    DifferenceKind,
+    GroupKey,
+    NodeRef,
+    ReconciledBlock,
+    Status,
+    Totals,
+    reconciled_block,
+)
+from gateway.domain.records import ActionType, LedgerEntry
 from gateway.exchange import ENVELOPE_MARGIN_BYTES, ExchangeSettings
 from gateway.harness import start_network
 from gateway.node import GatewayNode
@@ -716,6 +729,86 @@ async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found
             if q.phase == AUDIT
         )
         assert all(a.ByteSize() + ENVELOPE_MARGIN_BYTES < cap for a in replies)
+    finally:
+        await network.stop()
+
+
+def crowded_bucket(template: LedgerEntry, count: int) -> list[LedgerEntry]:
+    """``count`` acquisitions like ``template``, each of one unit and of a transfer of its own, whose blocks all
+    fall in one bucket of the tree. Each block's serial is tried until it lands there: 65,536 tries a block on
+    average, so the identity hash of the tries shares the state of its prefix."""
+    space = template.block.space
+    entries: list[LedgerEntry] = []
+    target: int | None = None
+    serial = 1_000_000
+    while len(entries) < count:
+        transfer_id = str(uuid.UUID(int=len(entries) + 1))
+        identity = [transfer_id, space.unit_kind, space.issuing_registry, space.issuance]
+        prefix = hashlib.sha256(tree._KEY_DOMAIN + tree._encode_strings(identity))
+        while True:
+            serial += 1
+            text = str(serial).encode()
+            key = prefix.copy()
+            key.update(struct.pack(">I", len(text)) + text)
+            bucket = int.from_bytes(key.digest()[:4], "big") >> (32 - tree.BUCKET_BITS)
+            target = bucket if target is None else target
+            if bucket == target:
+                break
+        block = dataclasses.replace(template.block, start=serial, end=serial)
+        entries.append(dataclasses.replace(template, entry_id=0, transfer_id=transfer_id, block=block))
+    return entries
+
+
+@pytest.mark.asyncio
+async def test_a_bucket_that_cannot_fit_beside_its_transfers_states_stops_the_run_at_once(tmp_path: Path) -> None:
+    cap = 4096
+
+    def settings(party: str) -> ExchangeSettings:
+        return ExchangeSettings(self_party=party, max_envelope_bytes=cap if party == "CHN" else 1 << 20)
+
+    network = await start_network(tmp_path, ("CHN", "CHE"), settings=settings)
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        found_partner = pair.che.partners.get("CHN")
+        assert found_partner is not None
+        found_partner.max_envelope_bytes = cap
+        await setup_accounts(pair)
+        await move(pair, [(1, 5)], "t0")
+        # CHE records 24 acquisitions CHN never sent, all in one bucket. The bucket's view fits in one reply to
+        # CHN, and so do the states of its 24 transfers, but not both: a reply has room for the bucket only
+        # beside the states, which CHN needs read with it.
+        async with pair.che.store.transaction() as tx:
+            (acquired,) = [e for e in await tx.list_ledger() if e.action_type is ActionType.ACQUISITION]
+            crowded = crowded_bucket(acquired, 24)
+            await tx.append_ledger(crowded)
+        blocks = [reconciled_block(e, "CHE") for e in crowded]
+        assert len({b[1].bucket for b in blocks if b is not None}) == 1
+        run = await reconcile(pair.chn, "CHE", "crowded")
+        assert run.status is Status.MANUAL_INTERVENTION_REQUIRED, run.detail
+        (bucket,) = {NodeRef(b[1].group, tree.DEPTH, b[1].bucket) for b in blocks if b is not None}
+        assert f"bucket {bucket.prefix} of group CCER CN-CCER 2025 CHN->CHE NDC" in run.detail, run.detail
+        assert "the states of its 24 transfers" in run.detail and "max_envelope_bytes" in run.detail, run.detail
+        assert run.detail.startswith("CHE refused to answer: "), run.detail
+        report = report_of(run, pair.chn)
+        assert (Status(report.status), list(report.differences)) == (run.status, [])
+        assert await frozen(pair.chn, 1, 2_000_000) == []
+
+        # The bucket was asked once: CHE refused it, as the same request would get the same answer.
+        async with pair.chn.store.read() as tx:
+            requests = [
+                partner_pb2.Statement.FromString(m.body).reconciliation_request
+                for m in await tx.list_outbox("CHE")
+                if m.kind is OutboxKind.RECONCILIATION_REQUEST
+            ]
+        async with pair.che.store.read() as tx:
+            replies = [
+                partner_pb2.Statement.FromString(m.body).reconciliation_reply
+                for m in await tx.list_outbox("CHN")
+                if m.kind is OutboxKind.RECONCILIATION_REPLY
+            ]
+        audit = [(q, a) for q, a in zip(requests, replies, strict=True) if q.phase == AUDIT]
+        assert [(len(q.nodes), len(q.transfer_ids)) for q, _ in audit] == [(1, 24)]
+        assert [ResponseCode(a.refusal) for _, a in audit] == [ResponseCode.ENVELOPE_TOO_LARGE]
     finally:
         await network.stop()
 
