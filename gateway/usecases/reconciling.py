@@ -582,7 +582,8 @@ class Reconciling(GatewayBase):
         self, run: ReconciliationRun, progress: Progress, reply: partner_pb2.ReconciliationReply
     ) -> None:
         """Take the responder's audit trail of the transfers asked, then its buckets: a bucket counts only with
-        the states of its transfers read in the same reply (the responder read both in one transaction)."""
+        the states of its transfers read in the same reply (the responder read both in one transaction). A bucket
+        asked alone and left out ends the run: the responder has no room for it beside those states."""
         size, root = progress.responder_head
         asked_transfers = set(progress.transfers)
         answered: dict[str, int] = {}
@@ -625,12 +626,20 @@ class Reconciling(GatewayBase):
                 )
             progress.fresh[view.ref] = list(view.blocks)
             progress.states[view.ref] = answered
+        if not reply.transfers and not reply.nodes:
+            raise ReplyProblem(f"{run.partner} answered none of the buckets and transfers asked")
+        if len(progress.asked) == 1 and progress.asked[0] not in progress.fresh:
+            # Asked again, the bucket would go with the same transfers, and get the same answer.
+            raise GatewayError(
+                ResponseCode.ENVELOPE_TOO_LARGE,
+                f"{run.partner} left out {_bucket_name(progress.asked[0])}, asked alone with the states of its"
+                f" {len(progress.transfers)} transfers: its reply to {self.party} has no room for them together."
+                " Raise the envelope cap both sides configure for each other (max_envelope_bytes)",
+            )
         progress.narrow = not any(r in progress.fresh for r in progress.asked)
         progress.buckets = [r for r in progress.asked if r not in progress.fresh] + progress.buckets
         progress.asked = []
         progress.transfers = []
-        if not reply.transfers and not reply.nodes:
-            raise ReplyProblem(f"{run.partner} answered none of the buckets and transfers asked")
 
     async def _advance(self, tx: Transaction, run: ReconciliationRun, progress: Progress) -> None:
         """Send the next request, or finish the run."""

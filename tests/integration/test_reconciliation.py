@@ -1054,6 +1054,12 @@ HOSTILE = [
         ],
         "is not in the log head of 0 entries it signed",
     ),
+    Hostile(
+        # What a partner of an earlier version answers when a bucket asked alone does not fit beside the states.
+        "lone bucket left out",
+        lambda run, mine: [*_to_audit(run), reply(run, AUDIT, transfers=[_evidence(mine[0].transfer_id)])],
+        "CHE left out bucket ",
+    ),
 ]
 
 
