@@ -199,6 +199,11 @@ def format_run(run: Any) -> str:
             digests = ", ".join(
                 f"#{m.log_index} {m.direction} {m.kind} {m.envelope_sha256.hex()[:12]}" for m in evidence.messages
             )
+            omitted = evidence.messages_omitted
+            if omitted and digests:
+                digests += f" and {omitted} more left out for lack of room"
+            elif omitted:
+                digests = f"none listed, {omitted} left out for lack of room"
             lines.append(f"  {side} holds: {state}; messages {digests or 'none'}")
     if report.differences_omitted:
         lines.append(f"{report.differences_omitted} more differences did not fit in the report")

@@ -1,5 +1,6 @@
 """``carbon-gateway reconcile ...`` against real gateways: a consistent run, a discrepancy that freezes units,
-the signed report written to a file, the list, and a resolution that unfreezes them."""
+the signed report written to a file, the list, a resolution that unfreezes them, and the count of the log
+entries a partner's reply had no room for."""
 
 from __future__ import annotations
 
@@ -115,5 +116,48 @@ async def test_reconcile_run_list_show_and_resolve_from_the_command_line(
         assert code == 2 and "--partner" in err
         code, _, err = await cli(capsys, "reconcile", "--partner", "FRA", "--address", chn_address)
         assert code == 1 and "UNKNOWN_PARTNER" in err
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("cap", "listed"), [(2048, True), (1600, False)], ids=["some listed", "none listed"])
+async def test_reconcile_says_how_many_log_entries_the_partner_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cap: int, listed: bool
+) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            transfer = await chn.ProposeTransfer(proposal_request(block, 1, 100, "t0"))
+            assert (await wait_for_state(chn, transfer.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            assert (await wait_for_state(che, transfer.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        with sqlite3.connect(tmp_path / "che.db") as db:
+            db.execute("UPDATE ledger SET block = json_set(block, '$.end', 50) WHERE action_type = 'Acquisition'")
+        # CHE's replies to CHN have room for the transfer's state, but not for every log entry CHE holds for it.
+        found = pair.che.partners.get("CHN")
+        assert found is not None
+        found.max_envelope_bytes = cap
+        report_file = tmp_path / "report.json"
+        code, out, err = await cli(
+            capsys, "reconcile", "--partner", "CHE", "--address", pair.chn.operator_address, "--out", str(report_file)
+        )
+        assert code == 3, (out, err)
+        report = partner_pb2.ReconciliationReport.FromString(Envelope.from_json(report_file.read_bytes()).payload)
+        (difference,) = report.differences
+        theirs, ours = difference.responder_evidence, difference.requester_evidence
+        assert theirs.messages_omitted > 0 and bool(theirs.messages) is listed
+        assert ours.messages_omitted == 0 and ours.messages
+        (che_line,) = [line for line in out.splitlines() if line.startswith("  CHE holds: ")]
+        if listed:
+            first = theirs.messages[0]
+            assert che_line.startswith(f"  CHE holds: COMPLETED; messages #{first.log_index} {first.direction} "), out
+            assert che_line.endswith(f" and {theirs.messages_omitted} more left out for lack of room"), out
+        else:
+            assert che_line == (
+                f"  CHE holds: COMPLETED; messages none listed, {theirs.messages_omitted} left out for lack of room"
+            ), out
+        (chn_line,) = [line for line in out.splitlines() if line.startswith("  CHN holds: ")]
+        assert "left out" not in chn_line and chn_line.count("#") == len(ours.messages), out
     finally:
         await pair.stop()
