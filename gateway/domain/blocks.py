@@ -8,8 +8,9 @@ never compared: the spelling of a serial is the adapters' business, and they all
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 MAX_SERIAL = 2**63 - 2
 """The largest serial. Serials and quantities are 64-bit signed integers in storage and on the wire, so the
@@ -134,20 +135,22 @@ class UnitBlock:
         """A copy with other values of fields that `__post_init__` does not check, or has checked (the serials):
         the checks of this block's other fields hold for the copy, so they are not made again."""
         block: UnitBlock = object.__new__(UnitBlock)
-        put = object.__setattr__
-        put(block, "space", self.space)
-        put(block, "start", start)
-        put(block, "end", end)
-        put(block, "vintage", self.vintage)
-        put(block, "project_id", self.project_id)
-        put(block, "methodology_code", self.methodology_code)
-        put(block, "mitigation_type", self.mitigation_type)
-        put(block, "registry_reference", self.registry_reference)
-        put(block, "first_transferred", first_transferred)
-        put(block, "attributes", self.attributes)
-        put(block, "first_transferring_party", first_transferring_party)
-        put(block, "cooperative_approach", cooperative_approach)
-        put(block, "authorization_id", authorization_id)
+        # The slots' own setters, in field order: a frozen dataclass's fields set without its __setattr__.
+        (space, set_start, set_end, vintage, project, methodology, mitigation, reference, set_first, attributes,
+         set_party, set_approach, set_authorization) = _SLOT_SETTERS  # fmt: skip
+        space(block, self.space)
+        set_start(block, start)
+        set_end(block, end)
+        vintage(block, self.vintage)
+        project(block, self.project_id)
+        methodology(block, self.methodology_code)
+        mitigation(block, self.mitigation_type)
+        reference(block, self.registry_reference)
+        set_first(block, first_transferred)
+        attributes(block, self.attributes)
+        set_party(block, first_transferring_party)
+        set_approach(block, cooperative_approach)
+        set_authorization(block, authorization_id)
         return block
 
     def same_attributes(self, other: UnitBlock) -> bool:
@@ -163,6 +166,12 @@ class UnitBlock:
         """A short human-readable name, e.g. ``CCER/CN-CCER [1001, 1500]``."""
         issuance = f"/{self.space.issuance}" if self.space.issuance else ""
         return f"{self.space.unit_kind}/{self.space.issuing_registry}{issuance} [{self.start}, {self.end}]"
+
+
+_SLOT_SETTERS: tuple[Callable[[UnitBlock, Any], None], ...] = tuple(
+    getattr(UnitBlock, f.name).__set__ for f in fields(UnitBlock)
+)
+"""The setter of each field's slot, in field order (`UnitBlock._derived`)."""
 
 
 def _check_serials(start: int, end: int) -> None:
