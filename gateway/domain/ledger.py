@@ -24,7 +24,7 @@ import datetime as dt
 import enum
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gateway.domain import ranges, text
 from gateway.domain.adjustments import MAX_YEAR, MIN_YEAR
@@ -297,6 +297,13 @@ class ActionContext:
     year_of_use: int | None = None
     using_entity: str = ""
     note: str = ""
+    entry_date: dt.datetime = field(init=False, repr=False, compare=False)
+    """``action_date`` as the entries record it. The AEF dates actions to the millisecond: a finer instant could
+    fall between one year's end (23:59:59.999) and the next year's start, in no year's report."""
+
+    def __post_init__(self) -> None:
+        date = self.action_date
+        object.__setattr__(self, "entry_date", date.replace(microsecond=date.microsecond // 1000 * 1000))
 
 
 def _entry(
@@ -313,9 +320,7 @@ def _entry(
     """The entry of ``action`` on ``block``; recorded under ``purpose`` when given, else the action's."""
     return LedgerEntry(
         entry_id=0,
-        # The AEF dates actions to the millisecond: a finer instant could fall between one year's end
-        # (23:59:59.999) and the next year's start, in no year's report.
-        action_date=ctx.action_date.replace(microsecond=ctx.action_date.microsecond // 1000 * 1000),
+        action_date=ctx.entry_date,
         action_type=action,
         transfer_id=ctx.action_id,
         block=block,
