@@ -313,34 +313,67 @@ def authorization_from_json(text: str) -> Authorization:
     )
 
 
+LEDGER_ROW_COLUMNS = (
+    "action_date",
+    "action_type",
+    "transfer_id",
+    "block",
+    "quantity",
+    "vintage",
+    "cooperative_approach",
+    "authorization_id",
+    "first_transferring_party",
+    "transferring_party",
+    "acquiring_party",
+    "purpose",
+    "action_subtype",
+    "year_of_use",
+    "using_party",
+    "using_entity",
+    "note",
+)
+"""The ledger's columns a `ledger_row` gives values of, in order."""
+
+
 def ledger_row(entry: LedgerEntry) -> dict[str, Any]:
     """The column values of a ledger entry (without its ID)."""
-    return {
-        "action_date": to_text(entry.action_date),
-        "action_type": entry.action_type.value,
-        "transfer_id": entry.transfer_id,
-        "block": block_to_json(entry.block),
-        "quantity": entry.quantity,
-        "vintage": entry.block.vintage,
-        "cooperative_approach": entry.cooperative_approach,
-        "authorization_id": entry.authorization_id,
-        "first_transferring_party": entry.first_transferring_party,
-        "transferring_party": entry.transferring_party,
-        "acquiring_party": entry.acquiring_party,
-        "purpose": entry.purpose.value,
-        "action_subtype": entry.action_subtype,
-        "year_of_use": entry.year_of_use,
-        "using_party": entry.using_party,
-        "using_entity": entry.using_entity,
-        "note": entry.note,
-    }
+    return dict(zip(LEDGER_ROW_COLUMNS, _ledger_values(entry, to_text(entry.action_date)), strict=True))
+
+
+def _ledger_values(entry: LedgerEntry, action_date: str) -> tuple[Any, ...]:
+    block = entry.block
+    return (
+        action_date,
+        entry.action_type.value,
+        entry.transfer_id,
+        block_to_json(block),
+        block.end - block.start + 1,
+        block.vintage,
+        entry.cooperative_approach,
+        entry.authorization_id,
+        entry.first_transferring_party,
+        entry.transferring_party,
+        entry.acquiring_party,
+        entry.purpose.value,
+        entry.action_subtype,
+        entry.year_of_use,
+        entry.using_party,
+        entry.using_entity,
+        entry.note,
+    )
 
 
 def ledger_rows(ids: Sequence[int], entries: Sequence[LedgerEntry]) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The ledger's column names and a row of values per entry, each with its ID first: one statement for all."""
-    rows = [ledger_row(entry) for entry in entries]
-    columns = ["entry_id", *(rows[0] if rows else {})]
-    return columns, [(entry_id, *values.values()) for entry_id, values in zip(ids, rows, strict=True)]
+    """The ledger's column names and a row of values per entry, each with its ID first: one statement for all.
+    The entries of one action share its instant, written once."""
+    dates: dict[dt.datetime, str] = {}
+    rows: list[tuple[Any, ...]] = []
+    for entry_id, entry in zip(ids, entries, strict=True):
+        date = dates.get(entry.action_date)
+        if date is None:
+            date = dates[entry.action_date] = to_text(entry.action_date)
+        rows.append((entry_id, *_ledger_values(entry, date)))
+    return ["entry_id", *LEDGER_ROW_COLUMNS], rows
 
 
 def ledger_spans(entries: Sequence[LedgerEntry]) -> list[tuple[str, str, str, str, int]]:
