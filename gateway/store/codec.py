@@ -47,9 +47,37 @@ def block_to_dict(block: UnitBlock) -> dict[str, Any]:
     }
 
 
+_BLOCK_TEXT_KEPT = 4096
+"""The longest block text `block_to_json` and `block_from_json` keep: a usual block is a few hundred
+characters, and one with many long attributes is written or decoded each time rather than fill the memory."""
+
+
+_TEXTS_KEPT = 8192
+"""How many blocks `block_to_json` keeps the text of, by identity, the oldest dropped first."""
+
+_texts_written: dict[int, tuple[UnitBlock, str]] = {}
+_texts_lock = threading.Lock()
+
+
 def block_to_json(block: UnitBlock) -> str:
     """`block_to_dict` as JSON text: exactly what ``json.dumps(block_to_dict(block), sort_keys=True)`` writes,
-    written out directly, for a fraction of the time (a transfer stores a thousand blocks, several times)."""
+    written out directly, for a fraction of the time (a transfer stores a thousand blocks, several times).
+
+    The same block object is written out once: a transfer's block goes into its terms, its block row and its
+    ledger entry. The text is kept beside the block itself, so an identity is never taken for another's."""
+    kept = _texts_written.get(id(block))
+    if kept is not None and kept[0] is block:
+        return kept[1]
+    text = _block_text(block)
+    if len(text) <= _BLOCK_TEXT_KEPT:
+        with _texts_lock:
+            _texts_written[id(block)] = (block, text)
+            if len(_texts_written) > _TEXTS_KEPT:
+                del _texts_written[next(iter(_texts_written))]
+    return text
+
+
+def _block_text(block: UnitBlock) -> str:
     space = block.space
     attributes = ", ".join(f"[{_string(name)}, {_string(value)}]" for name, value in block.attributes)
     return (
@@ -86,11 +114,6 @@ BLOCK_COLUMNS = (
     "unit_kind, issuing_registry, issuance, serial_start, serial_end, body, account_id, status, transfer_id, parent_id"
 )
 """The columns `block_row` gives values of."""
-
-
-_BLOCK_TEXT_KEPT = 4096
-"""The longest block text `block_from_json` keeps decoded: a usual block is a few hundred characters, and one
-with many long attributes is decoded each time rather than fill the memory."""
 
 
 _BLOCKS_KEPT = 8192

@@ -135,3 +135,16 @@ def test_a_block_just_stored_is_read_back_as_itself_and_the_kept_blocks_stay_bou
     huge_text = codec.stored_block_text(huge)
     assert codec.block_from_json(huge_text) == huge and decoded[-1] == huge_text
     assert len(codec._blocks_read) == codec._BLOCKS_KEPT
+
+
+def test_a_block_written_again_or_another_in_its_place_gets_its_own_text() -> None:
+    space = SerialSpace("CCER", "CN-CCER")
+    kept = UnitBlock(space, 1, 5, 2021, project_id="P-1")
+    assert codec.block_to_json(kept) is codec.block_to_json(kept)
+    # Blocks made and dropped one after another reuse each other's memory, and so their identities: each must
+    # still be written as itself, well past what the writer keeps.
+    for serial in range(3 * codec._TEXTS_KEPT):
+        block = UnitBlock(space, serial, serial, 2021, project_id=f"P-{serial}")
+        assert codec.block_to_json(block) == json.dumps(codec.block_to_dict(block), sort_keys=True)
+        del block
+    assert codec.block_to_json(kept) == json.dumps(codec.block_to_dict(kept), sort_keys=True)
