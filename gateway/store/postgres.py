@@ -535,8 +535,9 @@ class PostgresTransaction:
             )
 
     async def set_blocks_status(self, block_ids: Sequence[int], status: BlockStatus) -> None:
-        await self._executemany(
-            "UPDATE blocks SET status = ? WHERE block_id = ?", [(status.value, i) for i in block_ids]
+        await self._execute(
+            "UPDATE blocks SET status = ? WHERE block_id = ANY(?::bigint[])",
+            (status.value, [int(i) for i in block_ids]),
         )
 
     async def guarded_blocks(

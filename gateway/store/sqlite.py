@@ -649,7 +649,11 @@ class SQLiteTransaction:
             )
 
     async def set_blocks_status(self, block_ids: Sequence[int], status: BlockStatus) -> None:
-        self._db.executemany("UPDATE blocks SET status = ? WHERE block_id = ?", [(status.value, i) for i in block_ids])
+        # One statement: an UPDATE per block costs twice as much in statement work as in the rows it writes.
+        self._db.execute(
+            "UPDATE blocks SET status = ? WHERE block_id IN (SELECT value FROM json_each(?))",
+            (status.value, json.dumps([int(i) for i in block_ids])),
+        )
 
     async def guarded_blocks(
         self, space: SerialSpace, start: int, end: int, *, limit: int | None = None

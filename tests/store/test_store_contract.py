@@ -646,6 +646,22 @@ async def test_many_ranges_join_the_known_and_abroad_sets_at_once_or_not_at_all(
         assert await tx.known_ranges(SPACE2, 0, TOP) == []
 
 
+@pytest.mark.asyncio
+async def test_the_status_of_many_blocks_changes_in_one_call_and_no_other(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.insert_account(Account("acc", "Owner", AccountType.PROJECT_OWNER))
+        ids = [
+            await tx.insert_block(block(10 * i + 1, 10 * i + 5), account_id="acc", status=BlockStatus.HELD)
+            for i in range(40)
+        ]
+        chosen = ids[3:37:3]
+        await tx.set_blocks_status(chosen, BlockStatus.SUPERSEDED)
+        for block_id in ids:
+            stored = await tx.get_block(block_id)
+            assert stored is not None
+            assert stored.status is (BlockStatus.SUPERSEDED if block_id in chosen else BlockStatus.HELD)
+
+
 async def raw(store: Store, sql: str, *args: object) -> list[tuple[object, ...]]:
     """Rows of ``sql`` run on the store's own database, bypassing the Store API (``?`` placeholders)."""
     if isinstance(store, PostgresStore):
