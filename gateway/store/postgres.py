@@ -591,6 +591,13 @@ class PostgresTransaction:
             "UPDATE blocks SET status = ? WHERE transfer_id = ? AND status = ?", (new.value, transfer_id, old.value)
         )
 
+    async def move_transfer_blocks(self, transfer_id: str, old: BlockStatus, new: BlockStatus) -> list[StoredBlock]:
+        rows = await self._all(
+            "UPDATE blocks SET status = ? WHERE transfer_id = ? AND status = ? RETURNING *",
+            (new.value, transfer_id, old.value),
+        )
+        return sorted((_stored_block(r) for r in rows), key=lambda stored: stored.block_id)
+
     async def list_blocks(
         self, account_id: str = "", statuses: Sequence[BlockStatus] = CURRENT_STATUSES
     ) -> list[StoredBlock]:

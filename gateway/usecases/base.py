@@ -216,20 +216,18 @@ class GatewayBase:
         Returns the blocks credited. Their status changes in one statement, not one per block: a transfer may
         carry a thousand blocks.
         """
-        pending = await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING)
-        await tx.set_transfer_blocks_status(transfer.transfer_id, BlockStatus.PENDING, BlockStatus.HELD)
-        for space, home in self._own_ranges(pending).items():
+        credited = await tx.move_transfer_blocks(transfer.transfer_id, BlockStatus.PENDING, BlockStatus.HELD)
+        for space, home in self._own_ranges(credited).items():
             await tx.remove_abroad(space, home)
-        return pending
+        return credited
 
     async def _debit(self, tx: Transaction, transfer: Transfer) -> None:
         """Initiating side: the reserved units leave; this side owes the partner the news until it is told.
 
         Their status changes in one statement, not one per block, as in `_credit`.
         """
-        reserved = await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.RESERVED)
-        await tx.set_transfer_blocks_status(transfer.transfer_id, BlockStatus.RESERVED, BlockStatus.DEBITED)
-        for space, leaving in self._own_ranges(reserved).items():
+        debited = await tx.move_transfer_blocks(transfer.transfer_id, BlockStatus.RESERVED, BlockStatus.DEBITED)
+        for space, leaving in self._own_ranges(debited).items():
             await tx.add_abroad(space, leaving)
 
     def _own_ranges(self, blocks: Sequence[StoredBlock]) -> dict[SerialSpace, list[tuple[int, int]]]:

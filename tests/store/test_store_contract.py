@@ -662,6 +662,38 @@ async def test_the_status_of_many_blocks_changes_in_one_call_and_no_other(store:
             assert stored.status is (BlockStatus.SUPERSEDED if block_id in chosen else BlockStatus.HELD)
 
 
+@pytest.mark.asyncio
+async def test_a_transfers_blocks_move_to_another_status_and_come_back_as_they_stand(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.insert_account(Account("acc", "Owner", AccountType.PROJECT_OWNER))
+        ids = {}
+        placed = [
+            (BlockStatus.RESERVED, "t"),
+            (BlockStatus.RESERVED, "other"),
+            (BlockStatus.HELD, ""),
+            (BlockStatus.RESERVED, "t"),
+            (BlockStatus.DEBITED, "t"),
+            (BlockStatus.RESERVED, "t"),
+        ]
+        for i, (status, transfer_id) in enumerate(placed):
+            ids[i] = await tx.insert_block(
+                block(100 - 10 * i, 105 - 10 * i), account_id="acc", status=status, transfer_id=transfer_id
+            )
+        moved = await tx.move_transfer_blocks("t", BlockStatus.RESERVED, BlockStatus.DEBITED)
+        assert [m.block_id for m in moved] == [ids[0], ids[3], ids[5]]
+        assert all(m.status is BlockStatus.DEBITED and m.transfer_id == "t" for m in moved)
+        assert [m.block for m in moved] == [block(100, 105), block(70, 75), block(50, 55)]
+        assert [(await tx.get_block(i)).status for i in ids.values()] == [  # type: ignore[union-attr]
+            BlockStatus.DEBITED,
+            BlockStatus.RESERVED,
+            BlockStatus.HELD,
+            BlockStatus.DEBITED,
+            BlockStatus.DEBITED,
+            BlockStatus.DEBITED,
+        ]
+        assert await tx.move_transfer_blocks("t", BlockStatus.RESERVED, BlockStatus.DEBITED) == []
+
+
 async def raw(store: Store, sql: str, *args: object) -> list[tuple[object, ...]]:
     """Rows of ``sql`` run on the store's own database, bypassing the Store API (``?`` placeholders)."""
     if isinstance(store, PostgresStore):
