@@ -83,11 +83,11 @@ MAX_TRANSFERS_PER_REQUEST = 200
 MAX_MESSAGES_PER_TRANSFER = 64
 MAX_REFS_PER_REQUEST = 2_000
 MAX_NODES_PER_RUN = 50_000
+"""Tree nodes one run asks for at the most; a descent wider than this stops at the totals."""
 MAX_FRESH_BLOCKS = 200_000
 """Blocks the differing buckets may hold in phase 3; beyond this the run stops at the totals."""
 MAX_REQUESTS_PER_RUN = 500
 """Requests one run sends at the most: a partner answering a little at a time does not hold a run for days."""
-"""Tree nodes one run asks for at the most; a descent wider than this stops at the totals."""
 ABANDON_AFTER = dt.timedelta(hours=1)
 """A run the partner has not finished answering after this long gives way to a new one."""
 
