@@ -903,8 +903,8 @@ class Reconciling(GatewayBase):
             await self._answer_nodes(tx, partner, request, reply)
             if len(request.nodes) == 1 and (not reply.nodes or len(reply.transfers) < len(request.transfer_ids)):
                 # The requester takes a bucket only with the states of all the transfers asked with it, and asks
-                # one alone when a reply had no room for more: the same request would get this same answer.
-                raise await self._lone_bucket_too_large(tx, partner, request, reply, size)
+                # one alone when a reply had no room for more: this answer must hold them all, or none can.
+                await self._answer_lone_bucket(tx, partner, request, reply, size)
         else:
             raise GatewayError(
                 ResponseCode.MALFORMED_PAYLOAD,
@@ -1039,33 +1039,47 @@ class Reconciling(GatewayBase):
                     raise _too_small(partner, "the audit trail of one transfer", evidence.ByteSize(), budget)
             reply.transfers.append(evidence)
 
-    async def _lone_bucket_too_large(
+    async def _answer_lone_bucket(
         self,
         tx: Transaction,
         partner: str,
         request: partner_pb2.ReconciliationRequest,
         reply: partner_pb2.ReconciliationReply,
         size: int,
-    ) -> GatewayError:
-        """The refusal of a bucket asked alone that does not fit in one reply beside the states of its transfers,
-        their listed messages all left out: the bytes that reply would take, against the room there is."""
+    ) -> None:
+        """Answer a bucket asked alone with the states of all its transfers, in place of what ``reply`` holds:
+        every state with its listed messages left out, the bucket, then each transfer's messages back in order
+        while they fit. Refused with `ENVELOPE_TOO_LARGE` when the bare states and the bucket alone do not fit:
+        the requester would only ask the very same again."""
+        budget = _budget(self, partner)
         ref = ref_from_proto(request.nodes[0], "reconciliation_request.nodes[0]")
-        needed = partner_pb2.ReconciliationReply()
-        needed.CopyFrom(reply)
-        del needed.transfers[:]
-        del needed.nodes[:]
+        listed: list[list[partner_pb2.LoggedMessage]] = []
+        del reply.transfers[:]
+        del reply.nodes[:]
         for transfer_id in request.transfer_ids:
             evidence = await self._evidence(tx, transfer_id, partner, size)
+            listed.append(list(evidence.messages))
             evidence.messages_omitted += len(evidence.messages)
             del evidence.messages[:]
-            needed.transfers.append(evidence)
-        needed.nodes.append(view_to_proto(await self._own_view(tx, partner, ref)))
-        return _too_small(
-            partner,
-            f"{_bucket_name(ref)} with the states of its {len(request.transfer_ids)} transfers",
-            needed.ByteSize(),
-            _budget(self, partner),
-        )
+            reply.transfers.append(evidence)
+        reply.nodes.append(view_to_proto(await self._own_view(tx, partner, ref)))
+        taken = reply.ByteSize()
+        if taken > budget:
+            raise _too_small(
+                partner,
+                f"{_bucket_name(ref)} with the states of its {len(request.transfer_ids)} transfers",
+                taken,
+                budget,
+            )
+        for evidence, messages in zip(reply.transfers, listed, strict=True):
+            for message in messages:
+                # A message, its tag and length, and the evidence's own length growing by up to two bytes.
+                more = _framed(message.ByteSize()) + 2
+                if taken + more > budget:
+                    return
+                evidence.messages.append(message)
+                evidence.messages_omitted -= 1
+                taken += more
 
     async def _on_reconciliation_report(
         self, tx: Transaction, partner: str, report: partner_pb2.ReconciliationReport

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import re
 import sqlite3
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -733,16 +734,17 @@ async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found
         await network.stop()
 
 
-def crowded_bucket(template: LedgerEntry, count: int) -> list[LedgerEntry]:
-    """``count`` acquisitions like ``template``, each of one unit and of a transfer of its own, whose blocks all
-    fall in one bucket of the tree. Each block's serial is tried until it lands there: 65,536 tries a block on
-    average, so the identity hash of the tries shares the state of its prefix."""
+def crowded_bucket(template: LedgerEntry, count: int, transfer_ids: Sequence[str] = ()) -> list[LedgerEntry]:
+    """``count`` acquisitions like ``template``, each of one unit and of a transfer of its own (``transfer_ids``
+    where given, else new ones), whose blocks all fall in one bucket of the tree. Each block's serial is tried
+    until it lands there: 65,536 tries a block on average, so the identity hash of the tries shares the state of
+    its prefix."""
     space = template.block.space
     entries: list[LedgerEntry] = []
     target: int | None = None
     serial = 1_000_000
     while len(entries) < count:
-        transfer_id = str(uuid.UUID(int=len(entries) + 1))
+        transfer_id = transfer_ids[len(entries)] if transfer_ids else str(uuid.UUID(int=len(entries) + 1))
         identity = [transfer_id, space.unit_kind, space.issuing_registry, space.issuance]
         prefix = hashlib.sha256(tree._KEY_DOMAIN + tree._encode_strings(identity))
         while True:
@@ -789,6 +791,8 @@ async def test_a_bucket_that_cannot_fit_beside_its_transfers_states_stops_the_ru
         assert f"bucket {bucket.prefix} of group CCER CN-CCER 2025 CHN->CHE NDC" in run.detail, run.detail
         assert "the states of its 24 transfers" in run.detail and "max_envelope_bytes" in run.detail, run.detail
         assert run.detail.startswith("CHE refused to answer: "), run.detail
+        sizes = re.search(r"takes (\d+) bytes and a reconciliation message to CHN has room for (\d+)", run.detail)
+        assert sizes is not None and int(sizes[1]) > int(sizes[2]), run.detail
         report = report_of(run, pair.chn)
         assert (Status(report.status), list(report.differences)) == (run.status, [])
         assert await frozen(pair.chn, 1, 2_000_000) == []
@@ -809,6 +813,63 @@ async def test_a_bucket_that_cannot_fit_beside_its_transfers_states_stops_the_ru
         audit = [(q, a) for q, a in zip(requests, replies, strict=True) if q.phase == AUDIT]
         assert [(len(q.nodes), len(q.transfer_ids)) for q, _ in audit] == [(1, 24)]
         assert [ResponseCode(a.refusal) for _, a in audit] == [ResponseCode.ENVELOPE_TOO_LARGE]
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_bucket_asked_alone_comes_with_every_state_when_their_messages_give_way(tmp_path: Path) -> None:
+    cap = 6144
+
+    def settings(party: str) -> ExchangeSettings:
+        return ExchangeSettings(self_party=party, max_envelope_bytes=cap if party == "CHN" else 1 << 20)
+
+    network = await start_network(tmp_path, ("CHN", "CHE"), settings=settings)
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        found_partner = pair.che.partners.get("CHN")
+        assert found_partner is not None
+        found_partner.max_envelope_bytes = cap
+        await setup_accounts(pair)
+        # Sixteen real transfers, whose statements and receipts CHE's log holds, and at CHE one acquisition more
+        # of each, all in one bucket: the bucket and the sixteen states fit in a reply to CHN only if most of
+        # their listed messages give way.
+        transfer_ids = [await move(pair, [(10 * i + 1, 10 * i + 1)], f"t{i}") for i in range(16)]
+        async with pair.che.store.transaction() as tx:
+            acquired = next(e for e in await tx.list_ledger() if e.action_type is ActionType.ACQUISITION)
+            crowded = crowded_bucket(acquired, len(transfer_ids), transfer_ids)
+            await tx.append_ledger(crowded)
+        blocks = [reconciled_block(e, "CHE") for e in crowded]
+        assert len({b[1].bucket for b in blocks if b is not None}) == 1
+        run = await reconcile(pair.chn, "CHE", "lone-bucket")
+        assert run.status is Status.BLOCKS_INCONSISTENT, run.detail
+        report = report_of(run, pair.chn)
+        assert len(report.differences) == len(crowded)
+
+        async with pair.chn.store.read() as tx:
+            requests = [
+                partner_pb2.Statement.FromString(m.body).reconciliation_request
+                for m in await tx.list_outbox("CHE")
+                if m.kind is OutboxKind.RECONCILIATION_REQUEST
+            ]
+        async with pair.che.store.read() as tx:
+            replies = [
+                partner_pb2.Statement.FromString(m.body).reconciliation_reply
+                for m in await tx.list_outbox("CHN")
+                if m.kind is OutboxKind.RECONCILIATION_REPLY
+            ]
+        lone = [
+            a
+            for q, a in zip(requests, replies, strict=True)
+            if q.phase == AUDIT and len(q.nodes) == 1 and len(q.transfer_ids) == len(transfer_ids)
+        ]
+        assert lone, "the bucket was never asked alone with its transfers"
+        answer = lone[-1]
+        assert (answer.refusal, len(answer.nodes), len(answer.transfers)) == (0, 1, len(transfer_ids))
+        assert any(e.messages_omitted for e in answer.transfers)
+        # Messages come back in order, as many as the room holds: the first transfers keep theirs.
+        assert answer.transfers[0].messages
+        assert all(a.ByteSize() + ENVELOPE_MARGIN_BYTES < cap for a in replies)
     finally:
         await network.stop()
 
