@@ -469,6 +469,8 @@ class BlockReader:
 
     def read(self, msg: records_pb2.UnitBlock, field: str) -> UnitBlock:
         """The block ``msg`` holds, as `block_from_proto` reads it; refuses a malformed one naming ``field``."""
+        if len(msg.attributes) > text.MAX_ATTRIBUTES:
+            return block_from_proto(msg, field, self._nomenclature)  # refused before its attributes are read
         space = msg.space
         key = (
             space.unit_kind,

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from carbon_gateway.v1 import records_pb2
 from gateway import wire
+from gateway.domain import text
 from gateway.domain.blocks import MAX_SERIAL, UnitBlock
 from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, IssuingRegistry, Nomenclature
@@ -145,3 +146,13 @@ def test_blocks_alike_but_for_their_serials_are_refused_for_their_serials_alone(
     later.CopyFrom(good)
     later.start, later.end = 7, 7
     assert reader.read(later, "blocks[2]") == first.with_range(7, 7)
+
+
+def test_a_block_with_too_many_attributes_is_refused_as_block_from_proto_refuses_it() -> None:
+    msg = records_pb2.UnitBlock(start=1, end=5, vintage=2025)
+    msg.space.unit_kind, msg.space.issuing_registry = "CCER", "CN-CCER"
+    for i in range(text.MAX_ATTRIBUTES + 1):
+        msg.attributes.add(name=f"a{i}", value="v")
+    expected = _outcome(functools.partial(wire.block_from_proto, msg, "blocks[0]", NOMENCLATURE))
+    assert isinstance(expected, tuple) and expected[1] == "blocks[0].attributes"
+    assert _outcome(functools.partial(wire.BlockReader(NOMENCLATURE).read, msg, "blocks[0]")) == expected
