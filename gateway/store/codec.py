@@ -53,12 +53,11 @@ characters, and one with many long attributes is written or decoded each time ra
 
 
 _TEXTS_KEPT = 8192
-"""How many blocks `block_to_json` keeps the text of, by identity, the oldest dropped first. With `_BLOCKS_KEPT`
+"""How many blocks `block_to_json` keeps the text of, by identity, forgotten all at once when full. With `_BLOCKS_KEPT`
 decoded blocks, what the two keep is bounded by `_BLOCK_TEXT_KEPT`: some 80 MB at the very most, a few MB
 for usual blocks."""
 
 _texts_written: dict[int, tuple[UnitBlock, str]] = {}
-_texts_lock = threading.Lock()
 
 
 def block_to_json(block: UnitBlock) -> str:
@@ -72,10 +71,11 @@ def block_to_json(block: UnitBlock) -> str:
         return kept[1]
     text = _block_text(block)
     if len(text) <= _BLOCK_TEXT_KEPT:
-        with _texts_lock:
-            _texts_written[id(block)] = (block, text)
-            if len(_texts_written) > _TEXTS_KEPT:
-                del _texts_written[next(iter(_texts_written))]
+        if len(_texts_written) >= _TEXTS_KEPT:
+            # All at once: cheaper, block by block, than dropping the oldest each time (and a dict's single
+            # operations need no lock between the threads that write blocks).
+            _texts_written.clear()
+        _texts_written[id(block)] = (block, text)
     return text
 
 
