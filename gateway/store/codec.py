@@ -24,6 +24,7 @@ from gateway.domain.records import (
 )
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import Change, ChangeKind, NewBlock, change_digest
+from gateway.store.migrations import LEDGER_COLUMNS
 
 
 def block_to_dict(block: UnitBlock) -> dict[str, Any]:
@@ -338,26 +339,8 @@ def authorization_from_json(text: str) -> Authorization:
     )
 
 
-LEDGER_ROW_COLUMNS = (
-    "action_date",
-    "action_type",
-    "transfer_id",
-    "block",
-    "quantity",
-    "vintage",
-    "cooperative_approach",
-    "authorization_id",
-    "first_transferring_party",
-    "transferring_party",
-    "acquiring_party",
-    "purpose",
-    "action_subtype",
-    "year_of_use",
-    "using_party",
-    "using_entity",
-    "note",
-)
-"""The ledger's columns a `ledger_row` gives values of, in order."""
+LEDGER_ROW_COLUMNS = LEDGER_COLUMNS[1:]
+"""The ledger's columns a `ledger_row` gives values of, in order: all but the entry ID."""
 
 
 def ledger_row(entry: LedgerEntry) -> dict[str, Any]:
