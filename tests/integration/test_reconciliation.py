@@ -17,7 +17,7 @@ import sqlite3
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -642,15 +642,11 @@ async def test_a_proposal_naming_units_frozen_at_the_acquiring_side_is_rejected(
         await pair.stop()
 
 
-# -- 4. replies split by a small size cap ----------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def capped_pair(tmp_path: Path, cap: int) -> AsyncIterator[Pair]:
+    """Two gateways where CHN takes in envelopes of at most ``cap`` bytes, and CHE knows it."""
 
-
-@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
-@pytest.mark.asyncio
-@pytest.mark.parametrize("cap", [4096, 6 * 1024])
-async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found(tmp_path: Path, cap: int) -> None:
     def settings(party: str) -> ExchangeSettings:
-        # CHN takes in envelopes of at most ``cap`` bytes, and CHE knows it.
         return ExchangeSettings(self_party=party, max_envelope_bytes=cap if party == "CHN" else 1 << 20)
 
     network = await start_network(tmp_path, ("CHN", "CHE"), settings=settings)
@@ -659,6 +655,38 @@ async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found
         found_partner = pair.che.partners.get("CHN")
         assert found_partner is not None
         found_partner.max_envelope_bytes = cap
+        yield pair
+    finally:
+        await network.stop()
+
+
+async def exchanged(
+    pair: Pair,
+) -> tuple[list[partner_pb2.ReconciliationRequest], list[partner_pb2.ReconciliationReply]]:
+    """CHN's reconciliation requests to CHE and CHE's replies, each in the order sent."""
+    async with pair.chn.store.read() as tx:
+        requests = [
+            partner_pb2.Statement.FromString(m.body).reconciliation_request
+            for m in await tx.list_outbox("CHE")
+            if m.kind is OutboxKind.RECONCILIATION_REQUEST
+        ]
+    async with pair.che.store.read() as tx:
+        replies = [
+            partner_pb2.Statement.FromString(m.body).reconciliation_reply
+            for m in await tx.list_outbox("CHN")
+            if m.kind is OutboxKind.RECONCILIATION_REPLY
+        ]
+    return requests, replies
+
+
+# -- 4. replies split by a small size cap ----------------------------------------------------------------------
+
+
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cap", [4096, 6 * 1024])
+async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found(tmp_path: Path, cap: int) -> None:
+    async with capped_pair(tmp_path, cap) as pair:
         await setup_accounts(pair)
         # Three transfers of 20 blocks each; CHE's record of 40 of the 60 blocks is one unit short.
         transfers = [
@@ -705,18 +733,7 @@ async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found
                 assert await frozen(node, start, start) == [run.run_id], (node.party, start)
 
         # The replies were split: some answered fewer nodes or transfers than were asked.
-        async with pair.chn.store.read() as tx:
-            requests = [
-                partner_pb2.Statement.FromString(m.body).reconciliation_request
-                for m in await tx.list_outbox("CHE")
-                if m.kind is OutboxKind.RECONCILIATION_REQUEST
-            ]
-        async with pair.che.store.read() as tx:
-            replies = [
-                partner_pb2.Statement.FromString(m.body).reconciliation_reply
-                for m in await tx.list_outbox("CHN")
-                if m.kind is OutboxKind.RECONCILIATION_REPLY
-            ]
+        requests, replies = await exchanged(pair)
         requests = [r for r in requests if r.run_id == run.run_id]
         replies = [r for r in replies if r.run_id == run.run_id]
         assert len(requests) == len(replies) >= 4
@@ -730,8 +747,6 @@ async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found
             if q.phase == AUDIT
         )
         assert all(a.ByteSize() + ENVELOPE_MARGIN_BYTES < cap for a in replies)
-    finally:
-        await network.stop()
 
 
 def crowded_bucket(template: LedgerEntry, count: int, transfer_ids: Sequence[str] = ()) -> list[LedgerEntry]:
@@ -765,15 +780,7 @@ def crowded_bucket(template: LedgerEntry, count: int, transfer_ids: Sequence[str
 async def test_a_bucket_that_cannot_fit_beside_its_transfers_states_stops_the_run_at_once(tmp_path: Path) -> None:
     cap = 4096
 
-    def settings(party: str) -> ExchangeSettings:
-        return ExchangeSettings(self_party=party, max_envelope_bytes=cap if party == "CHN" else 1 << 20)
-
-    network = await start_network(tmp_path, ("CHN", "CHE"), settings=settings)
-    pair = Pair(network["CHN"], network["CHE"])
-    try:
-        found_partner = pair.che.partners.get("CHN")
-        assert found_partner is not None
-        found_partner.max_envelope_bytes = cap
+    async with capped_pair(tmp_path, cap) as pair:
         await setup_accounts(pair)
         await move(pair, [(1, 5)], "t0")
         # CHE records 24 acquisitions CHN never sent, all in one bucket. The bucket's view fits in one reply to
@@ -798,38 +805,17 @@ async def test_a_bucket_that_cannot_fit_beside_its_transfers_states_stops_the_ru
         assert await frozen(pair.chn, 1, 2_000_000) == []
 
         # The bucket was asked once: CHE refused it, as the same request would get the same answer.
-        async with pair.chn.store.read() as tx:
-            requests = [
-                partner_pb2.Statement.FromString(m.body).reconciliation_request
-                for m in await tx.list_outbox("CHE")
-                if m.kind is OutboxKind.RECONCILIATION_REQUEST
-            ]
-        async with pair.che.store.read() as tx:
-            replies = [
-                partner_pb2.Statement.FromString(m.body).reconciliation_reply
-                for m in await tx.list_outbox("CHN")
-                if m.kind is OutboxKind.RECONCILIATION_REPLY
-            ]
+        requests, replies = await exchanged(pair)
         audit = [(q, a) for q, a in zip(requests, replies, strict=True) if q.phase == AUDIT]
         assert [(len(q.nodes), len(q.transfer_ids)) for q, _ in audit] == [(1, 24)]
         assert [ResponseCode(a.refusal) for _, a in audit] == [ResponseCode.ENVELOPE_TOO_LARGE]
-    finally:
-        await network.stop()
 
 
 @pytest.mark.asyncio
 async def test_a_bucket_asked_alone_comes_with_every_state_when_their_messages_give_way(tmp_path: Path) -> None:
     cap = 6144
 
-    def settings(party: str) -> ExchangeSettings:
-        return ExchangeSettings(self_party=party, max_envelope_bytes=cap if party == "CHN" else 1 << 20)
-
-    network = await start_network(tmp_path, ("CHN", "CHE"), settings=settings)
-    pair = Pair(network["CHN"], network["CHE"])
-    try:
-        found_partner = pair.che.partners.get("CHN")
-        assert found_partner is not None
-        found_partner.max_envelope_bytes = cap
+    async with capped_pair(tmp_path, cap) as pair:
         await setup_accounts(pair)
         # Sixteen real transfers, whose statements and receipts CHE's log holds, and at CHE one acquisition more
         # of each, all in one bucket: the bucket and the sixteen states fit in a reply to CHN only if most of
@@ -846,18 +832,7 @@ async def test_a_bucket_asked_alone_comes_with_every_state_when_their_messages_g
         report = report_of(run, pair.chn)
         assert len(report.differences) == len(crowded)
 
-        async with pair.chn.store.read() as tx:
-            requests = [
-                partner_pb2.Statement.FromString(m.body).reconciliation_request
-                for m in await tx.list_outbox("CHE")
-                if m.kind is OutboxKind.RECONCILIATION_REQUEST
-            ]
-        async with pair.che.store.read() as tx:
-            replies = [
-                partner_pb2.Statement.FromString(m.body).reconciliation_reply
-                for m in await tx.list_outbox("CHN")
-                if m.kind is OutboxKind.RECONCILIATION_REPLY
-            ]
+        requests, replies = await exchanged(pair)
         lone = [
             a
             for q, a in zip(requests, replies, strict=True)
@@ -870,8 +845,6 @@ async def test_a_bucket_asked_alone_comes_with_every_state_when_their_messages_g
         # Messages come back in order, as many as the room holds: the first transfers keep theirs.
         assert answer.transfers[0].messages
         assert all(a.ByteSize() + ENVELOPE_MARGIN_BYTES < cap for a in replies)
-    finally:
-        await network.stop()
 
 
 def _trail(transfer_id: str, messages: int) -> partner_pb2.TransferEvidence:
