@@ -898,6 +898,7 @@ class Reconciling(GatewayBase):
         elif request.phase == PHASE_BLOCKS:
             await self._answer_nodes(tx, partner, request, reply)
         elif request.phase == PHASE_AUDIT:
+            _check_audit_request(request)
             # The transfers first, then the buckets that fit beside them: both read in this one transaction.
             await self._answer_transfers(tx, partner, request, reply, size)
             await self._answer_nodes(tx, partner, request, reply)
@@ -1135,10 +1136,38 @@ class Reconciling(GatewayBase):
 
 def _budget(gateway: Reconciling, partner: str) -> int:
     """Bytes a reconciliation body may take to ``partner``: its envelope cap (statements travel in protobuf
-    form), less the room kept for the header and for the envelope's payload type, key ID and signature."""
+    form), less the room kept for the header and for the envelope's payload type, key ID and signature, and
+    for the requester's log head size, which a reply gets once answered (a tag and up to ten bytes)."""
     found = gateway._exchange.partners.get(partner)
     cap = found.max_envelope_bytes if found else 1 << 20
-    return cap - ENVELOPE_MARGIN_BYTES - 512
+    return cap - ENVELOPE_MARGIN_BYTES - 512 - 11
+
+
+def _check_audit_request(request: partner_pb2.ReconciliationRequest) -> None:
+    """An audit request names buckets and transfers, each once, as the requester sends them: a node above the
+    buckets or one named twice would only make the answer larger, and is refused."""
+    nodes: set[NodeRef] = set()
+    for i, message in enumerate(request.nodes[: MAX_REFS_PER_REQUEST + 1]):
+        field = f"reconciliation_request.nodes[{i}]"
+        ref = ref_from_proto(message, field)
+        if ref.level != DEPTH:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"the audit phase asks for buckets (level {DEPTH} of the tree), not a node of level {ref.level}",
+                field=field,
+            )
+        if ref in nodes:
+            raise GatewayError(ResponseCode.INVALID_ARGUMENT, "a bucket is asked twice", field=field)
+        nodes.add(ref)
+    transfers: set[str] = set()
+    for i, transfer_id in enumerate(request.transfer_ids[: MAX_TRANSFERS_PER_REQUEST + 1]):
+        if transfer_id in transfers:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                "a transfer is asked twice",
+                field=f"reconciliation_request.transfer_ids[{i}]",
+            )
+        transfers.add(transfer_id)
 
 
 async def _freezable(

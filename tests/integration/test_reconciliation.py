@@ -746,7 +746,7 @@ async def test_a_small_size_cap_splits_the_replies_and_every_difference_is_found
             for q, a in asked_and_answered
             if q.phase == AUDIT
         )
-        assert all(a.ByteSize() + ENVELOPE_MARGIN_BYTES < cap for a in replies)
+        assert all(a.ByteSize() <= cap - ENVELOPE_MARGIN_BYTES - 512 for a in replies)
 
 
 def crowded_bucket(template: LedgerEntry, count: int, transfer_ids: Sequence[str] = ()) -> list[LedgerEntry]:
@@ -844,7 +844,7 @@ async def test_a_bucket_asked_alone_comes_with_every_state_when_their_messages_g
         assert any(e.messages_omitted for e in answer.transfers)
         # Messages come back in order, as many as the room holds: the first transfers keep theirs.
         assert answer.transfers[0].messages
-        assert all(a.ByteSize() + ENVELOPE_MARGIN_BYTES < cap for a in replies)
+        assert all(a.ByteSize() <= cap - ENVELOPE_MARGIN_BYTES - 512 for a in replies)
 
 
 def _trail(transfer_id: str, messages: int) -> partner_pb2.TransferEvidence:
@@ -1166,6 +1166,15 @@ def _many_transfers(request: partner_pb2.ReconciliationRequest) -> None:
     request.transfer_ids.extend(f"t-{i}" for i in range(201))
 
 
+def _audit(*refs: NodeRef, transfer_ids: Sequence[str] = ()) -> Callable[[partner_pb2.ReconciliationRequest], None]:
+    def build(request: partner_pb2.ReconciliationRequest) -> None:
+        request.phase = AUDIT
+        request.nodes.extend(ref_to_proto(r) for r in refs)
+        request.transfer_ids.extend(transfer_ids)
+
+    return build
+
+
 def _bad_transfer_id(request: partner_pb2.ReconciliationRequest) -> None:
     request.phase = AUDIT
     request.transfer_ids.append("a b\n")
@@ -1198,6 +1207,24 @@ HOSTILE_REQUESTS = [
     HostileRequest("100k node refs", _many_nodes, ResponseCode.INVALID_ARGUMENT, "more than 2000 nodes asked at once"),
     HostileRequest(
         "201 transfers", _many_transfers, ResponseCode.INVALID_ARGUMENT, "more than 200 transfers asked at once"
+    ),
+    HostileRequest(
+        "audit of the root",
+        _audit(ROOT, transfer_ids=["t-1"]),
+        ResponseCode.INVALID_ARGUMENT,
+        f"the audit phase asks for buckets (level {tree.DEPTH} of the tree), not a node of level 0",
+    ),
+    HostileRequest(
+        "audit of a bucket twice",
+        _audit(NodeRef(GROUP, tree.DEPTH, 5), NodeRef(GROUP, tree.DEPTH, 5)),
+        ResponseCode.INVALID_ARGUMENT,
+        "a bucket is asked twice (field reconciliation_request.nodes[1])",
+    ),
+    HostileRequest(
+        "audit of a transfer twice",
+        _audit(NodeRef(GROUP, tree.DEPTH, 5), transfer_ids=["t-1", "t-2", "t-1"]),
+        ResponseCode.INVALID_ARGUMENT,
+        "a transfer is asked twice (field reconciliation_request.transfer_ids[2])",
     ),
     HostileRequest("unknown phase", _set(phase=7), ResponseCode.MALFORMED_PAYLOAD, "unknown phase 7"),
     HostileRequest(
