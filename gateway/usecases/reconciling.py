@@ -899,13 +899,14 @@ class Reconciling(GatewayBase):
             await self._answer_nodes(tx, partner, request, reply)
         elif request.phase == PHASE_AUDIT:
             _check_audit_request(request)
-            # The transfers first, then the buckets that fit beside them: both read in this one transaction.
-            await self._answer_transfers(tx, partner, request, reply, size)
-            await self._answer_nodes(tx, partner, request, reply)
-            if len(request.nodes) == 1 and (not reply.nodes or len(reply.transfers) < len(request.transfer_ids)):
+            if len(request.nodes) == 1:
                 # The requester takes a bucket only with the states of all the transfers asked with it, and asks
-                # one alone when a reply had no room for more: this answer must hold them all, or none can.
+                # one alone when a reply had no room for more: this answer holds them all, or none can.
                 await self._answer_lone_bucket(tx, partner, request, reply, size)
+            else:
+                # The transfers first, then the buckets that fit beside them: both read in this one transaction.
+                await self._answer_transfers(tx, partner, request, reply, size)
+                await self._answer_nodes(tx, partner, request, reply)
         else:
             raise GatewayError(
                 ResponseCode.MALFORMED_PAYLOAD,
@@ -1019,15 +1020,8 @@ class Reconciling(GatewayBase):
         reply: partner_pb2.ReconciliationReply,
         size: int,
     ) -> None:
-        if len(request.transfer_ids) > MAX_TRANSFERS_PER_REQUEST:
-            raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT,
-                f"more than {MAX_TRANSFERS_PER_REQUEST} transfers asked at once",
-                field="reconciliation_request.transfer_ids",
-            )
         budget = _budget(self, partner)
-        for i, transfer_id in enumerate(request.transfer_ids):
-            check_identifier(transfer_id, f"reconciliation_request.transfer_ids[{i}]")
+        for transfer_id in request.transfer_ids:
             evidence = await self._evidence(tx, transfer_id, partner, size)
             if reply.ByteSize() + evidence.ByteSize() + 16 > budget:
                 # A transfer's state matters more than its listed messages, and the requester takes a bucket only
@@ -1048,15 +1042,13 @@ class Reconciling(GatewayBase):
         reply: partner_pb2.ReconciliationReply,
         size: int,
     ) -> None:
-        """Answer a bucket asked alone with the states of all its transfers, in place of what ``reply`` holds:
-        every state with its listed messages left out, the bucket, then each transfer's messages back in order
-        while they fit. Refused with `ENVELOPE_TOO_LARGE` when the bare states and the bucket alone do not fit:
-        the requester would only ask the very same again."""
+        """Answer a bucket asked alone with the states of all its transfers: every state with its listed messages
+        left out, the bucket, then each transfer's messages back in order while they fit. Refused with
+        `ENVELOPE_TOO_LARGE` when the bare states and the bucket alone do not fit: the requester would only ask
+        the very same again."""
         budget = _budget(self, partner)
         ref = ref_from_proto(request.nodes[0], "reconciliation_request.nodes[0]")
         listed: list[list[partner_pb2.LoggedMessage]] = []
-        del reply.transfers[:]
-        del reply.nodes[:]
         for transfer_id in request.transfer_ids:
             evidence = await self._evidence(tx, transfer_id, partner, size)
             listed.append(list(evidence.messages))
@@ -1145,7 +1137,14 @@ def _budget(gateway: Reconciling, partner: str) -> int:
 
 def _check_audit_request(request: partner_pb2.ReconciliationRequest) -> None:
     """An audit request names buckets and transfers, each once, as the requester sends them: a node above the
-    buckets or one named twice would only make the answer larger, and is refused."""
+    buckets or one named twice would only make the answer larger, and is refused, as are more transfers than
+    one request may name and a transfer ID that is not an identifier."""
+    if len(request.transfer_ids) > MAX_TRANSFERS_PER_REQUEST:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"more than {MAX_TRANSFERS_PER_REQUEST} transfers asked at once",
+            field="reconciliation_request.transfer_ids",
+        )
     nodes: set[NodeRef] = set()
     for i, message in enumerate(request.nodes[: MAX_REFS_PER_REQUEST + 1]):
         field = f"reconciliation_request.nodes[{i}]"
@@ -1160,7 +1159,8 @@ def _check_audit_request(request: partner_pb2.ReconciliationRequest) -> None:
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, "a bucket is asked twice", field=field)
         nodes.add(ref)
     transfers: set[str] = set()
-    for i, transfer_id in enumerate(request.transfer_ids[: MAX_TRANSFERS_PER_REQUEST + 1]):
+    for i, transfer_id in enumerate(request.transfer_ids):
+        check_identifier(transfer_id, f"reconciliation_request.transfer_ids[{i}]")
         if transfer_id in transfers:
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT,
