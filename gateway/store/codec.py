@@ -54,9 +54,9 @@ characters, and one with many long attributes is written or decoded each time ra
 
 
 _TEXTS_KEPT = 8192
-"""How many blocks `block_to_json` keeps the text of, by identity, forgotten all at once when full. With `_BLOCKS_KEPT`
-decoded blocks, what the two keep is bounded by `_BLOCK_TEXT_KEPT`: some 80 MB at the very most, a few MB
-for usual blocks."""
+"""How many blocks `block_to_json` keeps the text of, by identity, forgotten all at once when full. With
+`_BLOCKS_KEPT` decoded blocks, what the two keep is bounded by `_BLOCK_TEXT_KEPT`: some 80 MB at the very
+most, a few MB for usual blocks."""
 
 _texts_written: dict[int, tuple[UnitBlock, str]] = {}
 
