@@ -683,6 +683,18 @@ class Reconciling(GatewayBase):
             transfers: dict[str, None] = {}  # in the order of the buckets: the responder answers the first first
             for ref in progress.buckets:
                 wanted = dict.fromkeys(sorted(by_bucket.get(ref, set())))
+                if len(wanted) > MAX_TRANSFERS_PER_REQUEST:
+                    # The partner refuses a request naming that many, and the bucket counts only read with them all.
+                    await self._finish(
+                        tx,
+                        run,
+                        progress,
+                        Status.TOTALS_INCONSISTENT,
+                        f"{_bucket_name(ref)} holds differing blocks of {len(wanted)} transfers, and one request"
+                        f" may ask {run.partner} for the states of {MAX_TRANSFERS_PER_REQUEST} at the most: the run"
+                        " stops at the totals; compare the two ledgers with the partner directly",
+                    )
+                    return
                 most = 1 if progress.narrow else MAX_REFS_PER_REQUEST  # the last reply had room for none
                 if asked and (len(asked) >= most or len(transfers | wanted) > MAX_TRANSFERS_PER_REQUEST):
                     break

@@ -812,6 +812,34 @@ async def test_a_bucket_that_cannot_fit_beside_its_transfers_states_stops_the_ru
 
 
 @pytest.mark.asyncio
+async def test_a_bucket_of_more_transfers_than_a_request_may_name_stops_the_run_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reconciling, "MAX_TRANSFERS_PER_REQUEST", 3)
+    async with capped_pair(tmp_path, 1 << 20) as pair:
+        await setup_accounts(pair)
+        await move(pair, [(1, 5)], "t0")
+        # CHE records 4 acquisitions CHN never sent, all in one bucket: asking their states with the bucket takes
+        # more transfers than one request may name.
+        async with pair.che.store.transaction() as tx:
+            (acquired,) = [e for e in await tx.list_ledger() if e.action_type is ActionType.ACQUISITION]
+            crowded = crowded_bucket(acquired, 4)
+            await tx.append_ledger(crowded)
+        blocks = [reconciled_block(e, "CHE") for e in crowded]
+        (bucket,) = {NodeRef(b[1].group, tree.DEPTH, b[1].bucket) for b in blocks if b is not None}
+        run = await reconcile(pair.chn, "CHE", "crowded")
+        assert run.status is Status.TOTALS_INCONSISTENT, run.detail
+        assert f"bucket {bucket.prefix} of group CCER CN-CCER 2025 CHN->CHE NDC" in run.detail, run.detail
+        assert "differing blocks of 4 transfers" in run.detail and "3 at the most" in run.detail, run.detail
+        report = report_of(run, pair.chn)
+        assert (Status(report.status), list(report.differences)) == (run.status, [])
+        assert await frozen(pair.chn, 1, 2_000_000) == []
+        requests, replies = await exchanged(pair)
+        assert [q.phase for q in requests if q.phase == AUDIT] == [], "a request the partner must refuse was sent"
+        assert all(a.refusal == 0 for a in replies)
+
+
+@pytest.mark.asyncio
 async def test_a_bucket_asked_alone_comes_with_every_state_when_their_messages_give_way(tmp_path: Path) -> None:
     cap = 6144
 
