@@ -330,7 +330,10 @@ class OutboxWorker:
         size = 0
         async with self.store.transaction(durable=False) as tx:
             channel = await tx.outgoing_channel(partner.party)
-            for message in run:
+            # A rotation may have queued its document since this run was claimed: the statements would go out
+            # signed by a key the partner learns of only from that document. It goes first, at the next claim.
+            overtaken = run[0].kind is not OutboxKind.TRUST and await tx.trust_pending(partner.party)
+            for message in [] if overtaken else run:
                 if not await tx.holds_lease(message.outbox_id, self.replica):
                     break  # taken over by another replica after this one's lease ran out
                 if message.kind is OutboxKind.TRUST:

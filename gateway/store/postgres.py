@@ -1064,6 +1064,12 @@ class PostgresTransaction:
         found = await self._one("SELECT 1 FROM outbox WHERE outbox_id = ? AND lease_owner = ?", (outbox_id, owner))
         return found is not None
 
+    async def trust_pending(self, receiver: str) -> bool:
+        found = await self._one(
+            "SELECT 1 FROM outbox WHERE receiver = ? AND state = 'pending' AND kind = 'trust' LIMIT 1", (receiver,)
+        )
+        return found is not None
+
     async def release_lease(self, outbox_id: int, owner: str) -> None:
         await self._execute(
             "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE outbox_id = ? AND lease_owner = ?",

@@ -17,8 +17,12 @@ from gateway import wire
 from gateway.demo import Pair, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import ACCEPT_ALL
+from gateway.domain.statements import ChannelState
+from gateway.exchange import Sealed
 from gateway.harness import Network, start_network
 from gateway.node import GatewayNode, PartnerSpec
+from gateway.partners import Partner
+from gateway.store.base import LogKind, OutboxKind, OutboxMessage
 from gateway.store.sqlite import SQLiteStore
 from signing import (
     Algorithm,
@@ -111,6 +115,46 @@ async def test_after_a_rotation_both_gateways_keep_exchanging_and_the_retired_ke
         )
         receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
         assert ResponseCode(receipt.code) is ResponseCode.KEY_UNKNOWN_OR_REVOKED
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_run_claimed_before_a_rotation_waits_for_the_push_of_the_new_document(tmp_path: Path) -> None:
+    network = await start_network(tmp_path, ("CHN", "CHE"))
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        outbox = pair.chn.core.outbox
+        seal = outbox._seal
+        rotated: list[Signer] = []
+
+        async def rotate_first(
+            run: list[OutboxMessage], partner: Partner
+        ) -> list[tuple[OutboxMessage, Sealed, ChannelState]]:
+            # The Proposal is claimed under the old key; the rotation comes between its claim and its seal.
+            if not rotated and run[0].kind is OutboxKind.PROPOSAL:
+                rotated.append(await rotate(network, "CHN", 2))
+            return await seal(run, partner)
+
+        outbox._seal = rotate_first  # type: ignore[method-assign]
+        transfer_id = await transfer(pair, block, 1, 100, "across-rotation")
+        assert rotated, "the Proposal was never sealed"
+        for node in (pair.chn, pair.che):
+            async with operator(node) as stub:
+                done = await stub.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+                dead = await stub.ListDeadLetters(operator_pb2.ListDeadLettersRequest())
+            assert (done.state, list(dead.entries)) == (records_pb2.COMPLETED, []), node.party
+        async with pair.che.store.read() as tx:
+            taken = [e for e in await tx.list_log() if e.direction == "in" and e.peer == "CHN"]
+        # CHE took the new document in before any statement signed with the new key, and took those in.
+        keys = [
+            (e.kind, wire.envelope_from_bytes(e.envelope).signatures[0].keyid) for e in taken if e.form == "protobuf"
+        ]
+        new_key = rotated[0].keyid
+        signed_new = [i for i, (kind, keyid) in enumerate(keys) if kind is LogKind.STATEMENT and keyid == new_key]
+        pushed = [i for i, (kind, _) in enumerate(keys) if kind is LogKind.TRUST]
+        assert signed_new and pushed and pushed[0] < signed_new[0], keys
     finally:
         await network.stop()
 
