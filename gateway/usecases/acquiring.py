@@ -163,7 +163,9 @@ class Acquiring(GatewayBase):
 
     async def _on_completion(self, tx: Transaction, partner: str, completion: partner_pb2.Completion) -> None:
         """Acquiring side: the initiating side has debited; credit the pending units and record the acquisition."""
-        transfer = await self._transfer_with(tx, partner, completion.transfer_id, TransferRole.ACQUIRING)
+        transfer = await self._transfer_with(
+            tx, partner, completion.transfer_id, TransferRole.ACQUIRING, "completion.transfer_id"
+        )
         if transfer.state is TransferState.COMPLETED:
             return
         if transfer.state is not TransferState.ACCEPTED:
@@ -228,7 +230,9 @@ class Acquiring(GatewayBase):
 
         Its state wins even over a rejection this side sent while the messages crossed.
         """
-        transfer = await self._transfer_with(tx, partner, cancel.transfer_id, TransferRole.ACQUIRING)
+        transfer = await self._transfer_with(
+            tx, partner, cancel.transfer_id, TransferRole.ACQUIRING, "cancel.transfer_id"
+        )
         ended = TransferState.TERMINATED if cancel.terminated else TransferState.CANCELLED
         await self._adopt(tx, transfer, ended)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
+from gateway.domain import text
 from gateway.domain.adjustments import AdjustmentSettings
 from gateway.domain.blocks import SerialSpace, UnitBlock, merge, ranges_by_space
 from gateway.domain.errors import GatewayError, ResponseCode
@@ -139,8 +140,12 @@ class GatewayBase:
         return found
 
     @staticmethod
-    async def _transfer_with(tx: Transaction, partner: str, transfer_id: str, role: TransferRole) -> Transfer:
-        """The transfer ``partner`` names, on this side's ``role``; refuse one unknown, or another partner's."""
+    async def _transfer_with(
+        tx: Transaction, partner: str, transfer_id: str, role: TransferRole, field: str
+    ) -> Transfer:
+        """The transfer ``partner`` names in ``field``, on this side's ``role``; refuse an ID that is not an
+        identifier, a transfer unknown, or another partner's."""
+        text.check_identifier(transfer_id, field, what="transfer ID")
         transfer = await tx.get_transfer(transfer_id)
         if transfer is None or transfer.role is not role or transfer.partner != partner:
             raise GatewayError(

@@ -308,7 +308,9 @@ class Initiating(GatewayBase):
         A Decision that crosses this side's own final state changes nothing here: this side arbitrates, and
         tells the partner its state again (DESIGN.md section 4, "Crossing messages").
         """
-        transfer = await self._transfer_with(tx, partner, decision.transfer_id, TransferRole.INITIATING)
+        transfer = await self._transfer_with(
+            tx, partner, decision.transfer_id, TransferRole.INITIATING, "decision.transfer_id"
+        )
         if transfer.state is not TransferState.CHECKED:
             if transfer.state in (TransferState.CANCELLED, TransferState.TERMINATED):
                 log.info(

@@ -13,6 +13,7 @@ go on):
 from __future__ import annotations
 
 from carbon_gateway.v1 import partner_pb2
+from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.protocol import Rejection
 from gateway.domain.transfer import (
@@ -34,6 +35,7 @@ class StatusKeeping(Initiating, Acquiring):
 
     async def _on_status_query(self, tx: Transaction, partner: str, query: partner_pb2.StatusQuery) -> None:
         """Either side: answer a partner's question about a transfer's state."""
+        text.check_identifier(query.transfer_id, "status_query.transfer_id", what="transfer ID")
         transfer = await tx.get_transfer(query.transfer_id)
         known = transfer is not None and transfer.partner == partner
         report = partner_pb2.StatusReport(
@@ -45,6 +47,7 @@ class StatusKeeping(Initiating, Acquiring):
 
     async def _on_status_report(self, tx: Transaction, partner: str, report: partner_pb2.StatusReport) -> None:
         """Either side: the partner's view of a transfer this side asked about; converge on one state."""
+        text.check_identifier(report.transfer_id, "status_report.transfer_id", what="transfer ID")
         transfer = await tx.get_transfer(report.transfer_id)
         if transfer is None or transfer.partner != partner:
             raise GatewayError(

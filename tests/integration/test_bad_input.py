@@ -1279,6 +1279,22 @@ def unknown_state(craft: Craft) -> bytes:
     return craft.signed(statement)
 
 
+def naming(body: str, transfer_id: str) -> Callable[[Craft], bytes]:
+    """A statement of kind ``body`` about ``transfer_id``, every other field as a partner would fill it."""
+
+    def build(craft: Craft) -> bytes:
+        message = {
+            "status_query": partner_pb2.StatusQuery(transfer_id=transfer_id),
+            "status_report": partner_pb2.StatusReport(transfer_id=transfer_id, known=True, state=records_pb2.COMPLETED),
+            "completion": partner_pb2.Completion(transfer_id=transfer_id),
+            "cancel": partner_pb2.Cancel(transfer_id=transfer_id),
+            "decision": partner_pb2.Decision(transfer_id=transfer_id, accepted=True),
+        }[body]
+        return craft.signed(craft.next(**{body: message}))
+
+    return build
+
+
 def garbage(craft: Craft) -> bytes:
     return b"\xff\x00garbage\x01\x02" * 8
 
@@ -1409,6 +1425,54 @@ POISONS = [
         200,
         "transfer ID contains U+0000",
     ),
+    Poison(
+        "status-query-transfer-id-200k",
+        naming("status_query", "t" * 200_000),
+        ResponseCode.INVALID_ARGUMENT,
+        True,
+        200,
+        "the transfer ID has 200000 characters; at most 128",
+    ),
+    Poison(
+        "status-query-transfer-id-joiner",
+        naming("status_query", "t\u200dx"),
+        ResponseCode.INVALID_ARGUMENT,
+        True,
+        200,
+        "transfer ID contains U+200D ZERO WIDTH JOINER",
+    ),
+    Poison(
+        "status-report-transfer-id-not-nfc",
+        naming("status_report", "e\u0301"),
+        ResponseCode.INVALID_ARGUMENT,
+        True,
+        200,
+        "is not in Unicode normal form NFC",
+    ),
+    Poison(
+        "completion-transfer-id-nul",
+        naming("completion", "t\x00"),
+        ResponseCode.INVALID_ARGUMENT,
+        True,
+        200,
+        "transfer ID contains U+0000",
+    ),
+    Poison(
+        "cancel-transfer-id-200k",
+        naming("cancel", "t" * 200_000),
+        ResponseCode.INVALID_ARGUMENT,
+        True,
+        200,
+        "the transfer ID has 200000 characters",
+    ),
+    Poison(
+        "decision-transfer-id-private-use",
+        naming("decision", "t\ue000"),
+        ResponseCode.INVALID_ARGUMENT,
+        True,
+        200,
+        "transfer ID contains U+E000 (a private-use character)",
+    ),
     Poison("status-report-unknown-state", unknown_state, ResponseCode.MALFORMED_PAYLOAD, True, 200, "unknown state 99"),
     Poison("statement-without-body", no_body, ResponseCode.MALFORMED_PAYLOAD, False, 400, "no body"),
     Poison("garbage-bytes", garbage, ResponseCode.MALFORMED_PAYLOAD, False, 400, "the envelope is not"),
@@ -1444,6 +1508,12 @@ async def deliver(network: Network, receiver: str, raw: bytes, transport: str) -
     key = network.signers[receiver].public_key
     assert any(key.verify(s.sig, pae(envelope.payload_type, envelope.payload)) for s in envelope.signatures)
     return Answer(partner_pb2.Receipt.FromString(envelope.payload), status)
+
+
+async def queued(node: GatewayNode) -> int:
+    """The statements ``node`` has queued for its partners, whatever became of them."""
+    async with node.store.read() as tx:
+        return len(await tx.list_outbox())
 
 
 async def held_at(node: GatewayNode) -> tuple[object, ...]:
@@ -1489,6 +1559,7 @@ async def test_a_poison_statement_gets_a_signed_receipt_and_the_channel_keeps_wo
     await settle(*network.nodes.values())
     held_before = await held_at(che)
     decided_before = len(await decisions_sent(che))
+    queued_before = await queued(che)
     async with che.store.read() as tx:
         channel_before = await tx.incoming_channel("CHN")
     # The crafter plays CHN on its real channel, from where CHE stands.
@@ -1518,6 +1589,8 @@ async def test_a_poison_statement_gets_a_signed_receipt_and_the_channel_keeps_wo
     else:
         assert sent == []
     assert len(await decisions_sent(che)) == decided_before + len(sent)
+    # Nothing else is queued: no answer to a statement refused.
+    assert await queued(che) == queued_before + len(sent)
     await follow_up(network, crafter, "CHE", transport)
     await settle(*network.nodes.values())
     assert await held_at(che) == held_before
