@@ -516,6 +516,14 @@ class Exchange:
             raise AssertionError(f"{len(raws) - len(answered)} of {len(raws)} envelopes left unanswered")
         return answered
 
+    def refuse_unread(self, size: str, form: EnvelopeForm) -> Received:
+        """The signed receipt refusing a request body too large to read at all (``size`` says how large, as far as
+        it is known): `ResponseCode.ENVELOPE_TOO_LARGE`, about no statement and no envelope, as none was read."""
+        detail = f"{size} exceeds the cap of {self.settings.max_envelope_bytes}"
+        log.info("refused a delivery: %s", detail)
+        receipt = self._receipt("", "", b"", None, ResponseCode.ENVELOPE_TOO_LARGE, detail, form)
+        return Received(receipt, ResponseCode.ENVELOPE_TOO_LARGE, detail)
+
     def _failed(self, raw: bytes, form: EnvelopeForm, exc: Exception) -> Received:
         """The receipt for an envelope the receiver failed on: nothing of it took effect."""
         log.error("failed while handling a delivery of %d bytes", len(raw), exc_info=exc)
@@ -995,7 +1003,7 @@ class Exchange:
         receiver: str,
         in_reply_to: str,
         digest: bytes,
-        raw: bytes,
+        raw: bytes | None,
         code: ResponseCode,
         detail: str,
         form: EnvelopeForm,
@@ -1015,7 +1023,7 @@ class Exchange:
             resend_from=resend_from,
             taken_in=taken_in,
             issued_at=wire.timestamp(self.clock()),
-            envelope_sha256=hashlib.sha256(raw).digest(),
+            envelope_sha256=b"" if raw is None else hashlib.sha256(raw).digest(),
             last_sequence=channel.last_sequence if channel else 0,
             last_hash=channel.last_hash if channel else b"",
         )

@@ -88,11 +88,17 @@ def peer_common_name(request: web.Request) -> str | None:
 def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
     """The HTTP application of one gateway."""
     metrics = Metrics()
-    app = web.Application(client_max_size=4 * exchange.settings.max_envelope_bytes + 4096)
+    body_limit = 4 * exchange.settings.max_envelope_bytes + 4096
+    app = web.Application(client_max_size=body_limit)
 
     async def deliver(request: web.Request) -> web.Response:
         try:
             raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            # aiohttp stops reading at the application's limit, some four times the cap: the rest is not read.
+            received = exchange.refuse_unread(f"a body of more than {body_limit} bytes", EnvelopeForm.JSON)
+            metrics.count(received.code)
+            return web.Response(body=received.receipt, status=413, content_type="application/json")
         except MALFORMED_REQUEST as exc:  # a chunked body mis-framed, a compressed body that does not decompress
             raise web.HTTPBadRequest(text=f"malformed request body: {_reason(exc)}") from None
         received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=peer_common_name(request))

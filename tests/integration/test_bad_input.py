@@ -11,6 +11,7 @@ are documented in `gateway.domain.text`.
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -1594,6 +1595,37 @@ async def test_a_poison_statement_gets_a_signed_receipt_and_the_channel_keeps_wo
     await follow_up(network, crafter, "CHE", transport)
     await settle(*network.nodes.values())
     assert await held_at(che) == held_before
+
+
+@MODULE
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+async def test_a_body_too_large_to_read_gets_413_with_a_signed_receipt_and_the_channel_keeps_working(
+    partners: Partners, encoding: str
+) -> None:
+    network, che = partners.network, partners.che
+    await settle(*network.nodes.values())
+    async with che.store.read() as tx:
+        channel = await tx.incoming_channel("CHN")
+    cap = che.exchange.settings.max_envelope_bytes
+    body = b"{" + b" " * (4 * cap + 8192) + b"}"  # beyond what the HTTP server reads at all, four times the cap
+    headers = {"Content-Type": "application/json"}
+    if encoding == "gzip":
+        body, headers["Content-Encoding"] = gzip.compress(body), "gzip"  # small on the wire, large unpacked
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(che.http_url + DELIVER_PATH, data=io.BytesIO(body), headers=headers) as response,
+    ):
+        status, answer = response.status, await response.read()
+    envelope = Envelope.from_json(answer)
+    assert envelope.payload_type == wire.RECEIPT_PAYLOAD_TYPE
+    key = network.signers["CHE"].public_key
+    assert any(key.verify(s.sig, pae(envelope.payload_type, envelope.payload)) for s in envelope.signatures)
+    receipt = partner_pb2.Receipt.FromString(envelope.payload)
+    assert (status, ResponseCode(receipt.code), receipt.taken_in) == (413, ResponseCode.ENVELOPE_TOO_LARGE, False)
+    assert f"a body of more than {4 * cap + 4096} bytes exceeds the cap of {cap}" == receipt.detail
+    assert (receipt.in_reply_to, receipt.envelope_sha256) == ("", b"")
+    crafter = Crafter(signer=network.signers["CHN"], sender="CHN", receiver="CHE", channel=channel)
+    await follow_up(network, crafter, "CHE", "http")
 
 
 @pytest.mark.asyncio
