@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -754,30 +755,68 @@ def _config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
+    """The newest version of the Party's own trust document its SQLite database holds (after a rotation it is
+    later than the configured one, and ``serve`` starts from it); None for none, or a database not readable."""
+    if not isinstance(config.database, Path) or not config.database.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{config.database.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute(
+                "SELECT envelope FROM trust_documents WHERE party = ? ORDER BY version DESC LIMIT 1", (config.party,)
+            ).fetchone()
+        finally:
+            db.close()
+        return None if row is None else TrustedParty.restore(Envelope.from_json(row[0]))
+    except (sqlite3.Error, SigningError, ValueError):
+        return None  # `serve` names what is wrong with the database itself
+
+
 def file_problems(config: GatewayConfig) -> list[str]:
     """What ``serve`` would refuse in the files a loaded configuration names: trust documents that are missing,
-    unreadable or another Party's, signers that cannot be opened, TLS files that are missing, not PEM or not
+    unreadable or another Party's, signers that cannot be opened or that the newest version of the Party's own
+    trust document does not list, TLS files that are missing, not PEM or not
     paired, a database path that is a folder or in a folder that does not exist. The TLS and database checks
     are the ones ``serve`` runs at start. Ports are not probed: the gateway may be running."""
-    from gateway.config import ConfigError
+    from gateway.config import DEFAULT_SIGNER_NAME, ConfigError
     from gateway.node import _signer, _trust_envelope, check_database_file, check_operator_tls, check_tls
+    from gateway.partners import TRANSFER_ROLE
 
     problems: list[str] = []
+    own: TrustedParty | None = None
     documents = [("trust_document", config.trust_document, config.party)]
     documents += [(f"partners[{i}].trust_document", p.trust_document, p.party) for i, p in enumerate(config.partners)]
     for setting, path, party in documents:
         try:
-            document_party = TrustedParty.restore(_trust_envelope(path, setting)).party
+            trusted = TrustedParty.restore(_trust_envelope(path, setting))
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        if document_party != party:
-            problems.append(f"{setting}: {path} is {document_party}'s trust document, not {party}'s")
+        if trusted.party != party:
+            problems.append(f"{setting}: {path} is {trusted.party}'s trust document, not {party}'s")
+        elif setting == "trust_document":
+            own = trusted
+    keyids: set[str] = set()
+    opened = 0
     for name, uri in config.signers.items():
         try:
-            _signer(uri, name)
+            keyids.add(_signer(uri, name).keyid)
+            opened += 1
         except ConfigError as exc:
             problems.append(str(exc))
+    stored = _stored_own_document(config)
+    newest = stored if own is not None and stored is not None and stored.version > own.version else own
+    listed = set() if newest is None else set(newest.document.roles[TRANSFER_ROLE].keyids)
+    if newest is not None and opened == len(config.signers) and not keyids & listed:
+        names = ", ".join("signer" if n == DEFAULT_SIGNER_NAME else f"signers.{n}" for n in sorted(config.signers))
+        where = "stored in the database" if newest is stored else str(config.trust_document)
+        unseen = "" if isinstance(config.database, Path) else " (config check does not read a PostgreSQL database)"
+        problems.append(
+            f"signer: the transfer role of {config.party}'s trust document version {newest.version} ({where}) lists"
+            f" none of the configured signers ({names}), and serve signs only with a key the newest version lists:"
+            f" configure its key, or point trust_document at a later version that lists yours{unseen}"
+        )
     checks: list[Callable[[], None]] = []
     if config.tls is not None:
         checks.append(functools.partial(check_tls, config.tls))

@@ -7,6 +7,7 @@ are reported at once; `serve` refuses them too, because it uses the same loader.
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 from gateway.cli import main
 from gateway.config import UnknownKeysError, load_config
 from gateway.harness import self_signed_trust_document
-from signing import generate_key, signer_from_uri
+from gateway.store.sqlite import SQLiteStore
+from signing import Role, TrustDocument, generate_key, sign_trust_document, signer_from_uri
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -302,3 +304,42 @@ def test_config_check_names_the_files_serve_would_refuse(tmp_path: Path, capsys:
     assert any("partners[0].trust_document:" in line and "no such file" in line for line in lines)
     assert any("signers.next:" in line for line in lines)
     assert len(lines) == 2
+
+
+def test_config_check_names_a_signer_the_trust_document_does_not_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _files(tmp_path)
+    generate_key(tmp_path / "rogue")
+    text = GOOD.replace('signer = "file:chn.key"', 'signer = "file:rogue.key"').replace("chn.key", "rogue.key")
+    [line] = _check(_write(tmp_path, text), capsys)
+    assert "signer: the transfer role of CHN's trust document version 1" in line, line
+    assert "lists none of the configured signers (signer, signers.next)" in line, line
+
+
+@pytest.mark.asyncio
+async def test_config_check_takes_the_later_version_a_rotation_stored_in_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _files(tmp_path)
+    generate_key(tmp_path / "chn-2")
+    old, new = signer_from_uri(str(tmp_path / "chn.key")), signer_from_uri(str(tmp_path / "chn-2.key"))
+    document = TrustDocument(
+        party="CHN",
+        version=2,
+        expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=90),
+        keys={new.keyid: new.public_key},
+        roles={"trust": Role((new.keyid,), 1), "transfer": Role((new.keyid,), 1)},
+    )
+    store = await SQLiteStore.open(tmp_path / "chn.db")
+    try:
+        async with store.transaction() as tx:
+            envelope = sign_trust_document(document, [old, new]).to_json()
+            await tx.put_trust_document("CHN", 2, envelope, dt.datetime.now(dt.UTC))
+    finally:
+        await store.close()
+    # The configuration still names version 1, which lists only the retired key; the database holds version 2.
+    text = GOOD.replace("chn.key", "chn-2.key")
+    path = _write(tmp_path, text)
+    assert main(["config", "check", str(path)]) == 0, capsys.readouterr().err
+    assert "OK: CHN gateway" in capsys.readouterr().out
