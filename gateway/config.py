@@ -418,10 +418,30 @@ def _http_url(value: object, where: str) -> str:
 
 
 def _listen(value: object, where: str) -> str:
+    """An address to listen on: HOST:PORT, port 0 for a free one."""
+    return _host_port(value, where, lowest_port=0)
+
+
+def _partner_address(value: object, where: str) -> str:
+    """A partner's address to connect to: HOST:PORT with a real port, or that as a gRPC ``dns:`` target
+    (``dns:///HOST:PORT``)."""
+    address = _string(value, where)
+    target = next((address.removeprefix(s) for s in ("dns:///", "dns:") if address.startswith(s)), address)
+    host = target.rpartition(":")[0]
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigError(
+            f"{where}: {_q(address)} is not HOST:PORT or dns:///HOST:PORT (an IPv6 address goes in brackets, as in"
+            " [2001:db8::1]:50052)"
+        )
+    _host_port(target, where, lowest_port=1)
+    return address
+
+
+def _host_port(value: object, where: str, *, lowest_port: int) -> str:
     address = _string(value, where)
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{where}: {_q(address)} is not HOST:PORT with a port in 0..65535")
+    if not sep or not host or not port.isascii() or not port.isdigit() or not lowest_port <= int(port) <= 65535:
+        raise ConfigError(f"{where}: {_q(address)} is not HOST:PORT with a port in {lowest_port}..65535")
     if not _LISTEN_HOST.fullmatch(host):
         raise ConfigError(
             f"{where}: {_q(host)} in {_q(address)} is not a host name or an IP address (an IPv6 address goes in"
@@ -555,7 +575,7 @@ def load_config(path: Path) -> GatewayConfig:
         partners.append(
             PartnerConfig(
                 party=partner_party,
-                address=_string(_require(p, "address", where), f"{where}.address"),
+                address=_partner_address(_require(p, "address", where), f"{where}.address"),
                 trust_document=_path(base, _require(p, "trust_document", where), f"{where}.trust_document"),
                 tls_identity=_string(p.get("tls_identity", ""), f"{where}.tls_identity", allow_empty=True),
                 http_url=_http_url(p.get("http_url", ""), f"{where}.http_url"),

@@ -187,6 +187,15 @@ def _listen(value: str, option: str) -> str:
         raise SetupError(str(exc)) from None
 
 
+def _partner_address(value: str, option: str) -> str:
+    from gateway.config import ConfigError, _partner_address
+
+    try:
+        return _partner_address(value, option)
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
+
+
 def _partners(values: Sequence[str], party: str) -> list[Partner]:
     partners: list[Partner] = []
     for value in values:
@@ -198,7 +207,7 @@ def _partners(values: Sequence[str], party: str) -> list[Partner]:
             raise SetupError(f"--partner {value!r}: {name} is this gateway's own Party")
         if any(p.party == name for p in partners):
             raise SetupError(f"--partner {name} is given twice")
-        partners.append(Partner(name, _listen(address, f"--partner {name}")))
+        partners.append(Partner(name, _partner_address(address, f"--partner {name}")))
     return partners
 
 

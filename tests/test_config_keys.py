@@ -229,6 +229,25 @@ def test_config_check_names_every_unknown_key(tmp_path: Path, capsys: pytest.Cap
             "party: 'China' is not an ISO 3166-1 alpha-3 code",
         ),
         (GOOD.replace("[[partners]]", "[partners]").encode(), "partners: expected a list of tables"),
+        (
+            GOOD.replace('address = "127.0.0.1:9"', 'address = "::::"').encode(),
+            "partners[0].address: '::::' is not HOST:PORT or dns:///HOST:PORT",
+        ),
+        (
+            GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:0"').encode(),
+            "partners[0].address: '127.0.0.1:0' is not HOST:PORT with a port in 1..65535",
+        ),
+        *(
+            (
+                GOOD.replace('address = "127.0.0.1:9"', f'address = "{address}"').encode(),
+                f"partners[0].address: '{address}' is not HOST:PORT or dns:///HOST:PORT (an IPv6 address goes in",
+            )
+            for address in ("a:b:443", "::1:443", "ipv4:10.0.0.1:443", "dns:dns:x:1")
+        ),
+        (
+            GOOD.replace('address = "127.0.0.1:9"', 'address = "che example:50052"').encode(),
+            "partners[0].address: 'che example' in 'che example:50052' is not a host name or an IP address",
+        ),
     ],
 )
 def test_config_check_names_a_malformed_file_or_value(
@@ -304,6 +323,14 @@ def test_config_check_names_the_files_serve_would_refuse(tmp_path: Path, capsys:
     assert any("partners[0].trust_document:" in line and "no such file" in line for line in lines)
     assert any("signers.next:" in line for line in lines)
     assert len(lines) == 2
+
+
+@pytest.mark.parametrize(
+    "address", ["che.example:50052", "[::1]:50052", "dns:///che.example:443", "dns:che.example:443"]
+)
+def test_a_partner_address_may_be_a_grpc_dns_target(tmp_path: Path, address: str) -> None:
+    config = load_config(_write(tmp_path, GOOD.replace('address = "127.0.0.1:9"', f'address = "{address}"')))
+    assert config.partners[0].address == address
 
 
 def test_config_check_names_a_signer_the_trust_document_does_not_list(

@@ -141,6 +141,7 @@ def test_init_with_a_pkcs11_signer_uses_the_token_key_and_writes_no_key_file(
         (["--party", "CHN", "--partner", "CHE"], "--partner 'CHE' is not PARTY=HOST:PORT"),
         (["--party", "CHN", "--partner", "CHN=127.0.0.1:1"], "CHN is this gateway's own Party"),
         (["--party", "CHN", "--partner", "CHE=localhost"], "--partner CHE: 'localhost' is not HOST:PORT"),
+        (["--party", "CHN", "--partner", "CHE=che.example:0"], "--partner CHE: 'che.example:0' is not HOST:PORT"),
         (["--party", "CHN", "--accept-from", "CHE"], "--accept-from CHE: name it as a partner too"),
         (["--party", "CHN", "--operator-listen", "300.1.1.1:5"], "--operator-listen: '300.1.1.1' in"),
         (["--party", "CHN", "--operator-listen", "a b:5"], "--operator-listen: 'a b' in 'a b:5' is not a host name"),
