@@ -18,6 +18,7 @@ import datetime as dt
 import functools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -589,6 +590,7 @@ def _trust_next(args: argparse.Namespace) -> int:
         raise SetupError(
             f"--new-key {args.new_key!r}: {exc}; create a key with `carbon-gateway keys generate --out PREFIX`"
         ) from None
+    configured = _configured_signer(config, config_path, args.signer_name, new_signer)
     document = current.document
     if new_signer.public_key.public_bytes in {k.public_bytes for k in document.keys.values()}:
         raise SetupError(f"--new-key: the key {new_signer.keyid[:16]}... is already in version {document.version}")
@@ -622,7 +624,6 @@ def _trust_next(args: argparse.Namespace) -> int:
             raise SetupError(f"refusing to overwrite {path}; remove it or choose --out")
     _write_new(out, envelope.to_json())
     _write_new(request_path, json.dumps(request, indent=2).encode() + b"\n")
-    configured = config.signers.get(args.signer_name)
     print(
         f"wrote {out}: {config.party} trust document version {next_document.version}, expires"
         f" {next_document.expires:%Y-%m-%d}, keys {', '.join(k[:16] for k in next_document.keys)}"
@@ -630,7 +631,7 @@ def _trust_next(args: argparse.Namespace) -> int:
     print(f"wrote {request_path}: the RotateTrustDocument request that installs it")
     print("Next steps:")
     step = 1
-    if configured is None:
+    if not configured:
         print(
             f"  {step}. Add the new key to {config_path} under [signers]:"
             f" {args.signer_name} = {_toml(_as_configured(args.new_key, config_path))},"
@@ -640,6 +641,37 @@ def _trust_next(args: argparse.Namespace) -> int:
     print(f"  {step}. carbon-gateway call RotateTrustDocument --config {config_path} - < {request_path}")
     print(f"  {step + 1}. Publish {out} to every partner (the gateway also pushes it to them).")
     return EXIT_OK
+
+
+SIGNER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A name ``trust next`` gives the new signer: a bare TOML key, as the printed ``[signers]`` line writes it."""
+
+
+def _configured_signer(config: GatewayConfig, config_path: Path, name: str, new_signer: Signer) -> bool:
+    """Whether the configuration already names the new key ``name``; refuse a name that is not a bare TOML key,
+    or one the configuration gives to another key (the request would name that signer, which the new document
+    does not list)."""
+    from gateway.config import DEFAULT_SIGNER_NAME
+    from signing import signer_from_uri
+
+    if not SIGNER_NAME.fullmatch(name):
+        raise SetupError(
+            f"--signer-name {name[:70]!r}: use 1 to 64 letters, digits, '-' or '_' (the name goes under [signers])"
+        )
+    uri = config.signers.get(name)
+    if uri is None:
+        return False
+    setting = "signer" if name == DEFAULT_SIGNER_NAME else f"signers.{name}"
+    try:
+        keyid = signer_from_uri(uri).keyid
+    except SigningError as exc:
+        raise SetupError(f"{config_path}: {setting}: {exc}") from None
+    if keyid != new_signer.keyid:
+        raise SetupError(
+            f"--signer-name {name}: {config_path} already gives {setting} another key ({keyid[:16]}...), not the new"
+            f" one ({new_signer.keyid[:16]}...); choose a name not in use, such as {name}-2"
+        )
+    return True
 
 
 def _as_configured(uri: str, config_path: Path) -> str:

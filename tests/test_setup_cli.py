@@ -341,6 +341,13 @@ def test_trust_next_prints_the_new_key_as_the_configuration_resolves_it(
         (["--new-key", "NEW", "--current", "gateway.toml"], "--current: "),
         (["--new-key", "NEW", "--out", "/nonexistent-folder/v2.json"], "cannot write /nonexistent-folder/v2.json"),
         (["--new-key", "NEW", "--out", "LONG.json"], "--out: cannot write LONG.json: File name too long"),
+        (["--new-key", "NEW", "--signer-name", ""], "--signer-name '': use 1 to 64 letters, digits"),
+        (["--new-key", "NEW", "--signer-name", "a\nb"], "--signer-name 'a\\nb': use 1 to 64 letters"),
+        (["--new-key", "NEW", "--signer-name", 'x"y'], "--signer-name 'x\"y': use 1 to 64 letters"),
+        (
+            ["--new-key", "NEW", "--signer-name", "default"],
+            "gateway.toml already gives signer another key",
+        ),
     ],
 )
 def test_trust_next_refuses_bad_input_in_one_line(
