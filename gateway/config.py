@@ -737,7 +737,7 @@ def _operator_access(
             if len(digest_text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest_text):
                 raise ConfigError(
                     f"{where}.token_sha256: not 64 hexadecimal digits; write the SHA-256 of the token, as"
-                    " `carbon-gateway keys token` prints it (never the token itself)"
+                    " `carbon-gateway token generate` prints it (never the token itself)"
                 )
             digest = bytes.fromhex(digest_text)
             if digest in tokens:

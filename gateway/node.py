@@ -496,17 +496,20 @@ def _check_certificates(section: str, certificate: Path, private_key: Path, ca: 
     def not_pem(name: str, path: Path, what: str, exc: Exception) -> ConfigError:
         return ConfigError(f"{section}.{name}: {path} is not a PEM {what}: {exc}")
 
+    # Read first: a file that cannot be read is not called a file that is not PEM.
+    certificate_pem, key_pem = read("certificate", certificate), read("private_key", private_key)
+    ca_pem = None if ca is None else read(*ca)
     try:
-        certificates = x509.load_pem_x509_certificates(read("certificate", certificate))
+        certificates = x509.load_pem_x509_certificates(certificate_pem)
     except ValueError as exc:
         raise not_pem("certificate", certificate, "certificate", exc) from None
     try:
-        key = serialization.load_pem_private_key(read("private_key", private_key), None)
+        key = serialization.load_pem_private_key(key_pem, None)
     except (ValueError, TypeError) as exc:
         raise not_pem("private_key", private_key, "private key without a passphrase", exc) from None
-    if ca is not None:
+    if ca is not None and ca_pem is not None:
         try:
-            x509.load_pem_x509_certificates(read(*ca))
+            x509.load_pem_x509_certificates(ca_pem)
         except ValueError as exc:
             raise not_pem(ca[0], ca[1], "certificate", exc) from None
     if certificates[0].public_key() != key.public_key():

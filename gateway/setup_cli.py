@@ -588,7 +588,8 @@ def _trust_next(args: argparse.Namespace) -> int:
         new_signer = signer_from_uri(args.new_key)
     except SigningError as exc:
         raise SetupError(
-            f"--new-key {args.new_key!r}: {exc}; create a key with `carbon-gateway keys generate --out PREFIX`"
+            f"--new-key {args.new_key!r}: {exc}"
+            + ("" if "keys generate" in str(exc) else "; create a key with `carbon-gateway keys generate --out PREFIX`")
         ) from None
     configured = _configured_signer(config, config_path, args.signer_name, new_signer)
     document = current.document

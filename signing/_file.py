@@ -113,8 +113,8 @@ def _load(path: Path, passphrase: bytes | None, source: str | None) -> CryptoSig
         pem = read_small_file(path)
     except FileNotFoundError:
         raise SignerError(
-            f"the private key file {path} does not exist; check the signer URI, or create a key with "
-            "signing.keys.generate_key"
+            f"the private key file {path} does not exist; check the signer URI, or create a key"
+            " (`carbon-gateway keys generate --out PREFIX` writes PREFIX.key)"
         ) from None
     except IsADirectoryError:
         raise SignerError(f"the private key path {path} is a directory, not a PEM file") from None

@@ -125,3 +125,20 @@ def test_settling_the_heap_takes_what_exists_out_of_garbage_collection() -> None
         assert gc.get_freeze_count() >= before + len(kept)
     finally:
         gc.unfreeze()
+
+
+def test_a_reader_that_closes_the_output_early_gets_no_traceback(tmp_path: Path) -> None:
+    # `carbon-gateway ... | head -1`: the command's output goes to a pipe whose reader has gone.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "keys", "generate", "--out", str(tmp_path / "k")],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, b"")
+    assert (tmp_path / "k.key").exists()

@@ -19,6 +19,7 @@ from gateway.config import UnknownKeysError, load_config
 from gateway.harness import self_signed_trust_document
 from gateway.store.sqlite import SQLiteStore
 from signing import Role, TrustDocument, generate_key, sign_trust_document, signer_from_uri
+from signing.files import MAX_FILE_BYTES
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -370,3 +371,20 @@ async def test_config_check_takes_the_later_version_a_rotation_stored_in_the_dat
     path = _write(tmp_path, text)
     assert main(["config", "check", str(path)]) == 0, capsys.readouterr().err
     assert "OK: CHN gateway" in capsys.readouterr().out
+
+
+def test_config_check_says_a_tls_key_cannot_be_read_not_that_it_is_not_pem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _files(tmp_path)
+    (tmp_path / "tls.crt").write_text("not read as PEM before the key is read\n")
+    with open(tmp_path / "tls.key", "wb") as big:
+        big.truncate(MAX_FILE_BYTES + 1)
+    text = GOOD.replace(
+        "[[partners]]",
+        '[tls]\ncertificate = "tls.crt"\nprivate_key = "tls.key"\nca_certificate = "tls.crt"\n\n[[partners]]',
+        1,
+    )
+    [line] = _check(_write(tmp_path, text), capsys)
+    assert f"tls.private_key: {tmp_path / 'tls.key'} cannot be read: larger than {MAX_FILE_BYTES} bytes" in line
+    assert "PEM" not in line

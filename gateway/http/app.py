@@ -142,10 +142,15 @@ MALFORMED_REQUEST = (HttpProcessingError, web.RequestPayloadError)
 """What aiohttp raises for a request it cannot parse or decode: the client's fault, answered with 400."""
 
 
+MAX_REASON = 300
+"""Characters of aiohttp's reason kept: it may quote the request's bytes, as many as the client sent."""
+
+
 def _reason(exc: BaseException) -> str:
-    """aiohttp's reason for refusing a malformed request, on one line."""
+    """aiohttp's reason for refusing a malformed request, on one line and cut to `MAX_REASON` characters."""
     reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-    return " ".join(str(reason).split())
+    text = " ".join(str(reason).split())
+    return text if len(text) <= MAX_REASON else f"{text[:MAX_REASON]}... ({len(text)} characters)"
 
 
 class _MalformedRequestsInOneLine(logging.Filter):
