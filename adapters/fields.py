@@ -19,6 +19,8 @@ from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 E = TypeVar("E", bound=enum.Enum)
 
 _DIGITS = re.compile(r"0|[1-9]\d*")
+MAX_DIGITS = 19
+"""Digits of the longest whole number a field is read as: 2^63 - 1 has 19."""
 _DMY = re.compile(r"(\d{2})/(\d{2})/(\d{4})")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _ISO_MS = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z")
@@ -120,6 +122,11 @@ class FieldReader:
                 self.fail(key, f"{value!r} is fractional: {what} is required", IssueCode.BAD_QUANTITY)
                 return None
         elif isinstance(value, str):
+            if len(value) > MAX_DIGITS and _DIGITS.fullmatch(value):
+                self.fail(
+                    key, f"has {len(value)} digits: {what} of at most {MAX_DIGITS} is required", IssueCode.BAD_QUANTITY
+                )
+                return None
             if _DIGITS.fullmatch(value):
                 number = int(value)
             else:

@@ -40,7 +40,7 @@ def read_json(data: bytes) -> object:
     """A JSON document (UTF-8, with or without a byte-order mark)."""
     try:
         return json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, ValueError) as error:  # ValueError: also a number of more than 4,300 digits
         raise RecordRejected.one("file", f"is not valid UTF-8 JSON: {error}", IssueCode.MALFORMED_FILE) from None
     except RecursionError:
         raise RecordRejected.one(

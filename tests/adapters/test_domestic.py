@@ -112,6 +112,8 @@ BAD = [
     ("block_start", {"block_start": 1500, "block_end": 1600}, IssueCode.DUPLICATE_SERIAL),
     ("block_end", {"certified_quantity": 10}, IssueCode.QUANTITY_MISMATCH),
     ("province", {"province": ""}, IssueCode.MISSING_FIELD),
+    ("block_start", {"block_start": "9" * 5000}, IssueCode.BAD_QUANTITY),
+    ("certified_quantity", {"certified_quantity": "1" * 20}, IssueCode.BAD_QUANTITY),
 ]
 
 
@@ -175,3 +177,10 @@ def test_per_issuance_numbering_keeps_equal_ranges_apart() -> None:
     ]
     continuous = map_batch("cn-ccer", "serial-cn-ccer", rows, adapters=ADAPTERS)
     assert [i.code for i in continuous.issues] == [IssueCode.DUPLICATE_SERIAL]
+
+
+def test_a_json_number_too_long_to_read_is_a_malformed_file_not_a_failure() -> None:
+    data = json.dumps([GOOD]).replace('"block_start": 1001', '"block_start": ' + "9" * 5000).encode()
+    result = map_batch("cn-ccer", "cn-ccer", data, source_format="json", adapters=ADAPTERS)
+    assert [(i.position, i.field, i.code) for i in result.issues] == [(0, "file", IssueCode.MALFORMED_FILE)]
+    assert "is not valid UTF-8 JSON" in str(result.issues[0])
