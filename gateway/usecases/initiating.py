@@ -109,7 +109,12 @@ class Initiating(GatewayBase):
                 adjustment_method=adjustment_method,
                 blocks=tuple(taken),
             )
-            validate_terms(terms)
+            try:
+                validate_terms(terms)
+            except GatewayError as exc:
+                if exc.field == "blocks":  # the Proposal's blocks are the request's selections
+                    exc.field = "selections"
+                raise
             authorization = await self._authorization_on(tx, terms.authorization_id, self.clock().date())
             rejections = check_authorization(
                 authorization,
@@ -119,7 +124,8 @@ class Initiating(GatewayBase):
             )
             if rejections:
                 first = rejections[0]
-                raise GatewayError(first.code, first.message, field="authorization_id", blocks=first.blocks)
+                field = "purpose" if first.code is ResponseCode.PURPOSE_NOT_ALLOWED else "authorization_id"
+                raise GatewayError(first.code, first.message, field=field, blocks=first.blocks)
             for index, block in enumerate(taken):
                 if block.tied and block.authorization_id != terms.authorization_id:
                     raise GatewayError(
@@ -137,7 +143,11 @@ class Initiating(GatewayBase):
             check_first_transfers_open(locks, (e for d in departures for e in d.entries), "selections")
             delivered = tuple(d.block for d in departures)
             proposal = wire.proposal_to_proto(transfer_id, replace(terms, blocks=delivered))
-            exchange.check_fits(terms.acquiring_party, proposal=proposal)
+            try:
+                exchange.check_fits(terms.acquiring_party, proposal=proposal)
+            except GatewayError as exc:
+                exc.field = "selections"  # fewer selections make a smaller Proposal
+                raise
             now = self.clock()
             transfer = Transfer(
                 transfer_id=transfer_id,
@@ -296,7 +306,12 @@ class Initiating(GatewayBase):
                     "only the initiating side cancels a transfer; the acquiring side rejects it",
                     field="transfer_id",
                 )
-            transfer = await self._set_state(tx, transfer, TransferState.CANCELLED)
+            try:
+                transfer = await self._set_state(tx, transfer, TransferState.CANCELLED)
+            except GatewayError as exc:
+                raise GatewayError(
+                    exc.code, f"transfer {transfer_id!r} is {transfer.state.name}: {exc.message}", field="transfer_id"
+                ) from None
             await self._release(tx, transfer_id)
             await self._send_final(tx, transfer, reason)
             await self._remember(tx, idem, transfer_id)

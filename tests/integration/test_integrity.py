@@ -27,6 +27,7 @@ from gateway.exchange import EnvelopeForm, ExchangeSettings
 from gateway.harness import Network, start_network
 from gateway.node import GatewayNode
 from gateway.outbox import PartnerTransport
+from gateway.rpc.errors import read_error_detail
 from gateway.store.base import BlockStatus, LogKind, OutboxState
 from gateway.usecases.initiating import Initiating
 from signing import CryptoSigner, Role, Signer, TrustDocument, TrustedParty, sign_envelope, sign_trust_document
@@ -758,6 +759,8 @@ async def test_defect_06_a_proposal_the_partner_cannot_take_is_refused_at_the_op
             await chn.ProposeTransfer(request)
     assert error_code(caught.value) == ResponseCode.ENVELOPE_TOO_LARGE
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    detail = read_error_detail(caught.value.trailing_metadata())
+    assert detail is not None and detail.field == "selections"  # fewer of them make a smaller Proposal
     assert await holdings(pair.chn) == before  # nothing reserved
 
 

@@ -12,6 +12,7 @@ from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import wire
 from gateway.demo import Pair, ledgers_agree
 from gateway.domain.errors import ResponseCode
+from gateway.rpc.errors import read_error_detail
 from gateway.store.base import LogEntry
 from gateway.store.postgres import PostgresTransaction
 from gateway.store.sqlite import SQLiteTransaction
@@ -95,6 +96,23 @@ async def test_second_transfer_of_units_no_longer_held_is_refused_and_records_no
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_code(caught.value) == ResponseCode.UNIT_NOT_HELD
     assert "300, 500" in (caught.value.details() or "")
+    assert await snapshot(pair.chn) == before
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_completed_transfer_is_refused_naming_the_transfer_and_its_state(pair: Pair) -> None:
+    block = await setup_accounts(pair)
+    transfer_id = await transfer(pair, block, 1, 10, "done")
+    before = await snapshot(pair.chn)
+    async with operator(pair.chn) as chn:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.CancelTransfer(
+                operator_pb2.CancelTransferRequest(idempotency_key="late", transfer_id=transfer_id)
+            )
+    detail = read_error_detail(caught.value.trailing_metadata())
+    assert detail is not None
+    assert (ResponseCode(detail.code), detail.field) == (ResponseCode.INVALID_STATE, "transfer_id")
+    assert f"transfer {transfer_id!r} is COMPLETED" in detail.message, detail.message
     assert await snapshot(pair.chn) == before
 
 
