@@ -519,7 +519,7 @@ def proposal_from_proto(msg: partner_pb2.Proposal, nomenclature: Nomenclature) -
     The serial spaces are put in canonical spelling through ``nomenclature``; an unknown code is refused.
     """
     field = "proposal"
-    text.check_identifier(msg.transfer_id, f"{field}.transfer_id", what="transfer ID")
+    text.check_new_identifier(msg.transfer_id, f"{field}.transfer_id", what="transfer ID")
     text.check_count(msg.blocks, f"{field}.blocks", text.MAX_BLOCKS_PER_TRANSFER, what="blocks")
     for side in ("source_account", "acquiring_account"):
         ref = getattr(msg, side)

@@ -59,7 +59,7 @@ def _invalid(field: str, message: str) -> GatewayError:
     return GatewayError(ResponseCode.INVALID_ARGUMENT, message, field=field)
 
 
-def _bad_character(value: str, allow_joiners: bool) -> str | None:
+def _bad_character(value: str, allow_joiners: bool, *, ascii_space_only: bool = False) -> str | None:
     # The only refused ASCII characters are the controls (category Cc), which are exactly the ASCII characters
     # that are not printable: most values are decided by two scans in C.
     if value.isascii() and value.isprintable():
@@ -67,7 +67,8 @@ def _bad_character(value: str, allow_joiners: bool) -> str | None:
     for char in value:
         if char in _JOINERS and allow_joiners:
             continue
-        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+        category = unicodedata.category(char)
+        if category in _REFUSED_CATEGORIES or (ascii_space_only and category == "Zs" and char != " "):
             return char
     return None
 
@@ -90,7 +91,16 @@ def _describe(char: str) -> str:
     return f"U+{ord(char):04X} {name}" if name else f"U+{ord(char):04X} ({_CATEGORY_NAMES[unicodedata.category(char)]})"
 
 
-def _check(value: str, field: str, what: str, max_length: int, *, allow_joiners: bool, required: bool) -> str:
+def _check(
+    value: str,
+    field: str,
+    what: str,
+    max_length: int,
+    *,
+    allow_joiners: bool,
+    required: bool,
+    ascii_space_only: bool = False,
+) -> str:
     if not isinstance(value, str):
         raise _invalid(field, f"the {what} must be text")
     if not value:
@@ -99,7 +109,7 @@ def _check(value: str, field: str, what: str, max_length: int, *, allow_joiners:
         return value
     if len(value) > max_length:
         raise _invalid(field, f"the {what} has {len(value)} characters; at most {max_length} are allowed")
-    bad = _bad_character(value, allow_joiners)
+    bad = _bad_character(value, allow_joiners, ascii_space_only=ascii_space_only)
     if bad is not None:
         raise _invalid(field, f"the {what} contains {_describe(bad)}, which is not allowed here")
     if value != value.strip():
@@ -112,6 +122,13 @@ def _check(value: str, field: str, what: str, max_length: int, *, allow_joiners:
 def check_identifier(value: str, field: str, *, what: str = "identifier", required: bool = True) -> str:
     """``value`` if it is a valid identifier of at most `MAX_IDENTIFIER_LENGTH` characters; refuse otherwise."""
     return _check(value, field, what, MAX_IDENTIFIER_LENGTH, allow_joiners=False, required=required)
+
+
+def check_new_identifier(value: str, field: str, *, what: str = "identifier") -> str:
+    """`check_identifier` for an identifier about to name something new (an account, an authorization, an
+    incoming transfer), which also takes the ASCII space alone of the spaces: a no-break or em space would make
+    a look-alike of another. Identifiers recorded before this rule are still looked up by `check_identifier`."""
+    return _check(value, field, what, MAX_IDENTIFIER_LENGTH, allow_joiners=False, required=True, ascii_space_only=True)
 
 
 def check_code(value: str, field: str, *, what: str = "code") -> str:

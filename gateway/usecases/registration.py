@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
+from gateway.domain import text
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import (
@@ -39,11 +40,16 @@ class Registration(GatewayBase):
         field: str,
         insert: Callable[[Transaction], Awaitable[None]],
         find: Callable[[Transaction, str], Awaitable[T | None]],
+        new_identifier: bool,
     ) -> T:
-        """Insert a resource under an idempotency key; a retry returns what the first call created."""
+        """Insert a resource under an idempotency key; a retry returns what the first call created. With
+        ``new_identifier``, a resource ID this gateway names afresh follows `gateway.domain.text.check_new_identifier`
+        (an ID another Party chose, as an authorization's copy, keeps its own spelling)."""
         async with self.store.transaction() as tx:
             previous = await self._replay(tx, idem)
             if previous is None:
+                if new_identifier and await find(tx, resource_id) is None:
+                    text.check_new_identifier(resource_id, field, what=f"{what} ID")
                 try:
                     async with tx.savepoint():
                         await insert(tx)
@@ -66,6 +72,7 @@ class Registration(GatewayBase):
             field="account.account_id",
             insert=lambda tx: tx.insert_account(account),
             find=lambda tx, key: tx.get_account(key),
+            new_identifier=True,
         )
 
     async def register_authorization(self, idem: Idempotency, authorization: Authorization) -> Authorization:
@@ -83,6 +90,7 @@ class Registration(GatewayBase):
             field="authorization.authorization_id",
             insert=insert,
             find=self._first_version,
+            new_identifier=False,  # the authorizing Party chose it; this may be a copy of another Party's
         )
 
     async def register_issuance(

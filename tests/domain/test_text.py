@@ -4,25 +4,40 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.domain import text
+from gateway.domain.errors import GatewayError
 
 
-def _scanned(value: str, allow_joiners: bool) -> str | None:
+def _scanned(value: str, allow_joiners: bool, ascii_space_only: bool = False) -> str | None:
     """The refused character `_bad_character` finds, found one character at a time."""
     for char in value:
         if char in text._JOINERS and allow_joiners:
             continue
         if unicodedata.category(char) in text._REFUSED_CATEGORIES:
             return char
+        if ascii_space_only and unicodedata.category(char) == "Zs" and char != " ":
+            return char
     return None
 
 
-@given(st.one_of(st.text(), st.text(alphabet=st.characters(max_codepoint=0x7F))), st.booleans())
-def test_the_ascii_shortcut_refuses_what_the_scan_refuses(value: str, allow_joiners: bool) -> None:
-    assert text._bad_character(value, allow_joiners) == _scanned(value, allow_joiners)
+@given(st.one_of(st.text(), st.text(alphabet=st.characters(max_codepoint=0x7F))), st.booleans(), st.booleans())
+def test_the_ascii_shortcut_refuses_what_the_scan_refuses(value: str, allow_joiners: bool, spaces: bool) -> None:
+    assert text._bad_character(value, allow_joiners, ascii_space_only=spaces) == _scanned(value, allow_joiners, spaces)
+
+
+def test_a_new_identifier_takes_the_ascii_space_alone_of_the_spaces() -> None:
+    assert text.check_new_identifier("CN PO 0001", "account_id") == "CN PO 0001"
+    for space in ("\u00a0", "\u2003", "\u3000", "\u202f"):
+        with pytest.raises(GatewayError) as refused:
+            text.check_new_identifier(f"CN{space}PO", "account_id")
+        assert f"U+{ord(space):04X}" in refused.value.message and refused.value.field == "account_id"
+        # What an earlier version recorded is still named, and names and text keep every space.
+        assert text.check_identifier(f"CN{space}PO", "account_id") == f"CN{space}PO"
+        assert text.check_name(f"Holder{space}Name", "holder_name") == f"Holder{space}Name"
 
 
 def test_every_ascii_character_is_judged_as_by_its_category() -> None:

@@ -274,6 +274,10 @@ INVALID_IDS = {
 }
 """Identifier values every identifier field refuses."""
 
+LOOK_ALIKE_SPACES = {"no-break-space": "CN\u00a0PO-0001", "em-space": "CN\u2003PO-0001"}
+"""Identifiers refused where this gateway would name something new (an account, an incoming transfer), and still
+looked up where they name what is stored or what another Party named (a copy of its authorization)."""
+
 
 def each_id(method: str, path: str, build: Callable[[str], Message], node: str = "CHN") -> list[Bad]:
     return [
@@ -309,6 +313,10 @@ SERIAL_SPACE = grpc.StatusCode.FAILED_PRECONDITION
 TABLE: list[Bad] = [
     # OpenAccount
     *each_id("OpenAccount", "account.account_id", lambda v: open_account(account_id=v)),
+    *[
+        Bad(f"account.account_id-{name}", "OpenAccount", partial(open_account, account_id=v), "account.account_id")
+        for name, v in LOOK_ALIKE_SPACES.items()
+    ],
     Bad("holder_name-3mb", "OpenAccount", lambda: open_account(holder_name=BIG), "account.holder_name"),
     Bad("holder_name-nul", "OpenAccount", lambda: open_account(holder_name="A\x00B"), "account.holder_name"),
     Bad("holder_name-bidi", "OpenAccount", lambda: open_account(holder_name="A\u202eB"), "account.holder_name"),
@@ -1284,6 +1292,11 @@ def proposal(
     return build
 
 
+def spaced_transfer_id(craft: Craft) -> bytes:
+    craft.transfer_id = craft.transfer_id.replace("-", "\u00a0")  # one per transport: each is answered
+    return proposal([BLOCK])(craft)
+
+
 def unknown_state(craft: Craft) -> bytes:
     # The real transfer is known on both sides, so the report's state is read.
     statement = craft.next(status_report=partner_pb2.StatusReport(transfer_id=craft.known_transfer, known=True))
@@ -1484,6 +1497,15 @@ POISONS = [
         True,
         200,
         "transfer ID contains U+E000 (a private-use character)",
+    ),
+    Poison(
+        "proposal-transfer-id-no-break-space",
+        spaced_transfer_id,
+        ResponseCode.INVALID_ARGUMENT,
+        True,
+        200,
+        "transfer ID contains U+00A0 NO-BREAK SPACE",
+        answered=True,
     ),
     Poison("status-report-unknown-state", unknown_state, ResponseCode.MALFORMED_PAYLOAD, True, 200, "unknown state 99"),
     Poison("statement-without-body", no_body, ResponseCode.MALFORMED_PAYLOAD, False, 400, "no body"),
