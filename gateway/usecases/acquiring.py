@@ -10,10 +10,17 @@ from gateway import wire
 from gateway.domain import ranges, text
 from gateway.domain.blocks import SerialSpace, UnitBlock, ranges_by_space
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import ActionContext, check_own_history, delivered_form, record_arrival, with_own_tie
-from gateway.domain.protocol import Rejection, Verdict, check_acquisition, validate_terms
+from gateway.domain.ledger import (
+    ActionContext,
+    authorizes,
+    check_own_history,
+    delivered_form,
+    record_arrival,
+    with_own_tie,
+)
+from gateway.domain.protocol import MAX_REJECTION_BLOCKS, Rejection, Verdict, check_acquisition, validate_terms
 from gateway.domain.ranges import Range
-from gateway.domain.records import TransferTerms
+from gateway.domain.records import Authorization, TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import BlockStatus, NewBlock, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
@@ -76,6 +83,7 @@ class Acquiring(GatewayBase):
             contradicting=contradicting,
             frozen_overlapping=frozen,
         )
+        rejections += await self._purposes_refused(tx, terms, delivered)
         verdict = Verdict.REJECT if rejections else self.policy.decide(partner, terms)
         if verdict is Verdict.REJECT and not rejections:
             rejections = [
@@ -190,6 +198,37 @@ class Acquiring(GatewayBase):
             for at, i in enumerate(indices):
                 found[i] = (guarded[at], abroad[at], seen[at])
         return found
+
+    async def _purposes_refused(
+        self, tx: Transaction, terms: TransferTerms, delivered: Sequence[UnitBlock]
+    ) -> list[Rejection]:
+        """Units tied to this Party's own authorization come back only for a purpose it authorizes: a partner's
+        copy of the authorization, or its mistake, cannot make them travel for another. Any version up to today
+        counts: units first transferred under a version keep what it authorized after an amendment."""
+        refused: dict[str, list[UnitBlock]] = {}
+        found: dict[str, list[Authorization]] = {}
+        today = self.clock().date()
+        for block in delivered:
+            if block.first_transferring_party != self.party or not block.authorization_id:
+                continue
+            if block.authorization_id not in found:
+                versions = await tx.authorization_versions(block.authorization_id)
+                found[block.authorization_id] = [v for v in versions if v.date <= today] or versions[:1]
+            versions = found[block.authorization_id]
+            if versions and not any(authorizes(v, terms.purpose) for v in versions):
+                refused.setdefault(block.authorization_id, []).append(block)
+        rejections = []
+        for authorization_id, blocks in refused.items():
+            allowed = ", ".join(sorted({p.value for v in found[authorization_id] for p in v.purposes}))
+            rejections.append(
+                Rejection(
+                    ResponseCode.PURPOSE_NOT_ALLOWED,
+                    f"{len(blocks)} blocks are tied to {self.party}'s authorization {authorization_id!r} ({allowed}),"
+                    f" which does not authorize purpose {terms.purpose.value!r}",
+                    tuple(blocks[:MAX_REJECTION_BLOCKS]),
+                )
+            )
+        return rejections
 
     async def _as_arriving(
         self, tx: Transaction, terms: TransferTerms, block: UnitBlock, known: Sequence[Range]

@@ -220,6 +220,88 @@ async def test_defect_01_register_issuance_puts_a_respelled_space_in_canonical_f
 
 
 @pytest.mark.asyncio
+async def test_units_tied_here_come_back_only_for_a_purpose_their_authorization_authorizes(pair: Pair) -> None:
+    block = await setup_accounts(pair)
+    await transfer(pair, block, 1, 100, "out")
+    # CHE's copy of CHN's authorization says OIMP, where CHN's own (DEMO_AUTHORIZATION) says NDC alone.
+    copy = records_pb2.Authorization()
+    copy.CopyFrom(DEMO_AUTHORIZATION)
+    del copy.purposes[:]
+    copy.purposes.append("OIMP")
+    back = proposal_request(block, 1, 100, "back")
+    back.source_account = "CH-PH-0001"
+    back.acquiring_account.party, back.acquiring_account.account_id = "CHN", "CN-PO-0001"
+    back.purpose = "OIMP"
+    async with operator(pair.che) as che, operator(pair.chn) as chn:
+        await che.RegisterAuthorization(
+            operator_pb2.RegisterAuthorizationRequest(idempotency_key="copy", authorization=copy)
+        )
+        proposed = await che.ProposeTransfer(back)
+        await wait_for_state(che, proposed.transfer_id, TERMINAL)
+        at_chn = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+        ledger = await chn.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest())
+    assert at_chn.state == records_pb2.REJECTED
+    assert [ResponseCode(r.code) for r in at_chn.rejections] == [ResponseCode.PURPOSE_NOT_ALLOWED]
+    assert "CHN's authorization 'CHN-A-0001' (NDC)" in at_chn.rejections[0].message
+    assert await state_of(pair.che, proposed.transfer_id) == records_pb2.REJECTED
+    await settle(pair.chn, pair.che)
+    assert await holdings(pair.che) == [(1, 100, "held", "CCER")]  # released at CHE, never acquired at CHN
+    assert [e.action_type for e in ledger.entries if e.transfer_id == proposed.transfer_id] == []
+
+
+@pytest.mark.asyncio
+async def test_a_copy_of_another_partys_authorization_keeps_the_id_that_party_chose(pair: Pair) -> None:
+    # Another Party's ID is its own spelling, even one this gateway would not choose for a new account.
+    copy = records_pb2.Authorization()
+    copy.CopyFrom(DEMO_AUTHORIZATION)
+    copy.authorization_id = "CHN\u00a0A-0002"
+    async with operator(pair.che) as che:
+        await che.RegisterAuthorization(
+            operator_pb2.RegisterAuthorizationRequest(idempotency_key="c", authorization=copy)
+        )
+        listed = await che.ListAuthorizations(
+            operator_pb2.ListAuthorizationsRequest(authorization_id=copy.authorization_id)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await che.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="a",
+                    account=records_pb2.Account(
+                        account_id="CH\u00a0PH", holder_name="Holder", account_type="Party holding"
+                    ),
+                )
+            )
+    assert [v.authorization_id for v in listed.versions] == [copy.authorization_id]
+    assert error_code(caught.value) == ResponseCode.INVALID_ARGUMENT
+
+
+@pytest.mark.asyncio
+async def test_units_first_transferred_under_a_version_come_back_for_its_purpose_after_an_amendment(
+    pair: Pair,
+) -> None:
+    block = await setup_accounts(pair)
+    await transfer(pair, block, 1, 100, "out")  # for NDC, under version 1.0
+    amended = records_pb2.Authorization()
+    amended.CopyFrom(DEMO_AUTHORIZATION)
+    amended.version, amended.date = "2.0", dt.date.today().isoformat()
+    del amended.purposes[:]
+    amended.purposes.append("OIMP")
+    back = proposal_request(block, 1, 100, "back")
+    back.source_account = "CH-PH-0001"
+    back.acquiring_account.party, back.acquiring_account.account_id = "CHN", "CN-PO-0001"
+    async with operator(pair.che) as che, operator(pair.chn) as chn:
+        await chn.AmendAuthorization(
+            operator_pb2.AmendAuthorizationRequest(idempotency_key="v2", authorization=amended)
+        )
+        await che.RegisterAuthorization(
+            operator_pb2.RegisterAuthorizationRequest(idempotency_key="copy", authorization=DEMO_AUTHORIZATION)
+        )
+        proposed = await che.ProposeTransfer(back)
+        at_chn = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+    assert at_chn.state == records_pb2.COMPLETED, list(at_chn.rejections)
+
+
+@pytest.mark.asyncio
 async def test_defect_02_units_that_left_cannot_be_registered_again(pair: Pair) -> None:
     block = await setup_accounts(pair)
     await transfer(pair, block, 1, 400, "t1")
