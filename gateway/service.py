@@ -12,7 +12,7 @@ from gateway.domain.records import LedgerEntry
 from gateway.domain.statements import Header
 from gateway.domain.text import check_identifier
 from gateway.domain.transfer import Transfer
-from gateway.store.base import StoredBlock, Transaction
+from gateway.store.base import BlockPosition, StoredBlock, Transaction
 from gateway.usecases.authorizations import AuthorizationKeeping
 from gateway.usecases.base import Idempotency, LedgerOptions, log
 from gateway.usecases.deliveries import Abandoned, Deliveries
@@ -122,17 +122,21 @@ class Gateway(
             )
         return transfer
 
-    async def list_transfers(self) -> list[Transfer]:
-        """Every transfer this gateway knows, oldest first."""
+    async def list_transfers(self, *, after: tuple[str, str] | None = None, limit: int | None = None) -> list[Transfer]:
+        """The transfers this gateway knows, oldest first: after ``after``, ``limit`` at the most."""
         async with self.store.read() as tx:
-            return await tx.list_transfers()
+            return await tx.list_transfers(after=after, limit=limit)
 
-    async def list_ledger(self) -> list[LedgerEntry]:
-        """The corresponding-adjustment ledger, in the order entries were recorded."""
+    async def list_ledger(self, *, after: int = 0, limit: int | None = None) -> list[LedgerEntry]:
+        """The corresponding-adjustment ledger, in the order entries were recorded: after entry ``after``,
+        ``limit`` at the most."""
         async with self.store.read() as tx:
-            return await tx.list_ledger()
+            return await tx.list_ledger(after=after, limit=limit)
 
-    async def list_holdings(self, account_id: str = "") -> list[StoredBlock]:
-        """Current blocks (held, reserved, pending), optionally of one account."""
+    async def list_holdings(
+        self, account_id: str = "", *, after: BlockPosition | None = None, limit: int | None = None
+    ) -> list[StoredBlock]:
+        """Current blocks (held, reserved, pending), optionally of one account: after ``after``, ``limit`` at the
+        most."""
         async with self.store.read() as tx:
-            return await tx.list_blocks(account_id)
+            return await tx.list_blocks(account_id, after=after, limit=limit)

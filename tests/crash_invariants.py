@@ -9,11 +9,12 @@ serial range in two places, ledger entries on both sides of every completed tran
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
 
 import grpc
 
@@ -25,6 +26,17 @@ if TYPE_CHECKING:
 else:  # the async stub type exists only in the type stubs
     Stub = operator_pb2_grpc.OperatorServiceStub
 T = TypeVar("T")
+Item = TypeVar("Item")
+
+
+class Paged(Protocol):
+    """A page of an operator list."""
+
+    @property
+    def next_page_token(self) -> str: ...
+
+
+Page = TypeVar("Page", bound=Paged)
 
 FINAL_STATES = frozenset({records_pb2.COMPLETED, records_pb2.REJECTED, records_pb2.CANCELLED, records_pb2.TERMINATED})
 PASSING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
@@ -134,25 +146,50 @@ class Books:
 
 
 async def read_books(stub: Stub, *, until: float, party: str) -> Books:
-    """One gateway's books, read through its operator API."""
-    transfers = await retrying(
-        lambda: stub.ListTransfers(operator_pb2.ListTransfersRequest(), timeout=30), until=until, what=f"{party}"
+    """One gateway's books, read through its operator API, every page."""
+    transfers = await read_transfers(stub, until=until, party=party)
+    holdings = await every_page(
+        lambda token: stub.ListHoldings(operator_pb2.ListHoldingsRequest(page_token=token), timeout=30),
+        lambda page: page.holdings,
+        until=until,
+        what=party,
     )
-    holdings = await retrying(
-        lambda: stub.ListHoldings(operator_pb2.ListHoldingsRequest(), timeout=30), until=until, what=f"{party}"
+    ledger = await every_page(
+        lambda token: stub.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest(page_token=token), timeout=30),
+        lambda page: page.entries,
+        until=until,
+        what=party,
     )
-    ledger = await retrying(
-        lambda: stub.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest(), timeout=30), until=until, what=party
-    )
-    return Books({t.transfer_id: t for t in transfers.transfers}, list(holdings.holdings), list(ledger.entries))
+    return Books(transfers, holdings, ledger)
 
 
 async def read_transfers(stub: Stub, *, until: float, party: str) -> dict[str, records_pb2.Transfer]:
     """One gateway's transfers by ID: the cheap part of its books, for polling."""
-    listed = await retrying(
-        lambda: stub.ListTransfers(operator_pb2.ListTransfersRequest(), timeout=30), until=until, what=party
+    listed = await every_page(
+        lambda token: stub.ListTransfers(operator_pb2.ListTransfersRequest(page_token=token), timeout=30),
+        lambda page: page.transfers,
+        until=until,
+        what=party,
     )
-    return {t.transfer_id: t for t in listed.transfers}
+    return {t.transfer_id: t for t in listed}
+
+
+async def every_page(
+    call: Callable[[str], Awaitable[Page]],
+    items: Callable[[Page], Iterable[Item]],
+    *,
+    until: float,
+    what: str,
+) -> list[Item]:
+    """Every item of an operator list, page after page (each page asked again until it answers)."""
+    found: list[Item] = []
+    token = ""
+    while True:
+        page = await retrying(functools.partial(call, token), until=until, what=what)
+        found.extend(items(page))
+        token = page.next_page_token
+        if not token:
+            return found
 
 
 def _state(transfer: records_pb2.Transfer | None) -> str:

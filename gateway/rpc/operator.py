@@ -18,8 +18,10 @@ from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import LockedPeriod, Retirement, parse_cancellation_subtype, parse_retirement
 from gateway.domain.nomenclature import Nomenclature
 from gateway.domain.protocol import parse_adjustment_method, parse_purpose
-from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN
+from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN, LedgerEntry
+from gateway.domain.transfer import Transfer
 from gateway.partners import TRANSFER_ROLE
+from gateway.rpc import paging
 from gateway.rpc.auth import current_caller
 from gateway.rpc.errors import abort_with, refusals_as_status
 from gateway.service import (
@@ -31,6 +33,7 @@ from gateway.service import (
     RetirementResult,
     TransferRequest,
 )
+from gateway.store import codec
 from gateway.store.base import Change, ChangeKind, OutboxMessage, OutboxState, ReconciliationRun, RunRole, StoredBlock
 from gateway.trust import PushResult, TrustKeeper
 from gateway.usecases.watching import ChangeFeed, FeedClosed, TooManyWatchers
@@ -489,23 +492,51 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def ListTransfers(
         self, request: operator_pb2.ListTransfersRequest, context: Context[object, object]
     ) -> operator_pb2.ListTransfersResponse:
-        transfers = await self.gateway.list_transfers()
-        return operator_pb2.ListTransfersResponse(transfers=[wire.transfer_to_proto(t) for t in transfers])
+        size = paging.page_size(request.page_size)
+        after = paging.decode_token(request.page_token, (str, str))
+
+        async def read(position: paging.Position | None, limit: int) -> list[Transfer]:
+            at = None if position is None else (str(position[0]), str(position[1]))
+            return await self.gateway.list_transfers(after=at, limit=limit)
+
+        # A transfer of a thousand blocks takes some 120 kB: a few dozen are read at a time.
+        transfers, token = await paging.fill(
+            read, after, size, wire.transfer_to_proto, codec.transfer_position, chunk=32
+        )
+        return operator_pb2.ListTransfersResponse(transfers=transfers, next_page_token=token)
 
     @refusals_as_status
     async def ListLedgerEntries(
         self, request: operator_pb2.ListLedgerEntriesRequest, context: Context[object, object]
     ) -> operator_pb2.ListLedgerEntriesResponse:
-        entries = await self.gateway.list_ledger()
-        return operator_pb2.ListLedgerEntriesResponse(entries=[wire.ledger_entry_to_proto(e) for e in entries])
+        size = paging.page_size(request.page_size)
+        after = paging.decode_token(request.page_token, (int,))
+
+        async def read(position: paging.Position | None, limit: int) -> list[LedgerEntry]:
+            return await self.gateway.list_ledger(after=0 if position is None else int(position[0]), limit=limit)
+
+        entries, token = await paging.fill(
+            read, after, size, wire.ledger_entry_to_proto, lambda e: (e.entry_id,), chunk=1_000
+        )
+        return operator_pb2.ListLedgerEntriesResponse(entries=entries, next_page_token=token)
 
     @refusals_as_status
     async def ListHoldings(
         self, request: operator_pb2.ListHoldingsRequest, context: Context[object, object]
     ) -> operator_pb2.ListHoldingsResponse:
         text.check_identifier(request.account_id, "account_id", what="account ID", required=False)
-        holdings = await self.gateway.list_holdings(request.account_id)
-        return operator_pb2.ListHoldingsResponse(holdings=[_holding(h) for h in holdings])
+        size = paging.page_size(request.page_size)
+        after = paging.decode_token(request.page_token, (str, str, str, int, int))
+
+        async def read(position: paging.Position | None, limit: int) -> list[StoredBlock]:
+            at = None
+            if position is not None:
+                kind, registry, issuance, start, block_id = position
+                at = (str(kind), str(registry), str(issuance), int(start), int(block_id))
+            return await self.gateway.list_holdings(request.account_id, after=at, limit=limit)
+
+        holdings, token = await paging.fill(read, after, size, _holding, codec.block_position, chunk=1_000)
+        return operator_pb2.ListHoldingsResponse(holdings=holdings, next_page_token=token)
 
     @refusals_as_status
     async def ListOutbox(

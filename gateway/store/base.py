@@ -64,6 +64,11 @@ class StoredBlock:
     block: UnitBlock
 
 
+BlockPosition = tuple[str, str, str, int, int]
+"""Where a block stands in `Transaction.list_blocks`' order: its serial space's three codes, its first serial and
+its ID (`gateway.store.codec.block_position`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class NewBlock:
     """A block to store (`Transaction.insert_blocks`), with what `Transaction.insert_block` takes."""
@@ -366,8 +371,16 @@ class Transaction(Protocol):
         ...
 
     async def list_blocks(
-        self, account_id: str = "", statuses: Sequence[BlockStatus] = CURRENT_STATUSES
-    ) -> list[StoredBlock]: ...
+        self,
+        account_id: str = "",
+        statuses: Sequence[BlockStatus] = CURRENT_STATUSES,
+        *,
+        after: BlockPosition | None = None,
+        limit: int | None = None,
+    ) -> list[StoredBlock]:
+        """Blocks in ``statuses`` (of one account, if given) by serial space, serial and ID: those after ``after``
+        (a block's `block_position`), ``limit`` at the most."""
+        ...
 
     # provenance: every range this gateway registered or received, and those of its own issue now abroad
     async def guarded_blocks_each(
@@ -415,7 +428,11 @@ class Transaction(Protocol):
     async def insert_transfer(self, transfer: Transfer) -> None: ...
     async def update_transfer(self, transfer: Transfer) -> None: ...
     async def get_transfer(self, transfer_id: str) -> Transfer | None: ...
-    async def list_transfers(self) -> list[Transfer]: ...
+    async def list_transfers(self, *, after: tuple[str, str] | None = None, limit: int | None = None) -> list[Transfer]:
+        """Transfers, oldest first (by creation instant as stored, then ID): those after ``after`` (a transfer's
+        `transfer_position`), ``limit`` at the most."""
+        ...
+
     async def open_transfers(self) -> list[Transfer]:
         """Transfers not yet in a final state, oldest first."""
         ...
@@ -423,7 +440,10 @@ class Transaction(Protocol):
     async def status_queried_at(self, transfer_id: str) -> dt.datetime | None: ...
     async def set_status_queried_at(self, transfer_id: str, now: dt.datetime) -> None: ...
     async def append_ledger(self, entries: Sequence[LedgerEntry]) -> list[int]: ...
-    async def list_ledger(self) -> list[LedgerEntry]: ...
+    async def list_ledger(self, *, after: int = 0, limit: int | None = None) -> list[LedgerEntry]:
+        """Ledger entries by ID: those after entry ``after``, ``limit`` at the most."""
+        ...
+
     async def ledger_of_action(self, action_id: str) -> list[LedgerEntry]:
         """The entries one transfer, use or cancellation recorded, in order."""
         ...

@@ -23,7 +23,7 @@ from gateway.domain.records import (
     TransferTerms,
 )
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
-from gateway.store.base import Change, ChangeKind, NewBlock, change_digest
+from gateway.store.base import BlockPosition, Change, ChangeKind, NewBlock, StoredBlock, change_digest
 from gateway.store.migrations import LEDGER_COLUMNS
 
 
@@ -436,6 +436,17 @@ def from_text(text: str) -> dt.datetime:
 TRANSFERS = "SELECT t.*, k.terms AS kept_terms FROM transfers t LEFT JOIN transfer_terms k USING (transfer_id)"
 """Transfer rows with their terms kept apart (store migration 10), for `transfer_from_row`; a WHERE clause may
 follow, naming the row's columns with ``t.``."""
+
+
+def transfer_position(transfer: Transfer) -> tuple[str, str]:
+    """Where a transfer stands in `Transaction.list_transfers`' order: its creation instant as stored, its ID."""
+    return to_text(transfer.created_at), transfer.transfer_id
+
+
+def block_position(stored: StoredBlock) -> BlockPosition:
+    """Where a block stands in `Transaction.list_blocks`' order."""
+    space = stored.block.space
+    return space.unit_kind, space.issuing_registry, space.issuance, stored.block.start, stored.block_id
 
 
 CHANGES = (

@@ -66,6 +66,7 @@ from gateway.store import codec
 from gateway.store.base import (
     CURRENT_STATUSES,
     GUARDED_STATUSES,
+    BlockPosition,
     BlockStatus,
     Change,
     ChangeKind,
@@ -599,7 +600,12 @@ class PostgresTransaction:
         return sorted((_stored_block(r) for r in rows), key=lambda stored: stored.block_id)
 
     async def list_blocks(
-        self, account_id: str = "", statuses: Sequence[BlockStatus] = CURRENT_STATUSES
+        self,
+        account_id: str = "",
+        statuses: Sequence[BlockStatus] = CURRENT_STATUSES,
+        *,
+        after: BlockPosition | None = None,
+        limit: int | None = None,
     ) -> list[StoredBlock]:
         values = [s.value for s in statuses]
         sql = f"SELECT * FROM blocks WHERE status IN ({_placeholders(values)})"
@@ -607,7 +613,11 @@ class PostgresTransaction:
         if account_id:
             sql += " AND account_id = ?"
             params.append(account_id)
-        rows = await self._all(sql + " ORDER BY unit_kind, issuing_registry, issuance, serial_start, block_id", params)
+        if after is not None:
+            sql += " AND (unit_kind, issuing_registry, issuance, serial_start, block_id) > (?, ?, ?, ?, ?)"
+            params.extend(after)
+        sql += " ORDER BY unit_kind, issuing_registry, issuance, serial_start, block_id LIMIT ?"  # NULL: no limit
+        rows = await self._all(sql, [*params, limit])
         return [_stored_block(r) for r in rows]
 
     # provenance
@@ -735,11 +745,14 @@ class PostgresTransaction:
         row = await self._one(f"{codec.TRANSFERS} WHERE t.transfer_id = ?", (transfer_id,))
         return None if row is None else codec.transfer_from_row(row, row["kept_terms"])
 
-    async def list_transfers(self) -> list[Transfer]:
-        return [
-            codec.transfer_from_row(r, r["kept_terms"])
-            for r in await self._all(f"{codec.TRANSFERS} ORDER BY t.created_at, t.transfer_id")
-        ]
+    async def list_transfers(self, *, after: tuple[str, str] | None = None, limit: int | None = None) -> list[Transfer]:
+        sql = codec.TRANSFERS
+        params: list[Any] = []
+        if after is not None:
+            sql += " WHERE (t.created_at, t.transfer_id) > (?, ?)"
+            params.extend(after)
+        sql += " ORDER BY t.created_at, t.transfer_id LIMIT ?"  # NULL: no limit
+        return [codec.transfer_from_row(r, r["kept_terms"]) for r in await self._all(sql, [*params, limit])]
 
     async def open_transfers(self) -> list[Transfer]:
         final = [int(s) for s in FINAL_STATES]
@@ -780,11 +793,9 @@ class PostgresTransaction:
         )
         return ids
 
-    async def list_ledger(self) -> list[LedgerEntry]:
-        return [
-            codec.ledger_from_row(r["entry_id"], dict(r))
-            for r in await self._all("SELECT * FROM ledger ORDER BY entry_id")
-        ]
+    async def list_ledger(self, *, after: int = 0, limit: int | None = None) -> list[LedgerEntry]:
+        rows = await self._all("SELECT * FROM ledger WHERE entry_id > ? ORDER BY entry_id LIMIT ?", (after, limit))
+        return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
     async def ledger_unresolved(self, party: str) -> list[LedgerEntry]:
         rows = await self._all(

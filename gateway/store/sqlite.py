@@ -53,6 +53,7 @@ from gateway.store import codec
 from gateway.store.base import (
     CURRENT_STATUSES,
     GUARDED_STATUSES,
+    BlockPosition,
     BlockStatus,
     Change,
     ChangeKind,
@@ -724,7 +725,12 @@ class SQLiteTransaction:
         return sorted((_stored_block(r) for r in rows), key=lambda stored: stored.block_id)
 
     async def list_blocks(
-        self, account_id: str = "", statuses: Sequence[BlockStatus] = CURRENT_STATUSES
+        self,
+        account_id: str = "",
+        statuses: Sequence[BlockStatus] = CURRENT_STATUSES,
+        *,
+        after: BlockPosition | None = None,
+        limit: int | None = None,
     ) -> list[StoredBlock]:
         values = [s.value for s in statuses]
         sql = f"SELECT * FROM blocks WHERE status IN ({_placeholders(values)})"
@@ -732,7 +738,11 @@ class SQLiteTransaction:
         if account_id:
             sql += " AND account_id = ?"
             params.append(account_id)
-        rows = self._all(sql + " ORDER BY unit_kind, issuing_registry, issuance, serial_start, block_id", params)
+        if after is not None:
+            sql += " AND (unit_kind, issuing_registry, issuance, serial_start, block_id) > (?, ?, ?, ?, ?)"
+            params.extend(after)
+        sql += " ORDER BY unit_kind, issuing_registry, issuance, serial_start, block_id LIMIT ?"
+        rows = self._all(sql, [*params, -1 if limit is None else limit])
         return [_stored_block(r) for r in rows]
 
     # provenance
@@ -863,11 +873,13 @@ class SQLiteTransaction:
         row = self._one(f"{codec.TRANSFERS} WHERE t.transfer_id = ?", (transfer_id,))
         return None if row is None else codec.transfer_from_row(row, row["kept_terms"])
 
-    async def list_transfers(self) -> list[Transfer]:
-        return [
-            codec.transfer_from_row(r, r["kept_terms"])
-            for r in self._all(f"{codec.TRANSFERS} ORDER BY t.created_at, t.transfer_id")
-        ]
+    async def list_transfers(self, *, after: tuple[str, str] | None = None, limit: int | None = None) -> list[Transfer]:
+        where = "" if after is None else " WHERE (t.created_at, t.transfer_id) > (?, ?)"
+        rows = self._all(
+            f"{codec.TRANSFERS}{where} ORDER BY t.created_at, t.transfer_id LIMIT ?",
+            (*(after or ()), -1 if limit is None else limit),
+        )
+        return [codec.transfer_from_row(r, r["kept_terms"]) for r in rows]
 
     async def open_transfers(self) -> list[Transfer]:
         final = [int(s) for s in FINAL_STATES]
@@ -903,10 +915,11 @@ class SQLiteTransaction:
         )
         return ids
 
-    async def list_ledger(self) -> list[LedgerEntry]:
-        return [
-            codec.ledger_from_row(r["entry_id"], dict(r)) for r in self._all("SELECT * FROM ledger ORDER BY entry_id")
-        ]
+    async def list_ledger(self, *, after: int = 0, limit: int | None = None) -> list[LedgerEntry]:
+        rows = self._all(
+            "SELECT * FROM ledger WHERE entry_id > ? ORDER BY entry_id LIMIT ?", (after, -1 if limit is None else limit)
+        )
+        return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
     async def ledger_unresolved(self, party: str) -> list[LedgerEntry]:
         rows = self._all(

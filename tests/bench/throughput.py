@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import os
@@ -46,6 +47,7 @@ from gateway.harness import self_signed_trust_document
 from signing import generate_key, signer_from_uri
 from tests.bench.common import Figure
 from tests.bench.transfer import _child, _wait_serving
+from tests.crash_invariants import every_page
 from tests.processes import free_port
 
 POSTGRES_ENV = "CARBON_GATEWAY_BENCH_POSTGRES"
@@ -370,6 +372,12 @@ async def _batched(chn: operator_pb2_grpc.OperatorServiceAsyncStub, watcher: _Wa
     return done - begin
 
 
+def _transfers_page(
+    stub: operator_pb2_grpc.OperatorServiceAsyncStub, token: str
+) -> Awaitable[operator_pb2.ListTransfersResponse]:
+    return stub.ListTransfers(operator_pb2.ListTransfersRequest(page_token=token), timeout=60)
+
+
 async def _check_both_sides(
     chn: operator_pb2_grpc.OperatorServiceAsyncStub, che: operator_pb2_grpc.OperatorServiceAsyncStub, expected: int
 ) -> None:
@@ -378,8 +386,13 @@ async def _check_both_sides(
         dead = await stub.ListDeadLetters(operator_pb2.ListDeadLettersRequest())
         if dead.entries:
             raise RuntimeError(f"{party} dead-lettered {len(dead.entries)} messages: {dead.entries[0].last_error}")
-        listed = await stub.ListTransfers(operator_pb2.ListTransfersRequest())
-        states = [t.state for t in listed.transfers]
+        listed = await every_page(
+            functools.partial(_transfers_page, stub),
+            lambda page: page.transfers,
+            until=time.monotonic() + 120,
+            what=party,
+        )
+        states = [t.state for t in listed]
         if len(states) != expected or any(s != records_pb2.COMPLETED for s in states):
             raise RuntimeError(
                 f"{party} holds {len(states)} transfers, {states.count(records_pb2.COMPLETED)} completed;"

@@ -307,6 +307,23 @@ def bad_parties(method: str, build: Callable[[str], Message], path: str = "party
     ]
 
 
+def _token(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+PAGE_TOKENS = {
+    "3mb": BIG,
+    "not-base64": "%%%",
+    "not-json": base64.urlsafe_b64encode(b"\xff\x00").decode(),
+    "not-a-list": _token({"after": 1}),
+    "empty-list": _token([]),
+    "five-bools": _token([True, True, True, True, True]),
+    "negative": _token([-1]),
+    "past-2^63-1": _token([2**63]),
+    "nul": "a\x00",
+}
+"""Page tokens no list gives: each list refuses them all, whatever its own token's shape."""
+
 SERIAL_SPACE = grpc.StatusCode.FAILED_PRECONDITION
 """A well-formed code that is not on the configured lists: UNKNOWN_SERIAL_SPACE's status."""
 
@@ -673,6 +690,23 @@ TABLE: list[Bad] = [
         for case in each_id("ListHoldings", "account_id", lambda v: operator_pb2.ListHoldingsRequest(account_id=v))
         if not case.name.endswith("-blank")
     ],
+    # ListTransfers, ListLedgerEntries, ListHoldings: pages
+    *[
+        case
+        for method, request in (
+            ("ListTransfers", operator_pb2.ListTransfersRequest),
+            ("ListLedgerEntries", operator_pb2.ListLedgerEntriesRequest),
+            ("ListHoldings", operator_pb2.ListHoldingsRequest),
+        )
+        for case in (
+            Bad("page_size-5001", method, partial(request, page_size=5001), "page_size"),
+            Bad("page_size-2^32-1", method, partial(request, page_size=2**32 - 1), "page_size"),
+            *[
+                Bad(f"page_token-{name}", method, partial(request, page_token=token), "page_token")
+                for name, token in PAGE_TOKENS.items()
+            ],
+        )
+    ],
     # RotateTrustDocument
     Bad("envelope_json-garbage", "RotateTrustDocument", lambda: rotate(b"\xff\xfe"), "envelope_json"),
     Bad("envelope_json-empty", "RotateTrustDocument", lambda: rotate(b""), "envelope_json"),
@@ -892,6 +926,8 @@ TAKING_INPUT = {
     "DecideTransfer",
     "GetTransfer",
     "ListHoldings",
+    "ListTransfers",
+    "ListLedgerEntries",
     "RotateTrustDocument",
     "RefreshPartnerTrust",
     "ListOutbox",
