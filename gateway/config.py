@@ -14,7 +14,7 @@ import re
 import socket
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -470,7 +470,7 @@ def _distinct_listens(*listens: tuple[str, str | None]) -> None:
         seen[address] = setting
 
 
-def _policy(rules: object) -> DecisionPolicy:
+def _policy(rules: object, partners: Sequence[PartnerConfig]) -> DecisionPolicy:
     if not isinstance(rules, list):
         raise ConfigError("policy.rules: expected a list of tables")
     parsed = []
@@ -488,10 +488,17 @@ def _policy(rules: object) -> DecisionPolicy:
             except GatewayError as exc:
                 raise ConfigError(f"{where}.purpose: {exc.message}") from None
         max_quantity = rule.get("max_quantity")
+        partner = _string(rule.get("partner", ""), f"{where}.partner", allow_empty=True)
+        if partner and partner not in {p.party for p in partners}:
+            known = ", ".join(p.party for p in partners) or "none"
+            raise ConfigError(
+                f"{where}.partner: {_q(partner)} is not a configured partner ([[partners]]: {known}), so the rule"
+                " could never apply"
+            )
         parsed.append(
             DecisionRule(
                 verdict=verdict,
-                partner=_string(rule.get("partner", ""), f"{where}.partner", allow_empty=True),
+                partner=partner,
                 acquiring_account=_string(
                     rule.get("acquiring_account", ""), f"{where}.acquiring_account", allow_empty=True
                 ),
@@ -627,7 +634,7 @@ def load_config(path: Path) -> GatewayConfig:
         partner_listen=partner_listen,
         http_listen=http_listen,
         partners=tuple(partners),
-        policy=_policy(_table(data.get("policy", {}), "policy").get("rules", [])),
+        policy=_policy(_table(data.get("policy", {}), "policy").get("rules", []), partners),
         tls=tls,
         signers=signers,
         nomenclature=_registries(data["registries"]) if "registries" in data else Nomenclature.of(DEFAULT_REGISTRIES),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -178,8 +179,10 @@ def _do_keys_generate(args: argparse.Namespace) -> int:
                 f" {MAX_PASSPHRASE_BYTES} are supported"
             )
     prefix = Path(args.out)
-    if not prefix.name:
-        raise _ToolError(f"--out {args.out!r} names no file prefix; give one, e.g. --out keys/chn")
+    if not prefix.name or args.out.endswith(("/", os.sep)) or _is_folder(prefix):
+        raise _ToolError(f"--out {args.out!r} names a folder, not a file prefix; give one, e.g. --out keys/chn")
+    if not prefix.name.isprintable():
+        raise _ToolError(f"--out {args.out!r}: the file prefix holds a control character; use letters, digits, '-'")
     try:
         _make_key_folder(prefix.parent)
         public = generate_key(prefix, Algorithm(args.algorithm), passphrase)
@@ -199,6 +202,13 @@ def _do_keys_generate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long: generate_key names it
+        return False
 
 
 def _make_key_folder(folder: Path) -> None:

@@ -231,6 +231,10 @@ def test_config_check_names_every_unknown_key(tmp_path: Path, capsys: pytest.Cap
         ),
         (GOOD.replace("[[partners]]", "[partners]").encode(), "partners: expected a list of tables"),
         (
+            GOOD.replace('partner = "CHE"', 'partner = "XYZ"').encode(),
+            "policy.rules[0].partner: 'XYZ' is not a configured partner ([[partners]]: CHE)",
+        ),
+        (
             GOOD.replace('address = "127.0.0.1:9"', 'address = "::::"').encode(),
             "partners[0].address: '::::' is not HOST:PORT or dns:///HOST:PORT",
         ),

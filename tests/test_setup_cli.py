@@ -248,6 +248,19 @@ def test_keys_generate_creates_missing_key_folders_privately(
     assert "blocker exists and is not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("out", "says"), [("keys/", "names a folder"), ("keys", "names a folder"), ("a\nb", "control")]
+)
+def test_keys_generate_refuses_a_prefix_that_is_a_folder_or_holds_a_control_character(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str, says: str
+) -> None:
+    (tmp_path / "keys").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["keys", "generate", "--out", str(tmp_path / out)]) == 2
+    assert says in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written beside the folder
+
+
 # -- trust next -----------------------------------------------------------------------------------------
 
 
