@@ -70,6 +70,12 @@ def call_options() -> argparse.ArgumentParser:
         action="store_true",
         help="wait for the gateway to come up (until the timeout) instead of failing at once when it is not there",
     )
+    call.add_argument(
+        "--all-pages",
+        action="store_true",
+        help="for a list that comes in pages, ask for every page, following next_page_token, and print each page"
+        " as one JSON object per line",
+    )
     call.add_argument("--timeout", type=float, default=30.0, help="seconds (default: %(default)s)")
     credentials(call)
     return call
@@ -199,6 +205,11 @@ def _call(args: argparse.Namespace) -> int:
             raise UsageError(f"--timeout {args.timeout}: give a number of seconds above 0, at most {MAX_TIMEOUT}")
         if args.field:
             check_field(method.output_type, args.field)
+        paged = (
+            "page_token" in method.input_type.fields_by_name and "next_page_token" in method.output_type.fields_by_name
+        )
+        if args.all_pages and not paged:
+            raise UsageError(f"--all-pages: {method.name} does not answer in pages")
         text = sys.stdin.read() if args.request == "-" else args.request
         request = parse_request(method, text)
         printed: list[dict[str, Any]] = []
@@ -209,7 +220,8 @@ def _call(args: argparse.Namespace) -> int:
             if args.field:
                 print(_pick(data, args.field), flush=True)
             else:
-                print(json.dumps(data, indent=None if method.server_streaming else 2, ensure_ascii=False), flush=True)
+                one_line = method.server_streaming or args.all_pages
+                print(json.dumps(data, indent=None if one_line else 2, ensure_ascii=False), flush=True)
 
         async def invoke(stub: Any) -> None:
             rpc = getattr(stub, method.name)
@@ -217,6 +229,14 @@ def _call(args: argparse.Namespace) -> int:
             if method.server_streaming:
                 async for answer in rpc(request, **options):
                     show(answer)
+            elif args.all_pages:
+                page: Any = request  # a request with page_token (checked above)
+                while True:
+                    answer = await rpc(page, **options)
+                    show(answer)
+                    if not answer.next_page_token:
+                        return
+                    page.page_token = answer.next_page_token
             else:
                 show(await rpc(request, **options))
 

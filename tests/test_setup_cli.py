@@ -14,10 +14,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc
 from gateway.cli import main
 from gateway.config import load_config
+from gateway.demo import demo_block
 from gateway.node import GatewayNode
 from signing import Envelope, TrustedParty, signer_from_uri
 
@@ -455,11 +457,29 @@ async def test_call_sends_json_to_any_method_and_prints_json(
             err.startswith("carbon-gateway call OpenAccount: INVALID_ARGUMENT: ")
             and "(field account.account_type)" in err
         )
+        # A list in pages: one page, or every page with --all-pages (a method without pages refuses it).
+        for i in range(2, 6):
+            more = json.dumps({"idempotency_key": f"k{i}", "account": {**account, "account_id": f"CN-PO-000{i}"}})
+            assert (await _cli("call", "OpenAccount", more, "--address", address))[0] == 0
+            issued = {"idempotency_key": f"i{i}", "account_id": f"CN-PO-000{i}", "block": _block(i)}
+            assert (await _cli("call", "RegisterIssuance", json.dumps(issued), "--address", address))[0] == 0
+        code, out, err = await _cli("call", "ListHoldings", '{"page_size": 2}', "--address", address)
+        assert (code, err, len(json.loads(out)["holdings"])) == (0, "", 2) and json.loads(out)["next_page_token"]
+        code, out, err = await _cli("call", "ListHoldings", '{"page_size": 2}', "--all-pages", "--address", address)
+        pages = [json.loads(line) for line in out.splitlines()]
+        assert (code, err, [len(p["holdings"]) for p in pages]) == (0, "", [2, 2])
+        assert sorted(h["account_id"] for p in pages for h in p["holdings"]) == [f"CN-PO-000{i}" for i in range(2, 6)]
+        code, out, err = await _cli("call", "GetTransfer", '{"transfer_id": "t"}', "--all-pages", "--address", address)
+        assert (code, out) == (2, "") and "--all-pages: GetTransfer does not answer in pages" in err
         # The configuration names the address.
         code, out, _ = await _cli("call", "ListTransfers", "--config", str(config_path.with_name("running.toml")))
         assert code == 2
     finally:
         await node.stop()
+
+
+def _block(i: int) -> dict[str, object]:
+    return json_format.MessageToDict(demo_block(100 * i + 1, 100 * i + 10), preserving_proto_field_name=True)
 
 
 @pytest.mark.parametrize(
