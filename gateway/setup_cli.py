@@ -179,20 +179,12 @@ def _party(value: str, option: str) -> str:
     return value
 
 
-def _listen(value: str, option: str) -> str:
-    from gateway.config import ConfigError, _listen
+def _address(value: str, option: str, *, listen: bool) -> str:
+    """``value`` checked as the configuration checks a listen address or a partner's address."""
+    from gateway.config import ConfigError, _listen, _partner_address
 
     try:
-        return _listen(value, option)
-    except ConfigError as exc:
-        raise SetupError(str(exc)) from None
-
-
-def _partner_address(value: str, option: str) -> str:
-    from gateway.config import ConfigError, _partner_address
-
-    try:
-        return _partner_address(value, option)
+        return (_listen if listen else _partner_address)(value, option)
     except ConfigError as exc:
         raise SetupError(str(exc)) from None
 
@@ -208,7 +200,7 @@ def _partners(values: Sequence[str], party: str) -> list[Partner]:
             raise SetupError(f"--partner {value!r}: {name} is this gateway's own Party")
         if any(p.party == name for p in partners):
             raise SetupError(f"--partner {name} is given twice")
-        partners.append(Partner(name, _partner_address(address, f"--partner {name}")))
+        partners.append(Partner(name, _address(address, f"--partner {name}", listen=False)))
     return partners
 
 
@@ -219,14 +211,14 @@ def _init(args: argparse.Namespace) -> int:
     for accepted in args.accept_from:
         if _party(accepted, "--accept-from") not in named:
             raise SetupError(f"--accept-from {accepted}: name it as a partner too (--partner {accepted}=HOST:PORT)")
-    operator_listen = _listen(args.operator_listen, "--operator-listen")
+    operator_listen = _address(args.operator_listen, "--operator-listen", listen=True)
     if not is_loopback_host(operator_listen.rpartition(":")[0]):
         raise SetupError(
             f"--operator-listen {operator_listen} is not a loopback address; `serve` opens the operator API"
             " beyond loopback only with [operator.tls] and [[operator.callers]], which are added after init (see"
             " the README, 'Callers, TLS and roles'): init with 127.0.0.1:PORT, then add them and change listen"
         )
-    partner_listen = _listen(args.partner_listen, "--partner-listen")
+    partner_listen = _address(args.partner_listen, "--partner-listen", listen=True)
     if operator_listen == partner_listen and not operator_listen.endswith(":0"):
         raise SetupError(f"--operator-listen and --partner-listen are both {operator_listen}; give two ports")
     if not 1 <= args.days <= 3650:
@@ -818,9 +810,9 @@ def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
 def file_problems(config: GatewayConfig) -> list[str]:
     """What ``serve`` would refuse in the files a loaded configuration names: trust documents that are missing,
     unreadable or another Party's, signers that cannot be opened or that the newest version of the Party's own
-    trust document does not list, TLS files that are missing, not PEM or not
-    paired, a database path that is a folder or in a folder that does not exist. The TLS and database checks
-    are the ones ``serve`` runs at start. Ports are not probed: the gateway may be running."""
+    trust document does not list, TLS files that are missing, not PEM or not paired, a database path that is a
+    folder or in a folder that does not exist. The TLS and database checks are the ones ``serve`` runs at start.
+    Ports are not probed: the gateway may be running."""
     from gateway.config import DEFAULT_SIGNER_NAME, ConfigError
     from gateway.node import _signer, _trust_envelope, check_database_file, check_operator_tls, check_tls
     from gateway.partners import TRANSFER_ROLE

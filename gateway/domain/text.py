@@ -125,9 +125,10 @@ def check_identifier(value: str, field: str, *, what: str = "identifier", requir
 
 
 def check_new_identifier(value: str, field: str, *, what: str = "identifier") -> str:
-    """`check_identifier` for an identifier about to name something new (an account, an authorization, an
-    incoming transfer), which also takes the ASCII space alone of the spaces: a no-break or em space would make
-    a look-alike of another. Identifiers recorded before this rule are still looked up by `check_identifier`."""
+    """`check_identifier` for an identifier this gateway is about to name something new by (an account, an
+    incoming transfer), which also takes the ASCII space alone of the spaces: a no-break or em space would make a
+    look-alike of another. Identifiers recorded before this rule, and those another Party chose (an authorization
+    ID), are checked by `check_identifier`."""
     return _check(value, field, what, MAX_IDENTIFIER_LENGTH, allow_joiners=False, required=True, ascii_space_only=True)
 
 
