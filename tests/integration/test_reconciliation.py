@@ -776,25 +776,30 @@ def crowded_bucket(template: LedgerEntry, count: int, transfer_ids: Sequence[str
     return entries
 
 
+async def unsent_acquisitions(pair: Pair, count: int) -> NodeRef:
+    """One transfer, then ``count`` acquisitions at CHE that CHN never sent, all in one bucket; that bucket."""
+    await setup_accounts(pair)
+    await move(pair, [(1, 5)], "t0")
+    async with pair.che.store.transaction() as tx:
+        (acquired,) = [e for e in await tx.list_ledger() if e.action_type is ActionType.ACQUISITION]
+        crowded = crowded_bucket(acquired, count)
+        await tx.append_ledger(crowded)
+    blocks = [found[1] for found in (reconciled_block(e, "CHE") for e in crowded) if found is not None]
+    (bucket,) = {NodeRef(b.group, tree.DEPTH, b.bucket) for b in blocks}
+    assert len(blocks) == count
+    return bucket
+
+
 @pytest.mark.asyncio
 async def test_a_bucket_that_cannot_fit_beside_its_transfers_states_stops_the_run_at_once(tmp_path: Path) -> None:
     cap = 4096
 
     async with capped_pair(tmp_path, cap) as pair:
-        await setup_accounts(pair)
-        await move(pair, [(1, 5)], "t0")
-        # CHE records 24 acquisitions CHN never sent, all in one bucket. The bucket's view fits in one reply to
-        # CHN, and so do the states of its 24 transfers, but not both: a reply has room for the bucket only
-        # beside the states, which CHN needs read with it.
-        async with pair.che.store.transaction() as tx:
-            (acquired,) = [e for e in await tx.list_ledger() if e.action_type is ActionType.ACQUISITION]
-            crowded = crowded_bucket(acquired, 24)
-            await tx.append_ledger(crowded)
-        blocks = [reconciled_block(e, "CHE") for e in crowded]
-        assert len({b[1].bucket for b in blocks if b is not None}) == 1
+        # The bucket's view fits in one reply to CHN, and so do the states of its 24 transfers, but not both: a
+        # reply has room for the bucket only beside the states, which CHN needs read with it.
+        bucket = await unsent_acquisitions(pair, 24)
         run = await reconcile(pair.chn, "CHE", "crowded")
         assert run.status is Status.MANUAL_INTERVENTION_REQUIRED, run.detail
-        (bucket,) = {NodeRef(b[1].group, tree.DEPTH, b[1].bucket) for b in blocks if b is not None}
         assert f"bucket {bucket.prefix} of group CCER CN-CCER 2025 CHN->CHE NDC" in run.detail, run.detail
         assert "the states of its 24 transfers" in run.detail and "max_envelope_bytes" in run.detail, run.detail
         assert run.detail.startswith("CHE refused to answer: "), run.detail
@@ -817,16 +822,8 @@ async def test_a_bucket_of_more_transfers_than_a_request_may_name_stops_the_run_
 ) -> None:
     monkeypatch.setattr(reconciling, "MAX_TRANSFERS_PER_REQUEST", 3)
     async with capped_pair(tmp_path, 1 << 20) as pair:
-        await setup_accounts(pair)
-        await move(pair, [(1, 5)], "t0")
-        # CHE records 4 acquisitions CHN never sent, all in one bucket: asking their states with the bucket takes
-        # more transfers than one request may name.
-        async with pair.che.store.transaction() as tx:
-            (acquired,) = [e for e in await tx.list_ledger() if e.action_type is ActionType.ACQUISITION]
-            crowded = crowded_bucket(acquired, 4)
-            await tx.append_ledger(crowded)
-        blocks = [reconciled_block(e, "CHE") for e in crowded]
-        (bucket,) = {NodeRef(b[1].group, tree.DEPTH, b[1].bucket) for b in blocks if b is not None}
+        # Asking the states of the bucket's 4 transfers with it takes more than one request may name.
+        bucket = await unsent_acquisitions(pair, 4)
         run = await reconcile(pair.chn, "CHE", "crowded")
         assert run.status is Status.TOTALS_INCONSISTENT, run.detail
         assert f"bucket {bucket.prefix} of group CCER CN-CCER 2025 CHN->CHE NDC" in run.detail, run.detail
