@@ -22,7 +22,10 @@ import re
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.domain.errors import ResponseCode
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -244,7 +247,8 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
         from gateway.domain.errors import ResponseCode
 
         where = f" (field {detail.field})" if detail.field else ""
-        raise RefusedError(f"{ResponseCode(detail.code).name}: {detail.message}{where}") from None
+        code = ResponseCode(detail.code)
+        raise RefusedError(f"{code.name}: {detail.message}{where}", code=code) from None
 
 
 def _bearer_token(token: str) -> list[Any]:
@@ -284,7 +288,12 @@ def _bearer_token(token: str) -> list[Any]:
 
 
 class RefusedError(Exception):
-    """The gateway refused the call, or could not be reached."""
+    """The gateway refused the call (``code`` says why, when the refusal carried a response code), or could not
+    be reached."""
+
+    def __init__(self, message: str, *, code: ResponseCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 _OPTIONS = {"first_year": "--from", "last_year": "--to", "target": "--to", "oimp": "--oimp"}

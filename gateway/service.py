@@ -16,6 +16,7 @@ from gateway.store.base import BlockPosition, StoredBlock, Transaction
 from gateway.usecases.authorizations import AuthorizationKeeping
 from gateway.usecases.base import Idempotency, LedgerOptions, log
 from gateway.usecases.deliveries import Abandoned, Deliveries
+from gateway.usecases.feed import FeedKeeping
 from gateway.usecases.initiating import BlockSelection, TransferRequest
 from gateway.usecases.ledger import LedgerKeeping, LedgerSummary
 from gateway.usecases.reconciling import Reconciling
@@ -46,6 +47,7 @@ class Gateway(
     Reconciling,
     Deliveries,
     StatusKeeping,
+    FeedKeeping,
 ):
     """One jurisdiction's gateway: its store, its exchange with partners, and its decision policy."""
 

@@ -88,7 +88,11 @@ def _do_watch(args: argparse.Namespace) -> int:
     try:
         _run("watch", args, follow)
     except RefusedError as exc:
-        if received:
+        from gateway.domain.errors import ResponseCode
+
+        # A feed pruned past the last change printed: the refusal names where to continue, and no resume from
+        # the last change could work.
+        if received and exc.code is not ResponseCode.CHANGES_PRUNED:
             resume = f"--after {last} --digest {last_digest}"
             raise RefusedError(f"{exc}; the last change printed is at position {last}: resume with {resume}") from None
         raise

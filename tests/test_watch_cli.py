@@ -165,3 +165,32 @@ async def test_watch_with_config_follows_a_serve_process_and_sigterm_ends_the_wa
                 process.wait()
         if server.stderr is not None:
             server.stderr.close()
+
+
+@pytest.mark.asyncio
+async def test_a_watch_the_feed_is_pruned_under_names_where_to_continue_not_a_resume_that_cannot_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await transfer(pair, await setup_accounts(pair), 1, 400, "t1")
+        feed = pair.chn.changes
+        feed.batch = 1
+        follow = feed.follow
+
+        async def pruned_after_the_first(*args: Any, **kwargs: Any) -> Any:
+            # The feed is pruned past the watcher once it has the first change: its next read finds it behind.
+            changes = follow(*args, **kwargs)
+            yield await anext(changes)
+            async with pair.chn.store.transaction() as tx:
+                await tx.prune_changes(3, 100)
+            async for change in changes:
+                yield change
+
+        feed.follow = pruned_after_the_first  # type: ignore[method-assign]
+        code, lines, err = await cli(capsys, "watch", "--address", pair.chn.operator_address)
+        assert code == 1 and [line["position"] for line in lines] == ["1"]
+        assert "CHANGES_PRUNED" in err and "watch from position 3" in err
+        assert "resume with" not in err
+    finally:
+        await pair.stop()

@@ -49,6 +49,7 @@ class ResponseCode(enum.IntEnum):
     PERIOD_LOCKED = 32
     CALLER_UNAUTHENTICATED = 33
     CALLER_NOT_PERMITTED = 34
+    CHANGES_PRUNED = 35
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -95,6 +96,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.CALLER_UNAUTHENTICATED: "the operator call carries no credentials this gateway accepts: no or an "
     "unknown bearer token or client certificate, or a partner's certificate",
     ResponseCode.CALLER_NOT_PERMITTED: "the authenticated caller's role is below the role the method needs",
+    ResponseCode.CHANGES_PRUNED: "the change feed was pruned past the position to resume from; read the current "
+    "state with ListTransfers and ListLedgerEntries, then watch from the position the refusal names",
 }
 
 

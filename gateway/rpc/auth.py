@@ -70,6 +70,7 @@ METHOD_ROLES: dict[str, Role] = {
     f"/{_OPERATOR}/RetryDeadLetter": _A,
     f"/{_OPERATOR}/AbandonDeadLetter": _A,
     f"/{_OPERATOR}/ResolveReconciliation": _A,
+    f"/{_OPERATOR}/PruneChanges": _A,
 }
 """The least role each operator-server method needs, by full gRPC method path. A method not listed is refused."""
 

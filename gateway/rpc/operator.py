@@ -576,6 +576,16 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         return response
 
     @refusals_as_status
+    async def PruneChanges(
+        self, request: operator_pb2.PruneChangesRequest, context: Context[object, object]
+    ) -> operator_pb2.PruneChangesResponse:
+        idem = _idempotency("PruneChanges", request, request.idempotency_key)
+        pruned = await self.gateway.prune_changes(idem, request.through_position)
+        return operator_pb2.PruneChangesResponse(
+            pruned_through=pruned.through, removed=pruned.removed, latest_position=pruned.latest
+        )
+
+    @refusals_as_status
     async def RunReconciliation(
         self, request: operator_pb2.RunReconciliationRequest, context: Context[object, object]
     ) -> operator_pb2.Reconciliation:

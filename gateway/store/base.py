@@ -236,6 +236,15 @@ def change_digest(position: int, kind: str, recorded_at: str, body: str) -> byte
     return hashlib.sha256(f"{position}\n{kind}\n{recorded_at}\n{body}".encode()).digest()
 
 
+@dataclass(frozen=True, slots=True)
+class PrunedChanges:
+    """How far the change feed was pruned (migration 11): the position of the last change removed, 0 if none,
+    and that change's digest, so that a watcher that received it can still resume there."""
+
+    through: int
+    digest: bytes
+
+
 class CommitSignal:
     """Wakes those waiting for changes after a write transaction commits in this process.
 
@@ -685,7 +694,16 @@ class Transaction(Protocol):
         ...
 
     async def last_change_position(self) -> int:
-        """The position of the latest change (0 if none)."""
+        """The position of the latest change (0 if none); a pruned change still counts."""
+        ...
+
+    async def changes_pruned(self) -> PrunedChanges:
+        """How far the feed was pruned."""
+        ...
+
+    async def prune_changes(self, through: int, limit: int) -> tuple[PrunedChanges, int]:
+        """Remove the oldest changes still kept at ``through`` or below, at most ``limit`` of them; return how far
+        the feed is now pruned and how many this removed. Never removes a change above ``through``."""
         ...
 
     # operator idempotency

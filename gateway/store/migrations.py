@@ -592,6 +592,30 @@ MIGRATIONS = (
     ),
 )
 
+# The change feed is append-only, and without this it grows for ever. An administrator prunes it up to a
+# position (`PruneChanges`); this row keeps how far, and the digest of the last change removed, so that a watcher
+# behind it is refused instead of silently skipping what was removed, and one exactly at it still resumes. The
+# feed's delete guard lets a row go only once it is at or below that position.
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        11,
+        "the change feed's pruned prefix: the position through which changes were removed, and the last one's digest",
+        """
+        CREATE TABLE changes_pruned (
+            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+            through INTEGER NOT NULL,
+            digest BLOB NOT NULL
+        );
+        INSERT INTO changes_pruned VALUES (1, 0, x'');
+        DROP TRIGGER changes_no_delete;
+        CREATE TRIGGER changes_no_delete BEFORE DELETE ON changes
+            WHEN OLD.position > (SELECT through FROM changes_pruned)
+            BEGIN SELECT RAISE(ABORT, 'the change feed is append-only: changes leave only by PruneChanges'); END
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks

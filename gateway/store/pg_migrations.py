@@ -524,5 +524,21 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX transfers_created ON transfers (created_at, transfer_id)",
         ],
     ),
+    (
+        11,
+        _description(11),
+        [
+            "CREATE TABLE changes_pruned (singleton INTEGER PRIMARY KEY CHECK (singleton = 1),"
+            " through BIGINT NOT NULL, digest BYTEA NOT NULL)",
+            f"INSERT INTO changes_pruned VALUES (1, 0, {_EMPTY})",
+            """CREATE OR REPLACE FUNCTION changes_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF TG_OP = 'DELETE' AND OLD.position <= (SELECT through FROM changes_pruned) THEN
+                        RETURN OLD;
+                    END IF;
+                    RAISE EXCEPTION 'the change feed is append-only: changes leave only by PruneChanges';
+                END $$""",
+        ],
+    ),
 ]
 """(version, description, statements), in the order they are applied."""

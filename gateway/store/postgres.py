@@ -79,11 +79,13 @@ from gateway.store.base import (
     OutboxMessage,
     OutboxState,
     PartnerLogHead,
+    PrunedChanges,
     ReconciliationRun,
     RunRole,
     StoreConflict,
     StoredBlock,
     StoredMessage,
+    change_digest,
     check_abroad_added,
     check_abroad_removed,
     check_schema_known,
@@ -1501,8 +1503,30 @@ class PostgresTransaction:
         ]
 
     async def last_change_position(self) -> int:
-        row = await self._one("SELECT COALESCE(MAX(position), 0) AS last FROM changes")
-        return int(row["last"]) if row else 0
+        row = await self._one(
+            "SELECT GREATEST((SELECT MAX(position) FROM changes), (SELECT through FROM changes_pruned)) AS last"
+        )
+        return int(row["last"]) if row and row["last"] is not None else 0
+
+    async def changes_pruned(self) -> PrunedChanges:
+        row = await self._one("SELECT through, digest FROM changes_pruned")
+        assert row is not None
+        return PrunedChanges(int(row["through"]), bytes(row["digest"]))
+
+    async def prune_changes(self, through: int, limit: int) -> tuple[PrunedChanges, int]:
+        pruned = await self.changes_pruned()
+        last = await self._one(
+            "SELECT position, kind, body, recorded_at FROM changes WHERE position IN (SELECT position FROM changes"
+            " WHERE position > ? AND position <= ? ORDER BY position LIMIT ?) ORDER BY position DESC LIMIT 1",
+            (pruned.through, through, limit),
+        )
+        if last is None:
+            return pruned, 0
+        position = int(last["position"])
+        digest = change_digest(position, last["kind"], last["recorded_at"], last["body"])
+        await self._execute("UPDATE changes_pruned SET through = ?, digest = ?", (position, digest))
+        removed = await self._execute("DELETE FROM changes WHERE position <= ?", (position,))
+        return PrunedChanges(position, digest), removed
 
     async def get_idempotent(self, caller: str, method: str, key: str) -> IdempotentResult | None:
         row = await self._one(

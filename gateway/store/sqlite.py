@@ -66,11 +66,13 @@ from gateway.store.base import (
     OutboxMessage,
     OutboxState,
     PartnerLogHead,
+    PrunedChanges,
     ReconciliationRun,
     RunRole,
     StoreConflict,
     StoredBlock,
     StoredMessage,
+    change_digest,
     check_abroad_added,
     check_abroad_removed,
     check_schema_known,
@@ -1612,8 +1614,30 @@ class SQLiteTransaction:
         ]
 
     async def last_change_position(self) -> int:
-        row = self._one("SELECT COALESCE(MAX(position), 0) FROM changes")
+        row = self._one(
+            "SELECT MAX(COALESCE((SELECT MAX(position) FROM changes), 0), (SELECT through FROM changes_pruned))"
+        )
         return int(row[0]) if row else 0
+
+    async def changes_pruned(self) -> PrunedChanges:
+        row = self._one("SELECT through, digest FROM changes_pruned")
+        assert row is not None
+        return PrunedChanges(int(row[0]), bytes(row[1]))
+
+    async def prune_changes(self, through: int, limit: int) -> tuple[PrunedChanges, int]:
+        pruned = await self.changes_pruned()
+        last = self._one(
+            "SELECT position, kind, body, recorded_at FROM changes WHERE position IN (SELECT position FROM changes"
+            " WHERE position > ? AND position <= ? ORDER BY position LIMIT ?) ORDER BY position DESC LIMIT 1",
+            (pruned.through, through, limit),
+        )
+        if last is None:
+            return pruned, 0
+        position = int(last["position"])
+        digest = change_digest(position, last["kind"], last["recorded_at"], last["body"])
+        self._db.execute("UPDATE changes_pruned SET through = ?, digest = ?", (position, digest))
+        removed = self._db.execute("DELETE FROM changes WHERE position <= ?", (position,)).rowcount
+        return PrunedChanges(position, digest), removed
 
     # operator idempotency
 

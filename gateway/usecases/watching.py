@@ -96,7 +96,8 @@ class ChangeFeed:
             _check_digest_form(after, after_digest)
             async with self.store.read() as tx:
                 latest = await tx.last_change_position()
-                at = await tx.changes_after(after - 1, 1) if after_digest and 0 < after <= latest else []
+                pruned = await tx.changes_pruned()
+                at = await tx.changes_after(after - 1, 1) if after_digest and pruned.through < after <= latest else []
             if after > latest:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,
@@ -104,7 +105,13 @@ class ChangeFeed:
                     " (a position from another gateway's feed, or from a database since restored from a backup?)",
                     field="after_position",
                 )
-            if after_digest and (not at or at[0].position != after or at[0].digest != after_digest):
+            if after < pruned.through:
+                raise _pruned(after, pruned.through)
+            if after == pruned.through:  # the change there was pruned: its digest was kept
+                known = pruned.digest
+            else:
+                known = at[0].digest if at and at[0].position == after else b""
+            if after_digest and known != after_digest:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,
                     f"the change at position {after} is not the one with this digest: the database was restored"
@@ -121,6 +128,9 @@ class ChangeFeed:
                     batch = await tx.changes_after(position, self.batch, kinds)
                     # Read in the same snapshot: every change up to it was in the batch or filtered out.
                     seen = await tx.last_change_position() if len(batch) < self.batch else 0
+                    pruned_through = (await tx.changes_pruned()).through
+                if pruned_through > position:  # pruned while this watcher was behind: the batch may lack changes
+                    raise _pruned(position, pruned_through)
                 for change in batch:
                     yield change
                     position = change.position
@@ -134,6 +144,16 @@ class ChangeFeed:
                         await woken.wait()
                 except TimeoutError:
                     pass
+
+
+def _pruned(position: int, through: int) -> GatewayError:
+    return GatewayError(
+        ResponseCode.CHANGES_PRUNED,
+        f"the changes up to position {through} were pruned (PruneChanges), and position {position} is before it:"
+        " read the current transfers and ledger entries (ListTransfers, ListLedgerEntries), then watch from"
+        f" position {through}. Each change carries the whole record, so one the lists showed already does no harm",
+        field="after_position",
+    )
 
 
 DIGEST_BYTES = 32

@@ -43,6 +43,7 @@ PINNED_VALUES: dict[str, int] = {
     "PERIOD_LOCKED": 32,
     "CALLER_UNAUTHENTICATED": 33,
     "CALLER_NOT_PERMITTED": 34,
+    "CHANGES_PRUNED": 35,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

@@ -255,3 +255,37 @@ async def test_a_commit_wakes_a_waiting_watcher_without_waiting_for_the_poll(tmp
             await asyncio.wait_for(waiting, 10)
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_watcher_left_behind_by_a_prune_is_refused_not_led_past_the_pruned_changes(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "g.db")
+    try:
+        async with store.transaction() as tx:
+            for i in range(3):
+                await tx.insert_transfer(dataclasses.replace(TRANSFER, transfer_id=f"t-{i}"))
+        changes = await everything(store)
+        feed = ChangeFeed(store, batch=1, poll_seconds=3600)
+        behind = feed.follow(0)
+        assert (await anext(behind)).position == 1
+        async with store.transaction() as tx:
+            await tx.prune_changes(2, 100)
+        # Its next read finds position 2 gone: refused, naming where to continue.
+        with pytest.raises(GatewayError) as caught:
+            await anext(behind)
+        assert (caught.value.code, caught.value.field) == (ResponseCode.CHANGES_PRUNED, "after_position")
+        assert "watch from position 2" in caught.value.message
+        # A watcher that had received position 2 resumes after it, with its digest, which the prune kept.
+        at_cut = feed.follow(2, after_digest=changes[1].digest)
+        assert await anext(at_cut) == changes[2]
+        await at_cut.aclose()
+        for after, digest, code, field in (
+            (0, b"", ResponseCode.CHANGES_PRUNED, "after_position"),
+            (1, changes[0].digest, ResponseCode.CHANGES_PRUNED, "after_position"),
+            (2, changes[0].digest, ResponseCode.INVALID_ARGUMENT, "after_digest"),
+        ):
+            with pytest.raises(GatewayError) as caught:
+                await anext(feed.follow(after, after_digest=digest))
+            assert (caught.value.code, caught.value.field) == (code, field), after
+    finally:
+        await store.close()

@@ -80,6 +80,7 @@ WRITES = (
     "LockPeriod",
     "RunReconciliation",
     "ResolveReconciliation",
+    "PruneChanges",
 )
 OPERATOR_SERVICE = "carbon_gateway.v1.OperatorService"
 MAPPING_SERVICE = "carbon_gateway.v1.MappingService"
@@ -236,6 +237,10 @@ def retry(message_id: str = "m-0001", key: str = KEY) -> operator_pb2.RetryDeadL
 
 def abandon(message_id: str = "m-0001", reason: str = "", key: str = KEY) -> operator_pb2.AbandonDeadLetterRequest:
     return operator_pb2.AbandonDeadLetterRequest(idempotency_key=key, message_id=message_id, reason=reason)
+
+
+def prune(through: int, key: str = KEY) -> operator_pb2.PruneChangesRequest:
+    return operator_pb2.PruneChangesRequest(idempotency_key=key, through_position=through)
 
 
 def watch(after: int = 0, kinds: list[int] | None = None, digest: bytes = b"") -> operator_pb2.WatchChangesRequest:
@@ -486,6 +491,7 @@ TABLE: list[Bad] = [
     *bad_keys("RegisterAuthorization", lambda k: authorization(key=k)),
     # RegisterIssuance
     Bad("block-missing", "RegisterIssuance", no_block, "block"),
+    ),
     Bad("space-missing", "RegisterIssuance", no_space, "block.space"),
     *each_id("RegisterIssuance", "account_id", lambda v: issuance(account_id=v)),
     Bad("block-0-to-2^63-1", "RegisterIssuance", lambda: issuance(start=0, end=2**63 - 1), "block.end"),
@@ -908,6 +914,18 @@ TABLE: list[Bad] = [
     Bad("after_digest-at-0", "WatchChanges", lambda: watch(digest=bytes(32)), "after_digest"),
     Bad("after_digest-short", "WatchChanges", lambda: watch(1, digest=b"\x01"), "after_digest"),
     Bad("after_digest-3mb", "WatchChanges", lambda: watch(1, digest=BIG.encode()), "after_digest"),
+    # PruneChanges: no change recorded yet, so no position names one.
+    *(
+        Bad(f"through_position-{name}", "PruneChanges", partial(prune, through), "through_position")
+        for name, through in (
+            ("zero", 0),
+            ("negative", -1),
+            ("lowest", -(2**63)),
+            ("future", 1),
+            ("highest", 2**63 - 1),
+        )
+    ),
+    *bad_keys("PruneChanges", lambda k: prune(1, key=k)),
 ]
 
 TAKING_INPUT = {
@@ -939,6 +957,7 @@ TAKING_INPUT = {
     "ListReconciliations",
     "ResolveReconciliation",
     "WatchChanges",
+    "PruneChanges",
 }
 
 
@@ -1042,7 +1061,7 @@ async def test_defect_14_garbage_request_bytes_to_every_method_get_invalid_argum
 ) -> None:
     before = (await recorded(gateways.chn), await recorded(gateways.che))
     methods = list(unary_methods())
-    assert len(methods) == 29 + 2
+    assert len(methods) == 30 + 2
     assert list(server_streaming_methods()) == [f"/{OPERATOR_SERVICE}/WatchChanges"]
     async with grpc.aio.insecure_channel(gateways.chn.operator_address) as channel:
         for method in methods:

@@ -39,6 +39,7 @@ from gateway.store.base import (
     LogKind,
     NewBlock,
     OutboxKind,
+    PrunedChanges,
     SchemaTooNew,
     Store,
     StoreConflict,
@@ -773,3 +774,43 @@ async def test_a_transfer_whose_kept_terms_are_gone_is_refused_by_name_not_misre
         assert [c.transfer for c in await tx.changes_after(0, 1)] == [kept]
         with pytest.raises(GatewayError, match="the change at position 2: transfer 't-lost' has no terms"):
             await tx.changes_after(0, 10)
+
+
+@pytest.mark.asyncio
+async def test_pruning_removes_the_oldest_changes_a_chunk_at_a_time_and_positions_never_come_back(
+    store: Store,
+) -> None:
+    async with store.transaction() as tx:
+        for i in range(7):
+            await tx.insert_transfer(
+                Transfer(f"t-{i}", TransferRole.INITIATING, TransferState.PROPOSED, TERMS, (), NOW, NOW)
+            )
+    async with store.read() as tx:
+        before = await tx.changes_after(0, 100)
+        assert await tx.changes_pruned() == PrunedChanges(0, b"")
+    assert len(before) == 7
+    # Two at a time up to the fifth, never past it; each step keeps the digest of the last change it removed.
+    for expected, count in ((1, 2), (3, 2), (4, 1), (4, 0)):
+        async with store.transaction() as tx:
+            pruned, removed = await tx.prune_changes(before[4].position, 2)
+        assert (pruned, removed) == (PrunedChanges(before[expected].position, before[expected].digest), count)
+    async with store.read() as tx:
+        assert await tx.changes_after(0, 100) == before[5:]
+        assert await tx.changes_pruned() == pruned
+        assert await tx.last_change_position() == before[-1].position
+    # Everything: the latest position still counts, and the next change comes after it.
+    async with store.transaction() as tx:
+        assert (await tx.prune_changes(before[-1].position, 100))[1] == 2
+    async with store.read() as tx:
+        assert await tx.changes_after(0, 100) == []
+        assert await tx.last_change_position() == before[-1].position
+    async with store.transaction() as tx:
+        await tx.insert_transfer(
+            Transfer("t-new", TransferRole.INITIATING, TransferState.PROPOSED, TERMS, (), NOW, NOW)
+        )
+    async with store.read() as tx:
+        [new] = await tx.changes_after(0, 100)
+    assert new.position > before[-1].position
+    # Only a prune removes changes: a delete of one above the pruned position is refused.
+    with pytest.raises(Exception, match="append-only"):
+        await raw(store, "DELETE FROM changes")

@@ -89,6 +89,59 @@ class WatchChangesRequest(_message.Message):
 Global___WatchChangesRequest: _TypeAlias = WatchChangesRequest  # noqa: Y015
 
 @_typing.final
+class PruneChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    THROUGH_POSITION_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    through_position: _builtins.int
+    """Remove every change at this position or below it: 1 up to the latest position. A position at or below
+    the one pruned through already removes nothing.
+    """
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        through_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "through_position", b"through_position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneChangesRequest: _TypeAlias = PruneChangesRequest  # noqa: Y015
+
+@_typing.final
+class PruneChangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRUNED_THROUGH_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    LATEST_POSITION_FIELD_NUMBER: _builtins.int
+    pruned_through: _builtins.int
+    """the position of the last change removed so far, by this call or earlier ones"""
+    removed: _builtins.int
+    """changes this call removed"""
+    latest_position: _builtins.int
+    """the position of the latest change when the call ended"""
+    def __init__(
+        self,
+        *,
+        pruned_through: _builtins.int = ...,
+        removed: _builtins.int = ...,
+        latest_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest_position", b"latest_position", "pruned_through", b"pruned_through", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneChangesResponse: _TypeAlias = PruneChangesResponse  # noqa: Y015
+
+@_typing.final
 class Change(_message.Message):
     """One change of the feed."""
 

@@ -185,6 +185,11 @@ class OperatorServiceStub:
                 request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.WatchChangesRequest.SerializeToString,
                 response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.Change.FromString,
                 _registered_method=True)
+        self.PruneChanges = channel.unary_unary(
+                '/carbon_gateway.v1.OperatorService/PruneChanges',
+                request_serializer=carbon__gateway_dot_v1_dot_operator__pb2.PruneChangesRequest.SerializeToString,
+                response_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.PruneChangesResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -396,7 +401,16 @@ class OperatorServiceServicer:
         they committed, each at a position. The stream first replays the changes after `after_position`, then
         follows new ones as they commit; it does not end on its own. After a disconnect, call again with the
         position of the last change received: nothing is missed and nothing comes twice. A position beyond the
-        latest, or negative, is refused with INVALID_ARGUMENT (field after_position).
+        latest, or negative, is refused with INVALID_ARGUMENT (field after_position); one below the position the
+        feed was pruned through (PruneChanges), with CHANGES_PRUNED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneChanges(self, request, context):
+        """Removes the change feed's changes up to a position, so that the feed does not grow for ever. Watchers
+        behind it are refused with CHANGES_PRUNED from then on, instead of skipping what was removed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -554,6 +568,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.WatchChanges,
                     request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.WatchChangesRequest.FromString,
                     response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.Change.SerializeToString,
+            ),
+            'PruneChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneChanges,
+                    request_deserializer=carbon__gateway_dot_v1_dot_operator__pb2.PruneChangesRequest.FromString,
+                    response_serializer=carbon__gateway_dot_v1_dot_operator__pb2.PruneChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1366,6 +1385,33 @@ class OperatorService:
             '/carbon_gateway.v1.OperatorService/WatchChanges',
             carbon__gateway_dot_v1_dot_operator__pb2.WatchChangesRequest.SerializeToString,
             carbon__gateway_dot_v1_dot_operator__pb2.Change.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carbon_gateway.v1.OperatorService/PruneChanges',
+            carbon__gateway_dot_v1_dot_operator__pb2.PruneChangesRequest.SerializeToString,
+            carbon__gateway_dot_v1_dot_operator__pb2.PruneChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -103,7 +103,12 @@ class OperatorServiceStub:
     they committed, each at a position. The stream first replays the changes after `after_position`, then
     follows new ones as they commit; it does not end on its own. After a disconnect, call again with the
     position of the last change received: nothing is missed and nothing comes twice. A position beyond the
-    latest, or negative, is refused with INVALID_ARGUMENT (field after_position).
+    latest, or negative, is refused with INVALID_ARGUMENT (field after_position); one below the position the
+    feed was pruned through (PruneChanges), with CHANGES_PRUNED.
+    """
+    PruneChanges: _grpc.UnaryUnaryMultiCallable[_operator_pb2.PruneChangesRequest, _operator_pb2.PruneChangesResponse]
+    """Removes the change feed's changes up to a position, so that the feed does not grow for ever. Watchers
+    behind it are refused with CHANGES_PRUNED from then on, instead of skipping what was removed.
     """
 
 @_typing.type_check_only
@@ -177,7 +182,12 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     they committed, each at a position. The stream first replays the changes after `after_position`, then
     follows new ones as they commit; it does not end on its own. After a disconnect, call again with the
     position of the last change received: nothing is missed and nothing comes twice. A position beyond the
-    latest, or negative, is refused with INVALID_ARGUMENT (field after_position).
+    latest, or negative, is refused with INVALID_ARGUMENT (field after_position); one below the position the
+    feed was pruned through (PruneChanges), with CHANGES_PRUNED.
+    """
+    PruneChanges: _aio.UnaryUnaryMultiCallable[_operator_pb2.PruneChangesRequest, _operator_pb2.PruneChangesResponse]  # type: ignore[assignment]
+    """Removes the change feed's changes up to a position, so that the feed does not grow for ever. Watchers
+    behind it are refused with CHANGES_PRUNED from then on, instead of skipping what was removed.
     """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -428,7 +438,18 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         they committed, each at a position. The stream first replays the changes after `after_position`, then
         follows new ones as they commit; it does not end on its own. After a disconnect, call again with the
         position of the last change received: nothing is missed and nothing comes twice. A position beyond the
-        latest, or negative, is refused with INVALID_ARGUMENT (field after_position).
+        latest, or negative, is refused with INVALID_ARGUMENT (field after_position); one below the position the
+        feed was pruned through (PruneChanges), with CHANGES_PRUNED.
+        """
+
+    @_abc_1.abstractmethod
+    def PruneChanges(
+        self,
+        request: _operator_pb2.PruneChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.PruneChangesResponse, _abc.Awaitable[_operator_pb2.PruneChangesResponse]]:
+        """Removes the change feed's changes up to a position, so that the feed does not grow for ever. Watchers
+        behind it are refused with CHANGES_PRUNED from then on, instead of skipping what was removed.
         """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
