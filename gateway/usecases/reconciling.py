@@ -51,7 +51,7 @@ from gateway.domain.reconciliation import (
     status_of,
     view_of_state,
 )
-from gateway.domain.text import check_identifier
+from gateway.domain.text import MAX_INT64, check_identifier
 from gateway.domain.transfer import Transfer, TransferState
 from gateway.exchange import ENVELOPE_MARGIN_BYTES
 from gateway.reconciliation_wire import (
@@ -953,7 +953,9 @@ class Reconciling(GatewayBase):
         elif run.status in (Status.RUNNING, Status.ABANDONED) and not run.report:
             run = replace(run, status=Status.RUNNING, updated_at=now)
             await tx.update_reconciliation(run)
-        problem = await self._check_requester_head(tx, partner, size, root, request.consistency_from, proof)
+        problem = await self._check_requester_head(
+            tx, partner, size, root, request.consistency_from, proof, "reconciliation_request.consistency_from"
+        )
         if problem:
             if run.status is Status.RUNNING or run.status is Status.CONSISTENT:
                 await tx.update_reconciliation(
@@ -969,12 +971,18 @@ class Reconciling(GatewayBase):
         root: bytes,
         consistency_from: int,
         proof: list[bytes],
+        field: str,
     ) -> str:
         """Why the requester's head cannot be trusted (empty when it can), and keep it when it can.
 
         The proof must start from a head the requester showed here before, whichever: with runs in both
         directions it may not be the latest. A requester that names none (it learns from this side's answers
-        which head this side saw) proves nothing yet."""
+        which head this side saw) proves nothing yet. ``consistency_from`` (at ``field``) beyond 64-bit signed
+        integers, which no log reaches, is refused as malformed."""
+        if consistency_from > MAX_INT64:
+            raise GatewayError(
+                ResponseCode.MALFORMED_PAYLOAD, f"{field}: {consistency_from} is beyond 2**63 - 1", field=field
+            )
         known = await tx.partner_log_head(partner)
         now = self.clock()
         if known is None or known.tree_size == 0:
@@ -1126,7 +1134,9 @@ class Reconciling(GatewayBase):
         else:
             head = head_from_proto(report.requester_head, "reconciliation_report.requester_head")
             proof = proof_from_proto(report.consistency_proof, "reconciliation_report.consistency_proof")
-            problem = await self._check_requester_head(tx, partner, head[0], head[1], report.consistency_from, proof)
+            problem = await self._check_requester_head(
+                tx, partner, head[0], head[1], report.consistency_from, proof, "reconciliation_report.consistency_from"
+            )
             if problem:
                 status, detail = Status.MANUAL_INTERVENTION_REQUIRED, problem
         if status.freezes:

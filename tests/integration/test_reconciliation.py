@@ -1258,6 +1258,15 @@ HOSTILE_REQUESTS = [
         ResponseCode.MALFORMED_PAYLOAD,
         "reconciliation_request.head.root_hash",
     ),
+    *(
+        HostileRequest(
+            f"consistency from {value}",
+            _set(consistency_from=value),
+            ResponseCode.MALFORMED_PAYLOAD,
+            f"reconciliation_request.consistency_from: {value} is beyond 2**63 - 1",
+        )
+        for value in (2**63, 2**64 - 1)
+    ),
     HostileRequest(
         "transfer ID not an identifier",
         _bad_transfer_id,
