@@ -25,11 +25,14 @@ Steps 6 to 8, the statement's effect, the channel's high-water mark, the index o
 message log are written in one transaction. A refusal at steps 1 to 8 takes nothing in; a business refusal
 after step 8 (for example a Decision naming an unknown transfer) still consumes the sequence number and is
 answered in the receipt. No input, however malformed, escapes as an exception: a failure of this gateway
-while handling a message is answered with ``INTERNAL_ERROR``, which the sender retries.
+while handling a message is answered with ``INTERNAL_ERROR``, which the sender retries. A failure while
+applying the statement's effect leaves it not taken in for `FAILED_STATEMENT_ATTEMPTS` deliveries; after that
+it is taken in refused, so that one statement cannot stop its channel.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import enum
 import hashlib
@@ -119,14 +122,39 @@ class ExchangeSettings:
     allowed_payload_types: frozenset[str] = frozenset({wire.STATEMENT_PAYLOAD_TYPE})
 
 
+FAILED_STATEMENT_ATTEMPTS = 5
+"""How many deliveries of one statement the receiver may fail on (a bug, or stored data it cannot read) before it
+takes the statement in refused with ``INTERNAL_ERROR``. Until then nothing of it is taken in and the sender
+sends it again after its backoff, so a failure that passes loses nothing; after it, the channel goes on."""
+
+_FAILURES_KEPT = 10_000
+"""The most statements whose failed attempts an `Exchange` counts at once (it forgets them all past that)."""
+
+
+_COUNTED: contextvars.ContextVar[set[tuple[str, str]] | None] = contextvars.ContextVar("counted", default=None)
+"""The statements whose failure the delivery being handled has counted already."""
+
+
+class HandlerFailed(Exception):
+    """The handler failed on a statement for a reason of its own, not the statement's: nothing of it is taken in,
+    and the sender sends it again. Raised only when the exchange said the attempt was not the last."""
+
+
 class StatementHandler(Protocol):
     """Applies a verified, in-order statement's effect inside the receiving transaction."""
 
     async def __call__(
-        self, tx: Transaction, partner: str, header: Header, statement: partner_pb2.Statement
+        self,
+        tx: Transaction,
+        partner: str,
+        header: Header,
+        statement: partner_pb2.Statement,
+        *,
+        final_attempt: bool,
     ) -> GatewayError | None:
         """Apply the effect and return None; or return the refusal the receipt reports, keeping only what the
-        handler wrote to answer it; or raise `GatewayError` to refuse it with everything rolled back."""
+        handler wrote to answer it; or raise `GatewayError` to refuse it with everything rolled back. A failure of
+        the handler's own may raise `HandlerFailed` unless ``final_attempt``: then it must become a refusal."""
 
 
 DeliveredHandler = Callable[[Transaction, OutboxMessage], Awaitable[None]]
@@ -287,9 +315,11 @@ class Exchange:
         self.on_enqueued = on_enqueued
         self.on_delivered: DeliveredHandler | None = None
         self.on_unknown_key: Callable[[], Awaitable[bool]] | None = None
-        self._signature_lengths: dict[str, int] = {}
         """Called when no trusted key verifies a statement: takes up trust documents another replica stored
         (`gateway.trust.TrustKeeper.take_up_stored`); when it returns True the statement is verified once more."""
+        self._signature_lengths: dict[str, int] = {}
+        self._failed_attempts: dict[tuple[str, str], int] = {}
+        """Deliveries the handler failed on (`HandlerFailed`), by partner and message ID."""
         self.new_id = new_id
 
     # outgoing
@@ -486,6 +516,15 @@ class Exchange:
         handled alone, after the statements before them are committed: a trust push changes how the envelopes
         after it verify. Never raises for anything in ``raws``.
         """
+        counting = _COUNTED.set(set())
+        try:
+            return await self._receive_many(raws, form, peer_identity)
+        finally:
+            _COUNTED.reset(counting)
+
+    async def _receive_many(
+        self, raws: Sequence[bytes], form: EnvelopeForm, peer_identity: str | None
+    ) -> list[Received]:
         received: list[Received | None] = [None] * len(raws)
         group: list[tuple[int, _Checked]] = []
 
@@ -690,15 +729,33 @@ class Exchange:
                     for checked in rest:
                         received.extend(await self._apply_group([checked], form, held=held))
                 else:
+                    if isinstance(exc, HandlerFailed):
+                        # Counted here, where it failed alone: once per delivery, however it was batched.
+                        self._count_failure(rest[0])
                     received.extend(self._failed(checked.raw, form, exc) for checked in rest)
                 return received
             received.extend(outcomes)
+            for checked in after.taken_in:  # taken in for good: its failures are over
+                self._failed_attempts.pop((checked.partner.party, checked.header.message_id), None)
             if faults.ARMED:
                 for checked in after.taken_in:
                     faults.reach(faults.COMMITTED_BY_STATEMENT.get(checked.statement.WhichOneof("body") or "", ""))
             if after.held is not None:
                 await self._apply_held(*after.held)
         return received
+
+    def _count_failure(self, checked: _Checked) -> None:
+        """One more delivery the handler failed on ``checked`` in: once per delivery, however many times the
+        delivery applied it (alone after its batch failed, and from behind a gap)."""
+        attempt = (checked.partner.party, checked.header.message_id)
+        counted = _COUNTED.get()
+        if counted is not None:
+            if attempt in counted:
+                return
+            counted.add(attempt)
+        if len(self._failed_attempts) >= _FAILURES_KEPT:
+            self._failed_attempts.clear()
+        self._failed_attempts[attempt] = self._failed_attempts.get(attempt, 0) + 1
 
     async def _apply_together(
         self, group: Sequence[_Checked], form: EnvelopeForm, *, held: bool
@@ -766,13 +823,19 @@ class Exchange:
             await self._log_pair(tx, partner.party, header.message_id, raw, form, receipt, now, topic)
             return Received(receipt, gap.code, gap.message), False
         code, detail = ResponseCode.OK, "taken in"
+        attempt = (partner.party, header.message_id)
+        failed = self._failed_attempts.get(attempt, 0)
         try:
             async with tx.savepoint():
-                refused = await self.handler(tx, partner.party, header, statement)
+                refused = await self.handler(
+                    tx, partner.party, header, statement, final_attempt=failed + 1 >= FAILED_STATEMENT_ATTEMPTS
+                )
             if refused is not None:
                 code, detail = refused.code, refused.message
         except GatewayError as exc:
             code, detail = exc.code, exc.message
+        except HandlerFailed:
+            raise  # not taken in: counted by `_apply_group`, where it failed alone
         except Exception as exc:
             if self.store.is_transient(exc):
                 # The database could not do it now: nothing is taken in, and the sender sends it again.

@@ -12,6 +12,7 @@ from gateway.domain.records import LedgerEntry
 from gateway.domain.statements import Header
 from gateway.domain.text import check_identifier
 from gateway.domain.transfer import Transfer
+from gateway.exchange import HandlerFailed
 from gateway.store.base import BlockPosition, StoredBlock, Transaction
 from gateway.usecases.authorizations import AuthorizationKeeping
 from gateway.usecases.base import Idempotency, LedgerOptions, log
@@ -52,13 +53,20 @@ class Gateway(
     """One jurisdiction's gateway: its store, its exchange with partners, and its decision policy."""
 
     async def on_statement(
-        self, tx: Transaction, partner: str, header: Header, statement: partner_pb2.Statement
+        self,
+        tx: Transaction,
+        partner: str,
+        header: Header,
+        statement: partner_pb2.Statement,
+        *,
+        final_attempt: bool = True,
     ) -> GatewayError | None:
         """Apply a verified, in-order statement from ``partner`` (see `gateway.exchange.StatementHandler`).
 
         No statement can stop its channel: whatever goes wrong is rolled back and becomes a refusal with a
-        response code. A Proposal that cannot be taken up is still answered with a rejection, so that the
-        initiating side releases its units.
+        response code. A failure of this gateway's own (a bug, or data it cannot read) is first left untaken,
+        for the sender to send again, unless this is the ``final_attempt``. A Proposal that cannot be taken up
+        is still answered with a rejection, so that the initiating side releases its units.
         """
         try:
             async with tx.savepoint():
@@ -68,7 +76,11 @@ class Gateway(
         except Exception as exc:
             if self.store.is_transient(exc):
                 raise  # the database could not do it now: nothing is taken in, and the sender sends it again
-            log.exception("failed while applying a %s from %s", statement.WhichOneof("body"), partner)
+            kind = statement.WhichOneof("body")
+            if not final_attempt:
+                log.exception("failed while applying a %s from %s; it is not taken in, to be sent again", kind, partner)
+                raise HandlerFailed(f"the receiver failed while applying it: {exc!r}") from exc
+            log.exception("failed while applying a %s from %s; it is taken in refused", kind, partner)
             refusal = GatewayError(ResponseCode.INTERNAL_ERROR, f"the receiver failed while applying it: {exc!r}")
         else:
             return None

@@ -85,7 +85,7 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.TRUST_UPDATE_REFUSED: "a trust update is not the next version or lacks the old or new trust threshold",
     ResponseCode.DECISION_DEADLINE_PASSED: "the proposal waited for a decision past its deadline",
     ResponseCode.INTERNAL_ERROR: "the receiver failed while handling the message; nothing took effect, and the "
-    "sender retries",
+    'sender retries (taken in refused only after five failed deliveries of a statement: see "Partner exchange")',
     ResponseCode.UNKNOWN_SERIAL_SPACE: "the unit kind, issuing registry or issuance is not on this gateway's "
     "configured lists",
     ResponseCode.PROVENANCE_REFUSED: "the units belong to a serial space whose history refuses this: a space this "

@@ -21,7 +21,7 @@ from gateway import wire
 from gateway.demo import Pair
 from gateway.domain.errors import ResponseCode
 from gateway.domain.statements import ChannelState
-from gateway.exchange import ExchangeSettings
+from gateway.exchange import FAILED_STATEMENT_ATTEMPTS, ExchangeSettings
 from gateway.harness import start_network
 from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import Partner, PartnerDirectory
@@ -221,6 +221,41 @@ async def test_a_statement_the_receiver_fails_on_does_not_keep_the_ones_before_i
     assert [(ResponseCode(r.code).name, r.taken_in) for r in again] == [("OK", True)]
     async with pair.che.store.read() as tx:
         # The third was held behind the gap and followed the second in.
+        assert (await tx.incoming_channel("CHN")).last_sequence == crafter.channel.last_sequence
+
+
+@pytest.mark.asyncio
+async def test_a_statement_the_receiver_fails_on_in_a_batch_counts_one_failure_per_delivery(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crafter = await crafter_for(pair)
+    envelopes = batch_case(crafter, ["s", "s", "s"])
+    poison = partner_pb2.Statement.FromString(wire.envelope_from_bytes(envelopes[1]).payload).header.message_id
+    gateway = pair.che.core.gateway
+    dispatch = gateway._dispatch
+    tried: list[str] = []
+
+    async def fails_on_the_second(tx: Any, partner: str, statement: partner_pb2.Statement) -> None:
+        if statement.header.message_id == poison:
+            tried.append(poison)
+            raise RuntimeError("a bug met while applying this statement")
+        await dispatch(tx, partner, statement)
+
+    monkeypatch.setattr(gateway, "_dispatch", fails_on_the_second)
+    # The sender sends the batch again from the statement not taken in, as its outbox would.
+    answers = [await deliver_batch_raw(pair.che.partner_address, envelopes)]
+    while not answers[-1][0].taken_in or len(answers) == 1:
+        answers.append(await deliver_batch_raw(pair.che.partner_address, envelopes[1:]))
+        assert len(answers) <= FAILED_STATEMENT_ATTEMPTS
+    # Not taken in for four deliveries of the batch, however often a delivery applied it; taken in refused at the
+    # fifth, with the statement behind it.
+    first, *again, last = answers
+    assert [(ResponseCode(r.code).name, r.taken_in) for r in first][:2] == [("OK", True), ("INTERNAL_ERROR", False)]
+    assert len(again) == FAILED_STATEMENT_ATTEMPTS - 2
+    assert all((ResponseCode(r[0].code), r[0].taken_in) == (ResponseCode.INTERNAL_ERROR, False) for r in again)
+    assert [(ResponseCode(r.code).name, r.taken_in) for r in last] == [("INTERNAL_ERROR", True), ("OK", True)]
+    assert len(tried) >= FAILED_STATEMENT_ATTEMPTS
+    async with pair.che.store.read() as tx:
         assert (await tx.incoming_channel("CHN")).last_sequence == crafter.channel.last_sequence
 
 
@@ -493,3 +528,32 @@ async def test_a_run_too_large_for_the_partners_server_goes_one_envelope_per_cal
             assert (await tx.incoming_channel("CHN")).last_sequence == 40
     finally:
         await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_statement_taken_in_refused_in_a_batch_that_then_fails_keeps_its_count(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crafter = await crafter_for(pair)
+    envelopes = batch_case(crafter, ["s", "s"])
+    first, second = (
+        partner_pb2.Statement.FromString(wire.envelope_from_bytes(e).payload).header.message_id for e in envelopes
+    )
+
+    async def always_fails(tx: Any, partner: str, statement: partner_pb2.Statement) -> None:
+        raise RuntimeError("a bug met while applying every statement")
+
+    monkeypatch.setattr(pair.che.core.gateway, "_dispatch", always_fails)
+    exchange = pair.che.core.exchange
+    # The first is sent alone four times, then with the second, as an outbox sends a lane once more is due.
+    for _ in range(FAILED_STATEMENT_ATTEMPTS - 1):
+        [alone] = await deliver_batch_raw(pair.che.partner_address, envelopes[:1])
+        assert (ResponseCode(alone.code), alone.taken_in) == (ResponseCode.INTERNAL_ERROR, False)
+    answers = await deliver_batch_raw(pair.che.partner_address, envelopes)
+    # Its fifth delivery takes it in refused, although the batch's first transaction, with the second failing in
+    # it, was rolled back; the second's delivery counts once, whichever way the delivery applied it.
+    assert [(ResponseCode(r.code).name, r.taken_in) for r in answers] == [
+        ("INTERNAL_ERROR", True),
+        ("INTERNAL_ERROR", False),
+    ]
+    assert (exchange._failed_attempts.get(("CHN", first)), exchange._failed_attempts.get(("CHN", second))) == (None, 1)

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,7 +24,7 @@ from gateway import wire
 from gateway.demo import DEMO_AUTHORIZATION, Pair, demo_block, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import Deadlines
-from gateway.exchange import EnvelopeForm, ExchangeSettings
+from gateway.exchange import FAILED_STATEMENT_ATTEMPTS, EnvelopeForm, ExchangeSettings
 from gateway.harness import Network, start_network
 from gateway.node import GatewayNode
 from gateway.outbox import PartnerTransport
@@ -457,8 +458,22 @@ async def test_defect_03_values_beyond_64_bits_are_refused_and_the_channel_goes_
     assert await state_of(pair.che, done) == records_pb2.COMPLETED
 
 
+async def send_until_taken_in(node: GatewayNode, receiver: GatewayNode, **body: object) -> list[partner_pb2.Receipt]:
+    """Deliver one statement on ``node``'s real channel to ``receiver`` again and again, as its sender would, until
+    it is taken in: every receipt."""
+    c = await crafter(node, receiver.party)
+    payload, _ = c.statement(**body)
+    envelope = wire.envelope_to_bytes(c.envelope(payload))
+    receipts = [await deliver_raw(receiver, envelope)]
+    while not receipts[-1].taken_in and len(receipts) <= FAILED_STATEMENT_ATTEMPTS:
+        receipts.append(await deliver_raw(receiver, envelope))
+    async with node.store.transaction() as tx:
+        await tx.set_outgoing_channel(receiver.party, c.channel)
+    return receipts
+
+
 @pytest.mark.asyncio
-async def test_defect_03_a_failure_while_applying_a_statement_is_refused_and_the_channel_goes_on(
+async def test_defect_03_a_failure_while_applying_a_statement_is_sent_again_then_refused_and_the_channel_goes_on(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await setup_accounts(pair)
@@ -466,20 +481,45 @@ async def test_defect_03_a_failure_while_applying_a_statement_is_refused_and_the
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in a handler")
 
+    # Not taken in while the sender sends it again, so that a failure that passes loses nothing; then taken in
+    # refused, so that it cannot stop the channel.
+    failing = [(ResponseCode.INTERNAL_ERROR.name, False)] * (FAILED_STATEMENT_ATTEMPTS - 1)
+    refused = [*failing, (ResponseCode.INTERNAL_ERROR.name, True)]
     monkeypatch.setattr(pair.che.gateway, "_on_status_query", broken)
-    receipt = await send(pair.chn, pair.che, status_query=partner_pb2.StatusQuery(transfer_id="q"))
-    assert receipt.taken_in
-    assert ResponseCode(receipt.code) is ResponseCode.INTERNAL_ERROR
+    receipts = await send_until_taken_in(pair.chn, pair.che, status_query=partner_pb2.StatusQuery(transfer_id="q"))
+    assert [(ResponseCode(r.code).name, r.taken_in) for r in receipts] == refused
     monkeypatch.undo()
     receipt = await send(pair.chn, pair.che, status_query=partner_pb2.StatusQuery(transfer_id="q2"))
     assert receipt.taken_in and ResponseCode(receipt.code) is ResponseCode.OK
     # A proposal whose handling fails is still answered, so the initiating side releases its units.
     monkeypatch.setattr(pair.che.gateway, "_on_proposal", broken)
-    receipt = await send(pair.chn, pair.che, proposal=proposal("crashing", [(1, 10)]))
-    assert ResponseCode(receipt.code) is ResponseCode.INTERNAL_ERROR
+    receipts = await send_until_taken_in(pair.chn, pair.che, proposal=proposal("crashing", [(1, 10)]))
+    assert [(ResponseCode(r.code).name, r.taken_in) for r in receipts] == refused
     await settle(pair.chn, pair.che)
     [decision] = await decisions_from(pair.che, "crashing")
     assert not decision.accepted
+
+
+@pytest.mark.asyncio
+async def test_defect_03_a_statement_the_receiver_failed_on_for_a_while_is_applied_when_sent_again(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    block = await setup_accounts(pair)
+    gateway = pair.che.gateway
+    complete = gateway._on_completion
+    failures: list[str] = []
+
+    async def fails_twice(tx: Any, partner: str, completion: partner_pb2.Completion) -> None:
+        if len(failures) < 2:
+            failures.append(completion.transfer_id)
+            raise RuntimeError("a failure that passes")
+        await complete(tx, partner, completion)
+
+    monkeypatch.setattr(gateway, "_on_completion", fails_twice)
+    done = await transfer(pair, block, 1, 10, "passes")
+    # CHN's outbox sent the Completion again after its backoff, and CHE applied it: nothing was lost.
+    assert failures == [done, done]
+    assert await state_of(pair.che, done) == await state_of(pair.chn, done) == records_pb2.COMPLETED
 
 
 @pytest.mark.asyncio

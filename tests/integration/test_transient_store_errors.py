@@ -30,11 +30,13 @@ async def test_a_statement_the_database_could_not_apply_now_is_applied_by_the_re
     applied = exchange.handler
     failures: list[str] = []
 
-    async def fails_once(tx: Any, partner: str, header: Any, statement: Any) -> GatewayError | None:
+    async def fails_once(
+        tx: Any, partner: str, header: Any, statement: Any, *, final_attempt: bool
+    ) -> GatewayError | None:
         if not failures:
             failures.append(header.message_id)
             raise _transient_error(pair.che.store)
-        return await applied(tx, partner, header, statement)
+        return await applied(tx, partner, header, statement, final_attempt=final_attempt)
 
     assert pair.che.store.is_transient(_transient_error(pair.che.store))
     assert not pair.che.store.is_transient(ValueError("a bug"))
