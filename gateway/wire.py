@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -159,11 +160,28 @@ def block_from_proto(
         raise _invalid(field, str(exc)) from None
 
 
+def _check_once(values: Sequence[object], field: str, what: str) -> None:
+    """Refuse a list that names one value twice (as the AEF report would print it twice), naming the repeat."""
+    seen: set[object] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise _invalid(f"{field}[{i}]", f"the {what} {text.quoted(str(value))} is named twice")
+        seen.add(value)
+
+
 def _check_tie(msg: records_pb2.UnitBlock, field: str) -> None:
     """A block's tie is all three of its fields, or none."""
     party, approach, authorization = msg.first_transferring_party, msg.cooperative_approach, msg.authorization_id
     if not (party or approach or authorization):
         return
+    named = {"first_transferring_party": party, "cooperative_approach": approach, "authorization_id": authorization}
+    missing = [name for name, value in named.items() if not value]
+    if missing:
+        raise _invalid(
+            f"{field}.{missing[0]}",
+            "a block's tie is its first transferring Party, cooperative approach and authorization ID together, or"
+            f" nothing: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing",
+        )
     if not PARTY_PATTERN.fullmatch(party):
         raise _invalid(
             f"{field}.first_transferring_party", f"{text.quoted(party)} is not an ISO 3166-1 alpha-3 Party code"
@@ -284,7 +302,7 @@ def authorization_to_proto(a: Authorization) -> records_pb2.Authorization:
 def authorization_from_proto(msg: records_pb2.Authorization, field: str = "authorization") -> Authorization:
     """A wire authorization as a domain authorization; refuses malformed fields by name."""
     text.check_identifier(msg.authorization_id, f"{field}.authorization_id", what="authorization ID")
-    text.check_identifier(msg.version, f"{field}.version", what="version", required=False)
+    text.check_identifier(msg.version, f"{field}.version", what="version")
     if not COOPERATIVE_APPROACH_PATTERN.fullmatch(msg.cooperative_approach):
         raise _invalid(
             f"{field}.cooperative_approach",
@@ -311,6 +329,14 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         for i, value in enumerate(values):
             text.check_name(value, f"{field}.{name}[{i}]", what=name.rstrip("s").replace("_", " "))
     purposes = frozenset(parse_purpose(p, field=f"{field}.purposes[{i}]") for i, p in enumerate(msg.purposes))
+    _check_once([parse_purpose(p) for p in msg.purposes], f"{field}.purposes", "purpose")
+    for name, what in (
+        ("sectors", "sector"),
+        ("activity_types", "activity type"),
+        ("authorized_parties", "Party"),
+        ("authorized_entities", "entity"),
+    ):
+        _check_once(list(getattr(msg, name)), f"{field}.{name}", what)
     text.check_not_na(msg.authorization_id, f"{field}.authorization_id")
     for name in ("activity_types", "authorized_entities"):
         for i, value in enumerate(getattr(msg, name)):

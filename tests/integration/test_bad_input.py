@@ -109,6 +109,15 @@ def authorization(key: str = KEY, **fields: object) -> operator_pb2.RegisterAuth
     return operator_pb2.RegisterAuthorizationRequest(idempotency_key=key, authorization=auth)
 
 
+def authorization_listing(name: str, values: list[str]) -> operator_pb2.RegisterAuthorizationRequest:
+    """`authorization` with the list field ``name`` holding ``values``."""
+    request = authorization()
+    repeated = getattr(request.authorization, name)
+    del repeated[:]
+    repeated.extend(values)
+    return request
+
+
 def issuance(
     key: str = KEY, account_id: str = "CN-PO-0001", attributes: list[tuple[str, str]] | None = None, **fields: object
 ) -> operator_pb2.RegisterIssuanceRequest:
@@ -350,6 +359,23 @@ TABLE: list[Bad] = [
     *each_id("RegisterAuthorization", "authorization.authorization_id", lambda v: authorization(authorization_id=v)),
     Bad("version-nul", "RegisterAuthorization", lambda: authorization(version="1\x00"), "authorization.version"),
     Bad("version-3mb", "RegisterAuthorization", lambda: authorization(version=BIG), "authorization.version"),
+    Bad("version-empty", "RegisterAuthorization", lambda: authorization(version=""), "authorization.version"),
+    # A list naming one value twice (the AEF report would print it twice), however it is spelled.
+    *(
+        Bad(
+            f"{name}-twice",
+            "RegisterAuthorization",
+            partial(authorization_listing, name, values),
+            f"authorization.{name}[{i}]",
+        )
+        for name, values, i in (
+            ("purposes", ["NDC", "OIMP", "ndc"], 2),
+            ("sectors", ["Forestry and land use", "Forestry and land use"], 1),
+            ("activity_types", ["A", "B", "A"], 2),
+            ("authorized_parties", ["CHN", "CHE", "CHE"], 2),
+            ("authorized_entities", ["E-1", "E-1"], 1),
+        )
+    ),
     *[
         Bad(
             f"cooperative_approach-{name}",
@@ -491,6 +517,18 @@ TABLE: list[Bad] = [
     *bad_keys("RegisterAuthorization", lambda k: authorization(key=k)),
     # RegisterIssuance
     Bad("block-missing", "RegisterIssuance", no_block, "block"),
+    # Part of a tie names what is missing of it.
+    Bad(
+        "tie-approach-only",
+        "RegisterIssuance",
+        lambda: issuance(cooperative_approach="CA0001"),
+        "block.first_transferring_party",
+    ),
+    Bad(
+        "tie-party-only",
+        "RegisterIssuance",
+        lambda: issuance(first_transferring_party="CHN"),
+        "block.cooperative_approach",
     ),
     Bad("space-missing", "RegisterIssuance", no_space, "block.space"),
     *each_id("RegisterIssuance", "account_id", lambda v: issuance(account_id=v)),
