@@ -55,6 +55,9 @@ _PARTY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _ROLE_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")
 _EXPIRES_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+MAX_VERSION = 2**63 - 1
+"""The largest version a trust document may carry: stores keep versions as 64-bit signed integers."""
+
 _DOCUMENT_FIELDS = frozenset({"party", "version", "expires", "keys", "roles"})
 _ROLE_FIELDS = frozenset({"keyids", "threshold"})
 
@@ -93,7 +96,7 @@ class TrustDocument:
     Construction validates the document (raising `TrustDocumentFormatError`):
 
     - ``party`` is a short identifier (letters, digits, ``.``, ``_``, ``:``, ``-``), e.g. ``CHN``;
-    - ``version`` is an integer >= 1;
+    - ``version`` is an integer from 1 to `MAX_VERSION`;
     - ``expires`` is timezone-aware; it is stored in UTC, truncated to whole seconds;
     - ``keys`` maps each keyid to the key record with that keyid, and every keyid is the key's own,
       `signing.keys.compute_keyid` of its ``public_bytes`` (lowercase hex SHA-256 of the
@@ -117,9 +120,10 @@ class TrustDocument:
                 f"party {self.party!r} is not a valid party identifier: use 1-64 letters, digits, '.', '_', "
                 "':' or '-', such as 'CHN'"
             )
-        if not _is_int(self.version) or self.version < 1:
+        if not _is_int(self.version) or not 1 <= self.version <= MAX_VERSION:
             raise TrustDocumentFormatError(
-                f"trust document for {self.party}: version must be an integer >= 1, got {self.version!r}"
+                f"trust document for {self.party}: version must be an integer from 1 to 2^63 - 1, got"
+                f" {self.version!r}"
             )
         if not isinstance(self.expires, datetime) or self.expires.utcoffset() is None:
             raise TrustDocumentFormatError(

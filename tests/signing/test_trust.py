@@ -112,8 +112,10 @@ def test_expires_is_normalized_to_utc_seconds(v1: TrustDocument) -> None:
     [
         ({"party": ""}, "not a valid party identifier"),
         ({"party": "CH N"}, "not a valid party identifier"),
-        ({"version": 0}, "version must be an integer >= 1"),
-        ({"version": True}, "version must be an integer >= 1"),
+        ({"version": 0}, "version must be an integer from 1 to 2\\^63 - 1"),
+        ({"version": True}, "version must be an integer from 1 to 2\\^63 - 1"),
+        ({"version": 2**63}, "version must be an integer from 1 to 2\\^63 - 1"),
+        ({"version": 2**64 + 1}, "version must be an integer from 1 to 2\\^63 - 1"),
         ({"expires": datetime(2027, 1, 1)}, "timezone-aware"),
         ({"keys": {}}, "keys must be a non-empty mapping"),
     ],
