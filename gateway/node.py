@@ -644,9 +644,14 @@ async def _open_store(location: Path | str) -> Store:
 def check_database_file(path: Path) -> None:
     """Refuse an SQLite ``database`` path that is a folder or whose folder does not exist, naming the setting:
     what `GatewayNode.from_config` and ``config check`` both run before the file is opened."""
-    if path.is_dir():
+    try:
+        folder = path.is_dir()
+        parent = path.parent.is_dir()
+    except OSError as exc:  # a name too long for the file system, say
+        raise ConfigError(f"database: {str(path)[:300]!r} cannot be used as a file name: {exc.strerror}") from None
+    if folder:
         raise ConfigError(f"database: {path} is a folder; name a file (it is created if missing)")
-    if not path.parent.is_dir():
+    if not parent:
         raise ConfigError(
             f"database: the folder {path.parent} does not exist; create it or name a file in an existing folder"
         )

@@ -792,9 +792,11 @@ def _config_check(args: argparse.Namespace) -> int:
 def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
     """The newest version of the Party's own trust document its SQLite database holds (after a rotation it is
     later than the configured one, and ``serve`` starts from it); None for none, or a database not readable."""
-    if not isinstance(config.database, Path) or not config.database.is_file():
+    if not isinstance(config.database, Path):
         return None
     try:
+        if not config.database.is_file():
+            return None
         db = sqlite3.connect(f"{config.database.resolve().as_uri()}?mode=ro", uri=True)
         try:
             row = db.execute(
@@ -803,7 +805,7 @@ def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
         finally:
             db.close()
         return None if row is None else TrustedParty.restore(Envelope.from_json(row[0]))
-    except (sqlite3.Error, SigningError, ValueError):
+    except (OSError, sqlite3.Error, SigningError, ValueError):
         return None  # `serve` names what is wrong with the database itself
 
 

@@ -392,3 +392,20 @@ def test_config_check_says_a_tls_key_cannot_be_read_not_that_it_is_not_pem(
     [line] = _check(_write(tmp_path, text), capsys)
     assert f"tls.private_key: {tmp_path / 'tls.key'} cannot be read: larger than {MAX_FILE_BYTES} bytes" in line
     assert "PEM" not in line
+
+
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        ("x" * 300 + ".db", "cannot be used as a file name: File name too long"),
+        ("missing-folder/chn.db", "the folder"),
+        (".", "is a folder"),
+    ],
+)
+def test_config_check_names_a_database_file_that_cannot_be(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], database: str, expected: str
+) -> None:
+    _files(tmp_path)
+    [line] = _check(_write(tmp_path, GOOD.replace('database = "chn.db"', f'database = "{database}"')), capsys)
+    assert line.count(": database: ") == 1 and expected in line, line
+    assert len(line) < 600
