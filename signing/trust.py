@@ -122,8 +122,7 @@ class TrustDocument:
             )
         if not _is_int(self.version) or not 1 <= self.version <= MAX_VERSION:
             raise TrustDocumentFormatError(
-                f"trust document for {self.party}: version must be an integer from 1 to 2^63 - 1, got"
-                f" {self.version!r}"
+                f"trust document for {self.party}: version must be an integer from 1 to 2^63 - 1, got {self.version!r}"
             )
         if not isinstance(self.expires, datetime) or self.expires.utcoffset() is None:
             raise TrustDocumentFormatError(

@@ -13,6 +13,7 @@ from carbon_gateway.v1 import records_pb2
 from gateway import wire
 from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,31 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: GatewayEr
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+UNAVAILABLE_MESSAGE = (
+    "the gateway's database could not do this now ({error}); call again later, with the same idempotency key"
+    " for a write, which never takes effect twice"
+)
+
+
+async def abort_unexpected(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str, store: Store | None
+) -> None:
+    """End a call that failed on something other than a refusal. A failure the store calls transient (the
+    database unreachable, busy or full) is ``UNAVAILABLE``, which clients retry, logged in one line; anything else
+    is a bug: ``INTERNAL``, with its traceback in the log."""
+    if store is not None and store.is_transient(exc):
+        error = text.truncate(f"{type(exc).__name__}: {exc}", 200)
+        log.warning("%s: the database could not do it now: %s", method, error)
+        refusal = GatewayError(ResponseCode.INTERNAL_ERROR, UNAVAILABLE_MESSAGE.format(error=error))
+        context.set_trailing_metadata(((ERROR_DETAIL_KEY, error_detail(refusal).SerializeToString()),))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, status_message(refusal))
+    log.error("internal error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details")
+
+
 def refusals_as_status(handler: F) -> F:
-    """Turn a `GatewayError` into its status. Any other exception is a bug: log it and return INTERNAL."""
+    """Turn a `GatewayError` into its status, and any other exception into `abort_unexpected`'s, asking the
+    store of the service's gateway (``self.gateway.store``, where it has one) whether the failure is transient."""
 
     @functools.wraps(handler)
     async def wrapped(self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -95,9 +119,9 @@ def refusals_as_status(handler: F) -> F:
             raise AssertionError("unreachable") from exc
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("internal error in %s", getattr(handler, "__name__", "handler"))
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details")
+        except Exception as exc:
+            store = getattr(getattr(self, "gateway", None), "store", None)
+            await abort_unexpected(context, exc, getattr(handler, "__name__", "handler"), store)
             raise AssertionError("unreachable") from None
 
     return wrapped  # type: ignore[return-value]

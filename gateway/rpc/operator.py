@@ -23,7 +23,7 @@ from gateway.domain.transfer import Transfer
 from gateway.partners import TRANSFER_ROLE
 from gateway.rpc import paging
 from gateway.rpc.auth import current_caller
-from gateway.rpc.errors import abort_with, refusals_as_status
+from gateway.rpc.errors import abort_unexpected, abort_with, refusals_as_status
 from gateway.service import (
     BlockSelection,
     Gateway,
@@ -641,9 +641,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
             )
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("internal error in WatchChanges")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the gateway's log has the details")
+        except Exception as exc:
+            await abort_unexpected(context, exc, "WatchChanges", self.gateway.store)
 
 
 def _reconciliation(run: ReconciliationRun, *, report: bool = True) -> operator_pb2.Reconciliation:

@@ -110,6 +110,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.QueryCanceledError,
+    # A connection the server ended under it (a restart, a failover, pg_terminate_backend) can leave asyncpg's
+    # protocol mid-operation; the transaction then ends it, and the pool opens another.
+    asyncpg.exceptions.InternalClientError,
     TimeoutError,
     ConnectionError,
 )
@@ -118,6 +121,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached or used; the message names it without its password."""
+
+
+class ConnectFailed(ConnectionError):
+    """No connection to the database could be opened for a transaction (the server down, restarting, refusing
+    connections): transient, like a connection lost in one."""
 
 
 def redact(url: str) -> str:
@@ -265,7 +273,7 @@ class PostgresStore:
         tx: PostgresTransaction | None = None
         announce = False
         try:
-            async with self._pool.acquire() as connection, _transaction(connection, begin):
+            async with self._acquire() as connection, _transaction(connection, begin):
                 tx = PostgresTransaction(connection)
                 yield tx
             announce = True
@@ -284,10 +292,22 @@ class PostgresStore:
     async def read(self) -> AsyncIterator[PostgresTransaction]:
         """Begin a transaction for reads: a consistent snapshot (REPEATABLE READ READ ONLY), no lock taken."""
         async with (
-            self._pool.acquire() as connection,
+            self._acquire() as connection,
             _transaction(connection, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
         ):
             yield PostgresTransaction(connection)
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool; a failure to open one is `ConnectFailed`, whatever the driver raised."""
+        try:
+            connection = await self._pool.acquire()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise ConnectFailed(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        try:
+            yield connection
+        finally:
+            await self._pool.release(connection)
 
     async def close(self) -> None:
         """Close every connection of the pool."""

@@ -91,11 +91,11 @@ class SQLiteStore:
         self._wal = wal
 
     def is_transient(self, error: BaseException) -> bool:
-        """A wait for another process's lock on the file that ran out (``busy_timeout``), and a transaction
-        SQLite rolled back by itself (`TransactionLost`): nothing of it was kept."""
+        """A wait for another process's lock on the file that ran out (``busy_timeout``), a full disk, and a
+        transaction SQLite rolled back by itself (`TransactionLost`): nothing of it was kept."""
         return isinstance(error, TransactionLost) or (
             isinstance(error, sqlite3.OperationalError)
-            and str(error).startswith(("database is locked", "database is busy"))
+            and str(error).startswith(("database is locked", "database is busy", "database or disk is full"))
         )
 
     @property

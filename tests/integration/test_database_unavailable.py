@@ -1,0 +1,73 @@
+"""An operator call while the gateway's database cannot be used (SQLite: another process holds the file's write
+lock past the busy timeout; PostgreSQL: the server refuses connections and ends the gateway's, as in a restart or
+a failover) is refused with UNAVAILABLE, which clients retry, and logged in one line, not as a bug; once the
+database is back the same call goes through."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import urllib.parse
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway import harness
+from gateway.demo import Pair
+from gateway.domain.errors import ResponseCode
+from gateway.rpc.errors import read_error_detail
+from tests import postgres
+from tests.integration.harness import operator
+
+
+def open_account() -> operator_pb2.OpenAccountRequest:
+    return operator_pb2.OpenAccountRequest(
+        idempotency_key="while-down",
+        account=records_pb2.Account(account_id="PO-DOWN", holder_name="Owner", account_type="project owner"),
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_call_while_the_database_cannot_be_used_is_unavailable_and_goes_through_later(
+    pair: Pair, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    location = await harness.database_location(tmp_path, "CHN")
+    blocker: sqlite3.Connection | None = None
+    admin: asyncpg.Connection | None = None
+    name = ""
+    if isinstance(location, Path):
+        blocker = sqlite3.connect(location, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+    else:
+        name = urllib.parse.urlsplit(location).path.lstrip("/")
+        admin = await asyncpg.connect(postgres.admin_url())
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+    caplog.set_level(logging.WARNING)
+    try:
+        async with operator(pair.chn) as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.OpenAccount(open_account(), timeout=30)
+    finally:
+        if blocker is not None:
+            blocker.rollback()
+            blocker.close()
+        if admin is not None:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await admin.close()
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    detail = read_error_detail(caught.value.trailing_metadata())
+    assert detail is not None and ResponseCode(detail.code) is ResponseCode.INTERNAL_ERROR
+    assert "could not do this now" in detail.message and "same idempotency key" in detail.message
+    # One line in the log, no traceback: the database, not a bug.
+    said = [r for r in caplog.records if "OpenAccount" in r.getMessage()]
+    assert said and all(r.levelno == logging.WARNING and r.exc_info is None for r in said), said
+    async with operator(pair.chn) as stub:
+        opened = await stub.OpenAccount(open_account(), timeout=30)
+    assert opened.account_id == "PO-DOWN"
