@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -116,17 +116,17 @@ class MappingService(mapping_pb2_grpc.MappingServiceServicer):
         self, requests: AsyncIterator[mapping_pb2.MapRecordsRequest], context: Context[Any, Any]
     ) -> AsyncIterator[mapping_pb2.MapRecordsResponse]:
         first: mapping_pb2.MapRecordsRequest | None = None
-        mapping_context = MappingContext()
+        first_context = MappingContext()
         offset = 0
         try:
             async for request in requests:
                 if first is None:
                     first = request
-                    mapping_context = _context(request.context_json)
+                    first_context = mapping_context = _context(request.context_json)
                 else:
                     request = _inherit(first, request)
-                    if request.context_json and request.context_json != first.context_json:
-                        mapping_context = _context(request.context_json)
+                    same = request.context_json == first.context_json
+                    mapping_context = first_context if same else _context(request.context_json)
                 wire, records = await asyncio.to_thread(_mapped, request, mapping_context, offset)
                 yield wire
                 offset += records
@@ -144,14 +144,23 @@ def _mapped(
 
 
 _SETTINGS = tuple(field.name for field in mapping_pb2.MapRecordsRequest.DESCRIPTOR.fields if field.name != "payload")
+_Option = Literal["strict", "per_record", "strict_nomenclature"]
+_OPTIONS: tuple[_Option, ...] = ("strict", "per_record", "strict_nomenclature")
+"""The settings a later request can set to false: the ``optional`` ones, whose presence is kept."""
 
 
 def _inherit(
     first: mapping_pb2.MapRecordsRequest, later: mapping_pb2.MapRecordsRequest
 ) -> mapping_pb2.MapRecordsRequest:
-    """``later`` with its empty settings taken from ``first``; the payload is always its own."""
+    """``later`` with its empty or unset settings taken from ``first``; the payload is always its own."""
     merged = mapping_pb2.MapRecordsRequest(payload=later.payload)
+    for option in _OPTIONS:
+        source = later if later.HasField(option) else first
+        if source.HasField(option):
+            setattr(merged, option, getattr(source, option))
     for name in _SETTINGS:
+        if name in _OPTIONS:
+            continue
         value = getattr(later, name) or getattr(first, name)
         if value:
             setattr(merged, name, value)

@@ -138,3 +138,26 @@ async def test_a_large_batch_comes_back_row_for_row_as_the_full_mapping_gives_it
     assert [(r.position, list(r.values), tuple(r.lost_fields)) for r in mapped.rows] == [
         (r.position, list(r.values), r.lost_fields) for r in expected.rows
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_later_request_may_turn_an_option_off_and_an_empty_context_is_the_first_requests(pair: Pair) -> None:
+    other = json.loads(CONTEXT)
+    other["facts"]["cooperative_approach"] = "CA0002"
+
+    async def requests() -> AsyncIterator[mapping_pb2.MapRecordsRequest]:
+        yield request([credit(1)], strict=True)  # refused: the record would lose fields
+        yield mapping_pb2.MapRecordsRequest(payload=json.dumps([credit(2)]).encode(), strict=False)
+        yield mapping_pb2.MapRecordsRequest(payload=json.dumps([credit(3)]).encode())  # strict again, inherited
+        yield mapping_pb2.MapRecordsRequest(
+            payload=json.dumps([credit(4)]).encode(), strict=False, context_json=json.dumps(other).encode()
+        )
+        yield mapping_pb2.MapRecordsRequest(payload=json.dumps([credit(5)]).encode(), strict=False)
+
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        responses = [r async for r in stub.StreamMapRecords(requests())]
+    assert [r.applied for r in responses] == [False, True, False, True, True]
+    approach = list(responses[1].columns).index("Cooperative approach ID")
+    # The context a request leaves empty is the first request's, not the one a request before it gave.
+    assert [r.rows[0].values[approach] for r in responses if r.applied] == ["CA0001", "CA0002", "CA0001"]

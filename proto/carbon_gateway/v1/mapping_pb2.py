@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61rbon_gateway/v1/mapping.proto\x12\x11\x63\x61rbon_gateway.v1\"\x15\n\x13ListAdaptersRequest\"_\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05reads\x18\x03 \x03(\t\x12\x0e\n\x06writes\x18\x04 \x03(\t\x12\x0e\n\x06record\x18\x05 \x01(\t\"H\n\x14ListAdaptersResponse\x12\x30\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x1e.carbon_gateway.v1.AdapterInfo\"\xb2\x01\n\x11MapRecordsRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x15\n\rsource_format\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x0e\n\x06strict\x18\x05 \x01(\x08\x12\x12\n\nper_record\x18\x06 \x01(\x08\x12\x1b\n\x13strict_nomenclature\x18\x07 \x01(\x08\x12\x14\n\x0c\x63ontext_json\x18\x08 \x01(\x0c\"e\n\x0cMappingIssue\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x15\n\rlast_position\x18\x05 \x01(\x03\"B\n\tMappedRow\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x13\n\x0blost_fields\x18\x03 \x03(\t\"\xc3\x01\n\x12MapRecordsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12*\n\x04rows\x18\x03 \x03(\x0b\x32\x1c.carbon_gateway.v1.MappedRow\x12/\n\x06issues\x18\x04 \x03(\x0b\x32\x1f.carbon_gateway.v1.MappingIssue\x12.\n\x05notes\x18\x05 \x03(\x0b\x32\x1f.carbon_gateway.v1.MappingIssue2\xb1\x02\n\x0eMappingService\x12_\n\x0cListAdapters\x12&.carbon_gateway.v1.ListAdaptersRequest\x1a\'.carbon_gateway.v1.ListAdaptersResponse\x12Y\n\nMapRecords\x12$.carbon_gateway.v1.MapRecordsRequest\x1a%.carbon_gateway.v1.MapRecordsResponse\x12\x63\n\x10StreamMapRecords\x12$.carbon_gateway.v1.MapRecordsRequest\x1a%.carbon_gateway.v1.MapRecordsResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61rbon_gateway/v1/mapping.proto\x12\x11\x63\x61rbon_gateway.v1\"\x15\n\x13ListAdaptersRequest\"_\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05reads\x18\x03 \x03(\t\x12\x0e\n\x06writes\x18\x04 \x03(\t\x12\x0e\n\x06record\x18\x05 \x01(\t\"H\n\x14ListAdaptersResponse\x12\x30\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x1e.carbon_gateway.v1.AdapterInfo\"\xf3\x01\n\x11MapRecordsRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x15\n\rsource_format\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x13\n\x06strict\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\nper_record\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12 \n\x13strict_nomenclature\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x14\n\x0c\x63ontext_json\x18\x08 \x01(\x0c\x42\t\n\x07_strictB\r\n\x0b_per_recordB\x16\n\x14_strict_nomenclature\"e\n\x0cMappingIssue\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x15\n\rlast_position\x18\x05 \x01(\x03\"B\n\tMappedRow\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x13\n\x0blost_fields\x18\x03 \x03(\t\"\xc3\x01\n\x12MapRecordsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12*\n\x04rows\x18\x03 \x03(\x0b\x32\x1c.carbon_gateway.v1.MappedRow\x12/\n\x06issues\x18\x04 \x03(\x0b\x32\x1f.carbon_gateway.v1.MappingIssue\x12.\n\x05notes\x18\x05 \x03(\x0b\x32\x1f.carbon_gateway.v1.MappingIssue2\xb1\x02\n\x0eMappingService\x12_\n\x0cListAdapters\x12&.carbon_gateway.v1.ListAdaptersRequest\x1a\'.carbon_gateway.v1.ListAdaptersResponse\x12Y\n\nMapRecords\x12$.carbon_gateway.v1.MapRecordsRequest\x1a%.carbon_gateway.v1.MapRecordsResponse\x12\x63\n\x10StreamMapRecords\x12$.carbon_gateway.v1.MapRecordsRequest\x1a%.carbon_gateway.v1.MapRecordsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTADAPTERSRESPONSE']._serialized_start=174
   _globals['_LISTADAPTERSRESPONSE']._serialized_end=246
   _globals['_MAPRECORDSREQUEST']._serialized_start=249
-  _globals['_MAPRECORDSREQUEST']._serialized_end=427
-  _globals['_MAPPINGISSUE']._serialized_start=429
-  _globals['_MAPPINGISSUE']._serialized_end=530
-  _globals['_MAPPEDROW']._serialized_start=532
-  _globals['_MAPPEDROW']._serialized_end=598
-  _globals['_MAPRECORDSRESPONSE']._serialized_start=601
-  _globals['_MAPRECORDSRESPONSE']._serialized_end=796
-  _globals['_MAPPINGSERVICE']._serialized_start=799
-  _globals['_MAPPINGSERVICE']._serialized_end=1104
+  _globals['_MAPRECORDSREQUEST']._serialized_end=492
+  _globals['_MAPPINGISSUE']._serialized_start=494
+  _globals['_MAPPINGISSUE']._serialized_end=595
+  _globals['_MAPPEDROW']._serialized_start=597
+  _globals['_MAPPEDROW']._serialized_end=663
+  _globals['_MAPRECORDSRESPONSE']._serialized_start=666
+  _globals['_MAPRECORDSRESPONSE']._serialized_end=861
+  _globals['_MAPPINGSERVICE']._serialized_start=864
+  _globals['_MAPPINGSERVICE']._serialized_end=1169
 # @@protoc_insertion_point(module_scope)

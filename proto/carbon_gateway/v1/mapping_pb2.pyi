@@ -114,7 +114,10 @@ class MapRecordsRequest(_message.Message):
     payload: _builtins.bytes
     """one batch of source records, as a file in source_format"""
     strict: _builtins.bool
-    """refuse any record that would lose a field"""
+    """The options are optional so that a later request of a stream can set one to false: left unset, a later
+    request takes the first request's value.
+    refuse any record that would lose a field
+    """
     per_record: _builtins.bool
     """apply the records that map even if others are refused"""
     strict_nomenclature: _builtins.bool
@@ -128,16 +131,27 @@ class MapRecordsRequest(_message.Message):
         target: _builtins.str = ...,
         source_format: _builtins.str = ...,
         payload: _builtins.bytes = ...,
-        strict: _builtins.bool = ...,
-        per_record: _builtins.bool = ...,
-        strict_nomenclature: _builtins.bool = ...,
+        strict: _builtins.bool | None = ...,
+        per_record: _builtins.bool | None = ...,
+        strict_nomenclature: _builtins.bool | None = ...,
         context_json: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_per_record", b"_per_record", "_strict", b"_strict", "_strict_nomenclature", b"_strict_nomenclature", "per_record", b"per_record", "strict", b"strict", "strict_nomenclature", b"strict_nomenclature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_json", b"context_json", "payload", b"payload", "per_record", b"per_record", "source", b"source", "source_format", b"source_format", "strict", b"strict", "strict_nomenclature", b"strict_nomenclature", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_per_record", b"_per_record", "_strict", b"_strict", "_strict_nomenclature", b"_strict_nomenclature", "context_json", b"context_json", "payload", b"payload", "per_record", b"per_record", "source", b"source", "source_format", b"source_format", "strict", b"strict", "strict_nomenclature", b"strict_nomenclature", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__per_record: _TypeAlias = _typing.Literal["per_record"]  # noqa: Y015
+    _WhichOneofArgType__per_record: _TypeAlias = _typing.Literal["_per_record", b"_per_record"]  # noqa: Y015
+    _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
+    _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
+    _WhichOneofReturnType__strict_nomenclature: _TypeAlias = _typing.Literal["strict_nomenclature"]  # noqa: Y015
+    _WhichOneofArgType__strict_nomenclature: _TypeAlias = _typing.Literal["_strict_nomenclature", b"_strict_nomenclature"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__per_record) -> _WhichOneofReturnType__per_record | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strict) -> _WhichOneofReturnType__strict | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strict_nomenclature) -> _WhichOneofReturnType__strict_nomenclature | None: ...
 
 Global___MapRecordsRequest: _TypeAlias = MapRecordsRequest  # noqa: Y015
 

@@ -67,8 +67,9 @@ class MappingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamMapRecords(self, request_iterator, context):
-        """One response per request, in order. Fields left empty in a later request (source, target, formats,
-        options, context) keep the values of the first request, so a client sends them once.
+        """One response per request, in order. Fields left empty or unset in a later request (source, target,
+        formats, options, context) take the values of the first request, so a client sends them once; a field a
+        later request sets applies to that request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,8 +38,9 @@ class MappingServiceStub:
     ListAdapters: _grpc.UnaryUnaryMultiCallable[_mapping_pb2.ListAdaptersRequest, _mapping_pb2.ListAdaptersResponse]
     MapRecords: _grpc.UnaryUnaryMultiCallable[_mapping_pb2.MapRecordsRequest, _mapping_pb2.MapRecordsResponse]
     StreamMapRecords: _grpc.StreamStreamMultiCallable[_mapping_pb2.MapRecordsRequest, _mapping_pb2.MapRecordsResponse]
-    """One response per request, in order. Fields left empty in a later request (source, target, formats,
-    options, context) keep the values of the first request, so a client sends them once.
+    """One response per request, in order. Fields left empty or unset in a later request (source, target,
+    formats, options, context) take the values of the first request, so a client sends them once; a field a
+    later request sets applies to that request.
     """
 
 @_typing.type_check_only
@@ -48,8 +49,9 @@ class MappingServiceAsyncStub(MappingServiceStub):
     ListAdapters: _aio.UnaryUnaryMultiCallable[_mapping_pb2.ListAdaptersRequest, _mapping_pb2.ListAdaptersResponse]  # type: ignore[assignment]
     MapRecords: _aio.UnaryUnaryMultiCallable[_mapping_pb2.MapRecordsRequest, _mapping_pb2.MapRecordsResponse]  # type: ignore[assignment]
     StreamMapRecords: _aio.StreamStreamMultiCallable[_mapping_pb2.MapRecordsRequest, _mapping_pb2.MapRecordsResponse]  # type: ignore[assignment]
-    """One response per request, in order. Fields left empty in a later request (source, target, formats,
-    options, context) keep the values of the first request, so a client sends them once.
+    """One response per request, in order. Fields left empty or unset in a later request (source, target,
+    formats, options, context) take the values of the first request, so a client sends them once; a field a
+    later request sets applies to that request.
     """
 
 class MappingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -73,8 +75,9 @@ class MappingServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_mapping_pb2.MapRecordsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_mapping_pb2.MapRecordsResponse], _abc.AsyncIterator[_mapping_pb2.MapRecordsResponse]]:
-        """One response per request, in order. Fields left empty in a later request (source, target, formats,
-        options, context) keep the values of the first request, so a client sends them once.
+        """One response per request, in order. Fields left empty or unset in a later request (source, target,
+        formats, options, context) take the values of the first request, so a client sends them once; a field a
+        later request sets applies to that request.
         """
 
 def add_MappingServiceServicer_to_server(servicer: MappingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
