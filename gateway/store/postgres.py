@@ -173,6 +173,12 @@ def _rowcount(status: str) -> int:
 LOCK_TIMEOUT = "60s"
 """How long a statement waits for a row lock (held, say, by a hand-made repair) before it fails."""
 
+IDLE_IN_TRANSACTION_TIMEOUT = "60s"
+"""How long the server lets a gateway's transaction sit idle (its process frozen, or cut off from the server)
+before it ends the session, and with it the transaction and the store's write lock: a replica that stops mid-
+transaction holds every other replica's writes up for this long at most. A live gateway never waits so long
+between two statements of one transaction."""
+
 
 async def _init_connection(connection: Any) -> None:
     # Stored text is UTC ISO text, never a server-side timestamp: the session time zone is irrelevant, but
@@ -343,7 +349,10 @@ async def _no_reset(connection: Any) -> None:
 
 
 async def _pool(url: str, *, min_size: int, max_size: int, read_only: bool = False) -> Any:
-    settings = {"application_name": "carbon-gateway"}
+    settings = {
+        "application_name": "carbon-gateway",
+        "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT,
+    }
     if read_only:
         settings["default_transaction_read_only"] = "on"
     try:

@@ -1,0 +1,56 @@
+"""The PostgreSQL store's sessions, on the tests' server: a replica frozen in the middle of a write transaction
+(its process stopped, or cut off from the server) holds the other replicas' writes up for the idle timeout at
+most, since the server then ends its session, and with it the store's write lock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+import pytest
+
+from gateway.store import postgres as pg
+from gateway.store.postgres import PostgresStore
+from tests import postgres
+
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.asyncio
+async def test_a_replica_frozen_mid_transaction_holds_the_others_up_for_the_idle_timeout_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admin = postgres.admin_url()
+    monkeypatch.setattr(pg, "IDLE_IN_TRANSACTION_TIMEOUT", "1s")
+    url = await postgres.create_database(admin, "idle")
+    frozen = await PostgresStore.open(url)
+    live = await PostgresStore.open(url)
+    entered, thawed = asyncio.Event(), asyncio.Event()
+
+    async def freezes() -> None:
+        async with frozen.transaction() as tx:
+            await tx.put_setting("frozen", "written", NOW)
+            entered.set()
+            await thawed.wait()  # no statement comes, as from a stopped process
+
+    try:
+        stuck = asyncio.create_task(freezes())
+        await entered.wait()
+        began = time.monotonic()
+        async with asyncio.timeout(30):
+            async with live.transaction() as tx:
+                await tx.put_setting("live", "written", NOW)
+        waited = time.monotonic() - began
+        assert 0.5 < waited < 20, waited  # held up by the frozen transaction's lock, then let through
+        thawed.set()
+        with pytest.raises(Exception) as caught:
+            await stuck
+        # The frozen replica learns its transaction is gone as a transient failure, to do again.
+        assert frozen.is_transient(caught.value), repr(caught.value)
+        async with live.read() as tx:
+            assert (await tx.get_setting("frozen"), await tx.get_setting("live")) == (None, "written")
+    finally:
+        await frozen.close()
+        await live.close()
+        await postgres.drop_databases(admin, [url])
