@@ -109,20 +109,42 @@ ADJUSTMENT_SETTING = "adjustment settings"
 them: the method is chosen once for the period (DESIGN.md section 3)."""
 
 
+async def _recorded_once(store: Store, name: str, value: str, now: dt.datetime) -> str:
+    """The store setting ``name``: ``value``, recorded now, the first time; what was recorded before after that."""
+    async with store.transaction() as tx:
+        recorded = await tx.get_setting(name)
+        if recorded is None:
+            await tx.put_setting(name, value, now)
+            return value
+    return recorded
+
+
 async def _choose_method_once(store: Store, options: LedgerOptions, now: dt.datetime) -> None:
     """Record the configured adjustment settings the first time; refuse to start with different ones."""
     if options.adjustments is None:
         return
     chosen = options.adjustments.describe()
-    async with store.transaction() as tx:
-        recorded = await tx.get_setting(ADJUSTMENT_SETTING)
-        if recorded is None:
-            await tx.put_setting(ADJUSTMENT_SETTING, chosen, now)
-            return
+    recorded = await _recorded_once(store, ADJUSTMENT_SETTING, chosen, now)
     if recorded != chosen:
         raise ConfigError(
             f"ledger: this gateway's ledger was kept under '{recorded}'; the configuration now says '{chosen}'."
             " The method is chosen once for an NDC period: restore the recorded settings"
+        )
+
+
+PARTY_SETTING = "party"
+"""The store setting that records whose books the database keeps, the first time a gateway starts on it."""
+
+
+async def _claim_database(store: Store, party: str, now: dt.datetime) -> None:
+    """Record ``party`` as the database's owner the first time; refuse to start on another Party's database. Two
+    Parties' gateways on one database would mix their books: one's holdings shown as the other's, and statements
+    between them that never settle."""
+    recorded = await _recorded_once(store, PARTY_SETTING, party, now)
+    if recorded != party:
+        raise ConfigError(
+            f"database: it keeps {recorded}'s books, and this gateway is {party}'s. Each Party's gateway needs a"
+            f" database of its own (its replicas share it): name {party}'s"
         )
 
 
@@ -296,6 +318,7 @@ class GatewayNode:
                 _probe_listen(address, setting)
         store = await _open_store(config.database)
         try:
+            await _claim_database(store, config.party, utc_now())
             await _choose_method_once(store, config.ledger, utc_now())
             return cls(
                 party=config.party,

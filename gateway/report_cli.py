@@ -106,9 +106,12 @@ def write_report(
 ) -> list[Path]:
     """Write the AEF report of ``year`` from the database of ``config`` to ``out`` (a workbook, or with ``fmt``
     ``csv`` a folder of five files), all or nothing; the files written. Raises `GatewayError` (the configuration
-    lacks what the report needs), `RecordRejected` (the ledger cannot be reported) or `OSError`."""
+    lacks what the report needs, or names another Party's database), `RecordRejected` (the ledger cannot be
+    reported) or `OSError`."""
     from adapters import aef
+    from gateway.domain.errors import GatewayError, ResponseCode
     from gateway.domain.protocol import DecisionPolicy
+    from gateway.node import PARTY_SETTING
     from gateway.service import Gateway
     from gateway.store import open_store
 
@@ -116,6 +119,15 @@ def write_report(
         # Read-only: an SQLite file opened ?mode=ro, or PostgreSQL sessions whose every transaction is read-only.
         store = await open_store(config.database, read_only=True)
         try:
+            async with store.read() as tx:
+                owner = await tx.get_setting(PARTY_SETTING)
+            if owner is not None and owner != config.party:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"the database keeps {owner}'s books, and the configuration is {config.party}'s: a report of"
+                    f" {config.party} reads {config.party}'s database",
+                    field="database",
+                )
             gateway = Gateway(
                 party=config.party,
                 store=store,

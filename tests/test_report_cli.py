@@ -31,6 +31,7 @@ from gateway.domain.records import (
     LedgerEntry,
     Purpose,
 )
+from gateway.node import PARTY_SETTING
 from gateway.store.sqlite import SQLiteStore
 from tests.adapters import strategies as s
 
@@ -549,6 +550,23 @@ def test_a_past_year_exported_again_after_later_activity_is_the_same_bytes(gatew
     assert [row[:2] for row in later["Actions"][1:]] == [["2026-01-10T10:00:00.000Z", "Transfer"]]
     assert later["Actions"][1][20] == "SGP"
     assert later["Holdings"][1:] == [ROWS["Holdings"][0]]
+
+
+def test_a_report_refuses_another_partys_database(gateway_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def claimed_by_che() -> None:
+        store = await SQLiteStore.open(gateway_dir / "chn.db")
+        try:
+            async with store.transaction() as tx:
+                await tx.put_setting(PARTY_SETTING, "CHE", dt.datetime.now(dt.UTC))
+        finally:
+            await store.close()
+
+    asyncio.run(claimed_by_che())
+    before = files(gateway_dir)
+    assert report(gateway_dir, gateway_dir / "aef.xlsx") == 1
+    line = one_line(capsys.readouterr().err)
+    assert "the database keeps CHE's books, and the configuration is CHN's" in line and "(database)" in line
+    assert files(gateway_dir) == before
 
 
 @pytest.mark.parametrize("fmt", ["xlsx", "csv"])

@@ -7,6 +7,8 @@ a traceback, and must leave a gateway already running untouched.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -28,6 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.harness import self_signed_trust_document
+from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING
+from gateway.store.sqlite import SQLiteStore
 from signing import generate_key, signer_from_uri
 from tests.processes import free_port
 
@@ -247,6 +251,33 @@ def _foreign_database(folder: Path) -> Path:
     return _config(folder, database="other-app.db")
 
 
+def _recorded(path: Path, name: str, value: str) -> None:
+    """Record the store setting ``name`` in a new database at ``path``, as a gateway's first start does."""
+
+    async def record() -> None:
+        store = await SQLiteStore.open(path)
+        try:
+            async with store.transaction() as tx:
+                await tx.put_setting(name, value, dt.datetime.now(dt.UTC))
+        finally:
+            await store.close()
+
+    asyncio.run(record())
+
+
+def _another_partys_database(folder: Path) -> Path:
+    """A configuration of CHN's whose database CHE's gateway started on first."""
+    _recorded(folder / "che.db", PARTY_SETTING, "CHE")
+    return _config(folder, database="che.db")
+
+
+def _another_adjustment_method(folder: Path) -> Path:
+    """A configuration whose ledger method differs from the one its database was kept under."""
+    _recorded(folder / "chn.db", ADJUSTMENT_SETTING, "multi-year, NDC 2021-2030")
+    ledger = '[ledger]\nndc_first_year = 2021\nndc_last_year = 2030\nadjustment_method = "single-year trajectory"'
+    return _config(folder, tail=ledger)
+
+
 def _newer_database(folder: Path) -> Path:
     """A configuration whose database a later version migrated past every version this one knows."""
     with closing(sqlite3.connect(folder / "newer.db")) as db:
@@ -356,6 +387,16 @@ CASES = [
         ("database", "other-app.db"),
     ),
     Case("database_is_a_folder", lambda f, _: _config(f, database=_folder(f / "db").name), ("database",)),
+    Case(
+        "database_of_another_party",
+        lambda f, _: _another_partys_database(f),
+        ("database", "it keeps CHE's books", "this gateway is CHN's"),
+    ),
+    Case(
+        "ledger_method_other_than_recorded",
+        lambda f, _: _another_adjustment_method(f),
+        ("ledger", "was kept under 'multi-year, NDC 2021-2030'"),
+    ),
     Case(
         "database_of_a_newer_version",
         lambda f, _: _newer_database(f),
