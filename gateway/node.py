@@ -42,6 +42,7 @@ from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
 from gateway.service import Gateway
 from gateway.store import UnsupportedDatabase, is_url, open_store
 from gateway.store.base import SchemaTooNew, Store
+from gateway.store.sqlite import WriteAheadLogDamaged
 from gateway.trust import TrustKeeper
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from gateway.usecases.watching import ChangeFeed
@@ -655,6 +656,8 @@ async def _open_store(location: Path | str) -> Store:
         return await open_store(path)
     except SchemaTooNew as exc:
         raise ConfigError(f"database: {path}: {exc}") from None
+    except WriteAheadLogDamaged as exc:
+        raise ConfigError(f"database: {exc}") from None
     except sqlite3.DatabaseError as exc:
         # A file that is not SQLite ("file is not a database"), another program's database (a migration
         # fails), or a file or folder this process may not write.

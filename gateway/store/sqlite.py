@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -80,6 +81,60 @@ from gateway.store.base import (
 from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD, DATA_STEPS, MIGRATIONS
 
 
+class WriteAheadLogDamaged(sqlite3.DatabaseError):
+    """The file's write-ahead log holds transactions SQLite would silently ignore: its header is damaged."""
+
+
+_WAL_MAGIC = (0x377F0682, 0x377F0683)  # checksums little-endian, big-endian
+_WAL_VERSION = 3007000
+_WAL_HEADER = 32
+_WAL_FRAME_HEADER = 24
+
+
+def _wal_checksum(data: bytes, *, big_endian: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes), from zero (https://sqlite.org/fileformat.html,
+    section 4.1)."""
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    s0 = s1 = 0
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def check_write_ahead_log(path: Path | str) -> None:
+    """Refuse (`WriteAheadLogDamaged`) a database whose write-ahead log holds at least one frame after a damaged
+    header: SQLite would open the file as if the log were empty, and every transaction in it since the last
+    checkpoint (all of a young gateway's books) would be gone without a word. A log with no frame, or none, is
+    fine; damage further into the log cannot be told from a transaction cut short by a crash, and SQLite keeps
+    the transactions before it."""
+    # SQLite keeps the log beside the file a symbolic link names, not beside the link.
+    wal = Path(f"{os.path.realpath(path)}-wal")
+    try:
+        with wal.open("rb") as log:
+            header = log.read(_WAL_HEADER)
+            size = os.fstat(log.fileno()).st_size
+    except FileNotFoundError:
+        return
+    if len(header) < _WAL_HEADER:
+        return
+    magic, version, page_size = struct.unpack(">3I", header[:12])
+    sound = (
+        magic in _WAL_MAGIC
+        and version == _WAL_VERSION
+        and 512 <= page_size <= 65536
+        and page_size & (page_size - 1) == 0
+        and _wal_checksum(header[:24], big_endian=magic & 1 == 1) == struct.unpack(">2I", header[24:])
+    )
+    if sound or size < _WAL_HEADER + _WAL_FRAME_HEADER + 512:
+        return
+    raise WriteAheadLogDamaged(
+        f"{path}: its write-ahead log ({wal.name}, {size} bytes) has a damaged header, so SQLite would ignore the"
+        " transactions in it and the gateway would start without them. Restore the database from a backup (see"
+        ' "Restoring a backup" in the README); move the log aside only if you know it holds nothing needed'
+    )
+
+
 class SQLiteStore:
     """A gateway's database in one SQLite file."""
 
@@ -111,6 +166,7 @@ class SQLiteStore:
     @classmethod
     async def open(cls, path: Path | str) -> SQLiteStore:
         """Open (creating if needed) the database file at ``path`` and apply pending migrations."""
+        check_write_ahead_log(path)
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
@@ -146,6 +202,7 @@ class SQLiteStore:
     async def open_read_only(cls, path: Path | str) -> SQLiteStore:
         """Open an existing database for reading only: nothing is created or migrated, so a reader (a report)
         never changes a running gateway's file. Refuses a file whose schema is not this version's."""
+        check_write_ahead_log(path)
         db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA busy_timeout=5000")
