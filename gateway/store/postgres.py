@@ -23,6 +23,7 @@ columns compare byte for byte (``COLLATE "C"``), so both stores order every list
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import re
@@ -118,6 +119,14 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 """What says the database could not do a transaction's work now, not that the work is wrong."""
 
+NOT_TRANSIENT: tuple[type[BaseException], ...] = (
+    ValueError,  # the driver's DataError: a value it cannot encode, such as an integer beyond 64 bits
+    asyncpg.exceptions.ClientConfigurationError,
+    asyncpg.exceptions.UnsupportedClientFeatureError,
+    asyncpg.exceptions.UnsupportedServerFeatureError,
+)
+"""The `asyncpg.InterfaceError` kinds that say the work is wrong, not that the database could not do it now."""
+
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached or used; the message names it without its password."""
@@ -202,8 +211,10 @@ class PostgresStore:
 
     def is_transient(self, error: BaseException) -> bool:
         """A connection lost or closed, a lock wait that ran out or a deadlock broken by the server, a query
-        cancelled (an administrator's ``pg_cancel_backend``, the command timeout), or a timeout on our side."""
-        return isinstance(error, TRANSIENT_ERRORS)
+        cancelled (an administrator's ``pg_cancel_backend``, the command timeout), or a timeout on our side. Not
+        the driver's own refusals of what it was given (a value it cannot encode, a setting or feature it does
+        not support): those are bugs, and a retry would meet them again for ever."""
+        return isinstance(error, TRANSIENT_ERRORS) and not isinstance(error, NOT_TRANSIENT)
 
     @property
     def commits(self) -> CommitSignal:
@@ -336,7 +347,10 @@ async def _transaction(connection: Any, begin: str) -> AsyncIterator[None]:
         try:
             await connection.execute("ROLLBACK")
         except Exception:
-            connection.terminate()  # the connection is unusable; the server rolls back when it goes
+            # The connection is unusable (the server may have ended it already); the server rolls back when it
+            # goes. What the caller hears is what failed first.
+            with contextlib.suppress(Exception):
+                connection.terminate()
         raise
     status = await connection.execute("COMMIT")
     if status != "COMMIT":

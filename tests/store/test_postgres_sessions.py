@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import time
 
+import asyncpg
 import pytest
 
 from gateway.store import postgres as pg
@@ -53,4 +54,25 @@ async def test_a_replica_frozen_mid_transaction_holds_the_others_up_for_the_idle
     finally:
         await frozen.close()
         await live.close()
+        await postgres.drop_databases(admin, [url])
+
+
+@pytest.mark.asyncio
+async def test_a_value_the_driver_cannot_encode_is_a_bug_not_a_failure_to_retry() -> None:
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "encode")
+    store = await PostgresStore.open(url)
+    try:
+        with pytest.raises(Exception) as caught:
+            async with store.read() as tx:
+                await tx.list_ledger(after=2**70, limit=1)
+        # Retrying would meet it again for ever (an operator call would be UNAVAILABLE, a partner's statement
+        # never taken in): a bug, not the database failing now.
+        assert not store.is_transient(caught.value), repr(caught.value)
+        # The same for the driver's own refusals of what it is given, while a connection it lost is transient.
+        assert not store.is_transient(asyncpg.exceptions.ClientConfigurationError("a setting it cannot take"))
+        assert store.is_transient(asyncpg.InterfaceError("cannot perform operation: connection is closed"))
+        assert store.is_transient(ConnectionResetError("the server went away"))
+    finally:
+        await store.close()
         await postgres.drop_databases(admin, [url])
