@@ -328,8 +328,9 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         text.check_count(values, f"{field}.{name}", text.MAX_LIST_ITEMS, what=name.replace("_", " "))
         for i, value in enumerate(values):
             text.check_name(value, f"{field}.{name}[{i}]", what=name.rstrip("s").replace("_", " "))
-    purposes = frozenset(parse_purpose(p, field=f"{field}.purposes[{i}]") for i, p in enumerate(msg.purposes))
-    _check_once([parse_purpose(p) for p in msg.purposes], f"{field}.purposes", "purpose")
+    parsed = [parse_purpose(p, field=f"{field}.purposes[{i}]") for i, p in enumerate(msg.purposes)]
+    _check_once(parsed, f"{field}.purposes", "purpose")
+    purposes = frozenset(parsed)
     for name, what in (
         ("sectors", "sector"),
         ("activity_types", "activity type"),
