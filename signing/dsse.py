@@ -75,8 +75,9 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 class Signature:
     """One signature in an envelope: a keyid hint (``""`` when absent) and the signature bytes.
 
-    The keyid is at most `MAX_KEYID_LENGTH` characters and the signature at most `MAX_SIGNATURE_SIZE`
-    bytes; otherwise `EnvelopeFormatError`.
+    The keyid is text that UTF-8 can carry (no lone surrogates), at most `MAX_KEYID_LENGTH` characters, and
+    the signature is 1 to `MAX_SIGNATURE_SIZE` bytes; otherwise `EnvelopeFormatError`. Both forms of an
+    envelope (JSON and protobuf) meet these checks here, so both refuse the same envelopes.
     """
 
     keyid: str
@@ -87,7 +88,9 @@ class Signature:
             raise EnvelopeFormatError(f"a signature's keyid must be a str, got {type(self.keyid).__name__}")
         if not isinstance(self.sig, bytes):
             raise EnvelopeFormatError(f"a signature's sig must be bytes, got {type(self.sig).__name__}")
-        _check_keyid_length(self.keyid, "a signature")
+        _check_keyid(self.keyid, "a signature")
+        if not self.sig:
+            raise EnvelopeFormatError("a signature has an empty 'sig'; every signature carries its bytes")
         _check_signature_size(self.sig, "a signature")
 
 
@@ -177,7 +180,7 @@ class Envelope:
                 keyid = ""
             if not isinstance(keyid, str):
                 raise EnvelopeFormatError(f"{where} 'keyid' must be a string, got {_json_type(keyid)}")
-            _check_keyid_length(keyid, where)
+            _check_keyid(keyid, where)
             signatures.append(Signature(keyid=keyid, sig=sig))
         return cls(payload=payload, payload_type=payload_type, signatures=tuple(signatures))
 
@@ -206,7 +209,13 @@ def _check_signature_count(count: int) -> None:
         )
 
 
-def _check_keyid_length(keyid: str, where: str) -> None:
+def _check_keyid(keyid: str, where: str) -> None:
+    try:
+        keyid.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EnvelopeFormatError(
+            f"{where} has a keyid {keyid!r} that UTF-8 cannot carry (a lone surrogate); a keyid is text"
+        ) from None
     if len(keyid) > MAX_KEYID_LENGTH:
         raise EnvelopeFormatError(
             f"{where} has a keyid of {len(keyid)} characters, more than the {MAX_KEYID_LENGTH} allowed; a keyid "

@@ -1342,6 +1342,8 @@ class Poison:
     """What the receipt's detail must say, on both transports."""
     answered: bool = False
     """A proposal taken in but refused whose transfer ID is readable: a rejection goes back."""
+    says_over_http: str | None = None
+    """What the receipt's detail must say over HTTP instead, where the JSON form can carry what protobuf cannot."""
 
 
 def encode(envelope: Envelope, transport: str) -> bytes:
@@ -1442,6 +1444,38 @@ def seventeen_signatures(craft: Craft) -> bytes:
         "signatures": [{"keyid": one.keyid, "sig": base64.b64encode(one.sig).decode()}] * 17,
     }
     return json.dumps(document).encode()
+
+
+def odd_signature(keyid: bytes, sig: bytes) -> Callable[[Craft], bytes]:
+    """A statement with its real signature and one more, with ``keyid`` (raw UTF-8 bytes, possibly invalid) and
+    ``sig``: what no `Envelope` can be built with, written by hand in either form."""
+
+    def build(craft: Craft) -> bytes:
+        payload, _ = craft.crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id="t-odd-signature"))
+        real = craft.crafter.envelope(payload).signatures[0]
+        if craft.transport == "grpc":
+            odd = envelope_pb2.Signature(sig=sig).SerializeToString() + b"\x12" + bytes([len(keyid)]) + keyid
+            return (
+                envelope_pb2.Envelope(
+                    payload=payload,
+                    payload_type=wire.STATEMENT_PAYLOAD_TYPE,
+                    signatures=[envelope_pb2.Signature(sig=real.sig, keyid=real.keyid)],
+                ).SerializeToString()
+                + b"\x1a"
+                + bytes([len(odd)])
+                + odd
+            )
+        document = {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": wire.STATEMENT_PAYLOAD_TYPE,
+            "signatures": [
+                {"keyid": real.keyid, "sig": base64.b64encode(real.sig).decode()},
+                {"keyid": keyid.decode("utf-8", "surrogatepass"), "sig": base64.b64encode(sig).decode()},
+            ],
+        }
+        return json.dumps(document).encode()
+
+    return build
 
 
 def trust_bundle(payload: bytes) -> Callable[[Craft], bytes]:
@@ -1605,6 +1639,23 @@ POISONS = [
     Poison("garbage-bytes", garbage, ResponseCode.MALFORMED_PAYLOAD, False, 400, "the envelope is not"),
     Poison("empty-body", empty, ResponseCode.MALFORMED_PAYLOAD, False, 400, "the envelope"),
     Poison("17-signatures", seventeen_signatures, ResponseCode.MALFORMED_PAYLOAD, False, 400, "17 signatures"),
+    Poison(
+        "an-empty-signature-beside-the-real-one",
+        odd_signature(b"k", b""),
+        ResponseCode.MALFORMED_PAYLOAD,
+        False,
+        400,
+        "empty 'sig'",
+    ),
+    Poison(
+        "a-keyid-of-a-lone-surrogate",
+        odd_signature("\udc00".encode("utf-8", "surrogatepass"), b"\x01" * 64),
+        ResponseCode.MALFORMED_PAYLOAD,
+        False,
+        400,
+        "not a valid protobuf Envelope",
+        says_over_http="keyid '\\udc00' that UTF-8 cannot carry",
+    ),
 ]
 
 
@@ -1695,7 +1746,8 @@ async def test_a_poison_statement_gets_a_signed_receipt_and_the_channel_keeps_wo
     answer = await deliver(network, "CHE", poison.build(craft), transport)
     receipt = answer.receipt
     assert (ResponseCode(receipt.code), receipt.taken_in) == (poison.code, poison.taken_in), receipt.detail
-    assert poison.says in receipt.detail
+    says = poison.says_over_http if transport == "http" and poison.says_over_http else poison.says
+    assert says in receipt.detail
     assert len(receipt.detail) <= text.MAX_TEXT_LENGTH
     if transport == "http":
         assert answer.http_status == poison.http_status

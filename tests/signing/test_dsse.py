@@ -55,6 +55,14 @@ def test_envelope_validates_field_types() -> None:
         Signature(keyid=None, sig=b"s")  # type: ignore[arg-type]
 
 
+def test_a_signature_carries_bytes_and_a_keyid_utf8_can_carry() -> None:
+    """What the JSON form refuses, a signature built from the protobuf form refuses too."""
+    with pytest.raises(EnvelopeFormatError, match="empty 'sig'"):
+        Signature(keyid="k", sig=b"")
+    with pytest.raises(EnvelopeFormatError, match="UTF-8 cannot carry"):
+        Signature(keyid="k\udc00", sig=b"s")
+
+
 def test_envelope_stores_signatures_as_tuple() -> None:
     envelope = Envelope(payload=b"x", payload_type="t", signatures=[Signature("k", b"s")])  # type: ignore[arg-type]
     assert envelope.signatures == (Signature("k", b"s"),)
@@ -125,6 +133,7 @@ def test_from_json_accepts_bytearray() -> None:
         (b'{"payload":"","payloadType":"t","signatures":[{}]}', "no 'sig'"),
         (b'{"payload":"","payloadType":"t","signatures":[{"sig":""}]}', "empty 'sig'"),
         (b'{"payload":"","payloadType":"t","signatures":[{"sig":"AA==","keyid":7}]}', "'keyid' must be a string"),
+        (b'{"payload":"","payloadType":"t","signatures":[{"sig":"AA==","keyid":"\\udc00"}]}', "UTF-8 cannot carry"),
         (b'{"payload":"a","payloadType":"t","signatures":[]}', "not base64"),
         (b'{"payload":"a===","payloadType":"t","signatures":[]}', "not base64"),
         (b'{"payload":"YQ=","payloadType":"t","signatures":[]}', "not base64"),
