@@ -41,7 +41,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -265,7 +265,7 @@ where its next sequence number no longer fits 64 bits."""
 def _bundle(payload: bytes) -> list[Envelope]:
     """The trust documents a trust bundle carries; refuse a malformed bundle."""
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, object_pairs_hook=_members_once)
         texts = data["documents"]
         if not isinstance(data, dict) or set(data) != {"documents"} or not isinstance(texts, list):
             raise TypeError('a bundle is {"documents": [...]}')
@@ -276,6 +276,17 @@ def _bundle(payload: bytes) -> list[Envelope]:
         raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "not a trust bundle: JSON nested too deeply") from None
     except (ValueError, TypeError, KeyError, UnicodeEncodeError, AttributeError, EnvelopeFormatError) as exc:
         raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"not a trust bundle: {exc}") from None
+
+
+def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose members are each named once: a reader that keeps the first of two would see another
+    bundle than one that keeps the last."""
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in members:
+            raise ValueError(f"the member {name!r} appears twice")
+        members[name] = value
+    return members
 
 
 def _statement_kind(statement: partner_pb2.Statement) -> OutboxKind:

@@ -1656,6 +1656,14 @@ POISONS = [
         "not a valid protobuf Envelope",
         says_over_http="keyid '\\udc00' that UTF-8 cannot carry",
     ),
+    Poison(
+        "trust-bundle-documents-twice",
+        trust_bundle(b'{"documents":[],"documents":["x"]}'),
+        ResponseCode.MALFORMED_PAYLOAD,
+        False,
+        400,
+        "the member 'documents' appears twice",
+    ),
 ]
 
 
