@@ -43,7 +43,7 @@ from gateway import faults, wire
 from gateway.domain.delivery import Outcome, classify
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.statements import GENESIS_HASH, ChannelState, payload_hash
-from gateway.domain.text import truncate
+from gateway.domain.text import escaped, truncate
 from gateway.exchange import MAX_BUNDLE_DOCUMENTS, Exchange, Sealed
 from gateway.partners import Partner
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage, OutboxState, Store, Transaction
@@ -425,7 +425,7 @@ class OutboxWorker:
             behind=theirs is not None and theirs != channel,
         )
         name = code.name if known_code else f"response code {receipt.code}, unknown to this version"
-        detail = truncate(f"{name}: {receipt.detail}")
+        detail = truncate(f"{name}: {escaped(receipt.detail)}")
         retry_error = f"refused by {message.receiver} for now: {detail}"
         return _Verdict(message, sealed, channel, raw, receipt, outcome, code, detail, theirs, retry_error)
 

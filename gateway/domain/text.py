@@ -191,6 +191,21 @@ def truncate(text: str, limit: int = MAX_TEXT_LENGTH) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def escaped(text: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    """Another Party's free text made safe to store, show and log, for what is kept rather than refused (a
+    receipt's or a reconciliation report's detail): each character free text may not hold (controls and line
+    breaks, invisible formatting such as bidirectional overrides, surrogates, private-use and unassigned code
+    points) written as its Python escape (``\\n``, ``\\u202e``), the result cut to ``limit`` characters."""
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(
+            char.encode("unicode_escape").decode("ascii")
+            if char not in _JOINERS and unicodedata.category(char) in _REFUSED_CATEGORIES
+            else char
+            for char in text
+        )
+    return truncate(text, limit)
+
+
 def parse_choice(kind: type[Choice], value: str, field: str, *, what: str) -> Choice:
     """The member of ``kind`` spelled ``value``, or a refusal naming the field and listing every accepted value."""
     try:

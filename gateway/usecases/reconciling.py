@@ -51,7 +51,7 @@ from gateway.domain.reconciliation import (
     status_of,
     view_of_state,
 )
-from gateway.domain.text import MAX_INT64, check_identifier
+from gateway.domain.text import MAX_INT64, check_identifier, escaped
 from gateway.domain.transfer import Transfer, TransferState
 from gateway.exchange import ENVELOPE_MARGIN_BYTES
 from gateway.reconciliation_wire import (
@@ -462,7 +462,7 @@ class Reconciling(GatewayBase):
         await self._fold_all(tx)
         try:
             if int(reply.refusal) != int(ResponseCode.OK):
-                raise ReplyProblem(f"{partner} refused to answer: {reply.detail[:500]}")
+                raise ReplyProblem(f"{partner} refused to answer: {escaped(reply.detail, 500)}")
             if reply.phase != progress.phase:
                 raise ReplyProblem(f"{partner} answered phase {reply.phase} while phase {progress.phase} was asked")
             progress.responder_head = await self._check_reply_head(tx, partner, reply, progress)
@@ -1128,7 +1128,7 @@ class Reconciling(GatewayBase):
                 f"run {run.run_id} already has its report ({run.status.name})",
                 field="reconciliation_report.run_id",
             )
-        detail = f"{partner} reports: {report.detail[:2000]}" if report.detail else ""
+        detail = f"{partner} reports: {escaped(report.detail, 2000)}" if report.detail else ""
         if run.status is Status.MANUAL_INTERVENTION_REQUIRED:
             status, detail = run.status, run.detail  # this side found the requester's log rewritten
         else:

@@ -44,3 +44,27 @@ def test_every_ascii_character_is_judged_as_by_its_category() -> None:
     for code in range(0x80):
         char = chr(code)
         assert text._bad_character(f"a{char}b", allow_joiners=False) == _scanned(f"a{char}b", False)
+
+
+@pytest.mark.parametrize(
+    ("kept", "shown"),
+    [
+        pytest.param("plain words", "plain words", id="printable text is kept as it is"),
+        pytest.param("a\n2026-12-06 CRITICAL forged", "a\\n2026-12-06 CRITICAL forged", id="a line break"),
+        pytest.param("pay \u202eCHE\u202c", "pay \\u202eCHE\\u202c", id="bidirectional overrides"),
+        pytest.param("nul\x00 bell\x07", "nul\\x00 bell\\x07", id="controls"),
+        pytest.param("lone \udc00", "lone \\udc00", id="a surrogate"),
+        pytest.param("joined a\u200db, café, 中文", "joined a\u200db, café, 中文", id="joiners and scripts stay"),
+    ],
+)
+def test_escaped_text_holds_nothing_free_text_may_not(kept: str, shown: str) -> None:
+    assert text.escaped(kept) == shown
+    assert text._bad_character(text.escaped(kept), allow_joiners=True) is None
+
+
+@given(st.text(), st.integers(min_value=2, max_value=300))
+def test_escaped_text_is_valid_free_text_within_its_limit(value: str, limit: int) -> None:
+    shown = text.escaped(value, limit)
+    assert len(shown) <= limit
+    assert text._bad_character(shown, allow_joiners=True) is None
+    shown.encode("utf-8")

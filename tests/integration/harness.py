@@ -73,7 +73,14 @@ class Crafter:
 
 
 def scripted_receipt(
-    signer: Signer, envelope: bytes, *, code: int, taken_in: bool, resend_from: int = 0, message_id: str = ""
+    signer: Signer,
+    envelope: bytes,
+    *,
+    code: int,
+    taken_in: bool,
+    resend_from: int = 0,
+    message_id: str = "",
+    detail: str = "",
 ) -> bytes:
     """The receipt a scripted partner, EVL, signs for CHN's statement ``envelope`` (protobuf form)."""
     parsed = wire.envelope_from_bytes(envelope)
@@ -88,6 +95,7 @@ def scripted_receipt(
         resend_from=resend_from,
         taken_in=taken_in,
         envelope_sha256=hashlib.sha256(envelope).digest(),
+        detail=detail,
     )
     return wire.envelope_to_bytes(sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [signer]))
 

@@ -261,6 +261,43 @@ async def test_a_receipt_names_the_place_in_the_channel_where_the_statement_was_
         assert receipt.last_hash == hashlib.sha256(envelope.payload).digest()
 
 
+class ForgingPartner:
+    """A partner that refuses every statement for now, with a receipt whose detail holds a line of its own
+    making and a bidirectional override."""
+
+    DETAIL = "busy\n2026-12-06 03:00:00,000 CRITICAL gateway: FORGED \u202egnp."
+
+    def __init__(self, signer: CryptoSigner) -> None:
+        self.signer = signer
+
+    async def deliver(self, party: str, envelope: bytes) -> bytes:
+        code = records_pb2.INTERNAL_ERROR
+        return scripted_receipt(self.signer, envelope, code=code, taken_in=False, detail=self.DETAIL)
+
+
+@pytest.mark.asyncio
+async def test_a_partner_s_receipt_detail_is_kept_and_logged_escaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    evl = CryptoSigner.generate()
+    core = await gateway_before(ForgingPartner(evl), evl, tmp_path)
+    try:
+        await core.load()
+        async with core.store.transaction() as tx:
+            await core.exchange.enqueue(tx, "EVL", status_query=partner_pb2.StatusQuery(transfer_id="t"))
+        caplog.set_level("INFO")
+        await core.outbox.drain()
+        async with core.store.read() as tx:
+            [message] = await tx.list_outbox()
+        assert message.state is OutboxState.PENDING
+        shown = "INTERNAL_ERROR: busy\\n2026-12-06 03:00:00,000 CRITICAL gateway: FORGED \\u202egnp."
+        assert shown in message.last_error
+        logged = [r.getMessage() for r in caplog.records if "FORGED" in r.getMessage()]
+        assert logged and all("\n" not in m and "\u202e" not in m for m in logged)
+    finally:
+        await core.close()
+
+
 class KeptReceiptPartner:
     """A partner that has taken the statement in before, from an attempt the sender no longer has in its log (its
     store was restored from a backup): it answers with the receipt it kept, which names another payload."""

@@ -179,6 +179,48 @@ async def test_a_hostile_report_freezes_only_what_the_named_transfer_moved(tmp_p
 
 
 @pytest.mark.asyncio
+async def test_a_report_s_detail_is_kept_escaped_and_cannot_forge_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        await move(pair, [(1, 50)], "t0")
+        run = await reconcile(pair.che, "CHN", "r1")
+        await settle(pair.chn, pair.che)
+        async with pair.chn.store.transaction() as tx:  # as if CHE's report had not come yet
+            kept = await tx.get_reconciliation(run.run_id)
+            assert kept is not None
+            await tx.update_reconciliation(dataclasses.replace(kept, status=Status.RUNNING, report=b""))
+        crafter = await crafter_for(pair)
+        forged = "late\n2026-12-06 03:00:00,000 CRITICAL gateway: FORGED \u202egnp.\x00" + "x" * 3000
+        report = partner_pb2.ReconciliationReport(
+            run_id=run.run_id,
+            requester="CHE",
+            responder="CHN",
+            status=partner_pb2.TOTALS_INCONSISTENT,
+            requester_head=EMPTY_HEAD,
+            responder_head=EMPTY_HEAD,
+            detail=forged,
+        )
+        caplog.set_level("WARNING")
+        receipt = await send(pair, crafter, reconciliation_report=report)
+        assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
+        async with pair.chn.store.read() as tx:
+            stored = await tx.get_reconciliation(run.run_id)
+        assert stored is not None and stored.status is Status.TOTALS_INCONSISTENT
+        assert stored.detail.startswith(
+            "CHE reports: late\\n2026-12-06 03:00:00,000 CRITICAL gateway: FORGED \\u202egnp.\\x00xxx"
+        )
+        assert len(stored.detail) <= len("CHE reports: ") + 2000
+        logged = [r.getMessage() for r in caplog.records if "reports reconciliation run" in r.getMessage()]
+        assert len(logged) == 1
+        assert "\n" not in logged[0] and "\u202e" not in logged[0] and "\x00" not in logged[0]
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_hostile_answer_freezes_nothing_the_named_transfer_did_not_move(tmp_path: Path) -> None:
     pair = await start_pair(tmp_path)
     try:
