@@ -959,11 +959,12 @@ class Exchange:
         documents.sort(key=lambda item: item[0].version)
         now = self.clock()
         async with self.store.transaction() as tx:
-            # Read the trusted version under the store's lock, so that two updates apply one after the other.
-            current = partner.trusted
+            # What the store holds, read under its lock, decides: two updates apply one after the other. The
+            # trust in memory may lag it, until an update another call (or replica) committed is taken up.
+            current = await self._stored_trust(tx, partner.trusted)
             newer = [envelope for document, envelope in documents if document.version > current.version]
             for document, envelope in documents:
-                if document.version == current.version and envelope.payload != current.envelope.payload:
+                if document.version <= current.version and not await self._trusted_as(tx, current, envelope):
                     raise GatewayError(
                         ResponseCode.TRUST_UPDATE_REFUSED,
                         f"version {document.version} of {party}'s trust document differs from the one trusted here",
@@ -1002,10 +1003,27 @@ class Exchange:
                     envelope=receipt,
                     now=now,
                 )
-        if updated is not current:
+        if updated is not partner.trusted:
             self.partners.replace(party, updated)
+        if updated is not current:
             log.warning("%s", detail)
         return Received(receipt, ResponseCode.OK, detail, taken_in=True)
+
+    async def _stored_trust(self, tx: Transaction, trusted: TrustedParty) -> TrustedParty:
+        """``trusted``, or the newer version of the same Party's trust document that the store holds."""
+        stored = await tx.latest_trust_document(trusted.document.party)
+        if stored is None or stored[0] <= trusted.version:
+            return trusted
+        return TrustedParty.restore(Envelope.from_json(stored[1]))
+
+    async def _trusted_as(self, tx: Transaction, current: TrustedParty, envelope: Envelope) -> bool:
+        """Whether ``envelope``, a version up to ``current``'s, is the one trusted: ``current`` itself, or as
+        stored (a version this store never held, from before the one first configured, cannot be compared)."""
+        document = TrustDocument.from_payload(envelope.payload)
+        if document.version == current.version:
+            return envelope.payload == current.envelope.payload
+        stored = await tx.trust_document(document.party, document.version)
+        return stored is None or Envelope.from_json(stored).payload == envelope.payload
 
     def _parse_envelope(self, raw: bytes, form: EnvelopeForm) -> Envelope:
         if form is EnvelopeForm.PROTOBUF:

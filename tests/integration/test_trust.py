@@ -287,3 +287,57 @@ async def test_a_rotation_is_neither_published_nor_signed_under_before_its_commi
     finally:
         release.set()
         await network.stop()
+
+
+def _next_of_chn(pair: Pair, new: Signer) -> bytes:
+    """A valid next version of CHN's trust document with ``new`` as its only key, signed by the old and new."""
+    trusted = pair.che.core.exchange.partners.get("CHN")
+    assert trusted is not None
+    document = TrustDocument(
+        party="CHN",
+        version=trusted.trusted.version + 1,
+        expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=90),
+        keys={new.public_key.keyid: new.public_key},
+        roles={"trust": Role((new.keyid,), 1), "transfer": Role((new.keyid,), 1)},
+    )
+    return wire.envelope_to_bytes(sign_trust_document(document, [pair.chn.signer, new]))
+
+
+async def _trusted_and_stored(pair: Pair) -> tuple[bytes, bytes]:
+    """The payload of CHN's trust document as CHE trusts it now, and as CHE's store holds its newest."""
+    partner = pair.che.core.exchange.partners.get("CHN")
+    assert partner is not None
+    async with pair.che.store.read() as tx:
+        stored = await tx.latest_trust_document("CHN")
+    assert stored is not None
+    return partner.trusted.envelope.payload, Envelope.from_json(stored[1]).payload
+
+
+@pytest.mark.asyncio
+async def test_two_different_next_versions_pushed_at_once_one_is_trusted_and_the_other_refused(pair: Pair) -> None:
+    first, second = _next_of_chn(pair, CryptoSigner.generate()), _next_of_chn(pair, CryptoSigner.generate())
+    receipts = await asyncio.gather(deliver_raw(pair.che, first), deliver_raw(pair.che, second))
+    verdicts = sorted((ResponseCode(r.code), r.taken_in) for r in receipts)
+    assert verdicts == [(ResponseCode.OK, True), (ResponseCode.TRUST_UPDATE_REFUSED, False)], receipts
+    trusted, stored = await _trusted_and_stored(pair)
+    assert trusted == stored
+    accepted = first if ResponseCode(receipts[0].code) is ResponseCode.OK else second
+    assert trusted == wire.envelope_from_bytes(accepted).payload
+
+
+@pytest.mark.asyncio
+async def test_a_next_version_differing_from_the_one_stored_but_not_yet_taken_up_is_refused(pair: Pair) -> None:
+    """As when another replica took a version in and this one has not read it yet: the store decides."""
+    stored_first, pushed = _next_of_chn(pair, CryptoSigner.generate()), _next_of_chn(pair, CryptoSigner.generate())
+    envelope = wire.envelope_from_bytes(stored_first)
+    async with pair.che.store.transaction() as tx:
+        await tx.put_trust_document("CHN", 2, envelope.to_json(), dt.datetime.now(dt.UTC))
+    receipt = await deliver_raw(pair.che, pushed)
+    assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.TRUST_UPDATE_REFUSED, False), receipt
+    trusted, stored = await _trusted_and_stored(pair)
+    assert stored == envelope.payload
+    assert trusted != wire.envelope_from_bytes(pushed).payload
+    again = await deliver_raw(pair.che, stored_first)
+    assert (ResponseCode(again.code), again.taken_in) == (ResponseCode.OK, True), again.detail
+    assert "already trusted" in again.detail
+    assert await _trusted_and_stored(pair) == (envelope.payload, envelope.payload)
