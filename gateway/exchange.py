@@ -58,7 +58,7 @@ from gateway.domain.statements import (
     check_window,
     payload_hash,
 )
-from gateway.domain.text import truncate
+from gateway.domain.text import escaped, truncate
 from gateway.partners import TRANSFER_ROLE, Partner, PartnerDirectory
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage, Store, StoredMessage, Transaction
 from signing import (
@@ -573,6 +573,15 @@ class Exchange:
         log.info("refused a delivery: %s", detail)
         receipt = self._receipt("", "", b"", None, ResponseCode.ENVELOPE_TOO_LARGE, detail, form)
         return Received(receipt, ResponseCode.ENVELOPE_TOO_LARGE, detail)
+
+    def refuse_unreadable(self, reason: str, form: EnvelopeForm) -> Received:
+        """The signed receipt refusing a request body that cannot be read (``reason`` says why: a compressed body
+        that does not decompress, a chunked body mis-framed): `ResponseCode.MALFORMED_PAYLOAD`, about no
+        statement and no envelope, as none was read."""
+        detail = escaped(f"the request body cannot be read: {reason}")
+        log.info("refused a delivery: %s", detail)
+        receipt = self._receipt("", "", b"", None, ResponseCode.MALFORMED_PAYLOAD, detail, form)
+        return Received(receipt, ResponseCode.MALFORMED_PAYLOAD, detail)
 
     def _failed(self, raw: bytes, form: EnvelopeForm, exc: Exception) -> Received:
         """The receipt for an envelope the receiver failed on: nothing of it took effect."""

@@ -100,7 +100,9 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
             metrics.count(received.code)
             return web.Response(body=received.receipt, status=413, content_type="application/json")
         except MALFORMED_REQUEST as exc:  # a chunked body mis-framed, a compressed body that does not decompress
-            raise web.HTTPBadRequest(text=f"malformed request body: {_reason(exc)}") from None
+            received = exchange.refuse_unreadable(_reason(exc), EnvelopeForm.JSON)
+            metrics.count(received.code)
+            return web.Response(body=received.receipt, status=400, content_type="application/json")
         received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=peer_common_name(request))
         metrics.count(received.code)
         return web.Response(

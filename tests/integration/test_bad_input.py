@@ -1292,7 +1292,9 @@ async def test_a_request_the_http_server_cannot_parse_gets_400_and_one_log_line_
         writer.close()
         await writer.wait_closed()
         assert answer.split()[1:2] == [b"400"], (encoding, answer)
-        assert b"malformed request body" in answer
+        receipt = partner_pb2.Receipt.FromString(Envelope.from_json(answer.partition(b"\r\n\r\n")[2]).payload)
+        assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.MALFORMED_PAYLOAD, False)
+        assert receipt.detail.startswith("the request body cannot be read: "), receipt.detail
     async with aiohttp.ClientSession() as session, session.get(partners.che.http_url + "/healthz") as response:
         assert response.status == 200
     assert not [r for r in caplog.records if r.exc_info is not None]
