@@ -114,6 +114,10 @@ class _Verdict:
 WITHOUT_SIGNER_RETRY = 2.0
 """Seconds between looks at the trust document while this gateway holds none of the signers it lists."""
 
+SLOW_LANE_SECONDS = 2.0
+"""How long a drain waits for the lanes it claimed together before it claims the others again without them: a
+partner slower to answer than this holds up its own lane alone."""
+
 MAX_RUN = 64
 """The most messages of one lane sealed and sent together, in one ``DeliverBatch`` call: the protocol's limit."""
 
@@ -233,52 +237,111 @@ class OutboxWorker:
             return await self._drain()
 
     async def _drain(self) -> int:
+        # Each lane is sent by a task of its own. The lanes claimed together are awaited together for up to
+        # `SLOW_LANE_SECONDS`; then the lanes not being sent are claimed again whenever one returns, a wake-up
+        # comes (a message was queued) or the earliest of their heads falls due: a partner that answers slowly
+        # holds up its own lane, never another's for long. A lane whose send did not move it waits its backoff
+        # (its head is not due, or another replica has it), so the drain ends once every lane is idle.
         total = 0
-        look = False  # the first round follows a wake-up or a due time: something is most likely due
-        while True:
-            if look:
-                # A look before claiming again, so that finding nothing due takes no write lock (on PostgreSQL,
-                # the database's).
-                async with self.store.read() as tx:
-                    if not await tx.lane_heads(self.clock(), 1):
-                        self._due_at = (await tx.next_due_at(),)
-                        return total
-            look = True
-            now = self.clock()
-            until = now + self.lease
-            take_up: Callable[[], object] | None = None
-            async with self.store.transaction(durable=False) as tx:
-                heads = await tx.claim_lane_heads(now, self.batch, owner=self.replica, until=until)
-                runs = [
-                    [head, *await tx.claim_followers(head, self.run - 1, now=now, owner=self.replica, until=until)]
-                    for head in heads
-                ]
-                if not runs:
-                    self._due_at = (await tx.next_due_at(),)
-                elif self.before_sending is not None:
-                    take_up = await self.before_sending(tx)
-            if take_up is not None:
-                take_up()  # the claim has returned: what it read is on disk
+        sending: dict[str, asyncio.Task[list[Outcome]]] = {}
+        look = False  # the first claim follows a wake-up or a due time: something is most likely due
+        claiming = True
+        try:
+            while True:
+                # Cleared before the claim: a message queued while the claim reads is claimed at its wake-up.
+                self._wake.clear()
+                runs: list[list[OutboxMessage]] = []
+                due: dt.datetime | None = None
+                if claiming:
+                    try:
+                        runs, due = await self._claim(exclude=set(sending), look=look, idle=not sending)
+                    except Exception:
+                        if not sending:
+                            raise
+                        # The lanes being sent go on; the claim is tried again when one returns.
+                        log.exception("claiming the outbox's due messages failed; retrying")
+                        due = self.clock() + self.backoff.maximum
+                    look = True
+                if runs and self.may_sign is not None and not self.may_sign():
+                    # Another replica installed a trust document whose signer this one lacks: it signs nothing.
+                    log.error(
+                        "the current trust document lists no signer of this gateway: sending nothing; configure its"
+                        " signer under [signers] and restart"
+                    )
+                    async with self.store.transaction(durable=False) as tx:
+                        for message in (m for run in runs for m in run):
+                            await tx.release_lease(message.outbox_id, self.replica)
+                    runs, due, claiming = [], None, False
+                if runs:
+                    faults.reach("outbox-claimed")  # this replica now holds the leases of ``runs``
+                claimed = [asyncio.create_task(self._attempt(run), name=f"outbox-{run[0].receiver}") for run in runs]
+                sending.update((run[0].receiver, task) for run, task in zip(runs, claimed, strict=True))
+                if not sending:
+                    return total
+                if claimed:
+                    # The lanes claimed together are awaited together while they answer promptly, so that a
+                    # drain moves in rounds, the same each time for the same answers; one slower than that
+                    # goes on alone, and the others are claimed again meanwhile.
+                    await asyncio.wait(claimed, timeout=SLOW_LANE_SECONDS)
+                else:
+                    wait = None if due is None else max((due - self.clock()).total_seconds(), 0.0)
+                    woken = asyncio.ensure_future(self._wake.wait())
+                    try:
+                        await asyncio.wait(
+                            [*sending.values(), woken], timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        woken.cancel()
+                for lane, task in list(sending.items()):
+                    if task.done():
+                        del sending[lane]
+                        total += sum(1 for r in task.result() if r is Outcome.DELIVERED)
+        finally:
+            # Cancelled, or a lane failed beyond its own retry: the lanes still being sent stop, and their leases
+            # run out (or this worker's next claim takes them up).
+            for task in sending.values():
+                task.cancel()
+            await asyncio.gather(*sending.values(), return_exceptions=True)
+
+    async def _claim(
+        self, *, exclude: set[str], look: bool, idle: bool
+    ) -> tuple[list[list[OutboxMessage]], dt.datetime | None]:
+        """Claim the due heads of lanes not in ``exclude``, each with the messages that may follow it in one call;
+        return the runs, and when nothing was claimed, when the earliest head of those lanes falls due.
+
+        With ``look``, a read first: finding nothing to claim takes no write lock (on PostgreSQL, the
+        database's). With ``idle`` (no lane is being sent), finding nothing also records when the next message
+        falls due, for the worker's wait."""
+        if look:
+            if exclude.issuperset(self.exchange.partners.parties()):
+                return [], None  # every partner's lane is being sent; one's return claims again
+            async with self.store.read() as tx:
+                heads = await tx.lane_heads(self.clock(), len(exclude) + 1)
+                if all(head.receiver in exclude for head in heads):
+                    due = await tx.next_due_at(skip=exclude)
+                    if idle:
+                        self._due_at = (due,)
+                    return [], due
+        now = self.clock()
+        until = now + self.lease
+        take_up: Callable[[], object] | None = None
+        due = None
+        async with self.store.transaction(durable=False) as tx:
+            heads = await tx.claim_lane_heads(now, self.batch, owner=self.replica, until=until, skip=exclude)
+            runs = [
+                [head, *await tx.claim_followers(head, self.run - 1, now=now, owner=self.replica, until=until)]
+                for head in heads
+            ]
             if not runs:
                 # Nothing is due, or another replica holds every due head: next_due_at says when that changes.
-                return total
-            faults.reach("outbox-claimed")  # this replica now holds the leases of ``runs``
-            if self.may_sign is not None and not self.may_sign():
-                # Another replica installed a trust document whose signer this one lacks: it signs nothing.
-                log.error(
-                    "the current trust document lists no signer of this gateway: sending nothing; configure its"
-                    " signer under [signers] and restart"
-                )
-                async with self.store.transaction(durable=False) as tx:
-                    for message in (m for run in runs for m in run):
-                        await tx.release_lease(message.outbox_id, self.replica)
-                return total
-            results = [
-                outcome for outcomes in await asyncio.gather(*(self._attempt(r) for r in runs)) for outcome in outcomes
-            ]
-            total += sum(1 for r in results if r is Outcome.DELIVERED)
-            if not any(r in (Outcome.DELIVERED, Outcome.DEAD_LETTER, Outcome.CATCH_UP) for r in results):
-                return total
+                due = await tx.next_due_at(skip=exclude)
+                if idle:
+                    self._due_at = (due,)
+            elif self.before_sending is not None:
+                take_up = await self.before_sending(tx)
+        if take_up is not None:
+            take_up()  # the claim has returned: what it read is on disk
+        return runs, due
 
     async def _attempt(self, run: list[OutboxMessage]) -> list[Outcome]:
         try:

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import enum
 import hashlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -515,16 +515,18 @@ class Transaction(Protocol):
         """Per partner, the first pending message (trust documents first, then in queue order), if it is due."""
         ...
 
-    async def next_due_at(self) -> dt.datetime | None:
-        """When the earliest pending lane head is due (or, if another replica holds its lease, when that ends)."""
+    async def next_due_at(self, *, skip: Collection[str] = ()) -> dt.datetime | None:
+        """When the earliest pending lane head is due (or, if another replica holds its lease, when that ends),
+        leaving out the lanes of the receivers in ``skip``."""
         ...
 
     async def claim_lane_heads(
-        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime
+        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime, skip: Collection[str] = ()
     ) -> list[OutboxMessage]:
         """Lease to ``owner`` until ``until`` the lane heads (as `lane_heads`) that are due and that no other
-        replica holds an unexpired lease on; return them. Heads another transaction has locked are skipped, not
-        waited for. A lane's later messages are never claimed past its head, so each lane stays in order."""
+        replica holds an unexpired lease on, leaving out the lanes of the receivers in ``skip`` (those ``owner``
+        is sending); return them. Heads another transaction has locked are skipped, not waited for. A lane's later
+        messages are never claimed past its head, so each lane stays in order."""
         ...
 
     async def claim_followers(

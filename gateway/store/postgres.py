@@ -28,7 +28,7 @@ import datetime as dt
 import hashlib
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
@@ -1066,25 +1066,26 @@ class PostgresTransaction:
         heads.sort(key=lambda m: (m.next_attempt_at, m.outbox_id))
         return heads[:limit]
 
-    async def next_due_at(self) -> dt.datetime | None:
+    async def next_due_at(self, *, skip: Collection[str] = ()) -> dt.datetime | None:
         heads = await self._heads()
         leases = await self._lane_leases("")
         return min(
             (
                 codec.from_text(max(r["next_attempt_at"], r["lease_until"], leases.get(r["receiver"], "")))
                 for r in heads
+                if r["receiver"] not in skip
             ),
             default=None,
         )
 
     async def claim_lane_heads(
-        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime
+        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime, skip: Collection[str] = ()
     ) -> list[OutboxMessage]:
         due = codec.to_text(now)
         # A lane is leased as a whole: while another replica's lease on any of its pending messages runs (the
         # head it is sending, which a trust push or a retried dead letter may since have overtaken), the lane
         # is its, and nobody else seals the lane's next sequence number or signs with a signer it may lack.
-        leased = {receiver for receiver, until in (await self._lane_leases(owner)).items() if until > due}
+        leased = {receiver for receiver, until in (await self._lane_leases(owner)).items() if until > due}.union(skip)
         rows = [r for r in await self._heads(claim=True) if r["next_attempt_at"] <= due and r["receiver"] not in leased]
         rows.sort(key=lambda r: (r["next_attempt_at"], r["outbox_id"]))
         claimed = rows[:limit]

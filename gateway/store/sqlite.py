@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import struct
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -1203,25 +1203,26 @@ class SQLiteTransaction:
         heads.sort(key=lambda m: (m.next_attempt_at, m.outbox_id))
         return heads[:limit]
 
-    async def next_due_at(self) -> dt.datetime | None:
+    async def next_due_at(self, *, skip: Collection[str] = ()) -> dt.datetime | None:
         heads = self._heads()
         leases = self._lane_leases("")
         return min(
             (
                 codec.from_text(max(r["next_attempt_at"], r["lease_until"], leases.get(r["receiver"], "")))
                 for r in heads
+                if r["receiver"] not in skip
             ),
             default=None,
         )
 
     async def claim_lane_heads(
-        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime
+        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime, skip: Collection[str] = ()
     ) -> list[OutboxMessage]:
         due = codec.to_text(now)
         # A lane is leased as a whole: while another replica's lease on any of its pending messages runs (the
         # head it is sending, which a trust push or a retried dead letter may since have overtaken), the lane
         # is its, and nobody else seals the lane's next sequence number or signs with a signer it may lack.
-        leased = {receiver for receiver, until in (self._lane_leases(owner)).items() if until > due}
+        leased = {receiver for receiver, until in (self._lane_leases(owner)).items() if until > due}.union(skip)
         rows = [r for r in self._heads() if r["next_attempt_at"] <= due and r["receiver"] not in leased]
         rows.sort(key=lambda r: (r["next_attempt_at"], r["outbox_id"]))
         claimed = rows[:limit]

@@ -81,13 +81,15 @@ def scripted_receipt(
     resend_from: int = 0,
     message_id: str = "",
     detail: str = "",
+    sender: str = "EVL",
 ) -> bytes:
-    """The receipt a scripted partner, EVL, signs for CHN's statement ``envelope`` (protobuf form)."""
+    """The receipt a scripted partner (``sender``, EVL unless named) signs for CHN's statement ``envelope``
+    (protobuf form)."""
     parsed = wire.envelope_from_bytes(envelope)
     statement = partner_pb2.Statement.FromString(parsed.payload)
     receipt = partner_pb2.Receipt(
         message_id=message_id or f"r-{statement.header.message_id}",
-        sender="EVL",
+        sender=sender,
         receiver="CHN",
         in_reply_to=statement.header.message_id,
         payload_sha256=hashlib.sha256(parsed.payload).digest(),

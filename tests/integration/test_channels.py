@@ -4,10 +4,13 @@ and an operator who retries a rotation."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,7 +24,7 @@ from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nom
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.exchange import TRUST_BUNDLE_PAYLOAD_TYPE, EnvelopeForm
 from gateway.harness import self_signed_trust_document, start_network
-from gateway.outbox import PartnerTransport
+from gateway.outbox import PartnerTransport, TransportError
 from gateway.store.base import LogKind, OutboxKind, OutboxState
 from gateway.store.sqlite import SQLiteStore
 from signing import CryptoSigner, sign_envelope
@@ -295,6 +298,150 @@ async def test_a_partner_s_receipt_detail_is_kept_and_logged_escaped(
         logged = [r.getMessage() for r in caplog.records if "FORGED" in r.getMessage()]
         assert logged and all("\n" not in m and "\u202e" not in m for m in logged)
     finally:
+        await core.close()
+
+
+class TwoPartners:
+    """Two partners, EVL and SLO, as the transport meets them: the ``slow`` ones answer only once released (as
+    a partner at the edge of the transport's timeout would), the ``failing`` ones cannot be reached at their
+    first call."""
+
+    def __init__(self, signers: dict[str, CryptoSigner], *, slow: set[str], failing: Collection[str] = ()) -> None:
+        self.signers = signers
+        self.slow = slow
+        self.failing = set(failing)
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.calls: list[str] = []
+
+    async def deliver(self, party: str, envelope: bytes) -> bytes:
+        self.calls.append(party)
+        if party in self.failing:
+            self.failing.discard(party)
+            raise TransportError(f"{party} cannot be reached for a moment")
+        if party in self.slow:
+            self.waiting.set()
+            await self.release.wait()
+        return scripted_receipt(self.signers[party], envelope, code=records_pb2.OK, taken_in=True, sender=party)
+
+
+async def two_partners(tmp_path: Path, partners: TwoPartners) -> GatewayCore:
+    """A CHN gateway (no servers) whose partners are EVL and SLO, answering as ``partners``."""
+    chn = CryptoSigner.generate()
+    core = GatewayCore(
+        party="CHN",
+        store=await SQLiteStore.open(tmp_path / "chn.db"),
+        signer=chn,
+        own_trust=self_signed_trust_document("CHN", chn),
+        partners=[PartnerSpec(p, p.lower(), self_signed_trust_document(p, s)) for p, s in partners.signers.items()],
+        policy=ACCEPT_ALL,
+        transport=lambda directory: partners,
+    )
+    await core.load()
+    return core
+
+
+async def _queue(core: GatewayCore, receiver: str, transfer_id: str) -> None:
+    async with core.store.transaction() as tx:
+        await core.exchange.enqueue(tx, receiver, status_query=partner_pb2.StatusQuery(transfer_id=transfer_id))
+    core.outbox.wake()
+
+
+async def _delivered(core: GatewayCore, receiver: str) -> int:
+    async with core.store.read() as tx:
+        return sum(1 for m in await tx.list_outbox() if m.receiver == receiver and m.state is OutboxState.DELIVERED)
+
+
+async def _until_delivered(core: GatewayCore, receiver: str, count: int, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while await _delivered(core, receiver) < count:
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+def _signers() -> dict[str, CryptoSigner]:
+    return {"EVL": CryptoSigner.generate(), "SLO": CryptoSigner.generate()}
+
+
+@pytest.mark.asyncio
+async def test_a_partner_slow_to_answer_holds_up_its_own_lane_and_no_other(tmp_path: Path) -> None:
+    partners = TwoPartners(_signers(), slow={"SLO"})
+    core = await two_partners(tmp_path, partners)
+    try:
+        async with core.store.transaction() as tx:
+            for party in ("SLO", "EVL"):
+                await core.exchange.enqueue(tx, party, status_query=partner_pb2.StatusQuery(transfer_id="t1"))
+        draining = asyncio.create_task(core.outbox.drain())
+        await asyncio.wait_for(partners.waiting.wait(), 10)
+        await _until_delivered(core, "EVL", 1, "EVL's statement waited for SLO's answer")
+        # What is queued for EVL while SLO still holds its answer goes too, as it is queued.
+        await _queue(core, "EVL", "t2")
+        await _until_delivered(core, "EVL", 2, "EVL's next statement waited for SLO's answer")
+        assert not draining.done() and await _delivered(core, "SLO") == 0
+        partners.release.set()
+        assert await asyncio.wait_for(draining, 10) == 3
+        assert (await _delivered(core, "SLO"), await _delivered(core, "EVL")) == (1, 2)
+    finally:
+        await core.close()
+
+
+@pytest.mark.asyncio
+async def test_a_lane_whose_send_failed_is_tried_again_at_its_backoff_while_another_is_slow(tmp_path: Path) -> None:
+    partners = TwoPartners(_signers(), slow={"EVL"}, failing={"SLO"})
+    core = await two_partners(tmp_path, partners)
+    core.outbox.start()
+    try:
+        await _queue(core, "EVL", "t1")
+        await asyncio.wait_for(partners.waiting.wait(), 10)
+        await _queue(core, "SLO", "t1")  # its first send fails; the backoff is 50 ms
+        await _until_delivered(core, "SLO", 1, "SLO's retry waited for EVL's answer")
+        assert partners.calls == ["EVL", "SLO", "SLO"]
+        # And again, with SLO's lane busy with new statements while EVL still holds its answer.
+        partners.failing.add("SLO")
+        for i in range(5):
+            await _queue(core, "SLO", f"t{i + 2}")
+            await asyncio.sleep(0.02)
+        await _until_delivered(core, "SLO", 6, "SLO's statements waited for EVL's answer")
+        assert await _delivered(core, "EVL") == 0
+        partners.release.set()
+        await _until_delivered(core, "EVL", 1, "EVL's answer was lost")
+        assert partners.calls.count("EVL") == 1
+    finally:
+        partners.release.set()
+        await core.close()
+
+
+@pytest.mark.asyncio
+async def test_a_claim_that_fails_while_a_lane_is_being_sent_leaves_that_send_alone(tmp_path: Path) -> None:
+    partners = TwoPartners(_signers(), slow={"EVL"})
+    core = await two_partners(tmp_path, partners)
+    claim = core.outbox._claim
+    failing: list[bool] = []  # the next claim fails, once
+
+    async def failing_once(**kwargs: Any) -> Any:
+        if failing and not failing[0]:
+            failing[0] = True
+            raise sqlite3.OperationalError("disk I/O error")
+        return await claim(**kwargs)
+
+    core.outbox._claim = failing_once  # type: ignore[method-assign]
+    core.outbox.start()
+    try:
+        await _queue(core, "EVL", "t1")
+        await asyncio.wait_for(partners.waiting.wait(), 10)
+        failing.append(False)
+        await _queue(core, "SLO", "t1")
+        deadline = asyncio.get_running_loop().time() + 10
+        while not failing[0]:  # the claim that would take SLO's lane fails while EVL's answer is awaited
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        assert partners.calls == ["EVL"]
+        partners.release.set()
+        await _until_delivered(core, "EVL", 1, "EVL's answer was lost")
+        await _until_delivered(core, "SLO", 1, "SLO's statement was not claimed again")
+        assert partners.calls.count("EVL") == 1  # EVL's send was not abandoned and sent again
+    finally:
+        partners.release.set()
         await core.close()
 
 

@@ -271,6 +271,13 @@ async def test_outbox_lanes_put_trust_first_and_leases_keep_a_head_to_one_replic
         )
     async with store.transaction() as tx:
         assert sorted(m.message_id for m in await tx.lane_heads(NOW, 10)) == ["che-1", "gbr-0"]
+        # A lane the claimer names as its own in flight is left out, and left unleased.
+        assert [
+            m.message_id for m in await tx.claim_lane_heads(NOW, 10, owner="replica-a", until=later, skip={"CHE"})
+        ] == ["gbr-0"]
+        assert [
+            m.message_id for m in await tx.claim_lane_heads(NOW, 10, owner="replica-b", until=NOW, skip={"GBR"})
+        ] == ["che-1"]
         claimed = await tx.claim_lane_heads(NOW, 10, owner="replica-a", until=later)
         assert sorted(m.message_id for m in claimed) == ["che-1", "gbr-0"]
     async with store.transaction() as tx:
