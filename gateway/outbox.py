@@ -549,7 +549,11 @@ class OutboxWorker:
                 )
             stored = theirs
             await tx.set_outgoing_channel(message.receiver, theirs)
-            await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now)
+            # At once the first time; a partner that answers every attempt with another place goes at the pace of
+            # the backoff, as one that keeps asking for resends does.
+            again = message.last_code == ResponseCode.REPLAY
+            wait = self.backoff.after(message.attempts + 1) if again else dt.timedelta(0)
+            await tx.reschedule(message.outbox_id, code=int(code), error=detail, next_attempt_at=now + wait)
             log.warning(
                 "%s has taken in our statements up to %d (we had %d): sending on from there",
                 message.receiver,

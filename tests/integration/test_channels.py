@@ -109,6 +109,56 @@ async def test_a_partner_that_keeps_asking_for_resends_cannot_keep_the_outbox_bu
         await core.close()
 
 
+class MovingPlacePartner:
+    """A partner that answers every statement with REPLAY, naming each time a new place it claims the channel is
+    at: each answer asks the sender to catch up from there."""
+
+    def __init__(self, signer: CryptoSigner) -> None:
+        self.signer = signer
+        self.deliveries = 0
+
+    async def deliver(self, party: str, envelope: bytes) -> bytes:
+        self.deliveries += 1
+        payload = wire.envelope_from_bytes(envelope).payload
+        statement = partner_pb2.Statement.FromString(payload)
+        receipt = partner_pb2.Receipt(
+            message_id=f"r-{self.deliveries}",
+            sender="EVL",
+            receiver="CHN",
+            in_reply_to=statement.header.message_id,
+            payload_sha256=hashlib.sha256(payload).digest(),
+            code=records_pb2.REPLAY,
+            taken_in=False,
+            envelope_sha256=hashlib.sha256(envelope).digest(),
+            last_sequence=statement.header.sequence + 1,
+            last_hash=hashlib.sha256(b"%d" % self.deliveries).digest(),
+        )
+        return wire.envelope_to_bytes(
+            sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
+        )
+
+
+@pytest.mark.asyncio
+async def test_a_partner_that_keeps_naming_a_new_place_cannot_keep_the_outbox_busy(tmp_path: Path) -> None:
+    evl = CryptoSigner.generate()
+    partner = MovingPlacePartner(evl)
+    now = dt.datetime.now(dt.UTC)
+    core = await gateway_before(partner, evl, tmp_path, clock=lambda: now)
+    try:
+        await core.load()
+        async with core.store.transaction() as tx:
+            await core.exchange.enqueue(tx, "EVL", status_query=partner_pb2.StatusQuery(transfer_id="t"))
+        await asyncio.wait_for(core.outbox.drain(), 10)  # returns: the second catch-up waits for the backoff
+        assert partner.deliveries == 2  # the first catch-up goes at once, as after a restore from a backup
+        async with core.store.read() as tx:
+            [pending] = await tx.list_outbox(states=(OutboxState.PENDING,))
+        assert pending.next_attempt_at > now
+        await core.outbox.drain()
+        assert partner.deliveries == 2
+    finally:
+        await core.close()
+
+
 @pytest.mark.asyncio
 async def test_statements_far_ahead_of_a_gap_are_not_held_and_the_held_ones_apply_without_recursion(
     pair: Pair,
