@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, BinaryIO
+from xml.parsers import expat
 
 import openpyxl
 
@@ -431,8 +432,141 @@ class _StampedZip(zipfile.ZipFile):
         self.spliced.add(name)
 
 
+MAX_XLSX_CELLS = 524_288
+"""The most cells a workbook's sheets may span, the empty ones a sheet's declared size fills its gaps with
+included: some 17,000 rows of the AEF tables' 30 columns. openpyxl builds each row whole, some hundreds of bytes
+a cell, and reads a sheet as a grid whose gaps are filled to the size the sheet declares: a few kilobytes could
+otherwise claim billions of cells."""
+
+MAX_XLSX_ELEMENTS = 2_000_000
+"""The most XML elements a workbook's parts may hold in all."""
+
+MAX_XLSX_OTHER_ELEMENTS = 200_000
+"""The most elements outside rows, cells and strings (styles, names, relationships): openpyxl builds each whole."""
+
+MAX_XLSX_ROW_CELLS = 16_384
+"""The most cells one row may hold: a spreadsheet's widest row. openpyxl builds a row whole before it is read."""
+
+MAX_XLSX_ITEM_ELEMENTS = 1_000
+"""The most elements one cell or shared string may hold (runs of rich text, say)."""
+
+MAX_XLSX_SHEETS = 64
+"""The most sheets a workbook may list: each is read whole, even when several name the same part."""
+
+MAX_XLSX_UNPACKED_BYTES = 64 << 20
+"""The most a workbook's parts may unpack to, in all."""
+
+MAX_XLSX_PARTS = 1_000
+"""The most parts (files) a workbook's archive may hold."""
+
+
+class _WorkbookCount:
+    """What a workbook's XML holds, counted as expat reads it; each limit above is checked as it is passed."""
+
+    def __init__(self) -> None:
+        self.elements = self.other = self.cells = self.strings = self.sheets = 0
+        self.row_cells = 0
+        self.item_depth = self.item_elements = 0
+
+    def start(self, name: str, attributes: object) -> None:
+        self.elements += 1
+        if self.elements > MAX_XLSX_ELEMENTS:
+            raise _too_large(f"its XML holds more than {MAX_XLSX_ELEMENTS:,} elements")
+        if self.item_depth:
+            self.item_depth += 1
+            self.item_elements += 1
+            if self.item_elements > MAX_XLSX_ITEM_ELEMENTS:
+                raise _too_large(f"a cell or string holds more than {MAX_XLSX_ITEM_ELEMENTS:,} elements")
+            return
+        local = name.rpartition(":")[2]
+        if local in ("c", "si"):
+            self.item_depth, self.item_elements = 1, 0
+            if local == "c":
+                self.cells += 1
+                self.row_cells += 1
+                if self.row_cells > MAX_XLSX_ROW_CELLS:
+                    raise _too_large(f"a row holds more than {MAX_XLSX_ROW_CELLS:,} cells")
+            else:
+                self.strings += 1
+            if max(self.cells, self.strings) > MAX_XLSX_CELLS:
+                raise _too_large(f"it holds more than {MAX_XLSX_CELLS:,} cells or strings")
+        elif local == "row":
+            self.row_cells = 0
+        else:
+            self.other += 1
+            if self.other > MAX_XLSX_OTHER_ELEMENTS:
+                raise _too_large(f"it holds more than {MAX_XLSX_OTHER_ELEMENTS:,} elements of styles and structure")
+            if local == "sheet":
+                self.sheets += 1
+                if self.sheets > MAX_XLSX_SHEETS:
+                    raise _too_large(f"it lists more than {MAX_XLSX_SHEETS} sheets")
+
+    def end(self, name: str) -> None:
+        if self.item_depth:
+            self.item_depth -= 1
+
+
+def _measure_workbook(data: bytes) -> None:
+    """Refuse, before openpyxl reads any of it, a workbook past one of the limits above, with a part that cannot
+    be read, or declaring an XML document type (its entities would expand as openpyxl parses). Every part is
+    parsed as XML, by the parser openpyxl uses, whatever its name: openpyxl finds its parts through the package's
+    relationships. A part that is not XML (an image) is no part openpyxl parses. What is not a zip archive is
+    left to openpyxl to name."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    with archive:
+        parts = archive.infolist()
+        if len(parts) > MAX_XLSX_PARTS:
+            raise _too_large(f"its archive holds {len(parts):,} parts, more than {MAX_XLSX_PARTS:,}")
+        unpacked = 0
+        counted = _WorkbookCount()
+
+        def doctype(*_: object) -> None:
+            raise RecordRejected.one(
+                "file",
+                "the workbook declares an XML document type, which no spreadsheet part has",
+                IssueCode.MALFORMED_FILE,
+            )
+
+        for info in parts:
+            parser = expat.ParserCreate()
+            parser.StartElementHandler = counted.start
+            parser.EndElementHandler = counted.end
+            parser.StartDoctypeDeclHandler = doctype
+            counted.item_depth = 0
+            xml = True
+            try:
+                with archive.open(info) as part:
+                    while chunk := part.read(1 << 20):
+                        unpacked += len(chunk)
+                        if unpacked > MAX_XLSX_UNPACKED_BYTES:
+                            raise _too_large(f"its parts unpack to more than {MAX_XLSX_UNPACKED_BYTES:,} bytes")
+                        if xml:
+                            try:
+                                parser.Parse(chunk, False)
+                            except expat.ExpatError:
+                                xml = False  # not XML: openpyxl parses it as no part
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError) as error:
+                raise RecordRejected.one(
+                    "file",
+                    f"part {info.filename[:100]!r} of the workbook cannot be read: {error}",
+                    IssueCode.MALFORMED_FILE,
+                ) from None
+
+
+def _too_large(what: str) -> RecordRejected:
+    return RecordRejected.one(
+        "file", f"the workbook is too large to read: {what}; split it, or save it as CSV", IssueCode.MALFORMED_FILE
+    )
+
+
 def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
-    """Every sheet of a workbook as ``title -> (header, rows)``; trailing empty rows are dropped."""
+    """Every sheet of a workbook as ``title -> (header, rows)``; trailing empty rows are dropped. A workbook
+    larger than the limits above is refused before it is read (`_measure_workbook`), or, for the gaps a sheet
+    declares, as soon as reading passes `MAX_XLSX_CELLS`."""
+    _measure_workbook(data)
     try:
         workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as error:  # openpyxl raises many types for a bad file
@@ -440,9 +574,18 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
             "file", f"is not a readable XLSX workbook: {error}", IssueCode.MALFORMED_FILE
         ) from None
     sheets: dict[str, tuple[list[str], list[list[object]]]] = {}
+    cells = 0
     try:
         for sheet in workbook.worksheets:
-            rows = [list(row) for row in sheet.iter_rows(values_only=True)]
+            declared = (sheet.max_row or 0) * (sheet.max_column or 0)
+            if cells + declared > MAX_XLSX_CELLS:
+                raise _too_many_cells(sheet.title, f"declares {sheet.max_row:,} rows of {sheet.max_column:,} columns")
+            rows: list[list[object]] = []
+            for row in sheet.iter_rows(values_only=True):
+                cells += len(row) or 1
+                if cells > MAX_XLSX_CELLS:
+                    raise _too_many_cells(sheet.title, f"runs past row {len(rows):,}")
+                rows.append(list(row))
             while rows and all(v is None or v == "" for v in rows[-1]):
                 rows.pop()
             if not rows:
@@ -459,6 +602,15 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
     finally:
         workbook.close()
     return sheets
+
+
+def _too_many_cells(title: str, what: str) -> RecordRejected:
+    return RecordRejected.one(
+        "file",
+        f"sheet {title[:64]!r} {what}: more than the {MAX_XLSX_CELLS:,} cells a workbook may span (empty ones"
+        " included); split it, or save it as CSV",
+        IssueCode.MALFORMED_FILE,
+    )
 
 
 def read_xlsx_sheet(data: bytes, title: str | None) -> tuple[list[str], list[list[object]]]:

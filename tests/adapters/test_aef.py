@@ -325,3 +325,194 @@ def test_action_types_cover_the_rules() -> None:
     assert {c.header for c in COLUMNS if c.only_for and ActionType.ACQUISITION.value in c.only_for} == {
         "Transferring participating Party ID"
     }
+
+
+def _sheet_claiming(rows: int, columns: int, *, dimension: bool) -> bytes:
+    """A workbook of a few kilobytes: a header, and one more row at row ``rows``, in a sheet that declares
+    ``columns`` columns (or declares no size at all)."""
+    import re
+    import zipfile
+
+    from openpyxl.utils import get_column_letter
+
+    book = openpyxl.Workbook()
+    book.active.append(["Action date", "Action type"])
+    book.active.append(["x", "y"])
+    written = io.BytesIO()
+    book.save(written)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(written.getvalue())) as source, zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                size = f'<dimension ref="A1:{get_column_letter(columns)}{rows}"/>' if dimension else ""
+                data = re.sub(rb'<dimension ref="[^"]*" ?/>', size.encode(), data)
+                data = data.replace(b'r="2"', f'r="{rows}"'.encode())
+                data = data.replace(b'r="A2"', f'r="A{rows}"'.encode()).replace(b'r="B2"', f'r="B{rows}"'.encode())
+            target.writestr(item, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "dimension", "says"),
+    [
+        pytest.param(1_048_576, 100, True, "declares 1,048,576 rows of 100 columns", id="a declared size"),
+        pytest.param(1_048_576, 2, False, "runs past row 9,999", id="rows without a declared size"),
+    ],
+)
+def test_a_few_kilobytes_of_xlsx_cannot_claim_millions_of_cells(
+    rows: int, columns: int, dimension: bool, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters import tabular
+
+    data = _sheet_claiming(rows, columns, dimension=dimension)
+    assert len(data) < 10_000
+    if not dimension:
+        # Without a declared size the sheet is refused as it is read, at a cap small enough to keep this quick.
+        monkeypatch.setattr(tabular, "MAX_XLSX_CELLS", 10_000)
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_xlsx(data)
+    [problem] = refused.value.problems
+    assert problem.code is IssueCode.MALFORMED_FILE
+    assert says in problem.message and f"{tabular.MAX_XLSX_CELLS:,} cells" in problem.message
+    # Within the cap, the gap reads as empty rows.
+    header, body = tabular.read_xlsx_sheet(_sheet_claiming(1000, 2, dimension=dimension), None)
+    assert header == ["Action date", "Action type"] and len(body) == 999 and body[-1] == ["x", "y"]
+
+
+def _workbook_with(
+    sheet_data: bytes = b"", shared: bytes | None = None, sheets: int = 1, *, doctype: bool = False
+) -> bytes:
+    """A workbook whose first sheet's data, shared strings and list of sheets are written by hand."""
+    import re
+    import zipfile
+
+    book = openpyxl.Workbook()
+    book.active.append(["Action date", "Action type"])
+    written = io.BytesIO()
+    book.save(written)
+    out = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(written.getvalue())) as source,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target,
+    ):
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml" and sheet_data:
+                data = re.sub(
+                    rb"<sheetData>.*</sheetData>", b"<sheetData>" + sheet_data + b"</sheetData>", data, flags=re.S
+                )
+            if item.filename == "xl/worksheets/sheet1.xml" and doctype:
+                data = b'<!DOCTYPE worksheet [<!ENTITY a "<c/><c/>">]>' + data
+            if item.filename == "xl/workbook.xml" and sheets > 1:
+                entry = re.search(rb"<sheet [^>]*/>", data)
+                assert entry is not None
+                data = data.replace(entry.group(0), entry.group(0) * sheets)
+            target.writestr(item.filename, data)
+        if shared is not None:
+            target.writestr("xl/sharedStrings.xml", b"<sst>" + shared + b"</sst>")
+    return out.getvalue()
+
+
+def _renamed(workbook: bytes) -> bytes:
+    """``workbook`` with its sheet part moved to where only the package's relationships name it."""
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(workbook)) as source, zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            name = "xl/data/table.xml" if item.filename == "xl/worksheets/sheet1.xml" else item.filename
+            target.writestr(name, data.replace(b"worksheets/sheet1.xml", b"data/table.xml"))
+    return out.getvalue()
+
+
+def _damaged_part_first(workbook: bytes) -> bytes:
+    """``workbook`` with a part ahead of the others whose compression no reader knows."""
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        target.writestr("junk.bin", b"junk")
+        with zipfile.ZipFile(io.BytesIO(workbook)) as source:
+            for item in source.infolist():
+                target.writestr(item, source.read(item.filename))
+    data = bytearray(out.getvalue())
+    data[8:10] = (99).to_bytes(2, "little")  # the first local header's compression method
+    central = data.rfind(b"PK\x01\x02junk"[:4], 0, len(data))
+    first = data.find(b"PK\x01\x02")
+    data[first + 10 : first + 12] = (99).to_bytes(2, "little")
+    assert central >= first
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("build", "says"),
+    [
+        pytest.param(
+            lambda: _workbook_with(b"<row><c/><c/></row>" * 600),
+            "more than 1,000 cells or strings",
+            id="many cells",
+        ),
+        pytest.param(
+            lambda: _workbook_with(shared=b"<si><t>ab</t></si>" * 2_000),
+            "more than 1,000 cells or strings",
+            id="many shared strings",
+        ),
+        pytest.param(lambda: _workbook_with(sheets=65), "lists more than 64 sheets", id="many sheets"),
+        pytest.param(
+            lambda: _workbook_with(b'<row r="1">' + b"<c/>" * 101 + b"</row>"),
+            "a row holds more than 100 cells",
+            id="one wide row",
+        ),
+        pytest.param(
+            lambda: _workbook_with(shared=b"<si>" + b"<r><t>a</t></r>" * 51 + b"</si>"),
+            "a cell or string holds more than 100 elements",
+            id="a string of many runs",
+        ),
+        pytest.param(
+            lambda: _workbook_with(b'<row r="1"><c/></row>' + b"<mergeCell/>" * 1_001),
+            "more than 1,000 elements of styles and structure",
+            id="much structure",
+        ),
+        pytest.param(
+            lambda: _renamed(_workbook_with(b'<row r="1">' + b"<c/>" * 101 + b"</row>")),
+            "a row holds more than 100 cells",
+            id="a sheet part named otherwise",
+        ),
+        pytest.param(
+            lambda: _workbook_with(b'<row r="1"><x:c xmlns:x="urn:x"/></row>', doctype=True),
+            "declares an XML document type",
+            id="entities",
+        ),
+        pytest.param(
+            lambda: _damaged_part_first(_workbook_with()),
+            "part 'junk.bin' of the workbook cannot be read",
+            id="a damaged part",
+        ),
+        pytest.param(
+            lambda: _workbook_with(
+                b'<row r="1"><c r="A1" t="inlineStr"><is><t>' + b"a" * 70_000 + b"</t></is></c></row>"
+            ),
+            "its parts unpack to more than 65,536 bytes",
+            id="one huge value",
+        ),
+    ],
+)
+def test_a_workbook_too_large_to_read_is_refused_before_openpyxl_builds_it(
+    build: Any, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters import tabular
+
+    monkeypatch.setattr(tabular, "MAX_XLSX_CELLS", 1_000)
+    monkeypatch.setattr(tabular, "MAX_XLSX_UNPACKED_BYTES", 64 << 10)
+    monkeypatch.setattr(tabular, "MAX_XLSX_ROW_CELLS", 100)
+    monkeypatch.setattr(tabular, "MAX_XLSX_ITEM_ELEMENTS", 100)
+    monkeypatch.setattr(tabular, "MAX_XLSX_OTHER_ELEMENTS", 1_000)
+    built: list[object] = []
+    monkeypatch.setattr(openpyxl, "load_workbook", lambda *a, **k: built.append(a))
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_xlsx(build())
+    [problem] = refused.value.problems
+    assert problem.code is IssueCode.MALFORMED_FILE and says in problem.message, problem.message
+    assert built == []  # refused before openpyxl read any of it
