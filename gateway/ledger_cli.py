@@ -453,4 +453,9 @@ def format_summary(summary: object) -> str:
             f"unresolved: {e.quantity} units to {e.acquiring_party} on {e.action_date.ToJsonString()} (transfer"
             f" {e.transfer_id}): their first transfer is yet to come; counted in no row"
         )
+    if summary.unresolved_total > len(summary.unresolved):
+        lines.append(
+            f"unresolved: {summary.unresolved_total - len(summary.unresolved):,} more, not shown here"
+            " (`carbon-gateway call ListLedgerEntries` lists every entry)"
+        )
     return "\n".join(lines)

@@ -155,3 +155,15 @@ def test_arguments_no_request_can_carry_are_one_line(
     code = main([*argv[:2], "--address", "127.0.0.1:1", *argv[2:]])
     _, err = capsys.readouterr()
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_the_summary_text_says_how_many_unresolved_transfers_it_does_not_show() -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from gateway.ledger_cli import format_summary
+
+    shown = records_pb2.LedgerEntry(quantity=10, acquiring_party="CHE", transfer_id="t0", action_date=Timestamp())
+    text = format_summary(operator_pb2.LedgerSummary(unresolved=[shown], unresolved_total=1_501))
+    assert "unresolved: 10 units to CHE" in text
+    assert "unresolved: 1,500 more, not shown here" in text
+    assert "more, not shown" not in format_summary(operator_pb2.LedgerSummary(unresolved=[shown], unresolved_total=1))

@@ -18,7 +18,7 @@ from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import LockedPeriod, Retirement, parse_cancellation_subtype, parse_retirement
 from gateway.domain.nomenclature import Nomenclature
 from gateway.domain.protocol import parse_adjustment_method, parse_purpose
-from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN, LedgerEntry
+from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN, Authorization, LedgerEntry
 from gateway.domain.transfer import Transfer
 from gateway.partners import TRANSFER_ROLE
 from gateway.rpc import paging
@@ -42,6 +42,11 @@ from signing import Envelope, EnvelopeFormatError, TrustedParty
 Context = grpc.aio.ServicerContext
 
 log = logging.getLogger(__name__)
+
+
+MAX_UNRESOLVED_SHOWN = 1_000
+"""The transfers whose first transfer is yet to come that a summary lists, the oldest first (some 190 kB);
+``unresolved_total`` counts them all, and ListLedgerEntries lists every one."""
 
 
 def _idempotency(method: str, request: object, key: str) -> Idempotency:
@@ -164,7 +169,8 @@ def summary_to_proto(summary: LedgerSummary) -> operator_pb2.LedgerSummary:
             )
             for g in summary.groups
         ],
-        unresolved=[wire.ledger_entry_to_proto(e) for e in summary.unresolved],
+        unresolved=[wire.ledger_entry_to_proto(e) for e in summary.unresolved[:MAX_UNRESOLVED_SHOWN]],
+        unresolved_total=len(summary.unresolved),
         locked=[_locked(lock) for lock in summary.locked],
     )
     if structured is None:
@@ -332,8 +338,19 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         self, request: operator_pb2.ListAuthorizationsRequest, context: Context[object, object]
     ) -> operator_pb2.ListAuthorizationsResponse:
         text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID", required=False)
+        size = paging.page_size(request.page_size)
+        after = paging.decode_token(request.page_token, (int,))
+        # Versions are only ever added, in order: a version's place in the list names where a page ends.
         versions = await self.gateway.list_authorizations(request.authorization_id)
-        return operator_pb2.ListAuthorizationsResponse(versions=[wire.authorization_to_proto(v) for v in versions])
+
+        async def read(position: paging.Position | None, limit: int) -> list[tuple[int, Authorization]]:
+            start = 0 if position is None else int(position[0])
+            return list(enumerate(versions[start : start + limit], start=start + 1))
+
+        listed, token = await paging.fill(
+            read, after, size, lambda item: wire.authorization_to_proto(item[1]), lambda item: (item[0],), chunk=100
+        )
+        return operator_pb2.ListAuthorizationsResponse(versions=listed, next_page_token=token)
 
     def _selections(self, selections: Sequence[operator_pb2.BlockSelection]) -> tuple[BlockSelection, ...]:
         text.check_count(selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")

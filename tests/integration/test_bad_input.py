@@ -734,13 +734,14 @@ TABLE: list[Bad] = [
         for case in each_id("ListHoldings", "account_id", lambda v: operator_pb2.ListHoldingsRequest(account_id=v))
         if not case.name.endswith("-blank")
     ],
-    # ListTransfers, ListLedgerEntries, ListHoldings: pages
+    # ListTransfers, ListLedgerEntries, ListHoldings, ListAuthorizations: pages
     *[
         case
         for method, request in (
             ("ListTransfers", operator_pb2.ListTransfersRequest),
             ("ListLedgerEntries", operator_pb2.ListLedgerEntriesRequest),
             ("ListHoldings", operator_pb2.ListHoldingsRequest),
+            ("ListAuthorizations", operator_pb2.ListAuthorizationsRequest),
         )
         for case in (
             Bad("page_size-5001", method, partial(request, page_size=5001), "page_size"),

@@ -376,3 +376,74 @@ async def test_a_locked_year_takes_no_first_transfer_of_its_vintage_and_ndc_only
             assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization.first_transfer_definition")
     finally:
         await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_summary_lists_the_oldest_unresolved_transfers_and_counts_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.domain.blocks import SerialSpace, UnitBlock
+    from gateway.domain.canonical import ActionSubtype
+    from gateway.domain.records import ActionType, LedgerEntry, Purpose
+    from gateway.rpc import operator as operator_rpc
+
+    monkeypatch.setattr(operator_rpc, "MAX_UNRESOLVED_SHOWN", 2)
+    pair = await start_pair(tmp_path)
+    try:
+        # Units sent abroad before their first transfer: unresolved at CHN, the Party that will first transfer them.
+        sent = [
+            LedgerEntry(
+                entry_id=0,
+                action_date=dt.datetime(2026, 1, 1 + i, tzinfo=dt.UTC),
+                action_type=ActionType.TRANSFER,
+                transfer_id=f"t{i}",
+                block=UnitBlock(SerialSpace("CCER", "CN-CCER"), 100 * i, 100 * i + 9, vintage=2025),
+                cooperative_approach="CA0001",
+                authorization_id="CHN-A-0001",
+                first_transferring_party="CHN",
+                transferring_party="CHN",
+                acquiring_party="CHE",
+                purpose=Purpose.NDC,
+                action_subtype=ActionSubtype.NOT_YET_DEFINED.value,
+            )
+            for i in range(3)
+        ]
+        async with pair.chn.store.transaction() as tx:
+            await tx.append_ledger(sent)
+        async with operator(pair.chn) as chn:
+            summary = await chn.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
+        assert [e.transfer_id for e in summary.unresolved] == ["t0", "t1"]
+        assert summary.unresolved_total == 3
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_authorization_versions_come_a_page_at_a_time_in_the_order_they_were_recorded(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        async with operator(pair.che) as che:
+            for i in range(5):
+                authorization = records_pb2.Authorization()
+                authorization.CopyFrom(DEMO_AUTHORIZATION)
+                authorization.authorization_id = f"CHE-A-{i:04d}"
+                await che.RegisterAuthorization(
+                    operator_pb2.RegisterAuthorizationRequest(idempotency_key=f"a{i}", authorization=authorization)
+                )
+            listed, token, pages = [], "", 0
+            while True:
+                page = await che.ListAuthorizations(
+                    operator_pb2.ListAuthorizationsRequest(page_size=2, page_token=token)
+                )
+                listed += [v.authorization_id for v in page.versions]
+                pages += 1
+                token = page.next_page_token
+                if not token:
+                    break
+            assert listed == [f"CHE-A-{i:04d}" for i in range(5)] and pages == 3
+            whole = await che.ListAuthorizations(operator_pb2.ListAuthorizationsRequest())
+            assert [v.authorization_id for v in whole.versions] == listed and not whole.next_page_token
+            one = await che.ListAuthorizations(operator_pb2.ListAuthorizationsRequest(authorization_id="CHE-A-0003"))
+            assert [v.authorization_id for v in one.versions] == ["CHE-A-0003"]
+    finally:
+        await pair.stop()

@@ -1171,16 +1171,22 @@ class ListAuthorizationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AUTHORIZATION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     authorization_id: _builtins.str
     """empty for every authorization"""
+    page_size: _builtins.int
+    page_token: _builtins.str
     def __init__(
         self,
         *,
         authorization_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_id", b"authorization_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_id", b"authorization_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1191,16 +1197,22 @@ class ListAuthorizationsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty on the last page"""
     @_builtins.property
-    def versions(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.Authorization]: ...
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.Authorization]:
+        """in the order they were recorded"""
+
     def __init__(
         self,
         *,
         versions: _abc.Iterable[_records_pb2.Authorization] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1581,6 +1593,7 @@ class LedgerSummary(_message.Message):
     CUMULATIVE_ADJUSTMENT_FIELD_NUMBER: _builtins.int
     UNRESOLVED_FIELD_NUMBER: _builtins.int
     LOCKED_FIELD_NUMBER: _builtins.int
+    UNRESOLVED_TOTAL_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     """the settings in one line: method, period and averaging divisor"""
     averaging_divisor: _builtins.str
@@ -1589,13 +1602,16 @@ class LedgerSummary(_message.Message):
     """how the Authorisation first-transfer definition is dated"""
     cumulative_adjustment: _builtins.str
     """multi-year NDC: the one cumulative adjustment at the end of the period"""
+    unresolved_total: _builtins.int
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SummaryGroup]: ...
     @_builtins.property
     def years(self) -> _containers.RepeatedCompositeFieldContainer[Global___SummaryYear]: ...
     @_builtins.property
     def unresolved(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.LedgerEntry]:
-        """transfers whose first transfer is yet to come; counted in no row"""
+        """Transfers whose first transfer is yet to come, counted in no row: the oldest 1,000 (ListLedgerEntries has
+        every one); unresolved_total counts them all.
+        """
 
     @_builtins.property
     def locked(self) -> _containers.RepeatedCompositeFieldContainer[Global___LockedPeriod]: ...
@@ -1610,10 +1626,11 @@ class LedgerSummary(_message.Message):
         cumulative_adjustment: _builtins.str = ...,
         unresolved: _abc.Iterable[_records_pb2.LedgerEntry] | None = ...,
         locked: _abc.Iterable[Global___LockedPeriod] | None = ...,
+        unresolved_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["averaging_divisor", b"averaging_divisor", "convention", b"convention", "cumulative_adjustment", b"cumulative_adjustment", "groups", b"groups", "locked", b"locked", "method", b"method", "unresolved", b"unresolved", "years", b"years"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["averaging_divisor", b"averaging_divisor", "convention", b"convention", "cumulative_adjustment", b"cumulative_adjustment", "groups", b"groups", "locked", b"locked", "method", b"method", "unresolved", b"unresolved", "unresolved_total", b"unresolved_total", "years", b"years"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
