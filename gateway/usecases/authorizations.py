@@ -24,9 +24,7 @@ class AuthorizationKeeping(GatewayBase):
         the version in force on their date. A version dated in a locked period is refused.
         """
         check_definition(authorization, "authorization.first_transfer_definition")
-        return await self._new_version(
-            idem, authorization.authorization_id, lambda _: authorization, "authorization.authorization_id"
-        )
+        return await self._new_version(idem, authorization.authorization_id, lambda _: authorization, "authorization.")
 
     async def revoke_authorization(
         self, idem: Idempotency, authorization_id: str, version: str, date: dt.date, reason: str
@@ -43,7 +41,7 @@ class AuthorizationKeeping(GatewayBase):
             idem,
             authorization_id,
             lambda latest: dataclasses.replace(latest, version=version, date=date, revoked=True, note=reason),
-            "authorization_id",
+            "",
         )
 
     async def _new_version(
@@ -51,9 +49,26 @@ class AuthorizationKeeping(GatewayBase):
         idem: Idempotency,
         authorization_id: str,
         build: Callable[[Authorization], Authorization],
-        id_field: str,
+        fields: str,
     ) -> Authorization:
-        """Record the version ``build`` makes from the latest one, in one transaction with its checks."""
+        """Record the version ``build`` makes from the latest one, in one transaction with its checks. A refusal
+        names the request's field: the authorization's own under ``fields`` (``"authorization."`` when the
+        request carries the whole authorization, ``""`` when it names its ID, version and date)."""
+        try:
+            return await self._record_version(idem, authorization_id, build, fields)
+        except GatewayError as refused:
+            if fields != "authorization." and refused.field and refused.field.startswith("authorization."):
+                field = fields + refused.field.removeprefix("authorization.")
+                raise GatewayError(refused.code, refused.message, field=field) from None
+            raise
+
+    async def _record_version(
+        self,
+        idem: Idempotency,
+        authorization_id: str,
+        build: Callable[[Authorization], Authorization],
+        fields: str,
+    ) -> Authorization:
         async with self.store.transaction() as tx:
             versions = await tx.authorization_versions(authorization_id)
             previous = await self._replay(tx, idem)
@@ -63,7 +78,7 @@ class AuthorizationKeeping(GatewayBase):
                 raise GatewayError(
                     ResponseCode.AUTHORIZATION_MISSING,
                     f"authorization {authorization_id[:128]!r} is not known here; register it first",
-                    field=id_field,
+                    field=f"{fields}authorization_id",
                 )
             authorization = build(versions[-1])
             check_not_locked(

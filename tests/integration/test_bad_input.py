@@ -813,6 +813,8 @@ TABLE: list[Bad] = [
     *bad_keys("RevokeAuthorization", lambda k: revoke(key=k)),
     *each_id("RevokeAuthorization", "authorization_id", lambda v: revoke(authorization_id=v)),
     Bad("date-month-13", "RevokeAuthorization", lambda: revoke(date="2026-13-01"), "date"),
+    Bad("version-reused", "RevokeAuthorization", lambda: revoke(version=DEMO_AUTHORIZATION.version), "version"),
+    Bad("date-before-the-latest-version", "RevokeAuthorization", lambda: revoke(date="2001-01-01"), "date"),
     Bad("reason-3mb", "RevokeAuthorization", lambda: revoke(reason=BIG), "reason"),
     *(
         case
