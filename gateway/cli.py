@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -139,6 +140,13 @@ EXIT_OUTPUT_CLOSED = 141
 """The exit code of a command whose reader closed its output early (``| head``): a shell's for SIGPIPE."""
 
 
+EXIT_OUTPUT_FAILED = 1
+"""The exit code of a command whose output could not be written."""
+
+OUTPUT_FAILED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+"""Write failures a command reports in one line: the output's device or file cannot take more."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
@@ -149,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader has what it wanted; the buffered rest, flushed at exit, would fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OUTPUT_CLOSED
+    except OSError as exc:
+        if exc.errno not in OUTPUT_FAILED:
+            raise
+        # Standard output (or a file a command writes) cannot take what is written: a full disk, say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"carbon-gateway {args.command}: cannot write the output: {exc.strerror}", file=sys.stderr)
+        return EXIT_OUTPUT_FAILED
     return code
 
 

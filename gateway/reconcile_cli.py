@@ -104,7 +104,10 @@ def _write_report(run: Any, out: str | None) -> None:
         return
     if not run.signed_report:
         raise UsageError(f"run {run.run_id} has no signed report here (it is still running, or the partner ran it)")
-    Path(out).write_bytes(run.signed_report)
+    try:
+        Path(out).write_bytes(run.signed_report)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write the signed report there: {exc.strerror or exc}") from None
     print(f"signed report written to {out}")
 
 

@@ -72,6 +72,11 @@ class GatewayCertificates:
     issued: dict[str, tuple[Path, Path]]
 
 
+MAX_COMMON_NAME = 64
+"""The longest common name a certificate may carry, in UTF-8 bytes as the certificate builder counts them
+(RFC 5280, ub-common-name)."""
+
+
 def create_ca(name: str, days: int = 365) -> tuple[bytes, bytes]:
     """Create a self-signed CA; return its certificate PEM and its unencrypted PKCS#8 private key PEM.
 
@@ -79,6 +84,11 @@ def create_ca(name: str, days: int = 365) -> tuple[bytes, bytes]:
     """
     if not isinstance(name, str) or not name.strip() or not name.isprintable():
         raise CertificateError(f"the CA name must be a non-empty printable string, got {name!r}")
+    if len(name.encode("utf-8")) > MAX_COMMON_NAME:
+        raise CertificateError(
+            f"the CA name takes {len(name.encode('utf-8'))} bytes in UTF-8; a certificate's common name takes at"
+            f" most {MAX_COMMON_NAME}"
+        )
     _check_days(days)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])

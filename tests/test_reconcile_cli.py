@@ -161,3 +161,15 @@ async def test_reconcile_says_how_many_log_entries_the_partner_left_out(
         assert "left out" not in chn_line and chn_line.count("#") == len(ours.messages), out
     finally:
         await pair.stop()
+
+
+@pytest.mark.parametrize("where", ["a folder", "a missing folder", "a full device"])
+def test_a_signed_report_that_cannot_be_written_is_one_line_and_exit_status_2(tmp_path: Path, where: str) -> None:
+    from types import SimpleNamespace
+
+    from gateway.ledger_cli import UsageError
+    from gateway.reconcile_cli import _write_report
+
+    out = {"a folder": str(tmp_path), "a missing folder": str(tmp_path / "no" / "r.json"), "a full device": "/dev/full"}
+    with pytest.raises(UsageError, match="cannot write the signed report there"):
+        _write_report(SimpleNamespace(run_id="r", signed_report=b"{}"), out[where])

@@ -454,6 +454,30 @@ def test_certs_generate_warns_that_the_certificates_are_for_tests_and_demos(
     assert (out / "arg.crt").exists()
 
 
+def test_certs_generate_refuses_a_ca_name_no_certificate_can_carry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, size in (("x" * 65, 65), ("é" * 40, 80)):
+        outcome = run(capsys, "certs", "generate", "--out", str(tmp_path / "tls"), "--ca-name", name, "CHN")
+
+        assert outcome.code == EXIT_USAGE
+        assert f"the CA name takes {size} bytes in UTF-8; a certificate's common name takes at most 64" in outcome.err
+        assert outcome.err.count("\n") == 1 and "Traceback" not in outcome.err
+    assert run(capsys, "certs", "generate", "--out", str(tmp_path / "tls"), "--ca-name", "é" * 32, "CHN").code == 0
+
+
+def test_a_command_whose_output_cannot_be_written_says_so_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "adapters"], stdout=full, stderr=subprocess.PIPE, timeout=60
+        )
+    assert done.returncode == 1
+    assert done.stderr.decode() == "carbon-gateway adapters: cannot write the output: No space left on device\n"
+
+
 @pytest.mark.parametrize(
     ("parties", "expected"),
     [(["che"], "is not a Party code"), (["CHE", "CHE"], "named twice"), (["CHE", "../X"], "is not a Party code")],
