@@ -143,10 +143,15 @@ async def _claim_database(store: Store, party: str, now: dt.datetime) -> None:
     between them that never settle."""
     recorded = await _recorded_once(store, PARTY_SETTING, party, now)
     if recorded != party:
-        raise ConfigError(
-            f"database: it keeps {recorded}'s books, and this gateway is {party}'s. Each Party's gateway needs a"
-            f" database of its own (its replicas share it): name {party}'s"
-        )
+        raise another_partys_database(recorded, party)
+
+
+def another_partys_database(recorded: str, party: str) -> ConfigError:
+    """The refusal of a database that keeps ``recorded``'s books, for ``party``'s gateway."""
+    return ConfigError(
+        f"database: it keeps {recorded}'s books, and this gateway is {party}'s. Each Party's gateway needs a"
+        f" database of its own (its replicas share it): name {party}'s"
+    )
 
 
 class GatewayNode:

@@ -809,6 +809,51 @@ def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
         return None  # `serve` names what is wrong with the database itself
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def database_problems(path: Path, party: str) -> list[str]:
+    """What ``serve`` would refuse in an existing SQLite database, read without changing it: a path that names
+    no regular file (a device, a symbolic link to nothing or a loop), a file that is not SQLite, a write-ahead
+    log with a damaged header, or a database another Party's gateway started on. A missing file is created by
+    ``serve`` and is no problem."""
+    from gateway.node import PARTY_SETTING, another_partys_database
+    from gateway.store.sqlite import WriteAheadLogDamaged, check_write_ahead_log
+
+    try:
+        if path.is_symlink() and not path.exists():
+            return [f"database: {path} is a symbolic link to nothing (or a loop of links); name a file"]
+        if not path.exists() or path.is_dir():
+            return []  # created by serve, or a folder, which check_database_file names
+        if not path.is_file():
+            return [f"database: {path} is not a regular file; name this gateway's database file"]
+    except OSError:
+        return []  # a name the file system cannot take: check_database_file names it
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        return [f"database: {path} cannot be read: {exc.strerror or exc}"]
+    if head and head != SQLITE_MAGIC:
+        return [f"database: {path} is not an SQLite database; name this gateway's database file, or a new path"]
+    try:
+        check_write_ahead_log(path)
+    except WriteAheadLogDamaged as exc:
+        return [f"database: {exc}"]
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            kept = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'settings'").fetchone()
+            row = db.execute("SELECT value FROM settings WHERE name = ?", (PARTY_SETTING,)).fetchone() if kept else None
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return [f"database: {path} cannot be used as this gateway's SQLite database ({exc})"]
+    if row is not None and row[0] != party:
+        return [str(another_partys_database(row[0], party))]
+    return []
+
+
 def file_problems(config: GatewayConfig) -> list[str]:
     """What ``serve`` would refuse in the files a loaded configuration names: trust documents that are missing,
     unreadable or another Party's, signers that cannot be opened or that the newest version of the Party's own
@@ -860,6 +905,7 @@ def file_problems(config: GatewayConfig) -> list[str]:
         checks.append(functools.partial(check_operator_tls, config.operator_access.tls))
     if isinstance(config.database, Path):
         checks.append(functools.partial(check_database_file, config.database))
+        problems += database_problems(config.database, config.party)
     for check in checks:
         try:
             check()

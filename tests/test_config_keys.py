@@ -8,6 +8,7 @@ are reported at once; `serve` refuses them too, because it uses the same loader.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -409,3 +410,42 @@ def test_config_check_names_a_database_file_that_cannot_be(
     [line] = _check(_write(tmp_path, GOOD.replace('database = "chn.db"', f'database = "{database}"')), capsys)
     assert line.count(": database: ") == 1 and expected in line, line
     assert len(line) < 600
+
+
+def _another_partys_database(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL, recorded_at TEXT NOT NULL)")
+    db.execute("INSERT INTO settings VALUES ('party', 'CHE', '2026-01-01')")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("another Party's", "it keeps CHE's books, and this gateway is CHN's"),
+        ("not SQLite", "is not an SQLite database"),
+        ("a device", "is not a regular file"),
+        ("a loop of links", "is a symbolic link to nothing (or a loop of links)"),
+    ],
+)
+def test_config_check_names_a_database_serve_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, says: str
+) -> None:
+    _files(tmp_path)
+    database = tmp_path / "books.db"
+    if where == "another Party's":
+        _another_partys_database(database)
+    elif where == "not SQLite":
+        database.write_bytes(b"not sqlite at all")
+    elif where == "a device":
+        database = Path("/dev/null")
+    else:
+        (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+        (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+        database = tmp_path / "loop1"
+    path = _write(tmp_path, GOOD.replace('database = "chn.db"', f'database = "{database}"'))
+    [line] = _check(path, capsys)
+    assert says in line, line
+    result = subprocess.run([*CLI, "serve", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
