@@ -488,7 +488,7 @@ def render_config(
         '# code = "CN-CCER"',
         '# unit_kinds = ["CCER"]',
         '# party = "CHN"                        # the Party whose gateway is its registry of record',
-        '# issuance_pattern = ""                # a regular expression, where serials restart per issuance',
+        '# issuance_pattern = ""                # an RE2 expression, where serials restart per issuance',
         "",
         "[policy]",
         "# What to do with a partner's proposal: the first matching rule decides; no match holds it for an",

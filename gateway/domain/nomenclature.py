@@ -13,11 +13,15 @@ reach it only by transfer.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
+
+import re2
 
 from gateway.domain.blocks import SerialSpace
 from gateway.domain.errors import GatewayError, ResponseCode
@@ -66,9 +70,84 @@ class IssuingRegistry:
             raise NomenclatureError(f"registry {self.code}: party {self.party!r} is not an ISO 3166-1 alpha-3 code")
         if self.issuance_pattern:
             try:
-                re.compile(self.issuance_pattern)
-            except re.error as exc:
-                raise NomenclatureError(f"registry {self.code}: issuance_pattern does not compile: {exc}") from None
+                issuance_matcher(self.issuance_pattern)
+            except re2.error as exc:
+                problem = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+                raise NomenclatureError(
+                    f"registry {self.code}: issuance_pattern {self.issuance_pattern!r} is not one RE2 can match in"
+                    f" linear time: {problem}. RE2 takes Python's re syntax except backreferences, lookaround,"
+                    " possessive and atomic groups, verbose mode (?x) and \\N{...}, and repeats at most 1,000 times"
+                    " in all ({1,64} inside {1,64} is 4,096: write + instead, as issuance codes are at most 64"
+                    " characters)"
+                ) from None
+
+
+@functools.lru_cache(maxsize=256)
+def issuance_matcher(pattern: str) -> Any:
+    """``pattern``, in Python's ``re`` syntax, compiled by RE2, which matches in time linear in the code's length
+    whatever the pattern: a pattern such as ``(A+)+$`` cannot make one issuance code hold the gateway for ever,
+    as Python's re would. What the two read alike is passed on (`_as_re2`); what RE2 lacks is refused with
+    ``re2.error``."""
+    options = re2.Options()
+    options.log_errors = False  # a pattern that does not compile is refused with its reason, not logged too
+    return re2.compile(_as_re2(pattern), options)
+
+
+_REPEAT = re.compile(r"\{(\d*)(,?)(\d*)\}")
+_FLAGS = re.compile(r"\(\?([aimsux]+)\)")
+
+
+def _as_re2(pattern: str) -> str:
+    """``pattern`` spelled for RE2 with Python's meaning: ``\\Z`` is RE2's ``\\z``; a repeat's counts are written
+    without leading zeros and ``{,n}`` as ``{0,n}`` (RE2 would read either as text); ``\\uXXXX`` and
+    ``\\UXXXXXXXX`` are ``\\x{...}``; the flags ``a`` and ``u`` and ``(?#...)`` comments, which change nothing for
+    ASCII codes, are dropped. A POSIX class (``[[:digit:]]``), which RE2 reads as the class and Python's re as a
+    set of its characters, is refused rather than read either way."""
+    out: list[str] = []
+    i, in_class, class_start = 0, False, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            escaped = pattern[i + 1]
+            if escaped == "Z" and not in_class:
+                out.append("\\z")
+            elif escaped in "uU":
+                digits = 4 if escaped == "u" else 8
+                out.append(f"\\x{{{pattern[i + 2 : i + 2 + digits]}}}")
+                i += digits
+            else:
+                out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if char == "[" and pattern[i + 1 : i + 2] in (":", ".", "="):
+                raise re2.error(b"a POSIX class such as [[:digit:]] means another thing to Python's re; write [0-9]")
+            in_class = char != "]" or i == class_start  # a ] first in a class is one of its characters
+        elif char == "[":
+            in_class = True
+            class_start = i + 2 if pattern[i + 1 : i + 2] == "^" else i + 1
+            out.append(pattern[i:class_start])
+            i = class_start
+            continue
+        elif char == "{" and (repeat := _REPEAT.match(pattern, i)) and (repeat[1] or repeat[2]):
+            low = str(int(repeat[1])) if repeat[1] else "0"
+            high = str(int(repeat[3])) if repeat[3] else ""
+            out.append(f"{{{low}{repeat[2]}{high}}}")
+            i = repeat.end()
+            continue
+        elif char == "(" and pattern.startswith("(?#", i):
+            close = pattern.find(")", i)
+            i = len(pattern) if close < 0 else close + 1
+            continue
+        elif char == "(" and (flags := _FLAGS.match(pattern, i)):
+            kept = flags[1].replace("a", "").replace("u", "")
+            if kept:
+                out.append(f"(?{kept})")
+            i = flags.end()
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
 
 
 DEFAULT_REGISTRIES = (
@@ -153,7 +232,8 @@ class Nomenclature:
                     field=field,
                 )
             return ""
-        if not spelled or not CODE_PATTERN.fullmatch(spelled) or not re.fullmatch(registry.issuance_pattern, spelled):
+        matches = issuance_matcher(registry.issuance_pattern).fullmatch
+        if not spelled or not CODE_PATTERN.fullmatch(spelled) or matches(spelled) is None:
             raise GatewayError(
                 ResponseCode.UNKNOWN_SERIAL_SPACE,
                 f"{registry.code} restarts its serials per issuance: the issuance {issuance!r} does not match "
