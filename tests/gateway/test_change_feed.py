@@ -119,6 +119,43 @@ async def test_ledger_inserts_updates_and_deletes_are_recorded_with_the_content(
     assert [c.recorded_at for c in changes] == sorted(c.recorded_at for c in changes)
 
 
+def _recorded(path: Path) -> tuple[list[str], list[int]]:
+    """The ledger entries the change feed names as inserted, and those marked for reconciliation."""
+    with sqlite3.connect(path) as db:
+        named = [
+            r[0] for r in db.execute("SELECT subject_id FROM changes WHERE kind = 'ledger_entry' ORDER BY position")
+        ]
+        dirty = [r[0] for r in db.execute("SELECT entry_id FROM reconciliation_dirty ORDER BY entry_id")]
+    return named, dirty
+
+
+@pytest.mark.asyncio
+async def test_ledger_rows_appended_or_inserted_by_hand_are_each_recorded_once(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            ids = await tx.append_ledger([dataclasses.replace(ENTRY, transfer_id=f"t-{i}") for i in range(3)])
+        # A repair by hand, outside the gateway: the trigger records it.
+        with sqlite3.connect(path) as db:
+            db.execute(
+                "INSERT INTO ledger (entry_id, action_date, action_type, transfer_id, block, quantity, vintage,"
+                " cooperative_approach, authorization_id, first_transferring_party, transferring_party,"
+                " acquiring_party, purpose) SELECT 50, action_date, action_type, 'by-hand', block, quantity, vintage,"
+                " cooperative_approach, authorization_id, first_transferring_party, transferring_party,"
+                " acquiring_party, purpose FROM ledger WHERE entry_id = ?",
+                (ids[0],),
+            )
+        async with store.transaction() as tx:
+            [after] = await tx.append_ledger([ENTRY])
+        changes = await everything(store)
+    finally:
+        await store.close()
+    assert ids == [1, 2, 3] and after == 51
+    assert _recorded(path) == (["1", "2", "3", "50", "51"], [1, 2, 3, 50, 51])
+    assert [c.entry.transfer_id for c in changes if c.entry is not None] == ["t-0", "t-1", "t-2", "by-hand", "t-1"]
+
+
 @pytest.mark.asyncio
 async def test_a_rolled_back_transaction_or_savepoint_leaves_no_change(tmp_path: Path) -> None:
     store = await SQLiteStore.open(tmp_path / "g.db")
