@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from adapters import vocab
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
+from gateway.domain.text import escaped
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -279,4 +280,4 @@ class FieldReader:
         """Refuse fields the schema does not define (a misspelt column would otherwise be dropped)."""
         for key in self.raw:
             if key not in known:
-                self.fail(key, "is not a field of this schema (check its spelling)", IssueCode.UNKNOWN_FIELD)
+                self.fail(escaped(key), "is not a field of this schema (check its spelling)", IssueCode.UNKNOWN_FIELD)

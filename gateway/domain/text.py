@@ -206,6 +206,14 @@ def escaped(text: str, limit: int = MAX_TEXT_LENGTH) -> str:
     return truncate(text, limit)
 
 
+def encodable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (which JSON's ``\\ud800`` escapes can make, and which no
+    protobuf string, SQLite parameter or log line takes) written as its escape; anything else unchanged."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def parse_choice(kind: type[Choice], value: str, field: str, *, what: str) -> Choice:
     """The member of ``kind`` spelled ``value``, or a refusal naming the field and listing every accepted value."""
     try:

@@ -55,8 +55,10 @@ def error_detail(exc: GatewayError, record_index: int = -1) -> records_pb2.Error
     `gateway.domain.text.MAX_TEXT_LENGTH` characters, and the offending blocks are listed while they fit."""
     detail = records_pb2.ErrorDetail(
         code=int(exc.code),  # type: ignore[arg-type]
-        message=text.truncate(exc.message),
-        field=text.truncate(exc.field, text.MAX_IDENTIFIER_LENGTH),
+        # A field path or message may hold what the caller sent, a lone surrogate included: the refusal must
+        # still be built.
+        message=text.encodable(text.truncate(exc.message)),
+        field=text.encodable(text.truncate(exc.field, text.MAX_IDENTIFIER_LENGTH)),
         record_index=record_index,
     )
     while detail.ByteSize() > MAX_DETAIL_BYTES // 2 and len(detail.message) > 1:
@@ -72,7 +74,7 @@ def error_detail(exc: GatewayError, record_index: int = -1) -> records_pb2.Error
 def status_message(exc: GatewayError) -> str:
     """The status details of a refusal: its code, the start of its message and the field."""
     where = f" (field {text.truncate(exc.field, text.MAX_IDENTIFIER_LENGTH)})" if exc.field else ""
-    return f"{exc.code.name}: {text.truncate(exc.message, MAX_STATUS_MESSAGE)}{where}"
+    return text.encodable(f"{exc.code.name}: {text.truncate(exc.message, MAX_STATUS_MESSAGE)}{where}")
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: GatewayError) -> None:

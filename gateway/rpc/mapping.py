@@ -17,6 +17,7 @@ from adapters.context import MappingContext, context_from_json
 from adapters.registry import NoAdaptersInstalled, list_adapters
 from adapters.rows import MappedRows, map_rows
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
+from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.mapping import RecordRejected
 from gateway.rpc.errors import abort_with, refusals_as_status
@@ -63,8 +64,8 @@ def response(mapped: MappedRows, offset: int = 0) -> mapping_pb2.MapRecordsRespo
             add_issue(
                 position=run.first + offset if run.first else 0,
                 last_position=run.last + offset if run.last > run.first else 0,
-                field=run.field,
-                message=run.message,
+                field=text.encodable(run.field),
+                message=text.encodable(run.message),
                 code=run.code.value,
             )
     return wire

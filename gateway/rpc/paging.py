@@ -67,7 +67,7 @@ def decode_token(token: str, shape: Sequence[type]) -> Position | None:
             if not 0 <= value <= text.MAX_INT64:
                 raise refused
             position.append(value)
-        elif isinstance(value, str) and len(value) <= text.MAX_IDENTIFIER_LENGTH * 4:
+        elif isinstance(value, str) and len(value) <= text.MAX_IDENTIFIER_LENGTH * 4 and text.encodable(value) == value:
             position.append(value)
         else:
             raise refused

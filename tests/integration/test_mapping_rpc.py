@@ -13,6 +13,7 @@ from adapters.mapping import map_batch
 from adapters.rows import from_batch
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.demo import Pair
+from gateway.rpc.errors import read_error_detail
 from tests.adapters.strategies import ACTION_CONTEXT_JSON
 from tests.adapters.test_domestic import GOOD
 
@@ -100,6 +101,31 @@ async def test_a_malformed_context_is_refused_with_the_field(pair: Pair, context
             )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "context_json" in (caught.value.details() or "")
+
+
+@pytest.mark.asyncio
+async def test_a_lone_surrogate_in_a_member_name_is_refused_or_reported_escaped(pair: Pair) -> None:
+    # A member name is put in the refusal's field path: it must still make a refusal, not an UNKNOWN status.
+    surrogate = b'{"\\ud800": 1}'
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        context = mapping_pb2.MapRecordsRequest(source="cn-ccer", target="aef-actions", context_json=surrogate)
+        for call in (lambda: stub.MapRecords(context), lambda: stub.StreamMapRecords(iter([context])).read()):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call()
+            detail = read_error_detail(caught.value.trailing_metadata())
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert detail is not None and detail.field == "context_json.context.\\ud800"
+        mapped = await stub.MapRecords(
+            mapping_pb2.MapRecordsRequest(
+                source="cn-ccer",
+                target="aef-actions",
+                source_format="json",
+                payload=b"[" + surrogate + b"]",
+                context_json=CONTEXT,
+            )
+        )
+    assert ("\\ud800", "unknown_field") in [(i.field, i.code) for i in mapped.issues]
 
 
 @pytest.mark.asyncio
