@@ -32,6 +32,7 @@ it is taken in refused, so that one statement cannot stop its channel.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime as dt
 import enum
@@ -121,6 +122,12 @@ class ExchangeSettings:
     message_lifetime: dt.timedelta = dt.timedelta(hours=12)
     allowed_payload_types: frozenset[str] = frozenset({wire.STATEMENT_PAYLOAD_TYPE})
 
+
+RUN_BYTES_PER_TRANSACTION = 128 << 10
+"""The most envelope bytes of a delivered run applied in one transaction (more when one envelope is larger):
+about two Proposals of a thousand blocks. Applying a statement holds the event loop for as long as it takes,
+so a run of 64 such Proposals in one transaction would keep every other caller of the process waiting for
+seconds; between transactions the others go on."""
 
 FAILED_STATEMENT_ATTEMPTS = 5
 """How many deliveries of one statement the receiver may fail on (a bug, or stored data it cannot read) before it
@@ -522,10 +529,10 @@ class Exchange:
         """`receive` for each of ``raws``, in order: one receipt each, the ones separate calls would give.
 
         Steps 1-5 run on each envelope outside any transaction. Consecutive envelopes that pass them are
-        applied in one transaction (steps 6-8 and the effect), each under its own savepoint, so that one
-        statement's refusal takes back its own writes only. A trust push, and a refusal at steps 1-5, are
-        handled alone, after the statements before them are committed: a trust push changes how the envelopes
-        after it verify. Never raises for anything in ``raws``.
+        applied together (steps 6-8 and the effect), in transactions of at most `RUN_BYTES_PER_TRANSACTION`,
+        each under its own savepoint, so that one statement's refusal takes back its own writes only. A trust
+        push, and a refusal at steps 1-5, are handled alone, after the statements before them are committed: a
+        trust push changes how the envelopes after it verify. Never raises for anything in ``raws``.
         """
         counting = _COUNTED.set(set())
         try:
@@ -546,6 +553,8 @@ class Exchange:
             group.clear()
 
         for index, raw in enumerate(raws):
+            if index:
+                await asyncio.sleep(0)  # the checks of a whole run (signatures, parsing) do not hold the loop
             try:
                 checked = await self._check(raw, form, peer_identity)
             except Exception as exc:
@@ -738,6 +747,8 @@ class Exchange:
         fails on cannot keep the ones before it out."""
         received: list[Received] = []
         while len(received) < len(group):
+            if received:
+                await asyncio.sleep(0)  # between the transactions of a long run, the process's other work goes on
             rest = group[len(received) :]
             try:
                 outcomes, after = await self._apply_together(rest, form, held=held)
@@ -780,13 +791,17 @@ class Exchange:
     async def _apply_together(
         self, group: Sequence[_Checked], form: EnvelopeForm, *, held: bool
     ) -> tuple[list[Received], _AfterCommit]:
-        """Apply the statements of ``group`` in one transaction, up to the first that closes a gap; their
-        receipts, and what follows the commit."""
+        """Apply the statements of ``group`` in one transaction, up to the first that closes a gap and within
+        `RUN_BYTES_PER_TRANSACTION`; their receipts, and what follows the commit."""
         now = self.clock()
         received: list[Received] = []
         after = _AfterCommit()
+        size = 0
         async with self.store.transaction() as tx:
             for checked in group:
+                size += len(checked.raw)
+                if received and size > RUN_BYTES_PER_TRANSACTION:
+                    break
                 party, message_id = checked.partner.party, checked.header.message_id
                 try:
                     async with tx.savepoint():

@@ -5,9 +5,11 @@ the receipt a separate ``Deliver`` call would have given. What is not delivered 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 import pytest_asyncio
 
 from carbon_gateway.v1 import partner_pb2, records_pb2
+from gateway import exchange as exchange_module
 from gateway import wire
 from gateway.demo import Pair
 from gateway.domain.errors import ResponseCode
@@ -557,3 +560,43 @@ async def test_a_statement_taken_in_refused_in_a_batch_that_then_fails_keeps_its
         ("INTERNAL_ERROR", False),
     ]
     assert (exchange._failed_attempts.get(("CHN", first)), exchange._failed_attempts.get(("CHN", second))) == (None, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_long_run_is_applied_in_transactions_of_bounded_size_with_the_loop_free_between(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crafter = await crafter_for(pair)
+    envelopes = batch_case(crafter, ["s"] * 6)
+    # Room for two of these statements in a transaction, not three.
+    monkeypatch.setattr(exchange_module, "RUN_BYTES_PER_TRANSACTION", 2 * max(len(e) for e in envelopes) + 1)
+    exchange = pair.che.core.exchange
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    applied: list[tuple[int, int]] = []  # statements each transaction applied, and the ticker's turns before it
+    together = exchange._apply_together
+
+    async def spy(group: Any, form: Any, *, held: bool) -> Any:
+        began = turns
+        outcomes, after = await together(group, form, held=held)
+        applied.append((len(outcomes), began))
+        return outcomes, after
+
+    monkeypatch.setattr(exchange, "_apply_together", spy)
+    ticking = asyncio.create_task(ticker())
+    try:
+        receipts = await deliver_batch_raw(pair.che.partner_address, envelopes)
+    finally:
+        ticking.cancel()
+    assert [ResponseCode(r.code) for r in receipts] == [ResponseCode.OK] * 6
+    assert [count for count, _ in applied] == [2, 2, 2]
+    # Other tasks of the process ran between one transaction and the next.
+    assert all(later > earlier for (_, earlier), (_, later) in itertools.pairwise(applied))
+    async with pair.che.store.read() as tx:
+        assert (await tx.incoming_channel("CHN")).last_sequence == crafter.channel.last_sequence
