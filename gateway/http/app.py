@@ -6,6 +6,7 @@ gRPC path uses, so every check is made once, in one place.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import ssl
@@ -23,6 +24,14 @@ VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,18}")
 MAX_VERSION = 2**63 - 1
 TRUST_PATH = "/.well-known/carbon-gateway/trust.json"
 TRUST_VERSION_PATH = "/.well-known/carbon-gateway/trust/{version}.json"
+
+IDLE_SECONDS = 60.0
+"""A connection is closed when it has not sent a whole request's line and headers this long after it opened or
+after its last request: one that sends nothing, or trickles its headers, does not hold a socket for ever."""
+BODY_SECONDS = 60.0
+"""The longest a request body may take to arrive: a slower one is answered 408 with a refusal receipt."""
+
+log = logging.getLogger(__name__)
 
 _HTTP_STATUS: dict[ResponseCode, int] = {
     ResponseCode.ENVELOPE_TOO_LARGE: 413,
@@ -93,7 +102,18 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
 
     async def deliver(request: web.Request) -> web.Response:
         try:
-            raw = await request.read()
+            async with asyncio.timeout(BODY_SECONDS):
+                raw = await request.read()
+        except TimeoutError:
+            received = exchange.refuse_unreadable(
+                f"the body did not arrive within {BODY_SECONDS:g} s", EnvelopeForm.JSON
+            )
+            metrics.count(received.code)
+            return web.Response(body=received.receipt, status=408, content_type="application/json")
+        except ConnectionError:
+            # Nothing failed here, and nobody is left to answer.
+            log.info("a partner closed its connection to %s before sending the whole request body", DELIVER_PATH)
+            return web.Response(status=400)
         except web.HTTPRequestEntityTooLarge:
             # aiohttp stops reading at the application's limit, some four times the cap: the rest is not read.
             received = exchange.refuse_unread(f"a body of more than {body_limit} bytes", EnvelopeForm.JSON)
@@ -179,7 +199,7 @@ class HttpServer:
     """Runs the application on one address (port 0 picks a free port), with optional mTLS."""
 
     def __init__(self, app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
-        self.runner = web.AppRunner(app, access_log=None, logger=REQUEST_LOG)
+        self.runner = web.AppRunner(app, access_log=None, logger=REQUEST_LOG, keepalive_timeout=IDLE_SECONDS)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context

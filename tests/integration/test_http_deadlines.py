@@ -1,0 +1,97 @@
+"""The HTTP partner path does not wait for ever on a partner's connection: a connection that never completes its
+request headers is closed, a body that does not arrive in time is answered 408 with a refusal receipt, and a
+partner that hangs up mid-body costs one log line, not a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import pytest_asyncio
+
+from carbon_gateway.v1 import partner_pb2
+from gateway.domain.errors import ResponseCode
+from gateway.harness import Network, start_network
+from gateway.http import app
+from signing import Envelope
+
+pytestmark = pytest.mark.sqlite_only(reason="the HTTP server's deadlines do not depend on the store")
+
+DEADLINE = 0.5
+"""The deadlines the gateway runs with here, in seconds."""
+PATIENCE = 15.0
+"""How long a test waits for the server to act on a deadline before calling it missed."""
+HEADERS = b"POST /v1/partner/deliver HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+@pytest_asyncio.fixture
+async def network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Network]:
+    monkeypatch.setattr(app, "IDLE_SECONDS", DEADLINE)
+    monkeypatch.setattr(app, "BODY_SECONDS", DEADLINE)
+    started = await start_network(tmp_path, ("CHN", "CHE"), http=True)
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
+async def connect(network: Network) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    address = urlsplit(network["CHE"].http_url)
+    assert address.hostname is not None and address.port is not None
+    return await asyncio.open_connection(address.hostname, address.port)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "sent", [b"", HEADERS[:20], HEADERS], ids=["nothing", "part of the request line", "headers without their end"]
+)
+async def test_a_connection_that_never_completes_its_headers_is_closed(network: Network, sent: bytes) -> None:
+    reader, writer = await connect(network)
+    try:
+        writer.write(sent)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), PATIENCE)  # the end of the stream: closed by the server
+    finally:
+        writer.close()
+    assert answer == b""
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_does_not_arrive_in_time_is_refused_with_a_signed_receipt(network: Network) -> None:
+    reader, writer = await connect(network)
+    try:
+        writer.write(HEADERS + b"Content-Length: 100000\r\n\r\n{")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+        length = next(int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        body = await reader.readexactly(length)
+    finally:
+        writer.close()
+    assert head.split()[1:2] == [b"408"], head
+    receipt = partner_pb2.Receipt.FromString(Envelope.from_json(body).payload)
+    assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.MALFORMED_PAYLOAD, False)
+    assert "did not arrive within 0.5 s" in receipt.detail
+
+
+@pytest.mark.asyncio
+async def test_a_partner_that_hangs_up_mid_body_costs_one_line_not_a_traceback(
+    network: Network, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _, writer = await connect(network)
+    writer.write(HEADERS + b'Content-Length: 1000\r\n\r\n{"payload":')
+    await writer.drain()
+    await asyncio.sleep(0.1)  # the handler is reading the body
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(int(PATIENCE / 0.05)):
+        if any("before sending the whole request body" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.05)
+    noted = [r for r in caplog.records if "before sending the whole request body" in r.getMessage()]
+    assert [r.levelname for r in noted] == ["INFO"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
