@@ -359,6 +359,10 @@ def _write_demo_tls(out: Path, party: str, ca_folder: str | None) -> None:
         write_gateway_certificates(out, [party], f"carbon-gateway demo CA ({party})", 365)
     except CertificateError as exc:
         raise SetupError(f"--demo-tls: {exc}") from None
+    finally:
+        if ca_folder is not None:
+            # The borrowed CA's key stays with the CA: this gateway needs only its certificate.
+            (out / CA_KEY_FILE).unlink(missing_ok=True)
 
 
 def _toml(value: str) -> str:

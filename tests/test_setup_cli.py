@@ -117,6 +117,9 @@ def test_init_with_demo_tls_issues_certificates_from_one_ca(tmp_path: Path, caps
         assert cert.issuer == ca.subject
         cert.verify_directly_issued_by(ca)
         assert config.tls.ca_certificate.read_bytes() == (tmp_path / "chn" / "tls" / "ca.crt").read_bytes()
+    # The CA's private key stays where the CA is, and is not copied to the gateway that borrowed it.
+    assert (tmp_path / "chn" / "tls" / "ca.key").is_file()
+    assert sorted(p.name for p in (tmp_path / "che" / "tls").iterdir()) == ["ca.crt", "che.crt", "che.key"]
 
 
 def test_init_with_a_pkcs11_signer_uses_the_token_key_and_writes_no_key_file(
