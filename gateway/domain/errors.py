@@ -50,6 +50,7 @@ class ResponseCode(enum.IntEnum):
     CALLER_UNAUTHENTICATED = 33
     CALLER_NOT_PERMITTED = 34
     CHANGES_PRUNED = 35
+    TOO_MANY_WATCHES = 36
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -98,6 +99,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.CALLER_NOT_PERMITTED: "the authenticated caller's role is below the role the method needs",
     ResponseCode.CHANGES_PRUNED: "the change feed was pruned past the position to resume from; read the current "
     "state with ListTransfers and ListLedgerEntries, then watch from the position the refusal names",
+    ResponseCode.TOO_MANY_WATCHES: "the gateway, or this caller, follows as many WatchChanges calls as it serves at "
+    "once (64, and 16 per caller); close one, or call again later",
 }
 
 

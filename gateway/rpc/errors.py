@@ -35,6 +35,7 @@ _STATUS: dict[ResponseCode, grpc.StatusCode] = {
     ResponseCode.ENVELOPE_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ResponseCode.CALLER_UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ResponseCode.CALLER_NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED,
+    ResponseCode.TOO_MANY_WATCHES: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -36,7 +36,7 @@ from gateway.service import (
 from gateway.store import codec
 from gateway.store.base import Change, ChangeKind, OutboxMessage, OutboxState, ReconciliationRun, RunRole, StoredBlock
 from gateway.trust import PushResult, TrustKeeper
-from gateway.usecases.watching import ChangeFeed, FeedClosed, TooManyWatchers
+from gateway.usecases.watching import ChangeFeed, FeedClosed
 from signing import Envelope, EnvelopeFormatError, TrustedParty
 
 Context = grpc.aio.ServicerContext
@@ -642,14 +642,19 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         # before the first change: the position is checked before anything is sent.
         try:
             kinds = change_kinds(request.kinds)
+            caller = current_caller()
+            following = self.changes.follow(
+                request.after_position,
+                kinds,
+                request.after_digest,
+                caller=caller.name if caller is not None else LOOPBACK_CALLER,
+            )
             # Closed when the call ends however it ends (a cancelled call stops at the `yield`, not inside).
-            async with aclosing(self.changes.follow(request.after_position, kinds, request.after_digest)) as changes:
+            async with aclosing(following) as changes:
                 async for change in changes:
                     yield change_to_proto(change)
         except GatewayError as exc:
             await abort_with(context, exc)
-        except TooManyWatchers as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except FeedClosed:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,

@@ -25,14 +25,13 @@ POLL_SECONDS = 1.0
 MAX_WATCHERS = 64
 """The most watches one gateway process follows at once. Each wakes at every commit and reads the feed, so a
 caller opening streams without end would otherwise turn every commit into that many reads."""
+MAX_WATCHERS_PER_CALLER = 16
+"""The most of them one caller may hold: a caller that opens watches and never reads them cannot take every
+place and shut out the registry of record."""
 
 
 class FeedClosed(Exception):
     """The gateway is stopping: the watcher should call again, from the last position it received."""
-
-
-class TooManyWatchers(Exception):
-    """`MAX_WATCHERS` watches are following the feed already: the caller should close one or call again later."""
 
 
 class ChangeFeed:
@@ -45,13 +44,16 @@ class ChangeFeed:
         batch: int = BATCH,
         poll_seconds: float = POLL_SECONDS,
         max_watchers: int = MAX_WATCHERS,
+        max_watchers_per_caller: int = MAX_WATCHERS_PER_CALLER,
     ) -> None:
         self.store = store
         self.batch = batch
         self.poll_seconds = poll_seconds
         self.max_watchers = max_watchers
+        self.max_watchers_per_caller = max_watchers_per_caller
         self.watchers = 0
         """Watches following the feed now."""
+        self._by_caller: dict[str, int] = {}
         self._closed = False
 
     def close(self) -> None:
@@ -60,26 +62,40 @@ class ChangeFeed:
         self.store.commits.notify()
 
     async def follow(
-        self, after: int, kinds: Sequence[ChangeKind] = (), after_digest: bytes = b""
+        self, after: int, kinds: Sequence[ChangeKind] = (), after_digest: bytes = b"", *, caller: str = ""
     ) -> AsyncGenerator[Change, None]:
         """The changes after position ``after`` (of ``kinds`` only, when given), then each new one, for ever.
 
         A position below 0 or beyond the latest is refused before anything is returned, and so is a digest
         that is not the one of the change at ``after`` (the database was restored, or is another gateway's).
-        A watch beyond `max_watchers` is refused with `TooManyWatchers`.
+        A watch beyond `max_watchers`, or beyond `max_watchers_per_caller` of ``caller``, is refused with
+        ``TOO_MANY_WATCHES``.
         """
         if self.watchers >= self.max_watchers:
-            raise TooManyWatchers(
+            raise GatewayError(
+                ResponseCode.TOO_MANY_WATCHES,
                 f"{self.watchers} watches follow this gateway's changes already, the most it serves at once: close"
-                " one, or call again later"
+                " one, or call again later",
+            )
+        held = self._by_caller.get(caller, 0)
+        if held >= self.max_watchers_per_caller:
+            raise GatewayError(
+                ResponseCode.TOO_MANY_WATCHES,
+                f"this caller follows {held} watches already, the most one caller may: close one, or call again later",
             )
         self.watchers += 1
+        self._by_caller[caller] = held + 1
         try:
             async with contextlib.aclosing(self._follow(after, kinds, after_digest)) as changes:
                 async for change in changes:
                     yield change
         finally:
             self.watchers -= 1
+            left = self._by_caller[caller] - 1
+            if left:
+                self._by_caller[caller] = left
+            else:
+                del self._by_caller[caller]
 
     async def _follow(
         self, after: int, kinds: Sequence[ChangeKind], after_digest: bytes

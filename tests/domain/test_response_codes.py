@@ -44,6 +44,7 @@ PINNED_VALUES: dict[str, int] = {
     "CALLER_UNAUTHENTICATED": 33,
     "CALLER_NOT_PERMITTED": 34,
     "CHANGES_PRUNED": 35,
+    "TOO_MANY_WATCHES": 36,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

@@ -19,7 +19,7 @@ from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway import harness
 from gateway.demo import Pair, start_pair
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.errors import ResponseCode
+from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.records import AdjustmentMethod, Purpose, TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.node import GatewayNode
@@ -379,6 +379,8 @@ async def test_watches_beyond_the_limit_are_refused_and_a_closed_one_frees_its_p
             await third.read()
         assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "the most it serves at once" in (caught.value.details() or "")
+        detail = read_error_detail(caught.value.trailing_metadata())
+        assert detail is not None and ResponseCode(detail.code) is ResponseCode.TOO_MANY_WATCHES
         assert pair.chn.changes.watchers == 2
         first.cancel()
         for _ in range(50):
@@ -390,3 +392,41 @@ async def test_watches_beyond_the_limit_are_refused_and_a_closed_one_frees_its_p
         assert len(await take(fourth, 1)) == 1
         second.cancel()
         fourth.cancel()
+
+
+@pytest.mark.asyncio
+async def test_one_caller_holds_at_most_its_share_of_the_watches(pair: Pair) -> None:
+    feed = pair.chn.changes
+    feed.max_watchers_per_caller = 2
+
+    async def consume(caller: str) -> None:
+        async for _ in feed.follow(0, caller=caller):
+            pass
+
+    async def following(count: int) -> None:
+        for _ in range(100):
+            if feed.watchers == count:
+                return
+            await asyncio.sleep(0.02)
+        assert feed.watchers == count
+
+    registry = [asyncio.create_task(consume("registry")) for _ in range(2)]
+    others: list[asyncio.Task[None]] = []
+    try:
+        await following(2)
+        with pytest.raises(GatewayError) as caught:
+            await consume("registry")
+        assert caught.value.code is ResponseCode.TOO_MANY_WATCHES
+        assert "this caller follows 2 watches already" in caught.value.message
+        # Another caller has its own share; a watch that ends gives its place back.
+        others.append(asyncio.create_task(consume("auditor")))
+        await following(3)
+        registry[0].cancel()
+        await following(2)
+        others.append(asyncio.create_task(consume("registry")))
+        await following(3)
+    finally:
+        for task in (*registry, *others):
+            task.cancel()
+        await asyncio.gather(*registry, *others, return_exceptions=True)
+    assert feed.watchers == 0
