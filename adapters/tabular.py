@@ -37,11 +37,44 @@ def unsupported(adapter: str, fmt: str, supported: Sequence[str]) -> RecordRejec
     )
 
 
+MAX_INTEGER_DIGITS = 4000
+"""Digits an integer in a JSON document may have (Python refuses more than 4,300, naming its own settings)."""
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) > MAX_INTEGER_DIGITS:
+        raise ValueError(f"a number of {len(digits)} digits, more than {MAX_INTEGER_DIGITS}")
+    return int(digits)
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large to be a finite number")
+    return value
+
+
+def loads(text: str | bytes) -> object:
+    """`json.loads`, refusing (`ValueError`) integers of more than `MAX_INTEGER_DIGITS` digits by their length.
+    A record's non-finite number is left to the field that reads it, which names the record and the field."""
+    return json.loads(text, parse_int=_bounded_int)
+
+
+def loads_finite(text: str | bytes) -> object:
+    """`loads`, refusing (`ValueError`) NaN, Infinity and a number too large for a float as well: for settings,
+    where no field reads them one by one."""
+    return json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+
+
 def read_json(data: bytes) -> object:
     """A JSON document (UTF-8, with or without a byte-order mark)."""
     try:
-        return json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as error:  # ValueError: also a number of more than 4,300 digits
+        return loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as error:
         raise RecordRejected.one("file", f"is not valid UTF-8 JSON: {error}", IssueCode.MALFORMED_FILE) from None
     except RecursionError:
         raise RecordRejected.one(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -150,7 +151,13 @@ class Envelope:
             raise EnvelopeFormatError(f"an envelope must be given as bytes, got {type(data).__name__}")
         try:
             text = bytes(data).decode("utf-8")
-            document = json.loads(text, object_pairs_hook=_no_duplicates)
+            document = json.loads(
+                text,
+                object_pairs_hook=_no_duplicates,
+                parse_constant=_no_constant,
+                parse_int=_bounded_int,
+                parse_float=_finite_float,
+            )
         except UnicodeDecodeError as exc:
             raise EnvelopeFormatError(f"the envelope is not UTF-8 text: {exc}") from None
         except (ValueError, RecursionError) as exc:
@@ -267,6 +274,30 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise EnvelopeFormatError(f"the envelope has the member {key!r} twice; refusing an ambiguous envelope")
         result[key] = value
     return result
+
+
+def _no_constant(name: str) -> Any:
+    raise EnvelopeFormatError(f"the envelope holds {name}, which is not a JSON number")
+
+
+MAX_INTEGER_DIGITS = 4000
+"""Digits an integer in an envelope's JSON may have (Python refuses to read more than 4,300, with a message
+about its own settings)."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise EnvelopeFormatError(f"the envelope holds the number {text[:40]}, too large to be a finite number")
+    return value
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) > MAX_INTEGER_DIGITS:
+        raise EnvelopeFormatError(
+            f"the envelope holds a number of {len(digits)} digits, more than {MAX_INTEGER_DIGITS}"
+        )
+    return int(digits)
 
 
 def _json_type(value: object) -> str:

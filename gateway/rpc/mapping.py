@@ -7,12 +7,12 @@ other calls keep being served while a large batch is mapped.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import grpc
 
+from adapters import tabular
 from adapters.context import MappingContext, context_from_json
 from adapters.registry import NoAdaptersInstalled, list_adapters
 from adapters.rows import MappedRows, map_rows
@@ -29,7 +29,7 @@ def _context(data: bytes) -> MappingContext:
     if not data:
         return MappingContext()
     try:
-        parsed = json.loads(data)
+        parsed = tabular.loads_finite(data)
     except (ValueError, RecursionError) as exc:
         raise GatewayError(ResponseCode.INVALID_ARGUMENT, f"not JSON: {exc}", field="context_json") from None
     if not isinstance(parsed, dict):

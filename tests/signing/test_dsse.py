@@ -145,6 +145,10 @@ def test_from_json_accepts_bytearray() -> None:
         (b'{"payload":"","payload":"YQ==","payloadType":"t","signatures":[]}', "twice"),
         (b'{"payload":"","payloadType":"t","signatures":[{"sig":"AA==","sig":"AQ=="}]}', "twice"),
         (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+        (b'{"payload":"","payloadType":"t","signatures":[],"x":NaN}', "NaN, which is not a JSON number"),
+        (b'{"payload":"","payloadType":"t","signatures":[],"x":-Infinity}', "-Infinity, which is not a JSON number"),
+        (b'{"payload":"","payloadType":"t","signatures":[],"x":1e999}', "1e999, too large to be a finite number"),
+        (b'{"payload":"","payloadType":"t","signatures":[],"x":' + b"7" * 4001 + b"}", "4001 digits, more than 4000"),
     ],
 )
 def test_from_json_rejects_malformed(data: bytes, message: str) -> None:
