@@ -578,7 +578,7 @@ def header_from_proto(msg: partner_pb2.StatementHeader) -> Header:
             ("sender", bool(msg.sender)),
             ("receiver", bool(msg.receiver)),
             ("sequence", msg.sequence > 0),
-            ("previous_hash", len(msg.previous_hash) == 32),
+            ("previous_hash", bool(msg.previous_hash)),
             ("issued_at", msg.HasField("issued_at")),
             ("expires_at", msg.HasField("expires_at")),
         )
@@ -587,6 +587,12 @@ def header_from_proto(msg: partner_pb2.StatementHeader) -> Header:
     if missing:
         raise GatewayError(
             ResponseCode.MALFORMED_PAYLOAD, f"the header lacks {', '.join(missing)}", field=f"header.{missing[0]}"
+        )
+    if len(msg.previous_hash) != 32:
+        raise GatewayError(
+            ResponseCode.MALFORMED_PAYLOAD,
+            f"the header's previous_hash is {len(msg.previous_hash)} bytes, not 32 (a SHA-256 digest)",
+            field="header.previous_hash",
         )
     if msg.sequence > text.MAX_INT64:
         raise GatewayError(

@@ -44,6 +44,9 @@ Context = grpc.aio.ServicerContext
 log = logging.getLogger(__name__)
 
 
+MAX_RECONCILIATIONS_LISTED = 1_000
+"""The most runs ListReconciliations gives (the latest first); a larger limit is refused, not cut silently."""
+
 MAX_UNRESOLVED_SHOWN = 1_000
 """The transfers whose first transfer is yet to come that a summary lists, the oldest first (some 190 kB);
 ``unresolved_total`` counts them all, and ListLedgerEntries lists every one."""
@@ -263,7 +266,12 @@ class TrustOperations:
                 field="signer",
             )
         idem = _idempotency("RotateTrustDocument", request, request.idempotency_key)
-        updated, pushed = await self.trust.rotate(envelope, signer, idem)
+        try:
+            updated, pushed = await self.trust.rotate(envelope, signer, idem)
+        except GatewayError as exc:
+            if exc.code is ResponseCode.TRUST_UPDATE_REFUSED and not exc.field:
+                exc.field = "envelope_json"  # the document itself is what the update refuses
+            raise
         return _trust_status(self.trust.party, updated, pushed)
 
     @refusals_as_status
@@ -622,7 +630,14 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         self, request: operator_pb2.ListReconciliationsRequest, context: Context[object, object]
     ) -> operator_pb2.ListReconciliationsResponse:
         partner = _party_filter(request.partner, field="partner")
-        runs = await self.gateway.list_reconciliations(partner, min(request.limit or 100, 1000))
+        if request.limit > MAX_RECONCILIATIONS_LISTED:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"limit {request.limit} is above {MAX_RECONCILIATIONS_LISTED}: the list gives the latest runs, at"
+                f" most {MAX_RECONCILIATIONS_LISTED}",
+                field="limit",
+            )
+        runs = await self.gateway.list_reconciliations(partner, request.limit or 100)
         # The list leaves the reports out (GetReconciliation gives one): a report may take up to a megabyte.
         return operator_pb2.ListReconciliationsResponse(runs=[_reconciliation(r, report=False) for r in runs])
 

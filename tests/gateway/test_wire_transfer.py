@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+import pytest
+
 from gateway import wire
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.errors import ResponseCode
+from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.protocol import Rejection
 from gateway.domain.records import AdjustmentMethod, Purpose, TransferTerms
+from gateway.domain.statements import Header
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -53,3 +56,14 @@ def test_each_change_of_a_transfer_converts_as_if_for_the_first_time() -> None:
     other = _transfer(tuple(b.with_range(b.start + 1, b.end) for b in blocks))
     assert wire.transfer_to_proto(other).SerializeToString(deterministic=True) == _built_afresh(other)
     assert len(wire.transfer_to_proto(other).blocks) == len(blocks)
+
+
+def test_a_previous_hash_missing_or_of_the_wrong_length_is_named_as_such() -> None:
+    at = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    message = wire.header_to_proto(Header("m-1", "CHN", "CHE", 1, b"\x00" * 32, at, at + dt.timedelta(hours=1)))
+    for previous, says in ((b"", "the header lacks previous_hash"), (b"\x01", "previous_hash is 1 bytes, not 32")):
+        message.previous_hash = previous
+        with pytest.raises(GatewayError) as caught:
+            wire.header_from_proto(message)
+        assert caught.value.code is ResponseCode.MALFORMED_PAYLOAD
+        assert (caught.value.field, says in caught.value.message) == ("header.previous_hash", True)

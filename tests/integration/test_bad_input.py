@@ -910,6 +910,12 @@ TABLE: list[Bad] = [
         "run_id",
     ),
     *bad_parties("ListReconciliations", lambda v: operator_pb2.ListReconciliationsRequest(partner=v), "partner"),
+    Bad(
+        "limit-above-1000",
+        "ListReconciliations",
+        lambda: operator_pb2.ListReconciliationsRequest(limit=1001),
+        "limit",
+    ),
     *bad_keys(
         "ResolveReconciliation",
         lambda k: operator_pb2.ResolveReconciliationRequest(idempotency_key=k, run_id="r-1", reason="checked"),

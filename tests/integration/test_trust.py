@@ -22,6 +22,7 @@ from gateway.exchange import Sealed
 from gateway.harness import Network, start_network
 from gateway.node import GatewayNode, PartnerSpec
 from gateway.partners import Partner
+from gateway.rpc.errors import read_error_detail
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage
 from gateway.store.sqlite import SQLiteStore
 from signing import (
@@ -40,7 +41,6 @@ from tests.integration.harness import (
     TERMINAL,
     Crafter,
     deliver_raw,
-    error_code,
     operator,
     settle,
     setup_accounts,
@@ -170,10 +170,12 @@ async def test_rotation_that_is_not_the_next_version_is_refused_by_the_operator_
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.RotateTrustDocument(
                     operator_pb2.RotateTrustDocumentRequest(
-                        idempotency_key="k", envelope_json=envelope.to_json(), signer="x"
+                        idempotency_key="k", envelope_json=envelope.to_json(), signer="default"
                     )
                 )
-        assert error_code(caught.value) in (ResponseCode.TRUST_UPDATE_REFUSED, ResponseCode.INVALID_ARGUMENT)
+        detail = read_error_detail(caught.value.trailing_metadata())
+        assert detail is not None
+        assert (ResponseCode(detail.code), detail.field) == (ResponseCode.TRUST_UPDATE_REFUSED, "envelope_json")
     finally:
         await network.stop()
 

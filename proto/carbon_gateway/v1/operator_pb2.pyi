@@ -240,7 +240,7 @@ class ListReconciliationsRequest(_message.Message):
     partner: _builtins.str
     """empty: every partner"""
     limit: _builtins.int
-    """0: 100"""
+    """0: 100; at most 1,000"""
     def __init__(
         self,
         *,
