@@ -62,7 +62,20 @@ class StatusKeeping(Initiating, Acquiring):
                     ResponseCode.MALFORMED_PAYLOAD, f"the report names an unknown state {report.state}", field="state"
                 ) from None
         step = on_partner_view(transfer.role, transfer.state, report.known, reported)
-        if step is not Step.NOTHING:
+        if (
+            step is Step.NOTHING
+            and transfer.state is TransferState.COMPLETED
+            and reported not in (TransferState.COMPLETED, TransferState.ACCEPTED)
+        ):
+            # Nothing the protocol can do: the books of the two sides disagree about units that moved.
+            log.warning(
+                "%s reports transfer %s %s while it is COMPLETED here: run a reconciliation with %s",
+                partner,
+                transfer.transfer_id,
+                reported.name if reported else "unknown to it",
+                partner,
+            )
+        elif step is not Step.NOTHING:
             log.warning(
                 "%s reports transfer %s %s while it is %s here: %s",
                 partner,

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from carbon_gateway.v1 import partner_pb2, records_pb2
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import exchange as exchange_module
 from gateway import wire
 from gateway.demo import Pair
@@ -31,7 +32,7 @@ from gateway.partners import Partner, PartnerDirectory
 from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD, SERVICE_NAME, GrpcPartnerTransport
 from gateway.store.base import LogKind, OutboxKind, OutboxState
 from signing import CryptoSigner, Role, TrustDocument, sign_trust_document
-from tests.integration.harness import Crafter, scripted_receipt
+from tests.integration.harness import Crafter, operator, scripted_receipt, setup_accounts, transfer
 from tests.integration.test_channels import gateway_before
 
 
@@ -600,3 +601,29 @@ async def test_a_long_run_is_applied_in_transactions_of_bounded_size_with_the_lo
     assert all(later > earlier for (_, earlier), (_, later) in itertools.pairwise(applied))
     async with pair.che.store.read() as tx:
         assert (await tx.incoming_channel("CHN")).last_sequence == crafter.channel.last_sequence
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("known", "state", "says"),
+    [(False, 0, "unknown to it"), (True, records_pb2.REJECTED, "REJECTED")],
+    ids=["unknown", "rejected"],
+)
+async def test_a_partner_reporting_otherwise_a_transfer_completed_here_is_logged(
+    pair: Pair, caplog: pytest.LogCaptureFixture, known: bool, state: int, says: str
+) -> None:
+    transfer_id = await transfer(pair, await setup_accounts(pair), 1, 10, "done")
+    crafter = await crafter_for(pair)
+    report = partner_pb2.StatusReport(transfer_id=transfer_id, known=known, state=state)  # type: ignore[arg-type]
+    payload = crafter.statement(status_report=report)[0]
+    caplog.set_level(logging.WARNING, logger="gateway")
+    [receipt] = await deliver_batch_raw(pair.che.partner_address, [wire.envelope_to_bytes(crafter.envelope(payload))])
+    assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.OK, True)
+    warned = [r.getMessage() for r in caplog.records if "while it is COMPLETED here" in r.getMessage()]
+    assert warned == [
+        f"CHN reports transfer {transfer_id} {says} while it is COMPLETED here: run a reconciliation with CHN"
+    ]
+    async with operator(pair.che) as che:  # the books stay as they are
+        assert (
+            await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+        ).state == records_pb2.COMPLETED
