@@ -827,12 +827,17 @@ def database_problems(path: Path, party: str) -> list[str]:
     try:
         if path.is_symlink() and not path.exists():
             return [f"database: {path} is a symbolic link to nothing (or a loop of links); name a file"]
-        if not path.exists() or path.is_dir():
-            return []  # created by serve, or a folder, which check_database_file names
+        if not path.exists():
+            check_write_ahead_log(path)  # only a log left without its database
+            return []  # created by serve
+        if path.is_dir():
+            return []  # a folder, which check_database_file names
         if not path.is_file():
             return [f"database: {path} is not a regular file; name this gateway's database file"]
     except OSError:
         return []  # a name the file system cannot take: check_database_file names it
+    except WriteAheadLogDamaged as exc:
+        return [f"database: {exc}"]
     try:
         with path.open("rb") as file:
             head = file.read(len(SQLITE_MAGIC))

@@ -82,7 +82,8 @@ from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD, DATA_STEPS, MI
 
 
 class WriteAheadLogDamaged(sqlite3.DatabaseError):
-    """The file's write-ahead log holds transactions SQLite would silently ignore: its header is damaged."""
+    """The file's write-ahead log holds transactions SQLite would silently ignore: its header is damaged, or the
+    database file beside it is missing, empty or not in WAL mode."""
 
 
 _WAL_MAGIC = (0x377F0682, 0x377F0683)  # checksums little-endian, big-endian
@@ -107,7 +108,10 @@ def check_write_ahead_log(path: Path | str) -> None:
     header: SQLite would open the file as if the log were empty, and every transaction in it since the last
     checkpoint (all of a young gateway's books) would be gone without a word. A log with no frame, or none, is
     fine; damage further into the log cannot be told from a transaction cut short by a crash, and SQLite keeps
-    the transactions before it."""
+    the transactions before it.
+
+    A log with frames beside a database file that is missing, empty or not in WAL mode is refused too: SQLite
+    would start a new database, or open the file in its own journal mode, and delete the log."""
     # SQLite keeps the log beside the file a symbolic link names, not beside the link.
     wal = Path(f"{os.path.realpath(path)}-wal")
     try:
@@ -118,6 +122,8 @@ def check_write_ahead_log(path: Path | str) -> None:
         return
     if len(header) < _WAL_HEADER:
         return
+    if size >= _WAL_HEADER + _WAL_FRAME_HEADER + 512:
+        _check_log_has_its_database(path, wal, size)
     magic, version, page_size = struct.unpack(">3I", header[:12])
     sound = (
         magic in _WAL_MAGIC
@@ -132,6 +138,28 @@ def check_write_ahead_log(path: Path | str) -> None:
         f"{path}: its write-ahead log ({wal.name}, {size} bytes) has a damaged header, so SQLite would ignore the"
         " transactions in it and the gateway would start without them. Restore the database from a backup (see"
         ' "Restoring a backup" in the README); move the log aside only if you know it holds nothing needed'
+    )
+
+
+def _check_log_has_its_database(path: Path | str, wal: Path, size: int) -> None:
+    try:
+        with open(os.path.realpath(path), "rb") as database:
+            head = database.read(100)
+    except FileNotFoundError:
+        head = None
+    except OSError:
+        return  # not a file this check can read: opening it says what is wrong
+    if head is None or not head:
+        problem = "is missing" if head is None else "is empty"
+    elif len(head) == 100 and head.startswith(b"SQLite format 3\x00") and head[18:20] != b"\x02\x02":
+        problem = "is not in WAL mode"
+    else:
+        return
+    raise WriteAheadLogDamaged(
+        f"{path} {problem}, but its write-ahead log ({wal.name}, {size} bytes) holds transactions: SQLite would"
+        " start without them and delete the log. Put the database file back beside its log (a young gateway"
+        ' keeps all its books in the log), or restore from a backup (see "Restoring a backup" in the README);'
+        " move the log aside only if you know it holds nothing needed"
     )
 
 

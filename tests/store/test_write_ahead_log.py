@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from gateway.config import ConfigError
 from gateway.domain.records import Account, AccountType
 from gateway.node import _open_store
+from gateway.setup_cli import database_problems
 from gateway.store.sqlite import SQLiteStore, WriteAheadLogDamaged
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -93,3 +95,35 @@ async def test_a_database_named_through_a_symbolic_link_has_its_log_checked_wher
         await SQLiteStore.open(link)
     with pytest.raises(WriteAheadLogDamaged):
         await SQLiteStore.open_read_only(link)
+
+
+def _rollback_mode_database(path: Path) -> None:
+    """A database in SQLite's own journal mode (header bytes 18 and 19 are 1), where a log beside it is ignored."""
+    elsewhere = path.with_name("rollback.db")  # made apart: SQLite would delete the log beside it
+    with closing(sqlite3.connect(elsewhere)) as db:
+        db.execute("CREATE TABLE t (x)")
+    shutil.copyfile(elsewhere, path)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda path: path.unlink(), "is missing"),
+        (lambda path: path.write_bytes(b""), "is empty"),
+        (_rollback_mode_database, "is not in WAL mode"),
+    ],
+    ids=["database missing", "database empty", "database not in WAL mode"],
+)
+async def test_a_log_left_without_its_database_is_refused_not_deleted(
+    tmp_path: Path, change: Callable[[Path], None], problem: str
+) -> None:
+    path = await crash_image(tmp_path)
+    log = Path(f"{path}-wal").read_bytes()
+    change(path)
+    with pytest.raises(ConfigError) as caught:
+        await _open_store(path)
+    [line] = str(caught.value).splitlines()
+    assert line.startswith(f"database: {path} {problem}, but its write-ahead log (live.db-wal,"), line
+    assert database_problems(path, "CHN") == [line]  # config check says the same
+    assert Path(f"{path}-wal").read_bytes() == log  # the books are still there to put back
