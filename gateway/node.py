@@ -42,7 +42,7 @@ from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
 from gateway.service import Gateway
 from gateway.store import UnsupportedDatabase, is_url, open_store
 from gateway.store.base import SchemaTooNew, Store
-from gateway.store.sqlite import WriteAheadLogDamaged
+from gateway.store.sqlite import DatabaseInUse, SQLiteStore, WriteAheadLogDamaged
 from gateway.trust import TrustKeeper
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from gateway.usecases.watching import ChangeFeed
@@ -658,10 +658,10 @@ async def _open_store(location: Path | str) -> Store:
     path = Path(location)
     check_database_file(path)
     try:
-        return await open_store(path)
+        return await SQLiteStore.open(path, alone=True)
     except SchemaTooNew as exc:
         raise ConfigError(f"database: {path}: {exc}") from None
-    except WriteAheadLogDamaged as exc:
+    except (WriteAheadLogDamaged, DatabaseInUse) as exc:
         raise ConfigError(f"database: {exc}") from None
     except sqlite3.DatabaseError as exc:
         # A file that is not SQLite ("file is not a database"), another program's database (a migration

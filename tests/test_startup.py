@@ -203,6 +203,40 @@ def test_defect_15_a_second_gateway_on_a_taken_port_stops_with_a_clear_error(tmp
         assert not (folder / f"second-{setting}.db").exists()
 
 
+def test_a_second_gateway_on_the_same_sqlite_file_stops_with_a_clear_error(tmp_path: Path) -> None:
+    folder = _keys(tmp_path)
+    operator_port, http_port = free_port(), free_port()
+    first_config = _config(
+        folder, operator=f"127.0.0.1:{operator_port}", http=f"127.0.0.1:{http_port}", name="first.toml"
+    )
+    log = tmp_path / "first.log"
+    with log.open("wb") as stderr:
+        first = subprocess.Popen([*SERVE, str(first_config)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        _wait_until_serving(first, log, operator_port, http_port)
+        _open_account(operator_port, "CN-FIRST-0001")
+        # Its own ports, the first one's database: it would take the first's outbox leases for its own.
+        second = _serve(_config(folder, name="second.toml"))
+        line = _assert_one_line_naming(second, "database", "chn.db", "in use by another carbon-gateway serve")
+        assert "PostgreSQL" in line
+        assert first.poll() is None
+        _open_account(operator_port, "CN-FIRST-0002")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=TIMEOUT) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert _accounts(folder / "chn.db") == {"CN-FIRST-0001", "CN-FIRST-0002"}
+    # Once the first has stopped, the file is free again.
+    again = subprocess.Popen([*SERVE, str(first_config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until_serving(again, log, operator_port, http_port)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(timeout=TIMEOUT)
+
+
 # Defect 16: start-up problems end in one line, not a traceback
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -163,15 +164,42 @@ def _check_log_has_its_database(path: Path | str, wal: Path, size: int) -> None:
     )
 
 
+class DatabaseInUse(sqlite3.OperationalError):
+    """Another gateway process serves from the same SQLite file."""
+
+
+def _hold_alone(path: Path | str) -> int:
+    """An open descriptor of the database file holding an exclusive ``flock`` on it, for as long as it stays
+    open; `DatabaseInUse` when another process holds one. SQLite's own locks are POSIX record locks, which a
+    ``flock`` neither takes nor meets: readers (a report) and SQLite itself go on as before."""
+    fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUse(
+            f"{path} is in use by another carbon-gateway serve process: one SQLite file has one gateway process."
+            " Stop the other one, or give this gateway a database of its own (replicas share a PostgreSQL"
+            " database)"
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 class SQLiteStore:
     """A gateway's database in one SQLite file."""
 
-    def __init__(self, connection: sqlite3.Connection, wal: GroupSync | None = None) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, wal: GroupSync | None = None, *, held_alone: int | None = None
+    ) -> None:
         self._db = connection
         self._lock = asyncio.Lock()
         self._commits = CommitSignal()
         self._enqueued = CommitSignal()
         self._wal = wal
+        self._held_alone = held_alone
 
     def is_transient(self, error: BaseException) -> bool:
         """A wait for another process's lock on the file that ran out (``busy_timeout``), a full disk, and a
@@ -192,39 +220,52 @@ class SQLiteStore:
         return self._enqueued
 
     @classmethod
-    async def open(cls, path: Path | str) -> SQLiteStore:
-        """Open (creating if needed) the database file at ``path`` and apply pending migrations."""
+    async def open(cls, path: Path | str, *, alone: bool = False) -> SQLiteStore:
+        """Open (creating if needed) the database file at ``path`` and apply pending migrations.
+
+        With ``alone`` (a ``serve`` process), refuse (`DatabaseInUse`) a file another process opened so, and
+        keep others from opening it so until this store is closed: the store takes every lease in the file for
+        its own at start, and keeps its syncs, wake-ups and counters in this process."""
         check_write_ahead_log(path)
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA busy_timeout=5000")
+        held_alone: int | None = None
+        wal: GroupSync | None = None
         try:
+            if alone:
+                held_alone = _hold_alone(path)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=5000")
             migrate(db)
+            # One process uses an SQLite file: leases a crashed run of this gateway held are nobody's now.
+            db.execute("UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner != ''")
+            db.execute("BEGIN IMMEDIATE")
+            for statement in AUTHORIZATION_USAGE_REBUILD:
+                db.execute(statement)
+            db.execute("COMMIT")
+            # A statement that changes many rows inside a transaction keeps an undo record of its own (the
+            # statement journal), in a temporary file by default: half the time of a thousand ledger entries.
+            # Set after the migrations, whose index builds may sort a whole table; reports read through their
+            # own read-only connection (`open_read_only`), whose sorts still spill to files.
+            db.execute("PRAGMA temp_store=MEMORY")
+            try:
+                wal = GroupSync(os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return cls(db, held_alone=held_alone)  # no write-ahead log file to sync: each durable commit syncs
+            _sync_folder(Path(path).resolve().parent)  # the log file's own name, which SQLite syncs only once
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=10000")
+            return cls(db, wal, held_alone=held_alone)
         except BaseException:
+            # Whatever failed, nothing of this open stays behind: not the connection, nor the lock on the file.
+            if wal is not None:
+                wal.close()
             db.close()
+            if held_alone is not None:
+                os.close(held_alone)
             raise
-        # One process uses an SQLite file: leases a crashed run of this gateway held are nobody's now.
-        db.execute("UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner != ''")
-        db.execute("BEGIN IMMEDIATE")
-        for statement in AUTHORIZATION_USAGE_REBUILD:
-            db.execute(statement)
-        db.execute("COMMIT")
-        # A statement that changes many rows inside a transaction keeps an undo record of its own (the
-        # statement journal), in a temporary file by default: half the time of a thousand ledger entries. Set
-        # after the migrations, whose index builds may sort a whole table; reports read through their own
-        # read-only connection (`open_read_only`), whose sorts still spill to files.
-        db.execute("PRAGMA temp_store=MEMORY")
-        try:
-            wal = GroupSync(os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC))
-        except OSError:
-            return cls(db)  # no write-ahead log file to sync: every durable commit syncs on its own
-        _sync_folder(Path(path).resolve().parent)  # the log file's own name, which SQLite syncs only once
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA wal_autocheckpoint=10000")
-        return cls(db, wal)
 
     @classmethod
     async def open_read_only(cls, path: Path | str) -> SQLiteStore:
@@ -346,6 +387,9 @@ class SQLiteStore:
                 if self._wal is not None:
                     self._wal.close()
                 self._db.close()
+                if self._held_alone is not None:
+                    os.close(self._held_alone)
+                    self._held_alone = None
 
 
 def _sync_folder(folder: Path) -> None:

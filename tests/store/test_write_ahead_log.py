@@ -127,3 +127,20 @@ async def test_a_log_left_without_its_database_is_refused_not_deleted(
     assert line.startswith(f"database: {path} {problem}, but its write-ahead log (live.db-wal,"), line
     assert database_problems(path, "CHN") == [line]  # config check says the same
     assert Path(f"{path}-wal").read_bytes() == log  # the books are still there to put back
+
+
+@pytest.mark.asyncio
+async def test_an_open_that_fails_after_the_migrations_leaves_the_file_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.store import sqlite as store_sqlite
+
+    path = tmp_path / "g.db"
+    await (await SQLiteStore.open(path)).close()
+    # A step of the start after the migrations fails (a backup holding the file, say).
+    monkeypatch.setattr(store_sqlite, "AUTHORIZATION_USAGE_REBUILD", ("SELECT * FROM no_such_table",))
+    with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+        await SQLiteStore.open(path, alone=True)
+    monkeypatch.undo()
+    # Nothing of the failed open holds the file: another open of a serve process takes it.
+    await (await SQLiteStore.open(path, alone=True)).close()
