@@ -271,6 +271,11 @@ def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
             f" {years['ndc_first_year']}"
         )
     adjustments = None
+    if "averaging_divisor" in table and "adjustment_method" not in table:
+        raise ConfigError(
+            'ledger.averaging_divisor: set only with adjustment_method = "averaging" (and the NDC period,'
+            " ndc_first_year and ndc_last_year); remove it, or set the method"
+        )
     if "adjustment_method" in table:
         method_text = _string(table["adjustment_method"], "ledger.adjustment_method")
         try:
@@ -391,13 +396,28 @@ def _database(base: Path, value: object) -> Path | str:
 
 
 def _signer_uri(base: Path, value: object, where: str) -> str:
+    """A signer URI with the relative paths in it (a key file's, a passphrase file's) resolved against the
+    configuration's folder, whatever the folder the gateway is started from."""
     uri = _string(value, where)
     if ":" in uri.split("/")[0]:
         scheme, _, rest = uri.partition(":")
-        if scheme == "file" and not rest.startswith("/"):
-            return f"file:{base / rest}"
-        return uri
+        if scheme.lower() != "file":
+            return uri
+        path, mark, query = rest.partition("?")
+        if not path.startswith("/"):
+            path = f"{urllib.parse.quote(str(base), safe='/')}/{path}"  # the URI's own path stays as written
+        if query:
+            query = "&".join(_rebased_parameter(base, parameter) for parameter in query.split("&"))
+        return f"file:{path}{mark}{query}"
     return str(_path(base, uri, where))
+
+
+def _rebased_parameter(base: Path, parameter: str) -> str:
+    name, equals, value = parameter.partition("=")
+    written = urllib.parse.unquote_plus(value)
+    if name == "passphrase-file" and equals and written and not written.startswith("/"):
+        return f"{name}={urllib.parse.quote(str(base / written), safe='/')}"
+    return parameter
 
 
 _LISTEN_HOST = re.compile(r"\[[0-9A-Za-z:.%_-]+\]|[0-9A-Za-z._:-]+")
@@ -657,7 +677,8 @@ def _schedule(table: Mapping[str, Any]) -> dt.timedelta | None:
     problems = _unknown_in(table, "reconciliation", RECONCILIATION_KEYS)
     if problems:
         raise ConfigError(problems[0])
-    if table.get("every_seconds", 86400) == 0:
+    every = table.get("every_seconds", 86400)
+    if every == 0 and not isinstance(every, bool):  # false is no number of seconds, and so no "off"
         return None
     return _seconds(table, "every_seconds", 86400, minimum=60.0, section="reconciliation")
 
@@ -769,11 +790,13 @@ def _operator_access(
                     f" {partner_identities[common_name.casefold()]}; a partner exchange certificate must never call"
                     " the operator API"
                 )
-            if common_name in common_names:
+            # Without regard to case, as the certificate's name is matched: a CA may issue either spelling.
+            if common_name.casefold() in common_names:
                 raise ConfigError(
-                    f"{where}.certificate_common_name: {_q(common_name)} is also {common_names[common_name]}'s"
+                    f"{where}.certificate_common_name: {_q(common_name)} is also"
+                    f" {common_names[common_name.casefold()]}'s (names are compared without regard to case)"
                 )
-            common_names[common_name] = where
+            common_names[common_name.casefold()] = where
             callers.append(OperatorCaller(name=name, role=role, certificate_common_name=common_name))
     if not loopback and not callers:
         raise ConfigError(

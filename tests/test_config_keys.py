@@ -8,6 +8,7 @@ are reported at once; `serve` refuses them too, because it uses the same loader.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 import subprocess
 import sys
@@ -297,6 +298,13 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\nhttp_url = "che.example:8443"'),
             "partners[0].http_url: 'che.example:8443' is not an http:// or https:// URL",
         ),
+        # false is no number of seconds (though Python's False == 0), and so does not turn the schedule off
+        (GOOD.replace("every_seconds = 3600", "every_seconds = false"), "reconciliation.every_seconds"),
+        # a divisor without its method was dropped without a word, whatever its value
+        (
+            GOOD.replace('adjustment_method = "multi-year"', 'averaging_divisor = "garbage"'),
+            "ledger.averaging_divisor: set only with adjustment_method",
+        ),
     ],
 )
 def test_config_check_refuses_a_value_out_of_place(
@@ -449,3 +457,24 @@ def test_config_check_names_a_database_serve_would_refuse(
     assert says in line, line
     result = subprocess.run([*CLI, "serve", str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "signer",
+    ["file:keys/chn.key?passphrase-file=pass.txt", "FILE:keys/plain.key", "file:keys/with%20space.key"],
+    ids=["passphrase file", "upper-case scheme", "percent-encoded path"],
+)
+def test_signer_paths_are_resolved_against_the_configuration_s_folder_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signer: str
+) -> None:
+    folder = tmp_path / "gateway"
+    (folder / "keys").mkdir(parents=True)
+    (folder / "pass.txt").write_text("correct horse\n", encoding="utf-8")
+    generate_key(folder / "keys" / "chn", passphrase=b"correct horse")
+    generate_key(folder / "keys" / "plain")
+    generate_key(folder / "keys" / "with space")
+    _files(folder)
+    path = _write(folder, GOOD.replace('next = "file:chn.key"', f"next = {json.dumps(signer)}"))
+    monkeypatch.chdir(tmp_path)  # not the configuration's folder
+    config = load_config(path)
+    assert signer_from_uri(config.signers["next"]).public_key.keyid

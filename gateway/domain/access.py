@@ -106,7 +106,8 @@ def identify(
     token, a client certificate must name a certificate caller. Without either, a call on loopback is the
     administrator when ``unauthenticated_loopback`` is on.
     """
-    if common_name is not None and common_name in partner_identities:
+    # Certificate names compare without regard to case, as a CA may issue either spelling.
+    if common_name is not None and common_name.casefold() in {name.casefold() for name in partner_identities}:
         raise AuthenticationRefused("a partner gateway's certificate cannot call the operator API")
     if token is not None:
         digest = token_digest(token)
@@ -120,7 +121,7 @@ def identify(
         return Caller(found.name, found.role)
     if common_name is not None:
         for caller in callers:
-            if caller.certificate_common_name and caller.certificate_common_name == common_name:
+            if caller.certificate_common_name and caller.certificate_common_name.casefold() == common_name.casefold():
                 return Caller(caller.name, caller.role)
         raise AuthenticationRefused("the client certificate names no configured operator caller")
     if loopback and unauthenticated_loopback:

@@ -75,6 +75,7 @@ def test_a_token_names_its_caller_even_beside_another_callers_certificate() -> N
     assert _identify(token="b") == Caller("boss", Role.ADMINISTRATOR)
     assert _identify(token="b", common_name="ops-1") == Caller("boss", Role.ADMINISTRATOR)
     assert _identify(common_name="ops-1") == Caller("ops-1", Role.OPERATOR)
+    assert _identify(common_name="OPS-1") == Caller("ops-1", Role.OPERATOR)  # as a CA may spell it
 
 
 @pytest.mark.parametrize(
@@ -85,6 +86,7 @@ def test_a_token_names_its_caller_even_beside_another_callers_certificate() -> N
         {"token": "unknown", "loopback": True, "unauthenticated_loopback": True},
         {"common_name": "stranger"},
         {"common_name": "CHE"},
+        {"common_name": "che"},  # a partner's certificate, whichever spelling its CA issued
         {"common_name": "CHE", "token": "b"},
         {"loopback": True},
         {"unauthenticated_loopback": True},

@@ -563,6 +563,16 @@ REFUSALS = [
         ("operator.callers[1].name", "'ops'", "operator.callers[0]"),
     ),
     Refusal(
+        "duplicate_common_names_in_another_case",
+        lambda f: _config(
+            f,
+            operator_settings=_operator_tls(f)
+            + _caller("ro", "read-only", 'certificate_common_name = "ops"\n')
+            + _caller("admin", "administrator", 'certificate_common_name = "OPS"\n'),
+        ),
+        ("operator.callers[1].certificate_common_name", "'OPS'", "operator.callers[0]"),
+    ),
+    Refusal(
         "duplicate_tokens",
         lambda f: _config(
             f, operator_settings=_caller("a", credential=_digest_line("t")) + _caller("b", credential=_digest_line("t"))
