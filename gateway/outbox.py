@@ -114,6 +114,14 @@ class _Verdict:
 WITHOUT_SIGNER_RETRY = 2.0
 """Seconds between looks at the trust document while this gateway holds none of the signers it lists."""
 
+SHARED_POLL_SECONDS = 1.0
+"""The longest a worker on a database shared with replicas waits before it looks at the outbox again: a message
+another replica queued wakes this worker only so, and must be sent even when that replica died before it could
+send it."""
+
+DATABASE_RETRY_SECONDS = 5.0
+"""How long the worker waits after the database could not be reached before it tries again."""
+
 SLOW_LANE_SECONDS = 2.0
 """How long a drain waits for the lanes it claimed together before it claims the others again without them: a
 partner slower to answer than this holds up its own lane alone."""
@@ -208,9 +216,21 @@ class OutboxWorker:
                     self._due_at = None
                     await self.drain()
                     wait = await self._next_due_in()
-            except Exception:
-                log.exception("the outbox worker failed; retrying")
-                wait = self.backoff.maximum.total_seconds()
+                    if self.store.shared:
+                        wait = min(wait, SHARED_POLL_SECONDS)
+            except Exception as exc:
+                if isinstance(exc, OSError) or self.store.is_transient(exc):
+                    # The database, not the worker: no traceback, and a look again soon.
+                    log.warning(
+                        "the outbox worker could not use the database (%s: %s); trying again in %g s",
+                        type(exc).__name__,
+                        " ".join(str(exc).split())[:300],
+                        DATABASE_RETRY_SECONDS,
+                    )
+                    wait = DATABASE_RETRY_SECONDS
+                else:
+                    log.exception("the outbox worker failed; retrying")
+                    wait = self.backoff.maximum.total_seconds()
             # Not asyncio.wait_for: before Python 3.12 it can swallow a cancellation that arrives as the wake-up
             # does, and stop() would then wait for ever.
             with contextlib.suppress(TimeoutError):

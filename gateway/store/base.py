@@ -740,6 +740,12 @@ class Store(Protocol):
         ...
 
     @property
+    def shared(self) -> bool:
+        """Whether other processes (replicas) may write this database. Their commits notify none of this
+        object's signals, so whoever waits for what they write looks again now and then as well."""
+        ...
+
+    @property
     def commits(self) -> CommitSignal:
         """Notified after every write transaction this store object commits (see `CommitSignal`)."""
         ...

@@ -217,6 +217,11 @@ class PostgresStore:
         return isinstance(error, TRANSIENT_ERRORS) and not isinstance(error, NOT_TRANSIENT)
 
     @property
+    def shared(self) -> bool:
+        """Replicas of one gateway share a PostgreSQL database."""
+        return True
+
+    @property
     def commits(self) -> CommitSignal:
         """Notified after every write transaction this process commits (other replicas' commits are not seen:
         watchers also poll)."""

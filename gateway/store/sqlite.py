@@ -210,6 +210,11 @@ class SQLiteStore:
         )
 
     @property
+    def shared(self) -> bool:
+        """One process uses an SQLite file (`open` with ``alone`` holds it to that)."""
+        return False
+
+    @property
     def commits(self) -> CommitSignal:
         """Notified after every write transaction this store commits."""
         return self._commits

@@ -349,3 +349,19 @@ async def test_a_message_leased_by_a_replica_that_died_is_sent_by_another_when_t
             assert not await tx.holds_lease(claimed[0].outbox_id, "a replica that died")
     finally:
         await network.stop()
+
+
+async def test_a_message_queued_by_a_replica_that_died_before_sending_is_sent_by_another(tmp_path: Path) -> None:
+    network, chn = await replicated(tmp_path, "CHN", 2)
+    try:
+        block = await setup_accounts(Pair(chn[0], network["CHE"]))
+        # The first replica queues the Proposal and dies before its worker sends it. The second one's worker is
+        # idle, its outbox empty when it last looked, and nothing of the first's commit wakes it.
+        await chn[0].core.outbox.stop()
+        await settle(chn[1])
+        transfer_id = await propose(chn[0], block, 1, 10, "queued-by-the-dead")
+        assert isinstance(transfer_id, str), transfer_id
+        async with operator(chn[1]) as stub:
+            assert (await wait_for_state(stub, transfer_id, TERMINAL, timeout=15)).state == records_pb2.COMPLETED
+    finally:
+        await network.stop()

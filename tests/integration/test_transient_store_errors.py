@@ -3,6 +3,8 @@ statement into one taken in with no effect: the statement is refused whole, and 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 from typing import Any
 
@@ -10,6 +12,7 @@ import asyncpg
 import pytest
 
 from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway import outbox
 from gateway.demo import Pair
 from gateway.domain.errors import GatewayError
 from gateway.store.sqlite import SQLiteStore
@@ -71,3 +74,55 @@ async def test_a_transient_error_inside_the_statement_is_not_answered_as_taken_i
         at_che = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
     # Not refused as INTERNAL_ERROR (a rejection back to CHN): the retry of the same Proposal was applied.
     assert at_chn.state == at_che.state == records_pb2.COMPLETED
+
+
+@pytest.mark.asyncio
+async def test_an_outbox_worker_that_cannot_use_the_database_says_so_in_a_line_and_looks_again(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = pair.chn.core.outbox
+    failures = 0
+    drain = worker.drain
+
+    async def failing_once() -> int:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise _transient_error(pair.chn.store)
+        return await drain()
+
+    await worker.stop()
+    monkeypatch.setattr(worker, "drain", failing_once)
+    monkeypatch.setattr(outbox, "DATABASE_RETRY_SECONDS", 0.05)
+    caplog.set_level(logging.WARNING, logger="gateway.outbox")
+    worker.start()
+    await transfer(pair, await setup_accounts(pair), 1, 10, "after-a-failure")  # sent once the worker looks again
+    assert failures == 1
+    [warned] = [r for r in caplog.records if r.name == "gateway.outbox"]
+    assert warned.levelname == "WARNING" and warned.exc_info is None
+    assert "could not use the database" in warned.getMessage()
+
+
+@pytest.mark.asyncio
+async def test_on_a_shared_database_the_worker_looks_often_but_waits_its_retry_after_a_failure(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = pair.chn.core.outbox
+    attempts = 0
+
+    async def failing() -> int:
+        nonlocal attempts
+        attempts += 1
+        raise _transient_error(pair.chn.store)
+
+    await worker.stop()
+    monkeypatch.setattr(type(pair.chn.store), "shared", property(lambda self: True))
+    monkeypatch.setattr(worker, "drain", failing)
+    monkeypatch.setattr(outbox, "SHARED_POLL_SECONDS", 0.02)  # the look of a worker that found nothing
+    monkeypatch.setattr(outbox, "DATABASE_RETRY_SECONDS", 5.0)
+    worker.start()
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        await worker.stop()
+    assert attempts == 1  # not once per look: a database that failed is given its retry time

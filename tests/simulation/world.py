@@ -165,6 +165,10 @@ class CrashingStore:
         return self.inner.synced_once()
 
     @property
+    def shared(self) -> bool:
+        return self.inner.shared
+
+    @property
     def commits(self) -> CommitSignal:
         return self.inner.commits
 
