@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -178,6 +179,11 @@ def _rowcount(status: str) -> int:
     last = status.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else 0
 
+
+log = logging.getLogger(__name__)
+
+CLOSE_SECONDS = 10.0
+"""How long closing the store waits for its connections to end their work and say goodbye to the server."""
 
 LOCK_TIMEOUT = "60s"
 """How long a statement waits for a row lock (held, say, by a hand-made repair) before it fails."""
@@ -332,8 +338,16 @@ class PostgresStore:
             await self._pool.release(connection)
 
     async def close(self) -> None:
-        """Close every connection of the pool."""
-        await self._pool.close()
+        """Close every connection of the pool: gracefully for up to `CLOSE_SECONDS`, then at once. A connection
+        the server no longer answers on (a network partition) would otherwise keep a stopping gateway for ever."""
+        try:
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self._pool.close()
+        except TimeoutError:
+            log.warning(
+                "the database did not answer within %g s while closing; closing its connections at once", CLOSE_SECONDS
+            )
+            self._pool.terminate()
 
 
 class CommitFailed(Exception):

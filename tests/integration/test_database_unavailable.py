@@ -5,6 +5,7 @@ database is back the same call goes through."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import urllib.parse
@@ -71,3 +72,40 @@ async def test_a_call_while_the_database_cannot_be_used_is_unavailable_and_goes_
     async with operator(pair.chn) as stub:
         opened = await stub.OpenAccount(open_account(), timeout=30)
     assert opened.account_id == "PO-DOWN"
+
+
+@pytest.mark.postgres
+@pytest.mark.asyncio
+async def test_closing_a_store_whose_server_does_not_answer_ends_within_its_limit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.store import postgres as store_module
+    from gateway.store.postgres import PostgresStore
+
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "close")
+    try:
+        store = await PostgresStore.open(url)
+        pool = store._pool
+
+        class Unanswered:
+            """The pool as a partition leaves it: a graceful close waits for ever."""
+
+            terminated = False
+
+            async def close(self) -> None:
+                await asyncio.Event().wait()
+
+            def terminate(self) -> None:
+                self.terminated = True
+                pool.terminate()
+
+        unanswered = Unanswered()
+        monkeypatch.setattr(store, "_pool", unanswered)
+        monkeypatch.setattr(store_module, "CLOSE_SECONDS", 0.2)
+        caplog.set_level(logging.WARNING)
+        await asyncio.wait_for(store.close(), 5)
+        assert unanswered.terminated
+        assert any("closing its connections at once" in r.getMessage() for r in caplog.records)
+    finally:
+        await postgres.drop_databases(admin, [url])
