@@ -591,6 +591,14 @@ def _trust_next(args: argparse.Namespace) -> int:
     document = current.document
     if new_signer.public_key.public_bytes in {k.public_bytes for k in document.keys.values()}:
         raise SetupError(f"--new-key: the key {new_signer.keyid[:16]}... is already in version {document.version}")
+    for partner in config.partners:
+        theirs = _read_trust(partner.trust_document, f"partners ({partner.party}'s trust_document)").document
+        if new_signer.public_key.public_bytes in {k.public_bytes for k in theirs.keys.values()}:
+            raise SetupError(
+                f"--new-key: the key {new_signer.keyid[:16]}... is {partner.party}'s (its trust document"
+                f" {partner.trust_document} lists it): {partner.party} could sign as {config.party}. Create a key"
+                " of this gateway's own with `carbon-gateway keys generate --out PREFIX`"
+            )
     old_signers = _current_trust_signers(config.signers, document, config_path)
     next_document = next_trust_document(
         document, new_signer, retire_old=args.retire_old, expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=args.days)

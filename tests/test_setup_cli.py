@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import json
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -526,3 +527,19 @@ def test_call_reports_an_unreachable_gateway_in_one_line(capsys: pytest.CaptureF
     assert main(["call", "ListTransfers", "--address", "127.0.0.1:9", "--timeout", "5"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("carbon-gateway call ListTransfers: 127.0.0.1:9: UNAVAILABLE") and err.count("\n") == 1
+
+
+def test_trust_next_refuses_a_key_a_partner_s_trust_document_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(capsys, "--party", "CHE", str(tmp_path / "che"))[0] == 0
+    assert _init(capsys, "--party", "CHN", "--partner", "CHE=127.0.0.1:50062", str(tmp_path / "chn"))[0] == 0
+    shutil.copyfile(tmp_path / "che" / "che.trust.json", tmp_path / "chn" / "partners" / "che.trust.json")
+    capsys.readouterr()
+    config = tmp_path / "chn" / "gateway.toml"
+    argv = ["trust", "next", "--config", str(config), "--new-key", str(tmp_path / "che" / "keys" / "che.key")]
+    assert main([*argv, "--out", str(tmp_path / "v2.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("carbon-gateway trust next: --new-key: the key ") and err.count("\n") == 1, err
+    assert "is CHE's" in err and "CHE could sign as CHN" in err
+    assert not (tmp_path / "v2.json").exists()
