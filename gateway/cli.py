@@ -148,7 +148,19 @@ OUTPUT_FAILED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code (130 when interrupted, as a shell reports SIGINT)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while a command waits for a gateway, or while it starts: one line, not a traceback.
+        print("carbon-gateway: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+EXIT_INTERRUPTED = 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
