@@ -299,7 +299,7 @@ class GatewayNode:
                 )
         signers = {name: _signer(uri, name) for name, uri in config.signers.items()}
         if config.tls is not None:
-            check_tls(config.tls)
+            check_tls(config.tls, partner_identities(config))
         operator_tls = config.operator_access.tls
         if operator_tls is not None:
             check_operator_tls(operator_tls)
@@ -484,14 +484,43 @@ class GatewayNode:
         await self.core.close()
 
 
-def check_tls(tls: TLSConfig) -> None:
-    """Refuse ``[tls]`` files that are missing, not PEM, or a key that is not the certificate's, with a
-    `ConfigError` naming the setting: what `GatewayNode.from_config` and ``config check`` both run."""
+def check_tls(tls: TLSConfig, partner_identities: Mapping[str, str] | None = None) -> None:
+    """Refuse ``[tls]`` files that are missing, not PEM, or a key that is not the certificate's, a certificate
+    that names a partner (``partner_identities``: each partner's Party code and TLS identity, to the partner's
+    Party) and a CA certificate that says it is no CA, with a `ConfigError` naming the setting: what
+    `GatewayNode.from_config` and ``config check`` both run."""
+    from cryptography import x509
+
     for name in ("certificate", "private_key", "ca_certificate"):
         path = getattr(tls, name)
         if not path.is_file():
             raise ConfigError(f"tls.{name}: {path} is not a readable file")
     _check_certificates("tls", tls.certificate, tls.private_key, ("ca_certificate", tls.ca_certificate))
+    own = x509.load_pem_x509_certificates(read_small_file(tls.certificate))[0]
+    names = [str(a.value) for a in own.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)]
+    partners = {identity.casefold(): party for identity, party in (partner_identities or {}).items()}
+    for name in names:
+        if name.casefold() in partners:
+            raise ConfigError(
+                f"tls.certificate: {tls.certificate} names {name!r}, {partners[name.casefold()]}'s identity: it is"
+                " the partner's certificate, and this gateway's must name this gateway"
+            )
+    for ca in x509.load_pem_x509_certificates(read_small_file(tls.ca_certificate)):
+        try:
+            constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        if not constraints.ca and ca.issuer != ca.subject:  # a self-signed certificate may be pinned as it is
+            raise ConfigError(
+                f"tls.ca_certificate: {tls.ca_certificate} holds a certificate that is no CA's (basic constraints"
+                f" CA:FALSE, subject {ca.subject.rfc4514_string()!r}): name the CA that issues the partners'"
+                " certificates"
+            )
+
+
+def partner_identities(config: GatewayConfig) -> dict[str, str]:
+    """Each name a partner's certificate may carry (its Party code, its TLS identity), to the partner's Party."""
+    return {name: p.party for p in config.partners for name in (p.party, p.tls_identity) if name}
 
 
 def check_operator_tls(tls: OperatorTLSConfig) -> None:

@@ -878,7 +878,14 @@ def file_problems(config: GatewayConfig) -> list[str]:
     folder or in a folder that does not exist. The TLS and database checks are the ones ``serve`` runs at start.
     Ports are not probed: the gateway may be running."""
     from gateway.config import DEFAULT_SIGNER_NAME, ConfigError
-    from gateway.node import _signer, _trust_envelope, check_database_file, check_operator_tls, check_tls
+    from gateway.node import (
+        _signer,
+        _trust_envelope,
+        check_database_file,
+        check_operator_tls,
+        check_tls,
+        partner_identities,
+    )
     from gateway.partners import TRANSFER_ROLE
 
     problems: list[str] = []
@@ -917,7 +924,7 @@ def file_problems(config: GatewayConfig) -> list[str]:
         )
     checks: list[Callable[[], None]] = []
     if config.tls is not None:
-        checks.append(functools.partial(check_tls, config.tls))
+        checks.append(functools.partial(check_tls, config.tls, partner_identities(config)))
     if config.operator_access.tls is not None:
         checks.append(functools.partial(check_operator_tls, config.operator_access.tls))
     if isinstance(config.database, Path):

@@ -587,6 +587,16 @@ CHECKED_LIKE_SERVE = [
         lambda f, _: _partner_tls(f, private_key="che.tls.key"),
         ("tls.private_key", "che.tls.key", "not the key of the certificate"),
     ),
+    Case(
+        "tls_certificate_is_the_partners",
+        lambda f, _: _partner_tls(f, certificate="che.crt", private_key="che.tls.key"),
+        ("tls.certificate", "che.crt", "CHE's identity"),
+    ),
+    Case(
+        "tls_ca_certificate_is_no_ca",
+        lambda f, _: _partner_tls(f, ca_certificate="chn.crt"),
+        ("tls.ca_certificate", "chn.crt", "no CA's"),
+    ),
     Case("database_names_a_folder", lambda f, _: _config(f, database=_folder(f / "db").name), ("database", "folder")),
     Case("operator_listen_is_partner_listen", lambda f, _: _same_listen(f), ("partner.listen", "operator.listen")),
     # Every file the configuration names is a regular file of bounded size, checked before it is read: a device

@@ -242,3 +242,34 @@ async def test_a_client_certificate_from_another_ca_is_refused(che_server: Serve
             await channel.unary_unary(WHOAMI_METHOD, None, None)(b"", timeout=CALL_TIMEOUT)
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_pinned_self_signed_certificate_may_be_the_ca_but_a_leaf_a_ca_issued_may_not(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from gateway.config import ConfigError, TLSConfig
+    from gateway.node import check_tls
+
+    ca_pem, ca_key_pem = create_ca("partners CA")
+    chn_pem, chn_key_pem = issue_certificate(ca_pem, ca_key_pem, "CHN")
+    (tmp_path / "chn.crt").write_bytes(chn_pem)
+    (tmp_path / "chn.key").write_bytes(chn_key_pem)
+    # A partner's own self-signed certificate (CA:FALSE), pinned as the one certificate to trust.
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CHE")])
+    now = dt.datetime.now(dt.UTC)
+    pinned = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "pinned.crt").write_bytes(pinned.public_bytes(serialization.Encoding.PEM))
+    check_tls(TLSConfig(tmp_path / "chn.crt", tmp_path / "chn.key", tmp_path / "pinned.crt"), {"CHE": "CHE"})
+    with pytest.raises(ConfigError, match=r"tls\.ca_certificate: .* is no CA's"):
+        check_tls(TLSConfig(tmp_path / "chn.crt", tmp_path / "chn.key", tmp_path / "chn.crt"), {"CHE": "CHE"})
