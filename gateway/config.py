@@ -480,14 +480,32 @@ def _host_port(value: object, where: str, *, lowest_port: int) -> str:
 
 
 def _distinct_listens(*listens: tuple[str, str | None]) -> None:
-    """Refuse two servers on one address (port 0, a free port each, excepted): the second could never bind."""
-    seen: dict[str, str] = {}
+    """Refuse two servers on one port of overlapping addresses (port 0, a free port each, excepted): the second
+    could never bind. A wildcard address overlaps every other, and ``localhost`` its loopback addresses."""
+    seen: list[tuple[str, str]] = []
     for setting, address in listens:
         if address is None or address.endswith(":0"):
             continue
-        if address in seen:
-            raise ConfigError(f"{setting}: {_q(address)} is also {seen[address]}; give each server its own port")
-        seen[address] = setting
+        host, _, port = address.rpartition(":")
+        for other_setting, other in seen:
+            other_host, _, other_port = other.rpartition(":")
+            if port == other_port and _hosts_overlap(host, other_host):
+                same = "" if address == other else f" ({_q(other)}: the same port, on an overlapping address)"
+                raise ConfigError(
+                    f"{setting}: {_q(address)} is also {other_setting}{same}; give each server its own port"
+                )
+        seen.append((setting, address))
+
+
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
+_LOCALHOST_ADDRESSES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _hosts_overlap(first: str, second: str) -> bool:
+    a, b = (host.removeprefix("[").removesuffix("]").lower() for host in (first, second))
+    if a == b or a in _WILDCARD_HOSTS or b in _WILDCARD_HOSTS:
+        return True
+    return "localhost" in (a, b) and {a, b} <= _LOCALHOST_ADDRESSES
 
 
 def _policy(rules: object, partners: Sequence[PartnerConfig]) -> DecisionPolicy:

@@ -298,6 +298,16 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\nhttp_url = "che.example:8443"'),
             "partners[0].http_url: 'che.example:8443' is not an http:// or https:// URL",
         ),
+        # the gateway's own servers on one port of overlapping addresses: the second could never bind
+        *(
+            (
+                GOOD.replace('[partner]\nlisten = "127.0.0.1:0"', f'[partner]\nlisten = "{host}:53061"').replace(
+                    '[operator]\nlisten = "127.0.0.1:0"', '[operator]\nlisten = "127.0.0.1:53061"'
+                ),
+                f"partner.listen: '{host}:53061' is also operator.listen ('127.0.0.1:53061': the same port",
+            )
+            for host in ("localhost", "0.0.0.0", "[::]")
+        ),
         # false is no number of seconds (though Python's False == 0), and so does not turn the schedule off
         (GOOD.replace("every_seconds = 3600", "every_seconds = false"), "reconciliation.every_seconds"),
         # a divisor without its method was dropped without a word, whatever its value
