@@ -278,8 +278,12 @@ class PostgresStore:
         if found != expected:
             await pool.close()
             raise DatabaseUnavailable(
-                f"{redact(url)} has schema versions up to {max(found)}, this version reads {max(expected)}:"
-                " start the gateway of this version once, which migrates it"
+                f"{redact(url)} has schema versions up to {max(found)}, this version reads {max(expected)}: "
+                + (
+                    "use the carbon-gateway version that migrated it"
+                    if max(found) > max(expected)
+                    else "start the gateway of this version once, which migrates it"
+                )
             )
         return cls(pool, read_only=True)
 

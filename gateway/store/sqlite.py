@@ -288,9 +288,14 @@ class SQLiteStore:
         expected = {version for version, _, _ in MIGRATIONS}
         if found != expected:
             db.close()
+            newest = max(found, default=0)
+            advice = (
+                "use the carbon-gateway version that migrated it"
+                if newest > max(expected)
+                else "start the gateway of this version once, which migrates it"
+            )
             raise sqlite3.DatabaseError(
-                f"{path} has schema versions up to {max(found, default=0)}, this version reads {max(expected)}:"
-                " start the gateway of this version once, which migrates it"
+                f"{path} has schema versions up to {newest}, this version reads {max(expected)}: {advice}"
             )
         return cls(db)
 

@@ -175,3 +175,17 @@ async def test_used_quantities_a_hand_made_repair_put_out_of_step_are_rebuilt_at
             assert await tx.first_transfer_quantity_used("A2") == 4
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_reader_says_which_version_to_use_for_a_schema_newer_or_older_than_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    await (await store_sqlite.SQLiteStore.open(path)).close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_migrations VALUES (999, 'from a later version')")
+    with pytest.raises(sqlite3.DatabaseError, match="use the carbon-gateway version that migrated it"):
+        await store_sqlite.SQLiteStore.open_read_only(path)
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM schema_migrations WHERE version >= ?", (max(v for v, _, _ in MIGRATIONS),))
+    with pytest.raises(sqlite3.DatabaseError, match="start the gateway of this version once"):
+        await store_sqlite.SQLiteStore.open_read_only(path)
