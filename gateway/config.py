@@ -581,7 +581,13 @@ def _registries(value: object) -> Nomenclature:
 def load_config(path: Path) -> GatewayConfig:
     """Read and check a gateway's TOML configuration file; every problem is a `ConfigError` naming the key."""
     try:
-        data = tomllib.loads(read_small_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
+        raw = read_small_file(path, MAX_CONFIG_BYTES)
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raise ConfigError(
+                f"{path}: the file starts with a byte-order mark, which TOML does not allow (some Windows editors"
+                " write one): save it as UTF-8 without a BOM"
+            )
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
     except IsADirectoryError:

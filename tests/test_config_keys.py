@@ -488,3 +488,10 @@ def test_signer_paths_are_resolved_against_the_configuration_s_folder_from_any_w
     monkeypatch.chdir(tmp_path)  # not the configuration's folder
     config = load_config(path)
     assert signer_from_uri(config.signers["next"]).public_key.keyid
+
+
+def test_config_check_names_a_byte_order_mark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    [line] = _check(path, capsys)
+    assert "starts with a byte-order mark" in line and "save it as UTF-8 without a BOM" in line

@@ -36,6 +36,8 @@ SECRET = "s3cr3t-pw"
         # Port 1 on loopback: nothing listens there, the connection is refused at once.
         (f"postgresql://gateway:{SECRET}@127.0.0.1:1/carbon", ("database", "127.0.0.1:1", "***")),
         (f"postgres://gateway@127.0.0.1:1/carbon?password={SECRET}", ("database", "127.0.0.1:1")),
+        # A URL of thousands of characters is cut short in the one line, not repeated whole.
+        (f"postgresql://gateway:{SECRET}@127.0.0.1:1/{'x' * 5000}", ("database", "127.0.0.1:1", "characters)")),
     ],
 )
 def test_a_bad_or_unreachable_database_url_is_one_line_without_the_password(
@@ -45,6 +47,7 @@ def test_a_bad_or_unreachable_database_url_is_one_line_without_the_password(
     result = _serve(_config(folder, database=url))
     _assert_one_line_naming(result, *names)
     assert SECRET not in result.stderr + result.stdout
+    assert len(result.stderr) < 1000
 
 
 def test_a_database_the_server_does_not_have_is_one_line_without_the_password(tmp_path: Path) -> None:

@@ -138,8 +138,18 @@ class ConnectFailed(ConnectionError):
     connections): transient, like a connection lost in one."""
 
 
+MAX_URL_SHOWN = 200
+"""Characters of a database URL a message repeats, the password already masked."""
+
+
 def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: safe to print or log."""
+    """``url`` with its password (if any) replaced by ``***``, cut to `MAX_URL_SHOWN` characters: safe to print or
+    log, on one line."""
+    shown = _masked(url)
+    return shown if len(shown) <= MAX_URL_SHOWN else f"{shown[:MAX_URL_SHOWN]}... ({len(url)} characters)"
+
+
+def _masked(url: str) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
