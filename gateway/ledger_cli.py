@@ -212,6 +212,18 @@ def _selections(values: list[str]) -> list[Any]:
     return selections
 
 
+def _configured_party(args: argparse.Namespace) -> str | None:
+    """The Party whose configuration names the gateway to call; None when an address is given instead."""
+    if getattr(args, "address", None) or not getattr(args, "config", None):
+        return None
+    from gateway.config import ConfigError, load_config
+
+    try:
+        return load_config(Path(args.config)).party
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
     """Call the operator API with the command's credentials; a refusal becomes one line naming the response code
     and the field."""
@@ -229,6 +241,8 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
         )
     interceptors = _bearer_token(token) if token is not None else None
 
+    expected = _configured_party(args)
+
     async def go() -> Any:
         channel = (
             grpc.aio.secure_channel(address, channel_credentials, interceptors=interceptors)
@@ -236,7 +250,20 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
             else grpc.aio.insecure_channel(address, interceptors=interceptors)
         )
         async with channel:
-            return await call(operator_pb2_grpc.OperatorServiceStub(channel))
+            stub = operator_pb2_grpc.OperatorServiceStub(channel)
+            if expected is not None:
+                # The configuration names this Party's gateway: refuse to act on another's that answers there.
+                from carbon_gateway.v1 import operator_pb2
+
+                trust = await stub.ListTrust(
+                    operator_pb2.ListTrustRequest(), timeout=30, wait_for_ready=bool(getattr(args, "wait", False))
+                )
+                if trust.own.party != expected:
+                    raise UsageError(
+                        f"the gateway at {address} is {trust.own.party}'s, and {args.config} configures {expected}'s:"
+                        " its operator.listen names another Party's gateway; nothing was done"
+                    )
+            return await call(stub)
 
     try:
         return asyncio.run(go())

@@ -167,3 +167,33 @@ def test_the_summary_text_says_how_many_unresolved_transfers_it_does_not_show() 
     assert "unresolved: 10 units to CHE" in text
     assert "unresolved: 1,500 more, not shown here" in text
     assert "more, not shown" not in format_summary(operator_pb2.LedgerSummary(unresolved=[shown], unresolved_total=1))
+
+
+@pytest.mark.asyncio
+async def test_a_command_with_a_configuration_refuses_another_party_s_gateway_answering_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+
+        def configuration(name: str, operator_address: str) -> str:
+            path = tmp_path / name
+            path.write_text(
+                'party = "CHN"\ndatabase = "unused.db"\nsigner = "file:chn.key"\ntrust_document = "chn.trust.json"\n'
+                f'[operator]\nlisten = "{operator_address}"\nunauthenticated_loopback = true\n'
+                '[partner]\nlisten = "127.0.0.1:0"\n'
+                '[[partners]]\nparty = "CHE"\naddress = "127.0.0.1:9"\ntrust_document = "che.trust.json"\n',
+                encoding="utf-8",
+            )
+            return str(path)
+
+        # By mistake, CHN's configuration names the port of CHE's gateway on the same machine.
+        wrong = configuration("wrong.toml", pair.che.operator_address)
+        code, out, err = await cli(capsys, "ledger", "summary", "--config", wrong)
+        assert (code, out) == (2, "") and err.count("\n") == 1, err
+        assert f"the gateway at {pair.che.operator_address} is CHE's" in err and "configures CHN's" in err
+        right = configuration("right.toml", pair.chn.operator_address)
+        code, out, err = await cli(capsys, "ledger", "summary", "--config", right)
+        assert (code, err) == (0, "")
+    finally:
+        await pair.stop()
