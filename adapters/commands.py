@@ -121,7 +121,10 @@ def run_map(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO 
         out_fmt = _format(args.out, args.to_format, target, reading=False)
         context = _context(args.context)
         data = args.file.read_bytes()
-    except (AdapterNotFound, NoAdaptersInstalled, ValueError, OSError) as error:
+    except OSError as error:
+        print(f"error: {error.filename or args.file}: {error.strerror or error}", file=err)
+        return 2
+    except (AdapterNotFound, NoAdaptersInstalled, ValueError) as error:
         print(f"error: {error}", file=err)
         return 2
     except RecordRejected as rejected:

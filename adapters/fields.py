@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
 import re
 from collections.abc import Mapping
 from typing import TypeVar
@@ -120,7 +121,8 @@ class FieldReader:
             if value.is_integer():
                 number = int(value)
             else:
-                self.fail(key, f"{value!r} is fractional: {what} is required", IssueCode.BAD_QUANTITY)
+                problem = "is fractional" if math.isfinite(value) else "is not a finite number"
+                self.fail(key, f"{value!r} {problem}: {what} is required", IssueCode.BAD_QUANTITY)
                 return None
         elif isinstance(value, str):
             if len(value) > MAX_DIGITS and _DIGITS.fullmatch(value):

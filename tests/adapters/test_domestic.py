@@ -184,3 +184,13 @@ def test_a_json_number_too_long_to_read_is_a_malformed_file_not_a_failure() -> N
     result = map_batch("cn-ccer", "cn-ccer", data, source_format="json", adapters=ADAPTERS)
     assert [(i.position, i.field, i.code) for i in result.issues] == [(0, "file", IssueCode.MALFORMED_FILE)]
     assert "is not valid UTF-8 JSON" in str(result.issues[0])
+
+
+def test_an_infinite_quantity_is_named_as_such_not_as_fractional() -> None:
+    # JSON's 1e400 is read as an infinite float.
+    data = json.dumps([dict(GOOD)]).replace('"certified_quantity": 5000', '"certified_quantity": 1e400').encode()
+    assert b"1e400" in data
+    result = map_batch("cn-ccer", "cn-ccer", data, source_format="json", adapters=ADAPTERS)
+    [issue] = result.issues
+    assert (issue.field, issue.code) == ("certified_quantity", IssueCode.BAD_QUANTITY)
+    assert "inf is not a finite number" in issue.message

@@ -205,3 +205,10 @@ def test_map_command_refuses_a_context_file_nested_too_deeply(tmp_path: Path, in
     )
     assert code == 2 and out == ""
     assert "context.json is not valid JSON" in err
+
+
+def test_map_command_names_a_missing_input_file_without_an_errno(tmp_path: Path, installed: None) -> None:
+    missing = tmp_path / "absent.csv"
+    code, out, err = _run(["map", "--from", "cn-ccer", "--to", "cn-ccer", str(missing), "--to-format", "json"])
+    assert (code, out) == (2, "")
+    assert err == f"error: {missing}: No such file or directory\n"
