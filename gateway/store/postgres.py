@@ -192,6 +192,9 @@ def _rowcount(status: str) -> int:
 
 log = logging.getLogger(__name__)
 
+WRITE_LOCK_WAIT = "5s"
+"""One turn of a write transaction's wait for the write lock (see `PostgresStore.transaction`)."""
+
 CLOSE_SECONDS = 10.0
 """How long closing the store waits for its connections to end their work and say goodbye to the server."""
 
@@ -304,10 +307,13 @@ class PostgresStore:
         Its first statement waits for ``WRITE_LOCK``, held until it ends: write transactions of every process
         on this database run one at a time. ``durable=False`` does not wait for the WAL flush at commit.
         """
-        # The wait for the write lock has no time limit (a large transfer on another replica may hold it for
-        # minutes; a caller's deadline cancels the wait); the session's limit on row locks applies after it.
+        # The write lock is waited for in turns of `WRITE_LOCK_WAIT`, each a new place in the server's queue,
+        # with no limit on the turns (a large transfer on another replica may hold the lock for minutes; a
+        # caller's deadline cancels the wait). A process frozen while it waits (stopped, cut off) thus loses its
+        # place within a turn, and never takes the lock to sit on it; the session's limit on row locks applies
+        # once the lock is held.
         begin = (
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = 0;"
+            f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '{WRITE_LOCK_WAIT}';"
             f" SELECT pg_advisory_xact_lock({WRITE_LOCK}); SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
         )
         if not durable:
@@ -315,7 +321,19 @@ class PostgresStore:
         tx: PostgresTransaction | None = None
         announce = False
         try:
-            async with self._acquire() as connection, _transaction(connection, begin):
+            while True:
+                opened = contextlib.AsyncExitStack()
+                try:
+                    connection = await opened.enter_async_context(self._acquire())
+                    await opened.enter_async_context(_transaction(connection, begin))
+                except asyncpg.LockNotAvailableError:
+                    await opened.aclose()
+                    continue  # another turn in the queue for the write lock
+                except BaseException:
+                    await opened.aclose()
+                    raise
+                break
+            async with opened:
                 tx = PostgresTransaction(connection)
                 yield tx
             announce = True

@@ -109,3 +109,43 @@ async def test_closing_a_store_whose_server_does_not_answer_ends_within_its_limi
         assert any("closing its connections at once" in r.getMessage() for r in caplog.records)
     finally:
         await postgres.drop_databases(admin, [url])
+
+
+@pytest.mark.postgres
+@pytest.mark.asyncio
+async def test_a_write_waits_for_the_write_lock_in_turns_and_takes_it_when_it_is_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.domain.records import Account, AccountType
+    from gateway.store import postgres as store_module
+    from gateway.store.postgres import PostgresStore
+
+    # Turns far shorter than the time the lock is held: the waiting write goes through many of them.
+    monkeypatch.setattr(store_module, "WRITE_LOCK_WAIT", "50ms")
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "turns")
+    holder, waiter = await PostgresStore.open(url), await PostgresStore.open(url)
+    try:
+        held = asyncio.Event()
+
+        async def hold() -> None:
+            async with holder.transaction() as tx:
+                await tx.insert_account(Account("PO-1", "Owner", AccountType.PROJECT_OWNER))
+                held.set()
+                await asyncio.sleep(0.6)
+
+        async def write() -> float:
+            await held.wait()
+            began = asyncio.get_running_loop().time()
+            async with waiter.transaction() as tx:
+                await tx.insert_account(Account("PO-2", "Owner", AccountType.PROJECT_OWNER))
+            return asyncio.get_running_loop().time() - began
+
+        _, waited = await asyncio.wait_for(asyncio.gather(hold(), write()), 30)
+        assert waited >= 0.4  # it did wait for the holder, through its turns, not past it
+        async with waiter.read() as tx:
+            assert await tx.get_account("PO-1") is not None and await tx.get_account("PO-2") is not None
+    finally:
+        await holder.close()
+        await waiter.close()
+        await postgres.drop_databases(admin, [url])
