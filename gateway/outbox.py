@@ -119,6 +119,9 @@ SHARED_POLL_SECONDS = 1.0
 another replica queued wakes this worker only so, and must be sent even when that replica died before it could
 send it."""
 
+RELEASE_SECONDS = 5.0
+"""The longest a stopping worker waits to end its leases."""
+
 DATABASE_RETRY_SECONDS = 5.0
 """How long the worker waits after the database could not be reached before it tries again."""
 
@@ -192,12 +195,23 @@ class OutboxWorker:
             self._task = asyncio.create_task(self._run(), name="outbox")
 
     async def stop(self) -> None:
-        """Stop the worker; a delivery in flight is abandoned and retried at the next start."""
+        """Stop the worker; a delivery in flight is abandoned and retried at the next start, or by another
+        replica: the leases this worker held end now, not when they run out."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            if self.store.shared:
+                try:
+                    # Bounded: a database cut off must not keep a stopping gateway.
+                    async with asyncio.timeout(RELEASE_SECONDS), self.store.transaction(durable=False) as tx:
+                        await tx.release_leases_of(self.replica)
+                except Exception as exc:  # the database is gone too: the leases run out on their own
+                    log.warning(
+                        "the outbox worker could not end its leases as it stopped (%s); they run out",
+                        type(exc).__name__ if isinstance(exc, TimeoutError) else exc,
+                    )
 
     async def _run(self) -> None:
         # A transaction that queues a message wakes the worker as it commits, before its commit is synced: the

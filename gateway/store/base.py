@@ -546,6 +546,10 @@ class Transaction(Protocol):
         """End ``owner``'s lease on the message (nothing happens if another replica holds it)."""
         ...
 
+    async def release_leases_of(self, owner: str) -> int:
+        """End every lease ``owner`` holds (its worker stopped); return how many there were."""
+        ...
+
     async def trust_pending(self, receiver: str) -> bool:
         """Whether a trust document waits in the outbox to go to ``receiver`` (queued, not yet delivered)."""
         ...

@@ -1184,6 +1184,11 @@ class PostgresTransaction:
             (outbox_id, owner),
         )
 
+    async def release_leases_of(self, owner: str) -> int:
+        return await self._execute(
+            "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner = ?", (owner,)
+        )
+
     async def get_outbox(self, message_id: str) -> OutboxMessage | None:
         row = await self._one("SELECT * FROM outbox WHERE message_id = ?", (message_id,))
         return None if row is None else _outbox_message(row)

@@ -1351,6 +1351,12 @@ class SQLiteTransaction:
             (outbox_id, owner),
         )
 
+    async def release_leases_of(self, owner: str) -> int:
+        cursor = self._db.execute(
+            "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner = ?", (owner,)
+        )
+        return cursor.rowcount
+
     async def get_outbox(self, message_id: str) -> OutboxMessage | None:
         row = self._one("SELECT * FROM outbox WHERE message_id = ?", (message_id,))
         return None if row is None else _outbox_message(row)

@@ -365,3 +365,28 @@ async def test_a_message_queued_by_a_replica_that_died_before_sending_is_sent_by
             assert (await wait_for_state(stub, transfer_id, TERMINAL, timeout=15)).state == records_pb2.COMPLETED
     finally:
         await network.stop()
+
+
+async def test_a_replica_whose_worker_stops_mid_send_hands_its_leases_over_at_once(tmp_path: Path) -> None:
+    network, chn = await replicated(tmp_path, "CHN", 2)
+    try:
+        block = await setup_accounts(Pair(chn[0], network["CHE"]))
+        for node in chn:
+            await node.core.outbox.stop()
+        transfer_id = await propose(chn[0], block, 1, 10, "handed-over")
+        assert isinstance(transfer_id, str), transfer_id
+        # The first replica's worker has claimed the Proposal for a long lease and is sending it as it stops.
+        worker = chn[0].core.outbox
+        worker.start()
+        now = dt.datetime.now(dt.UTC)
+        async with chn[0].store.transaction() as tx:
+            [claimed] = await tx.claim_lane_heads(now, 10, owner=worker.replica, until=now + dt.timedelta(hours=1))
+        await worker.stop()
+        async with chn[1].store.read() as tx:
+            assert not await tx.holds_lease(claimed.outbox_id, worker.replica)
+        chn[1].core.outbox.start()
+        chn[1].core.outbox.wake()
+        async with operator(chn[1]) as stub:  # sent by the other replica at once, not an hour later
+            assert (await wait_for_state(stub, transfer_id, TERMINAL, timeout=15)).state == records_pb2.COMPLETED
+    finally:
+        await network.stop()

@@ -126,3 +126,25 @@ async def test_on_a_shared_database_the_worker_looks_often_but_waits_its_retry_a
     finally:
         await worker.stop()
     assert attempts == 1  # not once per look: a database that failed is given its retry time
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_worker_does_not_wait_for_ever_on_a_database_cut_off(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from contextlib import asynccontextmanager
+
+    worker = pair.chn.core.outbox
+    store = pair.chn.store
+
+    @asynccontextmanager
+    async def unanswered(*, durable: bool = True) -> Any:  # a database that no longer answers
+        await asyncio.Event().wait()
+        yield None
+
+    monkeypatch.setattr(type(store), "shared", property(lambda self: True))
+    monkeypatch.setattr(store, "transaction", unanswered)
+    monkeypatch.setattr(outbox, "RELEASE_SECONDS", 0.1)
+    caplog.set_level(logging.WARNING, logger="gateway.outbox")
+    await asyncio.wait_for(worker.stop(), 5)
+    assert any("could not end its leases as it stopped (TimeoutError)" in r.getMessage() for r in caplog.records)

@@ -294,6 +294,11 @@ async def test_outbox_lanes_put_trust_first_and_leases_keep_a_head_to_one_replic
         assert await tx.holds_lease(taken[0].outbox_id, "replica-b")
         await tx.release_lease(taken[0].outbox_id, "replica-b")
         assert not await tx.holds_lease(taken[0].outbox_id, "replica-b")
+    async with store.transaction() as tx:
+        # A worker that stops ends every lease it holds, and no other replica's.
+        assert await tx.release_leases_of("replica-b") == 1
+        assert await tx.release_leases_of("replica-b") == 0
+        assert not await tx.holds_lease(taken[1].outbox_id, "replica-b")
 
 
 @pytest.mark.asyncio
