@@ -128,8 +128,10 @@ def _address(args: argparse.Namespace) -> str:
     return _connection(args)[0]
 
 
-def _connection(args: argparse.Namespace) -> tuple[str, Any]:
-    """The operator API's address and, for TLS, its channel credentials (None for plaintext)."""
+def _connection(args: argparse.Namespace) -> tuple[str, Any, str | None]:
+    """The operator API's address, for TLS its channel credentials (None for plaintext), and the Party whose
+    configuration names it (None when an address is given instead)."""
+    party: str | None = None
     if args.address:
         address, tls = str(args.address), None
     else:
@@ -139,23 +141,24 @@ def _connection(args: argparse.Namespace) -> tuple[str, Any]:
             config = load_config(Path(args.config))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        address, tls = _on_this_machine(config.operator_listen), config.operator_access.tls
+        address, tls, party = _on_this_machine(config.operator_listen), config.operator_access.tls, config.party
     ca_cert = getattr(args, "ca_cert", None)
     client_cert, client_key = getattr(args, "client_cert", None), getattr(args, "client_key", None)
     if bool(client_cert) != bool(client_key):
         raise UsageError("--client-cert and --client-key go together: give both or neither")
     if not (ca_cert or client_cert or tls):
-        return address, None
+        return address, None, party
     import grpc
 
     root = _read_file("--ca-cert", ca_cert) if ca_cert else None
     if root is None and tls is not None and tls.client_ca is not None:
         root = _read_file("[operator.tls] client_ca", str(tls.client_ca))
-    return address, grpc.ssl_channel_credentials(
+    credentials = grpc.ssl_channel_credentials(
         root_certificates=root,
         private_key=_read_file("--client-key", client_key) if client_key else None,
         certificate_chain=_read_file("--client-cert", client_cert) if client_cert else None,
     )
+    return address, credentials, party
 
 
 def _on_this_machine(listen: str) -> str:
@@ -212,18 +215,6 @@ def _selections(values: list[str]) -> list[Any]:
     return selections
 
 
-def _configured_party(args: argparse.Namespace) -> str | None:
-    """The Party whose configuration names the gateway to call; None when an address is given instead."""
-    if getattr(args, "address", None) or not getattr(args, "config", None):
-        return None
-    from gateway.config import ConfigError, load_config
-
-    try:
-        return load_config(Path(args.config)).party
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
     """Call the operator API with the command's credentials; a refusal becomes one line naming the response code
     and the field."""
@@ -233,15 +224,13 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
     from gateway.domain.access import is_loopback_host
     from gateway.rpc.errors import read_error_detail
 
-    address, channel_credentials = _connection(args)
+    address, channel_credentials, expected = _connection(args)
     token = _token(args)
     if token is not None and channel_credentials is None and not is_loopback_host(address.rpartition(":")[0]):
         raise UsageError(
             f"{address} is not a loopback address: the token would cross the network in plaintext; give --ca-cert"
         )
     interceptors = _bearer_token(token) if token is not None else None
-
-    expected = _configured_party(args)
 
     async def go() -> Any:
         channel = (

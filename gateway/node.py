@@ -306,7 +306,7 @@ class GatewayNode:
         access = OperatorAccess(
             callers=config.operator_access.callers,
             unauthenticated_loopback=config.operator_access.unauthenticated_loopback,
-            partner_identities=frozenset(name for p in config.partners for name in (p.party, p.tls_identity) if name),
+            partner_identities=frozenset(partner_identities(config)),
         )
         settings = ExchangeSettings(
             self_party=config.party,

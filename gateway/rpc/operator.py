@@ -52,16 +52,17 @@ MAX_UNRESOLVED_SHOWN = 1_000
 ``unresolved_total`` counts them all, and ListLedgerEntries lists every one."""
 
 
-def _idempotency(method: str, request: object, key: str) -> Idempotency:
-    """The idempotency record of a write, scoped to its authenticated caller: two callers' keys never collide.
-
-    Calls made in-process, past the gRPC server and its `OperatorAuthInterceptor` (the simulation), have no
-    authenticated caller and count as the loopback caller.
-    """
-    text.check_identifier(key, "idempotency_key", what="idempotency key")
+def _caller_name() -> str:
+    """The authenticated caller of this call. Calls made in-process, past the gRPC server and its
+    `OperatorAuthInterceptor` (the simulation), have none and count as the loopback caller."""
     caller = current_caller()
-    name = caller.name if caller is not None else LOOPBACK_CALLER
-    return Idempotency(name, method, key, wire.request_hash(request))  # type: ignore[arg-type]
+    return caller.name if caller is not None else LOOPBACK_CALLER
+
+
+def _idempotency(method: str, request: object, key: str) -> Idempotency:
+    """The idempotency record of a write, scoped to its authenticated caller: two callers' keys never collide."""
+    text.check_identifier(key, "idempotency_key", what="idempotency key")
+    return Idempotency(_caller_name(), method, key, wire.request_hash(request))  # type: ignore[arg-type]
 
 
 def _outbox_entry(message: OutboxMessage) -> operator_pb2.OutboxEntry:
@@ -657,13 +658,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         # before the first change: the position is checked before anything is sent.
         try:
             kinds = change_kinds(request.kinds)
-            caller = current_caller()
-            following = self.changes.follow(
-                request.after_position,
-                kinds,
-                request.after_digest,
-                caller=caller.name if caller is not None else LOOPBACK_CALLER,
-            )
+            following = self.changes.follow(request.after_position, kinds, request.after_digest, caller=_caller_name())
             # Closed when the call ends however it ends (a cancelled call stops at the `yield`, not inside).
             async with aclosing(following) as changes:
                 async for change in changes:
