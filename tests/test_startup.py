@@ -18,9 +18,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +150,21 @@ def _wait_until_serving(process: subprocess.Popen[bytes], log: Path, operator_po
             time.sleep(0.1)
 
 
+@contextmanager
+def _serving(config: Path, log: Path, operator_port: int, http_port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``serve`` process of ``config``, its standard error in ``log``, once it serves; killed at the end if
+    the test has not stopped it."""
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([*SERVE, str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        _wait_until_serving(process, log, operator_port, http_port)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_defect_15_a_second_gateway_on_a_taken_port_stops_with_a_clear_error(tmp_path: Path) -> None:
     folder = _keys(tmp_path)
     operator_port, partner_port, http_port = free_port(), free_port(), free_port()
@@ -161,11 +176,7 @@ def test_defect_15_a_second_gateway_on_a_taken_port_stops_with_a_clear_error(tmp
         http=f"127.0.0.1:{http_port}",
         name="first.toml",
     )
-    log = tmp_path / "first.log"
-    with log.open("wb") as stderr:
-        first = subprocess.Popen([*SERVE, str(first_config)], stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        _wait_until_serving(first, log, operator_port, http_port)
+    with _serving(first_config, tmp_path / "first.log", operator_port, http_port) as first:
         _open_account(operator_port, "CN-FIRST-0001")
 
         # A second gateway with its own database and one port of the first, each setting on its own; the other
@@ -194,10 +205,6 @@ def test_defect_15_a_second_gateway_on_a_taken_port_stops_with_a_clear_error(tmp
             assert response.status == 200
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=TIMEOUT) == 0
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert _accounts(folder / "first.db") == {f"CN-FIRST-000{i}" for i in range(1, 6)}
     for setting in seconds:  # refused before its database was opened: nothing to mistake for the first's
         assert not (folder / f"second-{setting}.db").exists()
@@ -209,11 +216,7 @@ def test_a_second_gateway_on_the_same_sqlite_file_stops_with_a_clear_error(tmp_p
     first_config = _config(
         folder, operator=f"127.0.0.1:{operator_port}", http=f"127.0.0.1:{http_port}", name="first.toml"
     )
-    log = tmp_path / "first.log"
-    with log.open("wb") as stderr:
-        first = subprocess.Popen([*SERVE, str(first_config)], stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        _wait_until_serving(first, log, operator_port, http_port)
+    with _serving(first_config, tmp_path / "first.log", operator_port, http_port) as first:
         _open_account(operator_port, "CN-FIRST-0001")
         # Its own ports, the first one's database: it would take the first's outbox leases for its own.
         second = _serve(_config(folder, name="second.toml"))
@@ -223,18 +226,11 @@ def test_a_second_gateway_on_the_same_sqlite_file_stops_with_a_clear_error(tmp_p
         _open_account(operator_port, "CN-FIRST-0002")
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=TIMEOUT) == 0
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert _accounts(folder / "chn.db") == {"CN-FIRST-0001", "CN-FIRST-0002"}
     # Once the first has stopped, the file is free again.
-    again = subprocess.Popen([*SERVE, str(first_config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_until_serving(again, log, operator_port, http_port)
-    finally:
+    with _serving(first_config, tmp_path / "again.log", operator_port, http_port) as again:
         again.send_signal(signal.SIGTERM)
-        again.wait(timeout=TIMEOUT)
+        assert again.wait(timeout=TIMEOUT) == 0
 
 
 # Defect 16: start-up problems end in one line, not a traceback
