@@ -181,7 +181,12 @@ class CcerJsonRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     certified_quantity: int
     block_start: int
     block_end: int
-    mitigation_type: str = ""
+    mitigation_type: str | msgspec.UnsetType = msgspec.UNSET
+
+    @property
+    def stated_mitigation_type(self) -> str:
+        """The mitigation type the record states, "" for none."""
+        return self.mitigation_type or ""
 
     def raw(self) -> dict[str, object]:
         """The record as `CcerAdapter.decode` gives it (an empty mitigation type, like a missing one, is absent)."""
@@ -193,6 +198,21 @@ class CcerJsonRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 _JSON_BATCH = msgspec.json.Decoder(list[CcerJsonRecord])
 _MITIGATION_VALUES = frozenset({"", *(m.value for m in MitigationType)})
+_REQUIRED_FIELDS = len(CcerJsonRecord.__struct_fields__) - 1
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"[ \t\r\n]*+(:?)')
+"""A JSON string, and the colon after it that makes it a member name."""
+
+
+def _names_each_member_once(data: bytes, records: list[CcerJsonRecord]) -> bool:
+    """Whether no record of ``data`` names a member twice (the full path refuses that; the C pass keeps the last).
+
+    ``data`` is valid JSON (it decoded). Outside strings a colon follows each member name and appears nowhere
+    else, so the colons are never fewer than the members named: when they are as many as the fields decoded,
+    no member was named twice. Where strings hold colons, each string is found in turn instead (outside
+    strings there are no quotes), and counted when a colon follows it.
+    """
+    fields = _REQUIRED_FIELDS * len(records) + sum(1 for r in records if r.mitigation_type is not msgspec.UNSET)
+    return data.count(b":") == fields or _STRING.findall(data).count(b":") == fields
 
 
 def read_json_checked(data: bytes, ctx: MappingContext) -> list[CcerJsonRecord] | None:
@@ -206,6 +226,8 @@ def read_json_checked(data: bytes, ctx: MappingContext) -> list[CcerJsonRecord] 
     try:
         records = _JSON_BATCH.decode(data)
     except msgspec.MsgspecError:
+        return None
+    if not _names_each_member_once(data, records):
         return None
     issuance_safe = _ISSUANCE_SAFE.fullmatch if ctx.ccer_format.per_issuance else None
     type_codes: set[str] = set()
@@ -234,7 +256,7 @@ def read_json_checked(data: bytes, ctx: MappingContext) -> list[CcerJsonRecord] 
         # larger than the certified quantity (which is therefore at least 1).
         if not (0 <= start <= end <= MAX_SERIAL and 1000 <= r.vintage <= 9999 and end - start < r.certified_quantity):
             return None
-        if r.mitigation_type not in _MITIGATION_VALUES:
+        if r.stated_mitigation_type not in _MITIGATION_VALUES:
             return None
     return records
 

@@ -21,6 +21,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from adapters import tabular
 from adapters.base import Adapter
 from adapters.context import MappingContext, context_from_json
 from adapters.mapping import encode_outputs, map_batch
@@ -184,9 +185,11 @@ def _context(path: Path | None) -> MappingContext:
     if path is None:
         return MappingContext()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, RecursionError) as error:
+        data = tabular.loads_finite(path.read_text(encoding="utf-8"))
+    except ValueError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: it nests arrays or objects too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object")
     return context_from_json(data)

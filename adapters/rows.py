@@ -132,7 +132,7 @@ def _ccer_actions(
     blocks: list[_Block]
     if checked:
         first_raw: RawRecord = checked[0].raw()
-        blocks = [(r.block_start, r.block_end, r.vintage, r.mitigation_type) for r in checked]
+        blocks = [(r.block_start, r.block_end, r.vintage, r.stated_mitigation_type) for r in checked]
     else:
         src = get_adapter("cn-ccer")
         try:

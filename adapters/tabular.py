@@ -58,22 +58,86 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class RepeatedMember(ValueError):
+    """A JSON object names one member twice. JSON leaves such an object's meaning to each reader, so no reader
+    here takes one: the first value or the last would each be a guess about what the writer meant."""
+
+    def __init__(self, name: str, record: int | None = None) -> None:
+        self.name, self.record = name[:80], record
+        where = f" of record {record}" if record is not None else ""
+        super().__init__(f"the member name {json.dumps(self.name)} appears twice in one object{where}")
+
+
+class _Repeating(dict[str, object]):
+    """An object that named ``name`` more than once, kept until its record is known."""
+
+    __slots__ = ("name",)
+    name: str
+
+
+def _parse(text: str | bytes, **options: object) -> object:
+    """`json.loads` with bounded integers, marking an object with a repeated member name as `_Repeating`;
+    raises `RepeatedMember` naming the top-level array item (1-based) that holds one, if any does."""
+    repeated = False
+
+    def members(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        nonlocal repeated
+        value = dict(pairs)
+        if len(value) == len(pairs):
+            return value
+        repeated = True
+        marked = _Repeating(value)
+        seen: set[str] = set()
+        marked.name = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        return marked
+
+    value = json.loads(text, parse_int=_bounded_int, object_pairs_hook=members, **options)  # type: ignore[arg-type]
+    if repeated:
+        items = value if isinstance(value, list) else [value]
+        for position, item in enumerate(items, 1):
+            name = _repeated_in(item)
+            if name is not None:
+                raise RepeatedMember(name, position if isinstance(value, list) else None)
+    return value
+
+
+def _repeated_in(value: object) -> str | None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Repeating):
+            return item.name
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def loads(text: str | bytes) -> object:
-    """`json.loads`, refusing (`ValueError`) integers of more than `MAX_INTEGER_DIGITS` digits by their length.
-    A record's non-finite number is left to the field that reads it, which names the record and the field."""
-    return json.loads(text, parse_int=_bounded_int)
+    """`json.loads`, refusing (`ValueError`) integers of more than `MAX_INTEGER_DIGITS` digits by their length,
+    and (`RepeatedMember`) an object that names a member twice. A record's non-finite number is left to the
+    field that reads it, which names the record and the field."""
+    return _parse(text)
 
 
 def loads_finite(text: str | bytes) -> object:
     """`loads`, refusing (`ValueError`) NaN, Infinity and a number too large for a float as well: for settings,
     where no field reads them one by one."""
-    return json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    return _parse(text, parse_float=_finite_float, parse_constant=_no_constant)
 
 
 def read_json(data: bytes) -> object:
     """A JSON document (UTF-8, with or without a byte-order mark)."""
     try:
         return loads(data.decode("utf-8-sig"))
+    except RepeatedMember as repeated:
+        where = f"record {repeated.record}" if repeated.record is not None else "the file"
+        raise RecordRejected.one(
+            repeated.name,
+            f"appears twice in one object of {where}: a member name may appear only once",
+            IssueCode.MALFORMED_FILE,
+        ) from None
     except (UnicodeDecodeError, ValueError) as error:
         raise RecordRejected.one("file", f"is not valid UTF-8 JSON: {error}", IssueCode.MALFORMED_FILE) from None
     except RecursionError:

@@ -186,9 +186,20 @@ def test_map_command_strict_and_usage_errors(tmp_path: Path, installed: None) ->
     assert code == 2 and "--to-format" in err
 
 
-def test_map_command_refuses_a_context_file_nested_too_deeply(tmp_path: Path, installed: None) -> None:
+@pytest.mark.parametrize(
+    ("context", "problem"),
+    [
+        ("[" * 100_000, "nests arrays or objects too deeply"),
+        ('{"facts": {"party_registry": "CHN01", "party_registry": "CHE01"}}', '"party_registry" appears twice'),
+        ('{"facts": {"quantity": NaN}}', "NaN is not a JSON number"),
+    ],
+    ids=["nested too deeply", "a repeated name", "NaN"],
+)
+def test_map_command_refuses_a_malformed_context_file(
+    tmp_path: Path, installed: None, context: str, problem: str
+) -> None:
     (tmp_path / "ccer.csv").write_text(CSV, encoding="utf-8")
-    (tmp_path / "context.json").write_text("[" * 100_000, encoding="utf-8")
+    (tmp_path / "context.json").write_text(context, encoding="utf-8")
     code, out, err = _run(
         [
             "map",
@@ -204,7 +215,7 @@ def test_map_command_refuses_a_context_file_nested_too_deeply(tmp_path: Path, in
         ]
     )
     assert code == 2 and out == ""
-    assert "context.json is not valid JSON" in err
+    assert "context.json is not valid JSON" in err and problem in err
 
 
 def test_map_command_names_a_missing_input_file_without_an_errno(tmp_path: Path, installed: None) -> None:

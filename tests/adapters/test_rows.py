@@ -193,6 +193,9 @@ JSON_EDGES: dict[str, bytes] = {
     "NaN quantity": encode([GOOD]).replace(b'"certified_quantity": 5000', b'"certified_quantity": NaN'),
     "exponent vintage": encode([GOOD]).replace(b'"vintage": 2021', b'"vintage": 2.021e3'),
     "a key twice": encode([GOOD]).replace(b'"block_end": 2000', b'"block_end": 1500, "block_end": 2000'),
+    "a value starting with a colon": encode([{**GOOD, "project_name": ": a name"}]),
+    "a space before each colon": encode([GOOD]).replace(b'": ', b'" : '),
+    "an escaped quote": encode([{**GOOD, "project_name": 'the "Wind" farm'}]),
     "escaped text": encode([{**GOOD, "province": "Guangdong\\u7701"}]),
     "raw control character": encode([GOOD]).replace("广东省".encode(), b"a\tb"),
     "not an array": encode(GOOD),  # type: ignore[arg-type]
@@ -208,6 +211,41 @@ JSON_EDGES: dict[str, bytes] = {
 def test_json_edge_cases_get_the_full_paths_answer(name: str) -> None:
     payload = JSON_EDGES[name]
     assert fast(payload, CTX) == full(payload, CTX)
+
+
+REPEATED_MEMBERS = {
+    "compact": b'"block_end":20000,"block_end":20100',
+    "spaced": b'"block_end" : 20000, "block_end"\n:\t20100',
+    "beside a value starting with a colon": b'"block_end": 20000, "block_end": 20100, "project_id": ": P"',
+    "an optional member": b'"block_end": 20100, "mitigation_type": "", "mitigation_type": ""',
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPEATED_MEMBERS))
+def test_a_member_named_twice_is_refused_by_both_paths_naming_the_record(name: str) -> None:
+    first, second = encode([credit(1)]), encode([credit(2)]).replace(b'"block_end": 20100', REPEATED_MEMBERS[name])
+    assert second != encode([credit(2)])
+    payload = first[:-1] + b", " + second[1:]
+    assert read_json_checked(payload, CTX) is None
+    mapped = fast(payload, CTX)
+    assert mapped == full(payload, CTX)
+    assert not mapped.applied
+    [issue] = mapped.issues
+    member = "mitigation_type" if "optional" in name else "block_end"
+    assert (issue.first, issue.field, issue.code) == (0, member, IssueCode.MALFORMED_FILE)
+    assert "record 2" in issue.message
+
+
+def test_a_clean_batch_in_any_layout_is_vouched_for() -> None:
+    records = [
+        credit(1),
+        {**credit(2), "mitigation_type": "Removals"},
+        {**credit(3), "project_name": 'a "b": c\\', "province": "\\\":"},
+    ]
+    for layout in ({}, {"indent": 2}, {"separators": (",", ":")}, {"ensure_ascii": False}):
+        checked = read_json_checked(json.dumps(records, **layout).encode(), CTX)
+        assert checked is not None and [r.stated_mitigation_type for r in checked] == ["", "Removals", ""]
+        assert checked[2].project_name == 'a "b": c\\' and checked[2].province == '\\":'
 
 
 def test_deep_nesting_is_a_malformed_file_not_a_crash() -> None:

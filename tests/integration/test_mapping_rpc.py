@@ -93,8 +93,15 @@ async def test_the_stream_maps_batch_after_batch_with_positions_across_the_strea
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     "context_json",
-    [b"[1]", b"[" * 100_000, b'{"x": ' + b"9" * 5000 + b"}", b'{"x": 1e999}', b'{"x": NaN}'],
-    ids=["not an object", "nested too deeply", "a number of 5000 digits", "an infinite number", "NaN"],
+    [
+        b"[1]",
+        b"[" * 100_000,
+        b'{"x": ' + b"9" * 5000 + b"}",
+        b'{"x": 1e999}',
+        b'{"x": NaN}',
+        b'{"facts": {"party_registry": "CHN01", "party_registry": "CHE01"}}',
+    ],
+    ids=["not an object", "too deep", "a number of 5000 digits", "an infinite number", "NaN", "a repeated name"],
 )
 async def test_a_malformed_context_is_refused_with_the_field(pair: Pair, context_json: bytes) -> None:
     async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
