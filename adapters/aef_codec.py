@@ -25,7 +25,7 @@ from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 from gateway.domain.records import ActionType, FirstTransferDefinition, Purpose
 
 KeyOf = Callable[[Column], str]
-_TIMEFRAME = re.compile(r"(\d{4}) - (\d{4})")
+_TIMEFRAME = re.compile(r"([0-9]{4}) - ([0-9]{4})")
 _ACTION_NAMES = frozenset(ACTION_FIELDS)
 OIMP_DEFINITIONS = frozenset(FirstTransferDefinition) - {FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER}
 

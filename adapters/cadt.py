@@ -22,14 +22,14 @@ from adapters.aef_codec import cadt_key, parse_row, render_row
 from adapters.aef_columns import CADT_TABLES, RECORD_TYPES, Kind, Table, columns
 from adapters.base import AdapterInfo, RawRecord, Rendered, schemas
 from adapters.context import MappingContext
-from adapters.fields import FieldReader
+from adapters.fields import MAX_DIGITS, FieldReader
 from adapters.flat import block_losses
 from adapters.serials import SerialError, grammar_for_block, grammars_with, parse_block, spell_block
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.canonical import RegistryUnit
 from gateway.domain.mapping import IssueCode, RecordRejected
 
-_DECIMAL_ZERO = re.compile(r"(0|[1-9]\d*)\.0+")
+_DECIMAL_ZERO = re.compile(r"(0|[1-9][0-9]*)\.0+")
 _BOOKKEEPING = frozenset(
     {
         "created_at",
@@ -105,7 +105,8 @@ def _json_only(adapter: str, fmt: str) -> None:
 def _normalise_decimal(value: object) -> object:
     """CAD Trust stores counts as decimals: ``"100.00"`` is the whole number 100."""
     if isinstance(value, str) and _DECIMAL_ZERO.fullmatch(value):
-        return int(value.split(".")[0])
+        whole = value.split(".")[0]
+        return int(whole) if len(whole) <= MAX_DIGITS else whole  # too long: the field reader says so
     return value
 
 

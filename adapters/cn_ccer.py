@@ -96,7 +96,7 @@ class CcerAdapter:
         if period_start and period_end and period_end < period_start:
             r.fail("monitoring_period_end", f"{period_end} precedes the start {period_start}", IssueCode.BLOCK_ORDER)
         block: UnitBlock | None = None
-        if range_ok(r.problems, start, end, "block_end") and vintage is not None and ccer_id:
+        if range_ok(r.problems, start, end, "block_start", "block_end") and vintage is not None and ccer_id:
             block = checked_block(
                 r.problems,
                 "block_start",

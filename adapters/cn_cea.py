@@ -74,7 +74,7 @@ class CeaAdapter:
         start = r.integer("block_start", what="a serial number")
         end = r.integer("block_end", what="a serial number")
         block: UnitBlock | None = None
-        if range_ok(r.problems, start, end, "block_end") and year is not None and reference:
+        if range_ok(r.problems, start, end, "block_start", "block_end") and year is not None and reference:
             block = checked_block(
                 r.problems,
                 "block_start",

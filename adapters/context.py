@@ -17,8 +17,10 @@ from adapters.fields import FieldReader, check_action_instant
 from adapters.serials.domestic import CCER_FORMAT, CEA_FORMAT, DomesticFormat
 from adapters.serials.itmo import FIRST_ID_STYLE, FirstIdStyle
 from gateway.domain.canonical import ActionSubtype, MitigationType
+from gateway.domain.errors import GatewayError
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 from gateway.domain.records import ActionType, Purpose
+from gateway.domain.text import check_identifier
 
 
 class ItmoSerialSource(enum.StrEnum):
@@ -125,12 +127,19 @@ def context_from_json(data: Mapping[str, object]) -> MappingContext:
     )
     codes: list[tuple[str, str]] = []
     for registry, code in codes_raw.items():
+        field = f"extension_codes.{registry}"
         if not isinstance(code, str) or not code or code in vocab.NOMENCLATURE_UNDERLYING_REGISTRIES:
             top.fail(
-                f"extension_codes.{registry}",
+                field,
                 f"{code!r} must be a non-empty code that is not already a nomenclature registry ID",
                 IssueCode.BAD_VALUE,
             )
+            continue
+        try:
+            check_identifier(str(registry), field, what="issuing registry")
+            check_identifier(code, field, what="extension code")
+        except GatewayError as error:
+            top.fail(field, error.message, IssueCode.BAD_VALUE)
             continue
         codes.append((str(registry), code))
     itmo_serials = top.choice("itmo_serials", ItmoSerialSource, required=False)

@@ -20,12 +20,12 @@ from gateway.domain.text import escaped
 
 E = TypeVar("E", bound=enum.Enum)
 
-_DIGITS = re.compile(r"0|[1-9]\d*")
+_DIGITS = re.compile(r"0|[1-9][0-9]*")
 MAX_DIGITS = 19
 """Digits of the longest whole number a field is read as: 2^63 - 1 has 19."""
-_DMY = re.compile(r"(\d{2})/(\d{2})/(\d{4})")
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_ISO_MS = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z")
+_DMY = re.compile(r"([0-9]{2})/([0-9]{2})/([0-9]{4})")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_ISO_MS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{3})Z")
 
 
 def is_empty(value: object) -> bool:
@@ -60,6 +60,15 @@ def check_action_instant(value: dt.datetime) -> str | None:
     if value.microsecond % 1000:
         return "must be whole milliseconds (the AEF keeps three decimals)"
     return None
+
+
+def _surrogate(value: str) -> str:
+    """The first lone surrogate in ``value`` as ``U+D800``, or "" (JSON's ``\\ud800`` escapes make them)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"U+{ord(value[error.start]):04X}"
+    return ""
 
 
 class FieldReader:
@@ -102,6 +111,14 @@ class FieldReader:
                 self.fail(key, f"must be text, not {type(value).__name__}", IssueCode.BAD_VALUE)
                 return ""
             value = str(value)
+        surrogate = "" if value.isascii() else _surrogate(value)
+        if surrogate:
+            self.fail(
+                key,
+                f"holds {surrogate}: a lone surrogate is not Unicode text, and no output can carry it",
+                IssueCode.BAD_VALUE,
+            )
+            return ""
         if pattern is not None and not pattern.fullmatch(value):
             self.fail(key, f"{value!r} does not have the form {shape}", IssueCode.BAD_PATTERN)
             return ""
@@ -136,7 +153,11 @@ class FieldReader:
                 problem = (
                     "is negative"
                     if value.lstrip().startswith("-")
-                    else ("is fractional" if re.fullmatch(r"-?\d*\.\d+|-?\d+\.\d*", value) else "is not a number")
+                    else (
+                        "is fractional"
+                        if re.fullmatch(r"-?[0-9]*\.[0-9]+|-?[0-9]+\.[0-9]*", value)
+                        else "is not a number"
+                    )
                 )
                 self.fail(key, f"{value!r} {problem}: {what} is required", IssueCode.BAD_QUANTITY)
                 return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from adapters import tabular
-from gateway.domain.blocks import UnitBlock
+from gateway.domain.blocks import MAX_SERIAL, UnitBlock
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 
 
@@ -46,9 +46,15 @@ def block_losses(block: UnitBlock, carried: frozenset[str], prefix: str = "block
     return lost
 
 
-def range_ok(problems: list[Problem], start: int | None, end: int | None, end_field: str) -> bool:
-    """True when both ends are known and in order; a reversed range is a problem naming ``end_field``."""
+def range_ok(problems: list[Problem], start: int | None, end: int | None, start_field: str, end_field: str) -> bool:
+    """True when both ends are known, within the serial range and in order; a problem names the end at fault
+    (``end_field`` for a reversed range)."""
     if start is None or end is None:
+        return False
+    past = [(field, n) for field, n in ((start_field, start), (end_field, end)) if n > MAX_SERIAL]
+    for field, n in past:
+        problems.append(Problem(field, f"{n} is past the largest serial, {MAX_SERIAL}", IssueCode.BAD_VALUE))
+    if past:
         return False
     if end < start:
         problems.append(Problem(end_field, f"the block end {end} precedes its start {start}", IssueCode.BLOCK_ORDER))

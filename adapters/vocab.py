@@ -28,10 +28,10 @@ NOMENCLATURE_UNDERLYING_REGISTRIES = frozenset(
 BUILT_IN_UNDERLYING_CODES: dict[str, str] = {"VCS": "VCS", "GS": "GS", "CAR": "CAR"}
 """Nomenclature code of the issuing registries whose grammars are built in and which the nomenclature lists."""
 
-COOPERATIVE_APPROACH = re.compile(r"CA\d{4}")
-PARTY_REGISTRY = re.compile(r"[A-Z]{3}\d{2}")
-SUBMISSION_VERSION = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)")
-CCER_METHODOLOGY = re.compile(r"CCER-\d{2}-\d{3}-V\d{2}")
-CCER_PROJECT_TYPE = re.compile(r"[A-Z]\d{4}")
+COOPERATIVE_APPROACH = re.compile(r"CA[0-9]{4}")
+PARTY_REGISTRY = re.compile(r"[A-Z]{3}[0-9]{2}")
+SUBMISSION_VERSION = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+CCER_METHODOLOGY = re.compile(r"CCER-[0-9]{2}-[0-9]{3}-V[0-9]{2}")
+CCER_PROJECT_TYPE = re.compile(r"[A-Z][0-9]{4}")
 LIST_SEPARATOR = "; "
 """How multi-valued AEF cells (sectors, activity types, Parties, entities) join their values."""

@@ -13,11 +13,12 @@ import re
 from collections.abc import Mapping
 from typing import Protocol, TypeVar
 
-from gateway.domain.blocks import BlockError, UnitBlock
+from gateway.domain.blocks import MAX_SERIAL, BlockError, UnitBlock
+from gateway.domain.text import quoted
 
 V = TypeVar("V")
 
-_INT = re.compile(r"0|[1-9]\d*")
+_INT = re.compile(r"0|[1-9][0-9]*")
 
 
 Digits = int | str
@@ -82,6 +83,8 @@ def parse_range(parts: Mapping[str, str], text: str) -> tuple[int, int]:
 
 def parse_serial_int(text: str, what: str, serial: str) -> int:
     """A serial number part: digits without leading zeros."""
+    if len(text) > len(str(MAX_SERIAL)) and _INT.fullmatch(text):
+        raise SerialError(f"{what} in {quoted(serial, 80)} has {len(text)} digits: serials lie in 0..{MAX_SERIAL}")
     if not _INT.fullmatch(text):
         raise SerialError(f"{what} {text!r} in {serial!r} must be digits without leading zeros")
     return int(text)

@@ -45,8 +45,9 @@ UNIT_TYPES = {"1": "CRT", "ROC": "ROC"}
 """The guide's unit type codes and the unit kind each names: Climate Reserve Tonne, Registry Offset Credit."""
 _CODES = {kind: code for code, kind in UNIT_TYPES.items()}
 PATTERN = re.compile(
-    r"CAR-(?P<unit_type>[0-9A-Z]+)-(?P<country>[A-Z]{2})-(?P<project>\d+)-(?P<project_type>\d+)"
-    r"-(?P<developer>\d+)-(?P<state>[A-Z]{2})-(?P<vintage>\d{4})-(?P<batch>\d+)-(?P<start>\d+) to (?P<end>\d+)"
+    r"CAR-(?P<unit_type>[0-9A-Z]+)-(?P<country>[A-Z]{2})-(?P<project>[0-9]+)-(?P<project_type>[0-9]+)"
+    r"-(?P<developer>[0-9]+)-(?P<state>[A-Z]{2})-(?P<vintage>[0-9]{4})-(?P<batch>[0-9]+)"
+    r"-(?P<start>[0-9]+) to (?P<end>[0-9]+)"
 )
 PROJECT_PREFIX = "CAR"
 """The Reserve spells its project IDs ``CAR<number>``."""
@@ -156,7 +157,7 @@ class CarGrammar:
             raise SerialError(f"{block.describe()} is not a Climate Action Reserve block")
         attrs = require_attributes(block, "car", _ATTRS, "Climate Action Reserve")
         project = block.project_id.removeprefix(PROJECT_PREFIX)
-        if not block.project_id.startswith(PROJECT_PREFIX) or not project.isdigit():
+        if not block.project_id.startswith(PROJECT_PREFIX) or not (project.isascii() and project.isdigit()):
             raise SerialError(
                 f"{block.describe()} has the project ID {block.project_id!r}, not a Reserve project ID CAR<number>"
             )

@@ -39,7 +39,7 @@ class DomesticFormat:
             raise ValueError(f"identifier prefix {self.prefix!r} must be upper-case letters, digits and '-'")
         issuance = r"(?P<issuance>[^/\s]+)/" if self.per_issuance else ""
         pattern = re.compile(
-            re.escape(self.prefix) + "/" + issuance + r"(?P<vintage>\d{4})/(?P<start>\d+)-(?P<end>\d+)"
+            re.escape(self.prefix) + "/" + issuance + r"(?P<vintage>[0-9]{4})/(?P<start>[0-9]+)-(?P<end>[0-9]+)"
         )
         object.__setattr__(self, "pattern", pattern)
         object.__setattr__(self, "_space", SerialSpace(self.unit_kind, self.issuing_registry))

@@ -28,8 +28,8 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 
 ISSUING_REGISTRY = "GS"
 PATTERN = re.compile(
-    r"GS(?P<registry>\d+)-(?P<unit_code>\d+)-(?P<country>[A-Z]{2})-(?P<project>GS\d+)-(?P<scope>\d{1,2})"
-    r"-(?P<vintage>\d{4})-(?P<issuance>\d+)-(?P<start>\d+)-(?P<end>\d+)"
+    r"GS(?P<registry>[0-9]+)-(?P<unit_code>[0-9]+)-(?P<country>[A-Z]{2})-(?P<project>GS[0-9]+)-(?P<scope>[0-9]{1,2})"
+    r"-(?P<vintage>[0-9]{4})-(?P<issuance>[0-9]+)-(?P<start>[0-9]+)-(?P<end>[0-9]+)"
 )
 _ATTRS = ("registry", "unit_code", "country", "scope")
 

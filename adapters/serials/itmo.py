@@ -37,12 +37,12 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 
 UNIT_KIND = "ITMO"
 UNIT_ID = (
-    r"(?P<{p}ca>CA\d{{4}})-(?P<{p}registry>[A-Z]{{3}}\d{{2}})-(?P<{p}party>[A-Z]{{3}})"
-    r"-(?P<{p}serial>\d+)-(?P<{p}vintage>\d{{4}})"
+    r"(?P<{p}ca>CA[0-9]{{4}})-(?P<{p}registry>[A-Z]{{3}}[0-9]{{2}})-(?P<{p}party>[A-Z]{{3}})"
+    r"-(?P<{p}serial>[0-9]+)-(?P<{p}vintage>[0-9]{{4}})"
 )
 UNIT_ID_PATTERN = re.compile(UNIT_ID.format(p=""))
 BLOCK_PATTERN = re.compile(UNIT_ID.format(p="") + r"(?:\.\.(?P<last>" + UNIT_ID.format(p="last_") + r"))?")
-BARE_SERIAL_PATTERN = re.compile(r"0|[1-9]\d*")
+BARE_SERIAL_PATTERN = re.compile(r"0|[1-9][0-9]*")
 
 
 class FirstIdStyle(enum.StrEnum):
@@ -191,7 +191,7 @@ def parse_first_last_id(text: str, *, cooperative_approach: str, registry: str, 
     A full identifier must agree with the row's approach, registry, first transferring Party and vintage.
     """
     if BARE_SERIAL_PATTERN.fullmatch(text):
-        return int(text)
+        return parse_serial_int(text, "the serial", text)
     match = UNIT_ID_PATTERN.fullmatch(text)
     if match is None:
         raise SerialError(

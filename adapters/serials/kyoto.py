@@ -65,8 +65,8 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 UNIT_KIND = "KP"
 UNIT_TYPES = {"1": "AAU", "2": "RMU", "3": "ERU", "4": "ERU", "5": "CER", "6": "tCER", "7": "lCER"}
 PATTERN = re.compile(
-    r"(?P<registry>[A-Z]{2,3})-(?P<unit_type>[1-7])-(?P<supplementary>\d+)-(?P<start>\d+)-(?P<end>\d+)"
-    r"-(?P<original_cp>\d+)-(?P<applicable_cp>\d+)-(?P<lulucf>\d+)-(?P<project>\d+)-(?P<track>\d+)"
+    r"(?P<registry>[A-Z]{2,3})-(?P<unit_type>[1-7])-(?P<supplementary>[0-9]+)-(?P<start>[0-9]+)-(?P<end>[0-9]+)"
+    r"-(?P<original_cp>[0-9]+)-(?P<applicable_cp>[0-9]+)-(?P<lulucf>[0-9]+)-(?P<project>[0-9]+)-(?P<track>[0-9]+)"
 )
 _ATTRS = ("unit_type", "supplementary", "original_cp", "applicable_cp", "lulucf", "track")
 EXPIRY_ATTRIBUTE = "expiry_date"
@@ -106,9 +106,9 @@ FIELDS = {
 """The field form's keys, in DES order, with the DES element each stands for."""
 
 _REGISTRY = re.compile(r"[A-Z]{2}")
-_UNIT_TYPE = re.compile(r"(?P<unit_type>[1-7])-(?P<supplementary>0|[1-9]\d*)")
-_POSITIVE = re.compile(r"[1-9]\d*")
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_UNIT_TYPE = re.compile(r"(?P<unit_type>[1-7])-(?P<supplementary>0|[1-9][0-9]*)")
+_POSITIVE = re.compile(r"[1-9][0-9]*")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True, slots=True)

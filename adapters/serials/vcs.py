@@ -36,11 +36,15 @@ SPACE = SerialSpace(unit_kind="VCU", issuing_registry="VCS")
 CURRENT_REGISTRY = "VER"
 
 _TAIL = (
-    r"-(?P<country>[A-Z]{2})-(?P<scope>\d{1,2})-(?P<project>\d+)"
-    r"-(?P<vintage_start>\d{8})-(?P<vintage_end>\d{8})-(?P<flag>\d)"
+    r"-(?P<country>[A-Z]{2})-(?P<scope>[0-9]{1,2})-(?P<project>[0-9]+)"
+    r"-(?P<vintage_start>[0-9]{8})-(?P<vintage_end>[0-9]{8})-(?P<flag>[0-9])"
 )
-CURRENT = re.compile(r"(?P<batch>\d+)-(?P<start>\d+)-(?P<end>\d+)-VCS-VCU-(?P<code>\d+)-(?P<registry>VER)" + _TAIL)
-OLDER = re.compile(r"(?P<batch>\d+)-(?P<start>\d+)-(?P<end>\d+)-VCU-(?P<code>\d+)-(?P<registry>APX|MER|CDC)" + _TAIL)
+CURRENT = re.compile(
+    r"(?P<batch>[0-9]+)-(?P<start>[0-9]+)-(?P<end>[0-9]+)-VCS-VCU-(?P<code>[0-9]+)-(?P<registry>VER)" + _TAIL
+)
+OLDER = re.compile(
+    r"(?P<batch>[0-9]+)-(?P<start>[0-9]+)-(?P<end>[0-9]+)-VCU-(?P<code>[0-9]+)-(?P<registry>APX|MER|CDC)" + _TAIL
+)
 _ATTRS = ("batch", "code", "registry", "country", "scope", "vintage_start", "vintage_end", "flag")
 
 

@@ -20,7 +20,7 @@ from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.mapping import RecordRejected
-from gateway.rpc.errors import abort_with, refusals_as_status
+from gateway.rpc.errors import abort_unexpected, abort_with, refusals_as_status
 
 Context = grpc.aio.ServicerContext
 
@@ -39,7 +39,9 @@ def _context(data: bytes) -> MappingContext:
     except RecordRejected as rejected:
         problem = rejected.problems[0]
         raise GatewayError(
-            ResponseCode.INVALID_ARGUMENT, problem.message, field=f"context_json.{problem.field}"
+            ResponseCode.INVALID_ARGUMENT,
+            problem.message,
+            field=f"context_json.{problem.field.removeprefix('context.')}",
         ) from None
 
 
@@ -72,8 +74,9 @@ def response(mapped: MappedRows, offset: int = 0) -> mapping_pb2.MapRecordsRespo
 
 
 def _map(request: mapping_pb2.MapRecordsRequest, context: MappingContext) -> MappedRows:
-    if not request.source or not request.target:
-        raise GatewayError(ResponseCode.INVALID_ARGUMENT, "name the source and target schemas", field="source")
+    for name in ("source", "target"):
+        if not getattr(request, name):
+            raise GatewayError(ResponseCode.INVALID_ARGUMENT, f"name the {name} schema (see ListAdapters)", field=name)
     return map_rows(
         request.source,
         request.target,
@@ -133,6 +136,10 @@ class MappingService(mapping_pb2_grpc.MappingServiceServicer):
                 offset += records
         except GatewayError as exc:
             await abort_with(context, exc)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_unexpected(context, exc, "StreamMapRecords", None)
 
 
 def _mapped(

@@ -114,6 +114,9 @@ BAD = [
     ("province", {"province": ""}, IssueCode.MISSING_FIELD),
     ("block_start", {"block_start": "9" * 5000}, IssueCode.BAD_QUANTITY),
     ("certified_quantity", {"certified_quantity": "1" * 20}, IssueCode.BAD_QUANTITY),
+    ("block_start", {"block_start": "5\uff10\uff10\uff11"}, IssueCode.BAD_QUANTITY),
+    ("vintage", {"vintage": "\u0662\u0660\u0662\u0661"}, IssueCode.BAD_QUANTITY),
+    ("block_end", {"block_end": 2**63}, IssueCode.BAD_VALUE),
 ]
 
 
@@ -130,6 +133,14 @@ def test_bad_ccer_input_names_record_and_field_and_nothing_is_applied(
     assert str(result.issues[0]).startswith(f"record 2, field {field!r}")
     per_record = map_batch("cn-ccer", "cn-ccer", data, source_format=fmt, adapters=ADAPTERS, per_record=True)
     assert [r.position for r in per_record.records if r.output is not None] == [1, 3]
+
+
+@pytest.mark.parametrize("field", ["project_name", "ccer_id", "province"])
+def test_a_lone_surrogate_in_text_is_refused_naming_the_field(field: str) -> None:
+    data = json.dumps([dict(GOOD), _second(**{field: "a\ud800b"})]).encode()
+    result = map_batch("cn-ccer", "cn-ccer", data, source_format="json", adapters=ADAPTERS)
+    assert [(i.position, i.field, i.code) for i in result.issues] == [(2, field, IssueCode.BAD_VALUE)]
+    assert "U+D800" in result.issues[0].message
 
 
 def test_missing_csv_column_is_a_batch_problem_naming_the_column() -> None:

@@ -69,8 +69,8 @@ def clean_records(draw: st.DrawFn, min_size: int = 1) -> list[dict[str, Any]]:
             "ccer_id": draw(s.words),
             "project_id": draw(s.words),
             "project_name": draw(s.text),
-            "project_type_code": draw(st.from_regex(r"[A-Z]\d{4}", fullmatch=True)),
-            "methodology_code": draw(st.from_regex(r"CCER-\d{2}-\d{3}-V\d{2}", fullmatch=True)),
+            "project_type_code": draw(st.from_regex(r"[A-Z][0-9]{4}", fullmatch=True)),
+            "methodology_code": draw(st.from_regex(r"CCER-[0-9]{2}-[0-9]{3}-V[0-9]{2}", fullmatch=True)),
             "province": draw(s.text),
             "monitoring_period_start": period_start.isoformat(),
             "monitoring_period_end": draw(st.dates(period_start, dt.date(2045, 12, 31))).isoformat(),
@@ -240,7 +240,7 @@ def test_a_clean_batch_in_any_layout_is_vouched_for() -> None:
     records = [
         credit(1),
         {**credit(2), "mitigation_type": "Removals"},
-        {**credit(3), "project_name": 'a "b": c\\', "province": "\\\":"},
+        {**credit(3), "project_name": 'a "b": c\\', "province": '\\":'},
     ]
     for layout in ({}, {"indent": 2}, {"separators": (",", ":")}, {"ensure_ascii": False}):
         checked = read_json_checked(json.dumps(records, **layout).encode(), CTX)

@@ -210,6 +210,40 @@ def test_malformed_serials_are_refused_with_the_reason(text: str, message: str) 
         parse_block(text)
 
 
+_OTHER_DIGITS = {"full-width": 0xFF10, "Arabic-Indic": 0x0660, "Devanagari": 0x0966}
+
+
+@pytest.mark.parametrize("script", sorted(_OTHER_DIGITS))
+@pytest.mark.parametrize(("grammar", "strategy"), GENERATED, ids=lambda g: getattr(g, "name", ""))
+def test_a_digit_of_another_script_is_refused_not_read_as_its_ascii_twin(
+    grammar: Any, strategy: st.SearchStrategy[Any], script: str
+) -> None:
+    @given(strategy, st.data())
+    def check(value: Any, data: st.DataObject) -> None:
+        text = grammar.format(value)
+        places = [i for i, char in enumerate(text) if char.isascii() and char.isdigit()]
+        i = data.draw(st.sampled_from(places))
+        twin = text[:i] + chr(_OTHER_DIGITS[script] + int(text[i])) + text[i + 1 :]
+        with pytest.raises(SerialError):
+            grammar.parse(twin)
+
+    check()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CN-CCER/2025/0-" + "9" * 5000,
+        "CA0001-CHN01-CHN-" + "9" * 5000 + "-2025",
+        "GS1-1-UG-GS1-16-2024-1-1-" + "9" * 5000,
+    ],
+    ids=["domestic", "ITMO", "Gold Standard"],
+)
+def test_a_serial_number_of_thousands_of_digits_is_refused_by_its_length(text: str) -> None:
+    with pytest.raises(SerialError, match=r"5000 digits: serials lie in 0\.\.9223372036854775806"):
+        parse_block(text)
+
+
 def test_puro_refuses_legacy_gsrn_serials_clearly() -> None:
     with pytest.raises(SerialError, match="GSRN"):
         puro.GRAMMAR.parse("643002406555908611000000000001-643002406555908611000000000100")

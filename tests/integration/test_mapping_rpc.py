@@ -13,6 +13,7 @@ from adapters.mapping import map_batch
 from adapters.rows import from_batch
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.demo import Pair
+from gateway.rpc import mapping as mapping_module
 from gateway.rpc.errors import read_error_detail
 from tests.adapters.strategies import ACTION_CONTEXT_JSON
 from tests.adapters.test_domestic import GOOD
@@ -127,7 +128,7 @@ async def test_a_lone_surrogate_in_a_member_name_is_refused_or_reported_escaped(
                 await call()
             detail = read_error_detail(caught.value.trailing_metadata())
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert detail is not None and detail.field == "context_json.context.\\ud800"
+            assert detail is not None and detail.field == "context_json.\\ud800"
         mapped = await stub.MapRecords(
             mapping_pb2.MapRecordsRequest(
                 source="cn-ccer",
@@ -138,6 +139,52 @@ async def test_a_lone_surrogate_in_a_member_name_is_refused_or_reported_escaped(
             )
         )
     assert ("\\ud800", "unknown_field") in [(i.field, i.code) for i in mapped.issues]
+
+
+@pytest.mark.asyncio
+async def test_lone_surrogates_in_record_text_and_context_values_are_refused_by_name(pair: Pair) -> None:
+    record = json.dumps([{**GOOD, "project_name": "a\ud800"}]).encode()
+    codes = {**ACTION_CONTEXT_JSON, "extension_codes": {"CN-CCER": "\ud800"}}
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        for target in ("cn-ccer", "aef-actions"):
+            request = mapping_pb2.MapRecordsRequest(
+                source="cn-ccer", target=target, source_format="json", payload=record, context_json=CONTEXT
+            )
+            for answer in (await stub.MapRecords(request), await stub.StreamMapRecords(iter([request])).read()):
+                assert isinstance(answer, mapping_pb2.MapRecordsResponse) and not answer.applied
+                assert [(i.position, i.field, i.code) for i in answer.issues] == [(1, "project_name", "bad_value")]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.MapRecords(
+                mapping_pb2.MapRecordsRequest(
+                    source="cn-ccer", target="aef-actions", payload=record, context_json=json.dumps(codes).encode()
+                )
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    detail = read_error_detail(caught.value.trailing_metadata())
+    assert detail is not None and detail.field == "context_json.extension_codes.CN-CCER"
+
+
+@pytest.mark.asyncio
+async def test_an_unnamed_target_is_named_and_a_failure_in_a_stream_is_internal_not_unknown(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.MapRecords(mapping_pb2.MapRecordsRequest(source="cn-ccer", payload=b"[]"))
+        detail = read_error_detail(caught.value.trailing_metadata())
+        assert detail is not None and detail.field == "target"
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("a defect")
+
+        monkeypatch.setattr(mapping_module, "map_rows", broken)
+        request = mapping_pb2.MapRecordsRequest(source="cn-ccer", target="cn-ccer", payload=b"[]")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.StreamMapRecords(iter([request])).read()
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "a defect" not in (caught.value.details() or "")
 
 
 @pytest.mark.asyncio
