@@ -161,9 +161,19 @@ def run_map(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO 
             file=err,
         )
     if result.outputs:
-        payload = encode_outputs(result, target, out_fmt)
+        try:
+            payload = encode_outputs(result, target, out_fmt)
+        except RecordRejected as rejected:
+            for problem in rejected.problems:
+                print(f"error: {problem.field}: {problem.message} [{problem.code}]", file=err)
+            print(f"nothing was written: the {out_fmt} output cannot hold the value above", file=err)
+            return 1
         if args.out is not None:
-            args.out.write_bytes(payload)
+            try:
+                args.out.write_bytes(payload)
+            except OSError as error:
+                print(f"error: {args.out}: {error.strerror or error}", file=err)
+                return 2
         elif out_fmt == "xlsx":
             print("error: an XLSX workbook cannot be written to standard output: pass --out", file=err)
             return 2

@@ -148,6 +148,22 @@ def test_map_command_writes_an_aef_workbook(tmp_path: Path, installed: None) -> 
     assert [r[15] for r in rows[1:]] == [1000, 500]
 
 
+def test_map_command_refuses_a_value_the_workbook_cannot_hold_and_writes_nothing(
+    tmp_path: Path, installed: None
+) -> None:
+    (tmp_path / "ccer.csv").write_text(CSV, encoding="utf-8")
+    context = {**CONTEXT, "facts": {**CONTEXT["facts"], "additional_information": "x\u0000y"}}
+    (tmp_path / "context.json").write_text(json.dumps(context), encoding="utf-8")
+    out = tmp_path / "actions.xlsx"
+    argv = ["map", "--from", "cn-ccer", "--to", "aef-actions", str(tmp_path / "ccer.csv")]
+    code, _, err = _run([*argv, "--context", str(tmp_path / "context.json"), "--out", str(out)])
+    assert code == 1 and not out.exists()
+    assert "Additional explanatory information" in err and "control character" in err
+    assert "nothing was written" in err and "Traceback" not in err
+    code, _, err = _run([*argv, "--context", str(tmp_path / "context.json"), "--out", str(tmp_path / "no" / "a.csv")])
+    assert code == 2 and err.endswith(f"error: {tmp_path / 'no' / 'a.csv'}: No such file or directory\n")
+
+
 def test_map_command_refuses_a_bad_batch_and_writes_nothing(tmp_path: Path, installed: None) -> None:
     bad = CSV.replace("1001,1500", "901,1400")
     (tmp_path / "ccer.csv").write_text(bad, encoding="utf-8")
