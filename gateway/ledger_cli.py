@@ -24,11 +24,22 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.domain.text import parse_whole_number
+
 if TYPE_CHECKING:
     from gateway.domain.errors import ResponseCode
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+
+
+def whole_number(value: str) -> int:
+    """The argparse ``type`` of integer options: ASCII digits only (`parse_whole_number`)."""
+    try:
+        return parse_whole_number(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
 
 TOKEN_FILE_VARIABLE = "CARBON_GATEWAY_TOKEN_FILE"
 """The environment variable naming a bearer-token file, when ``--token-file`` is not given."""
@@ -56,7 +67,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     use.add_argument("--account", required=True, help="the holding account the units are in")
     use.add_argument("--to", required=True, dest="target", help="the use account they move into")
     use.add_argument("--units", required=True, action="append", help="KIND/REGISTRY[/ISSUANCE]:START-END (repeatable)")
-    use.add_argument("--year", type=int, default=0, help="the calendar year of use towards the NDC")
+    use.add_argument("--year", type=whole_number, default=0, help="the calendar year of use towards the NDC")
     use.add_argument(
         "--oimp", metavar="PURPOSE", default="", help="use for other international mitigation purposes: OIMP, IMP or OP"
     )
@@ -83,15 +94,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     emissions = ledger_commands.add_parser("emissions", help="record the Party's reported emissions of a year")
     _target(emissions)
     _write(emissions)
-    emissions.add_argument("--year", type=int, required=True)
-    emissions.add_argument("--quantity", type=int, required=True, help="t CO2e")
+    emissions.add_argument("--year", type=whole_number, required=True)
+    emissions.add_argument("--quantity", type=whole_number, required=True, help="t CO2e")
     emissions.set_defaults(func=_emissions)
 
     lock = ledger_commands.add_parser("lock", help="make past years final (PERIOD_LOCKED afterwards)")
     _target(lock)
     _write(lock)
-    lock.add_argument("--from", dest="first_year", type=int, required=True)
-    lock.add_argument("--to", dest="last_year", type=int, required=True)
+    lock.add_argument("--from", dest="first_year", type=whole_number, required=True)
+    lock.add_argument("--to", dest="last_year", type=whole_number, required=True)
     lock.add_argument("--reason", required=True)
     lock.set_defaults(func=_lock)
 

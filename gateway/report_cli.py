@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from gateway.ledger_cli import EXIT_USAGE, fail
+from gateway.ledger_cli import EXIT_USAGE, fail, whole_number
 
 if TYPE_CHECKING:
     from adapters.context import MappingContext
@@ -32,7 +32,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     report_commands = report.add_subparsers(dest="report_command", required=True, parser_class=_OneLineParser)
     aef = report_commands.add_parser("aef", help="write the AEF report of a year from the gateway's ledger")
     aef.add_argument("--config", required=True, help="the gateway's configuration file")
-    aef.add_argument("--year", required=True, type=int, help="the reported year")
+    aef.add_argument("--year", required=True, type=whole_number, help="the reported year")
     aef.add_argument("--out", required=True, help="the XLSX file (or, with --format csv, the folder) to write")
     aef.add_argument("--format", choices=["xlsx", "csv"], default="xlsx")
     aef.add_argument("--version", default="1.0", dest="submission_version", help="the submission's version (X.Y)")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from gateway.domain.access import is_loopback_host
 from gateway.domain.records import PARTY_PATTERN
+from gateway.ledger_cli import whole_number
 from signing import Envelope, Role, Signer, SigningError, TrustDocument, TrustedParty, sign_trust_document
 from signing.files import read_small_file
 
@@ -95,7 +96,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "gateway's tls/ folder) so that the two gateways trust each other",
     )
     init.add_argument(
-        "--days", type=int, default=365, help="validity of the trust document in days (default: %(default)s)"
+        "--days", type=whole_number, default=365, help="validity of the trust document in days (default: %(default)s)"
     )
     init.add_argument("folder", metavar="DIR", help="the folder to write into")
     init.set_defaults(func=_command("init", _init))
@@ -132,7 +133,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     next_.add_argument(
         "--retire-old", action="store_true", help="remove the current document's keys from the next version"
     )
-    next_.add_argument("--days", type=int, default=365, help="validity in days from now (default: %(default)s)")
+    next_.add_argument(
+        "--days", type=whole_number, default=365, help="validity in days from now (default: %(default)s)"
+    )
     next_.add_argument(
         "--out", metavar="FILE", help="where to write the document (default: <party>.trust.v<N+1>.json beside it)"
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from gateway.domain.errors import GatewayError
+from gateway.ledger_cli import whole_number
 from gateway.tls import DEMO_WARNING, CertificateError, write_gateway_certificates
 from gateway.wire import envelope_from_bytes
 from signing import (
@@ -153,7 +154,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     certs_generate.add_argument("--out", required=True, metavar="DIR", help="the folder to write to (created)")
     certs_generate.add_argument("--ca-name", required=True, metavar="NAME", help="the common name of a new CA")
     certs_generate.add_argument(
-        "--days", type=int, default=365, help="validity of new certificates in days (default: %(default)s)"
+        "--days", type=whole_number, default=365, help="validity of new certificates in days (default: %(default)s)"
     )
     certs_generate.add_argument("parties", nargs="+", metavar="PARTY", help="ISO 3166-1 alpha-3 code, e.g. CHE")
     certs_generate.set_defaults(func=_certs_generate)

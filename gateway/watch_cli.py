@@ -17,7 +17,7 @@ import binascii
 import json
 from typing import Any
 
-from gateway.ledger_cli import RefusedError, UsageError, _command, _run, _target
+from gateway.ledger_cli import RefusedError, UsageError, _command, _run, _target, whole_number
 
 EXIT_INTERRUPTED = 130
 
@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _target(watch)
     watch.add_argument(
         "--after",
-        type=int,
+        type=whole_number,
         default=0,
         help="the position of the last change already received (default 0: from the beginning)",
     )
@@ -49,7 +49,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--kind", action="append", default=[], choices=KINDS, help="only changes of this kind (repeatable)"
     )
     watch.add_argument(
-        "--limit", type=int, default=0, help="stop after this many changes (default 0: follow until interrupted)"
+        "--limit",
+        type=whole_number,
+        default=0,
+        help="stop after this many changes (default 0: follow until interrupted)",
     )
     watch.set_defaults(func=_watch)
 

@@ -610,7 +610,7 @@ def test_bad_arguments_get_one_line(gateway_dir: Path, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as exited:
         main(["report", "aef", "--config", config, "--year", "soon", "--out", out])
     assert exited.value.code == 2
-    assert "invalid int value: 'soon'" in one_line(capsys.readouterr().err)
+    assert "argument --year: 'soon' is not a whole number in the digits 0-9" in one_line(capsys.readouterr().err)
     (gateway_dir / "chn.db").unlink()
     assert main(["report", "aef", "--config", config, "--year", "2025", "--out", out]) == 2
     assert "no such database" in one_line(capsys.readouterr().err)

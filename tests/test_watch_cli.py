@@ -93,6 +93,11 @@ async def test_watch_refusals_and_usage_errors_are_one_line(tmp_path: Path, caps
         assert code == 2 and err.count("\n") == 1 and "--limit" in err
         code, _, err = await cli(capsys, "watch", "--address", address, "--after", str(2**64))
         assert code == 2 and "--after" in err and "out of range" in err
+        for lookalike in ("\u0661\u0662", "1_000", "\uff11"):
+            with pytest.raises(SystemExit) as exited:
+                await cli(capsys, "watch", "--address", address, "--after", lookalike)
+            err = capsys.readouterr().err
+            assert exited.value.code == 2 and "is not a whole number in the digits 0-9" in err
         code, _, err = await cli(capsys, "watch", "--address", address, "--after", "1", "--digest", "not base64!")
         assert code == 2 and err.count("\n") == 1 and "--digest" in err
     finally:

@@ -181,6 +181,16 @@ def check_positive_int64(value: int, field: str, *, what: str = "quantity") -> i
     return value
 
 
+def parse_whole_number(value: str) -> int:
+    """An integer written in the ASCII digits 0-9, with an optional minus sign and at most 100 digits (its
+    range is the caller's to check); else `ValueError` (``int`` also takes other scripts' digits, underscores
+    and surrounding white space)."""
+    digits = value[1:] if value.startswith("-") else value
+    if not (0 < len(digits) <= 100 and digits.isascii() and digits.isdigit()):
+        raise ValueError(f"{quoted(value)} is not a whole number in the digits 0-9")
+    return int(value)
+
+
 def quoted(value: str, limit: int = MAX_QUOTED) -> str:
     """``value`` as a refusal message quotes it: ``repr``, cut to about ``limit`` characters and marked when cut."""
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} characters)"
