@@ -43,7 +43,7 @@ def encode_token(position: Position) -> str:
 
 def decode_token(token: str, shape: Sequence[type]) -> Position | None:
     """The position a token names, of the given shape (``str`` and ``int`` items); None for no token. A token
-    that this list did not give is refused, naming ``page_token``."""
+    of another shape is refused, naming ``page_token`` (a token names a position; it is not a secret)."""
     if not token:
         return None
     refused = GatewayError(
