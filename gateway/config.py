@@ -401,6 +401,11 @@ def _signer_uri(base: Path, value: object, where: str) -> str:
     uri = _string(value, where)
     if ":" in uri.split("/")[0]:
         scheme, _, rest = uri.partition(":")
+        if scheme.lower() == "pkcs11":
+            path, mark, query = rest.partition("?")
+            if query:
+                query = "&".join(_rebased_parameter(base, parameter) for parameter in query.split("&"))
+            return f"{scheme}:{path}{mark}{query}"
         if scheme.lower() != "file":
             return uri
         path, mark, query = rest.partition("?")
@@ -413,10 +418,17 @@ def _signer_uri(base: Path, value: object, where: str) -> str:
 
 
 def _rebased_parameter(base: Path, parameter: str) -> str:
+    """A file URI's passphrase file, or a pkcs11 URI's module path or ``file:`` PIN source, against ``base``
+    when relative."""
     name, equals, value = parameter.partition("=")
-    written = urllib.parse.unquote_plus(value)
-    if name == "passphrase-file" and equals and written and not written.startswith("/"):
+    # A file URI's query is form-encoded (parse_qsl: "+" is a space); a pkcs11 URI's is percent-encoded only.
+    written = urllib.parse.unquote_plus(value) if name == "passphrase-file" else urllib.parse.unquote(value)
+    if not equals or not written:
+        return parameter
+    if name in ("passphrase-file", "module-path") and not written.startswith("/"):
         return f"{name}={urllib.parse.quote(str(base / written), safe='/')}"
+    if name == "pin-source" and written.startswith("file:") and not written[5:].startswith("/"):
+        return f"{name}={urllib.parse.quote('file:' + str(base / written[5:]), safe='/:')}"
     return parameter
 
 

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -488,6 +489,26 @@ def test_signer_paths_are_resolved_against_the_configuration_s_folder_from_any_w
     monkeypatch.chdir(tmp_path)  # not the configuration's folder
     config = load_config(path)
     assert signer_from_uri(config.signers["next"]).public_key.keyid
+
+
+def test_a_pkcs11_signer_s_relative_module_path_and_pin_file_are_resolved_against_the_configuration_s_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.signing.softhsm import create_softhsm_key, require_softhsm
+
+    require_softhsm()
+    folder = tmp_path / "gateway"
+    key = create_softhsm_key(folder / "hsm", token_label="relative")
+    _files(folder)
+    uri = (
+        f"pkcs11:token=relative;object={urllib.parse.quote(key.key_label, safe='')}"
+        "?module-path=hsm/libsofthsm2.so&pin-source=file:hsm/user.pin"
+    )
+    path = _write(folder, GOOD.replace('next = "file:chn.key"', f"next = {json.dumps(uri)}"))
+    monkeypatch.chdir(tmp_path)  # not the configuration's folder
+    config = load_config(path)
+    assert f"module-path={folder}/hsm/libsofthsm2.so" in config.signers["next"]
+    assert signer_from_uri(config.signers["next"]).public_key.keyid == key.public_key.keyid
 
 
 def test_config_check_names_a_byte_order_mark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
