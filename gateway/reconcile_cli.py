@@ -212,11 +212,14 @@ def format_run(run: Any) -> str:
         lines.append(f"{report.differences_omitted} more differences did not fit in the report")
     for transfer_id in report.in_flight:
         lines.append(f"in flight (compared next time): transfer {transfer_id}")
-    lines.append(
-        f"log heads: {report.requester} {report.requester_head.tree_size} entries"
-        f" (root {report.requester_head.root_hash.hex()[:16]}), {report.responder}"
-        f" {report.responder_head.tree_size} entries (root {report.responder_head.root_hash.hex()[:16]})"
-    )
+    if run.HasField("report"):
+        lines.append(
+            f"log heads: {report.requester} {report.requester_head.tree_size} entries"
+            f" (root {report.requester_head.root_hash.hex()[:16]}), {report.responder}"
+            f" {report.responder_head.tree_size} entries (root {report.responder_head.root_hash.hex()[:16]})"
+        )
+    else:
+        lines.append("no report: the run ended before the two sides compared their books")
     return _printable("\n".join(lines))
 
 

@@ -173,3 +173,17 @@ def test_a_signed_report_that_cannot_be_written_is_one_line_and_exit_status_2(tm
     out = {"a folder": str(tmp_path), "a missing folder": str(tmp_path / "no" / "r.json"), "a full device": "/dev/full"}
     with pytest.raises(UsageError, match="cannot write the signed report there"):
         _write_report(SimpleNamespace(run_id="r", signed_report=b"{}"), out[where])
+
+
+def test_a_run_that_ended_without_a_report_says_so_instead_of_empty_log_heads() -> None:
+    from gateway.reconcile_cli import format_run
+
+    run = operator_pb2.Reconciliation(
+        run_id="r-1", partner="CHE", role="responder", status=partner_pb2.MANUAL_INTERVENTION_REQUIRED
+    )
+    text = format_run(run)
+    assert "log heads" not in text
+    assert text.splitlines()[-1] == "no report: the run ended before the two sides compared their books"
+    run.report.requester, run.report.responder = "CHE", "CHN"
+    run.report.requester_head.tree_size = 3
+    assert format_run(run).splitlines()[-1].startswith("log heads: CHE 3 entries")

@@ -20,7 +20,8 @@ from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange
 
 DELIVER_PATH = "/v1/partner/deliver"
-VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,18}")
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,39}")
+"""A version in the path: ASCII digits (str.isdigit also takes other scripts'), short enough to read as a number."""
 MAX_VERSION = 2**63 - 1
 TRUST_PATH = "/.well-known/carbon-gateway/trust.json"
 TRUST_VERSION_PATH = "/.well-known/carbon-gateway/trust/{version}.json"
@@ -135,7 +136,6 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
         version_text = request.match_info.get("version")
         version = None
         if version_text is not None:
-            # ASCII digits only (str.isdigit also takes other scripts' digits), and within 64 bits.
             if not VERSION_PATTERN.fullmatch(version_text):
                 raise web.HTTPNotFound(text="trust document versions are positive integers (ASCII digits)")
             version = int(version_text)

@@ -351,10 +351,6 @@ class Reconciling(GatewayBase):
                 "say why the discrepancy is resolved: a reason is recorded",
                 field="reason",
             )
-        if len(reason) > 2000:
-            raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT, "the reason is longer than 2000 characters", field="reason"
-            )
         async with self.store.transaction() as tx:
             replayed = await self._replay(tx, idem)
             if replayed is not None:

@@ -1245,7 +1245,7 @@ TRUST_PATHS = {
 @MODULE
 async def test_defect_14_published_trust_versions_are_ascii_positive_and_within_64_bits(partners: Partners) -> None:
     base = partners.che.http_url + "/.well-known/carbon-gateway/trust/"
-    answers = {}
+    answers, texts = {}, {}
     async with aiohttp.ClientSession() as session:
         for version in TRUST_PATHS:
             async with session.get(base + version + ".json") as response:
@@ -1253,7 +1253,14 @@ async def test_defect_14_published_trust_versions_are_ascii_positive_and_within_
                 if response.status == 200:
                     published = Envelope.from_json(await response.read())
                     assert json.loads(published.payload)["version"] == 1
+                else:
+                    texts[version] = await response.text()
     assert answers == TRUST_PATHS
+    # A version in ASCII digits is a version this gateway does not have, however large; anything else is not one.
+    for version in ("99999999999999999999999", "9223372036854775808", "2"):
+        assert texts[version] == f"no trust document version {version}"
+    for version in ("١", "0", "01", "-1"):
+        assert texts[version] == "trust document versions are positive integers (ASCII digits)"
 
 
 @MODULE
