@@ -78,6 +78,10 @@ def _serve_command(args: argparse.Namespace) -> int:
             "fault points armed (%s): this process kills itself when it reaches them",
             ", ".join(f"{name}@{nth}" for name, nth in sorted(armed.items())),
         )
+    # A thread that wants the interpreter waits up to this long for the one holding it. The mapping thread holds
+    # it for CPU work; at the default 5 ms, each of the event loop's many waits for it while a batch is mapped
+    # made a commit ten times slower.
+    sys.setswitchinterval(0.0005)
     try:
         return asyncio.run(_serve(Path(args.config)))
     except ConfigError as exc:

@@ -219,6 +219,7 @@ class GatewayNode:
         self._operator_listen = operator_listen
         self._partner_listen = partner_listen
         self.operator_server: grpc.aio.Server | None = None
+        self.mapping: MappingService | None = None
         self.partner_server: grpc.aio.Server | None = None
         self.operator_port = 0
         self.partner_port = 0
@@ -395,7 +396,8 @@ class GatewayNode:
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(
             OperatorService(self.gateway, self.trust, self.changes), self.operator_server
         )
-        mapping_pb2_grpc.add_MappingServiceServicer_to_server(MappingService(), self.operator_server)
+        self.mapping = MappingService()
+        mapping_pb2_grpc.add_MappingServiceServicer_to_server(self.mapping, self.operator_server)
         await self._add_health_and_reflection(self.operator_server, OPERATOR_SERVICE, MAPPING_SERVICE)
         self.operator_port = _bind(
             self.operator_server,
@@ -479,6 +481,8 @@ class GatewayNode:
         for server in (self.operator_server, self.partner_server):
             if server is not None:
                 await server.stop(grace)
+        if self.mapping is not None:
+            self.mapping.worker.close()
         if self.http_server is not None:
             await self.http_server.stop()
         await self.core.close()

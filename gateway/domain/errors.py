@@ -51,6 +51,7 @@ class ResponseCode(enum.IntEnum):
     CALLER_NOT_PERMITTED = 34
     CHANGES_PRUNED = 35
     TOO_MANY_WATCHES = 36
+    TOO_MANY_MAPPINGS = 37
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -101,6 +102,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     "state with ListTransfers and ListLedgerEntries, then watch from the position the refusal names",
     ResponseCode.TOO_MANY_WATCHES: "the gateway, or this caller, follows as many WatchChanges calls as it serves at "
     "once (64, and 16 per caller); close one, or call again later",
+    ResponseCode.TOO_MANY_MAPPINGS: "the gateway, or this caller, has as many mapping calls in hand as it takes at "
+    "once (16, and 4 per caller): they are mapped one at a time; wait for one to end, or call again later",
 }
 
 

@@ -19,7 +19,15 @@ from typing import Any
 import grpc
 
 from carbon_gateway.v1 import mapping_pb2, operator_pb2
-from gateway.domain.access import AuthenticationRefused, Caller, OperatorCaller, Role, identify, is_loopback_peer
+from gateway.domain.access import (
+    LOOPBACK_CALLER,
+    AuthenticationRefused,
+    Caller,
+    OperatorCaller,
+    Role,
+    identify,
+    is_loopback_peer,
+)
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.rpc.errors import abort_with
 from gateway.rpc.interceptors import streaming
@@ -86,6 +94,13 @@ _current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
 def current_caller() -> Caller | None:
     """The authenticated caller of the operator call being handled; None outside the operator server."""
     return _current_caller.get()
+
+
+def caller_name() -> str:
+    """The name of the authenticated caller of this call. Calls made in-process, past the gRPC server and its
+    `OperatorAuthInterceptor` (the simulation), have none and count as the loopback caller."""
+    caller = current_caller()
+    return caller.name if caller is not None else LOOPBACK_CALLER
 
 
 def required_role(method: str) -> Role | None:

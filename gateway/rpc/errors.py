@@ -36,6 +36,7 @@ _STATUS: dict[ResponseCode, grpc.StatusCode] = {
     ResponseCode.CALLER_UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ResponseCode.CALLER_NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED,
     ResponseCode.TOO_MANY_WATCHES: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ResponseCode.TOO_MANY_MAPPINGS: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -1,14 +1,19 @@
 """The mapping gRPC service: adapters listed, and batches mapped through `adapters.rows.map_rows`.
 
-Mapping is CPU work: each batch is mapped, and its answer built, in a worker thread, so that the gateway's
-other calls keep being served while a large batch is mapped.
+Mapping is CPU work: each batch is mapped, and its answer built, in the service's own worker thread, so that
+the gateway's other calls keep being served while a large batch is mapped. One thread maps at a time (more
+would only share the interpreter), and it is not the thread pool the rest of the gateway uses, so mapping
+never delays a commit. The calls waiting for it are bounded (`MappingWorker`): a caller that sends more is
+refused, not queued without end.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+import concurrent.futures
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -20,9 +25,11 @@ from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.mapping import RecordRejected
+from gateway.rpc.auth import caller_name
 from gateway.rpc.errors import abort_unexpected, abort_with, refusals_as_status
 
 Context = grpc.aio.ServicerContext
+_T = TypeVar("_T")
 
 
 def _context(data: bytes) -> MappingContext:
@@ -89,8 +96,65 @@ def _map(request: mapping_pb2.MapRecordsRequest, context: MappingContext) -> Map
     )
 
 
+MAX_MAPPINGS = 16
+"""Mapping calls the gateway has in hand at once, mapping or waiting their turn (each holds its request)."""
+MAX_MAPPINGS_PER_CALLER = 4
+"""Of those, the calls one caller may have."""
+
+
+class MappingWorker:
+    """The thread that maps, and the count of the calls waiting for it, in all and per caller."""
+
+    def __init__(self, max_calls: int = MAX_MAPPINGS, max_calls_per_caller: int = MAX_MAPPINGS_PER_CALLER) -> None:
+        self.max_calls, self.max_calls_per_caller = max_calls, max_calls_per_caller
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapping")
+        self._calls = 0
+        self._by_caller: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one of the places of the current caller for the length of a call; `TOO_MANY_MAPPINGS` when
+        the gateway's places, or the caller's, are all held."""
+        caller = caller_name()
+        held = self._by_caller.get(caller, 0)
+        if self._calls >= self.max_calls:
+            raise GatewayError(
+                ResponseCode.TOO_MANY_MAPPINGS,
+                f"{self._calls} mapping calls are in hand already, the most this gateway takes at once: call again"
+                " later",
+            )
+        if held >= self.max_calls_per_caller:
+            raise GatewayError(
+                ResponseCode.TOO_MANY_MAPPINGS,
+                f"this caller has {held} mapping calls in hand already, the most one caller may: wait for one to"
+                " end, or call again later",
+            )
+        self._calls += 1
+        self._by_caller[caller] = held + 1
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            left = self._by_caller[caller] - 1
+            if left:
+                self._by_caller[caller] = left
+            else:
+                del self._by_caller[caller]
+
+    async def run(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work(*args)`` in the mapping thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+    def close(self) -> None:
+        """Stop the thread once the batch it maps is done; calls still waiting are dropped."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
 class MappingService(mapping_pb2_grpc.MappingServiceServicer):
     """Implements `carbon_gateway.v1.MappingService`."""
+
+    def __init__(self, worker: MappingWorker | None = None) -> None:
+        self.worker = worker or MappingWorker()
 
     @refusals_as_status
     async def ListAdapters(
@@ -113,7 +177,8 @@ class MappingService(mapping_pb2_grpc.MappingServiceServicer):
     async def MapRecords(
         self, request: mapping_pb2.MapRecordsRequest, context: Context[object, object]
     ) -> mapping_pb2.MapRecordsResponse:
-        wire, _ = await asyncio.to_thread(_mapped, request, _context(request.context_json), 0)
+        with self.worker.admitted():
+            wire, _ = await self.worker.run(_mapped, request, _context(request.context_json), 0)
         return wire
 
     async def StreamMapRecords(
@@ -123,17 +188,18 @@ class MappingService(mapping_pb2_grpc.MappingServiceServicer):
         first_context = MappingContext()
         offset = 0
         try:
-            async for request in requests:
-                if first is None:
-                    first = request
-                    first_context = mapping_context = _context(request.context_json)
-                else:
-                    request = _inherit(first, request)
-                    same = request.context_json == first.context_json
-                    mapping_context = first_context if same else _context(request.context_json)
-                wire, records = await asyncio.to_thread(_mapped, request, mapping_context, offset)
-                yield wire
-                offset += records
+            with self.worker.admitted():
+                async for request in requests:
+                    if first is None:
+                        first = request
+                        first_context = mapping_context = _context(request.context_json)
+                    else:
+                        request = _inherit(first, request)
+                        same = request.context_json == first.context_json
+                        mapping_context = first_context if same else _context(request.context_json)
+                    wire, records = await self.worker.run(_mapped, request, mapping_context, offset)
+                    yield wire
+                    offset += records
         except GatewayError as exc:
             await abort_with(context, exc)
         except grpc.aio.AbortError:

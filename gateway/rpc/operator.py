@@ -11,7 +11,6 @@ import grpc
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway import wire
 from gateway.domain import text
-from gateway.domain.access import LOOPBACK_CALLER
 from gateway.domain.adjustments import format_quantity
 from gateway.domain.blocks import SerialSpace
 from gateway.domain.errors import GatewayError, ResponseCode
@@ -22,7 +21,7 @@ from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN, 
 from gateway.domain.transfer import Transfer
 from gateway.partners import TRANSFER_ROLE
 from gateway.rpc import paging
-from gateway.rpc.auth import current_caller
+from gateway.rpc.auth import caller_name
 from gateway.rpc.errors import abort_unexpected, abort_with, refusals_as_status
 from gateway.service import (
     BlockSelection,
@@ -52,17 +51,10 @@ MAX_UNRESOLVED_SHOWN = 1_000
 ``unresolved_total`` counts them all, and ListLedgerEntries lists every one."""
 
 
-def _caller_name() -> str:
-    """The authenticated caller of this call. Calls made in-process, past the gRPC server and its
-    `OperatorAuthInterceptor` (the simulation), have none and count as the loopback caller."""
-    caller = current_caller()
-    return caller.name if caller is not None else LOOPBACK_CALLER
-
-
 def _idempotency(method: str, request: object, key: str) -> Idempotency:
     """The idempotency record of a write, scoped to its authenticated caller: two callers' keys never collide."""
     text.check_identifier(key, "idempotency_key", what="idempotency key")
-    return Idempotency(_caller_name(), method, key, wire.request_hash(request))  # type: ignore[arg-type]
+    return Idempotency(caller_name(), method, key, wire.request_hash(request))  # type: ignore[arg-type]
 
 
 def _outbox_entry(message: OutboxMessage) -> operator_pb2.OutboxEntry:
@@ -658,7 +650,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         # before the first change: the position is checked before anything is sent.
         try:
             kinds = change_kinds(request.kinds)
-            following = self.changes.follow(request.after_position, kinds, request.after_digest, caller=_caller_name())
+            following = self.changes.follow(request.after_position, kinds, request.after_digest, caller=caller_name())
             # Closed when the call ends however it ends (a cancelled call stops at the `yield`, not inside).
             async with aclosing(following) as changes:
                 async for change in changes:

@@ -9,6 +9,7 @@ asynchronous throughout.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import datetime as dt
 import fcntl
@@ -484,6 +485,8 @@ class GroupSync:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        # A thread of its own: in the loop's shared executor a sync would queue behind whatever else runs there.
+        self._syncer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-sync")
         self.failed: OSError | None = None
         self.written = 0
         """Commits so far, numbered from 1."""
@@ -513,7 +516,7 @@ class GroupSync:
             if flush is None or flush.done():
                 # Handed to the worker thread now, not when a task first runs: the tasks this commit woke (the
                 # outbox worker) run while the disk works rather than before it starts.
-                syncing = asyncio.get_running_loop().run_in_executor(None, os.fsync, self._fd)
+                syncing = asyncio.get_running_loop().run_in_executor(self._syncer, os.fsync, self._fd)
                 flush = self._flush = asyncio.ensure_future(self._sync(syncing, self.written))
             await asyncio.shield(flush)
 
@@ -531,7 +534,9 @@ class GroupSync:
         self.synced = max(self.synced, upto)
 
     def close(self) -> None:
-        """Close the log file's descriptor (once: a number closed twice may name another file by then)."""
+        """Close the log file's descriptor (once: a number closed twice may name another file by then), after
+        the sync that may still be running on it."""
+        self._syncer.shutdown(wait=True)
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)

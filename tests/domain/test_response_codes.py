@@ -45,6 +45,7 @@ PINNED_VALUES: dict[str, int] = {
     "CALLER_NOT_PERMITTED": 34,
     "CHANGES_PRUNED": 35,
     "TOO_MANY_WATCHES": 36,
+    "TOO_MANY_MAPPINGS": 37,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

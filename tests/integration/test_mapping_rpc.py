@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import grpc
 import pytest
@@ -246,3 +247,56 @@ async def test_a_later_request_may_turn_an_option_off_and_an_empty_context_is_th
     approach = list(responses[1].columns).index("Cooperative approach ID")
     # The context a request leaves empty is the first request's, not the one a request before it gave.
     assert [r.rows[0].values[approach] for r in responses if r.applied] == ["CA0001", "CA0002", "CA0001"]
+
+
+@pytest.mark.asyncio
+async def test_mapping_calls_wait_for_one_thread_of_their_own_and_a_caller_holds_four_places(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
+
+    real, free, started = mapping_module._mapped, threading.Event(), threading.Semaphore(0)
+
+    def held(*args: Any) -> Any:
+        started.release()
+        free.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(mapping_module, "_mapped", held)
+    worker = pair.chn.mapping.worker if pair.chn.mapping else None
+    assert worker is not None and worker.max_calls_per_caller == 4
+    request = mapping_pb2.MapRecordsRequest(
+        source="cn-ccer", target="cn-ccer", source_format="json", payload=json.dumps([GOOD]).encode()
+    )
+    loop = asyncio.get_running_loop()
+    busy = [loop.run_in_executor(None, free.wait, 30) for _ in range(64)]  # the loop's shared threads
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        try:
+            calls = [asyncio.ensure_future(stub.MapRecords(request)) for _ in range(4)]
+            for _ in range(1000):  # one maps, on the mapping thread, and three wait for it
+                if worker._calls == 4 and started.acquire(blocking=False):
+                    break
+                await asyncio.sleep(0.01)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.MapRecords(request)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            detail = read_error_detail(caught.value.trailing_metadata())
+            assert detail is not None and detail.code == records_pb2.TOO_MANY_MAPPINGS
+            # A commit goes on while mapping is held and the loop's shared threads are all busy.
+            operator = operator_pb2_grpc.OperatorServiceStub(channel)
+            opened = operator.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="open",
+                    account=records_pb2.Account(account_id="A-1", holder_name="H", account_type="project owner"),
+                )
+            )
+            await asyncio.wait_for(asyncio.ensure_future(opened), 10)
+        finally:
+            free.set()
+        answers = await asyncio.gather(*calls)
+    await asyncio.gather(*busy)
+    assert [a.applied for a in answers] == [True] * 4 and worker._calls == 0

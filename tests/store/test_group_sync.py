@@ -243,3 +243,19 @@ async def test_a_commit_that_queues_a_message_wakes_the_outbox_before_its_sync(
         disk.release.set()
         assert await asyncio.wait_for(claiming, 5) == ["m1"]
         await asyncio.wait_for(queueing, 5)
+
+
+@pytest.mark.asyncio
+async def test_a_durable_commit_does_not_wait_for_the_event_loop_s_shared_threads(tmp_path: Path) -> None:
+    # Other work (mapping a batch, say) may hold every thread of the loop's default executor for seconds.
+    loop = asyncio.get_running_loop()
+    store = await SQLiteStore.open(tmp_path / "gateway.db")
+    free = threading.Event()
+    busy = [loop.run_in_executor(None, free.wait, 30) for _ in range(64)]
+    try:
+        await asyncio.wait_for(write(store, "a"), 10)
+        assert not any(task.done() for task in busy)
+    finally:
+        free.set()
+        await asyncio.gather(*busy)
+        await store.close()

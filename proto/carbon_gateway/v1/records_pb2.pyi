@@ -93,6 +93,7 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     CALLER_NOT_PERMITTED: _ResponseCode.ValueType  # 34
     CHANGES_PRUNED: _ResponseCode.ValueType  # 35
     TOO_MANY_WATCHES: _ResponseCode.ValueType  # 36
+    TOO_MANY_MAPPINGS: _ResponseCode.ValueType  # 37
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -134,6 +135,7 @@ CALLER_UNAUTHENTICATED: ResponseCode.ValueType  # 33
 CALLER_NOT_PERMITTED: ResponseCode.ValueType  # 34
 CHANGES_PRUNED: ResponseCode.ValueType  # 35
 TOO_MANY_WATCHES: ResponseCode.ValueType  # 36
+TOO_MANY_MAPPINGS: ResponseCode.ValueType  # 37
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final
