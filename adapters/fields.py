@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from adapters import vocab
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
-from gateway.domain.text import escaped
+from gateway.domain.text import MAX_INT64, escaped
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -166,6 +166,10 @@ class FieldReader:
             return None
         if number < minimum:
             self.fail(key, f"{number} is below {minimum}: {what} is required", IssueCode.BAD_QUANTITY)
+            return None
+        if number > MAX_INT64:
+            shown = f"{len(str(number))} digits" if number >= 10**MAX_DIGITS else str(number)
+            self.fail(key, f"{shown} is past 2^63 - 1: {what} of at most 19 digits is required", IssueCode.BAD_QUANTITY)
             return None
         return number
 

@@ -23,6 +23,7 @@ from xml.parsers import expat
 import openpyxl
 
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
+from gateway.domain.text import escaped
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -63,7 +64,7 @@ class RepeatedMember(ValueError):
     here takes one: the first value or the last would each be a guess about what the writer meant."""
 
     def __init__(self, name: str, record: int | None = None) -> None:
-        self.name, self.record = name[:80], record
+        self.name, self.record = escaped(name, 80), record
         where = f" of record {record}" if record is not None else ""
         super().__init__(f"the member name {json.dumps(self.name)} appears twice in one object{where}")
 

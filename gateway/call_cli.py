@@ -22,7 +22,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from gateway.ledger_cli import EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError, credentials, fail
+from gateway.ledger_cli import EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError, credentials, fail, seconds
 
 SERVICE = "carbon_gateway.v1.OperatorService"
 
@@ -76,7 +76,7 @@ def call_options() -> argparse.ArgumentParser:
         help="for a list that comes in pages, ask for every page, following next_page_token, and print each page"
         " as one JSON object per line",
     )
-    call.add_argument("--timeout", type=float, default=30.0, help="seconds (default: %(default)s)")
+    call.add_argument("--timeout", type=seconds, default=30.0, help="seconds (default: %(default)s)")
     credentials(call)
     return call
 

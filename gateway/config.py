@@ -427,7 +427,7 @@ def _rebased_parameter(base: Path, parameter: str) -> str:
         return parameter
     if name in ("passphrase-file", "module-path") and not written.startswith("/"):
         return f"{name}={urllib.parse.quote(str(base / written), safe='/')}"
-    if name == "pin-source" and written.startswith("file:") and not written[5:].startswith("/"):
+    if name == "pin-source" and written.startswith("file:") and written[5:] and not written[5:].startswith("/"):
         return f"{name}={urllib.parse.quote('file:' + str(base / written[5:]), safe='/:')}"
     return parameter
 

@@ -24,13 +24,21 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.domain.text import parse_whole_number
+from gateway.domain.text import parse_seconds, parse_whole_number, quoted
 
 if TYPE_CHECKING:
     from gateway.domain.errors import ResponseCode
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+
+
+def seconds(value: str) -> float:
+    """The argparse ``type`` of options in seconds: ASCII digits only (`parse_seconds`)."""
+    try:
+        return parse_seconds(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def whole_number(value: str) -> int:
@@ -44,7 +52,9 @@ def whole_number(value: str) -> int:
 TOKEN_FILE_VARIABLE = "CARBON_GATEWAY_TOKEN_FILE"
 """The environment variable naming a bearer-token file, when ``--token-file`` is not given."""
 
-UNITS = re.compile(r"(?P<kind>[^/:]+)/(?P<registry>[^/:]+)(?:/(?P<issuance>[^/:]+))?:(?P<start>[0-9]+)-(?P<end>[0-9]+)")
+UNITS = re.compile(
+    r"(?P<kind>[^/:]+)/(?P<registry>[^/:]+)(?:/(?P<issuance>[^/:]+))?:(?P<start>[0-9]{1,40})-(?P<end>[0-9]{1,40})"
+)
 """A selection on the command line: ``KIND/REGISTRY[/ISSUANCE]:START-END``, e.g. ``CCER/CN-CCER:1-100``."""
 
 
@@ -215,7 +225,10 @@ def _selections(values: list[str]) -> list[Any]:
     for value in values:
         match = UNITS.fullmatch(value)
         if match is None:
-            raise UsageError(f"--units {value!r} is not KIND/REGISTRY[/ISSUANCE]:START-END, e.g. CCER/CN-CCER:1-100")
+            raise UsageError(
+                f"--units {quoted(value, 80)} is not KIND/REGISTRY[/ISSUANCE]:START-END, e.g. CCER/CN-CCER:1-100"
+                " (serials in the digits 0-9, at most 2^63 - 1)"
+            )
         space = records_pb2.SerialSpace(
             unit_kind=match["kind"], issuing_registry=match["registry"], issuance=match["issuance"] or ""
         )

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gateway.ledger_cli import EXIT_USAGE, RefusedError, UsageError, _command, _run, _target, credentials, fail
+from gateway.ledger_cli import EXIT_USAGE, RefusedError, UsageError, _command, _run, _target, credentials, fail, seconds
 
 EXIT_DISCREPANCY = 3
 EXIT_WAITING = 4
@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     reconcile.add_argument("--address", help="the operator API's address, HOST:PORT")
     credentials(reconcile)
     reconcile.add_argument("--key", help="the idempotency key (a new one by default): reuse it to retry safely")
-    reconcile.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the result (default 60)")
+    reconcile.add_argument("--wait", type=seconds, default=60.0, help="seconds to wait for the result (default 60)")
     reconcile.add_argument("--out", help="also write the signed report (DSSE, JSON) to this file")
     reconcile.set_defaults(func=_start)
     subcommands = reconcile.add_subparsers(dest="reconcile_command")

@@ -23,6 +23,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +229,7 @@ def _init(args: argparse.Namespace) -> int:
         raise SetupError(f"--days {args.days} is not in 1..3650")
     if args.demo_tls_ca is not None and not args.demo_tls:
         raise SetupError("--demo-tls-ca needs --demo-tls")
-    if args.signer is not None and not args.signer.startswith("pkcs11:"):
+    if args.signer is not None and not args.signer.lower().startswith("pkcs11:"):
         raise SetupError(
             f"--signer {args.signer!r} is not a pkcs11: URI; without --signer, init generates a key file itself"
         )
@@ -319,8 +320,8 @@ def _write_gateway(
             signer_uri = f"file:keys/{name}.key"
             signer = signer_from_uri(f"file:{folder / 'keys' / name}.key")
         else:
-            signer_uri = args.signer
-            signer = signer_from_uri(args.signer)
+            signer_uri = _as_configured(args.signer, Path(args.folder) / CONFIG_FILE)  # not the staging folder
+            signer = signer_from_uri(_as_opened(args.signer))
     except SigningError as exc:
         raise SetupError(f"--signer: cannot use the key: {exc}") from None
     now = dt.datetime.now(dt.UTC)
@@ -584,7 +585,7 @@ def _trust_next(args: argparse.Namespace) -> int:
     if current.party != config.party:
         raise SetupError(f"{current_path} is {current.party}'s trust document, not {config.party}'s")
     try:
-        new_signer = signer_from_uri(args.new_key)
+        new_signer = signer_from_uri(_as_opened(args.new_key))
     except SigningError as exc:
         raise SetupError(
             f"--new-key {args.new_key!r}: {exc}"
@@ -683,19 +684,51 @@ def _configured_signer(config: GatewayConfig, config_path: Path, name: str, new_
 
 
 def _as_configured(uri: str, config_path: Path) -> str:
-    """``uri`` as ``config_path`` must spell it: a key path given relative to the current folder becomes relative
-    to the configuration's folder (against which the configuration's paths resolve), or absolute when the key
-    is not under that folder. Other signer URIs (``pkcs11:``) are unchanged."""
+    """``uri`` as ``config_path`` must spell it: a path given relative to the current folder (a key file's, or a
+    pkcs11 URI's module-path and ``pin-source=file:``) becomes relative to the configuration's folder (against
+    which the configuration's paths resolve), or absolute when the file is not under that folder."""
     prefix, path = "", uri
     if ":" in uri.split("/")[0]:
         scheme, _, rest = uri.partition(":")
+        if scheme.lower() == "pkcs11":
+            return _pkcs11_paths(uri, lambda relative: _relative_to_config(relative, config_path))
         if scheme != "file":
             return uri
         prefix, path = "file:", rest
     if Path(path).is_absolute():
         return uri
-    key, base = Path(path).resolve(), config_path.resolve().parent
-    return prefix + str(key.relative_to(base) if key.is_relative_to(base) else key)
+    return prefix + _relative_to_config(path, config_path)
+
+
+def _as_opened(uri: str) -> str:
+    """A pkcs11 URI with its relative paths made absolute against the current folder, as this command opens
+    them (the signer itself takes only absolute PIN files); any other URI unchanged."""
+    if uri.partition(":")[0].lower() != "pkcs11":
+        return uri
+    return _pkcs11_paths(uri, lambda relative: str(Path(relative).resolve()))
+
+
+def _relative_to_config(path: str, config_path: Path) -> str:
+    """``path``, relative to the current folder, as the configuration at ``config_path`` must spell it."""
+    file, base = Path(path).resolve(), config_path.resolve().parent
+    return str(file.relative_to(base) if file.is_relative_to(base) else file)
+
+
+def _pkcs11_paths(uri: str, place: Callable[[str], str]) -> str:
+    """A pkcs11 URI with each relative path of its query (module-path, ``pin-source=file:``) put through
+    ``place``; everything else as written."""
+    scheme, _, rest = uri.partition(":")
+    attributes, mark, query = rest.partition("?")
+    parameters = []
+    for parameter in query.split("&") if query else []:
+        name, _, value = parameter.partition("=")
+        written = urllib.parse.unquote(value)
+        if name == "module-path" and written and not written.startswith("/"):
+            parameter = f"{name}={urllib.parse.quote(place(written), safe='/')}"
+        elif name == "pin-source" and written.startswith("file:") and written[5:] and not written[5:].startswith("/"):
+            parameter = f"{name}={urllib.parse.quote('file:' + place(written[5:]), safe='/:')}"
+        parameters.append(parameter)
+    return f"{scheme}:{attributes}{mark}{'&'.join(parameters)}"
 
 
 def _write_new(path: Path, data: bytes) -> None:

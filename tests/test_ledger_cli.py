@@ -197,3 +197,15 @@ async def test_a_command_with_a_configuration_refuses_another_party_s_gateway_an
         assert (code, err) == (0, "")
     finally:
         await pair.stop()
+
+
+@pytest.mark.parametrize(
+    "units",
+    ["CCER/CN-CCER:" + "1" * 5000 + "-1", "CCER/CN-CCER:1-\u0661\u0662", "CCER/CN-CCER:9223372036854775808-9"],
+    ids=["5000 digits", "Arabic-Indic digits", "past 2^63 - 1"],
+)
+def test_a_selection_s_serials_are_ascii_digits_within_64_bits(units: str) -> None:
+    from gateway.ledger_cli import UsageError, _selections
+
+    with pytest.raises(UsageError, match=r"serials .*at most 2\^63 - 1"):
+        _selections([units])

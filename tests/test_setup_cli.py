@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import sys
+import tomllib
 from pathlib import Path
 
 import grpc
@@ -137,6 +138,46 @@ def test_init_with_a_pkcs11_signer_uses_the_token_key_and_writes_no_key_file(
     assert list(trusted.document.keys) == [key.public_key.keyid]
     assert load_config(tmp_path / "chn" / "gateway.toml").signer == key.uri
     assert f"signer {key.uri}" in out
+
+
+def test_init_writes_a_pkcs11_signer_s_relative_paths_as_the_configuration_resolves_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.signing.softhsm import create_softhsm_key, require_softhsm
+
+    require_softhsm()
+    key = create_softhsm_key(tmp_path / "hsm", token_label="chn-gateway")
+    monkeypatch.chdir(tmp_path)
+    uri = key.uri.split("?")[0] + "?module-path=hsm/libsofthsm2.so&pin-source=file:hsm/user.pin"
+    code, _, err = _init(capsys, "--party", "CHN", "--signer", uri, "gw/chn")
+    assert (code, err) == (0, "")
+    written = tomllib.loads((tmp_path / "gw" / "chn" / "gateway.toml").read_text(encoding="utf-8"))["signer"]
+    assert written.endswith(f"?module-path={tmp_path}/hsm/libsofthsm2.so&pin-source=file:{tmp_path}/hsm/user.pin")
+    monkeypatch.chdir("/")
+    config = load_config(tmp_path / "gw" / "chn" / "gateway.toml")
+    assert signer_from_uri(config.signer).public_key.keyid == key.public_key.keyid
+
+
+@pytest.mark.parametrize(
+    ("uri", "configured"),
+    [
+        ("pkcs11:token=T?module-path=lib/m.so&pin-env=P", "pkcs11:token=T?module-path={tmp}/lib/m.so&pin-env=P"),
+        (
+            "PKCS11:token=T?pin-source=file:gw/pin&module-path=/abs/m.so",
+            "PKCS11:token=T?pin-source=file:pin&module-path=/abs/m.so",
+        ),
+        ("pkcs11:token=T?module-path=gw/a%20b/m.so", "pkcs11:token=T?module-path=a%20b/m.so"),
+        ("pkcs11:token=T?pin-source=file:", "pkcs11:token=T?pin-source=file:"),
+        ("pkcs11:token=T", "pkcs11:token=T"),
+    ],
+)
+def test_a_pkcs11_uri_s_relative_paths_are_spelled_against_the_configuration_s_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str, configured: str
+) -> None:
+    from gateway.setup_cli import _as_configured
+
+    monkeypatch.chdir(tmp_path)
+    assert _as_configured(uri, tmp_path / "gw" / "gateway.toml") == configured.format(tmp=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -500,9 +541,13 @@ def _block(i: int) -> dict[str, object]:
         (["call", "ListTransfers", "[]", "--address", "127.0.0.1:9"], "the request is an array, not a JSON object"),
         (["call", "GetTransfer", '"t1"', "--address", "127.0.0.1:9"], "the request is a string, not a JSON object"),
         *(
-            (["call", "ListTransfers", "--address", "127.0.0.1:9", "--timeout", timeout], f"--timeout {shown}: ")
-            for timeout, shown in [("nan", "nan"), ("inf", "inf"), ("1e308", "1e+308"), ("-1", "-1.0"), ("0", "0.0")]
+            (
+                ["call", "ListTransfers", "--address", "127.0.0.1:9", "--timeout", timeout],
+                f"argument --timeout: {timeout!r} is not a number of seconds in the digits 0-9",
+            )
+            for timeout in ["nan", "inf", "1e308", "-1", "\u0661", "1_0", " 5"]
         ),
+        (["call", "ListTransfers", "--address", "127.0.0.1:9", "--timeout", "0"], "--timeout 0.0: "),
         (
             ["call", "ListTransfers", "--address", "127.0.0.1:9", "--field", "nosuch"],
             "--field nosuch: the answer (carbon_gateway.v1.ListTransfersResponse) has no field 'nosuch'; its fields:"

@@ -22,6 +22,7 @@ Refusal messages quote at most `MAX_QUOTED` characters of an offending value.
 from __future__ import annotations
 
 import enum
+import re
 import unicodedata
 from collections.abc import Sized
 from typing import TypeVar
@@ -189,6 +190,17 @@ def parse_whole_number(value: str) -> int:
     if not (0 < len(digits) <= 100 and digits.isascii() and digits.isdigit()):
         raise ValueError(f"{quoted(value)} is not a whole number in the digits 0-9")
     return int(value)
+
+
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+
+
+def parse_seconds(value: str) -> float:
+    """A number of seconds written in the ASCII digits 0-9, with an optional fraction (``2``, ``0.5``); else
+    `ValueError` (``float`` also takes other scripts' digits, underscores, exponents, ``nan`` and ``inf``)."""
+    if not _SECONDS.fullmatch(value):
+        raise ValueError(f"{quoted(value)} is not a number of seconds in the digits 0-9, such as 30 or 0.5")
+    return float(value)
 
 
 def quoted(value: str, limit: int = MAX_QUOTED) -> str:

@@ -20,8 +20,8 @@ from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange
 
 DELIVER_PATH = "/v1/partner/deliver"
-VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,39}")
-"""A version in the path: ASCII digits (str.isdigit also takes other scripts'), short enough to read as a number."""
+VERSION_PATTERN = re.compile(r"[1-9][0-9]*")
+"""A version in the path: ASCII digits (str.isdigit also takes other scripts')."""
 MAX_VERSION = 2**63 - 1
 TRUST_PATH = "/.well-known/carbon-gateway/trust.json"
 TRUST_VERSION_PATH = "/.well-known/carbon-gateway/trust/{version}.json"
@@ -138,9 +138,11 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
         if version_text is not None:
             if not VERSION_PATTERN.fullmatch(version_text):
                 raise web.HTTPNotFound(text="trust document versions are positive integers (ASCII digits)")
+            if len(version_text) > len(str(MAX_VERSION)) or int(version_text) > MAX_VERSION:
+                digits = len(version_text)
+                shown = version_text if digits <= 40 else f"{version_text[:40]}… ({digits} digits)"
+                raise web.HTTPNotFound(text=f"no trust document version {shown}")
             version = int(version_text)
-            if version > MAX_VERSION:
-                raise web.HTTPNotFound(text=f"no trust document version {version_text}")
         document = await trust(version)
         if document is None:
             raise web.HTTPNotFound(text=f"no trust document version {version_text}")

@@ -116,7 +116,10 @@ BAD = [
     ("certified_quantity", {"certified_quantity": "1" * 20}, IssueCode.BAD_QUANTITY),
     ("block_start", {"block_start": "5\uff10\uff10\uff11"}, IssueCode.BAD_QUANTITY),
     ("vintage", {"vintage": "\u0662\u0660\u0662\u0661"}, IssueCode.BAD_QUANTITY),
-    ("block_end", {"block_end": 2**63}, IssueCode.BAD_VALUE),
+    ("block_end", {"block_end": 2**63 - 1}, IssueCode.BAD_VALUE),
+    ("block_end", {"block_end": 2**63}, IssueCode.BAD_QUANTITY),
+    ("certified_quantity", {"certified_quantity": 10**25}, IssueCode.BAD_QUANTITY),
+    ("certified_quantity", {"certified_quantity": 2**63}, IssueCode.BAD_QUANTITY),
 ]
 
 

@@ -236,6 +236,13 @@ def test_a_member_named_twice_is_refused_by_both_paths_naming_the_record(name: s
     assert "record 2" in issue.message
 
 
+def test_a_repeated_member_name_is_named_escaped_as_an_unknown_one_is() -> None:
+    name = "a\nb\u001b[31m" + "x" * 100
+    mapped = fast(f"[{{{json.dumps(name)}: 1, {json.dumps(name)}: 2}}]".encode(), CTX)
+    [issue] = mapped.issues
+    assert issue.field.startswith("a\\nb\\x1b[31mx") and "\n" not in issue.field and len(issue.field) == 80
+
+
 def test_a_clean_batch_in_any_layout_is_vouched_for() -> None:
     records = [
         credit(1),

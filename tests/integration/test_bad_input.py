@@ -1228,6 +1228,7 @@ async def partners(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pa
 
 
 TRUST_PATHS = {
+    "9" * 41: 404,
     "99999999999999999999999": 404,
     "9223372036854775808": 404,
     "9223372036854775807": 404,
@@ -1259,6 +1260,7 @@ async def test_defect_14_published_trust_versions_are_ascii_positive_and_within_
     # A version in ASCII digits is a version this gateway does not have, however large; anything else is not one.
     for version in ("99999999999999999999999", "9223372036854775808", "2"):
         assert texts[version] == f"no trust document version {version}"
+    assert texts["9" * 41] == f"no trust document version {'9' * 40}… (41 digits)"
     for version in ("١", "0", "01", "-1"):
         assert texts[version] == "trust document versions are positive integers (ASCII digits)"
 
