@@ -466,7 +466,9 @@ def format_summary(summary: object) -> str:
     from carbon_gateway.v1 import operator_pb2
 
     assert isinstance(summary, operator_pb2.LedgerSummary)
-    lines = [f"method: {summary.method}", f"averaging divisor: {summary.averaging_divisor}"]
+    divisor = summary.averaging_divisor  # a configured summary's note names itself ("averaging divisor: ...")
+    labelled = divisor if divisor.startswith("averaging divisor") else f"averaging divisor: {divisor}"
+    lines = [f"method: {summary.method}", labelled]
     lines.append(f"convention: {summary.convention}")
     lines.append("")
     lines.append(
@@ -488,6 +490,8 @@ def format_summary(summary: object) -> str:
             )
     if summary.cumulative_adjustment:
         lines.append(f"cumulative adjustment at the end of the period: {summary.cumulative_adjustment}")
+    for lock in summary.locked:
+        lines.append(f"locked: {lock.first_year}-{lock.last_year} since {lock.locked_at}: {lock.reason}")
     for e in summary.unresolved:
         lines.append(
             f"unresolved: {e.quantity} units to {e.acquiring_party} on {e.action_date.ToJsonString()} (transfer"

@@ -169,6 +169,19 @@ def test_the_summary_text_says_how_many_unresolved_transfers_it_does_not_show() 
     assert "more, not shown" not in format_summary(operator_pb2.LedgerSummary(unresolved=[shown], unresolved_total=1))
 
 
+def test_the_summary_text_names_the_divisor_once_and_the_locked_periods() -> None:
+    from gateway.ledger_cli import format_summary
+
+    locked = operator_pb2.LockedPeriod(first_year=2021, last_year=2022, locked_at="2026-01-05T00:00:00Z", reason="BTR")
+    for divisor, line in (
+        ("averaging divisor: elapsed years (decision 2/CMA.3)", "averaging divisor: elapsed years (decision 2/CMA.3)"),
+        ("not configured", "averaging divisor: not configured"),
+    ):
+        lines = format_summary(operator_pb2.LedgerSummary(averaging_divisor=divisor, locked=[locked])).splitlines()
+        assert lines[1] == line
+        assert "locked: 2021-2022 since 2026-01-05T00:00:00Z: BTR" in lines
+
+
 @pytest.mark.asyncio
 async def test_a_command_with_a_configuration_refuses_another_party_s_gateway_answering_there(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

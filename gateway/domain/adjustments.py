@@ -164,10 +164,7 @@ class AdjustmentSettings:
         if self.method is AdjustmentMethod.AVERAGING:
             if not isinstance(self.averaging_divisor, AveragingDivisor):
                 allowed = ", ".join(repr(d.value) for d in AveragingDivisor)
-                raise _refuse(
-                    f"the averaging method needs an explicit divisor ({allowed}); got {self.averaging_divisor!r}",
-                    "averaging_divisor",
-                )
+                raise _refuse(f"the averaging method needs an explicit divisor: one of {allowed}", "averaging_divisor")
         elif self.averaging_divisor is not None:
             raise _refuse(
                 f"an averaging divisor applies only to the averaging method, not to {self.method.value}",

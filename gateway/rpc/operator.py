@@ -361,14 +361,15 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def UseUnits(
         self, request: operator_pb2.UseUnitsRequest, context: Context[object, object]
     ) -> operator_pb2.RetirementResult:
-        retirement = parse_retirement(request.action, "action")
-        if retirement not in (Retirement.USE_NDC, Retirement.USE_OIMP):
+        uses = (Retirement.USE_NDC, Retirement.USE_OIMP)
+        if request.action not in {r.value for r in uses}:
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT,
-                f"UseUnits takes {Retirement.USE_NDC.value!r} or {Retirement.USE_OIMP.value!r}; cancellations go to"
-                " CancelUnits",
+                f"UseUnits takes {Retirement.USE_NDC.value!r} or {Retirement.USE_OIMP.value!r}, not"
+                f" {text.quoted(request.action)}; cancellations go to CancelUnits",
                 field="action",
             )
+        retirement = parse_retirement(request.action, "action")
         text.check_identifier(request.purpose, "purpose", what="purpose", required=False)
         retire = RetirementRequest(
             retirement=retirement,

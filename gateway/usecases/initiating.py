@@ -206,7 +206,7 @@ class Initiating(GatewayBase):
                     )
                     pieces = []
                 elif selection.end > held.block.end:
-                    raise self._not_held(source_account, selection, index, [held])
+                    raise self._not_held(source_account, selection, index, meeting)
                 pieces.append((index, selection))
             if held is not None:
                 self._split_held(held, pieces, transfer_id, taken, superseded, parts)
@@ -275,6 +275,26 @@ class Initiating(GatewayBase):
     @staticmethod
     def _not_held(account_id: str, selection: BlockSelection, index: int, found: Sequence[StoredBlock]) -> GatewayError:
         probe = UnitBlock(space=selection.space, start=selection.start, end=selection.end, vintage=0)
+        spanned = sorted(found, key=lambda s: s.block.start)
+        if (
+            len(spanned) > 1
+            and all(s.status is BlockStatus.HELD and s.account_id == account_id for s in spanned)
+            and spanned[0].block.start <= selection.start <= selection.end <= spanned[-1].block.end
+            and all(b.block.start == a.block.end + 1 for a, b in pairwise(spanned))
+        ):
+            # Held and free, but in blocks that differ (their vintage, project or provenance): each block moves
+            # as itself, so each is selected on its own.
+            parts = ", ".join(
+                f"{max(s.block.start, selection.start)}-{min(s.block.end, selection.end)}" for s in spanned
+            )
+            return GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"{probe.describe()} lies across {len(spanned)} blocks held in account {account_id!r}"
+                f" ({'; '.join(s.block.describe() for s in spanned)}): a selection takes units of one block;"
+                f" select {parts} as selections of their own",
+                field=f"selections[{index}]",
+                blocks=[s.block for s in spanned],
+            )
         where = "; ".join(
             f"{s.block.describe()} is {s.status.value} in {s.account_id!r}" for s in found[:BLOCKS_NAMED_NOT_HELD]
         )

@@ -77,6 +77,15 @@ class Retiring(Initiating):
         its block leaves the holdings, and no transfer or retirement can select it.
         """
         self._check_request(request)
+        settings = self.ledger_options.adjustments
+        year = request.year_of_use
+        if year is not None and settings is not None and not settings.first_year <= year <= settings.last_year:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"the year of use {year} is outside the NDC period, {settings.first_year}-{settings.last_year}"
+                " ([ledger] in the configuration): units are used towards the NDC for a year of its period",
+                field="year_of_use",
+            )
         async with self.store.transaction() as tx:
             previous = await self._replay(tx, idem)
             if previous is not None:
@@ -134,7 +143,8 @@ class Retiring(Initiating):
         if not request.selections:
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, "select at least one serial range", field="selections")
         text.check_count(request.selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
-        text.check_identifier(request.using_entity, "using_entity", what="entity ID", required=False)
+        if request.using_entity:
+            text.check_new_identifier(request.using_entity, "using_entity", what="entity ID")
         text.check_text(request.note, "note", what="note")
         text.check_not_na(request.note, "note")
         text.check_not_na(request.using_entity, "using_entity")

@@ -234,6 +234,7 @@ def test_settings_refused(kwargs: dict[str, object], field: str) -> None:
         AdjustmentSettings(**kwargs)  # type: ignore[arg-type]
     assert refused.value.code is ResponseCode.INVALID_ARGUMENT
     assert refused.value.field == field
+    assert "None" not in refused.value.message  # operator text, not a Python value
 
 
 @pytest.mark.parametrize(

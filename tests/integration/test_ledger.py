@@ -447,3 +447,84 @@ async def test_authorization_versions_come_a_page_at_a_time_in_the_order_they_we
             assert [v.authorization_id for v in one.versions] == ["CHE-A-0003"]
     finally:
         await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_selection_across_two_held_blocks_is_refused_naming_the_parts_to_select(tmp_path: Path) -> None:
+    from gateway.demo import demo_block
+
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn:
+            other = demo_block(1001, 1100)
+            other.project_id = "DEMO-P-0002"  # adjacent, but another project's units: its own block
+            await chn.RegisterIssuance(
+                operator_pb2.RegisterIssuanceRequest(idempotency_key="issue-2", account_id="CN-PO-0001", block=other)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.ProposeTransfer(proposal_request(block, 990, 1010, "across"))
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "selections[0]")
+            assert "lies across 2 blocks held in account 'CN-PO-0001'" in (caught.value.details() or "")
+            assert "select 990-1000, 1001-1010 as selections of their own" in (caught.value.details() or "")
+            both = proposal_request(block, 990, 1000, "both")
+            both.selections.append(operator_pb2.BlockSelection(space=block.space, start=1001, end=1010))
+            proposed = await chn.ProposeTransfer(both)
+            assert [(b.start, b.end) for b in proposed.blocks] == [(990, 1000), (1001, 1010)]
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_use_towards_the_ndc_is_for_a_year_of_its_period_and_an_entity_id_has_no_look_alike_spaces(
+    tmp_path: Path,
+) -> None:
+    pair = await start_pair(tmp_path)
+    pair.chn.core.gateway.ledger_options = options("CHN01")
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn:
+            await chn.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="open-use",
+                    account=records_pb2.Account(account_id="CN-USE-0001", holder_name="Registry", account_type="use"),
+                )
+            )
+
+            def use(key: str, year: int, entity: str = "") -> operator_pb2.UseUnitsRequest:
+                return operator_pb2.UseUnitsRequest(
+                    idempotency_key=key,
+                    source_account="CN-PO-0001",
+                    use_account="CN-USE-0001",
+                    action="use towards the NDC",
+                    year_of_use=year,
+                    authorization_id="CHN-A-0001",
+                    using_entity=entity,
+                    selections=[operator_pb2.BlockSelection(space=block.space, start=1, end=10)],
+                )
+
+            for key, year, entity, field in (
+                ("after", 2031, "", "year_of_use"),
+                ("before", 1990, "", "year_of_use"),
+                ("em-space", 2025, "ENT\u2003X", "using_entity"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await chn.UseUnits(use(key, year, entity))
+                assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, field)
+            assert "outside the NDC period, 2021-2030" in (await _details(chn.UseUnits(use("again", 2031))))
+            wrong = use("action", 2025)
+            wrong.action = "Use towards the NDC"
+            details = await _details(chn.UseUnits(wrong))
+            assert "not 'Use towards the NDC'" in details and "voluntary cancellation" not in details
+            # 2030 and an ASCII space pass those checks; CHN's own units are then refused as not yet ITMOs.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.UseUnits(use("in", 2030, "ENT X"))
+            assert refusal(caught.value) == (ResponseCode.INVALID_STATE, "selections")
+    finally:
+        await pair.stop()
+
+
+async def _details(call: object) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value.details() or ""
