@@ -276,6 +276,12 @@ def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
             'ledger.averaging_divisor: set only with adjustment_method = "averaging" (and the NDC period,'
             " ndc_first_year and ndc_last_year); remove it, or set the method"
         )
+    if years and "adjustment_method" not in table:
+        raise ConfigError(
+            "ledger.adjustment_method: the NDC period is set but not the method; set adjustment_method ("
+            + ", ".join(repr(m.value) for m in AdjustmentMethod)
+            + "), or remove ndc_first_year and ndc_last_year"
+        )
     if "adjustment_method" in table:
         method_text = _string(table["adjustment_method"], "ledger.adjustment_method")
         try:
@@ -317,6 +323,23 @@ def _ledger(table: Mapping[str, Any]) -> LedgerOptions:
             sorted((k, _string(v, f"ledger.underlying_registry_codes.{k}")) for k, v in codes.items())
         ),
     )
+
+
+def _check_ledger_against(ledger: LedgerOptions, party: str, nomenclature: Nomenclature) -> None:
+    """What ``[ledger]`` names that the rest of the configuration decides: the Party's own registry ID, and the
+    spelling of the issuing registries the gateway knows."""
+    if ledger.party_registry and not ledger.party_registry.startswith(party):
+        raise ConfigError(
+            f"ledger.party_registry: {_q(ledger.party_registry)} is not a registry of {party}: a Party ITMO registry"
+            f" ID starts with the Party's code (e.g. {party}01)"
+        )
+    for code, _ in ledger.underlying_registry_codes:
+        near = [k for k in sorted(nomenclature.registries) if k != code and k.casefold() == code.casefold()]
+        if near:  # codes are matched as written: this one would never apply
+            raise ConfigError(
+                f"ledger.underlying_registry_codes: {_q(code)} is not an issuing registry code as [[registries]]"
+                f" writes it; did you mean {near[0]!r}?"
+            )
 
 
 def _require(table: Mapping[str, Any], key: str, where: str) -> Any:
@@ -680,6 +703,9 @@ def load_config(path: Path) -> GatewayConfig:
     _distinct_listens(
         ("operator.listen", operator_listen), ("partner.listen", partner_listen), ("http.listen", http_listen)
     )
+    nomenclature = _registries(data["registries"]) if "registries" in data else Nomenclature.of(DEFAULT_REGISTRIES)
+    ledger = _ledger(_table(data.get("ledger", {}), "ledger"))
+    _check_ledger_against(ledger, party, nomenclature)
     return GatewayConfig(
         party=party,
         database=_database(base, _require(data, "database", str(path))),
@@ -693,7 +719,7 @@ def load_config(path: Path) -> GatewayConfig:
         policy=_policy(_table(data.get("policy", {}), "policy").get("rules", []), partners),
         tls=tls,
         signers=signers,
-        nomenclature=_registries(data["registries"]) if "registries" in data else Nomenclature.of(DEFAULT_REGISTRIES),
+        nomenclature=nomenclature,
         max_envelope_bytes=_integer(
             limits.get("max_envelope_bytes", 1 << 20), "limits.max_envelope_bytes", minimum=4096, maximum=64 << 20
         ),
@@ -703,7 +729,7 @@ def load_config(path: Path) -> GatewayConfig:
         hold_deadline=_seconds(limits, "hold_deadline_seconds", 172800),
         decision_timeout=_seconds(limits, "decision_timeout_seconds", 259200),
         status_query_after=_seconds(limits, "status_query_after_seconds", 900),
-        ledger=_ledger(_table(data.get("ledger", {}), "ledger")),
+        ledger=ledger,
         reconcile_every=_schedule(_table(data.get("reconciliation", {}), "reconciliation")),
     )
 

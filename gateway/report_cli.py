@@ -66,7 +66,13 @@ def _report_aef(args: argparse.Namespace) -> int:
         submitted = dt.date.fromisoformat(args.date) if args.date else dt.datetime.now(dt.UTC).date()
     except ValueError:
         return fail("report aef", f"--date {args.date!r} is not a date (YYYY-MM-DD)", EXIT_USAGE)
-    if not vocab.SUBMISSION_VERSION.fullmatch(args.submission_version):
+    if submitted < dt.date(args.year, 1, 1):
+        return fail(
+            "report aef",
+            f"--date {submitted} is before the reported year {args.year} begins; give the date of submission",
+            EXIT_USAGE,
+        )
+    if not vocab.SUBMISSION_VERSION.fullmatch(args.submission_version) or args.submission_version.startswith("0."):
         return fail("report aef", f"--version {args.submission_version!r} is not X.Y (the first is 1.0)", EXIT_USAGE)
     if isinstance(config.database, Path) and not config.database.exists():
         return fail("report aef", f"{config.database}: no such database; start the gateway once first", EXIT_USAGE)

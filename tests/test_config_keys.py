@@ -316,6 +316,24 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             GOOD.replace('adjustment_method = "multi-year"', 'averaging_divisor = "garbage"'),
             "ledger.averaging_divisor: set only with adjustment_method",
         ),
+        # the NDC period alone gave a summary with no structured rows, and no word why
+        (
+            GOOD.replace('adjustment_method = "multi-year"', ""),
+            "ledger.adjustment_method: the NDC period is set but not the method",
+        ),
+        # another Party's registry ID would be written into every First ID of the AEF report
+        (
+            GOOD.replace(
+                'adjustment_method = "multi-year"', 'adjustment_method = "multi-year"\nparty_registry = "USA01"'
+            ),
+            "ledger.party_registry: 'USA01' is not a registry of CHN: a Party ITMO registry ID starts with the Party's",
+        ),
+        # codes are matched as written: this one would never apply, and the report would write NA
+        (
+            GOOD.replace('CN-CCER = "CCER"', 'cn-ccer = "CCER"'),
+            "ledger.underlying_registry_codes: 'cn-ccer' is not an issuing registry code as [[registries]] writes it;"
+            " did you mean 'CN-CCER'?",
+        ),
     ],
 )
 def test_config_check_refuses_a_value_out_of_place(

@@ -602,6 +602,8 @@ def test_bad_arguments_get_one_line(gateway_dir: Path, capsys: pytest.CaptureFix
         (["--config", config, "--year", "99999"], "--year 99999 is not in 1990..2100"),
         (["--config", str(gateway_dir / "nowhere.toml"), "--year", "2025"], "no such configuration file"),
         (["--config", config, "--year", "2025", "--version", "one"], "--version 'one' is not X.Y"),
+        (["--config", config, "--year", "2025", "--version", "0.0"], "--version '0.0' is not X.Y (the first is 1.0)"),
+        (["--config", config, "--year", "2025", "--date", "1900-01-01"], "--date 1900-01-01 is before the reported"),
         (["--config", config, "--year", "2025", "--date", "15/04/2026"], "is not a date"),
     ]
     for args, says in cases:
