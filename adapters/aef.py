@@ -306,6 +306,12 @@ class AefFiles:
             handle.close()
         for partial, final in self._moves:
             os.replace(partial, final)
+        for folder in {final.parent for _, final in self._moves}:  # the new names, on disk with the files
+            descriptor = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
         self._done = True
         return [final for _, final in self._moves]
 

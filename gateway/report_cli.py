@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -150,7 +151,13 @@ def write_report(
         finally:
             await store.close()
 
-    return asyncio.run(export())
+    # SIGTERM ends the report as Ctrl-C does, through the files' cleanup: a report stopped half way leaves
+    # nothing behind (SIGKILL, which no process sees, leaves its hidden .partial files).
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return asyncio.run(export())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Tapped:

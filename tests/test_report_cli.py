@@ -10,6 +10,7 @@ import datetime as dt
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import openpyxl
 import pytest
@@ -580,6 +581,36 @@ def test_a_refused_report_writes_nothing(gateway_dir: Path, capsys: pytest.Captu
     assert line.startswith("carbon-gateway report aef: the ledger cannot be reported as it stands: ledger[6]")
     assert "mitigation_type" in line and "states no AEF mitigation type" in line
     assert files(gateway_dir) == before
+
+
+@pytest.mark.parametrize("fmt", ["xlsx", "csv"])
+def test_a_report_stopped_by_sigterm_half_way_leaves_nothing_behind(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    import os
+    import signal
+
+    from adapters import aef
+
+    real_add = aef.AefFiles.add
+
+    def add_then_stop(self: aef.AefFiles, part: str, records: Any) -> None:
+        real_add(self, part, records)
+        if part == "actions":
+            os.kill(os.getpid(), signal.SIGTERM)  # as a supervisor stopping the command would
+
+    monkeypatch.setattr(aef.AefFiles, "add", add_then_stop)
+    seen: list[int] = []
+    ours = signal.signal(signal.SIGTERM, lambda number, frame: seen.append(number))  # not the test run's death
+    try:
+        before = files(gateway_dir)
+        out = gateway_dir / ("aef.xlsx" if fmt == "xlsx" else "aef")
+        assert report(gateway_dir, out, "--format", fmt) == 130
+        assert capsys.readouterr().err == "carbon-gateway: interrupted\n"
+        assert files(gateway_dir) == before and seen == []
+        assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # given back after the report
+    finally:
+        signal.signal(signal.SIGTERM, ours)
 
 
 def test_a_cell_xlsx_cannot_hold_refuses_the_workbook_naming_it(
