@@ -306,13 +306,12 @@ class AefFiles:
             handle.close()
         for partial, final in self._moves:
             os.replace(partial, final)
-        for folder in {final.parent for _, final in self._moves}:  # the new names, on disk with the files
-            descriptor = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
         self._done = True
+        folders = {final.parent for _, final in self._moves}
+        if self._made_folder is not None:
+            folders.add(self._made_folder.absolute().parent)
+        for folder in folders:
+            _sync_folder(folder)
         return [final for _, final in self._moves]
 
     def discard(self) -> None:
@@ -327,6 +326,21 @@ class AefFiles:
         if self._made_folder is not None:
             with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
                 self._made_folder.rmdir()
+
+
+def _sync_folder(folder: Path) -> None:
+    """Put a folder's new names on disk with their files, where the file system can (some cannot sync a folder,
+    and the files are in place already: as SQLite does, that is not a failure)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _umask() -> int:

@@ -147,6 +147,7 @@ def write_report(
             with aef.AefFiles(out, fmt, _context(config), created=created) as files:
                 sink: AefSink = files if tap is None else _Tapped(files, tap)
                 await gateway.aef_report_into(sink, year, version=version, submission_date=submitted)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the files go into place all together, or none
                 return files.commit()
         finally:
             await store.close()

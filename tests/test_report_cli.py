@@ -613,6 +613,32 @@ def test_a_report_stopped_by_sigterm_half_way_leaves_nothing_behind(
         signal.signal(signal.SIGTERM, ours)
 
 
+@pytest.mark.parametrize("fmt", ["xlsx", "csv"])
+def test_a_folder_the_file_system_cannot_sync_does_not_fail_a_report_whose_files_are_in_place(
+    gateway_dir: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    import errno
+    import os
+    import stat
+
+    real_fsync, synced = os.fsync, []
+
+    def fsync(descriptor: int) -> None:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+            raise OSError(errno.EINVAL, "Invalid argument")  # as some network file systems answer
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = gateway_dir / "reports" / ("aef.xlsx" if fmt == "xlsx" else "aef")
+    out.parent.mkdir()
+    assert report(gateway_dir, out, "--format", fmt) == 0
+    assert out.exists()
+    # The folder a CSV report made is a new name in its parent: that folder is synced too.
+    expected = {str(out.parent)} if fmt == "xlsx" else {str(out), str(out.parent)}
+    assert set(synced) >= expected
+
+
 def test_a_cell_xlsx_cannot_hold_refuses_the_workbook_naming_it(
     gateway_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -108,6 +108,7 @@ class MappingWorker:
     def __init__(self, max_calls: int = MAX_MAPPINGS, max_calls_per_caller: int = MAX_MAPPINGS_PER_CALLER) -> None:
         self.max_calls, self.max_calls_per_caller = max_calls, max_calls_per_caller
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapping")
+        self._turn = asyncio.Lock()
         self._calls = 0
         self._by_caller: dict[str, int] = {}
 
@@ -142,8 +143,20 @@ class MappingWorker:
                 del self._by_caller[caller]
 
     async def run(self, work: Callable[..., _T], *args: Any) -> _T:
-        """``work(*args)`` in the mapping thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+        """``work(*args)`` in the mapping thread, once the batch before it is done.
+
+        Calls wait their turn here, not in the thread's queue: a call its client cancels while it waits is
+        gone, its request with it. The turn passes on when the thread is done, even if the call that held it
+        was cancelled meanwhile (the thread cannot stop half way), so that no batch queues behind it.
+        """
+        await self._turn.acquire()
+        try:
+            done = asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+        except BaseException:
+            self._turn.release()
+            raise
+        done.add_done_callback(lambda _: self._turn.release())
+        return await asyncio.shield(done)
 
     def close(self) -> None:
         """Stop the thread once the batch it maps is done; calls still waiting are dropped."""

@@ -534,12 +534,13 @@ class GroupSync:
         self.synced = max(self.synced, upto)
 
     def close(self) -> None:
-        """Close the log file's descriptor (once: a number closed twice may name another file by then), after
-        the sync that may still be running on it."""
-        self._syncer.shutdown(wait=True)
+        """Close the log file's descriptor (once: a number closed twice may name another file by then). The
+        sync thread closes it, after the sync it may still be running on it, so that the event loop never
+        waits for a disk that does not answer."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            self._syncer.submit(os.close, fd)
+        self._syncer.shutdown(wait=False)
 
 
 def migrate(db: sqlite3.Connection) -> int:

@@ -77,19 +77,11 @@ class Retiring(Initiating):
         its block leaves the holdings, and no transfer or retirement can select it.
         """
         self._check_request(request)
-        settings = self.ledger_options.adjustments
-        year = request.year_of_use
-        if year is not None and settings is not None and not settings.first_year <= year <= settings.last_year:
-            raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT,
-                f"the year of use {year} is outside the NDC period, {settings.first_year}-{settings.last_year}"
-                " ([ledger] in the configuration): units are used towards the NDC for a year of its period",
-                field="year_of_use",
-            )
         async with self.store.transaction() as tx:
             previous = await self._replay(tx, idem)
             if previous is not None:
                 return await self._result(tx, previous)
+            self._check_new_request(request)
             await self._check_accounts(tx, request)
             now = self.clock()
             locks = await tx.locked_periods()
@@ -143,8 +135,7 @@ class Retiring(Initiating):
         if not request.selections:
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, "select at least one serial range", field="selections")
         text.check_count(request.selections, "selections", text.MAX_BLOCKS_PER_TRANSFER, what="selections")
-        if request.using_entity:
-            text.check_new_identifier(request.using_entity, "using_entity", what="entity ID")
+        text.check_identifier(request.using_entity, "using_entity", what="entity ID", required=False)
         text.check_text(request.note, "note", what="note")
         text.check_not_na(request.note, "note")
         text.check_not_na(request.using_entity, "using_entity")
@@ -174,6 +165,21 @@ class Retiring(Initiating):
             )
         if request.retirement is not Retirement.CANCELLATION and request.subtype is not None:
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, "only a cancellation has a subtype", field="subtype")
+
+    def _check_new_request(self, request: RetirementRequest) -> None:
+        """The rules a request meets that a retry of one recorded before them is not held to: a year of use in
+        the NDC period, an entity ID without look-alike spaces."""
+        if request.using_entity:
+            text.check_new_identifier(request.using_entity, "using_entity", what="entity ID")
+        settings = self.ledger_options.adjustments
+        year = request.year_of_use
+        if year is not None and settings is not None and not settings.first_year <= year <= settings.last_year:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"the year of use {year} is outside the NDC period, {settings.first_year}-{settings.last_year}"
+                " ([ledger] in the configuration): units are used towards the NDC for a year of its period",
+                field="year_of_use",
+            )
 
     @staticmethod
     async def _check_accounts(tx: Transaction, request: RetirementRequest) -> None:

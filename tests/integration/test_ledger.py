@@ -3,6 +3,7 @@ the summary, the AEF rows, idempotency, a used unit that never moves again, and 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -528,3 +529,45 @@ async def _details(call: object) -> str:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call  # type: ignore[misc]
     return caught.value.details() or ""
+
+
+@pytest.mark.asyncio
+async def test_a_retry_of_a_use_recorded_under_a_wider_period_is_answered_with_the_use(tmp_path: Path) -> None:
+    wider = AdjustmentSettings(
+        method=AdjustmentMethod.AVERAGING,
+        first_year=2021,
+        last_year=2035,
+        averaging_divisor=AveragingDivisor.ELAPSED_YEARS,
+    )
+    pair = await start_pair(tmp_path)
+    pair.chn.core.gateway.ledger_options = options("CHN01")
+    pair.che.core.gateway.ledger_options = dataclasses.replace(options("CHE01"), adjustments=wider)
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            transfer = await chn.ProposeTransfer(proposal_request(block, 1, 100, "t1"))
+            assert (await wait_for_state(che, transfer.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            await che.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="open-use",
+                    account=records_pb2.Account(account_id="CH-USE-0001", holder_name="Registry", account_type="use"),
+                )
+            )
+            use = operator_pb2.UseUnitsRequest(
+                idempotency_key="use-2031",
+                source_account="CH-PH-0001",
+                use_account="CH-USE-0001",
+                action="use towards the NDC",
+                year_of_use=2031,
+                selections=[operator_pb2.BlockSelection(space=block.space, start=1, end=10)],
+            )
+            used = await che.UseUnits(use)
+            pair.che.core.gateway.ledger_options = options("CHE01")  # the NDC period is 2021-2030 from now on
+            assert (await che.UseUnits(use)).action_id == used.action_id
+            use.idempotency_key = "use-2031-again"
+            use.selections[0].start, use.selections[0].end = 11, 20
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.UseUnits(use)
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "year_of_use")
+    finally:
+        await pair.stop()

@@ -259,3 +259,34 @@ async def test_a_durable_commit_does_not_wait_for_the_event_loop_s_shared_thread
         free.set()
         await asyncio.gather(*busy)
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_closing_a_store_whose_disk_does_not_answer_never_blocks_the_event_loop(
+    tmp_path: Path, disk: HeldDisk
+) -> None:
+    store = await SQLiteStore.open(tmp_path / "gateway.db")
+    disk.armed = True
+    committing = asyncio.create_task(write(store, "a"))
+    await settle()
+    assert disk.calls == 1  # the sync hangs
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(tick())
+    begin = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.close(), 0.3)  # waits for the sync, then gives up
+    await asyncio.sleep(0.1)
+    elapsed = asyncio.get_running_loop().time() - begin
+    assert elapsed < 2 and ticks >= 10  # the loop ran on while the disk held its sync
+    ticking.cancel()
+    disk.release.set()
+    with pytest.raises((asyncio.CancelledError, SyncFailed, sqlite3.Error)):
+        committing.cancel()
+        await committing
