@@ -63,6 +63,10 @@ async def _serve(config_path: Path) -> int:
     return 0
 
 
+SWITCH_INTERVAL_SECONDS = 0.0005
+"""The interpreter's switch interval in a ``serve`` process (the default is 5 ms)."""
+
+
 def _serve_command(args: argparse.Namespace) -> int:
     from gateway import faults
     from gateway.config import ConfigError
@@ -81,7 +85,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     # A thread that wants the interpreter waits up to this long for the one holding it. The mapping thread holds
     # it for CPU work; at the default 5 ms, each of the event loop's many waits for it while a batch is mapped
     # made a commit ten times slower.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
         return asyncio.run(_serve(Path(args.config)))
     except ConfigError as exc:

@@ -181,7 +181,87 @@ def run_grpc() -> list[Figure]:
 
 def run() -> list[Figure]:
     """Every mapping figure."""
-    return run_in_process() + run_grpc()
+    return run_in_process() + run_grpc() + run_commits_while_mapping()
+
+
+MAPPING_CALLS = 4
+"""Mapping calls kept running while commits are timed: one caller's most."""
+
+
+def run_commits_while_mapping() -> list[Figure]:
+    """A durable commit's latency (OpenAccount, median of 40) while one caller keeps `MAPPING_CALLS` large
+    mapping calls running, against the same commit's latency with nothing else to do; the gateway in this
+    process, with the interpreter settings of ``serve``. Reported, no target."""
+    from gateway.cli import SWITCH_INTERVAL_SECONDS
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    try:
+        idle, loaded = asyncio.run(_commit_latencies())
+    finally:
+        sys.setswitchinterval(previous)
+    return [
+        Figure(
+            name=f"OpenAccount latency p50 while {MAPPING_CALLS} calls map 8,000 CCER records each (SQLite, durable)",
+            value=loaded * 1000,
+            unit="ms",
+            limit_name="OpenAccount latency p50 with no mapping",
+            limit=idle * 1000,
+            target=None,
+            direction="max",
+        )
+    ]
+
+
+async def _commit_latencies() -> tuple[float, float]:
+    import statistics
+    import tempfile
+
+    from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
+    from gateway.demo import start_pair
+
+    # cn-ccer to cn-ccer goes record by record (the fast path is CCER to AEF Actions): CPU work throughout.
+    request = mapping_pb2.MapRecordsRequest(
+        source="cn-ccer", target="cn-ccer", source_format="json", payload=_json_batch(0, 8_000)
+    )
+    with tempfile.TemporaryDirectory(prefix="carbon-gateway-bench-") as folder:
+        pair = await start_pair(Path(folder))
+        try:
+            options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+            async with grpc.aio.insecure_channel(pair.chn.operator_address, options=options) as channel:
+                mapping = mapping_pb2_grpc.MappingServiceStub(channel)
+                operator = operator_pb2_grpc.OperatorServiceStub(channel)
+                if not (await mapping.MapRecords(request)).applied:
+                    raise RuntimeError("the mapping batch was refused")
+
+                async def opens(tag: str) -> float:
+                    seconds = []
+                    for i in range(40):
+                        account = records_pb2.Account(
+                            account_id=f"A-{tag}-{i}", holder_name="H", account_type="project owner"
+                        )
+                        begin = time.perf_counter()
+                        await operator.OpenAccount(
+                            operator_pb2.OpenAccountRequest(idempotency_key=f"{tag}-{i}", account=account)
+                        )
+                        seconds.append(time.perf_counter() - begin)
+                    return statistics.median(seconds)
+
+                idle = await opens("idle")
+                stop = asyncio.Event()
+
+                async def keep_mapping() -> None:
+                    while not stop.is_set():
+                        await mapping.MapRecords(request)
+
+                mappers = [asyncio.ensure_future(keep_mapping()) for _ in range(MAPPING_CALLS)]
+                await asyncio.sleep(0.5)
+                loaded = await opens("loaded")
+                stop.set()
+                await asyncio.gather(*mappers)
+        finally:
+            await pair.stop()
+    return idle, loaded
 
 
 def _records_per_second(map_batch: Callable[[], int], seconds: float = 0.3) -> float:
