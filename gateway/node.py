@@ -154,6 +154,28 @@ def another_partys_database(recorded: str, party: str) -> ConfigError:
     )
 
 
+KEEPALIVE_SECONDS = 60.0
+"""How often the gateway's servers ping each connection; a client that has not answered within
+`KEEPALIVE_TIMEOUT_SECONDS` is gone (a frozen process, a cable pulled), and its calls end, their places with
+them (watches, mapping calls), instead of waiting for TCP, which an idle stream never wakes."""
+KEEPALIVE_TIMEOUT_SECONDS = 20.0
+
+
+def keepalive_options() -> list[tuple[str, int]]:
+    """The gRPC server options that ping every connection, with calls or without."""
+    return [
+        ("grpc.keepalive_time_ms", int(KEEPALIVE_SECONDS * 1000)),
+        ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # An idle stream sends no data: keep pinging it, as often as the keepalive says (gRPC's own floor for
+        # pings without data is five minutes).
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_time_between_pings_ms", int(KEEPALIVE_SECONDS * 1000)),
+        ("grpc.http2.min_sent_ping_interval_without_data_ms", int(KEEPALIVE_SECONDS * 1000)),
+        ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+    ]
+
+
 class GatewayNode:
     """A running gateway: a `GatewayCore` with its operator server, partner server and optional HTTP server."""
 
@@ -384,7 +406,7 @@ class GatewayNode:
         except GatewayError as exc:
             raise ConfigError(f"{exc.field or 'signer'}: {exc.message}") from None
         limit = self.exchange.settings.max_envelope_bytes
-        options = [("grpc.so_reuseport", 0)]
+        options = [("grpc.so_reuseport", 0), *keepalive_options()]
         partner_options = [*options, ("grpc.max_receive_message_length", 4 * limit + 4096)]
 
         # Authentication first: a caller who may not call a method learns nothing else about the request.
@@ -481,8 +503,6 @@ class GatewayNode:
         for server in (self.operator_server, self.partner_server):
             if server is not None:
                 await server.stop(grace)
-        if self.mapping is not None:
-            self.mapping.worker.close()
         if self.http_server is not None:
             await self.http_server.stop()
         await self.core.close()

@@ -1,17 +1,19 @@
 """The mapping gRPC service: adapters listed, and batches mapped through `adapters.rows.map_rows`.
 
-Mapping is CPU work: each batch is mapped, and its answer built, in the service's own worker thread, so that
-the gateway's other calls keep being served while a large batch is mapped. One thread maps at a time (more
-would only share the interpreter), and it is not the thread pool the rest of the gateway uses, so mapping
-never delays a commit. The calls waiting for it are bounded (`MappingWorker`): a caller that sends more is
-refused, not queued without end.
+Mapping is CPU work: each batch is mapped, and its answer built, on a thread of its own, so that the
+gateway's other calls keep being served while a large batch is mapped. One batch maps at a time (more would
+only share the interpreter), and never in the thread pool the rest of the gateway uses, so mapping never
+delays a commit. The calls waiting for their turn are bounded, and take turns by caller (`MappingWorker`): a
+caller that sends more is refused, not queued without end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import contextlib
+import functools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal, TypeVar
 
@@ -103,14 +105,24 @@ MAX_MAPPINGS_PER_CALLER = 4
 
 
 class MappingWorker:
-    """The thread that maps, and the count of the calls waiting for it, in all and per caller."""
+    """Mapping, one batch at a time, each on a thread of its own, and the places of the calls waiting for it,
+    in all and per caller.
+
+    The turn goes round the callers: when a batch is done, the next is the oldest waiting batch of the caller
+    served longest ago, so that a caller whose batches are slow delays another caller by one batch at most,
+    not by every batch it has waiting. A batch's thread is a daemon: a gateway that stops does not wait for
+    a batch nobody waits for any more.
+    """
 
     def __init__(self, max_calls: int = MAX_MAPPINGS, max_calls_per_caller: int = MAX_MAPPINGS_PER_CALLER) -> None:
         self.max_calls, self.max_calls_per_caller = max_calls, max_calls_per_caller
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapping")
-        self._turn = asyncio.Lock()
         self._calls = 0
         self._by_caller: dict[str, int] = {}
+        self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._served: dict[str, int] = {}
+        """Each caller's last turn, by number."""
+        self._turns = 0
+        self._busy = False
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -143,24 +155,75 @@ class MappingWorker:
                 del self._by_caller[caller]
 
     async def run(self, work: Callable[..., _T], *args: Any) -> _T:
-        """``work(*args)`` in the mapping thread, once the batch before it is done.
+        """``work(*args)`` on a thread of its own, in the current caller's turn.
 
-        Calls wait their turn here, not in the thread's queue: a call its client cancels while it waits is
-        gone, its request with it. The turn passes on when the thread is done, even if the call that held it
-        was cancelled meanwhile (the thread cannot stop half way), so that no batch queues behind it.
+        Calls wait their turn here, on the event loop: a call its client cancels while it waits is gone, its
+        request with it. The turn passes on when the thread is done, even if the call that held it was
+        cancelled meanwhile (a thread cannot stop half way), so that no two batches ever map at once.
         """
-        await self._turn.acquire()
+        loop = asyncio.get_running_loop()
+        caller = caller_name()
+        turn: asyncio.Future[None] = loop.create_future()
+        self._waiting.setdefault(caller, collections.deque()).append(turn)
+        self._pass_turn()
         try:
-            done = asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
-        except BaseException:
-            self._turn.release()
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._end_turn()  # given the turn, but gone before using it
+            else:
+                self._forget(caller, turn)
             raise
-        done.add_done_callback(lambda _: self._turn.release())
+        done: asyncio.Future[_T] = loop.create_future()
+
+        def settle(outcome: Callable[[], None]) -> None:
+            if not done.done():
+                outcome()
+
+        def target() -> None:
+            try:
+                result = work(*args)
+            except BaseException as error:  # handed to the call, which reports it
+                loop.call_soon_threadsafe(settle, functools.partial(done.set_exception, error))
+            else:
+                loop.call_soon_threadsafe(settle, functools.partial(done.set_result, result))
+
+        def finished(future: asyncio.Future[_T]) -> None:
+            if not future.cancelled():
+                future.exception()  # seen here, whether or not a call still waits for it
+            self._end_turn()
+
+        done.add_done_callback(finished)
+        try:
+            threading.Thread(target=target, name="mapping", daemon=True).start()
+        except BaseException as error:
+            done.set_exception(error)
         return await asyncio.shield(done)
 
-    def close(self) -> None:
-        """Stop the thread once the batch it maps is done; calls still waiting are dropped."""
-        self._thread.shutdown(wait=False, cancel_futures=True)
+    def _pass_turn(self) -> None:
+        """Give the turn, if free, to the oldest waiting batch of the caller served longest ago."""
+        if self._busy or not self._waiting:
+            return
+        caller = min(self._waiting, key=lambda c: self._served.get(c, -1))
+        waiting = self._waiting[caller]
+        turn = waiting.popleft()
+        if not waiting:
+            del self._waiting[caller]
+        self._turns += 1
+        self._served[caller] = self._turns
+        self._busy = True
+        turn.set_result(None)
+
+    def _end_turn(self) -> None:
+        self._busy = False
+        self._pass_turn()
+
+    def _forget(self, caller: str, turn: asyncio.Future[None]) -> None:
+        waiting = self._waiting.get(caller)
+        if waiting is not None and turn in waiting:
+            waiting.remove(turn)
+            if not waiting:
+                del self._waiting[caller]
 
 
 class MappingService(mapping_pb2_grpc.MappingServiceServicer):

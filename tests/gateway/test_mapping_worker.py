@@ -39,4 +39,50 @@ def test_a_caller_holds_its_places_and_the_gateway_at_most_its_own() -> None:
             pass
     finally:
         auth._current_caller.set(None)
-        worker.close()
+
+
+@pytest.mark.asyncio
+async def test_the_turn_goes_round_the_callers_and_a_batch_maps_on_a_daemon_thread() -> None:
+    import asyncio
+    import threading
+
+    worker = MappingWorker()
+    order: list[str] = []
+    release = {name: threading.Event() for name in ("a1", "a2", "a3", "b1")}
+    daemons: list[bool] = []
+
+    def work(name: str) -> str:
+        daemons.append(threading.current_thread().daemon)
+        order.append(name)
+        release[name].wait(10)
+        return name
+
+    async def call(caller: str, name: str) -> str:
+        _as(caller)
+        return await worker.run(work, name)
+
+    first = asyncio.ensure_future(call("a", "a1"))
+    while order != ["a1"]:
+        await asyncio.sleep(0.01)
+    later = [asyncio.ensure_future(call("a", "a2")), asyncio.ensure_future(call("a", "a3"))]
+    await asyncio.sleep(0.05)
+    late = asyncio.ensure_future(call("b", "b1"))  # another caller, after a's two
+    await asyncio.sleep(0.05)
+    for name in ("a1", "b1", "a2", "a3"):
+        release[name].set()
+    assert await asyncio.gather(first, *later, late) == ["a1", "a2", "a3", "b1"]
+    assert order == ["a1", "b1", "a2", "a3"]  # b waited for one of a's batches, not for all of them
+    assert daemons == [True] * 4
+    auth._current_caller.set(None)
+
+
+@pytest.mark.asyncio
+async def test_a_failing_batch_reaches_its_call_and_passes_the_turn_on() -> None:
+    worker = MappingWorker()
+
+    def broken() -> None:
+        raise ValueError("a defect")
+
+    with pytest.raises(ValueError, match="a defect"):
+        await worker.run(broken)
+    assert await worker.run(lambda: 7) == 7

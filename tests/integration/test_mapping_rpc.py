@@ -302,7 +302,8 @@ async def test_mapping_calls_wait_for_one_thread_of_their_own_and_a_caller_holds
                 if worker._calls == 1:
                     break
                 await asyncio.sleep(0.01)
-            assert worker._calls == 1 and worker._thread._work_queue.qsize() == 0
+            # (The call left may be the one mapping, or wait behind a cancelled one the thread still maps.)
+            assert worker._calls == 1 and sum(len(waiting) for waiting in worker._waiting.values()) <= 1
         finally:
             free.set()
         answer = await calls[0]

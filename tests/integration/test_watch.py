@@ -430,3 +430,50 @@ async def test_one_caller_holds_at_most_its_share_of_the_watches(pair: Pair) -> 
             task.cancel()
         await asyncio.gather(*registry, *others, return_exceptions=True)
     assert feed.watchers == 0
+
+
+@pytest.mark.asyncio
+async def test_a_frozen_client_s_watch_ends_when_it_stops_answering_pings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from gateway import node
+
+    monkeypatch.setattr(node, "KEEPALIVE_SECONDS", 1.0)
+    monkeypatch.setattr(node, "KEEPALIVE_TIMEOUT_SECONDS", 1.0)
+    pair = await start_pair(tmp_path)
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import grpc\n"
+            "from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc\n"
+            f"channel = grpc.insecure_channel({pair.chn.operator_address!r})\n"
+            "stream = operator_pb2_grpc.OperatorServiceStub(channel).WatchChanges(operator_pb2.WatchChangesRequest())\n"
+            "print('watching', flush=True)\n"
+            "for _ in stream: pass\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert client.stdout is not None and client.stdout.readline() == b"watching\n"
+        for _ in range(500):
+            if pair.chn.changes.watchers == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert pair.chn.changes.watchers == 1
+        client.send_signal(signal.SIGSTOP)  # alive, connected, and answering nothing: a frozen process
+        for _ in range(1500):
+            if pair.chn.changes.watchers == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert pair.chn.changes.watchers == 0, "the frozen client's watch still holds its place"
+    finally:
+        client.kill()
+        client.wait()
+        if client.stdout is not None:
+            client.stdout.close()
+        await pair.stop()
