@@ -27,6 +27,7 @@ from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.mapping import RecordRejected
+from gateway.domain.places import Places, PlacesFull
 from gateway.rpc.auth import caller_name
 from gateway.rpc.errors import abort_unexpected, abort_with, refusals_as_status
 
@@ -115,9 +116,7 @@ class MappingWorker:
     """
 
     def __init__(self, max_calls: int = MAX_MAPPINGS, max_calls_per_caller: int = MAX_MAPPINGS_PER_CALLER) -> None:
-        self.max_calls, self.max_calls_per_caller = max_calls, max_calls_per_caller
-        self._calls = 0
-        self._by_caller: dict[str, int] = {}
+        self.places = Places(max_calls, max_calls_per_caller)
         self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self._served: dict[str, int] = {}
         """Each caller's last turn, by number."""
@@ -129,30 +128,21 @@ class MappingWorker:
         """Hold one of the places of the current caller for the length of a call; `TOO_MANY_MAPPINGS` when
         the gateway's places, or the caller's, are all held."""
         caller = caller_name()
-        held = self._by_caller.get(caller, 0)
-        if self._calls >= self.max_calls:
+        try:
+            self.places.take(caller)
+        except PlacesFull as full:
             raise GatewayError(
                 ResponseCode.TOO_MANY_MAPPINGS,
-                f"{self._calls} mapping calls are in hand already, the most this gateway takes at once: call again"
-                " later",
-            )
-        if held >= self.max_calls_per_caller:
-            raise GatewayError(
-                ResponseCode.TOO_MANY_MAPPINGS,
-                f"this caller has {held} mapping calls in hand already, the most one caller may: wait for one to"
-                " end, or call again later",
-            )
-        self._calls += 1
-        self._by_caller[caller] = held + 1
+                f"this caller has {full.held} mapping calls in hand already, the most one caller may: wait for one"
+                " to end, or call again later"
+                if full.by_holder
+                else f"{full.held} mapping calls are in hand already, the most this gateway takes at once: call"
+                " again later",
+            ) from None
         try:
             yield
         finally:
-            self._calls -= 1
-            left = self._by_caller[caller] - 1
-            if left:
-                self._by_caller[caller] = left
-            else:
-                del self._by_caller[caller]
+            self.places.give_back(caller)
 
     async def run(self, work: Callable[..., _T], *args: Any) -> _T:
         """``work(*args)`` on a thread of its own, in the current caller's turn.

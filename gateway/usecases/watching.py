@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Sequence
 
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.places import Places, PlacesFull
 from gateway.store.base import Change, ChangeKind, Store
 
 BATCH = 256
@@ -49,12 +50,31 @@ class ChangeFeed:
         self.store = store
         self.batch = batch
         self.poll_seconds = poll_seconds
-        self.max_watchers = max_watchers
-        self.max_watchers_per_caller = max_watchers_per_caller
-        self.watchers = 0
-        """Watches following the feed now."""
-        self._by_caller: dict[str, int] = {}
+        self.places = Places(max_watchers, max_watchers_per_caller)
         self._closed = False
+
+    @property
+    def watchers(self) -> int:
+        """Watches following the feed now."""
+        return self.places.taken
+
+    @property
+    def max_watchers(self) -> int:
+        """Watches the feed serves at once."""
+        return self.places.total
+
+    @max_watchers.setter
+    def max_watchers(self, value: int) -> None:
+        self.places.total = value
+
+    @property
+    def max_watchers_per_caller(self) -> int:
+        """Of those, the watches one caller may follow."""
+        return self.places.per_holder
+
+    @max_watchers_per_caller.setter
+    def max_watchers_per_caller(self, value: int) -> None:
+        self.places.per_holder = value
 
     def close(self) -> None:
         """End every watch (each raises `FeedClosed`) and refuse new ones: the gateway is stopping."""
@@ -71,31 +91,23 @@ class ChangeFeed:
         A watch beyond `max_watchers`, or beyond `max_watchers_per_caller` of ``caller``, is refused with
         ``TOO_MANY_WATCHES``.
         """
-        if self.watchers >= self.max_watchers:
+        try:
+            self.places.take(caller)
+        except PlacesFull as full:
             raise GatewayError(
                 ResponseCode.TOO_MANY_WATCHES,
-                f"{self.watchers} watches follow this gateway's changes already, the most it serves at once: close"
+                f"this caller follows {full.held} watches already, the most one caller may: close one, or call again"
+                " later"
+                if full.by_holder
+                else f"{full.held} watches follow this gateway's changes already, the most it serves at once: close"
                 " one, or call again later",
-            )
-        held = self._by_caller.get(caller, 0)
-        if held >= self.max_watchers_per_caller:
-            raise GatewayError(
-                ResponseCode.TOO_MANY_WATCHES,
-                f"this caller follows {held} watches already, the most one caller may: close one, or call again later",
-            )
-        self.watchers += 1
-        self._by_caller[caller] = held + 1
+            ) from None
         try:
             async with contextlib.aclosing(self._follow(after, kinds, after_digest)) as changes:
                 async for change in changes:
                     yield change
         finally:
-            self.watchers -= 1
-            left = self._by_caller[caller] - 1
-            if left:
-                self._by_caller[caller] = left
-            else:
-                del self._by_caller[caller]
+            self.places.give_back(caller)
 
     async def _follow(
         self, after: int, kinds: Sequence[ChangeKind], after_digest: bytes

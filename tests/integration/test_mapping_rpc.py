@@ -267,7 +267,7 @@ async def test_mapping_calls_wait_for_one_thread_of_their_own_and_a_caller_holds
 
     monkeypatch.setattr(mapping_module, "_mapped", held)
     worker = pair.chn.mapping.worker if pair.chn.mapping else None
-    assert worker is not None and worker.max_calls_per_caller == 4
+    assert worker is not None and worker.places.per_holder == 4
     request = mapping_pb2.MapRecordsRequest(
         source="cn-ccer", target="cn-ccer", source_format="json", payload=json.dumps([GOOD]).encode()
     )
@@ -278,7 +278,7 @@ async def test_mapping_calls_wait_for_one_thread_of_their_own_and_a_caller_holds
         try:
             calls = [asyncio.ensure_future(stub.MapRecords(request)) for _ in range(4)]
             for _ in range(1000):  # one maps, on the mapping thread, and three wait for it
-                if worker._calls == 4 and started.acquire(blocking=False):
+                if worker.places.taken == 4 and started.acquire(blocking=False):
                     break
                 await asyncio.sleep(0.01)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -299,14 +299,14 @@ async def test_mapping_calls_wait_for_one_thread_of_their_own_and_a_caller_holds
             for call in calls[1:]:
                 call.cancel()
             for _ in range(500):
-                if worker._calls == 1:
+                if worker.places.taken == 1:
                     break
                 await asyncio.sleep(0.01)
             # (The call left may be the one mapping, or wait behind a cancelled one the thread still maps.)
-            assert worker._calls == 1 and sum(len(waiting) for waiting in worker._waiting.values()) <= 1
+            assert worker.places.taken == 1 and sum(len(waiting) for waiting in worker._waiting.values()) <= 1
         finally:
             free.set()
         answer = await calls[0]
         again = await stub.MapRecords(request)  # the turn passed on when the thread was done
     await asyncio.gather(*busy)
-    assert answer.applied and again.applied and worker._calls == 0
+    assert answer.applied and again.applied and worker.places.taken == 0
