@@ -14,7 +14,7 @@ import re
 import socket
 import tomllib
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,10 +425,7 @@ def _signer_uri(base: Path, value: object, where: str) -> str:
     if ":" in uri.split("/")[0]:
         scheme, _, rest = uri.partition(":")
         if scheme.lower() == "pkcs11":
-            path, mark, query = rest.partition("?")
-            if query:
-                query = "&".join(_rebased_parameter(base, parameter) for parameter in query.split("&"))
-            return f"{scheme}:{path}{mark}{query}"
+            return pkcs11_paths(uri, lambda relative: str(base / relative))
         if scheme.lower() != "file":
             return uri
         path, mark, query = rest.partition("?")
@@ -441,18 +438,29 @@ def _signer_uri(base: Path, value: object, where: str) -> str:
 
 
 def _rebased_parameter(base: Path, parameter: str) -> str:
-    """A file URI's passphrase file, or a pkcs11 URI's module path or ``file:`` PIN source, against ``base``
-    when relative."""
+    """A file URI's passphrase file against ``base`` when relative."""
     name, equals, value = parameter.partition("=")
-    # A file URI's query is form-encoded (parse_qsl: "+" is a space); a pkcs11 URI's is percent-encoded only.
-    written = urllib.parse.unquote_plus(value) if name == "passphrase-file" else urllib.parse.unquote(value)
-    if not equals or not written:
-        return parameter
-    if name in ("passphrase-file", "module-path") and not written.startswith("/"):
+    written = urllib.parse.unquote_plus(value)  # a file URI's query is form-encoded (parse_qsl: "+" is a space)
+    if name == "passphrase-file" and equals and written and not written.startswith("/"):
         return f"{name}={urllib.parse.quote(str(base / written), safe='/')}"
-    if name == "pin-source" and written.startswith("file:") and written[5:] and not written[5:].startswith("/"):
-        return f"{name}={urllib.parse.quote('file:' + str(base / written[5:]), safe='/:')}"
     return parameter
+
+
+def pkcs11_paths(uri: str, place: Callable[[str], str]) -> str:
+    """A pkcs11 URI with each relative path of its query (module-path, ``pin-source=file:``) put through
+    ``place``; everything else as written (its query is percent-encoded)."""
+    scheme, _, rest = uri.partition(":")
+    attributes, mark, query = rest.partition("?")
+    parameters = []
+    for parameter in query.split("&") if query else []:
+        name, _, value = parameter.partition("=")
+        written = urllib.parse.unquote(value)
+        if name == "module-path" and written and not written.startswith("/"):
+            parameter = f"{name}={urllib.parse.quote(place(written), safe='/')}"
+        elif name == "pin-source" and written.startswith("file:") and written[5:] and not written[5:].startswith("/"):
+            parameter = f"{name}={urllib.parse.quote('file:' + place(written[5:]), safe='/:')}"
+        parameters.append(parameter)
+    return f"{scheme}:{attributes}{mark}{'&'.join(parameters)}"
 
 
 _LISTEN_HOST = re.compile(r"\[[0-9A-Za-z:.%_-]+\]|[0-9A-Za-z._:-]+")

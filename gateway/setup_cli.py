@@ -23,7 +23,6 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -687,11 +686,13 @@ def _as_configured(uri: str, config_path: Path) -> str:
     """``uri`` as ``config_path`` must spell it: a path given relative to the current folder (a key file's, or a
     pkcs11 URI's module-path and ``pin-source=file:``) becomes relative to the configuration's folder (against
     which the configuration's paths resolve), or absolute when the file is not under that folder."""
+    from gateway.config import pkcs11_paths
+
     prefix, path = "", uri
     if ":" in uri.split("/")[0]:
         scheme, _, rest = uri.partition(":")
         if scheme.lower() == "pkcs11":
-            return _pkcs11_paths(uri, lambda relative: _relative_to_config(relative, config_path))
+            return pkcs11_paths(uri, lambda relative: _relative_to_config(relative, config_path))
         if scheme != "file":
             return uri
         prefix, path = "file:", rest
@@ -703,32 +704,17 @@ def _as_configured(uri: str, config_path: Path) -> str:
 def _as_opened(uri: str) -> str:
     """A pkcs11 URI with its relative paths made absolute against the current folder, as this command opens
     them (the signer itself takes only absolute PIN files); any other URI unchanged."""
+    from gateway.config import pkcs11_paths
+
     if uri.partition(":")[0].lower() != "pkcs11":
         return uri
-    return _pkcs11_paths(uri, lambda relative: str(Path(relative).resolve()))
+    return pkcs11_paths(uri, lambda relative: str(Path(relative).resolve()))
 
 
 def _relative_to_config(path: str, config_path: Path) -> str:
     """``path``, relative to the current folder, as the configuration at ``config_path`` must spell it."""
     file, base = Path(path).resolve(), config_path.resolve().parent
     return str(file.relative_to(base) if file.is_relative_to(base) else file)
-
-
-def _pkcs11_paths(uri: str, place: Callable[[str], str]) -> str:
-    """A pkcs11 URI with each relative path of its query (module-path, ``pin-source=file:``) put through
-    ``place``; everything else as written."""
-    scheme, _, rest = uri.partition(":")
-    attributes, mark, query = rest.partition("?")
-    parameters = []
-    for parameter in query.split("&") if query else []:
-        name, _, value = parameter.partition("=")
-        written = urllib.parse.unquote(value)
-        if name == "module-path" and written and not written.startswith("/"):
-            parameter = f"{name}={urllib.parse.quote(place(written), safe='/')}"
-        elif name == "pin-source" and written.startswith("file:") and written[5:] and not written[5:].startswith("/"):
-            parameter = f"{name}={urllib.parse.quote('file:' + place(written[5:]), safe='/:')}"
-        parameters.append(parameter)
-    return f"{scheme}:{attributes}{mark}{'&'.join(parameters)}"
 
 
 def _write_new(path: Path, data: bytes) -> None:
