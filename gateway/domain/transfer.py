@@ -46,6 +46,9 @@ FINAL_STATES = frozenset(
     }
 )
 
+OPEN_STATES = tuple(state for state in TransferState if state not in FINAL_STATES)
+"""The states a transfer may still leave, in code order."""
+
 USES_AUTHORIZED_QUANTITY = frozenset(
     {TransferState.PROPOSED, TransferState.CHECKED, TransferState.ACCEPTED, TransferState.COMPLETED}
 )

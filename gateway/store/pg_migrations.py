@@ -540,5 +540,10 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 END $$""",
         ],
     ),
+    (
+        12,
+        _description(12),
+        ["CREATE INDEX outbox_state ON outbox (state, outbox_id)"],
+    ),
 ]
 """(version, description, statements), in the order they are applied."""

@@ -60,10 +60,7 @@ from gateway.domain.reconciliation import (
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
-from gateway.domain.transfer import (
-    FINAL_STATES,
-    Transfer,
-)
+from gateway.domain.transfer import OPEN_STATES, Transfer
 from gateway.store import codec
 from gateway.store.base import (
     CURRENT_STATUSES,
@@ -851,10 +848,12 @@ class PostgresTransaction:
         return [codec.transfer_from_row(r, r["kept_terms"]) for r in await self._all(sql, [*params, limit])]
 
     async def open_transfers(self) -> list[Transfer]:
-        final = [int(s) for s in FINAL_STATES]
+        # The open states named, as literals, not "no final one": read through `transfers_open`, the open transfers
+        # alone, where NOT IN read every transfer ever made, on each sweep (and so did PostgreSQL's generic plan
+        # of an IN list of parameters).
+        open_states = ", ".join(str(int(state)) for state in OPEN_STATES)
         rows = await self._all(
-            f"{codec.TRANSFERS} WHERE t.state NOT IN ({_placeholders(final)}) ORDER BY t.created_at, t.transfer_id",
-            final,
+            f"{codec.TRANSFERS} WHERE t.state IN ({open_states}) ORDER BY t.created_at, t.transfer_id"
         )
         return [codec.transfer_from_row(r, r["kept_terms"]) for r in rows]
 

@@ -48,10 +48,7 @@ from gateway.domain.reconciliation import (
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
-from gateway.domain.transfer import (
-    FINAL_STATES,
-    Transfer,
-)
+from gateway.domain.transfer import OPEN_STATES, Transfer
 from gateway.store import codec
 from gateway.store.base import (
     CURRENT_STATUSES,
@@ -1029,11 +1026,11 @@ class SQLiteTransaction:
         return [codec.transfer_from_row(r, r["kept_terms"]) for r in rows]
 
     async def open_transfers(self) -> list[Transfer]:
-        final = [int(s) for s in FINAL_STATES]
-        rows = self._all(
-            f"{codec.TRANSFERS} WHERE t.state NOT IN ({_placeholders(final)}) ORDER BY t.created_at, t.transfer_id",
-            final,
-        )
+        # The open states named, as literals, not "no final one": read through `transfers_open`, the open transfers
+        # alone, where NOT IN read every transfer ever made, on each sweep (and so did PostgreSQL's generic plan
+        # of an IN list of parameters).
+        open_states = ", ".join(str(int(state)) for state in OPEN_STATES)
+        rows = self._all(f"{codec.TRANSFERS} WHERE t.state IN ({open_states}) ORDER BY t.created_at, t.transfer_id")
         return [codec.transfer_from_row(r, r["kept_terms"]) for r in rows]
 
     async def status_queried_at(self, transfer_id: str) -> dt.datetime | None:
