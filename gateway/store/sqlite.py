@@ -1721,7 +1721,11 @@ class SQLiteTransaction:
         return found
 
     async def log_of_transfer(self, transfer_id: str) -> list[LogEntry]:
-        rows = self._all("SELECT * FROM message_log WHERE transfer_id = ? ORDER BY log_index", (transfer_id,))
+        # The second condition is the partial index's own: without it the index is not used, for the query's
+        # transfer ID might be the empty one it leaves out, and every message ever logged is read.
+        rows = self._all(
+            "SELECT * FROM message_log WHERE transfer_id = ? AND transfer_id != '' ORDER BY log_index", (transfer_id,)
+        )
         return [_log_entry(r) for r in rows]
 
     async def partner_log_head(self, partner: str) -> PartnerLogHead | None:
