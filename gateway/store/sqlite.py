@@ -878,6 +878,10 @@ class SQLiteTransaction:
     ) -> list[StoredBlock]:
         values = [s.value for s in statuses]
         sql = f"SELECT * FROM blocks WHERE status IN ({_placeholders(values)})"
+        if set(statuses) <= set(GUARDED_STATUSES):
+            # The partial index's own condition, so that a page reads guarded blocks in order through it rather
+            # than every block ever split or sent away.
+            sql += f" AND status IN ({_GUARDED})"
         params: list[Any] = list(values)
         if account_id:
             sql += " AND account_id = ?"

@@ -831,7 +831,7 @@ async def test_pruning_removes_the_oldest_changes_a_chunk_at_a_time_and_position
 
 
 async def _rows_read(store: Store, tx: Transaction, look: Callable[[Transaction], Awaitable[object]]) -> int:
-    """How much of the outbox, transfer and message log tables ``look`` reads: on PostgreSQL the rows and index
+    """How much of the outbox, transfer, message log and block tables ``look`` reads: on PostgreSQL the rows and index
     entries its scans returned (the transaction's own statistics), on SQLite its virtual machine's steps, in
     hundreds."""
     if isinstance(store, PostgresStore):
@@ -839,7 +839,7 @@ async def _rows_read(store: Store, tx: Transaction, look: Callable[[Transaction]
             "SELECT COALESCE(SUM(pg_stat_get_xact_tuples_returned(oid) + pg_stat_get_xact_tuples_fetched(oid)), 0)"
             " FROM pg_class WHERE oid IN (SELECT unnest(ARRAY[indrelid, indexrelid]) FROM pg_index"
             " WHERE indrelid IN ('outbox'::regclass, 'transfers'::regclass, 'transfer_terms'::regclass,"
-            " 'message_log'::regclass))"
+            " 'message_log'::regclass, 'blocks'::regclass))"
         )
         before = int(await tx._db.fetchval(counted))  # type: ignore[attr-defined]
         await look(tx)
@@ -872,7 +872,7 @@ async def _log(tx: Transaction, message_id: str, transfer_id: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_finding_pending_messages_open_transfers_and_a_transfers_log_reads_no_more_as_history_grows(
+async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_history_grows(
     store: Store,
 ) -> None:
     history = 1500
@@ -899,8 +899,11 @@ async def test_finding_pending_messages_open_transfers_and_a_transfers_log_reads
     async def evidence(tx: Transaction) -> None:
         assert [e.message_id for e in await tx.log_of_transfer("t-open")] == ["pending-0"]
 
+    async def holdings(tx: Transaction) -> None:
+        assert [b.block.start for b in await tx.list_blocks("acc", limit=10)] == [10**9]
+
     # What the outbox worker, the sweep, the operator's listings and reconciliation's evidence ask each time.
-    looks = [heads, due, claim, dead_letters, pending, sweep, evidence]
+    looks = [heads, due, claim, dead_letters, pending, sweep, evidence, holdings]
 
     async def read_by_each() -> dict[str, int]:
         read = {}
@@ -922,6 +925,8 @@ async def test_finding_pending_messages_open_transfers_and_a_transfers_log_reads
             )
         await tx.insert_transfer(proposed)
         await _log(tx, "pending-0", "t-open")
+        await tx.insert_account(Account("acc", "Owner", AccountType.PROJECT_OWNER))
+        await tx.insert_block(block(10**9, 10**9 + 9), account_id="acc", status=BlockStatus.HELD)
     young = await read_by_each()
     async with store.transaction() as tx:
         for i in range(history):
@@ -938,6 +943,15 @@ async def test_finding_pending_messages_open_transfers_and_a_transfers_log_reads
             await tx.insert_transfer(
                 dataclasses.replace(proposed, transfer_id=f"t-{i:05}", state=TransferState.COMPLETED)
             )
+        # Blocks split, and parts sent away, before the one still held.
+        await tx.insert_blocks(
+            [
+                NewBlock(
+                    block(10 * i + 1, 10 * i + 10), "acc", (BlockStatus.SUPERSEDED, BlockStatus.TRANSFERRED)[i % 2]
+                )
+                for i in range(history)
+            ]
+        )
     if isinstance(store, PostgresStore):
         # What autovacuum does for a table that grew: statistics for the planner, and the index entries of the
         # messages' versions before delivery gone.
