@@ -159,6 +159,15 @@ def _common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
+async def _one_request(method: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    """The one request of a call to a method that takes one; ``MALFORMED_PAYLOAD`` when the client sent none."""
+    async for request in requests:
+        return request
+    await abort_with(
+        context, GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"the call to {method} carries no request message")
+    )
+
+
 class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticate every operator-server call and check the caller's role against `METHOD_ROLES`."""
 
@@ -216,22 +225,34 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         method = str(getattr(handler_call_details, "method", "?"))
         deserializer, serializer = handler.request_deserializer, handler.response_serializer
         admit = self._admit
+        # A method that takes one request is served as one that takes a stream of them, and reads its request only
+        # once the caller is admitted: served as unary, gRPC reads the whole request (up to its 4 MB limit) before
+        # any handler runs, and a crowd of calls with a wrong token held that much memory each. The client sees no
+        # difference: one message each way. The open methods (health) admit callers without credentials, whose
+        # requests are still read whole.
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async def unary_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 await admit(method, context)
-                return await inner_uu(request, context)
+                return await inner_uu(await _one_request(method, requests, context), context)
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
+            return grpc.stream_unary_rpc_method_handler(unary_unary, deserializer, serializer)
 
         async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await admit(method, context)
             return request
 
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                streaming(handler.unary_stream, admitted), deserializer, serializer
+
+            async def admitted_then_read(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                await admit(method, context)
+                return await _one_request(method, requests, context)
+
+            return grpc.stream_stream_rpc_method_handler(
+                streaming(handler.unary_stream, admitted_then_read), deserializer, serializer
             )
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
