@@ -101,9 +101,11 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.CHANGES_PRUNED: "the change feed was pruned past the position to resume from; read the current "
     "state with ListTransfers and ListLedgerEntries, then watch from the position the refusal names",
     ResponseCode.TOO_MANY_WATCHES: "the gateway, or this caller, follows as many WatchChanges calls as it serves at "
-    "once (64, and 16 per caller); close one, or call again later",
+    "once (64, 16 per caller, and the last 16 kept for operators and administrators); close one, or call again "
+    "later",
     ResponseCode.TOO_MANY_MAPPINGS: "the gateway, or this caller, has as many mapping calls in hand as it takes at "
-    "once (16, and 4 per caller): they are mapped one at a time; wait for one to end, or call again later",
+    "once (16, 4 per caller, and the last 4 kept for operators and administrators): they are mapped one at a time; "
+    "wait for one to end, or call again later",
 }
 
 

@@ -103,6 +103,13 @@ def caller_name() -> str:
     return caller.name if caller is not None else LOOPBACK_CALLER
 
 
+def caller_may_take_kept_places() -> bool:
+    """Whether the caller of this call may take the places kept for those who change the books (operators and
+    administrators; calls made in-process count as the loopback administrator), or stops short of them."""
+    caller = current_caller()
+    return caller is None or caller.role.allows(Role.OPERATOR)
+
+
 def required_role(method: str) -> Role | None:
     """The least role ``method`` needs; None when it needs no credentials at all.
 

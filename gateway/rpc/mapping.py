@@ -28,7 +28,7 @@ from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.mapping import RecordRejected
 from gateway.domain.places import Places, PlacesFull
-from gateway.rpc.auth import caller_name
+from gateway.rpc.auth import caller_may_take_kept_places, caller_name
 from gateway.rpc.errors import abort_unexpected, abort_with, refusals_as_status
 
 Context = grpc.aio.ServicerContext
@@ -103,6 +103,8 @@ MAX_MAPPINGS = 16
 """Mapping calls the gateway has in hand at once, mapping or waiting their turn (each holds its request)."""
 MAX_MAPPINGS_PER_CALLER = 4
 """Of those, the calls one caller may have."""
+KEPT_MAPPINGS = 4
+"""Of `MAX_MAPPINGS`, the places read-only callers leave to operators and administrators."""
 
 
 class MappingWorker:
@@ -115,8 +117,13 @@ class MappingWorker:
     a batch nobody waits for any more.
     """
 
-    def __init__(self, max_calls: int = MAX_MAPPINGS, max_calls_per_caller: int = MAX_MAPPINGS_PER_CALLER) -> None:
-        self.places = Places(max_calls, max_calls_per_caller)
+    def __init__(
+        self,
+        max_calls: int = MAX_MAPPINGS,
+        max_calls_per_caller: int = MAX_MAPPINGS_PER_CALLER,
+        kept_calls: int = KEPT_MAPPINGS,
+    ) -> None:
+        self.places = Places(max_calls, max_calls_per_caller, kept_calls)
         self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self._served: dict[str, int] = {}
         """Each caller's last turn, by number."""
@@ -126,19 +133,28 @@ class MappingWorker:
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
         """Hold one of the places of the current caller for the length of a call; `TOO_MANY_MAPPINGS` when
-        the gateway's places, or the caller's, are all held."""
+        the gateway's places, or the caller's, are all held, or only those kept for operators and administrators
+        are left and the caller is read-only."""
         caller = caller_name()
         try:
-            self.places.take(caller)
+            self.places.take(caller, may_take_kept=caller_may_take_kept_places())
         except PlacesFull as full:
-            raise GatewayError(
-                ResponseCode.TOO_MANY_MAPPINGS,
-                f"this caller has {full.held} mapping calls in hand already, the most one caller may: wait for one"
-                " to end, or call again later"
-                if full.by_holder
-                else f"{full.held} mapping calls are in hand already, the most this gateway takes at once: call"
-                " again later",
-            ) from None
+            if full.by_holder:
+                message = (
+                    f"this caller has {full.held} mapping calls in hand already, the most one caller may: wait for"
+                    " one to end, or call again later"
+                )
+            elif full.kept:
+                message = (
+                    f"{full.held} mapping calls are in hand already; the places left are kept for operators and"
+                    " administrators: call again later"
+                )
+            else:
+                message = (
+                    f"{full.held} mapping calls are in hand already, the most this gateway takes at once: call"
+                    " again later"
+                )
+            raise GatewayError(ResponseCode.TOO_MANY_MAPPINGS, message) from None
         try:
             yield
         finally:

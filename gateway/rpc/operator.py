@@ -21,7 +21,7 @@ from gateway.domain.records import COOPERATIVE_APPROACH_PATTERN, PARTY_PATTERN, 
 from gateway.domain.transfer import Transfer
 from gateway.partners import TRANSFER_ROLE
 from gateway.rpc import paging
-from gateway.rpc.auth import caller_name
+from gateway.rpc.auth import caller_may_take_kept_places, caller_name
 from gateway.rpc.errors import abort_unexpected, abort_with, refusals_as_status
 from gateway.service import (
     BlockSelection,
@@ -651,7 +651,13 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         # before the first change: the position is checked before anything is sent.
         try:
             kinds = change_kinds(request.kinds)
-            following = self.changes.follow(request.after_position, kinds, request.after_digest, caller=caller_name())
+            following = self.changes.follow(
+                request.after_position,
+                kinds,
+                request.after_digest,
+                caller=caller_name(),
+                may_take_kept=caller_may_take_kept_places(),
+            )
             # Closed when the call ends however it ends (a cancelled call stops at the `yield`, not inside).
             async with aclosing(following) as changes:
                 async for change in changes:

@@ -29,6 +29,9 @@ caller opening streams without end would otherwise turn every commit into that m
 MAX_WATCHERS_PER_CALLER = 16
 """The most of them one caller may hold: a caller that opens watches and never reads them cannot take every
 place and shut out the registry of record."""
+KEPT_WATCHERS = 16
+"""Of `MAX_WATCHERS`, the places read-only callers leave to operators and administrators (the registry of
+record following the gateway): several read-only callers together cannot shut it out either."""
 
 
 class FeedClosed(Exception):
@@ -46,11 +49,12 @@ class ChangeFeed:
         poll_seconds: float = POLL_SECONDS,
         max_watchers: int = MAX_WATCHERS,
         max_watchers_per_caller: int = MAX_WATCHERS_PER_CALLER,
+        kept_watchers: int = KEPT_WATCHERS,
     ) -> None:
         self.store = store
         self.batch = batch
         self.poll_seconds = poll_seconds
-        self.places = Places(max_watchers, max_watchers_per_caller)
+        self.places = Places(max_watchers, max_watchers_per_caller, kept_watchers)
         self._closed = False
 
     @property
@@ -82,26 +86,36 @@ class ChangeFeed:
         self.store.commits.notify()
 
     async def follow(
-        self, after: int, kinds: Sequence[ChangeKind] = (), after_digest: bytes = b"", *, caller: str = ""
+        self,
+        after: int,
+        kinds: Sequence[ChangeKind] = (),
+        after_digest: bytes = b"",
+        *,
+        caller: str = "",
+        may_take_kept: bool = True,
     ) -> AsyncGenerator[Change, None]:
         """The changes after position ``after`` (of ``kinds`` only, when given), then each new one, for ever.
 
         A position below 0 or beyond the latest is refused before anything is returned, and so is a digest
         that is not the one of the change at ``after`` (the database was restored, or is another gateway's).
-        A watch beyond `max_watchers`, or beyond `max_watchers_per_caller` of ``caller``, is refused with
-        ``TOO_MANY_WATCHES``.
+        A watch beyond `max_watchers`, beyond `max_watchers_per_caller` of ``caller``, or into the places kept
+        for callers who may take them (``may_take_kept`` False), is refused with ``TOO_MANY_WATCHES``.
         """
         try:
-            self.places.take(caller)
+            self.places.take(caller, may_take_kept=may_take_kept)
         except PlacesFull as full:
-            raise GatewayError(
-                ResponseCode.TOO_MANY_WATCHES,
-                f"this caller follows {full.held} watches already, the most one caller may: close one, or call again"
-                " later"
-                if full.by_holder
-                else f"{full.held} watches follow this gateway's changes already, the most it serves at once: close"
-                " one, or call again later",
-            ) from None
+            if full.by_holder:
+                message = f"this caller follows {full.held} watches already, the most one caller may: close one"
+            elif full.kept:
+                message = (
+                    f"{full.held} watches follow this gateway's changes already; the places left are kept for"
+                    " operators and administrators: close one"
+                )
+            else:
+                message = (
+                    f"{full.held} watches follow this gateway's changes already, the most it serves at once: close one"
+                )
+            raise GatewayError(ResponseCode.TOO_MANY_WATCHES, f"{message}, or call again later") from None
         try:
             async with contextlib.aclosing(self._follow(after, kinds, after_digest)) as changes:
                 async for change in changes:

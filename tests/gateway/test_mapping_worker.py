@@ -17,7 +17,7 @@ def _as(name: str) -> None:
 
 
 def test_a_caller_holds_its_places_and_the_gateway_at_most_its_own() -> None:
-    worker = MappingWorker(max_calls=3, max_calls_per_caller=2)
+    worker = MappingWorker(max_calls=3, max_calls_per_caller=2, kept_calls=0)
     try:
         with contextlib.ExitStack() as held:
             for name in ("a", "a"):
@@ -37,6 +37,36 @@ def test_a_caller_holds_its_places_and_the_gateway_at_most_its_own() -> None:
         _as("a")
         with worker.admitted(), worker.admitted():  # every place was given back
             pass
+    finally:
+        auth._current_caller.set(None)
+
+
+def test_read_only_callers_leave_the_kept_places_to_operators_and_administrators() -> None:
+    worker = MappingWorker(max_calls=4, max_calls_per_caller=2, kept_calls=1)
+    try:
+        with contextlib.ExitStack() as held:
+            for name in ("a", "a", "b"):
+                _as(name)
+                held.enter_context(worker.admitted())
+            _as("c")
+            with pytest.raises(GatewayError) as refused:
+                held.enter_context(worker.admitted())
+            assert refused.value.code is ResponseCode.TOO_MANY_MAPPINGS
+            assert "the places left are kept for operators and administrators" in refused.value.message
+            auth._current_caller.set(Caller(name="clerk", role=Role.OPERATOR))
+            held.enter_context(worker.admitted())
+            auth._current_caller.set(Caller(name="admin", role=Role.ADMINISTRATOR))
+            with pytest.raises(GatewayError) as refused:
+                held.enter_context(worker.admitted())
+            assert refused.value.message.startswith("4 mapping calls are in hand already, the most this gateway")
+        # In-process calls (no caller) count as the loopback administrator: they may take the kept place.
+        auth._current_caller.set(None)
+        with contextlib.ExitStack() as held:
+            for name in ("a", "b", "c"):
+                _as(name)
+                held.enter_context(worker.admitted())
+            auth._current_caller.set(None)
+            held.enter_context(worker.admitted())
     finally:
         auth._current_caller.set(None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import uuid
@@ -18,6 +19,7 @@ from gateway.domain.statements import GENESIS_HASH, ChannelState, Header
 from gateway.node import GatewayNode
 from gateway.rpc.errors import read_error_detail
 from gateway.rpc.partner import DELIVER_METHOD
+from gateway.usecases.watching import ChangeFeed
 from signing import Envelope, Signer, sign_envelope
 
 
@@ -203,3 +205,12 @@ async def settle(*nodes: GatewayNode, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("outboxes did not drain")
         await asyncio.sleep(0.005)
+
+
+async def watches_reach(feed: ChangeFeed, count: int) -> None:
+    """Wait, four seconds at most, until ``feed`` follows ``count`` watches; fail if it does not."""
+    for _ in range(200):
+        if feed.watchers == count:
+            return
+        await asyncio.sleep(0.02)
+    assert feed.watchers == count

@@ -19,7 +19,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from carbon_gateway.v1 import mapping_pb2, operator_pb2, records_pb2
+from carbon_gateway.v1 import mapping_pb2, operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.cli import main
 from gateway.config import OperatorTLSConfig, TLSConfig
 from gateway.domain.access import OperatorCaller, Role
@@ -32,6 +32,7 @@ from gateway.rpc.errors import read_error_detail
 from gateway.store.sqlite import SQLiteStore
 from gateway.tls import create_ca, issue_certificate
 from signing import generate_key, signer_from_uri
+from tests.integration.harness import watches_reach
 from tests.processes import free_port
 from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _keys
 
@@ -347,6 +348,36 @@ async def test_an_admitted_call_that_sends_no_request_is_malformed(gateways: Gat
         detail = read_error_detail(await call.trailing_metadata())
     assert code == grpc.StatusCode.INVALID_ARGUMENT and detail is not None
     assert int(detail.code) == int(ResponseCode.MALFORMED_PAYLOAD) and method in detail.message
+
+
+@pytest.mark.asyncio
+async def test_read_only_callers_leave_the_kept_watches_to_operators(gateways: Gateways) -> None:
+    feed = gateways.tls.changes
+    feed.max_watchers, feed.places.kept = 3, 1
+    calls: list[grpc.aio.UnaryStreamCall[operator_pb2.WatchChangesRequest, operator_pb2.Change]] = []
+
+    async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+
+        def watch(role: Role) -> grpc.aio.UnaryStreamCall[operator_pb2.WatchChangesRequest, operator_pb2.Change]:
+            call = stub.WatchChanges(operator_pb2.WatchChangesRequest(), metadata=_metadata(TOKENS[role]), timeout=30)
+            calls.append(call)
+            return call
+
+        try:
+            watch(Role.READ_ONLY)
+            watch(Role.READ_ONLY)
+            await watches_reach(feed, 2)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await watch(Role.READ_ONLY).read()
+            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "kept for operators and administrators" in (refused.value.details() or "")
+            # The operator (the registry of record) still gets the kept place.
+            watch(Role.OPERATOR)
+            await watches_reach(feed, 3)
+        finally:
+            for call in calls:
+                call.cancel()
 
 
 @pytest.mark.asyncio

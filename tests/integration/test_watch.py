@@ -25,7 +25,14 @@ from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.node import GatewayNode
 from gateway.rpc.errors import read_error_detail
 from gateway.store import open_store
-from tests.integration.harness import operator, proposal_request, settle, setup_accounts, transfer
+from tests.integration.harness import (
+    operator,
+    proposal_request,
+    settle,
+    setup_accounts,
+    transfer,
+    watches_reach,
+)
 
 if TYPE_CHECKING:
     Call = grpc.aio.UnaryStreamCall[operator_pb2.WatchChangesRequest, operator_pb2.Change]
@@ -403,28 +410,21 @@ async def test_one_caller_holds_at_most_its_share_of_the_watches(pair: Pair) -> 
         async for _ in feed.follow(0, caller=caller):
             pass
 
-    async def following(count: int) -> None:
-        for _ in range(100):
-            if feed.watchers == count:
-                return
-            await asyncio.sleep(0.02)
-        assert feed.watchers == count
-
     registry = [asyncio.create_task(consume("registry")) for _ in range(2)]
     others: list[asyncio.Task[None]] = []
     try:
-        await following(2)
+        await watches_reach(feed, 2)
         with pytest.raises(GatewayError) as caught:
             await consume("registry")
         assert caught.value.code is ResponseCode.TOO_MANY_WATCHES
         assert "this caller follows 2 watches already" in caught.value.message
         # Another caller has its own share; a watch that ends gives its place back.
         others.append(asyncio.create_task(consume("auditor")))
-        await following(3)
+        await watches_reach(feed, 3)
         registry[0].cancel()
-        await following(2)
+        await watches_reach(feed, 2)
         others.append(asyncio.create_task(consume("registry")))
-        await following(3)
+        await watches_reach(feed, 3)
     finally:
         for task in (*registry, *others):
             task.cancel()
