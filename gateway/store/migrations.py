@@ -630,6 +630,24 @@ MIGRATIONS = (
     ),
 )
 
+# Blocks superseded, sent away, used and cancelled stay in the table for good, and blocks_guarded holds the used
+# and cancelled ones. A page of one account's holdings (ListHoldings, any read-only caller) read every guarded
+# block of every account to find the account's few current ones. This index holds the current blocks alone, by
+# account, in the order of a page (SQLite appends the row ID, which is the block ID; PostgreSQL's names it). Only
+# this one: with a second, by serial space, a batched transfer of 1,000 blocks took about 9% longer; with this
+# alone, no change beyond the measurement's noise.
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        13,
+        "an index of each account's current holdings",
+        """
+        CREATE INDEX blocks_current ON blocks (account_id, unit_kind, issuing_registry, issuance, serial_start)
+            WHERE status IN ('held', 'reserved', 'pending')
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks

@@ -545,5 +545,13 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
         _description(12),
         ["CREATE INDEX outbox_state ON outbox (state, outbox_id)"],
     ),
+    (
+        13,
+        _description(13),
+        [
+            "CREATE INDEX blocks_current ON blocks (account_id, unit_kind, issuing_registry, issuance, serial_start,"
+            " block_id) WHERE status IN ('held', 'reserved', 'pending')",
+        ],
+    ),
 ]
 """(version, description, statements), in the order they are applied."""

@@ -631,6 +631,9 @@ synced."""
 _GUARDED = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)
 """The literal status list of the partial index ``blocks_guarded``; queries repeat it so the index applies."""
 
+_CURRENT = ", ".join(f"'{s.value}'" for s in CURRENT_STATUSES)
+"""The literal status list of the partial index ``blocks_current`` (migration 13)."""
+
 
 _WANTED = (
     "WITH q(i, lo, hi) AS (SELECT key, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?4))"
@@ -878,9 +881,12 @@ class SQLiteTransaction:
     ) -> list[StoredBlock]:
         values = [s.value for s in statuses]
         sql = f"SELECT * FROM blocks WHERE status IN ({_placeholders(values)})"
-        if set(statuses) <= set(GUARDED_STATUSES):
-            # The partial index's own condition, so that a page reads guarded blocks in order through it rather
-            # than every block ever split or sent away.
+        # The condition of a partial index that holds every block asked for, so that a page reads those blocks in
+        # order through it, rather than every block ever split or sent away (and, for one account, every block
+        # ever used or cancelled).
+        if account_id and set(statuses) <= set(CURRENT_STATUSES):
+            sql += f" AND status IN ({_CURRENT})"
+        elif set(statuses) <= set(GUARDED_STATUSES):
             sql += f" AND status IN ({_GUARDED})"
         params: list[Any] = list(values)
         if account_id:

@@ -943,11 +943,20 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
             await tx.insert_transfer(
                 dataclasses.replace(proposed, transfer_id=f"t-{i:05}", state=TransferState.COMPLETED)
             )
-        # Blocks split, and parts sent away, before the one still held.
+        # Blocks split, and parts sent away, before the one still held; and another account's used and cancelled.
+        await tx.insert_account(Account("retired", "Owner", AccountType.PROJECT_OWNER))
         await tx.insert_blocks(
             [
                 NewBlock(
                     block(10 * i + 1, 10 * i + 10), "acc", (BlockStatus.SUPERSEDED, BlockStatus.TRANSFERRED)[i % 2]
+                )
+                for i in range(history)
+            ]
+            + [
+                NewBlock(
+                    block(10**8 + 10 * i + 1, 10**8 + 10 * i + 10),
+                    "retired",
+                    (BlockStatus.USED, BlockStatus.CANCELLED)[i % 2],
                 )
                 for i in range(history)
             ]
