@@ -648,6 +648,22 @@ MIGRATIONS = (
     ),
 )
 
+# When a partner's receipt says it lacks statements, or asks for one again, the worker finds what it sent that
+# partner by sequence number: the digest of one, the highest sent, and every one from a number on, sent again.
+# Through outbox_lane each of these read every message ever delivered to the partner, inside the delivery's write
+# transaction, and a partner that keeps asking repeats them at each retry. Trust documents are left out, as the
+# queries leave them out (they are sealed with the largest sequence number, outside the channel's).
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        14,
+        "an index of the statements sent to each partner by sequence number",
+        """
+        CREATE INDEX outbox_sequence ON outbox (receiver, sequence) WHERE kind != 'trust'
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks

@@ -553,5 +553,10 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             " block_id) WHERE status IN ('held', 'reserved', 'pending')",
         ],
     ),
+    (
+        14,
+        _description(14),
+        ["CREATE INDEX outbox_sequence ON outbox (receiver, sequence) WHERE kind != 'trust'"],
+    ),
 ]
 """(version, description, statements), in the order they are applied."""

@@ -902,8 +902,14 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
     async def holdings(tx: Transaction) -> None:
         assert [b.block.start for b in await tx.list_blocks("acc", limit=10)] == [10**9]
 
+    async def resend(tx: Transaction) -> None:
+        # What a partner's receipt asking for statements again sets off.
+        assert await tx.highest_sequence_sent("GBR") >= 2
+        assert await tx.delivered_digest("GBR", 2) == b"digest"
+        assert await tx.requeue_from("GBR", 10**9, NOW) == 0
+
     # What the outbox worker, the sweep, the operator's listings and reconciliation's evidence ask each time.
-    looks = [heads, due, claim, dead_letters, pending, sweep, evidence, holdings]
+    looks = [heads, due, claim, dead_letters, pending, sweep, evidence, holdings, resend]
 
     async def read_by_each() -> dict[str, int]:
         read = {}
@@ -927,6 +933,10 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         await _log(tx, "pending-0", "t-open")
         await tx.insert_account(Account("acc", "Owner", AccountType.PROJECT_OWNER))
         await tx.insert_block(block(10**9, 10**9 + 9), account_id="acc", status=BlockStatus.HELD)
+        sent = await tx.enqueue(
+            receiver="GBR", message_id="sent", kind=OutboxKind.PROPOSAL, transfer_id="", body=b"", now=NOW
+        )
+        await tx.mark_delivered(sent, b"digest", NOW, sequence=2)
     young = await read_by_each()
     async with store.transaction() as tx:
         for i in range(history):
@@ -938,7 +948,7 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
                 body=b"",
                 now=NOW,
             )
-            await tx.mark_delivered(sent, b"", NOW)
+            await tx.mark_delivered(sent, b"", NOW, sequence=i + 10)
             await _log(tx, f"sent-{i}", f"t-{i:05}")
             await tx.insert_transfer(
                 dataclasses.replace(proposed, transfer_id=f"t-{i:05}", state=TransferState.COMPLETED)
