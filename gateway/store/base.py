@@ -654,6 +654,12 @@ class Transaction(Protocol):
         """The latest runs, newest first."""
         ...
 
+    async def running_reconciliations(
+        self, role: RunRole, last_step_before: dt.datetime, limit: int
+    ) -> list[ReconciliationRun]:
+        """Runs in ``role`` still running whose last step was at or before ``last_step_before``, oldest first."""
+        ...
+
     async def freeze(self, run_id: str, ranges: Sequence[tuple[SerialSpace, int, int]]) -> None:
         """Freeze units: no transfer, use or cancellation may move them until ``run_id`` is resolved."""
         ...

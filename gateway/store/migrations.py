@@ -664,6 +664,21 @@ MIGRATIONS = (
     ),
 )
 
+# Reconciliation runs stay for good, and a partner starts one here with each request naming a new run. The sweep
+# looked for stale runs every few seconds among the newest 1,000 of them (reading every run ever made and sorting
+# them), so a stale run older than those was never closed; the operator's listing read them all too.
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        15,
+        "indexes of the reconciliation runs by status and by start, newest first",
+        """
+        CREATE INDEX reconciliation_runs_status ON reconciliation_runs (status, role, updated_at);
+        CREATE INDEX reconciliation_runs_started ON reconciliation_runs (started_at DESC, run_id)
+        """,
+    ),
+)
+
 DATA_STEPS: dict[int, str] = {4: "known ranges", 5: "ties of acquired blocks"}
 """Versions whose migration also fills a table from existing rows, in code (`gateway.store.sqlite`): the
 ranges of known_ranges are merged so that they never overlap, which plain SQL does not do simply; and blocks

@@ -558,5 +558,13 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
         _description(14),
         ["CREATE INDEX outbox_sequence ON outbox (receiver, sequence) WHERE kind != 'trust'"],
     ),
+    (
+        15,
+        _description(15),
+        [
+            "CREATE INDEX reconciliation_runs_status ON reconciliation_runs (status, role, updated_at)",
+            "CREATE INDEX reconciliation_runs_started ON reconciliation_runs (started_at DESC, run_id)",
+        ],
+    ),
 ]
 """(version, description, statements), in the order they are applied."""

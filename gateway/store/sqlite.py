@@ -1661,9 +1661,24 @@ class SQLiteTransaction:
         return None if row is None else _run(row)
 
     async def list_reconciliations(self, partner: str = "", limit: int = 100) -> list[ReconciliationRun]:
+        # Two statements, each read through its index in order up to the limit: one "partner = ? or any" reads
+        # every run ever made and sorts them.
+        if partner:
+            rows = self._all(
+                "SELECT * FROM reconciliation_runs WHERE partner = ? ORDER BY started_at DESC, run_id LIMIT ?",
+                (partner, limit),
+            )
+        else:
+            rows = self._all("SELECT * FROM reconciliation_runs ORDER BY started_at DESC, run_id LIMIT ?", (limit,))
+        return [_run(r) for r in rows]
+
+    async def running_reconciliations(
+        self, role: RunRole, last_step_before: dt.datetime, limit: int
+    ) -> list[ReconciliationRun]:
         rows = self._all(
-            "SELECT * FROM reconciliation_runs WHERE (? = '' OR partner = ?) ORDER BY started_at DESC, run_id LIMIT ?",
-            (partner, partner, limit),
+            "SELECT * FROM reconciliation_runs WHERE status = ? AND role = ? AND updated_at <= ?"
+            " ORDER BY updated_at, run_id LIMIT ?",
+            (int(Status.RUNNING), role.value, codec.to_text(last_step_before), limit),
         )
         return [_run(r) for r in rows]
 

@@ -91,6 +91,9 @@ MAX_REQUESTS_PER_RUN = 500
 ABANDON_AFTER = dt.timedelta(hours=1)
 """A run the partner has not finished answering after this long gives way to a new one."""
 
+STALE_RUNS_AT_ONCE = 1000
+"""The most stale runs one sweep closes; the next sweep closes the rest."""
+
 PHASE_TOTALS = partner_pb2.RECONCILIATION_PHASE_TOTALS
 PHASE_BLOCKS = partner_pb2.RECONCILIATION_PHASE_BLOCKS
 PHASE_AUDIT = partner_pb2.RECONCILIATION_PHASE_AUDIT
@@ -238,12 +241,7 @@ class Reconciling(GatewayBase):
         side), twice `ABANDON_AFTER` after their last step; return them."""
         now = self.clock()
         async with self.store.read() as tx:
-            runs = await tx.list_reconciliations(limit=1000)
-        stale = [
-            r
-            for r in runs
-            if r.role is RunRole.RESPONDER and r.status is Status.RUNNING and now - r.updated_at >= 2 * ABANDON_AFTER
-        ]
+            stale = await tx.running_reconciliations(RunRole.RESPONDER, now - 2 * ABANDON_AFTER, STALE_RUNS_AT_ONCE)
         closed = []
         for run in stale:
             async with self.store.transaction() as tx:

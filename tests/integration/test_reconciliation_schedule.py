@@ -12,6 +12,7 @@ import pytest
 from gateway.demo import start_pair
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import Status
+from gateway.store.base import ReconciliationRun, RunRole
 from gateway.usecases.base import Idempotency
 from tests.integration.harness import setup_accounts, transfer
 
@@ -93,6 +94,12 @@ async def test_a_run_whose_requester_went_away_is_closed_on_the_responder(tmp_pa
             await asyncio.sleep(0.005)
         responder = pair.che.core.gateway
         assert (await responder.get_reconciliation(run.run_id)).status is Status.RUNNING
+        # More runs since, all finished: the stale one is not among the 1,000 newest, and is closed all the same.
+        async with pair.che.store.transaction() as tx:
+            for i in range(1200):
+                at = now[0] + dt.timedelta(seconds=i + 1)
+                later = ReconciliationRun(f"later-{i}", "CHN", RunRole.RESPONDER, Status.CONSISTENT, at, at, at)
+                await tx.insert_reconciliation(later)
         now[0] += dt.timedelta(hours=1)
         assert await responder.close_stale_runs() == []
         now[0] += dt.timedelta(hours=1)

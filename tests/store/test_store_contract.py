@@ -22,6 +22,7 @@ import pytest_asyncio
 from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.reconciliation import Status
 from gateway.domain.records import (
     Account,
     AccountType,
@@ -41,6 +42,8 @@ from gateway.store.base import (
     OutboxKind,
     OutboxState,
     PrunedChanges,
+    ReconciliationRun,
+    RunRole,
     SchemaTooNew,
     Store,
     StoreConflict,
@@ -858,6 +861,45 @@ async def _rows_read(store: Store, tx: Transaction, look: Callable[[Transaction]
     return steps[0]
 
 
+def _finished_run(run_id: str, at: dt.datetime) -> ReconciliationRun:
+    return ReconciliationRun(run_id, "CHE", RunRole.RESPONDER, Status.CONSISTENT, at, at, at)
+
+
+@pytest.mark.asyncio
+async def test_running_runs_are_found_by_role_and_last_step_oldest_first(store: Store) -> None:
+    def run(run_id: str, role: RunRole, status: Status, hours: int) -> ReconciliationRun:
+        at = NOW - dt.timedelta(hours=hours)
+        return ReconciliationRun(run_id, "CHE", role, status, at, at, at)
+
+    async with store.transaction() as tx:
+        for found in [
+            run("stale-2", RunRole.RESPONDER, Status.RUNNING, 2),
+            run("stale-5", RunRole.RESPONDER, Status.RUNNING, 5),
+            run("recent", RunRole.RESPONDER, Status.RUNNING, 0),
+            run("requester", RunRole.REQUESTER, Status.RUNNING, 5),
+            run("finished", RunRole.RESPONDER, Status.CONSISTENT, 5),
+        ]:
+            await tx.insert_reconciliation(found)
+    async with store.read() as tx:
+        before = NOW - dt.timedelta(hours=1)
+        assert [r.run_id for r in await tx.running_reconciliations(RunRole.RESPONDER, before, 10)] == [
+            "stale-5",
+            "stale-2",
+        ]
+        assert [r.run_id for r in await tx.running_reconciliations(RunRole.RESPONDER, before, 1)] == ["stale-5"]
+        assert [r.run_id for r in await tx.running_reconciliations(RunRole.REQUESTER, before, 10)] == ["requester"]
+        assert [r.run_id for r in await tx.list_reconciliations(limit=2)] == ["recent", "stale-2"]
+        # Newest first; runs started at the same instant in run ID order.
+        assert [r.run_id for r in await tx.list_reconciliations("CHE", limit=10)] == [
+            "recent",
+            "stale-2",
+            "finished",
+            "requester",
+            "stale-5",
+        ]
+        assert await tx.list_reconciliations("GBR") == []
+
+
 async def _log(tx: Transaction, message_id: str, transfer_id: str) -> None:
     await tx.append_log(
         direction="out",
@@ -902,6 +944,12 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
     async def holdings(tx: Transaction) -> None:
         assert [b.block.start for b in await tx.list_blocks("acc", limit=10)] == [10**9]
 
+    async def runs(tx: Transaction) -> None:
+        # What the sweep asks every few seconds, and the operator's listings.
+        assert await tx.running_reconciliations(RunRole.RESPONDER, NOW, 10) == []
+        assert len(await tx.list_reconciliations(limit=2)) == 2
+        assert len(await tx.list_reconciliations("CHE", limit=2)) == 2
+
     async def resend(tx: Transaction) -> None:
         # What a partner's receipt asking for statements again sets off.
         assert await tx.highest_sequence_sent("GBR") >= 2
@@ -909,7 +957,7 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         assert await tx.requeue_from("GBR", 10**9, NOW) == 0
 
     # What the outbox worker, the sweep, the operator's listings and reconciliation's evidence ask each time.
-    looks = [heads, due, claim, dead_letters, pending, sweep, evidence, holdings, resend]
+    looks = [heads, due, claim, dead_letters, pending, sweep, evidence, holdings, resend, runs]
 
     async def read_by_each() -> dict[str, int]:
         read = {}
@@ -937,6 +985,8 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
             receiver="GBR", message_id="sent", kind=OutboxKind.PROPOSAL, transfer_id="", body=b"", now=NOW
         )
         await tx.mark_delivered(sent, b"digest", NOW, sequence=2)
+        for i in range(2):
+            await tx.insert_reconciliation(_finished_run(f"run-{i}", NOW))
     young = await read_by_each()
     async with store.transaction() as tx:
         for i in range(history):
@@ -953,6 +1003,7 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
             await tx.insert_transfer(
                 dataclasses.replace(proposed, transfer_id=f"t-{i:05}", state=TransferState.COMPLETED)
             )
+            await tx.insert_reconciliation(_finished_run(f"old-run-{i}", NOW - dt.timedelta(days=1, seconds=i)))
         # Blocks split, and parts sent away, before the one still held; and another account's used and cancelled.
         await tx.insert_account(Account("retired", "Owner", AccountType.PROJECT_OWNER))
         await tx.insert_blocks(
