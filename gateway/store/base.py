@@ -547,7 +547,8 @@ class Transaction(Protocol):
         ...
 
     async def release_leases_of(self, owner: str) -> int:
-        """End every lease ``owner`` holds (its worker stopped); return how many there were."""
+        """End every lease ``owner`` holds (its worker stopped); return how many there were. Only messages still
+        to send hold leases: settling a message ends its lease in the same transaction."""
         ...
 
     async def trust_pending(self, receiver: str) -> bool:

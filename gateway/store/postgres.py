@@ -1195,7 +1195,7 @@ class PostgresTransaction:
 
     async def release_leases_of(self, owner: str) -> int:
         return await self._execute(
-            "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner = ?", (owner,)
+            "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE state = 'pending' AND lease_owner = ?", (owner,)
         )
 
     async def get_outbox(self, message_id: str) -> OutboxMessage | None:

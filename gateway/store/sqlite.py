@@ -243,7 +243,10 @@ class SQLiteStore:
             db.execute("PRAGMA busy_timeout=5000")
             migrate(db)
             # One process uses an SQLite file: leases a crashed run of this gateway held are nobody's now.
-            db.execute("UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner != ''")
+            # Pending messages only, through outbox_state: a settled message's lease ended with its settling.
+            db.execute(
+                "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE state = 'pending' AND lease_owner != ''"
+            )
             db.execute("BEGIN IMMEDIATE")
             for statement in AUTHORIZATION_USAGE_REBUILD:
                 db.execute(statement)
@@ -1366,7 +1369,7 @@ class SQLiteTransaction:
 
     async def release_leases_of(self, owner: str) -> int:
         cursor = self._db.execute(
-            "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE lease_owner = ?", (owner,)
+            "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE state = 'pending' AND lease_owner = ?", (owner,)
         )
         return cursor.rowcount
 

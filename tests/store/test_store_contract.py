@@ -929,6 +929,9 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
     async def claim(tx: Transaction) -> None:
         assert len(await tx.claim_lane_heads(NOW, 10, owner="replica-a", until=later)) == 2
 
+    async def stop(tx: Transaction) -> None:
+        assert await tx.release_leases_of("replica-stopped") == 0
+
     async def dead_letters(tx: Transaction) -> None:
         assert await tx.list_outbox("", (OutboxState.DEAD,)) == []
 
@@ -957,7 +960,7 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         assert await tx.requeue_from("GBR", 10**9, NOW) == 0
 
     # What the outbox worker, the sweep, the operator's listings and reconciliation's evidence ask each time.
-    looks = [heads, due, claim, dead_letters, pending, sweep, evidence, holdings, resend, runs]
+    looks = [heads, due, claim, stop, dead_letters, pending, sweep, evidence, holdings, resend, runs]
 
     async def read_by_each() -> dict[str, int]:
         read = {}
