@@ -702,8 +702,11 @@ class Transaction(Protocol):
         ...
 
     # the change feed (migration 7)
-    async def changes_after(self, position: int, limit: int, kinds: Sequence[ChangeKind] = ()) -> list[Change]:
-        """Up to ``limit`` changes after ``position``, in position order; only those of ``kinds`` when given."""
+    async def changes_after(
+        self, position: int, limit: int, kinds: Sequence[ChangeKind] = (), *, through: int | None = None
+    ) -> list[Change]:
+        """Up to ``limit`` changes after ``position``, in position order; only those of ``kinds`` when given, and
+        none past position ``through`` when given."""
         ...
 
     async def last_change_position(self) -> int:

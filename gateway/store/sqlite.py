@@ -1783,9 +1783,14 @@ class SQLiteTransaction:
 
     # the change feed
 
-    async def changes_after(self, position: int, limit: int, kinds: Sequence[ChangeKind] = ()) -> list[Change]:
+    async def changes_after(
+        self, position: int, limit: int, kinds: Sequence[ChangeKind] = (), *, through: int | None = None
+    ) -> list[Change]:
         sql = "SELECT position, kind, subject_id, body, recorded_at FROM changes WHERE position > ?"
         params: list[Any] = [position]
+        if through is not None:
+            sql += " AND position <= ?"
+            params.append(through)
         if kinds:
             sql += f" AND kind IN ({_placeholders(kinds)})"
             params.extend(k.value for k in kinds)

@@ -20,6 +20,10 @@ from gateway.store.base import Change, ChangeKind, Store
 
 BATCH = 256
 """Changes read per read transaction."""
+FILTERED_SPAN = 4096
+"""The most positions one read of a watch for some kinds of change looks through: a watch of a rare kind resumed
+far back reads the feed in spans, letting the process's other work run between them, instead of reading on to
+the end of the feed in one statement for want of enough changes of its kinds."""
 POLL_SECONDS = 1.0
 """The longest a watcher waits before reading again when no commit in this process woke it."""
 
@@ -46,6 +50,7 @@ class ChangeFeed:
         store: Store,
         *,
         batch: int = BATCH,
+        filtered_span: int = FILTERED_SPAN,
         poll_seconds: float = POLL_SECONDS,
         max_watchers: int = MAX_WATCHERS,
         max_watchers_per_caller: int = MAX_WATCHERS_PER_CALLER,
@@ -53,6 +58,7 @@ class ChangeFeed:
     ) -> None:
         self.store = store
         self.batch = batch
+        self.filtered_span = filtered_span
         self.poll_seconds = poll_seconds
         self.places = Places(max_watchers, max_watchers_per_caller, kept_watchers)
         self._closed = False
@@ -166,10 +172,12 @@ class ChangeFeed:
                 if self._closed:
                     raise FeedClosed
                 woken.clear()
+                through = position + self.filtered_span if kinds else None
                 async with self.store.read() as tx:
-                    batch = await tx.changes_after(position, self.batch, kinds)
-                    # Read in the same snapshot: every change up to it was in the batch or filtered out.
-                    seen = await tx.last_change_position() if len(batch) < self.batch else 0
+                    batch = await tx.changes_after(position, self.batch, kinds, through=through)
+                    # Read in the same snapshot: every change up to it (and up to ``through``) was in the batch or
+                    # filtered out.
+                    latest = await tx.last_change_position() if len(batch) < self.batch else 0
                     pruned_through = (await tx.changes_pruned()).through
                 if pruned_through > position:  # pruned while this watcher was behind: the batch may lack changes
                     raise _pruned(position, pruned_through)
@@ -178,7 +186,11 @@ class ChangeFeed:
                     position = change.position
                 if len(batch) == self.batch:
                     continue
+                seen = latest if through is None else min(latest, through)
                 position = max(position, seen)
+                if seen < latest:
+                    await asyncio.sleep(0)  # the next span at once, after the loop's other work
+                    continue
                 if self._closed:
                     raise FeedClosed
                 try:

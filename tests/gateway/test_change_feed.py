@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from gateway.domain.records import ActionType, AdjustmentMethod, LedgerEntry, Pu
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import Change, ChangeKind
 from gateway.store.migrations import MIGRATIONS
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite import SQLiteStore, SQLiteTransaction
 from gateway.usecases.watching import ChangeFeed, FeedClosed
 
 T0 = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
@@ -290,6 +291,56 @@ async def test_a_commit_wakes_a_waiting_watcher_without_waiting_for_the_poll(tmp
         feed.close()
         with pytest.raises(FeedClosed):
             await asyncio.wait_for(waiting, 10)
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_watch_of_some_kinds_reads_the_feed_in_spans_at_once_and_misses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await SQLiteStore.open(tmp_path / "g.db")
+    read: list[tuple[int, int | None]] = []
+    changes_after = SQLiteTransaction.changes_after
+
+    async def spied(
+        tx: SQLiteTransaction,
+        position: int,
+        limit: int,
+        kinds: Sequence[ChangeKind] = (),
+        *,
+        through: int | None = None,
+    ) -> list[Change]:
+        read.append((position, through))
+        return await changes_after(tx, position, limit, kinds, through=through)
+
+    monkeypatch.setattr(SQLiteTransaction, "changes_after", spied)
+    accepted = dataclasses.replace(TRANSFER, state=TransferState.ACCEPTED, updated_at=T0 + dt.timedelta(1))
+    try:
+        async with store.transaction() as tx:
+            await tx.append_ledger([dataclasses.replace(ENTRY, transfer_id=f"before-{i}") for i in range(40)])
+            await tx.insert_transfer(TRANSFER)
+            await tx.append_ledger([dataclasses.replace(ENTRY, transfer_id=f"after-{i}") for i in range(40)])
+            await tx.update_transfer(accepted)
+        # A poll that never comes: the spans are read one after another, not one per wake-up.
+        feed = ChangeFeed(store, filtered_span=7, poll_seconds=3600)
+        watched = feed.follow(0, [ChangeKind.TRANSFER])
+        first, second = [await asyncio.wait_for(anext(watched), 10) for _ in range(2)]
+        assert [(c.position, c.transfer) for c in (first, second)] == [(41, TRANSFER), (82, accepted)]
+        spans = [(position, through) for position, through in read if position > 0 or through is not None]
+        assert spans and all(through is not None and through - position <= 7 for position, through in spans)
+        assert len(spans) >= 82 // 7
+        # At the end of the feed, the watch waits for the next commit, and reads it.
+        waiting = asyncio.ensure_future(anext(watched))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        async with store.transaction() as tx:
+            await tx.append_ledger([ENTRY])
+            await tx.update_transfer(dataclasses.replace(accepted, state=TransferState.COMPLETED))
+        third = await asyncio.wait_for(waiting, 10)
+        assert third.position == 84 and third.transfer is not None
+        assert third.transfer.state is TransferState.COMPLETED
+        await watched.aclose()
     finally:
         await store.close()
 

@@ -467,6 +467,8 @@ async def test_the_change_feed_records_each_committed_write_in_order_and_nothing
         last = await tx.last_change_position()
         after_first = await tx.changes_after(changes[0].position, 100)
         only_one = await tx.changes_after(0, 1)
+        up_to_second = await tx.changes_after(0, 100, through=changes[1].position if len(changes) > 1 else 0)
+        none_of_the_kind = await tx.changes_after(0, 100, [ChangeKind.TRANSFER], through=last)
     assert [(c.kind, c.entry.block.start if c.entry else None) for c in changes] == [
         (ChangeKind.LEDGER_ENTRY, 1),
         (ChangeKind.LEDGER_ENTRY, 21),
@@ -475,6 +477,7 @@ async def test_the_change_feed_records_each_committed_write_in_order_and_nothing
     positions = [c.position for c in changes]
     assert positions == sorted(set(positions)) and last == positions[-1]
     assert after_first == changes[1:] and only_one == changes[:1]
+    assert up_to_second == changes[:2] and none_of_the_kind == []
     assert len({c.digest for c in changes}) == 3
 
 
