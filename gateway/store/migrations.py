@@ -526,7 +526,18 @@ AUTHORIZATION_USAGE_FILL = (
 (`AUTHORIZATION_USAGE_REBUILD`), so that a repair made by hand (which may bypass the triggers: ``TRUNCATE``,
 ``INSERT OR REPLACE``, a session with triggers off) is undone by the next start."""
 
-AUTHORIZATION_USAGE_REBUILD = ("DELETE FROM authorization_usage", AUTHORIZATION_USAGE_FILL)
+AUTHORIZATION_TIE_TOTALS_FILL = (
+    "INSERT INTO authorization_tie_totals"
+    " SELECT authorization_id, SUM(quantity) FROM authorization_ties GROUP BY authorization_id"
+)
+"""Fills ``authorization_tie_totals`` from the ties: in migration 16, and at every start, as the usage above."""
+
+AUTHORIZATION_USAGE_REBUILD = (
+    "DELETE FROM authorization_usage",
+    AUTHORIZATION_USAGE_FILL,
+    "DELETE FROM authorization_tie_totals",
+    AUTHORIZATION_TIE_TOTALS_FILL,
+)
 
 # The first-transferred quantity each authorization has used, kept by triggers in the transaction of every
 # change to an initiating transfer: a proposal checks its authorization with one row, where a sum over every
@@ -675,6 +686,43 @@ MIGRATIONS = (
         """
         CREATE INDEX reconciliation_runs_status ON reconciliation_runs (status, role, updated_at);
         CREATE INDEX reconciliation_runs_started ON reconciliation_runs (started_at DESC, run_id)
+        """,
+    ),
+)
+
+# Every proposal checks its authorization's first-transferred quantity: the transfers' part is one row (migration
+# 9), but the ties' part summed every tie ever made under the authorization (each issuance registered under it,
+# each use that tied units), so a proposal took longer as the authorization aged. Triggers keep the sum per
+# authorization in the transaction of each tie, as they keep the transfers' part; a tie added or removed by hand
+# is counted too, and a repair that bypasses the triggers is undone at the next start.
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        16,
+        "the quantity tied to each authorization, kept by triggers as ties are added",
+        f"""
+        CREATE TABLE authorization_tie_totals (
+            authorization_id TEXT PRIMARY KEY,
+            quantity BIGINT NOT NULL
+        );
+        {AUTHORIZATION_TIE_TOTALS_FILL};
+        CREATE TRIGGER authorization_tie_totals_insert AFTER INSERT ON authorization_ties
+            BEGIN
+                INSERT INTO authorization_tie_totals VALUES (NEW.authorization_id, NEW.quantity)
+                    ON CONFLICT (authorization_id) DO UPDATE SET quantity = quantity + excluded.quantity;
+            END;
+        CREATE TRIGGER authorization_tie_totals_update AFTER UPDATE ON authorization_ties
+            BEGIN
+                UPDATE authorization_tie_totals SET quantity = quantity - OLD.quantity
+                    WHERE authorization_id = OLD.authorization_id;
+                INSERT INTO authorization_tie_totals VALUES (NEW.authorization_id, NEW.quantity)
+                    ON CONFLICT (authorization_id) DO UPDATE SET quantity = quantity + excluded.quantity;
+            END;
+        CREATE TRIGGER authorization_tie_totals_delete AFTER DELETE ON authorization_ties
+            BEGIN
+                UPDATE authorization_tie_totals SET quantity = quantity - OLD.quantity
+                    WHERE authorization_id = OLD.authorization_id;
+            END
         """,
     ),
 )

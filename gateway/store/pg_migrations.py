@@ -19,7 +19,12 @@ Each script is a list of statements run in one transaction with the row in ``sch
 
 from __future__ import annotations
 
-from gateway.store.migrations import AUTHORIZATION_USAGE_FILL, AUTHORIZATION_USAGE_STATES, LEDGER_COLUMNS
+from gateway.store.migrations import (
+    AUTHORIZATION_TIE_TOTALS_FILL,
+    AUTHORIZATION_USAGE_FILL,
+    AUTHORIZATION_USAGE_STATES,
+    LEDGER_COLUMNS,
+)
 from gateway.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 T = 'TEXT COLLATE "C"'
@@ -564,6 +569,32 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
         [
             "CREATE INDEX reconciliation_runs_status ON reconciliation_runs (status, role, updated_at)",
             "CREATE INDEX reconciliation_runs_started ON reconciliation_runs (started_at DESC, run_id)",
+        ],
+    ),
+    (
+        16,
+        _description(16),
+        [
+            # As in version 9: writers of a replica still at version 15 wait until the trigger exists.
+            f"SELECT pg_advisory_xact_lock({WRITE_LOCK})",
+            f"CREATE TABLE authorization_tie_totals (authorization_id {T} PRIMARY KEY, quantity BIGINT NOT NULL)",
+            AUTHORIZATION_TIE_TOTALS_FILL,
+            f"""CREATE FUNCTION authorization_tie_totals_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    PERFORM pg_advisory_xact_lock({WRITE_LOCK});
+                    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                        UPDATE authorization_tie_totals SET quantity = quantity - OLD.quantity
+                            WHERE authorization_id = OLD.authorization_id;
+                    END IF;
+                    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                        INSERT INTO authorization_tie_totals VALUES (NEW.authorization_id, NEW.quantity)
+                            ON CONFLICT (authorization_id) DO UPDATE
+                            SET quantity = authorization_tie_totals.quantity + excluded.quantity;
+                    END IF;
+                    RETURN NULL;
+                END $$""",
+            "CREATE TRIGGER authorization_tie_totals_follow AFTER INSERT OR UPDATE OR DELETE ON authorization_ties"
+            " FOR EACH ROW EXECUTE FUNCTION authorization_tie_totals_follow()",
         ],
     ),
 ]

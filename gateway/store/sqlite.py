@@ -757,10 +757,9 @@ class SQLiteTransaction:
             "SELECT first_quantity FROM authorization_usage WHERE authorization_id = ?", (authorization_id,)
         )
         ties = self._one(
-            "SELECT COALESCE(SUM(quantity), 0) FROM authorization_ties WHERE authorization_id = ?", (authorization_id,)
+            "SELECT quantity FROM authorization_tie_totals WHERE authorization_id = ?", (authorization_id,)
         )
-        assert ties is not None
-        return (0 if row is None else int(row[0])) + int(ties[0])
+        return (0 if row is None else int(row[0])) + (0 if ties is None else int(ties[0]))
 
     # blocks
 

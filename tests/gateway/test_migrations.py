@@ -153,8 +153,42 @@ def test_migration_9_fills_the_used_quantities_and_its_triggers_keep_them_equal_
         assert _kept(db) == _summed(db), f"after step {step}"
 
 
+def test_migration_16_fills_the_tied_quantities_and_its_triggers_keep_them_equal_to_the_sum(tmp_path: Path) -> None:
+    db = _at_version(tmp_path / "old.db", 15)
+    insert = "INSERT INTO authorization_ties VALUES (?, ?, ?, '2026-01-01T00:00:00.000000Z')"
+    rng = random.Random(16)
+    authorizations = ["A1", "A2", "A3"]
+
+    def summed() -> dict[str, int]:
+        rows = db.execute("SELECT authorization_id, SUM(quantity) FROM authorization_ties GROUP BY authorization_id")
+        return {row[0]: row[1] for row in rows if row[1]}
+
+    def kept() -> dict[str, int]:
+        return {row[0]: row[1] for row in db.execute("SELECT * FROM authorization_tie_totals") if row[1]}
+
+    for i in range(40):
+        db.execute(insert, (rng.choice(authorizations), f"old{i}", rng.randint(1, 99)))
+    assert store_sqlite.migrate(db) >= 16
+    assert kept() == summed()
+    for step in range(300):
+        action = rng.random()
+        actions = [row[0] for row in db.execute("SELECT action_id FROM authorization_ties ORDER BY action_id")]
+        if action < 0.4 or not actions:
+            db.execute(insert, (rng.choice(authorizations), f"new{step}", rng.randint(1, 99)))
+        elif action < 0.8:
+            db.execute(
+                "UPDATE authorization_ties SET quantity = ?, authorization_id = ? WHERE action_id = ?",
+                (rng.randint(1, 99), rng.choice(authorizations), rng.choice(actions)),
+            )
+        else:
+            db.execute("DELETE FROM authorization_ties WHERE action_id = ?", (rng.choice(actions),))
+        assert kept() == summed(), f"after step {step}"
+
+
 @pytest.mark.asyncio
-async def test_used_quantities_a_hand_made_repair_put_out_of_step_are_rebuilt_at_the_next_start(tmp_path: Path) -> None:
+async def test_used_and_tied_quantities_a_hand_made_repair_put_out_of_step_are_rebuilt_at_the_next_start(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "gateway.db"
     store = await SQLiteStore.open(path)
     await store.close()
@@ -167,12 +201,17 @@ async def test_used_quantities_a_hand_made_repair_put_out_of_step_are_rebuilt_at
     db.execute(insert, ("t1", "A1", 7))
     db.execute(insert, ("t1", "A2", 4))  # a REPLACE deletes t1 without its delete trigger: A1 keeps its 7
     assert _kept(db) != _summed(db)
+    # The tied quantities too: a repair that rewrote a total (or, on PostgreSQL, a TRUNCATE of the ties).
+    db.execute("INSERT INTO authorization_ties VALUES ('A2', 'issued', 5, '2026-01-01T00:00:00.000000Z')")
+    db.execute("UPDATE authorization_tie_totals SET quantity = 1000 WHERE authorization_id = 'A2'")
+    db.execute("INSERT INTO authorization_tie_totals VALUES ('A3', 50)")
     db.close()
     store = await SQLiteStore.open(path)
     try:
         async with store.read() as tx:
             assert await tx.first_transfer_quantity_used("A1") == 0
-            assert await tx.first_transfer_quantity_used("A2") == 4
+            assert await tx.first_transfer_quantity_used("A2") == 4 + 5
+            assert await tx.first_transfer_quantity_used("A3") == 0
     finally:
         await store.close()
 

@@ -837,7 +837,7 @@ async def test_pruning_removes_the_oldest_changes_a_chunk_at_a_time_and_position
 
 
 async def _rows_read(store: Store, tx: Transaction, look: Callable[[Transaction], Awaitable[object]]) -> int:
-    """How much of the outbox, transfer, message log and block tables ``look`` reads: on PostgreSQL the rows and index
+    """How much ``look`` reads of the tables the gateway looks up again and again: on PostgreSQL the rows and index
     entries its scans returned (the transaction's own statistics), on SQLite its virtual machine's steps, in
     hundreds."""
     if isinstance(store, PostgresStore):
@@ -845,7 +845,8 @@ async def _rows_read(store: Store, tx: Transaction, look: Callable[[Transaction]
             "SELECT COALESCE(SUM(pg_stat_get_xact_tuples_returned(oid) + pg_stat_get_xact_tuples_fetched(oid)), 0)"
             " FROM pg_class WHERE oid IN (SELECT unnest(ARRAY[indrelid, indexrelid]) FROM pg_index"
             " WHERE indrelid IN ('outbox'::regclass, 'transfers'::regclass, 'transfer_terms'::regclass,"
-            " 'message_log'::regclass, 'blocks'::regclass))"
+            " 'message_log'::regclass, 'blocks'::regclass, 'reconciliation_runs'::regclass,"
+            " 'authorization_ties'::regclass, 'authorization_tie_totals'::regclass))"
         )
         before = int(await tx._db.fetchval(counted))  # type: ignore[attr-defined]
         await look(tx)
@@ -956,6 +957,10 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         assert len(await tx.list_reconciliations(limit=2)) == 2
         assert len(await tx.list_reconciliations("CHE", limit=2)) == 2
 
+    async def proposal(tx: Transaction) -> None:
+        # What every proposal asks of its authorization.
+        assert await tx.first_transfer_quantity_used("A-tied") == 10 + 10 * tied
+
     async def resend(tx: Transaction) -> None:
         # What a partner's receipt asking for statements again sets off.
         assert await tx.highest_sequence_sent("GBR") >= 2
@@ -963,7 +968,7 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         assert await tx.requeue_from("GBR", 10**9, NOW) == 0
 
     # What the outbox worker, the sweep, the operator's listings and reconciliation's evidence ask each time.
-    looks = [heads, due, claim, stop, dead_letters, pending, sweep, evidence, holdings, resend, runs]
+    looks = [heads, due, claim, stop, dead_letters, pending, sweep, evidence, holdings, resend, runs, proposal]
 
     async def read_by_each() -> dict[str, int]:
         read = {}
@@ -993,6 +998,8 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         await tx.mark_delivered(sent, b"digest", NOW, sequence=2)
         for i in range(2):
             await tx.insert_reconciliation(_finished_run(f"run-{i}", NOW))
+        await tx.add_authorization_tie("A-tied", "issued-first", 10, NOW)
+    tied = 0
     young = await read_by_each()
     async with store.transaction() as tx:
         for i in range(history):
@@ -1010,6 +1017,8 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
                 dataclasses.replace(proposed, transfer_id=f"t-{i:05}", state=TransferState.COMPLETED)
             )
             await tx.insert_reconciliation(_finished_run(f"old-run-{i}", NOW - dt.timedelta(days=1, seconds=i)))
+            await tx.add_authorization_tie("A-tied", f"issued-{i}", 10, NOW)
+        tied = history
         # Blocks split, and parts sent away, before the one still held; and another account's used and cancelled.
         await tx.insert_account(Account("retired", "Owner", AccountType.PROJECT_OWNER))
         await tx.insert_blocks(
