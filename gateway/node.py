@@ -693,7 +693,7 @@ def _signer(uri: str, name: str) -> Signer:
 
 async def _open_store(location: Path | str) -> Store:
     if is_url(location):
-        from gateway.store.postgres import DatabaseUnavailable, redact
+        from gateway.store.postgres import NOT_TRANSIENT, TRANSIENT_ERRORS, DatabaseUnavailable, redact
 
         try:
             return await open_store(location)
@@ -703,7 +703,16 @@ async def _open_store(location: Path | str) -> Store:
             raise ConfigError(f"database: cannot use {exc}") from None
         except (UnsupportedDatabase, SchemaTooNew) as exc:
             raise ConfigError(f"database: {exc}") from None
-        except Exception as exc:  # a failed migration: another program's tables, missing privileges
+        except Exception as exc:
+            if isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, NOT_TRANSIENT):
+                # A lock wait that ran out (another replica migrating, or holding the write lock a long time), a
+                # connection lost: the database is this gateway's, and a later start goes on where this one
+                # stopped.
+                raise ConfigError(
+                    f"database: {redact(str(location))} could not be prepared now ({type(exc).__name__}: {exc});"
+                    " another replica may be migrating it or holding its write lock: start this one again later"
+                ) from None
+            # A failed migration: another program's tables, missing privileges.
             raise ConfigError(
                 f"database: {redact(str(location))} cannot be used as this gateway's database"
                 f" ({type(exc).__name__}: {exc}); name a database of its own"

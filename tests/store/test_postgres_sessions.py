@@ -11,7 +11,10 @@ import time
 import asyncpg
 import pytest
 
+from gateway.config import ConfigError
+from gateway.node import _open_store
 from gateway.store import postgres as pg
+from gateway.store.pg_migrations import WRITE_LOCK
 from gateway.store.postgres import PostgresStore
 from tests import postgres
 
@@ -75,4 +78,29 @@ async def test_a_value_the_driver_cannot_encode_is_a_bug_not_a_failure_to_retry(
         assert store.is_transient(ConnectionResetError("the server went away"))
     finally:
         await store.close()
+        await postgres.drop_databases(admin, [url])
+
+
+@pytest.mark.asyncio
+async def test_a_replica_that_cannot_take_the_write_lock_at_start_is_told_to_start_again_not_to_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another replica holds the write lock (a migration, a long transaction): the start runs out of time waiting.
+    # The database is this gateway's; the refusal says to start again, not to name another database.
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "locked")
+    await (await PostgresStore.open(url)).close()
+    monkeypatch.setattr(pg, "LOCK_TIMEOUT", "1s")
+    holder = await asyncpg.connect(url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", WRITE_LOCK)
+        with pytest.raises(ConfigError) as refused:
+            await _open_store(url)
+        message = str(refused.value)
+        assert "start this one again later" in message and "name a database of its own" not in message
+        assert "LockNotAvailableError" in message
+        await holder.execute("SELECT pg_advisory_unlock($1)", WRITE_LOCK)
+        await (await _open_store(url)).close()  # the lock released, the same database starts
+    finally:
+        await holder.close()
         await postgres.drop_databases(admin, [url])
