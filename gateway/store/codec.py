@@ -22,8 +22,18 @@ from gateway.domain.records import (
     Purpose,
     TransferTerms,
 )
-from gateway.domain.transfer import Transfer, TransferRole, TransferState
-from gateway.store.base import BlockPosition, Change, ChangeKind, NewBlock, StoredBlock, change_digest
+from gateway.domain.transfer import OPEN_STATES, Transfer, TransferRole, TransferState
+from gateway.store.base import (
+    CURRENT_STATUSES,
+    GUARDED_STATUSES,
+    BlockPosition,
+    BlockStatus,
+    Change,
+    ChangeKind,
+    NewBlock,
+    StoredBlock,
+    change_digest,
+)
 from gateway.store.migrations import LEDGER_COLUMNS
 
 
@@ -436,6 +446,28 @@ def from_text(text: str) -> dt.datetime:
 TRANSFERS = "SELECT t.*, k.terms AS kept_terms FROM transfers t LEFT JOIN transfer_terms k USING (transfer_id)"
 """Transfer rows with their terms kept apart (store migration 10), for `transfer_from_row`; a WHERE clause may
 follow, naming the row's columns with ``t.``."""
+
+GUARDED_LITERALS = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)
+"""The status list of the partial index ``blocks_guarded`` as SQL literals: a query that repeats it may use the
+index, which a list of parameters never matches."""
+
+CURRENT_LITERALS = ", ".join(f"'{s.value}'" for s in CURRENT_STATUSES)
+"""The status list of the partial index ``blocks_current`` (migration 13), as SQL literals."""
+
+OPEN_STATE_LITERALS = ", ".join(str(int(state)) for state in OPEN_STATES)
+"""The open transfer states as SQL literals: ``state IN`` them is read through ``transfers_open``, where ``NOT IN``
+the final ones (or, on PostgreSQL, a generic plan of parameters) read every transfer ever made."""
+
+
+def holdings_condition(account_id: str, statuses: Sequence[BlockStatus]) -> str:
+    """The condition of a partial index that holds every block a page of holdings asks for, so that the page reads
+    those blocks in order through it rather than every block ever split or sent away (and, for one account, every
+    block ever used or cancelled); empty when none does."""
+    if account_id and set(statuses) <= set(CURRENT_STATUSES):
+        return f" AND status IN ({CURRENT_LITERALS})"
+    if set(statuses) <= set(GUARDED_STATUSES):
+        return f" AND status IN ({GUARDED_LITERALS})"
+    return ""
 
 
 def transfer_position(transfer: Transfer) -> tuple[str, str]:

@@ -60,11 +60,10 @@ from gateway.domain.reconciliation import (
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
-from gateway.domain.transfer import OPEN_STATES, Transfer
+from gateway.domain.transfer import Transfer
 from gateway.store import codec
 from gateway.store.base import (
     CURRENT_STATUSES,
-    GUARDED_STATUSES,
     BlockPosition,
     BlockStatus,
     Change,
@@ -465,13 +464,6 @@ async def migrate(connection: Any) -> int:
     return max(v for v, _, _ in PG_MIGRATIONS)
 
 
-_GUARDED = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)
-"""The literal status list of the partial index ``blocks_guarded``; queries repeat it so the index applies."""
-
-_CURRENT = ", ".join(f"'{s.value}'" for s in CURRENT_STATUSES)
-"""The literal status list of the partial index ``blocks_current`` (migration 13)."""
-
-
 def _placeholders(values: Sequence[Any]) -> str:
     return ",".join("?" for _ in values)
 
@@ -643,7 +635,7 @@ class PostgresTransaction:
         # starting inside it plus at most one starting before it: two seeks in the partial index, whatever
         # the length of the block history, in one round trip.
         key = (space.unit_kind, space.issuing_registry, space.issuance)
-        where = f"unit_kind = ? AND issuing_registry = ? AND issuance = ? AND status IN ({_GUARDED})"
+        where = f"unit_kind = ? AND issuing_registry = ? AND issuance = ? AND status IN ({codec.GUARDED_LITERALS})"
         rows = await self._all(
             f"(SELECT * FROM blocks WHERE {where} AND serial_start < ? ORDER BY serial_start DESC LIMIT 1)"
             f" UNION ALL (SELECT * FROM blocks WHERE {where} AND serial_start >= ? AND serial_start <= ?"
@@ -660,7 +652,7 @@ class PostgresTransaction:
         if len(wanted) <= 1:
             return [await self.guarded_blocks(space, start, end, limit=limit) for start, end in wanted]
         key = (space.unit_kind, space.issuing_registry, space.issuance)
-        where = f"unit_kind = ? AND issuing_registry = ? AND issuance = ? AND status IN ({_GUARDED})"
+        where = f"unit_kind = ? AND issuing_registry = ? AND issuance = ? AND status IN ({codec.GUARDED_LITERALS})"
         rows = await self._all(
             "SELECT q.i, b.* FROM unnest(?::bigint[], ?::bigint[]) WITH ORDINALITY AS q(lo, hi, i)"
             f" CROSS JOIN LATERAL ((SELECT * FROM blocks WHERE {where} AND serial_start < q.lo"
@@ -704,13 +696,7 @@ class PostgresTransaction:
     ) -> list[StoredBlock]:
         values = [s.value for s in statuses]
         sql = f"SELECT * FROM blocks WHERE status IN ({_placeholders(values)})"
-        # The condition of a partial index that holds every block asked for, so that a page reads those blocks in
-        # order through it, rather than every block ever split or sent away (and, for one account, every block
-        # ever used or cancelled).
-        if account_id and set(statuses) <= set(CURRENT_STATUSES):
-            sql += f" AND status IN ({_CURRENT})"
-        elif set(statuses) <= set(GUARDED_STATUSES):
-            sql += f" AND status IN ({_GUARDED})"
+        sql += codec.holdings_condition(account_id, statuses)
         params: list[Any] = list(values)
         if account_id:
             sql += " AND account_id = ?"
@@ -857,12 +843,8 @@ class PostgresTransaction:
         return [codec.transfer_from_row(r, r["kept_terms"]) for r in await self._all(sql, [*params, limit])]
 
     async def open_transfers(self) -> list[Transfer]:
-        # The open states named, as literals, not "no final one": read through `transfers_open`, the open transfers
-        # alone, where NOT IN read every transfer ever made, on each sweep (and so did PostgreSQL's generic plan
-        # of an IN list of parameters).
-        open_states = ", ".join(str(int(state)) for state in OPEN_STATES)
         rows = await self._all(
-            f"{codec.TRANSFERS} WHERE t.state IN ({open_states}) ORDER BY t.created_at, t.transfer_id"
+            f"{codec.TRANSFERS} WHERE t.state IN ({codec.OPEN_STATE_LITERALS}) ORDER BY t.created_at, t.transfer_id"
         )
         return [codec.transfer_from_row(r, r["kept_terms"]) for r in rows]
 

@@ -48,11 +48,10 @@ from gateway.domain.reconciliation import (
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
-from gateway.domain.transfer import OPEN_STATES, Transfer
+from gateway.domain.transfer import Transfer
 from gateway.store import codec
 from gateway.store.base import (
     CURRENT_STATUSES,
-    GUARDED_STATUSES,
     BlockPosition,
     BlockStatus,
     Change,
@@ -631,12 +630,6 @@ _DEFERRED_SYNC: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, list[int]
 """Inside `SQLiteStore.synced_once`: the task that opened the block, and the commit numbers its end must see
 synced."""
 
-_GUARDED = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)
-"""The literal status list of the partial index ``blocks_guarded``; queries repeat it so the index applies."""
-
-_CURRENT = ", ".join(f"'{s.value}'" for s in CURRENT_STATUSES)
-"""The literal status list of the partial index ``blocks_current`` (migration 13)."""
-
 
 _WANTED = (
     "WITH q(i, lo, hi) AS (SELECT key, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?4))"
@@ -812,7 +805,7 @@ class SQLiteTransaction:
         # starting inside it plus at most one starting before it: two seeks in the partial index, whatever
         # the length of the block history.
         key = (space.unit_kind, space.issuing_registry, space.issuance)
-        where = f"unit_kind = ? AND issuing_registry = ? AND issuance = ? AND status IN ({_GUARDED})"
+        where = f"unit_kind = ? AND issuing_registry = ? AND issuance = ? AND status IN ({codec.GUARDED_LITERALS})"
         before = self._one(
             f"SELECT * FROM blocks WHERE {where} AND serial_start < ? ORDER BY serial_start DESC LIMIT 1",
             (*key, start),
@@ -833,7 +826,7 @@ class SQLiteTransaction:
         # `guarded_blocks`' two seeks per range, in one statement; the limit applies to each range's blocks.
         if len(wanted) <= 1:
             return [await self.guarded_blocks(space, start, end, limit=limit) for start, end in wanted]
-        same = f"unit_kind = ?1 AND issuing_registry = ?2 AND issuance = ?3 AND status IN ({_GUARDED})"
+        same = f"unit_kind = ?1 AND issuing_registry = ?2 AND issuance = ?3 AND status IN ({codec.GUARDED_LITERALS})"
         rows = self._all(
             f"{_WANTED} SELECT q.i, b.* FROM q JOIN blocks b ON b.block_id = (SELECT block_id FROM blocks"
             f" WHERE {same} AND serial_start < q.lo ORDER BY serial_start DESC LIMIT 1) AND b.serial_end >= q.lo"
@@ -883,13 +876,7 @@ class SQLiteTransaction:
     ) -> list[StoredBlock]:
         values = [s.value for s in statuses]
         sql = f"SELECT * FROM blocks WHERE status IN ({_placeholders(values)})"
-        # The condition of a partial index that holds every block asked for, so that a page reads those blocks in
-        # order through it, rather than every block ever split or sent away (and, for one account, every block
-        # ever used or cancelled).
-        if account_id and set(statuses) <= set(CURRENT_STATUSES):
-            sql += f" AND status IN ({_CURRENT})"
-        elif set(statuses) <= set(GUARDED_STATUSES):
-            sql += f" AND status IN ({_GUARDED})"
+        sql += codec.holdings_condition(account_id, statuses)
         params: list[Any] = list(values)
         if account_id:
             sql += " AND account_id = ?"
@@ -1038,11 +1025,9 @@ class SQLiteTransaction:
         return [codec.transfer_from_row(r, r["kept_terms"]) for r in rows]
 
     async def open_transfers(self) -> list[Transfer]:
-        # The open states named, as literals, not "no final one": read through `transfers_open`, the open transfers
-        # alone, where NOT IN read every transfer ever made, on each sweep (and so did PostgreSQL's generic plan
-        # of an IN list of parameters).
-        open_states = ", ".join(str(int(state)) for state in OPEN_STATES)
-        rows = self._all(f"{codec.TRANSFERS} WHERE t.state IN ({open_states}) ORDER BY t.created_at, t.transfer_id")
+        rows = self._all(
+            f"{codec.TRANSFERS} WHERE t.state IN ({codec.OPEN_STATE_LITERALS}) ORDER BY t.created_at, t.transfer_id"
+        )
         return [codec.transfer_from_row(r, r["kept_terms"]) for r in rows]
 
     async def status_queried_at(self, transfer_id: str) -> dt.datetime | None:
