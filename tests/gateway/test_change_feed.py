@@ -136,7 +136,7 @@ async def test_ledger_rows_appended_or_inserted_by_hand_are_each_recorded_once(t
     store = await SQLiteStore.open(path)
     try:
         async with store.transaction() as tx:
-            ids = await tx.append_ledger([dataclasses.replace(ENTRY, transfer_id=f"t-{i}") for i in range(3)])
+            ids = await tx.append_ledger([dataclasses.replace(ENTRY, transfer_id=f"t-{i}") for i in range(4)])
         # A repair by hand, outside the gateway: the trigger records it.
         with sqlite3.connect(path) as db:
             db.execute(
@@ -152,9 +152,19 @@ async def test_ledger_rows_appended_or_inserted_by_hand_are_each_recorded_once(t
         changes = await everything(store)
     finally:
         await store.close()
-    assert ids == [1, 2, 3] and after == 51
-    assert _recorded(path) == (["1", "2", "3", "50", "51"], [1, 2, 3, 50, 51])
-    assert [c.entry.transfer_id for c in changes if c.entry is not None] == ["t-0", "t-1", "t-2", "by-hand", "t-1"]
+    assert ids == [1, 2, 3, 4] and after == 51
+    assert _recorded(path) == (["1", "2", "3", "4", "50", "51"], [1, 2, 3, 4, 50, 51])
+    assert [c.entry.transfer_id for c in changes if c.entry is not None] == [
+        "t-0",
+        "t-1",
+        "t-2",
+        "t-3",
+        "by-hand",
+        "t-1",
+    ]
+    # The four entries appended together named themselves for the triggers only while they were written.
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM ledger_appending").fetchone() == (0,)
 
 
 @pytest.mark.asyncio

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,6 +53,7 @@ from gateway.store.base import (
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.pg_migrations import PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
+from gateway.store.sqlite import APPENDED_TOGETHER_FROM
 from tests import postgres
 from tests.gateway.test_change_feed import TERMS
 
@@ -1046,3 +1048,54 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
     # more; one through an index reads about what it read before.
     grew = {name: (young[name], old[name]) for name in old if old[name] > 2 * young[name] + 10}
     assert grew == {}, f"(before, after) by look: {grew}"
+
+
+@pytest.mark.asyncio
+async def test_entries_appended_together_are_fed_and_marked_as_the_triggers_feed_and_mark_one_by_hand(
+    store: Store,
+) -> None:
+    """On SQLite, `Transaction.append_ledger` writes the change feed's rows and the reconciliation marks of
+    several entries in set statements, and the insert triggers stand aside for those entries only: the feed
+    says the same as for a row inserted by hand, once each, and a later insert by hand, even of an ID inside an
+    earlier append's run, is fed by the triggers. On PostgreSQL the triggers write them all."""
+    appended = [entry(10 * i + 1, 10 * i + 5) for i in range(APPENDED_TOGETHER_FROM)]
+    async with store.transaction() as tx:
+        ids = await tx.append_ledger(appended)
+    copied = (
+        "INSERT INTO ledger (entry_id, action_date, action_type, transfer_id, block, quantity, vintage,"
+        " cooperative_approach, authorization_id, first_transferring_party, transferring_party, acquiring_party,"
+        " purpose) SELECT ?, action_date, action_type, transfer_id, block, quantity, vintage, cooperative_approach,"
+        " authorization_id, first_transferring_party, transferring_party, acquiring_party, purpose FROM ledger"
+        " WHERE entry_id = ?"
+    )
+    await raw(store, "DELETE FROM ledger WHERE entry_id = ?", ids[1])
+    await raw(store, copied, ids[1], ids[0])  # the ID of the removed entry, inside the append's run
+    await raw(store, copied, 1000, ids[-1])
+    async with store.transaction() as tx:
+        with pytest.raises(RuntimeError):
+            async with tx.savepoint():
+                await tx.append_ledger([entry(1, 1)])
+                raise RuntimeError("rolled back alone")
+        [after] = await tx.append_ledger([entry(900, 905)])
+    async with store.read() as tx:
+        feed = await tx.changes_after(0, 100, [ChangeKind.LEDGER_ENTRY, ChangeKind.LEDGER_ENTRY_REMOVED])
+    assert [(c.kind, c.entry.entry_id if c.entry else None) for c in feed] == [
+        (ChangeKind.LEDGER_ENTRY, ids[0]),
+        (ChangeKind.LEDGER_ENTRY, ids[1]),
+        *((ChangeKind.LEDGER_ENTRY, entry_id) for entry_id in ids[2:]),
+        (ChangeKind.LEDGER_ENTRY_REMOVED, ids[1]),
+        (ChangeKind.LEDGER_ENTRY, ids[1]),
+        (ChangeKind.LEDGER_ENTRY, 1000),
+        (ChangeKind.LEDGER_ENTRY, after),
+    ]
+    bodies = {
+        str(r[0]): str(r[1])
+        for r in await raw(store, "SELECT subject_id, body FROM changes WHERE kind = 'ledger_entry'")
+    }
+    # Entry 1000 is a copy of the last entry appended, made by hand: the triggers wrote its body.
+    by_hand = json.loads(bodies["1000"])
+    appended_body = json.loads(bodies[str(ids[-1])])
+    assert (by_hand.pop("entry_id"), appended_body.pop("entry_id")) == (1000, ids[-1])
+    assert appended_body == by_hand
+    marked = {r[0] for r in await raw(store, "SELECT entry_id FROM reconciliation_dirty")}
+    assert marked == {*ids, 1000, after}
