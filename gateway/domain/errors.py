@@ -52,6 +52,7 @@ class ResponseCode(enum.IntEnum):
     CHANGES_PRUNED = 35
     TOO_MANY_WATCHES = 36
     TOO_MANY_MAPPINGS = 37
+    TOO_MANY_OPEN_CALLS = 38
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -106,6 +107,9 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.TOO_MANY_MAPPINGS: "the gateway, or this caller, has as many mapping calls in hand as it takes at "
     "once (16, 4 per caller, and the last 4 kept for operators and administrators): they are mapped one at a time; "
     "wait for one to end, or call again later",
+    ResponseCode.TOO_MANY_OPEN_CALLS: "as many health checks without credentials as the operator API reads at once "
+    "(4) are being read; check again shortly, or check with credentials (a read-only token suffices), which are not "
+    "counted",
 }
 
 

@@ -85,6 +85,13 @@ METHOD_ROLES: dict[str, Role] = {
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 """Methods any caller may call, with or without credentials (load balancers and orchestrators check health)."""
 
+OPEN_CALLS_READ_AT_ONCE = 4
+"""How many calls of open methods without credentials read their request at once; the others wait, unread. gRPC
+reads a request of up to 4 MB, and a crowd of such calls held that much memory each."""
+
+OPEN_REQUEST_BYTES = 1024
+"""The largest request an open method takes without credentials: a health check names one service."""
+
 READ_ONLY_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 """Reflection lists the services and their messages: read-only."""
 
@@ -180,6 +187,7 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
 
     def __init__(self, access: OperatorAccess) -> None:
         self.access = access
+        self._open_reading = 0
 
     def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
         """The caller of this call, or `GatewayError` with ``CALLER_UNAUTHENTICATED`` / ``CALLER_NOT_PERMITTED``.
@@ -219,6 +227,41 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         except GatewayError as exc:
             await abort_with(context, exc)
 
+    async def _read(
+        self, method: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        """The one request of an admitted call. Without credentials (an open method), only
+        `OPEN_CALLS_READ_AT_ONCE` calls read theirs at a time, and one over `OPEN_REQUEST_BYTES` is refused."""
+        if _current_caller.get() is not None:
+            return await _one_request(method, requests, context)
+        if self._open_reading >= OPEN_CALLS_READ_AT_ONCE:
+            await abort_with(
+                context,
+                GatewayError(
+                    ResponseCode.TOO_MANY_OPEN_CALLS,
+                    f"{OPEN_CALLS_READ_AT_ONCE} calls without credentials are being read, as many as are read at"
+                    f" once; call {method} again shortly, or with credentials (a read-only token suffices)",
+                ),
+            )
+        self._open_reading += 1
+        try:
+            request = await _one_request(method, requests, context)
+        finally:
+            self._open_reading -= 1
+        size = request.ByteSize()
+        if size > OPEN_REQUEST_BYTES:
+            del request
+            await abort_with(
+                context,
+                GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"the request to {method} is {size:,} bytes; without credentials a request may be at most"
+                    f" {OPEN_REQUEST_BYTES:,}",
+                    field="request",
+                ),
+            )
+        return request
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
@@ -231,18 +274,18 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         handler: Any = found
         method = str(getattr(handler_call_details, "method", "?"))
         deserializer, serializer = handler.request_deserializer, handler.response_serializer
-        admit = self._admit
+        admit, read = self._admit, self._read
         # A method that takes one request is served as one that takes a stream of them, and reads its request only
         # once the caller is admitted: served as unary, gRPC reads the whole request (up to its 4 MB limit) before
         # any handler runs, and a crowd of calls with a wrong token held that much memory each. The client sees no
-        # difference: one message each way. The open methods (health) admit callers without credentials, whose
-        # requests are still read whole.
+        # difference: one message each way. The open methods (health) admit callers without credentials: a few of
+        # those read their requests at a time (`_read`).
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 await admit(method, context)
-                return await inner_uu(await _one_request(method, requests, context), context)
+                return await inner_uu(await read(method, requests, context), context)
 
             return grpc.stream_unary_rpc_method_handler(unary_unary, deserializer, serializer)
 
@@ -256,7 +299,7 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                 requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
             ) -> Any:
                 await admit(method, context)
-                return await _one_request(method, requests, context)
+                return await read(method, requests, context)
 
             return grpc.stream_stream_rpc_method_handler(
                 streaming(handler.unary_stream, admitted_then_read), deserializer, serializer

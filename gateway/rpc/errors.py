@@ -37,6 +37,7 @@ _STATUS: dict[ResponseCode, grpc.StatusCode] = {
     ResponseCode.CALLER_NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED,
     ResponseCode.TOO_MANY_WATCHES: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ResponseCode.TOO_MANY_MAPPINGS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ResponseCode.TOO_MANY_OPEN_CALLS: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -46,6 +46,7 @@ PINNED_VALUES: dict[str, int] = {
     "CHANGES_PRUNED": 35,
     "TOO_MANY_WATCHES": 36,
     "TOO_MANY_MAPPINGS": 37,
+    "TOO_MANY_OPEN_CALLS": 38,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

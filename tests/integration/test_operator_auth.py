@@ -27,7 +27,14 @@ from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.harness import self_signed_trust_document
 from gateway.node import GatewayNode, PartnerSpec
-from gateway.rpc.auth import METHOD_ROLES, OperatorAccess, OperatorAuthInterceptor, required_role
+from gateway.rpc.auth import (
+    METHOD_ROLES,
+    OPEN_CALLS_READ_AT_ONCE,
+    OPEN_REQUEST_BYTES,
+    OperatorAccess,
+    OperatorAuthInterceptor,
+    required_role,
+)
 from gateway.rpc.errors import read_error_detail
 from gateway.store.sqlite import SQLiteStore
 from gateway.tls import create_ca, issue_certificate
@@ -399,6 +406,53 @@ async def test_health_is_open_and_reflection_needs_read_only(gateways: Gateways)
         ]
         names = {service.name for service in listed[0].list_services_response.service}
         assert "carbon_gateway.v1.OperatorService" in names
+
+
+async def _withheld_request(sent: asyncio.Event, request: bytes) -> AsyncIterator[bytes]:
+    """A request stream that sends ``request`` once ``sent`` is set."""
+    await sent.wait()
+    yield request
+
+
+@pytest.mark.asyncio
+async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and_only_small_ones(
+    gateways: Gateways,
+) -> None:
+    """Calls without credentials reading their requests hold `OPEN_CALLS_READ_AT_ONCE` places; one more is
+    refused before its request is read, a check with credentials is not counted, and an open request over
+    `OPEN_REQUEST_BYTES` is refused once read."""
+    check = "/grpc.health.v1.Health/Check"
+    small = health_pb2.HealthCheckRequest(service="").SerializeToString()
+    sent = asyncio.Event()
+    async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
+        held = [
+            channel.stream_unary(check, None, None)(_withheld_request(sent, small), timeout=10)
+            for _ in range(OPEN_CALLS_READ_AT_ONCE)
+        ]
+        # The held calls take their places as the server admits them, in no set order: ask until one is refused.
+        for _ in range(200):
+            crowded = await _call(channel, check)
+            if crowded[0] != grpc.StatusCode.OK:
+                break
+            await asyncio.sleep(0.01)
+        code, detail = crowded
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None
+        assert int(detail.code) == int(ResponseCode.TOO_MANY_OPEN_CALLS) and check in detail.message
+        # With credentials, the check is not counted.
+        assert (await _call(channel, check, metadata=_metadata(TOKENS[Role.READ_ONLY])))[0] == grpc.StatusCode.OK
+        sent.set()
+        for call in held:
+            assert await call.code() == grpc.StatusCode.OK
+        assert (await _call(channel, check))[0] == grpc.StatusCode.OK
+        # One byte over the limit, then exactly the limit: the service name's tag and length take three bytes.
+        for name_length, expected in ((OPEN_REQUEST_BYTES - 2, False), (OPEN_REQUEST_BYTES - 3, True)):
+            request = health_pb2.HealthCheckRequest(service="s" * name_length)
+            code, detail = await _call(channel, check, request=request.SerializeToString())
+            if expected:
+                assert request.ByteSize() == OPEN_REQUEST_BYTES and code == grpc.StatusCode.NOT_FOUND
+            else:
+                assert code == grpc.StatusCode.INVALID_ARGUMENT and detail is not None
+                assert int(detail.code) == int(ResponseCode.INVALID_ARGUMENT) and detail.field == "request"
 
 
 @pytest.mark.asyncio
