@@ -739,12 +739,13 @@ acquired before ties existed take the tie their acquisition's ledger entry names
 # (by hand, by a repair) still fires them. PostgreSQL keeps its triggers: there, set statements cost more.
 _APPENDING = "NOT EXISTS (SELECT 1 FROM ledger_appending WHERE NEW.entry_id BETWEEN first_id AND last_id)"
 
-LEDGER_APPENDED = (
+LEDGER_APPENDED: tuple[str, ...] = (
     f"INSERT INTO changes (kind, subject_id, body, recorded_at) SELECT 'ledger_entry', CAST(l.entry_id AS TEXT),"
     f" {_ledger_json('l')}, {_NOW} FROM ledger l WHERE l.entry_id BETWEEN ?1 AND ?2 ORDER BY l.entry_id",
     "INSERT OR IGNORE INTO reconciliation_dirty SELECT entry_id FROM ledger WHERE entry_id BETWEEN ?1 AND ?2",
 )
-"""What the ledger's insert triggers write, for the entries from ``?1`` to ``?2`` at once."""
+"""What the ledger's insert triggers write, for the entries from ``?1`` to ``?2`` at once (extended by migration
+18)."""
 
 MIGRATIONS = (
     *MIGRATIONS,
@@ -762,6 +763,51 @@ MIGRATIONS = (
         DROP TRIGGER ledger_reconciliation_insert;
         CREATE TRIGGER ledger_reconciliation_insert AFTER INSERT ON ledger WHEN {_APPENDING}
             BEGIN INSERT OR IGNORE INTO reconciliation_dirty VALUES (NEW.entry_id); END
+        """,
+    ),
+)
+
+# `SQLiteTransaction.ledger_of_units` searches each action type's entries from as far back as that type's longest
+# entry reaches. One long entry (an issuance of millions registered under an authorization) widened the window
+# of every type to the whole serial space: each arriving block whose units were here before read every entry
+# of its space. The insert and update triggers keep the spans, so a row written by hand counts too; entries
+# appended together (migration 17) are counted by `LEDGER_APPENDED` instead.
+_ACTION_SPAN = """INSERT INTO ledger_action_spans VALUES (NEW.first_transferring_party, NEW.action_type,
+                NEW.unit_kind, NEW.issuing_registry, NEW.issuance, NEW.serial_end - NEW.serial_start)
+                ON CONFLICT DO UPDATE SET longest = MAX(longest, excluded.longest)"""
+
+LEDGER_APPENDED = (
+    *LEDGER_APPENDED,
+    "INSERT INTO ledger_action_spans SELECT first_transferring_party, action_type, unit_kind, issuing_registry,"
+    " issuance, MAX(serial_end - serial_start) FROM ledger WHERE entry_id BETWEEN ?1 AND ?2"
+    " GROUP BY first_transferring_party, action_type, unit_kind, issuing_registry, issuance"
+    " ON CONFLICT DO UPDATE SET longest = MAX(longest, excluded.longest)",
+)
+
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        18,
+        "the longest ledger entry per first transferring Party, action type and serial space, kept by triggers",
+        f"""
+        CREATE TABLE ledger_action_spans (
+            first_transferring_party TEXT NOT NULL,
+            action_type TEXT NOT NULL,
+            unit_kind TEXT NOT NULL,
+            issuing_registry TEXT NOT NULL,
+            issuance TEXT NOT NULL,
+            longest BIGINT NOT NULL,
+            PRIMARY KEY (first_transferring_party, action_type, unit_kind, issuing_registry, issuance)
+        ) WITHOUT ROWID;
+        INSERT INTO ledger_action_spans
+            SELECT first_transferring_party, action_type, unit_kind, issuing_registry, issuance,
+                MAX(serial_end - serial_start)
+            FROM ledger GROUP BY first_transferring_party, action_type, unit_kind, issuing_registry, issuance;
+        CREATE TRIGGER ledger_action_spans_insert AFTER INSERT ON ledger WHEN {_APPENDING}
+            BEGIN {_ACTION_SPAN}; END;
+        CREATE TRIGGER ledger_action_spans_update AFTER UPDATE ON ledger
+            BEGIN {_ACTION_SPAN}; END;
+        DROP TABLE ledger_spans
         """,
     ),
 )

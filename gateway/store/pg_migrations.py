@@ -604,5 +604,36 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
         # to 256 entries), so its ledger's insert triggers write every change and mark as before.
         [],
     ),
+    (
+        18,
+        _description(18),
+        [
+            # As in version 9: writers of a replica still at version 17 wait until the trigger exists. Such a
+            # replica reads and writes ledger_spans, which this version's writers keep for it.
+            f"SELECT pg_advisory_xact_lock({WRITE_LOCK})",
+            f"""CREATE TABLE ledger_action_spans (
+                first_transferring_party {T} NOT NULL,
+                action_type {T} NOT NULL,
+                unit_kind {T} NOT NULL,
+                issuing_registry {T} NOT NULL,
+                issuance {T} NOT NULL,
+                longest BIGINT NOT NULL,
+                PRIMARY KEY (first_transferring_party, action_type, unit_kind, issuing_registry, issuance)
+            )""",
+            "INSERT INTO ledger_action_spans SELECT first_transferring_party, action_type, unit_kind,"
+            " issuing_registry, issuance, MAX(serial_end - serial_start) FROM ledger"
+            " GROUP BY first_transferring_party, action_type, unit_kind, issuing_registry, issuance",
+            """CREATE FUNCTION ledger_action_spans_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    INSERT INTO ledger_action_spans VALUES (NEW.first_transferring_party, NEW.action_type,
+                        NEW.unit_kind, NEW.issuing_registry, NEW.issuance, NEW.serial_end - NEW.serial_start)
+                        ON CONFLICT (first_transferring_party, action_type, unit_kind, issuing_registry, issuance)
+                        DO UPDATE SET longest = GREATEST(ledger_action_spans.longest, excluded.longest);
+                    RETURN NULL;
+                END $$""",
+            "CREATE TRIGGER ledger_action_spans_follow AFTER INSERT OR UPDATE ON ledger"
+            " FOR EACH ROW EXECUTE FUNCTION ledger_action_spans_follow()",
+        ],
+    ),
 ]
 """(version, description, statements), in the order they are applied."""

@@ -871,6 +871,7 @@ class PostgresTransaction:
         )
         columns, rows = codec.ledger_rows(ids, entries)
         await self._executemany(f"INSERT INTO ledger ({', '.join(columns)}) VALUES ({_placeholders(columns)})", rows)
+        # For replicas still at version 17 in a rolling upgrade: this version reads ledger_action_spans.
         await self._executemany(
             "INSERT INTO ledger_spans VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (first_transferring_party, unit_kind, issuing_registry, issuance) DO UPDATE"
@@ -895,24 +896,22 @@ class PostgresTransaction:
         self, party: str, space: SerialSpace, start: int, end: int, *, since: int = 0
     ) -> list[LedgerEntry]:
         key = (party, space.unit_kind, space.issuing_registry, space.issuance)
-        # No entry is longer than the longest recorded for the space, so none starting further back than that
-        # can reach ``start``: the index is searched over that window only, however long the ledger.
-        longest = await self._one(
-            "SELECT longest FROM ledger_spans WHERE first_transferring_party = ? AND unit_kind = ?"
-            " AND issuing_registry = ? AND issuance = ?",
+        # Each action type's part of the index over its own window, as on SQLite (migration 18).
+        spans = await self._all(
+            "SELECT action_type, longest FROM ledger_action_spans WHERE first_transferring_party = ?"
+            " AND unit_kind = ? AND issuing_registry = ? AND issuance = ?",
             key,
         )
-        if longest is None:
+        if not spans:
             return []
-        since = max(since, start - int(longest[0]))
-        # One index serves this and `first_transfers_overlapping`: every action type is one seek into it.
-        actions = [a.value for a in ActionType]
-        rows = await self._all(
-            f"SELECT * FROM ledger WHERE first_transferring_party = ? AND action_type IN ({_placeholders(actions)})"
-            " AND unit_kind = ? AND issuing_registry = ? AND issuance = ? AND serial_start >= ? AND serial_start <= ?"
-            " AND serial_end >= ? ORDER BY entry_id",
-            (party, *actions, *key[1:], since, end, start),
+        one_type = (
+            "SELECT * FROM ledger WHERE first_transferring_party = ? AND action_type = ? AND unit_kind = ?"
+            " AND issuing_registry = ? AND issuance = ? AND serial_start >= ? AND serial_start <= ? AND serial_end >= ?"
         )
+        params: list[Any] = []
+        for action_type, longest in spans:
+            params += [party, action_type, *key[1:], max(since, start - int(longest)), end, start]
+        rows = await self._all(f"{' UNION ALL '.join([one_type] * len(spans))} ORDER BY entry_id", params)
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
     async def first_transfers_overlapping(

@@ -919,6 +919,11 @@ async def _log(tx: Transaction, message_id: str, transfer_id: str) -> None:
     )
 
 
+ISSUED = 2 * 10**9
+"""Where the long entry of `test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_history_grows`
+starts, past every other block of the test."""
+
+
 @pytest.mark.asyncio
 async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_history_grows(
     store: Store,
@@ -969,8 +974,14 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         assert await tx.delivered_digest("GBR", 2) == b"digest"
         assert await tx.requeue_from("GBR", 10**9, NOW) == 0
 
-    # What the outbox worker, the sweep, the operator's listings and reconciliation's evidence ask each time.
-    looks = [heads, due, claim, stop, dead_letters, pending, sweep, evidence, holdings, resend, runs, proposal]
+    async def units(tx: Transaction) -> None:
+        # What each arriving block whose units were here before asks: their history, deep inside one long entry.
+        found = await tx.ledger_of_units("CHN", SPACE, ISSUED + 5 * 10**6, ISSUED + 5 * 10**6 + 9)
+        assert [e.action_type for e in found] == [ActionType.AUTHORIZATION]
+
+    # What the outbox worker, the sweep, the operator's listings, reconciliation's evidence and arriving blocks
+    # ask each time.
+    looks = [heads, due, claim, stop, dead_letters, pending, sweep, evidence, holdings, resend, runs, proposal, units]
 
     async def read_by_each() -> dict[str, int]:
         read = {}
@@ -1001,6 +1012,10 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         for i in range(2):
             await tx.insert_reconciliation(_finished_run(f"run-{i}", NOW))
         await tx.add_authorization_tie("A-tied", "issued-first", 10, NOW)
+        # Ten million units registered under an authorization: one long entry.
+        await tx.append_ledger(
+            [dataclasses.replace(entry(ISSUED, ISSUED + 10**7), action_type=ActionType.AUTHORIZATION)]
+        )
     tied = 0
     young = await read_by_each()
     async with store.transaction() as tx:
@@ -1021,6 +1036,13 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
             await tx.insert_reconciliation(_finished_run(f"old-run-{i}", NOW - dt.timedelta(days=1, seconds=i)))
             await tx.add_authorization_tie("A-tied", f"issued-{i}", 10, NOW)
         tied = history
+        # Small parts of them sent away since, each a short entry of another action type.
+        await tx.append_ledger(
+            [
+                dataclasses.replace(entry(ISSUED + 10 * i, ISSUED + 10 * i + 9), action_type=ActionType.TRANSFER)
+                for i in range(history)
+            ]
+        )
         # Blocks split, and parts sent away, before the one still held; and another account's used and cancelled.
         await tx.insert_account(Account("retired", "Owner", AccountType.PROJECT_OWNER))
         await tx.insert_blocks(
@@ -1099,3 +1121,61 @@ async def test_entries_appended_together_are_fed_and_marked_as_the_triggers_feed
     assert appended_body == by_hand
     marked = {r[0] for r in await raw(store, "SELECT entry_id FROM reconciliation_dirty")}
     assert marked == {*ids, 1000, after}
+
+
+@pytest.mark.asyncio
+async def test_the_history_of_units_is_every_entry_that_meets_them_whatever_the_lengths_of_others(
+    store: Store,
+) -> None:
+    """`Transaction.ledger_of_units` against a plain filter of the whole ledger: entries of several action types
+    and very different lengths, appended one at a time and together, one inserted by hand and one lengthened by
+    hand (both counted by the triggers)."""
+    rng = random.Random(18)
+    types = [ActionType.AUTHORIZATION, ActionType.TRANSFER, ActionType.ACQUISITION, ActionType.FIRST_TRANSFER]
+    other = SerialSpace("CCER", "CN-CCER", "other")
+
+    def random_entry() -> LedgerEntry:
+        start = rng.randrange(1, 10**6)
+        length = rng.choice([0, 9, 99, rng.randrange(10**5)])
+        space = other if rng.random() < 0.1 else SPACE
+        return dataclasses.replace(entry(start, start + length, space), action_type=rng.choice(types))
+
+    async with store.transaction() as tx:
+        for _ in range(20):
+            await tx.append_ledger([random_entry()])
+        ids = await tx.append_ledger([random_entry() for _ in range(200)])
+    copied = (
+        "INSERT INTO ledger (entry_id, action_date, action_type, transfer_id, block, quantity, vintage,"
+        " cooperative_approach, authorization_id, first_transferring_party, transferring_party, acquiring_party,"
+        " purpose) SELECT ?, action_date, 'Use', transfer_id, block, quantity, vintage, cooperative_approach,"
+        " authorization_id, first_transferring_party, transferring_party, acquiring_party, purpose FROM ledger"
+        " WHERE entry_id = ?"
+    )
+    async with store.read() as tx:
+        appended = [e for e in await tx.list_ledger() if e.entry_id in ids and e.block.space == SPACE]
+    copy, lengthened = appended[0].entry_id, appended[1].entry_id
+    await raw(store, copied, 10**6, copy)
+    lengthened_block = codec.block_to_dict(appended[1].block.with_range(1, 999_999))
+    await raw(store, "UPDATE ledger SET block = ? WHERE entry_id = ?", json.dumps(lengthened_block), lengthened)
+    async with store.read() as tx:
+        everything = await tx.list_ledger()
+        for _ in range(150):
+            start = rng.randrange(1, 10**6)
+            end = start + rng.choice([0, 9, 1000])
+            since = rng.choice([0, max(0, start - rng.randrange(10**5))])
+            expected = [
+                e.entry_id
+                for e in everything
+                if e.first_transferring_party == "CHN"
+                and e.block.space == SPACE
+                and since <= e.block.start <= end
+                and e.block.end >= start
+            ]
+            found = await tx.ledger_of_units("CHN", SPACE, start, end, since=since)
+            assert [e.entry_id for e in found] == expected, (start, end, since)
+        # The entry lengthened by hand reaches the start of the space; the one inserted by hand is found too.
+        assert lengthened in [e.entry_id for e in await tx.ledger_of_units("CHN", SPACE, 2, 2)]
+        by_hand = next(e for e in everything if e.entry_id == 10**6)
+        assert by_hand.action_type is ActionType.USE
+        end = by_hand.block.end
+        assert 10**6 in [e.entry_id for e in await tx.ledger_of_units("CHN", SPACE, end, end)]
