@@ -11,6 +11,7 @@ from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.canonical import ActionSubtype
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.protocol import Rejection
 from gateway.domain.records import (
@@ -457,6 +458,13 @@ CURRENT_LITERALS = ", ".join(f"'{s.value}'" for s in CURRENT_STATUSES)
 OPEN_STATE_LITERALS = ", ".join(str(int(state)) for state in OPEN_STATES)
 """The open transfer states as SQL literals: ``state IN`` them is read through ``transfers_open``, where ``NOT IN``
 the final ones (or, on PostgreSQL, a generic plan of parameters) read every transfer ever made."""
+
+
+UNRESOLVED_CONDITION = (
+    f"action_type = '{ActionType.TRANSFER.value}' AND action_subtype = '{ActionSubtype.NOT_YET_DEFINED.value}'"
+)
+"""Transfer entries whose first transfer is yet to come abroad: the condition of the partial index
+``ledger_unresolved`` (SQLite migration 19), as SQL literals."""
 
 
 def holdings_condition(account_id: str, statuses: Sequence[BlockStatus]) -> str:

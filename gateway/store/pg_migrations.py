@@ -24,6 +24,7 @@ from gateway.store.migrations import (
     AUTHORIZATION_USAGE_FILL,
     AUTHORIZATION_USAGE_STATES,
     LEDGER_COLUMNS,
+    LEDGER_TOTAL_COLUMNS,
 )
 from gateway.store.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
@@ -49,6 +50,16 @@ def _transfer_json(row: str) -> str:
 def _ledger_json(row: str) -> str:
     """A ledger row as JSON text: every stored column (the generated ones follow from them)."""
     return "json_build_object(" + ", ".join(f"'{c}', {row}.{c}" for c in LEDGER_COLUMNS) + ")::text"
+
+
+def _total_columns(row: str) -> str:
+    """The columns of ``row`` a summary group is the same in, as SQLite's migration 19 names them."""
+    return ", ".join(f"{row}.{c}" for c in LEDGER_TOTAL_COLUMNS.split(", "))
+
+
+def _total_key(row: str) -> str:
+    """The key of ``row``'s summary group."""
+    return f"json_build_array({_total_columns(row)})::text"
 
 
 def _description(version: int) -> str:
@@ -633,6 +644,51 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 END $$""",
             "CREATE TRIGGER ledger_action_spans_follow AFTER INSERT OR UPDATE ON ledger"
             " FOR EACH ROW EXECUTE FUNCTION ledger_action_spans_follow()",
+        ],
+    ),
+    (
+        19,
+        _description(19),
+        [
+            # As in version 9: writers of a replica still at version 18 wait until the trigger exists. Such a
+            # replica sums the ledger through ledger_summary, which stays.
+            f"SELECT pg_advisory_xact_lock({WRITE_LOCK})",
+            f"""CREATE TABLE ledger_totals (
+                group_key {T} PRIMARY KEY,
+                action_type {T} NOT NULL,
+                action_subtype {T} NOT NULL,
+                purpose {T} NOT NULL,
+                vintage BIGINT NOT NULL,
+                year_of_use BIGINT,
+                action_year BIGINT,
+                cooperative_approach {T} NOT NULL,
+                authorization_id {T} NOT NULL,
+                first_transferring_party {T} NOT NULL,
+                partner {T},
+                high BIGINT NOT NULL,
+                low BIGINT NOT NULL,
+                entries BIGINT NOT NULL
+            )""",
+            f"INSERT INTO ledger_totals SELECT {_total_key('l')}, {_total_columns('l')}, SUM(l.quantity >> 32),"
+            f" SUM(l.quantity & 4294967295), COUNT(*) FROM ledger l GROUP BY {_total_columns('l')}",
+            f"""CREATE FUNCTION ledger_totals_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    PERFORM pg_advisory_xact_lock({WRITE_LOCK});
+                    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                        UPDATE ledger_totals SET high = high - (OLD.quantity >> 32),
+                            low = low - (OLD.quantity & 4294967295), entries = entries - 1
+                            WHERE group_key = {_total_key("OLD")};
+                    END IF;
+                    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                        INSERT INTO ledger_totals VALUES ({_total_key("NEW")}, {_total_columns("NEW")},
+                            NEW.quantity >> 32, NEW.quantity & 4294967295, 1)
+                            ON CONFLICT (group_key) DO UPDATE SET high = ledger_totals.high + excluded.high,
+                            low = ledger_totals.low + excluded.low, entries = ledger_totals.entries + 1;
+                    END IF;
+                    RETURN NULL;
+                END $$""",
+            "CREATE TRIGGER ledger_totals_follow AFTER INSERT OR UPDATE OR DELETE ON ledger"
+            " FOR EACH ROW EXECUTE FUNCTION ledger_totals_follow()",
         ],
     ),
 ]

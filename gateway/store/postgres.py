@@ -88,7 +88,7 @@ from gateway.store.base import (
     check_abroad_removed,
     check_schema_known,
 )
-from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD
+from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD, LEDGER_TOTAL_COLUMNS
 from gateway.store.pg_migrations import PG_MIGRATIONS, WRITE_LOCK
 
 Record = Any  # asyncpg.Record: a row read by column name or position
@@ -961,14 +961,9 @@ class PostgresTransaction:
         )
 
     async def ledger_totals(self) -> list[LedgerTotal]:
+        # Kept as the ledger changes (migration 19), as on SQLite.
         rows = await self._all(
-            # One pass over the covering index ledger_summary, in its order: no sort. Two sums that cannot
-            # overflow (up to 2^31 rows), joined in Python: the true total may pass 2^63 - 1 where SUM would fail.
-            "SELECT action_type, action_subtype, purpose, vintage, year_of_use, action_year, cooperative_approach,"
-            " authorization_id, first_transferring_party, partner,"
-            " SUM(quantity >> 32) AS high, SUM(quantity & 4294967295) AS low FROM ledger"
-            " GROUP BY action_type, action_subtype, purpose, vintage, year_of_use, action_year, cooperative_approach,"
-            " authorization_id, first_transferring_party, partner"
+            f"SELECT {LEDGER_TOTAL_COLUMNS}, high, low FROM ledger_totals WHERE entries > 0 ORDER BY group_key"
         )
         return [
             LedgerTotal(

@@ -26,7 +26,6 @@ from typing import Any
 
 from gateway.domain import merkle, ranges, reconciliation
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.canonical import ActionSubtype
 from gateway.domain.ledger import FirstTransferRange, LockedPeriod
 from gateway.domain.protocol import first_transfer_quantity
 from gateway.domain.ranges import Range
@@ -76,7 +75,13 @@ from gateway.store.base import (
     check_abroad_removed,
     check_schema_known,
 )
-from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD, DATA_STEPS, LEDGER_APPENDED, MIGRATIONS
+from gateway.store.migrations import (
+    AUTHORIZATION_USAGE_REBUILD,
+    DATA_STEPS,
+    LEDGER_APPENDED,
+    LEDGER_TOTAL_COLUMNS,
+    MIGRATIONS,
+)
 
 
 class WriteAheadLogDamaged(sqlite3.DatabaseError):
@@ -1076,9 +1081,9 @@ class SQLiteTransaction:
 
     async def ledger_unresolved(self, party: str) -> list[LedgerEntry]:
         rows = self._all(
-            "SELECT * FROM ledger WHERE action_type = ? AND action_subtype = ? AND first_transferring_party = ?"
+            f"SELECT * FROM ledger WHERE {codec.UNRESOLVED_CONDITION} AND first_transferring_party = ?"
             " ORDER BY entry_id",
-            (ActionType.TRANSFER.value, ActionSubtype.NOT_YET_DEFINED.value, party),
+            (party,),
         )
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
@@ -1153,14 +1158,10 @@ class SQLiteTransaction:
         )
 
     async def ledger_totals(self) -> list[LedgerTotal]:
+        # Kept as the ledger changes (migration 19): one row per summary group, as two sums that cannot overflow
+        # (up to 2^31 entries), joined in Python: the true total may pass 2^63 - 1.
         rows = self._all(
-            # One pass over the covering index ledger_summary, in its order: no sort. Two sums that cannot
-            # overflow (up to 2^31 rows), joined in Python: the true total may pass 2^63 - 1 where SUM would fail.
-            "SELECT action_type, action_subtype, purpose, vintage, year_of_use, action_year, cooperative_approach,"
-            " authorization_id, first_transferring_party, partner,"
-            " SUM(quantity >> 32) AS high, SUM(quantity & 4294967295) AS low FROM ledger"
-            " GROUP BY action_type, action_subtype, purpose, vintage, year_of_use, action_year, cooperative_approach,"
-            " authorization_id, first_transferring_party, partner"
+            f"SELECT {LEDGER_TOTAL_COLUMNS}, high, low FROM ledger_totals WHERE entries > 0 ORDER BY group_key"
         )
         return [
             LedgerTotal(

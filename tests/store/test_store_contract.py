@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest_asyncio
 
 from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.canonical import ActionSubtype
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import Status
 from gateway.domain.records import (
@@ -55,6 +57,7 @@ from gateway.store.pg_migrations import PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import APPENDED_TOGETHER_FROM
 from tests import postgres
+from tests.domain.test_ledger_cases import ledger_totals as ledger_sums
 from tests.gateway.test_change_feed import TERMS
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -979,9 +982,15 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         found = await tx.ledger_of_units("CHN", SPACE, ISSUED + 5 * 10**6, ISSUED + 5 * 10**6 + 9)
         assert [e.action_type for e in found] == [ActionType.AUTHORIZATION]
 
-    # What the outbox worker, the sweep, the operator's listings, reconciliation's evidence and arriving blocks
-    # ask each time.
+    async def summary(tx: Transaction) -> None:
+        # What every GetLedgerSummary asks.
+        assert ActionType.AUTHORIZATION in {t.action_type for t in await tx.ledger_totals()}
+        assert [e.transfer_id for e in await tx.ledger_unresolved("CHN")] == ["t-unresolved"]
+
+    # What the outbox worker, the sweep, the operator's listings, reconciliation's evidence, arriving blocks and
+    # the summary ask each time.
     looks = [heads, due, claim, stop, dead_letters, pending, sweep, evidence, holdings, resend, runs, proposal, units]
+    looks.append(summary)
 
     async def read_by_each() -> dict[str, int]:
         read = {}
@@ -1015,6 +1024,17 @@ async def test_what_the_gateway_looks_up_again_and_again_reads_no_more_as_its_hi
         # Ten million units registered under an authorization: one long entry.
         await tx.append_ledger(
             [dataclasses.replace(entry(ISSUED, ISSUED + 10**7), action_type=ActionType.AUTHORIZATION)]
+        )
+        # Units whose first transfer is yet to come abroad.
+        await tx.append_ledger(
+            [
+                dataclasses.replace(
+                    entry(1, 9),
+                    action_type=ActionType.TRANSFER,
+                    action_subtype=ActionSubtype.NOT_YET_DEFINED.value,
+                    transfer_id="t-unresolved",
+                )
+            ]
         )
     tied = 0
     young = await read_by_each()
@@ -1179,3 +1199,63 @@ async def test_the_history_of_units_is_every_entry_that_meets_them_whatever_the_
         assert by_hand.action_type is ActionType.USE
         end = by_hand.block.end
         assert 10**6 in [e.entry_id for e in await tx.ledger_of_units("CHN", SPACE, end, end)]
+
+
+@pytest.mark.asyncio
+async def test_the_summary_totals_kept_as_the_ledger_changes_are_the_sums_of_the_ledger(store: Store) -> None:
+    """`Transaction.ledger_totals` reads totals kept as entries are appended (one at a time, and together),
+    and as rows are inserted, changed and removed by hand: they equal the sums of the ledger as it stands,
+    past the 64-bit range too."""
+    rng = random.Random(19)
+
+    def random_entry() -> LedgerEntry:
+        start = rng.choice([1, BIG])
+        used = rng.random() < 0.3
+        return dataclasses.replace(
+            entry(start, start + rng.choice([0, 9, BIG // 2])),
+            action_type=ActionType.USE if used else rng.choice([ActionType.TRANSFER, ActionType.ACQUISITION]),
+            year_of_use=2030 if used else None,
+            purpose=rng.choice([Purpose.NDC, Purpose.OIMP]),
+            transferring_party=rng.choice(["CHN", "CHE"]),
+            acquiring_party=rng.choice(["CHE", "GBR"]),
+        )
+
+    async def expected() -> Counter[tuple[object, ...]]:
+        async with store.read() as tx:
+            return Counter(dataclasses.astuple(t) for t in ledger_sums(await tx.list_ledger()))
+
+    async def kept() -> Counter[tuple[object, ...]]:
+        async with store.read() as tx:
+            return Counter(dataclasses.astuple(t) for t in await tx.ledger_totals())
+
+    async with store.transaction() as tx:
+        for _ in range(12):
+            await tx.append_ledger([random_entry()])
+        ids = await tx.append_ledger([random_entry() for _ in range(60)])
+        # One group past the 64-bit range, one entry at a time.
+        for space in (SPACE, SPACE2):
+            await tx.append_ledger([entry(1, TOP, space)])
+    assert await kept() == await expected()
+    async with store.read() as tx:
+        assert max(t.quantity for t in await tx.ledger_totals()) >= 2 * TOP > 2**63
+    await raw(store, "DELETE FROM ledger WHERE entry_id = ?", ids[0])
+    await raw(store, "UPDATE ledger SET purpose = 'OIMP', transferring_party = 'GBR' WHERE entry_id = ?", ids[1])
+    await raw(
+        store,
+        "UPDATE ledger SET block = ?, quantity = 100 WHERE entry_id = ?",
+        codec.block_to_json(block(5, 104)),
+        ids[2],
+    )
+    await raw(
+        store,
+        "INSERT INTO ledger (entry_id, action_date, action_type, transfer_id, block, quantity, vintage,"
+        " cooperative_approach, authorization_id, first_transferring_party, transferring_party, acquiring_party,"
+        " purpose) SELECT 99999, action_date, 'Cancellation', transfer_id, block, quantity, vintage,"
+        " cooperative_approach, authorization_id, first_transferring_party, transferring_party, acquiring_party,"
+        " purpose FROM ledger WHERE entry_id = ?",
+        ids[3],
+    )
+    # Every entry of a group removed: the group is gone from the totals.
+    await raw(store, "DELETE FROM ledger WHERE action_type = 'Use'")
+    after = await kept()
+    assert after == await expected() and ActionType.USE not in {t[0] for t in after}
