@@ -10,13 +10,16 @@ While the method runs, `current_caller` names the caller (the operator service s
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from carbon_gateway.v1 import mapping_pb2, operator_pb2
 from gateway.domain.access import (
@@ -85,9 +88,17 @@ METHOD_ROLES: dict[str, Role] = {
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 """Methods any caller may call, with or without credentials (load balancers and orchestrators check health)."""
 
-OPEN_CALLS_READ_AT_ONCE = 4
-"""How many calls of open methods without credentials read their request at once; the others wait, unread. gRPC
-reads a request of up to 4 MB, and a crowd of such calls held that much memory each."""
+OPEN_CALLS_READ_AT_ONCE = 16
+"""How many calls of open methods without credentials read their request at once, from all callers. gRPC reads a
+request of up to 4 MB, and a crowd of such calls held that much memory each; those over the limit are refused
+before their requests are read."""
+
+OPEN_READS_PER_ADDRESS = 2
+"""How many of those one network address may have at once: one caller cannot take every place and shut out the
+health checks of others (a load balancer's)."""
+
+OPEN_READ_SECONDS = 2.0
+"""How long a call without credentials may take to send its request: a silent one gives its place back."""
 
 OPEN_REQUEST_BYTES = 1024
 """The largest request an open method takes without credentials: a health check names one service."""
@@ -187,7 +198,7 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
 
     def __init__(self, access: OperatorAccess) -> None:
         self.access = access
-        self._open_reading = 0
+        self._open_reading: Counter[str] = Counter()  # calls without credentials reading, by address
 
     def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
         """The caller of this call, or `GatewayError` with ``CALLER_UNAUTHENTICATED`` / ``CALLER_NOT_PERMITTED``.
@@ -231,24 +242,47 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         self, method: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
         """The one request of an admitted call. Without credentials (an open method), only
-        `OPEN_CALLS_READ_AT_ONCE` calls read theirs at a time, and one over `OPEN_REQUEST_BYTES` is refused."""
+        `OPEN_CALLS_READ_AT_ONCE` calls, `OPEN_READS_PER_ADDRESS` from one address, read theirs at a time, each
+        within `OPEN_READ_SECONDS`, and one over `OPEN_REQUEST_BYTES` is refused."""
         if _current_caller.get() is not None:
             return await _one_request(method, requests, context)
-        if self._open_reading >= OPEN_CALLS_READ_AT_ONCE:
+        address = context.peer().rpartition(":")[0]
+        if sum(self._open_reading.values()) >= OPEN_CALLS_READ_AT_ONCE:
+            crowded = f"{OPEN_CALLS_READ_AT_ONCE} calls without credentials are being read"
+        elif self._open_reading[address] >= OPEN_READS_PER_ADDRESS:
+            crowded = f"{OPEN_READS_PER_ADDRESS} calls without credentials from {address} are being read"
+        else:
+            crowded = ""
+        if crowded:
             await abort_with(
                 context,
                 GatewayError(
                     ResponseCode.TOO_MANY_OPEN_CALLS,
-                    f"{OPEN_CALLS_READ_AT_ONCE} calls without credentials are being read, as many as are read at"
-                    f" once; call {method} again shortly, or with credentials (a read-only token suffices)",
+                    f"{crowded}, as many as are read at once; call {method} again shortly, or with credentials"
+                    " (a read-only token suffices)",
                 ),
             )
-        self._open_reading += 1
+        self._open_reading[address] += 1
         try:
-            request = await _one_request(method, requests, context)
+            async with asyncio.timeout(OPEN_READ_SECONDS):
+                request = await _one_request(method, requests, context)
+        except TimeoutError:
+            request = None
         finally:
-            self._open_reading -= 1
-        size = request.ByteSize()
+            self._open_reading[address] -= 1
+            if not self._open_reading[address]:
+                del self._open_reading[address]
+        if request is None:
+            await abort_with(
+                context,
+                GatewayError(
+                    ResponseCode.MALFORMED_PAYLOAD,
+                    f"the call to {method} sent no request within {OPEN_READ_SECONDS:g} s; without credentials a"
+                    " request must come at once",
+                ),
+            )
+        # An unreadable request is the inner handler's to refuse (`MalformedRequestInterceptor`).
+        size = request.ByteSize() if isinstance(request, Message) else 0
         if size > OPEN_REQUEST_BYTES:
             del request
             await abort_with(

@@ -27,9 +27,9 @@ from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.harness import self_signed_trust_document
 from gateway.node import GatewayNode, PartnerSpec
+from gateway.rpc import auth
 from gateway.rpc.auth import (
     METHOD_ROLES,
-    OPEN_CALLS_READ_AT_ONCE,
     OPEN_REQUEST_BYTES,
     OperatorAccess,
     OperatorAuthInterceptor,
@@ -415,19 +415,23 @@ async def _withheld_request(sent: asyncio.Event, request: bytes) -> AsyncIterato
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("limit", ["from one address", "from all"])
 async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and_only_small_ones(
-    gateways: Gateways,
+    gateways: Gateways, limit: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Calls without credentials reading their requests hold `OPEN_CALLS_READ_AT_ONCE` places; one more is
-    refused before its request is read, a check with credentials is not counted, and an open request over
-    `OPEN_REQUEST_BYTES` is refused once read."""
+    """Calls without credentials reading their requests hold places, `OPEN_READS_PER_ADDRESS` per address and
+    `OPEN_CALLS_READ_AT_ONCE` in all; one more is refused before its request is read, a check with credentials
+    is not counted, and an open request over `OPEN_REQUEST_BYTES` is refused once read."""
+    if limit == "from all":  # every call of the test comes from one address: let it hold them all
+        monkeypatch.setattr(auth, "OPEN_READS_PER_ADDRESS", 10)
+        monkeypatch.setattr(auth, "OPEN_CALLS_READ_AT_ONCE", 3)
+    places = min(auth.OPEN_READS_PER_ADDRESS, auth.OPEN_CALLS_READ_AT_ONCE)
     check = "/grpc.health.v1.Health/Check"
     small = health_pb2.HealthCheckRequest(service="").SerializeToString()
     sent = asyncio.Event()
     async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
         held = [
-            channel.stream_unary(check, None, None)(_withheld_request(sent, small), timeout=10)
-            for _ in range(OPEN_CALLS_READ_AT_ONCE)
+            channel.stream_unary(check, None, None)(_withheld_request(sent, small), timeout=10) for _ in range(places)
         ]
         # The held calls take their places as the server admits them, in no set order: ask until one is refused.
         for _ in range(200):
@@ -438,6 +442,7 @@ async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and
         code, detail = crowded
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None
         assert int(detail.code) == int(ResponseCode.TOO_MANY_OPEN_CALLS) and check in detail.message
+        assert (" from ipv4:127.0.0.1 " in detail.message) is (limit == "from one address")
         # With credentials, the check is not counted.
         assert (await _call(channel, check, metadata=_metadata(TOKENS[Role.READ_ONLY])))[0] == grpc.StatusCode.OK
         sent.set()
@@ -453,6 +458,35 @@ async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and
             else:
                 assert code == grpc.StatusCode.INVALID_ARGUMENT and detail is not None
                 assert int(detail.code) == int(ResponseCode.INVALID_ARGUMENT) and detail.field == "request"
+
+
+@pytest.mark.asyncio
+async def test_a_health_check_without_credentials_that_sends_nothing_or_garbage_is_refused_in_time(
+    gateways: Gateways, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent call gives its place back after `OPEN_READ_SECONDS`; unreadable bytes are ``MALFORMED_PAYLOAD``,
+    as they are with credentials."""
+    monkeypatch.setattr(auth, "OPEN_READ_SECONDS", 0.3)
+    check, watch = "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"
+    never = asyncio.Event()
+    async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
+        silent = [
+            channel.stream_unary(check, None, None)(_withheld_request(never, b""), timeout=10)
+            for _ in range(auth.OPEN_READS_PER_ADDRESS)
+        ]
+        for call in silent:
+            assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+            detail = read_error_detail(await call.trailing_metadata())
+            assert detail is not None and int(detail.code) == int(ResponseCode.MALFORMED_PAYLOAD)
+            assert "within 0.3 s" in detail.message
+        assert (await _call(channel, check))[0] == grpc.StatusCode.OK
+        for method, streaming in ((check, False), (watch, True)):
+            for metadata in ((), _metadata(TOKENS[Role.READ_ONLY])):
+                code, detail = await _call(
+                    channel, method, server_streaming=streaming, metadata=metadata, request=b"\xff\xff\xff"
+                )
+                assert code == grpc.StatusCode.INVALID_ARGUMENT and detail is not None, (method, metadata)
+                assert int(detail.code) == int(ResponseCode.MALFORMED_PAYLOAD)
 
 
 @pytest.mark.asyncio
