@@ -387,3 +387,30 @@ async def test_a_watcher_left_behind_by_a_prune_is_refused_not_led_past_the_prun
             assert (caught.value.code, caught.value.field) == (code, field), after
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_an_append_that_fails_partway_leaves_no_entry_behind_in_a_transaction_that_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A failure among entries appended together rolls back those already written, with nothing named for the
+    triggers to stand aside from: the transaction that caught it goes on and commits a ledger, feed and marks
+    that agree."""
+    path = tmp_path / "g.db"
+    store = await SQLiteStore.open(path)
+    try:
+        with sqlite3.connect(path) as db:
+            db.execute(
+                "CREATE TRIGGER refuse_third BEFORE INSERT ON ledger WHEN NEW.transfer_id = 't-2'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by hand'); END"
+            )
+        async with store.transaction() as tx:
+            with pytest.raises(sqlite3.IntegrityError):
+                await tx.append_ledger([dataclasses.replace(ENTRY, transfer_id=f"t-{i}") for i in range(4)])
+            [kept] = await tx.append_ledger([dataclasses.replace(ENTRY, transfer_id="t-kept")])
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT entry_id, transfer_id FROM ledger").fetchall() == [(kept, "t-kept")]
+            assert db.execute("SELECT COUNT(*) FROM ledger_appending").fetchone() == (0,)
+        assert _recorded(path) == ([str(kept)], [kept])
+    finally:
+        await store.close()
