@@ -40,6 +40,29 @@ class PushResult:
     detail: str
 
 
+TRUST_FETCH_SECONDS = 30.0
+"""How long `TrustKeeper.refresh` waits for a partner's trust documents, all versions together."""
+
+TRUST_VERSIONS_AT_ONCE = 64
+"""How many newer versions one `TrustKeeper.refresh` fetches and applies; a call after it fetches the next."""
+
+
+async def _body_within(response: aiohttp.ClientResponse, cap: int, url: str) -> bytes:
+    """The body of ``response``, refused unread beyond ``cap`` bytes."""
+    if (response.content_length or 0) > cap:
+        raise GatewayError(
+            ResponseCode.ENVELOPE_TOO_LARGE, f"{url} sends {response.content_length:,} bytes; at most {cap:,} are read"
+        )
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > cap:
+            raise GatewayError(
+                ResponseCode.ENVELOPE_TOO_LARGE, f"{url} sends more than {cap:,} bytes; at most {cap:,} are read"
+            )
+    return bytes(body)
+
+
 class TrustKeeper:
     """Loads, persists, rotates and refreshes the trust documents of one gateway."""
 
@@ -244,7 +267,8 @@ class TrustKeeper:
         return TrustedParty.restore(Envelope.from_json(stored)), pushed
 
     async def refresh(self, party: str, base_url: str) -> TrustedParty:
-        """Fetch ``party``'s documents newer than the trusted one from ``base_url`` and apply them in order."""
+        """Fetch ``party``'s documents newer than the trusted one from ``base_url`` and apply them in order: up to
+        `TRUST_VERSIONS_AT_ONCE` of them, each within the envelope cap, all within `TRUST_FETCH_SECONDS`."""
         partner = self.partners.get(party)
         if partner is None:
             raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{party!r} is not a partner", field="party")
@@ -254,22 +278,32 @@ class TrustKeeper:
             )
         envelopes: list[Envelope] = []
         version = partner.trusted.version + 1
+        # A trust document travels in an envelope like any statement, under the same cap as a partner's requests.
+        cap = 4 * self.exchange.settings.max_envelope_bytes + 4096
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-                while True:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TRUST_FETCH_SECONDS)) as session:
+                while len(envelopes) < TRUST_VERSIONS_AT_ONCE:
                     url = base_url.rstrip("/") + TRUST_VERSION_PATH.format(version=version)
                     async with session.get(url, ssl=self.ssl_context or True) as response:
                         if response.status == 404:
                             break
                         if response.status != 200:
                             raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{url} answered HTTP {response.status}")
+                        body = await _body_within(response, cap, url)
                         try:
-                            envelopes.append(Envelope.from_json(await response.read()))
+                            envelopes.append(Envelope.from_json(body))
                         except EnvelopeFormatError as exc:
                             raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"{url}: {exc}") from None
                     version += 1
         except aiohttp.ClientError as exc:
             raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"cannot fetch {party}'s trust documents: {exc}") from None
+        except TimeoutError:
+            raise GatewayError(
+                ResponseCode.UNKNOWN_PARTNER,
+                f"{party}'s trust documents at {base_url} did not arrive within {TRUST_FETCH_SECONDS:g} s; check the"
+                " partner's http_url and try again",
+                field="party",
+            ) from None
         now = self.clock()
         async with self.store.transaction() as tx:
             # Read the trusted version under the store's lock: a push may have arrived while fetching.

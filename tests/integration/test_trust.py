@@ -9,13 +9,16 @@ import os
 import threading
 from pathlib import Path
 
+import aiohttp
+import aiohttp.web
 import grpc
 import pytest
 
 from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway import trust as trust_module
 from gateway import wire
 from gateway.demo import Pair, wait_for_state
-from gateway.domain.errors import ResponseCode
+from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.domain.statements import ChannelState
 from gateway.exchange import Sealed
@@ -343,3 +346,59 @@ async def test_a_next_version_differing_from_the_one_stored_but_not_yet_taken_up
     assert (ResponseCode(again.code), again.taken_in) == (ResponseCode.OK, True), again.detail
     assert "already trusted" in again.detail
     assert await _trusted_and_stored(pair) == (envelope.payload, envelope.payload)
+
+
+@pytest.mark.sqlite_only(reason="the fetch is the subject, not the store")
+@pytest.mark.asyncio
+async def test_a_refresh_takes_a_few_versions_at_a_time_and_refuses_a_silent_or_endless_publisher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trust_module, "TRUST_VERSIONS_AT_ONCE", 2)
+    monkeypatch.setattr(trust_module, "TRUST_FETCH_SECONDS", 1.0)
+    network = await start_network(tmp_path, ("CHN", "CHE"), http=True)
+    hostile = aiohttp.web.Application()
+    cap = 4 * network["CHE"].exchange.settings.max_envelope_bytes + 4096
+
+    released = asyncio.Event()
+
+    async def silent(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        await released.wait()  # until the test ends: the refresh must give up first
+        return aiohttp.web.Response(status=404)
+
+    async def endless(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        response = aiohttp.web.StreamResponse()  # chunked: no length announced
+        await response.prepare(request)
+        for _ in range(cap // 65536 + 2):
+            await response.write(b" " * 65536)
+        return response
+
+    hostile.router.add_get("/silent/{path:.*}", silent)
+    hostile.router.add_get("/endless/{path:.*}", endless)
+    runner = aiohttp.web.AppRunner(hostile)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        che = network["CHE"]
+        for kind, code, said in (
+            ("silent", ResponseCode.UNKNOWN_PARTNER, "did not arrive within 1 s"),
+            ("endless", ResponseCode.ENVELOPE_TOO_LARGE, f"more than {cap:,} bytes"),
+        ):
+            with pytest.raises(GatewayError) as refused:
+                await che.trust.refresh("CHN", f"http://127.0.0.1:{port}/{kind}")
+            assert refused.value.code is code and said in refused.value.message, kind
+        # Versions 2 to 4 published: two at a time, then the last.
+        signers = [network.signers["CHN"], *(CryptoSigner.generate() for _ in range(3))]
+        async with network["CHN"].store.transaction() as tx:
+            for version in (2, 3, 4):
+                document = next_document(network, "CHN", version, signers[version - 1])
+                envelope = sign_trust_document(document, signers[version - 2 : version])
+                await tx.put_trust_document("CHN", version, envelope.to_json(), dt.datetime.now(dt.UTC))
+        assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 3
+        assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 4
+        assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 4
+    finally:
+        released.set()
+        await runner.cleanup()
+        await network.stop()
