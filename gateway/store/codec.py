@@ -406,6 +406,23 @@ def ledger_spans(entries: Sequence[LedgerEntry]) -> list[tuple[str, str, str, st
     return [(*key, span) for key, span in sorted(longest.items())]
 
 
+def ledger_action_spans(entries: Sequence[LedgerEntry]) -> list[tuple[str, str, str, str, str, int]]:
+    """The longest block of ``entries`` per first transferring Party, action type and serial space, in key order:
+    the rows of ``ledger_action_spans`` (SQLite migration 18) they raise."""
+    longest: dict[tuple[str, str, str, str, str], int] = {}
+    for entry in entries:
+        space = entry.block.space
+        key = (
+            entry.first_transferring_party,
+            entry.action_type.value,
+            space.unit_kind,
+            space.issuing_registry,
+            space.issuance,
+        )
+        longest[key] = max(longest.get(key, 0), entry.block.end - entry.block.start)
+    return [(*key, span) for key, span in sorted(longest.items())]
+
+
 def ledger_from_row(entry_id: int, row: dict[str, Any]) -> LedgerEntry:
     """The inverse of `ledger_row`."""
     return LedgerEntry(

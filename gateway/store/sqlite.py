@@ -78,6 +78,7 @@ from gateway.store.base import (
 from gateway.store.migrations import (
     AUTHORIZATION_USAGE_REBUILD,
     DATA_STEPS,
+    LEDGER_ACTION_SPAN,
     LEDGER_APPENDED,
     LEDGER_TOTAL_COLUMNS,
     MIGRATIONS,
@@ -1070,6 +1071,7 @@ class SQLiteTransaction:
                 self._db.executemany(insert, rows)
                 for statement in LEDGER_APPENDED:
                     self._db.execute(statement, (ids[0], ids[-1]))
+                self._db.executemany(LEDGER_ACTION_SPAN, codec.ledger_action_spans(entries))
                 self._db.execute("DELETE FROM ledger_appending")
             except BaseException:
                 if self._db.in_transaction:
