@@ -423,6 +423,33 @@ def ledger_action_spans(entries: Sequence[LedgerEntry]) -> list[tuple[str, str, 
     return [(*key, span) for key, span in sorted(longest.items())]
 
 
+LEDGER_ACTION_SPANS = (
+    "SELECT action_type, longest FROM ledger_action_spans WHERE first_transferring_party = ? AND unit_kind = ?"
+    " AND issuing_registry = ? AND issuance = ?"
+)
+"""The longest entry of each action type in a serial space, for `ledger_of_units_query`: parameters as
+`ledger_of_units_query` takes them, the Party then the space."""
+
+_LEDGER_OF_ONE_TYPE = (
+    "SELECT * FROM ledger WHERE first_transferring_party = ? AND action_type = ? AND unit_kind = ?"
+    " AND issuing_registry = ? AND issuance = ? AND serial_start >= ? AND serial_start <= ? AND serial_end >= ?"
+)
+
+
+def ledger_of_units_query(
+    party: str, space: SerialSpace, start: int, end: int, since: int, spans: Sequence[tuple[str, int]]
+) -> tuple[str, list[Any]]:
+    """The statement and parameters of `Transaction.ledger_of_units`, given the longest entry of each action type
+    in the space (`LEDGER_ACTION_SPANS`): no entry of a type is longer than its longest, so none starting further
+    back than that reaches ``start``, and each type's part of the index is searched over its own window only,
+    however long the ledger and however long another type's entries."""
+    params: list[Any] = []
+    for action_type, longest in spans:
+        window = max(since, start - int(longest))
+        params += [party, action_type, space.unit_kind, space.issuing_registry, space.issuance, window, end, start]
+    return f"{' UNION ALL '.join([_LEDGER_OF_ONE_TYPE] * len(spans))} ORDER BY entry_id", params
+
+
 def ledger_from_row(entry_id: int, row: dict[str, Any]) -> LedgerEntry:
     """The inverse of `ledger_row`."""
     return LedgerEntry(

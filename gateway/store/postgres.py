@@ -895,23 +895,12 @@ class PostgresTransaction:
     async def ledger_of_units(
         self, party: str, space: SerialSpace, start: int, end: int, *, since: int = 0
     ) -> list[LedgerEntry]:
-        key = (party, space.unit_kind, space.issuing_registry, space.issuance)
         # Each action type's part of the index over its own window, as on SQLite (migration 18).
-        spans = await self._all(
-            "SELECT action_type, longest FROM ledger_action_spans WHERE first_transferring_party = ?"
-            " AND unit_kind = ? AND issuing_registry = ? AND issuance = ?",
-            key,
-        )
+        key = (party, space.unit_kind, space.issuing_registry, space.issuance)
+        spans = [(str(r[0]), int(r[1])) for r in await self._all(codec.LEDGER_ACTION_SPANS, key)]
         if not spans:
             return []
-        one_type = (
-            "SELECT * FROM ledger WHERE first_transferring_party = ? AND action_type = ? AND unit_kind = ?"
-            " AND issuing_registry = ? AND issuance = ? AND serial_start >= ? AND serial_start <= ? AND serial_end >= ?"
-        )
-        params: list[Any] = []
-        for action_type, longest in spans:
-            params += [party, action_type, *key[1:], max(since, start - int(longest)), end, start]
-        rows = await self._all(f"{' UNION ALL '.join([one_type] * len(spans))} ORDER BY entry_id", params)
+        rows = await self._all(*codec.ledger_of_units_query(party, space, start, end, since, spans))
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
     async def first_transfers_overlapping(
