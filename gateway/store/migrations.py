@@ -814,8 +814,9 @@ MIGRATIONS = (
 # GetLedgerSummary summed the whole ledger on every call (65 ms at 200,000 entries, holding the store). The totals
 # per summary group are kept as the ledger changes: by triggers, so a row written, changed or removed by hand
 # counts, and for entries appended together by one set statement. A group whose entries are all gone keeps its
-# row, with no entries. The wide index the sum used goes; the entries still awaiting their first transfer abroad
-# (`SQLiteTransaction.ledger_unresolved`) get a small one of their own.
+# row, with no entries. A repair that bypasses the triggers (``INSERT OR REPLACE``, ``TRUNCATE``) is undone at
+# the next start, which sums the ledger again (`LEDGER_TOTALS_REBUILD`). The wide index the sum used goes; the
+# entries still awaiting their first transfer abroad (`SQLiteTransaction.ledger_unresolved`) get a small one.
 _TOTAL_COLUMNS = (
     "action_type",
     "action_subtype",
@@ -868,6 +869,9 @@ LEDGER_APPENDED = (
     " entries = entries + excluded.entries",
 )
 
+LEDGER_TOTALS_REBUILD = ("DELETE FROM ledger_totals", f"INSERT INTO ledger_totals {_SUMMED.format(where='')}")
+"""Sums the ledger into ``ledger_totals`` again: at every start, after migration 19 first did."""
+
 MIGRATIONS = (
     *MIGRATIONS,
     (
@@ -890,7 +894,7 @@ MIGRATIONS = (
             low INTEGER NOT NULL,
             entries INTEGER NOT NULL
         ) WITHOUT ROWID;
-        INSERT INTO ledger_totals {_SUMMED.format(where="")};
+        {LEDGER_TOTALS_REBUILD[1]};
         CREATE TRIGGER ledger_totals_insert AFTER INSERT ON ledger WHEN {_APPENDING}
             BEGIN {_add_total("NEW")}; END;
         CREATE TRIGGER ledger_totals_update AFTER UPDATE ON ledger

@@ -62,6 +62,15 @@ def _total_key(row: str) -> str:
     return f"json_build_array({_total_columns(row)})::text"
 
 
+LEDGER_TOTALS_REBUILD = (
+    "DELETE FROM ledger_totals",
+    f"INSERT INTO ledger_totals SELECT {_total_key('l')}, {_total_columns('l')}, SUM(l.quantity >> 32),"
+    f" SUM(l.quantity & 4294967295), COUNT(*) FROM ledger l GROUP BY {_total_columns('l')}",
+)
+"""Sums the ledger into ``ledger_totals`` again: at every start, after migration 19 first did
+(`gateway.store.migrations.LEDGER_TOTALS_REBUILD` on SQLite)."""
+
+
 def _description(version: int) -> str:
     for number, description, _ in SQLITE_MIGRATIONS:
         if number == version:
@@ -634,8 +643,9 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "INSERT INTO ledger_action_spans SELECT first_transferring_party, action_type, unit_kind,"
             " issuing_registry, issuance, MAX(serial_end - serial_start) FROM ledger"
             " GROUP BY first_transferring_party, action_type, unit_kind, issuing_registry, issuance",
-            """CREATE FUNCTION ledger_action_spans_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+            f"""CREATE FUNCTION ledger_action_spans_follow() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
+                    PERFORM pg_advisory_xact_lock({WRITE_LOCK});
                     INSERT INTO ledger_action_spans VALUES (NEW.first_transferring_party, NEW.action_type,
                         NEW.unit_kind, NEW.issuing_registry, NEW.issuance, NEW.serial_end - NEW.serial_start)
                         ON CONFLICT (first_transferring_party, action_type, unit_kind, issuing_registry, issuance)
@@ -669,8 +679,7 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 low BIGINT NOT NULL,
                 entries BIGINT NOT NULL
             )""",
-            f"INSERT INTO ledger_totals SELECT {_total_key('l')}, {_total_columns('l')}, SUM(l.quantity >> 32),"
-            f" SUM(l.quantity & 4294967295), COUNT(*) FROM ledger l GROUP BY {_total_columns('l')}",
+            LEDGER_TOTALS_REBUILD[1],
             f"""CREATE FUNCTION ledger_totals_follow() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
                     PERFORM pg_advisory_xact_lock({WRITE_LOCK});

@@ -89,7 +89,7 @@ from gateway.store.base import (
     check_schema_known,
 )
 from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD, LEDGER_TOTAL_COLUMNS
-from gateway.store.pg_migrations import PG_MIGRATIONS, WRITE_LOCK
+from gateway.store.pg_migrations import LEDGER_TOTALS_REBUILD, PG_MIGRATIONS, WRITE_LOCK
 
 Record = Any  # asyncpg.Record: a row read by column name or position
 
@@ -256,7 +256,7 @@ class PostgresStore:
                 await migrate(connection)
                 async with connection.transaction():
                     await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-                    for statement in AUTHORIZATION_USAGE_REBUILD:
+                    for statement in (*AUTHORIZATION_USAGE_REBUILD, *LEDGER_TOTALS_REBUILD):
                         await connection.execute(statement)
         except BaseException:
             await pool.close()

@@ -81,6 +81,7 @@ from gateway.store.migrations import (
     LEDGER_ACTION_SPAN,
     LEDGER_APPENDED,
     LEDGER_TOTAL_COLUMNS,
+    LEDGER_TOTALS_REBUILD,
     MIGRATIONS,
 )
 
@@ -253,7 +254,7 @@ class SQLiteStore:
                 "UPDATE outbox SET lease_owner = '', lease_until = '' WHERE state = 'pending' AND lease_owner != ''"
             )
             db.execute("BEGIN IMMEDIATE")
-            for statement in AUTHORIZATION_USAGE_REBUILD:
+            for statement in (*AUTHORIZATION_USAGE_REBUILD, *LEDGER_TOTALS_REBUILD):
                 db.execute(statement)
             db.execute("COMMIT")
             # A statement that changes many rows inside a transaction keeps an undo record of its own (the

@@ -17,6 +17,7 @@ from gateway.store import postgres as pg
 from gateway.store.pg_migrations import WRITE_LOCK
 from gateway.store.postgres import PostgresStore
 from tests import postgres
+from tests.store.test_store_contract import entry
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -103,4 +104,33 @@ async def test_a_replica_that_cannot_take_the_write_lock_at_start_is_told_to_sta
         await (await _open_store(url)).close()  # the lock released, the same database starts
     finally:
         await holder.close()
+        await postgres.drop_databases(admin, [url])
+
+
+@pytest.mark.asyncio
+async def test_a_ledger_repair_by_hand_waits_for_the_gateway_s_writer_without_a_deadlock() -> None:
+    # Every ledger trigger takes the write lock before it touches a row of its own: a session repairing the
+    # ledger by hand queues behind the gateway's writer, which then writes those rows itself without waiting.
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "repair")
+    store = await PostgresStore.open(url)
+    hand, looking = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        async with store.transaction() as tx:
+            [first] = await tx.append_ledger([entry(1, 10)])
+        async with store.transaction() as tx:  # holds the write lock until it commits
+            repair = asyncio.create_task(hand.execute("UPDATE ledger SET note = 'by hand' WHERE entry_id = $1", first))
+            waiting = "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            while not await looking.fetchval(waiting):
+                assert not repair.done(), repair
+                await asyncio.sleep(0.01)
+            [second] = await tx.append_ledger([entry(11, 30)])  # the same Party, action type and serial space
+        await asyncio.wait_for(repair, 10)
+        async with store.read() as tx:
+            assert [(e.entry_id, e.note) for e in await tx.list_ledger()] == [(first, "by hand"), (second, "")]
+            assert [t.quantity for t in await tx.ledger_totals()] == [30]
+    finally:
+        await hand.close()
+        await looking.close()
+        await store.close()
         await postgres.drop_databases(admin, [url])

@@ -52,7 +52,7 @@ from gateway.store.base import (
     StoreConflict,
     Transaction,
 )
-from gateway.store.migrations import MIGRATIONS
+from gateway.store.migrations import LEDGER_COLUMNS, MIGRATIONS
 from gateway.store.pg_migrations import PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import APPENDED_TOGETHER_FROM
@@ -1259,3 +1259,32 @@ async def test_the_summary_totals_kept_as_the_ledger_changes_are_the_sums_of_the
     await raw(store, "DELETE FROM ledger WHERE action_type = 'Use'")
     after = await kept()
     assert after == await expected() and ActionType.USE not in {t[0] for t in after}
+
+
+@pytest.mark.asyncio
+async def test_a_repair_that_bypasses_the_totals_triggers_is_undone_at_the_next_start(opener: Opener) -> None:
+    """``INSERT OR REPLACE`` on SQLite removes the row it replaces without its delete triggers, and
+    ``TRUNCATE`` on PostgreSQL fires no row trigger: the totals are summed from the ledger again at every
+    start."""
+    store = await opener()
+    try:
+        async with store.transaction() as tx:
+            ids = await tx.append_ledger([entry(1, 10), entry(11, 30)])
+        if isinstance(store, PostgresStore):
+            await raw(store, "TRUNCATE ledger")
+        else:
+            columns = ", ".join(LEDGER_COLUMNS)
+            await raw(store, f"REPLACE INTO ledger ({columns}) SELECT {columns} FROM ledger WHERE entry_id = ?", ids[0])
+        async with store.read() as tx:
+            bypassed = [t.quantity for t in await tx.ledger_totals()]
+    finally:
+        await store.close()
+    # What the triggers missed: the truncated entries, or the replaced one, still counted.
+    assert bypassed == ([30] if isinstance(store, PostgresStore) else [40])
+    again = await opener()
+    try:
+        async with again.read() as tx:
+            expected = sum(e.quantity for e in await tx.list_ledger())
+            assert [t.quantity for t in await tx.ledger_totals()] == ([expected] if expected else [])
+    finally:
+        await again.close()
