@@ -6,6 +6,7 @@ in the configuration, so an update survives a restart.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -47,19 +48,16 @@ TRUST_VERSIONS_AT_ONCE = 64
 """How many newer versions one `TrustKeeper.refresh` fetches and applies; a call after it fetches the next."""
 
 
-async def _body_within(response: aiohttp.ClientResponse, cap: int, url: str) -> bytes:
-    """The body of ``response``, refused unread beyond ``cap`` bytes."""
-    if (response.content_length or 0) > cap:
-        raise GatewayError(
-            ResponseCode.ENVELOPE_TOO_LARGE, f"{url} sends {response.content_length:,} bytes; at most {cap:,} are read"
-        )
+async def _body_within(response: aiohttp.ClientResponse, budget: int, url: str) -> bytes:
+    """The body of ``response``, refused unread beyond ``budget`` bytes (what is left of one refresh's)."""
+    too_large = f"{url} sends more than the {budget:,} bytes left of the trust documents one refresh reads"
+    if (response.content_length or 0) > budget:
+        raise GatewayError(ResponseCode.ENVELOPE_TOO_LARGE, too_large)
     body = bytearray()
     async for chunk in response.content.iter_chunked(64 * 1024):
         body += chunk
-        if len(body) > cap:
-            raise GatewayError(
-                ResponseCode.ENVELOPE_TOO_LARGE, f"{url} sends more than {cap:,} bytes; at most {cap:,} are read"
-            )
+        if len(body) > budget:
+            raise GatewayError(ResponseCode.ENVELOPE_TOO_LARGE, too_large)
     return bytes(body)
 
 
@@ -268,7 +266,8 @@ class TrustKeeper:
 
     async def refresh(self, party: str, base_url: str) -> TrustedParty:
         """Fetch ``party``'s documents newer than the trusted one from ``base_url`` and apply them in order: up to
-        `TRUST_VERSIONS_AT_ONCE` of them, each within the envelope cap, all within `TRUST_FETCH_SECONDS`."""
+        `TRUST_VERSIONS_AT_ONCE` of them, together no larger than a partner's largest request, all within
+        `TRUST_FETCH_SECONDS`."""
         partner = self.partners.get(party)
         if partner is None:
             raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{party!r} is not a partner", field="party")
@@ -278,10 +277,14 @@ class TrustKeeper:
             )
         envelopes: list[Envelope] = []
         version = partner.trusted.version + 1
-        # A trust document travels in an envelope like any statement, under the same cap as a partner's requests.
-        cap = 4 * self.exchange.settings.max_envelope_bytes + 4096
+        # Trust documents travel in envelopes like any statement: all those of one call together, no more than a
+        # partner's largest request.
+        budget = 4 * self.exchange.settings.max_envelope_bytes + 4096
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TRUST_FETCH_SECONDS)) as session:
+            async with (
+                asyncio.timeout(TRUST_FETCH_SECONDS),
+                aiohttp.ClientSession() as session,
+            ):
                 while len(envelopes) < TRUST_VERSIONS_AT_ONCE:
                     url = base_url.rstrip("/") + TRUST_VERSION_PATH.format(version=version)
                     async with session.get(url, ssl=self.ssl_context or True) as response:
@@ -289,7 +292,8 @@ class TrustKeeper:
                             break
                         if response.status != 200:
                             raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{url} answered HTTP {response.status}")
-                        body = await _body_within(response, cap, url)
+                        body = await _body_within(response, budget, url)
+                        budget -= len(body)
                         try:
                             envelopes.append(Envelope.from_json(body))
                         except EnvelopeFormatError as exc:

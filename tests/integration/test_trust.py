@@ -353,7 +353,7 @@ async def test_a_next_version_differing_from_the_one_stored_but_not_yet_taken_up
 async def test_a_refresh_takes_a_few_versions_at_a_time_and_refuses_a_silent_or_endless_publisher(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trust_module, "TRUST_VERSIONS_AT_ONCE", 2)
+    monkeypatch.setattr(trust_module, "TRUST_VERSIONS_AT_ONCE", 4)
     monkeypatch.setattr(trust_module, "TRUST_FETCH_SECONDS", 1.0)
     network = await start_network(tmp_path, ("CHN", "CHE"), http=True)
     hostile = aiohttp.web.Application()
@@ -372,8 +372,17 @@ async def test_a_refresh_takes_a_few_versions_at_a_time_and_refuses_a_silent_or_
             await response.write(b" " * 65536)
         return response
 
-    hostile.router.add_get("/silent/{path:.*}", silent)
-    hostile.router.add_get("/endless/{path:.*}", endless)
+    a_document = network.trust["CHN"].to_json()  # well formed; checked only once all are fetched
+
+    async def slow(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        await asyncio.sleep(0.4)  # each version in time, all of them not
+        return aiohttp.web.Response(body=a_document)
+
+    async def bulky(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        return aiohttp.web.Response(body=b" " * (cap // 3) + a_document)  # each under the cap, not together
+
+    for name, handler in (("silent", silent), ("endless", endless), ("slow", slow), ("bulky", bulky)):
+        hostile.router.add_get(f"/{name}/{{path:.*}}", handler)
     runner = aiohttp.web.AppRunner(hostile)
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
@@ -383,21 +392,23 @@ async def test_a_refresh_takes_a_few_versions_at_a_time_and_refuses_a_silent_or_
         che = network["CHE"]
         for kind, code, said in (
             ("silent", ResponseCode.UNKNOWN_PARTNER, "did not arrive within 1 s"),
-            ("endless", ResponseCode.ENVELOPE_TOO_LARGE, f"more than {cap:,} bytes"),
+            ("endless", ResponseCode.ENVELOPE_TOO_LARGE, f"more than the {cap:,} bytes left"),
+            ("slow", ResponseCode.UNKNOWN_PARTNER, "did not arrive within 1 s"),
+            ("bulky", ResponseCode.ENVELOPE_TOO_LARGE, "bytes left of the trust documents one refresh reads"),
         ):
             with pytest.raises(GatewayError) as refused:
                 await che.trust.refresh("CHN", f"http://127.0.0.1:{port}/{kind}")
             assert refused.value.code is code and said in refused.value.message, kind
-        # Versions 2 to 4 published: two at a time, then the last.
-        signers = [network.signers["CHN"], *(CryptoSigner.generate() for _ in range(3))]
+        # Versions 2 to 6 published: four at a time, then the last.
+        signers = [network.signers["CHN"], *(CryptoSigner.generate() for _ in range(5))]
         async with network["CHN"].store.transaction() as tx:
-            for version in (2, 3, 4):
+            for version in (2, 3, 4, 5, 6):
                 document = next_document(network, "CHN", version, signers[version - 1])
                 envelope = sign_trust_document(document, signers[version - 2 : version])
                 await tx.put_trust_document("CHN", version, envelope.to_json(), dt.datetime.now(dt.UTC))
-        assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 3
-        assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 4
-        assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 4
+        assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 5
+        assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 6
+        assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 6
     finally:
         released.set()
         await runner.cleanup()
