@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
@@ -398,27 +398,24 @@ def ledger_rows(ids: Sequence[int], entries: Sequence[LedgerEntry]) -> tuple[lis
 def ledger_spans(entries: Sequence[LedgerEntry]) -> list[tuple[str, str, str, str, int]]:
     """The longest block of ``entries`` per first transferring Party and serial space, in key order: one upsert
     of ``ledger_spans`` per key, not one per entry (the order keeps concurrent writers' row locks in step)."""
-    longest: dict[tuple[str, str, str, str], int] = {}
-    for entry in entries:
-        space = entry.block.space
-        key = (entry.first_transferring_party, space.unit_kind, space.issuing_registry, space.issuance)
-        longest[key] = max(longest.get(key, 0), entry.block.end - entry.block.start)
-    return [(*key, span) for key, span in sorted(longest.items())]
+    return _longest(entries, lambda e: (e.first_transferring_party, *_space_key(e.block.space)))
 
 
 def ledger_action_spans(entries: Sequence[LedgerEntry]) -> list[tuple[str, str, str, str, str, int]]:
     """The longest block of ``entries`` per first transferring Party, action type and serial space, in key order:
     the rows of ``ledger_action_spans`` (SQLite migration 18) they raise."""
-    longest: dict[tuple[str, str, str, str, str], int] = {}
+    return _longest(entries, lambda e: (e.first_transferring_party, e.action_type.value, *_space_key(e.block.space)))
+
+
+def _space_key(space: SerialSpace) -> tuple[str, str, str]:
+    return space.unit_kind, space.issuing_registry, space.issuance
+
+
+def _longest(entries: Sequence[LedgerEntry], key_of: Callable[[LedgerEntry], tuple[str, ...]]) -> list[Any]:
+    """``(*key, longest)`` per key of ``entries``, in key order."""
+    longest: dict[tuple[str, ...], int] = {}
     for entry in entries:
-        space = entry.block.space
-        key = (
-            entry.first_transferring_party,
-            entry.action_type.value,
-            space.unit_kind,
-            space.issuing_registry,
-            space.issuance,
-        )
+        key = key_of(entry)
         longest[key] = max(longest.get(key, 0), entry.block.end - entry.block.start)
     return [(*key, span) for key, span in sorted(longest.items())]
 

@@ -1066,20 +1066,13 @@ class SQLiteTransaction:
         else:
             # The insert triggers leave these entries to the statements after (migration 17). In a savepoint of
             # its own: rows a failure leaves behind would have no change, mark or total.
-            self._db.execute("SAVEPOINT append_ledger")
-            try:
+            async with self.savepoint():
                 self._db.execute("INSERT INTO ledger_appending VALUES (?, ?)", (ids[0], ids[-1]))
                 self._db.executemany(insert, rows)
                 for statement in LEDGER_APPENDED:
                     self._db.execute(statement, (ids[0], ids[-1]))
                 self._db.executemany(LEDGER_ACTION_SPAN, codec.ledger_action_spans(entries))
                 self._db.execute("DELETE FROM ledger_appending")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK TO append_ledger")
-                    self._db.execute("RELEASE append_ledger")
-                raise
-            self._db.execute("RELEASE append_ledger")
         return ids
 
     async def list_ledger(self, *, after: int = 0, limit: int | None = None) -> list[LedgerEntry]:
