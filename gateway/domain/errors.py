@@ -108,7 +108,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     "once (16, 4 per caller, and the last 4 kept for operators and administrators): they are mapped one at a time; "
     "wait for one to end, or call again later",
     ResponseCode.TOO_MANY_OPEN_CALLS: "as many health checks without credentials as the operator API reads at once "
-    "(16, 2 from one address) are being read; check again shortly, or check with credentials (a read-only token "
+    "(16, 2 from one address) are being read, or as many health watches without credentials as it serves at once "
+    "(32, 4 from one address) are open; check again shortly, or check with credentials (a read-only token "
     "suffices), which are not counted",
 }
 

@@ -11,7 +11,9 @@ While the method runs, `current_caller` names the caller (the operator service s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
@@ -102,6 +104,14 @@ OPEN_READ_SECONDS = 2.0
 
 OPEN_REQUEST_BYTES = 1024
 """The largest request an open method takes without credentials: a health check names one service."""
+
+OPEN_STREAMS_AT_ONCE = 32
+"""How many streams of open methods without credentials (health ``Watch``) are served at once, from all callers.
+A watch lasts as long as its caller likes; without a limit, callers nobody knows could open them until the
+server ran out of memory."""
+
+OPEN_STREAMS_PER_ADDRESS = 4
+"""How many of those one network address may have open at once."""
 
 READ_ONLY_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 """Reflection lists the services and their messages: read-only."""
@@ -199,6 +209,7 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
     def __init__(self, access: OperatorAccess) -> None:
         self.access = access
         self._open_reading: Counter[str] = Counter()  # calls without credentials reading, by address
+        self._open_streams: Counter[str] = Counter()  # streams without credentials open, by address
 
     def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
         """The caller of this call, or `GatewayError` with ``CALLER_UNAUTHENTICATED`` / ``CALLER_NOT_PERMITTED``.
@@ -238,6 +249,83 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         except GatewayError as exc:
             await abort_with(context, exc)
 
+    @staticmethod
+    async def _take_place(
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        places: Counter[str],
+        *,
+        in_all: int,
+        per_address: int,
+        what: str,
+        doing: str,
+    ) -> str:
+        """Count a call without credentials in ``places`` (by its address) and return the address, or refuse it
+        with ``TOO_MANY_OPEN_CALLS`` when ``in_all`` are counted already, or ``per_address`` from its address."""
+        address = context.peer().rpartition(":")[0]
+        if sum(places.values()) >= in_all:
+            crowded = f"{in_all} {what} without credentials {doing}"
+        elif places[address] >= per_address:
+            crowded = f"{per_address} {what} without credentials from {address} {doing}"
+        else:
+            places[address] += 1
+            return address
+        await abort_with(
+            context,
+            GatewayError(
+                ResponseCode.TOO_MANY_OPEN_CALLS,
+                f"{crowded}, as many as the operator API takes at once; call {method} again shortly, or with"
+                " credentials (a read-only token suffices)",
+            ),
+        )
+        raise AssertionError("abort_with returns only by raising")
+
+    @staticmethod
+    def _give_place(places: Counter[str], address: str) -> None:
+        places[address] -= 1
+        if not places[address]:
+            del places[address]
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Hold one of the `OPEN_STREAMS_AT_ONCE` places (`OPEN_STREAMS_PER_ADDRESS` per address) for as long as
+        a stream without credentials is served; a stream with credentials holds none."""
+        if _current_caller.get() is not None:
+            yield
+            return
+        address = await self._take_place(
+            method,
+            context,
+            self._open_streams,
+            in_all=OPEN_STREAMS_AT_ONCE,
+            per_address=OPEN_STREAMS_PER_ADDRESS,
+            what="streams",
+            doing="are open",
+        )
+        try:
+            yield
+        finally:
+            self._give_place(self._open_streams, address)
+
+    def _held_open(self, method: str, inner: Any) -> Any:
+        """``inner`` (a server-streaming handler, in either of the styles `streaming` accepts) served while it
+        holds a place of `_open_stream`."""
+        open_stream = self._open_stream
+        if inspect.isasyncgenfunction(inner):
+
+            async def generator(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                async with open_stream(method, context):
+                    async for response in inner(request, context):
+                        yield response
+
+            return generator
+
+        async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            async with open_stream(method, context):
+                await inner(request, context)
+
+        return writer
+
     async def _read(
         self, method: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
@@ -246,32 +334,22 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         within `OPEN_READ_SECONDS`, and one over `OPEN_REQUEST_BYTES` is refused."""
         if _current_caller.get() is not None:
             return await _one_request(method, requests, context)
-        address = context.peer().rpartition(":")[0]
-        if sum(self._open_reading.values()) >= OPEN_CALLS_READ_AT_ONCE:
-            crowded = f"{OPEN_CALLS_READ_AT_ONCE} calls without credentials are being read"
-        elif self._open_reading[address] >= OPEN_READS_PER_ADDRESS:
-            crowded = f"{OPEN_READS_PER_ADDRESS} calls without credentials from {address} are being read"
-        else:
-            crowded = ""
-        if crowded:
-            await abort_with(
-                context,
-                GatewayError(
-                    ResponseCode.TOO_MANY_OPEN_CALLS,
-                    f"{crowded}, as many as are read at once; call {method} again shortly, or with credentials"
-                    " (a read-only token suffices)",
-                ),
-            )
-        self._open_reading[address] += 1
+        address = await self._take_place(
+            method,
+            context,
+            self._open_reading,
+            in_all=OPEN_CALLS_READ_AT_ONCE,
+            per_address=OPEN_READS_PER_ADDRESS,
+            what="calls",
+            doing="are being read",
+        )
         try:
             async with asyncio.timeout(OPEN_READ_SECONDS):
                 request = await _one_request(method, requests, context)
         except TimeoutError:
             request = None
         finally:
-            self._open_reading[address] -= 1
-            if not self._open_reading[address]:
-                del self._open_reading[address]
+            self._give_place(self._open_reading, address)
         if request is None:
             await abort_with(
                 context,
@@ -336,7 +414,9 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                 return await read(method, requests, context)
 
             return grpc.stream_stream_rpc_method_handler(
-                streaming(handler.unary_stream, admitted_then_read), deserializer, serializer
+                streaming(self._held_open(method, handler.unary_stream), admitted_then_read),
+                deserializer,
+                serializer,
             )
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary

@@ -461,6 +461,61 @@ async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("limit", ["from one address", "from all"])
+async def test_only_a_few_health_watches_without_credentials_stay_open_at_once(
+    gateways: Gateways, limit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Open watches without credentials hold places for as long as they last, `OPEN_STREAMS_PER_ADDRESS` per
+    address and `OPEN_STREAMS_AT_ONCE` in all; one more is refused, a watch with credentials is not counted, and a
+    place comes back when its watch ends."""
+    if limit == "from all":  # every call of the test comes from one address: let it hold them all
+        monkeypatch.setattr(auth, "OPEN_STREAMS_PER_ADDRESS", 10)
+        monkeypatch.setattr(auth, "OPEN_STREAMS_AT_ONCE", 3)
+    places = min(auth.OPEN_STREAMS_PER_ADDRESS, auth.OPEN_STREAMS_AT_ONCE)
+    request = health_pb2.HealthCheckRequest(service="")
+    async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def watching(
+            metadata: tuple[tuple[str, str], ...] = (),
+        ) -> grpc.aio.UnaryStreamCall[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]:
+            call: grpc.aio.UnaryStreamCall[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+            call = health.Watch(request, metadata=metadata, timeout=20)
+            first = await call.read()
+            assert isinstance(first, health_pb2.HealthCheckResponse)
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            return call
+
+        watches = [await watching() for _ in range(places)]
+        crowded = health.Watch(request, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await crowded.read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        detail = read_error_detail(await crowded.trailing_metadata())
+        assert detail is not None and int(detail.code) == int(ResponseCode.TOO_MANY_OPEN_CALLS)
+        assert "Health/Watch" in detail.message and "streams without credentials" in detail.message
+        assert (" from ipv4:127.0.0.1 " in detail.message) is (limit == "from one address")
+        # With credentials, the watch is not counted; checks are counted apart.
+        with_token = await watching(_metadata(TOKENS[Role.READ_ONLY]))
+        assert (await _call(channel, "/grpc.health.v1.Health/Check"))[0] == grpc.StatusCode.OK
+        # Ended watches give their places back: all of them, however they ended.
+        for call in [*watches, with_token]:
+            call.cancel()
+        watches = []
+        for _ in range(200):
+            try:
+                watches.append(await watching())
+            except grpc.aio.AioRpcError as exc:  # the server has not yet seen a cancellation
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                await asyncio.sleep(0.01)
+            if len(watches) == places:
+                break
+        assert len(watches) == places and all(not call.done() for call in watches)
+        for call in watches:
+            call.cancel()
+
+
+@pytest.mark.asyncio
 async def test_a_health_check_without_credentials_that_sends_nothing_or_garbage_is_refused_in_time(
     gateways: Gateways, monkeypatch: pytest.MonkeyPatch
 ) -> None:
