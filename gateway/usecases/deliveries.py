@@ -92,6 +92,13 @@ class Deliveries(Initiating):
         """Give up on a dead letter for good, and settle what that means for its transfer."""
         exchange = self._exchange
         text.check_text(reason, "reason", what="reason")
+        if not reason.strip():
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                "say why the letter is abandoned: the reason is recorded with it (and an abandoned Proposal's is sent"
+                " to the partner with the transfer's cancellation)",
+                field="reason",
+            )
         async with self.store.transaction() as tx:
             previous = await self._replay(tx, idem)
             if previous is None:

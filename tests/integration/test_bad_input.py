@@ -244,7 +244,7 @@ def retry(message_id: str = "m-0001", key: str = KEY) -> operator_pb2.RetryDeadL
     return operator_pb2.RetryDeadLetterRequest(idempotency_key=key, message_id=message_id)
 
 
-def abandon(message_id: str = "m-0001", reason: str = "", key: str = KEY) -> operator_pb2.AbandonDeadLetterRequest:
+def abandon(message_id: str = "m-0001", reason: str = "lost", key: str = KEY) -> operator_pb2.AbandonDeadLetterRequest:
     return operator_pb2.AbandonDeadLetterRequest(idempotency_key=key, message_id=message_id, reason=reason)
 
 
@@ -798,6 +798,8 @@ TABLE: list[Bad] = [
     *each_id("AbandonDeadLetter", "message_id", lambda v: abandon(message_id=v)),
     Bad("reason-3mb", "AbandonDeadLetter", lambda: abandon(reason=BIG), "reason"),
     Bad("reason-nul", "AbandonDeadLetter", lambda: abandon(reason="no\x00"), "reason"),
+    Bad("reason-empty", "AbandonDeadLetter", lambda: abandon(reason=""), "reason"),
+    Bad("reason-blank", "AbandonDeadLetter", lambda: abandon(reason="   "), "reason"),
     *bad_keys("AbandonDeadLetter", lambda k: abandon(key=k)),
     # the ledger (issue 9)
     *bad_keys("AmendAuthorization", lambda k: amend(key=k)),

@@ -518,6 +518,7 @@ class AbandonDeadLetterRequest(_message.Message):
     idempotency_key: _builtins.str
     message_id: _builtins.str
     reason: _builtins.str
+    """required: recorded with the letter, and sent with the cancellation of an abandoned Proposal"""
     def __init__(
         self,
         *,
