@@ -177,6 +177,9 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= MAX_REASON else f"{text[:MAX_REASON]}... ({len(text)} characters)"
 
 
+_AIOHTTP_NAMES_PEER = "Error handling request from "
+
+
 class _MalformedRequestsInOneLine(logging.Filter):
     """aiohttp logs a request it cannot parse (a request line too long, a bad header) with a traceback, although
     it answers 400 and nothing in the gateway failed: write it as one warning naming the problem instead."""
@@ -184,7 +187,12 @@ class _MalformedRequestsInOneLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, MALFORMED_REQUEST):
-            record.msg = f"{record.getMessage()}: refused a malformed HTTP request: {_reason(exc)}"
+            # aiohttp's own words ("Unhandled exception", "Error handling request") would read as a crash; the
+            # peer it names is kept.
+            said = record.getMessage()
+            peer = said.removeprefix(_AIOHTTP_NAMES_PEER) if said.startswith(_AIOHTTP_NAMES_PEER) else ""
+            peer = "" if peer == "None" else peer  # aiohttp's name for a peer it does not know
+            record.msg = f"refused a malformed HTTP request{f' from {peer}' if peer else ''}: {_reason(exc)}"
             record.args = ()
             record.exc_info = None
             record.exc_text = None

@@ -1318,6 +1318,11 @@ async def test_a_request_the_http_server_cannot_parse_gets_400_and_one_log_line_
     async with aiohttp.ClientSession() as session, session.get(partners.che.http_url + "/healthz") as response:
         assert response.status == 200
     assert not [r for r in caplog.records if r.exc_info is not None]
+    # Every line says what was refused, and none reads as a crash, the compressed bodies' included.
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.http.requests"]
+    assert len(lines) > len(requests)
+    assert all(line.startswith("refused a malformed HTTP request") for line in lines), lines
+    assert any(line.startswith("refused a malformed HTTP request from 127.0.0.1: ") for line in lines), lines
 
 
 # -- poison statements on both partner transports ------------------------------------------------------
