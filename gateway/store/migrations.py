@@ -522,15 +522,16 @@ AUTHORIZATION_USAGE_FILL = (
     "INSERT INTO authorization_usage SELECT authorization_id, SUM(first_quantity) FROM transfers"
     f" WHERE role = 'initiating' AND state IN ({AUTHORIZATION_USAGE_STATES}) GROUP BY authorization_id"
 )
-"""Fills ``authorization_usage`` from the transfers: in migration 9, and at every start after emptying it
+"""Fills ``authorization_usage`` from the transfers: in migration 9, and at a start after emptying it
 (`AUTHORIZATION_USAGE_REBUILD`), so that a repair made by hand (which may bypass the triggers: ``TRUNCATE``,
-``INSERT OR REPLACE``, a session with triggers off) is undone by the next start."""
+``INSERT OR REPLACE``, a session with triggers off) is undone by the next start. SQLite sums again at every
+start; PostgreSQL only when the totals differ from their rows (`gateway.store.pg_migrations.TOTALS_AGREE`)."""
 
 AUTHORIZATION_TIE_TOTALS_FILL = (
     "INSERT INTO authorization_tie_totals"
     " SELECT authorization_id, SUM(quantity) FROM authorization_ties GROUP BY authorization_id"
 )
-"""Fills ``authorization_tie_totals`` from the ties: in migration 16, and at every start, as the usage above."""
+"""Fills ``authorization_tie_totals`` from the ties: in migration 16, and at a start, as the usage above."""
 
 AUTHORIZATION_USAGE_REBUILD = (
     "DELETE FROM authorization_usage",
@@ -870,7 +871,8 @@ LEDGER_APPENDED = (
 )
 
 LEDGER_TOTALS_REBUILD = ("DELETE FROM ledger_totals", f"INSERT INTO ledger_totals {_SUMMED.format(where='')}")
-"""Sums the ledger into ``ledger_totals`` again: at every start, after migration 19 first did."""
+"""Sums the ledger into ``ledger_totals`` again: at every start, after migration 19 first did (PostgreSQL: at a
+start that finds them wrong, `gateway.store.pg_migrations.TOTALS_AGREE`)."""
 
 MIGRATIONS = (
     *MIGRATIONS,

@@ -67,8 +67,38 @@ LEDGER_TOTALS_REBUILD = (
     f"INSERT INTO ledger_totals SELECT {_total_key('l')}, {_total_columns('l')}, SUM(l.quantity >> 32),"
     f" SUM(l.quantity & 4294967295), COUNT(*) FROM ledger l GROUP BY {_total_columns('l')}",
 )
-"""Sums the ledger into ``ledger_totals`` again: at every start, after migration 19 first did
-(`gateway.store.migrations.LEDGER_TOTALS_REBUILD` on SQLite)."""
+"""Sums the ledger into ``ledger_totals`` again: at a start that finds them wrong (`TOTALS_AGREE`), after migration
+19 first did (`gateway.store.migrations.LEDGER_TOTALS_REBUILD` on SQLite, which sums at every start)."""
+
+
+def _agree(kept: str, summed: str) -> str:
+    """One statement: whether the rows of ``kept`` are exactly those of ``summed``."""
+    return f"SELECT NOT EXISTS (({kept} EXCEPT ALL {summed}) UNION ALL ({summed} EXCEPT ALL {kept}))"
+
+
+TOTALS_AGREE = (
+    _agree(
+        "SELECT authorization_id, first_quantity::numeric FROM authorization_usage WHERE first_quantity <> 0",
+        "SELECT authorization_id, SUM(first_quantity) FROM transfers"
+        f" WHERE role = 'initiating' AND state IN ({AUTHORIZATION_USAGE_STATES}) GROUP BY authorization_id"
+        " HAVING SUM(first_quantity) <> 0",
+    ),
+    _agree(
+        "SELECT authorization_id, quantity::numeric FROM authorization_tie_totals WHERE quantity <> 0",
+        "SELECT authorization_id, SUM(quantity) FROM authorization_ties GROUP BY authorization_id"
+        " HAVING SUM(quantity) <> 0",
+    ),
+    # The group's columns too: the summary reads them, not the key.
+    _agree(
+        f"SELECT group_key, {LEDGER_TOTAL_COLUMNS}, high::numeric, low::numeric, entries::numeric FROM ledger_totals"
+        " WHERE entries <> 0 OR high <> 0 OR low <> 0",
+        f"SELECT {_total_key('l')}, {_total_columns('l')}, SUM(l.quantity >> 32), SUM(l.quantity & 4294967295),"
+        f" COUNT(*)::numeric FROM ledger l GROUP BY {_total_columns('l')}",
+    ),
+)
+"""Whether the totals the triggers keep (authorization usage and ties, `LEDGER_TOTALS_REBUILD`'s ledger totals)
+are what summing their rows again would give, read without the write lock: a start sums them again, under the
+lock every writer waits for, only when they are not (a repair by hand bypassed the triggers)."""
 
 
 def _description(version: int) -> str:

@@ -89,7 +89,7 @@ from gateway.store.base import (
     check_schema_known,
 )
 from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD, LEDGER_TOTAL_COLUMNS
-from gateway.store.pg_migrations import LEDGER_TOTALS_REBUILD, PG_MIGRATIONS, WRITE_LOCK
+from gateway.store.pg_migrations import LEDGER_TOTALS_REBUILD, PG_MIGRATIONS, TOTALS_AGREE, WRITE_LOCK
 
 Record = Any  # asyncpg.Record: a row read by column name or position
 
@@ -254,10 +254,19 @@ class PostgresStore:
         try:
             async with pool.acquire() as connection:
                 await migrate(connection)
-                async with connection.transaction():
-                    await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-                    for statement in (*AUTHORIZATION_USAGE_REBUILD, *LEDGER_TOTALS_REBUILD):
-                        await connection.execute(statement)
+                # One snapshot: the triggers change each total in the transaction that changes its rows. Summing
+                # again takes the write lock, and holds every replica's writes up for as long as it takes.
+                async with connection.transaction(isolation="repeatable_read", readonly=True):
+                    agree = [bool(await connection.fetchval(statement)) for statement in TOTALS_AGREE]
+                if not all(agree):
+                    log.warning(
+                        "the stored totals (authorization usage and ties, ledger summary) differ from their rows: a"
+                        " repair by hand bypassed the triggers that keep them; summing them again"
+                    )
+                    async with connection.transaction():
+                        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                        for statement in (*AUTHORIZATION_USAGE_REBUILD, *LEDGER_TOTALS_REBUILD):
+                            await connection.execute(statement)
         except BaseException:
             await pool.close()
             raise

@@ -5,18 +5,22 @@ most, since the server then ends its session, and with it the store's write lock
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import logging
 import time
 
 import asyncpg
 import pytest
 
 from gateway.config import ConfigError
+from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.node import _open_store
 from gateway.store import postgres as pg
 from gateway.store.pg_migrations import WRITE_LOCK
 from gateway.store.postgres import PostgresStore
 from tests import postgres
+from tests.gateway.test_change_feed import TERMS
 from tests.store.test_store_contract import entry
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -86,14 +90,19 @@ async def test_a_value_the_driver_cannot_encode_is_a_bug_not_a_failure_to_retry(
 async def test_a_replica_that_cannot_take_the_write_lock_at_start_is_told_to_start_again_not_to_move(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Another replica holds the write lock (a migration, a long transaction): the start runs out of time waiting.
-    # The database is this gateway's; the refusal says to start again, not to name another database.
+    # Another replica holds the write lock (a migration, a long transaction), and this start must sum the totals
+    # again (a repair bypassed their triggers): it runs out of time waiting. The database is this gateway's; the
+    # refusal says to start again, not to name another database.
     admin = postgres.admin_url()
     url = await postgres.create_database(admin, "locked")
-    await (await PostgresStore.open(url)).close()
+    store = await PostgresStore.open(url)
+    async with store.transaction() as tx:
+        await tx.append_ledger([entry(1, 10)])
+    await store.close()
     monkeypatch.setattr(pg, "LOCK_TIMEOUT", "1s")
     holder = await asyncpg.connect(url)
     try:
+        await holder.execute("TRUNCATE ledger")
         await holder.execute("SELECT pg_advisory_lock($1)", WRITE_LOCK)
         with pytest.raises(ConfigError) as refused:
             await _open_store(url)
@@ -102,6 +111,75 @@ async def test_a_replica_that_cannot_take_the_write_lock_at_start_is_told_to_sta
         assert "LockNotAvailableError" in message
         await holder.execute("SELECT pg_advisory_unlock($1)", WRITE_LOCK)
         await (await _open_store(url)).close()  # the lock released, the same database starts
+    finally:
+        await holder.close()
+        await postgres.drop_databases(admin, [url])
+
+
+@pytest.mark.asyncio
+async def test_a_replica_starts_without_the_write_lock_unless_the_totals_need_summing_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Summing the totals again holds every replica's writes up for as long as it takes (the whole ledger): a start
+    # does it only when the totals differ from their rows. While another session holds the write lock, a start
+    # whose totals agree goes through, with totals of every kind, a group of the summary (its partner, years and
+    # authorization as well as its sums) and a usage the triggers brought back to nought among them; one whose
+    # totals a repair broke, in either direction, waits for the lock, then mends them.
+    caplog.set_level(logging.WARNING, logger="gateway.store.postgres")  # whatever an earlier test left
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "totals")
+    store = await PostgresStore.open(url)
+    proposed = Transfer("t-1", TransferRole.INITIATING, TransferState.CHECKED, TERMS, (), NOW, NOW)
+    async with store.transaction() as tx:
+        await tx.append_ledger([entry(1, 10), entry(11, 30)])
+        await tx.insert_transfer(proposed)
+        await tx.insert_transfer(dataclasses.replace(proposed, transfer_id="t-2"))
+        await tx.update_transfer(dataclasses.replace(proposed, transfer_id="t-2", state=TransferState.CANCELLED))
+        await tx.add_authorization_tie("A-1", "use-1", 7, NOW)
+
+    async def kept(opened: PostgresStore) -> tuple[object, ...]:
+        async with opened.read() as tx:
+            return (
+                await tx.ledger_totals(),
+                await tx.first_transfer_quantity_used(TERMS.authorization_id),
+                await tx.first_transfer_quantity_used("A-1"),
+            )
+
+    expected = await kept(store)
+    await store.close()
+    assert expected[1] == TERMS.quantity and expected[2] == 7  # t-2's usage went back to nought
+    holder = await asyncpg.connect(url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", WRITE_LOCK)
+        started = await asyncio.wait_for(PostgresStore.open(url), 10)
+        await started.close()
+        assert "summing them again" not in caplog.text
+        for repair in (
+            "TRUNCATE ledger_totals",
+            "UPDATE ledger_totals SET low = low + 1",
+            "UPDATE ledger_totals SET partner = 'XXX'",
+            "UPDATE ledger_totals SET year_of_use = 1999",
+            "INSERT INTO authorization_usage VALUES ('A-9', 5)",
+            "UPDATE authorization_usage SET first_quantity = first_quantity + 1",
+            "DELETE FROM authorization_usage",
+            "INSERT INTO authorization_tie_totals VALUES ('A-9', 5)",
+            "DELETE FROM authorization_tie_totals",
+        ):
+            async with holder.transaction():  # as a repair with the triggers off would leave them
+                await holder.execute("SET LOCAL session_replication_role = replica")
+                await holder.execute(repair)
+            starting = asyncio.create_task(PostgresStore.open(url))
+            await asyncio.sleep(0.5)
+            assert not starting.done(), repair  # it waits for the write lock
+            await holder.execute("SELECT pg_advisory_unlock($1)", WRITE_LOCK)
+            started = await asyncio.wait_for(starting, 10)
+            try:
+                assert await kept(started) == expected, repair
+            finally:
+                await started.close()
+            assert "summing them again" in caplog.text, repair
+            caplog.clear()
+            await holder.execute("SELECT pg_advisory_lock($1)", WRITE_LOCK)
     finally:
         await holder.close()
         await postgres.drop_databases(admin, [url])
