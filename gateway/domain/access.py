@@ -85,6 +85,32 @@ def is_loopback_peer(peer: str) -> bool:
     return is_loopback_host(host)
 
 
+IPV6_PREFIX = 64
+"""How much of an IPv6 address names one caller: one host commonly holds a whole /64, and could otherwise take
+any number of per-address places."""
+
+
+def peer_source(peer: str) -> str:
+    """Where a gRPC peer string calls from, for limits per caller address: ``ipv4:192.0.2.7`` (the port left
+    out), ``ipv6:2001:db8::/64`` (the `IPV6_PREFIX` network; an IPv4-mapped address counts as its IPv4
+    address), ``unix`` for every local socket, and the string without its port otherwise."""
+    scheme, _, rest = peer.partition(":")
+    if scheme == "unix":
+        return "unix"
+    host = urllib.parse.unquote(rest).rpartition(":")[0] or urllib.parse.unquote(rest)
+    if scheme in ("ipv4", "ipv6"):
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return f"{scheme}:{host}"
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if isinstance(address, ipaddress.IPv4Address):
+            return f"ipv4:{address}"
+        return f"ipv6:{ipaddress.ip_network(f'{address}/{IPV6_PREFIX}', strict=False)}"
+    return f"{scheme}:{host}" if rest else scheme
+
+
 def token_digest(token: str) -> bytes:
     """The SHA-256 digest of a bearer token, as configured in ``token_sha256`` (in hexadecimal)."""
     return hashlib.sha256(token.encode("utf-8")).digest()

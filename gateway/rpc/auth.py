@@ -32,6 +32,7 @@ from gateway.domain.access import (
     Role,
     identify,
     is_loopback_peer,
+    peer_source,
 )
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.rpc.errors import abort_with
@@ -96,8 +97,8 @@ request of up to 4 MB, and a crowd of such calls held that much memory each; tho
 before their requests are read."""
 
 OPEN_READS_PER_ADDRESS = 2
-"""How many of those one network address may have at once: one caller cannot take every place and shut out the
-health checks of others (a load balancer's)."""
+"""How many of those one network address (an IPv6 /64, `gateway.domain.access.peer_source`) may have at once: one
+caller cannot take every place and shut out the health checks of others (a load balancer's)."""
 
 OPEN_READ_SECONDS = 2.0
 """How long a call without credentials may take to send its request: a silent one gives its place back."""
@@ -262,7 +263,7 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
     ) -> str:
         """Count a call without credentials in ``places`` (by its address) and return the address, or refuse it
         with ``TOO_MANY_OPEN_CALLS`` when ``in_all`` are counted already, or ``per_address`` from its address."""
-        address = context.peer().rpartition(":")[0]
+        address = peer_source(context.peer())
         if sum(places.values()) >= in_all:
             crowded = f"{in_all} {what} without credentials {doing}"
         elif places[address] >= per_address:

@@ -13,6 +13,7 @@ from gateway.domain.access import (
     identify,
     is_loopback_host,
     is_loopback_peer,
+    peer_source,
     token_digest,
 )
 
@@ -57,6 +58,27 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
 )
 def test_loopback_peers(peer: str, loopback: bool) -> None:
     assert is_loopback_peer(peer) is loopback
+
+
+@pytest.mark.parametrize(
+    ("peer", "source"),
+    [
+        ("ipv4:192.0.2.7:5000", "ipv4:192.0.2.7"),
+        ("ipv4:192.0.2.7:6000", "ipv4:192.0.2.7"),  # another port, the same caller
+        ("ipv6:%5B2001:db8::1%5D:59946", "ipv6:2001:db8::/64"),
+        ("ipv6:%5B2001:db8::ffff:1%5D:1", "ipv6:2001:db8::/64"),  # the same /64
+        ("ipv6:%5B2001:db8:0:1::1%5D:1", "ipv6:2001:db8:0:1::/64"),  # the next /64
+        ("ipv6:[2001:DB8::1]:5000", "ipv6:2001:db8::/64"),
+        ("ipv6:%5B::ffff:192.0.2.7%5D:5000", "ipv4:192.0.2.7"),  # IPv4-mapped: the IPv4 caller
+        ("ipv6:%5B::1%5D:5000", "ipv6:::/64"),
+        ("unix:/run/gateway.sock", "unix"),
+        ("unix:", "unix"),
+        ("ipv4:not-an-address:1", "ipv4:not-an-address"),
+        ("somethingelse", "somethingelse"),
+    ],
+)
+def test_callers_are_counted_by_address_and_ipv6_by_its_network(peer: str, source: str) -> None:
+    assert peer_source(peer) == source
 
 
 def _identify(**kwargs: object) -> Caller:
