@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -95,6 +96,57 @@ def peer_common_name(request: web.Request) -> str | None:
     return ""
 
 
+class BodyUnreadable(ValueError):
+    """A request body that cannot be decoded as its ``Content-Encoding`` says."""
+
+
+class BodyTooLarge(ValueError):
+    """A request body larger than the limit once decoded."""
+
+
+CONTENT_ENCODINGS = ("gzip", "x-gzip", "deflate")
+"""The compressions a partner may send its body in (``Content-Encoding``), besides none (``identity``)."""
+
+DECODED_IN_A_THREAD = 64 * 1024
+"""A compressed body of at least this many bytes is decompressed off the event loop."""
+
+
+def decoded_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """The body as sent, ``raw`` decompressed as ``content_encoding`` says (a `CONTENT_ENCODINGS` value, or
+    empty or ``identity`` for none).
+
+    Raises `BodyTooLarge` once the decompressed body passes ``limit`` bytes: no more of it is decompressed, so a
+    small body that unpacks to gigabytes costs no more than one of ``limit`` bytes. Raises `BodyUnreadable` for
+    another encoding, a stream that does not decompress, one that ends before its end mark (a truncated gzip
+    body would otherwise read as what decompressed of it), and data after the end mark.
+    """
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in CONTENT_ENCODINGS:
+        shown = encoding if len(encoding) <= 40 else f"{encoding[:40]}..."
+        raise BodyUnreadable(f"content-encoding {shown!r} is not supported: send identity, gzip or deflate")
+    if encoding == "deflate":
+        # RFC 9110 deflate is the zlib format; some senders send the raw stream, which aiohttp took too.
+        wbits = zlib.MAX_WBITS if raw[:1] and raw[0] & 0x0F == 8 else -zlib.MAX_WBITS
+    else:
+        wbits = 16 + zlib.MAX_WBITS
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        body = decompressor.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise BodyUnreadable(f"the {encoding} body does not decompress ({exc})") from None
+    if len(body) > limit:
+        raise BodyTooLarge(f"a body of more than {limit} bytes")
+    if not decompressor.eof:
+        raise BodyUnreadable(f"the {encoding} body ends before the end of its compressed stream")
+    if decompressor.unused_data:
+        raise BodyUnreadable(
+            f"{len(decompressor.unused_data)} bytes follow the end of the {encoding} body's compressed stream"
+        )
+    return body
+
+
 def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
     """The HTTP application of one gateway."""
     metrics = Metrics()
@@ -120,10 +172,27 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
             received = exchange.refuse_unread(f"a body of more than {body_limit} bytes", EnvelopeForm.JSON)
             metrics.count(received.code)
             return web.Response(body=received.receipt, status=413, content_type="application/json")
-        except MALFORMED_REQUEST as exc:  # a chunked body mis-framed, a compressed body that does not decompress
+        except MALFORMED_REQUEST as exc:  # a chunked body mis-framed
             received = exchange.refuse_unreadable(_reason(exc), EnvelopeForm.JSON)
             metrics.count(received.code)
             return web.Response(body=received.receipt, status=400, content_type="application/json")
+        # The server leaves bodies compressed (`HttpServer`): decompressed here, only as far as the limit.
+        encoding = request.headers.get("Content-Encoding", "")
+        try:
+            if encoding and len(raw) >= DECODED_IN_A_THREAD:
+                raw = await asyncio.to_thread(decoded_body, raw, encoding, body_limit)
+            else:
+                raw = decoded_body(raw, encoding, body_limit)
+        except (BodyTooLarge, BodyUnreadable) as exc:
+            too_large = isinstance(exc, BodyTooLarge)
+            refuse = exchange.refuse_unread if too_large else exchange.refuse_unreadable
+            received = refuse(str(exc), EnvelopeForm.JSON)
+            metrics.count(received.code)
+            refused = web.Response(
+                body=received.receipt, status=413 if too_large else 400, content_type="application/json"
+            )
+            refused.force_close()  # as for a body the server could not read: nothing more from this connection
+            return refused
         received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=peer_common_name(request))
         metrics.count(received.code)
         return web.Response(
@@ -209,7 +278,12 @@ class HttpServer:
     """Runs the application on one address (port 0 picks a free port), with optional mTLS."""
 
     def __init__(self, app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
-        self.runner = web.AppRunner(app, access_log=None, logger=REQUEST_LOG, keepalive_timeout=IDLE_SECONDS)
+        # Bodies stay compressed (`decoded_body` decompresses them): aiohttp would decompress all that a client
+        # sent, even past the 413 it answered (it reads the rest of an unread body before it closes), and read
+        # a truncated gzip body as what decompressed of it.
+        self.runner = web.AppRunner(
+            app, access_log=None, logger=REQUEST_LOG, keepalive_timeout=IDLE_SECONDS, auto_decompress=False
+        )
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
