@@ -33,7 +33,7 @@ from gateway.exchange import Exchange, ExchangeSettings
 from gateway.http.app import HttpServer, build_app
 from gateway.outbox import OutboxWorker, PartnerTransport
 from gateway.partners import PartnerDirectory
-from gateway.rpc.auth import OperatorAccess, OperatorAuthInterceptor
+from gateway.rpc.auth import OpenMethodsInterceptor, OperatorAccess, OperatorAuthInterceptor
 from gateway.rpc.interceptors import MalformedRequestInterceptor
 from gateway.rpc.mapping import MappingService
 from gateway.rpc.operator import OperatorService
@@ -432,11 +432,13 @@ class GatewayNode:
             _operator_server_credentials(self.operator_tls) if self.operator_tls else None,
         )
 
-        self.partner_server = grpc.aio.server(options=partner_options)
+        # Health checks on the partner port are open to whoever reaches it, under the limits of open calls on the
+        # operator port. No reflection there: a partner's engineers have the .proto files.
+        self.partner_server = grpc.aio.server(options=partner_options, interceptors=[OpenMethodsInterceptor()])
         self.partner_server.add_generic_rpc_handlers(
             (partner_handler(self.exchange, require_peer_identity=self.tls is not None),)
         )
-        await self._add_health_and_reflection(self.partner_server, PARTNER_SERVICE)
+        await self._add_health(self.partner_server, PARTNER_SERVICE)
         self.partner_port = _bind(
             self.partner_server,
             self._partner_listen,
@@ -481,11 +483,15 @@ class GatewayNode:
         self.core.start_background()
 
     @staticmethod
-    async def _add_health_and_reflection(server: grpc.aio.Server, *services: str) -> None:
+    async def _add_health(server: grpc.aio.Server, *services: str) -> None:
         servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         for name in ("", *services):
             await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    @classmethod
+    async def _add_health_and_reflection(cls, server: grpc.aio.Server, *services: str) -> None:
+        await cls._add_health(server, *services)
         reflection.enable_server_reflection(
             (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,

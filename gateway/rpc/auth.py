@@ -204,51 +204,14 @@ async def _one_request(method: str, requests: AsyncIterator[Any], context: grpc.
     )
 
 
-class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Authenticate every operator-server call and check the caller's role against `METHOD_ROLES`."""
+class _OpenCallPlaces:
+    """The places of calls without credentials to open methods (`OPEN_PREFIXES`): a few read their requests at a
+    time (`_read`), and a few streams are open at a time (`_held_open`). A call whose caller was identified
+    (`current_caller`) takes no place."""
 
-    def __init__(self, access: OperatorAccess) -> None:
-        self.access = access
+    def __init__(self) -> None:
         self._open_reading: Counter[str] = Counter()  # calls without credentials reading, by address
         self._open_streams: Counter[str] = Counter()  # streams without credentials open, by address
-
-    def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
-        """The caller of this call, or `GatewayError` with ``CALLER_UNAUTHENTICATED`` / ``CALLER_NOT_PERMITTED``.
-
-        None for an open method called without credentials.
-        """
-        needed = required_role(method)
-        try:
-            token = _bearer_token(context.invocation_metadata())
-            common_name = _common_name(context)
-            if needed is None and token is None and common_name is None:
-                return None
-            caller = identify(
-                self.access.callers,
-                token=token,
-                common_name=common_name,
-                loopback=is_loopback_peer(context.peer()),
-                unauthenticated_loopback=self.access.unauthenticated_loopback,
-                partner_identities=self.access.partner_identities,
-            )
-        except AuthenticationRefused as exc:
-            if needed is None:
-                return None
-            # The peer and the reason, never the token.
-            log.info("operator call %s from %s refused: %s", method, context.peer(), exc)
-            raise GatewayError(ResponseCode.CALLER_UNAUTHENTICATED, str(exc), field="authorization") from None
-        if needed is not None and not caller.role.allows(needed):
-            raise GatewayError(
-                ResponseCode.CALLER_NOT_PERMITTED,
-                f"{method} needs the role {needed.value!r}; the caller {caller.name!r} is {caller.role.value!r}",
-            )
-        return caller
-
-    async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        try:
-            _current_caller.set(self.authorize(method, context))
-        except GatewayError as exc:
-            await abort_with(context, exc)
 
     @staticmethod
     async def _take_place(
@@ -375,19 +338,15 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
             )
         return request
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def _limited(
+        self, method: str, found: Any, admit: Callable[[str, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        found = await continuation(handler_call_details)
-        if found is None:
-            return found
+        """``found`` (the handler of ``method``), served once ``admit`` admits the caller, with the places of
+        callers without credentials held."""
         # grpc's stubs type the handlers for the synchronous server; the aio server calls them as coroutines.
         handler: Any = found
-        method = str(getattr(handler_call_details, "method", "?"))
         deserializer, serializer = handler.request_deserializer, handler.response_serializer
-        admit, read = self._admit, self._read
+        read = self._read
         # A method that takes one request is served as one that takes a stream of them, and reads its request only
         # once the caller is admitted: served as unary, gRPC reads the whole request (up to its 4 MB limit) before
         # any handler runs, and a crowd of calls with a wrong token held that much memory each. The client sees no
@@ -430,3 +389,79 @@ class OperatorAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         return grpc.stream_stream_rpc_method_handler(
             streaming(handler.stream_stream, admitted), deserializer, serializer
         )
+
+
+class OperatorAuthInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Authenticate every operator-server call and check the caller's role against `METHOD_ROLES`."""
+
+    def __init__(self, access: OperatorAccess) -> None:
+        super().__init__()
+        self.access = access
+
+    def authorize(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
+        """The caller of this call, or `GatewayError` with ``CALLER_UNAUTHENTICATED`` / ``CALLER_NOT_PERMITTED``.
+
+        None for an open method called without credentials.
+        """
+        needed = required_role(method)
+        try:
+            token = _bearer_token(context.invocation_metadata())
+            common_name = _common_name(context)
+            if needed is None and token is None and common_name is None:
+                return None
+            caller = identify(
+                self.access.callers,
+                token=token,
+                common_name=common_name,
+                loopback=is_loopback_peer(context.peer()),
+                unauthenticated_loopback=self.access.unauthenticated_loopback,
+                partner_identities=self.access.partner_identities,
+            )
+        except AuthenticationRefused as exc:
+            if needed is None:
+                return None
+            # The peer and the reason, never the token.
+            log.info("operator call %s from %s refused: %s", method, context.peer(), exc)
+            raise GatewayError(ResponseCode.CALLER_UNAUTHENTICATED, str(exc), field="authorization") from None
+        if needed is not None and not caller.role.allows(needed):
+            raise GatewayError(
+                ResponseCode.CALLER_NOT_PERMITTED,
+                f"{method} needs the role {needed.value!r}; the caller {caller.name!r} is {caller.role.value!r}",
+            )
+        return caller
+
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            _current_caller.set(self.authorize(method, context))
+        except GatewayError as exc:
+            await abort_with(context, exc)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        found = await continuation(handler_call_details)
+        if found is None:
+            return found
+        return self._limited(str(getattr(handler_call_details, "method", "?")), found, self._admit)
+
+
+async def _anyone(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Admit every caller: one without credentials, whose call takes an open place."""
+
+
+class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """The limits of the open methods (`OPEN_PREFIXES`: health) on a server without operator callers, the
+    partner server: every caller counts as one without credentials. Other methods pass untouched."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        found = await continuation(handler_call_details)
+        method = str(getattr(handler_call_details, "method", "?"))
+        if found is None or not method.startswith(OPEN_PREFIXES):
+            return found
+        return self._limited(method, found, _anyone)

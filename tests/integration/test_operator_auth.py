@@ -517,6 +517,34 @@ async def test_only_a_few_health_watches_without_credentials_stay_open_at_once(
 
 
 @pytest.mark.asyncio
+async def test_health_on_the_partner_port_has_the_limits_of_open_calls(gateways: Gateways) -> None:
+    """Whoever reaches the partner port may check health, under the same limits as on the operator port: a few
+    watches and small requests; the partner exchange itself is not counted."""
+    request = health_pb2.HealthCheckRequest(service="")
+    async with grpc.aio.insecure_channel(gateways.tls.partner_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(request, timeout=20) for _ in range(auth.OPEN_STREAMS_PER_ADDRESS)]
+        for call in watches:
+            assert (await call.read()).status == health_pb2.HealthCheckResponse.SERVING
+        crowded = health.Watch(request, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await crowded.read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        detail = read_error_detail(await crowded.trailing_metadata())
+        assert detail is not None and int(detail.code) == int(ResponseCode.TOO_MANY_OPEN_CALLS)
+        big = health_pb2.HealthCheckRequest(service="s" * OPEN_REQUEST_BYTES).SerializeToString()
+        code, detail = await _call(channel, "/grpc.health.v1.Health/Check", request=big)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and detail is not None and detail.field == "request"
+        assert (await _call(channel, "/grpc.health.v1.Health/Check"))[0] == grpc.StatusCode.OK
+        # A delivery is the exchange's to answer (here: a body that is no envelope), whatever the health places.
+        delivered = channel.unary_unary("/carbon_gateway.v1.PartnerExchange/Deliver", None, None)
+        answer = await delivered(b"\xff\xff", timeout=10)
+        assert isinstance(answer, bytes) and answer
+        for call in watches:
+            call.cancel()
+
+
+@pytest.mark.asyncio
 async def test_a_health_check_without_credentials_that_sends_nothing_or_garbage_is_refused_in_time(
     gateways: Gateways, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -309,7 +309,7 @@ async def test_a_receipt_only_counts_for_the_statement_it_answers(pair: Pair) ->
 
 
 @pytest.mark.asyncio
-async def test_health_and_reflection_let_generic_tools_discover_the_api(pair: Pair) -> None:
+async def test_health_and_reflection_let_generic_tools_discover_the_operator_api(pair: Pair) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -328,7 +328,13 @@ async def test_health_and_reflection_let_generic_tools_discover_the_api(pair: Pa
     assert {"carbon_gateway.v1.OperatorService", "carbon_gateway.v1.MappingService", "grpc.health.v1.Health"} <= (
         operator_services
     )
-    assert "carbon_gateway.v1.PartnerExchange" in await services(pair.chn.partner_address)
+    # The partner port answers health checks, but does not list its services to whoever reaches it.
+    async with grpc.aio.insecure_channel(pair.chn.partner_address) as channel:
+        status = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await services(pair.chn.partner_address)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def _message_id(payload: bytes) -> str:
