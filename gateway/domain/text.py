@@ -8,10 +8,12 @@ Character rules:
 
 - **identifiers** (account, authorization, transfer, project IDs; codes; references): not blank, no leading or
   trailing white space, in Unicode normal form NFC, and no control, format (bidirectional overrides, zero
-  widths, byte-order marks), surrogate, private-use, unassigned, line or paragraph separator characters;
+  widths, byte-order marks), surrogate, private-use, unassigned, line or paragraph separator characters, nor
+  characters that show nothing (Hangul fillers, the Braille blank, variation selectors);
 - **names** (account holder names): as identifiers, except that the zero-width joiner and non-joiner, which some
   scripts need, are allowed;
-- **text** (reasons, explanations): may be empty and may contain inner spaces, otherwise as names;
+- **text** (reasons, explanations): may be empty and may contain inner spaces, otherwise as names; a reason a
+  person must give shows at least one letter, number, punctuation mark or symbol (`check_saying`);
 - **codes** looked up in a configured list (unit kinds, issuing registries, issuances): as identifiers, except
   that surrounding white space is folded away by the lookup rather than refused, and an unknown code is
   `ResponseCode.UNKNOWN_SERIAL_SPACE`.
@@ -54,6 +56,19 @@ MAX_QUOTED = 40
 
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _JOINERS = frozenset({"\u200c", "\u200d"})
+_BLANK_LOOKING = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+    + "".join(chr(c) for c in range(0xFE00, 0xFE10))
+    + "".join(chr(c) for c in range(0xE0100, 0xE01F0))
+)
+"""Characters that show nothing but are not formatting characters (category ``Cf``): the Hangul fillers, the
+Braille blank, the combining grapheme joiner, the Khmer inherent vowels and the variation selectors (Unicode's
+default-ignorable code points outside ``Cf``, and U+2800). An identifier holding one would look like another
+without it; names and text may need the variation selectors, so they are refused in identifiers alone."""
+
+_VISIBLE_CATEGORIES = frozenset("LNPS")
+"""The general categories (by first letter) of characters that show something: letters, numbers, punctuation
+and symbols."""
 
 
 def _invalid(field: str, message: str) -> GatewayError:
@@ -70,6 +85,8 @@ def _bad_character(value: str, allow_joiners: bool, *, ascii_space_only: bool = 
             continue
         category = unicodedata.category(char)
         if category in _REFUSED_CATEGORIES or (ascii_space_only and category == "Zs" and char != " "):
+            return char
+        if not allow_joiners and char in _BLANK_LOOKING:
             return char
     return None
 
@@ -160,6 +177,17 @@ def check_name(value: str, field: str, *, what: str = "name") -> str:
 def check_text(value: str, field: str, *, what: str = "text", max_length: int = MAX_TEXT_LENGTH) -> str:
     """``value`` if it is valid free text (possibly empty) of at most ``max_length`` characters."""
     return _check(value, field, what, max_length, allow_joiners=True, required=False)
+
+
+def check_saying(value: str, field: str, *, what: str, why: str) -> str:
+    """``value`` if it is valid text (`check_text`) that shows something: a reason a person must give is refused
+    when empty, and also when it holds only spaces, joiners, fillers or combining marks, which show nothing.
+    ``why`` completes the refusal ("say why ...")."""
+    check_text(value, field, what=what)
+    if not any(unicodedata.category(c)[0] in _VISIBLE_CATEGORIES and c not in _BLANK_LOOKING for c in value):
+        shown = "empty" if not value else f"{quoted(value)}, which shows nothing"
+        raise _invalid(field, f"the {what} is {shown}: say why {why}")
+    return value
 
 
 def check_count(items: Sized, field: str, limit: int, *, what: str = "items") -> None:

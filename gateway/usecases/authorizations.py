@@ -34,9 +34,7 @@ class AuthorizationKeeping(GatewayBase):
         The revoking version repeats the version it follows, read in the same transaction. Units already first
         transferred under it stay so; the revocation only stops further actions.
         """
-        text.check_text(reason, "reason", what="reason")
-        if not reason:
-            raise GatewayError(ResponseCode.INVALID_ARGUMENT, "say why the authorization is revoked", field="reason")
+        text.check_saying(reason, "reason", what="reason", why="the authorization is revoked")
         return await self._new_version(
             idem,
             authorization_id,

@@ -91,14 +91,8 @@ class Deliveries(Initiating):
     async def abandon_dead_letter(self, idem: Idempotency, message_id: str, reason: str) -> Abandoned:
         """Give up on a dead letter for good, and settle what that means for its transfer."""
         exchange = self._exchange
-        text.check_text(reason, "reason", what="reason")
-        if not reason.strip():
-            raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT,
-                "say why the letter is abandoned: the reason is recorded with it (and an abandoned Proposal's is sent"
-                " to the partner with the transfer's cancellation)",
-                field="reason",
-            )
+        # Recorded with the letter, and sent to the partner with the cancellation of an abandoned Proposal.
+        text.check_saying(reason, "reason", what="reason", why="the letter is abandoned")
         async with self.store.transaction() as tx:
             previous = await self._replay(tx, idem)
             if previous is None:

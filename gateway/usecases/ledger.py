@@ -59,9 +59,7 @@ class LedgerKeeping(GatewayBase):
 
     async def lock_period(self, idem: Idempotency, first_year: int, last_year: int, reason: str) -> LockedPeriod:
         """Make a past period final: actions dated in it are refused from now on with `PERIOD_LOCKED`."""
-        text.check_text(reason, "reason", what="reason")
-        if not reason:
-            raise GatewayError(ResponseCode.INVALID_ARGUMENT, "say why the period is final", field="reason")
+        text.check_saying(reason, "reason", what="reason", why="the period is final")
         now = self.clock()
         async with self.store.transaction() as tx:
             previous = await self._replay(tx, idem)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
-from gateway.domain import merkle
+from gateway.domain import merkle, text
 from gateway.domain.blocks import SerialSpace
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import (
@@ -154,14 +154,14 @@ class Progress:
         """The inverse of `encode`."""
         raw = json.loads(data)
         groups = []
-        for text in raw["groups"]:
+        for hexed in raw["groups"]:
             group = partner_pb2.GroupComparison()
-            group.ParseFromString(bytes.fromhex(text))
+            group.ParseFromString(bytes.fromhex(hexed))
             groups.append(group)
         evidence = {}
-        for key, text in raw["evidence"].items():
+        for key, hexed in raw["evidence"].items():
             item = partner_pb2.TransferEvidence()
-            item.ParseFromString(bytes.fromhex(text))
+            item.ParseFromString(bytes.fromhex(hexed))
             evidence[key] = item
         return cls(
             phase=raw["phase"],
@@ -342,13 +342,7 @@ class Reconciling(GatewayBase):
 
     async def resolve_reconciliation(self, idem: Idempotency, run_id: str, reason: str) -> ReconciliationRun:
         """Resolve a run's discrepancy with a reason a person gave: its blocks are no longer frozen."""
-        reason = reason.strip()
-        if not reason:
-            raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT,
-                "say why the discrepancy is resolved: a reason is recorded",
-                field="reason",
-            )
+        reason = text.check_saying(reason.strip(), "reason", what="reason", why="the discrepancy is resolved")
         async with self.store.transaction() as tx:
             replayed = await self._replay(tx, idem)
             if replayed is not None:

@@ -285,8 +285,13 @@ INVALID_IDS = {
     "trailing-space": "CN-0001 ",
     "trailing-newline": "CN-0001\n",
     "non-nfc": NON_NFC,
+    "hangul-filler": "CN-PO-0001\u3164",
+    "braille-blank": "\u2800",
 }
 """Identifier values every identifier field refuses."""
+
+INVISIBLE_REASONS = {"joiner": "\u200d", "hangul-filler": "\u3164", "combining-mark": "\u0301", "selector": "\ufe0f"}
+"""Reasons that show nothing: refused where a person must say why."""
 
 LOOK_ALIKE_SPACES = {"no-break-space": "CN\u00a0PO-0001", "em-space": "CN\u2003PO-0001"}
 """Identifiers refused where this gateway would name something new (an account, an incoming transfer), and still
@@ -800,6 +805,10 @@ TABLE: list[Bad] = [
     Bad("reason-nul", "AbandonDeadLetter", lambda: abandon(reason="no\x00"), "reason"),
     Bad("reason-empty", "AbandonDeadLetter", lambda: abandon(reason=""), "reason"),
     Bad("reason-blank", "AbandonDeadLetter", lambda: abandon(reason="   "), "reason"),
+    *(
+        Bad(f"reason-{name}", "AbandonDeadLetter", partial(abandon, reason=value), "reason")
+        for name, value in INVISIBLE_REASONS.items()
+    ),
     *bad_keys("AbandonDeadLetter", lambda k: abandon(key=k)),
     # the ledger (issue 9)
     *bad_keys("AmendAuthorization", lambda k: amend(key=k)),
@@ -818,6 +827,10 @@ TABLE: list[Bad] = [
     Bad("version-reused", "RevokeAuthorization", lambda: revoke(version=DEMO_AUTHORIZATION.version), "version"),
     Bad("date-before-the-latest-version", "RevokeAuthorization", lambda: revoke(date="2001-01-01"), "date"),
     Bad("reason-3mb", "RevokeAuthorization", lambda: revoke(reason=BIG), "reason"),
+    *(
+        Bad(f"reason-{name}", "RevokeAuthorization", partial(revoke, reason=value), "reason")
+        for name, value in INVISIBLE_REASONS.items()
+    ),
     *(
         case
         for case in each_id(
@@ -885,6 +898,15 @@ TABLE: list[Bad] = [
         lambda: operator_pb2.LockPeriodRequest(idempotency_key=KEY, first_year=2020, last_year=2020, reason=""),
         "reason",
     ),
+    *(
+        Bad(
+            f"reason-{name}",
+            "LockPeriod",
+            partial(operator_pb2.LockPeriodRequest, idempotency_key=KEY, first_year=2020, last_year=2020, reason=value),
+            "reason",
+        )
+        for name, value in INVISIBLE_REASONS.items()
+    ),
     # reconciliation (issue 10)
     *bad_keys("RunReconciliation", lambda k: operator_pb2.RunReconciliationRequest(idempotency_key=k, partner="CHE")),
     *bad_parties(
@@ -944,6 +966,15 @@ TABLE: list[Bad] = [
         "ResolveReconciliation",
         lambda: operator_pb2.ResolveReconciliationRequest(idempotency_key=KEY, run_id="r-1", reason="a\x00b"),
         "reason",
+    ),
+    *(
+        Bad(
+            f"reason-{name}",
+            "ResolveReconciliation",
+            partial(operator_pb2.ResolveReconciliationRequest, idempotency_key=KEY, run_id="r-1", reason=value),
+            "reason",
+        )
+        for name, value in INVISIBLE_REASONS.items()
     ),
     Bad(
         "run_id-unknown",
