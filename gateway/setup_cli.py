@@ -628,6 +628,8 @@ def _trust_next(args: argparse.Namespace) -> int:
             exists = path.exists()
         except OSError as exc:  # a name too long
             raise SetupError(f"--out: cannot write {path}: {exc.strerror or exc}") from None
+        if exists and path.is_dir():
+            raise SetupError(f"--out: {path} is a folder; name the file to write, such as {path / 'trust.json'}")
         if exists:
             raise SetupError(f"refusing to overwrite {path}; remove it or choose --out")
     _write_new(out, envelope.to_json())

@@ -351,6 +351,10 @@ def test_trust_next_drafts_the_version_partners_holding_version_1_accept(
     # Again: the files are never overwritten.
     assert main(["trust", "next", "--config", str(config), "--new-key", f"file:{new_key}"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
+    # A folder is not a file to write.
+    folder = str(tmp_path / "chn")
+    assert main(["trust", "next", "--config", str(config), "--new-key", f"file:{new_key}", "--out", folder]) == 2
+    assert f"--out: {folder} is a folder; name the file to write" in capsys.readouterr().err
 
 
 def test_trust_next_retire_old_leaves_only_the_new_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
