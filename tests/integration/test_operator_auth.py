@@ -461,6 +461,19 @@ async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and
                 assert int(detail.code) == int(ResponseCode.INVALID_ARGUMENT) and detail.field == "request"
 
 
+async def _watch_refused(
+    health: health_pb2_grpc.HealthStub, request: health_pb2.HealthCheckRequest
+) -> records_pb2.ErrorDetail:
+    """The detail of a health watch refused for want of a place."""
+    crowded = health.Watch(request, timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await crowded.read()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    detail = read_error_detail(await crowded.trailing_metadata())
+    assert detail is not None and int(detail.code) == int(ResponseCode.TOO_MANY_OPEN_CALLS)
+    return detail
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("limit", ["from one address", "from all"])
 async def test_only_a_few_health_watches_without_credentials_stay_open_at_once(
@@ -488,12 +501,7 @@ async def test_only_a_few_health_watches_without_credentials_stay_open_at_once(
             return call
 
         watches = [await watching() for _ in range(places)]
-        crowded = health.Watch(request, timeout=10)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await crowded.read()
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        detail = read_error_detail(await crowded.trailing_metadata())
-        assert detail is not None and int(detail.code) == int(ResponseCode.TOO_MANY_OPEN_CALLS)
+        detail = await _watch_refused(health, request)
         assert "Health/Watch" in detail.message and "streams without credentials" in detail.message
         assert (" from ipv4:127.0.0.1 " in detail.message) is (limit == "from one address")
         # With credentials, the watch is not counted; checks are counted apart.
@@ -526,12 +534,7 @@ async def test_health_on_the_partner_port_has_the_limits_of_open_calls(gateways:
         watches = [health.Watch(request, timeout=20) for _ in range(auth.OPEN_STREAMS_PER_ADDRESS)]
         for call in watches:
             assert (await call.read()).status == health_pb2.HealthCheckResponse.SERVING
-        crowded = health.Watch(request, timeout=10)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await crowded.read()
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        detail = read_error_detail(await crowded.trailing_metadata())
-        assert detail is not None and int(detail.code) == int(ResponseCode.TOO_MANY_OPEN_CALLS)
+        await _watch_refused(health, request)
         big = health_pb2.HealthCheckRequest(service="s" * OPEN_REQUEST_BYTES).SerializeToString()
         code, detail = await _call(channel, "/grpc.health.v1.Health/Check", request=big)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and detail is not None and detail.field == "request"
