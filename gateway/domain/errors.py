@@ -53,6 +53,7 @@ class ResponseCode(enum.IntEnum):
     TOO_MANY_WATCHES = 36
     TOO_MANY_MAPPINGS = 37
     TOO_MANY_OPEN_CALLS = 38
+    TOO_MANY_CALLS = 39
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -111,6 +112,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     "(16, 2 from one address) are being read, or as many health watches without credentials as it serves at once "
     "(32, 4 from one address) are open; check again shortly, or check with credentials (a read-only token "
     "suffices), which are not counted",
+    ResponseCode.TOO_MANY_CALLS: "the caller has as many calls that take one request in progress as the operator API "
+    "takes from one caller at once (64; streams are counted apart); wait for one to end, or call again later",
 }
 
 

@@ -114,6 +114,13 @@ server ran out of memory."""
 OPEN_STREAMS_PER_ADDRESS = 4
 """How many of those one network address may have open at once."""
 
+CALLS_AT_ONCE_PER_CALLER = 64
+"""How many calls that take one request (all but the streams, which have limits of their own) one authenticated
+caller may have in progress at once, in this process (the callers on loopback without credentials are one). Each
+may hold a request of up to 4 MB and a share of the store: a caller's token, even a read-only one given to a load
+balancer, cannot take the gateway's memory or time from the others. More are refused with ``TOO_MANY_CALLS``
+before their requests are read."""
+
 READ_ONLY_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 """Reflection lists the services and their messages: read-only."""
 
@@ -212,6 +219,7 @@ class _OpenCallPlaces:
     def __init__(self) -> None:
         self._open_reading: Counter[str] = Counter()  # calls without credentials reading, by address
         self._open_streams: Counter[str] = Counter()  # streams without credentials open, by address
+        self._calls: Counter[str] = Counter()  # calls of one request in progress, by authenticated caller
 
     @staticmethod
     async def _take_place(
@@ -249,6 +257,29 @@ class _OpenCallPlaces:
         places[address] -= 1
         if not places[address]:
             del places[address]
+
+    @contextlib.asynccontextmanager
+    async def _calling(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Hold one of the caller's `CALLS_AT_ONCE_PER_CALLER` places while its call is read and served, or
+        refuse the call with ``TOO_MANY_CALLS``; a call without credentials takes none here (`_read`)."""
+        caller = _current_caller.get()
+        if caller is None:
+            yield
+            return
+        if self._calls[caller.name] >= CALLS_AT_ONCE_PER_CALLER:
+            await abort_with(
+                context,
+                GatewayError(
+                    ResponseCode.TOO_MANY_CALLS,
+                    f"the caller {caller.name!r} has {CALLS_AT_ONCE_PER_CALLER} calls in progress, as many as the"
+                    f" operator API takes from one caller at once; call {method} again once one has ended",
+                ),
+            )
+        self._calls[caller.name] += 1
+        try:
+            yield
+        finally:
+            self._give_place(self._calls, caller.name)
 
     @contextlib.asynccontextmanager
     async def _open_stream(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
@@ -346,7 +377,7 @@ class _OpenCallPlaces:
         # grpc's stubs type the handlers for the synchronous server; the aio server calls them as coroutines.
         handler: Any = found
         deserializer, serializer = handler.request_deserializer, handler.response_serializer
-        read = self._read
+        read, calling = self._read, self._calling
         # A method that takes one request is served as one that takes a stream of them, and reads its request only
         # once the caller is admitted: served as unary, gRPC reads the whole request (up to its 4 MB limit) before
         # any handler runs, and a crowd of calls with a wrong token held that much memory each. The client sees no
@@ -357,7 +388,8 @@ class _OpenCallPlaces:
 
             async def unary_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 await admit(method, context)
-                return await inner_uu(await read(method, requests, context), context)
+                async with calling(method, context):
+                    return await inner_uu(await read(method, requests, context), context)
 
             return grpc.stream_unary_rpc_method_handler(unary_unary, deserializer, serializer)
 

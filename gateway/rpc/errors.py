@@ -38,6 +38,7 @@ _STATUS: dict[ResponseCode, grpc.StatusCode] = {
     ResponseCode.TOO_MANY_WATCHES: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ResponseCode.TOO_MANY_MAPPINGS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ResponseCode.TOO_MANY_OPEN_CALLS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ResponseCode.TOO_MANY_CALLS: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

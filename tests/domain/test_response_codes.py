@@ -47,6 +47,7 @@ PINNED_VALUES: dict[str, int] = {
     "TOO_MANY_WATCHES": 36,
     "TOO_MANY_MAPPINGS": 37,
     "TOO_MANY_OPEN_CALLS": 38,
+    "TOO_MANY_CALLS": 39,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

@@ -461,6 +461,41 @@ async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and
                 assert int(detail.code) == int(ResponseCode.INVALID_ARGUMENT) and detail.field == "request"
 
 
+@pytest.mark.asyncio
+async def test_one_caller_has_only_so_many_calls_in_progress(
+    gateways: Gateways, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's calls in progress hold its places (`CALLS_AT_ONCE_PER_CALLER`): one more is refused before its
+    request is read, another caller is not held up, and a place comes back when its call ends."""
+    monkeypatch.setattr(auth, "CALLS_AT_ONCE_PER_CALLER", 2)
+    method = f"/{SERVICES[0].full_name}/ListAuthorizations"
+    sent = asyncio.Event()
+    reader, clerk = _metadata(TOKENS[Role.READ_ONLY]), _metadata(TOKENS[Role.OPERATOR])
+    async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
+        held = [
+            channel.stream_unary(method, None, None)(_withheld_request(sent, b""), metadata=reader, timeout=10)
+            for _ in range(2)
+        ]
+        # The held calls take their places as the server admits them, in no set order: ask until one is refused.
+        for _ in range(200):
+            crowded = await _call(channel, method, metadata=reader)
+            if crowded[0] != grpc.StatusCode.OK:
+                break
+            await asyncio.sleep(0.01)
+        code, detail = crowded
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None
+        assert int(detail.code) == int(ResponseCode.TOO_MANY_CALLS) and "'reader' has 2 calls" in detail.message
+        assert (await _call(channel, method, metadata=clerk))[0] == grpc.StatusCode.OK
+        # Without credentials, a health check is not the reader's.
+        assert (await _call(channel, "/grpc.health.v1.Health/Check"))[0] == grpc.StatusCode.OK
+        sent.set()
+        for call in held:
+            assert await call.code() == grpc.StatusCode.OK
+        # Every place came back, the refused call's too.
+        again = [_call(channel, method, metadata=reader) for _ in range(2)]
+        assert [outcome[0] for outcome in await asyncio.gather(*again)] == [grpc.StatusCode.OK] * 2
+
+
 async def _watch_refused(
     health: health_pb2_grpc.HealthStub, request: health_pb2.HealthCheckRequest
 ) -> records_pb2.ErrorDetail:

@@ -95,6 +95,7 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     TOO_MANY_WATCHES: _ResponseCode.ValueType  # 36
     TOO_MANY_MAPPINGS: _ResponseCode.ValueType  # 37
     TOO_MANY_OPEN_CALLS: _ResponseCode.ValueType  # 38
+    TOO_MANY_CALLS: _ResponseCode.ValueType  # 39
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -138,6 +139,7 @@ CHANGES_PRUNED: ResponseCode.ValueType  # 35
 TOO_MANY_WATCHES: ResponseCode.ValueType  # 36
 TOO_MANY_MAPPINGS: ResponseCode.ValueType  # 37
 TOO_MANY_OPEN_CALLS: ResponseCode.ValueType  # 38
+TOO_MANY_CALLS: ResponseCode.ValueType  # 39
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final
