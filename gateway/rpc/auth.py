@@ -36,7 +36,7 @@ from gateway.domain.access import (
 )
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.rpc.errors import abort_with
-from gateway.rpc.interceptors import streaming
+from gateway.rpc.interceptors import streaming, tolerant_handler
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +216,18 @@ class _OpenCallPlaces:
     time (`_read`), and a few streams are open at a time (`_held_open`). A call whose caller was identified
     (`current_caller`) takes no place."""
 
+    SERVER = "the operator API"
+    """The server, as a refusal names it."""
+    CREDENTIALS_ADVICE = ", or with credentials (a read-only token suffices)"
+    """What a refusal of a call without credentials advises besides calling again."""
+
     def __init__(self) -> None:
         self._open_reading: Counter[str] = Counter()  # calls without credentials reading, by address
         self._open_streams: Counter[str] = Counter()  # streams without credentials open, by address
         self._calls: Counter[str] = Counter()  # calls of one request in progress, by authenticated caller
 
-    @staticmethod
     async def _take_place(
+        self,
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
         places: Counter[str],
@@ -246,8 +251,8 @@ class _OpenCallPlaces:
             context,
             GatewayError(
                 ResponseCode.TOO_MANY_OPEN_CALLS,
-                f"{crowded}, as many as the operator API takes at once; call {method} again shortly, or with"
-                " credentials (a read-only token suffices)",
+                f"{crowded}, as many as {self.SERVER} takes at once; call {method} again shortly"
+                f"{self.CREDENTIALS_ADVICE}",
             ),
         )
         raise AssertionError("abort_with returns only by raising")
@@ -487,6 +492,9 @@ class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # ty
     """The limits of the open methods (`OPEN_PREFIXES`: health) on a server without operator callers, the
     partner server: every caller counts as one without credentials. Other methods pass untouched."""
 
+    SERVER = "the partner port"
+    CREDENTIALS_ADVICE = ""  # no credentials count here
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
@@ -496,4 +504,5 @@ class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # ty
         method = str(getattr(handler_call_details, "method", "?"))
         if found is None or not method.startswith(OPEN_PREFIXES):
             return found
-        return self._limited(method, found, _anyone)
+        # Unreadable request bytes are refused as on the operator server (`MalformedRequestInterceptor`).
+        return self._limited(method, tolerant_handler(method, found), _anyone)

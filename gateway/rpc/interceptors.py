@@ -55,53 +55,52 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[t
         found = await continuation(handler_call_details)
         if found is None:
             return found
-        # grpc's stubs type the handlers for the synchronous server; the aio server calls them as coroutines.
-        handler: Any = found
-        method = str(getattr(handler_call_details, "method", "?"))
-        deserializer = _tolerant(handler.request_deserializer)
-        serializer = handler.response_serializer
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+        return tolerant_handler(str(getattr(handler_call_details, "method", "?")), found)
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                if isinstance(request, _Unreadable):
-                    await abort_with(context, _refusal(method, request.reason))
-                return await inner_uu(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
-        if handler.unary_stream is not None:
+def tolerant_handler(method: str, found: Any) -> grpc.RpcMethodHandler[Any, Any]:
+    """``found``, the handler of ``method``, with a deserializer that never raises: request bytes that do not parse
+    are refused with ``MALFORMED_PAYLOAD`` (`MalformedRequestInterceptor` does this for every method)."""
+    # grpc's stubs type the handlers for the synchronous server; the aio server calls them as coroutines.
+    handler: Any = found
+    deserializer = _tolerant(handler.request_deserializer)
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
 
-            async def readable(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                if isinstance(request, _Unreadable):
-                    await abort_with(context, _refusal(method, request.reason))
-                return request
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Unreadable):
+                await abort_with(context, _refusal(method, request.reason))
+            return await inner_uu(request, context)
 
-            return grpc.unary_stream_rpc_method_handler(
-                streaming(handler.unary_stream, readable), deserializer, serializer
-            )
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
+    if handler.unary_stream is not None:
 
-        async def checked(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            async for request in requests:
-                if isinstance(request, _Unreadable):
-                    await abort_with(context, _refusal(method, request.reason))
-                yield request
+        async def readable(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Unreadable):
+                await abort_with(context, _refusal(method, request.reason))
+            return request
 
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream, readable), deserializer, serializer)
 
-            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                return await inner_su(checked(requests, context), context)
+    async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Unreadable):
+                await abort_with(context, _refusal(method, request.reason))
+            yield request
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
+    if handler.stream_unary is not None:
+        inner_su = handler.stream_unary
 
-        async def checking(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return checked(requests, context)
+        async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return await inner_su(checked(requests, context), context)
 
-        return grpc.stream_stream_rpc_method_handler(
-            streaming(handler.stream_stream, checking), deserializer, serializer
-        )
+        return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
+
+    async def checking(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return checked(requests, context)
+
+    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream, checking), deserializer, serializer)
 
 
 def streaming(inner: Any, first: Callable[[Any, Any], Awaitable[Any]]) -> Any:

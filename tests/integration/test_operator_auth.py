@@ -566,10 +566,19 @@ async def test_health_on_the_partner_port_has_the_limits_of_open_calls(gateways:
     request = health_pb2.HealthCheckRequest(service="")
     async with grpc.aio.insecure_channel(gateways.tls.partner_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
+        # Unreadable request bytes are refused as on the operator port, not answered UNKNOWN with a traceback.
+        for method, streaming in (("Check", False), ("Watch", True)):
+            code, unreadable = await _call(
+                channel, f"/grpc.health.v1.Health/{method}", server_streaming=streaming, request=b"\xff\xff\xff"
+            )
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and unreadable is not None, method
+            assert int(unreadable.code) == int(ResponseCode.MALFORMED_PAYLOAD)
         watches = [health.Watch(request, timeout=20) for _ in range(auth.OPEN_STREAMS_PER_ADDRESS)]
         for call in watches:
             assert (await call.read()).status == health_pb2.HealthCheckResponse.SERVING
-        await _watch_refused(health, request)
+        crowded = await _watch_refused(health, request)
+        assert "the partner port" in crowded.message and "credentials from" in crowded.message
+        assert "token" not in crowded.message  # no credentials count on the partner port
         big = health_pb2.HealthCheckRequest(service="s" * OPEN_REQUEST_BYTES).SerializeToString()
         code, detail = await _call(channel, "/grpc.health.v1.Health/Check", request=big)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and detail is not None and detail.field == "request"
