@@ -107,8 +107,9 @@ class BodyTooLarge(ValueError):
 CONTENT_ENCODINGS = ("gzip", "x-gzip", "deflate")
 """The compressions a partner may send its body in (``Content-Encoding``), besides none (``identity``)."""
 
-DECODED_IN_A_THREAD = 64 * 1024
-"""A compressed body of at least this many bytes is decompressed off the event loop."""
+DECOMPRESSIONS_AT_ONCE = 1
+"""Compressed bodies are decompressed off the event loop, this many at a time: a few kilobytes of gzip unpack to
+the body limit (some 12 ms of CPU each), and a crowd of them must hold neither the event loop nor every CPU."""
 
 
 def decoded_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
@@ -152,6 +153,7 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
     metrics = Metrics()
     body_limit = 4 * exchange.settings.max_envelope_bytes + 4096
     app = web.Application(client_max_size=body_limit)
+    decompressing = asyncio.Semaphore(DECOMPRESSIONS_AT_ONCE)
 
     async def deliver(request: web.Request) -> web.Response:
         try:
@@ -171,18 +173,20 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
             # aiohttp stops reading at the application's limit, some four times the cap: the rest is not read.
             received = exchange.refuse_unread(f"a body of more than {body_limit} bytes", EnvelopeForm.JSON)
             metrics.count(received.code)
-            return web.Response(body=received.receipt, status=413, content_type="application/json")
+            unread = web.Response(body=received.receipt, status=413, content_type="application/json")
+            unread.force_close()
+            return unread
         except MALFORMED_REQUEST as exc:  # a chunked body mis-framed
             received = exchange.refuse_unreadable(_reason(exc), EnvelopeForm.JSON)
             metrics.count(received.code)
             return web.Response(body=received.receipt, status=400, content_type="application/json")
         # The server leaves bodies compressed (`HttpServer`): decompressed here, only as far as the limit.
-        encoding = request.headers.get("Content-Encoding", "")
+        # Two headers are one list of encodings, as HTTP reads them.
+        encoding = ", ".join(request.headers.getall("Content-Encoding", []))
         try:
-            if encoding and len(raw) >= DECODED_IN_A_THREAD:
-                raw = await asyncio.to_thread(decoded_body, raw, encoding, body_limit)
-            else:
-                raw = decoded_body(raw, encoding, body_limit)
+            if encoding.strip().lower() not in ("", "identity"):
+                async with decompressing:
+                    raw = await asyncio.to_thread(decoded_body, raw, encoding, body_limit)
         except (BodyTooLarge, BodyUnreadable) as exc:
             too_large = isinstance(exc, BodyTooLarge)
             refuse = exchange.refuse_unread if too_large else exchange.refuse_unreadable

@@ -1340,6 +1340,7 @@ async def test_a_request_the_http_server_cannot_parse_gets_400_and_one_log_line_
         ("gzip", gzip.compress(envelope) + b"junk"),
         ("br", b"\x0b\x02\x80{}\x03"),
         ("gzip, gzip", gzip.compress(gzip.compress(envelope))),
+        ("gzip\r\nContent-Encoding: br", gzip.compress(envelope)),  # two headers: one list, gzip then br
     ):
         reader, writer = await asyncio.open_connection(address.hostname, address.port)
         writer.write(
@@ -1363,6 +1364,34 @@ async def test_a_request_the_http_server_cannot_parse_gets_400_and_one_log_line_
     assert len(lines) == len(requests)
     assert all(line.startswith("refused a malformed HTTP request") for line in lines), lines
     assert any(line.startswith("refused a malformed HTTP request from 127.0.0.1: ") for line in lines), lines
+
+
+@MODULE
+async def test_a_compressed_body_is_decompressed_off_the_event_loop(
+    partners: Partners, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A few kilobytes of gzip unpack to the body limit: decompressed on the event loop, a crowd of them held
+    # every call of the gateway up.
+    import threading
+
+    from gateway.http import app as http_app
+
+    threads: list[int] = []
+    decode = http_app.decoded_body
+
+    def recorded(raw: bytes, content_encoding: str, limit: int) -> bytes:
+        threads.append(threading.get_ident())
+        return decode(raw, content_encoding, limit)
+
+    monkeypatch.setattr(http_app, "decoded_body", recorded)
+    body = gzip.compress(b"{" + b" " * 100_000 + b"}")
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(partners.che.http_url + DELIVER_PATH, data=body, headers=headers) as response,
+    ):
+        assert response.status == 400  # decompressed: JSON, but no envelope
+    assert threads and threading.get_ident() not in threads
 
 
 # -- poison statements on both partner transports ------------------------------------------------------
