@@ -8,8 +8,8 @@ Character rules:
 
 - **identifiers** (account, authorization, transfer, project IDs; codes; references): not blank, no leading or
   trailing white space, in Unicode normal form NFC, and no control, format (bidirectional overrides, zero
-  widths, byte-order marks), surrogate, private-use, unassigned, line or paragraph separator characters, nor
-  characters that show nothing (Hangul fillers, the Braille blank, variation selectors);
+  widths, byte-order marks), surrogate, private-use, unassigned, line or paragraph separator characters; a new
+  one must also not look like another (`check_new_identifier`);
 - **names** (account holder names): as identifiers, except that the zero-width joiner and non-joiner, which some
   scripts need, are allowed;
 - **text** (reasons, explanations): may be empty and may contain inner spaces, otherwise as names; a reason a
@@ -57,14 +57,31 @@ MAX_QUOTED = 40
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _JOINERS = frozenset({"\u200c", "\u200d"})
 _BLANK_LOOKING = frozenset(
-    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0\ufffc"
+    "\U00016fe4\U0001bc9d\U0001d159"
     + "".join(chr(c) for c in range(0xFE00, 0xFE10))
     + "".join(chr(c) for c in range(0xE0100, 0xE01F0))
 )
-"""Characters that show nothing but are not formatting characters (category ``Cf``): the Hangul fillers, the
-Braille blank, the combining grapheme joiner, the Khmer inherent vowels and the variation selectors (Unicode's
-default-ignorable code points outside ``Cf``, and U+2800). An identifier holding one would look like another
-without it; names and text may need the variation selectors, so they are refused in identifiers alone."""
+"""Characters that show nothing but are not formatting characters (category ``Cf``): the Hangul and Khitan
+fillers, the Braille blank, the combining grapheme joiner, the Khmer inherent vowels, the variation selectors,
+the Duployan thick letter selector (Unicode's default-ignorable code points outside ``Cf``, and U+2800), the
+musical null notehead and the object replacement character. A new identifier holding one would look like
+another without it (`check_new_identifier`); a required reason of them alone says nothing (`check_saying`)."""
+
+_DASH_LOOK_ALIKES = frozenset(
+    "\u02d7\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\u23af\u2500\u2796\ufe58\ufe63\uff0d"
+)
+"""Characters taken for the ASCII hyphen-minus: the Unicode hyphens and dashes, minus signs, a hyphen bullet and
+horizontal lines. The hyphens of other scripts (the Hebrew maqaf, the Armenian hyphen, the wave dash) are not
+taken for it, and are not among them."""
+
+_LOOK_ALIKE_FORMS = ("<wide>", "<narrow>", "<font>", "<circle>", "<square>")
+"""Compatibility decompositions (`unicodedata.decomposition`) of letters and digits drawn like ASCII ones:
+fullwidth, halfwidth, mathematical, circled and squared forms."""
+
+_INHERITED_MARKS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
+"""The combining marks of no script of their own (diacritics put on any letter); the marks of a script (Thai,
+Myanmar, Devanagari) stack as its spelling needs."""
 
 _VISIBLE_CATEGORIES = frozenset("LNPS")
 """The general categories (by first letter) of characters that show something: letters, numbers, punctuation
@@ -85,8 +102,6 @@ def _bad_character(value: str, allow_joiners: bool, *, ascii_space_only: bool = 
             continue
         category = unicodedata.category(char)
         if category in _REFUSED_CATEGORIES or (ascii_space_only and category == "Zs" and char != " "):
-            return char
-        if not allow_joiners and char in _BLANK_LOOKING:
             return char
     return None
 
@@ -142,12 +157,58 @@ def check_identifier(value: str, field: str, *, what: str = "identifier", requir
     return _check(value, field, what, MAX_IDENTIFIER_LENGTH, allow_joiners=False, required=required)
 
 
+MAX_MARKS_IN_A_ROW = 3
+"""Diacritics of no script of their own (`_INHERITED_MARKS`) one character may carry in a new identifier."""
+
+
+def _drawn_like_ascii(char: str) -> bool:
+    """Whether ``char`` is a letter or digit drawn like an ASCII one: a fullwidth, mathematical, circled or squared
+    form (`_LOOK_ALIKE_FORMS`), a Latin ligature or a Roman numeral, which NFKC folds to ASCII letters or digits."""
+    folded = unicodedata.normalize("NFKC", char)
+    if char.isascii() or not (folded.isascii() and folded.isalnum()):
+        return False
+    return (
+        unicodedata.decomposition(char).startswith(_LOOK_ALIKE_FORMS)
+        or "\ufb00" <= char <= "\ufb06"
+        or "\u2160" <= char <= "\u217f"
+    )
+
+
+def _look_alike(value: str) -> str | None:
+    """Why ``value`` would look like another identifier, or None: beyond its spaces (`_bad_character`), a character
+    that shows nothing, a dash or a letter drawn like an ASCII one, two spaces in a row, or a stack of diacritics."""
+    if "  " in value:
+        return "holds two spaces in a row"
+    if value.isascii():
+        return None
+    marks = 0
+    for char in value:
+        if char in _BLANK_LOOKING:
+            return f"holds {_describe(char)}, which shows nothing"
+        if char in _DASH_LOOK_ALIKES:
+            return f"holds {_describe(char)}: it takes the ASCII hyphen-minus alone of the dashes"
+        if _drawn_like_ascii(char):
+            shown = unicodedata.normalize("NFKC", char)
+            return f"holds {_describe(char)}, drawn like {shown!r}: write {shown!r}"
+        code = ord(char)
+        marks = marks + 1 if any(low <= code <= high for low, high in _INHERITED_MARKS) else 0
+        if marks > MAX_MARKS_IN_A_ROW:
+            return f"holds more than {MAX_MARKS_IN_A_ROW} diacritics on one character"
+    return None
+
+
 def check_new_identifier(value: str, field: str, *, what: str = "identifier") -> str:
     """`check_identifier` for an identifier this gateway is about to name something new by (an account, an
-    incoming transfer), which also takes the ASCII space alone of the spaces: a no-break or em space would make a
-    look-alike of another. Identifiers recorded before this rule, and those another Party chose (an authorization
-    ID), are checked by `check_identifier`."""
-    return _check(value, field, what, MAX_IDENTIFIER_LENGTH, allow_joiners=False, required=True, ascii_space_only=True)
+    incoming transfer), which must not look like another: it takes the ASCII space alone of the spaces (a no-break
+    or em space would make a look-alike) and the ASCII hyphen-minus alone of the dashes, and holds no character
+    that shows nothing, no letter drawn like an ASCII one (fullwidth, mathematical), no two spaces in a row and no
+    stack of diacritics (`_look_alike`). Identifiers recorded before these rules, and those another Party chose
+    (an authorization ID), are checked by `check_identifier`."""
+    _check(value, field, what, MAX_IDENTIFIER_LENGTH, allow_joiners=False, required=True, ascii_space_only=True)
+    reason = _look_alike(value)
+    if reason is not None:
+        raise _invalid(field, f"the {what} {quoted(value)} {reason}")
+    return value
 
 
 def check_code(value: str, field: str, *, what: str = "code") -> str:

@@ -81,7 +81,7 @@ class Retiring(Initiating):
             previous = await self._replay(tx, idem)
             if previous is not None:
                 return await self._result(tx, previous)
-            self._check_new_request(request)
+            await self._check_new_request(tx, request)
             await self._check_accounts(tx, request)
             now = self.clock()
             locks = await tx.locked_periods()
@@ -166,10 +166,11 @@ class Retiring(Initiating):
         if request.retirement is not Retirement.CANCELLATION and request.subtype is not None:
             raise GatewayError(ResponseCode.INVALID_ARGUMENT, "only a cancellation has a subtype", field="subtype")
 
-    def _check_new_request(self, request: RetirementRequest) -> None:
+    async def _check_new_request(self, tx: Transaction, request: RetirementRequest) -> None:
         """The rules a request meets that a retry of one recorded before them is not held to: a year of use in
-        the NDC period, an entity ID without look-alike spaces."""
-        if request.using_entity:
+        the NDC period, an entity ID that looks like no other (unless the named authorization authorizes an
+        entity by that very name: it is the name the reports pair the uses with)."""
+        if request.using_entity and not await self._authorized_entity(tx, request):
             text.check_new_identifier(request.using_entity, "using_entity", what="entity ID")
         settings = self.ledger_options.adjustments
         year = request.year_of_use
@@ -205,6 +206,16 @@ class Retiring(Initiating):
                 f" {target.account_type.value} account",
                 field=request.target_field,
             )
+
+    @staticmethod
+    async def _authorized_entity(tx: Transaction, request: RetirementRequest) -> bool:
+        """Whether the request's authorization names its using entity among its authorized entities."""
+        try:
+            text.check_identifier(request.authorization_id, "authorization_id")
+        except GatewayError:
+            return False  # refused, with its own reason, where the authorization is looked up
+        authorization = await tx.get_authorization(request.authorization_id)
+        return authorization is not None and request.using_entity in authorization.authorized_entities
 
     async def _named_authorization(
         self, tx: Transaction, request: RetirementRequest, today: dt.date

@@ -285,15 +285,22 @@ INVALID_IDS = {
     "trailing-space": "CN-0001 ",
     "trailing-newline": "CN-0001\n",
     "non-nfc": NON_NFC,
-    "hangul-filler": "CN-PO-0001\u3164",
-    "braille-blank": "\u2800",
 }
 """Identifier values every identifier field refuses."""
 
 INVISIBLE_REASONS = {"joiner": "\u200d", "hangul-filler": "\u3164", "combining-mark": "\u0301", "selector": "\ufe0f"}
 """Reasons that show nothing: refused where a person must say why."""
 
-LOOK_ALIKE_SPACES = {"no-break-space": "CN\u00a0PO-0001", "em-space": "CN\u2003PO-0001"}
+LOOK_ALIKE_IDS = {
+    "no-break-space": "CN\u00a0PO-0001",
+    "em-space": "CN\u2003PO-0001",
+    "two-spaces": "CN  PO-0001",
+    "hyphen": "CN\u2010PO-0001",
+    "fullwidth": "\uff23\uff2e-PO-0001",
+    "minus-sign": "CN\u2212PO-0001",
+    "hangul-filler": "CN-PO-0001\u3164",
+    "braille-blank": "\u2800",
+}
 """Identifiers refused where this gateway would name something new (an account, an incoming transfer), and still
 looked up where they name what is stored or what another Party named (a copy of its authorization)."""
 
@@ -351,7 +358,7 @@ TABLE: list[Bad] = [
     *each_id("OpenAccount", "account.account_id", lambda v: open_account(account_id=v)),
     *[
         Bad(f"account.account_id-{name}", "OpenAccount", partial(open_account, account_id=v), "account.account_id")
-        for name, v in LOOK_ALIKE_SPACES.items()
+        for name, v in LOOK_ALIKE_IDS.items()
     ],
     Bad("holder_name-3mb", "OpenAccount", lambda: open_account(holder_name=BIG), "account.holder_name"),
     Bad("holder_name-nul", "OpenAccount", lambda: open_account(holder_name="A\x00B"), "account.holder_name"),

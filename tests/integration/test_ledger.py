@@ -477,7 +477,7 @@ async def test_a_selection_across_two_held_blocks_is_refused_naming_the_parts_to
 
 
 @pytest.mark.asyncio
-async def test_a_use_towards_the_ndc_is_for_a_year_of_its_period_and_an_entity_id_has_no_look_alike_spaces(
+async def test_a_use_towards_the_ndc_is_for_a_year_of_its_period_and_an_entity_id_looks_like_no_other(
     tmp_path: Path,
 ) -> None:
     pair = await start_pair(tmp_path)
@@ -520,6 +520,20 @@ async def test_a_use_towards_the_ndc_is_for_a_year_of_its_period_and_an_entity_i
             # 2030 and an ASCII space pass those checks; CHN's own units are then refused as not yet ITMOs.
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await chn.UseUnits(use("in", 2030, "ENT X"))
+            assert refusal(caught.value) == (ResponseCode.INVALID_STATE, "selections")
+            # An entity the authorization itself names is taken as it spells it: the reports pair the two.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.UseUnits(use("dash", 2030, "ENT\u2013X"))
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "using_entity")
+            amended = records_pb2.Authorization()
+            amended.CopyFrom(DEMO_AUTHORIZATION)
+            amended.version, amended.date = "2.0", dt.date.today().isoformat()
+            amended.authorized_entities.append("ENT\u2013X")
+            await chn.AmendAuthorization(
+                operator_pb2.AmendAuthorizationRequest(idempotency_key="entity", authorization=amended)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.UseUnits(use("dash-named", 2030, "ENT\u2013X"))
             assert refusal(caught.value) == (ResponseCode.INVALID_STATE, "selections")
     finally:
         await pair.stop()
