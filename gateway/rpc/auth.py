@@ -212,9 +212,10 @@ async def _one_request(method: str, requests: AsyncIterator[Any], context: grpc.
 
 
 class _OpenCallPlaces:
-    """The places of calls without credentials to open methods (`OPEN_PREFIXES`): a few read their requests at a
-    time (`_read`), and a few streams are open at a time (`_held_open`). A call whose caller was identified
-    (`current_caller`) takes no place."""
+    """The places calls hold while they are served. Calls without credentials to open methods (`OPEN_PREFIXES`):
+    a few read their requests at a time (`_read`), and a few streams are open at a time (`_held_open`). Calls of
+    an identified caller (`current_caller`) take none of those, but one of the caller's own places while they
+    take one request (`_calling`)."""
 
     SERVER = "the operator API"
     """The server, as a refusal names it."""
@@ -276,8 +277,8 @@ class _OpenCallPlaces:
                 context,
                 GatewayError(
                     ResponseCode.TOO_MANY_CALLS,
-                    f"the caller {caller.name!r} has {CALLS_AT_ONCE_PER_CALLER} calls in progress, as many as the"
-                    f" operator API takes from one caller at once; call {method} again once one has ended",
+                    f"the caller {caller.name!r} has {CALLS_AT_ONCE_PER_CALLER} calls in progress, as many as"
+                    f" {self.SERVER} takes from one caller at once; call {method} again once one has ended",
                 ),
             )
         self._calls[caller.name] += 1
