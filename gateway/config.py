@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.domain.access import LOOPBACK_CALLER, OperatorCaller, Role, is_loopback_host
+from gateway.domain.access import (
+    CALLS_AT_ONCE,
+    LOOPBACK_CALLER,
+    MAX_CALLS_AT_ONCE,
+    OperatorCaller,
+    Role,
+    is_loopback_host,
+)
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature, NomenclatureError
@@ -85,7 +92,7 @@ TOP_LEVEL_KEYS = frozenset(
 )
 OPERATOR_KEYS = frozenset({"listen", "unauthenticated_loopback", "tls", "callers"})
 OPERATOR_TLS_KEYS = frozenset({"certificate", "private_key", "client_ca"})
-OPERATOR_CALLER_KEYS = frozenset({"name", "role", "token_sha256", "certificate_common_name"})
+OPERATOR_CALLER_KEYS = frozenset({"name", "role", "token_sha256", "certificate_common_name", "calls_at_once"})
 PARTNER_SECTION_KEYS = frozenset({"listen"})
 HTTP_KEYS = frozenset({"listen"})
 TLS_KEYS = frozenset({"certificate", "private_key", "ca_certificate"})
@@ -806,8 +813,8 @@ def _operator_access(
         for key in entry:
             if key not in OPERATOR_CALLER_KEYS:
                 raise ConfigError(
-                    f"{where}.{key}: unknown setting; a caller takes name, role, and token_sha256 or"
-                    " certificate_common_name"
+                    f"{where}.{key}: unknown setting; a caller takes name, role, token_sha256 or"
+                    " certificate_common_name, and calls_at_once"
                 )
         name = _string(_require(entry, "name", where), f"{where}.name")
         if not name.isprintable() or name != name.strip() or len(name) > 128:
@@ -825,6 +832,9 @@ def _operator_access(
             role = Role(role_text)
         except ValueError:
             raise ConfigError(f"{where}.role: {_q(role_text)} is not one of {_ROLES}") from None
+        calls_at_once = _integer(
+            entry.get("calls_at_once", CALLS_AT_ONCE), f"{where}.calls_at_once", minimum=1, maximum=MAX_CALLS_AT_ONCE
+        )
         has_token, has_name = "token_sha256" in entry, "certificate_common_name" in entry
         if has_token == has_name:
             raise ConfigError(
@@ -846,7 +856,7 @@ def _operator_access(
                     f"{where}.token_sha256: {_q(listen)} is not a loopback address and [operator.tls] is missing, so"
                     " the token would cross the network in plaintext; configure [operator.tls]"
                 )
-            callers.append(OperatorCaller(name=name, role=role, token_sha256=digest))
+            callers.append(OperatorCaller(name=name, role=role, token_sha256=digest, calls_at_once=calls_at_once))
         else:
             common_name = _string(entry["certificate_common_name"], f"{where}.certificate_common_name")
             if tls is None or tls.client_ca is None:
@@ -867,7 +877,9 @@ def _operator_access(
                     f" {common_names[common_name.casefold()]}'s (names are compared without regard to case)"
                 )
             common_names[common_name.casefold()] = where
-            callers.append(OperatorCaller(name=name, role=role, certificate_common_name=common_name))
+            callers.append(
+                OperatorCaller(name=name, role=role, certificate_common_name=common_name, calls_at_once=calls_at_once)
+            )
     if not loopback and not callers:
         raise ConfigError(
             f"operator.listen: {_q(listen)} is not a loopback address and no [[operator.callers]] are configured, so"

@@ -36,6 +36,15 @@ class Role(enum.Enum):
         return self.rank >= needed.rank
 
 
+CALLS_AT_ONCE = 64
+"""How many calls that take one request (all but the streams, which have limits of their own) one caller may have
+in progress at once, in one process, unless its configuration says otherwise (``calls_at_once``). The callers on
+loopback without credentials count as one caller."""
+
+MAX_CALLS_AT_ONCE = 4096
+"""The most ``calls_at_once`` may say: each call may hold a request of up to 4 MB."""
+
+
 @dataclass(frozen=True)
 class OperatorCaller:
     """A configured operator caller, identified by exactly one of a token's SHA-256 or a certificate's CN."""
@@ -45,6 +54,8 @@ class OperatorCaller:
     token_sha256: bytes = b""
     """The SHA-256 digest (32 bytes) of the caller's bearer token; empty for a certificate caller."""
     certificate_common_name: str = ""
+    calls_at_once: int = CALLS_AT_ONCE
+    """How many of its calls that take one request may be in progress at once (`CALLS_AT_ONCE`)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ class Caller:
 
     name: str
     role: Role
+    calls_at_once: int = CALLS_AT_ONCE
+    """How many of its calls that take one request may be in progress at once, in this process."""
 
 
 class AuthenticationRefused(Exception):
@@ -144,11 +157,11 @@ def identify(
                 found = caller
         if found is None:
             raise AuthenticationRefused("the bearer token is not one this gateway knows")
-        return Caller(found.name, found.role)
+        return Caller(found.name, found.role, found.calls_at_once)
     if common_name is not None:
         for caller in callers:
             if caller.certificate_common_name and caller.certificate_common_name.casefold() == common_name.casefold():
-                return Caller(caller.name, caller.role)
+                return Caller(caller.name, caller.role, caller.calls_at_once)
         raise AuthenticationRefused("the client certificate names no configured operator caller")
     if loopback and unauthenticated_loopback:
         return Caller(LOOPBACK_CALLER, Role.ADMINISTRATOR)

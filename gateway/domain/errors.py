@@ -113,7 +113,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     "(32, 4 from one address) are open; check again shortly, or check with credentials (a read-only token "
     "suffices), which are not counted",
     ResponseCode.TOO_MANY_CALLS: "the caller has as many calls that take one request in progress as the operator API "
-    "takes from one caller at once (64; streams are counted apart); wait for one to end, or call again later",
+    "takes from it at once (64 unless its `calls_at_once` says otherwise; streams are counted apart); wait for one to "
+    "end, or call again later",
 }
 
 

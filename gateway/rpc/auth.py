@@ -114,13 +114,6 @@ server ran out of memory."""
 OPEN_STREAMS_PER_ADDRESS = 4
 """How many of those one network address may have open at once."""
 
-CALLS_AT_ONCE_PER_CALLER = 64
-"""How many calls that take one request (all but the streams, which have limits of their own) one authenticated
-caller may have in progress at once, in this process (the callers on loopback without credentials are one). Each
-may hold a request of up to 4 MB and a share of the store: a caller's token, even a read-only one given to a load
-balancer, cannot take the gateway's memory or time from the others. More are refused with ``TOO_MANY_CALLS``
-before their requests are read."""
-
 READ_ONLY_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 """Reflection lists the services and their messages: read-only."""
 
@@ -266,19 +259,22 @@ class _OpenCallPlaces:
 
     @contextlib.asynccontextmanager
     async def _calling(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-        """Hold one of the caller's `CALLS_AT_ONCE_PER_CALLER` places while its call is read and served, or
-        refuse the call with ``TOO_MANY_CALLS``; a call without credentials takes none here (`_read`)."""
+        """Hold one of the caller's places (``calls_at_once``, `gateway.domain.access.CALLS_AT_ONCE` unless
+        configured) while its call is read and served, or refuse the call with ``TOO_MANY_CALLS``. Each caller
+        may hold a request of up to 4 MB and a share of the store per place: a caller's token, even a read-only
+        one given to a load balancer, cannot take the gateway's memory or time from the others. A call without
+        credentials takes none here (`_read`)."""
         caller = _current_caller.get()
         if caller is None:
             yield
             return
-        if self._calls[caller.name] >= CALLS_AT_ONCE_PER_CALLER:
+        if self._calls[caller.name] >= caller.calls_at_once:
             await abort_with(
                 context,
                 GatewayError(
                     ResponseCode.TOO_MANY_CALLS,
-                    f"the caller {caller.name!r} has {CALLS_AT_ONCE_PER_CALLER} calls in progress, as many as"
-                    f" {self.SERVER} takes from one caller at once; call {method} again once one has ended",
+                    f"the caller {caller.name!r} has {caller.calls_at_once} calls in progress, as many as"
+                    f" {self.SERVER} takes from it at once; call {method} again once one has ended",
                 ),
             )
         self._calls[caller.name] += 1

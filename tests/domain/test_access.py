@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.domain.access import (
+    CALLS_AT_ONCE,
     LOOPBACK_CALLER,
     AuthenticationRefused,
     Caller,
@@ -91,6 +92,24 @@ def _identify(**kwargs: object) -> Caller:
     }
     arguments.update(kwargs)
     return identify(CALLERS, **arguments)  # type: ignore[arg-type]
+
+
+def test_the_caller_of_a_call_has_its_configured_calls_at_once() -> None:
+    callers = (
+        OperatorCaller("loader", Role.OPERATOR, token_sha256=token_digest("l"), calls_at_once=500),
+        OperatorCaller("probe", Role.READ_ONLY, certificate_common_name="probe", calls_at_once=2),
+        OperatorCaller("plain", Role.READ_ONLY, token_sha256=token_digest("p")),
+    )
+
+    def caller(**seen: object) -> Caller:
+        arguments: dict[str, object] = {"token": None, "common_name": None, "loopback": True}
+        arguments.update(seen)
+        return identify(callers, unauthenticated_loopback=True, **arguments)  # type: ignore[arg-type]
+
+    assert caller(token="l") == Caller("loader", Role.OPERATOR, 500)
+    assert caller(common_name="PROBE") == Caller("probe", Role.READ_ONLY, 2)
+    assert caller(token="p").calls_at_once == CALLS_AT_ONCE == 64
+    assert caller().calls_at_once == CALLS_AT_ONCE  # the callers without credentials, on loopback, as one
 
 
 def test_a_token_names_its_caller_even_beside_another_callers_certificate() -> None:

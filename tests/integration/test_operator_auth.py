@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from carbon_gateway.v1 import mapping_pb2, operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.cli import main
 from gateway.config import OperatorTLSConfig, TLSConfig
-from gateway.domain.access import OperatorCaller, Role
+from gateway.domain.access import CALLS_AT_ONCE, OperatorCaller, Role
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.harness import self_signed_trust_document
@@ -462,38 +462,55 @@ async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and
 
 
 @pytest.mark.asyncio
-async def test_one_caller_has_only_so_many_calls_in_progress(
-    gateways: Gateways, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A caller's calls in progress hold its places (`CALLS_AT_ONCE_PER_CALLER`): one more is refused before its
-    request is read, another caller is not held up, and a place comes back when its call ends."""
-    monkeypatch.setattr(auth, "CALLS_AT_ONCE_PER_CALLER", 2)
+async def test_one_caller_has_only_its_calls_at_once_in_progress() -> None:
+    """A caller's calls in progress hold its places (``calls_at_once``, 2 here): one more is refused before its
+    request is read, another caller (at the default) is not held up, and a place comes back when its call ends."""
     method = f"/{SERVICES[0].full_name}/ListAuthorizations"
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    reader = OperatorCaller("reader", Role.READ_ONLY, token_sha256=_digest(TOKENS[Role.READ_ONLY]), calls_at_once=2)
+    clerk = OperatorCaller("clerk", Role.OPERATOR, token_sha256=_digest(TOKENS[Role.OPERATOR]))
+    assert clerk.calls_at_once == CALLS_AT_ONCE == 64
+    server = grpc.aio.server(interceptors=[OperatorAuthInterceptor(OperatorAccess(callers=(reader, clerk)))])
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICES[0].full_name, {"ListAuthorizations": grpc.unary_unary_rpc_method_handler(echo)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
     sent = asyncio.Event()
-    reader, clerk = _metadata(TOKENS[Role.READ_ONLY]), _metadata(TOKENS[Role.OPERATOR])
-    async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
-        held = [
-            channel.stream_unary(method, None, None)(_withheld_request(sent, b""), metadata=reader, timeout=10)
-            for _ in range(2)
-        ]
-        # The held calls take their places as the server admits them, in no set order: ask until one is refused.
-        for _ in range(200):
-            crowded = await _call(channel, method, metadata=reader)
-            if crowded[0] != grpc.StatusCode.OK:
-                break
-            await asyncio.sleep(0.01)
-        code, detail = crowded
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None
-        assert int(detail.code) == int(ResponseCode.TOO_MANY_CALLS) and "'reader' has 2 calls" in detail.message
-        assert (await _call(channel, method, metadata=clerk))[0] == grpc.StatusCode.OK
-        # Without credentials, a health check is not the reader's.
-        assert (await _call(channel, "/grpc.health.v1.Health/Check"))[0] == grpc.StatusCode.OK
-        sent.set()
-        for call in held:
-            assert await call.code() == grpc.StatusCode.OK
-        # Every place came back, the refused call's too.
-        again = [_call(channel, method, metadata=reader) for _ in range(2)]
-        assert [outcome[0] for outcome in await asyncio.gather(*again)] == [grpc.StatusCode.OK] * 2
+    as_reader, as_clerk = _metadata(TOKENS[Role.READ_ONLY]), _metadata(TOKENS[Role.OPERATOR])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            held = [
+                channel.stream_unary(method, None, None)(_withheld_request(sent, b""), metadata=as_reader, timeout=10)
+                for _ in range(2)
+            ]
+            # The held calls take their places as the server admits them, in no set order: ask until one is
+            # refused.
+            for _ in range(200):
+                crowded = await _call(channel, method, metadata=as_reader)
+                if crowded[0] != grpc.StatusCode.OK:
+                    break
+                await asyncio.sleep(0.01)
+            code, detail = crowded
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None
+            assert int(detail.code) == int(ResponseCode.TOO_MANY_CALLS) and "'reader' has 2 calls" in detail.message
+            clerks = await asyncio.gather(*(_call(channel, method, metadata=as_clerk) for _ in range(3)))
+            assert [outcome[0] for outcome in clerks] == [grpc.StatusCode.OK] * 3
+            sent.set()
+            for call in held:
+                assert await call.code() == grpc.StatusCode.OK
+            # Every place came back, the refused call's too.
+            again = [_call(channel, method, metadata=as_reader) for _ in range(2)]
+            assert [outcome[0] for outcome in await asyncio.gather(*again)] == [grpc.StatusCode.OK] * 2
+    finally:
+        await server.stop(0)
 
 
 async def _watch_refused(
@@ -900,6 +917,21 @@ REFUSALS = [
         ("operator.callers[0]", "exactly one"),
     ),
     Refusal(
+        "calls_at_once_zero",
+        lambda f: _config(f, operator_settings=_caller() + "calls_at_once = 0\n"),
+        ("operator.callers[0].calls_at_once", "0", "1..4096"),
+    ),
+    Refusal(
+        "calls_at_once_too_many",
+        lambda f: _config(f, operator_settings=_caller() + "calls_at_once = 9223372036854775807\n"),
+        ("operator.callers[0].calls_at_once", "1..4096"),
+    ),
+    Refusal(
+        "calls_at_once_quoted",
+        lambda f: _config(f, operator_settings=_caller() + 'calls_at_once = "64"\n'),
+        ("operator.callers[0].calls_at_once", "without quotes"),
+    ),
+    Refusal(
         "reserved_name",
         lambda f: _config(f, operator_settings=_caller("anonymous")),
         ("operator.callers[0].name", "'anonymous'", "unauthenticated_loopback"),
@@ -1037,9 +1069,9 @@ def test_the_readme_operator_example_loads(tmp_path: Path) -> None:
     )
     access = load_config(path).operator_access
     assert access.tls is not None and access.tls.client_ca == tmp_path / "tls" / "operator-ca.crt"
-    assert [(c.name, c.role, c.certificate_common_name) for c in access.callers] == [
-        ("registry-ops", Role.OPERATOR, ""),
-        ("ops-1", Role.READ_ONLY, "ops-1"),
+    assert [(c.name, c.role, c.certificate_common_name, c.calls_at_once) for c in access.callers] == [
+        ("registry-ops", Role.OPERATOR, "", 64),
+        ("ops-1", Role.READ_ONLY, "ops-1", 256),
     ]
     assert not access.unauthenticated_loopback
 
