@@ -54,6 +54,8 @@ class ResponseCode(enum.IntEnum):
     TOO_MANY_MAPPINGS = 37
     TOO_MANY_OPEN_CALLS = 38
     TOO_MANY_CALLS = 39
+    UNKNOWN_RECONCILIATION_RUN = 40
+    UNKNOWN_MESSAGE = 41
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -115,6 +117,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.TOO_MANY_CALLS: "the caller has as many calls that take one request in progress as the operator API "
     "takes from it at once (64 unless its `calls_at_once` says otherwise; streams are counted apart); wait for one to "
     "end, or call again later",
+    ResponseCode.UNKNOWN_RECONCILIATION_RUN: "no reconciliation run with this ID is known here",
+    ResponseCode.UNKNOWN_MESSAGE: "no outbox message with this ID is known here",
 }
 
 

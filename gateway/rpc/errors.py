@@ -39,6 +39,8 @@ _STATUS: dict[ResponseCode, grpc.StatusCode] = {
     ResponseCode.TOO_MANY_MAPPINGS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ResponseCode.TOO_MANY_OPEN_CALLS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ResponseCode.TOO_MANY_CALLS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ResponseCode.UNKNOWN_RECONCILIATION_RUN: grpc.StatusCode.NOT_FOUND,
+    ResponseCode.UNKNOWN_MESSAGE: grpc.StatusCode.NOT_FOUND,
 }
 
 

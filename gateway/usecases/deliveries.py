@@ -55,7 +55,7 @@ class Deliveries(Initiating):
         message = await tx.get_outbox(message_id)
         if message is None:
             raise GatewayError(
-                ResponseCode.INVALID_ARGUMENT, f"no outbox message {message_id!r} is known here", field="message_id"
+                ResponseCode.UNKNOWN_MESSAGE, f"no outbox message {message_id!r} is known here", field="message_id"
             )
         if message.state is not OutboxState.DEAD:
             raise GatewayError(

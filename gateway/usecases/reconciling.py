@@ -332,7 +332,9 @@ class Reconciling(GatewayBase):
         async with self.store.read() as tx:
             run = await tx.get_reconciliation(run_id)
         if run is None:
-            raise GatewayError(ResponseCode.INVALID_ARGUMENT, f"no reconciliation run {run_id[:64]!r}", field="run_id")
+            raise GatewayError(
+                ResponseCode.UNKNOWN_RECONCILIATION_RUN, f"no reconciliation run {run_id[:64]!r}", field="run_id"
+            )
         return run
 
     async def list_reconciliations(self, partner: str = "", limit: int = 100) -> list[ReconciliationRun]:
@@ -352,7 +354,7 @@ class Reconciling(GatewayBase):
             run = await tx.get_reconciliation(run_id)
             if run is None:
                 raise GatewayError(
-                    ResponseCode.INVALID_ARGUMENT, f"no reconciliation run {run_id[:64]!r}", field="run_id"
+                    ResponseCode.UNKNOWN_RECONCILIATION_RUN, f"no reconciliation run {run_id[:64]!r}", field="run_id"
                 )
             if not run.status.freezes and run.status is not Status.TOTALS_INCONSISTENT:
                 raise GatewayError(

@@ -48,6 +48,8 @@ PINNED_VALUES: dict[str, int] = {
     "TOO_MANY_MAPPINGS": 37,
     "TOO_MANY_OPEN_CALLS": 38,
     "TOO_MANY_CALLS": 39,
+    "UNKNOWN_RECONCILIATION_RUN": 40,
+    "UNKNOWN_MESSAGE": 41,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

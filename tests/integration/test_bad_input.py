@@ -806,6 +806,14 @@ TABLE: list[Bad] = [
     # RetryDeadLetter
     *each_id("RetryDeadLetter", "message_id", lambda v: retry(message_id=v)),
     *bad_keys("RetryDeadLetter", lambda k: retry(key=k)),
+    Bad(
+        "message_id-unknown",
+        "RetryDeadLetter",
+        retry,
+        "message_id",
+        ResponseCode.UNKNOWN_MESSAGE,
+        grpc.StatusCode.NOT_FOUND,
+    ),
     # AbandonDeadLetter
     *each_id("AbandonDeadLetter", "message_id", lambda v: abandon(message_id=v)),
     Bad("reason-3mb", "AbandonDeadLetter", lambda: abandon(reason=BIG), "reason"),
@@ -815,6 +823,14 @@ TABLE: list[Bad] = [
     *(
         Bad(f"reason-{name}", "AbandonDeadLetter", partial(abandon, reason=value), "reason")
         for name, value in INVISIBLE_REASONS.items()
+    ),
+    Bad(
+        "message_id-unknown",
+        "AbandonDeadLetter",
+        abandon,
+        "message_id",
+        ResponseCode.UNKNOWN_MESSAGE,
+        grpc.StatusCode.NOT_FOUND,
     ),
     *bad_keys("AbandonDeadLetter", lambda k: abandon(key=k)),
     # the ledger (issue 9)
@@ -939,6 +955,8 @@ TABLE: list[Bad] = [
         "GetReconciliation",
         lambda: operator_pb2.GetReconciliationRequest(run_id="no-such-run"),
         "run_id",
+        ResponseCode.UNKNOWN_RECONCILIATION_RUN,
+        grpc.StatusCode.NOT_FOUND,
     ),
     *bad_parties("ListReconciliations", lambda v: operator_pb2.ListReconciliationsRequest(partner=v), "partner"),
     Bad(
@@ -988,6 +1006,8 @@ TABLE: list[Bad] = [
         "ResolveReconciliation",
         lambda: operator_pb2.ResolveReconciliationRequest(idempotency_key=KEY, run_id="r-1", reason="checked"),
         "run_id",
+        ResponseCode.UNKNOWN_RECONCILIATION_RUN,
+        grpc.StatusCode.NOT_FOUND,
     ),
     # WatchChanges: the gateways have recorded no change yet, so every position but 0 is beyond the latest.
     *(

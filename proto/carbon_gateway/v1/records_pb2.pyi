@@ -96,6 +96,8 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     TOO_MANY_MAPPINGS: _ResponseCode.ValueType  # 37
     TOO_MANY_OPEN_CALLS: _ResponseCode.ValueType  # 38
     TOO_MANY_CALLS: _ResponseCode.ValueType  # 39
+    UNKNOWN_RECONCILIATION_RUN: _ResponseCode.ValueType  # 40
+    UNKNOWN_MESSAGE: _ResponseCode.ValueType  # 41
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -140,6 +142,8 @@ TOO_MANY_WATCHES: ResponseCode.ValueType  # 36
 TOO_MANY_MAPPINGS: ResponseCode.ValueType  # 37
 TOO_MANY_OPEN_CALLS: ResponseCode.ValueType  # 38
 TOO_MANY_CALLS: ResponseCode.ValueType  # 39
+UNKNOWN_RECONCILIATION_RUN: ResponseCode.ValueType  # 40
+UNKNOWN_MESSAGE: ResponseCode.ValueType  # 41
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final
