@@ -112,16 +112,22 @@ def peer_source(peer: str) -> str:
         return "unix"
     host = urllib.parse.unquote(rest).rpartition(":")[0] or urllib.parse.unquote(rest)
     if scheme in ("ipv4", "ipv6"):
-        try:
-            address = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            return f"{scheme}:{host}"
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if isinstance(address, ipaddress.IPv4Address):
-            return f"ipv4:{address}"
-        return f"ipv6:{ipaddress.ip_network(f'{address}/{IPV6_PREFIX}', strict=False)}"
+        return address_source(host.strip("[]")) or f"{scheme}:{host}"
     return f"{scheme}:{host}" if rest else scheme
+
+
+def address_source(host: str) -> str:
+    """Where an IP address (``192.0.2.7``, ``2001:db8::1``) calls from, as `peer_source` names it; empty for a
+    string that is not an IP address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv4Address):
+        return f"ipv4:{address}"
+    return f"ipv6:{ipaddress.ip_network(f'{address}/{IPV6_PREFIX}', strict=False)}"
 
 
 def token_digest(token: str) -> bytes:

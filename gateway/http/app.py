@@ -11,12 +11,15 @@ import logging
 import re
 import ssl
 import zlib
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.domain.access import address_source
 from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange
 
@@ -32,6 +35,19 @@ IDLE_SECONDS = 60.0
 after its last request: one that sends nothing, or trickles its headers, does not hold a socket for ever."""
 BODY_SECONDS = 60.0
 """The longest a request body may take to arrive: a slower one is answered 408 with a refusal receipt."""
+
+BODIES_AT_ONCE = 16
+"""How many deliveries the endpoint reads and handles at once, from all clients. Each holds its body, up to the
+body limit (some four times the envelope cap), until its receipt is sent: without a bound, clients that send
+large bodies slowly, or stall, could take all of the gateway's memory. More are answered 503 before their bodies
+are read."""
+
+BODIES_PER_ADDRESS = 4
+"""How many of those one network address (an IPv6 /64 counts as one) may have: one client cannot take every
+place and shut out the other partners."""
+
+BUSY_RETRY_SECONDS = 1
+"""The ``Retry-After`` of a delivery answered 503 for want of a place."""
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +82,8 @@ class Metrics:
     """Counters exposed at /metrics in the Prometheus text format."""
 
     received: dict[str, int] = field(default_factory=dict)
+    busy: int = 0
+    """Deliveries answered 503, unread, for want of a place (`BODIES_AT_ONCE`)."""
 
     def count(self, code: ResponseCode) -> None:
         """Count one delivery answered with ``code``."""
@@ -78,6 +96,12 @@ class Metrics:
             "# TYPE carbon_gateway_deliveries_total counter",
         ]
         lines += [f'carbon_gateway_deliveries_total{{code="{k}"}} {v}' for k, v in sorted(self.received.items())]
+        lines += [
+            "# HELP carbon_gateway_deliveries_busy_total Partner deliveries over HTTP answered 503, unread, because"
+            " as many were being handled as the gateway takes at once.",
+            "# TYPE carbon_gateway_deliveries_busy_total counter",
+            f"carbon_gateway_deliveries_busy_total {self.busy}",
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -154,8 +178,40 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
     body_limit = 4 * exchange.settings.max_envelope_bytes + 4096
     app = web.Application(client_max_size=body_limit)
     decompressing = asyncio.Semaphore(DECOMPRESSIONS_AT_ONCE)
+    handling: Counter[str] = Counter()
+    """Deliveries being read and handled, by the address they come from."""
+
+    @asynccontextmanager
+    async def place(request: web.Request) -> AsyncIterator[bool]:
+        """Yield whether the delivery has one of the `BODIES_AT_ONCE` places (`BODIES_PER_ADDRESS` from its
+        address), held until the block ends."""
+        source = address_source(request.remote or "") or "local"
+        if handling.total() >= BODIES_AT_ONCE or handling[source] >= BODIES_PER_ADDRESS:
+            yield False
+            return
+        handling[source] += 1
+        try:
+            yield True
+        finally:
+            handling[source] -= 1
+            if not handling[source]:
+                del handling[source]
 
     async def deliver(request: web.Request) -> web.Response:
+        async with place(request) as admitted:
+            if admitted:
+                return await handle(request)
+        metrics.busy += 1
+        busy = web.Response(
+            status=503,
+            text=f"{BODIES_AT_ONCE} deliveries ({BODIES_PER_ADDRESS} from one address) are being handled, as many as"
+            f" this gateway takes at once: nothing was read; send again in {BUSY_RETRY_SECONDS} s\n",
+            headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+        )
+        busy.force_close()  # the body is not read: nothing more from this connection
+        return busy
+
+    async def handle(request: web.Request) -> web.Response:
         try:
             async with asyncio.timeout(BODY_SECONDS):
                 raw = await request.read()
