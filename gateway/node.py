@@ -433,8 +433,13 @@ class GatewayNode:
         )
 
         # Health checks on the partner port are open to whoever reaches it, under the limits of open calls on the
-        # operator port. No reflection there: a partner's engineers have the .proto files.
-        self.partner_server = grpc.aio.server(options=partner_options, interceptors=[OpenMethodsInterceptor()])
+        # operator port. No reflection there: a partner's engineers have the .proto files. Deliveries hold places
+        # (`OpenMethodsInterceptor`); without bandwidth-delay probing, a call refused for want of one holds little
+        # of its request (400 calls of 4 MB: 190 MB more, 580 MB with probing). A large statement over a long
+        # link arrives a little more slowly for it (1 MB with 100 ms round trips: 0.21 s, not 0.11 s).
+        self.partner_server = grpc.aio.server(
+            options=[*partner_options, ("grpc.http2.bdp_probe", 0)], interceptors=[OpenMethodsInterceptor()]
+        )
         self.partner_server.add_generic_rpc_handlers(
             (partner_handler(self.exchange, require_peer_identity=self.tls is not None),)
         )

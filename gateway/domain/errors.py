@@ -114,9 +114,10 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     "(16, 2 from one address) are being read, or as many health watches without credentials as it serves at once "
     "(32, 4 from one address) are open; check again shortly, or check with credentials (a read-only token "
     "suffices), which are not counted",
-    ResponseCode.TOO_MANY_CALLS: "the caller has as many calls that take one request in progress as the operator API "
-    "takes from it at once (64 unless its `calls_at_once` says otherwise; streams are counted apart); wait for one to "
-    "end, or call again later",
+    ResponseCode.TOO_MANY_CALLS: "the caller, or all callers together, have as many calls that take one request in "
+    "progress as the server takes at once (the operator API: 64 per caller unless its `calls_at_once` says otherwise, "
+    "streams counted apart; the partner port: 16 deliveries, 4 from one address); wait for one to end, or call again "
+    "later",
     ResponseCode.UNKNOWN_RECONCILIATION_RUN: "no reconciliation run with this ID is known here",
     ResponseCode.UNKNOWN_MESSAGE: "no outbox message with this ID is known here",
 }

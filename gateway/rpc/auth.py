@@ -114,6 +114,17 @@ server ran out of memory."""
 OPEN_STREAMS_PER_ADDRESS = 4
 """How many of those one network address may have open at once."""
 
+DELIVERIES_AT_ONCE = 16
+"""How many calls of the partner port's other methods (``Deliver``, ``DeliverBatch``) it serves at once, from all
+callers. Each holds its request, up to the partner message limit (some four times the envelope cap), until its
+receipts are sent: without a bound, callers could take all of the gateway's memory with many such calls at once,
+or with calls whose requests they send slowly. More are refused with ``TOO_MANY_CALLS`` before their requests
+are read; a partner's gateway sends one call per partner at a time, and sends a refused one again."""
+
+DELIVERIES_PER_ADDRESS = 4
+"""How many of those one network address (an IPv6 /64) may have at once: one caller cannot take every place and
+shut out the other partners."""
+
 READ_ONLY_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 """Reflection lists the services and their messages: read-only."""
 
@@ -219,6 +230,7 @@ class _OpenCallPlaces:
         self._open_reading: Counter[str] = Counter()  # calls without credentials reading, by address
         self._open_streams: Counter[str] = Counter()  # streams without credentials open, by address
         self._calls: Counter[str] = Counter()  # calls of one request in progress, by authenticated caller
+        self._deliveries: Counter[str] = Counter()  # partner-port deliveries in progress, by address
 
     async def _take_place(
         self,
@@ -486,8 +498,9 @@ async def _anyone(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> N
 
 
 class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """The limits of the open methods (`OPEN_PREFIXES`: health) on a server without operator callers, the
-    partner server: every caller counts as one without credentials. Other methods pass untouched."""
+    """The limits of the partner server, which has no operator callers: those of the open methods
+    (`OPEN_PREFIXES`: health), where every caller counts as one without credentials, and for the other methods
+    (the deliveries) `DELIVERIES_AT_ONCE`, `DELIVERIES_PER_ADDRESS` from one address."""
 
     SERVER = "the partner port"
     CREDENTIALS_ADVICE = ""  # no credentials count here
@@ -499,7 +512,44 @@ class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # ty
     ) -> grpc.RpcMethodHandler[Any, Any]:
         found = await continuation(handler_call_details)
         method = str(getattr(handler_call_details, "method", "?"))
-        if found is None or not method.startswith(OPEN_PREFIXES):
+        if found is None:
             return found
+        if not method.startswith(OPEN_PREFIXES):
+            return self._delivering(method, found)
         # Unreadable request bytes are refused as on the operator server (`MalformedRequestInterceptor`).
         return self._limited(method, tolerant_handler(method, found), _anyone)
+
+    def _delivering(self, method: str, found: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """``found``, a method that takes one request, served while the call holds one of the delivery places,
+        and read only once it does (as `_limited` serves the operator methods, for the same reason)."""
+        handler: Any = found
+        if handler.unary_unary is None:
+            return found  # every partner method takes one request and answers one
+        inner = handler.unary_unary
+        places = self._deliveries
+
+        async def unary_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            address = peer_source(context.peer())
+            if places.total() >= DELIVERIES_AT_ONCE:
+                crowded = f"{DELIVERIES_AT_ONCE} calls are being served"
+            elif places[address] >= DELIVERIES_PER_ADDRESS:
+                crowded = f"{DELIVERIES_PER_ADDRESS} calls from {address} are being served"
+            else:
+                places[address] += 1
+                try:
+                    return await inner(await _one_request(method, requests, context), context)
+                finally:
+                    self._give_place(places, address)
+            await abort_with(
+                context,
+                GatewayError(
+                    ResponseCode.TOO_MANY_CALLS,
+                    f"{crowded}, as many as {self.SERVER} takes at once; nothing of this call was read: call {method}"
+                    " again shortly",
+                ),
+            )
+            raise AssertionError("abort_with returns only by raising")
+
+        return grpc.stream_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )

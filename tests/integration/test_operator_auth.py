@@ -36,6 +36,7 @@ from gateway.rpc.auth import (
     required_role,
 )
 from gateway.rpc.errors import read_error_detail
+from gateway.rpc.partner import DELIVER_METHOD
 from gateway.store.sqlite import SQLiteStore
 from gateway.tls import create_ca, issue_certificate
 from signing import generate_key, signer_from_uri
@@ -487,15 +488,19 @@ async def test_one_caller_has_only_its_calls_at_once_in_progress() -> None:
     as_reader, as_clerk = _metadata(TOKENS[Role.READ_ONLY]), _metadata(TOKENS[Role.OPERATOR])
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            held = [
-                channel.stream_unary(method, None, None)(_withheld_request(sent, b""), metadata=as_reader, timeout=10)
-                for _ in range(2)
-            ]
-            # The held calls take their places as the server admits them, in no set order: ask until one is
-            # refused.
+
+            def hold() -> grpc.aio.StreamUnaryCall[bytes, bytes]:
+                call = channel.stream_unary(method, None, None)
+                return call(_withheld_request(sent, b""), metadata=as_reader, timeout=10)
+
+            held = [hold() for _ in range(2)]
+            # The held calls take their places as the server admits them, in no set order, and a probe may take
+            # one first (the held call is then refused, and held again): probe until one is refused while every
+            # held call waits.
             for _ in range(200):
+                held = [hold() if call.done() else call for call in held]
                 crowded = await _call(channel, method, metadata=as_reader)
-                if crowded[0] != grpc.StatusCode.OK:
+                if crowded[0] != grpc.StatusCode.OK and not any(call.done() for call in held):
                     break
                 await asyncio.sleep(0.01)
             code, detail = crowded
@@ -606,6 +611,50 @@ async def test_health_on_the_partner_port_has_the_limits_of_open_calls(gateways:
         assert isinstance(answer, bytes) and answer
         for call in watches:
             call.cancel()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("limit", ["from one address", "from all"])
+async def test_the_partner_port_serves_only_so_many_deliveries_at_once(
+    gateways: Gateways, limit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery holds its place from before its request is read until it is answered: one more is refused
+    with ``TOO_MANY_CALLS``, unread, and a place comes back when its delivery ends."""
+    if limit == "from all":
+        monkeypatch.setattr(auth, "DELIVERIES_AT_ONCE", 2)
+        places, crowded = 2, "2 calls are being served"
+    else:
+        monkeypatch.setattr(auth, "DELIVERIES_PER_ADDRESS", 3)
+        places, crowded = 3, "3 calls from ipv4:127.0.0.1 are being served"
+    sent = asyncio.Event()
+    async with grpc.aio.insecure_channel(gateways.tls.partner_address) as channel:
+
+        def hold() -> grpc.aio.StreamUnaryCall[bytes, bytes]:
+            call = channel.stream_unary(DELIVER_METHOD, None, None)
+            return call(_withheld_request(sent, b"\xff\xff"), timeout=10)
+
+        held = [hold() for _ in range(places)]
+        # The held calls take their places as the server admits them, in no set order, and a probe may take one
+        # first (the held call is then refused, and held again): probe until one is refused while every held
+        # call waits.
+        for _ in range(200):
+            held = [hold() if call.done() else call for call in held]
+            outcome = await _call(channel, DELIVER_METHOD, request=b"\xff\xff")
+            if outcome[0] != grpc.StatusCode.OK and not any(call.done() for call in held):
+                break
+            await asyncio.sleep(0.01)
+        code, detail = outcome
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None
+        assert int(detail.code) == int(ResponseCode.TOO_MANY_CALLS)
+        assert crowded in detail.message and "the partner port" in detail.message and "nothing" in detail.message
+        # Health checks are not deliveries.
+        assert (await _call(channel, "/grpc.health.v1.Health/Check"))[0] == grpc.StatusCode.OK
+        sent.set()
+        for call in held:
+            assert await call.code() == grpc.StatusCode.OK
+            assert await call  # the exchange's receipt of a body that is no envelope
+        again = [_call(channel, DELIVER_METHOD, request=b"\xff\xff") for _ in range(places)]
+        assert [outcome[0] for outcome in await asyncio.gather(*again)] == [grpc.StatusCode.OK] * places
 
 
 @pytest.mark.asyncio
