@@ -12,7 +12,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -27,6 +27,10 @@ from gateway.usecases.base import Idempotency
 from signing import Envelope, EnvelopeFormatError, Signer, TrustDocument, TrustedParty, TrustError
 
 log = logging.getLogger(__name__)
+
+CHOSEN_SIGNER_SETTING = "own_signer_keyid"
+"""The store setting that holds the keyid of the signer the latest rotation switched to (`TrustKeeper.rotate`):
+a restart, and every replica, signs with it again whenever a configured signer holds that key."""
 
 UNKNOWN_KEY_REFRESH_SECONDS = 1.0
 """The least time between two reads of stored trust documents caused by statements signed by unknown keys."""
@@ -95,8 +99,10 @@ class TrustKeeper:
             self.own = await self._newest(tx, self.party, self.own, now)
             for party, partner in self.partners.parties().items():
                 self.partners.replace(party, await self._newest(tx, party, partner.trusted, now))
+            chosen = await tx.get_setting(CHOSEN_SIGNER_SETTING)
         _one_signature_suffices(self.own.document, "own trust document", field="trust_document")
         listed = self.own.document.roles[TRANSFER_ROLE].keyids
+        self._resume_chosen(chosen, listed)
         signer = self.exchange.signer
         if signer.keyid not in listed:
             # After a rotation the configuration may still name the old key first: resume with a configured
@@ -116,12 +122,41 @@ class TrustKeeper:
                 name,
                 self.own.version,
             )
+        log.info(
+            "%s: signing with key %s under trust document version %d",
+            self.party,
+            self.exchange.signer.keyid,
+            self.own.version,
+        )
         if self.own.document.is_expired(now):
             log.error(
                 "%s: our own trust document (version %d) has expired; partners will refuse our statements",
                 self.party,
                 self.own.version,
             )
+
+    def _resume_chosen(self, chosen: str | None, listed: Collection[str]) -> None:
+        """Sign with the signer the latest rotation chose (its keyid, ``chosen``), when the current document still
+        lists it and a configured signer holds it: a rotation that kept the old key in the document must not
+        be undone by a restart that finds the old key still configured as ``signer``."""
+        if chosen is None or chosen not in listed or chosen == self.exchange.signer.keyid:
+            return
+        named = [(name, s) for name, s in sorted(self.signers.items()) if s.keyid == chosen]
+        if not named:
+            log.warning(
+                "%s: the latest rotation switched to key %s, which no configured signer holds; configure it under"
+                " [signers] (or as signer) and restart, or the gateway signs with another key the document lists",
+                self.party,
+                chosen,
+            )
+            return
+        name, self.exchange.signer = named[0]
+        log.warning(
+            "%s: signing with the configured signer %r, which the rotation to trust document version %d chose",
+            self.party,
+            name,
+            self.own.version,
+        )
 
     async def take_up_for_unknown_key(self) -> bool:
         """`take_up_stored` for a statement signed by a key not trusted here, at most once per
@@ -151,15 +186,19 @@ class TrustKeeper:
         anything changed. Call it only once ``tx`` has returned: a document read from a commit not yet on disk
         must be neither published nor signed under, as a crash could still take it back."""
         own = await tx.latest_trust_document(self.party)
+        chosen = await tx.get_setting(CHOSEN_SIGNER_SETTING) if own is not None and own[0] > self.own.version else None
         theirs = {party: await tx.latest_trust_document(party) for party in self.partners.parties()}
-        return lambda: self._take_up(own, theirs)
+        return lambda: self._take_up(own, chosen, theirs)
 
-    def _take_up(self, own: tuple[int, bytes] | None, theirs: dict[str, tuple[int, bytes] | None]) -> bool:
+    def _take_up(
+        self, own: tuple[int, bytes] | None, chosen: str | None, theirs: dict[str, tuple[int, bytes] | None]
+    ) -> bool:
         changed = False
         if own is not None and own[0] > self.own.version:
             self.own = TrustedParty.restore(Envelope.from_json(own[1]))
             changed = True
             listed = self.own.document.roles[TRANSFER_ROLE].keyids
+            self._resume_chosen(chosen, listed)
             if self.exchange.signer.keyid not in listed:
                 named = [(name, s) for name, s in sorted(self.signers.items()) if s.keyid in listed]
                 if named:
@@ -238,6 +277,7 @@ class TrustKeeper:
                     field="envelope_json",
                 )
             await tx.put_trust_document(self.party, updated.version, envelope.to_json(), now)
+            await tx.put_setting(CHOSEN_SIGNER_SETTING, signer.keyid, now)
             for party in sorted(self.partners.parties()):
                 message_id = await self.exchange.enqueue_trust(tx, party, envelope)
                 results.append(PushResult(party, ResponseCode.OK, f"queued for delivery as message {message_id}"))

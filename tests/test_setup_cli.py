@@ -455,6 +455,16 @@ async def test_trust_next_drafts_exactly_what_rotate_trust_document_installs(
         assert node.core.exchange.signer.keyid == signer_from_uri(f"file:{new_key}").keyid
     finally:
         await node.stop()
+    # The document still lists the old key (no --retire-old), and the configuration still names it as signer: a
+    # restart signs with the key the rotation chose, not the old one.
+    old_key = signer_from_uri(load_config(config_path).signer).keyid
+    restarted = await GatewayNode.from_config(load_config(config_path))
+    await restarted.start()
+    try:
+        assert old_key in restarted.core.trust.own.document.roles["transfer"].keyids
+        assert restarted.core.exchange.signer.keyid == signer_from_uri(f"file:{new_key}").keyid != old_key
+    finally:
+        await restarted.stop()
 
 
 # -- call -----------------------------------------------------------------------------------------------

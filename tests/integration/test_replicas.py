@@ -203,16 +203,18 @@ async def test_deadline_sweeps_on_three_replicas_reject_each_held_proposal_once(
         await network.stop()
 
 
-async def test_a_rotation_through_one_replica_is_followed_by_the_others_at_once(tmp_path: Path) -> None:
-    """Replica A installs CHN's next trust document (the old key retired); replica B signs with the new key
-    from its next send, and trusts CHE's new key from CHE's first statement, without a restart."""
+@pytest.mark.parametrize("old_key", ["retired", "kept"])
+async def test_a_rotation_through_one_replica_is_followed_by_the_others_at_once(tmp_path: Path, old_key: str) -> None:
+    """Replica A installs CHN's next trust document; replica B signs with the new key from its next send (also
+    when the document still lists the old key, which B has as its signer), and trusts CHE's new key from CHE's
+    first statement, without a restart."""
     network, chn = await replicated(tmp_path, "CHN", 2)
     try:
         block = await setup_accounts(Pair(chn[0], network["CHE"]))
         new_chn = _new_signer(network, "chn-v2")
         for node in chn:  # each replica's configuration lists the next signer, as [signers] would
             node.core.signers["v2"] = new_chn
-        await _rotate(chn[0], "CHN", network.signers["CHN"], new_chn)
+        await _rotate(chn[0], "CHN", network.signers["CHN"], new_chn, keep_old=old_key == "kept")
         await chn[0].core.outbox.stop()  # replica B's worker sends everything from here on
         transfer_id = await propose(chn[1], block, 1, 100, "after-rotation")
         assert isinstance(transfer_id, str), transfer_id
@@ -222,7 +224,7 @@ async def test_a_rotation_through_one_replica_is_followed_by_the_others_at_once(
         async with chn[1].store.read() as tx:
             sent = [e for e in await tx.log_of_transfer(transfer_id) if e.direction == "out"]
         assert sent
-        for entry in sent:  # never the retired key, which CHE would have refused
+        for entry in sent:  # never the old key, which CHE would have refused once retired
             assert [sig.keyid for sig in wire.envelope_from_bytes(entry.envelope).signatures] == [new_chn.keyid]
 
         # CHE rotates too; its push reaches replica A only. A statement signed with CHE's new key, sent to
@@ -282,13 +284,16 @@ def _new_signer(network: Network, name: str) -> Signer:
     return signer_from_uri(f"file:{prefix}.key")
 
 
-async def _rotate(node: GatewayNode, party: str, old: Signer, new: Signer) -> None:
+async def _rotate(node: GatewayNode, party: str, old: Signer, new: Signer, *, keep_old: bool = False) -> None:
+    """Install ``party``'s version 2, whose roles list ``new`` (and ``old`` too, with ``keep_old``), signing
+    with ``new`` from now on."""
+    kept = (old,) if keep_old else ()
     document = TrustDocument(
         party=party,
         version=2,
         expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=90),
-        keys={new.public_key.keyid: new.public_key},
-        roles={"trust": Role((new.keyid,), 1), "transfer": Role((new.keyid,), 1)},
+        keys={s.public_key.keyid: s.public_key for s in (new, *kept)},
+        roles={"trust": Role((new.keyid,), 1), "transfer": Role(tuple(s.keyid for s in (new, *kept)), 1)},
     )
     envelope = sign_trust_document(document, [old, new])
     async with operator(node) as stub:
