@@ -529,7 +529,7 @@ def _host_port(value: object, where: str, *, lowest_port: int) -> str:
     return address
 
 
-def _distinct_listens(*listens: tuple[str, str | None]) -> None:
+def check_distinct_listens(*listens: tuple[str, str | None]) -> None:
     """Refuse two servers on one port of overlapping addresses (port 0, a free port each, excepted): the second
     could never bind. A wildcard address overlaps every other, and ``localhost`` its loopback addresses."""
     seen: list[tuple[str, str]] = []
@@ -715,7 +715,7 @@ def load_config(path: Path) -> GatewayConfig:
     partner_listen = _listen(partner_section.get("listen", "127.0.0.1:50052"), "partner.listen")
     http = _table(data.get("http", {}), "http")
     http_listen = _listen(http["listen"], "http.listen") if "listen" in http else None
-    _distinct_listens(
+    check_distinct_listens(
         ("operator.listen", operator_listen), ("partner.listen", partner_listen), ("http.listen", http_listen)
     )
     nomenclature = _registries(data["registries"]) if "registries" in data else Nomenclature.of(DEFAULT_REGISTRIES)

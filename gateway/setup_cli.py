@@ -222,8 +222,12 @@ def _init(args: argparse.Namespace) -> int:
             " the README, 'Callers, TLS and roles'): init with 127.0.0.1:PORT, then add them and change listen"
         )
     partner_listen = _address(args.partner_listen, "--partner-listen", listen=True)
-    if operator_listen == partner_listen and not operator_listen.endswith(":0"):
-        raise SetupError(f"--operator-listen and --partner-listen are both {operator_listen}; give two ports")
+    from gateway.config import ConfigError, check_distinct_listens
+
+    try:  # what `serve` would refuse: the same port twice, on overlapping addresses
+        check_distinct_listens(("--operator-listen", operator_listen), ("--partner-listen", partner_listen))
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
     if not 1 <= args.days <= 3650:
         raise SetupError(f"--days {args.days} is not in 1..3650")
     if args.demo_tls_ca is not None and not args.demo_tls:

@@ -198,7 +198,16 @@ def test_a_pkcs11_uri_s_relative_paths_are_spelled_against_the_configuration_s_f
         (["--party", "CHN", "--days", "0"], "--days 0 is not in 1..3650"),
         (
             ["--party", "CHN", "--operator-listen", "127.0.0.1:7000", "--partner-listen", "127.0.0.1:7000"],
-            "are both 127.0.0.1:7000; give two ports",
+            "--partner-listen: '127.0.0.1:7000' is also --operator-listen; give each server its own port",
+        ),
+        (
+            ["--party", "CHN", "--operator-listen", "127.0.0.1:7000", "--partner-listen", "0.0.0.0:7000"],
+            "--partner-listen: '0.0.0.0:7000' is also --operator-listen ('127.0.0.1:7000': the same port, on an"
+            " overlapping address)",
+        ),
+        (
+            ["--party", "CHN", "--operator-listen", "localhost:7000", "--partner-listen", "127.0.0.1:7000"],
+            "('localhost:7000': the same port, on an overlapping address)",
         ),
         (["--party", "CHN", "--demo-tls-ca", "x"], "--demo-tls-ca needs --demo-tls"),
     ],
