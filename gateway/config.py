@@ -43,6 +43,9 @@ MAX_TRUST_DOCUMENT_BYTES = 4 << 20
 
 DEFAULT_SIGNER_NAME = "default"
 """The name the top-level ``signer`` setting goes by, for `RotateTrustDocument`."""
+SIGNER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A signer's name under ``[signers]``: a bare TOML key, which `RotateTrustDocument` names and ``trust next``
+writes."""
 
 
 MAX_QUOTED = 80
@@ -701,6 +704,8 @@ def load_config(path: Path) -> GatewayConfig:
     for name, uri in _table(data.get("signers", {}), "signers").items():
         if name == DEFAULT_SIGNER_NAME:
             raise ConfigError(f"signers.{name}: the name {_q(DEFAULT_SIGNER_NAME)} is the top-level 'signer' setting")
+        if not SIGNER_NAME.fullmatch(name):
+            raise ConfigError(f"signers.{_q(name)}: name a signer with 1 to 64 letters, digits, '-' or '_'")
         signers[name] = _signer_uri(base, uri, f"signers.{name}")
     max_lifetime = _seconds(limits, "max_message_lifetime_seconds", 86400)
     lifetime = _seconds(limits, "message_lifetime_seconds", 43200)

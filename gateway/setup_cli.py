@@ -18,7 +18,6 @@ import datetime as dt
 import functools
 import json
 import os
-import re
 import shutil
 import sqlite3
 import sys
@@ -658,15 +657,11 @@ def _trust_next(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-SIGNER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""A name ``trust next`` gives the new signer: a bare TOML key, as the printed ``[signers]`` line writes it."""
-
-
 def _configured_signer(config: GatewayConfig, config_path: Path, name: str, new_signer: Signer) -> bool:
     """Whether the configuration already names the new key ``name``; refuse a name that is not a bare TOML key,
     or one the configuration gives to another key (the request would name that signer, which the new document
     does not list)."""
-    from gateway.config import DEFAULT_SIGNER_NAME
+    from gateway.config import DEFAULT_SIGNER_NAME, SIGNER_NAME
     from signing import signer_from_uri
 
     if not SIGNER_NAME.fullmatch(name):

@@ -256,6 +256,18 @@ def test_config_check_names_every_unknown_key(tmp_path: Path, capsys: pytest.Cap
             GOOD.replace('address = "127.0.0.1:9"', 'address = "che example:50052"').encode(),
             "partners[0].address: 'che example' in 'che example:50052' is not a host name or an IP address",
         ),
+        *(
+            (
+                GOOD.replace("[signers]\n", f'[signers]\n{key} = "file:other.key"\n').encode(),
+                f"signers.{shown}: name a signer with 1 to 64 letters, digits, '-' or '_'",
+            )
+            for key, shown in (
+                ('"x y"', "'x y'"),
+                ('""', "''"),
+                ('"k\u00e9y"', "'k\u00e9y'"),
+                ("a" * 65, "'" + "a" * 65 + "'"),
+            )
+        ),
     ],
 )
 def test_config_check_names_a_malformed_file_or_value(
