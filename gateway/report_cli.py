@@ -56,6 +56,7 @@ def _report_aef(args: argparse.Namespace) -> int:
     from gateway.domain.errors import GatewayError
     from gateway.domain.mapping import RecordRejected
     from gateway.store.postgres import DatabaseUnavailable
+    from gateway.wire import ISO_DATE
 
     try:
         config = load_config(Path(args.config))
@@ -64,6 +65,8 @@ def _report_aef(args: argparse.Namespace) -> int:
     if not 1990 <= args.year <= 2100:
         return fail("report aef", f"--year {args.year} is not in 1990..2100", EXIT_USAGE)
     try:
+        if args.date and not ISO_DATE.fullmatch(args.date):
+            raise ValueError(args.date)
         submitted = dt.date.fromisoformat(args.date) if args.date else dt.datetime.now(dt.UTC).date()
     except ValueError:
         return fail("report aef", f"--date {args.date!r} is not a date (YYYY-MM-DD)", EXIT_USAGE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError, Message
@@ -262,8 +263,13 @@ def parse_date(value: str, field: str) -> dt.date:
     return _date(value, field)
 
 
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+"""A calendar date as YYYY-MM-DD, ASCII digits: `datetime.date.fromisoformat` also takes week dates
+(``2026-W03-4``) and the basic format (``20260115``)."""
+
+
 def _date(value: str, field: str) -> dt.date:
-    if len(value) != 10 or not value.isascii():
+    if not ISO_DATE.fullmatch(value):
         raise _invalid(field, f"{text.quoted(value)} is not an ISO 8601 date (YYYY-MM-DD, ASCII digits)")
     try:
         date = dt.date.fromisoformat(value)

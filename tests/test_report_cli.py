@@ -662,6 +662,8 @@ def test_bad_arguments_get_one_line(gateway_dir: Path, capsys: pytest.CaptureFix
         (["--config", config, "--year", "2025", "--version", "0.0"], "--version '0.0' is not X.Y (the first is 1.0)"),
         (["--config", config, "--year", "2025", "--date", "1900-01-01"], "--date 1900-01-01 is before the reported"),
         (["--config", config, "--year", "2025", "--date", "15/04/2026"], "is not a date"),
+        (["--config", config, "--year", "2025", "--date", "20260415"], "is not a date"),
+        (["--config", config, "--year", "2025", "--date", "2026-W16-3"], "is not a date"),
     ]
     for args, says in cases:
         assert main(["report", "aef", *args, "--out", out]) == 2
