@@ -340,7 +340,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     ) -> operator_pb2.ListAuthorizationsResponse:
         text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID", required=False)
         size = paging.page_size(request.page_size)
-        after = paging.decode_token(request.page_token, (int,))
+        scope = f"ListAuthorizations\n{request.authorization_id}"
+        after = paging.decode_token(request.page_token, (int,), scope)
         # Versions are only ever added, in order: a version's place in the list names where a page ends.
         versions = await self.gateway.list_authorizations(request.authorization_id)
 
@@ -349,7 +350,13 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
             return list(enumerate(versions[start : start + limit], start=start + 1))
 
         listed, token = await paging.fill(
-            read, after, size, lambda item: wire.authorization_to_proto(item[1]), lambda item: (item[0],), chunk=100
+            read,
+            after,
+            size,
+            lambda item: wire.authorization_to_proto(item[1]),
+            lambda item: (item[0],),
+            chunk=100,
+            scope=scope,
         )
         return operator_pb2.ListAuthorizationsResponse(versions=listed, next_page_token=token)
 
@@ -512,7 +519,9 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         self, request: operator_pb2.ListTransfersRequest, context: Context[object, object]
     ) -> operator_pb2.ListTransfersResponse:
         size = paging.page_size(request.page_size)
-        after = paging.decode_token(request.page_token, (str, str))
+        after = paging.decode_token(
+            request.page_token, (str, str), "ListTransfers", check=lambda at: codec.from_text(str(at[0]))
+        )
 
         async def read(position: paging.Position | None, limit: int) -> list[Transfer]:
             at = None if position is None else (str(position[0]), str(position[1]))
@@ -520,7 +529,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
 
         # A transfer of a thousand blocks takes some 120 kB: a few dozen are read at a time.
         transfers, token = await paging.fill(
-            read, after, size, wire.transfer_to_proto, codec.transfer_position, chunk=32
+            read, after, size, wire.transfer_to_proto, codec.transfer_position, chunk=32, scope="ListTransfers"
         )
         return operator_pb2.ListTransfersResponse(transfers=transfers, next_page_token=token)
 
@@ -529,13 +538,19 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         self, request: operator_pb2.ListLedgerEntriesRequest, context: Context[object, object]
     ) -> operator_pb2.ListLedgerEntriesResponse:
         size = paging.page_size(request.page_size)
-        after = paging.decode_token(request.page_token, (int,))
+        after = paging.decode_token(request.page_token, (int,), "ListLedgerEntries")
 
         async def read(position: paging.Position | None, limit: int) -> list[LedgerEntry]:
             return await self.gateway.list_ledger(after=0 if position is None else int(position[0]), limit=limit)
 
         entries, token = await paging.fill(
-            read, after, size, wire.ledger_entry_to_proto, lambda e: (e.entry_id,), chunk=1_000
+            read,
+            after,
+            size,
+            wire.ledger_entry_to_proto,
+            lambda e: (e.entry_id,),
+            chunk=1_000,
+            scope="ListLedgerEntries",
         )
         return operator_pb2.ListLedgerEntriesResponse(entries=entries, next_page_token=token)
 
@@ -545,7 +560,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     ) -> operator_pb2.ListHoldingsResponse:
         text.check_identifier(request.account_id, "account_id", what="account ID", required=False)
         size = paging.page_size(request.page_size)
-        after = paging.decode_token(request.page_token, (str, str, str, int, int))
+        scope = f"ListHoldings\n{request.account_id}"
+        after = paging.decode_token(request.page_token, (str, str, str, int, int), scope)
 
         async def read(position: paging.Position | None, limit: int) -> list[StoredBlock]:
             at = None
@@ -554,7 +570,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
                 at = (str(kind), str(registry), str(issuance), int(start), int(block_id))
             return await self.gateway.list_holdings(request.account_id, after=at, limit=limit)
 
-        holdings, token = await paging.fill(read, after, size, _holding, codec.block_position, chunk=1_000)
+        holdings, token = await paging.fill(read, after, size, _holding, codec.block_position, chunk=1_000, scope=scope)
         return operator_pb2.ListHoldingsResponse(holdings=holdings, next_page_token=token)
 
     @refusals_as_status

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -36,14 +37,26 @@ def page_size(requested: int) -> int:
     return requested or DEFAULT_PAGE_SIZE
 
 
-def encode_token(position: Position) -> str:
-    """The token of the page that starts after ``position``."""
-    return base64.urlsafe_b64encode(json.dumps(list(position), separators=(",", ":")).encode()).decode("ascii")
+def scope_tag(scope: str) -> str:
+    """What a token carries of its list and filters (``scope``): a check against a token reused with other
+    filters, not a secret."""
+    return hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
-def decode_token(token: str, shape: Sequence[type]) -> Position | None:
-    """The position a token names, of the given shape (``str`` and ``int`` items); None for no token. A token
-    of another shape is refused, naming ``page_token`` (a token names a position; it is not a secret)."""
+def encode_token(position: Position, scope: str = "") -> str:
+    """The token of the page that starts after ``position``, in the list and with the filters ``scope`` names
+    (the method and its filter fields: a token is taken back only with the same)."""
+    values = [scope_tag(scope), *position]
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode("ascii")
+
+
+def decode_token(
+    token: str, shape: Sequence[type], scope: str = "", check: Callable[[Position], object] | None = None
+) -> Position | None:
+    """The position a token names, of the given shape (``str`` and ``int`` items), given for the list and
+    filters ``scope`` names; None for no token. A token of another shape, of another list or filters, or whose
+    position ``check`` refuses (by raising `ValueError`), is refused, naming ``page_token`` (a token names a
+    position; it is not a secret)."""
     if not token:
         return None
     refused = GatewayError(
@@ -57,10 +70,17 @@ def decode_token(token: str, shape: Sequence[type]) -> Position | None:
         values = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
     except (ValueError, binascii.Error):
         raise refused from None
-    if not isinstance(values, list) or len(values) != len(shape):
+    if not isinstance(values, list) or len(values) != len(shape) + 1:
         raise refused
+    if values[0] != scope_tag(scope):
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            "page_token comes from another list, or from this list with other filters: pass the next_page_token of"
+            " the page before with the same filters, or none",
+            field="page_token",
+        )
     position: list[str | int] = []
-    for value, kind in zip(values, shape, strict=True):
+    for value, kind in zip(values[1:], shape, strict=True):
         if type(value) is not kind:  # also refuses a bool for an int
             raise refused
         if isinstance(value, int):
@@ -71,6 +91,11 @@ def decode_token(token: str, shape: Sequence[type]) -> Position | None:
             position.append(value)
         else:
             raise refused
+    if check is not None:
+        try:
+            check(tuple(position))
+        except ValueError:
+            raise refused from None
     return tuple(position)
 
 
@@ -82,9 +107,11 @@ async def fill(
     position: Callable[[Item], Position],
     *,
     chunk: int,
+    scope: str = "",
 ) -> tuple[list[Proto], str]:
     """A page: the messages of the items after ``after``, read ``chunk`` at a time, until ``size`` of them or
-    `MAX_PAGE_BYTES`; and the token of the next page, empty when this one is the last."""
+    `MAX_PAGE_BYTES`; and the token of the next page (for the list and filters ``scope`` names), empty when this
+    one is the last."""
     messages: list[Proto] = []
     total = 0
     last: Item | None = None
@@ -96,7 +123,7 @@ async def fill(
             total += message.ByteSize() + 8
             if messages and total > MAX_PAGE_BYTES:
                 assert last is not None
-                return messages, encode_token(position(last))
+                return messages, encode_token(position(last), scope)
             messages.append(message)
             last = item
         if len(batch) <= wanted:
@@ -104,4 +131,4 @@ async def fill(
         assert last is not None
         after = position(last)
     assert last is not None
-    return messages, encode_token(position(last))
+    return messages, encode_token(position(last), scope)

@@ -123,10 +123,15 @@ async def test_a_forged_token_holding_a_lone_surrogate_is_refused_naming_the_fie
     def forged(position: str) -> str:
         return base64.urlsafe_b64encode(position.encode()).decode()
 
+    transfers, holdings = paging.scope_tag("ListTransfers"), paging.scope_tag("ListHoldings\n")
     async with operator(pair.chn) as chn:
         for call in (
-            lambda: chn.ListTransfers(operator_pb2.ListTransfersRequest(page_token=forged('["\\ud800","x"]'))),
-            lambda: chn.ListHoldings(operator_pb2.ListHoldingsRequest(page_token=forged('["\\ud800","a","b",1,2]'))),
+            lambda: chn.ListTransfers(
+                operator_pb2.ListTransfersRequest(page_token=forged(f'["{transfers}","\\ud800","x"]'))
+            ),
+            lambda: chn.ListHoldings(
+                operator_pb2.ListHoldingsRequest(page_token=forged(f'["{holdings}","\\ud800","a","b",1,2]'))
+            ),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call()
@@ -150,3 +155,43 @@ async def test_holdings_of_one_account_page_within_that_account(pair: Pair) -> N
         )
     assert [h.block_id for page in found for h in page] == expected
     assert {h.account_id for page in found for h in page} == {"CN-PO-0001"}
+
+
+@pytest.mark.asyncio
+async def test_a_token_works_only_with_the_filters_that_gave_it(pair: Pair) -> None:
+    """A holdings token of one account, reused for another or for all, is refused: it would skip that list's
+    earlier items (or end it), not continue it."""
+    await seven_transfers(pair)
+    async with operator(pair.chn) as chn:
+        everything = await chn.ListHoldings(operator_pb2.ListHoldingsRequest(page_size=1))
+        owner = await chn.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001", page_size=1))
+        assert everything.next_page_token and owner.next_page_token
+        for reused in (
+            operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001", page_token=everything.next_page_token),
+            operator_pb2.ListHoldingsRequest(account_id="CN-OTHER", page_token=owner.next_page_token),
+            operator_pb2.ListHoldingsRequest(page_token=owner.next_page_token),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.ListHoldings(reused)
+            detail = read_error_detail(caught.value.trailing_metadata())
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert detail is not None and detail.field == "page_token"
+            assert "other filters" in detail.message
+        # With the filters that gave it, the token goes on.
+        more = await chn.ListHoldings(
+            operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001", page_size=1, page_token=owner.next_page_token)
+        )
+        assert [h.account_id for h in more.holdings] == ["CN-PO-0001"]
+
+
+@pytest.mark.asyncio
+async def test_a_forged_transfers_token_whose_instant_is_no_instant_is_refused(pair: Pair) -> None:
+    """A position that no transfer list can hold ends no list: it is refused, not answered with an empty page."""
+    tag = paging.scope_tag("ListTransfers")
+    forged = base64.urlsafe_b64encode(f'["{tag}","not a date","x"]'.encode()).decode()
+    async with operator(pair.chn) as chn:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.ListTransfers(operator_pb2.ListTransfersRequest(page_token=forged))
+    detail = read_error_detail(caught.value.trailing_metadata())
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert detail is not None and detail.field == "page_token"
