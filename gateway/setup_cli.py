@@ -16,6 +16,7 @@ import argparse
 import base64
 import datetime as dt
 import functools
+import glob
 import json
 import os
 import shutil
@@ -255,7 +256,24 @@ def _init(args: argparse.Namespace) -> int:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _print_next_steps(folder, party, partners, written)
+    _name_leftovers(parent, folder.absolute().name)
     return EXIT_OK
+
+
+def _name_leftovers(parent: Path, name: str) -> None:
+    """Name, on standard error, the staging folders of inits of ``name`` that were killed before they could
+    remove them: they may hold private keys. They are not removed here, as another init may still be writing."""
+    try:
+        left = sorted(p for p in parent.glob(f".{glob.escape(name)}.init-*") if p.is_dir())
+    except OSError:
+        return
+    if left:
+        shown = ", ".join(str(p) for p in left[:5]) + (", ..." if len(left) > 5 else "")
+        print(
+            f"carbon-gateway init: {len(left)} folder(s) of an earlier init that was stopped remain ({shown}); they"
+            " may hold private keys: delete them once no other init runs",
+            file=sys.stderr,
+        )
 
 
 def _check_empty(folder: Path) -> None:

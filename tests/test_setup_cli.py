@@ -158,6 +158,20 @@ def test_init_writes_a_pkcs11_signer_s_relative_paths_as_the_configuration_resol
     assert signer_from_uri(config.signer).public_key.keyid == key.public_key.keyid
 
 
+def test_init_names_the_staging_folders_an_init_killed_outright_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    left = tmp_path / ".gw.init-k1ll3d00"
+    (left / "keys").mkdir(parents=True)
+    (left / "keys" / "chn.key").write_text("a private key")
+    (tmp_path / ".other.init-abcdefgh").mkdir()  # another folder's: not this init's to name
+    code, _, err = _init(capsys, "--party", "CHN", str(tmp_path / "gw"))
+    assert code == 0
+    assert err.count("\n") == 1 and str(left) in err and "private keys" in err and ".other" not in err
+    assert left.exists()  # named, not removed: another init might still be writing it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gw.init-k1ll3d00", ".other.init-abcdefgh", "gw"]
+
+
 @pytest.mark.parametrize(
     ("uri", "configured"),
     [
