@@ -23,6 +23,7 @@ from gateway.domain.access import (
     CALLS_AT_ONCE,
     LOOPBACK_CALLER,
     MAX_CALLS_AT_ONCE,
+    DeliveryPlaces,
     OperatorCaller,
     Role,
     is_loopback_host,
@@ -112,6 +113,8 @@ LIMITS_KEYS = frozenset(
         "hold_deadline_seconds",
         "decision_timeout_seconds",
         "status_query_after_seconds",
+        "deliveries_at_once",
+        "deliveries_per_address",
     }
 )
 LEDGER_KEYS = frozenset(
@@ -260,6 +263,8 @@ class GatewayConfig:
     status_query_after: dt.timedelta = dt.timedelta(minutes=15)
     ledger: LedgerOptions = field(default_factory=LedgerOptions)
     operator_access: OperatorAccessConfig = field(default_factory=OperatorAccessConfig)
+    delivery_places: DeliveryPlaces = field(default_factory=DeliveryPlaces)
+    """How many partner deliveries are handled at once, in all and from one address (``[limits]``)."""
     reconcile_every: dt.timedelta | None = dt.timedelta(days=1)
     """How often a run starts with each partner (``[reconciliation] every_seconds``; 0 turns the schedule off)."""
 
@@ -744,6 +749,7 @@ def load_config(path: Path) -> GatewayConfig:
             limits.get("max_envelope_bytes", 1 << 20), "limits.max_envelope_bytes", minimum=4096, maximum=64 << 20
         ),
         clock_skew=_seconds(limits, "clock_skew_seconds", 300, minimum=0.0),
+        delivery_places=_delivery_places(limits),
         max_message_lifetime=max_lifetime,
         message_lifetime=lifetime,
         hold_deadline=_seconds(limits, "hold_deadline_seconds", 172800),
@@ -752,6 +758,26 @@ def load_config(path: Path) -> GatewayConfig:
         ledger=ledger,
         reconcile_every=_schedule(_table(data.get("reconciliation", {}), "reconciliation")),
     )
+
+
+MAX_DELIVERIES_AT_ONCE = 1024
+"""The most ``deliveries_at_once`` may say: each delivery may hold a request of four times the envelope cap."""
+
+
+def _delivery_places(limits: Mapping[str, Any]) -> DeliveryPlaces:
+    at_once = _integer(
+        limits.get("deliveries_at_once", DeliveryPlaces.at_once),
+        "limits.deliveries_at_once",
+        minimum=1,
+        maximum=MAX_DELIVERIES_AT_ONCE,
+    )
+    per_address = _integer(
+        limits.get("deliveries_per_address", min(DeliveryPlaces.per_address, at_once)),
+        "limits.deliveries_per_address",
+        minimum=1,
+        maximum=at_once,
+    )
+    return DeliveryPlaces(at_once, per_address)
 
 
 def _schedule(table: Mapping[str, Any]) -> dt.timedelta | None:

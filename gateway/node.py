@@ -24,7 +24,7 @@ from gateway.config import (
     TLSConfig,
 )
 from gateway.core import GatewayCore, PartnerSpec, utc_now
-from gateway.domain.access import is_loopback_host
+from gateway.domain.access import DeliveryPlaces, is_loopback_host
 from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import Deadlines, DecisionPolicy
@@ -202,8 +202,11 @@ class GatewayNode:
         signers: Mapping[str, Signer] | None = None,
         ledger_options: LedgerOptions | None = None,
         reconcile_every: dt.timedelta | None = None,
+        delivery_places: DeliveryPlaces | None = None,
     ) -> None:
         self.party = party
+        self.delivery_places = delivery_places
+        """The configured partner delivery places; None for the defaults."""
         self.clock = clock
         self.tls = tls
         self.operator_access = operator_access if operator_access is not None else OperatorAccess()
@@ -369,6 +372,7 @@ class GatewayNode:
                 signers=signers,
                 ledger_options=config.ledger,
                 reconcile_every=config.reconcile_every,
+                delivery_places=config.delivery_places,
             )
         except (ssl.SSLError, OSError) as exc:
             await store.close()
@@ -438,7 +442,8 @@ class GatewayNode:
         # of its request (400 calls of 4 MB: 190 MB more, 580 MB with probing). A large statement over a long
         # link arrives a little more slowly for it (1 MB with 100 ms round trips: 0.21 s, not 0.11 s).
         self.partner_server = grpc.aio.server(
-            options=[*partner_options, ("grpc.http2.bdp_probe", 0)], interceptors=[OpenMethodsInterceptor()]
+            options=[*partner_options, ("grpc.http2.bdp_probe", 0)],
+            interceptors=[OpenMethodsInterceptor(self.delivery_places)],
         )
         self.partner_server.add_generic_rpc_handlers(
             (partner_handler(self.exchange, require_peer_identity=self.tls is not None),)
@@ -458,7 +463,7 @@ class GatewayNode:
         if self._http_listen is not None:
             host, _, port = self._http_listen.rpartition(":")
             self.http_server = HttpServer(
-                build_app(self.exchange, self.trust.published),
+                build_app(self.exchange, self.trust.published, self.delivery_places),
                 host.removeprefix("[").removesuffix("]"),
                 int(port),
                 _ssl_context(self.tls) if self.tls else None,

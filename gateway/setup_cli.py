@@ -541,6 +541,8 @@ def render_config(
         "# hold_deadline_seconds = 172800         # a held incoming proposal is rejected after this",
         "# decision_timeout_seconds = 259200      # an outgoing transfer with no Decision is terminated after this",
         "# status_query_after_seconds = 900       # a transfer waiting this long asks its partner for its status",
+        "# deliveries_at_once = 16                # partner deliveries handled at once (gRPC and JSON), 1 to 1024",
+        "# deliveries_per_address = 4             # of those, from one address: raise it behind a proxy or NAT",
         "",
         "# The NDC period and the corresponding-adjustment method, chosen once (README, 'The adjustment ledger'):",
         "# [ledger]",

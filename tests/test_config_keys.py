@@ -256,6 +256,17 @@ def test_config_check_names_every_unknown_key(tmp_path: Path, capsys: pytest.Cap
             GOOD.replace('address = "127.0.0.1:9"', 'address = "che example:50052"').encode(),
             "partners[0].address: 'che example' in 'che example:50052' is not a host name or an IP address",
         ),
+        (
+            GOOD.replace("max_envelope_bytes = 65536", "max_envelope_bytes = 65536\ndeliveries_at_once = 0").encode(),
+            "limits.deliveries_at_once: 0 is not in 1..1024",
+        ),
+        (
+            GOOD.replace(
+                "max_envelope_bytes = 65536",
+                "max_envelope_bytes = 65536\ndeliveries_at_once = 8\ndeliveries_per_address = 9",
+            ).encode(),
+            "limits.deliveries_per_address: 9 is not in 1..8",
+        ),
         *(
             (
                 GOOD.replace("[signers]\n", f'[signers]\n{key} = "file:other.key"\n').encode(),

@@ -46,6 +46,16 @@ MAX_CALLS_AT_ONCE = 4096
 
 
 @dataclass(frozen=True)
+class DeliveryPlaces:
+    """How many partner deliveries (gRPC ``Deliver`` and ``DeliverBatch`` calls, or JSON bodies) a gateway handles
+    at once, from all callers and from one network address (``[limits] deliveries_at_once`` and
+    ``deliveries_per_address``). Each holds its request in memory until its receipts are sent."""
+
+    at_once: int = 16
+    per_address: int = 4
+
+
+@dataclass(frozen=True)
 class OperatorCaller:
     """A configured operator caller, identified by exactly one of a token's SHA-256 or a certificate's CN."""
 

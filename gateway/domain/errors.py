@@ -116,7 +116,8 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     "suffices), which are not counted",
     ResponseCode.TOO_MANY_CALLS: "the caller, or all callers together, have as many calls that take one request in "
     "progress as the server takes at once (the operator API: 64 per caller unless its `calls_at_once` says otherwise, "
-    "streams counted apart; the partner port: 16 deliveries, 4 from one address); wait for one to end, or call again "
+    "streams counted apart; the partner port: 16 deliveries and 4 from one address unless `[limits]` says otherwise); "
+    "wait for one to end, or call again "
     "later",
     ResponseCode.UNKNOWN_RECONCILIATION_RUN: "no reconciliation run with this ID is known here",
     ResponseCode.UNKNOWN_MESSAGE: "no outbox message with this ID is known here",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.domain.access import address_source
+from gateway.domain.access import DeliveryPlaces, address_source
 from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange
 
@@ -36,15 +36,16 @@ after its last request: one that sends nothing, or trickles its headers, does no
 BODY_SECONDS = 60.0
 """The longest a request body may take to arrive: a slower one is answered 408 with a refusal receipt."""
 
-BODIES_AT_ONCE = 16
-"""How many deliveries the endpoint reads and handles at once, from all clients. Each holds its body, up to the
+BODIES_AT_ONCE = DeliveryPlaces.at_once
+"""How many deliveries the endpoint reads and handles at once, from all clients, unless configured (``[limits]
+deliveries_at_once``). Each holds its body, up to the
 body limit (some four times the envelope cap), until its receipt is sent: without a bound, clients that send
 large bodies slowly, or stall, could take all of the gateway's memory. More are answered 503 before their bodies
 are read."""
 
-BODIES_PER_ADDRESS = 4
-"""How many of those one network address (an IPv6 /64 counts as one) may have: one client cannot take every
-place and shut out the other partners."""
+BODIES_PER_ADDRESS = DeliveryPlaces.per_address
+"""How many of those one network address (an IPv6 /64 counts as one) may have, unless configured (``[limits]
+deliveries_per_address``): one client cannot take every place and shut out the other partners."""
 
 BUSY_RETRY_SECONDS = 1
 """The ``Retry-After`` of a delivery answered 503 for want of a place."""
@@ -172,12 +173,17 @@ def decoded_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
     return body
 
 
-def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
-    """The HTTP application of one gateway."""
+def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | None = None) -> web.Application:
+    """The HTTP application of one gateway; ``places`` are the configured delivery places (None for the
+    module's defaults)."""
     metrics = Metrics()
     body_limit = 4 * exchange.settings.max_envelope_bytes + 4096
     app = web.Application(client_max_size=body_limit)
     decompressing = asyncio.Semaphore(DECOMPRESSIONS_AT_ONCE)
+
+    def limits() -> tuple[int, int]:
+        return (places.at_once, places.per_address) if places else (BODIES_AT_ONCE, BODIES_PER_ADDRESS)
+
     handling: Counter[str] = Counter()
     """Deliveries being read and handled, by the address they come from."""
 
@@ -186,7 +192,8 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
         """Yield whether the delivery has one of the `BODIES_AT_ONCE` places (`BODIES_PER_ADDRESS` from its
         address), held until the block ends."""
         source = address_source(request.remote or "") or "local"
-        if handling.total() >= BODIES_AT_ONCE or handling[source] >= BODIES_PER_ADDRESS:
+        at_once, per_address = limits()
+        if handling.total() >= at_once or handling[source] >= per_address:
             yield False
             return
         handling[source] += 1
@@ -202,9 +209,10 @@ def build_app(exchange: Exchange, trust: TrustSource) -> web.Application:
             if admitted:
                 return await handle(request)
         metrics.busy += 1
+        at_once, per_address = limits()
         busy = web.Response(
             status=503,
-            text=f"{BODIES_AT_ONCE} deliveries ({BODIES_PER_ADDRESS} from one address) are being handled, as many as"
+            text=f"{at_once} deliveries ({per_address} from one address) are being handled, as many as"
             f" this gateway takes at once: nothing was read; send again in {BUSY_RETRY_SECONDS} s\n",
             headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
         )

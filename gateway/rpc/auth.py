@@ -28,6 +28,7 @@ from gateway.domain.access import (
     LOOPBACK_CALLER,
     AuthenticationRefused,
     Caller,
+    DeliveryPlaces,
     OperatorCaller,
     Role,
     identify,
@@ -114,16 +115,21 @@ server ran out of memory."""
 OPEN_STREAMS_PER_ADDRESS = 4
 """How many of those one network address may have open at once."""
 
-DELIVERIES_AT_ONCE = 16
+DELIVERIES_AT_ONCE = DeliveryPlaces.at_once
 """How many calls of the partner port's other methods (``Deliver``, ``DeliverBatch``) it serves at once, from all
 callers. Each holds its request, up to the partner message limit (some four times the envelope cap), until its
 receipts are sent: without a bound, callers could take all of the gateway's memory with many such calls at once,
 or with calls whose requests they send slowly. More are refused with ``TOO_MANY_CALLS`` before their requests
-are read; a partner's gateway sends one call per partner at a time, and sends a refused one again."""
+are read; a partner's gateway sends one call per partner at a time, and sends a refused one again. The default
+of ``[limits] deliveries_at_once``."""
 
-DELIVERIES_PER_ADDRESS = 4
+DELIVERIES_PER_ADDRESS = DeliveryPlaces.per_address
 """How many of those one network address (an IPv6 /64) may have at once: one caller cannot take every place and
 shut out the other partners."""
+
+DELIVERY_READ_SECONDS = 60.0
+"""How long a delivery that holds a place may take to send its request (as a body on the JSON path): one that
+sends nothing gives its place back and is refused."""
 
 READ_ONLY_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 """Reflection lists the services and their messages: read-only."""
@@ -500,7 +506,18 @@ async def _anyone(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> N
 class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """The limits of the partner server, which has no operator callers: those of the open methods
     (`OPEN_PREFIXES`: health), where every caller counts as one without credentials, and for the other methods
-    (the deliveries) `DELIVERIES_AT_ONCE`, `DELIVERIES_PER_ADDRESS` from one address."""
+    (the deliveries) ``places`` (`DELIVERIES_AT_ONCE`, `DELIVERIES_PER_ADDRESS` from one address, unless
+    configured)."""
+
+    def __init__(self, places: DeliveryPlaces | None = None) -> None:
+        super().__init__()
+        self.places = places
+        """The configured delivery places; None for the module's defaults."""
+
+    def _delivery_places(self) -> tuple[int, int]:
+        if self.places is not None:
+            return self.places.at_once, self.places.per_address
+        return DELIVERIES_AT_ONCE, DELIVERIES_PER_ADDRESS
 
     SERVER = "the partner port"
     CREDENTIALS_ADVICE = ""  # no credentials count here
@@ -530,14 +547,26 @@ class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # ty
 
         async def unary_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             address = peer_source(context.peer())
-            if places.total() >= DELIVERIES_AT_ONCE:
-                crowded = f"{DELIVERIES_AT_ONCE} calls are being served"
-            elif places[address] >= DELIVERIES_PER_ADDRESS:
-                crowded = f"{DELIVERIES_PER_ADDRESS} calls from {address} are being served"
+            at_once, per_address = self._delivery_places()
+            if places.total() >= at_once:
+                crowded = f"{at_once} calls are being served"
+            elif places[address] >= per_address:
+                crowded = f"{per_address} calls from {address} are being served"
             else:
                 places[address] += 1
                 try:
-                    return await inner(await _one_request(method, requests, context), context)
+                    try:
+                        async with asyncio.timeout(DELIVERY_READ_SECONDS):
+                            request = await _one_request(method, requests, context)
+                    except TimeoutError:
+                        await abort_with(
+                            context,
+                            GatewayError(
+                                ResponseCode.MALFORMED_PAYLOAD,
+                                f"the call to {method} sent no whole request within {DELIVERY_READ_SECONDS:g} s",
+                            ),
+                        )
+                    return await inner(request, context)
                 finally:
                     self._give_place(places, address)
             await abort_with(

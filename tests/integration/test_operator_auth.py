@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -21,8 +22,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from carbon_gateway.v1 import mapping_pb2, operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.cli import main
-from gateway.config import OperatorTLSConfig, TLSConfig
-from gateway.domain.access import CALLS_AT_ONCE, OperatorCaller, Role
+from gateway.config import OperatorTLSConfig, TLSConfig, load_config
+from gateway.domain.access import CALLS_AT_ONCE, DeliveryPlaces, OperatorCaller, Role
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.harness import self_signed_trust_document
@@ -655,6 +656,72 @@ async def test_the_partner_port_serves_only_so_many_deliveries_at_once(
             assert await call  # the exchange's receipt of a body that is no envelope
         again = [_call(channel, DELIVER_METHOD, request=b"\xff\xff") for _ in range(places)]
         assert [outcome[0] for outcome in await asyncio.gather(*again)] == [grpc.StatusCode.OK] * places
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_that_sends_no_request_gives_its_place_back_in_time(
+    gateways: Gateways, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that takes a delivery place and never sends its request is refused after
+    `DELIVERY_READ_SECONDS`, and its place comes back: stalled callers cannot hold the places for ever."""
+    monkeypatch.setattr(auth, "DELIVERY_READ_SECONDS", 0.3)
+    patience = 10.0
+    monkeypatch.setattr(auth, "DELIVERIES_PER_ADDRESS", 1)
+    never = asyncio.Event()
+    async with grpc.aio.insecure_channel(gateways.tls.partner_address) as channel:
+        silent = channel.stream_unary(DELIVER_METHOD, None, None)(_withheld_request(never, b""))  # no deadline
+        try:
+            assert await asyncio.wait_for(silent.code(), patience) == grpc.StatusCode.INVALID_ARGUMENT
+        finally:
+            silent.cancel()
+        detail = read_error_detail(await silent.trailing_metadata())
+        assert detail is not None and int(detail.code) == int(ResponseCode.MALFORMED_PAYLOAD)
+        assert "sent no whole request within 0.3 s" in detail.message
+        assert (await _call(channel, DELIVER_METHOD, request=b"\xff\xff"))[0] == grpc.StatusCode.OK
+
+
+@pytest.mark.asyncio
+async def test_the_configured_delivery_places_hold_on_both_partner_paths(tmp_path: Path) -> None:
+    """``[limits] deliveries_at_once`` and ``deliveries_per_address`` reach the partner port and the JSON path."""
+    folder = _keys(tmp_path)
+    config = _config(folder, http="127.0.0.1:0", tail="[limits]\ndeliveries_at_once = 3\ndeliveries_per_address = 1\n")
+    node = await GatewayNode.from_config(load_config(config))
+    await node.start()
+    sent = asyncio.Event()
+    try:
+        assert node.delivery_places == DeliveryPlaces(3, 1)
+        async with grpc.aio.insecure_channel(node.partner_address) as channel:
+            held = channel.stream_unary(DELIVER_METHOD, None, None)(_withheld_request(sent, b"\xff"), timeout=10)
+            for _ in range(200):
+                outcome = await _call(channel, DELIVER_METHOD, request=b"\xff\xff")
+                if outcome[0] != grpc.StatusCode.OK and not held.done():
+                    break
+                await asyncio.sleep(0.01)
+            code, detail = outcome
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None
+            assert "1 calls from ipv4:127.0.0.1 are being served" in detail.message
+            sent.set()
+            assert await held.code() == grpc.StatusCode.OK
+        host, port = urlsplit(node.http_url).hostname, urlsplit(node.http_url).port
+        assert host is not None and port is not None
+        _, stalled = await asyncio.open_connection(host, port)
+        stalled.write(b"POST /v1/partner/deliver HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+        await stalled.drain()
+        try:
+            for _ in range(200):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(b"POST /v1/partner/deliver HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                writer.close()
+                if b" 503 " in head.split(b"\r\n")[0]:
+                    break
+                await asyncio.sleep(0.01)
+            assert b" 503 " in head.split(b"\r\n")[0]
+        finally:
+            stalled.close()
+    finally:
+        await node.stop()
 
 
 @pytest.mark.asyncio
