@@ -455,7 +455,7 @@ def render_config(
         '# name = "alice"',
         '# role = "operator"                    # "read-only", "operator" or "administrator"',
         '# token_sha256 = "..."                 # or certificate_common_name = "alice"',
-        "# calls_at_once = 64                   # calls in progress at once, in each serve process (1 to 4096)",
+        "# calls_at_once = 64                   # calls in progress at once, in each serve process (1 to 1024)",
         "",
         "[partner]",
         "# The partner exchange (gRPC) that partners deliver signed statements to. Use 0.0.0.0:PORT to accept",

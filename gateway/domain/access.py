@@ -41,7 +41,7 @@ CALLS_AT_ONCE = 64
 in progress at once, in one process, unless its configuration says otherwise (``calls_at_once``). The callers on
 loopback without credentials count as one caller."""
 
-MAX_CALLS_AT_ONCE = 4096
+MAX_CALLS_AT_ONCE = 1024
 """The most ``calls_at_once`` may say: each call may hold a request of up to 4 MB."""
 
 

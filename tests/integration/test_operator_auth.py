@@ -1035,12 +1035,12 @@ REFUSALS = [
     Refusal(
         "calls_at_once_zero",
         lambda f: _config(f, operator_settings=_caller() + "calls_at_once = 0\n"),
-        ("operator.callers[0].calls_at_once", "0", "1..4096"),
+        ("operator.callers[0].calls_at_once", "0", "1..1024"),
     ),
     Refusal(
         "calls_at_once_too_many",
         lambda f: _config(f, operator_settings=_caller() + "calls_at_once = 9223372036854775807\n"),
-        ("operator.callers[0].calls_at_once", "1..4096"),
+        ("operator.callers[0].calls_at_once", "1..1024"),
     ),
     Refusal(
         "calls_at_once_quoted",
