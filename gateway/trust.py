@@ -29,8 +29,9 @@ from signing import Envelope, EnvelopeFormatError, Signer, TrustDocument, Truste
 log = logging.getLogger(__name__)
 
 CHOSEN_SIGNER_SETTING = "own_signer_keyid"
-"""The store setting that holds the keyid of the signer the latest rotation switched to (`TrustKeeper.rotate`):
-a restart, and every replica, signs with it again whenever a configured signer holds that key."""
+"""The store setting that holds ``VERSION:KEYID``: the version of this Party's own trust document a rotation
+installed (`TrustKeeper.rotate`), and the keyid of the signer it switched to. While that version is the current
+one, a restart, and every replica, signs with that key again whenever a configured signer holds it."""
 
 UNKNOWN_KEY_REFRESH_SECONDS = 1.0
 """The least time between two reads of stored trust documents caused by statements signed by unknown keys."""
@@ -135,11 +136,13 @@ class TrustKeeper:
                 self.own.version,
             )
 
-    def _resume_chosen(self, chosen: str | None, listed: Collection[str]) -> None:
-        """Sign with the signer the latest rotation chose (its keyid, ``chosen``), when the current document still
-        lists it and a configured signer holds it: a rotation that kept the old key in the document must not
-        be undone by a restart that finds the old key still configured as ``signer``."""
-        if chosen is None or chosen not in listed or chosen == self.exchange.signer.keyid:
+    def _resume_chosen(self, setting: str | None, listed: Collection[str]) -> None:
+        """Sign with the signer the rotation to the current document chose (``setting``, `CHOSEN_SIGNER_SETTING`)
+        when a configured signer holds it: a rotation that kept the old key in the document must not be undone
+        by a restart that finds the old key still configured as ``signer``. A choice made for another version (a
+        newer document installed from the configuration, or by an earlier release) is not followed."""
+        version, _, chosen = (setting or "").partition(":")
+        if version != str(self.own.version) or chosen not in listed or chosen == self.exchange.signer.keyid:
             return
         named = [(name, s) for name, s in sorted(self.signers.items()) if s.keyid == chosen]
         if not named:
@@ -277,7 +280,7 @@ class TrustKeeper:
                     field="envelope_json",
                 )
             await tx.put_trust_document(self.party, updated.version, envelope.to_json(), now)
-            await tx.put_setting(CHOSEN_SIGNER_SETTING, signer.keyid, now)
+            await tx.put_setting(CHOSEN_SIGNER_SETTING, f"{updated.version}:{signer.keyid}", now)
             for party in sorted(self.partners.parties()):
                 message_id = await self.exchange.enqueue_trust(tx, party, envelope)
                 results.append(PushResult(party, ResponseCode.OK, f"queued for delivery as message {message_id}"))

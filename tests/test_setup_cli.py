@@ -488,6 +488,24 @@ async def test_trust_next_drafts_exactly_what_rotate_trust_document_installs(
         assert restarted.core.exchange.signer.keyid == signer_from_uri(f"file:{new_key}").keyid != old_key
     finally:
         await restarted.stop()
+    # A later version installed from the configuration, with its own signer: the rotation's choice was for version
+    # 2, and the configured signer of version 3 signs.
+    third_key = tmp_path / "chn" / "keys" / "chn-3.key"
+    assert main(["keys", "generate", "--out", str(third_key.with_suffix(""))]) == 0
+    current = tmp_path / "chn" / "chn.trust.v2.json"
+    argv = ["--current", str(current), "--new-key", f"file:{third_key}", "--signer-name", "third"]
+    assert main(["trust", "next", "--config", str(config_path), *argv]) == 0
+    capsys.readouterr()
+    text = config_path.read_text().replace('trust_document = "chn.trust.json"', 'trust_document = "chn.trust.v3.json"')
+    config_path.write_text(text.replace('signer = "file:keys/chn.key"', 'signer = "file:keys/chn-3.key"'))
+    third = await GatewayNode.from_config(load_config(config_path))
+    await third.start()
+    try:
+        listed = third.core.trust.own.document.roles["transfer"].keyids
+        assert third.core.trust.own.version == 3 and signer_from_uri(f"file:{new_key}").keyid in listed
+        assert third.core.exchange.signer.keyid == signer_from_uri(f"file:{third_key}").keyid
+    finally:
+        await third.stop()
 
 
 # -- call -----------------------------------------------------------------------------------------------
