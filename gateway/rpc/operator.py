@@ -86,6 +86,13 @@ def _party_filter(party: str, *, required: bool = False, field: str = "party") -
     return party
 
 
+def _stored_instant(position: paging.Position) -> None:
+    """Refuse (`ValueError`) a transfers position whose instant is not one as the store writes it."""
+    instant = str(position[0])
+    if codec.to_text(codec.from_text(instant)) != instant:
+        raise ValueError(f"{instant!r} is not an instant as stored")
+
+
 def _read_selections(
     selections: Sequence[operator_pb2.BlockSelection], nomenclature: Nomenclature
 ) -> tuple[BlockSelection, ...]:
@@ -519,9 +526,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         self, request: operator_pb2.ListTransfersRequest, context: Context[object, object]
     ) -> operator_pb2.ListTransfersResponse:
         size = paging.page_size(request.page_size)
-        after = paging.decode_token(
-            request.page_token, (str, str), "ListTransfers", check=lambda at: codec.from_text(str(at[0]))
-        )
+        after = paging.decode_token(request.page_token, (str, str), "ListTransfers", check=_stored_instant)
 
         async def read(position: paging.Position | None, limit: int) -> list[Transfer]:
             at = None if position is None else (str(position[0]), str(position[1]))

@@ -188,10 +188,12 @@ async def test_a_token_works_only_with_the_filters_that_gave_it(pair: Pair) -> N
 async def test_a_forged_transfers_token_whose_instant_is_no_instant_is_refused(pair: Pair) -> None:
     """A position that no transfer list can hold ends no list: it is refused, not answered with an empty page."""
     tag = paging.scope_tag("ListTransfers")
-    forged = base64.urlsafe_b64encode(f'["{tag}","not a date","x"]'.encode()).decode()
     async with operator(pair.chn) as chn:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await chn.ListTransfers(operator_pb2.ListTransfersRequest(page_token=forged))
-    detail = read_error_detail(caught.value.trailing_metadata())
-    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert detail is not None and detail.field == "page_token"
+        # Not an instant; and two that read as instants but are not spelled as the store spells them.
+        for instant in ("not a date", "2026-01-01T01:00:00.1+0100Z", "2026-01-01T01:00:00,123456Z"):
+            forged = base64.urlsafe_b64encode(f'["{tag}","{instant}","x"]'.encode()).decode()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.ListTransfers(operator_pb2.ListTransfersRequest(page_token=forged))
+            detail = read_error_detail(caught.value.trailing_metadata())
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, instant
+            assert detail is not None and detail.field == "page_token"
