@@ -38,10 +38,9 @@ BODY_SECONDS = 60.0
 
 BODIES_AT_ONCE = DeliveryPlaces.at_once
 """How many deliveries the endpoint reads and handles at once, from all clients, unless configured (``[limits]
-deliveries_at_once``). Each holds its body, up to the
-body limit (some four times the envelope cap), until its receipt is sent: without a bound, clients that send
-large bodies slowly, or stall, could take all of the gateway's memory. More are answered 503 before their bodies
-are read."""
+deliveries_at_once``). Each holds its body, up to the body limit (some four times the envelope cap), until its
+receipt is sent: without a bound, clients that send large bodies slowly, or stall, could take all of the
+gateway's memory. More are answered 503 before their bodies are read."""
 
 BODIES_PER_ADDRESS = DeliveryPlaces.per_address
 """How many of those one network address (an IPv6 /64 counts as one) may have, unless configured (``[limits]

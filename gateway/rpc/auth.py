@@ -509,6 +509,9 @@ class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # ty
     (the deliveries) ``places`` (`DELIVERIES_AT_ONCE`, `DELIVERIES_PER_ADDRESS` from one address, unless
     configured)."""
 
+    SERVER = "the partner port"
+    CREDENTIALS_ADVICE = ""  # no credentials count here
+
     def __init__(self, places: DeliveryPlaces | None = None) -> None:
         super().__init__()
         self.places = places
@@ -518,9 +521,6 @@ class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # ty
         if self.places is not None:
             return self.places.at_once, self.places.per_address
         return DELIVERIES_AT_ONCE, DELIVERIES_PER_ADDRESS
-
-    SERVER = "the partner port"
-    CREDENTIALS_ADVICE = ""  # no credentials count here
 
     async def intercept_service(
         self,
