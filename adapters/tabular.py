@@ -257,7 +257,9 @@ XLSX_EPOCH = dt.datetime(2000, 1, 1)
 """The creation time stamped in a workbook written without one: a constant, so that equal content gives
 equal bytes."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-_ILLEGAL_XLSX_TEXT = re.compile(r"[\000-\010\013\014\016-\037]")
+_ILLEGAL_XLSX_TEXT = re.compile(r"[\000-\010\013\014\016-\037\ufffe\uffff]")
+"""What XML 1.0 cannot carry in a cell's text (lone surrogates aside, which UTF-8 cannot either): control
+characters other than tab, line feed and carriage return, and the non-characters U+FFFE and U+FFFF."""
 _MAX_XLSX_TEXT = 32767
 
 
@@ -364,7 +366,7 @@ def _unwritable(value: object) -> str:
         if len(value) > _MAX_XLSX_TEXT:
             return f"holds {len(value):,} characters; an XLSX cell holds at most 32,767"
         if _ILLEGAL_XLSX_TEXT.search(value):
-            return "holds a control character, which an XLSX cell cannot hold"
+            return "holds a control character or U+FFFE/U+FFFF, which an XLSX cell cannot hold"
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
@@ -452,6 +454,8 @@ class XlsxCells:
                 text = text.replace("<", "&lt;")
             if ">" in text:
                 text = text.replace(">", "&gt;")
+            if "\r" in text:  # a reader turns a carriage return written as itself into a line feed
+                text = text.replace("\r", "&#13;")
             space = ' xml:space="preserve"' if preserve else ""
             tail = f'" t="inlineStr"><is><t{space}>{text}</t></is></c>'
             if type(value) is str:
@@ -565,6 +569,9 @@ class _WorkbookCount:
         self.elements = self.other = self.cells = self.strings = self.sheets = 0
         self.row_cells = 0
         self.item_depth = self.item_elements = 0
+        self.item = ""  # "c" (a cell) or "si" (a shared string) while item_depth is set
+        self.cell = ""  # the reference of the cell being read, as its ``r`` attribute gives it
+        self.part = ""  # the name of the part being read
 
     def start(self, name: str, attributes: object) -> None:
         self.elements += 1
@@ -575,10 +582,20 @@ class _WorkbookCount:
             self.item_elements += 1
             if self.item_elements > MAX_XLSX_ITEM_ELEMENTS:
                 raise _too_large(f"a cell or string holds more than {MAX_XLSX_ITEM_ELEMENTS:,} elements")
+            if self.item_depth == 2 and self.item == "c" and name.rpartition(":")[2] == "f":
+                raise RecordRejected.one(
+                    "file",
+                    f"cell {self.cell or '(no reference)'} of part {self.part!r} holds a formula: cells are read as the"
+                    " values saved in them, and a formula's saved result may not be what a spreadsheet shows; paste"
+                    " the values over the formulas, or save the sheet as CSV",
+                    IssueCode.MALFORMED_FILE,
+                )
             return
         local = name.rpartition(":")[2]
         if local in ("c", "si"):
-            self.item_depth, self.item_elements = 1, 0
+            self.item_depth, self.item_elements, self.item = 1, 0, local
+            reference = attributes.get("r", "") if isinstance(attributes, dict) else ""
+            self.cell = str(reference)[:16] if local == "c" else ""
             if local == "c":
                 self.cells += 1
                 self.row_cells += 1
@@ -634,6 +651,7 @@ def _measure_workbook(data: bytes) -> None:
             parser.EndElementHandler = counted.end
             parser.StartDoctypeDeclHandler = doctype
             counted.item_depth = 0
+            counted.part = info.filename[:100]
             xml = True
             try:
                 with archive.open(info) as part:
@@ -673,8 +691,10 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
         ) from None
     sheets: dict[str, tuple[list[str], list[list[object]]]] = {}
     cells = 0
+    title = ""
     try:
         for sheet in workbook.worksheets:
+            title = str(sheet.title)
             declared = (sheet.max_row or 0) * (sheet.max_column or 0)
             if cells + declared > MAX_XLSX_CELLS:
                 raise _too_many_cells(sheet.title, f"declares {sheet.max_row:,} rows of {sheet.max_column:,} columns")
@@ -697,6 +717,14 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
                 for row in rows[1:]
             ]
             sheets[sheet.title] = (header, body)
+    except RecordRejected:
+        raise
+    except Exception as error:  # openpyxl raises many types for a cell it cannot read
+        raise RecordRejected.one(
+            "file",
+            f"sheet {title[:64]!r} of the workbook cannot be read: {type(error).__name__}: {str(error)[:200]}",
+            IssueCode.MALFORMED_FILE,
+        ) from None
     finally:
         workbook.close()
     return sheets

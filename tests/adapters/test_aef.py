@@ -516,3 +516,65 @@ def test_a_workbook_too_large_to_read_is_refused_before_openpyxl_builds_it(
     [problem] = refused.value.problems
     assert problem.code is IssueCode.MALFORMED_FILE and says in problem.message, problem.message
     assert built == []  # refused before openpyxl read any of it
+
+
+def test_text_keeps_its_line_ends_through_an_xlsx_workbook() -> None:
+    """A carriage return written as itself would come back a line feed (XML readers normalise line ends)."""
+    from adapters import tabular
+
+    values = ["line1\r\nline2", "a\rb", "x\ny", "\r"]
+    data = tabular.write_xlsx([("Sheet", ["Note"], [[v] for v in values])])
+    header, body = tabular.read_xlsx_sheet(data, None)
+    assert header == ["Note"] and [row[0] for row in body] == values
+
+
+@pytest.mark.parametrize("value", ["x\uffffy", "\ufffe", "a\x0bb"])
+def test_text_no_xml_document_can_hold_is_refused_when_written_naming_the_cell(value: str) -> None:
+    from adapters import tabular
+
+    with pytest.raises(RecordRejected) as refused:
+        tabular.write_xlsx([("Sheet", ["Note"], [["fine"], [value]])])
+    [problem] = refused.value.problems
+    assert problem.field == "Sheet[2].Note" and "cannot hold" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("cell", "says"),
+    [
+        pytest.param(b'<c r="A2" t="s"><v>99999</v></c>', "IndexError", id="a shared string past the table"),
+        pytest.param(b'<c r="A2" t="s"><v>x</v></c>', "ValueError", id="a shared string index that is no number"),
+        pytest.param(b'<c r="A2" t="n"><v>abc</v></c>', "ValueError", id="a number that is no number"),
+        pytest.param(b'<c r="A2" t="d"><v>notadate</v></c>', "ValueError", id="a date that is no date"),
+    ],
+)
+def test_a_cell_openpyxl_cannot_read_is_refused_naming_the_sheet(cell: bytes, says: str) -> None:
+    from adapters import tabular
+
+    header = b'<row r="1"><c r="A1" t="inlineStr"><is><t>Action date</t></is></c></row>'
+    data = _workbook_with(header + b'<row r="2">' + cell + b"</row>")
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_xlsx(data)
+    [problem] = refused.value.problems
+    assert problem.code is IssueCode.MALFORMED_FILE and problem.field == "file"
+    assert "sheet 'Sheet' of the workbook cannot be read" in problem.message and says in problem.message
+
+
+@pytest.mark.parametrize("formula", [b"<f>1+1</f>", b'<f t="shared" ref="A2:A3" si="0">1+1</f>', b"<x:f xmlns:x='u'/>"])
+def test_a_formula_cell_is_refused_naming_the_cell(formula: bytes) -> None:
+    """Its saved result may not be what a spreadsheet shows (the workbook may ask for recalculation)."""
+    from adapters import tabular
+
+    header = b'<row r="1"><c r="A1" t="inlineStr"><is><t>Quantity</t></is></c></row>'
+    data = _workbook_with(header + b'<row r="2"><c r="A2">' + formula + b"<v>1000</v></c></row>")
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_xlsx(data)
+    [problem] = refused.value.problems
+    assert problem.code is IssueCode.MALFORMED_FILE
+    assert "cell A2 of part 'xl/worksheets/sheet1.xml' holds a formula" in problem.message
+
+
+def test_formula_looking_text_is_read_as_text() -> None:
+    from adapters import tabular
+
+    data = tabular.write_xlsx([("Sheet", ["Note"], [["=1+1"], ['=HYPERLINK("x")']])])
+    assert tabular.read_xlsx_sheet(data, None) == (["Note"], [["=1+1"], ['=HYPERLINK("x")']])
