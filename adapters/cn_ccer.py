@@ -24,6 +24,7 @@ from adapters.flat import block_losses, checked_block, decode_flat, encode_flat,
 from gateway.domain.blocks import MAX_SERIAL, UnitBlock
 from gateway.domain.canonical import CcerCredit, MitigationType
 from gateway.domain.mapping import IssueCode
+from gateway.domain.text import MAX_INT64
 
 NAME = "cn-ccer"
 FIELDS = (
@@ -253,8 +254,13 @@ def read_json_checked(data: bytes, ctx: MappingContext) -> list[CcerJsonRecord] 
             return None
         start, end = r.block_start, r.block_end
         # Serials within the block arithmetic's range and in order, a four-digit vintage, and a block no
-        # larger than the certified quantity (which is therefore at least 1).
-        if not (0 <= start <= end <= MAX_SERIAL and 1000 <= r.vintage <= 9999 and end - start < r.certified_quantity):
+        # larger than the certified quantity (which is therefore at least 1), itself within 64 bits as
+        # FieldReader.quantity requires.
+        if not (
+            0 <= start <= end <= MAX_SERIAL
+            and 1000 <= r.vintage <= 9999
+            and end - start < r.certified_quantity <= MAX_INT64
+        ):
             return None
         if r.stated_mitigation_type not in _MITIGATION_VALUES:
             return None

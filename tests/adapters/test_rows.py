@@ -98,7 +98,7 @@ SPOILS: dict[str, list[object]] = {
     "monitoring_period_start": [*BLANKS, "2021-1-01", "2021-02-29", "2021-13-01", "２０２１-０１-０１", "20210101"],
     "monitoring_period_end": ["2021-01-01T00:00:00", "2021-02-30", "1999-12-31"],
     "vintage": [999, 10000, 0, -1, 2021.0, 2021.5, "2021", "２０２１"],
-    "certified_quantity": [0, -1, 100.0, "100", "-100", "100.5"],
+    "certified_quantity": [0, -1, 100.0, "100", "-100", "100.5", 2**63, 2**64 - 1],
     "block_start": [-1, MAX_SERIAL + 1, 10**30, "1", 1.5],
     "block_end": [-1, MAX_SERIAL, MAX_SERIAL + 1, "2000", 2000.0],
     "mitigation_type": [*BLANKS, None, "Avoidance", "Removals ", "removals"],
