@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from gateway.domain.text import AEF_LIST_SEPARATOR
+
 PARTY_CODES = frozenset(
     """
     AFG ALA ALB DZA ASM AND AGO AIA ATA ATG ARG ARM ABW AUS AUT AZE BHS BHR BGD BRB BLR BEL BLZ BEN BMU BTN
@@ -33,5 +35,5 @@ PARTY_REGISTRY = re.compile(r"[A-Z]{3}[0-9]{2}")
 SUBMISSION_VERSION = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
 CCER_METHODOLOGY = re.compile(r"CCER-[0-9]{2}-[0-9]{3}-V[0-9]{2}")
 CCER_PROJECT_TYPE = re.compile(r"[A-Z][0-9]{4}")
-LIST_SEPARATOR = "; "
+LIST_SEPARATOR = AEF_LIST_SEPARATOR
 """How multi-valued AEF cells (sectors, activity types, Parties, entities) join their values."""

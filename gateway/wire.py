@@ -348,6 +348,12 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
     for name in ("activity_types", "authorized_entities"):
         for i, value in enumerate(getattr(msg, name)):
             text.check_not_na(value, f"{field}.{name}[{i}]")
+            if text.AEF_LIST_SEPARATOR in value:
+                raise _invalid(
+                    f"{field}.{name}[{i}]",
+                    f"{text.quoted(value)} holds {text.AEF_LIST_SEPARATOR!r}, which separates the values of the AEF's"
+                    " list columns: the report would read back as more values than were recorded",
+                )
     for name in ("note", "oimp_authorized", "terms_and_conditions", "documentation", "version"):
         text.check_not_na(getattr(msg, name), f"{field}.{name}")
     # What the AEF report must carry is refused at the door when missing: a version that cannot be reported

@@ -51,6 +51,10 @@ MIN_YEAR = 1000
 MAX_YEAR = 9999
 """Vintages, timeframes and calendar years are four-digit years."""
 MAX_INT64 = 2**63 - 1
+
+AEF_LIST_SEPARATOR = "; "
+"""How multi-valued AEF cells (sectors, activity types, Parties, entities) join their values: no value may hold
+it, or a report would read back as more values than were recorded."""
 MAX_QUOTED = 40
 """Characters of an offending value quoted back in a refusal message."""
 

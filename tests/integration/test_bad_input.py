@@ -892,6 +892,18 @@ TABLE: list[Bad] = [
         lambda: authorization(activity_types=["NA"]),
         "authorization.activity_types[0]",
     ),
+    Bad(
+        "activity-holding-the-aef-list-separator",
+        "RegisterAuthorization",
+        lambda: authorization(activity_types=["Afforestation", "Forestry; land use"]),
+        "authorization.activity_types[1]",
+    ),
+    Bad(
+        "entity-holding-the-aef-list-separator",
+        "RegisterAuthorization",
+        lambda: authorization(authorized_entities=["E; F"]),
+        "authorization.authorized_entities[0]",
+    ),
     *each_id("CancelUnits", "cancellation_account", lambda v: cancel_units(cancellation_account=v)),
     *bad_keys("SetReportedEmissions", lambda k: operator_pb2.SetReportedEmissionsRequest(idempotency_key=k, year=2025)),
     Bad(
