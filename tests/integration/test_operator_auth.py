@@ -433,13 +433,18 @@ async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and
     small = health_pb2.HealthCheckRequest(service="").SerializeToString()
     sent = asyncio.Event()
     async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
-        held = [
-            channel.stream_unary(check, None, None)(_withheld_request(sent, small), timeout=10) for _ in range(places)
-        ]
-        # The held calls take their places as the server admits them, in no set order: ask until one is refused.
+
+        def hold() -> grpc.aio.StreamUnaryCall[bytes, bytes]:
+            return channel.stream_unary(check, None, None)(_withheld_request(sent, small), timeout=10)
+
+        held = [hold() for _ in range(places)]
+        # The held calls take their places as the server admits them, in no set order, and a probe may take one
+        # first (the held call is then refused, and held again): probe until one is refused while every held
+        # call waits.
         for _ in range(200):
+            held = [hold() if call.done() else call for call in held]
             crowded = await _call(channel, check)
-            if crowded[0] != grpc.StatusCode.OK:
+            if crowded[0] != grpc.StatusCode.OK and not any(call.done() for call in held):
                 break
             await asyncio.sleep(0.01)
         code, detail = crowded
