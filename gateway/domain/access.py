@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import urllib.parse
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,42 @@ loopback without credentials count as one caller."""
 
 MAX_CALLS_AT_ONCE = 1024
 """The most ``calls_at_once`` may say: each call may hold a request of up to 4 MB."""
+
+
+class Full(enum.Enum):
+    """Which limit refused a place (`Places.take`)."""
+
+    IN_ALL = "in all"
+    PER_SOURCE = "per source"
+
+
+class Places:
+    """The places that calls in progress hold, counted by where each comes from (an address, a caller), under a
+    limit in all and one per source. Counting only: the edges refuse, in their own words, a call that gets none,
+    and give each place back exactly once when its call ends."""
+
+    def __init__(self) -> None:
+        self._held: Counter[str] = Counter()
+
+    def take(self, source: str, *, per_source: int, in_all: int | None = None) -> Full | None:
+        """Take a place for ``source``; None when taken, else the limit that is full (``in_all`` None: no limit
+        in all)."""
+        if in_all is not None and self._held.total() >= in_all:
+            return Full.IN_ALL
+        if self._held[source] >= per_source:
+            return Full.PER_SOURCE
+        self._held[source] += 1
+        return None
+
+    def give(self, source: str) -> None:
+        """Give back a place ``source`` took."""
+        self._held[source] -= 1
+        if not self._held[source]:
+            del self._held[source]
+
+    def held(self, source: str | None = None) -> int:
+        """The places held, in all or by ``source``."""
+        return self._held.total() if source is None else self._held[source]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import logging
 import re
 import ssl
 import zlib
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.domain.access import DeliveryPlaces, address_source
+from gateway.domain.access import DeliveryPlaces, Places, address_source
 from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange
 
@@ -183,7 +182,7 @@ def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | N
     def limits() -> tuple[int, int]:
         return (places.at_once, places.per_address) if places else (BODIES_AT_ONCE, BODIES_PER_ADDRESS)
 
-    handling: Counter[str] = Counter()
+    handling = Places()
     """Deliveries being read and handled, by the address they come from."""
 
     @asynccontextmanager
@@ -192,16 +191,13 @@ def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | N
         address), held until the block ends."""
         source = address_source(request.remote or "") or "local"
         at_once, per_address = limits()
-        if handling.total() >= at_once or handling[source] >= per_address:
+        if handling.take(source, in_all=at_once, per_source=per_address) is not None:
             yield False
             return
-        handling[source] += 1
         try:
             yield True
         finally:
-            handling[source] -= 1
-            if not handling[source]:
-                del handling[source]
+            handling.give(source)
 
     async def deliver(request: web.Request) -> web.Response:
         async with place(request) as admitted:

@@ -15,7 +15,6 @@ import contextlib
 import contextvars
 import inspect
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,9 @@ from gateway.domain.access import (
     AuthenticationRefused,
     Caller,
     DeliveryPlaces,
+    Full,
     OperatorCaller,
+    Places,
     Role,
     identify,
     is_loopback_peer,
@@ -233,16 +234,16 @@ class _OpenCallPlaces:
     """What a refusal of a call without credentials advises besides calling again."""
 
     def __init__(self) -> None:
-        self._open_reading: Counter[str] = Counter()  # calls without credentials reading, by address
-        self._open_streams: Counter[str] = Counter()  # streams without credentials open, by address
-        self._calls: Counter[str] = Counter()  # calls of one request in progress, by authenticated caller
-        self._deliveries: Counter[str] = Counter()  # partner-port deliveries in progress, by address
+        self._open_reading = Places()  # calls without credentials reading, by address
+        self._open_streams = Places()  # streams without credentials open, by address
+        self._calls = Places()  # calls of one request in progress, by authenticated caller
+        self._deliveries = Places()  # partner-port deliveries in progress, by address
 
     async def _take_place(
         self,
         method: str,
         context: grpc.aio.ServicerContext[Any, Any],
-        places: Counter[str],
+        places: Places,
         *,
         in_all: int,
         per_address: int,
@@ -252,13 +253,13 @@ class _OpenCallPlaces:
         """Count a call without credentials in ``places`` (by its address) and return the address, or refuse it
         with ``TOO_MANY_OPEN_CALLS`` when ``in_all`` are counted already, or ``per_address`` from its address."""
         address = peer_source(context.peer())
-        if sum(places.values()) >= in_all:
-            crowded = f"{in_all} {what} without credentials {doing}"
-        elif places[address] >= per_address:
-            crowded = f"{per_address} {what} without credentials from {address} {doing}"
-        else:
-            places[address] += 1
+        full = places.take(address, in_all=in_all, per_source=per_address)
+        if full is None:
             return address
+        if full is Full.IN_ALL:
+            crowded = f"{in_all} {what} without credentials {doing}"
+        else:
+            crowded = f"{per_address} {what} without credentials from {address} {doing}"
         await abort_with(
             context,
             GatewayError(
@@ -268,12 +269,6 @@ class _OpenCallPlaces:
             ),
         )
         raise AssertionError("abort_with returns only by raising")
-
-    @staticmethod
-    def _give_place(places: Counter[str], address: str) -> None:
-        places[address] -= 1
-        if not places[address]:
-            del places[address]
 
     @contextlib.asynccontextmanager
     async def _calling(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
@@ -286,7 +281,7 @@ class _OpenCallPlaces:
         if caller is None:
             yield
             return
-        if self._calls[caller.name] >= caller.calls_at_once:
+        if self._calls.take(caller.name, per_source=caller.calls_at_once) is not None:
             await abort_with(
                 context,
                 GatewayError(
@@ -295,11 +290,10 @@ class _OpenCallPlaces:
                     f" {self.SERVER} takes from it at once; call {method} again once one has ended",
                 ),
             )
-        self._calls[caller.name] += 1
         try:
             yield
         finally:
-            self._give_place(self._calls, caller.name)
+            self._calls.give(caller.name)
 
     @contextlib.asynccontextmanager
     async def _open_stream(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
@@ -320,7 +314,7 @@ class _OpenCallPlaces:
         try:
             yield
         finally:
-            self._give_place(self._open_streams, address)
+            self._open_streams.give(address)
 
     def _held_open(self, method: str, inner: Any) -> Any:
         """``inner`` (a server-streaming handler, in either of the styles `streaming` accepts) served while it
@@ -364,7 +358,7 @@ class _OpenCallPlaces:
         except TimeoutError:
             request = None
         finally:
-            self._give_place(self._open_reading, address)
+            self._open_reading.give(address)
         if request is None:
             await abort_with(
                 context,
@@ -548,12 +542,8 @@ class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # ty
         async def unary_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             address = peer_source(context.peer())
             at_once, per_address = self._delivery_places()
-            if places.total() >= at_once:
-                crowded = f"{at_once} calls are being served"
-            elif places[address] >= per_address:
-                crowded = f"{per_address} calls from {address} are being served"
-            else:
-                places[address] += 1
+            full = places.take(address, in_all=at_once, per_source=per_address)
+            if full is None:
                 try:
                     try:
                         async with asyncio.timeout(DELIVERY_READ_SECONDS):
@@ -568,7 +558,11 @@ class OpenMethodsInterceptor(_OpenCallPlaces, grpc.aio.ServerInterceptor):  # ty
                         )
                     return await inner(request, context)
                 finally:
-                    self._give_place(places, address)
+                    places.give(address)
+            if full is Full.IN_ALL:
+                crowded = f"{at_once} calls are being served"
+            else:
+                crowded = f"{per_address} calls from {address} are being served"
             await abort_with(
                 context,
                 GatewayError(

@@ -9,7 +9,9 @@ from gateway.domain.access import (
     LOOPBACK_CALLER,
     AuthenticationRefused,
     Caller,
+    Full,
     OperatorCaller,
+    Places,
     Role,
     identify,
     is_loopback_host,
@@ -147,3 +149,21 @@ def test_roles_are_ordered() -> None:
     assert [role.rank for role in Role] == [0, 1, 2]
     assert Role.ADMINISTRATOR.allows(Role.OPERATOR) and Role.OPERATOR.allows(Role.OPERATOR)
     assert not Role.READ_ONLY.allows(Role.OPERATOR) and not Role.OPERATOR.allows(Role.ADMINISTRATOR)
+
+
+def test_places_refuse_by_the_limit_that_is_full_and_come_back_once_given() -> None:
+    places = Places()
+    assert places.take("a", per_source=2, in_all=3) is None
+    assert places.take("a", per_source=2, in_all=3) is None
+    assert places.take("a", per_source=2, in_all=3) is Full.PER_SOURCE
+    assert places.take("b", per_source=2, in_all=3) is None
+    assert places.take("c", per_source=2, in_all=3) is Full.IN_ALL
+    assert (places.held(), places.held("a"), places.held("c")) == (3, 2, 0)
+    places.give("a")
+    assert places.take("c", per_source=2, in_all=3) is None
+    for source in ("a", "b", "c"):
+        places.give(source)
+    assert places.held() == 0 and places.held("a") == 0
+    # Without a limit in all, only the source's own counts.
+    assert all(places.take(f"s{i}", per_source=1) is None for i in range(1000))
+    assert places.take("s1", per_source=1) is Full.PER_SOURCE
