@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
 from gateway.domain import merkle, text
-from gateway.domain.blocks import SerialSpace
+from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import (
     DEPTH,
@@ -52,7 +52,7 @@ from gateway.domain.reconciliation import (
     view_of_state,
 )
 from gateway.domain.text import MAX_INT64, check_identifier, escaped
-from gateway.domain.transfer import Transfer, TransferState
+from gateway.domain.transfer import TransferRole, TransferState
 from gateway.exchange import ENVELOPE_MARGIN_BYTES
 from gateway.reconciliation_wire import (
     MAX_GROUPS,
@@ -70,7 +70,7 @@ from gateway.reconciliation_wire import (
     view_from_proto,
     view_to_proto,
 )
-from gateway.store.base import PartnerLogHead, ReconciliationRun, RunRole, Transaction
+from gateway.store.base import BlockStatus, PartnerLogHead, ReconciliationRun, RunRole, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
 from signing import sign_envelope
 
@@ -1182,25 +1182,43 @@ def _check_audit_request(request: partner_pb2.ReconciliationRequest) -> None:
         transfers.add(transfer_id)
 
 
+NOTHING_ARRIVED = frozenset({TransferState.REJECTED, TransferState.CANCELLED, TransferState.TERMINATED})
+"""The final states of an incoming transfer whose units never reached this side's books."""
+
+
 async def _freezable(
     tx: Transaction, partner: str, blocks: Sequence[ReconciledBlock]
 ) -> list[tuple[SerialSpace, int, int]]:
     """The ranges to freeze here for ``blocks``: only what this side's own record of each block's transfer with
-    ``partner`` covers. A partner's answer or report cannot freeze units that never passed between the two."""
+    ``partner`` covers. A partner's answer or report cannot freeze units that never passed between the two.
+
+    The terms of an incoming transfer this side rejected, or that ended cancelled or terminated, are whatever the
+    partner proposed, and may name units this side holds at home: for such a transfer only blocks still current
+    here under its ID count (none, unless this side's records disagree with each other). A transfer this side
+    proposed names units its own operator offered, and counts in every state: if the partner credited units this
+    side took back, both now hold them, and freezing them here stops the copy from moving on."""
     ranges: set[tuple[SerialSpace, int, int]] = set()
-    transfers: dict[str, Transfer | None] = {}
+    covered: dict[str, list[UnitBlock]] = {}
     for block in blocks:
-        if block.transfer_id not in transfers:
-            found = await tx.get_transfer(block.transfer_id)
-            transfers[block.transfer_id] = found if found is not None and found.partner == partner else None
-        transfer = transfers[block.transfer_id]
-        if transfer is None:
-            continue
-        for own in transfer.terms.blocks:
+        if block.transfer_id not in covered:
+            covered[block.transfer_id] = await _moved_here(tx, partner, block.transfer_id)
+        for own in covered[block.transfer_id]:
             start, end = max(own.start, block.serial_start), min(own.end, block.serial_end)
             if own.space == block.space and start <= end:
                 ranges.add((own.space, start, end))
     return sorted(ranges, key=lambda r: (r[0].unit_kind, r[0].issuing_registry, r[0].issuance, r[1], r[2]))
+
+
+async def _moved_here(tx: Transaction, partner: str, transfer_id: str) -> list[UnitBlock]:
+    """The blocks this side's record says ``transfer_id`` with ``partner`` moved, or may have moved, here."""
+    transfer = await tx.get_transfer(transfer_id)
+    if transfer is None or transfer.partner != partner:
+        return []
+    if transfer.role is TransferRole.ACQUIRING and transfer.state in NOTHING_ARRIVED:
+        current = [*await tx.blocks_of_transfer(transfer_id, BlockStatus.HELD)]
+        current += await tx.blocks_of_transfer(transfer_id, BlockStatus.PENDING)
+        return [stored.block for stored in current]
+    return list(transfer.terms.blocks)
 
 
 def _log_problem(partner: str, detail: str) -> bool:

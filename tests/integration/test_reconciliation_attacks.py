@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
-from gateway.demo import DEMO_AUTHORIZATION, start_pair, wait_for_state
+from gateway.demo import DEMO_AUTHORIZATION, demo_block, start_pair, wait_for_state
 from gateway.domain.blocks import MAX_SERIAL, SerialSpace
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import DecisionPolicy
@@ -174,6 +174,66 @@ async def test_a_hostile_report_freezes_only_what_the_named_transfer_moved(tmp_p
         # A second report for the same run is refused: a resolved run is never frozen again by it.
         receipt = await send(pair, crafter, reconciliation_report=report(run.run_id))
         assert ResponseCode(receipt.code) is ResponseCode.INVALID_STATE
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_hostile_report_naming_a_proposal_rejected_here_freezes_nothing(tmp_path: Path) -> None:
+    """A partner cannot freeze units held at home by proposing them (the proposal is rejected, but its terms are
+    kept) and then naming that transfer in a report. Nor can it cancel this side's transfers to others that way."""
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)  # CHN holds CCER 1-1000 at home; none of it was ever abroad
+        run = await reconcile(pair.che, "CHN", "r1")
+        await settle(pair.chn, pair.che)
+        async with pair.chn.store.transaction() as tx:  # as if CHE's report had not come yet
+            kept = await tx.get_reconciliation(run.run_id)
+            assert kept is not None
+            await tx.update_reconciliation(dataclasses.replace(kept, status=Status.RUNNING, report=b""))
+        crafter = await crafter_for(pair)
+        home = demo_block()
+        proposal = partner_pb2.Proposal(
+            transfer_id="home-units",
+            blocks=[home],
+            source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
+            acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PO-0001"),
+            cooperative_approach="CA0001",
+            authorization_id="CHN-A-0001",
+            purpose="NDC",
+            adjustment_method="single-year averaging",
+        )
+        receipt = await send(pair, crafter, proposal=proposal)
+        assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
+        async with operator(pair.chn) as chn:
+            rejected = await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id="home-units"))
+        assert rejected.state == records_pb2.REJECTED
+        claimed = ReconciledBlock(
+            "home-units", "CHE", "CHN", "CCER", "CN-CCER", "", 1, 1000, 2025, "CA0001", "CHN-A-0001", "NDC", True, "CHN"
+        )
+        report = partner_pb2.ReconciliationReport(
+            run_id=run.run_id,
+            requester="CHE",
+            responder="CHN",
+            status=partner_pb2.BLOCKS_INCONSISTENT,
+            requester_head=EMPTY_HEAD,
+            responder_head=EMPTY_HEAD,
+            differences=[
+                partner_pb2.BlockDifference(
+                    kind=partner_pb2.MISSING_AT_RESPONDER,
+                    transfer_id="home-units",
+                    requester_blocks=[block_to_proto(claimed)],
+                )
+            ],
+        )
+        receipt = await send(pair, crafter, reconciliation_report=report)
+        assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
+        async with pair.chn.store.read() as tx:
+            stored = await tx.get_reconciliation(run.run_id)
+        assert stored is not None and stored.status is Status.BLOCKS_INCONSISTENT  # the report itself is kept
+        assert await frozen(pair.chn, 1, 1000) == []
+        moved = await move(pair, [(1, 50)], "after")  # the units still leave, and the transfer completes
+        assert moved
     finally:
         await pair.stop()
 
