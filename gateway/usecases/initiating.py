@@ -372,25 +372,35 @@ class Initiating(GatewayBase):
     async def _complete(self, tx: Transaction, transfer: Transfer) -> None:
         """Debit the reserved units, record the ledger entries and send the Completion, in one transaction.
 
-        Units frozen by a reconciliation discrepancy since they were reserved do not leave: the transfer is
+        Units frozen by a reconciliation discrepancy since they were reserved do not leave, nor do units whose
+        vintage an operator locked since then, if this transfer is their first transfer: the transfer is
         cancelled instead (the acquiring side adopts the cancellation even after its acceptance)."""
         frozen = await self._frozen_among(tx, transfer.terms.blocks)
         if frozen is not None:
             block, run_id = frozen
-            transfer = await self._set_state(tx, transfer, TransferState.CANCELLED)
-            await self._release(tx, transfer.transfer_id)
-            await self._send_final(
+            await self._cancel_waiting(
                 tx, transfer, f"{block.describe()} was frozen by reconciliation run {run_id} while the transfer waited"
             )
             log.warning("transfer %s cancelled: its units were frozen by run %s", transfer.transfer_id, run_id)
             return
-        transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
-        await self._debit(tx, transfer)
         # The version in force when the transfer was proposed decides, as it did for the Proposal's blocks.
         authorization = await self._authorization_on(tx, transfer.terms.authorization_id, transfer.created_at.date())
         context = self._departure_context(transfer.transfer_id, transfer.terms, self.clock())
-        await tx.append_ledger(
-            [e for b in transfer.terms.blocks for e in record_departure(context, b, authorization).entries]
-        )
+        entries = [e for b in transfer.terms.blocks for e in record_departure(context, b, authorization).entries]
+        try:
+            check_first_transfers_open(await tx.locked_periods(), entries, "blocks")
+        except GatewayError as exc:
+            await self._cancel_waiting(tx, transfer, f"locked while the transfer waited: {exc.message}")
+            log.warning("transfer %s cancelled: a vintage it first transfers was locked", transfer.transfer_id)
+            return
+        transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
+        await self._debit(tx, transfer)
+        await tx.append_ledger(entries)
         transfer = await self._set_state(tx, transfer, TransferState.COMPLETED)
         await self._send_final(tx, transfer, "")
+
+    async def _cancel_waiting(self, tx: Transaction, transfer: Transfer, reason: str) -> None:
+        """Cancel a transfer the partner accepted but whose units may not leave, telling it ``reason``."""
+        transfer = await self._set_state(tx, transfer, TransferState.CANCELLED)
+        await self._release(tx, transfer.transfer_id)
+        await self._send_final(tx, transfer, text.truncate(reason))

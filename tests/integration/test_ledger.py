@@ -15,6 +15,7 @@ from gateway import wire
 from gateway.demo import DEMO_AUTHORIZATION, start_pair, wait_for_state
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import ResponseCode
+from gateway.domain.protocol import DecisionPolicy
 from gateway.domain.records import AdjustmentMethod
 from gateway.rpc.errors import read_error_detail
 from gateway.store.base import BlockStatus
@@ -375,6 +376,35 @@ async def test_a_locked_year_takes_no_first_transfer_of_its_vintage_and_ndc_only
                     operator_pb2.RegisterAuthorizationRequest(idempotency_key="a9", authorization=ndc_at_issuance)
                 )
             assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization.first_transfer_definition")
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_first_transfer_waiting_when_its_vintage_is_locked_is_cancelled_not_completed(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path, policy=DecisionPolicy())  # every proposal is held for CHE's operator
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "t-waits"))
+            await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+            # The demo block's vintage is 2025, and this transfer is its first transfer.
+            await chn.LockPeriod(
+                operator_pb2.LockPeriodRequest(idempotency_key="l", first_year=2025, last_year=2025, reason="BTR")
+            )
+            before = await chn.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
+            await che.DecideTransfer(
+                operator_pb2.DecideTransferRequest(idempotency_key="d", transfer_id=proposed.transfer_id, accept=True)
+            )
+            done = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+            assert done.state == records_pb2.CANCELLED
+            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.CANCELLED
+            assert await chn.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest()) == before
+            entries = (await chn.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest())).entries
+            assert [e for e in entries if e.transfer_id == proposed.transfer_id] == []
+            held = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001"))).holdings
+            assert sum(h.block.end - h.block.start + 1 for h in held if h.status == "held") == 1000
+            assert (await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings == []
     finally:
         await pair.stop()
 
