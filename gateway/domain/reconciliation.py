@@ -248,18 +248,32 @@ def _decode_strings(data: bytes) -> list[str]:
 MOVEMENTS = frozenset({ActionType.FIRST_TRANSFER, ActionType.TRANSFER, ActionType.ACQUISITION})
 
 
-def reconciled_block(entry: LedgerEntry, party: str) -> tuple[str, ReconciledBlock] | None:
+def books_first_transfer_abroad(entry: LedgerEntry) -> bool:
+    """Whether ``entry`` is a ``First transfer`` to another Party: a movement whose entry is booked under its
+    authorization's purpose, not its transfer's (`reconciled_block`)."""
+    return (
+        entry.action_type is ActionType.FIRST_TRANSFER
+        and entry.action_subtype == ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY.value
+    )
+
+
+def reconciled_block(
+    entry: LedgerEntry, party: str, transfer_purpose: str | None = None
+) -> tuple[str, ReconciledBlock] | None:
     """The partner and the block a ledger entry of ``party`` contributes to reconciliation, or None.
 
     Only movements between Parties count: ``party``'s own departures (``Transfer``, and ``First transfer`` to
     another Party) and its arrivals (``Acquisition``). A first transfer at authorization or issuance, a use and
     a cancellation move nothing across a border.
+
+    The purpose compared is the transfer's, as both sides record it. A ``First transfer`` entry is booked under
+    its authorization's purpose (`gateway.domain.ledger.primary_purpose`), which the acquiring side cannot know:
+    for one, ``transfer_purpose`` (the purpose of the transfer that made it, from this side's record of the
+    transfer) is compared instead, when given.
     """
     if entry.action_type not in MOVEMENTS:
         return None
-    if entry.action_type is ActionType.FIRST_TRANSFER and (
-        entry.action_subtype != ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY.value
-    ):
+    if entry.action_type is ActionType.FIRST_TRANSFER and not books_first_transfer_abroad(entry):
         return None
     if entry.action_type is ActionType.ACQUISITION:
         if entry.acquiring_party != party or not entry.transferring_party:
@@ -284,7 +298,7 @@ def reconciled_block(entry: LedgerEntry, party: str) -> tuple[str, ReconciledBlo
         vintage=block.vintage,
         cooperative_approach=entry.cooperative_approach,
         authorization_id=entry.authorization_id,
-        purpose=entry.purpose.value,
+        purpose=transfer_purpose if transfer_purpose and books_first_transfer_abroad(entry) else entry.purpose.value,
         first_transferred=block.first_transferred or entry.action_type is ActionType.FIRST_TRANSFER,
         first_transferring_party=block.first_transferring_party or entry.first_transferring_party,
     )

@@ -15,7 +15,15 @@ from gateway.domain import ranges
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.ledger import FirstTransferRange, LockedPeriod
 from gateway.domain.ranges import Range
-from gateway.domain.reconciliation import GroupKey, NodeRef, ReconciledBlock, Status, Totals
+from gateway.domain.reconciliation import (
+    GroupKey,
+    NodeRef,
+    ReconciledBlock,
+    Status,
+    Totals,
+    books_first_transfer_abroad,
+    reconciled_block,
+)
 from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
@@ -774,3 +782,24 @@ class Store(Protocol):
     async def close(self) -> None:
         """Close the database."""
         ...
+
+
+async def reconciled_blocks(
+    tx: Transaction, party: str, entries: Sequence[LedgerEntry]
+) -> list[tuple[LedgerEntry, str, ReconciledBlock]]:
+    """The entries of ``entries`` that count in reconciliation, each with its partner and block: what both stores
+    fold into their reconciliation trees. A ``First transfer`` to another Party is compared under its transfer's
+    purpose, read from this side's record of the transfer (`reconciled_block`)."""
+    purposes: dict[str, str | None] = {}
+    found = []
+    for entry in entries:
+        purpose = None
+        if books_first_transfer_abroad(entry):
+            if entry.transfer_id not in purposes:
+                transfer = await tx.get_transfer(entry.transfer_id)
+                purposes[entry.transfer_id] = None if transfer is None else transfer.terms.purpose.value
+            purpose = purposes[entry.transfer_id]
+        block = reconciled_block(entry, party, purpose)
+        if block is not None:
+            found.append((entry, *block))
+    return found

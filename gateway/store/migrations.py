@@ -909,3 +909,15 @@ MIGRATIONS = (
         """,
     ),
 )
+
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        20,
+        "fold each first transfer to another Party into reconciliation again, under its transfer's purpose",
+        """
+        INSERT OR IGNORE INTO reconciliation_dirty SELECT entry_id FROM ledger
+            WHERE action_type = 'First transfer' AND action_subtype = 'First transfer to another Party'
+        """,
+    ),
+)

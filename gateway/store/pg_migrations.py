@@ -730,5 +730,13 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             " FOR EACH ROW EXECUTE FUNCTION ledger_totals_follow()",
         ],
     ),
+    (
+        20,
+        "fold each first transfer to another Party into reconciliation again, under its transfer's purpose",
+        [
+            "INSERT INTO reconciliation_dirty SELECT entry_id FROM ledger WHERE action_type = 'First transfer'"
+            " AND action_subtype = 'First transfer to another Party' ON CONFLICT DO NOTHING",
+        ],
+    ),
 ]
 """(version, description, statements), in the order they are applied."""

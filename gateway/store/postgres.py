@@ -55,7 +55,6 @@ from gateway.domain.reconciliation import (
     limbs,
     log_leaf,
     node_prefix,
-    reconciled_block,
 )
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
@@ -87,6 +86,7 @@ from gateway.store.base import (
     check_abroad_added,
     check_abroad_removed,
     check_schema_known,
+    reconciled_blocks,
 )
 from gateway.store.migrations import AUTHORIZATION_USAGE_REBUILD, LEDGER_TOTAL_COLUMNS
 from gateway.store.pg_migrations import LEDGER_TOTALS_REBUILD, PG_MIGRATIONS, TOTALS_AGREE, WRITE_LOCK
@@ -1388,14 +1388,12 @@ class PostgresTransaction:
                 add(row["partner"], row["group_key"], row["bucket"], row["quantity"], bytes(row["digest"]), -1)
             await self._execute(f"DELETE FROM reconciliation_leaves WHERE entry_id IN ({marks})", chunk)
             leaves = []
-            for row in await self._all(f"SELECT * FROM ledger WHERE entry_id IN ({marks})", chunk):
-                found = reconciled_block(codec.ledger_from_row(row["entry_id"], dict(row)), party)
-                if found is None:
-                    continue
-                partner, block = found
+            rows = await self._all(f"SELECT * FROM ledger WHERE entry_id IN ({marks})", chunk)
+            entries = [codec.ledger_from_row(row["entry_id"], dict(row)) for row in rows]
+            for entry, partner, block in await reconciled_blocks(self, party, entries):
                 body = block.encode()
                 group, bucket, digest = block.group.text(), block.bucket, digest_of(body)
-                leaves.append((row["entry_id"], partner, group, bucket, body, digest, block.quantity))
+                leaves.append((entry.entry_id, partner, group, bucket, body, digest, block.quantity))
                 add(partner, group, bucket, block.quantity, digest, 1)
             await self._executemany("INSERT INTO reconciliation_leaves VALUES (?, ?, ?, ?, ?, ?, ?)", leaves)
             await self._execute(f"DELETE FROM reconciliation_dirty WHERE entry_id IN ({marks})", chunk)

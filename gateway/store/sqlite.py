@@ -42,7 +42,6 @@ from gateway.domain.reconciliation import (
     limbs,
     log_leaf,
     node_prefix,
-    reconciled_block,
 )
 from gateway.domain.records import Account, AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.domain.statements import ChannelState
@@ -74,6 +73,7 @@ from gateway.store.base import (
     check_abroad_added,
     check_abroad_removed,
     check_schema_known,
+    reconciled_blocks,
 )
 from gateway.store.migrations import (
     AUTHORIZATION_USAGE_REBUILD,
@@ -1570,14 +1570,12 @@ class SQLiteTransaction:
                 add(row["partner"], row["group_key"], row["bucket"], row["quantity"], bytes(row["digest"]), -1)
             self._db.execute(f"DELETE FROM reconciliation_leaves WHERE entry_id IN ({marks})", chunk)
             leaves = []
-            for row in self._all(f"SELECT * FROM ledger WHERE entry_id IN ({marks})", chunk):
-                found = reconciled_block(codec.ledger_from_row(row["entry_id"], dict(row)), party)
-                if found is None:
-                    continue
-                partner, block = found
+            rows = self._all(f"SELECT * FROM ledger WHERE entry_id IN ({marks})", chunk)
+            entries = [codec.ledger_from_row(row["entry_id"], dict(row)) for row in rows]
+            for entry, partner, block in await reconciled_blocks(self, party, entries):
                 body = block.encode()
                 group, bucket, digest = block.group.text(), block.bucket, digest_of(body)
-                leaves.append((row["entry_id"], partner, group, bucket, body, digest, block.quantity))
+                leaves.append((entry.entry_id, partner, group, bucket, body, digest, block.quantity))
                 add(partner, group, bucket, block.quantity, digest, 1)
             self._db.executemany("INSERT INTO reconciliation_leaves VALUES (?, ?, ?, ?, ?, ?, ?)", leaves)
             self._db.execute(f"DELETE FROM reconciliation_dirty WHERE entry_id IN ({marks})", chunk)

@@ -116,6 +116,24 @@ def _kept(db: sqlite3.Connection) -> dict[str, int]:
     return {row[0]: row[1] for row in db.execute("SELECT * FROM authorization_usage") if row[1] != 0}
 
 
+def test_migration_20_folds_first_transfers_abroad_into_reconciliation_again(tmp_path: Path) -> None:
+    db = _at_version(tmp_path / "old.db", 19)
+    ledger = "INSERT INTO ledger (action_date, action_type, action_subtype, transfer_id, block, quantity, vintage,"
+    ledger += " cooperative_approach, authorization_id, first_transferring_party, transferring_party, acquiring_party,"
+    ledger += " purpose) VALUES ('2026-01-01T00:00:00.000Z', ?, ?, ?, ?, 10, 2025, 'CA0001', 'CHN-A-0001', 'CHN',"
+    ledger += " 'CHN', 'CHE', 'NDC')"
+    abroad = ("First transfer", "First transfer to another Party")
+    db.execute(ledger, (*abroad, "t1", _block(1, 10, first_transferred=True)))
+    db.execute(ledger, ("Transfer", "", "t2", _block(11, 20, first_transferred=True)))
+    db.execute(ledger, ("First transfer", "Issuance", "", _block(21, 30, first_transferred=True)))
+    db.execute("DELETE FROM reconciliation_dirty")  # all three folded under the earlier rule
+
+    store_sqlite.migrate(db)
+
+    dirty = db.execute("SELECT l.transfer_id FROM reconciliation_dirty JOIN ledger l USING (entry_id)").fetchall()
+    assert dirty == [("t1",)]
+
+
 def test_migration_9_states_are_the_states_that_use_an_authorization() -> None:
     assert {int(s) for s in AUTHORIZATION_USAGE_STATES.split(",")} == {int(s) for s in USES_AUTHORIZED_QUANTITY}
 

@@ -171,6 +171,47 @@ async def frozen(node: GatewayNode, start: int, end: int) -> list[str]:
 
 
 @pytest.mark.asyncio
+async def test_a_first_transfer_for_another_purpose_than_its_authorization_s_first_is_consistent(
+    tmp_path: Path,
+) -> None:
+    """A first transfer is booked under its authorization's NDC purpose while the acquiring side books the
+    transfer's own purpose (OIMP here): reconciliation compares the transfer's purpose on both sides."""
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        both = records_pb2.Authorization()
+        both.CopyFrom(DEMO_AUTHORIZATION)
+        both.authorization_id = "CHN-A-0002"
+        both.purposes[:] = ["NDC", "OIMP"]
+        async with operator(pair.chn) as chn:
+            await chn.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="both", authorization=both)
+            )
+        request = proposal_request(records_pb2.UnitBlock(), 0, 0, "oimp")
+        del request.selections[:]
+        request.selections.extend(selections([(501, 510)]))
+        request.authorization_id, request.purpose = "CHN-A-0002", "OIMP"
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(request)
+            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        await settle(pair.chn, pair.che)
+        booked = {}
+        for node in (pair.chn, pair.che):
+            async with node.store.read() as tx:
+                (entry,) = await tx.ledger_of_action(proposed.transfer_id)
+            booked[node.party] = (entry.action_type, entry.purpose.value)
+        assert booked == {"CHN": (ActionType.FIRST_TRANSFER, "NDC"), "CHE": (ActionType.ACQUISITION, "OIMP")}
+        for requester in (pair.chn, pair.che):
+            run, kept = await both_sides(pair, requester, f"from-{requester.party}")
+            assert (run.status, kept.status) == (Status.CONSISTENT, Status.CONSISTENT), run.detail
+        for node in (pair.chn, pair.che):
+            assert await frozen(node, 1, 1000) == []
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
 async def test_honest_ledgers_reconcile_from_either_side(tmp_path: Path) -> None:
     pair = await start_pair(tmp_path)
     try:
