@@ -315,7 +315,9 @@ async def propose(world: World, party: str) -> None:
     )
     authorization = _transfer_authorization(world, party, block)
     purposes = _purposes_of(authorization)
-    purpose = "NDC" if "NDC" in purposes else purposes[0] if purposes else "NDC"
+    # Mostly NDC where the authorization allows it, sometimes another of its purposes: a first transfer is booked
+    # under the authorization's purpose, and the acquiring side under the transfer's.
+    purpose = "NDC" if "NDC" in purposes and world.rng.random() < 0.7 else world.rng.choice(purposes or ("NDC",))
     space = records_pb2.SerialSpace(
         unit_kind=block.space.unit_kind, issuing_registry=block.space.issuing_registry, issuance=block.space.issuance
     )

@@ -819,6 +819,13 @@ async def _requester_run(world: World, snaps: dict[str, Snapshot], party: str, r
     world.note(f"run {run.run_id} of {party} with {run.partner} verified {run.status.name}: {sorted(reported)}")
 
 
+def _transfer_purpose(snap: Snapshot, entry: LedgerEntry) -> str | None:
+    """The purpose of the transfer that recorded ``entry`` at ``snap``'s gateway, as its reconciliation compares a
+    first transfer abroad (`reconciled_block`)."""
+    transfer = snap.transfers.get(entry.transfer_id)
+    return None if transfer is None else transfer.terms.purpose.value
+
+
 def _skewed(
     snaps: dict[str, Snapshot], requester: str, run: ReconciliationRun, difference: partner_pb2.BlockDifference
 ) -> bool:
@@ -838,7 +845,8 @@ def _skewed(
     held = {
         found[1]: entry
         for entry in snaps[lacking].ledger
-        if (found := reconciled_block(entry, lacking)) is not None and found[0] == other
+        if (found := reconciled_block(entry, lacking, _transfer_purpose(snaps[lacking], entry))) is not None
+        and found[0] == other
     }
     entry = held.get(block_from_proto(blocks[0], "report"))
     return entry is not None and entry.action_date >= run.started_at
