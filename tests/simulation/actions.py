@@ -631,6 +631,18 @@ async def retire(world: World, party: str) -> None:
         _expect_refusal(reused, world, f"{what} (key reused)", {ResponseCode.IDEMPOTENCY_KEY_REUSED})
 
 
+async def lock(world: World, party: str) -> None:
+    """An operator locks one past vintage year, transfers of its units perhaps in flight: from then on none of
+    them is first transferred (`invariants._locked`)."""
+    year = world.rng.choice([2019, 2022, 2024])
+    request = operator_pb2.LockPeriodRequest(
+        idempotency_key=f"lock-{world.rng.getrandbits(48)}", first_year=year, last_year=year, reason="simulated"
+    )
+    answer = await world.call(party, "LockPeriod", request)
+    world.note(f"{party} locks {year}")
+    _refused(answer, world, "lock")
+
+
 async def _blocks_at(world: World, party: str, *statuses: BlockStatus) -> list[Any]:
     node = world.nodes[party]
     assert node.core is not None
@@ -1358,6 +1370,7 @@ ACTIONS: list[tuple[int, str, Action]] = [
     (2, "retire badly", retire_badly),
     (1, "issue badly", issue_badly),
     (1, "books", books),
+    (1, "lock", lock),
     (3, "cancel", cancel),
     (3, "decide", decide),
     (22, "deliver", deliver),

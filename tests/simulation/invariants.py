@@ -72,6 +72,7 @@ from dataclasses import dataclass
 from carbon_gateway.v1 import partner_pb2
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
+from gateway.domain.ledger import LockedPeriod
 from gateway.domain.nomenclature import fold
 from gateway.domain.ranges import covers
 from gateway.domain.reconciliation import DifferenceKind, Status, reconciled_block
@@ -150,6 +151,7 @@ class Snapshot:
     authorizations: dict[str, Authorization]
     pending_outbox: int
     dead_letters: int
+    locks: list[LockedPeriod]
 
 
 async def snapshot(world: World, party: str) -> Snapshot:
@@ -179,6 +181,7 @@ async def snapshot(world: World, party: str) -> Snapshot:
                 authorizations[auth_id] = authorization
                 used[auth_id] = await tx.first_transfer_quantity_used(auth_id)
         outbox = await tx.list_outbox()
+        locks = list(await tx.locked_periods())
     summary = (await node.core.gateway.ledger_summary()).groups
     return Snapshot(
         party,
@@ -193,6 +196,7 @@ async def snapshot(world: World, party: str) -> Snapshot:
         authorizations,
         sum(1 for m in outbox if m.state is OutboxState.PENDING),
         sum(1 for m in outbox if m.state is OutboxState.DEAD),
+        locks,
     )
 
 
@@ -265,6 +269,8 @@ async def check(world: World, *, settled: bool = False) -> None:
     honest = {party: snap for party, snap in snaps.items() if party not in world.corrupted_parties()}
     _ledger(honest, terms)
     _first_transfers(honest)
+    for snap in honest.values():
+        _locked(snap)
     _authorizations(honest)
     _states(snaps, settled)
     _adversary(snaps)
@@ -554,6 +560,21 @@ def _first_transfer_entries(snap: Snapshot) -> None:
         others = by_action[(entry.transfer_id, space_key(block.space), block.start, block.end)]
         if sum(1 for kind in others if kind in companions) != 1:
             raise InvariantViolation(f"{where} ({entry.action_subtype}) accompanies {[k.value for k in others]}")
+
+
+def _locked(snap: Snapshot) -> None:
+    """No first transfer of a vintage is recorded after an operator locked that year (a transfer waiting when the
+    lock came is cancelled instead)."""
+    for entry in snap.ledger:
+        if entry.action_type is not ActionType.FIRST_TRANSFER:
+            continue
+        for lock in snap.locks:
+            if lock.covers(entry.block.vintage) and entry.action_date > lock.locked_at:
+                raise InvariantViolation(
+                    f"{snap.party}: first transfer of {entry.block.describe()} (action {entry.transfer_id}) recorded"
+                    f" at {entry.action_date.isoformat()}, after {lock.first_year}-{lock.last_year} was locked at"
+                    f" {lock.locked_at.isoformat()}"
+                )
 
 
 def _first_transfers(snaps: dict[str, Snapshot]) -> None:
