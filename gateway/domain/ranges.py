@@ -93,6 +93,22 @@ def difference(ranges: Iterable[Range], removed: Iterable[Range]) -> list[Range]
     return left
 
 
+def intersection(ranges: Iterable[Range], others: Iterable[Range]) -> list[Range]:
+    """The serials in both ``ranges`` and ``others``, normalized; one pass over both."""
+    left, right = normalize(ranges), normalize(others)
+    both: list[Range] = []
+    i = j = 0
+    while i < len(left) and j < len(right):
+        start, end = max(left[i][0], right[j][0]), min(left[i][1], right[j][1])
+        if start <= end:
+            both.append((start, end))
+        if left[i][1] < right[j][1]:
+            i += 1
+        else:
+            j += 1
+    return both
+
+
 def first_uncovered(ranges: Iterable[Range], wanted: Iterable[Range]) -> Range | None:
     """The first range of ``wanted`` (in serial order) with a serial outside ``ranges``; None when ``ranges``
     cover them all."""

@@ -23,12 +23,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
-from gateway.domain import merkle, text
+from gateway.domain import merkle, ranges, text
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import (
@@ -1100,6 +1101,12 @@ class Reconciling(GatewayBase):
                 ResponseCode.MALFORMED_PAYLOAD, f"status {report.status} is not a result", field="reconciliation_report"
             )
         status = Status(report.status)
+        if len(report.differences) > MAX_DIFFERENCES:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"the report lists {len(report.differences)} differences; a run lists at most {MAX_DIFFERENCES}",
+                field="reconciliation_report.differences",
+            )
         blocks = []
         for i, difference in enumerate(report.differences):
             for j, block in enumerate([*difference.requester_blocks, *difference.responder_blocks]):
@@ -1182,42 +1189,54 @@ def _check_audit_request(request: partner_pb2.ReconciliationRequest) -> None:
         transfers.add(transfer_id)
 
 
-NOTHING_ARRIVED = frozenset({TransferState.REJECTED, TransferState.CANCELLED, TransferState.TERMINATED})
-"""The final states of an incoming transfer whose units never reached this side's books."""
+NOTHING_MOVED = frozenset({TransferState.REJECTED, TransferState.CANCELLED, TransferState.TERMINATED})
+"""The final states of a transfer whose units stayed with the initiating side."""
+
+STILL_HERE = {
+    TransferRole.INITIATING: (BlockStatus.RESERVED, BlockStatus.DEBITED),
+    TransferRole.ACQUIRING: (BlockStatus.HELD, BlockStatus.PENDING),
+}
+"""The blocks of a transfer whose units stayed home that would say otherwise, if this side's records disagreed."""
 
 
 async def _freezable(
     tx: Transaction, partner: str, blocks: Sequence[ReconciledBlock]
 ) -> list[tuple[SerialSpace, int, int]]:
     """The ranges to freeze here for ``blocks``: only what this side's own record of each block's transfer with
-    ``partner`` covers. A partner's answer or report cannot freeze units that never passed between the two.
-
-    The terms of an incoming transfer this side rejected, or that ended cancelled or terminated, are whatever the
-    partner proposed, and may name units this side holds at home: for such a transfer only blocks still current
-    here under its ID count (none, unless this side's records disagree with each other). A transfer this side
-    proposed names units its own operator offered, and counts in every state: if the partner credited units this
-    side took back, both now hold them, and freezing them here stops the copy from moving on."""
-    ranges: set[tuple[SerialSpace, int, int]] = set()
-    covered: dict[str, list[UnitBlock]] = {}
+    ``partner`` moved (`_moved_here`). A partner's answer or report cannot freeze units that never passed
+    between the two. Each transfer is read once, and its blocks met with the claimed ranges in one pass: a
+    report may name tens of thousands of blocks."""
+    claimed: dict[str, dict[SerialSpace, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
     for block in blocks:
-        if block.transfer_id not in covered:
-            covered[block.transfer_id] = await _moved_here(tx, partner, block.transfer_id)
-        for own in covered[block.transfer_id]:
-            start, end = max(own.start, block.serial_start), min(own.end, block.serial_end)
-            if own.space == block.space and start <= end:
-                ranges.add((own.space, start, end))
-    return sorted(ranges, key=lambda r: (r[0].unit_kind, r[0].issuing_registry, r[0].issuance, r[1], r[2]))
+        claimed[block.transfer_id][block.space].append((block.serial_start, block.serial_end))
+    found: list[tuple[SerialSpace, int, int]] = []
+    for transfer_id, spaces in claimed.items():
+        moved: dict[SerialSpace, list[tuple[int, int]]] = defaultdict(list)
+        for own in await _moved_here(tx, partner, transfer_id):
+            moved[own.space].append((own.start, own.end))
+        for space, wanted in spaces.items():
+            if space in moved:
+                found.extend((space, start, end) for start, end in ranges.intersection(moved[space], wanted))
+    return sorted(set(found), key=lambda r: (r[0].unit_kind, r[0].issuing_registry, r[0].issuance, r[1], r[2]))
 
 
 async def _moved_here(tx: Transaction, partner: str, transfer_id: str) -> list[UnitBlock]:
-    """The blocks this side's record says ``transfer_id`` with ``partner`` moved, or may have moved, here."""
+    """The blocks this side's record says ``transfer_id`` with ``partner`` moved, or may yet move.
+
+    A transfer rejected, cancelled or terminated moved nothing, whichever side proposed it: its units stayed with
+    the initiating side, whose final state decides (DESIGN.md section 4, "Crossing messages"), so a copy the
+    partner credited anyway is the partner's error, for its own record to freeze. Its terms may name units held
+    at home (a partner's proposal may name anything, and a partner that refused this side's proposal would
+    freeze the units it refused), so only blocks of it still reserved, debited, pending or held under its ID
+    count: none, unless this side's records disagree with each other."""
     transfer = await tx.get_transfer(transfer_id)
     if transfer is None or transfer.partner != partner:
         return []
-    if transfer.role is TransferRole.ACQUIRING and transfer.state in NOTHING_ARRIVED:
-        current = [*await tx.blocks_of_transfer(transfer_id, BlockStatus.HELD)]
-        current += await tx.blocks_of_transfer(transfer_id, BlockStatus.PENDING)
-        return [stored.block for stored in current]
+    if transfer.state in NOTHING_MOVED:
+        current: list[UnitBlock] = []
+        for status in STILL_HERE[transfer.role]:
+            current += [stored.block for stored in await tx.blocks_of_transfer(transfer_id, status)]
+        return current
     return list(transfer.terms.blocks)
 
 

@@ -24,6 +24,15 @@ def test_difference_keeps_exactly_the_serials_outside_the_removed_ranges(
     assert result == ranges.normalize(result)
 
 
+@given(range_lists, range_lists)
+def test_intersection_keeps_exactly_the_serials_in_both(
+    left: list[tuple[int, int]], right: list[tuple[int, int]]
+) -> None:
+    result = ranges.intersection(left, right)
+    assert serials(result) == serials(left) & serials(right)
+    assert result == ranges.normalize(result)
+
+
 @given(range_lists)
 def test_first_overlap_finds_two_ranges_sharing_a_serial_exactly_when_some_do(items: list[tuple[int, int]]) -> None:
     found = ranges.first_overlap(items)

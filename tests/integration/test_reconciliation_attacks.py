@@ -18,14 +18,15 @@ import grpc
 import pytest
 
 from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
-from gateway.demo import DEMO_AUTHORIZATION, demo_block, start_pair, wait_for_state
+from gateway.demo import DEMO_AUTHORIZATION, Pair, demo_block, start_pair, wait_for_state
 from gateway.domain.blocks import MAX_SERIAL, SerialSpace
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import DecisionPolicy
 from gateway.domain.reconciliation import DifferenceKind, ReconciledBlock, Status
 from gateway.reconciliation_wire import block_to_proto, ref_to_proto
 from gateway.usecases.base import Idempotency
-from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts
+from gateway.usecases.reconciling import MAX_DIFFERENCES
+from tests.integration.harness import TERMINAL, Crafter, operator, proposal_request, settle, setup_accounts
 from tests.integration.test_reconciliation import (
     AUDIT,
     BLOCKS,
@@ -178,10 +179,43 @@ async def test_a_hostile_report_freezes_only_what_the_named_transfer_moved(tmp_p
         await pair.stop()
 
 
+async def _rejected_incoming(pair: Pair, crafter: Crafter) -> str:
+    """CHE proposes CHN's own units, which never left: CHN rejects the proposal and keeps its terms."""
+    proposal = partner_pb2.Proposal(
+        transfer_id="home-units",
+        blocks=[demo_block()],
+        source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
+        acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PO-0001"),
+        cooperative_approach="CA0001",
+        authorization_id="CHN-A-0001",
+        purpose="NDC",
+        adjustment_method="single-year averaging",
+    )
+    receipt = await send(pair, crafter, proposal=proposal)
+    assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
+    return "home-units"
+
+
+async def _refused_outgoing(pair: Pair, crafter: Crafter) -> str:
+    """CHN proposes its units to an account CHE does not have: CHE rejects it, and the units come back home."""
+    request = proposal_request(demo_block(), 1, 1000, "refused")
+    request.acquiring_account.account_id = "CH-XX-9999"
+    async with operator(pair.chn) as chn:
+        proposed = await chn.ProposeTransfer(request)
+        await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+    await settle(pair.chn, pair.che)
+    return proposed.transfer_id
+
+
+STAYED_HOME = {"a proposal CHN rejected": _rejected_incoming, "a proposal CHE rejected": _refused_outgoing}
+
+
+@pytest.mark.parametrize("how", list(STAYED_HOME))
 @pytest.mark.asyncio
-async def test_a_hostile_report_naming_a_proposal_rejected_here_freezes_nothing(tmp_path: Path) -> None:
-    """A partner cannot freeze units held at home by proposing them (the proposal is rejected, but its terms are
-    kept) and then naming that transfer in a report. Nor can it cancel this side's transfers to others that way."""
+async def test_a_hostile_report_naming_a_transfer_that_moved_nothing_freezes_nothing(tmp_path: Path, how: str) -> None:
+    """A partner cannot freeze units held at home by naming, in a report, a transfer that moved nothing: a
+    proposal of them it made and this side rejected (its terms are kept), or one this side made and it refused.
+    Nor can it cancel this side's transfers to others that way."""
     pair = await start_pair(tmp_path)
     try:
         await setup_accounts(pair)  # CHN holds CCER 1-1000 at home; none of it was ever abroad
@@ -191,25 +225,15 @@ async def test_a_hostile_report_naming_a_proposal_rejected_here_freezes_nothing(
             kept = await tx.get_reconciliation(run.run_id)
             assert kept is not None
             await tx.update_reconciliation(dataclasses.replace(kept, status=Status.RUNNING, report=b""))
-        crafter = await crafter_for(pair)
-        home = demo_block()
-        proposal = partner_pb2.Proposal(
-            transfer_id="home-units",
-            blocks=[home],
-            source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
-            acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PO-0001"),
-            cooperative_approach="CA0001",
-            authorization_id="CHN-A-0001",
-            purpose="NDC",
-            adjustment_method="single-year averaging",
-        )
-        receipt = await send(pair, crafter, proposal=proposal)
-        assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
+        transfer_id = await STAYED_HOME[how](pair, await crafter_for(pair))
         async with operator(pair.chn) as chn:
-            rejected = await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id="home-units"))
-        assert rejected.state == records_pb2.REJECTED
+            stayed = await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+        assert stayed.state == records_pb2.REJECTED
         claimed = ReconciledBlock(
-            "home-units", "CHE", "CHN", "CCER", "CN-CCER", "", 1, 1000, 2025, "CA0001", "CHN-A-0001", "NDC", True, "CHN"
+            transfer_id, "CHE", "CHN", "CCER", "CN-CCER", "", 1, 1000, 2025, "CA0001", "CHN-A-0001", "NDC", True, "CHN"
+        )
+        difference = partner_pb2.BlockDifference(
+            kind=partner_pb2.MISSING_AT_RESPONDER, transfer_id=transfer_id, requester_blocks=[block_to_proto(claimed)]
         )
         report = partner_pb2.ReconciliationReport(
             run_id=run.run_id,
@@ -218,22 +242,23 @@ async def test_a_hostile_report_naming_a_proposal_rejected_here_freezes_nothing(
             status=partner_pb2.BLOCKS_INCONSISTENT,
             requester_head=EMPTY_HEAD,
             responder_head=EMPTY_HEAD,
-            differences=[
-                partner_pb2.BlockDifference(
-                    kind=partner_pb2.MISSING_AT_RESPONDER,
-                    transfer_id="home-units",
-                    requester_blocks=[block_to_proto(claimed)],
-                )
-            ],
+            differences=[difference],
         )
+        crafter = await crafter_for(pair)
+        # More differences than a run ever lists are refused, unread.
+        crowded = partner_pb2.ReconciliationReport()
+        crowded.CopyFrom(report)
+        crowded.differences.extend([partner_pb2.BlockDifference(transfer_id=transfer_id)] * MAX_DIFFERENCES)
+        receipt = await send(pair, crafter, reconciliation_report=crowded)
+        assert ResponseCode(receipt.code) is ResponseCode.INVALID_ARGUMENT
+        assert "a run lists at most" in receipt.detail
         receipt = await send(pair, crafter, reconciliation_report=report)
         assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
         async with pair.chn.store.read() as tx:
             stored = await tx.get_reconciliation(run.run_id)
         assert stored is not None and stored.status is Status.BLOCKS_INCONSISTENT  # the report itself is kept
         assert await frozen(pair.chn, 1, 1000) == []
-        moved = await move(pair, [(1, 50)], "after")  # the units still leave, and the transfer completes
-        assert moved
+        assert await move(pair, [(1, 50)], "after")  # the units still leave, and the transfer completes
     finally:
         await pair.stop()
 
