@@ -410,6 +410,40 @@ async def test_a_first_transfer_waiting_when_its_vintage_is_locked_is_cancelled_
 
 
 @pytest.mark.asyncio
+async def test_an_onward_transfer_waiting_when_its_vintage_is_locked_still_completes(tmp_path: Path) -> None:
+    """The lock stops first transfers only: units first transferred before it move on as ``Transfer``."""
+    pair = await start_pair(tmp_path, policy=DecisionPolicy())  # every proposal is held for an operator
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            await che.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
+            )
+            first = await chn.ProposeTransfer(proposal_request(block, 11, 20, "t-first"))
+            await wait_for_state(che, first.transfer_id, {records_pb2.CHECKED})
+            await che.DecideTransfer(
+                operator_pb2.DecideTransferRequest(idempotency_key="d1", transfer_id=first.transfer_id, accept=True)
+            )
+            assert (await wait_for_state(che, first.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            back = proposal_request(block, 11, 20, "t-back")
+            back.source_account = "CH-PH-0001"
+            back.acquiring_account.party, back.acquiring_account.account_id = "CHN", "CN-PO-0001"
+            onward = await che.ProposeTransfer(back)
+            await wait_for_state(chn, onward.transfer_id, {records_pb2.CHECKED})
+            await che.LockPeriod(
+                operator_pb2.LockPeriodRequest(idempotency_key="l", first_year=2025, last_year=2025, reason="BTR")
+            )
+            await chn.DecideTransfer(
+                operator_pb2.DecideTransferRequest(idempotency_key="d2", transfer_id=onward.transfer_id, accept=True)
+            )
+            assert (await wait_for_state(che, onward.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            entries = (await che.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest())).entries
+            assert [e.action_type for e in entries if e.transfer_id == onward.transfer_id] == ["Transfer"]
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
 async def test_the_summary_lists_the_oldest_unresolved_transfers_and_counts_them_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
