@@ -515,12 +515,18 @@ def _partner_address(value: object, where: str) -> str:
     return address
 
 
+def check_address(value: str, where: str) -> str:
+    """``value`` if it is an address to connect to, HOST:PORT with a port in 1..65535 (`ConfigError`
+    otherwise): what the command-line tools take as ``--address``."""
+    return _host_port(value, where, lowest_port=1)
+
+
 def _host_port(value: object, where: str, *, lowest_port: int) -> str:
     address = _string(value, where)
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isascii() or not port.isdigit() or not lowest_port <= int(port) <= 65535:
         raise ConfigError(f"{where}: {_q(address)} is not HOST:PORT with a port in {lowest_port}..65535")
-    if not _LISTEN_HOST.fullmatch(host):
+    if not _LISTEN_HOST.fullmatch(host) or (":" in host and not host.startswith("[")):
         raise ConfigError(
             f"{where}: {_q(host)} in {_q(address)} is not a host name or an IP address (an IPv6 address goes in"
             " brackets, as in [::1]:50051)"

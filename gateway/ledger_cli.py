@@ -152,12 +152,15 @@ def _address(args: argparse.Namespace) -> str:
 def _connection(args: argparse.Namespace) -> tuple[str, Any, str | None]:
     """The operator API's address, for TLS its channel credentials (None for plaintext), and the Party whose
     configuration names it (None when an address is given instead)."""
+    from gateway.config import ConfigError, check_address, load_config
+
     party: str | None = None
     if args.address:
-        address, tls = str(args.address), None
+        try:
+            address, tls = check_address(str(args.address), "--address"), None
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     else:
-        from gateway.config import ConfigError, load_config
-
         try:
             config = load_config(Path(args.config))
         except ConfigError as exc:

@@ -160,3 +160,17 @@ def test_ctrl_c_while_a_command_waits_for_a_gateway_is_one_line_and_status_130()
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert (process.returncode, out, err) == (130, "", "carbon-gateway: interrupted\n")
+
+
+def test_an_address_out_of_range_or_an_unbracketed_ipv6_one_is_a_usage_error_not_another_port() -> None:
+    # gRPC would take port 111637 as 46101 (modulo 65536) and call whatever listens there.
+    for command in (
+        ["call", "ListTrust", "{}", "--address", "127.0.0.1:111637"],
+        ["ledger", "summary", "--address", "127.0.0.1:99999"],
+        ["reconcile", "list", "--address", "::1:5000"],
+        ["watch", "--address", "127.0.0.1:0"],
+    ):
+        result = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "--address: " in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -225,6 +225,10 @@ def test_config_check_names_every_unknown_key(tmp_path: Path, capsys: pytest.Cap
             "operator.listen: 'a b' in 'a b:5' is not a host name or an IP address",
         ),
         (
+            GOOD.replace('listen = "127.0.0.1:0"\n\n[partner]', 'listen = "::1:46561"\n\n[partner]').encode(),
+            "operator.listen: '::1' in '::1:46561' is not a host name or an IP address (an IPv6 address goes in",
+        ),
+        (
             GOOD.replace('{ verdict = "hold" }', '{ verdict = "maybe" }').encode(),
             "policy.rules[1].verdict: use accept, reject or hold",
         ),
