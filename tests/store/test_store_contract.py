@@ -730,6 +730,27 @@ async def raw(store: Store, sql: str, *args: object) -> list[tuple[object, ...]]
 
 
 @pytest.mark.asyncio
+async def test_a_first_transfer_abroad_folds_into_reconciliation_under_its_transfer_s_purpose(store: Store) -> None:
+    """Its entry is booked under the authorization's purpose (NDC), the acquiring side books the transfer's
+    (OIMP): the tree both sides compare holds the transfer's."""
+    terms = dataclasses.replace(TERMS, purpose=Purpose.OIMP, blocks=(block(1, 10),))
+    transfer = Transfer("t-1", TransferRole.INITIATING, TransferState.COMPLETED, terms, (), NOW, NOW)
+    first = dataclasses.replace(
+        entry(1, 10), action_subtype=ActionSubtype.FIRST_TRANSFER_TO_ANOTHER_PARTY.value, transfer_id="t-1"
+    )
+    plain = dataclasses.replace(
+        entry(11, 20), action_type=ActionType.TRANSFER, action_subtype="", transfer_id="t-unknown"
+    )
+    async with store.transaction() as tx:
+        await tx.insert_transfer(transfer)
+        await tx.append_ledger([first, plain])
+        await tx.fold_reconciliation("CHN")
+    async with store.read() as tx:
+        totals = await tx.reconciliation_totals("CHE")
+    assert sorted((g.purpose, t.blocks) for g, t in totals.items()) == [("NDC", 1), ("OIMP", 1)]
+
+
+@pytest.mark.asyncio
 async def test_a_transfers_terms_are_written_once_and_read_back_with_every_state(store: Store) -> None:
     terms = dataclasses.replace(TERMS, blocks=tuple(block(20 * i + 1, 20 * i + 10) for i in range(300)))
     new = Transfer("t-new", TransferRole.INITIATING, TransferState.PROPOSED, terms, (), NOW, NOW)
