@@ -161,6 +161,17 @@ async def transfer(pair: Pair, block: records_pb2.UnitBlock, start: int, end: in
     return proposed.transfer_id
 
 
+async def cancelled_with_units_home(pair: Pair, transfer_id: str) -> None:
+    """Both sides ended ``transfer_id`` CANCELLED: CHN holds all 1,000 units of `setup_accounts` at home
+    again, CHE none."""
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        assert (await wait_for_state(chn, transfer_id, TERMINAL)).state == records_pb2.CANCELLED
+        assert (await wait_for_state(che, transfer_id, TERMINAL)).state == records_pb2.CANCELLED
+        held = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001"))).holdings
+        assert sum(h.block.end - h.block.start + 1 for h in held if h.status == "held") == 1000
+        assert (await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings == []
+
+
 def error_code(exc: grpc.aio.AioRpcError) -> int:
     """The stable response code in a failed call's ErrorDetail."""
     detail = read_error_detail(exc.trailing_metadata())

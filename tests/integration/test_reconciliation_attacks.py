@@ -26,7 +26,15 @@ from gateway.domain.reconciliation import DifferenceKind, ReconciledBlock, Statu
 from gateway.reconciliation_wire import block_to_proto, ref_to_proto
 from gateway.usecases.base import Idempotency
 from gateway.usecases.reconciling import MAX_DIFFERENCES
-from tests.integration.harness import TERMINAL, Crafter, operator, proposal_request, settle, setup_accounts
+from tests.integration.harness import (
+    TERMINAL,
+    Crafter,
+    cancelled_with_units_home,
+    operator,
+    proposal_request,
+    settle,
+    setup_accounts,
+)
 from tests.integration.test_reconciliation import (
     AUDIT,
     BLOCKS,
@@ -51,6 +59,27 @@ from tests.integration.test_reconciliation import (
 )
 
 SPACE = SerialSpace("CCER", "CN-CCER")
+
+
+def _report_from_che(run_id: str, status: int, **fields: object) -> partner_pb2.ReconciliationReport:
+    """CHE's report, as the requester of run ``run_id``, to CHN."""
+    return partner_pb2.ReconciliationReport(
+        run_id=run_id,
+        requester="CHE",
+        responder="CHN",
+        status=status,  # type: ignore[arg-type]
+        requester_head=EMPTY_HEAD,
+        responder_head=EMPTY_HEAD,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def _awaiting_report(pair: Pair, run_id: str) -> None:
+    """CHN's record of CHE's run ``run_id`` as if CHE's report had not come yet: the next report is taken."""
+    async with pair.chn.store.transaction() as tx:
+        kept = await tx.get_reconciliation(run_id)
+        assert kept is not None and kept.report
+        await tx.update_reconciliation(dataclasses.replace(kept, status=Status.RUNNING, report=b""))
 
 
 @pytest.mark.asyncio
@@ -96,17 +125,13 @@ async def test_units_frozen_while_their_transfer_waits_do_not_leave(tmp_path: Pa
     try:
         block = await setup_accounts(pair)
         await pair.chn.outbox.stop()
-        async with operator(pair.chn) as chn, operator(pair.che) as che:
+        async with operator(pair.chn) as chn:
             proposed = await chn.ProposeTransfer(proposal_request(block, 10, 20, "waiting"))
             async with pair.chn.store.transaction() as tx:
                 await tx.freeze("run-x", [(SPACE, 1, 100)])
             pair.chn.outbox.start()
             pair.chn.outbox.wake()
-            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.CANCELLED
-            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.CANCELLED
-            held = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001"))).holdings
-            assert sum(h.block.end - h.block.start + 1 for h in held if h.status == "held") == 1000
-            assert (await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings == []
+        await cancelled_with_units_home(pair, proposed.transfer_id)
     finally:
         await pair.stop()
 
@@ -145,23 +170,12 @@ async def test_a_hostile_report_freezes_only_what_the_named_transfer_moved(tmp_p
         )
 
         def report(run_id: str) -> partner_pb2.ReconciliationReport:
-            return partner_pb2.ReconciliationReport(
-                run_id=run_id,
-                requester="CHE",
-                responder="CHN",
-                status=partner_pb2.BLOCKS_INCONSISTENT,
-                requester_head=EMPTY_HEAD,
-                responder_head=EMPTY_HEAD,
-                differences=[difference],
-            )
+            return _report_from_che(run_id, partner_pb2.BLOCKS_INCONSISTENT, differences=[difference])
 
         run = await reconcile(pair.che, "CHN", "r1")
         assert run.status is Status.CONSISTENT
         await settle(pair.chn, pair.che)  # CHE's real statements are all taken in: the crafted ones follow them
-        async with pair.chn.store.transaction() as tx:  # as if CHE's report had not come yet
-            kept = await tx.get_reconciliation(run.run_id)
-            assert kept is not None and kept.report
-            await tx.update_reconciliation(dataclasses.replace(kept, status=Status.RUNNING, report=b""))
+        await _awaiting_report(pair, run.run_id)
         crafter = await crafter_for(pair)
         # A report for a run this side never answered is refused, and freezes nothing.
         receipt = await send(pair, crafter, reconciliation_report=report("never-asked"))
@@ -221,10 +235,7 @@ async def test_a_hostile_report_naming_a_transfer_that_moved_nothing_freezes_not
         await setup_accounts(pair)  # CHN holds CCER 1-1000 at home; none of it was ever abroad
         run = await reconcile(pair.che, "CHN", "r1")
         await settle(pair.chn, pair.che)
-        async with pair.chn.store.transaction() as tx:  # as if CHE's report had not come yet
-            kept = await tx.get_reconciliation(run.run_id)
-            assert kept is not None
-            await tx.update_reconciliation(dataclasses.replace(kept, status=Status.RUNNING, report=b""))
+        await _awaiting_report(pair, run.run_id)
         transfer_id = await STAYED_HOME[how](pair, await crafter_for(pair))
         async with operator(pair.chn) as chn:
             stayed = await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
@@ -235,15 +246,7 @@ async def test_a_hostile_report_naming_a_transfer_that_moved_nothing_freezes_not
         difference = partner_pb2.BlockDifference(
             kind=partner_pb2.MISSING_AT_RESPONDER, transfer_id=transfer_id, requester_blocks=[block_to_proto(claimed)]
         )
-        report = partner_pb2.ReconciliationReport(
-            run_id=run.run_id,
-            requester="CHE",
-            responder="CHN",
-            status=partner_pb2.BLOCKS_INCONSISTENT,
-            requester_head=EMPTY_HEAD,
-            responder_head=EMPTY_HEAD,
-            differences=[difference],
-        )
+        report = _report_from_che(run.run_id, partner_pb2.BLOCKS_INCONSISTENT, differences=[difference])
         crafter = await crafter_for(pair)
         # More differences than a run ever lists are refused, unread.
         crowded = partner_pb2.ReconciliationReport()
@@ -273,21 +276,10 @@ async def test_a_report_s_detail_is_kept_escaped_and_cannot_forge_a_log_line(
         await move(pair, [(1, 50)], "t0")
         run = await reconcile(pair.che, "CHN", "r1")
         await settle(pair.chn, pair.che)
-        async with pair.chn.store.transaction() as tx:  # as if CHE's report had not come yet
-            kept = await tx.get_reconciliation(run.run_id)
-            assert kept is not None
-            await tx.update_reconciliation(dataclasses.replace(kept, status=Status.RUNNING, report=b""))
+        await _awaiting_report(pair, run.run_id)
         crafter = await crafter_for(pair)
         forged = "late\n2026-12-06 03:00:00,000 CRITICAL gateway: FORGED \u202egnp.\x00" + "x" * 3000
-        report = partner_pb2.ReconciliationReport(
-            run_id=run.run_id,
-            requester="CHE",
-            responder="CHN",
-            status=partner_pb2.TOTALS_INCONSISTENT,
-            requester_head=EMPTY_HEAD,
-            responder_head=EMPTY_HEAD,
-            detail=forged,
-        )
+        report = _report_from_che(run.run_id, partner_pb2.TOTALS_INCONSISTENT, detail=forged)
         caplog.set_level("WARNING")
         receipt = await send(pair, crafter, reconciliation_report=report)
         assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
