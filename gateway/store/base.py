@@ -27,7 +27,7 @@ from gateway.domain.reconciliation import (
 from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
-from gateway.domain.transfer import Transfer
+from gateway.domain.transfer import Transfer, TransferRole, TransferState
 
 
 class BlockStatus(enum.StrEnum):
@@ -70,6 +70,23 @@ class StoredBlock:
     transfer_id: str
     parent_id: int | None
     block: UnitBlock
+
+
+@dataclass(frozen=True, slots=True)
+class TransferHead:
+    """What a transfer is, without its blocks: enough to decide about thousands of transfers at once."""
+
+    transfer_id: str
+    role: TransferRole
+    state: TransferState
+    partner: str
+    """The Party on the other side (`Transfer.partner`)."""
+    purpose: str
+    """The transfer's purpose as its terms spell it."""
+
+
+SerialRange = tuple[SerialSpace, int, int]
+"""A serial space and a range of serials in it, first and last."""
 
 
 BlockPosition = tuple[str, str, str, int, int]
@@ -381,6 +398,13 @@ class Transaction(Protocol):
         ...
 
     async def blocks_of_transfer(self, transfer_id: str, status: BlockStatus) -> list[StoredBlock]: ...
+    async def ranges_of_transfers(
+        self, transfer_ids: Collection[str], statuses: Collection[BlockStatus]
+    ) -> dict[str, list[SerialRange]]:
+        """The serial ranges of the blocks of each of ``transfer_ids`` in one of ``statuses``, by transfer ID
+        (transfers with none left out), in no particular order: `blocks_of_transfer` for many transfers."""
+        ...
+
     async def set_transfer_blocks_status(self, transfer_id: str, old: BlockStatus, new: BlockStatus) -> int: ...
     async def move_transfer_blocks(self, transfer_id: str, old: BlockStatus, new: BlockStatus) -> list[StoredBlock]:
         """Set the blocks of ``transfer_id`` in status ``old`` to ``new``; return them as they now stand, by block
@@ -445,6 +469,17 @@ class Transaction(Protocol):
     async def insert_transfer(self, transfer: Transfer) -> None: ...
     async def update_transfer(self, transfer: Transfer) -> None: ...
     async def get_transfer(self, transfer_id: str) -> Transfer | None: ...
+    async def transfer_heads(self, transfer_ids: Collection[str]) -> dict[str, TransferHead]:
+        """`TransferHead` of each of ``transfer_ids`` recorded here, by transfer ID (those unknown left out), read
+        from the terms' text without making a block of each. A transfer whose terms are missing is refused like
+        `get_transfer` refuses it (`GatewayError`, ``INTERNAL_ERROR``)."""
+        ...
+
+    async def transfer_ranges(self, transfer_ids: Collection[str]) -> dict[str, list[SerialRange]]:
+        """The serial ranges of the blocks each of ``transfer_ids`` names in its terms, in the terms' order, by
+        transfer ID (those unknown left out): what `Transfer.terms` says moved, without decoding the blocks."""
+        ...
+
     async def list_transfers(self, *, after: tuple[str, str] | None = None, limit: int | None = None) -> list[Transfer]:
         """Transfers, oldest first (by creation instant as stored, then ID): those after ``after`` (a transfer's
         `transfer_position`), ``limit`` at the most."""
@@ -790,16 +825,11 @@ async def reconciled_blocks(
     """The entries of ``entries`` that count in reconciliation, each with its partner and block: what both stores
     fold into their reconciliation trees. A ``First transfer`` to another Party is compared under its transfer's
     purpose, read from this side's record of the transfer (`reconciled_block`)."""
-    purposes: dict[str, str | None] = {}
+    heads = await tx.transfer_heads({e.transfer_id for e in entries if books_first_transfer_abroad(e)})
     found = []
     for entry in entries:
-        purpose = None
-        if books_first_transfer_abroad(entry):
-            if entry.transfer_id not in purposes:
-                transfer = await tx.get_transfer(entry.transfer_id)
-                purposes[entry.transfer_id] = None if transfer is None else transfer.terms.purpose.value
-            purpose = purposes[entry.transfer_id]
-        block = reconciled_block(entry, party, purpose)
+        head = heads.get(entry.transfer_id) if books_first_transfer_abroad(entry) else None
+        block = reconciled_block(entry, party, None if head is None else head.purpose)
         if block is not None:
             found.append((entry, *block))
     return found

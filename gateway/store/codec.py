@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
@@ -32,7 +32,9 @@ from gateway.store.base import (
     Change,
     ChangeKind,
     NewBlock,
+    SerialRange,
     StoredBlock,
+    TransferHead,
     change_digest,
 )
 from gateway.store.migrations import LEDGER_COLUMNS
@@ -489,6 +491,38 @@ TRANSFERS = "SELECT t.*, k.terms AS kept_terms FROM transfers t LEFT JOIN transf
 """Transfer rows with their terms kept apart (store migration 10), for `transfer_from_row`; a WHERE clause may
 follow, naming the row's columns with ``t.``."""
 
+
+def transfer_head(row: Any, kept_terms: str | None) -> TransferHead:
+    """A `TransferHead` from the transfer's row as `transfer_from_row` takes it, read from the terms' JSON text
+    without making a block of each; refused like `transfer_from_row` refuses a transfer without terms."""
+    terms = json.loads(_terms_text(row, kept_terms, ""))
+    role = TransferRole(row["role"])
+    return TransferHead(
+        transfer_id=row["transfer_id"],
+        role=role,
+        state=TransferState(row["state"]),
+        partner=terms["acquiring_party"] if role is TransferRole.INITIATING else terms["transferring_party"],
+        purpose=terms["purpose"],
+    )
+
+
+def serial_range(row: Any) -> SerialRange:
+    """A `SerialRange` from a row of ``unit_kind``, ``issuing_registry``, ``issuance``, ``serial_start`` and
+    ``serial_end``."""
+    space = SerialSpace(row["unit_kind"], row["issuing_registry"], row["issuance"])
+    return space, int(row["serial_start"]), int(row["serial_end"])
+
+
+IDS_PER_STATEMENT = 1000
+"""How many IDs one statement of a read for many transfers names, at most."""
+
+
+def id_chunks(ids: Collection[str]) -> list[list[str]]:
+    """``ids`` without repeats, in `IDS_PER_STATEMENT` chunks."""
+    distinct = list(dict.fromkeys(ids))
+    return [distinct[i : i + IDS_PER_STATEMENT] for i in range(0, len(distinct), IDS_PER_STATEMENT)]
+
+
 GUARDED_LITERALS = ", ".join(f"'{s.value}'" for s in GUARDED_STATUSES)
 """The status list of the partial index ``blocks_guarded`` as SQL literals: a query that repeats it may use the
 index, which a list of parameters never matches."""
@@ -538,18 +572,36 @@ CHANGES = (
 their transfers kept apart (migration 10), for `change_from_row`."""
 
 
+def terms_ranges(row: Any, kept_terms: str | None) -> list[SerialRange]:
+    """The serial ranges of the blocks a transfer's terms name, in their order, from the transfer's row as
+    `transfer_from_row` takes it: read from the JSON text alone, without making a block of each (reconciliation
+    reads thousands of transfers' terms at once)."""
+    terms = _terms_text(row, kept_terms, "")
+    blocks = json.loads(terms)["blocks"]
+    return [(SerialSpace(b["unit_kind"], b["issuing_registry"], b["issuance"]), b["start"], b["end"]) for b in blocks]
+
+
+def _terms_text(row: Any, kept_terms: str | None, where: str) -> str:
+    terms: str = row["terms"] if kept_terms is None else kept_terms
+    if not terms:
+        raise _no_terms(row, where)
+    return terms
+
+
+def _no_terms(row: Any, where: str) -> GatewayError:
+    return GatewayError(
+        ResponseCode.INTERNAL_ERROR,
+        f"{where}transfer {str(row['transfer_id'])[:128]!r} has no terms: its row leaves them to the"
+        " transfer_terms table, which has none for it. The database is damaged; restore it from a backup",
+    )
+
+
 def transfer_from_row(row: Any, kept_terms: str | None = None, *, where: str = "") -> Transfer:
     """A transfer from its stored row or a mapping like it (the JSON the change feed keeps of one), with the
     terms kept apart from the row if there are any (migration 10: the row's own are then empty). Refuses
     (`GatewayError`, ``INTERNAL_ERROR``) a row whose terms are neither in it nor kept apart, naming the transfer
     and ``where`` it was read."""
-    terms = row["terms"] if kept_terms is None else kept_terms
-    if not terms:
-        raise GatewayError(
-            ResponseCode.INTERNAL_ERROR,
-            f"{where}transfer {str(row['transfer_id'])[:128]!r} has no terms: its row leaves them to the"
-            " transfer_terms table, which has none for it. The database is damaged; restore it from a backup",
-        )
+    terms = _terms_text(row, kept_terms, where)
     return Transfer(
         transfer_id=row["transfer_id"],
         role=TransferRole(row["role"]),

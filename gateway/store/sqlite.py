@@ -66,9 +66,11 @@ from gateway.store.base import (
     PrunedChanges,
     ReconciliationRun,
     RunRole,
+    SerialRange,
     StoreConflict,
     StoredBlock,
     StoredMessage,
+    TransferHead,
     change_digest,
     check_abroad_added,
     check_abroad_removed,
@@ -865,6 +867,22 @@ class SQLiteTransaction:
         )
         return [_stored_block(r) for r in rows]
 
+    async def ranges_of_transfers(
+        self, transfer_ids: Collection[str], statuses: Collection[BlockStatus]
+    ) -> dict[str, list[SerialRange]]:
+        found: dict[str, list[SerialRange]] = {}
+        wanted = json.dumps([s.value for s in statuses])
+        for chunk in codec.id_chunks(transfer_ids):
+            rows = self._all(
+                "SELECT transfer_id, unit_kind, issuing_registry, issuance, serial_start, serial_end FROM blocks"
+                " WHERE transfer_id IN (SELECT value FROM json_each(?1))"
+                " AND status IN (SELECT value FROM json_each(?2))",
+                (json.dumps(chunk), wanted),
+            )
+            for r in rows:
+                found.setdefault(r["transfer_id"], []).append(codec.serial_range(r))
+        return found
+
     async def set_transfer_blocks_status(self, transfer_id: str, old: BlockStatus, new: BlockStatus) -> int:
         cursor = self._db.execute(
             "UPDATE blocks SET status = ? WHERE transfer_id = ? AND status = ?", (new.value, transfer_id, old.value)
@@ -1027,6 +1045,24 @@ class SQLiteTransaction:
     async def get_transfer(self, transfer_id: str) -> Transfer | None:
         row = self._one(f"{codec.TRANSFERS} WHERE t.transfer_id = ?", (transfer_id,))
         return None if row is None else codec.transfer_from_row(row, row["kept_terms"])
+
+    async def transfer_heads(self, transfer_ids: Collection[str]) -> dict[str, TransferHead]:
+        found: dict[str, TransferHead] = {}
+        for chunk in codec.id_chunks(transfer_ids):
+            rows = self._all(
+                f"{codec.TRANSFERS} WHERE t.transfer_id IN (SELECT value FROM json_each(?))", (json.dumps(chunk),)
+            )
+            found.update((r["transfer_id"], codec.transfer_head(r, r["kept_terms"])) for r in rows)
+        return found
+
+    async def transfer_ranges(self, transfer_ids: Collection[str]) -> dict[str, list[SerialRange]]:
+        found: dict[str, list[SerialRange]] = {}
+        for chunk in codec.id_chunks(transfer_ids):
+            rows = self._all(
+                f"{codec.TRANSFERS} WHERE t.transfer_id IN (SELECT value FROM json_each(?))", (json.dumps(chunk),)
+            )
+            found.update((r["transfer_id"], codec.terms_ranges(r, r["kept_terms"])) for r in rows)
+        return found
 
     async def list_transfers(self, *, after: tuple[str, str] | None = None, limit: int | None = None) -> list[Transfer]:
         where = "" if after is None else " WHERE (t.created_at, t.transfer_id) > (?, ?)"

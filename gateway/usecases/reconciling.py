@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
 from gateway.domain import merkle, ranges, text
-from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.blocks import SerialSpace
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import (
     DEPTH,
@@ -71,7 +71,7 @@ from gateway.reconciliation_wire import (
     view_from_proto,
     view_to_proto,
 )
-from gateway.store.base import BlockStatus, PartnerLogHead, ReconciliationRun, RunRole, Transaction
+from gateway.store.base import BlockStatus, PartnerLogHead, ReconciliationRun, RunRole, SerialRange, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
 from signing import sign_envelope
 
@@ -1204,24 +1204,25 @@ async def _freezable(
 ) -> list[tuple[SerialSpace, int, int]]:
     """The ranges to freeze here for ``blocks``: only what this side's own record of each block's transfer with
     ``partner`` moved (`_moved_here`). A partner's answer or report cannot freeze units that never passed
-    between the two. Each transfer is read once, and its blocks met with the claimed ranges in one pass: a
-    report may name tens of thousands of blocks."""
+    between the two. The transfers are read together, and each one's blocks met with the claimed ranges in one
+    pass: a report may name ten thousand transfers and tens of thousands of blocks."""
     claimed: dict[str, dict[SerialSpace, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
     for block in blocks:
         claimed[block.transfer_id][block.space].append((block.serial_start, block.serial_end))
     found: list[tuple[SerialSpace, int, int]] = []
-    for transfer_id, spaces in claimed.items():
+    for transfer_id, own_ranges in (await _moved_here(tx, partner, list(claimed))).items():
         moved: dict[SerialSpace, list[tuple[int, int]]] = defaultdict(list)
-        for own in await _moved_here(tx, partner, transfer_id):
-            moved[own.space].append((own.start, own.end))
-        for space, wanted in spaces.items():
+        for space, start, end in own_ranges:
+            moved[space].append((start, end))
+        for space, wanted in claimed[transfer_id].items():
             if space in moved:
                 found.extend((space, start, end) for start, end in ranges.intersection(moved[space], wanted))
     return sorted(set(found), key=lambda r: (r[0].unit_kind, r[0].issuing_registry, r[0].issuance, r[1], r[2]))
 
 
-async def _moved_here(tx: Transaction, partner: str, transfer_id: str) -> list[UnitBlock]:
-    """The blocks this side's record says ``transfer_id`` with ``partner`` moved, or may yet move.
+async def _moved_here(tx: Transaction, partner: str, transfer_ids: Sequence[str]) -> dict[str, list[SerialRange]]:
+    """The serial ranges this side's record says each of ``transfer_ids`` with ``partner`` moved, or may yet
+    move, by transfer ID (transfers unknown here, or with another Party, left out).
 
     A transfer rejected, cancelled or terminated moved nothing, whichever side proposed it: its units stayed with
     the initiating side, whose final state decides (DESIGN.md section 4, "Crossing messages"), so a copy the
@@ -1229,15 +1230,12 @@ async def _moved_here(tx: Transaction, partner: str, transfer_id: str) -> list[U
     at home (a partner's proposal may name anything, and a partner that refused this side's proposal would
     freeze the units it refused), so only blocks of it still reserved, debited, pending or held under its ID
     count: none, unless this side's records disagree with each other."""
-    transfer = await tx.get_transfer(transfer_id)
-    if transfer is None or transfer.partner != partner:
-        return []
-    if transfer.state in NOTHING_MOVED:
-        current: list[UnitBlock] = []
-        for status in STILL_HERE[transfer.role]:
-            current += [stored.block for stored in await tx.blocks_of_transfer(transfer_id, status)]
-        return current
-    return list(transfer.terms.blocks)
+    heads = [h for h in (await tx.transfer_heads(transfer_ids)).values() if h.partner == partner]
+    moved = await tx.transfer_ranges([h.transfer_id for h in heads if h.state not in NOTHING_MOVED])
+    for role, statuses in STILL_HERE.items():
+        stayed = [h.transfer_id for h in heads if h.state in NOTHING_MOVED and h.role is role]
+        moved.update(await tx.ranges_of_transfers(stayed, statuses))
+    return moved
 
 
 def _log_problem(partner: str, detail: str) -> bool:

@@ -51,6 +51,7 @@ from gateway.store.base import (
     Store,
     StoreConflict,
     Transaction,
+    TransferHead,
 )
 from gateway.store.migrations import LEDGER_COLUMNS, MIGRATIONS
 from gateway.store.pg_migrations import PG_MIGRATIONS
@@ -793,6 +794,54 @@ async def test_a_transfers_terms_are_written_once_and_read_back_with_every_state
 
 
 @pytest.mark.asyncio
+async def test_many_transfers_heads_and_ranges_are_read_at_once_as_one_by_one(store: Store) -> None:
+    """`transfer_heads`, `transfer_ranges` and `ranges_of_transfers` say what `get_transfer` and
+    `blocks_of_transfer` say of each transfer, for more transfers than one statement names."""
+    far = SerialSpace("CCER", "CN-CCER", "far")
+    transfers = []
+    for i in range(1_003):
+        blocks = (block(20 * i + 1, 20 * i + 10), block(TOP - 20 * i - 9, TOP - 20 * i, space=far))
+        terms = dataclasses.replace(TERMS, purpose=(Purpose.NDC, Purpose.OIMP)[i % 2], blocks=blocks)
+        if i % 3 == 0:  # this side acquires: its partner is the transferring Party
+            terms = dataclasses.replace(terms, transferring_party="CHE", acquiring_party="CHN")
+        if i == 7:  # text an earlier version took in: PostgreSQL's JSON functions refuse the escaped NUL
+            terms = dataclasses.replace(terms, source_account="CN\x00PO")
+        role = TransferRole.ACQUIRING if i % 3 == 0 else TransferRole.INITIATING
+        transfers.append(Transfer(f"t-{i}", role, list(TransferState)[i % len(TransferState)], terms, (), NOW, NOW))
+    async with store.transaction() as tx:
+        await tx.insert_account(Account("acc", "Owner", AccountType.PROJECT_OWNER))
+        for transfer in transfers:
+            await tx.insert_transfer(transfer)
+        statuses = (BlockStatus.RESERVED, BlockStatus.DEBITED, BlockStatus.HELD)
+        for i, transfer in enumerate(transfers[:40]):
+            for b in transfer.terms.blocks:
+                await tx.insert_block(b, account_id="acc", status=statuses[i % 3], transfer_id=transfer.transfer_id)
+    wanted = [t.transfer_id for t in transfers] + ["t-unknown", "t-5"]  # one unknown, one asked twice
+    async with store.read() as tx:
+        heads = await tx.transfer_heads(wanted)
+        moved = await tx.transfer_ranges(wanted)
+        left = await tx.ranges_of_transfers(wanted, [BlockStatus.RESERVED, BlockStatus.DEBITED])
+        expected_left = {}
+        for transfer in transfers[:40]:
+            found = []
+            for status in (BlockStatus.RESERVED, BlockStatus.DEBITED):
+                found += [
+                    (s.block.space, s.block.start, s.block.end)
+                    for s in await tx.blocks_of_transfer(transfer.transfer_id, status)
+                ]
+            if found:
+                expected_left[transfer.transfer_id] = sorted(found, key=repr)
+        assert await tx.transfer_heads([]) == {}
+        assert await tx.transfer_ranges([]) == {}
+    assert heads == {
+        t.transfer_id: TransferHead(t.transfer_id, t.role, t.state, t.partner, t.terms.purpose.value) for t in transfers
+    }
+    assert moved == {t.transfer_id: [(b.space, b.start, b.end) for b in t.terms.blocks] for t in transfers}
+    assert {k: sorted(v, key=repr) for k, v in left.items()} == expected_left
+    assert len(expected_left) == 27  # the reserved and debited two thirds of the 40 with blocks
+
+
+@pytest.mark.asyncio
 async def test_a_database_a_newer_version_migrated_is_refused_and_left_as_it_is(opener: Opener) -> None:
     store = await opener()
     try:
@@ -820,6 +869,9 @@ async def test_a_transfer_whose_kept_terms_are_gone_is_refused_by_name_not_misre
         assert [c.transfer for c in await tx.changes_after(0, 1)] == [kept]
         with pytest.raises(GatewayError, match="the change at position 2: transfer 't-lost' has no terms"):
             await tx.changes_after(0, 10)
+        for read_many in (tx.transfer_heads, tx.transfer_ranges):
+            with pytest.raises(GatewayError, match="transfer 't-lost' has no terms"):
+                await read_many(["t-kept", "t-lost"])
 
 
 @pytest.mark.asyncio
