@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from gateway.domain import text
 from gateway.domain.blocks import UnitBlock, find_overlaps
+from gateway.domain.canonical import MitigationType
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.records import (
     COOPERATIVE_APPROACH_PATTERN,
@@ -91,6 +92,26 @@ def validate_terms(terms: TransferTerms) -> None:
             f"the transfer names {first.describe()} and {second.describe()}, which overlap",
             field="blocks",
             blocks=(first, second),
+        )
+    for index, block in enumerate(terms.blocks):
+        check_mitigation_type(block, f"blocks[{index}].mitigation_type")
+
+
+_MITIGATION_TYPES = frozenset(m.value for m in MitigationType)
+
+
+def check_mitigation_type(block: UnitBlock, field: str) -> None:
+    """Refuse ``block`` as the block of a ledger entry unless it states an AEF mitigation type: every entry is a
+    row of the AEF Actions table, which needs one, and an entry is never changed, so a block without one would
+    leave its year's report impossible to write for good. ``field`` names the block in the request."""
+    if block.mitigation_type not in _MITIGATION_TYPES:
+        stated = f"states mitigation type {block.mitigation_type!r}" if block.mitigation_type else "states none"
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"{block.describe()} {stated}; units enter the ledger (move abroad, or are tied, used or cancelled) only"
+            f" with an AEF mitigation type: {', '.join(sorted(_MITIGATION_TYPES))}. Correct the issuance record",
+            field=field,
+            blocks=[block],
         )
 
 

@@ -112,8 +112,8 @@ class Initiating(GatewayBase):
             try:
                 validate_terms(terms)
             except GatewayError as exc:
-                if exc.field == "blocks":  # the Proposal's blocks are the request's selections
-                    exc.field = "selections"
+                if exc.field and exc.field.startswith("blocks"):  # the Proposal's blocks are the selections, in order
+                    exc.field = "selections" + exc.field.removeprefix("blocks").removesuffix(".mitigation_type")
                 raise
             authorization = await self._authorization_on(tx, terms.authorization_id, self.clock().date())
             rejections = check_authorization(

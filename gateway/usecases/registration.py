@@ -21,6 +21,7 @@ from gateway.domain.ledger import (
     primary_purpose,
     record_tie,
 )
+from gateway.domain.protocol import check_mitigation_type
 from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.store.base import BlockStatus, StoreConflict, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency
@@ -153,6 +154,7 @@ class Registration(GatewayBase):
                 )
             entries: list[LedgerEntry] = []
             if authorization_id:
+                check_mitigation_type(block, "block.mitigation_type")
                 now = self.clock()
                 authorization = await self._issuance_authorization(tx, authorization_id, block, now.date())
                 context = ActionContext(

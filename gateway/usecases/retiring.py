@@ -20,6 +20,7 @@ from gateway.domain.ledger import (
     primary_purpose,
     record_retirement,
 )
+from gateway.domain.protocol import check_mitigation_type
 from gateway.domain.records import AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.store.base import BlockStatus, StoredBlock, Transaction
 from gateway.usecases.base import Idempotency
@@ -95,6 +96,7 @@ class Retiring(Initiating):
             entries: list[LedgerEntry] = []
             newly_tied = 0
             for stored in reserved:
+                check_mitigation_type(stored.block, "selections")
                 authorization = await self._authorization_for(tx, stored, named, request, now.date())
                 purpose = self._purpose(request, authorization, stored)
                 context = ActionContext(

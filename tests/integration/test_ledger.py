@@ -210,6 +210,7 @@ async def test_a_partner_cannot_make_this_gateway_the_first_transferring_party_o
             start=1,
             end=10,
             vintage=2025,
+            mitigation_type="Removals",
             first_transferring_party=tied_to,
             cooperative_approach="CA0001" if tied_to else "",
             authorization_id=f"{tied_to}-A-0001" if tied_to else "",

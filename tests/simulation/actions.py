@@ -821,6 +821,7 @@ async def issue_badly(world: World, party: str) -> None:
         start=start,
         end=start + rng.randrange(100),
         vintage=vintage,
+        mitigation_type="Emission reductions",
     )
     request = operator_pb2.RegisterIssuanceRequest(
         idempotency_key=f"issue-badly-{rng.getrandbits(48)}",
@@ -920,6 +921,7 @@ def _wire_block(kind: str, registry: str, issuance: str, start: int, end: int) -
         start=start,
         end=end,
         vintage=2025,
+        mitigation_type="Removals",
         first_transferred=True,
     )
 
