@@ -23,6 +23,7 @@ from gateway.domain.nomenclature import Nomenclature
 from gateway.domain.protocol import Rejection, parse_adjustment_method, parse_purpose
 from gateway.domain.records import (
     COOPERATIVE_APPROACH_PATTERN,
+    PARTY_CODES,
     PARTY_PATTERN,
     Account,
     AccountType,
@@ -31,6 +32,7 @@ from gateway.domain.records import (
     LedgerEntry,
     Purpose,
     TransferTerms,
+    aef_purpose,
 )
 from gateway.domain.statements import Header
 from gateway.domain.transfer import Transfer
@@ -337,6 +339,14 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
     parsed = [parse_purpose(p, field=f"{field}.purposes[{i}]") for i, p in enumerate(msg.purposes)]
     _check_once(parsed, f"{field}.purposes", "purpose")
     purposes = frozenset(parsed)
+    # What the AEF report must carry is refused at the door: a version that cannot be reported would stay in
+    # every report for ever (an amendment adds a version, it does not replace one).
+    if aef_purpose(purposes) is None:
+        raise _invalid(
+            f"{field}.purposes",
+            f'{", ".join(p.value for p in parsed)} cannot be reported: the AEF\'s "Purposes for authorization" holds'
+            " one purpose, or NDC with one other (NDC and OIMP, NDC and IMP, NDC and OP)",
+        )
     for name, what in (
         ("sectors", "sector"),
         ("activity_types", "activity type"),
@@ -356,8 +366,6 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
                 )
     for name in ("note", "oimp_authorized", "terms_and_conditions", "documentation", "version"):
         text.check_not_na(getattr(msg, name), f"{field}.{name}")
-    # What the AEF report must carry is refused at the door when missing: a version that cannot be reported
-    # would stay in every report for ever.
     if not msg.sectors:
         raise _invalid(f"{field}.sectors", "name the authorization's AEF sector(s)")
     for i, sector in enumerate(msg.sectors):
@@ -377,7 +385,7 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
     text.check_text(msg.note, f"{field}.note", what="note")
     text.check_count(msg.authorized_parties, f"{field}.authorized_parties", text.MAX_LIST_ITEMS, what="Parties")
     for i, party in enumerate(msg.authorized_parties):
-        if not PARTY_PATTERN.fullmatch(party):
+        if party not in PARTY_CODES:
             raise _invalid(
                 f"{field}.authorized_parties[{i}]", f"{text.quoted(party)} is not an ISO 3166-1 alpha-3 Party code"
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.domain.blocks import UnitBlock
@@ -15,6 +16,23 @@ from gateway.domain.blocks import UnitBlock
 # Matched in full (``fullmatch``), ASCII only: ``$`` would let a trailing newline through, and ``\d`` other
 # scripts' digits.
 PARTY_PATTERN = re.compile(r"[A-Z]{3}")
+
+PARTY_CODES = frozenset(
+    """
+    AFG ALA ALB DZA ASM AND AGO AIA ATA ATG ARG ARM ABW AUS AUT AZE BHS BHR BGD BRB BLR BEL BLZ BEN BMU BTN
+    BOL BES BIH BWA BVT BRA IOT BRN BGR BFA BDI CPV KHM CMR CAN CYM CAF TCD CHL CHN CXR CCK COL COM COG COD
+    COK CRI CIV HRV CUB CUW CYP CZE DNK DJI DMA DOM ECU EGY SLV GNQ ERI EST SWZ ETH FLK FRO FJI FIN FRA GUF
+    PYF ATF GAB GMB GEO DEU GHA GIB GRC GRL GRD GLP GUM GTM GGY GIN GNB GUY HTI HMD VAT HND HKG HUN ISL IND
+    IDN IRN IRQ IRL IMN ISR ITA JAM JPN JEY JOR KAZ KEN KIR PRK KOR KWT KGZ LAO LVA LBN LSO LBR LBY LIE LTU
+    LUX MAC MDG MWI MYS MDV MLI MLT MHL MTQ MRT MUS MYT MEX FSM MDA MCO MNG MNE MSR MAR MOZ MMR NAM NRU NPL
+    NLD NCL NZL NIC NER NGA NIU NFK MKD MNP NOR OMN PAK PLW PSE PAN PNG PRY PER PHL PCN POL PRT PRI QAT REU
+    ROU RUS RWA BLM SHN KNA LCA MAF SPM VCT WSM SMR STP SAU SEN SRB SYC SLE SGP SXM SVK SVN SLB SOM ZAF SGS
+    SSD ESP LKA SDN SUR SJM SWE CHE SYR TWN TJK TZA THA TLS TGO TKL TON TTO TUN TUR TKM TCA TUV UGA UKR ARE
+    GBR USA UMI URY UZB VUT VEN VNM VGB VIR WLF ESH YEM ZMB ZWE
+    """.split()  # noqa: SIM905
+)
+"""ISO 3166-1 alpha-3 codes, the Party codes of the AEF (DESIGN.md section 2)."""
+
 COOPERATIVE_APPROACH_PATTERN = re.compile(r"CA[0-9]{4}")
 PARTY_REGISTRY_PATTERN = re.compile(r"[A-Z]{3}[0-9]{2}")
 
@@ -29,6 +47,22 @@ class Purpose(enum.StrEnum):
     NDC_AND_OIMP = "NDC and OIMP"
     NDC_AND_IMP = "NDC and IMP"
     NDC_AND_OP = "NDC and OP"
+
+
+_PURPOSE_PAIRS = {
+    frozenset({Purpose.NDC, Purpose.OIMP}): Purpose.NDC_AND_OIMP,
+    frozenset({Purpose.NDC, Purpose.IMP}): Purpose.NDC_AND_IMP,
+    frozenset({Purpose.NDC, Purpose.OP}): Purpose.NDC_AND_OP,
+}
+
+
+def aef_purpose(purposes: Iterable[Purpose]) -> Purpose | None:
+    """The one value of the AEF's "Purposes for authorization" column that ``purposes`` spell together: one
+    purpose, or NDC with one other (``NDC and OIMP``); None for any other set, which the column cannot hold."""
+    found = frozenset(purposes)
+    if len(found) == 1:
+        return next(iter(found))
+    return _PURPOSE_PAIRS.get(found)
 
 
 class ActionType(enum.StrEnum):

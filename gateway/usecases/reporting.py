@@ -27,7 +27,7 @@ AEF adapters write to temporary files and put them in place only when the whole 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from gateway.domain.blocks import UnitBlock
@@ -46,15 +46,15 @@ from gateway.domain.canonical import (
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import Holdings, year_end
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
-from gateway.domain.records import ActionType, Authorization, FirstTransferDefinition, LedgerEntry, Purpose
+from gateway.domain.records import (
+    ActionType,
+    Authorization,
+    FirstTransferDefinition,
+    LedgerEntry,
+    Purpose,
+    aef_purpose,
+)
 from gateway.usecases.base import GatewayBase
-
-_PAIRS = {
-    frozenset({Purpose.NDC, Purpose.OIMP}): Purpose.NDC_AND_OIMP,
-    frozenset({Purpose.NDC, Purpose.IMP}): Purpose.NDC_AND_IMP,
-    frozenset({Purpose.NDC, Purpose.OP}): Purpose.NDC_AND_OP,
-}
-
 
 REPORT_BATCH = 5_000
 """Rows handed to an `AefSink` at a time."""
@@ -160,7 +160,7 @@ class Reporting(GatewayBase):
 
     def _authorization(self, a: Authorization, problems: list[Problem]) -> AefAuthorization | None:
         where = f"authorizations[{a.authorization_id}/{a.version}]"
-        purpose = _one_purpose(a.purposes)
+        purpose = aef_purpose(a.purposes)
         if purpose is None:
             problems.append(
                 Problem(
@@ -316,10 +316,3 @@ class _Rows:
 
 
 _UNDEFINED = ActionSubtype.NOT_YET_DEFINED.value
-
-
-def _one_purpose(purposes: Iterable[Purpose]) -> Purpose | None:
-    found = frozenset(purposes)
-    if len(found) == 1:
-        return next(iter(found))
-    return _PAIRS.get(found)

@@ -474,6 +474,19 @@ TABLE: list[Bad] = [
         "purpose-nul", "RegisterAuthorization", lambda: authorization(purposes=["N\x00DC"]), "authorization.purposes[0]"
     ),
     Bad("purpose-3mb", "RegisterAuthorization", lambda: authorization(purposes=[BIG]), "authorization.purposes[0]"),
+    # Two purposes the AEF column cannot hold together (only NDC with one other): never reportable.
+    Bad(
+        "purposes-not-one-aef-value",
+        "RegisterAuthorization",
+        lambda: authorization(purposes=["OIMP", "IMP"]),
+        "authorization.purposes",
+    ),
+    Bad(
+        "purposes-pair-and-more",
+        "RegisterAuthorization",
+        lambda: authorization(purposes=["NDC", "OIMP", "OP"]),
+        "authorization.purposes",
+    ),
     Bad(
         "sectors-65",
         "RegisterAuthorization",
@@ -485,6 +498,12 @@ TABLE: list[Bad] = [
         "sector-not-aef", "RegisterAuthorization", lambda: authorization(sectors=["Energy"]), "authorization.sectors[0]"
     ),
     Bad("sectors-none", "RegisterAuthorization", lambda: authorization(sectors=[]), "authorization.sectors"),
+    Bad(
+        "authorized_party-not-iso",
+        "RegisterAuthorization",
+        lambda: authorization(authorized_parties=["CHN", "XXX"]),
+        "authorization.authorized_parties[1]",
+    ),
     Bad(
         "authorized_parties-none",
         "RegisterAuthorization",
