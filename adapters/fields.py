@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from adapters import vocab
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
-from gateway.domain.text import MAX_INT64, escaped
+from gateway.domain.text import MAX_INT64, InexactNumber, escaped
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -134,6 +134,14 @@ class FieldReader:
             number = None
         elif isinstance(value, int):
             number = value
+        elif isinstance(value, InexactNumber):
+            self.fail(
+                key,
+                f"{escaped(value.written, 60)} is not exactly any floating-point number, so the whole number meant"
+                f" cannot be told: {what} is required, written as digits alone",
+                IssueCode.BAD_QUANTITY,
+            )
+            return None
         elif isinstance(value, float):
             if value.is_integer():
                 number = int(value)

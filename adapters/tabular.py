@@ -23,7 +23,7 @@ from xml.parsers import expat
 import openpyxl
 
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
-from gateway.domain.text import escaped
+from gateway.domain.text import escaped, read_float
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -118,8 +118,9 @@ def _repeated_in(value: object) -> str | None:
 def loads(text: str | bytes) -> object:
     """`json.loads`, refusing (`ValueError`) integers of more than `MAX_INTEGER_DIGITS` digits by their length,
     and (`RepeatedMember`) an object that names a member twice. A record's non-finite number is left to the
-    field that reads it, which names the record and the field."""
-    return _parse(text)
+    field that reads it, which names the record and the field; so is a number no float holds exactly
+    (`gateway.domain.text.InexactNumber`)."""
+    return _parse(text, parse_float=read_float)
 
 
 def loads_finite(text: str | bytes) -> object:

@@ -22,6 +22,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
+from gateway.domain.text import InexactNumber, escaped, read_float
 from gateway.ledger_cli import EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError, credentials, fail, seconds
 
 SERVICE = "carbon_gateway.v1.OperatorService"
@@ -130,12 +131,34 @@ def find_method(name: str) -> MethodDescriptor:
     return method
 
 
+class _InexactNumber(ValueError):
+    def __init__(self, written: str) -> None:
+        super().__init__(written)
+        self.written = escaped(written, 60)
+
+
+def _exact_float(written: str) -> float:
+    """``json.loads``' ``parse_float``: no field of a request is a float, and an integer written with a fraction or
+    an exponent is taken only if a float holds it exactly (json_format would round ``9007199254740993.0``)."""
+    value = read_float(written)
+    if isinstance(value, InexactNumber):
+        raise _InexactNumber(written)
+    return value
+
+
 def parse_request(method: MethodDescriptor, text: str) -> Message:
     """The request message of ``method`` from its JSON form; `UsageError` saying what is wrong."""
     request_class = message_factory.GetMessageClass(method.input_type)
     request: Message = request_class()
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_float=_exact_float)
+    except _InexactNumber as exc:
+        raise UsageError(
+            f"the number {exc.written} in the request is not exactly any floating-point number, so the whole number"
+            " meant cannot be told: write whole numbers as digits alone"
+        ) from None
+    except RecursionError:
+        raise UsageError("the request nests arrays or objects too deeply to be read") from None
     except ValueError:
         value = {}  # json_format says what is wrong with it
     if not isinstance(value, dict):

@@ -524,7 +524,10 @@ def check_address(value: str, where: str) -> str:
 def _host_port(value: object, where: str, *, lowest_port: int) -> str:
     address = _string(value, where)
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isascii() or not port.isdigit() or not lowest_port <= int(port) <= 65535:
+    # A port has at most five digits after its leading zeros; int() refuses thousands of digits with an error.
+    significant = port.lstrip("0")
+    in_range = port.isascii() and port.isdigit() and len(significant) <= 5
+    if not sep or not host or not in_range or not lowest_port <= int(significant or "0") <= 65535:
         raise ConfigError(f"{where}: {_q(address)} is not HOST:PORT with a port in {lowest_port}..65535")
     if not _LISTEN_HOST.fullmatch(host) or (":" in host and not host.startswith("[")):
         raise ConfigError(

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.harness import self_signed_trust_document
@@ -169,8 +170,32 @@ def test_an_address_out_of_range_or_an_unbracketed_ipv6_one_is_a_usage_error_not
         ["ledger", "summary", "--address", "127.0.0.1:99999"],
         ["reconcile", "list", "--address", "::1:5000"],
         ["watch", "--address", "127.0.0.1:0"],
+        ["call", "ListTrust", "{}", "--address", "127.0.0.1:" + "9" * 5_000],  # past int()'s 4,300 digits
     ):
         result = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 2, (command, result.stderr)
         assert "--address: " in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("request_json", "said"),
+    [
+        ('{"page_size": 9007199254740993.0}', "9007199254740993.0 in the request is not exactly"),
+        ('{"page_size": 2.00000000000000001}', "2.00000000000000001 in the request"),
+        ("[" * 100_000, "nests arrays or objects too deeply"),
+        ('{"page_size": 0e-99999999999999999999999}', "0e-99999999999999999999999 in the request is not exactly"),
+    ],
+)
+def test_call_refuses_a_number_it_would_round_and_a_request_too_deep_in_one_line(request_json: str, said: str) -> None:
+    # json_format would take 9007199254740993.0 as 9007199254740992, and 2.00000000000000001 as 2.
+    result = subprocess.run(
+        [*CLI, "call", "ListTransfers", request_json, "--address", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr, result.stderr[-400:]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-400:]

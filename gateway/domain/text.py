@@ -23,6 +23,7 @@ Refusal messages quote at most `MAX_QUOTED` characters of an offending value.
 
 from __future__ import annotations
 
+import decimal
 import enum
 import re
 import unicodedata
@@ -51,7 +52,6 @@ MIN_YEAR = 1000
 MAX_YEAR = 9999
 """Vintages, timeframes and calendar years are four-digit years."""
 MAX_INT64 = 2**63 - 1
-
 AEF_LIST_SEPARATOR = "; "
 """How multi-valued AEF cells (sectors, activity types, Parties, entities) join their values: no value may hold
 it, or a report would read back as more values than were recorded."""
@@ -346,3 +346,29 @@ def check_not_na(value: str, field: str) -> None:
     """Refuse a value spelled ``NA``: in the AEF it means "does not apply", so it would be reported as absent."""
     if value.strip() == NOT_APPLICABLE:
         raise _invalid(field, '"NA" means "does not apply" in the AEF reports, so it cannot be a value here')
+
+
+class InexactNumber(float):
+    """A number read from JSON whose written value no float holds (``9007199254740993.0``, ``0.1``): the nearest
+    float, with ``written``, the text as written. A reader of whole numbers refuses it rather than take the
+    nearest float for what was written (`read_float`)."""
+
+    written: str
+
+    def __new__(cls, written: str) -> InexactNumber:
+        number = super().__new__(cls, written)
+        number.written = written
+        return number
+
+
+def read_float(written: str) -> float:
+    """The float of a JSON number with a fraction or an exponent (``json.loads``' ``parse_float``): an
+    `InexactNumber` when the float differs from the value written, however slightly."""
+    value = float(written)
+    if value != value or value in (float("inf"), float("-inf")):
+        return value  # left to the field that reads it, which names it
+    try:
+        exact = decimal.Decimal(written) == decimal.Decimal(value)
+    except decimal.InvalidOperation:  # an exponent past what a Decimal holds (0e-99999999999999999999)
+        exact = False
+    return value if exact else InexactNumber(written)

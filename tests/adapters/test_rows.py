@@ -192,6 +192,15 @@ JSON_EDGES: dict[str, bytes] = {
     "byte-order mark": b"\xef\xbb\xbf" + encode([GOOD]),
     "NaN quantity": encode([GOOD]).replace(b'"certified_quantity": 5000', b'"certified_quantity": NaN'),
     "exponent vintage": encode([GOOD]).replace(b'"vintage": 2021', b'"vintage": 2.021e3'),
+    "a fraction below float precision": encode([GOOD]).replace(
+        b'"block_end": 2000', b'"block_end": 2000.00000000000001'
+    ),
+    "an exponent past a decimal's": encode([GOOD]).replace(
+        b'"block_end": 2000', b'"block_end": 2e-99999999999999999999'
+    ),
+    "a serial past float precision": encode([GOOD]).replace(
+        b'"block_start": 1001', b'"block_start": 9007199254740993.0'
+    ),
     "a key twice": encode([GOOD]).replace(b'"block_end": 2000', b'"block_end": 1500, "block_end": 2000'),
     "a value starting with a colon": encode([{**GOOD, "project_name": ": a name"}]),
     "a space before each colon": encode([GOOD]).replace(b'": ', b'" : '),
@@ -211,6 +220,27 @@ JSON_EDGES: dict[str, bytes] = {
 def test_json_edge_cases_get_the_full_paths_answer(name: str) -> None:
     payload = JSON_EDGES[name]
     assert fast(payload, CTX) == full(payload, CTX)
+
+
+@pytest.mark.parametrize(
+    ("written", "field"),
+    [
+        ("2000.00000000000001", "block_end"),
+        ("9007199254740993.0", "block_start"),
+        ("1.0000000000000001e3", "block_end"),
+    ],
+)
+def test_a_number_no_float_holds_is_refused_not_rounded_to_another_whole_number(written: str, field: str) -> None:
+    # json.loads would give 2000.0, 9007199254740992.0 and 1000.0: whole numbers nobody wrote.
+    payload = encode([GOOD]).replace(f'"{field}": {GOOD[field]}'.encode(), f'"{field}": {written}'.encode())
+    assert written.encode() in payload
+    mapped = full(payload, CTX)
+    assert mapped == fast(payload, CTX)
+    assert not mapped.applied
+    assert [(i.field, i.code) for i in mapped.issues] == [(field, IssueCode.BAD_QUANTITY)]
+    assert written in mapped.issues[0].message
+    exact = encode([GOOD]).replace(f'"{field}": {GOOD[field]}'.encode(), f'"{field}": {GOOD[field]}.0'.encode())
+    assert full(exact, CTX).applied  # a fraction a float holds exactly is still the whole number written
 
 
 REPEATED_MEMBERS = {
