@@ -470,7 +470,10 @@ class XlsxCells:
         if isinstance(value, int | float):
             if isinstance(value, float) and not math.isfinite(value):
                 raise _Unwritable
-            tail = f'" t="n"><v>{value:.16g}</v></c>'
+            # Every digit of an integer, and the shortest text that reads back as the same float: "%.16g" wrote
+            # 12345678901234567 as 1.234567890123457e+16, which reads back as another number.
+            number = int.__repr__(value) if isinstance(value, int) else float.__repr__(value)
+            tail = f'" t="n"><v>{number}</v></c>'
             if type(value) is int:  # never a bool or a float: both compare equal to some int
                 known = self._known[column]
                 if len(known) >= self.LIMIT:

@@ -528,6 +528,20 @@ def test_text_keeps_its_line_ends_through_an_xlsx_workbook() -> None:
     assert header == ["Note"] and [row[0] for row in body] == values
 
 
+def test_numbers_come_back_from_an_xlsx_workbook_as_the_same_numbers() -> None:
+    """Integers past a float's 53 bits and floats needing 17 digits, written as "%.16g" spelled them, came back
+    as other numbers (12345678901234567 as 12345678901234570; 2^63 - 1 past 2^63 - 1)."""
+    from adapters import tabular
+
+    values: list[object] = [12345678901234567, 2**63 - 1, -(2**63), 2**53 + 1, 0, 7, 0.1, 1 / 3, 2.0**60, 1e-300]
+    data = tabular.write_xlsx([("Sheet", ["Value"], [[v] for v in values])])
+    header, body = tabular.read_xlsx_sheet(data, None)
+    assert header == ["Value"]
+    read = [row[0] for row in body]
+    assert read == values
+    assert [type(v) for v in read] == [type(v) for v in values]
+
+
 @pytest.mark.parametrize("value", ["x\uffffy", "\ufffe", "a\x0bb"])
 def test_text_no_xml_document_can_hold_is_refused_when_written_naming_the_cell(value: str) -> None:
     from adapters import tabular
