@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import io
 import os
 import tempfile
@@ -304,6 +305,12 @@ class AefFiles:
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
+        for _, final in self._moves:
+            # Checked before the first file is replaced: one that failed halfway would leave two reports mixed.
+            if final.exists() and not final.is_file():
+                raise IsADirectoryError(
+                    errno.EISDIR, "is not a regular file the report may replace; nothing was written", str(final)
+                )
         for partial, final in self._moves:
             os.replace(partial, final)
         self._done = True

@@ -102,7 +102,7 @@ def _report_aef(args: argparse.Namespace) -> int:
     except (sqlite3.Error, DatabaseUnavailable) as exc:
         return fail("report aef", f"the gateway's database cannot be read: {exc}")
     except OSError as exc:
-        return fail("report aef", f"{args.out}: {exc.strerror or exc}")
+        return fail("report aef", f"{exc.filename or args.out}: {exc.strerror or exc}")
     print(f"wrote {out}" if args.format == "xlsx" else f"wrote {len(written)} files to {out}")
     return 0
 

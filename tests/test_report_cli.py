@@ -583,6 +583,26 @@ def test_a_refused_report_writes_nothing(gateway_dir: Path, capsys: pytest.Captu
     assert files(gateway_dir) == before
 
 
+def test_a_report_that_cannot_replace_one_of_its_files_replaces_none(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = gateway_dir / "aef-2025"
+    assert report(gateway_dir, out, "--format", "csv") == 0
+    capsys.readouterr()
+    earlier = {name: (out / name).read_bytes() for name in CSV_NAMES}
+    for name in CSV_NAMES:
+        (out / name).write_bytes(b"an earlier report\r\n")
+    (out / "holdings.csv").unlink()
+    (out / "holdings.csv").mkdir()  # a folder where a file of the report goes: os.replace fails on it
+    before = files(out)
+    assert report(gateway_dir, out, "--format", "csv") == 1
+    line = one_line(capsys.readouterr().err)
+    assert f"{out / 'holdings.csv'}: is not a regular file" in line and "nothing was written" in line, line
+    assert files(out) == before  # not one file replaced, no partial file left
+    assert all((out / n).read_bytes() == b"an earlier report\r\n" for n in CSV_NAMES if n != "holdings.csv")
+    assert earlier  # the first report wrote every file
+
+
 @pytest.mark.parametrize("fmt", ["xlsx", "csv"])
 def test_a_report_stopped_by_sigterm_half_way_leaves_nothing_behind(
     gateway_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fmt: str
