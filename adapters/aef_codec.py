@@ -71,7 +71,7 @@ def parse_row(
                     r.fail(
                         key,
                         f"applies only when {DISCRIMINATOR[table].replace('_', ' ')} is {limit}; "
-                        f"it must be blank for {discriminator!r}",
+                        f"it must be NA (or blank) for {discriminator!r}",
                         IssueCode.NOT_APPLICABLE,
                     )
                 if col.field:

@@ -197,6 +197,15 @@ def test_action_rules_and_vocabularies_are_enforced(changes: dict[str, object], 
     assert (field, code) in [(p.field, p.code) for p in refused.value.problems]
 
 
+def test_a_cell_that_does_not_apply_is_told_to_be_na_as_the_format_writes_it() -> None:
+    with pytest.raises(RecordRejected) as refused:
+        parse_row(Table.ACTIONS, _action_row(**{"Transferring participating Party ID": "na"}), CTX)
+    [problem] = [p for p in refused.value.problems if p.code is IssueCode.NOT_APPLICABLE]
+    assert "it must be NA (or blank) for" in problem.message
+    record, _ = parse_row(Table.ACTIONS, _action_row(**{"Transferring participating Party ID": "NA"}), CTX)
+    assert record.transferring_party == ""
+
+
 def test_bare_serial_first_ids_are_read_and_the_style_is_one_setting() -> None:
     record, _ = parse_row(Table.ACTIONS, _action_row(**{"First ID": "1001", "Last ID": "2000"}), CTX)
     assert (record.itmo_first_serial, record.itmo_last_serial) == (1001, 2000)
