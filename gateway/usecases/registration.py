@@ -153,8 +153,11 @@ class Registration(GatewayBase):
                     blocks=[block, *(k.block for k in known[:5])],
                 )
             entries: list[LedgerEntry] = []
-            if authorization_id:
+            # Units may be held without a mitigation type (domestic units), but one stated must be the AEF's:
+            # units enter the ledger only with one, and no operation corrects a held block's.
+            if authorization_id or block.mitigation_type:
                 check_mitigation_type(block, "block.mitigation_type")
+            if authorization_id:
                 now = self.clock()
                 authorization = await self._issuance_authorization(tx, authorization_id, block, now.date())
                 context = ActionContext(

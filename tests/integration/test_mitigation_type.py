@@ -88,6 +88,16 @@ async def test_units_without_a_mitigation_type_are_held_but_neither_leave_nor_ar
             await _register_bare(pair, "bare-tied", BARE + 1_000, authorization_id="CHN-A-0001")
         assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "block.mitigation_type")
         assert await snapshot(pair.chn) == before
+        # A mitigation type stated must be the AEF's, even for units only held: such units could never move.
+        typo = demo_block()
+        typo.start, typo.end, typo.mitigation_type = BARE + 2_000, BARE + 2_099, "removals"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.RegisterIssuance(
+                operator_pb2.RegisterIssuanceRequest(idempotency_key="typo", account_id="CN-PO-0001", block=typo)
+            )
+        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "block.mitigation_type")
+        assert "states mitigation type 'removals'" in _refusal(caught.value)[2]
+        assert await snapshot(pair.chn) == before
         # The units stated with a mitigation type still leave.
         accepted = await chn.ProposeTransfer(proposal_request(bare, 1, 10, "stated"))
     assert accepted.quantity == 10
