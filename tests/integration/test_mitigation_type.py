@@ -11,20 +11,21 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
-from gateway import wire
+from carbon_gateway.v1 import operator_pb2, records_pb2
 from gateway.demo import Pair, demo_block
 from gateway.domain.errors import ResponseCode
 from gateway.rpc.errors import read_error_detail
 from tests.integration.harness import (
-    deliver_raw,
     operator,
     proposal_request,
-    settle,
     setup_accounts,
     snapshot,
 )
-from tests.integration.test_transfer import _next_crafter, _rogue_proposal
+from tests.integration.test_transfer import (
+    _next_crafter,
+    _rogue_proposal,
+    decisions_on_a_proposal_che_records_nothing_of,
+)
 
 BARE = 5_000
 """The first serial of the block registered without a mitigation type."""
@@ -111,20 +112,7 @@ async def test_a_partners_proposal_of_units_without_a_mitigation_type_is_refused
     crafter = await _next_crafter(pair)
     proposal = _rogue_proposal(block, 500, 510, "bare-from-partner")
     proposal.blocks[0].mitigation_type = ""  # type: ignore[attr-defined]
-    before = (await snapshot(pair.che))[:3]
-    payload, _ = crafter.statement(proposal=proposal)
-    receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
-    assert receipt.taken_in
-    await settle(pair.chn, pair.che)
-    assert (await snapshot(pair.che))[:3] == before  # no transfer, no block, no ledger entry at CHE
-    async with pair.che.store.read() as tx:
-        sent = [e for e in await tx.list_log() if e.direction == "out" and e.kind.value == "statement"]
-    decisions = []
-    for message in sent:
-        statement = partner_pb2.Statement()
-        statement.ParseFromString(wire.envelope_from_bytes(message.envelope).payload)
-        if statement.WhichOneof("body") == "decision" and statement.decision.transfer_id == "bare-from-partner":
-            decisions.append(statement.decision)
+    decisions = await decisions_on_a_proposal_che_records_nothing_of(pair, crafter, proposal)
     assert [(d.accepted, [ResponseCode(r.code) for r in d.rejections]) for d in decisions] == [
         (False, [ResponseCode.INVALID_ARGUMENT])
     ]

@@ -139,6 +139,28 @@ async def _next_crafter(pair: Pair, signer: object | None = None) -> Crafter:
     return Crafter(signer=signer or pair.chn.signer, sender="CHN", receiver="CHE", channel=channel)  # type: ignore[arg-type]
 
 
+async def decisions_on_a_proposal_che_records_nothing_of(
+    pair: Pair, crafter: Crafter, proposal: Any
+) -> list[partner_pb2.Decision]:
+    """Deliver ``proposal`` to CHE as ``crafter``'s next statement; check that CHE took it in and recorded no
+    transfer, block or ledger entry of it; return the Decisions CHE sent on its transfer ID."""
+    before = (await snapshot(pair.che))[:3]
+    payload, _ = crafter.statement(proposal=proposal)
+    receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
+    assert receipt.taken_in
+    await settle(pair.chn, pair.che)
+    assert (await snapshot(pair.che))[:3] == before  # no transfer, no block, no ledger entry at CHE
+    async with pair.che.store.read() as tx:
+        sent = [e for e in await tx.list_log() if e.direction == "out" and e.kind.value == "statement"]
+    decisions = []
+    for message in sent:
+        statement = partner_pb2.Statement()
+        statement.ParseFromString(wire.envelope_from_bytes(message.envelope).payload)
+        if statement.WhichOneof("body") == "decision" and statement.decision.transfer_id == proposal.transfer_id:
+            decisions.append(statement.decision)
+    return decisions
+
+
 def _rogue_proposal(block: records_pb2.UnitBlock, start: int, end: int, transfer_id: str) -> object:
     from carbon_gateway.v1 import partner_pb2
 
@@ -266,21 +288,7 @@ async def test_a_proposal_with_unreadable_terms_is_answered_with_a_rejection_and
     crafter = await _next_crafter(pair)
     proposal = _rogue_proposal(block, 500, 510, "newer-version-1")
     proposal.purpose = "Some purpose from a newer version"  # type: ignore[attr-defined]
-    before = (await snapshot(pair.che))[:3]
-    payload, _ = crafter.statement(proposal=proposal)
-    receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
-    assert receipt.taken_in
-    await settle(pair.chn, pair.che)
-    assert (await snapshot(pair.che))[:3] == before  # no transfer, no block, no ledger entry at CHE
-    async with pair.che.store.read() as tx:
-        sent = [e for e in await tx.list_log() if e.direction == "out" and e.kind.value == "statement"]
-
-    decisions = []
-    for message in sent:
-        statement = partner_pb2.Statement()
-        statement.ParseFromString(wire.envelope_from_bytes(message.envelope).payload)
-        if statement.WhichOneof("body") == "decision" and statement.decision.transfer_id == "newer-version-1":
-            decisions.append(statement.decision)
+    decisions = await decisions_on_a_proposal_che_records_nothing_of(pair, crafter, proposal)
     assert len(decisions) == 1
     assert not decisions[0].accepted
     assert [ResponseCode(r.code) for r in decisions[0].rejections] == [ResponseCode.INVALID_ARGUMENT]
