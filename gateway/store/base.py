@@ -352,8 +352,11 @@ class Transaction(Protocol):
         transferred (or reserved for a transfer) under it for the first time."""
         ...
 
-    async def authorization_versions(self, authorization_id: str) -> list[Authorization]:
-        """Every version of an authorization, in the order they were recorded (which is date order)."""
+    async def authorization_versions(
+        self, authorization_id: str, *, recorded_by: dt.datetime | None = None
+    ) -> list[Authorization]:
+        """Every version of an authorization, in the order they were recorded (which is date order); with
+        ``recorded_by``, those recorded at that instant or before it (the versions that existed then)."""
         ...
 
     async def insert_authorization_version(self, authorization: Authorization, now: dt.datetime) -> None:

@@ -570,9 +570,13 @@ class PostgresTransaction:
     async def insert_authorization_version(self, authorization: Authorization, now: dt.datetime) -> None:
         await self._insert_version(authorization, codec.to_text(now))
 
-    async def authorization_versions(self, authorization_id: str) -> list[Authorization]:
+    async def authorization_versions(
+        self, authorization_id: str, *, recorded_by: dt.datetime | None = None
+    ) -> list[Authorization]:
         rows = await self._all(
-            "SELECT body FROM authorization_versions WHERE authorization_id = ? ORDER BY seq", (authorization_id,)
+            "SELECT body FROM authorization_versions WHERE authorization_id = ?"
+            " AND (?::text IS NULL OR recorded_at <= ?::text) ORDER BY seq",
+            (authorization_id, *(2 * [None if recorded_by is None else codec.to_text(recorded_by)])),
         )
         return [codec.authorization_from_json(r["body"]) for r in rows]
 

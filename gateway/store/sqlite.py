@@ -741,9 +741,13 @@ class SQLiteTransaction:
     async def insert_authorization_version(self, authorization: Authorization, now: dt.datetime) -> None:
         self._insert_version(authorization, codec.to_text(now))
 
-    async def authorization_versions(self, authorization_id: str) -> list[Authorization]:
+    async def authorization_versions(
+        self, authorization_id: str, *, recorded_by: dt.datetime | None = None
+    ) -> list[Authorization]:
         rows = self._all(
-            "SELECT body FROM authorization_versions WHERE authorization_id = ? ORDER BY seq", (authorization_id,)
+            "SELECT body FROM authorization_versions WHERE authorization_id = ?1"
+            " AND (?2 IS NULL OR recorded_at <= ?2) ORDER BY seq",
+            (authorization_id, None if recorded_by is None else codec.to_text(recorded_by)),
         )
         return [codec.authorization_from_json(r["body"]) for r in rows]
 

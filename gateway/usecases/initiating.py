@@ -13,7 +13,7 @@ from gateway import faults, wire
 from gateway.domain import text
 from gateway.domain.blocks import SerialSpace, UnitBlock, split
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import ActionContext, check_first_transfers_open, record_departure
+from gateway.domain.ledger import ActionContext, check_first_transfers_open, record_departure, version_in_force
 from gateway.domain.protocol import (
     Rejection,
     check_authorization,
@@ -383,8 +383,11 @@ class Initiating(GatewayBase):
             )
             log.warning("transfer %s cancelled: its units were frozen by run %s", transfer.transfer_id, run_id)
             return
-        # The version in force when the transfer was proposed decides, as it did for the Proposal's blocks.
-        authorization = await self._authorization_on(tx, transfer.terms.authorization_id, transfer.created_at.date())
+        # The version in force when the transfer was proposed decides, as it did for the Proposal's blocks: among
+        # the versions that existed then, so that an amendment recorded while the transfer waited (even one dated
+        # that day) does not book the units otherwise than the Proposal delivered them to the partner.
+        versions = await tx.authorization_versions(transfer.terms.authorization_id, recorded_by=transfer.created_at)
+        authorization = version_in_force(versions, transfer.created_at.date()) or (versions[0] if versions else None)
         context = self._departure_context(transfer.transfer_id, transfer.terms, self.clock())
         entries = [e for b in transfer.terms.blocks for e in record_departure(context, b, authorization).entries]
         try:
