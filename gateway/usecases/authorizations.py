@@ -35,12 +35,14 @@ class AuthorizationKeeping(GatewayBase):
         transferred under it stay so; the revocation only stops further actions.
         """
         text.check_saying(reason, "reason", what="reason", why="the authorization is revoked")
-        return await self._new_version(
-            idem,
-            authorization_id,
-            lambda latest: dataclasses.replace(latest, version=version, date=date, revoked=True, note=reason),
-            "",
-        )
+
+        def revoking(latest: Authorization) -> Authorization:
+            # A version never expires before its own date: revoking after the latest version expired, the
+            # revoking one has no expiry (nothing acts under a revoked authorization anyway).
+            expires = latest.expires if latest.expires is None or latest.expires >= date else None
+            return dataclasses.replace(latest, version=version, date=date, revoked=True, note=reason, expires=expires)
+
+        return await self._new_version(idem, authorization_id, revoking, "")
 
     async def _new_version(
         self,

@@ -63,3 +63,38 @@ async def test_an_amendment_recorded_while_a_transfer_waits_changes_nothing_for_
             assert booked == [FIRST_TRANSFER_ABROAD], "CHN books the units as the Proposal delivered them"
     finally:
         await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_revocation_after_the_authorization_expired_is_a_version_that_does_not_expire_before_its_date(
+    tmp_path: Path,
+) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        async with operator(pair.chn) as chn:
+            expiring = records_pb2.Authorization()
+            expiring.CopyFrom(DEMO_AUTHORIZATION)
+            expiring.version, expiring.expires = "2.0", "2026-06-02"
+            await chn.AmendAuthorization(
+                operator_pb2.AmendAuthorizationRequest(idempotency_key="expires", authorization=expiring)
+            )
+            await chn.RevokeAuthorization(
+                operator_pb2.RevokeAuthorizationRequest(
+                    idempotency_key="revoke",
+                    authorization_id=DEMO_AUTHORIZATION.authorization_id,
+                    version="3.0",
+                    date="2026-06-04",
+                    reason="withdrawn by the national authority",
+                )
+            )
+            versions = (await chn.ListAuthorizations(operator_pb2.ListAuthorizationsRequest())).versions
+        assert [(v.version, v.revoked, v.date, v.expires) for v in versions] == [
+            (DEMO_AUTHORIZATION.version, False, DEMO_AUTHORIZATION.date, DEMO_AUTHORIZATION.expires),
+            ("2.0", False, DEMO_AUTHORIZATION.date, "2026-06-02"),
+            ("3.0", True, "2026-06-04", ""),
+        ]
+        # No version expires before its own date (the rule `AmendAuthorization` enforces on what it takes in).
+        assert all(not v.expires or v.expires >= v.date for v in versions)
+    finally:
+        await pair.stop()
