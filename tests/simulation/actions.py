@@ -17,6 +17,7 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.nomenclature import fold
 from gateway.domain.reconciliation import Status, reconciled_block
+from gateway.domain.records import Authorization, FirstTransferDefinition, Purpose
 from gateway.domain.statements import ChannelState
 from gateway.domain.transfer import TransferRole, TransferState
 from gateway.rpc.errors import read_error_detail
@@ -94,8 +95,12 @@ def _authorization(party: str, suffix: str) -> records_pb2.Authorization:
     )
 
 
-def _purposes_of(authorization_id: str) -> tuple[str, ...]:
-    """The purposes of one of the simulation's authorizations (none for an ID it never registered)."""
+def _purposes_of(world: World, party: str, authorization_id: str) -> tuple[str, ...]:
+    """The purposes of one of the simulation's authorizations at ``party``: those of the version in force there
+    today, or those it was registered with when none is (none for an ID the simulation never registered)."""
+    version = world.version_on(party, authorization_id, world.clock().date())
+    if version is not None:
+        return tuple(p.value for p in Purpose if p in version.purposes)
     suffix = authorization_id.partition("-")[2]
     return AUTHORIZATIONS[suffix][0] if suffix in AUTHORIZATIONS else ()
 
@@ -167,7 +172,9 @@ async def setup(world: World) -> None:
                 authorize = operator_pb2.RegisterAuthorizationRequest(
                     idempotency_key=f"auth-{issuer}-{suffix}", authorization=_authorization(issuer, suffix)
                 )
-                assert not _refused(await world.call(party, "RegisterAuthorization", authorize), world, "authorize")
+                answer = await world.call(party, "RegisterAuthorization", authorize)
+                assert not _refused(answer, world, "authorize") and not isinstance(answer, SimAbort)
+                world.record_version(party, _version_from(answer))
     for party in PARTIES:
         for i in range(3):
             await issue_fresh(world, party, tie=i == 0)
@@ -314,7 +321,7 @@ async def propose(world: World, party: str) -> None:
         [f"{partner}-H1"] * 5 + [f"{partner}-H2", f"{partner}-CLOSED", f"{partner}-RET", f"{partner}-USE", "NOPE"]
     )
     authorization = _transfer_authorization(world, party, block)
-    purposes = _purposes_of(authorization)
+    purposes = _purposes_of(world, party, authorization)
     # Mostly NDC where the authorization allows it, sometimes another of its purposes: a first transfer is booked
     # under the authorization's purpose, and the acquiring side under the transfer's.
     purpose = "NDC" if "NDC" in purposes and world.rng.random() < 0.7 else world.rng.choice(purposes or ("NDC",))
@@ -595,7 +602,7 @@ async def retire(world: World, party: str) -> None:
     authorization = _retirement_authorization(world, party, block)
     kind = rng.choice(RETIREMENTS)
     tie = block.authorization_id or authorization
-    purpose = "OIMP" if "OIMP" in _purposes_of(tie) and rng.random() < 0.9 else rng.choice(["OP", "IMP"])
+    purpose = "OIMP" if "OIMP" in _purposes_of(world, party, tie) and rng.random() < 0.9 else rng.choice(["OP", "IMP"])
     method, request = _retirement(
         world, party, kind, stored.account_id, _selections(block, pieces), authorization, purpose=purpose
     )
@@ -641,6 +648,176 @@ async def lock(world: World, party: str) -> None:
     answer = await world.call(party, "LockPeriod", request)
     world.note(f"{party} locks {year}")
     _refused(answer, world, "lock")
+
+
+AMENDABLE = ("AUTH", "AUTH", "AUTH-UC", "AUTH-ISS")
+"""The authorizations an operator amends or revokes, by ID suffix, each of its own Party: every one but
+``AUTH-LATER``, the main one most often."""
+AMENDMENTS = ("revoke", "quantity", "quantity", "purposes", "validity", "definition")
+"""What an amendment changes (or whether it revokes the authorization instead)."""
+AEF_PURPOSE_SETS = (
+    *(frozenset({p}) for p in (Purpose.NDC, Purpose.OIMP, Purpose.IMP, Purpose.OP)),
+    *(frozenset({Purpose.NDC, p}) for p in (Purpose.OIMP, Purpose.IMP, Purpose.OP)),
+)
+"""The purposes a version may name: one, or NDC with one other (the AEF's "Purposes for authorization" column
+holds one value, e.g. ``NDC and OIMP``)."""
+
+
+async def amend(world: World, party: str) -> None:
+    """An operator amends or revokes one of its own Party's authorizations, most often one that transfers in
+    flight name: its quantity lowered or raised, a purpose dropped or added, its validity or timeframe shortened,
+    its first-transfer definition changed; dated today, back to an earlier day, or a later one. Sometimes the
+    request is one the gateway must refuse (a label used before, a date before the latest version's, a version
+    after a revocation, an NDC-only authorization first transferred otherwise than abroad).
+
+    The world records each version recorded, and when (`World.versions`): the invariants judge by it what each
+    transfer, tie and first transfer was allowed to do (`invariants._governed`, `invariants._authorized_quantity`).
+    """
+    rng = world.rng
+    authorization_id = await _authorization_to_amend(world, party)
+    versions = world.versions[(party, authorization_id)]
+    latest = versions[-1].authorization
+    today = world.clock().date()
+    label = f"{len(versions) + 1}.0"
+    # The refusals a request with a defect may meet: the first check that fails decides which.
+    expected: set[ResponseCode] = set()
+    if latest.revoked:
+        expected.add(ResponseCode.INVALID_STATE)  # a revocation is final
+    bad = rng.random()
+    if bad < 0.05:
+        label = rng.choice(versions).authorization.version
+        expected.add(ResponseCode.INVALID_ARGUMENT)
+    date = _amendment_date(world, latest.date, today)
+    if bad > 0.96:
+        date = latest.date - dt.timedelta(days=1)
+        expected.add(ResponseCode.INVALID_ARGUMENT)
+    kind = rng.choice(AMENDMENTS)
+    if kind == "revoke":
+        reason = "simulated revocation"
+        request: Any = operator_pb2.RevokeAuthorizationRequest(
+            idempotency_key=f"revoke-{rng.getrandbits(48)}",
+            authorization_id=authorization_id,
+            version=label,
+            date=date.isoformat(),
+            reason=reason,
+        )
+        method, what = "RevokeAuthorization", "revokes"
+        # A revoking version dated after the latest one expired does not expire before its own date.
+        expires = latest.expires if latest.expires is None or latest.expires >= date else None
+        intended = dataclasses.replace(latest, version=label, date=date, revoked=True, note=reason, expires=expires)
+    else:
+        changed, what = await _amended(world, party, latest, kind, date)
+        intended = dataclasses.replace(
+            changed, version=label, date=date, revoked=False, note=f"simulated amendment: {what}"
+        )
+        if _ndc_alone_otherwise(intended):
+            expected.add(ResponseCode.INVALID_ARGUMENT)
+        request = operator_pb2.AmendAuthorizationRequest(
+            idempotency_key=f"amend-{rng.getrandbits(48)}", authorization=wire.authorization_to_proto(intended)
+        )
+        method, what = "AmendAuthorization", f"amends ({what})"
+    note = f"{party} {what} {authorization_id} as version {label} dated {date.isoformat()}"
+    world.note(note)
+    answer = await world.call(party, method, request)
+    if expected:
+        _expect_refusal(answer, world, note, expected)
+        return
+    if isinstance(answer, SimAbort):
+        _refused(answer, world, note)
+        raise ActionFailed(f"{note}: refused, but the version follows the latest: {answer.details[:200]}")
+    recorded = _version_from(answer)
+    if recorded.expires is not None and recorded.expires < recorded.date:
+        # README, "Limits": an authorization expires on or after its date (what the wire form refuses).
+        raise ActionFailed(f"{note}: the gateway recorded a version expiring {recorded.expires}, before its date")
+    if recorded != intended:
+        raise ActionFailed(f"{note}: the gateway recorded {recorded}, not {intended}")
+    world.record_version(party, recorded)
+    if rng.random() < 0.2:  # an operator's retry with the same key returns the same version, recorded once
+        again = await world.call(party, method, request)
+        if isinstance(again, SimAbort) or _version_from(again) != recorded:
+            raise ActionFailed(f"{note}: a retry with the same key answered {again}")
+
+
+def _version_from(answer: records_pb2.Authorization) -> Authorization:
+    """The version a gateway answered with, as a domain record, whatever it says: the wire form takes no revoked
+    version in, nor one that expires before its date (`amend` judges that)."""
+    parsed = records_pb2.Authorization()
+    parsed.CopyFrom(answer)
+    parsed.revoked, parsed.expires = False, ""
+    expires = dt.date.fromisoformat(answer.expires) if answer.expires else None
+    return dataclasses.replace(wire.authorization_from_proto(parsed), revoked=answer.revoked, expires=expires)
+
+
+async def _authorization_to_amend(world: World, party: str) -> str:
+    """One of ``party``'s own authorizations: most often one that an outgoing transfer in flight names."""
+    node = world.nodes[party]
+    assert node.core is not None
+    async with node.core.store.read() as tx:
+        waiting = sorted(
+            t.terms.authorization_id
+            for t in await tx.open_transfers()
+            if t.role is TransferRole.INITIATING and t.terms.authorization_id in _amendable(party)
+        )
+    if waiting and world.rng.random() < 0.7:
+        return world.rng.choice(waiting)
+    return f"{party}-{world.rng.choice(AMENDABLE)}"
+
+
+def _amendable(party: str) -> set[str]:
+    return {f"{party}-{suffix}" for suffix in AMENDABLE}
+
+
+def _amendment_date(world: World, latest: dt.date, today: dt.date) -> dt.date:
+    """Mostly today; sometimes an earlier day (back to the latest version's date), sometimes a later one (not yet
+    in force). Never before the latest version's date: versions follow each other in time."""
+    roll = world.rng.random()
+    if latest > today or roll < 0.1:
+        return max(latest, today) + dt.timedelta(days=world.rng.randint(1, 3))
+    if roll < 0.3:
+        return latest + dt.timedelta(days=world.rng.randint(0, (today - latest).days))
+    return today
+
+
+async def _amended(
+    world: World, party: str, latest: Authorization, kind: str, date: dt.date
+) -> tuple[Authorization, str]:
+    """``latest`` with one change of ``kind`` for a version dated ``date``, and what it changed."""
+    rng = world.rng
+    if kind == "quantity":
+        node = world.nodes[party]
+        assert node.core is not None
+        async with node.core.store.read() as tx:
+            used = await tx.first_transfer_quantity_used(latest.authorization_id)
+        # Around what is used already: below it (no more first transfers), just above it, or much more.
+        quantity = rng.choice([max(1, used - rng.randrange(0, 200)), used + rng.randrange(1, 300), used + 5000])
+        return dataclasses.replace(latest, authorized_quantity=quantity), f"quantity {quantity}, {used} used"
+    if kind == "purposes":
+        # A purpose dropped, added or swapped for another: the sets the AEF's one column holds (one purpose, or
+        # NDC with one other), which are all a version may name.
+        others = [s for s in AEF_PURPOSE_SETS if s != latest.purposes]
+        purposes = rng.choice(others)
+        change = f"purposes {', '.join(p.value for p in Purpose if p in purposes)}"
+        return dataclasses.replace(latest, purposes=purposes), change
+    if kind == "validity":
+        if rng.random() < 0.5:
+            # Expiring on or after its date, soon: already, for some versions dated in the past.
+            late = max(0, (world.clock().date() - date).days) + 2
+            expires = date + dt.timedelta(days=rng.randint(0, late))
+            return dataclasses.replace(latest, expires=expires), f"expires {expires.isoformat()}"
+        start = max(latest.timeframe_start, rng.choice([2021, 2023, 2025]))
+        end = min(latest.timeframe_end, rng.choice([2025, 2026, 2030]))
+        return dataclasses.replace(latest, timeframe_start=start, timeframe_end=end), f"timeframe {start}-{end}"
+    definition = rng.choice([d for d in FirstTransferDefinition if d is not latest.first_transfer_definition])
+    return dataclasses.replace(latest, first_transfer_definition=definition), f"first transfer at {definition.value}"
+
+
+def _ndc_alone_otherwise(authorization: Authorization) -> bool:
+    """An authorization for NDC use alone whose first transfer is not the first international transfer: the
+    other definitions are for other international mitigation purposes (DESIGN.md section 2), so it is refused."""
+    return (
+        authorization.purposes == frozenset({Purpose.NDC})
+        and authorization.first_transfer_definition is not FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER
+    )
 
 
 async def _blocks_at(world: World, party: str, *statuses: BlockStatus) -> list[Any]:
@@ -770,8 +947,10 @@ async def retire_badly(world: World, party: str) -> None:
         if block.authorization_id:
             others = [f"{p}-{s}" for p in PARTIES for s in ("AUTH", "AUTH-UC", "AUTH-ISS")]
             label = "tied units under another authorization"
-            method, request = base(authorization=rng.choice([a for a in others if a != block.authorization_id]))
-            expected = invalid
+            named = rng.choice([a for a in others if a != block.authorization_id])
+            method, request = base(authorization=named)
+            # The named authorization is looked up first: one amended out of force is refused as such.
+            expected = invalid | _lapsed(world, party, named, block.vintage)
         elif not 2021 <= block.vintage <= 2030:
             label, (method, request) = "a vintage outside the authorized timeframe", base()
             expected = {ResponseCode.AUTHORIZATION_EXPIRED}
@@ -780,9 +959,14 @@ async def retire_badly(world: World, party: str) -> None:
     elif case == 24:
         if stored is None or not (block.authorization_id or 2021 <= block.vintage <= 2030):
             return
-        wrong = world.rng.choice(["OP", "IMP"])
+        # Not authorized by the version in force today, which an amendment may have given either.
+        current = _purposes_of(world, party, tie)
+        wrongs = [p for p in ("OP", "IMP") if p not in current]
+        if not wrongs:
+            return
+        wrong = world.rng.choice(wrongs)
         label, (method, request) = "an OIMP use for a purpose not authorized", base("oimp", purpose=wrong)
-        expected = {ResponseCode.PURPOSE_NOT_ALLOWED}
+        expected = {ResponseCode.PURPOSE_NOT_ALLOWED} | _lapsed(world, party, tie, block.vintage)
     else:
         node = world.nodes[party]
         assert node.core is not None
@@ -798,6 +982,22 @@ async def retire_badly(world: World, party: str) -> None:
     if await _frozen(world, party, request.selections):
         expected = expected | {ResponseCode.BLOCK_FROZEN}  # a frozen unit may be refused as such first
     _expect_refusal(await world.call(party, method, request), world, what, expected)
+
+
+def _lapsed(world: World, party: str, authorization_id: str, vintage: int) -> set[ResponseCode]:
+    """``{AUTHORIZATION_EXPIRED}`` when no version of the authorization in force at ``party`` today allows an action
+    on units of ``vintage`` (revoked, expired, or the vintage outside its timeframe, all since an amendment), else
+    nothing: what a request under it may be refused with before the defect it was made with."""
+    today = world.clock().date()
+    version = world.version_on(party, authorization_id, today)
+    if version is None:
+        return set()  # not in force yet (``AUTH-LATER``) or unknown: the cases that name one expect that already
+    lapsed = (
+        version.revoked
+        or (version.expires is not None and today > version.expires)
+        or not version.timeframe_start <= vintage <= version.timeframe_end
+    )
+    return {ResponseCode.AUTHORIZATION_EXPIRED} if lapsed else set()
 
 
 async def issue_badly(world: World, party: str) -> None:
@@ -1373,6 +1573,7 @@ ACTIONS: list[tuple[int, str, Action]] = [
     (1, "issue badly", issue_badly),
     (1, "books", books),
     (1, "lock", lock),
+    (1, "amend", amend),
     (3, "cancel", cancel),
     (3, "decide", decide),
     (22, "deliver", deliver),

@@ -34,14 +34,14 @@ Invariants:
      ``First transfer`` to another Party + ``Transfer`` == transferred out, ``Authorization`` == the issued
      ranges registered under an authorization; the ledger summary's groups add up to the same;
    - every other ``First transfer`` (at the issuance, or at a use or cancellation) accompanies the
-     ``Authorization``, ``Transfer``, use or cancellation entry of the same action and range, and every first
-     transfer's subtype is the one its authorization's first-transfer definition names.
+     ``Authorization``, ``Transfer``, use or cancellation entry of the same action and range (its subtype is
+     invariant 11's).
 5. A unit is first transferred (a ``First transfer`` entry) at most once, across all Parties.
 6. Each authorization's used quantity at a gateway (`first_transfer_quantity_used`) equals the units that gateway
    tied to it: the distinct serials of its ledger entries naming the authorization with itself as first
    transferring Party (tied at registration, by a transfer, or by a use or cancellation), plus the untied units
-   of its outgoing transfers in flight under it; it never exceeds the authorized quantity; and every entry
-   naming an authorization is dated on or after it, for a vintage inside its timeframe.
+   of its outgoing transfers in flight under it; and every entry naming an authorization is dated on or after
+   its first version, for a vintage inside the timeframe of one of its versions.
 7. The two sides of a transfer never hold contradicting states; once the world settles they hold the same
    final state, nothing is left reserved, pending or owed, and every statement is delivered or dead-lettered.
 8. No proposal from the adversary is ever accepted.
@@ -56,14 +56,37 @@ Invariants:
    says. TOTALS_INCONSISTENT and MANUAL_INTERVENTION_REQUIRED never happen between honest gateways. The
    responder's copy of a run has the requester's result once the report arrives, or is resolved.
 
+10. Each gateway keeps exactly the versions of each authorization its operator recorded (`World.versions`:
+    the first one, and the amendments and revocations of `tests.simulation.actions.amend`), in that order.
+11. What acts under an authorization, the version that governs it allowed (`_governed`). The governing version
+    is the one in force when the action was decided, among the versions recorded by then: for an outgoing
+    transfer and the entries it records, when it was proposed (`Initiating._complete`: "the version in force
+    when the transfer was proposed decides, as it did for the Proposal's blocks"), for any other entry, when it
+    was recorded. So an amendment or revocation recorded while a transfer waits changes nothing for it. Every
+    outgoing transfer was proposed under a version in force (not revoked, not expired), for vintages in its
+    timeframe and a purpose it names; every tie at registration and every ``First transfer`` was made under a
+    version in force (none under a revoked authorization but for transfers proposed before the revocation),
+    for a vintage in its timeframe; a ``First transfer``'s subtype is that version's definition, and it is
+    booked under one of its purposes, an NDC one exactly when the version authorizes NDC use. In the order
+    units were tied (a transfer's as it was proposed), the distinct units tied to an authorization never exceed
+    the authorized quantity of the version that governed the latest tie: an amendment that lowers it stops
+    further ties and takes back none (`_authorized_quantity`).
+12. A completed transfer's initiator books each block as its Proposal delivered it to the acquiring side:
+    ``First transfer`` (or ``Transfer``, first transferred before) for a block taken in as first transferred,
+    ``Transfer`` ``Not yet defined`` for one taken in as not yet first transferred, under the same tie
+    (`_delivered_as_booked`).
+
 A corrupted gateway's ledger no longer matches its blocks, by design: from its first corruption on, invariants
-4, 5 and 6 (the ledger's) leave that gateway out, even after the repair (the gateway may have made decisions
+4, 5, 6, 11 and 12 (the ledger's) leave that gateway out, even after the repair (the gateway may have made decisions
 from its corrupted history, e.g. the provenance of units coming back). Every invariant on blocks and transfers
 (1-3, 7, 8) still holds for it: a ledger entry moves no unit.
 """
 
 from __future__ import annotations
 
+import bisect
+import datetime as dt
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -76,10 +99,19 @@ from gateway.domain.ledger import LockedPeriod
 from gateway.domain.nomenclature import fold
 from gateway.domain.ranges import covers
 from gateway.domain.reconciliation import DifferenceKind, Status, reconciled_block
-from gateway.domain.records import Account, AccountType, ActionType, Authorization, FirstTransferDefinition, LedgerEntry
+from gateway.domain.records import (
+    Account,
+    AccountType,
+    ActionType,
+    Authorization,
+    FirstTransferDefinition,
+    LedgerEntry,
+    Purpose,
+)
 from gateway.domain.summary import LedgerTotal, SummaryGroup
 from gateway.domain.transfer import FINAL_STATES, Transfer, TransferRole, TransferState
 from gateway.reconciliation_wire import block_from_proto
+from gateway.store import codec
 from gateway.store.base import BlockStatus, OutboxState, ReconciliationRun, RunRole, StoredBlock
 from gateway.store.sqlite import SQLiteTransaction
 from gateway.usecases.reconciling import REPORT_PAYLOAD_TYPE
@@ -149,6 +181,9 @@ class Snapshot:
     accounts: dict[str, Account]
     used: dict[str, int]
     authorizations: dict[str, Authorization]
+    """Per authorization, its latest version."""
+    versions: dict[str, list[Authorization]]
+    """Per authorization, every version in the order recorded."""
     pending_outbox: int
     dead_letters: int
     locks: list[LockedPeriod]
@@ -173,6 +208,11 @@ async def snapshot(world: World, party: str) -> Snapshot:
             if account is not None:
                 accounts[account_id] = account
         authorizations: dict[str, Authorization] = {}
+        versions: dict[str, list[Authorization]] = defaultdict(list)
+        # What `list_authorization_versions` reads, decoded once per distinct version: it is read at every step.
+        for (body,) in tx._db.execute("SELECT body FROM authorization_versions ORDER BY seq").fetchall():
+            version = _decoded_version(body)
+            versions[version.authorization_id].append(version)
         used: dict[str, int] = {}
         named = {t.terms.authorization_id for t in transfers.values()} | {e.authorization_id for e in ledger}
         for auth_id in sorted((named | world_auth_ids(world)) - {""}):
@@ -194,10 +234,16 @@ async def snapshot(world: World, party: str) -> Snapshot:
         accounts,
         used,
         authorizations,
+        versions,
         sum(1 for m in outbox if m.state is OutboxState.PENDING),
         sum(1 for m in outbox if m.state is OutboxState.DEAD),
         locks,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded_version(body: str) -> Authorization:
+    return codec.authorization_from_json(body)
 
 
 def world_auth_ids(world: World) -> set[str]:
@@ -272,6 +318,10 @@ async def check(world: World, *, settled: bool = False) -> None:
     for snap in honest.values():
         _locked(snap)
     _authorizations(honest)
+    _versions(world, snaps)
+    _governed(world, honest)
+    _authorized_quantity(world, honest)
+    _delivered_as_booked(snaps, honest)
     _states(snaps, settled)
     _adversary(snaps)
     await _reconciliations(world, snaps)
@@ -531,8 +581,9 @@ def _summary(snap: Snapshot, t: Terms) -> None:
 
 
 def _first_transfer_entries(snap: Snapshot) -> None:
-    """A first transfer's subtype is its authorization's definition, and one that is not itself the departure
-    accompanies the registration, transfer, use or cancellation entry of its action and range."""
+    """A first transfer that is not itself the departure accompanies the registration, transfer, use or
+    cancellation entry of its action and range (that its subtype is the definition of the version that governed
+    it is `_governed`'s)."""
     by_action: dict[tuple[str, Space, int, int], list[ActionType]] = defaultdict(list)
     for entry in snap.ledger:
         block = entry.block
@@ -547,13 +598,9 @@ def _first_transfer_entries(snap: Snapshot) -> None:
     for entry in snap.ledger:
         if entry.action_type is not ActionType.FIRST_TRANSFER:
             continue
-        authorization = snap.authorizations.get(entry.authorization_id)
         where = f"{snap.party}: first transfer of {entry.block.describe()} (action {entry.transfer_id})"
-        if authorization is None:
+        if entry.authorization_id not in snap.authorizations:
             raise InvariantViolation(f"{where} names unknown authorization {entry.authorization_id!r}")
-        expected = FIRST_TRANSFER_SUBTYPES[authorization.first_transfer_definition]
-        if entry.action_subtype != expected:
-            raise InvariantViolation(f"{where} is {entry.action_subtype!r}; its authorization says {expected!r}")
         if entry.action_subtype == MOVEMENT:
             continue
         block = entry.block
@@ -590,22 +637,24 @@ def _first_transfers(snaps: dict[str, Snapshot]) -> None:
 
 
 def _authorizations(snaps: dict[str, Snapshot]) -> None:
-    """Each authorization counts as used exactly the units this gateway tied to it, within its quantity."""
+    """Each authorization counts as used exactly the units this gateway tied to it (within the quantity of the
+    version that governed each tie: `_authorized_quantity`)."""
     for snap in snaps.values():
         tied: dict[str, dict[Space, list[tuple[int, int]]]] = defaultdict(_ranges)
         for entry in snap.ledger:
             if not entry.authorization_id:
                 continue
-            authorization = snap.authorizations.get(entry.authorization_id)
+            versions = snap.versions.get(entry.authorization_id)
             where = f"{snap.party}: {entry.action_type.value} {entry.transfer_id} of {entry.block.describe()}"
-            if authorization is None:
+            if not versions:
                 raise InvariantViolation(f"{where} names an unknown authorization {entry.authorization_id!r}")
+            # What the version that decided an action allowed is `_governed`'s: here, what every version allows.
             day = entry.action_date.date()
-            if day < authorization.date:
-                raise InvariantViolation(f"{where} on {day}, under {entry.authorization_id} dated {authorization.date}")
+            if day < versions[0].date:
+                raise InvariantViolation(f"{where} on {day}, under {entry.authorization_id} dated {versions[0].date}")
             vintage = entry.block.vintage
-            if not authorization.timeframe_start <= vintage <= authorization.timeframe_end:
-                raise InvariantViolation(f"{where}: vintage {vintage} outside the timeframe")
+            if not any(v.timeframe_start <= vintage <= v.timeframe_end for v in versions):
+                raise InvariantViolation(f"{where}: vintage {vintage} outside the timeframe of every version")
             if entry.first_transferring_party == snap.party:
                 _add(tied[entry.authorization_id], entry.block)
         in_flight: dict[str, int] = defaultdict(int)
@@ -621,9 +670,199 @@ def _authorizations(snaps: dict[str, Snapshot]) -> None:
                     f"{snap.party}: authorization {auth_id} counts {used} used, but the units tied to it here come to"
                     f" {recorded} recorded + {in_flight[auth_id]} in transfers in flight"
                 )
-            authorized = snap.authorizations[auth_id].authorized_quantity
-            if used > authorized:
-                raise InvariantViolation(f"{snap.party}: authorization {auth_id} used {used} of {authorized}")
+
+
+NDC_PURPOSES = frozenset({Purpose.NDC, Purpose.NDC_AND_OIMP, Purpose.NDC_AND_IMP, Purpose.NDC_AND_OP})
+"""The purposes that authorize NDC use, spelled out here rather than taken from the gateway."""
+NOT_YET_DEFINED = ActionSubtype.NOT_YET_DEFINED.value
+TIES = (ActionType.AUTHORIZATION, ActionType.FIRST_TRANSFER)
+"""The entries that act under an authorization whatever the units did before: a tie at registration, and a first
+transfer (other entries may name an authorization its units were tied to long ago)."""
+
+
+def _versions(world: World, snaps: dict[str, Snapshot]) -> None:
+    """Each gateway keeps exactly the versions of each authorization its operator recorded, in that order."""
+    for snap in snaps.values():
+        for auth_id in sorted(snap.versions.keys() | {a for p, a in world.versions if p == snap.party}):
+            stored = snap.versions.get(auth_id, [])
+            recorded = [v.authorization for v in world.versions.get((snap.party, auth_id), [])]
+            if stored != recorded:
+                raise InvariantViolation(
+                    f"{snap.party}: authorization {auth_id} keeps versions {[v.version for v in stored]}, its operator"
+                    f" recorded {[v.version for v in recorded]} (or they differ)"
+                )
+
+
+def _governing(world: World, snap: Snapshot, entry: LedgerEntry) -> tuple[Authorization | None, dt.datetime]:
+    """The version that governs ``entry`` at ``snap``'s gateway, and when it was chosen: for an entry of an
+    outgoing transfer, the version in force when the transfer was proposed (`Initiating._complete`: "the version in
+    force when the transfer was proposed decides, as it did for the Proposal's blocks"); for any other entry, the
+    version in force when it was recorded. Either among the versions recorded by then."""
+    transfer = snap.transfers.get(entry.transfer_id)
+    when = entry.action_date
+    if transfer is not None and transfer.role is TransferRole.INITIATING:
+        when = transfer.created_at
+    return world.version_on(snap.party, entry.authorization_id, when.date(), when), when
+
+
+def _not_in_force(version: Authorization | None, day: dt.date, vintages: Iterable[int]) -> str:
+    """Why ``version`` allows no action on ``day`` for units of ``vintages`` (empty when it allows one)."""
+    if version is None:
+        return "no version of it was in force"
+    if version.revoked:
+        return f"its version {version.version} revoked it from {version.date}"
+    if version.expires is not None and day > version.expires:
+        return f"its version {version.version} expired on {version.expires}"
+    outside = sorted({v for v in vintages if not version.timeframe_start <= v <= version.timeframe_end})
+    if outside:
+        return (
+            f"vintages {outside} lie outside the timeframe {version.timeframe_start}-{version.timeframe_end} of its"
+            f" version {version.version}"
+        )
+    return ""
+
+
+def _governed(world: World, snaps: dict[str, Snapshot]) -> None:
+    """What acts under an authorization, the version that governs it allowed (`_governing` says which): a version
+    recorded while a transfer waits, amendment or revocation, changes nothing for that transfer, and governs
+    whatever is proposed, tied or first transferred after it.
+
+    - every outgoing transfer was proposed under a version in force that day (not revoked, not expired), for
+      vintages inside its timeframe and a purpose it names;
+    - every tie at registration and every ``First transfer`` was made under a version in force, for a vintage
+      inside its timeframe: none under a revoked authorization, but for transfers proposed before the revocation;
+    - a ``First transfer``'s subtype is the governing version's first-transfer definition, and it is booked under
+      one of that version's purposes, an NDC one exactly when the version authorizes NDC use.
+    """
+    for snap in snaps.values():
+        for transfer in snap.transfers.values():
+            if transfer.role is not TransferRole.INITIATING:
+                continue
+            terms, when = transfer.terms, transfer.created_at
+            version = world.version_on(snap.party, terms.authorization_id, when.date(), when)
+            problem = _not_in_force(version, when.date(), (b.vintage for b in terms.blocks))
+            if not problem and version is not None and terms.purpose not in version.purposes:
+                problem = f"its version {version.version} does not authorize {terms.purpose.value}"
+            if problem:
+                raise InvariantViolation(
+                    f"{snap.party}: transfer {transfer.transfer_id} ({transfer.state.name}) was proposed at"
+                    f" {when.isoformat()} under {terms.authorization_id}, but {problem}"
+                )
+        for entry in snap.ledger:
+            if entry.action_type not in TIES or entry.first_transferring_party != snap.party:
+                continue
+            version, when = _governing(world, snap, entry)
+            where = (
+                f"{snap.party}: {entry.action_type.value} of {entry.block.describe()} (action {entry.transfer_id},"
+                f" recorded {entry.action_date.isoformat()}, decided {when.isoformat()}) under {entry.authorization_id}"
+            )
+            problem = _not_in_force(version, when.date(), [entry.block.vintage])
+            if problem or version is None:
+                raise InvariantViolation(f"{where}, but {problem}")
+            if entry.action_type is not ActionType.FIRST_TRANSFER:
+                continue
+            expected = FIRST_TRANSFER_SUBTYPES[version.first_transfer_definition]
+            if entry.action_subtype != expected:
+                raise InvariantViolation(
+                    f"{where} is {entry.action_subtype!r}, but its version {version.version} first transfers at"
+                    f" {version.first_transfer_definition.value!r}"
+                )
+            ndc = bool(version.purposes & NDC_PURPOSES)
+            if entry.purpose not in version.purposes or (entry.purpose in NDC_PURPOSES) != ndc:
+                purposes = sorted(p.value for p in version.purposes)
+                raise InvariantViolation(
+                    f"{where} is booked for {entry.purpose.value}, but its version {version.version} authorizes"
+                    f" {purposes}"
+                )
+
+
+def _cover(covered: list[tuple[int, int]], start: int, end: int) -> int:
+    """Add [start, end] to ``covered`` (sorted, disjoint ranges); return how many of its serials were not in it."""
+    i = bisect.bisect_left(covered, (start, start))
+    if i > 0 and covered[i - 1][1] >= start:
+        i -= 1
+    j, lo, hi, overlap = i, start, end, 0
+    while j < len(covered) and covered[j][0] <= end:
+        first, last = covered[j]
+        overlap += min(last, end) - max(first, start) + 1
+        lo, hi = min(lo, first), max(hi, last)
+        j += 1
+    covered[i:j] = [(lo, hi)]
+    return end - start + 1 - overlap
+
+
+def _authorized_quantity(world: World, snaps: dict[str, Snapshot]) -> None:
+    """Units tied to an authorization never pass the quantity of the version that governed their tie.
+
+    Units count against an authorization once, when they are tied to it: registered, used or cancelled under it,
+    or reserved by the transfer that ties them as it is proposed (a first transfer included). In the order they
+    were tied, the distinct units tied so far never exceed the authorized quantity of the version that governed
+    the latest tie (`_governing`): an amendment that lowers it below what is tied stops further ties, and takes
+    back none. Transfers that ended without moving their units count for none (which only loosens the bound).
+    """
+    for snap in snaps.values():
+        ties: list[tuple[dt.datetime, str, str, UnitBlock, Authorization | None]] = []
+        for entry in snap.ledger:
+            if entry.authorization_id and entry.first_transferring_party == snap.party:
+                version, when = _governing(world, snap, entry)
+                ties.append((when, entry.transfer_id, entry.authorization_id, entry.block, version))
+        for transfer in snap.transfers.values():
+            if transfer.role is TransferRole.INITIATING and transfer.state in USES:
+                auth_id, when = transfer.terms.authorization_id, transfer.created_at
+                version = world.version_on(snap.party, auth_id, when.date(), when)
+                ties.extend(
+                    (when, transfer.transfer_id, auth_id, block, version)
+                    for block in transfer.terms.blocks
+                    if not block.tied and not block.first_transferred
+                )
+        ties.sort(key=lambda tie: (tie[0], tie[1]))
+        covered: dict[tuple[str, Space], list[tuple[int, int]]] = defaultdict(list)
+        total: dict[str, int] = defaultdict(int)
+        grew: dict[str, Authorization | None] = {}
+        for index, (when, action, auth_id, block, version) in enumerate(ties):
+            newly = _cover(covered[(auth_id, space_key(block.space))], block.start, block.end)
+            if newly:
+                total[auth_id] += newly
+                grew[auth_id] = version
+            following = ties[index + 1] if index + 1 < len(ties) else None
+            if following is not None and following[:2] == (when, action):
+                continue  # an action's ties are judged together, as its gateway checked them
+            for grown, governing in grew.items():
+                if governing is not None and total[grown] > governing.authorized_quantity:
+                    raise InvariantViolation(
+                        f"{snap.party}: action {action} at {when.isoformat()} brought the units tied to {grown} to"
+                        f" {total[grown]}, past the {governing.authorized_quantity} of its version {governing.version}"
+                    )
+            grew.clear()
+
+
+def _delivered_as_booked(snaps: dict[str, Snapshot], honest: dict[str, Snapshot]) -> None:
+    """The units a completed transfer delivered are booked by their (honest) initiator as its Proposal announced
+    them to the acquiring side: a block taken in as first transferred is booked ``First transfer`` (or ``Transfer``,
+    first transferred before), one taken in as not yet first transferred is booked ``Transfer`` ``Not yet defined``;
+    both name the same tie. Otherwise one side counts a corresponding adjustment the other never made."""
+    delivered: dict[str, dict[tuple[Space, int, int], UnitBlock]] = defaultdict(dict)
+    for snap in snaps.values():
+        for stored in snap.blocks:
+            if stored.parent_id is None and stored.transfer_id:
+                root = stored.block
+                delivered[stored.transfer_id][(space_key(root.space), root.start, root.end)] = root
+    for snap in honest.values():
+        for entry in snap.ledger:
+            if not _departs(entry.action_type, entry.action_subtype) or entry.transfer_id not in delivered:
+                continue
+            block = delivered[entry.transfer_id].get((space_key(entry.block.space), entry.block.start, entry.block.end))
+            if block is None:
+                continue
+            first = entry.action_subtype != NOT_YET_DEFINED
+            booked = (first, entry.block.authorization_id, entry.block.first_transferring_party)
+            taken = (block.first_transferred, block.authorization_id, block.first_transferring_party)
+            if booked != taken:
+                raise InvariantViolation(
+                    f"{snap.party}: transfer {entry.transfer_id} delivered {block.describe()} as (first transferred,"
+                    f" authorization, first transferring Party) {taken}, but booked it as {entry.action_type.value}"
+                    f" {entry.action_subtype!r}, {booked}"
+                )
 
 
 CROSSING = {

@@ -11,6 +11,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.domain.records import LedgerEntry
 from gateway.domain.transfer import FINAL_STATES
 from gateway.store.base import OutboxState
 from tests.simulation import actions
@@ -85,7 +86,7 @@ def _outcome(world: World, seed: int, steps: int, failure: str, step: int, stats
 
 async def _stats(world: World) -> str:
     """What the seed exercised: transfers by final state (initiating side), uses and cancellations, first
-    transfers, crashes, restarts."""
+    transfers, authorizations amended and revoked, crashes, restarts."""
     from collections import Counter
 
     from gateway.domain.records import ActionType
@@ -105,14 +106,33 @@ async def _stats(world: World) -> str:
                     actions[entry.action_type.value.lower()] += entry.quantity
                 elif entry.action_type is ActionType.FIRST_TRANSFER:
                     actions["first transfer"] += entry.quantity
+                    if _after_revocation(world, party, entry):
+                        actions["first transfer after a revocation"] += entry.quantity
     crashes = sum(1 for line in world.trace if line.startswith("crash:"))
     restarts = sum(1 for line in world.trace if line.startswith("restarted"))
     moved = ", ".join(f"{k} {v} t" for k, v in sorted(actions.items()))
     return (
         ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
-        + f"; {moved or 'nothing used or cancelled'}; {crashes} crashes, {restarts} restarts"
+        + f"; {moved or 'nothing used or cancelled'}; {_amendment_stats(world)}; {crashes} crashes, {restarts} restarts"
         + f"; {await reconciliation_stats(world)}"
     )
+
+
+def _after_revocation(world: World, party: str, entry: LedgerEntry) -> bool:
+    """Whether ``party`` recorded ``entry`` once a revocation of its authorization was in force there (which a
+    transfer proposed before the revocation may do: `invariants._governed`)."""
+    day = entry.action_date.date()
+    return any(
+        v.authorization.revoked and v.recorded_at <= entry.action_date and v.authorization.date <= day
+        for v in world.versions.get((party, entry.authorization_id), [])
+    )
+
+
+def _amendment_stats(world: World) -> str:
+    """How many versions the operators recorded after the first ones: amendments and revocations."""
+    later = [v.authorization for versions in world.versions.values() for v in versions[1:]]
+    revoked = sum(1 for a in later if a.revoked)
+    return f"authorizations amended {len(later) - revoked}, revoked {revoked}"
 
 
 async def reconciliation_stats(world: World) -> str:

@@ -24,6 +24,7 @@ from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import IssuingRegistry, Nomenclature
 from gateway.domain.protocol import Deadlines, DecisionPolicy, DecisionRule, Verdict
 from gateway.domain.reconciliation import DifferenceKind
+from gateway.domain.records import Authorization
 from gateway.domain.statements import TimeWindow
 from gateway.exchange import EnvelopeForm, ExchangeSettings
 from gateway.harness import self_signed_trust_document
@@ -275,6 +276,17 @@ class SimRun:
     step: int
 
 
+@dataclass(frozen=True)
+class Version:
+    """One version of an authorization as an operator recorded it at one gateway: what it says, and when."""
+
+    party: str
+    authorization: Authorization
+    recorded_at: dt.datetime
+    """The world's clock when the gateway recorded it: from then on, it is in force from its date."""
+    step: int
+
+
 @dataclass
 class World:
     """The simulated gateways, network, clock and adversary of one seed."""
@@ -309,6 +321,9 @@ class World:
     """Finished runs the invariants checked: status, and the corruptions the run reported (by number)."""
     frozen_refusals: int = 0
     """Frozen ranges whose held units the operators tried to transfer and cancel (both refused as frozen)."""
+    versions: dict[tuple[str, str], list[Version]] = field(default_factory=dict)
+    """Every version of every authorization each gateway recorded, by gateway and authorization ID, in the
+    order recorded (`tests.simulation.actions.amend` adds amendments and revocations)."""
 
     def __post_init__(self) -> None:
         self.corrupting = self.seed % CORRUPTING_SEEDS == CORRUPTING_SEEDS - 1
@@ -324,6 +339,23 @@ class World:
     def corrupted_parties(self) -> set[str]:
         """The gateways whose ledger the simulation ever changed behind their back."""
         return {c.party for c in self.corruptions}
+
+    def record_version(self, party: str, authorization: Authorization) -> None:
+        """Note that ``party``'s gateway recorded ``authorization`` (a first version, an amendment or a
+        revocation) now."""
+        version = Version(party, authorization, self.clock(), self.step)
+        self.versions.setdefault((party, authorization.authorization_id), []).append(version)
+
+    def version_on(
+        self, party: str, authorization_id: str, on: dt.date, known_at: dt.datetime | None = None
+    ) -> Authorization | None:
+        """The version of an authorization in force at ``party`` on ``on``, among the versions it had recorded
+        by ``known_at`` (all of them when None); None before its first version, or for an unknown one."""
+        found = None
+        for version in self.versions.get((party, authorization_id), []):
+            if (known_at is None or version.recorded_at <= known_at) and version.authorization.date <= on:
+                found = version.authorization
+        return found
 
     def crash_now(self, party: str, probability: float) -> bool:
         return probability > 0 and self.rng.random() < probability
