@@ -495,14 +495,21 @@ follow, naming the row's columns with ``t.``."""
 def transfer_head(row: Any, kept_terms: str | None) -> TransferHead:
     """A `TransferHead` from the transfer's row as `transfer_from_row` takes it, read from the terms' JSON text
     without making a block of each; refused like `transfer_from_row` refuses a transfer without terms."""
-    terms = json.loads(_terms_text(row, kept_terms, ""))
+    text = _terms_text(row, kept_terms, "")
     role = TransferRole(row["role"])
+    # Terms decoded lately (the transfer the fold meets most, just completed) are not parsed again.
+    kept = _terms_read.get(text)
+    if kept is not None:
+        acquiring, transferring, purpose = kept.acquiring_party, kept.transferring_party, kept.purpose.value
+    else:
+        terms = json.loads(text)
+        acquiring, transferring, purpose = terms["acquiring_party"], terms["transferring_party"], terms["purpose"]
     return TransferHead(
         transfer_id=row["transfer_id"],
         role=role,
         state=TransferState(row["state"]),
-        partner=terms["acquiring_party"] if role is TransferRole.INITIATING else terms["transferring_party"],
-        purpose=terms["purpose"],
+        partner=acquiring if role is TransferRole.INITIATING else transferring,
+        purpose=purpose,
     )
 
 
@@ -576,8 +583,11 @@ def terms_ranges(row: Any, kept_terms: str | None) -> list[SerialRange]:
     """The serial ranges of the blocks a transfer's terms name, in their order, from the transfer's row as
     `transfer_from_row` takes it: read from the JSON text alone, without making a block of each (reconciliation
     reads thousands of transfers' terms at once)."""
-    terms = _terms_text(row, kept_terms, "")
-    blocks = json.loads(terms)["blocks"]
+    text = _terms_text(row, kept_terms, "")
+    kept = _terms_read.get(text)
+    if kept is not None:
+        return [(b.space, b.start, b.end) for b in kept.blocks]
+    blocks = json.loads(text)["blocks"]
     return [(SerialSpace(b["unit_kind"], b["issuing_registry"], b["issuance"]), b["start"], b["end"]) for b in blocks]
 
 
