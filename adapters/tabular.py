@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 from xml.parsers import expat
 
 import openpyxl
+import openpyxl.worksheet._reader
 
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 from gateway.domain.text import escaped, read_float
@@ -680,6 +681,20 @@ def _too_large(what: str) -> RecordRejected:
     return RecordRejected.one(
         "file", f"the workbook is too large to read: {what}; split it, or save it as CSV", IssueCode.MALFORMED_FILE
     )
+
+
+def _cast_number(written: str) -> int | float:
+    """A number cell's saved text as openpyxl reads it, except that a fraction or an exponent no float holds
+    exactly (``9007199254740993.0``, ``2000.00000000000001``) is an `InexactNumber` that whole-number fields
+    refuse: openpyxl took the nearest float, a whole number nobody wrote."""
+    if "." in written or "E" in written or "e" in written:
+        return read_float(written)
+    return int(written)
+
+
+# openpyxl reads every number cell through this one function (openpyxl 3.1, ``worksheet/_reader.py``); a test
+# reads a workbook through it, so an openpyxl that stops calling it fails there rather than rounding again.
+openpyxl.worksheet._reader._cast_number = _cast_number
 
 
 def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
