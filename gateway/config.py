@@ -551,17 +551,21 @@ def check_distinct_listens(*listens: tuple[str, str | None]) -> None:
     could never bind. A wildcard address overlaps every other, and ``localhost`` its loopback addresses."""
     seen: list[tuple[str, str]] = []
     for setting, address in listens:
-        if address is None or address.endswith(":0"):
+        if address is None or _port(address) == 0:
             continue
-        host, _, port = address.rpartition(":")
+        host = address.rpartition(":")[0]
         for other_setting, other in seen:
-            other_host, _, other_port = other.rpartition(":")
-            if port == other_port and _hosts_overlap(host, other_host):
+            if _port(address) == _port(other) and _hosts_overlap(host, other.rpartition(":")[0]):
                 same = "" if address == other else f" ({_q(other)}: the same port, on an overlapping address)"
                 raise ConfigError(
                     f"{setting}: {_q(address)} is also {other_setting}{same}; give each server its own port"
                 )
         seen.append((setting, address))
+
+
+def _port(address: str) -> int:
+    """The port of an address `_host_port` accepted: ``08080`` is port 8080."""
+    return int(address.rpartition(":")[2].lstrip("0") or "0")
 
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})

@@ -336,6 +336,13 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             )
             for host in ("localhost", "0.0.0.0", "[::]")
         ),
+        # a port written with a leading zero is the same port (ports were compared as text)
+        (
+            GOOD.replace('[partner]\nlisten = "127.0.0.1:0"', '[partner]\nlisten = "127.0.0.1:053061"').replace(
+                '[operator]\nlisten = "127.0.0.1:0"', '[operator]\nlisten = "127.0.0.1:53061"'
+            ),
+            "partner.listen: '127.0.0.1:053061' is also operator.listen ('127.0.0.1:53061': the same port",
+        ),
         # false is no number of seconds (though Python's False == 0), and so does not turn the schedule off
         (GOOD.replace("every_seconds = 3600", "every_seconds = false"), "reconciliation.every_seconds"),
         # a divisor without its method was dropped without a word, whatever its value
