@@ -32,7 +32,7 @@ from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature, NomenclatureError
 from gateway.domain.protocol import DecisionPolicy, DecisionRule, Verdict, parse_purpose
-from gateway.domain.records import PARTY_PATTERN, PARTY_REGISTRY_PATTERN, AdjustmentMethod
+from gateway.domain.records import PARTY_CODES, PARTY_REGISTRY_PATTERN, AdjustmentMethod
 from gateway.domain.text import quoted
 from gateway.usecases.base import LedgerOptions
 from signing.files import read_small_file
@@ -678,7 +678,9 @@ def load_config(path: Path) -> GatewayConfig:
         raise UnknownKeysError(unknown)
     base = path.resolve().parent
     party = _require(data, "party", str(path))
-    if not isinstance(party, str) or not PARTY_PATTERN.fullmatch(party):
+    # Every ledger entry names Parties, and the AEF report writes only ISO 3166-1 alpha-3 codes: a gateway or a
+    # partner under another code would leave each year it acts in with a report that cannot be written.
+    if not isinstance(party, str) or party not in PARTY_CODES:
         raise ConfigError(f"party: {_q(party)} is not an ISO 3166-1 alpha-3 code")
     partners = []
     seen: set[str] = set()
@@ -689,7 +691,7 @@ def load_config(path: Path) -> GatewayConfig:
         where = f"partners[{i}]"
         p = _table(p, where)
         partner_party = _string(_require(p, "party", where), f"{where}.party")
-        if not PARTY_PATTERN.fullmatch(partner_party) or partner_party == party:
+        if partner_party not in PARTY_CODES or partner_party == party:
             raise ConfigError(f"{where}.party: {_q(partner_party)} is not another Party's ISO 3166-1 alpha-3 code")
         if partner_party in seen:
             raise ConfigError(f"{where}.party: {partner_party} is listed twice")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.domain.access import is_loopback_host
-from gateway.domain.records import PARTY_PATTERN
+from gateway.domain.records import PARTY_CODES
 from gateway.ledger_cli import whole_number
 from signing import Envelope, Role, Signer, SigningError, TrustDocument, TrustedParty, sign_trust_document
 from signing.files import read_small_file
@@ -176,8 +176,8 @@ class Partner:
 
 
 def _party(value: str, option: str) -> str:
-    if not PARTY_PATTERN.fullmatch(value):
-        hint = f"; write {value.upper()}" if PARTY_PATTERN.fullmatch(value.upper()) else ", e.g. CHN"
+    if value not in PARTY_CODES:
+        hint = f"; write {value.upper()}" if value.upper() in PARTY_CODES else ", e.g. CHN"
         raise SetupError(f"{option} {value!r} is not an ISO 3166-1 alpha-3 code in capitals{hint}")
     return value
 

@@ -236,6 +236,16 @@ def test_config_check_names_every_unknown_key(tmp_path: Path, capsys: pytest.Cap
             GOOD.replace('party = "CHN"', 'party = "China"', 1).encode(),
             "party: 'China' is not an ISO 3166-1 alpha-3 code",
         ),
+        # three capitals are not yet a Party: the AEF report writes ISO codes only, so a gateway or a partner under
+        # another code would leave each year it acts in with a report that cannot be written
+        (
+            GOOD.replace('party = "CHN"', 'party = "XXX"', 1).encode(),
+            "party: 'XXX' is not an ISO 3166-1 alpha-3 code",
+        ),
+        (
+            GOOD.replace('party = "CHE"', 'party = "CHF"', 1).encode(),
+            "partners[0].party: 'CHF' is not another Party's ISO 3166-1 alpha-3 code",
+        ),
         (GOOD.replace("[[partners]]", "[partners]").encode(), "partners: expected a list of tables"),
         (
             GOOD.replace('partner = "CHE"', 'partner = "XYZ"').encode(),

@@ -199,6 +199,9 @@ def test_a_pkcs11_uri_s_relative_paths_are_spelled_against_the_configuration_s_f
     [
         (["--party", "chn"], "--party 'chn' is not an ISO 3166-1 alpha-3 code in capitals; write CHN"),
         (["--party", "China"], "--party 'China' is not an ISO 3166-1 alpha-3 code"),
+        (["--party", "XXX"], "--party 'XXX' is not an ISO 3166-1 alpha-3 code in capitals, e.g. CHN"),
+        (["--party", "chf"], "--party 'chf' is not an ISO 3166-1 alpha-3 code in capitals, e.g. CHN"),
+        (["--party", "CHN", "--partner", "CHF=127.0.0.1:1"], "--partner 'CHF' is not an ISO 3166-1 alpha-3 code"),
         (["--party", "CHN", "--partner", "CHE"], "--partner 'CHE' is not PARTY=HOST:PORT"),
         (["--party", "CHN", "--partner", "CHN=127.0.0.1:1"], "CHN is this gateway's own Party"),
         (["--party", "CHN", "--partner", "CHE=localhost"], "--partner CHE: 'localhost' is not HOST:PORT"),
