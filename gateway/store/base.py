@@ -359,6 +359,16 @@ class Transaction(Protocol):
         ``recorded_by``, those recorded at that instant or before it (the versions that existed then)."""
         ...
 
+    async def record_proposed_version(self, transfer_id: str, version: str) -> None:
+        """Record the version of its authorization a transfer was proposed under (the initiating side, in the
+        transaction that records the transfer): its completion books the units under that version."""
+        ...
+
+    async def proposed_version(self, transfer_id: str) -> str | None:
+        """The version `record_proposed_version` recorded for a transfer; None for one proposed before versions
+        were recorded."""
+        ...
+
     async def insert_authorization_version(self, authorization: Authorization, now: dt.datetime) -> None:
         """Record an amendment or a revocation of an authorization already registered."""
         ...

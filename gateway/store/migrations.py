@@ -921,3 +921,21 @@ MIGRATIONS = (
         """,
     ),
 )
+
+# A transfer's completion booked its units under the versions of its authorization recorded by the instant the
+# transfer was created: clocks, not the order of commits, so a replica whose clock was behind (or a clock that
+# stepped) could book the units under a version the Proposal did not deliver them under. The version the
+# Proposal used is recorded with the transfer instead; transfers proposed before keep the rule by instants.
+MIGRATIONS = (
+    *MIGRATIONS,
+    (
+        21,
+        "the authorization version each transfer was proposed under",
+        """
+        CREATE TABLE transfer_authorization_versions (
+            transfer_id TEXT PRIMARY KEY,
+            version TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
+)

@@ -738,5 +738,10 @@ PG_MIGRATIONS: list[tuple[int, str, list[str]]] = [
             " AND action_subtype = 'First transfer to another Party' ON CONFLICT DO NOTHING",
         ],
     ),
+    (
+        21,
+        "the authorization version each transfer was proposed under",
+        ["CREATE TABLE transfer_authorization_versions (transfer_id TEXT PRIMARY KEY, version TEXT NOT NULL)"],
+    ),
 ]
 """(version, description, statements), in the order they are applied."""

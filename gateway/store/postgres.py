@@ -580,6 +580,15 @@ class PostgresTransaction:
         )
         return [codec.authorization_from_json(r["body"]) for r in rows]
 
+    async def record_proposed_version(self, transfer_id: str, version: str) -> None:
+        await self._execute("INSERT INTO transfer_authorization_versions VALUES (?, ?)", (transfer_id, version))
+
+    async def proposed_version(self, transfer_id: str) -> str | None:
+        row = await self._one(
+            "SELECT version FROM transfer_authorization_versions WHERE transfer_id = ?", (transfer_id,)
+        )
+        return None if row is None else str(row["version"])
+
     async def list_authorization_versions(self) -> list[Authorization]:
         rows = await self._all("SELECT body FROM authorization_versions ORDER BY seq")
         return [codec.authorization_from_json(r["body"]) for r in rows]

@@ -751,6 +751,13 @@ class SQLiteTransaction:
         )
         return [codec.authorization_from_json(r["body"]) for r in rows]
 
+    async def record_proposed_version(self, transfer_id: str, version: str) -> None:
+        self._db.execute("INSERT INTO transfer_authorization_versions VALUES (?, ?)", (transfer_id, version))
+
+    async def proposed_version(self, transfer_id: str) -> str | None:
+        row = self._one("SELECT version FROM transfer_authorization_versions WHERE transfer_id = ?", (transfer_id,))
+        return None if row is None else str(row[0])
+
     async def list_authorization_versions(self) -> list[Authorization]:
         rows = self._all("SELECT body FROM authorization_versions ORDER BY seq")
         return [codec.authorization_from_json(r["body"]) for r in rows]

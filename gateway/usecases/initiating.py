@@ -21,7 +21,7 @@ from gateway.domain.protocol import (
     parse_purpose,
     validate_terms,
 )
-from gateway.domain.records import TransferTerms
+from gateway.domain.records import Authorization, TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance
 from gateway.store.base import BlockStatus, NewBlock, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
@@ -115,12 +115,13 @@ class Initiating(GatewayBase):
                 if exc.field and exc.field.startswith("blocks"):  # the Proposal's blocks are the selections, in order
                     exc.field = "selections" + exc.field.removeprefix("blocks").removesuffix(".mitigation_type")
                 raise
-            authorization = await self._authorization_on(tx, terms.authorization_id, self.clock().date())
+            today = self.clock().date()
+            authorization = await self._authorization_on(tx, terms.authorization_id, today)
             rejections = check_authorization(
                 authorization,
                 terms,
                 first_transferred_before=await tx.first_transfer_quantity_used(terms.authorization_id),
-                today=self.clock().date(),
+                today=today,
             )
             if rejections:
                 first = rejections[0]
@@ -159,6 +160,8 @@ class Initiating(GatewayBase):
                 updated_at=now,
             )
             await tx.insert_transfer(transfer)
+            if authorization is not None:  # always, once check_authorization passed
+                await tx.record_proposed_version(transfer_id, authorization.version)
             await exchange.enqueue(tx, terms.acquiring_party, proposal=proposal)
             await self._remember(tx, idem, transfer_id)
         faults.reach("propose-committed")
@@ -383,11 +386,7 @@ class Initiating(GatewayBase):
             )
             log.warning("transfer %s cancelled: its units were frozen by run %s", transfer.transfer_id, run_id)
             return
-        # The version in force when the transfer was proposed decides, as it did for the Proposal's blocks: among
-        # the versions that existed then, so that an amendment recorded while the transfer waited (even one dated
-        # that day) does not book the units otherwise than the Proposal delivered them to the partner.
-        versions = await tx.authorization_versions(transfer.terms.authorization_id, recorded_by=transfer.created_at)
-        authorization = version_in_force(versions, transfer.created_at.date()) or (versions[0] if versions else None)
+        authorization = await self._proposed_under(tx, transfer)
         context = self._departure_context(transfer.transfer_id, transfer.terms, self.clock())
         entries = [e for b in transfer.terms.blocks for e in record_departure(context, b, authorization).entries]
         try:
@@ -401,6 +400,21 @@ class Initiating(GatewayBase):
         await tx.append_ledger(entries)
         transfer = await self._set_state(tx, transfer, TransferState.COMPLETED)
         await self._send_final(tx, transfer, "")
+
+    @staticmethod
+    async def _proposed_under(tx: Transaction, transfer: Transfer) -> Authorization | None:
+        """The version of its authorization the transfer was proposed under, which decided the Proposal's blocks
+        and so decides how the units are booked: an amendment recorded while the transfer waited (even one dated
+        that day) changes nothing for it."""
+        authorization_id = transfer.terms.authorization_id
+        recorded = await tx.proposed_version(transfer.transfer_id)
+        if recorded is not None:
+            for version in await tx.authorization_versions(authorization_id):
+                if version.version == recorded:
+                    return version
+        # Proposed before the version was recorded with the transfer: the versions recorded by its creation.
+        versions = await tx.authorization_versions(authorization_id, recorded_by=transfer.created_at)
+        return version_in_force(versions, transfer.created_at.date()) or (versions[0] if versions else None)
 
     async def _cancel_waiting(self, tx: Transaction, transfer: Transfer, reason: str) -> None:
         """Cancel a transfer the partner accepted but whose units may not leave, telling it ``reason``."""

@@ -404,6 +404,15 @@ async def test_channels_settings_trust_and_idempotency_round_trip(store: Store) 
 
 
 @pytest.mark.asyncio
+async def test_the_version_a_transfer_was_proposed_under_is_kept(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.record_proposed_version("t-1", "2.0 \u00e9\U0001f600")
+    async with store.read() as tx:
+        assert await tx.proposed_version("t-1") == "2.0 \u00e9\U0001f600"
+        assert await tx.proposed_version("t-2") is None  # proposed before versions were recorded
+
+
+@pytest.mark.asyncio
 async def test_reopening_migrates_nothing_twice_and_both_backends_know_the_same_versions(opener: Opener) -> None:
     assert [v for v, _, _ in PG_MIGRATIONS] == [v for v, _, _ in MIGRATIONS]
     assert [d for _, d, _ in PG_MIGRATIONS] == [d for _, d, _ in MIGRATIONS]
