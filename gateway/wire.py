@@ -185,7 +185,7 @@ def _check_tie(msg: records_pb2.UnitBlock, field: str) -> None:
             "a block's tie is its first transferring Party, cooperative approach and authorization ID together, or"
             f" nothing: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing",
         )
-    if not PARTY_PATTERN.fullmatch(party):
+    if party not in PARTY_CODES:  # the AEF names Parties by these codes alone
         raise _invalid(
             f"{field}.first_transferring_party", f"{text.quoted(party)} is not an ISO 3166-1 alpha-3 Party code"
         )

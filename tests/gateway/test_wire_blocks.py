@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,7 +60,7 @@ _ATTRIBUTES = _mostly(
 )
 _TIES = _mostly(
     [("", "", ""), ("CHN", "CA0001", "CHN-A-0001"), ("CHN", "CA0001", "CHN-A-0002"), ("CHN", "CA0002", "CHN-A-0001")],
-    [("CHN", "CA1", "CHN-A-0001"), ("chn", "CA0001", "A"), ("CHN", "", "")],
+    [("CHN", "CA1", "CHN-A-0001"), ("chn", "CA0001", "A"), ("CHN", "", ""), ("ZZZ", "CA0001", "CHN-A-0001")],
 )
 
 
@@ -156,3 +157,17 @@ def test_a_block_with_too_many_attributes_is_refused_as_block_from_proto_refuses
     expected = _outcome(functools.partial(wire.block_from_proto, msg, "blocks[0]", NOMENCLATURE))
     assert isinstance(expected, tuple) and expected[1] == "blocks[0].attributes"
     assert _outcome(functools.partial(wire.BlockReader(NOMENCLATURE).read, msg, "blocks[0]")) == expected
+
+
+def test_a_block_tied_by_a_party_code_outside_iso_3166_is_refused() -> None:
+    """Three capitals are not yet a Party: a partner's block tied by ``ZZZ`` was taken in, and the acquiring
+    side's AEF report, which writes ISO codes only, refused that year and every later one while it held them."""
+    msg = records_pb2.UnitBlock(start=1, end=10, vintage=2025, mitigation_type="Removals")
+    msg.space.unit_kind, msg.space.issuing_registry = "CCER", "CN-CCER"
+    msg.first_transferring_party, msg.cooperative_approach, msg.authorization_id = "ZZZ", "CA0001", "CHN-A-0001"
+    with pytest.raises(GatewayError) as refused:
+        wire.block_from_proto(msg, "proposal.blocks[0]", None)
+    assert refused.value.field == "proposal.blocks[0].first_transferring_party"
+    assert "'ZZZ' is not an ISO 3166-1 alpha-3 Party code" in refused.value.message
+    msg.first_transferring_party = "CHN"
+    assert wire.block_from_proto(msg, "proposal.blocks[0]", None).first_transferring_party == "CHN"
