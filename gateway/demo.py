@@ -90,6 +90,7 @@ DEMO_AUTHORIZATION = records_pb2.Authorization(
     timeframe_end=2030,
     first_transfer_definition="First international transfer",
     sectors=["Forestry and land use"],
+    activity_types=["Afforestation and reforestation"],
     authorized_parties=["CHN", "CHE"],
 )
 

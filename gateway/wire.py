@@ -368,6 +368,9 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         text.check_not_na(getattr(msg, name), f"{field}.{name}")
     if not msg.sectors:
         raise _invalid(f"{field}.sectors", "name the authorization's AEF sector(s)")
+    if not msg.activity_types:
+        # The AEF's Activity type(s) column takes no NA: every report from the version's year on would be refused.
+        raise _invalid(f"{field}.activity_types", "name the authorization's activity type(s), as the AEF records them")
     for i, sector in enumerate(msg.sectors):
         text.parse_choice(AefSector, sector, f"{field}.sectors[{i}]", what="AEF sector")
     if not msg.authorized_parties:

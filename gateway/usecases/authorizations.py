@@ -35,6 +35,9 @@ class AuthorizationKeeping(GatewayBase):
         transferred under it stay so; the revocation only stops further actions.
         """
         text.check_saying(reason, "reason", what="reason", why="the authorization is revoked")
+        # The AEF writes NA for "does not apply": a version or a note spelled so would read back as none.
+        text.check_not_na(version, "version")
+        text.check_not_na(reason, "reason")
 
         def revoking(latest: Authorization) -> Authorization:
             # A version never expires before its own date: revoking after the latest version expired, the

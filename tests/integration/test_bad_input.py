@@ -498,6 +498,13 @@ TABLE: list[Bad] = [
         "sector-not-aef", "RegisterAuthorization", lambda: authorization(sectors=["Energy"]), "authorization.sectors[0]"
     ),
     Bad("sectors-none", "RegisterAuthorization", lambda: authorization(sectors=[]), "authorization.sectors"),
+    # The AEF's Activity type(s) column takes no NA: a version without one made every later report fail.
+    Bad(
+        "activity_types-none",
+        "RegisterAuthorization",
+        lambda: authorization(activity_types=[]),
+        "authorization.activity_types",
+    ),
     Bad(
         "authorized_party-not-iso",
         "RegisterAuthorization",
@@ -870,6 +877,9 @@ TABLE: list[Bad] = [
     Bad("version-reused", "RevokeAuthorization", lambda: revoke(version=DEMO_AUTHORIZATION.version), "version"),
     Bad("date-before-the-latest-version", "RevokeAuthorization", lambda: revoke(date="2001-01-01"), "date"),
     Bad("reason-3mb", "RevokeAuthorization", lambda: revoke(reason=BIG), "reason"),
+    # NA is how the AEF writes "does not apply": a revoking version spelled so made every later report fail.
+    Bad("version-na", "RevokeAuthorization", lambda: revoke(version="NA"), "version"),
+    Bad("reason-na", "RevokeAuthorization", lambda: revoke(reason="NA"), "reason"),
     *(
         Bad(f"reason-{name}", "RevokeAuthorization", partial(revoke, reason=value), "reason")
         for name, value in INVISIBLE_REASONS.items()

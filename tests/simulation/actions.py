@@ -91,6 +91,7 @@ def _authorization(party: str, suffix: str) -> records_pb2.Authorization:
         timeframe_end=2030,
         first_transfer_definition=definition,
         sectors=["Energy generation"],
+        activity_types=["Solar"],
         authorized_parties=[party],
     )
 
