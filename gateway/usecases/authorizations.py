@@ -14,6 +14,23 @@ from gateway.store.base import StoreConflict
 from gateway.usecases.base import GatewayBase, Idempotency
 
 
+def check_revocation(version: str, reason: str) -> None:
+    """Refuse a revoking version's label or reason the AEF report could not carry, naming the field."""
+    text.check_identifier(version, "version", what="version")
+    text.check_saying(reason, "reason", what="reason", why="the authorization is revoked")
+    # The AEF writes NA for "does not apply": a version or a note spelled so would read back as none.
+    text.check_not_na(version, "version")
+    text.check_not_na(reason, "reason")
+
+
+def revoking_version(latest: Authorization, version: str, date: dt.date, reason: str) -> Authorization:
+    """The version that revokes an authorization from ``date``: ``latest`` repeated, revoked, with ``reason`` as its
+    note. A version never expires before its own date: revoking after ``latest`` expired, it has no expiry
+    (nothing acts under a revoked authorization anyway)."""
+    expires = latest.expires if latest.expires is None or latest.expires >= date else None
+    return dataclasses.replace(latest, version=version, date=date, revoked=True, note=reason, expires=expires)
+
+
 class AuthorizationKeeping(GatewayBase):
     """Amending, revoking and listing authorizations."""
 
@@ -34,18 +51,10 @@ class AuthorizationKeeping(GatewayBase):
         The revoking version repeats the version it follows, read in the same transaction. Units already first
         transferred under it stay so; the revocation only stops further actions.
         """
-        text.check_saying(reason, "reason", what="reason", why="the authorization is revoked")
-        # The AEF writes NA for "does not apply": a version or a note spelled so would read back as none.
-        text.check_not_na(version, "version")
-        text.check_not_na(reason, "reason")
-
-        def revoking(latest: Authorization) -> Authorization:
-            # A version never expires before its own date: revoking after the latest version expired, the
-            # revoking one has no expiry (nothing acts under a revoked authorization anyway).
-            expires = latest.expires if latest.expires is None or latest.expires >= date else None
-            return dataclasses.replace(latest, version=version, date=date, revoked=True, note=reason, expires=expires)
-
-        return await self._new_version(idem, authorization_id, revoking, "")
+        check_revocation(version, reason)
+        return await self._new_version(
+            idem, authorization_id, lambda latest: revoking_version(latest, version, date, reason), ""
+        )
 
     async def _new_version(
         self,

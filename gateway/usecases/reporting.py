@@ -130,7 +130,8 @@ class Reporting(GatewayBase):
         rows = _Rows(options.party_registry, options.gwp_values, dict(options.underlying_registry_codes), problems)
         async with self.store.read() as tx:
             versions = [v for v in await tx.list_authorization_versions() if v.date <= end.date()]
-            sink.add("authorizations", [a for a in (self._authorization(v, problems) for v in versions) if a])
+            gwp = options.gwp_values
+            sink.add("authorizations", [a for a in (aef_authorization(v, gwp, problems) for v in versions) if a])
             actions: list[AefAction] = []
             action = rows.action
             apply = holdings.apply
@@ -158,60 +159,62 @@ class Reporting(GatewayBase):
         if problems:
             raise RecordRejected(problems)
 
-    def _authorization(self, a: Authorization, problems: list[Problem]) -> AefAuthorization | None:
-        where = f"authorizations[{a.authorization_id}/{a.version}]"
-        purpose = aef_purpose(a.purposes)
-        if purpose is None:
-            problems.append(
-                Problem(
-                    f"{where}.purposes",
-                    f"{sorted(p.value for p in a.purposes)} has no single AEF purpose",
-                    IssueCode.BAD_VALUE,
-                )
+
+def aef_authorization(a: Authorization, gwp_values: str, problems: list[Problem]) -> AefAuthorization | None:
+    """The AEF Authorizations row of one version, or None (and a problem) for a version the AEF cannot carry."""
+    where = f"authorizations[{a.authorization_id}/{a.version}]"
+    purpose = aef_purpose(a.purposes)
+    if purpose is None:
+        problems.append(
+            Problem(
+                f"{where}.purposes",
+                f"{sorted(p.value for p in a.purposes)} has no single AEF purpose",
+                IssueCode.BAD_VALUE,
             )
-            return None
-        sectors = []
-        for sector in a.sectors:
-            try:
-                sectors.append(AefSector(sector))
-            except ValueError:
-                problems.append(Problem(f"{where}.sectors", f"{sector!r} is not an AEF sector", IssueCode.BAD_VALUE))
-                return None
-        if not a.authorized_parties:
-            problems.append(
-                Problem(
-                    f"{where}.authorized_parties",
-                    "names no authorized Party: amend the authorization to give them (nothing is guessed)",
-                    IssueCode.MISSING_FIELD,
-                )
-            )
-            return None
-        definition = a.first_transfer_definition
-        oimp = purpose in (Purpose.OIMP, Purpose.NDC_AND_OIMP)
-        return AefAuthorization(
-            authorization_id=a.authorization_id,
-            date=a.date,
-            cooperative_approach=a.cooperative_approach,
-            version=a.version,
-            authorized_quantity=a.authorized_quantity,
-            metric=Metric.GHG,
-            gwp_values=self.ledger_options.gwp_values,
-            sectors=tuple(sectors),
-            activity_types=a.activity_types,
-            purposes=purpose,
-            authorized_parties=a.authorized_parties,
-            authorized_entities=a.authorized_entities,
-            oimp_authorized=a.oimp_authorized if oimp else "",
-            timeframe_start=a.timeframe_start,
-            timeframe_end=a.timeframe_end,
-            terms_and_conditions=a.terms_and_conditions,
-            documentation=a.documentation,
-            # The definition applies to every purpose but NDC alone (adapters.aef_columns).
-            first_transfer_definition=definition
-            if purpose is not Purpose.NDC and definition is not FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER
-            else None,
-            additional_information=("Revoked. " if a.revoked else "") + a.note,
         )
+        return None
+    sectors = []
+    for sector in a.sectors:
+        try:
+            sectors.append(AefSector(sector))
+        except ValueError:
+            problems.append(Problem(f"{where}.sectors", f"{sector!r} is not an AEF sector", IssueCode.BAD_VALUE))
+            return None
+    if not a.authorized_parties:
+        problems.append(
+            Problem(
+                f"{where}.authorized_parties",
+                "names no authorized Party: amend the authorization to give them (nothing is guessed)",
+                IssueCode.MISSING_FIELD,
+            )
+        )
+        return None
+    definition = a.first_transfer_definition
+    oimp = purpose in (Purpose.OIMP, Purpose.NDC_AND_OIMP)
+    return AefAuthorization(
+        authorization_id=a.authorization_id,
+        date=a.date,
+        cooperative_approach=a.cooperative_approach,
+        version=a.version,
+        authorized_quantity=a.authorized_quantity,
+        metric=Metric.GHG,
+        gwp_values=gwp_values,
+        sectors=tuple(sectors),
+        activity_types=a.activity_types,
+        purposes=purpose,
+        authorized_parties=a.authorized_parties,
+        authorized_entities=a.authorized_entities,
+        oimp_authorized=a.oimp_authorized if oimp else "",
+        timeframe_start=a.timeframe_start,
+        timeframe_end=a.timeframe_end,
+        terms_and_conditions=a.terms_and_conditions,
+        documentation=a.documentation,
+        # The definition applies to every purpose but NDC alone (adapters.aef_columns).
+        first_transfer_definition=definition
+        if purpose is not Purpose.NDC and definition is not FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER
+        else None,
+        additional_information=("Revoked. " if a.revoked else "") + a.note,
+    )
 
 
 class _Rows:
