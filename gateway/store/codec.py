@@ -474,6 +474,8 @@ def ledger_from_row(entry_id: int, row: dict[str, Any]) -> LedgerEntry:
 def to_text(moment: dt.datetime) -> str:
     """A UTC instant as ISO 8601 text with microseconds (``YYYY-MM-DDTHH:MM:SS.ffffffZ``), which sorts in time
     order."""
+    if moment.tzinfo is dt.UTC:  # nearly always: without converting, the offset "+00:00" is cut instead
+        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
     return moment.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
