@@ -95,6 +95,7 @@ def validate_terms(terms: TransferTerms) -> None:
         )
     for index, block in enumerate(terms.blocks):
         check_mitigation_type(block, f"blocks[{index}].mitigation_type")
+        check_itmo_serials(block, f"blocks[{index}].space.issuance")
 
 
 _MITIGATION_TYPES = frozenset(m.value for m in MitigationType)
@@ -110,6 +111,26 @@ def check_mitigation_type(block: UnitBlock, field: str) -> None:
             ResponseCode.INVALID_ARGUMENT,
             f"{block.describe()} {stated}; units enter the ledger (move abroad, or are tied, used or cancelled) only"
             f" with an AEF mitigation type: {', '.join(sorted(_MITIGATION_TYPES))}. Correct the issuance record",
+            field=field,
+            blocks=[block],
+        )
+
+
+def check_itmo_serials(block: UnitBlock, field: str) -> None:
+    """Refuse ``block`` as the block of a ledger entry when its serials restart per issuance: the AEF names an
+    ITMO by its serial (`<cooperative approach>-<Party ITMO registry>-<first transferring Party>-<serial>-<vintage>`),
+    which cannot tell two issuances' units apart, so the report refuses such an entry; and an entry is never
+    changed, so its year's report, and every later one, could never be written. ``field`` names the block in the
+    request."""
+    if block.space.issuance:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"{block.describe()} is of issuance {block.space.issuance!r} of {block.space.issuing_registry}, whose"
+            " serials restart per issuance: they cannot serve as ITMO serials (the AEF's ITMO ID is <cooperative"
+            " approach>-<Party ITMO registry>-<first transferring Party>-<serial>-<vintage>, with no issuance), so"
+            " these units are held here but do not enter the ledger (move abroad, or are tied, used or"
+            " cancelled). Units that are to become ITMOs must be registered with serials unique across issuances"
+            " (a registry configured without issuance_pattern)",
             field=field,
             blocks=[block],
         )

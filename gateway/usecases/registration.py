@@ -21,7 +21,7 @@ from gateway.domain.ledger import (
     primary_purpose,
     record_tie,
 )
-from gateway.domain.protocol import check_mitigation_type
+from gateway.domain.protocol import check_itmo_serials, check_mitigation_type
 from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.store.base import BlockStatus, StoreConflict, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency
@@ -158,6 +158,8 @@ class Registration(GatewayBase):
             if authorization_id or block.mitigation_type:
                 check_mitigation_type(block, "block.mitigation_type")
             if authorization_id:
+                # Tied units enter the ledger (an Authorization entry): their serials must be ITMO serials.
+                check_itmo_serials(block, "block.space.issuance")
                 now = self.clock()
                 authorization = await self._issuance_authorization(tx, authorization_id, block, now.date())
                 context = ActionContext(

@@ -4,7 +4,8 @@ Writing them (one XLSX workbook, or five CSV files) is the AEF adapters' work (`
 nomenclature leaves open, each made once here:
 
 - First ID and Last ID come from the block's serials (the ITMO serial is the underlying unit's serial); a block
-  whose serials restart per issuance cannot give ITMO serials and is refused, naming the entry.
+  whose serials restart per issuance cannot give ITMO serials and is refused, naming the entry (the API keeps
+  such blocks out of the ledger: `gateway.domain.protocol.check_itmo_serials`).
 - The underlying-unit columns are filled only for issuing registries with a configured AEF code
   (``[ledger] underlying_registry_codes``); the unit IDs are then the block's first and last serials in
   decimal. Without a code the three columns are empty together, as the nomenclature allows.

@@ -20,7 +20,7 @@ from gateway.domain.ledger import (
     primary_purpose,
     record_retirement,
 )
-from gateway.domain.protocol import check_mitigation_type
+from gateway.domain.protocol import check_itmo_serials, check_mitigation_type
 from gateway.domain.records import AccountType, ActionType, Authorization, LedgerEntry, Purpose
 from gateway.store.base import BlockStatus, StoredBlock, Transaction
 from gateway.usecases.base import Idempotency
@@ -92,11 +92,14 @@ class Retiring(Initiating):
             action_id = self.new_id()
             await self._reserve(tx, request.source_account, request.selections, action_id)
             reserved = await tx.blocks_of_transfer(action_id, BlockStatus.RESERVED)
+            # What no authorization can make reportable is refused first: these units never enter the ledger.
+            for stored in reserved:
+                check_mitigation_type(stored.block, "selections")
+                check_itmo_serials(stored.block, "selections")
             named = await self._named_authorization(tx, request, now.date())
             entries: list[LedgerEntry] = []
             newly_tied = 0
             for stored in reserved:
-                check_mitigation_type(stored.block, "selections")
                 authorization = await self._authorization_for(tx, stored, named, request, now.date())
                 purpose = self._purpose(request, authorization, stored)
                 context = ActionContext(

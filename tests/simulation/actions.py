@@ -223,7 +223,12 @@ async def issue_fresh(world: World, party: str, tie: bool | None = None) -> None
         authorization_id=authorization,
     )
     answer = await world.call(party, "RegisterIssuance", request)
-    world.note(f"{party} issues {kind}/{registry}/{issuance} [{start}, {end}] under {authorization or 'none'}")
+    what = f"{party} issues {kind}/{registry}/{issuance} [{start}, {end}] under {authorization or 'none'}"
+    world.note(what)
+    if issuance and authorization:
+        # Tying them would make a ledger entry the AEF report refuses for good: refused, nothing registered.
+        _expect_refusal(answer, world, what, {ResponseCode.INVALID_ARGUMENT})
+        return
     if not _refused(answer, world, "issue"):
         assert not isinstance(answer, SimAbort)
         if answer.block.authorization_id != authorization:
@@ -301,11 +306,28 @@ async def _held(world: World, party: str) -> list[Any]:
         return [b for b in await tx.list_blocks(statuses=(BlockStatus.HELD,)) if b.account_id.endswith(("H1", "H2"))]
 
 
+def _itmo_serials(block: Any) -> bool:
+    """Whether ``block``'s serials can serve as ITMO serials, so that its units may enter the ledger (move
+    abroad, or be tied, used or cancelled): not those of a registry whose serials restart per issuance, which are
+    registered and held but refused at every such door (`gateway.domain.protocol.check_itmo_serials`)."""
+    return not block.space.issuance
+
+
+def _pick_held(world: World, held: Sequence[Any]) -> Any:
+    """One of ``held``: mostly one whose units may enter the ledger, sometimes any (one of a registry whose serials
+    restart per issuance then and again, whose move must be refused). Units that can never leave would otherwise
+    crowd out the others as the run goes on."""
+    movable = [b for b in held if _itmo_serials(b.block)]
+    if movable and world.rng.random() < 0.75:
+        return world.rng.choice(movable)
+    return world.rng.choice(held)
+
+
 async def propose(world: World, party: str) -> None:
     held = await _held(world, party)
     if not held:
         return
-    stored = world.rng.choice(held)
+    stored = _pick_held(world, held)
     block = stored.block
     selections = []
     cursor = block.start
@@ -344,6 +366,11 @@ async def propose(world: World, party: str) -> None:
     what = f"{party} proposes {block.describe()} {selections} to {partner}/{account} under {authorization}"
     world.note(what)
     _check_freeze(answer, frozen, what)
+    if not _itmo_serials(block):
+        # Checked before the authorization and the acquiring account: only a frozen unit is refused first.
+        expected = {ResponseCode.INVALID_ARGUMENT} | ({ResponseCode.BLOCK_FROZEN} if frozen else set())
+        _expect_refusal(answer, world, what, expected)
+        return
     if _refused(answer, world, "propose"):
         return
     assert not isinstance(answer, SimAbort)
@@ -597,7 +624,7 @@ async def retire(world: World, party: str) -> None:
     held = await _held(world, party)
     if not held:
         return
-    stored = rng.choice(held)
+    stored = _pick_held(world, held)
     block = stored.block
     pieces = _pieces(world, block, 3, 120)
     authorization = _retirement_authorization(world, party, block)
@@ -612,6 +639,12 @@ async def retire(world: World, party: str) -> None:
     answer = await world.call(party, method, request)
     world.note(what)
     _check_freeze(answer, frozen, what)
+    if not _itmo_serials(block):
+        # Refused once the units are found, before any authorization is looked at; a locked year of use (or a
+        # frozen unit) is refused before that.
+        expected = {ResponseCode.INVALID_ARGUMENT, ResponseCode.PERIOD_LOCKED, ResponseCode.BLOCK_FROZEN}
+        _expect_refusal(answer, world, what, expected)
+        return
     untied = not block.authorization_id and not authorization
     if isinstance(answer, SimAbort):
         _refused(answer, world, what)
@@ -832,7 +865,7 @@ async def retire_badly(world: World, party: str) -> None:
     """One use, cancellation or registration with exactly one defect: refused with its response code."""
     rng = world.rng
     held = await _held(world, party)
-    stored = rng.choice(held) if held else None
+    stored = _pick_held(world, held) if held else None
     block: Any = stored.block if stored is not None else None
     if block is None:
         block = UnitBlock(space=SerialSpace("CCER", "CN-CCER"), start=1, end=1, vintage=2025)
@@ -978,6 +1011,9 @@ async def retire_badly(world: World, party: str) -> None:
         label, (method, request) = "a use for a year made final", base("ndc")
         request.year_of_use = rng.randint(locks[0].first_year, locks[0].last_year)
         expected = {ResponseCode.PERIOD_LOCKED}
+    if not _itmo_serials(block) and case in (21, 22, 23, 24):
+        # Units that cannot enter the ledger are refused as such before any authorization is looked at.
+        expected = invalid
     what = f"{party} {method} with {label}"
     world.note(what)
     if await _frozen(world, party, request.selections):
@@ -1017,6 +1053,9 @@ async def issue_badly(world: World, party: str) -> None:
         expected = {ResponseCode.AUTHORIZATION_MISSING, ResponseCode.AUTHORIZATION_EXPIRED}
     else:
         vintage, expected = rng.choice([2019, 2031]), {ResponseCode.AUTHORIZATION_EXPIRED}
+    if issuance:
+        # Units whose serials restart per issuance are refused under any authorization before it is looked up.
+        expected = {ResponseCode.INVALID_ARGUMENT}
     block = records_pb2.UnitBlock(
         space=records_pb2.SerialSpace(unit_kind=kind, issuing_registry=registry, issuance=issuance),
         start=start,

@@ -24,7 +24,8 @@ Invariants:
    lost, nothing exists twice, nothing appears that was not issued; a used or cancelled unit is nowhere else.
 3. Within one gateway no two guarded blocks (held, reserved, pending, debited, used, cancelled) overlap.
 4. The ledger matches the blocks, at each gateway:
-   - every entry's stored quantity (and vintage) is its block's (end - start + 1);
+   - every entry's stored quantity (and vintage) is its block's (end - start + 1), and its block is one the AEF
+     report can name: serials that do not restart per issuance (ITMO serials) and an AEF mitigation type;
    - each used block has exactly one ``Use`` entry, each cancelled block exactly one ``Cancellation`` or
      ``Voluntary Cancellation`` entry, of the same action, serial space and range (so the same quantity), and
      no such entry lacks its block; used blocks sit in a use account, cancelled ones in a cancellation or
@@ -94,7 +95,7 @@ from dataclasses import dataclass
 
 from carbon_gateway.v1 import partner_pb2
 from gateway.domain.blocks import SerialSpace, UnitBlock
-from gateway.domain.canonical import ActionSubtype
+from gateway.domain.canonical import ActionSubtype, MitigationType
 from gateway.domain.ledger import LockedPeriod
 from gateway.domain.nomenclature import fold
 from gateway.domain.ranges import covers
@@ -130,6 +131,8 @@ GUARDED = (
     BlockStatus.CANCELLED,
 )
 """The blocks that never overlap within one gateway, spelled out here rather than taken from the gateway."""
+MITIGATION_TYPES = frozenset(m.value for m in MitigationType)
+"""The mitigation types an AEF row takes."""
 RETIRED: dict[BlockStatus, tuple[frozenset[ActionType], frozenset[AccountType]]] = {
     BlockStatus.USED: (frozenset({ActionType.USE}), frozenset({AccountType.USE})),
     BlockStatus.CANCELLED: (
@@ -480,6 +483,11 @@ def _ledger(snaps: dict[str, Snapshot], terms: dict[str, Terms]) -> None:
                 raise InvariantViolation(
                     f"{party}: {entry.action_type.value} entry {entry.entry_id} of {entry.block.describe()} stores"
                     f" quantity {quantity} and vintage {vintage}"
+                )
+            if entry.block.space.issuance or entry.block.mitigation_type not in MITIGATION_TYPES:
+                raise InvariantViolation(
+                    f"{party}: {entry.action_type.value} entry {entry.entry_id} of {entry.block.describe()} (mitigation"
+                    f" type {entry.block.mitigation_type!r}) is a row the AEF report refuses, for good"
                 )
         _retirement_entries(snap)
         # Per action type, serial by serial, then in the store's own sums and in the summary's.

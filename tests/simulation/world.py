@@ -51,7 +51,7 @@ NOMENCLATURE = Nomenclature.of(
     )
 )
 """Test codes: the simulation's own serial spaces, one per Party, and one outside the network whose serials
-restart per issuance."""
+restart per issuance (its units are registered and held, but never enter the ledger: they are no ITMO serials)."""
 
 OWN_SPACES: dict[str, tuple[tuple[str, str], ...]] = {
     "CHN": (("CCER", "CN-CCER"), ("CEA", "CN-CEA")),

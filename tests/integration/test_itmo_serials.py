@@ -1,0 +1,185 @@
+"""Units enter the ledger only with serials that can serve as ITMO serials.
+
+The AEF names an ITMO by `<cooperative approach>-<Party ITMO registry>-<first transferring Party>-<serial>-<vintage>`,
+which cannot tell apart the units of two issuances of a registry whose serials restart per issuance
+(``issuance_pattern``): the report refuses every ledger entry and holding of such a block, and an entry is never
+changed, so one such entry would leave its year's AEF report, and every later one, impossible to write. Such units
+stay registrable and held, and are refused at each edge where they would enter the ledger: a proposal (ours or a
+partner's), a registration under an authorization, a use or a cancellation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from carbon_gateway.v1 import operator_pb2, records_pb2
+from gateway.demo import DEMO_LEDGER, Pair, demo_block
+from gateway.domain.errors import ResponseCode
+from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
+from gateway.harness import start_network
+from gateway.rpc.errors import read_error_detail
+from tests.integration.harness import operator, proposal_request, setup_accounts, snapshot
+from tests.integration.test_transfer import (
+    _next_crafter,
+    _rogue_proposal,
+    decisions_on_a_proposal_che_records_nothing_of,
+)
+
+NOMENCLATURE = Nomenclature.of(
+    (
+        *DEFAULT_REGISTRIES,
+        IssuingRegistry(code="CN-VER", unit_kinds=("VCU",), party="CHN", issuance_pattern="[A-Z0-9-]+"),
+    )
+)
+"""The demo's registries and one of CHN's whose serials restart per issuance."""
+
+
+@pytest_asyncio.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """CHN and CHE, both knowing the per-issuance registry, with what the AEF report needs configured."""
+    ledger = dataclasses.replace(DEMO_LEDGER, gwp_values="AR5")
+    network = await start_network(
+        tmp_path,
+        ("CHN", "CHE"),
+        nomenclature=NOMENCLATURE,
+        ledger=lambda party: dataclasses.replace(ledger, party_registry=f"{party}01"),
+    )
+    try:
+        yield Pair(network["CHN"], network["CHE"])
+    finally:
+        await network.stop()
+
+
+def _per_issuance(start: int, end: int, issuance: str = "ISS-1") -> records_pb2.UnitBlock:
+    block = demo_block(start, end)
+    block.space.CopyFrom(records_pb2.SerialSpace(unit_kind="VCU", issuing_registry="CN-VER", issuance=issuance))
+    return block
+
+
+def _refusal(error: grpc.aio.AioRpcError) -> tuple[ResponseCode, str, str]:
+    detail = read_error_detail(error.trailing_metadata())
+    assert detail is not None, f"no ErrorDetail in {error}"
+    return ResponseCode(detail.code), detail.field, detail.message
+
+
+@pytest.mark.asyncio
+async def test_units_whose_serials_restart_per_issuance_are_held_but_neither_leave_nor_are_tied_nor_used(
+    pair: Pair,
+) -> None:
+    await setup_accounts(pair)
+    async with operator(pair.chn) as chn:
+        # Registered without an authorization, the units are only held: no ledger entry, no report row.
+        held = await chn.RegisterIssuance(
+            operator_pb2.RegisterIssuanceRequest(
+                idempotency_key="held", account_id="CN-PO-0001", block=_per_issuance(1, 100)
+            )
+        )
+        space = held.block.space
+        await chn.OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key="open-can",
+                account=records_pb2.Account(
+                    account_id="CN-CAN-0001", holder_name="Registry", account_type="cancellation"
+                ),
+            )
+        )
+        before = await snapshot(pair.chn)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.RegisterIssuance(
+                operator_pb2.RegisterIssuanceRequest(
+                    idempotency_key="tied",
+                    account_id="CN-PO-0001",
+                    block=_per_issuance(1, 100, "ISS-2"),
+                    authorization_id="CHN-A-0001",
+                )
+            )
+        code, field, message = _refusal(caught.value)
+        assert (code, field) == (ResponseCode.INVALID_ARGUMENT, "block.space.issuance")
+        assert "ISS-2" in message and "ITMO serials" in message and "issuance_pattern" in message
+        assert await snapshot(pair.chn) == before
+
+        request = proposal_request(held.block, 1, 10, "propose")
+        request.selections.insert(0, operator_pb2.BlockSelection(space=demo_block().space, start=1, end=10))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.ProposeTransfer(request)
+        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "selections[1].space.issuance")
+        assert await snapshot(pair.chn) == before
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.UseUnits(
+                operator_pb2.UseUnitsRequest(
+                    idempotency_key="use",
+                    source_account="CN-PO-0001",
+                    use_account="CN-CAN-0001",
+                    authorization_id="CHN-A-0001",
+                    action="use towards the NDC",
+                    year_of_use=2025,
+                    selections=[operator_pb2.BlockSelection(space=space, start=1, end=10)],
+                )
+            )
+        # A use account is what a use needs: the account is refused before the units are looked at.
+        assert _refusal(caught.value)[0] is ResponseCode.ACCOUNT_NOT_ELIGIBLE
+        await chn.OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key="open-use",
+                account=records_pb2.Account(account_id="CN-USE-0001", holder_name="Registry", account_type="use"),
+            )
+        )
+        before = await snapshot(pair.chn)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.UseUnits(
+                operator_pb2.UseUnitsRequest(
+                    idempotency_key="use-2",
+                    source_account="CN-PO-0001",
+                    use_account="CN-USE-0001",
+                    authorization_id="CHN-A-0001",
+                    action="use towards the NDC",
+                    year_of_use=2025,
+                    selections=[operator_pb2.BlockSelection(space=space, start=1, end=10)],
+                )
+            )
+        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "selections")
+        assert await snapshot(pair.chn) == before
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await chn.CancelUnits(
+                operator_pb2.CancelUnitsRequest(
+                    idempotency_key="cancel",
+                    source_account="CN-PO-0001",
+                    cancellation_account="CN-CAN-0001",
+                    authorization_id="CHN-A-0001",
+                    subtype="Other cancellations",
+                    selections=[operator_pb2.BlockSelection(space=space, start=11, end=20)],
+                )
+            )
+        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "selections")
+        assert await snapshot(pair.chn) == before
+
+        # Units with ITMO serials still leave, and the year's report is written.
+        accepted = await chn.ProposeTransfer(proposal_request(demo_block(), 1, 10, "stated"))
+    assert accepted.quantity == 10
+    year = dt.datetime.now(dt.UTC).year
+    await pair.chn.core.gateway.aef_report(year, version="1.0", submission_date=dt.date(year, 12, 31))  # not refused
+
+
+@pytest.mark.asyncio
+async def test_a_partners_proposal_of_units_whose_serials_restart_per_issuance_is_refused_and_nothing_recorded(
+    pair: Pair,
+) -> None:
+    block = await setup_accounts(pair)
+    crafter = await _next_crafter(pair)
+    proposal = _rogue_proposal(block, 500, 510, "per-issuance-from-partner")
+    proposal.blocks[0].space.CopyFrom(_per_issuance(500, 510).space)  # type: ignore[attr-defined]
+    decisions = await decisions_on_a_proposal_che_records_nothing_of(pair, crafter, proposal)
+    assert [(d.accepted, [ResponseCode(r.code) for r in d.rejections]) for d in decisions] == [
+        (False, [ResponseCode.INVALID_ARGUMENT])
+    ]
+    assert "ITMO serials" in decisions[0].rejections[0].message
