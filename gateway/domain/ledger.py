@@ -771,14 +771,29 @@ def check_first_transfers_open(locks: Sequence[LockedPeriod], entries: Iterable[
 
 
 def check_definition(authorization: Authorization, field: str) -> None:
-    """Refuse an authorization for NDC use alone whose first transfer is not the first international transfer:
-    the other definitions are for other international mitigation purposes (DESIGN.md section 2)."""
-    ndc_only = authorization.purposes == frozenset({Purpose.NDC})
-    if ndc_only and authorization.first_transfer_definition is not FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER:
+    """Refuse a first-transfer definition that does not fit the authorization's purposes: for NDC use alone it is
+    the first international transfer; for every other purpose (OIMP, IMP, OP, alone or with NDC) the authorization
+    decides among the other three (DESIGN.md section 2), which the AEF's "First transfer definition for OIMP"
+    column requires of it (`adapters.aef_columns`). A version is never changed, so one the report refuses would
+    leave the Authorizations table of every later report impossible to write."""
+    definition = authorization.first_transfer_definition
+    fit = FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER
+    if authorization.purposes == frozenset({Purpose.NDC}):
+        if definition is not fit:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"an authorization for NDC use alone is first transferred at the first international transfer, not"
+                f" at {definition.value!r}",
+                field=field,
+            )
+    elif definition is fit:
+        purposes = ", ".join(p.value for p in Purpose if p in authorization.purposes)
+        allowed = ", ".join(repr(d.value) for d in FirstTransferDefinition if d is not fit)
         raise GatewayError(
             ResponseCode.INVALID_ARGUMENT,
-            f"an authorization for NDC use alone is first transferred at the first international transfer, not at"
-            f" {authorization.first_transfer_definition.value!r}",
+            f"an authorization for {purposes} defines when its units are first transferred for other international"
+            f' mitigation purposes: one of {allowed} (the AEF\'s "First transfer definition for OIMP" requires'
+            f" one for every purpose but NDC alone); {fit.value!r} is the definition for NDC use alone",
             field=field,
         )
 

@@ -28,7 +28,7 @@ transfer): the entry's action type, subtype and purpose."""
     ("purposes", "definition"),
     [
         pytest.param(["NDC", "OIMP"], "Use or Cancellation", id="first-transfer-definition-changed"),
-        pytest.param(["OIMP"], "First international transfer", id="ndc-purpose-dropped"),
+        pytest.param(["OIMP"], "Authorisation", id="ndc-purpose-dropped"),
     ],
 )
 @pytest.mark.asyncio

@@ -146,7 +146,12 @@ def amend(key: str = KEY, **fields: object) -> operator_pb2.AmendAuthorizationRe
     auth.CopyFrom(DEMO_AUTHORIZATION)
     auth.version = "v2-bad"
     for name, value in fields.items():
-        setattr(auth, name, value)
+        if isinstance(value, list):
+            repeated = getattr(auth, name)
+            del repeated[:]
+            repeated.extend(value)
+        else:
+            setattr(auth, name, value)
     return operator_pb2.AmendAuthorizationRequest(idempotency_key=key, authorization=auth)
 
 
@@ -535,6 +540,26 @@ TABLE: list[Bad] = [
         lambda: authorization(first_transfer_definition=BIG),
         "authorization.first_transfer_definition",
     ),
+    # The first international transfer is the definition for NDC use alone: every other purpose needs one of the
+    # other three in the AEF's "First transfer definition for OIMP" column, and a version is never changed.
+    Bad(
+        "first_transfer_definition-fit-for-oimp",
+        "RegisterAuthorization",
+        lambda: authorization(purposes=["OIMP"], first_transfer_definition="First international transfer"),
+        "authorization.first_transfer_definition",
+    ),
+    Bad(
+        "first_transfer_definition-fit-for-ndc-and-op",
+        "RegisterAuthorization",
+        lambda: authorization(purposes=["NDC", "OP"], first_transfer_definition="First international transfer"),
+        "authorization.first_transfer_definition",
+    ),
+    Bad(
+        "first_transfer_definition-issuance-for-ndc-alone",
+        "RegisterAuthorization",
+        lambda: authorization(purposes=["NDC"], first_transfer_definition="Issuance"),
+        "authorization.first_transfer_definition",
+    ),
     Bad(
         "authorized_party-lowercase",
         "RegisterAuthorization",
@@ -864,6 +889,12 @@ TABLE: list[Bad] = [
     *bad_keys("AmendAuthorization", lambda k: amend(key=k)),
     Bad("metric-non-ghg", "AmendAuthorization", lambda: amend(metric="non-GHG"), "authorization.metric"),
     Bad("revoked-set", "AmendAuthorization", lambda: amend(revoked=True), "authorization.revoked"),
+    Bad(
+        "first_transfer_definition-fit-for-ndc-and-oimp",
+        "AmendAuthorization",
+        lambda: amend(purposes=["NDC", "OIMP"], first_transfer_definition="First international transfer"),
+        "authorization.first_transfer_definition",
+    ),
     Bad(
         "version-reused",
         "AmendAuthorization",

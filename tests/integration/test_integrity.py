@@ -229,6 +229,7 @@ async def test_units_tied_here_come_back_only_for_a_purpose_their_authorization_
     copy.CopyFrom(DEMO_AUTHORIZATION)
     del copy.purposes[:]
     copy.purposes.append("OIMP")
+    copy.first_transfer_definition = "Use or Cancellation"  # the first international transfer is for NDC alone
     back = proposal_request(block, 1, 100, "back")
     back.source_account = "CH-PH-0001"
     back.acquiring_account.party, back.acquiring_account.account_id = "CHN", "CN-PO-0001"
@@ -287,6 +288,7 @@ async def test_units_first_transferred_under_a_version_come_back_for_its_purpose
     amended.version, amended.date = "2.0", dt.date.today().isoformat()
     del amended.purposes[:]
     amended.purposes.append("OIMP")
+    amended.first_transfer_definition = "Use or Cancellation"  # the first international transfer is for NDC alone
     back = proposal_request(block, 1, 100, "back")
     back.source_account = "CH-PH-0001"
     back.acquiring_account.party, back.acquiring_account.account_id = "CHN", "CN-PO-0001"

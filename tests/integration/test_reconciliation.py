@@ -174,8 +174,10 @@ async def frozen(node: GatewayNode, start: int, end: int) -> list[str]:
 async def test_a_first_transfer_for_another_purpose_than_its_authorization_s_first_is_consistent(
     tmp_path: Path,
 ) -> None:
-    """A first transfer is booked under its authorization's NDC purpose while the acquiring side books the
-    transfer's own purpose (OIMP here): reconciliation compares the transfer's purpose on both sides."""
+    """A first transfer is booked under its authorization's NDC purpose while the transfer, and the acquiring
+    side, book the transfer's own purpose (OIMP here): reconciliation compares the transfer's purpose on both
+    sides. (An authorization for NDC and OIMP defines another first transfer than the international transfer:
+    here its authorisation, booked in the transfer's action.)"""
     pair = await start_pair(tmp_path)
     try:
         await setup_accounts(pair)
@@ -183,6 +185,7 @@ async def test_a_first_transfer_for_another_purpose_than_its_authorization_s_fir
         both.CopyFrom(DEMO_AUTHORIZATION)
         both.authorization_id = "CHN-A-0002"
         both.purposes[:] = ["NDC", "OIMP"]
+        both.first_transfer_definition = "Authorisation"  # the first international transfer is for NDC alone
         async with operator(pair.chn) as chn:
             await chn.RegisterAuthorization(
                 operator_pb2.RegisterAuthorizationRequest(idempotency_key="both", authorization=both)
@@ -199,9 +202,12 @@ async def test_a_first_transfer_for_another_purpose_than_its_authorization_s_fir
         booked = {}
         for node in (pair.chn, pair.che):
             async with node.store.read() as tx:
-                (entry,) = await tx.ledger_of_action(proposed.transfer_id)
-            booked[node.party] = (entry.action_type, entry.purpose.value)
-        assert booked == {"CHN": (ActionType.FIRST_TRANSFER, "NDC"), "CHE": (ActionType.ACQUISITION, "OIMP")}
+                entries = await tx.ledger_of_action(proposed.transfer_id)
+            booked[node.party] = [(e.action_type, e.purpose.value) for e in entries]
+        assert booked == {
+            "CHN": [(ActionType.FIRST_TRANSFER, "NDC"), (ActionType.TRANSFER, "OIMP")],
+            "CHE": [(ActionType.ACQUISITION, "OIMP")],
+        }
         for requester in (pair.chn, pair.che):
             run, kept = await both_sides(pair, requester, f"from-{requester.party}")
             assert (run.status, kept.status) == (Status.CONSISTENT, Status.CONSISTENT), run.detail

@@ -744,7 +744,7 @@ async def amend(world: World, party: str) -> None:
         intended = dataclasses.replace(
             changed, version=label, date=date, revoked=False, note=f"simulated amendment: {what}"
         )
-        if _ndc_alone_otherwise(intended):
+        if _definition_misfits(intended):
             expected.add(ResponseCode.INVALID_ARGUMENT)
         request = operator_pb2.AmendAuthorizationRequest(
             idempotency_key=f"amend-{rng.getrandbits(48)}", authorization=wire.authorization_to_proto(intended)
@@ -831,7 +831,16 @@ async def _amended(
         others = [s for s in AEF_PURPOSE_SETS if s != latest.purposes]
         purposes = rng.choice(others)
         change = f"purposes {', '.join(p.value for p in Purpose if p in purposes)}"
-        return dataclasses.replace(latest, purposes=purposes), change
+        changed = dataclasses.replace(latest, purposes=purposes)
+        if _definition_misfits(changed) and rng.random() < 0.8:
+            # Mostly with the definition the new purposes take (else refused, `_definition_misfits`).
+            fit = FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER
+            definition = (
+                fit if purposes == {Purpose.NDC} else rng.choice([d for d in FirstTransferDefinition if d != fit])
+            )
+            changed = dataclasses.replace(changed, first_transfer_definition=definition)
+            change += f", first transfer at {definition.value}"
+        return changed, change
     if kind == "validity":
         if rng.random() < 0.5:
             # Expiring on or after its date, soon: already, for some versions dated in the past.
@@ -845,13 +854,13 @@ async def _amended(
     return dataclasses.replace(latest, first_transfer_definition=definition), f"first transfer at {definition.value}"
 
 
-def _ndc_alone_otherwise(authorization: Authorization) -> bool:
-    """An authorization for NDC use alone whose first transfer is not the first international transfer: the
-    other definitions are for other international mitigation purposes (DESIGN.md section 2), so it is refused."""
-    return (
-        authorization.purposes == frozenset({Purpose.NDC})
-        and authorization.first_transfer_definition is not FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER
-    )
+def _definition_misfits(authorization: Authorization) -> bool:
+    """An authorization whose first-transfer definition does not fit its purposes, so it is refused: the first
+    international transfer is the definition for NDC use alone, and the other three are for every other purpose
+    (DESIGN.md section 2), which the AEF's "First transfer definition for OIMP" column requires."""
+    ndc_alone = authorization.purposes == frozenset({Purpose.NDC})
+    fit = authorization.first_transfer_definition is FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER
+    return ndc_alone != fit
 
 
 async def _blocks_at(world: World, party: str, *statuses: BlockStatus) -> list[Any]:

@@ -60,14 +60,16 @@ OWN_SPACES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 AUTHORIZATIONS: dict[str, tuple[tuple[str, ...], str, int]] = {
-    "AUTH": (("NDC", "OIMP"), "First international transfer", 6000),
+    "AUTH": (("NDC",), "First international transfer", 6000),
     "AUTH-LATER": (("NDC",), "First international transfer", 6000),
     "AUTH-UC": (("OIMP",), "Use or Cancellation", 4000),
     "AUTH-ISS": (("NDC", "OIMP"), "Issuance", 4000),
 }
 """Each issuing Party's authorizations, by ID suffix (``CHN-AUTH``, ...): purposes, first-transfer definition and
 authorized quantity. Every gateway registers every Party's, so that onward transfers, uses and cancellations can
-name them. ``AUTH-LATER`` is dated after the simulation's days: nothing may act under it."""
+name them. ``AUTH-LATER`` is dated after the simulation's days: nothing may act under it. The first international
+transfer is the definition for NDC use alone; authorizations for other purposes define another
+(``AUTH-UC``, ``AUTH-ISS``)."""
 
 START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 DEADLINES = Deadlines(hold=dt.timedelta(minutes=40), decision=dt.timedelta(minutes=90))
