@@ -468,6 +468,20 @@ def delivered_form(
     return block.with_tie(transferring_party, terms_approach, terms_authorization, first_transferred=True)
 
 
+def untraceable(block: UnitBlock) -> str | None:
+    """Why ``block``, as it would be credited (`delivered_form`, `with_own_tie`), is refused: first transferred
+    with no tie, so its first transferring Party, cooperative approach and authorization are unknown. The AEF
+    names them in every action's row, and entries never change: its Acquisition entry would leave that year's
+    report, and every later one, impossible to write."""
+    if block.first_transferred and not block.tied:
+        return (
+            f"{block.describe()} is sent as first transferred but without its tie (first transferring Party,"
+            " cooperative approach and authorization ID), and no record here gives them: the AEF report names them"
+            " for every action, so the units are not taken in; the transferring gateway must send the tie"
+        )
+    return None
+
+
 def with_own_tie(block: UnitBlock, history: Sequence[LedgerEntry]) -> UnitBlock:
     """``block``, sent without a tie, with the tie of ``history`` (this Party's own entries of the same units)
     and first transferred if they record its first transfer; `check_own_history` then checks the result."""

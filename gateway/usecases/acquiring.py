@@ -16,6 +16,7 @@ from gateway.domain.ledger import (
     check_own_history,
     delivered_form,
     record_arrival,
+    untraceable,
     with_own_tie,
 )
 from gateway.domain.protocol import MAX_REJECTION_BLOCKS, Rejection, Verdict, check_acquisition, validate_terms
@@ -248,7 +249,7 @@ class Acquiring(GatewayBase):
             block = with_own_tie(block, history)
         else:
             block = delivered_form(block, terms.transferring_party, terms.authorization_id, terms.cooperative_approach)
-        return block, check_own_history(block, self.party, history)
+        return block, untraceable(block) or check_own_history(block, self.party, history)
 
     async def _acquire(self, tx: Transaction, transfer: Transfer) -> None:
         credited = await self._credit(tx, transfer)

@@ -282,6 +282,30 @@ async def test_two_selections_from_one_held_block_split_it_once_each(pair: Pair)
 
 
 @pytest.mark.asyncio
+async def test_a_proposal_of_units_first_transferred_without_their_tie_is_refused_and_nothing_recorded(
+    pair: Pair,
+) -> None:
+    """Units sent as first transferred with no tie, which no record here gives: their first transferring Party,
+    cooperative approach and authorization are unknown, and their Acquisition entry, which the AEF report must
+    name them in, left that year's report and every later one impossible to write."""
+    block = await setup_accounts(pair)
+    crafter = await _next_crafter(pair)
+    proposal = _rogue_proposal(block, 500, 510, "first-transferred-untied")
+    proposal.blocks[0].first_transferred = True  # type: ignore[attr-defined]
+    held_before = (await snapshot(pair.che))[1:3]
+    payload, _ = crafter.statement(proposal=proposal)
+    assert (await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
+    await settle(pair.chn, pair.che)
+    async with pair.che.store.read() as tx:
+        refused = await tx.get_transfer("first-transferred-untied")
+    assert refused is not None
+    assert [(r.code, "without its tie" in r.message) for r in refused.rejections] == [
+        (ResponseCode.PROVENANCE_REFUSED, True)
+    ]
+    assert (await snapshot(pair.che))[1:3] == held_before  # no block and no ledger entry of it at CHE
+
+
+@pytest.mark.asyncio
 async def test_a_proposal_with_unreadable_terms_is_answered_with_a_rejection_and_nothing_recorded(pair: Pair) -> None:
     block = await setup_accounts(pair)
     await transfer(pair, block, 1, 10, "t1")
