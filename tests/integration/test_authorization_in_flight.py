@@ -24,6 +24,17 @@ FIRST_TRANSFER_ABROAD = ("First transfer", "First transfer to another Party", "N
 transfer): the entry's action type, subtype and purpose."""
 
 
+def _amendment(purposes: list[str], definition: str) -> records_pb2.Authorization:
+    """The demo authorization's version 2.0, dated today, for ``purposes`` with ``definition``."""
+    amended = records_pb2.Authorization()
+    amended.CopyFrom(DEMO_AUTHORIZATION)
+    amended.version, amended.date = "2.0", dt.datetime.now(dt.UTC).date().isoformat()
+    del amended.purposes[:]
+    amended.purposes.extend(purposes)
+    amended.first_transfer_definition = definition
+    return amended
+
+
 @pytest.mark.parametrize(
     ("purposes", "definition"),
     [
@@ -41,12 +52,7 @@ async def test_an_amendment_recorded_while_a_transfer_waits_changes_nothing_for_
         async with operator(pair.chn) as chn, operator(pair.che) as che:
             proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "t-waits"))
             await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
-            amended = records_pb2.Authorization()
-            amended.CopyFrom(DEMO_AUTHORIZATION)
-            amended.version, amended.date = "2.0", dt.datetime.now(dt.UTC).date().isoformat()
-            del amended.purposes[:]
-            amended.purposes.extend(purposes)
-            amended.first_transfer_definition = definition
+            amended = _amendment(purposes, definition)
             await chn.AmendAuthorization(
                 operator_pb2.AmendAuthorizationRequest(idempotency_key="amend", authorization=amended)
             )
@@ -64,16 +70,6 @@ async def test_an_amendment_recorded_while_a_transfer_waits_changes_nothing_for_
             assert booked == [FIRST_TRANSFER_ABROAD], "CHN books the units as the Proposal delivered them"
     finally:
         await pair.stop()
-
-
-def _amendment(purposes: list[str], definition: str) -> records_pb2.Authorization:
-    amended = records_pb2.Authorization()
-    amended.CopyFrom(DEMO_AUTHORIZATION)
-    amended.version, amended.date = "2.0", dt.datetime.now(dt.UTC).date().isoformat()
-    del amended.purposes[:]
-    amended.purposes.extend(purposes)
-    amended.first_transfer_definition = definition
-    return amended
 
 
 @pytest.mark.parametrize(
