@@ -198,6 +198,7 @@ def _check_tie(msg: records_pb2.UnitBlock, field: str) -> None:
             f"{text.quoted(approach)} is not a cooperative approach ID: CA followed by 4 ASCII digits",
         )
     text.check_identifier(authorization, f"{field}.authorization_id", what="authorization ID")
+    text.check_not_na(authorization, f"{field}.authorization_id")  # the AEF would read it as no authorization
 
 
 def check_serials(start: int, end: int, field: str) -> None:
@@ -580,6 +581,8 @@ def proposal_from_proto(msg: partner_pb2.Proposal, nomenclature: Nomenclature) -
             raise _invalid(f"{field}.{side}.party", f"{text.quoted(ref.party)} is not an ISO 3166-1 alpha-3 Party code")
         text.check_identifier(ref.account_id, f"{field}.{side}.account_id", what="account ID")
     text.check_identifier(msg.authorization_id, f"{field}.authorization_id", what="authorization ID")
+    # Untied blocks are credited tied to it (`gateway.domain.ledger.delivered_form`): the AEF reads NA as none.
+    text.check_not_na(msg.authorization_id, f"{field}.authorization_id")
     purpose: Purpose = parse_purpose(msg.purpose, field=f"{field}.purpose")
     reader = BlockReader(nomenclature)
     return TransferTerms(

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from adapters.aef_codec import render_row
 from adapters.aef_columns import Table
 from adapters.context import MappingContext
-from carbon_gateway.v1 import records_pb2
+from carbon_gateway.v1 import partner_pb2, records_pb2
 from gateway import wire
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.errors import GatewayError
@@ -33,7 +33,7 @@ from gateway.domain.ledger import (
 )
 from gateway.domain.mapping import Problem
 from gateway.domain.nomenclature import IssuingRegistry, Nomenclature
-from gateway.domain.protocol import check_itmo_serials, check_mitigation_type
+from gateway.domain.protocol import check_itmo_serials, check_mitigation_type, validate_terms
 from gateway.domain.records import FirstTransferDefinition, LedgerEntry, Purpose
 from gateway.usecases.authorizations import check_revocation, revoking_version
 from gateway.usecases.reporting import _Rows, aef_authorization
@@ -182,7 +182,14 @@ BLOCK_OTHER: dict[str, Sequence[object]] = {
     "end": [1001, 2**63 - 1, 2**63 - 2],
     "vintage": [0, 1, 999, 1000, 9999, 10000, 2031, 2020],
     "mitigation_type": ["", "removals", "Emission reductions", "Emission reductions and removals", "NA"],
-    "tie": [("CHN", "CA0001", "CHN-A-1"), ("ZZZ", "CA0001", "CHN-A-1"), ("CHE", "CA0001", "CHN-A-1")],
+    "tie": [
+        ("CHN", "CA0001", "CHN-A-1"),
+        ("ZZZ", "CA0001", "CHN-A-1"),
+        ("CHE", "CA0001", "CHN-A-1"),
+        ("CHE", "CA0001", "NA"),
+        ("CHE", "NA", "CHE-A-1"),
+        ("NA", "CA0001", "CHE-A-1"),
+    ],
     "first_transferred": [True],
 }
 
@@ -205,27 +212,45 @@ def _blocks(draw: st.DrawFn) -> records_pb2.UnitBlock:
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_blocks())
+@given(_blocks(), st.sampled_from(["CHE-A-1", "NA", " NA"]), st.sampled_from(["CA0001", "NA"]))
 def test_every_block_the_api_or_a_partner_moves_into_the_ledger_the_aef_report_writes(
-    msg: records_pb2.UnitBlock,
+    msg: records_pb2.UnitBlock, terms_authorization: str, terms_approach: str
 ) -> None:
     """A block taken in and passing the checks of its door to the ledger gives Actions and Holdings rows the
-    report writes: a partner's Proposal block (`validate_terms`, then credited as `delivered_form` makes it unless
-    `untraceable`), and an operator's registration (untied, not first transferred), moved abroad."""
+    report writes: a partner's Proposal (`proposal_from_proto` and `validate_terms`, its blocks credited as
+    `delivered_form` makes them unless `untraceable`), and an operator's registration (untied, not first
+    transferred), moved abroad."""
+    problems: list[Problem] = []
+    rows = _Rows("CHN01", "AR5", {}, problems)
+    recorded: list[LedgerEntry] = []
+    held: list[UnitBlock] = []
+    proposal = partner_pb2.Proposal(
+        transfer_id="t-1",
+        blocks=[msg],
+        source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PO-1"),
+        acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PH-1"),
+        cooperative_approach=terms_approach,
+        authorization_id=terms_authorization,
+        purpose="NDC",
+        adjustment_method="single-year averaging",
+    )
+    try:
+        terms = wire.proposal_from_proto(proposal, _NOMENCLATURE)
+        validate_terms(terms)
+    except GatewayError:
+        pass
+    else:
+        [block] = terms.blocks
+        arriving = delivered_form(block, terms.transferring_party, terms.authorization_id, terms.cooperative_approach)
+        if untraceable(arriving) is None:
+            recorded.append(record_arrival(_context("CHE", "CHN"), arriving))
+            held.append(arriving)
     try:
         block = wire.block_from_proto(msg, "block", _NOMENCLATURE)
         check_mitigation_type(block, "block.mitigation_type")
         check_itmo_serials(block, "block.space.issuance")
     except GatewayError:
         return
-    problems: list[Problem] = []
-    rows = _Rows("CHN01", "AR5", {}, problems)
-    recorded: list[LedgerEntry] = []
-    held: list[UnitBlock] = []
-    arriving = delivered_form(block, "CHE", _AUTHORIZATION.authorization_id, _AUTHORIZATION.cooperative_approach)
-    if untraceable(arriving) is None:
-        recorded.append(record_arrival(_context("CHE", "CHN"), arriving))
-        held.append(arriving)
     if not block.tied and not block.first_transferred:  # what RegisterIssuance takes in
         departure = record_departure(_context("CHN", "CHE"), block, _AUTHORIZATION)
         recorded.extend(departure.entries)
