@@ -93,9 +93,12 @@ class Retiring(Initiating):
             await self._reserve(tx, request.source_account, request.selections, action_id)
             reserved = await tx.blocks_of_transfer(action_id, BlockStatus.RESERVED)
             # What no authorization can make reportable is refused first: these units never enter the ledger.
+            # Tied units are in it already (tied before these checks existed): a use or cancellation is how they
+            # leave the holdings, which every later report lists.
             for stored in reserved:
-                check_mitigation_type(stored.block, "selections")
-                check_itmo_serials(stored.block, "selections")
+                if not stored.block.tied:
+                    check_mitigation_type(stored.block, "selections")
+                    check_itmo_serials(stored.block, "selections")
             named = await self._named_authorization(tx, request, now.date())
             entries: list[LedgerEntry] = []
             newly_tied = 0

@@ -22,6 +22,7 @@ import pytest_asyncio
 from carbon_gateway.v1 import operator_pb2, records_pb2
 from gateway.demo import DEMO_LEDGER, Pair, demo_block
 from gateway.domain.errors import ResponseCode
+from gateway.domain.mapping import RecordRejected
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
 from gateway.harness import start_network
 from gateway.rpc.errors import read_error_detail
@@ -183,3 +184,51 @@ async def test_a_partners_proposal_of_units_whose_serials_restart_per_issuance_i
         (False, [ResponseCode.INVALID_ARGUMENT])
     ]
     assert "ITMO serials" in decisions[0].rejections[0].message
+
+
+@pytest.mark.asyncio
+async def test_units_tied_before_the_check_existed_are_cancelled_out_of_every_later_years_holdings(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway without `check_itmo_serials` tied units whose serials restart per issuance: they are in the
+    ledger, and every later year's Holdings table lists them, which the report refuses. Refusing their
+    cancellation too left them there for good; cancelled, they leave the holdings of every later year."""
+    from gateway.usecases import registration
+
+    await setup_accounts(pair)
+    async with operator(pair.chn) as chn:
+        await chn.OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key="open-can",
+                account=records_pb2.Account(
+                    account_id="CN-CAN-0001", holder_name="Registry", account_type="cancellation"
+                ),
+            )
+        )
+        with monkeypatch.context() as earlier:  # the gateway as it was before the check
+            earlier.setattr(registration, "check_itmo_serials", lambda block, field: None)
+            tied = await chn.RegisterIssuance(
+                operator_pb2.RegisterIssuanceRequest(
+                    idempotency_key="tied-earlier",
+                    account_id="CN-PO-0001",
+                    block=_per_issuance(1, 100),
+                    authorization_id="CHN-A-0001",
+                )
+            )
+        assert tied.block.authorization_id == "CHN-A-0001"
+        year = dt.datetime.now(dt.UTC).year
+        with pytest.raises(RecordRejected, match="serials restarting per issuance"):
+            await pair.chn.core.gateway.aef_report(year + 1, version="1.0", submission_date=dt.date(year + 1, 12, 31))
+        await chn.CancelUnits(
+            operator_pb2.CancelUnitsRequest(
+                idempotency_key="cancel-earlier",
+                source_account="CN-PO-0001",
+                cancellation_account="CN-CAN-0001",
+                authorization_id="CHN-A-0001",
+                subtype="Other cancellations",
+                selections=[operator_pb2.BlockSelection(space=tied.block.space, start=1, end=100)],
+            )
+        )
+    # The year they were tied and cancelled in keeps its rows; the next year holds none of them.
+    later = await pair.chn.core.gateway.aef_report(year + 1, version="1.0", submission_date=dt.date(year + 1, 12, 31))
+    assert later.holdings == ()
