@@ -94,8 +94,15 @@ def validate_terms(terms: TransferTerms) -> None:
             blocks=(first, second),
         )
     for index, block in enumerate(terms.blocks):
-        check_mitigation_type(block, f"blocks[{index}].mitigation_type")
-        check_itmo_serials(block, f"blocks[{index}].space.issuance")
+        check_enters_ledger(block, f"blocks[{index}]")
+
+
+def check_enters_ledger(block: UnitBlock, field: str) -> None:
+    """Refuse ``block`` as the block of a ledger entry unless the AEF report can write it: with an AEF mitigation
+    type (`check_mitigation_type`) and serials that serve as ITMO serials (`check_itmo_serials`). ``field`` names
+    the block; the refusal names its ``mitigation_type`` or ``space.issuance``."""
+    check_mitigation_type(block, f"{field}.mitigation_type")
+    check_itmo_serials(block, f"{field}.space.issuance")
 
 
 _MITIGATION_TYPES = frozenset(m.value for m in MitigationType)

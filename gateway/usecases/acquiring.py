@@ -19,7 +19,14 @@ from gateway.domain.ledger import (
     untraceable,
     with_own_tie,
 )
-from gateway.domain.protocol import MAX_REJECTION_BLOCKS, Rejection, Verdict, check_acquisition, validate_terms
+from gateway.domain.protocol import (
+    MAX_REJECTION_BLOCKS,
+    Rejection,
+    Verdict,
+    check_acquisition,
+    check_enters_ledger,
+    validate_terms,
+)
 from gateway.domain.ranges import Range
 from gateway.domain.records import Authorization, TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
@@ -160,6 +167,16 @@ class Acquiring(GatewayBase):
                     blocks=[frozen[0]],
                 )
             if accept:
+                for index, block in enumerate(transfer.terms.blocks):
+                    try:
+                        check_enters_ledger(block, f"blocks[{index}]")
+                    except GatewayError as exc:  # held by a version before the check
+                        raise GatewayError(
+                            exc.code,
+                            f"{exc.message}. The proposal was held before this was checked: reject it",
+                            field="accept",
+                            blocks=exc.blocks,
+                        ) from None
                 transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
                 await self._send_decision(tx, transfer, accepted=True, rejections=())
             else:

@@ -10,6 +10,7 @@ partner's), a registration under an authorization, a use or a cancellation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -20,13 +21,14 @@ import pytest
 import pytest_asyncio
 
 from carbon_gateway.v1 import operator_pb2, records_pb2
-from gateway.demo import DEMO_LEDGER, Pair, demo_block
+from gateway.demo import DEMO_LEDGER, Pair, demo_block, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.domain.mapping import RecordRejected
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
+from gateway.domain.protocol import ACCEPT_ALL, DecisionPolicy
 from gateway.harness import start_network
 from gateway.rpc.errors import read_error_detail
-from tests.integration.harness import operator, proposal_request, setup_accounts, snapshot
+from tests.integration.harness import TERMINAL, operator, proposal_request, setup_accounts, snapshot
 from tests.integration.test_transfer import (
     _next_crafter,
     _rogue_proposal,
@@ -45,10 +47,24 @@ NOMENCLATURE = Nomenclature.of(
 @pytest_asyncio.fixture
 async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     """CHN and CHE, both knowing the per-issuance registry, with what the AEF report needs configured."""
+    async with _pair(tmp_path, ACCEPT_ALL) as started:
+        yield started
+
+
+@pytest_asyncio.fixture
+async def holding_pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """The same, with CHE holding every proposal for its operator."""
+    async with _pair(tmp_path, DecisionPolicy()) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def _pair(tmp_path: Path, policy: DecisionPolicy) -> AsyncIterator[Pair]:
     ledger = dataclasses.replace(DEMO_LEDGER, gwp_values="AR5")
     network = await start_network(
         tmp_path,
         ("CHN", "CHE"),
+        policy=policy,
         nomenclature=NOMENCLATURE,
         ledger=lambda party: dataclasses.replace(ledger, party_registry=f"{party}01"),
     )
@@ -232,3 +248,70 @@ async def test_units_tied_before_the_check_existed_are_cancelled_out_of_every_la
     # The year they were tied and cancelled in keeps its rows; the next year holds none of them.
     later = await pair.chn.core.gateway.aef_report(year + 1, version="1.0", submission_date=dt.date(year + 1, 12, 31))
     assert later.holdings == ()
+
+
+async def _held_before_the_check(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A proposal of per-issuance units that a version without `check_itmo_serials` made, and CHE holds."""
+    from gateway.domain import protocol
+
+    await setup_accounts(pair)
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        with monkeypatch.context() as earlier:
+            earlier.setattr(protocol, "check_itmo_serials", lambda block, field: None)
+            held = await chn.RegisterIssuance(
+                operator_pb2.RegisterIssuanceRequest(
+                    idempotency_key="held", account_id="CN-PO-0001", block=_per_issuance(1, 100)
+                )
+            )
+            proposed = await chn.ProposeTransfer(proposal_request(held.block, 1, 10, "before-the-check"))
+            await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+    return proposed.transfer_id
+
+
+@pytest.mark.asyncio
+async def test_a_proposal_held_before_the_check_cannot_be_accepted_and_is_rejected_instead(
+    holding_pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pair = holding_pair
+    transfer_id = await _held_before_the_check(pair, monkeypatch)
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await che.DecideTransfer(
+                operator_pb2.DecideTransferRequest(idempotency_key="accept", transfer_id=transfer_id, accept=True)
+            )
+        code, field, message = _refusal(caught.value)
+        assert (code, field) == (ResponseCode.INVALID_ARGUMENT, "accept")
+        assert "ITMO serials" in message and "reject it" in message
+        await che.DecideTransfer(
+            operator_pb2.DecideTransferRequest(idempotency_key="reject", transfer_id=transfer_id, accept=False)
+        )
+        assert (await wait_for_state(chn, transfer_id, TERMINAL)).state == records_pb2.REJECTED
+        assert (await wait_for_state(che, transfer_id, TERMINAL)).state == records_pb2.REJECTED
+        held = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001"))).holdings
+    assert any(h.block.space.issuance == "ISS-1" and (h.block.start, h.block.end) == (1, 100) for h in held)
+    for node in (pair.chn, pair.che):
+        async with node.store.read() as tx:
+            assert [e for e in await tx.list_ledger() if e.transfer_id == transfer_id] == []
+
+
+@pytest.mark.asyncio
+async def test_a_transfer_accepted_before_the_check_is_cancelled_at_completion_and_its_units_stay_home(
+    holding_pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.usecases import acquiring
+
+    pair = holding_pair
+    transfer_id = await _held_before_the_check(pair, monkeypatch)
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        with monkeypatch.context() as earlier:  # CHE accepts as a version before the check did
+            earlier.setattr(acquiring, "check_enters_ledger", lambda block, field: None)
+            await che.DecideTransfer(
+                operator_pb2.DecideTransferRequest(idempotency_key="accept", transfer_id=transfer_id, accept=True)
+            )
+            assert (await wait_for_state(chn, transfer_id, TERMINAL)).state == records_pb2.CANCELLED
+        assert (await wait_for_state(che, transfer_id, TERMINAL)).state == records_pb2.CANCELLED
+        held = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001"))).holdings
+    assert sum(h.block.end - h.block.start + 1 for h in held if h.block.space.issuance == "ISS-1") == 100
+    for node in (pair.chn, pair.che):
+        async with node.store.read() as tx:
+            assert [e for e in await tx.list_ledger() if e.transfer_id == transfer_id] == []
