@@ -41,7 +41,7 @@ from adapters.base import AdapterInfo, RawRecord, Rendered, schemas
 from adapters.context import MappingContext
 from adapters.serials.itmo import first_last_id_formatter
 from gateway.domain.blocks import MAX_SERIAL, UnitBlock
-from gateway.domain.canonical import ActionHeader, AefAction, AefHolding, AefReport, MitigationType
+from gateway.domain.canonical import ActionHeader, AefAction, AefAuthorization, AefHolding, AefReport, MitigationType
 from gateway.domain.mapping import IssueCode, MappingIssue, Problem, RecordRejected
 
 FORMATS = ("csv", "xlsx")
@@ -380,10 +380,22 @@ class _Rows:
             try:
                 add(row(record))
             except RecordRejected as rejected:
+                which = _which(record)
                 problems.extend(
-                    Problem(f"{self.table.value}[{index}].{p.field}", p.message, p.code) for p in rejected.problems
+                    Problem(f"{self.table.value}[{index}].{p.field}", f"{p.message}{which}", p.code)
+                    for p in rejected.problems
                 )
         return out
+
+
+def _which(record: object) -> str:
+    """What the gateway's own records call the row's source, for an operator to find it: its position in the
+    table alone does not say."""
+    if isinstance(record, AefAuthorization):
+        return f" (authorization {record.authorization_id!r} version {record.version!r})"
+    if isinstance(record, AefAction | AefHolding):
+        return f" (ITMO serials {record.itmo_first_serial}-{record.itmo_last_serial})"
+    return ""
 
 
 _ACTION_PART = attrgetter(*(name for name in ActionHeader.__dataclass_fields__ if name != "action_date"))

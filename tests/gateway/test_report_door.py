@@ -10,9 +10,11 @@ through the report's own row builder and renderer, which reads each row back.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -273,3 +275,19 @@ def _context(transferring: str, acquiring: str) -> ActionContext:
         transferring_party=transferring,
         acquiring_party=acquiring,
     )
+
+
+def test_a_version_the_report_cannot_write_is_named_by_its_authorization_and_version() -> None:
+    """A version recorded before the doors refused it (no activity type) blocks the report: the refusal names
+    the version as ListAuthorizations shows it, not only its row's position in the table."""
+    from adapters import aef
+    from gateway.domain.canonical import AefReport
+    from gateway.domain.mapping import RecordRejected
+
+    earlier = dataclasses.replace(_AUTHORIZATION, version="1.1", activity_types=())
+    rows = [aef_authorization(a, "AR5", []) for a in (_AUTHORIZATION, earlier)]
+    with pytest.raises(RecordRejected) as refused:
+        aef.write_workbook(AefReport(authorizations=tuple(r for r in rows if r is not None)))
+    [problem] = refused.value.problems
+    assert problem.field == "Authorizations[2].Activity type(s)"
+    assert "(authorization 'CHN-A-1' version '1.1')" in problem.message
