@@ -746,6 +746,9 @@ async def amend(world: World, party: str) -> None:
         )
         if _definition_misfits(intended):
             expected.add(ResponseCode.INVALID_ARGUMENT)
+        if intended.expires is not None and intended.expires < date:
+            # Dated after the validity it repeats ends: a version never expires before its date (README, "Limits").
+            expected.add(ResponseCode.INVALID_ARGUMENT)
         request = operator_pb2.AmendAuthorizationRequest(
             idempotency_key=f"amend-{rng.getrandbits(48)}", authorization=wire.authorization_to_proto(intended)
         )
