@@ -93,7 +93,12 @@ def validate_terms(terms: TransferTerms) -> None:
             field="blocks",
             blocks=(first, second),
         )
-    for index, block in enumerate(terms.blocks):
+    check_blocks_enter_ledger(terms.blocks)
+
+
+def check_blocks_enter_ledger(blocks: Sequence[UnitBlock]) -> None:
+    """`check_enters_ledger` for each of a transfer's blocks, named ``blocks[i]``."""
+    for index, block in enumerate(blocks):
         check_enters_ledger(block, f"blocks[{index}]")
 
 

@@ -333,7 +333,6 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         self, request: operator_pb2.RevokeAuthorizationRequest, context: Context[object, object]
     ) -> records_pb2.Authorization:
         text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID")
-        text.check_identifier(request.version, "version", what="version")
         date = wire.parse_date(request.date, "date")
         idem = _idempotency("RevokeAuthorization", request, request.idempotency_key)
         revoked = await self.gateway.revoke_authorization(

@@ -24,7 +24,7 @@ from gateway.domain.protocol import (
     Rejection,
     Verdict,
     check_acquisition,
-    check_enters_ledger,
+    check_blocks_enter_ledger,
     validate_terms,
 )
 from gateway.domain.ranges import Range
@@ -167,16 +167,15 @@ class Acquiring(GatewayBase):
                     blocks=[frozen[0]],
                 )
             if accept:
-                for index, block in enumerate(transfer.terms.blocks):
-                    try:
-                        check_enters_ledger(block, f"blocks[{index}]")
-                    except GatewayError as exc:  # held by a version before the check
-                        raise GatewayError(
-                            exc.code,
-                            f"{exc.message}. The proposal was held before this was checked: reject it",
-                            field="accept",
-                            blocks=exc.blocks,
-                        ) from None
+                try:
+                    check_blocks_enter_ledger(transfer.terms.blocks)
+                except GatewayError as exc:  # held by a version before the check
+                    raise GatewayError(
+                        exc.code,
+                        f"{exc.message}. The proposal was held before this was checked: reject it",
+                        field="accept",
+                        blocks=exc.blocks,
+                    ) from None
                 transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
                 await self._send_decision(tx, transfer, accepted=True, rejections=())
             else:

@@ -17,7 +17,7 @@ from gateway.domain.ledger import ActionContext, check_first_transfers_open, rec
 from gateway.domain.protocol import (
     Rejection,
     check_authorization,
-    check_enters_ledger,
+    check_blocks_enter_ledger,
     parse_adjustment_method,
     parse_purpose,
     validate_terms,
@@ -378,7 +378,7 @@ class Initiating(GatewayBase):
 
         Units frozen by a reconciliation discrepancy since they were reserved do not leave, nor do units whose
         vintage an operator locked since then, if this transfer is their first transfer, nor units proposed by a
-        version that let in what the AEF report cannot write (`check_enters_ledger`): the transfer is cancelled
+        version that let in what the AEF report cannot write (`check_blocks_enter_ledger`): the transfer is cancelled
         instead (the acquiring side adopts the cancellation even after its acceptance)."""
         frozen = await self._frozen_among(tx, transfer.terms.blocks)
         if frozen is not None:
@@ -388,13 +388,12 @@ class Initiating(GatewayBase):
             )
             log.warning("transfer %s cancelled: its units were frozen by run %s", transfer.transfer_id, run_id)
             return
-        for index, block in enumerate(transfer.terms.blocks):
-            try:
-                check_enters_ledger(block, f"blocks[{index}]")
-            except GatewayError as exc:  # proposed by a version before the check: the units stay home
-                await self._cancel_waiting(tx, transfer, f"its units cannot enter the ledger: {exc.message}")
-                log.warning("transfer %s cancelled: %s", transfer.transfer_id, exc.message)
-                return
+        try:
+            check_blocks_enter_ledger(transfer.terms.blocks)
+        except GatewayError as exc:  # proposed by a version before the check: the units stay home
+            await self._cancel_waiting(tx, transfer, f"its units cannot enter the ledger: {exc.message}")
+            log.warning("transfer %s cancelled: %s", transfer.transfer_id, exc.message)
+            return
         authorization = await self._proposed_under(tx, transfer)
         context = self._departure_context(transfer.transfer_id, transfer.terms, self.clock())
         entries = [e for b in transfer.terms.blocks for e in record_departure(context, b, authorization).entries]

@@ -304,7 +304,7 @@ async def test_a_transfer_accepted_before_the_check_is_cancelled_at_completion_a
     transfer_id = await _held_before_the_check(pair, monkeypatch)
     async with operator(pair.chn) as chn, operator(pair.che) as che:
         with monkeypatch.context() as earlier:  # CHE accepts as a version before the check did
-            earlier.setattr(acquiring, "check_enters_ledger", lambda block, field: None)
+            earlier.setattr(acquiring, "check_blocks_enter_ledger", lambda blocks: None)
             await che.DecideTransfer(
                 operator_pb2.DecideTransferRequest(idempotency_key="accept", transfer_id=transfer_id, accept=True)
             )
