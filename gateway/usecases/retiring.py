@@ -90,15 +90,16 @@ class Retiring(Initiating):
             if request.year_of_use is not None:
                 check_not_locked(locks, request.year_of_use, "year_of_use", "the year of use")
             action_id = self.new_id()
-            await self._reserve(tx, request.source_account, request.selections, action_id)
-            reserved = await tx.blocks_of_transfer(action_id, BlockStatus.RESERVED)
+            taken = await self._reserve(tx, request.source_account, request.selections, action_id)
             # What no authorization can make reportable is refused first: these units never enter the ledger.
             # Tied units are in it already (tied before these checks existed): a use or cancellation is how they
-            # leave the holdings, which every later report lists.
-            for stored in reserved:
-                if not stored.block.tied:
-                    check_mitigation_type(stored.block, "selections")
-                    check_itmo_serials(stored.block, "selections")
+            # leave the holdings, which every later report lists. A selection has no mitigation type of its own:
+            # a refusal for it names the selection.
+            for index, block in enumerate(taken):
+                if not block.tied:
+                    check_mitigation_type(block, f"selections[{index}]")
+                    check_itmo_serials(block, f"selections[{index}].space.issuance")
+            reserved = await tx.blocks_of_transfer(action_id, BlockStatus.RESERVED)
             named = await self._named_authorization(tx, request, now.date())
             entries: list[LedgerEntry] = []
             newly_tied = 0

@@ -160,10 +160,13 @@ async def test_units_whose_serials_restart_per_issuance_are_held_but_neither_lea
                     authorization_id="CHN-A-0001",
                     action="use towards the NDC",
                     year_of_use=2025,
-                    selections=[operator_pb2.BlockSelection(space=space, start=1, end=10)],
+                    selections=[
+                        operator_pb2.BlockSelection(space=demo_block().space, start=1, end=10),
+                        operator_pb2.BlockSelection(space=space, start=1, end=10),
+                    ],
                 )
             )
-        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "selections")
+        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "selections[1].space.issuance")
         assert await snapshot(pair.chn) == before
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -177,7 +180,7 @@ async def test_units_whose_serials_restart_per_issuance_are_held_but_neither_lea
                     selections=[operator_pb2.BlockSelection(space=space, start=11, end=20)],
                 )
             )
-        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "selections")
+        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "selections[0].space.issuance")
         assert await snapshot(pair.chn) == before
 
         # Units with ITMO serials still leave, and the year's report is written.

@@ -83,7 +83,7 @@ async def test_units_without_a_mitigation_type_are_held_but_neither_leave_nor_ar
                     selections=[operator_pb2.BlockSelection(space=bare.space, start=BARE, end=BARE + 9)],
                 )
             )
-        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "selections")
+        assert _refusal(caught.value)[:2] == (ResponseCode.INVALID_ARGUMENT, "selections[0]")
         assert await snapshot(pair.chn) == before
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _register_bare(pair, "bare-tied", BARE + 1_000, authorization_id="CHN-A-0001")
