@@ -1,11 +1,11 @@
-"""What the API takes in as an authorization version, the AEF report can write.
+"""What the API and partners take in, the AEF report can write.
 
-Every version of an authorization stays in the Authorizations table of every later report, and none is ever
-changed or removed: one the report could not write would leave every report from its year on impossible to
-write. So each value the door (`gateway.wire.authorization_from_proto` and `check_definition`, as
-RegisterAuthorization and AmendAuthorization run them; `check_revocation` and `revoking_version`, as
-RevokeAuthorization does) accepts must render
-through the report's own row builder and renderer, which reads each row back.
+Every authorization version stays in the Authorizations table of every later report, and every ledger entry in
+the Actions table of its year's; none is ever changed or removed. One the report could not write would leave
+its year's report, and every later one, impossible to write. So what each door accepts must render through the
+report's own row builders and renderer, which read each row back, into cells an XLSX workbook holds:
+authorization versions (RegisterAuthorization, AmendAuthorization, RevokeAuthorization), blocks (a partner's
+Proposal, RegisterIssuance) and uses and cancellations (UseUnits, CancelUnits).
 """
 
 from __future__ import annotations
@@ -21,24 +21,34 @@ from hypothesis import strategies as st
 from adapters.aef_codec import render_row
 from adapters.aef_columns import Table
 from adapters.context import MappingContext
+from adapters.tabular import _unwritable
 from carbon_gateway.v1 import partner_pb2, records_pb2
 from gateway import wire
-from gateway.domain.blocks import UnitBlock
+from gateway.domain import text
+from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError
 from gateway.domain.ledger import (
     ActionContext,
+    CancellationSubtype,
+    Retirement,
     check_definition,
     delivered_form,
+    parse_cancellation_subtype,
+    parse_retirement,
     record_arrival,
     record_departure,
+    record_retirement,
     untraceable,
 )
 from gateway.domain.mapping import Problem
 from gateway.domain.nomenclature import IssuingRegistry, Nomenclature
-from gateway.domain.protocol import check_itmo_serials, check_mitigation_type, validate_terms
+from gateway.domain.protocol import check_itmo_serials, check_mitigation_type, parse_purpose, validate_terms
 from gateway.domain.records import FirstTransferDefinition, LedgerEntry, Purpose
+from gateway.store.base import BlockStatus, StoredBlock
 from gateway.usecases.authorizations import check_revocation, revoking_version
+from gateway.usecases.initiating import BlockSelection
 from gateway.usecases.reporting import _Rows, aef_authorization
+from gateway.usecases.retiring import RetirementRequest, Retiring
 
 CTX = MappingContext()
 
@@ -109,12 +119,20 @@ def _authorizations(draw: st.DrawFn) -> records_pb2.Authorization:
     return records_pb2.Authorization(**values)  # type: ignore[arg-type]
 
 
+def _render(table: Table, record: object) -> None:
+    """Render ``record`` as the report does, reading the row back (which raises what the report would refuse),
+    and check that an XLSX cell holds each value."""
+    row, _, _ = render_row(table, record, CTX)
+    unwritable = {key: why for key, value in row.items() if (why := _unwritable(value))}
+    assert unwritable == {}, unwritable
+
+
 def _writes(authorization: object) -> None:
     problems: list[Problem] = []
     assert not isinstance(authorization, records_pb2.Authorization)
     row = aef_authorization(authorization, "AR5", problems)  # type: ignore[arg-type]
     assert problems == [] and row is not None, problems
-    render_row(Table.AUTHORIZATIONS, row, CTX)  # reads the row back: raises what the report would refuse
+    _render(Table.AUTHORIZATIONS, row)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -261,9 +279,9 @@ def test_every_block_the_api_or_a_partner_moves_into_the_ledger_the_aef_report_w
     holdings = [rows.holding(b) for b in held]
     assert problems == [], problems
     for action in actions:
-        render_row(Table.ACTIONS, action, CTX)
+        _render(Table.ACTIONS, action)
     for holding in holdings:
-        render_row(Table.HOLDINGS, holding, CTX)
+        _render(Table.HOLDINGS, holding)
 
 
 def _context(transferring: str, acquiring: str) -> ActionContext:
@@ -291,3 +309,125 @@ def test_a_version_the_report_cannot_write_is_named_by_its_authorization_and_ver
     [problem] = refused.value.problems
     assert problem.field == "Authorizations[2].Activity type(s)"
     assert "(authorization 'CHN-A-1' version '1.1')" in problem.message
+
+
+_ENTITY_TEXTS = ["Entity A", "NA", "na", " NA", "a|b", "a; b", "é", "\u202e", "a\nb", "\x00", "x" * 1025]
+
+
+def _acquired() -> records_pb2.UnitBlock:
+    """An ITMO acquired from CHE: first transferred there, tied to CHE's authorization."""
+    msg = records_pb2.UnitBlock(start=1, end=100, vintage=2025, mitigation_type="Removals", first_transferred=True)
+    msg.space.unit_kind, msg.space.issuing_registry = "CCER", "CN-CCER"
+    msg.first_transferring_party, msg.cooperative_approach, msg.authorization_id = "CHE", "CA0001", "CHE-A-1"
+    return msg
+
+
+def _domestic() -> records_pb2.UnitBlock:
+    """Units registered here, not yet tied: a use or cancellation ties them to the authorization it names."""
+    msg = records_pb2.UnitBlock(start=1, end=100, vintage=2025, mitigation_type="Removals")
+    msg.space.unit_kind, msg.space.issuing_registry = "CCER", "CN-CCER"
+    return msg
+
+
+RETIREMENT: dict[str, object] = {
+    "action": Retirement.USE_NDC.value,
+    "purpose": "",
+    "subtype": "",
+    "year_of_use": 2025,
+    "using_entity": "",
+    "note": "",
+    "authorized_entities": [],
+    "acquired": True,
+}
+"""A use the report writes; `_retirements` turns it into a cancellation or an OIMP use with the fields they
+need, and gives one to three fields other values."""
+
+RETIREMENT_OTHER: dict[str, Sequence[object]] = {
+    "action": [*(r.value for r in Retirement), "use", ""],
+    "purpose": ["NDC", "OIMP", "IMP", "OP", "ndc", "NA"],
+    "subtype": [*(c.value for c in CancellationSubtype), "NA", "other"],
+    "year_of_use": [0, 2030, 2020, 1, 999, 1000, 9999, 10000, -1, 2**31, 2**63 - 1],
+    "using_entity": _ENTITY_TEXTS,
+    "note": ["used for the NDC", *_TEXTS],
+    "authorized_entities": [["Entity A"], *([v] for v in _ENTITY_TEXTS)],
+    "acquired": [False],
+}
+
+
+@st.composite
+def _retirements(draw: st.DrawFn) -> dict[str, object]:
+    values = dict(RETIREMENT)
+    kind = draw(st.sampled_from(list(Retirement)))
+    values["action"] = kind.value
+    if kind is not Retirement.USE_NDC:
+        values["year_of_use"] = 0
+    if kind is Retirement.USE_OIMP:
+        values["purpose"] = "OIMP"
+    if kind is Retirement.CANCELLATION:
+        values["subtype"] = CancellationSubtype.OTHER.value
+    for name in draw(st.lists(st.sampled_from(sorted(RETIREMENT_OTHER)), min_size=1, max_size=3, unique=True)):
+        values[name] = draw(st.sampled_from(RETIREMENT_OTHER[name]))
+    return values
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_retirements())
+def test_every_use_and_cancellation_the_api_takes_in_the_aef_report_writes(values: dict[str, object]) -> None:
+    """A use or cancellation as UseUnits and CancelUnits check it (`parse_retirement`, `parse_purpose`,
+    `parse_cancellation_subtype`, `Retiring._check_request`, an entity ID that looks like no other unless the
+    authorization names it, the purpose `Retiring._purpose` records) gives Actions rows the report writes: the
+    year of use, using Party and entity and the note are cells of the use's row."""
+    action, purpose_text, subtype_text = str(values["action"]), str(values["purpose"]), str(values["subtype"])
+    year_of_use, using_entity, note = int(values["year_of_use"]), str(values["using_entity"]), str(values["note"])  # type: ignore[call-overload]
+    authorized_entities, acquired = values["authorized_entities"], bool(values["acquired"])
+    try:
+        authorization = wire.authorization_from_proto(
+            records_pb2.Authorization(**{**GOOD, "authorized_entities": authorized_entities})  # type: ignore[arg-type]
+        )
+        check_definition(authorization, "authorization.first_transfer_definition")
+    except GatewayError:
+        return  # an authorization the API does not take in: no use can name it
+    try:
+        retirement = parse_retirement(action, "action")
+        text.check_identifier(purpose_text, "purpose", what="purpose", required=False)
+        purpose = parse_purpose(purpose_text) if purpose_text else None
+        subtype = parse_cancellation_subtype(subtype_text, "subtype") if subtype_text else None
+        request = RetirementRequest(
+            retirement=retirement,
+            source_account="CN-PH-1",
+            selections=(BlockSelection(SerialSpace("CCER", "CN-CCER"), 1, 100),),
+            target_account="CN-USE-1",
+            authorization_id=authorization.authorization_id,
+            year_of_use=year_of_use or None,
+            purpose=purpose,
+            subtype=subtype,
+            using_entity=using_entity,
+            note=note,
+        )
+        Retiring._check_request(request)
+        if using_entity and using_entity not in authorization.authorized_entities:
+            text.check_new_identifier(using_entity, "using_entity", what="entity ID")
+        block = wire.block_from_proto(_acquired() if acquired else _domestic(), "block", _NOMENCLATURE)
+        # The acquired units' authorization is CHE's, not known here: the use records the purpose named, or NDC.
+        known = None if acquired else authorization
+        recorded_purpose = Retiring._purpose(
+            request, known, StoredBlock(1, "CN-PH-1", BlockStatus.RESERVED, "u-1", None, block)
+        )
+        context = ActionContext(
+            action_id="u-1",
+            action_date=dt.datetime(2026, 3, 1, 8, tzinfo=dt.UTC),
+            party="CHN",
+            purpose=recorded_purpose,
+            year_of_use=request.year_of_use,
+            using_entity=using_entity,
+            note=note,
+        )
+        recorded = record_retirement(context, block, known, retirement, subtype)
+    except GatewayError:
+        return  # refused at the door, with the field named: nothing recorded
+    problems: list[Problem] = []
+    rows = _Rows("CHN01", "AR5", {}, problems)
+    actions = [rows.action(entry) for entry in recorded.entries]
+    assert problems == [], problems
+    for row in actions:
+        _render(Table.ACTIONS, row)
