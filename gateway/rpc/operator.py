@@ -316,17 +316,25 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     async def RegisterAuthorization(
         self, request: operator_pb2.RegisterAuthorizationRequest, context: Context[object, object]
     ) -> records_pb2.Authorization:
-        authorization = wire.authorization_from_proto(request.authorization)
         idem = _idempotency("RegisterAuthorization", request, request.idempotency_key)
-        return wire.authorization_to_proto(await self.gateway.register_authorization(idem, authorization))
+        try:
+            authorization = wire.authorization_from_proto(request.authorization)
+            recorded = await self.gateway.register_authorization(idem, authorization)
+        except GatewayError as refused:
+            recorded = await self._retried(refused, idem, request.authorization.authorization_id, first=True)
+        return wire.authorization_to_proto(recorded)
 
     @refusals_as_status
     async def AmendAuthorization(
         self, request: operator_pb2.AmendAuthorizationRequest, context: Context[object, object]
     ) -> records_pb2.Authorization:
-        authorization = wire.authorization_from_proto(request.authorization)
         idem = _idempotency("AmendAuthorization", request, request.idempotency_key)
-        return wire.authorization_to_proto(await self.gateway.amend_authorization(idem, authorization))
+        try:
+            authorization = wire.authorization_from_proto(request.authorization)
+            recorded = await self.gateway.amend_authorization(idem, authorization)
+        except GatewayError as refused:
+            recorded = await self._retried(refused, idem, request.authorization.authorization_id, first=False)
+        return wire.authorization_to_proto(recorded)
 
     @refusals_as_status
     async def RevokeAuthorization(
@@ -335,10 +343,23 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
         text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID")
         date = wire.parse_date(request.date, "date")
         idem = _idempotency("RevokeAuthorization", request, request.idempotency_key)
-        revoked = await self.gateway.revoke_authorization(
-            idem, request.authorization_id, request.version, date, request.reason
-        )
+        try:
+            revoked = await self.gateway.revoke_authorization(
+                idem, request.authorization_id, request.version, date, request.reason
+            )
+        except GatewayError as refused:
+            revoked = await self._retried(refused, idem, request.authorization_id, first=False)
         return wire.authorization_to_proto(revoked)
+
+    async def _retried(
+        self, refused: GatewayError, idem: Idempotency, authorization_id: str, *, first: bool
+    ) -> Authorization:
+        """What an earlier call with this key and request recorded, where this one was ``refused``: a retry of a
+        request an earlier release took in, under rules older than this release's. Else ``refused`` stands."""
+        recorded = await self.gateway.recorded_version(idem, authorization_id, first=first)
+        if recorded is None:
+            raise refused
+        return recorded
 
     @refusals_as_status
     async def ListAuthorizations(

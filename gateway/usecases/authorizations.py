@@ -56,6 +56,23 @@ class AuthorizationKeeping(GatewayBase):
             idem, authorization_id, lambda latest: revoking_version(latest, version, date, reason), ""
         )
 
+    async def recorded_version(self, idem: Idempotency, authorization_id: str, *, first: bool) -> Authorization | None:
+        """The version an earlier call with this key and this very request recorded (its first version, with
+        ``first``: a registration), or None. A retry is answered as its first call was even where the request
+        would be refused today: the rules it was taken in under may be older than this release's, and a refusal
+        would tell the client that what is recorded was not."""
+        async with self.store.read() as tx:
+            try:
+                previous = await self._replay(tx, idem)
+            except GatewayError:
+                return None  # no key, or a key used for another request: the refusal at hand stands
+            if previous is None:
+                return None
+            versions = await tx.authorization_versions(authorization_id)
+        if first:
+            return versions[0] if versions else None
+        return next((v for v in versions if v.version == previous), None)
+
     async def _new_version(
         self,
         idem: Idempotency,
