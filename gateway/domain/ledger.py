@@ -31,7 +31,14 @@ from gateway.domain.adjustments import MAX_YEAR, MIN_YEAR
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.records import ActionType, Authorization, FirstTransferDefinition, LedgerEntry, Purpose
+from gateway.domain.records import (
+    PARTY_CODES,
+    ActionType,
+    Authorization,
+    FirstTransferDefinition,
+    LedgerEntry,
+    Purpose,
+)
 
 NDC_PURPOSES = frozenset({Purpose.NDC, Purpose.NDC_AND_OIMP, Purpose.NDC_AND_IMP, Purpose.NDC_AND_OP})
 """Purposes under which ITMOs are authorized for use towards NDCs; the others are OIMP only."""
@@ -479,6 +486,24 @@ def untraceable(block: UnitBlock) -> str | None:
             " cooperative approach and authorization ID), and no record here gives them: the AEF report names them"
             " for every action, so the units are not taken in; the transferring gateway must send the tie"
         )
+    return None
+
+
+def unreportable(block: UnitBlock) -> str | None:
+    """Why the AEF report could not write the entries of ``block`` as credited: `untraceable`, or a tie it cannot
+    name (a first transferring Party outside ISO 3166-1, which the AEF names Parties by; an authorization ID spelled
+    ``NA``, which it reads as none). A partner's Proposal is refused these at the door (`gateway.wire`); this checks
+    once more, before they are credited, the units of a proposal an earlier release took in and held."""
+    why = untraceable(block)
+    if why is not None or not block.tied:
+        return why
+    if block.first_transferring_party not in PARTY_CODES:
+        return (
+            f"{block.describe()} is tied to first transferring Party {block.first_transferring_party!r}, which is"
+            " not an ISO 3166-1 alpha-3 code: the AEF names Parties by these codes alone"
+        )
+    if block.authorization_id.strip() == text.NOT_APPLICABLE:
+        return f'{block.describe()} is tied to authorization ID "NA", which the AEF reads as "does not apply"'
     return None
 
 

@@ -16,6 +16,7 @@ from gateway.domain.ledger import (
     check_own_history,
     delivered_form,
     record_arrival,
+    unreportable,
     untraceable,
     with_own_tie,
 )
@@ -167,15 +168,7 @@ class Acquiring(GatewayBase):
                     blocks=[frozen[0]],
                 )
             if accept:
-                try:
-                    check_blocks_enter_ledger(transfer.terms.blocks)
-                except GatewayError as exc:  # held by a version before the check
-                    raise GatewayError(
-                        exc.code,
-                        f"{exc.message}. The proposal was held before this was checked: reject it",
-                        field="accept",
-                        blocks=exc.blocks,
-                    ) from None
+                await self._check_held_before(tx, transfer)
                 transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
                 await self._send_decision(tx, transfer, accepted=True, rejections=())
             else:
@@ -185,6 +178,30 @@ class Acquiring(GatewayBase):
                 await self._send_decision(tx, transfer, accepted=False, rejections=[rejection])
             await self._remember(tx, idem, transfer_id)
         return transfer
+
+    @staticmethod
+    async def _check_held_before(tx: Transaction, transfer: Transfer) -> None:
+        """Refuse to accept a held proposal whose units the AEF report could not write once credited. The doors
+        refuse such proposals now; one held by an earlier release, before a door checked it, can only be
+        rejected."""
+        try:
+            check_blocks_enter_ledger(transfer.terms.blocks)
+        except GatewayError as exc:
+            raise GatewayError(
+                exc.code,
+                f"{exc.message}. The proposal was held before this was checked: reject it",
+                field="accept",
+                blocks=exc.blocks,
+            ) from None
+        for pending in await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING):
+            why = unreportable(pending.block)
+            if why is not None:
+                raise GatewayError(
+                    ResponseCode.PROVENANCE_REFUSED,
+                    f"{why}. The proposal was held before this was checked: reject it",
+                    field="accept",
+                    blocks=[pending.block],
+                )
 
     async def _on_completion(self, tx: Transaction, partner: str, completion: partner_pb2.Completion) -> None:
         """Acquiring side: the initiating side has debited; credit the pending units and record the acquisition."""

@@ -1,0 +1,101 @@
+"""A proposal an earlier release took in and held is checked again before its units are credited.
+
+A partner's Proposal is refused at the door when a block, as it would be credited, is one the AEF report could not
+write: first transferred with no tie, tied by a Party code outside ISO 3166-1, or tied to authorization ``NA``.
+An earlier release, without those doors, may have taken such a proposal in and held it for its operator. After the
+upgrade, accepting it would credit the units and record an Acquisition entry that leaves the year's report, and
+every later one while the units are held, impossible to write. The accept is refused, saying to reject the
+proposal; the rejection then ends it on both sides with nothing recorded in either ledger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from adapters.aef import write_workbook
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway import wire
+from gateway.demo import Pair, demo_block, wait_for_state
+from gateway.domain import text
+from gateway.domain.errors import ResponseCode
+from gateway.domain.records import PARTY_CODES
+from gateway.rpc.errors import read_error_detail
+from gateway.usecases import acquiring
+from tests.integration.harness import TERMINAL, deliver_raw, operator, setup_accounts
+from tests.integration.test_itmo_serials import holding_pair  # noqa: F401  (fixture)
+from tests.integration.test_transfer import _next_crafter, _rogue_proposal
+
+Earlier = Callable[[pytest.MonkeyPatch, partner_pb2.Proposal], None]
+
+
+def _untraceable(earlier: pytest.MonkeyPatch, proposal: partner_pb2.Proposal) -> None:
+    proposal.blocks[0].first_transferred = True  # and no tie
+    earlier.setattr(acquiring, "untraceable", lambda block: None)
+
+
+def _authorization_na(earlier: pytest.MonkeyPatch, proposal: partner_pb2.Proposal) -> None:
+    proposal.authorization_id = "NA"  # the untied block is credited tied to it
+    real = text.check_not_na
+    earlier.setattr(text, "check_not_na", lambda v, f: None if f.endswith("authorization_id") else real(v, f))
+
+
+def _tie_party_outside_iso(earlier: pytest.MonkeyPatch, proposal: partner_pb2.Proposal) -> None:
+    block = proposal.blocks[0]
+    block.first_transferring_party, block.cooperative_approach, block.authorization_id = "ZZZ", "CA0001", "ZZZ-A-1"
+    block.first_transferred = True
+    earlier.setattr(wire, "PARTY_CODES", PARTY_CODES | {"ZZZ"})
+
+
+@pytest.mark.parametrize(
+    ("earlier", "said"),
+    [
+        (_untraceable, "without its tie"),
+        (_authorization_na, 'authorization ID "NA"'),
+        (_tie_party_outside_iso, "'ZZZ', which is not an ISO 3166-1 alpha-3 code"),
+    ],
+    ids=["untraceable", "authorization-na", "tie-party-outside-iso"],
+)
+@pytest.mark.asyncio
+async def test_a_proposal_held_before_the_doors_cannot_be_accepted_and_is_rejected_instead(
+    holding_pair: Pair,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    earlier: Earlier,
+    said: str,
+) -> None:
+    pair = holding_pair
+    await setup_accounts(pair)
+    proposal = _rogue_proposal(demo_block(2001, 2010), 2001, 2010, "held-before")
+    assert isinstance(proposal, partner_pb2.Proposal)
+    crafter = await _next_crafter(pair)
+    with monkeypatch.context() as before_upgrade:
+        earlier(before_upgrade, proposal)
+        payload, _ = crafter.statement(proposal=proposal)
+        assert (await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
+        async with operator(pair.che) as che:
+            await wait_for_state(che, "held-before", {records_pb2.CHECKED})
+    async with operator(pair.che) as che:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await che.DecideTransfer(
+                operator_pb2.DecideTransferRequest(idempotency_key="accept", transfer_id="held-before", accept=True)
+            )
+        detail = read_error_detail(caught.value.trailing_metadata())
+        assert detail is not None
+        assert (ResponseCode(detail.code), detail.field) == (ResponseCode.PROVENANCE_REFUSED, "accept")
+        assert said in detail.message and "reject it" in detail.message
+        assert (await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id="held-before"))).state == (
+            records_pb2.CHECKED
+        )
+        await che.DecideTransfer(
+            operator_pb2.DecideTransferRequest(idempotency_key="reject", transfer_id="held-before", accept=False)
+        )
+        assert (await wait_for_state(che, "held-before", TERMINAL)).state == records_pb2.REJECTED
+        held = (await che.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CH-PH-0001"))).holdings
+    assert not any(h.block.start == 2001 for h in held)
+    async with pair.che.store.read() as tx:
+        assert [e for e in await tx.list_ledger() if e.transfer_id == "held-before"] == []
+    year = dt.datetime.now(dt.UTC).year
+    write_workbook(await pair.che.core.gateway.aef_report(year, version="1.0", submission_date=dt.date(year, 12, 31)))
