@@ -10,8 +10,10 @@ Proposal, RegisterIssuance) and uses and cancellations (UseUnits, CancelUnits).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
+import types
 from collections.abc import Sequence
 
 import pytest
@@ -32,19 +34,18 @@ from gateway.domain.ledger import (
     CancellationSubtype,
     Retirement,
     check_definition,
-    delivered_form,
     parse_cancellation_subtype,
     parse_retirement,
     record_arrival,
     record_departure,
     record_retirement,
-    untraceable,
 )
 from gateway.domain.mapping import Problem
 from gateway.domain.nomenclature import IssuingRegistry, Nomenclature
 from gateway.domain.protocol import check_itmo_serials, check_mitigation_type, parse_purpose, validate_terms
 from gateway.domain.records import FirstTransferDefinition, LedgerEntry, Purpose
 from gateway.store.base import BlockStatus, StoredBlock
+from gateway.usecases.acquiring import Acquiring
 from gateway.usecases.authorizations import check_revocation, revoking_version
 from gateway.usecases.initiating import BlockSelection
 from gateway.usecases.reporting import _Rows, aef_authorization
@@ -183,6 +184,9 @@ _NOMENCLATURE = Nomenclature.of(
     )
 )
 
+_NEVER_HELD_HERE = types.SimpleNamespace(party="CHN")
+"""What `Acquiring._as_arriving` reads of the gateway for units with no history here: its Party."""
+
 _AUTHORIZATION = wire.authorization_from_proto(records_pb2.Authorization(**GOOD))  # type: ignore[arg-type]
 
 BLOCK: dict[str, object] = {
@@ -238,7 +242,7 @@ def test_every_block_the_api_or_a_partner_moves_into_the_ledger_the_aef_report_w
 ) -> None:
     """A block taken in and passing the checks of its door to the ledger gives Actions and Holdings rows the
     report writes: a partner's Proposal (`proposal_from_proto` and `validate_terms`, its blocks credited as
-    `delivered_form` makes them unless `untraceable`), and an operator's registration (untied, not first
+    `Acquiring._as_arriving` makes them unless it refuses them), and an operator's registration (untied, not first
     transferred), moved abroad."""
     problems: list[Problem] = []
     rows = _Rows("CHN01", "AR5", {}, problems)
@@ -261,8 +265,10 @@ def test_every_block_the_api_or_a_partner_moves_into_the_ledger_the_aef_report_w
         pass
     else:
         [block] = terms.blocks
-        arriving = delivered_form(block, terms.transferring_party, terms.authorization_id, terms.cooperative_approach)
-        if untraceable(arriving) is None:
+        # The acquiring side's own door, for units never held here (no history to check them against).
+        door = Acquiring._as_arriving(_NEVER_HELD_HERE, None, terms, block, [])  # type: ignore[arg-type]
+        arriving, refused = asyncio.run(door)
+        if refused is None:
             recorded.append(record_arrival(_context("CHE", "CHN"), arriving))
             held.append(arriving)
     try:
