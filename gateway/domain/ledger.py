@@ -524,9 +524,11 @@ def check_own_history(block: UnitBlock, party: str, history: Sequence[LedgerEntr
     """Why an incoming ``block`` contradicts ``party``'s own records of the same units, or None.
 
     ``history`` are ``party``'s ledger entries, as first transferring Party, that share a unit with the block.
-    Units this Party tied come back as it tied them: tied to it, under the same authorization, and first
-    transferred exactly when this Party recorded their first transfer. A partner cannot re-tie them (a second
-    first transfer, or one past the authorization's quantity) or untie them (a hidden one).
+    Units this Party tied come back as it tied them: tied to it, under the same cooperative approach and
+    authorization, and first transferred exactly when this Party recorded their first transfer. A partner cannot
+    re-tie them (a second first transfer, or one past the authorization's quantity, or the same units under a
+    second ITMO ID) or untie them (a hidden one). Nor can it change what they are: their vintage (part of the ITMO
+    ID), mitigation type, project and the rest of what their registry of record issued them with.
     """
     if not history:
         if block.first_transferring_party == party:
@@ -535,24 +537,64 @@ def check_own_history(block: UnitBlock, party: str, history: Sequence[LedgerEntr
     spans = [(e.block.start, e.block.end) for e in history]
     if not ranges.covers(ranges.normalize(spans), block.start, block.end):
         return f"{block.describe()} mixes units {party} tied with units it did not"
-    authorizations = {e.authorization_id for e in history}
-    if len(authorizations) != 1:
-        return f"{block.describe()} spans units {party} tied to different authorizations: send them apart"
+    ties = {(e.cooperative_approach, e.authorization_id) for e in history}
+    if len(ties) != 1:
+        return (
+            f"{block.describe()} spans units {party} tied to different authorizations or cooperative approaches:"
+            " send them apart"
+        )
+    issued = {_as_issued(e.block) for e in history}
+    if len(issued) != 1:
+        return f"{block.describe()} spans units {party} recorded with different attributes: send them apart"
+    [recorded] = issued
+    changed = [
+        name for name, ours, theirs in zip(_AS_ISSUED, recorded, _as_issued(block), strict=True) if ours != theirs
+    ]
+    if changed:
+        ours = ", ".join(
+            f"{name} {value!r}" for name, value in zip(_AS_ISSUED, recorded, strict=True) if name in changed
+        )
+        return (
+            f"{block.describe()} arrives with another {' and '.join(changed)} than {party}'s records give these"
+            f" units ({ours}): what their registry of record issued them with does not change abroad"
+        )
     first = [(e.block.start, e.block.end) for e in history if e.action_type is ActionType.FIRST_TRANSFER]
     first_transferred = ranges.covers(ranges.normalize(first), block.start, block.end)
     if not first_transferred and ranges.missing(ranges.normalize(first), block.start, block.end) != [
         (block.start, block.end)
     ]:
         return f"{block.describe()} mixes units {party} first transferred with units it did not: send them apart"
-    expected = (party, next(iter(authorizations)), first_transferred)
-    claimed = (block.first_transferring_party, block.authorization_id, block.first_transferred)
+    [(approach, authorization)] = ties
+    expected = (party, approach, authorization, first_transferred)
+    claimed = (
+        block.first_transferring_party,
+        block.cooperative_approach,
+        block.authorization_id,
+        block.first_transferred,
+    )
     if claimed != expected:
         return (
-            f"{block.describe()} arrives tied to {claimed[0] or 'nobody'} under {claimed[1] or 'no authorization'}"
-            f" ({'first transferred' if claimed[2] else 'not first transferred'}); {party}'s records tie it to"
-            f" {party} under {expected[1]} ({'first transferred' if expected[2] else 'not first transferred'})"
+            f"{block.describe()} arrives tied to {claimed[0] or 'nobody'} under {claimed[2] or 'no authorization'}"
+            f" of {claimed[1] or 'no cooperative approach'} ({'' if claimed[3] else 'not '}first transferred);"
+            f" {party}'s records tie it to {party} under {authorization} of {approach}"
+            f" ({'' if first_transferred else 'not '}first transferred)"
         )
     return None
+
+
+_AS_ISSUED = ("vintage", "project ID", "methodology code", "mitigation type", "registry reference", "attributes")
+
+
+def _as_issued(block: UnitBlock) -> tuple[object, ...]:
+    """What the registry of record issued ``block``'s units with, in the order of `_AS_ISSUED`."""
+    return (
+        block.vintage,
+        block.project_id,
+        block.methodology_code,
+        block.mitigation_type,
+        block.registry_reference,
+        block.attributes,
+    )
 
 
 def record_arrival(ctx: ActionContext, block: UnitBlock) -> LedgerEntry:

@@ -238,13 +238,30 @@ async def test_a_partner_cannot_make_this_gateway_the_first_transferring_party_o
         assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
 
 
-RETURNED = {
-    "not-first-transferred-again": ("CHN", "CHN-A-0001", False, records_pb2.REJECTED),
-    "re-tied-to-another-authorization": ("CHN", "CHN-A-0002", True, records_pb2.REJECTED),
-    "tie-hidden-behind-the-partner": ("CHE", "CHE-A-0001", True, records_pb2.REJECTED),
-    "untied-by-an-older-version": ("", "", False, records_pb2.ACCEPTED),
-    "as-this-gateway-recorded-them": ("CHN", "CHN-A-0001", True, records_pb2.ACCEPTED),
+_UNTIED = {
+    "first_transferring_party": "",
+    "cooperative_approach": "",
+    "authorization_id": "",
+    "first_transferred": False,
 }
+
+RETURNED: dict[str, tuple[dict[str, object], int]] = {
+    "not-first-transferred-again": ({"first_transferred": False}, records_pb2.REJECTED),
+    "re-tied-to-another-authorization": ({"authorization_id": "CHN-A-0002"}, records_pb2.REJECTED),
+    "re-tied-to-another-cooperative-approach": ({"cooperative_approach": "CA0002"}, records_pb2.REJECTED),
+    "tie-hidden-behind-the-partner": (
+        {"first_transferring_party": "CHE", "authorization_id": "CHE-A-0001"},
+        records_pb2.REJECTED,
+    ),
+    "of-another-vintage": ({"vintage": 2021}, records_pb2.REJECTED),
+    "of-another-mitigation-type": ({"mitigation_type": "Emission reductions"}, records_pb2.REJECTED),
+    "of-another-project": ({"project_id": "DEMO-P-0002"}, records_pb2.REJECTED),
+    "untied-and-of-another-vintage": ({**_UNTIED, "vintage": 2021}, records_pb2.REJECTED),
+    "untied-by-an-older-version": (_UNTIED, records_pb2.ACCEPTED),
+    "as-this-gateway-recorded-them": ({}, records_pb2.ACCEPTED),
+}
+"""How CHE sends back units CHN first transferred to it (CHN, CA0001, CHN-A-0001, first transferred, as issued),
+and what CHN makes of it."""
 
 
 @pytest.mark.parametrize("case", list(RETURNED))
@@ -253,12 +270,13 @@ async def test_units_that_come_back_keep_the_tie_and_first_transfer_this_gateway
     tmp_path: Path, case: str
 ) -> None:
     """A partner returning this Party's first-transferred units cannot make it first transfer them again (a
-    second adjustment, or one past the authorization's quantity) or hide the tie; an older partner's untied
+    second adjustment, or one past the authorization's quantity), put them under a second ITMO ID (another
+    cooperative approach or vintage), hide the tie or change what they were issued as; an older partner's untied
     block takes the tie from this gateway's own records."""
     from gateway.harness import start_network
     from tests.integration.harness import Crafter, deliver_raw, settle
 
-    party, authorization, first_transferred, expected = RETURNED[case]
+    changes, expected = RETURNED[case]
     network = await start_network(tmp_path, ("CHN", "CHE"))
     chn, che = network["CHN"], network["CHE"]
     try:
@@ -273,10 +291,11 @@ async def test_units_that_come_back_keep_the_tie_and_first_transfer_this_gateway
             channel = await tx.outgoing_channel("CHN")
         returned = records_pb2.UnitBlock()
         returned.CopyFrom(block)
-        returned.start, returned.end, returned.first_transferred = 1, 400, first_transferred
-        returned.first_transferring_party = party
-        returned.cooperative_approach = "CA0001" if party else ""
-        returned.authorization_id = authorization
+        returned.start, returned.end, returned.first_transferred = 1, 400, True
+        returned.first_transferring_party, returned.cooperative_approach = "CHN", "CA0001"
+        returned.authorization_id = "CHN-A-0001"
+        for name, value in changes.items():
+            setattr(returned, name, value)
         proposal = partner_pb2.Proposal(
             transfer_id=f"back-{case}",
             blocks=[returned],
