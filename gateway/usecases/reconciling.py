@@ -930,7 +930,11 @@ class Reconciling(GatewayBase):
                 field="reconciliation_request.run_id",
             )
         if run is None:
-            snapshot = wire.from_timestamp(request.snapshot_at) if request.HasField("snapshot_at") else now
+            snapshot = (
+                wire.from_timestamp(request.snapshot_at, "reconciliation_request.snapshot_at")
+                if request.HasField("snapshot_at")
+                else now
+            )
             run = ReconciliationRun(
                 run_id=request.run_id,
                 partner=partner,

@@ -479,3 +479,22 @@ async def test_resolving_reaches_back_only_from_a_block_level_result(tmp_path: P
         assert await frozen(pair.chn, 1, 30) == []
     finally:
         await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_snapshot_instant_out_of_range_is_refused_naming_its_field(tmp_path: Path) -> None:
+    pair = await start_pair(tmp_path)
+    try:
+        crafter = await crafter_for(pair)
+        request = partner_pb2.ReconciliationRequest(run_id="bad-snapshot", phase=TOTALS, head=EMPTY_HEAD)
+        request.snapshot_at.seconds, request.snapshot_at.nanos = 0, -5
+        receipt = await send(pair, crafter, reconciliation_request=request)
+        assert ResponseCode(receipt.code) is ResponseCode.OK  # taken in, and answered with a refusal
+        async with pair.chn.store.read() as tx:
+            sent = await tx.list_outbox("CHE")
+        replies = [partner_pb2.Statement.FromString(m.body).reconciliation_reply for m in sent]
+        [reply] = [r for r in replies if r.run_id == "bad-snapshot"]
+        assert ResponseCode(reply.refusal) is ResponseCode.MALFORMED_PAYLOAD
+        assert reply.detail.endswith("(field reconciliation_request.snapshot_at)"), reply.detail
+    finally:
+        await pair.stop()
