@@ -46,7 +46,16 @@ def _scratch() -> str | None:
 
 async def simulate(seed: int, steps: int = DEFAULT_STEPS) -> Outcome:
     """Run ``seed`` for ``steps`` random steps; never raises for a failure of the gateways, returns it."""
-    logging.getLogger("gateway").setLevel(logging.CRITICAL)
+    logger = logging.getLogger("gateway")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # crashes and partners' refusals are the simulation's daily bread
+    try:
+        return await _simulate(seed, steps)
+    finally:
+        logger.setLevel(level)  # the tests run after it under pytest read the gateway's log
+
+
+async def _simulate(seed: int, steps: int) -> Outcome:
     with tempfile.TemporaryDirectory(prefix=f"sim-{seed}-", dir=_scratch()) as folder:
         world = World(seed=seed, folder=Path(folder), rng=random.Random(seed))
         step = -1
