@@ -174,15 +174,33 @@ def _connection(args: argparse.Namespace) -> tuple[str, Any, str | None]:
         return address, None, party
     import grpc
 
-    root = _read_file("--ca-cert", ca_cert) if ca_cert else None
+    root = _read_pem("--ca-cert", ca_cert, key=False) if ca_cert else None
     if root is None and tls is not None and tls.client_ca is not None:
-        root = _read_file("[operator.tls] client_ca", str(tls.client_ca))
+        root = _read_pem("[operator.tls] client_ca", str(tls.client_ca), key=False)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=root,
-        private_key=_read_file("--client-key", client_key) if client_key else None,
-        certificate_chain=_read_file("--client-cert", client_cert) if client_cert else None,
+        private_key=_read_pem("--client-key", client_key, key=True) if client_key else None,
+        certificate_chain=_read_pem("--client-cert", client_cert, key=False) if client_cert else None,
     )
     return address, credentials, party
+
+
+def _read_pem(option: str, path: str, *, key: bool) -> bytes:
+    """A file of PEM certificates (or, with ``key``, an unencrypted PEM private key), checked here: gRPC would
+    only log its own complaint and fail the call as unavailable."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    data = _read_file(option, path)
+    try:
+        if key:
+            serialization.load_pem_private_key(data, password=None)
+        else:
+            x509.load_pem_x509_certificates(data)
+    except (ValueError, TypeError) as exc:
+        what = "an unencrypted PEM private key" if key else "PEM certificates"
+        raise UsageError(f"{option} {path}: the file does not hold {what} ({exc})") from None
+    return data
 
 
 def _on_this_machine(listen: str) -> str:
@@ -216,8 +234,11 @@ def _token(args: argparse.Namespace) -> str | None:
         token = _read_file(option, path).decode("utf-8").strip()
     except UnicodeDecodeError:
         raise UsageError(f"{option} {path}: the token file is not UTF-8 text") from None
-    if not token or any(c.isspace() or not c.isprintable() for c in token):
-        raise UsageError(f"{option} {path}: the file must hold one token, without spaces, on one line")
+    if not token or not token.isascii() or any(c.isspace() or not c.isprintable() for c in token):
+        raise UsageError(
+            f"{option} {path}: the file must hold one token of printable ASCII (as `carbon-gateway token` writes"
+            " them), without spaces, on one line"
+        )
     return token
 
 

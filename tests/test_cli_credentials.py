@@ -118,3 +118,41 @@ async def test_a_credential_file_that_is_a_device_is_refused_without_reading_it(
     code, _, err = await _cli(capsys, "ledger", "summary", "--address", "127.0.0.1:1", option, "/dev/zero")
     assert code == 2
     assert f"{option} /dev/zero: cannot be read: not a regular file" in err
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("option", "content", "said"),
+    [
+        ("--token-file", "t\u00f6k\n", "printable ASCII"),
+        ("--token-file", "tok\u00a0en\n", "printable ASCII"),
+        ("--ca-cert", "not a certificate\n", "does not hold PEM certificates"),
+        ("--client-cert", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "PEM certificates"),
+        ("--client-key", "garbage\n", "does not hold an unencrypted PEM private key"),
+    ],
+    ids=["token-non-ascii", "token-no-break-space", "ca-cert-garbage", "client-cert-bad-pem", "client-key-garbage"],
+)
+async def test_a_credential_file_gateways_cannot_use_is_one_line_naming_its_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, content: str, said: str
+) -> None:
+    """Refused before any call: gRPC would fail the call with a traceback (a header it cannot send) or only log
+    its own complaint and answer UNAVAILABLE."""
+    bad = tmp_path / "bad"
+    bad.write_text(content, encoding="utf-8")
+    argv = ["ledger", "summary", "--address", "127.0.0.1:1", option, str(bad)]
+    if option == "--client-cert":
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = tmp_path / "client.key"
+        key.write_bytes(
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        argv += ["--client-key", str(key)]
+    elif option == "--client-key":
+        argv += ["--client-cert", str(bad)]
+    code, out, err = await _cli(capsys, *argv)
+    assert (code, out) == (2, "") and err.count("\n") == 1, err
+    assert f"{option} {bad}: " in err and said in err, err
