@@ -263,6 +263,17 @@ _ILLEGAL_XLSX_TEXT = re.compile(r"[\000-\010\013\014\016-\037\ufffe\uffff]")
 """What XML 1.0 cannot carry in a cell's text (lone surrogates aside, which UTF-8 cannot either): control
 characters other than tab, line feed and carriage return, and the non-characters U+FFFE and U+FFFF."""
 _MAX_XLSX_TEXT = 32767
+_OOXML_ESCAPE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")
+"""The underscore that starts text a spreadsheet would read as an escaped character (ECMA-376 ST_Xstring:
+``_x0041_`` is ``A``): written as ``_x005F_``, the escape of the underscore itself."""
+_OOXML_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
+"""An escaped character in a cell's text (ECMA-376 ST_Xstring), as spreadsheets write one the XML cannot hold
+(``_x000D_``) or a literal ``_xHHHH_`` (``_x005F_xHHHH_``): openpyxl leaves them as written."""
+
+
+def _unescaped(text: str) -> str:
+    """``text`` read from a cell, its ST_Xstring escapes (`_OOXML_ESCAPED`) undone."""
+    return _OOXML_ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text) if "_x" in text else text
 
 
 class XlsxWriter:
@@ -396,7 +407,8 @@ def _cell_heads(count: int) -> list[str]:
 def xlsx_rows(rows: Sequence[Sequence[object]], first: int, cells: XlsxCells | None = None) -> str:
     """The ``<row>`` elements of ``rows``, the first numbered ``first``: the XML openpyxl's write-only worksheet
     writes for the same values (through et_xmlfile), except that text is always text (openpyxl makes ``=...``
-    a formula and ``#N/A`` an error value) and empty text leaves the cell out, as ``None`` does.
+    a formula and ``#N/A`` an error value), empty text leaves the cell out, as ``None`` does, and text a
+    spreadsheet would read as an escaped character (``_x0041_``) is escaped (`_OOXML_ESCAPE`).
 
     ``cells`` remembers the spelling of values seen before (pass the same one for the rows of one sheet). Raises
     `_Unwritable` for text XLSX cannot hold (control characters; more than 32,767 characters, which openpyxl
@@ -450,6 +462,8 @@ class XlsxCells:
                 raise _Unwritable
             stripped = text.strip()
             preserve = bool(stripped) and len(stripped) != len(text)
+            if "_x" in text:
+                text = _OOXML_ESCAPE.sub("_x005F_", text)
             if "&" in text:
                 text = text.replace("&", "&amp;")
             if "<" in text:
@@ -722,7 +736,7 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
                 cells += len(row) or 1
                 if cells > MAX_XLSX_CELLS:
                     raise _too_many_cells(sheet.title, f"runs past row {len(rows):,}")
-                rows.append(list(row))
+                rows.append([_unescaped(v) if type(v) is str else v for v in row])
             while rows and all(v is None or v == "" for v in rows[-1]):
                 rows.pop()
             if not rows:
