@@ -582,6 +582,49 @@ def check_own_history(block: UnitBlock, party: str, history: Sequence[LedgerEntr
     return None
 
 
+def check_recorded_abroad(block: UnitBlock, recorded: Sequence[LedgerEntry]) -> str | None:
+    """Why an incoming ``block`` contradicts what this gateway recorded of the same units as another Party's
+    ITMOs (``recorded``: its entries of them, such as their Acquisition when they came here before), or None.
+
+    A tie never changes and neither does what the units were issued with: units seen here before as another
+    Party's ITMOs come back tied to that Party, under the same cooperative approach and authorization, and as
+    issued. A first transfer is never undone: units recorded here first transferred come back so. Units recorded
+    here not yet first transferred may come back first transferred (that Party may have first transferred them
+    since, at their use or cancellation, say)."""
+    if not recorded:
+        return None
+    ties = {(e.first_transferring_party, e.cooperative_approach, e.authorization_id) for e in recorded}
+    issued = {_as_issued(e.block) for e in recorded}
+    if len(ties) != 1 or len(issued) != 1:
+        return f"{block.describe()} spans units recorded here under different ties or attributes: send them apart"
+    [(party, approach, authorization)] = ties
+    if (block.first_transferring_party, block.cooperative_approach, block.authorization_id) != (
+        party,
+        approach,
+        authorization,
+    ):
+        return (
+            f"{block.describe()} arrives tied to {block.first_transferring_party or 'nobody'} under"
+            f" {block.authorization_id or 'no authorization'} of {block.cooperative_approach or 'no cooperative'}"
+            f" approach; this gateway recorded these units tied to {party} under {authorization} of {approach}, and"
+            " a tie never changes"
+        )
+    if not block.first_transferred and any(e.block.first_transferred for e in recorded):
+        return (
+            f"{block.describe()} arrives not first transferred; this gateway recorded these units first transferred"
+            f" by {party}, and a first transfer is never undone"
+        )
+    [ours] = issued
+    changed = [name for name, a, b in zip(_AS_ISSUED, ours, _as_issued(block), strict=True) if a != b]
+    if changed:
+        said = ", ".join(f"{name} {value!r}" for name, value in zip(_AS_ISSUED, ours, strict=True) if name in changed)
+        return (
+            f"{block.describe()} arrives with another {' and '.join(changed)} than this gateway recorded for these"
+            f" units ({said}): what their registry of record issued them with does not change abroad"
+        )
+    return None
+
+
 _AS_ISSUED = ("vintage", "project ID", "methodology code", "mitigation type", "registry reference", "attributes")
 
 

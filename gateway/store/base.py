@@ -533,6 +533,11 @@ class Transaction(Protocol):
         starting before serial ``since`` are not looked at (the caller knows none there can)."""
         ...
 
+    async def ledger_parties(self, space: SerialSpace) -> list[str]:
+        """The first transferring Parties of the entries of units of ``space``, in code order: the Parties
+        `ledger_of_units` finds entries for there."""
+        ...
+
     async def first_transfers_overlapping(
         self, party: str, space: SerialSpace, start: int, end: int
     ) -> list[FirstTransferRange]:

@@ -429,6 +429,13 @@ LEDGER_ACTION_SPANS = (
 """The longest entry of each action type in a serial space, for `ledger_of_units_query`: parameters as
 `ledger_of_units_query` takes them, the Party then the space."""
 
+LEDGER_PARTIES = (
+    "SELECT DISTINCT first_transferring_party FROM ledger_action_spans WHERE unit_kind = ? AND issuing_registry = ?"
+    " AND issuance = ? AND first_transferring_party != '' ORDER BY first_transferring_party"
+)
+"""The first transferring Parties of a serial space's entries (`Transaction.ledger_parties`): parameters the
+space's unit kind, issuing registry and issuance."""
+
 _LEDGER_OF_ONE_TYPE = (
     "SELECT * FROM ledger WHERE first_transferring_party = ? AND action_type = ? AND unit_kind = ?"
     " AND issuing_registry = ? AND issuance = ? AND serial_start >= ? AND serial_start <= ? AND serial_end >= ?"

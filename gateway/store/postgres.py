@@ -955,6 +955,10 @@ class PostgresTransaction:
         rows = await self._all(*codec.ledger_of_units_query(party, space, start, end, since, spans))
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
+    async def ledger_parties(self, space: SerialSpace) -> list[str]:
+        rows = await self._all(codec.LEDGER_PARTIES, (space.unit_kind, space.issuing_registry, space.issuance))
+        return [str(r[0]) for r in rows]
+
     async def first_transfers_overlapping(
         self, party: str, space: SerialSpace, start: int, end: int
     ) -> list[FirstTransferRange]:

@@ -14,6 +14,7 @@ from gateway.domain.ledger import (
     ActionContext,
     authorizes,
     check_own_history,
+    check_recorded_abroad,
     delivered_form,
     record_arrival,
     unreportable,
@@ -29,7 +30,7 @@ from gateway.domain.protocol import (
     validate_terms,
 )
 from gateway.domain.ranges import Range
-from gateway.domain.records import Authorization, TransferTerms
+from gateway.domain.records import Authorization, LedgerEntry, TransferTerms
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import BlockStatus, NewBlock, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
@@ -271,18 +272,26 @@ class Acquiring(GatewayBase):
 
         Units this gateway tied before take their tie and first-transfer state from its own records
         (`gateway.domain.ledger.check_own_history`): a block that contradicts them is refused, one sent without
-        a tie (by a version before ties) takes them from the records. Units never held here have no such
-        records: ``known`` (the known ranges that meet the block) is empty.
+        a tie (by a version before ties) takes them from the records. Units it recorded before as another
+        Party's ITMOs keep the tie and attributes recorded (`gateway.domain.ledger.check_recorded_abroad`).
+        Units never held here have no such records: ``known`` (the known ranges that meet the block) is empty.
         """
-        history = []
+        history: list[LedgerEntry] = []
+        abroad: list[LedgerEntry] = []
         if known:
             # Every entry lies inside one known range: none starts before the first that meets the block.
-            history = await tx.ledger_of_units(self.party, block.space, block.start, block.end, since=known[0][0])
+            for party in await tx.ledger_parties(block.space):
+                entries = await tx.ledger_of_units(party, block.space, block.start, block.end, since=known[0][0])
+                (history if party == self.party else abroad).extend(entries)
+        if history and abroad:
+            return block, f"{block.describe()} spans units recorded here as ITMOs of different Parties: send them apart"
         if history and not block.tied:
             block = with_own_tie(block, history)
         else:
             block = delivered_form(block, terms.transferring_party, terms.authorization_id, terms.cooperative_approach)
-        return block, untraceable(block) or check_own_history(block, self.party, history)
+        return block, (
+            untraceable(block) or check_own_history(block, self.party, history) or check_recorded_abroad(block, abroad)
+        )
 
     async def _acquire(self, tx: Transaction, transfer: Transfer) -> None:
         credited = await self._credit(tx, transfer)

@@ -664,3 +664,59 @@ async def test_a_retry_of_a_use_recorded_under_a_wider_period_is_answered_with_t
             assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "year_of_use")
     finally:
         await pair.stop()
+
+
+_TIED = {"first_transferring_party": "CHN", "cooperative_approach": "CA0001", "authorization_id": "CHN-A-0001"}
+
+AGAIN: dict[str, tuple[dict[str, object], int]] = {
+    "as-recorded": ({}, records_pb2.ACCEPTED),
+    "of-another-vintage": ({"vintage": 2021}, records_pb2.REJECTED),
+    "of-another-project": ({"project_id": "DEMO-P-0002"}, records_pb2.REJECTED),
+    "under-another-cooperative-approach": ({"cooperative_approach": "CA0002"}, records_pb2.REJECTED),
+    "under-another-authorization": ({"authorization_id": "CHN-A-0002"}, records_pb2.REJECTED),
+    "tied-to-another-party": (
+        {"first_transferring_party": "SGP", "authorization_id": "SGP-A-0001"},
+        records_pb2.REJECTED,
+    ),
+    "first-transfer-undone": ({"first_transferred": False}, records_pb2.REJECTED),
+}
+"""How CHN sends CHE, a second time, units CHE acquired from it and sent back (tied to CHN, first transferred, as
+issued), and what CHE makes of it."""
+
+
+@pytest.mark.parametrize("case", list(AGAIN))
+@pytest.mark.asyncio
+async def test_units_seen_before_as_another_party_s_itmos_arrive_again_as_recorded(tmp_path: Path, case: str) -> None:
+    """Units CHE recorded as CHN's ITMOs keep, whoever sends them next, the tie and what they were issued with,
+    and stay first transferred: a block that says otherwise would put the same units under a second ITMO ID in
+    CHE's books, and is refused with PROVENANCE_REFUSED."""
+    from tests.integration.harness import deliver_raw
+    from tests.integration.test_reconciliation import move
+    from tests.integration.test_transfer import _next_crafter, _rogue_proposal
+
+    changes, expected = AGAIN[case]
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)
+        await move(pair, [(1, 400)], "out")
+        async with operator(pair.che) as che:
+            await che.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
+            )
+        await move(pair, [(1, 400)], "back", back=True)
+        again = records_pb2.UnitBlock()
+        again.CopyFrom(block)
+        again.first_transferred = True
+        for name, value in {**_TIED, **changes}.items():
+            setattr(again, name, value)
+        proposal = _rogue_proposal(again, 1, 400, f"again-{case}")
+        crafter = await _next_crafter(pair)
+        payload, _ = crafter.statement(proposal=proposal)
+        assert (await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
+        async with operator(pair.che) as che:
+            transfer = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=f"again-{case}"))
+        assert transfer.state == expected, [r.message for r in transfer.rejections]
+        if expected == records_pb2.REJECTED:
+            assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
+    finally:
+        await pair.stop()

@@ -1370,3 +1370,24 @@ async def test_a_repair_that_bypasses_the_totals_triggers_is_undone_at_the_next_
             assert [t.quantity for t in await tx.ledger_totals()] == ([expected] if expected else [])
     finally:
         await again.close()
+
+
+@pytest.mark.asyncio
+async def test_the_parties_of_a_space_s_entries_are_every_first_transferring_party_there(store: Store) -> None:
+    """`Transaction.ledger_parties`: each first transferring Party with an entry of the space, once, in code order,
+    whether the entries were appended one at a time or together; none of another space's."""
+    other = SerialSpace("CCER", "CN-CCER", "other")
+    async with store.transaction() as tx:
+        assert await tx.ledger_parties(SPACE) == []
+        await tx.append_ledger([dataclasses.replace(entry(1, 10), first_transferring_party="SGP")])
+        await tx.append_ledger(
+            [
+                dataclasses.replace(entry(i * 10 + 1, i * 10 + 10), first_transferring_party=party)
+                for i, party in enumerate(["CHN", "CHE", "CHN"] * 400)
+            ]
+        )
+        await tx.append_ledger([dataclasses.replace(entry(1, 10, other), first_transferring_party="KOR")])
+    async with store.read() as tx:
+        assert await tx.ledger_parties(SPACE) == ["CHE", "CHN", "SGP"]
+        assert await tx.ledger_parties(other) == ["KOR"]
+        assert await tx.ledger_parties(SerialSpace("CEA", "CN-CEA")) == []
