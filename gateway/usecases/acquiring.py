@@ -147,10 +147,16 @@ class Acquiring(GatewayBase):
             if previous is not None:
                 return await self._found(tx, previous)
             transfer = await tx.get_transfer(transfer_id)
-            if transfer is None or transfer.role is not TransferRole.ACQUIRING:
+            if transfer is None:
                 raise GatewayError(
                     ResponseCode.UNKNOWN_TRANSFER,
                     f"no incoming transfer {transfer_id[:128]!r} is known here",
+                    field="transfer_id",
+                )
+            if transfer.role is not TransferRole.ACQUIRING:
+                raise GatewayError(
+                    ResponseCode.INVALID_STATE,
+                    "only the acquiring side decides on a transfer; the initiating side cancels it",
                     field="transfer_id",
                 )
             if transfer.state is not TransferState.CHECKED:

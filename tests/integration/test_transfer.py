@@ -10,7 +10,7 @@ import pytest
 
 from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import wire
-from gateway.demo import Pair, ledgers_agree
+from gateway.demo import Pair, ledgers_agree, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.rpc.errors import read_error_detail
 from gateway.store.base import LogEntry
@@ -18,6 +18,7 @@ from gateway.store.postgres import PostgresTransaction
 from gateway.store.sqlite import SQLiteTransaction
 from signing import CryptoSigner, Envelope
 from tests.integration.harness import (
+    TERMINAL,
     Crafter,
     deliver_raw,
     error_code,
@@ -404,3 +405,24 @@ async def test_a_selection_across_many_blocks_is_refused_naming_a_few_and_readin
     details = caught.value.details() or ""
     assert "[1, 1] is reserved" in details and "[5, 5] is reserved" in details and "[6, 6]" not in details
     assert read[-1] <= 6  # the block before the selection and the first five in it, of some 200
+
+
+@pytest.mark.asyncio
+async def test_each_side_is_told_which_side_decides_and_which_cancels(pair: Pair) -> None:
+    """DecideTransfer on an outgoing transfer, and CancelTransfer on an incoming one, name the transfer's role,
+    not an unknown transfer."""
+    block = await setup_accounts(pair)
+    async with operator(pair.chn) as chn, operator(pair.che) as che:
+        proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "t1"))
+        await wait_for_state(che, proposed.transfer_id, TERMINAL)
+        calls = [
+            (chn.DecideTransfer, operator_pb2.DecideTransferRequest, "only the acquiring side decides"),
+            (che.CancelTransfer, operator_pb2.CancelTransferRequest, "only the initiating side cancels"),
+        ]
+        for call, request, said in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call(request(idempotency_key="wrong-side", transfer_id=proposed.transfer_id))  # type: ignore[operator]
+            detail = read_error_detail(caught.value.trailing_metadata())
+            assert detail is not None
+            assert (ResponseCode(detail.code), detail.field) == (ResponseCode.INVALID_STATE, "transfer_id")
+            assert said in detail.message
