@@ -178,13 +178,44 @@ def _drawn_like_ascii(char: str) -> bool:
     )
 
 
+_SCRIPTS_TOGETHER = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
+"""The scripts whose letters one identifier may mix: Unicode's "highly restrictive" level (UTS 39, section 5.2).
+Others (Latin with Cyrillic or Greek, say) draw letters alike: ``CN-PO`` with a Cyrillic ``Р`` looks like the
+Latin one."""
+
+
+def _script(char: str) -> str | None:
+    """The script of a letter, as the first word of its Unicode name says it (``HAN`` for CJK ideographs); None
+    for what is not a letter, whose script is common to all."""
+    if not unicodedata.category(char).startswith("L"):
+        return None
+    words = unicodedata.name(char, "").split()
+    if words[:1] in (["HALFWIDTH"], ["FULLWIDTH"]):
+        words = words[1:]
+    if not words or words[0] == "MODIFIER":
+        return None
+    return "HAN" if words[0] in ("CJK", "IDEOGRAPHIC") else words[0]
+
+
 def _look_alike(value: str) -> str | None:
     """Why ``value`` would look like another identifier, or None: beyond its spaces (`_bad_character`), a character
-    that shows nothing, a dash or a letter drawn like an ASCII one, two spaces in a row, or a stack of diacritics."""
+    that shows nothing, a dash or a letter drawn like an ASCII one, letters of scripts that draw letters alike, two
+    spaces in a row, or a stack of diacritics."""
     if "  " in value:
         return "holds two spaces in a row"
     if value.isascii():
         return None
+    scripts = {script for char in value if (script := _script(char)) is not None}
+    if len(scripts) > 1 and not any(scripts <= together for together in _SCRIPTS_TOGETHER):
+        named = " and ".join(sorted(s.title() for s in scripts))
+        return (
+            f"mixes letters of the {named} scripts, which draw letters alike: write it in one script (Latin may go"
+            " with Han, kana, Bopomofo or Hangul)"
+        )
     marks = 0
     for char in value:
         if char in _BLANK_LOOKING:
@@ -205,8 +236,9 @@ def check_new_identifier(value: str, field: str, *, what: str = "identifier") ->
     """`check_identifier` for an identifier this gateway is about to name something new by (an account, an
     incoming transfer), which must not look like another: it takes the ASCII space alone of the spaces (a no-break
     or em space would make a look-alike) and the ASCII hyphen-minus alone of the dashes, and holds no character
-    that shows nothing, no letter drawn like an ASCII one (fullwidth, mathematical), no two spaces in a row and no
-    stack of diacritics (`_look_alike`). Identifiers recorded before these rules, and those another Party chose
+    that shows nothing, no letter drawn like an ASCII one (fullwidth, mathematical), no letters of scripts that
+    draw letters alike (Latin with Cyrillic, say), no two spaces in a row and no stack of diacritics
+    (`_look_alike`). Identifiers recorded before these rules, and those another Party chose
     (an authorization ID), are checked by `check_identifier`."""
     _check(value, field, what, MAX_IDENTIFIER_LENGTH, allow_joiners=False, required=True, ascii_space_only=True)
     reason = _look_alike(value)
