@@ -56,6 +56,7 @@ class ResponseCode(enum.IntEnum):
     TOO_MANY_CALLS = 39
     UNKNOWN_RECONCILIATION_RUN = 40
     UNKNOWN_MESSAGE = 41
+    TRANSFER_DECLINED = 42
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -121,6 +122,9 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     "later",
     ResponseCode.UNKNOWN_RECONCILIATION_RUN: "no reconciliation run with this ID is known here",
     ResponseCode.UNKNOWN_MESSAGE: "no outbox message with this ID is known here",
+    ResponseCode.TRANSFER_DECLINED: (
+        "the acquiring side's decision policy or operator declined the transfer (the rejection's message says why)"
+    ),
 }
 
 

@@ -41,6 +41,7 @@ _STATUS: dict[ResponseCode, grpc.StatusCode] = {
     ResponseCode.TOO_MANY_CALLS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ResponseCode.UNKNOWN_RECONCILIATION_RUN: grpc.StatusCode.NOT_FOUND,
     ResponseCode.UNKNOWN_MESSAGE: grpc.StatusCode.NOT_FOUND,
+    ResponseCode.TRANSFER_DECLINED: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

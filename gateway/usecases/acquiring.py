@@ -96,9 +96,7 @@ class Acquiring(GatewayBase):
         rejections += await self._purposes_refused(tx, terms, delivered)
         verdict = Verdict.REJECT if rejections else self.policy.decide(partner, terms)
         if verdict is Verdict.REJECT and not rejections:
-            rejections = [
-                Rejection(ResponseCode.ACCOUNT_NOT_ELIGIBLE, "refused by the acquiring side's decision policy")
-            ]
+            rejections = [Rejection(ResponseCode.TRANSFER_DECLINED, "refused by the acquiring side's decision policy")]
         now = self.clock()
         transfer = Transfer(
             transfer_id=proposal.transfer_id,
@@ -179,7 +177,7 @@ class Acquiring(GatewayBase):
                 transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
                 await self._send_decision(tx, transfer, accepted=True, rejections=())
             else:
-                rejection = Rejection(ResponseCode.ACCOUNT_NOT_ELIGIBLE, reason or "rejected by the acquiring operator")
+                rejection = Rejection(ResponseCode.TRANSFER_DECLINED, reason or "rejected by the acquiring operator")
                 transfer = await self._set_state(tx, transfer, TransferState.REJECTED, [rejection])
                 await self._drop_pending(tx, transfer_id)
                 await self._send_decision(tx, transfer, accepted=False, rejections=[rejection])

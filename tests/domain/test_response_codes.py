@@ -50,6 +50,7 @@ PINNED_VALUES: dict[str, int] = {
     "TOO_MANY_CALLS": 39,
     "UNKNOWN_RECONCILIATION_RUN": 40,
     "UNKNOWN_MESSAGE": 41,
+    "TRANSFER_DECLINED": 42,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -426,3 +427,34 @@ async def test_each_side_is_told_which_side_decides_and_which_cancels(pair: Pair
             assert detail is not None
             assert (ResponseCode(detail.code), detail.field) == (ResponseCode.INVALID_STATE, "transfer_id")
             assert said in detail.message
+
+
+@pytest.mark.parametrize("who", ["policy", "operator"])
+@pytest.mark.asyncio
+async def test_a_declined_proposal_reaches_the_initiating_side_as_declined(tmp_path: Path, who: str) -> None:
+    """A proposal the acquiring side's policy or operator declines is rejected with TRANSFER_DECLINED and the
+    reason, not with a code that blames an account."""
+    from gateway.demo import start_pair
+    from gateway.domain.protocol import DecisionPolicy, DecisionRule, Verdict
+
+    rules = (DecisionRule(Verdict.REJECT),) if who == "policy" else ()
+    declined = await start_pair(tmp_path, policy=DecisionPolicy(rules))
+    try:
+        block = await setup_accounts(declined)
+        async with operator(declined.chn) as chn, operator(declined.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "t1"))
+            if who == "operator":
+                await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+                await che.DecideTransfer(
+                    operator_pb2.DecideTransferRequest(
+                        idempotency_key="no", transfer_id=proposed.transfer_id, accept=False, reason="price not agreed"
+                    )
+                )
+            rejected = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+        said = "price not agreed" if who == "operator" else "refused by the acquiring side's decision policy"
+        assert rejected.state == records_pb2.REJECTED
+        assert [(ResponseCode(r.code), r.message) for r in rejected.rejections] == [
+            (ResponseCode.TRANSFER_DECLINED, said)
+        ]
+    finally:
+        await declined.stop()
