@@ -183,6 +183,14 @@ class Retiring(Initiating):
             text.check_new_identifier(request.using_entity, "using_entity", what="entity ID")
         settings = self.ledger_options.adjustments
         year = request.year_of_use
+        if year is not None and settings is None:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                "this gateway has no NDC period configured ([ledger] ndc_first_year and ndc_last_year): a use towards"
+                " the NDC names a year of it, which no corresponding adjustment could otherwise cover. Configure"
+                " [ledger] and restart",
+                field="year_of_use",
+            )
         if year is not None and settings is not None and not settings.first_year <= year <= settings.last_year:
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT,

@@ -12,7 +12,7 @@ import pytest
 
 from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import wire
-from gateway.demo import DEMO_AUTHORIZATION, start_pair, wait_for_state
+from gateway.demo import DEMO_AUTHORIZATION, demo_block, start_pair, wait_for_state
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import DecisionPolicy
@@ -720,3 +720,43 @@ async def test_units_seen_before_as_another_party_s_itmos_arrive_again_as_record
             assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
     finally:
         await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_use_towards_the_ndc_is_refused_where_no_ndc_period_is_configured(tmp_path: Path) -> None:
+    """Without [ledger] the gateway knows no NDC period: a use towards the NDC for any year would be counted in
+    no year's adjustment once the period is configured, so it is refused, naming the setting; nothing is used."""
+    from gateway.demo import Pair
+    from gateway.harness import start_network
+    from tests.integration.test_reconciliation import move
+
+    network = await start_network(tmp_path, ("CHN", "CHE"))  # no [ledger]: LedgerOptions()
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        await setup_accounts(pair)
+        await move(pair, [(1, 100)], "out")
+        async with operator(pair.che) as che:
+            await che.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="open-use",
+                    account=records_pb2.Account(account_id="CH-USE-0001", holder_name="Use", account_type="use"),
+                )
+            )
+            use = operator_pb2.UseUnitsRequest(
+                idempotency_key="use",
+                source_account="CH-PH-0001",
+                use_account="CH-USE-0001",
+                action="use towards the NDC",
+                year_of_use=2040,
+                selections=[operator_pb2.BlockSelection(space=demo_block().space, start=1, end=10)],
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.UseUnits(use)
+            detail = read_error_detail(caught.value.trailing_metadata())
+            assert detail is not None
+            assert (ResponseCode(detail.code), detail.field) == (ResponseCode.INVALID_ARGUMENT, "year_of_use")
+            assert "[ledger]" in detail.message
+        async with pair.che.store.read() as tx:
+            assert [e.action_type.value for e in await tx.list_ledger()] == ["Acquisition"]
+    finally:
+        await network.stop()

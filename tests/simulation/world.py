@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from carbon_gateway.v1 import operator_pb2
 from gateway.core import GatewayCore, PartnerSpec
+from gateway.demo import DEMO_LEDGER
 from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import IssuingRegistry, Nomenclature
 from gateway.domain.protocol import Deadlines, DecisionPolicy, DecisionRule, Verdict
@@ -404,6 +405,7 @@ class World:
             new_id=lambda: uuid_from(ids),
             backoff=Backoff(initial=dt.timedelta(seconds=1), maximum=dt.timedelta(seconds=30)),
             outbox_batch=1,
+            ledger_options=DEMO_LEDGER,  # the NDC period uses towards the NDC name a year of
         )
         try:
             await core.load()
