@@ -188,17 +188,66 @@ Others (Latin with Cyrillic or Greek, say) draw letters alike: ``CN-PO`` with a 
 Latin one."""
 
 
+_SCRIPT_NAMES = frozenset(
+    [
+        "LATIN",
+        "GREEK",
+        "COPTIC",
+        "CYRILLIC",
+        "ARMENIAN",
+        "GEORGIAN",
+        "CHEROKEE",
+        "HEBREW",
+        "ARABIC",
+        "SYRIAC",
+        "THAANA",
+        "NKO",
+        "DEVANAGARI",
+        "BENGALI",
+        "GURMUKHI",
+        "GUJARATI",
+        "ORIYA",
+        "TAMIL",
+        "TELUGU",
+        "KANNADA",
+        "MALAYALAM",
+        "SINHALA",
+        "THAI",
+        "LAO",
+        "TIBETAN",
+        "MYANMAR",
+        "KHMER",
+        "MONGOLIAN",
+        "ETHIOPIC",
+        "HANGUL",
+        "HIRAGANA",
+        "KATAKANA",
+        "BOPOMOFO",
+        "YI",
+        "OGHAM",
+        "RUNIC",
+        "TIFINAGH",
+        "VAI",
+    ]
+)
+"""Scripts whose letters Unicode names after them (``CYRILLIC CAPITAL LETTER ER``); ``CJK`` names Han."""
+
+
 def _script(char: str) -> str | None:
     """The script of a letter, as the first word of its Unicode name says it (``HAN`` for CJK ideographs); None
-    for what is not a letter, whose script is common to all."""
-    if not unicodedata.category(char).startswith("L"):
+    for what belongs to no one script: not a letter, a modifier letter (the prolonged sound mark ``ー`` serves
+    Hiragana and Katakana), or a letter named otherwise (``ª``, ``º``, ``µ``)."""
+    category = unicodedata.category(char)
+    if not category.startswith("L") or category == "Lm":
         return None
     words = unicodedata.name(char, "").split()
     if words[:1] in (["HALFWIDTH"], ["FULLWIDTH"]):
         words = words[1:]
-    if not words or words[0] == "MODIFIER":
+    if not words:
         return None
-    return "HAN" if words[0] in ("CJK", "IDEOGRAPHIC") else words[0]
+    if words[0] == "CJK":
+        return "HAN"
+    return words[0] if words[0] in _SCRIPT_NAMES else None
 
 
 def _look_alike(value: str) -> str | None:
