@@ -67,6 +67,7 @@ class Acquiring(GatewayBase):
         delivered: list[UnitBlock] = []
         frozen: list[UnitBlock] = []
         frozen_spaces = await tx.frozen_spaces()
+        parties_of: dict[SerialSpace, list[str]] = {}
         found = await self._look_up(tx, terms.blocks)
         for block, (guarded, abroad, seen) in zip(terms.blocks, found, strict=True):
             if guarded:
@@ -78,7 +79,7 @@ class Acquiring(GatewayBase):
                 continue
             if block.space in frozen_spaces and await tx.frozen_by(block.space, block.start, block.end):
                 frozen.append(block)
-            arriving, reason = await self._as_arriving(tx, terms, block, seen)
+            arriving, reason = await self._as_arriving(tx, terms, block, seen, parties_of)
             if reason is not None:
                 contradicting.append((block, reason))
             else:
@@ -184,11 +185,10 @@ class Acquiring(GatewayBase):
             await self._remember(tx, idem, transfer_id)
         return transfer
 
-    @staticmethod
-    async def _check_held_before(tx: Transaction, transfer: Transfer) -> None:
-        """Refuse to accept a held proposal whose units the AEF report could not write once credited. The doors
-        refuse such proposals now; one held by an earlier release, before a door checked it, can only be
-        rejected."""
+    async def _check_held_before(self, tx: Transaction, transfer: Transfer) -> None:
+        """Refuse to accept a held proposal whose units the AEF report could not write once credited, or that
+        contradict this gateway's entries of the same units (`_contradiction`). The doors refuse such proposals
+        now; one held by an earlier release, before a door checked it, can only be rejected."""
         try:
             check_blocks_enter_ledger(transfer.terms.blocks)
         except GatewayError as exc:
@@ -198,8 +198,13 @@ class Acquiring(GatewayBase):
                 field="accept",
                 blocks=exc.blocks,
             ) from None
+        parties_of: dict[SerialSpace, list[str]] = {}
         for pending in await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING):
-            why = unreportable(pending.block)
+            block = pending.block
+            why = unreportable(block)
+            if why is None:
+                [known] = await tx.known_ranges_each(block.space, [(block.start, block.end)])
+                why = self._contradiction(block, *await self._recorded(tx, block, known, parties_of))
             if why is not None:
                 raise GatewayError(
                     ResponseCode.PROVENANCE_REFUSED,
@@ -270,7 +275,12 @@ class Acquiring(GatewayBase):
         return rejections
 
     async def _as_arriving(
-        self, tx: Transaction, terms: TransferTerms, block: UnitBlock, known: Sequence[Range]
+        self,
+        tx: Transaction,
+        terms: TransferTerms,
+        block: UnitBlock,
+        known: Sequence[Range],
+        parties_of: dict[SerialSpace, list[str]],
     ) -> tuple[UnitBlock, str | None]:
         """The block as it is held here once credited, or why it is refused.
 
@@ -280,20 +290,42 @@ class Acquiring(GatewayBase):
         Party's ITMOs keep the tie and attributes recorded (`gateway.domain.ledger.check_recorded_abroad`).
         Units never held here have no such records: ``known`` (the known ranges that meet the block) is empty.
         """
-        history: list[LedgerEntry] = []
-        abroad: list[LedgerEntry] = []
-        if known:
-            # Every entry lies inside one known range: none starts before the first that meets the block.
-            for party in await tx.ledger_parties(block.space):
-                entries = await tx.ledger_of_units(party, block.space, block.start, block.end, since=known[0][0])
-                (history if party == self.party else abroad).extend(entries)
-        if history and abroad:
-            return block, f"{block.describe()} spans units recorded here as ITMOs of different Parties: send them apart"
+        history, abroad = await self._recorded(tx, block, known, parties_of)
         if history and not block.tied:
             block = with_own_tie(block, history)
         else:
             block = delivered_form(block, terms.transferring_party, terms.authorization_id, terms.cooperative_approach)
-        return block, (
+        return block, self._contradiction(block, history, abroad)
+
+    async def _recorded(
+        self,
+        tx: Transaction,
+        block: UnitBlock,
+        known: Sequence[Range],
+        parties_of: dict[SerialSpace, list[str]],
+    ) -> tuple[list[LedgerEntry], list[LedgerEntry]]:
+        """This gateway's ledger entries of ``block``'s units: those it recorded as their first transferring Party,
+        and those it recorded of them as another Party's ITMOs. ``known`` are the known ranges that meet the
+        block (none: no entries); ``parties_of`` keeps `Transaction.ledger_parties` per space for the caller."""
+        history: list[LedgerEntry] = []
+        abroad: list[LedgerEntry] = []
+        if known:
+            parties = parties_of.get(block.space)
+            if parties is None:
+                parties = parties_of[block.space] = await tx.ledger_parties(block.space)
+            # Every entry lies inside one known range: none starts before the first that meets the block.
+            for party in parties:
+                entries = await tx.ledger_of_units(party, block.space, block.start, block.end, since=known[0][0])
+                (history if party == self.party else abroad).extend(entries)
+        return history, abroad
+
+    def _contradiction(
+        self, block: UnitBlock, history: Sequence[LedgerEntry], abroad: Sequence[LedgerEntry]
+    ) -> str | None:
+        """Why ``block``, as it would be credited, contradicts this gateway's entries of its units, or None."""
+        if history and abroad:
+            return f"{block.describe()} spans units recorded here as ITMOs of different Parties: send them apart"
+        return (
             untraceable(block) or check_own_history(block, self.party, history) or check_recorded_abroad(block, abroad)
         )
 

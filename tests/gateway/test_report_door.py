@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import types
 from collections.abc import Sequence
 
 import pytest
@@ -184,8 +183,9 @@ _NOMENCLATURE = Nomenclature.of(
     )
 )
 
-_NEVER_HELD_HERE = types.SimpleNamespace(party="CHN")
-"""What `Acquiring._as_arriving` reads of the gateway for units with no history here: its Party."""
+_NEVER_HELD_HERE = Acquiring.__new__(Acquiring)
+"""The acquiring side's door, with only what it reads for units with no history here: its Party."""
+_NEVER_HELD_HERE.party = "CHN"
 
 _AUTHORIZATION = wire.authorization_from_proto(records_pb2.Authorization(**GOOD))  # type: ignore[arg-type]
 
@@ -266,7 +266,7 @@ def test_every_block_the_api_or_a_partner_moves_into_the_ledger_the_aef_report_w
     else:
         [block] = terms.blocks
         # The acquiring side's own door, for units never held here (no history to check them against).
-        door = Acquiring._as_arriving(_NEVER_HELD_HERE, None, terms, block, [])  # type: ignore[arg-type]
+        door = _NEVER_HELD_HERE._as_arriving(None, terms, block, [], {})  # type: ignore[arg-type]
         arriving, refused = asyncio.run(door)
         if refused is None:
             recorded.append(record_arrival(_context("CHE", "CHN"), arriving))

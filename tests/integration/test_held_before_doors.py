@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -99,3 +100,58 @@ async def test_a_proposal_held_before_the_doors_cannot_be_accepted_and_is_reject
         assert [e for e in await tx.list_ledger() if e.transfer_id == "held-before"] == []
     year = dt.datetime.now(dt.UTC).year
     write_workbook(await pair.che.core.gateway.aef_report(year, version="1.0", submission_date=dt.date(year, 12, 31)))
+
+
+@pytest.mark.asyncio
+async def test_a_held_proposal_contradicting_this_gateway_s_records_cannot_be_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Units CHE recorded as CHN's ITMOs of vintage 2025, proposed again as vintage 2021 and held by a release
+    that did not compare them with its records: accepting them would hold the same serials under two ITMO IDs."""
+    from gateway.demo import DEMO_AUTHORIZATION, start_pair
+    from gateway.domain.protocol import DecisionPolicy
+    from tests.integration.test_reconciliation import move
+
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)
+        await move(pair, [(1, 400)], "out")
+        async with operator(pair.che) as che:
+            await che.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
+            )
+        await move(pair, [(1, 400)], "back", back=True)
+        pair.che.core.gateway.policy = DecisionPolicy()  # CHE now holds every proposal for its operator
+        again = records_pb2.UnitBlock()
+        again.CopyFrom(block)
+        again.first_transferred, again.vintage = True, 2021
+        again.first_transferring_party, again.cooperative_approach, again.authorization_id = (
+            "CHN",
+            "CA0001",
+            "CHN-A-0001",
+        )
+        proposal = _rogue_proposal(again, 1, 400, "again-held")
+        crafter = await _next_crafter(pair)
+        with monkeypatch.context() as before_upgrade:
+            before_upgrade.setattr(acquiring, "check_recorded_abroad", lambda block, recorded: None)
+            payload, _ = crafter.statement(proposal=proposal)
+            assert (await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
+            async with operator(pair.che) as che:
+                await wait_for_state(che, "again-held", {records_pb2.CHECKED})
+        async with operator(pair.che) as che:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.DecideTransfer(
+                    operator_pb2.DecideTransferRequest(idempotency_key="accept", transfer_id="again-held", accept=True)
+                )
+            detail = read_error_detail(caught.value.trailing_metadata())
+            assert detail is not None
+            assert (ResponseCode(detail.code), detail.field) == (ResponseCode.PROVENANCE_REFUSED, "accept")
+            assert "vintage" in detail.message and "reject it" in detail.message
+            await che.DecideTransfer(
+                operator_pb2.DecideTransferRequest(idempotency_key="reject", transfer_id="again-held", accept=False)
+            )
+            assert (await wait_for_state(che, "again-held", TERMINAL)).state == records_pb2.REJECTED
+        async with pair.che.store.read() as tx:
+            assert {e.block.vintage for e in await tx.list_ledger()} == {2025}
+    finally:
+        await pair.stop()
