@@ -73,6 +73,7 @@ def test_a_previous_hash_missing_or_of_the_wrong_length_is_named_as_such() -> No
 def test_a_partner_s_rejection_without_a_known_reason_is_kept_as_malformed(code: int, said: str) -> None:
     from carbon_gateway.v1 import records_pb2
 
-    rejection = wire.rejection_from_proto(records_pb2.Rejection(code=code, message="looks fine"), "decision")
+    message = records_pb2.Rejection(code=code, message="looks fine")  # type: ignore[arg-type]
+    rejection = wire.rejection_from_proto(message, "decision")
     assert rejection.code is ResponseCode.MALFORMED_PAYLOAD
     assert said in rejection.message and rejection.message.endswith("looks fine")
