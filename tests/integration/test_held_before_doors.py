@@ -78,22 +78,8 @@ async def test_a_proposal_held_before_the_doors_cannot_be_accepted_and_is_reject
         assert (await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
         async with operator(pair.che) as che:
             await wait_for_state(che, "held-before", {records_pb2.CHECKED})
+    await _accept_refused_then_rejected(pair, "held-before", said)
     async with operator(pair.che) as che:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await che.DecideTransfer(
-                operator_pb2.DecideTransferRequest(idempotency_key="accept", transfer_id="held-before", accept=True)
-            )
-        detail = read_error_detail(caught.value.trailing_metadata())
-        assert detail is not None
-        assert (ResponseCode(detail.code), detail.field) == (ResponseCode.PROVENANCE_REFUSED, "accept")
-        assert said in detail.message and "reject it" in detail.message
-        assert (await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id="held-before"))).state == (
-            records_pb2.CHECKED
-        )
-        await che.DecideTransfer(
-            operator_pb2.DecideTransferRequest(idempotency_key="reject", transfer_id="held-before", accept=False)
-        )
-        assert (await wait_for_state(che, "held-before", TERMINAL)).state == records_pb2.REJECTED
         held = (await che.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CH-PH-0001"))).holdings
     assert not any(h.block.start == 2001 for h in held)
     async with pair.che.store.read() as tx:
@@ -108,19 +94,13 @@ async def test_a_held_proposal_contradicting_this_gateway_s_records_cannot_be_ac
 ) -> None:
     """Units CHE recorded as CHN's ITMOs of vintage 2025, proposed again as vintage 2021 and held by a release
     that did not compare them with its records: accepting them would hold the same serials under two ITMO IDs."""
-    from gateway.demo import DEMO_AUTHORIZATION, start_pair
+    from gateway.demo import start_pair
     from gateway.domain.protocol import DecisionPolicy
-    from tests.integration.test_reconciliation import move
+    from tests.integration.test_ledger import acquired_and_sent_back
 
     pair = await start_pair(tmp_path)
     try:
-        block = await setup_accounts(pair)
-        await move(pair, [(1, 400)], "out")
-        async with operator(pair.che) as che:
-            await che.RegisterAuthorization(
-                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
-            )
-        await move(pair, [(1, 400)], "back", back=True)
+        block = await acquired_and_sent_back(pair)
         pair.che.core.gateway.policy = DecisionPolicy()  # CHE now holds every proposal for its operator
         again = records_pb2.UnitBlock()
         again.CopyFrom(block)
@@ -138,20 +118,28 @@ async def test_a_held_proposal_contradicting_this_gateway_s_records_cannot_be_ac
             assert (await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
             async with operator(pair.che) as che:
                 await wait_for_state(che, "again-held", {records_pb2.CHECKED})
-        async with operator(pair.che) as che:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await che.DecideTransfer(
-                    operator_pb2.DecideTransferRequest(idempotency_key="accept", transfer_id="again-held", accept=True)
-                )
-            detail = read_error_detail(caught.value.trailing_metadata())
-            assert detail is not None
-            assert (ResponseCode(detail.code), detail.field) == (ResponseCode.PROVENANCE_REFUSED, "accept")
-            assert "vintage" in detail.message and "reject it" in detail.message
-            await che.DecideTransfer(
-                operator_pb2.DecideTransferRequest(idempotency_key="reject", transfer_id="again-held", accept=False)
-            )
-            assert (await wait_for_state(che, "again-held", TERMINAL)).state == records_pb2.REJECTED
+        await _accept_refused_then_rejected(pair, "again-held", "vintage")
         async with pair.che.store.read() as tx:
             assert {e.block.vintage for e in await tx.list_ledger()} == {2025}
     finally:
         await pair.stop()
+
+
+async def _accept_refused_then_rejected(pair: Pair, transfer_id: str, said: str) -> None:
+    """CHE's operator accepts the held proposal and is refused, naming why and saying to reject it; the proposal
+    stays held, and the rejection then ends it."""
+    async with operator(pair.che) as che:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await che.DecideTransfer(
+                operator_pb2.DecideTransferRequest(idempotency_key="accept", transfer_id=transfer_id, accept=True)
+            )
+        detail = read_error_detail(caught.value.trailing_metadata())
+        assert detail is not None
+        assert (ResponseCode(detail.code), detail.field) == (ResponseCode.PROVENANCE_REFUSED, "accept")
+        assert said in detail.message and "reject it" in detail.message
+        state = (await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))).state
+        assert state == records_pb2.CHECKED
+        await che.DecideTransfer(
+            operator_pb2.DecideTransferRequest(idempotency_key="reject", transfer_id=transfer_id, accept=False)
+        )
+        assert (await wait_for_state(che, transfer_id, TERMINAL)).state == records_pb2.REJECTED

@@ -12,7 +12,7 @@ import pytest
 
 from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import wire
-from gateway.demo import DEMO_AUTHORIZATION, demo_block, start_pair, wait_for_state
+from gateway.demo import DEMO_AUTHORIZATION, Pair, demo_block, start_pair, wait_for_state
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import DecisionPolicy
@@ -684,6 +684,21 @@ AGAIN: dict[str, tuple[dict[str, object], int]] = {
 issued), and what CHE makes of it."""
 
 
+async def acquired_and_sent_back(pair: Pair) -> records_pb2.UnitBlock:
+    """CHN's units 1-400 of its issuance moved to CHE, then back to CHN (CHE holding a copy of CHN's
+    authorization): CHE has recorded them as CHN's ITMOs. Returns CHN's issuance block."""
+    from tests.integration.test_reconciliation import move
+
+    block = await setup_accounts(pair)
+    await move(pair, [(1, 400)], "out")
+    async with operator(pair.che) as che:
+        await che.RegisterAuthorization(
+            operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
+        )
+    await move(pair, [(1, 400)], "back", back=True)
+    return block
+
+
 @pytest.mark.parametrize("case", list(AGAIN))
 @pytest.mark.asyncio
 async def test_units_seen_before_as_another_party_s_itmos_arrive_again_as_recorded(tmp_path: Path, case: str) -> None:
@@ -691,19 +706,12 @@ async def test_units_seen_before_as_another_party_s_itmos_arrive_again_as_record
     and stay first transferred: a block that says otherwise would put the same units under a second ITMO ID in
     CHE's books, and is refused with PROVENANCE_REFUSED."""
     from tests.integration.harness import deliver_raw
-    from tests.integration.test_reconciliation import move
     from tests.integration.test_transfer import _next_crafter, _rogue_proposal
 
     changes, expected = AGAIN[case]
     pair = await start_pair(tmp_path)
     try:
-        block = await setup_accounts(pair)
-        await move(pair, [(1, 400)], "out")
-        async with operator(pair.che) as che:
-            await che.RegisterAuthorization(
-                operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
-            )
-        await move(pair, [(1, 400)], "back", back=True)
+        block = await acquired_and_sent_back(pair)
         again = records_pb2.UnitBlock()
         again.CopyFrom(block)
         again.first_transferred = True
