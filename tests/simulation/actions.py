@@ -13,6 +13,7 @@ from typing import Any
 
 from carbon_gateway.v1 import envelope_pb2, operator_pb2, partner_pb2, records_pb2
 from gateway import wire
+from gateway.demo import DEMO_LEDGER
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.nomenclature import fold
@@ -1020,8 +1021,13 @@ async def retire_badly(world: World, party: str) -> None:
             locks = await tx.locked_periods()
         if not locks:
             return
+        period = DEMO_LEDGER.adjustments
+        assert period is not None
+        first, last = max(locks[0].first_year, period.first_year), min(locks[0].last_year, period.last_year)
+        if first > last:
+            return  # the locked years lie outside the NDC period: a use for one of them is refused as such
         label, (method, request) = "a use for a year made final", base("ndc")
-        request.year_of_use = rng.randint(locks[0].first_year, locks[0].last_year)
+        request.year_of_use = rng.randint(first, last)
         expected = {ResponseCode.PERIOD_LOCKED}
     if not _itmo_serials(block) and case in (21, 22, 23, 24):
         # Units that cannot enter the ledger are refused as such before any authorization is looked at.
