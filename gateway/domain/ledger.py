@@ -547,17 +547,9 @@ def check_own_history(block: UnitBlock, party: str, history: Sequence[LedgerEntr
     if len(issued) != 1:
         return f"{block.describe()} spans units {party} recorded with different attributes: send them apart"
     [recorded] = issued
-    changed = [
-        name for name, ours, theirs in zip(_AS_ISSUED, recorded, _as_issued(block), strict=True) if ours != theirs
-    ]
-    if changed:
-        ours = ", ".join(
-            f"{name} {value!r}" for name, value in zip(_AS_ISSUED, recorded, strict=True) if name in changed
-        )
-        return (
-            f"{block.describe()} arrives with another {' and '.join(changed)} than {party}'s records give these"
-            f" units ({ours}): what their registry of record issued them with does not change abroad"
-        )
+    changed = _issued_otherwise(block, recorded, f"{party}'s records give these units")
+    if changed is not None:
+        return changed
     first = [(e.block.start, e.block.end) for e in history if e.action_type is ActionType.FIRST_TRANSFER]
     first_transferred = ranges.covers(ranges.normalize(first), block.start, block.end)
     if not first_transferred and ranges.missing(ranges.normalize(first), block.start, block.end) != [
@@ -614,18 +606,25 @@ def check_recorded_abroad(block: UnitBlock, recorded: Sequence[LedgerEntry]) -> 
             f"{block.describe()} arrives not first transferred; this gateway recorded these units first transferred"
             f" by {party}, and a first transfer is never undone"
         )
-    [ours] = issued
-    changed = [name for name, a, b in zip(_AS_ISSUED, ours, _as_issued(block), strict=True) if a != b]
-    if changed:
-        said = ", ".join(f"{name} {value!r}" for name, value in zip(_AS_ISSUED, ours, strict=True) if name in changed)
-        return (
-            f"{block.describe()} arrives with another {' and '.join(changed)} than this gateway recorded for these"
-            f" units ({said}): what their registry of record issued them with does not change abroad"
-        )
-    return None
+    [as_issued] = issued
+    return _issued_otherwise(block, as_issued, "this gateway recorded for these units")
 
 
 _AS_ISSUED = ("vintage", "project ID", "methodology code", "mitigation type", "registry reference", "attributes")
+
+
+def _issued_otherwise(block: UnitBlock, recorded: tuple[object, ...], whose: str) -> str | None:
+    """Why ``block`` contradicts what its units were ``recorded`` as issued with (`_as_issued`), or None; ``whose``
+    says whose records these are."""
+    theirs = _as_issued(block)
+    changed = [(name, ours) for name, ours, sent in zip(_AS_ISSUED, recorded, theirs, strict=True) if ours != sent]
+    if not changed:
+        return None
+    return (
+        f"{block.describe()} arrives with another {' and '.join(name for name, _ in changed)} than {whose}"
+        f" ({', '.join(f'{name} {ours!r}' for name, ours in changed)}): what their registry of record issued them"
+        " with does not change abroad"
+    )
 
 
 def _as_issued(block: UnitBlock) -> tuple[object, ...]:
