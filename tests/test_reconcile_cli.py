@@ -17,7 +17,7 @@ from gateway.demo import start_pair, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.rpc.errors import read_error_detail
 from signing import Envelope
-from tests.integration.harness import TERMINAL, operator, proposal_request, setup_accounts
+from tests.integration.harness import TERMINAL, open_account, operator, proposal_request, setup_accounts
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -94,12 +94,7 @@ async def test_reconcile_run_list_show_and_resolve_from_the_command_line(
         code, out, _ = await cli(capsys, "reconcile", "show", run_id, "--address", chn_address)
         assert code == 0 and "status: RESOLVED" in out
         async with operator(pair.che) as che:
-            await che.OpenAccount(
-                operator_pb2.OpenAccountRequest(
-                    idempotency_key="use",
-                    account=records_pb2.Account(account_id="CH-USE-0001", holder_name="Registry", account_type="use"),
-                )
-            )
+            await open_account(che, "CH-USE-0001", "use", key="use")
             used = await che.UseUnits(
                 operator_pb2.UseUnitsRequest(
                     idempotency_key="use-1",

@@ -135,6 +135,15 @@ async def setup_accounts(pair: Pair) -> records_pb2.UnitBlock:
     return holding.block
 
 
+async def open_account(
+    stub: operator_pb2_grpc.OperatorServiceAsyncStub, account_id: str, account_type: str, *, key: str
+) -> records_pb2.Account:
+    """Open ``account_id`` of ``account_type`` (a ``use`` or ``cancellation`` account, say) under idempotency
+    key ``key``."""
+    account = records_pb2.Account(account_id=account_id, holder_name="Registry", account_type=account_type)
+    return await stub.OpenAccount(operator_pb2.OpenAccountRequest(idempotency_key=key, account=account))
+
+
 def proposal_request(
     block: records_pb2.UnitBlock, start: int, end: int, key: str
 ) -> operator_pb2.ProposeTransferRequest:

@@ -28,7 +28,7 @@ from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nom
 from gateway.domain.protocol import ACCEPT_ALL, DecisionPolicy
 from gateway.harness import start_network
 from gateway.rpc.errors import read_error_detail
-from tests.integration.harness import TERMINAL, operator, proposal_request, setup_accounts, snapshot
+from tests.integration.harness import TERMINAL, open_account, operator, proposal_request, setup_accounts, snapshot
 from tests.integration.test_transfer import (
     _next_crafter,
     _rogue_proposal,
@@ -99,14 +99,7 @@ async def test_units_whose_serials_restart_per_issuance_are_held_but_neither_lea
             )
         )
         space = held.block.space
-        await chn.OpenAccount(
-            operator_pb2.OpenAccountRequest(
-                idempotency_key="open-can",
-                account=records_pb2.Account(
-                    account_id="CN-CAN-0001", holder_name="Registry", account_type="cancellation"
-                ),
-            )
-        )
+        await open_account(chn, "CN-CAN-0001", "cancellation", key="open-can")
         before = await snapshot(pair.chn)
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -144,12 +137,7 @@ async def test_units_whose_serials_restart_per_issuance_are_held_but_neither_lea
             )
         # A use account is what a use needs: the account is refused before the units are looked at.
         assert _refusal(caught.value)[0] is ResponseCode.ACCOUNT_NOT_ELIGIBLE
-        await chn.OpenAccount(
-            operator_pb2.OpenAccountRequest(
-                idempotency_key="open-use",
-                account=records_pb2.Account(account_id="CN-USE-0001", holder_name="Registry", account_type="use"),
-            )
-        )
+        await open_account(chn, "CN-USE-0001", "use", key="open-use")
         before = await snapshot(pair.chn)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await chn.UseUnits(
@@ -216,14 +204,7 @@ async def test_units_tied_before_the_check_existed_are_cancelled_out_of_every_la
 
     await setup_accounts(pair)
     async with operator(pair.chn) as chn:
-        await chn.OpenAccount(
-            operator_pb2.OpenAccountRequest(
-                idempotency_key="open-can",
-                account=records_pb2.Account(
-                    account_id="CN-CAN-0001", holder_name="Registry", account_type="cancellation"
-                ),
-            )
-        )
+        await open_account(chn, "CN-CAN-0001", "cancellation", key="open-can")
         with monkeypatch.context() as earlier:  # the gateway as it was before the check
             earlier.setattr(registration, "check_itmo_serials", lambda block, field: None)
             tied = await chn.RegisterIssuance(

@@ -20,7 +20,14 @@ from gateway.domain.records import AdjustmentMethod
 from gateway.rpc.errors import read_error_detail
 from gateway.store.base import BlockStatus
 from gateway.usecases.base import LedgerOptions
-from tests.integration.harness import TERMINAL, cancelled_with_units_home, operator, proposal_request, setup_accounts
+from tests.integration.harness import (
+    TERMINAL,
+    cancelled_with_units_home,
+    open_account,
+    operator,
+    proposal_request,
+    setup_accounts,
+)
 
 AVERAGING = AdjustmentSettings(
     method=AdjustmentMethod.AVERAGING, first_year=2021, last_year=2030, averaging_divisor=AveragingDivisor.ELAPSED_YEARS
@@ -564,12 +571,7 @@ async def test_a_use_towards_the_ndc_is_for_a_year_of_its_period_and_an_entity_i
     try:
         block = await setup_accounts(pair)
         async with operator(pair.chn) as chn:
-            await chn.OpenAccount(
-                operator_pb2.OpenAccountRequest(
-                    idempotency_key="open-use",
-                    account=records_pb2.Account(account_id="CN-USE-0001", holder_name="Registry", account_type="use"),
-                )
-            )
+            await open_account(chn, "CN-USE-0001", "use", key="open-use")
 
             def use(key: str, year: int, entity: str = "") -> operator_pb2.UseUnitsRequest:
                 return operator_pb2.UseUnitsRequest(
@@ -640,12 +642,7 @@ async def test_a_retry_of_a_use_recorded_under_a_wider_period_is_answered_with_t
         async with operator(pair.chn) as chn, operator(pair.che) as che:
             transfer = await chn.ProposeTransfer(proposal_request(block, 1, 100, "t1"))
             assert (await wait_for_state(che, transfer.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
-            await che.OpenAccount(
-                operator_pb2.OpenAccountRequest(
-                    idempotency_key="open-use",
-                    account=records_pb2.Account(account_id="CH-USE-0001", holder_name="Registry", account_type="use"),
-                )
-            )
+            await open_account(che, "CH-USE-0001", "use", key="open-use")
             use = operator_pb2.UseUnitsRequest(
                 idempotency_key="use-2031",
                 source_account="CH-PH-0001",
@@ -744,12 +741,7 @@ async def test_a_use_towards_the_ndc_is_refused_where_no_ndc_period_is_configure
         await setup_accounts(pair)
         await move(pair, [(1, 100)], "out")
         async with operator(pair.che) as che:
-            await che.OpenAccount(
-                operator_pb2.OpenAccountRequest(
-                    idempotency_key="open-use",
-                    account=records_pb2.Account(account_id="CH-USE-0001", holder_name="Use", account_type="use"),
-                )
-            )
+            await open_account(che, "CH-USE-0001", "use", key="open-use")
             use = operator_pb2.UseUnitsRequest(
                 idempotency_key="use",
                 source_account="CH-PH-0001",

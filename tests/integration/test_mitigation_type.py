@@ -16,6 +16,7 @@ from gateway.demo import Pair, demo_block
 from gateway.domain.errors import ResponseCode
 from gateway.rpc.errors import read_error_detail
 from tests.integration.harness import (
+    open_account,
     operator,
     proposal_request,
     setup_accounts,
@@ -55,14 +56,7 @@ async def test_units_without_a_mitigation_type_are_held_but_neither_leave_nor_ar
     await setup_accounts(pair)
     bare = await _register_bare(pair, "bare", BARE)  # held at home: no ledger entry, no report row
     async with operator(pair.chn) as chn:
-        await chn.OpenAccount(
-            operator_pb2.OpenAccountRequest(
-                idempotency_key="open-can",
-                account=records_pb2.Account(
-                    account_id="CN-CAN-0001", holder_name="Registry", account_type="cancellation"
-                ),
-            )
-        )
+        await open_account(chn, "CN-CAN-0001", "cancellation", key="open-can")
         before = await snapshot(pair.chn)
         request = proposal_request(bare, 1, 10, "with-bare")
         request.selections.add(space=bare.space, start=BARE, end=BARE + 9)

@@ -51,7 +51,16 @@ from gateway.usecases import reconciling
 from gateway.usecases.base import Idempotency
 from gateway.usecases.reconciling import REPORT_PAYLOAD_TYPE
 from signing import Envelope, verify_envelope
-from tests.integration.harness import TERMINAL, Crafter, deliver_raw, operator, proposal_request, settle, setup_accounts
+from tests.integration.harness import (
+    TERMINAL,
+    Crafter,
+    deliver_raw,
+    open_account,
+    operator,
+    proposal_request,
+    settle,
+    setup_accounts,
+)
 
 SPACE = SerialSpace("CCER", "CN-CCER")
 GROUP = GroupKey("CCER", "CN-CCER", 2025, "CHN->CHE", "NDC")
@@ -569,12 +578,7 @@ async def test_differing_units_are_frozen_on_both_sides_until_resolved(tmp_path:
             await che.RegisterAuthorization(
                 operator_pb2.RegisterAuthorizationRequest(idempotency_key="auth", authorization=DEMO_AUTHORIZATION)
             )
-            await che.OpenAccount(
-                operator_pb2.OpenAccountRequest(
-                    idempotency_key="open-use",
-                    account=records_pb2.Account(account_id="CH-USE-0001", holder_name="NDC use", account_type="use"),
-                )
-            )
+            await open_account(che, "CH-USE-0001", "use", key="open-use")
         with database(tmp_path / "che.db") as db:
             _acquisition(db, transfers[0], "block = json_set(block, '$.end', 49), quantity = 49")
         run, kept = await both_sides(pair, pair.chn, "freeze")
