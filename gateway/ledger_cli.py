@@ -402,9 +402,9 @@ def _print_retirement(result: Any) -> None:
     print(f"action {result.action_id}")
     for held in result.retired:
         b = held.block
-        print(
-            f"  {b.space.unit_kind}/{b.space.issuing_registry} [{b.start}, {b.end}] {held.status} in {held.account_id}"
-        )
+        issuance = f"/{b.space.issuance}" if b.space.issuance else ""
+        space = f"{b.space.unit_kind}/{b.space.issuing_registry}{issuance}"
+        print(f"  {space} [{b.start}, {b.end}] {held.status} in {held.account_id}")
     for e in result.entries:
         subtype = f" ({e.action_subtype})" if e.action_subtype else ""
         print(f"  ledger: {e.action_type}{subtype} of {e.quantity} units, vintage {e.block.vintage}")

@@ -13,6 +13,7 @@ from gateway.cli import main
 from gateway.demo import start_pair, wait_for_state
 from gateway.domain.adjustments import AdjustmentSettings
 from gateway.domain.records import AdjustmentMethod
+from gateway.ledger_cli import _print_retirement
 from gateway.usecases.base import LedgerOptions
 from tests.integration.harness import TERMINAL, operator, proposal_request, setup_accounts
 
@@ -222,3 +223,15 @@ def test_a_selection_s_serials_are_ascii_digits_within_64_bits(units: str) -> No
 
     with pytest.raises(UsageError, match=r"serials .*at most 2\^63 - 1"):
         _selections([units])
+
+
+def test_retired_blocks_are_printed_with_their_issuance(capsys: pytest.CaptureFixture[str]) -> None:
+    block = records_pb2.UnitBlock(
+        space=records_pb2.SerialSpace(unit_kind="CEA", issuing_registry="CN-CEA", issuance="2025-A"), start=1, end=5
+    )
+    result = operator_pb2.RetirementResult(
+        action_id="a1", retired=[operator_pb2.Holding(block=block, status="used", account_id="CH-USE-0001")]
+    )
+    _print_retirement(result)
+    out, _ = capsys.readouterr()
+    assert "  CEA/CN-CEA/2025-A [1, 5] used in CH-USE-0001\n" in out
