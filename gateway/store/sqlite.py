@@ -98,6 +98,10 @@ _WAL_VERSION = 3007000
 _WAL_HEADER = 32
 _WAL_FRAME_HEADER = 24
 
+PAGE_CACHE_KIB = 65536
+"""The page cache of a serve process's connection, in KiB: 64 MiB, against a 100 MB database a tenth less CPU
+for writing a thousand blocks and their ledger entries than SQLite's default of 2 MiB."""
+
 
 def _wal_checksum(data: bytes, *, big_endian: bool) -> tuple[int, int]:
     """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes), from zero (https://sqlite.org/fileformat.html,
@@ -264,6 +268,9 @@ class SQLiteStore:
             # Set after the migrations, whose index builds may sort a whole table; reports read through their
             # own read-only connection (`open_read_only`), whose sorts still spill to files.
             db.execute("PRAGMA temp_store=MEMORY")
+            # SQLite's default page cache (2 MiB) holds less than one transfer of a thousand blocks writes, and
+            # less than the indexes it searches in a database of some size: pages are read again within it.
+            db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
             try:
                 wal = GroupSync(os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC))
             except OSError:

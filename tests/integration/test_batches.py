@@ -31,6 +31,7 @@ from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import Partner, PartnerDirectory
 from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD, SERVICE_NAME, GrpcPartnerTransport
 from gateway.store.base import LogKind, OutboxKind, OutboxState
+from gateway.store.sqlite import PAGE_CACHE_KIB
 from signing import CryptoSigner, Role, TrustDocument, sign_trust_document
 from tests.integration.harness import Crafter, operator, scripted_receipt, setup_accounts, transfer
 from tests.integration.test_channels import gateway_before
@@ -297,7 +298,7 @@ async def test_a_transaction_sqlite_rolls_back_by_itself_loses_no_statement_of_t
                 )
             finally:
                 db.execute("PRAGMA max_page_count=1073741823")
-                db.execute("PRAGMA cache_size=-2000")
+                db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         await dispatch(tx, partner, statement)
 
     monkeypatch.setattr(gateway, "_dispatch", disk_fills)
