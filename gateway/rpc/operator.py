@@ -175,6 +175,7 @@ def summary_to_proto(summary: LedgerSummary) -> operator_pb2.LedgerSummary:
         unresolved=[wire.ledger_entry_to_proto(e) for e in summary.unresolved[:MAX_UNRESOLVED_SHOWN]],
         unresolved_total=len(summary.unresolved),
         locked=[_locked(lock) for lock in summary.locked],
+        outside_period_years=summary.outside_period,
     )
     if structured is None:
         message.method = "not configured: set [ledger] ndc_first_year, ndc_last_year and adjustment_method"

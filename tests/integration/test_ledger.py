@@ -381,6 +381,45 @@ async def test_inputs_that_would_put_the_summary_out_of_reach_are_refused_or_rep
 
 
 @pytest.mark.asyncio
+async def test_first_transfers_of_vintages_outside_the_ndc_period_are_named_not_dropped(tmp_path: Path) -> None:
+    """Units of vintages 2018 and 2032 (the authorization's timeframe holds them, the NDC period 2021-2030 does
+    not) count in the groups and in no year row: the summary names those years, and the CLI's text says so."""
+    from gateway.ledger_cli import format_summary
+
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        wide = records_pb2.Authorization()
+        wide.CopyFrom(DEMO_AUTHORIZATION)
+        wide.authorization_id, wide.timeframe_start, wide.timeframe_end = "CHN-A-0003", 2015, 2035
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            await chn.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="a3", authorization=wide)
+            )
+            for vintage, start in ((2018, 5001), (2032, 6001)):
+                block = demo_block(start, start + 99)
+                block.vintage = vintage
+                await chn.RegisterIssuance(
+                    operator_pb2.RegisterIssuanceRequest(
+                        idempotency_key=f"i{vintage}", account_id="CN-PO-0001", block=block
+                    )
+                )
+                request = proposal_request(block, start, start + 99, f"t{vintage}")
+                request.authorization_id = "CHN-A-0003"
+                proposed = await chn.ProposeTransfer(request)
+                await wait_for_state(che, proposed.transfer_id, {records_pb2.COMPLETED})
+            summary = await chn.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
+        assert sorted((g.vintage, g.first_transferred) for g in summary.groups) == [(2018, "100"), (2032, "100")]
+        assert sum(int(y.first_transferred_ndc) for y in summary.years) == 0
+        assert list(summary.outside_period_years) == [2018, 2032]
+        assert "outside the NDC period: 2018, 2032: counted in the groups above, in no year row" in format_summary(
+            summary
+        )
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_locked_year_takes_no_first_transfer_of_its_vintage_and_ndc_only_is_first_international(
     tmp_path: Path,
 ) -> None:

@@ -1595,6 +1595,7 @@ class LedgerSummary(_message.Message):
     UNRESOLVED_FIELD_NUMBER: _builtins.int
     LOCKED_FIELD_NUMBER: _builtins.int
     UNRESOLVED_TOTAL_FIELD_NUMBER: _builtins.int
+    OUTSIDE_PERIOD_YEARS_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     """the settings in one line: method, period and averaging divisor"""
     averaging_divisor: _builtins.str
@@ -1616,6 +1617,12 @@ class LedgerSummary(_message.Message):
 
     @_builtins.property
     def locked(self) -> _containers.RepeatedCompositeFieldContainer[Global___LockedPeriod]: ...
+    @_builtins.property
+    def outside_period_years(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Years outside the NDC period in which units were first transferred (by vintage), used towards the NDC (by
+        year of use) or acquired, or for which emissions are reported: counted in the groups, in no year row.
+        """
+
     def __init__(
         self,
         *,
@@ -1628,10 +1635,11 @@ class LedgerSummary(_message.Message):
         unresolved: _abc.Iterable[_records_pb2.LedgerEntry] | None = ...,
         locked: _abc.Iterable[Global___LockedPeriod] | None = ...,
         unresolved_total: _builtins.int = ...,
+        outside_period_years: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["averaging_divisor", b"averaging_divisor", "convention", b"convention", "cumulative_adjustment", b"cumulative_adjustment", "groups", b"groups", "locked", b"locked", "method", b"method", "unresolved", b"unresolved", "unresolved_total", b"unresolved_total", "years", b"years"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["averaging_divisor", b"averaging_divisor", "convention", b"convention", "cumulative_adjustment", b"cumulative_adjustment", "groups", b"groups", "locked", b"locked", "method", b"method", "outside_period_years", b"outside_period_years", "unresolved", b"unresolved", "unresolved_total", b"unresolved_total", "years", b"years"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
