@@ -118,11 +118,50 @@ _COMBINED = {
 def authorizes(authorization: Authorization, purpose: Purpose) -> bool:
     """True when ``authorization`` authorizes use for ``purpose``: NDC use under any purpose naming the NDC,
     another purpose under itself or under "NDC and" it."""
+    return _purposes_allow(authorization.purposes, purpose)
+
+
+def _purposes_allow(purposes: frozenset[Purpose], purpose: Purpose) -> bool:
     if purpose is Purpose.NDC:
-        return bool(authorization.purposes & NDC_PURPOSES)
+        return bool(purposes & NDC_PURPOSES)
     if purpose in _COMBINED:
-        return purpose in authorization.purposes or _COMBINED[purpose] in authorization.purposes
-    return purpose in authorization.purposes
+        return purpose in purposes or _COMBINED[purpose] in purposes
+    return purpose in purposes
+
+
+def acquired_for(block: UnitBlock, entries: Iterable[LedgerEntry]) -> set[Purpose]:
+    """The purposes the units of ``block`` were last acquired for: for each unit, the purpose of the latest
+    Acquisition entry among ``entries`` that holds it. Empty when none does."""
+    acquisitions = sorted(
+        (e for e in entries if e.action_type is ActionType.ACQUISITION and e.block.overlaps(block)),
+        key=lambda e: e.entry_id,
+        reverse=True,
+    )
+    left: list[ranges.Range] = [(block.start, block.end)]
+    purposes: set[Purpose] = set()
+    for entry in acquisitions:
+        held = [(entry.block.start, entry.block.end)]
+        if ranges.intersection(left, held):
+            purposes.add(entry.purpose)
+            left = ranges.difference(left, held)
+            if not left:
+                break
+    return purposes
+
+
+def check_acquired_for(acquired: Iterable[Purpose], purpose: Purpose, field: str, block: UnitBlock) -> None:
+    """Refuse a use or cancellation of units whose authorization is not known here for a purpose other than one
+    they were acquired for (`acquired_for`): only their authorization could say whether it authorizes it."""
+    for reason in sorted(acquired, key=_PURPOSE_ORDER.__getitem__):
+        if not _purposes_allow(frozenset({reason}), purpose):
+            raise GatewayError(
+                ResponseCode.AUTHORIZATION_MISSING,
+                f"{block.describe()} was acquired for {reason.value!r}; whether authorization"
+                f" {block.authorization_id!r} authorizes {purpose.value!r} only the authorization can say, and it"
+                " is not known here: register a copy of it (RegisterAuthorization) first",
+                field=field,
+                blocks=[block],
+            )
 
 
 def check_authorizes(authorization: Authorization, purpose: Purpose, field: str, block: UnitBlock) -> None:

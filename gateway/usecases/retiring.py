@@ -6,11 +6,14 @@ import datetime as dt
 from dataclasses import dataclass
 
 from gateway.domain import text
+from gateway.domain.blocks import UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import (
     ActionContext,
     CancellationSubtype,
     Retirement,
+    acquired_for,
+    check_acquired_for,
     check_authorizes,
     check_first_transfers_open,
     check_ledger_year,
@@ -106,6 +109,8 @@ class Retiring(Initiating):
             for stored in reserved:
                 authorization = await self._authorization_for(tx, stored, named, request, now.date())
                 purpose = self._purpose(request, authorization, stored)
+                if authorization is None and stored.block.tied:
+                    await self._check_acquired_for(tx, request, purpose, stored.block)
                 context = ActionContext(
                     action_id=action_id,
                     action_date=now,
@@ -278,6 +283,15 @@ class Retiring(Initiating):
             )
         check_vintage(named, block, "authorization_id")
         return named
+
+    @staticmethod
+    async def _check_acquired_for(
+        tx: Transaction, request: RetirementRequest, purpose: Purpose, block: UnitBlock
+    ) -> None:
+        """Units tied to an authorization not known here go only for a purpose they were acquired for."""
+        entries = await tx.ledger_of_units(block.first_transferring_party, block.space, block.start, block.end)
+        field = "action" if request.retirement is Retirement.USE_NDC else "purpose"
+        check_acquired_for(acquired_for(block, entries), purpose, field, block)
 
     @staticmethod
     def _purpose(request: RetirementRequest, authorization: Authorization | None, stored: StoredBlock) -> Purpose:

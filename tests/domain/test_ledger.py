@@ -23,7 +23,9 @@ from gateway.domain.ledger import (
     Event,
     Holdings,
     LockedPeriod,
+    acquired_for,
     authorizes,
+    check_acquired_for,
     check_in_force,
     check_lock,
     check_new_version,
@@ -648,3 +650,61 @@ def test_still_unresolved_trims_units_first_transferred_since(
 def test_authorizes(purposes: set[Purpose], purpose: Purpose, allowed: bool) -> None:
     authorization = dataclasses.replace(version("1.0", "2025-01-01"), purposes=frozenset(purposes))
     assert authorizes(authorization, purpose) is allowed
+
+
+# --------------------------------------------------------------------------------------------------------
+# Purposes units were acquired for
+
+
+def acquisition(entry_id: int, start: int, end: int, purpose: Purpose) -> LedgerEntry:
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return dataclasses.replace(
+        entry(ActionType.ACQUISITION, UnitBlock(SPACE, start, end, vintage=2025), when, entry_id=entry_id),
+        purpose=purpose,
+    )
+
+
+ACQUIRED_FOR = {
+    "none": ([], set()),
+    "one acquisition": ([acquisition(1, 1, 100, Purpose.OIMP)], {Purpose.OIMP}),
+    # Units acquired for OIMP, sent on and acquired back for the NDC: the later acquisition is what counts.
+    "the latest wins": ([acquisition(1, 1, 100, Purpose.OIMP), acquisition(5, 1, 100, Purpose.NDC)], {Purpose.NDC}),
+    "a later one covering part": (
+        [acquisition(1, 1, 100, Purpose.OIMP), acquisition(5, 1, 40, Purpose.NDC)],
+        {Purpose.NDC, Purpose.OIMP},
+    ),
+    "outside the block": ([acquisition(1, 200, 300, Purpose.OIMP)], set()),
+    "another action": ([dataclasses.replace(acquisition(1, 1, 100, Purpose.OIMP), action_type=ActionType.USE)], set()),
+}
+
+
+@pytest.mark.parametrize(("entries", "expected"), ACQUIRED_FOR.values(), ids=ACQUIRED_FOR.keys())
+def test_units_were_acquired_for_the_purpose_of_their_latest_acquisition(
+    entries: list[LedgerEntry], expected: set[Purpose]
+) -> None:
+    assert acquired_for(UnitBlock(SPACE, 1, 100, vintage=2025), entries) == expected
+
+
+PURPOSES_ACQUIRED_FOR = [
+    ({Purpose.NDC}, Purpose.NDC, True),
+    ({Purpose.NDC_AND_OIMP}, Purpose.NDC, True),
+    ({Purpose.NDC_AND_OIMP}, Purpose.OIMP, True),
+    ({Purpose.OIMP}, Purpose.NDC, False),
+    ({Purpose.NDC}, Purpose.OIMP, False),
+    ({Purpose.OIMP}, Purpose.IMP, False),
+    ({Purpose.NDC, Purpose.OIMP}, Purpose.NDC, False),
+    (set(), Purpose.NDC, True),
+]
+
+
+@pytest.mark.parametrize(("acquired", "purpose", "allowed"), PURPOSES_ACQUIRED_FOR)
+def test_units_of_an_authorization_unknown_here_go_only_for_what_they_were_acquired_for(
+    acquired: set[Purpose], purpose: Purpose, allowed: bool
+) -> None:
+    block = UnitBlock(SPACE, 1, 100, vintage=2025)
+    if allowed:
+        check_acquired_for(acquired, purpose, "action", block)
+        return
+    with pytest.raises(GatewayError) as refused:
+        check_acquired_for(acquired, purpose, "action", block)
+    assert (refused.value.code, refused.value.field) == (ResponseCode.AUTHORIZATION_MISSING, "action")

@@ -420,6 +420,66 @@ async def test_first_transfers_of_vintages_outside_the_ndc_period_are_named_not_
 
 
 @pytest.mark.asyncio
+async def test_units_whose_authorization_is_unknown_here_go_only_for_what_they_were_acquired_for(
+    tmp_path: Path,
+) -> None:
+    """CHE holds no copy of CHN's OIMP-only authorization: units acquired for OIMP are not used towards CHE's
+    NDC (only the authorization could allow it), and are used for OIMP; a copy registered at CHE decides."""
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        oimp = records_pb2.Authorization()
+        oimp.CopyFrom(DEMO_AUTHORIZATION)
+        oimp.authorization_id, oimp.first_transfer_definition = "CHN-A-0004", "Issuance"
+        oimp.ClearField("purposes")
+        oimp.purposes.append("OIMP")
+        oimp.oimp_authorized = "CHN"
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            await open_account(che, "CH-USE-0001", "use", key="use")
+            await chn.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="a4", authorization=oimp)
+            )
+            block = demo_block(7001, 7100)
+            await chn.RegisterIssuance(
+                operator_pb2.RegisterIssuanceRequest(
+                    idempotency_key="i4", account_id="CN-PO-0001", block=block, authorization_id="CHN-A-0004"
+                )
+            )
+            request = proposal_request(block, 7001, 7100, "t-oimp")
+            request.authorization_id, request.purpose = "CHN-A-0004", "OIMP"
+            proposed = await chn.ProposeTransfer(request)
+            await wait_for_state(che, proposed.transfer_id, {records_pb2.COMPLETED})
+
+            def use(key: str, start: int, end: int, **how: object) -> operator_pb2.UseUnitsRequest:
+                return operator_pb2.UseUnitsRequest(
+                    idempotency_key=key,
+                    source_account="CH-PH-0001",
+                    use_account="CH-USE-0001",
+                    selections=[operator_pb2.BlockSelection(space=block.space, start=start, end=end)],
+                    **how,  # type: ignore[arg-type]
+                )
+
+            towards_ndc = {"action": "use towards the NDC", "year_of_use": 2025}
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.UseUnits(use("u1", 7001, 7050, **towards_ndc))
+            assert refusal(caught.value) == (ResponseCode.AUTHORIZATION_MISSING, "action")
+            assert "was acquired for 'OIMP'" in str(caught.value.details())
+            used = await che.UseUnits(
+                use("u2", 7001, 7050, action="use for other international mitigation purposes", purpose="OIMP")
+            )
+            assert [(e.action_type, e.purpose, e.quantity) for e in used.entries] == [("Use", "OIMP", 50)]
+            # With a copy of the authorization here, the authorization decides: it does not authorize the NDC.
+            await che.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="a4", authorization=oimp)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.UseUnits(use("u3", 7051, 7100, **towards_ndc))
+            assert refusal(caught.value) == (ResponseCode.PURPOSE_NOT_ALLOWED, "action")
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_locked_year_takes_no_first_transfer_of_its_vintage_and_ndc_only_is_first_international(
     tmp_path: Path,
 ) -> None:
