@@ -263,6 +263,10 @@ _ILLEGAL_XLSX_TEXT = re.compile(r"[\000-\010\013\014\016-\037\ufffe\uffff]")
 """What XML 1.0 cannot carry in a cell's text (lone surrogates aside, which UTF-8 cannot either): control
 characters other than tab, line feed and carriage return, and the non-characters U+FFFE and U+FFFF."""
 _MAX_XLSX_TEXT = 32767
+_EXACT_IN_A_SPREADSHEET = 10**15
+"""Integers from here on (16 digits and more) are written as text: spreadsheets keep a number's first 15
+significant digits, so 9007199254740993 or a quantity of 2^63 - 1 would be read, shown and saved as another
+number. The reader takes digits in a text cell as the same integer."""
 _OOXML_ESCAPE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")
 """The underscore that starts text a spreadsheet would read as an escaped character (ECMA-376 ST_Xstring:
 ``_x0041_`` is ``A``): written as ``_x005F_``, the escape of the underscore itself."""
@@ -488,7 +492,10 @@ class XlsxCells:
             # Every digit of an integer, and the shortest text that reads back as the same float: "%.16g" wrote
             # 12345678901234567 as 1.234567890123457e+16, which reads back as another number.
             number = int.__repr__(value) if isinstance(value, int) else float.__repr__(value)
-            tail = f'" t="n"><v>{number}</v></c>'
+            if type(value) is int and not -_EXACT_IN_A_SPREADSHEET < value < _EXACT_IN_A_SPREADSHEET:
+                tail = f'" t="inlineStr"><is><t>{number}</t></is></c>'
+            else:
+                tail = f'" t="n"><v>{number}</v></c>'
             if type(value) is int:  # never a bool or a float: both compare equal to some int
                 known = self._known[column]
                 if len(known) >= self.LIMIT:

@@ -21,6 +21,7 @@ from adapters import aef, tabular
 from adapters.aef_codec import render_row
 from adapters.aef_columns import Table, headers
 from adapters.context import MappingContext
+from adapters.fields import FieldReader
 from gateway.cli import main
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import AefAction, AefHolding, MitigationType
@@ -787,6 +788,8 @@ CELLS = st.one_of(
 def _spelled_otherwise(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
+    if isinstance(value, int) and abs(value) >= tabular._EXACT_IN_A_SPREADSHEET:
+        return True  # written as text (tested below)
     return f"{value:.16g}" != (int.__repr__(value) if isinstance(value, int) else float.__repr__(value))
 
 
@@ -818,6 +821,36 @@ def test_sheet_xml_is_what_openpyxl_write_only_writes(rows: list[list[object]]) 
         for name in a.namelist():
             if name != "docProps/core.xml":  # time stamps
                 assert a.read(name) == b.read(name), name
+
+
+@pytest.mark.parametrize(
+    ("value", "as_text"),
+    [
+        (10**15 - 1, False),
+        (-(10**15) + 1, False),
+        (10**15, True),
+        (2**53 + 1, True),
+        (2**63 - 1, True),
+        (-(2**63), True),
+    ],
+)
+def test_integers_past_fifteen_digits_are_written_as_text_and_read_back_as_the_same_integers(
+    value: int, as_text: bool
+) -> None:
+    """A spreadsheet keeps 15 significant digits of a number: a quantity of 2^63 - 1 written as a number would be
+    read, shown and saved as 9223372036854770000. Written as text, it stays every digit."""
+    data = tabular.write_xlsx([("Rows", ["q"], [[value]])])
+    with zipfile.ZipFile(io.BytesIO(data)) as package:
+        sheet = package.read("xl/worksheets/sheet1.xml").decode()
+    written = (
+        f'<c r="A2" t="inlineStr"><is><t>{value}</t></is></c>' if as_text else f'<c r="A2" t="n"><v>{value}</v></c>'
+    )
+    assert written in sheet
+    ((_, [[read]]),) = tabular.read_xlsx(data).values()
+    assert read == (str(value) if as_text else value)
+    fields = FieldReader({"q": read})
+    if value > 0:
+        assert fields.quantity("q") == value and not fields.problems
 
 
 def test_text_is_never_a_formula_and_a_workbook_is_the_same_bytes_every_time() -> None:
