@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.domain.blocks import MAX_SERIAL
 from gateway.domain.text import parse_seconds, parse_whole_number, quoted
 
 if TYPE_CHECKING:
@@ -251,14 +252,14 @@ def _selections(values: list[str]) -> list[Any]:
         if match is None:
             raise UsageError(
                 f"--units {quoted(value, 80)} is not KIND/REGISTRY[/ISSUANCE]:START-END, e.g. CCER/CN-CCER:1-100"
-                " (serials in the digits 0-9, at most 2^63 - 1)"
+                " (serials in the digits 0-9, at most 2^63 - 2)"
             )
         space = records_pb2.SerialSpace(
             unit_kind=match["kind"], issuing_registry=match["registry"], issuance=match["issuance"] or ""
         )
         start, end = int(match["start"]), int(match["end"])
-        if max(start, end) > 2**63 - 1:
-            raise UsageError(f"--units {value!r}: serials are at most 2^63 - 1")
+        if max(start, end) > MAX_SERIAL:
+            raise UsageError(f"--units {value!r}: serials are at most 2^63 - 2")
         selections.append(operator_pb2.BlockSelection(space=space, start=start, end=end))
     return selections
 

@@ -97,10 +97,11 @@ async def test_use_cancel_emissions_lock_and_summary_from_the_command_line(
     ("argv", "message"),
     [
         (("--units", "CCER:1-2", "--year", "2025"), "is not KIND/REGISTRY[/ISSUANCE]:START-END"),
-        (("--units", "CCER/CN-CCER:1-99999999999999999999", "--year", "2025"), "serials are at most 2^63 - 1"),
+        (("--units", "CCER/CN-CCER:1-99999999999999999999", "--year", "2025"), "serials are at most 2^63 - 2"),
+        (("--units", "CCER/CN-CCER:1-9223372036854775807", "--year", "2025"), "serials are at most 2^63 - 2"),
         (("--units", "CCER/CN-CCER:1-2", "--year", "2025", "--oimp", "OIMP"), "not both"),
     ],
-    ids=["units-shape", "units-beyond-int64", "year-and-oimp"],
+    ids=["units-shape", "units-beyond-int64", "units-beyond-the-largest-serial", "year-and-oimp"],
 )
 def test_bad_use_arguments_are_one_line_without_calling_the_gateway(
     argv: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str]
@@ -221,7 +222,7 @@ async def test_a_command_with_a_configuration_refuses_another_party_s_gateway_an
 def test_a_selection_s_serials_are_ascii_digits_within_64_bits(units: str) -> None:
     from gateway.ledger_cli import UsageError, _selections
 
-    with pytest.raises(UsageError, match=r"serials .*at most 2\^63 - 1"):
+    with pytest.raises(UsageError, match=r"serials .*at most 2\^63 - 2"):
         _selections([units])
 
 
