@@ -67,7 +67,7 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.BLOCK_OVERLAP: "the block overlaps a block this gateway holds, has reserved, has pending or still "
     "owes a partner, or a range it has issued before",
     ResponseCode.BLOCK_FROZEN: "the block is frozen by an unresolved reconciliation discrepancy",
-    ResponseCode.AUTHORIZATION_MISSING: "no authorization is named, or the named one is unknown",
+    ResponseCode.AUTHORIZATION_MISSING: "no authorization is named, or the one named or needed is not known here",
     ResponseCode.AUTHORIZATION_EXPIRED: "the authorization is not in force on the action's date (expired, or dated "
     "later) or the vintage is outside its timeframe",
     ResponseCode.AUTHORIZATION_EXCEEDED: "the transfer would exceed the authorized quantity",

@@ -153,15 +153,22 @@ def check_acquired_for(acquired: Iterable[Purpose], purpose: Purpose, field: str
     """Refuse a use or cancellation of units whose authorization is not known here for a purpose other than one
     they were acquired for (`acquired_for`): only their authorization could say whether it authorizes it."""
     for reason in sorted(acquired, key=_PURPOSE_ORDER.__getitem__):
-        if not _purposes_allow(frozenset({reason}), purpose):
-            raise GatewayError(
-                ResponseCode.AUTHORIZATION_MISSING,
-                f"{block.describe()} was acquired for {reason.value!r}; whether authorization"
-                f" {block.authorization_id!r} authorizes {purpose.value!r} only the authorization can say, and it"
-                " is not known here: register a copy of it (RegisterAuthorization) first",
-                field=field,
-                blocks=[block],
+        if _purposes_allow(frozenset({reason}), purpose):
+            continue
+        if block.authorization_id:
+            why = (
+                f"whether authorization {block.authorization_id!r} authorizes {purpose.value!r} only the"
+                " authorization can say, and it is not known here: register a copy of it (RegisterAuthorization)"
+                " first"
             )
+        else:
+            why = "they were acquired before blocks carried their authorization, so nothing here can say more"
+        raise GatewayError(
+            ResponseCode.AUTHORIZATION_MISSING,
+            f"{block.describe()} was acquired for {reason.value!r}, not {purpose.value!r}; {why}",
+            field=field,
+            blocks=[block],
+        )
 
 
 def check_authorizes(authorization: Authorization, purpose: Purpose, field: str, block: UnitBlock) -> None:

@@ -109,7 +109,7 @@ class Retiring(Initiating):
             for stored in reserved:
                 authorization = await self._authorization_for(tx, stored, named, request, now.date())
                 purpose = self._purpose(request, authorization, stored)
-                if authorization is None and stored.block.tied:
+                if authorization is None:
                     await self._check_acquired_for(tx, request, purpose, stored.block)
                 context = ActionContext(
                     action_id=action_id,
@@ -288,7 +288,8 @@ class Retiring(Initiating):
     async def _check_acquired_for(
         tx: Transaction, request: RetirementRequest, purpose: Purpose, block: UnitBlock
     ) -> None:
-        """Units tied to an authorization not known here go only for a purpose they were acquired for."""
+        """Units tied to an authorization not known here, and units acquired before blocks carried their tie
+        (their entries name no first transferring Party), go only for a purpose they were acquired for."""
         entries = await tx.ledger_of_units(block.first_transferring_party, block.space, block.start, block.end)
         field = "action" if request.retirement is Retirement.USE_NDC else "purpose"
         check_acquired_for(acquired_for(block, entries), purpose, field, block)

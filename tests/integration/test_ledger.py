@@ -14,9 +14,11 @@ from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import wire
 from gateway.demo import DEMO_AUTHORIZATION, Pair, demo_block, start_pair, wait_for_state
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
+from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import ResponseCode
+from gateway.domain.ledger import ActionContext, record_arrival
 from gateway.domain.protocol import DecisionPolicy
-from gateway.domain.records import AdjustmentMethod
+from gateway.domain.records import AdjustmentMethod, Purpose
 from gateway.rpc.errors import read_error_detail
 from gateway.store.base import BlockStatus
 from gateway.usecases.base import LedgerOptions
@@ -468,12 +470,48 @@ async def test_units_whose_authorization_is_unknown_here_go_only_for_what_they_w
                 use("u2", 7001, 7050, action="use for other international mitigation purposes", purpose="OIMP")
             )
             assert [(e.action_type, e.purpose, e.quantity) for e in used.entries] == [("Use", "OIMP", 50)]
+            oimp_use = {"action": "use for other international mitigation purposes"}
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.UseUnits(use("u4", 7051, 7060, **oimp_use, purpose="IMP"))  # IMP is not part of OIMP
+            assert refusal(caught.value) == (ResponseCode.AUTHORIZATION_MISSING, "purpose")
+            await open_account(che, "CH-CAN-0001", "cancellation", key="can")
+
+            def cancel(key: str, purpose: str) -> operator_pb2.CancelUnitsRequest:
+                return operator_pb2.CancelUnitsRequest(
+                    idempotency_key=key,
+                    source_account="CH-PH-0001",
+                    cancellation_account="CH-CAN-0001",
+                    voluntary=True,
+                    purpose=purpose,
+                    selections=[operator_pb2.BlockSelection(space=block.space, start=7061, end=7070)],
+                )
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.CancelUnits(cancel("c1", "NDC"))
+            assert refusal(caught.value) == (ResponseCode.AUTHORIZATION_MISSING, "purpose")
+            cancelled = await che.CancelUnits(cancel("c2", "OIMP"))
+            assert [(e.purpose, e.quantity) for e in cancelled.entries] == [("OIMP", 10)]
+            # Units acquired for OIMP before blocks carried their tie (an earlier release's, untied and first
+            # transferred): their Acquisition entry is all that says what they may go for.
+            legacy = UnitBlock(
+                SerialSpace("CCER", "CN-CCER"), 9001, 9100, 2025, mitigation_type="Removals", first_transferred=True
+            )
+            arrived = ActionContext(
+                "t-legacy", dt.datetime(2026, 3, 1, tzinfo=dt.UTC), "CHE", Purpose.OIMP, "CHN", "CHE"
+            )
+            async with pair.che.store.transaction() as tx:
+                await tx.insert_block(legacy, account_id="CH-PH-0001", status=BlockStatus.HELD, transfer_id="t-legacy")
+                await tx.append_ledger([record_arrival(arrived, legacy)])
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.UseUnits(use("u5", 9001, 9100, **towards_ndc))
+            assert refusal(caught.value) == (ResponseCode.AUTHORIZATION_MISSING, "action")
+            assert "acquired before blocks carried their authorization" in str(caught.value.details())
             # With a copy of the authorization here, the authorization decides: it does not authorize the NDC.
             await che.RegisterAuthorization(
                 operator_pb2.RegisterAuthorizationRequest(idempotency_key="a4", authorization=oimp)
             )
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await che.UseUnits(use("u3", 7051, 7100, **towards_ndc))
+                await che.UseUnits(use("u3", 7071, 7100, **towards_ndc))
             assert refusal(caught.value) == (ResponseCode.PURPOSE_NOT_ALLOWED, "action")
     finally:
         await pair.stop()
