@@ -517,7 +517,10 @@ def format_summary(summary: object) -> str:
         lines.append(f"cumulative adjustment at the end of the period: {summary.cumulative_adjustment}")
     if summary.outside_period_years:
         years = ", ".join(str(y) for y in summary.outside_period_years)
-        lines.append(f"outside the NDC period: {years}: counted in the groups above, in no year row")
+        lines.append(
+            f"outside the NDC period: {years}: their first transfers, acquisitions and reported emissions count in"
+            " no year row"
+        )
     for lock in summary.locked:
         lines.append(f"locked: {lock.first_year}-{lock.last_year} since {lock.locked_at}: {lock.reason}")
     for e in summary.unresolved:

@@ -1619,8 +1619,8 @@ class LedgerSummary(_message.Message):
     def locked(self) -> _containers.RepeatedCompositeFieldContainer[Global___LockedPeriod]: ...
     @_builtins.property
     def outside_period_years(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Years outside the NDC period in which units were first transferred (by vintage), used towards the NDC (by
-        year of use) or acquired, or for which emissions are reported: counted in the groups, in no year row.
+        """Years outside the NDC period with first transfers (by vintage), acquisitions or reported emissions: they
+        count in no year row (first transfers and acquisitions still count in the groups).
         """
 
     def __init__(
