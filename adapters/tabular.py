@@ -431,7 +431,8 @@ def xlsx_rows(rows: Sequence[Sequence[object]], first: int, cells: XlsxCells | N
             if value is None:
                 continue
             tail = known[column].get(value)
-            if tail is None or value.__class__ is bool:
+            # Spellings are remembered for text and integers, which a bool or a float can equal (7.0 == 7).
+            if tail is None or value.__class__ is bool or value.__class__ is float:
                 if value == "":
                     continue
                 tail = spell(column, value)

@@ -557,6 +557,17 @@ def test_numbers_come_back_from_an_xlsx_workbook_as_the_same_numbers() -> None:
     assert (fields.quantity("q"), fields.quantity("r")) == (12345678901234567, 2**63 - 1) and not fields.problems
 
 
+def test_a_float_equal_to_an_integer_above_it_in_its_column_is_written_as_a_float() -> None:
+    from adapters import tabular
+
+    values: list[object] = [7, 7.0, 10**16, 1e16, True, 1]
+    data = tabular.write_xlsx([("Sheet", ["Value"], [[v] for v in values])])
+    _, body = tabular.read_xlsx_sheet(data, None)
+    read = [row[0] for row in body]
+    assert read == [7, 7.0, "10000000000000000", 1e16, True, 1]
+    assert [type(v) for v in read] == [int, float, str, float, bool, int]
+
+
 @pytest.mark.parametrize("value", ["x\uffffy", "\ufffe", "a\x0bb"])
 def test_text_no_xml_document_can_hold_is_refused_when_written_naming_the_cell(value: str) -> None:
     from adapters import tabular
