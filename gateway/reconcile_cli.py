@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.ledger_cli import EXIT_USAGE, RefusedError, UsageError, _command, _run, _target, credentials, fail, seconds
+from signing.files import write_new_file
 
 EXIT_DISCREPANCY = 3
 EXIT_WAITING = 4
@@ -105,7 +106,10 @@ def _write_report(run: Any, out: str | None) -> None:
     if not run.signed_report:
         raise UsageError(f"run {run.run_id} has no signed report here (it is still running, or the partner ran it)")
     try:
-        Path(out).write_bytes(run.signed_report)
+        # A new file only: --out naming a configuration, a key or a link to one must not replace it.
+        write_new_file(Path(out), run.signed_report, 0o644)
+    except FileExistsError:
+        raise UsageError(f"--out {out}: refusing to overwrite what is there; remove it or name a new file") from None
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write the signed report there: {exc.strerror or exc}") from None
     print(f"signed report written to {out}")

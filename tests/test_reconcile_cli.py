@@ -67,6 +67,16 @@ async def test_reconcile_run_list_show_and_resolve_from_the_command_line(
         assert code == 0 and out.splitlines()[0].startswith(f"{run_id}  CHE  requester  BLOCKS_INCONSISTENT")
         code, out, _ = await cli(capsys, "reconcile", "show", run_id, "--address", chn_address)
         assert code == 3 and "difference QUANTITY" in out
+        # --out writes a new file only: not over a configuration, nor through a link to one.
+        precious = tmp_path / "gateway.toml"
+        precious.write_text('party = "CHN"\n')
+        (tmp_path / "link.json").symlink_to(precious)
+        for target in (precious, tmp_path / "link.json", report_file):
+            before = target.read_bytes()
+            code, _, err = await cli(
+                capsys, "reconcile", "show", run_id, "--address", chn_address, "--out", str(target)
+            )
+            assert code == 2 and "refusing to overwrite" in err and target.read_bytes() == before, (target, err)
 
         # CHE keeps the report and freezes the units too: they cannot go back until CHE's operator resolves it.
         che_address = pair.che.operator_address
@@ -166,7 +176,9 @@ def test_a_signed_report_that_cannot_be_written_is_one_line_and_exit_status_2(tm
     from gateway.reconcile_cli import _write_report
 
     out = {"a folder": str(tmp_path), "a missing folder": str(tmp_path / "no" / "r.json"), "a full device": "/dev/full"}
-    with pytest.raises(UsageError, match="cannot write the signed report there"):
+    # What is there already is never written over, a device included.
+    message = "cannot write the signed report there" if where == "a missing folder" else "refusing to overwrite"
+    with pytest.raises(UsageError, match=message):
         _write_report(SimpleNamespace(run_id="r", signed_report=b"{}"), out[where])
 
 
