@@ -315,6 +315,7 @@ def authorization_to_proto(a: Authorization) -> records_pb2.Authorization:
         oimp_authorized=a.oimp_authorized,
         terms_and_conditions=a.terms_and_conditions,
         documentation=a.documentation,
+        party=a.party,
     )
 
 
@@ -408,6 +409,8 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         text.check_identifier(entity, f"{field}.authorized_entities[{i}]", what="entity ID")
     for name in ("oimp_authorized", "terms_and_conditions", "documentation"):
         text.check_text(getattr(msg, name), f"{field}.{name}", what=name.replace("_", " "))
+    if msg.party and msg.party not in PARTY_CODES:
+        raise _invalid(f"{field}.party", f"{text.quoted(msg.party)} is not an ISO 3166-1 alpha-3 Party code")
     date = _date(msg.date, f"{field}.date")
     expires = _date(msg.expires, f"{field}.expires") if msg.expires else None
     if expires is not None and expires < date:
@@ -432,6 +435,7 @@ def authorization_from_proto(msg: records_pb2.Authorization, field: str = "autho
         oimp_authorized=msg.oimp_authorized,
         terms_and_conditions=msg.terms_and_conditions,
         documentation=msg.documentation,
+        party=msg.party,
     )
 
 

@@ -208,6 +208,16 @@ def version_in_force(versions: Sequence[Authorization], on: dt.date) -> Authoriz
     return found
 
 
+def authorizing_parties(versions: Iterable[Authorization], own: str) -> dict[str, str]:
+    """The authorizing Party of each authorization among ``versions``: the one its latest version naming one
+    names (an amendment may say whose a copy registered before versions named their Party is), else ``own``."""
+    parties: dict[str, str] = {}
+    for version in versions:
+        if version.party or version.authorization_id not in parties:
+            parties[version.authorization_id] = version.party or own
+    return parties
+
+
 def check_new_version(versions: Sequence[Authorization], new: Authorization) -> None:
     """Refuse an amendment or revocation that does not follow the versions recorded so far.
 
@@ -232,6 +242,13 @@ def check_new_version(versions: Sequence[Authorization], new: Authorization) -> 
             ResponseCode.INVALID_STATE,
             f"authorization {new.authorization_id!r} was revoked on {latest.date.isoformat()}; it takes no new version",
             field="authorization.authorization_id",
+        )
+    if latest.party and new.party != latest.party:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"authorization {new.authorization_id!r} is {latest.party}'s; a new version cannot make it"
+            f" {new.party or 'unnamed'}'s",
+            field="authorization.party",
         )
     if new.cooperative_approach != latest.cooperative_approach:
         raise GatewayError(

@@ -169,6 +169,9 @@ class Authorization:
     """The AEF "Authorization terms and conditions"."""
     documentation: str = ""
     """The AEF "Authorization documentation" (e.g. a reference to the published authorization)."""
+    party: str = ""
+    """The authorizing Party; empty on a version recorded before versions named it (then this gateway's own,
+    unless a later version of the authorization names another: `authorizing_parties`)."""
 
 
 @dataclass(frozen=True, slots=True)

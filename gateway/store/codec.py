@@ -320,6 +320,7 @@ def authorization_to_json(a: Authorization) -> str:
             "oimp_authorized": a.oimp_authorized,
             "terms_and_conditions": a.terms_and_conditions,
             "documentation": a.documentation,
+            **({"party": a.party} if a.party else {}),
         },
         sort_keys=True,
     )
@@ -349,6 +350,7 @@ def authorization_from_json(text: str) -> Authorization:
         oimp_authorized=d.get("oimp_authorized", ""),
         terms_and_conditions=d.get("terms_and_conditions", ""),
         documentation=d.get("documentation", ""),
+        party=d.get("party", ""),
     )
 
 

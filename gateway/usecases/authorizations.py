@@ -38,10 +38,15 @@ class AuthorizationKeeping(GatewayBase):
         """Record a new version of an authorization, in force from its date.
 
         Transfers, uses and cancellations dated from then on are checked against it; those dated before keep
-        the version in force on their date. A version dated in a locked period is refused.
+        the version in force on their date. A version dated in a locked period is refused. A version that names
+        no Party is the Party's of the version before.
         """
         check_definition(authorization, "authorization.first_transfer_definition")
-        return await self._new_version(idem, authorization.authorization_id, lambda _: authorization, "authorization.")
+
+        def build(latest: Authorization) -> Authorization:
+            return authorization if authorization.party else dataclasses.replace(authorization, party=latest.party)
+
+        return await self._new_version(idem, authorization.authorization_id, build, "authorization.")
 
     async def revoke_authorization(
         self, idem: Idempotency, authorization_id: str, version: str, date: dt.date, reason: str

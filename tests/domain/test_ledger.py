@@ -25,6 +25,7 @@ from gateway.domain.ledger import (
     LockedPeriod,
     acquired_for,
     authorizes,
+    authorizing_parties,
     check_acquired_for,
     check_in_force,
     check_lock,
@@ -708,3 +709,14 @@ def test_units_of_an_authorization_unknown_here_go_only_for_what_they_were_acqui
     with pytest.raises(GatewayError) as refused:
         check_acquired_for(acquired, purpose, "action", block)
     assert (refused.value.code, refused.value.field) == (ResponseCode.AUTHORIZATION_MISSING, "action")
+
+
+def test_an_authorization_is_the_party_s_its_latest_version_naming_one_names() -> None:
+    versions = [
+        dataclasses.replace(version("1.0", "2026-01-01", authorization_id="A"), party=""),
+        dataclasses.replace(version("1.0", "2026-01-01", authorization_id="B"), party="CHN"),
+        dataclasses.replace(version("1.0", "2026-01-01", authorization_id="C"), party=""),
+        dataclasses.replace(version("1.1", "2026-02-01", authorization_id="C"), party="SGP"),
+        dataclasses.replace(version("1.0", "2026-01-01", authorization_id="D"), party="CHE"),
+    ]
+    assert authorizing_parties(versions, CHE) == {"A": CHE, "B": CHN, "C": SGP, "D": CHE}

@@ -517,6 +517,73 @@ async def test_units_whose_authorization_is_unknown_here_go_only_for_what_they_w
 
 
 @pytest.mark.asyncio
+async def test_a_copy_of_another_party_s_authorization_stays_out_of_this_party_s_aef_report(tmp_path: Path) -> None:
+    """CHE registers copies of CHN's authorizations (to check onward transfers) and one of its own: its AEF
+    report lists its own alone. A copy registered before versions named their Party is marked by an amendment;
+    a version cannot move an authorization to another Party."""
+
+    def version(authorization_id: str, label: str, party: str) -> records_pb2.Authorization:
+        found = records_pb2.Authorization()
+        found.CopyFrom(DEMO_AUTHORIZATION)
+        found.authorization_id, found.version, found.party = authorization_id, label, party
+        return found
+
+    pair = await start_pair(tmp_path)
+    pair.che.core.gateway.ledger_options = options("CHE01")
+    try:
+        # A copy an earlier release registered: its version names no Party, and counts as this Party's until a
+        # later version says whose it is.
+        async with pair.che.store.transaction() as tx:
+            await tx.insert_authorization(wire.authorization_from_proto(version("CHN-A-0002", "1.0", "")))
+        async with operator(pair.che) as che:
+            registered = [
+                await che.RegisterAuthorization(
+                    operator_pb2.RegisterAuthorizationRequest(idempotency_key=key, authorization=authorization)
+                )
+                for key, authorization in (
+                    ("copy", version("CHN-A-0001", "1.0", "CHN")),
+                    ("own", version("CHE-A-0001", "1.0", "")),
+                )
+            ]
+            # Named, the copy is CHN's; unnamed, a version is this gateway's own Party's.
+            assert [a.party for a in registered] == ["CHN", "CHE"]
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.AmendAuthorization(
+                    operator_pb2.AmendAuthorizationRequest(
+                        idempotency_key="move", authorization=version("CHE-A-0001", "2.0", "CHN")
+                    )
+                )
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization.party")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await che.RegisterAuthorization(
+                    operator_pb2.RegisterAuthorizationRequest(
+                        idempotency_key="bad", authorization=version("XYZ-A-0001", "1.0", "XYZ")
+                    )
+                )
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization.party")
+        report = await pair.che.core.gateway.aef_report(2026, version="1.0", submission_date=dt.date(2027, 4, 15))
+        assert sorted({a.authorization_id for a in report.authorizations}) == ["CHE-A-0001", "CHN-A-0002"]
+        async with operator(pair.che) as che:
+            amended = await che.AmendAuthorization(
+                operator_pb2.AmendAuthorizationRequest(
+                    idempotency_key="mark", authorization=version("CHN-A-0002", "1.2", "CHN")
+                )
+            )
+            assert amended.party == "CHN"
+            listed = await che.ListAuthorizations(operator_pb2.ListAuthorizationsRequest())
+        assert [(a.authorization_id, a.version, a.party) for a in listed.versions] == [
+            ("CHN-A-0002", "1.0", ""),
+            ("CHN-A-0001", "1.0", "CHN"),
+            ("CHE-A-0001", "1.0", "CHE"),
+            ("CHN-A-0002", "1.2", "CHN"),
+        ]
+        report = await pair.che.core.gateway.aef_report(2026, version="1.0", submission_date=dt.date(2027, 4, 15))
+        assert [a.authorization_id for a in report.authorizations] == ["CHE-A-0001"]
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_locked_year_takes_no_first_transfer_of_its_vintage_and_ndc_only_is_first_international(
     tmp_path: Path,
 ) -> None:

@@ -336,6 +336,7 @@ class Authorization(_message.Message):
     OIMP_AUTHORIZED_FIELD_NUMBER: _builtins.int
     TERMS_AND_CONDITIONS_FIELD_NUMBER: _builtins.int
     DOCUMENTATION_FIELD_NUMBER: _builtins.int
+    PARTY_FIELD_NUMBER: _builtins.int
     authorization_id: _builtins.str
     date: _builtins.str
     """ISO 8601 date, YYYY-MM-DD"""
@@ -358,6 +359,11 @@ class Authorization(_message.Message):
     """e.g. "CORSIA", for authorizations with OIMP"""
     terms_and_conditions: _builtins.str
     documentation: _builtins.str
+    party: _builtins.str
+    """The authorizing Party (alpha-3). Empty on a request: this gateway's own Party, or, amending, the Party of the
+    version before. A copy of another Party's authorization (registered to check onward transfers) names that
+    Party; this gateway's AEF report lists its own Party's authorizations alone.
+    """
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """AEF purposes, e.g. "NDC" """
@@ -397,10 +403,11 @@ class Authorization(_message.Message):
         oimp_authorized: _builtins.str = ...,
         terms_and_conditions: _builtins.str = ...,
         documentation: _builtins.str = ...,
+        party: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_types", b"activity_types", "authorization_id", b"authorization_id", "authorized_entities", b"authorized_entities", "authorized_parties", b"authorized_parties", "authorized_quantity", b"authorized_quantity", "cooperative_approach", b"cooperative_approach", "date", b"date", "documentation", b"documentation", "expires", b"expires", "first_transfer_definition", b"first_transfer_definition", "metric", b"metric", "note", b"note", "oimp_authorized", b"oimp_authorized", "purposes", b"purposes", "revoked", b"revoked", "sectors", b"sectors", "terms_and_conditions", b"terms_and_conditions", "timeframe_end", b"timeframe_end", "timeframe_start", b"timeframe_start", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_types", b"activity_types", "authorization_id", b"authorization_id", "authorized_entities", b"authorized_entities", "authorized_parties", b"authorized_parties", "authorized_quantity", b"authorized_quantity", "cooperative_approach", b"cooperative_approach", "date", b"date", "documentation", b"documentation", "expires", b"expires", "first_transfer_definition", b"first_transfer_definition", "metric", b"metric", "note", b"note", "oimp_authorized", b"oimp_authorized", "party", b"party", "purposes", b"purposes", "revoked", b"revoked", "sectors", b"sectors", "terms_and_conditions", b"terms_and_conditions", "timeframe_end", b"timeframe_end", "timeframe_start", b"timeframe_start", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
