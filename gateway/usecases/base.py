@@ -13,7 +13,7 @@ from gateway.domain import text
 from gateway.domain.adjustments import AdjustmentSettings
 from gateway.domain.blocks import SerialSpace, UnitBlock, merge, ranges_by_space
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import check_in_force, version_in_force
+from gateway.domain.ledger import authorizing_parties, check_in_force, version_in_force
 from gateway.domain.nomenclature import DEFAULT_NOMENCLATURE, Nomenclature
 from gateway.domain.protocol import Deadlines, DecisionPolicy, Rejection
 from gateway.domain.records import Account, Authorization, TransferTerms
@@ -159,6 +159,22 @@ class GatewayBase:
         return self.nomenclature.issuer(block.space) == self.party
 
     # authorizations
+
+    async def _check_ties_own(
+        self, tx: Transaction, authorization_id: str, field: str, blocks: Sequence[UnitBlock]
+    ) -> None:
+        """Refuse to tie units held here (``blocks``, untied) to a copy of another Party's authorization: a Party
+        ties its units to its own authorizations alone, and counts them against those."""
+        owner = authorizing_parties(await tx.authorization_versions(authorization_id), self.party)
+        party = owner.get(authorization_id, self.party)
+        if party != self.party:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"authorization {authorization_id!r} is {party}'s (a copy held here): {blocks[0].describe()} is not"
+                f" tied to an authorization, and units are tied only to {self.party}'s own",
+                field=field,
+                blocks=list(blocks[:5]),
+            )
 
     @staticmethod
     async def _authorization_on(tx: Transaction, authorization_id: str, on: dt.date) -> Authorization | None:

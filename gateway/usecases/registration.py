@@ -165,6 +165,7 @@ class Registration(GatewayBase):
                 check_itmo_serials(block, "block.space.issuance")
                 now = self.clock()
                 authorization = await self._issuance_authorization(tx, authorization_id, block, now.date())
+                await self._check_ties_own(tx, authorization_id, "authorization_id", [block])
                 context = ActionContext(
                     action_id=self.new_id(),
                     action_date=now,

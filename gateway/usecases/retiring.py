@@ -282,6 +282,7 @@ class Retiring(Initiating):
                 blocks=[block],
             )
         check_vintage(named, block, "authorization_id")
+        await self._check_ties_own(tx, named.authorization_id, "authorization_id", [block])
         return named
 
     @staticmethod

@@ -584,6 +584,59 @@ async def test_a_copy_of_another_party_s_authorization_stays_out_of_this_party_s
 
 
 @pytest.mark.asyncio
+async def test_units_held_here_are_never_tied_to_a_copy_of_another_party_s_authorization(tmp_path: Path) -> None:
+    """CHN holds a copy of SGP's authorization: none of CHN's untied units is tied to it, whether registered
+    under it, proposed under it or used under it."""
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)  # CCER 1-1000 at CHN, untied
+        copy = records_pb2.Authorization()
+        copy.CopyFrom(DEMO_AUTHORIZATION)
+        copy.authorization_id, copy.party = "SGP-A-0001", "SGP"
+        async with operator(pair.chn) as chn:
+            await open_account(chn, "CN-USE-0001", "use", key="use")
+            await chn.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="copy", authorization=copy)
+            )
+            register = operator_pb2.RegisterIssuanceRequest(
+                idempotency_key="i2",
+                account_id="CN-PO-0001",
+                block=demo_block(2001, 2100),
+                authorization_id="SGP-A-0001",
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.RegisterIssuance(register)
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization_id")
+            assert "is SGP's (a copy held here)" in str(caught.value.details())
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.ProposeTransfer(_under(proposal_request(block, 1, 10, "t-copy"), "SGP-A-0001"))
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization_id")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.UseUnits(
+                    operator_pb2.UseUnitsRequest(
+                        idempotency_key="u-copy",
+                        source_account="CN-PO-0001",
+                        use_account="CN-USE-0001",
+                        action="use towards the NDC",
+                        year_of_use=2025,
+                        authorization_id="SGP-A-0001",
+                        selections=[operator_pb2.BlockSelection(space=block.space, start=11, end=20)],
+                    )
+                )
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization_id")
+            # Under CHN's own authorization the same units go.
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "t-own"))
+            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+    finally:
+        await pair.stop()
+
+
+def _under(request: operator_pb2.ProposeTransferRequest, authorization_id: str) -> operator_pb2.ProposeTransferRequest:
+    request.authorization_id = authorization_id
+    return request
+
+
+@pytest.mark.asyncio
 async def test_a_locked_year_takes_no_first_transfer_of_its_vintage_and_ndc_only_is_first_international(
     tmp_path: Path,
 ) -> None:
