@@ -128,8 +128,8 @@ class Initiating(GatewayBase):
                 first = rejections[0]
                 field = "purpose" if first.code is ResponseCode.PURPOSE_NOT_ALLOWED else "authorization_id"
                 raise GatewayError(first.code, first.message, field=field, blocks=first.blocks)
-            untied = [b for b in taken if not b.tied]
-            if untied:  # this transfer ties them
+            untied = [b for b in taken if not b.tied and not b.first_transferred]
+            if untied:  # this transfer ties them (ITMOs acquired before blocks carried their tie it does not)
                 await self._check_ties_own(tx, terms.authorization_id, "authorization_id", untied)
             for index, block in enumerate(taken):
                 if block.tied and block.authorization_id != terms.authorization_id:

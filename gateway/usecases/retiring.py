@@ -104,6 +104,9 @@ class Retiring(Initiating):
                     check_itmo_serials(block, f"selections[{index}].space.issuance")
             reserved = await tx.blocks_of_transfer(action_id, BlockStatus.RESERVED)
             named = await self._named_authorization(tx, request, now.date())
+            untied = [s.block for s in reserved if not s.block.tied and not s.block.first_transferred]
+            if named is not None and untied:  # the named authorization ties them
+                await self._check_ties_own(tx, named.authorization_id, "authorization_id", untied)
             entries: list[LedgerEntry] = []
             newly_tied = 0
             for stored in reserved:
@@ -282,7 +285,6 @@ class Retiring(Initiating):
                 blocks=[block],
             )
         check_vintage(named, block, "authorization_id")
-        await self._check_ties_own(tx, named.authorization_id, "authorization_id", [block])
         return named
 
     @staticmethod

@@ -611,15 +611,15 @@ async def test_units_held_here_are_never_tied_to_a_copy_of_another_party_s_autho
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await chn.ProposeTransfer(_under(proposal_request(block, 1, 10, "t-copy"), "SGP-A-0001"))
             assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization_id")
+            await open_account(chn, "CN-CAN-0001", "cancellation", key="can")
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await chn.UseUnits(
-                    operator_pb2.UseUnitsRequest(
-                        idempotency_key="u-copy",
+                await chn.CancelUnits(
+                    operator_pb2.CancelUnitsRequest(
+                        idempotency_key="c-copy",
                         source_account="CN-PO-0001",
-                        use_account="CN-USE-0001",
-                        action="use towards the NDC",
-                        year_of_use=2025,
+                        cancellation_account="CN-CAN-0001",
                         authorization_id="SGP-A-0001",
+                        subtype="Mandatory and Voluntary cancellation to deliver OMGE",
                         selections=[operator_pb2.BlockSelection(space=block.space, start=11, end=20)],
                     )
                 )
@@ -627,6 +627,25 @@ async def test_units_held_here_are_never_tied_to_a_copy_of_another_party_s_autho
             # Under CHN's own authorization the same units go.
             proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "t-own"))
             assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        # CHE holds CHN's ITMOs as an earlier release kept them (first transferred, no tie) and a copy of CHN's
+        # authorization naming CHN: a transfer ties nothing of them, so they go home under the copy.
+        copy.CopyFrom(DEMO_AUTHORIZATION)
+        copy.party = "CHN"
+        async with operator(pair.che) as che:
+            await che.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="copy", authorization=copy)
+            )
+        async with pair.che.store.transaction() as tx:
+            (held,) = await tx.list_blocks("CH-PH-0001")
+            untied = held.block.with_tie("", "", "", first_transferred=True)
+            await tx.set_block_status(held.block_id, BlockStatus.SUPERSEDED)
+            await tx.insert_block(untied, account_id="CH-PH-0001", status=BlockStatus.HELD, parent_id=held.block_id)
+        home = proposal_request(block, 1, 5, "home")
+        home.source_account = "CH-PH-0001"
+        home.acquiring_account.party, home.acquiring_account.account_id = "CHN", "CN-PO-0001"
+        async with operator(pair.che) as che:
+            proposed = await che.ProposeTransfer(home)
+            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
     finally:
         await pair.stop()
 
