@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import check_definition, check_new_version, check_not_locked
+from gateway.domain.ledger import authorizing_parties, check_definition, check_new_version, check_not_locked
 from gateway.domain.records import Authorization
-from gateway.store.base import StoreConflict
+from gateway.store.base import StoreConflict, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency
 
 
@@ -115,6 +115,7 @@ class AuthorizationKeeping(GatewayBase):
                     field=f"{fields}authorization_id",
                 )
             authorization = build(versions[-1])
+            await self._check_party_move(tx, versions, authorization)
             check_not_locked(
                 await tx.locked_periods(), authorization.date.year, "authorization.date", "the version's date"
             )
@@ -130,6 +131,26 @@ class AuthorizationKeeping(GatewayBase):
                 ) from None
             await self._remember(tx, idem, authorization.version)
         return authorization
+
+    async def _check_party_move(self, tx: Transaction, versions: list[Authorization], new: Authorization) -> None:
+        """Refuse a version that makes an authorization of this Party's (one whose versions named no Party, a copy
+        registered without its Party included) another Party's while units here are tied to it: they would be
+        counted under another Party's authorization. `check_new_version` refuses every other change of Party."""
+        if not new.party or new.party == self.party:
+            return
+        if authorizing_parties(versions, self.party)[new.authorization_id] != self.party:
+            return
+        tied = await tx.first_transfer_quantity_used(new.authorization_id) or any(
+            t.authorization_id == new.authorization_id and t.first_transferring_party == self.party
+            for t in await tx.ledger_totals()
+        )
+        if tied:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"units held or sent by {self.party} are tied to authorization {new.authorization_id!r}, so it stays"
+                f" {self.party}'s; a version cannot make it {new.party}'s",
+                field="authorization.party",
+            )
 
     async def list_authorizations(self, authorization_id: str = "") -> list[Authorization]:
         """Every version of every authorization (or of one), in the order they were recorded."""

@@ -78,10 +78,9 @@ class Registration(GatewayBase):
 
     async def register_authorization(self, idem: Idempotency, authorization: Authorization) -> Authorization:
         """Record a Party's authorization, which transfers then name (its first version): this gateway's own
-        Party's unless it names another (a copy, to check onward transfers)."""
+        Party's unless it names another (a copy, to check onward transfers). One naming none is this gateway's
+        own until an amendment names another Party (`AuthorizationKeeping._check_party_move`)."""
         check_definition(authorization, "authorization.first_transfer_definition")
-        if not authorization.party:
-            authorization = replace(authorization, party=self.party)
 
         async def insert(tx: Transaction) -> None:
             check_not_locked(await tx.locked_periods(), authorization.date.year, "authorization.date", "its date")

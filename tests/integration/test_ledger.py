@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, partner_pb2, records_pb2
 from gateway import wire
 from gateway.demo import DEMO_AUTHORIZATION, Pair, demo_block, start_pair, wait_for_state
 from gateway.domain.adjustments import AdjustmentSettings, AveragingDivisor
@@ -518,9 +518,9 @@ async def test_units_whose_authorization_is_unknown_here_go_only_for_what_they_w
 
 @pytest.mark.asyncio
 async def test_a_copy_of_another_party_s_authorization_stays_out_of_this_party_s_aef_report(tmp_path: Path) -> None:
-    """CHE registers copies of CHN's authorizations (to check onward transfers) and one of its own: its AEF
-    report lists its own alone. A copy registered before versions named their Party is marked by an amendment;
-    a version cannot move an authorization to another Party."""
+    """CHE registers a copy of CHN's authorization naming CHN, a copy without naming it and one of its own: its
+    AEF report lists those that are its own. A version naming no Party is this Party's until an amendment names
+    another, which it may while no unit here is tied to it; a named Party never changes."""
 
     def version(authorization_id: str, label: str, party: str) -> records_pb2.Authorization:
         found = records_pb2.Authorization()
@@ -528,13 +528,16 @@ async def test_a_copy_of_another_party_s_authorization_stays_out_of_this_party_s
         found.authorization_id, found.version, found.party = authorization_id, label, party
         return found
 
+    async def amend(
+        stub: operator_pb2_grpc.OperatorServiceAsyncStub, key: str, authorization: records_pb2.Authorization
+    ) -> records_pb2.Authorization:
+        return await stub.AmendAuthorization(
+            operator_pb2.AmendAuthorizationRequest(idempotency_key=key, authorization=authorization)
+        )
+
     pair = await start_pair(tmp_path)
     pair.che.core.gateway.ledger_options = options("CHE01")
     try:
-        # A copy an earlier release registered: its version names no Party, and counts as this Party's until a
-        # later version says whose it is.
-        async with pair.che.store.transaction() as tx:
-            await tx.insert_authorization(wire.authorization_from_proto(version("CHN-A-0002", "1.0", "")))
         async with operator(pair.che) as che:
             registered = [
                 await che.RegisterAuthorization(
@@ -542,18 +545,18 @@ async def test_a_copy_of_another_party_s_authorization_stays_out_of_this_party_s
                 )
                 for key, authorization in (
                     ("copy", version("CHN-A-0001", "1.0", "CHN")),
-                    ("own", version("CHE-A-0001", "1.0", "")),
+                    ("unnamed", version("CHN-A-0002", "1.0", "")),
+                    ("own", version("CHE-A-0001", "1.0", "CHE")),
                 )
             ]
-            # Named, the copy is CHN's; unnamed, a version is this gateway's own Party's.
-            assert [a.party for a in registered] == ["CHN", "CHE"]
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await che.AmendAuthorization(
-                    operator_pb2.AmendAuthorizationRequest(
-                        idempotency_key="move", authorization=version("CHE-A-0001", "2.0", "CHN")
-                    )
-                )
-            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization.party")
+            assert [a.party for a in registered] == ["CHN", "", "CHE"]
+            for key, moved in (
+                ("move-own", version("CHE-A-0001", "2.0", "CHN")),
+                ("move-copy", version("CHN-A-0001", "2.0", "CHE")),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await amend(che, key, moved)
+                assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization.party")
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await che.RegisterAuthorization(
                     operator_pb2.RegisterAuthorizationRequest(
@@ -561,24 +564,30 @@ async def test_a_copy_of_another_party_s_authorization_stays_out_of_this_party_s
                     )
                 )
             assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization.party")
-        report = await pair.che.core.gateway.aef_report(2026, version="1.0", submission_date=dt.date(2027, 4, 15))
-        assert sorted({a.authorization_id for a in report.authorizations}) == ["CHE-A-0001", "CHN-A-0002"]
-        async with operator(pair.che) as che:
-            amended = await che.AmendAuthorization(
-                operator_pb2.AmendAuthorizationRequest(
-                    idempotency_key="mark", authorization=version("CHN-A-0002", "1.2", "CHN")
-                )
-            )
-            assert amended.party == "CHN"
+            report = await pair.che.core.gateway.aef_report(2026, version="1.0", submission_date=dt.date(2027, 4, 15))
+            assert sorted({a.authorization_id for a in report.authorizations}) == ["CHE-A-0001", "CHN-A-0002"]
+            # Nothing here is tied to the unnamed copy: an amendment says whose it is, and later ones keep it.
+            assert (await amend(che, "mark", version("CHN-A-0002", "1.1", "CHN"))).party == "CHN"
+            assert (await amend(che, "again", version("CHN-A-0002", "1.2", ""))).party == "CHN"
             listed = await che.ListAuthorizations(operator_pb2.ListAuthorizationsRequest())
         assert [(a.authorization_id, a.version, a.party) for a in listed.versions] == [
-            ("CHN-A-0002", "1.0", ""),
             ("CHN-A-0001", "1.0", "CHN"),
+            ("CHN-A-0002", "1.0", ""),
             ("CHE-A-0001", "1.0", "CHE"),
+            ("CHN-A-0002", "1.1", "CHN"),
             ("CHN-A-0002", "1.2", "CHN"),
         ]
         report = await pair.che.core.gateway.aef_report(2026, version="1.0", submission_date=dt.date(2027, 4, 15))
         assert [a.authorization_id for a in report.authorizations] == ["CHE-A-0001"]
+        # CHN's own authorization, registered naming no Party, has units tied to it: it stays CHN's.
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "t1"))
+            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await amend(chn, "move", version("CHN-A-0001", "2.0", "SGP"))
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "authorization.party")
+            assert "are tied to authorization 'CHN-A-0001'" in str(caught.value.details())
     finally:
         await pair.stop()
 

@@ -360,9 +360,10 @@ class Authorization(_message.Message):
     terms_and_conditions: _builtins.str
     documentation: _builtins.str
     party: _builtins.str
-    """The authorizing Party (alpha-3). Empty on a request: this gateway's own Party, or, amending, the Party of the
-    version before. A copy of another Party's authorization (registered to check onward transfers) names that
-    Party; this gateway's AEF report lists its own Party's authorizations alone.
+    """The authorizing Party (alpha-3); empty for this gateway's own (amending, the Party of the version before).
+    A copy of another Party's authorization (registered to check onward transfers) names that Party: this
+    gateway's AEF report lists its own authorizations alone, and ties units to them alone. Versions naming no
+    Party may be followed by one naming another while no unit here is tied to them; a named Party never changes.
     """
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
