@@ -171,8 +171,10 @@ async def setup(world: World) -> None:
             assert not _refused(await world.call(party, "OpenAccount", request), world, "open account")
         for issuer in PARTIES:
             for suffix in AUTHORIZATIONS:
+                authorization = _authorization(issuer, suffix)
+                authorization.party = issuer  # at another Party's gateway, a copy
                 authorize = operator_pb2.RegisterAuthorizationRequest(
-                    idempotency_key=f"auth-{issuer}-{suffix}", authorization=_authorization(issuer, suffix)
+                    idempotency_key=f"auth-{issuer}-{suffix}", authorization=authorization
                 )
                 answer = await world.call(party, "RegisterAuthorization", authorize)
                 assert not _refused(answer, world, "authorize") and not isinstance(answer, SimAbort)
