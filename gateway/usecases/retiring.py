@@ -59,6 +59,11 @@ class RetirementRequest:
     target_field: str = "target_account"
     """The request field that names the target account, for refusals."""
 
+    @property
+    def purpose_field(self) -> str:
+        """The request field that states the purpose, for refusals: the action of a use towards the NDC."""
+        return "action" if self.retirement is Retirement.USE_NDC else "purpose"
+
 
 @dataclass(frozen=True, slots=True)
 class RetirementResult:
@@ -294,8 +299,7 @@ class Retiring(Initiating):
         """Units tied to an authorization not known here, and units acquired before blocks carried their tie
         (their entries name no first transferring Party), go only for a purpose they were acquired for."""
         entries = await tx.ledger_of_units(block.first_transferring_party, block.space, block.start, block.end)
-        field = "action" if request.retirement is Retirement.USE_NDC else "purpose"
-        check_acquired_for(acquired_for(block, entries), purpose, field, block)
+        check_acquired_for(acquired_for(block, entries), purpose, request.purpose_field, block)
 
     @staticmethod
     def _purpose(request: RetirementRequest, authorization: Authorization | None, stored: StoredBlock) -> Purpose:
@@ -316,8 +320,7 @@ class Retiring(Initiating):
                 blocks=[stored.block],
             )
         if authorization is not None:
-            field = "action" if request.retirement is Retirement.USE_NDC else "purpose"
-            check_authorizes(authorization, purpose, field, stored.block)
+            check_authorizes(authorization, purpose, request.purpose_field, stored.block)
         return purpose
 
     @staticmethod
