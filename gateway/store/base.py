@@ -533,6 +533,14 @@ class Transaction(Protocol):
         starting before serial ``since`` are not looked at (the caller knows none there can)."""
         ...
 
+    async def acquisitions_of_units_each(
+        self, party: str, space: SerialSpace, wanted: Sequence[tuple[int, int]]
+    ) -> list[list[LedgerEntry]]:
+        """For each range of ``wanted``, the ``Acquisition`` entries with ``party`` as first transferring Party
+        that share a unit with it, in entry order: `ledger_of_units` of one action type, for many ranges in one
+        statement."""
+        ...
+
     async def ledger_parties(self, space: SerialSpace) -> list[str]:
         """The first transferring Parties of the entries of units of ``space``, in code order: the Parties
         `ledger_of_units` finds entries for there."""

@@ -955,6 +955,34 @@ class PostgresTransaction:
         rows = await self._all(*codec.ledger_of_units_query(party, space, start, end, since, spans))
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
+    async def acquisitions_of_units_each(
+        self, party: str, space: SerialSpace, wanted: Sequence[tuple[int, int]]
+    ) -> list[list[LedgerEntry]]:
+        found: list[list[LedgerEntry]] = [[] for _ in wanted]
+        key = (party, space.unit_kind, space.issuing_registry, space.issuance)
+        spans = {str(r[0]): int(r[1]) for r in await self._all(codec.LEDGER_ACTION_SPANS, key)}
+        longest = spans.get(ActionType.ACQUISITION.value)
+        if not wanted or longest is None:
+            return found
+        # Each range's part of the index from as far back as the longest Acquisition entry, as on SQLite.
+        rows = await self._all(
+            "SELECT q.i AS wanted, l.* FROM unnest(?::bigint[], ?::bigint[]) WITH ORDINALITY AS q(lo, hi, i)"
+            " CROSS JOIN LATERAL (SELECT * FROM ledger WHERE first_transferring_party = ? AND action_type = ?"
+            " AND unit_kind = ? AND issuing_registry = ? AND issuance = ? AND serial_start >= q.lo - ?::bigint"
+            " AND serial_start <= q.hi AND serial_end >= q.lo) l ORDER BY l.entry_id",
+            (
+                [lo for lo, _ in wanted],
+                [hi for _, hi in wanted],
+                party,
+                ActionType.ACQUISITION.value,
+                *key[1:],
+                longest,
+            ),
+        )
+        for r in rows:
+            found[int(r["wanted"]) - 1].append(codec.ledger_from_row(r["entry_id"], dict(r)))
+        return found
+
     async def ledger_parties(self, space: SerialSpace) -> list[str]:
         rows = await self._all(codec.LEDGER_PARTIES, (space.unit_kind, space.issuing_registry, space.issuance))
         return [str(r[0]) for r in rows]

@@ -1153,6 +1153,36 @@ class SQLiteTransaction:
         rows = self._all(*codec.ledger_of_units_query(party, space, start, end, since, spans))
         return [codec.ledger_from_row(r["entry_id"], dict(r)) for r in rows]
 
+    async def acquisitions_of_units_each(
+        self, party: str, space: SerialSpace, wanted: Sequence[tuple[int, int]]
+    ) -> list[list[LedgerEntry]]:
+        found: list[list[LedgerEntry]] = [[] for _ in wanted]
+        key = (party, space.unit_kind, space.issuing_registry, space.issuance)
+        spans = {str(r[0]): int(r[1]) for r in self._all(codec.LEDGER_ACTION_SPANS, key)}
+        longest = spans.get(ActionType.ACQUISITION.value)
+        if not wanted or longest is None:
+            return found
+        # As in `ledger_of_units`: no Acquisition entry is longer than the longest, so each range's part of the
+        # index is searched from that far back only.
+        rows = self._all(
+            f"{_WANTED} SELECT q.i AS wanted, l.* FROM q JOIN ledger l ON l.first_transferring_party = ?5"
+            " AND l.action_type = ?6 AND l.unit_kind = ?1 AND l.issuing_registry = ?2 AND l.issuance = ?3"
+            " AND l.serial_start >= q.lo - ?7 AND l.serial_start <= q.hi AND l.serial_end >= q.lo"
+            " ORDER BY l.entry_id",
+            (
+                space.unit_kind,
+                space.issuing_registry,
+                space.issuance,
+                _wanted_json(wanted),
+                party,
+                ActionType.ACQUISITION.value,
+                longest,
+            ),
+        )
+        for r in rows:
+            found[r["wanted"]].append(codec.ledger_from_row(r["entry_id"], dict(r)))
+        return found
+
     async def ledger_parties(self, space: SerialSpace) -> list[str]:
         rows = self._all(codec.LEDGER_PARTIES, (space.unit_kind, space.issuing_registry, space.issuance))
         return [str(r[0]) for r in rows]

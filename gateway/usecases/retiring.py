@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.domain import text
-from gateway.domain.blocks import UnitBlock
+from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.ledger import (
     ActionContext,
@@ -114,11 +115,15 @@ class Retiring(Initiating):
                 await self._check_ties_own(tx, named.authorization_id, "authorization_id", untied)
             entries: list[LedgerEntry] = []
             newly_tied = 0
+            acquisitions = _Acquisitions(tx, [stored.block for stored in reserved])
             for stored in reserved:
                 authorization = await self._authorization_for(tx, stored, named, request, now.date())
                 purpose = self._purpose(request, authorization, stored)
                 if authorization is None:
-                    await self._check_acquired_for(tx, request, purpose, stored.block)
+                    # Units tied to an authorization not known here, and units acquired before blocks carried
+                    # their tie, go only for a purpose they were acquired for.
+                    acquired = acquired_for(stored.block, await acquisitions.of(stored.block))
+                    check_acquired_for(acquired, purpose, request.purpose_field, stored.block)
                 context = ActionContext(
                     action_id=action_id,
                     action_date=now,
@@ -293,15 +298,6 @@ class Retiring(Initiating):
         return named
 
     @staticmethod
-    async def _check_acquired_for(
-        tx: Transaction, request: RetirementRequest, purpose: Purpose, block: UnitBlock
-    ) -> None:
-        """Units tied to an authorization not known here, and units acquired before blocks carried their tie
-        (their entries name no first transferring Party), go only for a purpose they were acquired for."""
-        entries = await tx.ledger_of_units(block.first_transferring_party, block.space, block.start, block.end)
-        check_acquired_for(acquired_for(block, entries), purpose, request.purpose_field, block)
-
-    @staticmethod
     def _purpose(request: RetirementRequest, authorization: Authorization | None, stored: StoredBlock) -> Purpose:
         """The purpose the entry records: NDC for a use towards the NDC, else the one named, else the
         authorization's own; the authorization, where known here, must authorize it."""
@@ -331,3 +327,26 @@ class Retiring(Initiating):
         ]
         entries = await tx.ledger_of_action(action_id)
         return RetirementResult(action_id, tuple(retired), tuple(entries))
+
+
+class _Acquisitions:
+    """The ``Acquisition`` entries of the units of a retirement's blocks, read when first needed, in one statement
+    per first transferring Party and serial space for all the blocks that share them."""
+
+    def __init__(self, tx: Transaction, blocks: Sequence[UnitBlock]) -> None:
+        self._tx = tx
+        self._groups: dict[tuple[str, SerialSpace], list[UnitBlock]] = {}
+        for block in blocks:
+            self._groups.setdefault((block.first_transferring_party, block.space), []).append(block)
+        self._found: dict[tuple[str, SerialSpace, int, int], list[LedgerEntry]] = {}
+
+    async def of(self, block: UnitBlock) -> list[LedgerEntry]:
+        """The Acquisition entries that share a unit with ``block`` (one of the blocks given)."""
+        key = (block.first_transferring_party, block.space, block.start, block.end)
+        if key not in self._found:
+            group = self._groups[key[0], key[1]]
+            wanted = [(each.start, each.end) for each in group]
+            found = await self._tx.acquisitions_of_units_each(key[0], key[1], wanted)
+            for each, entries in zip(group, found, strict=True):
+                self._found[each.first_transferring_party, each.space, each.start, each.end] = entries
+        return self._found[key]

@@ -505,6 +505,14 @@ async def test_units_whose_authorization_is_unknown_here_go_only_for_what_they_w
                 await che.UseUnits(use("u5", 9001, 9100, **towards_ndc))
             assert refusal(caught.value) == (ResponseCode.AUTHORIZATION_MISSING, "action")
             assert "acquired before blocks carried their authorization" in str(caught.value.details())
+            # Both kinds in one use, each block checked against its own acquisition.
+            both = use("u6", 7051, 7055, **oimp_use, purpose="OIMP")
+            both.selections.append(operator_pb2.BlockSelection(space=block.space, start=9001, end=9010))
+            used = await che.UseUnits(both)
+            assert sorted((e.block.start, e.purpose, e.quantity) for e in used.entries) == [
+                (7051, "OIMP", 5),
+                (9001, "OIMP", 10),
+            ]
             # With a copy of the authorization here, the authorization decides: it does not authorize the NDC.
             await che.RegisterAuthorization(
                 operator_pb2.RegisterAuthorizationRequest(idempotency_key="a4", authorization=oimp)

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.domain import ranges
-from gateway.domain.blocks import SerialSpace, UnitBlock
+from gateway.domain.blocks import MAX_SERIAL, SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import Status
@@ -1281,6 +1281,75 @@ async def test_the_history_of_units_is_every_entry_that_meets_them_whatever_the_
         assert by_hand.action_type is ActionType.USE
         end = by_hand.block.end
         assert 10**6 in [e.entry_id for e in await tx.ledger_of_units("CHN", SPACE, end, end)]
+
+
+@pytest.mark.asyncio
+async def test_the_acquisitions_of_many_ranges_are_those_a_plain_filter_finds_for_each(store: Store) -> None:
+    """`Transaction.acquisitions_of_units_each` against a plain filter of the whole ledger, for many ranges at
+    once: only Acquisition entries of the Party and space, whatever the lengths of other entries, one inserted
+    and one lengthened by hand; ranges that repeat, meet nothing, or reach the last serial."""
+    rng = random.Random(20)
+    types = [ActionType.ACQUISITION, ActionType.ACQUISITION, ActionType.TRANSFER, ActionType.USE]
+    other = SerialSpace("CCER", "CN-CCER", "other")
+    top = MAX_SERIAL
+
+    def random_entry() -> LedgerEntry:
+        start = rng.randrange(1, 10**6)
+        length = rng.choice([0, 9, 99, rng.randrange(10**5)])
+        space = other if rng.random() < 0.1 else SPACE
+        made = dataclasses.replace(entry(start, start + length, space), action_type=rng.choice(types))
+        if rng.random() < 0.1:
+            made = dataclasses.replace(made, first_transferring_party="KOR")
+        return made
+
+    async with store.transaction() as tx:
+        assert await tx.acquisitions_of_units_each("CHN", SPACE, [(1, 10)]) == [[]]
+        for _ in range(10):
+            await tx.append_ledger([random_entry()])
+        ids = await tx.append_ledger([*(random_entry() for _ in range(200)), entry(top - 5, top, SPACE)])
+        await tx.append_ledger([dataclasses.replace(entry(top - 5, top, SPACE), action_type=ActionType.ACQUISITION)])
+    copied = (
+        "INSERT INTO ledger (entry_id, action_date, action_type, transfer_id, block, quantity, vintage,"
+        " cooperative_approach, authorization_id, first_transferring_party, transferring_party, acquiring_party,"
+        " purpose) SELECT ?, action_date, 'Acquisition', transfer_id, block, quantity, vintage,"
+        " cooperative_approach, authorization_id, first_transferring_party, transferring_party, acquiring_party,"
+        " purpose FROM ledger WHERE entry_id = ?"
+    )
+    async with store.read() as tx:
+        appended = [e for e in await tx.list_ledger() if e.entry_id in ids and e.block.space == SPACE]
+    await raw(store, copied, 10**6, appended[0].entry_id)
+    lengthened = next(e for e in appended if e.action_type is ActionType.ACQUISITION)
+    lengthened_block = codec.block_to_dict(lengthened.block.with_range(1, 999_999))
+    await raw(
+        store, "UPDATE ledger SET block = ? WHERE entry_id = ?", json.dumps(lengthened_block), lengthened.entry_id
+    )
+    async with store.read() as tx:
+        everything = await tx.list_ledger()
+        by_hand = appended[0].block.start
+        wanted = [(2, 2), (top, top), (0, 0), (1, 1), (by_hand, by_hand)]
+        for _ in range(300):
+            start = rng.randrange(1, 10**6)
+            wanted.append((start, start + rng.choice([0, 9, 1000])))
+        wanted.append(wanted[10])
+        found = await tx.acquisitions_of_units_each("CHN", SPACE, wanted)
+        assert len(found) == len(wanted)
+        for (start, end), entries in zip(wanted, found, strict=True):
+            expected = [
+                e.entry_id
+                for e in everything
+                if e.first_transferring_party == "CHN"
+                and e.action_type is ActionType.ACQUISITION
+                and e.block.space == SPACE
+                and e.block.start <= end
+                and e.block.end >= start
+            ]
+            assert [e.entry_id for e in entries] == expected, (start, end)
+        assert lengthened.entry_id in [e.entry_id for e in found[0]]
+        assert 10**6 in [e.entry_id for e in found[4]]
+        assert [e.block.end for e in found[1]] == [top]
+        assert sum(map(len, found)) > 300
+        assert await tx.acquisitions_of_units_each("CHN", SPACE, []) == []
+        assert await tx.acquisitions_of_units_each("USA", SPACE, [(1, 10**6)]) == [[]]
 
 
 @pytest.mark.asyncio
