@@ -68,6 +68,7 @@ class Acquiring(GatewayBase):
         frozen: list[UnitBlock] = []
         frozen_spaces = await tx.frozen_spaces()
         parties_of: dict[SerialSpace, list[str]] = {}
+        copies: dict[str, str] = {}
         found = await self._look_up(tx, terms.blocks)
         for block, (guarded, abroad, seen) in zip(terms.blocks, found, strict=True):
             if guarded:
@@ -80,6 +81,8 @@ class Acquiring(GatewayBase):
             if block.space in frozen_spaces and await tx.frozen_by(block.space, block.start, block.end):
                 frozen.append(block)
             arriving, reason = await self._as_arriving(tx, terms, block, seen, parties_of)
+            if reason is None:
+                reason = await self._tie_contradicted(tx, arriving, copies)
             if reason is not None:
                 contradicting.append((block, reason))
             else:
@@ -273,6 +276,24 @@ class Acquiring(GatewayBase):
                 )
             )
         return rejections
+
+    @staticmethod
+    async def _tie_contradicted(tx: Transaction, block: UnitBlock, named: dict[str, str]) -> str | None:
+        """Why units tied to an authorization registered here naming its Party are refused: their tie names
+        another first transferring Party. Else the copy here, not the units' real authorization, would decide
+        what they may go for. ``named`` keeps the Party each authorization's versions name ("" for none)."""
+        if not block.authorization_id:
+            return None
+        if block.authorization_id not in named:
+            versions = await tx.authorization_versions(block.authorization_id)
+            named[block.authorization_id] = next((v.party for v in reversed(versions) if v.party), "")
+        party = named[block.authorization_id]
+        if not party or party == block.first_transferring_party:
+            return None
+        return (
+            f"{block.describe()} is tied to authorization {block.authorization_id!r} as first transferred by"
+            f" {block.first_transferring_party}, but that authorization is registered here as {party}'s"
+        )
 
     async def _as_arriving(
         self,

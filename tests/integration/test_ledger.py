@@ -247,6 +247,77 @@ async def test_a_partner_cannot_make_this_gateway_the_first_transferring_party_o
         assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
 
 
+COPY_NAMES: dict[str, tuple[str | None, int]] = {
+    "the-units-first-transferring-party": ("SGP", records_pb2.ACCEPTED),
+    "another-party": ("KOR", records_pb2.REJECTED),
+    "no-party": ("", records_pb2.ACCEPTED),
+    "no-copy-here": (None, records_pb2.ACCEPTED),
+}
+"""What the copy of authorization SGP-A-0001 registered at CHN names as its Party (None: CHN holds no copy), and
+what CHN makes of CHE's units tied to it as first transferred by SGP."""
+
+
+@pytest.mark.parametrize("case", list(COPY_NAMES))
+@pytest.mark.asyncio
+async def test_units_tied_to_a_copy_naming_another_party_are_refused(tmp_path: Path, case: str) -> None:
+    from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
+    from gateway.harness import start_network
+    from tests.integration.harness import Crafter, deliver_raw
+
+    copy_party, expected = COPY_NAMES[case]
+    nomenclature = Nomenclature.of((*DEFAULT_REGISTRIES, IssuingRegistry(code="VCS", unit_kinds=("VCU",))))
+    network = await start_network(tmp_path, ("CHN", "CHE"), nomenclature=nomenclature)
+    chn = network["CHN"]
+    try:
+        async with operator(chn) as stub:
+            await stub.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="open",
+                    account=records_pb2.Account(account_id="CN-PH-0001", holder_name="H", account_type="Party holding"),
+                )
+            )
+            if copy_party is not None:
+                copy = records_pb2.Authorization()
+                copy.CopyFrom(DEMO_AUTHORIZATION)
+                copy.authorization_id, copy.party = "SGP-A-0001", copy_party
+                await stub.RegisterAuthorization(
+                    operator_pb2.RegisterAuthorizationRequest(idempotency_key="copy", authorization=copy)
+                )
+        block = records_pb2.UnitBlock(
+            space=records_pb2.SerialSpace(unit_kind="VCU", issuing_registry="VCS"),
+            start=1,
+            end=10,
+            vintage=2025,
+            mitigation_type="Removals",
+            first_transferred=True,
+            first_transferring_party="SGP",
+            cooperative_approach="CA0001",
+            authorization_id="SGP-A-0001",
+        )
+        proposal = partner_pb2.Proposal(
+            transfer_id="tied-to-a-copy",
+            blocks=[block],
+            source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
+            acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PH-0001"),
+            cooperative_approach="CA0001",
+            authorization_id="SGP-A-0001",
+            purpose="NDC",
+            adjustment_method="single-year averaging",
+        )
+        crafter = Crafter(signer=network.signers["CHE"], sender="CHE", receiver="CHN")
+        payload, _ = crafter.statement(proposal=proposal)
+        receipt = await deliver_raw(chn, wire.envelope_to_bytes(crafter.envelope(payload)))
+        assert receipt.taken_in
+        async with operator(chn) as stub:
+            transfer = await stub.GetTransfer(operator_pb2.GetTransferRequest(transfer_id="tied-to-a-copy"))
+    finally:
+        await network.stop()
+    assert transfer.state == expected, transfer.rejections
+    if expected == records_pb2.REJECTED:
+        assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
+        assert "registered here as KOR's" in transfer.rejections[0].message
+
+
 _UNTIED = {
     "first_transferring_party": "",
     "cooperative_approach": "",
