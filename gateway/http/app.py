@@ -7,6 +7,7 @@ gRPC path uses, so every check is made once, in one place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
@@ -34,6 +35,13 @@ IDLE_SECONDS = 60.0
 after its last request: one that sends nothing, or trickles its headers, does not hold a socket for ever."""
 BODY_SECONDS = 60.0
 """The longest a request body may take to arrive: a slower one is answered 408 with a refusal receipt."""
+BODY_GRACE_SECONDS = 10.0
+MIN_BODY_BYTES_PER_SECOND = 8192
+"""Past its first `BODY_GRACE_SECONDS`, a body must arrive at this rate on average, or it is answered 408 at once:
+a client that trickles bodies cannot hold delivery places (`BODIES_AT_ONCE`) for `BODY_SECONDS` each. The
+largest body the endpoint takes needs some 70 KB/s to arrive within `BODY_SECONDS` anyway."""
+BODY_CHECK_SECONDS = 1.0
+"""How often the rate of a body still arriving is checked."""
 
 BODIES_AT_ONCE = DeliveryPlaces.at_once
 """How many deliveries the endpoint reads and handles at once, from all clients, unless configured (``[limits]
@@ -171,6 +179,38 @@ def decoded_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
     return body
 
 
+class BodyTooSlow(Exception):
+    """A request body that did not arrive within `BODY_SECONDS`, or fell below `MIN_BODY_BYTES_PER_SECOND`."""
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body of ``request``; `BodyTooSlow` once it takes longer than `BODY_SECONDS`, or once less of it
+    has arrived than `MIN_BODY_BYTES_PER_SECOND` for each second past `BODY_GRACE_SECONDS`."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reading = asyncio.ensure_future(request.read())
+    try:
+        while True:
+            left = BODY_SECONDS - (loop.time() - started)
+            done, _ = await asyncio.wait({reading}, timeout=max(0.0, min(BODY_CHECK_SECONDS, left)))
+            if done:
+                return reading.result()
+            elapsed = loop.time() - started
+            if elapsed >= BODY_SECONDS:
+                raise BodyTooSlow(f"the body did not arrive within {BODY_SECONDS:g} s")
+            arrived = request.content.total_bytes
+            if arrived < MIN_BODY_BYTES_PER_SECOND * (elapsed - BODY_GRACE_SECONDS):
+                raise BodyTooSlow(
+                    f"{arrived} bytes of the body arrived in {elapsed:.0f} s: past the first"
+                    f" {BODY_GRACE_SECONDS:g} s, a body must arrive at {MIN_BODY_BYTES_PER_SECOND} bytes/s or more"
+                )
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+
+
 def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | None = None) -> web.Application:
     """The HTTP application of one gateway; ``places`` are the configured delivery places (None for the
     module's defaults)."""
@@ -216,14 +256,13 @@ def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | N
 
     async def handle(request: web.Request) -> web.Response:
         try:
-            async with asyncio.timeout(BODY_SECONDS):
-                raw = await request.read()
-        except TimeoutError:
-            received = exchange.refuse_unreadable(
-                f"the body did not arrive within {BODY_SECONDS:g} s", EnvelopeForm.JSON
-            )
+            raw = await read_body(request)
+        except BodyTooSlow as exc:
+            received = exchange.refuse_unreadable(str(exc), EnvelopeForm.JSON)
             metrics.count(received.code)
-            return web.Response(body=received.receipt, status=408, content_type="application/json")
+            late = web.Response(body=received.receipt, status=408, content_type="application/json")
+            late.force_close()  # the rest of the body is not read: nothing more from this connection
+            return late
         except ConnectionError:
             # Nothing failed here, and nobody is left to answer.
             log.info("a partner closed its connection to %s before sending the whole request body", DELIVER_PATH)

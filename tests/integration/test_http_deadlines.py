@@ -78,6 +78,51 @@ async def test_a_body_that_does_not_arrive_in_time_is_refused_with_a_signed_rece
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("per_tenth", [10, 300], ids=["trickled", "slow-but-steady"])
+async def test_a_body_that_arrives_below_the_minimum_rate_is_refused_before_its_deadline(
+    network: Network, monkeypatch: pytest.MonkeyPatch, per_tenth: int
+) -> None:
+    """Past the grace period, a body must arrive at the minimum rate: one trickled at 100 bytes/s is answered
+    408 with a refusal receipt long before its deadline, and the connection closed; one of 3,000 bytes sent at
+    3,000 bytes/s is read whole (and refused for what it holds, as garbage)."""
+    monkeypatch.setattr(app, "BODY_SECONDS", 60.0)
+    monkeypatch.setattr(app, "BODY_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(app, "MIN_BODY_BYTES_PER_SECOND", 1000)
+    monkeypatch.setattr(app, "BODY_CHECK_SECONDS", 0.1)
+    reader, writer = await connect(network)
+    length = 3000
+
+    async def trickle() -> None:
+        for sent in range(0, length, per_tenth):
+            writer.write(b"x" * min(per_tenth, length - sent))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    sending = asyncio.create_task(trickle())
+    began = asyncio.get_running_loop().time()
+    try:
+        writer.write(HEADERS + f"Content-Length: {length}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+        answered = asyncio.get_running_loop().time() - began
+        size = next(int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        body = await reader.readexactly(size)
+        closed = await asyncio.wait_for(reader.read(), PATIENCE) == b"" if per_tenth == 10 else None
+    finally:
+        sending.cancel()
+        writer.close()
+    receipt = partner_pb2.Receipt.FromString(Envelope.from_json(body).payload)
+    assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.MALFORMED_PAYLOAD, False)
+    if per_tenth == 10:
+        assert head.split()[1:2] == [b"408"], head
+        assert "a body must arrive at 1000 bytes/s or more" in receipt.detail
+        assert answered < 10  # 30 s at 100 bytes/s to send it all
+        assert closed
+    else:
+        assert head.split()[1:2] == [b"400"], head
+        assert "bytes/s" not in receipt.detail
+
+
+@pytest.mark.asyncio
 async def test_a_partner_that_hangs_up_mid_body_costs_one_line_not_a_traceback(
     network: Network, caplog: pytest.LogCaptureFixture
 ) -> None:
