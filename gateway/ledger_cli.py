@@ -125,15 +125,22 @@ def _target(parser: argparse.ArgumentParser) -> None:
     credentials(parser)
 
 
-def credentials(parser: argparse.ArgumentParser) -> None:
-    """Add the operator API's credential options: a bearer-token file, TLS and a client certificate."""
+def credentials(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """Add the operator API's credential options: a bearer-token file, TLS and a client certificate (``default``
+    `argparse.SUPPRESS` on a subcommand leaves the value given before it)."""
     group = parser.add_argument_group("operator API credentials")
     group.add_argument(
-        "--token-file", help=f"a file holding the bearer token (default: the file ${TOKEN_FILE_VARIABLE} names)"
+        "--token-file",
+        default=default,
+        help=f"a file holding the bearer token (default: the file ${TOKEN_FILE_VARIABLE} names)",
     )
-    group.add_argument("--ca-cert", help="connect with TLS, verifying the gateway's certificate against this CA")
-    group.add_argument("--client-cert", help="a client certificate (PEM) to present; needs --client-key")
-    group.add_argument("--client-key", help="the client certificate's private key (PEM, unencrypted)")
+    group.add_argument(
+        "--ca-cert", default=default, help="connect with TLS, verifying the gateway's certificate against this CA"
+    )
+    group.add_argument(
+        "--client-cert", default=default, help="a client certificate (PEM) to present; needs --client-key"
+    )
+    group.add_argument("--client-key", default=default, help="the client certificate's private key (PEM, unencrypted)")
 
 
 def _write(parser: argparse.ArgumentParser) -> None:

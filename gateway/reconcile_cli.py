@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gateway.ledger_cli import EXIT_USAGE, RefusedError, UsageError, _command, _run, _target, credentials, fail, seconds
+from gateway.ledger_cli import EXIT_USAGE, RefusedError, UsageError, _command, _run, credentials, fail, seconds
 from signing.files import write_new_file
 
 EXIT_DISCREPANCY = 3
@@ -41,22 +41,40 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     subcommands = reconcile.add_subparsers(dest="reconcile_command")
 
     listing = subcommands.add_parser("list", help="the latest runs, newest first")
-    _target(listing)
+    _target_after(listing)
     listing.add_argument("--partner", dest="list_partner", default="", help="only the runs with this partner")
     listing.set_defaults(func=_list)
 
     show = subcommands.add_parser("show", help="print one run and its report")
-    _target(show)
+    _target_after(show)
     show.add_argument("run_id")
     show.add_argument("--out", dest="show_out", help="also write the signed report (DSSE, JSON) to this file")
     show.set_defaults(func=_show)
 
     resolve = subcommands.add_parser("resolve", help="resolve an inconsistent run: its frozen blocks move again")
-    _target(resolve)
+    _target_after(resolve)
     resolve.add_argument("run_id")
     resolve.add_argument("--reason", required=True, help="why the discrepancy is resolved (recorded)")
-    resolve.add_argument("--key", dest="resolve_key", required=True, help="the idempotency key")
+    resolve.add_argument("--key", dest="resolve_key", help="the idempotency key (required, here or before resolve)")
     resolve.set_defaults(func=_resolve)
+
+
+def _target_after(parser: argparse.ArgumentParser) -> None:
+    """The gateway and credential options on a subcommand, given there or before it (``reconcile --config F
+    show RUN`` as ``reconcile show --config F RUN``)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="the gateway's configuration file (its operator address is used)",
+    )
+    where.add_argument("--address", default=argparse.SUPPRESS, help="the operator API's address, HOST:PORT")
+    credentials(parser, default=argparse.SUPPRESS)
+
+
+def _check_target(args: argparse.Namespace) -> None:
+    if bool(args.config) == bool(args.address):
+        raise UsageError("give one of --config FILE or --address HOST:PORT, before or after the subcommand")
 
 
 def _do_start(args: argparse.Namespace) -> int:
@@ -64,8 +82,7 @@ def _do_start(args: argparse.Namespace) -> int:
 
     if not args.partner:
         raise UsageError("name the partner with --partner (or use a subcommand: list, show, resolve)")
-    if bool(args.config) == bool(args.address):
-        raise UsageError("give one of --config FILE or --address HOST:PORT")
+    _check_target(args)
     if not 0 <= args.wait <= 86_400:
         raise UsageError("--wait is between 0 and 86400 seconds")
     request = operator_pb2.RunReconciliationRequest(idempotency_key=args.key or str(uuid.uuid4()), partner=args.partner)
@@ -118,6 +135,7 @@ def _write_report(run: Any, out: str | None) -> None:
 def _do_list(args: argparse.Namespace) -> int:
     from carbon_gateway.v1 import operator_pb2, partner_pb2
 
+    _check_target(args)
     request = operator_pb2.ListReconciliationsRequest(partner=args.list_partner)
     listed = _run("reconcile list", args, lambda stub: stub.ListReconciliations(request, timeout=30))
     for run in listed.runs:
@@ -135,19 +153,22 @@ def _do_list(args: argparse.Namespace) -> int:
 def _do_show(args: argparse.Namespace) -> int:
     from carbon_gateway.v1 import operator_pb2
 
+    _check_target(args)
     request = operator_pb2.GetReconciliationRequest(run_id=args.run_id)
     run = _run("reconcile show", args, lambda stub: stub.GetReconciliation(request, timeout=30))
     print(format_run(run))
-    _write_report(run, args.show_out)
+    _write_report(run, args.show_out or args.out)
     return _exit_code(run)
 
 
 def _do_resolve(args: argparse.Namespace) -> int:
     from carbon_gateway.v1 import operator_pb2
 
-    request = operator_pb2.ResolveReconciliationRequest(
-        idempotency_key=args.resolve_key, run_id=args.run_id, reason=args.reason
-    )
+    _check_target(args)
+    key = args.resolve_key or args.key
+    if not key:
+        raise UsageError("name the idempotency key with --key: reuse it to retry safely")
+    request = operator_pb2.ResolveReconciliationRequest(idempotency_key=key, run_id=args.run_id, reason=args.reason)
     run = _run("reconcile resolve", args, lambda stub: stub.ResolveReconciliation(request, timeout=30))
     print(_printable(f"run {run.run_id} with {run.partner} resolved: {run.resolved_reason}"))
     return 0

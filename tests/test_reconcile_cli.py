@@ -67,6 +67,21 @@ async def test_reconcile_run_list_show_and_resolve_from_the_command_line(
         assert code == 0 and out.splitlines()[0].startswith(f"{run_id}  CHE  requester  BLOCKS_INCONSISTENT")
         code, out, _ = await cli(capsys, "reconcile", "show", run_id, "--address", chn_address)
         assert code == 3 and "difference QUANTITY" in out
+        # The gateway, --out and --key may come before the subcommand too; --config and --address together are not.
+        shown = tmp_path / "shown.json"
+        code, printed, err = await cli(
+            capsys, "reconcile", "--address", chn_address, "--out", str(shown), "show", run_id
+        )
+        assert code == 3 and printed.startswith(out), err
+        assert Envelope.from_json(shown.read_bytes()).payload == envelope.payload
+        code, listed, err = await cli(capsys, "reconcile", "--address", chn_address, "list")
+        assert code == 0 and listed.splitlines()[0].startswith(f"{run_id}  CHE"), err
+        code, _, err = await cli(capsys, "reconcile", "--address", chn_address, "show", run_id, "--config", "x.toml")
+        assert code == 2 and "give one of --config FILE or --address HOST:PORT" in err
+        code, _, err = await cli(capsys, "reconcile", "show", run_id)
+        assert code == 2 and "give one of --config FILE or --address HOST:PORT" in err
+        code, _, err = await cli(capsys, "reconcile", "resolve", run_id, "--reason", "r", "--address", chn_address)
+        assert code == 2 and "--key" in err
         # --out writes a new file only: not over a configuration, nor through a link to one.
         precious = tmp_path / "gateway.toml"
         precious.write_text('party = "CHN"\n')
