@@ -81,9 +81,8 @@ def parse_row(
             deferred.append(col)
             continue
         _read(col, key, required, r, values, notes, ctx, iso_dates)
-    for col in deferred:
-        _read_itmo(col, key_of(col), r, values)
-    _check_row(table, cols, key_of, r, values)
+    parsed = {col.field for col in deferred if _read_itmo(col, key_of(col), r, values)}
+    _check_row(table, cols, key_of, r, values, parsed)
     r.check()
     if not build:
         return None, tuple(notes)
@@ -248,7 +247,8 @@ def _read(
     values[col.field] = value
 
 
-def _read_itmo(col: Column, key: str, r: FieldReader, values: dict[str, object]) -> None:
+def _read_itmo(col: Column, key: str, r: FieldReader, values: dict[str, object]) -> bool:
+    """Read an ITMO first or last ID into its serial (0 when it cannot be read); whether it was read."""
     text = r.text(key)
     parts = {
         "cooperative_approach": values.get("cooperative_approach"),
@@ -258,16 +258,25 @@ def _read_itmo(col: Column, key: str, r: FieldReader, values: dict[str, object])
     }
     values[col.field] = 0
     if not text or not all(parts.values()):
-        return
+        return False
     try:
         values[col.field] = parse_first_last_id(text, **parts)  # type: ignore[arg-type]
     except SerialError as error:
         r.fail(key, str(error), IssueCode.BAD_PATTERN)
+        return False
+    return True
 
 
 def _check_row(
-    table: Table, cols: tuple[Column, ...], key_of: KeyOf, r: FieldReader, values: dict[str, object]
+    table: Table,
+    cols: tuple[Column, ...],
+    key_of: KeyOf,
+    r: FieldReader,
+    values: dict[str, object],
+    parsed_itmo: set[str],
 ) -> None:
+    """The checks across a row's fields; ``parsed_itmo`` are the ITMO serial fields read from their IDs (0 stands
+    for the others, and serial 0 is a serial)."""
     by_field = {c.field: key_of(c) for c in cols if c.field}
     if table in (Table.ACTIONS, Table.HOLDINGS):
         trio = ("underlying_registry", "first_unit_id", "last_unit_id")
@@ -281,7 +290,11 @@ def _check_row(
                         IssueCode.INCONSISTENT,
                     )
         first, last, quantity = values.get("itmo_first_serial"), values.get("itmo_last_serial"), values.get("quantity")
-        if isinstance(first, int) and isinstance(last, int) and first and last:
+        if (
+            isinstance(first, int)
+            and isinstance(last, int)
+            and {"itmo_first_serial", "itmo_last_serial"} <= parsed_itmo
+        ):
             if last < first:
                 r.fail(
                     by_field["itmo_last_serial"],

@@ -185,6 +185,8 @@ RULES = [
     ({"Quantity (t CO2 eq)": "999.5"}, "Quantity (t CO2 eq)", IssueCode.BAD_QUANTITY),
     ({"Quantity (t CO2 eq)": "999"}, "Quantity (t CO2 eq)", IssueCode.QUANTITY_MISMATCH),
     ({"Last ID": "CA0001-CHN01-CHN-1000-2024"}, "Last ID", IssueCode.BLOCK_ORDER),
+    ({"First ID": "CA0001-CHN01-CHN-0-2024"}, "Quantity (t CO2 eq)", IssueCode.QUANTITY_MISMATCH),
+    ({"First ID": "0", "Last ID": "4"}, "Quantity (t CO2 eq)", IssueCode.QUANTITY_MISMATCH),
     ({"First ID": "CA0002-CHN01-CHN-1001-2024"}, "First ID", IssueCode.BAD_PATTERN),
     ({"Underlying unit registry ID": "CCER-X"}, "Underlying unit registry ID", IssueCode.BAD_VALUE),
     ({"Last unit ID": ""}, "Last unit ID", IssueCode.INCONSISTENT),
@@ -205,6 +207,15 @@ def test_a_cell_that_does_not_apply_is_told_to_be_na_as_the_format_writes_it() -
     assert "it must be NA (or blank) for" in problem.message
     record, _ = parse_row(Table.ACTIONS, _action_row(**{"Transferring participating Party ID": "NA"}), CTX)
     assert record.transferring_party == ""
+
+
+def test_itmo_serials_from_zero_are_read_and_checked_against_the_quantity() -> None:
+    record, _ = parse_row(
+        Table.ACTIONS,
+        _action_row(**{"First ID": "CA0001-CHN01-CHN-0-2024", "Last ID": "CA0001-CHN01-CHN-999-2024"}),
+        CTX,
+    )
+    assert (record.itmo_first_serial, record.itmo_last_serial, record.quantity) == (0, 999, 1000)
 
 
 def test_bare_serial_first_ids_are_read_and_the_style_is_one_setting() -> None:
