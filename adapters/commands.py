@@ -160,7 +160,7 @@ def run_map(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO 
             f"lost: {len(lossy)} record(s) lost fields the target cannot carry: {', '.join(result.lost_fields)}",
             file=err,
         )
-    if result.outputs:
+    if result.outputs or result.ok:  # an empty batch is an empty table, not nothing
         try:
             payload = encode_outputs(result, target, out_fmt)
         except RecordRejected as rejected:

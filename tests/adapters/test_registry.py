@@ -164,6 +164,20 @@ def test_map_command_refuses_a_value_the_workbook_cannot_hold_and_writes_nothing
     assert code == 2 and err.endswith(f"error: {tmp_path / 'no' / 'a.csv'}: No such file or directory\n")
 
 
+def test_map_command_writes_an_empty_table_for_an_empty_batch(tmp_path: Path, installed: None) -> None:
+    """No records is an empty table (its header), written over what --out held, not nothing."""
+    (tmp_path / "none.json").write_text("[]", encoding="utf-8")
+    (tmp_path / "context.json").write_text(json.dumps(CONTEXT), encoding="utf-8")
+    argv = ["map", "--from", "cn-ccer", str(tmp_path / "none.json"), "--context", str(tmp_path / "context.json")]
+    out = tmp_path / "actions.csv"
+    out.write_text("stale\n", encoding="utf-8")
+    code, _, err = _run([*argv, "--to", "aef-actions", "--out", str(out)])
+    assert code == 0 and "mapped 0 record(s)" in err, err
+    assert out.read_text(encoding="utf-8").splitlines() == [",".join(headers(Table.ACTIONS))]
+    code, printed, err = _run([*argv, "--to", "cadt-v2-units", "--to-format", "json"])
+    assert code == 0 and json.loads(printed) == [], err
+
+
 def test_map_command_refuses_a_bad_batch_and_writes_nothing(tmp_path: Path, installed: None) -> None:
     bad = CSV.replace("1001,1500", "901,1400")
     (tmp_path / "ccer.csv").write_text(bad, encoding="utf-8")
