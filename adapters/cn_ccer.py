@@ -21,6 +21,7 @@ from adapters.base import AdapterInfo, RawRecord, Rendered, schemas
 from adapters.context import MappingContext
 from adapters.fields import FieldReader, parse_iso_date
 from adapters.flat import block_losses, checked_block, decode_flat, encode_flat, range_ok, reject_if
+from adapters.serials.domestic import ISSUANCE_CODE, ISSUANCE_SHAPE
 from gateway.domain.blocks import MAX_SERIAL, UnitBlock
 from gateway.domain.canonical import CcerCredit, MitigationType
 from gateway.domain.mapping import IssueCode
@@ -43,7 +44,6 @@ FIELDS = (
     "mitigation_type",
 )
 OPTIONAL = frozenset({"mitigation_type"})
-_ISSUANCE_SAFE = re.compile(r"[^/\s]+")
 _WIRE = {
     "block.start": "block_start",
     "block.end": "block_end",
@@ -79,8 +79,8 @@ class CcerAdapter:
         fmt = ctx.ccer_format
         ccer_id = r.text(
             "ccer_id",
-            pattern=_ISSUANCE_SAFE if fmt.per_issuance else None,
-            shape="text without '/' or spaces (it names the issuance in the block identifier)",
+            pattern=ISSUANCE_CODE if fmt.per_issuance else None,
+            shape=f"{ISSUANCE_SHAPE} (it names the issuance in the block identifier)",
         )
         project_id = r.text("project_id")
         project_name = r.text("project_name")
@@ -230,7 +230,7 @@ def read_json_checked(data: bytes, ctx: MappingContext) -> list[CcerJsonRecord] 
         return None
     if not _names_each_member_once(data, records):
         return None
-    issuance_safe = _ISSUANCE_SAFE.fullmatch if ctx.ccer_format.per_issuance else None
+    issuance_safe = ISSUANCE_CODE.fullmatch if ctx.ccer_format.per_issuance else None
     type_codes: set[str] = set()
     methodologies: set[str] = set()
     dates: dict[str, dt.date] = {}

@@ -8,7 +8,6 @@ format says (``adapters.serials.domestic``), and ``quantity`` must equal the blo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from adapters.base import AdapterInfo, RawRecord, Rendered, schemas
 from adapters.context import MappingContext
 from adapters.fields import FieldReader
 from adapters.flat import block_losses, checked_block, decode_flat, encode_flat, range_ok, reject_if
+from adapters.serials.domestic import ISSUANCE_CODE, ISSUANCE_SHAPE
 from gateway.domain.blocks import UnitBlock
 from gateway.domain.canonical import CeaAllowance, CeaSector
 from gateway.domain.mapping import IssueCode
@@ -31,7 +31,6 @@ FIELDS = (
     "block_start",
     "block_end",
 )
-_ISSUANCE_SAFE = re.compile(r"[^/\s]+")
 _WIRE = {
     "block.start": "block_start",
     "block.end": "block_end",
@@ -68,8 +67,8 @@ class CeaAdapter:
         quantity = r.quantity("quantity")
         reference = r.text(
             "registry_reference",
-            pattern=_ISSUANCE_SAFE if fmt.per_issuance else None,
-            shape="text without '/' or spaces (it names the issuance in the block identifier)",
+            pattern=ISSUANCE_CODE if fmt.per_issuance else None,
+            shape=f"{ISSUANCE_SHAPE} (it names the issuance in the block identifier)",
         )
         start = r.integer("block_start", what="a serial number")
         end = r.integer("block_end", what="a serial number")

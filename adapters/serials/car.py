@@ -46,7 +46,7 @@ UNIT_TYPES = {"1": "CRT", "ROC": "ROC"}
 _CODES = {kind: code for code, kind in UNIT_TYPES.items()}
 PATTERN = re.compile(
     r"CAR-(?P<unit_type>[0-9A-Z]+)-(?P<country>[A-Z]{2})-(?P<project>[0-9]+)-(?P<project_type>[0-9]+)"
-    r"-(?P<developer>[0-9]+)-(?P<state>[A-Z]{2})-(?P<vintage>[0-9]{4})-(?P<batch>[0-9]+)"
+    r"-(?P<developer>[0-9]+)-(?P<state>[A-Z]{2})-(?P<vintage>[1-9][0-9]{3})-(?P<batch>[0-9]+)"
     r"-(?P<start>[0-9]+) to (?P<end>[0-9]+)"
 )
 PROJECT_PREFIX = "CAR"

@@ -22,6 +22,12 @@ from dataclasses import dataclass, field
 from adapters.serials.base import Digits, SerialError, carried_fields, check_vintage, make_block, parse_serial_int
 from gateway.domain.blocks import SerialSpace, UnitBlock
 
+ISSUANCE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""How an issuance is spelled in an identifier where numbering restarts per issuance: ASCII letters, digits,
+'.', '_' and '-', so that no two spellings of one issuance (composed and decomposed accents, invisible or
+look-alike characters) name two serial spaces."""
+ISSUANCE_SHAPE = "1 to 64 ASCII letters, digits, '.', '_' or '-', from a letter or digit"
+
 
 @dataclass(frozen=True, slots=True)
 class DomesticFormat:
@@ -37,9 +43,9 @@ class DomesticFormat:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Z][A-Z0-9-]*", self.prefix):
             raise ValueError(f"identifier prefix {self.prefix!r} must be upper-case letters, digits and '-'")
-        issuance = r"(?P<issuance>[^/\s]+)/" if self.per_issuance else ""
+        issuance = f"(?P<issuance>{ISSUANCE_CODE.pattern})/" if self.per_issuance else ""
         pattern = re.compile(
-            re.escape(self.prefix) + "/" + issuance + r"(?P<vintage>[0-9]{4})/(?P<start>[0-9]+)-(?P<end>[0-9]+)"
+            re.escape(self.prefix) + "/" + issuance + r"(?P<vintage>[1-9][0-9]{3})/(?P<start>[0-9]+)-(?P<end>[0-9]+)"
         )
         object.__setattr__(self, "pattern", pattern)
         object.__setattr__(self, "_space", SerialSpace(self.unit_kind, self.issuing_registry))

@@ -29,7 +29,7 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 ISSUING_REGISTRY = "GS"
 PATTERN = re.compile(
     r"GS(?P<registry>[0-9]+)-(?P<unit_code>[0-9]+)-(?P<country>[A-Z]{2})-(?P<project>GS[0-9]+)-(?P<scope>[0-9]{1,2})"
-    r"-(?P<vintage>[0-9]{4})-(?P<issuance>[0-9]+)-(?P<start>[0-9]+)-(?P<end>[0-9]+)"
+    r"-(?P<vintage>[1-9][0-9]{3})-(?P<issuance>[0-9]+)-(?P<start>[0-9]+)-(?P<end>[0-9]+)"
 )
 _ATTRS = ("registry", "unit_code", "country", "scope")
 

@@ -38,7 +38,7 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 UNIT_KIND = "ITMO"
 UNIT_ID = (
     r"(?P<{p}ca>CA[0-9]{{4}})-(?P<{p}registry>[A-Z]{{3}}[0-9]{{2}})-(?P<{p}party>[A-Z]{{3}})"
-    r"-(?P<{p}serial>[0-9]+)-(?P<{p}vintage>[0-9]{{4}})"
+    r"-(?P<{p}serial>[0-9]+)-(?P<{p}vintage>[1-9][0-9]{{3}})"
 )
 UNIT_ID_PATTERN = re.compile(UNIT_ID.format(p=""))
 BLOCK_PATTERN = re.compile(UNIT_ID.format(p="") + r"(?:\.\.(?P<last>" + UNIT_ID.format(p="last_") + r"))?")

@@ -30,7 +30,7 @@ UNIT_KIND = "CORC"
 ISSUING_REGISTRY = "PURO"
 PATTERN = re.compile(
     r"PURO_(?P<registry>[A-Z]+)_(?P<credit_type>[A-Z0-9+]+)_(?P<country>[A-Z]{2})_(?P<facility>[0-9A-Za-z]{6})"
-    r"_(?P<vintage>[0-9]{4})"
+    r"_(?P<vintage>[1-9][0-9]{3})"
     r"_(?P<issuance>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})_(?P<start>[0-9]+)-(?P<end>[0-9]+)"
 )
 _ATTRS = ("registry", "credit_type", "country", "facility")

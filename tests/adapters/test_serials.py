@@ -202,6 +202,13 @@ def test_equal_numbers_in_two_gold_standard_issuances_do_not_overlap() -> None:
         ("CA0001-CHN01-CHN-9-2025..CA0001-CHN01-CHN-5-2025", "precedes the first"),
         ("CA0001-CHN01-CHN-9-2025..CA0001-CHN01-CHN-9-2025", "one unit twice"),
         ("CN-CCER/2025/10-1", "precedes its start"),
+        # A vintage is a year of four digits from 1000: 0999 would be spelled back as 999, which no grammar reads.
+        ("CN-CEA/0000/1-10", "follows none"),
+        ("CN-CCER/0999/1-10", "follows none"),
+        ("GS1-1-KE-GS11603-16-0999-30256-1-110", "follows none"),
+        ("CA0001-CHN01-CHN-5-0999", "follows none"),
+        ("CAR-ROC-GM-1763-234-560-RE-0999-31144-664 to 11266", "follows none"),
+        ("PURO_PR_CORC100+_DS_TEDK4Q_0999_e77fb9b0-e29b-38ba-658f-ae7faf0822d3_302936783-302958376", "follows none"),
         ("643002406555908611000000000001", "follows none"),
     ],
 )
