@@ -80,6 +80,15 @@ class SerialListAdapter:
     def encode(self, rows: Sequence[RawRecord], fmt: str) -> bytes:
         """Text lines (serials only) or a JSON array."""
         if fmt == "text":
+            kept = [row for row in rows if set(row) != {"serial"}]
+            if kept:
+                raise RecordRejected.one(
+                    "vintage",
+                    f"the text format holds serials alone, and {len(kept)} serial(s) carry no vintage of their own"
+                    f" ({str(kept[0]['serial'])[:80]!r} is of vintage {kept[0].get('vintage')}): write JSON, which"
+                    " keeps it",
+                    IssueCode.NO_MAPPING,
+                )
             return tabular.write_text_lines(rows, "serial")
         if fmt == "json":
             items: list[object] = [row["serial"] if set(row) == {"serial"} else dict(row) for row in rows]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from adapters.cn_ccer import ADAPTER as CCER
 from adapters.context import MappingContext, context_from_json
-from adapters.mapping import ccer_to_aef_actions, map_batch
+from adapters.mapping import ccer_to_aef_actions, encode_outputs, map_batch
 from gateway.domain.canonical import CcerCredit, MitigationType
 from gateway.domain.mapping import IssueCode, MappingError, RecordRejected
 from gateway.domain.records import ActionType, Purpose
@@ -180,6 +180,23 @@ def test_serial_lists_map_to_cad_trust_units_and_report_unspellable_facts() -> N
         strict=True,
     )
     assert ok.ok and ok.outputs[0].row["unit_count"] == 425
+
+
+def test_a_serial_list_in_text_refuses_to_drop_a_vintage_its_serials_do_not_carry() -> None:
+    """A Kyoto serial carries no vintage: the text format would lose it, so only JSON is written; serials that
+    carry their vintage are written as text."""
+    kyoto = b'[{"serial": "CN-5-0-1001-2000-2-2-0-1234-0", "vintage": 2012}]'
+    result = map_batch("serial-kyoto", "serial-kyoto", kyoto, source_format="json", adapters=ADAPTERS)
+    target = ADAPTERS["serial-kyoto"]
+    with pytest.raises(RecordRejected) as refused:
+        encode_outputs(result, target, "text")
+    [problem] = refused.value.problems
+    assert (problem.field, problem.code) == ("vintage", IssueCode.NO_MAPPING) and "of vintage 2012" in problem.message
+    assert json.loads(encode_outputs(result, target, "json")) == json.loads(kyoto)
+    ccer = map_batch(
+        "serial-cn-ccer", "serial-cn-ccer", b"CN-CCER/2025/1-10\n", source_format="text", adapters=ADAPTERS
+    )
+    assert encode_outputs(ccer, ADAPTERS["serial-cn-ccer"], "text") == b"CN-CCER/2025/1-10\n"
 
 
 def test_unknown_schema_and_missing_bridge_are_batch_problems() -> None:
