@@ -68,7 +68,7 @@ class Acquiring(GatewayBase):
         frozen: list[UnitBlock] = []
         frozen_spaces = await tx.frozen_spaces()
         parties_of: dict[SerialSpace, list[str]] = {}
-        copies: dict[str, str] = {}
+        parties: dict[str, str] = {}
         found = await self._look_up(tx, terms.blocks)
         for block, (guarded, abroad, seen) in zip(terms.blocks, found, strict=True):
             if guarded:
@@ -82,7 +82,7 @@ class Acquiring(GatewayBase):
                 frozen.append(block)
             arriving, reason = await self._as_arriving(tx, terms, block, seen, parties_of)
             if reason is None:
-                reason = await self._tie_contradicted(tx, arriving, copies)
+                reason = await self._tie_contradicted(tx, arriving, parties)
             if reason is not None:
                 contradicting.append((block, reason))
             else:
@@ -190,7 +190,8 @@ class Acquiring(GatewayBase):
 
     async def _check_held_before(self, tx: Transaction, transfer: Transfer) -> None:
         """Refuse to accept a held proposal whose units the AEF report could not write once credited, or that
-        contradict this gateway's entries of the same units (`_contradiction`). The doors refuse such proposals
+        contradict this gateway's entries of the same units (`_contradiction`) or authorizations
+        (`_tie_contradicted`). The doors refuse such proposals
         now; one held by an earlier release, before a door checked it, can only be rejected."""
         try:
             check_blocks_enter_ledger(transfer.terms.blocks)
@@ -202,12 +203,15 @@ class Acquiring(GatewayBase):
                 blocks=exc.blocks,
             ) from None
         parties_of: dict[SerialSpace, list[str]] = {}
+        parties: dict[str, str] = {}
         for pending in await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING):
             block = pending.block
             why = unreportable(block)
             if why is None:
                 [known] = await tx.known_ranges_each(block.space, [(block.start, block.end)])
                 why = self._contradiction(block, *await self._recorded(tx, block, known, parties_of))
+            if why is None:
+                why = await self._tie_contradicted(tx, block, parties)
             if why is not None:
                 raise GatewayError(
                     ResponseCode.PROVENANCE_REFUSED,
@@ -277,21 +281,26 @@ class Acquiring(GatewayBase):
             )
         return rejections
 
-    @staticmethod
-    async def _tie_contradicted(tx: Transaction, block: UnitBlock, named: dict[str, str]) -> str | None:
-        """Why units tied to an authorization registered here naming its Party are refused: their tie names
-        another first transferring Party. Else the copy here, not the units' real authorization, would decide
-        what they may go for. ``named`` keeps the Party each authorization's versions name ("" for none)."""
-        if not block.authorization_id:
+    async def _tie_contradicted(self, tx: Transaction, block: UnitBlock, parties: dict[str, str]) -> str | None:
+        """Why units tied to an authorization registered here are refused: the authorization is another
+        Party's than their first transferring Party. Else it, not the units' real authorization, would decide
+        what they may go for. An authorization is the Party's its versions name; one naming none is this
+        Party's own once units of this Party's are tied to it (before that it may be a copy registered without
+        its Party, by an earlier release). ``parties`` keeps each authorization's Party ("" where unknown)."""
+        authorization_id = block.authorization_id
+        if not authorization_id:
             return None
-        if block.authorization_id not in named:
-            versions = await tx.authorization_versions(block.authorization_id)
-            named[block.authorization_id] = next((v.party for v in reversed(versions) if v.party), "")
-        party = named[block.authorization_id]
+        if authorization_id not in parties:
+            versions = await tx.authorization_versions(authorization_id)
+            named = next((v.party for v in reversed(versions) if v.party), "")
+            if not named and versions and await self._tied_here(tx, authorization_id):
+                named = self.party
+            parties[authorization_id] = named
+        party = parties[authorization_id]
         if not party or party == block.first_transferring_party:
             return None
         return (
-            f"{block.describe()} is tied to authorization {block.authorization_id!r} as first transferred by"
+            f"{block.describe()} is tied to authorization {authorization_id!r} as first transferred by"
             f" {block.first_transferring_party}, but that authorization is registered here as {party}'s"
         )
 

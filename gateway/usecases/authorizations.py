@@ -140,11 +140,7 @@ class AuthorizationKeeping(GatewayBase):
             return
         if authorizing_parties(versions, self.party)[new.authorization_id] != self.party:
             return
-        tied = await tx.first_transfer_quantity_used(new.authorization_id) or any(
-            t.authorization_id == new.authorization_id and t.first_transferring_party == self.party
-            for t in await tx.ledger_totals()
-        )
-        if tied:
+        if await self._tied_here(tx, new.authorization_id):
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT,
                 f"units held or sent by {self.party} are tied to authorization {new.authorization_id!r}, so it stays"

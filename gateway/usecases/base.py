@@ -176,6 +176,14 @@ class GatewayBase:
                 blocks=list(blocks[:5]),
             )
 
+    async def _tied_here(self, tx: Transaction, authorization_id: str) -> bool:
+        """Whether units of this Party's are tied to the authorization: counted against it, or in ledger entries
+        naming this Party as their first transferring Party under it."""
+        return bool(await tx.first_transfer_quantity_used(authorization_id)) or any(
+            t.authorization_id == authorization_id and t.first_transferring_party == self.party
+            for t in await tx.ledger_totals()
+        )
+
     @staticmethod
     async def _authorization_on(tx: Transaction, authorization_id: str, on: dt.date) -> Authorization | None:
         """The version of an authorization in force on ``on``; before its first version, that first version

@@ -247,27 +247,43 @@ async def test_a_partner_cannot_make_this_gateway_the_first_transferring_party_o
         assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
 
 
-COPY_NAMES: dict[str, tuple[str | None, int]] = {
-    "the-units-first-transferring-party": ("SGP", records_pb2.ACCEPTED),
-    "another-party": ("KOR", records_pb2.REJECTED),
-    "no-party": ("", records_pb2.ACCEPTED),
-    "no-copy-here": (None, records_pb2.ACCEPTED),
+COPY_NAMES: dict[str, tuple[str | None, bool, bool, int, str]] = {
+    "the-units-first-transferring-party": ("SGP", False, False, records_pb2.ACCEPTED, ""),
+    "another-party": ("KOR", False, False, records_pb2.REJECTED, "registered here as KOR's"),
+    "this-gateway-by-name": ("CHN", False, False, records_pb2.REJECTED, "registered here as CHN's"),
+    "no-party-and-nothing-tied-here": ("", False, False, records_pb2.ACCEPTED, ""),
+    "no-party-and-units-of-this-party-tied": ("", True, False, records_pb2.REJECTED, "registered here as CHN's"),
+    "no-copy-here": (None, False, False, records_pb2.ACCEPTED, ""),
+    "another-party-registered-while-held": ("KOR", False, True, records_pb2.CHECKED, "registered here as KOR's"),
 }
-"""What the copy of authorization SGP-A-0001 registered at CHN names as its Party (None: CHN holds no copy), and
-what CHN makes of CHE's units tied to it as first transferred by SGP."""
+"""What the authorization SGP-A-0001 registered at CHN names as its Party (None: CHN holds none), whether CHN
+tied units of its own to it, whether CHN held the proposal for its operator and registered the authorization
+meanwhile; what CHN makes of CHE's units tied to it as first transferred by SGP, and what its refusal says. One
+naming no Party may be a copy registered without its Party (by an earlier release) until units are tied to it."""
 
 
 @pytest.mark.parametrize("case", list(COPY_NAMES))
 @pytest.mark.asyncio
-async def test_units_tied_to_a_copy_naming_another_party_are_refused(tmp_path: Path, case: str) -> None:
+async def test_units_tied_to_another_party_s_authorization_are_refused(tmp_path: Path, case: str) -> None:
     from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
     from gateway.harness import start_network
     from tests.integration.harness import Crafter, deliver_raw
 
-    copy_party, expected = COPY_NAMES[case]
+    copy_party, tie_here, held, expected, said = COPY_NAMES[case]
     nomenclature = Nomenclature.of((*DEFAULT_REGISTRIES, IssuingRegistry(code="VCS", unit_kinds=("VCU",))))
-    network = await start_network(tmp_path, ("CHN", "CHE"), nomenclature=nomenclature)
+    # With no rule, a policy holds every proposal for an operator.
+    holding = {"policy": DecisionPolicy()} if held else {}
+    network = await start_network(tmp_path, ("CHN", "CHE"), nomenclature=nomenclature, **holding)  # type: ignore[arg-type]
     chn = network["CHN"]
+
+    async def register(stub: operator_pb2_grpc.OperatorServiceAsyncStub) -> None:
+        copy = records_pb2.Authorization()
+        copy.CopyFrom(DEMO_AUTHORIZATION)
+        copy.authorization_id, copy.party = "SGP-A-0001", copy_party or ""
+        await stub.RegisterAuthorization(
+            operator_pb2.RegisterAuthorizationRequest(idempotency_key="copy", authorization=copy)
+        )
+
     try:
         async with operator(chn) as stub:
             await stub.OpenAccount(
@@ -276,12 +292,16 @@ async def test_units_tied_to_a_copy_naming_another_party_are_refused(tmp_path: P
                     account=records_pb2.Account(account_id="CN-PH-0001", holder_name="H", account_type="Party holding"),
                 )
             )
-            if copy_party is not None:
-                copy = records_pb2.Authorization()
-                copy.CopyFrom(DEMO_AUTHORIZATION)
-                copy.authorization_id, copy.party = "SGP-A-0001", copy_party
-                await stub.RegisterAuthorization(
-                    operator_pb2.RegisterAuthorizationRequest(idempotency_key="copy", authorization=copy)
+            if copy_party is not None and not held:
+                await register(stub)
+            if tie_here:
+                await stub.RegisterIssuance(
+                    operator_pb2.RegisterIssuanceRequest(
+                        idempotency_key="tie",
+                        account_id="CN-PH-0001",
+                        block=demo_block(1, 10),
+                        authorization_id="SGP-A-0001",
+                    )
                 )
         block = records_pb2.UnitBlock(
             space=records_pb2.SerialSpace(unit_kind="VCU", issuing_registry="VCS"),
@@ -309,13 +329,23 @@ async def test_units_tied_to_a_copy_naming_another_party_are_refused(tmp_path: P
         receipt = await deliver_raw(chn, wire.envelope_to_bytes(crafter.envelope(payload)))
         assert receipt.taken_in
         async with operator(chn) as stub:
+            if held:
+                await register(stub)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.DecideTransfer(
+                        operator_pb2.DecideTransferRequest(
+                            idempotency_key="d", transfer_id="tied-to-a-copy", accept=True
+                        )
+                    )
+                assert refusal(caught.value) == (ResponseCode.PROVENANCE_REFUSED, "accept")
+                assert said in str(caught.value.details())
             transfer = await stub.GetTransfer(operator_pb2.GetTransferRequest(transfer_id="tied-to-a-copy"))
     finally:
         await network.stop()
     assert transfer.state == expected, transfer.rejections
     if expected == records_pb2.REJECTED:
         assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
-        assert "registered here as KOR's" in transfer.rejections[0].message
+        assert said in transfer.rejections[0].message
 
 
 _UNTIED = {
