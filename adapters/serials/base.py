@@ -91,11 +91,14 @@ def parse_serial_int(text: str, what: str, serial: str) -> int:
 
 
 def parse_ddmmyyyy(text: str, what: str, serial: str) -> dt.date:
-    """A ``ddmmyyyy`` date inside a serial."""
+    """A ``ddmmyyyy`` date inside a serial, of a year from 1000 (as every grammar's vintage)."""
     try:
-        return dt.datetime.strptime(text, "%d%m%Y").date()
+        date = dt.datetime.strptime(text, "%d%m%Y").date()
     except ValueError:
         raise SerialError(f"{what} {text!r} in {serial!r} is not a valid ddmmyyyy date") from None
+    if date.year < 1000:
+        raise SerialError(f"{what} {text!r} in {serial!r} is of the year {date.year}: a year is 1000 or later")
+    return date
 
 
 def make_block(serial: str, **kwargs: object) -> UnitBlock:

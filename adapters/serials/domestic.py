@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from adapters.serials.base import Digits, SerialError, carried_fields, check_vintage, make_block, parse_serial_int
 from gateway.domain.blocks import SerialSpace, UnitBlock
 
-ISSUANCE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-"""How an issuance is spelled in an identifier where numbering restarts per issuance: ASCII letters, digits,
-'.', '_' and '-', so that no two spellings of one issuance (composed and decomposed accents, invisible or
-look-alike characters) name two serial spaces."""
-ISSUANCE_SHAPE = "1 to 64 ASCII letters, digits, '.', '_' or '-', from a letter or digit"
+ISSUANCE_CODE = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,63}")
+"""How an issuance is spelled in an identifier where numbering restarts per issuance: upper-case ASCII letters,
+digits, '.', '_' and '-', as the gateway spells issuance codes (`gateway.domain.nomenclature`), so that no two
+spellings of one issuance (letter case, composed and decomposed accents, invisible or look-alike characters)
+name two serial spaces."""
+ISSUANCE_SHAPE = "1 to 64 upper-case ASCII letters, digits, '.', '_' or '-', from a letter or digit"
 
 
 @dataclass(frozen=True, slots=True)

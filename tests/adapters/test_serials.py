@@ -204,6 +204,7 @@ def test_equal_numbers_in_two_gold_standard_issuances_do_not_overlap() -> None:
         ("CN-CCER/2025/10-1", "precedes its start"),
         # A vintage is a year of four digits from 1000: 0999 would be spelled back as 999, which no grammar reads.
         ("CN-CEA/0000/1-10", "follows none"),
+        ("19385-941467007-941467431-VCS-VCU-1507-VER-ET-14-1340-01010999-31120999-1", "a year is 1000 or later"),
         ("CN-CCER/0999/1-10", "follows none"),
         ("GS1-1-KE-GS11603-16-0999-30256-1-110", "follows none"),
         ("CA0001-CHN01-CHN-5-0999", "follows none"),
