@@ -42,7 +42,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     listing = subcommands.add_parser("list", help="the latest runs, newest first")
     _target_after(listing)
-    listing.add_argument("--partner", dest="list_partner", default="", help="only the runs with this partner")
+    listing.add_argument(
+        "--partner", dest="list_partner", default="", help="only the runs with this partner (here or before list)"
+    )
     listing.set_defaults(func=_list)
 
     show = subcommands.add_parser("show", help="print one run and its report")
@@ -136,7 +138,7 @@ def _do_list(args: argparse.Namespace) -> int:
     from carbon_gateway.v1 import operator_pb2, partner_pb2
 
     _check_target(args)
-    request = operator_pb2.ListReconciliationsRequest(partner=args.list_partner)
+    request = operator_pb2.ListReconciliationsRequest(partner=args.list_partner or args.partner or "")
     listed = _run("reconcile list", args, lambda stub: stub.ListReconciliations(request, timeout=30))
     for run in listed.runs:
         print(

@@ -76,6 +76,8 @@ async def test_reconcile_run_list_show_and_resolve_from_the_command_line(
         assert Envelope.from_json(shown.read_bytes()).payload == envelope.payload
         code, listed, err = await cli(capsys, "reconcile", "--address", chn_address, "list")
         assert code == 0 and listed.splitlines()[0].startswith(f"{run_id}  CHE"), err
+        code, listed, err = await cli(capsys, "reconcile", "--partner", "SGP", "--address", chn_address, "list")
+        assert (code, listed) == (0, "no reconciliation runs yet\n"), err
         code, _, err = await cli(capsys, "reconcile", "--address", chn_address, "show", run_id, "--config", "x.toml")
         assert code == 2 and "give one of --config FILE or --address HOST:PORT" in err
         code, _, err = await cli(capsys, "reconcile", "show", run_id)
