@@ -562,10 +562,10 @@ class _StampedZip(zipfile.ZipFile):
 
 
 MAX_XLSX_CELLS = 524_288
-"""The most cells a workbook's sheets may span, the empty ones a sheet's declared size fills its gaps with
-included: some 17,000 rows of the AEF tables' 30 columns. openpyxl builds each row whole, some hundreds of bytes
-a cell, and reads a sheet as a grid whose gaps are filled to the size the sheet declares: a few kilobytes could
-otherwise claim billions of cells."""
+"""The most cells a workbook's sheets may span, the empty ones that fill a row's gaps included (a missing row
+counts as one): some 17,000 rows of the AEF tables' 30 columns. openpyxl builds each row whole, some hundreds of
+bytes a cell, and fills a sheet's gaps as it reads: a few kilobytes could otherwise claim billions of cells. A
+sheet that declares a larger size than this is refused before it is read."""
 
 MAX_XLSX_ELEMENTS = 2_000_000
 """The most XML elements a workbook's parts may hold in all."""
@@ -720,9 +720,10 @@ openpyxl.worksheet._reader._cast_number = _cast_number
 
 
 def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
-    """Every sheet of a workbook as ``title -> (header, rows)``; trailing empty rows are dropped. A workbook
-    larger than the limits above is refused before it is read (`_measure_workbook`), or, for the gaps a sheet
-    declares, as soon as reading passes `MAX_XLSX_CELLS`."""
+    """Every sheet of a workbook as ``title -> (header, rows)``; trailing empty rows are dropped. Every row and
+    cell the sheet holds is read, whatever size the sheet declares. A workbook larger than the limits above is
+    refused before it is read (`_measure_workbook`), or, for the gaps in a sheet, as soon as reading passes
+    `MAX_XLSX_CELLS`."""
     _measure_workbook(data)
     try:
         workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
@@ -739,6 +740,9 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
             declared = (sheet.max_row or 0) * (sheet.max_column or 0)
             if cells + declared > MAX_XLSX_CELLS:
                 raise _too_many_cells(sheet.title, f"declares {sheet.max_row:,} rows of {sheet.max_column:,} columns")
+            # The declared size is only what the writer claimed: openpyxl would stop at it, dropping the rows and
+            # the cells past it without a word. Every row is read as written; rows run to their last cell.
+            sheet.reset_dimensions()
             rows: list[list[object]] = []
             for row in sheet.iter_rows(values_only=True):
                 cells += len(row) or 1

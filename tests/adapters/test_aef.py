@@ -402,9 +402,15 @@ def test_a_few_kilobytes_of_xlsx_cannot_claim_millions_of_cells(
 
 
 def _workbook_with(
-    sheet_data: bytes = b"", shared: bytes | None = None, sheets: int = 1, *, doctype: bool = False
+    sheet_data: bytes = b"",
+    shared: bytes | None = None,
+    sheets: int = 1,
+    *,
+    doctype: bool = False,
+    dimension: str | None = None,
 ) -> bytes:
-    """A workbook whose first sheet's data, shared strings and list of sheets are written by hand."""
+    """A workbook whose first sheet's data, shared strings, list of sheets and declared size (``dimension``,
+    ``""`` for none) are written by hand."""
     import re
     import zipfile
 
@@ -423,6 +429,9 @@ def _workbook_with(
                 data = re.sub(
                     rb"<sheetData>.*</sheetData>", b"<sheetData>" + sheet_data + b"</sheetData>", data, flags=re.S
                 )
+            if item.filename == "xl/worksheets/sheet1.xml" and dimension is not None:
+                size = f'<dimension ref="{dimension}"/>' if dimension else ""
+                data = re.sub(rb'<dimension ref="[^"]*" ?/>', size.encode(), data)
             if item.filename == "xl/worksheets/sheet1.xml" and doctype:
                 data = b'<!DOCTYPE worksheet [<!ENTITY a "<c/><c/>">]>' + data
             if item.filename == "xl/workbook.xml" and sheets > 1:
@@ -537,6 +546,42 @@ def test_a_workbook_too_large_to_read_is_refused_before_openpyxl_builds_it(
     [problem] = refused.value.problems
     assert problem.code is IssueCode.MALFORMED_FILE and says in problem.message, problem.message
     assert built == []  # refused before openpyxl read any of it
+
+
+def _inline_row(number: int, *values: str) -> bytes:
+    """A row of inline-string cells from column A on."""
+    from openpyxl.utils import get_column_letter
+
+    cells = "".join(
+        f'<c r="{get_column_letter(column)}{number}" t="inlineStr"><is><t>{value}</t></is></c>'
+        for column, value in enumerate(values, start=1)
+    )
+    return f'<row r="{number}">{cells}</row>'.encode()
+
+
+@pytest.mark.parametrize("dimension", ["A1:B1", "A1:A3", "A1", "", "A1:B3"])
+def test_every_row_and_cell_is_read_whatever_size_the_sheet_declares(dimension: str) -> None:
+    """openpyxl reads a sheet only as far as the size it declares: a sheet declaring A1:B1 lost its data rows,
+    and one declaring A1:A3 its second column, without a word."""
+    from adapters import tabular
+
+    rows = _inline_row(1, "Action date", "Action type") + _inline_row(2, "x", "y") + _inline_row(3, "z", "w")
+    data = _workbook_with(rows, dimension=dimension)
+    assert tabular.read_xlsx(data) == {"Sheet": (["Action date", "Action type"], [["x", "y"], ["z", "w"]])}
+
+
+def test_a_sheet_declaring_a_small_size_is_refused_as_soon_as_reading_it_passes_the_cell_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from adapters import tabular
+
+    monkeypatch.setattr(tabular, "MAX_XLSX_CELLS", 10_000)
+    far = b'<row r="1048576"><c r="A1048576" t="inlineStr"><is><t>x</t></is></c></row>'
+    data = _workbook_with(_inline_row(1, "Action date") + far, dimension="A1:B1")
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_xlsx(data)
+    [problem] = refused.value.problems
+    assert problem.code is IssueCode.MALFORMED_FILE and "runs past row 10,000" in problem.message
 
 
 def test_text_keeps_its_line_ends_through_an_xlsx_workbook() -> None:
