@@ -22,6 +22,7 @@ from xml.parsers import expat
 
 import openpyxl
 import openpyxl.worksheet._reader
+from openpyxl.utils import get_column_letter
 
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 from gateway.domain.text import escaped, read_float
@@ -757,6 +758,8 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
             header = ["" if v is None else str(v) for v in rows[0]]
             while header and header[-1] == "":
                 header.pop()
+            for number, row in enumerate(rows[1:], start=1):
+                _refuse_cells_past_the_header(title, number, row, len(header))
             body = [
                 [None if v == "" else v for v in row[: len(header)]] + [None] * (len(header) - len(row))
                 for row in rows[1:]
@@ -773,6 +776,19 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
     finally:
         workbook.close()
     return sheets
+
+
+def _refuse_cells_past_the_header(title: str, number: int, row: Sequence[object], columns: int) -> None:
+    """Refuse a value to the right of the header's last column: no column names it, and dropping it would lose
+    it without a word (a CSV row with more cells than its header is refused the same way)."""
+    for column in range(columns, len(row)):
+        if row[column] is not None and row[column] != "":
+            raise RecordRejected.one(
+                f"row {number}",
+                f"has a value in cell {get_column_letter(column + 1)}{number + 1} of sheet {title[:64]!r}, to the"
+                f" right of the header's {columns} columns: delete it, or move it under its column",
+                IssueCode.MALFORMED_FILE,
+            )
 
 
 def _too_many_cells(title: str, what: str) -> RecordRejected:

@@ -584,6 +584,23 @@ def test_a_sheet_declaring_a_small_size_is_refused_as_soon_as_reading_it_passes_
     assert problem.code is IssueCode.MALFORMED_FILE and "runs past row 10,000" in problem.message
 
 
+def test_a_value_to_the_right_of_the_header_is_refused_naming_the_row_and_the_cell() -> None:
+    """It was dropped without a word, where a CSV row with more cells than its header is refused."""
+    from adapters import tabular
+
+    header = _inline_row(1, "Action date", "Action type")
+    data = _workbook_with(header + _inline_row(2, "x", "y") + _inline_row(3, "z", "w", "", "lost"))
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_xlsx(data)
+    [problem] = refused.value.problems
+    assert (problem.field, problem.code) == ("row 2", IssueCode.MALFORMED_FILE)
+    assert "cell D3 of sheet 'Sheet', to the right of the header's 2 columns" in problem.message
+    # Empty cells there are no values: they are read as before.
+    blank = b'<c r="C2" t="inlineStr"><is><t></t></is></c><c r="D2" s="0"/></row>'
+    data = _workbook_with(header + _inline_row(2, "x", "y").replace(b"</row>", blank))
+    assert tabular.read_xlsx(data) == {"Sheet": (["Action date", "Action type"], [["x", "y"]])}
+
+
 def test_text_keeps_its_line_ends_through_an_xlsx_workbook() -> None:
     """A carriage return written as itself would come back a line feed (XML readers normalise line ends)."""
     from adapters import tabular
