@@ -22,7 +22,11 @@ from xml.parsers import expat
 
 import openpyxl
 import openpyxl.worksheet._reader
+from openpyxl.cell.text import Text
+from openpyxl.reader.excel import ExcelReader
 from openpyxl.utils import get_column_letter
+from openpyxl.xml.constants import SHARED_STRINGS, SHEET_MAIN_NS
+from openpyxl.xml.functions import iterparse
 
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 from gateway.domain.text import escaped, read_float
@@ -273,11 +277,13 @@ _OOXML_ESCAPE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")
 ``_x0041_`` is ``A``): written as ``_x005F_``, the escape of the underscore itself."""
 _OOXML_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
 """An escaped character in a cell's text (ECMA-376 ST_Xstring), as spreadsheets write one the XML cannot hold
-(``_x000D_``) or a literal ``_xHHHH_`` (``_x005F_xHHHH_``): openpyxl leaves them as written."""
+(``_x000D_``) or a literal ``_xHHHH_`` (``_x005F_xHHHH_``): openpyxl leaves them as written in an inline string
+and in a ``str`` cell, and `read_xlsx` reads shared strings as written too (`_WorkbookReader`)."""
 
 
 def _unescaped(text: str) -> str:
-    """``text`` read from a cell, its ST_Xstring escapes (`_OOXML_ESCAPED`) undone."""
+    """``text`` as a cell's XML holds it, its ST_Xstring escapes (`_OOXML_ESCAPED`) undone: once, for every kind
+    of text cell (inline, shared, ``str``), none of which openpyxl has un-escaped (see `_WorkbookReader`)."""
     return _OOXML_ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text) if "_x" in text else text
 
 
@@ -720,6 +726,31 @@ def _cast_number(written: str) -> int | float:
 openpyxl.worksheet._reader._cast_number = _cast_number
 
 
+_SHARED_STRING = f"{{{SHEET_MAIN_NS}}}si"
+
+
+class _WorkbookReader(ExcelReader):  # type: ignore[misc]
+    """openpyxl's reader of a workbook (what `openpyxl.load_workbook` runs), but for its shared strings.
+
+    openpyxl's own table of shared strings takes every ``x005F_`` out of their text, a half-way un-escaping
+    that cannot be undone: ``_x005F_x0041_`` (the literal text ``_x0041_``) became ``_x0041_``, which
+    `_unescaped` then read as ``A``, and ``abcx005F_def`` (no escape at all) became ``abcdef``. The table is
+    read here as written, the text of each string as openpyxl takes it (its runs, not its phonetic guides), so
+    that a shared string is un-escaped once, by `_unescaped`, as an inline one is."""
+
+    def read_strings(self) -> None:
+        part = self.package.find(SHARED_STRINGS)
+        if part is None:
+            return
+        strings: list[str] = []
+        with self.archive.open(part.PartName[1:]) as source:
+            for _, node in iterparse(source):
+                if node.tag == _SHARED_STRING:
+                    strings.append(Text.from_tree(node).content)
+                    node.clear()
+        self.shared_strings = strings
+
+
 def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
     """Every sheet of a workbook as ``title -> (header, rows)``; trailing empty rows are dropped. Every row and
     cell the sheet holds is read, whatever size the sheet declares. A workbook larger than the limits above is
@@ -727,7 +758,9 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
     `MAX_XLSX_CELLS`."""
     _measure_workbook(data)
     try:
-        workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        reader = _WorkbookReader(io.BytesIO(data), read_only=True, data_only=True)
+        reader.read()
+        workbook = reader.wb
     except Exception as error:  # openpyxl raises many types for a bad file
         raise RecordRejected.one(
             "file", f"is not a readable XLSX workbook: {error}", IssueCode.MALFORMED_FILE

@@ -438,10 +438,19 @@ def _workbook_with(
                 entry = re.search(rb"<sheet [^>]*/>", data)
                 assert entry is not None
                 data = data.replace(entry.group(0), entry.group(0) * sheets)
+            if item.filename == "[Content_Types].xml" and shared is not None:
+                data = data.replace(b"</Types>", _SHARED_STRINGS_TYPE + b"</Types>")
             target.writestr(item.filename, data)
         if shared is not None:
-            target.writestr("xl/sharedStrings.xml", b"<sst>" + shared + b"</sst>")
+            target.writestr("xl/sharedStrings.xml", _SHARED_STRINGS_TABLE + shared + b"</sst>")
     return out.getvalue()
+
+
+_SHARED_STRINGS_TYPE = (
+    b'<Override PartName="/xl/sharedStrings.xml"'
+    b' ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/>'
+)
+_SHARED_STRINGS_TABLE = b'<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
 
 
 def _renamed(workbook: bytes) -> bytes:
@@ -540,7 +549,7 @@ def test_a_workbook_too_large_to_read_is_refused_before_openpyxl_builds_it(
     monkeypatch.setattr(tabular, "MAX_XLSX_ITEM_ELEMENTS", 100)
     monkeypatch.setattr(tabular, "MAX_XLSX_OTHER_ELEMENTS", 1_000)
     built: list[object] = []
-    monkeypatch.setattr(openpyxl, "load_workbook", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(openpyxl.reader.excel.ExcelReader, "read", lambda *a, **k: built.append(a))
     with pytest.raises(RecordRejected) as refused:
         tabular.read_xlsx(build())
     [problem] = refused.value.problems
@@ -599,6 +608,31 @@ def test_a_value_to_the_right_of_the_header_is_refused_naming_the_row_and_the_ce
     blank = b'<c r="C2" t="inlineStr"><is><t></t></is></c><c r="D2" s="0"/></row>'
     data = _workbook_with(header + _inline_row(2, "x", "y").replace(b"</row>", blank))
     assert tabular.read_xlsx(data) == {"Sheet": (["Action date", "Action type"], [["x", "y"]])}
+
+
+@pytest.mark.parametrize("kind", ["shared", "inline"])
+@pytest.mark.parametrize(
+    ("written", "text"),
+    [
+        ("_x0041_", "A"),
+        ("_x005F_x0041_", "_x0041_"),
+        ("abcx005F_def", "abcx005F_def"),
+        ("note _x005F_x0041_ and abcx005F_def", "note _x0041_ and abcx005F_def"),
+        ("line_x000D_end", "line\rend"),
+    ],
+)
+def test_escaped_text_is_undone_once_in_a_shared_string_as_in_an_inline_one(kind: str, written: str, text: str) -> None:
+    """openpyxl takes every ``x005F_`` out of a shared string's text, and the reader then undid the escapes: a
+    second un-escaping, ``_x005F_x0041_`` read as ``A`` and ``abcx005F_def`` as ``abcdef``."""
+    from adapters import tabular
+
+    header = _inline_row(1, "Note")
+    if kind == "shared":
+        cell = b'<row r="2"><c r="A2" t="s"><v>0</v></c></row>'
+        data = _workbook_with(header + cell, shared=f"<si><t>{written}</t></si>".encode())
+    else:
+        data = _workbook_with(header + _inline_row(2, written))
+    assert tabular.read_xlsx(data) == {"Sheet": (["Note"], [[text]])}
 
 
 def test_text_keeps_its_line_ends_through_an_xlsx_workbook() -> None:
