@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from xml.parsers import expat
 
 import openpyxl
@@ -729,6 +729,32 @@ openpyxl.worksheet._reader._cast_number = _cast_number
 _SHARED_STRING = f"{{{SHEET_MAIN_NS}}}si"
 
 
+class _NoSuchString:
+    """What a cell naming a shared string the table does not hold reads as, until `read_xlsx` refuses it naming
+    the cell (openpyxl looks the string up while it parses the row, where no cell can be named)."""
+
+    __slots__ = ("index", "size")
+
+    def __init__(self, index: int, size: int) -> None:
+        self.index, self.size = index, size
+
+
+class _SharedStrings:
+    """A workbook's shared strings, looked up by the index a cell gives: an index outside the table (a negative
+    one too, which a list would count from its end) is a `_NoSuchString`, never another string."""
+
+    __slots__ = ("strings",)
+
+    def __init__(self, strings: list[str]) -> None:
+        self.strings = strings
+
+    def __len__(self) -> int:
+        return len(self.strings)
+
+    def __getitem__(self, index: int) -> str | _NoSuchString:
+        return self.strings[index] if 0 <= index < len(self.strings) else _NoSuchString(index, len(self.strings))
+
+
 class _WorkbookReader(ExcelReader):  # type: ignore[misc]
     """openpyxl's reader of a workbook (what `openpyxl.load_workbook` runs), but for its shared strings.
 
@@ -740,15 +766,14 @@ class _WorkbookReader(ExcelReader):  # type: ignore[misc]
 
     def read_strings(self) -> None:
         part = self.package.find(SHARED_STRINGS)
-        if part is None:
-            return
         strings: list[str] = []
-        with self.archive.open(part.PartName[1:]) as source:
-            for _, node in iterparse(source):
-                if node.tag == _SHARED_STRING:
-                    strings.append(Text.from_tree(node).content)
-                    node.clear()
-        self.shared_strings = strings
+        if part is not None:
+            with self.archive.open(part.PartName[1:]) as source:
+                for _, node in iterparse(source):
+                    if node.tag == _SHARED_STRING:
+                        strings.append(Text.from_tree(node).content)
+                        node.clear()
+        self.shared_strings = _SharedStrings(strings)
 
 
 def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
@@ -778,11 +803,11 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
             # the cells past it without a word. Every row is read as written; rows run to their last cell.
             sheet.reset_dimensions()
             rows: list[list[object]] = []
-            for row in sheet.iter_rows(values_only=True):
+            for row in sheet.iter_rows():
                 cells += len(row) or 1
                 if cells > MAX_XLSX_CELLS:
                     raise _too_many_cells(sheet.title, f"runs past row {len(rows):,}")
-                rows.append([_unescaped(v) if type(v) is str else v for v in row])
+                rows.append([_cell_value(title, cell) for cell in row])
             while rows and all(v is None or v == "" for v in rows[-1]):
                 rows.pop()
             if not rows:
@@ -809,6 +834,28 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
     finally:
         workbook.close()
     return sheets
+
+
+def _cell_value(title: str, cell: Any) -> object:
+    """The value of a cell openpyxl read, its text un-escaped; an error value, or a shared string the table
+    does not hold, is refused naming the sheet and the cell: either read as text would be a value nobody
+    wrote."""
+    value: object = cell.value
+    if type(value) is str:
+        if cell.data_type != "e":
+            return _unescaped(value)
+        what = (
+            f"holds the error {escaped(value, 40)!r}, not a value (a formula's error, or a date no calendar holds):"
+            " type the value in, or leave the cell empty"
+        )
+    elif isinstance(value, _NoSuchString):
+        what = (
+            f"names shared string {value.index:,}, but the workbook holds {value.size:,} (numbered from 0): the"
+            " workbook is damaged; save it again from the spreadsheet, or as CSV"
+        )
+    else:
+        return value
+    raise RecordRejected.one("file", f"sheet {title[:64]!r} cell {cell.coordinate}: {what}", IssueCode.MALFORMED_FILE)
 
 
 def _refuse_cells_past_the_header(title: str, number: int, row: Sequence[object], columns: int) -> None:

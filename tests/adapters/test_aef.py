@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import io
 from typing import Any
 
@@ -688,7 +689,6 @@ def test_text_no_xml_document_can_hold_is_refused_when_written_naming_the_cell(v
 @pytest.mark.parametrize(
     ("cell", "says"),
     [
-        pytest.param(b'<c r="A2" t="s"><v>99999</v></c>', "IndexError", id="a shared string past the table"),
         pytest.param(b'<c r="A2" t="s"><v>x</v></c>', "ValueError", id="a shared string index that is no number"),
         pytest.param(b'<c r="A2" t="n"><v>abc</v></c>', "ValueError", id="a number that is no number"),
         pytest.param(b'<c r="A2" t="d"><v>notadate</v></c>', "ValueError", id="a date that is no date"),
@@ -704,6 +704,63 @@ def test_a_cell_openpyxl_cannot_read_is_refused_naming_the_sheet(cell: bytes, sa
     [problem] = refused.value.problems
     assert problem.code is IssueCode.MALFORMED_FILE and problem.field == "file"
     assert "sheet 'Sheet' of the workbook cannot be read" in problem.message and says in problem.message
+
+
+@pytest.mark.parametrize(
+    ("cell", "says"),
+    [
+        pytest.param(b'<c r="B2" t="e"><v>#N/A</v></c>', "cell B2: holds the error '#N/A'", id="an error value"),
+        pytest.param(b'<c r="B2" t="s"><v>-1</v></c>', "cell B2: names shared string -1,", id="a negative index"),
+        pytest.param(b'<c r="B2" t="s"><v>2</v></c>', "cell B2: names shared string 2,", id="one past the table"),
+        pytest.param(b'<c r="B2" t="s"><v>99999</v></c>', "cell B2: names shared string 99,999,", id="far past it"),
+    ],
+)
+def test_an_error_value_or_a_shared_string_the_table_lacks_is_refused_naming_the_cell(cell: bytes, says: str) -> None:
+    """An error cell was read as the text of its error, and a shared string index of -1 as the table's last
+    string (a list counts a negative index from its end): values nobody wrote."""
+    from adapters import tabular
+
+    rows = _inline_row(1, "Action date", "Authorization ID") + b'<row r="2"><c r="A2" t="s"><v>0</v></c>'
+    data = _workbook_with(rows + cell + b"</row>", shared=b"<si><t>2025</t></si><si><t>AUTH-REAL</t></si>")
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_xlsx(data)
+    [problem] = refused.value.problems
+    assert problem.code is IssueCode.MALFORMED_FILE
+    assert problem.message.startswith(f"sheet 'Sheet' {says}"), problem.message
+    if b't="s"' in cell:
+        assert "the workbook holds 2 (numbered from 0)" in problem.message
+    # The same cells naming strings the table holds are read.
+    fine = _workbook_with(
+        rows + b'<c r="B2" t="s"><v>1</v></c></row>', shared=b"<si><t>2025</t></si><si><t>AUTH-REAL</t></si>"
+    )
+    assert tabular.read_xlsx(fine) == {"Sheet": (["Action date", "Authorization ID"], [["2025", "AUTH-REAL"]])}
+
+
+def test_a_date_no_calendar_holds_is_refused_naming_the_cell_not_read_as_an_error_text() -> None:
+    """openpyxl reads a date cell whose serial no date has as the error ``#VALUE!``, which was taken as text."""
+    import re
+    import zipfile
+
+    from adapters import tabular
+
+    book = openpyxl.Workbook()
+    book.active.append(["Action date"])
+    book.active.append([dt.datetime(2025, 1, 1)])
+    written = io.BytesIO()
+    book.save(written)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(written.getvalue())) as source, zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            part = source.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                part, count = re.subn(rb"<v>45658</v>", b"<v>1e10</v>", part)
+                assert count == 1
+            target.writestr(item, part)
+    with pytest.warns(UserWarning), pytest.raises(RecordRejected) as refused:
+        tabular.read_xlsx(out.getvalue())
+    [problem] = refused.value.problems
+    assert problem.code is IssueCode.MALFORMED_FILE
+    assert problem.message.startswith("sheet 'Sheet' cell A2: holds the error '#VALUE!'"), problem.message
 
 
 @pytest.mark.parametrize("formula", [b"<f>1+1</f>", b'<f t="shared" ref="A2:A3" si="0">1+1</f>', b"<x:f xmlns:x='u'/>"])
