@@ -169,15 +169,33 @@ def write_json_records(rows: Sequence[Mapping[str, object]]) -> bytes:
 
 
 def read_csv_table(data: bytes) -> tuple[list[str], list[list[str]]]:
-    """The header and the data rows of a CSV file; refuses ragged rows."""
+    """The header and the data rows of a CSV file; refuses ragged rows, and quoting RFC 4180 does not allow
+    (text after a quoted cell's closing quote, a quoted cell that never closes), which Python's reader would
+    otherwise take as some other text: ``"Hai"nan`` as ``Hainan``, an unclosed quote as a cell holding the rest
+    of the file."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise RecordRejected.one("file", f"is not UTF-8 text: {error}", IssueCode.MALFORMED_FILE) from None
+    rows: list[list[str]] = []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    line = 1  # where the row being read starts
     try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        for row in reader:
+            rows.append(row)
+            line = reader.line_num + 1
     except csv.Error as error:
-        raise RecordRejected.one("file", f"is not valid CSV: {error}", IssueCode.MALFORMED_FILE) from None
+        where = f"row {sum(1 for r in rows[1:] if any(r)) + 1}" if rows else "header"
+        if "field limit" in str(error):
+            fix = f"a cell may hold at most {csv.field_size_limit():,} characters"
+        else:
+            fix = (
+                "a quoted cell ends at its closing quote, right before a comma or the end of the line, and a"
+                ' quote inside it is written twice ("")'
+            )
+        raise RecordRejected.one(
+            where, f"is not valid CSV (line {line:,}: {error}): {fix}", IssueCode.MALFORMED_FILE
+        ) from None
     if not rows:
         raise RecordRejected.one("header", "the file is empty: a header row is required", IssueCode.MALFORMED_FILE)
     header, body = rows[0], [r for r in rows[1:] if any(cell for cell in r)]

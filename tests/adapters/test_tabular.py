@@ -1,0 +1,55 @@
+"""The CSV and text-line readers: a file is read as written, or refused naming the row; never read as other text."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters import tabular
+from gateway.domain.mapping import IssueCode, RecordRejected
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "says"),
+    [
+        pytest.param(b'a,b\r\n"Hai"nan,x\r\n', "row 1", "line 2: ',' expected after '\"'", id="text after a quote"),
+        pytest.param(b'a,b\r\n"x" ,y\r\n', "row 1", "line 2: ',' expected after '\"'", id="a space after a quote"),
+        pytest.param(
+            b'a,b\r\nx,y\r\n"unclosed,x\r\n1,2\r\n', "row 2", "line 3: unexpected end of data", id="an unclosed quote"
+        ),
+        pytest.param(b'a,b\r\n\r\nx,y\r\n"q"r,s\r\n', "row 2", "line 4:", id="after a blank line"),
+        pytest.param(b'"a"b,c\r\nx,y\r\n', "header", "line 1:", id="in the header"),
+    ],
+)
+def test_quoting_rfc_4180_does_not_allow_is_refused_naming_the_row(data: bytes, field: str, says: str) -> None:
+    """Python's reader took ``"Hai"nan`` as ``Hainan``, and an unclosed quote as a cell holding the rest of the
+    file (refused, if at all, as a row with too few cells)."""
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_csv_table(data)
+    [problem] = refused.value.problems
+    assert (problem.field, problem.code) == (field, IssueCode.MALFORMED_FILE)
+    assert f"is not valid CSV ({says}" in problem.message and 'written twice ("")' in problem.message
+
+
+def test_a_cell_past_the_size_limit_is_refused_naming_the_row_and_the_limit() -> None:
+    data = b"a,b\r\nx,y\r\n" + b"z" * 200_000 + b",w\r\n"
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_csv_table(data)
+    [problem] = refused.value.problems
+    assert (problem.field, problem.code) == ("row 2", IssueCode.MALFORMED_FILE)
+    assert "a cell may hold at most 131,072 characters" in problem.message
+
+
+def test_quoted_commas_quotes_and_line_breaks_a_bom_and_nul_are_read_as_written() -> None:
+    data = (
+        b'\xef\xbb\xbfa,b,c\r\n"x, y","say ""hi""",\r\n"l1\nl2","l1\r\nl2","l1\rl2"\r\nab"c,\x00,""\n\r\nlast,row,here'
+    )
+    assert tabular.read_csv_table(data) == (
+        ["a", "b", "c"],
+        [["x, y", 'say "hi"', ""], ["l1\nl2", "l1\r\nl2", "l1\rl2"], ['ab"c', "\x00", ""], ["last", "row", "here"]],
+    )
+
+
+def test_what_the_csv_writer_writes_reads_back_as_the_same_cells() -> None:
+    values = ['"', '""', "a,b", "\r", "\n", "\r\n", " lead", "trail ", '"quoted"', "x\x00y", "\u2028", ""]
+    data = tabular.write_csv_table(["v", "w"], [[v, v] for v in values])
+    assert tabular.read_csv_table(data) == (["v", "w"], [[v, v] for v in values if v])
