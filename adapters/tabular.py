@@ -912,12 +912,15 @@ def read_xlsx_sheet(data: bytes, title: str | None) -> tuple[list[str], list[lis
 
 
 def read_text_lines(data: bytes, key: str) -> list[Mapping[str, object]]:
-    """One record ``{key: line}`` per non-blank line."""
+    """One record ``{key: line}`` per non-blank line, without the whitespace around it. Lines end at a line
+    feed (CR LF or LF) only: ``str.splitlines`` also ended them at a lone CR, U+2028, U+2029, U+0085, form and
+    vertical tabs and the separators U+001C to U+001E, making two records of one line that holds one;
+    inside a line, such a character is the record's, for its field to refuse."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise RecordRejected.one("file", f"is not UTF-8 text: {error}", IssueCode.MALFORMED_FILE) from None
-    return [{key: line.strip()} for line in text.splitlines() if line.strip()]
+    return [{key: line.strip()} for line in text.split("\n") if line.strip()]
 
 
 def write_text_lines(rows: Sequence[Mapping[str, object]], key: str) -> bytes:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from adapters import tabular
+from adapters.mapping import map_batch
 from gateway.domain.mapping import IssueCode, RecordRejected
+from tests.adapters import strategies as s
+
+ADAPTERS = s.built_in_adapters()
 
 
 @pytest.mark.parametrize(
@@ -53,3 +57,27 @@ def test_what_the_csv_writer_writes_reads_back_as_the_same_cells() -> None:
     values = ['"', '""', "a,b", "\r", "\n", "\r\n", " lead", "trail ", '"quoted"', "x\x00y", "\u2028", ""]
     data = tabular.write_csv_table(["v", "w"], [[v, v] for v in values])
     assert tabular.read_csv_table(data) == (["v", "w"], [[v, v] for v in values if v])
+
+
+SEPARATORS = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\r"]
+
+
+def test_text_lines_end_at_a_line_feed_only() -> None:
+    """``str.splitlines`` also ended a line at each of `SEPARATORS`: one line, two records."""
+    inside = "".join(f"{n}{c}" for n, c in enumerate(SEPARATORS))
+    data = f"\ufeffA\r\n\n  B \t\r\n{inside}9\nC".encode()
+    assert tabular.read_text_lines(data, "serial") == [
+        {"serial": "A"},
+        {"serial": "B"},
+        {"serial": inside + "9"},
+        {"serial": "C"},
+    ]
+
+
+@pytest.mark.parametrize("separator", SEPARATORS)
+def test_a_serial_holding_a_line_separator_is_one_record_refused_by_its_grammar(separator: str) -> None:
+    serial = "19385-941467007-941467431-VCS-VCU-1507-VER-ET-14-1340-01012020-31122020-1"
+    data = f"{serial}\n{serial[:20]}{separator}{serial[20:]}\n".encode()
+    result = map_batch("serial-vcs", "cadt-v2-units", data, source_format="text", adapters=ADAPTERS)
+    assert [(i.position, i.field, i.code) for i in result.issues] == [(2, "serial", IssueCode.BAD_PATTERN)]
+    assert len(result.records) == 2
