@@ -12,6 +12,7 @@ busy channel, since its statements are delivered in sequence order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -100,6 +101,7 @@ class GrpcPartnerTransport:
         self.credentials = credentials
         self.timeout = timeout
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._largest_refused: dict[tuple[str, str], int] = {}
         """The smallest batch (in bytes) each partner's server refused as larger than it takes in one message."""
         self._without_batches: dict[tuple[str, str], float] = {}
@@ -121,13 +123,28 @@ class GrpcPartnerTransport:
             self._channels[(party, partner.address)] = channel
         return channel
 
+    def _failed(self, party: str, exc: grpc.aio.AioRpcError) -> TransportError:
+        """The error of a failed call; a partner found unreachable gets a new channel at the next call.
+
+        A channel that failed to connect answers every call at once with its last error until its own
+        reconnection backoff (up to two minutes) has passed, even once the partner is back: the outbox's next
+        try, at most `gateway.outbox.Backoff.maximum` later, must connect afresh instead."""
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            partner = self.partners.get(party)
+            channel = self._channels.pop((party, partner.address), None) if partner is not None else None
+            if channel is not None:  # calls still on it may finish
+                closing = asyncio.create_task(channel.close(self.timeout))
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+        return TransportError(f"{party}: {exc.code().name}: {exc.details()}")
+
     async def deliver(self, party: str, envelope: bytes) -> bytes:
         """Send ``envelope`` to ``party``; return the receipt bytes."""
         call = self._channel(party).unary_unary(DELIVER_METHOD, None, None)
         try:
             receipt: bytes = await call(envelope, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise TransportError(f"{party}: {exc.code().name}: {exc.details()}") from None
+            raise self._failed(party, exc) from None
         return receipt
 
     async def deliver_batch(self, party: str, envelopes: list[bytes]) -> list[bytes]:
@@ -161,7 +178,7 @@ class GrpcPartnerTransport:
                 log.warning("%s refused a batch of %d bytes as too large: %s", party, len(request), exc.details())
                 self._largest_refused[(party, partner.address)] = len(request)
                 raise BatchesUnsupported(f"{party} takes no batch this large") from None
-            raise TransportError(f"{party}: {exc.code().name}: {exc.details()}") from None
+            raise self._failed(party, exc) from None
         answer = partner_pb2.ReceiptBatch()
         try:
             answer.ParseFromString(raw)
@@ -178,3 +195,4 @@ class GrpcPartnerTransport:
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)

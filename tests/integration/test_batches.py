@@ -628,3 +628,38 @@ async def test_a_partner_reporting_otherwise_a_transfer_completed_here_is_logged
         assert (
             await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
         ).state == records_pb2.COMPLETED
+
+
+@pytest.mark.asyncio
+async def test_a_partner_back_after_being_unreachable_is_reached_at_the_next_try(pair: Pair) -> None:
+    """A channel that failed to connect answers from its last error until its own reconnection backoff has
+    passed, even once the partner listens again: the next try after the partner is back must reach it."""
+    from tests.processes import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    che = pair.chn.core.exchange.partners.get("CHE")
+    assert che is not None
+    transport = GrpcPartnerTransport(PartnerDirectory.of([Partner("CHE", address, che.trusted)]), timeout=2.0)
+    answered: list[bytes] = []
+
+    async def deliver(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        answered.append(request)
+        return b"receipt"
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Deliver": grpc.unary_unary_rpc_method_handler(deliver)}),)
+    )
+    try:
+        # Nothing listens: each failed connection lengthens the channel's backoff (1 s, 1.6 s, 2.6 s, ...).
+        for _ in range(3):
+            with pytest.raises(TransportError, match="UNAVAILABLE"):
+                await transport.deliver("CHE", b"envelope")
+            await asyncio.sleep(1.2)
+        assert server.add_insecure_port(address) == int(address.rsplit(":", 1)[1])
+        await server.start()
+        assert await transport.deliver("CHE", b"envelope") == b"receipt"
+        assert answered == [b"envelope"]
+    finally:
+        await transport.close()
+        await server.stop(None)
