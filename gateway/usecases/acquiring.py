@@ -31,7 +31,7 @@ from gateway.domain.protocol import (
 )
 from gateway.domain.ranges import Range
 from gateway.domain.records import Authorization, LedgerEntry, TransferTerms
-from gateway.domain.transfer import Transfer, TransferRole, TransferState
+from gateway.domain.transfer import Transfer, TransferRole, TransferState, overdue
 from gateway.store.base import BlockStatus, NewBlock, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
 
@@ -166,6 +166,13 @@ class Acquiring(GatewayBase):
                     ResponseCode.INVALID_STATE,
                     f"transfer {transfer_id!r} is {transfer.state.name}; only a held proposal (CHECKED) is decided",
                     field="transfer_id",
+                )
+            if accept and overdue(transfer, self.clock(), self.deadlines) is TransferState.REJECTED:
+                raise GatewayError(
+                    ResponseCode.DECISION_DEADLINE_PASSED,
+                    f"transfer {transfer_id!r} was held longer than {self.deadlines.hold}, the hold deadline: it is"
+                    " rejected, and can no longer be accepted",
+                    field="accept",
                 )
             frozen = await self._frozen_among(tx, transfer.terms.blocks) if accept else None
             if frozen is not None:

@@ -23,7 +23,7 @@ from gateway.domain.protocol import (
     validate_terms,
 )
 from gateway.domain.records import Authorization, TransferTerms
-from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance
+from gateway.domain.transfer import Transfer, TransferRole, TransferState, advance, overdue
 from gateway.store.base import BlockStatus, NewBlock, StoredBlock, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency, log
 
@@ -370,7 +370,26 @@ class Initiating(GatewayBase):
             ]
             await self._reject(tx, transfer, rejections)
             return
+        await self._accepted(tx, transfer)
+
+    async def _accepted(self, tx: Transaction, transfer: Transfer) -> None:
+        """The partner accepted: complete, unless the transfer has passed its decision deadline here. Then it is
+        terminated, as the sweep would have done had it come first: the deadline, not the sweep's timing,
+        decides."""
+        if overdue(transfer, self.clock(), self.deadlines) is TransferState.TERMINATED:
+            log.warning(
+                "%s accepted transfer %s past its decision deadline: terminated", transfer.partner, transfer.transfer_id
+            )
+            await self._terminate_overdue(tx, transfer)
+            return
         await self._complete(tx, transfer)
+
+    async def _terminate_overdue(self, tx: Transaction, transfer: Transfer) -> Transfer:
+        """End a transfer no decision reached in time: release its units and tell the partner."""
+        transfer = await self._set_state(tx, transfer, TransferState.TERMINATED)
+        await self._release(tx, transfer.transfer_id)
+        await self._send_final(tx, transfer, f"no decision within {self.deadlines.decision}")
+        return transfer
 
     async def _reject(self, tx: Transaction, transfer: Transfer, rejections: Sequence[Rejection]) -> None:
         await self._set_state(tx, transfer, TransferState.REJECTED, rejections)

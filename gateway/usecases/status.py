@@ -89,7 +89,7 @@ class StatusKeeping(Initiating, Acquiring):
     async def _take_step(self, tx: Transaction, transfer: Transfer, step: Step, reported: TransferState | None) -> None:
         partner = transfer.partner
         if step is Step.COMPLETE:
-            await self._complete(tx, transfer)
+            await self._accepted(tx, transfer)
         elif step is Step.REJECT:
             rejection = Rejection(ResponseCode.INVALID_STATE, f"{partner} reports that it rejected the transfer")
             await self._reject(tx, transfer, [rejection])
@@ -142,9 +142,7 @@ class StatusKeeping(Initiating, Acquiring):
             now = self.clock()
             target = overdue(transfer, now, self.deadlines)
             if target is TransferState.TERMINATED:
-                transfer = await self._set_state(tx, transfer, target)
-                await self._release(tx, transfer.transfer_id)
-                await self._send_final(tx, transfer, f"no decision within {self.deadlines.decision}")
+                transfer = await self._terminate_overdue(tx, transfer)
             elif target is TransferState.REJECTED:
                 rejection = Rejection(
                     ResponseCode.DECISION_DEADLINE_PASSED,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import grpc
 import pytest
 
 from carbon_gateway.v1 import operator_pb2, records_pb2
@@ -12,6 +13,7 @@ from gateway.demo import Pair, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import Deadlines, DecisionPolicy
 from gateway.harness import start_network
+from gateway.rpc.errors import read_error_detail
 from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts
 
 
@@ -87,5 +89,74 @@ async def test_an_operator_accepts_a_held_proposal_and_the_transfer_completes(tm
             assert decided.state == records_pb2.ACCEPTED
             assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
             assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+    finally:
+        await network.stop()
+
+
+LATE: dict[str, tuple[Deadlines, str, int, int]] = {
+    "accepted-by-the-operator-past-the-hold-deadline": (
+        Deadlines(hold=dt.timedelta(hours=1), decision=dt.timedelta(hours=10)),
+        "refused",
+        records_pb2.CHECKED,
+        records_pb2.CHECKED,
+    ),
+    "accepted-past-the-initiators-decision-deadline": (
+        Deadlines(hold=dt.timedelta(hours=10), decision=dt.timedelta(hours=1)),
+        "accepted",
+        records_pb2.TERMINATED,
+        records_pb2.TERMINATED,
+    ),
+    "accepted-in-time": (
+        Deadlines(hold=dt.timedelta(hours=10), decision=dt.timedelta(hours=10)),
+        "accepted",
+        records_pb2.COMPLETED,
+        records_pb2.COMPLETED,
+    ),
+}
+"""Deadlines both sides run with, what becomes of CHE's operator accepting a held proposal two hours after it
+arrived, and the states of CHN and CHE then: the deadline decides, not when the sweep (once a minute at most)
+next runs."""
+
+
+@pytest.mark.parametrize("case", list(LATE))
+@pytest.mark.asyncio
+async def test_a_decision_past_its_deadline_does_not_complete_the_transfer(tmp_path: Path, case: str) -> None:
+    deadlines, operator_answer, chn_state, che_state = LATE[case]
+    shift = [dt.timedelta(0)]
+    network = await start_network(
+        tmp_path,
+        ("CHN", "CHE"),
+        deadlines=deadlines,
+        policy=DecisionPolicy(),
+        clock=lambda: dt.datetime.now(dt.UTC) + shift[0],
+    )
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 400, "k"))
+            await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+            shift[0] = dt.timedelta(hours=2)  # no sweep runs before the decision: they are a minute apart
+            decide = operator_pb2.DecideTransferRequest(
+                idempotency_key="d", transfer_id=proposed.transfer_id, accept=True
+            )
+            if operator_answer == "refused":
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await che.DecideTransfer(decide)
+                detail = read_error_detail(caught.value.trailing_metadata())
+                assert detail is not None and ResponseCode(detail.code) is ResponseCode.DECISION_DEADLINE_PASSED
+                assert detail.field == "accept"
+                assert (
+                    await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=proposed.transfer_id))
+                ).state == che_state
+                return
+            await che.DecideTransfer(decide)
+            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == chn_state
+            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL, timeout=30)).state == che_state
+            held = [
+                (h.block.start, h.block.end)
+                for h in (await chn.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings
+            ]
+            assert held == ([(401, 1000)] if chn_state == records_pb2.COMPLETED else [(1, 1000)])
     finally:
         await network.stop()
