@@ -150,7 +150,11 @@ class Gateway(
     async def list_holdings(
         self, account_id: str = "", *, after: BlockPosition | None = None, limit: int | None = None
     ) -> list[StoredBlock]:
-        """Current blocks (held, reserved, pending), optionally of one account: after ``after``, ``limit`` at the
-        most."""
+        """Current blocks (held, reserved, pending), optionally of one account (refused when unknown here): after
+        ``after``, ``limit`` at the most."""
         async with self.store.read() as tx:
+            if account_id and await tx.get_account(account_id) is None:
+                raise GatewayError(
+                    ResponseCode.UNKNOWN_ACCOUNT, f"account {account_id!r} is not known here", field="account_id"
+                )
             return await tx.list_blocks(account_id, after=after, limit=limit)

@@ -798,6 +798,14 @@ TABLE: list[Bad] = [
         for case in each_id("ListHoldings", "account_id", lambda v: operator_pb2.ListHoldingsRequest(account_id=v))
         if not case.name.endswith("-blank")
     ],
+    Bad(
+        "unknown-account",
+        "ListHoldings",
+        lambda: operator_pb2.ListHoldingsRequest(account_id="CN-NOBODY-0001"),
+        "account_id",
+        ResponseCode.UNKNOWN_ACCOUNT,
+        grpc.StatusCode.NOT_FOUND,
+    ),
     # ListTransfers, ListLedgerEntries, ListHoldings, ListAuthorizations: pages
     *[
         case
