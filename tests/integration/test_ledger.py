@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,6 +20,7 @@ from gateway.domain.errors import ResponseCode
 from gateway.domain.ledger import ActionContext, record_arrival
 from gateway.domain.protocol import DecisionPolicy
 from gateway.domain.records import AdjustmentMethod, Purpose
+from gateway.harness import Network
 from gateway.rpc.errors import read_error_detail
 from gateway.store.base import BlockStatus
 from gateway.usecases.base import LedgerOptions
@@ -190,6 +192,52 @@ async def test_use_cancel_summary_and_aef_rows(tmp_path: Path) -> None:
     assert report.holdings == ()
 
 
+async def _vcs_network(tmp_path: Path, **options: Any) -> Network:
+    """CHN and CHE knowing VCS units too, CHN with a Party holding account CN-PH-0001."""
+    from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
+    from gateway.harness import start_network
+
+    nomenclature = Nomenclature.of((*DEFAULT_REGISTRIES, IssuingRegistry(code="VCS", unit_kinds=("VCU",))))
+    network = await start_network(tmp_path, ("CHN", "CHE"), nomenclature=nomenclature, **options)
+    async with operator(network["CHN"]) as stub:
+        await stub.OpenAccount(
+            operator_pb2.OpenAccountRequest(
+                idempotency_key="open",
+                account=records_pb2.Account(account_id="CN-PH-0001", holder_name="H", account_type="Party holding"),
+            )
+        )
+    return network
+
+
+async def _vcs_proposal_from_che(network: Network, transfer_id: str, under: str = "CHE-A-0001", **tie: object) -> None:
+    """CHE proposes VCU serials 1-10 (of the tie given) to CHN's CN-PH-0001 under authorization ``under``, signed
+    as CHE does, straight to CHN's partner door; CHN takes the statement in."""
+    from tests.integration.harness import Crafter, deliver_raw
+
+    block = records_pb2.UnitBlock(
+        space=records_pb2.SerialSpace(unit_kind="VCU", issuing_registry="VCS"),
+        start=1,
+        end=10,
+        vintage=2025,
+        mitigation_type="Removals",
+        **tie,  # type: ignore[arg-type]
+    )
+    proposal = partner_pb2.Proposal(
+        transfer_id=transfer_id,
+        blocks=[block],
+        source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
+        acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PH-0001"),
+        cooperative_approach="CA0001",
+        authorization_id=under,
+        purpose="NDC",
+        adjustment_method="single-year averaging",
+    )
+    crafter = Crafter(signer=network.signers["CHE"], sender="CHE", receiver="CHN")
+    payload, _ = crafter.statement(proposal=proposal)
+    receipt = await deliver_raw(network["CHN"], wire.envelope_to_bytes(crafter.envelope(payload)))
+    assert receipt.taken_in
+
+
 @pytest.mark.parametrize(
     ("tied_to", "expected"),
     [("CHN", records_pb2.REJECTED), ("", records_pb2.ACCEPTED), ("SGP", records_pb2.ACCEPTED)],
@@ -199,46 +247,15 @@ async def test_use_cancel_summary_and_aef_rows(tmp_path: Path) -> None:
 async def test_a_partner_cannot_make_this_gateway_the_first_transferring_party_of_units_it_never_held(
     tmp_path: Path, tied_to: str, expected: int
 ) -> None:
-    from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
-    from gateway.harness import start_network
-    from tests.integration.harness import Crafter, deliver_raw
-
-    nomenclature = Nomenclature.of((*DEFAULT_REGISTRIES, IssuingRegistry(code="VCS", unit_kinds=("VCU",))))
-    network = await start_network(tmp_path, ("CHN", "CHE"), nomenclature=nomenclature)
-    chn = network["CHN"]
+    network = await _vcs_network(tmp_path)
     try:
-        async with operator(chn) as stub:
-            await stub.OpenAccount(
-                operator_pb2.OpenAccountRequest(
-                    idempotency_key="open",
-                    account=records_pb2.Account(account_id="CN-PH-0001", holder_name="H", account_type="Party holding"),
-                )
-            )
-        block = records_pb2.UnitBlock(
-            space=records_pb2.SerialSpace(unit_kind="VCU", issuing_registry="VCS"),
-            start=1,
-            end=10,
-            vintage=2025,
-            mitigation_type="Removals",
-            first_transferring_party=tied_to,
-            cooperative_approach="CA0001" if tied_to else "",
-            authorization_id=f"{tied_to}-A-0001" if tied_to else "",
-        )
-        proposal = partner_pb2.Proposal(
-            transfer_id="forged-tie",
-            blocks=[block],
-            source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
-            acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PH-0001"),
-            cooperative_approach="CA0001",
-            authorization_id="CHE-A-0001",
-            purpose="NDC",
-            adjustment_method="single-year averaging",
-        )
-        crafter = Crafter(signer=network.signers["CHE"], sender="CHE", receiver="CHN")
-        payload, _ = crafter.statement(proposal=proposal)
-        receipt = await deliver_raw(chn, wire.envelope_to_bytes(crafter.envelope(payload)))
-        assert receipt.taken_in
-        async with operator(chn) as stub:
+        tie = {
+            "first_transferring_party": tied_to,
+            "cooperative_approach": "CA0001",
+            "authorization_id": f"{tied_to}-A-0001",
+        }
+        await _vcs_proposal_from_che(network, "forged-tie", **(tie if tied_to else {}))
+        async with operator(network["CHN"]) as stub:
             transfer = await stub.GetTransfer(operator_pb2.GetTransferRequest(transfer_id="forged-tie"))
     finally:
         await network.stop()
@@ -265,16 +282,9 @@ naming no Party may be a copy registered without its Party (by an earlier releas
 @pytest.mark.parametrize("case", list(COPY_NAMES))
 @pytest.mark.asyncio
 async def test_units_tied_to_another_party_s_authorization_are_refused(tmp_path: Path, case: str) -> None:
-    from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
-    from gateway.harness import start_network
-    from tests.integration.harness import Crafter, deliver_raw
-
     copy_party, tie_here, held, expected, said = COPY_NAMES[case]
-    nomenclature = Nomenclature.of((*DEFAULT_REGISTRIES, IssuingRegistry(code="VCS", unit_kinds=("VCU",))))
     # With no rule, a policy holds every proposal for an operator.
-    holding = {"policy": DecisionPolicy()} if held else {}
-    network = await start_network(tmp_path, ("CHN", "CHE"), nomenclature=nomenclature, **holding)  # type: ignore[arg-type]
-    chn = network["CHN"]
+    network = await _vcs_network(tmp_path, **({"policy": DecisionPolicy()} if held else {}))
 
     async def register(stub: operator_pb2_grpc.OperatorServiceAsyncStub) -> None:
         copy = records_pb2.Authorization()
@@ -285,13 +295,7 @@ async def test_units_tied_to_another_party_s_authorization_are_refused(tmp_path:
         )
 
     try:
-        async with operator(chn) as stub:
-            await stub.OpenAccount(
-                operator_pb2.OpenAccountRequest(
-                    idempotency_key="open",
-                    account=records_pb2.Account(account_id="CN-PH-0001", holder_name="H", account_type="Party holding"),
-                )
-            )
+        async with operator(network["CHN"]) as stub:
             if copy_party is not None and not held:
                 await register(stub)
             if tie_here:
@@ -303,32 +307,9 @@ async def test_units_tied_to_another_party_s_authorization_are_refused(tmp_path:
                         authorization_id="SGP-A-0001",
                     )
                 )
-        block = records_pb2.UnitBlock(
-            space=records_pb2.SerialSpace(unit_kind="VCU", issuing_registry="VCS"),
-            start=1,
-            end=10,
-            vintage=2025,
-            mitigation_type="Removals",
-            first_transferred=True,
-            first_transferring_party="SGP",
-            cooperative_approach="CA0001",
-            authorization_id="SGP-A-0001",
-        )
-        proposal = partner_pb2.Proposal(
-            transfer_id="tied-to-a-copy",
-            blocks=[block],
-            source_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
-            acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PH-0001"),
-            cooperative_approach="CA0001",
-            authorization_id="SGP-A-0001",
-            purpose="NDC",
-            adjustment_method="single-year averaging",
-        )
-        crafter = Crafter(signer=network.signers["CHE"], sender="CHE", receiver="CHN")
-        payload, _ = crafter.statement(proposal=proposal)
-        receipt = await deliver_raw(chn, wire.envelope_to_bytes(crafter.envelope(payload)))
-        assert receipt.taken_in
-        async with operator(chn) as stub:
+        sgp = {"first_transferring_party": "SGP", "cooperative_approach": "CA0001", "authorization_id": "SGP-A-0001"}
+        await _vcs_proposal_from_che(network, "tied-to-a-copy", "SGP-A-0001", first_transferred=True, **sgp)
+        async with operator(network["CHN"]) as stub:
             if held:
                 await register(stub)
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
