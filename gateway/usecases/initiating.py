@@ -289,8 +289,8 @@ class Initiating(GatewayBase):
             and spanned[0].block.start <= selection.start <= selection.end <= spanned[-1].block.end
             and all(b.block.start == a.block.end + 1 for a, b in pairwise(spanned))
         ):
-            # Held and free, but in blocks that differ (their vintage, project or provenance): each block moves
-            # as itself, so each is selected on its own.
+            # Held and free, but in blocks of their own (that differ in vintage, project or provenance, or that
+            # arrived as separate blocks): each block moves as itself, so each is selected on its own.
             parts = ", ".join(
                 f"{max(s.block.start, selection.start)}-{min(s.block.end, selection.end)}" for s in spanned
             )
