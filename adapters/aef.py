@@ -506,7 +506,7 @@ def _renderer(table: Table, ctx: MappingContext) -> _Rows:
 def read_workbook(data: bytes, ctx: MappingContext | None = None) -> AefReport:
     """A report from a workbook with one sheet per table; every problem is named by sheet, row and column."""
     ctx = ctx or MappingContext()
-    sheets = tabular.read_xlsx(data)
+    sheets = tabular.read_xlsx(data, [table.value for table in Table])
     problems: list[Problem] = []
     tables: dict[str, tuple[Any, ...]] = {}
     for table in Table:

@@ -16,15 +16,17 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from xml.parsers import expat
 
 import openpyxl
 import openpyxl.worksheet._reader
+from openpyxl.cell.read_only import ReadOnlyCell
 from openpyxl.cell.text import Text
 from openpyxl.reader.excel import ExcelReader
 from openpyxl.utils import get_column_letter
+from openpyxl.worksheet._reader import WorkSheetParser
 from openpyxl.xml.constants import SHARED_STRINGS, SHEET_MAIN_NS
 from openpyxl.xml.functions import iterparse
 
@@ -794,11 +796,12 @@ class _WorkbookReader(ExcelReader):  # type: ignore[misc]
         self.shared_strings = _SharedStrings(strings)
 
 
-def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
-    """Every sheet of a workbook as ``title -> (header, rows)``; trailing empty rows are dropped. Every row and
-    cell the sheet holds is read, whatever size the sheet declares. A workbook larger than the limits above is
-    refused before it is read (`_measure_workbook`), or, for the gaps in a sheet, as soon as reading passes
-    `MAX_XLSX_CELLS`."""
+def read_xlsx(data: bytes, titles: Collection[str] | None = None) -> dict[str, tuple[list[str], list[list[object]]]]:
+    """The sheets of a workbook as ``title -> (header, rows)``: every sheet, or those of ``titles`` it holds (the
+    others are not read, so that a cover or notes sheet never stops an import). Trailing empty rows are dropped.
+    Every row and cell a sheet holds is read, whatever size it declares; rows or cells written out of order, or
+    twice, are refused. A workbook larger than the limits above is refused before it is read
+    (`_measure_workbook`), or, for the gaps in a sheet, as soon as reading passes `MAX_XLSX_CELLS`."""
     _measure_workbook(data)
     try:
         reader = _WorkbookReader(io.BytesIO(data), read_only=True, data_only=True)
@@ -814,18 +817,17 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
     try:
         for sheet in workbook.worksheets:
             title = str(sheet.title)
+            if titles is not None and title not in titles:
+                continue
             declared = (sheet.max_row or 0) * (sheet.max_column or 0)
             if cells + declared > MAX_XLSX_CELLS:
                 raise _too_many_cells(sheet.title, f"declares {sheet.max_row:,} rows of {sheet.max_column:,} columns")
-            # The declared size is only what the writer claimed: openpyxl would stop at it, dropping the rows and
-            # the cells past it without a word. Every row is read as written; rows run to their last cell.
-            sheet.reset_dimensions()
             rows: list[list[object]] = []
-            for row in sheet.iter_rows():
+            for row in _sheet_rows(workbook, sheet):
                 cells += len(row) or 1
                 if cells > MAX_XLSX_CELLS:
                     raise _too_many_cells(sheet.title, f"runs past row {len(rows):,}")
-                rows.append([_cell_value(title, cell) for cell in row])
+                rows.append([None if cell is None else _cell_value(title, cell) for cell in row])
             while rows and all(v is None or v == "" for v in rows[-1]):
                 rows.pop()
             if not rows:
@@ -852,6 +854,50 @@ def read_xlsx(data: bytes) -> dict[str, tuple[list[str], list[list[object]]]]:
     finally:
         workbook.close()
     return sheets
+
+
+def _sheet_rows(workbook: Any, sheet: Any) -> Iterator[list[Any]]:
+    """The rows of a read-only sheet as openpyxl's parser finds them, each a list of cells (None where a row has
+    none) up to its last cell, with the rows a sheet leaves out as empty lists. openpyxl's own rows stop at the
+    size the sheet declares and size each row from the cell written last, dropping what lies past either; and it
+    drops a row written after a later one. Here nothing is dropped: a row or cell out of order, or twice, is
+    refused, naming it."""
+    title = str(sheet.title)
+    expected = 1
+    with sheet._get_source() as source:
+        parser = WorkSheetParser(
+            source,
+            sheet._shared_strings,
+            data_only=True,
+            epoch=workbook.epoch,
+            date_formats=workbook._date_formats,
+            timedelta_formats=workbook._timedelta_formats,
+        )
+        for number, parsed in parser.parse():
+            if number < expected:
+                raise RecordRejected.one(
+                    "file",
+                    f"sheet {title[:64]!r} row {number} is written after row {expected - 1}: the workbook is damaged;"
+                    " save it again from the spreadsheet, or as CSV",
+                    IssueCode.MALFORMED_FILE,
+                )
+            for _ in range(expected, number):
+                yield []
+            expected = number + 1
+            row: list[Any] = []
+            for cell in parsed:
+                column = int(cell["column"])
+                if column <= len(row):
+                    raise RecordRejected.one(
+                        "file",
+                        f"sheet {title[:64]!r} cell {get_column_letter(column)}{number} is written after cell"
+                        f" {get_column_letter(len(row))}{number}: the workbook is damaged; save it again from the"
+                        " spreadsheet, or as CSV",
+                        IssueCode.MALFORMED_FILE,
+                    )
+                row.extend([None] * (column - 1 - len(row)))
+                row.append(ReadOnlyCell(sheet, **cell))
+            yield row
 
 
 def _cell_value(title: str, cell: Any) -> object:
@@ -899,16 +945,33 @@ def _too_many_cells(title: str, what: str) -> RecordRejected:
 
 
 def read_xlsx_sheet(data: bytes, title: str | None) -> tuple[list[str], list[list[object]]]:
-    """One sheet: the named one, or the only one."""
-    sheets = read_xlsx(data)
-    if title is not None and title in sheets:
-        return sheets[title]
-    if len(sheets) == 1:
-        return next(iter(sheets.values()))
-    names = ", ".join(sheets) or "none"
+    """One sheet: the named one, or the only one; no other sheet is read."""
+    names = xlsx_sheet_names(data)
+    if title is not None and title in names:
+        return read_xlsx(data, (title,))[title]
+    if len(names) == 1:
+        return read_xlsx(data, names)[names[0]]
     raise RecordRejected.one(
-        "sheet", f"the workbook has no sheet {title!r} (sheets: {names})", IssueCode.MALFORMED_FILE
+        "sheet",
+        f"the workbook has no sheet {title!r} (sheets: {', '.join(names) or 'none'})",
+        IssueCode.MALFORMED_FILE,
     )
+
+
+def xlsx_sheet_names(data: bytes) -> list[str]:
+    """The titles of a workbook's sheets, in order, read without their cells."""
+    _measure_workbook(data)
+    try:
+        reader = _WorkbookReader(io.BytesIO(data), read_only=True, data_only=True)
+        reader.read()
+    except Exception as error:  # openpyxl raises many types for a bad file
+        raise RecordRejected.one(
+            "file", f"is not a readable XLSX workbook: {error}", IssueCode.MALFORMED_FILE
+        ) from None
+    try:
+        return [str(sheet.title) for sheet in reader.wb.worksheets]
+    finally:
+        reader.wb.close()
 
 
 def read_text_lines(data: bytes, key: str) -> list[Mapping[str, object]]:

@@ -611,6 +611,74 @@ def test_a_value_to_the_right_of_the_header_is_refused_naming_the_row_and_the_ce
     assert tabular.read_xlsx(data) == {"Sheet": (["Action date", "Action type"], [["x", "y"]])}
 
 
+DISORDERED: dict[str, tuple[bytes, str]] = {
+    "a-cell-before-one-left-of-it": (
+        b'<row r="2"><c r="C2" t="inlineStr"><is><t>kept</t></is></c>'
+        b'<c r="A2" t="inlineStr"><is><t>a</t></is></c></row>',
+        "cell A2 is written after cell C2",
+    ),
+    "a-cell-twice": (
+        _inline_row(2, "x").replace(b"</row>", b'<c r="A2" t="inlineStr"><is><t>y</t></is></c></row>'),
+        "cell A2 is written after cell A2",
+    ),
+    "a-row-before-one-above-it": (_inline_row(3, "z") + _inline_row(2, "x"), "row 2 is written after row 3"),
+    "a-row-twice": (_inline_row(2, "x") + _inline_row(2, "y"), "row 2 is written after row 2"),
+}
+"""Rows and cells a spreadsheet never writes out of order or twice, which openpyxl's rows drop without a word,
+and what the refusal says."""
+
+
+@pytest.mark.parametrize("case", list(DISORDERED))
+def test_rows_and_cells_out_of_order_or_twice_are_refused_not_dropped(case: str) -> None:
+    from adapters import tabular
+
+    rows, said = DISORDERED[case]
+    data = _workbook_with(_inline_row(1, "Action date", "Action type", "Note") + rows)
+    with pytest.raises(RecordRejected) as refused:
+        tabular.read_xlsx(data)
+    [problem] = refused.value.problems
+    assert problem.code is IssueCode.MALFORMED_FILE and said in problem.message, problem.message
+    # In order, with gaps between cells and between rows, everything is read.
+    gaps = (
+        _inline_row(1, "Action date", "Action type", "Note")
+        + (
+            b'<row r="2"><c r="A2" t="inlineStr"><is><t>a</t></is></c>'
+            b'<c r="C2" t="inlineStr"><is><t>c</t></is></c></row>'
+        )
+        + _inline_row(4, "d")
+    )
+    assert tabular.read_xlsx(_workbook_with(gaps))["Sheet"][1] == [
+        ["a", None, "c"],
+        [None, None, None],
+        ["d", None, None],
+    ]
+
+
+def test_a_sheet_not_asked_for_is_not_read() -> None:
+    """A cover or notes sheet beside the data (text beyond its first row's cells, an error value) never stops
+    reading the sheet asked for."""
+    from adapters import tabular
+
+    book = openpyxl.Workbook()
+    book.active.title = "Data"
+    book.active.append(["Action date", "Action type"])
+    book.active.append(["x", "y"])
+    notes = book.create_sheet("Notes")
+    notes["A1"] = "Prepared by the registry"
+    notes["B3"] = "ops@example.org"
+    notes["A4"] = "#N/A"
+    written = io.BytesIO()
+    book.save(written)
+    data = written.getvalue()
+    expected = (["Action date", "Action type"], [["x", "y"]])
+    assert tabular.read_xlsx_sheet(data, "Data") == expected
+    assert tabular.read_xlsx(data, ["Data", "Summary"]) == {"Data": expected}
+    with pytest.raises(RecordRejected, match="sheet 'Notes'"):
+        tabular.read_xlsx(data)  # every sheet, the notes too
+    with pytest.raises(RecordRejected, match=r"no sheet 'Summary' \(sheets: Data, Notes\)"):
+        tabular.read_xlsx_sheet(data, "Summary")
+
+
 @pytest.mark.parametrize("kind", ["shared", "inline"])
 @pytest.mark.parametrize(
     ("written", "text"),
