@@ -123,28 +123,30 @@ class GrpcPartnerTransport:
             self._channels[(party, partner.address)] = channel
         return channel
 
-    def _failed(self, party: str, exc: grpc.aio.AioRpcError) -> TransportError:
-        """The error of a failed call; a partner found unreachable gets a new channel at the next call.
+    def _failed(self, party: str, channel: grpc.aio.Channel, exc: grpc.aio.AioRpcError) -> TransportError:
+        """The error of a call on ``channel`` that failed; a partner found unreachable (or silent until the call's
+        deadline) gets a new channel at the next call.
 
         A channel that failed to connect answers every call at once with its last error until its own
         reconnection backoff (up to two minutes) has passed, even once the partner is back: the outbox's next
         try, at most `gateway.outbox.Backoff.maximum` later, must connect afresh instead."""
-        if exc.code() is grpc.StatusCode.UNAVAILABLE:
-            partner = self.partners.get(party)
-            channel = self._channels.pop((party, partner.address), None) if partner is not None else None
-            if channel is not None:  # calls still on it may finish
-                closing = asyncio.create_task(channel.close(self.timeout))
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            key = next((k for k, c in self._channels.items() if c is channel), None)
+            if key is not None:  # not already replaced after another call's failure
+                del self._channels[key]
+                closing = asyncio.create_task(channel.close(self.timeout))  # calls still on it may finish
                 self._closing.add(closing)
                 closing.add_done_callback(self._closing.discard)
         return TransportError(f"{party}: {exc.code().name}: {exc.details()}")
 
     async def deliver(self, party: str, envelope: bytes) -> bytes:
         """Send ``envelope`` to ``party``; return the receipt bytes."""
-        call = self._channel(party).unary_unary(DELIVER_METHOD, None, None)
+        channel = self._channel(party)
+        call = channel.unary_unary(DELIVER_METHOD, None, None)
         try:
             receipt: bytes = await call(envelope, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise self._failed(party, exc) from None
+            raise self._failed(party, channel, exc) from None
         return receipt
 
     async def deliver_batch(self, party: str, envelopes: list[bytes]) -> list[bytes]:
@@ -163,7 +165,8 @@ class GrpcPartnerTransport:
         request = partner_pb2.DeliveryBatch(envelopes=envelopes).SerializeToString()
         if len(request) >= self._largest_refused.get((party, partner.address), len(request) + 1):
             raise BatchesUnsupported(f"{party} takes no batch this large")
-        call = self._channel(party).unary_unary(DELIVER_BATCH_METHOD, None, None)
+        channel = self._channel(party)
+        call = channel.unary_unary(DELIVER_BATCH_METHOD, None, None)
         try:
             raw: bytes = await call(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
@@ -178,7 +181,7 @@ class GrpcPartnerTransport:
                 log.warning("%s refused a batch of %d bytes as too large: %s", party, len(request), exc.details())
                 self._largest_refused[(party, partner.address)] = len(request)
                 raise BatchesUnsupported(f"{party} takes no batch this large") from None
-            raise self._failed(party, exc) from None
+            raise self._failed(party, channel, exc) from None
         answer = partner_pb2.ReceiptBatch()
         try:
             answer.ParseFromString(raw)
