@@ -57,6 +57,7 @@ class ResponseCode(enum.IntEnum):
     UNKNOWN_RECONCILIATION_RUN = 40
     UNKNOWN_MESSAGE = 41
     TRANSFER_DECLINED = 42
+    TRANSFER_ENDED = 43
 
 
 RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
@@ -124,6 +125,10 @@ RESPONSE_CODE_MEANINGS: dict[ResponseCode, str] = {
     ResponseCode.UNKNOWN_MESSAGE: "no outbox message with this ID is known here",
     ResponseCode.TRANSFER_DECLINED: (
         "the acquiring side's decision policy or operator declined the transfer (the rejection's message says why)"
+    ),
+    ResponseCode.TRANSFER_ENDED: (
+        "the initiating side cancelled or terminated the transfer (its operator, or its own rules; the message says"
+        " why)"
     ),
 }
 

@@ -42,6 +42,7 @@ _STATUS: dict[ResponseCode, grpc.StatusCode] = {
     ResponseCode.UNKNOWN_RECONCILIATION_RUN: grpc.StatusCode.NOT_FOUND,
     ResponseCode.UNKNOWN_MESSAGE: grpc.StatusCode.NOT_FOUND,
     ResponseCode.TRANSFER_DECLINED: grpc.StatusCode.FAILED_PRECONDITION,
+    ResponseCode.TRANSFER_ENDED: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

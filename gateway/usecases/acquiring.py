@@ -389,9 +389,17 @@ class Acquiring(GatewayBase):
             tx, partner, cancel.transfer_id, TransferRole.ACQUIRING, "cancel.transfer_id"
         )
         ended = TransferState.TERMINATED if cancel.terminated else TransferState.CANCELLED
-        await self._adopt(tx, transfer, ended)
+        try:
+            code = ResponseCode(cancel.code)
+        except ValueError:  # a code of a later version
+            code = ResponseCode.TRANSFER_ENDED
+        if code is ResponseCode.OK:  # a version before the Cancel carried its code
+            code = ResponseCode.TRANSFER_ENDED
+        why = text.escaped(f"{partner}: {cancel.reason or 'no reason given'}")
+        await self._adopt(tx, transfer, ended, Rejection(code, why))
 
-    async def _adopt(self, tx: Transaction, transfer: Transfer, ended: TransferState) -> None:
+    async def _adopt(self, tx: Transaction, transfer: Transfer, ended: TransferState, why: Rejection) -> None:
+        """Take the initiating side's final state, recording ``why``, and drop the pending units."""
         if transfer.state is ended:
             return
         if transfer.state is TransferState.COMPLETED:
@@ -405,7 +413,7 @@ class Acquiring(GatewayBase):
                 ResponseCode.INVALID_STATE,
                 f"transfer {transfer.transfer_id!r} is COMPLETED here; it cannot become {ended.name}",
             )
-        await self._set_state(tx, transfer, ended)
+        await self._set_state(tx, transfer, ended, [why])
         await self._drop_pending(tx, transfer.transfer_id)
 
 

@@ -301,6 +301,7 @@ class GatewayBase:
                 transfer_id=transfer.transfer_id,
                 reason=reason,
                 terminated=transfer.state is TransferState.TERMINATED,
+                code=transfer.rejections[0].code if transfer.rejections else ResponseCode.TRANSFER_ENDED,  # type: ignore[arg-type]
             )
             await self._exchange.enqueue(tx, transfer.partner, cancel=cancel)
 

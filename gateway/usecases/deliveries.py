@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.protocol import Rejection
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import BlockStatus, OutboxKind, OutboxMessage, OutboxState, Transaction
 from gateway.usecases.base import Idempotency, log
@@ -125,10 +126,11 @@ class Deliveries(Initiating):
             or transfer.state is not TransferState.CHECKED
         ):
             return False
-        transfer = await self._set_state(tx, transfer, TransferState.TERMINATED)
+        abandoned = Rejection(ResponseCode.TRANSFER_ENDED, text.truncate(f"the Proposal was abandoned: {reason}"))
+        transfer = await self._set_state(tx, transfer, TransferState.TERMINATED, [abandoned])
         await self._release(tx, transfer.transfer_id)
         # The partner refused this copy, but may hold an earlier one: the Cancel settles it either way.
-        await self._send_final(tx, transfer, text.truncate(f"the Proposal was abandoned: {reason}"))
+        await self._send_final(tx, transfer, abandoned.message)
         log.warning("abandoned the Proposal of %s: the transfer is TERMINATED", transfer.transfer_id)
         return True
 

@@ -333,14 +333,17 @@ class Initiating(GatewayBase):
                     "only the initiating side cancels a transfer; the acquiring side rejects it",
                     field="transfer_id",
                 )
+            ended = Rejection(
+                ResponseCode.TRANSFER_ENDED, f"cancelled by {self.party}'s operator: {reason or 'no reason given'}"
+            )
             try:
-                transfer = await self._set_state(tx, transfer, TransferState.CANCELLED)
+                transfer = await self._set_state(tx, transfer, TransferState.CANCELLED, [ended])
             except GatewayError as exc:
                 raise GatewayError(
                     exc.code, f"transfer {transfer_id!r} is {transfer.state.name}: {exc.message}", field="transfer_id"
                 ) from None
             await self._release(tx, transfer_id)
-            await self._send_final(tx, transfer, reason)
+            await self._send_final(tx, transfer, ended.message)
             await self._remember(tx, idem, transfer_id)
         return transfer
 
@@ -380,15 +383,19 @@ class Initiating(GatewayBase):
             log.warning(
                 "%s accepted transfer %s past its decision deadline: terminated", transfer.partner, transfer.transfer_id
             )
-            await self._terminate_overdue(tx, transfer)
+            await self._terminate_overdue(
+                tx, transfer, f"accepted after the decision deadline ({self.deadlines.decision})"
+            )
             return
         await self._complete(tx, transfer)
 
-    async def _terminate_overdue(self, tx: Transaction, transfer: Transfer) -> Transfer:
-        """End a transfer no decision reached in time: release its units and tell the partner."""
-        transfer = await self._set_state(tx, transfer, TransferState.TERMINATED)
+    async def _terminate_overdue(self, tx: Transaction, transfer: Transfer, reason: str = "") -> Transfer:
+        """End a transfer no decision reached in time: release its units, record why and tell the partner."""
+        reason = reason or f"no decision within {self.deadlines.decision}"
+        ended = Rejection(ResponseCode.DECISION_DEADLINE_PASSED, reason)
+        transfer = await self._set_state(tx, transfer, TransferState.TERMINATED, [ended])
         await self._release(tx, transfer.transfer_id)
-        await self._send_final(tx, transfer, f"no decision within {self.deadlines.decision}")
+        await self._send_final(tx, transfer, reason)
         return transfer
 
     async def _reject(self, tx: Transaction, transfer: Transfer, rejections: Sequence[Rejection]) -> None:
@@ -406,14 +413,17 @@ class Initiating(GatewayBase):
         if frozen is not None:
             block, run_id = frozen
             await self._cancel_waiting(
-                tx, transfer, f"{block.describe()} was frozen by reconciliation run {run_id} while the transfer waited"
+                tx,
+                transfer,
+                ResponseCode.BLOCK_FROZEN,
+                f"{block.describe()} was frozen by reconciliation run {run_id} while the transfer waited",
             )
             log.warning("transfer %s cancelled: its units were frozen by run %s", transfer.transfer_id, run_id)
             return
         try:
             check_blocks_enter_ledger(transfer.terms.blocks)
         except GatewayError as exc:  # proposed by a version before the check: the units stay home
-            await self._cancel_waiting(tx, transfer, f"its units cannot enter the ledger: {exc.message}")
+            await self._cancel_waiting(tx, transfer, exc.code, f"its units cannot enter the ledger: {exc.message}")
             log.warning("transfer %s cancelled: %s", transfer.transfer_id, exc.message)
             return
         authorization = await self._proposed_under(tx, transfer)
@@ -422,7 +432,7 @@ class Initiating(GatewayBase):
         try:
             check_first_transfers_open(await tx.locked_periods(), entries, "blocks")
         except GatewayError as exc:
-            await self._cancel_waiting(tx, transfer, f"locked while the transfer waited: {exc.message}")
+            await self._cancel_waiting(tx, transfer, exc.code, f"locked while the transfer waited: {exc.message}")
             log.warning("transfer %s cancelled: a vintage it first transfers was locked", transfer.transfer_id)
             return
         transfer = await self._set_state(tx, transfer, TransferState.ACCEPTED)
@@ -446,8 +456,9 @@ class Initiating(GatewayBase):
         versions = await tx.authorization_versions(authorization_id, recorded_by=transfer.created_at)
         return version_in_force(versions, transfer.created_at.date()) or (versions[0] if versions else None)
 
-    async def _cancel_waiting(self, tx: Transaction, transfer: Transfer, reason: str) -> None:
-        """Cancel a transfer the partner accepted but whose units may not leave, telling it ``reason``."""
-        transfer = await self._set_state(tx, transfer, TransferState.CANCELLED)
+    async def _cancel_waiting(self, tx: Transaction, transfer: Transfer, code: ResponseCode, reason: str) -> None:
+        """Cancel a transfer the partner accepted but whose units may not leave, recording and telling it why."""
+        reason = text.truncate(reason)
+        transfer = await self._set_state(tx, transfer, TransferState.CANCELLED, [Rejection(code, reason)])
         await self._release(tx, transfer.transfer_id)
-        await self._send_final(tx, transfer, text.truncate(reason))
+        await self._send_final(tx, transfer, reason)

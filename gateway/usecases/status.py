@@ -96,15 +96,22 @@ class StatusKeeping(Initiating, Acquiring):
         elif step is Step.TERMINATE:
             if await tx.outbox_has_for_transfer(transfer.transfer_id, (OutboxKind.PROPOSAL,)):
                 return  # the Proposal has not reached the partner yet; nothing is wrong
-            transfer = await self._set_state(tx, transfer, TransferState.TERMINATED)
+            unknown = Rejection(ResponseCode.UNKNOWN_TRANSFER, f"{partner} does not know the transfer")
+            transfer = await self._set_state(tx, transfer, TransferState.TERMINATED, [unknown])
             await self._release(tx, transfer.transfer_id)
-            await self._send_final(tx, transfer, f"{partner} does not know the transfer")
+            await self._send_final(tx, transfer, unknown.message)
         elif step is Step.RESEND_FINAL:
             await self._send_final(tx, transfer, f"the transfer is {transfer.state.name} at {self.party}")
         elif step is Step.CREDIT:
             await self._acquire(tx, transfer)
         elif step is Step.ADOPT:
-            await self._adopt(tx, transfer, reported or TransferState.TERMINATED)
+            ended = reported or TransferState.TERMINATED
+            await self._adopt(
+                tx,
+                transfer,
+                ended,
+                Rejection(ResponseCode.TRANSFER_ENDED, f"{partner} reports the transfer {ended.name}"),
+            )
         elif step is Step.RESEND_DECISION:
             if await tx.outbox_has_for_transfer(transfer.transfer_id, (OutboxKind.DECISION,)):
                 return

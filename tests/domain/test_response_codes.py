@@ -51,6 +51,7 @@ PINNED_VALUES: dict[str, int] = {
     "UNKNOWN_RECONCILIATION_RUN": 40,
     "UNKNOWN_MESSAGE": 41,
     "TRANSFER_DECLINED": 42,
+    "TRANSFER_ENDED": 43,
 }
 """The wire values. They are part of the contract: a renumbering must fail here."""
 

@@ -8,13 +8,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, records_pb2
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway import wire
 from gateway.demo import Pair, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import Deadlines, DecisionPolicy
 from gateway.harness import start_network
 from gateway.rpc.errors import read_error_detail
-from tests.integration.harness import TERMINAL, operator, proposal_request, settle, setup_accounts
+from tests.integration.harness import TERMINAL, deliver_raw, operator, proposal_request, settle, setup_accounts
+from tests.integration.test_batches import crafter_for
 
 
 @pytest.mark.asyncio
@@ -38,6 +40,13 @@ async def test_an_unanswered_transfer_is_terminated_its_units_released_and_the_p
         async with operator(pair.che) as che:
             acquired = await wait_for_state(che, proposed.transfer_id, {records_pb2.TERMINATED}, timeout=30)
             assert acquired.state == records_pb2.TERMINATED
+            # Both sides keep why: CHN's own record, and CHN's Cancel at CHE.
+            assert [(ResponseCode(r.code), r.message) for r in ended.rejections] == [
+                (ResponseCode.DECISION_DEADLINE_PASSED, "no decision within 0:00:00.300000")
+            ]
+            assert [(ResponseCode(r.code), r.message) for r in acquired.rejections] == [
+                (ResponseCode.DECISION_DEADLINE_PASSED, "CHN: no decision within 0:00:00.300000")
+            ]
             assert list((await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings) == []
         await settle(pair.chn, pair.che)
         for node in (pair.chn, pair.che):
@@ -151,12 +160,66 @@ async def test_a_decision_past_its_deadline_does_not_complete_the_transfer(tmp_p
                 ).state == che_state
                 return
             await che.DecideTransfer(decide)
-            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == chn_state
-            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL, timeout=30)).state == che_state
+            initiating = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+            acquiring = await wait_for_state(che, proposed.transfer_id, TERMINAL, timeout=30)
+            assert (initiating.state, acquiring.state) == (chn_state, che_state)
+            if chn_state == records_pb2.TERMINATED:
+                late = "accepted after the decision deadline (1:00:00)"
+                assert [(ResponseCode(r.code), r.message) for r in initiating.rejections] == [
+                    (ResponseCode.DECISION_DEADLINE_PASSED, late)
+                ]
+                assert [(ResponseCode(r.code), r.message) for r in acquiring.rejections] == [
+                    (ResponseCode.DECISION_DEADLINE_PASSED, f"CHN: {late}")
+                ]
             held = [
                 (h.block.start, h.block.end)
                 for h in (await chn.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings
             ]
             assert held == ([(401, 1000)] if chn_state == records_pb2.COMPLETED else [(1, 1000)])
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_transfer_keeps_why_on_both_sides(tmp_path: Path) -> None:
+    """The initiating operator's reason is kept with the transfer on both sides; a Cancel from a version that
+    sent no code is kept as TRANSFER_ENDED, with its reason escaped."""
+    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 400, "k"))
+            await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+            await chn.CancelTransfer(
+                operator_pb2.CancelTransferRequest(
+                    idempotency_key="c", transfer_id=proposed.transfer_id, reason="wrong account"
+                )
+            )
+            initiating = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
+            acquiring = await wait_for_state(che, proposed.transfer_id, TERMINAL)
+            said = "cancelled by CHN's operator: wrong account"
+            assert [(ResponseCode(r.code), r.message) for r in initiating.rejections] == [
+                (ResponseCode.TRANSFER_ENDED, said)
+            ]
+            assert [(ResponseCode(r.code), r.message) for r in acquiring.rejections] == [
+                (ResponseCode.TRANSFER_ENDED, f"CHN: {said}")
+            ]
+
+            # A Cancel as an earlier version sends it: no code, and a reason holding a line break.
+            second = await chn.ProposeTransfer(proposal_request(block, 401, 500, "k2"))
+            await wait_for_state(che, second.transfer_id, {records_pb2.CHECKED})
+            await settle(pair.chn, pair.che)  # CHN has recorded every receipt: its channel is where CHE's is
+            crafter = await crafter_for(pair)
+            payload, _ = crafter.statement(
+                cancel=partner_pb2.Cancel(transfer_id=second.transfer_id, reason="gone\nfor good")
+            )
+            receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
+            assert receipt.taken_in
+            ended = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=second.transfer_id))
+            assert ended.state == records_pb2.CANCELLED
+            assert [(ResponseCode(r.code), r.message) for r in ended.rejections] == [
+                (ResponseCode.TRANSFER_ENDED, "CHN: gone\\nfor good")
+            ]
     finally:
         await network.stop()

@@ -357,20 +357,24 @@ class Cancel(_message.Message):
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     TERMINATED_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     reason: _builtins.str
     terminated: _builtins.bool
     """ended by the initiating side's timeout rather than by its operator"""
+    code: _records_pb2.ResponseCode.ValueType
+    """why, as a response code (OK from a version before this field: TRANSFER_ENDED)"""
     def __init__(
         self,
         *,
         transfer_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         terminated: _builtins.bool = ...,
+        code: _records_pb2.ResponseCode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "terminated", b"terminated", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "reason", b"reason", "terminated", b"terminated", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,6 +99,7 @@ class _ResponseCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Response
     UNKNOWN_RECONCILIATION_RUN: _ResponseCode.ValueType  # 40
     UNKNOWN_MESSAGE: _ResponseCode.ValueType  # 41
     TRANSFER_DECLINED: _ResponseCode.ValueType  # 42
+    TRANSFER_ENDED: _ResponseCode.ValueType  # 43
 
 class ResponseCode(_ResponseCode, metaclass=_ResponseCodeEnumTypeWrapper):
     """Stable response codes. Meanings are documented in gateway/domain/errors.py and the README."""
@@ -146,6 +147,7 @@ TOO_MANY_CALLS: ResponseCode.ValueType  # 39
 UNKNOWN_RECONCILIATION_RUN: ResponseCode.ValueType  # 40
 UNKNOWN_MESSAGE: ResponseCode.ValueType  # 41
 TRANSFER_DECLINED: ResponseCode.ValueType  # 42
+TRANSFER_ENDED: ResponseCode.ValueType  # 43
 Global___ResponseCode: _TypeAlias = ResponseCode  # noqa: Y015
 
 @_typing.final
