@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -395,11 +396,15 @@ class Acquiring(GatewayBase):
             code = ResponseCode.TRANSFER_ENDED
         if code is ResponseCode.OK:  # a version before the Cancel carried its code
             code = ResponseCode.TRANSFER_ENDED
-        why = text.escaped(f"{partner}: {cancel.reason or 'no reason given'}")
+        # Another Party's free text, kept as this gateway keeps its own: escaped, composed, without white space
+        # around it, within the length of a message (read no further than a few times that).
+        reason = unicodedata.normalize("NFC", cancel.reason[: 4 * text.MAX_TEXT_LENGTH]).strip()
+        why = text.escaped(f"{partner}: {reason or 'no reason given'}").rstrip()
         await self._adopt(tx, transfer, ended, Rejection(code, why))
 
     async def _adopt(self, tx: Transaction, transfer: Transfer, ended: TransferState, why: Rejection) -> None:
-        """Take the initiating side's final state, recording ``why``, and drop the pending units."""
+        """Take the initiating side's final state, recording ``why`` after whatever this side recorded before
+        (its own rejection, when the messages crossed), and drop the pending units."""
         if transfer.state is ended:
             return
         if transfer.state is TransferState.COMPLETED:
@@ -413,7 +418,7 @@ class Acquiring(GatewayBase):
                 ResponseCode.INVALID_STATE,
                 f"transfer {transfer.transfer_id!r} is COMPLETED here; it cannot become {ended.name}",
             )
-        await self._set_state(tx, transfer, ended, [why])
+        await self._set_state(tx, transfer, ended, [*transfer.rejections, why])
         await self._drop_pending(tx, transfer.transfer_id)
 
 

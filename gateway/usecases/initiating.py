@@ -334,7 +334,8 @@ class Initiating(GatewayBase):
                     field="transfer_id",
                 )
             ended = Rejection(
-                ResponseCode.TRANSFER_ENDED, f"cancelled by {self.party}'s operator: {reason or 'no reason given'}"
+                ResponseCode.TRANSFER_ENDED,
+                text.truncate(f"cancelled by {self.party}'s operator: {reason or 'no reason given'}"),
             )
             try:
                 transfer = await self._set_state(tx, transfer, TransferState.CANCELLED, [ended])

@@ -106,11 +106,14 @@ class StatusKeeping(Initiating, Acquiring):
             await self._acquire(tx, transfer)
         elif step is Step.ADOPT:
             ended = reported or TransferState.TERMINATED
+            said = (
+                f"{partner} reports the transfer {ended.name}" if reported else f"{partner} does not know the transfer"
+            )
             await self._adopt(
                 tx,
                 transfer,
                 ended,
-                Rejection(ResponseCode.TRANSFER_ENDED, f"{partner} reports the transfer {ended.name}"),
+                Rejection(ResponseCode.TRANSFER_ENDED, said),
             )
         elif step is Step.RESEND_DECISION:
             if await tx.outbox_has_for_transfer(transfer.transfer_id, (OutboxKind.DECISION,)):

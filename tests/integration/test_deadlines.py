@@ -206,20 +206,50 @@ async def test_a_cancelled_transfer_keeps_why_on_both_sides(tmp_path: Path) -> N
                 (ResponseCode.TRANSFER_ENDED, f"CHN: {said}")
             ]
 
-            # A Cancel as an earlier version sends it: no code, and a reason holding a line break.
+            # The longest reason an operator may give is kept whole as far as a message may hold it.
+            long = await chn.ProposeTransfer(proposal_request(block, 601, 700, "k4"))
+            await wait_for_state(che, long.transfer_id, {records_pb2.CHECKED})
+            await chn.CancelTransfer(
+                operator_pb2.CancelTransferRequest(
+                    idempotency_key="c4", transfer_id=long.transfer_id, reason="r" * 1000
+                )
+            )
+            for stub in (chn, che):
+                [kept] = (await wait_for_state(stub, long.transfer_id, TERMINAL)).rejections
+                assert len(kept.message) == 1000 and kept.message.endswith("r…"), len(kept.message)
+
+            # A Cancel as an earlier version sends it: no code, and a reason holding a line break, a decomposed
+            # accent and white space around it.
             second = await chn.ProposeTransfer(proposal_request(block, 401, 500, "k2"))
             await wait_for_state(che, second.transfer_id, {records_pb2.CHECKED})
+            # A Cancel crossing CHE's own rejection: CHE keeps both.
+            third = await chn.ProposeTransfer(proposal_request(block, 501, 600, "k3"))
+            await wait_for_state(che, third.transfer_id, {records_pb2.CHECKED})
+            await che.DecideTransfer(
+                operator_pb2.DecideTransferRequest(
+                    idempotency_key="d3", transfer_id=third.transfer_id, accept=False, reason="closing"
+                )
+            )
+            await wait_for_state(chn, third.transfer_id, TERMINAL)
             await settle(pair.chn, pair.che)  # CHN has recorded every receipt: its channel is where CHE's is
             crafter = await crafter_for(pair)
-            payload, _ = crafter.statement(
-                cancel=partner_pb2.Cancel(transfer_id=second.transfer_id, reason="gone\nfor good")
-            )
-            receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
-            assert receipt.taken_in
+            for cancel in (
+                partner_pb2.Cancel(transfer_id=second.transfer_id, reason=" gone\nfor good e\u0301 \u3000"),
+                partner_pb2.Cancel(transfer_id=third.transfer_id, reason="frozen", code=records_pb2.BLOCK_FROZEN),
+            ):
+                payload, _ = crafter.statement(cancel=cancel)
+                receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
+                assert receipt.taken_in
             ended = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=second.transfer_id))
             assert ended.state == records_pb2.CANCELLED
             assert [(ResponseCode(r.code), r.message) for r in ended.rejections] == [
-                (ResponseCode.TRANSFER_ENDED, "CHN: gone\\nfor good")
+                (ResponseCode.TRANSFER_ENDED, "CHN: gone\\nfor good \u00e9")
+            ]
+            crossed = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=third.transfer_id))
+            assert crossed.state == records_pb2.CANCELLED
+            assert [(ResponseCode(r.code), r.message) for r in crossed.rejections] == [
+                (ResponseCode.TRANSFER_DECLINED, "closing"),
+                (ResponseCode.BLOCK_FROZEN, "CHN: frozen"),
             ]
     finally:
         await network.stop()
