@@ -424,7 +424,9 @@ class Initiating(GatewayBase):
         try:
             check_blocks_enter_ledger(transfer.terms.blocks)
         except GatewayError as exc:  # proposed by a version before the check: the units stay home
-            await self._cancel_waiting(tx, transfer, exc.code, f"its units cannot enter the ledger: {exc.message}")
+            await self._cancel_waiting(
+                tx, transfer, ResponseCode.TRANSFER_ENDED, f"its units cannot enter the ledger: {exc.message}"
+            )
             log.warning("transfer %s cancelled: %s", transfer.transfer_id, exc.message)
             return
         authorization = await self._proposed_under(tx, transfer)
