@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, partner_pb2, records_pb2
 from gateway import wire
 from gateway.demo import Pair, wait_for_state
 from gateway.domain.errors import ResponseCode
@@ -17,6 +17,20 @@ from gateway.harness import start_network
 from gateway.rpc.errors import read_error_detail
 from tests.integration.harness import TERMINAL, deliver_raw, operator, proposal_request, settle, setup_accounts
 from tests.integration.test_batches import crafter_for
+
+
+async def held_at_che(
+    chn: operator_pb2_grpc.OperatorServiceAsyncStub,
+    che: operator_pb2_grpc.OperatorServiceAsyncStub,
+    block: records_pb2.UnitBlock,
+    start: int,
+    end: int,
+    key: str,
+) -> str:
+    """Propose serials ``start``-``end`` of ``block`` from CHN; the ID of the transfer once CHE holds it."""
+    proposed = await chn.ProposeTransfer(proposal_request(block, start, end, key))
+    await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+    return proposed.transfer_id
 
 
 @pytest.mark.asyncio
@@ -143,12 +157,9 @@ async def test_a_decision_past_its_deadline_does_not_complete_the_transfer(tmp_p
     try:
         block = await setup_accounts(pair)
         async with operator(pair.chn) as chn, operator(pair.che) as che:
-            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 400, "k"))
-            await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+            transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
             shift[0] = dt.timedelta(hours=2)  # no sweep runs before the decision: they are a minute apart
-            decide = operator_pb2.DecideTransferRequest(
-                idempotency_key="d", transfer_id=proposed.transfer_id, accept=True
-            )
+            decide = operator_pb2.DecideTransferRequest(idempotency_key="d", transfer_id=transfer_id, accept=True)
             if operator_answer == "refused":
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await che.DecideTransfer(decide)
@@ -156,12 +167,12 @@ async def test_a_decision_past_its_deadline_does_not_complete_the_transfer(tmp_p
                 assert detail is not None and ResponseCode(detail.code) is ResponseCode.DECISION_DEADLINE_PASSED
                 assert detail.field == "accept"
                 assert (
-                    await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=proposed.transfer_id))
+                    await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
                 ).state == che_state
                 return
             await che.DecideTransfer(decide)
-            initiating = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
-            acquiring = await wait_for_state(che, proposed.transfer_id, TERMINAL, timeout=30)
+            initiating = await wait_for_state(chn, transfer_id, TERMINAL)
+            acquiring = await wait_for_state(che, transfer_id, TERMINAL, timeout=30)
             assert (initiating.state, acquiring.state) == (chn_state, che_state)
             if chn_state == records_pb2.TERMINATED:
                 late = "accepted after the decision deadline (1:00:00)"
@@ -189,15 +200,12 @@ async def test_a_cancelled_transfer_keeps_why_on_both_sides(tmp_path: Path) -> N
     try:
         block = await setup_accounts(pair)
         async with operator(pair.chn) as chn, operator(pair.che) as che:
-            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 400, "k"))
-            await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+            transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
             await chn.CancelTransfer(
-                operator_pb2.CancelTransferRequest(
-                    idempotency_key="c", transfer_id=proposed.transfer_id, reason="wrong account"
-                )
+                operator_pb2.CancelTransferRequest(idempotency_key="c", transfer_id=transfer_id, reason="wrong account")
             )
-            initiating = await wait_for_state(chn, proposed.transfer_id, TERMINAL)
-            acquiring = await wait_for_state(che, proposed.transfer_id, TERMINAL)
+            initiating = await wait_for_state(chn, transfer_id, TERMINAL)
+            acquiring = await wait_for_state(che, transfer_id, TERMINAL)
             said = "cancelled by CHN's operator: wrong account"
             assert [(ResponseCode(r.code), r.message) for r in initiating.rejections] == [
                 (ResponseCode.TRANSFER_ENDED, said)
@@ -207,45 +215,40 @@ async def test_a_cancelled_transfer_keeps_why_on_both_sides(tmp_path: Path) -> N
             ]
 
             # The longest reason an operator may give is kept whole as far as a message may hold it.
-            long = await chn.ProposeTransfer(proposal_request(block, 601, 700, "k4"))
-            await wait_for_state(che, long.transfer_id, {records_pb2.CHECKED})
+            long = await held_at_che(chn, che, block, 601, 700, "k4")
             await chn.CancelTransfer(
-                operator_pb2.CancelTransferRequest(
-                    idempotency_key="c4", transfer_id=long.transfer_id, reason="r" * 1000
-                )
+                operator_pb2.CancelTransferRequest(idempotency_key="c4", transfer_id=long, reason="r" * 1000)
             )
             for stub in (chn, che):
-                [kept] = (await wait_for_state(stub, long.transfer_id, TERMINAL)).rejections
+                [kept] = (await wait_for_state(stub, long, TERMINAL)).rejections
                 assert len(kept.message) == 1000 and kept.message.endswith("r…"), len(kept.message)
 
             # A Cancel as an earlier version sends it: no code, and a reason holding a line break, a decomposed
             # accent and white space around it.
-            second = await chn.ProposeTransfer(proposal_request(block, 401, 500, "k2"))
-            await wait_for_state(che, second.transfer_id, {records_pb2.CHECKED})
+            second = await held_at_che(chn, che, block, 401, 500, "k2")
             # A Cancel crossing CHE's own rejection: CHE keeps both.
-            third = await chn.ProposeTransfer(proposal_request(block, 501, 600, "k3"))
-            await wait_for_state(che, third.transfer_id, {records_pb2.CHECKED})
+            third = await held_at_che(chn, che, block, 501, 600, "k3")
             await che.DecideTransfer(
                 operator_pb2.DecideTransferRequest(
-                    idempotency_key="d3", transfer_id=third.transfer_id, accept=False, reason="closing"
+                    idempotency_key="d3", transfer_id=third, accept=False, reason="closing"
                 )
             )
-            await wait_for_state(chn, third.transfer_id, TERMINAL)
+            await wait_for_state(chn, third, TERMINAL)
             await settle(pair.chn, pair.che)  # CHN has recorded every receipt: its channel is where CHE's is
             crafter = await crafter_for(pair)
             for cancel in (
-                partner_pb2.Cancel(transfer_id=second.transfer_id, reason=" gone\nfor good e\u0301 \u3000"),
-                partner_pb2.Cancel(transfer_id=third.transfer_id, reason="frozen", code=records_pb2.BLOCK_FROZEN),
+                partner_pb2.Cancel(transfer_id=second, reason=" gone\nfor good e\u0301 \u3000"),
+                partner_pb2.Cancel(transfer_id=third, reason="frozen", code=records_pb2.BLOCK_FROZEN),
             ):
                 payload, _ = crafter.statement(cancel=cancel)
                 receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
                 assert receipt.taken_in
-            ended = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=second.transfer_id))
+            ended = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=second))
             assert ended.state == records_pb2.CANCELLED
             assert [(ResponseCode(r.code), r.message) for r in ended.rejections] == [
                 (ResponseCode.TRANSFER_ENDED, "CHN: gone\\nfor good \u00e9")
             ]
-            crossed = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=third.transfer_id))
+            crossed = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=third))
             assert crossed.state == records_pb2.CANCELLED
             assert [(ResponseCode(r.code), r.message) for r in crossed.rejections] == [
                 (ResponseCode.TRANSFER_DECLINED, "closing"),
