@@ -663,3 +663,45 @@ async def test_a_partner_back_after_being_unreachable_is_reached_at_the_next_try
     finally:
         await transport.close()
         await server.stop(None)
+
+
+@pytest.mark.asyncio
+async def test_a_partner_silent_until_the_deadline_gets_a_new_channel_and_a_late_failure_keeps_the_newer(
+    pair: Pair,
+) -> None:
+    """A call that ends at its deadline (a partner whose packets are dropped, say) drops its channel as an
+    unreachable partner's does; a failure that comes back on a channel already replaced leaves the newer one."""
+    che = pair.chn.core.exchange.partners.get("CHE")
+    assert che is not None
+    release = asyncio.Event()
+
+    async def deliver(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await release.wait()
+        return b"receipt"
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Deliver": grpc.unary_unary_rpc_method_handler(deliver)}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    transport = GrpcPartnerTransport(
+        PartnerDirectory.of([Partner("CHE", f"127.0.0.1:{port}", che.trusted)]), timeout=0.5
+    )
+    try:
+        first = asyncio.create_task(transport.deliver("CHE", b"envelope"))
+        await asyncio.sleep(0.1)
+        [old] = transport._channels.values()
+        with pytest.raises(TransportError, match="DEADLINE_EXCEEDED"):
+            await first
+        assert transport._channels == {}
+        release.set()
+        assert await transport.deliver("CHE", b"envelope") == b"receipt"
+        [new] = transport._channels.values()
+        assert new is not old
+        late = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "late", None)
+        transport._failed("CHE", old, late)  # the old channel's last call failing only now
+        assert list(transport._channels.values()) == [new]
+    finally:
+        await transport.close()
+        await server.stop(None)
