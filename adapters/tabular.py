@@ -802,15 +802,7 @@ def read_xlsx(data: bytes, titles: Collection[str] | None = None) -> dict[str, t
     Every row and cell a sheet holds is read, whatever size it declares; rows or cells written out of order, or
     twice, are refused. A workbook larger than the limits above is refused before it is read
     (`_measure_workbook`), or, for the gaps in a sheet, as soon as reading passes `MAX_XLSX_CELLS`."""
-    _measure_workbook(data)
-    try:
-        reader = _WorkbookReader(io.BytesIO(data), read_only=True, data_only=True)
-        reader.read()
-        workbook = reader.wb
-    except Exception as error:  # openpyxl raises many types for a bad file
-        raise RecordRejected.one(
-            "file", f"is not a readable XLSX workbook: {error}", IssueCode.MALFORMED_FILE
-        ) from None
+    workbook = _open_workbook(data)
     sheets: dict[str, tuple[list[str], list[list[object]]]] = {}
     cells = 0
     title = ""
@@ -960,6 +952,16 @@ def read_xlsx_sheet(data: bytes, title: str | None) -> tuple[list[str], list[lis
 
 def xlsx_sheet_names(data: bytes) -> list[str]:
     """The titles of a workbook's sheets, in order, read without their cells."""
+    workbook = _open_workbook(data)
+    try:
+        return [str(sheet.title) for sheet in workbook.worksheets]
+    finally:
+        workbook.close()
+
+
+def _open_workbook(data: bytes) -> Any:
+    """The workbook, read-only, its cells not yet read; refused when it passes the limits above or openpyxl
+    cannot open it."""
     _measure_workbook(data)
     try:
         reader = _WorkbookReader(io.BytesIO(data), read_only=True, data_only=True)
@@ -968,10 +970,7 @@ def xlsx_sheet_names(data: bytes) -> list[str]:
         raise RecordRejected.one(
             "file", f"is not a readable XLSX workbook: {error}", IssueCode.MALFORMED_FILE
         ) from None
-    try:
-        return [str(sheet.title) for sheet in reader.wb.worksheets]
-    finally:
-        reader.wb.close()
+    return reader.wb
 
 
 def read_text_lines(data: bytes, key: str) -> list[Mapping[str, object]]:

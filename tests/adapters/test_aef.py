@@ -454,6 +454,23 @@ _SHARED_STRINGS_TYPE = (
 _SHARED_STRINGS_TABLE = b'<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
 
 
+def _with_value_rewritten(workbook: bytes, old: str, new: str) -> bytes:
+    """``workbook`` with the one cell value written ``old`` in its sheets written ``new`` instead, as no
+    spreadsheet would write it."""
+    import re
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(workbook)) as source, zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            part = source.read(item.filename)
+            if item.filename.startswith("xl/worksheets/"):
+                part, count = re.subn(f"<v>{re.escape(old)}</v>".encode(), f"<v>{new}</v>".encode(), part)
+                assert count == 1
+            target.writestr(item, part)
+    return out.getvalue()
+
+
 def _renamed(workbook: bytes) -> bytes:
     """``workbook`` with its sheet part moved to where only the package's relationships name it."""
     import zipfile
@@ -806,8 +823,6 @@ def test_an_error_value_or_a_shared_string_the_table_lacks_is_refused_naming_the
 
 def test_a_date_no_calendar_holds_is_refused_naming_the_cell_not_read_as_an_error_text() -> None:
     """openpyxl reads a date cell whose serial no date has as the error ``#VALUE!``, which was taken as text."""
-    import re
-    import zipfile
 
     from adapters import tabular
 
@@ -816,16 +831,8 @@ def test_a_date_no_calendar_holds_is_refused_naming_the_cell_not_read_as_an_erro
     book.active.append([dt.datetime(2025, 1, 1)])
     written = io.BytesIO()
     book.save(written)
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(written.getvalue())) as source, zipfile.ZipFile(out, "w") as target:
-        for item in source.infolist():
-            part = source.read(item.filename)
-            if item.filename == "xl/worksheets/sheet1.xml":
-                part, count = re.subn(rb"<v>45658</v>", b"<v>1e10</v>", part)
-                assert count == 1
-            target.writestr(item, part)
     with pytest.warns(UserWarning), pytest.raises(RecordRejected) as refused:
-        tabular.read_xlsx(out.getvalue())
+        tabular.read_xlsx(_with_value_rewritten(written.getvalue(), "45658", "1e10"))
     [problem] = refused.value.problems
     assert problem.code is IssueCode.MALFORMED_FILE
     assert problem.message.startswith("sheet 'Sheet' cell A2: holds the error '#VALUE!'"), problem.message
@@ -862,22 +869,10 @@ def test_formula_looking_text_is_read_as_text() -> None:
 )
 def test_a_number_cell_no_float_holds_is_refused_not_rounded_to_another_whole_number(written: str, header: str) -> None:
     # openpyxl read these cells as 1000.0, 9007199254740992.0 and 2024.0: whole numbers nobody wrote.
-    import re
-    import zipfile
 
     row = _action_row(**{header: 4321})
-    data = aef.ACTIONS.encode([row], "xlsx")
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w") as target:
-        for item in source.infolist():
-            part = source.read(item.filename)
-            if item.filename.startswith("xl/worksheets/"):
-                part, count = re.subn(rb"<v>4321</v>", f"<v>{written}</v>".encode(), part)
-                assert count == 1
-            target.writestr(item, part)
-    result = map_batch(
-        "aef-actions", "cadt-v2-aef-t3", out.getvalue(), source_format="xlsx", adapters=ADAPTERS, context=CTX
-    )
+    data = _with_value_rewritten(aef.ACTIONS.encode([row], "xlsx"), "4321", written)
+    result = map_batch("aef-actions", "cadt-v2-aef-t3", data, source_format="xlsx", adapters=ADAPTERS, context=CTX)
     assert not result.applied
     [issue] = result.issues
     assert (issue.field, issue.code) == (header, IssueCode.BAD_QUANTITY)
