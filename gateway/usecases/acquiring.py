@@ -199,8 +199,8 @@ class Acquiring(GatewayBase):
     async def _check_held_before(self, tx: Transaction, transfer: Transfer) -> None:
         """Refuse to accept a held proposal whose units the AEF report could not write once credited, or that
         contradict this gateway's entries of the same units (`_contradiction`) or authorizations
-        (`_tie_contradicted`). The doors refuse such proposals
-        now; one held by an earlier release, before a door checked it, can only be rejected."""
+        (`_tie_contradicted`). The doors refuse such proposals now; one held by an earlier release, before a
+        door checked it, can only be rejected."""
         try:
             check_blocks_enter_ledger(transfer.terms.blocks)
         except GatewayError as exc:
