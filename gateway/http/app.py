@@ -34,7 +34,7 @@ IDLE_SECONDS = 60.0
 """A connection is closed when it has not sent a whole request's line and headers this long after it opened or
 after its last request: one that sends nothing, or trickles its headers, does not hold a socket for ever."""
 BODY_SECONDS = 60.0
-"""The longest a request body may take to arrive: a slower one is answered 408 with a refusal receipt."""
+"""The longest a request body may take to arrive: a slower one is answered 408, unjudged, to be sent again."""
 BODY_GRACE_SECONDS = 10.0
 MIN_BODY_BYTES_PER_SECOND = 8192
 """Past its first `BODY_GRACE_SECONDS`, a body must arrive at this rate on average, or it is answered 408 at once:
@@ -91,6 +91,8 @@ class Metrics:
     received: dict[str, int] = field(default_factory=dict)
     busy: int = 0
     """Deliveries answered 503, unread, for want of a place (`BODIES_AT_ONCE`)."""
+    timed_out: int = 0
+    """Deliveries answered 408, unjudged, because their bodies came too slowly (`read_body`)."""
 
     def count(self, code: ResponseCode) -> None:
         """Count one delivery answered with ``code``."""
@@ -108,6 +110,10 @@ class Metrics:
             " as many were being handled as the gateway takes at once.",
             "# TYPE carbon_gateway_deliveries_busy_total counter",
             f"carbon_gateway_deliveries_busy_total {self.busy}",
+            "# HELP carbon_gateway_deliveries_timed_out_total Partner deliveries over HTTP answered 408, unjudged,"
+            " because their bodies arrived too slowly.",
+            "# TYPE carbon_gateway_deliveries_timed_out_total counter",
+            f"carbon_gateway_deliveries_timed_out_total {self.timed_out}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -258,9 +264,15 @@ def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | N
         try:
             raw = await read_body(request)
         except BodyTooSlow as exc:
-            received = exchange.refuse_unreadable(str(exc), EnvelopeForm.JSON)
-            metrics.count(received.code)
-            late = web.Response(body=received.receipt, status=408, content_type="application/json")
+            # A slow network, not a bad statement: no receipt, which a sender would take as final, and nothing
+            # judged. The sender tries again, as after a 503 or a lost connection.
+            metrics.timed_out += 1
+            log.info("a delivery's body came too slowly from %s: %s", request.remote or "a local client", exc)
+            late = web.Response(
+                status=408,
+                text=f"{exc}: nothing was judged; send again in {BUSY_RETRY_SECONDS} s or more\n",
+                headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+            )
             late.force_close()  # the rest of the body is not read: nothing more from this connection
             return late
         except ConnectionError:

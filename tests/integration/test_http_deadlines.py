@@ -1,6 +1,6 @@
 """The HTTP partner path does not wait for ever on a partner's connection: a connection that never completes its
-request headers is closed, a body that does not arrive in time is answered 408 with a refusal receipt, and a
-partner that hangs up mid-body costs one log line, not a traceback."""
+request headers is closed, a body that does not arrive in time is answered 408 with no receipt (nothing was
+judged: the sender sends again), and a partner that hangs up mid-body costs one log line, not a traceback."""
 
 from __future__ import annotations
 
@@ -60,21 +60,47 @@ async def test_a_connection_that_never_completes_its_headers_is_closed(network: 
     assert answer == b""
 
 
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """The status, the headers (names lower-cased) and the body of one HTTP answer."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+    status, *lines = head.strip().split(b"\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines)}
+    body = await reader.readexactly(int(headers[b"content-length"]))
+    return status.split()[1], headers, body
+
+
+async def metrics(network: Network) -> list[str]:
+    """The lines of CHE's /metrics."""
+    address = urlsplit(network["CHE"].http_url)
+    assert address.hostname is not None and address.port is not None
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        _, _, body = await read_answer(reader)
+    finally:
+        writer.close()
+    return body.decode().splitlines()
+
+
 @pytest.mark.asyncio
-async def test_a_body_that_does_not_arrive_in_time_is_refused_with_a_signed_receipt(network: Network) -> None:
+async def test_a_body_that_does_not_arrive_in_time_is_answered_408_to_be_sent_again(network: Network) -> None:
+    """No signed receipt: its code would be a final refusal, and a slow network is a reason to send again."""
     reader, writer = await connect(network)
     try:
         writer.write(HEADERS + b"Content-Length: 100000\r\n\r\n{")
         await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
-        length = next(int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
-        body = await reader.readexactly(length)
+        status, headers, body = await read_answer(reader)
+        closed = await asyncio.wait_for(reader.read(), PATIENCE) == b""
     finally:
         writer.close()
-    assert head.split()[1:2] == [b"408"], head
-    receipt = partner_pb2.Receipt.FromString(Envelope.from_json(body).payload)
-    assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.MALFORMED_PAYLOAD, False)
-    assert "did not arrive within 0.5 s" in receipt.detail
+    assert status == b"408"
+    assert headers[b"retry-after"] == b"1"
+    assert headers[b"content-type"].startswith(b"text/plain")
+    assert b"did not arrive within 0.5 s: nothing was judged; send again" in body
+    assert closed
+    counted = await metrics(network)
+    assert "carbon_gateway_deliveries_timed_out_total 1" in counted
+    assert not [line for line in counted if line.startswith("carbon_gateway_deliveries_total{")]  # nothing judged
 
 
 @pytest.mark.asyncio
@@ -83,7 +109,7 @@ async def test_a_body_that_arrives_below_the_minimum_rate_is_refused_before_its_
     network: Network, monkeypatch: pytest.MonkeyPatch, per_tenth: int
 ) -> None:
     """Past the grace period, a body must arrive at the minimum rate: one trickled at 100 bytes/s is answered
-    408 with a refusal receipt long before its deadline, and the connection closed; one of 3,000 bytes sent at
+    408 long before its deadline, and the connection closed; one of 3,000 bytes sent at
     3,000 bytes/s is read whole (and refused for what it holds, as garbage)."""
     monkeypatch.setattr(app, "BODY_SECONDS", 60.0)
     monkeypatch.setattr(app, "BODY_GRACE_SECONDS", 0.5)
@@ -102,23 +128,21 @@ async def test_a_body_that_arrives_below_the_minimum_rate_is_refused_before_its_
     began = asyncio.get_running_loop().time()
     try:
         writer.write(HEADERS + f"Content-Length: {length}\r\n\r\n".encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+        status, _, body = await read_answer(reader)
         answered = asyncio.get_running_loop().time() - began
-        size = next(int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
-        body = await reader.readexactly(size)
         closed = await asyncio.wait_for(reader.read(), PATIENCE) == b"" if per_tenth == 10 else None
     finally:
         sending.cancel()
         writer.close()
-    receipt = partner_pb2.Receipt.FromString(Envelope.from_json(body).payload)
-    assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.MALFORMED_PAYLOAD, False)
     if per_tenth == 10:
-        assert head.split()[1:2] == [b"408"], head
-        assert "a body must arrive at 1000 bytes/s or more" in receipt.detail
+        assert status == b"408"
+        assert b"a body must arrive at 1000 bytes/s or more" in body
         assert answered < 10  # 30 s at 100 bytes/s to send it all
         assert closed
     else:
-        assert head.split()[1:2] == [b"400"], head
+        assert status == b"400"
+        receipt = partner_pb2.Receipt.FromString(Envelope.from_json(body).payload)
+        assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.MALFORMED_PAYLOAD, False)
         assert "bytes/s" not in receipt.detail
 
 
