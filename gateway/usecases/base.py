@@ -297,11 +297,13 @@ class GatewayBase:
             )
             await self._exchange.enqueue(tx, transfer.partner, completion=completion)
         elif transfer.state in (TransferState.CANCELLED, TransferState.TERMINATED):
+            # The recorded end, sent again whole when a crossing message or a status query asks for it again.
+            why = transfer.rejections[0] if transfer.rejections else Rejection(ResponseCode.TRANSFER_ENDED, reason)
             cancel = partner_pb2.Cancel(
                 transfer_id=transfer.transfer_id,
-                reason=reason,
+                reason=why.message,
                 terminated=transfer.state is TransferState.TERMINATED,
-                code=transfer.rejections[0].code if transfer.rejections else ResponseCode.TRANSFER_ENDED,  # type: ignore[arg-type]
+                code=why.code,  # type: ignore[arg-type]
             )
             await self._exchange.enqueue(tx, transfer.partner, cancel=cancel)
 
