@@ -5,6 +5,7 @@ from __future__ import annotations
 import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
@@ -404,8 +405,15 @@ class Acquiring(GatewayBase):
 
     async def _adopt(self, tx: Transaction, transfer: Transfer, ended: TransferState, why: Rejection) -> None:
         """Take the initiating side's final state, recording ``why`` after whatever this side recorded before
-        (its own rejection, when the messages crossed), and drop the pending units."""
+        (its own rejection, when the messages crossed), and drop the pending units.
+
+        An end adopted from a status report (`reported_end`) says only that the transfer ended: the initiating
+        side's Cancel, arriving after it, puts its code and reason in that entry's place."""
         if transfer.state is ended:
+            if transfer.rejections and transfer.rejections[-1] == reported_end(transfer.partner, ended) != why:
+                await tx.update_transfer(
+                    replace(transfer, rejections=(*transfer.rejections[:-1], why), updated_at=self.clock())
+                )
             return
         if transfer.state is TransferState.COMPLETED:
             log.error(
@@ -420,6 +428,12 @@ class Acquiring(GatewayBase):
             )
         await self._set_state(tx, transfer, ended, [*transfer.rejections, why])
         await self._drop_pending(tx, transfer.transfer_id)
+
+
+def reported_end(partner: str, ended: TransferState) -> Rejection:
+    """What the acquiring side records when it adopts ``ended`` from ``partner``'s status report: the report
+    carries no reason."""
+    return Rejection(ResponseCode.TRANSFER_ENDED, f"{partner} reports the transfer {ended.name}")
 
 
 def _indices_by_space(blocks: Sequence[UnitBlock]) -> dict[SerialSpace, list[int]]:

@@ -25,7 +25,7 @@ from gateway.domain.transfer import (
     waits_for_partner,
 )
 from gateway.store.base import OutboxKind, OutboxState, Transaction
-from gateway.usecases.acquiring import Acquiring
+from gateway.usecases.acquiring import Acquiring, reported_end
 from gateway.usecases.base import log
 from gateway.usecases.initiating import Initiating
 
@@ -105,16 +105,11 @@ class StatusKeeping(Initiating, Acquiring):
         elif step is Step.CREDIT:
             await self._acquire(tx, transfer)
         elif step is Step.ADOPT:
-            ended = reported or TransferState.TERMINATED
-            said = (
-                f"{partner} reports the transfer {ended.name}" if reported else f"{partner} does not know the transfer"
-            )
-            await self._adopt(
-                tx,
-                transfer,
-                ended,
-                Rejection(ResponseCode.TRANSFER_ENDED, said),
-            )
+            if reported is None:
+                unknown = Rejection(ResponseCode.TRANSFER_ENDED, f"{partner} does not know the transfer")
+                await self._adopt(tx, transfer, TransferState.TERMINATED, unknown)
+            else:
+                await self._adopt(tx, transfer, reported, reported_end(partner, reported))
         elif step is Step.RESEND_DECISION:
             if await tx.outbox_has_for_transfer(transfer.transfer_id, (OutboxKind.DECISION,)):
                 return

@@ -15,7 +15,16 @@ from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import Deadlines, DecisionPolicy
 from gateway.harness import start_network
 from gateway.rpc.errors import read_error_detail
-from tests.integration.harness import TERMINAL, deliver_raw, operator, proposal_request, settle, setup_accounts
+from gateway.store.base import OutboxKind
+from tests.integration.harness import (
+    TERMINAL,
+    Crafter,
+    deliver_raw,
+    operator,
+    proposal_request,
+    settle,
+    setup_accounts,
+)
 from tests.integration.test_batches import crafter_for
 
 
@@ -254,5 +263,67 @@ async def test_a_cancelled_transfer_keeps_why_on_both_sides(tmp_path: Path) -> N
                 (ResponseCode.TRANSFER_DECLINED, "closing"),
                 (ResponseCode.BLOCK_FROZEN, "CHN: frozen"),
             ]
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_end_told_again_carries_its_recorded_reason(tmp_path: Path) -> None:
+    """A Decision that crosses CHN's cancellation makes CHN tell CHE the end again: with the code and the reason
+    it recorded, not a generic text."""
+    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
+            await chn.CancelTransfer(
+                operator_pb2.CancelTransferRequest(idempotency_key="c", transfer_id=transfer_id, reason="wrong account")
+            )
+            await wait_for_state(che, transfer_id, TERMINAL)
+            await settle(pair.chn, pair.che)
+            async with pair.che.store.read() as tx:
+                channel = await tx.outgoing_channel("CHN")
+            crafter = Crafter(signer=pair.che.signer, sender="CHE", receiver="CHN", channel=channel)
+            payload, _ = crafter.statement(decision=partner_pb2.Decision(transfer_id=transfer_id, accepted=True))
+            assert (await deliver_raw(pair.chn, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
+            async with pair.chn.store.read() as tx:
+                sent = [m for m in await tx.list_outbox("CHE") if m.kind is OutboxKind.CANCEL]
+            told = [partner_pb2.Statement.FromString(m.body).cancel for m in sent]
+            assert [(ResponseCode(c.code), c.reason, c.terminated) for c in told] == [
+                (ResponseCode.TRANSFER_ENDED, "cancelled by CHN's operator: wrong account", False)
+            ] * 2
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_cancel_after_a_status_report_puts_why_in_place_of_the_report(tmp_path: Path) -> None:
+    """CHE adopts an end from CHN's status report, which says no more than that the transfer ended; CHN's Cancel,
+    arriving after it, puts its code and reason in that entry's place. A second Cancel changes nothing."""
+    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
+            await settle(pair.chn, pair.che)
+            crafter = await crafter_for(pair)
+
+            async def told(**statement: object) -> list[tuple[ResponseCode, str]]:
+                payload, _ = crafter.statement(**statement)
+                assert (await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
+                ended = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+                assert ended.state == records_pb2.CANCELLED
+                return [(ResponseCode(r.code), r.message) for r in ended.rejections]
+
+            report = partner_pb2.StatusReport(transfer_id=transfer_id, state=records_pb2.CANCELLED, known=True)
+            assert await told(status_report=report) == [
+                (ResponseCode.TRANSFER_ENDED, "CHN reports the transfer CANCELLED")
+            ]
+            frozen = partner_pb2.Cancel(transfer_id=transfer_id, reason="frozen", code=records_pb2.BLOCK_FROZEN)
+            assert await told(cancel=frozen) == [(ResponseCode.BLOCK_FROZEN, "CHN: frozen")]
+            again = partner_pb2.Cancel(transfer_id=transfer_id, reason="other", code=records_pb2.PERIOD_LOCKED)
+            assert await told(cancel=again) == [(ResponseCode.BLOCK_FROZEN, "CHN: frozen")]
     finally:
         await network.stop()
