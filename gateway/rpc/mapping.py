@@ -47,12 +47,13 @@ def _context(data: bytes) -> MappingContext:
     try:
         return context_from_json(parsed)
     except RecordRejected as rejected:
-        problem = rejected.problems[0]
-        raise GatewayError(
-            ResponseCode.INVALID_ARGUMENT,
-            problem.message,
-            field=f"context_json.{problem.field.removeprefix('context.')}",
-        ) from None
+        # The refusal names one field; its message lists every problem, so that one call shows all to mend.
+        fields = [f"context_json.{p.field.removeprefix('context.')}" for p in rejected.problems]
+        message = rejected.problems[0].message
+        if len(fields) > 1:
+            others = "; ".join(f"{f}: {p.message}" for f, p in zip(fields[1:], rejected.problems[1:], strict=True))
+            message = text.truncate(f"{message} (and {len(fields) - 1} more: {others})")
+        raise GatewayError(ResponseCode.INVALID_ARGUMENT, message, field=fields[0]) from None
 
 
 def response(mapped: MappedRows, offset: int = 0) -> mapping_pb2.MapRecordsResponse:

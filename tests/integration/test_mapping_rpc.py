@@ -310,3 +310,23 @@ async def test_mapping_calls_wait_for_one_thread_of_their_own_and_a_caller_holds
         again = await stub.MapRecords(request)  # the turn passed on when the thread was done
     await asyncio.gather(*busy)
     assert answer.applied and again.applied and worker.places.taken == 0
+
+
+@pytest.mark.asyncio
+async def test_a_context_with_several_problems_is_refused_with_all_of_them(pair: Pair) -> None:
+    """The refusal names the first problem's field, and its message every problem, so that one call shows what
+    to mend."""
+    context = {"itmo_serials": "sometimes", "facts": {"purpose": "Fun", "ndc_year_of_use": "soon"}}
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.MapRecords(
+                mapping_pb2.MapRecordsRequest(
+                    source="cn-ccer", target="aef-actions", context_json=json.dumps(context).encode()
+                )
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    detail = read_error_detail(caught.value.trailing_metadata())
+    assert detail is not None and detail.field == "context_json.itmo_serials"
+    assert "(and 2 more: context_json.facts.purpose: " in detail.message
+    assert "; context_json.facts.ndc_year_of_use: " in detail.message
