@@ -195,7 +195,7 @@ def _context(path: Path | None) -> MappingContext:
     if path is None:
         return MappingContext()
     try:
-        data = tabular.loads_finite(path.read_text(encoding="utf-8"))
+        data = tabular.loads_finite(path.read_text(encoding="utf-8-sig"))  # as editors on Windows save it
     except ValueError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     except RecursionError:

@@ -178,6 +178,15 @@ def test_map_command_writes_an_empty_table_for_an_empty_batch(tmp_path: Path, in
     assert code == 0 and json.loads(printed) == [], err
 
 
+def test_map_command_reads_a_context_file_that_starts_with_a_byte_order_mark(tmp_path: Path, installed: None) -> None:
+    (tmp_path / "ccer.csv").write_text(CSV, encoding="utf-8")
+    (tmp_path / "context.json").write_text(json.dumps(CONTEXT), encoding="utf-8-sig")
+    argv = ["map", "--from", "cn-ccer", "--to", "aef-actions", str(tmp_path / "ccer.csv"), "--to-format", "csv"]
+    code, printed, err = _run([*argv, "--context", str(tmp_path / "context.json")])
+    assert code == 0 and "mapped 2 record(s)" in err, err
+    assert len(printed.splitlines()) == 3
+
+
 def test_map_command_refuses_a_bad_batch_and_writes_nothing(tmp_path: Path, installed: None) -> None:
     bad = CSV.replace("1001,1500", "901,1400")
     (tmp_path / "ccer.csv").write_text(bad, encoding="utf-8")
