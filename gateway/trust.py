@@ -97,9 +97,10 @@ class TrustKeeper:
         """Reconcile the configured documents with the stored ones: the newest version of each wins."""
         now = self.clock()
         async with self.store.transaction() as tx:
-            self.own = await self._newest(tx, self.party, self.own, now)
-            for party, partner in self.partners.parties().items():
-                self.partners.replace(party, await self._newest(tx, party, partner.trusted, now))
+            self.own = await self._newest(tx, self.party, self.own, now, "trust_document")
+            for index, (party, partner) in enumerate(self.partners.parties().items()):
+                field = f"partners[{index}].trust_document"
+                self.partners.replace(party, await self._newest(tx, party, partner.trusted, now, field))
             chosen = await tx.get_setting(CHOSEN_SIGNER_SETTING)
         _one_signature_suffices(self.own.document, "own trust document", field="trust_document")
         listed = self.own.document.roles[TRANSFER_ROLE].keyids
@@ -225,12 +226,47 @@ class TrustKeeper:
                 changed = self.partners.replace(party, TrustedParty.restore(Envelope.from_json(stored[1]))) or changed
         return changed
 
-    async def _newest(self, tx: Transaction, party: str, configured: TrustedParty, now: dt.datetime) -> TrustedParty:
+    async def _newest(
+        self, tx: Transaction, party: str, configured: TrustedParty, now: dt.datetime, field: str
+    ) -> TrustedParty:
+        """The newer of the configured document and the newest stored one. A configured document is taken out of
+        band only the first time: once versions are stored, one configured after them must follow on from the
+        newest as an update would (exactly the next version, signed by its trust keys), and one with a stored
+        version's number must be that version."""
         stored = await tx.latest_trust_document(party)
-        if stored is not None and stored[0] > configured.version:
-            return TrustedParty.restore(Envelope.from_json(stored[1]))
-        await tx.put_trust_document(party, configured.version, configured.envelope.to_json(), now)
-        return configured
+        if stored is None:
+            await tx.put_trust_document(party, configured.version, configured.envelope.to_json(), now)
+            return configured
+        version, envelope = stored[0], Envelope.from_json(stored[1])
+        if version > configured.version:
+            kept = await tx.trust_document(party, configured.version)
+            if kept is not None and Envelope.from_json(kept).payload != configured.envelope.payload:
+                raise _not_the_stored(party, configured.version, field)
+            return TrustedParty.restore(envelope)
+        if version == configured.version:
+            if envelope.payload != configured.envelope.payload:
+                raise _not_the_stored(party, version, field)
+            return TrustedParty.restore(envelope)
+        if configured.version != version + 1:
+            raise GatewayError(
+                ResponseCode.TRUST_UPDATE_REFUSED,
+                f"{party}'s trust document is version {configured.version}, but the newest version this gateway"
+                f" trusts is {version}: a document is taken up one version at a time, each signed by the trust keys"
+                f" of the one before; configure version {version + 1}, or take up the versions with"
+                " RefreshPartnerTrust (a partner's) or RotateTrustDocument (this gateway's)",
+                field=field,
+            )
+        try:
+            updated = apply_trust_update(TrustedParty.restore(envelope), configured.envelope, now)
+        except GatewayError as exc:
+            raise GatewayError(
+                exc.code,
+                f"{party}'s trust document version {configured.version} does not follow on from the stored version"
+                f" {version}: {exc.message}",
+                field=field,
+            ) from None
+        await tx.put_trust_document(party, updated.version, updated.envelope.to_json(), now)
+        return updated
 
     async def published(self, version: int | None) -> bytes | None:
         """This gateway's trust document envelope (JSON) of ``version``, or the current one."""
@@ -364,6 +400,15 @@ class TrustKeeper:
                 await tx.put_trust_document(party, base.version + offset, envelope.to_json(), now)
         self.partners.replace(party, updated)
         return partner.trusted
+
+
+def _not_the_stored(party: str, version: int, field: str) -> GatewayError:
+    return GatewayError(
+        ResponseCode.TRUST_UPDATE_REFUSED,
+        f"{party}'s trust document version {version} differs from the version {version} this gateway stored and"
+        " trusts: a published version never changes; configure the document as it was published",
+        field=field,
+    )
 
 
 def _one_signature_suffices(document: TrustDocument, what: str, *, field: str) -> None:

@@ -17,12 +17,13 @@ import pytest
 from carbon_gateway.v1 import operator_pb2, records_pb2
 from gateway import trust as trust_module
 from gateway import wire
+from gateway.config import ConfigError
 from gateway.demo import Pair, wait_for_state
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.domain.statements import ChannelState
 from gateway.exchange import Sealed
-from gateway.harness import Network, start_network
+from gateway.harness import Network, self_signed_trust_document, start_network
 from gateway.node import GatewayNode, PartnerSpec
 from gateway.partners import Partner
 from gateway.rpc.errors import read_error_detail
@@ -224,6 +225,80 @@ async def test_a_partner_refreshes_trust_from_the_published_url_and_keeps_it_acr
         assert node.partners.parties()["CHN"].trusted.version == 3
     finally:
         await node.stop()
+
+
+@pytest.mark.sqlite_only(reason="reopens the SQLite files of a stopped network")
+@pytest.mark.asyncio
+async def test_a_configured_document_is_taken_up_after_the_stored_ones_only_as_their_next_version(
+    tmp_path: Path,
+) -> None:
+    """Once versions are stored, a trust document swapped into the configuration is an update like any other: a
+    later version not signed by the stored one's trust keys, a version skipped to, or another document with a
+    stored version's number stops the start, naming the setting; the real next version is taken up and kept."""
+    network = await start_network(tmp_path, ("CHN", "CHE"))
+    await network.stop()
+    old = network.signers["CHN"]
+    stranger, new = CryptoSigner.generate(), CryptoSigner.generate()
+
+    async def start(chn: Envelope, che: Envelope | None = None) -> GatewayNode:
+        node = GatewayNode(
+            party="CHE",
+            store=await SQLiteStore.open(tmp_path / "che.db"),
+            signer=network.signers["CHE"],
+            own_trust=che or network.trust["CHE"],
+            partners=[PartnerSpec(party="CHN", address="127.0.0.1:9", trust_envelope=chn)],
+            policy=ACCEPT_ALL,
+        )
+        try:
+            await node.start()
+        except BaseException:
+            await node.stop()
+            raise
+        return node
+
+    refused = {
+        "a later version signed by another key": (
+            sign_trust_document(next_document(network, "CHN", 2, stranger), [stranger]),
+            None,
+            "partners[0].trust_document: CHN's trust document version 2 does not follow on from the stored version 1",
+        ),
+        "a version skipped to": (
+            self_signed_trust_document("CHN", stranger, version=5),
+            None,
+            "partners[0].trust_document: CHN's trust document is version 5, but the newest version this gateway"
+            " trusts is 1",
+        ),
+        "another partner version 1": (
+            self_signed_trust_document("CHN", stranger),
+            None,
+            "partners[0].trust_document: CHN's trust document version 1 differs from the version 1 this gateway stored",
+        ),
+        "another own version 1": (
+            network.trust["CHN"],
+            self_signed_trust_document("CHE", network.signers["CHE"], days=30),
+            "trust_document: CHE's trust document version 1 differs from the version 1 this gateway stored",
+        ),
+    }
+    for case, (chn, che, said) in refused.items():
+        with pytest.raises(ConfigError) as caught:
+            await start(chn, che)
+        assert str(caught.value).startswith(said), (case, str(caught.value))
+
+    following = sign_trust_document(next_document(network, "CHN", 2, new), [old, new])
+    node = await start(following)
+    try:
+        assert node.partners.parties()["CHN"].trusted.version == 2
+    finally:
+        await node.stop()
+    # Version 2 is stored: the configured version 1 is older, and the same as stored, so version 2 goes on.
+    node = await start(network.trust["CHN"])
+    try:
+        assert node.partners.parties()["CHN"].trusted.version == 2
+    finally:
+        await node.stop()
+    with pytest.raises(ConfigError) as caught:
+        await start(self_signed_trust_document("CHN", stranger))
+    assert "version 1 differs from the version 1 this gateway stored" in str(caught.value)
 
 
 @pytest.mark.asyncio
