@@ -332,7 +332,8 @@ class GatewayNode:
         access = OperatorAccess(
             callers=config.operator_access.callers,
             unauthenticated_loopback=config.operator_access.unauthenticated_loopback,
-            partner_identities=frozenset(partner_identities(config)),
+            # This gateway's own partner certificate is a partner's credential too, never an operator's.
+            partner_identities=frozenset([*partner_identities(config), config.party]),
         )
         settings = ExchangeSettings(
             self_party=config.party,

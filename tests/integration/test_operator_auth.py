@@ -23,7 +23,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from carbon_gateway.v1 import mapping_pb2, operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.cli import main
 from gateway.config import OperatorTLSConfig, TLSConfig, load_config
-from gateway.domain.access import CALLS_AT_ONCE, DeliveryPlaces, OperatorCaller, Role
+from gateway.domain.access import (
+    CALLS_AT_ONCE,
+    AuthenticationRefused,
+    DeliveryPlaces,
+    OperatorCaller,
+    Role,
+    identify,
+)
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import ACCEPT_ALL
 from gateway.harness import self_signed_trust_document
@@ -683,6 +690,34 @@ async def test_a_delivery_that_sends_no_request_gives_its_place_back_in_time(
         assert detail is not None and int(detail.code) == int(ResponseCode.MALFORMED_PAYLOAD)
         assert "sent no whole request within 0.3 s" in detail.message
         assert (await _call(channel, DELIVER_METHOD, request=b"\xff\xff"))[0] == grpc.StatusCode.OK
+
+
+@pytest.mark.asyncio
+async def test_this_gateways_own_partner_certificate_name_is_a_partners_credential(tmp_path: Path) -> None:
+    """The certificate this gateway presents to its partners, on a CA the operator port also trusts, is refused
+    there as every partner's certificate is, even beside the administrator's token: it is not an operator's
+    credential."""
+    config = load_config(_config(_keys(tmp_path)))
+    node = await GatewayNode.from_config(config)
+    admin = OperatorCaller("admin", Role.ADMINISTRATOR, token_sha256=_digest("boss"))
+    try:
+        access = node.operator_access
+        assert (
+            identify([admin], token="boss", common_name="ops-1", loopback=False, unauthenticated_loopback=False).name
+            == "admin"
+        )
+        for name in (config.party, config.party.lower(), *(p.party for p in config.partners)):
+            with pytest.raises(AuthenticationRefused):
+                identify(
+                    [admin],
+                    token="boss",
+                    common_name=name,
+                    loopback=False,
+                    unauthenticated_loopback=False,
+                    partner_identities=access.partner_identities,
+                )
+    finally:
+        await node.stop()
 
 
 @pytest.mark.asyncio
