@@ -145,6 +145,23 @@ def _retirement(result: RetirementResult) -> operator_pb2.RetirementResult:
     )
 
 
+MAX_ANSWER_BYTES = 4 << 20
+"""The largest answer gRPC clients read by default (4 MiB). A use or cancellation whose answer would be larger is
+refused before it takes effect: its caller, and every retry with the same key, could never read what was done."""
+
+
+def _retirement_fits(result: RetirementResult) -> None:
+    size = _retirement(result).ByteSize()
+    if size > MAX_ANSWER_BYTES:
+        raise GatewayError(
+            ResponseCode.INVALID_ARGUMENT,
+            f"the answer would be {size:,} bytes, more than the {MAX_ANSWER_BYTES:,} a gRPC client reads by default"
+            f" ({len(result.retired):,} blocks, each shown with its ledger entry); nothing was done: select fewer"
+            " blocks per call",
+            field="selections",
+        )
+
+
 def _locked(lock: LockedPeriod) -> operator_pb2.LockedPeriod:
     return operator_pb2.LockedPeriod(
         first_year=lock.first_year, last_year=lock.last_year, locked_at=lock.locked_at.isoformat(), reason=lock.reason
@@ -419,7 +436,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
             note=request.note,
         )
         idem = _idempotency("UseUnits", request, request.idempotency_key)
-        return _retirement(await self.gateway.retire(idem, retire))
+        return _retirement(await self.gateway.retire(idem, retire, _retirement_fits))
 
     @refusals_as_status
     async def CancelUnits(
@@ -440,7 +457,7 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
             note=request.note,
         )
         idem = _idempotency("CancelUnits", request, request.idempotency_key)
-        return _retirement(await self.gateway.retire(idem, retire))
+        return _retirement(await self.gateway.retire(idem, retire, _retirement_fits))
 
     @refusals_as_status
     async def SetReportedEmissions(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.domain import text
@@ -79,12 +79,20 @@ class Retiring(Initiating):
     """Uses towards the NDC or for other international mitigation purposes, cancellations and voluntary
     cancellations."""
 
-    async def retire(self, idem: Idempotency, request: RetirementRequest) -> RetirementResult:
+    async def retire(
+        self,
+        idem: Idempotency,
+        request: RetirementRequest,
+        answer_fits: Callable[[RetirementResult], None] | None = None,
+    ) -> RetirementResult:
         """Move the selected units into the target account for good and record the ledger entries.
 
         Units not yet tied to an authorization are tied to the one the request names (and first transferred,
         if the authorization defines their first transfer so). A used or cancelled unit never moves again:
         its block leaves the holdings, and no transfer or retirement can select it.
+
+        ``answer_fits`` sees the result before it commits, and refuses (`GatewayError`) one the caller could not
+        be given: nothing is then done.
         """
         self._check_request(request)
         async with self.store.transaction() as tx:
@@ -155,7 +163,10 @@ class Retiring(Initiating):
                 await tx.add_authorization_tie(named.authorization_id, action_id, newly_tied, now)
             await tx.append_ledger(entries)
             await self._remember(tx, idem, action_id)
-            return await self._result(tx, action_id)
+            result = await self._result(tx, action_id)
+            if answer_fits is not None:
+                answer_fits(result)
+            return result
 
     @staticmethod
     def _check_request(request: RetirementRequest) -> None:

@@ -21,6 +21,7 @@ from gateway.domain.ledger import ActionContext, record_arrival
 from gateway.domain.protocol import DecisionPolicy
 from gateway.domain.records import AdjustmentMethod, Purpose
 from gateway.harness import Network
+from gateway.rpc import operator as operator_rpc
 from gateway.rpc.errors import read_error_detail
 from gateway.store.base import BlockStatus
 from gateway.usecases.base import LedgerOptions
@@ -51,6 +52,60 @@ def refusal(error: grpc.aio.AioRpcError) -> tuple[ResponseCode, str]:
     detail = read_error_detail(error.trailing_metadata())
     assert detail is not None
     return ResponseCode(detail.code), detail.field
+
+
+@pytest.mark.asyncio
+async def test_a_cancellation_whose_answer_a_client_cannot_read_is_refused_and_nothing_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A use or cancellation whose answer would pass what gRPC clients read (4 MiB) would take effect while its
+    caller, and each retry with its key, is told only RESOURCE_EXHAUSTED: it is refused first, naming the
+    selections, and the units stay where they were. Here the limit is lowered to what 20 blocks' answer takes."""
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn:
+            await chn.OpenAccount(
+                operator_pb2.OpenAccountRequest(
+                    idempotency_key="open",
+                    account=records_pb2.Account(
+                        account_id="CN-CAN-0001", holder_name="Registry", account_type="cancellation"
+                    ),
+                )
+            )
+
+            def cancel(key: str, blocks: int, first: int = 1) -> operator_pb2.CancelUnitsRequest:
+                return operator_pb2.CancelUnitsRequest(
+                    idempotency_key=key,
+                    source_account="CN-PO-0001",
+                    cancellation_account="CN-CAN-0001",
+                    authorization_id="CHN-A-0001",
+                    subtype="Mandatory and Voluntary cancellation to deliver OMGE",
+                    selections=[
+                        operator_pb2.BlockSelection(space=block.space, start=10 * i + first, end=10 * i + first)
+                        for i in range(blocks)
+                    ],
+                )
+
+            before = await chn.ListHoldings(operator_pb2.ListHoldingsRequest())
+            answer = await chn.CancelUnits(cancel("fits", 20))
+            assert len(answer.retired) == 20
+            monkeypatch.setattr(operator_rpc, "MAX_ANSWER_BYTES", answer.ByteSize(), raising=False)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.CancelUnits(cancel("too-large", 21, first=5))
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "selections")
+            assert "nothing was done: select fewer blocks per call" in (caught.value.details() or "")
+            after = await chn.ListHoldings(operator_pb2.ListHoldingsRequest())
+            assert (
+                sum(h.block.end - h.block.start + 1 for h in after.holdings if h.status == "held")
+                == sum(h.block.end - h.block.start + 1 for h in before.holdings if h.status == "held") - 20
+            )
+            entries = await chn.ListLedgerEntries(operator_pb2.ListLedgerEntriesRequest())
+            assert len([e for e in entries.entries if e.action_type == "Cancellation"]) == 20
+            monkeypatch.setattr(operator_rpc, "MAX_ANSWER_BYTES", 4 << 20)
+            assert len((await chn.CancelUnits(cancel("too-large", 21, first=5))).retired) == 21
+    finally:
+        await pair.stop()
 
 
 @pytest.mark.asyncio
