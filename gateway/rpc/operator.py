@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
+from typing import Generic, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway import wire
@@ -146,20 +148,42 @@ def _retirement(result: RetirementResult) -> operator_pb2.RetirementResult:
 
 
 MAX_ANSWER_BYTES = 4 << 20
-"""The largest answer gRPC clients read by default (4 MiB). A use or cancellation whose answer would be larger is
-refused before it takes effect: its caller, and every retry with the same key, could never read what was done."""
+"""The largest answer gRPC clients read by default (4 MiB). A proposal, use or cancellation whose answer would be
+larger is refused before it takes effect: its caller, and every retry with the same key, could never read what was
+done."""
 
 
-def _retirement_fits(result: RetirementResult) -> None:
-    size = _retirement(result).ByteSize()
-    if size > MAX_ANSWER_BYTES:
-        raise GatewayError(
-            ResponseCode.INVALID_ARGUMENT,
-            f"the answer would be {size:,} bytes, more than the {MAX_ANSWER_BYTES:,} a gRPC client reads by default"
-            f" ({len(result.retired):,} blocks, each shown with its ledger entry); nothing was done: select fewer"
-            " blocks per call",
-            field="selections",
-        )
+Result = TypeVar("Result")
+Answer = TypeVar("Answer", bound=Message)
+
+
+class _Answer(Generic[Result, Answer]):
+    """Checks an answer's size before the write it answers commits (`MAX_ANSWER_BYTES`), and keeps the message it
+    built, so that the call answers with it rather than building it again (a thousand blocks' worth)."""
+
+    def __init__(self, build: Callable[[Result], Answer], what: str) -> None:
+        self.build = build
+        self.what = what
+        self.checked: tuple[Result, Answer] | None = None
+
+    def fits(self, result: Result) -> None:
+        """Refuse (`GatewayError`) a result whose answer is too large for a client to read."""
+        answer = self.build(result)
+        size = answer.ByteSize()
+        if size > MAX_ANSWER_BYTES:
+            raise GatewayError(
+                ResponseCode.INVALID_ARGUMENT,
+                f"the answer would be {size:,} bytes, more than the {MAX_ANSWER_BYTES:,} a gRPC client reads by"
+                f" default; nothing was done: select fewer blocks per {self.what}",
+                field="selections",
+            )
+        self.checked = (result, answer)
+
+    def of(self, result: Result) -> Answer:
+        """The answer to ``result``: the one checked, or built now for a result replayed by its key."""
+        if self.checked is not None and self.checked[0] is result:
+            return self.checked[1]
+        return self.build(result)
 
 
 def _locked(lock: LockedPeriod) -> operator_pb2.LockedPeriod:
@@ -436,7 +460,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
             note=request.note,
         )
         idem = _idempotency("UseUnits", request, request.idempotency_key)
-        return _retirement(await self.gateway.retire(idem, retire, _retirement_fits))
+        answer = _Answer(_retirement, "use")
+        return answer.of(await self.gateway.retire(idem, retire, answer.fits))
 
     @refusals_as_status
     async def CancelUnits(
@@ -457,7 +482,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
             note=request.note,
         )
         idem = _idempotency("CancelUnits", request, request.idempotency_key)
-        return _retirement(await self.gateway.retire(idem, retire, _retirement_fits))
+        answer = _Answer(_retirement, "cancellation")
+        return answer.of(await self.gateway.retire(idem, retire, answer.fits))
 
     @refusals_as_status
     async def SetReportedEmissions(
@@ -531,7 +557,8 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
             adjustment_method=request.adjustment_method,
         )
         idem = _idempotency("ProposeTransfer", request, request.idempotency_key)
-        return wire.transfer_to_proto(await self.gateway.propose_transfer(idem, transfer_request))
+        answer = _Answer(wire.transfer_to_proto, "transfer")
+        return answer.of(await self.gateway.propose_transfer(idem, transfer_request, answer.fits))
 
     @refusals_as_status
     async def CancelTransfer(

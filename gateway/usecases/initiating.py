@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
@@ -68,12 +68,15 @@ class Initiating(GatewayBase):
             acquiring_party=terms.acquiring_party,
         )
 
-    async def propose_transfer(self, idem: Idempotency, request: TransferRequest) -> Transfer:
+    async def propose_transfer(
+        self, idem: Idempotency, request: TransferRequest, answer_fits: Callable[[Transfer], None] | None = None
+    ) -> Transfer:
         """Reserve the selected units and send a Proposal to the acquiring Party's gateway.
 
         The initiating side's checks (ownership, authorization, purpose, quantity, and that the partner can take
         the Proposal in) run in the same transaction. A proposal failing them is refused with its response
-        code and leaves nothing behind.
+        code and leaves nothing behind. So is one whose transfer ``answer_fits`` refuses (`GatewayError`): an
+        answer the caller could not be given.
         """
         exchange = self._exchange
         async with self.store.transaction() as tx:
@@ -163,6 +166,8 @@ class Initiating(GatewayBase):
                 created_at=now,
                 updated_at=now,
             )
+            if answer_fits is not None:
+                answer_fits(transfer)
             await tx.insert_transfer(transfer)
             if authorization is not None:  # always, once check_authorization passed
                 await tx.record_proposed_version(transfer_id, authorization.version)

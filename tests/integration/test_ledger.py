@@ -94,7 +94,7 @@ async def test_a_cancellation_whose_answer_a_client_cannot_read_is_refused_and_n
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await chn.CancelUnits(cancel("too-large", 21, first=5))
             assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "selections")
-            assert "nothing was done: select fewer blocks per call" in (caught.value.details() or "")
+            assert "nothing was done: select fewer blocks per cancellation" in (caught.value.details() or "")
             after = await chn.ListHoldings(operator_pb2.ListHoldingsRequest())
             assert (
                 sum(h.block.end - h.block.start + 1 for h in after.holdings if h.status == "held")
@@ -104,6 +104,29 @@ async def test_a_cancellation_whose_answer_a_client_cannot_read_is_refused_and_n
             assert len([e for e in entries.entries if e.action_type == "Cancellation"]) == 20
             monkeypatch.setattr(operator_rpc, "MAX_ANSWER_BYTES", 4 << 20)
             assert len((await chn.CancelUnits(cancel("too-large", 21, first=5))).retired) == 21
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_proposal_whose_answer_a_client_cannot_read_is_refused_and_nothing_is_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a proposal: a partner whose envelope cap passes 4 MiB takes Proposals whose answer no
+    default client reads. Here the limit is lowered to one byte less than a first proposal's answer."""
+    pair = await start_pair(tmp_path)
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn:
+            answer = await chn.ProposeTransfer(proposal_request(block, 1, 100, "first"))
+            monkeypatch.setattr(operator_rpc, "MAX_ANSWER_BYTES", answer.ByteSize() - 1, raising=False)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chn.ProposeTransfer(proposal_request(block, 101, 200, "second"))
+            assert refusal(caught.value) == (ResponseCode.INVALID_ARGUMENT, "selections")
+            holdings = await chn.ListHoldings(operator_pb2.ListHoldingsRequest())
+            assert [(h.block.start, h.block.end) for h in holdings.holdings if h.status == "held"] == [(101, 1000)]
+            listed = await chn.ListTransfers(operator_pb2.ListTransfersRequest())
+            assert [t.transfer_id for t in listed.transfers] == [answer.transfer_id]
     finally:
         await pair.stop()
 
