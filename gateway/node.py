@@ -550,16 +550,23 @@ def check_tls(tls: TLSConfig, partner_identities: Mapping[str, str] | None = Non
                 f"tls.certificate: {tls.certificate} names {name!r}, {partners[name.casefold()]}'s identity: it is"
                 " the partner's certificate, and this gateway's must name this gateway"
             )
-    for ca in x509.load_pem_x509_certificates(read_small_file(tls.ca_certificate)):
+    _check_is_ca("tls.ca_certificate", tls.ca_certificate, "the partners'")
+
+
+def _check_is_ca(setting: str, path: Path, whose: str) -> None:
+    """Refuse a CA file holding a certificate that says it is no CA: one issued to a gateway or a person, which
+    would admit nobody but itself. A self-signed certificate may be pinned as it is."""
+    from cryptography import x509
+
+    for ca in x509.load_pem_x509_certificates(read_small_file(path)):
         try:
             constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
         except x509.ExtensionNotFound:
             continue
-        if not constraints.ca and ca.issuer != ca.subject:  # a self-signed certificate may be pinned as it is
+        if not constraints.ca and ca.issuer != ca.subject:
             raise ConfigError(
-                f"tls.ca_certificate: {tls.ca_certificate} holds a certificate that is no CA's (basic constraints"
-                f" CA:FALSE, subject {ca.subject.rfc4514_string()!r}): name the CA that issues the partners'"
-                " certificates"
+                f"{setting}: {path} holds a certificate that is no CA's (basic constraints CA:FALSE, subject"
+                f" {ca.subject.rfc4514_string()!r}): name the CA that issues {whose} certificates"
             )
 
 
@@ -578,6 +585,8 @@ def check_operator_tls(tls: OperatorTLSConfig) -> None:
     _check_certificates(
         "operator.tls", tls.certificate, tls.private_key, ("client_ca", tls.client_ca) if tls.client_ca else None
     )
+    if tls.client_ca is not None:
+        _check_is_ca("operator.tls.client_ca", tls.client_ca, "the operator callers'")
     try:
         _operator_server_credentials(tls)
     except (OSError, ValueError, RuntimeError) as exc:

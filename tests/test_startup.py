@@ -574,6 +574,11 @@ CHECKED_LIKE_SERVE = [
         ("operator.tls.client_ca", "text-ca.crt", "not a PEM certificate"),
     ),
     Case(
+        "operator_tls_client_ca_is_no_ca",
+        lambda f, _: _operator_tls(f, client_ca="chn.crt"),
+        ("operator.tls.client_ca", "chn.crt", "no CA's"),
+    ),
+    Case(
         "tls_certificate_not_pem",
         lambda f, _: _partner_tls(f, certificate=_write(f / "text.crt", b"not a certificate\n").name),
         ("tls.certificate", "text.crt", "not a PEM certificate"),
