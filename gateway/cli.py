@@ -92,6 +92,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         # One line, whatever the message quotes (a library's multi-line reason): it is what a supervisor's
         # log shows of a start that failed.
         message = " ".join(str(exc).split())
+        if not message.startswith(args.config):  # the file, then the setting, as `config check` says it
+            message = f"{args.config}: {message}"
         print(f"carbon-gateway serve: {message}", file=sys.stderr)
         return 2
 

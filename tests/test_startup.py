@@ -102,6 +102,7 @@ def _assert_one_line_naming(result: subprocess.CompletedProcess[str], *names: st
     assert len(lines) == 1, result.stderr
     line = lines[0]
     assert line.startswith("carbon-gateway serve: "), line
+    assert line.startswith(f"carbon-gateway serve: {result.args[-1]}"), line  # the file, then the setting
     for name in names:
         assert name in line, f"{name!r} not in {line!r}"
     assert result.returncode == 2, result.stderr
