@@ -918,11 +918,13 @@ def database_problems(path: Path, party: str) -> list[str]:
 
 def file_problems(config: GatewayConfig) -> list[str]:
     """What ``serve`` would refuse in the files a loaded configuration names: trust documents that are missing,
-    unreadable or another Party's, signers that cannot be opened or that the newest version of the Party's own
+    unreadable or another Party's, an own trust document (its newest version) whose transfer role needs more than
+    one signature, signers that cannot be opened or that the newest version of the Party's own
     trust document does not list, TLS files that are missing, not PEM or not paired, a database path that is a
     folder or in a folder that does not exist. The TLS and database checks are the ones ``serve`` runs at start.
     Ports are not probed: the gateway may be running."""
     from gateway.config import DEFAULT_SIGNER_NAME, ConfigError
+    from gateway.domain.errors import GatewayError
     from gateway.node import (
         _signer,
         _trust_envelope,
@@ -932,6 +934,7 @@ def file_problems(config: GatewayConfig) -> list[str]:
         partner_identities,
     )
     from gateway.partners import TRANSFER_ROLE
+    from gateway.trust import _one_signature_suffices
 
     problems: list[str] = []
     own: TrustedParty | None = None
@@ -957,6 +960,11 @@ def file_problems(config: GatewayConfig) -> list[str]:
             problems.append(str(exc))
     stored = _stored_own_document(config)
     newest = stored if own is not None and stored is not None and stored.version > own.version else own
+    if newest is not None:
+        try:  # what serve checks of the document it starts from, the newest version
+            _one_signature_suffices(newest.document, "own trust document", field="trust_document")
+        except GatewayError as exc:
+            problems.append(f"{exc.field or 'signer'}: {exc.message}")
     listed = set() if newest is None else set(newest.document.roles[TRANSFER_ROLE].keyids)
     if newest is not None and opened == len(config.signers) and not keyids & listed:
         names = ", ".join("signer" if n == DEFAULT_SIGNER_NAME else f"signers.{n}" for n in sorted(config.signers))

@@ -600,6 +600,11 @@ CHECKED_LIKE_SERVE = [
         ("tls.ca_certificate", "chn.crt", "no CA's"),
     ),
     Case("database_names_a_folder", lambda f, _: _config(f, database=_folder(f / "db").name), ("database", "folder")),
+    Case(
+        "own_trust_document_needs_two_signatures",
+        lambda f, _: _config(f, trust_document=_two_signature_document(f).name),
+        ("trust_document", "the own trust document (version 1) sets the transfer role's threshold to 2"),
+    ),
     Case("operator_listen_is_partner_listen", lambda f, _: _same_listen(f), ("partner.listen", "operator.listen")),
     # Every file the configuration names is a regular file of bounded size, checked before it is read: a device
     # would be read for ever, and a FIFO without a writer would block the start.
