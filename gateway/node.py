@@ -127,10 +127,16 @@ async def _choose_method_once(store: Store, options: LedgerOptions, now: dt.date
     chosen = options.adjustments.describe()
     recorded = await _recorded_once(store, ADJUSTMENT_SETTING, chosen, now)
     if recorded != chosen:
-        raise ConfigError(
-            f"ledger: this gateway's ledger was kept under '{recorded}'; the configuration now says '{chosen}'."
-            " The method is chosen once for an NDC period: restore the recorded settings"
-        )
+        raise other_adjustment_settings(recorded, chosen)
+
+
+def other_adjustment_settings(recorded: str, chosen: str) -> ConfigError:
+    """The refusal of adjustment settings ``chosen`` for a ledger kept under ``recorded``: what ``serve`` and
+    ``config check`` both say."""
+    return ConfigError(
+        f"ledger: this gateway's ledger was kept under '{recorded}'; the configuration now says '{chosen}'."
+        " The method is chosen once for an NDC period: restore the recorded settings"
+    )
 
 
 PARTY_SETTING = "party"

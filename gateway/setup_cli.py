@@ -869,17 +869,25 @@ def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def database_problems(path: Path, party: str) -> list[str]:
+def database_problems(path: Path, party: str, adjustments: str | None = None) -> list[str]:
     """What ``serve`` would refuse in an existing SQLite database, read without changing it: a path that names
     no regular file (a device, a symbolic link to nothing or a loop), a file that is not SQLite, a write-ahead
-    log with a damaged header, or a database another Party's gateway started on. A missing file is created by
-    ``serve`` and is no problem."""
-    from gateway.node import PARTY_SETTING, another_partys_database
+    log with a damaged header, a database a newer version migrated, one another Party's gateway started on, or
+    one whose ledger was kept under adjustment settings other than ``adjustments`` (the configured ones,
+    described as the database records them; None for none configured). A missing file is created by ``serve``
+    and is no problem."""
+    from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING, another_partys_database, other_adjustment_settings
+    from gateway.store.base import SchemaTooNew, check_schema_known
+    from gateway.store.migrations import MIGRATIONS
     from gateway.store.sqlite import WriteAheadLogDamaged, check_write_ahead_log
 
     try:
         if path.is_symlink() and not path.exists():
-            return [f"database: {path} is a symbolic link to nothing (or a loop of links); name a file"]
+            return [
+                f"database: {path} is a symbolic link to nothing (or a loop of links), refused rather than followed:"
+                " a database created where it points (a volume not mounted, a file deleted) would start the books"
+                " afresh; restore its target, or name the database file itself"
+            ]
         if not path.exists():
             check_write_ahead_log(path)  # only a log left without its database
             return []  # created by serve
@@ -905,14 +913,30 @@ def database_problems(path: Path, party: str) -> list[str]:
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            kept = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'settings'").fetchone()
-            row = db.execute("SELECT value FROM settings WHERE name = ?", (PARTY_SETTING,)).fetchone() if kept else None
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            applied = (
+                {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+                if "schema_migrations" in tables
+                else set()
+            )
+            settings: dict[str, str] = {}
+            if "settings" in tables:
+                query = "SELECT name, value FROM settings WHERE name IN (?, ?)"
+                settings = dict(db.execute(query, (PARTY_SETTING, ADJUSTMENT_SETTING)).fetchall())
         finally:
             db.close()
     except sqlite3.Error as exc:
         return [f"database: {path} cannot be used as this gateway's SQLite database ({exc})"]
-    if row is not None and row[0] != party:
-        return [str(another_partys_database(row[0], party))]
+    try:  # what serve's migration refuses first, as serve words it
+        check_schema_known("the SQLite database", applied, max(version for version, _, _ in MIGRATIONS))
+    except SchemaTooNew as exc:
+        return [f"database: {path}: {exc}"]
+    recorded_party = settings.get(PARTY_SETTING)
+    if recorded_party is not None and recorded_party != party:
+        return [str(another_partys_database(recorded_party, party))]
+    recorded = settings.get(ADJUSTMENT_SETTING)
+    if adjustments is not None and recorded is not None and recorded != adjustments:
+        return [str(other_adjustment_settings(recorded, adjustments))]
     return []
 
 
@@ -921,7 +945,8 @@ def file_problems(config: GatewayConfig) -> list[str]:
     unreadable or another Party's, an own trust document (its newest version) whose transfer role needs more than
     one signature, signers that cannot be opened or that the newest version of the Party's own
     trust document does not list, TLS files that are missing, not PEM or not paired, a database path that is a
-    folder or in a folder that does not exist. The TLS and database checks are the ones ``serve`` runs at start.
+    folder or in a folder that does not exist, and an existing SQLite database ``serve`` would refuse
+    (`database_problems`). The TLS and database checks are the ones ``serve`` runs at start.
     Ports are not probed: the gateway may be running."""
     from gateway.config import DEFAULT_SIGNER_NAME, ConfigError
     from gateway.domain.errors import GatewayError
@@ -982,7 +1007,10 @@ def file_problems(config: GatewayConfig) -> list[str]:
         checks.append(functools.partial(check_operator_tls, config.operator_access.tls))
     if isinstance(config.database, Path):
         checks.append(functools.partial(check_database_file, config.database))
-        problems += database_problems(config.database, config.party)
+        adjustments = config.ledger.adjustments
+        problems += database_problems(
+            config.database, config.party, None if adjustments is None else adjustments.describe()
+        )
     for check in checks:
         try:
             check()

@@ -508,6 +508,15 @@ def _another_partys_database(path: Path) -> None:
         ("not SQLite", "is not an SQLite database"),
         ("a device", "is not a regular file"),
         ("a loop of links", "is a symbolic link to nothing (or a loop of links)"),
+        pytest.param(
+            "a link to nothing",
+            "is a symbolic link to nothing (or a loop of links), refused rather than followed",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="serve still creates the link's target: gateway.node.check_database_file must refuse a"
+                " dangling link as config check does",
+            ),
+        ),
     ],
 )
 def test_config_check_names_a_database_serve_would_refuse(
@@ -521,6 +530,8 @@ def test_config_check_names_a_database_serve_would_refuse(
         database.write_bytes(b"not sqlite at all")
     elif where == "a device":
         database = Path("/dev/null")
+    elif where == "a link to nothing":
+        database.symlink_to(tmp_path / "gone.db")
     else:
         (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
         (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
@@ -530,6 +541,18 @@ def test_config_check_names_a_database_serve_would_refuse(
     assert says in line, line
     result = subprocess.run([*CLI, "serve", str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_config_check_refuses_a_link_to_nothing_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _files(tmp_path)
+    target = tmp_path / "books.db"
+    (tmp_path / "dangling.db").symlink_to(target)
+    [line] = _check(_write(tmp_path, GOOD.replace('database = "chn.db"', 'database = "dangling.db"')), capsys)
+    assert f"database: {tmp_path / 'dangling.db'} is a symbolic link to nothing" in line, line
+    assert "would start the books afresh" in line
+    assert not target.exists()
 
 
 @pytest.mark.parametrize(

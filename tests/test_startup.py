@@ -606,6 +606,17 @@ CHECKED_LIKE_SERVE = [
         ("trust_document", "the own trust document (version 1) sets the transfer role's threshold to 2"),
     ),
     Case("operator_listen_is_partner_listen", lambda f, _: _same_listen(f), ("partner.listen", "operator.listen")),
+    # What serve learns from an existing database once it has opened it, config check reads without changing it.
+    Case(
+        "ledger_method_other_than_recorded",
+        lambda f, _: _another_adjustment_method(f),
+        ("ledger", "was kept under 'multi-year, NDC 2021-2030'", "the configuration now says 'single-year"),
+    ),
+    Case(
+        "database_of_a_newer_version",
+        lambda f, _: _newer_database(f),
+        ("database", "newer.db", "schema version 1000", "newer version"),
+    ),
     # Every file the configuration names is a regular file of bounded size, checked before it is read: a device
     # would be read for ever, and a FIFO without a writer would block the start.
     Case("config_is_dev_zero", lambda f, _: Path("/dev/zero"), ("/dev/zero", "not a regular file")),
