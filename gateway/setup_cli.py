@@ -33,6 +33,7 @@ from gateway.domain.records import PARTY_CODES
 from gateway.ledger_cli import whole_number
 from signing import Envelope, Role, Signer, SigningError, TrustDocument, TrustedParty, sign_trust_document
 from signing.files import read_small_file
+from signing.trust import MAX_VERSION
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -605,9 +606,15 @@ def _trust_next(args: argparse.Namespace) -> int:
     if not 1 <= args.days <= 3650:
         raise SetupError(f"--days {args.days} is not in 1..3650")
     current_path = Path(args.current) if args.current else config.trust_document
-    current = _read_trust(current_path, "--current" if args.current else "trust_document")
+    setting = "--current" if args.current else "trust_document"
+    current = _read_trust(current_path, setting)
     if current.party != config.party:
         raise SetupError(f"{current_path} is {current.party}'s trust document, not {config.party}'s")
+    if current.version >= MAX_VERSION:
+        raise SetupError(
+            f"{setting}: {current_path} is version {current.version}, the last a trust document can have: there is"
+            " no next version to draft"
+        )
     try:
         new_signer = signer_from_uri(_as_opened(args.new_key))
     except SigningError as exc:

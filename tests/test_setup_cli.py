@@ -23,7 +23,7 @@ from gateway.cli import main
 from gateway.config import load_config
 from gateway.demo import demo_block
 from gateway.node import GatewayNode
-from signing import Envelope, TrustedParty, signer_from_uri
+from signing import Envelope, Role, TrustDocument, TrustedParty, sign_trust_document, signer_from_uri
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -646,3 +646,25 @@ def test_trust_next_refuses_a_key_a_partner_s_trust_document_lists(
     assert err.startswith("carbon-gateway trust next: --new-key: the key ") and err.count("\n") == 1, err
     assert "is CHE's" in err and "CHE could sign as CHN" in err
     assert not (tmp_path / "v2.json").exists()
+
+
+def test_trust_next_refuses_a_current_document_at_the_last_version_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _gateway(tmp_path, capsys)
+    key = signer_from_uri(str(tmp_path / "chn" / "keys" / "chn.key"))
+    last = TrustDocument(
+        party="CHN",
+        version=2**63 - 1,
+        expires=NOW + dt.timedelta(days=30),
+        keys={key.keyid: key.public_key},
+        roles={"trust": Role((key.keyid,), 1), "transfer": Role((key.keyid,), 1)},
+    )
+    current = tmp_path / "last.trust.json"
+    current.write_bytes(sign_trust_document(last, [key]).to_json())
+    argv = ["--current", str(current), "--new-key", str(tmp_path / "chn" / "keys" / "chn-2.key")]
+    assert main(["trust", "next", "--config", str(config), *argv, "--out", str(tmp_path / "next.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"carbon-gateway trust next: --current: {current} is version {2**63 - 1}")
+    assert "no next version" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "next.json").exists()
