@@ -129,7 +129,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     next_.add_argument(
         "--current",
         metavar="FILE",
-        help="the current trust document, if newer than the configuration's trust_document (after a rotation)",
+        help="the current trust document, if newer than the configuration's trust_document and the version its"
+        " SQLite database holds (which is read, and preferred to the configured one, without --current)",
     )
     next_.add_argument(
         "--retire-old", action="store_true", help="remove the current document's keys from the next version"
@@ -610,9 +611,25 @@ def _trust_next(args: argparse.Namespace) -> int:
     current = _read_trust(current_path, setting)
     if current.party != config.party:
         raise SetupError(f"{current_path} is {current.party}'s trust document, not {config.party}'s")
+    where, drafted_from = str(current_path), ""
+    stored = _stored_own_document(config)
+    if stored is not None and stored.version > current.version:
+        # A rotation installed a later version than the file's: serve starts from it, and partners expect the
+        # version after it. A draft from the file's would compete with the installed version.
+        if args.current:
+            raise SetupError(
+                f"--current: {current_path} is version {current.version}, but the gateway's database"
+                f" {config.database} holds version {stored.version}, installed by a rotation: leave out --current"
+                " to draft from the stored version, or name a document at least that new"
+            )
+        drafted_from = (
+            f"drafted from version {stored.version}, stored in {config.database} by a rotation (trust_document"
+            f" {current_path} is version {current.version})"
+        )
+        current, where = stored, f"the document stored in {config.database}"
     if current.version >= MAX_VERSION:
         raise SetupError(
-            f"{setting}: {current_path} is version {current.version}, the last a trust document can have: there is"
+            f"{setting}: {where} is version {current.version}, the last a trust document can have: there is"
             " no next version to draft"
         )
     try:
@@ -670,6 +687,8 @@ def _trust_next(args: argparse.Namespace) -> int:
         f"wrote {out}: {config.party} trust document version {next_document.version}, expires"
         f" {next_document.expires:%Y-%m-%d}, keys {', '.join(k[:16] for k in next_document.keys)}"
     )
+    if drafted_from:
+        print(f"  {drafted_from}")
     print(f"wrote {request_path}: the RotateTrustDocument request that installs it")
     print("Next steps:")
     step = 1

@@ -668,3 +668,50 @@ def test_trust_next_refuses_a_current_document_at_the_last_version_in_one_line(
     assert err.startswith(f"carbon-gateway trust next: --current: {current} is version {2**63 - 1}")
     assert "no next version" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "next.json").exists()
+
+
+@pytest.mark.asyncio
+async def test_trust_next_drafts_from_the_version_a_rotation_stored_in_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_path = _gateway(tmp_path, capsys)
+    folder = tmp_path / "chn"
+    assert main(["trust", "next", "--config", str(config_path), "--new-key", str(folder / "keys" / "chn-2.key")]) == 0
+    config_path.write_text(config_path.read_text().replace("# [signers]\n# next = ", "[signers]\nnext = "))
+    capsys.readouterr()
+    node = await GatewayNode.from_config(load_config(config_path))
+    await node.start()
+    try:
+        request = json.loads((folder / "chn.trust.v2.rotate.json").read_text())
+        async with grpc.aio.insecure_channel(node.operator_address) as channel:
+            status = await operator_pb2_grpc.OperatorServiceStub(channel).RotateTrustDocument(
+                operator_pb2.RotateTrustDocumentRequest(
+                    idempotency_key=request["idempotency_key"],
+                    envelope_json=base64.b64decode(request["envelope_json"]),
+                    signer=request["signer"],
+                )
+            )
+        assert status.version == 2
+    finally:
+        await node.stop()
+    # The operator loses the draft of version 2; the configuration still names version 1's file.
+    stored = TrustedParty.restore(Envelope.from_json((folder / "chn.trust.v2.json").read_bytes()))
+    (folder / "chn.trust.v2.json").unlink()
+    third = folder / "keys" / "chn-3.key"
+    assert main(["keys", "generate", "--out", str(third.with_suffix(""))]) == 0
+    capsys.readouterr()
+    argv = ["trust", "next", "--config", str(config_path), "--new-key", str(third), "--signer-name", "third"]
+    # Naming version 1's file as the current one is refused: the database holds version 2.
+    v1 = folder / "chn.trust.json"
+    assert main([*argv, "--current", str(v1), "--out", str(tmp_path / "stale.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"carbon-gateway trust next: --current: {v1} is version 1, but the gateway's database")
+    assert "holds version 2" in err and err.count("\n") == 1
+    assert not (tmp_path / "stale.json").exists()
+    # Without --current, the draft follows the stored version 2, not the configured version 1.
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "drafted from version 2, stored in" in out and "is version 1" in out
+    v3 = stored.update(Envelope.from_json((folder / "chn.trust.v3.json").read_bytes()), NOW)
+    assert v3.version == 3 and signer_from_uri(str(third)).keyid in v3.document.roles["transfer"].keyids
+    assert not (folder / "chn.trust.v2.json").exists()
