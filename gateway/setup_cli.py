@@ -862,6 +862,8 @@ def _config_check(args: argparse.Namespace) -> int:
     problems = file_problems(config)
     for problem in problems:
         print(f"{path}: {problem}", file=sys.stderr)
+    for warning in file_warnings(config, dt.datetime.now(dt.UTC)):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     if problems:
         return EXIT_USAGE
     partners = ", ".join(p.party for p in config.partners) or "none"
@@ -875,6 +877,12 @@ def _config_check(args: argparse.Namespace) -> int:
 def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
     """The newest version of the Party's own trust document its SQLite database holds (after a rotation it is
     later than the configured one, and ``serve`` starts from it); None for none, or a database not readable."""
+    return _stored_document(config, config.party)
+
+
+def _stored_document(config: GatewayConfig, party: str) -> TrustedParty | None:
+    """The newest version of ``party``'s trust document the gateway's SQLite database holds; None for none, or
+    a database not readable."""
     if not isinstance(config.database, Path):
         return None
     try:
@@ -883,7 +891,7 @@ def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
         db = sqlite3.connect(f"{config.database.resolve().as_uri()}?mode=ro", uri=True)
         try:
             row = db.execute(
-                "SELECT envelope FROM trust_documents WHERE party = ? ORDER BY version DESC LIMIT 1", (config.party,)
+                "SELECT envelope FROM trust_documents WHERE party = ? ORDER BY version DESC LIMIT 1", (party,)
             ).fetchone()
         finally:
             db.close()
@@ -1043,3 +1051,61 @@ def file_problems(config: GatewayConfig) -> list[str]:
         except ConfigError as exc:
             problems.append(str(exc))
     return [" ".join(problem.split()) for problem in problems]
+
+
+def file_warnings(config: GatewayConfig, now: dt.datetime) -> list[str]:
+    """What ``serve`` starts with but reports later in its log, one line each, naming the setting, the file and
+    the instant: an own or a partner's trust document (the newest version, configured or stored in the SQLite
+    database) or a ``[tls]`` certificate that has expired at ``now``. Files that cannot be read are left to
+    `file_problems`."""
+    from gateway.config import ConfigError
+    from gateway.node import _trust_envelope
+
+    warnings: list[str] = []
+    documents = [("trust_document", config.trust_document, config.party)]
+    documents += [(f"partners[{i}].trust_document", p.trust_document, p.party) for i, p in enumerate(config.partners)]
+    for setting, path, party in documents:
+        try:
+            configured = TrustedParty.restore(_trust_envelope(path, setting))
+        except (ConfigError, SigningError):
+            continue
+        if configured.party != party:
+            continue
+        stored = _stored_document(config, party)
+        newest, where = configured, str(path)
+        if stored is not None and stored.version > configured.version:
+            newest, where = stored, f"{config.database} (stored by an update)"
+        if not newest.document.is_expired(now):
+            continue
+        effect = (
+            "partners refuse every statement this gateway signs: install a newer version (trust next, then"
+            " RotateTrustDocument)"
+            if party == config.party
+            else f"this gateway refuses {party}'s statements until it applies a newer version: obtain {party}'s"
+            " current trust document"
+        )
+        warnings.append(
+            f"{setting}: {party}'s trust document version {newest.version} in {where} expired at"
+            f" {newest.expires.isoformat()}; serve starts, but {effect}"
+        )
+    if config.tls is not None:
+        expired = _certificate_expiry(config.tls.certificate, now)
+        if expired is not None:
+            warnings.append(
+                f"tls.certificate: {config.tls.certificate} expired at {expired.isoformat()}; serve starts, but"
+                " partners refuse its TLS connections: issue a new certificate"
+            )
+    return [" ".join(warning.split()) for warning in warnings]
+
+
+def _certificate_expiry(path: Path, now: dt.datetime) -> dt.datetime | None:
+    """When the first certificate in the PEM file ``path`` expired, if it has at ``now``; None if it has not,
+    or if the file cannot be read as one (`file_problems` names that)."""
+    from cryptography import x509
+
+    try:
+        certificate = x509.load_pem_x509_certificates(read_small_file(path))[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    expires = certificate.not_valid_after_utc
+    return expires if expires < now else None

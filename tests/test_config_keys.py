@@ -601,3 +601,76 @@ def test_config_check_names_a_byte_order_mark(tmp_path: Path, capsys: pytest.Cap
     path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
     [line] = _check(path, capsys)
     assert "starts with a byte-order mark" in line and "save it as UTF-8 without a BOM" in line
+
+
+def _expired_trust_document(folder: Path, name: str, party: str, expired: dt.datetime) -> None:
+    """Replace ``name``'s trust document with version 1 signed by its key, expired at ``expired``."""
+    signer = signer_from_uri(str(folder / f"{name}.key"))
+    document = TrustDocument(
+        party=party,
+        version=1,
+        expires=expired,
+        keys={signer.keyid: signer.public_key},
+        roles={"trust": Role((signer.keyid,), 1), "transfer": Role((signer.keyid,), 1)},
+    )
+    (folder / f"{name}.trust.json").write_bytes(sign_trust_document(document, [signer]).to_json())
+
+
+def _expired_certificate(folder: Path, expired: dt.datetime) -> str:
+    """A ``[tls]`` table whose certificate (CN=CHN, issued by a demo CA) expired at ``expired``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.tls import create_ca
+
+    ca_pem, ca_key_pem = create_ca("test CA")
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "CHN")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(expired - dt.timedelta(days=30))
+        .not_valid_after(expired)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "ca.crt").write_bytes(ca_pem)
+    (folder / "tls.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "tls.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return '[tls]\ncertificate = "tls.crt"\nprivate_key = "tls.key"\nca_certificate = "ca.crt"\n\n[[partners]]'
+
+
+def test_config_check_warns_of_an_expired_trust_document_or_certificate_and_still_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _files(tmp_path)
+    expired = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    _expired_trust_document(tmp_path, "chn", "CHN", expired)
+    _expired_trust_document(tmp_path, "che", "CHE", expired + dt.timedelta(days=1))
+    path = _write(tmp_path, GOOD.replace("[[partners]]", _expired_certificate(tmp_path, expired), 1))
+    assert main(["config", "check", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{path}: OK: CHN gateway") and "TLS on" in captured.out
+    own, partner, certificate = captured.err.splitlines()
+    assert own.startswith(f"{path}: warning: trust_document: CHN's trust document version 1 in {tmp_path}/chn.trust")
+    assert "expired at 2026-01-02T03:04:05+00:00" in own and "partners refuse every statement" in own
+    assert partner.startswith(f"{path}: warning: partners[0].trust_document: CHE's trust document version 1 in")
+    assert "che.trust.json expired at 2026-01-03T03:04:05+00:00" in partner
+    assert certificate.startswith(f"{path}: warning: tls.certificate: {tmp_path / 'tls.crt'} expired at 2026-01-02")
+    # A warning does not hide a problem, nor turn it into one: the file is refused for what is wrong with it.
+    path.write_text(path.read_text().replace('next = "file:chn.key"', 'next = "file:absent.key"'))
+    assert main(["config", "check", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and lines[0].startswith(f"{path}: signers.next:")
+    assert [line.split(": ")[2] for line in lines[1:]] == [
+        "trust_document",
+        "partners[0].trust_document",
+        "tls.certificate",
+    ]
