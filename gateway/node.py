@@ -771,13 +771,21 @@ async def _open_store(location: Path | str) -> Store:
 
 
 def check_database_file(path: Path) -> None:
-    """Refuse an SQLite ``database`` path that is a folder or whose folder does not exist, naming the setting:
-    what `GatewayNode.from_config` and ``config check`` both run before the file is opened."""
+    """Refuse an SQLite ``database`` path that is a folder, a symbolic link to nothing, or whose folder does not
+    exist, naming the setting: what `GatewayNode.from_config` and ``config check`` both run before the file is
+    opened."""
     try:
         folder = path.is_dir()
         parent = path.parent.is_dir()
+        dangling = path.is_symlink() and not path.exists()
     except OSError as exc:  # a name too long for the file system, say
         raise ConfigError(f"database: {str(path)[:300]!r} cannot be used as a file name: {exc.strerror}") from None
+    if dangling:
+        raise ConfigError(
+            f"database: {path} is a symbolic link to nothing (or a loop of links), refused rather than followed: a"
+            " database created where it points (a volume not mounted, a file deleted) would start the books afresh;"
+            " restore its target, or name the database file itself"
+        )
     if folder:
         raise ConfigError(f"database: {path} is a folder; name a file (it is created if missing)")
     if not parent:

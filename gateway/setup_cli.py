@@ -916,12 +916,6 @@ def database_problems(path: Path, party: str, adjustments: str | None = None) ->
     from gateway.store.sqlite import WriteAheadLogDamaged, check_write_ahead_log
 
     try:
-        if path.is_symlink() and not path.exists():
-            return [
-                f"database: {path} is a symbolic link to nothing (or a loop of links), refused rather than followed:"
-                " a database created where it points (a volume not mounted, a file deleted) would start the books"
-                " afresh; restore its target, or name the database file itself"
-            ]
         if not path.exists():
             check_write_ahead_log(path)  # only a log left without its database
             return []  # created by serve

@@ -508,15 +508,7 @@ def _another_partys_database(path: Path) -> None:
         ("not SQLite", "is not an SQLite database"),
         ("a device", "is not a regular file"),
         ("a loop of links", "is a symbolic link to nothing (or a loop of links)"),
-        pytest.param(
-            "a link to nothing",
-            "is a symbolic link to nothing (or a loop of links), refused rather than followed",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="serve still creates the link's target: gateway.node.check_database_file must refuse a"
-                " dangling link as config check does",
-            ),
-        ),
+        ("a link to nothing", "is a symbolic link to nothing (or a loop of links), refused rather than followed"),
     ],
 )
 def test_config_check_names_a_database_serve_would_refuse(
