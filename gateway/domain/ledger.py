@@ -199,7 +199,9 @@ def parse_cancellation_subtype(value: str, field: str = "subtype") -> Cancellati
 def version_in_force(versions: Sequence[Authorization], on: dt.date) -> Authorization | None:
     """The version of an authorization in force on ``on``: the last recorded version dated on or before it.
 
-    ``versions`` are in the order they were recorded, which is also date order (`check_new_version`).
+    ``versions`` are in the order they were recorded. That is date order, but for a version recorded while later
+    dated ones were still to come into force (`check_new_version`): from its date it supersedes them, and they
+    never come into force.
     """
     found = None
     for version in versions:
@@ -218,11 +220,14 @@ def authorizing_parties(versions: Iterable[Authorization], own: str) -> dict[str
     return parties
 
 
-def check_new_version(versions: Sequence[Authorization], new: Authorization) -> None:
+def check_new_version(versions: Sequence[Authorization], new: Authorization, today: dt.date) -> None:
     """Refuse an amendment or revocation that does not follow the versions recorded so far.
 
     A new version keeps the authorization's ID and cooperative approach, carries a version label not used
-    before, is dated no earlier than the latest version, and none follows a revocation.
+    before, and none follows a revocation. It is dated no earlier than the latest version, or, when versions
+    dated after ``today`` are still to come into force, no earlier than the version in force today: an amendment
+    dated years ahead by mistake can be revoked or amended now, and then never comes into force
+    (`version_in_force`). What is in force today never changes after the fact.
     """
     if not versions:
         raise GatewayError(
@@ -264,11 +269,17 @@ def check_new_version(versions: Sequence[Authorization], new: Authorization) -> 
             " label",
             field="authorization.version",
         )
-    if new.date < latest.date:
+    in_force = version_in_force(versions, today)
+    if in_force is latest or (in_force is None and latest.date <= today):
+        earliest, after = latest.date, f"version {latest.version!r} in force from {latest.date.isoformat()}"
+    elif in_force is not None:
+        earliest, after = in_force.date, f"version {in_force.version!r} in force from {in_force.date.isoformat()}"
+    else:
+        earliest, after = today, f"today ({today.isoformat()}), with no version in force yet"
+    if new.date < earliest:
         raise GatewayError(
             ResponseCode.INVALID_ARGUMENT,
-            f"the new version is dated {new.date.isoformat()}, before the version in force from"
-            f" {latest.date.isoformat()}: versions follow each other in time",
+            f"the new version is dated {new.date.isoformat()}, before {after}: versions follow each other in time",
             field="authorization.date",
         )
 

@@ -119,7 +119,7 @@ class AuthorizationKeeping(GatewayBase):
             check_not_locked(
                 await tx.locked_periods(), authorization.date.year, "authorization.date", "the version's date"
             )
-            check_new_version(versions, authorization)
+            check_new_version(versions, authorization, self.clock().date())
             try:
                 async with tx.savepoint():
                     await tx.insert_authorization_version(authorization, self.clock())

@@ -192,7 +192,57 @@ def refusal_of(call: object) -> Refusal | None:
 def test_check_new_version(versions: Sequence[Authorization], new: Authorization, expected: Refusal | None) -> None:
     """A new version keeps the ID and the cooperative approach, has a label of its own, is dated no earlier
     than the latest version, and none follows a revocation."""
-    assert refusal_of(lambda: check_new_version(versions, new)) == expected
+    assert refusal_of(lambda: check_new_version(versions, new, D("2030-01-01"))) == expected
+
+
+AHEAD = version("9", "2099-12-31")
+"""An amendment dated far ahead, by mistake: it is not in force until then."""
+
+
+@pytest.mark.parametrize(
+    ("versions", "new", "expected"),
+    [
+        pytest.param((V1, AHEAD), version("10", "2026-12-07", revoked=True), None, id="revoked-now"),
+        pytest.param((V1, AHEAD), version("10", "2026-12-07"), None, id="amended-now"),
+        pytest.param((V1, AHEAD), version("10", "2024-06-01", revoked=True), None, id="from-the-version-in-force"),
+        pytest.param(
+            (V1, AHEAD),
+            version("10", "2024-05-31", revoked=True),
+            Refusal(ResponseCode.INVALID_ARGUMENT, "authorization.date"),
+            id="before-the-version-in-force",
+        ),
+        pytest.param(
+            (version("1", "2027-01-01"),),
+            version("2", "2026-12-06"),
+            Refusal(ResponseCode.INVALID_ARGUMENT, "authorization.date"),
+            id="none-in-force-yet-before-today",
+        ),
+        pytest.param((version("1", "2027-01-01"),), version("2", "2026-12-07"), None, id="none-in-force-yet-today"),
+        pytest.param(
+            (V1, version("9", "2026-12-07")),
+            version("10", "2026-12-06", revoked=True),
+            Refusal(ResponseCode.INVALID_ARGUMENT, "authorization.date"),
+            id="the-latest-is-in-force-today",
+        ),
+    ],
+)
+def test_a_version_may_come_before_versions_not_yet_in_force(
+    versions: Sequence[Authorization], new: Authorization, expected: Refusal | None
+) -> None:
+    """On 2026-12-07, a version may be dated before versions that are not in force yet, never before the one in
+    force: an amendment dated years ahead by mistake no longer stops a revocation until its date."""
+    assert refusal_of(lambda: check_new_version(versions, new, D("2026-12-07"))) == expected
+
+
+def test_a_version_recorded_before_versions_still_to_come_supersedes_them_from_its_date() -> None:
+    revoked = version("10", "2026-12-07", revoked=True)
+    history = (V1, AHEAD, revoked)
+    assert [version_in_force(history, D(on)) for on in ("2026-12-06", "2026-12-07", "2099-12-31", "2200-01-01")] == [
+        V1,
+        revoked,
+        revoked,
+        revoked,
+    ]
 
 
 @pytest.mark.parametrize(
