@@ -243,7 +243,7 @@ def _init(args: argparse.Namespace) -> int:
     parent = folder.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.absolute().name}.init-", dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(folder.absolute().name), dir=parent))
     except OSError as exc:
         raise SetupError(f"cannot create {folder}: {exc.strerror or exc} ({parent})") from None
     # Everything is written into a hidden folder beside DIR, then moved into place: an init that fails or
@@ -262,11 +262,17 @@ def _init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _staging_prefix(name: str) -> str:
+    """The start of the name of the hidden folder an init of ``name`` writes into: the folder's name, cut short
+    enough that a name the file system takes for DIR leaves room for the rest."""
+    return f".{name[:64]}.init-"
+
+
 def _name_leftovers(parent: Path, name: str) -> None:
     """Name, on standard error, the staging folders of inits of ``name`` that were killed before they could
     remove them: they may hold private keys. They are not removed here, as another init may still be writing."""
     try:
-        left = sorted(p for p in parent.glob(f".{glob.escape(name)}.init-*") if p.is_dir())
+        left = sorted(p for p in parent.glob(f"{glob.escape(_staging_prefix(name))}*") if p.is_dir())
     except OSError:
         return
     if left:
