@@ -37,6 +37,8 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         write_new_file(path, (token + "\n").encode("ascii"), 0o600)
     except FileExistsError:
+        if path.is_dir():
+            return _fail(f"{path} is a folder; name a new file in it (a token is never overwritten)")
         return _fail(f"{path} exists; remove it or name a new file (a token is never overwritten)")
     except OSError as exc:
         return _fail(f"cannot write {path}: {exc.strerror or exc}")

@@ -8,6 +8,7 @@ created once, when the record is created, so verification does no parsing.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -286,6 +287,11 @@ def generate_key(
     key_path = out_prefix.with_name(out_prefix.name + ".key")
     pub_path = out_prefix.with_name(out_prefix.name + ".pub")
     for path in (key_path, pub_path):
+        if path.is_symlink() and not path.exists():
+            raise SignerError(
+                f"refusing to write {path}: it is a symbolic link to nothing, and writing would create its target"
+                f" ({os.readlink(path)}). Remove it or choose another prefix."
+            )
         if path.exists():
             raise SignerError(f"refusing to overwrite {path}: it already exists. Remove it or choose another prefix.")
     if passphrase is not None and not passphrase:

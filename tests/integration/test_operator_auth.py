@@ -1303,6 +1303,8 @@ async def test_a_generated_token_authenticates_the_command_line(
     assert digest == hashlib.sha256(token.encode()).hexdigest()
     code, _, err = await _cli(capsys, "token", "generate", "--out", str(token_file))
     assert code == 2 and "exists" in err and token_file.read_text().strip() == token
+    code, _, err = await _cli(capsys, "token", "generate", "--out", str(tmp_path))
+    assert code == 2 and f"{tmp_path} is a folder; name a new file in it" in err, err
     caller = OperatorCaller("generated", Role.READ_ONLY, token_sha256=bytes.fromhex(digest))
     node = await _node(tmp_path / "node", OperatorAccess(callers=(caller,)))
     try:

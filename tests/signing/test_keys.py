@@ -210,6 +210,13 @@ def test_generate_key_refuses_to_overwrite(tmp_path: Path) -> None:
     assert not (tmp_path / "other.key").exists()
 
 
+def test_generate_key_refuses_a_symbolic_link_to_nothing_and_says_so(tmp_path: Path) -> None:
+    (tmp_path / "link.key").symlink_to(tmp_path / "elsewhere.key")
+    with pytest.raises(SignerError, match=r"link\.key: it is a symbolic link to nothing.*elsewhere\.key"):
+        generate_key(tmp_path / "link")
+    assert not (tmp_path / "elsewhere.key").exists() and not (tmp_path / "link.pub").exists()
+
+
 def test_generate_key_rejects_empty_passphrase(tmp_path: Path) -> None:
     with pytest.raises(SignerError, match="empty"):
         generate_key(tmp_path / "node", passphrase=b"")
