@@ -184,6 +184,12 @@ def verification_refusal(exc: Exception) -> GatewayError:
     return GatewayError(code, str(exc))
 
 
+def _with_field(refusal: GatewayError) -> str:
+    """A refusal's message and the field it names, as an operator's refusal names it: the partner's engineers
+    find what to mend."""
+    return f"{refusal.message} (field {refusal.field})" if refusal.field else refusal.message
+
+
 def apply_trust_update(current: TrustedParty, envelope: Envelope, now: dt.datetime) -> TrustedParty:
     """``current`` updated by ``envelope``, or the refusal saying why not."""
     return apply_trust_updates(current, [envelope], now)
@@ -866,9 +872,9 @@ class Exchange:
                     tx, partner.party, header, statement, final_attempt=failed + 1 >= FAILED_STATEMENT_ATTEMPTS
                 )
             if refused is not None:
-                code, detail = refused.code, refused.message
+                code, detail = refused.code, _with_field(refused)
         except GatewayError as exc:
-            code, detail = exc.code, exc.message
+            code, detail = exc.code, _with_field(exc)
         except HandlerFailed:
             raise  # not taken in: counted by `_apply_group`, where it failed alone
         except Exception as exc:
