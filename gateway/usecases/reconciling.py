@@ -929,6 +929,8 @@ class Reconciling(GatewayBase):
                 "the run ID belongs to another run",
                 field="reconciliation_request.run_id",
             )
+        if run is not None:
+            _check_open_for_the_requester(run, "reconciliation_request.run_id")
         if run is None:
             snapshot = (
                 wire.from_timestamp(request.snapshot_at, "reconciliation_request.snapshot_at")
@@ -1095,14 +1097,18 @@ class Reconciling(GatewayBase):
         """Keep the requester's report and freeze the blocks it names on this side too."""
         check_identifier(report.run_id, "reconciliation_report.run_id")
         if report.requester != partner or report.responder != self.party:
+            side = "requester" if report.requester != partner else "responder"
             raise GatewayError(
                 ResponseCode.INVALID_ARGUMENT,
                 f"a report from {partner} names {report.requester[:16]!r} and {report.responder[:16]!r} as its sides",
-                field="reconciliation_report",
+                field=f"reconciliation_report.{side}",
             )
-        if report.status not in Status._value2member_map_ or int(report.status) == int(Status.RUNNING):
+        if report.status not in Status._value2member_map_ or Status(report.status) not in REPORTED_RESULTS:
+            # RESOLVED and ABANDONED are this side's own decisions about its run, never the partner's.
             raise GatewayError(
-                ResponseCode.MALFORMED_PAYLOAD, f"status {report.status} is not a result", field="reconciliation_report"
+                ResponseCode.MALFORMED_PAYLOAD,
+                f"status {report.status} is not a result a requester reports",
+                field="reconciliation_report.status",
             )
         status = Status(report.status)
         if len(report.differences) > MAX_DIFFERENCES:
@@ -1123,12 +1129,7 @@ class Reconciling(GatewayBase):
                 f"no reconciliation run {report.run_id[:64]!r} of {partner}'s was answered here",
                 field="reconciliation_report.run_id",
             )
-        if run.status is not Status.RUNNING and run.report:
-            raise GatewayError(
-                ResponseCode.INVALID_STATE,
-                f"run {run.run_id} already has its report ({run.status.name})",
-                field="reconciliation_report.run_id",
-            )
+        _check_open_for_the_requester(run, "reconciliation_report.run_id")
         detail = f"{partner} reports: {escaped(report.detail, 2000)}" if report.detail else ""
         if run.status is Status.MANUAL_INTERVENTION_REQUIRED:
             status, detail = run.status, run.detail  # this side found the requester's log rewritten
@@ -1147,6 +1148,24 @@ class Reconciling(GatewayBase):
         )
         if status is not Status.CONSISTENT:
             log.warning("%s reports reconciliation run %s %s: %s", partner, run.run_id, status.name, detail)
+
+
+REPORTED_RESULTS = frozenset(
+    {Status.CONSISTENT, Status.TOTALS_INCONSISTENT, Status.BLOCKS_INCONSISTENT, Status.MANUAL_INTERVENTION_REQUIRED}
+)
+"""The statuses a requester's report may carry: the results of a run."""
+
+
+def _check_open_for_the_requester(run: ReconciliationRun, field: str) -> None:
+    """Refuse a request or a report for a responder's run that already has its report, or that an operator
+    resolved: what was decided about it stays decided, and a new run takes a new ID."""
+    if run.report or run.status is Status.RESOLVED:
+        said = "already has its report" if run.report else "was resolved by an operator"
+        raise GatewayError(
+            ResponseCode.INVALID_STATE,
+            f"run {run.run_id} {said} ({run.status.name}); a new run takes a new ID",
+            field=field,
+        )
 
 
 def _budget(gateway: Reconciling, partner: str) -> int:

@@ -1401,3 +1401,100 @@ async def test_runs_started_by_both_sides_at_once_stay_consistent(tmp_path: Path
         assert (chn_run.status, chn_run.detail) == (Status.CONSISTENT, "")
     finally:
         await pair.stop()
+
+
+# -- what a partner may not decide about a run here -------------------------------------------------------------
+
+
+def _report(run_id: str, status: int, **fields: object) -> partner_pb2.ReconciliationReport:
+    sides: dict[str, object] = {"requester": "CHE", "responder": "CHN"}
+    return partner_pb2.ReconciliationReport(
+        run_id=run_id,
+        status=status,  # type: ignore[arg-type]
+        requester_head=EMPTY_HEAD,
+        responder_head=EMPTY_HEAD,
+        **{**sides, **fields},  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_partner_cannot_reopen_rewrite_or_resolve_a_run_here(tmp_path: Path) -> None:
+    """CHN answers CHE's runs. A run with its report, or resolved by CHN's operator, stays as decided: a request
+    reusing its ID, or a late report, is refused naming the run ID. A report says a result, never RESOLVED or
+    ABANDONED, which are CHN's own decisions. Each receipt names the field."""
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        moved = await move(pair, [(1, 50)], "t0")
+        honest = await reconcile(pair.che, "CHN", "r1")
+        assert honest.status is Status.CONSISTENT
+        await settle(pair.chn, pair.che)
+
+        async def told(**statement: object) -> tuple[ResponseCode, str]:
+            receipt = await send(pair, await crafter_for(pair), **statement)
+            assert receipt.taken_in
+            return ResponseCode(receipt.code), receipt.detail
+
+        async def status(run_id: str) -> Status:
+            async with pair.chn.store.read() as tx:
+                found = await tx.get_reconciliation(run_id)
+            assert found is not None
+            return found.status
+
+        async with pair.chn.store.read() as tx:
+            known = await tx.partner_log_head("CHE")
+        assert known is not None
+        rewritten = partner_pb2.ReconciliationRequest(
+            phase=TOTALS,
+            head=partner_pb2.TreeHead(tree_size=known.tree_size + 3, root_hash=b"\x07" * 32),
+            consistency_from=known.tree_size,
+            consistency_proof=[b"\x01" * 32],
+        )
+        # A finished run's ID again, with a head that is no extension of the one CHE showed: the run keeps its result.
+        again = partner_pb2.ReconciliationRequest()
+        again.CopyFrom(rewritten)
+        again.run_id = honest.run_id
+        assert (await told(reconciliation_request=again))[0] is ResponseCode.OK  # a request is answered by a reply
+        async with pair.chn.store.read() as tx:
+            [answer] = [m for m in await tx.list_outbox("CHE") if m.kind is OutboxKind.RECONCILIATION_REPLY][-1:]
+        refused = partner_pb2.Statement.FromString(answer.body).reconciliation_reply
+        assert refused.run_id == honest.run_id and ResponseCode(refused.refusal) is ResponseCode.INVALID_STATE
+        assert refused.detail.endswith("(field reconciliation_request.run_id)"), refused.detail
+        assert await status(honest.run_id) is Status.CONSISTENT
+
+        # A report may not say RESOLVED or ABANDONED.
+        same_head = partner_pb2.TreeHead(tree_size=known.tree_size, root_hash=known.root_hash)
+        opening = partner_pb2.ReconciliationRequest(
+            run_id="new", phase=TOTALS, head=same_head, consistency_from=known.tree_size
+        )
+        assert (await told(reconciliation_request=opening))[0] is ResponseCode.OK
+        for decided in (Status.RESOLVED, Status.ABANDONED, Status.RUNNING):
+            code, detail = await told(reconciliation_report=_report("new", decided))
+            assert code is ResponseCode.MALFORMED_PAYLOAD, detail
+            assert detail.endswith("(field reconciliation_report.status)"), detail
+        assert await status("new") is Status.RUNNING
+        code, detail = await told(reconciliation_report=_report("new", Status.CONSISTENT, requester="EVL"))
+        assert detail.endswith("(field reconciliation_report.requester)"), detail
+
+        # A run CHN's operator resolved stays resolved: a late report neither reopens it nor freezes units again.
+        rewritten.run_id = "rewritten"
+        await told(reconciliation_request=rewritten)
+        assert await status("rewritten") is Status.MANUAL_INTERVENTION_REQUIRED
+        async with operator(pair.chn) as chn:
+            await chn.ResolveReconciliation(
+                operator_pb2.ResolveReconciliationRequest(idempotency_key="k", run_id="rewritten", reason="a restore")
+            )
+        block = ReconciledBlock(
+            moved, "CHN", "CHE", "CCER", "CN-CCER", "", 1, 50, 2025, "CA0001", "CHN-A-0001", "NDC", True, "CHN"
+        )
+        difference = partner_pb2.BlockDifference(
+            kind=partner_pb2.QUANTITY, transfer_id=moved, requester_blocks=[block_to_proto(block)]
+        )
+        code, detail = await told(
+            reconciliation_report=_report("rewritten", Status.BLOCKS_INCONSISTENT, differences=[difference])
+        )
+        assert code is ResponseCode.INVALID_STATE and "was resolved by an operator" in detail, detail
+        assert await status("rewritten") is Status.RESOLVED
+        assert await frozen(pair.chn, 1, 50) == []
+    finally:
+        await pair.stop()
