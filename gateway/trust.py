@@ -116,6 +116,7 @@ class TrustKeeper:
                     f"the configured signer's key {signer.keyid[:16]}... is not in the transfer role of {self.party}'s"
                     f" trust document version {self.own.version}, and no signer under [signers] is; configure the"
                     " signer of the current document",
+                    field="signer",
                 )
             name, self.exchange.signer = named[0]
             log.warning(

@@ -51,6 +51,23 @@ def status_for(code: ResponseCode) -> grpc.StatusCode:
     return _STATUS.get(code, grpc.StatusCode.FAILED_PRECONDITION)
 
 
+class AnsweredAs(GatewayError):
+    """A refusal answered with ``status`` rather than its response code's usual status (`status_for`), the
+    response code, message and blocks kept: one code can mean another thing on another method.
+    ``KEY_UNKNOWN_OR_REVOKED`` on a partner's statement is its sender failing to authenticate
+    (``UNAUTHENTICATED``); on ``RotateTrustDocument`` it is an authenticated administrator's document the update
+    rules refuse, a request to correct. ``field`` names the request field where the refusal names none."""
+
+    def __init__(self, refusal: GatewayError, status: grpc.StatusCode, *, field: str = "") -> None:
+        super().__init__(refusal.code, refusal.message, field=refusal.field or field, blocks=refusal.blocks)
+        self.status = status
+
+
+def status_of(exc: GatewayError) -> grpc.StatusCode:
+    """The gRPC status a refusal is answered with: its own (`AnsweredAs`) or its response code's."""
+    return exc.status if isinstance(exc, AnsweredAs) else status_for(exc.code)
+
+
 MAX_DETAIL_BYTES = 4096
 """The most a serialized ErrorDetail may take. It travels in trailing metadata, which gRPC refuses past 16 KiB
 (and may refuse past 8 KiB) for all headers together: a refusal must never fail to arrive because of its size."""
@@ -88,7 +105,7 @@ def status_message(exc: GatewayError) -> str:
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: GatewayError) -> None:
     """End the call with the status for ``exc``, its detail in trailing metadata."""
     context.set_trailing_metadata(((ERROR_DETAIL_KEY, error_detail(exc).SerializeToString()),))
-    await context.abort(status_for(exc.code), status_message(exc))
+    await context.abort(status_of(exc), status_message(exc))
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

@@ -24,7 +24,7 @@ from gateway.domain.transfer import Transfer
 from gateway.partners import TRANSFER_ROLE
 from gateway.rpc import paging
 from gateway.rpc.auth import caller_may_take_kept_places, caller_name
-from gateway.rpc.errors import abort_unexpected, abort_with, refusals_as_status
+from gateway.rpc.errors import AnsweredAs, abort_unexpected, abort_with, refusals_as_status, status_for
 from gateway.service import (
     BlockSelection,
     Gateway,
@@ -311,9 +311,15 @@ class TrustOperations:
         try:
             updated, pushed = await self.trust.rotate(envelope, signer, idem)
         except GatewayError as exc:
-            if exc.code is ResponseCode.TRUST_UPDATE_REFUSED and not exc.field:
-                exc.field = "envelope_json"  # the document itself is what the update refuses
-            raise
+            # The caller is an authenticated administrator: a document the update rules refuse (expired, not
+            # signed by a threshold of the current or its own trust keys) keeps the response code a partner's
+            # push of it would get, but is a request to correct, FAILED_PRECONDITION like TRUST_UPDATE_REFUSED,
+            # not UNAUTHENTICATED, which clients take for bad credentials. A refusal naming no field is about
+            # the document itself.
+            status = status_for(exc.code)
+            if status is grpc.StatusCode.UNAUTHENTICATED:
+                status = grpc.StatusCode.FAILED_PRECONDITION
+            raise AnsweredAs(exc, status, field="envelope_json") from None
         return _trust_status(self.trust.party, updated, pushed)
 
     @refusals_as_status

@@ -4,6 +4,7 @@ published URL, persistence across a restart, and a SoftHSM2-backed signer."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import threading
@@ -180,6 +181,63 @@ async def test_rotation_that_is_not_the_next_version_is_refused_by_the_operator_
         detail = read_error_detail(caught.value.trailing_metadata())
         assert detail is not None
         assert (ResponseCode(detail.code), detail.field) == (ResponseCode.TRUST_UPDATE_REFUSED, "envelope_json")
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_rotation_the_update_rules_refuse_names_the_document_and_is_no_credentials_failure(
+    tmp_path: Path,
+) -> None:
+    """The administrator is authenticated: a next version that is expired, not signed by the current trust keys
+    or needing two signatures per statement is a request to correct (FAILED_PRECONDITION, or INVALID_ARGUMENT
+    for the threshold, as for any malformed field), never UNAUTHENTICATED, which a client takes for bad
+    credentials. The response codes stay those a partner's push of the same document is refused with."""
+    network = await start_network(tmp_path, ("CHN", "CHE"))
+    try:
+        old, new = network.signers["CHN"], CryptoSigner.generate()
+        document = next_document(network, "CHN", 2, new)
+        expired = dataclasses.replace(document, expires=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+        two_to_sign = dataclasses.replace(
+            document,
+            keys={**document.keys, old.keyid: old.public_key},
+            roles={**document.roles, "transfer": Role((old.keyid, new.keyid), 2)},
+        )
+        cases = (
+            (
+                sign_trust_document(expired, [old, new]),
+                ResponseCode.TRUST_DOCUMENT_EXPIRED,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ),
+            (
+                sign_trust_document(document, [new]),
+                ResponseCode.TRUST_UPDATE_REFUSED,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ),
+            (
+                sign_trust_document(document, [CryptoSigner.generate(), new]),
+                ResponseCode.TRUST_UPDATE_REFUSED,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ),
+            (
+                sign_trust_document(two_to_sign, [old, new]),
+                ResponseCode.INVALID_ARGUMENT,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+        )
+        async with operator(network["CHN"]) as stub:
+            for index, (envelope, code, status) in enumerate(cases):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.RotateTrustDocument(
+                        operator_pb2.RotateTrustDocumentRequest(
+                            idempotency_key=f"k{index}", envelope_json=envelope.to_json(), signer="default"
+                        )
+                    )
+                detail = read_error_detail(caught.value.trailing_metadata())
+                assert detail is not None
+                got = (caught.value.code(), ResponseCode(detail.code), detail.field)
+                assert got == (status, code, "envelope_json"), (index, detail.message)
+            assert (await stub.ListTrust(operator_pb2.ListTrustRequest())).own.version == 1
     finally:
         await network.stop()
 
