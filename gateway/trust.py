@@ -19,7 +19,7 @@ import aiohttp
 
 from gateway import faults
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.exchange import Exchange, apply_trust_update
+from gateway.exchange import Exchange, apply_trust_update, apply_trust_updates
 from gateway.http.app import TRUST_VERSION_PATH
 from gateway.partners import TRANSFER_ROLE, PartnerDirectory
 from gateway.store.base import IdempotentResult, Store, Transaction
@@ -53,16 +53,62 @@ TRUST_VERSIONS_AT_ONCE = 64
 """How many newer versions one `TrustKeeper.refresh` fetches and applies; a call after it fetches the next."""
 
 
+class PublisherUnavailable(GatewayError):
+    """`TrustKeeper.refresh` could not read a partner's published trust documents: the connection failed or was
+    refused, the URL answered an HTTP status other than 200 and 404, redirected without end, or did not answer in
+    time. The partner is configured and nothing was taken up: a later call may succeed, hence
+    ``INTERNAL_ERROR``, the response code of a failure to try again. Names the request's ``party``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ResponseCode.INTERNAL_ERROR, message, field="party")
+
+
+class PublicationRefused(GatewayError):
+    """`TrustKeeper.refresh` read a partner's published trust documents and refuses them: too large, malformed,
+    or not acceptable as the next versions (``code`` says which). Nothing was taken up; the partner must correct
+    what it publishes. Names the request's ``party``."""
+
+    def __init__(self, code: ResponseCode, message: str) -> None:
+        super().__init__(code, message, field="party")
+
+
+def _fetch_failure(exc: aiohttp.ClientError) -> str:
+    """What went wrong fetching, in words. aiohttp's own text may hold the repr of the SSL context in use
+    (``ssl:<ssl.SSLContext object at 0x...>``), which says nothing to an operator."""
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return f"it redirected {len(exc.history)} times without coming to a document"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its TLS certificate was refused ({exc.certificate_error})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = f"{exc.host}:{exc.port}"
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return f"the host name {exc.host} could not be resolved ({exc.os_error.strerror})"
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return f"the TLS handshake with {where} failed ({exc.os_error})"
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return f"the connection to {where} was refused"
+        return f"the connection to {where} failed ({exc.os_error.strerror or type(exc.os_error).__name__})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "its answer broke off before its end"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "it is not a URL that can be fetched"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"its answer could not be read (HTTP {exc.status}: {exc.message})"
+    return f"the fetch failed ({type(exc).__name__})"
+
+
 async def _body_within(response: aiohttp.ClientResponse, budget: int, url: str) -> bytes:
     """The body of ``response``, refused unread beyond ``budget`` bytes (what is left of one refresh's)."""
     too_large = f"{url} sends more than the {budget:,} bytes left of the trust documents one refresh reads"
     if (response.content_length or 0) > budget:
-        raise GatewayError(ResponseCode.ENVELOPE_TOO_LARGE, too_large)
+        raise PublicationRefused(ResponseCode.ENVELOPE_TOO_LARGE, too_large)
     body = bytearray()
     async for chunk in response.content.iter_chunked(64 * 1024):
         body += chunk
         if len(body) > budget:
-            raise GatewayError(ResponseCode.ENVELOPE_TOO_LARGE, too_large)
+            raise PublicationRefused(ResponseCode.ENVELOPE_TOO_LARGE, too_large)
     return bytes(body)
 
 
@@ -360,6 +406,7 @@ class TrustKeeper:
         # Trust documents travel in envelopes like any statement: all those of one call together, no more than a
         # partner's largest request.
         budget = 4 * self.exchange.settings.max_envelope_bytes + 4096
+        url = base_url
         try:
             async with (
                 asyncio.timeout(TRUST_FETCH_SECONDS),
@@ -371,22 +418,27 @@ class TrustKeeper:
                         if response.status == 404:
                             break
                         if response.status != 200:
-                            raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{url} answered HTTP {response.status}")
+                            raise PublisherUnavailable(
+                                f"{party}'s trust document version {version} could not be fetched: {url} answered"
+                                f" HTTP {response.status} {response.reason or ''}".rstrip()
+                                + "; call again later, or ask the partner to mend its publication"
+                            )
                         body = await _body_within(response, budget, url)
                         budget -= len(body)
                         try:
                             envelopes.append(Envelope.from_json(body))
                         except EnvelopeFormatError as exc:
-                            raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, f"{url}: {exc}") from None
+                            raise PublicationRefused(ResponseCode.MALFORMED_PAYLOAD, f"{url}: {exc}") from None
                     version += 1
         except aiohttp.ClientError as exc:
-            raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"cannot fetch {party}'s trust documents: {exc}") from None
+            raise PublisherUnavailable(
+                f"{party}'s trust documents could not be fetched from {url}: {_fetch_failure(exc)}; check the"
+                " partner's http_url, or call again later"
+            ) from None
         except TimeoutError:
-            raise GatewayError(
-                ResponseCode.UNKNOWN_PARTNER,
+            raise PublisherUnavailable(
                 f"{party}'s trust documents at {base_url} did not arrive within {TRUST_FETCH_SECONDS:g} s; check the"
-                " partner's http_url and try again",
-                field="party",
+                " partner's http_url, or call again later"
             ) from None
         now = self.clock()
         async with self.store.transaction() as tx:
@@ -394,9 +446,16 @@ class TrustKeeper:
             base = partner.trusted
             try:
                 fresh = [e for e in envelopes if TrustDocument.from_payload(e.payload).version > base.version]
-                updated = base.update_many(fresh, now) if fresh else base
             except TrustError as exc:
-                raise GatewayError(ResponseCode.TRUST_UPDATE_REFUSED, str(exc)) from None
+                raise PublicationRefused(
+                    ResponseCode.TRUST_UPDATE_REFUSED, f"{party}'s trust documents at {base_url}: {exc}"
+                ) from None
+            try:
+                # As a pushed update is judged: expired is TRUST_DOCUMENT_EXPIRED, a missing threshold of
+                # signatures TRUST_UPDATE_REFUSED.
+                updated = apply_trust_updates(base, fresh, now) if fresh else base
+            except GatewayError as exc:
+                raise PublicationRefused(exc.code, f"{party}'s trust documents at {base_url}: {exc.message}") from None
             for offset, envelope in enumerate(fresh, start=1):
                 await tx.put_trust_document(party, base.version + offset, envelope.to_json(), now)
         self.partners.replace(party, updated)

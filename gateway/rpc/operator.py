@@ -36,7 +36,7 @@ from gateway.service import (
 )
 from gateway.store import codec
 from gateway.store.base import Change, ChangeKind, OutboxMessage, OutboxState, ReconciliationRun, RunRole, StoredBlock
-from gateway.trust import PushResult, TrustKeeper
+from gateway.trust import PublicationRefused, PublisherUnavailable, PushResult, TrustKeeper
 from gateway.usecases.watching import ChangeFeed, FeedClosed
 from signing import Envelope, EnvelopeFormatError, TrustedParty
 
@@ -329,7 +329,15 @@ class TrustOperations:
         partner = self.trust.partners.get(_party_filter(request.party, required=True))
         if partner is None:
             raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{request.party!r} is not a partner", field="party")
-        updated = await self.trust.refresh(request.party, partner.http_url)
+        try:
+            updated = await self.trust.refresh(request.party, partner.http_url)
+        except PublisherUnavailable as exc:
+            # The partner is configured; its publisher could not be read. Call again later.
+            raise AnsweredAs(exc, grpc.StatusCode.UNAVAILABLE) from None
+        except PublicationRefused as exc:
+            # The request is right; what the partner publishes is not (malformed, too large, or refused by the
+            # update rules, which on a partner's push mean a sender failing to authenticate): it must correct it.
+            raise AnsweredAs(exc, grpc.StatusCode.FAILED_PRECONDITION) from None
         return _trust_status(request.party, updated)
 
     @refusals_as_status

@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
+import socket
+import ssl
 import threading
 from pathlib import Path
 
@@ -524,14 +526,15 @@ async def test_a_refresh_takes_a_few_versions_at_a_time_and_refuses_a_silent_or_
     try:
         che = network["CHE"]
         for kind, code, said in (
-            ("silent", ResponseCode.UNKNOWN_PARTNER, "did not arrive within 1 s"),
+            ("silent", ResponseCode.INTERNAL_ERROR, "did not arrive within 1 s"),
             ("endless", ResponseCode.ENVELOPE_TOO_LARGE, f"more than the {cap:,} bytes left"),
-            ("slow", ResponseCode.UNKNOWN_PARTNER, "did not arrive within 1 s"),
+            ("slow", ResponseCode.INTERNAL_ERROR, "did not arrive within 1 s"),
             ("bulky", ResponseCode.ENVELOPE_TOO_LARGE, "bytes left of the trust documents one refresh reads"),
         ):
             with pytest.raises(GatewayError) as refused:
                 await che.trust.refresh("CHN", f"http://127.0.0.1:{port}/{kind}")
             assert refused.value.code is code and said in refused.value.message, kind
+            assert refused.value.field == "party", kind
         # Versions 2 to 6 published: four at a time, then the last.
         signers = [network.signers["CHN"], *(CryptoSigner.generate() for _ in range(5))]
         async with network["CHN"].store.transaction() as tx:
@@ -544,5 +547,82 @@ async def test_a_refresh_takes_a_few_versions_at_a_time_and_refuses_a_silent_or_
         assert (await che.trust.refresh("CHN", network["CHN"].http_url)).version == 6
     finally:
         released.set()
+        await runner.cleanup()
+        await network.stop()
+
+
+@pytest.mark.sqlite_only(reason="the fetch is the subject, not the store")
+@pytest.mark.asyncio
+async def test_a_refresh_from_a_failing_or_hostile_publisher_names_the_party_and_says_what_failed(
+    tmp_path: Path,
+) -> None:
+    """The partner is configured: a publisher that cannot be read (a refused connection, HTTP 500, endless
+    redirects) is a transport failure to call again about later (UNAVAILABLE, INTERNAL_ERROR), and documents it
+    serves that are refused are the partner's to correct (FAILED_PRECONDITION); every refusal names `party`,
+    and its message the URL and the failure in words, never a Python object."""
+    network = await start_network(tmp_path, ("CHN", "CHE"), http=True)
+    che = network["CHE"]
+    cap = 4 * che.exchange.settings.max_envelope_bytes + 4096
+    old, new = network.signers["CHN"], CryptoSigner.generate()
+    document = next_document(network, "CHN", 2, new)
+    expired = dataclasses.replace(document, expires=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+    served = {
+        "garbled": b"\xff\xfe{}",
+        "deep": b"[" * 100_000 + b"]" * 100_000,
+        "huge-number": b'{"payload": ' + b"9" * 100_000 + b"}",
+        "bulky": b" " * (cap + 1),
+        "forged": sign_trust_document(document, [CryptoSigner.generate(), new]).to_json(),
+        "expired": sign_trust_document(expired, [old, new]).to_json(),
+    }
+
+    async def hostile(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        kind, version = request.match_info["kind"], request.match_info["version"]
+        if kind == "failing":
+            return aiohttp.web.Response(status=500, text="the publisher is down")
+        if kind == "looping":
+            raise aiohttp.web.HTTPFound(request.path)
+        if version != "2":
+            return aiohttp.web.Response(status=404)
+        return aiohttp.web.Response(body=served[kind])
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/{kind}/.well-known/carbon-gateway/trust/{version}.json", hostile)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    closed = socket.socket()  # bound and never listening: connections to it are refused
+    closed.bind(("127.0.0.1", 0))
+    unavailable, refused = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION
+    cases = [
+        (f"http://127.0.0.1:{closed.getsockname()[1]}", unavailable, ResponseCode.INTERNAL_ERROR, "refused"),
+        (f"https://127.0.0.1:{closed.getsockname()[1]}", unavailable, ResponseCode.INTERNAL_ERROR, "refused"),
+        (f"http://127.0.0.1:{port}/failing", unavailable, ResponseCode.INTERNAL_ERROR, "HTTP 500"),
+        (f"http://127.0.0.1:{port}/looping", unavailable, ResponseCode.INTERNAL_ERROR, "redirect"),
+        (f"http://127.0.0.1:{port}/garbled", refused, ResponseCode.MALFORMED_PAYLOAD, "UTF-8"),
+        (f"http://127.0.0.1:{port}/deep", refused, ResponseCode.MALFORMED_PAYLOAD, "JSON"),
+        (f"http://127.0.0.1:{port}/huge-number", refused, ResponseCode.MALFORMED_PAYLOAD, "digits"),
+        (f"http://127.0.0.1:{port}/bulky", refused, ResponseCode.ENVELOPE_TOO_LARGE, "bytes"),
+        (f"http://127.0.0.1:{port}/forged", refused, ResponseCode.TRUST_UPDATE_REFUSED, "not signed"),
+        (f"http://127.0.0.1:{port}/expired", refused, ResponseCode.TRUST_DOCUMENT_EXPIRED, "expired"),
+    ]
+    partner = che.partners.get("CHN")
+    assert partner is not None
+    che.trust.ssl_context = ssl.create_default_context()  # as with [tls]: aiohttp's text then shows its repr
+    try:
+        async with operator(che) as stub:
+            for url, status, code, said in cases:
+                partner.http_url = url
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.RefreshPartnerTrust(operator_pb2.RefreshPartnerTrustRequest(party="CHN"))
+                detail = read_error_detail(caught.value.trailing_metadata())
+                assert detail is not None
+                got = (caught.value.code(), ResponseCode(detail.code), detail.field)
+                assert got == (status, code, "party"), (url, detail.message)
+                assert url in detail.message and said in detail.message, (url, detail.message)
+                assert " object at 0x" not in detail.message + str(caught.value.details()), detail.message
+            assert (await stub.ListTrust(operator_pb2.ListTrustRequest())).partners[0].version == 1
+    finally:
+        closed.close()
         await runner.cleanup()
         await network.stop()
