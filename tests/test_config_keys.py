@@ -378,6 +378,18 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             "ledger.underlying_registry_codes: 'cn-ccer' is not an issuing registry code as [[registries]] writes it;"
             " did you mean 'CN-CCER'?",
         ),
+        # RE2 read a repeat count too large for its integers as text (Python's re raises OverflowError)
+        (
+            GOOD.replace(
+                'unit_kinds = ["CCER"]', 'unit_kinds = ["CCER"]\nissuance_pattern = "a{99999999999999999999}"'
+            ),
+            "registries[0]: registry CN-CCER: issuance_pattern 'a{99999999999999999999}' is not one RE2 can match",
+        ),
+        # issuance codes are upper-cased before they are matched: this pattern could never match one
+        (
+            GOOD.replace('unit_kinds = ["CCER"]', 'unit_kinds = ["CCER"]\nissuance_pattern = "[a-z]+"'),
+            "registries[0]: registry CN-CCER: issuance_pattern '[a-z]+' holds the lower-case letter 'a'",
+        ),
     ],
 )
 def test_config_check_refuses_a_value_out_of_place(

@@ -26,6 +26,7 @@ import re2
 from gateway.domain.blocks import SerialSpace
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.records import PARTY_PATTERN
+from gateway.domain.text import quoted
 
 CODE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
 """How a configured unit-kind or registry code, or an issuance code, may be spelled."""
@@ -74,12 +75,20 @@ class IssuingRegistry:
             except re2.error as exc:
                 problem = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else exc
                 raise NomenclatureError(
-                    f"registry {self.code}: issuance_pattern {self.issuance_pattern!r} is not one RE2 can match in"
-                    f" linear time: {problem}. RE2 takes Python's re syntax except backreferences, lookaround,"
+                    f"registry {self.code}: issuance_pattern {quoted(self.issuance_pattern, 80)} is not one RE2 can"
+                    f" match in linear time: {problem}. RE2 takes Python's re syntax except backreferences, lookaround,"
                     " possessive and atomic groups, verbose mode (?x) and \\N{...}, and repeats at most 1,000 times"
                     " in all ({1,64} inside {1,64} is 4,096: write + instead, as issuance codes are at most 64"
                     " characters)"
                 ) from None
+            lower = lower_case_letter(self.issuance_pattern)
+            if lower is not None:
+                raise NomenclatureError(
+                    f"registry {self.code}: issuance_pattern {quoted(self.issuance_pattern, 80)} holds the"
+                    f" lower-case letter {lower!r}, which no issuance code holds: codes are upper-cased before they"
+                    " are matched, so it could never match; write upper-case letters (or make the pattern"
+                    " case-insensitive with (?i))"
+                )
 
 
 @functools.lru_cache(maxsize=256)
@@ -93,7 +102,21 @@ def issuance_matcher(pattern: str) -> Any:
     return re2.compile(_as_re2(pattern), options)
 
 
-_REPEAT = re.compile(r"\{(\d*)(,?)(\d*)\}")
+_REPEAT = re.compile(r"\{([0-9]*)(,?)([0-9]*)\}")
+MAX_REPEAT = 1000
+"""The largest count of a repeat RE2 takes. RE2 reads a larger count that does not fit its integers as text
+(``a{99999999999999999999}`` would match those characters), where Python's re refuses it: both are refused."""
+
+
+def _count(digits: str, repeat: str) -> str:
+    """A repeat's count written without leading zeros; ``re2.error`` over `MAX_REPEAT`, however many digits."""
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > len(str(MAX_REPEAT)) or int(significant) > MAX_REPEAT:
+        shown = repeat if len(repeat) <= 40 else f"{repeat[:40]}…"
+        raise re2.error(f"invalid repetition size: {shown}".encode())
+    return significant
+
+
 _FLAGS = re.compile(r"\(\?([aimsux]+)\)")
 
 
@@ -130,8 +153,8 @@ def _as_re2(pattern: str) -> str:
             i = class_start
             continue
         elif char == "{" and (repeat := _REPEAT.match(pattern, i)) and (repeat[1] or repeat[2]):
-            low = str(int(repeat[1])) if repeat[1] else "0"
-            high = str(int(repeat[3])) if repeat[3] else ""
+            low = _count(repeat[1], repeat[0]) if repeat[1] else "0"
+            high = _count(repeat[3], repeat[0]) if repeat[3] else ""
             out.append(f"{{{low}{repeat[2]}{high}}}")
             i = repeat.end()
             continue
@@ -148,6 +171,49 @@ def _as_re2(pattern: str) -> str:
         out.append(char)
         i += 1
     return "".join(out)
+
+
+_CASE_INSENSITIVE = re.compile(r"\(\?[A-Za-z-]*i[A-Za-z-]*[:)]")
+_GROUP_SYNTAX = re.compile(r"\(\?(?:P?<[A-Za-z0-9_]*>|[A-Za-z-]*[:)]|#[^)]*\)?)")
+"""What follows ``(?`` and is not matched text: a group's name, flags, a comment."""
+
+
+def lower_case_letter(pattern: str) -> str | None:
+    """The first ASCII lower-case letter that ``pattern`` (one RE2 compiles) matches as itself, as a literal or
+    in a class, or None. Issuance codes are upper-cased before they are matched, so such a letter never matches.
+
+    Letters that are not matched text are passed over: escapes (``\\d``, ``\\x6a``, ``\\p{Greek}``), group names,
+    flags and comments, and the letters a negated class leaves out (``[^a-z]``). A pattern with the flag ``i``
+    anywhere, whose letters match either case, gives None."""
+    if _CASE_INSENSITIVE.search(pattern):
+        return None
+    i, in_class, negated, class_start = 0, False, False, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            escaped = pattern[i + 1 : i + 2]
+            if escaped in ("x", "p", "P", "N") and pattern[i + 2 : i + 3] == "{":
+                close = pattern.find("}", i)
+                i = len(pattern) if close < 0 else close + 1
+            else:
+                i += {"x": 4, "p": 3, "P": 3, "u": 6, "U": 10}.get(escaped, 2)
+            continue
+        if in_class:
+            if "a" <= char <= "z" and not negated:
+                return char
+            in_class = char != "]" or i == class_start  # a ] first in a class is one of its characters
+        elif char == "[":
+            in_class, negated = True, pattern[i + 1 : i + 2] == "^"
+            class_start = i + 2 if negated else i + 1
+            i = class_start
+            continue
+        elif char == "(" and (group := _GROUP_SYNTAX.match(pattern, i)):
+            i = group.end()
+            continue
+        elif "a" <= char <= "z":
+            return char
+        i += 1
+    return None
 
 
 DEFAULT_REGISTRIES = (
