@@ -630,12 +630,17 @@ def _registries(value: object) -> Nomenclature:
         kinds = _require(entry, "unit_kinds", where)
         if not isinstance(kinds, list) or not kinds:
             raise ConfigError(f"{where}.unit_kinds: expected a non-empty list of codes")
+        party = _string(entry.get("party", ""), f"{where}.party", allow_empty=True)
+        # As the top-level party and [[partners]] party: the registry's units are issued by the gateway of that
+        # Party, and the AEF report writes only ISO 3166-1 alpha-3 codes.
+        if party and party not in PARTY_CODES:
+            raise ConfigError(f"{where}.party: {_q(party)} is not an ISO 3166-1 alpha-3 code")
         try:
             registries.append(
                 IssuingRegistry(
                     code=_string(_require(entry, "code", where), f"{where}.code"),
                     unit_kinds=tuple(_string(k, f"{where}.unit_kinds") for k in kinds),
-                    party=_string(entry.get("party", ""), f"{where}.party", allow_empty=True),
+                    party=party,
                     issuance_pattern=_string(
                         entry.get("issuance_pattern", ""), f"{where}.issuance_pattern", allow_empty=True
                     ),

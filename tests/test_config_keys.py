@@ -246,6 +246,10 @@ def test_config_check_names_every_unknown_key(tmp_path: Path, capsys: pytest.Cap
             GOOD.replace('party = "CHE"', 'party = "CHF"', 1).encode(),
             "partners[0].party: 'CHF' is not another Party's ISO 3166-1 alpha-3 code",
         ),
+        (
+            GOOD.replace('party = "CHN"\n\n[policy]', 'party = "XXX"\n\n[policy]').encode(),
+            "registries[0].party: 'XXX' is not an ISO 3166-1 alpha-3 code",
+        ),
         (GOOD.replace("[[partners]]", "[partners]").encode(), "partners: expected a list of tables"),
         (
             GOOD.replace('partner = "CHE"', 'partner = "XYZ"').encode(),
