@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import ipaddress
 import math
 import re
 import socket
@@ -482,8 +483,37 @@ _LISTEN_HOST = re.compile(r"\[[0-9A-Za-z:.%_-]+\]|[0-9A-Za-z._:-]+")
 """A listen host: a name or IPv4 address, or an IPv6 address in brackets; never spaces or punctuation."""
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+"""One label of a host name: letters, digits, hyphens (not first or last) and, as some names hold, underscores."""
+
+
+def _is_host(host: str) -> bool:
+    """Whether ``host`` (a URL's host, brackets removed) is an IP address or a host name, internationalized
+    names included (as IDNA writes them)."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    if host.replace(".", "").isdigit():  # digits and dots are never a host name: an IPv4 address, or nothing
+        try:
+            socket.inet_aton(host)
+        except OSError:
+            return False
+        return True
+    try:
+        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return False
+    labels = ascii_host.removesuffix(".").split(".")
+    return len(ascii_host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 def _http_url(value: object, where: str) -> str:
-    """A partner's ``http_url``: empty, or an ``http://`` or ``https://`` URL with a host."""
+    """A partner's ``http_url``: empty, or an ``http://`` or ``https://`` URL with a host name or IP address, a
+    port in 1..65535 if any, and a path if any; the paths of the partner's documents are added to it, so it
+    takes no query or fragment, and no credentials (``user:password@``), which would be written to logs."""
     url = _string(value, where, allow_empty=True)
     if url:
         try:
@@ -492,6 +522,29 @@ def _http_url(value: object, where: str) -> str:
             parts = None
         if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"{where}: {_q(url)} is not an http:// or https:// URL, e.g. https://che.example:8443")
+        if "@" in parts.netloc:  # the URL is not repeated: it holds a password
+            raise ConfigError(
+                f"{where}: the URL holds credentials before its host (user:password@), which would be written to"
+                " logs; remove them"
+            )
+        if not parts.hostname or not _is_host(parts.hostname):
+            raise ConfigError(
+                f"{where}: {_q(parts.hostname or '')} in {_q(url)} is not a host name or an IP address (an IPv6"
+                " address goes in brackets, as in https://[2001:db8::1]:8443)"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ConfigError(f"{where}: {_q(url)} does not give a port in 1..65535 after its host")
+        if "?" in url or "#" in url:
+            raise ConfigError(
+                f"{where}: {_q(url)} has a query or a fragment; the paths of the partner's trust documents are"
+                " added to this URL, so give its scheme, host, port and path only"
+            )
+        if any(char.isspace() or not char.isprintable() for char in url):
+            raise ConfigError(f"{where}: {_q(url)} holds a space or a control character; write it percent-encoded")
     return url
 
 

@@ -340,6 +340,23 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\nhttp_url = "che.example:8443"'),
             "partners[0].http_url: 'che.example:8443' is not an http:// or https:// URL",
         ),
+        # a host that is no host name, a port out of range, credentials (which would reach the logs), a query or
+        # a fragment (the paths of the partner's documents are added to the URL) were accepted
+        *(
+            (
+                GOOD.replace('address = "127.0.0.1:9"', f'address = "127.0.0.1:9"\nhttp_url = "{url}"'),
+                f"partners[0].http_url: {says}",
+            )
+            for url, says in (
+                ("https://che example:8443", "'che example' in 'https://che example:8443' is not a host name or an IP"),
+                ("https://999.1.1.1:8443", "'999.1.1.1' in 'https://999.1.1.1:8443' is not a host name or an IP"),
+                ("https://che.example:99999", "'https://che.example:99999' does not give a port in 1..65535"),
+                ("https://user:pass@che.example", "the URL holds credentials before its host (user:password@)"),
+                ("https://che.example/gw?v=1", "'https://che.example/gw?v=1' has a query or a fragment"),
+                ("https://che.example/#top", "'https://che.example/#top' has a query or a fragment"),
+                ("https://che.example/a b", "'https://che.example/a b' holds a space or a control character"),
+            )
+        ),
         # the gateway's own servers on one port of overlapping addresses: the second could never bind
         *(
             (
@@ -416,6 +433,32 @@ def test_config_check_names_a_missing_file_and_a_folder(tmp_path: Path, capsys: 
     assert "no such configuration file" in line
     [line] = _check(tmp_path, capsys)
     assert "is a folder" in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://che.example:8443",
+        "http://127.0.0.1:8080",
+        "https://[2001:db8::1]:8443/carbon/",
+        "https://CHE.Example",
+        "https://b\u00fccher.example/gw",
+        "https://che_gw.example.",
+    ],
+)
+def test_a_partner_http_url_may_name_a_host_a_port_and_a_path(tmp_path: Path, url: str) -> None:
+    text = GOOD.replace('address = "127.0.0.1:9"', f'address = "127.0.0.1:9"\nhttp_url = "{url}"')
+    assert load_config(_write(tmp_path, text)).partners[0].http_url == url
+
+
+def test_a_partner_http_url_with_credentials_is_refused_without_repeating_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD.replace(
+        'address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\nhttp_url = "https://ops:s3cret@che.example"'
+    )
+    [line] = _check(_write(tmp_path, text), capsys)
+    assert "partners[0].http_url: the URL holds credentials" in line and "s3cret" not in line
 
 
 def test_config_check_names_the_files_serve_would_refuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
