@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import hashlib
 import ipaddress
 import math
 import re
 import socket
 import tomllib
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from gateway.domain.errors import GatewayError
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature, NomenclatureError
 from gateway.domain.protocol import DecisionPolicy, DecisionRule, Verdict, parse_purpose
 from gateway.domain.records import PARTY_CODES, PARTY_REGISTRY_PATTERN, AdjustmentMethod
-from gateway.domain.text import quoted
+from gateway.domain.text import check_identifier, quoted
 from gateway.usecases.base import LedgerOptions
 from signing.files import read_small_file
 
@@ -370,6 +372,17 @@ def _table(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
+def _identifier(value: object, where: str, what: str) -> str:
+    """A value compared with an identifier another side sends (an account ID, a certificate's name): empty, or
+    one `check_identifier` takes, without invisible, bidirectional-control or other characters no identifier
+    holds, so that it can apply and reads as it matches."""
+    text = _string(value, where, allow_empty=True)
+    try:
+        return check_identifier(text, where, what=what, required=False)
+    except GatewayError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
+
+
 def _string(value: object, where: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not value and not allow_empty):
         raise ConfigError(f"{where}: expected a non-empty string, got {_q(value)}")
@@ -661,8 +674,8 @@ def _policy(rules: object, partners: Sequence[PartnerConfig]) -> DecisionPolicy:
             DecisionRule(
                 verdict=verdict,
                 partner=partner,
-                acquiring_account=_string(
-                    rule.get("acquiring_account", ""), f"{where}.acquiring_account", allow_empty=True
+                acquiring_account=_identifier(
+                    rule.get("acquiring_account", ""), f"{where}.acquiring_account", "account ID"
                 ),
                 purpose=purpose,
                 max_quantity=None
@@ -759,7 +772,7 @@ def load_config(path: Path) -> GatewayConfig:
                 party=partner_party,
                 address=_partner_address(_require(p, "address", where), f"{where}.address"),
                 trust_document=_path(base, _require(p, "trust_document", where), f"{where}.trust_document"),
-                tls_identity=_string(p.get("tls_identity", ""), f"{where}.tls_identity", allow_empty=True),
+                tls_identity=_identifier(p.get("tls_identity", ""), f"{where}.tls_identity", "TLS identity"),
                 http_url=_http_url(p.get("http_url", ""), f"{where}.http_url"),
                 max_envelope_bytes=_integer(
                     p.get("max_envelope_bytes", 1 << 20),
@@ -865,6 +878,8 @@ def _schedule(table: Mapping[str, Any]) -> dt.timedelta | None:
 
 
 _ROLES = ", ".join(repr(role.value) for role in Role)
+EMPTY_TOKEN_SHA256 = hashlib.sha256(b"").digest()
+"""The digest of the empty token, which `gateway.rpc.auth` refuses as a malformed authorization header."""
 
 
 def _operator_access(
@@ -898,6 +913,15 @@ def _operator_access(
             private_key=_path(base, _require(t, "private_key", "operator.tls"), "operator.tls.private_key"),
             client_ca=_path(base, t["client_ca"], "operator.tls.client_ca") if "client_ca" in t else None,
         )
+        if unauthenticated and tls.client_ca is not None:
+            # With client_ca, gRPC refuses a connection without a certificate that CA issued, and a call with a
+            # certificate carries its common name (empty when it has none): it is identified by the certificate
+            # or refused, and never reaches the rule that admits calls without credentials (access.identify).
+            raise ConfigError(
+                "operator.unauthenticated_loopback: [operator.tls] client_ca makes every connection present a"
+                " client certificate, and a call with one is its caller's or refused, so no call would ever be"
+                " admitted without credentials; remove unauthenticated_loopback, or client_ca"
+            )
     raw = operator.get("callers", [])
     if not isinstance(raw, list):
         raise ConfigError("operator.callers: expected a list of tables ([[operator.callers]])")
@@ -928,9 +952,14 @@ def _operator_access(
                 f"{where}.name: {_q(LOOPBACK_CALLER)} is the name of callers admitted by unauthenticated_loopback;"
                 " choose another"
             )
-        if name in names:
-            raise ConfigError(f"{where}.name: {_q(name)} is also the name of {names[name]}; each caller needs its own")
-        names[name] = where
+        # Compared in normal form NFC: "Jos\u00e9" and "Jose\u0301" are one name, written two ways.
+        same = unicodedata.normalize("NFC", name)
+        if same in names:
+            written = "" if same == name else " (written in another Unicode normal form)"
+            raise ConfigError(
+                f"{where}.name: {_q(name)} is also the name of {names[same]}{written}; each caller needs its own"
+            )
+        names[same] = where
         role_text = _string(_require(entry, "role", where), f"{where}.role")
         try:
             role = Role(role_text)
@@ -952,6 +981,11 @@ def _operator_access(
                     " `carbon-gateway token generate` prints it (never the token itself)"
                 )
             digest = bytes.fromhex(digest_text)
+            if digest == EMPTY_TOKEN_SHA256:
+                raise ConfigError(
+                    f"{where}.token_sha256: the SHA-256 of the empty token, which no call can send (an empty bearer"
+                    " token is refused), so this caller could never authenticate; write the SHA-256 of its token"
+                )
             if digest in tokens:
                 raise ConfigError(f"{where}.token_sha256: the same token as {tokens[digest]}; give each caller its own")
             tokens[digest] = where

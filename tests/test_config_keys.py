@@ -73,6 +73,15 @@ every_seconds = 3600
 """
 
 
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+"""The SHA-256 of the empty token."""
+
+
+def _caller(name: str, digest: str) -> str:
+    """An ``[[operator.callers]]`` table of a token caller with the operator role."""
+    return f'[[operator.callers]]\nname = "{name}"\nrole = "operator"\ntoken_sha256 = "{digest}"\n'
+
+
 def _files(folder: Path) -> None:
     for party in ("CHN", "CHE"):
         name = party.lower()
@@ -398,6 +407,38 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             GOOD.replace('CN-CCER = "CCER"', 'cn-ccer = "CCER"'),
             "ledger.underlying_registry_codes: 'cn-ccer' is not an issuing registry code as [[registries]] writes it;"
             " did you mean 'CN-CCER'?",
+        ),
+        # identifiers never hold invisible or bidirectional-control characters: these could never match, and read
+        # as another value
+        (
+            GOOD.replace('{ verdict = "hold" }', '{ verdict = "hold", acquiring_account = "CH-\\u202e1000" }'),
+            "policy.rules[1].acquiring_account: the account ID contains U+202E RIGHT-TO-LEFT OVERRIDE",
+        ),
+        (
+            GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\ntls_identity = "CHE\\u200b"'),
+            "partners[0].tls_identity: the TLS identity contains U+200B ZERO WIDTH SPACE",
+        ),
+        # an empty bearer token is refused, so a caller with its digest could never authenticate
+        (
+            GOOD.replace("\n[partner]\n", f"\n{_caller('ops', EMPTY_SHA256.upper())}\n[partner]\n"),
+            "operator.callers[0].token_sha256: the SHA-256 of the empty token",
+        ),
+        # one name written in two Unicode normal forms is one name
+        (
+            GOOD.replace(
+                "\n[partner]\n",
+                "\n" + _caller("Jos\u00e9", "1" * 64) + _caller("Jose\u0301", "2" * 64) + "\n[partner]\n",
+            ),
+            "operator.callers[1].name: 'Jose\u0301' is also the name of operator.callers[0] (written in another",
+        ),
+        # with client_ca every call presents a certificate, and is never admitted without credentials
+        (
+            GOOD.replace(
+                '[operator]\nlisten = "127.0.0.1:0"',
+                '[operator]\nlisten = "127.0.0.1:0"\nunauthenticated_loopback = true\n'
+                '[operator.tls]\ncertificate = "a.crt"\nprivate_key = "a.key"\nclient_ca = "ca.crt"',
+            ),
+            "operator.unauthenticated_loopback: [operator.tls] client_ca makes every connection present a client",
         ),
         # RE2 read a repeat count too large for its integers as text (Python's re raises OverflowError)
         (
