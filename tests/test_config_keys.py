@@ -447,11 +447,6 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             ),
             "registries[0]: registry CN-CCER: issuance_pattern 'a{99999999999999999999}' is not one RE2 can match",
         ),
-        # issuance codes are upper-cased before they are matched: this pattern could never match one
-        (
-            GOOD.replace('unit_kinds = ["CCER"]', 'unit_kinds = ["CCER"]\nissuance_pattern = "[a-z]+"'),
-            "registries[0]: registry CN-CCER: issuance_pattern '[a-z]+' holds the lower-case letter 'a'",
-        ),
     ],
 )
 def test_config_check_refuses_a_value_out_of_place(

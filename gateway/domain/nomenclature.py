@@ -81,14 +81,6 @@ class IssuingRegistry:
                     " in all ({1,64} inside {1,64} is 4,096: write + instead, as issuance codes are at most 64"
                     " characters)"
                 ) from None
-            lower = lower_case_letter(self.issuance_pattern)
-            if lower is not None:
-                raise NomenclatureError(
-                    f"registry {self.code}: issuance_pattern {quoted(self.issuance_pattern, 80)} holds the"
-                    f" lower-case letter {lower!r}, which no issuance code holds: codes are upper-cased before they"
-                    " are matched, so it could never match; write upper-case letters (or make the pattern"
-                    " case-insensitive with (?i))"
-                )
 
 
 @functools.lru_cache(maxsize=256)
@@ -171,49 +163,6 @@ def _as_re2(pattern: str) -> str:
         out.append(char)
         i += 1
     return "".join(out)
-
-
-_CASE_INSENSITIVE = re.compile(r"\(\?[A-Za-z-]*i[A-Za-z-]*[:)]")
-_GROUP_SYNTAX = re.compile(r"\(\?(?:P?<[A-Za-z0-9_]*>|[A-Za-z-]*[:)]|#[^)]*\)?)")
-"""What follows ``(?`` and is not matched text: a group's name, flags, a comment."""
-
-
-def lower_case_letter(pattern: str) -> str | None:
-    """The first ASCII lower-case letter that ``pattern`` (one RE2 compiles) matches as itself, as a literal or
-    in a class, or None. Issuance codes are upper-cased before they are matched, so such a letter never matches.
-
-    Letters that are not matched text are passed over: escapes (``\\d``, ``\\x6a``, ``\\p{Greek}``), group names,
-    flags and comments, and the letters a negated class leaves out (``[^a-z]``). A pattern with the flag ``i``
-    anywhere, whose letters match either case, gives None."""
-    if _CASE_INSENSITIVE.search(pattern):
-        return None
-    i, in_class, negated, class_start = 0, False, False, 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\":
-            escaped = pattern[i + 1 : i + 2]
-            if escaped in ("x", "p", "P", "N") and pattern[i + 2 : i + 3] == "{":
-                close = pattern.find("}", i)
-                i = len(pattern) if close < 0 else close + 1
-            else:
-                i += {"x": 4, "p": 3, "P": 3, "u": 6, "U": 10}.get(escaped, 2)
-            continue
-        if in_class:
-            if "a" <= char <= "z" and not negated:
-                return char
-            in_class = char != "]" or i == class_start  # a ] first in a class is one of its characters
-        elif char == "[":
-            in_class, negated = True, pattern[i + 1 : i + 2] == "^"
-            class_start = i + 2 if negated else i + 1
-            i = class_start
-            continue
-        elif char == "(" and (group := _GROUP_SYNTAX.match(pattern, i)):
-            i = group.end()
-            continue
-        elif "a" <= char <= "z":
-            return char
-        i += 1
-    return None
 
 
 DEFAULT_REGISTRIES = (

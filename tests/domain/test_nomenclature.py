@@ -104,17 +104,3 @@ def test_a_pattern_matches_under_re2_as_python_s_re_reads_it(pattern: str) -> No
 def test_a_posix_class_which_python_s_re_reads_otherwise_is_refused(pattern: str) -> None:
     with pytest.raises(NomenclatureError, match=r"POSIX class such as \[\[:digit:\]\] means another thing"):
         _nomenclature(pattern)
-
-
-@pytest.mark.parametrize(("pattern", "letter"), [("[a-z]+", "a"), ("I[0-9]+x", "x"), ("[A-Za-z]+", "a"), ("[]q]", "q")])
-def test_a_pattern_with_a_lower_case_letter_no_upper_cased_code_could_match_is_refused(
-    pattern: str, letter: str
-) -> None:
-    with pytest.raises(NomenclatureError, match=f"holds the lower-case letter '{letter}', which no issuance code"):
-        _nomenclature(pattern)
-
-
-@pytest.mark.parametrize("pattern", [*PATTERNS, r"[^a-z]+", r"\x41\p{Lu}\pL", r"(?i:a)B", r"(?s:A)."])
-def test_lower_case_letters_that_match_no_text_of_their_own_are_taken(pattern: str) -> None:
-    # escapes, group names, flags and comments, a negated class, and a case-insensitive pattern
-    _nomenclature(pattern)
