@@ -906,6 +906,32 @@ def _stored_document(config: GatewayConfig, party: str) -> TrustedParty | None:
         return None  # `serve` names what is wrong with the database itself
 
 
+def _stored_rows(
+    config: GatewayConfig, party: str, version: int
+) -> tuple[tuple[int, bytes] | None, bytes | None] | None:
+    """The newest stored version of ``party``'s trust document (its number and envelope) and the stored envelope
+    of ``version``, from the gateway's SQLite database, read without changing it; None when there is no such
+    database to read."""
+    if not isinstance(config.database, Path):
+        return None
+    try:
+        if not config.database.is_file():
+            return None
+        db = sqlite3.connect(f"{config.database.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            newest = db.execute(
+                "SELECT version, envelope FROM trust_documents WHERE party = ? ORDER BY version DESC LIMIT 1", (party,)
+            ).fetchone()
+            same = db.execute(
+                "SELECT envelope FROM trust_documents WHERE party = ? AND version = ?", (party, version)
+            ).fetchone()
+        finally:
+            db.close()
+    except (OSError, sqlite3.Error, ValueError):
+        return None  # `serve` names what is wrong with the database itself
+    return (None if newest is None else (int(newest[0]), bytes(newest[1]))), None if same is None else bytes(same[0])
+
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -993,7 +1019,7 @@ def file_problems(config: GatewayConfig) -> list[str]:
         partner_identities,
     )
     from gateway.partners import TRANSFER_ROLE
-    from gateway.trust import _one_signature_suffices
+    from gateway.trust import _one_signature_suffices, configured_after_stored
 
     problems: list[str] = []
     own: TrustedParty | None = None
@@ -1007,8 +1033,15 @@ def file_problems(config: GatewayConfig) -> list[str]:
             continue
         if trusted.party != party:
             problems.append(f"{setting}: {path} is {trusted.party}'s trust document, not {party}'s")
-        elif setting == "trust_document":
+            continue
+        if setting == "trust_document":
             own = trusted
+        rows = _stored_rows(config, party, trusted.version)
+        if rows is not None:
+            try:  # what serve decides at start: a document swapped in the file does not replace trusted keys
+                configured_after_stored(party, trusted, *rows, dt.datetime.now(dt.UTC), setting)
+            except GatewayError as exc:
+                problems.append(f"{exc.field}: {exc.message}")
     keyids: set[str] = set()
     opened = 0
     for name, uri in config.signers.items():

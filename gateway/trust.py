@@ -276,44 +276,13 @@ class TrustKeeper:
     async def _newest(
         self, tx: Transaction, party: str, configured: TrustedParty, now: dt.datetime, field: str
     ) -> TrustedParty:
-        """The newer of the configured document and the newest stored one. A configured document is taken out of
-        band only the first time: once versions are stored, one configured after them must follow on from the
-        newest as an update would (exactly the next version, signed by its trust keys), and one with a stored
-        version's number must be that version."""
+        """The newer of the configured document and the newest stored one (`configured_after_stored`), stored."""
         stored = await tx.latest_trust_document(party)
-        if stored is None:
-            await tx.put_trust_document(party, configured.version, configured.envelope.to_json(), now)
-            return configured
-        version, envelope = stored[0], Envelope.from_json(stored[1])
-        if version > configured.version:
-            kept = await tx.trust_document(party, configured.version)
-            if kept is not None and Envelope.from_json(kept).payload != configured.envelope.payload:
-                raise _not_the_stored(party, configured.version, field)
-            return TrustedParty.restore(envelope)
-        if version == configured.version:
-            if envelope.payload != configured.envelope.payload:
-                raise _not_the_stored(party, version, field)
-            return TrustedParty.restore(envelope)
-        if configured.version != version + 1:
-            raise GatewayError(
-                ResponseCode.TRUST_UPDATE_REFUSED,
-                f"{party}'s trust document is version {configured.version}, but the newest version this gateway"
-                f" trusts is {version}: a document is taken up one version at a time, each signed by the trust keys"
-                f" of the one before; configure version {version + 1}, or take up the versions with"
-                " RefreshPartnerTrust (a partner's) or RotateTrustDocument (this gateway's)",
-                field=field,
-            )
-        try:
-            updated = apply_trust_update(TrustedParty.restore(envelope), configured.envelope, now)
-        except GatewayError as exc:
-            raise GatewayError(
-                exc.code,
-                f"{party}'s trust document version {configured.version} does not follow on from the stored version"
-                f" {version}: {exc.message}",
-                field=field,
-            ) from None
-        await tx.put_trust_document(party, updated.version, updated.envelope.to_json(), now)
-        return updated
+        same = None if stored is None else await tx.trust_document(party, configured.version)
+        trusted, new = configured_after_stored(party, configured, stored, same, now, field)
+        if new:
+            await tx.put_trust_document(party, trusted.version, trusted.envelope.to_json(), now)
+        return trusted
 
     async def published(self, version: int | None) -> bytes | None:
         """This gateway's trust document envelope (JSON) of ``version``, or the current one."""
@@ -460,6 +429,49 @@ class TrustKeeper:
                 await tx.put_trust_document(party, base.version + offset, envelope.to_json(), now)
         self.partners.replace(party, updated)
         return partner.trusted
+
+
+def configured_after_stored(
+    party: str,
+    configured: TrustedParty,
+    newest: tuple[int, bytes] | None,
+    same: bytes | None,
+    now: dt.datetime,
+    field: str,
+) -> tuple[TrustedParty, bool]:
+    """The document a gateway starts from for ``party``, and whether it is new to its store: the newer of the
+    ``configured`` one and the ``newest`` stored one (its version and envelope), given the stored envelope of the
+    configured document's version (``same``). What ``serve`` and ``config check`` both decide.
+
+    A configured document is taken out of band only the first time: once versions are stored, one configured after
+    them must follow on from the newest as an update would (exactly the next version, signed by its trust keys),
+    and one with a stored version's number must be that very document. Otherwise `GatewayError` naming ``field``.
+    """
+    if newest is None:
+        return configured, True
+    version, envelope = newest[0], Envelope.from_json(newest[1])
+    if same is not None and Envelope.from_json(same).payload != configured.envelope.payload:
+        raise _not_the_stored(party, configured.version, field)
+    if version >= configured.version:
+        return TrustedParty.restore(envelope), False
+    if configured.version != version + 1:
+        raise GatewayError(
+            ResponseCode.TRUST_UPDATE_REFUSED,
+            f"{party}'s trust document is version {configured.version}, but the newest version this gateway trusts is"
+            f" {version}: a document is taken up one version at a time, each signed by the trust keys of the one"
+            f" before; configure version {version + 1}, or take up the versions with RefreshPartnerTrust (a"
+            " partner's) or RotateTrustDocument (this gateway's)",
+            field=field,
+        )
+    try:
+        return apply_trust_update(TrustedParty.restore(envelope), configured.envelope, now), True
+    except GatewayError as exc:
+        raise GatewayError(
+            exc.code,
+            f"{party}'s trust document version {configured.version} does not follow on from the stored version"
+            f" {version}: {exc.message}",
+            field=field,
+        ) from None
 
 
 def _not_the_stored(party: str, version: int, field: str) -> GatewayError:

@@ -554,6 +554,31 @@ async def test_config_check_takes_the_later_version_a_rotation_stored_in_the_dat
     assert "OK: CHN gateway" in capsys.readouterr().out
 
 
+@pytest.mark.asyncio
+async def test_config_check_refuses_a_partner_document_swapped_after_the_one_stored_as_serve_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once CHE's version 1 is stored, another CHE document configured in its place (here a version 1 of other
+    keys) would replace the keys this gateway trusts: config check refuses it, in serve's words."""
+    _files(tmp_path)
+    store = await SQLiteStore.open(tmp_path / "chn.db")
+    try:
+        async with store.transaction() as tx:
+            await tx.put_trust_document("CHE", 1, (tmp_path / "che.trust.json").read_bytes(), dt.datetime.now(dt.UTC))
+    finally:
+        await store.close()
+    path = _write(tmp_path, GOOD)
+    assert main(["config", "check", str(path)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    generate_key(tmp_path / "stranger")
+    stranger = signer_from_uri(str(tmp_path / "stranger.key"))
+    (tmp_path / "che.trust.json").write_bytes(self_signed_trust_document("CHE", stranger).to_json())
+    [line] = _check(path, capsys)
+    assert "partners[0].trust_document: CHE's trust document version 1 differs from the version 1" in line, line
+    result = subprocess.run([*CLI, "serve", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "CHE's trust document version 1 differs" in result.stderr, result.stderr
+
+
 def test_config_check_says_a_tls_key_cannot_be_read_not_that_it_is_not_pem(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
