@@ -541,6 +541,10 @@ class Transaction(Protocol):
         statement."""
         ...
 
+    async def recorded_approaches(self, authorization_id: str) -> list[str]:
+        """The cooperative approaches the ledger's entries record ``authorization_id`` under, in code order."""
+        ...
+
     async def ledger_parties(self, space: SerialSpace) -> list[str]:
         """The first transferring Parties of the entries of units of ``space``, in code order: the Parties
         `ledger_of_units` finds entries for there."""

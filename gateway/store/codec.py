@@ -431,6 +431,13 @@ LEDGER_ACTION_SPANS = (
 """The longest entry of each action type in a serial space, for `ledger_of_units_query`: parameters as
 `ledger_of_units_query` takes them, the Party then the space."""
 
+RECORDED_APPROACHES = (
+    "SELECT DISTINCT cooperative_approach FROM ledger_totals WHERE authorization_id = ? AND cooperative_approach != ''"
+    " ORDER BY cooperative_approach"
+)
+"""The cooperative approaches the ledger records an authorization under (`Transaction.recorded_approaches`), from
+the summary groups: one row per group, not per entry."""
+
 LEDGER_PARTIES = (
     "SELECT DISTINCT first_transferring_party FROM ledger_action_spans WHERE unit_kind = ? AND issuing_registry = ?"
     " AND issuance = ? AND first_transferring_party != '' ORDER BY first_transferring_party"

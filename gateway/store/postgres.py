@@ -983,6 +983,10 @@ class PostgresTransaction:
             found[int(r["wanted"]) - 1].append(codec.ledger_from_row(r["entry_id"], dict(r)))
         return found
 
+    async def recorded_approaches(self, authorization_id: str) -> list[str]:
+        rows = await self._all(codec.RECORDED_APPROACHES, (authorization_id,))
+        return [str(r[0]) for r in rows]
+
     async def ledger_parties(self, space: SerialSpace) -> list[str]:
         rows = await self._all(codec.LEDGER_PARTIES, (space.unit_kind, space.issuing_registry, space.issuance))
         return [str(r[0]) for r in rows]

@@ -1183,6 +1183,10 @@ class SQLiteTransaction:
             found[r["wanted"]].append(codec.ledger_from_row(r["entry_id"], dict(r)))
         return found
 
+    async def recorded_approaches(self, authorization_id: str) -> list[str]:
+        rows = self._all(codec.RECORDED_APPROACHES, (authorization_id,))
+        return [str(r[0]) for r in rows]
+
     async def ledger_parties(self, space: SerialSpace) -> list[str]:
         rows = self._all(codec.LEDGER_PARTIES, (space.unit_kind, space.issuing_registry, space.issuance))
         return [str(r[0]) for r in rows]

@@ -6,6 +6,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
@@ -70,7 +71,7 @@ class Acquiring(GatewayBase):
         frozen: list[UnitBlock] = []
         frozen_spaces = await tx.frozen_spaces()
         parties_of: dict[SerialSpace, list[str]] = {}
-        parties: dict[str, str] = {}
+        parties: dict[str, _Known] = {}
         found = await self._look_up(tx, terms.blocks)
         for block, (guarded, abroad, seen) in zip(terms.blocks, found, strict=True):
             if guarded:
@@ -212,7 +213,7 @@ class Acquiring(GatewayBase):
                 blocks=exc.blocks,
             ) from None
         parties_of: dict[SerialSpace, list[str]] = {}
-        parties: dict[str, str] = {}
+        parties: dict[str, _Known] = {}
         for pending in await tx.blocks_of_transfer(transfer.transfer_id, BlockStatus.PENDING):
             block = pending.block
             why = unreportable(block)
@@ -290,22 +291,34 @@ class Acquiring(GatewayBase):
             )
         return rejections
 
-    async def _tie_contradicted(self, tx: Transaction, block: UnitBlock, parties: dict[str, str]) -> str | None:
-        """Why units tied to an authorization registered here are refused: the authorization is another
-        Party's than their first transferring Party. Else it, not the units' real authorization, would decide
-        what they may go for. An authorization is the Party's its versions name; one naming none is this
-        Party's own once units of this Party's are tied to it (before that it may be a copy registered without
-        its Party, by an earlier release). ``parties`` keeps each authorization's Party ("" where unknown)."""
+    async def _tie_contradicted(self, tx: Transaction, block: UnitBlock, known: dict[str, _Known]) -> str | None:
+        """Why units tied to an authorization known here are refused:
+        - the authorization is registered here as another Party's than their first transferring Party. Else it,
+          not the units' real authorization, would decide what they may go for. An authorization is the Party's
+          its versions name; one naming none is this Party's own once units of this Party's are tied to it
+          (before that it may be a copy registered without its Party, by an earlier release);
+        - the units name another cooperative approach than the one the authorization is registered under, or,
+          unregistered, than the ones the ledger records it under: the approach is part of the ITMO's identity
+          (the AEF's ITMO ID), and one authorization belongs to one approach.
+        ``known`` keeps each authorization's Party ("" where unknown) and approaches (none where unknown)."""
         authorization_id = block.authorization_id
         if not authorization_id:
             return None
-        if authorization_id not in parties:
+        if authorization_id not in known:
             versions = await tx.authorization_versions(authorization_id)
             named = next((v.party for v in reversed(versions) if v.party), "")
             if not named and versions and await self._tied_here(tx, authorization_id):
                 named = self.party
-            parties[authorization_id] = named
-        party = parties[authorization_id]
+            if versions:
+                known[authorization_id] = _Known(named, (versions[-1].cooperative_approach,), "registered")
+            else:
+                known[authorization_id] = _Known(named, tuple(await tx.recorded_approaches(authorization_id)), "booked")
+        party, approaches, how = known[authorization_id]
+        if approaches and block.cooperative_approach not in approaches:
+            return (
+                f"{block.describe()} is tied to authorization {authorization_id!r} of cooperative approach"
+                f" {block.cooperative_approach}, but that authorization is {how} here under {', '.join(approaches)}"
+            )
         if not party or party == block.first_transferring_party:
             return None
         return (
@@ -428,6 +441,14 @@ class Acquiring(GatewayBase):
             )
         await self._set_state(tx, transfer, ended, [*transfer.rejections, why])
         await self._drop_pending(tx, transfer.transfer_id)
+
+
+class _Known(NamedTuple):
+    """What this gateway knows of an authorization units arrive tied to (`Acquiring._tie_contradicted`)."""
+
+    party: str
+    approaches: tuple[str, ...]
+    how: str  # "registered" (its versions) or "booked" (the ledger's entries)
 
 
 def reported_end(partner: str, ended: TransferState) -> Rejection:

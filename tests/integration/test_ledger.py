@@ -19,7 +19,7 @@ from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.errors import ResponseCode
 from gateway.domain.ledger import ActionContext, record_arrival
 from gateway.domain.protocol import DecisionPolicy
-from gateway.domain.records import AdjustmentMethod, Purpose
+from gateway.domain.records import ActionType, AdjustmentMethod, LedgerEntry, Purpose
 from gateway.harness import Network
 from gateway.rpc import operator as operator_rpc
 from gateway.rpc.errors import read_error_detail
@@ -405,6 +405,75 @@ async def test_units_tied_to_another_party_s_authorization_are_refused(tmp_path:
     if expected == records_pb2.REJECTED:
         assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
         assert said in transfer.rejections[0].message
+
+
+@pytest.mark.parametrize(
+    ("known", "approach", "expected"),
+    [
+        ("registered", "CA0009", records_pb2.REJECTED),
+        ("booked", "CA0009", records_pb2.REJECTED),
+        ("booked", "CA0001", records_pb2.ACCEPTED),
+    ],
+)
+@pytest.mark.asyncio
+async def test_units_tied_to_a_known_authorization_under_another_cooperative_approach_are_refused(
+    tmp_path: Path, known: str, approach: str, expected: int
+) -> None:
+    """SGP-A-0001 is CHN's copy of SGP's authorization under CA0001 (``registered``), or only the approach
+    CHN's ledger booked units of it under (``booked``). Units tied to it under another approach would put one
+    authorization under two approaches in CHN's books, and the approach is part of every ITMO's identity."""
+    network = await _vcs_network(tmp_path)
+    try:
+        if known == "registered":
+            copy = records_pb2.Authorization()
+            copy.CopyFrom(DEMO_AUTHORIZATION)
+            copy.authorization_id, copy.party = "SGP-A-0001", "SGP"
+            async with operator(network["CHN"]) as stub:
+                await stub.RegisterAuthorization(
+                    operator_pb2.RegisterAuthorizationRequest(idempotency_key="copy", authorization=copy)
+                )
+        else:
+            earlier = UnitBlock(
+                SerialSpace("VCU", "VCS"),
+                101,
+                110,
+                2025,
+                mitigation_type="Removals",
+                first_transferred=True,
+                first_transferring_party="SGP",
+                cooperative_approach="CA0001",
+                authorization_id="SGP-A-0001",
+            )
+            async with network["CHN"].store.transaction() as tx:
+                await tx.append_ledger(
+                    [
+                        LedgerEntry(
+                            0,
+                            dt.datetime.now(dt.UTC),
+                            ActionType.ACQUISITION,
+                            "earlier",
+                            earlier,
+                            "CA0001",
+                            "SGP-A-0001",
+                            "SGP",
+                            "CHE",
+                            "CHN",
+                            Purpose.NDC,
+                        )
+                    ]
+                )
+        sgp = {"first_transferring_party": "SGP", "cooperative_approach": approach, "authorization_id": "SGP-A-0001"}
+        await _vcs_proposal_from_che(network, "another-approach", "SGP-A-0001", first_transferred=True, **sgp)
+        async with operator(network["CHN"]) as stub:
+            transfer = await stub.GetTransfer(operator_pb2.GetTransferRequest(transfer_id="another-approach"))
+    finally:
+        await network.stop()
+    assert transfer.state == expected, transfer.rejections
+    if expected == records_pb2.REJECTED:
+        assert [ResponseCode(r.code) for r in transfer.rejections] == [ResponseCode.PROVENANCE_REFUSED]
+        assert f"of cooperative approach CA0009, but that authorization is {known} here under CA0001" in (
+            transfer.rejections[0].message
+        )
 
 
 _UNTIED = {
