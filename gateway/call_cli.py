@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sys
 from typing import Any, NoReturn
 
 from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
 from gateway.domain.text import InexactNumber, escaped, read_float
@@ -146,6 +147,53 @@ def _exact_float(written: str) -> float:
     return value
 
 
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+_DIGITS = re.compile(r"-?[0-9]+")
+
+
+def _check_whole_numbers(message: Descriptor, value: object, path: str) -> None:
+    """Refuse an integer field written as a quoted number with a fraction or an exponent (``"3.0"``,
+    ``"9007199254740993e0"``): json_format reads such a string through a float, so a serial or a quantity past
+    2^53 would change without a word. Digits alone are taken, as the protobuf JSON mapping writes 64-bit numbers."""
+    if not isinstance(value, dict):
+        return
+    by_json = {f.json_name: f for f in message.fields}
+    for key, item in value.items():
+        field = message.fields_by_name.get(key) or by_json.get(key)
+        if field is None:
+            continue  # json_format names an unknown field
+        where = f"{path}.{field.name}" if path else field.name
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            field, items = entry.fields_by_name["value"], list(item.values()) if isinstance(item, dict) else []
+            entry = field.message_type
+        elif field.is_repeated and isinstance(item, list):
+            items = item
+        else:
+            items = [item]
+        for one in items:
+            if entry is not None:
+                _check_whole_numbers(entry, one, where)
+            elif field.type in _INTEGER_TYPES and isinstance(one, str) and not _DIGITS.fullmatch(one):
+                raise UsageError(
+                    f"{where}: {escaped(one[:40])!r} is not a whole number written as digits; write it so (a fraction"
+                    " or an exponent in a string would be read through a floating-point number and could change it)"
+                )
+
+
 def parse_request(method: MethodDescriptor, text: str) -> Message:
     """The request message of ``method`` from its JSON form; `UsageError` saying what is wrong."""
     request_class = message_factory.GetMessageClass(method.input_type)
@@ -169,6 +217,7 @@ def parse_request(method: MethodDescriptor, text: str) -> Message:
             f"the request is {kind}, not a JSON object: give a {method.input_type.full_name}"
             f" as {{...}} (its fields: {', '.join(f.name for f in method.input_type.fields)})"
         )
+    _check_whole_numbers(method.input_type, value, "")
     try:
         json_format.Parse(text, request)
     except json_format.ParseError as exc:

@@ -185,6 +185,9 @@ def test_an_address_out_of_range_or_an_unbracketed_ipv6_one_is_a_usage_error_not
         ('{"page_size": 2.00000000000000001}', "2.00000000000000001 in the request"),
         ("[" * 100_000, "nests arrays or objects too deeply"),
         ('{"page_size": 0e-99999999999999999999999}', "0e-99999999999999999999999 in the request is not exactly"),
+        # json_format reads an integer in a string through a float too: "100000000000000001.0" became ...000.
+        ('{"page_size": "100000000000000001.0"}', "page_size: '100000000000000001.0' is not a whole number"),
+        ('{"page_size": "9007199254740993e0"}', "page_size: '9007199254740993e0' is not a whole number"),
     ],
 )
 def test_call_refuses_a_number_it_would_round_and_a_request_too_deep_in_one_line(request_json: str, said: str) -> None:
@@ -199,3 +202,19 @@ def test_call_refuses_a_number_it_would_round_and_a_request_too_deep_in_one_line
     assert result.returncode == 2, result.stderr
     assert said in result.stderr and "Traceback" not in result.stderr, result.stderr[-400:]
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-400:]
+
+
+def test_call_takes_quoted_whole_numbers_as_digits_only_in_nested_and_repeated_fields() -> None:
+    from carbon_gateway.v1 import operator_pb2
+    from gateway.call_cli import parse_request
+    from gateway.ledger_cli import UsageError
+
+    service = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"]
+    issuance = service.methods_by_name["RegisterIssuance"]
+    taken = parse_request(issuance, '{"block": {"start": "100000000000000001", "end": "100000000000000003"}}')
+    assert (taken.block.start, taken.block.end) == (100000000000000001, 100000000000000003)  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match=r"^block\.end: '100000000000000003\.0' is not a whole number"):
+        parse_request(issuance, '{"block": {"start": "1", "end": "100000000000000003.0"}}')
+    proposal = service.methods_by_name["ProposeTransfer"]
+    with pytest.raises(UsageError, match=r"^selections\.start: '1e2' is not a whole number"):
+        parse_request(proposal, '{"selections": [{"start": "1", "end": "2"}, {"start": "1e2", "end": "200"}]}')
