@@ -940,6 +940,21 @@ def check_not_locked(locks: Sequence[LockedPeriod], year: int, field: str, what:
             )
 
 
+def check_not_in_locked_reports(locks: Sequence[LockedPeriod], year: int, field: str, what: str) -> None:
+    """Refuse an authorization version of this Party's dated in ``year`` when a period from that year on is
+    locked, with `ResponseCode.PERIOD_LOCKED`: the AEF report of a year lists every version dated by its end, and a
+    locked year's report must not change."""
+    for lock in locks:
+        if lock.last_year >= year:
+            raise GatewayError(
+                ResponseCode.PERIOD_LOCKED,
+                f"{what} falls in {year}, and {lock.first_year}-{lock.last_year} was locked on"
+                f" {lock.locked_at.date().isoformat()} ({lock.reason}): the AEF report of {lock.last_year} would list"
+                f" it, and a locked year's report does not change; date it after {lock.last_year}",
+                field=field,
+            )
+
+
 def check_ledger_year(year: int, field: str, what: str) -> int:
     """``year`` if the adjustment arithmetic covers it (a year of use, of emissions, of a lock); refuse
     otherwise, so that no accepted input can put the summary out of reach."""

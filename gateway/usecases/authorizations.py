@@ -8,7 +8,13 @@ from collections.abc import Callable
 
 from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import authorizing_parties, check_definition, check_new_version, check_not_locked
+from gateway.domain.ledger import (
+    authorizing_parties,
+    check_definition,
+    check_new_version,
+    check_not_in_locked_reports,
+    check_not_locked,
+)
 from gateway.domain.records import Authorization
 from gateway.store.base import StoreConflict, Transaction
 from gateway.usecases.base import GatewayBase, Idempotency
@@ -116,9 +122,10 @@ class AuthorizationKeeping(GatewayBase):
                 )
             authorization = build(versions[-1])
             await self._check_party_move(tx, versions, authorization)
-            check_not_locked(
-                await tx.locked_periods(), authorization.date.year, "authorization.date", "the version's date"
-            )
+            locks = await tx.locked_periods()
+            if authorizing_parties([*versions, authorization], self.party)[authorization_id] == self.party:
+                check_not_in_locked_reports(locks, authorization.date.year, "authorization.date", "the version's date")
+            check_not_locked(locks, authorization.date.year, "authorization.date", "the version's date")
             check_new_version(versions, authorization, self.clock().date())
             try:
                 async with tx.savepoint():

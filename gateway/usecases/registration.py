@@ -15,6 +15,7 @@ from gateway.domain.ledger import (
     Event,
     check_definition,
     check_first_transfers_open,
+    check_not_in_locked_reports,
     check_not_locked,
     check_room,
     check_vintage,
@@ -83,7 +84,10 @@ class Registration(GatewayBase):
         check_definition(authorization, "authorization.first_transfer_definition")
 
         async def insert(tx: Transaction) -> None:
-            check_not_locked(await tx.locked_periods(), authorization.date.year, "authorization.date", "its date")
+            locks = await tx.locked_periods()
+            if authorization.party in ("", self.party):  # in this Party's AEF reports
+                check_not_in_locked_reports(locks, authorization.date.year, "authorization.date", "its date")
+            check_not_locked(locks, authorization.date.year, "authorization.date", "its date")
             await tx.insert_authorization(authorization)
 
         return await self._create_once(

@@ -1281,3 +1281,42 @@ async def test_a_use_towards_the_ndc_is_refused_where_no_ndc_period_is_configure
             assert [e.action_type.value for e in await tx.list_ledger()] == ["Acquisition"]
     finally:
         await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_no_version_of_this_partys_authorizations_enters_a_locked_years_report(tmp_path: Path) -> None:
+    """With 2021-2025 locked, a version of CHN's own authorizations dated 2025 or earlier would appear in the
+    locked report of 2025 (which lists every version dated by the year's end): refused, naming the date. A copy of
+    another Party's authorization, which CHN's reports do not list, is taken."""
+    pair = await start_pair(tmp_path)
+
+    def version(authorization_id: str, date: str, party: str = "", label: str = "1") -> records_pb2.Authorization:
+        found = records_pb2.Authorization()
+        found.CopyFrom(DEMO_AUTHORIZATION)
+        found.authorization_id, found.date, found.party, found.version = authorization_id, date, party, label
+        return found
+
+    def register(key: str, authorization: records_pb2.Authorization) -> operator_pb2.RegisterAuthorizationRequest:
+        return operator_pb2.RegisterAuthorizationRequest(idempotency_key=key, authorization=authorization)
+
+    def amend(key: str, authorization: records_pb2.Authorization) -> operator_pb2.AmendAuthorizationRequest:
+        return operator_pb2.AmendAuthorizationRequest(idempotency_key=key, authorization=authorization)
+
+    own = DEMO_AUTHORIZATION.authorization_id
+    try:
+        async with operator(pair.chn) as chn:
+            await chn.RegisterAuthorization(register("a", DEMO_AUTHORIZATION))
+            await chn.LockPeriod(
+                operator_pb2.LockPeriodRequest(idempotency_key="lock", first_year=2021, last_year=2025, reason="BTR")
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as registered:
+                await chn.RegisterAuthorization(register("own-2019", version("CHN-A-0019", "2019-05-01")))
+            with pytest.raises(grpc.aio.AioRpcError) as amended:
+                await chn.AmendAuthorization(amend("amended-2025", version(own, "2025-06-01", label="2")))
+            for caught in (registered, amended):
+                assert refusal(caught.value) == (ResponseCode.PERIOD_LOCKED, "authorization.date")
+                assert "the AEF report of 2025 would list it" in str(caught.value.details())
+            await chn.RegisterAuthorization(register("copy", version("SGP-A-0019", "2019-05-01", party="SGP")))
+            await chn.AmendAuthorization(amend("later", version(own, "2026-06-01", label="2")))
+    finally:
+        await pair.stop()
