@@ -801,10 +801,16 @@ def still_unresolved(
     for space, found in by_space.items():
         found.sort()
         starts[space] = [start for start, _, _ in found]
-    resolved: list[LedgerEntry] = []
-    for entry in transfers:
+    # Units that left, came back and left again have a later unresolved departure: each unit is listed once,
+    # under its latest one. Departures are taken latest first, and the serials each leaves claimed for later ones.
+    claimed: dict[SerialSpace, _Claimed] = {}
+    kept: list[list[tuple[int, int]]] = [[] for _ in transfers]
+    for index in sorted(range(len(transfers)), key=lambda i: transfers[i].entry_id, reverse=True):
+        entry = transfers[index]
         space, lo, hi = entry.block.space, entry.block.start, entry.block.end
-        pieces = [(lo, hi)]
+        left = claimed.setdefault(space, _Claimed())
+        pieces = left.unclaimed(lo, hi)
+        left.claim(lo, hi)
         found = by_space.get(space, [])
         at = max(bisect.bisect_right(starts.get(space, []), lo) - 1, 0)
         while at < len(found) and found[at][0] <= hi:
@@ -812,8 +818,45 @@ def still_unresolved(
             if entry_id > entry.entry_id and end >= lo:
                 pieces = [p for a, b in pieces for p in _minus(a, b, start, end)]
             at += 1
-        resolved.extend(replace(entry, block=entry.block.with_range(a, b)) for a, b in pieces)
-    return resolved
+        kept[index] = pieces
+    return [
+        replace(entry, block=entry.block.with_range(a, b))
+        for entry, pieces in zip(transfers, kept, strict=True)
+        for a, b in pieces
+    ]
+
+
+class _Claimed:
+    """Disjoint serial ranges, sorted, that grow one range at a time (`still_unresolved`)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def unclaimed(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The parts of ``[lo, hi]`` no claimed range covers."""
+        parts: list[tuple[int, int]] = []
+        at = max(bisect.bisect_right(self.starts, lo) - 1, 0)
+        reach = lo
+        while at < len(self.starts) and self.starts[at] <= hi:
+            start, end = self.starts[at], self.ends[at]
+            if end >= reach:
+                if start > reach:
+                    parts.append((reach, start - 1))
+                reach = end + 1
+            at += 1
+        if reach <= hi:
+            parts.append((reach, hi))
+        return parts
+
+    def claim(self, lo: int, hi: int) -> None:
+        """Add ``[lo, hi]``, merged with the ranges it meets or touches."""
+        first = bisect.bisect_left(self.ends, lo - 1)
+        last = bisect.bisect_right(self.starts, hi + 1)
+        if first < last:
+            lo, hi = min(lo, self.starts[first]), max(hi, self.ends[last - 1])
+        self.starts[first:last] = [lo]
+        self.ends[first:last] = [hi]
 
 
 def _minus(lo: int, hi: int, start: int, end: int) -> list[tuple[int, int]]:

@@ -680,6 +680,52 @@ def test_still_unresolved_trims_units_first_transferred_since(
     assert all(e.transfer_id == sent.transfer_id for e in found)
 
 
+def _departure(entry_id: int, start: int, end: int) -> LedgerEntry:
+    return entry(
+        ActionType.TRANSFER,
+        UnitBlock(SPACE, start, end, vintage=2025),
+        AT,
+        ActionSubtype.NOT_YET_DEFINED.value,
+        entry_id,
+    )
+
+
+def test_units_that_left_came_back_and_left_again_are_listed_once_under_their_latest_departure() -> None:
+    """300-349 left (entry 1), 300-309 came back, 300-304 were cancelled here (their first transfer, entry 3)
+    and 305-309 left again (entry 4): 45 units are abroad with their first transfer to come, not 50."""
+    found = still_unresolved([_departure(1, 300, 349), _departure(4, 305, 309)], [(3, SPACE, 300, 304)])
+    assert [(e.entry_id, e.block.start, e.block.end) for e in found] == [(1, 310, 349), (4, 305, 309)]
+
+
+_serials = st.tuples(st.integers(1, 40), st.integers(0, 10)).map(lambda t: (t[0], t[0] + t[1]))
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 30), _serials), max_size=8, unique_by=lambda t: t[0]),
+    st.lists(st.tuples(st.integers(1, 30), _serials), max_size=6),
+)
+def test_each_unit_is_listed_once_under_its_latest_departure_unless_first_transferred_since(
+    departures: list[tuple[int, tuple[int, int]]], first_transfers: list[tuple[int, tuple[int, int]]]
+) -> None:
+    sent = [_departure(entry_id, lo, hi) for entry_id, (lo, hi) in departures]
+    # One Party's first transfers never overlap: keep the first of those that would.
+    taken: list[tuple[int, SerialSpace, int, int]] = []
+    for entry_id, (lo, hi) in first_transfers:
+        if all(hi < a or lo > b for _, _, a, b in taken):
+            taken.append((entry_id, SPACE, lo, hi))
+    listed: dict[int, int] = {}
+    for found in still_unresolved(sent, taken):
+        for serial in range(found.block.start, found.block.end + 1):
+            assert serial not in listed, f"serial {serial} listed twice"
+            listed[serial] = found.entry_id
+    expected: dict[int, int] = {}
+    for serial in range(1, 52):
+        latest = max((e.entry_id for e in sent if e.block.start <= serial <= e.block.end), default=None)
+        if latest is not None and not any(i > latest and a <= serial <= b for i, _, a, b in taken):
+            expected[serial] = latest
+    assert listed == expected
+
+
 # --- which purposes an authorization authorizes -----------------------------------------------------------
 
 
