@@ -232,14 +232,14 @@ def rejection_from_proto(msg: records_pb2.Rejection, field: str) -> Rejection:
         # A partner on a newer version may know codes this gateway does not: keep the rejection, say so.
         return Rejection(
             ResponseCode.MALFORMED_PAYLOAD,
-            f"response code {msg.code}, unknown to this gateway: {msg.message}",
+            text.truncate(f"response code {msg.code}, unknown to this gateway: {msg.message}"),
             tuple(block_from_proto(b, f"{field}.blocks[{i}]") for i, b in enumerate(msg.blocks)),
         )
     if code is ResponseCode.OK:
         # OK gives no reason (and proto3 does not even carry it): keep the rejection, say it came without one.
         return Rejection(
             ResponseCode.MALFORMED_PAYLOAD,
-            f"a rejection with response code 0 (OK), which gives no reason: {msg.message}",
+            text.truncate(f"a rejection with response code 0 (OK), which gives no reason: {msg.message}"),
             tuple(block_from_proto(b, f"{field}.blocks[{i}]") for i, b in enumerate(msg.blocks)),
         )
     return Rejection(

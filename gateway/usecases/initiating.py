@@ -376,7 +376,7 @@ class Initiating(GatewayBase):
             text.check_count(decision.rejections, "decision.rejections", text.MAX_LIST_ITEMS, what="rejections")
             rejections = [
                 wire.rejection_from_proto(r, f"decision.rejections[{i}]") for i, r in enumerate(decision.rejections)
-            ]
+            ] or [Rejection(ResponseCode.TRANSFER_DECLINED, f"{partner} rejected the transfer and gave no reason")]
             await self._reject(tx, transfer, rejections)
             return
         await self._accepted(tx, transfer)

@@ -327,3 +327,38 @@ async def test_a_cancel_after_a_status_report_puts_why_in_place_of_the_report(tm
             assert await told(cancel=again) == [(ResponseCode.BLOCK_FROZEN, "CHN: frozen")]
     finally:
         await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_rejection_keeps_a_reason_even_when_the_partner_gives_none_or_too_long_a_one(tmp_path: Path) -> None:
+    """A rejecting Decision with no rejections still leaves why on record; a rejection whose code this gateway
+    does not know is kept within the length of a message."""
+    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            silent = await held_at_che(chn, che, block, 1, 100, "k1")
+            unknown = await held_at_che(chn, che, block, 101, 200, "k2")
+            await settle(pair.chn, pair.che)
+            async with pair.che.store.read() as tx:
+                channel = await tx.outgoing_channel("CHN")
+            crafter = Crafter(signer=pair.che.signer, sender="CHE", receiver="CHN", channel=channel)
+            odd = records_pb2.Rejection(code=999, message="y" * 1000)  # type: ignore[arg-type]
+            for decision in (
+                partner_pb2.Decision(transfer_id=silent, accepted=False),
+                partner_pb2.Decision(transfer_id=unknown, accepted=False, rejections=[odd]),
+            ):
+                payload, _ = crafter.statement(decision=decision)
+                assert (await deliver_raw(pair.chn, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
+            rejected = [
+                await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=t)) for t in (silent, unknown)
+            ]
+    finally:
+        await network.stop()
+    assert [t.state for t in rejected] == [records_pb2.REJECTED] * 2
+    assert [(ResponseCode(r.code), r.message) for r in rejected[0].rejections] == [
+        (ResponseCode.TRANSFER_DECLINED, "CHE rejected the transfer and gave no reason")
+    ]
+    [kept] = rejected[1].rejections
+    assert kept.message.startswith("response code 999, unknown to this gateway: yyy") and len(kept.message) == 1000
