@@ -194,6 +194,25 @@ def _check_whole_numbers(message: Descriptor, value: object, path: str) -> None:
                 )
 
 
+MAX_REQUEST_TEXT = 16 << 20
+"""The most of a request read from standard input: the operator port takes requests of 4 MiB, and their JSON
+form (field names, base64, quoted 64-bit numbers) a few times that at most."""
+
+
+def _request_from_stdin() -> str:
+    """The request on standard input; `UsageError` for one too large to send, or not UTF-8 text."""
+    data = sys.stdin.buffer.read(MAX_REQUEST_TEXT + 1)
+    if len(data) > MAX_REQUEST_TEXT:
+        raise UsageError(
+            f"-: the request on standard input is larger than {MAX_REQUEST_TEXT:,} bytes; the operator port takes"
+            " requests of 4 MiB"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"-: the request on standard input is not UTF-8 text (byte {exc.start})") from None
+
+
 def parse_request(method: MethodDescriptor, text: str) -> Message:
     """The request message of ``method`` from its JSON form; `UsageError` saying what is wrong."""
     request_class = message_factory.GetMessageClass(method.input_type)
@@ -282,7 +301,7 @@ def _call(args: argparse.Namespace) -> int:
         )
         if args.all_pages and not paged:
             raise UsageError(f"--all-pages: {method.name} does not answer in pages")
-        text = sys.stdin.read() if args.request == "-" else args.request
+        text = _request_from_stdin() if args.request == "-" else args.request
         request = parse_request(method, text)
         printed: list[dict[str, Any]] = []
 

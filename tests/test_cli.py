@@ -218,3 +218,25 @@ def test_call_takes_quoted_whole_numbers_as_digits_only_in_nested_and_repeated_f
     proposal = service.methods_by_name["ProposeTransfer"]
     with pytest.raises(UsageError, match=r"^selections\.start: '1e2' is not a whole number"):
         parse_request(proposal, '{"selections": [{"start": "1", "end": "2"}, {"start": "1e2", "end": "200"}]}')
+
+
+@pytest.mark.parametrize(
+    ("sent", "said"),
+    [
+        (b'{"page_size": 1, "x\xc3": 1}', "-: the request on standard input is not UTF-8 text (byte 19)"),
+        (b"{" + b" " * (16 << 20) + b"}", "-: the request on standard input is larger than 16,777,216 bytes"),
+    ],
+    ids=["not-utf-8", "too-large"],
+)
+def test_call_refuses_a_request_on_standard_input_that_is_not_utf8_or_too_large_in_one_line(
+    sent: bytes, said: str
+) -> None:
+    result = subprocess.run(
+        [*CLI, "call", "ListTransfers", "-", "--address", "127.0.0.1:1"],
+        input=sent,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 2 and said in err and len(err.strip().splitlines()) == 1, err[-400:]
