@@ -22,7 +22,7 @@ import re
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway.domain.blocks import MAX_SERIAL
 from gateway.domain.text import parse_seconds, parse_whole_number, quoted
@@ -63,10 +63,17 @@ class UsageError(Exception):
     """A command-line argument the command cannot use."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line on stderr (exit 2), like every other refusal of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``ledger`` commands."""
     ledger = commands.add_parser("ledger", help="the corresponding-adjustment ledger")
-    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True, parser_class=OneLineParser)
 
     summary = ledger_commands.add_parser("summary", help="print the adjustment summary")
     _target(summary)
@@ -78,7 +85,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     use.add_argument("--account", required=True, help="the holding account the units are in")
     use.add_argument("--to", required=True, dest="target", help="the use account they move into")
     use.add_argument("--units", required=True, action="append", help="KIND/REGISTRY[/ISSUANCE]:START-END (repeatable)")
-    use.add_argument("--year", type=whole_number, default=0, help="the calendar year of use towards the NDC")
+    use.add_argument("--year", type=whole_number, default=None, help="the calendar year of use towards the NDC")
     use.add_argument(
         "--oimp", metavar="PURPOSE", default="", help="use for other international mitigation purposes: OIMP, IMP or OP"
     )
@@ -420,16 +427,19 @@ def _print_retirement(result: Any) -> None:
 
 def _do_use(args: argparse.Namespace) -> int:
     from carbon_gateway.v1 import operator_pb2
+    from gateway.domain.adjustments import MAX_YEAR, MIN_YEAR
 
-    if bool(args.year) == bool(args.oimp):
+    if (args.year is None) == (not args.oimp):
         raise UsageError("give --year for a use towards the NDC, or --oimp PURPOSE for another purpose (not both)")
+    if args.year is not None and not MIN_YEAR <= args.year <= MAX_YEAR:
+        raise UsageError(f"--year {args.year}: the year of use is not in {MIN_YEAR}..{MAX_YEAR}")
     request = operator_pb2.UseUnitsRequest(
         idempotency_key=args.key,
         source_account=args.account,
         use_account=args.target,
         selections=_selections(args.units),
-        action="use towards the NDC" if args.year else "use for other international mitigation purposes",
-        year_of_use=args.year,
+        action="use towards the NDC" if args.year is not None else "use for other international mitigation purposes",
+        year_of_use=args.year or 0,
         purpose=args.oimp,
         authorization_id=args.authorization,
         using_entity=args.entity,

@@ -17,9 +17,9 @@ import datetime as dt
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from gateway.ledger_cli import EXIT_USAGE, fail, whole_number
+from gateway.ledger_cli import EXIT_USAGE, OneLineParser, fail, whole_number
 
 if TYPE_CHECKING:
     from adapters.context import MappingContext
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``report`` commands."""
     report = commands.add_parser("report", help="reports a Party submits")
-    report_commands = report.add_subparsers(dest="report_command", required=True, parser_class=_OneLineParser)
+    report_commands = report.add_subparsers(dest="report_command", required=True, parser_class=OneLineParser)
     aef = report_commands.add_parser("aef", help="write the AEF report of a year from the gateway's ledger")
     aef.add_argument("--config", required=True, help="the gateway's configuration file")
     aef.add_argument("--year", required=True, type=whole_number, help="the reported year")
@@ -39,13 +39,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     aef.add_argument("--version", default="1.0", dest="submission_version", help="the submission's version (X.Y)")
     aef.add_argument("--date", default="", help="the date of submission (YYYY-MM-DD; default today, UTC)")
     aef.set_defaults(func=_report_aef)
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """A parser whose usage errors are one line on stderr (exit 2), like every other refusal of the command."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _report_aef(args: argparse.Namespace) -> int:

@@ -100,16 +100,31 @@ async def test_use_cancel_emissions_lock_and_summary_from_the_command_line(
         (("--units", "CCER/CN-CCER:1-99999999999999999999", "--year", "2025"), "serials are at most 2^63 - 2"),
         (("--units", "CCER/CN-CCER:1-9223372036854775807", "--year", "2025"), "serials are at most 2^63 - 2"),
         (("--units", "CCER/CN-CCER:1-2", "--year", "2025", "--oimp", "OIMP"), "not both"),
+        (("--units", "CCER/CN-CCER:1-2", "--year", "0"), "--year 0: the year of use is not in 1990..2100"),
+        (("--units", "CCER/CN-CCER:1-2", "--year", "abc"), "argument --year: "),
+        (("--units", "CCER/CN-CCER:1-2", "--year", "2025", "--note", "-x"), "argument --note: expected one argument"),
     ],
-    ids=["units-shape", "units-beyond-int64", "units-beyond-the-largest-serial", "year-and-oimp"],
+    ids=[
+        "units-shape",
+        "units-beyond-int64",
+        "units-beyond-the-largest-serial",
+        "year-and-oimp",
+        "year-zero",
+        "year-not-a-number",
+        "note-taken-for-an-option",
+    ],
 )
 def test_bad_use_arguments_are_one_line_without_calling_the_gateway(
     argv: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = ["ledger", "use", "--address", "127.0.0.1:1", "--key", "k", "--account", "A", "--to", "B"]
-    code = main([*base, *argv])
+    code: int | str | None
+    try:
+        code = main([*base, *argv])
+    except SystemExit as exited:  # argparse's own refusals
+        code = exited.code
     _, err = capsys.readouterr()
-    assert code == 2 and message in err and err.count("\n") == 1
+    assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_an_unreachable_gateway_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
