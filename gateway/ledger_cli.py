@@ -514,12 +514,13 @@ def format_summary(summary: object) -> str:
     lines.append(f"convention: {summary.convention}")
     lines.append("")
     lines.append(
-        "approach  sectors  partner  vintage  registered  first-transferred  acquired  used  cancelled  adjusted"
+        "approach  sectors  partner  vintage  registered  first-transferred  acquired  transferred  used  cancelled"
+        "  adjusted"
     )
     for g in summary.groups:
         lines.append(
             f"{g.cooperative_approach}  {g.sectors or '-'}  {g.partner or '-'}  {g.vintage}  {g.authorized}"
-            f"  {g.first_transferred}  {g.acquired}  {g.used}  {g.cancelled}  {g.adjusted}"
+            f"  {g.first_transferred}  {g.acquired}  {g.transferred or '0'}  {g.used}  {g.cancelled}  {g.adjusted}"
         )
     if summary.years:
         lines.append("")

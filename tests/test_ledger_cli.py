@@ -251,3 +251,16 @@ def test_retired_blocks_are_printed_with_their_issuance(capsys: pytest.CaptureFi
     _print_retirement(result)
     out, _ = capsys.readouterr()
     assert "  CEA/CN-CEA/2025-A [1, 5] used in CH-USE-0001\n" in out
+
+
+def test_the_summary_text_shows_each_groups_onward_transfers() -> None:
+    from carbon_gateway.v1 import operator_pb2
+    from gateway.ledger_cli import format_summary
+
+    group = operator_pb2.SummaryGroup(
+        cooperative_approach="CA0003", partner="CHE", vintage=2025, acquired="200", transferred="155", used="10"
+    )
+    lines = format_summary(operator_pb2.LedgerSummary(groups=[group])).splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("approach")))
+    columns, values = lines[header].split("  "), lines[header + 1].split("  ")
+    assert dict(zip(columns, values, strict=True))["transferred"] == "155"
