@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -40,6 +42,27 @@ async def held_at_che(
     proposed = await chn.ProposeTransfer(proposal_request(block, start, end, key))
     await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
     return proposed.transfer_id
+
+
+@contextlib.asynccontextmanager
+async def held_pair(tmp_path: Path) -> AsyncIterator[tuple[Pair, records_pb2.UnitBlock]]:
+    """CHN and CHE with the demo accounts, CHE holding every proposal for its operator; CHN's block."""
+    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        yield pair, await setup_accounts(pair)
+    finally:
+        await network.stop()
+
+
+async def as_che(pair: Pair, *statements: partner_pb2.Decision) -> None:
+    """Deliver Decisions to CHN as CHE signs them, in order, on CHE's real channel (once the outboxes settled)."""
+    async with pair.che.store.read() as tx:
+        channel = await tx.outgoing_channel("CHN")
+    crafter = Crafter(signer=pair.che.signer, sender="CHE", receiver="CHN", channel=channel)
+    for decision in statements:
+        payload, _ = crafter.statement(decision=decision)
+        assert (await deliver_raw(pair.chn, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
 
 
 @pytest.mark.asyncio
@@ -105,24 +128,18 @@ async def test_a_held_proposal_past_its_deadline_is_rejected_and_the_initiator_r
 
 @pytest.mark.asyncio
 async def test_an_operator_accepts_a_held_proposal_and_the_transfer_completes(tmp_path: Path) -> None:
-    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
-    pair = Pair(network["CHN"], network["CHE"])
-    try:
-        block = await setup_accounts(pair)
-        async with operator(pair.chn) as chn, operator(pair.che) as che:
-            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 400, "k"))
-            held = await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
-            assert [
-                (h.block.start, h.status) for h in (await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings
-            ] == [(1, "pending")]
-            decided = await che.DecideTransfer(
-                operator_pb2.DecideTransferRequest(idempotency_key="d", transfer_id=held.transfer_id, accept=True)
-            )
-            assert decided.state == records_pb2.ACCEPTED
-            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
-            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
-    finally:
-        await network.stop()
+    async with held_pair(tmp_path) as (pair, block), operator(pair.chn) as chn, operator(pair.che) as che:
+        proposed = await chn.ProposeTransfer(proposal_request(block, 1, 400, "k"))
+        held = await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+        assert [
+            (h.block.start, h.status) for h in (await che.ListHoldings(operator_pb2.ListHoldingsRequest())).holdings
+        ] == [(1, "pending")]
+        decided = await che.DecideTransfer(
+            operator_pb2.DecideTransferRequest(idempotency_key="d", transfer_id=held.transfer_id, accept=True)
+        )
+        assert decided.state == records_pb2.ACCEPTED
+        assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+        assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
 
 
 LATE: dict[str, tuple[Deadlines, str, int, int]] = {
@@ -204,158 +221,120 @@ async def test_a_decision_past_its_deadline_does_not_complete_the_transfer(tmp_p
 async def test_a_cancelled_transfer_keeps_why_on_both_sides(tmp_path: Path) -> None:
     """The initiating operator's reason is kept with the transfer on both sides; a Cancel from a version that
     sent no code is kept as TRANSFER_ENDED, with its reason escaped."""
-    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
-    pair = Pair(network["CHN"], network["CHE"])
-    try:
-        block = await setup_accounts(pair)
-        async with operator(pair.chn) as chn, operator(pair.che) as che:
-            transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
-            await chn.CancelTransfer(
-                operator_pb2.CancelTransferRequest(idempotency_key="c", transfer_id=transfer_id, reason="wrong account")
-            )
-            initiating = await wait_for_state(chn, transfer_id, TERMINAL)
-            acquiring = await wait_for_state(che, transfer_id, TERMINAL)
-            said = "cancelled by CHN's operator: wrong account"
-            assert [(ResponseCode(r.code), r.message) for r in initiating.rejections] == [
-                (ResponseCode.TRANSFER_ENDED, said)
-            ]
-            assert [(ResponseCode(r.code), r.message) for r in acquiring.rejections] == [
-                (ResponseCode.TRANSFER_ENDED, f"CHN: {said}")
-            ]
+    async with held_pair(tmp_path) as (pair, block), operator(pair.chn) as chn, operator(pair.che) as che:
+        transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
+        await chn.CancelTransfer(
+            operator_pb2.CancelTransferRequest(idempotency_key="c", transfer_id=transfer_id, reason="wrong account")
+        )
+        initiating = await wait_for_state(chn, transfer_id, TERMINAL)
+        acquiring = await wait_for_state(che, transfer_id, TERMINAL)
+        said = "cancelled by CHN's operator: wrong account"
+        assert [(ResponseCode(r.code), r.message) for r in initiating.rejections] == [
+            (ResponseCode.TRANSFER_ENDED, said)
+        ]
+        assert [(ResponseCode(r.code), r.message) for r in acquiring.rejections] == [
+            (ResponseCode.TRANSFER_ENDED, f"CHN: {said}")
+        ]
 
-            # The longest reason an operator may give is kept whole as far as a message may hold it.
-            long = await held_at_che(chn, che, block, 601, 700, "k4")
-            await chn.CancelTransfer(
-                operator_pb2.CancelTransferRequest(idempotency_key="c4", transfer_id=long, reason="r" * 1000)
-            )
-            for stub in (chn, che):
-                [kept] = (await wait_for_state(stub, long, TERMINAL)).rejections
-                assert len(kept.message) == 1000 and kept.message.endswith("r…"), len(kept.message)
+        # The longest reason an operator may give is kept whole as far as a message may hold it.
+        long = await held_at_che(chn, che, block, 601, 700, "k4")
+        await chn.CancelTransfer(
+            operator_pb2.CancelTransferRequest(idempotency_key="c4", transfer_id=long, reason="r" * 1000)
+        )
+        for stub in (chn, che):
+            [kept] = (await wait_for_state(stub, long, TERMINAL)).rejections
+            assert len(kept.message) == 1000 and kept.message.endswith("r…"), len(kept.message)
 
-            # A Cancel as an earlier version sends it: no code, and a reason holding a line break, a decomposed
-            # accent and white space around it.
-            second = await held_at_che(chn, che, block, 401, 500, "k2")
-            # A Cancel crossing CHE's own rejection: CHE keeps both.
-            third = await held_at_che(chn, che, block, 501, 600, "k3")
-            await che.DecideTransfer(
-                operator_pb2.DecideTransferRequest(
-                    idempotency_key="d3", transfer_id=third, accept=False, reason="closing"
-                )
-            )
-            await wait_for_state(chn, third, TERMINAL)
-            await settle(pair.chn, pair.che)  # CHN has recorded every receipt: its channel is where CHE's is
-            crafter = await crafter_for(pair)
-            for cancel in (
-                partner_pb2.Cancel(transfer_id=second, reason=" gone\nfor good e\u0301 \u3000"),
-                partner_pb2.Cancel(transfer_id=third, reason="frozen", code=records_pb2.BLOCK_FROZEN),
-            ):
-                payload, _ = crafter.statement(cancel=cancel)
-                receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
-                assert receipt.taken_in
-            ended = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=second))
-            assert ended.state == records_pb2.CANCELLED
-            assert [(ResponseCode(r.code), r.message) for r in ended.rejections] == [
-                (ResponseCode.TRANSFER_ENDED, "CHN: gone\\nfor good \u00e9")
-            ]
-            crossed = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=third))
-            assert crossed.state == records_pb2.CANCELLED
-            assert [(ResponseCode(r.code), r.message) for r in crossed.rejections] == [
-                (ResponseCode.TRANSFER_DECLINED, "closing"),
-                (ResponseCode.BLOCK_FROZEN, "CHN: frozen"),
-            ]
-    finally:
-        await network.stop()
+        # A Cancel as an earlier version sends it: no code, and a reason holding a line break, a decomposed
+        # accent and white space around it.
+        second = await held_at_che(chn, che, block, 401, 500, "k2")
+        # A Cancel crossing CHE's own rejection: CHE keeps both.
+        third = await held_at_che(chn, che, block, 501, 600, "k3")
+        await che.DecideTransfer(
+            operator_pb2.DecideTransferRequest(idempotency_key="d3", transfer_id=third, accept=False, reason="closing")
+        )
+        await wait_for_state(chn, third, TERMINAL)
+        await settle(pair.chn, pair.che)  # CHN has recorded every receipt: its channel is where CHE's is
+        crafter = await crafter_for(pair)
+        for cancel in (
+            partner_pb2.Cancel(transfer_id=second, reason=" gone\nfor good e\u0301 \u3000"),
+            partner_pb2.Cancel(transfer_id=third, reason="frozen", code=records_pb2.BLOCK_FROZEN),
+        ):
+            payload, _ = crafter.statement(cancel=cancel)
+            receipt = await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))
+            assert receipt.taken_in
+        ended = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=second))
+        assert ended.state == records_pb2.CANCELLED
+        assert [(ResponseCode(r.code), r.message) for r in ended.rejections] == [
+            (ResponseCode.TRANSFER_ENDED, "CHN: gone\\nfor good \u00e9")
+        ]
+        crossed = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=third))
+        assert crossed.state == records_pb2.CANCELLED
+        assert [(ResponseCode(r.code), r.message) for r in crossed.rejections] == [
+            (ResponseCode.TRANSFER_DECLINED, "closing"),
+            (ResponseCode.BLOCK_FROZEN, "CHN: frozen"),
+        ]
 
 
 @pytest.mark.asyncio
 async def test_an_end_told_again_carries_its_recorded_reason(tmp_path: Path) -> None:
     """A Decision that crosses CHN's cancellation makes CHN tell CHE the end again: with the code and the reason
     it recorded, not a generic text."""
-    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
-    pair = Pair(network["CHN"], network["CHE"])
-    try:
-        block = await setup_accounts(pair)
-        async with operator(pair.chn) as chn, operator(pair.che) as che:
-            transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
-            await chn.CancelTransfer(
-                operator_pb2.CancelTransferRequest(idempotency_key="c", transfer_id=transfer_id, reason="wrong account")
-            )
-            await wait_for_state(che, transfer_id, TERMINAL)
-            await settle(pair.chn, pair.che)
-            async with pair.che.store.read() as tx:
-                channel = await tx.outgoing_channel("CHN")
-            crafter = Crafter(signer=pair.che.signer, sender="CHE", receiver="CHN", channel=channel)
-            payload, _ = crafter.statement(decision=partner_pb2.Decision(transfer_id=transfer_id, accepted=True))
-            assert (await deliver_raw(pair.chn, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
-            async with pair.chn.store.read() as tx:
-                sent = [m for m in await tx.list_outbox("CHE") if m.kind is OutboxKind.CANCEL]
-            told = [partner_pb2.Statement.FromString(m.body).cancel for m in sent]
-            assert [(ResponseCode(c.code), c.reason, c.terminated) for c in told] == [
-                (ResponseCode.TRANSFER_ENDED, "cancelled by CHN's operator: wrong account", False)
-            ] * 2
-    finally:
-        await network.stop()
+    async with held_pair(tmp_path) as (pair, block), operator(pair.chn) as chn, operator(pair.che) as che:
+        transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
+        await chn.CancelTransfer(
+            operator_pb2.CancelTransferRequest(idempotency_key="c", transfer_id=transfer_id, reason="wrong account")
+        )
+        await wait_for_state(che, transfer_id, TERMINAL)
+        await settle(pair.chn, pair.che)
+        await as_che(pair, partner_pb2.Decision(transfer_id=transfer_id, accepted=True))
+        async with pair.chn.store.read() as tx:
+            sent = [m for m in await tx.list_outbox("CHE") if m.kind is OutboxKind.CANCEL]
+        told = [partner_pb2.Statement.FromString(m.body).cancel for m in sent]
+        assert [(ResponseCode(c.code), c.reason, c.terminated) for c in told] == [
+            (ResponseCode.TRANSFER_ENDED, "cancelled by CHN's operator: wrong account", False)
+        ] * 2
 
 
 @pytest.mark.asyncio
 async def test_a_cancel_after_a_status_report_puts_why_in_place_of_the_report(tmp_path: Path) -> None:
     """CHE adopts an end from CHN's status report, which says no more than that the transfer ended; CHN's Cancel,
     arriving after it, puts its code and reason in that entry's place. A second Cancel changes nothing."""
-    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
-    pair = Pair(network["CHN"], network["CHE"])
-    try:
-        block = await setup_accounts(pair)
-        async with operator(pair.chn) as chn, operator(pair.che) as che:
-            transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
-            await settle(pair.chn, pair.che)
-            crafter = await crafter_for(pair)
+    async with held_pair(tmp_path) as (pair, block), operator(pair.chn) as chn, operator(pair.che) as che:
+        transfer_id = await held_at_che(chn, che, block, 1, 400, "k")
+        await settle(pair.chn, pair.che)
+        crafter = await crafter_for(pair)
 
-            async def told(**statement: object) -> list[tuple[ResponseCode, str]]:
-                payload, _ = crafter.statement(**statement)
-                assert (await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
-                ended = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
-                assert ended.state == records_pb2.CANCELLED
-                return [(ResponseCode(r.code), r.message) for r in ended.rejections]
+        async def told(**statement: object) -> list[tuple[ResponseCode, str]]:
+            payload, _ = crafter.statement(**statement)
+            assert (await deliver_raw(pair.che, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
+            ended = await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+            assert ended.state == records_pb2.CANCELLED
+            return [(ResponseCode(r.code), r.message) for r in ended.rejections]
 
-            report = partner_pb2.StatusReport(transfer_id=transfer_id, state=records_pb2.CANCELLED, known=True)
-            assert await told(status_report=report) == [
-                (ResponseCode.TRANSFER_ENDED, "CHN reports the transfer CANCELLED")
-            ]
-            frozen = partner_pb2.Cancel(transfer_id=transfer_id, reason="frozen", code=records_pb2.BLOCK_FROZEN)
-            assert await told(cancel=frozen) == [(ResponseCode.BLOCK_FROZEN, "CHN: frozen")]
-            again = partner_pb2.Cancel(transfer_id=transfer_id, reason="other", code=records_pb2.PERIOD_LOCKED)
-            assert await told(cancel=again) == [(ResponseCode.BLOCK_FROZEN, "CHN: frozen")]
-    finally:
-        await network.stop()
+        report = partner_pb2.StatusReport(transfer_id=transfer_id, state=records_pb2.CANCELLED, known=True)
+        assert await told(status_report=report) == [(ResponseCode.TRANSFER_ENDED, "CHN reports the transfer CANCELLED")]
+        frozen = partner_pb2.Cancel(transfer_id=transfer_id, reason="frozen", code=records_pb2.BLOCK_FROZEN)
+        assert await told(cancel=frozen) == [(ResponseCode.BLOCK_FROZEN, "CHN: frozen")]
+        again = partner_pb2.Cancel(transfer_id=transfer_id, reason="other", code=records_pb2.PERIOD_LOCKED)
+        assert await told(cancel=again) == [(ResponseCode.BLOCK_FROZEN, "CHN: frozen")]
 
 
 @pytest.mark.asyncio
 async def test_a_rejection_keeps_a_reason_even_when_the_partner_gives_none_or_too_long_a_one(tmp_path: Path) -> None:
     """A rejecting Decision with no rejections still leaves why on record; a rejection whose code this gateway
     does not know is kept within the length of a message."""
-    network = await start_network(tmp_path, ("CHN", "CHE"), policy=DecisionPolicy())
-    pair = Pair(network["CHN"], network["CHE"])
-    try:
-        block = await setup_accounts(pair)
-        async with operator(pair.chn) as chn, operator(pair.che) as che:
-            silent = await held_at_che(chn, che, block, 1, 100, "k1")
-            unknown = await held_at_che(chn, che, block, 101, 200, "k2")
-            await settle(pair.chn, pair.che)
-            async with pair.che.store.read() as tx:
-                channel = await tx.outgoing_channel("CHN")
-            crafter = Crafter(signer=pair.che.signer, sender="CHE", receiver="CHN", channel=channel)
-            odd = records_pb2.Rejection(code=999, message="y" * 1000)  # type: ignore[arg-type]
-            for decision in (
-                partner_pb2.Decision(transfer_id=silent, accepted=False),
-                partner_pb2.Decision(transfer_id=unknown, accepted=False, rejections=[odd]),
-            ):
-                payload, _ = crafter.statement(decision=decision)
-                assert (await deliver_raw(pair.chn, wire.envelope_to_bytes(crafter.envelope(payload)))).taken_in
-            rejected = [
-                await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=t)) for t in (silent, unknown)
-            ]
-    finally:
-        await network.stop()
+    async with held_pair(tmp_path) as (pair, block), operator(pair.chn) as chn, operator(pair.che) as che:
+        silent = await held_at_che(chn, che, block, 1, 100, "k1")
+        unknown = await held_at_che(chn, che, block, 101, 200, "k2")
+        await settle(pair.chn, pair.che)
+        odd = records_pb2.Rejection(code=999, message="y" * 1000)  # type: ignore[arg-type]
+        await as_che(
+            pair,
+            partner_pb2.Decision(transfer_id=silent, accepted=False),
+            partner_pb2.Decision(transfer_id=unknown, accepted=False, rejections=[odd]),
+        )
+        rejected = [await chn.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=t)) for t in (silent, unknown)]
     assert [t.state for t in rejected] == [records_pb2.REJECTED] * 2
     assert [(ResponseCode(r.code), r.message) for r in rejected[0].rejections] == [
         (ResponseCode.TRANSFER_DECLINED, "CHE rejected the transfer and gave no reason")
