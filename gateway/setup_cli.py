@@ -889,20 +889,12 @@ def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
 def _stored_document(config: GatewayConfig, party: str) -> TrustedParty | None:
     """The newest version of ``party``'s trust document the gateway's SQLite database holds; None for none, or
     a database not readable."""
-    if not isinstance(config.database, Path):
+    rows = _stored_rows(config, party, 0)
+    if rows is None or rows[0] is None:
         return None
     try:
-        if not config.database.is_file():
-            return None
-        db = sqlite3.connect(f"{config.database.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            row = db.execute(
-                "SELECT envelope FROM trust_documents WHERE party = ? ORDER BY version DESC LIMIT 1", (party,)
-            ).fetchone()
-        finally:
-            db.close()
-        return None if row is None else TrustedParty.restore(Envelope.from_json(row[0]))
-    except (OSError, sqlite3.Error, SigningError, ValueError):
+        return TrustedParty.restore(Envelope.from_json(rows[0][1]))
+    except (SigningError, ValueError):
         return None  # `serve` names what is wrong with the database itself
 
 
