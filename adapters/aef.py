@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import hashlib
 import io
 import os
 import tempfile
@@ -232,10 +233,16 @@ class AefTables:
             raise RecordRejected(self.problems)
 
 
+CSV_MANIFEST = "aef-report.sha256"
+"""The file a CSV report writes last in its folder: the SHA-256 of each of its five files, in the form
+``sha256sum -c`` checks. Five files cannot be replaced at once: the manifest goes first and comes back last, so
+a folder whose report was stopped half way holds none, or one its files do not match."""
+
+
 class AefFiles:
     """An AEF report written to files as it comes, all or nothing: one XLSX workbook at ``target``, or (``csv``)
     five CSV files in the folder ``target`` (``submission.csv``, ``authorizations.csv``, ``actions.csv``,
-    ``holdings.csv``, ``authorized_entities.csv``).
+    ``holdings.csv``, ``authorized_entities.csv``) and their `CSV_MANIFEST`.
 
     Use it as a context manager; ``add`` takes the rows (an `gateway.usecases.reporting.AefSink`), `commit`
     puts the files in place. Until then they are temporary files beside their targets; leaving the block
@@ -305,21 +312,34 @@ class AefFiles:
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
-        for _, final in self._moves:
+        manifest = self._moves[0][1].parent / CSV_MANIFEST if self._csv else None
+        for final in [*(final for _, final in self._moves), *([manifest] if manifest else [])]:
             # Checked before the first file is replaced: one that failed halfway would leave two reports mixed.
             if final.exists() and not final.is_file():
                 raise IsADirectoryError(
                     errno.EISDIR, "is not a regular file the report may replace; nothing was written", str(final)
                 )
+        sums = "".join(f"{_sha256(partial)}  {final.name}\n" for partial, final in self._moves) if manifest else ""
+        if manifest is not None:
+            manifest.unlink(missing_ok=True)
+            _sync_folder(manifest.parent)
         for partial, final in self._moves:
             os.replace(partial, final)
+        written = [final for _, final in self._moves]
+        if manifest is not None:
+            with self._partial(manifest) as handle:
+                handle.write(sums.encode("ascii"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(self._moves[-1][0], manifest)
+            written.append(manifest)
         self._done = True
         folders = {final.parent for _, final in self._moves}
         if self._made_folder is not None:
             folders.add(self._made_folder.absolute().parent)
         for folder in folders:
             _sync_folder(folder)
-        return [final for _, final in self._moves]
+        return written
 
     def discard(self) -> None:
         """Remove what was written (done on leaving the block without `commit`)."""
@@ -333,6 +353,11 @@ class AefFiles:
         if self._made_folder is not None:
             with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
                 self._made_folder.rmdir()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _sync_folder(folder: Path) -> None:

@@ -96,7 +96,10 @@ def _report_aef(args: argparse.Namespace) -> int:
         return fail("report aef", f"the gateway's database cannot be read: {exc}")
     except OSError as exc:
         return fail("report aef", f"{exc.filename or args.out}: {exc.strerror or exc}")
-    print(f"wrote {out}" if args.format == "xlsx" else f"wrote {len(written)} files to {out}")
+    if args.format == "xlsx":
+        print(f"wrote {out}")
+    else:
+        print(f"wrote {len(written) - 1} files and their SHA-256 sums ({written[-1].name}) to {out}")
     return 0
 
 

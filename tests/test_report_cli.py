@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import errno
+import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -523,8 +526,10 @@ def test_the_workbook_holds_the_five_tables_row_by_row(gateway_dir: Path, capsys
 def test_csv_writes_five_files_with_the_same_rows(gateway_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = gateway_dir / "aef-2025"
     assert report(gateway_dir, out, "--format", "csv") == 0
-    assert capsys.readouterr().out == f"wrote 5 files to {out}\n"
-    assert sorted(p.name for p in out.iterdir()) == sorted(CSV_NAMES)
+    assert capsys.readouterr().out == f"wrote 5 files and their SHA-256 sums (aef-report.sha256) to {out}\n"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*CSV_NAMES, "aef-report.sha256"])
+    sums = (out / "aef-report.sha256").read_text(encoding="ascii").splitlines()
+    assert sums == [f"{hashlib.sha256((out / name).read_bytes()).hexdigest()}  {name}" for name in CSV_NAMES]
     for name, title in zip(CSV_NAMES, HEADERS, strict=True):
         lines = (out / name).read_bytes().decode("utf-8").split("\r\n")
         expected = [HEADERS[title], *([("" if v is None else str(v)) for v in row] for row in ROWS[title])]
@@ -582,6 +587,28 @@ def test_a_refused_report_writes_nothing(gateway_dir: Path, capsys: pytest.Captu
     assert line.startswith("carbon-gateway report aef: the ledger cannot be reported as it stands: ledger[6]")
     assert "mitigation_type" in line and "states no AEF mitigation type" in line
     assert files(gateway_dir) == before
+
+
+def test_a_csv_report_stopped_while_its_files_are_replaced_leaves_no_sums_to_vouch_for_them(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five files cannot be replaced at once: their sums go first and come back last, so a report stopped between
+    two files (here: the third replacement fails) leaves a folder whose files nothing vouches for."""
+    out = gateway_dir / "aef-2025"
+    assert report(gateway_dir, out, "--format", "csv") == 0
+    assert (out / "aef-report.sha256").is_file()
+    capsys.readouterr()
+    replace, replaced = os.replace, list[object]()
+
+    def failing(source: object, target: object) -> None:
+        if len(replaced) == 2:
+            raise OSError(errno.EIO, "stopped here")
+        replaced.append(target)
+        replace(source, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", failing)
+    assert report(gateway_dir, out, "--format", "csv") != 0
+    assert len(replaced) == 2 and not (out / "aef-report.sha256").exists()
 
 
 def test_a_report_that_cannot_replace_one_of_its_files_replaces_none(
