@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -75,8 +76,14 @@ def _report_aef(args: argparse.Namespace) -> int:
         return fail("report aef", f"{config.database}: no such database; start the gateway once first", EXIT_USAGE)
 
     out = Path(args.out)
+    if args.format == "xlsx" and out.is_symlink():
+        out = Path(os.path.realpath(out))  # written where the link points, as a shell's > would: the link stays
     if args.format == "xlsx" and out.is_dir():
         return fail("report aef", f"--out {out} is a folder; name the XLSX file to write", EXIT_USAGE)
+    if args.format == "xlsx" and out.exists() and not out.is_file():
+        return fail(
+            "report aef", f"--out {out} is not a regular file (a device or a pipe); name the file to write", EXIT_USAGE
+        )
     if args.format == "csv" and out.exists() and not out.is_dir():
         return fail("report aef", f"--out {out} is a file; --format csv writes five files into a folder", EXIT_USAGE)
     if not out.parent.is_dir():

@@ -948,3 +948,23 @@ def test_a_spreadsheet_s_escaped_characters_are_read_as_the_characters() -> None
     out = io.BytesIO()
     written.save(out)
     assert tabular.read_xlsx(out.getvalue())["Sheet"] == (["note"], [["line\rend and _x0041_ and A"]])
+
+
+def test_a_workbook_is_written_where_a_link_points_and_a_device_is_refused_before_the_report(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out naming a symbolic link writes the workbook where it points, as a shell's > would, and keeps the link
+    (a link to nothing yet creates its target); a device or a pipe is refused at once, not after the report."""
+    (gateway_dir / "reports").mkdir()
+    link = gateway_dir / "latest.xlsx"
+    link.symlink_to(gateway_dir / "reports" / "2025.xlsx")
+    assert report(gateway_dir, link) == 0
+    assert capsys.readouterr().out == f"wrote {gateway_dir / 'reports' / '2025.xlsx'}\n"
+    assert link.is_symlink() and sheets(link.read_bytes())["Actions"][1:] == ROWS["Actions"]
+    fifo = gateway_dir / "pipe.xlsx"
+    os.mkfifo(fifo)
+    for device in (Path("/dev/null"), fifo):
+        assert report(gateway_dir, device) == 2
+        assert one_line(capsys.readouterr().err).endswith(
+            f"--out {device} is not a regular file (a device or a pipe); name the file to write"
+        )
