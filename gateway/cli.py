@@ -36,10 +36,12 @@ def settle_heap() -> None:
 
 
 async def _serve(config_path: Path) -> int:
-    from gateway.config import load_config
+    from gateway.config import load_config, settings_without_effect
     from gateway.node import GatewayNode
 
     config = load_config(config_path)
+    for warning in settings_without_effect(config):
+        logging.getLogger("gateway").warning("%s: %s", config_path, warning)
     node = await GatewayNode.from_config(config)
     try:
         await node.start()

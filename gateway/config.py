@@ -882,6 +882,31 @@ EMPTY_TOKEN_SHA256 = hashlib.sha256(b"").digest()
 """The digest of the empty token, which `gateway.rpc.auth` refuses as a malformed authorization header."""
 
 
+def settings_without_effect(config: GatewayConfig) -> list[str]:
+    """Settings a gateway starts with that can never take effect, one line each naming the setting: what
+    ``config check`` warns of and ``serve`` logs. Warned of, not refused: a file that started before goes on
+    starting (``init`` writes ``unauthenticated_loopback`` beside a commented ``[operator.tls]``)."""
+    access = config.operator_access
+    found: list[str] = []
+    if access.unauthenticated_loopback and access.tls is not None and access.tls.client_ca is not None:
+        # With client_ca, gRPC refuses a connection without a certificate that CA issued, and a call with a
+        # certificate carries its common name (empty when it has none): it is identified by the certificate or
+        # refused, and never reaches the rule that admits calls without credentials (access.identify).
+        found.append(
+            "operator.unauthenticated_loopback: [operator.tls] client_ca makes every connection present a client"
+            " certificate, and a call with one is its caller's or refused, so no call is admitted without"
+            " credentials; remove unauthenticated_loopback, or client_ca"
+        )
+    for i, caller in enumerate(access.callers):
+        if caller.token_sha256 == EMPTY_TOKEN_SHA256:
+            found.append(
+                f"operator.callers[{i}].token_sha256: the SHA-256 of the empty token, which no call can send (an"
+                " empty bearer token is refused), so this caller cannot authenticate by token; write the SHA-256"
+                " of its token"
+            )
+    return found
+
+
 def _operator_access(
     base: Path, operator: Mapping[str, Any], listen: str, party: str, partners: list[PartnerConfig]
 ) -> OperatorAccessConfig:
@@ -913,15 +938,6 @@ def _operator_access(
             private_key=_path(base, _require(t, "private_key", "operator.tls"), "operator.tls.private_key"),
             client_ca=_path(base, t["client_ca"], "operator.tls.client_ca") if "client_ca" in t else None,
         )
-        if unauthenticated and tls.client_ca is not None:
-            # With client_ca, gRPC refuses a connection without a certificate that CA issued, and a call with a
-            # certificate carries its common name (empty when it has none): it is identified by the certificate
-            # or refused, and never reaches the rule that admits calls without credentials (access.identify).
-            raise ConfigError(
-                "operator.unauthenticated_loopback: [operator.tls] client_ca makes every connection present a"
-                " client certificate, and a call with one is its caller's or refused, so no call would ever be"
-                " admitted without credentials; remove unauthenticated_loopback, or client_ca"
-            )
     raw = operator.get("callers", [])
     if not isinstance(raw, list):
         raise ConfigError("operator.callers: expected a list of tables ([[operator.callers]])")
@@ -981,11 +997,6 @@ def _operator_access(
                     " `carbon-gateway token generate` prints it (never the token itself)"
                 )
             digest = bytes.fromhex(digest_text)
-            if digest == EMPTY_TOKEN_SHA256:
-                raise ConfigError(
-                    f"{where}.token_sha256: the SHA-256 of the empty token, which no call can send (an empty bearer"
-                    " token is refused), so this caller could never authenticate; write the SHA-256 of its token"
-                )
             if digest in tokens:
                 raise ConfigError(f"{where}.token_sha256: the same token as {tokens[digest]}; give each caller its own")
             tokens[digest] = where

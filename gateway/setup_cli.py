@@ -1081,9 +1081,9 @@ def file_problems(config: GatewayConfig) -> list[str]:
 def file_warnings(config: GatewayConfig, now: dt.datetime) -> list[str]:
     """What ``serve`` starts with but reports later in its log, one line each, naming the setting, the file and
     the instant: an own or a partner's trust document (the newest version, configured or stored in the SQLite
-    database) or a ``[tls]`` certificate that has expired at ``now``. Files that cannot be read are left to
-    `file_problems`."""
-    from gateway.config import ConfigError
+    database) or a ``[tls]`` certificate that has expired at ``now``; and settings that can never take effect
+    (`gateway.config.settings_without_effect`). Files that cannot be read are left to `file_problems`."""
+    from gateway.config import ConfigError, settings_without_effect
     from gateway.node import _trust_envelope
 
     warnings: list[str] = []
@@ -1120,6 +1120,7 @@ def file_warnings(config: GatewayConfig, now: dt.datetime) -> list[str]:
                 f"tls.certificate: {config.tls.certificate} expired at {expired.isoformat()}; serve starts, but"
                 " partners refuse its TLS connections: issue a new certificate"
             )
+    warnings += settings_without_effect(config)
     return [" ".join(warning.split()) for warning in warnings]
 
 

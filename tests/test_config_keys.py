@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import UnknownKeysError, load_config
+from gateway.config import UnknownKeysError, load_config, settings_without_effect
 from gateway.harness import self_signed_trust_document
 from gateway.store.sqlite import SQLiteStore
 from signing import Role, TrustDocument, generate_key, sign_trust_document, signer_from_uri
@@ -418,11 +418,6 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\ntls_identity = "CHE\\u200b"'),
             "partners[0].tls_identity: the TLS identity contains U+200B ZERO WIDTH SPACE",
         ),
-        # an empty bearer token is refused, so a caller with its digest could never authenticate
-        (
-            GOOD.replace("\n[partner]\n", f"\n{_caller('ops', EMPTY_SHA256.upper())}\n[partner]\n"),
-            "operator.callers[0].token_sha256: the SHA-256 of the empty token",
-        ),
         # one name written in two Unicode normal forms is one name
         (
             GOOD.replace(
@@ -430,15 +425,6 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
                 "\n" + _caller("Jos\u00e9", "1" * 64) + _caller("Jose\u0301", "2" * 64) + "\n[partner]\n",
             ),
             "operator.callers[1].name: 'Jose\u0301' is also the name of operator.callers[0] (written in another",
-        ),
-        # with client_ca every call presents a certificate, and is never admitted without credentials
-        (
-            GOOD.replace(
-                '[operator]\nlisten = "127.0.0.1:0"',
-                '[operator]\nlisten = "127.0.0.1:0"\nunauthenticated_loopback = true\n'
-                '[operator.tls]\ncertificate = "a.crt"\nprivate_key = "a.key"\nclient_ca = "ca.crt"',
-            ),
-            "operator.unauthenticated_loopback: [operator.tls] client_ca makes every connection present a client",
         ),
         # RE2 read a repeat count too large for its integers as text (Python's re raises OverflowError)
         (
@@ -786,3 +772,25 @@ def test_config_check_warns_of_an_expired_trust_document_or_certificate_and_stil
         "partners[0].trust_document",
         "tls.certificate",
     ]
+
+
+def test_settings_that_can_never_take_effect_are_warned_of_not_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that started before goes on starting: init writes unauthenticated_loopback beside a commented
+    [operator.tls], which an operator may take up with its client_ca. config check warns, as serve logs."""
+    text = GOOD.replace(
+        '[operator]\nlisten = "127.0.0.1:0"',
+        '[operator]\nlisten = "127.0.0.1:0"\nunauthenticated_loopback = true\n'
+        '[operator.tls]\ncertificate = "a.crt"\nprivate_key = "a.key"\nclient_ca = "ca.crt"',
+    ).replace("\n[partner]\n", f"\n{_caller('ops', EMPTY_SHA256.upper())}\n[partner]\n")
+    path = _write(tmp_path, text)
+    warned = settings_without_effect(load_config(path))
+    assert [line.split(":")[0] for line in warned] == [
+        "operator.unauthenticated_loopback",
+        "operator.callers[0].token_sha256",
+    ]
+    assert "no call is admitted without credentials" in warned[0] and "the SHA-256 of the empty token" in warned[1]
+    main(["config", "check", str(path)])
+    err = capsys.readouterr().err
+    assert f"{path}: warning: operator.unauthenticated_loopback: [operator.tls] client_ca makes" in err, err

@@ -528,7 +528,7 @@ def _operator_tls(folder: Path, *, operator_settings: str = "", **files: str) ->
     _certificates(folder)
     settings = {"certificate": "chn.crt", "private_key": "chn.tls.key", "client_ca": "ca.crt", **files}
     lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
-    # No unauthenticated_loopback: with client_ca it could never apply, and is refused.
+    # No unauthenticated_loopback: with client_ca it could never apply (config check warns of it).
     return _config(folder, tail=f"[operator.tls]\n{lines}", operator_settings=operator_settings)
 
 
@@ -579,11 +579,6 @@ CHECKED_LIKE_SERVE = [
         "operator_tls_client_ca_is_no_ca",
         lambda f, _: _operator_tls(f, client_ca="chn.crt"),
         ("operator.tls.client_ca", "chn.crt", "no CA's"),
-    ),
-    Case(
-        "unauthenticated_loopback_with_client_ca",
-        lambda f, _: _operator_tls(f, operator_settings="unauthenticated_loopback = true\n"),
-        ("operator.unauthenticated_loopback", "client_ca", "no call would ever be admitted without credentials"),
     ),
     Case(
         "tls_certificate_not_pem",
