@@ -330,16 +330,19 @@ class GatewayNode:
                     f"{setting}: {path} is {document_party}'s trust document, not {party}'s; configure {party}'s"
                 )
         signers = {name: _signer(uri, name) for name, uri in config.signers.items()}
+        own_names: list[str] = []
         if config.tls is not None:
             check_tls(config.tls, partner_identities(config))
+            own_names = certificate_names(config.tls.certificate)
         operator_tls = config.operator_access.tls
         if operator_tls is not None:
             check_operator_tls(operator_tls)
         access = OperatorAccess(
             callers=config.operator_access.callers,
             unauthenticated_loopback=config.operator_access.unauthenticated_loopback,
-            # This gateway's own partner certificate is a partner's credential too, never an operator's.
-            partner_identities=frozenset([*partner_identities(config), config.party]),
+            # This gateway's own partner certificate is a partner's credential too, never an operator's: its Party
+            # code, and the names its [tls] certificate carries, whatever they are.
+            partner_identities=frozenset([*partner_identities(config), config.party, *own_names]),
         )
         settings = ExchangeSettings(
             self_party=config.party,
@@ -540,15 +543,13 @@ def check_tls(tls: TLSConfig, partner_identities: Mapping[str, str] | None = Non
     that names a partner (``partner_identities``: each partner's Party code and TLS identity, to the partner's
     Party) and a CA certificate that says it is no CA, with a `ConfigError` naming the setting: what
     `GatewayNode.from_config` and ``config check`` both run."""
-    from cryptography import x509
 
     for name in ("certificate", "private_key", "ca_certificate"):
         path = getattr(tls, name)
         if not path.is_file():
             raise ConfigError(f"tls.{name}: {path} is not a readable file")
     _check_certificates("tls", tls.certificate, tls.private_key, ("ca_certificate", tls.ca_certificate))
-    own = x509.load_pem_x509_certificates(read_small_file(tls.certificate))[0]
-    names = [str(a.value) for a in own.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)]
+    names = certificate_names(tls.certificate)
     partners = {identity.casefold(): party for identity, party in (partner_identities or {}).items()}
     for name in names:
         if name.casefold() in partners:
@@ -557,6 +558,14 @@ def check_tls(tls: TLSConfig, partner_identities: Mapping[str, str] | None = Non
                 " the partner's certificate, and this gateway's must name this gateway"
             )
     _check_is_ca("tls.ca_certificate", tls.ca_certificate, "the partners'")
+
+
+def certificate_names(path: Path) -> list[str]:
+    """The common names of the first certificate in the PEM file ``path`` (checked by `check_tls`)."""
+    from cryptography import x509
+
+    own = x509.load_pem_x509_certificates(read_small_file(path))[0]
+    return [str(a.value) for a in own.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)]
 
 
 def _check_is_ca(setting: str, path: Path, whose: str) -> None:

@@ -697,7 +697,12 @@ async def test_this_gateways_own_partner_certificate_name_is_a_partners_credenti
     """The certificate this gateway presents to its partners, on a CA the operator port also trusts, is refused
     there as every partner's certificate is, even beside the administrator's token: it is not an operator's
     credential."""
-    config = load_config(_config(_keys(tmp_path)))
+    folder = _keys(tmp_path)
+    # The gateway's [tls] certificate need not carry its Party code: here it is "chn-gateway".
+    authority = _certificates(tmp_path / "pki", "partners' CA")
+    certificate, key = authority.issue("chn-gateway")
+    tls = f'[tls]\ncertificate = "{certificate}"\nprivate_key = "{key}"\nca_certificate = "{authority.ca_path}"\n'
+    config = load_config(_config(folder, tail=tls))
     node = await GatewayNode.from_config(config)
     admin = OperatorCaller("admin", Role.ADMINISTRATOR, token_sha256=_digest("boss"))
     try:
@@ -706,7 +711,7 @@ async def test_this_gateways_own_partner_certificate_name_is_a_partners_credenti
             identify([admin], token="boss", common_name="ops-1", loopback=False, unauthenticated_loopback=False).name
             == "admin"
         )
-        for name in (config.party, config.party.lower(), *(p.party for p in config.partners)):
+        for name in (config.party, config.party.lower(), "chn-gateway", *(p.party for p in config.partners)):
             with pytest.raises(AuthenticationRefused):
                 identify(
                     [admin],
