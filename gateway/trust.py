@@ -143,7 +143,18 @@ class TrustKeeper:
         """Reconcile the configured documents with the stored ones: the newest version of each wins."""
         now = self.clock()
         async with self.store.transaction() as tx:
+            before = await tx.latest_trust_document(self.party)
             self.own = await self._newest(tx, self.party, self.own, now, "trust_document")
+            if before is not None and before[0] < self.own.version:
+                # The next version, taken up from the configuration: the partners learn of it as from a rotation,
+                # ahead of any statement signed under it.
+                for party in sorted(self.partners.parties()):
+                    await self.exchange.enqueue_trust(tx, party, self.own.envelope)
+                log.warning(
+                    "%s: took up trust document version %d from the configuration; queued it for every partner",
+                    self.party,
+                    self.own.version,
+                )
             for index, (party, partner) in enumerate(self.partners.parties().items()):
                 field = f"partners[{index}].trust_document"
                 self.partners.replace(party, await self._newest(tx, party, partner.trusted, now, field))

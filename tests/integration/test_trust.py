@@ -39,6 +39,7 @@ from signing import (
     Role,
     Signer,
     TrustDocument,
+    TrustedParty,
     generate_key,
     pae,
     sign_trust_document,
@@ -359,6 +360,26 @@ async def test_a_configured_document_is_taken_up_after_the_stored_ones_only_as_t
     with pytest.raises(ConfigError) as caught:
         await start(self_signed_trust_document("CHN", stranger))
     assert "version 1 differs from the version 1 this gateway stored" in str(caught.value)
+
+    # CHN's own next version, configured: taken up, and queued for CHE as a rotation would queue it.
+    chn_next = CryptoSigner.generate()
+    own = sign_trust_document(next_document(network, "CHN", 2, chn_next, keep=old), [old, chn_next])
+    own_node = GatewayNode(
+        party="CHN",
+        store=await SQLiteStore.open(tmp_path / "chn.db"),
+        signer=old,
+        own_trust=own,
+        partners=[PartnerSpec(party="CHE", address="127.0.0.1:9", trust_envelope=network.trust["CHE"])],
+        policy=ACCEPT_ALL,
+    )
+    await own_node.start()
+    try:
+        assert own_node.trust.own.version == 2
+        async with own_node.store.read() as tx:
+            pushed = [m for m in await tx.list_outbox("CHE") if m.kind is OutboxKind.TRUST]
+        assert [TrustedParty.restore(Envelope.from_json(m.body)).version for m in pushed] == [2]
+    finally:
+        await own_node.stop()
 
 
 @pytest.mark.asyncio
