@@ -225,9 +225,9 @@ def check_new_version(versions: Sequence[Authorization], new: Authorization, tod
 
     A new version keeps the authorization's ID and cooperative approach, carries a version label not used
     before, and none follows a revocation. It is dated no earlier than the latest version, or, when versions
-    dated after ``today`` are still to come into force, no earlier than the version in force today: an amendment
-    dated years ahead by mistake can be revoked or amended now, and then never comes into force
-    (`version_in_force`). What is in force today never changes after the fact.
+    dated after ``today`` are still to come into force, no earlier than ``today``: an amendment dated years ahead
+    by mistake can be revoked or amended from today, and then never comes into force (`version_in_force`), while
+    what was in force until today stays so.
     """
     if not versions:
         raise GatewayError(
@@ -273,7 +273,8 @@ def check_new_version(versions: Sequence[Authorization], new: Authorization, tod
     if in_force is latest or (in_force is None and latest.date <= today):
         earliest, after = latest.date, f"version {latest.version!r} in force from {latest.date.isoformat()}"
     elif in_force is not None:
-        earliest, after = in_force.date, f"version {in_force.version!r} in force from {in_force.date.isoformat()}"
+        # Before versions still to come, not back before today: what was in force until now stays so.
+        earliest, after = today, f"today ({today.isoformat()}), while versions dated later are still to come"
     else:
         earliest, after = today, f"today ({today.isoformat()}), with no version in force yet"
     if new.date < earliest:

@@ -204,7 +204,12 @@ AHEAD = version("9", "2099-12-31")
     [
         pytest.param((V1, AHEAD), version("10", "2026-12-07", revoked=True), None, id="revoked-now"),
         pytest.param((V1, AHEAD), version("10", "2026-12-07"), None, id="amended-now"),
-        pytest.param((V1, AHEAD), version("10", "2024-06-01", revoked=True), None, id="from-the-version-in-force"),
+        pytest.param(
+            (V1, AHEAD),
+            version("10", "2026-12-06", revoked=True),
+            Refusal(ResponseCode.INVALID_ARGUMENT, "authorization.date"),
+            id="back-before-today",
+        ),
         pytest.param(
             (V1, AHEAD),
             version("10", "2024-05-31", revoked=True),
@@ -229,8 +234,9 @@ AHEAD = version("9", "2099-12-31")
 def test_a_version_may_come_before_versions_not_yet_in_force(
     versions: Sequence[Authorization], new: Authorization, expected: Refusal | None
 ) -> None:
-    """On 2026-12-07, a version may be dated before versions that are not in force yet, never before the one in
-    force: an amendment dated years ahead by mistake no longer stops a revocation until its date."""
+    """On 2026-12-07, a version may be dated before versions that are not in force yet, from today on: an
+    amendment dated years ahead by mistake no longer stops a revocation until its date, and what was in force
+    until today stays so."""
     assert refusal_of(lambda: check_new_version(versions, new, D("2026-12-07"))) == expected
 
 
