@@ -514,13 +514,13 @@ def format_summary(summary: object) -> str:
     lines.append(f"convention: {summary.convention}")
     lines.append("")
     lines.append(
-        "approach  sectors  partner  vintage  registered  first-transferred  acquired  transferred  used  cancelled"
-        "  adjusted"
+        "approach  sectors  partner  vintage  registered  first-transferred  acquired  used  cancelled  adjusted"
+        "  transferred"
     )
-    for g in summary.groups:
+    for g in summary.groups:  # transferred last: scripts that read the columns before it by position go on
         lines.append(
             f"{g.cooperative_approach}  {g.sectors or '-'}  {g.partner or '-'}  {g.vintage}  {g.authorized}"
-            f"  {g.first_transferred}  {g.acquired}  {g.transferred or '0'}  {g.used}  {g.cancelled}  {g.adjusted}"
+            f"  {g.first_transferred}  {g.acquired}  {g.used}  {g.cancelled}  {g.adjusted}  {g.transferred or '-'}"
         )
     if summary.years:
         lines.append("")

@@ -263,4 +263,4 @@ def test_the_summary_text_shows_each_groups_onward_transfers() -> None:
     lines = format_summary(operator_pb2.LedgerSummary(groups=[group])).splitlines()
     header = lines.index(next(line for line in lines if line.startswith("approach")))
     columns, values = lines[header].split("  "), lines[header + 1].split("  ")
-    assert dict(zip(columns, values, strict=True))["transferred"] == "155"
+    assert columns[-1] == "transferred" and dict(zip(columns, values, strict=True))["transferred"] == "155"
