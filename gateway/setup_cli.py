@@ -263,9 +263,9 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _staging_prefix(name: str) -> str:
-    """The start of the name of the hidden folder an init of ``name`` writes into: the folder's name, cut short
-    enough that a name the file system takes for DIR leaves room for the rest."""
-    return f".{name[:64]}.init-"
+    """The start of the name of the hidden folder an init of ``name`` writes into: the folder's name, cut to 64
+    bytes, so that a name the file system takes for DIR leaves room for the rest."""
+    return f".{name.encode()[:64].decode(errors='ignore')}.init-"  # 64 bytes: file systems count names in bytes
 
 
 def _name_leftovers(parent: Path, name: str) -> None:

@@ -175,12 +175,14 @@ def test_init_names_the_staging_folders_an_init_killed_outright_left(
 def test_init_writes_into_a_folder_whose_name_is_as_long_as_the_file_system_takes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Its hidden staging folder beside it takes a name cut short, not the folder's name and more."""
-    folder = tmp_path / ("g" * 250)
-    code, _, err = _init(capsys, "--party", "CHN", str(folder))
-    assert (code, err) == (0, "")
-    assert (folder / "gateway.toml").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+    """Its hidden staging folder beside it takes a name cut short, not the folder's name and more; file systems
+    count a name's bytes (a 4-byte character is 4 of them)."""
+    for name in ("g" * 250, "\U0001f331" * 63):
+        folder = tmp_path / name
+        code, _, err = _init(capsys, "--party", "CHN", str(folder))
+        assert (code, err) == (0, ""), name
+        assert (folder / "gateway.toml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["g" * 250, "\U0001f331" * 63])
 
 
 @pytest.mark.parametrize(
