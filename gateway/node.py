@@ -793,7 +793,7 @@ def check_database_file(path: Path) -> None:
         raise ConfigError(
             f"database: {path} is a symbolic link to nothing (or a loop of links), refused rather than followed: a"
             " database created where it points (a volume not mounted, a file deleted) would start the books afresh;"
-            " restore its target, or name the database file itself"
+            " restore its target (for a first start, create an empty file there), or name the database file itself"
         )
     if folder:
         raise ConfigError(f"database: {path} is a folder; name a file (it is created if missing)")
