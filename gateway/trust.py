@@ -144,17 +144,25 @@ class TrustKeeper:
         now = self.clock()
         async with self.store.transaction() as tx:
             before = await tx.latest_trust_document(self.party)
-            self.own = await self._newest(tx, self.party, self.own, now, "trust_document")
-            if before is not None and before[0] < self.own.version:
+            same = None if before is None else await tx.trust_document(self.party, self.own.version)
+            own, new = configured_after_stored(self.party, self.own, before, same, now, "trust_document")
+            if new:
+                # What a rotation checks, before anything is stored or told: a document this gateway cannot sign
+                # under, once stored, would win over every configuration after it.
+                self._check_can_sign(own)
+                await tx.put_trust_document(self.party, own.version, own.envelope.to_json(), now)
+            if new and before is not None:
                 # The next version, taken up from the configuration: the partners learn of it as from a rotation,
                 # ahead of any statement signed under it.
                 for party in sorted(self.partners.parties()):
-                    await self.exchange.enqueue_trust(tx, party, self.own.envelope)
+                    await self.exchange.enqueue_trust(tx, party, own.envelope)
                 log.warning(
-                    "%s: took up trust document version %d from the configuration; queued it for every partner",
+                    "%s: took up trust document version %d from the configuration; queued it for %d partner(s)",
                     self.party,
-                    self.own.version,
+                    own.version,
+                    len(self.partners.parties()),
                 )
+            self.own = own
             for index, (party, partner) in enumerate(self.partners.parties().items()):
                 field = f"partners[{index}].trust_document"
                 self.partners.replace(party, await self._newest(tx, party, partner.trusted, now, field))
@@ -193,6 +201,20 @@ class TrustKeeper:
                 "%s: our own trust document (version %d) has expired; partners will refuse our statements",
                 self.party,
                 self.own.version,
+            )
+
+    def _check_can_sign(self, document: TrustedParty) -> None:
+        """Refuse (`GatewayError`) an own document this gateway could not sign under: a transfer threshold above
+        1, or no configured signer listed in its transfer role."""
+        _one_signature_suffices(document.document, "own trust document", field="trust_document")
+        listed = document.document.roles[TRANSFER_ROLE].keyids
+        keys = {self.exchange.signer.keyid, *(s.keyid for s in self.signers.values())}
+        if not keys & set(listed):
+            raise GatewayError(
+                ResponseCode.KEY_UNKNOWN_OR_REVOKED,
+                f"{self.party}'s trust document version {document.version} lists none of the configured signers in"
+                " its transfer role; configure the signer of that document before taking it up",
+                field="trust_document",
             )
 
     def _resume_chosen(self, setting: str | None, listed: Collection[str]) -> None:

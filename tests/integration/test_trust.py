@@ -361,25 +361,58 @@ async def test_a_configured_document_is_taken_up_after_the_stored_ones_only_as_t
         await start(self_signed_trust_document("CHN", stranger))
     assert "version 1 differs from the version 1 this gateway stored" in str(caught.value)
 
-    # CHN's own next version, configured: taken up, and queued for CHE as a rotation would queue it.
+    # CHN's own next version, configured: taken up, and queued for CHE as a rotation would queue it, once; one
+    # CHN could not sign under is refused before anything is stored or queued.
     chn_next = CryptoSigner.generate()
+
+    async def own_node(own: Envelope) -> GatewayNode:
+        return GatewayNode(
+            party="CHN",
+            store=await SQLiteStore.open(tmp_path / "chn.db"),
+            signer=old,
+            own_trust=own,
+            partners=[PartnerSpec(party="CHE", address="127.0.0.1:9", trust_envelope=network.trust["CHE"])],
+            policy=ACCEPT_ALL,
+        )
+
+    async def chn_state() -> tuple[int, list[int]]:
+        store = await SQLiteStore.open(tmp_path / "chn.db")
+        try:
+            async with store.read() as tx:
+                latest = await tx.latest_trust_document("CHN")
+                pushed = [m for m in await tx.list_outbox("CHE") if m.kind is OutboxKind.TRUST]
+        finally:
+            await store.close()
+        assert latest is not None
+        return latest[0], [TrustedParty.restore(Envelope.from_json(m.body)).version for m in pushed]
+
+    unusable = {
+        "a transfer threshold of 2": TrustDocument(
+            party="CHN",
+            version=2,
+            expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=90),
+            keys={k.keyid: k.public_key for k in (old, chn_next)},
+            roles={"trust": Role((chn_next.keyid,), 1), "transfer": Role((old.keyid, chn_next.keyid), 2)},
+        ),
+        "the configured signer dropped": next_document(network, "CHN", 2, chn_next),
+    }
+    for case, document in unusable.items():
+        node = await own_node(sign_trust_document(document, [old, chn_next]))
+        with pytest.raises(ConfigError):
+            try:
+                await node.start()
+            finally:
+                await node.stop()
+        assert await chn_state() == (1, []), case
     own = sign_trust_document(next_document(network, "CHN", 2, chn_next, keep=old), [old, chn_next])
-    own_node = GatewayNode(
-        party="CHN",
-        store=await SQLiteStore.open(tmp_path / "chn.db"),
-        signer=old,
-        own_trust=own,
-        partners=[PartnerSpec(party="CHE", address="127.0.0.1:9", trust_envelope=network.trust["CHE"])],
-        policy=ACCEPT_ALL,
-    )
-    await own_node.start()
-    try:
-        assert own_node.trust.own.version == 2
-        async with own_node.store.read() as tx:
-            pushed = [m for m in await tx.list_outbox("CHE") if m.kind is OutboxKind.TRUST]
-        assert [TrustedParty.restore(Envelope.from_json(m.body)).version for m in pushed] == [2]
-    finally:
-        await own_node.stop()
+    for _ in range(2):  # and started again: nothing is queued twice
+        node = await own_node(own)
+        await node.start()
+        try:
+            assert node.trust.own.version == 2
+        finally:
+            await node.stop()
+    assert await chn_state() == (2, [2])
 
 
 @pytest.mark.asyncio
