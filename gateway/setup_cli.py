@@ -265,7 +265,9 @@ def _init(args: argparse.Namespace) -> int:
 def _staging_prefix(name: str) -> str:
     """The start of the name of the hidden folder an init of ``name`` writes into: the folder's name, cut to 64
     bytes, so that a name the file system takes for DIR leaves room for the rest."""
-    return f".{name.encode()[:64].decode(errors='ignore')}.init-"  # 64 bytes: file systems count names in bytes
+    # File systems count a name's bytes, which need not be UTF-8: a character cut short stays bytes, as
+    # os.fsdecode keeps any.
+    return f".{os.fsdecode(os.fsencode(name)[:64])}.init-"
 
 
 def _name_leftovers(parent: Path, name: str) -> None:

@@ -23,6 +23,7 @@ from gateway.cli import main
 from gateway.config import load_config
 from gateway.demo import demo_block
 from gateway.node import GatewayNode
+from gateway.setup_cli import _staging_prefix
 from signing import Envelope, Role, TrustDocument, TrustedParty, sign_trust_document, signer_from_uri
 
 NOW = dt.datetime.now(dt.UTC)
@@ -183,6 +184,9 @@ def test_init_writes_into_a_folder_whose_name_is_as_long_as_the_file_system_take
         assert (code, err) == (0, ""), name
         assert (folder / "gateway.toml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["g" * 250, "\U0001f331" * 63])
+    # A name that is not UTF-8 is cut as the bytes it is (os.fsdecode keeps them), not refused.
+    odd = os.fsdecode(b"g\xff" * 40)
+    assert os.fsencode(_staging_prefix(odd)) == b".%s.init-" % (b"g\xff" * 32)
 
 
 @pytest.mark.parametrize(
