@@ -333,7 +333,7 @@ class GatewayNode:
         own_names: list[str] = []
         if config.tls is not None:
             check_tls(config.tls, partner_identities(config))
-            own_names = certificate_names(config.tls.certificate)
+            own_names = check_callers_not_own_certificate(config)
         operator_tls = config.operator_access.tls
         if operator_tls is not None:
             check_operator_tls(operator_tls)
@@ -558,6 +558,25 @@ def check_tls(tls: TLSConfig, partner_identities: Mapping[str, str] | None = Non
                 " the partner's certificate, and this gateway's must name this gateway"
             )
     _check_is_ca("tls.ca_certificate", tls.ca_certificate, "the partners'")
+
+
+def check_callers_not_own_certificate(config: GatewayConfig) -> list[str]:
+    """The names this gateway's ``[tls]`` certificate carries, which the operator API refuses as a partner's
+    credential; a `ConfigError` naming the caller whose certificate common name is one of them (it could never
+    call): what `GatewayNode.from_config` and ``config check`` both run."""
+    if config.tls is None:
+        return []
+    names = certificate_names(config.tls.certificate)
+    own = {name.casefold() for name in names}
+    for i, caller in enumerate(config.operator_access.callers):
+        name = caller.certificate_common_name
+        if name and name.casefold() in own:
+            raise ConfigError(
+                f"operator.callers[{i}].certificate_common_name: {name!r} is a name of this gateway's own [tls]"
+                f" certificate ({config.tls.certificate}), which partners see: the operator API refuses it as a"
+                " partner's credential; give the caller a certificate of its own"
+            )
+    return names
 
 
 def certificate_names(path: Path) -> list[str]:

@@ -1007,6 +1007,7 @@ def file_problems(config: GatewayConfig) -> list[str]:
     from gateway.node import (
         _signer,
         _trust_envelope,
+        check_callers_not_own_certificate,
         check_database_file,
         check_operator_tls,
         check_tls,
@@ -1061,9 +1062,10 @@ def file_problems(config: GatewayConfig) -> list[str]:
             f" none of the configured signers ({names}), and serve signs only with a key the newest version lists:"
             f" configure its key, or point trust_document at a later version that lists yours{unseen}"
         )
-    checks: list[Callable[[], None]] = []
+    checks: list[Callable[[], object]] = []
     if config.tls is not None:
         checks.append(functools.partial(check_tls, config.tls, partner_identities(config)))
+        checks.append(functools.partial(check_callers_not_own_certificate, config))
     if config.operator_access.tls is not None:
         checks.append(functools.partial(check_operator_tls, config.operator_access.tls))
     if isinstance(config.database, Path):

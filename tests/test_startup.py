@@ -539,12 +539,33 @@ def _partner_tls(folder: Path, **files: str) -> Path:
     return _config(folder, tail=f"[tls]\n{lines}")
 
 
+def _caller_named_as_the_gateways_certificate(folder: Path) -> Path:
+    """[tls] with a certificate named chn-gateway-1, not the Party code, and an operator caller of that name."""
+    from gateway.tls import create_ca, issue_certificate
+
+    _certificates(folder)
+    ca_cert, ca_key = create_ca("gateway CA")
+    _write(folder / "gw-ca.crt", ca_cert)
+    cert, key = issue_certificate(ca_cert, ca_key, "chn-gateway-1")
+    _write(folder / "gw.crt", cert)
+    _write(folder / "gw.key", key)
+    caller = '[[operator.callers]]\nname = "ops"\nrole = "operator"\ncertificate_common_name = "chn-gateway-1"\n'
+    tls = '[tls]\ncertificate = "gw.crt"\nprivate_key = "gw.key"\nca_certificate = "gw-ca.crt"\n'
+    operator_tls = '[operator.tls]\ncertificate = "chn.crt"\nprivate_key = "chn.tls.key"\nclient_ca = "ca.crt"\n'
+    return _config(folder, operator_settings=caller, tail=tls + operator_tls)
+
+
 def _same_listen(folder: Path) -> Path:
     address = f"127.0.0.1:{free_port()}"
     return _config(folder, operator=address, partner=address)
 
 
 CHECKED_LIKE_SERVE = [
+    Case(
+        "operator_caller_named_as_the_gateways_own_certificate",
+        lambda f, _: _caller_named_as_the_gateways_certificate(f),
+        ("operator.callers[0].certificate_common_name", "chn-gateway-1", "gw.crt", "a partner's credential"),
+    ),
     Case(
         "operator_tls_certificate_missing",
         lambda f, _: _operator_tls(f, certificate="absent.crt"),
