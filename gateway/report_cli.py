@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import errno
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -77,7 +78,12 @@ def _report_aef(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.format == "xlsx" and out.is_symlink():
-        out = Path(os.path.realpath(out))  # written where the link points, as a shell's > would: the link stays
+        try:  # written where the link points, as a shell's > would: the link stays
+            out = Path(os.path.realpath(out, strict=False))
+            if out.is_symlink():
+                raise OSError(errno.ELOOP, "a loop of symbolic links")
+        except OSError as exc:
+            return fail("report aef", f"--out {args.out}: {exc.strerror or exc}", EXIT_USAGE)
     if args.format == "xlsx" and out.is_dir():
         return fail("report aef", f"--out {out} is a folder; name the XLSX file to write", EXIT_USAGE)
     if args.format == "xlsx" and out.exists() and not out.is_file():

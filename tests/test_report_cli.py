@@ -961,6 +961,11 @@ def test_a_workbook_is_written_where_a_link_points_and_a_device_is_refused_befor
     assert report(gateway_dir, link) == 0
     assert capsys.readouterr().out == f"wrote {gateway_dir / 'reports' / '2025.xlsx'}\n"
     assert link.is_symlink() and sheets(link.read_bytes())["Actions"][1:] == ROWS["Actions"]
+    loop = gateway_dir / "loop.xlsx"
+    loop.symlink_to(loop)
+    assert report(gateway_dir, loop) == 2
+    assert one_line(capsys.readouterr().err).endswith(f"--out {loop}: a loop of symbolic links")
+    assert loop.is_symlink()
     fifo = gateway_dir / "pipe.xlsx"
     os.mkfifo(fifo)
     for device in (Path("/dev/null"), fifo):
