@@ -696,3 +696,25 @@ def test_config_check_refuses_in_one_line_what_serve_refuses(case: Case, tmp_pat
     assert "Traceback" not in check.stderr and check.stderr.count("\n") == 1, check.stderr
     for name in case.names:
         assert name in check.stderr, check.stderr
+
+
+def test_a_setting_without_effect_is_warned_of_by_config_check_and_serve_which_starts(tmp_path: Path) -> None:
+    """unauthenticated_loopback with [operator.tls] client_ca (init writes the first beside the second commented
+    out) can never apply: config check passes the file with a warning, and serve starts, logging it."""
+    config = _operator_tls(_keys(tmp_path), operator_settings="unauthenticated_loopback = true\n")
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    said = "operator.unauthenticated_loopback: [operator.tls] client_ca makes every connection present"
+    assert check.returncode == 0 and f"{config}: warning: {said}" in check.stderr, check
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([*SERVE, str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "gateway serving" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert f"WARNING gateway: {config}: {said}" in log.read_text()
+    finally:
+        process.kill()
+        process.wait()
