@@ -566,7 +566,10 @@ def check_callers_not_own_certificate(config: GatewayConfig) -> list[str]:
     call): what `GatewayNode.from_config` and ``config check`` both run."""
     if config.tls is None:
         return []
-    names = certificate_names(config.tls.certificate)
+    try:
+        names = certificate_names(config.tls.certificate)
+    except (OSError, ValueError):
+        return []  # a certificate file that cannot be read: `check_tls` names it
     own = {name.casefold() for name in names}
     for i, caller in enumerate(config.operator_access.callers):
         name = caller.certificate_common_name
