@@ -424,11 +424,6 @@ CASES = [
         ("database", "it keeps CHE's books", "this gateway is CHN's"),
     ),
     Case(
-        "ledger_method_other_than_recorded",
-        lambda f, _: _another_adjustment_method(f),
-        ("ledger", "was kept under 'multi-year, NDC 2021-2030'"),
-    ),
-    Case(
         "database_of_a_newer_version",
         lambda f, _: _newer_database(f),
         ("database", "newer.db", "schema version 1000", "newer version"),
