@@ -13,6 +13,7 @@ Each command returns 0 on success and 2 with one line on stderr when an input is
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import datetime as dt
 import functools
@@ -130,7 +131,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--current",
         metavar="FILE",
         help="the current trust document, if newer than the configuration's trust_document and the version its"
-        " SQLite database holds (which is read, and preferred to the configured one, without --current)",
+        " gateway's database holds (which is read, and preferred to the configured one, without --current)",
     )
     next_.add_argument(
         "--retire-old", action="store_true", help="remove the current document's keys from the next version"
@@ -883,13 +884,13 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _stored_own_document(config: GatewayConfig) -> TrustedParty | None:
-    """The newest version of the Party's own trust document its SQLite database holds (after a rotation it is
+    """The newest version of the Party's own trust document its database holds (after a rotation it is
     later than the configured one, and ``serve`` starts from it); None for none, or a database not readable."""
     return _stored_document(config, config.party)
 
 
 def _stored_document(config: GatewayConfig, party: str) -> TrustedParty | None:
-    """The newest version of ``party``'s trust document the gateway's SQLite database holds; None for none, or
+    """The newest version of ``party``'s trust document the gateway's database holds; None for none, or
     a database not readable."""
     rows = _stored_rows(config, party, 0)
     if rows is None or rows[0] is None:
@@ -904,10 +905,10 @@ def _stored_rows(
     config: GatewayConfig, party: str, version: int
 ) -> tuple[tuple[int, bytes] | None, bytes | None] | None:
     """The newest stored version of ``party``'s trust document (its number and envelope) and the stored envelope
-    of ``version``, from the gateway's SQLite database, read without changing it; None when there is no such
-    database to read."""
+    of ``version``, from the gateway's database (an SQLite file or a PostgreSQL database), read without changing
+    it; None when there is no such database to read."""
     if not isinstance(config.database, Path):
-        return None
+        return _stored_rows_postgres(config.database, party, version)
     try:
         if not config.database.is_file():
             return None
@@ -924,6 +925,27 @@ def _stored_rows(
     except (OSError, sqlite3.Error, ValueError):
         return None  # `serve` names what is wrong with the database itself
     return (None if newest is None else (int(newest[0]), bytes(newest[1]))), None if same is None else bytes(same[0])
+
+
+def _stored_rows_postgres(url: str, party: str, version: int) -> tuple[tuple[int, bytes] | None, bytes | None] | None:
+    """`_stored_rows` from a PostgreSQL database, through a read-only connection; None for a server that does
+    not answer or a database no gateway of this version has started on (``serve`` names either)."""
+    import asyncpg
+
+    from gateway.store.postgres import DatabaseUnavailable, PostgresStore
+
+    async def read() -> tuple[tuple[int, bytes] | None, bytes | None]:
+        store = await PostgresStore.open_read_only(url)
+        try:
+            async with store.transaction(durable=False) as tx:
+                return await tx.latest_trust_document(party), await tx.trust_document(party, version)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(read())
+    except (DatabaseUnavailable, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return None
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -1056,11 +1078,10 @@ def file_problems(config: GatewayConfig) -> list[str]:
     if newest is not None and opened == len(config.signers) and not keyids & listed:
         names = ", ".join("signer" if n == DEFAULT_SIGNER_NAME else f"signers.{n}" for n in sorted(config.signers))
         where = "stored in the database" if newest is stored else str(config.trust_document)
-        unseen = "" if isinstance(config.database, Path) else " (config check does not read a PostgreSQL database)"
         problems.append(
             f"signer: the transfer role of {config.party}'s trust document version {newest.version} ({where}) lists"
             f" none of the configured signers ({names}), and serve signs only with a key the newest version lists:"
-            f" configure its key, or point trust_document at a later version that lists yours{unseen}"
+            f" configure its key, or point trust_document at a later version that lists yours"
         )
     checks: list[Callable[[], object]] = []
     if config.tls is not None:
@@ -1084,8 +1105,8 @@ def file_problems(config: GatewayConfig) -> list[str]:
 
 def file_warnings(config: GatewayConfig, now: dt.datetime) -> list[str]:
     """What ``serve`` starts with but reports later in its log, one line each, naming the setting, the file and
-    the instant: an own or a partner's trust document (the newest version, configured or stored in the SQLite
-    database) or a ``[tls]`` certificate that has expired at ``now``; and settings that can never take effect
+    the instant: an own or a partner's trust document (the newest version, configured or stored in the
+    gateway's database) or a ``[tls]`` certificate that has expired at ``now``; and settings that can never take effect
     (`gateway.config.settings_without_effect`). Files that cannot be read are left to `file_problems`."""
     from gateway.config import ConfigError, settings_without_effect
     from gateway.node import _trust_envelope

@@ -7,6 +7,7 @@ are reported at once; `serve` refuses them too, because it uses the same loader.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import sqlite3
@@ -20,9 +21,19 @@ import pytest
 from gateway.cli import main
 from gateway.config import UnknownKeysError, load_config, settings_without_effect
 from gateway.harness import self_signed_trust_document
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
-from signing import Role, TrustDocument, generate_key, sign_trust_document, signer_from_uri
+from signing import (
+    Envelope,
+    Role,
+    TrustDocument,
+    TrustedParty,
+    generate_key,
+    sign_trust_document,
+    signer_from_uri,
+)
 from signing.files import MAX_FILE_BYTES
+from tests.postgres import admin_url, create_database, drop_databases
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -563,6 +574,58 @@ async def test_config_check_refuses_a_partner_document_swapped_after_the_one_sto
     assert "partners[0].trust_document: CHE's trust document version 1 differs from the version 1" in line, line
     result = subprocess.run([*CLI, "serve", str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and "CHE's trust document version 1 differs" in result.stderr, result.stderr
+
+
+def test_config_check_and_trust_next_read_the_trust_documents_a_postgresql_database_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As from an SQLite file: the version of CHN's own document a rotation stored is the one whose signers count
+    and the one trust next drafts from, and another CHE document configured in place of the stored one is
+    refused, in serve's words."""
+    admin = admin_url()
+    url = asyncio.run(create_database(admin, "configcheck"))
+    try:
+        _files(tmp_path)
+        generate_key(tmp_path / "chn-2")
+        old, new = signer_from_uri(str(tmp_path / "chn.key")), signer_from_uri(str(tmp_path / "chn-2.key"))
+        document = TrustDocument(
+            party="CHN",
+            version=2,
+            expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=90),
+            keys={new.keyid: new.public_key},
+            roles={"trust": Role((new.keyid,), 1), "transfer": Role((new.keyid,), 1)},
+        )
+
+        async def store_documents() -> None:
+            store = await PostgresStore.open(url)
+            try:
+                async with store.transaction() as tx:
+                    now = dt.datetime.now(dt.UTC)
+                    await tx.put_trust_document("CHN", 2, sign_trust_document(document, [old, new]).to_json(), now)
+                    await tx.put_trust_document("CHE", 1, (tmp_path / "che.trust.json").read_bytes(), now)
+            finally:
+                await store.close()
+
+        asyncio.run(store_documents())
+        path = _write(tmp_path, GOOD.replace("chn.key", "chn-2.key").replace('"chn.db"', f'"{url}"'))
+        assert main(["config", "check", str(path)]) == 0, capsys.readouterr().err
+        assert "OK: CHN gateway" in capsys.readouterr().out
+        generate_key(tmp_path / "chn-3")
+        argv = ["trust", "next", "--config", str(path), "--new-key", str(tmp_path / "chn-3.key")]
+        assert main([*argv, "--signer-name", "third", "--out", str(tmp_path / "chn.trust.v3.json")]) == 0
+        assert "drafted from version 2, stored in" in capsys.readouterr().out
+        v2 = TrustedParty.bootstrap(sign_trust_document(document, [old, new]), dt.datetime.now(dt.UTC))
+        v3 = v2.update(Envelope.from_json((tmp_path / "chn.trust.v3.json").read_bytes()), dt.datetime.now(dt.UTC))
+        assert v3.version == 3
+        generate_key(tmp_path / "stranger")
+        stranger = signer_from_uri(str(tmp_path / "stranger.key"))
+        (tmp_path / "che.trust.json").write_bytes(self_signed_trust_document("CHE", stranger).to_json())
+        [line] = _check(path, capsys)
+        assert "partners[0].trust_document: CHE's trust document version 1 differs from the version 1" in line, line
+        result = subprocess.run([*CLI, "serve", str(path)], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2 and "CHE's trust document version 1 differs" in result.stderr, result.stderr
+    finally:
+        asyncio.run(drop_databases(admin, [url]))
 
 
 def test_config_check_says_a_tls_key_cannot_be_read_not_that_it_is_not_pem(
