@@ -210,6 +210,21 @@ def version_in_force(versions: Sequence[Authorization], on: dt.date) -> Authoriz
     return found
 
 
+def versions_ever_in_force(versions: Sequence[Authorization]) -> list[Authorization]:
+    """Those of ``versions`` (of any authorizations, in the order recorded) in force on some day, past or to
+    come: all but a version superseded before its date, by a version of the same authorization recorded after it
+    and dated no later (`check_new_version`). `version_in_force` never returns such a version."""
+    earliest_after: dict[str, dt.date] = {}
+    kept: list[Authorization] = []
+    for version in reversed(versions):
+        later = earliest_after.get(version.authorization_id)
+        if later is None or version.date < later:
+            kept.append(version)
+            earliest_after[version.authorization_id] = version.date
+    kept.reverse()
+    return kept
+
+
 def authorizing_parties(versions: Iterable[Authorization], own: str) -> dict[str, str]:
     """The authorizing Party of each authorization among ``versions``: the one its latest version naming one
     names (an amendment may say whose a copy registered before versions named their Party is), else ``own``."""

@@ -45,7 +45,7 @@ from gateway.domain.canonical import (
     MitigationType,
 )
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.ledger import Holdings, authorizing_parties, year_end
+from gateway.domain.ledger import Holdings, authorizing_parties, versions_ever_in_force, year_end
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 from gateway.domain.records import (
     ActionType,
@@ -133,7 +133,12 @@ class Reporting(GatewayBase):
             recorded = await tx.list_authorization_versions()
             # This Party's own authorizations alone: a copy of another Party's is that Party's to report.
             parties = authorizing_parties(recorded, self.party)
-            versions = [v for v in recorded if v.date <= end.date() and parties[v.authorization_id] == self.party]
+            # A version superseded before its date never came into force, and is no change the AEF reports.
+            versions = [
+                v
+                for v in versions_ever_in_force(recorded)
+                if v.date <= end.date() and parties[v.authorization_id] == self.party
+            ]
             gwp = options.gwp_values
             sink.add("authorizations", [a for a in (aef_authorization(v, gwp, problems) for v in versions) if a])
             actions: list[AefAction] = []

@@ -39,6 +39,7 @@ from gateway.domain.ledger import (
     record_tie,
     still_unresolved,
     version_in_force,
+    versions_ever_in_force,
     year_end,
 )
 from gateway.domain.records import ActionType, Authorization, FirstTransferDefinition, LedgerEntry, Purpose
@@ -249,6 +250,38 @@ def test_a_version_recorded_before_versions_still_to_come_supersedes_them_from_i
         revoked,
         revoked,
     ]
+
+
+def test_a_version_superseded_before_its_date_never_comes_into_force() -> None:
+    revoked = version("10", "2026-12-07", revoked=True)
+    other = version("1", "2030-01-01", authorization_id="CHN-A6-0002")
+    amended = version("2", "2029-01-01", authorization_id="CHN-A6-0002")
+    assert versions_ever_in_force([V1, other, AHEAD, amended, revoked]) == [V1, amended, revoked]
+    assert versions_ever_in_force([V1, AHEAD]) == [V1, AHEAD]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["CHN-A6-0001", "CHN-A6-0002"]), st.dates(D("2024-01-01"), D("2024-01-10"))),
+        max_size=8,
+    )
+)
+def test_the_versions_ever_in_force_are_those_version_in_force_finds_on_some_day(
+    recorded: list[tuple[str, dt.date]],
+) -> None:
+    versions = [
+        version(str(i), d.isoformat(), authorization_id=authorization_id)
+        for i, (authorization_id, d) in enumerate(recorded)
+    ]
+    found = [
+        v
+        for v in versions
+        if any(
+            version_in_force([w for w in versions if w.authorization_id == v.authorization_id], u.date) is v
+            for u in versions
+        )
+    ]
+    assert versions_ever_in_force(versions) == found
 
 
 @pytest.mark.parametrize(

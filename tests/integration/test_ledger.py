@@ -1284,6 +1284,34 @@ async def test_a_use_towards_the_ndc_is_refused_where_no_ndc_period_is_configure
 
 
 @pytest.mark.asyncio
+async def test_a_version_superseded_before_its_date_stays_out_of_the_aef_report(tmp_path: Path) -> None:
+    """An amendment dated months ahead by mistake, then superseded by one dated today, never comes into force:
+    the report of the year it was dated in lists the versions that did, not it."""
+    pair = await start_pair(tmp_path)
+    pair.chn.core.gateway.ledger_options = options("CHN01")
+    today = dt.datetime.now(dt.UTC).date()
+    ahead = today + dt.timedelta(days=200)
+
+    def amendment(label: str, date: dt.date) -> operator_pb2.AmendAuthorizationRequest:
+        found = records_pb2.Authorization()
+        found.CopyFrom(DEMO_AUTHORIZATION)
+        found.version, found.date = label, date.isoformat()
+        return operator_pb2.AmendAuthorizationRequest(idempotency_key=label, authorization=found)
+
+    try:
+        async with operator(pair.chn) as chn:
+            await chn.RegisterAuthorization(
+                operator_pb2.RegisterAuthorizationRequest(idempotency_key="a", authorization=DEMO_AUTHORIZATION)
+            )
+            await chn.AmendAuthorization(amendment("2.0", ahead))
+            await chn.AmendAuthorization(amendment("3.0", today))
+        report = await pair.chn.core.gateway.aef_report(ahead.year, version="1.0", submission_date=ahead)
+        assert [a.version for a in report.authorizations] == ["1.0", "3.0"]
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
 async def test_no_version_of_this_partys_authorizations_enters_a_locked_years_report(tmp_path: Path) -> None:
     """With 2021-2025 locked, a version of CHN's own authorizations dated 2025 or earlier would appear in the
     locked report of 2025 (which lists every version dated by the year's end): refused, naming the date. A copy of
