@@ -483,7 +483,10 @@ class Exchange:
         Raise `GatewayError` if it does not verify or does not answer ``sent``: it must be signed by the partner
         and name this gateway, and either name ``message_id`` (a receipt for a statement the partner could
         read, possibly an earlier version of it) or carry the SHA-256 of the envelope bytes sent (a refusal
-        of an envelope it could not read). A receipt replayed from another delivery is refused.
+        of an envelope it could not read). A receipt replayed from another delivery is refused. A response code
+        this version does not know (a partner of a later release) is no reason to refuse the receipt: the
+        partner answered, and the outbox reads the code as it can (`gateway.outbox`), or the statement would be
+        sent again for ever and answered with the same receipt each time.
         """
         envelope = wire.envelope_from_bytes(data)
         if envelope.payload_type != wire.RECEIPT_PAYLOAD_TYPE:
@@ -496,10 +499,6 @@ class Exchange:
             receipt.ParseFromString(envelope.payload)
         except DecodeError:
             raise GatewayError(ResponseCode.MALFORMED_PAYLOAD, "the receipt payload does not parse") from None
-        if receipt.code not in ResponseCode._value2member_map_:
-            raise GatewayError(
-                ResponseCode.MALFORMED_PAYLOAD, f"the receipt has an unknown response code {receipt.code}"
-            )
         if receipt.sender != partner.party:
             raise GatewayError(
                 ResponseCode.KEY_UNKNOWN_OR_REVOKED, f"a receipt from {partner.party} names {receipt.sender[:40]!r}"

@@ -351,6 +351,48 @@ async def test_a_partner_s_receipt_detail_is_kept_and_logged_escaped(
         await core.close()
 
 
+class NewerPartner:
+    """A partner of a later release, whose receipts carry a response code this version does not know: the first
+    statement taken in with its effect refused under that code, the second refused under it outright."""
+
+    UNKNOWN_CODE = max(ResponseCode) + 1
+
+    def __init__(self, signer: CryptoSigner) -> None:
+        self.signer = signer
+        self.deliveries: list[str] = []
+
+    async def deliver(self, party: str, envelope: bytes) -> bytes:
+        statement = partner_pb2.Statement.FromString(wire.envelope_from_bytes(envelope).payload)
+        self.deliveries.append(statement.status_query.transfer_id)
+        taken = statement.status_query.transfer_id == "taken"
+        return scripted_receipt(self.signer, envelope, code=self.UNKNOWN_CODE, taken_in=taken)
+
+
+@pytest.mark.asyncio
+async def test_a_receipt_with_a_response_code_of_a_later_release_settles_its_statement(tmp_path: Path) -> None:
+    evl = CryptoSigner.generate()
+    partner = NewerPartner(evl)
+    core = await gateway_before(partner, evl, tmp_path)
+    try:
+        await core.load()
+        async with core.store.transaction() as tx:
+            for topic in ("taken", "refused", "after"):
+                await core.exchange.enqueue(tx, "EVL", status_query=partner_pb2.StatusQuery(transfer_id=topic))
+        await core.outbox.drain()
+        async with core.store.read() as tx:
+            taken, refused, after = await tx.list_outbox()
+        # Taken in is taken in, whatever the partner made of the effect: the channel goes on.
+        assert taken.state is OutboxState.DELIVERED
+        # A refusal this version cannot read is final, as a malformed one is: an operator sees it, and the
+        # statements behind it are not held up.
+        assert refused.state is OutboxState.DEAD
+        assert f"response code {NewerPartner.UNKNOWN_CODE}, unknown to this version" in refused.last_error
+        assert after.state is OutboxState.DEAD  # the same partner refuses it too, and it is not retried for ever
+        assert partner.deliveries == ["taken", "refused", "after"]
+    finally:
+        await core.close()
+
+
 class TwoPartners:
     """Two partners, EVL and SLO, as the transport meets them: the ``slow`` ones answer only once released (as
     a partner at the edge of the transport's timeout would), the ``failing`` ones cannot be reached at their
