@@ -21,9 +21,11 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from carbon_gateway.v1 import partner_pb2
+from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange
 from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import PartnerDirectory
+from gateway.rpc.errors import AnsweredAs, abort_with
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +55,27 @@ def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.
         return received.receipt
 
     async def deliver_batch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        # A batch refused as a whole carries its response code in an ErrorDetail, as every other refusal does.
         batch = partner_pb2.DeliveryBatch()
         try:
             batch.ParseFromString(request)
         except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a DeliveryBatch")
+            await abort_with(
+                context,
+                GatewayError(
+                    ResponseCode.MALFORMED_PAYLOAD,
+                    "the request is not a DeliveryBatch (field 1: the envelopes, each as bytes)",
+                    field="envelopes",
+                ),
+            )
         if len(batch.envelopes) > MAX_RUN:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{len(batch.envelopes)} envelopes in one batch; at most {MAX_RUN}: send the rest in another call",
+            await abort_with(
+                context,
+                GatewayError(
+                    ResponseCode.MALFORMED_PAYLOAD,
+                    f"{len(batch.envelopes)} envelopes in one batch; at most {MAX_RUN}: send the rest in another call",
+                    field="envelopes",
+                ),
             )
         identity = peer_identity(context) if require_peer_identity else None
         answer = partner_pb2.ReceiptBatch()
@@ -75,7 +89,13 @@ def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.
         except OSError:
             # The commits could not be made durable: no receipt may leave. The sender sends the batch again.
             log.exception("a batch of %d envelopes could not be made durable", len(batch.envelopes))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the receiver's database failed; retry later")
+            await abort_with(
+                context,
+                AnsweredAs(
+                    GatewayError(ResponseCode.INTERNAL_ERROR, "the receiver's database failed; retry later"),
+                    grpc.StatusCode.UNAVAILABLE,
+                ),
+            )
         return answer.SerializeToString()
 
     return grpc.method_handlers_generic_handler(

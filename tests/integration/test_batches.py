@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD, SERVICE_NA
 from gateway.store.base import LogKind, OutboxKind, OutboxState
 from gateway.store.sqlite import PAGE_CACHE_KIB
 from signing import CryptoSigner, Role, TrustDocument, sign_trust_document
-from tests.integration.harness import Crafter, operator, scripted_receipt, setup_accounts, transfer
+from tests.integration.harness import Crafter, error_code, operator, scripted_receipt, setup_accounts, transfer
 from tests.integration.test_channels import gateway_before
 
 
@@ -353,6 +354,28 @@ async def test_a_batch_the_receiver_cannot_read_is_refused_as_a_whole(
             await channel.unary_unary(DELIVER_BATCH_METHOD, None, None)(request_bytes, timeout=10)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert detail in (refused.value.details() or "")
+    # The stable response code a partner's engineers and gateway read, as for every other refusal.
+    assert error_code(refused.value) == ResponseCode.MALFORMED_PAYLOAD
+
+
+@pytest.mark.asyncio
+async def test_a_batch_whose_commits_cannot_be_made_durable_is_refused_with_its_code(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @asynccontextmanager
+    async def disk_fails() -> AsyncIterator[None]:
+        yield
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(pair.che.core.store, "synced_once", disk_fails)
+    crafter = await crafter_for(pair)
+    async with grpc.aio.insecure_channel(pair.che.partner_address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await channel.unary_unary(DELIVER_BATCH_METHOD, None, None)(
+                partner_pb2.DeliveryBatch(envelopes=batch_case(crafter, ["s"])).SerializeToString(), timeout=10
+            )
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE  # the sender sends the batch again
+    assert error_code(refused.value) == ResponseCode.INTERNAL_ERROR
 
 
 class HalfwayPartner:
