@@ -205,6 +205,12 @@ def apply_trust_updates(current: TrustedParty, envelopes: list[Envelope], now: d
         raise GatewayError(ResponseCode.TRUST_UPDATE_REFUSED, str(exc)) from None
 
 
+class ReceiptUnsigned(Exception):
+    """This gateway's signer failed (an HSM busy or being reset): no receipt can be signed, so no answer can be
+    given. What was being applied is rolled back and the sender is asked to send again later; statements of a
+    batch committed before the failure keep their stored receipts, which the resend gets back."""
+
+
 class Replayed(GatewayError):
     """A statement whose sequence the receiver already processed, or whose hash does not chain; the refusal
     tells the sender where the receiver's copy of its channel stands, so that it can catch up."""
@@ -524,7 +530,8 @@ class Exchange:
     async def receive(self, raw: bytes, *, form: EnvelopeForm, peer_identity: str | None = None) -> Received:
         """Run the receiver's checks on ``raw`` and apply the statement; return the signed receipt.
 
-        Never raises for anything in ``raw``: every failure is answered with a receipt.
+        Never raises for anything in ``raw``: every failure is answered with a receipt, but for a failure of this
+        gateway's signer, which leaves no receipt to answer with (`ReceiptUnsigned`).
         """
         return (await self.receive_many([raw], form=form, peer_identity=peer_identity))[0]
 
@@ -537,7 +544,8 @@ class Exchange:
         applied together (steps 6-8 and the effect), in transactions of at most `RUN_BYTES_PER_TRANSACTION`,
         each under its own savepoint, so that one statement's refusal takes back its own writes only. A trust
         push, and a refusal at steps 1-5, are handled alone, after the statements before them are committed: a
-        trust push changes how the envelopes after it verify. Never raises for anything in ``raws``.
+        trust push changes how the envelopes after it verify. Never raises for anything in ``raws``; raises
+        `ReceiptUnsigned` when this gateway's signer fails.
         """
         counting = _COUNTED.set(set())
         try:
@@ -598,18 +606,17 @@ class Exchange:
         return Received(receipt, ResponseCode.MALFORMED_PAYLOAD, detail)
 
     def _failed(self, raw: bytes, form: EnvelopeForm, exc: Exception) -> Received:
-        """The receipt for an envelope the receiver failed on: nothing of it took effect."""
+        """The receipt for an envelope the receiver failed on: nothing of it took effect. Raises
+        `ReceiptUnsigned` when that was the failure, or when this receipt cannot be signed either."""
+        if isinstance(exc, ReceiptUnsigned):
+            raise exc
         log.error("failed while handling a delivery of %d bytes", len(raw), exc_info=exc)
         detail = "the receiver failed while handling the message; nothing took effect; retry later"
         if isinstance(exc, OSError):
             # The database itself failed, perhaps after a commit: nothing can be promised either way. What
             # failed stays in this gateway's log: it may name internal hosts.
             detail = "the receiver's database failed; retry later"
-        try:
-            receipt = self._receipt("", "", b"", raw, ResponseCode.INTERNAL_ERROR, detail, form)
-        except Exception:
-            log.exception("could not even sign a refusal")
-            raise
+        receipt = self._receipt("", "", b"", raw, ResponseCode.INTERNAL_ERROR, detail, form)
         return Received(receipt, ResponseCode.INTERNAL_ERROR, detail)
 
     async def _receive(self, raw: bytes, form: EnvelopeForm, peer_identity: str | None, *, held: bool) -> Received:
@@ -757,6 +764,8 @@ class Exchange:
             rest = group[len(received) :]
             try:
                 outcomes, after = await self._apply_together(rest, form, held=held)
+            except ReceiptUnsigned:
+                raise  # no statement alone would fare better: the whole delivery is asked for again
             except Exception as exc:
                 if len(rest) > 1 and not isinstance(exc, OSError):
                     log.warning(
@@ -1148,8 +1157,16 @@ class Exchange:
             last_sequence=channel.last_sequence if channel else 0,
             last_hash=channel.last_hash if channel else b"",
         )
-        envelope = sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, receipt.SerializeToString(), [self.signer])
+        envelope = self._sign_receipt(receipt.SerializeToString())
         return envelope.to_json() if form is EnvelopeForm.JSON else wire.envelope_to_bytes(envelope)
+
+    def _sign_receipt(self, payload: bytes) -> Envelope:
+        """A receipt payload signed by the current key; `ReceiptUnsigned` when the signer fails."""
+        try:
+            return sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, payload, [self.signer])
+        except Exception as exc:
+            log.error("could not sign a receipt, so no delivery can be answered: %r", exc)
+            raise ReceiptUnsigned(str(exc)) from exc
 
     def _current(self, receipt: bytes) -> bytes:
         """A stored receipt as this gateway answers it again: the same payload, and the same signature unless
@@ -1158,7 +1175,7 @@ class Exchange:
         envelope = wire.envelope_from_bytes(receipt)
         if all(s.keyid == self.signer.keyid for s in envelope.signatures):
             return receipt
-        return wire.envelope_to_bytes(sign_envelope(envelope.payload_type, envelope.payload, [self.signer]))
+        return wire.envelope_to_bytes(self._sign_receipt(envelope.payload))
 
     @staticmethod
     def _reform(receipt: bytes, form: EnvelopeForm) -> bytes:

@@ -21,7 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.domain.access import DeliveryPlaces, Places, address_source
 from gateway.domain.errors import ResponseCode
-from gateway.exchange import EnvelopeForm, Exchange
+from gateway.exchange import EnvelopeForm, Exchange, ReceiptUnsigned
 
 DELIVER_PATH = "/v1/partner/deliver"
 VERSION_PATTERN = re.compile(r"[1-9][0-9]*")
@@ -248,7 +248,17 @@ def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | N
     async def deliver(request: web.Request) -> web.Response:
         async with place(request) as admitted:
             if admitted:
-                return await handle(request)
+                try:
+                    return await handle(request)
+                except ReceiptUnsigned:
+                    # No receipt can be signed: nothing was judged that a receipt would tell, as after a 503
+                    # for want of a place. The sender sends the statement again.
+                    return web.Response(
+                        status=503,
+                        text="the receiver cannot sign receipts now (its signer failed): nothing was answered;"
+                        f" send again in {BUSY_RETRY_SECONDS} s or more\n",
+                        headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+                    )
         metrics.busy += 1
         at_once, per_address = limits()
         busy = web.Response(

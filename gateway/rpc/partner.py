@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from carbon_gateway.v1 import partner_pb2
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.exchange import EnvelopeForm, Exchange
+from gateway.exchange import EnvelopeForm, Exchange, ReceiptUnsigned
 from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import PartnerDirectory
 from gateway.rpc.errors import AnsweredAs, abort_with
@@ -35,6 +35,17 @@ DELIVER_BATCH_METHOD = f"/{SERVICE_NAME}/DeliverBatch"
 
 BATCHES_ASKED_AGAIN_AFTER = 600.0
 """Seconds after which a partner that did not take ``DeliverBatch`` is offered batches again."""
+
+
+CANNOT_SIGN = AnsweredAs(
+    GatewayError(
+        ResponseCode.INTERNAL_ERROR,
+        "the receiver cannot sign receipts now (its signer failed): send again later; a statement it took in"
+        " before is answered with its receipt",
+    ),
+    grpc.StatusCode.UNAVAILABLE,
+)
+"""The refusal of a delivery that no receipt can answer (`ReceiptUnsigned`): a status the sender retries."""
 
 
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -51,7 +62,10 @@ def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.
 
     async def deliver(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         identity = peer_identity(context) if require_peer_identity else None
-        received = await exchange.receive(request, form=EnvelopeForm.PROTOBUF, peer_identity=identity)
+        try:
+            received = await exchange.receive(request, form=EnvelopeForm.PROTOBUF, peer_identity=identity)
+        except ReceiptUnsigned:
+            await abort_with(context, CANNOT_SIGN)
         return received.receipt
 
     async def deliver_batch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -86,6 +100,8 @@ def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.
                     batch.envelopes, form=EnvelopeForm.PROTOBUF, peer_identity=identity
                 )
                 answer.receipts.extend(r.receipt for r in received)
+        except ReceiptUnsigned:
+            await abort_with(context, CANNOT_SIGN)
         except OSError:
             # The commits could not be made durable: no receipt may leave. The sender sends the batch again.
             log.exception("a batch of %d envelopes could not be made durable", len(batch.envelopes))

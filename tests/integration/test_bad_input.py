@@ -37,9 +37,9 @@ from gateway.harness import Network, start_network
 from gateway.http.app import DELIVER_PATH
 from gateway.node import GatewayNode
 from gateway.rpc.errors import read_error_detail
-from gateway.rpc.partner import DELIVER_METHOD
+from gateway.rpc.partner import DELIVER_BATCH_METHOD, DELIVER_METHOD
 from gateway.store.base import LogKind
-from signing import Envelope, pae, sign_envelope
+from signing import Envelope, Signer, SignerError, pae, sign_envelope
 from tests.integration.harness import (
     TERMINAL,
     Crafter,
@@ -2048,3 +2048,56 @@ async def test_a_decision_with_ten_thousand_rejections_is_refused_and_the_transf
         await follow_up(network, crafter, "CHN", transport)
     finally:
         await network.stop()
+
+
+class RefusingToken:
+    """A signer whose token refuses to sign, as an HSM that is busy or being reset does."""
+
+    def __init__(self, signer: Signer) -> None:
+        self.public_key = signer.public_key
+        self.keyid = signer.keyid
+
+    def sign(self, data: bytes) -> bytes:
+        raise SignerError("the PKCS#11 token refused to sign: CKR_DEVICE_ERROR")
+
+
+@MODULE
+@pytest.mark.parametrize("transport", ["grpc", "grpc-batch", "http"])
+async def test_a_receiver_that_cannot_sign_receipts_asks_for_the_statement_again_and_takes_it_in_later(
+    partners: Partners, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network, che = partners.network, partners.che
+    await settle(*network.nodes.values())
+    async with che.store.read() as tx:
+        channel = await tx.incoming_channel("CHN")
+    crafter = Crafter(signer=network.signers["CHN"], sender="CHN", receiver="CHE", channel=channel)
+    payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id="while-the-token-is-down"))
+    form = "http" if transport == "http" else "grpc"
+    raw = encode(crafter.envelope(payload), form)
+    signer = che.exchange.signer
+    monkeypatch.setattr(che.exchange, "signer", RefusingToken(signer))
+    if transport.startswith("grpc"):
+        method, request = DELIVER_METHOD, raw
+        if transport == "grpc-batch":
+            method, request = DELIVER_BATCH_METHOD, partner_pb2.DeliveryBatch(envelopes=[raw]).SerializeToString()
+        async with grpc.aio.insecure_channel(che.partner_address) as channel_to_che:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await channel_to_che.unary_unary(method, None, None)(request, timeout=10)
+        # Not UNKNOWN: a status the sender retries, and the response code with it.
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert error_code(refused.value) == ResponseCode.INTERNAL_ERROR
+        assert "cannot sign" in (refused.value.details() or "")
+    else:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(che.http_url + DELIVER_PATH, data=raw) as response,
+        ):
+            # Not 500: nothing was judged, as for a 503 for want of a place, and the sender sends it again.
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+            assert "cannot sign" in await response.text()
+    async with che.store.read() as tx:
+        assert await tx.incoming_channel("CHN") == channel  # nothing was taken in without a receipt
+    monkeypatch.setattr(che.exchange, "signer", signer)
+    answer = await deliver(network, "CHE", raw, form)
+    assert (ResponseCode(answer.receipt.code), answer.receipt.taken_in) == (ResponseCode.OK, True)
