@@ -336,7 +336,21 @@ def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | N
                 shown = version_text if digits <= 40 else f"{version_text[:40]}… ({digits} digits)"
                 raise web.HTTPNotFound(text=f"no trust document version {shown}")
             version = int(version_text)
-        document = await trust(version)
+        try:
+            document = await trust(version)
+        except Exception as exc:
+            # The versions are read from the database: one that cannot be read now is a passing failure of this
+            # gateway, which the partner's refresh tries again, not a 500 with a traceback.
+            if exchange.store.is_transient(exc) or isinstance(exc, OSError):
+                log.warning("trust document version %s could not be read for %s: %r", version, request.remote, exc)
+            else:
+                log.error("trust document version %s could not be read for %s", version, request.remote, exc_info=exc)
+            return web.Response(
+                status=503,
+                text=f"this gateway's database could not be read now: fetch the trust document again in"
+                f" {BUSY_RETRY_SECONDS} s or more\n",
+                headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+            )
         if document is None:
             raise web.HTTPNotFound(text=f"no trust document version {version_text}")
         return web.Response(body=document, content_type="application/json")

@@ -14,7 +14,9 @@ import base64
 import gzip
 import io
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -1404,6 +1406,35 @@ async def test_defect_14_published_trust_versions_are_ascii_positive_and_within_
     assert texts["9" * 41] == f"no trust document version {'9' * 40}… (41 digits)"
     for version in ("١", "0", "01", "-1"):
         assert texts[version] == "trust document versions are positive integers (ASCII digits)"
+
+
+@MODULE
+async def test_a_published_trust_version_asked_for_while_the_database_fails_gets_503_not_500(
+    partners: Partners, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    che = partners.che
+
+    @asynccontextmanager
+    async def locked() -> AsyncIterator[None]:
+        raise sqlite3.OperationalError("database is locked")
+        yield
+
+    monkeypatch.setattr(che.store, "read", locked)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(che.http_url + "/.well-known/carbon-gateway/trust/1.json") as response,
+    ):
+        # A passing failure of this gateway, which the partner's refresh tries again: not a 500.
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert "database" in await response.text()
+    assert not [r for r in caplog.records if r.exc_info and r.name == "gateway.http.requests"]
+    monkeypatch.undo()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(che.http_url + "/.well-known/carbon-gateway/trust/1.json") as response,
+    ):
+        assert response.status == 200
 
 
 @MODULE
