@@ -154,7 +154,9 @@ def _read_pin(uri: str, query: dict[str, str]) -> str:
             data = read_small_file(Path(source)).decode("utf-8")
         except FileNotFoundError:
             raise SignerError(f"the PIN file {source} named by the pkcs11 URI does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
+            raise SignerError(f"cannot read the PIN file {source!r}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
             raise SignerError(f"cannot read the PIN file {source}: {exc}") from None
         pin = data.removesuffix("\n").removesuffix("\r")
         if not pin:

@@ -28,9 +28,17 @@ def read_small_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of ``path``, which must be a regular file (after following symlinks) of at most ``limit`` bytes.
 
     Opened without blocking, so a FIFO never hangs the caller, and checked before anything is read, so a device
-    such as ``/dev/zero`` is never read at all. A folder raises `IsADirectoryError`; any other kind of file, or a
-    larger one, an `OSError` whose ``strerror`` says what is wrong; the others as ``open`` raises them.
+    such as ``/dev/zero`` is never read at all. A folder raises `IsADirectoryError`; any other kind of file, a
+    larger one, or a name holding a NUL character (which no file name can hold, and a URI may spell ``%00``), an
+    `OSError` whose ``strerror`` says what is wrong; the others as ``open`` raises them.
     """
+    if "\x00" in os.fspath(path):
+        # os.open would raise ValueError, which no caller expects of a file that cannot be read.
+        raise OSError(
+            errno.EINVAL,
+            "the file name holds a NUL character (%00), which no file name can hold",
+            os.fspath(path).replace("\x00", "%00"),
+        )
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         info = os.fstat(fd)

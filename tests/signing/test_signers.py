@@ -171,6 +171,20 @@ def test_a_key_or_passphrase_file_that_is_no_regular_small_file_is_refused_unrea
         signer_from_uri(f"file:{encrypted_key}?passphrase-file={fifo}")
 
 
+def test_a_file_name_with_a_nul_character_is_refused_as_a_signer_error(
+    tmp_path: Path, encrypted_key: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A URI spells NUL %00; os.open raises ValueError for it, which escaped config check and serve as a traceback.
+    monkeypatch.setenv("P", "1234")
+    for uri, what in (
+        (f"file:{tmp_path}/chn%00.key", "private key file"),
+        (f"file:{encrypted_key}?passphrase-file={tmp_path}/pass%00word", "passphrase file"),
+        (f"pkcs11:token=t;object=k?module-path=/m.so&pin-source=file:{tmp_path}/pin%00", "PIN file"),
+    ):
+        with pytest.raises(SignerError, match=rf"cannot read the {what} .*NUL character"):
+            signer_from_uri(uri)
+
+
 def test_unreadable_key_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(SignerError, match="cannot read the private key file"):
