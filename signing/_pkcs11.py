@@ -180,7 +180,8 @@ class Pkcs11Signer:
     """A signer whose private key stays in a PKCS#11 token.
 
     The session is opened (and the user logged in) at construction and kept open; `close` ends it. If the
-    token reports the session or its login lost, the signature is retried once on a fresh session. Signing
+    token reports the session or its login lost, the signature is retried once on a fresh session; a token that
+    cannot be reached then fails that signature, and the next one opens a session again. Signing
     is serialized by a lock, so one signer may be shared by threads.
 
     PKCS#11 logins are per application: several signers of one process may use keys of the same token
@@ -208,6 +209,7 @@ class Pkcs11Signer:
         self._lock = threading.Lock()
         self._session: Any = None
         self._private: Any = None
+        self._closed = False
         self._public_key = self._open()
 
     @property
@@ -221,30 +223,47 @@ class Pkcs11Signer:
         return self._public_key.keyid
 
     def sign(self, data: bytes) -> bytes:
-        """Sign ``data`` in the token. ECDSA P-256: DER; Ed25519: the 64 raw bytes."""
+        """Sign ``data`` in the token. ECDSA P-256: DER; Ed25519: the 64 raw bytes.
+
+        A session lost under the signer is reopened; if the token cannot be reached then, `SignerError` says
+        why, and the next signature tries again (a token that comes back is used again without a restart).
+        """
         with self._lock:
-            if self._session is None:
+            if self._closed:
                 raise SignerError(f"the PKCS#11 signer for {self._where()} is closed")
-            try:
-                return self._sign(data)
-            except _SESSION_LOST:
-                pass
-            # The session was closed under us (token reset, module re-initialized, another signer of the
-            # same token logged out): open a fresh one and retry once.
-            self._close_session()
-            public_key = self._open()
-            if public_key.public_bytes != self._public_key.public_bytes:
-                raise SignerError(f"the key {self._where()} changed while the signer was running; restart the process")
+            if self._session is not None:
+                try:
+                    return self._sign(data)
+                except _SESSION_LOST:
+                    # The session was closed under us (token reset, module re-initialized, another signer of the
+                    # same token logged out): open a fresh one and retry once.
+                    self._close_session()
+            self._reopen()
             try:
                 return self._sign(data)
             except _SESSION_LOST as exc:
+                self._close_session()
                 raise SignerError(
                     f"the PKCS#11 session for {self._where()} was lost again right after reopening it: {exc!r}"
                 ) from None
 
+    def _reopen(self) -> None:
+        """Open a fresh session on the same key, or raise `SignerError` leaving the signer without one."""
+        try:
+            public_key = self._open()
+        except SignerError as exc:
+            raise SignerError(
+                f"the PKCS#11 session for {self._where()} was lost and cannot be reopened now: {exc}; the next"
+                " signature tries again"
+            ) from None
+        if public_key.public_bytes != self._public_key.public_bytes:
+            self._close_session()
+            raise SignerError(f"the key {self._where()} changed while the signer was running; restart the process")
+
     def close(self) -> None:
         """Log out and close the session. The signer cannot sign afterwards."""
         with self._lock:
+            self._closed = True
             self._close_session()
 
     def __enter__(self) -> Pkcs11Signer:

@@ -140,6 +140,26 @@ def test_session_lost_is_reopened(p256_key: SoftHsmKey, monkeypatch: pytest.Monk
     assert p256_key.public_key.verify(signature, b"data")
 
 
+def test_a_token_out_of_reach_when_the_session_is_lost_is_used_again_once_back(
+    p256_key: SoftHsmKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A session lost while its token cannot be reached (a network HSM away, a module being replaced) used to
+    # leave the signer "closed" for good: a gateway signed nothing again until restarted.
+    away = p256_key.module_path.with_name("away.so")
+    with _open(p256_key.uri) as signer:
+        monkeypatch.setenv("SOFTHSM2_CONF", str(p256_key.conf_path))
+        pkcs11.lib(str(p256_key.module_path)).reinitialize()  # closes every session, as a token reset would
+        p256_key.module_path.rename(away)
+        for _ in range(2):
+            with pytest.raises(SignerError, match=r"module .* does not exist"):
+                signer.sign(b"data")
+        away.rename(p256_key.module_path)
+        signature = signer.sign(b"data")
+        assert p256_key.public_key.verify(signature, b"data")
+    with pytest.raises(SignerError, match="is closed"):
+        signer.sign(b"data")
+
+
 def test_child_process_uses_uri_with_env(p256_key: SoftHsmKey) -> None:
     code = (
         "import sys; from signing import signer_from_uri; s = signer_from_uri(sys.argv[1]); "
