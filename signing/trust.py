@@ -467,9 +467,17 @@ def _check_unexpired(document: TrustDocument, now: datetime) -> None:
     if document.is_expired(now):
         raise ExpiredTrustError(
             f"the trust document for {document.party} (version {document.version}) expired at "
-            f"{document.expires.strftime(_EXPIRES_FORMAT)} (now is {_aware(now).astimezone(UTC).isoformat()}); "
+            f"{document.expires.strftime(_EXPIRES_FORMAT)} (now is {_in_utc(now)}); "
             "obtain and apply the party's newer trust document"
         )
+
+
+def _in_utc(now: datetime) -> str:
+    """``now`` in UTC, or as given when UTC is past year 9999 (9999-12-31T23:00:00-05:00 is, and datetime stops)."""
+    try:
+        return _aware(now).astimezone(UTC).isoformat()
+    except OverflowError:
+        return now.isoformat()
 
 
 def _parse(envelope: Envelope) -> TrustDocument:

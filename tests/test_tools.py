@@ -308,6 +308,30 @@ def test_verify_refuses_an_expired_trust_document(
     assert "newer trust document" in outcome.err
 
 
+def test_verify_at_an_instant_past_year_9999_in_utc_is_an_expiry_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], chn: tuple[Path, str]
+) -> None:
+    # 23:00 at UTC-5 on the last day datetime knows is past it in UTC: the message converting it overflowed.
+    key, _ = chn
+    (tmp_path / "payload").write_bytes(PAYLOAD)
+    (tmp_path / "envelope.json").write_bytes(sign(capsys, str(key), tmp_path / "payload"))
+    trust = str(tmp_path / "chn.trust.json")
+
+    outcome = run(
+        capsys,
+        "envelope",
+        "verify",
+        "--trust",
+        trust,
+        "--at",
+        "9999-12-31T23:00:00-05:00",
+        str(tmp_path / "envelope.json"),
+    )
+
+    assert outcome.code == EXIT_INVALID
+    assert "expired" in outcome.err and "now is 9999-12-31T23:00:00-05:00" in outcome.err
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
