@@ -64,6 +64,7 @@ from gateway.partners import TRANSFER_ROLE, Partner, PartnerDirectory
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage, Store, StoredMessage, Transaction
 from signing import (
     TRUST_PAYLOAD_TYPE,
+    Algorithm,
     Envelope,
     EnvelopeFormatError,
     ExpiredTrustError,
@@ -94,6 +95,10 @@ MAX_BUNDLE_DOCUMENTS = 1000
 
 MAX_HELD_AHEAD = 256
 """How far ahead of the last statement taken in a statement may be and still be held behind the gap."""
+
+LONGEST_SIGNATURE = {Algorithm.ED25519: 64, Algorithm.ECDSA_P256_SHA256: 72}
+"""The most bytes a signature of each algorithm takes: Ed25519's are 64, and a DER-encoded ECDSA P-256 signature
+(a SEQUENCE of two INTEGERs of at most 33 bytes each) at most 72."""
 
 ENVELOPE_MARGIN_BYTES = 512
 """Room kept below a partner's size cap for what is only known at send time: the header's times and
@@ -347,7 +352,6 @@ class Exchange:
         self.on_unknown_key: Callable[[], Awaitable[bool]] | None = None
         """Called when no trusted key verifies a statement: takes up trust documents another replica stored
         (`gateway.trust.TrustKeeper.take_up_stored`); when it returns True the statement is verified once more."""
-        self._signature_lengths: dict[str, int] = {}
         self._failed_attempts: dict[tuple[str, str], int] = {}
         """Deliveries the handler failed on (`HandlerFailed`), by partner and message ID."""
         self.new_id = new_id
@@ -464,9 +468,9 @@ class Exchange:
             expires_at=wire.timestamp(self.clock()),
         )
         payload = partner_pb2.Statement(header=header, **body).SerializeToString()  # type: ignore[arg-type]
-        # The envelope as it will be signed, with a signature of the length this signer's last one had: sizes
-        # vary by a few bytes at most (DER-encoded ECDSA), which the margin covers. No signing per request.
-        stand_in = Signature(self.signer.keyid, bytes(self._signature_length()))
+        # The envelope as it will be signed, with a signature as long as this signer's algorithm makes them. No
+        # signing per request: a signer whose token is out of reach must not fail a request it can queue.
+        stand_in = Signature(self.signer.keyid, bytes(LONGEST_SIGNATURE[self.signer.public_key.algorithm]))
         size = len(wire.envelope_to_bytes(Envelope(payload, wire.STATEMENT_PAYLOAD_TYPE, (stand_in,))))
         if size + ENVELOPE_MARGIN_BYTES > partner.max_envelope_bytes:
             raise GatewayError(
@@ -475,13 +479,6 @@ class Exchange:
                 f" at most {partner.max_envelope_bytes} bytes (less {ENVELOPE_MARGIN_BYTES} kept for the header);"
                 " split the request into smaller ones",
             )
-
-    def _signature_length(self) -> int:
-        """The length of a signature by the current signer (one signature made per signer, then remembered)."""
-        keyid = self.signer.keyid
-        if self._signature_lengths.get(keyid) is None:
-            self._signature_lengths[keyid] = len(self.signer.sign(b"size probe"))
-        return self._signature_lengths[keyid]
 
     def read_receipt(self, partner: Partner, data: bytes, sent: bytes, message_id: str) -> partner_pb2.Receipt:
         """Verify the receipt ``partner`` returned for the envelope ``sent`` (protobuf form) and return it.

@@ -10,6 +10,7 @@ import os
 import socket
 import ssl
 import threading
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +18,7 @@ import aiohttp.web
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, records_pb2
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import trust as trust_module
 from gateway import wire
 from gateway.config import ConfigError
@@ -27,17 +28,21 @@ from gateway.domain.protocol import ACCEPT_ALL
 from gateway.domain.statements import ChannelState
 from gateway.exchange import Sealed
 from gateway.harness import Network, self_signed_trust_document, start_network
+from gateway.http.app import DELIVER_PATH
 from gateway.node import GatewayNode, PartnerSpec
 from gateway.partners import Partner
 from gateway.rpc.errors import read_error_detail
+from gateway.rpc.partner import DELIVER_BATCH_METHOD
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage
 from gateway.store.sqlite import SQLiteStore
 from signing import (
     Algorithm,
     CryptoSigner,
     Envelope,
+    PublicKey,
     Role,
     Signer,
+    SignerError,
     TrustDocument,
     TrustedParty,
     generate_key,
@@ -50,6 +55,7 @@ from tests.integration.harness import (
     Crafter,
     deliver_raw,
     operator,
+    proposal_request,
     settle,
     setup_accounts,
     transfer,
@@ -679,4 +685,94 @@ async def test_a_refresh_from_a_failing_or_hostile_publisher_names_the_party_and
     finally:
         closed.close()
         await runner.cleanup()
+        await network.stop()
+
+
+class _TokenOutOfReach:
+    """A signer whose key is there (its keyid known) but that cannot sign while ``away``, as a PKCS#11 signer
+    whose token is out of reach."""
+
+    def __init__(self, signer: Signer) -> None:
+        self._signer = signer
+        self.away = False
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._signer.public_key
+
+    @property
+    def keyid(self) -> str:
+        return self._signer.keyid
+
+    def sign(self, data: bytes) -> bytes:
+        if self.away:
+            raise SignerError("the PKCS#11 session for token 'che-gw' was lost and cannot be reopened now")
+        return self._signer.sign(data)
+
+
+@pytest.mark.sqlite_only(reason="the transports' answers are the subject, not the store")
+@pytest.mark.asyncio
+async def test_a_receiver_whose_signer_cannot_sign_answers_unavailable_and_takes_the_statement_once_back(
+    tmp_path: Path,
+) -> None:
+    # A receipt this gateway cannot sign used to escape as a gRPC UNKNOWN (with the token's name) and an HTTP 500.
+    prefix = tmp_path / "che-key"
+    generate_key(prefix)
+    token = _TokenOutOfReach(signer_from_uri(f"file:{prefix}.key"))
+    network = await start_network(tmp_path / "net", ("CHN", "CHE"), http=True, signers={"CHE": token})
+    che = network["CHE"]
+    try:
+        async with che.store.read() as tx:
+            channel = await tx.incoming_channel("CHN")
+        crafter = Crafter(signer=network.signers["CHN"], sender="CHN", receiver="CHE", channel=channel)
+        payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id=str(uuid.uuid4())))
+        statement = wire.envelope_to_bytes(crafter.envelope(payload))
+        token.away = True
+        for envelope in (statement, b"not an envelope"):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await deliver_raw(che, envelope)
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
+            assert "cannot sign receipts now" in str(caught.value.details())
+            assert "che-gw" not in str(caught.value.details())  # the token's name stays in the log
+        batch = partner_pb2.DeliveryBatch(envelopes=[statement]).SerializeToString()
+        async with grpc.aio.insecure_channel(che.partner_address) as grpc_channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await grpc_channel.unary_unary(DELIVER_BATCH_METHOD, None, None)(batch, timeout=10)
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(che.http_url + DELIVER_PATH, data=b"{}") as response,
+        ):
+            assert response.status == 503, await response.text()
+            assert response.headers["Retry-After"].isdigit()
+        async with che.store.read() as tx:
+            assert (await tx.incoming_channel("CHN")) == channel  # nothing was taken in without its receipt
+        token.away = False
+        receipt = await deliver_raw(che, statement)
+        assert receipt.taken_in and ResponseCode(receipt.code) is not ResponseCode.INTERNAL_ERROR, receipt.detail
+        async with che.store.read() as tx:
+            assert (await tx.incoming_channel("CHN")).last_sequence == channel.last_sequence + 1
+    finally:
+        await network.stop()
+
+
+@pytest.mark.sqlite_only(reason="the operator API's answer is the subject, not the store")
+@pytest.mark.asyncio
+async def test_a_proposal_made_while_the_signer_cannot_sign_is_queued_and_sent_once_it_can(tmp_path: Path) -> None:
+    # Checking that a proposal fits the partner's cap signed a probe with the signer, so the first proposal after
+    # a start failed INTERNAL while the token was out of reach, although the outbox would have sent it later.
+    prefix = tmp_path / "chn-key"
+    generate_key(prefix, Algorithm.ECDSA_P256_SHA256)
+    token = _TokenOutOfReach(signer_from_uri(f"file:{prefix}.key"))
+    network = await start_network(tmp_path / "net", ("CHN", "CHE"), signers={"CHN": token})
+    pair = Pair(chn=network["CHN"], che=network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        token.away = True
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "while-away"))
+            token.away = False
+            assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
+    finally:
         await network.stop()
