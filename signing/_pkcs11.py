@@ -251,11 +251,18 @@ class Pkcs11Signer:
         """Open a fresh session on the same key, or raise `SignerError` leaving the signer without one."""
         try:
             public_key = self._open()
-        except SignerError as exc:
-            raise SignerError(
-                f"the PKCS#11 session for {self._where()} was lost and cannot be reopened now: {exc}; the next"
-                " signature tries again"
-            ) from None
+        except SignerError:
+            # A module whose token went away may not see it again until it is initialized afresh (SoftHSM2 answers
+            # CKR_GENERAL_ERROR until then). That ends this process's other sessions with the module too, which
+            # their signers reopen at their next signature.
+            self._reinitialize_module()
+            try:
+                public_key = self._open()
+            except SignerError as exc:
+                raise SignerError(
+                    f"the PKCS#11 session for {self._where()} was lost and cannot be reopened now: {exc}; the next"
+                    " signature tries again"
+                ) from None
         if public_key.public_bytes != self._public_key.public_bytes:
             self._close_session()
             raise SignerError(f"the key {self._where()} changed while the signer was running; restart the process")
@@ -301,6 +308,13 @@ class Pkcs11Signer:
                 f"expected {_P256_SIGNATURE_SIZE} bytes (r || s)"
             )
         return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+
+    def _reinitialize_module(self) -> None:
+        """Finalize and initialize the module again (C_Finalize, C_Initialize), if it is there at all."""
+        if not Path(self._module_path).is_file():
+            return
+        with contextlib.suppress(p11.PKCS11Error):
+            pkcs11.lib(self._module_path).reinitialize()
 
     def _close_session(self) -> None:
         session, self._session, self._private = self._session, None, None

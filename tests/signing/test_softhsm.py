@@ -160,6 +160,24 @@ def test_a_token_out_of_reach_when_the_session_is_lost_is_used_again_once_back(
         signer.sign(b"data")
 
 
+def test_a_token_removed_and_put_back_while_a_signer_runs_is_used_again(
+    p256_key: SoftHsmKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SoftHSM2 answers CKR_GENERAL_ERROR for a token folder that went away, even once it is back, until the module
+    # is initialized afresh: a gateway whose token was taken out for a moment signed nothing until restarted.
+    monkeypatch.setenv("SOFTHSM2_CONF", str(p256_key.conf_path))  # as serve runs: initializing reads it again
+    tokens = p256_key.conf_path.parent / "tokens"
+    with _open(p256_key.uri) as signer:
+        tokens.rename(tokens.with_name("tokens.away"))
+        tokens.mkdir()
+        with pytest.raises(SignerError, match="cannot be reopened now"):
+            signer.sign(b"data")
+        tokens.rmdir()
+        tokens.with_name("tokens.away").rename(tokens)
+        signature = signer.sign(b"data")
+    assert p256_key.public_key.verify(signature, b"data")
+
+
 def test_child_process_uses_uri_with_env(p256_key: SoftHsmKey) -> None:
     code = (
         "import sys; from signing import signer_from_uri; s = signer_from_uri(sys.argv[1]); "
