@@ -181,7 +181,8 @@ class Pkcs11Signer:
 
     The session is opened (and the user logged in) at construction and kept open; `close` ends it. If the
     token reports the session or its login lost, the signature is retried once on a fresh session; a token that
-    cannot be reached then fails that signature, and the next one opens a session again. Signing
+    cannot be reached then fails that signature, and the next one opens a session again. A PIN the token refuses
+    is never offered again (repeated wrong PINs lock a token): the signer then fails until restarted. Signing
     is serialized by a lock, so one signer may be shared by threads.
 
     PKCS#11 logins are per application: several signers of one process may use keys of the same token
@@ -210,6 +211,8 @@ class Pkcs11Signer:
         self._session: Any = None
         self._private: Any = None
         self._closed = False
+        self._pin_refused: str | None = None
+        """Why the token refused this signer's PIN, once it has: the signer never offers that PIN again."""
         self._public_key = self._open()
 
     @property
@@ -231,6 +234,11 @@ class Pkcs11Signer:
         with self._lock:
             if self._closed:
                 raise SignerError(f"the PKCS#11 signer for {self._where()} is closed")
+            if self._pin_refused is not None:
+                raise SignerError(
+                    f"{self._pin_refused}; this signer does not log in with that PIN again, as repeated wrong PINs"
+                    " lock a token: correct the PIN and restart the process"
+                )
             if self._session is not None:
                 try:
                     return self._sign(data)
@@ -252,6 +260,8 @@ class Pkcs11Signer:
         try:
             public_key = self._open()
         except SignerError:
+            if self._pin_refused is not None:
+                raise
             # A module whose token went away may not see it again until it is initialized afresh (SoftHSM2 answers
             # CKR_GENERAL_ERROR until then). That ends this process's other sessions with the module too, which
             # their signers reopen at their next signature.
@@ -362,13 +372,11 @@ class Pkcs11Signer:
                 # the same token, so every new session already has the user's rights.
                 session = token.open()
         except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange):
-            raise SignerError(
-                f"the PIN for PKCS#11 token {token.label!r} is wrong; check the PIN file/variable"
-            ) from None
+            self._pin_refused = f"the PIN for PKCS#11 token {token.label!r} is wrong; check the PIN file/variable"
+            raise SignerError(self._pin_refused) from None
         except p11.PinLocked:
-            raise SignerError(
-                f"the user PIN of PKCS#11 token {token.label!r} is locked; reset it with the SO PIN"
-            ) from None
+            self._pin_refused = f"the user PIN of PKCS#11 token {token.label!r} is locked; reset it with the SO PIN"
+            raise SignerError(self._pin_refused) from None
         except p11.PKCS11Error as exc:
             raise SignerError(f"cannot log in to PKCS#11 token {token.label!r}: {exc!r}") from None
 

@@ -178,6 +178,26 @@ def test_a_token_removed_and_put_back_while_a_signer_runs_is_used_again(
     assert p256_key.public_key.verify(signature, b"data")
 
 
+def test_a_pin_the_token_refused_when_reopening_is_never_offered_again(
+    p256_key: SoftHsmKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reopening a lost session logs in again. With the PIN changed on the token meanwhile, a signer that logged in
+    # at every signature would lock the PIN of a token that counts failures (SoftHSM2 does not, real HSMs do).
+    monkeypatch.setenv("SOFTHSM2_CONF", str(p256_key.conf_path))
+    library = pkcs11.lib(str(p256_key.module_path))
+    with _open(p256_key.uri) as signer:
+        with library.get_token(token_label=p256_key.token_label).open(rw=True) as session:
+            session.set_pin(p256_key.pin, "4321")
+        library.reinitialize()  # the signer's session ends; its next signature logs in with the old PIN
+        with pytest.raises(SignerError, match="PIN for PKCS#11 token 'chn-gateway' is wrong"):
+            signer.sign(b"data")
+        with library.get_token(token_label=p256_key.token_label).open(rw=True, user_pin="4321") as session:
+            session.set_pin("4321", p256_key.pin)
+        # The old PIN would now be right; the signer does not find out by trying it.
+        with pytest.raises(SignerError, match=r"does not log in with that PIN again.*restart"):
+            signer.sign(b"data")
+
+
 def test_child_process_uses_uri_with_env(p256_key: SoftHsmKey) -> None:
     code = (
         "import sys; from signing import signer_from_uri; s = signer_from_uri(sys.argv[1]); "
