@@ -36,7 +36,7 @@ def settle_heap() -> None:
 
 
 async def _serve(config_path: Path) -> int:
-    from gateway.config import load_config, settings_without_effect
+    from gateway.config import exposed_secrets, load_config, settings_without_effect
     from gateway.node import GatewayNode
 
     config = load_config(config_path)
@@ -49,6 +49,8 @@ async def _serve(config_path: Path) -> int:
         await node.stop(grace=0)
         raise
     settle_heap()
+    for warning in exposed_secrets(config):  # once started: a failed start ends in its one line, nothing else
+        logging.getLogger("gateway").warning("%s: %s", config_path, warning)
     logging.getLogger("gateway").warning(
         "%s gateway serving: operator API %s, partner exchange %s",
         config.party,

@@ -14,6 +14,7 @@ import ipaddress
 import math
 import re
 import socket
+import stat
 import tomllib
 import unicodedata
 import urllib.parse
@@ -905,6 +906,68 @@ def settings_without_effect(config: GatewayConfig) -> list[str]:
                 " of its token"
             )
     return found
+
+
+def exposed_secrets(config: GatewayConfig) -> list[str]:
+    """The secret files of the configured signers (a private key file, its passphrase file, a PKCS#11 PIN file)
+    that users other than the file's owner may read or write, one line each naming the setting: what ``config
+    check`` warns of and ``serve`` logs. Warned of, not refused, as OpenSSH refuses a key anyone else can read:
+    a file that started before goes on starting. Files that cannot be read are left to the signers' own checks."""
+    found: list[str] = []
+    named: set[Path] = set()
+    for name, uri in sorted(config.signers.items(), key=lambda item: item[0] != DEFAULT_SIGNER_NAME):
+        setting = "signer" if name == DEFAULT_SIGNER_NAME else f"signers.{name}"
+        for what, path in _secret_files(uri):
+            try:
+                mode = path.stat().st_mode
+            except (OSError, ValueError):
+                continue
+            if path in named or not stat.S_ISREG(mode) or not mode & 0o077:
+                continue
+            if what == "private key file" and not _holds_private_key(path):
+                continue  # a public key named by mistake: the signer's own check refuses it
+            named.add(path)
+            risk = {
+                "private key file": f"whoever reads it can sign as {config.party}",
+                "passphrase file": f"whoever reads it and the key file can sign as {config.party}",
+                "PIN file": f"whoever reads it and reaches the token can sign as {config.party}",
+            }[what]
+            found.append(
+                f"{setting}: the {what} {path} has mode {stat.S_IMODE(mode):04o}: users other than its owner can"
+                f" read or change it, and {risk}; chmod 600 {path}"
+            )
+    return found
+
+
+def _holds_private_key(path: Path) -> bool:
+    try:
+        return b"PRIVATE KEY-----" in read_small_file(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _secret_files(uri: str) -> list[tuple[str, Path]]:
+    """The secret files a signer URI (as the configuration resolved it) names, and what each holds."""
+    scheme, colon, rest = uri.partition(":")
+    if not colon or len(scheme) == 1 or "/" in scheme:
+        return [("private key file", Path(uri))]
+    if scheme.lower() == "file":
+        location, _, query = rest.partition("?")
+        if location.startswith("//"):
+            location = "/" + location[2:].partition("/")[2]
+        files = [("private key file", Path(urllib.parse.unquote(location)))]
+        for name, value in urllib.parse.parse_qsl(query):
+            if name == "passphrase-file" and value:
+                files.append(("passphrase file", Path(value)))
+        return files
+    if scheme.lower() == "pkcs11":
+        for parameter in rest.partition("?")[2].split("&"):
+            name, _, value = parameter.partition("=")
+            source = urllib.parse.unquote(value)
+            if name == "pin-source" and source:
+                source = source.removeprefix("file:")
+                return [("PIN file", Path("/" + source.lstrip("/")))]
+    return []
 
 
 def _operator_access(

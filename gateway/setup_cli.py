@@ -1106,9 +1106,10 @@ def file_problems(config: GatewayConfig) -> list[str]:
 def file_warnings(config: GatewayConfig, now: dt.datetime) -> list[str]:
     """What ``serve`` starts with but reports later in its log, one line each, naming the setting, the file and
     the instant: an own or a partner's trust document (the newest version, configured or stored in the
-    gateway's database) or a ``[tls]`` certificate that has expired at ``now``; and settings that can never take effect
-    (`gateway.config.settings_without_effect`). Files that cannot be read are left to `file_problems`."""
-    from gateway.config import ConfigError, settings_without_effect
+    gateway's database) or a ``[tls]`` certificate that has expired at ``now``; settings that can never take
+    effect (`gateway.config.settings_without_effect`); and signers' secret files others may read
+    (`gateway.config.exposed_secrets`). Files that cannot be read are left to `file_problems`."""
+    from gateway.config import ConfigError, exposed_secrets, settings_without_effect
     from gateway.node import _trust_envelope
 
     warnings: list[str] = []
@@ -1146,6 +1147,7 @@ def file_warnings(config: GatewayConfig, now: dt.datetime) -> list[str]:
                 " partners refuse its TLS connections: issue a new certificate"
             )
     warnings += settings_without_effect(config)
+    warnings += exposed_secrets(config)
     return [" ".join(warning.split()) for warning in warnings]
 
 

@@ -693,6 +693,34 @@ def test_config_check_refuses_in_one_line_what_serve_refuses(case: Case, tmp_pat
         assert name in check.stderr, check.stderr
 
 
+def test_a_signing_key_others_can_read_is_warned_of_by_config_check_and_serve_which_starts(tmp_path: Path) -> None:
+    """A private key file (or its passphrase file) of mode 0644 let every user of the machine sign as the Party,
+    and neither config check nor serve said so."""
+    folder = _keys(tmp_path)
+    (folder / "chn.key").chmod(0o644)
+    config = _config(folder)
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    said = f"signer: the private key file {folder / 'chn.key'} has mode 0644: users other than its owner can read"
+    assert check.returncode == 0 and f"{config}: warning: {said}" in check.stderr, check
+    assert f"chmod 600 {folder / 'chn.key'}" in check.stderr, check.stderr
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([*SERVE, str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "gateway serving" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert f"WARNING gateway: {config}: {said}" in log.read_text()
+    finally:
+        process.kill()
+        process.wait()
+    (folder / "chn.key").chmod(0o600)
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert check.returncode == 0 and "warning" not in check.stderr, check
+
+
 def test_a_setting_without_effect_is_warned_of_by_config_check_and_serve_which_starts(tmp_path: Path) -> None:
     """unauthenticated_loopback with [operator.tls] client_ca (init writes the first beside the second commented
     out) can never apply: config check passes the file with a warning, and serve starts, logging it."""
