@@ -50,14 +50,16 @@ _ED25519_POINT_SIZE = 32
 _P256_SIGNATURE_SIZE = 64
 
 # Errors that mean the session or its login is gone (token reset, module re-initialized, another signer of
-# the same token logged the application out, which also invalidates private object handles): reopen once
-# and retry.
+# the same token logged the application out, which also invalidates private object handles; the token removed,
+# which ends every session with it): reopen once and retry.
 _SESSION_LOST = (
     p11.SessionHandleInvalid,
     p11.SessionClosed,
     p11.UserNotLoggedIn,
     p11.ObjectHandleInvalid,
     p11.KeyHandleInvalid,
+    p11.DeviceRemoved,
+    p11.TokenNotPresent,
 )
 
 

@@ -198,6 +198,22 @@ def test_a_pin_the_token_refused_when_reopening_is_never_offered_again(
             signer.sign(b"data")
 
 
+@pytest.mark.parametrize("removed", [pkcs11.exceptions.DeviceRemoved, pkcs11.exceptions.TokenNotPresent])
+def test_a_token_reported_removed_while_signing_is_reopened(
+    p256_key: SoftHsmKey, removed: type[pkcs11.exceptions.PKCS11Error]
+) -> None:
+    # A device unplugged ends every session with it: the signer kept the dead session and answered "the token
+    # refused to sign" for ever, even once the device was back.
+    class Unplugged:
+        def sign(self, data: bytes, mechanism: object) -> bytes:
+            raise removed()
+
+    with _open(p256_key.uri) as signer:
+        signer._private = Unplugged()  # what the module answers on the session of a removed token
+        signature = signer.sign(b"data")
+    assert p256_key.public_key.verify(signature, b"data")
+
+
 def test_child_process_uses_uri_with_env(p256_key: SoftHsmKey) -> None:
     code = (
         "import sys; from signing import signer_from_uri; s = signer_from_uri(sys.argv[1]); "
