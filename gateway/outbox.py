@@ -47,6 +47,7 @@ from gateway.domain.text import escaped, truncate
 from gateway.exchange import MAX_BUNDLE_DOCUMENTS, Exchange, Sealed
 from gateway.partners import Partner
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage, OutboxState, Store, Transaction
+from signing import SignerError
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +381,13 @@ class OutboxWorker:
     async def _attempt(self, run: list[OutboxMessage]) -> list[Outcome]:
         try:
             return await self._deliver(run)
+        except SignerError as exc:
+            # Not a bug: the signer's backend (a PKCS#11 token) cannot sign now. One line says why; the lane waits
+            # its backoff and is signed afresh when it comes round.
+            head = run[0]
+            log.error("cannot sign %s to %s: %s; retrying", head.message_id, head.receiver, exc)
+            await self._retry(head, ResponseCode.INTERNAL_ERROR, f"this gateway cannot sign: {exc}", following=run[1:])
+            return [Outcome.RETRY]
         except Exception as exc:
             # A bug or a store failure while handling this lane: its head waits its backoff, and the others go on.
             head = run[0]

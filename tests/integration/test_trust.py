@@ -758,9 +758,12 @@ async def test_a_receiver_whose_signer_cannot_sign_answers_unavailable_and_takes
 
 @pytest.mark.sqlite_only(reason="the operator API's answer is the subject, not the store")
 @pytest.mark.asyncio
-async def test_a_proposal_made_while_the_signer_cannot_sign_is_queued_and_sent_once_it_can(tmp_path: Path) -> None:
+async def test_a_proposal_made_while_the_signer_cannot_sign_is_queued_and_sent_once_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Checking that a proposal fits the partner's cap signed a probe with the signer, so the first proposal after
-    # a start failed INTERNAL while the token was out of reach, although the outbox would have sent it later.
+    # a start failed INTERNAL while the token was out of reach, although the outbox would have sent it later. The
+    # outbox then logged each attempt it could not sign with a traceback, as for a bug.
     prefix = tmp_path / "chn-key"
     generate_key(prefix, Algorithm.ECDSA_P256_SHA256)
     token = _TokenOutOfReach(signer_from_uri(f"file:{prefix}.key"))
@@ -771,6 +774,13 @@ async def test_a_proposal_made_while_the_signer_cannot_sign_is_queued_and_sent_o
         token.away = True
         async with operator(pair.chn) as chn, operator(pair.che) as che:
             proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "while-away"))
+            for _ in range(100):
+                unsigned = [r for r in caplog.records if r.name == "gateway.outbox" and "cannot sign" in r.message]
+                if unsigned:
+                    break
+                await asyncio.sleep(0.05)
+            assert unsigned and unsigned[0].exc_info is None, [r.getMessage() for r in caplog.records]
+            assert "token 'che-gw'" in unsigned[0].getMessage() and "retrying" in unsigned[0].getMessage()
             token.away = False
             assert (await wait_for_state(chn, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
             assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.COMPLETED
