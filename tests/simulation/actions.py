@@ -1562,6 +1562,91 @@ async def frozen_refusals(world: World, party: str) -> int:
     return tried
 
 
+async def propose_to_freeze(world: World, corruption: Corruption) -> tuple[str, str, str] | None:
+    """Propose units of ``corruption``'s transfer, held at one of its two Parties, to the third Party while the
+    link to it is cut: the transfer waits while the run that finds the corruption freezes its units. Returns the
+    proposing Party, the third Party and the transfer ID, or None when no such units can be proposed (the link is
+    then left whole)."""
+    third = next(p for p in PARTIES if p not in (corruption.party, corruption.partner))
+    kind, registry, issuance, first = corruption.identity
+    for holder in (corruption.partner, corruption.party):
+        async with _inner(world, holder).read() as tx:
+            transfer = await tx.get_transfer(corruption.transfer_id)
+            held = await tx.list_blocks(statuses=(BlockStatus.HELD,))
+        if transfer is None:
+            continue
+        moved = [
+            b
+            for b in transfer.terms.blocks
+            if (b.space.unit_kind, b.space.issuing_registry, b.space.issuance, b.start)
+            == (kind, registry, issuance, first)
+        ]
+        for block in moved:
+            # Short of the block's last serial: a corrupted end may leave it out of the difference.
+            last = block.end - 1 if block.end > block.start else block.end
+            for stored in held:
+                lo, hi = max(block.start, stored.block.start), min(last, stored.block.end)
+                if stored.block.space != block.space or lo > hi or not stored.account_id.endswith(("H1", "H2")):
+                    continue
+                proposed = await _propose_cut_off(world, holder, third, stored, lo, hi)
+                if proposed is not None:
+                    return holder, third, proposed
+    return None
+
+
+async def _propose_cut_off(world: World, holder: str, third: str, stored: Any, lo: int, hi: int) -> str | None:
+    block = stored.block
+    authorization = block.authorization_id or f"{NOMENCLATURE.issuer(block.space) or holder}-AUTH"
+    purposes = _purposes_of(world, holder, authorization)
+    request = operator_pb2.ProposeTransferRequest(
+        idempotency_key=f"propose-to-freeze-{world.rng.getrandbits(48)}",
+        source_account=stored.account_id,
+        selections=_selections(block, [(lo, hi)]),
+        acquiring_account=records_pb2.AccountRef(party=third, account_id=f"{third}-H1"),
+        cooperative_approach="CA0001",
+        authorization_id=authorization,
+        purpose="NDC" if "NDC" in purposes or not purposes else purposes[0],
+        adjustment_method="single-year averaging",
+    )
+    world.cut.add((holder, third))
+    answer = await world.call(holder, "ProposeTransfer", request)
+    world.note(f"{holder} proposes {block.describe()} [{lo}, {hi}] to {third} over a cut link, to be frozen")
+    if isinstance(answer, SimAbort):
+        world.note(f"  refused: {answer.details[:160]}")
+        world.cut.discard((holder, third))
+        return None
+    world.note(f"  transfer {answer.transfer_id}")
+    return str(answer.transfer_id)
+
+
+async def transfers_in(world: World, party: str, transfer_id: str, state: TransferState) -> bool:
+    """Whether ``party`` holds transfer ``transfer_id`` in ``state``."""
+    found = await transfer_state(world, party, transfer_id)
+    return found[0] is state
+
+
+async def transfer_state(world: World, party: str, transfer_id: str) -> tuple[TransferState | None, int]:
+    """The state of ``transfer_id`` at ``party`` and the code of its latest rejection (0 without one)."""
+    async with _inner(world, party).read() as tx:
+        transfer = await tx.get_transfer(transfer_id)
+    if transfer is None:
+        return None, 0
+    return transfer.state, int(transfer.rejections[-1].code) if transfer.rejections else 0
+
+
+async def decide_held(world: World, party: str, transfer_id: str) -> None:
+    """``party``'s operator accepts the held proposal ``transfer_id``, or rejects it when the accept is refused
+    (units frozen at ``party`` too, say)."""
+    for accept in (True, False):
+        request = operator_pb2.DecideTransferRequest(
+            idempotency_key=f"decide-{accept}-{transfer_id}", transfer_id=transfer_id, accept=accept, reason="reviewed"
+        )
+        answer = await world.call(party, "DecideTransfer", request)
+        world.note(f"{party} {'accepts' if accept else 'rejects'} held {transfer_id}")
+        if not _refused(answer, world, "decide"):
+            return
+
+
 async def resolve(world: World, party: str) -> None:
     """``party``'s operator resolves a run (on either side) that the invariants already judged: its blocks are
     no longer frozen."""

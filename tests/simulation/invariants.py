@@ -76,6 +76,11 @@ Invariants:
     ``First transfer`` (or ``Transfer``, first transferred before) for a block taken in as first transferred,
     ``Transfer`` ``Not yet defined`` for one taken in as not yet first transferred, under the same tie
     (`_delivered_as_booked`).
+13. Frozen units never leave (`_frozen_stay`): no block is debited, used or cancelled at a gateway while a
+    reconciliation run there keeps its serials frozen. A run's frozen ranges seen at one check and still there at
+    the next were frozen throughout the step between (a run freezes once and is unfrozen only when resolved), so
+    a block that left in that step (a transfer that waited while its units were frozen and then completed, or a
+    use or cancellation) broke the freeze. Such a transfer must be cancelled when the partner accepts it.
 
 A corrupted gateway's ledger no longer matches its blocks, by design: from its first corruption on, invariants
 4, 5, 6, 11 and 12 (the ledger's) leave that gateway out, even after the repair (the gateway may have made decisions
@@ -161,6 +166,8 @@ class InvariantViolation(AssertionError):
 
 
 Space = tuple[str, str, str]
+Frozen = tuple[str, Space, int, int]
+"""A frozen range: the run that froze it, its serial space (`space_key`), its first and last serial."""
 Ranges = dict[Space, list[tuple[int, int]]]
 
 
@@ -190,6 +197,8 @@ class Snapshot:
     pending_outbox: int
     dead_letters: int
     locks: list[LockedPeriod]
+    frozen: frozenset[Frozen]
+    """The ranges reconciliation runs keep frozen here, with the run that froze each."""
 
 
 async def snapshot(world: World, party: str) -> Snapshot:
@@ -225,6 +234,12 @@ async def snapshot(world: World, party: str) -> Snapshot:
                 used[auth_id] = await tx.first_transfer_quantity_used(auth_id)
         outbox = await tx.list_outbox()
         locks = list(await tx.locked_periods())
+        frozen = frozenset(
+            (str(r[0]), space_key(SerialSpace(r[1], r[2], r[3])), int(r[4]), int(r[5]))
+            for r in tx._db.execute(
+                "SELECT run_id, unit_kind, issuing_registry, issuance, serial_start, serial_end FROM frozen_ranges"
+            ).fetchall()
+        )
     summary = (await node.core.gateway.ledger_summary()).groups
     return Snapshot(
         party,
@@ -241,6 +256,7 @@ async def snapshot(world: World, party: str) -> Snapshot:
         sum(1 for m in outbox if m.state is OutboxState.PENDING),
         sum(1 for m in outbox if m.state is OutboxState.DEAD),
         locks,
+        frozen,
     )
 
 
@@ -325,6 +341,7 @@ async def check(world: World, *, settled: bool = False) -> None:
     _governed(world, honest)
     _authorized_quantity(world, honest)
     _delivered_as_booked(snaps, honest)
+    _frozen_stay(world, snaps)
     _states(snaps, settled)
     _adversary(snaps)
     await _reconciliations(world, snaps)
@@ -871,6 +888,36 @@ def _delivered_as_booked(snaps: dict[str, Snapshot], honest: dict[str, Snapshot]
                     f" authorization, first transferring Party) {taken}, but booked it as {entry.action_type.value}"
                     f" {entry.action_subtype!r}, {booked}"
                 )
+
+
+DEPARTED = (BlockStatus.DEBITED, BlockStatus.TRANSFERRED, BlockStatus.USED, BlockStatus.CANCELLED)
+"""The statuses of blocks that left a gateway's holdings: by a completed transfer, a use or a cancellation."""
+
+
+def _frozen_stay(world: World, snaps: dict[str, Snapshot]) -> None:
+    """Invariant 13: no block left a gateway in the last step while a run there kept any of its serials frozen
+    from the check before to this one."""
+    for party, snap in snaps.items():
+        before = world.frozen_seen.get(party)
+        gone = world.departed_seen.get(party)
+        departed = {s.block_id: s for s in snap.blocks if s.status in DEPARTED}
+        world.frozen_seen[party] = snap.frozen
+        world.departed_seen[party] = set(departed)
+        if before is None or gone is None:
+            continue
+        throughout = before & snap.frozen
+        if not throughout:
+            continue
+        for block_id, stored in departed.items():
+            if block_id in gone:
+                continue
+            block = stored.block
+            for run_id, space, start, end in throughout:
+                if space == space_key(block.space) and start <= block.end and block.start <= end:
+                    raise InvariantViolation(
+                        f"{party}: {block.describe()} left ({stored.status.value}, by {stored.transfer_id}) while"
+                        f" reconciliation run {run_id} kept serials {start}-{end} frozen there"
+                    )
 
 
 CROSSING = {

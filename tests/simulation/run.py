@@ -11,12 +11,13 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.domain.errors import ResponseCode
 from gateway.domain.records import LedgerEntry
 from gateway.domain.transfer import FINAL_STATES
 from gateway.store.base import OutboxState
 from tests.simulation import actions
 from tests.simulation.invariants import check
-from tests.simulation.world import PARTIES, Faults, World
+from tests.simulation.world import PARTIES, Corruption, Faults, World
 
 DEFAULT_STEPS = 300
 SETTLE_ROUNDS = 120
@@ -174,6 +175,7 @@ async def reconciliation_stats(world: World) -> str:
         repaired = sum(1 for c in world.corruptions if c.repaired is not None)
         text += f"; corruptions {len(world.corruptions)} ({len(found)} found, {repaired} repaired)"
         text += f", {world.frozen_refusals} frozen ranges refused to move"
+        text += f", {world.frozen_while_waiting} transfers cancelled as frozen while they waited"
     return text
 
 
@@ -231,7 +233,9 @@ async def reconcile_settled(world: World) -> None:
         parties = list(PARTIES)
         world.rng.shuffle(parties)
         for party in parties:
-            if await actions.inject(world, party) is not None:
+            corruption = await actions.inject(world, party)
+            if corruption is not None:
+                await freeze_while_waiting(world, corruption)
                 break
     pairs = [(a, b) for a in PARTIES for b in PARTIES if a != b]
     world.rng.shuffle(pairs)
@@ -242,6 +246,67 @@ async def reconcile_settled(world: World) -> None:
     left = [c.describe() for c in world.corruptions if c.repaired is None]
     if left:
         raise AssertionError(f"corruptions never found and repaired: {left}")
+
+
+async def freeze_while_waiting(world: World, corruption: Corruption) -> None:
+    """Freeze units while a transfer of them waits, then let the partner accept it: the transfer must be cancelled
+    (`ResponseCode.BLOCK_FROZEN`) on both sides and its units stay home.
+
+    The units of the corrupted transfer are proposed to the third Party over a cut link; a run between the
+    corrupted pair finds the corruption and freezes them; the link heals and the third Party accepts (its operator,
+    if its policy holds the proposal). The run is then resolved on both sides, which repairs the row."""
+    from gateway.domain.transfer import TransferState
+
+    proposed = await actions.propose_to_freeze(world, corruption)
+    if proposed is None:
+        return
+    holder, third, transfer_id = proposed
+    requester, partner = corruption.party, corruption.partner
+    run_id = await actions.start_run(world, requester, partner)
+    if run_id is None:
+        raise AssertionError(f"{requester} could not start a reconciliation with {partner} in a settled world")
+    for _ in range(SETTLE_ROUNDS):
+        world.clock.advance(5)  # well within the transfer's decision deadline
+        for party in PARTIES:
+            await actions.deliver(world, party)
+        await check(world)
+        if run_id in world.verified:
+            break
+    else:
+        raise AssertionError(f"{requester}'s reconciliation run {run_id} with {partner} did not finish")
+    if not world.verified[run_id][1]:
+        raise AssertionError(f"{requester}'s run {run_id} with {partner} did not find {corruption.describe()}")
+    world.cut.discard((holder, third))
+    world.note(f"link {(holder, third)} heals")
+    decided = False
+    for _ in range(SETTLE_ROUNDS):
+        world.clock.advance(20)
+        for party in PARTIES:
+            await actions.deliver(world, party)
+            await actions.sweep(world, party)
+        await check(world)
+        if not decided and await actions.transfers_in(world, third, transfer_id, TransferState.CHECKED):
+            await actions.decide_held(world, third, transfer_id)
+            decided = True
+        if await _quiet(world):
+            break
+    ends = {party: await actions.transfer_state(world, party, transfer_id) for party in (holder, third)}
+    if ends[holder][0] is ends[third][0] is TransferState.REJECTED:
+        # The third Party refused the units on grounds of its own (frozen there too by a run of the steps, say):
+        # nothing waited for a decision here.
+        world.note(f"{third} rejected {transfer_id}: {ends}")
+    elif ends[holder] != (TransferState.CANCELLED, int(ResponseCode.BLOCK_FROZEN)) or ends[third][0] != (
+        TransferState.CANCELLED
+    ):
+        raise AssertionError(
+            f"transfer {transfer_id} of units frozen while it waited ended {ends}: it must be CANCELLED on both"
+            " sides, as frozen at its initiator"
+        )
+    else:
+        world.frozen_while_waiting += 1
+    for party in (requester, partner):
+        await actions.resolve_run(world, party, run_id)
+    await check(world, settled=True)
 
 
 async def _reconcile_once(world: World, requester: str, partner: str) -> bool:

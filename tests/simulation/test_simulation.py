@@ -4,8 +4,8 @@ Each seed starts three gateways and an adversary, takes random steps over a faul
 restarts (transfers above all, and uses, cancellations, refused requests and reconciliation runs among them),
 and checks the invariants after every step and once the world has settled; then every Party reconciles with
 every other. One seed in four (3, 7, 11, ...) also corrupts ledgers behind the gateways' backs: reconciliation
-must find exactly those corruptions, freeze their units until they are resolved, and find nothing once the
-rows are put back.
+must find exactly those corruptions, freeze their units until they are resolved (a transfer of them that waited
+when they froze is cancelled at its partner's acceptance), and find nothing once the rows are put back.
 """
 
 from __future__ import annotations
@@ -42,3 +42,6 @@ def test_a_corrupting_seed_finds_and_repairs_its_corruptions() -> None:
     corrupted = outcome.stats.partition("; corruptions ")[2]
     injected, _, rest = corrupted.partition(" (")
     assert int(injected) > 0 and rest.startswith(f"{injected} found, {injected} repaired"), outcome.stats
+    # Units of the corrupted transfer were proposed on, and frozen by the run while the proposal waited: the
+    # partner's acceptance cancelled it (`tests.simulation.run.freeze_while_waiting`, invariant 13).
+    assert "1 transfers cancelled as frozen while they waited" in outcome.stats, outcome.stats

@@ -324,6 +324,13 @@ class World:
     """Finished runs the invariants checked: status, and the corruptions the run reported (by number)."""
     frozen_refusals: int = 0
     """Frozen ranges whose held units the operators tried to transfer and cancel (both refused as frozen)."""
+    frozen_while_waiting: int = 0
+    """Transfers whose units a run froze while they waited, cancelled when their partner accepted them."""
+    frozen_seen: dict[str, frozenset[tuple[str, tuple[str, str, str], int, int]]] = field(default_factory=dict)
+    """Per gateway, the ranges reconciliation runs kept frozen there at the last check (run, space, serials)."""
+    departed_seen: dict[str, set[int]] = field(default_factory=dict)
+    """Per gateway, the IDs of the blocks that had left it (debited, transferred, used, cancelled) at the last
+    check."""
     versions: dict[tuple[str, str], list[Version]] = field(default_factory=dict)
     """Every version of every authorization each gateway recorded, by gateway and authorization ID, in the
     order recorded (`tests.simulation.actions.amend` adds amendments and revocations)."""
