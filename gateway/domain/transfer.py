@@ -113,6 +113,7 @@ class Step(enum.StrEnum):
     COMPLETE = "complete"  # initiating: the partner accepted; debit and complete
     REJECT = "reject"  # initiating: the partner rejected; release the reserved units
     TERMINATE = "terminate"  # initiating: the partner never took the proposal in; end it and release
+    FOLLOW_END = "follow end"  # initiating: the partner holds an end only this side decides; take it and release
     RESEND_FINAL = "resend final"  # initiating: tell the partner the final state again (Completion or Cancel)
     CREDIT = "credit"  # acquiring: the initiating side completed; credit the pending units
     ADOPT = "adopt"  # acquiring: take the initiating side's final state and drop the pending units
@@ -130,6 +131,11 @@ def on_partner_view(role: TransferRole, current: TransferState, known: bool, rep
                 return Step.COMPLETE
             if reported is TransferState.REJECTED:
                 return Step.REJECT
+            if reported in (TransferState.CANCELLED, TransferState.TERMINATED):
+                # Only this side's Cancel (or its report) ends a transfer so there: this side ended it, and lost
+                # the record (its store was restored from a backup). Waiting for the deadline would end it in
+                # another state than the partner's, and keep its units reserved until then.
+                return Step.FOLLOW_END
             return Step.NOTHING
         if current is TransferState.COMPLETED:
             return Step.RESEND_FINAL if known and reported is TransferState.ACCEPTED else Step.NOTHING

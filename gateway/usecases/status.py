@@ -100,6 +100,15 @@ class StatusKeeping(Initiating, Acquiring):
             transfer = await self._set_state(tx, transfer, TransferState.TERMINATED, [unknown])
             await self._release(tx, transfer.transfer_id)
             await self._send_final(tx, transfer, unknown.message)
+        elif step is Step.FOLLOW_END:
+            assert reported is not None
+            ended = Rejection(
+                ResponseCode.TRANSFER_ENDED,
+                f"{partner} reports the transfer {reported.name}, which only this side decides: the record of ending"
+                " it was lost here (a store restored from a backup?); reconcile with the partner",
+            )
+            transfer = await self._set_state(tx, transfer, reported, [ended])
+            await self._release(tx, transfer.transfer_id)
         elif step is Step.RESEND_FINAL:
             await self._send_final(tx, transfer, f"the transfer is {transfer.state.name} at {self.party}")
         elif step is Step.CREDIT:

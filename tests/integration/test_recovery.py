@@ -166,3 +166,57 @@ async def test_a_sender_restored_from_a_backup_goes_on_from_its_partner_and_says
     assert "restored from a backup" in alarm.getMessage()
     assert "reconciled" in alarm.getMessage()
     await settle(restarted, pair.che)
+
+
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
+@pytest.mark.asyncio
+async def test_a_restored_initiator_takes_the_end_its_partner_holds_instead_of_waiting_for_the_deadline(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from gateway.domain.protocol import DecisionPolicy
+    from gateway.harness import start_network
+
+    # CHE holds every proposal for its operator; CHN asks for the status of a transfer waiting 0.3 s.
+    network = await start_network(
+        tmp_path, ("CHN", "CHE"), policy=DecisionPolicy(), status_query_after=dt.timedelta(milliseconds=300)
+    )
+    pair = Pair(network["CHN"], network["CHE"])
+    try:
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as chn, operator(pair.che) as che:
+            proposed = await chn.ProposeTransfer(proposal_request(block, 1, 10, "held"))
+            await wait_for_state(che, proposed.transfer_id, {records_pb2.CHECKED})
+            backup = tmp_path / "chn-backup.db"
+            with sqlite3.connect(tmp_path / "chn.db") as live, sqlite3.connect(backup) as copy:
+                live.backup(copy)
+            cancel = operator_pb2.CancelTransferRequest(idempotency_key="c", transfer_id=proposed.transfer_id)
+            await chn.CancelTransfer(cancel)
+            assert (await wait_for_state(che, proposed.transfer_id, TERMINAL)).state == records_pb2.CANCELLED
+        await settle(pair.chn, pair.che)
+        # CHN's store goes back to before the cancellation: the transfer waits there again, its units reserved.
+        await pair.chn.stop()
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"chn.db{suffix}").unlink(missing_ok=True)
+        backup.rename(tmp_path / "chn.db")
+        restarted = GatewayNode(store=await SQLiteStore.open(tmp_path / "chn.db"), **network.options["CHN"])
+        network.nodes["CHN"] = pair.chn = restarted
+        await restarted.start()
+        network.connect()
+        async with operator(restarted) as chn, operator(pair.che) as che:
+            # Its status query hears CHE hold the transfer CANCELLED, an end only CHN decides: CHN takes it and
+            # releases the units, rather than terminating the transfer at its deadline, days later, in another
+            # state than CHE's.
+            ended = await wait_for_state(chn, proposed.transfer_id, TERMINAL, timeout=5)
+            assert ended.state == records_pb2.CANCELLED
+            assert ended.rejections[-1].code == records_pb2.TRANSFER_ENDED
+            assert "CHE reports the transfer CANCELLED" in ended.rejections[-1].message
+            held = (await chn.ListHoldings(operator_pb2.ListHoldingsRequest(account_id="CN-PO-0001"))).holdings
+            assert [(h.block.start, h.block.end, h.status) for h in held] == [(1, 1000, "held")]
+            assert (await che.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=proposed.transfer_id))).state == (
+                records_pb2.CANCELLED
+            )
+        await settle(restarted, pair.che)
+    finally:
+        await network.stop()
