@@ -10,9 +10,11 @@ from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.transfer import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
+    Step,
     TransferRole,
     TransferState,
     advance,
+    on_partner_view,
 )
 
 S = TransferState
@@ -304,3 +306,67 @@ def test_which_transfers_are_overdue(
     transfer = Transfer("t", role, state, terms, (), created, created)
     now = created + dt.timedelta(hours=hours)
     assert overdue(transfer, now, Deadlines(hold=dt.timedelta(hours=48), decision=dt.timedelta(hours=72))) is expected
+
+
+# --------------------------------------------------------------------------------------------------------
+# What a side does when its partner reports a transfer's state (a status report)
+# --------------------------------------------------------------------------------------------------------
+
+PARTNER_VIEWS: dict[str, tuple[TransferRole, TransferState, bool, TransferState | None, Step]] = {
+    "waiting, unknown there: never taken in": (INITIATING, S.CHECKED, False, None, Step.TERMINATE),
+    "waiting, accepted there: the Decision was lost": (INITIATING, S.CHECKED, True, S.ACCEPTED, Step.COMPLETE),
+    "waiting, rejected there": (INITIATING, S.CHECKED, True, S.REJECTED, Step.REJECT),
+    "waiting, still checked there": (INITIATING, S.CHECKED, True, S.CHECKED, Step.NOTHING),
+    "waiting, cancelled there: this side ended it and lost the record": (
+        INITIATING,
+        S.CHECKED,
+        True,
+        S.CANCELLED,
+        Step.FOLLOW_END,
+    ),
+    "waiting, terminated there: this side ended it and lost the record": (
+        INITIATING,
+        S.CHECKED,
+        True,
+        S.TERMINATED,
+        Step.FOLLOW_END,
+    ),
+    "waiting, completed there: only this side completes": (INITIATING, S.CHECKED, True, S.COMPLETED, Step.NOTHING),
+    "completed, accepted there: the Completion was lost": (
+        INITIATING,
+        S.COMPLETED,
+        True,
+        S.ACCEPTED,
+        Step.RESEND_FINAL,
+    ),
+    "completed, completed there": (INITIATING, S.COMPLETED, True, S.COMPLETED, Step.NOTHING),
+    "completed, cancelled there: never undone here": (INITIATING, S.COMPLETED, True, S.CANCELLED, Step.NOTHING),
+    "cancelled, accepted there: the Cancel was lost": (INITIATING, S.CANCELLED, True, S.ACCEPTED, Step.RESEND_FINAL),
+    "cancelled, cancelled there": (INITIATING, S.CANCELLED, True, S.CANCELLED, Step.NOTHING),
+    "acquiring accepted, completed there": (ACQUIRING, S.ACCEPTED, True, S.COMPLETED, Step.CREDIT),
+    "acquiring accepted, unknown there": (ACQUIRING, S.ACCEPTED, False, None, Step.ADOPT),
+    "acquiring rejected, cancelled there": (ACQUIRING, S.REJECTED, True, S.CANCELLED, Step.ADOPT),
+    "acquiring completed, cancelled there: never undone here": (
+        ACQUIRING,
+        S.COMPLETED,
+        True,
+        S.CANCELLED,
+        Step.NOTHING,
+    ),
+    "acquiring accepted, still checked there: the Decision was lost": (
+        ACQUIRING,
+        S.ACCEPTED,
+        True,
+        S.CHECKED,
+        Step.RESEND_DECISION,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("role", "current", "known", "reported", "expected"), list(PARTNER_VIEWS.values()), ids=list(PARTNER_VIEWS)
+)
+def test_what_a_side_does_on_its_partners_view(
+    role: TransferRole, current: TransferState, known: bool, reported: TransferState | None, expected: Step
+) -> None:
+    assert on_partner_view(role, current, known, reported) is expected
