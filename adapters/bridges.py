@@ -351,7 +351,10 @@ def row_block(record: AefAction | AefHolding, ctx: MappingContext) -> UnitBlock:
             record.itmo_last_serial,
             record.vintage,
         )
-        return itmo_serials.GRAMMAR.to_block(ids)
+        try:
+            return itmo_serials.GRAMMAR.to_block(ids)
+        except SerialError as error:
+            raise RecordRejected.one("itmo_first_serial", str(error), IssueCode.BAD_VALUE) from None
     try:
         first = parse_block(record.first_unit_id, vintage=record.vintage, grammars=grammars)
         last = parse_block(record.last_unit_id, vintage=record.vintage, grammars=grammars)

@@ -87,7 +87,12 @@ def parse_serial_int(text: str, what: str, serial: str) -> int:
         raise SerialError(f"{what} in {quoted(serial, 80)} has {len(text)} digits: serials lie in 0..{MAX_SERIAL}")
     if not _INT.fullmatch(text):
         raise SerialError(f"{what} {text!r} in {serial!r} must be digits without leading zeros")
-    return int(text)
+    value = int(text)
+    if value > MAX_SERIAL:
+        # 19 digits can pass the largest serial: no block holds such a number, so it is refused here, where the
+        # reader can still name the cell, rather than when a block is built from it.
+        raise SerialError(f"{what} {text} in {quoted(serial, 80)} is past the largest serial, {MAX_SERIAL}")
+    return value
 
 
 def parse_ddmmyyyy(text: str, what: str, serial: str) -> dt.date:

@@ -19,6 +19,7 @@ from adapters.context import MappingContext
 from adapters.fields import FieldReader
 from adapters.mapping import map_batch
 from adapters.serials.itmo import FirstIdStyle
+from gateway.domain.blocks import MAX_SERIAL
 from gateway.domain.canonical import AefAction, AefReport
 from gateway.domain.mapping import IssueCode, RecordRejected
 from gateway.domain.records import ActionType, Purpose
@@ -225,6 +226,23 @@ def test_bare_serial_first_ids_are_read_and_the_style_is_one_setting() -> None:
     full, _, _ = render_row(Table.ACTIONS, record, CTX)
     bare, _, _ = render_row(Table.ACTIONS, record, dataclasses.replace(CTX, first_id_style=FirstIdStyle.BARE_SERIAL))
     assert (full["First ID"], bare["First ID"]) == ("CA0001-CHN01-CHN-1001-2024", "1001")
+
+
+@pytest.mark.parametrize("target", ["aef-actions", "aef-holdings", "serial-itmo", "cadt-v2-units"])
+def test_an_itmo_serial_past_the_largest_is_refused_naming_its_column_whatever_the_target(target: str) -> None:
+    top = MAX_SERIAL
+    itmo_only = {"Underlying unit registry ID": "NA", "First unit ID": "NA", "Last unit ID": "NA"}
+
+    def rows(first: int, last: int) -> list[dict[str, object]]:
+        ids = {"First ID": str(first), "Last ID": str(last), "Quantity (t CO2 eq)": str(last - first + 1)}
+        return [_action_row(**itmo_only, **ids)]
+
+    past = map_batch("aef-actions", target, rows(top - 8, top + 1), context=CTX, adapters=ADAPTERS)
+    assert not past.applied
+    assert [(i.position, i.field, i.code) for i in past.issues] == [(1, "Last ID", IssueCode.BAD_PATTERN)]
+    assert str(MAX_SERIAL) in past.issues[0].message
+    at_the_top = map_batch("aef-actions", target, rows(top - 9, top), context=CTX, adapters=ADAPTERS)
+    assert at_the_top.ok and at_the_top.applied
 
 
 def test_extension_code_is_reported_never_passed_silently() -> None:
