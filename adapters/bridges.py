@@ -355,11 +355,16 @@ def row_block(record: AefAction | AefHolding, ctx: MappingContext) -> UnitBlock:
             return itmo_serials.GRAMMAR.to_block(ids)
         except SerialError as error:
             raise RecordRejected.one("itmo_first_serial", str(error), IssueCode.BAD_VALUE) from None
-    try:
-        first = parse_block(record.first_unit_id, vintage=record.vintage, grammars=grammars)
-        last = parse_block(record.last_unit_id, vintage=record.vintage, grammars=grammars)
-    except SerialError as error:
-        raise RecordRejected.one("first_unit_id", str(error), IssueCode.BAD_PATTERN) from None
+    ends: list[UnitBlock] = []
+    problems: list[Problem] = []
+    for name, text in (("first_unit_id", record.first_unit_id), ("last_unit_id", record.last_unit_id)):
+        try:
+            ends.append(parse_block(text, vintage=record.vintage, grammars=grammars))
+        except SerialError as error:
+            problems.append(Problem(name, str(error), IssueCode.BAD_PATTERN))
+    if problems:
+        raise RecordRejected(problems)
+    first, last = ends
     if not first.same_attributes(last) or last.end < first.start:
         raise RecordRejected.one(
             "last_unit_id",

@@ -101,7 +101,13 @@ def map_batch(
 
     def convert(raw: RawRecord) -> Converted[MappedRecord]:
         record = src.parse(raw, ctx)
-        bridged = bridge.convert(record, ctx)
+        try:
+            bridged = bridge.convert(record, ctx)
+        except RecordRejected as rejected:
+            # A bridge names the canonical field; the person mending the file needs the source schema's name.
+            raise RecordRejected(
+                Problem(_source_field(src, p.field), p.message, p.code) for p in rejected.problems
+            ) from None
         rendered = dst.render(bridged.record, ctx)
         lost = list(src.dropped(raw))
         lost += [src.wire_name(path) for path in bridged.lost]
@@ -121,6 +127,11 @@ def map_batch(
     return map_records(
         raws, convert, source=source, target=target, strict=strict, per_record=per_record, progress=progress
     )
+
+
+def _source_field(src: Adapter, field: str) -> str:
+    """The source schema's name of a canonical field a bridge refused (a mapping-context setting keeps its own)."""
+    return field if field.startswith("context.") else src.wire_name(field)
 
 
 def encode_outputs(result: BatchResult[MappedRecord], target: Adapter, fmt: str) -> bytes:

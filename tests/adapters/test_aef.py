@@ -245,6 +245,40 @@ def test_an_itmo_serial_past_the_largest_is_refused_naming_its_column_whatever_t
     assert at_the_top.ok and at_the_top.applied
 
 
+VCS_UNITS = {
+    "Underlying unit registry ID": "VCS",
+    "First unit ID": "19385-941467007-941467007-VCS-VCU-1507-VER-ET-14-1340-01012020-31122020-1",
+    "Last unit ID": "19385-941467431-941467431-VCS-VCU-1507-VER-ET-14-1340-01012020-31122020-1",
+    "Vintage": "2020",
+    "First ID": "CA0001-CHN01-CHN-1-2020",
+    "Last ID": "CA0001-CHN01-CHN-425-2020",
+    "Quantity (t CO2 eq)": "425",
+}
+NO_BLOCK = [
+    ({"First unit ID": "u-1"}, "First unit ID", "aef_t3_actions_unit_first_id"),
+    ({"Last unit ID": "u-425"}, "Last unit ID", "aef_t3_actions_unit_last_id"),
+    (
+        {"Quantity (t CO2 eq)": "424", "Last ID": "CA0001-CHN01-CHN-424-2020"},
+        "Quantity (t CO2 eq)",
+        "aef_t3_actions_quantity_t_co2",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "header", "cadt"), NO_BLOCK, ids=[case[1] for case in NO_BLOCK])
+def test_a_row_whose_units_name_no_block_is_refused_naming_the_column_of_the_source(
+    changes: dict[str, object], header: str, cadt: str
+) -> None:
+    assert map_batch("aef-actions", "serial-vcs", [_action_row(**VCS_UNITS)], context=CTX, adapters=ADAPTERS).ok
+    row = _action_row(**{**VCS_UNITS, **changes})
+    refused = map_batch("aef-actions", "serial-vcs", [row], context=CTX, adapters=ADAPTERS)
+    assert [(i.position, i.field) for i in refused.issues] == [(1, header)]
+    as_cadt = map_batch("aef-actions", "cadt-v2-aef-t3", [row], context=CTX, adapters=ADAPTERS)
+    [cadt_row] = [m.row for m in as_cadt.outputs]
+    refused = map_batch("cadt-v2-aef-t3", "serial-vcs", [cadt_row], context=CTX, adapters=ADAPTERS)
+    assert [(i.position, i.field) for i in refused.issues] == [(1, cadt)]
+
+
 def test_extension_code_is_reported_never_passed_silently() -> None:
     row = _action_row(**{"Underlying unit registry ID": "CCER"})
     _, notes = parse_row(Table.ACTIONS, row, CTX)
