@@ -379,6 +379,16 @@ def row_block(record: AefAction | AefHolding, ctx: MappingContext) -> UnitBlock:
             f"{record.first_unit_id} to {record.last_unit_id}",
             IssueCode.QUANTITY_MISMATCH,
         )
+    code, missing = underlying_code(block, ctx)
+    if missing is not None:
+        raise RecordRejected((missing,))
+    if code != record.underlying_registry:
+        raise RecordRejected.one(
+            "underlying_registry",
+            f"{record.underlying_registry!r} is not the underlying unit registry ID of the units the row names:"
+            f" {record.first_unit_id} is a unit of {block.space.issuing_registry}, whose ID is {code!r}",
+            IssueCode.INCONSISTENT,
+        )
     return dataclasses.replace(block, mitigation_type=record.mitigation_type.value)
 
 

@@ -279,6 +279,36 @@ def test_a_row_whose_units_name_no_block_is_refused_naming_the_column_of_the_sou
     assert [(i.position, i.field) for i in refused.issues] == [(1, cadt)]
 
 
+@pytest.mark.parametrize(
+    ("code", "first", "last"),
+    [
+        ("GS", VCS_UNITS["First unit ID"], VCS_UNITS["Last unit ID"]),
+        ("VCS", "CN-CCER/2020/1-1", "CN-CCER/2020/425-425"),
+        ("CCER", VCS_UNITS["First unit ID"], VCS_UNITS["Last unit ID"]),
+    ],
+)
+def test_an_underlying_registry_id_the_units_contradict_is_refused_when_the_row_becomes_a_block(
+    code: str, first: str, last: str
+) -> None:
+    row = _action_row(
+        **{**VCS_UNITS, "Underlying unit registry ID": code, "First unit ID": first, "Last unit ID": last}
+    )
+    assert map_batch("aef-actions", "aef-actions", [row], context=CTX, adapters=ADAPTERS).ok, "read as written"
+    for target in ("serial-vcs", "serial-cn-ccer", "cadt-v2-units"):
+        refused = map_batch("aef-actions", target, [row], context=CTX, adapters=ADAPTERS)
+        assert [(i.field, i.code) for i in refused.issues] == [("Underlying unit registry ID", IssueCode.INCONSISTENT)]
+
+
+def test_ccer_units_come_back_from_their_aef_row_as_the_same_block() -> None:
+    context = s.action_context()
+    serial = "CN-CCER/2020/1-425"
+    row = map_batch("serial-cn-ccer", "aef-actions", [{"serial": serial}], context=context, adapters=ADAPTERS)
+    [mapped] = [m.row for m in row.outputs]
+    assert mapped["Underlying unit registry ID"] == "CCER"
+    back = map_batch("aef-actions", "serial-cn-ccer", [mapped], context=context, adapters=ADAPTERS)
+    assert [m.row for m in back.outputs] == [{"serial": serial}]
+
+
 def test_extension_code_is_reported_never_passed_silently() -> None:
     row = _action_row(**{"Underlying unit registry ID": "CCER"})
     _, notes = parse_row(Table.ACTIONS, row, CTX)
