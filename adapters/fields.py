@@ -40,7 +40,12 @@ def format_dmy(value: dt.date) -> str:
 
 def format_iso_ms(value: dt.datetime) -> str:
     """ISO 8601 UTC with milliseconds, the AEF's action date form, e.g. ``2025-03-01T08:00:00.000Z``."""
-    return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
+    # Every part spelled by hand: strftime's %Y leaves a year before 1000 unpadded on Linux ("999-01-01..."),
+    # which no reader of the form takes back.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+        f".{value.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_iso_date(value: object) -> dt.date:

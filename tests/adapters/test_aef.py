@@ -17,7 +17,7 @@ from adapters.aef_codec import parse_row, render_row
 from adapters.aef_columns import COLUMNS, Table, headers
 from adapters.context import MappingContext
 from adapters.fields import FieldReader
-from adapters.mapping import map_batch
+from adapters.mapping import encode_outputs, map_batch
 from adapters.serials.itmo import FirstIdStyle
 from gateway.domain.blocks import MAX_SERIAL
 from gateway.domain.canonical import AefAction, AefReport
@@ -416,6 +416,17 @@ def test_bad_row_in_an_xlsx_batch_refuses_the_whole_batch() -> None:
         (2, "Acquiring participating Party ID"),
         (2, "Purpose for which the ITMO has been used towards or cancelled for OIMP"),
     }  # with no purpose, whether the use is towards the NDC (and needs its year) cannot be told
+
+
+@pytest.mark.parametrize("date", ["0001-01-01T00:00:00.000Z", "0999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"])
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_an_action_date_of_any_four_digit_year_is_written_back_as_it_was_read(date: str, fmt: str) -> None:
+    result = map_batch("aef-actions", "aef-actions", [_action_row(**{"Action date": date})], context=CTX)
+    assert result.ok, result.issues
+    back = map_batch("aef-actions", "aef-actions", encode_outputs(result, aef.ACTIONS, fmt), source_format=fmt)
+    assert back.ok, back.issues
+    assert [m.row["Action date"] for m in back.outputs] == [date]
+    assert aef.rendered_rows(Table.ACTIONS, [m.record for m in back.outputs], CTX)[0][0] == date
 
 
 def test_the_action_date_must_be_whole_milliseconds_utc() -> None:
