@@ -73,6 +73,10 @@ class GoldStandardGrammar:
                 "GS<registry>-<unit code>-<country>-GS<project>-<scope>-<vintage>-<issuance>-<start>-<end>"
             )
         parts = match.groupdict()
+        # The registry and unit code name the serial space, like the issuance: a padded spelling of one of them
+        # would put the same units in a second space, where no overlap with the first is ever found.
+        parse_serial_int(parts["registry"], "the registry number", text)
+        parse_serial_int(parts["unit_code"], "the unit code", text)
         parse_serial_int(parts["issuance"], "the issuance number", text)
         start, end = parse_range(parts, text)
         return GoldStandardSerial(

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.mapping import map_batch
 from adapters.serials import (
     GRAMMARS,
     SerialError,
@@ -27,7 +28,7 @@ from adapters.serials import (
 )
 from adapters.serials.domestic import CCER_FORMAT, CCER_GRAMMAR, DomesticFormat, DomesticGrammar, DomesticSerial
 from gateway.domain.blocks import UnitBlock, split
-from gateway.domain.mapping import find_duplicate_blocks
+from gateway.domain.mapping import IssueCode, find_duplicate_blocks
 from tests.adapters import strategies as s
 
 VECTORS = Path(__file__).parent.parent / "vectors" / "serials"
@@ -187,6 +188,21 @@ def test_equal_numbers_in_two_gold_standard_issuances_do_not_overlap() -> None:
     a = parse_block("GS1-1-UG-GS11043-16-2023-30039-1-5000")
     b = parse_block("GS1-1-UG-GS11042-16-2023-30037-1-5000")
     assert (a.start, a.end) == (b.start, b.end) and not a.overlaps(b)
+
+
+@pytest.mark.parametrize("padded", ["GS01-1-UG-GS11043-16-2023-30039-1-100", "GS1-01-UG-GS11043-16-2023-30039-50-60"])
+def test_a_gold_standard_space_spelled_with_leading_zeros_is_refused_not_kept_apart(padded: str) -> None:
+    # The registry and unit code name the serial space: padded, the same units would never overlap themselves.
+    with pytest.raises(SerialError, match="leading zeros"):
+        parse_block(padded)
+    batch = map_batch(
+        "serial-gold-standard",
+        "serial-gold-standard",
+        [{"serial": "GS1-1-UG-GS11043-16-2023-30039-1-5000"}, {"serial": padded}],
+        adapters=s.built_in_adapters(),
+    )
+    assert not batch.applied
+    assert [(i.position, i.field, i.code) for i in batch.issues] == [(2, "serial", IssueCode.BAD_PATTERN)]
 
 
 @pytest.mark.parametrize(
