@@ -141,6 +141,25 @@ def context_from_json(data: Mapping[str, object]) -> MappingContext:
         except GatewayError as error:
             top.fail(field, error.message, IssueCode.BAD_VALUE)
             continue
+        own = vocab.BUILT_IN_UNDERLYING_CODES.get(str(registry))
+        if own is not None:
+            # The nomenclature's own ID always wins (`adapters.bridges.underlying_code`): another would never apply.
+            top.fail(
+                field,
+                f"{registry} has the nomenclature's own underlying unit registry ID {own!r}: it takes no extension"
+                " code; remove this one",
+                IssueCode.BAD_VALUE,
+            )
+            continue
+        other = next((r for r, c in codes if c == code), None)
+        if other is not None:
+            top.fail(
+                field,
+                f"{code!r} is already the extension code of {other}: an AEF row with it could not tell which"
+                " registry its units come from; give each registry a code of its own",
+                IssueCode.INCONSISTENT,
+            )
+            continue
         codes.append((str(registry), code))
     itmo_serials = top.choice("itmo_serials", ItmoSerialSource, required=False)
     style = top.choice("first_id_style", FirstIdStyle, required=False) or FIRST_ID_STYLE

@@ -235,6 +235,22 @@ def test_context_from_json_checks_every_field() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("codes", "field", "says"),
+    [
+        ({"CN-CCER": "CN", "CN-CEA": "CN"}, "context.extension_codes.CN-CEA", "already the extension code of CN-CCER"),
+        ({"CN-CCER": "CCER", "VCS": "VERRA"}, "context.extension_codes.VCS", "nomenclature's own"),
+    ],
+)
+def test_extension_codes_that_are_ambiguous_or_never_apply_are_refused(
+    codes: dict[str, str], field: str, says: str
+) -> None:
+    with pytest.raises(RecordRejected) as refused:
+        context_from_json({"extension_codes": codes})
+    assert [p.field for p in refused.value.problems] == [field]
+    assert says in refused.value.problems[0].message
+
+
 @pytest.mark.parametrize(("source", "fmt"), [("cn-ccer", "json"), ("cn-cea", "json"), ("serial-vcs", "json")])
 @pytest.mark.parametrize("nesting", [b"[" * 100_000, b"[" + b'{"a":' * 100_000])
 def test_a_file_nested_too_deeply_is_refused_as_malformed(source: str, fmt: str, nesting: bytes) -> None:
