@@ -352,13 +352,32 @@ def _check_ledger_against(ledger: LedgerOptions, party: str, nomenclature: Nomen
             f"ledger.party_registry: {_q(ledger.party_registry)} is not a registry of {party}: a Party ITMO registry"
             f" ID starts with the Party's code (e.g. {party}01)"
         )
-    for code, _ in ledger.underlying_registry_codes:
+    from adapters.vocab import NOMENCLATURE_UNDERLYING_REGISTRIES
+
+    given: dict[str, str] = {}
+    for code, aef_id in ledger.underlying_registry_codes:
         near = [k for k in sorted(nomenclature.registries) if k != code and k.casefold() == code.casefold()]
         if near:  # codes are matched as written: this one would never apply
             raise ConfigError(
                 f"ledger.underlying_registry_codes: {_q(code)} is not an issuing registry code as [[registries]]"
                 f" writes it; did you mean {near[0]!r}?"
             )
+        if aef_id in given:
+            raise ConfigError(
+                f"ledger.underlying_registry_codes.{code}: {_q(aef_id)} is also the code of {given[aef_id]}: the AEF"
+                " report would name the units of both registries alike; give each registry a code of its own"
+            )
+        given[aef_id] = code
+        if code in _GATEWAY_DEFINED and aef_id in NOMENCLATURE_UNDERLYING_REGISTRIES:
+            raise ConfigError(
+                f"ledger.underlying_registry_codes.{code}: {_q(aef_id)} is the AEF nomenclature's ID of another"
+                f" registry, and the nomenclature has none for {code}: give it an extension code of its own, which"
+                " the report writes as a nomenclature extension"
+            )
+
+
+_GATEWAY_DEFINED = frozenset(registry.code for registry in DEFAULT_REGISTRIES)
+"""The registries whose codes the gateway defines (CEA, CCER): the AEF nomenclature has no ID for them."""
 
 
 def _require(table: Mapping[str, Any], key: str, where: str) -> Any:

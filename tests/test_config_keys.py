@@ -419,6 +419,16 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             "ledger.underlying_registry_codes: 'cn-ccer' is not an issuing registry code as [[registries]] writes it;"
             " did you mean 'CN-CCER'?",
         ),
+        # the report would write CCER units under Verra's nomenclature ID, as if they were VCUs
+        (
+            GOOD.replace('CN-CCER = "CCER"', 'CN-CCER = "VCS"'),
+            "ledger.underlying_registry_codes.CN-CCER: 'VCS' is the AEF nomenclature's ID of another registry",
+        ),
+        # the report would write CEA and CCER units alike, and no reader could tell them apart
+        (
+            GOOD.replace('CN-CCER = "CCER"', 'CN-CCER = "CN"\nCN-CEA = "CN"'),
+            "ledger.underlying_registry_codes.CN-CEA: 'CN' is also the code of CN-CCER",
+        ),
         # identifiers never hold invisible or bidirectional-control characters: these could never match, and read
         # as another value
         (
