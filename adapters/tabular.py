@@ -210,7 +210,23 @@ def read_csv_table(data: bytes) -> tuple[list[str], list[list[str]]]:
 
 
 def write_csv_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> bytes:
-    """A CSV file (RFC 4180, UTF-8). ``None`` is written as an empty cell."""
+    """A CSV file (RFC 4180, UTF-8). ``None`` is written as an empty cell. A text longer than `read_csv_table` reads
+    in one cell is refused (``RecordRejected`` naming ``row <n>.<column>``): written, the file could not be read
+    back."""
+    limit = csv.field_size_limit()
+    problems = [
+        Problem(
+            f"row {number}.{header[column] if column < len(header) else column + 1}",
+            f"holds {len(value):,} characters; a CSV cell holds at most {limit:,} (write JSON, which has no such"
+            " limit)",
+            IssueCode.BAD_VALUE,
+        )
+        for number, row in enumerate(rows, start=1)
+        for column, value in enumerate(row)
+        if isinstance(value, str) and len(value) > limit
+    ]
+    if problems:
+        raise RecordRejected(problems)
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from adapters import tabular
-from adapters.mapping import map_batch
+from adapters.mapping import encode_outputs, map_batch
 from gateway.domain.mapping import IssueCode, RecordRejected
 from tests.adapters import strategies as s
+from tests.adapters.test_domestic import GOOD
 
 ADAPTERS = s.built_in_adapters()
 
@@ -41,6 +44,21 @@ def test_a_cell_past_the_size_limit_is_refused_naming_the_row_and_the_limit() ->
     [problem] = refused.value.problems
     assert (problem.field, problem.code) == ("row 2", IssueCode.MALFORMED_FILE)
     assert "a cell may hold at most 131,072 characters" in problem.message
+
+
+def test_a_cell_the_reader_would_refuse_is_refused_when_written_and_one_at_the_limit_reads_back() -> None:
+    limit = csv.field_size_limit()
+    at_the_limit = ['"' * limit, "z" * limit]
+    assert tabular.read_csv_table(tabular.write_csv_table(["a", "b"], [at_the_limit])) == (["a", "b"], [at_the_limit])
+    with pytest.raises(RecordRejected) as refused:
+        tabular.write_csv_table(["a", "b"], [["x", "y"], ["x", "z" * (limit + 1)]])
+    [problem] = refused.value.problems
+    assert (problem.field, problem.code) == ("row 2.b", IssueCode.BAD_VALUE)
+    # what map reads from JSON and cannot write as CSV it refuses to write, rather than write what it cannot read
+    result = map_batch("cn-ccer", "cn-ccer", [{**GOOD, "project_name": "p" * (limit + 1)}], adapters=ADAPTERS)
+    assert result.ok
+    with pytest.raises(RecordRejected, match=r"row 1\.project_name: holds 131,073 characters"):
+        encode_outputs(result, ADAPTERS["cn-ccer"], "csv")
 
 
 def test_quoted_commas_quotes_and_line_breaks_a_bom_and_nul_are_read_as_written() -> None:
