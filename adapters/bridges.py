@@ -352,9 +352,10 @@ def row_block(record: AefAction | AefHolding, ctx: MappingContext) -> UnitBlock:
             record.vintage,
         )
         try:
-            return itmo_serials.GRAMMAR.to_block(ids)
+            itmo_block = itmo_serials.GRAMMAR.to_block(ids)
         except SerialError as error:
             raise RecordRejected.one("itmo_first_serial", str(error), IssueCode.BAD_VALUE) from None
+        return dataclasses.replace(itmo_block, mitigation_type=record.mitigation_type.value)
     ends: list[UnitBlock] = []
     problems: list[Problem] = []
     for name, text in (("first_unit_id", record.first_unit_id), ("last_unit_id", record.last_unit_id)):
@@ -443,6 +444,12 @@ def _no_origin(path: str) -> str | None:
     return None
 
 
+def _row_origin(path: str) -> str | None:
+    """The AEF row field a block field came from, where the block holds one of the row's own values (the rest of
+    the block is spelled by the row's unit IDs, or its ITMO IDs, which the row keeps whole)."""
+    return "mitigation_type" if path.removeprefix("block.") == "mitigation_type" else None
+
+
 def _identity(record: Any, ctx: MappingContext) -> Bridged:
     return Bridged(record)
 
@@ -460,8 +467,8 @@ def _bridges() -> dict[tuple[type[Any], type[Any]], Bridge]:
     table[AefAction, AefHolding] = Bridge(AefAction, AefHolding, _action_to_holding, _same)
     table[AefHolding, AefAction] = Bridge(AefHolding, AefAction, _holding_to_action, _same)
     for kind in (AefAction, AefHolding):
-        table[kind, UnitBlock] = Bridge(kind, UnitBlock, _row_to_block, _no_origin)
-        table[kind, RegistryUnit] = Bridge(kind, RegistryUnit, _row_to_unit, _no_origin)
+        table[kind, UnitBlock] = Bridge(kind, UnitBlock, _row_to_block, _row_origin)
+        table[kind, RegistryUnit] = Bridge(kind, RegistryUnit, _row_to_unit, _row_origin)
     return table
 
 

@@ -309,6 +309,21 @@ def test_ccer_units_come_back_from_their_aef_row_as_the_same_block() -> None:
     assert [m.row for m in back.outputs] == [{"serial": serial}]
 
 
+@pytest.mark.parametrize("target", ["serial-vcs", "serial-itmo", "cadt-v2-units"])
+@pytest.mark.parametrize("source", ["aef-actions", "aef-holdings"])
+def test_a_row_mapped_to_a_block_lists_its_mitigation_type_as_lost(source: str, target: str) -> None:
+    itmo_only = {"Underlying unit registry ID": "NA", "First unit ID": "NA", "Last unit ID": "NA"}
+    row = _action_row(**VCS_UNITS) if target == "serial-vcs" else _action_row(**{**VCS_UNITS, **itmo_only})
+    if source == "aef-holdings":
+        row = {h: row[h] for h in headers(Table.HOLDINGS)}
+    mapped = map_batch(source, target, [row], context=CTX, adapters=ADAPTERS)
+    assert mapped.ok, mapped.issues
+    assert "Mitigation type" in mapped.records[0].lost_fields
+    strict = map_batch(source, target, [row], context=CTX, adapters=ADAPTERS, strict=True)
+    assert [i.code for i in strict.issues] == [IssueCode.LOSSY_MAPPING]
+    assert "Mitigation type" in strict.issues[0].field
+
+
 def test_extension_code_is_reported_never_passed_silently() -> None:
     row = _action_row(**{"Underlying unit registry ID": "CCER"})
     _, notes = parse_row(Table.ACTIONS, row, CTX)
