@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 import zipfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
@@ -262,14 +263,12 @@ def check_header(header: Sequence[str], expected: Sequence[str], *, exact_order:
     """Refuse a missing, unknown, duplicated or (when ``exact_order``) reordered column."""
     problems: list[Problem] = []
     seen: set[str] = set()
-    for name in header:
+    for number, name in enumerate(header, start=1):
         if name in seen:
             problems.append(Problem(name, "the column appears twice", IssueCode.MALFORMED_FILE))
         seen.add(name)
         if name not in expected:
-            problems.append(
-                Problem(name, "is not a column of this table (check its spelling)", IssueCode.UNKNOWN_FIELD)
-            )
+            problems.append(_unknown_column(number, name, expected))
     for name in expected:
         if name not in seen:
             problems.append(Problem(name, "the column is missing from the header", IssueCode.MISSING_FIELD))
@@ -283,6 +282,24 @@ def check_header(header: Sequence[str], expected: Sequence[str], *, exact_order:
         )
     if problems:
         raise RecordRejected(problems)
+
+
+def _unknown_column(number: int, name: str, expected: Sequence[str]) -> Problem:
+    """The refusal of a header cell that names no column, which says what a reader cannot see in it (no name at
+    all; spaces or invisible characters around a column's name)."""
+    if not name.strip():
+        return Problem(
+            f"column {number}",
+            f"has no name ({name!r}): delete the empty column, or name it (a row ending in a comma adds one)",
+            IssueCode.UNKNOWN_FIELD,
+        )
+    shown = escaped(name, 80)
+    bare = "".join(char for char in name if unicodedata.category(char) != "Cf").strip()
+    if bare in expected:
+        why = f'"{shown}" (column {number}) has characters around the name {bare!r}: remove them'
+    else:
+        why = f'"{shown}" (column {number}) is not a column of this table (check its spelling)'
+    return Problem(shown, why, IssueCode.UNKNOWN_FIELD)
 
 
 def write_xlsx(sheets: Sequence[tuple[str, Sequence[str], Sequence[Sequence[object]]]]) -> bytes:

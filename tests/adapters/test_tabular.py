@@ -61,6 +61,24 @@ def test_a_cell_the_reader_would_refuse_is_refused_when_written_and_one_at_the_l
         encode_outputs(result, ADAPTERS["cn-ccer"], "csv")
 
 
+@pytest.mark.parametrize(
+    ("name", "field", "says"),
+    [
+        ("", "column 3", "has no name"),
+        (" ", "column 3", "has no name"),
+        (" b", " b", "\" b\" (column 3) has characters around the name 'b'"),
+        ("\ufeffb", "\\ufeffb", "(column 3) has characters around the name 'b'"),
+        ("c", "c", '"c" (column 3) is not a column of this table'),
+    ],
+)
+def test_a_header_cell_that_names_no_column_says_what_a_reader_cannot_see(name: str, field: str, says: str) -> None:
+    with pytest.raises(RecordRejected) as refused:
+        tabular.check_header(["a", "x", name], ["a", "x", "b"], exact_order=False)
+    unknown = [p for p in refused.value.problems if p.code is IssueCode.UNKNOWN_FIELD]
+    assert [p.field for p in unknown] == [field]
+    assert says in unknown[0].message
+
+
 def test_quoted_commas_quotes_and_line_breaks_a_bom_and_nul_are_read_as_written() -> None:
     data = (
         b'\xef\xbb\xbfa,b,c\r\n"x, y","say ""hi""",\r\n"l1\nl2","l1\r\nl2","l1\rl2"\r\nab"c,\x00,""\n\r\nlast,row,here'
