@@ -63,15 +63,12 @@ def text(value: object) -> str:
 
 
 def from_batch(result: BatchResult[MappedRecord]) -> MappedRows:
-    """The rows of a `map_batch` result."""
-    header: tuple[str, ...] = ()
-    rows = []
-    for record in result.records:
-        if record.output is None:
-            continue
-        if not header:
-            header = tuple(record.output.row)
-        rows.append(Row(record.position, [text(record.output.row.get(c)) for c in header], record.lost_fields))
+    """The rows of a `map_batch` result. The columns are every column any row has, in the order they first appear:
+    a target may leave out a column a record has no value for (``cn-ccer`` an unstated mitigation type), and the
+    first row's columns alone would drop a later row's value without a word."""
+    outputs = [(record.position, record.output.row, record.lost_fields) for record in result.records if record.output]
+    header = tuple(dict.fromkeys(column for _, row, _ in outputs for column in row))
+    rows = [Row(position, [text(row.get(c)) for c in header], lost) for position, row, lost in outputs]
     return MappedRows(
         header, tuple(rows), result.applied, issue_runs(result.issues), issue_runs(result.notes), len(result.records)
     )

@@ -414,3 +414,12 @@ def test_per_issuance_numbering_vouches_only_for_ccer_ids_that_can_name_an_issua
         assert ISSUANCE_IDS[ccer_id]
         assert checked is not None and CCER.parse(checked[0].raw(), PER_ISSUANCE) == parsed
         assert parsed.block.space.issuance == ccer_id
+
+
+def test_a_column_only_a_later_record_has_is_carried_with_its_value() -> None:
+    stated = {**GOOD, "block_start": 5001, "block_end": 5002, "mitigation_type": "Removals"}
+    mapped = map_rows("cn-ccer", "cn-ccer", [dict(GOOD), stated])
+    assert mapped.applied and mapped.columns[-1] == "mitigation_type"
+    assert [row.values[-1] for row in mapped.rows] == ["", "Removals"]
+    starts = [dict(zip(mapped.columns, row.values, strict=True))["block_start"] for row in mapped.rows]
+    assert starts == ["1001", "5001"]

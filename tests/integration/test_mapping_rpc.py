@@ -330,3 +330,20 @@ async def test_a_context_with_several_problems_is_refused_with_all_of_them(pair:
     assert detail is not None and detail.field == "context_json.itmo_serials"
     assert "(and 2 more: context_json.facts.purpose: " in detail.message
     assert "; context_json.facts.ndc_year_of_use: " in detail.message
+
+
+@pytest.mark.asyncio
+async def test_a_value_only_a_later_record_has_comes_back_in_its_column(pair: Pair) -> None:
+    stated = {**credit(2), "mitigation_type": "Removals"}
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        mapped = await mapping_pb2_grpc.MappingServiceStub(channel).MapRecords(
+            mapping_pb2.MapRecordsRequest(
+                source="cn-ccer",
+                target="cn-ccer",
+                source_format="json",
+                payload=json.dumps([credit(1), stated]).encode(),
+            )
+        )
+    assert mapped.applied
+    rows = [dict(zip(mapped.columns, row.values, strict=True)) for row in mapped.rows]
+    assert [row.get("mitigation_type") for row in rows] == ["", "Removals"]
