@@ -219,7 +219,10 @@ def _read(
         text = r.text(key, required=required, pattern=_TIMEFRAME, shape="YYYY - YYYY")
         match = _TIMEFRAME.fullmatch(text)
         first, last = (int(match[1]), int(match[2])) if match else (0, 0)
-        if match and last < first:
+        if match and min(first, last) < 1000:
+            # As every year the AEF columns hold (`FieldReader.year`): 0999 would be spelled back as 999.
+            r.fail(key, f"{text!r} holds a year before 1000: a year is four digits from 1000", IssueCode.BAD_VALUE)
+        elif match and last < first:
             r.fail(key, f"the timeframe ends ({last}) before it starts ({first})", IssueCode.BLOCK_ORDER)
         values["timeframe_start"], values["timeframe_end"] = first, last
         return
@@ -364,7 +367,7 @@ def _render_value(col: Column, record: Any, ctx: MappingContext, iso_dates: bool
     if kind is Kind.INSTANT:
         return format_iso_ms(value) if check_action_instant(value) is None else value.isoformat()
     if kind is Kind.TIMEFRAME:
-        return f"{record.timeframe_start} - {record.timeframe_end}"
+        return f"{record.timeframe_start:04d} - {record.timeframe_end:04d}"
     if kind in (Kind.TEXTS, Kind.PARTIES, Kind.SECTORS):
         return vocab.LIST_SEPARATOR.join(str(v) for v in value)
     if isinstance(value, str):

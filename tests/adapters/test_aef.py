@@ -444,6 +444,31 @@ def test_an_action_date_of_any_four_digit_year_is_written_back_as_it_was_read(da
     assert aef.rendered_rows(Table.ACTIONS, [m.record for m in back.outputs], CTX)[0][0] == date
 
 
+@pytest.mark.parametrize("timeframe", ["0999 - 2030", "0001 - 0002"])
+def test_a_timeframe_year_before_1000_is_refused_where_it_is_read(timeframe: str) -> None:
+    row = {h: "" for h in headers(Table.AUTHORIZATIONS)}
+    row.update(
+        {
+            "Authorization ID": "A-1",
+            "Date of authorization": "15/01/2025",
+            "Cooperative approach ID": "CA0001",
+            "Version of the authorization": "1",
+            "Authorized quantity": "100000",
+            "Metric": "GHG",
+            "Applicable GWP value(s)": "AR5",
+            "Sector(s)": "Forestry and land use",
+            "Activity type(s)": "Afforestation",
+            "Purposes for authorization": "NDC",
+            "Authorized Party(ies) ID": "CHN; CHE",
+            "Authorized timeframe": "2021 - 2030",
+        }
+    )
+    assert map_batch("aef-authorizations", "aef-authorizations", [row], context=CTX).ok
+    refused = map_batch("aef-authorizations", "aef-authorizations", [{**row, "Authorized timeframe": timeframe}])
+    assert [(i.position, i.field, i.code) for i in refused.issues] == [(1, "Authorized timeframe", IssueCode.BAD_VALUE)]
+    assert "cannot be written" not in refused.issues[0].message
+
+
 def test_the_action_date_must_be_whole_milliseconds_utc() -> None:
     record, _ = parse_row(Table.ACTIONS, _action_row(), CTX)
     header = dataclasses.replace(record.header, action_date=record.action_date.replace(microsecond=1))
