@@ -143,7 +143,7 @@ class CadtUnitsAdapter:
             try:
                 block = parse_block(
                     serial,
-                    vintage=vintage if ctx.vintage is None else ctx.vintage,
+                    vintage=vintage,  # the unit's own: the context's is for serials that carry none
                     grammars=grammars_with(ctx.cea_format, ctx.ccer_format),
                 )
             except SerialError as error:

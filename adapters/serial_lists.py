@@ -61,7 +61,19 @@ class SerialListAdapter:
         r.check()
         grammar = self._grammar(ctx)
         try:
-            return grammar.to_block(grammar.parse(text), vintage=vintage if vintage is not None else ctx.vintage)
+            parsed = grammar.parse(text)
+            try:
+                return grammar.to_block(parsed, vintage=vintage)
+            except SerialError:
+                # The context's vintage is for serials that carry none (Kyoto unit blocks): a serial that carries
+                # its own is never checked against it, nor a record that states its own.
+                if vintage is not None or ctx.vintage is None:
+                    raise
+                try:
+                    return grammar.to_block(parsed, vintage=ctx.vintage)
+                except SerialError:
+                    pass
+                raise
         except SerialError as error:
             raise RecordRejected.one("serial", str(error), IssueCode.BAD_PATTERN) from None
 

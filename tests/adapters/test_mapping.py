@@ -182,6 +182,36 @@ def test_serial_lists_map_to_cad_trust_units_and_report_unspellable_facts() -> N
     assert ok.ok and ok.outputs[0].row["unit_count"] == 425
 
 
+VCS_SERIAL = "19385-941467007-941467431-VCS-VCU-1507-VER-ET-14-1340-01012020-31122020-1"
+KYOTO_SERIAL = "CN-5-0-1001-2000-2-2-0-1234-0"
+
+
+def test_the_context_vintage_serves_only_serials_that_carry_none() -> None:
+    kyoto_vintage = context_from_json({"vintage": 2012})
+    # a VCS serial carries its vintage (2020): the context's, for Kyoto blocks, is no claim about it
+    vcs = map_batch("serial-vcs", "serial-vcs", [{"serial": VCS_SERIAL}], context=kyoto_vintage, adapters=ADAPTERS)
+    assert vcs.ok, vcs.issues
+    kyoto = map_batch(
+        "serial-kyoto",
+        "serial-kyoto",
+        f"{KYOTO_SERIAL}\n".encode(),
+        source_format="text",
+        context=kyoto_vintage,
+        adapters=ADAPTERS,
+    )
+    assert kyoto.ok and [m.row for m in kyoto.outputs] == [{"serial": KYOTO_SERIAL, "vintage": 2012}]
+    # a CAD Trust unit states its own vintage, for a Kyoto block too: the record's is the block's
+    units = [
+        {"unit_serial_id": VCS_SERIAL, "unit_start_block": "941467007", "unit_end_block": "941467431",
+         "unit_count": 425, "unit_vintage_year": 2020},
+        {"unit_serial_id": KYOTO_SERIAL, "unit_start_block": "1001", "unit_end_block": "2000", "unit_count": 1000,
+         "unit_vintage_year": 2010},
+    ]  # fmt: skip
+    mapped = map_batch("cadt-v2-units", "cadt-v2-units", units, context=kyoto_vintage, adapters=ADAPTERS)
+    assert mapped.ok, mapped.issues
+    assert [m.row["unit_vintage_year"] for m in mapped.outputs] == [2020, 2010]
+
+
 def test_a_serial_list_in_text_refuses_to_drop_a_vintage_its_serials_do_not_carry() -> None:
     """A Kyoto serial carries no vintage: the text format would lose it, so only JSON is written; serials that
     carry their vintage are written as text."""
