@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import difflib
 import io
 import json
 import math
@@ -295,8 +296,18 @@ def _unknown_column(number: int, name: str, expected: Sequence[str]) -> Problem:
         )
     shown = escaped(name, 80)
     bare = "".join(char for char in name if unicodedata.category(char) != "Cf").strip()
+    folded = unicodedata.normalize("NFKC", bare)
+    near = difflib.get_close_matches(folded, expected, n=1, cutoff=0.8)
+    others = sorted({f"U+{ord(char):04X}" for char in name if not char.isascii()})
     if bare in expected:
         why = f'"{shown}" (column {number}) has characters around the name {bare!r}: remove them'
+    elif near and others:
+        why = (
+            f'"{shown}" (column {number}) is not a column of this table: it holds {", ".join(others[:5])}, which'
+            f" only look like the characters of {near[0]!r}; type the name again"
+        )
+    elif near:
+        why = f'"{shown}" (column {number}) is not a column of this table: did you mean {near[0]!r}?'
     else:
         why = f'"{shown}" (column {number}) is not a column of this table (check its spelling)'
     return Problem(shown, why, IssueCode.UNKNOWN_FIELD)

@@ -68,12 +68,17 @@ def test_a_cell_the_reader_would_refuse_is_refused_when_written_and_one_at_the_l
         (" ", "column 3", "has no name"),
         (" b", " b", "\" b\" (column 3) has characters around the name 'b'"),
         ("\ufeffb", "\\ufeffb", "(column 3) has characters around the name 'b'"),
-        ("c", "c", '"c" (column 3) is not a column of this table'),
+        ("c", "c", '"c" (column 3) is not a column of this table (check its spelling)'),
+        ("\u0432", "\u0432", "(check its spelling)"),
+        ("\uff42", "\uff42", "holds U+FF42, which only look like the characters of 'b'"),
+        ("Action\u00a0date", "Action\u00a0date", "holds U+00A0, which only look like the characters of 'Action date'"),
+        ("Acti\u043en date", "Acti\u043en date", "holds U+043E, which only look like the characters of 'Action date'"),
+        ("Actoin date", "Actoin date", "did you mean 'Action date'?"),
     ],
 )
 def test_a_header_cell_that_names_no_column_says_what_a_reader_cannot_see(name: str, field: str, says: str) -> None:
     with pytest.raises(RecordRejected) as refused:
-        tabular.check_header(["a", "x", name], ["a", "x", "b"], exact_order=False)
+        tabular.check_header(["a", "x", name], ["a", "x", "b", "Action date"], exact_order=False)
     unknown = [p for p in refused.value.problems if p.code is IssueCode.UNKNOWN_FIELD]
     assert [p.field for p in unknown] == [field]
     assert says in unknown[0].message
