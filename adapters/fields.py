@@ -8,10 +8,12 @@ that maps back is byte-for-byte the one that came in.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import enum
 import math
 import re
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Collection, Mapping
 from typing import TypeVar
 
 from adapters import vocab
@@ -26,6 +28,24 @@ MAX_DIGITS = 19
 _DMY = re.compile(r"([0-9]{2})/([0-9]{2})/([0-9]{4})")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _ISO_MS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{3})Z")
+
+
+def unknown_name(name: str, known: Collection[str], what: str) -> str:
+    """Why ``name`` is not ``what`` (one of ``known``), saying what a reader cannot see in it: spaces or invisible
+    characters around a known name, characters that only look like a known name's, or a near spelling."""
+    bare = "".join(char for char in name if unicodedata.category(char) != "Cf").strip()
+    if bare in known and bare != name:
+        return f"has characters around the name {bare!r}: remove them"
+    near = difflib.get_close_matches(unicodedata.normalize("NFKC", bare), list(known), n=1, cutoff=0.8)
+    others = sorted({f"U+{ord(char):04X}" for char in name if not char.isascii()})
+    if near and others:
+        return (
+            f"is not {what}: it holds {', '.join(others[:5])}, which only look like the characters of {near[0]!r};"
+            " type the name again"
+        )
+    if near:
+        return f"is not {what}: did you mean {near[0]!r}?"
+    return f"is not {what} (check its spelling)"
 
 
 def is_empty(value: object) -> bool:
@@ -320,4 +340,4 @@ class FieldReader:
         """Refuse fields the schema does not define (a misspelt column would otherwise be dropped)."""
         for key in self.raw:
             if key not in known:
-                self.fail(escaped(key), "is not a field of this schema (check its spelling)", IssueCode.UNKNOWN_FIELD)
+                self.fail(escaped(key), unknown_name(key, known, "a field of this schema"), IssueCode.UNKNOWN_FIELD)

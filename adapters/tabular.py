@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import difflib
 import io
 import json
 import math
@@ -16,7 +15,6 @@ import os
 import re
 import shutil
 import tempfile
-import unicodedata
 import zipfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
@@ -32,6 +30,7 @@ from openpyxl.worksheet._reader import WorkSheetParser
 from openpyxl.xml.constants import SHARED_STRINGS, SHEET_MAIN_NS
 from openpyxl.xml.functions import iterparse
 
+from adapters.fields import unknown_name
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 from gateway.domain.text import escaped, read_float
 
@@ -295,21 +294,7 @@ def _unknown_column(number: int, name: str, expected: Sequence[str]) -> Problem:
             IssueCode.UNKNOWN_FIELD,
         )
     shown = escaped(name, 80)
-    bare = "".join(char for char in name if unicodedata.category(char) != "Cf").strip()
-    folded = unicodedata.normalize("NFKC", bare)
-    near = difflib.get_close_matches(folded, expected, n=1, cutoff=0.8)
-    others = sorted({f"U+{ord(char):04X}" for char in name if not char.isascii()})
-    if bare in expected:
-        why = f'"{shown}" (column {number}) has characters around the name {bare!r}: remove them'
-    elif near and others:
-        why = (
-            f'"{shown}" (column {number}) is not a column of this table: it holds {", ".join(others[:5])}, which'
-            f" only look like the characters of {near[0]!r}; type the name again"
-        )
-    elif near:
-        why = f'"{shown}" (column {number}) is not a column of this table: did you mean {near[0]!r}?'
-    else:
-        why = f'"{shown}" (column {number}) is not a column of this table (check its spelling)'
+    why = f'"{shown}" (column {number}) ' + unknown_name(name, expected, "a column of this table")
     return Problem(shown, why, IssueCode.UNKNOWN_FIELD)
 
 

@@ -212,6 +212,22 @@ def test_the_context_vintage_serves_only_serials_that_carry_none() -> None:
     assert [m.row["unit_vintage_year"] for m in mapped.outputs] == [2020, 2010]
 
 
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        (" ccer_id", "has characters around the name 'ccer_id'"),
+        ("ccer_\u0456d", "holds U+0456, which only look like the characters of 'ccer_id'"),
+        ("ccer_idd", "did you mean 'ccer_id'?"),
+        ("colour", "is not a field of this schema (check its spelling)"),
+    ],
+)
+def test_a_member_that_names_no_field_is_told_what_it_resembles(name: str, says: str) -> None:
+    record = {(name if key == "ccer_id" else key): value for key, value in _good().items()}
+    refused = map_batch("cn-ccer", "cn-ccer", [record], adapters=ADAPTERS)
+    unknown = [i for i in refused.issues if i.code is IssueCode.UNKNOWN_FIELD]
+    assert [i.field for i in unknown] == [name] and says in unknown[0].message
+
+
 def test_a_serial_list_in_text_refuses_to_drop_a_vintage_its_serials_do_not_carry() -> None:
     """A Kyoto serial carries no vintage: the text format would lose it, so only JSON is written; serials that
     carry their vintage are written as text."""
