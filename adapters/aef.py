@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
 from adapters import tabular
-from adapters.aef_codec import parse_row, render_row
+from adapters.aef_codec import header_key, held_blocks, parse_row, render_row
 from adapters.aef_columns import BLOCK_FIELDS, RECORD_TYPES, Table, columns, headers
 from adapters.base import AdapterInfo, RawRecord, Rendered, schemas
 from adapters.context import MappingContext
@@ -120,8 +120,8 @@ class AefTableAdapter:
         return self._fields.get(field, field)
 
     def blocks(self, record: Any) -> tuple[tuple[str, UnitBlock], ...]:
-        """AEF rows name ITMO blocks by serial; duplicates are found by `check_report`, not per batch."""
-        return ()
+        """The ITMOs of a Holdings row (`adapters.aef_codec.held_blocks`); none for the other tables."""
+        return held_blocks(self.table, record, header_key)
 
 
 ADAPTERS: dict[Table, AefTableAdapter] = {table: AefTableAdapter(table) for table in Table}

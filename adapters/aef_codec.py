@@ -19,8 +19,18 @@ from adapters.aef_columns import DISCRIMINATOR, NOT_APPLICABLE, RECORD_TYPES, Co
 from adapters.context import MappingContext
 from adapters.fields import FieldReader, check_action_instant, format_dmy, format_iso_ms
 from adapters.serials.base import SerialError
-from adapters.serials.itmo import format_first_last_id, parse_first_last_id
-from gateway.domain.canonical import ACTION_FIELDS, ActionSubtype, AefAction, AefSector, Metric, MitigationType
+from adapters.serials.itmo import GRAMMAR as ITMO_GRAMMAR
+from adapters.serials.itmo import ItmoBlockId, format_first_last_id, parse_first_last_id
+from gateway.domain.blocks import UnitBlock
+from gateway.domain.canonical import (
+    ACTION_FIELDS,
+    ActionSubtype,
+    AefAction,
+    AefHolding,
+    AefSector,
+    Metric,
+    MitigationType,
+)
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
 from gateway.domain.records import ActionType, FirstTransferDefinition, Purpose
 
@@ -28,6 +38,28 @@ KeyOf = Callable[[Column], str]
 _TIMEFRAME = re.compile(r"([0-9]{4}) - ([0-9]{4})")
 _ACTION_NAMES = frozenset(ACTION_FIELDS)
 OIMP_DEFINITIONS = frozenset(FirstTransferDefinition) - {FirstTransferDefinition.FIRST_INTERNATIONAL_TRANSFER}
+
+
+def held_blocks(table: Table, record: Any, key_of: KeyOf) -> tuple[tuple[str, UnitBlock], ...]:
+    """The ITMOs a Holdings row holds, for the batch's duplicate check: a snapshot of holdings names each unit
+    once, so two rows naming one ITMO would count it twice. An Actions row names none (the same ITMOs are
+    first transferred, then used: one row each), nor does a row of the other tables."""
+    if table is not Table.HOLDINGS or not isinstance(record, AefHolding):
+        return ()
+    ids = ItmoBlockId(
+        record.cooperative_approach,
+        record.party_registry,
+        record.first_transferring_party,
+        record.itmo_first_serial,
+        record.itmo_last_serial,
+        record.vintage,
+    )
+    try:
+        block = ITMO_GRAMMAR.to_block(ids)
+    except SerialError:  # pragma: no cover - the row's reader refused such serials
+        return ()
+    first_id = next(c for c in columns(table) if c.field == "itmo_first_serial")
+    return ((key_of(first_id), block),)
 
 
 def header_key(column: Column) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapters import tabular
-from adapters.aef_codec import cadt_key, parse_row, render_row
+from adapters.aef_codec import cadt_key, held_blocks, parse_row, render_row
 from adapters.aef_columns import CADT_TABLES, RECORD_TYPES, Kind, Table, columns
 from adapters.base import AdapterInfo, RawRecord, Rendered, schemas
 from adapters.context import MappingContext
@@ -269,8 +269,8 @@ class CadtAefAdapter:
         )
 
     def blocks(self, record: Any) -> tuple[tuple[str, UnitBlock], ...]:
-        """None: AEF rows name ITMO blocks by serial."""
-        return ()
+        """The ITMOs of a T4 (Holdings) row (`adapters.aef_codec.held_blocks`); none for the other tables."""
+        return held_blocks(self.table, record, cadt_key)
 
 
 UNITS = CadtUnitsAdapter()

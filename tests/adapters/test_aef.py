@@ -324,6 +324,33 @@ def test_a_row_mapped_to_a_block_lists_its_mitigation_type_as_lost(source: str, 
     assert "Mitigation type" in strict.issues[0].field
 
 
+def test_a_holdings_batch_naming_one_itmo_twice_is_refused_and_an_actions_batch_is_not() -> None:
+    action = _action_row(**{"Underlying unit registry ID": "NA", "First unit ID": "NA", "Last unit ID": "NA"})
+    holding = {h: action[h] for h in headers(Table.HOLDINGS)}
+    later = {"First ID": "CA0001-CHN01-CHN-3001-2024", "Last ID": "CA0001-CHN01-CHN-4000-2024"}
+    assert map_batch("aef-holdings", "aef-holdings", [holding, {**holding, **later}], context=CTX).ok
+    for target in ("aef-holdings", "serial-itmo", "cadt-v2-units"):
+        twice = map_batch("aef-holdings", target, [holding, dict(holding)], context=CTX, adapters=ADAPTERS)
+        assert not twice.applied
+        assert [(i.position, i.field, i.code) for i in twice.issues] == [(2, "First ID", IssueCode.DUPLICATE_SERIAL)]
+    as_cadt = map_batch("aef-holdings", "cadt-v2-aef-t4", [holding], context=CTX, adapters=ADAPTERS)
+    [cadt_row] = [m.row for m in as_cadt.outputs]
+    twice = map_batch("cadt-v2-aef-t4", "cadt-v2-aef-t4", [cadt_row, dict(cadt_row)], context=CTX, adapters=ADAPTERS)
+    assert [(i.position, i.code) for i in twice.issues] == [(2, IssueCode.DUPLICATE_SERIAL)]
+    # the same ITMOs first transferred, then used: one Actions row each
+    used = _action_row(
+        **{
+            "Action type": "Use",
+            "Acquiring participating Party ID": "",
+            "Purpose for which the ITMO has been used towards or cancelled for OIMP": "NDC",
+            "Using/cancelling participating Party ID": "CHE",
+            "Calendar year for which the ITMOs are used towards the Party's NDC": "2025",
+        }
+    )
+    actions = map_batch("aef-actions", "aef-actions", [action, used], context=CTX, adapters=ADAPTERS)
+    assert actions.ok, actions.issues
+
+
 def test_extension_code_is_reported_never_passed_silently() -> None:
     row = _action_row(**{"Underlying unit registry ID": "CCER"})
     _, notes = parse_row(Table.ACTIONS, row, CTX)
