@@ -46,6 +46,15 @@ def held_blocks(table: Table, record: Any, key_of: KeyOf) -> tuple[tuple[str, Un
     first transferred, then used: one row each), nor does a row of the other tables."""
     if table is not Table.HOLDINGS or not isinstance(record, AefHolding):
         return ()
+    block = itmo_block(record)
+    if block is None:  # pragma: no cover - the row's reader refused such serials
+        return ()
+    first_id = next(c for c in columns(table) if c.field == "itmo_first_serial")
+    return ((key_of(first_id), block),)
+
+
+def itmo_block(record: AefAction | AefHolding) -> UnitBlock | None:
+    """The block of ITMOs an Actions or Holdings row names by its First ID and Last ID (None if it names none)."""
     ids = ItmoBlockId(
         record.cooperative_approach,
         record.party_registry,
@@ -55,11 +64,9 @@ def held_blocks(table: Table, record: Any, key_of: KeyOf) -> tuple[tuple[str, Un
         record.vintage,
     )
     try:
-        block = ITMO_GRAMMAR.to_block(ids)
-    except SerialError:  # pragma: no cover - the row's reader refused such serials
-        return ()
-    first_id = next(c for c in columns(table) if c.field == "itmo_first_serial")
-    return ((key_of(first_id), block),)
+        return ITMO_GRAMMAR.to_block(ids)
+    except SerialError:
+        return None
 
 
 def header_key(column: Column) -> str:

@@ -12,14 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.aef_codec import render_row
+from adapters.aef_codec import itmo_block, render_row
 from adapters.aef_columns import Table
 from adapters.base import Adapter, RawRecord
 from adapters.bridges import NoBridge, action_facts, find_bridge, holding_fields
 from adapters.context import ItmoSerialSource, MappingContext
 from adapters.serials import grammars_with
-from gateway.domain.blocks import ranges_disjoint
-from gateway.domain.canonical import AefAction, CcerCredit, MitigationType
+from gateway.domain.blocks import UnitBlock, ranges_disjoint
+from gateway.domain.canonical import AefAction, AefHolding, CcerCredit, MitigationType
 from gateway.domain.mapping import (
     BatchResult,
     Converted,
@@ -121,12 +121,38 @@ def map_batch(
             MappedRecord(bridged.record, rendered.row),
             tuple(dict.fromkeys(lost)),
             rendered.notes,
-            src.blocks(record),
+            src.blocks(record) + _target_blocks(src, dst, record, bridged.record),
         )
 
     return map_records(
         raws, convert, source=source, target=target, strict=strict, per_record=per_record, progress=progress
     )
+
+
+def _target_blocks(src: Adapter, dst: Adapter, record: Any, mapped: Any) -> tuple[tuple[str, UnitBlock], ...]:
+    """The units a mapped record names in the target, for the batch's duplicate check, named by the source's field.
+
+    Records that name different units in the source can name the same ones in the target: two Actions rows of
+    one ITMO (a first transfer, then a use) become two equal blocks of a serial list or two Holdings rows; and
+    with ITMO serials taken from the underlying serials, units of two registries (a CCER block and a VCS block)
+    become rows of one action, or holdings, naming the same ITMOs. A record mapped to its own type is the
+    source's check alone."""
+    if type(mapped) is type(record):
+        return ()
+    named = dst.blocks(mapped)
+    if not named and isinstance(mapped, AefAction) and not isinstance(record, AefHolding):
+        block = itmo_block(mapped)
+        named = (("First ID", block),) if block is not None else ()
+    if not named:
+        return ()
+    own = src.blocks(record)
+    if own:
+        field = own[0][0]
+    elif isinstance(record, AefAction | AefHolding):
+        field = src.wire_name("first_unit_id" if record.first_unit_id else "itmo_first_serial")
+    else:
+        field = named[0][0]
+    return tuple((field, block) for _, block in named)
 
 
 def _source_field(src: Adapter, field: str) -> str:

@@ -351,6 +351,38 @@ def test_a_holdings_batch_naming_one_itmo_twice_is_refused_and_an_actions_batch_
     assert actions.ok, actions.issues
 
 
+def test_records_that_name_the_same_units_only_in_the_target_are_refused_as_duplicates() -> None:
+    context = s.action_context()
+    # An ITMO block and a CCER block never overlap; but with ITMO serials taken from the underlying serials, the
+    # CCER units 1-100 become ITMOs 1-100 of CHN01, which the ITMO block's 1-10 already are.
+    units = [
+        {"unit_serial_id": "CA0001-CHN01-CHN-1-2023..CA0001-CHN01-CHN-10-2023", "unit_start_block": "1",
+         "unit_end_block": "10", "unit_count": 10, "unit_vintage_year": 2023},
+        {"unit_serial_id": "CN-CCER/2023/1-100", "unit_start_block": "1", "unit_end_block": "100", "unit_count": 100,
+         "unit_vintage_year": 2023},
+    ]  # fmt: skip
+    assert map_batch("cadt-v2-units", "cadt-v2-units", units, context=context, adapters=ADAPTERS).ok
+    for target in ("aef-actions", "aef-holdings", "cadt-v2-aef-t3"):
+        twice = map_batch("cadt-v2-units", target, units, context=context, adapters=ADAPTERS)
+        assert [(i.position, i.field, i.code) for i in twice.issues] == [
+            (2, "unit_serial_id", IssueCode.DUPLICATE_SERIAL)
+        ], target
+    # one ITMO first transferred, then used: two Actions rows, but one block of a serial list, one holding
+    itmo_only = {"Underlying unit registry ID": "NA", "First unit ID": "NA", "Last unit ID": "NA"}
+    used = {
+        "Action type": "Use",
+        "Acquiring participating Party ID": "",
+        "Purpose for which the ITMO has been used towards or cancelled for OIMP": "NDC",
+        "Using/cancelling participating Party ID": "CHE",
+        "Calendar year for which the ITMOs are used towards the Party's NDC": "2025",
+    }
+    actions = [_action_row(**itmo_only), _action_row(**itmo_only, **used)]
+    assert map_batch("aef-actions", "aef-actions", actions, context=CTX, adapters=ADAPTERS).ok
+    for target in ("serial-itmo", "cadt-v2-units", "aef-holdings"):
+        twice = map_batch("aef-actions", target, actions, context=CTX, adapters=ADAPTERS)
+        assert [(i.position, i.field, i.code) for i in twice.issues] == [(2, "First ID", IssueCode.DUPLICATE_SERIAL)]
+
+
 def test_extension_code_is_reported_never_passed_silently() -> None:
     row = _action_row(**{"Underlying unit registry ID": "CCER"})
     _, notes = parse_row(Table.ACTIONS, row, CTX)
