@@ -220,6 +220,9 @@ class PostgresStore:
         self.read_only = read_only
         self._commits = CommitSignal()
         self._enqueued = CommitSignal()
+        self._writer = asyncio.Lock()
+        """This process's writers wait for the write lock one at a time, on one connection: the others of the pool
+        stay free for reads, which take no lock and must not queue behind writers that could not run anyway."""
 
     @asynccontextmanager
     async def synced_once(self) -> AsyncIterator[None]:
@@ -325,6 +328,12 @@ class PostgresStore:
         )
         if not durable:
             begin += "; SET LOCAL synchronous_commit = off"
+        async with self._writer, self._write(begin) as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def _write(self, begin: str) -> AsyncIterator[PostgresTransaction]:
+        """The write transaction of `transaction`, opened with ``begin``, once this process's other writers are done."""
         tx: PostgresTransaction | None = None
         announce = False
         try:

@@ -212,3 +212,40 @@ async def test_a_ledger_repair_by_hand_waits_for_the_gateway_s_writer_without_a_
         await looking.close()
         await store.close()
         await postgres.drop_databases(admin, [url])
+
+
+@pytest.mark.asyncio
+async def test_reads_go_on_while_more_writers_than_the_pool_holds_wait_for_another_replica_s_write_lock() -> None:
+    # Another replica holds the write lock (a long transfer, or a process frozen mid-transaction) while this one has
+    # more write calls waiting than its pool has connections. Reads take no lock: they must still be answered at
+    # once, not queue for a connection behind writers that cannot run anyway.
+    admin = postgres.admin_url()
+    url = await postgres.create_database(admin, "starved")
+    store = await PostgresStore.open(url, max_size=4)
+    holder = await asyncpg.connect(url)
+    writers: list[asyncio.Task[None]] = []
+
+    async def write(index: int) -> None:
+        async with store.transaction() as tx:
+            await tx.put_setting(f"writer-{index}", "written", NOW)
+
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+        writers = [asyncio.create_task(write(i)) for i in range(12)]
+        await asyncio.sleep(0.5)  # every writer is waiting
+        async with asyncio.timeout(3), store.read() as tx:
+            assert await tx.get_setting("writer-0") is None
+        assert not any(writer.done() for writer in writers)
+        await holder.execute("ROLLBACK")
+        async with asyncio.timeout(30):
+            await asyncio.gather(*writers)
+        async with store.read() as tx:
+            assert [await tx.get_setting(f"writer-{i}") for i in range(12)] == ["written"] * 12
+    finally:
+        for writer in writers:
+            writer.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
+        await holder.close()
+        await store.close()
+        await postgres.drop_databases(admin, [url])
