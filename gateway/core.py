@@ -185,8 +185,8 @@ class GatewayCore:
             await asyncio.sleep(TRUST_REFRESH_SECONDS)
             try:
                 await self.trust.take_up_stored()
-            except Exception:
-                log.exception("%s: reading trust documents another replica stored failed; retrying", self.party)
+            except Exception as exc:
+                self._log_failure(exc, "reading trust documents another replica stored failed; retrying")
 
     @property
     def sweep_period(self) -> float:
@@ -202,8 +202,8 @@ class GatewayCore:
         while True:
             try:
                 await self.gateway.sweep()
-            except Exception:
-                log.exception("%s: the sweep failed; retrying", self.party)
+            except Exception as exc:
+                self._log_failure(exc, "the sweep failed; retrying")
             now = time.monotonic()
             try:
                 if now - last_fold >= FOLD_PERIOD_SECONDS:
@@ -213,9 +213,18 @@ class GatewayCore:
                 if self.reconcile_every is not None and now - last_schedule >= SCHEDULE_PERIOD_SECONDS:
                     last_schedule = now
                     await self.gateway.reconcile_due(self.reconcile_every, started)
-            except Exception:
-                log.exception("%s: keeping the reconciliation tree or schedule failed; retrying", self.party)
+            except Exception as exc:
+                self._log_failure(exc, "keeping the reconciliation tree or schedule failed; retrying")
             await asyncio.sleep(self.sweep_period)
+
+    def _log_failure(self, exc: Exception, what: str) -> None:
+        """Log a background task's failure: one line when the database could not do the work now (it is down,
+        restarting, or ended the connection; the task looks again at its next turn), a traceback for a bug."""
+        if isinstance(exc, OSError) or self.store.is_transient(exc):
+            error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            log.warning("%s: %s (the database could not do it now: %s)", self.party, what, error)
+        else:
+            log.exception("%s: %s", self.party, what)
 
     async def stop_background(self) -> None:
         """Stop the sweep and the outbox worker (a delivery in flight is retried at the next start)."""

@@ -129,14 +129,19 @@ class StatusKeeping(Initiating, Acquiring):
 
     async def sweep(self) -> list[Transfer]:
         """End the transfers past their deadline and ask about the ones waiting too long; return those that
-        changed state. Each transfer is handled in its own transaction, and a failure is confined to it."""
+        changed state. Each transfer is handled in its own transaction, and a failure is confined to it; a database
+        that cannot be used now ends the sweep (raised), to be taken up again by the next."""
         async with self.store.read() as tx:
             waiting = await tx.open_transfers()
         changed: list[Transfer] = []
         for candidate in waiting:
             try:
                 ended = await self._sweep_one(candidate.transfer_id)
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, OSError) or self.store.is_transient(exc):
+                    # The database, not this transfer: the others would fail on it too, each with its traceback.
+                    # The next sweep takes them all up again.
+                    raise
                 log.exception("%s: the sweep failed on transfer %s; it goes on", self.party, candidate.transfer_id)
                 continue
             if ended is not None:

@@ -6,6 +6,7 @@ database is back the same call goes through."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import sqlite3
 import urllib.parse
@@ -19,9 +20,10 @@ from carbon_gateway.v1 import operator_pb2, records_pb2
 from gateway import harness
 from gateway.demo import Pair
 from gateway.domain.errors import ResponseCode
+from gateway.domain.protocol import DecisionPolicy
 from gateway.rpc.errors import read_error_detail
 from tests import postgres
-from tests.integration.harness import operator
+from tests.integration.harness import operator, proposal_request, setup_accounts
 
 
 def open_account() -> operator_pb2.OpenAccountRequest:
@@ -149,3 +151,43 @@ async def test_a_write_waits_for_the_write_lock_in_turns_and_takes_it_when_it_is
         await holder.close()
         await waiter.close()
         await postgres.drop_databases(admin, [url])
+
+
+@pytest.mark.postgres
+@pytest.mark.asyncio
+async def test_the_background_work_of_a_gateway_whose_database_is_down_logs_lines_not_tracebacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The sweep, the trust refresh and the reconciliation upkeep look at the database every few seconds, and so
+    # meet it down at each look while PostgreSQL restarts or fails over: each says so in a line, as the outbox
+    # worker does, not with an ERROR and a traceback as for a bug. Transfers waiting on their partner keep the sweep
+    # busy (CHE holds every proposal for its operator); the status queries come due at once.
+    network = await harness.start_network(
+        tmp_path, ("CHN", "CHE"), policy=DecisionPolicy(), status_query_after=dt.timedelta(seconds=0.5)
+    )
+    admin = await asyncpg.connect(postgres.admin_url())
+    name = urllib.parse.urlsplit(str(await harness.database_location(tmp_path, "CHN"))).path.lstrip("/")
+    try:
+        pair = Pair(network["CHN"], network["CHE"])
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as stub:
+            for i in range(3):
+                await stub.ProposeTransfer(proposal_request(block, 10 * i + 1, 10 * i + 5, f"t-{i}"))
+        caplog.set_level(logging.WARNING)
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        await asyncio.sleep(4.5)  # two trust refreshes, many sweeps
+        said = [r for r in caplog.records if r.name == "gateway.core" and r.getMessage().startswith("CHN:")]
+        assert any("the sweep failed" in r.getMessage() for r in said), [r.getMessage() for r in said]
+        assert any("reading trust documents" in r.getMessage() for r in said), [r.getMessage() for r in said]
+        assert all(r.levelno == logging.WARNING and r.exc_info is None for r in said), [r.getMessage() for r in said]
+        assert "could not do it now" in said[0].getMessage()
+        swept = [r for r in caplog.records if "the sweep failed on transfer" in r.getMessage()]
+        assert not swept, [r.getMessage() for r in swept]
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await network.stop()
