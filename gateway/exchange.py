@@ -173,6 +173,11 @@ DeliveredHandler = Callable[[Transaction, OutboxMessage], Awaitable[None]]
 """Called in the transaction that records a statement as taken in by its partner."""
 
 
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s type and text on one line, cut short: for a log line about a database that could not be used."""
+    return truncate(" ".join(f"{type(exc).__name__}: {exc}".split()), 300)
+
+
 def verification_refusal(exc: Exception) -> GatewayError:
     """The refusal for a failed signature or trust check, with its response code."""
     code = ResponseCode.SIGNATURE_INVALID
@@ -602,14 +607,30 @@ class Exchange:
         receipt = self._receipt("", "", b"", None, ResponseCode.MALFORMED_PAYLOAD, detail, form)
         return Received(receipt, ResponseCode.MALFORMED_PAYLOAD, detail)
 
-    def _failed(self, raw: bytes, form: EnvelopeForm, exc: Exception) -> Received:
-        """The receipt for an envelope the receiver failed on: nothing of it took effect. Raises
-        `ReceiptUnsigned` when that was the failure, or when this receipt cannot be signed either."""
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the database could not be used now (unreachable, restarting, out of disk, its
+        connection ended), not that something is wrong with what was delivered or with this gateway's code."""
+        return isinstance(exc, OSError) or self.store.is_transient(exc)
+
+    def _failed(self, raw: bytes, form: EnvelopeForm, exc: Exception, *, logged: bool = False) -> Received:
+        """The receipt for an envelope the receiver failed on: nothing of it took effect. A database that could not
+        be used now is one line in the log (none when ``logged``: the caller said it for the whole run), anything
+        else a traceback. Raises `ReceiptUnsigned` when that was the failure, or when this receipt cannot be signed
+        either."""
         if isinstance(exc, ReceiptUnsigned):
             raise exc
-        log.error("failed while handling a delivery of %d bytes", len(raw), exc_info=exc)
+        unavailable = self._unavailable(exc)
+        if not unavailable:
+            log.error("failed while handling a delivery of %d bytes", len(raw), exc_info=exc)
+        elif not logged:
+            log.warning(
+                "could not handle a delivery of %d bytes: the database could not do it now (%s); the sender sends it"
+                " again",
+                len(raw),
+                _one_line(exc),
+            )
         detail = "the receiver failed while handling the message; nothing took effect; retry later"
-        if isinstance(exc, OSError):
+        if unavailable:
             # The database itself failed, perhaps after a commit: nothing can be promised either way. What
             # failed stays in this gateway's log: it may name internal hosts.
             detail = "the receiver's database failed; retry later"
@@ -774,7 +795,16 @@ class Exchange:
                     if isinstance(exc, HandlerFailed):
                         # Counted here, where it failed alone: once per delivery, however it was batched.
                         self._count_failure(rest[0])
-                    received.extend(self._failed(checked.raw, form, exc) for checked in rest)
+                    unavailable = self._unavailable(exc)
+                    if unavailable and len(rest) > 1:
+                        log.warning(
+                            "could not apply %d statements: the database could not do it now (%s); the sender"
+                            " sends them again",
+                            len(rest),
+                            _one_line(exc),
+                        )
+                    logged = unavailable and len(rest) > 1
+                    received.extend(self._failed(checked.raw, form, exc, logged=logged) for checked in rest)
                 return received
             received.extend(outcomes)
             for checked in after.taken_in:  # taken in for good: its failures are over

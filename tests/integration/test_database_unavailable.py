@@ -16,14 +16,15 @@ import asyncpg
 import grpc
 import pytest
 
-from carbon_gateway.v1 import operator_pb2, records_pb2
-from gateway import harness
+from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway import harness, wire
 from gateway.demo import Pair
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import DecisionPolicy
 from gateway.rpc.errors import read_error_detail
 from tests import postgres
-from tests.integration.harness import operator, proposal_request, setup_accounts
+from tests.integration.harness import Crafter, operator, proposal_request, setup_accounts
+from tests.integration.test_batches import deliver_batch_raw
 
 
 def open_account() -> operator_pb2.OpenAccountRequest:
@@ -187,6 +188,49 @@ async def test_the_background_work_of_a_gateway_whose_database_is_down_logs_line
         assert "could not do it now" in said[0].getMessage()
         swept = [r for r in caplog.records if "the sweep failed on transfer" in r.getMessage()]
         assert not swept, [r.getMessage() for r in swept]
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await network.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.asyncio
+async def test_a_batch_delivered_while_the_database_is_down_is_refused_for_now_in_a_line_not_a_traceback_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A partner's run of statements arrives while PostgreSQL ends the gateway's connections and refuses new ones.
+    # Every envelope is answered INTERNAL_ERROR naming the database (the sender sends the run again), and the log
+    # says so in lines, not with a traceback for each envelope as for a bug; once the database is back, the same
+    # run is taken in.
+    network = await harness.start_network(tmp_path, ("CHN", "CHE"))
+    admin = await asyncpg.connect(postgres.admin_url())
+    name = urllib.parse.urlsplit(str(await harness.database_location(tmp_path, "CHE"))).path.lstrip("/")
+    try:
+        pair = Pair(network["CHN"], network["CHE"])
+        await setup_accounts(pair)
+        async with pair.chn.store.read() as tx:
+            channel = await tx.outgoing_channel("CHE")
+        crafter = Crafter(signer=pair.chn.signer, sender="CHN", receiver="CHE", channel=channel)
+        envelopes = []
+        for i in range(16):
+            payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id=f"unknown-{i}"))
+            envelopes.append(wire.envelope_to_bytes(crafter.envelope(payload)))
+        caplog.set_level(logging.INFO)
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        refused = await deliver_batch_raw(pair.che.partner_address, envelopes)
+        assert [(ResponseCode(r.code), r.taken_in) for r in refused] == [(ResponseCode.INTERNAL_ERROR, False)] * 16
+        assert all("database" in r.detail for r in refused), refused[0].detail
+        said = [r for r in caplog.records if r.name == "gateway.exchange"]
+        assert said and all(r.exc_info is None for r in said), [r.getMessage() for r in said]
+        assert all(r.levelno == logging.WARNING for r in said), [r.getMessage() for r in said]
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        taken = await deliver_batch_raw(pair.che.partner_address, envelopes)
+        assert all(r.taken_in for r in taken)
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
