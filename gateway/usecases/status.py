@@ -139,14 +139,36 @@ class StatusKeeping(Initiating, Acquiring):
                 ended = await self._sweep_one(candidate.transfer_id)
             except Exception as exc:
                 if isinstance(exc, OSError) or self.store.is_transient(exc):
-                    # The database, not this transfer: the others would fail on it too, each with its traceback.
-                    # The next sweep takes them all up again.
-                    raise
+                    if not await self._answers(candidate.transfer_id):
+                        # The database, not this transfer: the others would fail on it too, each with its
+                        # traceback. The next sweep takes them all up again.
+                        raise
+                    # This transfer's own (a row lock held past the lock timeout, a deadlock broken, a statement
+                    # cancelled): the transfers after it must not wait for it.
+                    error = text.truncate(" ".join(f"{type(exc).__name__}: {exc}".split()), 300)
+                    log.warning(
+                        "%s: the sweep could not handle transfer %s now (%s); it goes on, and the next sweep takes"
+                        " the transfer up again",
+                        self.party,
+                        candidate.transfer_id,
+                        error,
+                    )
+                    continue
                 log.exception("%s: the sweep failed on transfer %s; it goes on", self.party, candidate.transfer_id)
                 continue
             if ended is not None:
                 changed.append(ended)
         return changed
+
+    async def _answers(self, transfer_id: str) -> bool:
+        """Whether the database answers a read of ``transfer_id`` now: after a transient failure on the transfer,
+        whether the failure was the transfer's own or the database's."""
+        try:
+            async with self.store.read() as tx:
+                await tx.get_transfer(transfer_id)
+        except Exception:
+            return False
+        return True
 
     async def expire_overdue(self) -> list[Transfer]:
         """The transfers the sweep ended (kept for callers that only want the deadlines)."""

@@ -22,6 +22,7 @@ from gateway.demo import Pair
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import DecisionPolicy
 from gateway.rpc.errors import read_error_detail
+from gateway.store import postgres as pg
 from tests import postgres
 from tests.integration.harness import Crafter, operator, proposal_request, setup_accounts
 from tests.integration.test_batches import deliver_batch_raw
@@ -234,4 +235,43 @@ async def test_a_batch_delivered_while_the_database_is_down_is_refused_for_now_i
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
+        await network.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.asyncio
+async def test_a_transfer_whose_row_stays_locked_does_not_keep_the_sweep_from_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lock wait that runs out is transient, but it is this transfer's, not the database's: a row held by a
+    # repair by hand must not keep the sweep (deadlines, status queries) from every transfer after it.
+    monkeypatch.setattr(pg, "LOCK_TIMEOUT", "300ms")
+    network = await harness.start_network(
+        tmp_path, ("CHN", "CHE"), policy=DecisionPolicy(), status_query_after=dt.timedelta(seconds=0.2)
+    )
+    url = str(await harness.database_location(tmp_path, "CHN"))
+    repair = await asyncpg.connect(url)
+    try:
+        pair = Pair(network["CHN"], network["CHE"])
+        block = await setup_accounts(pair)
+        async with operator(pair.chn) as stub:
+            for i in range(2):
+                await stub.ProposeTransfer(proposal_request(block, 10 * i + 1, 10 * i + 5, f"t-{i}"))
+        first, second = [r[0] for r in await repair.fetch("SELECT transfer_id FROM transfers ORDER BY created_at")]
+        await repair.execute("BEGIN")
+        await repair.execute("SELECT 1 FROM transfers WHERE transfer_id = $1 FOR UPDATE", first)
+        await asyncio.sleep(1)  # both wait on CHE longer than status_query_after; a sweep under way ends
+        reset = await asyncpg.connect(url)
+        try:
+            await reset.execute("UPDATE transfers SET status_queried_at = '' WHERE transfer_id = $1", second)
+        finally:
+            await reset.close()
+        caplog.set_level(logging.WARNING)
+        await network["CHN"].core.gateway.sweep()
+        queried = await repair.fetchval("SELECT status_queried_at FROM transfers WHERE transfer_id = $1", second)
+        assert queried, "the sweep stopped at the locked transfer and never asked about the next one"
+        said = [r for r in caplog.records if first in r.getMessage()]
+        assert said and all(r.exc_info is None for r in said), [r.getMessage() for r in said]
+    finally:
+        await repair.close()
         await network.stop()
