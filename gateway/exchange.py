@@ -71,6 +71,7 @@ from signing import (
     InvalidSignatureError,
     Signature,
     Signer,
+    SignerError,
     ThresholdError,
     TrustDocument,
     TrustedParty,
@@ -1192,7 +1193,10 @@ class Exchange:
         try:
             return sign_envelope(wire.RECEIPT_PAYLOAD_TYPE, payload, [self.signer])
         except Exception as exc:
-            log.error("could not sign a receipt, so no delivery can be answered: %r", exc)
+            # A signer that cannot sign now says so with SignerError: one line. Anything else is a bug in signing,
+            # which only its traceback lets anyone find while every delivery is asked for again.
+            bug = None if isinstance(exc, SignerError) else exc
+            log.error("could not sign a receipt, so no delivery can be answered: %r", exc, exc_info=bug)
             raise ReceiptUnsigned(str(exc)) from exc
 
     def _current(self, receipt: bytes) -> bytes:

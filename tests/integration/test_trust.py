@@ -756,6 +756,42 @@ async def test_a_receiver_whose_signer_cannot_sign_answers_unavailable_and_takes
         await network.stop()
 
 
+class _SignerWithABug(_TokenOutOfReach):
+    """A signer whose code fails with a bug, not a `SignerError`, while ``away``."""
+
+    def sign(self, data: bytes) -> bytes:
+        if self.away:
+            raise TypeError("object of type 'NoneType' has no len()")
+        return self._signer.sign(data)
+
+
+@pytest.mark.sqlite_only(reason="the log of the receiver is the subject, not the store")
+@pytest.mark.asyncio
+async def test_a_bug_in_signing_a_receipt_is_logged_with_its_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A signer that cannot sign now (SignerError) is one line; any other exception is a bug, which must leave its
+    # traceback in the log, or nobody can find it while every delivery is answered "send again later".
+    prefix = tmp_path / "che-key"
+    generate_key(prefix)
+    signer = _SignerWithABug(signer_from_uri(f"file:{prefix}.key"))
+    network = await start_network(tmp_path / "net", ("CHN", "CHE"), signers={"CHE": signer})
+    che = network["CHE"]
+    try:
+        async with che.store.read() as tx:
+            channel = await tx.incoming_channel("CHN")
+        crafter = Crafter(signer=network.signers["CHN"], sender="CHN", receiver="CHE", channel=channel)
+        payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id=str(uuid.uuid4())))
+        signer.away = True
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await deliver_raw(che, wire.envelope_to_bytes(crafter.envelope(payload)))
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
+        said = [r for r in caplog.records if "could not sign a receipt" in r.getMessage()]
+        assert said and all(r.exc_info is not None for r in said), [r.getMessage() for r in said]
+    finally:
+        await network.stop()
+
+
 @pytest.mark.sqlite_only(reason="the operator API's answer is the subject, not the store")
 @pytest.mark.asyncio
 async def test_a_proposal_made_while_the_signer_cannot_sign_is_queued_and_sent_once_it_can(
