@@ -937,7 +937,9 @@ def _stored_rows_postgres(url: str, party: str, version: int) -> tuple[tuple[int
     async def read() -> tuple[tuple[int, bytes] | None, bytes | None]:
         store = await PostgresStore.open_read_only(url)
         try:
-            async with store.transaction(durable=False) as tx:
+            # A snapshot, no lock: a write transaction would wait for the write lock a running gateway holds
+            # (for as long as a large transfer takes), and hold that gateway's writers up once it had it.
+            async with store.read() as tx:
                 return await tx.latest_trust_document(party), await tx.trust_document(party, version)
         finally:
             await store.close()

@@ -16,11 +16,13 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from gateway.cli import main
 from gateway.config import UnknownKeysError, load_config, settings_without_effect
 from gateway.harness import self_signed_trust_document
+from gateway.store.pg_migrations import WRITE_LOCK
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 from signing import (
@@ -867,3 +869,30 @@ def test_settings_that_can_never_take_effect_are_warned_of_not_refused(
     main(["config", "check", str(path)])
     err = capsys.readouterr().err
     assert f"{path}: warning: operator.unauthenticated_loopback: [operator.tls] client_ca makes" in err, err
+
+
+@pytest.mark.asyncio
+async def test_config_check_reads_a_postgresql_database_without_waiting_for_its_write_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A running gateway holds the write lock for as long as a large transfer takes (a replica frozen in a
+    transaction, up to the idle timeout): config check only reads, and must neither wait for the lock nor take it
+    from the gateway's writers."""
+    admin = admin_url()
+    url = await create_database(admin, "configlock")
+    holder = None
+    try:
+        await (await PostgresStore.open(url)).close()
+        _files(tmp_path)
+        path = _write(tmp_path, GOOD.replace('"chn.db"', f'"{url}"'))
+        holder = await asyncpg.connect(url)
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+        checking = asyncio.create_task(asyncio.to_thread(main, ["config", "check", str(path)]))
+        done, _ = await asyncio.wait([checking], timeout=15)
+        assert checking in done, "config check waited for the running gateway's write lock"
+        assert checking.result() == 0, capsys.readouterr().err
+    finally:
+        if holder is not None:
+            await holder.close()  # ends the transaction: a config check still waiting goes on and ends
+        await drop_databases(admin, [url])
