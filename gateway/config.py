@@ -392,6 +392,30 @@ def _table(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
+def _check_partner_identities(partners: Sequence[PartnerConfig], party: str) -> None:
+    """Refuse two partners whose certificates would carry the same name (each partner's ``tls_identity``, or
+    its Party code without one), or a partner's name that is this gateway's own Party code.
+
+    With mTLS the certificate's name alone picks the partner whose keys must have signed a delivery: a name two
+    partners share picks the first of them, and every statement the other signs is refused, for good, as sent
+    over the first one's connection. Names compare without regard to case, as the operator API compares them."""
+    names: dict[str, str] = {party.casefold(): "party (this gateway's own Party code)"}
+    for i, p in enumerate(partners):
+        where = f"partners[{i}].tls_identity" if p.tls_identity else f"partners[{i}].party"
+        identity = p.tls_identity or p.party
+        if identity.casefold() in names:
+            raise ConfigError(
+                f"{where}: {_q(identity)} is also {names[identity.casefold()]}: with [tls], a certificate of that"
+                " name would be taken for either, and the other's deliveries refused; give each partner a"
+                " tls_identity of its own (names compare without regard to case)"
+            )
+        names[identity.casefold()] = (
+            f"the TLS identity of partners[{i}] ({p.party})"
+            if p.tls_identity
+            else f"the TLS identity of partners[{i}] ({p.party}, its Party code without a tls_identity)"
+        )
+
+
 def _identifier(value: object, where: str, what: str) -> str:
     """A value compared with an identifier another side sends (an account ID, a certificate's name): empty, or
     one `check_identifier` takes, without invisible, bidirectional-control or other characters no identifier
@@ -802,6 +826,7 @@ def load_config(path: Path) -> GatewayConfig:
                 ),
             )
         )
+    _check_partner_identities(partners, party)
     tls = None
     if "tls" in data:
         t = _table(data["tls"], "tls")

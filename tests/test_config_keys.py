@@ -441,6 +441,28 @@ def test_config_check_refuses_a_file_nested_too_deeply_in_one_line(
             GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\ntls_identity = "CHE\\u200b"'),
             "partners[0].tls_identity: the TLS identity contains U+200B ZERO WIDTH SPACE",
         ),
+        # with mTLS a certificate's name alone picks the partner: a name two partners share picked the first, and
+        # every statement of the other was refused for good as sent over the first one's connection
+        (
+            GOOD.replace(
+                'trust_document = "che.trust.json"\n',
+                'trust_document = "che.trust.json"\ntls_identity = "sgp"\n\n[[partners]]\nparty = "SGP"\n'
+                'address = "127.0.0.1:10"\ntrust_document = "che.trust.json"\n',
+            ),
+            "partners[1].party: 'SGP' is also the TLS identity of partners[0] (CHE)",
+        ),
+        (
+            GOOD.replace(
+                'trust_document = "che.trust.json"\n',
+                'trust_document = "che.trust.json"\ntls_identity = "gw"\n\n[[partners]]\nparty = "SGP"\n'
+                'address = "127.0.0.1:10"\ntrust_document = "che.trust.json"\ntls_identity = "GW"\n',
+            ),
+            "partners[1].tls_identity: 'GW' is also the TLS identity of partners[0] (CHE)",
+        ),
+        (
+            GOOD.replace('address = "127.0.0.1:9"', 'address = "127.0.0.1:9"\ntls_identity = "CHN"'),
+            "partners[0].tls_identity: 'CHN' is also party (this gateway's own Party code)",
+        ),
         # one name written in two Unicode normal forms is one name
         (
             GOOD.replace(
