@@ -60,7 +60,7 @@ from gateway.domain.statements import (
     payload_hash,
 )
 from gateway.domain.text import escaped, truncate
-from gateway.partners import TRANSFER_ROLE, Partner, PartnerDirectory
+from gateway.partners import TRANSFER_ROLE, Partner, PartnerDirectory, several_names
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage, Store, StoredMessage, Transaction
 from signing import (
     TRUST_PAYLOAD_TYPE,
@@ -1017,6 +1017,8 @@ class Exchange:
         partner = self.partners.get(party)
         if partner is None:
             raise GatewayError(ResponseCode.UNKNOWN_PARTNER, f"{party!r} is not a partner of this gateway")
+        if peer_identity is not None:
+            _refuse_several_names(peer_identity)
         if peer_identity is not None and peer_identity != partner.identity:
             raise GatewayError(
                 ResponseCode.PEER_IDENTITY_MISMATCH,
@@ -1107,6 +1109,7 @@ class Exchange:
         two partners' documents may list the same key.
         """
         if peer_identity is not None:
+            _refuse_several_names(peer_identity)
             partner = self.partners.by_identity(peer_identity)
             if partner is None:
                 raise GatewayError(
@@ -1214,3 +1217,16 @@ class Exchange:
         if form is EnvelopeForm.PROTOBUF:
             return receipt
         return wire.envelope_from_bytes(receipt).to_json()
+
+
+def _refuse_several_names(peer_identity: str) -> None:
+    """Refuse a delivery over a connection whose certificate carries several common names (`several_names`): it
+    could be taken for more than one partner, whichever name it lists first."""
+    names = several_names(peer_identity)
+    if names is not None:
+        shown = ", ".join(f"'{escaped(name, 64)}'" for name in names[:4])
+        raise GatewayError(
+            ResponseCode.PEER_IDENTITY_MISMATCH,
+            f"the client certificate names {len(names)} common names ({shown}{', ...' if len(names) > 4 else ''}):"
+            " a partner's certificate names one, its tls_identity; ask the CA for a certificate with one name",
+        )

@@ -8,7 +8,7 @@ for this Party, and how many must".
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from signing import Envelope, TrustedParty, VerificationResult
@@ -17,6 +17,25 @@ DEFAULT_PARTNER_MAX_ENVELOPE_BYTES = 1 << 20
 
 TRANSFER_ROLE = "transfer"
 TRUST_ROLE = "trust"
+
+
+SEVERAL_NAMES_SEPARATOR = "\n"
+"""Joins the common names of a certificate that carries several (`transport_identity`): a line break, which no
+configured identity holds, as identifiers hold no control characters."""
+
+
+def transport_identity(common_names: Sequence[str]) -> str:
+    """The transport identity of a verified client certificate whose subject carries ``common_names``.
+
+    Its one name; "" for none; for several, the names joined by `SEVERAL_NAMES_SEPARATOR`, which names no partner
+    and which `several_names` tells apart: such a certificate is ambiguous, whichever name comes first."""
+    return SEVERAL_NAMES_SEPARATOR.join(common_names)
+
+
+def several_names(identity: str) -> list[str] | None:
+    """The names of a transport identity made of several (`transport_identity`), or None for one name or none."""
+    names = identity.split(SEVERAL_NAMES_SEPARATOR)
+    return names if len(names) > 1 else None
 
 
 @dataclass

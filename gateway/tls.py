@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +33,10 @@ __all__ = [
     "DEMO_WARNING",
     "CertificateError",
     "GatewayCertificates",
+    "certificate_common_names",
     "create_ca",
     "issue_certificate",
+    "peer_common_names",
     "write_gateway_certificates",
 ]
 
@@ -253,6 +255,34 @@ def write_gateway_certificates(
     return GatewayCertificates(
         ca_certificate=ca_cert_path, ca_key=ca_key_path, reused_ca=reused, ca_name=ca_name, issued=targets
     )
+
+
+def certificate_common_names(pem: bytes) -> list[str]:
+    """The common names in the subject of the first certificate in ``pem``, in the order the subject lists them.
+
+    Raises `CertificateError` when ``pem`` holds no readable certificate."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise CertificateError(f"not a PEM certificate ({exc})") from None
+    return [
+        value if isinstance(value := attribute.value, str) else value.decode("utf-8", "replace")
+        for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ]
+
+
+def peer_common_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
+    """The common names of the peer certificate a gRPC server verified, from its call's ``auth_context()``.
+
+    gRPC itself reports only the first common name (``x509_common_name``), so the certificate it passes on
+    (``x509_pem_cert``) is read for all of them: a certificate whose subject lists several names must not be taken
+    for whichever comes first."""
+    for pem in auth_context.get("x509_pem_cert") or ():
+        try:
+            return certificate_common_names(pem)
+        except CertificateError:
+            break
+    return [name.decode("utf-8", "replace") for name in auth_context.get("x509_common_name") or ()]
 
 
 # -- helpers -------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.domain.access import DeliveryPlaces, Places, address_source
 from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange, ReceiptUnsigned
+from gateway.partners import transport_identity
 
 DELIVER_PATH = "/v1/partner/deliver"
 VERSION_PATTERN = re.compile(r"[1-9][0-9]*")
@@ -119,18 +120,17 @@ class Metrics:
 
 
 def peer_common_name(request: web.Request) -> str | None:
-    """The common name of the client's verified certificate, or None when the request is not over mTLS."""
+    """The transport identity of the client's verified certificate (`transport_identity`: its common name, "" for
+    none, several names joined for several), or None when the request is not over mTLS."""
     transport = request.transport
     if transport is None or transport.get_extra_info("sslcontext") is None:
         return None
     certificate = transport.get_extra_info("peercert")
     if not certificate:
         return ""
-    for rdn in certificate.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return ""
+    return transport_identity(
+        [str(value) for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
+    )
 
 
 class BodyUnreadable(ValueError):

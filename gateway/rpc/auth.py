@@ -39,6 +39,7 @@ from gateway.domain.access import (
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.rpc.errors import abort_with
 from gateway.rpc.interceptors import streaming, tolerant_handler
+from gateway.tls import peer_common_names
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +207,17 @@ def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | N
 
 
 def _common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    names = list(context.auth_context().get("x509_common_name") or ())
-    if not names:
+    """The common name of the client certificate, None without one; `AuthenticationRefused` for a certificate
+    whose subject carries several, which could name a caller by one and a partner by another."""
+    auth = context.auth_context()
+    if not auth.get("x509_pem_cert") and not auth.get("x509_common_name"):
         return None
-    name: object = names[0]
-    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    names = peer_common_names(auth)
+    if len(names) > 1:
+        raise AuthenticationRefused(
+            f"the client certificate names {len(names)} common names; an operator caller's certificate names one"
+        )
+    return names[0] if names else None
 
 
 async def _one_request(method: str, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:

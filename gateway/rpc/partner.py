@@ -24,8 +24,9 @@ from carbon_gateway.v1 import partner_pb2
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange, ReceiptUnsigned
 from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
-from gateway.partners import PartnerDirectory
+from gateway.partners import PartnerDirectory, transport_identity
 from gateway.rpc.errors import AnsweredAs, abort_with
+from gateway.tls import peer_common_names
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,12 @@ CANNOT_SIGN = AnsweredAs(
 
 
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    """The common name of the peer's verified TLS certificate, or None without mTLS."""
+    """The transport identity of the peer's verified TLS certificate (`transport_identity`: its common name, "" for
+    none, several names joined for several), or None without mTLS."""
     auth = context.auth_context()
     if auth.get("transport_security_type") != [b"ssl"]:
         return None
-    names = list(auth.get("x509_common_name") or [])
-    return names[0].decode() if names else ""
+    return transport_identity(peer_common_names(auth))
 
 
 def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.GenericRpcHandler[Any, Any]:

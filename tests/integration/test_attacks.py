@@ -17,6 +17,10 @@ import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from carbon_gateway.v1 import partner_pb2
 from gateway import wire
@@ -360,3 +364,51 @@ async def test_a_sequence_gap_holds_the_statement_until_the_gap_is_filled(world:
         channel = await tx.incoming_channel("CHN")
         assert await tx.count_held() == 0
     assert channel.last_sequence == crafter.channel.last_sequence  # the held statement was applied too
+
+
+def issue_with_names(world: World, stem: str, names: list[str]) -> None:
+    """Issue from the network's demo CA a client certificate whose subject lists each of ``names`` as a common
+    name, written beside the Parties' as ``tls/<stem>.crt`` and ``tls/<stem>.key``."""
+    folder = world.network.workdir / "tls"
+    ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name) for name in names]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / f"{stem}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{stem}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+@pytest.mark.parametrize("names", [["CHN", "SGP"], ["SGP", "CHN"]])
+@pytest.mark.asyncio
+async def test_a_certificate_naming_two_partners_is_taken_for_neither(
+    world: World, transport: str, names: list[str]
+) -> None:
+    # Each path took the subject's first common name: a certificate the CA issued to CN=CHN, CN=SGP delivered CHN's
+    # statements, and one listing them the other way round was SGP's connection.
+    issue_with_names(world, "two-names", names)
+    crafter = await world.crafter()
+    payload, _ = crafter.statement(**query())
+    before = await recorded(world)
+    receipt = await deliver(world, crafter.envelope(payload), transport, as_party="two-names")
+    assert ResponseCode(receipt.code) is ResponseCode.PEER_IDENTITY_MISMATCH, receipt.detail
+    assert "names 2 common names ('CHN', 'SGP')" in receipt.detail or "('SGP', 'CHN')" in receipt.detail
+    assert not receipt.taken_in
+    assert await recorded(world) == before
+    # The partner's own certificate, naming it alone, still delivers.
+    assert (await deliver(world, crafter.envelope(payload), transport)).taken_in

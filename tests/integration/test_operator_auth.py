@@ -4,6 +4,7 @@ what, which credentials are refused, idempotency keys per caller, partners kept 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import signal
 import subprocess
@@ -17,6 +18,10 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -827,6 +832,52 @@ async def test_certificate_callers_unknown_certificates_and_partner_certificates
     for credentials in (foreign, certificates.credentials()):
         async with grpc.aio.secure_channel(address, credentials) as channel:
             assert (await _call(channel, reads))[0] == grpc.StatusCode.UNAVAILABLE
+
+
+def _issue_with_names(certificates: Certificates, stem: str, names: list[str]) -> grpc.ChannelCredentials:
+    """TLS trusting the CA, with a client certificate it issued whose subject lists each of ``names`` as a common
+    name."""
+    ca = x509.load_pem_x509_certificate(certificates.ca)
+    ca_key = serialization.load_pem_private_key(certificates.ca_key, None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name) for name in names]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return grpc.ssl_channel_credentials(certificates.ca, key_pem, certificate.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.mark.parametrize("names", [["ops-1", "CHE"], ["ops-1", "stranger"], ["stranger", "ops-1"]])
+@pytest.mark.asyncio
+async def test_a_certificate_with_several_common_names_calls_nothing(gateways: Gateways, names: list[str]) -> None:
+    # gRPC reports the subject's first common name alone: a certificate issued to CN=ops-1, CN=CHE was the caller
+    # ops-1, though it names a partner, whose credentials never reach operator methods.
+    address = gateways.mtls.operator_address
+    reads = "/carbon_gateway.v1.OperatorService/ListTransfers"
+    async with grpc.aio.secure_channel(address, _issue_with_names(gateways.certificates, "two", names)) as channel:
+        outcome = await _call(channel, reads)
+        assert _refused(outcome, grpc.StatusCode.UNAUTHENTICATED)
+        assert outcome[1] is not None and "2 common names" in outcome[1].message
+        # With the administrator's token as well: the certificate is refused whatever the call carries.
+        assert _refused(
+            await _call(channel, reads, metadata=_metadata(TOKENS[Role.ADMINISTRATOR])), grpc.StatusCode.UNAUTHENTICATED
+        )
+        # Health needs no credentials, and takes none it cannot read.
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.mark.asyncio
