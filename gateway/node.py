@@ -558,6 +558,36 @@ def check_tls(tls: TLSConfig, partner_identities: Mapping[str, str] | None = Non
                 " the partner's certificate, and this gateway's must name this gateway"
             )
     _check_is_ca("tls.ca_certificate", tls.ca_certificate, "the partners'")
+    try:
+        _ssl_context(tls)
+        _client_ssl_context(tls)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"tls: the certificate files cannot be used: {exc}") from None
+    _check_grpc_takes("tls", _server_credentials(tls))
+
+
+def _check_grpc_takes(section: str, credentials: grpc.ServerCredentials) -> None:
+    """Refuse TLS files that gRPC's TLS library cannot use although `cryptography` and Python's `ssl` read them (a
+    key on an elliptic curve it lacks, such as secp256k1): gRPC finds out only when a port is added, and a start
+    failed there as if the port were taken. The credentials are tried on a socket file in a new temporary folder,
+    with a server that never starts, so no TCP port is bound."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    with tempfile.TemporaryDirectory(prefix="cg-tls-") as folder, ThreadPoolExecutor(1) as threads:
+        server = grpc.server(threads)
+        try:
+            if server.add_secure_port(f"unix:{folder}/probe", credentials) != 0:
+                return
+        except RuntimeError:
+            pass
+        finally:
+            server.stop(None)
+    raise ConfigError(
+        f"{section}: gRPC cannot use the certificate and private key files (its log above says why; a key on an"
+        " elliptic curve its TLS library lacks, such as secp256k1, is one cause); issue a certificate with a key"
+        " it takes, such as EC P-256, as `carbon-gateway certs generate` does"
+    )
 
 
 def check_callers_not_own_certificate(config: GatewayConfig) -> list[str]:
@@ -625,9 +655,10 @@ def check_operator_tls(tls: OperatorTLSConfig) -> None:
     if tls.client_ca is not None:
         _check_is_ca("operator.tls.client_ca", tls.client_ca, "the operator callers'")
     try:
-        _operator_server_credentials(tls)
+        credentials = _operator_server_credentials(tls)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"operator.tls: the certificate files cannot be used: {exc}") from None
+    _check_grpc_takes("operator.tls", credentials)
 
 
 def _check_certificates(section: str, certificate: Path, private_key: Path, ca: tuple[str, Path] | None) -> None:

@@ -693,6 +693,56 @@ def test_config_check_refuses_in_one_line_what_serve_refuses(case: Case, tmp_pat
         assert name in check.stderr, check.stderr
 
 
+def _secp256k1_certificate(folder: Path) -> tuple[str, str]:
+    """A self-signed certificate for CHN with its key on secp256k1, which `cryptography` and Python's `ssl` read and
+    gRPC's TLS library does not; return the file names of the certificate and the key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256K1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CHN")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    _write(folder / "k1.crt", certificate.public_bytes(serialization.Encoding.PEM))
+    _write(
+        folder / "k1.key",
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    return "k1.crt", "k1.key"
+
+
+@pytest.mark.parametrize("section", ["tls", "operator.tls"])
+def test_certificate_files_grpc_cannot_use_are_refused_naming_them_not_the_port(section: str, tmp_path: Path) -> None:
+    # config check said OK, and serve stopped with "partner.listen: cannot listen on ...: gRPC could not bind it
+    # (the port was taken meanwhile ...)" for a free port.
+    folder = _keys(tmp_path)
+    certificate, key = _secp256k1_certificate(folder)
+    if section == "tls":
+        config = _partner_tls(folder, certificate=certificate, private_key=key)
+    else:
+        config = _operator_tls(folder, certificate=certificate, private_key=key)
+    expected = f"{config}: {section}: gRPC cannot use the certificate and private key files"
+    served = _serve(config)
+    assert served.returncode == 2 and "Traceback" not in served.stderr, served.stderr
+    # gRPC logs why in lines of its own before the gateway's one line.
+    assert served.stderr.strip().splitlines()[-1].startswith(f"carbon-gateway serve: {expected}"), served.stderr
+    assert "listen" not in served.stderr.strip().splitlines()[-1], served.stderr
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert check.returncode == 2 and check.stdout == "", check
+    assert "Traceback" not in check.stderr and check.stderr.strip().splitlines()[-1].startswith(expected), check
+
+
 def test_a_signing_key_others_can_read_is_warned_of_by_config_check_and_serve_which_starts(tmp_path: Path) -> None:
     """A private key file (or its passphrase file) of mode 0644 let every user of the machine sign as the Party,
     and neither config check nor serve said so."""
