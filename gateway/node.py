@@ -473,7 +473,7 @@ class GatewayNode:
         if self._http_listen is not None:
             host, _, port = self._http_listen.rpartition(":")
             self.http_server = HttpServer(
-                build_app(self.exchange, self.trust.published, self.delivery_places),
+                build_app(self.exchange, self.trust.published, self.delivery_places, mtls=self.tls is not None),
                 host.removeprefix("[").removesuffix("]"),
                 int(port),
                 _ssl_context(self.tls) if self.tls else None,

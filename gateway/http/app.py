@@ -119,11 +119,18 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def peer_common_name(request: web.Request) -> str | None:
+def peer_common_name(request: web.Request, *, mtls: bool = False) -> str | None:
     """The transport identity of the client's verified certificate (`transport_identity`: its common name, "" for
-    none, several names joined for several), or None when the request is not over mTLS."""
+    none, several names joined for several), or None when the request is not over mTLS.
+
+    ``mtls`` says the server is served over mutual TLS: then a request whose connection is gone, whose
+    certificate can no longer be read, raises `ConnectionError` rather than passing for one without mTLS."""
     transport = request.transport
-    if transport is None or transport.get_extra_info("sslcontext") is None:
+    if transport is None:
+        if mtls:
+            raise ConnectionError("the connection closed before its client certificate was read")
+        return None
+    if transport.get_extra_info("sslcontext") is None:
         return None
     certificate = transport.get_extra_info("peercert")
     if not certificate:
@@ -217,9 +224,12 @@ async def read_body(request: web.Request) -> bytes:
                 await reading
 
 
-def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | None = None) -> web.Application:
+def build_app(
+    exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | None = None, *, mtls: bool = False
+) -> web.Application:
     """The HTTP application of one gateway; ``places`` are the configured delivery places (None for the
-    module's defaults)."""
+    module's defaults); ``mtls`` says it is served over mutual TLS, so that every delivery is bound to the
+    partner its client certificate names."""
     metrics = Metrics()
     body_limit = 4 * exchange.settings.max_envelope_bytes + 4096
     app = web.Application(client_max_size=body_limit)
@@ -272,6 +282,9 @@ def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | N
 
     async def handle(request: web.Request) -> web.Response:
         try:
+            # Read while the connection is open: once the client has closed it (it may, right after sending its
+            # body), aiohttp has no transport left to ask, and the delivery must not pass for one without mTLS.
+            identity = peer_common_name(request, mtls=mtls)
             raw = await read_body(request)
         except BodyTooSlow as exc:
             # A slow network, not a bad statement: no receipt, which a sender would take as final, and nothing
@@ -317,7 +330,7 @@ def build_app(exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | N
             )
             refused.force_close()  # as for a body the server could not read: nothing more from this connection
             return refused
-        received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=peer_common_name(request))
+        received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=identity)
         metrics.count(received.code)
         return web.Response(
             body=received.receipt,

@@ -6,12 +6,15 @@ block, no ledger entry, no message, no change to a channel or to the trust it ho
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import grpc
@@ -412,3 +415,42 @@ async def test_a_certificate_naming_two_partners_is_taken_for_neither(
     assert await recorded(world) == before
     # The partner's own certificate, naming it alone, still delivers.
     assert (await deliver(world, crafter.envelope(payload), transport)).taken_in
+
+
+def send_and_hang_up(world: World, body: bytes, as_party: str) -> None:
+    """POST ``body`` to CHE's JSON path over a connection holding ``as_party``'s certificate, and close the
+    connection as soon as the whole request is sent, without reading the answer."""
+    tls = tls_config(world.network.workdir, as_party)
+    context = ssl.create_default_context(cafile=str(tls.ca_certificate))
+    context.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    url = urlsplit(world.che.http_url)
+    assert url.hostname is not None and url.port is not None
+    head = (
+        f"POST {DELIVER_PATH} HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with (
+        socket.create_connection((url.hostname, url.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="CHE") as connection,
+    ):
+        connection.sendall(head + body)
+
+
+@pytest.mark.asyncio
+async def test_a_json_delivery_whose_connection_closes_at_once_is_still_bound_to_its_certificate(
+    world: World,
+) -> None:
+    # The certificate was read after the body: once the client had closed its connection aiohttp had no transport
+    # left, and the delivery passed for one without mTLS, so CHN's statement sent over SGP's connection was taken in.
+    crafter = await world.crafter()
+    payload, _ = crafter.statement(**query())
+    before = await recorded(world)
+    for _ in range(3):
+        await asyncio.to_thread(send_and_hang_up, world, crafter.envelope(payload).to_json(), "SGP")
+    for _ in range(20):
+        await asyncio.sleep(0.05)
+        async with world.che.store.read() as tx:
+            assert (await tx.incoming_channel("CHN")).last_sequence == 0
+    assert await recorded(world) == before
+    # Over CHN's own certificate, the same statement is taken in.
+    assert (await deliver(world, crafter.envelope(payload), "http")).taken_in
