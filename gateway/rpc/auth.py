@@ -43,6 +43,30 @@ from gateway.tls import peer_common_names
 
 log = logging.getLogger(__name__)
 
+GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
+"""The logger gRPC's Cython layer writes to; `UndecodableMetadataFilter` is installed on it."""
+
+
+class UndecodableMetadataFilter(logging.Filter):
+    """Keep credentials out of the log: gRPC logs every metadata value that is not UTF-8, as it reads the call's
+    metadata, at ERROR with a traceback and the value itself, so the bytes of an ``authorization: Bearer ...``
+    header (a token with one stray byte, say) reached the log, once per read, from anyone who can connect. Such a
+    record is logged at INFO without the value or the traceback; the call is refused as any unknown token is."""
+
+    MESSAGE = "a call carried a metadata value that is not UTF-8; the value is not logged, as it may hold a credential"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite gRPC's record of an undecodable metadata value; pass every other record unchanged."""
+        if isinstance(record.msg, str) and record.msg.startswith("Invalid encoding on"):
+            record.msg, record.args = self.MESSAGE, None
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
+if not any(isinstance(f, UndecodableMetadataFilter) for f in logging.getLogger(GRPC_CORE_LOGGER).filters):
+    logging.getLogger(GRPC_CORE_LOGGER).addFilter(UndecodableMetadataFilter())
+
 _OPERATOR = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
 _MAPPING = mapping_pb2.DESCRIPTOR.services_by_name["MappingService"].full_name
 

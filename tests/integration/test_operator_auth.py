@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import logging
 import signal
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -878,6 +881,63 @@ async def test_a_certificate_with_several_common_names_calls_nothing(gateways: G
         # Health needs no credentials, and takes none it cannot read.
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _raw_call_with_authorization(address: str, ca: Path, authorization: bytes) -> bytes:
+    """Call ``ListTransfers`` over TLS in HTTP/2 frames written by hand, with an ``authorization`` value of any
+    bytes (gRPC's own clients send only printable ASCII); return the bytes the server answered."""
+
+    def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+    def literal(name: bytes, value: bytes) -> bytes:  # HPACK: a literal field, not indexed, no Huffman coding
+        return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+    fields = [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":path", b"/carbon_gateway.v1.OperatorService/ListTransfers"),
+        (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (b"authorization", authorization),
+    ]
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])
+    host, _, port = address.rpartition(":")
+    answer = b""
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as connection,
+    ):
+        connection.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + frame(4, 0, 0, b"")  # SETTINGS
+            + frame(1, 4, 1, b"".join(literal(n, v) for n, v in fields))  # HEADERS, END_HEADERS
+            + frame(0, 1, 1, b"\x00\x00\x00\x00\x00")  # DATA: an empty request, END_STREAM
+        )
+        while b"grpc-status" not in answer:
+            received = connection.recv(65536)
+            if not received:
+                break
+            answer += received
+    return answer
+
+
+@pytest.mark.parametrize("token", [b"\xff\xfesecret-token", b"a-near-token-\xe9"])
+@pytest.mark.asyncio
+async def test_a_token_that_is_not_utf_8_is_refused_and_never_logged(
+    gateways: Gateways, token: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # gRPC logged each such value at ERROR with a traceback, the header's bytes included, twice per call.
+    caplog.set_level(logging.INFO)
+    answer = await asyncio.to_thread(
+        _raw_call_with_authorization, gateways.tls.operator_address, gateways.certificates.ca_path, b"Bearer " + token
+    )
+    assert b"grpc-status\x0216" in answer and b"CALLER_UNAUTHENTICATED" in answer, answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert repr(token)[2:-1] not in caplog.text and token.decode("latin-1") not in caplog.text
+    assert "not UTF-8" in caplog.text
 
 
 @pytest.mark.asyncio
