@@ -192,12 +192,28 @@ def _connection(args: argparse.Namespace) -> tuple[str, Any, str | None]:
     root = _read_pem("--ca-cert", ca_cert, key=False) if ca_cert else None
     if root is None and tls is not None and tls.client_ca is not None:
         root = _read_pem("[operator.tls] client_ca", str(tls.client_ca), key=False)
+    private_key = _read_pem("--client-key", client_key, key=True) if client_key else None
+    certificate_chain = _read_pem("--client-cert", client_cert, key=False) if client_cert else None
+    if private_key is not None and certificate_chain is not None:
+        _check_paired(str(client_cert), certificate_chain, str(client_key), private_key)
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=root,
-        private_key=_read_pem("--client-key", client_key, key=True) if client_key else None,
-        certificate_chain=_read_pem("--client-cert", client_cert, key=False) if client_cert else None,
+        root_certificates=root, private_key=private_key, certificate_chain=certificate_chain
     )
     return address, credentials, party
+
+
+def _check_paired(certificate_path: str, certificate: bytes, key_path: str, key: bytes) -> None:
+    """Refuse a ``--client-key`` that is not the key of the first certificate of ``--client-cert``: gRPC would
+    only fail the call as unavailable, unable to "create security handshaker"."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = x509.load_pem_x509_certificates(certificate)[0]
+    if serialization.load_pem_private_key(key, password=None).public_key() != leaf.public_key():
+        raise UsageError(
+            f"--client-key {key_path}: not the key of the certificate --client-cert {certificate_path}; give the"
+            " key the certificate was issued for"
+        )
 
 
 def _read_pem(option: str, path: str, *, key: bool) -> bytes:

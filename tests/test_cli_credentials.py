@@ -156,3 +156,18 @@ async def test_a_credential_file_gateways_cannot_use_is_one_line_naming_its_opti
     code, out, err = await _cli(capsys, *argv)
     assert (code, out) == (2, "") and err.count("\n") == 1, err
     assert f"{option} {bad}: " in err and said in err, err
+
+
+@pytest.mark.asyncio
+async def test_a_client_key_that_is_not_the_certificates_is_one_line_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gRPC failed the call as UNAVAILABLE ("Failed to create security handshaker"), exit status 1, naming
+    neither file."""
+    certificates = _certificates(tmp_path / "pki", "operator CA")
+    certificate, _ = certificates.issue("ops-1")
+    _, other_key = certificates.issue("ops-2")
+    argv = ["ledger", "summary", "--address", "127.0.0.1:1", "--ca-cert", str(certificates.ca_path)]
+    code, out, err = await _cli(capsys, *argv, "--client-cert", str(certificate), "--client-key", str(other_key))
+    assert (code, out) == (2, "") and err.count("\n") == 1, err
+    assert f"--client-key {other_key}: not the key of the certificate --client-cert {certificate}" in err, err
