@@ -60,7 +60,7 @@ from gateway.domain.statements import (
     payload_hash,
 )
 from gateway.domain.text import escaped, truncate
-from gateway.partners import TRANSFER_ROLE, Partner, PartnerDirectory, several_names
+from gateway.partners import TRANSFER_ROLE, UNREADABLE_CERTIFICATE, Partner, PartnerDirectory, several_names
 from gateway.store.base import LogKind, OutboxKind, OutboxMessage, Store, StoredMessage, Transaction
 from signing import (
     TRUST_PAYLOAD_TYPE,
@@ -1221,7 +1221,14 @@ class Exchange:
 
 def _refuse_several_names(peer_identity: str) -> None:
     """Refuse a delivery over a connection whose certificate carries several common names (`several_names`): it
-    could be taken for more than one partner, whichever name it lists first."""
+    could be taken for more than one partner, whichever name it lists first; or whose subject cannot be read
+    (`UNREADABLE_CERTIFICATE`)."""
+    if peer_identity == UNREADABLE_CERTIFICATE:
+        raise GatewayError(
+            ResponseCode.PEER_IDENTITY_MISMATCH,
+            "the client certificate's subject cannot be read (a name its string type does not allow, such as a NUL"
+            " byte in a PrintableString): ask the CA for a certificate whose common name is the tls_identity alone",
+        )
     names = several_names(peer_identity)
     if names is not None:
         shown = ", ".join(f"'{escaped(name, 64)}'" for name in names[:4])

@@ -32,6 +32,11 @@ def transport_identity(common_names: Sequence[str]) -> str:
     return SEVERAL_NAMES_SEPARATOR.join(common_names)
 
 
+UNREADABLE_CERTIFICATE = "\x00"
+"""The transport identity of a verified client certificate whose subject cannot be read (`gateway.tls`): no
+configured identity holds a NUL, so it names no partner, and `Exchange` refuses it saying why."""
+
+
 def several_names(identity: str) -> list[str] | None:
     """The names of a transport identity made of several (`transport_identity`), or None for one name or none."""
     names = identity.split(SEVERAL_NAMES_SEPARATOR)

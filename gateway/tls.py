@@ -263,11 +263,12 @@ def certificate_common_names(pem: bytes) -> list[str]:
     Raises `CertificateError` when ``pem`` holds no readable certificate."""
     try:
         certificate = x509.load_pem_x509_certificate(pem)
+        attributes = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     except ValueError as exc:
-        raise CertificateError(f"not a PEM certificate ({exc})") from None
+        raise CertificateError(f"not a readable PEM certificate ({exc})") from None
     return [
         value if isinstance(value := attribute.value, str) else value.decode("utf-8", "replace")
-        for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        for attribute in attributes
     ]
 
 
@@ -276,12 +277,11 @@ def peer_common_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
 
     gRPC itself reports only the first common name (``x509_common_name``), so the certificate it passes on
     (``x509_pem_cert``) is read for all of them: a certificate whose subject lists several names must not be taken
-    for whichever comes first."""
+    for whichever comes first. Raises `CertificateError` for a certificate whose subject cannot be read (a string
+    its type does not allow, such as a NUL byte in a PrintableString): gRPC's own reading of such a name stops at
+    the NUL, so that ``CHN\\0x`` would pass for ``CHN``."""
     for pem in auth_context.get("x509_pem_cert") or ():
-        try:
-            return certificate_common_names(pem)
-        except CertificateError:
-            break
+        return certificate_common_names(pem)
     return [name.decode("utf-8", "replace") for name in auth_context.get("x509_common_name") or ()]
 
 

@@ -39,7 +39,7 @@ from gateway.domain.access import (
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.rpc.errors import abort_with
 from gateway.rpc.interceptors import streaming, tolerant_handler
-from gateway.tls import peer_common_names
+from gateway.tls import CertificateError, peer_common_names
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,13 @@ def _common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     auth = context.auth_context()
     if not auth.get("x509_pem_cert") and not auth.get("x509_common_name"):
         return None
-    names = peer_common_names(auth)
+    try:
+        names = peer_common_names(auth)
+    except CertificateError:
+        raise AuthenticationRefused(
+            "the client certificate's subject cannot be read (a name its string type does not allow, such as a NUL"
+            " byte in a PrintableString)"
+        ) from None
     if len(names) > 1:
         raise AuthenticationRefused(
             f"the client certificate names {len(names)} common names; an operator caller's certificate names one"

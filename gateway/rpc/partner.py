@@ -24,9 +24,9 @@ from carbon_gateway.v1 import partner_pb2
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange, ReceiptUnsigned
 from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
-from gateway.partners import PartnerDirectory, transport_identity
+from gateway.partners import UNREADABLE_CERTIFICATE, PartnerDirectory, transport_identity
 from gateway.rpc.errors import AnsweredAs, abort_with
-from gateway.tls import peer_common_names
+from gateway.tls import CertificateError, peer_common_names
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,10 @@ def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     auth = context.auth_context()
     if auth.get("transport_security_type") != [b"ssl"]:
         return None
-    return transport_identity(peer_common_names(auth))
+    try:
+        return transport_identity(peer_common_names(auth))
+    except CertificateError:
+        return UNREADABLE_CERTIFICATE
 
 
 def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.GenericRpcHandler[Any, Any]:

@@ -7,6 +7,7 @@ block, no ledger entry, no message, no change to a channel or to the trust it ho
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import datetime as dt
 import socket
@@ -454,3 +455,71 @@ async def test_a_json_delivery_whose_connection_closes_at_once_is_still_bound_to
     assert await recorded(world) == before
     # Over CHN's own certificate, the same statement is taken in.
     assert (await deliver(world, crafter.envelope(payload), "http")).taken_in
+
+
+def _der_length(length: int) -> bytes:
+    if length < 128:
+        return bytes([length])
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
+
+
+def printable_string_certificate(ca_pem: bytes, ca_key_pem: bytes, name: bytes) -> tuple[bytes, bytes]:
+    """A client certificate the CA issues, whose common name is ``name`` as a PrintableString, which may hold bytes
+    that type does not allow (`cryptography` writes no such certificate, so its bytes are put in the signed part by
+    hand); return its PEM and its key's."""
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    placeholder = "Q" * len(name)
+    template = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, placeholder)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    utf8 = b"\x0c" + bytes([len(name)]) + placeholder.encode()
+    assert template.tbs_certificate_bytes.count(utf8) == 1
+    signed = template.tbs_certificate_bytes.replace(utf8, b"\x13" + bytes([len(name)]) + name)
+    signature = ca_key.sign(signed, ec.ECDSA(hashes.SHA256()))
+    ecdsa_with_sha256 = bytes.fromhex("300a06082a8648ce3d040302")
+    body = signed + ecdsa_with_sha256 + b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
+    der = b"\x30" + _der_length(len(body)) + body
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    return pem, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def issue_with_printable_string(world: World, stem: str, name: bytes) -> None:
+    """`printable_string_certificate` from the network's demo CA, written as ``tls/<stem>.crt`` and ``.key``."""
+    folder = world.network.workdir / "tls"
+    certificate, key = printable_string_certificate(
+        (folder / "ca.crt").read_bytes(), (folder / "ca.key").read_bytes(), name
+    )
+    (folder / f"{stem}.crt").write_bytes(certificate)
+    (folder / f"{stem}.key").write_bytes(key)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+@pytest.mark.asyncio
+async def test_a_certificate_name_with_a_nul_byte_is_not_taken_for_the_name_before_it(
+    world: World, transport: str
+) -> None:
+    # gRPC reports a common name only up to a NUL byte: a certificate issued to CN=CHN\0.example delivered CHN's
+    # statements over gRPC (the HTTP path saw the whole name and refused it).
+    issue_with_printable_string(world, "nul-name", b"CHN\x00.example")
+    crafter = await world.crafter()
+    payload, _ = crafter.statement(**query())
+    before = await recorded(world)
+    receipt = await deliver(world, crafter.envelope(payload), transport, as_party="nul-name")
+    assert ResponseCode(receipt.code) is ResponseCode.PEER_IDENTITY_MISMATCH, receipt.detail
+    assert not receipt.taken_in
+    assert await recorded(world) == before

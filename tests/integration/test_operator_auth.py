@@ -57,6 +57,7 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.tls import create_ca, issue_certificate
 from signing import generate_key, signer_from_uri
 from tests.integration.harness import watches_reach
+from tests.integration.test_attacks import printable_string_certificate
 from tests.processes import free_port
 from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _keys
 
@@ -938,6 +939,18 @@ async def test_a_token_that_is_not_utf_8_is_refused_and_never_logged(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert repr(token)[2:-1] not in caplog.text and token.decode("latin-1") not in caplog.text
     assert "not UTF-8" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_certificate_name_with_a_nul_byte_is_not_the_caller_named_before_it(gateways: Gateways) -> None:
+    # gRPC reports a common name only up to a NUL byte: a certificate issued to CN=ops-1\0x was the caller ops-1.
+    certificates = gateways.certificates
+    certificate, key = printable_string_certificate(certificates.ca, certificates.ca_key, b"ops-1\x00x")
+    credentials = grpc.ssl_channel_credentials(certificates.ca, key, certificate)
+    async with grpc.aio.secure_channel(gateways.mtls.operator_address, credentials) as channel:
+        outcome = await _call(channel, "/carbon_gateway.v1.OperatorService/ListTransfers")
+    assert _refused(outcome, grpc.StatusCode.UNAUTHENTICATED)
+    assert outcome[1] is not None and "cannot be read" in outcome[1].message
 
 
 @pytest.mark.asyncio
