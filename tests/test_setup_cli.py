@@ -92,6 +92,22 @@ def test_init_writes_optional_settings_only_as_comments(tmp_path: Path, capsys: 
         assert before.startswith("#") or text.splitlines()[text.splitlines().index(section) + 1].startswith("#")
 
 
+def test_init_s_ledger_example_uncommented_gives_everything_the_aef_report_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator who uncomments the [ledger] lines init wrote can write the AEF report, which needs
+    gwp_values as well as the NDC period, the method and party_registry."""
+    assert _init(capsys, "--party", "CHE", str(tmp_path / "che"))[0] == 0
+    path = tmp_path / "che" / "gateway.toml"
+    lines = path.read_text().splitlines()
+    start = lines.index("# [ledger]")
+    end = lines.index("", start)
+    path.write_text("\n".join(lines[:start] + [line[2:] for line in lines[start:end]] + lines[end:]) + "\n")
+    ledger = load_config(path).ledger
+    assert ledger.adjustments is not None
+    assert (ledger.party_registry, ledger.gwp_values) == ("CHE01", "AR5")
+
+
 def test_init_refuses_an_operator_listen_off_loopback_that_serve_would_refuse(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
