@@ -323,8 +323,11 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
                 # The configuration names this Party's gateway: refuse to act on another's that answers there.
                 from carbon_gateway.v1 import operator_pb2
 
+                # `call --timeout` bounds this check too: a gateway still starting is waited for as long as asked.
                 trust = await stub.ListTrust(
-                    operator_pb2.ListTrustRequest(), timeout=30, wait_for_ready=bool(getattr(args, "wait", False))
+                    operator_pb2.ListTrustRequest(),
+                    timeout=getattr(args, "timeout", None) or 30,
+                    wait_for_ready=bool(getattr(args, "wait", False)),
                 )
                 if trust.own.party != expected:
                     raise UsageError(
@@ -338,12 +341,24 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
     except grpc.aio.AioRpcError as exc:
         detail = read_error_detail(exc.trailing_metadata())
         if detail is None:
-            raise RefusedError(f"{address}: {exc.code().name}: {exc.details()}") from None
+            # Only where gRPC itself reports that nothing answered: a gateway's own UNAVAILABLE says what to do.
+            unanswered = exc.code() != grpc.StatusCode.UNAVAILABLE or "failed to connect" in (exc.details() or "")
+            hint = _NO_ANSWER_HINT.get(exc.code().name, "") if unanswered else ""
+            raise RefusedError(f"{address}: {exc.code().name}: {exc.details()}{hint}") from None
         from gateway.domain.errors import ResponseCode
 
         where = f" (field {detail.field})" if detail.field else ""
         code = ResponseCode(detail.code)
         raise RefusedError(f"{code.name}: {detail.message}{where}", code=code) from None
+
+
+_NO_ANSWER_HINT = {
+    "UNAVAILABLE": "; is the gateway running? Start it (carbon-gateway serve CONFIG), or check operator.listen"
+    " or --address",
+    "DEADLINE_EXCEEDED": "; no answer in time: start the gateway (carbon-gateway serve CONFIG) or check"
+    " operator.listen or --address, and give a gateway that is still starting a longer --timeout with --wait",
+}
+"""What to do when the operator API did not answer at all (no ErrorDetail: no gateway took the call)."""
 
 
 def _bearer_token(token: str) -> list[Any]:

@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -663,6 +664,23 @@ def test_call_reports_an_unreachable_gateway_in_one_line(capsys: pytest.CaptureF
     assert main(["call", "ListTransfers", "--address", "127.0.0.1:9", "--timeout", "5"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("carbon-gateway call ListTransfers: 127.0.0.1:9: UNAVAILABLE") and err.count("\n") == 1
+
+
+def test_call_with_config_waits_for_a_gateway_no_longer_than_its_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --config, the Party check before the call keeps to --timeout too, and a gateway that never answers
+    is reported with what to do."""
+    from tests.processes import free_port
+
+    folder = tmp_path / "chn"
+    assert _init(capsys, "--party", "CHN", "--operator-listen", f"127.0.0.1:{free_port()}", str(folder))[0] == 0
+    started = time.monotonic()
+    code = main(["call", "ListTrust", "--wait", "--timeout", "2", "--config", str(folder / "gateway.toml")])
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1 and elapsed < 15, elapsed
+    assert "DEADLINE_EXCEEDED" in err and "carbon-gateway serve" in err and err.count("\n") == 1
 
 
 def test_trust_next_refuses_a_key_a_partner_s_trust_document_lists(
