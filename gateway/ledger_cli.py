@@ -185,6 +185,12 @@ def _connection(args: argparse.Namespace) -> tuple[str, Any, str | None]:
     client_cert, client_key = getattr(args, "client_cert", None), getattr(args, "client_key", None)
     if bool(client_cert) != bool(client_key):
         raise UsageError("--client-cert and --client-key go together: give both or neither")
+    if tls is not None and tls.client_ca is not None and not client_cert:
+        # The gateway ends the TLS handshake of a connection without one, which gRPC reports only as unavailable.
+        raise UsageError(
+            f"--client-cert: {args.config} sets [operator.tls] client_ca, so the gateway takes only connections"
+            " that present a certificate that CA issued: give --client-cert and --client-key"
+        )
     if not (ca_cert or client_cert or tls):
         return address, None, party
     import grpc

@@ -171,3 +171,26 @@ async def test_a_client_key_that_is_not_the_certificates_is_one_line_naming_both
     code, out, err = await _cli(capsys, *argv, "--client-cert", str(certificate), "--client-key", str(other_key))
     assert (code, out) == (2, "") and err.count("\n") == 1, err
     assert f"--client-key {other_key}: not the key of the certificate --client-cert {certificate}" in err, err
+
+
+def test_a_configuration_whose_operator_tls_has_client_ca_needs_a_client_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With client_ca every connection must present a certificate; without --client-cert the gateway would end
+    the handshake and gRPC would say only UNAVAILABLE, as if no gateway were there: refused before any call."""
+    from tests.processes import free_port
+
+    folder = tmp_path / "chn"
+    assert (
+        main(["init", "--party", "CHN", "--operator-listen", f"127.0.0.1:{free_port()}", "--demo-tls", str(folder)])
+        == 0
+    )
+    config = folder / "gateway.toml"
+    text = config.read_text().replace("unauthenticated_loopback = true", "unauthenticated_loopback = false")
+    text = text.replace("[partner]\n", '[operator.tls]\ncertificate = "tls/chn.crt"\nprivate_key = "tls/chn.key"\n'
+                        'client_ca = "tls/ca.crt"\n\n[partner]\n', 1)  # fmt: skip
+    config.write_text(text)
+    capsys.readouterr()
+    assert main(["call", "ListTrust", "--config", str(config), "--timeout", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--client-cert" in err and "client_ca" in err and err.count("\n") == 1, err
