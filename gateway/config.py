@@ -902,12 +902,14 @@ def _delivery_places(limits: Mapping[str, Any]) -> DeliveryPlaces:
         minimum=1,
         maximum=MAX_DELIVERIES_AT_ONCE,
     )
-    per_address = _integer(
-        limits.get("deliveries_per_address", min(DeliveryPlaces.per_address, at_once)),
-        "limits.deliveries_per_address",
-        minimum=1,
-        maximum=at_once,
-    )
+    value = limits.get("deliveries_per_address", min(DeliveryPlaces.per_address, at_once))
+    if isinstance(value, int) and not isinstance(value, bool) and at_once < value <= MAX_DELIVERIES_AT_ONCE:
+        # Raised behind a proxy or NAT, as the README says to: the bound it meets is the other setting's.
+        raise ConfigError(
+            f"limits.deliveries_per_address: {value} is not in 1..{at_once}: the deliveries from one address are"
+            f" some of deliveries_at_once ({at_once}); raise deliveries_at_once to {value} or more as well"
+        )
+    per_address = _integer(value, "limits.deliveries_per_address", minimum=1, maximum=at_once)
     return DeliveryPlaces(at_once, per_address)
 
 

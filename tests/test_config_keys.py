@@ -307,6 +307,13 @@ def test_config_check_names_every_unknown_key(tmp_path: Path, capsys: pytest.Cap
             ).encode(),
             "limits.deliveries_per_address: 9 is not in 1..8",
         ),
+        (
+            GOOD.replace(
+                "max_envelope_bytes = 65536", "max_envelope_bytes = 65536\ndeliveries_per_address = 32"
+            ).encode(),
+            "limits.deliveries_per_address: 32 is not in 1..16: the deliveries from one address are some of"
+            " deliveries_at_once (16); raise deliveries_at_once to 32 or more as well",
+        ),
         *(
             (
                 GOOD.replace("[signers]\n", f'[signers]\n{key} = "file:other.key"\n').encode(),
