@@ -951,6 +951,38 @@ def _stored_rows_postgres(url: str, party: str, version: int) -> tuple[tuple[int
         return None
 
 
+def postgres_database_problems(url: str) -> list[str]:
+    """What the PostgreSQL server itself answers that ``serve`` would refuse at start: a database that does not
+    exist, a login it refuses. A server that does not answer is left to ``serve``, as a port in use is."""
+    import asyncpg
+
+    from gateway.store.postgres import redact
+
+    async def connect() -> None:
+        connection = await asyncpg.connect(
+            url,
+            timeout=10,
+            server_settings={"application_name": "carbon-gateway", "default_transaction_read_only": "on"},
+        )
+        await connection.close()
+
+    try:
+        asyncio.run(connect())
+    except asyncpg.InvalidCatalogNameError:
+        return [
+            f"database: {redact(url)}: the database does not exist on that server; create it (serve creates the"
+            " tables, not the database) or correct the URL"
+        ]
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        return [
+            f"database: {redact(url)}: the server refused the login ({type(exc).__name__}); check the user and the"
+            " password (in the URL, PGPASSWORD or ~/.pgpass) and the server's pg_hba.conf"
+        ]
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError):
+        pass  # a server that does not answer now: serve names it when it starts
+    return []
+
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -1098,6 +1130,8 @@ def file_problems(config: GatewayConfig) -> list[str]:
         problems += database_problems(
             config.database, config.party, None if adjustments is None else adjustments.describe()
         )
+    else:
+        problems += postgres_database_problems(config.database)
     for check in checks:
         try:
             check()

@@ -59,6 +59,22 @@ def test_a_database_the_server_does_not_have_is_one_line_without_the_password(tm
     assert SECRET not in result.stderr + result.stdout
 
 
+def test_config_check_names_a_database_the_server_does_not_have_as_serve_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config check` said OK of a configuration whose PostgreSQL database did not exist, which `serve` then
+    refused: the server's own answer (no such database, a refused login) is a problem of the file."""
+    from gateway.cli import main
+
+    admin = postgres.admin_url()
+    absent = postgres.database_url(admin, postgres.unique_name("absent"))
+    with_password = absent.replace("://postgres@", f"://postgres:{SECRET}@", 1)
+    assert main(["config", "check", str(_config(_keys(tmp_path), database=with_password))]) == 2
+    err = capsys.readouterr().err
+    assert "database:" in err and "does not exist" in err and SECRET not in err
+    assert err.count("\n") == 1, err
+
+
 def _open_account(port: int, account_id: str) -> grpc.StatusCode:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
