@@ -184,6 +184,13 @@ def _do_keys_generate(args: argparse.Namespace) -> int:
         raise _ToolError(f"--out {args.out!r} names a folder, not a file prefix; give one, e.g. --out keys/chn")
     if not prefix.name.isprintable():
         raise _ToolError(f"--out {args.out!r}: the file prefix holds a control character; use letters, digits, '-'")
+    if prefix.suffix in (".key", ".pub"):
+        # A file name given for the prefix would write keys/chn.key.key, which no configuration names.
+        bare = prefix.with_suffix("")
+        raise _ToolError(
+            f"--out {args.out!r}: --out takes a file prefix, not the key's file name: give --out {bare}, which writes"
+            f" {bare}.key and {bare}.pub"
+        )
     try:
         _make_key_folder(prefix.parent)
         public = generate_key(prefix, Algorithm(args.algorithm), passphrase)

@@ -356,7 +356,14 @@ def test_keys_generate_creates_missing_key_folders_privately(
 
 
 @pytest.mark.parametrize(
-    ("out", "says"), [("keys/", "names a folder"), ("keys", "names a folder"), ("a\nb", "control")]
+    ("out", "says"),
+    [
+        ("keys/", "names a folder"),
+        ("keys", "names a folder"),
+        ("a\nb", "control"),
+        ("keys/che.key", "takes a file prefix, not the key's file name"),
+        ("keys/che.pub", "takes a file prefix, not the key's file name"),
+    ],
 )
 def test_keys_generate_refuses_a_prefix_that_is_a_folder_or_holds_a_control_character(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str, says: str
