@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from pathlib import Path
@@ -87,6 +88,7 @@ def _do_start(args: argparse.Namespace) -> int:
     _check_target(args)
     if not 0 <= args.wait <= 86_400:
         raise UsageError("--wait is between 0 and 86400 seconds")
+    _check_out(args.out)
     request = operator_pb2.RunReconciliationRequest(idempotency_key=args.key or str(uuid.uuid4()), partner=args.partner)
     started = _run("reconcile", args, lambda stub: stub.RunReconciliation(request, timeout=30))
     run = _wait(args, started.run_id, args.wait)
@@ -117,6 +119,13 @@ def _exit_code(run: Any) -> int:
     if run.status == 1:
         return EXIT_WAITING
     return EXIT_DISCREPANCY
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse an ``--out`` that names something already there before any call: a run started, and a report
+    printed, before the refusal would end with the usage error's status instead of the run's."""
+    if out and os.path.lexists(out):
+        raise UsageError(f"--out {out}: refusing to overwrite what is there; remove it or name a new file")
 
 
 def _write_report(run: Any, out: str | None) -> None:
@@ -156,6 +165,7 @@ def _do_show(args: argparse.Namespace) -> int:
     from carbon_gateway.v1 import operator_pb2
 
     _check_target(args)
+    _check_out(args.show_out or args.out)
     request = operator_pb2.GetReconciliationRequest(run_id=args.run_id)
     run = _run("reconcile show", args, lambda stub: stub.GetReconciliation(request, timeout=30))
     print(format_run(run))

@@ -211,3 +211,19 @@ def test_a_run_that_ended_without_a_report_says_so_instead_of_empty_log_heads() 
     run.report.requester, run.report.responder = "CHE", "CHN"
     run.report.requester_head.tree_size = 3
     assert format_run(run).splitlines()[-1].startswith("log heads: CHE 3 entries")
+
+
+@pytest.mark.parametrize("subcommand", [[], ["show", "some-run"]])
+def test_an_out_file_that_is_there_is_refused_before_any_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], subcommand: list[str]
+) -> None:
+    """A run was started, and its report printed, before --out was found taken: the run took effect and the
+    command ended with the usage error's status instead of the run's (3 for a discrepancy). Nothing answers at
+    127.0.0.1:1, so reaching the gateway at all would end with exit status 1."""
+    taken = tmp_path / "report.json"
+    taken.write_text("kept")
+    argv = ["reconcile", "--partner", "CHE", "--address", "127.0.0.1:1", "--out", str(taken), *subcommand]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "refusing to overwrite" in err and err.count("\n") == 1, err
+    assert taken.read_text() == "kept"
