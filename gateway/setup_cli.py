@@ -385,6 +385,13 @@ def _write_demo_tls(out: Path, party: str, ca_folder: str | None) -> None:
             source = Path(ca_folder) / file
             try:
                 data = read_small_file(source)
+            except FileNotFoundError:
+                # A gateway that borrowed a demo CA kept only its certificate: the key is with the first one.
+                raise SetupError(
+                    f"--demo-tls-ca: {source} does not exist; name the tls folder of the gateway whose init created"
+                    f" the demo CA (it holds {CA_CERTIFICATE_FILE} and {CA_KEY_FILE}; a gateway that borrowed it"
+                    " keeps no key)"
+                ) from None
             except OSError as exc:
                 raise SetupError(f"--demo-tls-ca: cannot read {source}: {exc.strerror or exc}") from None
             target = out / file

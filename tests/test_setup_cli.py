@@ -319,8 +319,23 @@ def test_init_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, capsys: 
     code, _, err = _init(
         capsys, "--party", "CHN", "--demo-tls", "--demo-tls-ca", str(tmp_path / "no-ca"), str(tmp_path / "chn")
     )
-    assert code == 2 and "--demo-tls-ca: cannot read" in err and err.count("\n") == 1
+    assert code == 2 and "--demo-tls-ca: " in err and "does not exist" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_init_from_a_borrowed_demo_ca_folder_says_which_folder_holds_the_ca_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A third Party pointing --demo-tls-ca at the second gateway's tls folder (which has ca.crt, not ca.key)
+    is told to name the first gateway's folder, not only that a file cannot be read."""
+    assert _init(capsys, "--party", "CHN", "--demo-tls", str(tmp_path / "chn"))[0] == 0
+    borrowed = ("--demo-tls", "--demo-tls-ca", str(tmp_path / "chn" / "tls"))
+    assert _init(capsys, "--party", "CHE", *borrowed, str(tmp_path / "che"))[0] == 0
+    code, _, err = _init(
+        capsys, "--party", "SGP", "--demo-tls", "--demo-tls-ca", str(tmp_path / "che" / "tls"), str(tmp_path / "sgp")
+    )
+    assert code == 2 and "the gateway whose init created the demo CA" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "sgp").exists()
 
 
 def test_init_fills_an_empty_folder_that_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
