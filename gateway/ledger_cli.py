@@ -317,7 +317,10 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
         )
     interceptors = _bearer_token(token) if token is not None else None
 
+    reached = False  # whether the channel was connected when a call failed: a gateway answered there
+
     async def go() -> Any:
+        nonlocal reached
         channel = (
             grpc.aio.secure_channel(address, channel_credentials, interceptors=interceptors)
             if channel_credentials is not None
@@ -340,7 +343,11 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
                         f"the gateway at {address} is {trust.own.party}'s, and {args.config} configures {expected}'s:"
                         " its operator.listen names another Party's gateway; nothing was done"
                     )
-            return await call(stub)
+            try:
+                return await call(stub)
+            except grpc.aio.AioRpcError:
+                reached = channel.get_state() == grpc.ChannelConnectivity.READY
+                raise
 
     try:
         return asyncio.run(go())
@@ -348,7 +355,9 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
         detail = read_error_detail(exc.trailing_metadata())
         if detail is None:
             # Only where gRPC itself reports that nothing answered: a gateway's own UNAVAILABLE says what to do.
-            unanswered = exc.code() != grpc.StatusCode.UNAVAILABLE or "failed to connect" in (exc.details() or "")
+            unanswered = not reached and (
+                exc.code() != grpc.StatusCode.UNAVAILABLE or "failed to connect" in (exc.details() or "")
+            )
             hint = _NO_ANSWER_HINT.get(exc.code().name, "") if unanswered else ""
             raise RefusedError(f"{address}: {exc.code().name}: {exc.details()}{hint}") from None
         from gateway.domain.errors import ResponseCode
