@@ -958,23 +958,34 @@ def _stored_rows_postgres(url: str, party: str, version: int) -> tuple[tuple[int
         return None
 
 
-def postgres_database_problems(url: str) -> list[str]:
-    """What the PostgreSQL server itself answers that ``serve`` would refuse at start: a database that does not
-    exist, a login it refuses. A server that does not answer is left to ``serve``, as a port in use is."""
+def postgres_database_problems(url: str, party: str, adjustments: str | None = None) -> list[str]:
+    """What ``serve`` would refuse at start in a PostgreSQL database, read through a read-only connection: a
+    database the server does not have, a login it refuses, one another Party's gateway started on, or one whose
+    ledger was kept under adjustment settings other than ``adjustments``. A server that does not answer is left
+    to ``serve``, as a port in use is."""
     import asyncpg
 
+    from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING, another_partys_database, other_adjustment_settings
     from gateway.store.postgres import redact
 
-    async def connect() -> None:
+    async def read() -> dict[str, str]:
         connection = await asyncpg.connect(
             url,
             timeout=10,
             server_settings={"application_name": "carbon-gateway", "default_transaction_read_only": "on"},
         )
-        await connection.close()
+        try:
+            if not await connection.fetchval("SELECT to_regclass('settings') IS NOT NULL"):
+                return {}  # no gateway has started on it yet
+            rows = await connection.fetch(
+                "SELECT name, value FROM settings WHERE name = $1 OR name = $2", PARTY_SETTING, ADJUSTMENT_SETTING
+            )
+            return {str(row[0]): str(row[1]) for row in rows}
+        finally:
+            await connection.close()
 
     try:
-        asyncio.run(connect())
+        settings = asyncio.run(read())
     except asyncpg.InvalidCatalogNameError:
         return [
             f"database: {redact(url)}: the database does not exist on that server; create it (serve creates the"
@@ -986,7 +997,13 @@ def postgres_database_problems(url: str) -> list[str]:
             " password (in the URL, PGPASSWORD or ~/.pgpass) and the server's pg_hba.conf"
         ]
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError):
-        pass  # a server that does not answer now: serve names it when it starts
+        return []  # a server that does not answer now: serve names it when it starts
+    recorded_party = settings.get(PARTY_SETTING)
+    if recorded_party is not None and recorded_party != party:
+        return [str(another_partys_database(recorded_party, party))]
+    recorded = settings.get(ADJUSTMENT_SETTING)
+    if adjustments is not None and recorded is not None and recorded != adjustments:
+        return [str(other_adjustment_settings(recorded, adjustments))]
     return []
 
 
@@ -1138,7 +1155,10 @@ def file_problems(config: GatewayConfig) -> list[str]:
             config.database, config.party, None if adjustments is None else adjustments.describe()
         )
     else:
-        problems += postgres_database_problems(config.database)
+        adjustments = config.ledger.adjustments
+        problems += postgres_database_problems(
+            config.database, config.party, None if adjustments is None else adjustments.describe()
+        )
     for check in checks:
         try:
             check()

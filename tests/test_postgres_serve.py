@@ -75,6 +75,37 @@ def test_config_check_names_a_database_the_server_does_not_have_as_serve_does(
     assert err.count("\n") == 1, err
 
 
+def test_config_check_names_a_database_another_party_s_gateway_started_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config check` said OK of a PostgreSQL database that keeps another Party's books, which `serve` refuses."""
+    import datetime as dt
+
+    from gateway.cli import main
+    from gateway.node import PARTY_SETTING
+    from gateway.store.postgres import PostgresStore
+
+    admin = postgres.admin_url()
+
+    async def sgp_database() -> str:
+        url = await postgres.create_database(admin, "other_party")
+        store = await PostgresStore.open(url)
+        try:
+            async with store.transaction() as tx:  # what serve records at its first start
+                await tx.put_setting(PARTY_SETTING, "SGP", dt.datetime.now(dt.UTC))
+        finally:
+            await store.close()
+        return url
+
+    url = asyncio.run(sgp_database())
+    try:
+        assert main(["config", "check", str(_config(_keys(tmp_path), database=url))]) == 2
+        err = capsys.readouterr().err
+        assert "database: it keeps SGP's books, and this gateway is CHN's" in err and err.count("\n") == 1, err
+    finally:
+        asyncio.run(postgres.drop_databases(admin, [url]))
+
+
 def _open_account(port: int, account_id: str) -> grpc.StatusCode:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
