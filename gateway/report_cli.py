@@ -90,6 +90,13 @@ def _report_aef(args: argparse.Namespace) -> int:
         return fail(
             "report aef", f"--out {out} is not a regular file (a device or a pipe); name the file to write", EXIT_USAGE
         )
+    if args.format == "xlsx" and out.is_file() and not _replaceable_workbook(out):
+        return fail(
+            "report aef",
+            f"--out {out} exists and is not an XLSX workbook (a configuration, a key?); name a new file, or an"
+            " earlier report to replace",
+            EXIT_USAGE,
+        )
     if args.format == "csv" and out.exists() and not out.is_dir():
         return fail("report aef", f"--out {out} is a file; --format csv writes five files into a folder", EXIT_USAGE)
     if not out.parent.is_dir():
@@ -114,6 +121,18 @@ def _report_aef(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {len(written) - 1} files and their SHA-256 sums ({written[-1].name}) to {out}")
     return 0
+
+
+def _replaceable_workbook(path: Path) -> bool:
+    """Whether a report may replace the file at ``path``: an empty file, or a workbook (a ZIP archive, as every
+    XLSX file is), such as an earlier report of the year. A mistyped --out must not replace a configuration
+    or a key with a workbook."""
+    try:
+        with path.open("rb") as file:
+            start = file.read(4)
+    except OSError:
+        return True  # the write names what is wrong with the file
+    return start in (b"", b"PK\x03\x04")
 
 
 Tap = Callable[[str, Sequence[Any]], None]

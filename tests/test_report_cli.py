@@ -720,6 +720,11 @@ def test_bad_arguments_get_one_line(gateway_dir: Path, capsys: pytest.CaptureFix
         main(["report", "aef", "--config", config, "--year", "soon", "--out", out])
     assert exited.value.code == 2
     assert "argument --year: 'soon' is not a whole number in the digits 0-9" in one_line(capsys.readouterr().err)
+    # A mistyped --out naming the configuration (or a key) is not replaced by a workbook.
+    before = (gateway_dir / "chn.toml").read_bytes()
+    assert main(["report", "aef", "--config", config, "--year", "2025", "--out", config]) == 2
+    assert "exists and is not an XLSX workbook" in one_line(capsys.readouterr().err)
+    assert (gateway_dir / "chn.toml").read_bytes() == before
     (gateway_dir / "chn.db").unlink()
     assert main(["report", "aef", "--config", config, "--year", "2025", "--out", out]) == 2
     assert "no such database" in one_line(capsys.readouterr().err)
