@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,6 +121,7 @@ def run_map(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO 
         source, target = get_adapter(args.source), get_adapter(args.target)
         in_fmt = _format(args.file, args.from_format, source, reading=True)
         out_fmt = _format(args.out, args.to_format, target, reading=False)
+        _check_out_is_no_input(args.out, args.file, args.context)
         context = _context(args.context)
         data = args.file.read_bytes()
     except OSError as error:
@@ -189,6 +191,16 @@ def run_map(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO 
         return 1
     print(f"mapped {applied} record(s) from {args.source} to {args.target}", file=err)
     return 0
+
+
+def _check_out_is_no_input(out: Path | None, file: Path, context: Path | None) -> None:
+    """Refuse an ``--out`` that is the file to map or the context file: writing the result there destroys the
+    source the mapping came from."""
+    if out is None or not out.exists():
+        return
+    for given, what in ((file, "the file to map"), (context, "the --context file")):
+        if given is not None and given.exists() and os.path.samefile(out, given):
+            raise ValueError(f"--out {out} is {what}: the mapping would replace it; name another file")
 
 
 def _context(path: Path | None) -> MappingContext:

@@ -262,3 +262,16 @@ def test_map_command_names_a_missing_input_file_without_an_errno(tmp_path: Path,
     code, out, err = _run(["map", "--from", "cn-ccer", "--to", "cn-ccer", str(missing), "--to-format", "json"])
     assert (code, out) == (2, "")
     assert err == f"error: {missing}: No such file or directory\n"
+
+
+def test_map_command_refuses_an_out_that_is_its_input_and_leaves_it_alone(tmp_path: Path, installed: None) -> None:
+    """--out naming the file to map (or the context file) wrote the result over the source."""
+    (tmp_path / "ccer.csv").write_text(CSV, encoding="utf-8")
+    (tmp_path / "context.json").write_text(json.dumps(CONTEXT), encoding="utf-8")
+    argv = ["map", "--from", "cn-ccer", "--to", "aef-actions", str(tmp_path / "ccer.csv")]
+    argv += ["--context", str(tmp_path / "context.json"), "--to-format", "csv"]
+    for target, what in (("ccer.csv", "the file to map"), ("context.json", "the --context file")):
+        before = (tmp_path / target).read_bytes()
+        code, _, err = _run([*argv, "--out", str(tmp_path / target)])
+        assert code == 2 and f"is {what}" in err and err.count("\n") == 1, err
+        assert (tmp_path / target).read_bytes() == before
