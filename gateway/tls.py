@@ -63,8 +63,8 @@ class CertificateError(Exception):
 class GatewayCertificates:
     """The files `write_gateway_certificates` used or wrote.
 
-    ``issued`` maps each Party code to its ``(certificate, private key)`` paths. ``reused_ca`` tells whether
-    an existing CA was found in the folder.
+    ``issued`` maps each Party code and caller name to its ``(certificate, private key)`` paths. ``reused_ca``
+    tells whether an existing CA was found in the folder.
     """
 
     ca_certificate: Path
@@ -187,32 +187,52 @@ def issue_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, d
 
 
 def write_gateway_certificates(
-    out_dir: Path, parties: Sequence[str], ca_name: str, days: int = 365
+    out_dir: Path, parties: Sequence[str], ca_name: str, days: int = 365, *, callers: Sequence[str] = ()
 ) -> GatewayCertificates:
-    """Write a CA and one certificate per Party into ``out_dir``; return what was used and written.
+    """Write a CA and one certificate per Party and per operator caller into ``out_dir``; return what was used
+    and written.
 
     If ``out_dir/ca.crt`` and ``out_dir/ca.key`` both exist, that CA is reused (and ``ca_name`` ignored), so
     a partner can be added later; otherwise a new CA named ``ca_name`` is created. Each Party (an ISO 3166-1
-    alpha-3 code such as ``CHE``) gets ``out_dir/che.crt`` and ``out_dir/che.key``. Private keys are written
-    with mode 0600. Nothing is overwritten: if a Party's files already exist, nothing is written at all.
+    alpha-3 code such as ``CHE``) gets ``out_dir/che.crt`` and ``out_dir/che.key``; each caller (a name such
+    as ``ops-1``, which ``[[operator.callers]] certificate_common_name`` names) gets ``out_dir/ops-1.crt`` and
+    ``out_dir/ops-1.key``. Private keys are written with mode 0600. Nothing is overwritten: if any of the files
+    already exist, nothing is written at all.
     """
     out_dir = Path(out_dir)
     _check_days(days)
-    if not parties:
-        raise CertificateError("name at least one Party to issue a certificate for, e.g. CHN CHE")
+    if not parties and not callers:
+        raise CertificateError(
+            "name at least one Party (e.g. CHN CHE) or operator caller (--caller ops-1) to issue a certificate for"
+        )
     seen: set[str] = set()
     for party in parties:
         if not isinstance(party, str) or not PARTY_PATTERN.fullmatch(party):
             raise CertificateError(
                 f"{party!r} is not a Party code: use the ISO 3166-1 alpha-3 code in capitals, e.g. CHE"
             )
-        if party in seen:
+        if party.casefold() in seen:
             raise CertificateError(f"the Party {party} is named twice")
-        seen.add(party)
+        seen.add(party.casefold())
+    for caller in callers:
+        if not isinstance(caller, str) or not _DNS_LABEL.fullmatch(caller):
+            raise CertificateError(
+                f"the caller {caller!r} is not a DNS label (letters, digits and inner hyphens, at most 63"
+                " characters); it is the certificate's common name and DNS name"
+            )
+        if PARTY_PATTERN.fullmatch(caller.upper()):
+            raise CertificateError(
+                f"the caller {caller!r} reads as a Party code: a certificate with that name would pass for a"
+                " partner's; choose a name such as ops-1"
+            )
+        if caller.casefold() in seen:
+            raise CertificateError(f"{caller!r} is named twice (names are compared without regard to case)")
+        seen.add(caller.casefold())
 
     ca_cert_path = out_dir / CA_CERTIFICATE_FILE
     ca_key_path = out_dir / CA_KEY_FILE
     targets = {party: (out_dir / f"{party.lower()}.crt", out_dir / f"{party.lower()}.key") for party in parties}
+    targets.update({caller: (out_dir / f"{caller}.crt", out_dir / f"{caller}.key") for caller in callers})
     existing = [str(path) for paths in targets.values() for path in paths if path.exists()]
     if existing:
         raise CertificateError(
@@ -237,7 +257,7 @@ def write_gateway_certificates(
         ca_cert_pem, ca_key_pem = create_ca(ca_name, days)
         reused = False
 
-    issued = {party: issue_certificate(ca_cert_pem, ca_key_pem, party, days) for party in parties}
+    issued = {name: issue_certificate(ca_cert_pem, ca_key_pem, name, days) for name in targets}
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -146,17 +146,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
     certs_generate = certs_commands.add_parser(
         "generate",
-        help="create a demo CA and a certificate per Party (tests and demos only)",
+        help="create a demo CA and a certificate per Party or operator caller (tests and demos only)",
         description="Create DIR/ca.crt and DIR/ca.key (or reuse them if both exist) and, for each PARTY, "
         "DIR/<party>.crt and DIR/<party>.key: common name and DNS name the Party code, plus localhost and "
-        "127.0.0.1, for server and client authentication. For tests and demos, not for production PKI.",
+        "127.0.0.1, for server and client authentication; for each --caller NAME, DIR/NAME.crt and DIR/NAME.key "
+        "the same way, for an operator API caller whose certificate_common_name is NAME. For tests and demos, "
+        "not for production PKI.",
     )
     certs_generate.add_argument("--out", required=True, metavar="DIR", help="the folder to write to (created)")
     certs_generate.add_argument("--ca-name", required=True, metavar="NAME", help="the common name of a new CA")
     certs_generate.add_argument(
         "--days", type=whole_number, default=365, help="validity of new certificates in days (default: %(default)s)"
     )
-    certs_generate.add_argument("parties", nargs="+", metavar="PARTY", help="ISO 3166-1 alpha-3 code, e.g. CHE")
+    certs_generate.add_argument(
+        "--caller",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also issue a certificate for the operator API caller NAME (its certificate_common_name); repeatable",
+    )
+    certs_generate.add_argument("parties", nargs="*", metavar="PARTY", help="ISO 3166-1 alpha-3 code, e.g. CHE")
     certs_generate.set_defaults(func=_certs_generate)
 
 
@@ -382,7 +391,7 @@ def _certs_generate(args: argparse.Namespace) -> int:
 def _do_certs_generate(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     try:
-        written = write_gateway_certificates(out_dir, args.parties, args.ca_name, args.days)
+        written = write_gateway_certificates(out_dir, args.parties, args.ca_name, args.days, callers=args.caller)
     except CertificateError as exc:
         raise _ToolError(str(exc)) from None
     print(f"warning: {DEMO_WARNING}", file=sys.stderr)
@@ -391,8 +400,8 @@ def _do_certs_generate(args: argparse.Namespace) -> int:
         print(f"reused CA {written.ca_name!r}: {written.ca_certificate}{note}")
     else:
         print(f"created CA {written.ca_name!r}: {written.ca_certificate} and {written.ca_key}")
-    for party, (cert_path, key_path) in written.issued.items():
-        print(f"issued {party}: {cert_path} and {key_path}")
+    for name, (cert_path, key_path) in written.issued.items():
+        print(f"issued {name}: {cert_path} and {key_path}")
     return EXIT_OK
 
 

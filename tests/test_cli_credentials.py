@@ -17,7 +17,7 @@ from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from gateway.cli import main
 from gateway.config import OperatorTLSConfig
 from gateway.demo import DEMO_AUTHORIZATION, demo_block
-from gateway.domain.access import Role
+from gateway.domain.access import OperatorCaller, Role
 from gateway.node import GatewayNode
 from gateway.rpc.auth import OperatorAccess
 from tests.integration.harness import proposal_request
@@ -195,3 +195,51 @@ def test_a_configuration_whose_operator_tls_has_client_ca_needs_a_client_certifi
     assert main(["call", "ListTrust", "--config", str(config), "--timeout", "5"]) == 2
     err = capsys.readouterr().err
     assert "--client-cert" in err and "client_ca" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.asyncio
+async def test_certs_generate_issues_an_operator_caller_certificate_the_gateway_admits_as_that_caller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's certificate caller ops-1, made with the project's own tools: `certs generate --caller` writes
+    a certificate the operator API admits as ops-1, with ops-1's role (read-only: a write is refused)."""
+    tls = tmp_path / "tls"
+    argv = ["certs", "generate", "--out", str(tls), "--ca-name", "Operator CA", "--caller", "ops-1", "CHN"]
+    code, out, err = await _cli(capsys, *argv)
+    assert code == 0, err
+    assert f"issued ops-1: {tls / 'ops-1.crt'} and {tls / 'ops-1.key'}" in out, out
+    access = OperatorAccess(callers=[OperatorCaller("ops-1", Role.READ_ONLY, certificate_common_name="ops-1")])
+    node = await _node(
+        tmp_path / "node",
+        access,
+        operator_tls=OperatorTLSConfig(tls / "chn.crt", tls / "chn.key", client_ca=tls / "ca.crt"),
+    )
+    try:
+        credentials = ["--address", node.operator_address, "--ca-cert", str(tls / "ca.crt")]
+        credentials += ["--client-cert", str(tls / "ops-1.crt"), "--client-key", str(tls / "ops-1.key")]
+        code, out, err = await _cli(capsys, "call", "ListTrust", *credentials)
+        assert code == 0 and "CHN" in out, err
+        request = json.dumps({"idempotency_key": "k", "account": {"account_id": "CN-PO-0009", "holder_name": "x"}})
+        code, out, err = await _cli(capsys, "call", "OpenAccount", request, *credentials)
+        assert code != 0 and "CALLER_NOT_PERMITTED" in err, err
+    finally:
+        await node.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("names", "said"),
+    [
+        pytest.param(["--caller", "chn"], "reads as a Party code", id="a-party-code-in-small-letters"),
+        pytest.param(["--caller", "ops 1"], "not a DNS label", id="not-a-dns-label"),
+        pytest.param(["--caller", "ops-1", "--caller", "OPS-1"], "named twice", id="twice-in-another-case"),
+        pytest.param([], "name at least one Party", id="nothing-to-issue"),
+    ],
+)
+def test_certs_generate_refuses_a_caller_name_it_cannot_issue_safely(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], names: list[str], said: str
+) -> None:
+    argv = ["certs", "generate", "--out", str(tmp_path / "tls"), "--ca-name", "Operator CA", *names]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err
+    assert not (tmp_path / "tls").exists()
