@@ -18,9 +18,21 @@ from typing import TypeVar
 
 from adapters import vocab
 from gateway.domain.mapping import IssueCode, Problem, RecordRejected
-from gateway.domain.text import MAX_INT64, InexactNumber, escaped
+from gateway.domain.text import MAX_INT64, InexactNumber, escaped, quoted
 
 E = TypeVar("E", bound=enum.Enum)
+
+MAX_SHOWN = 200
+"""Characters of a raw value a problem quotes: a value of megabytes is not echoed back whole."""
+
+
+def shown(value: object) -> str:
+    """A raw value as a problem quotes it: its ``repr``, cut to about `MAX_SHOWN` characters and marked when cut."""
+    if isinstance(value, str):
+        return quoted(value, MAX_SHOWN)
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…"
+
 
 _DIGITS = re.compile(r"0|[1-9][0-9]*")
 MAX_DIGITS = 19
@@ -71,11 +83,11 @@ def format_iso_ms(value: dt.datetime) -> str:
 def parse_iso_date(value: object) -> dt.date:
     """The date a ``YYYY-MM-DD`` value names; raises ``ValueError`` saying what is wrong with it."""
     if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a date of the form YYYY-MM-DD")
+        raise ValueError(f"{shown(value)} is not a date of the form YYYY-MM-DD")
     try:
         return dt.date.fromisoformat(value)
     except ValueError as error:
-        raise ValueError(f"{value!r} is not a real date ({error})") from None
+        raise ValueError(f"{shown(value)} is not a real date ({error})") from None
 
 
 def check_action_instant(value: dt.datetime) -> str | None:
@@ -145,7 +157,7 @@ class FieldReader:
             )
             return ""
         if pattern is not None and not pattern.fullmatch(value):
-            self.fail(key, f"{value!r} does not have the form {shape}", IssueCode.BAD_PATTERN)
+            self.fail(key, f"{shown(value)} does not have the form {shape}", IssueCode.BAD_PATTERN)
             return ""
         return value
 
@@ -172,7 +184,7 @@ class FieldReader:
                 number = int(value)
             else:
                 problem = "is fractional" if math.isfinite(value) else "is not a finite number"
-                self.fail(key, f"{value!r} {problem}: {what} is required", IssueCode.BAD_QUANTITY)
+                self.fail(key, f"{shown(value)} {problem}: {what} is required", IssueCode.BAD_QUANTITY)
                 return None
         elif isinstance(value, str):
             if len(value) > MAX_DIGITS and _DIGITS.fullmatch(value):
@@ -192,17 +204,21 @@ class FieldReader:
                         else "is not a number"
                     )
                 )
-                self.fail(key, f"{value!r} {problem}: {what} is required", IssueCode.BAD_QUANTITY)
+                self.fail(key, f"{shown(value)} {problem}: {what} is required", IssueCode.BAD_QUANTITY)
                 return None
         if number is None:
-            self.fail(key, f"{value!r} is not {what}", IssueCode.BAD_QUANTITY)
+            self.fail(key, f"{shown(value)} is not {what}", IssueCode.BAD_QUANTITY)
             return None
         if number < minimum:
-            self.fail(key, f"{number} is below {minimum}: {what} is required", IssueCode.BAD_QUANTITY)
+            self.fail(key, f"{shown(number)} is below {minimum}: {what} is required", IssueCode.BAD_QUANTITY)
             return None
         if number > MAX_INT64:
-            shown = f"{len(str(number))} digits" if number >= 10**MAX_DIGITS else str(number)
-            self.fail(key, f"{shown} is past 2^63 - 1: {what} of at most 19 digits is required", IssueCode.BAD_QUANTITY)
+            written = f"{len(str(number))} digits" if number >= 10**MAX_DIGITS else str(number)
+            self.fail(
+                key,
+                f"{written} is past 2^63 - 1: {what} of at most {MAX_DIGITS} digits is required",
+                IssueCode.BAD_QUANTITY,
+            )
             return None
         return number
 
@@ -229,12 +245,12 @@ class FieldReader:
             return value
         match = _DMY.fullmatch(value) if isinstance(value, str) else None
         if match is None:
-            self.fail(key, f"{value!r} is not a date of the form dd/mm/yyyy", IssueCode.BAD_DATE)
+            self.fail(key, f"{shown(value)} is not a date of the form dd/mm/yyyy", IssueCode.BAD_DATE)
             return None
         try:
             return dt.date(int(match[3]), int(match[2]), int(match[1]))
         except ValueError as error:
-            self.fail(key, f"{value!r} is not a real date ({error})", IssueCode.BAD_DATE)
+            self.fail(key, f"{shown(value)} is not a real date ({error})", IssueCode.BAD_DATE)
             return None
 
     def date_iso(self, key: str, *, required: bool = True) -> dt.date | None:
@@ -257,7 +273,7 @@ class FieldReader:
         if match is None:
             self.fail(
                 key,
-                f"{value!r} is not an ISO 8601 UTC time with milliseconds (YYYY-MM-DDTHH:MM:SS.sssZ)",
+                f"{shown(value)} is not an ISO 8601 UTC time with milliseconds (YYYY-MM-DDTHH:MM:SS.sssZ)",
                 IssueCode.BAD_DATE,
             )
             return None
@@ -265,7 +281,7 @@ class FieldReader:
         try:
             return dt.datetime(y, mo, d, h, mi, s, ms * 1000, tzinfo=dt.UTC)
         except ValueError as error:
-            self.fail(key, f"{value!r} is not a real time ({error})", IssueCode.BAD_DATE)
+            self.fail(key, f"{shown(value)} is not a real time ({error})", IssueCode.BAD_DATE)
             return None
 
     def choice(self, key: str, kind: type[E], *, required: bool = True) -> E | None:
@@ -277,7 +293,7 @@ class FieldReader:
             if member.value == value:
                 return member
         allowed = "; ".join(repr(m.value) for m in kind)
-        self.fail(key, f"{value!r} is not in the vocabulary: use one of {allowed}", IssueCode.BAD_VALUE)
+        self.fail(key, f"{shown(value)} is not in the vocabulary: use one of {allowed}", IssueCode.BAD_VALUE)
         return None
 
     def choices(self, key: str, kind: type[E], *, required: bool = True) -> tuple[E, ...]:
@@ -292,7 +308,7 @@ class FieldReader:
                 allowed = "; ".join(repr(m.value) for m in kind)
                 self.fail(
                     key,
-                    f"{item!r} is not in the vocabulary: use values from {allowed}, "
+                    f"{shown(item)} is not in the vocabulary: use values from {allowed}, "
                     f"separated by {vocab.LIST_SEPARATOR!r}",
                     IssueCode.BAD_VALUE,
                 )
@@ -310,7 +326,7 @@ class FieldReader:
         value = self.text(key, required=required)
         if value and value not in vocab.PARTY_CODES:
             self.fail(
-                key, f"{value!r} is not an ISO 3166-1 alpha-3 Party code (e.g. CHN, CHE, SGP)", IssueCode.BAD_VALUE
+                key, f"{shown(value)} is not an ISO 3166-1 alpha-3 Party code (e.g. CHN, CHE, SGP)", IssueCode.BAD_VALUE
             )
             return ""
         return value
@@ -332,7 +348,7 @@ class FieldReader:
         """A Party ITMO registry ID: a Party code followed by two digits (``CHN01``)."""
         value = self.text(key, required=required, pattern=vocab.PARTY_REGISTRY, shape="Party code + 2 digits (CHN01)")
         if value and value[:3] not in vocab.PARTY_CODES:
-            self.fail(key, f"{value!r} does not start with an ISO 3166-1 alpha-3 Party code", IssueCode.BAD_VALUE)
+            self.fail(key, f"{shown(value)} does not start with an ISO 3166-1 alpha-3 Party code", IssueCode.BAD_VALUE)
             return ""
         return value
 

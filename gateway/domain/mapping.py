@@ -49,6 +49,19 @@ class IssueCode(enum.StrEnum):
     NO_MAPPING = "no_mapping"
 
 
+MAX_MESSAGE = 2000
+"""Characters a problem's message keeps: one that quotes a value of megabytes keeps its start and its end (what
+to do), so that an answer listing problems stays far below what a client reads."""
+
+
+def bounded_message(message: str) -> str:
+    """``message`` kept to `MAX_MESSAGE` characters: its start and its end, the middle cut and marked."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    head, tail = MAX_MESSAGE * 2 // 3, MAX_MESSAGE // 3 - 60  # room for the mark
+    return f"{message[:head]} … ({len(message) - head - tail:,} characters left out) … {message[-tail:]}"
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong with one field of a record, before the record's position is known."""
@@ -56,6 +69,9 @@ class Problem:
     field: str
     message: str
     code: IssueCode
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", bounded_message(self.message))
 
 
 class RecordRejected(Exception):
@@ -79,6 +95,9 @@ class MappingIssue:
     field: str
     message: str
     code: IssueCode
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", bounded_message(self.message))
 
     def __str__(self) -> str:
         return str(IssueRun(self.position, self.position, self.field, self.message, self.code))

@@ -14,6 +14,7 @@ from adapters.mapping import map_batch
 from adapters.rows import from_batch
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc
 from gateway.demo import Pair
+from gateway.domain.mapping import MAX_MESSAGE, bounded_message
 from gateway.rpc import mapping as mapping_module
 from gateway.rpc.errors import read_error_detail
 from tests.adapters.strategies import ACTION_CONTEXT_JSON
@@ -347,3 +348,41 @@ async def test_a_value_only_a_later_record_has_comes_back_in_its_column(pair: Pa
     assert mapped.applied
     rows = [dict(zip(mapped.columns, row.values, strict=True)) for row in mapped.rows]
     assert [row.get("mitigation_type") for row in rows] == ["", "Removals"]
+
+
+@pytest.mark.asyncio
+async def test_a_value_of_megabytes_is_not_echoed_whole_into_an_answer_no_client_could_read(pair: Pair) -> None:
+    """A refusal quoted the whole bad value: 3.9 MB of DEL characters (one byte each in the request, four in a
+    repr) answered 15.6 MB, which the client refuses to read. The value is quoted cut, and every message is
+    bounded (`MAX_MESSAGE`), keeping what to do at its end."""
+    huge = "\x7f" * 3_900_000
+    field_value = request([{**credit(1), "block_start": huge}])
+    field_value.payload = json.dumps([{**credit(1), "block_start": huge}], ensure_ascii=False).encode()
+    serial = mapping_pb2.MapRecordsRequest(
+        source="serial-vcs",
+        target="cadt-v2-units",
+        source_format="json",
+        payload=json.dumps([{"serial": huge}], ensure_ascii=False).encode(),
+    )
+    async with grpc.aio.insecure_channel(pair.chn.operator_address) as channel:
+        stub = mapping_pb2_grpc.MappingServiceStub(channel)
+        cases = [
+            (field_value, "block_start", "(3900000 characters) is not a number: a serial number is required"),
+            (serial, "serial", " form"),
+        ]
+        for sent, field, ending in cases:
+            assert sent.ByteSize() < 4 << 20
+            mapped = await stub.MapRecords(sent)
+            assert not mapped.applied
+            [issue] = [i for i in mapped.issues if i.field == field]
+            assert len(issue.message) <= MAX_MESSAGE, len(issue.message)
+            assert mapped.ByteSize() < 64 << 10
+            assert issue.message.endswith(ending), issue.message[-200:]
+
+
+def test_a_message_is_bounded_keeping_its_start_and_its_end() -> None:
+    message = "A" * 5000 + " do this"
+    kept = bounded_message(message)
+    assert len(kept) <= MAX_MESSAGE and kept.startswith("A" * 1000) and kept.endswith("A do this")
+    assert f"({len(message) - kept.count('A') - len(' do this'):,} characters left out)" in kept
+    assert bounded_message("short") == "short"
