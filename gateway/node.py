@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sqlite3
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -570,24 +571,52 @@ def _check_grpc_takes(section: str, credentials: grpc.ServerCredentials) -> None
     """Refuse TLS files that gRPC's TLS library cannot use although `cryptography` and Python's `ssl` read them (a
     key on an elliptic curve it lacks, such as secp256k1): gRPC finds out only when a port is added, and a start
     failed there as if the port were taken. The credentials are tried on a socket file in a new temporary folder,
-    with a server that never starts, so no TCP port is bound."""
-    import tempfile
-    from concurrent.futures import ThreadPoolExecutor
+    with a server that never starts, so no TCP port is bound.
 
-    with tempfile.TemporaryDirectory(prefix="cg-tls-") as folder, ThreadPoolExecutor(1) as threads:
-        server = grpc.server(threads)
-        try:
-            if server.add_secure_port(f"unix:{folder}/probe", credentials) != 0:
+    The files are blamed only when the same socket file takes a port without TLS: a probe that cannot add even
+    that (a TMPDIR too long for a socket file's name, or one where none can be made) says nothing of the files,
+    and serve still finds out, naming them, when it adds its ports."""
+    import tempfile
+    import uuid
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="cg-tls-") as folder:
+            if len(os.fsencode(folder)) <= UNIX_SOCKET_FOLDER_LIMIT:
+                probe, plain = f"unix:{folder}/probe", f"unix:{folder}/plain"
+            else:  # Linux's abstract socket names are not files: no length of TMPDIR's path limits them
+                probe, plain = (f"unix-abstract:cg-tls-{uuid.uuid4().hex}" for _ in range(2))
+            if _probe_port(probe, credentials):
                 return
-        except RuntimeError:
-            pass
-        finally:
-            server.stop(None)
+            if not _probe_port(plain, None):
+                return
+    except OSError:
+        return
     raise ConfigError(
         f"{section}: gRPC cannot use the certificate and private key files (its log above says why; a key on an"
         " elliptic curve its TLS library lacks, such as secp256k1, is one cause); issue a certificate with a key"
         " it takes, such as EC P-256, as `carbon-gateway certs generate` does"
     )
+
+
+UNIX_SOCKET_FOLDER_LIMIT = 100
+"""The longest folder path a probe's socket file is made in: a socket file's path holds at most 107 bytes."""
+
+
+def _probe_port(address: str, credentials: grpc.ServerCredentials | None) -> bool:
+    """Whether a gRPC server that never starts can add a port at ``address`` (a socket file) with ``credentials``
+    (None: without TLS)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as threads:
+        server = grpc.server(threads)
+        try:
+            if credentials is None:
+                return server.add_insecure_port(address) != 0
+            return server.add_secure_port(address, credentials) != 0
+        except RuntimeError:
+            return False
+        finally:
+            server.stop(None)
 
 
 def check_callers_not_own_certificate(config: GatewayConfig) -> list[str]:

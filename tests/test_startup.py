@@ -743,6 +743,40 @@ def test_certificate_files_grpc_cannot_use_are_refused_naming_them_not_the_port(
     assert "Traceback" not in check.stderr and check.stderr.strip().splitlines()[-1].startswith(expected), check
 
 
+@pytest.mark.parametrize("section", ["tls", "operator.tls"])
+def test_usable_certificate_files_are_taken_whatever_the_temporary_folder(section: str, tmp_path: Path) -> None:
+    """The check that gRPC takes the TLS files adds a port on a socket file in a temporary folder: under a TMPDIR
+    whose path leaves no room for a socket file's name (107 bytes), gRPC refused that address, and config check
+    and serve blamed good certificate files ("gRPC cannot use the certificate and private key files")."""
+    folder = _keys(tmp_path / "gw")
+    config = _partner_tls(folder) if section == "tls" else _operator_tls(folder)
+    long_tmp = tmp_path / ("t" * 100)
+    long_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(long_tmp), "PYTHONUNBUFFERED": "1"}
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False, env=env)
+    assert check.returncode == 0 and "cannot use" not in check.stderr, check
+    assert "Failed to add port" not in check.stderr, check.stderr
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([*SERVE, str(config)], stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "gateway serving" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        process.kill()
+        process.wait()
+    # Files gRPC cannot use are still refused there.
+    certificate, key = _secp256k1_certificate(folder)
+    files = {"certificate": certificate, "private_key": key}
+    config = _partner_tls(folder, **files) if section == "tls" else _operator_tls(folder, **files)
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False, env=env)
+    assert check.returncode == 2, check
+    assert check.stderr.strip().splitlines()[-1].startswith(f"{config}: {section}: gRPC cannot use"), check.stderr
+
+
 def test_a_signing_key_others_can_read_is_warned_of_by_config_check_and_serve_which_starts(tmp_path: Path) -> None:
     """A private key file (or its passphrase file) of mode 0644 let every user of the machine sign as the Party,
     and neither config check nor serve said so."""
