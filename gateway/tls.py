@@ -11,6 +11,7 @@ name, beside ``localhost`` and ``127.0.0.1``; it is valid for both server and cl
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import re
@@ -282,14 +283,91 @@ def certificate_common_names(pem: bytes) -> list[str]:
 
     Raises `CertificateError` when ``pem`` holds no readable certificate."""
     try:
-        certificate = x509.load_pem_x509_certificate(pem)
-        attributes = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    except ValueError as exc:
-        raise CertificateError(f"not a readable PEM certificate ({exc})") from None
+        attributes = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        # `cryptography` refuses a whole certificate for one subject attribute its string type does not allow,
+        # such as an O=Ministry_of_Ecology a CA wrote as a PrintableString; gRPC and OpenSSL take such
+        # certificates, so the common names are read from the DER, and only one that cannot be read is refused.
+        return _subject_common_names(_pem_to_der(pem))
     return [
         value if isinstance(value := attribute.value, str) else value.decode("utf-8", "replace")
         for attribute in attributes
     ]
+
+
+def _pem_to_der(pem: bytes) -> bytes:
+    """The DER bytes of the first certificate in ``pem``; `CertificateError` when there is none."""
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    start = pem.find(begin)
+    stop = pem.find(end, start)
+    if start < 0 or stop < 0:
+        raise CertificateError("not a readable PEM certificate")
+    try:
+        return base64.b64decode(b"".join(pem[start + len(begin) : stop].split()), validate=True)
+    except ValueError:
+        raise CertificateError("not a readable PEM certificate (its base64 is broken)") from None
+
+
+_COMMON_NAME_OID = b"\x06\x03\x55\x04\x03"
+_STRING_TYPES = {0x0C: "utf-8", 0x13: "ascii", 0x14: "latin-1", 0x16: "ascii", 0x1C: "utf-32-be", 0x1E: "utf-16-be"}
+"""The DER tags of the string types a common name is written in (UTF8String, PrintableString, TeletexString,
+IA5String, UniversalString, BMPString), to the codec each one's bytes are read with."""
+
+
+def _der_items(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    """The DER elements between ``start`` and ``end`` of ``data``: (tag, start of content, end of content) each."""
+    items = []
+    while start < end:
+        if start + 2 > end:
+            raise CertificateError("the certificate is cut short")
+        tag, length = data[start], data[start + 1]
+        start += 2
+        if length & 0x80:
+            size = length & 0x7F
+            if not 0 < size <= 4 or start + size > end:
+                raise CertificateError("the certificate has a length DER does not allow")
+            length, start = int.from_bytes(data[start : start + size], "big"), start + size
+        if start + length > end:
+            raise CertificateError("the certificate is cut short")
+        items.append((tag, start, start + length))
+        start += length
+    return items
+
+
+def _subject_common_names(der: bytes) -> list[str]:
+    """The common names of the subject of the DER certificate ``der``, read without judging its other attributes.
+
+    Raises `CertificateError` for a common name of an unknown string type, bytes its type cannot hold, or a NUL
+    (which gRPC's own reading stops at), and for bytes that are no DER certificate."""
+    certificate = _der_items(der, 0, len(der))
+    if len(certificate) != 1 or certificate[0][0] != 0x30:
+        raise CertificateError("not a DER certificate")
+    parts = _der_items(der, certificate[0][1], certificate[0][2])
+    if not parts or parts[0][0] != 0x30:
+        raise CertificateError("not a DER certificate")
+    fields = _der_items(der, parts[0][1], parts[0][2])
+    if fields and fields[0][0] == 0xA0:  # the explicit version
+        fields = fields[1:]
+    if len(fields) < 5 or fields[4][0] != 0x30:
+        raise CertificateError("the certificate has no subject where DER puts it")
+    names = []
+    for _, set_start, set_end in _der_items(der, fields[4][1], fields[4][2]):
+        for _, start, end in _der_items(der, set_start, set_end):
+            items = _der_items(der, start, end)
+            if len(items) != 2 or der[items[0][1] - 2 : items[0][2]] != _COMMON_NAME_OID:
+                continue
+            tag, value_start, value_end = items[1]
+            codec = _STRING_TYPES.get(tag)
+            try:
+                if codec is None:
+                    raise ValueError(f"string type tag {tag:#x}")
+                name = der[value_start:value_end].decode(codec)
+            except ValueError as exc:
+                raise CertificateError(f"a common name of the subject cannot be read ({exc})") from None
+            if "\x00" in name:
+                raise CertificateError("a common name of the subject holds a NUL byte")
+            names.append(name)
+    return names
 
 
 def peer_common_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:

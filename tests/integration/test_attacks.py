@@ -464,19 +464,26 @@ def _der_length(length: int) -> bytes:
     return bytes([0x80 | len(octets)]) + octets
 
 
-def printable_string_certificate(ca_pem: bytes, ca_key_pem: bytes, name: bytes) -> tuple[bytes, bytes]:
+def printable_string_certificate(
+    ca_pem: bytes, ca_key_pem: bytes, name: bytes, organization: bytes | None = None
+) -> tuple[bytes, bytes]:
     """A client certificate the CA issues, whose common name is ``name`` as a PrintableString, which may hold bytes
     that type does not allow (`cryptography` writes no such certificate, so its bytes are put in the signed part by
-    hand); return its PEM and its key's."""
+    hand), and with ``organization`` an organization name as a PrintableString before it; return its PEM and its
+    key's."""
     ca = x509.load_pem_x509_certificate(ca_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     placeholder = "Q" * len(name)
+    organization_placeholder = "R" * len(organization or b"")
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, placeholder)]
+    if organization is not None:
+        subject.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization_placeholder))
     template = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, placeholder)]))
+        .subject_name(x509.Name(subject))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -488,6 +495,10 @@ def printable_string_certificate(ca_pem: bytes, ca_key_pem: bytes, name: bytes) 
     utf8 = b"\x0c" + bytes([len(name)]) + placeholder.encode()
     assert template.tbs_certificate_bytes.count(utf8) == 1
     signed = template.tbs_certificate_bytes.replace(utf8, b"\x13" + bytes([len(name)]) + name)
+    if organization is not None:
+        utf8 = b"\x0c" + bytes([len(organization)]) + organization_placeholder.encode()
+        assert signed.count(utf8) == 1
+        signed = signed.replace(utf8, b"\x13" + bytes([len(organization)]) + organization)
     signature = ca_key.sign(signed, ec.ECDSA(hashes.SHA256()))
     ecdsa_with_sha256 = bytes.fromhex("300a06082a8648ce3d040302")
     body = signed + ecdsa_with_sha256 + b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
@@ -498,11 +509,11 @@ def printable_string_certificate(ca_pem: bytes, ca_key_pem: bytes, name: bytes) 
     )
 
 
-def issue_with_printable_string(world: World, stem: str, name: bytes) -> None:
+def issue_with_printable_string(world: World, stem: str, name: bytes, organization: bytes | None = None) -> None:
     """`printable_string_certificate` from the network's demo CA, written as ``tls/<stem>.crt`` and ``.key``."""
     folder = world.network.workdir / "tls"
     certificate, key = printable_string_certificate(
-        (folder / "ca.crt").read_bytes(), (folder / "ca.key").read_bytes(), name
+        (folder / "ca.crt").read_bytes(), (folder / "ca.key").read_bytes(), name, organization
     )
     (folder / f"{stem}.crt").write_bytes(certificate)
     (folder / f"{stem}.key").write_bytes(key)
@@ -523,3 +534,19 @@ async def test_a_certificate_name_with_a_nul_byte_is_not_taken_for_the_name_befo
     assert ResponseCode(receipt.code) is ResponseCode.PEER_IDENTITY_MISMATCH, receipt.detail
     assert not receipt.taken_in
     assert await recorded(world) == before
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+@pytest.mark.asyncio
+async def test_a_partner_certificate_with_another_attribute_cryptography_refuses_still_delivers(
+    world: World, transport: str
+) -> None:
+    # An O=Ministry_of_Ecology written as a PrintableString (which has no '_'; CAs write such names) made
+    # `cryptography` refuse the whole certificate, and gRPC deliveries of the partner it names, CN=CHN, were refused
+    # as from "a certificate whose subject cannot be read (... a NUL byte ...)"; gRPC and OpenSSL take it, and
+    # the HTTP path delivered.
+    issue_with_printable_string(world, "odd-organization", b"CHN", organization=b"Ministry_of_Ecology")
+    crafter = await world.crafter()
+    payload, _ = crafter.statement(**query())
+    receipt = await deliver(world, crafter.envelope(payload), transport, as_party="odd-organization")
+    assert receipt.taken_in, receipt.detail
