@@ -359,6 +359,8 @@ def _run(command: str, args: argparse.Namespace, call: Callable[[Any], Coroutine
                 exc.code() != grpc.StatusCode.UNAVAILABLE or "failed to connect" in (exc.details() or "")
             )
             hint = _NO_ANSWER_HINT.get(exc.code().name, "") if unanswered else ""
+            if unanswered and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                hint = _tls_hint(exc.details() or "", tls=channel_credentials is not None) or hint
             raise RefusedError(f"{address}: {exc.code().name}: {exc.details()}{hint}") from None
         from gateway.domain.errors import ResponseCode
 
@@ -374,6 +376,22 @@ _NO_ANSWER_HINT = {
     " operator.listen or --address, and give a gateway that is still starting a longer --timeout with --wait",
 }
 """What to do when the operator API did not answer at all (no ErrorDetail: no gateway took the call)."""
+
+
+def _tls_hint(details: str, *, tls: bool) -> str | None:
+    """What to do when gRPC's ``details`` of a failed connection say that something answered at the address and
+    the TLS handshake with it failed, which no start of a gateway mends; None when they do not say so."""
+    if "handshake failed" in details.lower():
+        return (
+            "; a gateway answered, but the TLS handshake failed: give --ca-cert the CA that issued its operator"
+            " certificate, and an address that certificate names"
+        )
+    if tls and "socket closed" in details.lower():
+        return (
+            "; a gateway answered and closed the connection during the TLS handshake: check that its [operator.tls]"
+            " client_ca issued the --client-cert certificate, and that it serves the operator API with TLS"
+        )
+    return None
 
 
 def _bearer_token(token: str) -> list[Any]:

@@ -243,3 +243,40 @@ def test_certs_generate_refuses_a_caller_name_it_cannot_issue_safely(
     err = capsys.readouterr().err
     assert said in err and err.count("\n") == 1, err
     assert not (tmp_path / "tls").exists()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_tls_handshake_is_not_taken_for_a_gateway_that_is_not_running(
+    gateway: TLSGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway that answered, with a certificate --ca-cert's CA did not issue, was reported as 'is the gateway
+    running? Start it': a hint no start mends."""
+    monkeypatch.delenv("CARBON_GATEWAY_TOKEN_FILE", raising=False)
+    other_ca = _certificates(tmp_path / "other", "another CA").ca_path
+    call = ("call", "ListTransfers", "--address", gateway.node.operator_address, "--ca-cert", str(other_ca))
+    code, out, err = await _cli(capsys, *call, "--token-file", str(gateway.reader_token))
+    assert (code, out) == (1, "") and err.count("\n") == 1, err
+    assert "is the gateway running" not in err and "Start it" not in err, err
+    assert "TLS handshake failed: give --ca-cert the CA that issued its operator certificate" in err, err
+
+
+@pytest.mark.asyncio
+async def test_a_client_certificate_the_gateway_refuses_is_not_taken_for_a_gateway_that_is_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client_ca gateway ends the handshake of a --client-cert another CA issued ('Socket closed'), which was
+    reported as 'is the gateway running? Start it'."""
+    monkeypatch.delenv("CARBON_GATEWAY_TOKEN_FILE", raising=False)
+    certificates = _certificates(tmp_path / "pki", "operator CA")
+    certificate, key = certificates.issue("localhost")
+    operator_tls = OperatorTLSConfig(certificate, key, certificates.ca_path)
+    node = await _node(tmp_path / "node", OperatorAccess(callers=TOKEN_CALLERS), operator_tls=operator_tls)
+    try:
+        stranger, stranger_key = _certificates(tmp_path / "other", "another CA").issue("ops-1")
+        call = ("call", "ListTransfers", "--address", node.operator_address, "--ca-cert", str(certificates.ca_path))
+        code, out, err = await _cli(capsys, *call, "--client-cert", str(stranger), "--client-key", str(stranger_key))
+        assert (code, out) == (1, "") and err.count("\n") == 1, err
+        assert "is the gateway running" not in err and "Start it" not in err, err
+        assert "client_ca issued the --client-cert certificate" in err, err
+    finally:
+        await node.stop(0)
