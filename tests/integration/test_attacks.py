@@ -370,12 +370,11 @@ async def test_a_sequence_gap_holds_the_statement_until_the_gap_is_filled(world:
     assert channel.last_sequence == crafter.channel.last_sequence  # the held statement was applied too
 
 
-def issue_with_names(world: World, stem: str, names: list[str]) -> None:
-    """Issue from the network's demo CA a client certificate whose subject lists each of ``names`` as a common
-    name, written beside the Parties' as ``tls/<stem>.crt`` and ``tls/<stem>.key``."""
-    folder = world.network.workdir / "tls"
-    ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
-    ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
+def certificate_with_names(ca_pem: bytes, ca_key_pem: bytes, names: list[str]) -> tuple[bytes, bytes]:
+    """A client certificate the CA issues, whose subject lists each of ``names`` as a common name; return its PEM
+    and its key's."""
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -391,10 +390,17 @@ def issue_with_names(world: World, stem: str, names: list[str]) -> None:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    (folder / f"{stem}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (folder / f"{stem}.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return certificate.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def issue_with_names(world: World, stem: str, names: list[str]) -> None:
+    """`certificate_with_names` from the network's demo CA, written as ``tls/<stem>.crt`` and ``.key``."""
+    folder = world.network.workdir / "tls"
+    certificate, key = certificate_with_names((folder / "ca.crt").read_bytes(), (folder / "ca.key").read_bytes(), names)
+    (folder / f"{stem}.crt").write_bytes(certificate)
+    (folder / f"{stem}.key").write_bytes(key)
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])

@@ -4,7 +4,6 @@ what, which credentials are refused, idempotency keys per caller, partners kept 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import logging
 import signal
@@ -21,10 +20,6 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 import pytest_asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -57,7 +52,7 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.tls import create_ca, issue_certificate
 from signing import generate_key, signer_from_uri
 from tests.integration.harness import watches_reach
-from tests.integration.test_attacks import printable_string_certificate
+from tests.integration.test_attacks import certificate_with_names, printable_string_certificate
 from tests.processes import free_port
 from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _keys
 
@@ -841,27 +836,8 @@ async def test_certificate_callers_unknown_certificates_and_partner_certificates
 def _issue_with_names(certificates: Certificates, stem: str, names: list[str]) -> grpc.ChannelCredentials:
     """TLS trusting the CA, with a client certificate it issued whose subject lists each of ``names`` as a common
     name."""
-    ca = x509.load_pem_x509_certificate(certificates.ca)
-    ca_key = serialization.load_pem_private_key(certificates.ca_key, None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name) for name in names]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return grpc.ssl_channel_credentials(certificates.ca, key_pem, certificate.public_bytes(serialization.Encoding.PEM))
+    certificate, key = certificate_with_names(certificates.ca, certificates.ca_key, names)
+    return grpc.ssl_channel_credentials(certificates.ca, key, certificate)
 
 
 @pytest.mark.parametrize("names", [["ops-1", "CHE"], ["ops-1", "stranger"], ["stranger", "ops-1"]])
