@@ -777,6 +777,22 @@ def test_usable_certificate_files_are_taken_whatever_the_temporary_folder(sectio
     assert check.stderr.strip().splitlines()[-1].startswith(f"{config}: {section}: gRPC cannot use"), check.stderr
 
 
+def _log_once_serving(config: Path, log: Path) -> str:
+    """What ``serve`` with ``config`` logs until it says it is serving; it is then killed."""
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([*SERVE, str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "gateway serving" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        return log.read_text()
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_a_signing_key_others_can_read_is_warned_of_by_config_check_and_serve_which_starts(tmp_path: Path) -> None:
     """A private key file (or its passphrase file) of mode 0644 let every user of the machine sign as the Party,
     and neither config check nor serve said so."""
@@ -787,19 +803,7 @@ def test_a_signing_key_others_can_read_is_warned_of_by_config_check_and_serve_wh
     said = f"signer: the private key file {folder / 'chn.key'} has mode 0644: users other than its owner can read"
     assert check.returncode == 0 and f"{config}: warning: {said}" in check.stderr, check
     assert f"chmod 600 {folder / 'chn.key'}" in check.stderr, check.stderr
-    log = tmp_path / "serve.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen([*SERVE, str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while "gateway serving" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        assert f"WARNING gateway: {config}: {said}" in log.read_text()
-    finally:
-        process.kill()
-        process.wait()
+    assert f"WARNING gateway: {config}: {said}" in _log_once_serving(config, tmp_path / "serve.log")
     (folder / "chn.key").chmod(0o600)
     check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert check.returncode == 0 and "warning" not in check.stderr, check
@@ -812,16 +816,4 @@ def test_a_setting_without_effect_is_warned_of_by_config_check_and_serve_which_s
     check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
     said = "operator.unauthenticated_loopback: [operator.tls] client_ca makes every connection present"
     assert check.returncode == 0 and f"{config}: warning: {said}" in check.stderr, check
-    log = tmp_path / "serve.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen([*SERVE, str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while "gateway serving" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        assert f"WARNING gateway: {config}: {said}" in log.read_text()
-    finally:
-        process.kill()
-        process.wait()
+    assert f"WARNING gateway: {config}: {said}" in _log_once_serving(config, tmp_path / "serve.log")
