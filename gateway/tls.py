@@ -226,6 +226,8 @@ def write_gateway_certificates(
                 f"the caller {caller!r} reads as a Party code: a certificate with that name would pass for a"
                 " partner's; choose a name such as ops-1"
             )
+        if caller.casefold() == Path(CA_CERTIFICATE_FILE).stem:
+            raise CertificateError(f"the caller {caller!r} would be written over the CA's files; choose another name")
         if caller.casefold() in seen:
             raise CertificateError(f"{caller!r} is named twice (names are compared without regard to case)")
         seen.add(caller.casefold())

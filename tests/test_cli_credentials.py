@@ -231,6 +231,7 @@ async def test_certs_generate_issues_an_operator_caller_certificate_the_gateway_
     [
         pytest.param(["--caller", "chn"], "reads as a Party code", id="a-party-code-in-small-letters"),
         pytest.param(["--caller", "ops 1"], "not a DNS label", id="not-a-dns-label"),
+        pytest.param(["--caller", "CA"], "over the CA's files", id="the-ca-s-name"),
         pytest.param(["--caller", "ops-1", "--caller", "OPS-1"], "named twice", id="twice-in-another-case"),
         pytest.param([], "name at least one Party", id="nothing-to-issue"),
     ],
