@@ -386,7 +386,14 @@ def _tls_hint(details: str, *, tls: bool) -> str | None:
             "; a gateway answered, but the TLS handshake failed: give --ca-cert the CA that issued its operator"
             " certificate, and an address that certificate names"
         )
-    if tls and "socket closed" in details.lower():
+    if "socket closed" in details.lower():
+        if not tls:
+            # A gateway whose operator API serves TLS ends a connection that opens without a handshake.
+            return (
+                "; something answered at the address and closed the plaintext connection: a gateway whose"
+                " [operator.tls] is set takes only TLS, so give --ca-cert the CA that issued its operator certificate"
+                " (or check operator.listen or --address)"
+            )
         return (
             "; a gateway answered and closed the connection during the TLS handshake: check that its [operator.tls]"
             " client_ca issued the --client-cert certificate, and that it serves the operator API with TLS"

@@ -281,3 +281,17 @@ async def test_a_client_certificate_the_gateway_refuses_is_not_taken_for_a_gatew
         assert "client_ca issued the --client-cert certificate" in err, err
     finally:
         await node.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_a_plaintext_call_to_a_tls_gateway_is_not_taken_for_a_gateway_that_is_not_running(
+    gateway: TLSGateway, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call without --ca-cert to a gateway whose operator API serves TLS, which ends the plaintext connection
+    ('Socket closed'), was reported as 'is the gateway running? Start it': a hint no start mends."""
+    monkeypatch.delenv("CARBON_GATEWAY_TOKEN_FILE", raising=False)
+    call = ("call", "ListTransfers", "--address", gateway.node.operator_address)
+    code, out, err = await _cli(capsys, *call, "--token-file", str(gateway.reader_token))
+    assert (code, out) == (1, "") and err.count("\n") == 1, err
+    assert "is the gateway running" not in err and "Start it" not in err, err
+    assert "give --ca-cert" in err, err
