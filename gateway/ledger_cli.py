@@ -381,6 +381,13 @@ _NO_ANSWER_HINT = {
 def _tls_hint(details: str, *, tls: bool) -> str | None:
     """What to do when gRPC's ``details`` of a failed connection say that something answered at the address and
     the TLS handshake with it failed, which no start of a gateway mends; None when they do not say so."""
+    if "wrong_version_number" in details.lower():
+        # What BoringSSL reports when the first bytes that come back are no TLS record: no TLS answered there.
+        return (
+            "; something answered at the address without TLS: the gateway's operator API serves plaintext there"
+            " (no [operator.tls]), so leave out --ca-cert, --client-cert and --client-key, or check operator.listen"
+            " or --address"
+        )
     if "handshake failed" in details.lower():
         return (
             "; a gateway answered, but the TLS handshake failed: give --ca-cert the CA that issued its operator"

@@ -295,3 +295,24 @@ async def test_a_plaintext_call_to_a_tls_gateway_is_not_taken_for_a_gateway_that
     assert (code, out) == (1, "") and err.count("\n") == 1, err
     assert "is the gateway running" not in err and "Start it" not in err, err
     assert "give --ca-cert" in err, err
+
+
+@pytest.mark.asyncio
+async def test_a_tls_call_to_a_plaintext_gateway_is_not_told_to_change_its_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call with --ca-cert to a gateway whose operator API serves no TLS fails its handshake with
+    WRONG_VERSION_NUMBER, and was told to give --ca-cert the CA that issued the gateway's operator certificate,
+    which it has none of."""
+    monkeypatch.delenv("CARBON_GATEWAY_TOKEN_FILE", raising=False)
+    certificates = _certificates(tmp_path / "pki", "operator CA")
+    node = await _node(tmp_path / "node", OperatorAccess(callers=TOKEN_CALLERS))
+    try:
+        call = ("call", "ListTransfers", "--address", node.operator_address, "--ca-cert", str(certificates.ca_path))
+        code, out, err = await _cli(capsys, *call)
+        assert (code, out) == (1, "") and err.count("\n") == 1, err
+        assert "is the gateway running" not in err and "Start it" not in err, err
+        assert "CA that issued its operator certificate" not in err, err
+        assert "without TLS" in err, err
+    finally:
+        await node.stop(0)
