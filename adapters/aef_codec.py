@@ -53,9 +53,10 @@ def held_blocks(table: Table, record: Any, key_of: KeyOf) -> tuple[tuple[str, Un
     return ((key_of(first_id), block),)
 
 
-def itmo_block(record: AefAction | AefHolding) -> UnitBlock | None:
-    """The block of ITMOs an Actions or Holdings row names by its First ID and Last ID (None if it names none)."""
-    ids = ItmoBlockId(
+def itmo_block_id(record: AefAction | AefHolding) -> ItmoBlockId:
+    """The ITMO identifiers an Actions or Holdings row names by its First ID and Last ID, with their approach,
+    registry, first transferring Party and vintage."""
+    return ItmoBlockId(
         record.cooperative_approach,
         record.party_registry,
         record.first_transferring_party,
@@ -63,8 +64,12 @@ def itmo_block(record: AefAction | AefHolding) -> UnitBlock | None:
         record.itmo_last_serial,
         record.vintage,
     )
+
+
+def itmo_block(record: AefAction | AefHolding) -> UnitBlock | None:
+    """The block of ITMOs an Actions or Holdings row names by its First ID and Last ID (None if it names none)."""
     try:
-        return ITMO_GRAMMAR.to_block(ids)
+        return ITMO_GRAMMAR.to_block(itmo_block_id(record))
     except SerialError:
         return None
 

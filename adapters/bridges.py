@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters import vocab
+from adapters.aef_codec import itmo_block_id
 from adapters.context import ItmoSerialSource, MappingContext
 from adapters.flat import block_losses
 from adapters.serials import Grammar, SerialError, grammar_for_block, grammars_with, parse_block
@@ -343,16 +344,8 @@ def row_block(record: AefAction | AefHolding, ctx: MappingContext) -> UnitBlock:
     """The block an AEF row names: its underlying units if stated, else its ITMOs."""
     grammars = grammars_with(ctx.cea_format, ctx.ccer_format)
     if not record.first_unit_id:
-        ids = itmo_serials.ItmoBlockId(
-            record.cooperative_approach,
-            record.party_registry,
-            record.first_transferring_party,
-            record.itmo_first_serial,
-            record.itmo_last_serial,
-            record.vintage,
-        )
         try:
-            itmo_block = itmo_serials.GRAMMAR.to_block(ids)
+            itmo_block = itmo_serials.GRAMMAR.to_block(itmo_block_id(record))
         except SerialError as error:
             raise RecordRejected.one("itmo_first_serial", str(error), IssueCode.BAD_VALUE) from None
         return dataclasses.replace(itmo_block, mitigation_type=record.mitigation_type.value)
