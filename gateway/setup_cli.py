@@ -965,7 +965,7 @@ def postgres_database_problems(url: str, party: str, adjustments: str | None = N
     to ``serve``, as a port in use is."""
     import asyncpg
 
-    from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING, another_partys_database, other_adjustment_settings
+    from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING
     from gateway.store.postgres import redact
 
     async def read() -> dict[str, str]:
@@ -998,6 +998,14 @@ def postgres_database_problems(url: str, party: str, adjustments: str | None = N
         ]
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError):
         return []  # a server that does not answer now: serve names it when it starts
+    return _recorded_settings_problems(settings, party, adjustments)
+
+
+def _recorded_settings_problems(settings: Mapping[str, str], party: str, adjustments: str | None) -> list[str]:
+    """What ``serve`` refuses in the settings a database recorded (its own `settings` rows): another Party's
+    books, or a ledger kept under adjustment settings other than ``adjustments`` (None for none configured)."""
+    from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING, another_partys_database, other_adjustment_settings
+
     recorded_party = settings.get(PARTY_SETTING)
     if recorded_party is not None and recorded_party != party:
         return [str(another_partys_database(recorded_party, party))]
@@ -1017,7 +1025,7 @@ def database_problems(path: Path, party: str, adjustments: str | None = None) ->
     one whose ledger was kept under adjustment settings other than ``adjustments`` (the configured ones,
     described as the database records them; None for none configured). A missing file is created by ``serve``
     and is no problem."""
-    from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING, another_partys_database, other_adjustment_settings
+    from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING
     from gateway.store.base import SchemaTooNew, check_schema_known
     from gateway.store.migrations import MIGRATIONS
     from gateway.store.sqlite import WriteAheadLogDamaged, check_write_ahead_log
@@ -1066,13 +1074,7 @@ def database_problems(path: Path, party: str, adjustments: str | None = None) ->
         check_schema_known("the SQLite database", applied, max(version for version, _, _ in MIGRATIONS))
     except SchemaTooNew as exc:
         return [f"database: {path}: {exc}"]
-    recorded_party = settings.get(PARTY_SETTING)
-    if recorded_party is not None and recorded_party != party:
-        return [str(another_partys_database(recorded_party, party))]
-    recorded = settings.get(ADJUSTMENT_SETTING)
-    if adjustments is not None and recorded is not None and recorded != adjustments:
-        return [str(other_adjustment_settings(recorded, adjustments))]
-    return []
+    return _recorded_settings_problems(settings, party, adjustments)
 
 
 def file_problems(config: GatewayConfig) -> list[str]:
