@@ -35,6 +35,15 @@ def open_account() -> operator_pb2.OpenAccountRequest:
     )
 
 
+async def _shut_out(admin: asyncpg.Connection, name: str) -> None:
+    """Make the server refuse new connections to the database ``name`` and end those it has, as a restart or a
+    failover does."""
+    await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    await admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name
+    )
+
+
 @pytest.mark.asyncio
 async def test_a_call_while_the_database_cannot_be_used_is_unavailable_and_goes_through_later(
     pair: Pair, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -49,11 +58,7 @@ async def test_a_call_while_the_database_cannot_be_used_is_unavailable_and_goes_
     else:
         name = urllib.parse.urlsplit(location).path.lstrip("/")
         admin = await asyncpg.connect(postgres.admin_url())
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
+        await _shut_out(admin, name)
     caplog.set_level(logging.WARNING)
     try:
         async with operator(pair.chn) as stub:
@@ -176,11 +181,7 @@ async def test_the_background_work_of_a_gateway_whose_database_is_down_logs_line
             for i in range(3):
                 await stub.ProposeTransfer(proposal_request(block, 10 * i + 1, 10 * i + 5, f"t-{i}"))
         caplog.set_level(logging.WARNING)
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
+        await _shut_out(admin, name)
         await asyncio.sleep(4.5)  # two trust refreshes, many sweeps
         said = [r for r in caplog.records if r.name == "gateway.core" and r.getMessage().startswith("CHN:")]
         assert any("the sweep failed" in r.getMessage() for r in said), [r.getMessage() for r in said]
@@ -218,11 +219,7 @@ async def test_a_batch_delivered_while_the_database_is_down_is_refused_for_now_i
             payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id=f"unknown-{i}"))
             envelopes.append(wire.envelope_to_bytes(crafter.envelope(payload)))
         caplog.set_level(logging.INFO)
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
+        await _shut_out(admin, name)
         refused = await deliver_batch_raw(pair.che.partner_address, envelopes)
         assert [(ResponseCode(r.code), r.taken_in) for r in refused] == [(ResponseCode.INTERNAL_ERROR, False)] * 16
         assert all("database" in r.detail for r in refused), refused[0].detail

@@ -710,23 +710,32 @@ class _TokenOutOfReach:
         return self._signer.sign(data)
 
 
+def _che_key(tmp_path: Path) -> Signer:
+    """A new file key for CHE, to wrap in a signer that fails on demand."""
+    generate_key(tmp_path / "che-key")
+    return signer_from_uri(f"file:{tmp_path / 'che-key'}.key")
+
+
+async def _status_query_to_che(network: Network) -> tuple[ChannelState, bytes]:
+    """CHE's incoming channel from CHN, and the envelope of CHN's next statement on it (a status query)."""
+    async with network["CHE"].store.read() as tx:
+        channel = await tx.incoming_channel("CHN")
+    crafter = Crafter(signer=network.signers["CHN"], sender="CHN", receiver="CHE", channel=channel)
+    payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id=str(uuid.uuid4())))
+    return channel, wire.envelope_to_bytes(crafter.envelope(payload))
+
+
 @pytest.mark.sqlite_only(reason="the transports' answers are the subject, not the store")
 @pytest.mark.asyncio
 async def test_a_receiver_whose_signer_cannot_sign_answers_unavailable_and_takes_the_statement_once_back(
     tmp_path: Path,
 ) -> None:
     # A receipt this gateway cannot sign used to escape as a gRPC UNKNOWN (with the token's name) and an HTTP 500.
-    prefix = tmp_path / "che-key"
-    generate_key(prefix)
-    token = _TokenOutOfReach(signer_from_uri(f"file:{prefix}.key"))
+    token = _TokenOutOfReach(_che_key(tmp_path))
     network = await start_network(tmp_path / "net", ("CHN", "CHE"), http=True, signers={"CHE": token})
     che = network["CHE"]
     try:
-        async with che.store.read() as tx:
-            channel = await tx.incoming_channel("CHN")
-        crafter = Crafter(signer=network.signers["CHN"], sender="CHN", receiver="CHE", channel=channel)
-        payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id=str(uuid.uuid4())))
-        statement = wire.envelope_to_bytes(crafter.envelope(payload))
+        channel, statement = await _status_query_to_che(network)
         token.away = True
         for envelope in (statement, b"not an envelope"):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -772,19 +781,14 @@ async def test_a_bug_in_signing_a_receipt_is_logged_with_its_traceback(
 ) -> None:
     # A signer that cannot sign now (SignerError) is one line; any other exception is a bug, which must leave its
     # traceback in the log, or nobody can find it while every delivery is answered "send again later".
-    prefix = tmp_path / "che-key"
-    generate_key(prefix)
-    signer = _SignerWithABug(signer_from_uri(f"file:{prefix}.key"))
+    signer = _SignerWithABug(_che_key(tmp_path))
     network = await start_network(tmp_path / "net", ("CHN", "CHE"), signers={"CHE": signer})
     che = network["CHE"]
     try:
-        async with che.store.read() as tx:
-            channel = await tx.incoming_channel("CHN")
-        crafter = Crafter(signer=network.signers["CHN"], sender="CHN", receiver="CHE", channel=channel)
-        payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id=str(uuid.uuid4())))
+        _, statement = await _status_query_to_che(network)
         signer.away = True
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await deliver_raw(che, wire.envelope_to_bytes(crafter.envelope(payload)))
+            await deliver_raw(che, statement)
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
         said = [r for r in caplog.records if "could not sign a receipt" in r.getMessage()]
         assert said and all(r.exc_info is not None for r in said), [r.getMessage() for r in said]
