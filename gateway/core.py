@@ -22,7 +22,7 @@ from gateway.exchange import Exchange, ExchangeSettings, new_uuid
 from gateway.outbox import Backoff, OutboxWorker, PartnerTransport
 from gateway.partners import DEFAULT_PARTNER_MAX_ENVELOPE_BYTES, Partner, PartnerDirectory
 from gateway.service import Gateway
-from gateway.store.base import Store
+from gateway.store.base import Store, database_could_not, failure_line
 from gateway.trust import TrustKeeper
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from signing import Envelope, Signer, TrustedParty
@@ -220,9 +220,8 @@ class GatewayCore:
     def _log_failure(self, exc: Exception, what: str) -> None:
         """Log a background task's failure: one line when the database could not do the work now (it is down,
         restarting, or ended the connection; the task looks again at its next turn), a traceback for a bug."""
-        if isinstance(exc, OSError) or self.store.is_transient(exc):
-            error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-            log.warning("%s: %s (the database could not do it now: %s)", self.party, what, error)
+        if database_could_not(self.store, exc):
+            log.warning("%s: %s (the database could not do it now: %s)", self.party, what, failure_line(exc))
         else:
             log.exception("%s: %s", self.party, what)
 

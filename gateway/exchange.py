@@ -61,7 +61,16 @@ from gateway.domain.statements import (
 )
 from gateway.domain.text import escaped, truncate
 from gateway.partners import TRANSFER_ROLE, UNREADABLE_CERTIFICATE, Partner, PartnerDirectory, several_names
-from gateway.store.base import LogKind, OutboxKind, OutboxMessage, Store, StoredMessage, Transaction
+from gateway.store.base import (
+    LogKind,
+    OutboxKind,
+    OutboxMessage,
+    Store,
+    StoredMessage,
+    Transaction,
+    database_could_not,
+    failure_line,
+)
 from signing import (
     TRUST_PAYLOAD_TYPE,
     Algorithm,
@@ -172,11 +181,6 @@ class StatementHandler(Protocol):
 
 DeliveredHandler = Callable[[Transaction, OutboxMessage], Awaitable[None]]
 """Called in the transaction that records a statement as taken in by its partner."""
-
-
-def _one_line(exc: BaseException) -> str:
-    """``exc``'s type and text on one line, cut short: for a log line about a database that could not be used."""
-    return truncate(" ".join(f"{type(exc).__name__}: {exc}".split()), 300)
 
 
 def verification_refusal(exc: Exception) -> GatewayError:
@@ -611,7 +615,7 @@ class Exchange:
     def _unavailable(self, exc: BaseException) -> bool:
         """Whether ``exc`` says the database could not be used now (unreachable, restarting, out of disk, its
         connection ended), not that something is wrong with what was delivered or with this gateway's code."""
-        return isinstance(exc, OSError) or self.store.is_transient(exc)
+        return database_could_not(self.store, exc)
 
     def _failed(self, raw: bytes, form: EnvelopeForm, exc: Exception, *, logged: bool = False) -> Received:
         """The receipt for an envelope the receiver failed on: nothing of it took effect. A database that could not
@@ -628,7 +632,7 @@ class Exchange:
                 "could not handle a delivery of %d bytes: the database could not do it now (%s); the sender sends it"
                 " again",
                 len(raw),
-                _one_line(exc),
+                failure_line(exc),
             )
         detail = "the receiver failed while handling the message; nothing took effect; retry later"
         if unavailable:
@@ -802,7 +806,7 @@ class Exchange:
                             "could not apply %d statements: the database could not do it now (%s); the sender"
                             " sends them again",
                             len(rest),
-                            _one_line(exc),
+                            failure_line(exc),
                         )
                     logged = unavailable and len(rest) > 1
                     received.extend(self._failed(checked.raw, form, exc, logged=logged) for checked in rest)

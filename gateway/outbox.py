@@ -46,7 +46,15 @@ from gateway.domain.statements import GENESIS_HASH, ChannelState, payload_hash
 from gateway.domain.text import escaped, truncate
 from gateway.exchange import MAX_BUNDLE_DOCUMENTS, Exchange, Sealed
 from gateway.partners import Partner
-from gateway.store.base import LogKind, OutboxKind, OutboxMessage, OutboxState, Store, Transaction
+from gateway.store.base import (
+    LogKind,
+    OutboxKind,
+    OutboxMessage,
+    OutboxState,
+    Store,
+    Transaction,
+    database_could_not,
+)
 from signing import SignerError
 
 log = logging.getLogger(__name__)
@@ -234,7 +242,7 @@ class OutboxWorker:
                     if self.store.shared:
                         wait = min(wait, SHARED_POLL_SECONDS)
             except Exception as exc:
-                if isinstance(exc, OSError) or self.store.is_transient(exc):
+                if database_could_not(self.store, exc):
                     # The database, not the worker: no traceback, and a look again soon.
                     log.warning(
                         "the outbox worker could not use the database (%s: %s); trying again in %g s",

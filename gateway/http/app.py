@@ -23,6 +23,7 @@ from gateway.domain.access import DeliveryPlaces, Places, address_source
 from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange, ReceiptUnsigned
 from gateway.partners import transport_identity
+from gateway.store.base import database_could_not
 
 DELIVER_PATH = "/v1/partner/deliver"
 VERSION_PATTERN = re.compile(r"[1-9][0-9]*")
@@ -354,7 +355,7 @@ def build_app(
         except Exception as exc:
             # The versions are read from the database: one that cannot be read now is a passing failure of this
             # gateway, which the partner's refresh tries again, not a 500 with a traceback.
-            if exchange.store.is_transient(exc) or isinstance(exc, OSError):
+            if database_could_not(exchange.store, exc):
                 log.warning("trust document version %s could not be read for %s: %r", version, request.remote, exc)
             else:
                 log.error("trust document version %s could not be read for %s", version, request.remote, exc_info=exc)

@@ -863,3 +863,15 @@ async def reconciled_blocks(
         if block is not None:
             found.append((entry, *block))
     return found
+
+
+def database_could_not(store: Store, error: BaseException) -> bool:
+    """Whether ``error`` says the database could not do the work now (what ``store`` calls transient, or the
+    operating system's refusal: a disk, a socket), not that the work or the code is wrong: worth one line in the
+    log and another try, not a traceback."""
+    return isinstance(error, OSError) or store.is_transient(error)
+
+
+def failure_line(error: BaseException) -> str:
+    """``error``'s type and text on one line, cut to 300 characters: for a log line about such a failure."""
+    return " ".join(f"{type(error).__name__}: {error}".split())[:300]

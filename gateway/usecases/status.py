@@ -24,7 +24,7 @@ from gateway.domain.transfer import (
     overdue,
     waits_for_partner,
 )
-from gateway.store.base import OutboxKind, OutboxState, Transaction
+from gateway.store.base import OutboxKind, OutboxState, Transaction, database_could_not, failure_line
 from gateway.usecases.acquiring import Acquiring, reported_end
 from gateway.usecases.base import log
 from gateway.usecases.initiating import Initiating
@@ -138,20 +138,19 @@ class StatusKeeping(Initiating, Acquiring):
             try:
                 ended = await self._sweep_one(candidate.transfer_id)
             except Exception as exc:
-                if isinstance(exc, OSError) or self.store.is_transient(exc):
+                if database_could_not(self.store, exc):
                     if not await self._answers(candidate.transfer_id):
                         # The database, not this transfer: the others would fail on it too, each with its
                         # traceback. The next sweep takes them all up again.
                         raise
                     # This transfer's own (a row lock held past the lock timeout, a deadlock broken, a statement
                     # cancelled): the transfers after it must not wait for it.
-                    error = text.truncate(" ".join(f"{type(exc).__name__}: {exc}".split()), 300)
                     log.warning(
                         "%s: the sweep could not handle transfer %s now (%s); it goes on, and the next sweep takes"
                         " the transfer up again",
                         self.party,
                         candidate.transfer_id,
-                        error,
+                        failure_line(exc),
                     )
                     continue
                 log.exception("%s: the sweep failed on transfer %s; it goes on", self.party, candidate.transfer_id)
