@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -144,6 +144,12 @@ MAX_RUN = 64
 DEFAULT_LEASE = dt.timedelta(seconds=30)
 """How long a claimed message is this worker's alone: longer than a send may take (the transport's timeout)."""
 
+EVERY_HEAD = dt.timedelta(days=36525)
+"""Ahead of every head's due time: `OutboxWorker._name_lanes_left` reads every lane's head, due or not."""
+
+MAX_LANES_NAMED = 100
+"""At most this many lanes of Parties the worker does not know are named at start."""
+
 
 def replica_id() -> str:
     """An ID no other worker, in this process or another, shares: host, process and a random part."""
@@ -227,7 +233,25 @@ class OutboxWorker:
         # claim runs while the disk works, and the seal and the send wait for it (every transaction returns only
         # once what it could read is durable).
         with self.store.enqueued.subscribe() as self._wake:
+            await self._name_lanes_left()
             await self._serve()
+
+    async def _name_lanes_left(self) -> None:
+        """Warn once, at start, of each Party with pending messages that this worker leaves alone (`_lanes`)."""
+        try:
+            async with self.store.read() as tx:
+                heads = await tx.lane_heads(self.clock() + EVERY_HEAD, MAX_LANES_NAMED + len(self._lanes()))
+        except Exception as exc:
+            if not database_could_not(self.store, exc):
+                raise
+            return  # the worker's first claim says why
+        for head in heads:
+            if head.receiver not in self._lanes():
+                log.warning(
+                    "messages to %s wait in the outbox, but this gateway's [[partners]] do not name that Party:"
+                    " they wait for a gateway of this Party that does (ListOutbox shows them)",
+                    escaped(head.receiver),
+                )
 
     async def _serve(self) -> None:
         while True:
@@ -266,7 +290,7 @@ class OutboxWorker:
             (due,) = self._due_at
         else:
             async with self.store.read() as tx:
-                due = await tx.next_due_at()
+                due = await tx.next_due_at(only=self._lanes())
         if due is None:
             return 3600.0
         return max((due - self.clock()).total_seconds(), 0.0)
@@ -346,6 +370,12 @@ class OutboxWorker:
                 task.cancel()
             await asyncio.gather(*sending.values(), return_exceptions=True)
 
+    def _lanes(self) -> Collection[str]:
+        """The receivers whose lanes this worker sends: its configured partners. A lane of a Party it does not
+        know (a replica configured before a partner was added, or after one was removed) is left to the replicas
+        that know it, unclaimed and untouched: claiming it here would only push its head back by a backoff."""
+        return self.exchange.partners.parties().keys()
+
     async def _claim(
         self, *, exclude: set[str], look: bool, idle: bool
     ) -> tuple[list[list[OutboxMessage]], dt.datetime | None]:
@@ -359,9 +389,9 @@ class OutboxWorker:
             if exclude.issuperset(self.exchange.partners.parties()):
                 return [], None  # every partner's lane is being sent; one's return claims again
             async with self.store.read() as tx:
-                heads = await tx.lane_heads(self.clock(), len(exclude) + 1)
+                heads = await tx.lane_heads(self.clock(), len(exclude) + 1, only=self._lanes())
                 if all(head.receiver in exclude for head in heads):
-                    due = await tx.next_due_at(skip=exclude)
+                    due = await tx.next_due_at(skip=exclude, only=self._lanes())
                     if idle:
                         self._due_at = (due,)
                     return [], due
@@ -370,14 +400,16 @@ class OutboxWorker:
         take_up: Callable[[], object] | None = None
         due = None
         async with self.store.transaction(durable=False) as tx:
-            heads = await tx.claim_lane_heads(now, self.batch, owner=self.replica, until=until, skip=exclude)
+            heads = await tx.claim_lane_heads(
+                now, self.batch, owner=self.replica, until=until, skip=exclude, only=self._lanes()
+            )
             runs = [
                 [head, *await tx.claim_followers(head, self.run - 1, now=now, owner=self.replica, until=until)]
                 for head in heads
             ]
             if not runs:
                 # Nothing is due, or another replica holds every due head: next_due_at says when that changes.
-                due = await tx.next_due_at(skip=exclude)
+                due = await tx.next_due_at(skip=exclude, only=self._lanes())
                 if idle:
                     self._due_at = (due,)
             elif self.before_sending is not None:

@@ -584,22 +584,35 @@ class Transaction(Protocol):
         body: bytes,
         now: dt.datetime,
     ) -> int: ...
-    async def lane_heads(self, now: dt.datetime, limit: int) -> list[OutboxMessage]:
-        """Per partner, the first pending message (trust documents first, then in queue order), if it is due."""
+    async def lane_heads(
+        self, now: dt.datetime, limit: int, *, only: Collection[str] | None = None
+    ) -> list[OutboxMessage]:
+        """Per partner, the first pending message (trust documents first, then in queue order), if it is due; with
+        ``only``, just the lanes of those receivers."""
         ...
 
-    async def next_due_at(self, *, skip: Collection[str] = ()) -> dt.datetime | None:
+    async def next_due_at(
+        self, *, skip: Collection[str] = (), only: Collection[str] | None = None
+    ) -> dt.datetime | None:
         """When the earliest pending lane head is due (or, if another replica holds its lease, when that ends),
-        leaving out the lanes of the receivers in ``skip``."""
+        leaving out the lanes of the receivers in ``skip`` and, with ``only``, those of receivers not in it."""
         ...
 
     async def claim_lane_heads(
-        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime, skip: Collection[str] = ()
+        self,
+        now: dt.datetime,
+        limit: int,
+        *,
+        owner: str,
+        until: dt.datetime,
+        skip: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[OutboxMessage]:
         """Lease to ``owner`` until ``until`` the lane heads (as `lane_heads`) that are due and that no other
         replica holds an unexpired lease on, leaving out the lanes of the receivers in ``skip`` (those ``owner``
-        is sending); return them. Heads another transaction has locked are skipped, not waited for. A lane's later
-        messages are never claimed past its head, so each lane stays in order."""
+        is sending) and, with ``only``, those of receivers not in it (those ``owner`` cannot send to); return
+        them. Heads another transaction has locked are skipped, not waited for. A lane's later messages are never
+        claimed past its head, so each lane stays in order."""
         ...
 
     async def claim_followers(

@@ -8,7 +8,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from json.encoder import encode_basestring_ascii as _string
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from gateway.domain.blocks import SerialSpace, UnitBlock
 from gateway.domain.canonical import ActionSubtype
@@ -659,3 +659,15 @@ def change_from_row(
         transfer = transfer_from_row(body, kept, where=f"the change at position {position}: ")
         return Change(position, kind, moment, digest, transfer=transfer)
     return Change(position, kind, moment, digest, entry=ledger_from_row(body["entry_id"], body))
+
+
+class _Row(Protocol):
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+RowT = TypeVar("RowT", bound=_Row)
+
+
+def of_lanes(rows: Sequence[RowT], only: Collection[str] | None) -> Sequence[RowT]:
+    """The outbox ``rows`` whose receiver is in ``only``; all of them when ``only`` is None."""
+    return rows if only is None else [r for r in rows if r["receiver"] in only]

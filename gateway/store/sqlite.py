@@ -1372,14 +1372,18 @@ class SQLiteTransaction:
         )
         return {r["receiver"]: r["until"] for r in rows}
 
-    async def lane_heads(self, now: dt.datetime, limit: int) -> list[OutboxMessage]:
+    async def lane_heads(
+        self, now: dt.datetime, limit: int, *, only: Collection[str] | None = None
+    ) -> list[OutboxMessage]:
         due = codec.to_text(now)
-        heads = [_outbox_message(r) for r in self._heads() if r["next_attempt_at"] <= due]
+        heads = [_outbox_message(r) for r in codec.of_lanes(self._heads(), only) if r["next_attempt_at"] <= due]
         heads.sort(key=lambda m: (m.next_attempt_at, m.outbox_id))
         return heads[:limit]
 
-    async def next_due_at(self, *, skip: Collection[str] = ()) -> dt.datetime | None:
-        heads = self._heads()
+    async def next_due_at(
+        self, *, skip: Collection[str] = (), only: Collection[str] | None = None
+    ) -> dt.datetime | None:
+        heads = codec.of_lanes(self._heads(), only)
         leases = self._lane_leases("")
         return min(
             (
@@ -1391,14 +1395,25 @@ class SQLiteTransaction:
         )
 
     async def claim_lane_heads(
-        self, now: dt.datetime, limit: int, *, owner: str, until: dt.datetime, skip: Collection[str] = ()
+        self,
+        now: dt.datetime,
+        limit: int,
+        *,
+        owner: str,
+        until: dt.datetime,
+        skip: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[OutboxMessage]:
         due = codec.to_text(now)
         # A lane is leased as a whole: while another replica's lease on any of its pending messages runs (the
         # head it is sending, which a trust push or a retried dead letter may since have overtaken), the lane
         # is its, and nobody else seals the lane's next sequence number or signs with a signer it may lack.
         leased = {receiver for receiver, until in (self._lane_leases(owner)).items() if until > due}.union(skip)
-        rows = [r for r in self._heads() if r["next_attempt_at"] <= due and r["receiver"] not in leased]
+        rows = [
+            r
+            for r in codec.of_lanes(self._heads(), only)
+            if r["next_attempt_at"] <= due and r["receiver"] not in leased
+        ]
         rows.sort(key=lambda r: (r["next_attempt_at"], r["outbox_id"]))
         claimed = rows[:limit]
         self._db.executemany(

@@ -272,6 +272,30 @@ async def test_a_postgresql_commit_whose_caller_was_cancelled_meanwhile_is_annou
 
 
 @pytest.mark.asyncio
+async def test_outbox_lanes_of_receivers_not_named_are_left_unread_and_unleased(store: Store) -> None:
+    """``only`` leaves out the lanes of other receivers: a replica that lacks a partner neither sees nor leases
+    its lane, which another replica then claims at once."""
+    later = NOW + dt.timedelta(seconds=30)
+    async with store.transaction() as tx:
+        await tx.enqueue(
+            receiver="CHE", message_id="che-0", kind=OutboxKind.PROPOSAL, transfer_id="t", body=b"x", now=NOW
+        )
+        await tx.enqueue(
+            receiver="GBR", message_id="gbr-0", kind=OutboxKind.PROPOSAL, transfer_id="", body=b"", now=NOW
+        )
+    async with store.transaction() as tx:
+        assert [m.message_id for m in await tx.lane_heads(NOW, 10, only={"CHE"})] == ["che-0"]
+        assert await tx.lane_heads(NOW, 10, only=()) == []
+        assert await tx.next_due_at(only={"SGP"}) is None
+        assert await tx.next_due_at(only={"GBR"}) == NOW
+        claimed = await tx.claim_lane_heads(NOW, 10, owner="replica-a", until=later, only={"CHE"})
+        assert [m.message_id for m in claimed] == ["che-0"]
+    async with store.transaction() as tx:
+        [gbr] = await tx.claim_lane_heads(NOW, 10, owner="replica-b", until=later)
+        assert gbr.message_id == "gbr-0" and gbr.attempts == 0
+
+
+@pytest.mark.asyncio
 async def test_outbox_lanes_put_trust_first_and_leases_keep_a_head_to_one_replica(store: Store) -> None:
     later = NOW + dt.timedelta(seconds=30)
     async with store.transaction() as tx:
