@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from carbon_gateway.v1 import mapping_pb2, mapping_pb2_grpc, operator_pb2, operator_pb2_grpc
@@ -35,6 +34,7 @@ from gateway.http.app import HttpServer, build_app
 from gateway.outbox import OutboxWorker, PartnerTransport
 from gateway.partners import PartnerDirectory
 from gateway.rpc.auth import OpenMethodsInterceptor, OperatorAccess, OperatorAuthInterceptor
+from gateway.rpc.health import DatabaseHealth
 from gateway.rpc.interceptors import MalformedRequestInterceptor
 from gateway.rpc.mapping import MappingService
 from gateway.rpc.operator import OperatorService
@@ -42,7 +42,7 @@ from gateway.rpc.partner import SERVICE_NAME as PARTNER_SERVICE
 from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
 from gateway.service import Gateway
 from gateway.store import UnsupportedDatabase, is_url, open_store
-from gateway.store.base import SchemaTooNew, Store
+from gateway.store.base import DatabaseProbe, SchemaTooNew, Store
 from gateway.store.sqlite import DatabaseInUse, SQLiteStore, WriteAheadLogDamaged
 from gateway.trust import TrustKeeper
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
@@ -256,6 +256,8 @@ class GatewayNode:
         self.operator_port = 0
         self.partner_port = 0
         self.changes = ChangeFeed(self.core.store)
+        self._database_probe = DatabaseProbe(self.core.store)
+        """What the health checks of every port ask (`DatabaseProbe`): one read of the database at a time for all."""
 
     # the core's parts, as the tests and tools know them
 
@@ -434,6 +436,7 @@ class GatewayNode:
             interceptors=[OperatorAuthInterceptor(self.operator_access), MalformedRequestInterceptor()],
         )
         self.changes = ChangeFeed(self.core.store)  # a feed a previous stop closed stays closed
+        self._database_probe = DatabaseProbe(self.core.store)
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(
             OperatorService(self.gateway, self.trust, self.changes), self.operator_server
         )
@@ -474,7 +477,13 @@ class GatewayNode:
         if self._http_listen is not None:
             host, _, port = self._http_listen.rpartition(":")
             self.http_server = HttpServer(
-                build_app(self.exchange, self.trust.published, self.delivery_places, mtls=self.tls is not None),
+                build_app(
+                    self.exchange,
+                    self.trust.published,
+                    self.delivery_places,
+                    mtls=self.tls is not None,
+                    database=self._database_probe,
+                ),
                 host.removeprefix("[").removesuffix("]"),
                 int(port),
                 _ssl_context(self.tls) if self.tls else None,
@@ -503,16 +512,14 @@ class GatewayNode:
             )
         self.core.start_background()
 
-    @staticmethod
-    async def _add_health(server: grpc.aio.Server, *services: str) -> None:
-        servicer = HealthServicer()
+    async def _add_health(self, server: grpc.aio.Server, *services: str) -> None:
+        servicer = DatabaseHealth(self._database_probe)
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         for name in ("", *services):
             await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    @classmethod
-    async def _add_health_and_reflection(cls, server: grpc.aio.Server, *services: str) -> None:
-        await cls._add_health(server, *services)
+    async def _add_health_and_reflection(self, server: grpc.aio.Server, *services: str) -> None:
+        await self._add_health(server, *services)
         reflection.enable_server_reflection(
             (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,

@@ -23,7 +23,7 @@ from gateway.domain.access import DeliveryPlaces, Places, address_source
 from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange, ReceiptUnsigned
 from gateway.partners import transport_identity
-from gateway.store.base import database_could_not
+from gateway.store.base import DatabaseProbe, database_could_not
 
 DELIVER_PATH = "/v1/partner/deliver"
 VERSION_PATTERN = re.compile(r"[1-9][0-9]*")
@@ -226,11 +226,17 @@ async def read_body(request: web.Request) -> bytes:
 
 
 def build_app(
-    exchange: Exchange, trust: TrustSource, places: DeliveryPlaces | None = None, *, mtls: bool = False
+    exchange: Exchange,
+    trust: TrustSource,
+    places: DeliveryPlaces | None = None,
+    *,
+    mtls: bool = False,
+    database: DatabaseProbe | None = None,
 ) -> web.Application:
     """The HTTP application of one gateway; ``places`` are the configured delivery places (None for the
     module's defaults); ``mtls`` says it is served over mutual TLS, so that every delivery is bound to the
-    partner its client certificate names."""
+    partner its client certificate names; ``database`` is what ``/healthz`` asks whether the database answers
+    (one of its own for None), shared with the gRPC health checks."""
     metrics = Metrics()
     body_limit = 4 * exchange.settings.max_envelope_bytes + 4096
     app = web.Application(client_max_size=body_limit)
@@ -369,8 +375,20 @@ def build_app(
             raise web.HTTPNotFound(text=f"no trust document version {version_text}")
         return web.Response(body=document, content_type="application/json")
 
+    database = database or DatabaseProbe(exchange.store)
+
     async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "serving", "party": exchange.settings.self_party})
+        # Serving only while the database answers: without it no statement can be taken in, and a load balancer
+        # must send the partners elsewhere (503, which it reads as unhealthy), not here.
+        party = exchange.settings.self_party
+        problem = await database.problem()
+        if problem is not None:
+            return web.json_response(
+                {"status": "not serving", "party": party, "reason": problem},
+                status=503,
+                headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
+            )
+        return web.json_response({"status": "serving", "party": party})
 
     async def metrics_page(request: web.Request) -> web.Response:
         return web.Response(text=metrics.render(), content_type="text/plain")

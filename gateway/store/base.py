@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import enum
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from gateway.domain.records import Account, Authorization, LedgerEntry
 from gateway.domain.statements import ChannelState
 from gateway.domain.summary import LedgerTotal
 from gateway.domain.transfer import Transfer, TransferRole, TransferState
+
+_log = logging.getLogger(__name__)
 
 
 class BlockStatus(enum.StrEnum):
@@ -888,3 +891,56 @@ def database_could_not(store: Store, error: BaseException) -> bool:
 def failure_line(error: BaseException) -> str:
     """``error``'s type and text on one line, cut to 300 characters: for a log line about such a failure."""
     return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+
+
+PROBE_SECONDS = 2.0
+"""How long a health check waits for the database to answer a read before it says the gateway cannot work."""
+
+
+class DatabaseProbe:
+    """Whether a store answers now, for the health checks (HTTP ``/healthz``, gRPC ``Check``): a gateway whose
+    database does not answer cannot take a statement in or serve an operator, and a load balancer must learn so.
+
+    One read at a time, however many checks ask at once: the checks are open to whoever reaches the port, and a
+    crowd of them must not become a crowd of queries. A database found not answering is one warning in the log,
+    and its return one line, not a line (or a traceback) per check."""
+
+    def __init__(self, store: Store, *, timeout: float = PROBE_SECONDS) -> None:
+        self.store = store
+        self.timeout = timeout
+        self._probing: asyncio.Future[str | None] | None = None
+        self._failing = False
+
+    async def problem(self) -> str | None:
+        """None when the database answered a read within the probe's timeout; otherwise a short reason, which
+        names nothing internal (hosts, file paths stay in this gateway's log)."""
+        probing = self._probing
+        if probing is None:
+            probing = self._probing = asyncio.ensure_future(self._probe())
+            probing.add_done_callback(self._probed)
+        return await asyncio.shield(probing)
+
+    def _probed(self, probing: asyncio.Future[str | None]) -> None:
+        if self._probing is probing:
+            self._probing = None
+
+    async def _probe(self) -> str | None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.store.read() as tx:
+                    await tx.get_setting("health")
+        except TimeoutError:
+            return self._failed(f"the database did not answer within {self.timeout:g} s", None)
+        except Exception as exc:
+            return self._failed("the database cannot be used now", exc)
+        if self._failing:
+            self._failing = False
+            _log.info("the database answers again: health checks say serving")
+        return None
+
+    def _failed(self, reason: str, error: Exception | None) -> str:
+        if not self._failing:
+            self._failing = True
+            why = f" ({failure_line(error)})" if error is not None else ""
+            _log.warning("%s%s: health checks say not serving until it answers", reason, why)
+        return reason

@@ -12,9 +12,11 @@ import sqlite3
 import urllib.parse
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway import harness, wire
@@ -271,4 +273,53 @@ async def test_a_transfer_whose_row_stays_locked_does_not_keep_the_sweep_from_th
         assert said and all(r.exc_info is None for r in said), [r.getMessage() for r in said]
     finally:
         await repair.close()
+        await network.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.asyncio
+async def test_health_checks_say_not_serving_while_the_database_does_not_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A load balancer checks /healthz or gRPC's Check to learn whether the gateway can do its work; without its
+    # database it can take no statement in and serve no operator. The checks say so (503 with a short reason, and
+    # NOT_SERVING on both ports), in a line in the log, not a traceback; once the database is back, serving again.
+    network = await harness.start_network(tmp_path, ("CHN", "CHE"), http=True)
+    admin = await asyncpg.connect(postgres.admin_url())
+    name = urllib.parse.urlsplit(str(await harness.database_location(tmp_path, "CHE"))).path.lstrip("/")
+    node = network["CHE"]
+
+    async def health() -> tuple[int, dict[str, str], str | None, list[int]]:
+        async with aiohttp.ClientSession() as session, session.get(node.http_url + "/healthz") as response:
+            answer = (response.status, await response.json(), response.headers.get("Retry-After"))
+        statuses = []
+        for address in (node.operator_address, node.partner_address):
+            async with grpc.aio.insecure_channel(address) as channel:
+                checked = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=30
+                )
+                statuses.append(checked.status)
+        return (*answer, statuses)
+
+    try:
+        status, body, _, statuses = await health()
+        assert (status, body["status"]) == (200, "serving")
+        assert statuses == [health_pb2.HealthCheckResponse.SERVING] * 2
+        caplog.set_level(logging.INFO)
+        await _shut_out(admin, name)
+        status, body, retry_after, statuses = await health()
+        assert (status, body["status"], body["party"], retry_after) == (503, "not serving", "CHE", "1")
+        assert body["reason"] == "the database cannot be used now", body
+        assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
+        said = [r for r in caplog.records if r.name == "gateway.store.base"]
+        assert len(said) == 1 and said[0].levelno == logging.WARNING, [r.getMessage() for r in said]
+        # (asyncpg's pool logs its own failures to reconnect, with tracebacks: the library's, not the gateway's.)
+        assert not [r for r in caplog.records if r.name.startswith("gateway") and r.exc_info is not None]
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        status, body, _, statuses = await health()
+        assert (status, body["status"]) == (200, "serving")
+        assert statuses == [health_pb2.HealthCheckResponse.SERVING] * 2
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
         await network.stop()
