@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.domain.access import DeliveryPlaces, Places, address_source
+from gateway.domain.delivery import RETRYABLE_REFUSALS
 from gateway.domain.errors import ResponseCode
 from gateway.exchange import EnvelopeForm, Exchange, ReceiptUnsigned
 from gateway.partners import transport_identity
@@ -76,9 +77,13 @@ _HTTP_STATUS: dict[ResponseCode, int] = {
 
 
 def http_status(code: ResponseCode, taken_in: bool) -> int:
-    """200 when the statement was taken in; otherwise a 4xx that matches the refusal."""
+    """200 when the statement was taken in; 503 when it was not because this gateway failed (`RETRYABLE_REFUSALS`:
+    ``INTERNAL_ERROR``, which the sender retries, as the gRPC path's receipt tells it); otherwise a 4xx that
+    matches the refusal of the sender's input."""
     if taken_in:
         return 200
+    if code in RETRYABLE_REFUSALS:
+        return 503
     return _HTTP_STATUS.get(code, 422)
 
 
@@ -339,11 +344,11 @@ def build_app(
             return refused
         received = await exchange.receive(raw, form=EnvelopeForm.JSON, peer_identity=identity)
         metrics.count(received.code)
-        return web.Response(
-            body=received.receipt,
-            status=http_status(received.code, received.taken_in),
-            content_type="application/json",
-        )
+        status = http_status(received.code, received.taken_in)
+        # A failure of this gateway's (its database, a bug) is not the sender's: 503, which HTTP clients and
+        # proxies retry, with the signed receipt (INTERNAL_ERROR, not taken in) as the body all the same.
+        retry = {"Retry-After": str(BUSY_RETRY_SECONDS)} if status == 503 else None
+        return web.Response(body=received.receipt, status=status, content_type="application/json", headers=retry)
 
     async def published(request: web.Request) -> web.Response:
         version_text = request.match_info.get("version")

@@ -23,8 +23,10 @@ from gateway import harness, wire
 from gateway.demo import Pair
 from gateway.domain.errors import ResponseCode
 from gateway.domain.protocol import DecisionPolicy
+from gateway.http.app import DELIVER_PATH
 from gateway.rpc.errors import read_error_detail
 from gateway.store import postgres as pg
+from signing import Envelope
 from tests import postgres
 from tests.integration.harness import Crafter, operator, proposal_request, setup_accounts
 from tests.integration.test_batches import deliver_batch_raw
@@ -319,6 +321,47 @@ async def test_health_checks_say_not_serving_while_the_database_does_not_answer(
         status, body, _, statuses = await health()
         assert (status, body["status"]) == (200, "serving")
         assert statuses == [health_pb2.HealthCheckResponse.SERVING] * 2
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await network.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.asyncio
+async def test_a_json_delivery_the_receiver_fails_on_is_answered_503_to_retry_not_a_4xx(tmp_path: Path) -> None:
+    # The receiver's database refuses connections: its failure, not the sender's input. The gRPC path answers
+    # the receipt INTERNAL_ERROR, which the sender retries; the HTTP path answered it 422, which tells an HTTP
+    # client its request was bad and not to send it again. It answers 503 with Retry-After, the receipt still
+    # the body; once the database is back, the same envelope is taken in.
+    network = await harness.start_network(tmp_path, ("CHN", "CHE"), http=True)
+    admin = await asyncpg.connect(postgres.admin_url())
+    name = urllib.parse.urlsplit(str(await harness.database_location(tmp_path, "CHE"))).path.lstrip("/")
+    try:
+        pair = Pair(network["CHN"], network["CHE"])
+        await setup_accounts(pair)
+        async with pair.chn.store.read() as tx:
+            channel = await tx.outgoing_channel("CHE")
+        crafter = Crafter(signer=pair.chn.signer, sender="CHN", receiver="CHE", channel=channel)
+        payload, _ = crafter.statement(status_query=partner_pb2.StatusQuery(transfer_id="unknown-1"))
+        body = crafter.envelope(payload).to_json()
+
+        async def deliver() -> tuple[int, str | None, partner_pb2.Receipt]:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(pair.che.http_url + DELIVER_PATH, data=body) as response,
+            ):
+                answer = await response.read()
+                receipt = partner_pb2.Receipt.FromString(Envelope.from_json(answer).payload)
+                return response.status, response.headers.get("Retry-After"), receipt
+
+        await _shut_out(admin, name)
+        status, retry_after, receipt = await deliver()
+        assert (status, retry_after) == (503, "1")
+        assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.INTERNAL_ERROR, False)
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        status, retry_after, receipt = await deliver()
+        assert (status, retry_after, receipt.taken_in) == (200, None, True), receipt
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
