@@ -1172,7 +1172,9 @@ def file_problems(config: GatewayConfig) -> list[str]:
 def file_warnings(config: GatewayConfig, now: dt.datetime) -> list[str]:
     """What ``serve`` starts with but reports later in its log, one line each, naming the setting, the file and
     the instant: an own or a partner's trust document (the newest version, configured or stored in the
-    gateway's database) or a ``[tls]`` certificate that has expired at ``now``; settings that can never take
+    gateway's database) that has expired at ``now``; a certificate of ``[tls]`` or ``[operator.tls]``, this
+    gateway's or a CA's, that is not yet valid, has expired or expires within `CERTIFICATE_WARNING_DAYS`
+    (`_certificate_warnings`); settings that can never take
     effect (`gateway.config.settings_without_effect`); and signers' secret files others may read
     (`gateway.config.exposed_secrets`). Files that cannot be read are left to `file_problems`."""
     from gateway.config import ConfigError, exposed_secrets, settings_without_effect
@@ -1205,26 +1207,82 @@ def file_warnings(config: GatewayConfig, now: dt.datetime) -> list[str]:
             f"{setting}: {party}'s trust document version {newest.version} in {where} expired at"
             f" {newest.expires.isoformat()}; serve starts, but {effect}"
         )
+    certificates: list[tuple[str, Path, str, str]] = []
     if config.tls is not None:
-        expired = _certificate_expiry(config.tls.certificate, now)
-        if expired is not None:
-            warnings.append(
-                f"tls.certificate: {config.tls.certificate} expired at {expired.isoformat()}; serve starts, but"
-                " partners refuse its TLS connections: issue a new certificate"
+        certificates += [
+            (
+                "tls.certificate",
+                config.tls.certificate,
+                "partners refuse its TLS connections",
+                "issue a new certificate",
+            ),
+            (
+                "tls.ca_certificate",
+                config.tls.ca_certificate,
+                "this gateway refuses partners' TLS connections, whose certificates it signs",
+                "install the CA's new certificate",
+            ),
+        ]
+    operator_tls = config.operator_access.tls
+    if operator_tls is not None:
+        certificates.append(
+            (
+                "operator.tls.certificate",
+                operator_tls.certificate,
+                "operator clients refuse the operator API's TLS connections",
+                "issue a new certificate",
             )
+        )
+        if operator_tls.client_ca is not None:
+            certificates.append(
+                (
+                    "operator.tls.client_ca",
+                    operator_tls.client_ca,
+                    "the operator API refuses the callers' certificates it signs",
+                    "install the CA's new certificate",
+                )
+            )
+    for setting, path, effect, remedy in certificates:
+        warnings += _certificate_warnings(setting, path, now, effect, remedy)
     warnings += settings_without_effect(config)
     warnings += exposed_secrets(config)
     return [" ".join(warning.split()) for warning in warnings]
 
 
-def _certificate_expiry(path: Path, now: dt.datetime) -> dt.datetime | None:
-    """When the first certificate in the PEM file ``path`` expired, if it has at ``now``; None if it has not,
-    or if the file cannot be read as one (`file_problems` names that)."""
+CERTIFICATE_WARNING_DAYS = 30
+"""``config check`` warns of a TLS or CA certificate that expires within this many days."""
+
+
+def _certificate_warnings(setting: str, path: Path, now: dt.datetime, effect: str, remedy: str) -> list[str]:
+    """One warning for each certificate in the PEM file ``path`` (a certificate with its chain, or a CA bundle)
+    that is not yet valid at ``now``, has expired, or expires within `CERTIFICATE_WARNING_DAYS`; ``effect`` says
+    what fails meanwhile, ``remedy`` what to do. None for a file that cannot be read as certificates
+    (`file_problems` names that)."""
     from cryptography import x509
 
     try:
-        certificate = x509.load_pem_x509_certificates(read_small_file(path))[0]
-    except (OSError, ValueError, IndexError):
-        return None
-    expires = certificate.not_valid_after_utc
-    return expires if expires < now else None
+        found = x509.load_pem_x509_certificates(read_small_file(path))
+    except (OSError, ValueError):
+        return []
+    warnings = []
+    for number, certificate in enumerate(found, start=1):
+        which = str(path)
+        if len(found) > 1:
+            which += f" (certificate {number} of {len(found)}, {certificate.subject.rfc4514_string()[:120]})"
+        starts, expires = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+        if starts > now:
+            warnings.append(
+                f"{setting}: {which} is not valid until {starts.isoformat()}; serve starts, but until then {effect}:"
+                " check this machine's clock, or the certificate's dates"
+            )
+        elif expires < now:
+            warnings.append(
+                f"{setting}: {which} expired at {expires.isoformat()}; serve starts, but {effect}: {remedy}"
+            )
+        elif expires < now + dt.timedelta(days=CERTIFICATE_WARNING_DAYS):
+            days = (expires - now) // dt.timedelta(days=1)
+            warnings.append(
+                f"{setting}: {which} expires at {expires.isoformat()}, in {days} days; once it has, {effect}:"
+                f" {remedy} before then"
+            )
+    return warnings

@@ -878,6 +878,88 @@ def test_config_check_warns_of_an_expired_trust_document_or_certificate_and_stil
     ]
 
 
+def _dated_certificate(
+    folder: Path, name: str, starts: dt.datetime, expires: dt.datetime, *, ca: bool = False, issuer: str = ""
+) -> None:
+    """Write ``name``.crt (and ``name``.key) valid from ``starts`` to ``expires``: a CA's when ``ca``, else one
+    for CN=CHN issued by the CA ``issuer`` (written before), or self-signed without one."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, f"{name} CA" if ca else "CHN")])
+    signer, issuer_name = key, subject
+    if issuer:
+        issuer_key = serialization.load_pem_private_key((folder / f"{issuer}.key").read_bytes(), None)
+        assert isinstance(issuer_key, ec.EllipticCurvePrivateKey)
+        signer, issuer_name = (
+            issuer_key,
+            x509.load_pem_x509_certificate((folder / f"{issuer}.crt").read_bytes()).subject,
+        )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(starts)
+        .not_valid_after(expires)
+    )
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+    (folder / f"{name}.crt").write_bytes(builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def test_config_check_warns_of_every_tls_and_ca_certificate_not_yet_valid_expired_or_expiring_soon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only the [tls] certificate was looked at, and only once expired: a certificate dated in the future (a
+    # clock or an issuer wrong), the operator API's certificate and the CA certificates were not, nor any
+    # expiry in the coming days, when there is still time to renew before the connections fail.
+    _files(tmp_path)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    day, hour = dt.timedelta(days=1), dt.timedelta(hours=1)
+    _dated_certificate(tmp_path, "partners-ca", now - 300 * day, now + 10 * day + hour, ca=True)
+    _dated_certificate(tmp_path, "tls", now + 2 * day, now + 300 * day, issuer="partners-ca")
+    _dated_certificate(tmp_path, "callers-ca", now - 300 * day, now - day, ca=True)
+    _dated_certificate(tmp_path, "operator", now - 300 * day, now + 20 * day + hour)
+    text = GOOD.replace(
+        '[operator]\nlisten = "127.0.0.1:0"',
+        '[operator]\nlisten = "127.0.0.1:0"\n'
+        '[operator.tls]\ncertificate = "operator.crt"\nprivate_key = "operator.key"\nclient_ca = "callers-ca.crt"',
+    ).replace(
+        "[[partners]]",
+        '[tls]\ncertificate = "tls.crt"\nprivate_key = "tls.key"\nca_certificate = "partners-ca.crt"\n\n[[partners]]',
+        1,
+    )
+    path = _write(tmp_path, text)
+    assert main(["config", "check", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{path}: OK: CHN gateway"), captured.err
+    warned = [line.removeprefix(f"{path}: warning: ") for line in captured.err.splitlines()]
+    assert [line.split(":")[0] for line in warned] == [
+        "tls.certificate",
+        "tls.ca_certificate",
+        "operator.tls.certificate",
+        "operator.tls.client_ca",
+    ], warned
+    future, soon, operator, expired = warned
+    assert f"{tmp_path / 'tls.crt'} is not valid until {(now + 2 * day).isoformat()}" in future
+    assert "partners refuse its TLS connections" in future and "check this machine's clock" in future
+    assert f"{tmp_path / 'partners-ca.crt'} expires at {(now + 10 * day + hour).isoformat()}, in 10 days" in soon
+    assert "install the CA's new certificate before then" in soon
+    assert f"{tmp_path / 'operator.crt'} expires at " in operator and ", in 20 days" in operator
+    assert "operator clients refuse" in operator
+    assert f"{tmp_path / 'callers-ca.crt'} expired at {(now - day).isoformat()}; serve starts, but" in expired
+    assert "the operator API refuses the callers' certificates" in expired
+
+
 def test_settings_that_can_never_take_effect_are_warned_of_not_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
