@@ -317,6 +317,30 @@ async def test_no_credentials_a_wrong_token_or_a_malformed_header_are_unauthenti
         assert (await _call(channel, method, metadata=_metadata(TOKENS[Role.READ_ONLY])))[0] == grpc.StatusCode.OK
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [17_000, 70_000])
+async def test_an_authorization_header_past_grpcs_metadata_limit_is_refused_by_grpc_itself(
+    gateways: Gateways, size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # gRPC's HTTP/2 layer refuses a call whose metadata passes 16 KiB (and, at random, one past 8 KiB) with
+    # RESOURCE_EXHAUSTED and its own text, before the gateway reads the header: the gateway's handler never answers
+    # it, so no response code can be added, and none is (README, "Limits"). The call takes no effect, and the
+    # gateway's log says nothing.
+    method = "/carbon_gateway.v1.OperatorService/OpenAccount"
+    request = operator_pb2.OpenAccountRequest(
+        idempotency_key="big-header",
+        account=records_pb2.Account(account_id="PO-BIG", holder_name="Owner", account_type="project owner"),
+    ).SerializeToString()
+    caplog.set_level(logging.WARNING)
+    async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
+        token = TOKENS[Role.ADMINISTRATOR] + "x" * size
+        code, detail = await _call(channel, method, metadata=_metadata(token), request=request)
+    assert (code, detail) == (grpc.StatusCode.RESOURCE_EXHAUSTED, None)
+    async with gateways.tls.store.read() as tx:
+        assert await tx.get_account("PO-BIG") is None
+    assert not [r for r in caplog.records if r.name.startswith("gateway")], [r.getMessage() for r in caplog.records]
+
+
 async def _withheld(sent: asyncio.Event) -> AsyncIterator[bytes]:
     """A request stream that sends nothing until ``sent`` is set: the call's body, held back."""
     await sent.wait()
