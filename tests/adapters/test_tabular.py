@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 
 import pytest
 
@@ -122,3 +123,27 @@ def test_a_serial_holding_a_line_separator_is_one_record_refused_by_its_grammar(
     result = map_batch("serial-vcs", "cadt-v2-units", data, source_format="text", adapters=ADAPTERS)
     assert [(i.position, i.field, i.code) for i in result.issues] == [(2, "serial", IssueCode.BAD_PATTERN)]
     assert len(result.records) == 2
+
+
+FORMULA_LEADS = ["=1+1", '=HYPERLINK("http://example.com","x")', "+41 22", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+"""Text a spreadsheet opening the file would take for a formula (OWASP, CSV injection): it begins with ``=``,
+``+``, ``-``, ``@``, a tab or a carriage return."""
+
+
+def test_formula_looking_text_is_a_text_cell_in_xlsx_and_exact_text_in_csv() -> None:
+    # XLSX: each is an inline string, never a formula (no <f>), and a negative number written as a number stays
+    # a number cell; both read back as written. CSV carries each text exactly (README, "Adapters"): our reader,
+    # and any program, reads back what the registry recorded.
+    import zipfile
+
+    rows: list[list[object]] = [[v, -5] for v in FORMULA_LEADS]
+    data = tabular.write_xlsx([("Sheet", ["Note", "Quantity"], rows)])
+    with zipfile.ZipFile(io.BytesIO(data)) as package:
+        sheet = package.read("xl/worksheets/sheet1.xml").decode()
+    assert "<f>" not in sheet and "<f " not in sheet
+    assert sheet.count('t="inlineStr"') == 2 + len(FORMULA_LEADS) and sheet.count('t="n"><v>-5</v>') == len(rows)
+    assert tabular.read_xlsx_sheet(data, None) == (["Note", "Quantity"], rows)
+    assert tabular.read_csv_table(tabular.write_csv_table(["Note"], [[v] for v in FORMULA_LEADS])) == (
+        ["Note"],
+        [[v] for v in FORMULA_LEADS],
+    )
