@@ -279,8 +279,8 @@ class Reconciling(GatewayBase):
                 assert found is not None
                 return found
             now = self.clock()
-            for run in await tx.list_reconciliations(partner, limit=20):
-                if run.role is RunRole.REQUESTER and run.status is Status.RUNNING:
+            for run in await _running_here(tx, partner):
+                if run.status is Status.RUNNING:
                     if now - run.updated_at < ABANDON_AFTER:
                         raise GatewayError(
                             ResponseCode.INVALID_STATE,
@@ -316,10 +316,16 @@ class Reconciling(GatewayBase):
         """Start a run with each partner whose last run started ``every`` ago or longer, or, never reconciled,
         ``every`` after ``since`` (the gateway's start): the schedule."""
         started = []
+        async with self.store.read() as tx:
+            # The runs partners start here count among the latest runs with them: this side's runs still under
+            # way are read by role and status, whatever their number.
+            running = await _running_here(tx)
         for partner in sorted(self._exchange.partners.parties()):
             async with self.store.read() as tx:
                 runs = [r for r in await tx.list_reconciliations(partner, limit=20) if r.role is RunRole.REQUESTER]
-            if self.clock() - (runs[0].started_at if runs else since) < every:
+            runs += [r for r in running if r.partner == partner]
+            latest = max((r.started_at for r in runs), default=since)
+            if self.clock() - latest < every:
                 continue
             idem = Idempotency(self.party, "schedule", f"{partner}:{self.clock().isoformat()}", "")
             try:
@@ -1154,6 +1160,22 @@ REPORTED_RESULTS = frozenset(
     {Status.CONSISTENT, Status.TOTALS_INCONSISTENT, Status.BLOCKS_INCONSISTENT, Status.MANUAL_INTERVENTION_REQUIRED}
 )
 """The statuses a requester's report may carry: the results of a run."""
+
+
+RUNNING_AT_ONCE = 10_000
+"""The most runs this side started that `_running_here` reads: one at a time per partner, and a few more after a
+crash or beside a replica."""
+
+
+async def _running_here(tx: Transaction, partner: str = "") -> list[ReconciliationRun]:
+    """The runs this side started that are still running (with ``partner`` when given), read by their role and
+    status: not among the latest runs with the partner, which the runs the partner starts here (as many as it
+    likes) would push out of sight."""
+    running = await tx.running_reconciliations(RunRole.REQUESTER, _END_OF_TIME, RUNNING_AT_ONCE)
+    return [r for r in running if r.partner == partner or not partner]
+
+
+_END_OF_TIME = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 
 
 def _check_open_for_the_requester(run: ReconciliationRun, field: str) -> None:
