@@ -375,11 +375,13 @@ class Reconciling(GatewayBase):
                 known = await tx.partner_log_head(run.partner)
                 saw = known.partner_saw if known else 0
                 await tx.set_partner_log_head(run.partner, PartnerLogHead(0, merkle.EMPTY_ROOT, now, saw))
-            # Earlier unresolved runs with the partner are resolved with it: this run is the latest word on them.
+            # Earlier unresolved runs with the partner are resolved with it when this run compared the blocks: it
+            # is the latest word on them. A run that ended before (the partner refused to answer, or answered
+            # what cannot be true) said nothing about their blocks, which stay frozen.
             for older in await tx.list_reconciliations(run.partner, limit=1000):
                 unresolved = older.status.freezes or older.status is Status.TOTALS_INCONSISTENT
                 earlier = older.started_at <= run.started_at and older.run_id != run_id
-                if run.status.freezes and unresolved and earlier and older.role is run.role:
+                if _compared_the_blocks(run) and unresolved and earlier and older.role is run.role:
                     await tx.update_reconciliation(
                         replace(
                             older,
@@ -1281,6 +1283,16 @@ async def _moved_here(tx: Transaction, partner: str, transfer_ids: Sequence[str]
         stayed = [h.transfer_id for h in heads if h.state in NOTHING_MOVED and h.role is role]
         moved.update(await tx.ranges_of_transfers(stayed, statuses))
     return moved
+
+
+def _compared_the_blocks(run: ReconciliationRun) -> bool:
+    """Whether ``run`` compared the two sides' blocks to the end: it found differing blocks, or it asked for a
+    person because the partner's message log was rewritten, which this side finds and notes while the run goes
+    on. A run that asked for a person because the partner refused to answer, or answered what cannot be true,
+    ended before it compared any block."""
+    if run.status is Status.BLOCKS_INCONSISTENT:
+        return True
+    return run.status is Status.MANUAL_INTERVENTION_REQUIRED and _log_problem(run.partner, run.detail)
 
 
 def _log_problem(partner: str, detail: str) -> bool:

@@ -455,15 +455,17 @@ async def test_resolving_reaches_back_only_from_a_block_level_result(tmp_path: P
     try:
         gateway = pair.chn.core.gateway
 
-        def run(run_id: str, status: Status, minutes: int) -> ReconciliationRun:
+        def run(run_id: str, status: Status, minutes: int, detail: str = "") -> ReconciliationRun:
             at = now - dt.timedelta(minutes=minutes)
-            return ReconciliationRun(run_id, "CHE", RunRole.REQUESTER, status, at, at, at)
+            return ReconciliationRun(run_id, "CHE", RunRole.REQUESTER, status, at, at, at, detail=detail)
 
         async with pair.chn.store.transaction() as tx:
             await tx.insert_reconciliation(run("blocks", Status.BLOCKS_INCONSISTENT, 30))
             await tx.freeze("blocks", [(SPACE, 1, 10)])
             await tx.insert_reconciliation(run("totals", Status.TOTALS_INCONSISTENT, 20))
-            await tx.insert_reconciliation(run("manual", Status.MANUAL_INTERVENTION_REQUIRED, 10))
+            # The partner's log was rewritten: the run went on and compared the blocks, then asked for a person.
+            rewritten = "CHE's message log was rewritten: its head of 9 entries is not an extension of the head of 7"
+            await tx.insert_reconciliation(run("manual", Status.MANUAL_INTERVENTION_REQUIRED, 10, rewritten))
             await tx.freeze("manual", [(SPACE, 20, 30)])
         # A run that stopped at the totals examined no block: resolving it leaves the earlier findings alone.
         await gateway.resolve_reconciliation(Idempotency("t", "r", "k1", "h1"), "totals", "totals checked")

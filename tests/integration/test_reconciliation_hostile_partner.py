@@ -1,5 +1,6 @@
 """What a hostile or unlucky partner can do to this gateway's own reconciliation runs: the runs it starts here
-do not hide this side's run under way from the schedule or from the next start."""
+do not hide this side's run under way from the schedule or from the next start, and resolving a run that
+compared nothing leaves earlier findings frozen."""
 
 from __future__ import annotations
 
@@ -8,13 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from carbon_gateway.v1 import partner_pb2
+from carbon_gateway.v1 import partner_pb2, records_pb2
 from gateway.demo import start_pair
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.reconciliation import Status
+from gateway.domain.reconciliation import DEPTH, NodeRef, Status
 from gateway.node import utc_now
 from gateway.usecases.base import Idempotency
-from tests.integration.test_reconciliation import EMPTY_HEAD, TOTALS, crafter_for, send
+from tests.integration.harness import setup_accounts
+from tests.integration.test_reconciliation import (
+    AUDIT,
+    BLOCKS,
+    EMPTY_HEAD,
+    GROUP,
+    ROOT,
+    TOTALS,
+    _evidence,
+    _listed,
+    crafter_for,
+    frozen,
+    move,
+    reply,
+    send,
+)
 
 
 @pytest.mark.asyncio
@@ -46,5 +62,51 @@ async def test_runs_a_partner_starts_here_do_not_hide_this_side_s_own_run(tmp_pa
         assert (await gateway.get_reconciliation(second.run_id)).status is Status.RUNNING
         now[0] += day - dt.timedelta(seconds=1)
         assert await gateway.reconcile_due(day, started) == []
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_resolving_a_run_that_compared_no_block_leaves_earlier_findings_frozen(tmp_path: Path) -> None:
+    """A first run finds CHN's block missing at CHE and freezes it. CHE refuses to answer the next run, which ends
+    for a person having compared nothing. Resolving that run (CHE's operator says it was a glitch) resolves it
+    alone: the first run's finding stands, its units stay frozen, until a run that compares the blocks says
+    otherwise or a person resolves the first run itself."""
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        moved = await move(pair, [(1, 50)], "t0")
+        async with pair.chn.store.transaction() as tx:
+            await tx.fold_reconciliation("CHN")
+            (mine,) = await tx.reconciliation_blocks("CHE", ROOT)
+        await pair.chn.outbox.stop()  # CHN's requests wait in its outbox: only the crafted replies answer them
+        crafter = await crafter_for(pair)
+        gateway = pair.chn.core.gateway
+        bucket = NodeRef(GROUP, DEPTH, mine.bucket)
+
+        async def answer(*replies: partner_pb2.ReconciliationReply) -> None:
+            for answer in replies:
+                receipt = await send(pair, crafter, reconciliation_reply=answer)
+                assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.OK, True), receipt.detail
+
+        first = await gateway.start_reconciliation(Idempotency("t", "r", "k1", "h1"), "CHE")
+        await answer(
+            reply(first.run_id, TOTALS),
+            reply(first.run_id, BLOCKS, nodes=[_listed([])]),
+            reply(first.run_id, AUDIT, transfers=[_evidence(moved)], nodes=[_listed([], ref=bucket)]),
+        )
+        found = await gateway.get_reconciliation(first.run_id)
+        assert found.status is Status.BLOCKS_INCONSISTENT, found.detail
+        assert await frozen(pair.chn, 1, 50) == [first.run_id]
+
+        second = await gateway.start_reconciliation(Idempotency("t", "r", "k2", "h2"), "CHE")
+        await answer(reply(second.run_id, TOTALS, refusal=records_pb2.INTERNAL_ERROR, detail="try again"))
+        refused = await gateway.get_reconciliation(second.run_id)
+        assert refused.status is Status.MANUAL_INTERVENTION_REQUIRED, refused.detail
+
+        await gateway.resolve_reconciliation(Idempotency("t", "resolve", "k3", "h3"), second.run_id, "a glitch")
+        assert (await gateway.get_reconciliation(second.run_id)).status is Status.RESOLVED
+        assert (await gateway.get_reconciliation(first.run_id)).status is Status.BLOCKS_INCONSISTENT
+        assert await frozen(pair.chn, 1, 50) == [first.run_id]
     finally:
         await pair.stop()
