@@ -864,6 +864,10 @@ class Reconciling(GatewayBase):
             async with tx.savepoint():
                 await self._answer(tx, partner, request, reply)
         except Exception as exc:
+            if self.store.is_transient(exc):
+                # The database could not do it now: nothing is taken in, and the requester's statement comes again.
+                # Refused, its run would end for a person over a lock wait or a lost connection.
+                raise
             refusal = exc if isinstance(exc, GatewayError) else None
             if refusal is None:
                 log.exception("answering %s's reconciliation request %s failed", partner, request.run_id[:64])

@@ -1,18 +1,20 @@
 """What a hostile or unlucky partner can do to this gateway's own reconciliation runs: the runs it starts here
 do not hide this side's run under way from the schedule or from the next start, and resolving a run that
-compared nothing leaves earlier findings frozen."""
+compared nothing leaves earlier findings frozen; and a request this side's database could not answer now is
+answered when it comes again, not refused."""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from carbon_gateway.v1 import partner_pb2, records_pb2
 from gateway.demo import start_pair
 from gateway.domain.errors import GatewayError, ResponseCode
-from gateway.domain.reconciliation import DEPTH, NodeRef, Status
+from gateway.domain.reconciliation import DEPTH, GroupKey, NodeRef, Status, Totals
 from gateway.node import utc_now
 from gateway.usecases.base import Idempotency
 from tests.integration.harness import setup_accounts
@@ -28,9 +30,11 @@ from tests.integration.test_reconciliation import (
     crafter_for,
     frozen,
     move,
+    reconcile,
     reply,
     send,
 )
+from tests.integration.test_transient_store_errors import _transient_error
 
 
 @pytest.mark.asyncio
@@ -108,5 +112,36 @@ async def test_resolving_a_run_that_compared_no_block_leaves_earlier_findings_fr
         assert (await gateway.get_reconciliation(second.run_id)).status is Status.RESOLVED
         assert (await gateway.get_reconciliation(first.run_id)).status is Status.BLOCKS_INCONSISTENT
         assert await frozen(pair.chn, 1, 50) == [first.run_id]
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_request_the_database_could_not_answer_now_is_answered_by_the_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CHE's database cannot read its totals once (a lock wait ran out, a connection was lost) while it answers
+    CHN's request. The request is not taken in, CHN sends it again, and the run ends CONSISTENT: not refused with
+    INTERNAL_ERROR, which ended CHN's run for a person to read, with a traceback in CHE's log."""
+    pair = await start_pair(tmp_path)
+    try:
+        await setup_accounts(pair)
+        await move(pair, [(1, 50)], "t0")
+        async with pair.che.store.read() as tx:
+            transaction = type(tx)
+        totals = transaction.reconciliation_totals
+        failures: list[str] = []
+
+        async def fails_once(self: Any, partner: str) -> dict[GroupKey, Totals]:
+            if not failures:
+                failures.append(partner)
+                raise _transient_error(pair.che.store)
+            return await totals(self, partner)
+
+        monkeypatch.setattr(transaction, "reconciliation_totals", fails_once)
+        run = await reconcile(pair.chn, "CHE", "r1")
+        assert failures == ["CHN"]
+        assert (run.status, run.detail) == (Status.CONSISTENT, "")
+        assert not [r for r in caplog.records if r.exc_info is not None and "reconciliation" in r.getMessage()]
     finally:
         await pair.stop()
