@@ -424,13 +424,23 @@ class Reconciling(GatewayBase):
         """Keep the progress and send the request of its phase. The reply must prove the responder's log
         consistent from the head known now, which the progress keeps: a newer head learnt meanwhile (from a
         run the partner started) does not make an honest reply look rewritten."""
+        request = await self._bare_request(tx, run, progress)
+        progress.requests += 1
+        await self._save(tx, run, progress)
+        request.nodes.extend(ref_to_proto(r) for r in nodes)
+        request.transfer_ids.extend(transfer_ids)
+        await self._exchange.enqueue(tx, run.partner, reconciliation_request=request)
+
+    async def _bare_request(
+        self, tx: Transaction, run: ReconciliationRun, progress: Progress
+    ) -> partner_pb2.ReconciliationRequest:
+        """The request of the progress's phase without its nodes and transfers: this side's log head, and its
+        consistency proof from the head the partner saw last."""
         size, root = await self._own_head(tx)
         known = await tx.partner_log_head(run.partner)
         partner_saw = known.partner_saw if known else 0
         progress.asked_from = (known.tree_size, known.root_hash) if known else (0, merkle.EMPTY_ROOT)
-        progress.requests += 1
-        await self._save(tx, run, progress)
-        request = partner_pb2.ReconciliationRequest(
+        return partner_pb2.ReconciliationRequest(
             run_id=run.run_id,
             phase=progress.phase,  # type: ignore[arg-type]
             snapshot_at=wire.timestamp(run.snapshot_at),
@@ -438,10 +448,12 @@ class Reconciling(GatewayBase):
             consistency_from=partner_saw if partner_saw <= size else 0,
             consistency_proof=await self._consistency(tx, partner_saw, size),
             seen_head_size=known.tree_size if known else 0,
-            nodes=[ref_to_proto(r) for r in nodes],
-            transfer_ids=list(transfer_ids),
         )
-        await self._exchange.enqueue(tx, run.partner, reconciliation_request=request)
+
+    async def _room(self, tx: Transaction, run: ReconciliationRun, progress: Progress) -> int:
+        """Bytes the nodes and transfer IDs of the next request may take: the partner's envelope cap, less the
+        header and the rest of the request. A request beyond the cap is refused by the partner for good."""
+        return _budget(self, run.partner) - (await self._bare_request(tx, run, progress)).ByteSize()
 
     async def _on_reconciliation_reply(
         self, tx: Transaction, partner: str, reply: partner_pb2.ReconciliationReply
@@ -664,8 +676,19 @@ class Reconciling(GatewayBase):
             return
         if progress.phase == PHASE_BLOCKS:
             if progress.pending:
-                progress.asked = progress.pending[:MAX_REFS_PER_REQUEST]
-                progress.pending = progress.pending[MAX_REFS_PER_REQUEST:]
+                # As many nodes as the partner's envelope cap has room for; the rest go in the next request.
+                room, taken, count = await self._room(tx, run, progress), 0, 0
+                for ref in progress.pending[:MAX_REFS_PER_REQUEST]:
+                    size = _framed(ref_to_proto(ref).ByteSize())
+                    if count and taken + size > room:
+                        break
+                    count += 1
+                    taken += size
+                if taken > room:
+                    await self._too_small_to_ask(tx, run, progress, f"the node {progress.pending[0]}", taken, room)
+                    return
+                progress.asked = progress.pending[:count]
+                progress.pending = progress.pending[count:]
                 progress.nodes_asked += len(progress.asked)
                 await self._request(tx, run, progress, nodes=progress.asked)
                 return
@@ -680,6 +703,7 @@ class Reconciling(GatewayBase):
                 by_bucket.setdefault(NodeRef(block.group, DEPTH, block.bucket), set()).add(block.transfer_id)
             asked: list[NodeRef] = []
             transfers: dict[str, None] = {}  # in the order of the buckets: the responder answers the first first
+            room, taken = await self._room(tx, run, progress), 0
             for ref in progress.buckets:
                 wanted = dict.fromkeys(sorted(by_bucket.get(ref, set())))
                 if len(wanted) > MAX_TRANSFERS_PER_REQUEST:
@@ -695,16 +719,37 @@ class Reconciling(GatewayBase):
                     )
                     return
                 most = 1 if progress.narrow else MAX_REFS_PER_REQUEST  # the last reply had room for none
-                if asked and (len(asked) >= most or len(transfers | wanted) > MAX_TRANSFERS_PER_REQUEST):
+                # The bucket and the transfers it adds, as the request carries them: within the partner's cap.
+                size = _framed(ref_to_proto(ref).ByteSize()) + sum(
+                    _framed(len(t.encode())) for t in wanted if t not in transfers
+                )
+                full = len(asked) >= most or len(transfers | wanted) > MAX_TRANSFERS_PER_REQUEST or taken + size > room
+                if asked and full:
                     break
                 asked.append(ref)
                 transfers |= wanted
+                taken += size
+            if taken > room:
+                what = f"{_bucket_name(asked[0])} with the IDs of its {len(transfers)} transfers"
+                await self._too_small_to_ask(tx, run, progress, what, taken, room)
+                return
             progress.asked = asked
             progress.buckets = progress.buckets[len(asked) :]
             progress.transfers = list(transfers)
             await self._request(tx, run, progress, nodes=asked, transfer_ids=progress.transfers)
             return
         await self._finish(tx, run, progress, None, "")
+
+    async def _too_small_to_ask(
+        self, tx: Transaction, run: ReconciliationRun, progress: Progress, what: str, size: int, room: int
+    ) -> None:
+        """End the run for a person: the partner's envelope cap has no room for the smallest request left."""
+        detail = (
+            f"{what} takes {size} bytes in a request and {run.partner} takes envelopes with room for {room} (its"
+            " cap, less the header and this side's log head): raise the cap both sides configure for each other"
+            " (max_envelope_bytes)"
+        )
+        await self._finish(tx, run, progress, Status.MANUAL_INTERVENTION_REQUIRED, detail)
 
     async def _confirmed(self, tx: Transaction, run: ReconciliationRun, progress: Progress) -> list[Difference]:
         """The differences phase 2 found, compared again bucket by bucket as both sides hold them now: each side

@@ -1,7 +1,7 @@
 """What a hostile or unlucky partner can do to this gateway's own reconciliation runs: the runs it starts here
 do not hide this side's run under way from the schedule or from the next start, and resolving a run that
 compared nothing leaves earlier findings frozen; and a request this side's database could not answer now is
-answered when it comes again, not refused."""
+answered when it comes again, not refused; and this side's requests fit the partner's envelope cap."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from gateway.demo import start_pair
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import DEPTH, GroupKey, NodeRef, Status, Totals
 from gateway.node import utc_now
+from gateway.store.base import OutboxKind, OutboxState
 from gateway.usecases.base import Idempotency
 from tests.integration.harness import setup_accounts
 from tests.integration.test_reconciliation import (
@@ -27,11 +28,15 @@ from tests.integration.test_reconciliation import (
     TOTALS,
     _evidence,
     _listed,
+    capped_pair,
     crafter_for,
+    database,
+    finished,
     frozen,
     move,
     reconcile,
     reply,
+    report_of,
     send,
 )
 from tests.integration.test_transient_store_errors import _transient_error
@@ -145,3 +150,32 @@ async def test_a_request_the_database_could_not_answer_now_is_answered_by_the_re
         assert not [r for r in caplog.records if r.exc_info is not None and "reconciliation" in r.getMessage()]
     finally:
         await pair.stop()
+
+
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
+@pytest.mark.asyncio
+async def test_requests_are_split_to_fit_the_partner_s_cap(tmp_path: Path) -> None:
+    """CHN takes envelopes of 4 KiB at most. CHE lost its record of 500 blocks it acquired from CHN, in 25
+    transfers, and asks: the descent asks a hundred nodes and more, the audit hundreds of buckets and 25 transfers. Each
+    request fits CHN's cap, and the run ends with every difference found on both sides: a request beyond it was
+    refused by CHN for good, put on CHE's dead-letter list, and the run waited for an answer that never came."""
+    async with capped_pair(tmp_path, 4096) as pair:
+        await setup_accounts(pair)
+        for t in range(25):
+            await move(pair, [(1 + 2 * i + 40 * t, 1 + 2 * i + 40 * t) for i in range(20)], f"t{t}")
+        with database(tmp_path / "che.db") as db:
+            assert db.execute("DELETE FROM ledger WHERE action_type = 'Acquisition'").rowcount == 500
+        started = await pair.che.core.gateway.start_reconciliation(Idempotency("t", "r", "split", ""), "CHN")
+        run = await finished(pair.che, started.run_id, timeout=60)
+        async with pair.che.store.read() as tx:
+            assert await tx.list_outbox("CHN", states=(OutboxState.DEAD,)) == []
+            sent = [m.body for m in await tx.list_outbox("CHN") if m.kind is OutboxKind.RECONCILIATION_REQUEST]
+        assert run.status is Status.BLOCKS_INCONSISTENT, run.detail
+        report = report_of(run, pair.che)
+        assert len(report.differences) + report.differences_omitted == 500
+        assert all(d.kind == partner_pb2.MISSING_AT_REQUESTER for d in report.differences)
+        kept = await finished(pair.chn, run.run_id)
+        assert kept.status is Status.BLOCKS_INCONSISTENT and report_of(kept) == report
+        requests = [partner_pb2.Statement.FromString(body).reconciliation_request for body in sent]
+        assert max(len(r.nodes) for r in requests if r.phase == BLOCKS) > 1
+        assert len([r for r in requests if r.phase == AUDIT]) > 1
