@@ -859,9 +859,20 @@ class Reconciling(GatewayBase):
             log.warning("reconciliation run %s with %s: %s %s", run.run_id, run.partner, status.name, detail)
 
     def _fit_report(self, partner: str, report: partner_pb2.ReconciliationReport) -> None:
-        """Leave out the differences the partner's size cap has no room for (the count says how many)."""
+        """Leave out what the partner's size cap has no room for: first transfers in flight (no differences; the
+        detail says how many), then differences (the count says how many)."""
         budget = _budget(self, partner)
         over = report.ByteSize() - budget
+        if over > 0 and report.in_flight:
+            over += 2 * len(IN_FLIGHT_LEFT_OUT) + 8  # room for the note and the detail's length growing
+            kept = len(report.in_flight)
+            while kept and over > 0:
+                kept -= 1
+                over -= _framed(len(report.in_flight[kept].encode()))
+            note = IN_FLIGHT_LEFT_OUT.format(len(report.in_flight) - kept)
+            del report.in_flight[kept:]
+            report.detail = f"{report.detail}; {note}" if report.detail else note
+            over = report.ByteSize() - budget
         while report.differences and over > 0:
             over -= report.differences[-1].ByteSize() + 4
             report.differences.pop()
@@ -1206,6 +1217,9 @@ class Reconciling(GatewayBase):
         if status is not Status.CONSISTENT:
             log.warning("%s reports reconciliation run %s %s: %s", partner, run.run_id, status.name, detail)
 
+
+IN_FLIGHT_LEFT_OUT = "{} more transfers in flight left out for lack of room (compared next time)"
+"""The note a report's detail carries when the partner's size cap has no room for every transfer in flight."""
 
 REPORTED_RESULTS = frozenset(
     {Status.CONSISTENT, Status.TOTALS_INCONSISTENT, Status.BLOCKS_INCONSISTENT, Status.MANUAL_INTERVENTION_REQUIRED}

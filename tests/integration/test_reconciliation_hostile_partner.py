@@ -1,7 +1,10 @@
-"""What a hostile or unlucky partner can do to this gateway's own reconciliation runs: the runs it starts here
-do not hide this side's run under way from the schedule or from the next start, and resolving a run that
-compared nothing leaves earlier findings frozen; and a request this side's database could not answer now is
-answered when it comes again, not refused; and this side's requests fit the partner's envelope cap."""
+"""Reconciliation against a hostile or unlucky partner, and an unlucky database:
+
+- the runs a partner starts here do not hide this side's run under way from the schedule or the next start;
+- resolving a run that compared no block leaves earlier findings frozen;
+- a request this side's database could not answer now is answered when it comes again, not refused;
+- this side's requests and reports fit the envelope cap the partner declares, however small.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from tests.integration.test_reconciliation import (
     capped_pair,
     crafter_for,
     database,
+    delete_acquisition,
     finished,
     frozen,
     move,
@@ -179,3 +183,31 @@ async def test_requests_are_split_to_fit_the_partner_s_cap(tmp_path: Path) -> No
         requests = [partner_pb2.Statement.FromString(body).reconciliation_request for body in sent]
         assert max(len(r.nodes) for r in requests if r.phase == BLOCKS) > 1
         assert len([r for r in requests if r.phase == AUDIT]) > 1
+
+
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
+@pytest.mark.asyncio
+async def test_a_report_of_many_transfers_in_flight_still_fits_the_partner_s_cap(tmp_path: Path) -> None:
+    """CHN takes envelopes of 4 KiB at most. CHE asks while 90 of its transfers from CHN are still open there
+    (their Completions on their way): each is in flight, listed in the report, and no difference. The report
+    leaves out the in-flight transfers it has no room for, and says so, instead of going over CHN's cap: CHN
+    refused it for good, CHE's outbox put it on the dead-letter list, and CHN's record of the run never got its
+    result."""
+    async with capped_pair(tmp_path, 4096) as pair:
+        await setup_accounts(pair)
+        moved = [await move(pair, [(1 + 5 * i, 5 + 5 * i)], f"t{i}") for i in range(90)]
+        with database(tmp_path / "che.db") as db:
+            for transfer_id in moved:
+                delete_acquisition(db, transfer_id)
+                db.execute("UPDATE transfers SET state = 8 WHERE transfer_id = ?", (transfer_id,))
+        run = await reconcile(pair.che, "CHN", "many-in-flight")
+        assert (run.status, run.detail) == (Status.CONSISTENT, ""), run.detail
+        report = report_of(run, pair.che)
+        assert list(report.differences) == []
+        listed = list(report.in_flight)
+        assert 0 < len(listed) < len(moved) and set(listed) <= set(moved)
+        assert f"{len(moved) - len(listed)} more transfers in flight" in report.detail, report.detail
+        kept = await finished(pair.chn, run.run_id)
+        assert kept.status is Status.CONSISTENT
+        async with pair.che.store.read() as tx:
+            assert await tx.list_outbox("CHN", states=(OutboxState.DEAD,)) == []
