@@ -660,8 +660,10 @@ class Reconciling(GatewayBase):
                 run,
                 progress,
                 Status.MANUAL_INTERVENTION_REQUIRED,
-                f"{run.partner} needed more than {MAX_REQUESTS_PER_RUN} requests to answer this run: it answers a"
-                " little at a time; ask its operator why",
+                f"{run.partner} needed more than {MAX_REQUESTS_PER_RUN} requests to answer this run: its size cap"
+                f" ({_cap(self, run.partner)} bytes, [[partners]] max_envelope_bytes) lets few nodes into one request,"
+                " or it answers a little at a time; compare the two ledgers with the partner directly, or agree on"
+                " a larger cap",
             )
             return
         if progress.found > MAX_DIFFERENCES:
@@ -1259,9 +1261,13 @@ def _budget(gateway: Reconciling, partner: str) -> int:
     """Bytes a reconciliation body may take to ``partner``: its envelope cap (statements travel in protobuf
     form), less the room kept for the header and for the envelope's payload type, key ID and signature, and
     for the requester's log head size, which a reply gets once answered (a tag and up to ten bytes)."""
+    return _cap(gateway, partner) - ENVELOPE_MARGIN_BYTES - 512 - 11
+
+
+def _cap(gateway: Reconciling, partner: str) -> int:
+    """The envelope size cap ``partner`` declares in this gateway's configuration."""
     found = gateway._exchange.partners.get(partner)
-    cap = found.max_envelope_bytes if found else 1 << 20
-    return cap - ENVELOPE_MARGIN_BYTES - 512 - 11
+    return found.max_envelope_bytes if found else 1 << 20
 
 
 def _check_audit_request(request: partner_pb2.ReconciliationRequest) -> None:

@@ -20,6 +20,7 @@ from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.reconciliation import DEPTH, GroupKey, NodeRef, Status, Totals
 from gateway.node import utc_now
 from gateway.store.base import OutboxKind, OutboxState
+from gateway.usecases import reconciling
 from gateway.usecases.base import Idempotency
 from tests.integration.harness import setup_accounts
 from tests.integration.test_reconciliation import (
@@ -211,3 +212,23 @@ async def test_a_report_of_many_transfers_in_flight_still_fits_the_partner_s_cap
         assert kept.status is Status.CONSISTENT
         async with pair.che.store.read() as tx:
             assert await tx.list_outbox("CHN", states=(OutboxState.DEAD,)) == []
+
+
+@pytest.mark.sqlite_only(reason="opens the SQLite file itself")
+@pytest.mark.asyncio
+async def test_a_run_that_needs_too_many_requests_names_the_partner_s_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A descent that a small cap spreads over more requests than a run may send ends for a person, and says the
+    cap may be why, not only the partner's answers."""
+    monkeypatch.setattr(reconciling, "MAX_REQUESTS_PER_RUN", 3)
+    async with capped_pair(tmp_path, 4096) as pair:
+        await setup_accounts(pair)
+        for t in range(25):
+            await move(pair, [(1 + 2 * i + 40 * t, 1 + 2 * i + 40 * t) for i in range(20)], f"t{t}")
+        with database(tmp_path / "che.db") as db:
+            assert db.execute("DELETE FROM ledger WHERE action_type = 'Acquisition'").rowcount == 500
+        started = await pair.che.core.gateway.start_reconciliation(Idempotency("t", "r", "many", ""), "CHN")
+        run = await finished(pair.che, started.run_id, timeout=60)
+        assert run.status is Status.MANUAL_INTERVENTION_REQUIRED, run.detail
+        assert "more than 3 requests" in run.detail and "(4096 bytes, [[partners]] max_envelope_bytes)" in run.detail
