@@ -1753,16 +1753,24 @@ class SQLiteTransaction:
         row = self._one("SELECT * FROM reconciliation_runs WHERE run_id = ?", (run_id,))
         return None if row is None else _run(row)
 
-    async def list_reconciliations(self, partner: str = "", limit: int = 100) -> list[ReconciliationRun]:
+    async def list_reconciliations(
+        self, partner: str = "", limit: int = 100, *, role: RunRole | None = None
+    ) -> list[ReconciliationRun]:
         # Two statements, each read through its index in order up to the limit: one "partner = ? or any" reads
         # every run ever made and sorts them.
+        in_role = "" if role is None else " AND role = ?"
+        roles = () if role is None else (role.value,)
         if partner:
             rows = self._all(
-                "SELECT * FROM reconciliation_runs WHERE partner = ? ORDER BY started_at DESC, run_id LIMIT ?",
-                (partner, limit),
+                f"SELECT * FROM reconciliation_runs WHERE partner = ?{in_role}"
+                " ORDER BY started_at DESC, run_id LIMIT ?",
+                (partner, *roles, limit),
             )
         else:
-            rows = self._all("SELECT * FROM reconciliation_runs ORDER BY started_at DESC, run_id LIMIT ?", (limit,))
+            rows = self._all(
+                f"SELECT * FROM reconciliation_runs WHERE TRUE{in_role} ORDER BY started_at DESC, run_id LIMIT ?",
+                (*roles, limit),
+            )
         return [_run(r) for r in rows]
 
     async def running_reconciliations(

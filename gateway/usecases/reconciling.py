@@ -322,7 +322,7 @@ class Reconciling(GatewayBase):
             running = await _running_here(tx)
         for partner in sorted(self._exchange.partners.parties()):
             async with self.store.read() as tx:
-                runs = [r for r in await tx.list_reconciliations(partner, limit=20) if r.role is RunRole.REQUESTER]
+                runs = await tx.list_reconciliations(partner, limit=1, role=RunRole.REQUESTER)
             runs += [r for r in running if r.partner == partner]
             latest = max((r.started_at for r in runs), default=since)
             if self.clock() - latest < every:

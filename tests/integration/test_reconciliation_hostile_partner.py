@@ -81,6 +81,33 @@ async def test_runs_a_partner_starts_here_do_not_hide_this_side_s_own_run(tmp_pa
 
 
 @pytest.mark.asyncio
+async def test_runs_a_partner_starts_here_do_not_make_the_schedule_run_again_early(tmp_path: Path) -> None:
+    """CHN's run with CHE has finished; then CHE starts 25 runs at CHN (CHN's newest runs with CHE). The schedule
+    still counts its period from CHN's own run: the partner's runs do not make CHN start one early."""
+    now = [utc_now() - dt.timedelta(minutes=10)]
+    pair = await start_pair(tmp_path, clock=lambda: now[0])
+    try:
+        gateway = pair.chn.core.gateway
+        started = now[0] - dt.timedelta(days=3)
+        day = dt.timedelta(days=1)
+        first = await gateway.start_reconciliation(Idempotency("t", "r", "k1", "h1"), "CHE")
+        assert (await finished(pair.chn, first.run_id, timeout=60)).status is Status.CONSISTENT
+        crafter = await crafter_for(pair)
+        now[0] = utc_now()
+        for i in range(25):
+            request = partner_pb2.ReconciliationRequest(run_id=f"from-che-{i}", phase=TOTALS, head=EMPTY_HEAD)
+            receipt = await send(pair, crafter, reconciliation_request=request)
+            assert ResponseCode(receipt.code) is ResponseCode.OK, receipt.detail
+        assert first.run_id not in {r.run_id for r in await gateway.list_reconciliations("CHE", limit=20)}
+        assert await gateway.reconcile_due(day, started) == []
+        now[0] = first.started_at + day
+        [again] = await gateway.reconcile_due(day, started)
+        assert again.partner == "CHE" and again.run_id != first.run_id
+    finally:
+        await pair.stop()
+
+
+@pytest.mark.asyncio
 async def test_resolving_a_run_that_compared_no_block_leaves_earlier_findings_frozen(tmp_path: Path) -> None:
     """A first run finds CHN's block missing at CHE and freezes it. CHE refuses to answer the next run, which ends
     for a person having compared nothing. Resolving that run (CHE's operator says it was a glitch) resolves it
