@@ -22,6 +22,7 @@ from signing.files import write_new_file
 
 EXIT_DISCREPANCY = 3
 EXIT_WAITING = 4
+EXIT_ABANDONED = 5
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,6 +119,8 @@ def _exit_code(run: Any) -> int:
         return 0
     if run.status == 1:
         return EXIT_WAITING
+    if run.status == 7:  # ABANDONED: nothing was compared, so nothing is known to differ
+        return EXIT_ABANDONED
     return EXIT_DISCREPANCY
 
 

@@ -5,6 +5,7 @@ entries a partner's reply had no room for."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sqlite3
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
 from gateway.cli import main
 from gateway.demo import start_pair, wait_for_state
 from gateway.domain.errors import ResponseCode
+from gateway.domain.reconciliation import Status
+from gateway.node import utc_now
 from gateway.rpc.errors import read_error_detail
+from gateway.usecases.base import Idempotency
 from signing import Envelope
 from tests.integration.harness import TERMINAL, open_account, operator, proposal_request, setup_accounts
 
@@ -227,3 +231,24 @@ def test_an_out_file_that_is_there_is_refused_before_any_call(
     err = capsys.readouterr().err
     assert "refusing to overwrite" in err and err.count("\n") == 1, err
     assert taken.read_text() == "kept"
+
+
+@pytest.mark.asyncio
+async def test_an_abandoned_run_is_no_result_not_a_discrepancy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run the partner never answered gives way to a later one: `show` says ABANDONED with exit status 5, not the
+    3 of a discrepancy, since nothing was compared."""
+    now = [utc_now()]
+    pair = await start_pair(tmp_path, clock=lambda: now[0])
+    try:
+        await pair.chn.outbox.stop()  # CHN's request waits in its outbox: the run stays running
+        gateway = pair.chn.core.gateway
+        first = await gateway.start_reconciliation(Idempotency("t", "r", "k1", "h1"), "CHE")
+        now[0] += dt.timedelta(hours=2)
+        await gateway.start_reconciliation(Idempotency("t", "r", "k2", "h2"), "CHE")
+        assert (await gateway.get_reconciliation(first.run_id)).status is Status.ABANDONED
+        code, out, err = await cli(capsys, "reconcile", "show", first.run_id, "--address", pair.chn.operator_address)
+        assert code == 5 and "status: ABANDONED" in out, (out, err)
+    finally:
+        await pair.stop()
