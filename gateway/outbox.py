@@ -242,9 +242,10 @@ class OutboxWorker:
             async with self.store.read() as tx:
                 heads = await tx.lane_heads(self.clock() + EVERY_HEAD, MAX_LANES_NAMED + len(self._lanes()))
         except Exception as exc:
+            # A warning only: whatever stops it must not stop the worker, whose first claim says why if it lasts.
             if not database_could_not(self.store, exc):
-                raise
-            return  # the worker's first claim says why
+                log.exception("could not look for messages to Parties this gateway does not know")
+            return
         for head in heads:
             if head.receiver not in self._lanes():
                 log.warning(

@@ -17,12 +17,14 @@ import grpc
 import pytest
 
 from carbon_gateway.v1 import operator_pb2, partner_pb2, records_pb2
+from gateway import outbox as outbox_module
 from gateway import wire
 from gateway.core import GatewayCore, PartnerSpec, utc_now
 from gateway.demo import DEMO_AUTHORIZATION, Pair, demo_block, wait_for_state
 from gateway.domain.errors import ResponseCode
 from gateway.domain.nomenclature import DEFAULT_REGISTRIES, IssuingRegistry, Nomenclature
 from gateway.domain.protocol import ACCEPT_ALL
+from gateway.domain.transfer import TransferState
 from gateway.exchange import TRUST_BUNDLE_PAYLOAD_TYPE, EnvelopeForm
 from gateway.harness import self_signed_trust_document, start_network
 from gateway.outbox import PartnerTransport, TransportError
@@ -39,6 +41,7 @@ from tests.integration.harness import (
     scripted_receipt,
     settle,
     setup_accounts,
+    transfer,
 )
 
 OUTSIDE = IssuingRegistry(code="XX-REG", unit_kinds=("XXU",))
@@ -658,6 +661,24 @@ async def test_a_trust_document_needing_more_signatures_than_the_gateway_makes_i
     assert pair.chn.exchange.signer is pair.chn.signer
     async with pair.chn.store.read() as tx:
         assert await tx.trust_document("CHN", 2) is None
+
+
+@pytest.mark.asyncio
+async def test_a_failed_look_for_unknown_lanes_at_start_does_not_stop_the_worker(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start's look for lanes of Parties this gateway does not know is a warning only: a failure in it (here
+    a date past the calendar's end) is logged, and the worker delivers as ever."""
+    block = await setup_accounts(pair)
+    monkeypatch.setattr(outbox_module, "EVERY_HEAD", dt.timedelta(days=3_000_000))
+    with caplog.at_level(logging.ERROR, logger="gateway.outbox"):
+        await pair.chn.outbox.stop()
+        pair.chn.outbox.start()
+        transfer_id = await transfer(pair, block, 1, 10, "after-a-failed-look")
+    assert any("could not look for messages to Parties" in r.getMessage() for r in caplog.records)
+    async with pair.che.store.read() as tx:
+        found = await tx.get_transfer(transfer_id)
+    assert found is not None and found.state is TransferState.COMPLETED
 
 
 @pytest.mark.asyncio
