@@ -14,12 +14,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
 
+from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.places import Places, PlacesFull
-from gateway.store.base import Change, ChangeKind, Store
+from gateway.store.base import Change, ChangeKind, Store, Transaction
 
 BATCH = 256
 """Changes read per read transaction."""
+TRANSFER_BATCH = 8
+"""Of those, the most transfer changes. Each carries its transfer's whole terms, up to a thousand blocks: some
+0.7 MB once read, and some 20 ms of the event loop to read. A batch waits in memory until its watcher has taken
+it, so a watcher that reads nothing would otherwise hold `BATCH` of them (some 180 MB, one caller's
+`MAX_WATCHERS_PER_CALLER` watches some 3 GB), and each read would hold the event loop for seconds. Ledger changes
+are small, and are read `BATCH` at a time between them."""
 FILTERED_SPAN = 4096
 """The most positions one read of a watch for some kinds of change looks through: a watch of a rare kind resumed
 far back reads the feed in spans, letting the process's other work run between them, instead of reading on to
@@ -50,6 +57,7 @@ class ChangeFeed:
         store: Store,
         *,
         batch: int = BATCH,
+        transfer_batch: int = TRANSFER_BATCH,
         filtered_span: int = FILTERED_SPAN,
         poll_seconds: float = POLL_SECONDS,
         max_watchers: int = MAX_WATCHERS,
@@ -58,6 +66,7 @@ class ChangeFeed:
     ) -> None:
         self.store = store
         self.batch = batch
+        self.transfer_batch = transfer_batch
         self.filtered_span = filtered_span
         self.poll_seconds = poll_seconds
         self.places = Places(max_watchers, max_watchers_per_caller, kept_watchers)
@@ -172,21 +181,20 @@ class ChangeFeed:
                 if self._closed:
                     raise FeedClosed
                 woken.clear()
-                through = position + self.filtered_span if kinds else None
                 async with self.store.read() as tx:
-                    batch = await tx.changes_after(position, self.batch, kinds, through=through)
+                    batch, full, through = await self._read(tx, position, kinds)
                     # Read in the same snapshot: every change up to it (and up to ``through``) was in the batch or
                     # filtered out.
-                    latest = await tx.last_change_position() if len(batch) < self.batch else 0
+                    latest = 0 if full else await tx.last_change_position()
                     pruned_through = (await tx.changes_pruned()).through
                 if pruned_through > position:  # pruned while this watcher was behind: the batch may lack changes
                     raise _pruned(position, pruned_through)
                 for change in batch:
                     yield change
                     position = change.position
-                if len(batch) == self.batch:
+                if full:
                     continue
-                seen = latest if through is None else min(latest, through)
+                seen = min(latest, through)
                 position = max(position, seen)
                 if seen < latest:
                     await asyncio.sleep(0)  # the next span at once, after the loop's other work
@@ -198,6 +206,37 @@ class ChangeFeed:
                         await woken.wait()
                 except TimeoutError:
                     pass
+
+    async def _read(
+        self, tx: Transaction, position: int, kinds: Sequence[ChangeKind]
+    ) -> tuple[list[Change], bool, int]:
+        """The changes after ``position`` (of ``kinds``, when given) up to a position it returns, in order; whether
+        a batch was full (the changes after the last one returned are still to be read); and the position through
+        which every change was read or filtered out when none was.
+
+        Transfer changes are read `transfer_batch` at a time, then the ledger changes up to the last of them,
+        `batch` at a time, in the same snapshot: a full batch of either ends what is returned at its last change
+        (transfers past a full batch of ledger changes are read again next time). A read reaches at most
+        `filtered_span` positions past ``position`` for a watch of some kinds (a rare kind is not looked for to the
+        end of the feed in one statement), and `batch` positions for a watch of every kind.
+        """
+        wanted = list(dict.fromkeys(kinds or ChangeKind))
+        ledger = [k for k in wanted if k is not ChangeKind.TRANSFER]
+        through = min(position + (self.filtered_span if kinds else self.batch), text.MAX_INT64)
+        full = False
+        found: list[Change] = []
+        if ChangeKind.TRANSFER in wanted:
+            limit = min(self.transfer_batch, self.batch)
+            found += await tx.changes_after(position, limit, [ChangeKind.TRANSFER], through=through)
+            if len(found) == limit:
+                full, through = True, found[-1].position
+        if ledger:
+            entries = await tx.changes_after(position, self.batch, ledger, through=through)
+            if len(entries) == self.batch:
+                full, through = True, entries[-1].position
+            found += entries
+        found.sort(key=lambda change: change.position)
+        return [change for change in found if change.position <= through], full, through
 
 
 def _pruned(position: int, through: int) -> GatewayError:

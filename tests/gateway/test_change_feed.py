@@ -20,7 +20,7 @@ from gateway.domain.transfer import Transfer, TransferRole, TransferState
 from gateway.store.base import Change, ChangeKind
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite import SQLiteStore, SQLiteTransaction
-from gateway.usecases.watching import ChangeFeed, FeedClosed
+from gateway.usecases.watching import TRANSFER_BATCH, ChangeFeed, FeedClosed
 
 T0 = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
 BLOCK = UnitBlock(SerialSpace("CCER", "CN-CCER"), 1, 400, vintage=2025)
@@ -351,6 +351,64 @@ async def test_a_watch_of_some_kinds_reads_the_feed_in_spans_at_once_and_misses_
         assert third.position == 84 and third.transfer is not None
         assert third.transfer.state is TransferState.COMPLETED
         await watched.aclose()
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_watcher_that_does_not_read_holds_a_few_large_transfers_not_a_batch_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transfer change carries up to a thousand blocks (some 0.7 MB once read, some 20 ms to read): a watch
+    reads few of them at a time, so a watcher that takes one change and reads no more holds a few, not hundreds
+    (a caller's sixteen watches held gigabytes), and a read never holds the event loop for seconds. Read in
+    smaller batches, the feed still gives every change once, in order, across full batches of either kind."""
+    store = await SQLiteStore.open(tmp_path / "g.db")
+    transfers_read: list[int] = []
+    changes_after = SQLiteTransaction.changes_after
+
+    async def spied(
+        tx: SQLiteTransaction,
+        position: int,
+        limit: int,
+        kinds: Sequence[ChangeKind] = (),
+        *,
+        through: int | None = None,
+    ) -> list[Change]:
+        found = await changes_after(tx, position, limit, kinds, through=through)
+        transfers_read.append(sum(1 for change in found if change.kind is ChangeKind.TRANSFER))
+        return found
+
+    space = SerialSpace("CCER", "CN-CCER")
+    try:
+        async with store.transaction() as tx:
+            for i in range(40):
+                blocks = tuple(
+                    UnitBlock(space, 10_000 * i + 2 * j + 1, 10_000 * i + 2 * j + 1, vintage=2025) for j in range(1000)
+                )
+                terms = dataclasses.replace(TERMS, blocks=blocks)
+                await tx.insert_transfer(dataclasses.replace(TRANSFER, transfer_id=f"large-{i}", terms=terms))
+                await tx.append_ledger([dataclasses.replace(ENTRY, transfer_id=f"large-{i}")] * (30 if i % 9 else 1))
+        changes = await everything(store)
+        monkeypatch.setattr(SQLiteTransaction, "changes_after", spied)
+
+        stalled = ChangeFeed(store, poll_seconds=3600).follow(0)
+        assert await anext(stalled) == changes[0]
+        assert 0 < sum(transfers_read) <= TRANSFER_BATCH <= 16
+        await stalled.aclose()
+
+        for batch, transfer_batch, kinds in (
+            (256, 8, ()),
+            (5, 2, ()),
+            (7, 3, (ChangeKind.TRANSFER, ChangeKind.LEDGER_ENTRY)),
+        ):
+            transfers_read.clear()
+            feed = ChangeFeed(store, batch=batch, transfer_batch=transfer_batch, poll_seconds=3600)
+            following = feed.follow(0, kinds)
+            got = [await asyncio.wait_for(anext(following), 10) for _ in range(len(changes))]
+            assert got == changes, (batch, transfer_batch)
+            assert max(transfers_read) <= transfer_batch
+            await following.aclose()
     finally:
         await store.close()
 
