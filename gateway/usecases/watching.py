@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Sequence
 
 from gateway.domain import text
 from gateway.domain.errors import GatewayError, ResponseCode
 from gateway.domain.places import Places, PlacesFull
 from gateway.store.base import Change, ChangeKind, Store, Transaction
+
+log = logging.getLogger(__name__)
 
 BATCH = 256
 """Changes read per read transaction."""
@@ -210,6 +213,29 @@ class ChangeFeed:
     async def _read(
         self, tx: Transaction, position: int, kinds: Sequence[ChangeKind]
     ) -> tuple[list[Change], bool, int]:
+        """`_read_batch`, `batch` changes at a time. A change the store cannot decode (a row written by hand, or
+        damaged) fails the read of its whole batch: the changes before it are then read one at a time, so that
+        the watcher receives every one of them, and the change itself is refused naming the position before it.
+        """
+        try:
+            return await self._read_batch(tx, position, kinds, self.batch)
+        except UNDECODABLE:
+            pass
+        try:
+            return await self._read_batch(tx, position, kinds, 1)
+        except UNDECODABLE as exc:
+            error = text.truncate(f"{type(exc).__name__}: {exc}", 300)
+            log.error("the change feed cannot decode the first change after position %d: %s", position, error)
+            raise GatewayError(
+                ResponseCode.INTERNAL_ERROR,
+                f"the first change after position {position} cannot be read ({error}): the database holds a change-feed"
+                " row this gateway cannot decode, written by hand or damaged. Repair the record it is about, or prune"
+                f" the feed past it (PruneChanges); every change up to position {position} was given",
+            ) from None
+
+    async def _read_batch(
+        self, tx: Transaction, position: int, kinds: Sequence[ChangeKind], batch: int
+    ) -> tuple[list[Change], bool, int]:
         """The changes after ``position`` (of ``kinds``, when given) up to a position it returns, in order; whether
         a batch was full (the changes after the last one returned are still to be read); and the position through
         which every change was read or filtered out when none was.
@@ -222,17 +248,17 @@ class ChangeFeed:
         """
         wanted = list(dict.fromkeys(kinds or ChangeKind))
         ledger = [k for k in wanted if k is not ChangeKind.TRANSFER]
-        through = min(position + (self.filtered_span if kinds else self.batch), text.MAX_INT64)
+        through = min(position + (self.filtered_span if kinds else batch), text.MAX_INT64)
         full = False
         found: list[Change] = []
         if ChangeKind.TRANSFER in wanted:
-            limit = min(self.transfer_batch, self.batch)
+            limit = min(self.transfer_batch, batch)
             found += await tx.changes_after(position, limit, [ChangeKind.TRANSFER], through=through)
             if len(found) == limit:
                 full, through = True, found[-1].position
         if ledger:
-            entries = await tx.changes_after(position, self.batch, ledger, through=through)
-            if len(entries) == self.batch:
+            entries = await tx.changes_after(position, batch, ledger, through=through)
+            if len(entries) == batch:
                 full, through = True, entries[-1].position
             found += entries
         found.sort(key=lambda change: change.position)
@@ -248,6 +274,9 @@ def _pruned(position: int, through: int) -> GatewayError:
         field="after_position",
     )
 
+
+UNDECODABLE = (ValueError, KeyError, TypeError)
+"""What decoding a stored change raises when its row is not one the store's triggers write."""
 
 DIGEST_BYTES = 32
 

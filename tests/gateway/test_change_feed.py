@@ -414,6 +414,39 @@ async def test_a_watcher_that_does_not_read_holds_a_few_large_transfers_not_a_ba
 
 
 @pytest.mark.asyncio
+async def test_a_change_the_store_cannot_decode_is_refused_by_position_after_every_change_before_it(
+    tmp_path: Path,
+) -> None:
+    """A repair by hand writes a ledger row this gateway cannot read: its change fails to decode. The watcher
+    still receives every change before it (the batch holding it is read again one change at a time), and then a
+    refusal naming where it stopped, not an internal error with nothing delivered."""
+    path = tmp_path / "g.db"
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_transfer(TRANSFER)
+            [entry_id] = await tx.append_ledger([ENTRY])
+            await tx.insert_transfer(dataclasses.replace(TRANSFER, transfer_id="t-2"))
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE ledger SET action_type = 'Bogus' WHERE entry_id = ?", (entry_id,))
+        async with store.transaction() as tx:
+            await tx.insert_transfer(dataclasses.replace(TRANSFER, transfer_id="t-3"))
+        feed = ChangeFeed(store, poll_seconds=3600)
+        for kinds in ((), (ChangeKind.TRANSFER, ChangeKind.LEDGER_ENTRY_CHANGED)):
+            watched = feed.follow(0, kinds)
+            got = [await asyncio.wait_for(anext(watched), 10) for _ in range(3 if not kinds else 2)]
+            assert [c.position for c in got] == ([1, 2, 3] if not kinds else [1, 3])
+            with pytest.raises(GatewayError) as caught:
+                await asyncio.wait_for(anext(watched), 10)
+            assert caught.value.code is ResponseCode.INTERNAL_ERROR
+            assert "first change after position 3 cannot be read" in caught.value.message
+            assert "'Bogus' is not a valid ActionType" in caught.value.message
+            assert feed.watchers == 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
 async def test_a_watcher_left_behind_by_a_prune_is_refused_not_led_past_the_pruned_changes(tmp_path: Path) -> None:
     store = await SQLiteStore.open(tmp_path / "g.db")
     try:
