@@ -12,6 +12,7 @@ resume from), 2 for a usage error, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
 import json
@@ -20,6 +21,13 @@ from typing import Any
 from gateway.ledger_cli import RefusedError, UsageError, _command, _run, _target, whole_number
 
 EXIT_INTERRUPTED = 130
+
+PROBE_SECONDS = 60.0
+"""How often a watch checks that the gateway still answers (ListTrust, which reads no database). A watch that
+receives nothing cannot tell a quiet feed from a gateway that froze or a network that dropped the connection
+without closing it: TCP tells the watcher nothing while it sends nothing, and it would wait for ever."""
+PROBE_TIMEOUT_SECONDS = 20.0
+"""How long a check waits for the gateway's answer before the watch ends, saying where to resume."""
 
 KINDS = ("TRANSFER", "LEDGER_ENTRY", "LEDGER_ENTRY_CHANGED", "LEDGER_ENTRY_REMOVED")
 """The change kinds ``--kind`` takes: the names of the `ChangeKind` enum."""
@@ -75,9 +83,8 @@ def _do_watch(args: argparse.Namespace) -> int:
     last = args.after
     last_digest = ""
 
-    async def follow(stub: Any) -> None:
+    async def read(call: Any) -> None:
         nonlocal received, last, last_digest
-        call = stub.WatchChanges(request)
         async for change in call:
             line = json.dumps(json_format.MessageToDict(change, preserving_proto_field_name=True), ensure_ascii=False)
             print(line, flush=True)
@@ -87,6 +94,20 @@ def _do_watch(args: argparse.Namespace) -> int:
             if received == args.limit:
                 call.cancel()
                 return
+
+    async def follow(stub: Any) -> None:
+        call = stub.WatchChanges(request)
+        reading = asyncio.ensure_future(read(call))
+        probing = asyncio.ensure_future(_answering(stub))
+        try:
+            await asyncio.wait((reading, probing), return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                probing.result()  # raises when the gateway stopped answering
+            await reading
+        finally:
+            for task in (reading, probing):
+                task.cancel()
+            call.cancel()
 
     try:
         _run("watch", args, follow)
@@ -102,6 +123,27 @@ def _do_watch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 0
+
+
+async def _answering(stub: Any) -> None:
+    """Check every `PROBE_SECONDS` that the gateway answers; raise `RefusedError` once a check goes unanswered
+    for `PROBE_TIMEOUT_SECONDS` or finds the connection gone. Return (checking no more) on any other answer: a
+    refusal is an answer."""
+    import grpc
+
+    from carbon_gateway.v1 import operator_pb2
+
+    while True:
+        await asyncio.sleep(PROBE_SECONDS)
+        try:
+            await stub.ListTrust(operator_pb2.ListTrustRequest(), timeout=PROBE_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                return
+            raise RefusedError(
+                f"the gateway stopped answering: a check got no answer within {PROBE_TIMEOUT_SECONDS:g} s"
+                f" ({exc.code().name}); it froze, or the network between dropped the connection"
+            ) from None
 
 
 _watch = _command("watch", _do_watch)

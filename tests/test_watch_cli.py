@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from gateway import watch_cli
 from gateway.cli import main
 from gateway.demo import start_pair
 from gateway.store.sqlite import SQLiteStore
 from tests.integration.harness import operator, proposal_request, setup_accounts, transfer
 from tests.integration.test_watch import REPLICA_TRANSFER
-from tests.processes import free_port
+from tests.processes import free_port, write_pair
 from tests.test_cli import CLI, _write_config
 
 
@@ -199,3 +200,44 @@ async def test_a_watch_the_feed_is_pruned_under_names_where_to_continue_not_a_re
         assert "resume with" not in err
     finally:
         await pair.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_watch_of_a_gateway_that_stops_answering_ends_saying_where_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway that freezes (SIGSTOP here; a host that vanished, or a network that dropped the connection
+    without closing it, alike) sends nothing more and closes nothing: TCP tells a watcher that sends nothing
+    nothing either. The watch checks that the gateway answers, and ends (exit 1) with the line to resume from,
+    instead of waiting for ever."""
+    monkeypatch.setattr(watch_cli, "PROBE_SECONDS", 0.5)
+    monkeypatch.setattr(watch_cli, "PROBE_TIMEOUT_SECONDS", 2.0)
+    chn, _ = write_pair(tmp_path)
+    chn.start()
+    try:
+        await chn.wait_serving()
+        replica = await SQLiteStore.open(tmp_path / "chn.db")
+        try:
+            async with replica.transaction() as tx:
+                await tx.insert_transfer(REPLICA_TRANSFER)
+        finally:
+            await replica.close()
+        follower = asyncio.create_task(asyncio.to_thread(main, ["watch", "--address", chn.operator_address]))
+        printed = ""
+        async with asyncio.timeout(30):
+            while "\n" not in printed:  # the change is printed: the watch follows, at the end of the feed
+                printed += capsys.readouterr().out
+                await asyncio.sleep(0.05)
+        assert chn.process is not None
+        chn.process.send_signal(signal.SIGSTOP)
+        try:
+            code = await asyncio.wait_for(follower, 30)
+        finally:
+            chn.process.send_signal(signal.SIGCONT)
+        out, err = capsys.readouterr()
+        [change] = [json.loads(line) for line in (printed + out).splitlines()]
+        assert code == 1 and err.count("\n") == 1, err
+        assert "the gateway stopped answering" in err
+        assert err.rstrip().endswith(f"resume with --after {change['position']} --digest {change['digest']}")
+    finally:
+        chn.stop()
