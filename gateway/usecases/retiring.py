@@ -124,8 +124,9 @@ class Retiring(Initiating):
             entries: list[LedgerEntry] = []
             newly_tied = 0
             acquisitions = _Acquisitions(tx, [stored.block for stored in reserved])
+            parties: dict[str, str] = {}
             for stored in reserved:
-                authorization = await self._authorization_for(tx, stored, named, request, now.date())
+                authorization = await self._authorization_for(tx, stored, named, request, now.date(), parties)
                 purpose = self._purpose(request, authorization, stored)
                 if authorization is None:
                     # Units tied to an authorization not known here, and units acquired before blocks carried
@@ -278,9 +279,15 @@ class Retiring(Initiating):
         named: Authorization | None,
         request: RetirementRequest,
         today: dt.date,
+        parties: dict[str, str],
     ) -> Authorization | None:
         """The authorization whose definition decides the block's first transfer: the one it is tied to, if this
-        gateway knows it, else the one the request names (which then ties it)."""
+        gateway knows it, else the one the request names (which then ties it).
+
+        Units another Party first transferred are governed by an authorization registered here only if it is that
+        Party's (a copy): one registered as another Party's (this Party's own, say, under the same ID) is not their
+        authorization, and would otherwise decide what they may be used for. They are then treated as units whose
+        authorization is not known here. ``parties`` caches each authorization's Party (`_registered_party`)."""
         block = stored.block
         if block.tied:
             if named is not None and named.authorization_id != block.authorization_id:
@@ -294,6 +301,10 @@ class Retiring(Initiating):
             if block.first_transferring_party == self.party and not block.first_transferred:
                 # The first transfer happens now if the definition says so: the version in force must allow it.
                 return await self._authorization_in_force(tx, block.authorization_id, today, "authorization_id")
+            if block.first_transferring_party != self.party:
+                party = await self._registered_party(tx, block.authorization_id, parties)
+                if party and party != block.first_transferring_party:
+                    return None  # not their authorization: they go only for a purpose they were acquired for
             return await self._authorization_on(tx, block.authorization_id, today)
         if block.first_transferred:
             return None  # acquired before blocks carried their tie: nothing left to decide
@@ -307,6 +318,19 @@ class Retiring(Initiating):
             )
         check_vintage(named, block, "authorization_id")
         return named
+
+    async def _registered_party(self, tx: Transaction, authorization_id: str, parties: dict[str, str]) -> str:
+        """The Party whose authorization ``authorization_id`` is registered here as: the one its versions name,
+        else this Party once units of its own are tied to it; "" for one not registered, or registered without
+        its Party and tied to nothing here (a copy registered by an earlier release, perhaps). As the acquiring
+        side judges incoming units (`Acquiring._tie_contradicted`)."""
+        if authorization_id not in parties:
+            versions = await tx.authorization_versions(authorization_id)
+            party = next((v.party for v in reversed(versions) if v.party), "")
+            if not party and versions and await self._tied_here(tx, authorization_id):
+                party = self.party
+            parties[authorization_id] = party
+        return parties[authorization_id]
 
     @staticmethod
     def _purpose(request: RetirementRequest, authorization: Authorization | None, stored: StoredBlock) -> Purpose:
