@@ -88,6 +88,52 @@ def _refusal(error: grpc.aio.AioRpcError) -> tuple[ResponseCode, str]:
     return ResponseCode(detail.code), detail.field
 
 
+async def _che_holds_chn_units(
+    chn_stub: operator_pb2_grpc.OperatorServiceAsyncStub, che_stub: operator_pb2_grpc.OperatorServiceAsyncStub
+) -> None:
+    """CHE holds units 1-100 that CHN first transferred to it under CHN's authorization ``A-0001`` (OIMP only),
+    acquired for OIMP."""
+    await _open(chn_stub, "CN-PO-0001", "project owner")
+    await _open(che_stub, "CH-PH-0001", "Party holding")
+    await _open(che_stub, "CH-USE-0001", "use")
+    await chn_stub.RegisterAuthorization(
+        operator_pb2.RegisterAuthorizationRequest(
+            idempotency_key="auth", authorization=_authorization("A-0001", ["OIMP"], "Issuance")
+        )
+    )
+    await chn_stub.RegisterIssuance(
+        operator_pb2.RegisterIssuanceRequest(
+            idempotency_key="issue",
+            account_id="CN-PO-0001",
+            authorization_id="A-0001",
+            block=records_pb2.UnitBlock(
+                space=SPACE,
+                start=1,
+                end=1000,
+                vintage=2025,
+                project_id="P-0001",
+                methodology_code="CCER-14-002-V01",
+                mitigation_type="Removals",
+                registry_reference="issuance-0001",
+            ),
+        )
+    )
+    proposed = await chn_stub.ProposeTransfer(
+        operator_pb2.ProposeTransferRequest(
+            idempotency_key="transfer",
+            source_account="CN-PO-0001",
+            selections=[operator_pb2.BlockSelection(space=SPACE, start=1, end=100)],
+            acquiring_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
+            cooperative_approach="CA0001",
+            authorization_id="A-0001",
+            purpose="OIMP",
+            adjustment_method="single-year averaging",
+        )
+    )
+    final = {records_pb2.COMPLETED, records_pb2.REJECTED, records_pb2.CANCELLED, records_pb2.TERMINATED}
+    assert (await wait_for_state(che_stub, proposed.transfer_id, final, timeout=60)).state == records_pb2.COMPLETED
+
+
 async def test_acquired_units_are_not_used_under_this_party_s_own_authorization_of_the_same_id(
     pair: tuple[ServeProcess, ServeProcess],
 ) -> None:
@@ -99,45 +145,7 @@ async def test_acquired_units_are_not_used_under_this_party_s_own_authorization_
     chn, che = pair
     async with chn.channel() as chn_channel, che.channel() as che_channel:
         chn_stub, che_stub = ServeProcess.stub(chn_channel), ServeProcess.stub(che_channel)
-        await _open(chn_stub, "CN-PO-0001", "project owner")
-        await _open(che_stub, "CH-PH-0001", "Party holding")
-        await _open(che_stub, "CH-USE-0001", "use")
-        await chn_stub.RegisterAuthorization(
-            operator_pb2.RegisterAuthorizationRequest(
-                idempotency_key="auth", authorization=_authorization("A-0001", ["OIMP"], "Issuance")
-            )
-        )
-        await chn_stub.RegisterIssuance(
-            operator_pb2.RegisterIssuanceRequest(
-                idempotency_key="issue",
-                account_id="CN-PO-0001",
-                authorization_id="A-0001",
-                block=records_pb2.UnitBlock(
-                    space=SPACE,
-                    start=1,
-                    end=1000,
-                    vintage=2025,
-                    project_id="P-0001",
-                    methodology_code="CCER-14-002-V01",
-                    mitigation_type="Removals",
-                    registry_reference="issuance-0001",
-                ),
-            )
-        )
-        proposed = await chn_stub.ProposeTransfer(
-            operator_pb2.ProposeTransferRequest(
-                idempotency_key="transfer",
-                source_account="CN-PO-0001",
-                selections=[operator_pb2.BlockSelection(space=SPACE, start=1, end=100)],
-                acquiring_account=records_pb2.AccountRef(party="CHE", account_id="CH-PH-0001"),
-                cooperative_approach="CA0001",
-                authorization_id="A-0001",
-                purpose="OIMP",
-                adjustment_method="single-year averaging",
-            )
-        )
-        final = {records_pb2.COMPLETED, records_pb2.REJECTED, records_pb2.CANCELLED, records_pb2.TERMINATED}
-        assert (await wait_for_state(che_stub, proposed.transfer_id, final, timeout=60)).state == records_pb2.COMPLETED
+        await _che_holds_chn_units(chn_stub, che_stub)
 
         def use(key: str) -> operator_pb2.UseUnitsRequest:
             return operator_pb2.UseUnitsRequest(
@@ -175,3 +183,36 @@ async def test_acquired_units_are_not_used_under_this_party_s_own_authorization_
         assert [(h.block.start, h.block.end, h.status) for h in used.retired] == [(1, 10, "used")]
         summary = await che_stub.GetLedgerSummary(operator_pb2.GetLedgerSummaryRequest())
         assert all(year.used_ndc == "0" for year in summary.years)
+
+
+async def test_acquired_units_do_not_move_on_under_this_party_s_own_authorization_of_the_same_id(
+    pair: tuple[ServeProcess, ServeProcess],
+) -> None:
+    """As for a use: CHE's own authorization ``A-0001`` is not CHN's, whose units it holds. A proposal of them
+    onward under it (for CHE's NDC, which CHN's never allowed) is refused, naming ``authorization_id``; it was
+    checked against CHE's authorization and went through."""
+    chn, che = pair
+    async with chn.channel() as chn_channel, che.channel() as che_channel:
+        chn_stub, che_stub = ServeProcess.stub(chn_channel), ServeProcess.stub(che_channel)
+        await _che_holds_chn_units(chn_stub, che_stub)
+        own = _authorization("A-0001", ["NDC"], "First international transfer", party="CHE")
+        await che_stub.RegisterAuthorization(
+            operator_pb2.RegisterAuthorizationRequest(idempotency_key="own", authorization=own)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await che_stub.ProposeTransfer(
+                operator_pb2.ProposeTransferRequest(
+                    idempotency_key="onward",
+                    source_account="CH-PH-0001",
+                    selections=[operator_pb2.BlockSelection(space=SPACE, start=50, end=60)],
+                    acquiring_account=records_pb2.AccountRef(party="CHN", account_id="CN-PO-0001"),
+                    cooperative_approach="CA0001",
+                    authorization_id="A-0001",
+                    purpose="NDC",
+                    adjustment_method="single-year averaging",
+                )
+            )
+        assert _refusal(refused.value) == (ResponseCode.AUTHORIZATION_MISSING, "authorization_id")
+        assert "registered here is CHE's" in (refused.value.details() or "")
+        listed = await che_stub.ListTransfers(operator_pb2.ListTransfersRequest())
+        assert [t.state for t in listed.transfers] == [records_pb2.COMPLETED]  # only the one CHE acquired

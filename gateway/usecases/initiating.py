@@ -134,6 +134,7 @@ class Initiating(GatewayBase):
             untied = [b for b in taken if not b.tied and not b.first_transferred]
             if untied:  # this transfer ties them (ITMOs acquired before blocks carried their tie it does not)
                 await self._check_ties_own(tx, terms.authorization_id, "authorization_id", untied)
+            parties: dict[str, str] = {}
             for index, block in enumerate(taken):
                 if block.tied and block.authorization_id != terms.authorization_id:
                     raise GatewayError(
@@ -143,6 +144,20 @@ class Initiating(GatewayBase):
                         field=f"selections[{index}]",
                         blocks=[block],
                     )
+                if block.tied and block.first_transferring_party != self.party:
+                    # Another Party's units: the authorization registered here decides only if it is theirs (a
+                    # copy). This Party's own of the same ID would let them go for what theirs never allowed.
+                    registered = await self._registered_party(tx, block.authorization_id, parties)
+                    if registered and registered != block.first_transferring_party:
+                        raise GatewayError(
+                            ResponseCode.AUTHORIZATION_MISSING,
+                            f"{block.describe()} is tied to {block.first_transferring_party}'s authorization"
+                            f" {block.authorization_id!r}, but the authorization of that ID registered here is"
+                            f" {registered}'s: its units move only under a copy of {block.first_transferring_party}'s"
+                            " authorization, which cannot be registered here under a taken ID",
+                            field="authorization_id",
+                            blocks=[block],
+                        )
             # The Proposal carries the blocks as delivered: tied, and first transferred if this is their first
             # transfer, so that the acquiring side and every onward transfer keep that state.
             context = self._departure_context(transfer_id, terms, self.clock())

@@ -319,19 +319,6 @@ class Retiring(Initiating):
         check_vintage(named, block, "authorization_id")
         return named
 
-    async def _registered_party(self, tx: Transaction, authorization_id: str, parties: dict[str, str]) -> str:
-        """The Party whose authorization ``authorization_id`` is registered here as: the one its versions name,
-        else this Party once units of its own are tied to it; "" for one not registered, or registered without
-        its Party and tied to nothing here (a copy registered by an earlier release, perhaps). As the acquiring
-        side judges incoming units (`Acquiring._tie_contradicted`)."""
-        if authorization_id not in parties:
-            versions = await tx.authorization_versions(authorization_id)
-            party = next((v.party for v in reversed(versions) if v.party), "")
-            if not party and versions and await self._tied_here(tx, authorization_id):
-                party = self.party
-            parties[authorization_id] = party
-        return parties[authorization_id]
-
     @staticmethod
     def _purpose(request: RetirementRequest, authorization: Authorization | None, stored: StoredBlock) -> Purpose:
         """The purpose the entry records: NDC for a use towards the NDC, else the one named, else the
