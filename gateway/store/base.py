@@ -898,33 +898,46 @@ def failure_line(error: BaseException) -> str:
 PROBE_SECONDS = 2.0
 """How long a health check waits for the database to answer a read before it says the gateway cannot work."""
 
+PROBE_FRESH_SECONDS = 1.0
+"""How long a probe's answer serves the health checks that come after it, before the next check reads again."""
+
 
 class DatabaseProbe:
     """Whether a store answers now, for the health checks (HTTP ``/healthz``, gRPC ``Check``): a gateway whose
     database does not answer cannot take a statement in or serve an operator, and a load balancer must learn so.
 
-    One read at a time, however many checks ask at once: the checks are open to whoever reaches the port, and a
-    crowd of them must not become a crowd of queries. A database found not answering is one warning in the log,
-    and its return one line, not a line (or a traceback) per check."""
+    One read at a time, however many checks ask at once, and at most one a `PROBE_FRESH_SECONDS` (``fresh``):
+    the checks are open to whoever reaches the port, and a crowd of them, or one caller asking in a loop, must
+    not become a crowd or a stream of queries; a check within ``fresh`` of the last answer gets that answer. A
+    database found not answering is one warning in the log, and its return one line, not a line (or a
+    traceback) per check."""
 
-    def __init__(self, store: Store, *, timeout: float = PROBE_SECONDS) -> None:
+    def __init__(self, store: Store, *, timeout: float = PROBE_SECONDS, fresh: float = PROBE_FRESH_SECONDS) -> None:
         self.store = store
         self.timeout = timeout
+        self.fresh = fresh
         self._probing: asyncio.Future[str | None] | None = None
+        self._answered_at: float | None = None
         self._failing = False
 
     async def problem(self) -> str | None:
         """None when the database answered a read within the probe's timeout; otherwise a short reason, which
         names nothing internal (hosts, file paths stay in this gateway's log)."""
         probing = self._probing
-        if probing is None:
+        now = asyncio.get_running_loop().time()
+        stale = self._answered_at is None or now - self._answered_at >= self.fresh
+        if probing is None or (probing.done() and stale):
             probing = self._probing = asyncio.ensure_future(self._probe())
             probing.add_done_callback(self._probed)
         return await asyncio.shield(probing)
 
     def _probed(self, probing: asyncio.Future[str | None]) -> None:
-        if self._probing is probing:
-            self._probing = None
+        if self._probing is not probing:
+            return
+        if probing.cancelled() or probing.exception() is not None:
+            self._probing = None  # nothing to serve the next checks: the next reads again
+        else:
+            self._answered_at = asyncio.get_running_loop().time()
 
     async def _probe(self) -> str | None:
         try:

@@ -26,6 +26,7 @@ from gateway.domain.protocol import DecisionPolicy
 from gateway.http.app import DELIVER_PATH
 from gateway.rpc.errors import read_error_detail
 from gateway.store import postgres as pg
+from gateway.store.base import Transaction
 from signing import Envelope
 from tests import postgres
 from tests.integration.harness import Crafter, operator, proposal_request, setup_accounts
@@ -303,13 +304,24 @@ async def test_health_checks_say_not_serving_while_the_database_does_not_answer(
                 statuses.append(checked.status)
         return (*answer, statuses)
 
+    async def settled(status: int) -> tuple[int, dict[str, str], str | None, list[int]]:
+        """The checks' answers once every one says ``status`` (or its gRPC counterpart)."""
+        serving = (
+            health_pb2.HealthCheckResponse.SERVING if status == 200 else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        async with asyncio.timeout(30):
+            while (answer := await health())[0] != status or answer[3] != [serving] * 2:
+                await asyncio.sleep(0.2)
+        return answer
+
     try:
         status, body, _, statuses = await health()
         assert (status, body["status"]) == (200, "serving")
         assert statuses == [health_pb2.HealthCheckResponse.SERVING] * 2
         caplog.set_level(logging.INFO)
         await _shut_out(admin, name)
-        status, body, retry_after, statuses = await health()
+        # An answer serves the checks of the next second (`PROBE_FRESH_SECONDS`): not serving after it.
+        status, body, retry_after, statuses = await settled(503)
         assert (status, body["status"], body["party"], retry_after) == (503, "not serving", "CHE", "1")
         assert body["reason"] == "the database cannot be used now", body
         assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
@@ -318,7 +330,7 @@ async def test_health_checks_say_not_serving_while_the_database_does_not_answer(
         # (asyncpg's pool logs its own failures to reconnect, with tracebacks: the library's, not the gateway's.)
         assert not [r for r in caplog.records if r.name.startswith("gateway") and r.exc_info is not None]
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        status, body, _, statuses = await health()
+        status, body, _, statuses = await settled(200)
         assert (status, body["status"]) == (200, "serving")
         assert statuses == [health_pb2.HealthCheckResponse.SERVING] * 2
     finally:
@@ -365,4 +377,42 @@ async def test_a_json_delivery_the_receiver_fails_on_is_answered_503_to_retry_no
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
+        await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_health_checks_asked_in_a_loop_read_the_database_about_once_a_second(tmp_path: Path) -> None:
+    # /healthz and Check need no credentials: a caller asking them in a loop, one after the other, must not make
+    # the gateway read its database once per check (one read at a time is still a read for every check); an
+    # answer serves the checks of the next second.
+    network = await harness.start_network(tmp_path, ("CHN", "CHE"), http=True)
+    node = network["CHE"]
+    async with node.core.store.read() as tx:
+        transaction = type(tx)
+    get_setting = transaction.get_setting
+    probes: list[str] = []
+
+    async def counted(self: Transaction, name: str) -> str | None:
+        if name == "health":
+            probes.append(name)
+        answer: str | None = await get_setting(self, name)
+        return answer
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(transaction, "get_setting", counted)
+            started = asyncio.get_running_loop().time()
+            async with aiohttp.ClientSession() as session:
+                for _ in range(200):
+                    async with session.get(node.http_url + "/healthz") as response:
+                        assert response.status == 200
+            async with grpc.aio.insecure_channel(node.partner_address) as channel:
+                for _ in range(100):
+                    checked = await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=30
+                    )
+                    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+            took = asyncio.get_running_loop().time() - started
+        assert 1 <= len(probes) <= took + 2, (len(probes), took)
+    finally:
         await network.stop()
