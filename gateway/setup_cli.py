@@ -37,6 +37,8 @@ from signing.files import read_small_file
 from signing.trust import MAX_VERSION
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from gateway.config import GatewayConfig
 
 EXIT_OK = 0
@@ -1249,6 +1251,15 @@ def file_warnings(config: GatewayConfig, now: dt.datetime) -> list[str]:
     return [" ".join(warning.split()) for warning in warnings]
 
 
+def _subject(certificate: x509.Certificate) -> str:
+    """The certificate's subject as RFC 4514 text, cut to 120 characters; one that cannot be parsed (a bundle's
+    certificate `cryptography` loads, reading its subject only when asked) is named so, not a traceback."""
+    try:
+        return certificate.subject.rfc4514_string()[:120]
+    except ValueError:
+        return "a subject that cannot be read"
+
+
 CERTIFICATE_WARNING_DAYS = 30
 """``config check`` warns of a TLS or CA certificate that expires within this many days."""
 
@@ -1268,7 +1279,7 @@ def _certificate_warnings(setting: str, path: Path, now: dt.datetime, effect: st
     for number, certificate in enumerate(found, start=1):
         which = str(path)
         if len(found) > 1:
-            which += f" (certificate {number} of {len(found)}, {certificate.subject.rfc4514_string()[:120]})"
+            which += f" (certificate {number} of {len(found)}, {_subject(certificate)})"
         starts, expires = certificate.not_valid_before_utc, certificate.not_valid_after_utc
         if starts > now:
             warnings.append(

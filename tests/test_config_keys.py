@@ -8,6 +8,7 @@ are reported at once; `serve` refuses them too, because it uses the same loader.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import sqlite3
@@ -1007,3 +1008,38 @@ async def test_config_check_reads_a_postgresql_database_without_waiting_for_its_
         if holder is not None:
             await holder.close()  # ends the transaction: a config check still waiting goes on and ends
         await drop_databases(admin, [url])
+
+
+def test_config_check_names_a_bundle_s_certificate_whose_subject_cannot_be_read_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A CA bundle's certificates are named by their subjects in a warning; cryptography loads a certificate whose
+    # subject is not valid DER text (here a UTF8String of bytes that are no UTF-8) and raises only when the
+    # subject is read. config check ended in a traceback there, not a line about the file.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    _files(tmp_path)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    day = dt.timedelta(days=1)
+    _dated_certificate(tmp_path, "partners-ca", now - 300 * day, now + 300 * day, ca=True)
+    _dated_certificate(tmp_path, "tls", now - day, now + 300 * day, issuer="partners-ca")
+    _dated_certificate(tmp_path, "old-ca", now - 300 * day, now - day, ca=True)
+    der = x509.load_pem_x509_certificate((tmp_path / "old-ca.crt").read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    assert der.count(b"old-ca CA") == 2  # its issuer and its subject
+    broken = der.replace(b"old-ca CA", b"\xff" * len(b"old-ca CA"))
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(broken) + b"-----END CERTIFICATE-----\n"
+    with (tmp_path / "partners-ca.crt").open("ab") as bundle:
+        bundle.write(pem)
+    text = GOOD.replace(
+        "[[partners]]",
+        '[tls]\ncertificate = "tls.crt"\nprivate_key = "tls.key"\nca_certificate = "partners-ca.crt"\n\n[[partners]]',
+        1,
+    )
+    path = _write(tmp_path, text)
+    main(["config", "check", str(path)])
+    warned = [line for line in capsys.readouterr().err.splitlines() if ": warning: tls.ca_certificate:" in line]
+    assert len(warned) == 1, warned
+    assert "(certificate 2 of 2, a subject that cannot be read) expired at" in warned[0], warned
