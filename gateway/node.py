@@ -258,6 +258,8 @@ class GatewayNode:
         self.changes = ChangeFeed(self.core.store)
         self._database_probe = DatabaseProbe(self.core.store)
         """What the health checks of every port ask (`DatabaseProbe`): one read of the database at a time for all."""
+        self._health: list[DatabaseHealth] = []
+        """The health services of the ports started, which a stop sets NOT_SERVING first."""
 
     # the core's parts, as the tests and tools know them
 
@@ -437,6 +439,7 @@ class GatewayNode:
         )
         self.changes = ChangeFeed(self.core.store)  # a feed a previous stop closed stays closed
         self._database_probe = DatabaseProbe(self.core.store)
+        self._health = []
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(
             OperatorService(self.gateway, self.trust, self.changes), self.operator_server
         )
@@ -515,6 +518,7 @@ class GatewayNode:
     async def _add_health(self, server: grpc.aio.Server, *services: str) -> None:
         servicer = DatabaseHealth(self._database_probe)
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        self._health.append(servicer)
         for name in ("", *services):
             await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -536,7 +540,10 @@ class GatewayNode:
         """Finish in-flight calls (up to ``grace`` seconds), stop the background tasks and close the store.
 
         Watch streams end at once (UNAVAILABLE: the watcher resumes elsewhere or later), or they would hold the
-        stop for the whole grace period."""
+        stop for the whole grace period. Health watchers learn NOT_SERVING first, and a load balancer sends
+        callers elsewhere before the ports close."""
+        for health in self._health:
+            await health.enter_graceful_shutdown()
         self.changes.close()
         for server in (self.operator_server, self.partner_server):
             if server is not None:

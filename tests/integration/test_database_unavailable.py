@@ -6,6 +6,7 @@ database is back the same call goes through."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sqlite3
@@ -422,3 +423,37 @@ async def test_health_checks_asked_in_a_loop_read_the_database_about_once_a_seco
         assert 1 <= len(probes) <= took + 2, (len(probes), took)
     finally:
         await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_gateway_tells_its_health_watchers_not_serving_first(tmp_path: Path) -> None:
+    # The README says Watch streams NOT_SERVING as the gateway stops: a load balancer watching health learns it
+    # before the ports close, and sends callers elsewhere. The stop never set it: the watch just ended.
+    network = await harness.start_network(tmp_path, ("CHN", "CHE"))
+    node = network["CHE"]
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with (
+            grpc.aio.insecure_channel(node.operator_address) as operator_channel,
+            grpc.aio.insecure_channel(node.partner_address) as partner_channel,
+        ):
+            watches = [
+                health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+                for channel in (operator_channel, partner_channel)
+            ]
+            for watch in watches:
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            stopping = asyncio.create_task(node.stop())
+            for watch in watches:
+                answer = await watch.read()
+                assert isinstance(answer, health_pb2.HealthCheckResponse), answer  # not the stream's end
+                assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                watch.cancel()  # as the load balancer does, or the stop waits out its grace period for them
+            await stopping
+    finally:
+        if stopping is None:
+            await node.stop()
+        else:
+            with contextlib.suppress(Exception):
+                await stopping
+        await network["CHN"].stop()
