@@ -76,6 +76,9 @@ def _report_aef(args: argparse.Namespace) -> int:
     if isinstance(config.database, Path) and not config.database.exists():
         return fail("report aef", f"{config.database}: no such database; start the gateway once first", EXIT_USAGE)
 
+    if not args.out.strip():
+        # An --out "$DIR" whose variable is unset would otherwise write into the working folder.
+        return fail("report aef", "--out is empty; name the XLSX file (or, with --format csv, the folder)", EXIT_USAGE)
     out = Path(args.out)
     if args.format == "xlsx" and out.is_symlink():
         try:  # written where the link points, as a shell's > would: the link stays

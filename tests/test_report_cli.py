@@ -731,6 +731,22 @@ def test_bad_arguments_get_one_line(gateway_dir: Path, capsys: pytest.CaptureFix
     assert not (gateway_dir / "aef.xlsx").exists()
 
 
+def test_an_empty_out_is_refused_not_taken_for_the_working_folder(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out "$DIR"`` with the variable unset must not write five CSV files into wherever the operator stands."""
+    here = gateway_dir / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    config = str(gateway_dir / "chn.toml")
+    for out, fmt in (("", "csv"), ("", "xlsx"), ("  ", "csv")):
+        assert main(["report", "aef", "--config", config, "--year", "2025", "--out", out, "--format", fmt]) == 2
+        assert one_line(capsys.readouterr().err).endswith(
+            "--out is empty; name the XLSX file (or, with --format csv, the folder)"
+        )
+    assert list(here.iterdir()) == []
+
+
 def test_labels_and_na_as_design_section_2_words_them(gateway_dir: Path) -> None:
     out = gateway_dir / "aef.xlsx"
     assert report(gateway_dir, out) == 0
