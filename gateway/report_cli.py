@@ -80,8 +80,8 @@ def _report_aef(args: argparse.Namespace) -> int:
         # An --out "$DIR" whose variable is unset would otherwise write into the working folder.
         return fail("report aef", "--out is empty; name the XLSX file (or, with --format csv, the folder)", EXIT_USAGE)
     out = Path(args.out)
-    if args.format == "xlsx" and out.is_symlink():
-        try:  # written where the link points, as a shell's > would: the link stays
+    if out.is_symlink():
+        try:  # written where the link points, as a shell's > would (a folder made there for CSV): the link stays
             out = Path(os.path.realpath(out, strict=False))
             if out.is_symlink():
                 raise OSError(errno.ELOOP, "a loop of symbolic links")
@@ -100,8 +100,14 @@ def _report_aef(args: argparse.Namespace) -> int:
             " earlier report to replace",
             EXIT_USAGE,
         )
-    if args.format == "csv" and out.exists() and not out.is_dir():
+    if args.format == "csv" and out.is_file():
         return fail("report aef", f"--out {out} is a file; --format csv writes five files into a folder", EXIT_USAGE)
+    if args.format == "csv" and out.exists() and not out.is_dir():
+        return fail(
+            "report aef",
+            f"--out {out} is not a folder (a device or a pipe); --format csv writes five files into a folder",
+            EXIT_USAGE,
+        )
     if not out.parent.is_dir():
         return fail("report aef", f"--out {out}: the folder {out.parent} does not exist", EXIT_USAGE)
 

@@ -994,3 +994,30 @@ def test_a_workbook_is_written_where_a_link_points_and_a_device_is_refused_befor
         assert one_line(capsys.readouterr().err).endswith(
             f"--out {device} is not a regular file (a device or a pipe); name the file to write"
         )
+
+
+def test_a_csv_folder_is_written_where_a_link_points_and_a_device_is_named_as_one(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--format csv --out naming a link writes the five files where it points, as the workbook is, making the
+    folder a link to nothing yet names (not "File exists", exit 1); a link to a device or a pipe is refused
+    as what it is, not as "a file"."""
+    link = gateway_dir / "latest"
+    link.symlink_to(gateway_dir / "reports-2025")
+    assert report(gateway_dir, link, "--format", "csv") == 0
+    target = gateway_dir / "reports-2025"
+    assert capsys.readouterr().out == f"wrote 5 files and their SHA-256 sums (aef-report.sha256) to {target}\n"
+    assert link.is_symlink() and sorted(p.name for p in link.iterdir()) == sorted([*CSV_NAMES, "aef-report.sha256"])
+    loop = gateway_dir / "loop"
+    loop.symlink_to(loop)
+    assert report(gateway_dir, loop, "--format", "csv") == 2
+    assert one_line(capsys.readouterr().err).endswith(f"--out {loop}: a loop of symbolic links")
+    fifo = gateway_dir / "pipe"
+    os.mkfifo(fifo)
+    to_device = gateway_dir / "null"
+    to_device.symlink_to("/dev/null")
+    for device, named in ((Path("/dev/null"), "/dev/null"), (fifo, str(fifo)), (to_device, "/dev/null")):
+        assert report(gateway_dir, device, "--format", "csv") == 2
+        assert one_line(capsys.readouterr().err).endswith(
+            f"--out {named} is not a folder (a device or a pipe); --format csv writes five files into a folder"
+        )
