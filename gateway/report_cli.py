@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import errno
 import os
+import re
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -110,6 +111,14 @@ def _report_aef(args: argparse.Namespace) -> int:
         )
     if not out.parent.is_dir():
         return fail("report aef", f"--out {out}: the folder {out.parent} does not exist", EXIT_USAGE)
+    foreign = _foreign_csv_file(out) if args.format == "csv" and out.is_dir() else None
+    if foreign is not None:
+        return fail(
+            "report aef",
+            f"--out {out} holds {foreign.name}, which is not a file of an earlier AEF report; name a new folder,"
+            " or the folder of an earlier report to replace",
+            EXIT_USAGE,
+        )
 
     try:
         written = write_report(
@@ -142,6 +151,47 @@ def _replaceable_workbook(path: Path) -> bool:
     except OSError:
         return True  # the write names what is wrong with the file
     return start in (b"", b"PK\x03\x04")
+
+
+_MANIFEST_LINE = re.compile(rb"[0-9a-f]{64}  [a-z_]+\.csv")
+
+
+def _foreign_csv_file(folder: Path) -> Path | None:
+    """The first file in ``folder`` that a CSV report would replace and may not: one of the report's names that is
+    not an empty file or that table of an earlier report (its header row), or sums that are not a report's. A
+    report into a folder of other work must not replace an ``actions.csv`` of someone else's."""
+    import csv
+    import io
+
+    from adapters import aef
+    from adapters.aef_columns import Table, headers
+
+    expected: dict[str, bytes] = {}
+    for table in Table:
+        line = io.StringIO()
+        csv.writer(line, lineterminator="\r\n").writerow(headers(table))
+        expected[f"{table.name.lower()}.csv"] = line.getvalue().encode("utf-8")
+    expected[aef.CSV_MANIFEST] = b""
+    for name, header in expected.items():
+        path = folder / name
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink() or not path.is_file():
+            continue  # replaced itself, never written through (a folder there fails the report, naming it)
+        try:
+            with path.open("rb") as file:
+                start = file.read(max(len(header), 4096))
+        except OSError:
+            continue  # the write names what is wrong with the file
+        if not start:
+            continue
+        if name == aef.CSV_MANIFEST:
+            if len(start) < 4096 and all(_MANIFEST_LINE.fullmatch(line) for line in start.splitlines()):
+                continue
+            return path
+        if not start.startswith(header):
+            return path
+    return None
 
 
 Tap = Callable[[str, Sequence[Any]], None]

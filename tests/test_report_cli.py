@@ -618,8 +618,8 @@ def test_a_report_that_cannot_replace_one_of_its_files_replaces_none(
     assert report(gateway_dir, out, "--format", "csv") == 0
     capsys.readouterr()
     earlier = {name: (out / name).read_bytes() for name in CSV_NAMES}
-    for name in CSV_NAMES:
-        (out / name).write_bytes(b"an earlier report\r\n")
+    for name in CSV_NAMES:  # an earlier report's tables (a CSV report replaces no other files)
+        (out / name).write_bytes(earlier[name].split(b"\r\n")[0] + b"\r\nan earlier report\r\n")
     (out / "holdings.csv").unlink()
     (out / "holdings.csv").mkdir()  # a folder where a file of the report goes: os.replace fails on it
     before = files(out)
@@ -627,7 +627,7 @@ def test_a_report_that_cannot_replace_one_of_its_files_replaces_none(
     line = one_line(capsys.readouterr().err)
     assert f"{out / 'holdings.csv'}: is not a regular file" in line and "nothing was written" in line, line
     assert files(out) == before  # not one file replaced, no partial file left
-    assert all((out / n).read_bytes() == b"an earlier report\r\n" for n in CSV_NAMES if n != "holdings.csv")
+    assert all((out / n).read_bytes().endswith(b"\r\nan earlier report\r\n") for n in CSV_NAMES if n != "holdings.csv")
     assert earlier  # the first report wrote every file
 
 
@@ -1021,3 +1021,29 @@ def test_a_csv_folder_is_written_where_a_link_points_and_a_device_is_named_as_on
         assert one_line(capsys.readouterr().err).endswith(
             f"--out {named} is not a folder (a device or a pipe); --format csv writes five files into a folder"
         )
+
+
+def test_a_csv_report_replaces_only_an_earlier_report_s_files_in_its_folder(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As a workbook replaces only a workbook, five CSV files go into a folder over an earlier report's files
+    (or empty ones) alone: a mistyped --out naming a folder of other work keeps its actions.csv."""
+    out = gateway_dir / "work"
+    out.mkdir()
+    assert report(gateway_dir, out, "--format", "csv") == 0
+    assert report(gateway_dir, out, "--format", "csv") == 0, "an earlier report is replaced"
+    capsys.readouterr()
+    (out / "holdings.csv").write_bytes(b"")
+    assert report(gateway_dir, out, "--format", "csv") == 0, "so is an empty file"
+    capsys.readouterr()
+    for name, text in (("actions.csv", "date,amount\n2025-01-01,12\n"), ("aef-report.sha256", "my notes\n")):
+        other = gateway_dir / f"other-{name}"
+        other.mkdir()
+        (other / name).write_text(text)
+        before = sorted((p.name, p.is_file() and p.read_bytes()) for p in other.iterdir())
+        assert report(gateway_dir, other, "--format", "csv") == 2
+        assert one_line(capsys.readouterr().err).endswith(
+            f"--out {other} holds {name}, which is not a file of an earlier AEF report; name a new folder, or the"
+            " folder of an earlier report to replace"
+        )
+        assert sorted((p.name, p.is_file() and p.read_bytes()) for p in other.iterdir()) == before
