@@ -1047,3 +1047,22 @@ def test_a_csv_report_replaces_only_an_earlier_report_s_files_in_its_folder(
             " folder of an earlier report to replace"
         )
         assert sorted((p.name, p.is_file() and p.read_bytes()) for p in other.iterdir()) == before
+
+
+def test_an_entry_in_the_last_millisecond_of_a_year_is_reported_in_that_year(gateway_dir: Path) -> None:
+    """An earlier release dated entries to the microsecond. One at 31 December 23:59:59.999500 is reported, as
+    every instant is, at its millisecond (23:59:59.999): in that year's Actions and gone from its Holdings, and
+    not missing from both years' reports."""
+    late = entry(
+        "2025-12-31T23:59:59.999600", ActionType.TRANSFER, ACQUIRED.with_range(5051, 5100), acquiring_party="SGP"
+    )
+    asyncio.run(_append(gateway_dir / "chn.db", [late], []))
+    assert report(gateway_dir, gateway_dir / "2025.xlsx") == 0
+    found = sheets((gateway_dir / "2025.xlsx").read_bytes())
+    assert found["Actions"][1:-1] == ROWS["Actions"]
+    assert found["Actions"][-1][:2] == ["2025-12-31T23:59:59.999Z", "Transfer"]
+    assert found["Holdings"][1:] == [ROWS["Holdings"][0]]
+    assert report(gateway_dir, gateway_dir / "2026.xlsx", year="2026") == 0
+    later = sheets((gateway_dir / "2026.xlsx").read_bytes())
+    assert later["Actions"][1:] == []
+    assert later["Holdings"][1:] == [ROWS["Holdings"][0]]

@@ -12,10 +12,12 @@ nomenclature leaves open, each made once here:
 - An action with no subtype of its own (an onward transfer, an acquisition, a use) is reported with the subtype
   ``Not yet defined``.
 - The holdings table is the ledger replayed up to 31 December 23:59:59.999 UTC of the year
-  (`gateway.domain.ledger.holdings_at`); entries are never changed once written, so the file of a past year
-  does not change with later activity.
-- The ledger keeps action instants to the microsecond; the AEF's action date has milliseconds, so the report
-  truncates each instant to its millisecond (an action at 08:00:00.123456 is reported at 08:00:00.123).
+  (`gateway.domain.ledger.holdings_at`), that millisecond whole (see below); entries are never changed once
+  written, so the file of a past year does not change with later activity.
+- Entries of earlier releases keep action instants to the microsecond; the AEF's action date has milliseconds,
+  so the report truncates each instant to its millisecond (an action at 08:00:00.123456 is reported at
+  08:00:00.123), and reads a year to the end of its last millisecond: an action at 23:59:59.999500 on 31
+  December is the year's.
 
 A report of a million actions is never held whole: `Reporting.aef_report_into` reads the ledger once, in one
 read transaction (a consistent snapshot), and hands the rows to an `AefSink` batch by batch, the actions as
@@ -113,6 +115,9 @@ class Reporting(GatewayBase):
             )
         start = dt.datetime(year, 1, 1, tzinfo=dt.UTC)
         end = year_end(year)
+        # Every instant of the year's last millisecond: an entry an earlier release dated to the microsecond
+        # (23:59:59.999500) is reported at 23:59:59.999, in this year, not in no year's report.
+        last = end.replace(microsecond=999_999)
         problems: list[Problem] = []
         sink.add(
             "submission",
@@ -144,7 +149,7 @@ class Reporting(GatewayBase):
             actions: list[AefAction] = []
             action = rows.action
             apply = holdings.apply
-            async for entry in tx.ledger_until(end):
+            async for entry in tx.ledger_until(last):
                 apply(entry)
                 if entry.action_date >= start:
                     row = action(entry)
