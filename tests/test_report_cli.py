@@ -1066,3 +1066,40 @@ def test_an_entry_in_the_last_millisecond_of_a_year_is_reported_in_that_year(gat
     later = sheets((gateway_dir / "2026.xlsx").read_bytes())
     assert later["Actions"][1:] == []
     assert later["Holdings"][1:] == [ROWS["Holdings"][0]]
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (
+            "UPDATE ledger SET action_type = 'Bogus' WHERE entry_id = 2",
+            "ledger[after 1]: a ledger entry holds a value this version cannot read (ValueError: 'Bogus' is not a"
+            " valid ActionType)",
+        ),
+        (
+            "UPDATE ledger SET purpose = 'XX' WHERE entry_id = 1",
+            "ledger[first]: a ledger entry holds a value this version cannot read (ValueError: 'XX' is not a valid"
+            " Purpose)",
+        ),
+        (
+            "UPDATE authorization_versions SET body = '{}'",
+            "authorizations: an authorization version holds a value this version cannot read (KeyError:"
+            " 'authorization_id')",
+        ),
+    ],
+)
+def test_a_row_this_version_cannot_read_is_one_line_naming_where_not_a_traceback(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str], change: str, says: str
+) -> None:
+    """A reviewer's copy of a database changed by hand, or by a later version, holds a value the report cannot
+    read: the report refuses it in one line naming the table and the entry (exit 1), and writes nothing."""
+    import sqlite3
+
+    with sqlite3.connect(gateway_dir / "chn.db") as db:
+        db.execute(change)
+    db.close()
+    before = files(gateway_dir)
+    assert report(gateway_dir, gateway_dir / "aef.xlsx") == 1
+    line = one_line(capsys.readouterr().err)
+    assert f"the ledger cannot be reported as it stands: {says}" in line, line
+    assert files(gateway_dir) == before

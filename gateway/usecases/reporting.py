@@ -135,7 +135,12 @@ class Reporting(GatewayBase):
         holdings = Holdings()
         rows = _Rows(options.party_registry, options.gwp_values, dict(options.underlying_registry_codes), problems)
         async with self.store.read() as tx:
-            recorded = await tx.list_authorization_versions()
+            try:
+                recorded = await tx.list_authorization_versions()
+            except _UNREADABLE as exc:
+                raise RecordRejected(
+                    [*problems, _unreadable("authorizations", "an authorization version", exc)]
+                ) from None
             # This Party's own authorizations alone: a copy of another Party's is that Party's to report.
             parties = authorizing_parties(recorded, self.party)
             # A version superseded before its date never came into force, and is no change the AEF reports.
@@ -149,7 +154,17 @@ class Reporting(GatewayBase):
             actions: list[AefAction] = []
             action = rows.action
             apply = holdings.apply
-            async for entry in tx.ledger_until(last):
+            entries = aiter(tx.ledger_until(last))
+            read = 0  # the last entry read
+            while True:
+                try:
+                    entry = await anext(entries)
+                except StopAsyncIteration:
+                    break
+                except _UNREADABLE as exc:
+                    where = f"ledger[after {read}]" if read else "ledger[first]"
+                    raise RecordRejected([*problems, _unreadable(where, "a ledger entry", exc)]) from None
+                read = entry.entry_id
                 apply(entry)
                 if entry.action_date >= start:
                     row = action(entry)
@@ -172,6 +187,22 @@ class Reporting(GatewayBase):
             sink.add("holdings", held)
         if problems:
             raise RecordRejected(problems)
+
+
+_UNREADABLE = (ValueError, KeyError, TypeError)
+"""What the store's decoding of a row raises for a value no version of the gateway writes (an action type or
+purpose it does not know, a block that is not JSON): a row changed outside the gateway, or by a later version."""
+
+
+def _unreadable(where: str, what: str, exc: Exception) -> Problem:
+    """The problem of a row the report cannot read: one line, naming where, never a traceback."""
+    said = " ".join(str(exc).split())[:200]
+    return Problem(
+        where,
+        f"{what} holds a value this version cannot read ({type(exc).__name__}: {said}); was the database changed"
+        " outside the gateway, or by a later version?",
+        IssueCode.BAD_VALUE,
+    )
 
 
 def aef_authorization(a: Authorization, gwp_values: str, problems: list[Problem]) -> AefAuthorization | None:
