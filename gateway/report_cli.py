@@ -97,8 +97,8 @@ def _report_aef(args: argparse.Namespace) -> int:
     if args.format == "xlsx" and out.is_file() and not _replaceable_workbook(out):
         return fail(
             "report aef",
-            f"--out {out} exists and is not an XLSX workbook (a configuration, a key?); name a new file, or an"
-            " earlier report to replace",
+            f"--out {out} exists and is not an XLSX workbook (a configuration, a key, an archive?); name a new file,"
+            " or an earlier report to replace",
             EXIT_USAGE,
         )
     if args.format == "csv" and out.is_file():
@@ -142,15 +142,23 @@ def _report_aef(args: argparse.Namespace) -> int:
 
 
 def _replaceable_workbook(path: Path) -> bool:
-    """Whether a report may replace the file at ``path``: an empty file, or a workbook (a ZIP archive, as every
-    XLSX file is), such as an earlier report of the year. A mistyped --out must not replace a configuration
-    or a key with a workbook."""
+    """Whether a report may replace the file at ``path``: an empty file, or a workbook (a ZIP archive holding
+    ``xl/workbook.xml``, as every XLSX file does), such as an earlier report of the year. A mistyped --out must
+    not replace a configuration, a key, or another ZIP archive (a backup, a document) with a workbook."""
+    import zipfile
+
     try:
         with path.open("rb") as file:
-            start = file.read(4)
+            if file.read(4) == b"":
+                return True
+            file.seek(0)
+            with zipfile.ZipFile(file) as archive:
+                archive.getinfo("xl/workbook.xml")
     except OSError:
         return True  # the write names what is wrong with the file
-    return start in (b"", b"PK\x03\x04")
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError):
+        return False
+    return True
 
 
 _MANIFEST_LINE = re.compile(rb"[0-9a-f]{64}  [a-z_]+\.csv")

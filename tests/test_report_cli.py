@@ -1103,3 +1103,27 @@ def test_a_row_this_version_cannot_read_is_one_line_naming_where_not_a_traceback
     line = one_line(capsys.readouterr().err)
     assert f"the ledger cannot be reported as it stands: {says}" in line, line
     assert files(gateway_dir) == before
+
+
+def test_a_workbook_replaces_an_earlier_workbook_not_any_zip_archive(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every XLSX file is a ZIP archive, but not every ZIP archive is a workbook: a mistyped --out naming a
+    backup.zip or a .docx keeps it, and the start of a ZIP file alone (b"PK\\x03\\x04...") is no workbook."""
+    earlier = gateway_dir / "aef.xlsx"
+    assert report(gateway_dir, earlier) == 0
+    assert report(gateway_dir, earlier) == 0, "an earlier report is replaced"
+    capsys.readouterr()
+    backup = gateway_dir / "backup.zip"
+    with zipfile.ZipFile(backup, "w") as archive:
+        archive.writestr("chn.db", b"the books")
+    torn = gateway_dir / "torn.xlsx"
+    torn.write_bytes(b"PK\x03\x04 and then something else")
+    for path in (backup, torn):
+        before = path.read_bytes()
+        assert report(gateway_dir, path) == 2
+        assert one_line(capsys.readouterr().err).endswith(
+            f"--out {path} exists and is not an XLSX workbook (a configuration, a key, an archive?); name a new file,"
+            " or an earlier report to replace"
+        )
+        assert path.read_bytes() == before
