@@ -133,12 +133,30 @@ def _report_aef(args: argparse.Namespace) -> int:
     except (sqlite3.Error, DatabaseUnavailable) as exc:
         return fail("report aef", f"the gateway's database cannot be read: {exc}")
     except OSError as exc:
-        return fail("report aef", f"{exc.filename or args.out}: {exc.strerror or exc}")
+        return fail("report aef", _write_failure(exc, args.out))
     if args.format == "xlsx":
         print(f"wrote {out}")
     else:
         print(f"wrote {len(written) - 1} files and their SHA-256 sums ({written[-1].name}) to {out}")
     return 0
+
+
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.[^./]+\.partial")
+"""The hidden file a report writes first (`adapters.aef.AefFiles`): ``.<name>.<random>.partial``."""
+
+
+def _write_failure(exc: OSError, given: str) -> str:
+    """The one line of a report that could not write its files: the file the operator named, not the hidden
+    file the report writes first (``/reports/.aef.xlsx.k2j4.partial: Permission denied`` names nothing they
+    gave)."""
+    said = exc.strerror or str(exc)
+    if not exc.filename:
+        return f"--out {given}: {said}"
+    path = Path(os.fsdecode(exc.filename))
+    partial = _PARTIAL.fullmatch(path.name)
+    if partial is None:
+        return f"{path}: {said}"
+    return f"--out {given}: cannot write {partial['name']} in {path.parent}: {said}"
 
 
 def _replaceable_workbook(path: Path) -> bool:

@@ -1127,3 +1127,18 @@ def test_a_workbook_replaces_an_earlier_workbook_not_any_zip_archive(
             " or an earlier report to replace"
         )
         assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no process creates files")
+def test_a_folder_the_report_cannot_write_in_is_named_with_the_out_given_not_a_hidden_file(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A report into a place it cannot write (a read-only mount; /proc here, where even root creates nothing)
+    fails in one line naming the --out the operator gave and the folder, not the hidden .partial file the
+    report writes first, which the operator never named."""
+    for out, fmt, name in (("/proc/aef-2025.xlsx", "xlsx", "aef-2025.xlsx"), ("/proc/sys", "csv", "submission.csv")):
+        assert report(gateway_dir, Path(out), "--format", fmt) == 1
+        line = one_line(capsys.readouterr().err)
+        folder = str(Path(out).parent) if fmt == "xlsx" else out
+        assert f"report aef: --out {out}: cannot write {name} in {folder}: " in line, line
+        assert ".partial" not in line, line
