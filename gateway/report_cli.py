@@ -76,6 +76,13 @@ def _report_aef(args: argparse.Namespace) -> int:
         return fail("report aef", f"--version {args.submission_version!r} is not X.Y (the first is 1.0)", EXIT_USAGE)
     if isinstance(config.database, Path) and not config.database.exists():
         return fail("report aef", f"{config.database}: no such database; start the gateway once first", EXIT_USAGE)
+    if isinstance(config.database, Path) and not config.database.is_file():
+        # SQLite would say only "disk I/O error" (a folder) or "file is not a database" (a device).
+        return fail(
+            "report aef",
+            f"{config.database} is not a database file (a folder, a device?); check database in {args.config}",
+            EXIT_USAGE,
+        )
 
     if not args.out.strip():
         # An --out "$DIR" whose variable is unset would otherwise write into the working folder.

@@ -1142,3 +1142,20 @@ def test_a_folder_the_report_cannot_write_in_is_named_with_the_out_given_not_a_h
         folder = str(Path(out).parent) if fmt == "xlsx" else out
         assert f"report aef: --out {out}: cannot write {name} in {folder}: " in line, line
         assert ".partial" not in line, line
+
+
+def test_a_database_that_is_a_folder_is_named_as_one_not_a_disk_error(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A configuration whose database names a folder (a mistyped path, a volume mounted at the file's place)
+    gets one line saying so and exit 2, as a database that does not exist does, not SQLite's 'disk I/O error'."""
+    folder = gateway_dir / "books"
+    folder.mkdir()
+    config = gateway_dir / "folder.toml"
+    config.write_text(CONFIG.replace('database = "chn.db"', 'database = "books"'))
+    args = ["report", "aef", "--config", str(config), "--year", "2025", "--date", "2026-04-15"]
+    assert main([*args, "--out", str(gateway_dir / "aef.xlsx")]) == 2
+    assert one_line(capsys.readouterr().err).endswith(
+        f"{folder} is not a database file (a folder, a device?); check database in {config}"
+    )
+    assert not (gateway_dir / "aef.xlsx").exists()
