@@ -127,9 +127,10 @@ def _report_aef(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
 
+    entities = _Entities()
     try:
         written = write_report(
-            config, args.year, out, args.format, version=args.submission_version, submitted=submitted
+            config, args.year, out, args.format, version=args.submission_version, submitted=submitted, tap=entities
         )
     except GatewayError as exc:
         return fail("report aef", f"{exc.code.name}: {exc.message} ({exc.field})")
@@ -145,7 +146,30 @@ def _report_aef(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
     else:
         print(f"wrote {len(written) - 1} files and their SHA-256 sums ({written[-1].name}) to {out}")
+    if entities.named:
+        named = sorted(entities.named)
+        shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        print(
+            f"note: the report names {len(named)} authorized entit{'y' if len(named) == 1 else 'ies'} ({shown}), and"
+            " its Authorized entities table has no rows: the gateway keeps no entity's name, country of"
+            " incorporation or conditions; add their rows before submitting"
+        )
     return 0
+
+
+class _Entities:
+    """A `Tap` that gathers the authorized entity IDs the report names (in the Authorizations and Actions
+    tables), whose rows of the Authorized entities table the gateway cannot write."""
+
+    def __init__(self) -> None:
+        self.named: set[str] = set()
+
+    def __call__(self, part: str, records: Sequence[Any]) -> None:
+        if part == "authorizations":
+            for authorization in records:
+                self.named.update(authorization.authorized_entities)
+        elif part == "actions":
+            self.named.update(action.header.using_entity for action in records if action.header.using_entity)
 
 
 _PARTIAL = re.compile(r"\.(?P<name>.+)\.[^./]+\.partial")

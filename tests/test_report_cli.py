@@ -1159,3 +1159,32 @@ def test_a_database_that_is_a_folder_is_named_as_one_not_a_disk_error(
         f"{folder} is not a database file (a folder, a device?); check database in {config}"
     )
     assert not (gateway_dir / "aef.xlsx").exists()
+
+
+def test_a_report_naming_authorized_entities_says_their_table_is_left_to_fill(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Authorizations and uses name authorized entities by ID, but the gateway keeps no entity's name, country
+    or conditions, so the Authorized entities table has no rows: a reviewer would find IDs that no row
+    describes. The report says so, naming them, instead of handing over an inconsistent submission in silence."""
+    assert report(gateway_dir, gateway_dir / "plain.xlsx") == 0
+    assert capsys.readouterr().out == f"wrote {gateway_dir / 'plain.xlsx'}\n", "no entity, no note"
+    named = dataclasses.replace(AUTHORIZATION, authorization_id="CHN-A-0002", authorized_entities=("CN-ENT-0001",))
+    use = entry(
+        "2025-07-07T07:00:00",
+        ActionType.USE,
+        ACQUIRED.with_range(5051, 5060),
+        year_of_use=2025,
+        using_party="CHN",
+        using_entity="CN-ENT-0002",
+    )
+    asyncio.run(_append(gateway_dir / "chn.db", [use], [named]))
+    out = gateway_dir / "aef.xlsx"
+    assert report(gateway_dir, out) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote {out}",
+        "note: the report names 2 authorized entities (CN-ENT-0001, CN-ENT-0002), and its Authorized entities"
+        " table has no rows: the gateway keeps no entity's name, country of incorporation or conditions; add"
+        " their rows before submitting",
+    ]
+    assert sheets(out.read_bytes())["Authorized entities"][1:] == []
