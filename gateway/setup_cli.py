@@ -1292,8 +1292,9 @@ def _certificate_warnings(setting: str, path: Path, now: dt.datetime, effect: st
             )
         elif expires < now + dt.timedelta(days=CERTIFICATE_WARNING_DAYS):
             days = (expires - now) // dt.timedelta(days=1)
+            left = "less than a day" if days == 0 else "1 day" if days == 1 else f"{days} days"
             warnings.append(
-                f"{setting}: {which} expires at {expires.isoformat()}, in {days} days; once it has, {effect}:"
+                f"{setting}: {which} expires at {expires.isoformat()}, in {left}; once it has, {effect}:"
                 f" {remedy} before then"
             )
     return warnings

@@ -917,6 +917,23 @@ def _dated_certificate(
     )
 
 
+def test_config_check_says_a_certificate_expiring_within_the_day_does_so_in_less_than_a_day(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _files(tmp_path)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    _dated_certificate(tmp_path, "partners-ca", now - dt.timedelta(days=300), now + dt.timedelta(hours=5), ca=True)
+    _dated_certificate(
+        tmp_path, "tls", now - dt.timedelta(days=1), now + dt.timedelta(days=1, hours=5), issuer="partners-ca"
+    )
+    tls = '[tls]\ncertificate = "tls.crt"\nprivate_key = "tls.key"\nca_certificate = "partners-ca.crt"\n\n'
+    path = _write(tmp_path, GOOD.replace("[[partners]]", tls + "[[partners]]", 1))
+    assert main(["config", "check", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "tls.crt expires at" in err and ", in 1 day;" in err
+    assert "partners-ca.crt expires at" in err and ", in less than a day;" in err and "in 0 days" not in err
+
+
 def test_config_check_warns_of_every_tls_and_ca_certificate_not_yet_valid_expired_or_expiring_soon(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
