@@ -257,7 +257,8 @@ def write_pair(
     for party in ("CHN", "CHE"):
         signer = signer_from_uri(str(folder / f"{party.lower()}.key"))
         (folder / f"{party.lower()}.trust.json").write_bytes(self_signed_trust_document(party, signer).to_json())
-    ports = {name: free_port() for name in ("chn_operator", "chn_partner", "che_operator", "che_partner")}
+    names = ("chn_operator", "chn_partner", "che_operator", "che_partner")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))  # distinct: one port for two listeners fails
     chn = ServeProcess("CHN", folder, folder / "chn.toml", ports["chn_operator"], ports["chn_partner"])
     che = ServeProcess("CHE", folder, folder / "che.toml", ports["che_operator"], ports["che_partner"])
     chn.config.write_text(

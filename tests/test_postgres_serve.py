@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from tests import postgres
-from tests.processes import free_port
+from tests.processes import free_ports
 from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _health, _keys, _serve
 
 SECRET = "s3cr3t-pw"
@@ -150,7 +150,8 @@ def test_two_serve_processes_started_at_once_share_one_database(tmp_path: Path) 
     url = asyncio.run(postgres.create_database(admin, "serve"))
     try:
         folder = _keys(tmp_path)
-        ports = [(free_port(), free_port()) for _ in range(2)]
+        distinct = free_ports(4)
+        ports = [(distinct[0], distinct[1]), (distinct[2], distinct[3])]
         processes: list[subprocess.Popen[bytes]] = []
         logs = [tmp_path / f"replica-{i}.log" for i in range(2)]
         try:

@@ -33,7 +33,7 @@ from gateway.harness import self_signed_trust_document
 from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING
 from gateway.store.sqlite import SQLiteStore
 from signing import generate_key, signer_from_uri
-from tests.processes import free_port
+from tests.processes import free_port, free_ports
 
 SERVE = [sys.executable, "-m", "gateway.cli", "serve"]
 TIMEOUT = 30.0
@@ -168,7 +168,7 @@ def _serving(config: Path, log: Path, operator_port: int, http_port: int) -> Ite
 
 def test_defect_15_a_second_gateway_on_a_taken_port_stops_with_a_clear_error(tmp_path: Path) -> None:
     folder = _keys(tmp_path)
-    operator_port, partner_port, http_port = free_port(), free_port(), free_port()
+    operator_port, partner_port, http_port = free_ports(3)
     first_config = _config(
         folder,
         database="first.db",
@@ -213,7 +213,7 @@ def test_defect_15_a_second_gateway_on_a_taken_port_stops_with_a_clear_error(tmp
 
 def test_a_second_gateway_on_the_same_sqlite_file_stops_with_a_clear_error(tmp_path: Path) -> None:
     folder = _keys(tmp_path)
-    operator_port, http_port = free_port(), free_port()
+    operator_port, http_port = free_ports(2)
     first_config = _config(
         folder, operator=f"127.0.0.1:{operator_port}", http=f"127.0.0.1:{http_port}", name="first.toml"
     )
