@@ -106,16 +106,33 @@ async def test_watch_refusals_and_usage_errors_are_one_line(tmp_path: Path, caps
 
 
 @pytest.mark.asyncio
-async def test_a_watch_the_gateway_ends_says_where_to_resume(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_a_watch_the_gateway_ends_says_where_to_resume(tmp_path: Path) -> None:
     pair = await start_pair(tmp_path)
     try:
         await transfer(pair, await setup_accounts(pair), 1, 10, "t1")
-        follower = asyncio.create_task(cli(capsys, "watch", "--address", pair.chn.operator_address))
-        await asyncio.sleep(1.0)
-        await pair.chn.stop()
-        code, lines, err = await asyncio.wait_for(follower, 10)
+        # A process of its own, whose lines the test reads as they come: the gateway stops once the watch has
+        # printed the four changes, however long a loaded machine takes to print them.
+        follower = await asyncio.create_subprocess_exec(
+            *CLI,
+            "watch",
+            "--address",
+            pair.chn.operator_address,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert follower.stdout is not None
+            async with asyncio.timeout(60):
+                printed = [await follower.stdout.readline() for _ in range(4)]
+            await pair.chn.stop()
+            rest, said = await asyncio.wait_for(follower.communicate(), 30)
+        finally:
+            if follower.returncode is None:
+                follower.kill()
+                await follower.wait()
+        code, err = follower.returncode, said.decode()
+        lines = [json.loads(line) for line in b"".join([*printed, rest]).splitlines()]
     finally:
         await pair.che.stop()
     assert [line["position"] for line in lines] == ["1", "2", "3", "4"]
