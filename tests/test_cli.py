@@ -146,20 +146,31 @@ def test_a_reader_that_closes_the_output_early_gets_no_traceback(tmp_path: Path)
 
 
 def test_ctrl_c_while_a_command_waits_for_a_gateway_is_one_line_and_status_130() -> None:
-    from tests.processes import free_port
+    import socket
 
-    command = [*CLI, "call", "GetTransfer", "--wait", "--address", f"127.0.0.1:{free_port()}", '{"transfer_id":"x"}']
-    # A shell running a command in the background ignores SIGINT for it; an operator's terminal does not.
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    time.sleep(3)  # past its start: waiting for a gateway nobody runs
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=30)
+    # A listener that never answers, as a gateway still starting: the command's connection to it shows that the
+    # command is past its own start (on a loaded machine that may take seconds) and waits.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(60)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        command = [*CLI, "call", "GetTransfer", "--wait", "--address", address, '{"transfer_id":"x"}']
+        # A shell running a command in the background ignores SIGINT for it; an operator's terminal does not.
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            connection, _ = silent.accept()
+        except BaseException:
+            process.kill()
+            process.communicate()
+            raise
+        with connection:
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
     assert (process.returncode, out, err) == (130, "", "carbon-gateway: interrupted\n")
 
 
