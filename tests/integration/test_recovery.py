@@ -208,7 +208,7 @@ async def test_a_restored_initiator_takes_the_end_its_partner_holds_instead_of_w
             # Its status query hears CHE hold the transfer CANCELLED, an end only CHN decides: CHN takes it and
             # releases the units, rather than terminating the transfer at its deadline, days later, in another
             # state than CHE's.
-            ended = await wait_for_state(chn, proposed.transfer_id, TERMINAL, timeout=5)
+            ended = await wait_for_state(chn, proposed.transfer_id, TERMINAL, timeout=30)
             assert ended.state == records_pb2.CANCELLED
             assert ended.rejections[-1].code == records_pb2.TRANSFER_ENDED
             assert "CHE reports the transfer CANCELLED" in ended.rejections[-1].message
