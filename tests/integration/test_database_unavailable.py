@@ -189,6 +189,13 @@ async def test_the_background_work_of_a_gateway_whose_database_is_down_logs_line
         caplog.set_level(logging.WARNING)
         await _shut_out(admin, name)
         await asyncio.sleep(4.5)  # two trust refreshes, many sweeps
+        # On a loaded machine the refreshes and sweeps may come later: wait for a line of each, up to a minute.
+        async with asyncio.timeout(60):
+            while not all(
+                any(what in r.getMessage() for r in caplog.records if r.name == "gateway.core")
+                for what in ("CHN: the sweep failed", "CHN: reading trust documents")
+            ):
+                await asyncio.sleep(0.1)
         said = [r for r in caplog.records if r.name == "gateway.core" and r.getMessage().startswith("CHN:")]
         assert any("the sweep failed" in r.getMessage() for r in said), [r.getMessage() for r in said]
         assert any("reading trust documents" in r.getMessage() for r in said), [r.getMessage() for r in said]
