@@ -29,10 +29,9 @@ async def test_a_run_starts_when_due_and_not_before(tmp_path: Path) -> None:
         now[0] += day
         (run,) = await gateway.reconcile_due(day, started)
         assert run.partner == "CHE" and run.snapshot_at == now[0]
-        for _ in range(400):
-            if (await gateway.get_reconciliation(run.run_id)).status is not Status.RUNNING:
-                break
-            await asyncio.sleep(0.005)
+        async with asyncio.timeout(30):  # bounds a hang only: a loaded machine may take seconds over the run
+            while (await gateway.get_reconciliation(run.run_id)).status is Status.RUNNING:
+                await asyncio.sleep(0.005)
         assert (await gateway.get_reconciliation(run.run_id)).status is Status.CONSISTENT
         # The next is due a period after this run started, whatever the start of the gateway.
         now[0] += day - dt.timedelta(seconds=1)
@@ -87,11 +86,12 @@ async def test_a_run_whose_requester_went_away_is_closed_on_the_responder(tmp_pa
     try:
         await pair.che.outbox.stop()  # CHE answers, but its answer never leaves: CHN's run waits, then gives up
         run = await pair.chn.core.gateway.start_reconciliation(Idempotency("t", "r", "k1", "h1"), "CHE")
-        for _ in range(400):
-            async with pair.che.store.read() as tx:
-                if await tx.get_reconciliation(run.run_id) is not None:
-                    break
-            await asyncio.sleep(0.005)
+        async with asyncio.timeout(30):  # bounds a hang only: a loaded machine may take seconds over the request
+            while True:
+                async with pair.che.store.read() as tx:
+                    if await tx.get_reconciliation(run.run_id) is not None:
+                        break
+                await asyncio.sleep(0.005)
         responder = pair.che.core.gateway
         assert (await responder.get_reconciliation(run.run_id)).status is Status.RUNNING
         # More runs since, all finished: the stale one is not among the 1,000 newest, and is closed all the same.
