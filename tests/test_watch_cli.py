@@ -21,7 +21,7 @@ from gateway.demo import start_pair
 from gateway.store.sqlite import SQLiteStore
 from tests.integration.harness import operator, proposal_request, setup_accounts, transfer
 from tests.integration.test_watch import REPLICA_TRANSFER
-from tests.processes import free_port, write_pair
+from tests.processes import START_TIMEOUT, free_port, write_pair
 from tests.test_cli import CLI, _write_config
 
 
@@ -155,9 +155,12 @@ async def test_watch_with_config_follows_a_serve_process_and_sigterm_ends_the_wa
     watcher: subprocess.Popen[str] | None = None
     try:
         assert server.stderr is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "serving" not in server.stderr.readline():
-            pass
+        deadline = time.monotonic() + START_TIMEOUT  # a loaded machine starts a gateway slowly
+        line = ""
+        while "serving" not in line:
+            line = server.stderr.readline()
+            assert line, "serve ended during its start"
+            assert time.monotonic() < deadline, f"serve did not serve within {START_TIMEOUT} s"
         refused = subprocess.run(
             [*CLI, "watch", "--config", str(config), "--after", "1"], capture_output=True, text=True, timeout=60
         )
