@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -228,9 +229,9 @@ async def settle(*nodes: GatewayNode, timeout: float = 10.0) -> None:
 
 
 async def watches_reach(feed: ChangeFeed, count: int) -> None:
-    """Wait, four seconds at most, until ``feed`` follows ``count`` watches; fail if it does not."""
-    for _ in range(200):
-        if feed.watchers == count:
-            return
+    """Wait until ``feed`` follows ``count`` watches; fail if it does not within 30 s (a bound on a hang only: a
+    loaded machine may take seconds to start or end a watch)."""
+    deadline = time.monotonic() + 30
+    while feed.watchers != count and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert feed.watchers == count
