@@ -470,13 +470,13 @@ async def test_only_a_few_health_checks_without_credentials_are_read_at_once_and
     async with grpc.aio.secure_channel(gateways.tls.operator_address, gateways.certificates.credentials()) as channel:
 
         def hold() -> grpc.aio.StreamUnaryCall[bytes, bytes]:
-            return channel.stream_unary(check, None, None)(_withheld_request(sent, small), timeout=10)
+            return channel.stream_unary(check, None, None)(_withheld_request(sent, small), timeout=30)
 
         held = [hold() for _ in range(places)]
         # The held calls take their places as the server admits them, in no set order, and a probe may take one
         # first (the held call is then refused, and held again): probe until one is refused while every held
         # call waits.
-        for _ in range(200):
+        for _ in range(1000):  # 10 s at most: the held calls may be slow to arrive on a loaded machine
             held = [hold() if call.done() else call for call in held]
             crowded = await _call(channel, check)
             if crowded[0] != grpc.StatusCode.OK and not any(call.done() for call in held):
@@ -532,13 +532,13 @@ async def test_one_caller_has_only_its_calls_at_once_in_progress() -> None:
 
             def hold() -> grpc.aio.StreamUnaryCall[bytes, bytes]:
                 call = channel.stream_unary(method, None, None)
-                return call(_withheld_request(sent, b""), metadata=as_reader, timeout=10)
+                return call(_withheld_request(sent, b""), metadata=as_reader, timeout=30)
 
             held = [hold() for _ in range(2)]
             # The held calls take their places as the server admits them, in no set order, and a probe may take
             # one first (the held call is then refused, and held again): probe until one is refused while every
             # held call waits.
-            for _ in range(200):
+            for _ in range(1000):  # 10 s at most: the held calls may be slow to arrive on a loaded machine
                 held = [hold() if call.done() else call for call in held]
                 crowded = await _call(channel, method, metadata=as_reader)
                 if crowded[0] != grpc.StatusCode.OK and not any(call.done() for call in held):
@@ -672,13 +672,13 @@ async def test_the_partner_port_serves_only_so_many_deliveries_at_once(
 
         def hold() -> grpc.aio.StreamUnaryCall[bytes, bytes]:
             call = channel.stream_unary(DELIVER_METHOD, None, None)
-            return call(_withheld_request(sent, b"\xff\xff"), timeout=10)
+            return call(_withheld_request(sent, b"\xff\xff"), timeout=30)
 
         held = [hold() for _ in range(places)]
         # The held calls take their places as the server admits them, in no set order, and a probe may take one
         # first (the held call is then refused, and held again): probe until one is refused while every held
         # call waits.
-        for _ in range(200):
+        for _ in range(1000):  # 10 s at most: the held calls may be slow to arrive on a loaded machine
             held = [hold() if call.done() else call for call in held]
             outcome = await _call(channel, DELIVER_METHOD, request=b"\xff\xff")
             if outcome[0] != grpc.StatusCode.OK and not any(call.done() for call in held):
