@@ -216,25 +216,33 @@ class ChangeFeed:
         """`_read_batch`, `batch` changes at a time. A change the store cannot decode (a row written by hand, or
         damaged) fails the read of its whole batch: the changes before it are then read one at a time, so that
         the watcher receives every one of them, and the change itself is refused naming the position before it.
+        A watch of some kinds reads them over ever shorter spans (halved at each failure): the next transfer
+        change of a span may lie past ledger changes that the watcher must receive first.
         """
         try:
             return await self._read_batch(tx, position, kinds, self.batch)
         except UNDECODABLE:
             pass
-        try:
-            return await self._read_batch(tx, position, kinds, 1)
-        except UNDECODABLE as exc:
-            error = text.truncate(f"{type(exc).__name__}: {exc}", 300)
-            log.error("the change feed cannot decode the first change after position %d: %s", position, error)
-            raise GatewayError(
-                ResponseCode.INTERNAL_ERROR,
-                f"the first change after position {position} cannot be read ({error}): the database holds a change-feed"
-                " row this gateway cannot decode, written by hand or damaged. Repair the record it is about, or prune"
-                f" the feed past it (PruneChanges); every change up to position {position} was given",
-            ) from None
+        span = self.filtered_span if kinds else 1
+        while True:
+            try:
+                return await self._read_batch(tx, position, kinds, 1, span)
+            except UNDECODABLE as exc:
+                if span > 1:
+                    span //= 2
+                    continue
+                error = text.truncate(f"{type(exc).__name__}: {exc}", 300)
+                log.error("the change feed cannot decode the first change after position %d: %s", position, error)
+                raise GatewayError(
+                    ResponseCode.INTERNAL_ERROR,
+                    f"the first change after position {position} cannot be read ({error}): the database holds a"
+                    " change-feed row this gateway cannot decode, written by hand or damaged. Repair the record it"
+                    f" is about, or prune the feed past it (PruneChanges); every change up to position {position}"
+                    " was given",
+                ) from None
 
     async def _read_batch(
-        self, tx: Transaction, position: int, kinds: Sequence[ChangeKind], batch: int
+        self, tx: Transaction, position: int, kinds: Sequence[ChangeKind], batch: int, span: int = 0
     ) -> tuple[list[Change], bool, int]:
         """The changes after ``position`` (of ``kinds``, when given) up to a position it returns, in order; whether
         a batch was full (the changes after the last one returned are still to be read); and the position through
@@ -244,11 +252,12 @@ class ChangeFeed:
         `batch` at a time, in the same snapshot: a full batch of either ends what is returned at its last change
         (transfers past a full batch of ledger changes are read again next time). A read reaches at most
         `filtered_span` positions past ``position`` for a watch of some kinds (a rare kind is not looked for to the
-        end of the feed in one statement), and `batch` positions for a watch of every kind.
+        end of the feed in one statement), and `batch` positions for a watch of every kind; ``span`` positions
+        when given.
         """
         wanted = list(dict.fromkeys(kinds or ChangeKind))
         ledger = [k for k in wanted if k is not ChangeKind.TRANSFER]
-        through = min(position + (self.filtered_span if kinds else batch), text.MAX_INT64)
+        through = min(position + (span or (self.filtered_span if kinds else batch)), text.MAX_INT64)
         full = False
         found: list[Change] = []
         if ChangeKind.TRANSFER in wanted:

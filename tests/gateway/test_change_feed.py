@@ -447,6 +447,36 @@ async def test_a_change_the_store_cannot_decode_is_refused_by_position_after_eve
 
 
 @pytest.mark.asyncio
+async def test_a_watch_of_some_kinds_receives_the_changes_before_a_transfer_change_it_cannot_decode(
+    tmp_path: Path,
+) -> None:
+    """A transfer row changed by hand so that its change cannot be decoded, after a ledger change: a watch of
+    transfers and ledger entries receives the ledger change before it too, not only the changes before the
+    first transfer. The read one change at a time looked for the next transfer across the whole span of a
+    filtered read, hit the undecodable one, and refused the lot, the ledger change before it with it."""
+    path = tmp_path / "g.db"
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_transfer(TRANSFER)
+            await tx.append_ledger([ENTRY])
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE transfers SET role = 'Bogus' WHERE transfer_id = ?", (TRANSFER.transfer_id,))
+        feed = ChangeFeed(store, poll_seconds=3600)
+        for kinds in ((), (ChangeKind.TRANSFER, ChangeKind.LEDGER_ENTRY)):
+            watched = feed.follow(0, kinds)
+            got = [await asyncio.wait_for(anext(watched), 10) for _ in range(2)]
+            assert [(c.position, c.kind) for c in got] == [(1, ChangeKind.TRANSFER), (2, ChangeKind.LEDGER_ENTRY)]
+            with pytest.raises(GatewayError) as caught:
+                await asyncio.wait_for(anext(watched), 10)
+            assert caught.value.code is ResponseCode.INTERNAL_ERROR
+            assert "first change after position 2 cannot be read" in caught.value.message
+            assert feed.watchers == 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
 async def test_a_watcher_left_behind_by_a_prune_is_refused_not_led_past_the_pruned_changes(tmp_path: Path) -> None:
     store = await SQLiteStore.open(tmp_path / "g.db")
     try:
