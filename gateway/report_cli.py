@@ -205,8 +205,8 @@ def _replaceable_workbook(path: Path) -> bool:
                 archive.getinfo("xl/workbook.xml")
     except OSError:
         return True  # the write names what is wrong with the file
-    except (zipfile.BadZipFile, KeyError, ValueError, EOFError):
-        return False
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, NotImplementedError):
+        return False  # NotImplementedError: an archive of a later ZIP version, no workbook a report wrote
     return True
 
 

@@ -1188,3 +1188,25 @@ def test_a_report_naming_authorized_entities_says_their_table_is_left_to_fill(
         " their rows before submitting",
     ]
     assert sheets(out.read_bytes())["Authorized entities"][1:] == []
+
+
+def test_an_archive_at_out_that_zipfile_cannot_open_is_kept_with_one_line_not_a_traceback(
+    gateway_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ZIP archive made by a later archiver (its central directory asks for a ZIP version Python does not read)
+    at --out: `zipfile` raises NotImplementedError, not BadZipFile, and the report ended in a traceback. It is no
+    workbook this report wrote, so it is kept, with the one line of any other file that is not a workbook."""
+    made = io.BytesIO()
+    with zipfile.ZipFile(made, "w") as archive:
+        archive.writestr("xl/workbook.xml", b"<workbook/>")
+    data = bytearray(made.getvalue())
+    central = data.index(b"PK\x01\x02")
+    data[central + 6 : central + 8] = (202).to_bytes(2, "little")  # "version needed to extract": 20.2
+    out = gateway_dir / "later.xlsx"
+    out.write_bytes(bytes(data))
+    assert report(gateway_dir, out) == 2
+    assert one_line(capsys.readouterr().err).endswith(
+        f"--out {out} exists and is not an XLSX workbook (a configuration, a key, an archive?); name a new file,"
+        " or an earlier report to replace"
+    )
+    assert out.read_bytes() == bytes(data)
