@@ -127,8 +127,9 @@ def _do_watch(args: argparse.Namespace) -> int:
 
 async def _answering(stub: Any) -> None:
     """Check every `PROBE_SECONDS` that the gateway answers; raise `RefusedError` once a check goes unanswered
-    for `PROBE_TIMEOUT_SECONDS` or finds the connection gone. Return (checking no more) on any other answer: a
-    refusal is an answer."""
+    for `PROBE_TIMEOUT_SECONDS` or finds the connection gone. Any other answer, a refusal too, shows that the
+    gateway answered then, not that it will later: the checks go on (a caller's places all taken, say, refuse
+    one check, and a gateway that froze after it must still end the watch)."""
     import grpc
 
     from carbon_gateway.v1 import operator_pb2
@@ -139,7 +140,7 @@ async def _answering(stub: Any) -> None:
             await stub.ListTrust(operator_pb2.ListTrustRequest(), timeout=PROBE_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
-                return
+                continue
             raise RefusedError(
                 f"the gateway stopped answering: a check got no answer within {PROBE_TIMEOUT_SECONDS:g} s"
                 f" ({exc.code().name}); it froze, or the network between dropped the connection"

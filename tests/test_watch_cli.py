@@ -5,19 +5,25 @@ a watch follows it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from carbon_gateway.v1 import operator_pb2_grpc
 from gateway import watch_cli
 from gateway.cli import main
 from gateway.demo import start_pair
+from gateway.domain.access import CALLS_AT_ONCE
 from gateway.store.sqlite import SQLiteStore
 from tests.integration.harness import operator, proposal_request, setup_accounts, transfer
 from tests.integration.test_watch import REPLICA_TRANSFER
@@ -261,3 +267,81 @@ async def test_a_watch_of_a_gateway_that_stops_answering_ends_saying_where_to_re
         assert err.rstrip().endswith(f"resume with --after {change['position']} --digest {change['digest']}")
     finally:
         chn.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_watch_keeps_checking_the_gateway_after_a_check_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check the gateway refuses (here TOO_MANY_CALLS: calls on loopback without credentials, one caller, hold
+    its `CALLS_AT_ONCE` places, as any local program may) shows that it answered then, not that it will later.
+    The watch stopped checking after such an answer, and so waited for ever once the gateway froze; it now
+    checks on, and ends with the line to resume from."""
+    monkeypatch.setattr(watch_cli, "PROBE_SECONDS", 0.5)
+    monkeypatch.setattr(watch_cli, "PROBE_TIMEOUT_SECONDS", 5.0)  # a loaded machine answers a check slowly
+    refused = threading.Event()
+
+    made = operator_pb2_grpc.OperatorServiceStub
+
+    def spied_stub(channel: Any) -> Any:
+        """The stub the command makes, noting each check refused for want of a place."""
+        stub: Any = made(channel)
+        list_trust = stub.ListTrust
+
+        async def spied(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await list_trust(*args, **kwargs)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refused.set()
+                raise
+
+        stub.ListTrust = spied
+        return stub
+
+    monkeypatch.setattr(operator_pb2_grpc, "OperatorServiceStub", spied_stub)
+    chn, _ = write_pair(tmp_path)
+    chn.start()
+    try:
+        await chn.wait_serving()
+        replica = await SQLiteStore.open(tmp_path / "chn.db")
+        try:
+            async with replica.transaction() as tx:
+                await tx.insert_transfer(REPLICA_TRANSFER)
+        finally:
+            await replica.close()
+        follower = asyncio.create_task(asyncio.to_thread(main, ["watch", "--address", chn.operator_address]))
+        printed = ""
+        async with asyncio.timeout(30):
+            while "\n" not in printed:  # the change is printed: the watch follows, at the end of the feed
+                printed += capsys.readouterr().out
+                await asyncio.sleep(0.05)
+        never = asyncio.Event()
+
+        async def withheld() -> AsyncIterator[bytes]:
+            await never.wait()
+            yield b""
+
+        async with grpc.aio.insecure_channel(chn.operator_address) as channel:
+            method = "/carbon_gateway.v1.OperatorService/ListTrust"
+            held = [channel.stream_unary(method, None, None)(withheld(), timeout=60) for _ in range(CALLS_AT_ONCE)]
+            try:
+                assert await asyncio.to_thread(refused.wait, 30), "no check was refused"
+            finally:
+                for call in held:
+                    call.cancel()
+        assert chn.process is not None
+        chn.process.send_signal(signal.SIGSTOP)
+        try:
+            code = await asyncio.wait_for(asyncio.shield(follower), 30)
+        finally:
+            chn.process.send_signal(signal.SIGCONT)
+        out, err = capsys.readouterr()
+        [change] = [json.loads(line) for line in (printed + out).splitlines()]
+        assert code == 1 and err.count("\n") == 1, err
+        assert "the gateway stopped answering" in err
+        assert err.rstrip().endswith(f"resume with --after {change['position']} --digest {change['digest']}")
+    finally:
+        chn.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(follower, 60)  # the stopped gateway ends a watch that still waits
