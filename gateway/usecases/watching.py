@@ -284,8 +284,10 @@ def _pruned(position: int, through: int) -> GatewayError:
     )
 
 
-UNDECODABLE = (ValueError, KeyError, TypeError)
-"""What decoding a stored change raises when its row is not one the store's triggers write."""
+UNDECODABLE = (ValueError, KeyError, TypeError, GatewayError)
+"""What decoding a stored change raises when its row is not one the store's triggers write, or (GatewayError,
+INTERNAL_ERROR) when the terms a transfer change leaves to ``transfer_terms`` are gone from it. Nothing else in a
+read of the feed raises a GatewayError: a database that fails raises its own errors."""
 
 DIGEST_BYTES = 32
 

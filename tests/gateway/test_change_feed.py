@@ -477,6 +477,38 @@ async def test_a_watch_of_some_kinds_receives_the_changes_before_a_transfer_chan
 
 
 @pytest.mark.asyncio
+async def test_a_transfer_change_whose_terms_are_gone_is_refused_by_position_after_every_change_before_it(
+    tmp_path: Path,
+) -> None:
+    """A repair by hand deletes a transfer's row of ``transfer_terms``: its changes, which leave their terms to
+    that table, cannot be read (the store refuses them with INTERNAL_ERROR, not a ValueError). The watcher still
+    receives every change before the first of them, then the refusal naming where it stopped; it received none
+    of the batch, on every resume."""
+    path = tmp_path / "g.db"
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_transfer(TRANSFER)
+            await tx.append_ledger([ENTRY])
+            await tx.insert_transfer(dataclasses.replace(TRANSFER, transfer_id="t-2"))
+        with sqlite3.connect(path) as db:
+            assert db.execute("DELETE FROM transfer_terms WHERE transfer_id = 't-2'").rowcount == 1
+        feed = ChangeFeed(store, poll_seconds=3600)
+        for kinds in ((), (ChangeKind.TRANSFER, ChangeKind.LEDGER_ENTRY)):
+            watched = feed.follow(0, kinds)
+            got = [await asyncio.wait_for(anext(watched), 10) for _ in range(2)]
+            assert [c.position for c in got] == [1, 2]
+            with pytest.raises(GatewayError) as caught:
+                await asyncio.wait_for(anext(watched), 10)
+            assert caught.value.code is ResponseCode.INTERNAL_ERROR
+            assert "first change after position 2 cannot be read" in caught.value.message
+            assert "transfer 't-2' has no terms" in caught.value.message
+            assert feed.watchers == 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
 async def test_a_watcher_left_behind_by_a_prune_is_refused_not_led_past_the_pruned_changes(tmp_path: Path) -> None:
     store = await SQLiteStore.open(tmp_path / "g.db")
     try:
