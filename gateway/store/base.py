@@ -800,6 +800,11 @@ class Transaction(Protocol):
         none past position ``through`` when given."""
         ...
 
+    async def change_digest_at(self, position: int) -> bytes | None:
+        """The digest of the change at ``position`` (`change_digest`), read from its row without decoding it; None
+        where there is none."""
+        ...
+
     async def last_change_position(self) -> int:
         """The position of the latest change (0 if none); a pruned change still counts."""
         ...

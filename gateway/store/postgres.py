@@ -1714,6 +1714,12 @@ class PostgresTransaction:
             codec.change_from_row(r["position"], r["kind"], r["body"], r["recorded_at"], r["kept_terms"]) for r in rows
         ]
 
+    async def change_digest_at(self, position: int) -> bytes | None:
+        row = await self._one("SELECT position, kind, body, recorded_at FROM changes WHERE position = ?", (position,))
+        if row is None:
+            return None
+        return change_digest(int(row["position"]), row["kind"], row["recorded_at"], row["body"])
+
     async def last_change_position(self) -> int:
         row = await self._one(
             "SELECT GREATEST((SELECT MAX(position) FROM changes), (SELECT through FROM changes_pruned)) AS last"

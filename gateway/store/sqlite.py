@@ -1897,6 +1897,12 @@ class SQLiteTransaction:
             codec.change_from_row(r["position"], r["kind"], r["body"], r["recorded_at"], r["kept_terms"]) for r in rows
         ]
 
+    async def change_digest_at(self, position: int) -> bytes | None:
+        row = self._one("SELECT position, kind, body, recorded_at FROM changes WHERE position = ?", (position,))
+        if row is None:
+            return None
+        return change_digest(int(row["position"]), row["kind"], row["recorded_at"], row["body"])
+
     async def last_change_position(self) -> int:
         row = self._one(
             "SELECT MAX(COALESCE((SELECT MAX(position) FROM changes), 0), (SELECT through FROM changes_pruned))"

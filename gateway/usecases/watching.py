@@ -157,7 +157,9 @@ class ChangeFeed:
             async with self.store.read() as tx:
                 latest = await tx.last_change_position()
                 pruned = await tx.changes_pruned()
-                at = await tx.changes_after(after - 1, 1) if after_digest and pruned.through < after <= latest else []
+                # The digest alone, from the row as stored: a change there this version cannot read (damaged, or
+                # written by hand) was given already, and must not keep its watcher from the changes after it.
+                at = await tx.change_digest_at(after) if after_digest and pruned.through < after <= latest else None
             if after > latest:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,
@@ -167,10 +169,8 @@ class ChangeFeed:
                 )
             if after < pruned.through:
                 raise _pruned(after, pruned.through)
-            if after == pruned.through:  # the change there was pruned: its digest was kept
-                known = pruned.digest
-            else:
-                known = at[0].digest if at and at[0].position == after else b""
+            # The change at a pruned position is gone, but its digest was kept.
+            known = pruned.digest if after == pruned.through else at or b""
             if after_digest and known != after_digest:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,

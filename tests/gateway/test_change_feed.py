@@ -509,6 +509,34 @@ async def test_a_transfer_change_whose_terms_are_gone_is_refused_by_position_aft
 
 
 @pytest.mark.asyncio
+async def test_a_watcher_resuming_after_a_change_since_damaged_receives_the_changes_after_it(tmp_path: Path) -> None:
+    """A watcher received the change of transfer t-2, and its digest; then a repair by hand damaged that
+    transfer's terms, so the change cannot be read any more. Resuming after it with its digest still works: the
+    digest is checked from the row as stored, and the changes after it arrive; the check used to read the change
+    itself, and refused the resume, for good."""
+    path = tmp_path / "g.db"
+    store = await SQLiteStore.open(path)
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_transfer(TRANSFER)
+            await tx.insert_transfer(dataclasses.replace(TRANSFER, transfer_id="t-2"))
+            await tx.append_ledger([ENTRY])
+        received = await everything(store)
+        assert [c.position for c in received] == [1, 2, 3]
+        with sqlite3.connect(path) as db:
+            assert db.execute("UPDATE transfer_terms SET terms = '{' WHERE transfer_id = 't-2'").rowcount == 1
+        feed = ChangeFeed(store, poll_seconds=3600)
+        resumed = feed.follow(2, (), after_digest=received[1].digest)
+        after = await asyncio.wait_for(anext(resumed), 10)
+        assert (after.position, after.digest) == (3, received[2].digest)
+        with pytest.raises(GatewayError) as caught:  # a digest of another change is still refused
+            await anext(feed.follow(2, (), after_digest=received[2].digest))
+        assert caught.value.field == "after_digest"
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
 async def test_a_watcher_left_behind_by_a_prune_is_refused_not_led_past_the_pruned_changes(tmp_path: Path) -> None:
     store = await SQLiteStore.open(tmp_path / "g.db")
     try:

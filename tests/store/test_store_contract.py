@@ -508,6 +508,9 @@ async def test_the_change_feed_records_each_committed_write_in_order_and_nothing
         only_one = await tx.changes_after(0, 1)
         up_to_second = await tx.changes_after(0, 100, through=changes[1].position if len(changes) > 1 else 0)
         none_of_the_kind = await tx.changes_after(0, 100, [ChangeKind.TRANSFER], through=last)
+        digests = [await tx.change_digest_at(c.position) for c in changes]
+        beyond = await tx.change_digest_at(last + 1)
+    assert digests == [c.digest for c in changes] and beyond is None
     assert [(c.kind, c.entry.block.start if c.entry else None) for c in changes] == [
         (ChangeKind.LEDGER_ENTRY, 1),
         (ChangeKind.LEDGER_ENTRY, 21),
