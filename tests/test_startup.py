@@ -711,7 +711,7 @@ def _secp256k1_certificate(folder: Path) -> tuple[str, str]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))  # no expiry warning beside the refusal
         .sign(key, hashes.SHA256())
     )
     _write(folder / "k1.crt", certificate.public_bytes(serialization.Encoding.PEM))
