@@ -306,9 +306,7 @@ class Acquiring(GatewayBase):
             return None
         if authorization_id not in known:
             versions = await tx.authorization_versions(authorization_id)
-            named = next((v.party for v in reversed(versions) if v.party), "")
-            if not named and versions and await self._tied_here(tx, authorization_id):
-                named = self.party
+            named = await self._party_of_versions(tx, authorization_id, versions)
             if versions:
                 known[authorization_id] = _Known(named, (versions[-1].cooperative_approach,), "registered")
             else:

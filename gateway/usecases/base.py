@@ -187,15 +187,21 @@ class GatewayBase:
     async def _registered_party(self, tx: Transaction, authorization_id: str, parties: dict[str, str]) -> str:
         """The Party whose authorization ``authorization_id`` is registered here as: the one its versions name,
         else this Party once units of its own are tied to it; "" for one not registered, or registered without
-        its Party and tied to nothing here (a copy registered by an earlier release, perhaps). As the acquiring
-        side judges incoming units (`Acquiring._tie_contradicted`). ``parties`` keeps the answers of one call."""
+        its Party and tied to nothing here (a copy registered by an earlier release, perhaps). ``parties`` keeps
+        the answers of one call."""
         if authorization_id not in parties:
             versions = await tx.authorization_versions(authorization_id)
-            party = next((v.party for v in reversed(versions) if v.party), "")
-            if not party and versions and await self._tied_here(tx, authorization_id):
-                party = self.party
-            parties[authorization_id] = party
+            parties[authorization_id] = await self._party_of_versions(tx, authorization_id, versions)
         return parties[authorization_id]
+
+    async def _party_of_versions(
+        self, tx: Transaction, authorization_id: str, versions: Sequence[Authorization]
+    ) -> str:
+        """`_registered_party` from the authorization's ``versions``, already read."""
+        party = next((v.party for v in reversed(versions) if v.party), "")
+        if not party and versions and await self._tied_here(tx, authorization_id):
+            party = self.party
+        return party
 
     @staticmethod
     async def _authorization_on(tx: Transaction, authorization_id: str, on: dt.date) -> Authorization | None:
