@@ -455,8 +455,39 @@ async def test_a_stopping_gateway_tells_its_health_watchers_not_serving_first(tm
                 answer = await watch.read()
                 assert isinstance(answer, health_pb2.HealthCheckResponse), answer  # not the stream's end
                 assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
-                watch.cancel()  # as the load balancer does, or the stop waits out its grace period for them
+                watch.cancel()
             await stopping
+    finally:
+        if stopping is None:
+            await node.stop()
+        else:
+            with contextlib.suppress(Exception):
+                await stopping
+        await network["CHN"].stop()
+
+
+@pytest.mark.asyncio
+async def test_open_health_watches_end_at_a_stop_and_do_not_hold_it_for_its_grace_period(tmp_path: Path) -> None:
+    # gRPC's own health servicer kept every Watch stream open after telling NOT_SERVING, so a stop waited out its
+    # whole grace period for the load balancers' watches (5 s at each restart; 60 s here).
+    network = await harness.start_network(tmp_path, ("CHN", "CHE"))
+    node = network["CHE"]
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with grpc.aio.insecure_channel(node.operator_address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            known = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=120)
+            unknown = stub.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=120)
+            assert (await known.read()).status == health_pb2.HealthCheckResponse.SERVING
+            assert (await unknown.read()).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            stopping = asyncio.create_task(node.stop(grace=60))
+            assert (await known.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await known.read() is grpc.aio.EOF  # type: ignore[attr-defined]
+            assert await unknown.read() is grpc.aio.EOF  # type: ignore[attr-defined]
+            assert await known.code() == grpc.StatusCode.OK
+            assert await unknown.code() == grpc.StatusCode.OK
+            # A bound on a hang only: without the fix the stop lasts its 60 s grace.
+            await asyncio.wait_for(asyncio.shield(stopping), timeout=30)
     finally:
         if stopping is None:
             await node.stop()
