@@ -423,14 +423,14 @@ class OperatorService(TrustOperations, operator_pb2_grpc.OperatorServiceServicer
     ) -> operator_pb2.ListAuthorizationsResponse:
         text.check_identifier(request.authorization_id, "authorization_id", what="authorization ID", required=False)
         size = paging.page_size(request.page_size)
-        scope = f"ListAuthorizations\n{request.authorization_id}"
+        # A page ends at a version's position in the table (its seq). The scope's "seq" refuses the tokens of
+        # earlier versions, which counted places in the list instead.
+        scope = f"ListAuthorizations seq\n{request.authorization_id}"
         after = paging.decode_token(request.page_token, (int,), scope)
-        # Versions are only ever added, in order: a version's place in the list names where a page ends.
-        versions = await self.gateway.list_authorizations(request.authorization_id)
 
         async def read(position: paging.Position | None, limit: int) -> list[tuple[int, Authorization]]:
             start = 0 if position is None else int(position[0])
-            return list(enumerate(versions[start : start + limit], start=start + 1))
+            return await self.gateway.page_authorizations(request.authorization_id, after=start, limit=limit)
 
         listed, token = await paging.fill(
             read,

@@ -380,6 +380,14 @@ class Transaction(Protocol):
         """Every version of every authorization, in the order they were recorded."""
         ...
 
+    async def page_authorization_versions(
+        self, authorization_id: str, *, after: int, limit: int
+    ) -> list[tuple[int, Authorization]]:
+        """Up to ``limit`` versions of every authorization (or, with ``authorization_id``, of one) recorded after
+        the one at position ``after`` (0: from the first), each with its position, in the order they were
+        recorded. Positions only grow: a version recorded later is always further on."""
+        ...
+
     async def add_authorization_tie(
         self, authorization_id: str, action_id: str, quantity: int, now: dt.datetime
     ) -> None:

@@ -602,6 +602,18 @@ class PostgresTransaction:
         rows = await self._all("SELECT body FROM authorization_versions ORDER BY seq")
         return [codec.authorization_from_json(r["body"]) for r in rows]
 
+    async def page_authorization_versions(
+        self, authorization_id: str, *, after: int, limit: int
+    ) -> list[tuple[int, Authorization]]:
+        # Every write holds the write lock, so versions commit in the order of their seq: a page never passes one
+        # that commits later.
+        rows = await self._all(
+            "SELECT seq, body FROM authorization_versions WHERE seq > ? AND (? = '' OR authorization_id = ?)"
+            " ORDER BY seq LIMIT ?",
+            (after, authorization_id, authorization_id, limit),
+        )
+        return [(int(r["seq"]), codec.authorization_from_json(r["body"])) for r in rows]
+
     async def add_authorization_tie(
         self, authorization_id: str, action_id: str, quantity: int, now: dt.datetime
     ) -> None:

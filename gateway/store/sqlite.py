@@ -769,6 +769,16 @@ class SQLiteTransaction:
         rows = self._all("SELECT body FROM authorization_versions ORDER BY seq")
         return [codec.authorization_from_json(r["body"]) for r in rows]
 
+    async def page_authorization_versions(
+        self, authorization_id: str, *, after: int, limit: int
+    ) -> list[tuple[int, Authorization]]:
+        rows = self._all(
+            "SELECT seq, body FROM authorization_versions WHERE seq > ?1 AND (?2 = '' OR authorization_id = ?2)"
+            " ORDER BY seq LIMIT ?3",
+            (after, authorization_id, limit),
+        )
+        return [(int(r["seq"]), codec.authorization_from_json(r["body"])) for r in rows]
+
     async def add_authorization_tie(
         self, authorization_id: str, action_id: str, quantity: int, now: dt.datetime
     ) -> None:

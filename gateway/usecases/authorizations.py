@@ -155,6 +155,14 @@ class AuthorizationKeeping(GatewayBase):
                 field="authorization.party",
             )
 
+    async def page_authorizations(
+        self, authorization_id: str, *, after: int, limit: int
+    ) -> list[tuple[int, Authorization]]:
+        """Up to ``limit`` versions of every authorization (or of one) recorded after position ``after``, each with
+        its position, in the order they were recorded (`Transaction.page_authorization_versions`)."""
+        async with self.store.read() as tx:
+            return await tx.page_authorization_versions(authorization_id, after=after, limit=limit)
+
     async def list_authorizations(self, authorization_id: str = "") -> list[Authorization]:
         """Every version of every authorization (or of one), in the order they were recorded."""
         async with self.store.read() as tx:

@@ -4,6 +4,9 @@ budget, and a page token works only for the list that gave it."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime as dt
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -11,10 +14,13 @@ import grpc
 import pytest
 
 from carbon_gateway.v1 import operator_pb2
-from gateway.demo import Pair
+from gateway import wire
+from gateway.demo import DEMO_AUTHORIZATION, Pair
 from gateway.domain.errors import ResponseCode
+from gateway.domain.records import Authorization
 from gateway.rpc import paging
 from gateway.rpc.errors import read_error_detail
+from gateway.store import codec
 from gateway.store.base import CURRENT_STATUSES, BlockStatus
 from tests.integration.harness import operator, setup_accounts, transfer
 
@@ -197,3 +203,62 @@ async def test_a_forged_transfers_token_whose_instant_is_no_instant_is_refused(p
             detail = read_error_detail(caught.value.trailing_metadata())
             assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, instant
             assert detail is not None and detail.field == "page_token"
+
+
+def resume(call: Call, after: str, size: int, token: str) -> Awaitable[Any]:
+    """``call`` for the page after ``after`` when ``token`` is empty: following a first page read before."""
+    return call(size, token or after)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [1, 4, 1000])
+async def test_authorization_versions_page_by_page_read_only_their_page(
+    pair: Pair, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each page read and decoded every version in the table, then sliced: paging through N versions cost N².
+    base = wire.authorization_from_proto(DEMO_AUTHORIZATION)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    recorded: dict[str, list[str]] = {}
+    async with pair.chn.store.transaction() as tx:
+        for a in range(3):
+            first = dataclasses.replace(base, authorization_id=f"A-PAGE-{a}", version="1")
+            await tx.insert_authorization(first)
+            recorded.setdefault(first.authorization_id, []).append("1")
+        for v in range(2, 40):
+            amended = dataclasses.replace(base, authorization_id=f"A-PAGE-{v % 3}", version=str(v))
+            await tx.insert_authorization_version(amended, now)
+            recorded[amended.authorization_id].append(str(v))
+    async with pair.chn.store.read() as tx:
+        everything = [(a.authorization_id, a.version) for a in await tx.list_authorization_versions()]
+    decoded = 0
+    real = codec.authorization_from_json
+
+    def counted(text: str) -> Authorization:
+        nonlocal decoded
+        decoded += 1
+        return real(text)
+
+    monkeypatch.setattr(codec, "authorization_from_json", counted)
+    async with operator(pair.chn) as chn:
+        for wanted, expected in [("", everything), *((i, [(i, v) for v in vs]) for i, vs in recorded.items())]:
+
+            def call(n: int, t: str, wanted: str = wanted) -> Awaitable[Any]:
+                request = operator_pb2.ListAuthorizationsRequest(authorization_id=wanted, page_size=n, page_token=t)
+                return chn.ListAuthorizations(request)
+
+            decoded = 0
+            found = await pages(call, size, lambda page: page.versions)
+            assert [(v.authorization_id, v.version) for page in found for v in page] == expected
+            # A page decodes its own versions and one more, to know whether the list goes on.
+            assert decoded <= len(expected) + len(found), (wanted, decoded)
+            if wanted and size < len(expected):
+                # Adding a version between pages puts it at the end: nothing repeated or missed.
+                first = await call(size, "")
+                async with pair.chn.store.transaction() as tx:
+                    later = dataclasses.replace(base, authorization_id=wanted, version=f"later-{size}")
+                    await tx.insert_authorization_version(later, now)
+                expected = [*expected, (wanted, later.version)]
+                rest = await pages(functools.partial(resume, call, first.next_page_token), size, lambda p: p.versions)
+                listed = [(v.authorization_id, v.version) for v in first.versions]
+                listed += [(v.authorization_id, v.version) for page in rest for v in page]
+                assert listed == expected
