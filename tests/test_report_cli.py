@@ -1082,6 +1082,16 @@ def test_an_entry_in_the_last_millisecond_of_a_year_is_reported_in_that_year(gat
             " Purpose)",
         ),
         (
+            # Sorts after every instant as text: the store's date comparison left it out of every year's report.
+            "UPDATE ledger SET action_date = 'yesterday' WHERE entry_id = 2",
+            "ledger[entry 2].action_date: 'yesterday' is no instant this version writes, so the entry belongs to no"
+            " year",
+        ),
+        (
+            "UPDATE ledger SET action_date = '2025-06-01 10:00:00' WHERE entry_id = 2",
+            "ledger[after 1]: a ledger entry holds a value this version cannot read",
+        ),
+        (
             "UPDATE authorization_versions SET body = '{}'",
             "authorizations: an authorization version holds a value this version cannot read (KeyError:"
             " 'authorization_id')",

@@ -71,3 +71,30 @@ def test_an_empty_database_is_refused_and_left_empty(tmp_path: Path, capsys: pyt
         assert not (folder / "aef.xlsx").exists()
     finally:
         asyncio.run(postgres.drop_databases(admin, [url]))
+
+
+def test_an_entry_dated_with_no_instant_is_refused_naming_it_not_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Dates are compared as text: one that is no instant but sorts after every year fell out of every report.
+    admin = postgres.admin_url()
+    url = asyncio.run(postgres.create_database(admin, "report"))
+    try:
+        folder = _folder(tmp_path / "postgres", url)
+        asyncio.run(_append(url, LEDGER_2025, [AUTHORIZATION]))
+
+        async def misdate() -> None:
+            connection = await asyncpg.connect(url)
+            try:
+                await connection.execute("UPDATE ledger SET action_date = '9999-the-end' WHERE entry_id = 2")
+            finally:
+                await connection.close()
+
+        asyncio.run(misdate())
+        capsys.readouterr()
+        assert report(folder, folder / "aef.xlsx") == 1
+        line = one_line(capsys.readouterr().err)
+        assert "ledger[entry 2].action_date: '9999-the-end' is no instant this version writes" in line, line
+        assert not (folder / "aef.xlsx").exists()
+    finally:
+        asyncio.run(postgres.drop_databases(admin, [url]))

@@ -532,6 +532,12 @@ class Transaction(Protocol):
         """The entries dated in ``[start, end]``, in recording order, read in batches."""
         ...
 
+    async def ledger_misdated_after(self, instant: dt.datetime) -> tuple[int, str] | None:
+        """The first entry (its ID and its ``action_date`` as stored) whose date, compared as the store compares
+        dates, falls after ``instant`` but is no instant the gateway writes: `ledger_until` leaves such an entry
+        out of every report without a word, so a report asks for one first."""
+        ...
+
     async def ledger_unresolved(self, party: str) -> list[LedgerEntry]:
         """The transfers abroad of units ``party`` tied whose first transfer was yet to come (subtype ``Not yet
         defined``); `gateway.domain.ledger.still_unresolved` trims those first transferred since."""

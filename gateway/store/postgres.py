@@ -1058,6 +1058,15 @@ class PostgresTransaction:
             "action_date >= ? AND action_date <= ?", (codec.to_text(start), codec.to_text(end)), batch
         )
 
+    async def ledger_misdated_after(self, instant: dt.datetime) -> tuple[int, str] | None:
+        row = await self._one(
+            "SELECT entry_id, action_date FROM ledger WHERE action_date > ?"
+            " AND action_date !~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]{6}Z$'"
+            " ORDER BY entry_id LIMIT 1",
+            (codec.to_text(instant),),
+        )
+        return None if row is None else (int(row["entry_id"]), str(row["action_date"]))
+
     async def ledger_totals(self) -> list[LedgerTotal]:
         # Kept as the ledger changes (migration 19), as on SQLite.
         rows = await self._all(

@@ -665,6 +665,11 @@ APPENDED_TOGETHER_FROM = 4
 """How many ledger entries `SQLiteTransaction.append_ledger` writes the change feed's rows and reconciliation
 marks of with set statements, not by the row triggers: from four entries on, the set statements cost less."""
 
+_DIGIT = "[0-9]"
+INSTANT_GLOB = f"{_DIGIT * 4}-{_DIGIT * 2}-{_DIGIT * 2}T{_DIGIT * 2}:{_DIGIT * 2}:{_DIGIT * 2}.{_DIGIT * 6}Z"
+"""The form of every instant the gateway stores (`codec.to_text`), as a GLOB pattern."""
+INSTANT_LENGTH = len("2026-01-01T00:00:00.000000Z")
+
 
 class SQLiteTransaction:
     """The operations of one SQLite transaction (see `gateway.store.base.Transaction`)."""
@@ -1246,6 +1251,14 @@ class SQLiteTransaction:
         return self._ledger_where(
             "action_date >= ? AND action_date <= ?", (codec.to_text(start), codec.to_text(end)), batch
         )
+
+    async def ledger_misdated_after(self, instant: dt.datetime) -> tuple[int, str] | None:
+        row = self._one(
+            "SELECT entry_id, action_date FROM ledger WHERE action_date > ? AND NOT (length(action_date) = ?"
+            f" AND action_date GLOB '{INSTANT_GLOB}') ORDER BY entry_id LIMIT 1",
+            (codec.to_text(instant), INSTANT_LENGTH),
+        )
+        return None if row is None else (int(row[0]), str(row[1]))
 
     async def ledger_totals(self) -> list[LedgerTotal]:
         # Kept as the ledger changes (migration 19): one row per summary group, as two sums that cannot overflow

@@ -154,6 +154,20 @@ class Reporting(GatewayBase):
             actions: list[AefAction] = []
             action = rows.action
             apply = holdings.apply
+            misdated = await tx.ledger_misdated_after(last)
+            if misdated is not None:
+                entry_id, stored = misdated
+                raise RecordRejected(
+                    [
+                        *problems,
+                        Problem(
+                            f"ledger[entry {entry_id}].action_date",
+                            f"{stored[:64]!r} is no instant this version writes, so the entry belongs to no year; was"
+                            " the database changed outside the gateway, or by a later version?",
+                            IssueCode.BAD_VALUE,
+                        ),
+                    ]
+                )
             entries = aiter(tx.ledger_until(last))
             read = 0  # the last entry read
             while True:
