@@ -95,6 +95,8 @@ class ServeProcess:
     starts: int = 0
     returncodes: list[int] = field(default_factory=list)
     """How each earlier run ended (``-9`` for SIGKILL), oldest first."""
+    log_level: str = "WARNING"
+    """The ``--log-level`` each start passes."""
 
     @property
     def operator_address(self) -> str:
@@ -133,7 +135,7 @@ class ServeProcess:
             log.write(f"--- start {self.starts + 1} faults={faults!r}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [*SERVE, str(self.config), "--log-level", "WARNING"],
+                [*SERVE, str(self.config), "--log-level", self.log_level],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,

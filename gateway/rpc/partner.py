@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 from carbon_gateway.v1 import partner_pb2
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.text import escaped
 from gateway.exchange import EnvelopeForm, Exchange, ReceiptUnsigned
 from gateway.outbox import MAX_RUN, BatchesUnsupported, TransportError
 from gateway.partners import UNREADABLE_CERTIFICATE, PartnerDirectory, transport_identity
@@ -47,6 +48,16 @@ CANNOT_SIGN = AnsweredAs(
     grpc.StatusCode.UNAVAILABLE,
 )
 """The refusal of a delivery that no receipt can answer (`ReceiptUnsigned`): a status the sender retries."""
+
+
+MAX_STATUS_DETAIL = 300
+"""Characters of a failed call's status message kept: the partner writes it, up to gRPC's 16 KB of metadata."""
+
+
+def partner_said(exc: grpc.aio.AioRpcError) -> str:
+    """The status message of a failed call, which the partner (or anything between) wrote: made safe to store in
+    the outbox, show in ListOutbox and log (`escaped`: no line breaks or controls), and cut short."""
+    return escaped(exc.details() or "", MAX_STATUS_DETAIL)
 
 
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -177,7 +188,7 @@ class GrpcPartnerTransport:
                 closing = asyncio.create_task(channel.close(self.timeout))  # calls still on it may finish
                 self._closing.add(closing)
                 closing.add_done_callback(self._closing.discard)
-        return TransportError(f"{party}: {exc.code().name}: {exc.details()}")
+        return TransportError(f"{party}: {exc.code().name}: {partner_said(exc)}")
 
     async def deliver(self, party: str, envelope: bytes) -> bytes:
         """Send ``envelope`` to ``party``; return the receipt bytes."""
@@ -218,7 +229,7 @@ class GrpcPartnerTransport:
                 # The batch exceeds what the partner's server takes in one message (its own envelope cap is
                 # below the one configured here): these envelopes go one per call, each within the cap, and so
                 # does every later batch as large.
-                log.warning("%s refused a batch of %d bytes as too large: %s", party, len(request), exc.details())
+                log.warning("%s refused a batch of %d bytes as too large: %s", party, len(request), partner_said(exc))
                 self._largest_refused[(party, partner.address)] = len(request)
                 raise BatchesUnsupported(f"{party} takes no batch this large") from None
             raise self._failed(party, channel, exc) from None
