@@ -138,6 +138,13 @@ def partner_handler(exchange: Exchange, *, require_peer_identity: bool) -> grpc.
     )
 
 
+def _request_too_large(details: str) -> bool:
+    """Whether a call's ``RESOURCE_EXHAUSTED`` says the partner's server refused the request as larger than it
+    takes. gRPC words the client's refusal of an answer larger than it reads alike, but names the client: that
+    answer is a partner's fault, a failure of this call alone, and says nothing of the batches it takes."""
+    return "larger than max" in details and "CLIENT:" not in details
+
+
 class GrpcPartnerTransport:
     """Delivers envelopes to partners over gRPC, one channel per partner, reused across calls."""
 
@@ -225,7 +232,7 @@ class GrpcPartnerTransport:
                 log.warning("%s does not take DeliverBatch; delivering one envelope per call", party)
                 self._without_batches[(party, partner.address)] = time.monotonic()
                 raise BatchesUnsupported(f"{party} does not take DeliverBatch") from None
-            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
+            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and _request_too_large(exc.details() or ""):
                 # The batch exceeds what the partner's server takes in one message (its own envelope cap is
                 # below the one configured here): these envelopes go one per call, each within the cap, and so
                 # does every later batch as large.

@@ -136,3 +136,58 @@ async def test_a_partner_s_status_message_reaches_the_outbox_and_the_log_made_sa
             if gateway.running:
                 gateway.stop()
     assert not any(line.startswith(forged) for line in chn.log.read_text().splitlines()), chn.log_tail()
+
+
+async def _unavailable(method: str, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "down for maintenance")
+    raise AssertionError("abort returns no answer")
+
+
+async def _settled(*stubs: Any) -> None:
+    async def empty() -> bool:
+        return not [entry for stub in stubs for entry in await _outbox(stub)]
+
+    await _until(empty, "the outboxes did not empty")
+
+
+@pytest.mark.asyncio
+async def test_an_answer_too_large_to_read_does_not_stop_batches_to_the_partner(tmp_path: Path) -> None:
+    """The partner answers a DeliverBatch of two proposals with 5 MB, more than the sender reads in one answer.
+    The proposals go one per call and are delivered; then four more proposals queued together still go in one
+    DeliverBatch: the sender's own limit on answers is not the partner's refusal of batches that large."""
+    partner = HostilePartner(answer=_unavailable)
+    huge = {"left": 1}
+
+    async def too_large_once(method: str, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        if method == DELIVER_BATCH_METHOD and huge["left"]:
+            huge["left"] -= 1
+            return b"\0" * (5 * 1024 * 1024)
+        return await partner.forward(method, request)
+
+    chn, che = write_pair(tmp_path, chn_dials=await partner.start())
+    partner.target = che.partner_address
+    try:
+        chn.start()
+        che.start()
+        await asyncio.gather(chn.wait_serving(), che.wait_serving())
+        async with chn.channel() as chn_channel, che.channel() as che_channel:
+            chn_stub, che_stub = ServeProcess.stub(chn_channel), ServeProcess.stub(che_channel)
+            await set_up_books(chn_stub, che_stub)
+            for index in range(2):
+                await propose(chn_stub, transfer_request(index), until=time.monotonic() + 30)
+            partner.answer = too_large_once
+            await _settled(chn_stub, che_stub)
+            assert huge["left"] == 0, partner.calls
+            partner.answer = _unavailable
+            for index in range(2, 6):
+                await propose(chn_stub, transfer_request(index), until=time.monotonic() + 30)
+            sane_from = len(partner.calls)
+            partner.answer = None
+            await _settled(chn_stub, che_stub)
+            batches = [n for method, n in partner.calls[sane_from:] if method == DELIVER_BATCH_METHOD]
+            assert batches and batches[0] >= 4, partner.calls[sane_from:]
+    finally:
+        await partner.close()
+        for gateway in (chn, che):
+            if gateway.running:
+                gateway.stop()
