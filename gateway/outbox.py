@@ -441,7 +441,9 @@ class OutboxWorker:
     ) -> list[_Verdict]:
         """Send the run in order, in one call where the transport and the partner can; return a verdict per
         message answered. One call after another otherwise, stopping at the first message not delivered (the
-        rest would only wait behind it)."""
+        rest would only wait behind it), and once the calls have taken half the lease (the rest go next round)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         if len(sealed_run) > 1 and isinstance(self.transport, BatchTransport):
             try:
                 receipts = await self.transport.deliver_batch(partner.party, [s.envelope for _, s, _ in sealed_run])
@@ -454,6 +456,11 @@ class OutboxWorker:
                 ]
         verdicts: list[_Verdict] = []
         for message, sealed, channel in sealed_run:
+            if verdicts and loop.time() - started > self.lease.total_seconds() / 2:
+                # The run is recorded only once its calls are done, while the lease holds: calls to a slow
+                # partner must end well within it, or another replica takes the run over and this one's
+                # answers are dropped, each replica's in turn. The rest goes in the next round.
+                break
             try:
                 raw = await self.transport.deliver(partner.party, sealed.envelope)
             except TransportError:

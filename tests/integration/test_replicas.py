@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +25,7 @@ from gateway.domain.protocol import Deadlines, DecisionPolicy
 from gateway.domain.reconciliation import Status
 from gateway.harness import Network, start_network
 from gateway.node import GatewayNode
+from gateway.rpc.partner import DELIVER_METHOD, SERVICE_NAME
 from gateway.store.base import LogKind, OutboxKind, OutboxState
 from signing import Role, Signer, TrustDocument, generate_key, sign_trust_document, signer_from_uri
 from tests.integration.harness import (
@@ -394,4 +396,52 @@ async def test_a_replica_whose_worker_stops_mid_send_hands_its_leases_over_at_on
         async with operator(chn[1]) as stub:  # sent by the other replica at once, not an hour later
             assert (await wait_for_state(stub, transfer_id, TERMINAL, timeout=15)).state == records_pb2.COMPLETED
     finally:
+        await network.stop()
+
+
+async def test_replicas_sending_one_call_per_statement_to_a_slow_partner_take_no_run_from_each_other(
+    tmp_path: Path,
+) -> None:
+    """CHE takes no DeliverBatch and answers each Deliver after 0.4 s; the two CHN replicas lease a run for 2 s.
+    Eight Proposals queued together would take 3.2 s to send one by one: a replica sends only as many as it can
+    before half its lease has passed and records them, so the other replica never finds the run's lease run out
+    and sends it again, dropping the first one's receipts (each replica's in turn, with nothing ever recorded)."""
+    network, chn = await replicated(tmp_path, "CHN", 2)
+    proxy = grpc.aio.server()
+    forward = grpc.aio.insecure_channel(network["CHE"].partner_address)
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await asyncio.sleep(0.4)
+        answer: bytes = await forward.unary_unary(DELIVER_METHOD, None, None)(request, timeout=10)
+        return answer
+
+    async def no_batches(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "an earlier version")
+        raise AssertionError("abort returns no answer")
+
+    handlers = {
+        "Deliver": grpc.unary_unary_rpc_method_handler(slow),
+        "DeliverBatch": grpc.unary_unary_rpc_method_handler(no_batches),
+    }
+    proxy.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    port = proxy.add_insecure_port("127.0.0.1:0")
+    await proxy.start()
+    try:
+        block = await setup_accounts(Pair(chn[0], network["CHE"]))
+        await settle(*chn, network["CHE"])
+        for node in chn:
+            await node.core.outbox.stop()
+            node.set_partner_address("CHE", f"127.0.0.1:{port}")
+            node.core.outbox.lease = dt.timedelta(seconds=2)
+        proposed = [await propose(chn[0], block, i * 10 + 1, i * 10 + 10, f"slow-{i}") for i in range(8)]
+        assert all(isinstance(p, str) for p in proposed), proposed
+        for node in chn:
+            node.core.outbox.start()
+            node.core.outbox.wake()
+        await settle(*chn, timeout=30)
+        async with network["CHE"].store.read() as tx:
+            assert (await tx.incoming_channel("CHN")).last_sequence == len(await sequences_to(chn[0], "CHE"))
+    finally:
+        await proxy.stop(None)
+        await forward.close(None)
         await network.stop()
