@@ -19,6 +19,7 @@ import aiohttp
 
 from gateway import faults
 from gateway.domain.errors import GatewayError, ResponseCode
+from gateway.domain.text import escaped
 from gateway.exchange import Exchange, apply_trust_update, apply_trust_updates
 from gateway.http.app import TRUST_VERSION_PATH
 from gateway.partners import TRANSFER_ROLE, PartnerDirectory
@@ -72,6 +73,11 @@ class PublicationRefused(GatewayError):
         super().__init__(code, message, field="party")
 
 
+MAX_PUBLISHER_TEXT = 100
+"""Characters kept of what a partner's publisher wrote into an error (an HTTP reason phrase), made safe by `escaped`:
+it reaches the operator's terminal and the log."""
+
+
 def _fetch_failure(exc: aiohttp.ClientError) -> str:
     """What went wrong fetching, in words. aiohttp's own text may hold the repr of the SSL context in use
     (``ssl:<ssl.SSLContext object at 0x...>``), which says nothing to an operator."""
@@ -95,7 +101,7 @@ def _fetch_failure(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.InvalidURL):
         return "it is not a URL that can be fetched"
     if isinstance(exc, aiohttp.ClientResponseError):
-        return f"its answer could not be read (HTTP {exc.status}: {exc.message})"
+        return f"its answer could not be read (HTTP {exc.status}: {escaped(str(exc.message), MAX_PUBLISHER_TEXT)})"
     return f"the fetch failed ({type(exc).__name__})"
 
 
@@ -422,7 +428,7 @@ class TrustKeeper:
                         if response.status != 200:
                             raise PublisherUnavailable(
                                 f"{party}'s trust document version {version} could not be fetched: {url} answered"
-                                f" HTTP {response.status} {response.reason or ''}".rstrip()
+                                f" HTTP {response.status} {escaped(response.reason or '', MAX_PUBLISHER_TEXT)}".rstrip()
                                 + "; call again later, or ask the partner to mend its publication"
                             )
                         body = await _body_within(response, budget, url)

@@ -191,3 +191,40 @@ async def test_an_answer_too_large_to_read_does_not_stop_batches_to_the_partner(
         for gateway in (chn, che):
             if gateway.running:
                 gateway.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_publisher_s_http_reason_phrase_reaches_the_operator_made_safe(tmp_path: Path) -> None:
+    """CHE's trust publication answers 503 with a reason phrase of terminal escapes, a bell, a right-to-left
+    override and 7,000 more characters. RefreshPartnerTrust says the publisher answered 503, with that phrase
+    escaped and cut short: nothing the partner wrote reaches the operator's terminal as a control."""
+
+    async def publisher(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        reason = "\x1b[31mEVIL\x07 \u202e".encode() + b"R" * 7000
+        writer.write(b"HTTP/1.1 503 " + reason + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(publisher, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    chn, _ = write_pair(tmp_path)
+    configured = chn.config.read_text()
+    line = 'trust_document = "che.trust.json"\n'
+    chn.config.write_text(configured.replace(line, f'{line}http_url = "http://127.0.0.1:{port}"\n'))
+    try:
+        chn.start()
+        await chn.wait_serving()
+        async with chn.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await ServeProcess.stub(channel).RefreshPartnerTrust(
+                    operator_pb2.RefreshPartnerTrustRequest(party="CHE"), timeout=60
+                )
+    finally:
+        server.close()
+        if chn.running:
+            chn.stop()
+    details = failed.value.details() or ""
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE and "answered HTTP 503 \\x1b[31mEVIL\\x07" in details
+    assert "\\u202e" in details and not any(ord(c) < 0x20 or c in "\x7f\u202e" for c in details), repr(details)
+    assert len(details) < 500, len(details)
