@@ -10,7 +10,8 @@ Path attributes: ``token`` (token label) and/or ``serial`` (token serial number)
 ``private``. Query attributes: ``module-path`` (required), and one of ``pin-source`` (``file:PATH`` or an
 absolute path) or ``pin-env`` (an environment variable name). Values are percent-decoded.
 
-The token must hold the private key and a public key object with the same label/id. ECDSA P-256 keys
+The token must hold the private key and a public key object of the same pair with the same label/id (a
+probe signature checks they match when the session opens). ECDSA P-256 keys
 sign with ``CKM_ECDSA`` over a SHA-256 digest computed here (every token supports it), and the raw
 ``r || s`` result is converted to DER. Ed25519 keys (``CKK_EC_EDWARDS``) sign with ``CKM_EDDSA`` where
 the token supports it.
@@ -48,6 +49,7 @@ _ED25519_PARAMS = (bytes.fromhex("06032b6570"), b"\x13\x0cedwards25519")
 _P256_POINT_SIZE = 65  # 0x04 || X || Y
 _ED25519_POINT_SIZE = 32
 _P256_SIGNATURE_SIZE = 64
+_PAIR_PROBE = b"carbon-gateway: does this private key match its public key object?"
 
 # Errors that mean the session or its login is gone (token reset, module re-initialized, another signer of
 # the same token logged the application out, which also invalidates private object handles; the token removed,
@@ -306,10 +308,13 @@ class Pkcs11Signer:
         return f"{self._token()}, key {_describe(self._object_label, self._object_id)}"
 
     def _sign(self, data: bytes) -> bytes:
+        return self._sign_with(self._private, self._public_key.algorithm, data)
+
+    def _sign_with(self, private: Any, algorithm: Algorithm, data: bytes) -> bytes:
         try:
-            if self._public_key.algorithm is Algorithm.ED25519:
-                return bytes(self._private.sign(data, mechanism=Mechanism.EDDSA))
-            raw = bytes(self._private.sign(hashlib.sha256(data).digest(), mechanism=Mechanism.ECDSA))
+            if algorithm is Algorithm.ED25519:
+                return bytes(private.sign(data, mechanism=Mechanism.EDDSA))
+            raw = bytes(private.sign(hashlib.sha256(data).digest(), mechanism=Mechanism.ECDSA))
         except _SESSION_LOST:
             raise
         except p11.PKCS11Error as exc:
@@ -386,6 +391,7 @@ class Pkcs11Signer:
             private = self._find(session, ObjectClass.PRIVATE_KEY, "private key")
             public = self._find(session, ObjectClass.PUBLIC_KEY, "public key")
             public_key = self._public_key_of(private, public)
+            self._check_pair(private, public_key)
         except BaseException:
             with contextlib.suppress(p11.PKCS11Error):
                 session.close()
@@ -417,6 +423,24 @@ class Pkcs11Signer:
             ) from None
         except p11.PKCS11Error as exc:
             raise SignerError(f"cannot search PKCS#11 token {self._token_label!r}: {exc!r}") from None
+
+    def _check_pair(self, private: Any, public_key: PublicKey) -> None:
+        """Refuse a private key that the public key object found beside it does not verify.
+
+        The two objects are found separately, by label or id: a token whose public object of that label belongs
+        to another pair (a key regenerated or relabelled) would otherwise have every message signed under a key
+        the trust document does not list, and refused by every partner.
+        """
+        try:
+            signature = self._sign_with(private, public_key.algorithm, _PAIR_PROBE)
+        except _SESSION_LOST as exc:
+            raise SignerError(f"the PKCS#11 session for {self._where()} was lost while opening it: {exc!r}") from None
+        if not public_key.verify(signature, _PAIR_PROBE):
+            raise SignerError(
+                f"the private key {_describe(self._object_label, self._object_id)} in PKCS#11 {self._token()} does not"
+                f" match the public key object found with it (keyid {public_key.keyid}); the token holds objects of"
+                " different key pairs under that label/id: add id=... to the URI, or fix the objects' labels"
+            )
 
     def _public_key_of(self, private: Any, public: Any) -> PublicKey:
         where = _describe(self._object_label, self._object_id)

@@ -229,3 +229,18 @@ def test_child_process_uses_uri_with_env(p256_key: SoftHsmKey) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert p256_key.public_key.verify(bytes.fromhex(result.stdout), b"data")
+
+
+def test_a_private_key_of_another_pair_than_the_public_object_beside_it_is_refused(p256_key: SoftHsmKey) -> None:
+    # The token's objects labelled "transfer-1": the public key of one pair and, after a key was regenerated and
+    # relabelled, the private key of another. Signing under it would have every partner refuse every message.
+    other = add_softhsm_key(p256_key, "transfer-2")
+    token = pkcs11.lib(str(p256_key.module_path)).get_token(token_label=p256_key.token_label)
+    with token.open(rw=True, user_pin=p256_key.pin) as session:
+        session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label="transfer-1").destroy()
+        relabelled = session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label="transfer-2")
+        relabelled[pkcs11.Attribute.LABEL] = "transfer-1"
+    with pytest.raises(SignerError, match="does not match the public key object found with it") as info:
+        signer_from_uri(p256_key.uri)
+    assert p256_key.public_key.keyid in str(info.value)
+    assert other.public_key.keyid not in str(info.value)
