@@ -446,6 +446,14 @@ class Pkcs11Signer:
         where = _describe(self._object_label, self._object_id)
         try:
             key_type = private.key_type
+        except p11.PKCS11Error as exc:
+            raise SignerError(f"cannot read the key type of {where}: {exc!r}") from None
+        if key_type not in (KeyType.EC, KeyType.EC_EDWARDS):
+            raise SignerError(
+                f"the key {where} has PKCS#11 key type {key_type!r}; only EC (P-256) and EC_EDWARDS (Ed25519) "
+                "keys are supported"
+            )
+        try:
             params = bytes(public[Attribute.EC_PARAMS])
             point = bytes(public[Attribute.EC_POINT])
         except p11.PKCS11Error as exc:

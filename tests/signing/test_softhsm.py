@@ -244,3 +244,11 @@ def test_a_private_key_of_another_pair_than_the_public_object_beside_it_is_refus
         signer_from_uri(p256_key.uri)
     assert p256_key.public_key.keyid in str(info.value)
     assert other.public_key.keyid not in str(info.value)
+
+
+def test_a_key_of_an_unsupported_type_is_named_as_such(p256_key: SoftHsmKey) -> None:
+    token = pkcs11.lib(str(p256_key.module_path)).get_token(token_label=p256_key.token_label)
+    with token.open(rw=True, user_pin=p256_key.pin) as session:
+        session.generate_keypair(pkcs11.KeyType.RSA, 2048, store=True, label="rsa-key", id=b"rsa-key")
+    with pytest.raises(SignerError, match=r"label 'rsa-key' has PKCS#11 key type .*RSA.*only EC \(P-256\)"):
+        signer_from_uri(p256_key.uri.replace("object=transfer-1", "object=rsa-key"))
