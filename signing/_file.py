@@ -22,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from signing._uri import shown_uri
 from signing.errors import SignerError
 from signing.files import passphrase_from_file_bytes, read_small_file
 from signing.signers import CryptoSigner
@@ -29,6 +30,11 @@ from signing.signers import CryptoSigner
 __all__ = ["signer_from_file_uri", "signer_from_path"]
 
 _FILE_PARAMS = ("passphrase-env", "passphrase-file")
+
+
+def _shown(uri: str) -> str:
+    """``uri`` as an error message shows it: a misspelt parameter may hold the passphrase itself."""
+    return shown_uri(uri, frozenset(_FILE_PARAMS))
 
 
 def signer_from_path(path: str | os.PathLike[str], passphrase: bytes | None = None) -> CryptoSigner:
@@ -44,13 +50,13 @@ def signer_from_file_uri(uri: str) -> CryptoSigner:
         authority, slash, absolute = location[2:].partition("/")
         if authority not in ("", "localhost") or not slash:
             raise SignerError(
-                f"file URI {uri!r} names the host {authority!r}; only local files are supported "
+                f"file URI {_shown(uri)!r} names the host {authority!r}; only local files are supported "
                 "(write file:/absolute/path or file:relative/path)"
             )
         location = "/" + absolute
     path = unquote(location)
     if not path:
-        raise SignerError(f"file URI {uri!r} has no path; write file:/path/to/key.pem")
+        raise SignerError(f"file URI {_shown(uri)!r} has no path; write file:/path/to/key.pem")
     params = _parse_query(uri, query)
     passphrase: bytes | None = None
     source: str | None = None
@@ -60,7 +66,7 @@ def signer_from_file_uri(uri: str) -> CryptoSigner:
         value = os.environ.get(variable) if variable else None
         if value is None:
             raise SignerError(
-                f"the signer URI {uri!r} reads the passphrase from the environment variable "
+                f"the signer URI {_shown(uri)!r} reads the passphrase from the environment variable "
                 f"{variable!r}, which is not set; set it before starting the process"
             )
         passphrase = os.fsencode(value)
@@ -70,7 +76,9 @@ def signer_from_file_uri(uri: str) -> CryptoSigner:
         try:
             passphrase = read_small_file(passphrase_path)
         except FileNotFoundError:
-            raise SignerError(f"the passphrase file {passphrase_path} named by {uri!r} does not exist") from None
+            raise SignerError(
+                f"the passphrase file {passphrase_path} named by {_shown(uri)!r} does not exist"
+            ) from None
         except OSError as exc:
             raise SignerError(f"cannot read the passphrase file {passphrase_path}: {exc.strerror}") from None
         passphrase = passphrase_from_file_bytes(passphrase)
@@ -85,7 +93,7 @@ def _parse_query(uri: str, query: str) -> dict[str, str]:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
-        raise SignerError(f"the query of the signer URI {uri!r} is malformed; write ?name=value") from None
+        raise SignerError(f"the query of the signer URI {_shown(uri)!r} is malformed; write ?name=value") from None
     params: dict[str, str] = {}
     for name, value in pairs:
         if name == "passphrase":
@@ -95,16 +103,18 @@ def _parse_query(uri: str, query: str) -> dict[str, str]:
             )
         if name not in _FILE_PARAMS:
             raise SignerError(
-                f"unknown parameter {name!r} in the signer URI {uri!r}; the file: scheme accepts "
+                f"unknown parameter {name!r} in the signer URI {_shown(uri)!r}; the file: scheme accepts "
                 f"{', '.join(_FILE_PARAMS)}"
             )
         if name in params:
-            raise SignerError(f"the parameter {name!r} appears twice in the signer URI {uri!r}")
+            raise SignerError(f"the parameter {name!r} appears twice in the signer URI {_shown(uri)!r}")
         if not value:
-            raise SignerError(f"the parameter {name!r} in the signer URI {uri!r} is empty")
+            raise SignerError(f"the parameter {name!r} in the signer URI {_shown(uri)!r} is empty")
         params[name] = value
     if len(params) > 1:
-        raise SignerError(f"the signer URI {uri!r} gives both passphrase-env and passphrase-file; give only one")
+        raise SignerError(
+            f"the signer URI {_shown(uri)!r} gives both passphrase-env and passphrase-file; give only one"
+        )
     return params
 
 

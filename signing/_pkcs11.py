@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 
+from signing._uri import shown_uri
 from signing.errors import SignerError
 from signing.files import read_small_file
 from signing.keys import Algorithm, PublicKey
@@ -41,6 +42,14 @@ __all__ = ["Pkcs11Signer", "signer_from_pkcs11_uri"]
 
 _PATH_ATTRIBUTES = ("token", "serial", "object", "id", "type")
 _QUERY_ATTRIBUTES = ("module-path", "pin-source", "pin-env")
+_SHOWN_ATTRIBUTES = frozenset({"token", "serial", "object", "id", "type", "module-path", "pin-env"})
+"""The attributes whose values an error message shows: a pin-source given the PIN itself, or a misspelt attribute
+holding it, must not reach a log."""
+
+
+def _shown(uri: str) -> str:
+    return shown_uri(uri, _SHOWN_ATTRIBUTES, ";")
+
 
 # DER of the namedCurve OID 1.2.840.10045.3.1.7 (P-256 / secp256r1).
 _P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
@@ -73,19 +82,19 @@ def signer_from_pkcs11_uri(uri: str) -> Pkcs11Signer:
     query = _parse_attributes(uri, query_part, "&", _QUERY_ATTRIBUTES, "query")
 
     if attributes.get("type", "private") != "private":
-        raise SignerError(f"the pkcs11 URI {uri!r} has type={attributes['type']}; a signer needs type=private")
+        raise SignerError(f"the pkcs11 URI {_shown(uri)!r} has type={attributes['type']}; a signer needs type=private")
     token_label = _text(attributes.get("token"))
     token_serial = _text(attributes.get("serial"))
     object_label = _text(attributes.get("object"))
     object_id = unquote_to_bytes(attributes["id"]) if "id" in attributes else None
     if token_label is None and token_serial is None:
-        raise SignerError(f"the pkcs11 URI {uri!r} names no token; add token=LABEL (or serial=SERIAL)")
+        raise SignerError(f"the pkcs11 URI {_shown(uri)!r} names no token; add token=LABEL (or serial=SERIAL)")
     if object_label is None and object_id is None:
-        raise SignerError(f"the pkcs11 URI {uri!r} names no key; add object=LABEL (or id=%XX...)")
+        raise SignerError(f"the pkcs11 URI {_shown(uri)!r} names no key; add object=LABEL (or id=%XX...)")
     module_path = _text(query.get("module-path"))
     if module_path is None:
         raise SignerError(
-            f"the pkcs11 URI {uri!r} has no module-path; add ?module-path=/path/to/the/pkcs11/module.so "
+            f"the pkcs11 URI {_shown(uri)!r} has no module-path; add ?module-path=/path/to/the/pkcs11/module.so "
             "(for SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)"
         )
     pin = _read_pin(uri, query)
@@ -115,28 +124,32 @@ def _parse_attributes(uri: str, text: str, separator: str, allowed: tuple[str, .
                 "files and process listings); use pin-source=file:PATH or pin-env=VAR"
             )
         if not equals or not name:
-            raise SignerError(f"malformed attribute {item!r} in the pkcs11 URI {uri!r}; write name=value")
+            raise SignerError(
+                f"malformed attribute in the pkcs11 URI {_shown(uri)!r} (not shown: it may be a secret); write"
+                " name=value"
+            )
         if name not in allowed:
             raise SignerError(
-                f"unsupported {part} attribute {name!r} in the pkcs11 URI {uri!r}; supported: {', '.join(allowed)}"
+                f"unsupported {part} attribute {name!r} in the pkcs11 URI {_shown(uri)!r}; supported:"
+                f" {', '.join(allowed)}"
             )
         if name in result:
-            raise SignerError(f"the attribute {name!r} appears twice in the pkcs11 URI {uri!r}")
+            raise SignerError(f"the attribute {name!r} appears twice in the pkcs11 URI {_shown(uri)!r}")
         if not value:
-            raise SignerError(f"the attribute {name!r} in the pkcs11 URI {uri!r} is empty")
+            raise SignerError(f"the attribute {name!r} in the pkcs11 URI {_shown(uri)!r} is empty")
         result[name] = value
     return result
 
 
 def _read_pin(uri: str, query: dict[str, str]) -> str:
     if "pin-source" in query and "pin-env" in query:
-        raise SignerError(f"the pkcs11 URI {uri!r} gives both pin-source and pin-env; give only one")
+        raise SignerError(f"the pkcs11 URI {_shown(uri)!r} gives both pin-source and pin-env; give only one")
     if "pin-env" in query:
         variable = unquote(query["pin-env"])
         value = os.environ.get(variable)
         if value is None:
             raise SignerError(
-                f"the pkcs11 URI {uri!r} reads the PIN from the environment variable {variable!r}, which is "
+                f"the pkcs11 URI {_shown(uri)!r} reads the PIN from the environment variable {variable!r}, which is "
                 "not set; set it before starting the process"
             )
         if not value:
@@ -149,10 +162,11 @@ def _read_pin(uri: str, query: dict[str, str]) -> str:
             if source.startswith("//"):
                 source = source[2:]
                 if not source.startswith("/"):
-                    raise SignerError(f"pin-source {query['pin-source']!r} must name a local file")
+                    raise SignerError(f"pin-source in the pkcs11 URI {_shown(uri)!r} must name a local file")
         if not source.startswith("/"):
             raise SignerError(
-                f"pin-source {query['pin-source']!r} in the pkcs11 URI must be file:/absolute/path or /absolute/path"
+                f"pin-source in the pkcs11 URI {_shown(uri)!r} must be file:/absolute/path or /absolute/path (its"
+                " value is not shown: it may be the PIN itself)"
             )
         try:
             data = read_small_file(Path(source)).decode("utf-8")
@@ -167,7 +181,7 @@ def _read_pin(uri: str, query: dict[str, str]) -> str:
             raise SignerError(f"the PIN file {source} is empty")
         return pin
     raise SignerError(
-        f"the pkcs11 URI {uri!r} gives no PIN; add pin-source=file:/path/to/pin or pin-env=VAR to the query"
+        f"the pkcs11 URI {_shown(uri)!r} gives no PIN; add pin-source=file:/path/to/pin or pin-env=VAR to the query"
     )
 
 

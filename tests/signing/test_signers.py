@@ -137,6 +137,10 @@ def test_missing_passphrase_sources(encrypted_key: Path, tmp_path: Path, monkeyp
         ("passphrase-env=A&passphrase-file=/f", "give only one"),
         ("passphrase-env=", "is empty"),
         ("passphrase-env", "malformed"),
+        ("pass=hunter2", "unknown parameter 'pass'"),
+        ("Passphrase=hunter2", "unknown parameter 'Passphrase'"),
+        ("hunter2", "malformed"),
+        ("passphrase-env=A&hunter2", "malformed"),
     ],
 )
 def test_bad_file_uri_queries(encrypted_key: Path, query: str, message: str) -> None:
@@ -295,6 +299,13 @@ def test_signature_covers_pae() -> None:
         ("pkcs11:token=;object=k?module-path=/m.so&pin-env=P", "is empty"),
         ("pkcs11:token=t;object=k?module-path=/m.so&pin-source=relative/pin", "must be file:/absolute/path"),
         ("pkcs11:token=t;object=k?module-path=/m.so&pin-source=%7Cprompt", "must be file:/absolute/path"),
+        # A PIN misplaced, misspelt or with no name is not repeated in the message, which ends up in logs.
+        ("pkcs11:token=t;object=k?module-path=/m.so&pin-source=1234", "must be file:/absolute/path"),
+        ("pkcs11:token=t;object=k?module-path=/m.so&pin=1234", "unsupported query attribute 'pin'"),
+        ("pkcs11:token=t;object=k;PIN-VALUE=1234?module-path=/m.so&pin-env=P", "unsupported path attribute"),
+        ("pkcs11:token=t;object=k;1234?module-path=/m.so&pin-env=P", "malformed attribute"),
+        ("pkcs11:token=t;object=k?module-path=/m.so&pin-env=P&1234", "malformed attribute"),
+        ("pkcs11:object=k?module-path=/m.so&pin-source=1234", "names no token"),
     ],
 )
 def test_pkcs11_uri_errors(uri: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
