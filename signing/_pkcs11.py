@@ -185,6 +185,11 @@ def _read_pin(uri: str, query: dict[str, str]) -> str:
     )
 
 
+def _serial(token: Any) -> str:
+    """A token's serial number as the ``serial`` attribute of a URI names it."""
+    return bytes(token.serial).decode("utf-8", "backslashreplace")
+
+
 def _describe(label: str | None, ident: bytes | None) -> str:
     parts = []
     if label is not None:
@@ -364,16 +369,17 @@ class Pkcs11Signer:
         except p11.PKCS11Error as exc:
             raise SignerError(f"cannot load the PKCS#11 module {self._module_path}: {exc}") from None
 
-        token_query: dict[str, str] = {}
+        token_query: dict[str, Any] = {}
         if self._token_label is not None:
             token_query["token_label"] = self._token_label
         if self._token_serial is not None:
-            token_query["token_serial"] = self._token_serial
+            # python-pkcs11 compares the serial as the token reports it: bytes (a str never matches).
+            token_query["token_serial"] = self._token_serial.encode("utf-8")
         try:
             token = lib.get_token(**token_query)
         except p11.NoSuchToken:
             try:
-                present = sorted(repr(t.label) for t in lib.get_tokens() if t.label)
+                present = sorted(f"{t.label!r} (serial {_serial(t)})" for t in lib.get_tokens() if t.label)
             except p11.PKCS11Error:
                 present = []
             raise SignerError(
@@ -381,7 +387,13 @@ class Pkcs11Signer:
                 f"{', '.join(present) or 'none'}. Check the token label, or initialize the token."
             ) from None
         except p11.MultipleTokensReturned:
-            raise SignerError(f"several PKCS#11 tokens match {self._token()}; add serial=... to the URI") from None
+            try:
+                serials = ", ".join(sorted(_serial(t) for t in lib.get_tokens(**token_query)))
+            except p11.PKCS11Error:
+                serials = "see pkcs11-tool --list-slots"
+            raise SignerError(
+                f"several PKCS#11 tokens match {self._token()} (serials {serials}); add serial=... to the URI"
+            ) from None
         except p11.PKCS11Error as exc:
             raise SignerError(f"cannot list the tokens of {self._module_path}: {exc!r}") from None
 

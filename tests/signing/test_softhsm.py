@@ -252,3 +252,42 @@ def test_a_key_of_an_unsupported_type_is_named_as_such(p256_key: SoftHsmKey) -> 
         session.generate_keypair(pkcs11.KeyType.RSA, 2048, store=True, label="rsa-key", id=b"rsa-key")
     with pytest.raises(SignerError, match=r"label 'rsa-key' has PKCS#11 key type .*RSA.*only EC \(P-256\)"):
         signer_from_uri(p256_key.uri.replace("object=transfer-1", "object=rsa-key"))
+
+
+def test_two_tokens_of_one_label_are_told_apart_by_serial(
+    p256_key: SoftHsmKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = subprocess.run(
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            p256_key.token_label,
+            "--pin",
+            "1234",
+            "--so-pin",
+            "12345678",
+        ],
+        env={**p256_key.env, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("SOFTHSM2_CONF", str(p256_key.conf_path))
+    lib = pkcs11.lib(str(p256_key.module_path))
+    lib.reinitialize()  # SoftHSM2 sees a token initialized since only then
+    serials = sorted(t.serial.decode() for t in lib.get_tokens(token_label=p256_key.token_label))
+    assert len(serials) == 2
+    with pytest.raises(SignerError, match=rf"several PKCS#11 tokens match .*serials {', '.join(serials)}\).*serial="):
+        signer_from_uri(p256_key.uri)
+    opened = []
+    for serial in serials:
+        uri = p256_key.uri.replace(f"token={p256_key.token_label}", f"token={p256_key.token_label};serial={serial}")
+        try:
+            with _open(uri) as signer:
+                opened.append(signer.public_key)
+        except SignerError as exc:
+            assert "no private key with label 'transfer-1'" in str(exc)  # the new token holds no key
+    assert opened == [p256_key.public_key]
