@@ -213,6 +213,7 @@ class TrustKeeper:
         """Refuse (`GatewayError`) an own document this gateway could not sign under: a transfer threshold above
         1, or no configured signer listed in its transfer role."""
         _one_signature_suffices(document.document, "own trust document", field="trust_document")
+        self._refuse_partners_keys(document.document, field="trust_document")
         listed = document.document.roles[TRANSFER_ROLE].keyids
         keys = {self.exchange.signer.keyid, *(s.keyid for s in self.signers.values())}
         if not keys & set(listed):
@@ -222,6 +223,22 @@ class TrustKeeper:
                 " its transfer role; configure the signer of that document before taking it up",
                 field="trust_document",
             )
+
+    def _refuse_partners_keys(self, document: TrustDocument, *, field: str) -> None:
+        """Refuse (`GatewayError`) an own document that lists a key a partner's trust document lists: that partner
+        could then sign as this Party wherever a receiver tells senders apart by their keys alone (no mTLS), as
+        `carbon-gateway trust next` refuses to draft."""
+        ours = {key.public_bytes: key.keyid for key in document.keys.values()}
+        for party, partner in sorted(self.partners.parties().items()):
+            theirs = [ours[k.public_bytes] for k in partner.trusted.document.keys.values() if k.public_bytes in ours]
+            if theirs:
+                raise GatewayError(
+                    ResponseCode.INVALID_ARGUMENT,
+                    f"{self.party}'s trust document version {document.version} lists the key {theirs[0][:16]}...,"
+                    f" which {party}'s trust document version {partner.trusted.version} lists: {party} could sign as"
+                    f" {self.party}; list only keys of this gateway's own",
+                    field=field,
+                )
 
     def _resume_chosen(self, setting: str | None, listed: Collection[str]) -> None:
         """Sign with the signer the rotation to the current document chose (``setting``, `CHOSEN_SIGNER_SETTING`)
@@ -354,6 +371,7 @@ class TrustKeeper:
                     return await self._replayed_rotation(tx, stored.response)
             updated = apply_trust_update(self.own, envelope, now)
             _one_signature_suffices(updated.document, "new trust document", field="envelope_json")
+            self._refuse_partners_keys(updated.document, field="envelope_json")
             if signer.keyid not in updated.document.roles[TRANSFER_ROLE].keyids:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,

@@ -195,6 +195,40 @@ async def test_rotation_that_is_not_the_next_version_is_refused_by_the_operator_
 
 
 @pytest.mark.asyncio
+async def test_a_rotation_to_a_document_listing_a_partners_key_is_refused_by_the_operator_api(tmp_path: Path) -> None:
+    # CHN's next document lists CHE's transfer key beside CHN's new one: CHE could then sign as CHN wherever a
+    # receiver tells senders apart by their keys alone.
+    network = await start_network(tmp_path, ("CHN", "CHE"))
+    try:
+        old, new, theirs = network.signers["CHN"], CryptoSigner.generate(), network.signers["CHE"]
+        document = next_document(network, "CHN", 2, new)
+        document = dataclasses.replace(
+            document,
+            keys={**document.keys, theirs.keyid: theirs.public_key},
+            roles={**document.roles, "transfer": Role((new.keyid, theirs.keyid), 1)},
+        )
+        network.configure_signer("CHN", "v2", new)
+        async with operator(network["CHN"]) as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.RotateTrustDocument(
+                    operator_pb2.RotateTrustDocumentRequest(
+                        idempotency_key="k",
+                        envelope_json=sign_trust_document(document, [old, new]).to_json(),
+                        signer="v2",
+                    )
+                )
+            listed = await stub.ListTrust(operator_pb2.ListTrustRequest())
+        detail = read_error_detail(caught.value.trailing_metadata())
+        assert detail is not None
+        assert (ResponseCode(detail.code), detail.field) == (ResponseCode.INVALID_ARGUMENT, "envelope_json")
+        assert f"lists the key {theirs.keyid[:16]}..., which CHE's trust document version 1 lists" in detail.message
+        assert network["CHN"].trust.own.version == 1
+        assert listed.own.version == 1
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_rotation_the_update_rules_refuse_names_the_document_and_is_no_credentials_failure(
     tmp_path: Path,
 ) -> None:
