@@ -53,7 +53,7 @@ REQUIRED_ROLES = (TRUST_ROLE, TRANSFER_ROLE)
 
 _PARTY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _ROLE_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")
-_EXPIRES_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_EXPIRES_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # ASCII digits only
 _EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 MAX_VERSION = 2**63 - 1
 """The largest version a trust document may carry: stores keep versions as 64-bit signed integers."""

@@ -217,6 +217,9 @@ def _payload_with(v1: TrustDocument, mutate: Any) -> bytes:
         (lambda d: d.update(expires="2027-01-01"), "expires must be a UTC time"),
         (lambda d: d.update(expires="2027-01-01T00:00:00+08:00"), "expires must be a UTC time"),
         (lambda d: d.update(expires="2027-02-30T00:00:00Z"), "expires '2027-02-30T00:00:00Z' is invalid"),
+        # Digits of other scripts (Arabic-Indic, fullwidth): the format is ASCII, as to_payload writes it.
+        (lambda d: d.update(expires="\u0662\u0660\u0663\u0660-01-01T00:00:00Z"), "expires must be a UTC time"),
+        (lambda d: d.update(expires="2027-01-01T00:00:0\uff10Z"), "expires must be a UTC time"),
         (lambda d: d.update(keys=[]), "keys must be a JSON object"),
         (lambda d: d.update(roles=[]), "roles must be a JSON object"),
         (lambda d: d["roles"]["trust"].update(threshold="2"), "threshold must be an integer"),
