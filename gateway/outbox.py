@@ -54,6 +54,7 @@ from gateway.store.base import (
     Store,
     Transaction,
     database_could_not,
+    failure_line,
 )
 from signing import SignerError
 
@@ -323,11 +324,14 @@ class OutboxWorker:
                 if claiming:
                     try:
                         runs, due = await self._claim(exclude=set(sending), look=look, idle=not sending)
-                    except Exception:
+                    except Exception as exc:
                         if not sending:
                             raise
                         # The lanes being sent go on; the claim is tried again when one returns.
-                        log.exception("claiming the outbox's due messages failed; retrying")
+                        if database_could_not(self.store, exc):
+                            log.warning("claiming the outbox's due messages failed; retrying (%s)", failure_line(exc))
+                        else:
+                            log.exception("claiming the outbox's due messages failed; retrying")
                         due = self.clock() + self.backoff.maximum
                     look = True
                 if runs and self.may_sign is not None and not self.may_sign():
@@ -432,7 +436,17 @@ class OutboxWorker:
         except Exception as exc:
             # A bug or a store failure while handling this lane: its head waits its backoff, and the others go on.
             head = run[0]
-            log.exception("delivering %s to %s failed", head.message_id, head.receiver)
+            if database_could_not(self.store, exc):
+                # The database went away mid-delivery (a restart, a failover, an ended session): a line, as for the
+                # claim, not a traceback for a bug. The partner answers the message again from its receipt.
+                log.warning(
+                    "delivering %s to %s stopped: the database could not do it now (%s); it goes again",
+                    head.message_id,
+                    head.receiver,
+                    failure_line(exc),
+                )
+            else:
+                log.exception("delivering %s to %s failed", head.message_id, head.receiver)
             await self._retry(head, ResponseCode.INTERNAL_ERROR, f"this gateway failed: {exc!r}", following=run[1:])
             return [Outcome.RETRY]
 

@@ -495,3 +495,61 @@ async def test_open_health_watches_end_at_a_stop_and_do_not_hold_it_for_its_grac
             with contextlib.suppress(Exception):
                 await stopping
         await network["CHN"].stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.asyncio
+async def test_a_database_session_ended_mid_delivery_is_a_line_of_the_outbox_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outbox worker logged a traceback, as for a bug, when the database ended its sessions while a message
+    was being sent (a failover, an administrator's ``pg_terminate_backend``): the receipt came back and could not
+    be recorded. It is a line, as when the claim meets the database down, and the message goes again."""
+    network = await harness.start_network(tmp_path, ("CHN", "CHE"))
+    admin = await asyncpg.connect(postgres.admin_url())
+    name = urllib.parse.urlsplit(str(await harness.database_location(tmp_path, "CHN"))).path.lstrip("/")
+    try:
+        pair = Pair(network["CHN"], network["CHE"])
+        block = await setup_accounts(pair)
+        outbox = network["CHN"].core.outbox
+        transport = outbox.transport
+        ended: list[int] = []
+
+        async def end_sessions() -> None:
+            if not ended:  # once: the answer of the first send finds every session of CHN's gone
+                rows = await admin.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+                )
+                ended.append(len(rows))
+
+        class EndingSessions:
+            """The partner answers, and meanwhile the database ends the sender's sessions."""
+
+            async def deliver(self, party: str, envelope: bytes) -> bytes:
+                receipt = await transport.deliver(party, envelope)
+                await end_sessions()
+                return receipt
+
+            async def deliver_batch(self, party: str, envelopes: list[bytes]) -> list[bytes]:
+                receipts = await transport.deliver_batch(party, envelopes)  # type: ignore[attr-defined]
+                await end_sessions()
+                return list(receipts)
+
+        outbox.transport = EndingSessions()
+        caplog.set_level(logging.WARNING)
+        async with operator(pair.chn) as stub:
+            transfer_id = (await stub.ProposeTransfer(proposal_request(block, 1, 5, "ended-mid-send"))).transfer_id
+            async with asyncio.timeout(60):
+                while True:  # a read may meet a session the server ended, and is asked again
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        found = await stub.GetTransfer(operator_pb2.GetTransferRequest(transfer_id=transfer_id))
+                        if found.state == records_pb2.COMPLETED:
+                            break
+                    await asyncio.sleep(0.05)
+        assert ended and ended[0] > 0
+        said = [r for r in caplog.records if r.name == "gateway.outbox"]
+        assert not [r.getMessage() for r in said if r.exc_info is not None]
+        assert any("could not do it now" in r.getMessage() for r in said), [r.getMessage() for r in said]
+    finally:
+        await admin.close()
+        await network.stop()
