@@ -42,7 +42,7 @@ from gateway.rpc.partner import SERVICE_NAME as PARTNER_SERVICE
 from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
 from gateway.service import Gateway
 from gateway.store import UnsupportedDatabase, is_url, open_store
-from gateway.store.base import DatabaseProbe, SchemaTooNew, Store
+from gateway.store.base import DatabaseProbe, NotAGatewayDatabase, SchemaTooNew, Store
 from gateway.store.sqlite import DatabaseInUse, SQLiteStore, WriteAheadLogDamaged
 from gateway.trust import TrustKeeper
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
@@ -844,6 +844,8 @@ async def _open_store(location: Path | str) -> Store:
             raise ConfigError(f"database: cannot use {exc}") from None
         except (UnsupportedDatabase, SchemaTooNew) as exc:
             raise ConfigError(f"database: {exc}") from None
+        except NotAGatewayDatabase as exc:
+            raise ConfigError(f"database: {redact(str(location))}: {exc}") from None
         except Exception as exc:
             if isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, NOT_TRANSIENT):
                 # A lock wait that ran out (another replica migrating, or holding the write lock a long time), a
@@ -864,7 +866,7 @@ async def _open_store(location: Path | str) -> Store:
         return await SQLiteStore.open(path, alone=True)
     except SchemaTooNew as exc:
         raise ConfigError(f"database: {path}: {exc}") from None
-    except (WriteAheadLogDamaged, DatabaseInUse) as exc:
+    except (WriteAheadLogDamaged, DatabaseInUse, NotAGatewayDatabase) as exc:
         raise ConfigError(f"database: {exc}") from None
     except sqlite3.DatabaseError as exc:
         # A file that is not SQLite ("file is not a database"), another program's database (a migration

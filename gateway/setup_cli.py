@@ -968,6 +968,7 @@ def postgres_database_problems(url: str, party: str, adjustments: str | None = N
     import asyncpg
 
     from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING
+    from gateway.store.base import NotAGatewayDatabase, check_gateway_tables
     from gateway.store.postgres import redact
 
     async def read() -> dict[str, str]:
@@ -977,6 +978,11 @@ def postgres_database_problems(url: str, party: str, adjustments: str | None = N
             server_settings={"application_name": "carbon-gateway", "default_transaction_read_only": "on"},
         )
         try:
+            tables = await connection.fetch(
+                "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p', 'v', 'm', 'f')"
+                " AND relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+            )
+            check_gateway_tables("the PostgreSQL database", {str(row[0]) for row in tables})
             if not await connection.fetchval("SELECT to_regclass('settings') IS NOT NULL"):
                 return {}  # no gateway has started on it yet
             rows = await connection.fetch(
@@ -988,6 +994,8 @@ def postgres_database_problems(url: str, party: str, adjustments: str | None = N
 
     try:
         settings = asyncio.run(read())
+    except NotAGatewayDatabase as exc:
+        return [f"database: {redact(url)}: {exc}"]
     except asyncpg.InvalidCatalogNameError:
         return [
             f"database: {redact(url)}: the database does not exist on that server; create it (serve creates the"
@@ -1028,7 +1036,7 @@ def database_problems(path: Path, party: str, adjustments: str | None = None) ->
     described as the database records them; None for none configured). A missing file is created by ``serve``
     and is no problem."""
     from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING
-    from gateway.store.base import SchemaTooNew, check_schema_known
+    from gateway.store.base import NotAGatewayDatabase, SchemaTooNew, check_gateway_tables, check_schema_known
     from gateway.store.migrations import MIGRATIONS
     from gateway.store.sqlite import WriteAheadLogDamaged, check_write_ahead_log
 
@@ -1058,7 +1066,8 @@ def database_problems(path: Path, party: str, adjustments: str | None = None) ->
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+            tables = {row[0] for row in rows if not row[0].startswith("sqlite_")}
             applied = (
                 {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
                 if "schema_migrations" in tables
@@ -1076,7 +1085,13 @@ def database_problems(path: Path, party: str, adjustments: str | None = None) ->
         check_schema_known("the SQLite database", applied, max(version for version, _, _ in MIGRATIONS))
     except SchemaTooNew as exc:
         return [f"database: {path}: {exc}"]
-    return _recorded_settings_problems(settings, party, adjustments)
+    # Another Party's books are named as such, whatever else is wrong with the file: it is not this gateway's.
+    recorded = _recorded_settings_problems(settings, party, adjustments)
+    try:
+        check_gateway_tables(str(path), tables)
+    except NotAGatewayDatabase as exc:
+        return recorded or [f"database: {exc}"]
+    return recorded
 
 
 def file_problems(config: GatewayConfig) -> list[str]:

@@ -185,3 +185,36 @@ def test_two_serve_processes_started_at_once_share_one_database(tmp_path: Path) 
             assert "Traceback" not in log.read_text()
     finally:
         asyncio.run(postgres.drop_databases(admin, [url]))
+
+
+def test_another_programs_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """``serve`` created the gateway's tables beside another program's in its database, and ``config check`` said
+    OK of it: a database with tables but no ``schema_migrations`` is refused, nothing created in it."""
+    from gateway.cli import main
+
+    admin = postgres.admin_url()
+    url = asyncio.run(postgres.create_database(admin, "other_program"))
+
+    async def tables() -> set[str]:
+        connection = await asyncpg.connect(url)
+        try:
+            rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            return {str(row[0]) for row in rows}
+        finally:
+            await connection.close()
+
+    async def create() -> None:
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute("CREATE TABLE invoices (number BIGINT PRIMARY KEY)")
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(create())
+        config = _config(_keys(tmp_path), database=url)
+        _assert_one_line_naming(_serve(config), "database", "invoices", "not a gateway's database")
+        assert main(["config", "check", str(config)]) == 2
+        assert asyncio.run(tables()) == {"invoices"}
+    finally:
+        asyncio.run(postgres.drop_databases(admin, [url]))

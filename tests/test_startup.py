@@ -817,3 +817,23 @@ def test_a_setting_without_effect_is_warned_of_by_config_check_and_serve_which_s
     said = "operator.unauthenticated_loopback: [operator.tls] client_ca makes every connection present"
     assert check.returncode == 0 and f"{config}: warning: {said}" in check.stderr, check
     assert f"WARNING gateway: {config}: {said}" in _log_once_serving(config, tmp_path / "serve.log")
+
+
+@pytest.mark.parametrize("table", ["notes", "accounts"])
+def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(table: str, tmp_path: Path) -> None:
+    """``serve`` took another program's SQLite file for a new gateway database: it filled it with the gateway's
+    tables and switched it to WAL, and one whose table had a gateway table's name, though refused, was left with a
+    ``schema_migrations`` table and WAL. ``config check`` said OK of the first."""
+    folder = _keys(tmp_path)
+    database = folder / "other-app.db"
+    with closing(sqlite3.connect(database)) as db:
+        db.execute(f"CREATE TABLE {table} (owner TEXT)")
+        db.execute(f"INSERT INTO {table} VALUES ('someone')")
+        db.commit()
+    before = database.read_bytes()
+    config = _config(folder, database=database.name)
+    _assert_one_line_naming(_serve(config), "database", "other-app.db", table, "not a gateway's database")
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert check.returncode == 2 and "not a gateway's database" in check.stderr, check
+    assert database.read_bytes() == before
+    assert not Path(f"{database}-wal").exists()

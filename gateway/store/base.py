@@ -314,6 +314,24 @@ class SchemaTooNew(Exception):
         )
 
 
+class NotAGatewayDatabase(Exception):
+    """The database holds tables but no record of the gateway's migrations: another program's, which migrating
+    would fill with the gateway's tables."""
+
+
+def check_gateway_tables(where: str, tables: Collection[str]) -> None:
+    """Refuse (`NotAGatewayDatabase`) a database whose ``tables`` (every table and view in it) include others
+    but no ``schema_migrations``: every gateway's database has that table before it has any other."""
+    others = sorted(t for t in tables if t != "schema_migrations")
+    if not others or "schema_migrations" in tables:
+        return
+    shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    raise NotAGatewayDatabase(
+        f"{where} holds tables ({shown}) but no schema_migrations: it is not a gateway's database, and is left as"
+        " it is; name this gateway's database, or a new (empty) one for it to create its tables in"
+    )
+
+
 def check_schema_known(where: str, applied: set[int], known: int) -> None:
     """Refuse (`SchemaTooNew`) a database with a migration applied that this version does not know."""
     if applied and max(applied) > known:

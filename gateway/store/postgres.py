@@ -87,6 +87,7 @@ from gateway.store.base import (
     change_digest,
     check_abroad_added,
     check_abroad_removed,
+    check_gateway_tables,
     check_schema_known,
     reconciled_blocks,
 )
@@ -467,6 +468,13 @@ async def migrate(connection: Any) -> int:
     """Apply the migrations not yet applied, under ``MIGRATION_LOCK``; return the schema version."""
     await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
+        # The schema the tables go into (the first of the search path that exists), as it is before anything is
+        # created in it: another program's tables are left as they are.
+        tables = await connection.fetch(
+            "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p', 'v', 'm', 'f')"
+            " AND relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+        )
+        check_gateway_tables("the PostgreSQL database", {str(row[0]) for row in tables})
         await connection.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL)"
         )

@@ -74,6 +74,7 @@ from gateway.store.base import (
     change_digest,
     check_abroad_added,
     check_abroad_removed,
+    check_gateway_tables,
     check_schema_known,
     reconciled_blocks,
 )
@@ -249,6 +250,9 @@ class SQLiteStore:
             if alone:
                 held_alone = _hold_alone(path)
             db.row_factory = sqlite3.Row
+            # Before anything is written, the log mode included: another program's database is left as it is.
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+            check_gateway_tables(f"{path}", {row[0] for row in tables if not row[0].startswith("sqlite_")})
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
