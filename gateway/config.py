@@ -480,12 +480,17 @@ def _database(base: Path, value: object) -> Path | str:
             f"database: {scheme}:// is not a database this gateway can use; write postgresql://user@host:5432/name"
             " or an SQLite file's path"
         )
+    encoded = "; write a password's @ : / ? # [ ] % percent-encoded (# as %23, / as %2F, @ as %40)"
     try:
         parts = urllib.parse.urlsplit(text)
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError as exc:
-        reason = str(exc).replace(text, "<the URL>")
-        raise ConfigError(f"database: not a valid {scheme}:// URL ({reason})") from None
+        # Not quoted: a password with a "#", "/" or "?" in it ends the host early, and its start is the "port".
+        reason = "its port is not a number in 0..65535" if str(exc).startswith("Port") else "its host cannot be read"
+        raise ConfigError(f"database: not a valid {scheme}:// URL ({reason}){encoded}") from None
+    if parts.fragment or "@" in parts.path:
+        # The host ended early in the password, whose rest would be taken for the database's name.
+        raise ConfigError(f"database: the {scheme}:// URL's user and password cannot be told from its host{encoded}")
     if parts.path.strip("/") == "" or "/" in parts.path.strip("/"):
         raise ConfigError(f"database: name one database after the host, as in {scheme}://user@host:5432/carbon_gateway")
     return text

@@ -218,3 +218,18 @@ def test_another_programs_database_is_refused_and_left_as_it_was(tmp_path: Path)
         assert asyncio.run(tables()) == {"invoices"}
     finally:
         asyncio.run(postgres.drop_databases(admin, [url]))
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["s3cr3t#pw", "s3cr3t/pw", "s3cr3t?pw", "s3cr3t[pw", "1/s3cr3t#pw", "1/s3cr3t"],
+)
+def test_a_password_not_percent_encoded_is_never_repeated_in_part(tmp_path: Path, password: str) -> None:
+    """A ``#``, ``/`` or ``?`` in a password ends the URL's host early: the message quoted the password's start as
+    the port that could not be read ("Port could not be cast to integer value as 's3cr3t'"), and with a ``/`` and
+    then a ``#`` (or an ``@`` after the ``/``) the URL passed, its rest taken for the database's name, and the
+    failed connection repeated the whole URL, password and all."""
+    url = f"postgresql://gateway:{password}@127.0.0.1:1/carbon"
+    result = _serve(_config(_keys(tmp_path), database=url))
+    assert "s3cr3t" not in result.stderr + result.stdout, result.stderr
+    _assert_one_line_naming(result, "database", "percent-encoded")
