@@ -43,7 +43,7 @@ from gateway.rpc.partner import GrpcPartnerTransport, partner_handler
 from gateway.service import Gateway
 from gateway.store import UnsupportedDatabase, is_url, open_store
 from gateway.store.base import DatabaseProbe, NotAGatewayDatabase, SchemaTooNew, Store
-from gateway.store.sqlite import DatabaseInUse, SQLiteStore, WriteAheadLogDamaged
+from gateway.store.sqlite import DatabaseInUse, SQLiteStore, WriteAheadLogDamaged, sqlite_advice
 from gateway.trust import TrustKeeper
 from gateway.usecases.base import DEFAULT_STATUS_QUERY_AFTER, LedgerOptions
 from gateway.usecases.watching import ChangeFeed
@@ -869,11 +869,8 @@ async def _open_store(location: Path | str) -> Store:
     except (WriteAheadLogDamaged, DatabaseInUse, NotAGatewayDatabase) as exc:
         raise ConfigError(f"database: {exc}") from None
     except sqlite3.DatabaseError as exc:
-        # A file that is not SQLite ("file is not a database"), another program's database (a migration
-        # fails), or a file or folder this process may not write.
         raise ConfigError(
-            f"database: {path} cannot be used as this gateway's SQLite database ({exc}); name this gateway's"
-            " database file, or a new path to create one"
+            f"database: {path} cannot be used as this gateway's SQLite database ({exc}); {sqlite_advice(exc)}"
         ) from None
 
 

@@ -837,3 +837,46 @@ def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(table: s
     assert check.returncode == 2 and "not a gateway's database" in check.stderr, check
     assert database.read_bytes() == before
     assert not Path(f"{database}-wal").exists()
+
+
+def _gateway_database(path: Path) -> Path:
+    """A gateway's database at ``path``, closed cleanly (its write-ahead log folded in), as after a stop."""
+    _recorded(path, PARTY_SETTING, "CHN")
+    return path
+
+
+def test_a_full_disk_at_start_is_named_as_such_not_as_the_wrong_file(tmp_path: Path) -> None:
+    """A start whose migration met a full disk said "name this gateway's database file, or a new path": the file
+    was the right one, and the disk wanted space."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))  # as a full disk: writes past it fail
+
+    config = _config(_keys(tmp_path))
+    result = subprocess.run(
+        [*SERVE, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False, preexec_fn=small_files
+    )
+    line = _assert_one_line_naming(result, "database", "chn.db", "full or failing", "free space")
+    assert "new path" not in line
+
+
+def test_a_database_this_process_cannot_open_is_named_as_such_by_serve_and_report(tmp_path: Path) -> None:
+    """A database SQLite could not open for want of its -shm file (a read-only file system, a folder the user may
+    not write) was "not a gateway database" to ``report`` and a wrong path to ``serve``."""
+    folder = _keys(tmp_path)
+    database = _gateway_database(folder / "chn.db")
+    Path(f"{database}-shm").symlink_to(tmp_path / "absent" / "chn.db-shm")  # cannot be created, as on a read-only disk
+    config = _config(folder)
+    line = _assert_one_line_naming(_serve(config), "database", "chn.db", "cannot open it for writing")
+    assert "new path" not in line
+    out = str(tmp_path / "aef.xlsx")
+    report = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "report", "aef", "--config", str(config), "--year", "2026", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert report.returncode == 1 and "Traceback" not in report.stderr, report.stderr
+    assert "cannot be opened for reading" in report.stderr and "not a gateway database" not in report.stderr

@@ -175,6 +175,24 @@ def _check_log_has_its_database(path: Path | str, wal: Path, size: int) -> None:
     )
 
 
+def sqlite_advice(error: sqlite3.Error) -> str:
+    """What to do about ``error``, met opening or migrating an SQLite database, by SQLite's code for it. A failed
+    migration was rolled back: the file is as the last migration that completed left it."""
+    name = str(getattr(error, "sqlite_errorname", ""))
+    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR"):
+        return (
+            "the disk holding it is full or failing (or the process may write no larger a file): free space on it,"
+            " or check the disk, and start again; the migration under way was undone"
+        )
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH")):
+        return (
+            "this process cannot open it for writing: make the file, its -wal and -shm files and its folder (where"
+            " SQLite creates them) writable by the gateway's user, on a file system mounted read-write"
+        )
+    # A file that is not SQLite ("file is not a database"), another program's tables (a migration fails).
+    return "name this gateway's database file, or a new path to create one"
+
+
 class DatabaseInUse(sqlite3.OperationalError):
     """Another gateway process serves from the same SQLite file."""
 
@@ -304,6 +322,13 @@ class SQLiteStore:
             found = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
         except sqlite3.DatabaseError as exc:
             db.close()
+            if str(getattr(exc, "sqlite_errorname", "")) not in ("SQLITE_ERROR", "SQLITE_NOTADB"):
+                # Not the file's content but the means to read it: a WAL database is read only where its -shm
+                # file can be opened or created beside it (not on a read-only file system, say).
+                raise sqlite3.DatabaseError(
+                    f"{path} cannot be opened for reading ({exc}): make its folder and its -wal and -shm files"
+                    " readable and writable by this user, or read a backup copy"
+                ) from None
             raise sqlite3.DatabaseError(f"{path} is not a gateway database: {exc}") from None
         expected = {version for version, _, _ in MIGRATIONS}
         if found != expected:
