@@ -880,3 +880,16 @@ def test_a_database_this_process_cannot_open_is_named_as_such_by_serve_and_repor
     )
     assert report.returncode == 1 and "Traceback" not in report.stderr, report.stderr
     assert "cannot be opened for reading" in report.stderr and "not a gateway database" not in report.stderr
+
+
+def test_a_write_ahead_log_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A folder where the database's write-ahead log belongs ended ``serve`` and ``config check`` in a traceback
+    (IsADirectoryError from the check of the log's header)."""
+    folder = _keys(tmp_path)
+    database = _gateway_database(folder / "chn.db")
+    Path(f"{database}-wal").mkdir()
+    config = _config(folder)
+    _assert_one_line_naming(_serve(config), "database", "chn.db-wal", "cannot be read")
+    check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert check.returncode == 2 and "Traceback" not in check.stderr, check.stderr
+    assert check.stderr.count("\n") == 1 and "chn.db-wal" in check.stderr, check.stderr

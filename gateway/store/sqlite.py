@@ -132,6 +132,12 @@ def check_write_ahead_log(path: Path | str) -> None:
             size = os.fstat(log.fileno()).st_size
     except FileNotFoundError:
         return
+    except OSError as exc:  # a folder, say: SQLite would fail on it after the checks below
+        raise WriteAheadLogDamaged(
+            f"{path}: its write-ahead log, {wal}, cannot be read ({exc.strerror or exc}); SQLite keeps the newest"
+            " transactions there: make it a file this user may read and write, or move what is there aside if it is"
+            " not this database's log"
+        ) from None
     if len(header) < _WAL_HEADER:
         return
     if size >= _WAL_HEADER + _WAL_FRAME_HEADER + 512:
