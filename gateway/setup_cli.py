@@ -962,13 +962,15 @@ def _stored_rows_postgres(url: str, party: str, version: int) -> tuple[tuple[int
 
 def postgres_database_problems(url: str, party: str, adjustments: str | None = None) -> list[str]:
     """What ``serve`` would refuse at start in a PostgreSQL database, read through a read-only connection: a
-    database the server does not have, a login it refuses, one another Party's gateway started on, or one whose
-    ledger was kept under adjustment settings other than ``adjustments``. A server that does not answer is left
+    database the server does not have, a login it refuses, another program's tables, a schema a newer version
+    migrated, one another Party's gateway started on, or one whose ledger was kept under adjustment settings other
+    than ``adjustments``. A server that does not answer is left
     to ``serve``, as a port in use is."""
     import asyncpg
 
     from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING
-    from gateway.store.base import NotAGatewayDatabase, check_gateway_tables
+    from gateway.store.base import NotAGatewayDatabase, SchemaTooNew, check_gateway_tables, check_schema_known
+    from gateway.store.pg_migrations import PG_MIGRATIONS
     from gateway.store.postgres import redact
 
     async def read() -> dict[str, str]:
@@ -982,7 +984,11 @@ def postgres_database_problems(url: str, party: str, adjustments: str | None = N
                 "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p', 'v', 'm', 'f')"
                 " AND relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
             )
-            check_gateway_tables("the PostgreSQL database", {str(row[0]) for row in tables})
+            names = {str(row[0]) for row in tables}
+            check_gateway_tables("the PostgreSQL database", names)
+            if "schema_migrations" in names:  # what serve's migration refuses first, as serve words it
+                applied = {int(row[0]) for row in await connection.fetch("SELECT version FROM schema_migrations")}
+                check_schema_known("the PostgreSQL database", applied, max(v for v, _, _ in PG_MIGRATIONS))
             if not await connection.fetchval("SELECT to_regclass('settings') IS NOT NULL"):
                 return {}  # no gateway has started on it yet
             rows = await connection.fetch(
@@ -996,6 +1002,8 @@ def postgres_database_problems(url: str, party: str, adjustments: str | None = N
         settings = asyncio.run(read())
     except NotAGatewayDatabase as exc:
         return [f"database: {redact(url)}: {exc}"]
+    except SchemaTooNew as exc:
+        return [f"database: {exc}"]
     except asyncpg.InvalidCatalogNameError:
         return [
             f"database: {redact(url)}: the database does not exist on that server; create it (serve creates the"

@@ -233,3 +233,35 @@ def test_a_password_not_percent_encoded_is_never_repeated_in_part(tmp_path: Path
     result = _serve(_config(_keys(tmp_path), database=url))
     assert "s3cr3t" not in result.stderr + result.stdout, result.stderr
     _assert_one_line_naming(result, "database", "percent-encoded")
+
+
+def test_config_check_names_a_database_a_newer_version_migrated_as_serve_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config check` said OK of a PostgreSQL database a newer version had migrated, which `serve` refuses (and
+    `config check` refuses in an SQLite file): the check an upgrade's rollback would run first."""
+    from gateway.cli import main
+    from gateway.store.postgres import PostgresStore
+
+    admin = postgres.admin_url()
+
+    async def newer_database() -> str:
+        url = await postgres.create_database(admin, "newer")
+        await (await PostgresStore.open(url)).close()
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute("INSERT INTO schema_migrations VALUES (10000, 'a later version')")
+        finally:
+            await connection.close()
+        return url
+
+    url = asyncio.run(newer_database())
+    try:
+        config = _config(_keys(tmp_path), database=url)
+        _assert_one_line_naming(_serve(config), "database", "schema version 10000")
+        capsys.readouterr()
+        assert main(["config", "check", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert "schema version 10000" in err and "newer version" in err and err.count("\n") == 1, err
+    finally:
+        asyncio.run(postgres.drop_databases(admin, [url]))
