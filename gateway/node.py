@@ -862,6 +862,8 @@ async def _open_store(location: Path | str) -> Store:
             ) from None
     path = Path(location)
     check_database_file(path)
+    if path.exists() and not path.is_file():  # SQLite would call a device or a pipe a disk that failed
+        raise ConfigError(f"database: {path} is not a regular file; name this gateway's database file")
     try:
         return await SQLiteStore.open(path, alone=True)
     except SchemaTooNew as exc:

@@ -893,3 +893,13 @@ def test_a_write_ahead_log_that_cannot_be_read_is_one_line_not_a_traceback(tmp_p
     check = subprocess.run([*CHECK, str(config)], capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert check.returncode == 2 and "Traceback" not in check.stderr, check.stderr
     assert check.stderr.count("\n") == 1 and "chn.db-wal" in check.stderr, check.stderr
+
+
+@pytest.mark.parametrize("kind", ["device", "pipe"])
+def test_a_database_path_that_is_no_regular_file_is_named_as_such(kind: str, tmp_path: Path) -> None:
+    """SQLite answers "disk I/O error" for a device or a pipe, which the start took for a full or failing disk;
+    ``config check`` said what it is."""
+    folder = _keys(tmp_path)
+    database = "/dev/null" if kind == "device" else str(_fifo(folder / "pipe.db"))
+    line = _assert_one_line_naming(_serve(_config(folder, database=database)), "database", "not a regular file")
+    assert "full or failing" not in line
