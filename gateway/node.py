@@ -855,10 +855,19 @@ async def _open_store(location: Path | str) -> Store:
                     f"database: {redact(str(location))} could not be prepared now ({type(exc).__name__}: {exc});"
                     " another replica may be migrating it or holding its write lock: start this one again later"
                 ) from None
-            # A failed migration: another program's tables, missing privileges.
+            # A failed migration: missing privileges, another program's objects (not its tables: those are refused
+            # before anything is created).
+            import asyncpg
+
+            advice = (
+                "grant the user CREATE on the database's schema (or make it the database's owner), or name a"
+                " database it may create tables in"
+                if isinstance(exc, asyncpg.InsufficientPrivilegeError)
+                else "name a database of its own"
+            )
             raise ConfigError(
                 f"database: {redact(str(location))} cannot be used as this gateway's database"
-                f" ({type(exc).__name__}: {exc}); name a database of its own"
+                f" ({type(exc).__name__}: {exc}); {advice}"
             ) from None
     path = Path(location)
     check_database_file(path)

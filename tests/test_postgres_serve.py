@@ -265,3 +265,29 @@ def test_config_check_names_a_database_a_newer_version_migrated_as_serve_does(
         assert "schema version 10000" in err and "newer version" in err and err.count("\n") == 1, err
     finally:
         asyncio.run(postgres.drop_databases(admin, [url]))
+
+
+async def _execute(url: str, *statements: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def test_a_user_who_may_not_create_tables_is_told_to_get_the_privilege(tmp_path: Path) -> None:
+    """A login without CREATE on the database's schema was told to "name a database of its own": the database
+    was the right one, and the user lacked a grant."""
+    admin = postgres.admin_url()
+    url = asyncio.run(postgres.create_database(admin, "no_create"))
+    role = postgres.unique_name("reader")
+    try:
+        asyncio.run(_execute(url, f'CREATE ROLE "{role}" LOGIN', "REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        as_reader = url.replace("://postgres@", f"://{role}:{SECRET}@", 1)
+        result = _serve(_config(_keys(tmp_path), database=as_reader))
+        line = _assert_one_line_naming(result, "database", "permission denied", "grant the user CREATE")
+        assert SECRET not in line and "of its own" not in line
+    finally:
+        asyncio.run(postgres.drop_databases(admin, [url]))
+        asyncio.run(_execute(admin, f'DROP ROLE IF EXISTS "{role}"'))
