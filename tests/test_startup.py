@@ -903,3 +903,15 @@ def test_a_database_path_that_is_no_regular_file_is_named_as_such(kind: str, tmp
     database = "/dev/null" if kind == "device" else str(_fifo(folder / "pipe.db"))
     line = _assert_one_line_naming(_serve(_config(folder, database=database)), "database", "not a regular file")
     assert "full or failing" not in line
+
+
+def test_a_database_another_process_holds_locked_is_named_as_such(tmp_path: Path) -> None:
+    """A start that waited in vain for another process's write lock (an sqlite3 shell in a transaction) was told
+    to "name this gateway's database file, or a new path": the file was the right one."""
+    folder = _keys(tmp_path)
+    database = _gateway_database(folder / "chn.db")
+    with closing(sqlite3.connect(database, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        line = _assert_one_line_naming(_serve(_config(folder)), "database", "database is locked", "another process")
+        other.execute("ROLLBACK")
+    assert "new path" not in line

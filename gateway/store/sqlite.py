@@ -195,6 +195,11 @@ def sqlite_advice(error: sqlite3.Error) -> str:
             "this process cannot open it for writing: make the file, its -wal and -shm files and its folder (where"
             " SQLite creates them) writable by the gateway's user, on a file system mounted read-write"
         )
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (
+            "another process held a lock on it for longer than the gateway waits (an sqlite3 shell in a"
+            " transaction, a copy being written into it): end that, and start again"
+        )
     # A file that is not SQLite ("file is not a database"), another program's tables (a migration fails).
     return "name this gateway's database file, or a new path to create one"
 
