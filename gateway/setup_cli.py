@@ -971,7 +971,7 @@ def postgres_database_problems(url: str, party: str, adjustments: str | None = N
     from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING
     from gateway.store.base import NotAGatewayDatabase, SchemaTooNew, check_gateway_tables, check_schema_known
     from gateway.store.pg_migrations import PG_MIGRATIONS
-    from gateway.store.postgres import redact
+    from gateway.store.postgres import SCHEMA_TABLES, redact
 
     async def read() -> dict[str, str]:
         connection = await asyncpg.connect(
@@ -980,10 +980,7 @@ def postgres_database_problems(url: str, party: str, adjustments: str | None = N
             server_settings={"application_name": "carbon-gateway", "default_transaction_read_only": "on"},
         )
         try:
-            tables = await connection.fetch(
-                "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p', 'v', 'm', 'f')"
-                " AND relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
-            )
+            tables = await connection.fetch(SCHEMA_TABLES)
             names = {str(row[0]) for row in tables}
             check_gateway_tables("the PostgreSQL database", names)
             if "schema_migrations" in names:  # what serve's migration refuses first, as serve words it

@@ -220,6 +220,40 @@ def test_another_programs_database_is_refused_and_left_as_it_was(tmp_path: Path)
         asyncio.run(postgres.drop_databases(admin, [url]))
 
 
+async def _execute(url: str, *statements: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def test_a_database_with_an_extensions_views_is_taken_for_a_new_one(tmp_path: Path) -> None:
+    """An extension's views in the schema (``CREATE EXTENSION pg_stat_statements`` puts two in ``public``) are no
+    other program's tables: the database is still a new one, checked OK and migrated."""
+    from gateway.cli import main
+    from gateway.store.postgres import PostgresStore
+
+    admin = postgres.admin_url()
+    url = asyncio.run(postgres.create_database(admin, "extension"))
+
+    async def migrated() -> int:
+        await (await PostgresStore.open(url)).close()
+        connection = await asyncpg.connect(url)
+        try:
+            return int(await connection.fetchval("SELECT max(version) FROM schema_migrations"))
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(_execute(url, "CREATE EXTENSION pg_stat_statements"))
+        assert main(["config", "check", str(_config(_keys(tmp_path), database=url))]) == 0
+        assert asyncio.run(migrated()) > 1
+    finally:
+        asyncio.run(postgres.drop_databases(admin, [url]))
+
+
 @pytest.mark.parametrize(
     "password",
     ["s3cr3t#pw", "s3cr3t/pw", "s3cr3t?pw", "s3cr3t[pw", "1/s3cr3t#pw", "1/s3cr3t"],
@@ -265,15 +299,6 @@ def test_config_check_names_a_database_a_newer_version_migrated_as_serve_does(
         assert "schema version 10000" in err and "newer version" in err and err.count("\n") == 1, err
     finally:
         asyncio.run(postgres.drop_databases(admin, [url]))
-
-
-async def _execute(url: str, *statements: str) -> None:
-    connection = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 def test_a_user_who_may_not_create_tables_is_told_to_get_the_privilege(tmp_path: Path) -> None:

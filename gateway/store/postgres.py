@@ -464,16 +464,22 @@ def _without(text: str, url: str) -> str:
     return text.replace(url, redact(url))
 
 
+SCHEMA_TABLES = (
+    "SELECT c.relname FROM pg_class c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+    " AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+    " AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid"
+    " AND d.deptype = 'e')"
+)
+"""The tables and views of the schema the gateway's tables go into (the first of the search path that exists),
+but an extension's (``CREATE EXTENSION pg_stat_statements`` puts views there): a program's, or the gateway's."""
+
+
 async def migrate(connection: Any) -> int:
     """Apply the migrations not yet applied, under ``MIGRATION_LOCK``; return the schema version."""
     await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
-        # The schema the tables go into (the first of the search path that exists), as it is before anything is
-        # created in it: another program's tables are left as they are.
-        tables = await connection.fetch(
-            "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p', 'v', 'm', 'f')"
-            " AND relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
-        )
+        # As it is before anything is created in it: another program's tables are left as they are.
+        tables = await connection.fetch(SCHEMA_TABLES)
         check_gateway_tables("the PostgreSQL database", {str(row[0]) for row in tables})
         await connection.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL)"
