@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2
 from carbon_gateway.v1 import operator_pb2, operator_pb2_grpc, records_pb2
 from tests import postgres
 from tests.processes import free_ports
+from tests.services import require_service
 from tests.test_startup import SERVE, TIMEOUT, _assert_one_line_naming, _config, _health, _keys, _serve
 
 SECRET = "s3cr3t-pw"
@@ -246,7 +247,21 @@ def test_a_database_with_an_extensions_views_is_taken_for_a_new_one(tmp_path: Pa
         finally:
             await connection.close()
 
+    async def available() -> bool:
+        connection = await asyncpg.connect(url)
+        try:
+            found = await connection.fetchval(
+                "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_stat_statements'"
+            )
+            return bool(found)
+        finally:
+            await connection.close()
+
     try:
+        require_service(
+            asyncio.run(available()),
+            "the PostgreSQL server has no pg_stat_statements extension (its contrib package is not installed)",
+        )
         asyncio.run(_execute(url, "CREATE EXTENSION pg_stat_statements"))
         assert main(["config", "check", str(_config(_keys(tmp_path), database=url))]) == 0
         assert asyncio.run(migrated()) > 1
