@@ -488,8 +488,9 @@ def _database(base: Path, value: object) -> Path | str:
         # Not quoted: a password with a "#", "/" or "?" in it ends the host early, and its start is the "port".
         reason = "its port is not a number in 0..65535" if str(exc).startswith("Port") else "its host cannot be read"
         raise ConfigError(f"database: not a valid {scheme}:// URL ({reason}){encoded}") from None
-    if parts.fragment or "@" in parts.path:
-        # The host ended early in the password, whose rest would be taken for the database's name.
+    if parts.fragment or "@" in parts.path or parts.netloc.count("@") > 1:
+        # The host ended early in the password, whose rest would be taken for the database's name; or the password
+        # holds an "@", where asyncpg (as libpq) ends it, taking the rest for the host (and a "port" it quotes).
         raise ConfigError(f"database: the {scheme}:// URL's user and password cannot be told from its host{encoded}")
     if parts.path.strip("/") == "" or "/" in parts.path.strip("/"):
         raise ConfigError(f"database: name one database after the host, as in {scheme}://user@host:5432/carbon_gateway")

@@ -271,7 +271,7 @@ def test_a_database_with_an_extensions_views_is_taken_for_a_new_one(tmp_path: Pa
 
 @pytest.mark.parametrize(
     "password",
-    ["s3cr3t#pw", "s3cr3t/pw", "s3cr3t?pw", "s3cr3t[pw", "1/s3cr3t#pw", "1/s3cr3t"],
+    ["s3cr3t#pw", "s3cr3t/pw", "s3cr3t?pw", "s3cr3t[pw", "1/s3cr3t#pw", "1/s3cr3t", "s3@s3cr3t:pw", "s3@s3cr3t"],
 )
 def test_a_password_not_percent_encoded_is_never_repeated_in_part(tmp_path: Path, password: str) -> None:
     """A ``#``, ``/`` or ``?`` in a password ends the URL's host early: the message quoted the password's start as
