@@ -155,7 +155,8 @@ class TrustKeeper:
             if new:
                 # What a rotation checks, before anything is stored or told: a document this gateway cannot sign
                 # under, once stored, would win over every configuration after it.
-                self._check_can_sign(own)
+                previous = None if before is None else TrustedParty.restore(Envelope.from_json(before[1])).document
+                self._check_can_sign(own, previous)
                 await tx.put_trust_document(self.party, own.version, own.envelope.to_json(), now)
             if new and before is not None:
                 # The next version, taken up from the configuration: the partners learn of it as from a rotation,
@@ -209,11 +210,12 @@ class TrustKeeper:
                 self.own.version,
             )
 
-    def _check_can_sign(self, document: TrustedParty) -> None:
+    def _check_can_sign(self, document: TrustedParty, previous: TrustDocument | None) -> None:
         """Refuse (`GatewayError`) an own document this gateway could not sign under: a transfer threshold above
-        1, or no configured signer listed in its transfer role."""
+        1, or no configured signer listed in its transfer role; or one that adds to ``previous`` (the stored own
+        document it follows, None for the first) a key a partner lists."""
         _one_signature_suffices(document.document, "own trust document", field="trust_document")
-        self._refuse_partners_keys(document.document, field="trust_document")
+        self._refuse_partners_keys(document.document, previous, field="trust_document")
         listed = document.document.roles[TRANSFER_ROLE].keyids
         keys = {self.exchange.signer.keyid, *(s.keyid for s in self.signers.values())}
         if not keys & set(listed):
@@ -224,11 +226,14 @@ class TrustKeeper:
                 field="trust_document",
             )
 
-    def _refuse_partners_keys(self, document: TrustDocument, *, field: str) -> None:
-        """Refuse (`GatewayError`) an own document that lists a key a partner's trust document lists: that partner
-        could then sign as this Party wherever a receiver tells senders apart by their keys alone (no mTLS), as
-        `carbon-gateway trust next` refuses to draft."""
-        ours = {key.public_bytes: key.keyid for key in document.keys.values()}
+    def _refuse_partners_keys(self, document: TrustDocument, previous: TrustDocument | None, *, field: str) -> None:
+        """Refuse (`GatewayError`) an own document that adds to ``previous`` a key a partner's trust document lists:
+        that partner could then sign as this Party wherever a receiver tells senders apart by their keys alone (no
+        mTLS), as `carbon-gateway trust next` refuses to draft. A key ``previous`` already lists is this gateway's:
+        a partner's document that lists it too (any publisher may list any public key) must not keep this gateway
+        from rotating while keeping it."""
+        kept = set() if previous is None else {key.public_bytes for key in previous.keys.values()}
+        ours = {key.public_bytes: key.keyid for key in document.keys.values() if key.public_bytes not in kept}
         for party, partner in sorted(self.partners.parties().items()):
             theirs = [ours[k.public_bytes] for k in partner.trusted.document.keys.values() if k.public_bytes in ours]
             if theirs:
@@ -371,7 +376,7 @@ class TrustKeeper:
                     return await self._replayed_rotation(tx, stored.response)
             updated = apply_trust_update(self.own, envelope, now)
             _one_signature_suffices(updated.document, "new trust document", field="envelope_json")
-            self._refuse_partners_keys(updated.document, field="envelope_json")
+            self._refuse_partners_keys(updated.document, self.own.document, field="envelope_json")
             if signer.keyid not in updated.document.roles[TRANSFER_ROLE].keyids:
                 raise GatewayError(
                     ResponseCode.INVALID_ARGUMENT,

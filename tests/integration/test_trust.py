@@ -229,6 +229,30 @@ async def test_a_rotation_to_a_document_listing_a_partners_key_is_refused_by_the
 
 
 @pytest.mark.asyncio
+async def test_a_partner_listing_this_gateways_key_does_not_keep_it_from_rotating(tmp_path: Path) -> None:
+    # Any publisher may list any public key: CHE's next document lists CHN's current transfer key, and CHN trusts
+    # it. CHN's rotation keeping that key beside its new one adds no key of CHE's, and must not be refused.
+    network = await start_network(tmp_path, ("CHN", "CHE"))
+    try:
+        old_che, new_che, chn_key = network.signers["CHE"], CryptoSigner.generate(), network.signers["CHN"]
+        document = next_document(network, "CHE", 2, new_che)
+        document = dataclasses.replace(
+            document,
+            keys={**document.keys, chn_key.keyid: chn_key.public_key},
+            roles={**document.roles, "transfer": Role((new_che.keyid, chn_key.keyid), 1)},
+        )
+        pushed = wire.envelope_to_bytes(sign_trust_document(document, [old_che, new_che]))
+        receipt = await deliver_raw(network["CHN"], pushed)
+        assert (ResponseCode(receipt.code), receipt.taken_in) == (ResponseCode.OK, True), receipt.detail
+        assert network["CHN"].partners.parties()["CHE"].trusted.version == 2
+
+        await rotate(network, "CHN", 2, keep_old=True)
+        assert network["CHN"].trust.own.version == 2
+    finally:
+        await network.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_rotation_the_update_rules_refuse_names_the_document_and_is_no_credentials_failure(
     tmp_path: Path,
 ) -> None:
