@@ -1088,6 +1088,16 @@ def test_an_entry_in_the_last_millisecond_of_a_year_is_reported_in_that_year(gat
             " year",
         ),
         (
+            # Digits where an instant has them, but no instant: it sorts after the year's last instant, so the
+            # year it names left it out of its report without a word.
+            "UPDATE ledger SET action_date = '2025-12-32T00:00:00.000000Z' WHERE entry_id = 2",
+            "ledger[entry 2].action_date: '2025-12-32T00:00:00.000000Z' is no instant this version writes",
+        ),
+        (
+            "UPDATE ledger SET action_date = '2025-13-01T00:00:00.000000Z' WHERE entry_id = 2",
+            "ledger[entry 2].action_date: '2025-13-01T00:00:00.000000Z' is no instant this version writes",
+        ),
+        (
             "UPDATE ledger SET action_date = '2025-06-01 10:00:00' WHERE entry_id = 2",
             "ledger[after 1]: a ledger entry holds a value this version cannot read",
         ),

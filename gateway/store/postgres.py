@@ -1073,9 +1073,11 @@ class PostgresTransaction:
         )
 
     async def ledger_misdated_after(self, instant: dt.datetime) -> tuple[int, str] | None:
+        # The digits in range too, as on SQLite: "2025-12-32T..." sorts after the last instant of its year.
         row = await self._one(
             "SELECT entry_id, action_date FROM ledger WHERE action_date > ?"
-            " AND action_date !~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]{6}Z$'"
+            " AND action_date !~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]"
+            ":[0-5][0-9][.][0-9]{6}Z$'"
             " ORDER BY entry_id LIMIT 1",
             (codec.to_text(instant),),
         )

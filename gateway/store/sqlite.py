@@ -1293,9 +1293,17 @@ class SQLiteTransaction:
         )
 
     async def ledger_misdated_after(self, instant: dt.datetime) -> tuple[int, str] | None:
+        # The digits in range too: "2025-12-32T..." or "2025-13-01T..." sorts after the last instant of the year
+        # it names. Within range, a day its month lacks ("2025-11-31") sorts within the year, where the report
+        # reads the entry and refuses it.
         row = self._one(
             "SELECT entry_id, action_date FROM ledger WHERE action_date > ? AND NOT (length(action_date) = ?"
-            f" AND action_date GLOB '{INSTANT_GLOB}') ORDER BY entry_id LIMIT 1",
+            f" AND action_date GLOB '{INSTANT_GLOB}'"
+            " AND CAST(substr(action_date, 6, 2) AS INTEGER) BETWEEN 1 AND 12"
+            " AND CAST(substr(action_date, 9, 2) AS INTEGER) BETWEEN 1 AND 31"
+            " AND CAST(substr(action_date, 12, 2) AS INTEGER) <= 23"
+            " AND CAST(substr(action_date, 15, 2) AS INTEGER) <= 59"
+            " AND CAST(substr(action_date, 18, 2) AS INTEGER) <= 59) ORDER BY entry_id LIMIT 1",
             (codec.to_text(instant), INSTANT_LENGTH),
         )
         return None if row is None else (int(row[0]), str(row[1]))
