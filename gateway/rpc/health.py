@@ -46,7 +46,8 @@ class DatabaseHealth(HealthServicer):  # type: ignore[misc]
                     if status != last:
                         await context.write(health_pb2.HealthCheckResponse(status=status))
                         last = status
-                    if self._gracefully_shutting_down:
+                    if self._gracefully_shutting_down and status != health_pb2.HealthCheckResponse.SERVING:
+                        # SERVING with the stop begun: its NOT_SERVING is still to come (it waits for this lock).
                         return
                     await condition.wait()
         finally:

@@ -553,3 +553,44 @@ async def test_a_database_session_ended_mid_delivery_is_a_line_of_the_outbox_not
     finally:
         await admin.close()
         await network.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_watch_writing_serving_as_the_stop_begins_still_tells_not_serving_before_it_ends(
+    tmp_path: Path,
+) -> None:
+    # A watch that read SERVING just before the stop set the flag, and the stop's NOT_SERVING still to come (it
+    # waits for the watch's lock): the watch saw the flag and ended, its last word SERVING.
+    network = await harness.start_network(tmp_path, ("CHN", "CHE"))
+    node = network["CHE"]
+    servicer = node._health[0]  # the operator port's
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with grpc.aio.insecure_channel(node.operator_address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            condition = servicer._server_watchers[""]
+            async with condition:  # the watch waits for it, as it would behind another watch's write
+                watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+                reading = asyncio.create_task(watch.read())
+                for _ in range(500):
+                    if servicer._watcher_count_by_service.get("") == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                assert servicer._watcher_count_by_service.get("") == 1
+                stopping = asyncio.create_task(servicer.enter_graceful_shutdown())
+                for _ in range(500):
+                    if servicer._gracefully_shutting_down:
+                        break
+                    await asyncio.sleep(0.01)
+                assert servicer._gracefully_shutting_down
+            statuses = [(await reading).status]
+            while (answer := await watch.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+                statuses.append(answer.status)
+            await stopping
+        assert statuses == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+    finally:
+        if stopping is not None:
+            with contextlib.suppress(Exception):
+                await stopping
+        await node.stop()
+        await network["CHN"].stop()
