@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 
-from signing._uri import shown_uri
+from signing._uri import run_together, shown_uri
 from signing.errors import SignerError
 from signing.files import read_small_file
 from signing.keys import Algorithm, PublicKey
@@ -123,7 +123,7 @@ def _parse_attributes(uri: str, text: str, separator: str, allowed: tuple[str, .
                 "a PIN is never accepted inside a signer URI (pin-value would leak through configuration "
                 "files and process listings); use pin-source=file:PATH or pin-env=VAR"
             )
-        if not equals or not name:
+        if not equals or not name or run_together(value):
             raise SignerError(
                 f"malformed attribute in the pkcs11 URI {_shown(uri)!r} (not shown: it may be a secret); write"
                 " name=value"

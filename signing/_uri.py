@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["shown_uri"]
+import re
+
+__all__ = ["run_together", "shown_uri"]
+
+_ANOTHER_ATTRIBUTE = re.compile(r"[;&][^;&=]*=")
 
 HIDDEN = "..."
 """What stands in an error message for an attribute value (or a whole attribute) that is not shown."""
@@ -26,7 +30,13 @@ def shown_uri(uri: str, shown: frozenset[str], path_separator: str | None = None
 
 
 def _shown_item(item: str, shown: frozenset[str]) -> str:
-    name, equals, _ = item.partition("=")
+    name, equals, value = item.partition("=")
     if not equals:
         return HIDDEN if item else item
-    return item if name in shown else f"{name}={HIDDEN}"
+    return item if name in shown and not run_together(value) else f"{name}={HIDDEN}"
+
+
+def run_together(value: str) -> bool:
+    """Whether an attribute's ``value`` runs another attribute into it (``module-path=/m.so;pin=1234``: ``;``
+    written between query attributes, or ``&`` between path ones), which may be a secret."""
+    return _ANOTHER_ATTRIBUTE.search(value) is not None

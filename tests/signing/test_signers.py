@@ -306,6 +306,10 @@ def test_signature_covers_pae() -> None:
         ("pkcs11:token=t;object=k;1234?module-path=/m.so&pin-env=P", "malformed attribute"),
         ("pkcs11:token=t;object=k?module-path=/m.so&pin-env=P&1234", "malformed attribute"),
         ("pkcs11:object=k?module-path=/m.so&pin-source=1234", "names no token"),
+        # Attributes of the query run together with ";" (the path's separator), a PIN among them.
+        ("pkcs11:token=t;object=k?module-path=/m.so;pin=1234&pin-env=P", "malformed attribute"),
+        ("pkcs11:token=t;object=k?pin-env=P;pin=1234&module-path=/m.so", "malformed attribute"),
+        ("pkcs11:token=t;object=k?module-path=/m.so;pin=1234", "malformed attribute"),
     ],
 )
 def test_pkcs11_uri_errors(uri: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
