@@ -1043,7 +1043,7 @@ def database_problems(path: Path, party: str, adjustments: str | None = None) ->
     from gateway.node import ADJUSTMENT_SETTING, PARTY_SETTING
     from gateway.store.base import NotAGatewayDatabase, SchemaTooNew, check_gateway_tables, check_schema_known
     from gateway.store.migrations import MIGRATIONS
-    from gateway.store.sqlite import WriteAheadLogDamaged, check_write_ahead_log
+    from gateway.store.sqlite import WriteAheadLogDamaged, check_write_ahead_log, schema_tables
 
     try:
         if not path.exists():
@@ -1071,8 +1071,7 @@ def database_problems(path: Path, party: str, adjustments: str | None = None) ->
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
-            tables = {row[0] for row in rows if not row[0].startswith("sqlite_")}
+            tables = schema_tables(db)
             applied = (
                 {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
                 if "schema_migrations" in tables

@@ -204,6 +204,12 @@ def sqlite_advice(error: sqlite3.Error) -> str:
     return "name this gateway's database file, or a new path to create one"
 
 
+def schema_tables(db: sqlite3.Connection) -> set[str]:
+    """The names of the tables and views in ``db`` but SQLite's own (``sqlite_*``): a program's, or the gateway's."""
+    rows = db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+    return {str(row[0]) for row in rows if not str(row[0]).startswith("sqlite_")}
+
+
 class DatabaseInUse(sqlite3.OperationalError):
     """Another gateway process serves from the same SQLite file."""
 
@@ -280,8 +286,7 @@ class SQLiteStore:
                 held_alone = _hold_alone(path)
             db.row_factory = sqlite3.Row
             # Before anything is written, the log mode included: another program's database is left as it is.
-            tables = db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
-            check_gateway_tables(f"{path}", {row[0] for row in tables if not row[0].startswith("sqlite_")})
+            check_gateway_tables(f"{path}", schema_tables(db))
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
