@@ -495,12 +495,13 @@ def to_text(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-_TEXT_LENGTH = len("2026-01-01T00:00:00.000000Z")
+TEXT_LENGTH = len("2026-01-01T00:00:00.000000Z")
+"""The length of every instant as `to_text` writes it."""
 
 
 def from_text(text: str) -> dt.datetime:
     """The inverse of `to_text`; raises `ValueError` for text of any other form."""
-    if len(text) != _TEXT_LENGTH or text[-1] != "Z" or text[10] != "T":
+    if len(text) != TEXT_LENGTH or text[-1] != "Z" or text[10] != "T":
         raise ValueError(f"not an instant as stored: {text[:40]!r}")
     return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.UTC)
 

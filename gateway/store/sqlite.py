@@ -713,7 +713,6 @@ marks of with set statements, not by the row triggers: from four entries on, the
 _DIGIT = "[0-9]"
 INSTANT_GLOB = f"{_DIGIT * 4}-{_DIGIT * 2}-{_DIGIT * 2}T{_DIGIT * 2}:{_DIGIT * 2}:{_DIGIT * 2}.{_DIGIT * 6}Z"
 """The form of every instant the gateway stores (`codec.to_text`), as a GLOB pattern."""
-INSTANT_LENGTH = len("2026-01-01T00:00:00.000000Z")
 
 
 class SQLiteTransaction:
@@ -1309,7 +1308,7 @@ class SQLiteTransaction:
             " AND CAST(substr(action_date, 12, 2) AS INTEGER) <= 23"
             " AND CAST(substr(action_date, 15, 2) AS INTEGER) <= 59"
             " AND CAST(substr(action_date, 18, 2) AS INTEGER) <= 59) ORDER BY entry_id LIMIT 1",
-            (codec.to_text(instant), INSTANT_LENGTH),
+            (codec.to_text(instant), codec.TEXT_LENGTH),
         )
         return None if row is None else (int(row[0]), str(row[1]))
 
